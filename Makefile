@@ -1,0 +1,45 @@
+# carnet — `make demo` serves a seeded synthetic hospital; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test install lint typecheck architecture services chromium bench clean
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	CARNET_ENV=demo $(BIN)/carnet demo
+
+lint: install
+	$(BIN)/ruff check carnet tests benchmarks
+	$(BIN)/ruff format --check carnet tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+architecture: install
+	$(BIN)/lint-imports
+
+services:
+	bash scripts/ensure-services
+
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: install services chromium lint typecheck architecture
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+bench: install services
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Access policy: roles, permissions, care relationships, restrictions, break-the-glass."""

@@ -1,0 +1,48 @@
+"""The ASGI application: identity, the FHIR API and the web UI, each born behind the gate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from carnet import __version__
+from carnet.runtime import Runtime, build_runtime
+from carnet.settings import get_settings
+
+
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    """Build the app around a runtime (tests pass theirs; `carnet serve` builds one)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if getattr(app.state, "runtime", None) is None:
+            app.state.runtime = build_runtime(get_settings())
+        yield
+
+    app = FastAPI(
+        title="carnet",
+        version=__version__,
+        description="Electronic patient record: staff UI, patient portal and HL7 FHIR R4 API.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home() -> str:
+        return (
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>carnet</title></head>"
+            "<body><main><h1>carnet</h1><p>Electronic patient record. "
+            "FHIR R4 API at <a href='/fhir/metadata'>/fhir</a>.</p></main></body></html>"
+        )
+
+    from carnet.fhir.metadata import router as fhir_metadata_router
+
+    app.include_router(fhir_metadata_router)
+    return app

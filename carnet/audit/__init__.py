@@ -1,0 +1,1 @@
+"""Tamper-evident audit trail: events, hash chain, signed checkpoints, verification."""

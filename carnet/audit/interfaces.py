@@ -1,0 +1,90 @@
+"""The audit contract the gate and identity rely on."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from carnet.access.actor import Actor
+
+
+class AuditKind(StrEnum):
+    """Every kind of audited event: `scope:resource:action`. One enum, no scattered strings."""
+
+    # patient data, through the gate
+    PHI_READ = "phi:resource:read"
+    PHI_SEARCH = "phi:resource:search"
+    PHI_LIST = "phi:resource:list"
+    PHI_HISTORY = "phi:resource:history"
+    PHI_CREATE = "phi:resource:create"
+    PHI_UPDATE = "phi:resource:update"
+    PHI_DELETE = "phi:resource:delete"
+    PHI_EXPORT = "phi:resource:export"
+    PHI_SYSTEM_ACCESS = "phi:system:access"
+    # access policy
+    BREAK_GLASS_START = "access:break-glass:start"
+    ROLE_GRANT_REQUESTED = "access:role-grant:requested"
+    ROLE_GRANT_APPROVED = "access:role-grant:approved"
+    ROLE_GRANT_REJECTED = "access:role-grant:rejected"
+    ROLE_REVOKED = "access:role:revoked"
+    # identity
+    LOGIN_SUCCESS = "account:login:success"
+    LOGIN_FAILURE = "account:login:failure"
+    LOGOUT = "account:logout"
+    MFA_ENROLLED = "account:mfa:enrolled"
+    MFA_REMOVED = "account:mfa:removed"
+    STEP_UP = "account:mfa:step-up"
+    RECOVERY_CODE_USED = "account:recovery-code:used"
+    SESSION_REVOKED = "account:session:revoked"
+    PASSWORD_CHANGED = "account:password:changed"
+    ACCOUNT_CREATED = "account:account:created"
+    ACCOUNT_SUSPENDED = "account:account:suspended"
+    ACCOUNT_RESTORED = "account:account:restored"
+    TOKEN_ISSUED = "client:token:issued"
+    TOKEN_REVOKED = "client:token:revoked"
+    # detection
+    DETECTION_ALERT = "detection:alert:raised"
+    CONTAINMENT = "detection:actor:contained"
+    # administration
+    SETTING_CHANGED = "admin:setting:changed"
+    AUDIT_PURGED = "audit:retention:purged"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    DENIED = "denied"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What happened, by whom, to which patients, why, and the policy's reason.
+
+    Never holds patient data itself: search values are reduced to parameter names.
+    """
+
+    kind: AuditKind
+    outcome: Outcome
+    actor: Actor
+    resource_type: str | None = None
+    resource_ids: Sequence[str] = ()
+    patient_ids: Sequence[uuid.UUID] = ()
+    query: str | None = None
+    policy_reason: str | None = None
+    break_glass_reason: str | None = None
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+class AuditWriter(Protocol):
+    """Appends audit events to the hash chain inside the caller's transaction.
+
+    If `append` raises, the caller's transaction must roll back and no data may be returned:
+    an access that cannot be audited does not happen.
+    """
+
+    def append(self, session: Session, record: AuditRecord) -> None: ...

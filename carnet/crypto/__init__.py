@@ -1,0 +1,1 @@
+"""Field encryption at rest: envelope keys, AEAD field cipher, keyed blind indexes."""

@@ -1,0 +1,144 @@
+"""The keyring: per-facility data keys (unwrapped in memory only) and the field cipher.
+
+Ciphertext layout: version byte 0x01 | data-key id (16 bytes) | nonce (12) | AES-256-GCM output.
+The associated data binds each value to its table, column and row, so a ciphertext copied into
+another row or column fails to decrypt instead of showing the wrong patient's data.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from carnet.crypto.blind import BlindIndexer, IndexKind
+from carnet.crypto.keys import KeyProvider
+from carnet.crypto.models import DataKey
+from carnet.kernel import clock
+from carnet.kernel.errors import ConfigurationError
+
+CIPHER_VERSION = 1
+_HEADER = 1 + 16 + 12
+
+
+class DecryptionError(ConfigurationError):
+    """A stored value does not authenticate: wrong key, or the value was moved or edited."""
+
+
+def _context(dek_id: uuid.UUID) -> str:
+    return f"carnet/dek/{dek_id}"
+
+
+def _aad(table: str, column: str, row_id: uuid.UUID) -> bytes:
+    return f"carnet/1|{table}|{column}|{row_id}".encode()
+
+
+class Keyring:
+    def __init__(self, provider: KeyProvider, session_factory: Callable[[], Session]) -> None:
+        self.provider = provider
+        self._session_factory = session_factory
+        self._lock = threading.Lock()
+        self._keys: dict[uuid.UUID, AESGCM] = {}
+        self._active: dict[uuid.UUID, uuid.UUID] = {}
+        self.blind = BlindIndexer(provider.blind_index_key())
+
+    # -- loading -------------------------------------------------------------------------
+    def load(self) -> int:
+        """Unwrap every data key now, so a wrong key file fails at start. Returns the count."""
+        with self._session_factory() as session:
+            rows = session.scalars(select(DataKey)).all()
+        keys: dict[uuid.UUID, AESGCM] = {}
+        active: dict[uuid.UUID, tuple[int, uuid.UUID]] = {}
+        for row in rows:
+            raw = self.provider.unwrap(row.kek_id, row.wrapped_key, context=_context(row.id))
+            keys[row.id] = AESGCM(raw)
+            if row.active and (row.facility_id not in active or active[row.facility_id][0] < row.version):
+                active[row.facility_id] = (row.version, row.id)
+        with self._lock:
+            self._keys = keys
+            self._active = {fac: dek for fac, (_v, dek) in active.items()}
+        return len(keys)
+
+    def create_data_key(self, session: Session, facility_id: uuid.UUID) -> uuid.UUID:
+        """Create a new active data key for a facility (first key, or re-keying)."""
+        dek_id = uuid.uuid4()
+        raw = AESGCM.generate_key(bit_length=256)
+        kek_id, wrapped = self.provider.wrap(raw, context=_context(dek_id))
+        version = 1 + max(
+            (k.version for k in session.scalars(select(DataKey).where(DataKey.facility_id == facility_id))),
+            default=0,
+        )
+        session.execute(update(DataKey).where(DataKey.facility_id == facility_id).values(active=False))
+        session.add(
+            DataKey(
+                id=dek_id,
+                facility_id=facility_id,
+                version=version,
+                kek_id=kek_id,
+                wrapped_key=wrapped,
+                active=True,
+                created_at=clock.now(),
+            )
+        )
+        session.flush()
+        with self._lock:
+            self._keys[dek_id] = AESGCM(raw)
+            self._active[facility_id] = dek_id
+        return dek_id
+
+    def _key(self, dek_id: uuid.UUID) -> AESGCM:
+        key = self._keys.get(dek_id)
+        if key is None:
+            self.load()  # another worker may have created it
+            key = self._keys.get(dek_id)
+            if key is None:
+                raise DecryptionError("a stored value names a data key that does not exist")
+        return key
+
+    def active_key_id(self, facility_id: uuid.UUID) -> uuid.UUID:
+        dek_id = self._active.get(facility_id)
+        if dek_id is None:
+            self.load()
+            dek_id = self._active.get(facility_id)
+            if dek_id is None:
+                raise ConfigurationError("this facility has no data key yet")
+        return dek_id
+
+    # -- field cipher --------------------------------------------------------------------
+    def encrypt(
+        self, value: str | None, *, facility_id: uuid.UUID, table: str, column: str, row_id: uuid.UUID
+    ) -> bytes | None:
+        if value is None:
+            return None
+        dek_id = self.active_key_id(facility_id)
+        nonce = os.urandom(12)
+        body = self._keys[dek_id].encrypt(nonce, value.encode(), _aad(table, column, row_id))
+        return bytes([CIPHER_VERSION]) + dek_id.bytes + nonce + body
+
+    def decrypt(self, blob: bytes | None, *, table: str, column: str, row_id: uuid.UUID) -> str | None:
+        if blob is None:
+            return None
+        if len(blob) < _HEADER + 16 or blob[0] != CIPHER_VERSION:
+            raise DecryptionError(f"{table}.{column} holds a value that is not a carnet ciphertext")
+        dek_id = uuid.UUID(bytes=bytes(blob[1:17]))
+        try:
+            plain = self._key(dek_id).decrypt(
+                bytes(blob[17:29]), bytes(blob[29:]), _aad(table, column, row_id)
+            )
+        except InvalidTag:
+            raise DecryptionError(
+                f"{table}.{column} of a row does not authenticate (moved or edited)"
+            ) from None
+        return plain.decode()
+
+    def key_id_of(self, blob: bytes) -> uuid.UUID:
+        return uuid.UUID(bytes=bytes(blob[1:17]))
+
+    def index(self, kind: IndexKind, value: str | None) -> bytes | None:
+        return None if value is None else self.blind.index(kind, value)

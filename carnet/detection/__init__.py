@@ -1,0 +1,1 @@
+"""Exposure ledger, detection rules, canaries, containment, alerts."""

@@ -1,0 +1,69 @@
+"""GET /fhir/metadata: a CapabilityStatement that lists only what carnet really serves."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from carnet import __version__
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+
+FHIR_JSON = "application/fhir+json"
+
+# Each resource type served, with its interactions and search parameters. Filled by the
+# routers that implement them, so the statement cannot claim more than exists.
+SUPPORTED: dict[str, dict[str, Any]] = {}
+
+
+def capability_statement() -> dict[str, Any]:
+    resources = [
+        {
+            "type": rtype,
+            "interaction": [{"code": code} for code in spec.get("interactions", [])],
+            "searchParam": [{"name": n, "type": t} for n, t in spec.get("search", {}).items()],
+            "versioning": "versioned",
+            "readHistory": True,
+            "conditionalCreate": bool(spec.get("conditionalCreate")),
+        }
+        for rtype, spec in sorted(SUPPORTED.items())
+    ]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": dt.date.today().isoformat(),
+        "kind": "instance",
+        "software": {"name": "carnet", "version": __version__},
+        "implementation": {"description": "carnet electronic patient record"},
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "cors": False,
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "Every request needs a session or OAuth 2 token; access is scoped by care "
+                    "relationship and audited.",
+                },
+                "resource": resources,
+            }
+        ],
+    }
+
+
+@router.get("/metadata")
+def metadata() -> JSONResponse:
+    return JSONResponse(capability_statement(), media_type=FHIR_JSON)

@@ -1,0 +1,1 @@
+"""Shared primitives: ids, clock, errors. Imports nothing else of carnet."""

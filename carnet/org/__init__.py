@@ -1,0 +1,1 @@
+"""The organisation: facilities, locations, practitioners. Not patient data."""

@@ -1,0 +1,1 @@
+"""Patient identity and demographics, care relationships, restrictions. Behind carnet.phi."""

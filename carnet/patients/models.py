@@ -1,0 +1,83 @@
+"""Patient tables. Identifying fields are ciphertexts (`*_ct`) with keyed blind indexes (`*_bi`).
+
+Only carnet.phi may import this module (import-linter contract in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from carnet.db.base import Base, IdMixin
+
+
+class VersionedMixin:
+    version_id: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class Patient(IdMixin, VersionedMixin, Base):
+    __tablename__ = "patients"
+
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"), index=True)
+    ins_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    ins_bi: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
+    family_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    family_bi: Mapped[bytes] = mapped_column(LargeBinary(16))
+    given_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    given_bi: Mapped[bytes] = mapped_column(LargeBinary(16), index=True)
+    birth_date_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    birth_date_bi: Mapped[bytes] = mapped_column(LargeBinary(16), index=True)
+    gender: Mapped[str] = mapped_column(String(10))  # FHIR administrative gender
+    address_ct: Mapped[bytes | None] = mapped_column(LargeBinary)  # JSON, encrypted as a whole
+    phone_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    phone_bi: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
+    email_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    email_bi: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
+    designated_physician_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("practitioners.id"), index=True
+    )
+    # The patient opposes access from facilities other than the managing one (honoured everywhere).
+    opposes_other_facilities: Mapped[bool] = mapped_column(default=False)
+    active: Mapped[bool] = mapped_column(default=True)
+    merged_into_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("patients.id"))
+
+    __table_args__ = (Index("ix_patients_family_birth", "family_bi", "birth_date_bi"),)
+
+
+class CareRelationship(IdMixin, Base):
+    """Why a practitioner may see a patient: care team membership, referral, designated physician."""
+
+    __tablename__ = "care_relationships"
+
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    practitioner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"), index=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # care_team, referral
+    start_at: Mapped[dt.datetime]
+    end_at: Mapped[dt.datetime | None]
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+
+
+class ResourceVersion(IdMixin, Base):
+    """Every version of every patient-data resource, encrypted: amend, never overwrite."""
+
+    __tablename__ = "resource_versions"
+
+    resource_type: Mapped[str] = mapped_column(String(40))
+    resource_id: Mapped[uuid.UUID]
+    version_id: Mapped[int]
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    recorded_at: Mapped[dt.datetime]
+    author_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+    action: Mapped[str] = mapped_column(String(10))  # create, update, delete
+    snapshot_ct: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        Index("ix_resource_versions_resource", "resource_type", "resource_id", "version_id", unique=True),
+    )

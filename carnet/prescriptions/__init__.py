@@ -1,0 +1,1 @@
+"""Prescriptions (FHIR MedicationRequest). Behind carnet.phi."""

@@ -1,0 +1,1 @@
+"""The clinical record: notes (versioned), allergies, conditions, observations, reports."""

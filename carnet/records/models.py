@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from carnet.db.base import Base, IdMixin
+from carnet.patients.models import VersionedMixin
+
+
+class ClinicalNote(IdMixin, VersionedMixin, Base):
+    __tablename__ = "clinical_notes"
+
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    encounter_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("encounters.id"))
+    author_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"))
+    kind: Mapped[str] = mapped_column(String(40))  # LOINC document type code
+    title: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default="current")  # current, entered-in-error
+
+
+class NoteVersion(IdMixin, Base):
+    """Each text of a note; an amendment adds a version, never overwrites one."""
+
+    __tablename__ = "note_versions"
+
+    note_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("clinical_notes.id"), index=True)
+    version: Mapped[int]
+    text_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    author_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"))
+    recorded_at: Mapped[dt.datetime]
+    amendment_reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class Allergy(IdMixin, VersionedMixin, Base):
+    __tablename__ = "allergies"
+
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    substance_code: Mapped[str] = mapped_column(String(40))  # ATC code of the substance class
+    substance_display: Mapped[str] = mapped_column(String(200))
+    criticality: Mapped[str] = mapped_column(String(20))  # low, high, unable-to-assess
+    clinical_status: Mapped[str] = mapped_column(String(20), default="active")
+    recorded_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
+
+
+class Condition(IdMixin, VersionedMixin, Base):
+    __tablename__ = "conditions"
+
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    code: Mapped[str] = mapped_column(String(20))  # ICD-10
+    display: Mapped[str] = mapped_column(String(200))
+    clinical_status: Mapped[str] = mapped_column(String(20), default="active")
+    onset_at: Mapped[dt.datetime | None]
+    recorded_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
+
+
+class DiagnosticReport(IdMixin, VersionedMixin, Base):
+    __tablename__ = "diagnostic_reports"
+
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    code: Mapped[str] = mapped_column(String(20))  # LOINC panel
+    display: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))
+    issued_at: Mapped[dt.datetime]
+    conclusion_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    performer_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
+
+
+class Observation(IdMixin, VersionedMixin, Base):
+    __tablename__ = "observations"
+
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"))
+    encounter_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("encounters.id"))
+    report_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("diagnostic_reports.id"))
+    category: Mapped[str] = mapped_column(String(20))  # vital-signs, laboratory
+    code: Mapped[str] = mapped_column(String(20))  # LOINC
+    display: Mapped[str] = mapped_column(String(200))
+    value_number: Mapped[float | None]
+    unit: Mapped[str | None] = mapped_column(String(20))
+    value_text: Mapped[str | None] = mapped_column(String(200))
+    effective_at: Mapped[dt.datetime]
+    status: Mapped[str] = mapped_column(String(20), default="final")
+    performer_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
+
+    __table_args__ = (Index("ix_observations_patient_effective", "patient_id", "effective_at"),)

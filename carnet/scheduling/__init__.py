@@ -1,0 +1,1 @@
+"""Appointments and stays (encounters). Behind carnet.phi."""

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from carnet.db.base import Base, IdMixin
+from carnet.patients.models import VersionedMixin
+
+
+class Appointment(IdMixin, VersionedMixin, Base):
+    __tablename__ = "appointments"
+
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    practitioner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"))
+    location_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("locations.id"))
+    start_at: Mapped[dt.datetime]
+    end_at: Mapped[dt.datetime]
+    # FHIR Appointment.status: booked, arrived, fulfilled, cancelled, noshow, entered-in-error
+    status: Mapped[str] = mapped_column(String(20))
+    reason_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    cancel_reason: Mapped[str | None] = mapped_column(String(200))
+    booked_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+
+    __table_args__ = (
+        Index("ix_appointments_practitioner_start", "practitioner_id", "start_at"),
+        Index("ix_appointments_facility_start", "facility_id", "start_at"),
+    )
+
+
+class Encounter(IdMixin, VersionedMixin, Base):
+    """A stay or visit. An in-progress inpatient stay gives its ward's nurses a care relationship."""
+
+    __tablename__ = "encounters"
+
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(12))  # inpatient, outpatient, emergency
+    status: Mapped[str] = mapped_column(String(20))  # planned, in-progress, finished, cancelled
+    start_at: Mapped[dt.datetime]
+    end_at: Mapped[dt.datetime | None]
+    location_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("locations.id"), index=True)
+    attending_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"), index=True)
+
+    __table_args__ = (Index("ix_encounters_status_location", "status", "location_id"),)

@@ -1,0 +1,84 @@
+"""Settings from CARNET_* environment variables.
+
+CARNET_ENV is `production` when unset. Only `demo` and `test` unlock what exercises need
+(the movable clock, minting a session for the red-team simulator, TOTP for seeded privileged
+accounts); production refuses them.
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from carnet.kernel import clock
+from carnet.kernel.errors import ConfigurationError
+
+
+class Environment(StrEnum):
+    PRODUCTION = "production"
+    DEMO = "demo"
+    TEST = "test"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CARNET_", extra="ignore")
+
+    env: Environment = Environment.PRODUCTION
+    var_dir: Path = Path("var")
+    database_url: str = ""
+    key_file: Path | None = None
+    redis_url: str | None = None
+    nats_url: str | None = None
+    audit_checkpoint_file: Path | None = None
+    audit_signing_key_file: Path | None = None
+    audit_checkpoint_every: int = Field(default=1000, ge=1)
+    origin: str = "http://localhost:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # A security officer's contact, shown to a contained account.
+    security_contact: str = "the hospital security office"
+
+    @property
+    def exercise_mode(self) -> bool:
+        """True in demo and test: the modes in which simulations and movable clocks are allowed."""
+        return self.env in (Environment.DEMO, Environment.TEST)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.var_dir / 'carnet.db'}"
+
+    @property
+    def resolved_key_file(self) -> Path:
+        return self.key_file or self.var_dir / "keys.json"
+
+    @property
+    def resolved_checkpoint_file(self) -> Path:
+        return self.audit_checkpoint_file or self.var_dir / "audit-checkpoints.jsonl"
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        return self.audit_signing_key_file or self.var_dir / "audit-signing-key.pem"
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()
+
+
+def install_movable_clock(settings: Settings) -> clock.MovableClock:
+    """Install a movable clock; refused in production so time cannot be forged there."""
+    if not settings.exercise_mode:
+        raise ConfigurationError("a movable clock is only available when CARNET_ENV is demo or test")
+    movable = clock.MovableClock()
+    clock.install(movable)
+    return movable
