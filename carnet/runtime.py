@@ -12,10 +12,14 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from carnet.audit.interfaces import AuditWriter
+from carnet.audit.writer import SqlAuditWriter
 from carnet.crypto.keyring import Keyring
 from carnet.crypto.keys import FileKeyProvider, KeyProvider
 from carnet.db import migrate
 from carnet.db.engine import make_engine, make_session_factory
+from carnet.detection.interfaces import ExposureLedger
+from carnet.detection.ledger import SqlExposureLedger
 from carnet.kernel.errors import ConfigurationError
 from carnet.settings import Settings
 
@@ -27,6 +31,8 @@ class Runtime:
     session_factory: sessionmaker[Session]
     keys: KeyProvider
     keyring: Keyring
+    audit: AuditWriter
+    ledger: ExposureLedger
     # Services of later bounded contexts register themselves here by name.
     services: dict[str, Any] = field(default_factory=dict)
 
@@ -49,5 +55,11 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None, check_sch
     keyring = Keyring(keys, session_factory)
     keyring.load()
     return Runtime(
-        settings=settings, engine=engine, session_factory=session_factory, keys=keys, keyring=keyring
+        settings=settings,
+        engine=engine,
+        session_factory=session_factory,
+        keys=keys,
+        keyring=keyring,
+        audit=SqlAuditWriter(),
+        ledger=SqlExposureLedger(),
     )

@@ -87,4 +87,6 @@ class AuditWriter(Protocol):
     an access that cannot be audited does not happen.
     """
 
-    def append(self, session: Session, record: AuditRecord) -> None: ...
+    def append(self, session: Session, record: AuditRecord) -> int:
+        """Append one event; returns its sequence number."""
+        ...

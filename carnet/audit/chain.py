@@ -1,0 +1,52 @@
+"""The hash chain's canonical encoding, shared by the writer and the verifier."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+
+# The fields covered by the hash, in a fixed order. Adding one is a format change.
+CHAINED_FIELDS = (
+    "seq",
+    "recorded_at",
+    "kind",
+    "outcome",
+    "actor_ref",
+    "actor_kind",
+    "account_id",
+    "username",
+    "roles",
+    "session_id",
+    "client_id",
+    "address",
+    "user_agent",
+    "purpose_of_use",
+    "resource_type",
+    "resource_ids",
+    "patient_ids",
+    "query",
+    "policy_reason",
+    "break_glass_reason",
+    "detail",
+)
+
+
+def canonical(fields: dict[str, Any]) -> bytes:
+    """Deterministic bytes for an event: same values, same bytes, on any database."""
+    ordered = [_plain(fields[name]) for name in CHAINED_FIELDS]
+    return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, str | int):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def link(prev_hash: str, fields: dict[str, Any]) -> str:
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical(fields)).hexdigest()

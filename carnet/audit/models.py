@@ -1,0 +1,60 @@
+"""Audit events, hash-chained. The head row serialises appends across workers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from carnet.db.base import Base
+
+SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(SEQ_TYPE, primary_key=True, autoincrement=False)
+    recorded_at: Mapped[dt.datetime]
+    kind: Mapped[str] = mapped_column(String(60), index=True)
+    outcome: Mapped[str] = mapped_column(String(10))
+    actor_ref: Mapped[str] = mapped_column(String(80), index=True)
+    actor_kind: Mapped[str] = mapped_column(String(10))
+    account_id: Mapped[uuid.UUID | None]
+    username: Mapped[str] = mapped_column(String(150))
+    roles: Mapped[str] = mapped_column(String(200))
+    session_id: Mapped[uuid.UUID | None]
+    client_id: Mapped[str | None] = mapped_column(String(100))
+    address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    purpose_of_use: Mapped[str] = mapped_column(String(12))
+    resource_type: Mapped[str | None] = mapped_column(String(40))
+    resource_ids: Mapped[str] = mapped_column(Text)  # JSON list
+    patient_ids: Mapped[str] = mapped_column(Text)  # JSON list
+    query: Mapped[str | None] = mapped_column(String(500))
+    policy_reason: Mapped[str | None] = mapped_column(String(500))
+    break_glass_reason: Mapped[str | None] = mapped_column(String(1000))
+    detail: Mapped[str] = mapped_column(Text)  # JSON object
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEventPatient(Base):
+    """One row per (event, patient): the patient's access log and breach reports use it."""
+
+    __tablename__ = "audit_event_patients"
+
+    seq: Mapped[int] = mapped_column(SEQ_TYPE, ForeignKey("audit_events.seq"), primary_key=True)
+    patient_id: Mapped[uuid.UUID] = mapped_column(primary_key=True, index=True)
+
+
+class AuditChainHead(Base):
+    """A single row: the last sequence number and hash. Its row lock orders appends."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(SEQ_TYPE)
+    hash: Mapped[str] = mapped_column(String(64))

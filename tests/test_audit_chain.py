@@ -1,0 +1,64 @@
+"""The audit writer links every event to the previous one, on both databases."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import sqlalchemy as sa
+
+from carnet.access.actor import Actor, ActorKind
+from carnet.access.roles import Role
+from carnet.audit.chain import GENESIS_HASH, link
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.audit.models import AuditEvent, AuditEventPatient
+from carnet.runtime import Runtime
+
+ACTOR = Actor(
+    kind=ActorKind.STAFF, username="dr.house", roles=frozenset({Role.PHYSICIAN}), account_id=uuid.uuid4()
+)
+
+
+def test_events_chain_and_roll_back_with_their_transaction(runtime: Runtime) -> None:
+    patient = uuid.uuid4()
+    with runtime.session_factory.begin() as session:
+        for _ in range(3):
+            runtime.audit.append(
+                session,
+                AuditRecord(
+                    kind=AuditKind.PHI_READ, outcome=Outcome.SUCCESS, actor=ACTOR, patient_ids=[patient]
+                ),
+            )
+    # A transaction that fails leaves neither an event nor a gap.
+    try:
+        with runtime.session_factory.begin() as session:
+            runtime.audit.append(
+                session, AuditRecord(kind=AuditKind.PHI_READ, outcome=Outcome.SUCCESS, actor=ACTOR)
+            )
+            raise RuntimeError("the access failed after auditing")
+    except RuntimeError:
+        pass
+    with runtime.session_factory.begin() as session:
+        runtime.audit.append(
+            session, AuditRecord(kind=AuditKind.LOGOUT, outcome=Outcome.SUCCESS, actor=ACTOR)
+        )
+
+    with runtime.session_factory() as session:
+        events = session.scalars(sa.select(AuditEvent).order_by(AuditEvent.seq)).all()
+        indexed = session.scalars(sa.select(AuditEventPatient.seq)).all()
+    assert [e.seq for e in events] == [1, 2, 3, 4]
+    prev = GENESIS_HASH
+    for event in events:
+        fields = {
+            c: getattr(event, c)
+            for c in AuditEvent.__table__.columns.keys()  # noqa: SIM118 (ColumnCollection)
+            if c not in ("prev_hash", "hash")
+        }
+        fields["recorded_at"] = event.recorded_at.isoformat(timespec="microseconds")
+        fields["account_id"] = str(event.account_id) if event.account_id else None
+        fields["session_id"] = str(event.session_id) if event.session_id else None
+        assert event.prev_hash == prev
+        assert event.hash == link(prev, fields)
+        prev = event.hash
+    assert json.loads(events[0].patient_ids) == [str(patient)]
+    assert sorted(indexed) == [1, 2, 3]
