@@ -1,0 +1,1 @@
+"""THE GATE: the only way to read or write patient data (DESIGN.md invariant 1)."""
