@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import Index, String
+from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
@@ -25,3 +25,13 @@ class Exposure(IdMixin, Base):
         Index("ix_exposures_actor_at", "actor_ref", "at"),
         Index("ix_exposures_patient", "patient_id"),
     )
+
+
+class CanaryPatient(IdMixin, Base):
+    """A honeytoken patient: looks like any other, and no one has a reason to open it."""
+
+    __tablename__ = "canary_patients"
+
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), unique=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"), index=True)
+    created_at: Mapped[dt.datetime]

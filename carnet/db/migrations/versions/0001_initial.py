@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 10:08:27.395316
+Create Date: 2026-11-24 10:12:28.208659
 """
 
 import sqlalchemy as sa
@@ -84,6 +84,34 @@ def upgrade() -> None:
         sa.UniqueConstraint("finess", name=op.f("uq_facilities_finess")),
     )
     op.create_table(
+        "used_client_assertions",
+        sa.Column("jti", sa.String(length=200), nullable=False),
+        sa.Column("client_id", sa.String(length=100), nullable=False),
+        sa.Column("expires_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("jti", name=op.f("pk_used_client_assertions")),
+    )
+    with op.batch_alter_table("used_client_assertions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_used_client_assertions_expires_at"), ["expires_at"], unique=False
+        )
+
+    op.create_table(
+        "api_clients",
+        sa.Column("client_id", sa.String(length=100), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("jwks", sa.Text(), nullable=False),
+        sa.Column("allowed_scopes", sa.Text(), nullable=False),
+        sa.Column("facility_id", sa.Uuid(), nullable=True),
+        sa.Column("status", sa.String(length=12), nullable=False),
+        sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["facility_id"], ["facilities.id"], name=op.f("fk_api_clients_facility_id_facilities")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_clients")),
+        sa.UniqueConstraint("client_id", name=op.f("uq_api_clients_client_id")),
+    )
+    op.create_table(
         "audit_event_patients",
         sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("patient_id", sa.Uuid(), nullable=False),
@@ -147,6 +175,24 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_practitioners_facility_id"), ["facility_id"], unique=False)
 
     op.create_table(
+        "access_tokens",
+        sa.Column("token_digest", sa.String(length=64), nullable=False),
+        sa.Column("client_pk", sa.Uuid(), nullable=False),
+        sa.Column("scopes", sa.Text(), nullable=False),
+        sa.Column("issued_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["client_pk"], ["api_clients.id"], name=op.f("fk_access_tokens_client_pk_api_clients")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_access_tokens")),
+        sa.UniqueConstraint("token_digest", name=op.f("uq_access_tokens_token_digest")),
+    )
+    with op.batch_alter_table("access_tokens", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_access_tokens_client_pk"), ["client_pk"], unique=False)
+
+    op.create_table(
         "patients",
         sa.Column("facility_id", sa.Uuid(), nullable=False),
         sa.Column("ins_ct", sa.LargeBinary(), nullable=True),
@@ -195,6 +241,33 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_patients_given_bi"), ["given_bi"], unique=False)
         batch_op.create_index(batch_op.f("ix_patients_ins_bi"), ["ins_bi"], unique=False)
         batch_op.create_index(batch_op.f("ix_patients_phone_bi"), ["phone_bi"], unique=False)
+
+    op.create_table(
+        "ward_assignments",
+        sa.Column("practitioner_id", sa.Uuid(), nullable=False),
+        sa.Column("location_id", sa.Uuid(), nullable=False),
+        sa.Column("facility_id", sa.Uuid(), nullable=False),
+        sa.Column("start_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("end_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["facility_id"], ["facilities.id"], name=op.f("fk_ward_assignments_facility_id_facilities")
+        ),
+        sa.ForeignKeyConstraint(
+            ["location_id"], ["locations.id"], name=op.f("fk_ward_assignments_location_id_locations")
+        ),
+        sa.ForeignKeyConstraint(
+            ["practitioner_id"],
+            ["practitioners.id"],
+            name=op.f("fk_ward_assignments_practitioner_id_practitioners"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ward_assignments")),
+    )
+    with op.batch_alter_table("ward_assignments", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_ward_assignments_location_id"), ["location_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_ward_assignments_practitioner_id"), ["practitioner_id"], unique=False
+        )
 
     op.create_table(
         "accounts",
@@ -253,6 +326,24 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("allergies", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_allergies_patient_id"), ["patient_id"], unique=False)
+
+    op.create_table(
+        "canary_patients",
+        sa.Column("patient_id", sa.Uuid(), nullable=False),
+        sa.Column("facility_id", sa.Uuid(), nullable=False),
+        sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["facility_id"], ["facilities.id"], name=op.f("fk_canary_patients_facility_id_facilities")
+        ),
+        sa.ForeignKeyConstraint(
+            ["patient_id"], ["patients.id"], name=op.f("fk_canary_patients_patient_id_patients")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_canary_patients")),
+        sa.UniqueConstraint("patient_id", name=op.f("uq_canary_patients_patient_id")),
+    )
+    with op.batch_alter_table("canary_patients", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_canary_patients_facility_id"), ["facility_id"], unique=False)
 
     op.create_table(
         "conditions",
@@ -371,6 +462,24 @@ def upgrade() -> None:
         batch_op.create_index("ix_encounters_status_location", ["status", "location_id"], unique=False)
 
     op.create_table(
+        "account_events",
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(length=60), nullable=False),
+        sa.Column("outcome", sa.String(length=10), nullable=False),
+        sa.Column("at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("address", sa.String(length=64), nullable=True),
+        sa.Column("user_agent", sa.String(length=300), nullable=True),
+        sa.Column("detail", sa.String(length=300), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_account_events_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_account_events")),
+    )
+    with op.batch_alter_table("account_events", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_account_events_account_id"), ["account_id"], unique=False)
+
+    op.create_table(
         "appointments",
         sa.Column("facility_id", sa.Uuid(), nullable=False),
         sa.Column("patient_id", sa.Uuid(), nullable=False),
@@ -411,6 +520,69 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_appointments_practitioner_start", ["practitioner_id", "start_at"], unique=False
         )
+
+    op.create_table(
+        "auth_sessions",
+        sa.Column("token_digest", sa.String(length=64), nullable=False),
+        sa.Column("csrf_digest", sa.String(length=64), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("idle_timeout_seconds", sa.Integer(), nullable=False),
+        sa.Column("absolute_expires_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("second_factor_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("second_factor_method", sa.String(length=20), nullable=True),
+        sa.Column("enrollment_only", sa.Boolean(), nullable=False),
+        sa.Column("address", sa.String(length=64), nullable=True),
+        sa.Column("user_agent", sa.String(length=300), nullable=True),
+        sa.Column("revoked_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("revoked_reason", sa.String(length=200), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_auth_sessions_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_auth_sessions")),
+        sa.UniqueConstraint("token_digest", name=op.f("uq_auth_sessions_token_digest")),
+    )
+    with op.batch_alter_table("auth_sessions", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_auth_sessions_account_id"), ["account_id"], unique=False)
+        batch_op.create_index("ix_auth_sessions_account_revoked", ["account_id", "revoked_at"], unique=False)
+
+    op.create_table(
+        "break_glass_accesses",
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("patient_id", sa.Uuid(), nullable=False),
+        sa.Column("facility_id", sa.Uuid(), nullable=False),
+        sa.Column("reason_code", sa.String(length=30), nullable=False),
+        sa.Column("justification", sa.String(length=1000), nullable=False),
+        sa.Column("started_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("second_factor_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("audit_seq", sa.Integer(), nullable=True),
+        sa.Column("alert_state", sa.String(length=12), nullable=False),
+        sa.Column("reviewed_by", sa.Uuid(), nullable=True),
+        sa.Column("reviewed_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("review_note", sa.String(length=1000), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_break_glass_accesses_account_id_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["facility_id"], ["facilities.id"], name=op.f("fk_break_glass_accesses_facility_id_facilities")
+        ),
+        sa.ForeignKeyConstraint(
+            ["patient_id"], ["patients.id"], name=op.f("fk_break_glass_accesses_patient_id_patients")
+        ),
+        sa.ForeignKeyConstraint(
+            ["reviewed_by"], ["accounts.id"], name=op.f("fk_break_glass_accesses_reviewed_by_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_break_glass_accesses")),
+    )
+    with op.batch_alter_table("break_glass_accesses", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_break_glass_accesses_account_id"), ["account_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_break_glass_accesses_patient_id"), ["patient_id"], unique=False)
+        batch_op.create_index("ix_break_glass_accesses_started", ["started_at"], unique=False)
 
     op.create_table(
         "card_readings",
@@ -617,6 +789,22 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_prescriptions_prescriber_id"), ["prescriber_id"], unique=False)
 
     op.create_table(
+        "recovery_codes",
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("code_digest", sa.String(length=64), nullable=False),
+        sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("used_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_recovery_codes_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_recovery_codes")),
+        sa.UniqueConstraint("code_digest", name=op.f("uq_recovery_codes_code_digest")),
+    )
+    with op.batch_alter_table("recovery_codes", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_recovery_codes_account_id"), ["account_id"], unique=False)
+
+    op.create_table(
         "resource_versions",
         sa.Column("resource_type", sa.String(length=40), nullable=False),
         sa.Column("resource_id", sa.Uuid(), nullable=False),
@@ -674,6 +862,59 @@ def upgrade() -> None:
     with op.batch_alter_table("role_grants", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_role_grants_account_id"), ["account_id"], unique=False)
         batch_op.create_index("ix_role_grants_account_status", ["account_id", "status"], unique=False)
+
+    op.create_table(
+        "totp_devices",
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("kek_id", sa.String(length=64), nullable=False),
+        sa.Column("secret_wrapped", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("confirmed_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("last_used_step", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_totp_devices_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_totp_devices")),
+    )
+    with op.batch_alter_table("totp_devices", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_totp_devices_account_id"), ["account_id"], unique=False)
+
+    op.create_table(
+        "webauthn_challenges",
+        sa.Column("account_id", sa.Uuid(), nullable=True),
+        sa.Column("purpose", sa.String(length=20), nullable=False),
+        sa.Column("challenge", sa.LargeBinary(), nullable=False),
+        sa.Column("expires_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("used_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_webauthn_challenges_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webauthn_challenges")),
+    )
+    with op.batch_alter_table("webauthn_challenges", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_webauthn_challenges_account_id"), ["account_id"], unique=False)
+
+    op.create_table(
+        "webauthn_credentials",
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("credential_id", sa.String(length=700), nullable=False),
+        sa.Column("public_key", sa.LargeBinary(), nullable=False),
+        sa.Column("sign_count", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("transports", sa.String(length=200), nullable=False),
+        sa.Column("label", sa.String(length=100), nullable=False),
+        sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("last_used_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_webauthn_credentials_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webauthn_credentials")),
+        sa.UniqueConstraint("credential_id", name=op.f("uq_webauthn_credentials_credential_id")),
+    )
+    with op.batch_alter_table("webauthn_credentials", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_webauthn_credentials_account_id"), ["account_id"], unique=False)
 
     op.create_table(
         "invoice_lines",
@@ -746,6 +987,18 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_invoice_lines_invoice_id"))
 
     op.drop_table("invoice_lines")
+    with op.batch_alter_table("webauthn_credentials", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_webauthn_credentials_account_id"))
+
+    op.drop_table("webauthn_credentials")
+    with op.batch_alter_table("webauthn_challenges", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_webauthn_challenges_account_id"))
+
+    op.drop_table("webauthn_challenges")
+    with op.batch_alter_table("totp_devices", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_totp_devices_account_id"))
+
+    op.drop_table("totp_devices")
     with op.batch_alter_table("role_grants", schema=None) as batch_op:
         batch_op.drop_index("ix_role_grants_account_status")
         batch_op.drop_index(batch_op.f("ix_role_grants_account_id"))
@@ -756,6 +1009,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_resource_versions_patient_id"))
 
     op.drop_table("resource_versions")
+    with op.batch_alter_table("recovery_codes", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_recovery_codes_account_id"))
+
+    op.drop_table("recovery_codes")
     with op.batch_alter_table("prescriptions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_prescriptions_prescriber_id"))
         batch_op.drop_index(batch_op.f("ix_prescriptions_patient_id"))
@@ -784,12 +1041,27 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_card_readings_patient_id"))
 
     op.drop_table("card_readings")
+    with op.batch_alter_table("break_glass_accesses", schema=None) as batch_op:
+        batch_op.drop_index("ix_break_glass_accesses_started")
+        batch_op.drop_index(batch_op.f("ix_break_glass_accesses_patient_id"))
+        batch_op.drop_index(batch_op.f("ix_break_glass_accesses_account_id"))
+
+    op.drop_table("break_glass_accesses")
+    with op.batch_alter_table("auth_sessions", schema=None) as batch_op:
+        batch_op.drop_index("ix_auth_sessions_account_revoked")
+        batch_op.drop_index(batch_op.f("ix_auth_sessions_account_id"))
+
+    op.drop_table("auth_sessions")
     with op.batch_alter_table("appointments", schema=None) as batch_op:
         batch_op.drop_index("ix_appointments_practitioner_start")
         batch_op.drop_index(batch_op.f("ix_appointments_patient_id"))
         batch_op.drop_index("ix_appointments_facility_start")
 
     op.drop_table("appointments")
+    with op.batch_alter_table("account_events", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_account_events_account_id"))
+
+    op.drop_table("account_events")
     with op.batch_alter_table("encounters", schema=None) as batch_op:
         batch_op.drop_index("ix_encounters_status_location")
         batch_op.drop_index(batch_op.f("ix_encounters_patient_id"))
@@ -809,6 +1081,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_conditions_patient_id"))
 
     op.drop_table("conditions")
+    with op.batch_alter_table("canary_patients", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_canary_patients_facility_id"))
+
+    op.drop_table("canary_patients")
     with op.batch_alter_table("allergies", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_allergies_patient_id"))
 
@@ -817,6 +1093,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_accounts_facility_id"))
 
     op.drop_table("accounts")
+    with op.batch_alter_table("ward_assignments", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_ward_assignments_practitioner_id"))
+        batch_op.drop_index(batch_op.f("ix_ward_assignments_location_id"))
+
+    op.drop_table("ward_assignments")
     with op.batch_alter_table("patients", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_patients_phone_bi"))
         batch_op.drop_index(batch_op.f("ix_patients_ins_bi"))
@@ -828,6 +1109,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_patients_birth_date_bi"))
 
     op.drop_table("patients")
+    with op.batch_alter_table("access_tokens", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_access_tokens_client_pk"))
+
+    op.drop_table("access_tokens")
     with op.batch_alter_table("practitioners", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_practitioners_facility_id"))
 
@@ -844,6 +1129,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_audit_event_patients_patient_id"))
 
     op.drop_table("audit_event_patients")
+    op.drop_table("api_clients")
+    with op.batch_alter_table("used_client_assertions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_used_client_assertions_expires_at"))
+
+    op.drop_table("used_client_assertions")
     op.drop_table("facilities")
     with op.batch_alter_table("exposures", schema=None) as batch_op:
         batch_op.drop_index("ix_exposures_patient")
