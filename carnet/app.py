@@ -42,7 +42,17 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             "FHIR R4 API at <a href='/fhir/metadata'>/fhir</a>.</p></main></body></html>"
         )
 
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from carnet.fhir import outcome
     from carnet.fhir.metadata import router as fhir_metadata_router
+    from carnet.kernel.errors import CarnetError
+
+    app.add_exception_handler(CarnetError, outcome.carnet_error_handler)
+    app.add_exception_handler(RequestValidationError, outcome.validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, outcome.http_error_handler)
+    app.add_exception_handler(Exception, outcome.unexpected_error_handler)
 
     app.include_router(fhir_metadata_router)
     return app
