@@ -25,3 +25,44 @@ class RoleGrant(IdMixin, Base):
     reason: Mapped[str | None] = mapped_column(String(500))
 
     __table_args__ = (Index("ix_role_grants_account_status", "account_id", "status"),)
+
+
+class WardAssignment(IdMixin, Base):
+    """A nurse (by Practitioner) works a ward: the ward's current in-progress stays are in their care.
+
+    Chosen over a per-patient list so a shift change is one row, not one row per patient.
+    """
+
+    __tablename__ = "ward_assignments"
+
+    practitioner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"), index=True)
+    location_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("locations.id"), index=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    start_at: Mapped[dt.datetime]
+    end_at: Mapped[dt.datetime | None]
+
+
+class BreakGlassAccess(IdMixin, Base):
+    """One emergency access: one account, one patient, one hour. Listed for review.
+
+    `alert_state` starts `pending`; carnet.detection raises the security officer alert and marks it.
+    """
+
+    __tablename__ = "break_glass_accesses"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    reason_code: Mapped[str] = mapped_column(String(30))
+    justification: Mapped[str] = mapped_column(String(1000))
+    started_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime | None]
+    second_factor_at: Mapped[dt.datetime]
+    audit_seq: Mapped[int | None]
+    alert_state: Mapped[str] = mapped_column(String(12), default="pending")  # pending, alerted
+    reviewed_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+    reviewed_at: Mapped[dt.datetime | None]
+    review_note: Mapped[str | None] = mapped_column(String(1000))
+
+    __table_args__ = (Index("ix_break_glass_accesses_started", "started_at"),)
