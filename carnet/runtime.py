@@ -52,6 +52,8 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None, check_sch
             raise ConfigurationError("the database schema is not current: run `carnet db upgrade`")
     session_factory = make_session_factory(engine)
     keys = FileKeyProvider(settings.resolved_key_file)
+    # carnet.identity wraps TOTP secrets with the KEK; its services find the provider here.
+    session_factory.configure(info={"carnet.key_provider": keys})
     keyring = Keyring(keys, session_factory)
     keyring.load()
     return Runtime(

@@ -1,14 +1,16 @@
-"""Accounts. Second factors, sessions and API clients are added by carnet.identity."""
+"""Accounts and what proves who they are: second factors, sessions, API clients, tokens."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
+
+_BIGINT = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Account(IdMixin, Base):
@@ -27,3 +29,129 @@ class Account(IdMixin, Base):
     status_reason: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[dt.datetime]
     password_changed_at: Mapped[dt.datetime]
+
+
+class TotpDevice(IdMixin, Base):
+    """A TOTP secret, wrapped by the key-encryption key (never stored in clear)."""
+
+    __tablename__ = "totp_devices"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kek_id: Mapped[str] = mapped_column(String(64))
+    secret_wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime]
+    confirmed_at: Mapped[dt.datetime | None]
+    # The last accepted time step: a code of this step or an earlier one is a replay.
+    last_used_step: Mapped[int | None] = mapped_column(_BIGINT)
+
+
+class RecoveryCode(IdMixin, Base):
+    """Single-use recovery codes, kept as SHA-256 digests (they are random, 80 bits)."""
+
+    __tablename__ = "recovery_codes"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    code_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
+
+
+class WebAuthnCredential(IdMixin, Base):
+    __tablename__ = "webauthn_credentials"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    credential_id: Mapped[str] = mapped_column(String(700), unique=True)  # base64url
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    sign_count: Mapped[int] = mapped_column(_BIGINT)
+    transports: Mapped[str] = mapped_column(String(200), default="")
+    label: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime]
+    last_used_at: Mapped[dt.datetime | None]
+
+
+class WebAuthnChallenge(IdMixin, Base):
+    """A challenge handed to a browser; consumed once, short-lived."""
+
+    __tablename__ = "webauthn_challenges"
+
+    account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    purpose: Mapped[str] = mapped_column(String(20))  # register, authenticate
+    challenge: Mapped[bytes] = mapped_column(LargeBinary)
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
+
+
+class AuthSession(IdMixin, Base):
+    """A browser or script session. This table is the truth for every worker."""
+
+    __tablename__ = "auth_sessions"
+
+    # The cookie holds a random token; only its SHA-256 is stored, so a dump yields no session.
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_digest: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    created_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+    idle_timeout_seconds: Mapped[int]
+    absolute_expires_at: Mapped[dt.datetime]
+    second_factor_at: Mapped[dt.datetime | None]
+    second_factor_method: Mapped[str | None] = mapped_column(String(20))  # totp, webauthn, recovery
+    # A privileged account signing in before it has a passkey may only enrol one.
+    enrollment_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    revoked_at: Mapped[dt.datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (Index("ix_auth_sessions_account_revoked", "account_id", "revoked_at"),)
+
+
+class AccountEvent(IdMixin, Base):
+    """An account's security history, shown to its owner (the audit chain keeps the proof)."""
+
+    __tablename__ = "account_events"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(60))
+    outcome: Mapped[str] = mapped_column(String(10))
+    at: Mapped[dt.datetime]
+    address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    detail: Mapped[str | None] = mapped_column(String(300))
+
+
+class ApiClient(IdMixin, Base):
+    """A registered OAuth client (SMART Backend Services): authenticates with its own keys."""
+
+    __tablename__ = "api_clients"
+
+    client_id: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    jwks: Mapped[str] = mapped_column(Text)  # public keys only, JSON
+    allowed_scopes: Mapped[str] = mapped_column(Text)  # space separated
+    facility_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("facilities.id"))
+    status: Mapped[str] = mapped_column(String(12), default="active")  # active, suspended
+    created_at: Mapped[dt.datetime]
+
+
+class AccessToken(IdMixin, Base):
+    """An opaque bearer token (only its digest stored), short-lived and revocable."""
+
+    __tablename__ = "access_tokens"
+
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    client_pk: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    scopes: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class UsedClientAssertion(Base):
+    """The jti of each accepted client assertion, until it expires: an assertion is single use."""
+
+    __tablename__ = "used_client_assertions"
+
+    jti: Mapped[str] = mapped_column(String(200), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)

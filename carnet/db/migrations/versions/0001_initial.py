@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 10:12:28.208659
+Create Date: 2026-11-24 10:13:04.915295
 """
 
 import sqlalchemy as sa

@@ -1,0 +1,159 @@
+"""Identity services: accounts, second factors, sessions. Keyword-only, plain verbs.
+
+Every function takes the caller's SQLAlchemy session and never commits: the caller's transaction
+holds the change and its audit event together.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from carnet.access.actor import Actor
+from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
+from carnet.crypto.keys import KeyProvider
+from carnet.identity import passwords, totp
+from carnet.identity.models import Account, AccountEvent, TotpDevice
+from carnet.kernel import clock
+from carnet.kernel.errors import ConfigurationError, Conflict, InvalidInput
+
+AccountKind = Literal["staff", "patient"]
+
+# Sessions opened by carnet.runtime carry the key provider here (TOTP secrets are wrapped by it).
+KEYS_INFO = "carnet.key_provider"
+
+
+def keys_of(session: Session, keys: KeyProvider | None = None) -> KeyProvider:
+    provider = keys or session.info.get(KEYS_INFO)
+    if provider is None:
+        raise ConfigurationError("this database session has no key provider (use runtime.session_factory)")
+    return provider
+
+
+def record_event(
+    session: Session,
+    *,
+    account_id: uuid.UUID,
+    kind: AuditKind,
+    outcome: Outcome = Outcome.SUCCESS,
+    address: str | None = None,
+    user_agent: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Add a line to the account's security history (what its owner sees)."""
+    session.add(
+        AccountEvent(
+            account_id=account_id,
+            kind=kind.value,
+            outcome=outcome.value,
+            at=clock.now(),
+            address=address,
+            user_agent=(user_agent or "")[:300] or None,
+            detail=(detail or "")[:300] or None,
+        )
+    )
+
+
+def create_account(
+    session: Session,
+    *,
+    username: str,
+    display_name: str,
+    kind: AccountKind,
+    password: str,
+    facility_id: uuid.UUID | None = None,
+    practitioner_id: uuid.UUID | None = None,
+    patient_id: uuid.UUID | None = None,
+    totp_secret: str | None = None,
+    check_password_policy: bool = True,
+    keys: KeyProvider | None = None,
+    audit: AuditWriter | None = None,
+    created_by: Actor | None = None,
+) -> uuid.UUID:
+    """Create an account with an Argon2id password hash; returns its id.
+
+    With `totp_secret`, a confirmed TOTP device is stored (its secret wrapped by the KEK).
+    Roles are not set here: they are RoleGrant rows (carnet.access). With `audit` and
+    `created_by`, the creation is written to the audit chain in the caller's transaction.
+    """
+    username = username.strip()
+    if not username or len(username) > 150:
+        raise InvalidInput("a username is 1 to 150 characters")
+    if kind not in ("staff", "patient"):
+        raise InvalidInput("an account is of kind 'staff' or 'patient'")
+    if kind == "patient" and practitioner_id is not None:
+        raise InvalidInput("a patient account cannot be a practitioner")
+    if kind == "staff" and patient_id is not None:
+        raise InvalidInput("a staff account cannot be a patient's portal account")
+    if check_password_policy:
+        passwords.check_policy(password, context=(username, display_name))
+    elif len(password) < passwords.MIN_LENGTH:
+        # Even seeded accounts never get a short password.
+        raise InvalidInput(f"the password must be at least {passwords.MIN_LENGTH} characters long")
+    if session.scalar(select(Account.id).where(Account.username == username)) is not None:
+        raise Conflict("this username is taken")
+    now = clock.now()
+    account = Account(
+        username=username,
+        display_name=display_name,
+        kind=kind,
+        facility_id=facility_id,
+        practitioner_id=practitioner_id,
+        patient_id=patient_id,
+        password_hash=passwords.hash_password(password),
+        status="active",
+        created_at=now,
+        password_changed_at=now,
+    )
+    session.add(account)
+    session.flush()
+    record_event(session, account_id=account.id, kind=AuditKind.ACCOUNT_CREATED)
+    if totp_secret is not None:
+        add_totp_device(session, account_id=account.id, secret=totp_secret, confirmed=True, keys=keys)
+    if audit is not None and created_by is not None:
+        audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.ACCOUNT_CREATED,
+                outcome=Outcome.SUCCESS,
+                actor=created_by,
+                resource_type="Account",
+                resource_ids=(str(account.id),),
+            ),
+        )
+    return account.id
+
+
+def add_totp_device(
+    session: Session,
+    *,
+    account_id: uuid.UUID,
+    secret: str,
+    confirmed: bool,
+    keys: KeyProvider | None = None,
+) -> uuid.UUID:
+    """Store a TOTP secret for an account; unconfirmed devices do not count until a code is shown."""
+    try:
+        totp.matching_step(secret, "000000", at=clock.now(), after_step=None)
+    except Exception:
+        raise InvalidInput("the TOTP secret is not valid base32") from None
+    device_id = uuid.uuid4()
+    kek_id, wrapped = totp.wrap_secret(keys_of(session, keys), device_id, secret)
+    now = clock.now()
+    session.add(
+        TotpDevice(
+            id=device_id,
+            account_id=account_id,
+            kek_id=kek_id,
+            secret_wrapped=wrapped,
+            created_at=now,
+            confirmed_at=now if confirmed else None,
+        )
+    )
+    session.flush()
+    if confirmed:
+        record_event(session, account_id=account_id, kind=AuditKind.MFA_ENROLLED, detail="totp")
+    return device_id
