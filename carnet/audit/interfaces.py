@@ -53,6 +53,11 @@ class AuditKind(StrEnum):
     # administration
     SETTING_CHANGED = "admin:setting:changed"
     AUDIT_PURGED = "audit:retention:purged"
+    # encryption keys (carnet keys rotate)
+    KEK_ROTATED = "crypto:kek:rotated"
+    KEK_RETIRED = "crypto:kek:retired"
+    DATA_KEY_CREATED = "crypto:data-key:created"
+    DATA_REENCRYPTED = "crypto:data:reencrypted"
 
 
 class Outcome(StrEnum):
