@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 10:13:04.915295
+Create Date: 2026-11-24 10:14:35.180815
 """
 
 import sqlalchemy as sa
@@ -59,6 +59,35 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_audit_events_kind"), ["kind"], unique=False)
 
     op.create_table(
+        "detection_addresses",
+        sa.Column("actor_ref", sa.String(length=80), nullable=False),
+        sa.Column("address", sa.String(length=64), nullable=False),
+        sa.Column("first_seen_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("actor_ref", "address", name=op.f("pk_detection_addresses")),
+    )
+    op.create_table(
+        "detection_baselines",
+        sa.Column("subject", sa.String(length=80), nullable=False),
+        sa.Column("m15", sa.Integer(), nullable=False),
+        sa.Column("h1", sa.Integer(), nullable=False),
+        sa.Column("h24", sa.Integer(), nullable=False),
+        sa.Column("off_hours_share", sa.Double(), nullable=False),
+        sa.Column("computed_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("subject", name=op.f("pk_detection_baselines")),
+    )
+    op.create_table(
+        "detection_events",
+        sa.Column("actor_ref", sa.String(length=80), nullable=False),
+        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("key", sa.String(length=80), nullable=False),
+        sa.Column("at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_detection_events")),
+    )
+    with op.batch_alter_table("detection_events", schema=None) as batch_op:
+        batch_op.create_index("ix_detection_events_actor_at", ["actor_ref", "at"], unique=False)
+
+    op.create_table(
         "exposures",
         sa.Column("actor_ref", sa.String(length=80), nullable=False),
         sa.Column("patient_id", sa.Uuid(), nullable=False),
@@ -66,6 +95,8 @@ def upgrade() -> None:
         sa.Column("resource_type", sa.String(length=40), nullable=False),
         sa.Column("at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
         sa.Column("audit_seq", sa.Integer(), nullable=True),
+        sa.Column("outside_care", sa.Boolean(), nullable=False),
+        sa.Column("fields", sa.String(length=300), nullable=True),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_exposures")),
     )
@@ -673,6 +704,76 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_clinical_notes_patient_id"), ["patient_id"], unique=False)
 
     op.create_table(
+        "detection_actor_states",
+        sa.Column("actor_ref", sa.String(length=80), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=True),
+        sa.Column("status", sa.String(length=12), nullable=False),
+        sa.Column("reason", sa.String(length=1000), nullable=True),
+        sa.Column("contained_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("restored_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_detection_actor_states_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("actor_ref", name=op.f("pk_detection_actor_states")),
+    )
+    op.create_table(
+        "detection_alerts",
+        sa.Column("actor_ref", sa.String(length=80), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=True),
+        sa.Column("username", sa.String(length=150), nullable=False),
+        sa.Column("rule", sa.String(length=30), nullable=False),
+        sa.Column("level", sa.Integer(), nullable=False),
+        sa.Column("sentence", sa.String(length=1000), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("occurrences", sa.Integer(), nullable=False),
+        sa.Column("handled_by", sa.Uuid(), nullable=True),
+        sa.Column("handled_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("note", sa.String(length=500), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_detection_alerts_account_id_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["handled_by"], ["accounts.id"], name=op.f("fk_detection_alerts_handled_by_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_detection_alerts")),
+    )
+    with op.batch_alter_table("detection_alerts", schema=None) as batch_op:
+        batch_op.create_index("ix_detection_alerts_actor_rule", ["actor_ref", "rule"], unique=False)
+        batch_op.create_index("ix_detection_alerts_status_created", ["status", "created_at"], unique=False)
+
+    op.create_table(
+        "detection_restore_requests",
+        sa.Column("actor_ref", sa.String(length=80), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=True),
+        sa.Column("requested_by", sa.Uuid(), nullable=False),
+        sa.Column("requested_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("reason", sa.String(length=500), nullable=False),
+        sa.Column("status", sa.String(length=12), nullable=False),
+        sa.Column("decided_by", sa.Uuid(), nullable=True),
+        sa.Column("decided_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_detection_restore_requests_account_id_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["decided_by"], ["accounts.id"], name=op.f("fk_detection_restore_requests_decided_by_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["requested_by"],
+            ["accounts.id"],
+            name=op.f("fk_detection_restore_requests_requested_by_accounts"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_detection_restore_requests")),
+    )
+    with op.batch_alter_table("detection_restore_requests", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_detection_restore_requests_actor_ref"), ["actor_ref"], unique=False
+        )
+
+    op.create_table(
         "invoices",
         sa.Column("facility_id", sa.Uuid(), nullable=False),
         sa.Column("patient_id", sa.Uuid(), nullable=False),
@@ -1027,6 +1128,16 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_invoices_facility_id"))
 
     op.drop_table("invoices")
+    with op.batch_alter_table("detection_restore_requests", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_detection_restore_requests_actor_ref"))
+
+    op.drop_table("detection_restore_requests")
+    with op.batch_alter_table("detection_alerts", schema=None) as batch_op:
+        batch_op.drop_index("ix_detection_alerts_status_created")
+        batch_op.drop_index("ix_detection_alerts_actor_rule")
+
+    op.drop_table("detection_alerts")
+    op.drop_table("detection_actor_states")
     with op.batch_alter_table("clinical_notes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_clinical_notes_patient_id"))
 
@@ -1140,6 +1251,12 @@ def downgrade() -> None:
         batch_op.drop_index("ix_exposures_actor_at")
 
     op.drop_table("exposures")
+    with op.batch_alter_table("detection_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_detection_events_actor_at")
+
+    op.drop_table("detection_events")
+    op.drop_table("detection_baselines")
+    op.drop_table("detection_addresses")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_events_kind"))
         batch_op.drop_index(batch_op.f("ix_audit_events_actor_ref"))
