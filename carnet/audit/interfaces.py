@@ -28,6 +28,8 @@ class AuditKind(StrEnum):
     PHI_SYSTEM_ACCESS = "phi:system:access"
     # access policy
     BREAK_GLASS_START = "access:break-glass:start"
+    BREAK_GLASS_LISTED = "access:break-glass:listed"
+    BREAK_GLASS_REVIEWED = "access:break-glass:reviewed"
     ROLE_GRANT_REQUESTED = "access:role-grant:requested"
     ROLE_GRANT_APPROVED = "access:role-grant:approved"
     ROLE_GRANT_REJECTED = "access:role-grant:rejected"
