@@ -35,3 +35,11 @@ class AccountContained(CarnetError):
 
 class ConfigurationError(CarnetError):
     """Settings or keys are missing or wrong; carnet refuses to start."""
+
+
+class Throttled(CarnetError):
+    """Detection slowed this actor down; retry later (HTTP 429 with Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
