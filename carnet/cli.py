@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from carnet.audit.commands import audit_app
 from carnet.kernel.errors import CarnetError
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys: create, status, rotate.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 
 err = Console(stderr=True)
 
@@ -59,6 +61,95 @@ def keys_init() -> None:
     Console().print(f"key file written to {path} (mode 0600); keep a copy outside this machine")
 
 
+@keys_app.command("status")
+def keys_status() -> None:
+    """Key-encryption keys, data keys per facility and how many values each one encrypts."""
+    from rich.table import Table
+
+    from carnet.phi.rekey import key_status
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+
+    runtime = build_runtime(get_settings())
+    try:
+        status = key_status(runtime, operator="cli:keys-status")
+    finally:
+        runtime.close()
+    out = Console()
+    out.print(f"active key-encryption key: {status.active_kek_id}")
+    out.print(f"key-encryption keys held: {', '.join(status.kek_ids)}")
+    if status.key_file is not None and status.key_file_mode is not None:
+        out.print(f"key file: {status.key_file} (mode {status.key_file_mode:04o})")
+    if status.key_file_too_open:
+        err.print(
+            f"[bold yellow]warning:[/] the key file is readable by others (mode {status.key_file_mode:04o});"
+            f" run: chmod 600 {status.key_file}",
+            highlight=False,
+        )
+    table = Table("facility", "data key", "version", "wrapped by", "active", "created", "values")
+    for key in status.data_keys:
+        table.add_row(
+            key.facility_name,
+            str(key.id),
+            str(key.version),
+            key.kek_id,
+            "yes" if key.active else "no",
+            key.created_at.strftime("%Y-%m-%d %H:%M"),
+            str(key.ciphertexts),
+        )
+    out.print(table)
+    for kek, count in sorted(status.wrapped_secrets.items()):
+        out.print(f"second-factor secrets wrapped by {kek}: {count}")
+    if status.orphan_ciphertexts:
+        err.print(f"[bold red]{status.orphan_ciphertexts} values name a data key that does not exist[/]")
+        raise typer.Exit(1)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    reencrypt: Annotated[
+        bool,
+        typer.Option(
+            "--reencrypt", help="Also give each facility a new data key and re-encrypt every value."
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=2000, help="Rows per transaction while re-encrypting.")
+    ] = 200,
+) -> None:
+    """New key-encryption key, data keys rewrapped; the old key leaves the key file only at the end.
+
+    Safe while carnet serves: readers keep opening values under old and new keys alike.
+    """
+    from carnet.phi.rekey import rotate_keys
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+
+    runtime = build_runtime(get_settings())
+    try:
+        report = rotate_keys(runtime, reencrypt=reencrypt, batch_size=batch_size, operator="cli:keys-rotate")
+    finally:
+        runtime.close()
+    out = Console()
+    out.print(
+        f"key-encryption key {report.kek_id} is active; {report.data_keys_rewrapped} data keys and "
+        f"{report.secrets_rewrapped} second-factor secrets rewrapped"
+    )
+    if report.retired_kek_ids:
+        out.print(f"retired from the key file: {', '.join(report.retired_kek_ids)}")
+    if reencrypt:
+        out.print(
+            f"{report.new_data_keys} new data keys; {report.reencrypted} values re-encrypted; "
+            f"{report.remaining} still under an old data key"
+        )
+    out.print("back up the key file now: the retired keys are gone from it")
+    if report.remaining:
+        err.print(
+            "[bold yellow]warning:[/] some values are still under an old data key; run the rotation again"
+        )
+        raise typer.Exit(1)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (loopback by default).")] = None,
@@ -83,6 +174,53 @@ def serve(
         server_header=False,
         log_level="info",
     )
+
+
+from carnet.synth import commands as synth_commands  # noqa: E402 (after `serve`, which demo calls)
+
+app.command("seed")(synth_commands.seed)
+app.command("demo")(synth_commands.demo)
+
+users_app = typer.Typer(help="Accounts: list them (no secrets shown).", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("list")
+def users_list(
+    patients: Annotated[bool, typer.Option("--patients", help="Also list patient portal accounts.")] = False,
+) -> None:
+    """List accounts: username, active roles, facility, status. Never passwords or second factors."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from carnet.access.models import RoleGrant
+    from carnet.identity.models import Account
+    from carnet.org.models import Facility
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+
+    runtime = build_runtime(get_settings())
+    try:
+        with runtime.session_factory() as session:
+            query = (
+                select(Account.id, Account.username, Account.kind, Account.status, Facility.name)
+                .outerjoin(Facility, Facility.id == Account.facility_id)
+                .order_by(Facility.name, Account.username)
+            )
+            if not patients:
+                query = query.where(Account.kind == "staff")
+            accounts = session.execute(query).all()
+            roles: dict[object, list[str]] = {}
+            for account_id, role in session.execute(
+                select(RoleGrant.account_id, RoleGrant.role).where(RoleGrant.status == "active")
+            ):
+                roles.setdefault(account_id, []).append(role)
+    finally:
+        runtime.close()
+    table = Table("username", "roles", "facility", "status", title=f"{len(accounts)} accounts")
+    for account_id, username, _kind, status, facility in accounts:
+        table.add_row(username, ", ".join(sorted(roles.get(account_id, []))) or "-", facility or "-", status)
+    Console().print(table)
 
 
 def main() -> None:

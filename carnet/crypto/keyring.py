@@ -2,13 +2,16 @@
 
 Ciphertext layout: version byte 0x01 | data-key id (16 bytes) | nonce (12) | AES-256-GCM output.
 The associated data binds each value to its table, column and row, so a ciphertext copied into
-another row or column fails to decrypt instead of showing the wrong patient's data.
+another row or column fails to decrypt instead of showing the wrong patient's data. The column
+named in the associated data is the stored column without its `_ct` suffix (`family_ct` ->
+"family"); carnet.phi.encrypted_columns lists every such column.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -25,6 +28,9 @@ from carnet.kernel.errors import ConfigurationError
 
 CIPHER_VERSION = 1
 _HEADER = 1 + 16 + 12
+# How stale a worker's idea of "the active data key" may get after `keys rotate --reencrypt`
+# created new ones elsewhere; it bounds how long old keys keep receiving new writes.
+ACTIVE_KEY_REFRESH_SECONDS = 30.0
 
 
 class DecryptionError(ConfigurationError):
@@ -40,12 +46,20 @@ def _aad(table: str, column: str, row_id: uuid.UUID) -> bytes:
 
 
 class Keyring:
-    def __init__(self, provider: KeyProvider, session_factory: Callable[[], Session]) -> None:
+    def __init__(
+        self,
+        provider: KeyProvider,
+        session_factory: Callable[[], Session],
+        *,
+        refresh_seconds: float = ACTIVE_KEY_REFRESH_SECONDS,
+    ) -> None:
         self.provider = provider
         self._session_factory = session_factory
         self._lock = threading.Lock()
         self._keys: dict[uuid.UUID, AESGCM] = {}
         self._active: dict[uuid.UUID, uuid.UUID] = {}
+        self._refresh_seconds = refresh_seconds
+        self._loaded_at = time.monotonic()
         self.blind = BlindIndexer(provider.blind_index_key())
 
     # -- loading -------------------------------------------------------------------------
@@ -63,7 +77,21 @@ class Keyring:
         with self._lock:
             self._keys = keys
             self._active = {fac: dek for fac, (_v, dek) in active.items()}
+            self._loaded_at = time.monotonic()
         return len(keys)
+
+    def rewrap_data_keys(self, session: Session) -> int:
+        """Rewrap every data key not under the provider's active KEK; returns how many.
+
+        The data keys themselves do not change, so no ciphertext needs re-encryption.
+        """
+        active_kek = self.provider.active_kek_id
+        rows = session.scalars(select(DataKey).where(DataKey.kek_id != active_kek)).all()
+        for row in rows:
+            raw = self.provider.unwrap(row.kek_id, row.wrapped_key, context=_context(row.id))
+            row.kek_id, row.wrapped_key = self.provider.wrap(raw, context=_context(row.id))
+        session.flush()
+        return len(rows)
 
     def create_data_key(self, session: Session, facility_id: uuid.UUID) -> uuid.UUID:
         """Create a new active data key for a facility (first key, or re-keying)."""
@@ -102,6 +130,8 @@ class Keyring:
         return key
 
     def active_key_id(self, facility_id: uuid.UUID) -> uuid.UUID:
+        if time.monotonic() - self._loaded_at > self._refresh_seconds:
+            self.load()  # pick up a data key that rotation made active in another process
         dek_id = self._active.get(facility_id)
         if dek_id is None:
             self.load()
@@ -136,6 +166,21 @@ class Keyring:
                 f"{table}.{column} of a row does not authenticate (moved or edited)"
             ) from None
         return plain.decode()
+
+    def reencrypt(
+        self, blob: bytes | None, *, facility_id: uuid.UUID, table: str, column: str, row_id: uuid.UUID
+    ) -> bytes | None:
+        """The same value under the facility's active data key; None when it already is.
+
+        Decrypting first proves the value authentic, so rotation never launders a tampered one.
+        """
+        if blob is None:
+            return None
+        target = self.active_key_id(facility_id)
+        if len(blob) >= _HEADER and blob[0] == CIPHER_VERSION and self.key_id_of(blob) == target:
+            return None
+        plain = self.decrypt(blob, table=table, column=column, row_id=row_id)
+        return self.encrypt(plain, facility_id=facility_id, table=table, column=column, row_id=row_id)
 
     def key_id_of(self, blob: bytes) -> uuid.UUID:
         return uuid.UUID(bytes=bytes(blob[1:17]))

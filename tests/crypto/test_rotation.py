@@ -1,0 +1,247 @@
+"""Key rotation: KEK rewrap, data-key renewal with re-encryption, crash safety, audit, load."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+from sqlalchemy import select, update
+
+from carnet.audit.interfaces import AuditKind
+from carnet.audit.models import AuditEvent
+from carnet.crypto.keyring import DecryptionError
+from carnet.crypto.keys import FileKeyProvider
+from carnet.crypto.models import DataKey
+from carnet.identity import totp
+from carnet.identity.models import Account, TotpDevice
+from carnet.kernel.errors import ConfigurationError, InvalidInput
+from carnet.patients.models import Patient
+from carnet.phi.rekey import count_ciphertexts, key_status, rotate_keys
+from carnet.runtime import Runtime, build_runtime
+from tests.crypto.helpers import (
+    CARNET,
+    cli_env,
+    create_facility,
+    decrypt_patient,
+    insert_patients,
+    make_patients,
+    read_patients,
+)
+
+
+def _seed(runtime: Runtime, count: int) -> dict[uuid.UUID, dict[str, str | None]]:
+    first = create_facility(runtime)
+    second = create_facility(runtime, name="Clinique Seconde", finess="750000002")
+    patients = make_patients(count // 2, first, seed=1) + make_patients(count - count // 2, second, seed=2)
+    insert_patients(runtime, patients)
+    expected: dict[uuid.UUID, dict[str, str | None]] = {p.id: dict(p.fields()) for p in patients}
+    return expected
+
+
+def _kinds(runtime: Runtime) -> list[str]:
+    with runtime.session_factory() as session:
+        return list(session.scalars(select(AuditEvent.kind).order_by(AuditEvent.seq)))
+
+
+def _key_file(runtime: Runtime) -> dict[str, object]:
+    doc: dict[str, object] = json.loads(runtime.settings.resolved_key_file.read_text())
+    return doc
+
+
+def _totp_device(runtime: Runtime, facility_id: uuid.UUID) -> tuple[uuid.UUID, str]:
+    secret = totp.new_secret()
+    now = dt.datetime.now(dt.UTC)
+    with runtime.session_factory.begin() as session:
+        account = Account(
+            username="dr.rotation",
+            display_name="Dr Rotation",
+            kind="staff",
+            facility_id=facility_id,
+            password_hash="x",
+            created_at=now,
+            password_changed_at=now,
+        )
+        session.add(account)
+        session.flush()
+        device_id = uuid.uuid4()
+        kek_id, wrapped = totp.wrap_secret(runtime.keys, device_id, secret)
+        session.add(
+            TotpDevice(
+                id=device_id,
+                account_id=account.id,
+                kek_id=kek_id,
+                secret_wrapped=wrapped,
+                created_at=now,
+                confirmed_at=now,
+            )
+        )
+    return device_id, secret
+
+
+def test_kek_rotation_rewraps_everything_and_retires_the_old_kek(runtime: Runtime) -> None:
+    expected = _seed(runtime, 40)
+    with runtime.session_factory() as session:
+        facility_id = session.scalars(select(DataKey.facility_id)).first()
+    assert facility_id is not None
+    device_id, secret = _totp_device(runtime, facility_id)
+
+    report = rotate_keys(runtime, operator="test")
+
+    assert report.previous_kek_ids == ["kek-1"] and report.kek_id == "kek-2"
+    assert report.data_keys_rewrapped == 2 and report.secrets_rewrapped == 1
+    assert report.retired_kek_ids == ["kek-1"]
+    doc = _key_file(runtime)
+    assert doc["active_kek"] == "kek-2" and set(doc["keks"]) == {"kek-2"}  # type: ignore[arg-type]
+    with runtime.session_factory() as session:
+        assert set(session.scalars(select(DataKey.kek_id))) == {"kek-2"}
+        device = session.get_one(TotpDevice, device_id)
+        assert device.kek_id == "kek-2"
+    # A worker started now, with only the new key file, opens everything.
+    fresh = build_runtime(runtime.settings)
+    try:
+        assert read_patients(fresh) == expected
+        assert totp.unwrap_secret(fresh.keys, device_id, device.kek_id, device.secret_wrapped) == secret
+    finally:
+        fresh.close()
+    kinds = _kinds(runtime)
+    assert AuditKind.KEK_ROTATED.value in kinds and AuditKind.KEK_RETIRED.value in kinds
+    assert AuditKind.PHI_SYSTEM_ACCESS.value in kinds
+
+
+def test_a_crash_after_the_new_kek_is_written_loses_nothing(runtime: Runtime) -> None:
+    expected = _seed(runtime, 10)
+    keys = runtime.keys
+    assert isinstance(keys, FileKeyProvider)
+    keys.add_kek()  # the rotation died right after step 1: rows still name kek-1
+    restarted = build_runtime(runtime.settings)
+    try:
+        assert read_patients(restarted) == expected
+        report = rotate_keys(restarted, operator="test")  # running it again finishes the job
+        assert report.kek_id == "kek-3" and report.retired_kek_ids == ["kek-1", "kek-2"]
+        assert read_patients(restarted) == expected
+    finally:
+        restarted.close()
+
+
+def test_reencryption_moves_every_value_to_new_data_keys(runtime: Runtime) -> None:
+    expected = _seed(runtime, 60)
+    with runtime.session_factory() as session:
+        old_keys = set(session.scalars(select(DataKey.id)))
+
+    report = rotate_keys(runtime, reencrypt=True, batch_size=7, operator="test")
+
+    assert report.new_data_keys == 2
+    assert report.reencrypted == 60 * 7  # seven identifying fields per patient
+    assert report.remaining == 0
+    counts = count_ciphertexts(runtime, operator="test")
+    assert all(counts.get(k, 0) == 0 for k in old_keys)
+    status = key_status(runtime, operator="test")
+    active = [k for k in status.data_keys if k.active]
+    assert len(active) == 2 and all(k.version == 2 for k in active)
+    assert sum(k.ciphertexts for k in active) == 60 * 7
+    assert status.orphan_ciphertexts == 0
+    # Old data keys stay (inactive) so a reader holding an old value can still open it.
+    assert {k.id for k in status.data_keys if not k.active} == old_keys
+    assert read_patients(runtime) == expected
+    fresh = build_runtime(runtime.settings)
+    try:
+        assert read_patients(fresh) == expected
+    finally:
+        fresh.close()
+    kinds = _kinds(runtime)
+    assert kinds.count(AuditKind.DATA_KEY_CREATED.value) == 2
+    assert AuditKind.DATA_REENCRYPTED.value in kinds
+
+
+def test_a_tampered_value_stops_reencryption_instead_of_being_laundered(runtime: Runtime) -> None:
+    _seed(runtime, 6)
+    with runtime.session_factory.begin() as session:
+        victim, other = session.scalars(select(Patient).order_by(Patient.id).limit(2)).all()
+        # Swap one patient's family name into another row: the AAD binding must catch it.
+        session.execute(update(Patient).where(Patient.id == other.id).values(family_ct=victim.family_ct))
+    with pytest.raises(DecryptionError):
+        rotate_keys(runtime, reencrypt=True, operator="test")
+    with runtime.session_factory() as session:
+        moved = session.get_one(Patient, other.id)
+        assert moved.family_ct == victim.family_ct  # left as it was, for the investigation
+
+
+def test_bad_batch_sizes_are_refused_before_anything_changes(sqlite_runtime: Runtime) -> None:
+    _seed(sqlite_runtime, 2)
+    before = _key_file(sqlite_runtime)
+    for size in (0, 100_000):
+        with pytest.raises(InvalidInput, match="batch size"):
+            rotate_keys(sqlite_runtime, reencrypt=True, batch_size=size)
+    assert _key_file(sqlite_runtime) == before
+
+
+def test_two_rotations_at_once_are_refused(sqlite_runtime: Runtime) -> None:
+    keys = sqlite_runtime.keys
+    assert isinstance(keys, FileKeyProvider)
+    with keys.rotation_lock(), pytest.raises(ConfigurationError, match="another key rotation"):
+        rotate_keys(sqlite_runtime)
+
+
+def test_reads_keep_working_while_keys_rotate_with_reencryption(runtime: Runtime) -> None:
+    """Another worker (its own runtime, its own copy of the key file) reads during the CLI run."""
+    expected = _seed(runtime, 400)
+    ids = list(expected)
+    reader = build_runtime(runtime.settings)
+    failures: list[str] = []
+    reads = 0
+    seen_keys: set[uuid.UUID] = set()
+    stop = threading.Event()
+
+    def read_loop() -> None:
+        nonlocal reads
+        rng = random.Random(3)
+        while not stop.is_set():
+            wanted = rng.sample(ids, 5)
+            try:
+                with reader.session_factory() as session:
+                    rows = session.scalars(select(Patient).where(Patient.id.in_(wanted))).all()
+                    for row in rows:
+                        if decrypt_patient(reader, row) != expected[row.id]:
+                            failures.append("a read returned the wrong content")
+                        seen_keys.add(reader.keyring.key_id_of(row.family_ct))
+                    if len(rows) != len(wanted):
+                        failures.append("a patient went missing")
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+            reads += 1
+
+    thread = threading.Thread(target=read_loop)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        reads_before = reads
+        result = subprocess.run(
+            [str(CARNET), "keys", "rotate", "--reencrypt", "--batch-size", "25"],
+            env=cli_env(runtime),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        reads_during = reads - reads_before
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+        reader.close()
+    assert result.returncode == 0, result.stderr
+    assert "2800 values re-encrypted" in result.stdout and "0 still under an old data key" in result.stdout
+    assert failures == []
+    assert reads_during > 0
+    with runtime.session_factory() as session:
+        new_keys = set(session.scalars(select(DataKey.id).where(DataKey.active.is_(True))))
+    # The reader met values under the new data keys, which it had to load on the fly.
+    assert seen_keys & new_keys
+    assert read_patients(runtime) == expected
+    assert set(_key_file(runtime)["keks"]) == {"kek-2"}  # type: ignore[arg-type]
