@@ -55,4 +55,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.add_exception_handler(Exception, outcome.unexpected_error_handler)
 
     app.include_router(fhir_metadata_router)
+
+    from carnet.identity.views import router as identity_router
+
+    app.include_router(identity_router)
     return app

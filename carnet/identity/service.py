@@ -6,17 +6,22 @@ holds the change and its audit event together.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import secrets
 import uuid
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
+from carnet.access.models import RoleGrant
+from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
 from carnet.crypto.keys import KeyProvider
 from carnet.identity import passwords, totp
-from carnet.identity.models import Account, AccountEvent, TotpDevice
+from carnet.identity.models import Account, AccountEvent, RecoveryCode, TotpDevice
 from carnet.kernel import clock
 from carnet.kernel.errors import ConfigurationError, Conflict, InvalidInput
 
@@ -157,3 +162,108 @@ def add_totp_device(
     if confirmed:
         record_event(session, account_id=account_id, kind=AuditKind.MFA_ENROLLED, detail="totp")
     return device_id
+
+
+def roles_of(session: Session, *, account: Account) -> frozenset[Role]:
+    """An account's roles: its active RoleGrants (written by carnet.access), plus PATIENT for a
+    patient's portal account. Unknown role names are ignored, never guessed."""
+    names = session.scalars(
+        select(RoleGrant.role).where(RoleGrant.account_id == account.id, RoleGrant.status == "active")
+    ).all()
+    known = {r.value: r for r in Role}
+    roles = {known[n] for n in names if n in known}
+    if account.kind == "patient":
+        roles = {Role.PATIENT}  # a portal account never holds staff roles
+    return frozenset(roles)
+
+
+def verify_totp(
+    session: Session, *, account_id: uuid.UUID, code: str, keys: KeyProvider | None = None
+) -> bool:
+    """True when `code` is valid for one of the account's confirmed devices and not a replay."""
+    provider = keys_of(session, keys)
+    devices = session.scalars(
+        select(TotpDevice).where(TotpDevice.account_id == account_id, TotpDevice.confirmed_at.is_not(None))
+    ).all()
+    now = clock.now()
+    for device in devices:
+        secret = totp.unwrap_secret(provider, device.id, device.kek_id, device.secret_wrapped)
+        step = totp.matching_step(secret, code, at=now, after_step=device.last_used_step)
+        if step is None:
+            continue
+        # Conditional update: two requests racing with one code cannot both win.
+        won = session.execute(
+            update(TotpDevice)
+            .where(
+                TotpDevice.id == device.id,
+                or_(TotpDevice.last_used_step.is_(None), TotpDevice.last_used_step < step),
+            )
+            .values(last_used_step=step)
+        ).rowcount  # type: ignore[attr-defined]
+        return bool(won == 1)
+    return False
+
+
+def has_totp(session: Session, *, account_id: uuid.UUID) -> bool:
+    return (
+        session.scalar(
+            select(TotpDevice.id)
+            .where(TotpDevice.account_id == account_id, TotpDevice.confirmed_at.is_not(None))
+            .limit(1)
+        )
+        is not None
+    )
+
+
+RECOVERY_CODE_COUNT = 10
+
+
+def _recovery_digest(code: str) -> str:
+    return hashlib.sha256(code.strip().lower().replace("-", "").encode()).hexdigest()
+
+
+def looks_like_recovery_code(code: str) -> bool:
+    return len(code.strip().replace("-", "")) == 16
+
+
+def replace_recovery_codes(session: Session, *, account_id: uuid.UUID) -> list[str]:
+    """New single-use recovery codes (the old ones stop working); shown once, stored as digests."""
+    session.execute(
+        update(RecoveryCode)
+        .where(RecoveryCode.account_id == account_id, RecoveryCode.used_at.is_(None))
+        .values(used_at=clock.now())
+    )
+    codes = []
+    now = clock.now()
+    for _ in range(RECOVERY_CODE_COUNT):
+        raw = base64.b32encode(secrets.token_bytes(10)).decode().lower()  # 80 bits, 16 characters
+        code = f"{raw[:8]}-{raw[8:]}"
+        codes.append(code)
+        session.add(RecoveryCode(account_id=account_id, code_digest=_recovery_digest(code), created_at=now))
+    session.flush()
+    record_event(session, account_id=account_id, kind=AuditKind.MFA_ENROLLED, detail="recovery codes")
+    return codes
+
+
+def use_recovery_code(session: Session, *, account_id: uuid.UUID, code: str) -> bool:
+    won = session.execute(
+        update(RecoveryCode)
+        .where(
+            RecoveryCode.account_id == account_id,
+            RecoveryCode.code_digest == _recovery_digest(code),
+            RecoveryCode.used_at.is_(None),
+        )
+        .values(used_at=clock.now())
+    ).rowcount  # type: ignore[attr-defined]
+    return bool(won == 1)
+
+
+def security_history(session: Session, *, account_id: uuid.UUID, limit: int = 100) -> list[AccountEvent]:
+    return list(
+        session.scalars(
+            select(AccountEvent)
+            .where(AccountEvent.account_id == account_id)
+            .order_by(AccountEvent.at.desc())
+            .limit(min(max(limit, 1), 500))
+        )
+    )

@@ -1,0 +1,375 @@
+"""Login, step-up and the request's Actor: who is asking, proven how, since when.
+
+One generic answer for an unknown user, a wrong password and a wrong code; unknown users cost
+an Argon2 verification too, so the answers do not differ in time either.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from carnet.access.actor import Actor, ActorKind
+from carnet.access.roles import PRIVILEGED_ROLES, Role
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.identity import passkeys, passwords, service, sessions
+from carnet.identity.models import Account, AuthSession
+from carnet.identity.throttle import LimitsLoginThrottle, LoginThrottle
+from carnet.kernel import clock
+from carnet.kernel.errors import (
+    AccountContained,
+    AuthenticationRequired,
+    CarnetError,
+    InvalidInput,
+    StepUpRequired,
+)
+from carnet.runtime import Runtime
+from carnet.settings import Environment
+
+GENERIC_FAILURE = "the username, password or code is not right"
+
+
+class LoginThrottled(CarnetError):
+    """Too many failed attempts for this username or address: wait before trying again."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed attempts; try again in {retry_after} seconds")
+        self.retry_after = retry_after
+
+
+class PasskeyRequired(AuthenticationRequired):
+    """The account holds a privileged role: only a passkey completes its login."""
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    address: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    username: str
+    password: str
+    otp: str | None = None
+    webauthn: dict[str, Any] | None = None
+    challenge_id: uuid.UUID | None = None
+    # The session the client held before (if any): replaced, never reused.
+    previous_token: str | None = None
+    context: RequestContext = field(default_factory=lambda: RequestContext(None, None))
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    issued: sessions.IssuedSession
+    actor: Actor
+
+
+def contained_message(account: Account, contact: str) -> str:
+    why = account.status_reason or "unusual activity"
+    return f"this account is suspended ({why}). Call {contact} to restore it."
+
+
+def actor_for(
+    account: Account,
+    roles: frozenset[Role],
+    *,
+    row: AuthSession | None,
+    context: RequestContext,
+) -> Actor:
+    return Actor(
+        kind=ActorKind.PATIENT if account.kind == "patient" else ActorKind.STAFF,
+        username=account.username,
+        roles=roles,
+        account_id=account.id,
+        facility_id=account.facility_id,
+        practitioner_id=account.practitioner_id,
+        patient_id=account.patient_id,
+        session_id=row.id if row else None,
+        address=context.address,
+        user_agent=context.user_agent,
+        second_factor_at=row.second_factor_at if row else None,
+    )
+
+
+def require_fresh_second_factor(actor: Actor) -> None:
+    """Sensitive actions need a second factor proven in the last 5 minutes."""
+    at = actor.second_factor_at
+    if at is None or clock.now() - at > sessions.STEP_UP_FRESHNESS:
+        raise StepUpRequired("confirm it is you: present your second factor again (POST /auth/step-up)")
+
+
+class Authenticator:
+    """Logs accounts in and resolves sessions, on a runtime's database, audit and keys."""
+
+    def __init__(self, runtime: Runtime, throttle: LoginThrottle | None = None) -> None:
+        self.runtime = runtime
+        self.throttle = throttle or LimitsLoginThrottle(runtime.settings.redis_url)
+        self.rp = passkeys.RelyingParty.from_origin(runtime.settings.origin)
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> Authenticator:
+        """The runtime's one Authenticator (its throttle counters must be shared)."""
+        found = runtime.services.get("identity")
+        if not isinstance(found, Authenticator):
+            found = cls(runtime)
+            runtime.services["identity"] = found
+        return found
+
+    @property
+    def demo(self) -> bool:
+        return self.runtime.settings.env == Environment.DEMO
+
+    # -- login ---------------------------------------------------------------------------
+    def log_in(self, request: LoginRequest) -> LoginResult:
+        ctx = request.context
+        username = request.username.strip()[:150]
+        wait = self.throttle.blocked(username=username, address=ctx.address)
+        if wait is not None:
+            self._fail(username, None, ctx, reason="throttled")
+            raise LoginThrottled(wait)
+        failure: str | None
+        with self.runtime.session_factory.begin() as session:
+            account = session.scalar(select(Account).where(Account.username == username))
+            ok = passwords.verify_password(account.password_hash if account else None, request.password)
+            if account is None or not ok:
+                failure = "unknown account" if account is None else "wrong password"
+            else:
+                failure, method, enrollment_only = self._second_factor(session, account, request)
+                if failure is None:
+                    return self._succeed(session, account, request, method, enrollment_only)
+        self.throttle.failed(username=username, address=ctx.address)
+        self._fail(username, account, ctx, reason=failure or "refused")
+        if failure == "passkey required":
+            raise PasskeyRequired("this account must sign in with its passkey")
+        raise AuthenticationRequired(GENERIC_FAILURE)
+
+    def _second_factor(
+        self, session: Session, account: Account, request: LoginRequest
+    ) -> tuple[str | None, str | None, bool]:
+        """(failure reason or None, method used, enrollment_only)."""
+        roles = service.roles_of(session, account=account)
+        privileged = bool(roles & PRIVILEGED_ROLES)
+        method: str | None = None
+        if request.webauthn is not None and request.challenge_id is not None:
+            if not passkeys.authenticate(
+                session,
+                account_id=account.id,
+                challenge_id=request.challenge_id,
+                credential=request.webauthn,
+                rp=self.rp,
+            ):
+                return "wrong passkey", None, False
+            method = "webauthn"
+        elif request.otp:
+            if service.verify_totp(session, account_id=account.id, code=request.otp):
+                method = "totp"
+            elif service.looks_like_recovery_code(request.otp) and service.use_recovery_code(
+                session, account_id=account.id, code=request.otp
+            ):
+                method = "recovery"
+            else:
+                return "wrong code", None, False
+        if method is None:
+            # A password alone opens no staff session; a patient without a factor is AAL1.
+            if account.kind == "staff" or service.has_totp(session, account_id=account.id):
+                return "second factor missing", None, False
+            return None, None, False
+        if privileged and method != "webauthn" and not self.demo:
+            if passkeys.has_passkey(session, account_id=account.id):
+                return "passkey required", None, False
+            # First login of a privileged account: its session may only enrol a passkey.
+            return None, method, True
+        return None, method, False
+
+    def _succeed(
+        self,
+        session: Session,
+        account: Account,
+        request: LoginRequest,
+        method: str | None,
+        enrollment_only: bool,
+    ) -> LoginResult:
+        ctx = request.context
+        if account.status != "active":
+            # Only now, with every factor proven, does the answer say the account is held.
+            self._audit_failure(session, account.username, account, ctx, reason=f"account {account.status}")
+            session.commit()
+            if account.status == "suspended":
+                raise AccountContained(contained_message(account, self.runtime.settings.security_contact))
+            raise AuthenticationRequired("this account is disabled")
+        if passwords.needs_rehash(account.password_hash):
+            account.password_hash = passwords.hash_password(request.password)
+        roles = service.roles_of(session, account=account)
+        if request.previous_token:
+            previous = session.scalar(
+                select(AuthSession).where(AuthSession.token_digest == sessions.digest(request.previous_token))
+            )
+            if previous is not None and previous.revoked_at is None:
+                previous.revoked_at = clock.now()
+                previous.revoked_reason = "replaced by a new login"
+        issued = sessions.open_session(
+            session,
+            account_id=account.id,
+            privileged=bool(roles & PRIVILEGED_ROLES),
+            second_factor_method=method,
+            enrollment_only=enrollment_only,
+            address=ctx.address,
+            user_agent=ctx.user_agent,
+        )
+        row = session.get_one(AuthSession, issued.session_id)
+        actor = actor_for(account, roles, row=row, context=ctx)
+        detail = {"method": method or "password"}
+        if enrollment_only:
+            detail["session"] = "passkey enrolment only"
+        self.runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.LOGIN_SUCCESS,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                resource_type="Account",
+                resource_ids=(str(account.id),),
+                detail=detail,
+            ),
+        )
+        service.record_event(
+            session,
+            account_id=account.id,
+            kind=AuditKind.LOGIN_SUCCESS,
+            address=ctx.address,
+            user_agent=ctx.user_agent,
+            detail=", ".join(f"{k}: {v}" for k, v in detail.items()),
+        )
+        return LoginResult(issued=issued, actor=actor)
+
+    def _fail(self, username: str, account: Account | None, ctx: RequestContext, *, reason: str) -> None:
+        with self.runtime.session_factory.begin() as session:
+            self._audit_failure(session, username, account, ctx, reason=reason)
+
+    def _audit_failure(
+        self, session: Session, username: str, account: Account | None, ctx: RequestContext, *, reason: str
+    ) -> None:
+        actor = Actor(
+            kind=ActorKind.PATIENT if account is not None and account.kind == "patient" else ActorKind.STAFF,
+            username=username,
+            roles=frozenset(),
+            account_id=account.id if account else None,
+            address=ctx.address,
+            user_agent=ctx.user_agent,
+        )
+        self.runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.LOGIN_FAILURE,
+                outcome=Outcome.DENIED,
+                actor=actor,
+                resource_type="Account",
+                resource_ids=(str(account.id),) if account else (),
+                detail={"reason": reason},
+            ),
+        )
+        if account is not None:
+            service.record_event(
+                session,
+                account_id=account.id,
+                kind=AuditKind.LOGIN_FAILURE,
+                outcome=Outcome.DENIED,
+                address=ctx.address,
+                user_agent=ctx.user_agent,
+                detail=reason,
+            )
+
+    # -- sessions ------------------------------------------------------------------------
+    def resolve(
+        self, *, token: str, context: RequestContext, allow_enrollment_only: bool = False
+    ) -> tuple[Actor, AuthSession]:
+        """The Actor of a session cookie; raises AuthenticationRequired / AccountContained."""
+        with self.runtime.session_factory.begin() as session:
+            row = session.scalar(
+                select(AuthSession).where(AuthSession.token_digest == sessions.digest(token))
+            )
+            account = session.get(Account, row.account_id) if row is not None else None
+            if row is None or account is None:
+                raise AuthenticationRequired("sign in first (POST /auth/login)")
+            roles = service.roles_of(session, account=account)
+            live = sessions.find_live(session, token=token, privileged=bool(roles & PRIVILEGED_ROLES))
+            if live is None:
+                raise AuthenticationRequired("the session has ended (expired or revoked); sign in again")
+            if account.status == "suspended":
+                raise AccountContained(contained_message(account, self.runtime.settings.security_contact))
+            if account.status != "active":
+                raise AuthenticationRequired("this account is disabled")
+            if live.enrollment_only and not allow_enrollment_only:
+                raise StepUpRequired("register a passkey first: this account must sign in with one")
+            sessions.touch(session, live)
+            return actor_for(account, roles, row=live, context=context), live
+
+    def log_out(self, *, actor: Actor) -> None:
+        if actor.account_id is None or actor.session_id is None:
+            return
+        with self.runtime.session_factory.begin() as session:
+            sessions.revoke(
+                session,
+                account_id=actor.account_id,
+                session_id=actor.session_id,
+                reason="signed out",
+                actor=actor,
+                audit=self.runtime.audit,
+            )
+            self.runtime.audit.append(
+                session, AuditRecord(kind=AuditKind.LOGOUT, outcome=Outcome.SUCCESS, actor=actor)
+            )
+
+    def step_up(
+        self,
+        *,
+        actor: Actor,
+        otp: str | None,
+        webauthn: dict[str, Any] | None,
+        challenge_id: uuid.UUID | None,
+    ) -> dt.datetime:
+        """Prove the second factor again; privileged roles must use their passkey."""
+        if actor.account_id is None or actor.session_id is None:
+            raise AuthenticationRequired("sign in first (POST /auth/login)")
+        with self.runtime.session_factory.begin() as session:
+            method: str | None = None
+            if webauthn is not None and challenge_id is not None:
+                if passkeys.authenticate(
+                    session,
+                    account_id=actor.account_id,
+                    challenge_id=challenge_id,
+                    credential=webauthn,
+                    rp=self.rp,
+                ):
+                    method = "webauthn"
+            elif otp and (not actor.is_privileged or self.demo):
+                if service.verify_totp(session, account_id=actor.account_id, code=otp):
+                    method = "totp"
+            elif otp:
+                raise InvalidInput("this account must confirm with its passkey")
+            outcome = Outcome.SUCCESS if method else Outcome.DENIED
+            self.runtime.audit.append(
+                session,
+                AuditRecord(
+                    kind=AuditKind.STEP_UP, outcome=outcome, actor=actor, detail={"method": method or "none"}
+                ),
+            )
+            service.record_event(
+                session,
+                account_id=actor.account_id,
+                kind=AuditKind.STEP_UP,
+                outcome=outcome,
+                address=actor.address,
+                user_agent=actor.user_agent,
+                detail=method,
+            )
+            if method is None:
+                session.commit()
+                raise StepUpRequired("the second factor was not accepted")
+            return sessions.mark_second_factor(session, session_id=actor.session_id, method=method)

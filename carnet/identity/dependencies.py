@@ -1,0 +1,89 @@
+"""FastAPI dependencies: who is asking, from a session cookie or a bearer token.
+
+The FHIR API and the web UI use `current_actor`; carnet errors raised here become 401/403
+answers (OperationOutcome) that say why and, for a contained account, whom to call.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from fastapi import Request
+
+from carnet.access.actor import Actor
+from carnet.identity.authenticate import Authenticator, RequestContext
+from carnet.kernel.errors import AuthenticationRequired, Forbidden
+from carnet.runtime import Runtime
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_COOKIE = "carnet_csrf"
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime = getattr(request.app.state, "runtime", None)
+    if not isinstance(runtime, Runtime):
+        raise AuthenticationRequired("the service is starting")
+    return runtime
+
+
+def cookie_is_secure(origin: str) -> bool:
+    """Secure cookies everywhere but a developer's plain-http localhost."""
+    parts = urlsplit(origin)
+    return not (parts.scheme == "http" and parts.hostname == "localhost")
+
+
+def session_cookie_name(origin: str) -> str:
+    # __Host- forbids a Domain attribute and needs Secure: no sibling host can plant it.
+    return "__Host-carnet_session" if cookie_is_secure(origin) else "carnet_session"
+
+
+def request_context(request: Request) -> RequestContext:
+    # The peer address only: a forwarded-for header is written by the client and proves nothing.
+    address = request.client.host if request.client else None
+    return RequestContext(address=address, user_agent=request.headers.get("user-agent"))
+
+
+def session_token(request: Request, runtime: Runtime) -> str | None:
+    return request.cookies.get(session_cookie_name(runtime.settings.origin))
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _actor(request: Request, *, allow_enrollment_only: bool) -> Actor:
+    runtime = runtime_of(request)
+    context = request_context(request)
+    bearer = _bearer(request)
+    if bearer is not None:
+        from carnet.identity.oauth import resolve_bearer
+
+        return resolve_bearer(runtime, token=bearer, context=context)
+    token = session_token(request, runtime)
+    if token is None:
+        raise AuthenticationRequired("sign in first (POST /auth/login)")
+    actor, row = Authenticator.of(runtime).resolve(
+        token=token, context=context, allow_enrollment_only=allow_enrollment_only
+    )
+    if request.method not in SAFE_METHODS:
+        from carnet.identity.sessions import csrf_matches
+
+        # A cookie rides along with cross-site requests; the header proves our own page sent it.
+        if not csrf_matches(row, request.headers.get(CSRF_HEADER)):
+            raise Forbidden(f"missing or wrong {CSRF_HEADER} header (cross-site request refused)")
+    return actor
+
+
+def current_actor(request: Request) -> Actor:
+    """The Actor of this request (session cookie with CSRF check, or bearer token)."""
+    return _actor(request, allow_enrollment_only=False)
+
+
+def enrolling_actor(request: Request) -> Actor:
+    """Like current_actor, but also a privileged account's passkey-enrolment-only session."""
+    return _actor(request, allow_enrollment_only=True)

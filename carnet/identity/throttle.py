@@ -1,0 +1,69 @@
+"""Login throttling per account and per source address, with the `limits` package.
+
+Redis storage when CARNET_REDIS_URL is set (shared by every worker), memory otherwise. Keys are
+digests, so the store never holds usernames or addresses in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Protocol
+
+from limits import RateLimitItem, parse_many, storage, strategies
+
+# A person mistyping gets several tries; a guesser gets a few dozen a day per account.
+ACCOUNT_LIMITS = "5/minute;20/hour;50/day"
+# One address may serve a ward behind NAT: wider, but still far from a brute force.
+ADDRESS_LIMITS = "30/minute;200/hour;1000/day"
+
+
+class LoginThrottle(Protocol):
+    """Counts failed logins and says when a username or an address must wait."""
+
+    def blocked(self, *, username: str, address: str | None) -> int | None:
+        """Seconds to wait before trying again, or None when an attempt may proceed."""
+        ...
+
+    def failed(self, *, username: str, address: str | None) -> None:
+        """Count one failure against the username and the address."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every counter (tests and `carnet` administration)."""
+        ...
+
+
+def _key(kind: str, value: str) -> str:
+    return f"carnet-login/{kind}/" + hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+class LimitsLoginThrottle:
+    """LoginThrottle on a `limits` storage: Redis for several workers, memory for one."""
+
+    def __init__(self, storage_uri: str | None) -> None:
+        self._storage = storage.storage_from_string(storage_uri or "memory://")
+        self._limiter = strategies.MovingWindowRateLimiter(self._storage)
+        self._account: list[RateLimitItem] = parse_many(ACCOUNT_LIMITS)
+        self._address: list[RateLimitItem] = parse_many(ADDRESS_LIMITS)
+
+    def _targets(self, username: str, address: str | None) -> list[tuple[RateLimitItem, str]]:
+        targets = [(item, _key("user", username.strip().lower())) for item in self._account]
+        if address:
+            targets += [(item, _key("addr", address)) for item in self._address]
+        return targets
+
+    def blocked(self, *, username: str, address: str | None) -> int | None:
+        wait = 0.0
+        for item, key in self._targets(username, address):
+            if not self._limiter.test(item, key):
+                stats = self._limiter.get_window_stats(item, key)
+                wait = max(wait, stats.reset_time - time.time(), 1.0)
+        return int(wait) + 1 if wait else None
+
+    def failed(self, *, username: str, address: str | None) -> None:
+        for item, key in self._targets(username, address):
+            self._limiter.hit(item, key)
+
+    def reset(self) -> None:
+        self._storage.reset()

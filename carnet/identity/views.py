@@ -1,0 +1,369 @@
+"""HTTP endpoints of identity: /auth/*. Schemas here; logic in authenticate/service/passkeys."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from carnet.access.actor import Actor
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.identity import passkeys, service, sessions
+from carnet.identity.authenticate import (
+    Authenticator,
+    LoginRequest,
+    LoginThrottled,
+    require_fresh_second_factor,
+)
+from carnet.identity.dependencies import (
+    CSRF_COOKIE,
+    cookie_is_secure,
+    current_actor,
+    enrolling_actor,
+    request_context,
+    runtime_of,
+    session_cookie_name,
+    session_token,
+)
+from carnet.identity.models import Account, AuthSession
+from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
+from carnet.runtime import Runtime
+
+router = APIRouter(prefix="/auth", tags=["identity"])
+
+ActorDep = Annotated[Actor, Depends(current_actor)]
+EnrollingActorDep = Annotated[Actor, Depends(enrolling_actor)]
+
+
+class LoginBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=150)
+    password: str = Field(min_length=1, max_length=1024)
+    otp: str | None = Field(default=None, max_length=40)
+    webauthn: dict[str, Any] | None = None
+    challengeId: uuid.UUID | None = None
+
+
+class StepUpBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    otp: str | None = Field(default=None, max_length=40)
+    webauthn: dict[str, Any] | None = None
+    challengeId: uuid.UUID | None = None
+
+
+class PasskeyRegistrationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    challengeId: uuid.UUID
+    credential: dict[str, Any]
+    label: str = Field(default="passkey", max_length=100)
+
+
+def _check_same_origin(request: Request, runtime: Runtime) -> None:
+    """Login CSRF: a cross-site page must not sign a victim's browser into the attacker's account.
+
+    Browsers send Origin (and Sec-Fetch-Site) on cross-site POSTs; JSON bodies also force a CORS
+    preflight, which carnet never grants.
+    """
+    if not request.headers.get("content-type", "").lower().startswith("application/json"):
+        raise InvalidInput("send JSON (Content-Type: application/json)")
+    origin = request.headers.get("origin")
+    if origin is not None and origin.rstrip("/") != runtime.settings.origin.rstrip("/"):
+        raise Forbidden("cross-site login refused")
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        raise Forbidden("cross-site login refused")
+
+
+def _set_session_cookies(response: Response, runtime: Runtime, issued: sessions.IssuedSession) -> None:
+    secure = cookie_is_secure(runtime.settings.origin)
+    max_age = int(sessions.ABSOLUTE.total_seconds())
+    response.set_cookie(
+        session_cookie_name(runtime.settings.origin),
+        issued.token,
+        max_age=max_age,
+        path="/",
+        secure=secure,
+        httponly=True,
+        samesite="strict",
+    )
+    # Readable by our own scripts, which echo it in X-CSRF-Token (double submit, bound to the session).
+    response.set_cookie(
+        CSRF_COOKIE,
+        issued.csrf_token,
+        max_age=max_age,
+        path="/",
+        secure=secure,
+        httponly=False,
+        samesite="strict",
+    )
+
+
+def _clear_session_cookies(response: Response, runtime: Runtime) -> None:
+    secure = cookie_is_secure(runtime.settings.origin)
+    response.delete_cookie(
+        session_cookie_name(runtime.settings.origin),
+        path="/",
+        secure=secure,
+        httponly=True,
+        samesite="strict",
+    )
+    response.delete_cookie(CSRF_COOKIE, path="/", secure=secure, samesite="strict")
+
+
+def describe(actor: Actor) -> dict[str, Any]:
+    fhir_user = None
+    if actor.practitioner_id is not None:
+        fhir_user = f"Practitioner/{actor.practitioner_id}"
+    elif actor.patient_id is not None:
+        fhir_user = f"Patient/{actor.patient_id}"
+    return {
+        "account": str(actor.account_id) if actor.account_id else None,
+        "username": actor.username,
+        "kind": actor.kind.value,
+        "roles": sorted(r.value for r in actor.roles),
+        "facility": str(actor.facility_id) if actor.facility_id else None,
+        "fhirUser": fhir_user,
+        "clientId": actor.client_id,
+        "scopes": sorted(actor.scopes) if actor.scopes is not None else None,
+        "secondFactorAt": actor.second_factor_at.isoformat() if actor.second_factor_at else None,
+    }
+
+
+@router.post("/login")
+def log_in(body: LoginBody, request: Request) -> JSONResponse:
+    runtime = runtime_of(request)
+    _check_same_origin(request, runtime)
+    auth = Authenticator.of(runtime)
+    try:
+        result = auth.log_in(
+            LoginRequest(
+                username=body.username,
+                password=body.password,
+                otp=body.otp,
+                webauthn=body.webauthn,
+                challenge_id=body.challengeId,
+                previous_token=session_token(request, runtime),
+                context=request_context(request),
+            )
+        )
+    except LoginThrottled as exc:
+        return JSONResponse(
+            {"error": "throttled", "message": str(exc)},
+            status_code=429,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    payload = describe(result.actor)
+    payload["csrfToken"] = result.issued.csrf_token
+    payload["enrollmentOnly"] = result.issued.enrollment_only
+    response = JSONResponse(payload)
+    _set_session_cookies(response, runtime, result.issued)
+    return response
+
+
+@router.post("/logout")
+def log_out(actor: EnrollingActorDep, request: Request) -> JSONResponse:
+    runtime = runtime_of(request)
+    Authenticator.of(runtime).log_out(actor=actor)
+    response = JSONResponse({"status": "signed out"})
+    _clear_session_cookies(response, runtime)
+    return response
+
+
+@router.get("/me")
+def me(actor: EnrollingActorDep) -> dict[str, Any]:
+    return describe(actor)
+
+
+@router.post("/step-up")
+def step_up(body: StepUpBody, actor: ActorDep, request: Request) -> dict[str, Any]:
+    at = Authenticator.of(runtime_of(request)).step_up(
+        actor=actor, otp=body.otp, webauthn=body.webauthn, challenge_id=body.challengeId
+    )
+    return {"secondFactorAt": at.isoformat()}
+
+
+def _account_id(actor: Actor) -> uuid.UUID:
+    if actor.account_id is None:
+        raise Forbidden("only a person's account has a security history and sessions")
+    return actor.account_id
+
+
+@router.get("/security-history")
+def security_history(actor: ActorDep, request: Request, limit: int = 100) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    account_id = _account_id(actor)
+    with runtime.session_factory() as session:
+        events = service.security_history(session, account_id=account_id, limit=limit)
+        return {
+            "events": [
+                {
+                    "kind": e.kind,
+                    "outcome": e.outcome,
+                    "at": e.at.isoformat(),
+                    "address": e.address,
+                    "userAgent": e.user_agent,
+                    "detail": e.detail,
+                }
+                for e in events
+            ]
+        }
+
+
+@router.get("/sessions")
+def list_sessions(actor: ActorDep, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    account_id = _account_id(actor)
+    with runtime.session_factory() as session:
+        rows = sessions.list_live(session, account_id=account_id)
+        return {
+            "sessions": [
+                {
+                    "id": str(r.id),
+                    "current": r.id == actor.session_id,
+                    "createdAt": r.created_at.isoformat(),
+                    "lastSeenAt": r.last_seen_at.isoformat(),
+                    "address": r.address,
+                    "userAgent": r.user_agent,
+                }
+                for r in rows
+            ]
+        }
+
+
+@router.post("/sessions/{session_id}/revoke")
+def revoke_session(session_id: uuid.UUID, actor: ActorDep, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    account_id = _account_id(actor)
+    with runtime.session_factory.begin() as session:
+        count = sessions.revoke(
+            session,
+            account_id=account_id,
+            session_id=session_id,
+            reason="revoked by the account's owner",
+            actor=actor,
+            audit=runtime.audit,
+        )
+    if count == 0:
+        raise NotFound("no such live session")  # another account's session answers the same
+    return {"revoked": count}
+
+
+@router.post("/sessions/revoke-all")
+def revoke_all_sessions(actor: ActorDep, request: Request) -> JSONResponse:
+    runtime = runtime_of(request)
+    account_id = _account_id(actor)
+    with runtime.session_factory.begin() as session:
+        count = sessions.revoke(
+            session,
+            account_id=account_id,
+            session_id=None,
+            reason="all sessions revoked by the account's owner",
+            actor=actor,
+            audit=runtime.audit,
+        )
+    response = JSONResponse({"revoked": count})
+    _clear_session_cookies(response, runtime)
+    return response
+
+
+@router.post("/recovery-codes")
+def new_recovery_codes(actor: ActorDep, request: Request) -> dict[str, Any]:
+    """Replace the account's recovery codes; shown once. Needs a fresh second factor."""
+    runtime = runtime_of(request)
+    account_id = _account_id(actor)
+    require_fresh_second_factor(actor)
+    with runtime.session_factory.begin() as session:
+        codes = service.replace_recovery_codes(session, account_id=account_id)
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.MFA_ENROLLED,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                detail={"factor": "recovery codes"},
+            ),
+        )
+    return {"recoveryCodes": codes}
+
+
+# -- passkeys -----------------------------------------------------------------------------
+@router.post("/webauthn/login-options")
+def passkey_login_options(request: Request) -> dict[str, Any]:
+    """A challenge for signing in or stepping up with a passkey. Names no account."""
+    runtime = runtime_of(request)
+    auth = Authenticator.of(runtime)
+    with runtime.session_factory.begin() as session:
+        challenge_id, options = passkeys.authentication_options(session, rp=auth.rp)
+    return {"challengeId": str(challenge_id), "publicKey": options}
+
+
+@router.post("/webauthn/register-options")
+def passkey_register_options(actor: EnrollingActorDep, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    account_id = _account_id(actor)
+    require_fresh_second_factor(actor)
+    auth = Authenticator.of(runtime)
+    with runtime.session_factory.begin() as session:
+        account = session.get_one(Account, account_id)
+        challenge_id, options = passkeys.registration_options(session, account=account, rp=auth.rp)
+    return {"challengeId": str(challenge_id), "publicKey": options}
+
+
+@router.post("/webauthn/register", status_code=201)
+def passkey_register(
+    body: PasskeyRegistrationBody, actor: EnrollingActorDep, request: Request
+) -> JSONResponse:
+    runtime = runtime_of(request)
+    account_id = _account_id(actor)
+    require_fresh_second_factor(actor)
+    auth = Authenticator.of(runtime)
+    with runtime.session_factory.begin() as session:
+        credential_pk = passkeys.register(
+            session,
+            account_id=account_id,
+            challenge_id=body.challengeId,
+            credential=body.credential,
+            rp=auth.rp,
+            label=body.label,
+        )
+        outcome = Outcome.SUCCESS if credential_pk else Outcome.DENIED
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.MFA_ENROLLED, outcome=outcome, actor=actor, detail={"factor": "passkey"}
+            ),
+        )
+        service.record_event(
+            session,
+            account_id=account_id,
+            kind=AuditKind.MFA_ENROLLED,
+            outcome=outcome,
+            address=actor.address,
+            user_agent=actor.user_agent,
+            detail=f"passkey {body.label}"[:300],
+        )
+        enrolling = False
+        if credential_pk is not None and actor.session_id is not None:
+            row = session.get(AuthSession, actor.session_id)
+            enrolling = bool(row and row.enrollment_only)
+            if enrolling:
+                # Crossing to a privileged session: this one ends; sign in again with the passkey.
+                sessions.revoke(
+                    session,
+                    account_id=account_id,
+                    session_id=actor.session_id,
+                    reason="passkey enrolled; sign in with it",
+                    actor=actor,
+                    audit=runtime.audit,
+                )
+    if credential_pk is None:
+        raise InvalidInput("the passkey registration did not verify; try again")
+    response = JSONResponse({"credential": str(credential_pk), "signInAgain": enrolling}, status_code=201)
+    if enrolling:
+        _clear_session_cookies(response, runtime)
+    return response
