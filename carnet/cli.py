@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from carnet.audit.commands import audit_app
 from carnet.kernel.errors import CarnetError
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys: create, status, rotate.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 
 err = Console(stderr=True)
 

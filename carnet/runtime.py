@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from carnet.audit.checkpoints import Checkpointer
 from carnet.audit.interfaces import AuditWriter
 from carnet.audit.writer import SqlAuditWriter
 from carnet.crypto.keyring import Keyring
@@ -19,7 +20,7 @@ from carnet.crypto.keys import FileKeyProvider, KeyProvider
 from carnet.db import migrate
 from carnet.db.engine import make_engine, make_session_factory
 from carnet.detection.interfaces import ExposureLedger
-from carnet.detection.ledger import SqlExposureLedger
+from carnet.detection.ledger import build_ledger
 from carnet.kernel.errors import ConfigurationError
 from carnet.settings import Settings
 
@@ -35,8 +36,12 @@ class Runtime:
     ledger: ExposureLedger
     # Services of later bounded contexts register themselves here by name.
     services: dict[str, Any] = field(default_factory=dict)
+    # Signs audit checkpoints after commit (every N events or T seconds).
+    checkpointer: Checkpointer | None = None
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()  # pins the tail this process wrote, before the engine goes
         self.engine.dispose()
 
 
@@ -56,12 +61,14 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None, check_sch
     session_factory.configure(info={"carnet.key_provider": keys})
     keyring = Keyring(keys, session_factory)
     keyring.load()
+    checkpointer = Checkpointer.from_settings(settings, engine)
     return Runtime(
         settings=settings,
         engine=engine,
         session_factory=session_factory,
         keys=keys,
         keyring=keyring,
-        audit=SqlAuditWriter(),
-        ledger=SqlExposureLedger(),
+        audit=SqlAuditWriter(on_commit=checkpointer.note_committed),
+        ledger=build_ledger(settings),
+        checkpointer=checkpointer,
     )

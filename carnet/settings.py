@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     audit_checkpoint_file: Path | None = None
     audit_signing_key_file: Path | None = None
     audit_checkpoint_every: int = Field(default=1000, ge=1)
+    # A signed checkpoint also follows any committed event within this many seconds.
+    audit_checkpoint_seconds: float = Field(default=60.0, gt=0)
+    audit_nats_stream: str = Field(default="CARNET_AUDIT", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # The legal minimum retention of audit events; `carnet audit purge` refuses anything younger.
+    audit_retention_years: int = Field(default=6, ge=1, le=100)
     origin: str = "http://localhost:8000"
     host: str = "127.0.0.1"
     port: int = 8000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 GENESIS_HASH = "0" * 64
@@ -38,6 +39,11 @@ def canonical(fields: dict[str, Any]) -> bytes:
     """Deterministic bytes for an event: same values, same bytes, on any database."""
     ordered = [_plain(fields[name]) for name in CHAINED_FIELDS]
     return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def canonical_values(values: Sequence[str | int | None]) -> bytes:
+    """The same bytes from values already in CHAINED_FIELDS order and plain (the verifier's path)."""
+    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _plain(value: Any) -> Any:

@@ -4,14 +4,19 @@ Ordering across workers: every append first updates the single chain-head row. O
 that takes the row's lock until commit; on SQLite it takes the database write lock. So two
 transactions can never read the same head and fork the chain, and a rolled-back transaction
 leaves no gap (its head update rolls back with it).
+
+After the transaction commits, the writer tells its `on_commit` callback (the checkpointer) the
+last sequence number: signing checkpoints never runs inside the audited transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,56 +26,54 @@ from carnet.audit.models import AuditChainHead, AuditEvent, AuditEventPatient
 from carnet.kernel import clock
 
 HEAD_ID = 1
+_PENDING = "carnet.audit.committed"  # session.info key: (callback, highest seq appended)
 
 
 class SqlAuditWriter:
     """The audit trail in the application's own database (see carnet.audit.interfaces)."""
 
-    def append(self, session: Session, record: AuditRecord) -> int:
-        seq, prev_hash = self._advance_head(session)
-        actor = record.actor
-        recorded_at = clock.now().astimezone(dt.UTC)
-        fields = {
-            "seq": seq,
-            "recorded_at": _utc_micro(recorded_at),
-            "kind": record.kind.value,
-            "outcome": record.outcome.value,
-            "actor_ref": actor.actor_ref,
-            "actor_kind": actor.kind.value,
-            "account_id": str(actor.account_id) if actor.account_id else None,
-            "username": actor.username,
-            "roles": ",".join(sorted(r.value for r in actor.roles)),
-            "session_id": str(actor.session_id) if actor.session_id else None,
-            "client_id": actor.client_id,
-            "address": actor.address,
-            "user_agent": (actor.user_agent or "")[:300] or None,
-            "purpose_of_use": actor.purpose_of_use.value,
-            "resource_type": record.resource_type,
-            "resource_ids": json.dumps(list(record.resource_ids)),
-            "patient_ids": json.dumps(sorted({str(p) for p in record.patient_ids})),
-            "query": (record.query or "")[:500] or None,
-            "policy_reason": (record.policy_reason or "")[:500] or None,
-            "break_glass_reason": (record.break_glass_reason or "")[:1000] or None,
-            "detail": json.dumps(dict(sorted(record.detail.items())), ensure_ascii=False),
-        }
-        digest = link(prev_hash, fields)
-        row = dict(fields)
-        row["account_id"] = actor.account_id
-        row["session_id"] = actor.session_id
-        row["recorded_at"] = recorded_at
-        session.execute(insert(AuditEvent).values(**row, prev_hash=prev_hash, hash=digest))
-        patients = sorted(set(record.patient_ids))
-        if patients:
-            session.execute(insert(AuditEventPatient), [{"seq": seq, "patient_id": p} for p in patients])
-        session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(hash=digest))
-        return seq
+    def __init__(self, *, on_commit: Callable[[int], None] | None = None) -> None:
+        self.on_commit = on_commit
 
-    def _advance_head(self, session: Session) -> tuple[int, str]:
+    def append(self, session: Session, record: AuditRecord) -> int:
+        return self.append_many(session, [record])[0]
+
+    def append_many(self, session: Session, records: Sequence[AuditRecord]) -> list[int]:
+        """Append several events under one head update (imports, bulk jobs, benchmarks)."""
+        if not records:
+            return []
+        last_seq, prev_hash = self._advance_head(session, len(records))
+        first_seq = last_seq - len(records) + 1
+        recorded_at = clock.now().astimezone(dt.UTC)
+        stamp = _utc_micro(recorded_at)
+        rows: list[dict[str, Any]] = []
+        patient_rows: list[dict[str, Any]] = []
+        for seq, record in enumerate(records, start=first_seq):
+            fields = _fields(seq, stamp, record)
+            digest = link(prev_hash, fields)
+            row = dict(fields)
+            row["account_id"] = record.actor.account_id
+            row["session_id"] = record.actor.session_id
+            row["recorded_at"] = recorded_at
+            row["prev_hash"] = prev_hash
+            row["hash"] = digest
+            rows.append(row)
+            patient_rows.extend({"seq": seq, "patient_id": p} for p in sorted(set(record.patient_ids)))
+            prev_hash = digest
+        session.execute(insert(AuditEvent), rows)
+        if patient_rows:
+            session.execute(insert(AuditEventPatient), patient_rows)
+        session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(hash=prev_hash))
+        if self.on_commit is not None:
+            session.info[_PENDING] = (self.on_commit, last_seq)
+        return list(range(first_seq, last_seq + 1))
+
+    def _advance_head(self, session: Session, count: int) -> tuple[int, str]:
         for _ in range(3):
             result = session.execute(
                 update(AuditChainHead)
                 .where(AuditChainHead.id == HEAD_ID)
-                .values(seq=AuditChainHead.seq + 1)
+                .values(seq=AuditChainHead.seq + count)
                 .returning(AuditChainHead.seq, AuditChainHead.hash)
             ).first()
             if result is not None:
@@ -81,6 +84,46 @@ class SqlAuditWriter:
             except IntegrityError:
                 continue  # another worker created it first
         raise RuntimeError("audit chain head could not be initialised")
+
+
+def _fields(seq: int, recorded_at: str, record: AuditRecord) -> dict[str, Any]:
+    actor = record.actor
+    return {
+        "seq": seq,
+        "recorded_at": recorded_at,
+        "kind": record.kind.value,
+        "outcome": record.outcome.value,
+        "actor_ref": actor.actor_ref,
+        "actor_kind": actor.kind.value,
+        "account_id": str(actor.account_id) if actor.account_id else None,
+        "username": actor.username,
+        "roles": ",".join(sorted(r.value for r in actor.roles)),
+        "session_id": str(actor.session_id) if actor.session_id else None,
+        "client_id": actor.client_id,
+        "address": actor.address,
+        "user_agent": (actor.user_agent or "")[:300] or None,
+        "purpose_of_use": actor.purpose_of_use.value,
+        "resource_type": record.resource_type,
+        "resource_ids": json.dumps(list(record.resource_ids)),
+        "patient_ids": json.dumps(sorted({str(p) for p in record.patient_ids})),
+        "query": (record.query or "")[:500] or None,
+        "policy_reason": (record.policy_reason or "")[:500] or None,
+        "break_glass_reason": (record.break_glass_reason or "")[:1000] or None,
+        "detail": json.dumps(dict(sorted(record.detail.items())), ensure_ascii=False),
+    }
+
+
+@event.listens_for(Session, "after_commit")
+def _tell_checkpointer(session: Session) -> None:
+    pending = session.info.pop(_PENDING, None)
+    if pending is not None:
+        callback, seq = pending
+        callback(seq)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_rolled_back(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 def _utc_micro(moment: dt.datetime) -> str:

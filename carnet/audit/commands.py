@@ -1,0 +1,192 @@
+"""`carnet audit ...`: signing key, checkpoints, verification, SIEM export, retention purge.
+
+Exit status: 0 when all is well, 1 when verify finds tampering, 2 on bad input or setup.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from carnet.kernel.errors import CarnetError
+
+audit_app = typer.Typer(
+    help="Tamper-evident audit trail: checkpoints, verify, export, purge.", no_args_is_help=True
+)
+_err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    _err.print("[bold red]error:[/] ", end="")
+    _err.print(message, highlight=False, markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """carnet's own errors are safe to show; anything from the driver is named by kind only."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except CarnetError as exc:
+        raise _fail(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise _fail(
+            f"cannot read the audit trail ({type(exc).__name__}): is the database reachable?"
+        ) from None
+
+
+@audit_app.command("init-key")
+def init_key() -> None:
+    """Create the Ed25519 key that signs checkpoints (CARNET_AUDIT_SIGNING_KEY_FILE, mode 0600)."""
+    from carnet.audit.checkpoints import CheckpointSigner, public_path
+    from carnet.settings import get_settings
+
+    path = get_settings().resolved_signing_key_file
+    with _clear_errors():
+        signer = CheckpointSigner.create(path)
+    typer.echo(f"audit signing key {signer.key_id} written to {path} (mode 0600)")
+    typer.echo(f"public key for verifiers: {public_path(path)}")
+
+
+@audit_app.command("checkpoint")
+def checkpoint() -> None:
+    """Sign the current head of the chain now and store it outside the database."""
+    from carnet.audit.checkpoints import Checkpointer
+    from carnet.db.engine import make_engine
+    from carnet.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            checkpointer = Checkpointer.from_settings(settings, engine)
+            signed = checkpointer.checkpoint()
+        finally:
+            engine.dispose()
+    if signed is None:
+        typer.echo("the audit trail is empty: nothing to checkpoint")
+        return
+    typer.echo(
+        f"checkpoint signed: seq {signed.head_seq}, {signed.count} events, head {signed.head_hash[:16]}…"
+        f" -> {checkpointer.store.describe()}"
+    )
+
+
+@audit_app.command("verify")
+def verify(
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="Verify with this public key (PEM) instead of the signing key's .pub file."),
+    ] = None,
+) -> None:
+    """Recompute the hash chain and check it against the signed checkpoints. Exit 1 on tampering."""
+    from carnet.audit.checkpoints import CheckpointVerifier, open_store, public_path
+    from carnet.audit.verify import verify as run_verify
+    from carnet.db.engine import make_engine
+    from carnet.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        key_path = public_key or public_path(settings.resolved_signing_key_file)
+        if public_key is None and not key_path.exists():
+            key_path = settings.resolved_signing_key_file
+        verifier = CheckpointVerifier.load(key_path)
+        store = open_store(settings)
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            report = run_verify(engine, store=store, verifier=verifier)
+        finally:
+            engine.dispose()
+    span = f"seq {report.first_seq}..{report.last_seq}" if report.events else "no events"
+    typer.echo(
+        f"{report.events} events ({span}), {report.checkpoints} valid checkpoints in {store.describe()}"
+    )
+    if report.ok:
+        pinned = report.last_checkpoint.describe() if report.last_checkpoint else "no checkpoint yet"
+        typer.echo(
+            f"intact: the chain verifies up to {pinned}; {report.unanchored} newer events not yet pinned"
+        )
+        return
+    for problem in report.problems:
+        typer.echo(problem.describe())
+    typer.echo(f"TAMPERING DETECTED: {len(report.problems)} problem(s)")
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def export(
+    since: Annotated[str, typer.Option(help="ISO 8601 date or date-time (UTC when no offset).")],
+    until: Annotated[str | None, typer.Option(help="Exclusive end, ISO 8601.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write here instead of standard output.")] = None,
+) -> None:
+    """Audit events as JSON lines for a SIEM (patients by pseudonymous id only)."""
+    from carnet.audit.export import export_events, parse_moment
+    from carnet.db.engine import make_engine
+    from carnet.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        start = parse_moment(since, name="--since")
+        end = parse_moment(until, name="--until") if until else None
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            lines = export_events(engine, since=start, until=end)
+            count = 0
+            sink = output.open("w", encoding="utf-8") if output else sys.stdout
+            try:
+                for line in lines:
+                    sink.write(line + "\n")
+                    count += 1
+            finally:
+                if output:
+                    sink.close()
+        finally:
+            engine.dispose()
+    if output:
+        typer.echo(f"{count} events written to {output}")
+
+
+@audit_app.command("purge")
+def purge(
+    before: Annotated[str, typer.Option(help="Purge events recorded before this ISO 8601 moment.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the signed checkpoint and the audit event).")],
+) -> None:
+    """Delete events older than the legal minimum retention; audited and anchored by a checkpoint."""
+    from carnet.audit.checkpoints import Checkpointer
+    from carnet.audit.export import parse_moment
+    from carnet.audit.retention import purge as run_purge
+    from carnet.audit.writer import SqlAuditWriter
+    from carnet.db.engine import make_engine, make_session_factory
+    from carnet.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        moment = parse_moment(before, name="--before")
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            checkpointer = Checkpointer.from_settings(settings, engine)
+            result = run_purge(
+                session_factory=make_session_factory(engine),
+                writer=SqlAuditWriter(),
+                checkpointer=checkpointer,
+                before=moment,
+                reason=reason,
+                retention_years=settings.audit_retention_years,
+            )
+        finally:
+            engine.dispose()
+    if result is None:
+        typer.echo("no audit event is that old: nothing purged")
+        return
+    typer.echo(
+        f"purged {result.purged} events (through seq {result.through_seq}); the chain continues from"
+        f" anchor {result.anchor_hash[:16]}…; purge audited as seq {result.audit_seq}"
+    )

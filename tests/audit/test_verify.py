@@ -1,0 +1,285 @@
+"""`carnet audit verify` finds every kind of tampering, on SQLite and PostgreSQL.
+
+Each test writes a real chain, takes real signed checkpoints, tampers with the database (or the
+checkpoint file) the way an attacker with database access would, then runs the real command.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typer.testing import CliRunner
+
+from carnet.audit.chain import canonical_values, link
+from carnet.audit.checkpoints import Checkpoint, CheckpointSigner, CheckpointType
+from carnet.audit.verify import plain_rows
+from carnet.cli import app
+from carnet.kernel import clock
+from carnet.runtime import Runtime
+from carnet.settings import reset_settings_cache
+from tests.audit.helpers import append_events
+
+COLUMNS = [
+    "seq", "recorded_at", "kind", "outcome", "actor_ref", "actor_kind", "account_id", "username", "roles",
+    "session_id", "client_id", "address", "user_agent", "purpose_of_use", "resource_type", "resource_ids",
+    "patient_ids", "query", "policy_reason", "break_glass_reason", "detail", "prev_hash", "hash",
+]  # fmt: skip
+
+
+def run_cli(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    monkeypatch.setenv("CARNET_ENV", "test")
+    monkeypatch.setenv("CARNET_VAR_DIR", str(runtime.settings.var_dir))
+    monkeypatch.setenv("CARNET_DATABASE_URL", runtime.settings.resolved_database_url)
+    monkeypatch.delenv("CARNET_NATS_URL", raising=False)
+    reset_settings_cache()
+    try:
+        result = CliRunner().invoke(app, ["audit", *args])
+    finally:
+        reset_settings_cache()
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def verify(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    return run_cli(runtime, monkeypatch, "verify")
+
+
+def problems(output: str) -> list[tuple[str, int | None]]:
+    found = []
+    for kind, seq in re.findall(r"^\[([a-z-]+)\] (?:seq (\d+): )?", output, flags=re.MULTILINE):
+        found.append((kind, int(seq) if seq else None))
+    return found
+
+
+def checkpoint(runtime: Runtime) -> None:
+    assert runtime.checkpointer is not None
+    assert runtime.checkpointer.checkpoint() is not None
+
+
+def sql(runtime: Runtime, statement: str, **params: Any) -> None:
+    with runtime.engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
+
+
+def rows(runtime: Runtime) -> dict[int, dict[str, Any]]:
+    with runtime.engine.connect() as conn:
+        return {r.seq: dict(r._mapping) for r in conn.execute(sa.text("SELECT * FROM audit_events"))}
+
+
+def rechain(runtime: Runtime, start: int) -> None:
+    """What a careful attacker does after editing: recompute every later hash and the head."""
+    with runtime.engine.connect() as conn:
+        plain = [list(r) for r in plain_rows(conn, 10**9)]
+        conn.rollback()
+    prev = None
+    with runtime.engine.begin() as conn:
+        for values in plain:
+            seq = values[0]
+            if seq >= start:
+                assert prev is not None
+                digest = link(prev, dict(zip(COLUMNS[:21], values[:21], strict=True)))
+                conn.execute(
+                    sa.text("UPDATE audit_events SET prev_hash = :p, hash = :h WHERE seq = :s"),
+                    {"p": prev, "h": digest, "s": seq},
+                )
+                prev = digest
+            else:
+                prev = values[22]
+        conn.execute(sa.text("UPDATE audit_chain_head SET hash = :h WHERE id = 1"), {"h": prev})
+
+
+def test_an_intact_chain_verifies(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    append_events(runtime, 5)
+    checkpoint(runtime)
+    append_events(runtime, 3)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 0, out
+    assert "8 events (seq 1..8)" in out
+    assert "intact" in out and "3 newer events not yet pinned" in out
+
+
+def test_canonical_encoding_of_stored_rows_matches_the_writer(runtime: Runtime) -> None:
+    append_events(runtime, 2)
+    with runtime.engine.connect() as conn:
+        plain = [list(r) for r in plain_rows(conn, 10)]
+    for values in plain:
+        assert canonical_values(values[:21]) == canonical_values(list(values[:21]))
+        assert link(values[21], dict(zip(COLUMNS[:21], values[:21], strict=True))) == values[22]
+
+
+def test_an_edited_event_is_found(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    append_events(runtime, 6)
+    checkpoint(runtime)
+    append_events(runtime, 4)
+    checkpoint(runtime)
+    sql(runtime, "UPDATE audit_events SET username = 'someone.else' WHERE seq = 8")
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out)[0] == ("edited", 8)
+    assert "intact up to checkpoint #1 (seq 6" in out
+
+
+def test_an_edited_and_rehashed_chain_is_found_by_its_checkpoint(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append_events(runtime, 4)
+    checkpoint(runtime)
+    append_events(runtime, 6)
+    checkpoint(runtime)
+    sql(runtime, "UPDATE audit_events SET address = '192.0.2.1' WHERE seq = 6")
+    rechain(runtime, 6)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out) == [("checkpoint-mismatch", 10)]
+    assert "events 5..10 were rewritten" in out
+    assert "intact up to checkpoint #1 (seq 4" in out
+
+
+def test_a_deleted_event_is_found(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    append_events(runtime, 8)
+    checkpoint(runtime)
+    sql(runtime, "DELETE FROM audit_events WHERE seq = 5")
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    found = problems(out)
+    assert ("missing", 5) in found and ("broken-link", 6) in found
+
+
+def test_deleting_the_oldest_events_without_a_signed_purge_is_found(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append_events(runtime, 6)
+    checkpoint(runtime)
+    sql(runtime, "DELETE FROM audit_events WHERE seq <= 2")
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out)[0] == ("unanchored-start", 3)
+
+
+def test_an_inserted_event_is_found(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    append_events(runtime, 8)
+    checkpoint(runtime)
+    # Make room at seq 5 and slip in a forged event that links correctly to seq 4.
+    old = rows(runtime)
+    sql(runtime, "DELETE FROM audit_events WHERE seq >= 5")
+    forged = dict(old[5], username="nobody", query="innocent")
+    with runtime.engine.connect() as conn:
+        plain4 = next(iter(r for r in plain_rows(conn, 4) if r[0] == 4))
+    forged_plain = dict(zip(COLUMNS[:21], plain4[:21], strict=True))
+    forged_plain |= {"seq": 5, "username": "nobody", "query": "innocent"}
+    forged["prev_hash"] = old[4]["hash"]
+    forged["hash"] = link(old[4]["hash"], forged_plain)
+    shifted = [forged] + [dict(old[s], seq=s + 1) for s in range(5, 9)]
+    with runtime.engine.begin() as conn:
+        conn.execute(sa.insert(sa.table("audit_events", *[sa.column(c) for c in COLUMNS])), shifted)
+        conn.execute(sa.text("UPDATE audit_chain_head SET seq = 9 WHERE id = 1"))
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    found = problems(out)
+    assert found[0][1] in (5, 6)
+    assert {k for k, _ in found} & {"broken-link", "edited", "checkpoint-mismatch"}
+
+
+def test_reordered_events_are_found(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    append_events(runtime, 6)
+    checkpoint(runtime)
+    old = rows(runtime)
+    swap = [c for c in COLUMNS if c != "seq"]
+    with runtime.engine.begin() as conn:
+        for target, source in ((3, 4), (4, 3)):
+            sets = ", ".join(f"{c} = :{c}" for c in swap)
+            conn.execute(
+                sa.text(f"UPDATE audit_events SET {sets} WHERE seq = :seq"),
+                {**{c: old[source][c] for c in swap}, "seq": target},
+            )
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out)[0] in (("broken-link", 3), ("edited", 3))
+
+
+def test_a_tail_removed_after_its_checkpoint_is_found(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append_events(runtime, 10)
+    checkpoint(runtime)
+    tail = rows(runtime)[7]
+    sql(runtime, "DELETE FROM audit_events WHERE seq >= 8")
+    sql(runtime, "UPDATE audit_chain_head SET seq = 7, hash = :h WHERE id = 1", h=tail["hash"])
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out) == [("truncated", 8)]
+    assert "covers up to seq 10 but the database ends at seq 7: events 8..10 were removed" in out
+
+
+def test_a_tail_removed_before_any_newer_checkpoint_is_found(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append_events(runtime, 5)
+    checkpoint(runtime)
+    append_events(runtime, 5)
+    sql(runtime, "DELETE FROM audit_events WHERE seq >= 9")
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out) == [("truncated", 9)]
+    assert "intact up to checkpoint #1 (seq 5" in out
+
+
+def test_a_forged_checkpoint_is_found(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    append_events(runtime, 4)
+    checkpoint(runtime)
+    path = runtime.settings.resolved_checkpoint_file
+    # 1. an altered checkpoint (claims another head) with the original signature
+    line = json.loads(path.read_text().splitlines()[0])
+    line["checkpoint"]["head_seq"] = 3
+    # 2. a checkpoint signed with the attacker's own key
+    attacker = CheckpointSigner(Ed25519PrivateKey.generate())
+    forged = attacker.sign(
+        Checkpoint(type=CheckpointType.CHAIN, head_seq=4, head_hash="ab" * 32, count=4, at=clock.now())
+    )
+    # 3. garbage
+    with path.open("a") as out:
+        out.write(json.dumps(line) + "\n" + forged.decode() + "\n" + "{not json\n")
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    found = problems(out)
+    assert found == [("bad-checkpoint", None)] * 3
+    assert "checkpoint #2" in out and "bad signature" in out and "checkpoint #4" in out
+
+
+def test_a_missing_checkpoint_store_is_a_problem(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    append_events(runtime, 3)
+    checkpoint(runtime)
+    runtime.settings.resolved_checkpoint_file.unlink()
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out) == [("no-checkpoints", None)]
+
+
+def test_bad_input_exits_2(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    append_events(runtime, 1)
+    code, out = run_cli(runtime, monkeypatch, "verify", "--public-key", str(tmp_path / "absent.pem"))
+    assert code == 2 and "no audit public key" in out
+    (tmp_path / "junk.pem").write_text("junk")
+    code, out = run_cli(runtime, monkeypatch, "verify", "--public-key", str(tmp_path / "junk.pem"))
+    assert code == 2 and "not a PEM" in out
+    code, out = run_cli(runtime, monkeypatch, "init-key")
+    assert code == 2 and "already exists" in out
+    assert "Traceback" not in out
+
+
+def test_an_event_appended_behind_the_writers_back_is_found(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append_events(runtime, 3)
+    checkpoint(runtime)
+    extra = dict(rows(runtime)[3], seq=4)
+    with runtime.engine.begin() as conn:
+        conn.execute(sa.insert(sa.table("audit_events", *[sa.column(c) for c in COLUMNS])), [extra])
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out) == [("inserted", 4)]
