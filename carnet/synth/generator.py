@@ -1,0 +1,935 @@
+"""The synthetic hospital group, generated deterministically from one seed.
+
+Every id, name, date, password and TOTP secret comes from seeded `random.Random` streams (one
+stream for the organisation, one for the patients), and dates count from a base day, so the same
+seed on the same day gives the same hospital. Faker (fr_FR) fills pools of names and streets once;
+drawing from the pools with the seeded stream is what keeps 100,000 patients fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import random
+import string
+import unicodedata
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from faker import Faker
+
+from carnet.access.roles import Role
+from carnet.phi.loader import SeedBatch
+from carnet.synth import vocab
+
+# Role mix of the staff beyond the one-of-each-role every facility gets.
+ROLE_SHARES: tuple[tuple[Role, float], ...] = (
+    (Role.PHYSICIAN, 0.38),
+    (Role.NURSE, 0.42),
+    (Role.FRONT_DESK, 0.10),
+    (Role.BILLING, 0.05),
+    (Role.SYSTEM_ADMINISTRATOR, 0.025),
+    (Role.SECURITY_OFFICER, 0.025),
+)
+PATIENTS_PER_STAFF = 100
+MIN_STAFF_AT_20K = 200
+APPOINTMENT_WINDOW_DAYS = 15  # a month around the base day: -15 .. +15
+PASSWORD_ALPHABET = string.ascii_letters + string.digits
+PASSWORD_LENGTH = 20
+
+
+def default_facilities(patients: int) -> int:
+    """One clinic for a small run; a hospital group for larger ones."""
+    if patients < 200:
+        return 1
+    return min(6, 2 + patients // 25_000)
+
+
+def staff_count(patients: int, facilities: int) -> int:
+    return max(len(ROLE_SHARES) * facilities, round(patients / PATIENTS_PER_STAFF))
+
+
+def canary_count(patients: int, facilities: int) -> int:
+    """A few honeytokens per facility; never more than the patients asked for."""
+    return min(patients, facilities * max(2, patients // 25_000))
+
+
+def ascii_slug(value: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", value)
+    letters = "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+    return "".join(c for c in letters if c.isalnum())
+
+
+def _uuid(rng: random.Random) -> uuid.UUID:
+    return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+
+def _secret_base32(rng: random.Random) -> str:
+    return base64.b32encode(rng.getrandbits(160).to_bytes(20, "big")).decode()
+
+
+def _password(rng: random.Random) -> str:
+    return "".join(rng.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
+
+
+# -- the organisation ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FacilitySpec:
+    id: uuid.UUID
+    name: str
+    finess: str
+    city: str
+    weight: int  # relative share of the patients
+
+
+@dataclass(frozen=True)
+class LocationSpec:
+    id: uuid.UUID
+    facility_id: uuid.UUID
+    name: str
+    kind: str  # ward, room, clinic
+
+
+@dataclass(frozen=True)
+class PractitionerSpec:
+    id: uuid.UUID
+    facility_id: uuid.UUID
+    rpps: str
+    family: str
+    given: str
+    profession: str  # physician, nurse
+    specialty: str | None
+
+
+@dataclass(frozen=True)
+class StaffSpec:
+    username: str
+    display_name: str
+    password: str
+    totp_secret: str
+    role: Role
+    facility_id: uuid.UUID
+    practitioner_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class WardAssignmentSpec:
+    id: uuid.UUID
+    practitioner_id: uuid.UUID
+    location_id: uuid.UUID
+    facility_id: uuid.UUID
+    start_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class PortalAccountSpec:
+    username: str
+    password: str
+    totp_secret: str
+    patient_id: uuid.UUID
+    facility_id: uuid.UUID
+
+
+@dataclass
+class Organisation:
+    facilities: list[FacilitySpec]
+    locations: list[LocationSpec]
+    practitioners: list[PractitionerSpec]
+    staff: list[StaffSpec]
+    ward_assignments: list[WardAssignmentSpec]
+    canary_slots: frozenset[int]
+
+    def facility_name(self, facility_id: uuid.UUID) -> str:
+        return next(f.name for f in self.facilities if f.id == facility_id)
+
+
+@dataclass
+class _FacilityPools:
+    """What patient generation draws from at one facility."""
+
+    facility: FacilitySpec
+    general: list[uuid.UUID] = field(default_factory=list)
+    physicians: list[uuid.UUID] = field(default_factory=list)
+    wards: list[uuid.UUID] = field(default_factory=list)
+    clinics: list[uuid.UUID] = field(default_factory=list)
+    front_desk: list[uuid.UUID] = field(default_factory=list)  # account ids, set after creation
+    billing: list[uuid.UUID] = field(default_factory=list)
+
+
+class HospitalGenerator:
+    """Generates the organisation, then the patients in batches, from one seed."""
+
+    def __init__(self, *, seed: int, patients: int, facilities: int, base_day: dt.datetime) -> None:
+        if patients < 0:
+            raise ValueError("patients must be zero or more")
+        if facilities < 1:
+            raise ValueError("there is at least one facility")
+        self.seed = seed
+        self.patients = patients
+        self.facility_count = facilities
+        self.base_day = base_day
+        self._org_rng = random.Random(f"carnet-synth/{seed}/organisation")
+        self._rng = random.Random(f"carnet-synth/{seed}/patients")
+        self._portal_rng = random.Random(f"carnet-synth/{seed}/portal")
+        self._pools = self._faker_pools(seed)
+        self._used_ins: set[str] = set()
+        self._used_slots: set[tuple[uuid.UUID, dt.datetime]] = set()
+        self._invoice_counter = 0
+        self._org: Organisation | None = None
+        self._by_facility: dict[uuid.UUID, _FacilityPools] = {}
+        self._facility_weights: list[int] = []
+
+    # -- pools ------------------------------------------------------------------------------
+    @staticmethod
+    def _faker_pools(seed: int) -> dict[str, list[Any]]:
+        fake = Faker("fr_FR")
+        fake.seed_instance(seed)
+        return {
+            "family": [fake.last_name() for _ in range(1500)],
+            "male": [fake.first_name_male() for _ in range(400)],
+            "female": [fake.first_name_female() for _ in range(400)],
+            "street": [fake.street_name() for _ in range(1500)],
+            "city": [(fake.city(), fake.postcode()) for _ in range(600)],
+        }
+
+    def _name(self, rng: random.Random, gender: str) -> tuple[str, str]:
+        pool = self._pools["female"] if gender == "female" else self._pools["male"]
+        if gender not in ("female", "male"):
+            pool = self._pools["female"] if rng.random() < 0.5 else self._pools["male"]
+        return rng.choice(self._pools["family"]), rng.choice(pool)
+
+    # -- organisation -----------------------------------------------------------------------
+    def organisation(self) -> Organisation:
+        if self._org is not None:
+            return self._org
+        rng = self._org_rng
+        facilities: list[FacilitySpec] = []
+        finesses: set[str] = set()
+        for index in range(self.facility_count):
+            city = self._pools["city"][index * 37 % len(self._pools["city"])][0]
+            finess = f"{rng.randint(10, 95):02d}{rng.randint(0, 9_999_999):07d}"
+            while finess in finesses:
+                finess = f"{rng.randint(10, 95):02d}{rng.randint(0, 9_999_999):07d}"
+            finesses.add(finess)
+            kind = vocab.FACILITY_KINDS[0 if index == 0 else rng.randrange(len(vocab.FACILITY_KINDS))]
+            facilities.append(
+                FacilitySpec(
+                    id=_uuid(rng),
+                    name=f"{kind} de {city}",
+                    finess=finess,
+                    city=city,
+                    weight=3 if index == 0 else 2 if index < 3 else 1,
+                )
+            )
+        total_weight = sum(f.weight for f in facilities)
+        total_staff = staff_count(self.patients, self.facility_count)
+
+        locations: list[LocationSpec] = []
+        practitioners: list[PractitionerSpec] = []
+        staff: list[StaffSpec] = []
+        assignments: list[WardAssignmentSpec] = []
+        usernames: set[str] = set()
+        rpps_used: set[str] = set()
+        for facility in facilities:
+            pools = _FacilityPools(facility)
+            self._by_facility[facility.id] = pools
+            for ward in vocab.WARDS[: 4 + rng.randrange(len(vocab.WARDS) - 3)]:
+                ward_id = _uuid(rng)
+                locations.append(LocationSpec(ward_id, facility.id, f"Service {ward}", "ward"))
+                pools.wards.append(ward_id)
+                for room in range(1, 11):
+                    locations.append(
+                        LocationSpec(_uuid(rng), facility.id, f"{ward} — chambre {100 + room}", "room")
+                    )
+            for number in range(1, 5 + rng.randrange(3)):
+                clinic_id = _uuid(rng)
+                locations.append(
+                    LocationSpec(clinic_id, facility.id, f"Consultation — box {number}", "clinic")
+                )
+                pools.clinics.append(clinic_id)
+
+            share = max(len(ROLE_SHARES), round(total_staff * facility.weight / total_weight))
+            roles = _allocate_roles(share)
+            specialties = [s for s, _ in vocab.SPECIALTIES]
+            specialty_weights = [w for _, w in vocab.SPECIALTIES]
+            physician_index = 0
+            nurse_ids: list[uuid.UUID] = []
+            for role in roles:
+                gender = "female" if rng.random() < 0.55 else "male"
+                family, given = self._name(rng, gender)
+                practitioner_id: uuid.UUID | None = None
+                if role in (Role.PHYSICIAN, Role.NURSE):
+                    practitioner_id = _uuid(rng)
+                    rpps = f"10{rng.randint(0, 999_999_999):09d}"
+                    while rpps in rpps_used:
+                        rpps = f"10{rng.randint(0, 999_999_999):09d}"
+                    rpps_used.add(rpps)
+                    specialty: str | None = None
+                    if role is Role.PHYSICIAN:
+                        # The first physicians of each facility are GPs: someone must be designated.
+                        specialty = (
+                            vocab.GENERAL_MEDICINE
+                            if physician_index < 2
+                            else rng.choices(specialties, specialty_weights)[0]
+                        )
+                        physician_index += 1
+                        pools.physicians.append(practitioner_id)
+                        if specialty == vocab.GENERAL_MEDICINE:
+                            pools.general.append(practitioner_id)
+                    else:
+                        nurse_ids.append(practitioner_id)
+                    practitioners.append(
+                        PractitionerSpec(
+                            practitioner_id,
+                            facility.id,
+                            rpps,
+                            family,
+                            given,
+                            role.value if role is Role.PHYSICIAN else "nurse",
+                            specialty,
+                        )
+                    )
+                base = f"{ascii_slug(given)}.{ascii_slug(family)}"
+                username = base
+                suffix = 1
+                while username in usernames:
+                    suffix += 1
+                    username = f"{base}{suffix}"
+                usernames.add(username)
+                title = "Dr " if role is Role.PHYSICIAN else ""
+                staff.append(
+                    StaffSpec(
+                        username=username,
+                        display_name=f"{title}{given} {family}",
+                        password=_password(rng),
+                        totp_secret=_secret_base32(rng),
+                        role=role,
+                        facility_id=facility.id,
+                        practitioner_id=practitioner_id,
+                    )
+                )
+            # Every nurse works a ward and every ward has a nurse (a small clinic's nurse covers several).
+            for index in range(max(len(nurse_ids), len(pools.wards))):
+                assignments.append(
+                    WardAssignmentSpec(
+                        _uuid(rng),
+                        nurse_ids[index % len(nurse_ids)],
+                        pools.wards[index % len(pools.wards)],
+                        facility.id,
+                        self.base_day - dt.timedelta(days=30),
+                    )
+                )
+        self._facility_weights = [f.weight for f in facilities]
+        canaries = canary_count(self.patients, self.facility_count)
+        slots = frozenset(rng.sample(range(self.patients), canaries)) if canaries else frozenset()
+        self._org = Organisation(facilities, locations, practitioners, staff, assignments, slots)
+        return self._org
+
+    def set_accounts(
+        self, *, facility_id: uuid.UUID, front_desk: Sequence[uuid.UUID], billing: Sequence[uuid.UUID]
+    ) -> None:
+        """Account ids are made by carnet.identity; patient data refers to some (booked_by, read_by)."""
+        pools = self._by_facility[facility_id]
+        pools.front_desk = list(front_desk)
+        pools.billing = list(billing)
+
+    # -- patients ---------------------------------------------------------------------------
+    def patient_batches(
+        self, batch_size: int
+    ) -> Iterator[tuple[SeedBatch, list[tuple[uuid.UUID, uuid.UUID]]]]:
+        """Yield (batch, [(patient id, facility id) of ordinary patients]) of `batch_size` patients."""
+        org = self.organisation()
+        done = 0
+        while done < self.patients:
+            batch = SeedBatch()
+            ordinary: list[tuple[uuid.UUID, uuid.UUID]] = []
+            for index in range(done, min(self.patients, done + batch_size)):
+                canary = index in org.canary_slots
+                patient_id, facility_id = self._patient(batch, canary=canary)
+                if not canary:
+                    ordinary.append((patient_id, facility_id))
+            done += batch.count("patients")
+            yield batch, ordinary
+
+    def portal_accounts(self, candidates: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> list[PortalAccountSpec]:
+        """A few patients use the portal. Usernames say nothing about who the patient is."""
+        rng = self._portal_rng
+        count = min(len(candidates), max(1, self.patients // 200) if self.patients else 0, 200)
+        chosen = rng.sample(list(candidates), count) if count else []
+        return [
+            PortalAccountSpec(
+                username=f"patient-{rng.getrandbits(40):010x}",
+                password=_password(rng),
+                totp_secret=_secret_base32(rng),
+                patient_id=patient_id,
+                facility_id=facility_id,
+            )
+            for patient_id, facility_id in chosen
+        ]
+
+    def _ins(self, rng: random.Random, gender: str, birth: dt.date) -> str:
+        """A 15-digit NIR-shaped identifier (sex, year, month, place, order, key mod 97)."""
+        while True:
+            sex = "2" if gender == "female" else "1"
+            body = (
+                f"{sex}{birth.year % 100:02d}{birth.month:02d}{rng.randint(1, 95):02d}"
+                f"{rng.randint(1, 990):03d}{rng.randint(1, 999):03d}"
+            )
+            ins = f"{body}{97 - int(body) % 97:02d}"
+            if ins not in self._used_ins:
+                self._used_ins.add(ins)
+                return ins
+
+    def _patient(self, batch: SeedBatch, *, canary: bool) -> tuple[uuid.UUID, uuid.UUID]:
+        rng = self._rng
+        org = self.organisation()
+        facility = rng.choices(org.facilities, self._facility_weights)[0]
+        pools = self._by_facility[facility.id]
+        base = self.base_day
+        patient_id = _uuid(rng)
+        roll = rng.random()
+        gender = "female" if roll < 0.51 else "male" if roll < 0.998 else "unknown"
+        family, given = self._name(rng, gender)
+        age_days = int(rng.triangular(0, 98 * 365.25, 45 * 365.25))
+        birth = (base - dt.timedelta(days=age_days)).date()
+        ins = self._ins(rng, gender, birth)
+        city, postcode = rng.choice(self._pools["city"])
+        address = {
+            "line": [f"{rng.randint(1, 180)} {rng.choice(self._pools['street'])}"],
+            "city": city,
+            "postalCode": postcode,
+            "country": "FR",
+        }
+        phone = (
+            f"0{rng.choice('1234567')} {rng.randint(0, 99):02d} {rng.randint(0, 99):02d} "
+            f"{rng.randint(0, 99):02d} {rng.randint(0, 99):02d}"
+            if rng.random() < 0.9
+            else None
+        )
+        email = (
+            f"{ascii_slug(given)}.{ascii_slug(family)}{rng.randint(1, 99)}@{rng.choice(vocab.EMAIL_DOMAINS)}"
+            if rng.random() < 0.7
+            else None
+        )
+        # Canaries have no designated physician, and neither do some real patients.
+        has_doctor = rng.random() < 0.97
+        designated = rng.choice(pools.general) if has_doctor and pools.general and not canary else None
+        created = base - dt.timedelta(days=rng.randint(1, 3650), minutes=rng.randint(0, 1439))
+        batch.add(
+            "patients",
+            {
+                "id": patient_id,
+                "facility_id": facility.id,
+                "ins": ins,
+                "family": family.upper() if rng.random() < 0.02 else family,
+                "given": given,
+                "birth_date": birth.isoformat(),
+                "gender": gender,
+                "address": address,
+                "phone": phone,
+                "email": email,
+                "designated_physician_id": designated,
+                "opposes_other_facilities": rng.random() < 0.03,
+                "active": True,
+                "merged_into_id": None,
+                "version_id": 1,
+                "created_at": created,
+                "updated_at": created,
+            },
+        )
+        if canary:
+            batch.add(
+                "canary_patients",
+                {
+                    "id": _uuid(rng),
+                    "patient_id": patient_id,
+                    "facility_id": facility.id,
+                    "created_at": created,
+                },
+            )
+        ctx = _PatientContext(patient_id, facility.id, pools, created, age_days // 365, canary)
+        if designated is not None:
+            batch.add("care_relationships", self._relationship(ctx, designated, "care_team", created, None))
+        if not canary and rng.random() < 0.1 and pools.physicians:
+            start = base - dt.timedelta(days=rng.randint(1, 180))
+            end = start + dt.timedelta(days=rng.randint(30, 120)) if rng.random() < 0.3 else None
+            batch.add(
+                "care_relationships",
+                self._relationship(ctx, rng.choice(pools.physicians), "referral", start, end),
+            )
+        self._conditions(batch, ctx, designated)
+        allergies = self._allergies(batch, ctx, designated)
+        encounters = self._encounters(batch, ctx)
+        self._appointments(batch, ctx, designated)
+        self._consultation_notes(batch, ctx, designated)
+        self._prescriptions(batch, ctx, designated, encounters, allergies)
+        self._labs(batch, ctx)
+        self._coverage(batch, ctx, ins)
+        return patient_id, facility.id
+
+    def _relationship(
+        self,
+        ctx: _PatientContext,
+        practitioner: uuid.UUID,
+        kind: str,
+        start: dt.datetime,
+        end: dt.datetime | None,
+    ) -> dict[str, Any]:
+        return {
+            "id": _uuid(self._rng),
+            "patient_id": ctx.patient_id,
+            "practitioner_id": practitioner,
+            "facility_id": ctx.facility_id,
+            "kind": kind,
+            "start_at": start,
+            "end_at": end,
+            "created_by": None,
+        }
+
+    def _base_row(self, ctx: _PatientContext, at: dt.datetime) -> dict[str, Any]:
+        return {
+            "id": _uuid(self._rng),
+            "facility_id": ctx.facility_id,
+            "patient_id": ctx.patient_id,
+            "version_id": 1,
+            "created_at": at,
+            "updated_at": at,
+        }
+
+    def _past(self, ctx: _PatientContext, max_days: int) -> dt.datetime:
+        """A moment after the patient was registered and before the base day."""
+        span = max(1, min(max_days, (self.base_day - ctx.created).days))
+        return self.base_day - dt.timedelta(
+            days=self._rng.randint(1, span), minutes=self._rng.randint(0, 1439)
+        )
+
+    def _author(self, ctx: _PatientContext, designated: uuid.UUID | None) -> uuid.UUID:
+        if designated is not None and self._rng.random() < 0.7:
+            return designated
+        return self._rng.choice(ctx.pools.physicians)
+
+    def _conditions(self, batch: SeedBatch, ctx: _PatientContext, designated: uuid.UUID | None) -> None:
+        rng = self._rng
+        count = rng.choices((0, 1, 2, 3), (35, 35, 20, 10) if ctx.age > 40 else (65, 25, 8, 2))[0]
+        for code, display in rng.sample(vocab.CONDITIONS, count):
+            at = self._past(ctx, 3650)
+            row = self._base_row(ctx, at)
+            row.update(
+                code=code,
+                display=display,
+                clinical_status="active" if rng.random() < 0.8 else "resolved",
+                onset_at=at - dt.timedelta(days=rng.randint(0, 365)),
+                recorded_by=self._author(ctx, designated),
+            )
+            batch.add("conditions", row)
+
+    def _allergies(self, batch: SeedBatch, ctx: _PatientContext, designated: uuid.UUID | None) -> list[str]:
+        rng = self._rng
+        count = rng.choices((0, 1, 2), (82, 15, 3))[0]
+        codes: list[str] = []
+        for code, display in rng.sample(vocab.ALLERGENS, count):
+            row = self._base_row(ctx, self._past(ctx, 3650))
+            row.update(
+                substance_code=code,
+                substance_display=display,
+                criticality=rng.choice(("low", "high", "unable-to-assess")),
+                clinical_status="active",
+                recorded_by=self._author(ctx, designated),
+            )
+            batch.add("allergies", row)
+            codes.append(code)
+        return codes
+
+    def _note(
+        self,
+        batch: SeedBatch,
+        ctx: _PatientContext,
+        *,
+        author: uuid.UUID,
+        at: dt.datetime,
+        encounter_id: uuid.UUID | None,
+        kind: tuple[str, str],
+        motif: str,
+    ) -> None:
+        rng = self._rng
+        note = self._base_row(ctx, at)
+        versions = 2 if rng.random() < 0.15 else 1
+        note.update(
+            encounter_id=encounter_id,
+            author_id=author,
+            kind=kind[0],
+            title=kind[1],
+            status="current",
+            version_id=versions,
+        )
+        batch.add("clinical_notes", note)
+        text = " ".join(
+            (
+                rng.choice(vocab.NOTE_OPENINGS).format(motif=motif.lower()),
+                rng.choice(vocab.NOTE_FINDINGS),
+                rng.choice(vocab.NOTE_PLANS),
+            )
+        )
+        recorded = at
+        for version in range(1, versions + 1):
+            reason = None
+            if version > 1:
+                recorded = recorded + dt.timedelta(hours=rng.randint(1, 72))
+                reason = rng.choice(vocab.AMENDMENT_REASONS)
+                text = f"{text} Complément : {rng.choice(vocab.NOTE_PLANS)}"
+                note["updated_at"] = recorded
+            batch.add(
+                "note_versions",
+                {
+                    "id": _uuid(rng),
+                    "facility_id": ctx.facility_id,
+                    "note_id": note["id"],
+                    "version": version,
+                    "text": text,
+                    "author_id": author,
+                    "recorded_at": recorded,
+                    "amendment_reason": reason,
+                },
+            )
+
+    def _encounters(self, batch: SeedBatch, ctx: _PatientContext) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Past visits and stays, and for a few patients a stay in progress. Returns (id, attending)."""
+        rng = self._rng
+        made: list[tuple[uuid.UUID, uuid.UUID]] = []
+        plans: list[str] = []
+        if rng.random() < 0.3:
+            plans.append(rng.choices(("outpatient", "emergency", "inpatient"), (50, 25, 25))[0])
+        if not ctx.canary and rng.random() < 0.02:
+            plans.append("current")
+        for plan in plans:
+            attending = rng.choice(ctx.pools.physicians)
+            row = self._base_row(ctx, self.base_day)
+            if plan == "current":
+                start = self.base_day - dt.timedelta(days=rng.randint(0, 10), minutes=rng.randint(0, 1439))
+                row.update(kind="inpatient", status="in-progress", start_at=start, end_at=None)
+            else:
+                start = self._past(ctx, 720)
+                hours = rng.randint(48, 240) if plan == "inpatient" else rng.randint(1, 6)
+                row.update(
+                    kind=plan, status="finished", start_at=start, end_at=start + dt.timedelta(hours=hours)
+                )
+            inpatient = row["kind"] == "inpatient"
+            row.update(
+                location_id=rng.choice(ctx.pools.wards) if inpatient else None,
+                attending_id=attending,
+                created_at=row["start_at"],
+                updated_at=row["end_at"] or row["start_at"],
+            )
+            batch.add("encounters", row)
+            made.append((row["id"], attending))
+            motif = rng.choice(vocab.CONDITIONS)[1]
+            self._note(
+                batch,
+                ctx,
+                author=attending,
+                at=row["start_at"] + dt.timedelta(hours=1),
+                encounter_id=row["id"],
+                kind=vocab.NOTE_KINDS[1] if inpatient else vocab.NOTE_KINDS[3],
+                motif=motif,
+            )
+            if inpatient and row["end_at"] is not None:
+                self._note(
+                    batch,
+                    ctx,
+                    author=attending,
+                    at=row["end_at"],
+                    encounter_id=row["id"],
+                    kind=vocab.NOTE_KINDS[2],
+                    motif=motif,
+                )
+            self._vitals(batch, ctx, row["id"], row["start_at"] + dt.timedelta(minutes=30))
+            if row["status"] == "finished":
+                self._invoice(batch, ctx, row["id"], row["end_at"], row["kind"])
+        return made
+
+    def _vitals(
+        self, batch: SeedBatch, ctx: _PatientContext, encounter_id: uuid.UUID, at: dt.datetime
+    ) -> None:
+        rng = self._rng
+        for code, display, unit, low, high, decimals in rng.sample(vocab.VITALS, rng.randint(3, 5)):
+            row = self._base_row(ctx, at)
+            row.update(
+                encounter_id=encounter_id,
+                report_id=None,
+                category="vital-signs",
+                code=code,
+                display=display,
+                value_number=round(rng.uniform(low, high), decimals),
+                unit=unit,
+                value_text=None,
+                effective_at=at,
+                status="final",
+                performer_id=None,
+            )
+            batch.add("observations", row)
+
+    def _labs(self, batch: SeedBatch, ctx: _PatientContext) -> None:
+        rng = self._rng
+        if rng.random() >= 0.15:
+            return
+        panel_code, panel_display, tests = rng.choice(vocab.LAB_PANELS)
+        at = self._past(ctx, 365)
+        report = self._base_row(ctx, at)
+        report.update(
+            code=panel_code,
+            display=panel_display,
+            status="final",
+            issued_at=at + dt.timedelta(hours=rng.randint(2, 30)),
+            conclusion=rng.choice(vocab.REPORT_CONCLUSIONS),
+            performer_id=None,
+        )
+        batch.add("diagnostic_reports", report)
+        for code, display, unit, low, high, decimals in tests:
+            row = self._base_row(ctx, at)
+            row.update(
+                encounter_id=None,
+                report_id=report["id"],
+                category="laboratory",
+                code=code,
+                display=display,
+                value_number=round(rng.uniform(low, high), decimals),
+                unit=unit,
+                value_text=None,
+                effective_at=at,
+                status="final",
+                performer_id=None,
+            )
+            batch.add("observations", row)
+
+    def _appointments(self, batch: SeedBatch, ctx: _PatientContext, designated: uuid.UUID | None) -> None:
+        rng = self._rng
+        count = rng.choices((0, 1, 2), (45, 45, 10))[0]
+        for _ in range(count):
+            practitioner = designated if designated is not None and rng.random() < 0.6 else None
+            practitioner = practitioner or rng.choice(ctx.pools.physicians)
+            start = self._slot(practitioner)
+            if start is None:
+                continue
+            if ctx.canary and start >= self.base_day:
+                continue  # nobody is expected to see a canary
+            row = self._base_row(ctx, start - dt.timedelta(days=rng.randint(1, 40)))
+            if start < self.base_day:
+                status = rng.choices(("fulfilled", "noshow", "cancelled"), (85, 5, 10))[0]
+            elif start < self.base_day + dt.timedelta(days=1):
+                status = rng.choices(("booked", "arrived"), (70, 30))[0]
+            else:
+                status = rng.choices(("booked", "cancelled"), (92, 8))[0]
+            row.update(
+                practitioner_id=practitioner,
+                location_id=rng.choice(ctx.pools.clinics),
+                start_at=start,
+                end_at=start + dt.timedelta(minutes=rng.choice((15, 30))),
+                status=status,
+                reason=rng.choice(vocab.APPOINTMENT_REASONS),
+                cancel_reason=rng.choice(vocab.CANCEL_REASONS) if status == "cancelled" else None,
+                booked_by=rng.choice(ctx.pools.front_desk)
+                if ctx.pools.front_desk and rng.random() < 0.7
+                else None,
+            )
+            batch.add("appointments", row)
+
+    def _slot(self, practitioner: uuid.UUID) -> dt.datetime | None:
+        """A free half-hour on a weekday within the month around the base day (no double booking)."""
+        rng = self._rng
+        for _ in range(8):
+            day = self.base_day + dt.timedelta(
+                days=rng.randint(-APPOINTMENT_WINDOW_DAYS, APPOINTMENT_WINDOW_DAYS)
+            )
+            if day.weekday() >= 5:
+                day -= dt.timedelta(days=day.weekday() - 4)  # to the Friday before
+            start = day + dt.timedelta(hours=7, minutes=30 * rng.randint(0, 19))
+            if (practitioner, start) not in self._used_slots:
+                self._used_slots.add((practitioner, start))
+                return start
+        return None
+
+    def _consultation_notes(
+        self, batch: SeedBatch, ctx: _PatientContext, designated: uuid.UUID | None
+    ) -> None:
+        rng = self._rng
+        for _ in range(rng.choices((0, 1, 2), (55, 35, 10))[0]):
+            self._note(
+                batch,
+                ctx,
+                author=self._author(ctx, designated),
+                at=self._past(ctx, 1500),
+                encounter_id=None,
+                kind=rng.choice((vocab.NOTE_KINDS[0], vocab.NOTE_KINDS[3])),
+                motif=rng.choice(vocab.APPOINTMENT_REASONS),
+            )
+
+    def _prescriptions(
+        self,
+        batch: SeedBatch,
+        ctx: _PatientContext,
+        designated: uuid.UUID | None,
+        encounters: list[tuple[uuid.UUID, uuid.UUID]],
+        allergies: list[str],
+    ) -> None:
+        rng = self._rng
+        count = rng.choices((0, 1, 2, 3), (40, 30, 20, 10))[0]
+        allowed = [m for m in vocab.MEDICATIONS if not any(m[2].startswith(a) for a in allergies)]
+        for code, display, substance, dosage in rng.sample(allowed, min(count, len(allowed))):
+            encounter_id, prescriber = (None, self._author(ctx, designated))
+            if encounters and rng.random() < 0.4:
+                encounter_id, prescriber = rng.choice(encounters)
+            at = self._past(ctx, 540)
+            status = rng.choices(("active", "completed", "stopped"), (55, 35, 10))[0]
+            row = self._base_row(ctx, at)
+            row.update(
+                prescriber_id=prescriber,
+                encounter_id=encounter_id,
+                medication_code=code,
+                medication_display=display,
+                substance_code=substance,
+                dosage_text=dosage,
+                status=status,
+                authored_at=at,
+                valid_until=at + dt.timedelta(days=rng.choice((7, 30, 90, 180, 365))),
+                renewed_from_id=None,
+                stop_reason="Effet indésirable" if status == "stopped" else None,
+                allergy_override_reason=None,
+            )
+            batch.add("prescriptions", row)
+
+    def _coverage(self, batch: SeedBatch, ctx: _PatientContext, ins: str) -> None:
+        rng = self._rng
+        amo: dict[str, Any] | None = None
+        if rng.random() < 0.12:
+            start = self._past(ctx, 3650) - dt.timedelta(days=400)
+            old = self._base_row(ctx, start)
+            old.update(
+                kind="AMO",
+                payer=rng.choice(vocab.AMO_PAYERS),
+                member_id=ins[:13],
+                status="cancelled",
+                period_start=start,
+                period_end=start + dt.timedelta(days=rng.randint(200, 380)),
+            )
+            batch.add("coverages", old)
+        if rng.random() < 0.98:
+            start = ctx.created
+            amo = self._base_row(ctx, start)
+            amo.update(
+                kind="AMO",
+                payer=rng.choice(vocab.AMO_PAYERS),
+                member_id=ins[:13],
+                status="active",
+                period_start=start,
+                period_end=None,
+            )
+            batch.add("coverages", amo)
+        if rng.random() < 0.65:
+            start = self._past(ctx, 2000)
+            amc = self._base_row(ctx, start)
+            amc.update(
+                kind="AMC",
+                payer=rng.choice(vocab.AMC_PAYERS),
+                member_id=f"{rng.randint(10_000_000, 99_999_999)}",
+                status="active",
+                period_start=start,
+                period_end=self.base_day + dt.timedelta(days=rng.randint(30, 365)),
+            )
+            batch.add("coverages", amc)
+        if amo is None:
+            return
+        serial = f"{rng.randint(0, 9_999_999_999):010d}"
+        for _ in range(rng.choices((0, 1, 2, 3), (40, 35, 18, 7))[0]):
+            at = self._past(ctx, 1500)
+            batch.add(
+                "card_readings",
+                {
+                    "id": _uuid(rng),
+                    "facility_id": ctx.facility_id,
+                    "patient_id": ctx.patient_id,
+                    "coverage_id": amo["id"],
+                    "read_at": at,
+                    "read_by": rng.choice(ctx.pools.front_desk) if ctx.pools.front_desk else None,
+                    "card_serial": serial,
+                    "payload": {"nir": ins[:13], "regime": "01", "caisse": amo["payer"], "serial": serial},
+                },
+            )
+
+    def _invoice(
+        self, batch: SeedBatch, ctx: _PatientContext, encounter_id: uuid.UUID, at: dt.datetime, kind: str
+    ) -> None:
+        rng = self._rng
+        self._invoice_counter += 1
+        acts = {
+            "inpatient": ("GHS", "FJ"),
+            "emergency": ("ATU", "ZBQK002"),
+            "outpatient": ("APC", "DEQP003"),
+        }[kind]
+        lines = [a for a in vocab.ACTS if a[0] in acts]
+        invoice = self._base_row(ctx, at)
+        total = sum(a[2] for a in lines)
+        status = rng.choices(("issued", "balanced", "draft"), (40, 55, 5))[0]
+        invoice.update(
+            encounter_id=encounter_id,
+            number=f"F{ctx.pools.facility.finess[-4:]}-{self.seed % 10_000:04d}-{self._invoice_counter:08d}",
+            status=status,
+            issued_at=None if status == "draft" else at + dt.timedelta(days=rng.randint(0, 5)),
+            total_cents=total,
+            currency="EUR",
+        )
+        batch.add("invoices", invoice)
+        for code, description, amount in lines:
+            batch.add(
+                "invoice_lines",
+                {
+                    "id": _uuid(rng),
+                    "facility_id": ctx.facility_id,
+                    "invoice_id": invoice["id"],
+                    "code": code,
+                    "description": description,
+                    "amount_cents": amount,
+                },
+            )
+        if status == "balanced":
+            batch.add(
+                "payments",
+                {
+                    "id": _uuid(rng),
+                    "facility_id": ctx.facility_id,
+                    "invoice_id": invoice["id"],
+                    "amount_cents": total,
+                    "method": rng.choice(vocab.PAYMENT_METHODS),
+                    "received_at": at + dt.timedelta(days=rng.randint(5, 40)),
+                    "received_by": rng.choice(ctx.pools.billing) if ctx.pools.billing else None,
+                },
+            )
+
+
+@dataclass(frozen=True)
+class _PatientContext:
+    patient_id: uuid.UUID
+    facility_id: uuid.UUID
+    pools: _FacilityPools
+    created: dt.datetime
+    age: int
+    canary: bool
+
+
+def _allocate_roles(count: int) -> list[Role]:
+    """One of each role, then the rest by share (largest remainder, so it is deterministic)."""
+    roles = [role for role, _ in ROLE_SHARES]
+    extra = count - len(roles)
+    if extra <= 0:
+        return roles
+    quotas = [(role, extra * share) for role, share in ROLE_SHARES]
+    counts = {role: int(q) for role, q in quotas}
+    left = extra - sum(counts.values())
+    for role, _q in sorted(quotas, key=lambda rq: rq[1] - int(rq[1]), reverse=True)[:left]:
+        counts[role] += 1
+    for role, _ in ROLE_SHARES:
+        roles.extend([role] * counts[role])
+    return roles
