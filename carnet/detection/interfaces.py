@@ -1,10 +1,12 @@
-"""The exposure-accounting contract the gate relies on."""
+"""The exposure-accounting contract the gate relies on, and the detection vocabulary."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Sequence
-from enum import StrEnum
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
 from typing import Protocol
 
 from sqlalchemy.orm import Session
@@ -23,11 +25,81 @@ class Channel(StrEnum):
     WRITE = "write"
 
 
+class SearchShape(StrEnum):
+    """What kind of patient search the gate ran (never its values)."""
+
+    IDENTIFIER = "identifier"  # INS, MRN, phone, email: exact identifiers
+    NAME = "name"  # name (+ birth date)
+    WILDCARD = "wildcard"  # prefix, partial or empty criteria
+    LIST = "list"  # a list page (appointments, stays, invoices)
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """The shape of one search or list request, passed by the gate as `query_shape`.
+
+    `term_digest` is a keyed digest of the normalised criteria (the gate has the blind-index
+    key): equal searches share it, so detection counts distinct searches without seeing them.
+    `page` is 1 for the first page.
+    """
+
+    shape: SearchShape
+    term_digest: str
+    page: int = 1
+
+
+class Level(IntEnum):
+    """The graduated response, in order of severity."""
+
+    RECORD = 1
+    STEP_UP = 2
+    THROTTLE = 3
+    CONTAIN = 4
+
+
+class Rule(StrEnum):
+    VOLUME = "volume"
+    OUTSIDE_CARE = "outside-care"
+    ENUMERATION = "enumeration"
+    DEEP_PAGING = "deep-paging"
+    CANARY = "canary"
+    NO_PATIENT_ROLE = "no-patient-data-role"
+    DENIALS = "denials"
+    OFF_HOURS = "off-hours"
+    NEW_ADDRESS = "new-address"
+    EXPORT = "export"
+    CLIENT_VOLUME = "api-client-volume"
+    PERSISTENCE = "persistence"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule's verdict, with a sentence a security officer understands (no patient data)."""
+
+    rule: Rule
+    level: Level
+    sentence: str
+
+
+class EventKind(StrEnum):
+    """Detection events other than exposures, counted in windows and shown on timelines."""
+
+    SEARCH = "search"
+    IDENTIFIER_SEARCH = "identifier-search"
+    WILDCARD_SEARCH = "wildcard-search"
+    DEEP_PAGE = "deep-page"
+    DENIAL = "denial"
+    EXPORT_DENIAL = "export-denial"
+    REFUSAL = "refusal"  # a step-up or throttle the actor did not get past
+
+
 class ExposureLedger(Protocol):
     """Records, in the caller's transaction, every patient whose identifying data leaves.
 
-    `record` may raise carnet.kernel.errors.AccountContained (or StepUpRequired) when the
-    exposure crosses a detection threshold; the gate then rolls back and returns nothing.
+    `record` may raise carnet.kernel.errors.AccountContained, StepUpRequired or Throttled when
+    the exposure crosses a detection threshold; the gate then rolls back and returns nothing.
+    Containment and alerts are written in their own transaction once the caller's ends, so
+    they survive that rollback.
     """
 
     def record(
@@ -38,4 +110,69 @@ class ExposureLedger(Protocol):
         patient_ids: Sequence[uuid.UUID],
         channel: Channel,
         resource_type: str,
+        outside_care: Sequence[uuid.UUID] = (),
+        query_shape: SearchEvent | None = None,
+        fields: Sequence[str] = (),
+    ) -> None:
+        """`outside_care`: those of `patient_ids` the actor has no care relationship with.
+        `fields`: the identifying fields that left (for the breach report), when known."""
+        ...
+
+    def record_denial(
+        self,
+        session: Session,
+        *,
+        actor: Actor,
+        resource_type: str,
+        channel: Channel | None = None,
+    ) -> None:
+        """The gate refused this actor patient data. Never raises for detection: a containment
+        it triggers is written after the caller's transaction ends and refuses the next request."""
+        ...
+
+
+@dataclass(frozen=True)
+class ActorCounts:
+    """Sliding-window counts for one actor, as the rules read them."""
+
+    patients_15m: int = 0
+    patients_1h: int = 0
+    patients_24h: int = 0
+    outside_1h: int = 0
+    outside_24h: int = 0
+    exported_24h: int = 0
+    searches_15m: int = 0
+    searches_1h: int = 0
+    identifier_searches_15m: int = 0
+    wildcard_searches_1h: int = 0
+    deep_pages_1h: int = 0
+    denials_15m: int = 0
+    export_denials_1h: int = 0
+    refusals_1h: int = 0
+
+
+class ExposureCounters(Protocol):
+    """Sliding-window counters per actor. The SQL ledger rows stay the record; counters are the
+    fast path (Redis shared by every worker, or SQL window counts, or memory for unit tests)."""
+
+    def add_exposures(
+        self,
+        *,
+        actor_ref: str,
+        patient_ids: Sequence[uuid.UUID],
+        outside_care: Sequence[uuid.UUID],
+        exported: bool,
+        at: dt.datetime,
     ) -> None: ...
+
+    def add_event(self, *, actor_ref: str, kind: EventKind, key: str, at: dt.datetime) -> None: ...
+
+    def counts(
+        self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
+    ) -> ActorCounts:
+        """Counts in the windows ending at `at`, ignoring anything before `since` (a restore)."""
+        ...
+
+    def reset(self, *, actor_ref: str) -> None:
+        """Forget an actor's windows (after a security officer restores the account)."""
+        ...

@@ -1,0 +1,95 @@
+"""Detection thresholds, from CARNET_DETECTION_* environment variables.
+
+Every rule reads its thresholds here, so a hospital tunes them without code. Counts are distinct
+patients (or distinct searches, refusals, denials) in the named sliding window.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RoleVolume(BaseSettings):
+    """Distinct patients in 15 min / 1 h / 24 h from which a role is asked for a step-up."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    m15: int = Field(ge=1)
+    h1: int = Field(ge=1)
+    h24: int = Field(ge=1)
+
+
+def _volumes() -> dict[str, RoleVolume]:
+    # Clinicians see their lists (care-scoped); front desk and billing see a facility's day.
+    return {
+        "physician": RoleVolume(m15=40, h1=80, h24=200),
+        "nurse": RoleVolume(m15=40, h1=80, h24=200),
+        "front_desk": RoleVolume(m15=60, h1=150, h24=400),
+        "billing": RoleVolume(m15=60, h1=150, h24=400),
+        "patient": RoleVolume(m15=2, h1=2, h24=2),
+    }
+
+
+class DetectionConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CARNET_DETECTION_", extra="ignore")
+
+    # Volume: the step-up threshold is max(role floor, baseline_factor x own/role baseline);
+    # twice it throttles, `volume_contain_factor` times it contains.
+    role_volume: dict[str, RoleVolume] = Field(default_factory=_volumes)
+    baseline_factor: float = Field(default=3.0, gt=1)
+    volume_throttle_factor: float = Field(default=2.0, gt=1)
+    volume_contain_factor: float = Field(default=3.0, gt=1)
+    # API clients cannot step up: their floors throttle, twice them contains.
+    client_volume: RoleVolume = Field(default_factory=lambda: RoleVolume(m15=500, h1=2000, h24=10000))
+
+    # Patients outside the actor's care relationships (break-the-glass, searches).
+    outside_care_step_up_1h: int = Field(default=3, ge=1)
+    outside_care_contain_1h: int = Field(default=8, ge=1)
+    outside_care_contain_24h: int = Field(default=15, ge=1)
+    outside_care_share_min_patients: int = Field(default=10, ge=1)
+    outside_care_share_contain: float = Field(default=0.5, gt=0, le=1)
+
+    # Enumeration: distinct search terms, identifier sweeps, wildcard sweeps, deep paging.
+    searches_step_up_15m: int = Field(default=15, ge=1)
+    searches_contain_15m: int = Field(default=25, ge=1)
+    searches_contain_1h: int = Field(default=40, ge=1)
+    identifier_searches_step_up_15m: int = Field(default=8, ge=1)
+    identifier_searches_contain_15m: int = Field(default=15, ge=1)
+    wildcard_searches_step_up_1h: int = Field(default=2, ge=1)
+    wildcard_searches_contain_1h: int = Field(default=5, ge=1)
+    deep_page: int = Field(default=5, ge=1)
+    deep_pages_step_up_1h: int = Field(default=1, ge=1)
+    deep_pages_contain_1h: int = Field(default=4, ge=1)
+
+    # Refused attempts to reach patient data (the gate reports its denials).
+    admin_denials_contain_15m: int = Field(default=3, ge=1)
+    denials_step_up_15m: int = Field(default=10, ge=1)
+    denials_contain_15m: int = Field(default=25, ge=1)
+    export_denials_contain_1h: int = Field(default=2, ge=1)
+
+    # Exports (a watermarked file or print of patient data).
+    export_step_up_24h: int = Field(default=10, ge=1)
+    export_contain_24h: int = Field(default=20, ge=1)
+
+    # Off-hours and new addresses: worth a step-up only with some volume.
+    timezone: str = "Europe/Paris"
+    off_hours_start: int = Field(default=22, ge=0, le=23)
+    off_hours_end: int = Field(default=6, ge=0, le=23)
+    off_hours_usual_share: float = Field(default=0.05, ge=0, le=1)
+    off_hours_step_up_1h: int = Field(default=10, ge=1)
+    new_address_step_up_1h: int = Field(default=10, ge=1)
+
+    # Graduated response.
+    step_up_valid_minutes: int = Field(default=60, ge=1)
+    refusals_contain_1h: int = Field(default=5, ge=1)
+    throttle_seconds: int = Field(default=300, ge=1)
+    # An open alert of the same rule for the same actor is updated instead of repeated.
+    alert_merge_hours: int = Field(default=24, ge=1)
+
+
+@functools.lru_cache(maxsize=1)
+def get_detection_config() -> DetectionConfig:
+    return DetectionConfig()

@@ -1,0 +1,261 @@
+"""Sliding-window counters: Redis (shared by every worker), SQL window counts, or memory.
+
+Distinct patients in a window are counted as "patients whose last exposure falls inside it",
+so one sorted set per actor (member: patient, score: last time) answers every window at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.orm import Session
+
+from carnet.detection.interfaces import ActorCounts, EventKind
+from carnet.detection.models import DetectionEvent, Exposure
+
+M15 = dt.timedelta(minutes=15)
+H1 = dt.timedelta(hours=1)
+H24 = dt.timedelta(hours=24)
+
+
+def _starts(at: dt.datetime, since: dt.datetime | None) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
+    def floor(start: dt.datetime) -> dt.datetime:
+        return max(start, since) if since is not None else start
+
+    return floor(at - M15), floor(at - H1), floor(at - H24)
+
+
+class SqlExposureCounters:
+    """Counts from the ledger tables, in the caller's transaction (so they see this request)."""
+
+    def add_exposures(
+        self,
+        *,
+        actor_ref: str,
+        patient_ids: Sequence[uuid.UUID],
+        outside_care: Sequence[uuid.UUID],
+        exported: bool,
+        at: dt.datetime,
+    ) -> None:
+        """Nothing to do: the ledger's own rows are what this class counts."""
+
+    def add_event(self, *, actor_ref: str, kind: EventKind, key: str, at: dt.datetime) -> None:
+        """Nothing to do: the ledger writes DetectionEvent rows, which this class counts."""
+
+    def reset(self, *, actor_ref: str) -> None:
+        """Nothing to do: ActorState.restored_at bounds the windows."""
+
+    def counts(
+        self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
+    ) -> ActorCounts:
+        s15, s1, s24 = _starts(at, since)
+
+        def distinct_since(start: dt.datetime, *conditions: Any) -> Any:
+            return func.count(
+                func.distinct(case((and_(Exposure.at >= start, *conditions), Exposure.patient_id)))
+            )
+
+        exposure_row = session.execute(
+            select(
+                distinct_since(s15),
+                distinct_since(s1),
+                distinct_since(s24),
+                distinct_since(s1, Exposure.outside_care.is_(True)),
+                distinct_since(s24, Exposure.outside_care.is_(True)),
+                distinct_since(s24, Exposure.channel == "export"),
+            ).where(Exposure.actor_ref == actor_ref, Exposure.at >= s24, Exposure.at <= at)
+        ).one()
+
+        def keys_since(start: dt.datetime, kind: EventKind) -> Any:
+            when = and_(DetectionEvent.at >= start, DetectionEvent.kind == kind.value)
+            return func.count(func.distinct(case((when, DetectionEvent.key))))
+
+        def events_since(start: dt.datetime, kind: EventKind) -> Any:
+            when = and_(DetectionEvent.at >= start, DetectionEvent.kind == kind.value)
+            return func.count(case((when, DetectionEvent.id)))
+
+        event_row = session.execute(
+            select(
+                keys_since(s15, EventKind.SEARCH),
+                keys_since(s1, EventKind.SEARCH),
+                keys_since(s15, EventKind.IDENTIFIER_SEARCH),
+                events_since(s1, EventKind.WILDCARD_SEARCH),
+                events_since(s1, EventKind.DEEP_PAGE),
+                events_since(s15, EventKind.DENIAL),
+                events_since(s1, EventKind.EXPORT_DENIAL),
+                events_since(s1, EventKind.REFUSAL),
+            ).where(DetectionEvent.actor_ref == actor_ref, DetectionEvent.at >= s1, DetectionEvent.at <= at)
+        ).one()
+        return ActorCounts(
+            patients_15m=exposure_row[0],
+            patients_1h=exposure_row[1],
+            patients_24h=exposure_row[2],
+            outside_1h=exposure_row[3],
+            outside_24h=exposure_row[4],
+            exported_24h=exposure_row[5],
+            searches_15m=event_row[0],
+            searches_1h=event_row[1],
+            identifier_searches_15m=event_row[2],
+            wildcard_searches_1h=event_row[3],
+            deep_pages_1h=event_row[4],
+            denials_15m=event_row[5],
+            export_denials_1h=event_row[6],
+            refusals_1h=event_row[7],
+        )
+
+
+# Which events are counted as distinct keys (same search twice counts once) or as occurrences.
+_DISTINCT_KINDS = frozenset({EventKind.SEARCH, EventKind.IDENTIFIER_SEARCH})
+
+
+class MemoryExposureCounters:
+    """In-process counters for unit tests and a single-process clinic without Redis."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # actor -> set name -> member -> last time
+        self._sets: dict[str, dict[str, dict[str, dt.datetime]]] = {}
+
+    def _touch(self, actor_ref: str, name: str, members: Iterable[str], at: dt.datetime) -> None:
+        with self._lock:
+            zset = self._sets.setdefault(actor_ref, {}).setdefault(name, {})
+            for member in members:
+                if member not in zset or zset[member] < at:
+                    zset[member] = at
+
+    def add_exposures(
+        self,
+        *,
+        actor_ref: str,
+        patient_ids: Sequence[uuid.UUID],
+        outside_care: Sequence[uuid.UUID],
+        exported: bool,
+        at: dt.datetime,
+    ) -> None:
+        self._touch(actor_ref, "p", (str(p) for p in patient_ids), at)
+        self._touch(actor_ref, "o", (str(p) for p in outside_care), at)
+        if exported:
+            self._touch(actor_ref, "x", (str(p) for p in patient_ids), at)
+
+    def add_event(self, *, actor_ref: str, kind: EventKind, key: str, at: dt.datetime) -> None:
+        member = key if kind in _DISTINCT_KINDS else uuid.uuid4().hex
+        self._touch(actor_ref, f"e:{kind.value}", (member,), at)
+
+    def reset(self, *, actor_ref: str) -> None:
+        with self._lock:
+            self._sets.pop(actor_ref, None)
+
+    def counts(
+        self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
+    ) -> ActorCounts:
+        s15, s1, s24 = _starts(at, since)
+        with self._lock:
+            sets = {name: dict(zset) for name, zset in self._sets.get(actor_ref, {}).items()}
+
+        def n(name: str, start: dt.datetime) -> int:
+            return sum(1 for t in sets.get(name, {}).values() if start <= t <= at)
+
+        return ActorCounts(
+            patients_15m=n("p", s15),
+            patients_1h=n("p", s1),
+            patients_24h=n("p", s24),
+            outside_1h=n("o", s1),
+            outside_24h=n("o", s24),
+            exported_24h=n("x", s24),
+            searches_15m=n("e:search", s15),
+            searches_1h=n("e:search", s1),
+            identifier_searches_15m=n("e:identifier-search", s15),
+            wildcard_searches_1h=n("e:wildcard-search", s1),
+            deep_pages_1h=n("e:deep-page", s1),
+            denials_15m=n("e:denial", s15),
+            export_denials_1h=n("e:export-denial", s1),
+            refusals_1h=n("e:refusal", s1),
+        )
+
+
+class RedisExposureCounters:
+    """Counters in Redis sorted sets, shared by every worker. Keys expire after a day."""
+
+    def __init__(self, client: Any, *, prefix: str = "carnet:det") -> None:
+        self._redis = client
+        self._prefix = prefix
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "carnet:det") -> RedisExposureCounters:
+        import redis
+
+        return cls(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2), prefix=prefix)
+
+    def _key(self, actor_ref: str, name: str) -> str:
+        return f"{self._prefix}:{actor_ref}:{name}"
+
+    def _names(self) -> list[str]:
+        return ["p", "o", "x", *(f"e:{kind.value}" for kind in EventKind)]
+
+    def add_exposures(
+        self,
+        *,
+        actor_ref: str,
+        patient_ids: Sequence[uuid.UUID],
+        outside_care: Sequence[uuid.UUID],
+        exported: bool,
+        at: dt.datetime,
+    ) -> None:
+        score = at.timestamp()
+        horizon = score - H24.total_seconds()
+        pipe = self._redis.pipeline(transaction=False)
+        groups = [("p", patient_ids), ("o", outside_care), ("x", patient_ids if exported else ())]
+        for name, ids in groups:
+            if not ids:
+                continue
+            key = self._key(actor_ref, name)
+            # GT: keep the latest time of a patient even if workers' clocks interleave.
+            pipe.zadd(key, {str(p): score for p in ids}, gt=True)
+            pipe.zremrangebyscore(key, "-inf", horizon)
+            pipe.expire(key, int(H24.total_seconds()) + 3600)
+        pipe.execute()
+
+    def add_event(self, *, actor_ref: str, kind: EventKind, key: str, at: dt.datetime) -> None:
+        member = key if kind in _DISTINCT_KINDS else uuid.uuid4().hex
+        score = at.timestamp()
+        redis_key = self._key(actor_ref, f"e:{kind.value}")
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(redis_key, {member: score}, gt=True)
+        pipe.zremrangebyscore(redis_key, "-inf", score - H24.total_seconds())
+        pipe.expire(redis_key, int(H24.total_seconds()) + 3600)
+        pipe.execute()
+
+    def reset(self, *, actor_ref: str) -> None:
+        self._redis.delete(*(self._key(actor_ref, name) for name in self._names()))
+
+    def counts(
+        self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
+    ) -> ActorCounts:
+        s15, s1, s24 = (s.timestamp() for s in _starts(at, since))
+        end = at.timestamp()
+        wanted: list[tuple[str, float]] = [
+            ("p", s15),
+            ("p", s1),
+            ("p", s24),
+            ("o", s1),
+            ("o", s24),
+            ("x", s24),
+            ("e:search", s15),
+            ("e:search", s1),
+            ("e:identifier-search", s15),
+            ("e:wildcard-search", s1),
+            ("e:deep-page", s1),
+            ("e:denial", s15),
+            ("e:export-denial", s1),
+            ("e:refusal", s1),
+        ]
+        pipe = self._redis.pipeline(transaction=False)
+        for name, start in wanted:
+            pipe.zcount(self._key(actor_ref, name), start, end)
+        values = [int(v) for v in pipe.execute()]
+        return ActorCounts(*values)

@@ -1,0 +1,361 @@
+"""Detection rules: pure functions from an actor's window counts to findings in plain words.
+
+Each rule reads its thresholds from DetectionConfig and says what it saw as a security officer
+would: who, how many patients, over what time, against what usual level. No patient data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+import zoneinfo
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from carnet.access.actor import Actor, ActorKind
+from carnet.access.roles import PATIENT_DATA_ROLES, Role
+from carnet.detection.config import DetectionConfig, RoleVolume
+from carnet.detection.interfaces import ActorCounts, Channel, Finding, Level, Rule
+
+
+@dataclass(frozen=True)
+class Baseline:
+    m15: int
+    h1: int
+    h24: int
+    off_hours_share: float
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the rules see about one request."""
+
+    actor: Actor
+    counts: ActorCounts
+    at: dt.datetime
+    channel: Channel | None = None
+    canaries: Sequence[uuid.UUID] = ()
+    account_baseline: Baseline | None = None
+    role_baseline: Baseline | None = None
+    new_address: bool = False
+    denial: bool = False
+
+
+def _who(actor: Actor) -> str:
+    if actor.kind is ActorKind.CLIENT:
+        return f"API client {actor.client_id or actor.username}"
+    return actor.username
+
+
+def _patients(n: int) -> str:
+    return f"{n} different patient{'s' if n != 1 else ''}"
+
+
+def _volume_role(actor: Actor, config: DetectionConfig) -> tuple[str, RoleVolume] | None:
+    """The most permissive patient-data role the actor holds (None: it reads no patient data)."""
+    candidates = [r for r in actor.roles if r in PATIENT_DATA_ROLES or r is Role.PATIENT]
+    volumes = [(r.value, config.role_volume[r.value]) for r in candidates if r.value in config.role_volume]
+    if not volumes:
+        return None
+    return max(volumes, key=lambda item: (item[1].h24, item[1].h1, item[1].m15))
+
+
+_WINDOWS = (("m15", "in the last 15 minutes"), ("h1", "in the last hour"), ("h24", "in the last 24 hours"))
+
+
+def _count_for(counts: ActorCounts, window: str) -> int:
+    return {"m15": counts.patients_15m, "h1": counts.patients_1h, "h24": counts.patients_24h}[window]
+
+
+def volume(config: DetectionConfig, ctx: Context) -> Finding | None:
+    actor = ctx.actor
+    if actor.kind is ActorKind.CLIENT:
+        return _client_volume(config, ctx)
+    role = _volume_role(actor, config)
+    if role is None:
+        if ctx.counts.patients_24h == 0:
+            return None
+        return Finding(
+            Rule.NO_PATIENT_ROLE,
+            Level.CONTAIN,
+            f"{_who(actor)} holds no role that reads patient data, yet was shown "
+            f"{_patients(ctx.counts.patients_24h)} in the last 24 hours.",
+        )
+    role_name, floors = role
+    worst: tuple[Level, float, str] | None = None
+    for window, words in _WINDOWS:
+        usual = max(
+            getattr(ctx.account_baseline, window, 0) if ctx.account_baseline else 0,
+            getattr(ctx.role_baseline, window, 0) if ctx.role_baseline else 0,
+        )
+        threshold = max(float(getattr(floors, window)), config.baseline_factor * usual)
+        seen = _count_for(ctx.counts, window)
+        if seen < threshold:
+            continue
+        ratio = seen / threshold
+        level = Level.STEP_UP
+        if ratio >= config.volume_contain_factor:
+            level = Level.CONTAIN
+        elif ratio >= config.volume_throttle_factor:
+            level = Level.THROTTLE
+        usual_words = f"; their usual is about {usual}" if usual else ""
+        sentence = (
+            f"{_who(actor)} was shown {_patients(seen)} {words}, {ratio:.1f} times the level at which "
+            f"a {role_name.replace('_', ' ')} is asked to confirm their identity ({int(threshold)})"
+            f"{usual_words}."
+        )
+        if worst is None or (level, ratio) > (worst[0], worst[1]):
+            worst = (level, ratio, sentence)
+    if worst is None:
+        return None
+    return Finding(Rule.VOLUME, worst[0], worst[2])
+
+
+def _client_volume(config: DetectionConfig, ctx: Context) -> Finding | None:
+    floors = config.client_volume
+    worst: tuple[Level, float, str] | None = None
+    for window, words in _WINDOWS:
+        usual = getattr(ctx.account_baseline, window, 0) if ctx.account_baseline else 0
+        threshold = max(float(getattr(floors, window)), config.baseline_factor * usual)
+        seen = _count_for(ctx.counts, window)
+        if seen < threshold:
+            continue
+        ratio = seen / threshold
+        level = Level.CONTAIN if ratio >= config.volume_throttle_factor else Level.THROTTLE
+        sentence = (
+            f"{_who(ctx.actor)} received {_patients(seen)} {words}, above the {int(threshold)} "
+            f"allowed to an API client before it is slowed down."
+        )
+        if worst is None or (level, ratio) > (worst[0], worst[1]):
+            worst = (level, ratio, sentence)
+    return None if worst is None else Finding(Rule.CLIENT_VOLUME, worst[0], worst[2])
+
+
+def outside_care(config: DetectionConfig, ctx: Context) -> Finding | None:
+    c = ctx.counts
+    who = _who(ctx.actor)
+    if c.outside_1h >= config.outside_care_contain_1h:
+        return Finding(
+            Rule.OUTSIDE_CARE,
+            Level.CONTAIN,
+            f"{who} was shown {_patients(c.outside_1h)} outside their care in the last hour "
+            f"(containment at {config.outside_care_contain_1h}).",
+        )
+    if c.outside_24h >= config.outside_care_contain_24h:
+        return Finding(
+            Rule.OUTSIDE_CARE,
+            Level.CONTAIN,
+            f"{who} was shown {_patients(c.outside_24h)} outside their care in the last 24 hours "
+            f"(containment at {config.outside_care_contain_24h}).",
+        )
+    if c.patients_24h >= config.outside_care_share_min_patients:
+        share = c.outside_24h / c.patients_24h
+        if share >= config.outside_care_share_contain:
+            return Finding(
+                Rule.OUTSIDE_CARE,
+                Level.CONTAIN,
+                f"{share:.0%} of the {c.patients_24h} patients {who} was shown in the last 24 hours "
+                f"are outside their care.",
+            )
+    if c.outside_1h >= config.outside_care_step_up_1h:
+        return Finding(
+            Rule.OUTSIDE_CARE,
+            Level.STEP_UP,
+            f"{who} was shown {_patients(c.outside_1h)} outside their care in the last hour.",
+        )
+    return None
+
+
+def enumeration(config: DetectionConfig, ctx: Context) -> Finding | None:
+    c = ctx.counts
+    who = _who(ctx.actor)
+    if c.identifier_searches_15m >= config.identifier_searches_contain_15m:
+        return Finding(
+            Rule.ENUMERATION,
+            Level.CONTAIN,
+            f"{who} searched for {c.identifier_searches_15m} different patient identifiers in 15 minutes: "
+            f"an identifier sweep.",
+        )
+    if c.wildcard_searches_1h >= config.wildcard_searches_contain_1h:
+        return Finding(
+            Rule.ENUMERATION,
+            Level.CONTAIN,
+            f"{who} ran {c.wildcard_searches_1h} partial or wildcard patient searches in the last hour: "
+            f"an alphabetical sweep.",
+        )
+    if c.searches_15m >= config.searches_contain_15m or c.searches_1h >= config.searches_contain_1h:
+        return Finding(
+            Rule.ENUMERATION,
+            Level.CONTAIN,
+            f"{who} ran {c.searches_15m} different patient searches in 15 minutes "
+            f"({c.searches_1h} in the last hour): a search sweep.",
+        )
+    if c.identifier_searches_15m >= config.identifier_searches_step_up_15m:
+        return Finding(
+            Rule.ENUMERATION,
+            Level.STEP_UP,
+            f"{who} searched for {c.identifier_searches_15m} different patient identifiers in 15 minutes.",
+        )
+    if c.wildcard_searches_1h >= config.wildcard_searches_step_up_1h:
+        return Finding(
+            Rule.ENUMERATION,
+            Level.STEP_UP,
+            f"{who} ran {c.wildcard_searches_1h} partial or wildcard patient searches in the last hour.",
+        )
+    if c.searches_15m >= config.searches_step_up_15m:
+        return Finding(
+            Rule.ENUMERATION,
+            Level.STEP_UP,
+            f"{who} ran {c.searches_15m} different patient searches in 15 minutes.",
+        )
+    return None
+
+
+def deep_paging(config: DetectionConfig, ctx: Context) -> Finding | None:
+    n = ctx.counts.deep_pages_1h
+    who = _who(ctx.actor)
+    if n >= config.deep_pages_contain_1h:
+        return Finding(
+            Rule.DEEP_PAGING,
+            Level.CONTAIN,
+            f"{who} paged beyond page {config.deep_page} of patient lists {n} times in the last hour: "
+            f"paging through everything.",
+        )
+    if n >= config.deep_pages_step_up_1h:
+        return Finding(
+            Rule.DEEP_PAGING,
+            Level.STEP_UP,
+            f"{who} paged beyond page {config.deep_page} of a patient list.",
+        )
+    return None
+
+
+def canary(config: DetectionConfig, ctx: Context) -> Finding | None:
+    if not ctx.canaries:
+        return None
+    return Finding(
+        Rule.CANARY,
+        Level.CONTAIN,
+        f"{_who(ctx.actor)} was shown a decoy patient record that no one has a reason to open "
+        f"({len(ctx.canaries)} decoy{'s' if len(ctx.canaries) != 1 else ''}): a sign of bulk collection.",
+    )
+
+
+def denials(config: DetectionConfig, ctx: Context) -> Finding | None:
+    c = ctx.counts
+    actor = ctx.actor
+    who = _who(actor)
+    if c.export_denials_1h >= config.export_denials_contain_1h:
+        return Finding(
+            Rule.EXPORT,
+            Level.CONTAIN,
+            f"{who} tried {c.export_denials_1h} times in the last hour to export patient data "
+            f"without an approved export.",
+        )
+    administrator = Role.SYSTEM_ADMINISTRATOR in actor.roles and not (actor.roles & PATIENT_DATA_ROLES)
+    if administrator and c.denials_15m >= 1:
+        level = Level.CONTAIN if c.denials_15m >= config.admin_denials_contain_15m else Level.RECORD
+        return Finding(
+            Rule.DENIALS,
+            level,
+            f"{who}, a system administrator, who reads no patient data, tried to reach patient data "
+            f"{c.denials_15m} time{'s' if c.denials_15m != 1 else ''} in 15 minutes.",
+        )
+    if c.denials_15m >= config.denials_contain_15m:
+        return Finding(
+            Rule.DENIALS,
+            Level.CONTAIN,
+            f"{who} was refused patient data {c.denials_15m} times in 15 minutes.",
+        )
+    if c.denials_15m >= config.denials_step_up_15m:
+        return Finding(
+            Rule.DENIALS,
+            Level.STEP_UP,
+            f"{who} was refused patient data {c.denials_15m} times in 15 minutes.",
+        )
+    return None
+
+
+def is_off_hours(config: DetectionConfig, at: dt.datetime) -> bool:
+    hour = at.astimezone(zoneinfo.ZoneInfo(config.timezone)).hour
+    start, end = config.off_hours_start, config.off_hours_end
+    return (hour >= start or hour < end) if start > end else (start <= hour < end)
+
+
+def off_hours(config: DetectionConfig, ctx: Context) -> Finding | None:
+    if ctx.denial or ctx.counts.patients_1h == 0 or not is_off_hours(config, ctx.at):
+        return None
+    usual = ctx.account_baseline.off_hours_share if ctx.account_baseline else 0.0
+    if usual >= config.off_hours_usual_share:
+        return None  # night staff
+    local = ctx.at.astimezone(zoneinfo.ZoneInfo(config.timezone)).strftime("%H:%M")
+    n = ctx.counts.patients_1h
+    level = Level.STEP_UP if n >= config.off_hours_step_up_1h else Level.RECORD
+    return Finding(
+        Rule.OFF_HOURS,
+        level,
+        f"{_who(ctx.actor)}, who does not usually work at night, was shown {_patients(n)} in the hour "
+        f"before {local}.",
+    )
+
+
+def new_address(config: DetectionConfig, ctx: Context) -> Finding | None:
+    if not ctx.new_address or ctx.denial:
+        return None
+    n = ctx.counts.patients_1h
+    level = Level.STEP_UP if n >= config.new_address_step_up_1h else Level.RECORD
+    return Finding(
+        Rule.NEW_ADDRESS,
+        level,
+        f"{_who(ctx.actor)} reached patient data from a network address never used by this account "
+        f"({ctx.actor.address}); {_patients(n)} in the last hour.",
+    )
+
+
+def export(config: DetectionConfig, ctx: Context) -> Finding | None:
+    if ctx.channel is not Channel.EXPORT:
+        return None
+    n = ctx.counts.exported_24h
+    who = _who(ctx.actor)
+    if n >= config.export_contain_24h:
+        level = Level.CONTAIN
+    elif n >= config.export_step_up_24h:
+        level = Level.STEP_UP
+    else:
+        level = Level.RECORD
+    return Finding(Rule.EXPORT, level, f"{who} exported the data of {_patients(n)} in the last 24 hours.")
+
+
+def persistence(config: DetectionConfig, ctx: Context) -> Finding | None:
+    n = ctx.counts.refusals_1h
+    if n < config.refusals_contain_1h:
+        return None
+    return Finding(
+        Rule.PERSISTENCE,
+        Level.CONTAIN,
+        f"{_who(ctx.actor)} kept requesting patient data after being stopped {n} times in the last hour "
+        f"(asked for a second factor or slowed down).",
+    )
+
+
+ExposureRule = Callable[[DetectionConfig, Context], Finding | None]
+
+EXPOSURE_RULES: tuple[ExposureRule, ...] = (
+    canary,
+    volume,
+    outside_care,
+    enumeration,
+    deep_paging,
+    export,
+    off_hours,
+    new_address,
+    persistence,
+)
+DENIAL_RULES: tuple[ExposureRule, ...] = (denials, persistence)
+
+
+def evaluate(config: DetectionConfig, ctx: Context) -> list[Finding]:
+    """Every finding of this request, most severe first."""
+    rules = DENIAL_RULES if ctx.denial else EXPOSURE_RULES
+    findings = [f for f in (rule(config, ctx) for rule in rules) if f is not None]
+    return sorted(findings, key=lambda f: f.level, reverse=True)
