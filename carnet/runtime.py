@@ -62,13 +62,14 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None, check_sch
     keyring = Keyring(keys, session_factory)
     keyring.load()
     checkpointer = Checkpointer.from_settings(settings, engine)
+    audit = SqlAuditWriter(on_commit=checkpointer.note_committed)
     return Runtime(
         settings=settings,
         engine=engine,
         session_factory=session_factory,
         keys=keys,
         keyring=keyring,
-        audit=SqlAuditWriter(on_commit=checkpointer.note_committed),
-        ledger=build_ledger(settings),
+        audit=audit,
+        ledger=build_ledger(settings, audit=audit),  # containment audits go through the same writer
         checkpointer=checkpointer,
     )
