@@ -52,6 +52,12 @@ class AuditKind(StrEnum):
     # detection
     DETECTION_ALERT = "detection:alert:raised"
     CONTAINMENT = "detection:actor:contained"
+    DETECTION_ALERTS_READ = "detection:alert:read"
+    DETECTION_ALERT_ACKNOWLEDGED = "detection:alert:acknowledged"
+    DETECTION_ALERT_FALSE_POSITIVE = "detection:alert:false-positive"
+    RESTORE_REQUESTED = "detection:restore:requested"
+    RESTORE_REJECTED = "detection:restore:rejected"
+    INCIDENT_REPORT = "detection:incident:report"
     # administration
     SETTING_CHANGED = "admin:setting:changed"
     AUDIT_PURGED = "audit:retention:purged"
