@@ -24,7 +24,7 @@ DEMO_PATIENTS = 3000
 DEMO_SEED = 7
 DEMO_CREDENTIALS = "demo-credentials.json"
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class RichProgress:
@@ -90,7 +90,7 @@ def _run_seed(runtime: Runtime, *, patients: int, seed: int, facilities: int | N
 
 
 def _summary(report: SeedReport, credentials: Path) -> None:
-    out = Console()
+    out = Console(soft_wrap=True)  # paths stay whole for scripts
     out.print(
         f"seeded {report.patients} patients ({report.canaries} canaries among them) in "
         f"{report.facilities} facilities, {report.staff} staff and {report.portal_accounts} portal "
@@ -156,7 +156,7 @@ def demo(
     settings = get_settings()
     if not settings.exercise_mode:
         raise ConfigurationError("carnet demo runs with CARNET_ENV=demo (it seeds known passwords)")
-    out = Console()
+    out = Console(soft_wrap=True)  # paths stay whole for scripts
     key_file = settings.resolved_key_file
     if not key_file.exists():
         FileKeyProvider.create(key_file)
