@@ -1,0 +1,135 @@
+"""Brute force is slowed (throttled per account and per address) and every attempt is audited,
+with the same answers for existing and unknown accounts. Timing is measured in
+benchmarks/login_timing.py, not asserted here."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Literal
+
+import pytest
+from argon2 import PasswordHasher
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from carnet.audit.models import AuditEvent
+from carnet.identity import passwords
+from carnet.identity.authenticate import (
+    Authenticator,
+    LoginRequest,
+    LoginThrottled,
+    RequestContext,
+)
+from carnet.kernel.errors import AuthenticationRequired
+from carnet.runtime import Runtime
+from tests.identity.conftest import make_person
+
+
+def _failures(runtime: Runtime) -> Counter[str]:
+    with runtime.session_factory() as session:
+        details = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "account:login:failure"))
+        return Counter(json.loads(d)["reason"] for d in details)
+
+
+def _attack(client: TestClient, username: str, attempts: int) -> list[tuple[int, str]]:
+    answers = []
+    for i in range(attempts):
+        r = client.post(
+            "/auth/login", json={"username": username, "password": f"guess number {i:04d}", "otp": "123456"}
+        )
+        body = r.json()
+        answers.append((r.status_code, body.get("error") or body["issue"][0]["diagnostics"]))
+    return answers
+
+
+@pytest.mark.slow
+def test_1000_wrong_passwords_against_one_account_are_throttled_and_audited(
+    client: TestClient, sqlite_runtime: Runtime
+) -> None:
+    make_person(sqlite_runtime, "target")
+    answers = _attack(client, "target", 1000)
+    assert Counter(status for status, _ in answers) == Counter({401: 5, 429: 995})
+    assert answers[:5] == [(401, "the username, password or code is not right")] * 5
+    assert _failures(sqlite_runtime) == Counter({"wrong password": 5, "throttled": 995})
+    # The owner sees the attack in their security history.
+    with sqlite_runtime.session_factory() as session:
+        from carnet.identity.models import AccountEvent
+
+        assert (
+            session.scalar(
+                select(func.count()).select_from(AccountEvent).where(AccountEvent.outcome == "denied")
+            )
+            == 5
+        )
+
+
+@pytest.mark.slow
+def test_an_unknown_account_answers_exactly_like_an_existing_one(
+    sqlite_runtime: Runtime, movable_clock: object
+) -> None:
+    from carnet.app import create_app
+
+    make_person(sqlite_runtime, "exists")
+    with TestClient(create_app(sqlite_runtime), base_url="http://localhost:8000") as c:
+        existing = _attack(c, "exists", 40)
+    Authenticator.of(sqlite_runtime).throttle.reset()
+    with TestClient(create_app(sqlite_runtime), base_url="http://localhost:8000") as c:
+        unknown = _attack(c, "does-not-exist", 40)
+    assert existing == unknown
+    assert _failures(sqlite_runtime) == Counter({"wrong password": 5, "unknown account": 5, "throttled": 70})
+
+
+def test_unknown_accounts_cost_one_argon2_verification_like_known_ones(
+    sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_person(sqlite_runtime, "known")
+    calls: list[str] = []
+
+    class CountingHasher(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+            calls.append(str(hash).split("$")[3])  # the parameters, identical for both
+            return super().verify(hash, password)
+
+    base = passwords.HASHER
+    monkeypatch.setattr(
+        passwords,
+        "HASHER",
+        CountingHasher(time_cost=base.time_cost, memory_cost=base.memory_cost, parallelism=base.parallelism),
+    )
+    auth = Authenticator.of(sqlite_runtime)
+    for username in ("known", "unknown"):
+        with pytest.raises(AuthenticationRequired):
+            auth.log_in(LoginRequest(username=username, password="not the password", otp="000000"))
+    assert calls == ["m=19456,t=2,p=1", "m=19456,t=2,p=1"]
+
+
+@pytest.mark.slow
+def test_spraying_100_accounts_is_throttled_per_account_and_per_address(sqlite_runtime: Runtime) -> None:
+    people = [make_person(sqlite_runtime, f"staff{i:03d}") for i in range(100)]
+    auth = Authenticator.of(sqlite_runtime)
+
+    def attempt(username: str, address: str) -> str:
+        try:
+            auth.log_in(
+                LoginRequest(
+                    username=username,
+                    password="Summer2026-hospital",
+                    otp="000000",
+                    context=RequestContext(address=address, user_agent="spray"),
+                )
+            )
+        except LoginThrottled:
+            return "throttled"
+        except AuthenticationRequired:
+            return "refused"
+        return "opened"
+
+    # From one address: 10 passwords x 100 accounts; the address limit stops it after 30.
+    one_address = Counter(attempt(p.username, "203.0.113.9") for _ in range(10) for p in people)
+    assert one_address == Counter({"refused": 30, "throttled": 970})
+    # From a botnet (a new address for every try): each account still takes only 5 a minute.
+    auth.throttle.reset()
+    botnet = Counter(attempt(p.username, f"198.51.{n // 250}.{n % 250}") for n, p in enumerate(people * 10))
+    assert botnet == Counter({"refused": 500, "throttled": 500})
+    assert sum(_failures(sqlite_runtime).values()) == 2000  # every attempt is in the audit chain
