@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind, PurposeOfUse
+from carnet.access.scope import ALL_FACILITIES, enter_scope
 from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
 from carnet.crypto.keyring import Keyring
 from carnet.kernel.errors import InvalidInput
@@ -41,6 +42,8 @@ def system_access(runtime: Runtime, *, reason: str, operator: str = "carnet") ->
         purpose_of_use=PurposeOfUse.OPERATIONS,
     )
     with runtime.session_factory.begin() as session:
+        # An explicit all-facilities scope: row-level security applies to the door too.
+        enter_scope(session, ALL_FACILITIES)
         runtime.audit.append(
             session,
             AuditRecord(

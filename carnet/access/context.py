@@ -1,0 +1,101 @@
+"""Is the actor usable, and with which effective roles and facilities?
+
+The Actor comes from identity (a session or a token); the database has the last word: a
+suspended account is refused at once, and a role counts only while its grant is active.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from carnet.access.actor import Actor, ActorKind
+from carnet.access.models import RoleGrant
+from carnet.access.permissions import Permission, permissions_of
+from carnet.access.roles import Role
+from carnet.identity.models import Account
+from carnet.kernel.errors import AccountContained, AuthenticationRequired
+
+
+@dataclass(frozen=True)
+class AccessContext:
+    """The actor as the policy sees it, resolved against the database for one transaction."""
+
+    actor: Actor
+    roles: frozenset[Role]
+    permissions: frozenset[Permission]
+    facility_ids: frozenset[uuid.UUID]
+    acting_facility_id: uuid.UUID | None
+    account_id: uuid.UUID | None
+    practitioner_id: uuid.UUID | None
+    patient_id: uuid.UUID | None
+    now: dt.datetime
+
+    def may(self, permission: Permission) -> bool:
+        return permission in self.permissions
+
+
+def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = "") -> AccessContext:
+    """Check the actor is usable; raise AuthenticationRequired / AccountContained otherwise."""
+    if actor.kind == ActorKind.SYSTEM:
+        raise AuthenticationRequired("the system identity acts only through the system door")
+    if actor.kind == ActorKind.CLIENT:
+        # A client acting for itself: its roles come from its registration (no account row).
+        roles = frozenset(actor.roles & {Role.API_CLIENT})
+        scope = frozenset({actor.facility_id}) if actor.facility_id else frozenset()
+        return AccessContext(
+            actor, roles, permissions_of(roles), scope, actor.facility_id, None, None, None, now
+        )
+    if actor.account_id is None:
+        raise AuthenticationRequired("no account behind this session")
+    account = session.get(Account, actor.account_id)
+    if account is None or account.status == "disabled":
+        raise AuthenticationRequired("this account cannot be used")
+    if account.status == "suspended":
+        raise AccountContained(f"this account is suspended: contact {contact or 'the security office'}")
+    if account.status != "active":
+        raise AuthenticationRequired("this account cannot be used")
+    if actor.kind == ActorKind.PATIENT:
+        if account.kind != "patient" or account.patient_id is None or account.patient_id != actor.patient_id:
+            raise AuthenticationRequired("this session does not belong to a patient account")
+        roles = frozenset(actor.roles & {Role.PATIENT})
+        # The patient's facility is filled in by the gate (it alone reads the patient table).
+        return AccessContext(
+            actor, roles, permissions_of(roles), frozenset(), None, account.id, None, account.patient_id, now
+        )
+    if account.kind != "staff":
+        raise AuthenticationRequired("this session does not belong to a staff account")
+    grants = session.scalars(
+        select(RoleGrant).where(RoleGrant.account_id == account.id, RoleGrant.status == "active")
+    ).all()
+    granted: set[Role] = set()
+    facilities: set[uuid.UUID] = set()
+    for grant in grants:
+        try:
+            role = Role(grant.role)
+        except ValueError:
+            continue
+        if role not in actor.roles:
+            continue  # the session did not claim it (or lost it): it does not count
+        granted.add(role)
+        if grant.facility_id is not None:
+            facilities.add(grant.facility_id)
+    roles = frozenset(granted)
+    acting = actor.facility_id if actor.facility_id in facilities else None
+    if acting is None and account.facility_id in facilities:
+        acting = account.facility_id
+    return AccessContext(
+        actor=actor,
+        roles=roles,
+        permissions=permissions_of(roles),
+        facility_ids=frozenset(facilities),
+        acting_facility_id=acting,
+        account_id=account.id,
+        practitioner_id=account.practitioner_id,
+        patient_id=None,
+        now=now,
+    )

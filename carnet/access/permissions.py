@@ -1,0 +1,127 @@
+"""Permissions: one enum, `scope:resource:action`, and what each role holds.
+
+A permission says what kind of action a role may attempt at all; carnet.access.policy then says,
+per patient relationship, which fields of which resource it may see (minimum necessary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+from carnet.access.roles import Role
+
+
+class Permission(StrEnum):
+    PATIENT_READ = "phi:patient:read"
+    PATIENT_SEARCH = "phi:patient:search"
+    PATIENT_CREATE = "phi:patient:create"
+    PATIENT_UPDATE = "phi:patient:update"
+    DAY_LIST_READ = "phi:day-list:read"
+    APPOINTMENT_READ = "phi:appointment:read"
+    APPOINTMENT_WRITE = "phi:appointment:write"
+    ENCOUNTER_READ = "phi:encounter:read"
+    ALLERGY_READ = "phi:allergy:read"
+    ALLERGY_WRITE = "phi:allergy:write"
+    NOTE_READ = "phi:note:read"
+    NOTE_WRITE = "phi:note:write"
+    PRESCRIPTION_READ = "phi:prescription:read"
+    PRESCRIPTION_WRITE = "phi:prescription:write"
+    COVERAGE_READ = "phi:coverage:read"
+    CARD_READING_READ = "phi:card-reading:read"
+    INVOICE_READ = "phi:invoice:read"
+    OBSERVATION_READ = "phi:observation:read"
+    CONDITION_READ = "phi:condition:read"
+    HISTORY_READ = "phi:history:read"
+    BREAK_GLASS = "access:break-glass:start"
+    BREAK_GLASS_REVIEW = "access:break-glass:review"
+    ROLE_GRANT_REQUEST = "admin:role-grant:request"
+    ROLE_GRANT_DECIDE = "admin:role-grant:decide"
+    AUDIT_READ = "audit:event:read"
+
+
+P = Permission
+
+_CLINICAL_READ = frozenset(
+    {
+        P.PATIENT_READ,
+        P.PATIENT_SEARCH,
+        P.DAY_LIST_READ,
+        P.APPOINTMENT_READ,
+        P.ENCOUNTER_READ,
+        P.ALLERGY_READ,
+        P.NOTE_READ,
+        P.PRESCRIPTION_READ,
+        P.OBSERVATION_READ,
+        P.CONDITION_READ,
+        P.HISTORY_READ,
+        P.BREAK_GLASS,
+    }
+)
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.PHYSICIAN: _CLINICAL_READ
+    | {
+        P.COVERAGE_READ,
+        P.PATIENT_CREATE,
+        P.PATIENT_UPDATE,
+        P.APPOINTMENT_WRITE,
+        P.ALLERGY_WRITE,
+        P.NOTE_WRITE,
+        P.PRESCRIPTION_WRITE,
+    },
+    Role.NURSE: _CLINICAL_READ | {P.ALLERGY_WRITE, P.NOTE_WRITE},
+    Role.FRONT_DESK: frozenset(
+        {
+            P.PATIENT_READ,
+            P.PATIENT_SEARCH,
+            P.PATIENT_CREATE,
+            P.PATIENT_UPDATE,
+            P.APPOINTMENT_READ,
+            P.APPOINTMENT_WRITE,
+            P.HISTORY_READ,
+        }
+    ),
+    Role.BILLING: frozenset(
+        {
+            P.PATIENT_READ,
+            P.PATIENT_SEARCH,
+            P.COVERAGE_READ,
+            P.CARD_READING_READ,
+            P.INVOICE_READ,
+            P.HISTORY_READ,
+        }
+    ),
+    Role.PATIENT: frozenset(
+        {
+            P.PATIENT_READ,
+            P.APPOINTMENT_READ,
+            P.ENCOUNTER_READ,
+            P.ALLERGY_READ,
+            P.NOTE_READ,
+            P.PRESCRIPTION_READ,
+            P.COVERAGE_READ,
+            P.CARD_READING_READ,
+            P.INVOICE_READ,
+            P.OBSERVATION_READ,
+            P.CONDITION_READ,
+            P.HISTORY_READ,
+        }
+    ),
+    # Administrators administer: no permission on patient data, by any path.
+    Role.SYSTEM_ADMINISTRATOR: frozenset({P.ROLE_GRANT_REQUEST, P.ROLE_GRANT_DECIDE}),
+    Role.SECURITY_OFFICER: frozenset({P.BREAK_GLASS_REVIEW, P.AUDIT_READ}),
+    # An API client acting for itself reads no patient data until a scope model says otherwise.
+    Role.API_CLIENT: frozenset(),
+}
+
+
+def permissions_of(roles: Iterable[Role | str]) -> frozenset[Permission]:
+    """Union of the roles' permissions; an unknown role contributes nothing (deny by default)."""
+    held: set[Permission] = set()
+    for role in roles:
+        try:
+            held |= ROLE_PERMISSIONS.get(Role(role), frozenset())
+        except ValueError:
+            continue
+    return frozenset(held)

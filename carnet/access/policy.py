@@ -1,0 +1,353 @@
+"""The access policy: role x resource x relationship -> the fields that may be seen.
+
+Pure data and pure functions (no database): the gate computes the actor's relationships to a
+patient, then asks `decide`. Anything not listed here is refused (deny by default): an unknown
+role, resource type or relationship gets no field. docs/ACCESS.md is generated from this module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from carnet.access.permissions import Permission, permissions_of
+from carnet.access.roles import Role
+
+# A booked appointment in this window around today makes a care relationship.
+APPOINTMENT_WINDOW_BEFORE = dt.timedelta(days=7)
+APPOINTMENT_WINDOW_AFTER = dt.timedelta(days=30)
+BREAK_GLASS_DURATION = dt.timedelta(hours=1)
+STEP_UP_FRESHNESS = dt.timedelta(minutes=5)
+SEARCH_MAX_COUNT = 20
+SEARCH_MAX_PAGE = 5
+
+
+class ResourceType(StrEnum):
+    """Patient-data resources, named as in FHIR R4."""
+
+    PATIENT = "Patient"
+    APPOINTMENT = "Appointment"
+    ENCOUNTER = "Encounter"
+    ALLERGY = "AllergyIntolerance"
+    NOTE = "DocumentReference"
+    PRESCRIPTION = "MedicationRequest"
+    COVERAGE = "Coverage"
+    CARD_READING = "CardReading"
+    INVOICE = "Invoice"
+    OBSERVATION = "Observation"
+    CONDITION = "Condition"
+
+
+class Relationship(StrEnum):
+    """Why an actor may see a patient."""
+
+    SELF = "self"  # the patient themself
+    CARE_TEAM = "care_team"
+    REFERRAL = "referral"
+    APPOINTMENT = "appointment"  # booked with the practitioner, -7/+30 days around today
+    ATTENDING = "attending"  # attending physician of the current in-progress encounter
+    WARD = "ward"  # nurse assigned to the ward hosting the patient's current stay
+    DESIGNATED = "designated_physician"
+    BREAK_GLASS = "break_glass"
+    FACILITY = "facility"  # a patient of a facility in the actor's scope, no care relationship
+    # Found by a specific search (an identifier, or family name + birth date): holds for that
+    # search result only, never for opening the chart.
+    LOCATED = "located"
+
+
+class BreakGlassReason(StrEnum):
+    EMERGENCY = "emergency"  # life-threatening, the patient cannot consent
+    CONTINUITY = "continuity"  # the usual clinician is unavailable
+    PATIENT_REQUEST = "patient_request"  # the patient asks, in person
+    CONSULTATION = "consultation"  # an unscheduled consult requested by a colleague
+
+
+# -- fields per resource (the names of the phi schemas' fields) --------------------------------
+PATIENT_LOCATE = frozenset({"id", "family", "given", "birth_date", "gender"})
+PATIENT_IDENTITY = PATIENT_LOCATE | {
+    "facility_id",
+    "version_id",
+    "ins",
+    "active",
+    "designated_physician_id",
+    "opposes_other_facilities",
+}
+PATIENT_CONTACT = frozenset({"address", "phone", "email"})
+APPOINTMENT_ADMIN = frozenset(
+    {
+        "id",
+        "patient_id",
+        "facility_id",
+        "practitioner_id",
+        "location_id",
+        "start_at",
+        "end_at",
+        "status",
+        "cancel_reason",
+        "version_id",
+    }
+)
+APPOINTMENT_ALL = APPOINTMENT_ADMIN | {"reason"}
+ENCOUNTER_ALL = frozenset(
+    {"id", "patient_id", "facility_id", "kind", "status", "start_at", "end_at", "location_id", "attending_id"}
+    | {"version_id"}
+)
+ALLERGY_ALL = frozenset(
+    {
+        "id",
+        "patient_id",
+        "substance_code",
+        "substance_display",
+        "criticality",
+        "clinical_status",
+        "recorded_by",
+        "version_id",
+    }
+)
+NOTE_ALL = frozenset(
+    {"id", "patient_id", "encounter_id", "author_id", "kind", "title", "status", "version_id", "versions"}
+)
+PRESCRIPTION_ALL = frozenset(
+    {
+        "id",
+        "patient_id",
+        "prescriber_id",
+        "medication_code",
+        "medication_display",
+        "substance_code",
+        "dosage_text",
+        "status",
+        "authored_at",
+        "valid_until",
+        "stop_reason",
+        "allergy_override_reason",
+        "version_id",
+        "warnings",
+    }
+)
+COVERAGE_ALL = frozenset(
+    {"id", "patient_id", "kind", "payer", "member_id", "status", "period_start", "period_end"}
+)
+CARD_READING_ALL = frozenset({"id", "patient_id", "coverage_id", "read_at", "card_serial", "payload"})
+INVOICE_ALL = frozenset(
+    {"id", "patient_id", "number", "status", "issued_at", "total_cents", "currency", "lines"}
+)
+OBSERVATION_ALL = frozenset(
+    {
+        "id",
+        "patient_id",
+        "category",
+        "code",
+        "display",
+        "value_number",
+        "unit",
+        "value_text",
+        "effective_at",
+        "status",
+    }
+)
+CONDITION_ALL = frozenset({"id", "patient_id", "code", "display", "clinical_status", "onset_at"})
+
+ALL_FIELDS: Mapping[ResourceType, frozenset[str]] = {
+    ResourceType.PATIENT: PATIENT_IDENTITY | PATIENT_CONTACT,
+    ResourceType.APPOINTMENT: APPOINTMENT_ALL,
+    ResourceType.ENCOUNTER: ENCOUNTER_ALL,
+    ResourceType.ALLERGY: ALLERGY_ALL,
+    ResourceType.NOTE: NOTE_ALL,
+    ResourceType.PRESCRIPTION: PRESCRIPTION_ALL,
+    ResourceType.COVERAGE: COVERAGE_ALL,
+    ResourceType.CARD_READING: CARD_READING_ALL,
+    ResourceType.INVOICE: INVOICE_ALL,
+    ResourceType.OBSERVATION: OBSERVATION_ALL,
+    ResourceType.CONDITION: CONDITION_ALL,
+}
+
+R = Relationship
+CLINICAL = frozenset({R.CARE_TEAM, R.REFERRAL, R.APPOINTMENT, R.ATTENDING, R.DESIGNATED, R.BREAK_GLASS})
+NURSING = frozenset({R.WARD, R.CARE_TEAM, R.APPOINTMENT, R.BREAK_GLASS})
+IN_FACILITY = frozenset(set(Relationship) - {R.SELF})
+SELF = frozenset({R.SELF})
+
+Grant = tuple[frozenset[Relationship], frozenset[str]]
+T = ResourceType
+
+# Reads: for each role and resource, which relationships open which fields (unions add up).
+READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
+    Role.PHYSICIAN: {
+        # Locating a patient outside one's care (to break the glass) shows who, not how to reach them.
+        T.PATIENT: (
+            (CLINICAL, PATIENT_IDENTITY | PATIENT_CONTACT),
+            (frozenset({R.LOCATED}), PATIENT_LOCATE),
+        ),
+        T.APPOINTMENT: ((CLINICAL, APPOINTMENT_ALL),),
+        T.ENCOUNTER: ((CLINICAL, ENCOUNTER_ALL),),
+        T.ALLERGY: ((CLINICAL, ALLERGY_ALL),),
+        T.NOTE: ((CLINICAL, NOTE_ALL),),
+        T.PRESCRIPTION: ((CLINICAL, PRESCRIPTION_ALL),),
+        T.COVERAGE: ((CLINICAL, COVERAGE_ALL),),
+        T.OBSERVATION: ((CLINICAL, OBSERVATION_ALL),),
+        T.CONDITION: ((CLINICAL, CONDITION_ALL),),
+    },
+    Role.NURSE: {
+        T.PATIENT: ((NURSING, PATIENT_IDENTITY), (frozenset({R.LOCATED}), PATIENT_LOCATE)),
+        T.APPOINTMENT: ((NURSING, APPOINTMENT_ALL),),
+        T.ENCOUNTER: ((NURSING, ENCOUNTER_ALL),),
+        T.ALLERGY: ((NURSING, ALLERGY_ALL),),
+        T.NOTE: ((NURSING, NOTE_ALL),),
+        T.PRESCRIPTION: ((NURSING, PRESCRIPTION_ALL),),
+        T.OBSERVATION: ((NURSING, OBSERVATION_ALL),),
+        T.CONDITION: ((NURSING, CONDITION_ALL),),
+    },
+    Role.FRONT_DESK: {
+        T.PATIENT: ((IN_FACILITY, PATIENT_IDENTITY | PATIENT_CONTACT),),
+        T.APPOINTMENT: ((IN_FACILITY, APPOINTMENT_ADMIN),),
+    },
+    Role.BILLING: {
+        T.PATIENT: ((IN_FACILITY, PATIENT_IDENTITY),),
+        T.COVERAGE: ((IN_FACILITY, COVERAGE_ALL),),
+        T.CARD_READING: ((IN_FACILITY, CARD_READING_ALL),),
+        T.INVOICE: ((IN_FACILITY, INVOICE_ALL),),
+    },
+    Role.PATIENT: {resource: ((SELF, fields),) for resource, fields in ALL_FIELDS.items()},
+    Role.SYSTEM_ADMINISTRATOR: {},
+    Role.SECURITY_OFFICER: {},
+    Role.API_CLIENT: {},
+}
+
+# Writes: which relationships let a role write a resource (creation of a patient: FACILITY).
+WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
+    Role.PHYSICIAN: {
+        T.PATIENT: CLINICAL | {R.FACILITY},  # FACILITY: registration only (see decide_write)
+        T.APPOINTMENT: CLINICAL,
+        T.ALLERGY: CLINICAL,
+        T.NOTE: CLINICAL,
+        T.PRESCRIPTION: CLINICAL,
+    },
+    Role.NURSE: {T.ALLERGY: NURSING, T.NOTE: NURSING},
+    Role.FRONT_DESK: {T.PATIENT: IN_FACILITY, T.APPOINTMENT: IN_FACILITY},
+}
+
+READ_PERMISSION: Mapping[ResourceType, Permission] = {
+    T.PATIENT: Permission.PATIENT_READ,
+    T.APPOINTMENT: Permission.APPOINTMENT_READ,
+    T.ENCOUNTER: Permission.ENCOUNTER_READ,
+    T.ALLERGY: Permission.ALLERGY_READ,
+    T.NOTE: Permission.NOTE_READ,
+    T.PRESCRIPTION: Permission.PRESCRIPTION_READ,
+    T.COVERAGE: Permission.COVERAGE_READ,
+    T.CARD_READING: Permission.CARD_READING_READ,
+    T.INVOICE: Permission.INVOICE_READ,
+    T.OBSERVATION: Permission.OBSERVATION_READ,
+    T.CONDITION: Permission.CONDITION_READ,
+}
+
+WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
+    T.PATIENT: Permission.PATIENT_UPDATE,
+    T.APPOINTMENT: Permission.APPOINTMENT_WRITE,
+    T.ALLERGY: Permission.ALLERGY_WRITE,
+    T.NOTE: Permission.NOTE_WRITE,
+    T.PRESCRIPTION: Permission.PRESCRIPTION_WRITE,
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    fields: frozenset[str]
+    reason: str
+
+
+def _roles(roles: Iterable[Role | str]) -> list[Role]:
+    known = []
+    for role in roles:
+        try:
+            known.append(Role(role))
+        except ValueError:
+            continue  # unknown roles grant nothing
+    return sorted(known)
+
+
+def _resource(resource: ResourceType | str) -> ResourceType | None:
+    try:
+        return ResourceType(resource)
+    except ValueError:
+        return None
+
+
+def readable_fields(
+    role: Role, resource: ResourceType, relationships: Iterable[Relationship]
+) -> frozenset[str]:
+    """One cell of the permission matrix, for several relationships at once."""
+    rels = set(relationships)
+    fields: set[str] = set()
+    for grant_rels, grant_fields in READ_RULES.get(role, {}).get(resource, ()):
+        if grant_rels & rels:
+            fields |= grant_fields
+    return frozenset(fields)
+
+
+def decide(
+    *,
+    roles: Iterable[Role | str],
+    resource: ResourceType | str,
+    relationships: Iterable[Relationship],
+    write: bool = False,
+    permission: Permission | None = None,
+) -> Decision:
+    """May an actor holding `roles`, related to a patient by `relationships`, read (or write) it?
+
+    For a read, `fields` are the fields it may see; for a write, all the resource's fields.
+    `permission` overrides the one implied (e.g. patient:create instead of patient:update).
+    """
+    kind = _resource(resource)
+    if kind is None:
+        return Decision(False, frozenset(), f"unknown resource type {str(resource)[:40]!r}")
+    known = _roles(roles)
+    if not known:
+        return Decision(False, frozenset(), "no known role")
+    needed = permission or (WRITE_PERMISSION.get(kind) if write else READ_PERMISSION.get(kind))
+    rels = frozenset(relationships)
+    reasons: list[str] = []
+    fields: set[str] = set()
+    for role in known:
+        if needed is None or needed not in permissions_of([role]):
+            continue
+        if write:
+            granted = WRITE_RULES.get(role, {}).get(kind, frozenset()) & rels
+            if granted:
+                fields |= ALL_FIELDS[kind]
+                reasons.append(f"{role.value} writes {kind.value} by {','.join(sorted(granted))}")
+        else:
+            cell = readable_fields(role, kind, rels)
+            if cell:
+                fields |= cell
+                reasons.append(f"{role.value} reads {kind.value} by {','.join(sorted(rels))}")
+    if not fields:
+        verb = "write" if write else "read"
+        return Decision(False, frozenset(), f"no role may {verb} {kind.value} by {','.join(sorted(rels))}")
+    return Decision(True, frozenset(fields), "; ".join(reasons))
+
+
+def granting_relationships(
+    *, roles: Iterable[Role | str], resource: ResourceType, write: bool = False
+) -> frozenset[Relationship]:
+    """Every relationship that opens `resource` to one of `roles`: the SQL filter of a list."""
+    found: set[Relationship] = set()
+    for rel in Relationship:
+        if decide(roles=roles, resource=resource, relationships=[rel], write=write).allowed:
+            found.add(rel)
+    return frozenset(found)
+
+
+def matrix() -> list[tuple[Role, ResourceType, Relationship, frozenset[str]]]:
+    """The whole read matrix, one row per (role, resource, relationship) that opens any field."""
+    rows = []
+    for role in Role:
+        for resource in ResourceType:
+            for rel in Relationship:
+                decision = decide(roles=[role], resource=resource, relationships=[rel])
+                if decision.allowed:
+                    rows.append((role, resource, rel, decision.fields))
+    return rows

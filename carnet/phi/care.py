@@ -1,0 +1,139 @@
+"""Care relationships, computed in SQL: why this actor may see which patients right now."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, or_, select, union
+from sqlalchemy.orm import Session
+
+from carnet.access.context import AccessContext
+from carnet.access.models import BreakGlassAccess, WardAssignment
+from carnet.access.policy import APPOINTMENT_WINDOW_AFTER, APPOINTMENT_WINDOW_BEFORE, Relationship
+from carnet.patients.models import CareRelationship, Patient
+from carnet.scheduling.models import Appointment, Encounter
+
+R = Relationship
+INACTIVE_APPOINTMENT = ("cancelled", "entered-in-error", "noshow")
+# Relationships that are a reason to see the patient (break-the-glass and facility are not).
+CARE = frozenset({R.SELF, R.CARE_TEAM, R.REFERRAL, R.APPOINTMENT, R.ATTENDING, R.WARD, R.DESIGNATED})
+
+
+def _parts(ctx: AccessContext, rels: Collection[Relationship]) -> list[tuple[Relationship, Select[Any]]]:
+    now = ctx.now
+    parts: list[tuple[Relationship, Select[Any]]] = []
+    me = ctx.practitioner_id
+    if me is not None:
+        for rel in (R.CARE_TEAM, R.REFERRAL):
+            if rel in rels:
+                parts.append(
+                    (
+                        rel,
+                        select(CareRelationship.patient_id).where(
+                            CareRelationship.practitioner_id == me,
+                            CareRelationship.kind == rel.value,
+                            CareRelationship.start_at <= now,
+                            or_(CareRelationship.end_at.is_(None), CareRelationship.end_at > now),
+                        ),
+                    )
+                )
+        if R.APPOINTMENT in rels:
+            parts.append(
+                (
+                    R.APPOINTMENT,
+                    select(Appointment.patient_id).where(
+                        Appointment.practitioner_id == me,
+                        Appointment.start_at >= now - APPOINTMENT_WINDOW_BEFORE,
+                        Appointment.start_at <= now + APPOINTMENT_WINDOW_AFTER,
+                        Appointment.status.not_in(INACTIVE_APPOINTMENT),
+                    ),
+                )
+            )
+        if R.ATTENDING in rels:
+            parts.append(
+                (
+                    R.ATTENDING,
+                    select(Encounter.patient_id).where(
+                        Encounter.attending_id == me, Encounter.status == "in-progress"
+                    ),
+                )
+            )
+        if R.WARD in rels:
+            wards = select(WardAssignment.location_id).where(
+                WardAssignment.practitioner_id == me,
+                WardAssignment.start_at <= now,
+                or_(WardAssignment.end_at.is_(None), WardAssignment.end_at > now),
+            )
+            parts.append(
+                (
+                    R.WARD,
+                    select(Encounter.patient_id).where(
+                        Encounter.status == "in-progress", Encounter.location_id.in_(wards)
+                    ),
+                )
+            )
+        if R.DESIGNATED in rels:
+            parts.append((R.DESIGNATED, select(Patient.id).where(Patient.designated_physician_id == me)))
+    if R.BREAK_GLASS in rels and ctx.account_id is not None:
+        parts.append(
+            (
+                R.BREAK_GLASS,
+                select(BreakGlassAccess.patient_id).where(
+                    BreakGlassAccess.account_id == ctx.account_id,
+                    BreakGlassAccess.started_at <= now,
+                    BreakGlassAccess.expires_at > now,
+                    BreakGlassAccess.ended_at.is_(None),
+                ),
+            )
+        )
+    return parts
+
+
+def visible_filter(ctx: AccessContext) -> ColumnElement[bool]:
+    """Facility scope and the patient's restriction, as SQL on Patient."""
+    return and_(
+        Patient.facility_id.in_(ctx.facility_ids),
+        or_(Patient.opposes_other_facilities.is_(False), Patient.facility_id == ctx.acting_facility_id),
+    )
+
+
+def patient_filter(ctx: AccessContext, rels: Collection[Relationship]) -> ColumnElement[bool] | None:
+    """SQL on Patient: the patients opened by any of `rels`; None when none can be."""
+    conditions: list[ColumnElement[bool]] = []
+    if R.FACILITY in rels or R.LOCATED in rels:
+        return visible_filter(ctx)
+    if R.SELF in rels and ctx.patient_id is not None:
+        conditions.append(Patient.id == ctx.patient_id)
+    parts = [q for _rel, q in _parts(ctx, rels)]
+    if parts:
+        conditions.append(
+            Patient.id.in_(union(*parts).scalar_subquery()) if len(parts) > 1 else Patient.id.in_(parts[0])
+        )
+    if not conditions:
+        return None
+    return and_(visible_filter(ctx), or_(*conditions))
+
+
+def relationships_of(
+    session: Session, ctx: AccessContext, patients: Iterable[Patient]
+) -> dict[uuid.UUID, frozenset[Relationship]]:
+    """Each patient's relationships to the actor; a patient hidden by scope or restriction has none."""
+    visible = {
+        p.id: p
+        for p in patients
+        if p.facility_id in ctx.facility_ids
+        and (not p.opposes_other_facilities or p.facility_id == ctx.acting_facility_id)
+    }
+    found: dict[uuid.UUID, set[Relationship]] = {pid: {R.FACILITY} for pid in visible}
+    if not visible:
+        return {}
+    if ctx.patient_id is not None and ctx.patient_id in found:
+        found[ctx.patient_id].add(R.SELF)
+    ids = list(visible)
+    for rel, query in _parts(ctx, set(Relationship)):
+        column = query.selected_columns[0]
+        for pid in session.scalars(query.where(column.in_(ids))):
+            found[pid].add(rel)
+    return {pid: frozenset(rels) for pid, rels in found.items()}

@@ -1,0 +1,289 @@
+"""What the gate returns and accepts: pydantic schemas, never ORM objects; ids are strings.
+
+Every field a role may be refused is optional: the gate leaves it None when the policy
+(carnet.access.policy) does not open it to the actor (minimum necessary).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Redactable(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    # The fields the actor was allowed to see; the others are None.
+    visible: frozenset[str] = frozenset()
+
+
+class PatientView(Redactable):
+    facility_id: str | None = None
+    version_id: int | None = None
+    ins: str | None = None
+    family: str | None = None
+    given: str | None = None
+    birth_date: str | None = None
+    gender: str | None = None
+    active: bool | None = None
+    designated_physician_id: str | None = None
+    opposes_other_facilities: bool | None = None
+    address: dict[str, Any] | None = None
+    phone: str | None = None
+    email: str | None = None
+
+
+class PatientPage(BaseModel):
+    items: list[PatientView]
+    page: int
+    count: int
+    has_more: bool
+
+
+class AppointmentView(Redactable):
+    patient_id: str | None = None
+    facility_id: str | None = None
+    practitioner_id: str | None = None
+    location_id: str | None = None
+    start_at: dt.datetime | None = None
+    end_at: dt.datetime | None = None
+    status: str | None = None
+    cancel_reason: str | None = None
+    version_id: int | None = None
+    reason: str | None = None
+
+
+class EncounterView(Redactable):
+    patient_id: str | None = None
+    facility_id: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    start_at: dt.datetime | None = None
+    end_at: dt.datetime | None = None
+    location_id: str | None = None
+    attending_id: str | None = None
+    version_id: int | None = None
+
+
+class AllergyView(Redactable):
+    patient_id: str | None = None
+    substance_code: str | None = None
+    substance_display: str | None = None
+    criticality: str | None = None
+    clinical_status: str | None = None
+    recorded_by: str | None = None
+    version_id: int | None = None
+
+
+class NoteVersionView(BaseModel):
+    version: int
+    text: str
+    author_id: str
+    recorded_at: dt.datetime
+    amendment_reason: str | None = None
+
+
+class NoteView(Redactable):
+    patient_id: str | None = None
+    encounter_id: str | None = None
+    author_id: str | None = None
+    kind: str | None = None
+    title: str | None = None
+    status: str | None = None
+    version_id: int | None = None
+    versions: list[NoteVersionView] | None = None
+
+
+class PrescriptionView(Redactable):
+    patient_id: str | None = None
+    prescriber_id: str | None = None
+    medication_code: str | None = None
+    medication_display: str | None = None
+    substance_code: str | None = None
+    dosage_text: str | None = None
+    status: str | None = None
+    authored_at: dt.datetime | None = None
+    valid_until: dt.datetime | None = None
+    stop_reason: str | None = None
+    allergy_override_reason: str | None = None
+    version_id: int | None = None
+    warnings: list[str] | None = None
+
+
+class CoverageView(Redactable):
+    patient_id: str | None = None
+    kind: str | None = None
+    payer: str | None = None
+    member_id: str | None = None
+    status: str | None = None
+    period_start: dt.datetime | None = None
+    period_end: dt.datetime | None = None
+
+
+class CardReadingView(Redactable):
+    patient_id: str | None = None
+    coverage_id: str | None = None
+    read_at: dt.datetime | None = None
+    card_serial: str | None = None
+    payload: dict[str, Any] | None = None
+
+
+class CoverageSection(BaseModel):
+    coverages: list[CoverageView]
+    card_readings: list[CardReadingView]
+
+
+class InvoiceLineView(BaseModel):
+    code: str
+    description: str
+    amount_cents: int
+
+
+class InvoiceView(Redactable):
+    patient_id: str | None = None
+    number: str | None = None
+    status: str | None = None
+    issued_at: dt.datetime | None = None
+    total_cents: int | None = None
+    currency: str | None = None
+    lines: list[InvoiceLineView] | None = None
+
+
+class ObservationView(Redactable):
+    patient_id: str | None = None
+    category: str | None = None
+    code: str | None = None
+    display: str | None = None
+    value_number: float | None = None
+    unit: str | None = None
+    value_text: str | None = None
+    effective_at: dt.datetime | None = None
+    status: str | None = None
+
+
+class ConditionView(Redactable):
+    patient_id: str | None = None
+    code: str | None = None
+    display: str | None = None
+    clinical_status: str | None = None
+    onset_at: dt.datetime | None = None
+
+
+class DayAppointment(BaseModel):
+    appointment: AppointmentView
+    patient: PatientView
+
+
+class DayInpatient(BaseModel):
+    encounter: EncounterView
+    patient: PatientView
+
+
+class DayList(BaseModel):
+    day: dt.date
+    appointments: list[DayAppointment]
+    inpatients: list[DayInpatient]
+
+
+class VersionView(BaseModel):
+    resource_type: str
+    resource_id: str
+    version_id: int
+    recorded_at: dt.datetime
+    author_id: str | None
+    action: str
+    # The snapshot, redacted to the fields the actor may see of this resource type.
+    data: dict[str, Any]
+
+
+class BreakGlassGrant(BaseModel):
+    id: str
+    patient_id: str
+    reason_code: str
+    started_at: dt.datetime
+    expires_at: dt.datetime
+
+
+# -- inputs ---------------------------------------------------------------------------------
+def _text(value: str, name: str, max_len: int) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{name} is required")
+    if len(value) > max_len:
+        raise ValueError(f"{name} is too long (at most {max_len} characters)")
+    return value
+
+
+class PatientInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    facility_id: str
+    family: str = Field(min_length=1, max_length=100)
+    given: str = Field(min_length=1, max_length=100)
+    birth_date: dt.date
+    gender: str = Field(pattern="^(male|female|other|unknown)$")
+    ins: str | None = Field(default=None, pattern=r"^[12][0-9]{12}([0-9]{2})?$")
+    address: dict[str, str] | None = None
+    phone: str | None = Field(default=None, max_length=30)
+    email: str | None = Field(default=None, max_length=200)
+    designated_physician_id: str | None = None
+    opposes_other_facilities: bool = False
+
+    @field_validator("family", "given")
+    @classmethod
+    def _names(cls, value: str) -> str:
+        return _text(value, "a name", 100)
+
+
+class PatientChanges(BaseModel):
+    """Fields to change; those left None stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: str | None = Field(default=None, min_length=1, max_length=100)
+    given: str | None = Field(default=None, min_length=1, max_length=100)
+    birth_date: dt.date | None = None
+    gender: str | None = Field(default=None, pattern="^(male|female|other|unknown)$")
+    ins: str | None = Field(default=None, pattern=r"^[12][0-9]{12}([0-9]{2})?$")
+    address: dict[str, str] | None = None
+    phone: str | None = Field(default=None, max_length=30)
+    email: str | None = Field(default=None, max_length=200)
+    designated_physician_id: str | None = None
+    opposes_other_facilities: bool | None = None
+
+
+class AppointmentInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    practitioner_id: str
+    start_at: dt.datetime
+    end_at: dt.datetime
+    location_id: str | None = None
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class PrescriptionInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    medication_code: str = Field(min_length=1, max_length=40)
+    medication_display: str = Field(min_length=1, max_length=200)
+    substance_code: str = Field(min_length=1, max_length=40)
+    dosage_text: str = Field(min_length=1, max_length=500)
+    valid_until: dt.datetime | None = None
+    encounter_id: str | None = None
+    # Needed (and stored) when the patient has an active allergy to the same substance.
+    allergy_override_reason: str | None = Field(default=None, max_length=500)
+
+
+class AllergyInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    substance_code: str = Field(min_length=1, max_length=40)
+    substance_display: str = Field(min_length=1, max_length=200)
+    criticality: str = Field(pattern="^(low|high|unable-to-assess)$")

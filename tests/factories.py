@@ -1,0 +1,231 @@
+"""Small factories for tests: facilities with data keys, practitioners, accounts with active
+role grants (returned as the Actor identity would build), care links, stays, ward assignments.
+
+Rows that belong to the patient tables are written through the audited system door, the way
+seeding does; patients themselves are registered through the gate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import uuid
+from collections.abc import Iterable
+
+from carnet.access.actor import Actor, ActorKind
+from carnet.access.models import RoleGrant, WardAssignment
+from carnet.access.roles import Role
+from carnet.identity.models import Account
+from carnet.kernel import clock
+from carnet.org.models import Facility, Location, Practitioner
+from carnet.patients.models import CareRelationship
+from carnet.phi.gate import Gate
+from carnet.phi.schemas import PatientInput, PatientView
+from carnet.phi.system import system_access
+from carnet.runtime import Runtime
+from carnet.scheduling.models import Encounter
+
+_seq = itertools.count(1)
+
+
+def make_facility(runtime: Runtime, name: str = "Hôpital Test") -> uuid.UUID:
+    n = next(_seq)
+    with runtime.session_factory.begin() as session:
+        facility = Facility(name=f"{name} {n}", finess=f"{750000000 + n:09d}", city="Paris")
+        session.add(facility)
+        session.flush()
+        runtime.keyring.create_data_key(session, facility.id)
+        return facility.id
+
+
+def make_location(runtime: Runtime, facility_id: uuid.UUID, kind: str = "ward") -> uuid.UUID:
+    with runtime.session_factory.begin() as session:
+        location = Location(facility_id=facility_id, name=f"Ward {next(_seq)}", kind=kind)
+        session.add(location)
+        session.flush()
+        return location.id
+
+
+def make_practitioner(runtime: Runtime, facility_id: uuid.UUID, profession: str = "physician") -> uuid.UUID:
+    n = next(_seq)
+    with runtime.session_factory.begin() as session:
+        practitioner = Practitioner(
+            facility_id=facility_id,
+            rpps=f"{10000000000 + n}",
+            family=f"Docteur{n}",
+            given="Test",
+            profession=profession,
+        )
+        session.add(practitioner)
+        session.flush()
+        return practitioner.id
+
+
+def make_account(
+    runtime: Runtime,
+    *,
+    roles: Iterable[Role],
+    facility_id: uuid.UUID | None,
+    practitioner_id: uuid.UUID | None = None,
+    patient_id: uuid.UUID | None = None,
+    grant: bool = True,
+    status: str = "active",
+) -> Actor:
+    """An account whose roles are granted (active) unless `grant` is False; returns its Actor
+    with a second factor proven just now (a fresh session)."""
+    roles = frozenset(roles)
+    kind = "patient" if Role.PATIENT in roles else "staff"
+    now = clock.now()
+    with runtime.session_factory.begin() as session:
+        account = Account(
+            username=f"user{next(_seq)}-{uuid.uuid4().hex[:6]}",
+            display_name="Test User",
+            kind=kind,
+            facility_id=facility_id,
+            practitioner_id=practitioner_id,
+            patient_id=patient_id,
+            password_hash="not-a-real-hash",
+            status=status,
+            created_at=now,
+            password_changed_at=now,
+        )
+        session.add(account)
+        session.flush()
+        if grant and kind == "staff":
+            for role in roles:
+                session.add(
+                    RoleGrant(
+                        account_id=account.id,
+                        role=role.value,
+                        facility_id=facility_id,
+                        status="active",
+                        requested_at=now,
+                        decided_at=now,
+                        reason="test fixture",
+                    )
+                )
+        account_id = account.id
+    return Actor(
+        kind=ActorKind.PATIENT if kind == "patient" else ActorKind.STAFF,
+        username=f"account-{account_id}",
+        roles=roles,
+        account_id=account_id,
+        facility_id=facility_id,
+        practitioner_id=practitioner_id,
+        patient_id=patient_id,
+        session_id=uuid.uuid4(),
+        address="127.0.0.1",
+        second_factor_at=now,
+    )
+
+
+def make_physician(runtime: Runtime, facility_id: uuid.UUID) -> Actor:
+    return make_account(
+        runtime,
+        roles=[Role.PHYSICIAN],
+        facility_id=facility_id,
+        practitioner_id=make_practitioner(runtime, facility_id, "physician"),
+    )
+
+
+def make_nurse(runtime: Runtime, facility_id: uuid.UUID) -> Actor:
+    return make_account(
+        runtime,
+        roles=[Role.NURSE],
+        facility_id=facility_id,
+        practitioner_id=make_practitioner(runtime, facility_id, "nurse"),
+    )
+
+
+def register_patient(
+    runtime: Runtime,
+    facility_id: uuid.UUID,
+    *,
+    family: str = "Martin",
+    given: str | None = None,
+    birth_date: dt.date = dt.date(1970, 5, 17),
+    ins: str | None = None,
+    by: Actor | None = None,
+    **extra: object,
+) -> PatientView:
+    """A patient registered through the gate by a front-desk account of the facility."""
+    clerk = by or make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility_id)
+    data = PatientInput(
+        facility_id=str(facility_id),
+        family=family,
+        given=given or f"Given{next(_seq)}",
+        birth_date=birth_date,
+        gender="female",
+        ins=ins,
+        phone="06 12 34 56 78",
+        email="patient@example.org",
+        address={"line": "1 rue de Test", "city": "Paris"},
+        **extra,  # type: ignore[arg-type]
+    )
+    return Gate(runtime, clerk).register_patient(data=data)
+
+
+def link_care(
+    runtime: Runtime,
+    *,
+    patient_id: str | uuid.UUID,
+    practitioner_id: uuid.UUID,
+    facility_id: uuid.UUID,
+    kind: str = "care_team",
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> None:
+    with system_access(runtime, reason="test fixture: care relationship") as door:
+        door.session.add(
+            CareRelationship(
+                patient_id=uuid.UUID(str(patient_id)),
+                practitioner_id=practitioner_id,
+                facility_id=facility_id,
+                kind=kind,
+                start_at=start or clock.now() - dt.timedelta(days=1),
+                end_at=end,
+            )
+        )
+
+
+def admit(
+    runtime: Runtime,
+    *,
+    patient_id: str | uuid.UUID,
+    facility_id: uuid.UUID,
+    location_id: uuid.UUID | None,
+    attending_id: uuid.UUID | None = None,
+    status: str = "in-progress",
+) -> uuid.UUID:
+    now = clock.now()
+    with system_access(runtime, reason="test fixture: admission") as door:
+        encounter = Encounter(
+            facility_id=facility_id,
+            patient_id=uuid.UUID(str(patient_id)),
+            kind="inpatient",
+            status=status,
+            start_at=now - dt.timedelta(hours=5),
+            end_at=None,
+            location_id=location_id,
+            attending_id=attending_id,
+            created_at=now,
+            updated_at=now,
+        )
+        door.session.add(encounter)
+        door.session.flush()
+        return encounter.id
+
+
+def assign_ward(
+    runtime: Runtime, *, practitioner_id: uuid.UUID, location_id: uuid.UUID, facility_id: uuid.UUID
+) -> None:
+    with runtime.session_factory.begin() as session:
+        session.add(
+            WardAssignment(
+                practitioner_id=practitioner_id,
+                location_id=location_id,
+                facility_id=facility_id,
+                start_at=clock.now() - dt.timedelta(hours=2),
+                end_at=None,
+            )
+        )
