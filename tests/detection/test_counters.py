@@ -1,0 +1,111 @@
+"""Redis, SQL and memory counters agree on the same history, windows included."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+import redis
+
+from carnet.access.roles import Role
+from carnet.detection.config import DetectionConfig
+from carnet.detection.counters import MemoryExposureCounters, RedisExposureCounters, SqlExposureCounters
+from carnet.detection.interfaces import ActorCounts, Channel, ExposureCounters, SearchEvent, SearchShape
+from carnet.detection.ledger import SqlExposureLedger
+from carnet.kernel import clock
+from carnet.runtime import Runtime
+from tests.detection.helpers import make_actor
+
+START = dt.datetime(2026, 3, 4, 9, 0, tzinfo=dt.UTC)
+# Thresholds out of reach: this test is about counting, not responding.
+QUIET = DetectionConfig(
+    searches_step_up_15m=10**6,
+    searches_contain_15m=10**6,
+    searches_contain_1h=10**6,
+    identifier_searches_step_up_15m=10**6,
+    identifier_searches_contain_15m=10**6,
+    wildcard_searches_step_up_1h=10**6,
+    wildcard_searches_contain_1h=10**6,
+    outside_care_step_up_1h=10**6,
+    outside_care_contain_1h=10**6,
+    outside_care_contain_24h=10**6,
+    outside_care_share_min_patients=10**6,
+    deep_pages_step_up_1h=10**6,
+    deep_pages_contain_1h=10**6,
+    export_step_up_24h=10**6,
+    export_contain_24h=10**6,
+    denials_step_up_15m=10**6,
+    denials_contain_15m=10**6,
+    export_denials_contain_1h=10**6,
+)
+
+
+def _history(
+    runtime: Runtime, ledger: SqlExposureLedger, username: str, movable: clock.MovableClock
+) -> ActorCounts:
+    actor = make_actor(runtime, username, Role.FRONT_DESK)
+    patients = [uuid.uuid4() for _ in range(30)]
+    steps: list[tuple[dt.timedelta, list[uuid.UUID], list[uuid.UUID], Channel, SearchEvent | None]] = [
+        (dt.timedelta(0), patients[:10], patients[:2], Channel.LIST, SearchEvent(SearchShape.LIST, "d1", 7)),
+        (dt.timedelta(minutes=20), patients[5:15], [], Channel.SEARCH, SearchEvent(SearchShape.NAME, "a")),
+        (dt.timedelta(minutes=50), patients[14:20], patients[14:16], Channel.EXPORT, None),
+        (dt.timedelta(hours=2), patients[:3], [], Channel.SEARCH, SearchEvent(SearchShape.IDENTIFIER, "i1")),
+        (
+            dt.timedelta(hours=2, minutes=5),
+            patients[20:22],
+            [],
+            Channel.SEARCH,
+            SearchEvent(SearchShape.WILDCARD, "w"),
+        ),
+        (
+            dt.timedelta(hours=2, minutes=6),
+            patients[22:23],
+            [],
+            Channel.SEARCH,
+            SearchEvent(SearchShape.NAME, "a"),
+        ),
+    ]
+    for offset, shown, outside, channel, shape in steps:
+        movable.set(START + offset)
+        with runtime.session_factory.begin() as session:
+            ledger.record(
+                session,
+                actor=actor,
+                patient_ids=shown,
+                channel=channel,
+                resource_type="Patient",
+                outside_care=outside,
+                query_shape=shape,
+            )
+    with runtime.session_factory.begin() as session:
+        ledger.record_denial(session, actor=actor, resource_type="Patient")
+        return ledger.counters.counts(session, actor_ref=actor.actor_ref, at=clock.now(), since=None)
+
+
+@pytest.fixture
+def redis_counters() -> RedisExposureCounters:
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    return RedisExposureCounters(client, prefix=f"carnet:test:{uuid.uuid4().hex}")
+
+
+def test_backends_count_alike(
+    sqlite_runtime: Runtime, movable_clock: clock.MovableClock, redis_counters: RedisExposureCounters
+) -> None:
+    results = {}
+    backends: dict[str, ExposureCounters] = {
+        "sql": SqlExposureCounters(),
+        "memory": MemoryExposureCounters(),
+        "redis": redis_counters,
+    }
+    for name, counters in backends.items():
+        ledger = SqlExposureLedger(settings=sqlite_runtime.settings, config=QUIET, counters=counters)
+        results[name] = _history(sqlite_runtime, ledger, f"desk.{name}", movable_clock)
+    assert results["sql"] == results["memory"] == results["redis"]
+    counts = results["sql"]
+    # At 11:06: last 15 min holds the identifier (3), wildcard (2) and name (1) searches' patients.
+    assert (counts.patients_15m, counts.patients_1h, counts.patients_24h) == (6, 6, 23)
+    assert (counts.outside_1h, counts.outside_24h, counts.exported_24h) == (0, 4, 6)
+    assert (counts.searches_15m, counts.identifier_searches_15m, counts.wildcard_searches_1h) == (3, 1, 1)
+    assert (counts.deep_pages_1h, counts.denials_15m) == (0, 1)
+    redis_counters.reset(actor_ref="nobody")  # resetting an unknown actor is harmless
