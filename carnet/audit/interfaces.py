@@ -49,6 +49,7 @@ class AuditKind(StrEnum):
     ACCOUNT_RESTORED = "account:account:restored"
     TOKEN_ISSUED = "client:token:issued"
     TOKEN_REVOKED = "client:token:revoked"
+    API_CLIENT_REGISTERED = "client:client:registered"
     # detection
     DETECTION_ALERT = "detection:alert:raised"
     CONTAINMENT = "detection:actor:contained"
