@@ -128,6 +128,7 @@ def to_fhir(event: AuditEvent) -> dict[str, Any]:
 
 
 def _agent(event: AuditEvent) -> dict[str, Any]:
+    who: dict[str, Any]
     if event.account_id is not None:
         who = {"identifier": {"system": f"{CARNET}account", "value": str(event.account_id)}}
     elif event.client_id:
