@@ -1,0 +1,343 @@
+"""Architecture meta-test: every public Gate method is a guarded operation, audited on allow,
+deny and error; and administrators get zero patient data from every one of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from carnet.access.actor import Actor
+from carnet.access.roles import Role
+from carnet.audit.models import AuditEvent
+from carnet.detection.models import Exposure
+from carnet.kernel.errors import AccountContained, CarnetError, Forbidden, NotFound
+from carnet.phi.gate import Gate, public_operations
+from carnet.phi.schemas import (
+    AllergyInput,
+    AppointmentInput,
+    PatientChanges,
+    PatientInput,
+    PrescriptionInput,
+)
+from carnet.runtime import Runtime
+from tests import factories as f
+
+
+@dataclass
+class World:
+    facility: uuid.UUID
+    physician: Actor
+    billing: Actor
+    patient: str  # in the physician's care
+    stranger: str  # not in anyone's care
+    appointment: str
+    note: str
+    prescription: str
+
+
+def _world(runtime: Runtime) -> World:
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    billing = f.make_account(runtime, roles=[Role.BILLING], facility_id=facility)
+    patient = f.register_patient(runtime, facility, family="Meta", ins="1700575000001")
+    stranger = f.register_patient(runtime, facility, family="Inconnu")
+    f.link_care(runtime, patient_id=patient.id, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    gate = Gate(runtime, doctor)
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    appointment = gate.book_appointment(
+        data=AppointmentInput(
+            patient_id=patient.id,
+            practitioner_id=str(doctor.practitioner_id),
+            start_at=start,
+            end_at=start + dt.timedelta(minutes=30),
+        )
+    )
+    note = gate.write_note(patient_id=patient.id, kind="11506-3", title="Suivi", text="Va bien.")
+    gate.record_allergy(
+        data=AllergyInput(
+            patient_id=patient.id,
+            substance_code="J01CA",
+            substance_display="Pénicillines",
+            criticality="high",
+        )
+    )
+    prescription = gate.prescribe(data=_order(patient.id, "N02BE"))
+    return World(facility, doctor, billing, patient.id, stranger.id, appointment.id, note.id, prescription.id)
+
+
+def _order(patient: str, substance: str) -> PrescriptionInput:
+    return PrescriptionInput(
+        patient_id=patient,
+        medication_code="3400930000002",
+        medication_display="Paracétamol 1 g",
+        substance_code=substance,
+        dosage_text="1 g x 3 / jour",
+    )
+
+
+def _new_patient(w: World, **extra: Any) -> PatientInput:
+    values: dict[str, Any] = {
+        "facility_id": str(w.facility),
+        "family": "Nouveau",
+        "given": "Né",
+        "birth_date": dt.date(2001, 2, 3),
+        "gender": "male",
+    }
+    return PatientInput(**(values | extra))
+
+
+def _slot(w: World, days: int) -> AppointmentInput:
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+    return AppointmentInput(
+        patient_id=w.patient,
+        practitioner_id=str(w.physician.practitioner_id),
+        start_at=start,
+        end_at=start + dt.timedelta(minutes=15),
+    )
+
+
+Call = Callable[[Gate, World], Any]
+MISSING = "00000000-0000-4000-8000-000000000000"
+
+# name -> (who is allowed: "physician" | "billing", an allowed call, a call that errors)
+CALLS: dict[str, tuple[str, Call, Call]] = {
+    "read_patient": (
+        "physician",
+        lambda g, w: g.read_patient(patient_id=w.patient),
+        lambda g, w: g.read_patient(patient_id=MISSING),
+    ),
+    "search_patients": (
+        "physician",
+        lambda g, w: g.search_patients(identifier="1700575000001"),
+        lambda g, w: g.search_patients(identifier="1700575000001", count=0),
+    ),
+    "day_list": ("physician", lambda g, w: g.day_list(), None),  # type: ignore[dict-item]
+    "list_allergies": (
+        "physician",
+        lambda g, w: g.list_allergies(patient_id=w.patient),
+        lambda g, w: g.list_allergies(patient_id=MISSING),
+    ),
+    "list_notes": (
+        "physician",
+        lambda g, w: g.list_notes(patient_id=w.patient),
+        lambda g, w: g.list_notes(patient_id=MISSING),
+    ),
+    "list_prescriptions": (
+        "physician",
+        lambda g, w: g.list_prescriptions(patient_id=w.patient),
+        lambda g, w: g.list_prescriptions(patient_id="not-an-id"),
+    ),
+    "list_coverage": (
+        "billing",
+        lambda g, w: g.list_coverage(patient_id=w.patient),
+        lambda g, w: g.list_coverage(patient_id=MISSING),
+    ),
+    "list_appointments": (
+        "physician",
+        lambda g, w: g.list_appointments(patient_id=w.patient),
+        lambda g, w: g.list_appointments(patient_id=MISSING),
+    ),
+    "list_invoices": (
+        "billing",
+        lambda g, w: g.list_invoices(patient_id=w.patient),
+        lambda g, w: g.list_invoices(patient_id=MISSING),
+    ),
+    "list_observations": (
+        "physician",
+        lambda g, w: g.list_observations(patient_id=w.patient),
+        lambda g, w: g.list_observations(patient_id=MISSING),
+    ),
+    "list_conditions": (
+        "physician",
+        lambda g, w: g.list_conditions(patient_id=w.patient),
+        lambda g, w: g.list_conditions(patient_id=MISSING),
+    ),
+    "history": (
+        "physician",
+        lambda g, w: g.history(resource_type="DocumentReference", resource_id=w.note),
+        lambda g, w: g.history(resource_type="DocumentReference", resource_id=MISSING),
+    ),
+    "register_patient": (
+        "physician",
+        lambda g, w: g.register_patient(data=_new_patient(w)),
+        lambda g, w: g.register_patient(data=_new_patient(w, family="Meta", ins="1700575000001")),
+    ),
+    "update_patient": (
+        "physician",
+        lambda g, w: g.update_patient(
+            patient_id=w.patient, expected_version=1, changes=PatientChanges(phone="0700000000")
+        ),
+        lambda g, w: g.update_patient(
+            patient_id=w.patient, expected_version=99, changes=PatientChanges(phone="0700000000")
+        ),
+    ),
+    "book_appointment": (
+        "physician",
+        lambda g, w: g.book_appointment(data=_slot(w, 5)),
+        lambda g, w: g.book_appointment(
+            data=_slot(w, 2).model_copy(update={"start_at": _slot(w, 3).start_at})
+        ),
+    ),
+    "amend_appointment": (
+        "physician",
+        lambda g, w: g.amend_appointment(
+            appointment_id=w.appointment,
+            expected_version=1,
+            start_at=_slot(w, 6).start_at,
+            end_at=_slot(w, 6).end_at,
+        ),
+        lambda g, w: g.amend_appointment(
+            appointment_id=w.appointment,
+            expected_version=7,
+            start_at=_slot(w, 6).start_at,
+            end_at=_slot(w, 6).end_at,
+        ),
+    ),
+    "cancel_appointment": (
+        "physician",
+        lambda g, w: g.cancel_appointment(
+            appointment_id=w.appointment, expected_version=1, reason="patient ill"
+        ),
+        lambda g, w: g.cancel_appointment(appointment_id=w.appointment, expected_version=1, reason="   "),
+    ),
+    "write_note": (
+        "physician",
+        lambda g, w: g.write_note(patient_id=w.patient, kind="11506-3", title="Suivi", text="Stable."),
+        lambda g, w: g.write_note(patient_id=w.patient, kind="11506-3", title="Suivi", text="  "),
+    ),
+    "amend_note": (
+        "physician",
+        lambda g, w: g.amend_note(note_id=w.note, expected_version=1, text="Va mieux.", reason="précision"),
+        lambda g, w: g.amend_note(note_id=w.note, expected_version=5, text="Va mieux.", reason="précision"),
+    ),
+    "prescribe": (
+        "physician",
+        lambda g, w: g.prescribe(data=_order(w.patient, "N02BE")),
+        lambda g, w: g.prescribe(data=_order(w.patient, "J01CA")),  # allergy: stops
+    ),
+    "stop_prescription": (
+        "physician",
+        lambda g, w: g.stop_prescription(prescription_id=w.prescription, expected_version=1, reason="fin"),
+        lambda g, w: g.stop_prescription(prescription_id=w.prescription, expected_version=3, reason="fin"),
+    ),
+    "record_allergy": (
+        "physician",
+        lambda g, w: g.record_allergy(
+            data=AllergyInput(
+                patient_id=w.patient, substance_code="N02BA", substance_display="AINS", criticality="low"
+            )
+        ),
+        lambda g, w: g.record_allergy(
+            data=AllergyInput(
+                patient_id=MISSING, substance_code="N02BA", substance_display="AINS", criticality="low"
+            )
+        ),
+    ),
+    "break_glass": (
+        "physician",
+        lambda g, w: g.break_glass(
+            patient_id=w.stranger, reason="emergency", justification="arrêt cardiaque aux urgences"
+        ),
+        lambda g, w: g.break_glass(
+            patient_id=w.stranger, reason="curiosity", justification="arrêt cardiaque aux urgences"
+        ),
+    ),
+}
+
+
+def _outcomes(runtime: Runtime, actor: Actor) -> list[tuple[str, str]]:
+    with runtime.session_factory() as session:
+        rows = session.execute(
+            sa.select(AuditEvent.kind, AuditEvent.outcome)
+            .where(AuditEvent.actor_ref == actor.actor_ref)
+            .order_by(AuditEvent.seq)
+        ).all()
+    return [(k, o) for k, o in rows]
+
+
+def _exposed(runtime: Runtime, actor: Actor) -> int:
+    with runtime.session_factory() as session:
+        return int(
+            session.scalar(
+                sa.select(sa.func.count()).select_from(Exposure).where(Exposure.actor_ref == actor.actor_ref)
+            )
+            or 0
+        )
+
+
+def test_every_public_gate_method_is_a_classified_guarded_operation() -> None:
+    operations = public_operations()
+    assert set(operations) == set(CALLS), "add the new Gate method to CALLS (allow, deny, error)"
+    assert all(kind is not None for kind in operations.values()), "a public Gate method is not @guarded"
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_operation_is_audited_on_allow_deny_and_error(
+    sqlite_runtime: Runtime, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = sqlite_runtime
+    world = _world(runtime)
+    kind = public_operations()[name].value
+    who, allowed, failing = CALLS[name]
+    actor = world.physician if who == "physician" else world.billing
+
+    # allow
+    before = len(_outcomes(runtime, actor))
+    allowed(Gate(runtime, actor), world)
+    assert _outcomes(runtime, actor)[before:] == [(kind, "success")]
+
+    # deny: a system administrator with a fresh session (and one claiming a role it was not granted)
+    admin = f.make_account(runtime, roles=[Role.SYSTEM_ADMINISTRATOR], facility_id=world.facility)
+    with pytest.raises((NotFound, Forbidden)):
+        allowed(Gate(runtime, admin), world)
+    assert _outcomes(runtime, admin) == [(kind, "denied")]
+    assert _exposed(runtime, admin) == 0
+
+    # error: bad input, a stale version, a missing record -- or, when nothing can be wrong with
+    # the input, the exposure ledger failing: nothing is returned and the error is audited.
+    before = len(_outcomes(runtime, actor))
+    if failing is None:
+
+        def broken(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("ledger down")
+
+        monkeypatch.setattr(runtime.ledger, "record", broken)
+        with pytest.raises(RuntimeError):
+            allowed(Gate(runtime, actor), world)
+    else:
+        with pytest.raises(CarnetError):
+            failing(Gate(runtime, actor), world)
+    assert _outcomes(runtime, actor)[before:] == [(kind, "error")]
+
+
+@pytest.mark.parametrize("role", [Role.SYSTEM_ADMINISTRATOR, Role.SECURITY_OFFICER])
+def test_administrators_get_zero_patient_data_from_every_operation(runtime: Runtime, role: Role) -> None:
+    world = _world(runtime)
+    # Even an administrator whose session claims clinical roles: only granted roles count.
+    admin = f.make_account(runtime, roles=[role], facility_id=world.facility)
+    claiming = dataclasses.replace(
+        admin, roles=frozenset({role, Role.PHYSICIAN, Role.FRONT_DESK, Role.BILLING})
+    )
+    for actor in (admin, claiming):
+        gate = Gate(runtime, actor)
+        for _who, allowed, _failing in CALLS.values():
+            # Refused, or contained by detection after repeated refusals: no data either way.
+            with pytest.raises((NotFound, Forbidden, AccountContained)):
+                allowed(gate, world)
+        for query in (
+            {"identifier": "1700575000001"},
+            {"family": "Meta", "birth_date": dt.date(1970, 5, 17)},
+            {"family": "Meta"},
+        ):
+            with pytest.raises((Forbidden, AccountContained)):
+                gate.search_patients(**query)  # type: ignore[arg-type]
+        assert _exposed(runtime, actor) == 0
+    outcomes = [(k, o) for k, o in _outcomes(runtime, admin) if k.startswith("phi:")]
+    assert outcomes and all(outcome == "denied" for _kind, outcome in outcomes)
