@@ -56,7 +56,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     app.include_router(fhir_metadata_router)
 
+    from carnet.identity.views import oauth_router
     from carnet.identity.views import router as identity_router
 
     app.include_router(identity_router)
+    app.include_router(oauth_router)
     return app

@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from carnet.access.actor import Actor
+from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.identity import passkeys, service, sessions
+from carnet.identity import oauth, passkeys, service, sessions
 from carnet.identity.authenticate import (
     Authenticator,
     LoginRequest,
@@ -367,3 +368,77 @@ def passkey_register(
     if enrolling:
         _clear_session_cookies(response, runtime)
     return response
+
+
+# -- OAuth 2 for API clients ----------------------------------------------------------------
+oauth_router = APIRouter(prefix="/oauth", tags=["oauth"])
+
+
+class ClientRegistrationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    clientId: str = Field(min_length=3, max_length=100)
+    name: str = Field(min_length=1, max_length=200)
+    jwks: dict[str, Any]
+    scope: str = Field(min_length=1, max_length=2000)
+    facility: uuid.UUID | None = None
+
+
+@oauth_router.post("/token")
+async def oauth_token(request: Request) -> JSONResponse:
+    """SMART Backend Services token endpoint (client_credentials + private_key_jwt)."""
+    runtime = runtime_of(request)
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return JSONResponse(
+            {"error": "invalid_request", "error_description": "send application/x-www-form-urlencoded"},
+            status_code=400,
+        )
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    answer = oauth.issue_token(runtime, form=fields, context=request_context(request))
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+
+
+@oauth_router.post("/revoke")
+async def oauth_revoke(request: Request, actor: ActorDep) -> JSONResponse:
+    """RFC 7009: a client revokes one of its own tokens (answers 200 whether or not it existed)."""
+    form = await request.form()
+    token = form.get("token")
+    if actor.client_id is not None and isinstance(token, str):
+        oauth.revoke_token(runtime_of(request), actor=actor, token=token)
+    return JSONResponse({}, status_code=200)
+
+
+@oauth_router.post("/clients", status_code=201)
+def register_client(body: ClientRegistrationBody, actor: ActorDep, request: Request) -> dict[str, Any]:
+    """A system administrator registers an integration by its public keys (fresh second factor)."""
+    if Role.SYSTEM_ADMINISTRATOR not in actor.roles:
+        raise Forbidden("only a system administrator registers API clients")
+    require_fresh_second_factor(actor)
+    runtime = runtime_of(request)
+    with runtime.session_factory.begin() as session:
+        client_pk = oauth.register_client(
+            session,
+            client_id=body.clientId,
+            name=body.name,
+            jwks=body.jwks,
+            allowed_scopes=body.scope,
+            facility_id=body.facility,
+        )
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.API_CLIENT_REGISTERED,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                resource_type="ApiClient",
+                resource_ids=(body.clientId,),
+                detail={"scope": body.scope[:400]},
+            ),
+        )
+    return {
+        "id": str(client_pk),
+        "clientId": body.clientId,
+        "tokenUrl": runtime.settings.origin + "/oauth/token",
+    }
