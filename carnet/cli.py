@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from carnet.audit.commands import audit_app
+from carnet.detection.commands import incident_app
 from carnet.kernel.errors import CarnetError
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ keys_app = typer.Typer(help="Encryption keys: create, status, rotate.", no_args_
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(incident_app, name="incident")
 
 err = Console(stderr=True)
 
