@@ -1,0 +1,105 @@
+"""Break-the-glass: one patient, one hour, a fresh second factor, a structured reason,
+audited and listed for the security officer's review."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+
+from carnet.access.breakglass import list_break_glass, review_break_glass
+from carnet.access.roles import Role
+from carnet.audit.models import AuditEvent
+from carnet.kernel.clock import MovableClock
+from carnet.kernel.errors import Forbidden, InvalidInput, NotFound, StepUpRequired
+from carnet.phi.gate import Gate
+from carnet.runtime import Runtime
+from tests import factories as f
+
+
+def test_break_glass_opens_one_patient_for_one_hour(runtime: Runtime, movable_clock: MovableClock) -> None:
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    first = f.register_patient(runtime, facility, family="Urgence")
+    second = f.register_patient(runtime, facility, family="Autre")
+    gate = Gate(runtime, doctor)
+    with pytest.raises(NotFound):
+        gate.read_patient(patient_id=first.id)
+
+    grant = gate.break_glass(
+        patient_id=first.id, reason="emergency", justification="inconscient aux urgences"
+    )
+    assert grant.expires_at - grant.started_at == dt.timedelta(hours=1)
+    assert gate.read_patient(patient_id=first.id).family == "Urgence"
+    assert gate.list_allergies(patient_id=first.id) == []
+    with pytest.raises(NotFound):  # one patient: the other stays closed
+        gate.read_patient(patient_id=second.id)
+
+    with runtime.session_factory() as session:
+        started = session.scalars(
+            sa.select(AuditEvent).where(AuditEvent.kind == "access:break-glass:start")
+        ).one()
+    assert (
+        started.outcome == "success" and started.break_glass_reason == "emergency: inconscient aux urgences"
+    )
+    assert first.id in started.patient_ids
+
+    # One patient at a time: breaking the glass for another ends the first.
+    gate.break_glass(patient_id=second.id, reason="continuity", justification="médecin traitant absent")
+    assert gate.read_patient(patient_id=second.id).family == "Autre"
+    with pytest.raises(NotFound):
+        gate.read_patient(patient_id=first.id)
+
+    movable_clock.advance(dt.timedelta(minutes=61))
+    with pytest.raises(NotFound):
+        gate.read_patient(patient_id=second.id)
+
+    # Listed for review, newest first, pending an alert for detection to raise.
+    officer = f.make_account(runtime, roles=[Role.SECURITY_OFFICER], facility_id=facility)
+    listed = list_break_glass(runtime, actor=officer)
+    assert [(b.patient_id, b.reason_code, b.alert_state) for b in listed] == [
+        (second.id, "continuity", "pending"),
+        (first.id, "emergency", "pending"),
+    ]
+    assert listed[1].ended_at is not None
+    reviewed = review_break_glass(runtime, actor=officer, access_id=listed[0].id, note="justifié, vérifié")
+    assert reviewed.reviewed_by == str(officer.account_id)
+    assert [b.id for b in list_break_glass(runtime, actor=officer, unreviewed_only=True)] == [listed[1].id]
+    # A physician may not read the review list; an officer may not break the glass.
+    with pytest.raises(Forbidden):
+        list_break_glass(runtime, actor=doctor)
+    with pytest.raises(NotFound):
+        Gate(runtime, officer).break_glass(
+            patient_id=first.id, reason="emergency", justification="je veux voir"
+        )
+
+
+def test_break_glass_needs_a_fresh_second_factor_and_a_reason(runtime: Runtime) -> None:
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    patient = f.register_patient(runtime, facility)
+    stale = dataclasses.replace(doctor, second_factor_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=6))
+    with pytest.raises(StepUpRequired):
+        Gate(runtime, stale).break_glass(
+            patient_id=patient.id, reason="emergency", justification="arrêt cardiaque"
+        )
+    never = dataclasses.replace(doctor, second_factor_at=None)
+    with pytest.raises(StepUpRequired):
+        Gate(runtime, never).break_glass(
+            patient_id=patient.id, reason="emergency", justification="arrêt cardiaque"
+        )
+    gate = Gate(runtime, doctor)
+    with pytest.raises(InvalidInput):
+        gate.break_glass(patient_id=patient.id, reason="curiosity", justification="arrêt cardiaque")
+    with pytest.raises(InvalidInput):
+        gate.break_glass(patient_id=patient.id, reason="emergency", justification="urgent")
+    with pytest.raises(NotFound):
+        gate.read_patient(patient_id=patient.id)
+    # Front desk cannot break the glass (it would open nothing clinical to them).
+    clerk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    with pytest.raises(NotFound):
+        Gate(runtime, clerk).break_glass(
+            patient_id=patient.id, reason="emergency", justification="arrêt cardiaque"
+        )
