@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from carnet.crypto.blind import normalize_identifier
+
 
 class Redactable(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -31,6 +33,12 @@ class PatientView(Redactable):
     active: bool | None = None
     designated_physician_id: str | None = None
     opposes_other_facilities: bool | None = None
+
+    @field_validator("ins", mode="before")
+    @classmethod
+    def _ins(cls, value: object) -> object:
+        return _compact_ins(value)
+
     address: dict[str, Any] | None = None
     phone: str | None = None
     email: str | None = None
@@ -217,6 +225,11 @@ def _text(value: str, name: str, max_len: int) -> str:
     return value
 
 
+def _compact_ins(value: object) -> object:
+    """An INS may be typed with spaces, dots or dashes: '2 85 05 75 123 456'."""
+    return normalize_identifier(value) if isinstance(value, str) else value
+
+
 class PatientInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -237,6 +250,11 @@ class PatientInput(BaseModel):
     def _names(cls, value: str) -> str:
         return _text(value, "a name", 100)
 
+    @field_validator("ins", mode="before")
+    @classmethod
+    def _ins(cls, value: object) -> object:
+        return _compact_ins(value)
+
 
 class PatientChanges(BaseModel):
     """Fields to change; those left None stay as they are."""
@@ -253,6 +271,11 @@ class PatientChanges(BaseModel):
     email: str | None = Field(default=None, max_length=200)
     designated_physician_id: str | None = None
     opposes_other_facilities: bool | None = None
+
+    @field_validator("ins", mode="before")
+    @classmethod
+    def _ins(cls, value: object) -> object:
+        return _compact_ins(value)
 
 
 class AppointmentInput(BaseModel):
