@@ -66,6 +66,7 @@ class AuditKind(StrEnum):
     KEK_ROTATED = "crypto:kek:rotated"
     KEK_RETIRED = "crypto:kek:retired"
     DATA_KEY_CREATED = "crypto:data-key:created"
+    DATA_KEY_DESTROYED = "crypto:data-key:destroyed"
     DATA_REENCRYPTED = "crypto:data:reencrypted"
 
 
