@@ -87,6 +87,29 @@ def report(
     console.print(f"  {files.csv.name}, {files.json.name}  notification list (patient data, mode 0600)")
 
 
+@incident_app.command("baselines")
+def baselines(
+    days: Annotated[int, typer.Option(min=1, max=365, help="Days of history to learn from.")] = 28,
+) -> None:
+    """Recompute each account's and role's usual volume from the exposure ledger (nightly)."""
+    from carnet.detection.baselines import refresh_baselines
+    from carnet.detection.config import get_detection_config
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+
+    with _clear_errors():
+        runtime = build_runtime(get_settings())
+        try:
+            with runtime.session_factory.begin() as session:
+                done = refresh_baselines(session, config=get_detection_config(), days=days)
+        finally:
+            runtime.close()
+    typer.echo(
+        f"baselines of {done.accounts} actors and {done.roles} roles from {done.exposures} exposures "
+        f"over {days} days"
+    )
+
+
 def _operator() -> str:
     try:
         return getpass.getuser()[:60]

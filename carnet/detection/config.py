@@ -40,6 +40,9 @@ class DetectionConfig(BaseSettings):
     # twice it throttles, `volume_contain_factor` times it contains.
     role_volume: dict[str, RoleVolume] = Field(default_factory=_volumes)
     baseline_factor: float = Field(default=3.0, gt=1)
+    # A baseline never lifts a threshold above this many times the floor: a slow drip over
+    # weeks cannot teach the detector that bulk reading is usual.
+    baseline_cap_factor: float = Field(default=2.0, ge=1)
     volume_throttle_factor: float = Field(default=2.0, gt=1)
     volume_contain_factor: float = Field(default=3.0, gt=1)
     # API clients cannot step up: their floors throttle, twice them contains.

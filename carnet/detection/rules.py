@@ -88,7 +88,8 @@ def volume(config: DetectionConfig, ctx: Context) -> Finding | None:
             getattr(ctx.account_baseline, window, 0) if ctx.account_baseline else 0,
             getattr(ctx.role_baseline, window, 0) if ctx.role_baseline else 0,
         )
-        threshold = max(float(getattr(floors, window)), config.baseline_factor * usual)
+        floor = float(getattr(floors, window))
+        threshold = min(max(floor, config.baseline_factor * usual), floor * config.baseline_cap_factor)
         seen = _count_for(ctx.counts, window)
         if seen < threshold:
             continue
@@ -116,7 +117,8 @@ def _client_volume(config: DetectionConfig, ctx: Context) -> Finding | None:
     worst: tuple[Level, float, str] | None = None
     for window, words in _WINDOWS:
         usual = getattr(ctx.account_baseline, window, 0) if ctx.account_baseline else 0
-        threshold = max(float(getattr(floors, window)), config.baseline_factor * usual)
+        floor = float(getattr(floors, window))
+        threshold = min(max(floor, config.baseline_factor * usual), floor * config.baseline_cap_factor)
         seen = _count_for(ctx.counts, window)
         if seen < threshold:
             continue
