@@ -219,7 +219,7 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
 # Writes: which relationships let a role write a resource (creation of a patient: FACILITY).
 WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
     Role.PHYSICIAN: {
-        T.PATIENT: CLINICAL | {R.FACILITY},  # FACILITY: registration only (see decide_write)
+        T.PATIENT: CLINICAL,  # registration is phi:patient:create in one's facilities (no relationship yet)
         T.APPOINTMENT: CLINICAL,
         T.ALLERGY: CLINICAL,
         T.NOTE: CLINICAL,

@@ -1,0 +1,119 @@
+"""The access policy as data: minimum necessary per role, deny by default, and the published
+matrix (docs/ACCESS.md) equal to the policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from carnet.access import matrix, policy
+from carnet.access.permissions import Permission, permissions_of
+from carnet.access.policy import Relationship, ResourceType, decide
+from carnet.access.roles import Role
+from carnet.phi import schemas
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "ACCESS.md"
+CLINICAL = {
+    ResourceType.NOTE,
+    ResourceType.PRESCRIPTION,
+    ResourceType.ALLERGY,
+    ResourceType.OBSERVATION,
+    ResourceType.CONDITION,
+    ResourceType.ENCOUNTER,
+}
+SCHEMAS = {
+    ResourceType.PATIENT: schemas.PatientView,
+    ResourceType.APPOINTMENT: schemas.AppointmentView,
+    ResourceType.ENCOUNTER: schemas.EncounterView,
+    ResourceType.ALLERGY: schemas.AllergyView,
+    ResourceType.NOTE: schemas.NoteView,
+    ResourceType.PRESCRIPTION: schemas.PrescriptionView,
+    ResourceType.COVERAGE: schemas.CoverageView,
+    ResourceType.CARD_READING: schemas.CardReadingView,
+    ResourceType.INVOICE: schemas.InvoiceView,
+    ResourceType.OBSERVATION: schemas.ObservationView,
+    ResourceType.CONDITION: schemas.ConditionView,
+}
+EVERY = list(Relationship)
+
+
+def test_published_matrix_is_the_policy() -> None:
+    assert matrix.published_block(DOC.read_text(encoding="utf-8")) == matrix.render(), (
+        "docs/ACCESS.md is stale: python -m carnet.access.matrix --write docs/ACCESS.md"
+    )
+
+
+def test_every_field_named_by_the_policy_exists_in_its_schema() -> None:
+    for resource, fields in policy.ALL_FIELDS.items():
+        assert fields <= set(SCHEMAS[resource].model_fields), resource
+    assert set(SCHEMAS) == set(ResourceType)
+
+
+@pytest.mark.parametrize("role", [Role.SYSTEM_ADMINISTRATOR, Role.SECURITY_OFFICER, Role.API_CLIENT])
+def test_roles_that_read_no_patient_data(role: Role) -> None:
+    assert not any(p.value.startswith("phi:") for p in permissions_of([role]))
+    for resource in ResourceType:
+        for write in (False, True):
+            assert not decide(roles=[role], resource=resource, relationships=EVERY, write=write).allowed
+
+
+@pytest.mark.parametrize("role", [Role.FRONT_DESK, Role.BILLING])
+def test_front_desk_and_billing_never_see_clinical_data(role: Role) -> None:
+    for resource in CLINICAL:
+        assert not decide(roles=[role], resource=resource, relationships=EVERY).allowed
+    appointment = decide(roles=[role], resource=ResourceType.APPOINTMENT, relationships=EVERY)
+    assert "reason" not in appointment.fields
+
+
+def test_minimum_necessary_per_role() -> None:
+    front = decide(
+        roles=[Role.FRONT_DESK], resource=ResourceType.PATIENT, relationships=[Relationship.FACILITY]
+    )
+    assert {"phone", "address", "email"} <= front.fields
+    billing = decide(
+        roles=[Role.BILLING], resource=ResourceType.PATIENT, relationships=[Relationship.FACILITY]
+    )
+    assert billing.allowed and not billing.fields & policy.PATIENT_CONTACT
+    assert decide(
+        roles=[Role.BILLING], resource=ResourceType.INVOICE, relationships=[Relationship.FACILITY]
+    ).allowed
+    assert not decide(roles=[Role.FRONT_DESK], resource=ResourceType.INVOICE, relationships=EVERY).allowed
+    nurse = decide(roles=[Role.NURSE], resource=ResourceType.NOTE, relationships=[Relationship.WARD])
+    assert nurse.allowed
+    assert not decide(
+        roles=[Role.NURSE], resource=ResourceType.PATIENT, relationships=[Relationship.FACILITY]
+    ).allowed
+    assert not decide(
+        roles=[Role.NURSE], resource=ResourceType.PRESCRIPTION, relationships=[Relationship.WARD], write=True
+    ).allowed
+    # A physician without a relationship sees nothing; a search result only locates.
+    assert not decide(
+        roles=[Role.PHYSICIAN], resource=ResourceType.PATIENT, relationships=[Relationship.FACILITY]
+    ).allowed
+    located = decide(
+        roles=[Role.PHYSICIAN], resource=ResourceType.PATIENT, relationships=[Relationship.LOCATED]
+    )
+    assert located.fields == policy.PATIENT_LOCATE
+    full = decide(roles=[Role.PHYSICIAN], resource=ResourceType.NOTE, relationships=[Relationship.CARE_TEAM])
+    assert full.fields == policy.NOTE_ALL
+    assert not decide(
+        roles=[Role.PHYSICIAN],
+        resource=ResourceType.PATIENT,
+        relationships=[Relationship.FACILITY],
+        write=True,
+    ).allowed
+    # A patient: their own record only.
+    assert decide(roles=[Role.PATIENT], resource=ResourceType.NOTE, relationships=[Relationship.SELF]).allowed
+    assert not decide(
+        roles=[Role.PATIENT], resource=ResourceType.PATIENT, relationships=set(EVERY) - {Relationship.SELF}
+    ).allowed
+
+
+def test_deny_by_default() -> None:
+    assert not decide(roles=[Role.PHYSICIAN], resource="Secret", relationships=EVERY).allowed
+    assert not decide(roles=["root"], resource=ResourceType.PATIENT, relationships=EVERY).allowed
+    assert not decide(roles=[], resource=ResourceType.PATIENT, relationships=EVERY).allowed
+    assert not decide(roles=[Role.PHYSICIAN], resource=ResourceType.PATIENT, relationships=[]).allowed
+    assert permissions_of(["root"]) == frozenset()
+    assert Permission.PATIENT_READ in permissions_of(["physician", "root"])
