@@ -12,9 +12,9 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 
 from carnet.billing.models import Invoice, InvoiceLine, Payment
 from carnet.coverage.models import CardReading, Coverage
@@ -137,7 +137,8 @@ def load_batch(access: SystemAccess, batch: SeedBatch) -> dict[str, int]:
             continue
         if spec.encrypted or spec.transient:
             rows = _encrypt_rows(access.keyring, table, spec, rows)
-        access.session.execute(insert(spec.model), rows)
+        # Core insert of the table: one executemany per table, no ORM unit-of-work per row.
+        access.session.execute(insert(cast(Table, spec.model.__table__)), rows)
         counts[table] = len(rows)
     access.session.flush()
     return counts

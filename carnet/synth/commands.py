@@ -55,12 +55,10 @@ def _progress_bar() -> Progress:
     )
 
     return Progress(
-        TextColumn("[bold]{task.description:<24}"),
-        BarColumn(),
+        TextColumn("[bold]{task.description:<23}"),
+        BarColumn(bar_width=30),
         MofNCompleteColumn(),
-        TextColumn("elapsed"),
         TimeElapsedColumn(),
-        TextColumn("left"),
         TimeRemainingColumn(),
         console=err,
         transient=False,

@@ -62,6 +62,11 @@ def ascii_slug(value: str) -> str:
     return "".join(c for c in letters if c.isalnum())
 
 
+def _of(city: str) -> str:
+    """French elision: 'de Paris' but 'd'Orléans'."""
+    return f"d'{city}" if ascii_slug(city[:1]) in set("aeiouyh") else f"de {city}"
+
+
 def _uuid(rng: random.Random) -> uuid.UUID:
     return uuid.UUID(int=rng.getrandbits(128), version=4)
 
@@ -219,7 +224,7 @@ class HospitalGenerator:
             facilities.append(
                 FacilitySpec(
                     id=_uuid(rng),
-                    name=f"{kind} de {city}",
+                    name=f"{kind} {_of(city)}",
                     finess=finess,
                     city=city,
                     weight=3 if index == 0 else 2 if index < 3 else 1,

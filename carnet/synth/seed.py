@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from carnet.access.actor import Actor, ActorKind, PurposeOfUse
 from carnet.access.models import RoleGrant, WardAssignment
@@ -141,6 +141,9 @@ def seed_hospital(
     ordinary: list[tuple[uuid.UUID, uuid.UUID]] = []
     for batch, batch_ordinary in generator.patient_batches(batch_size):
         with system_access(runtime, reason=SEED_REASON) as access:
+            if access.session.get_bind().dialect.name == "sqlite":
+                # A larger page cache for this connection: random blind-index keys touch many pages.
+                access.session.execute(text("PRAGMA cache_size=-131072"))
             for table, count in load_batch(access, batch).items():
                 report.rows[table] = report.rows.get(table, 0) + count
         ordinary.extend(batch_ordinary)
