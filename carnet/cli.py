@@ -152,6 +152,30 @@ def keys_rotate(
         raise typer.Exit(1)
 
 
+@keys_app.command("prune")
+def keys_prune(
+    grace_minutes: Annotated[
+        int,
+        typer.Option(min=2, max=525_600, help="Only keys replaced at least this long ago (workers refresh)."),
+    ] = 60,
+) -> None:
+    """Destroy old data keys that no stored value uses any more (after `keys rotate --reencrypt`)."""
+    import datetime as dt
+
+    from carnet.phi.rekey import prune_data_keys
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+
+    runtime = build_runtime(get_settings())
+    try:
+        destroyed = prune_data_keys(
+            runtime, grace=dt.timedelta(minutes=grace_minutes), operator="cli:keys-prune"
+        )
+    finally:
+        runtime.close()
+    Console().print(f"{len(destroyed)} unused data keys destroyed")
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (loopback by default).")] = None,

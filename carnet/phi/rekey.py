@@ -21,10 +21,12 @@ from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind, PurposeOfUse
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.crypto.keyring import ACTIVE_KEY_REFRESH_SECONDS
 from carnet.crypto.keys import FileKeyProvider, RotatableKeyProvider
 from carnet.crypto.models import DataKey
 from carnet.identity import totp
 from carnet.identity.models import TotpDevice
+from carnet.kernel import clock
 from carnet.kernel.errors import ConfigurationError, InvalidInput
 from carnet.org.models import Facility
 from carnet.phi.encrypted_columns import ENCRYPTED_TABLES, EncryptedTable, aad_field
@@ -32,6 +34,8 @@ from carnet.phi.system import SystemAccess, system_access
 from carnet.runtime import Runtime
 
 DEFAULT_BATCH_SIZE = 200
+DEFAULT_PRUNE_GRACE = dt.timedelta(hours=1)
+MIN_PRUNE_GRACE = dt.timedelta(seconds=2 * ACTIVE_KEY_REFRESH_SECONDS)
 MAX_BATCH_SIZE = 2000
 # Workers keep writing under the old data key until their keyring refreshes (30 s); a few
 # passes over the stragglers catch what they wrote meanwhile.
@@ -301,19 +305,63 @@ def reencrypt_all(
 
 def count_ciphertexts(runtime: Runtime, *, operator: str = "carnet") -> dict[uuid.UUID | None, int]:
     """How many stored values each data key encrypts (None: not a readable carnet ciphertext)."""
-    counts: dict[uuid.UUID | None, int] = {}
     with system_access(
         runtime, reason="key status: count ciphertexts per data key", operator=operator
     ) as access:
-        for spec in ENCRYPTED_TABLES:
-            for column in spec.columns:
-                col = spec.column(column)
-                key = _key_id_expr(col)
-                stmt = select(key, func.count()).where(col.is_not(None)).group_by(key)
-                for raw, n in access.session.execute(stmt):
-                    dek = uuid.UUID(bytes=bytes(raw)) if raw is not None and len(raw) == 16 else None
-                    counts[dek] = counts.get(dek, 0) + int(n)
+        return _count(access.session)
+
+
+def _count(session: Session) -> dict[uuid.UUID | None, int]:
+    counts: dict[uuid.UUID | None, int] = {}
+    for spec in ENCRYPTED_TABLES:
+        for column in spec.columns:
+            col = spec.column(column)
+            key = _key_id_expr(col)
+            stmt = select(key, func.count()).where(col.is_not(None)).group_by(key)
+            for raw, n in session.execute(stmt):
+                dek = uuid.UUID(bytes=bytes(raw)) if raw is not None and len(raw) == 16 else None
+                counts[dek] = counts.get(dek, 0) + int(n)
     return counts
+
+
+def prune_data_keys(
+    runtime: Runtime, *, grace: dt.timedelta = DEFAULT_PRUNE_GRACE, operator: str = "carnet"
+) -> list[uuid.UUID]:
+    """Destroy inactive data keys that encrypt no stored value; returns their ids.
+
+    Only keys replaced at least `grace` ago: until every worker has refreshed its keyring, one
+    may still be writing under the old key. A destroyed key leaves old backups of the database
+    unreadable with the current key file, which is the point of rotating.
+    """
+    if grace < MIN_PRUNE_GRACE:
+        raise InvalidInput(
+            f"the grace period must be at least {int(MIN_PRUNE_GRACE.total_seconds())} seconds: "
+            "workers may still write under a key replaced more recently"
+        )
+    cutoff = clock.now() - grace
+    with system_access(
+        runtime, reason="key pruning: destroy unused old data keys", operator=operator
+    ) as access:
+        session = access.session
+        counts = _count(session)
+        keys = session.scalars(select(DataKey).order_by(DataKey.facility_id, DataKey.version)).all()
+        destroyed: list[uuid.UUID] = []
+        for key in keys:
+            successors = [k for k in keys if k.facility_id == key.facility_id and k.version > key.version]
+            if key.active or counts.get(key.id, 0) or not successors:
+                continue
+            # A key stops receiving writes when its successor is created, at the latest.
+            if min(k.created_at for k in successors) > cutoff:
+                continue
+            session.delete(key)
+            destroyed.append(key.id)
+            _audit(
+                access,
+                AuditKind.DATA_KEY_DESTROYED,
+                {"facility": str(key.facility_id), "data_key": str(key.id), "version": str(key.version)},
+            )
+    runtime.keyring.load()
+    return destroyed
 
 
 def _secrets_per_kek(session: Session) -> dict[str, int]:

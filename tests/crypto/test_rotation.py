@@ -20,10 +20,11 @@ from carnet.crypto.keys import FileKeyProvider
 from carnet.crypto.models import DataKey
 from carnet.identity import totp
 from carnet.identity.models import Account, TotpDevice
+from carnet.kernel import clock
 from carnet.kernel.errors import ConfigurationError, InvalidInput
 from carnet.patients.models import Patient
 from carnet.phi.encrypted_columns import ENCRYPTED_TABLES, aad_field
-from carnet.phi.rekey import count_ciphertexts, key_status, rotate_keys
+from carnet.phi.rekey import count_ciphertexts, key_status, prune_data_keys, renew_data_keys, rotate_keys
 from carnet.phi.system import system_access
 from carnet.runtime import Runtime, build_runtime
 from carnet.synth.seed import seed_hospital
@@ -35,6 +36,7 @@ from tests.crypto.helpers import (
     insert_patients,
     make_patients,
     read_patients,
+    run_cli,
 )
 
 
@@ -280,3 +282,46 @@ def test_reencryption_covers_every_table_the_seed_writes(runtime: Runtime) -> No
         assert _every_value(fresh) == before
     finally:
         fresh.close()
+
+
+def test_prune_destroys_only_unused_old_keys_after_the_grace_period(
+    runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    expected = _seed(runtime, 20)
+    with runtime.session_factory() as session:
+        old_keys = set(session.scalars(select(DataKey.id)))
+    rotate_keys(runtime, reencrypt=True, operator="test")
+    assert prune_data_keys(runtime, operator="test") == []  # replaced just now: workers may lag
+    movable_clock.advance(dt.timedelta(hours=2))
+    assert set(prune_data_keys(runtime, operator="test")) == old_keys
+    with runtime.session_factory() as session:
+        assert all(k.active for k in session.scalars(select(DataKey)))
+    assert read_patients(runtime) == expected
+    fresh = build_runtime(runtime.settings)
+    try:
+        assert read_patients(fresh) == expected
+    finally:
+        fresh.close()
+    assert _kinds(runtime).count(AuditKind.DATA_KEY_DESTROYED.value) == len(old_keys)
+
+
+def test_prune_keeps_an_old_key_that_still_encrypts_values(
+    sqlite_runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    expected = _seed(sqlite_runtime, 6)
+    renew_data_keys(sqlite_runtime, operator="test")  # new keys, values not re-encrypted
+    movable_clock.advance(dt.timedelta(days=2))
+    assert prune_data_keys(sqlite_runtime, operator="test") == []
+    assert read_patients(sqlite_runtime) == expected
+    with pytest.raises(InvalidInput, match="grace period"):
+        prune_data_keys(sqlite_runtime, grace=dt.timedelta(seconds=5))
+
+
+def test_prune_from_the_command_line(sqlite_runtime: Runtime) -> None:
+    _seed(sqlite_runtime, 4)
+    rotate_keys(sqlite_runtime, reencrypt=True, operator="test")
+    result = run_cli(["keys", "prune"], cli_env(sqlite_runtime))
+    assert result.returncode == 0, result.stderr
+    assert "0 unused data keys destroyed" in result.stdout  # replaced under an hour ago
+    bad = run_cli(["keys", "prune", "--grace-minutes", "1"], cli_env(sqlite_runtime))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
