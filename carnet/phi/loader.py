@@ -23,7 +23,7 @@ from carnet.crypto.keyring import Keyring
 from carnet.db.base import Base
 from carnet.detection.models import CanaryPatient
 from carnet.kernel.errors import InvalidInput
-from carnet.patients.models import CareRelationship, Patient
+from carnet.patients.models import CareRelationship, Patient, ResourceVersion
 from carnet.phi.system import SystemAccess
 from carnet.prescriptions.models import Prescription
 from carnet.records.models import (
@@ -68,6 +68,8 @@ TABLES: Mapping[str, _Table] = {
             _Field("email", IndexKind.EMAIL),
         ),
     ),
+    # Version 1 of each seeded patient, as the gate snapshots a registration (history starts here).
+    "resource_versions": _Table(ResourceVersion, (_Field("snapshot", as_json=True),)),
     "canary_patients": _Table(CanaryPatient),
     "care_relationships": _Table(CareRelationship),
     "encounters": _Table(Encounter),

@@ -20,6 +20,7 @@ from typing import Any
 
 from faker import Faker
 
+from carnet.access.policy import ResourceType
 from carnet.access.roles import Role
 from carnet.phi.loader import SeedBatch
 from carnet.synth import vocab
@@ -424,26 +425,52 @@ class HospitalGenerator:
         has_doctor = rng.random() < 0.97
         designated = rng.choice(pools.general) if has_doctor and pools.general and not canary else None
         created = base - dt.timedelta(days=rng.randint(1, 3650), minutes=rng.randint(0, 1439))
+        patient: dict[str, Any] = {
+            "id": patient_id,
+            "facility_id": facility.id,
+            "ins": ins,
+            "family": family.upper() if rng.random() < 0.02 else family,
+            "given": given,
+            "birth_date": birth.isoformat(),
+            "gender": gender,
+            "address": address,
+            "phone": phone,
+            "email": email,
+            "designated_physician_id": designated,
+            "opposes_other_facilities": rng.random() < 0.03,
+            "active": True,
+            "merged_into_id": None,
+            "version_id": 1,
+            "created_at": created,
+            "updated_at": created,
+        }
+        batch.add("patients", patient)
+        snapshot = {
+            "id": str(patient_id),
+            "facility_id": str(facility.id),
+            "version_id": 1,
+            "gender": gender,
+            "active": True,
+            "designated_physician_id": str(designated) if designated else None,
+            "opposes_other_facilities": patient["opposes_other_facilities"],
+            **{
+                name: patient[name]
+                for name in ("ins", "family", "given", "birth_date", "address", "phone", "email")
+            },
+        }
         batch.add(
-            "patients",
+            "resource_versions",
             {
-                "id": patient_id,
-                "facility_id": facility.id,
-                "ins": ins,
-                "family": family.upper() if rng.random() < 0.02 else family,
-                "given": given,
-                "birth_date": birth.isoformat(),
-                "gender": gender,
-                "address": address,
-                "phone": phone,
-                "email": email,
-                "designated_physician_id": designated,
-                "opposes_other_facilities": rng.random() < 0.03,
-                "active": True,
-                "merged_into_id": None,
+                "id": _uuid(rng),
+                "resource_type": ResourceType.PATIENT.value,
+                "resource_id": patient_id,
                 "version_id": 1,
-                "created_at": created,
-                "updated_at": created,
+                "patient_id": patient_id,
+                "facility_id": facility.id,
+                "recorded_at": created,
+                "author_id": None,
+                "action": "create",
+                "snapshot": snapshot,
             },
         )
         if canary:
