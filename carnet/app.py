@@ -56,6 +56,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     app.include_router(fhir_metadata_router)
 
+    from carnet.fhir.routes import routers as fhir_routers
+
+    for fhir_router in fhir_routers():
+        app.include_router(fhir_router)
+
     from carnet.identity.views import oauth_router
     from carnet.identity.views import router as identity_router
 

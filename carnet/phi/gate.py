@@ -167,6 +167,8 @@ class _Tx:
     break_glass_reason: str | None = None
     exposures: list[_Exposure] = field(default_factory=list)
     after_audit: list[Callable[[int], None]] = field(default_factory=list)
+    # Relationships computed in this transaction; a write that may change them clears it.
+    relationships: dict[uuid.UUID, frozenset[Relationship]] = field(default_factory=dict)
 
     @property
     def now(self) -> dt.datetime:
@@ -320,7 +322,13 @@ class Gate:
     def _relationships(
         self, tx: _Tx, patients: Iterable[Patient]
     ) -> dict[uuid.UUID, frozenset[Relationship]]:
-        return care.relationships_of(tx.session, tx.ctx, patients)
+        wanted = list(patients)
+        missing = [p for p in wanted if p.id not in tx.relationships]
+        if missing:
+            computed = care.relationships_of(tx.session, tx.ctx, missing)
+            for p in missing:
+                tx.relationships[p.id] = computed.get(p.id, frozenset())
+        return {p.id: tx.relationships[p.id] for p in wanted if tx.relationships[p.id]}
 
     def _authorize(
         self,
@@ -962,6 +970,7 @@ class Gate:
         return self._written_patient(tx, patient)
 
     def _written_patient(self, tx: _Tx, patient: Patient) -> PatientView:
+        tx.relationships.clear()  # the write may have made (or ended) a relationship
         rels = self._relationships(tx, [patient])
         fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.PATIENT)
         self._expose(tx, [patient.id], Channel.WRITE, rels, fields)
@@ -1066,6 +1075,7 @@ class Gate:
             raise Conflict("the practitioner is already booked at that time")
 
     def _written_appointment(self, tx: _Tx, patient: Patient, a: Appointment, action: str) -> AppointmentView:
+        tx.relationships.clear()  # the write may have made (or ended) a relationship
         all_fields = frozenset(AppointmentView.model_fields) - {"visible"}
         self._snapshot(
             tx, RT.APPOINTMENT, a.id, a.version_id, patient, action, self._appointment_data(a, all_fields)
@@ -1185,6 +1195,7 @@ class Gate:
         return tx.ctx.practitioner_id
 
     def _written_note(self, tx: _Tx, patient: Patient, note: ClinicalNote, action: str) -> NoteView:
+        tx.relationships.clear()  # the write may have made (or ended) a relationship
         data = self._note_data(tx, note, with_text=True)
         snapshot = dict(data, versions=[v.model_dump() for v in data["versions"][-1:]])
         self._snapshot(tx, RT.NOTE, note.id, note.version_id, patient, action, snapshot)
@@ -1288,6 +1299,7 @@ class Gate:
         version: int,
         action: str,
     ) -> T:
+        tx.relationships.clear()
         self._snapshot(tx, resource, uuid.UUID(data["id"]), version, patient, action, data)
         rels = self._relationships(tx, [patient])
         fields = self._read_fields(tx, rels.get(patient.id, frozenset()), resource)

@@ -1,0 +1,461 @@
+"""FHIR clinical resources, all through the gate: Appointment, DocumentReference (notes),
+MedicationRequest, AllergyIntolerance, Encounter (read and search), Condition, Observation,
+Coverage and Invoice (search by patient: they are read as the patient's chart sections).
+
+Searches are by patient only: there is no browsing of a resource type across patients.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import Response
+from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+
+from carnet.fhir import mapping
+from carnet.fhir.api import (
+    expected_version,
+    gate_for,
+    history_bundle,
+    paged,
+    parse_version,
+    reference_id,
+    resource_response,
+    snapshot,
+    validated,
+    versioned,
+)
+from carnet.fhir.metadata import SUPPORTED
+from carnet.fhir.outcome import FHIR_JSON
+from carnet.kernel.errors import InvalidInput, NotFound
+from carnet.phi.gate import AllergyWarning, Gate
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+FhirBody = Body(..., media_type="application/fhir+json")
+Mapper = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _register(resource_type: str, interactions: list[str], search: dict[str, str]) -> None:
+    SUPPORTED[resource_type] = {"interactions": interactions, "search": search}
+
+
+def _patient_of(request: Request, allowed: set[str], subject: str = "patient") -> str:
+    """The one patient a search is about; unknown parameters are refused (fail closed)."""
+    params = dict(request.query_params)
+    unknown = sorted(set(params) - allowed - {"_count", "_page", "_format", subject, "subject"})
+    if unknown:
+        raise InvalidInput("unsupported search parameters: " + ", ".join(unknown))
+    value = params.get(subject) or params.get("subject")
+    patient = reference_id(value, "Patient")
+    if patient is None:
+        raise InvalidInput(f"a search needs {subject}=Patient/<id>: there is no browsing across patients")
+    return patient
+
+
+def _read(request: Request, resource_type: str, resource_id: str, to_fhir: Mapper) -> Response:
+    gate = gate_for(request, resource_type, "read")
+    view = gate.read_record(resource_type=resource_type, resource_id=resource_id)
+    return resource_response(request, to_fhir(view.model_dump()))
+
+
+def _history(request: Request, resource_type: str, resource_id: str, to_fhir: Mapper) -> Response:
+    gate = gate_for(request, resource_type, "read")
+    return history_bundle(
+        request, resource_type, gate.history(resource_type=resource_type, resource_id=resource_id), to_fhir
+    )
+
+
+def _vread(
+    request: Request, resource_type: str, resource_id: str, version_id: str, to_fhir: Mapper
+) -> Response:
+    gate = gate_for(request, resource_type, "read")
+    for v in gate.history(resource_type=resource_type, resource_id=resource_id):
+        if str(v.version_id) == version_id:
+            return resource_response(request, versioned(to_fhir(snapshot(v)), v))
+    raise NotFound("no such version")
+
+
+def _version_of(gate: Gate, request: Request, resource_type: str, resource_id: str) -> int:
+    """A delete's version: If-Match, or else the current one (read through the gate)."""
+    version = parse_version(request.headers.get("if-match"))
+    if version is not None:
+        return version
+    current = gate.read_record(resource_type=resource_type, resource_id=resource_id)
+    return current.version_id or 1
+
+
+def _date_matches(value: dt.datetime | None, criteria: list[str]) -> bool:
+    if value is None:
+        return False
+    day = value.date()
+    for raw in criteria:
+        prefix, text = (raw[:2], raw[2:]) if raw[:2] in ("eq", "ge", "le", "gt", "lt") else ("eq", raw)
+        try:
+            wanted = dt.date.fromisoformat(text[:10])
+        except ValueError:
+            raise InvalidInput("date must be YYYY-MM-DD with an optional eq/ge/le/gt/lt prefix") from None
+        ok = {
+            "eq": day == wanted,
+            "ge": day >= wanted,
+            "le": day <= wanted,
+            "gt": day > wanted,
+            "lt": day < wanted,
+        }[prefix]
+        if not ok:
+            return False
+    return True
+
+
+# == Appointment ===============================================================================
+APPOINTMENT = "Appointment"
+_register(
+    APPOINTMENT,
+    ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
+    {"patient": "reference", "practitioner": "reference", "date": "date", "status": "token"},
+)
+
+
+@router.get("/Appointment")
+def search_appointments(request: Request) -> Response:
+    patient = _patient_of(request, {"practitioner", "date", "status"})
+    gate = gate_for(request, APPOINTMENT, "search")
+    views = gate.list_appointments(patient_id=patient)
+    status = request.query_params.get("status")
+    practitioner = reference_id(request.query_params.get("practitioner"), "Practitioner")
+    dates = request.query_params.getlist("date")
+    kept = [
+        v
+        for v in views
+        if (status is None or v.status in status.split(","))
+        and (practitioner is None or v.practitioner_id == practitioner)
+        and (not dates or _date_matches(v.start_at, dates))
+    ]
+    return paged(request, APPOINTMENT, [mapping.appointment_to_fhir(v.model_dump()) for v in kept])
+
+
+@router.post("/Appointment")
+def create_appointment(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    gate = gate_for(request, APPOINTMENT, "create")
+    resource = validated(Appointment, body, APPOINTMENT)
+    if resource.get("status") not in (None, "booked", "proposed", "pending"):
+        raise InvalidInput("a new Appointment is booked")
+    view = gate.book_appointment(data=mapping.appointment_input(resource))
+    return resource_response(request, mapping.appointment_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/Appointment/{appointment_id}")
+def read_appointment(request: Request, appointment_id: str) -> Response:
+    return _read(request, APPOINTMENT, appointment_id, mapping.appointment_to_fhir)
+
+
+@router.put("/Appointment/{appointment_id}")
+def update_appointment(request: Request, appointment_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """Move an appointment (new start/end) or cancel it (status cancelled + cancelationReason)."""
+    gate = gate_for(request, APPOINTMENT, "update")
+    resource = validated(Appointment, body, APPOINTMENT)
+    if resource.get("id") != appointment_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    if resource.get("status") == "cancelled":
+        reason = (resource.get("cancelationReason") or {}).get("text")
+        if not reason:
+            raise InvalidInput("a cancellation needs cancelationReason.text")
+        view = gate.cancel_appointment(appointment_id=appointment_id, expected_version=version, reason=reason)
+    else:
+        start, end = mapping.appointment_times(resource)
+        view = gate.amend_appointment(
+            appointment_id=appointment_id, expected_version=version, start_at=start, end_at=end
+        )
+    return resource_response(request, mapping.appointment_to_fhir(view.model_dump()))
+
+
+@router.delete("/Appointment/{appointment_id}")
+def delete_appointment(request: Request, appointment_id: str) -> Response:
+    """A delete cancels (the appointment and its history stay)."""
+    gate = gate_for(request, APPOINTMENT, "delete")
+    version = _version_of(gate, request, APPOINTMENT, appointment_id)
+    view = gate.cancel_appointment(
+        appointment_id=appointment_id, expected_version=version, reason="deleted through the FHIR API"
+    )
+    return resource_response(request, mapping.appointment_to_fhir(view.model_dump()))
+
+
+@router.get("/Appointment/{appointment_id}/_history")
+def appointment_history(request: Request, appointment_id: str) -> Response:
+    return _history(request, APPOINTMENT, appointment_id, mapping.appointment_to_fhir)
+
+
+@router.get("/Appointment/{appointment_id}/_history/{version_id}")
+def vread_appointment(request: Request, appointment_id: str, version_id: str) -> Response:
+    return _vread(request, APPOINTMENT, appointment_id, version_id, mapping.appointment_to_fhir)
+
+
+# == DocumentReference (clinical notes) ========================================================
+NOTE = "DocumentReference"
+_register(
+    NOTE, ["read", "vread", "history-instance", "search-type", "create", "update"], {"patient": "reference"}
+)
+
+
+@router.get("/DocumentReference")
+def search_notes(request: Request) -> Response:
+    patient = _patient_of(request, set())
+    gate = gate_for(request, NOTE, "search")
+    return paged(
+        request, NOTE, [mapping.note_to_fhir(v.model_dump()) for v in gate.list_notes(patient_id=patient)]
+    )
+
+
+@router.post("/DocumentReference")
+def create_note(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    gate = gate_for(request, NOTE, "create")
+    resource = validated(DocumentReference, body, NOTE)
+    view = gate.write_note(**mapping.note_fields(resource))
+    return resource_response(request, mapping.note_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/DocumentReference/{note_id}")
+def read_note(request: Request, note_id: str) -> Response:
+    return _read(request, NOTE, note_id, mapping.note_to_fhir)
+
+
+@router.put("/DocumentReference/{note_id}")
+def amend_note(request: Request, note_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """An amendment: a new version of the text, with a reason (extension amendment-reason);
+    every earlier version stays readable in _history."""
+    gate = gate_for(request, NOTE, "update")
+    resource = validated(DocumentReference, body, NOTE)
+    if resource.get("id") != note_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    reason = mapping.extension_text(resource, mapping.AMENDMENT_REASON)
+    if not reason:
+        raise InvalidInput(f"an amendment needs a reason (extension {mapping.AMENDMENT_REASON})")
+    view = gate.amend_note(
+        note_id=note_id, expected_version=version, text=mapping.note_text(resource), reason=reason
+    )
+    return resource_response(request, mapping.note_to_fhir(view.model_dump()))
+
+
+@router.get("/DocumentReference/{note_id}/_history")
+def note_history(request: Request, note_id: str) -> Response:
+    return _history(request, NOTE, note_id, mapping.note_to_fhir)
+
+
+@router.get("/DocumentReference/{note_id}/_history/{version_id}")
+def vread_note(request: Request, note_id: str, version_id: str) -> Response:
+    return _vread(request, NOTE, note_id, version_id, mapping.note_to_fhir)
+
+
+# == MedicationRequest =========================================================================
+PRESCRIPTION = "MedicationRequest"
+_register(
+    PRESCRIPTION,
+    ["read", "vread", "history-instance", "search-type", "create", "update"],
+    {"patient": "reference", "status": "token"},
+)
+
+
+@router.get("/MedicationRequest")
+def search_prescriptions(request: Request) -> Response:
+    patient = _patient_of(request, {"status"})
+    gate = gate_for(request, PRESCRIPTION, "search")
+    status = request.query_params.get("status")
+    views = [
+        v
+        for v in gate.list_prescriptions(patient_id=patient)
+        if status is None or v.status in status.split(",")
+    ]
+    return paged(request, PRESCRIPTION, [mapping.prescription_to_fhir(v.model_dump()) for v in views])
+
+
+@router.post("/MedicationRequest")
+def create_prescription(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Prescribe. An active allergy to the substance refuses the prescription (422, nothing
+    written) unless it carries an allergy-override-reason extension; then it is created and
+    the answer carries the alert as a contained DetectedIssue."""
+    gate = gate_for(request, PRESCRIPTION, "create")
+    resource = validated(MedicationRequest, body, PRESCRIPTION)
+    if resource.get("intent") not in ("order", "original-order", None):
+        raise InvalidInput("only orders are prescribed here (intent order)")
+    try:
+        view = gate.prescribe(data=mapping.prescription_input(resource))
+    except AllergyWarning as exc:
+        return Response(
+            content=_allergy_outcome(str(exc)),
+            status_code=422,
+            media_type=FHIR_JSON,
+        )
+    return resource_response(request, mapping.prescription_to_fhir(view.model_dump()), status=201)
+
+
+def _allergy_outcome(message: str) -> str:
+    return json.dumps(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {"severity": "error", "code": "business-rule", "diagnostics": message},
+                {
+                    "severity": "warning",
+                    "code": "business-rule",
+                    "details": {"text": "drug-allergy alert"},
+                    "diagnostics": "to prescribe anyway, add extension "
+                    + f"{mapping.ALLERGY_OVERRIDE} with the reason",
+                },
+            ],
+        }
+    )
+
+
+@router.get("/MedicationRequest/{prescription_id}")
+def read_prescription(request: Request, prescription_id: str) -> Response:
+    return _read(request, PRESCRIPTION, prescription_id, mapping.prescription_to_fhir)
+
+
+@router.put("/MedicationRequest/{prescription_id}")
+def update_prescription(request: Request, prescription_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """The one change a prescription takes: stop it (status stopped, statusReason.text)."""
+    gate = gate_for(request, PRESCRIPTION, "update")
+    resource = validated(MedicationRequest, body, PRESCRIPTION)
+    if resource.get("id") != prescription_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    reason = (resource.get("statusReason") or {}).get("text")
+    if resource.get("status") != "stopped" or not reason:
+        raise InvalidInput("a prescription is changed by stopping it: status stopped with statusReason.text")
+    view = gate.stop_prescription(prescription_id=prescription_id, expected_version=version, reason=reason)
+    return resource_response(request, mapping.prescription_to_fhir(view.model_dump()))
+
+
+@router.get("/MedicationRequest/{prescription_id}/_history")
+def prescription_history(request: Request, prescription_id: str) -> Response:
+    return _history(request, PRESCRIPTION, prescription_id, mapping.prescription_to_fhir)
+
+
+@router.get("/MedicationRequest/{prescription_id}/_history/{version_id}")
+def vread_prescription(request: Request, prescription_id: str, version_id: str) -> Response:
+    return _vread(request, PRESCRIPTION, prescription_id, version_id, mapping.prescription_to_fhir)
+
+
+# == AllergyIntolerance ========================================================================
+ALLERGY = "AllergyIntolerance"
+_register(ALLERGY, ["read", "vread", "history-instance", "search-type", "create"], {"patient": "reference"})
+
+
+@router.get("/AllergyIntolerance")
+def search_allergies(request: Request) -> Response:
+    patient = _patient_of(request, set())
+    gate = gate_for(request, ALLERGY, "search")
+    return paged(
+        request,
+        ALLERGY,
+        [mapping.allergy_to_fhir(v.model_dump()) for v in gate.list_allergies(patient_id=patient)],
+    )
+
+
+@router.post("/AllergyIntolerance")
+def create_allergy(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    gate = gate_for(request, ALLERGY, "create")
+    resource = validated(AllergyIntolerance, body, ALLERGY)
+    view = gate.record_allergy(data=mapping.allergy_input(resource))
+    return resource_response(request, mapping.allergy_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/AllergyIntolerance/{allergy_id}")
+def read_allergy(request: Request, allergy_id: str) -> Response:
+    return _read(request, ALLERGY, allergy_id, mapping.allergy_to_fhir)
+
+
+@router.get("/AllergyIntolerance/{allergy_id}/_history")
+def allergy_history(request: Request, allergy_id: str) -> Response:
+    return _history(request, ALLERGY, allergy_id, mapping.allergy_to_fhir)
+
+
+@router.get("/AllergyIntolerance/{allergy_id}/_history/{version_id}")
+def vread_allergy(request: Request, allergy_id: str, version_id: str) -> Response:
+    return _vread(request, ALLERGY, allergy_id, version_id, mapping.allergy_to_fhir)
+
+
+# == Encounter =================================================================================
+ENCOUNTER = "Encounter"
+_register(ENCOUNTER, ["read", "search-type"], {"patient": "reference", "status": "token"})
+
+
+@router.get("/Encounter")
+def search_encounters(request: Request) -> Response:
+    patient = _patient_of(request, {"status"})
+    gate = gate_for(request, ENCOUNTER, "search")
+    status = request.query_params.get("status")
+    views = [
+        v for v in gate.list_encounters(patient_id=patient) if status is None or v.status in status.split(",")
+    ]
+    return paged(request, ENCOUNTER, [mapping.encounter_to_fhir(v.model_dump()) for v in views])
+
+
+@router.get("/Encounter/{encounter_id}")
+def read_encounter(request: Request, encounter_id: str) -> Response:
+    return _read(request, ENCOUNTER, encounter_id, mapping.encounter_to_fhir)
+
+
+# == read-only chart sections ==================================================================
+_register("Condition", ["search-type"], {"patient": "reference", "clinical-status": "token"})
+_register("Observation", ["search-type"], {"patient": "reference", "category": "token", "code": "token"})
+_register("Coverage", ["search-type"], {"beneficiary": "reference", "patient": "reference"})
+_register("Invoice", ["search-type"], {"patient": "reference", "status": "token"})
+
+
+@router.get("/Condition")
+def search_conditions(request: Request) -> Response:
+    patient = _patient_of(request, {"clinical-status"})
+    gate = gate_for(request, "Condition", "search")
+    status = request.query_params.get("clinical-status")
+    views = [
+        v
+        for v in gate.list_conditions(patient_id=patient)
+        if status is None or v.clinical_status in status.split(",")
+    ]
+    return paged(request, "Condition", [mapping.condition_to_fhir(v.model_dump()) for v in views])
+
+
+@router.get("/Observation")
+def search_observations(request: Request) -> Response:
+    patient = _patient_of(request, {"category", "code"})
+    gate = gate_for(request, "Observation", "search")
+    category = request.query_params.get("category")
+    code = request.query_params.get("code")
+    views = [
+        v
+        for v in gate.list_observations(patient_id=patient)
+        if (category is None or v.category in category.split(","))
+        and (code is None or v.code in [c.rpartition("|")[2] for c in code.split(",")])
+    ]
+    return paged(request, "Observation", [mapping.observation_to_fhir(v.model_dump()) for v in views])
+
+
+@router.get("/Coverage")
+def search_coverage(request: Request) -> Response:
+    """Every coverage the patient had (the history of cards and insurers), newest first."""
+    params = request.query_params
+    subject = "beneficiary" if "beneficiary" in params else "patient"
+    patient = _patient_of(request, {"beneficiary", "patient"}, subject=subject)
+    gate = gate_for(request, "Coverage", "search")
+    section = gate.list_coverage(patient_id=patient)
+    return paged(request, "Coverage", [mapping.coverage_to_fhir(c.model_dump()) for c in section.coverages])
+
+
+@router.get("/Invoice")
+def search_invoices(request: Request) -> Response:
+    patient = _patient_of(request, {"status"})
+    gate = gate_for(request, "Invoice", "search")
+    status = request.query_params.get("status")
+    views = [
+        v for v in gate.list_invoices(patient_id=patient) if status is None or v.status in status.split(",")
+    ]
+    return paged(request, "Invoice", [mapping.invoice_to_fhir(v.model_dump()) for v in views])

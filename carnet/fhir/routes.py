@@ -1,0 +1,11 @@
+"""Every FHIR router, in the order the app mounts them (literal paths before `{id}` ones)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+
+def routers() -> list[APIRouter]:
+    from carnet.fhir import clinical, patients
+
+    return [patients.router, clinical.router]
