@@ -7,7 +7,9 @@ an Argon2 verification too, so the answers do not differ in time either.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,8 @@ from carnet.runtime import Runtime
 from carnet.settings import Environment
 
 GENERIC_FAILURE = "the username, password or code is not right"
+# Above the slowest natural failure on this machine kind (see benchmarks/login_timing.py).
+FAILURE_FLOOR_SECONDS = 0.25
 
 
 class LoginThrottled(CarnetError):
@@ -111,6 +115,8 @@ class Authenticator:
         self.runtime = runtime
         self.throttle = throttle or LimitsLoginThrottle(runtime.settings.redis_url)
         self.rp = passkeys.RelyingParty.from_origin(runtime.settings.origin)
+        self.failure_floor = FAILURE_FLOOR_SECONDS
+        self.sleep: Callable[[float], None] = time.sleep
 
     @classmethod
     def of(cls, runtime: Runtime) -> Authenticator:
@@ -133,6 +139,7 @@ class Authenticator:
         if wait is not None:
             self._fail(username, None, ctx, reason="throttled")
             raise LoginThrottled(wait)
+        started = time.perf_counter()
         failure: str | None
         with self.runtime.session_factory.begin() as session:
             account = session.scalar(select(Account).where(Account.username == username))
@@ -145,9 +152,20 @@ class Authenticator:
                     return self._succeed(session, account, request, method, enrollment_only)
         self.throttle.failed(username=username, address=ctx.address)
         self._fail(username, account, ctx, reason=failure or "refused")
+        self._pad(started)
         if failure == "passkey required":
             raise PasskeyRequired("this account must sign in with its passkey")
         raise AuthenticationRequired(GENERIC_FAILURE)
+
+    def _pad(self, started: float) -> None:
+        """Answer every failure no sooner than `failure_floor` after it began.
+
+        An unknown user, a wrong password and a wrong code do different work (a wrong code also
+        decrypts a TOTP secret and reads roles); the floor hides the difference.
+        """
+        remaining = self.failure_floor - (time.perf_counter() - started)
+        if remaining > 0:
+            self.sleep(remaining)
 
     def _second_factor(
         self, session: Session, account: Account, request: LoginRequest

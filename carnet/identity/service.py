@@ -10,7 +10,7 @@ import base64
 import hashlib
 import secrets
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -21,7 +21,7 @@ from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
 from carnet.crypto.keys import KeyProvider
 from carnet.identity import passwords, totp
-from carnet.identity.models import Account, AccountEvent, RecoveryCode, TotpDevice
+from carnet.identity.models import Account, AccountEvent, RecoveryCode, TotpDevice, WebAuthnCredential
 from carnet.kernel import clock
 from carnet.kernel.errors import ConfigurationError, Conflict, InvalidInput
 
@@ -267,3 +267,80 @@ def security_history(session: Session, *, account_id: uuid.UUID, limit: int = 10
             .limit(min(max(limit, 1), 500))
         )
     )
+
+
+def start_totp_enrolment(
+    session: Session, *, account_id: uuid.UUID, keys: KeyProvider | None = None
+) -> tuple[uuid.UUID, str]:
+    """A new, unconfirmed TOTP device and its secret (shown once, for the authenticator app)."""
+    secret = totp.new_secret()
+    return add_totp_device(session, account_id=account_id, secret=secret, confirmed=False, keys=keys), secret
+
+
+def confirm_totp(
+    session: Session,
+    *,
+    account_id: uuid.UUID,
+    device_id: uuid.UUID,
+    code: str,
+    keys: KeyProvider | None = None,
+) -> bool:
+    """Confirm a device by a first valid code (which is then used up)."""
+    device = session.get(TotpDevice, device_id)
+    if device is None or device.account_id != account_id or device.confirmed_at is not None:
+        return False
+    secret = totp.unwrap_secret(keys_of(session, keys), device.id, device.kek_id, device.secret_wrapped)
+    step = totp.matching_step(secret, code, at=clock.now(), after_step=None)
+    if step is None:
+        return False
+    device.confirmed_at = clock.now()
+    device.last_used_step = step
+    record_event(session, account_id=account_id, kind=AuditKind.MFA_ENROLLED, detail="totp")
+    return True
+
+
+def remove_totp(session: Session, *, account: Account, device_id: uuid.UUID) -> bool:
+    """Remove a TOTP device; a staff account keeps at least one second factor."""
+    device = session.get(TotpDevice, device_id)
+    if device is None or device.account_id != account.id:
+        return False
+    others = session.scalars(
+        select(TotpDevice.id).where(
+            TotpDevice.account_id == account.id,
+            TotpDevice.confirmed_at.is_not(None),
+            TotpDevice.id != device_id,
+        )
+    ).all()
+    passkeys = session.scalar(
+        select(WebAuthnCredential.id).where(WebAuthnCredential.account_id == account.id).limit(1)
+    )
+    if account.kind == "staff" and device.confirmed_at is not None and not others and passkeys is None:
+        raise InvalidInput("a staff account keeps at least one second factor: add another first")
+    session.delete(device)
+    record_event(session, account_id=account.id, kind=AuditKind.MFA_REMOVED, detail="totp")
+    return True
+
+
+def list_factors(session: Session, *, account_id: uuid.UUID) -> dict[str, Any]:
+    devices = session.scalars(
+        select(TotpDevice).where(TotpDevice.account_id == account_id, TotpDevice.confirmed_at.is_not(None))
+    ).all()
+    keys = session.scalars(
+        select(WebAuthnCredential).where(WebAuthnCredential.account_id == account_id)
+    ).all()
+    left = session.scalars(
+        select(RecoveryCode.id).where(RecoveryCode.account_id == account_id, RecoveryCode.used_at.is_(None))
+    ).all()
+    return {
+        "totp": [{"id": str(d.id), "addedAt": d.created_at.isoformat()} for d in devices],
+        "passkeys": [
+            {
+                "id": str(k.id),
+                "label": k.label,
+                "addedAt": k.created_at.isoformat(),
+                "lastUsedAt": k.last_used_at.isoformat() if k.last_used_at else None,
+            }
+            for k in keys
+        ],
+        "recoveryCodesLeft": len(left),
+    }

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.identity import oauth, passkeys, service, sessions
+from carnet.identity import oauth, passkeys, service, sessions, totp
 from carnet.identity.authenticate import (
     Authenticator,
     LoginRequest,
@@ -442,3 +442,88 @@ def register_client(body: ClientRegistrationBody, actor: ActorDep, request: Requ
         "clientId": body.clientId,
         "tokenUrl": runtime.settings.origin + "/oauth/token",
     }
+
+
+# -- second factors -------------------------------------------------------------------------
+class TotpConfirmBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deviceId: uuid.UUID
+    code: str = Field(min_length=6, max_length=10)
+
+
+def _require_fresh_unless_no_factor(session_factor_actor: Actor, has_factor: bool) -> None:
+    # Adding or removing a factor on an account that has one needs that factor, freshly proven.
+    if has_factor:
+        require_fresh_second_factor(session_factor_actor)
+
+
+@router.get("/factors")
+def list_factors(actor: ActorDep, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    with runtime.session_factory() as session:
+        return service.list_factors(session, account_id=_account_id(actor))
+
+
+@router.post("/totp/enroll")
+def enroll_totp(actor: ActorDep, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    account_id = _account_id(actor)
+    with runtime.session_factory.begin() as session:
+        has_factor = service.has_totp(session, account_id=account_id) or passkeys.has_passkey(
+            session, account_id=account_id
+        )
+        _require_fresh_unless_no_factor(actor, has_factor)
+        account = session.get_one(Account, account_id)
+        device_id, secret = service.start_totp_enrolment(session, account_id=account_id)
+    # The secret leaves once, for the authenticator app; it is stored wrapped by the KEK.
+    return {
+        "deviceId": str(device_id),
+        "secret": secret,
+        "otpauthUri": totp.provisioning_uri(secret, username=account.username),
+    }
+
+
+@router.post("/totp/confirm")
+def confirm_totp(body: TotpConfirmBody, actor: ActorDep, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    account_id = _account_id(actor)
+    with runtime.session_factory.begin() as session:
+        confirmed = service.confirm_totp(
+            session, account_id=account_id, device_id=body.deviceId, code=body.code
+        )
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.MFA_ENROLLED,
+                outcome=Outcome.SUCCESS if confirmed else Outcome.DENIED,
+                actor=actor,
+                detail={"factor": "totp"},
+            ),
+        )
+    if not confirmed:
+        raise InvalidInput("the code does not match this authenticator; try the next one")
+    return {"confirmed": True}
+
+
+@router.post("/totp/{device_id}/remove")
+def remove_totp(device_id: uuid.UUID, actor: ActorDep, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    account_id = _account_id(actor)
+    require_fresh_second_factor(actor)
+    with runtime.session_factory.begin() as session:
+        account = session.get_one(Account, account_id)
+        removed = service.remove_totp(session, account=account, device_id=device_id)
+        if removed:
+            runtime.audit.append(
+                session,
+                AuditRecord(
+                    kind=AuditKind.MFA_REMOVED,
+                    outcome=Outcome.SUCCESS,
+                    actor=actor,
+                    detail={"factor": "totp"},
+                ),
+            )
+    if not removed:
+        raise NotFound("no such authenticator")
+    return {"removed": True}

@@ -5,6 +5,7 @@ benchmarks/login_timing.py, not asserted here."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Literal
 
@@ -108,6 +109,8 @@ def test_unknown_accounts_cost_one_argon2_verification_like_known_ones(
 def test_spraying_100_accounts_is_throttled_per_account_and_per_address(sqlite_runtime: Runtime) -> None:
     people = [make_person(sqlite_runtime, f"staff{i:03d}") for i in range(100)]
     auth = Authenticator.of(sqlite_runtime)
+    pauses: list[float] = []
+    auth.sleep = pauses.append  # record the padding instead of waiting it out
 
     def attempt(username: str, address: str) -> str:
         try:
@@ -133,3 +136,24 @@ def test_spraying_100_accounts_is_throttled_per_account_and_per_address(sqlite_r
     botnet = Counter(attempt(p.username, f"198.51.{n // 250}.{n % 250}") for n, p in enumerate(people * 10))
     assert botnet == Counter({"refused": 500, "throttled": 500})
     assert sum(_failures(sqlite_runtime).values()) == 2000  # every attempt is in the audit chain
+    assert len(pauses) == 530 and all(0 < p < auth.failure_floor for p in pauses)
+
+
+def test_every_kind_of_failure_is_padded_to_the_same_floor(sqlite_runtime: Runtime) -> None:
+    person = make_person(sqlite_runtime, "padded")
+    auth = Authenticator.of(sqlite_runtime)
+    totals: dict[str, float] = {}
+    for label, username, password, otp in [
+        ("unknown", "nobody", "whatever password", "000000"),
+        ("wrong password", "padded", "whatever password", person.code()),
+        ("wrong code", "padded", person.password, person.code(offset_steps=5)),
+    ]:
+        pauses: list[float] = []
+        auth.sleep = pauses.append
+        started = time.perf_counter()
+        with pytest.raises(AuthenticationRequired):
+            auth.log_in(LoginRequest(username=username, password=password, otp=otp))
+        # Work done + the pause asked for = the floor (the pause itself was not slept).
+        totals[label] = time.perf_counter() - started + sum(pauses)
+        assert len(pauses) == 1
+    assert all(abs(t - auth.failure_floor) < 0.05 for t in totals.values()), totals
