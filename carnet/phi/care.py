@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select, union
+from sqlalchemy import ColumnElement, Select, and_, literal, or_, select, union, union_all
 from sqlalchemy.orm import Session
 
 from carnet.access.context import AccessContext
@@ -132,8 +132,15 @@ def relationships_of(
     if ctx.patient_id is not None and ctx.patient_id in found:
         found[ctx.patient_id].add(R.SELF)
     ids = list(visible)
-    for rel, query in _parts(ctx, set(Relationship)):
-        column = query.selected_columns[0]
-        for pid in session.scalars(query.where(column.in_(ids))):
-            found[pid].add(rel)
+    # One round trip: every relationship kind tagged, for all the patients at once.
+    tagged = [
+        query.with_only_columns(
+            literal(rel.value).label("rel"), query.selected_columns[0].label("pid")
+        ).where(query.selected_columns[0].in_(ids))
+        for rel, query in _parts(ctx, set(Relationship))
+    ]
+    if tagged:
+        for rel_value, pid in session.execute(union_all(*tagged)):
+            if pid in found:
+                found[pid].add(Relationship(rel_value))
     return {pid: frozenset(rels) for pid, rels in found.items()}

@@ -240,6 +240,21 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
             )
         ),
     ),
+    "read_record": (
+        "physician",
+        lambda g, w: g.read_record(resource_type="MedicationRequest", resource_id=w.prescription),
+        lambda g, w: g.read_record(resource_type="MedicationRequest", resource_id=MISSING),
+    ),
+    "list_encounters": (
+        "physician",
+        lambda g, w: g.list_encounters(patient_id=w.patient),
+        lambda g, w: g.list_encounters(patient_id=MISSING),
+    ),
+    "deactivate_patient": (
+        "physician",
+        lambda g, w: g.deactivate_patient(patient_id=w.patient, expected_version=1),
+        lambda g, w: g.deactivate_patient(patient_id=w.patient, expected_version=9),
+    ),
     "break_glass": (
         "physician",
         lambda g, w: g.break_glass(
