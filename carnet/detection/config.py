@@ -85,6 +85,9 @@ class DetectionConfig(BaseSettings):
     off_hours_step_up_1h: int = Field(default=10, ge=1)
     new_address_step_up_1h: int = Field(default=10, ge=1)
 
+    # Canary patients are cached per worker this long (a new canary counts after at most this).
+    canary_refresh_seconds: int = Field(default=10, ge=0)
+
     # Graduated response.
     step_up_valid_minutes: int = Field(default=60, ge=1)
     refusals_contain_1h: int = Field(default=5, ge=1)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, func, select, true
 from sqlalchemy.orm import Session
 
 from carnet.detection.interfaces import ActorCounts, EventKind
@@ -60,7 +60,7 @@ class SqlExposureCounters:
                 func.distinct(case((and_(Exposure.at >= start, *conditions), Exposure.patient_id)))
             )
 
-        exposure_row = session.execute(
+        exposures = (
             select(
                 distinct_since(s15),
                 distinct_since(s1),
@@ -68,8 +68,10 @@ class SqlExposureCounters:
                 distinct_since(s1, Exposure.outside_care.is_(True)),
                 distinct_since(s24, Exposure.outside_care.is_(True)),
                 distinct_since(s24, Exposure.channel == "export"),
-            ).where(Exposure.actor_ref == actor_ref, Exposure.at >= s24, Exposure.at <= at)
-        ).one()
+            )
+            .where(Exposure.actor_ref == actor_ref, Exposure.at >= s24, Exposure.at <= at)
+            .subquery()
+        )
 
         def keys_since(start: dt.datetime, kind: EventKind) -> Any:
             when = and_(DetectionEvent.at >= start, DetectionEvent.kind == kind.value)
@@ -79,7 +81,7 @@ class SqlExposureCounters:
             when = and_(DetectionEvent.at >= start, DetectionEvent.kind == kind.value)
             return func.count(case((when, DetectionEvent.id)))
 
-        event_row = session.execute(
+        events = (
             select(
                 keys_since(s15, EventKind.SEARCH),
                 keys_since(s1, EventKind.SEARCH),
@@ -89,8 +91,13 @@ class SqlExposureCounters:
                 events_since(s15, EventKind.DENIAL),
                 events_since(s1, EventKind.EXPORT_DENIAL),
                 events_since(s1, EventKind.REFUSAL),
-            ).where(DetectionEvent.actor_ref == actor_ref, DetectionEvent.at >= s1, DetectionEvent.at <= at)
-        ).one()
+            )
+            .where(DetectionEvent.actor_ref == actor_ref, DetectionEvent.at >= s1, DetectionEvent.at <= at)
+            .subquery()
+        )
+        # Two one-row aggregates joined on true: one round trip.
+        row = session.execute(select(exposures, events).join_from(exposures, events, true())).one()
+        exposure_row, event_row = row[:6], row[6:]
         return ActorCounts(
             patients_15m=exposure_row[0],
             patients_1h=exposure_row[1],

@@ -98,6 +98,7 @@ class SqlExposureLedger:
         self._lock = threading.Lock()
         self._known_addresses: set[tuple[str, str]] = set()
         self._baselines: dict[str, tuple[float, rules.Baseline | None]] = {}
+        self._canaries: tuple[float, frozenset[uuid.UUID]] = (0.0, frozenset())
 
     # -- the contract --------------------------------------------------------------------
     def record(
@@ -149,13 +150,7 @@ class SqlExposureLedger:
             self._add_event(session, actor=actor, kind=kind, key=key, at=at)
         if not distinct and not events:
             return
-        canaries: list[uuid.UUID] = []
-        if distinct:
-            canaries = list(
-                session.scalars(
-                    select(CanaryPatient.patient_id).where(CanaryPatient.patient_id.in_(distinct))
-                )
-            )
+        canaries = [p for p in distinct if p in self._canary_ids(session)] if distinct else []
         ctx = rules.Context(
             actor=actor,
             counts=self.counters.counts(
@@ -321,6 +316,21 @@ class SqlExposureLedger:
             )
         )
         self.counters.add_event(actor_ref=actor.actor_ref, kind=kind, key=key, at=at)
+
+    def _canary_ids(self, session: Session) -> frozenset[uuid.UUID]:
+        """Every canary, reloaded every few seconds (they are few, and seeded, not hot)."""
+        now = time.monotonic()
+        expires, ids = self._canaries
+        if expires > now:
+            return ids
+        # The column's type comes from its foreign key: where the patients table is not loaded
+        # (a worker that never imported the gate), SQLite hands back text.
+        ids = frozenset(
+            p if isinstance(p, uuid.UUID) else uuid.UUID(str(p))
+            for p in session.scalars(select(CanaryPatient.patient_id))
+        )
+        self._canaries = (now + self.config.canary_refresh_seconds, ids)
+        return ids
 
     def _baseline(self, session: Session, subject: str) -> rules.Baseline | None:
         now = time.monotonic()
