@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from carnet import __version__
 from carnet.runtime import Runtime, build_runtime
@@ -34,13 +34,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def home() -> str:
-        return (
-            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>carnet</title></head>"
-            "<body><main><h1>carnet</h1><p>Electronic patient record. "
-            "FHIR R4 API at <a href='/fhir/metadata'>/fhir</a>.</p></main></body></html>"
-        )
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/home", status_code=303)  # the web UI sends each role to its page
 
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -66,4 +62,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     app.include_router(identity_router)
     app.include_router(oauth_router)
+
+    from carnet.web import install as install_web
+
+    install_web(app)
     return app

@@ -1,0 +1,20 @@
+"""The web interface: server-rendered pages (Jinja2 + htmx) for staff, security officers,
+administrators and patients. Every patient datum comes through the gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+STATIC = Path(__file__).parent / "static"
+
+
+def install(app: FastAPI) -> None:
+    """Add the pages and the static files (our own scripts only: no CDN) to the app."""
+    from carnet.web import account, clinician
+
+    app.include_router(account.router)
+    app.include_router(clinician.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")

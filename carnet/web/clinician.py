@@ -1,0 +1,282 @@
+"""The clinician's screens: my day, patient search, the chart, notes, prescriptions and
+break-the-glass. Every read and write goes through the gate (carnet.phi.gate.Gate)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import Response
+
+from carnet.access.actor import Actor
+from carnet.access.policy import SEARCH_MAX_COUNT, BreakGlassReason
+from carnet.access.roles import Role
+from carnet.identity.authenticate import Authenticator
+from carnet.identity.dependencies import runtime_of
+from carnet.kernel import clock
+from carnet.kernel.errors import Forbidden, InvalidInput, NotFound, StepUpRequired
+from carnet.phi.gate import AllergyWarning, Gate
+from carnet.phi.schemas import PatientPage, PrescriptionInput
+from carnet.web.rendering import render
+from carnet.web.routing import WebActor, WebRoute, error_page, redirect
+
+router = APIRouter(route_class=WebRoute, include_in_schema=False)
+
+GLASS_COOKIE = "carnet_glass"
+CLINICAL_ROLES = frozenset({Role.PHYSICIAN, Role.NURSE})
+# The chart sections each role's policy opens (asking for others would only log refusals).
+SECTIONS: dict[Role, tuple[str, ...]] = {
+    Role.PHYSICIAN: ("allergies", "notes", "prescriptions", "coverage", "appointments"),
+    Role.NURSE: ("allergies", "notes", "prescriptions", "appointments"),
+    Role.FRONT_DESK: ("appointments",),
+    Role.BILLING: ("coverage", "invoices"),
+}
+NOTE_KINDS = (
+    ("11506-3", "Progress note"),
+    ("34117-2", "History and physical"),
+    ("18842-5", "Discharge summary"),
+)
+
+
+def gate_of(request: Request, actor: Actor) -> Gate:
+    return Gate(runtime_of(request), actor)
+
+
+def glass_until(request: Request, patient_id: str) -> dt.datetime | None:
+    """When this browser's break-the-glass on this patient ends (display only: the gate decides)."""
+    value = request.cookies.get(GLASS_COOKIE, "")
+    pid, _, until = value.partition("|")
+    if pid != patient_id or not until:
+        return None
+    try:
+        end = dt.datetime.fromisoformat(until)
+    except ValueError:
+        return None
+    return end if end > clock.now() else None
+
+
+def sections_for(actor: Actor) -> tuple[str, ...]:
+    wanted: list[str] = []
+    for role in actor.roles:
+        for name in SECTIONS.get(role, ()):
+            if name not in wanted:
+                wanted.append(name)
+    return tuple(wanted)
+
+
+@router.get("/day")
+def my_day(request: Request, actor: WebActor, day: dt.date | None = None) -> Response:
+    listing = gate_of(request, actor).day_list(day=day)
+    return render(request, "clinician/day.html", {"actor": actor, "listing": listing})
+
+
+@router.get("/patients")
+def search(
+    request: Request,
+    actor: WebActor,
+    identifier: str = "",
+    family: str = "",
+    given: str = "",
+    birth_date: str = "",
+    page: int = 1,
+) -> Response:
+    asked = any(v.strip() for v in (identifier, family, given, birth_date))
+    result: PatientPage | None = None
+    problem: str | None = None
+    if asked:
+        try:
+            born = dt.date.fromisoformat(birth_date) if birth_date.strip() else None
+        except ValueError:
+            born = None
+            problem = "the birth date must be a date (YYYY-MM-DD)"
+        if problem is None:
+            try:
+                result = gate_of(request, actor).search_patients(
+                    identifier=identifier or None,
+                    family=family or None,
+                    given=given or None,
+                    birth_date=born,
+                    page=page,
+                    count=SEARCH_MAX_COUNT,
+                )
+            except InvalidInput as exc:
+                problem = str(exc)
+    context = {
+        "actor": actor,
+        "q": {"identifier": identifier, "family": family, "given": given, "birth_date": birth_date},
+        "result": result,
+        "problem": problem,
+        "page": page,
+        "asked": asked,
+    }
+    template = (
+        "clinician/search_results.html" if request.headers.get("hx-request") else "clinician/search.html"
+    )
+    return render(request, template, context, status_code=400 if problem else 200)
+
+
+def chart_context(request: Request, actor: Actor, patient_id: str) -> dict[str, Any]:
+    gate = gate_of(request, actor)
+    patient = gate.read_patient(patient_id=patient_id)
+    context: dict[str, Any] = {"actor": actor, "patient": patient, "sections": sections_for(actor)}
+    for name in context["sections"]:
+        reader = getattr(gate, f"list_{name}")
+        context[name] = reader(patient_id=patient_id)
+    context["break_glass_active"] = glass_until(request, patient_id)
+    context["note_kinds"] = NOTE_KINDS
+    context["may_write"] = Role.PHYSICIAN in actor.roles or Role.NURSE in actor.roles
+    context["may_prescribe"] = Role.PHYSICIAN in actor.roles
+    context["warning"] = None
+    context["draft"] = {}
+    return context
+
+
+def _chart_or_glass(request: Request, actor: Actor, patient_id: str) -> dict[str, Any] | Response:
+    try:
+        return chart_context(request, actor, patient_id)
+    except NotFound as exc:
+        if not actor.roles & CLINICAL_ROLES:
+            return error_page(request, exc)
+        # Out of care looks like missing; a clinician may still break the glass.
+        return render(
+            request,
+            "errors/not_found.html",
+            {"actor": actor, "message": str(exc), "glass_patient": patient_id},
+            status_code=404,
+        )
+
+
+@router.get("/patients/{patient_id}")
+def chart(request: Request, actor: WebActor, patient_id: str) -> Response:
+    context = _chart_or_glass(request, actor, patient_id)
+    if isinstance(context, Response):
+        return context
+    return render(request, "clinician/chart.html", context)
+
+
+@router.post("/patients/{patient_id}/notes")
+def write_note(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    kind: Annotated[str, Form(max_length=40)],
+    title: Annotated[str, Form(max_length=200)],
+    text: Annotated[str, Form(max_length=20000)],
+) -> Response:
+    gate_of(request, actor).write_note(patient_id=patient_id, kind=kind, title=title, text=text)
+    return redirect(f"/patients/{patient_id}#notes")
+
+
+@router.post("/patients/{patient_id}/notes/{note_id}/amend")
+def amend_note(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    note_id: str,
+    expected_version: Annotated[int, Form()],
+    text: Annotated[str, Form(max_length=20000)],
+    reason: Annotated[str, Form(max_length=500)],
+) -> Response:
+    gate_of(request, actor).amend_note(
+        note_id=note_id, expected_version=expected_version, text=text, reason=reason
+    )
+    return redirect(f"/patients/{patient_id}#notes")
+
+
+@router.post("/patients/{patient_id}/prescriptions")
+def prescribe(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    medication_code: Annotated[str, Form(max_length=40)],
+    medication_display: Annotated[str, Form(max_length=200)],
+    substance_code: Annotated[str, Form(max_length=40)],
+    dosage_text: Annotated[str, Form(max_length=500)],
+    allergy_override_reason: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    draft = {
+        "medication_code": medication_code,
+        "medication_display": medication_display,
+        "substance_code": substance_code,
+        "dosage_text": dosage_text,
+    }
+    try:
+        data = PrescriptionInput(
+            patient_id=patient_id, allergy_override_reason=allergy_override_reason or None, **draft
+        )
+    except ValueError as exc:
+        raise InvalidInput(f"the prescription is not complete: {exc.__class__.__name__}") from None
+    try:
+        gate_of(request, actor).prescribe(data=data)
+    except AllergyWarning as exc:
+        # Nothing was prescribed: show the chart again with the warning and the override field.
+        context = chart_context(request, actor, patient_id)
+        context["warning"] = str(exc)
+        context["draft"] = draft
+        return render(request, "clinician/chart.html", context, status_code=409)
+    return redirect(f"/patients/{patient_id}#prescriptions")
+
+
+@router.get("/patients/{patient_id}/break-glass")
+def break_glass_form(request: Request, actor: WebActor, patient_id: str) -> Response:
+    if not actor.roles & CLINICAL_ROLES:
+        raise Forbidden("only clinicians may break the glass")
+    return render(
+        request,
+        "clinician/break_glass.html",
+        {
+            "actor": actor,
+            "patient_id": patient_id,
+            "reasons": list(BreakGlassReason),
+            "problem": None,
+            "draft": {},
+        },
+    )
+
+
+@router.post("/patients/{patient_id}/break-glass")
+def break_glass(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    reason: Annotated[str, Form(max_length=40)],
+    justification: Annotated[str, Form(max_length=1000)],
+    otp: Annotated[str, Form(max_length=12)] = "",
+) -> Response:
+    runtime = runtime_of(request)
+    try:
+        if otp.strip():
+            # The step-up and the emergency access come from the same dialog.
+            at = Authenticator.of(runtime).step_up(
+                actor=actor, otp=otp.strip(), webauthn=None, challenge_id=None
+            )
+            actor = dataclasses.replace(actor, second_factor_at=at)
+        grant = Gate(runtime, actor).break_glass(
+            patient_id=patient_id, reason=reason, justification=justification
+        )
+    except (InvalidInput, StepUpRequired) as exc:
+        # Shown in the dialog itself, which keeps what was typed.
+        return render(
+            request,
+            "clinician/break_glass.html",
+            {
+                "actor": actor,
+                "patient_id": patient_id,
+                "reasons": list(BreakGlassReason),
+                "problem": str(exc),
+                "draft": {"reason": reason, "justification": justification},
+            },
+            status_code=400 if isinstance(exc, InvalidInput) else 403,
+        )
+    response = redirect(f"/patients/{grant.patient_id}")
+    response.set_cookie(
+        GLASS_COOKIE,
+        f"{grant.patient_id}|{grant.expires_at.isoformat()}",
+        max_age=3600,
+        path="/",
+        httponly=True,
+        samesite="strict",
+    )
+    return response

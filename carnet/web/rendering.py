@@ -1,0 +1,135 @@
+"""Templates, languages and the security headers every page carries.
+
+Autoescaping is on for every template (patient names are data, never markup). The policy
+allows scripts from our own origin only: no inline script, no eval, no CDN.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from babel import Locale
+from babel.core import UnknownLocaleError
+from babel.dates import format_date, format_datetime
+from babel.support import NullTranslations, Translations
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+HERE = Path(__file__).parent
+LANGUAGES = ("en", "fr")
+DEFAULT_LANGUAGE = "en"
+LANG_COOKIE = "carnet_lang"
+CSRF_FIELD = "csrf_token"
+CSRF_COOKIE = "carnet_csrf"
+
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "form-action 'self'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # Pages hold patient data: never kept by the browser or a shared proxy.
+    "Cache-Control": "no-store",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+@functools.cache
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env
+
+
+@functools.cache
+def translations(language: str) -> NullTranslations:
+    if language == DEFAULT_LANGUAGE:
+        return NullTranslations()
+    return Translations.load(str(HERE / "locale"), locales=[language], domain="messages")
+
+
+def language_of(request: Request) -> str:
+    """The switch (a cookie) first, then the browser's Accept-Language, then English."""
+    chosen = request.cookies.get(LANG_COOKIE)
+    if chosen in LANGUAGES:
+        return chosen
+    header = request.headers.get("accept-language", "")
+    wanted = [part.split(";")[0].strip().replace("-", "_") for part in header.split(",") if part.strip()]
+    try:
+        found = Locale.negotiate(wanted, list(LANGUAGES)) if wanted else None
+    except (UnknownLocaleError, ValueError):
+        found = None
+    return str(found.language) if found is not None else DEFAULT_LANGUAGE
+
+
+def _formatters(language: str) -> dict[str, Callable[..., str]]:
+    def when(value: dt.datetime | None, fmt: str = "short") -> str:
+        return "" if value is None else format_datetime(value, fmt, tzinfo=dt.UTC, locale=language)
+
+    def day(value: dt.date | str | None, fmt: str = "medium") -> str:
+        if value is None or value == "":
+            return ""
+        if isinstance(value, str):
+            value = dt.date.fromisoformat(value[:10])
+        return format_date(value, fmt, locale=language)
+
+    def hour(value: dt.datetime | None) -> str:
+        return "" if value is None else format_datetime(value, "HH:mm", tzinfo=dt.UTC, locale=language)
+
+    return {"when": when, "day": day, "hour": hour}
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    language = language_of(request)
+    tr = translations(language)
+    page = _environment().get_template(template)
+    values: dict[str, Any] = {
+        "request": request,
+        "lang": language,
+        "languages": LANGUAGES,
+        "_": tr.gettext,
+        "ngettext": tr.ngettext,
+        "csrf_field": CSRF_FIELD,
+        "csrf_token": request.cookies.get(CSRF_COOKIE, ""),
+        "actor": None,
+        "break_glass_active": None,
+        "glass_patient": None,
+        "path": request.url.path,
+        **_formatters(language),
+    }
+    values.update(context or {})
+    response = HTMLResponse(page.render(values), status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Content-Language"] = language
+    response.headers["Vary"] = "Cookie, Accept-Language"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response

@@ -1,0 +1,150 @@
+"""Pages through the TestClient: rendering, refusals (audited), CSRF, escaping, languages."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from carnet.audit.interfaces import AuditKind
+from carnet.audit.models import AuditEvent
+from carnet.kernel import clock
+from carnet.runtime import Runtime
+from tests.web.conftest import Hospital, login
+
+
+def _events(runtime: Runtime, kind: AuditKind) -> list[AuditEvent]:
+    with runtime.session_factory() as session:
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.kind == kind.value)))
+
+
+def test_login_page_has_strict_csp_and_no_inline_script(client: TestClient) -> None:
+    page = client.get("/login")
+    assert page.status_code == 200
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "<script>" not in page.text  # only <script src=...>
+    assert page.headers["cache-control"] == "no-store"
+
+
+def test_pages_without_session_send_to_login(client: TestClient) -> None:
+    response = client.get("/day")
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/login?next=/day")
+
+
+def test_chart_escapes_markup_in_names(client: TestClient, hospital: Hospital) -> None:
+    login(client, hospital.physician)
+    page = client.get(f"/patients/{hospital.my_patient}")
+    assert page.status_code == 200, page.text
+    assert "<script>alert(1)</script>" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "Zoé &#34;l&#39;Éclair&#34;" in page.text
+
+
+def test_day_list_and_search(client: TestClient, hospital: Hospital, sqlite_runtime: Runtime) -> None:
+    login(client, hospital.physician)
+    assert client.get("/day").status_code == 200
+    page = client.get("/patients", params={"identifier": "170011234567890"})
+    assert page.status_code == 200
+    assert "Durand" in page.text  # located, not opened
+    vague = client.get("/patients", params={"birth_date": "1980-02-29"})
+    assert vague.status_code == 400
+    assert "needs an identifier" in vague.text
+    assert _events(sqlite_runtime, AuditKind.PHI_SEARCH)
+
+
+def test_out_of_care_chart_offers_break_glass(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    login(client, hospital.physician)
+    page = client.get(f"/patients/{hospital.their_patient}")
+    assert page.status_code == 404
+    assert f"/patients/{hospital.their_patient}/break-glass" in page.text
+    denied = [e for e in _events(sqlite_runtime, AuditKind.PHI_READ) if e.outcome == "denied"]
+    assert denied
+
+
+def test_post_without_csrf_token_is_refused(client: TestClient, hospital: Hospital) -> None:
+    login(client, hospital.physician)
+    response = client.post(
+        f"/patients/{hospital.my_patient}/notes",
+        data={"kind": "11506-3", "title": "t", "text": "x"},
+    )
+    assert response.status_code == 403
+    assert "security token" in response.text
+    page = client.get(f"/patients/{hospital.my_patient}")
+    assert "Nothing here" not in page.text and ">t <" not in page.text
+
+
+def test_note_write_amend_and_history(client: TestClient, hospital: Hospital) -> None:
+    csrf = login(client, hospital.physician)
+    pid = hospital.my_patient
+    response = client.post(
+        f"/patients/{pid}/notes",
+        data={"kind": "11506-3", "title": "Admission", "text": "Chest pain", "csrf_token": csrf},
+    )
+    assert response.status_code == 303, response.text
+    page = client.get(f"/patients/{pid}")
+    assert "Chest pain" in page.text
+    note_id = page.text.split("/notes/")[1].split("/amend")[0]
+    response = client.post(
+        f"/patients/{pid}/notes/{note_id}/amend",
+        data={
+            "expected_version": "1",
+            "text": "Chest pain, resolved",
+            "reason": "follow-up",
+            "csrf_token": csrf,
+        },
+    )
+    assert response.status_code == 303, response.text
+    page = client.get(f"/patients/{pid}")
+    assert "Version history" in page.text and "follow-up" in page.text
+    stale = client.post(
+        f"/patients/{pid}/notes/{note_id}/amend",
+        data={"expected_version": "1", "text": "overwrite", "reason": "stale", "csrf_token": csrf},
+    )
+    assert stale.status_code == 409
+    assert "Nothing was saved" in stale.text
+
+
+def test_wrong_role_is_refused_and_audited(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    login(client, hospital.front_desk)
+    response = client.get("/day")
+    assert response.status_code == 403
+    assert "not allowed" in response.text
+    denied = [e for e in _events(sqlite_runtime, AuditKind.PHI_LIST) if e.outcome == "denied"]
+    assert denied
+
+
+def test_break_glass_needs_step_up_then_opens_for_an_hour(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    csrf = login(client, hospital.physician)
+    pid = hospital.their_patient
+    form = client.get(f"/patients/{pid}/break-glass")
+    assert form.status_code == 200
+    short = client.post(
+        f"/patients/{pid}/break-glass",
+        data={"reason": "emergency", "justification": "short", "otp": "", "csrf_token": csrf},
+    )
+    assert short.status_code in (400, 403)
+    assert client.get(f"/patients/{pid}").status_code == 404
+    movable_clock.advance(dt.timedelta(seconds=31))  # a TOTP code is accepted once: wait for the next
+    ok = client.post(
+        f"/patients/{pid}/break-glass",
+        data={
+            "reason": "emergency",
+            "justification": "Unconscious in the emergency room, no relative",
+            "otp": hospital.physician.code(),
+            "csrf_token": csrf,
+        },
+    )
+    assert ok.status_code == 303, ok.text
+    chart = client.get(f"/patients/{pid}")
+    assert chart.status_code == 200
+    assert "break-the-glass" in chart.text
+    assert _events(sqlite_runtime, AuditKind.BREAK_GLASS_START)
