@@ -59,9 +59,20 @@ def _patient_of(request: Request, allowed: set[str], subject: str = "patient") -
     return patient
 
 
+def _read_view(gate: Gate, resource_type: str, resource_id: str) -> Any:
+    readers: dict[str, Callable[[str], Any]] = {
+        "Appointment": lambda i: gate.read_appointment(appointment_id=i),
+        "DocumentReference": lambda i: gate.read_note(note_id=i),
+        "MedicationRequest": lambda i: gate.read_prescription(prescription_id=i),
+        "AllergyIntolerance": lambda i: gate.read_allergy(allergy_id=i),
+        "Encounter": lambda i: gate.read_encounter(encounter_id=i),
+    }
+    return readers[resource_type](resource_id)
+
+
 def _read(request: Request, resource_type: str, resource_id: str, to_fhir: Mapper) -> Response:
     gate = gate_for(request, resource_type, "read")
-    view = gate.read_record(resource_type=resource_type, resource_id=resource_id)
+    view = _read_view(gate, resource_type, resource_id)
     return resource_response(request, to_fhir(view.model_dump()))
 
 
@@ -87,8 +98,8 @@ def _version_of(gate: Gate, request: Request, resource_type: str, resource_id: s
     version = parse_version(request.headers.get("if-match"))
     if version is not None:
         return version
-    current = gate.read_record(resource_type=resource_type, resource_id=resource_id)
-    return current.version_id or 1
+    version_id: int | None = _read_view(gate, resource_type, resource_id).version_id
+    return version_id or 1
 
 
 def _date_matches(value: dt.datetime | None, criteria: list[str]) -> bool:

@@ -1474,37 +1474,43 @@ class Gate:
         )
 
     # == the FHIR API's extra operations (single records by id, stays, retained deletion) =======
-    @guarded(AuditKind.PHI_READ, RT.APPOINTMENT, targeted=True)
-    def read_record(
-        self, tx: _Tx, /, *, resource_type: str, resource_id: str
-    ) -> AppointmentView | NoteView | PrescriptionView | AllergyView | EncounterView:
+    def _read_one(self, tx: _Tx, kind: ResourceType, resource_id: str) -> tuple[Any, frozenset[str]]:
         """One record by its id (a FHIR read), authorized and redacted like its chart section."""
-        try:
-            kind = ResourceType(resource_type)
-        except ValueError:
-            raise _Refused("unknown resource type") from None
-        model = _RECORD_MODELS.get(kind)
-        if model is None:
-            raise _Refused("no read by id for this resource type")
-        tx.resource_type = kind.value
+        model = _RECORD_MODELS[kind]
         rid = parse_id(resource_id)
         row = tx.session.get(model, rid) if rid else None
         if row is None:
             raise NotFound(NOT_FOUND)
         patient = self._patient(tx, row.patient_id)
         decision = self._authorize(tx, patient, kind)
-        fields = decision.fields
         tx.resource_ids.append(str(row.id))
         rels = self._relationships(tx, [patient])
-        self._expose(tx, [patient.id], Channel.CHART, rels, fields, resource=kind)
-        if isinstance(row, Appointment):
-            return _redact(AppointmentView, self._appointment_data(row, fields), fields)
-        if isinstance(row, ClinicalNote):
-            return _redact(NoteView, self._note_data(tx, row, with_text="versions" in fields), fields)
-        if isinstance(row, Prescription):
-            return _redact(PrescriptionView, _prescription_data(row), fields)
-        if isinstance(row, Allergy):
-            return _redact(AllergyView, _allergy_data(row), fields)
+        self._expose(tx, [patient.id], Channel.CHART, rels, decision.fields, resource=kind)
+        return row, decision.fields
+
+    @guarded(AuditKind.PHI_READ, RT.APPOINTMENT, targeted=True)
+    def read_appointment(self, tx: _Tx, /, *, appointment_id: str) -> AppointmentView:
+        row, fields = self._read_one(tx, RT.APPOINTMENT, appointment_id)
+        return _redact(AppointmentView, self._appointment_data(row, fields), fields)
+
+    @guarded(AuditKind.PHI_READ, RT.NOTE, targeted=True)
+    def read_note(self, tx: _Tx, /, *, note_id: str) -> NoteView:
+        row, fields = self._read_one(tx, RT.NOTE, note_id)
+        return _redact(NoteView, self._note_data(tx, row, with_text="versions" in fields), fields)
+
+    @guarded(AuditKind.PHI_READ, RT.PRESCRIPTION, targeted=True)
+    def read_prescription(self, tx: _Tx, /, *, prescription_id: str) -> PrescriptionView:
+        row, fields = self._read_one(tx, RT.PRESCRIPTION, prescription_id)
+        return _redact(PrescriptionView, _prescription_data(row), fields)
+
+    @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
+    def read_allergy(self, tx: _Tx, /, *, allergy_id: str) -> AllergyView:
+        row, fields = self._read_one(tx, RT.ALLERGY, allergy_id)
+        return _redact(AllergyView, _allergy_data(row), fields)
+
+    @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
+    def read_encounter(self, tx: _Tx, /, *, encounter_id: str) -> EncounterView:
+        row, fields = self._read_one(tx, RT.ENCOUNTER, encounter_id)
         return _redact(EncounterView, _encounter_data(row), fields)
 
     @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
@@ -1531,7 +1537,7 @@ class Gate:
         return self._written_patient(tx, patient)
 
 
-# What `Gate.read_record` reads by id (other sections are read through their patient).
+# What `Gate._read_one` reads by id (other sections are read through their patient).
 _RECORD_MODELS: dict[ResourceType, Any] = {
     RT.APPOINTMENT: Appointment,
     RT.NOTE: ClinicalNote,
