@@ -61,7 +61,9 @@ class AuditKind(StrEnum):
     INCIDENT_REPORT = "detection:incident:report"
     # administration
     SETTING_CHANGED = "admin:setting:changed"
+    ACCOUNTS_LISTED = "admin:account:listed"
     AUDIT_PURGED = "audit:retention:purged"
+    AUDIT_VERIFIED = "audit:chain:verified"
     # encryption keys (carnet keys rotate)
     KEK_ROTATED = "crypto:kek:rotated"
     KEK_RETIRED = "crypto:kek:retired"
