@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind
@@ -52,7 +52,13 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         )
     if actor.account_id is None:
         raise AuthenticationRequired("no account behind this session")
-    account = session.get(Account, actor.account_id)
+    # The account and its active grants in one round trip (this runs on every gate request).
+    rows = session.execute(
+        select(Account, RoleGrant)
+        .outerjoin(RoleGrant, and_(RoleGrant.account_id == Account.id, RoleGrant.status == "active"))
+        .where(Account.id == actor.account_id)
+    ).all()
+    account = rows[0][0] if rows else None
     if account is None or account.status == "disabled":
         raise AuthenticationRequired("this account cannot be used")
     if account.status == "suspended":
@@ -69,9 +75,7 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         )
     if account.kind != "staff":
         raise AuthenticationRequired("this session does not belong to a staff account")
-    grants = session.scalars(
-        select(RoleGrant).where(RoleGrant.account_id == account.id, RoleGrant.status == "active")
-    ).all()
+    grants = [grant for _account, grant in rows if grant is not None]
     granted: set[Role] = set()
     facilities: set[uuid.UUID] = set()
     for grant in grants:
