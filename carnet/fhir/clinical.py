@@ -64,8 +64,6 @@ def _read_view(gate: Gate, resource_type: str, resource_id: str) -> Any:
         "Appointment": lambda i: gate.read_appointment(appointment_id=i),
         "DocumentReference": lambda i: gate.read_note(note_id=i),
         "MedicationRequest": lambda i: gate.read_prescription(prescription_id=i),
-        "AllergyIntolerance": lambda i: gate.read_allergy(allergy_id=i),
-        "Encounter": lambda i: gate.read_encounter(encounter_id=i),
     }
     return readers[resource_type](resource_id)
 
@@ -357,7 +355,7 @@ def vread_prescription(request: Request, prescription_id: str, version_id: str) 
 
 # == AllergyIntolerance ========================================================================
 ALLERGY = "AllergyIntolerance"
-_register(ALLERGY, ["read", "vread", "history-instance", "search-type", "create"], {"patient": "reference"})
+_register(ALLERGY, ["vread", "history-instance", "search-type", "create"], {"patient": "reference"})
 
 
 @router.get("/AllergyIntolerance")
@@ -379,11 +377,6 @@ def create_allergy(request: Request, body: dict[str, Any] = FhirBody) -> Respons
     return resource_response(request, mapping.allergy_to_fhir(view.model_dump()), status=201)
 
 
-@router.get("/AllergyIntolerance/{allergy_id}")
-def read_allergy(request: Request, allergy_id: str) -> Response:
-    return _read(request, ALLERGY, allergy_id, mapping.allergy_to_fhir)
-
-
 @router.get("/AllergyIntolerance/{allergy_id}/_history")
 def allergy_history(request: Request, allergy_id: str) -> Response:
     return _history(request, ALLERGY, allergy_id, mapping.allergy_to_fhir)
@@ -396,7 +389,7 @@ def vread_allergy(request: Request, allergy_id: str, version_id: str) -> Respons
 
 # == Encounter =================================================================================
 ENCOUNTER = "Encounter"
-_register(ENCOUNTER, ["read", "search-type"], {"patient": "reference", "status": "token"})
+_register(ENCOUNTER, ["search-type"], {"patient": "reference", "status": "token"})
 
 
 @router.get("/Encounter")
@@ -408,11 +401,6 @@ def search_encounters(request: Request) -> Response:
         v for v in gate.list_encounters(patient_id=patient) if status is None or v.status in status.split(",")
     ]
     return paged(request, ENCOUNTER, [mapping.encounter_to_fhir(v.model_dump()) for v in views])
-
-
-@router.get("/Encounter/{encounter_id}")
-def read_encounter(request: Request, encounter_id: str) -> Response:
-    return _read(request, ENCOUNTER, encounter_id, mapping.encounter_to_fhir)
 
 
 # == read-only chart sections ==================================================================

@@ -240,10 +240,20 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
             )
         ),
     ),
-    "read_record": (
+    "read_appointment": (
         "physician",
-        lambda g, w: g.read_record(resource_type="MedicationRequest", resource_id=w.prescription),
-        lambda g, w: g.read_record(resource_type="MedicationRequest", resource_id=MISSING),
+        lambda g, w: g.read_appointment(appointment_id=w.appointment),
+        lambda g, w: g.read_appointment(appointment_id=MISSING),
+    ),
+    "read_note": (
+        "physician",
+        lambda g, w: g.read_note(note_id=w.note),
+        lambda g, w: g.read_note(note_id=MISSING),
+    ),
+    "read_prescription": (
+        "physician",
+        lambda g, w: g.read_prescription(prescription_id=w.prescription),
+        lambda g, w: g.read_prescription(prescription_id=MISSING),
     ),
     "list_encounters": (
         "physician",
