@@ -82,7 +82,7 @@ def _history(runtime: Runtime, staff: list[Actor], rows: int, rng: random.Random
                     "patient_id": rng.choice(patients),
                     "channel": "chart",
                     "resource_type": "Patient",
-                    "at": now - dt.timedelta(seconds=rng.randrange(86_400)),
+                    "at": now - dt.timedelta(seconds=rng.randrange(28 * 86_400)),
                     "audit_seq": None,
                     "outside_care": False,
                     "fields": None,
@@ -285,7 +285,7 @@ def run(history: int, samples: int, report_patients: int) -> str:
     header = "| measure | median | p95 | ratio to baseline |\n|---|---|---|---|"
     return "\n".join(
         [
-            f"Requests (PostgreSQL, {history:,} exposures of {STAFF} staff in the last day, "
+            f"Requests (PostgreSQL, {history:,} exposures of {STAFF} staff over 28 days, "
             f"{samples} samples):",
             "",
             header,
