@@ -24,7 +24,14 @@ from carnet.kernel import clock
 from carnet.kernel.errors import ConfigurationError, InvalidInput
 from carnet.patients.models import Patient
 from carnet.phi.encrypted_columns import ENCRYPTED_TABLES, aad_field
-from carnet.phi.rekey import count_ciphertexts, key_status, prune_data_keys, renew_data_keys, rotate_keys
+from carnet.phi.rekey import (
+    count_ciphertexts,
+    key_status,
+    prune_data_keys,
+    reencrypt_all,
+    renew_data_keys,
+    rotate_keys,
+)
 from carnet.phi.system import system_access
 from carnet.runtime import Runtime, build_runtime
 from carnet.synth.seed import seed_hospital
@@ -325,3 +332,97 @@ def test_prune_from_the_command_line(sqlite_runtime: Runtime) -> None:
     assert "0 unused data keys destroyed" in result.stdout  # replaced under an hour ago
     bad = run_cli(["keys", "prune", "--grace-minutes", "1"], cli_env(sqlite_runtime))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_writes_during_reencryption_are_never_overwritten(runtime: Runtime) -> None:
+    """A worker keeps changing phones (under its stale data key) while values are re-encrypted."""
+    expected = _seed(runtime, 200)
+    ids = list(expected)
+    writer = build_runtime(runtime.settings)  # another worker: refreshes its active key every 30 s
+    last_written: dict[uuid.UUID, str] = {}
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def write_loop() -> None:
+        rng = random.Random(5)
+        n = 0
+        while not stop.is_set():
+            pid = rng.choice(ids)
+            n += 1
+            phone = f"07 00 00 {n // 100 % 100:02d} {n % 100:02d}"
+            try:
+                with writer.session_factory.begin() as session:
+                    patient = session.get_one(Patient, pid)
+                    patient.phone_ct = writer.keyring.encrypt(
+                        phone, facility_id=patient.facility_id, table="patients", column="phone", row_id=pid
+                    )
+                last_written[pid] = phone
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=write_loop)
+    thread.start()
+    try:
+        rotate_keys(runtime, reencrypt=True, batch_size=20, operator="test")
+    finally:
+        stop.set()
+        thread.join()
+        writer.close()
+    assert failures == []
+    assert last_written, "the writer wrote during the rotation"
+    # Values the worker wrote under its old key after the last pass: a second run moves them.
+    _done, remaining = reencrypt_all(runtime, operator="test")
+    assert remaining == 0
+    after = read_patients(runtime)
+    for pid, fields in expected.items():
+        want = dict(fields, phone=last_written.get(pid, fields["phone"]))
+        assert after[pid] == want
+
+
+def test_a_write_between_a_batch_read_and_its_write_is_kept(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic: another worker commits a new phone right after the batch has read the row."""
+    expected = _seed(runtime, 10)
+    target = sorted(expected)[3]
+    other = build_runtime(runtime.settings)
+    written = threading.Event()
+    threads: list[threading.Thread] = []
+    real_reencrypt = runtime.keyring.reencrypt
+
+    def write_new_phone() -> None:
+        with other.session_factory.begin() as session:
+            patient = session.get_one(Patient, target)
+            patient.phone_ct = other.keyring.encrypt(
+                "07 99 88 77 66",
+                facility_id=patient.facility_id,
+                table="patients",
+                column="phone",
+                row_id=target,
+            )
+        written.set()
+
+    def racing_reencrypt(
+        blob: bytes | None, *, facility_id: uuid.UUID, table: str, column: str, row_id: uuid.UUID
+    ) -> bytes | None:
+        if row_id == target and column == "phone" and not threads:
+            threads.append(threading.Thread(target=write_new_phone))
+            threads[0].start()
+            # PostgreSQL lets it commit now; SQLite makes it wait for the batch's commit.
+            written.wait(timeout=2)
+        return real_reencrypt(blob, facility_id=facility_id, table=table, column=column, row_id=row_id)
+
+    monkeypatch.setattr(runtime.keyring, "reencrypt", racing_reencrypt)
+    try:
+        rotate_keys(runtime, reencrypt=True, operator="test")
+        threads[0].join(timeout=30)
+    finally:
+        other.close()
+    assert written.is_set()
+    _done, remaining = reencrypt_all(runtime, operator="test")
+    assert remaining == 0
+    after = read_patients(runtime)
+    assert after[target] == dict(expected[target], phone="07 99 88 77 66")
+    assert {k: v for k, v in after.items() if k != target} == {
+        k: v for k, v in expected.items() if k != target
+    }
