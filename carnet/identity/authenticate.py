@@ -237,6 +237,7 @@ class Authenticator:
             privileged=bool(roles & PRIVILEGED_ROLES),
             second_factor_method=method,
             enrollment_only=enrollment_only,
+            roles=frozenset(r.value for r in roles),
             address=ctx.address,
             user_agent=ctx.user_agent,
         )
@@ -323,6 +324,19 @@ class Authenticator:
                 raise AccountContained(contained_message(account, self.runtime.settings.security_contact))
             if account.status != "active":
                 raise AuthenticationRequired("this account is disabled")
+            if live.roles_at_login != sessions.roles_fingerprint(frozenset(r.value for r in roles)):
+                # Privileges changed: this session id ends; the next login gets a new one, with
+                # the factors and timeouts the new roles require.
+                sessions.revoke(
+                    session,
+                    account_id=account.id,
+                    session_id=live.id,
+                    reason="roles changed",
+                    actor=actor_for(account, roles, row=live, context=context),
+                    audit=self.runtime.audit,
+                )
+                session.commit()
+                raise AuthenticationRequired("your roles have changed; sign in again")
             if live.enrollment_only and not allow_enrollment_only:
                 raise StepUpRequired("register a passkey first: this account must sign in with one")
             sessions.touch(session, live)

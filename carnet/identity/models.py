@@ -98,6 +98,8 @@ class AuthSession(IdMixin, Base):
     second_factor_method: Mapped[str | None] = mapped_column(String(20))  # totp, webauthn, recovery
     # A privileged account signing in before it has a passkey may only enrol one.
     enrollment_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The roles held at login: a different set later ends the session (new id at privilege change).
+    roles_at_login: Mapped[str] = mapped_column(String(300), default="")
     address: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(300))
     revoked_at: Mapped[dt.datetime | None]

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
 from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
-from carnet.identity.models import AuthSession
-from carnet.identity.service import record_event
+from carnet.identity.models import Account, AuthSession
+from carnet.identity.service import record_event, roles_of
 from carnet.kernel import clock
 
 IDLE_PRIVILEGED = dt.timedelta(minutes=15)
@@ -42,6 +42,10 @@ class IssuedSession:
     enrollment_only: bool
 
 
+def roles_fingerprint(roles: frozenset[str]) -> str:
+    return ",".join(sorted(str(r) for r in roles))[:300]
+
+
 def idle_timeout(privileged: bool) -> dt.timedelta:
     return IDLE_PRIVILEGED if privileged else IDLE_DEFAULT
 
@@ -53,10 +57,17 @@ def open_session(
     privileged: bool,
     second_factor_method: str | None,
     enrollment_only: bool = False,
+    roles: frozenset[str] | None = None,
     address: str | None,
     user_agent: str | None,
 ) -> IssuedSession:
-    """A new session with a new random id (never one the client proposed: no fixation)."""
+    """A new session with a new random id (never one the client proposed: no fixation).
+
+    `roles` are those the account holds now (read from its grants when not given).
+    """
+    if roles is None:
+        account = session.get_one(Account, account_id)
+        roles = frozenset(r.value for r in roles_of(session, account=account))
     now = clock.now()
     token = secrets.token_urlsafe(32)
     csrf_token = secrets.token_urlsafe(32)
@@ -71,6 +82,7 @@ def open_session(
         second_factor_at=now if second_factor_method else None,
         second_factor_method=second_factor_method,
         enrollment_only=enrollment_only,
+        roles_at_login=roles_fingerprint(roles),
         address=address,
         user_agent=(user_agent or "")[:300] or None,
     )

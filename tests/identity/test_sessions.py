@@ -57,7 +57,7 @@ def test_privileged_idle_timeout_is_15_minutes(
         assert c.get("/auth/me").status_code == 401
 
 
-def test_a_role_granted_mid_session_shortens_the_idle_timeout(
+def test_a_privilege_change_ends_the_session(
     client: TestClient, sqlite_runtime: Runtime, movable_clock: clock.MovableClock
 ) -> None:
     from carnet.access.models import RoleGrant
@@ -74,8 +74,12 @@ def test_a_role_granted_mid_session_shortens_the_idle_timeout(
                 decided_at=clock.now(),
             )
         )
-    movable_clock.advance(dt.timedelta(minutes=16))
-    assert client.get("/auth/me").status_code == 401
+    ended = client.get("/auth/me")
+    assert ended.status_code == 401
+    assert "roles have changed" in ended.json()["issue"][0]["diagnostics"]
+    # The next login gets a new session, under the new role's rules (a passkey to enrol first).
+    movable_clock.advance(dt.timedelta(seconds=31))
+    assert login(client, person)["enrollmentOnly"] is True
 
 
 def test_revoking_all_sessions_cuts_every_open_session(

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 10:14:35.180815
+Create Date: 2026-11-24 10:33:24.897712
 """
 
 import sqlalchemy as sa
@@ -564,6 +564,7 @@ def upgrade() -> None:
         sa.Column("second_factor_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
         sa.Column("second_factor_method", sa.String(length=20), nullable=True),
         sa.Column("enrollment_only", sa.Boolean(), nullable=False),
+        sa.Column("roles_at_login", sa.String(length=300), nullable=False),
         sa.Column("address", sa.String(length=64), nullable=True),
         sa.Column("user_agent", sa.String(length=300), nullable=True),
         sa.Column("revoked_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
