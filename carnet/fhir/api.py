@@ -14,10 +14,11 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.fhir.outcome import FHIR_JSON
 from carnet.identity.dependencies import current_actor, runtime_of
 from carnet.identity.oauth import require_scope
-from carnet.kernel.errors import InvalidInput
+from carnet.kernel.errors import Forbidden, InvalidInput
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import VersionView
 
@@ -26,11 +27,36 @@ MAX_COUNT = 100
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
 
 
+_ACTION_KINDS = {
+    "read": AuditKind.PHI_READ,
+    "search": AuditKind.PHI_SEARCH,
+    "create": AuditKind.PHI_CREATE,
+    "update": AuditKind.PHI_UPDATE,
+    "delete": AuditKind.PHI_DELETE,
+}
+
+
 def gate_for(request: Request, resource_type: str, action: str) -> Gate:
     """The gate of this request's actor, after checking a token's SMART scopes (if any)."""
     actor = current_actor(request)
-    require_scope(actor, resource_type=resource_type, action=action)
-    return Gate(runtime_of(request), actor)
+    runtime = runtime_of(request)
+    try:
+        require_scope(actor, resource_type=resource_type, action=action)
+    except Forbidden as exc:
+        # Refused before the gate: audited here, so no refusal goes unrecorded.
+        with runtime.session_factory.begin() as session:
+            runtime.audit.append(
+                session,
+                AuditRecord(
+                    kind=_ACTION_KINDS[action],
+                    outcome=Outcome.DENIED,
+                    actor=actor,
+                    resource_type=resource_type,
+                    policy_reason=f"token scope: {exc}"[:500],
+                ),
+            )
+        raise
+    return Gate(runtime, actor)
 
 
 def base_url(request: Request) -> str:
