@@ -64,6 +64,7 @@ class AuditKind(StrEnum):
     ACCOUNTS_LISTED = "admin:account:listed"
     AUDIT_PURGED = "audit:retention:purged"
     AUDIT_VERIFIED = "audit:chain:verified"
+    AUDIT_EVENTS_READ = "audit:event:read"  # a security officer or a patient reads the trail
     # encryption keys (carnet keys rotate)
     KEK_ROTATED = "crypto:kek:rotated"
     KEK_RETIRED = "crypto:kek:retired"
