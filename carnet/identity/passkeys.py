@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import webauthn
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 from webauthn.helpers import bytes_to_base64url, options_to_json
 from webauthn.helpers.exceptions import WebAuthnException
@@ -49,6 +49,10 @@ class RelyingParty:
 def _store_challenge(
     session: Session, *, account_id: uuid.UUID | None, purpose: str, challenge: bytes
 ) -> uuid.UUID:
+    # Challenges nobody finished are cleared as new ones are made: the table stays small.
+    session.execute(
+        delete(WebAuthnChallenge).where(WebAuthnChallenge.expires_at < clock.now() - CHALLENGE_TTL)
+    )
     row = WebAuthnChallenge(
         account_id=account_id,
         purpose=purpose,

@@ -29,6 +29,10 @@ class LoginThrottle(Protocol):
         """Count one failure against the username and the address."""
         ...
 
+    def allow(self, *, bucket: str, key: str, limits: str) -> bool:
+        """Count one request of `key` in `bucket`; False when it is over `limits` ("30/minute")."""
+        ...
+
     def reset(self) -> None:
         """Forget every counter (tests and `carnet` administration)."""
         ...
@@ -64,6 +68,11 @@ class LimitsLoginThrottle:
     def failed(self, *, username: str, address: str | None) -> None:
         for item, key in self._targets(username, address):
             self._limiter.hit(item, key)
+
+    def allow(self, *, bucket: str, key: str, limits: str) -> bool:
+        # Every item is hit, so a burst counts against the longer windows too.
+        results = [self._limiter.hit(item, _key(bucket, key)) for item in parse_many(limits)]
+        return all(results)
 
     def reset(self) -> None:
         self._storage.reset()

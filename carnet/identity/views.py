@@ -35,6 +35,10 @@ from carnet.runtime import Runtime
 
 router = APIRouter(prefix="/auth", tags=["identity"])
 
+# Unauthenticated endpoints that write a row or verify a signature are rate limited per address.
+OPTIONS_LIMITS = "30/minute;300/hour"
+TOKEN_LIMITS = "60/minute;1000/hour"
+
 ActorDep = Annotated[Actor, Depends(current_actor)]
 EnrollingActorDep = Annotated[Actor, Depends(enrolling_actor)]
 
@@ -294,10 +298,15 @@ def new_recovery_codes(actor: ActorDep, request: Request) -> dict[str, Any]:
 
 # -- passkeys -----------------------------------------------------------------------------
 @router.post("/webauthn/login-options")
-def passkey_login_options(request: Request) -> dict[str, Any]:
+def passkey_login_options(request: Request) -> Any:
     """A challenge for signing in or stepping up with a passkey. Names no account."""
     runtime = runtime_of(request)
     auth = Authenticator.of(runtime)
+    address = request_context(request).address or "unknown"
+    if not auth.throttle.allow(bucket="passkey-options", key=address, limits=OPTIONS_LIMITS):
+        return JSONResponse(
+            {"error": "throttled", "message": "too many requests; wait a minute"}, status_code=429
+        )
     with runtime.session_factory.begin() as session:
         challenge_id, options = passkeys.authentication_options(session, rp=auth.rp)
     return {"challengeId": str(challenge_id), "publicKey": options}
@@ -395,6 +404,13 @@ async def oauth_token(request: Request) -> JSONResponse:
         )
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    address = request_context(request).address or "unknown"
+    if not Authenticator.of(runtime).throttle.allow(bucket="oauth-token", key=address, limits=TOKEN_LIMITS):
+        return JSONResponse(
+            {"error": "slow_down", "error_description": "too many token requests from this address"},
+            status_code=429,
+            headers={"Retry-After": "60"},
+        )
     answer = oauth.issue_token(runtime, form=fields, context=request_context(request))
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     return JSONResponse(answer.body, status_code=answer.status, headers=headers)

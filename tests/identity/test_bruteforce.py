@@ -157,3 +157,12 @@ def test_every_kind_of_failure_is_padded_to_the_same_floor(sqlite_runtime: Runti
         totals[label] = time.perf_counter() - started + sum(pauses)
         assert len(pauses) == 1
     assert all(abs(t - auth.failure_floor) < 0.05 for t in totals.values()), totals
+
+
+def test_unauthenticated_endpoints_are_rate_limited_per_address(client: TestClient) -> None:
+    answers = Counter(client.post("/auth/webauthn/login-options").status_code for _ in range(35))
+    assert answers == Counter({200: 30, 429: 5})
+    tokens = Counter(
+        client.post("/oauth/token", data={"grant_type": "client_credentials"}).status_code for _ in range(65)
+    )
+    assert tokens == Counter({401: 60, 429: 5})
