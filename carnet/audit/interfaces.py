@@ -50,6 +50,7 @@ class AuditKind(StrEnum):
     TOKEN_ISSUED = "client:token:issued"
     TOKEN_REVOKED = "client:token:revoked"
     API_CLIENT_REGISTERED = "client:client:registered"
+    APP_AUTHORIZED = "client:app:authorized"
     # detection
     DETECTION_ALERT = "detection:alert:raised"
     CONTAINMENT = "detection:actor:contained"
