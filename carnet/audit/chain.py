@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,13 +36,28 @@ CHAINED_FIELDS = (
 
 def canonical(fields: dict[str, Any]) -> bytes:
     """Deterministic bytes for an event: same values, same bytes, on any database."""
-    ordered = [_plain(fields[name]) for name in CHAINED_FIELDS]
-    return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_values([_plain(fields[name]) for name in CHAINED_FIELDS])
+
+
+# The encoding is PostgreSQL's COPY text format (tab-separated, backslash escapes, \N for NULL):
+# unambiguous, and exactly what `COPY ... TO STDOUT` emits, so the verifier can hash the
+# database's own output line without parsing it (see carnet.audit.verify).
+_ESCAPES = str.maketrans(
+    {"\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+)
 
 
 def canonical_values(values: Sequence[str | int | None]) -> bytes:
     """The same bytes from values already in CHAINED_FIELDS order and plain (the verifier's path)."""
-    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False).encode()
+    return "\t".join(_text(v) for v in values).encode()
+
+
+def _text(value: str | int | None) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, int):
+        return str(value)
+    return value.translate(_ESCAPES)
 
 
 def _plain(value: Any) -> Any:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import Connection, Table, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,6 +26,9 @@ from carnet.audit.models import AuditChainHead, AuditEvent, AuditEventPatient
 from carnet.kernel import clock
 
 HEAD_ID = 1
+EVENTS = cast(Table, AuditEvent.__table__)
+EVENT_PATIENTS = cast(Table, AuditEventPatient.__table__)
+COPY_THRESHOLD = 50  # rows per append_many from which PostgreSQL gets a COPY instead of INSERTs
 _PENDING = "carnet.audit.committed"  # session.info key: (callback, highest seq appended)
 
 
@@ -60,9 +63,15 @@ class SqlAuditWriter:
             rows.append(row)
             patient_rows.extend({"seq": seq, "patient_id": p} for p in sorted(set(record.patient_ids)))
             prev_hash = digest
-        session.execute(insert(AuditEvent), rows)
-        if patient_rows:
-            session.execute(insert(AuditEventPatient), patient_rows)
+        connection = session.connection()
+        if len(rows) >= COPY_THRESHOLD and connection.dialect.name == "postgresql":
+            _copy(connection, EVENTS, rows)
+            _copy(connection, EVENT_PATIENTS, patient_rows)
+        else:
+            # Core, not ORM: the ORM would split a batch into groups by which columns are NULL.
+            connection.execute(insert(EVENTS), rows)
+            if patient_rows:
+                connection.execute(insert(EVENT_PATIENTS), patient_rows)
         session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(hash=prev_hash))
         if self.on_commit is not None:
             session.info[_PENDING] = (self.on_commit, last_seq)
@@ -84,6 +93,17 @@ class SqlAuditWriter:
             except IntegrityError:
                 continue  # another worker created it first
         raise RuntimeError("audit chain head could not be initialised")
+
+
+def _copy(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """COPY FROM STDIN in the caller's transaction: a large batch in one stream."""
+    if not rows:
+        return
+    names = list(rows[0])
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row[n] for n in names])
 
 
 def _fields(seq: int, recorded_at: str, record: AuditRecord) -> dict[str, Any]:

@@ -6,6 +6,7 @@ checkpoint file) the way an attacker with database access would, then runs the r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -17,12 +18,13 @@ from typer.testing import CliRunner
 
 from carnet.audit.chain import canonical_values, link
 from carnet.audit.checkpoints import Checkpoint, CheckpointSigner, CheckpointType
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.audit.verify import plain_rows
 from carnet.cli import app
 from carnet.kernel import clock
 from carnet.runtime import Runtime
 from carnet.settings import reset_settings_cache
-from tests.audit.helpers import append_events
+from tests.audit.helpers import DOCTOR, append_events
 
 COLUMNS = [
     "seq", "recorded_at", "kind", "outcome", "actor_ref", "actor_kind", "account_id", "username", "roles",
@@ -283,3 +285,26 @@ def test_an_event_appended_behind_the_writers_back_is_found(
     code, out = verify(runtime, monkeypatch)
     assert code == 1
     assert problems(out) == [("inserted", 4)]
+
+
+def test_awkward_text_verifies_byte_for_byte(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tabs, newlines, backslashes, a literal \N, control characters, non-Latin text: the
+    # writer's encoding must equal what PostgreSQL's COPY emits, or verify would cry wolf.
+    awkward = "a\tb\nc\\d\\N\r\x0b\x08\x0c\x01 é 漢字 😀 \"q\" ''"
+    actor = dataclasses.replace(DOCTOR, user_agent=awkward, username="x\\N")
+    with runtime.session_factory.begin() as session:
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.PHI_SEARCH,
+                outcome=Outcome.DENIED,
+                actor=actor,
+                query=awkward,
+                policy_reason="\\",
+                break_glass_reason=awkward,
+                detail={awkward: awkward},
+            ),
+        )
+    checkpoint(runtime)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 0, out
