@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, literal, or_, select, union, union_all
+from sqlalchemy import ColumnElement, Select, Uuid, and_, bindparam, literal, or_, select, union, union_all
 from sqlalchemy.orm import Session
 
 from carnet.access.context import AccessContext
 from carnet.access.models import BreakGlassAccess, WardAssignment
 from carnet.access.policy import APPOINTMENT_WINDOW_AFTER, APPOINTMENT_WINDOW_BEFORE, Relationship
+from carnet.db.base import UtcDateTime
 from carnet.patients.models import CareRelationship, Patient
 from carnet.scheduling.models import Appointment, Encounter
 
@@ -116,6 +117,55 @@ def patient_filter(ctx: AccessContext, rels: Collection[Relationship]) -> Column
     return and_(visible_filter(ctx), or_(*conditions))
 
 
+def _tagged_statement() -> Any:
+    """Every relationship kind for a set of patients, as one statement built once: each request
+    only binds its values (the compiled form is cached, no query is rebuilt per request)."""
+    me = bindparam("me", type_=Uuid())
+    now = bindparam("now", type_=UtcDateTime())
+    ids = bindparam("ids", expanding=True, type_=Uuid())
+    wards = select(WardAssignment.location_id).where(
+        WardAssignment.practitioner_id == me,
+        WardAssignment.start_at <= now,
+        or_(WardAssignment.end_at.is_(None), WardAssignment.end_at > now),
+    )
+    tagged = [
+        select(CareRelationship.kind.label("rel"), CareRelationship.patient_id.label("pid")).where(
+            CareRelationship.patient_id.in_(ids),
+            CareRelationship.practitioner_id == me,
+            CareRelationship.kind.in_([R.CARE_TEAM.value, R.REFERRAL.value]),
+            CareRelationship.start_at <= now,
+            or_(CareRelationship.end_at.is_(None), CareRelationship.end_at > now),
+        ),
+        select(literal(R.APPOINTMENT.value).label("rel"), Appointment.patient_id.label("pid")).where(
+            Appointment.patient_id.in_(ids),
+            Appointment.practitioner_id == me,
+            Appointment.start_at >= bindparam("since", type_=UtcDateTime()),
+            Appointment.start_at <= bindparam("until", type_=UtcDateTime()),
+            Appointment.status.not_in(INACTIVE_APPOINTMENT),
+        ),
+        select(literal(R.ATTENDING.value).label("rel"), Encounter.patient_id.label("pid")).where(
+            Encounter.patient_id.in_(ids), Encounter.attending_id == me, Encounter.status == "in-progress"
+        ),
+        select(literal(R.WARD.value).label("rel"), Encounter.patient_id.label("pid")).where(
+            Encounter.patient_id.in_(ids), Encounter.status == "in-progress", Encounter.location_id.in_(wards)
+        ),
+        select(literal(R.DESIGNATED.value).label("rel"), Patient.id.label("pid")).where(
+            Patient.id.in_(ids), Patient.designated_physician_id == me
+        ),
+        select(literal(R.BREAK_GLASS.value).label("rel"), BreakGlassAccess.patient_id.label("pid")).where(
+            BreakGlassAccess.patient_id.in_(ids),
+            BreakGlassAccess.account_id == bindparam("account", type_=Uuid()),
+            BreakGlassAccess.started_at <= now,
+            BreakGlassAccess.expires_at > now,
+            BreakGlassAccess.ended_at.is_(None),
+        ),
+    ]
+    return union_all(*tagged)
+
+
+_TAGGED = _tagged_statement()
+
+
 def relationships_of(
     session: Session, ctx: AccessContext, patients: Iterable[Patient]
 ) -> dict[uuid.UUID, frozenset[Relationship]]:
@@ -126,21 +176,22 @@ def relationships_of(
         if p.facility_id in ctx.facility_ids
         and (not p.opposes_other_facilities or p.facility_id == ctx.acting_facility_id)
     }
-    found: dict[uuid.UUID, set[Relationship]] = {pid: {R.FACILITY} for pid in visible}
     if not visible:
         return {}
+    found: dict[uuid.UUID, set[Relationship]] = {pid: {R.FACILITY} for pid in visible}
     if ctx.patient_id is not None and ctx.patient_id in found:
         found[ctx.patient_id].add(R.SELF)
-    ids = list(visible)
-    # One round trip: every relationship kind tagged, for all the patients at once.
-    tagged = [
-        query.with_only_columns(
-            literal(rel.value).label("rel"), query.selected_columns[0].label("pid")
-        ).where(query.selected_columns[0].in_(ids))
-        for rel, query in _parts(ctx, set(Relationship))
-    ]
-    if tagged:
-        for rel_value, pid in session.execute(union_all(*tagged)):
+    if ctx.practitioner_id is not None or ctx.account_id is not None:
+        # A NULL practitioner or account matches nothing: those parts simply find no row.
+        params = {
+            "ids": list(visible),
+            "me": ctx.practitioner_id,
+            "account": ctx.account_id,
+            "now": ctx.now,
+            "since": ctx.now - APPOINTMENT_WINDOW_BEFORE,
+            "until": ctx.now + APPOINTMENT_WINDOW_AFTER,
+        }
+        for rel_value, pid in session.execute(_TAGGED, params):
             if pid in found:
                 found[pid].add(Relationship(rel_value))
     return {pid: frozenset(rels) for pid, rels in found.items()}
