@@ -133,8 +133,8 @@ _register(
 
 @router.get("/Appointment")
 def search_appointments(request: Request) -> Response:
-    patient = _patient_of(request, {"practitioner", "date", "status"})
     gate = gate_for(request, APPOINTMENT, "search")
+    patient = _patient_of(request, {"practitioner", "date", "status"})
     views = gate.list_appointments(patient_id=patient)
     status = request.query_params.get("status")
     practitioner = reference_id(request.query_params.get("practitioner"), "Practitioner")
@@ -215,8 +215,8 @@ _register(
 
 @router.get("/DocumentReference")
 def search_notes(request: Request) -> Response:
-    patient = _patient_of(request, set())
     gate = gate_for(request, NOTE, "search")
+    patient = _patient_of(request, set())
     return paged(
         request, NOTE, [mapping.note_to_fhir(v.model_dump()) for v in gate.list_notes(patient_id=patient)]
     )
@@ -274,8 +274,8 @@ _register(
 
 @router.get("/MedicationRequest")
 def search_prescriptions(request: Request) -> Response:
-    patient = _patient_of(request, {"status"})
     gate = gate_for(request, PRESCRIPTION, "search")
+    patient = _patient_of(request, {"status"})
     status = request.query_params.get("status")
     views = [
         v
@@ -360,8 +360,8 @@ _register(ALLERGY, ["vread", "history-instance", "search-type", "create"], {"pat
 
 @router.get("/AllergyIntolerance")
 def search_allergies(request: Request) -> Response:
-    patient = _patient_of(request, set())
     gate = gate_for(request, ALLERGY, "search")
+    patient = _patient_of(request, set())
     return paged(
         request,
         ALLERGY,
@@ -394,8 +394,8 @@ _register(ENCOUNTER, ["search-type"], {"patient": "reference", "status": "token"
 
 @router.get("/Encounter")
 def search_encounters(request: Request) -> Response:
-    patient = _patient_of(request, {"status"})
     gate = gate_for(request, ENCOUNTER, "search")
+    patient = _patient_of(request, {"status"})
     status = request.query_params.get("status")
     views = [
         v for v in gate.list_encounters(patient_id=patient) if status is None or v.status in status.split(",")
@@ -412,8 +412,8 @@ _register("Invoice", ["search-type"], {"patient": "reference", "status": "token"
 
 @router.get("/Condition")
 def search_conditions(request: Request) -> Response:
-    patient = _patient_of(request, {"clinical-status"})
     gate = gate_for(request, "Condition", "search")
+    patient = _patient_of(request, {"clinical-status"})
     status = request.query_params.get("clinical-status")
     views = [
         v
@@ -425,8 +425,8 @@ def search_conditions(request: Request) -> Response:
 
 @router.get("/Observation")
 def search_observations(request: Request) -> Response:
-    patient = _patient_of(request, {"category", "code"})
     gate = gate_for(request, "Observation", "search")
+    patient = _patient_of(request, {"category", "code"})
     category = request.query_params.get("category")
     code = request.query_params.get("code")
     views = [
@@ -443,16 +443,16 @@ def search_coverage(request: Request) -> Response:
     """Every coverage the patient had (the history of cards and insurers), newest first."""
     params = request.query_params
     subject = "beneficiary" if "beneficiary" in params else "patient"
-    patient = _patient_of(request, {"beneficiary", "patient"}, subject=subject)
     gate = gate_for(request, "Coverage", "search")
+    patient = _patient_of(request, {"beneficiary", "patient"}, subject=subject)
     section = gate.list_coverage(patient_id=patient)
     return paged(request, "Coverage", [mapping.coverage_to_fhir(c.model_dump()) for c in section.coverages])
 
 
 @router.get("/Invoice")
 def search_invoices(request: Request) -> Response:
-    patient = _patient_of(request, {"status"})
     gate = gate_for(request, "Invoice", "search")
+    patient = _patient_of(request, {"status"})
     status = request.query_params.get("status")
     views = [
         v for v in gate.list_invoices(patient_id=patient) if status is None or v.status in status.split(",")

@@ -6,6 +6,6 @@ from fastapi import APIRouter
 
 
 def routers() -> list[APIRouter]:
-    from carnet.fhir import clinical, patients
+    from carnet.fhir import auditevents, clinical, patients
 
-    return [patients.router, clinical.router]
+    return [patients.router, clinical.router, auditevents.router]

@@ -80,12 +80,16 @@ def test_conditional_create_returns_the_existing_patient(fhir_server: Server) ->
     facility = make_facility(fhir_server.runtime)
     clerk = make_account(fhir_server.runtime, roles=[Role.FRONT_DESK], facility_id=facility)
     client = fhir_server.client_for(clerk)
-    first, created = client.resources("Patient").search(identifier="2700512345678").get_or_create(
-        client.resource("Patient", **_patient(facility))
+    first, created = (
+        client.resources("Patient")
+        .search(identifier="2700512345678")
+        .get_or_create(client.resource("Patient", **_patient(facility)))
     )
     assert created
-    second, created_again = client.resources("Patient").search(identifier="2700512345678").get_or_create(
-        client.resource("Patient", **_patient(facility))
+    second, created_again = (
+        client.resources("Patient")
+        .search(identifier="2700512345678")
+        .get_or_create(client.resource("Patient", **_patient(facility)))
     )
     assert not created_again and second.id == first.id
     # The R4 header form too.
@@ -136,7 +140,9 @@ def test_bad_input_is_an_operation_outcome_and_changes_nothing(fhir_server: Serv
     clerk = make_account(fhir_server.runtime, roles=[Role.FRONT_DESK], facility_id=facility)
     client = fhir_server.client_for(clerk)
     bad = dict(_patient(facility), unknownField=1)
-    response = requests.post(f"{fhir_server.url}/fhir/Patient", json=bad, headers=client.extra_headers, timeout=10)
+    response = requests.post(
+        f"{fhir_server.url}/fhir/Patient", json=bad, headers=client.extra_headers, timeout=10
+    )
     assert response.status_code == 400
     body = response.json()
     assert body["resourceType"] == "OperationOutcome" and "unknownField" in body["issue"][0]["diagnostics"]

@@ -1,0 +1,83 @@
+"""AuditEvent over FHIR: security officers search the trail (each read audited), clinicians
+are refused (and that is audited), a patient reads their own access log only. The
+CapabilityStatement lists what the routers serve."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import requests
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhirpy.base.exceptions import ForbiddenError
+
+from carnet.access.roles import Role
+from carnet.phi.gate import Gate
+from tests.factories import link_care, make_account, make_facility, make_physician, register_patient
+from tests.fhir.conftest import Server, audit_rows
+
+
+def test_security_officer_searches_the_trail_others_are_refused(fhir_server: Server) -> None:
+    runtime = fhir_server.runtime
+    facility = make_facility(runtime)
+    doctor = make_physician(runtime, facility)
+    patient = register_patient(runtime, facility, family="Audit")
+    assert doctor.practitioner_id is not None
+    link_care(runtime, patient_id=patient.id, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    fhir_server.client_for(doctor).reference("Patient", patient.id).to_resource()
+
+    officer = make_account(runtime, roles=[Role.SECURITY_OFFICER], facility_id=facility)
+    client = fhir_server.client_for(officer)
+    events = client.resources("AuditEvent").search(patient=f"Patient/{patient.id}").fetch()
+    assert events and all(e["resourceType"] == "AuditEvent" for e in events)
+    reads = [e for e in events if any(s.get("code") == "read" for s in e.get("subtype", []))]
+    assert reads, "the physician's read of the chart is in the trail"
+    assert audit_rows(runtime, officer.account_id) == [("audit:event:read", "success", "AuditEvent")]
+
+    with pytest.raises(ForbiddenError):
+        fhir_server.client_for(doctor).resources("AuditEvent").search(patient=patient.id).fetch()
+    assert audit_rows(runtime, doctor.account_id)[-1] == ("audit:event:read", "denied", "AuditEvent")
+
+
+def test_a_patient_reads_their_own_access_log_only(fhir_server: Server) -> None:
+    runtime = fhir_server.runtime
+    facility = make_facility(runtime)
+    doctor = make_physician(runtime, facility)
+    patient = register_patient(runtime, facility, family="Portail")
+    other = register_patient(runtime, facility, family="Voisin")
+    assert doctor.practitioner_id is not None
+    for p in (patient, other):
+        link_care(runtime, patient_id=p.id, practitioner_id=doctor.practitioner_id, facility_id=facility)
+        Gate(runtime, doctor).read_patient(patient_id=p.id)
+    me = make_account(runtime, roles=[Role.PATIENT], facility_id=None, patient_id=uuid.UUID(patient.id))
+    log = fhir_server.client_for(me).resources("AuditEvent").search(patient=f"Patient/{other.id}").fetch()
+    # Whatever the query, it is the patient's own log: the read of the other patient is not in it.
+    displays = [e["type"]["display"] for e in log]
+    assert "opened your record" in displays
+    assert len([d for d in displays if d == "opened your record"]) == 1
+    assert audit_rows(runtime, me.account_id)[-1] == ("audit:event:read", "success", "AuditEvent")
+
+
+def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
+    body = requests.get(f"{fhir_server.url}/fhir/metadata", timeout=10).json()
+    CapabilityStatement.model_validate(body)
+    resources = {r["type"]: r for r in body["rest"][0]["resource"]}
+    assert {"Patient", "Appointment", "DocumentReference", "MedicationRequest", "AuditEvent"} <= set(
+        resources
+    )
+    patient = resources["Patient"]
+    assert {i["code"] for i in patient["interaction"]} >= {"read", "vread", "search-type", "create", "update"}
+    assert patient["conditionalCreate"] is True
+    assert {p["name"] for p in patient["searchParam"]} == {
+        "identifier",
+        "family",
+        "given",
+        "name",
+        "birthdate",
+        "gender",
+    }
+    # Nothing is claimed that is not served: every declared read answers (401 without a session, not 404/405).
+    for rtype, spec in resources.items():
+        if "search-type" in {i["code"] for i in spec["interaction"]}:
+            answer = requests.get(f"{fhir_server.url}/fhir/{rtype}", timeout=10)
+            assert answer.status_code == 401, rtype
