@@ -13,8 +13,8 @@ STATIC = Path(__file__).parent / "static"
 
 def install(app: FastAPI) -> None:
     """Add the pages and the static files (our own scripts only: no CDN) to the app."""
-    from carnet.web import account, clinician
+    from carnet.web import account, clinician, desk, security
 
-    app.include_router(account.router)
-    app.include_router(clinician.router)
+    for module in (account, clinician, desk, security):
+        app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

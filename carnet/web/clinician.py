@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
+from carnet.access import directory
 from carnet.access.actor import Actor
 from carnet.access.policy import SEARCH_MAX_COUNT, BreakGlassReason
 from carnet.access.roles import Role
@@ -128,6 +129,10 @@ def chart_context(request: Request, actor: Actor, patient_id: str) -> dict[str, 
     context["note_kinds"] = NOTE_KINDS
     context["may_write"] = Role.PHYSICIAN in actor.roles or Role.NURSE in actor.roles
     context["may_prescribe"] = Role.PHYSICIAN in actor.roles
+    context["may_schedule"] = bool(actor.roles & {Role.FRONT_DESK, Role.PHYSICIAN})
+    context["practitioners"] = (
+        directory.list_practitioners(runtime_of(request), actor=actor) if context["may_schedule"] else []
+    )
     context["warning"] = None
     context["draft"] = {}
     return context

@@ -61,7 +61,7 @@ def make_person(
             patient_id=patient_id,
         )
         for role in roles if kind == "staff" else ():
-            privileged = role in (Role.SECURITY_OFFICER, Role.SYSTEM_ADMINISTRATOR)
+            privileged = role == Role.SYSTEM_ADMINISTRATOR  # officers review their facilities
             session.add(
                 RoleGrant(
                     account_id=account_id,
@@ -133,3 +133,22 @@ def login(client: TestClient, person: Person) -> str:
     )
     assert response.status_code == 200, response.text
     return str(response.json()["csrfToken"])
+
+
+def open_session_for(client: TestClient, runtime: Runtime, person: Person) -> str:
+    """A session as a passkey login leaves it (privileged accounts cannot use TOTP outside a demo);
+    the passkey ceremony itself is exercised in the browser tests."""
+    from carnet.identity import sessions
+
+    with runtime.session_factory.begin() as session:
+        issued = sessions.open_session(
+            session,
+            account_id=person.account_id,
+            privileged=True,
+            second_factor_method="webauthn",
+            address="testclient",
+            user_agent="pytest",
+        )
+    client.cookies.set("carnet_session", issued.token)
+    client.cookies.set("carnet_csrf", issued.csrf_token)
+    return issued.csrf_token

@@ -1,0 +1,237 @@
+"""Front desk (registration with duplicate detection, booking, moving, cancelling), billing,
+administration (accounts, roles, grants awaiting a second administrator) and the patient portal."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import Response
+
+from carnet.access import directory, grants
+from carnet.access.roles import Role
+from carnet.identity.dependencies import runtime_of
+from carnet.kernel.errors import Conflict, Forbidden, InvalidInput
+from carnet.phi.gate import Gate
+from carnet.phi.schemas import AppointmentInput, PatientInput
+from carnet.web.rendering import render
+from carnet.web.routing import WebActor, WebRoute, redirect
+
+router = APIRouter(route_class=WebRoute, include_in_schema=False)
+
+GENDERS = ("female", "male", "other", "unknown")
+GRANTABLE = tuple(r for r in Role if r not in (Role.PATIENT, Role.API_CLIENT))
+
+
+def _moment(value: str, name: str) -> dt.datetime:
+    """A datetime-local field, read as UTC (the pages show UTC)."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a date and time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+# -- front desk ---------------------------------------------------------------------------
+@router.get("/desk")
+def desk(request: Request, actor: WebActor) -> Response:
+    if Role.FRONT_DESK not in actor.roles:
+        # Registration itself is refused (and audited) by the gate; the form is only for the desk.
+        raise Forbidden("the front desk pages are for front-desk staff")
+    return _desk_page(request, actor, draft={}, problem=None)
+
+
+def _desk_page(
+    request: Request, actor: Any, *, draft: dict[str, str], problem: str | None, status: int = 200
+) -> Response:
+    practitioners = directory.list_practitioners(runtime_of(request), actor=actor)
+    return render(
+        request,
+        "desk/desk.html",
+        {
+            "actor": actor,
+            "draft": draft,
+            "problem": problem,
+            "genders": GENDERS,
+            "practitioners": practitioners,
+        },
+        status_code=status,
+    )
+
+
+@router.post("/desk/patients")
+def register(
+    request: Request,
+    actor: WebActor,
+    family: Annotated[str, Form(max_length=100)],
+    given: Annotated[str, Form(max_length=100)],
+    birth_date: Annotated[str, Form(max_length=10)],
+    gender: Annotated[str, Form(max_length=10)],
+    ins: Annotated[str, Form(max_length=15)] = "",
+    phone: Annotated[str, Form(max_length=30)] = "",
+    email: Annotated[str, Form(max_length=200)] = "",
+    line: Annotated[str, Form(max_length=200)] = "",
+    city: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
+    draft = {
+        "family": family,
+        "given": given,
+        "birth_date": birth_date,
+        "gender": gender,
+        "ins": ins,
+        "phone": phone,
+        "email": email,
+        "line": line,
+        "city": city,
+    }
+    if actor.facility_id is None:
+        raise Forbidden("registration happens at a facility")
+    try:
+        data = PatientInput(
+            facility_id=str(actor.facility_id),
+            family=family,
+            given=given,
+            birth_date=dt.date.fromisoformat(birth_date),
+            gender=gender,
+            ins=ins.strip() or None,
+            phone=phone.strip() or None,
+            email=email.strip() or None,
+            address={"line": line.strip(), "city": city.strip()} if line.strip() or city.strip() else None,
+        )
+    except ValueError as exc:
+        fields = sorted({str(e["loc"][-1]) for e in getattr(exc, "errors", lambda: [])()} or {"birth_date"})
+        problem = "check these fields: " + ", ".join(fields)
+        return _desk_page(request, actor, draft=draft, problem=problem, status=400)
+    try:
+        patient = Gate(runtime_of(request), actor).register_patient(data=data)
+    except (Conflict, InvalidInput) as exc:
+        # A likely duplicate: nothing was registered; the clerk searches for the existing record.
+        return _desk_page(request, actor, draft=draft, problem=str(exc), status=409)
+    return redirect(f"/patients/{patient.id}")
+
+
+@router.post("/patients/{patient_id}/appointments")
+def book(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    practitioner_id: Annotated[str, Form(max_length=40)],
+    start_at: Annotated[str, Form(max_length=30)],
+    minutes: Annotated[int, Form(ge=5, le=480)] = 20,
+    reason: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    start = _moment(start_at, "the start")
+    data = AppointmentInput(
+        patient_id=patient_id,
+        practitioner_id=practitioner_id,
+        start_at=start,
+        end_at=start + dt.timedelta(minutes=minutes),
+        reason=reason.strip() or None,
+    )
+    Gate(runtime_of(request), actor).book_appointment(data=data)
+    return redirect(f"/patients/{patient_id}#appointments")
+
+
+@router.post("/patients/{patient_id}/appointments/{appointment_id}/move")
+def move(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    appointment_id: str,
+    expected_version: Annotated[int, Form()],
+    start_at: Annotated[str, Form(max_length=30)],
+    minutes: Annotated[int, Form(ge=5, le=480)] = 20,
+) -> Response:
+    start = _moment(start_at, "the new start")
+    Gate(runtime_of(request), actor).amend_appointment(
+        appointment_id=appointment_id,
+        expected_version=expected_version,
+        start_at=start,
+        end_at=start + dt.timedelta(minutes=minutes),
+    )
+    return redirect(f"/patients/{patient_id}#appointments")
+
+
+@router.post("/patients/{patient_id}/appointments/{appointment_id}/cancel")
+def cancel(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    appointment_id: str,
+    expected_version: Annotated[int, Form()],
+    reason: Annotated[str, Form(max_length=200)],
+) -> Response:
+    Gate(runtime_of(request), actor).cancel_appointment(
+        appointment_id=appointment_id, expected_version=expected_version, reason=reason
+    )
+    return redirect(f"/patients/{patient_id}#appointments")
+
+
+# -- billing ------------------------------------------------------------------------------
+@router.get("/billing")
+def billing(request: Request, actor: WebActor) -> Response:
+    if Role.BILLING not in actor.roles:
+        raise Forbidden("the billing pages are for billing staff")
+    return render(request, "desk/billing.html", {"actor": actor})
+
+
+# -- administration -----------------------------------------------------------------------
+@router.get("/admin")
+def admin(request: Request, actor: WebActor, status: str = "pending") -> Response:
+    found = directory.list_directory(runtime_of(request), actor=actor, grant_status=status)
+    return render(
+        request,
+        "admin/admin.html",
+        {"actor": actor, "directory": found, "status": status, "grantable": GRANTABLE},
+    )
+
+
+@router.post("/admin/grants")
+def request_grant(
+    request: Request,
+    actor: WebActor,
+    account_id: Annotated[str, Form(max_length=40)],
+    role: Annotated[str, Form(max_length=40)],
+    reason: Annotated[str, Form(max_length=500)],
+    facility_id: Annotated[str, Form(max_length=40)] = "",
+) -> Response:
+    grants.request_role_grant(
+        runtime_of(request),
+        actor=actor,
+        account_id=account_id,
+        role=role,
+        facility_id=facility_id or None,
+        reason=reason,
+    )
+    return redirect("/admin#grants")
+
+
+@router.post("/admin/grants/{grant_id}/approve")
+def approve_grant(request: Request, actor: WebActor, grant_id: str) -> Response:
+    grants.approve_role_grant(runtime_of(request), actor=actor, grant_id=grant_id)
+    return redirect("/admin#grants")
+
+
+@router.post("/admin/grants/{grant_id}/reject")
+def reject_grant(
+    request: Request, actor: WebActor, grant_id: str, reason: Annotated[str, Form(max_length=200)] = ""
+) -> Response:
+    grants.reject_role_grant(runtime_of(request), actor=actor, grant_id=grant_id, reason=reason)
+    return redirect("/admin#grants")
+
+
+# -- patient portal -----------------------------------------------------------------------
+@router.get("/portal")
+def portal(request: Request, actor: WebActor) -> Response:
+    if actor.patient_id is None:
+        raise Forbidden("the portal shows a patient their own record")
+    gate = Gate(runtime_of(request), actor)
+    pid = str(actor.patient_id)
+    context: dict[str, Any] = {"actor": actor, "patient": gate.read_patient(patient_id=pid)}
+    context["allergies"] = gate.list_allergies(patient_id=pid)
+    context["prescriptions"] = gate.list_prescriptions(patient_id=pid)
+    context["appointments"] = gate.list_appointments(patient_id=pid)
+    access_log = getattr(gate, "access_log", None)
+    context["access_log"] = access_log(patient_id=pid) if access_log is not None else None
+    return render(request, "portal/portal.html", context)
