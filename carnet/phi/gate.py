@@ -217,6 +217,8 @@ class Gate:
         try:
             with runtime.session_factory.begin() as session:
                 ctx = self._context(session)
+                if not ctx.permissions:
+                    raise _Refused("no active role grants this actor any permission")
                 enter_scope(session, ctx.facility_ids)
                 tx = _Tx(session=session, ctx=ctx, resource_type=resource.value)
                 try:
@@ -1526,6 +1528,28 @@ class Gate:
         self._snapshot(tx, RT.PATIENT, patient.id, patient.version_id, patient, "delete", full)
         return self._written_patient(tx, patient)
 
+    @guarded(AuditKind.PHI_TRANSACTION, RT.PATIENT, targeted=False)
+    def run_transaction(self, tx: _Tx, /, *, steps: Sequence[TransactionStep]) -> list[Any]:
+        """All or nothing (a FHIR transaction Bundle): each step names a write operation and
+        builds its arguments from the results so far, so references between the bundle's
+        entries resolve. The steps run in ONE guarded transaction, one audit event; any
+        refusal or error rolls back every step and names the entry that failed."""
+        if not 1 <= len(steps) <= TRANSACTION_LIMIT:
+            raise InvalidInput(f"a transaction holds 1 to {TRANSACTION_LIMIT} entries")
+        tx.query = f"transaction;entries={len(steps)}"
+        results: list[Any] = []
+        for number, (name, arguments) in enumerate(steps, start=1):
+            if name not in TRANSACTION_OPERATIONS:
+                raise InvalidInput(f"entry {number}: {name} cannot be part of a transaction")
+            body = getattr(Gate, name).__wrapped__
+            try:
+                results.append(body(self, tx, **arguments(results)))
+            except _Refused as exc:
+                raise _Refused(f"entry {number}: {exc.reason}", exc.patient_ids) from None
+            except (InvalidInput, Conflict, NotFound) as exc:
+                raise type(exc)(f"entry {number}: {exc}") from None
+        return results
+
 
 # What `Gate._read_one` reads by id (other sections are read through their patient).
 _RECORD_MODELS: dict[ResourceType, Any] = {
@@ -1533,6 +1557,26 @@ _RECORD_MODELS: dict[ResourceType, Any] = {
     RT.NOTE: ClinicalNote,
     RT.PRESCRIPTION: Prescription,
 }
+
+
+# A transaction step: (the name of a write operation, its keyword arguments built from the
+# results of the steps before it).
+TransactionStep = tuple[str, Callable[[list[Any]], dict[str, Any]]]
+TRANSACTION_LIMIT = 500
+TRANSACTION_OPERATIONS = frozenset(
+    {
+        "register_patient",
+        "update_patient",
+        "book_appointment",
+        "amend_appointment",
+        "cancel_appointment",
+        "write_note",
+        "amend_note",
+        "prescribe",
+        "stop_prescription",
+        "record_allergy",
+    }
+)
 
 
 def _encounter_data(e: Encounter) -> dict[str, Any]:

@@ -14,11 +14,15 @@ import sqlalchemy as sa
 from carnet.access.models import RoleGrant
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
+from carnet.billing.models import Invoice, InvoiceLine
+from carnet.coverage.models import CardReading, Coverage
 from carnet.detection.models import Exposure
+from carnet.identity.models import Account
 from carnet.kernel.clock import MovableClock
-from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
+from carnet.kernel.errors import AccountContained, Forbidden, InvalidInput, NotFound
 from carnet.phi.gate import AllergyWarning, Gate
 from carnet.phi.schemas import AllergyInput, AppointmentInput, PrescriptionInput
+from carnet.phi.system import system_access
 from carnet.runtime import Runtime
 from tests import factories as f
 
@@ -291,3 +295,113 @@ def test_prescription_allergy_warning(runtime: Runtime) -> None:
     assert stopped.status == "stopped" and stopped.version_id == 2
     history = gate.history(resource_type="MedicationRequest", resource_id=done.id)
     assert [(v.version_id, v.data["status"]) for v in history] == [(1, "active"), (2, "stopped")]
+
+
+def test_suspended_account_and_revoked_grant_are_refused_at_once(runtime: Runtime) -> None:
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    patient = f.register_patient(runtime, facility)
+    f.link_care(runtime, patient_id=patient.id, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    gate = Gate(runtime, doctor)
+    assert gate.read_patient(patient_id=patient.id).family == "Martin"
+    with runtime.session_factory.begin() as session:
+        session.execute(sa.update(Account).where(Account.id == doctor.account_id).values(status="suspended"))
+    with pytest.raises(AccountContained):
+        gate.read_patient(patient_id=patient.id)
+    with runtime.session_factory.begin() as session:
+        session.execute(sa.update(Account).where(Account.id == doctor.account_id).values(status="active"))
+        session.execute(
+            sa.update(RoleGrant).where(RoleGrant.account_id == doctor.account_id).values(status="revoked")
+        )
+    with pytest.raises(NotFound):
+        gate.read_patient(patient_id=patient.id)
+    outcomes = [(e.kind, e.outcome) for e in _events(runtime) if e.actor_ref == doctor.actor_ref]
+    assert outcomes[-2:] == [("phi:resource:read", "denied"), ("phi:resource:read", "denied")]
+
+
+def test_coverage_card_readings_and_invoices_by_role(runtime: Runtime) -> None:
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    patient = f.register_patient(runtime, facility)
+    f.link_care(runtime, patient_id=patient.id, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    pid = uuid.UUID(patient.id)
+    now = dt.datetime.now(dt.UTC)
+    with system_access(runtime, reason="test fixture: coverage and billing") as door:
+        keyring = door.keyring
+        coverage_id, reading_id, invoice_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        door.session.add(
+            Coverage(
+                id=coverage_id,
+                facility_id=facility,
+                patient_id=pid,
+                kind="AMO",
+                payer="CPAM Paris",
+                member_id_ct=keyring.encrypt(
+                    "170057512345678",
+                    facility_id=facility,
+                    table="coverages",
+                    column="member_id",
+                    row_id=coverage_id,
+                ),
+                status="active",
+                period_start=now - dt.timedelta(days=300),
+                period_end=None,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        door.session.flush()
+        door.session.add(
+            CardReading(
+                id=reading_id,
+                facility_id=facility,
+                patient_id=pid,
+                coverage_id=coverage_id,
+                read_at=now,
+                card_serial_ct=keyring.encrypt(
+                    "SN-42",
+                    facility_id=facility,
+                    table="card_readings",
+                    column="card_serial",
+                    row_id=reading_id,
+                ),
+                payload_ct=keyring.encrypt(
+                    '{"regime": "01"}',
+                    facility_id=facility,
+                    table="card_readings",
+                    column="payload",
+                    row_id=reading_id,
+                ),
+            )
+        )
+        door.session.add(
+            Invoice(
+                id=invoice_id,
+                facility_id=facility,
+                patient_id=pid,
+                number="F-0001",
+                status="issued",
+                issued_at=now,
+                total_cents=2500,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        door.session.flush()
+        door.session.add(
+            InvoiceLine(invoice_id=invoice_id, code="G", description="Consultation", amount_cents=2500)
+        )
+    billing = f.make_account(runtime, roles=[Role.BILLING], facility_id=facility)
+    section = Gate(runtime, billing).list_coverage(patient_id=patient.id)
+    assert [c.member_id for c in section.coverages] == ["170057512345678"]
+    assert [(r.card_serial, r.payload) for r in section.card_readings] == [("SN-42", {"regime": "01"})]
+    invoices = Gate(runtime, billing).list_invoices(patient_id=patient.id)
+    assert [(i.number, [line.code for line in i.lines or []]) for i in invoices] == [("F-0001", ["G"])]
+    # The physician sees the coverage in the chart, but neither card readings nor invoices.
+    clinical = Gate(runtime, doctor).list_coverage(patient_id=patient.id)
+    assert [c.payer for c in clinical.coverages] == ["CPAM Paris"] and clinical.card_readings == []
+    with pytest.raises(NotFound):
+        Gate(runtime, doctor).list_invoices(patient_id=patient.id)
+    clerk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    with pytest.raises(NotFound):
+        Gate(runtime, clerk).list_coverage(patient_id=patient.id)
