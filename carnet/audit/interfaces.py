@@ -25,6 +25,7 @@ class AuditKind(StrEnum):
     PHI_UPDATE = "phi:resource:update"
     PHI_DELETE = "phi:resource:delete"
     PHI_EXPORT = "phi:resource:export"
+    PHI_TRANSACTION = "phi:resource:transaction"  # a FHIR transaction Bundle: all or nothing
     PHI_SYSTEM_ACCESS = "phi:system:access"
     # access policy
     BREAK_GLASS_START = "access:break-glass:start"
