@@ -134,6 +134,25 @@ class ApiClient(IdMixin, Base):
     facility_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("facilities.id"))
     status: Mapped[str] = mapped_column(String(12), default="active")  # active, suspended
     created_at: Mapped[dt.datetime]
+    # backend: SMART Backend Services (its own keys); app: a user-facing app (authorization
+    # code + PKCE, acting for the signed-in person, to the redirect URIs registered here).
+    kind: Mapped[str] = mapped_column(String(10), default="backend")
+    redirect_uris: Mapped[str] = mapped_column(Text, default="")  # space separated
+
+
+class AuthorizationCode(IdMixin, Base):
+    """A one-time code handed to an app's redirect URI; redeemed with its PKCE verifier."""
+
+    __tablename__ = "authorization_codes"
+
+    code_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    client_pk: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    scopes: Mapped[str] = mapped_column(Text)
+    redirect_uri: Mapped[str] = mapped_column(String(500))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
 
 
 class AccessToken(IdMixin, Base):
@@ -143,6 +162,8 @@ class AccessToken(IdMixin, Base):
 
     token_digest: Mapped[str] = mapped_column(String(64), unique=True)
     client_pk: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    # Set for an app's token: it acts for this person, within its scopes and their roles.
+    account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"), index=True)
     scopes: Mapped[str] = mapped_column(Text)
     issued_at: Mapped[dt.datetime]
     expires_at: Mapped[dt.datetime]

@@ -9,22 +9,26 @@ the database on every request, so a revocation is immediate on every worker.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import json
 import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749.errors import (
     InvalidClientError,
+    InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
     OAuth2Error,
     UnsupportedGrantTypeError,
 )
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -33,28 +37,45 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind
-from carnet.access.roles import Role
+from carnet.access.roles import PRIVILEGED_ROLES, Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
-from carnet.identity.authenticate import RequestContext
-from carnet.identity.models import AccessToken, ApiClient, UsedClientAssertion
+from carnet.identity.authenticate import RequestContext, actor_for, contained_message
+from carnet.identity.models import AccessToken, Account, ApiClient, AuthorizationCode, UsedClientAssertion
+from carnet.identity.service import roles_of
 from carnet.identity.sessions import digest
 from carnet.kernel import clock
-from carnet.kernel.errors import AuthenticationRequired, Conflict, Forbidden, InvalidInput
+from carnet.kernel.errors import (
+    AccountContained,
+    AuthenticationRequired,
+    CarnetError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+)
 from carnet.runtime import Runtime
 
 TOKEN_LIFETIME = dt.timedelta(minutes=5)
 # SMART Backend Services: servers support RS384 and ES384; RS256/ES256 are common too.
 ALGORITHMS = ["RS384", "ES384", "RS256", "ES256"]
 MAX_ASSERTION_LIFETIME = 300
-# SMART v1/v2 scopes for a system: system/<Resource or *>.<read|write|*|cruds>
-SCOPE = re.compile(r"^system/(\*|[A-Z][A-Za-z]{1,63})\.(read|write|\*|c?r?u?d?s?)$")
+# SMART v1/v2 scopes: <system|user|patient>/<Resource or *>.<read|write|*|cruds>
+SCOPE = re.compile(r"^(system|user|patient)/(\*|[A-Z][A-Za-z]{1,63})\.(read|write|\*|c?r?u?d?s?)$")
+BACKEND_CONTEXTS = ("system",)
+APP_CONTEXTS = ("user", "patient")
+AUTHORIZATION_CODE_LIFETIME = dt.timedelta(seconds=60)
 
 
-def validate_scopes(scopes: str) -> list[str]:
+def validate_scopes(scopes: str, *, contexts: tuple[str, ...] = BACKEND_CONTEXTS) -> list[str]:
     items = scopes.split()
-    bad = [s for s in items if not SCOPE.match(s) or s.endswith(".")]
+    matches = [SCOPE.match(s) for s in items]
+    bad = [
+        s
+        for s, m in zip(items, matches, strict=True)
+        if m is None or s.endswith(".") or m.group(1) not in contexts
+    ]
     if bad or not items:
-        raise InvalidInput("scopes look like system/Patient.read or system/*.rs (SMART)")
+        examples = " or ".join(f"{c}/Patient.read" for c in contexts)
+        raise InvalidInput(f"scopes look like {examples} or {contexts[0]}/*.rs (SMART)")
     return items
 
 
@@ -62,7 +83,7 @@ def _grants(scope: str, resource_type: str, action: str) -> bool:
     match = SCOPE.match(scope)
     if match is None:
         return False
-    resource, permission = match.groups()
+    _context, resource, permission = match.groups()
     if resource not in ("*", resource_type):
         return False
     if permission == "*":
@@ -90,35 +111,62 @@ def require_scope(actor: Actor, *, resource_type: str, action: str) -> None:
 
 
 # -- clients ------------------------------------------------------------------------------
+def _check_redirect_uri(uri: str) -> str:
+    parts = urlsplit(uri)
+    local = parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1")
+    if not (parts.scheme == "https" or local) or not parts.hostname or parts.fragment:
+        raise InvalidInput(
+            "a redirect URI is https:// (or http://localhost for native apps), without #fragment"
+        )
+    return uri
+
+
 def register_client(
     session: Session,
     *,
     client_id: str,
     name: str,
-    jwks: dict[str, Any],
+    jwks: dict[str, Any] | None,
     allowed_scopes: str,
     facility_id: uuid.UUID | None = None,
+    kind: str = "backend",
+    redirect_uris: str = "",
 ) -> uuid.UUID:
-    """Register an API client by its public keys (JWKS); it never holds a shared secret."""
+    """Register an API client; it never holds a shared secret.
+
+    A backend client is known by its public keys (JWKS) and uses system/ scopes. An app
+    (authorization code + PKCE) is known by its exact redirect URIs and uses user/ or patient/
+    scopes, acting for the person who authorizes it.
+    """
     if not re.fullmatch(r"[A-Za-z0-9._-]{3,100}", client_id):
         raise InvalidInput("a client id is 3 to 100 letters, digits, '.', '_' or '-'")
-    try:
-        keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
-    except (JoseError, ValueError, TypeError, KeyError):
-        raise InvalidInput("the JWKS does not hold usable public keys") from None
-    if not keys.keys or any(k.is_private for k in keys.keys):
-        raise InvalidInput("register public keys only (the JWKS holds a private key)")
-    validate_scopes(allowed_scopes)
+    if kind not in ("backend", "app"):
+        raise InvalidInput("a client is a 'backend' service or an 'app'")
+    public_jwks = ""
+    if kind == "backend" or jwks:
+        try:
+            keys = KeySet.import_key_set(jwks or {})  # type: ignore[arg-type]
+        except (JoseError, ValueError, TypeError, KeyError):
+            raise InvalidInput("the JWKS does not hold usable public keys") from None
+        if not keys.keys or any(k.is_private for k in keys.keys):
+            raise InvalidInput("register public keys only (the JWKS holds a private key)")
+        public_jwks = json.dumps(keys.as_dict(private=False))
+    validate_scopes(allowed_scopes, contexts=BACKEND_CONTEXTS if kind == "backend" else APP_CONTEXTS)
+    uris = [_check_redirect_uri(u) for u in redirect_uris.split()]
+    if kind == "app" and not uris:
+        raise InvalidInput("an app needs at least one redirect URI")
     if session.scalar(select(ApiClient.id).where(ApiClient.client_id == client_id)) is not None:
         raise Conflict("this client id is taken")
     row = ApiClient(
         client_id=client_id,
         name=name[:200],
-        jwks=json.dumps(keys.as_dict(private=False)),
+        jwks=public_jwks,
         allowed_scopes=" ".join(allowed_scopes.split()),
         facility_id=facility_id,
         status="active",
         created_at=clock.now(),
+        kind=kind,
+        redirect_uris=" ".join(uris),
     )
     session.add(row)
     session.flush()
@@ -237,6 +285,71 @@ class TokenAnswer:
     body: dict[str, Any]
 
 
+def _backend_grant(
+    session: Session, form: dict[str, str], request: _TokenRequest, token_url: str
+) -> tuple[ApiClient, list[str], uuid.UUID | None]:
+    auth = SmartClientAssertion(session, token_url)
+
+    def query_client(client_id: str) -> ApiClient | None:
+        return session.scalar(
+            select(ApiClient).where(ApiClient.client_id == client_id, ApiClient.kind == "backend")
+        )
+
+    client = auth(query_client, request)
+    if client is None:
+        raise InvalidClientError(description="authenticate with a private_key_jwt client assertion")
+    requested = (form.get("scope") or "").split()
+    if not requested:
+        raise InvalidScopeError(description="ask for scopes, e.g. system/Patient.read")
+    refused = [s for s in requested if s not in set(client.allowed_scopes.split())]
+    if refused:
+        raise InvalidScopeError(description="this client may not have: " + " ".join(refused[:10]))
+    return client, requested, None
+
+
+def _code_grant(
+    session: Session, form: dict[str, str], request: _TokenRequest
+) -> tuple[ApiClient, list[str], uuid.UUID | None]:
+    """Redeem an authorization code: once, within 60 s, by its client, with its PKCE verifier."""
+    client = session.scalar(
+        select(ApiClient).where(ApiClient.client_id == form.get("client_id", ""), ApiClient.kind == "app")
+    )
+    if client is None or client.status != "active":
+        raise InvalidClientError(description="unknown or suspended app")
+    request.client = client
+    code = session.scalar(
+        select(AuthorizationCode).where(AuthorizationCode.code_digest == digest(form.get("code") or ""))
+    )
+    verifier = form.get("code_verifier") or ""
+    now = clock.now()
+    if (
+        code is None
+        or code.client_pk != client.id
+        or code.redirect_uri != form.get("redirect_uri")
+        or code.expires_at <= now
+        or not 43 <= len(verifier) <= 128
+        or not hmac.compare_digest(create_s256_code_challenge(verifier), code.code_challenge)
+    ):
+        raise InvalidGrantError(
+            description="the code is not valid for this client, redirect URI and verifier"
+        )
+    won = session.execute(
+        update(AuthorizationCode)
+        .where(AuthorizationCode.id == code.id, AuthorizationCode.used_at.is_(None))
+        .values(used_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if won != 1:
+        # A second redemption means the code leaked: revoke what the first one got (RFC 6749 4.1.2).
+        session.execute(
+            update(AccessToken)
+            .where(AccessToken.client_pk == client.id, AccessToken.account_id == code.account_id)
+            .where(AccessToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        raise InvalidGrantError(description="the code was already used")
+    return client, code.scopes.split(), code.account_id
+
+
 def issue_token(runtime: Runtime, *, form: dict[str, str], context: RequestContext) -> TokenAnswer:
     """The token endpoint: authenticate the client, grant the scopes it may have, audit."""
     token_url = runtime.settings.origin.rstrip("/") + "/oauth/token"
@@ -244,24 +357,13 @@ def issue_token(runtime: Runtime, *, form: dict[str, str], context: RequestConte
         request = _TokenRequest(form=form)
         asserted = str(form.get("client_id") or "unknown")[:100]
         try:
-            if form.get("grant_type") != "client_credentials":
-                raise UnsupportedGrantTypeError(str(form.get("grant_type"))[:40])
-            auth = SmartClientAssertion(session, token_url)
-
-            def query_client(client_id: str) -> ApiClient | None:
-                return session.scalar(select(ApiClient).where(ApiClient.client_id == client_id))
-
-            client = auth(query_client, request)
-            if client is None:
-                raise InvalidClientError(description="authenticate with a private_key_jwt client assertion")
-            asserted = client.client_id
-            requested = (form.get("scope") or "").split()
-            allowed = set(client.allowed_scopes.split())
-            if not requested:
-                raise InvalidScopeError(description="ask for scopes, e.g. system/Patient.read")
-            refused = [s for s in requested if s not in allowed]
-            if refused:
-                raise InvalidScopeError(description="this client may not have: " + " ".join(refused[:10]))
+            grant_type = form.get("grant_type")
+            if grant_type == "client_credentials":
+                client, requested, account_id = _backend_grant(session, form, request, token_url)
+            elif grant_type == "authorization_code":
+                client, requested, account_id = _code_grant(session, form, request)
+            else:
+                raise UnsupportedGrantTypeError(str(grant_type)[:40])
         except OAuth2Error as exc:
             client_row = request.client
             actor = (
@@ -296,18 +398,22 @@ def issue_token(runtime: Runtime, *, form: dict[str, str], context: RequestConte
             AccessToken(
                 token_digest=digest(token),
                 client_pk=client.id,
+                account_id=account_id,
                 scopes=" ".join(requested),
                 issued_at=now,
                 expires_at=now + TOKEN_LIFETIME,
             )
         )
+        detail = {"scope": " ".join(requested)[:400], "grant": str(form.get("grant_type"))}
+        if account_id is not None:
+            detail["for_account"] = str(account_id)
         runtime.audit.append(
             session,
             AuditRecord(
                 kind=AuditKind.TOKEN_ISSUED,
                 outcome=Outcome.SUCCESS,
                 actor=_client_actor(client, context, frozenset(requested)),
-                detail={"scope": " ".join(requested)[:400]},
+                detail=detail,
             ),
         )
     return TokenAnswer(
@@ -319,6 +425,97 @@ def issue_token(runtime: Runtime, *, form: dict[str, str], context: RequestConte
             "scope": " ".join(requested),
         },
     )
+
+
+# -- authorization code + PKCE (user-facing apps) ------------------------------------------
+class AuthorizationRefused(CarnetError):
+    """An authorization request to answer at the app's redirect URI with an OAuth error."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    client_id: str
+    client_name: str
+    redirect_uri: str
+    scopes: tuple[str, ...]
+    state: str
+    code_challenge: str
+
+
+def check_authorization_request(session: Session, params: dict[str, str]) -> AuthorizationRequest:
+    """Validate /oauth/authorize parameters.
+
+    A wrong client or redirect URI raises InvalidInput (answered here, never redirected: an open
+    redirector would help phishing); anything else raises AuthorizationRefused for the app.
+    """
+    client = session.scalar(
+        select(ApiClient).where(ApiClient.client_id == params.get("client_id", ""), ApiClient.kind == "app")
+    )
+    redirect_uri = params.get("redirect_uri", "")
+    if client is None or client.status != "active" or redirect_uri not in client.redirect_uris.split():
+        raise InvalidInput("unknown app, or a redirect URI it did not register")
+    if params.get("response_type") != "code":
+        raise AuthorizationRefused("unsupported_response_type", "only response_type=code is supported")
+    challenge = params.get("code_challenge", "")
+    if params.get("code_challenge_method") != "S256" or not re.fullmatch(r"[A-Za-z0-9_-]{43,128}", challenge):
+        raise AuthorizationRefused("invalid_request", "PKCE with code_challenge_method=S256 is required")
+    state = params.get("state", "")
+    if not 8 <= len(state) <= 500:
+        raise AuthorizationRefused("invalid_request", "a state of 8 to 500 characters is required")
+    scopes = params.get("scope", "").split()
+    allowed = set(client.allowed_scopes.split())
+    if not scopes or any(s not in allowed for s in scopes):
+        raise AuthorizationRefused("invalid_scope", "ask for scopes this app registered")
+    return AuthorizationRequest(
+        client_id=client.client_id,
+        client_name=client.name,
+        redirect_uri=redirect_uri,
+        scopes=tuple(scopes),
+        state=state,
+        code_challenge=challenge,
+    )
+
+
+def grant_code(session: Session, *, request: AuthorizationRequest, actor: Actor, audit: AuditWriter) -> str:
+    """The person approved: a one-time code for the app (60 s), audited."""
+    if actor.account_id is None or actor.kind not in (ActorKind.STAFF, ActorKind.PATIENT):
+        raise Forbidden("only a signed-in person authorizes an app")
+    if actor.is_privileged:
+        # Administrators administer: their powers are not lent to third-party apps.
+        raise Forbidden("privileged accounts cannot authorize apps")
+    if actor.kind != ActorKind.PATIENT and any(s.startswith("patient/") for s in request.scopes):
+        raise AuthorizationRefused("invalid_scope", "patient/ scopes are for a patient's own account")
+    client = session.scalar(select(ApiClient).where(ApiClient.client_id == request.client_id))
+    if client is None:
+        raise InvalidInput("unknown app")
+    code = secrets.token_urlsafe(32)
+    session.add(
+        AuthorizationCode(
+            code_digest=digest(code),
+            client_pk=client.id,
+            account_id=actor.account_id,
+            scopes=" ".join(request.scopes),
+            redirect_uri=request.redirect_uri,
+            code_challenge=request.code_challenge,
+            expires_at=clock.now() + AUTHORIZATION_CODE_LIFETIME,
+        )
+    )
+    audit.append(
+        session,
+        AuditRecord(
+            kind=AuditKind.APP_AUTHORIZED,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            resource_type="ApiClient",
+            resource_ids=(client.client_id,),
+            detail={"scope": " ".join(request.scopes)[:400]},
+        ),
+    )
+    return code
 
 
 def revoke_token(runtime: Runtime, *, actor: Actor, token: str) -> bool:
@@ -347,4 +544,17 @@ def resolve_bearer(runtime: Runtime, *, token: str, context: RequestContext) -> 
             raise AuthenticationRequired("the access token is not valid (unknown, expired or revoked)")
         if client.status != "active":
             raise AuthenticationRequired("this API client is suspended")
-        return _client_actor(client, context, frozenset(row.scopes.split()))
+        scopes = frozenset(row.scopes.split())
+        if row.account_id is None:
+            return _client_actor(client, context, scopes)
+        # An app acts for a person: their roles and standing now, narrowed by the token's scopes.
+        account = session.get(Account, row.account_id)
+        if account is None or account.status == "disabled":
+            raise AuthenticationRequired("the access token is not valid (unknown, expired or revoked)")
+        if account.status == "suspended":
+            raise AccountContained(contained_message(account, runtime.settings.security_contact))
+        roles = roles_of(session, account=account)
+        if roles & PRIVILEGED_ROLES:
+            raise AuthenticationRequired("privileged accounts cannot act through apps")
+        person = actor_for(account, roles, row=None, context=context)
+        return replace(person, client_id=client.client_id, scopes=scopes)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 10:33:24.897712
+Create Date: 2026-11-24 10:38:18.872278
 """
 
 import sqlalchemy as sa
@@ -135,6 +135,8 @@ def upgrade() -> None:
         sa.Column("facility_id", sa.Uuid(), nullable=True),
         sa.Column("status", sa.String(length=12), nullable=False),
         sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("kind", sa.String(length=10), nullable=False),
+        sa.Column("redirect_uris", sa.Text(), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.ForeignKeyConstraint(
             ["facility_id"], ["facilities.id"], name=op.f("fk_api_clients_facility_id_facilities")
@@ -204,24 +206,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("practitioners", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_practitioners_facility_id"), ["facility_id"], unique=False)
-
-    op.create_table(
-        "access_tokens",
-        sa.Column("token_digest", sa.String(length=64), nullable=False),
-        sa.Column("client_pk", sa.Uuid(), nullable=False),
-        sa.Column("scopes", sa.Text(), nullable=False),
-        sa.Column("issued_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["client_pk"], ["api_clients.id"], name=op.f("fk_access_tokens_client_pk_api_clients")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_access_tokens")),
-        sa.UniqueConstraint("token_digest", name=op.f("uq_access_tokens_token_digest")),
-    )
-    with op.batch_alter_table("access_tokens", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_access_tokens_client_pk"), ["client_pk"], unique=False)
 
     op.create_table(
         "patients",
@@ -493,6 +477,29 @@ def upgrade() -> None:
         batch_op.create_index("ix_encounters_status_location", ["status", "location_id"], unique=False)
 
     op.create_table(
+        "access_tokens",
+        sa.Column("token_digest", sa.String(length=64), nullable=False),
+        sa.Column("client_pk", sa.Uuid(), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=True),
+        sa.Column("scopes", sa.Text(), nullable=False),
+        sa.Column("issued_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_access_tokens_account_id_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["client_pk"], ["api_clients.id"], name=op.f("fk_access_tokens_client_pk_api_clients")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_access_tokens")),
+        sa.UniqueConstraint("token_digest", name=op.f("uq_access_tokens_token_digest")),
+    )
+    with op.batch_alter_table("access_tokens", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_access_tokens_account_id"), ["account_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_access_tokens_client_pk"), ["client_pk"], unique=False)
+
+    op.create_table(
         "account_events",
         sa.Column("account_id", sa.Uuid(), nullable=False),
         sa.Column("kind", sa.String(length=60), nullable=False),
@@ -579,6 +586,30 @@ def upgrade() -> None:
     with op.batch_alter_table("auth_sessions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_auth_sessions_account_id"), ["account_id"], unique=False)
         batch_op.create_index("ix_auth_sessions_account_revoked", ["account_id", "revoked_at"], unique=False)
+
+    op.create_table(
+        "authorization_codes",
+        sa.Column("code_digest", sa.String(length=64), nullable=False),
+        sa.Column("client_pk", sa.Uuid(), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("scopes", sa.Text(), nullable=False),
+        sa.Column("redirect_uri", sa.String(length=500), nullable=False),
+        sa.Column("code_challenge", sa.String(length=128), nullable=False),
+        sa.Column("expires_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("used_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_authorization_codes_account_id_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["client_pk"], ["api_clients.id"], name=op.f("fk_authorization_codes_client_pk_api_clients")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_authorization_codes")),
+        sa.UniqueConstraint("code_digest", name=op.f("uq_authorization_codes_code_digest")),
+    )
+    with op.batch_alter_table("authorization_codes", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_authorization_codes_account_id"), ["account_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_authorization_codes_client_pk"), ["client_pk"], unique=False)
 
     op.create_table(
         "break_glass_accesses",
@@ -1159,6 +1190,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_break_glass_accesses_account_id"))
 
     op.drop_table("break_glass_accesses")
+    with op.batch_alter_table("authorization_codes", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_authorization_codes_client_pk"))
+        batch_op.drop_index(batch_op.f("ix_authorization_codes_account_id"))
+
+    op.drop_table("authorization_codes")
     with op.batch_alter_table("auth_sessions", schema=None) as batch_op:
         batch_op.drop_index("ix_auth_sessions_account_revoked")
         batch_op.drop_index(batch_op.f("ix_auth_sessions_account_id"))
@@ -1174,6 +1210,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_account_events_account_id"))
 
     op.drop_table("account_events")
+    with op.batch_alter_table("access_tokens", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_access_tokens_client_pk"))
+        batch_op.drop_index(batch_op.f("ix_access_tokens_account_id"))
+
+    op.drop_table("access_tokens")
     with op.batch_alter_table("encounters", schema=None) as batch_op:
         batch_op.drop_index("ix_encounters_status_location")
         batch_op.drop_index(batch_op.f("ix_encounters_patient_id"))
@@ -1221,10 +1262,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_patients_birth_date_bi"))
 
     op.drop_table("patients")
-    with op.batch_alter_table("access_tokens", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_access_tokens_client_pk"))
-
-    op.drop_table("access_tokens")
     with op.batch_alter_table("practitioners", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_practitioners_facility_id"))
 
