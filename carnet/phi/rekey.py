@@ -250,10 +250,13 @@ def _reencrypt_table(runtime: Runtime, spec: EncryptedTable, *, batch_size: int,
             rows = session.execute(stmt).all()
             if not rows:
                 return changed
-            updates: dict[str, list[dict[str, object]]] = {c: [] for c in spec.columns}
+            params: list[dict[str, object]] = []
+            batch = 0
             for row in rows:
                 row_id, facility_id, *blobs = row
-                for column, blob in zip(spec.columns, blobs, strict=True):
+                values: dict[str, object] = {"_id": row_id}
+                fresh_count = 0
+                for i, (column, blob) in enumerate(zip(spec.columns, blobs, strict=True)):
                     fresh = runtime.keyring.reencrypt(
                         blob,
                         facility_id=facility_id,
@@ -261,21 +264,28 @@ def _reencrypt_table(runtime: Runtime, spec: EncryptedTable, *, batch_size: int,
                         column=aad_field(column),
                         row_id=row_id,
                     )
-                    if fresh is not None:
-                        updates[column].append({"_id": row_id, "_old": blob, "_new": fresh})
-            batch = 0
-            for column, params in updates.items():
-                if not params:
-                    continue
-                # Compare-and-set: a value the service rewrote meanwhile is left alone (a later
-                # pass picks it up if it is still under an old key), never overwritten.
+                    values[f"_old{i}"] = blob
+                    values[f"_new{i}"] = blob if fresh is None else fresh
+                    fresh_count += fresh is not None
+                if fresh_count:
+                    params.append(values)
+                    batch += fresh_count
+            if params:
+                # Compare-and-set on the whole row: a row the service rewrote meanwhile is left
+                # alone (a later pass picks it up if still under an old key), never overwritten.
+                # One statement for the batch: the database round trips are the cost here.
                 stmt_update = (
                     update(table)
-                    .where(table.c.id == bindparam("_id"), table.c[column] == bindparam("_old"))
-                    .values({column: bindparam("_new")})
+                    .where(
+                        table.c.id == bindparam("_id"),
+                        *(
+                            table.c[c].is_not_distinct_from(bindparam(f"_old{i}", type_=LargeBinary))
+                            for i, c in enumerate(spec.columns)
+                        ),
+                    )
+                    .values({c: bindparam(f"_new{i}", type_=LargeBinary) for i, c in enumerate(spec.columns)})
                 )
                 session.connection().execute(stmt_update, params)
-                batch += len(params)
             _audit(access, AuditKind.DATA_REENCRYPTED, {"table": spec.name, "values": str(batch)})
             changed += batch
             after = rows[-1][0]
