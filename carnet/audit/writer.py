@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Table, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from carnet.audit.chain import GENESIS_HASH, link
+from carnet.audit.chain import CHAINED_FIELDS, GENESIS_HASH, link_values
 from carnet.audit.interfaces import AuditRecord
 from carnet.audit.models import AuditChainHead, AuditEvent, AuditEventPatient
 from carnet.kernel import clock
@@ -53,7 +53,7 @@ class SqlAuditWriter:
         patient_rows: list[dict[str, Any]] = []
         for seq, record in enumerate(records, start=first_seq):
             fields = _fields(seq, stamp, record)
-            digest = link(prev_hash, fields)
+            digest = link_values(prev_hash, [fields[name] for name in CHAINED_FIELDS])
             row = dict(fields)
             row["account_id"] = record.actor.account_id
             row["session_id"] = record.actor.session_id
