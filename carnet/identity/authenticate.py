@@ -7,6 +7,7 @@ an Argon2 verification too, so the answers do not differ in time either.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from carnet.kernel.errors import (
 from carnet.runtime import Runtime
 from carnet.settings import Environment
 
+_SERVICE_LOCK = threading.Lock()
 GENERIC_FAILURE = "the username, password or code is not right"
 # Above the slowest natural failure on this machine kind (see benchmarks/login_timing.py).
 FAILURE_FLOOR_SECONDS = 0.25
@@ -121,11 +123,12 @@ class Authenticator:
     @classmethod
     def of(cls, runtime: Runtime) -> Authenticator:
         """The runtime's one Authenticator (its throttle counters must be shared)."""
-        found = runtime.services.get("identity")
-        if not isinstance(found, Authenticator):
-            found = cls(runtime)
-            runtime.services["identity"] = found
-        return found
+        with _SERVICE_LOCK:
+            found = runtime.services.get("identity")
+            if not isinstance(found, Authenticator):
+                found = cls(runtime)
+                runtime.services["identity"] = found
+            return found
 
     @property
     def demo(self) -> bool:

@@ -45,8 +45,11 @@ def _key(kind: str, value: str) -> str:
 class LimitsLoginThrottle:
     """LoginThrottle on a `limits` storage: Redis for several workers, memory for one."""
 
-    def __init__(self, storage_uri: str | None) -> None:
-        self._storage = storage.storage_from_string(storage_uri or "memory://")
+    def __init__(self, storage_uri: str | None, *, key_prefix: str = "carnet-identity") -> None:
+        uri = storage_uri or "memory://"
+        # A prefix of our own: reset() then clears only identity's counters in a shared Redis.
+        options = {"key_prefix": key_prefix} if uri.startswith(("redis", "rediss")) else {}
+        self._storage = storage.storage_from_string(uri, **options)
         self._limiter = strategies.MovingWindowRateLimiter(self._storage)
         self._account: list[RateLimitItem] = parse_many(ACCOUNT_LIMITS)
         self._address: list[RateLimitItem] = parse_many(ADDRESS_LIMITS)

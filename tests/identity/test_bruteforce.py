@@ -166,3 +166,22 @@ def test_unauthenticated_endpoints_are_rate_limited_per_address(client: TestClie
         client.post("/oauth/token", data={"grant_type": "client_credentials"}).status_code for _ in range(65)
     )
     assert tokens == Counter({401: 60, 429: 5})
+
+
+def test_workers_share_login_counts_through_redis(sqlite_runtime: Runtime) -> None:
+    import uuid as _uuid
+
+    from carnet.identity.throttle import LimitsLoginThrottle
+
+    prefix = f"carnet-test-{_uuid.uuid4().hex[:8]}"
+    url = "redis://127.0.0.1:6379/0"
+    first = LimitsLoginThrottle(url, key_prefix=prefix)
+    second = LimitsLoginThrottle(url, key_prefix=prefix)  # another worker, same Redis
+    try:
+        for _ in range(5):
+            assert second.blocked(username="shared", address="192.0.2.7") is None
+            first.failed(username="shared", address="192.0.2.7")
+        assert second.blocked(username="shared", address="192.0.2.7") is not None
+        assert second.blocked(username="someone-else", address="192.0.2.8") is None
+    finally:
+        first.reset()
