@@ -127,23 +127,48 @@ def _encrypt_rows(
     return out
 
 
-def load_batch(access: SystemAccess, batch: SeedBatch) -> dict[str, int]:
-    """Encrypt and insert one batch in the open system transaction; returns rows per table."""
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch with its identifying fields already encrypted: rows ready to insert, per table."""
+
+    rows: dict[str, list[dict[str, Any]]]
+
+    def count(self, table: str) -> int:
+        return len(self.rows.get(table, ()))
+
+
+def prepare_batch(keyring: Keyring, batch: SeedBatch) -> PreparedBatch:
+    """Encrypt a batch (CPU only, no database): a seeder may do it while the previous batch is written."""
     unknown = set(batch.rows) - set(TABLES)
     if unknown:
         raise InvalidInput(f"the loader does not write {', '.join(sorted(unknown))}")
+    prepared: dict[str, list[dict[str, Any]]] = {}
+    for table, spec in TABLES.items():
+        rows = batch.rows.get(table)
+        if rows:
+            prepared[table] = (
+                _encrypt_rows(keyring, table, spec, rows) if spec.encrypted or spec.transient else rows
+            )
+    return PreparedBatch(prepared)
+
+
+def write_batch(access: SystemAccess, batch: PreparedBatch) -> dict[str, int]:
+    """Insert a prepared batch in the open system transaction; returns rows per table."""
     counts: dict[str, int] = {}
     for table, spec in TABLES.items():
         rows = batch.rows.get(table)
         if not rows:
             continue
-        if spec.encrypted or spec.transient:
-            rows = _encrypt_rows(access.keyring, table, spec, rows)
         # Core insert of the table: one executemany per table, no ORM unit-of-work per row.
         access.session.execute(insert(cast(Table, spec.model.__table__)), rows)
         counts[table] = len(rows)
     access.session.flush()
     return counts
+
+
+def load_batch(access: SystemAccess, batch: SeedBatch) -> dict[str, int]:
+    """Encrypt and insert one batch in the open system transaction; returns rows per table."""
+    return write_batch(access, prepare_batch(access.keyring, batch))
 
 
 def decrypt_field(keyring: Keyring, *, table: str, column: str, row_id: uuid.UUID, blob: bytes | None) -> Any:

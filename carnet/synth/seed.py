@@ -11,13 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sqlalchemy import func, insert, select, text
 
@@ -30,7 +32,7 @@ from carnet.identity.service import create_account
 from carnet.kernel import clock
 from carnet.kernel.errors import ConfigurationError, InvalidInput
 from carnet.org.models import Facility, Location, Practitioner
-from carnet.phi.loader import load_batch
+from carnet.phi.loader import PreparedBatch, prepare_batch, write_batch
 from carnet.phi.system import system_access
 from carnet.runtime import Runtime
 from carnet.synth.generator import HospitalGenerator, Organisation, default_facilities
@@ -139,12 +141,12 @@ def seed_hospital(
 
     progress.stage("patients", patients)
     ordinary: list[tuple[uuid.UUID, uuid.UUID]] = []
-    for batch, batch_ordinary in generator.patient_batches(batch_size):
+    for batch, batch_ordinary in _prepared_batches(runtime, generator, batch_size):
         with system_access(runtime, reason=SEED_REASON) as access:
             if access.session.get_bind().dialect.name == "sqlite":
                 # A larger page cache for this connection: random blind-index keys touch many pages.
                 access.session.execute(text("PRAGMA cache_size=-131072"))
-            for table, count in load_batch(access, batch).items():
+            for table, count in write_batch(access, batch).items():
                 report.rows[table] = report.rows.get(table, 0) + count
         ordinary.extend(batch_ordinary)
         progress.advance(batch.count("patients"))
@@ -181,6 +183,53 @@ def seed_hospital(
     report.portal_accounts = len(portal)
     report.seconds = time.perf_counter() - started
     return report
+
+
+_DONE = object()
+
+
+def _prepared_batches(
+    runtime: Runtime, generator: HospitalGenerator, batch_size: int
+) -> Iterator[tuple[PreparedBatch, list[tuple[uuid.UUID, uuid.UUID]]]]:
+    """Generate and encrypt the next batches in a thread while the database writes this one.
+
+    One thread generates in order, so the data stays deterministic; the queue is short, so
+    memory stays bounded. An error on either side stops both.
+    """
+    handoff: queue.Queue[object] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch, ordinary in generator.patient_batches(batch_size):
+                if not put((prepare_batch(runtime.keyring, batch), ordinary)):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="carnet-seed-generator", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield cast(tuple[PreparedBatch, list[tuple[uuid.UUID, uuid.UUID]]], item)
+    finally:
+        stop.set()
+        worker.join(timeout=10)
 
 
 @contextmanager

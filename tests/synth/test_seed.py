@@ -302,3 +302,16 @@ def test_ids_are_uuid4_from_the_seeded_stream() -> None:
     ids = [row["id"] for rows in batch.rows.values() for row in rows]
     assert all(isinstance(i, uuid.UUID) and i.version == 4 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_a_generator_error_stops_the_seed_with_that_error(
+    sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(self: HospitalGenerator, batch_size: int) -> Iterator[Any]:
+        raise RuntimeError("the generator broke")
+        yield  # a generator function
+
+    monkeypatch.setattr(HospitalGenerator, "patient_batches", failing)
+    with pytest.raises(RuntimeError, match="the generator broke"):
+        seed_hospital(sqlite_runtime, patients=10, seed=1)
+    assert _count(sqlite_runtime, Patient) == 0
