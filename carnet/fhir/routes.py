@@ -6,6 +6,6 @@ from fastapi import APIRouter
 
 
 def routers() -> list[APIRouter]:
-    from carnet.fhir import auditevents, clinical, patients
+    from carnet.fhir import auditevents, bundles, clinical, patients
 
-    return [patients.router, clinical.router, auditevents.router]
+    return [patients.router, clinical.router, auditevents.router, bundles.router]
