@@ -10,6 +10,7 @@ from rich.console import Console
 
 from carnet.audit.commands import audit_app
 from carnet.detection.commands import incident_app
+from carnet.identity.commands import clients_app, sessions_app
 from carnet.kernel.errors import CarnetError
 
 app = typer.Typer(
@@ -25,6 +26,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(incident_app, name="incident")
+app.add_typer(clients_app, name="clients")
+app.add_typer(sessions_app, name="sessions")
 
 err = Console(stderr=True)
 

@@ -1,0 +1,183 @@
+"""`carnet clients ...` and `carnet sessions ...`: API client registration and incident-time
+revocation from the server's shell (registered in carnet.cli). Every change is audited as
+`system:cli`. Bad input: a message and exit status 2, nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from carnet.kernel.errors import CarnetError
+
+if TYPE_CHECKING:
+    from carnet.access.actor import Actor
+    from carnet.runtime import Runtime
+
+clients_app = typer.Typer(
+    help="OAuth API clients: register, list, revoke their tokens.", no_args_is_help=True
+)
+sessions_app = typer.Typer(
+    help="Sign-in sessions: revoke an account's sessions at once.", no_args_is_help=True
+)
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print("[bold red]error:[/] ", end="")
+    _err.print(message, highlight=False, markup=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+@contextmanager
+def _runtime() -> Iterator[Runtime]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+
+    try:
+        runtime = build_runtime(get_settings())
+    except CarnetError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        yield runtime
+    except CarnetError as exc:
+        raise _fail(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise _fail(f"database error ({type(exc).__name__}); nothing was changed") from None
+    finally:
+        runtime.close()
+
+
+def _operator() -> Actor:
+    from carnet.access.actor import Actor, ActorKind, PurposeOfUse
+
+    return Actor(
+        kind=ActorKind.SYSTEM, username="system:cli", roles=frozenset(), purpose_of_use=PurposeOfUse.SECURITY
+    )
+
+
+@clients_app.command("register")
+def register(
+    client_id: Annotated[
+        str, typer.Option("--client-id", help="The client's id (3-100 of A-Z a-z 0-9 . _ -).")
+    ],
+    name: Annotated[str, typer.Option(help="A name people recognise.")],
+    scope: Annotated[str, typer.Option(help='Allowed scopes, e.g. "system/Patient.read system/*.rs".')],
+    jwks: Annotated[
+        Path | None, typer.Option(help="JSON file with the client's PUBLIC keys (backend clients).")
+    ] = None,
+    kind: Annotated[
+        str, typer.Option(help="backend (SMART Backend Services) or app (code + PKCE).")
+    ] = "backend",
+    redirect_uri: Annotated[
+        list[str] | None, typer.Option("--redirect-uri", help="An app's redirect URI (repeatable).")
+    ] = None,
+) -> None:
+    """Register an API client. It holds no secret: a backend proves itself with its keys."""
+    from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+    from carnet.identity import oauth
+
+    keys = None
+    if jwks is not None:
+        try:
+            keys = json.loads(jwks.read_text())
+        except (OSError, ValueError) as exc:
+            raise _fail(f"cannot read the JWKS file: {type(exc).__name__}") from None
+        if not isinstance(keys, dict):
+            raise _fail("the JWKS file must hold a JSON object with 'keys'")
+    with _runtime() as runtime, runtime.session_factory.begin() as session:
+        oauth.register_client(
+            session,
+            client_id=client_id,
+            name=name,
+            jwks=keys,
+            allowed_scopes=scope,
+            kind=kind,
+            redirect_uris=" ".join(redirect_uri or []),
+        )
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.API_CLIENT_REGISTERED,
+                outcome=Outcome.SUCCESS,
+                actor=_operator(),
+                resource_type="ApiClient",
+                resource_ids=(client_id,),
+                detail={"scope": scope[:400], "kind": kind},
+            ),
+        )
+        token_url = runtime.settings.origin.rstrip("/") + "/oauth/token"
+    typer.echo(f"client {client_id} registered ({kind}); token endpoint {token_url}")
+
+
+@clients_app.command("list")
+def list_clients() -> None:
+    """List API clients: id, kind, status, scopes. Never keys."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from carnet.identity.models import ApiClient
+
+    with _runtime() as runtime, runtime.session_factory() as session:
+        rows = session.execute(
+            select(ApiClient.client_id, ApiClient.kind, ApiClient.status, ApiClient.allowed_scopes).order_by(
+                ApiClient.client_id
+            )
+        ).all()
+    table = Table("client id", "kind", "status", "scopes", title=f"{len(rows)} API clients")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+@clients_app.command("revoke-tokens")
+def revoke_tokens(
+    client_id: Annotated[str, typer.Argument(help="The client whose live tokens end now.")],
+    reason: Annotated[str, typer.Option(help="Why (audited).")],
+) -> None:
+    """Revoke every live access token of a client, on every worker at once."""
+    from carnet.identity import oauth
+
+    if len(reason.strip()) < 4:
+        raise _fail("state a reason (at least 4 characters)")
+    with _runtime() as runtime, runtime.session_factory.begin() as session:
+        count = oauth.revoke_client_tokens(
+            session, client_id=client_id, reason=reason.strip(), actor=_operator(), audit=runtime.audit
+        )
+    typer.echo(f"{count} token(s) of {client_id} revoked")
+
+
+@sessions_app.command("revoke")
+def revoke_sessions(
+    username: Annotated[str, typer.Argument(help="The account whose sessions end now.")],
+    reason: Annotated[str, typer.Option(help="Why (audited, shown in the account's security history).")],
+) -> None:
+    """Revoke every session of an account, on every worker at once."""
+    from sqlalchemy import select
+
+    from carnet.identity import sessions
+    from carnet.identity.models import Account
+
+    if len(reason.strip()) < 4:
+        raise _fail("state a reason (at least 4 characters)")
+    with _runtime() as runtime, runtime.session_factory.begin() as session:
+        account_id = session.scalar(select(Account.id).where(Account.username == username))
+        if account_id is None:
+            raise _fail(f"no account named {username!r}")
+        count = sessions.revoke(
+            session,
+            account_id=account_id,
+            session_id=None,
+            reason=reason.strip(),
+            actor=_operator(),
+            audit=runtime.audit,
+        )
+    typer.echo(f"{count} session(s) of {username} revoked")

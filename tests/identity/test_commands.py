@@ -1,0 +1,89 @@
+"""`carnet clients ...` and `carnet sessions revoke`: audited, and bad input exits 2 cleanly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from joserfc.jwk import ECKey
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from carnet.audit.models import AuditEvent
+from carnet.cli import app
+from carnet.identity.models import ApiClient
+from carnet.runtime import Runtime
+from carnet.settings import reset_settings_cache
+from tests.identity.conftest import login, make_person
+
+
+def run_cli(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    monkeypatch.setenv("CARNET_ENV", "test")
+    monkeypatch.setenv("CARNET_VAR_DIR", str(runtime.settings.var_dir))
+    monkeypatch.setenv("CARNET_DATABASE_URL", runtime.settings.resolved_database_url)
+    monkeypatch.setenv("CARNET_ORIGIN", runtime.settings.origin)
+    reset_settings_cache()
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        reset_settings_cache()
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def test_register_list_and_revoke(
+    sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key = ECKey.generate_key("P-384", parameters={"kid": "k"})
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    code, out = run_cli(
+        sqlite_runtime, monkeypatch, "clients", "register", "--client-id", "lab-system", "--name", "Lab",
+        "--scope", "system/Observation.rs", "--jwks", str(jwks),
+    )  # fmt: skip
+    assert code == 0, out
+    assert "http://localhost:8000/oauth/token" in out
+    code, out = run_cli(sqlite_runtime, monkeypatch, "clients", "list")
+    assert code == 0 and "lab-system" in out and "system/Observation.rs" in out
+    code, out = run_cli(
+        sqlite_runtime, monkeypatch, "clients", "revoke-tokens", "lab-system", "--reason", "key leaked"
+    )
+    assert code == 0 and "0 token(s)" in out
+    with sqlite_runtime.session_factory() as session:
+        kinds = [(e.kind, e.username) for e in session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
+    assert kinds == [("client:client:registered", "system:cli"), ("client:token:revoked", "system:cli")]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--client-id", "x", "--name", "n", "--scope", "system/Patient.read"],  # short id, no keys
+        ["--client-id", "lab-ok", "--name", "n", "--scope", "everything"],  # not a SMART scope
+        ["--client-id", "lab-ok", "--name", "n", "--scope", "system/Patient.read", "--jwks", "/nonexistent"],
+        ["--client-id", "app-ok", "--name", "n", "--scope", "user/*.read", "--kind", "app"],  # no redirect
+    ],
+)
+def test_bad_input_exits_2_and_changes_nothing(
+    sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    code, out = run_cli(sqlite_runtime, monkeypatch, "clients", "register", *args)
+    assert code == 2, out
+    assert "error:" in out and "Traceback" not in out
+    with sqlite_runtime.session_factory() as session:
+        assert session.scalars(select(ApiClient)).all() == []
+
+
+def test_sessions_revoke_cuts_an_open_session(
+    sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch, client: TestClient
+) -> None:
+    login(client, make_person(sqlite_runtime, "compromised"))
+    assert client.get("/auth/me").status_code == 200
+    code, out = run_cli(
+        sqlite_runtime, monkeypatch, "sessions", "revoke", "compromised", "--reason", "phished"
+    )
+    assert code == 0 and "1 session(s)" in out
+    assert client.get("/auth/me").status_code == 401
+    assert run_cli(sqlite_runtime, monkeypatch, "sessions", "revoke", "nobody", "--reason", "test")[0] == 2
+    assert run_cli(sqlite_runtime, monkeypatch, "sessions", "revoke", "compromised", "--reason", "x")[0] == 2
