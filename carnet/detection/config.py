@@ -48,7 +48,10 @@ class DetectionConfig(BaseSettings):
     # API clients cannot step up: their floors throttle, twice them contains.
     client_volume: RoleVolume = Field(default_factory=lambda: RoleVolume(m15=500, h1=2000, h24=10000))
 
-    # Patients outside the actor's care relationships (break-the-glass, searches).
+    # Patients outside the actor's care relationships (break-the-glass, searches). Judged only
+    # for roles whose work is care-scoped: front desk and billing serve the whole facility.
+    care_scoped_roles: list[str] = Field(default_factory=lambda: ["physician", "nurse"])
+    facility_wide_roles: list[str] = Field(default_factory=lambda: ["front_desk", "billing"])
     outside_care_step_up_1h: int = Field(default=3, ge=1)
     outside_care_contain_1h: int = Field(default=8, ge=1)
     outside_care_contain_24h: int = Field(default=15, ge=1)

@@ -10,11 +10,13 @@ import datetime as dt
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import and_, case, func, select, true
+from sqlalchemy import and_, case, func, select, true, type_coerce
 from sqlalchemy.orm import Session
 
+from carnet.db.base import UtcDateTime
 from carnet.detection.interfaces import ActorCounts, EventKind
 from carnet.detection.models import DetectionEvent, Exposure
 
@@ -91,6 +93,17 @@ class SqlExposureCounters:
                 events_since(s15, EventKind.DENIAL),
                 events_since(s1, EventKind.EXPORT_DENIAL),
                 events_since(s1, EventKind.REFUSAL),
+                type_coerce(
+                    func.min(
+                        case(
+                            (
+                                and_(DetectionEvent.at >= s1, DetectionEvent.kind == EventKind.REFUSAL.value),
+                                DetectionEvent.at,
+                            )
+                        )
+                    ),
+                    UtcDateTime(),
+                ),
             )
             .where(DetectionEvent.actor_ref == actor_ref, DetectionEvent.at >= s1, DetectionEvent.at <= at)
             .subquery()
@@ -113,6 +126,7 @@ class SqlExposureCounters:
             denials_15m=event_row[5],
             export_denials_1h=event_row[6],
             refusals_1h=event_row[7],
+            first_refusal_at=event_row[8],
         )
 
 
@@ -167,6 +181,8 @@ class MemoryExposureCounters:
         def n(name: str, start: dt.datetime) -> int:
             return sum(1 for t in sets.get(name, {}).values() if start <= t <= at)
 
+        refusals = [t for t in sets.get("e:refusal", {}).values() if s1 <= t <= at]
+
         return ActorCounts(
             patients_15m=n("p", s15),
             patients_1h=n("p", s1),
@@ -182,6 +198,7 @@ class MemoryExposureCounters:
             denials_15m=n("e:denial", s15),
             export_denials_1h=n("e:export-denial", s1),
             refusals_1h=n("e:refusal", s1),
+            first_refusal_at=min(refusals, default=None),
         )
 
 
@@ -264,5 +281,10 @@ class RedisExposureCounters:
         pipe = self._redis.pipeline(transaction=False)
         for name, start in wanted:
             pipe.zcount(self._key(actor_ref, name), start, end)
-        values = [int(v) for v in pipe.execute()]
-        return ActorCounts(*values)
+        pipe.zrangebyscore(self._key(actor_ref, "e:refusal"), s1, end, start=0, num=1, withscores=True)
+        *values, first = pipe.execute()
+        first_at = dt.datetime.fromtimestamp(float(first[0][1]), dt.UTC) if first else None
+        names = [f.name for f in fields(ActorCounts) if f.name != "first_refusal_at"]
+        return ActorCounts(
+            **dict(zip(names, (int(v) for v in values), strict=True)), first_refusal_at=first_at
+        )

@@ -149,6 +149,9 @@ class ActorCounts:
     denials_15m: int = 0
     export_denials_1h: int = 0
     refusals_1h: int = 0
+    # When the actor was first stopped (step-up or throttle) in the last hour: a second factor
+    # proven after it satisfies a step-up; one proven before (at login) does not.
+    first_refusal_at: dt.datetime | None = None
 
 
 class ExposureCounters(Protocol):

@@ -163,7 +163,7 @@ class SqlExposureLedger:
             role_baseline=self._role_baseline(session, actor),
             new_address=self._is_new_address(session, actor, at),
         )
-        self._respond(session, actor=actor, findings=rules.evaluate(self.config, ctx), at=at)
+        self._respond(session, actor=actor, findings=rules.evaluate(self.config, ctx), ctx=ctx)
 
     def record_denial(
         self,
@@ -189,7 +189,7 @@ class SqlExposureLedger:
         )
         # The request is already refused: a containment meets the actor's next request.
         with contextlib.suppress(AccountContained, StepUpRequired, Throttled):
-            self._respond(session, actor=actor, findings=rules.evaluate(self.config, ctx), at=at)
+            self._respond(session, actor=actor, findings=rules.evaluate(self.config, ctx), ctx=ctx)
 
     # -- what every worker checks first ----------------------------------------------------
     def ensure_not_contained(self, session: Session, *, actor: Actor) -> ActorState | None:
@@ -218,14 +218,17 @@ class SqlExposureLedger:
         self.counters.reset(actor_ref=actor_ref)
 
     # -- response ------------------------------------------------------------------------
-    def _respond(self, session: Session, *, actor: Actor, findings: list[Finding], at: dt.datetime) -> None:
+    def _respond(
+        self, session: Session, *, actor: Actor, findings: list[Finding], ctx: rules.Context
+    ) -> None:
         if not findings:
             return
+        at = ctx.at
         top = findings[0]
         level = top.level
         if level is Level.STEP_UP and actor.kind in (ActorKind.CLIENT, ActorKind.SYSTEM):
             level = Level.THROTTLE  # no second factor to ask for
-        if level is Level.STEP_UP and self._second_factor_is_fresh(actor, at):
+        if level is Level.STEP_UP and self._stepped_up(actor, ctx):
             level = Level.RECORD
         if level is Level.CONTAIN:
             reason = " ".join(f.sentence for f in findings if f.level is Level.CONTAIN)[:1000]
@@ -245,9 +248,14 @@ class SqlExposureLedger:
             self._after(session, lambda s: self._write_refusal(s, actor=actor, at=at))
             raise StepUpRequired(f"Confirm your identity with your second factor to continue: {top.sentence}")
 
-    def _second_factor_is_fresh(self, actor: Actor, at: dt.datetime) -> bool:
+    def _stepped_up(self, actor: Actor, ctx: rules.Context) -> bool:
+        """A second factor proven recently AND after the actor was first asked for it: the one
+        proven at login does not count, or a stolen fresh session would walk through."""
         proven = actor.second_factor_at
-        return proven is not None and at - proven <= dt.timedelta(minutes=self.config.step_up_valid_minutes)
+        asked = ctx.counts.first_refusal_at
+        if proven is None or asked is None:
+            return False
+        return proven >= asked and ctx.at - proven <= dt.timedelta(minutes=self.config.step_up_valid_minutes)
 
     def _write_containment(
         self, session: Session, *, actor: Actor, findings: list[Finding], at: dt.datetime

@@ -133,7 +133,14 @@ def _client_volume(config: DetectionConfig, ctx: Context) -> Finding | None:
     return None if worst is None else Finding(Rule.CLIENT_VOLUME, worst[0], worst[2])
 
 
+def _care_scoped(actor: Actor, config: DetectionConfig) -> bool:
+    names = {r.value for r in actor.roles}
+    return bool(names & set(config.care_scoped_roles)) and not names & set(config.facility_wide_roles)
+
+
 def outside_care(config: DetectionConfig, ctx: Context) -> Finding | None:
+    if not _care_scoped(ctx.actor, config):
+        return None
     c = ctx.counts
     who = _who(ctx.actor)
     if c.outside_1h >= config.outside_care_contain_1h:

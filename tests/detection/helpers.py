@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from carnet.detection.interfaces import Channel, SearchEvent
 from carnet.detection.models import CanaryPatient
 from carnet.identity.models import Account
 from carnet.kernel import clock
+from carnet.kernel.errors import StepUpRequired
 from carnet.org.models import Facility
 from carnet.patients.models import Patient
 from carnet.runtime import Runtime
@@ -143,3 +145,20 @@ def deny(
 def new_patients(n: int) -> list[uuid.UUID]:
     """Patient ids for exposure counting (the ledger does not need the rows themselves)."""
     return [uuid.uuid4() for _ in range(n)]
+
+
+def step_up(actor: Actor) -> Actor:
+    """The same session after its owner proved their second factor again, just now."""
+    return dataclasses.replace(actor, second_factor_at=clock.now())
+
+
+def expose_as_owner(runtime: Runtime, actor: Actor, patients: Sequence[uuid.UUID], **kwargs: object) -> Actor:
+    """Like `expose`, but the session's owner answers a step-up and retries, as a clinician
+    would. Returns the (possibly stepped-up) actor for the next requests."""
+    try:
+        expose(runtime, actor, patients, **kwargs)  # type: ignore[arg-type]
+        return actor
+    except StepUpRequired:
+        actor = step_up(actor)
+        expose(runtime, actor, patients, **kwargs)  # type: ignore[arg-type]
+        return actor

@@ -16,7 +16,7 @@ from carnet.identity.models import Account
 from carnet.kernel import clock
 from carnet.kernel.errors import AccountContained, Conflict, Forbidden, InvalidInput
 from carnet.runtime import Runtime
-from tests.detection.helpers import expose, make_actor, new_patients
+from tests.detection.helpers import expose, expose_as_owner, make_actor, new_patients
 
 MORNING = dt.datetime(2026, 3, 3, 9, 0, tzinfo=dt.UTC)
 
@@ -35,11 +35,11 @@ def test_officers_handle_alerts_and_restore_with_two_people(
     runtime: Runtime, movable_clock: clock.MovableClock
 ) -> None:
     movable_clock.set(MORNING)
-    nurse = make_actor(runtime, "nurse.wanders", Role.NURSE, second_factor_at=clock.now())
+    nurse = make_actor(runtime, "nurse.wanders", Role.NURSE)
     first = make_actor(runtime, "so.first", Role.SECURITY_OFFICER)
     second = make_actor(runtime, "so.second", Role.SECURITY_OFFICER)
     strangers = new_patients(9)
-    expose(runtime, nurse, strangers[:4], outside_care=strangers[:4])
+    nurse = expose_as_owner(runtime, nurse, strangers[:4], outside_care=strangers[:4])
     with pytest.raises(AccountContained):
         expose(runtime, nurse, strangers[4:8], outside_care=strangers[4:8])
 
