@@ -21,7 +21,7 @@ from carnet.access.actor import Actor
 from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
 from carnet.detection.interfaces import Finding, Level, Rule
 from carnet.detection.models import ActorState, Alert
-from carnet.identity.models import AccessToken, Account, ApiClient, AuthSession
+from carnet.identity.models import AccessToken, Account, ApiClient
 
 log = logging.getLogger("carnet.detection")
 
@@ -148,30 +148,18 @@ def contain(
 
 
 def _revoke_sessions(session: Session, *, actor: Actor, audit: AuditWriter, at: dt.datetime) -> int:
+    """Every session of the account, through identity's own revocation (audited there)."""
+    from carnet.identity.sessions import revoke
+
     assert actor.account_id is not None
-    result = session.execute(
-        update(AuthSession)
-        .where(AuthSession.account_id == actor.account_id, AuthSession.revoked_at.is_(None))
-        .values(revoked_at=at, revoked_reason="contained by exfiltration detection")
+    return revoke(
+        session,
+        account_id=actor.account_id,
+        session_id=None,
+        reason="contained by exfiltration detection",
+        actor=actor,
+        audit=audit,
     )
-    count = int(result.rowcount)  # type: ignore[attr-defined]
-    if count:
-        audit.append(
-            session,
-            AuditRecord(
-                kind=AuditKind.SESSION_REVOKED,
-                outcome=Outcome.SUCCESS,
-                actor=actor,
-                resource_type="Account",
-                resource_ids=(str(actor.account_id),),
-                detail={
-                    "reason": "contained by exfiltration detection",
-                    "sessions": str(count),
-                    "scope": "all",
-                },
-            ),
-        )
-    return count
 
 
 def raise_alert(

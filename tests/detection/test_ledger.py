@@ -6,6 +6,7 @@ Windows are exercised with the movable clock; a refused request rolls back like 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import uuid
 
@@ -17,7 +18,8 @@ from carnet.audit.interfaces import AuditKind
 from carnet.audit.models import AuditEvent
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
 from carnet.detection.models import ActorState, Alert, Exposure
-from carnet.identity.models import Account
+from carnet.identity.models import Account, AuthSession
+from carnet.identity.sessions import open_session
 from carnet.kernel import clock
 from carnet.kernel.errors import AccountContained, StepUpRequired, Throttled
 from carnet.runtime import Runtime
@@ -52,6 +54,17 @@ def test_a_canary_contains_on_the_first_request(runtime: Runtime, movable_clock:
     facility = make_facility(runtime)
     canary = make_patients(runtime, facility, [PERSON], canary=True)
     doctor = make_actor(runtime, "dr.canary", Role.PHYSICIAN)
+    assert doctor.account_id is not None
+    with runtime.session_factory.begin() as session:
+        for _ in range(2):  # the stolen session and the owner's own
+            open_session(
+                session,
+                account_id=doctor.account_id,
+                privileged=False,
+                second_factor_method="totp",
+                address=None,
+                user_agent=None,
+            )
 
     with pytest.raises(AccountContained, match=r"suspended.*call the hospital security office"):
         expose(runtime, doctor, [*new_patients(3), *canary], channel=Channel.SEARCH)
@@ -66,6 +79,12 @@ def test_a_canary_contains_on_the_first_request(runtime: Runtime, movable_clock:
         assert "decoy" in (account.status_reason or "")
         events = session.scalars(sa.select(AuditEvent).where(AuditEvent.kind == AuditKind.CONTAINMENT)).all()
         assert [e.actor_ref for e in events] == [doctor.actor_ref]
+        live = session.scalars(sa.select(AuthSession).where(AuthSession.revoked_at.is_(None))).all()
+        assert live == []  # every session revoked
+        revoked = session.scalars(
+            sa.select(AuditEvent).where(AuditEvent.kind == AuditKind.SESSION_REVOKED)
+        ).all()
+        assert [json.loads(e.detail)["sessions"] for e in revoked] == ["2"]
     assert [(a.rule, a.level) for a in _alerts(runtime)] == [("canary", 4)]
     # Every later request is refused, whatever it asks.
     with pytest.raises(AccountContained):
