@@ -61,6 +61,7 @@ class AuditKind(StrEnum):
     RESTORE_REQUESTED = "detection:restore:requested"
     RESTORE_REJECTED = "detection:restore:rejected"
     INCIDENT_REPORT = "detection:incident:report"
+    REDTEAM_SESSION = "redteam:session:minted"  # demo/test only: a stand-in for a stolen session
     # administration
     SETTING_CHANGED = "admin:setting:changed"
     ACCOUNTS_LISTED = "admin:account:listed"
