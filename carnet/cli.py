@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ from carnet.audit.commands import audit_app
 from carnet.detection.commands import incident_app
 from carnet.identity.commands import clients_app, sessions_app
 from carnet.kernel.errors import CarnetError
+from carnet.redteam.commands import redteam_app
 
 app = typer.Typer(
     name="carnet",
@@ -26,6 +28,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(incident_app, name="incident")
+app.add_typer(redteam_app, name="redteam")
 app.add_typer(clients_app, name="clients")
 app.add_typer(sessions_app, name="sessions")
 
@@ -250,6 +253,58 @@ def users_list(
     for account_id, username, _kind, status, facility in accounts:
         table.add_row(username, ", ".join(sorted(roles.get(account_id, []))) or "-", facility or "-", status)
     Console().print(table)
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="FHIR Bundle JSON files and Bulk Data NDJSON files.")],
+    facility: Annotated[
+        str | None, typer.Option(help="Facility id to import into (default: the only facility).")
+    ] = None,
+    operator: Annotated[
+        str, typer.Option(help="Name of the system actor in the audit trail (who runs this import).")
+    ] = "import",
+) -> None:
+    """Import records from another system through the audited system door. A transaction
+    Bundle is all or nothing; every rejected resource is listed with its OperationOutcome."""
+    import re
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from carnet.phi.importer import import_files, resolve_facility, total_resources
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise fail(f"no such file: {', '.join(missing)}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{2,60}", operator):
+        raise fail("--operator is 2 to 60 letters, digits, '.', '_' or '-'")
+    runtime = build_runtime(get_settings())
+    try:
+        facility_id = resolve_facility(runtime, facility)
+        total = total_resources(paths)
+        columns = (TextColumn("import"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=False) as bar:
+            task = bar.add_task("import", total=total)
+            report = import_files(
+                runtime,
+                paths=paths,
+                facility_id=facility_id,
+                operator=operator,
+                progress=lambda n: bar.advance(task, n),
+            )
+    finally:
+        runtime.close()
+    out = Console()
+    accepted = ", ".join(f"{n} {t}" for t, n in sorted(report.accepted.items())) or "nothing"
+    out.print(f"imported: {accepted}", highlight=False)
+    for rejection in report.rejected:
+        issue = rejection.outcome["issue"][0]
+        line = f"rejected {rejection.source} ({rejection.resource_type}): {issue['diagnostics']}"
+        out.print(line, highlight=False, markup=False)
+    if report.rejected:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -1,0 +1,462 @@
+"""`carnet import`: records from other systems, as FHIR Bundles (JSON) or Bulk Data NDJSON,
+written through the one elevated door (carnet.phi.system) as a named, audited system actor.
+
+Each resource is validated (fhir.resources R4B, then carnet's own input rules) before anything
+is written. A transaction Bundle is all or nothing; a batch or collection Bundle and an NDJSON
+file keep what is valid and report each rejected resource with its OperationOutcome.
+References between resources resolve within the run: `urn:uuid:` full URLs of a Bundle and
+`Patient/<source id>` of resources imported earlier in the run (list Patient files first);
+a reference to a Patient already in carnet (its id) is accepted when it is in the facility.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.condition import Condition as FhirCondition
+from fhir.resources.R4B.coverage import Coverage as FhirCoverage
+from fhir.resources.R4B.observation import Observation as FhirObservation
+from fhir.resources.R4B.patient import Patient as FhirPatient
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.crypto.blind import IndexKind
+from carnet.fhir import mapping
+from carnet.fhir.outcome import operation_outcome, status_for
+from carnet.kernel import clock
+from carnet.kernel.errors import CarnetError, Conflict, InvalidInput
+from carnet.kernel.ids import new_id, parse_id
+from carnet.patients.models import Patient
+from carnet.phi.loader import SeedBatch, load_batch
+from carnet.phi.system import system_access
+from carnet.runtime import Runtime
+
+CHUNK = 1000  # resources per system transaction (batch and NDJSON)
+MODELS: dict[str, Any] = {
+    "Patient": FhirPatient,
+    "AllergyIntolerance": AllergyIntolerance,
+    "Condition": FhirCondition,
+    "Observation": FhirObservation,
+    "Coverage": FhirCoverage,
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source: str  # file and entry / line number
+    resource_type: str
+    outcome: dict[str, Any]  # an OperationOutcome (never quotes the data)
+
+
+@dataclass
+class ImportReport:
+    accepted: dict[str, int] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def total_accepted(self) -> int:
+        return sum(self.accepted.values())
+
+
+@dataclass
+class _Item:
+    source: str
+    resource: Any  # a dict when well formed
+    full_url: str | None = None
+
+
+@dataclass
+class _Unit:
+    transaction: bool
+    items: list[_Item]
+
+
+def read_units(path: Path) -> Iterator[_Unit]:
+    """A file's units: one per Bundle (JSON), or chunks of an NDJSON file."""
+    name = path.name
+    if path.suffix in (".ndjson", ".jsonl"):
+        items: list[_Item] = []
+        with path.open(encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    items.append(_Item(f"{name}:{number}", json.loads(line)))
+                except json.JSONDecodeError:
+                    items.append(_Item(f"{name}:{number}", None))
+                if len(items) >= CHUNK:
+                    yield _Unit(False, items)
+                    items = []
+        if items:
+            yield _Unit(False, items)
+        return
+    try:
+        bundle = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidInput(f"{name}: not a JSON file") from None
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise InvalidInput(f"{name}: a JSON file must hold a Bundle")
+    kind = bundle.get("type")
+    if kind not in ("transaction", "batch", "collection"):
+        raise InvalidInput(f"{name}: a Bundle to import is a transaction, batch or collection")
+    entries = bundle.get("entry") or []
+    yield _Unit(
+        kind == "transaction",
+        [
+            _Item(f"{name}#entry{number}", e.get("resource"), e.get("fullUrl"))
+            for number, e in enumerate(entries, start=1)
+        ],
+    )
+
+
+class _Run:
+    """One import run: the facility, the ids it created, and the rows of the unit at hand."""
+
+    def __init__(self, runtime: Runtime, facility_id: uuid.UUID) -> None:
+        self.runtime = runtime
+        self.facility_id = facility_id
+        self.patients: dict[str, uuid.UUID] = {}  # "Patient/<source id>" or urn:uuid -> new id
+        self.ins_seen: set[bytes] = set()
+        self.now = clock.now()
+
+    # -- references ---------------------------------------------------------------------------
+    def patient_ref(self, reference: str | None, pending: dict[str, uuid.UUID]) -> uuid.UUID:
+        if not reference:
+            raise InvalidInput("the resource names no patient")
+        found = pending.get(reference) or self.patients.get(reference)
+        if found is not None:
+            return found
+        pid = parse_id(reference.removeprefix("Patient/"))
+        if pid is not None:
+            with self.runtime.session_factory() as session:
+                facility = session.scalar(select(Patient.facility_id).where(Patient.id == pid))
+            if facility == self.facility_id:
+                return pid
+        raise InvalidInput("the patient reference resolves to no patient of this import or facility")
+
+    # -- mapping ------------------------------------------------------------------------------
+    def rows(
+        self, item: _Item, pending: dict[str, uuid.UUID]
+    ) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+        resource = item.resource
+        if not isinstance(resource, dict):
+            raise InvalidInput("not a JSON object")
+        rtype = str(resource.get("resourceType"))
+        model = MODELS.get(rtype)
+        if model is None:
+            raise InvalidInput(
+                f"{rtype} is not imported (Patient, AllergyIntolerance, Condition, Observation, Coverage)"
+            )
+        try:
+            parsed = model.model_validate(resource)
+        except ValidationError as exc:
+            places = sorted({".".join(str(p) for p in e.get("loc", ())) or rtype for e in exc.errors()})
+            raise InvalidInput(f"invalid {rtype}: check " + ", ".join(places[:10])) from None
+        data: dict[str, Any] = json.loads(parsed.model_dump_json(exclude_none=True))
+        mapper: Callable[[dict[str, Any], _Item, dict[str, uuid.UUID]], list[tuple[str, dict[str, Any]]]] = (
+            getattr(self, f"_{rtype.lower()}")
+        )
+        return rtype, mapper(data, item, pending)
+
+    def _base(self, patient_id: uuid.UUID) -> dict[str, Any]:
+        return {
+            "id": new_id(),
+            "facility_id": self.facility_id,
+            "patient_id": patient_id,
+            "version_id": 1,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
+
+    def _patient(
+        self, data: dict[str, Any], item: _Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        data.pop("generalPractitioner", None)  # practitioners of another system mean nothing here
+        data.pop("managingOrganization", None)
+        checked = mapping.patient_input(data, str(self.facility_id))
+        blind = self.runtime.keyring.blind
+        if checked.ins:
+            ins_bi = blind.index(IndexKind.IDENTIFIER, checked.ins)
+            if ins_bi in self.ins_seen:
+                raise Conflict("a patient with this INS is already in this import")
+            with self.runtime.session_factory() as session:
+                exists = session.scalar(
+                    select(Patient.id).where(
+                        Patient.facility_id == self.facility_id, Patient.ins_bi == ins_bi
+                    )
+                )
+            if exists is not None:
+                raise Conflict("a patient with this INS is already registered")
+            self.ins_seen.add(ins_bi)
+        patient_id = new_id()
+        for key in (f"Patient/{data['id']}" if data.get("id") else None, item.full_url):
+            if key:
+                pending[key] = patient_id
+        plain = {
+            "ins": checked.ins,
+            "family": checked.family,
+            "given": checked.given,
+            "birth_date": checked.birth_date.isoformat(),
+            "address": checked.address,
+            "phone": checked.phone,
+            "email": checked.email,
+        }
+        row = {
+            "id": patient_id,
+            "facility_id": self.facility_id,
+            "gender": checked.gender,
+            "designated_physician_id": None,
+            "opposes_other_facilities": checked.opposes_other_facilities,
+            "active": True,
+            "merged_into_id": None,
+            "version_id": 1,
+            "created_at": self.now,
+            "updated_at": self.now,
+            **plain,
+        }
+        snapshot = {
+            "id": str(patient_id),
+            "facility_id": str(self.facility_id),
+            "version_id": 1,
+            "gender": checked.gender,
+            "active": True,
+            "designated_physician_id": None,
+            "opposes_other_facilities": checked.opposes_other_facilities,
+            **plain,
+        }
+        version = {
+            "id": new_id(),
+            "resource_type": "Patient",
+            "resource_id": patient_id,
+            "version_id": 1,
+            "patient_id": patient_id,
+            "facility_id": self.facility_id,
+            "recorded_at": self.now,
+            "author_id": None,
+            "action": "create",
+            "snapshot": snapshot,
+        }
+        return [("patients", row), ("resource_versions", version)]
+
+    def _allergyintolerance(
+        self, data: dict[str, Any], item: _Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        patient = self.patient_ref((data.get("patient") or {}).get("reference"), pending)
+        data["patient"] = {"reference": f"Patient/{patient}"}
+        checked = mapping.allergy_input(data)
+        status = _code((data.get("clinicalStatus") or {}), "active")
+        row = self._base(patient) | {
+            "substance_code": checked.substance_code,
+            "substance_display": checked.substance_display,
+            "criticality": checked.criticality,
+            "clinical_status": status,
+            "recorded_by": None,
+        }
+        return [("allergies", row)]
+
+    def _condition(
+        self, data: dict[str, Any], item: _Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
+        coding = ((data.get("code") or {}).get("coding") or [{}])[0]
+        if not coding.get("code"):
+            raise InvalidInput("a Condition needs code.coding")
+        row = self._base(patient) | {
+            "code": str(coding["code"])[:20],
+            "display": str(coding.get("display") or (data.get("code") or {}).get("text") or coding["code"])[
+                :200
+            ],
+            "clinical_status": _code(data.get("clinicalStatus") or {}, "active"),
+            "onset_at": _instant(data.get("onsetDateTime")),
+            "recorded_by": None,
+        }
+        return [("conditions", row)]
+
+    def _observation(
+        self, data: dict[str, Any], item: _Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
+        coding = ((data.get("code") or {}).get("coding") or [{}])[0]
+        effective = _instant(data.get("effectiveDateTime") or data.get("issued"))
+        if not coding.get("code") or effective is None:
+            raise InvalidInput("an Observation needs code.coding and effectiveDateTime")
+        quantity = data.get("valueQuantity") or {}
+        category = _code(((data.get("category") or [{}])[0]), "laboratory")
+        row = self._base(patient) | {
+            "encounter_id": None,
+            "report_id": None,
+            "category": category[:20],
+            "code": str(coding["code"])[:20],
+            "display": str(coding.get("display") or coding["code"])[:200],
+            "value_number": quantity.get("value"),
+            "unit": (quantity.get("unit") or quantity.get("code") or None),
+            "value_text": (data.get("valueString") or None),
+            "effective_at": effective,
+            "status": data.get("status") or "final",
+            "performer_id": None,
+        }
+        return [("observations", row)]
+
+    def _coverage(
+        self, data: dict[str, Any], item: _Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        patient = self.patient_ref((data.get("beneficiary") or {}).get("reference"), pending)
+        period = data.get("period") or {}
+        start = _instant(period.get("start"))
+        if start is None or not data.get("subscriberId"):
+            raise InvalidInput("a Coverage needs period.start and subscriberId")
+        payor = (data.get("payor") or [{}])[0]
+        row = self._base(patient) | {
+            "kind": _code(data.get("type") or {}, "AMO")[:10],
+            "payer": str(payor.get("display") or payor.get("reference") or "unknown")[:200],
+            "member_id": data["subscriberId"],
+            "status": data.get("status") or "active",
+            "period_start": start,
+            "period_end": _instant(period.get("end")),
+        }
+        return [("coverages", row)]
+
+
+def _code(concept: dict[str, Any], default: str) -> str:
+    for coding in concept.get("coding") or []:
+        if coding.get("code"):
+            return str(coding["code"])
+    return default
+
+
+def _instant(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    if len(value) == 10:
+        value += "T00:00:00+00:00"
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _rejection(item: _Item, rtype: str, exc: CarnetError) -> Rejection:
+    _status, code = status_for(exc)
+    return Rejection(item.source, rtype, operation_outcome(code, f"{item.source}: {exc}"))
+
+
+def import_files(
+    runtime: Runtime,
+    *,
+    paths: list[Path],
+    facility_id: uuid.UUID,
+    operator: str,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import files in order; `progress(n)` is told of each n resources handled."""
+    report = ImportReport()
+    run = _Run(runtime, facility_id)
+    for path in paths:
+        for unit in read_units(path):
+            _import_unit(run, unit, report, operator=operator, source=path.name)
+            if progress is not None:
+                progress(len(unit.items))
+    return report
+
+
+def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str, source: str) -> None:
+    pending: dict[str, uuid.UUID] = {}
+    batch = SeedBatch()
+    accepted: dict[str, int] = {}
+    rejected: list[Rejection] = []
+    for item in unit.items:
+        rtype = str(item.resource.get("resourceType")) if isinstance(item.resource, dict) else "unknown"
+        try:
+            rtype, rows = run.rows(item, pending)
+        except CarnetError as exc:
+            rejected.append(_rejection(item, rtype, exc))
+            continue
+        except (ValueError, TypeError, KeyError):
+            rejected.append(_rejection(item, rtype, InvalidInput("malformed resource")))
+            continue
+        for table, row in rows:
+            batch.add(table, row)
+        accepted[rtype] = accepted.get(rtype, 0) + 1
+    if unit.transaction and rejected:
+        # All or nothing: the valid entries are not written either, and say so.
+        report.rejected.extend(rejected)
+        for item in unit.items:
+            if not any(r.source == item.source for r in rejected):
+                rtype = (
+                    str(item.resource.get("resourceType")) if isinstance(item.resource, dict) else "unknown"
+                )
+                report.rejected.append(
+                    Rejection(
+                        item.source,
+                        rtype,
+                        operation_outcome(
+                            "processing",
+                            f"{item.source}: not written, another entry of the transaction failed",
+                        ),
+                    )
+                )
+        return
+    if accepted:
+        with system_access(run.runtime, reason=f"import of {source}", operator=operator) as door:
+            load_batch(door, batch)
+            # Which patients the import touched: each sees it in their access log.
+            touched = list(
+                dict.fromkeys(
+                    r["patient_id"] for rows in batch.rows.values() for r in rows if "patient_id" in r
+                )
+            )
+            patient_rows = [r["id"] for r in batch.rows.get("patients", [])]
+            door.audit.append(
+                door.session,
+                AuditRecord(
+                    kind=AuditKind.PHI_CREATE,
+                    outcome=Outcome.SUCCESS,
+                    actor=door.actor,
+                    resource_type="Bundle",
+                    resource_ids=[str(i) for i in patient_rows[:200]],
+                    patient_ids=list(dict.fromkeys(patient_rows + touched)),
+                    query=f"import;resources={sum(accepted.values())}",
+                    policy_reason=f"import of {source}"[:500],
+                ),
+            )
+    run.patients.update(pending)
+    for rtype, n in accepted.items():
+        report.accepted[rtype] = report.accepted.get(rtype, 0) + n
+    report.rejected.extend(rejected)
+
+
+def resolve_facility(runtime: Runtime, value: str | None) -> uuid.UUID:
+    """The facility the import belongs to: the one named, or the only one there is."""
+    from carnet.org.models import Facility
+
+    with runtime.session_factory() as session:
+        ids = list(session.scalars(select(Facility.id).limit(2)))
+        if value is not None:
+            wanted = parse_id(value)
+            if wanted is None or session.get(Facility, wanted) is None:
+                raise InvalidInput("unknown facility id")
+            return wanted
+    if len(ids) != 1:
+        raise InvalidInput("name the facility to import into (--facility ID)")
+    return ids[0]
+
+
+def total_resources(paths: list[Path]) -> int:
+    """How many resources the files hold (for the progress bar); unreadable files count 0."""
+    total = 0
+    for path in paths:
+        try:
+            if path.suffix in (".ndjson", ".jsonl"):
+                with path.open(encoding="utf-8") as fh:
+                    total += sum(1 for line in fh if line.strip())
+            else:
+                total += len(json.loads(path.read_text(encoding="utf-8")).get("entry") or [])
+        except (OSError, ValueError, AttributeError):
+            continue
+    return total
