@@ -50,6 +50,7 @@ from carnet.billing.models import Invoice, InvoiceLine
 from carnet.coverage.models import CardReading, Coverage
 from carnet.crypto.blind import IndexKind, normalize_name
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
+from carnet.identity.oauth import require_scope
 from carnet.kernel import clock
 from carnet.kernel.errors import (
     AccountContained,
@@ -160,6 +161,7 @@ class _Tx:
     session: Session
     ctx: AccessContext
     resource_type: str
+    kind: AuditKind = AuditKind.PHI_READ
     resource_ids: list[str] = field(default_factory=list)
     patient_ids: list[uuid.UUID] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
@@ -220,7 +222,7 @@ class Gate:
                 if not ctx.permissions:
                     raise _Refused("no active role grants this actor any permission")
                 enter_scope(session, ctx.facility_ids)
-                tx = _Tx(session=session, ctx=ctx, resource_type=resource.value)
+                tx = _Tx(session=session, ctx=ctx, resource_type=resource.value, kind=kind)
                 try:
                     result = body(tx)
                 finally:
@@ -341,6 +343,7 @@ class Gate:
         write: bool = False,
         permission: Permission | None = None,
     ) -> Decision:
+        self._check_scopes(tx, resource)
         rels = self._relationships(tx, [patient]).get(patient.id, frozenset())
         decision = decide(
             roles=tx.ctx.roles, resource=resource, relationships=rels, write=write, permission=permission
@@ -351,6 +354,18 @@ class Gate:
         if Relationship.BREAK_GLASS in rels and not rels & care.CARE:
             tx.reasons.append("break-the-glass")
         return decision
+
+    def _check_scopes(self, tx: _Tx, resource: ResourceType) -> None:
+        """A token's SMART scopes narrow what its roles allow (a browser session has none)."""
+        if self.actor.scopes is None:
+            return
+        if tx.kind == AuditKind.BREAK_GLASS_START:
+            raise _Refused("break-the-glass is not available to an access token")
+        action = _SCOPE_ACTIONS.get(tx.kind, "read")
+        try:
+            require_scope(self.actor, resource_type=resource.value, action=action)
+        except Forbidden as exc:
+            raise _Refused(str(exc)) from None
 
     def _read_fields(self, tx: _Tx, rels: frozenset[Relationship], resource: ResourceType) -> frozenset[str]:
         decision = decide(roles=tx.ctx.roles, resource=resource, relationships=rels)
@@ -483,6 +498,7 @@ class Gate:
         """Search never browses: an identifier, or a family name with a birth date, or a name
         among the actor's own patients. At most SEARCH_MAX_COUNT results, SEARCH_MAX_PAGE pages."""
         self._require(tx, Permission.PATIENT_SEARCH)
+        self._check_scopes(tx, RT.PATIENT)
         if not 1 <= count <= SEARCH_MAX_COUNT:
             raise InvalidInput(f"count must be between 1 and {SEARCH_MAX_COUNT}")
         if not 1 <= page <= SEARCH_MAX_PAGE:
@@ -577,6 +593,8 @@ class Gate:
     def day_list(self, tx: _Tx, /, *, day: dt.date | None = None) -> DayList:
         """The clinician's day: their appointments of the day and their current inpatients."""
         self._require(tx, Permission.DAY_LIST_READ)
+        for listed in (RT.PATIENT, RT.APPOINTMENT, RT.ENCOUNTER):
+            self._check_scopes(tx, listed)
         me = tx.ctx.practitioner_id
         if me is None:
             raise _Refused("a day list belongs to a practitioner")
@@ -910,6 +928,7 @@ class Gate:
     def register_patient(self, tx: _Tx, /, *, data: PatientInput) -> PatientView:
         """Register a patient: encrypted fields, blind indexes, duplicate check, version 1."""
         self._require(tx, Permission.PATIENT_CREATE)
+        self._check_scopes(tx, RT.PATIENT)
         facility_id = parse_id(data.facility_id)
         if facility_id is None or facility_id not in tx.ctx.facility_ids:
             raise _Refused("registration outside the actor's facilities")
@@ -1412,6 +1431,7 @@ class Gate:
         (carnet.access.breakglass) with `alert_state` pending for detection to alert on.
         """
         self._require(tx, Permission.BREAK_GLASS)
+        self._check_scopes(tx, RT.PATIENT)  # refuses any access token
         if tx.ctx.account_id is None:
             raise _Refused("break-the-glass needs a staff account")
         proven = self.actor.second_factor_at
@@ -1541,15 +1561,29 @@ class Gate:
         for number, (name, arguments) in enumerate(steps, start=1):
             if name not in TRANSACTION_OPERATIONS:
                 raise InvalidInput(f"entry {number}: {name} cannot be part of a transaction")
-            body = getattr(Gate, name).__wrapped__
+            operation = getattr(Gate, name)
+            body = operation.__wrapped__
+            # Each step is checked (token scopes) as the write it is, not as a "transaction".
+            tx.kind = operation.__gate_audit_kind__
             try:
                 results.append(body(self, tx, **arguments(results)))
             except _Refused as exc:
                 raise _Refused(f"entry {number}: {exc.reason}", exc.patient_ids) from None
             except (InvalidInput, Conflict, NotFound) as exc:
                 raise type(exc)(f"entry {number}: {exc}") from None
+            finally:
+                tx.kind = AuditKind.PHI_TRANSACTION
         return results
 
+
+# The SMART action a token's scopes must allow, by audit kind (reads and history: "read").
+_SCOPE_ACTIONS = {
+    AuditKind.PHI_SEARCH: "search",
+    AuditKind.PHI_LIST: "search",
+    AuditKind.PHI_CREATE: "create",
+    AuditKind.PHI_UPDATE: "update",
+    AuditKind.PHI_DELETE: "delete",
+}
 
 # What `Gate._read_one` reads by id (other sections are read through their patient).
 _RECORD_MODELS: dict[ResourceType, Any] = {

@@ -93,6 +93,12 @@ def _new_patient(w: World, **extra: Any) -> PatientInput:
     return PatientInput(**(values | extra))
 
 
+def _allergy(patient: str) -> AllergyInput:
+    return AllergyInput(
+        patient_id=patient, substance_code="N02BA", substance_display="AINS", criticality="low"
+    )
+
+
 def _slot(w: World, days: int) -> AppointmentInput:
     start = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
     return AppointmentInput(
@@ -264,6 +270,24 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         "physician",
         lambda g, w: g.deactivate_patient(patient_id=w.patient, expected_version=1),
         lambda g, w: g.deactivate_patient(patient_id=w.patient, expected_version=9),
+    ),
+    "run_transaction": (
+        "physician",
+        lambda g, w: g.run_transaction(
+            steps=[
+                ("record_allergy", lambda _r: {"data": _allergy(w.patient)}),
+                (
+                    "write_note",
+                    lambda _r: {"patient_id": w.patient, "kind": "11506-3", "title": "T", "text": "ok"},
+                ),
+            ]
+        ),
+        lambda g, w: g.run_transaction(
+            steps=[
+                ("record_allergy", lambda _r: {"data": _allergy(w.patient)}),
+                ("record_allergy", lambda _r: {"data": _allergy(MISSING)}),
+            ]
+        ),
     ),
     "break_glass": (
         "physician",

@@ -405,3 +405,23 @@ def test_coverage_card_readings_and_invoices_by_role(runtime: Runtime) -> None:
     clerk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
     with pytest.raises(NotFound):
         Gate(runtime, clerk).list_coverage(patient_id=patient.id)
+
+
+def test_token_scopes_narrow_what_roles_allow(runtime: Runtime) -> None:
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    patient = f.register_patient(runtime, facility)
+    f.link_care(runtime, patient_id=patient.id, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    app = dataclasses.replace(doctor, scopes=frozenset({"user/Patient.read"}))
+    gate = Gate(runtime, app)
+    assert gate.read_patient(patient_id=patient.id).family == "Martin"
+    with pytest.raises(NotFound):  # no scope for allergies
+        gate.list_allergies(patient_id=patient.id)
+    with pytest.raises(Forbidden):  # read is not search... in SMART v1 `read` covers search
+        Gate(runtime, dataclasses.replace(doctor, scopes=frozenset({"user/Patient.r"}))).search_patients(
+            family="martin"
+        )
+    with pytest.raises(NotFound):  # tokens never break the glass
+        Gate(runtime, dataclasses.replace(doctor, scopes=frozenset({"user/*.*"}))).break_glass(
+            patient_id=patient.id, reason="emergency", justification="arrêt cardiaque"
+        )
