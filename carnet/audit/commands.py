@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -138,6 +138,8 @@ def export(
         end = parse_moment(until, name="--until") if until else None
         engine = make_engine(settings.resolved_database_url)
         try:
+            # Who accessed whom is sensitive too: the export is audited before anything leaves.
+            _record_export(engine, since=start, until=end, target=str(output) if output else "stdout")
             lines = export_events(engine, since=start, until=end)
             count = 0
             sink = output.open("w", encoding="utf-8") if output else sys.stdout
@@ -152,6 +154,33 @@ def export(
             engine.dispose()
     if output:
         typer.echo(f"{count} events written to {output}")
+
+
+def _record_export(engine: Any, *, since: Any, until: Any, target: str) -> None:
+    from carnet.access.actor import Actor, ActorKind, PurposeOfUse
+    from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+    from carnet.audit.writer import SqlAuditWriter
+    from carnet.db.engine import make_session_factory
+
+    actor = Actor(
+        kind=ActorKind.SYSTEM, username="system:cli", roles=frozenset(), purpose_of_use=PurposeOfUse.SECURITY
+    )
+    with make_session_factory(engine).begin() as session:
+        SqlAuditWriter().append(
+            session,
+            AuditRecord(
+                kind=AuditKind.AUDIT_EVENTS_READ,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                resource_type="AuditEvent",
+                query="siem-export",
+                detail={
+                    "since": since.isoformat(),
+                    "until": until.isoformat() if until else "",
+                    "target": target[:200],
+                },
+            ),
+        )
 
 
 @audit_app.command("purge")

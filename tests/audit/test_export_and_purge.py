@@ -72,8 +72,15 @@ def test_export_gives_json_lines_without_free_text_or_patient_names(
     code, out = run_cli(
         runtime, monkeypatch, "export", "--since", "2026-01-01T00:00:00+01:00", "--output", str(target)
     )
-    assert code == 0 and "5 events written" in out
-    assert len(target.read_text().splitlines()) == 5
+    # 5 events, then each export's own audit event (written before its data leaves).
+    assert code == 0 and "7 events written" in out
+    exported = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [e["kind"] for e in exported[5:]] == [AuditKind.AUDIT_EVENTS_READ.value] * 2
+    assert exported[6]["query"] == "siem-export" and exported[6]["detail_keys"] == [
+        "since",
+        "target",
+        "until",
+    ]
     first = json.loads(target.read_text().splitlines()[0])
     assert first["actor"]["username"] == DOCTOR.username and first["actor"]["roles"] == ["physician"]
 

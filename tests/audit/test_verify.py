@@ -308,3 +308,24 @@ def test_awkward_text_verifies_byte_for_byte(runtime: Runtime, monkeypatch: pyte
     checkpoint(runtime)
     code, out = verify(runtime, monkeypatch)
     assert code == 0, out
+
+
+def test_init_key_checkpoint_and_verify_with_the_public_key_only(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    key = tmp_path / "ops" / "audit.pem"
+    monkeypatch.setenv("CARNET_AUDIT_SIGNING_KEY_FILE", str(key))
+    code, out = run_cli(runtime, monkeypatch, "init-key")
+    assert code == 0, out
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    code, out = run_cli(runtime, monkeypatch, "checkpoint")
+    assert code == 0 and "the audit trail is empty" in out
+    append_events(runtime, 3)
+    code, out = run_cli(runtime, monkeypatch, "checkpoint")
+    assert code == 0 and "checkpoint signed: seq 3, 3 events" in out
+    # A verifier holds only the public key.
+    public = tmp_path / "verifier.pub"
+    public.write_bytes(key.with_name("audit.pem.pub").read_bytes())
+    key.unlink()
+    code, out = run_cli(runtime, monkeypatch, "verify", "--public-key", str(public))
+    assert code == 0 and "intact: the chain verifies up to checkpoint #1 (seq 3" in out
