@@ -18,9 +18,12 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if getattr(app.state, "runtime", None) is None:
+        owned = getattr(app.state, "runtime", None) is None
+        if owned:
             app.state.runtime = build_runtime(get_settings())
         yield
+        if owned:
+            app.state.runtime.close()  # a final signed checkpoint pins this worker's audit tail
 
     app = FastAPI(
         title="carnet",
