@@ -124,6 +124,9 @@ def keys_rotate(
     batch_size: Annotated[
         int, typer.Option(min=1, max=2000, help="Rows per transaction while re-encrypting.")
     ] = 200,
+    pause_ms: Annotated[
+        int, typer.Option(min=0, max=10_000, help="Pause between batches, to leave room for the service.")
+    ] = 0,
 ) -> None:
     """New key-encryption key, data keys rewrapped; the old key leaves the key file only at the end.
 
@@ -135,7 +138,13 @@ def keys_rotate(
 
     runtime = build_runtime(get_settings())
     try:
-        report = rotate_keys(runtime, reencrypt=reencrypt, batch_size=batch_size, operator="cli:keys-rotate")
+        report = rotate_keys(
+            runtime,
+            reencrypt=reencrypt,
+            batch_size=batch_size,
+            pause=pause_ms / 1000,
+            operator="cli:keys-rotate",
+        )
     finally:
         runtime.close()
     out = Console()

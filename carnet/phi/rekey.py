@@ -12,6 +12,7 @@ data keys stay loadable, so readers never meet a value they cannot open.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ DEFAULT_BATCH_SIZE = 200
 DEFAULT_PRUNE_GRACE = dt.timedelta(hours=1)
 MIN_PRUNE_GRACE = dt.timedelta(seconds=2 * ACTIVE_KEY_REFRESH_SECONDS)
 MAX_BATCH_SIZE = 2000
+MAX_PAUSE = 10.0
 # Workers keep writing under the old data key until their keyring refreshes (30 s); a few
 # passes over the stragglers catch what they wrote meanwhile.
 MAX_PASSES = 3
@@ -131,16 +133,24 @@ def rotate_keys(
     *,
     reencrypt: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    pause: float = 0.0,
     operator: str = "carnet",
 ) -> RotationReport:
-    """Rotate the KEK (data keys rewrapped); with `reencrypt`, also renew every data key."""
+    """Rotate the KEK (data keys rewrapped); with `reencrypt`, also renew every data key.
+
+    `pause` (seconds between re-encryption batches) leaves the database and CPUs to the service.
+    """
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise InvalidInput(f"the batch size must be between 1 and {MAX_BATCH_SIZE}")
+    if not 0 <= pause <= MAX_PAUSE:
+        raise InvalidInput(f"the pause between batches must be between 0 and {MAX_PAUSE:.0f} seconds")
     with _rotatable(runtime).rotation_lock():
-        return _rotate(runtime, reencrypt=reencrypt, batch_size=batch_size, operator=operator)
+        return _rotate(runtime, reencrypt=reencrypt, batch_size=batch_size, pause=pause, operator=operator)
 
 
-def _rotate(runtime: Runtime, *, reencrypt: bool, batch_size: int, operator: str) -> RotationReport:
+def _rotate(
+    runtime: Runtime, *, reencrypt: bool, batch_size: int, pause: float, operator: str
+) -> RotationReport:
     keys = _rotatable(runtime)
     previous = keys.kek_ids
     new_kek = keys.add_kek()  # step 1: on disk before any row names it
@@ -170,7 +180,7 @@ def _rotate(runtime: Runtime, *, reencrypt: bool, batch_size: int, operator: str
     if not reencrypt:
         return report
     created = renew_data_keys(runtime, operator=operator)
-    done, remaining = reencrypt_all(runtime, batch_size=batch_size, operator=operator)
+    done, remaining = reencrypt_all(runtime, batch_size=batch_size, pause=pause, operator=operator)
     return RotationReport(
         previous_kek_ids=previous,
         kek_id=new_kek,
@@ -235,7 +245,9 @@ def _stale_filter(spec: EncryptedTable, active: list[bytes]) -> ColumnElement[bo
     return or_(*(_key_id_expr(spec.column(c)).not_in(active) for c in spec.columns))
 
 
-def _reencrypt_table(runtime: Runtime, spec: EncryptedTable, *, batch_size: int, operator: str) -> int:
+def _reencrypt_table(
+    runtime: Runtime, spec: EncryptedTable, *, batch_size: int, pause: float, operator: str
+) -> int:
     """Re-encrypt one table's stale ciphertexts, one small transaction per batch of rows."""
     changed = 0
     after: object | None = None
@@ -289,16 +301,18 @@ def _reencrypt_table(runtime: Runtime, spec: EncryptedTable, *, batch_size: int,
             _audit(access, AuditKind.DATA_REENCRYPTED, {"table": spec.name, "values": str(batch)})
             changed += batch
             after = rows[-1][0]
+        if pause:
+            time.sleep(pause)  # after the commit: the audit chain head is not held meanwhile
 
 
 def reencrypt_all(
-    runtime: Runtime, *, batch_size: int = DEFAULT_BATCH_SIZE, operator: str = "carnet"
+    runtime: Runtime, *, batch_size: int = DEFAULT_BATCH_SIZE, pause: float = 0.0, operator: str = "carnet"
 ) -> tuple[int, int]:
     """Move every ciphertext to its facility's active data key. Returns (re-encrypted, remaining)."""
     total = 0
     for _ in range(MAX_PASSES):
         changed = sum(
-            _reencrypt_table(runtime, spec, batch_size=batch_size, operator=operator)
+            _reencrypt_table(runtime, spec, batch_size=batch_size, pause=pause, operator=operator)
             for spec in ENCRYPTED_TABLES
         )
         total += changed

@@ -55,9 +55,12 @@ def test_rotate_from_the_command_line(sqlite_runtime: Runtime) -> None:
     assert result.returncode == 0, result.stderr
     assert "kek-2 is active; 1 data keys" in result.stdout
     assert "retired from the key file: kek-1" in result.stdout
+    again = run_cli(["keys", "rotate", "--reencrypt", "--pause-ms", "5"], cli_env(sqlite_runtime))
+    assert again.returncode == 0, again.stderr
+    assert "28 values re-encrypted; 0 still under an old data key" in again.stdout
     _assert_no_patient_data(result.stdout + result.stderr, secrets)
     after = run_cli(["keys", "status"], cli_env(sqlite_runtime))
-    assert "key-encryption keys held: kek-2" in after.stdout
+    assert "key-encryption keys held: kek-3" in after.stdout
 
 
 def test_a_bad_batch_size_is_a_usage_error(sqlite_runtime: Runtime) -> None:

@@ -190,6 +190,9 @@ def test_bad_batch_sizes_are_refused_before_anything_changes(sqlite_runtime: Run
     for size in (0, 100_000):
         with pytest.raises(InvalidInput, match="batch size"):
             rotate_keys(sqlite_runtime, reencrypt=True, batch_size=size)
+    for pause in (-1.0, 60.0):
+        with pytest.raises(InvalidInput, match="pause"):
+            rotate_keys(sqlite_runtime, reencrypt=True, pause=pause)
     assert _key_file(sqlite_runtime) == before
 
 
