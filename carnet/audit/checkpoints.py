@@ -156,14 +156,22 @@ class CheckpointSigner:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raise ConfigurationError(f"an audit signing key already exists at {path}")
+        # Written whole under a temporary name, then linked into place: a concurrent loader sees
+        # either no key or a complete one, and an existing key is never replaced.
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(pem)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(temporary, path)
         except FileExistsError:
             raise ConfigurationError(f"an audit signing key already exists at {path}") from None
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
-            out.flush()
-            os.fsync(out.fileno())
+        finally:
+            temporary.unlink(missing_ok=True)
         public_pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
