@@ -157,3 +157,10 @@ def test_demo_seeds_writes_credentials_and_serves(tmp_path: Path) -> None:
     assert str(var / "demo-credentials.json") in out
     assert entries[0]["password"] not in out + errors
     assert "Traceback" not in errors
+
+
+@pytest.mark.parametrize("args", [("seed",), ("demo",), ("users",), ("users", "list")])
+def test_help_on_every_command(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = _run(tmp_path / "var", *args, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
