@@ -16,7 +16,7 @@ from carnet.identity.authenticate import Authenticator
 from carnet.identity.dependencies import cookie_is_secure, runtime_of, session_cookie_name
 from carnet.kernel.errors import NotFound
 from carnet.web.rendering import CSRF_COOKIE, LANG_COOKIE, LANGUAGES, render
-from carnet.web.routing import WebActor, WebRoute, redirect, safe_next
+from carnet.web.routing import EnrollingWebActor, WebActor, WebRoute, redirect, safe_next
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 
@@ -59,7 +59,7 @@ def home(actor: WebActor) -> RedirectResponse:
 
 
 @router.post("/logout")
-def log_out(request: Request, actor: WebActor) -> Response:
+def log_out(request: Request, actor: EnrollingWebActor) -> Response:
     Authenticator.of(runtime_of(request)).log_out(actor=actor)
     response = redirect("/login?signed_out=1")
     _clear_cookies(response, request)
@@ -96,7 +96,7 @@ def _account_id(actor: Actor) -> uuid.UUID:
 
 
 @router.get("/account")
-def account_page(request: Request, actor: WebActor, enrol: int = 0) -> Response:
+def account_page(request: Request, actor: EnrollingWebActor, enrol: int = 0) -> Response:
     account_id = _account_id(actor)
     runtime = runtime_of(request)
     with runtime.session_factory() as session:

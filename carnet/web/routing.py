@@ -45,12 +45,24 @@ class CsrfRefused(Forbidden):
 async def web_actor(request: Request) -> Actor:
     """The Actor of a browser session; unsafe methods must echo the CSRF token
     (X-CSRF-Token header from our scripts, or the hidden `csrf_token` field of our forms)."""
+    return await _actor(request, allow_enrollment_only=False)
+
+
+async def enrolling_web_actor(request: Request) -> Actor:
+    """Also a privileged account's first session, which may only register its passkey."""
+    return await _actor(request, allow_enrollment_only=True)
+
+
+async def _actor(request: Request, *, allow_enrollment_only: bool) -> Actor:
     runtime = runtime_of(request)
     token = session_token(request, runtime)
     if token is None:
         raise AuthenticationRequired("sign in first")
     actor, row = await run_in_threadpool(
-        Authenticator.of(runtime).resolve, token=token, context=request_context(request)
+        Authenticator.of(runtime).resolve,
+        token=token,
+        context=request_context(request),
+        allow_enrollment_only=allow_enrollment_only,
     )
     if request.method not in SAFE_METHODS:
         presented = request.headers.get(CSRF_HEADER)
@@ -65,6 +77,7 @@ async def web_actor(request: Request) -> Actor:
 
 
 WebActor = Annotated[Actor, Depends(web_actor)]
+EnrollingWebActor = Annotated[Actor, Depends(enrolling_web_actor)]
 
 
 def runtime(request: Request) -> Runtime:
