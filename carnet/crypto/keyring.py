@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
 from carnet.crypto.blind import BlindIndexer, IndexKind
@@ -118,7 +118,13 @@ class Keyring:
         with self._lock:
             self._keys[dek_id] = AESGCM(raw)
             self._active[facility_id] = dek_id
+        # Usable at once (the same transaction may encrypt with it), but if the transaction rolls
+        # back the key never existed: encrypting under it would make values no one can open.
+        event.listen(session, "after_rollback", self._after_rollback, once=True)
         return dek_id
+
+    def _after_rollback(self, _session: Session) -> None:
+        self.load()
 
     def _key(self, dek_id: uuid.UUID) -> AESGCM:
         key = self._keys.get(dek_id)

@@ -89,3 +89,17 @@ def test_a_stale_worker_still_reads_values_under_a_key_created_after_it_started(
         "Lefèvre", facility_id=facility_id, table="patients", column="family", row_id=row
     )
     assert worker.decrypt(blob, table="patients", column="family", row_id=row) == "Lefèvre"
+
+
+def test_a_data_key_whose_transaction_rolls_back_is_never_used(sqlite_runtime: Runtime) -> None:
+    facility_id = create_facility(sqlite_runtime)
+    keyring = sqlite_runtime.keyring
+    before = keyring.active_key_id(facility_id)
+    with pytest.raises(RuntimeError), sqlite_runtime.session_factory.begin() as session:
+        keyring.create_data_key(session, facility_id)
+        raise RuntimeError("the transaction fails after the key was made")
+    assert keyring.active_key_id(facility_id) == before
+    blob = keyring.encrypt(
+        "x", facility_id=facility_id, table="patients", column="family", row_id=uuid.uuid4()
+    )
+    assert blob is not None and keyring.key_id_of(blob) == before
