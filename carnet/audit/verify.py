@@ -183,7 +183,9 @@ class _Verifier:
                     self.problem(
                         ProblemKind.MISSING,
                         prev_seq + 1,
-                        f"events {prev_seq + 1}..{seq - 1} are missing (deleted)",
+                        f"event {seq - 1} is missing (deleted)"
+                        if seq - 1 == prev_seq + 1
+                        else f"events {prev_seq + 1}..{seq - 1} are missing (deleted)",
                     )
                 if stored_prev != prev_hash:
                     self.problem(
