@@ -225,7 +225,8 @@ def measure(runtime: Runtime, patients: int, samples: int) -> str:
             *rows,
             "",
             f"- gate / direct read: **{p50['gate'] / p50['direct']:.2f}x** (p50)",
-            f"- gate / direct read with the same audit + exposure writes: **{p50['gate'] / p50['audited']:.2f}x** (p50)",
+            "- gate / direct read with the same audit + exposure writes:"
+            f" **{p50['gate'] / p50['audited']:.2f}x** (p50)",
         ]
     )
 
