@@ -125,7 +125,31 @@ class _Run:
         self.facility_id = facility_id
         self.patients: dict[str, uuid.UUID] = {}  # "Patient/<source id>" or urn:uuid -> new id
         self.ins_seen: set[bytes] = set()
+        self.ins_registered: set[bytes] = set()  # of the unit at hand, found in one query
         self.now = clock.now()
+
+    def look_up_identifiers(self, unit: _Unit) -> None:
+        """The unit's INS already registered in the facility: one query, not one per patient."""
+        blind = self.runtime.keyring.blind
+        wanted = {
+            blind.index(IndexKind.IDENTIFIER, ident["value"])
+            for item in unit.items
+            if isinstance(item.resource, dict) and item.resource.get("resourceType") == "Patient"
+            for ident in item.resource.get("identifier") or []
+            if isinstance(ident, dict)
+            and ident.get("system") == mapping.INS_SYSTEM
+            and isinstance(ident.get("value"), str)
+        }
+        self.ins_registered = set()
+        if not wanted:
+            return
+        with self.runtime.session_factory() as session:
+            found = session.scalars(
+                select(Patient.ins_bi).where(
+                    Patient.facility_id == self.facility_id, Patient.ins_bi.in_(wanted)
+                )
+            )
+            self.ins_registered = {bi for bi in found if bi is not None}
 
     # -- references ---------------------------------------------------------------------------
     def patient_ref(self, reference: str | None, pending: dict[str, uuid.UUID]) -> uuid.UUID:
@@ -187,13 +211,7 @@ class _Run:
             ins_bi = blind.index(IndexKind.IDENTIFIER, checked.ins)
             if ins_bi in self.ins_seen:
                 raise Conflict("a patient with this INS is already in this import")
-            with self.runtime.session_factory() as session:
-                exists = session.scalar(
-                    select(Patient.id).where(
-                        Patient.facility_id == self.facility_id, Patient.ins_bi == ins_bi
-                    )
-                )
-            if exists is not None:
+            if ins_bi in self.ins_registered:
                 raise Conflict("a patient with this INS is already registered")
             self.ins_seen.add(ins_bi)
         patient_id = new_id()
@@ -368,6 +386,7 @@ def import_files(
 def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str, source: str) -> None:
     pending: dict[str, uuid.UUID] = {}
     batch = SeedBatch()
+    run.look_up_identifiers(unit)
     accepted: dict[str, int] = {}
     rejected: list[Rejection] = []
     for item in unit.items:

@@ -1,0 +1,425 @@
+"""The FHIR API under load on PostgreSQL: 64 concurrent clients over loopback against a uvicorn
+server (2 workers) on this machine, ratios against /healthz measured in the same run.
+
+1. Guarded Patient read (GET /fhir/Patient/{id}): 64 physicians, each reading the 30 patients
+   in their care (so detection, which runs on every request, sees ordinary work).
+2. Patient search by identifier (GET /fhir/Patient?identifier=...) at 1,000 and at 100,000
+   patients (each physician searches 5 of its own patients: below the enumeration thresholds).
+3. Patient create (POST /fhir/Patient): 64 front-desk accounts, 30 registrations each.
+4. `carnet import` (carnet.phi.importer): Bulk NDJSON Patient + Observation, resources per
+   second, against the bare encrypted loader writing the same patients (the seeding path).
+
+    .venv/bin/python -m benchmarks.fhir_load [--patients 100000] [--seconds 20] [--clients 64]
+
+Creates and drops its own database on CARNET_BENCH_POSTGRES_URL (default: the local server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from carnet.access.roles import Role
+from carnet.crypto.keys import FileKeyProvider
+from carnet.db import migrate
+from carnet.db.engine import make_engine
+from carnet.identity import sessions
+from carnet.kernel import clock
+from carnet.patients.models import CareRelationship
+from carnet.phi.importer import import_files
+from carnet.phi.loader import SeedBatch, load_batch
+from carnet.phi.system import system_access
+from carnet.runtime import Runtime, build_runtime
+from carnet.settings import Environment, Settings
+from tests.factories import make_account, make_facility, make_practitioner
+
+ADMIN_URL = os.environ.get(
+    "CARNET_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+ORIGIN = "http://localhost:8000"
+FAMILIES = [f"Nom{i:04d}" for i in range(3000)]
+GIVENS = [f"Prenom{i:03d}" for i in range(800)]
+
+
+# -- data ---------------------------------------------------------------------------------------
+def _ins(n: int) -> str:
+    return f"{1 + n % 2}{n:012d}"[:13]
+
+
+def seed_patients(
+    runtime: Runtime, facility: uuid.UUID, start: int, count: int
+) -> tuple[list[uuid.UUID], float]:
+    """Patients straight through the encrypted loader (the seeding path); (ids, seconds)."""
+    rng = random.Random(start)
+    ids: list[uuid.UUID] = []
+    began = time.perf_counter()
+    now = clock.now()
+    for chunk in range(start, start + count, 5000):
+        batch = SeedBatch()
+        for n in range(chunk, min(chunk + 5000, start + count)):
+            pid = uuid.uuid4()
+            ids.append(pid)
+            birth = dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(90 * 365))
+            batch.add(
+                "patients",
+                {
+                    "id": pid,
+                    "facility_id": facility,
+                    "ins": _ins(n),
+                    "family": rng.choice(FAMILIES),
+                    "given": rng.choice(GIVENS),
+                    "birth_date": birth.isoformat(),
+                    "address": {"line": f"{n} rue du Test", "city": "Paris"},
+                    "phone": f"06{n:08d}"[:10],
+                    "email": f"p{n}@example.org",
+                    "gender": rng.choice(["female", "male"]),
+                    "designated_physician_id": None,
+                    "opposes_other_facilities": False,
+                    "active": True,
+                    "merged_into_id": None,
+                    "version_id": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+        with system_access(runtime, reason="benchmark seed", operator="bench") as door:
+            load_batch(door, batch)
+    return ids, time.perf_counter() - began
+
+
+@dataclass
+class Clinician:
+    headers: dict[str, str]
+    patients: list[uuid.UUID]
+    identifiers: list[str]
+
+
+def open_session(runtime: Runtime, account_id: uuid.UUID) -> dict[str, str]:
+    with runtime.session_factory.begin() as session:
+        issued = sessions.open_session(
+            session,
+            account_id=account_id,
+            privileged=False,
+            second_factor_method="totp",
+            address="127.0.0.1",
+            user_agent="fhir_load",
+        )
+    return {"Cookie": f"carnet_session={issued.token}", "X-CSRF-Token": issued.csrf_token}
+
+
+def make_clinicians(
+    runtime: Runtime, facility: uuid.UUID, ids: list[uuid.UUID], count: int
+) -> list[Clinician]:
+    out = []
+    for i in range(count):
+        practitioner = make_practitioner(runtime, facility)
+        actor = make_account(
+            runtime, roles=[Role.PHYSICIAN], facility_id=facility, practitioner_id=practitioner
+        )
+        assert actor.account_id is not None
+        mine = ids[i * 30 : (i + 1) * 30]
+        with system_access(runtime, reason="benchmark care relationships", operator="bench") as door:
+            for pid in mine:
+                door.session.add(
+                    CareRelationship(
+                        patient_id=pid,
+                        practitioner_id=practitioner,
+                        facility_id=facility,
+                        kind="care_team",
+                        start_at=clock.now() - dt.timedelta(days=1),
+                        end_at=None,
+                    )
+                )
+        out.append(Clinician(open_session(runtime, actor.account_id), mine, []))
+    return out
+
+
+# -- load -------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    label: str
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        if len(self.latencies) < 2:
+            return self.latencies[0] if self.latencies else float("nan")
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
+
+
+Request = Callable[[int, int], tuple[str, str, dict[str, str], Any]]
+
+
+async def load(
+    base: str, label: str, clients: int, seconds: float, make: Request, limit: int | None = None
+) -> Result:
+    """`clients` loops for `seconds` (or `limit` requests each); make(client, n) -> request."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
+
+        async def worker(c: int) -> None:
+            nonlocal errors
+            n = 0
+            while time.perf_counter() < deadline and (limit is None or n < limit):
+                method, path, headers, body = make(c, n)
+                began = time.perf_counter()
+                response = await http.request(method, path, headers=headers, json=body)
+                latencies.append((time.perf_counter() - began) * 1000)
+                if response.status_code >= 300:
+                    errors += 1
+                    if errors <= 3:
+                        print(f"  {label}: {response.status_code} {response.text[:200]}", file=sys.stderr)
+                n += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in range(clients)))
+        elapsed = time.perf_counter() - began
+    return Result(label, len(latencies), errors, elapsed, latencies)
+
+
+# -- server -----------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_server(url: str, var: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARNET_")}
+    env.update(
+        {
+            "CARNET_ENV": "test",
+            "CARNET_VAR_DIR": str(var),
+            "CARNET_DATABASE_URL": url,
+            "CARNET_ORIGIN": ORIGIN,
+        }
+    )
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "uvicorn", "--factory", "carnet.app:create_app", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
+        ],
+        env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return server, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise RuntimeError("the server did not start")
+
+
+# -- the run ------------------------------------------------------------------------------------
+def _patient_body(facility: uuid.UUID, n: int) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": _ins(900_000_000 + n)}],
+        "name": [{"family": f"Cree{n}", "given": ["Bench"]}],
+        "gender": "female",
+        "birthDate": "1975-06-07",
+        "managingOrganization": {"reference": f"Organization/{facility}"},
+    }
+
+
+def _row(r: Result, baseline: Result) -> str:
+    return (
+        f"| {r.label} | {r.throughput:,.0f}/s | {r.pct(50):.1f} ms | {r.pct(99):.1f} ms | {r.errors} | "
+        f"{r.throughput / baseline.throughput:.2f}x | {r.pct(50) / baseline.pct(50):.1f}x |"
+    )
+
+
+def run(patients: int, seconds: float, clients: int, workers: int, import_patients: int) -> str:
+    name = f"carnet_fhirload_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+        with tempfile.TemporaryDirectory() as tmp:
+            var = Path(tmp)
+            FileKeyProvider.create(var / "keys.json")
+            runtime = build_runtime(
+                Settings(env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN)
+            )
+            try:
+                return _measure(runtime, url, var, patients, seconds, clients, workers, import_patients)
+            finally:
+                runtime.close()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _measure(
+    runtime: Runtime,
+    url: str,
+    var: Path,
+    patients: int,
+    seconds: float,
+    clients: int,
+    workers: int,
+    import_patients: int,
+) -> str:
+    facility = make_facility(runtime)
+    ids, _ = seed_patients(runtime, facility, 0, 1000)
+    clinicians = make_clinicians(runtime, facility, ids, min(clients, len(ids) // 30))
+    ins_of = {pid: _ins(n) for n, pid in enumerate(ids)}
+    for c in clinicians:
+        c.identifiers = [ins_of[p] for p in c.patients[:5]]
+    server, base = start_server(url, var, workers)
+    lines: list[str] = []
+    try:
+
+        def searches(label: str) -> Result:
+            def make(c: int, n: int) -> tuple[str, str, dict[str, str], Any]:
+                who = clinicians[c % len(clinicians)]
+                return "GET", f"/fhir/Patient?identifier={who.identifiers[n % 5]}", who.headers, None
+
+            return asyncio.run(load(base, label, clients, seconds, make))
+
+        health = asyncio.run(
+            load(base, "/healthz (baseline)", clients, seconds, lambda c, n: ("GET", "/healthz", {}, None))
+        )
+
+        def read(c: int, n: int) -> tuple[str, str, dict[str, str], Any]:
+            who = clinicians[c % len(clinicians)]
+            return "GET", f"/fhir/Patient/{who.patients[n % 30]}", who.headers, None
+
+        reads = asyncio.run(load(base, "Patient read", clients, seconds, read))
+        search_small = searches("Patient search, 1,000 patients")
+
+        # Front desk registrations: 30 each, under the front desk's volume floor.
+        desks = [
+            open_session(
+                runtime, make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility).account_id
+            )  # type: ignore[arg-type]
+            for _ in range(clients)
+        ]
+
+        def create(c: int, n: int) -> tuple[str, str, dict[str, str], Any]:
+            return "POST", "/fhir/Patient", desks[c], _patient_body(facility, c * 1000 + n)
+
+        creates = asyncio.run(load(base, "Patient create", clients, 600, create, limit=30))
+
+        _more, seed_seconds = seed_patients(runtime, facility, 1000, patients - 1000)
+        search_large = searches(f"Patient search, {patients:,} patients")
+        health_after = asyncio.run(
+            load(
+                base,
+                "/healthz (baseline, after)",
+                clients,
+                seconds,
+                lambda c, n: ("GET", "/healthz", {}, None),
+            )
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    imported, import_seconds, loader_rate = _import(runtime, var, facility, import_patients)
+    lines.append("| measure | throughput | p50 | p99 | errors | throughput vs /healthz | p50 vs /healthz |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in (health, reads, search_small, creates, search_large, health_after):
+        base_r = health_after if r is search_large else health
+        lines.append(_row(r, base_r))
+    growth = search_large.pct(50) / search_small.pct(50)
+    lines.append("")
+    lines.append(
+        f"- search p50 growth from 1,000 to {patients:,} patients: {growth:.2f}x "
+        f"(seeding the extra {patients - 1000:,} through the encrypted loader took {seed_seconds:.0f} s)"
+    )
+    lines.append(
+        f"- `carnet import` (NDJSON, {import_patients:,} Patient + {import_patients:,} Observation): "
+        f"{imported:,} resources in {import_seconds:.1f} s = {imported / import_seconds:,.0f} resources/s; "
+        f"the bare encrypted loader wrote patients at {loader_rate:,.0f}/s "
+        f"({imported / import_seconds / loader_rate:.2f}x)"
+    )
+    return "\n".join(lines)
+
+
+def _import(runtime: Runtime, var: Path, facility: uuid.UUID, count: int) -> tuple[int, float, float]:
+    patients = var / "Patient.ndjson"
+    observations = var / "Observation.ndjson"
+    with patients.open("w") as p, observations.open("w") as o:
+        for n in range(count):
+            p.write(json.dumps(_patient_body(facility, 500_000 + n) | {"id": f"src{n}"}) + "\n")
+            o.write(
+                json.dumps(
+                    {
+                        "resourceType": "Observation",
+                        "status": "final",
+                        "category": [{"coding": [{"code": "vital-signs"}]}],
+                        "code": {
+                            "coding": [
+                                {"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}
+                            ]
+                        },
+                        "subject": {"reference": f"Patient/src{n}"},
+                        "effectiveDateTime": "2026-01-02T10:00:00+00:00",
+                        "valueQuantity": {"value": 60 + n % 40, "unit": "/min"},
+                    }
+                )
+                + "\n"
+            )
+    began = time.perf_counter()
+    report = import_files(runtime, paths=[patients, observations], facility_id=facility, operator="bench")
+    seconds = time.perf_counter() - began
+    assert not report.rejected, report.rejected[:3]
+    _ids, loader_seconds = seed_patients(runtime, facility, 2_000_000, count)
+    return report.total_accepted, seconds, count / loader_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--patients", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--import-patients", type=int, default=5000)
+    args = parser.parse_args()
+    if args.patients < 2000 or args.clients < 1:
+        parser.error("--patients at least 2000, --clients at least 1")
+    print(run(args.patients, args.seconds, args.clients, args.workers, args.import_patients))
+
+
+if __name__ == "__main__":
+    main()
