@@ -19,11 +19,13 @@ from fhir.resources.R4B.patient import Patient
 
 from carnet.fhir import mapping
 from carnet.fhir.api import base_url, etag, fhir_response, gate_for, validated
+from carnet.fhir.metadata import SYSTEM_INTERACTIONS
 from carnet.fhir.outcome import operation_outcome, status_for
 from carnet.kernel.errors import CarnetError, InvalidInput
 from carnet.phi.gate import TRANSACTION_LIMIT, AllergyWarning, Gate
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
+SYSTEM_INTERACTIONS.extend(c for c in ("transaction", "batch") if c not in SYSTEM_INTERACTIONS)
 FhirBody = Body(..., media_type="application/fhir+json")
 
 

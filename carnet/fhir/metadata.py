@@ -17,6 +17,9 @@ FHIR_JSON = "application/fhir+json"
 # Each resource type served, with its interactions and search parameters. Filled by the
 # routers that implement them, so the statement cannot claim more than exists.
 SUPPORTED: dict[str, dict[str, Any]] = {}
+# Whole-system interactions (transaction, batch) and operations ($everything), registered the same way.
+SYSTEM_INTERACTIONS: list[str] = []
+OPERATIONS: dict[str, str] = {}  # name -> the OperationDefinition it implements
 
 
 def capability_statement() -> dict[str, Any]:
@@ -59,6 +62,8 @@ def capability_statement() -> dict[str, Any]:
                     "relationship and audited.",
                 },
                 "resource": resources,
+                "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "operation": [{"name": n, "definition": d} for n, d in sorted(OPERATIONS.items())],
             }
         ],
     }

@@ -27,7 +27,7 @@ from carnet.fhir.api import (
     validated,
     versioned,
 )
-from carnet.fhir.metadata import SUPPORTED
+from carnet.fhir.metadata import OPERATIONS, SUPPORTED
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import PatientPage
@@ -49,6 +49,8 @@ SUPPORTED[PATIENT] = {
     "search": SEARCH_PARAMS,
     "conditionalCreate": True,
 }
+
+OPERATIONS["everything"] = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 
 FhirBody = Body(..., media_type="application/fhir+json")
 

@@ -68,6 +68,8 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
     patient = resources["Patient"]
     assert {i["code"] for i in patient["interaction"]} >= {"read", "vread", "search-type", "create", "update"}
     assert patient["conditionalCreate"] is True
+    assert {i["code"] for i in body["rest"][0]["interaction"]} == {"transaction", "batch"}
+    assert [o["name"] for o in body["rest"][0]["operation"]] == ["everything"]
     assert {p["name"] for p in patient["searchParam"]} == {
         "identifier",
         "family",
