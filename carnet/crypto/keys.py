@@ -119,6 +119,8 @@ class FileKeyProvider:
             keks = {str(kid): base64.b64decode(v) for kid, v in doc["keks"].items()}
             active = str(doc["active_kek"])
             blind = base64.b64decode(doc["blind_index_key"])
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read key file {self.path}: {exc.strerror}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigurationError(
                 f"key file {self.path} is not a carnet key file ({type(exc).__name__})"

@@ -103,3 +103,8 @@ def test_a_data_key_whose_transaction_rolls_back_is_never_used(sqlite_runtime: R
         "x", facility_id=facility_id, table="patients", column="family", row_id=uuid.uuid4()
     )
     assert blob is not None and keyring.key_id_of(blob) == before
+
+
+def test_an_unreadable_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read key file"):
+        FileKeyProvider(tmp_path)  # a directory where the file should be
