@@ -65,6 +65,7 @@ class AuditKind(StrEnum):
     # administration
     SETTING_CHANGED = "admin:setting:changed"
     ACCOUNTS_LISTED = "admin:account:listed"
+    DIRECTORY_READ = "org:directory:read"  # practitioners, roles, facilities, locations (no patient data)
     AUDIT_PURGED = "audit:retention:purged"
     AUDIT_VERIFIED = "audit:chain:verified"
     AUDIT_EVENTS_READ = "audit:event:read"  # a security officer or a patient reads the trail
