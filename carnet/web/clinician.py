@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -118,23 +119,39 @@ def search(
     return render(request, template, context, status_code=400 if problem else 200)
 
 
-def chart_context(request: Request, actor: Actor, patient_id: str) -> dict[str, Any]:
+# Rendered with the page: who the patient is and what they react to (safety first).
+EAGER_SECTIONS = frozenset({"allergies"})
+
+
+def _section_context(request: Request, actor: Actor, patient_id: str, names: Iterable[str]) -> dict[str, Any]:
+    """What the section templates need: each section's data (one gate read each) and the forms'."""
     gate = gate_of(request, actor)
-    patient = gate.read_patient(patient_id=patient_id)
-    context: dict[str, Any] = {"actor": actor, "patient": patient, "sections": sections_for(actor)}
-    for name in context["sections"]:
-        reader = getattr(gate, f"list_{name}")
-        context[name] = reader(patient_id=patient_id)
-    context["break_glass_active"] = glass_until(request, patient_id)
+    context: dict[str, Any] = {}
+    for name in names:
+        context[name] = getattr(gate, f"list_{name}")(patient_id=patient_id)
     context["note_kinds"] = NOTE_KINDS
-    context["may_write"] = Role.PHYSICIAN in actor.roles or Role.NURSE in actor.roles
+    context["may_write"] = bool(actor.roles & CLINICAL_ROLES)
     context["may_prescribe"] = Role.PHYSICIAN in actor.roles
     context["may_schedule"] = bool(actor.roles & {Role.FRONT_DESK, Role.PHYSICIAN})
     context["practitioners"] = (
-        directory.list_practitioners(runtime_of(request), actor=actor) if context["may_schedule"] else []
+        directory.list_practitioners(runtime_of(request), actor=actor)
+        if context["may_schedule"] and "appointments" in names
+        else []
     )
     context["warning"] = None
     context["draft"] = {}
+    return context
+
+
+def chart_context(
+    request: Request, actor: Actor, patient_id: str, *, eager: Iterable[str] = EAGER_SECTIONS
+) -> dict[str, Any]:
+    patient = gate_of(request, actor).read_patient(patient_id=patient_id)
+    sections = sections_for(actor)
+    loaded = [name for name in sections if name in set(eager)]
+    context: dict[str, Any] = {"actor": actor, "patient": patient, "sections": sections, "loaded": loaded}
+    context |= _section_context(request, actor, patient_id, loaded)
+    context["break_glass_active"] = glass_until(request, patient_id)
     return context
 
 
@@ -159,6 +176,19 @@ def chart(request: Request, actor: WebActor, patient_id: str) -> Response:
     if isinstance(context, Response):
         return context
     return render(request, "clinician/chart.html", context)
+
+
+@router.get("/patients/{patient_id}/sections/{name}")
+def chart_section(request: Request, actor: WebActor, patient_id: str, name: str) -> Response:
+    """One chart section: an htmx fragment, or a page of its own without scripts."""
+    if name not in sections_for(actor):
+        raise NotFound("no such section")
+    context = {"actor": actor, "patient": {"id": patient_id}, "name": name}
+    context |= _section_context(request, actor, patient_id, [name])
+    context["break_glass_active"] = glass_until(request, patient_id)
+    fragment = bool(request.headers.get("hx-request"))
+    template = f"clinician/sections/{name}.html" if fragment else "clinician/section_page.html"
+    return render(request, template, context)
 
 
 @router.post("/patients/{patient_id}/notes")
@@ -217,7 +247,7 @@ def prescribe(
         gate_of(request, actor).prescribe(data=data)
     except AllergyWarning as exc:
         # Nothing was prescribed: show the chart again with the warning and the override field.
-        context = chart_context(request, actor, patient_id)
+        context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"prescriptions"})
         context["warning"] = str(exc)
         context["draft"] = draft
         return render(request, "clinician/chart.html", context, status_code=409)

@@ -145,14 +145,15 @@ def test_front_desk_registers_detects_duplicates_and_books(
         },
     )
     assert booked.status_code == 303, booked.text
-    chart = client.get(patient_path)
+    chart = client.get(f"{patient_path}/sections/appointments")
     appointment_id = chart.text.split("/appointments/")[1].split("/move")[0]
     cancelled = client.post(
         f"{patient_path}/appointments/{appointment_id}/cancel",
         data={"expected_version": "1", "reason": "patient called", "csrf_token": csrf},
     )
     assert cancelled.status_code == 303, cancelled.text
-    assert "patient called" in client.get(patient_path).text
+    assert "patient called" in client.get(f"{patient_path}/sections/appointments").text
+    assert client.get(f"{patient_path}/sections/notes").status_code == 404  # not a front-desk section
 
 
 def test_portal_shows_the_patient_their_record(client: TestClient, hospital: Hospital) -> None:

@@ -86,7 +86,8 @@ def test_note_write_amend_and_history(client: TestClient, hospital: Hospital) ->
         data={"kind": "11506-3", "title": "Admission", "text": "Chest pain", "csrf_token": csrf},
     )
     assert response.status_code == 303, response.text
-    page = client.get(f"/patients/{pid}")
+    assert "Chest pain" not in client.get(f"/patients/{pid}").text  # notes load after the page
+    page = client.get(f"/patients/{pid}/sections/notes")
     assert "Chest pain" in page.text
     note_id = page.text.split("/notes/")[1].split("/amend")[0]
     response = client.post(
@@ -99,8 +100,8 @@ def test_note_write_amend_and_history(client: TestClient, hospital: Hospital) ->
         },
     )
     assert response.status_code == 303, response.text
-    page = client.get(f"/patients/{pid}")
-    assert "Version history" in page.text and "follow-up" in page.text
+    page = client.get(f"/patients/{pid}/sections/notes", headers={"HX-Request": "true"})
+    assert page.text.startswith("<section") and "Version history" in page.text and "follow-up" in page.text
     stale = client.post(
         f"/patients/{pid}/notes/{note_id}/amend",
         data={"expected_version": "1", "text": "overwrite", "reason": "stale", "csrf_token": csrf},
