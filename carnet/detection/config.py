@@ -28,7 +28,8 @@ def _volumes() -> dict[str, RoleVolume]:
         "physician": RoleVolume(m15=40, h1=80, h24=200),
         "nurse": RoleVolume(m15=40, h1=80, h24=200),
         "front_desk": RoleVolume(m15=60, h1=150, h24=400),
-        "billing": RoleVolume(m15=60, h1=150, h24=400),
+        # Billing works invoice by invoice, not through day lists: a sweep shows quickly.
+        "billing": RoleVolume(m15=25, h1=60, h24=200),
         "patient": RoleVolume(m15=2, h1=2, h24=2),
     }
 

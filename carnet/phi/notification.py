@@ -79,7 +79,14 @@ def _one_line(address: str | None) -> str | None:
     for key in ("line", "postalCode", "city", "country"):
         item = value.get(key)
         if isinstance(item, list):
-            parts.extend(str(x) for x in item if x)
+            parts.extend(str(x) for x in _flat(item) if x)
         elif item:
             parts.append(str(item))
     return ", ".join(parts) or address
+
+
+def _flat(items: list[object]) -> list[object]:
+    out: list[object] = []
+    for item in items:
+        out.extend(_flat(item) if isinstance(item, list) else [item])
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 
@@ -47,3 +48,45 @@ def session(
     except CarnetError as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({"username": stolen.username, "roles": stolen.roles, "headers": stolen.headers}))
+
+
+@redteam_app.command("run")
+def run(
+    base_url: Annotated[str, typer.Option("--base-url", help="The running carnet to attack.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    playbook: Annotated[
+        list[str] | None, typer.Option("--playbook", help="Run only these (repeatable). Default: all.")
+    ] = None,
+    max_requests: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Requests per playbook at most.")
+    ] = 200,
+) -> None:
+    """Run attacker playbooks over HTTP, each from a stolen session of a fresh seeded account,
+    and print the patients exposed before containment. Demo and test mode only."""
+    from carnet.phi.exercise import exercise_targets
+    from carnet.redteam.playbooks import PLAYBOOKS, exposure_table, run_playbooks
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+
+    settings = get_settings()
+    if not settings.exercise_mode:
+        raise _fail("red-team exercises run only when CARNET_ENV is demo or test (this is production)")
+    known = {p.name for p in PLAYBOOKS}
+    unknown = sorted(set(playbook or ()) - known)
+    if unknown:
+        raise _fail(f"unknown playbook(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        runtime = build_runtime(settings)
+        try:
+            targets = exercise_targets(runtime)
+            results = run_playbooks(
+                runtime, base_url=base_url, targets=targets, names=playbook, max_requests=max_requests
+            )
+        finally:
+            runtime.close()
+    except CarnetError as exc:
+        raise _fail(str(exc)) from None
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach carnet at {base_url} ({type(exc).__name__})") from None
+    typer.echo(exposure_table(results))

@@ -7,6 +7,7 @@ factor, which is exactly what a stolen session cookie carries; minting it is aud
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -27,6 +28,7 @@ USER_AGENT = "carnet-redteam"
 @dataclass(frozen=True)
 class StolenSession:
     username: str
+    account_id: uuid.UUID
     roles: list[str]
     headers: dict[str, str]
 
@@ -71,6 +73,7 @@ def mint_session(runtime: Runtime, *, username: str) -> StolenSession:
     cookie = session_cookie_name(runtime.settings.origin)
     return StolenSession(
         username=username,
+        account_id=account.id,
         roles=sorted(r.value for r in roles),
         headers={"Cookie": f"{cookie}={issued.token}", CSRF_HEADER: issued.csrf_token},
     )

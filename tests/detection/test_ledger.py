@@ -210,7 +210,7 @@ def test_deep_paging(runtime: Runtime, movable_clock: clock.MovableClock) -> Non
         expose(
             runtime,
             biller,
-            new_patients(5),
+            new_patients(4),
             channel=Channel.LIST,
             query_shape=_search(SearchShape.LIST, "inv", page),
         )
@@ -218,7 +218,7 @@ def test_deep_paging(runtime: Runtime, movable_clock: clock.MovableClock) -> Non
         expose(
             runtime,
             biller,
-            new_patients(5),
+            new_patients(4),
             channel=Channel.LIST,
             query_shape=_search(SearchShape.LIST, "inv", 6),
         )
@@ -227,7 +227,7 @@ def test_deep_paging(runtime: Runtime, movable_clock: clock.MovableClock) -> Non
         proven = expose_as_owner(
             runtime,
             proven,
-            new_patients(5),
+            new_patients(4),
             channel=Channel.LIST,
             query_shape=_search(SearchShape.LIST, "inv", page),
         )
@@ -235,7 +235,7 @@ def test_deep_paging(runtime: Runtime, movable_clock: clock.MovableClock) -> Non
         expose(
             runtime,
             proven,
-            new_patients(5),
+            new_patients(4),
             channel=Channel.LIST,
             query_shape=_search(SearchShape.LIST, "inv", 9),
         )

@@ -1,0 +1,84 @@
+"""What a red-team exercise knows of the seeded hospital: patient ids, identifiers, names and
+birth dates, canaries and accounts by role — read through the audited system door, and only in
+demo and test mode (the attacker of a playbook would have learnt them elsewhere).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from carnet.access.models import RoleGrant
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.detection.models import CanaryPatient
+from carnet.identity.models import Account
+from carnet.kernel.errors import Forbidden
+from carnet.patients.models import Patient
+from carnet.phi.system import system_access
+from carnet.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Person:
+    patient_id: uuid.UUID
+    ins: str | None
+    family: str
+    birth_date: str
+
+
+@dataclass
+class ExerciseTargets:
+    people: list[Person] = field(default_factory=list)
+    canaries: list[Person] = field(default_factory=list)
+    # role -> active staff usernames holding it
+    accounts: dict[str, list[str]] = field(default_factory=dict)
+
+
+def exercise_targets(runtime: Runtime, *, sample: int = 500, seed: int = 6) -> ExerciseTargets:
+    if not runtime.settings.exercise_mode:
+        raise Forbidden("red-team exercises run only when CARNET_ENV is demo or test")
+    rng = random.Random(seed)  # noqa: S311 (a reproducible sample, not a secret)
+    targets = ExerciseTargets()
+    with system_access(
+        runtime, reason="red-team exercise: attacker's target list", operator="redteam"
+    ) as door:
+        session, ring = door.session, door.keyring
+        canary_ids = set(session.scalars(select(CanaryPatient.patient_id)))
+        ids = list(session.scalars(select(Patient.id).where(Patient.active.is_(True)).order_by(Patient.id)))
+        chosen = set(rng.sample(ids, min(sample, len(ids)))) | canary_ids
+        for patient in session.scalars(select(Patient).where(Patient.id.in_(sorted(chosen)))):
+
+            def dec(blob: bytes | None, column: str, row: uuid.UUID = patient.id) -> str | None:
+                return ring.decrypt(blob, table="patients", column=column, row_id=row)
+
+            person = Person(
+                patient_id=patient.id,
+                ins=dec(patient.ins_ct, "ins"),
+                family=dec(patient.family_ct, "family") or "",
+                birth_date=dec(patient.birth_date_ct, "birth_date") or "",
+            )
+            (targets.canaries if patient.id in canary_ids else targets.people).append(person)
+        door.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.PHI_READ,
+                outcome=Outcome.SUCCESS,
+                actor=door.actor,
+                resource_type="Patient",
+                patient_ids=sorted(chosen),
+                detail={"purpose": "red-team exercise targets", "fields": "ins,family,birth_date"},
+            ),
+        )
+        rows = session.execute(
+            select(RoleGrant.role, Account.username)
+            .join(Account, Account.id == RoleGrant.account_id)
+            .where(RoleGrant.status == "active", Account.status == "active", Account.kind == "staff")
+            .order_by(Account.username)
+        )
+        for role, username in rows:
+            targets.accounts.setdefault(role, []).append(username)
+    rng.shuffle(targets.people)
+    return targets

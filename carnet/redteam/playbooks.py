@@ -1,0 +1,273 @@
+"""Attacker playbooks against a running carnet, over HTTP, each from a stolen session.
+
+Each playbook takes a fresh seeded account of its role, mints a live session for it (standing for
+a stolen cookie: no second factor), and sends its requests until carnet contains the account or
+the playbook runs out. It counts the distinct patients that came back in responses before
+containment, and the requests and seconds it took carnet to contain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import string
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from carnet.detection.models import Exposure
+from carnet.kernel import clock
+from carnet.phi.exercise import ExerciseTargets
+from carnet.redteam.sessions import mint_session
+from carnet.runtime import Runtime
+
+Request = tuple[str, dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Playbook:
+    name: str
+    role: str
+    description: str
+    requests: Callable[[ExerciseTargets], Iterator[Request]]
+
+
+@dataclass
+class PlaybookResult:
+    playbook: str
+    username: str
+    requests: int = 0
+    # Patients the server's exposure ledger recorded for this account during the playbook (the
+    # truth), and those whose data the attacker actually parsed out of responses.
+    exposed_ledger: int = 0
+    exposed: set[str] = field(default_factory=set)
+    contained: bool = False
+    requests_to_containment: int | None = None
+    seconds_to_containment: float | None = None
+    answers: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def exposed_count(self) -> int:
+        return max(self.exposed_ledger, len(self.exposed))
+
+
+def _reads(t: ExerciseTargets) -> Iterator[Request]:
+    for person in t.people:
+        yield f"/fhir/Patient/{person.patient_id}", {}
+
+
+def _identifiers(t: ExerciseTargets) -> Iterator[Request]:
+    for person in t.people:
+        if person.ins:
+            yield "/fhir/Patient", {"identifier": person.ins}
+
+
+def _names(t: ExerciseTargets) -> Iterator[Request]:
+    for person in t.people:
+        yield "/fhir/Patient", {"family": person.family, "birthdate": person.birth_date}
+
+
+def _paging(t: ExerciseTargets) -> Iterator[Request]:
+    for letter in string.ascii_lowercase:
+        for page in range(1, 6):
+            yield "/fhir/Patient", {"name": letter, "_page": str(page)}
+
+
+def _canary_then_sweep(t: ExerciseTargets) -> Iterator[Request]:
+    for canary in t.canaries[:1]:
+        if canary.ins:
+            yield "/fhir/Patient", {"identifier": canary.ins}
+        else:
+            yield "/fhir/Patient", {"family": canary.family, "birthdate": canary.birth_date}
+    yield from _identifiers(t)
+
+
+def _invoices(t: ExerciseTargets) -> Iterator[Request]:
+    for person in t.people:
+        yield "/fhir/Invoice", {"patient": f"Patient/{person.patient_id}"}
+
+
+def _everything(t: ExerciseTargets) -> Iterator[Request]:
+    for person in t.people:
+        yield f"/fhir/Patient/{person.patient_id}/$everything", {}
+
+
+PLAYBOOKS: tuple[Playbook, ...] = (
+    Playbook("admin-sweep", "system_administrator", "an administrator reads patient charts by id", _reads),
+    Playbook(
+        "physician-sweep", "physician", "a physician opens charts of patients outside their care", _reads
+    ),
+    Playbook(
+        "identifier-enumeration",
+        "front_desk",
+        "front desk looks up patients by INS, one by one",
+        _identifiers,
+    ),
+    Playbook("name-sweep", "front_desk", "front desk searches family name + birth date, one by one", _names),
+    Playbook("fhir-paging", "physician", "a physician pages through every name search", _paging),
+    Playbook(
+        "canary-touch",
+        "front_desk",
+        "a lookup that happens to hit a canary, then a sweep",
+        _canary_then_sweep,
+    ),
+    Playbook("billing-scrape", "billing", "billing pulls every patient's invoices", _invoices),
+    Playbook(
+        "everything-export",
+        "physician",
+        "a physician asks $everything for patient after patient",
+        _everything,
+    ),
+)
+
+
+def patient_ids_in(body: Any) -> set[str]:
+    """Patients whose data came back: Patient resources, and subjects of other resources."""
+    found: set[str] = set()
+    if not isinstance(body, dict):
+        return found
+    resources = (
+        [e.get("resource", {}) for e in body.get("entry", [])]
+        if body.get("resourceType") == "Bundle"
+        else [body]
+    )
+    for resource in resources:
+        if not isinstance(resource, dict):
+            continue
+        if resource.get("resourceType") == "Patient" and resource.get("id"):
+            found.add(str(resource["id"]))
+            continue
+        for key in ("subject", "patient", "beneficiary"):
+            ref = resource.get(key)
+            if isinstance(ref, dict) and str(ref.get("reference", "")).startswith("Patient/"):
+                found.add(str(ref["reference"]).removeprefix("Patient/"))
+    return found
+
+
+def _answer(response: httpx.Response) -> str:
+    if response.status_code < 300:
+        return "ok"
+    code = ""
+    try:
+        issues = response.json().get("issue", [])
+        code = str(issues[0].get("code", "")) if issues else ""
+    except (ValueError, AttributeError):
+        pass
+    return f"{response.status_code} {code}".strip()
+
+
+def run_playbook(
+    runtime: Runtime,
+    client: httpx.Client,
+    playbook: Playbook,
+    *,
+    username: str,
+    targets: ExerciseTargets,
+    max_requests: int = 200,
+) -> PlaybookResult:
+    result = PlaybookResult(playbook=playbook.name, username=username)
+    stolen = mint_session(runtime, username=username)
+    headers = stolen.headers
+    since = clock.now()
+    started = time.perf_counter()
+    for path, params in playbook.requests(targets):
+        if result.requests >= max_requests:
+            result.note = f"stopped after {max_requests} requests"
+            break
+        result.requests += 1
+        try:
+            response = client.get(path, params=params, headers=headers)
+        except httpx.TransportError:
+            # The server dropped the connection (a server error): no data came back.
+            result.answers["no answer"] = result.answers.get("no answer", 0) + 1
+            continue
+        answer = _answer(response)
+        result.answers[answer] = result.answers.get(answer, 0) + 1
+        if answer == "ok":
+            with contextlib.suppress(ValueError):
+                result.exposed |= patient_ids_in(response.json())
+            continue
+        # Contained: told so, or the stolen session was revoked under it.
+        if answer.startswith("403 suspended") or answer.startswith("401 login"):
+            result.contained = True
+            result.requests_to_containment = result.requests
+            result.seconds_to_containment = time.perf_counter() - started
+            break
+    else:
+        result.note = result.note or "ran out of requests"
+    with runtime.session_factory() as session:
+        result.exposed_ledger = int(
+            session.scalar(
+                select(func.count(func.distinct(Exposure.patient_id))).where(
+                    Exposure.actor_ref == f"account:{stolen.account_id}", Exposure.at >= since
+                )
+            )
+            or 0
+        )
+    return result
+
+
+def run_playbooks(
+    runtime: Runtime,
+    *,
+    base_url: str,
+    targets: ExerciseTargets,
+    names: list[str] | None = None,
+    max_requests: int = 200,
+) -> list[PlaybookResult]:
+    chosen = [p for p in PLAYBOOKS if names is None or p.name in names]
+    used: dict[str, int] = {}
+    results = []
+    with httpx.Client(base_url=base_url, timeout=30, headers={"Accept": "application/fhir+json"}) as client:
+        for playbook in chosen:
+            accounts = targets.accounts.get(playbook.role, [])
+            index = used.get(playbook.role, 0)
+            if index >= len(accounts):
+                results.append(
+                    PlaybookResult(
+                        playbook.name, username="-", note=f"no unused {playbook.role} account left"
+                    )
+                )
+                continue
+            used[playbook.role] = index + 1
+            results.append(
+                run_playbook(
+                    runtime,
+                    client,
+                    playbook,
+                    username=accounts[index],
+                    targets=targets,
+                    max_requests=max_requests,
+                )
+            )
+    return results
+
+
+def exposure_table(results: list[PlaybookResult]) -> str:
+    lines = [
+        "| playbook | patients exposed before containment | of which parsed by the attacker | contained "
+        "| requests to containment | seconds to containment | answers |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        answers = ", ".join(f"{k}: {v}" for k, v in sorted(r.answers.items())) or r.note
+        lines.append(
+            f"| {r.playbook} | {r.exposed_count} | {len(r.exposed)} | {'yes' if r.contained else 'NO'} | "
+            f"{r.requests_to_containment if r.requests_to_containment is not None else '-'} | "
+            f"{f'{r.seconds_to_containment:.2f}' if r.seconds_to_containment is not None else '-'} | "
+            f"{answers} |"
+        )
+    exposed = [r.exposed_count for r in results if r.username != "-"]
+    if exposed:
+        contained = sum(r.contained for r in results)
+        lines.append("")
+        lines.append(
+            f"max exposed {max(exposed)}, median {statistics.median(exposed):g}; "
+            f"contained {contained}/{len(results)}"
+        )
+    return "\n".join(lines)

