@@ -6,6 +6,6 @@ from fastapi import APIRouter
 
 
 def routers() -> list[APIRouter]:
-    from carnet.fhir import auditevents, bundles, clinical, patients
+    from carnet.fhir import auditevents, bundles, clinical, directory, patients
 
-    return [patients.router, clinical.router, auditevents.router, bundles.router]
+    return [patients.router, clinical.router, directory.router, auditevents.router, bundles.router]
