@@ -15,7 +15,7 @@ import secrets
 import stat
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -221,9 +221,14 @@ class FileKeyProvider:
             "blind_index_key": _b64(self._blind),
         }
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        _write_private(tmp, doc)
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        try:
+            _write_private(tmp, doc)
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise ConfigurationError(f"cannot write key file {self.path}: {exc.strerror}") from None
         self._load()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import stat
 import uuid
 from pathlib import Path
@@ -108,3 +109,14 @@ def test_a_data_key_whose_transaction_rolls_back_is_never_used(sqlite_runtime: R
 def test_an_unreadable_key_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read key file"):
         FileKeyProvider(tmp_path)  # a directory where the file should be
+
+
+def test_a_key_file_that_cannot_be_replaced_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    provider = FileKeyProvider.create(path)
+    before = path.read_bytes()
+    # A directory squatting on the temporary name makes the write fail, as a full disk would.
+    (tmp_path / f".keys.json.{os.getpid()}.tmp").mkdir()
+    with pytest.raises(ConfigurationError, match="cannot write key file"):
+        provider.add_kek()
+    assert path.read_bytes() == before and provider.kek_ids == ["kek-1"]
