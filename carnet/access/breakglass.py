@@ -125,3 +125,22 @@ def review_break_glass(runtime: Runtime, *, actor: Actor, access_id: str, note: 
         return to_view(row), record
 
     return run_audited(runtime, actor, AuditKind.BREAK_GLASS_REVIEWED, action, resource_type=RESOURCE)
+
+
+def take_pending_alerts(session: Session, *, limit: int = 100) -> list[BreakGlassView]:
+    """For carnet.detection: the break-the-glass accesses not yet alerted, marked `alerted` in
+    the caller's transaction (commit after raising the alerts). The table is behind row-level
+    security: call it in a transaction with a declared scope (e.g. the system door)."""
+    rows = list(
+        session.scalars(
+            select(BreakGlassAccess)
+            .where(BreakGlassAccess.alert_state == "pending")
+            .order_by(BreakGlassAccess.started_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for row in rows:
+        row.alert_state = "alerted"
+    session.flush()
+    return [to_view(r) for r in rows]

@@ -9,12 +9,13 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from carnet.access.breakglass import list_break_glass, review_break_glass
+from carnet.access.breakglass import list_break_glass, review_break_glass, take_pending_alerts
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.kernel.clock import MovableClock
 from carnet.kernel.errors import Forbidden, InvalidInput, NotFound, StepUpRequired
 from carnet.phi.gate import Gate
+from carnet.phi.system import system_access
 from carnet.runtime import Runtime
 from tests import factories as f
 
@@ -103,3 +104,17 @@ def test_break_glass_needs_a_fresh_second_factor_and_a_reason(runtime: Runtime) 
         Gate(runtime, clerk).break_glass(
             patient_id=patient.id, reason="emergency", justification="arrêt cardiaque"
         )
+
+
+def test_detection_takes_each_pending_alert_once(runtime: Runtime) -> None:
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    patient = f.register_patient(runtime, facility)
+    Gate(runtime, doctor).break_glass(
+        patient_id=patient.id, reason="emergency", justification="détresse respiratoire"
+    )
+    with system_access(runtime, reason="test: detection picks up break-the-glass") as door:
+        taken = take_pending_alerts(door.session)
+    assert [(t.patient_id, t.account_id) for t in taken] == [(patient.id, str(doctor.account_id))]
+    with system_access(runtime, reason="test: detection picks up break-the-glass") as door:
+        assert take_pending_alerts(door.session) == []
