@@ -119,6 +119,7 @@ class Authenticator:
         self.rp = passkeys.RelyingParty.from_origin(runtime.settings.origin)
         self.failure_floor = FAILURE_FLOOR_SECONDS
         self.sleep: Callable[[float], None] = time.sleep
+        self.timer: Callable[[], float] = time.perf_counter
 
     @classmethod
     def of(cls, runtime: Runtime) -> Authenticator:
@@ -142,7 +143,7 @@ class Authenticator:
         if wait is not None:
             self._fail(username, None, ctx, reason="throttled")
             raise LoginThrottled(wait)
-        started = time.perf_counter()
+        started = self.timer()
         failure: str | None
         with self.runtime.session_factory.begin() as session:
             account = session.scalar(select(Account).where(Account.username == username))
@@ -166,7 +167,7 @@ class Authenticator:
         An unknown user, a wrong password and a wrong code do different work (a wrong code also
         decrypts a TOTP secret and reads roles); the floor hides the difference.
         """
-        remaining = self.failure_floor - (time.perf_counter() - started)
+        remaining = self.failure_floor - (self.timer() - started)
         if remaining > 0:
             self.sleep(remaining)
 
