@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -26,6 +27,7 @@ from carnet.audit.interfaces import AuditRecord
 from carnet.audit.models import AuditChainHead, AuditEvent, AuditEventPatient
 from carnet.kernel import clock
 
+log = logging.getLogger(__name__)
 HEAD_ID = 1
 EVENTS = cast(Table, AuditEvent.__table__)
 EVENT_PATIENTS = cast(Table, AuditEventPatient.__table__)
@@ -167,7 +169,11 @@ def _tell_checkpointer(session: Session) -> None:
     pending = session.info.pop(_PENDING, None)
     if pending is not None:
         callback, seq = pending
-        callback(seq)
+        try:
+            callback(seq)
+        except Exception as exc:
+            # The transaction is committed: a late checkpoint must not turn it into an error.
+            log.error("audit checkpoint notification failed (%s)", type(exc).__name__)
 
 
 @event.listens_for(Session, "after_rollback")
