@@ -49,19 +49,17 @@ def test_1000_wrong_passwords_against_one_account_are_throttled_and_audited(
 ) -> None:
     make_person(sqlite_runtime, "target")
     answers = _attack(client, "target", 1000)
-    assert Counter(status for status, _ in answers) == Counter({401: 5, 429: 995})
-    assert answers[:5] == [(401, "the username, password or code is not right")] * 5
-    assert _failures(sqlite_runtime) == Counter({"wrong password": 5, "throttled": 995})
+    # 5 a minute, then 20 an hour: the count depends on how long the attack ran on this machine.
+    guessed = sum(1 for status, _ in answers if status == 401)
+    assert answers[:6] == [(401, "the username, password or code is not right")] * 5 + [(429, answers[5][1])]
+    assert 5 <= guessed <= 20 and len(answers) - guessed >= 980
+    assert _failures(sqlite_runtime) == Counter({"wrong password": guessed, "throttled": 1000 - guessed})
     # The owner sees the attack in their security history.
     with sqlite_runtime.session_factory() as session:
         from carnet.identity.models import AccountEvent
 
-        assert (
-            session.scalar(
-                select(func.count()).select_from(AccountEvent).where(AccountEvent.outcome == "denied")
-            )
-            == 5
-        )
+        denied = select(func.count()).select_from(AccountEvent).where(AccountEvent.outcome == "denied")
+        assert session.scalar(denied) == guessed
 
 
 @pytest.mark.slow
@@ -129,7 +127,9 @@ def test_spraying_100_accounts_is_throttled_per_account_and_per_address(sqlite_r
 
     # From one address: 10 passwords x 100 accounts; the address limit stops it after 30.
     one_address = Counter(attempt(p.username, "203.0.113.9") for _ in range(10) for p in people)
-    assert one_address == Counter({"refused": 30, "throttled": 970})
+    # 30 a minute, then 200 an hour from one address (the count depends on the machine's speed).
+    assert 30 <= one_address["refused"] <= 200 and one_address["opened"] == 0
+    assert one_address["refused"] + one_address["throttled"] == 1000
     # From a botnet (a new address for every try): each account still takes only 5 a minute.
     auth.throttle.reset()
     tries = [(p, n) for p in people for n in range(10)]  # each account's ten tries within seconds
