@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
@@ -17,7 +17,8 @@ from carnet.access.audited import run_audited
 from carnet.access.context import AccessContext
 from carnet.access.models import BreakGlassAccess
 from carnet.access.permissions import Permission
-from carnet.access.scope import enter_scope
+from carnet.access.roles import Role
+from carnet.access.scope import ALL_FACILITIES, enter_scope
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
 from carnet.kernel.ids import parse_id
@@ -63,10 +64,16 @@ def to_view(row: BreakGlassAccess) -> BreakGlassView:
     )
 
 
-def _require_reviewer(session: Session, ctx: AccessContext) -> None:
+def _require_reviewer(session: Session, ctx: AccessContext) -> ColumnElement[bool]:
+    """Refuse anyone but a security officer; return the SQL filter of the facilities reviewed."""
     if not ctx.may(Permission.BREAK_GLASS_REVIEW):
         raise Forbidden("only a security officer reviews break-the-glass accesses")
+    if Role.SECURITY_OFFICER in ctx.unscoped_roles:
+        # An organisation-wide officer reviews every facility (metadata only, no chart data).
+        enter_scope(session, ALL_FACILITIES)
+        return true()
     enter_scope(session, ctx.facility_ids)
+    return BreakGlassAccess.facility_id.in_(ctx.facility_ids)
 
 
 def list_break_glass(
@@ -75,10 +82,10 @@ def list_break_glass(
     """Break-the-glass accesses in the officer's facilities, newest first."""
 
     def action(session: Session, ctx: AccessContext) -> tuple[list[BreakGlassView], AuditRecord]:
-        _require_reviewer(session, ctx)
+        reviewed = _require_reviewer(session, ctx)
         query = (
             select(BreakGlassAccess)
-            .where(BreakGlassAccess.facility_id.in_(ctx.facility_ids))
+            .where(reviewed)
             .order_by(BreakGlassAccess.started_at.desc())
             .limit(LIST_LIMIT)
         )
@@ -103,13 +110,17 @@ def review_break_glass(runtime: Runtime, *, actor: Actor, access_id: str, note: 
     """A security officer records the outcome of reviewing one emergency access."""
 
     def action(session: Session, ctx: AccessContext) -> tuple[BreakGlassView, AuditRecord]:
-        _require_reviewer(session, ctx)
+        reviewed = _require_reviewer(session, ctx)
         text = note.strip()
         if len(text) < 4:
             raise InvalidInput("a review needs a note")
         row_id = parse_id(access_id)
-        row = session.get(BreakGlassAccess, row_id) if row_id else None
-        if row is None or row.facility_id not in ctx.facility_ids:
+        row = (
+            session.scalars(select(BreakGlassAccess).where(BreakGlassAccess.id == row_id, reviewed)).first()
+            if row_id
+            else None
+        )
+        if row is None:
             raise NotFound("no such break-the-glass access")
         row.reviewed_by = ctx.account_id
         row.reviewed_at = ctx.now

@@ -34,6 +34,9 @@ class AccessContext:
     practitioner_id: uuid.UUID | None
     patient_id: uuid.UUID | None
     now: dt.datetime
+    # Roles granted without a facility (an organisation-wide security officer, say). They open
+    # no patient data: the facility scope above is what the gate uses.
+    unscoped_roles: frozenset[Role] = frozenset()
 
     def may(self, permission: Permission) -> bool:
         return permission in self.permissions
@@ -78,6 +81,7 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
     grants = [grant for _account, grant in rows if grant is not None]
     granted: set[Role] = set()
     facilities: set[uuid.UUID] = set()
+    unscoped: set[Role] = set()
     for grant in grants:
         try:
             role = Role(grant.role)
@@ -88,6 +92,8 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         granted.add(role)
         if grant.facility_id is not None:
             facilities.add(grant.facility_id)
+        else:
+            unscoped.add(role)
     roles = frozenset(granted)
     acting = actor.facility_id if actor.facility_id in facilities else None
     if acting is None and account.facility_id in facilities:
@@ -102,4 +108,5 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         practitioner_id=account.practitioner_id,
         patient_id=None,
         now=now,
+        unscoped_roles=frozenset(unscoped),
     )

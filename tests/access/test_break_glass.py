@@ -118,3 +118,20 @@ def test_detection_takes_each_pending_alert_once(runtime: Runtime) -> None:
     assert [(t.patient_id, t.account_id) for t in taken] == [(patient.id, str(doctor.account_id))]
     with system_access(runtime, reason="test: detection picks up break-the-glass") as door:
         assert take_pending_alerts(door.session) == []
+
+
+def test_review_list_is_scoped_to_the_officers_facilities(runtime: Runtime) -> None:
+    north, south = f.make_facility(runtime), f.make_facility(runtime)
+    doctor = f.make_physician(runtime, north)
+    patient = f.register_patient(runtime, north)
+    grant = Gate(runtime, doctor).break_glass(
+        patient_id=patient.id, reason="emergency", justification="polytraumatisé, inconscient"
+    )
+    southern = f.make_account(runtime, roles=[Role.SECURITY_OFFICER], facility_id=south)
+    assert list_break_glass(runtime, actor=southern) == []
+    with pytest.raises(NotFound):
+        review_break_glass(runtime, actor=southern, access_id=grant.id, note="pas le mien")
+    # An organisation-wide officer (granted without a facility) reviews every facility.
+    national = f.make_account(runtime, roles=[Role.SECURITY_OFFICER], facility_id=None)
+    assert [b.id for b in list_break_glass(runtime, actor=national)] == [grant.id]
+    assert review_break_glass(runtime, actor=national, access_id=grant.id, note="vérifié").reviewed_at
