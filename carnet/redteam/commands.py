@@ -90,3 +90,39 @@ def run(
     except httpx.HTTPError as exc:
         raise _fail(f"cannot reach carnet at {base_url} ({type(exc).__name__})") from None
     typer.echo(exposure_table(results))
+
+
+@redteam_app.command("benign")
+def benign(
+    days: Annotated[int, typer.Option(min=1, max=90, help="Simulated days.")] = 30,
+    clinicians: Annotated[int | None, typer.Option(min=1, help="Only the first N clinicians.")] = None,
+) -> None:
+    """Clinicians work their day lists over simulated days (through the gate, with a movable
+    clock): prints false containments and step-ups per clinician-week. Demo and test mode only."""
+    import datetime as dt
+
+    from carnet.redteam.benign import run_benign
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+    from carnet.synth.seed import base_day
+
+    settings = get_settings()
+    if not settings.exercise_mode:
+        raise _fail("simulated days need the movable clock: CARNET_ENV must be demo or test")
+    first = base_day().date() - dt.timedelta(days=days // 2)
+    try:
+        runtime = build_runtime(settings)
+        try:
+            result = run_benign(runtime, days=days, first_day=first, limit=clinicians)
+        finally:
+            runtime.close()
+    except CarnetError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"{result.clinician_days} clinician-days, {result.patients_opened} patients opened, "
+        f"{result.requests} requests: {len(result.containments)} false containments, "
+        f"{result.step_ups} step-ups ({result.step_ups_per_clinician_week:.2f} per clinician-week), "
+        f"{result.throttles} throttles"
+    )
+    for line in result.containments:
+        typer.echo(f"  contained: {line}")
