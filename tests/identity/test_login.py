@@ -173,3 +173,31 @@ def test_login_from_another_site_is_refused(client: TestClient, sqlite_runtime: 
     assert (
         client.post("/auth/login", json=body, headers={"Origin": "http://localhost:8000"}).status_code == 200
     )
+
+
+def test_me_names_a_practitioner_as_fhir_user(client: TestClient, sqlite_runtime: Runtime) -> None:
+    from carnet.org.models import Facility, Practitioner
+
+    with sqlite_runtime.session_factory.begin() as session:
+        facility = Facility(name="Hôpital Test", finess="750000001", city="Paris")
+        session.add(facility)
+        session.flush()
+        practitioner = Practitioner(
+            facility_id=facility.id,
+            rpps="10000000001",
+            family="Martin",
+            given="Alice",
+            profession="physician",
+        )
+        session.add(practitioner)
+        session.flush()
+        practitioner_id, facility_id = practitioner.id, facility.id
+    person = make_person(sqlite_runtime, "dr.martin", practitioner_id=practitioner_id)
+    with sqlite_runtime.session_factory.begin() as session:
+        from carnet.identity.models import Account
+
+        session.get_one(Account, person.account_id).facility_id = facility_id
+    login(client, person)
+    me = client.get("/auth/me").json()
+    assert me["fhirUser"] == f"Practitioner/{practitioner_id}"
+    assert me["facility"] == str(facility_id)
