@@ -131,7 +131,7 @@ def _time(client: TestClient, path: str, samples: int) -> list[float]:
     out = []
     for _ in range(samples):
         started = time.perf_counter()
-        response = client.get(path)
+        response = client.get(path, headers={"HX-Request": "true"} if "/sections/" in path else None)
         out.append((time.perf_counter() - started) * 1000)
         if response.status_code != 200:
             raise SystemExit(f"{path} answered {response.status_code}: {response.text[:300]}")
@@ -139,7 +139,9 @@ def _time(client: TestClient, path: str, samples: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--postgres", action="store_true")
@@ -162,6 +164,18 @@ def main() -> None:
                 ("my day (physician)", physician, "/day"),
                 ("search by identifier (physician)", physician, f"/patients?identifier={ins or ''}"),
                 ("chart (physician)", physician, f"/patients/{patient_id}"),
+                ("  its notes section (htmx)", physician, f"/patients/{patient_id}/sections/notes"),
+                (
+                    "  its prescriptions section (htmx)",
+                    physician,
+                    f"/patients/{patient_id}/sections/prescriptions",
+                ),
+                ("  its coverage section (htmx)", physician, f"/patients/{patient_id}/sections/coverage"),
+                (
+                    "  its appointments section (htmx)",
+                    physician,
+                    f"/patients/{patient_id}/sections/appointments",
+                ),
                 ("account page (physician)", physician, "/account"),
                 ("front desk (registration form)", _account(runtime, {"front_desk"}), "/desk"),
                 ("security console (officer)", _account(runtime, {"security_officer"}), "/security"),
@@ -171,7 +185,10 @@ def main() -> None:
             if portal is not None:
                 pages.append(("patient portal", portal, "/portal"))
             db = "PostgreSQL" if args.postgres else "SQLite"
-            print(f"{args.patients:,} patients on {db}, seeded in {seeded:.0f} s; {args.samples} samples per page")
+            print(
+                f"{args.patients:,} patients on {db}, seeded in {seeded:.0f} s;"
+                f" {args.samples} samples per page"
+            )
             print(f"{'page':50} {'median ms':>10} {'p95 ms':>8} {'x baseline':>11}")
             baseline = None
             with TestClient(app, base_url=ORIGIN) as anonymous:

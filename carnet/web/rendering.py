@@ -119,7 +119,7 @@ def render(
         "ngettext": tr.ngettext,
         "csrf_field": CSRF_FIELD,
         "csrf_token": request.cookies.get(CSRF_COOKIE, ""),
-        "actor": None,
+        "actor": getattr(request.state, "actor", None),
         "break_glass_active": None,
         "glass_patient": None,
         "path": request.url.path,

@@ -64,6 +64,7 @@ async def _actor(request: Request, *, allow_enrollment_only: bool) -> Actor:
         context=request_context(request),
         allow_enrollment_only=allow_enrollment_only,
     )
+    request.state.actor = actor  # lets a refusal page still show the navigation
     if request.method not in SAFE_METHODS:
         presented = request.headers.get(CSRF_HEADER)
         if presented is None:

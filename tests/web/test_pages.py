@@ -149,3 +149,31 @@ def test_break_glass_needs_step_up_then_opens_for_an_hour(
     assert chart.status_code == 200
     assert "break-the-glass" in chart.text
     assert _events(sqlite_runtime, AuditKind.BREAK_GLASS_START)
+
+
+def test_expired_session_explains_and_keeps_the_way_back(
+    client: TestClient, hospital: Hospital, movable_clock: clock.MovableClock
+) -> None:
+    login(client, hospital.physician)
+    movable_clock.advance(dt.timedelta(hours=2))  # past the idle timeout
+    response = client.get("/day")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/login?next=/day&ended=1"
+    page = client.get(response.headers["location"])
+    assert "Your session has ended." in page.text and "sign in again" in page.text
+
+
+def test_contained_account_gets_a_page_that_says_whom_to_call(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    from carnet.identity.models import Account
+
+    login(client, hospital.physician)
+    with sqlite_runtime.session_factory.begin() as session:
+        account = session.get_one(Account, hospital.physician.account_id)
+        account.status = "suspended"
+        account.status_reason = "read 300 charts outside their care in 10 minutes"
+    page = client.get("/day")
+    assert page.status_code == 403
+    assert "Your account is suspended" in page.text
+    assert "call the security office" in page.text.lower()
