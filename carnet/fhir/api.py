@@ -117,11 +117,12 @@ def validated(model: Any, body: Any, resource_type: str) -> dict[str, Any]:
     if not isinstance(body, dict) or body.get("resourceType") != resource_type:
         raise InvalidInput(f"the body must be a {resource_type} resource")
     try:
-        parsed = model.model_validate(body)
+        model.model_validate(body)
     except ValidationError as exc:
         places = sorted({".".join(str(p) for p in err.get("loc", ())) or "resource" for err in exc.errors()})
         raise InvalidInput(f"invalid {resource_type}: check " + ", ".join(places[:10])) from None
-    data: dict[str, Any] = json.loads(parsed.model_dump_json(exclude_none=True))
+    # Valid as sent: the mappers read the JSON itself (a deep copy, so nobody else's dict changes).
+    data: dict[str, Any] = json.loads(json.dumps(body))
     return data
 
 
