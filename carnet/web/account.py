@@ -155,3 +155,12 @@ def revoke_session(session_id: uuid.UUID, request: Request, actor: WebActor) -> 
         _clear_cookies(response, request)
         return response
     return redirect("/account#sessions")
+
+
+@router.post("/account/recovery-codes")
+def new_recovery_codes(request: Request, actor: WebActor) -> Response:
+    """Replace the recovery codes (fresh second factor needed) and show them once."""
+    from carnet.identity.views import new_recovery_codes as replace_codes
+
+    codes = replace_codes(actor=actor, request=request)["recoveryCodes"]
+    return render(request, "account/recovery_codes.html", {"actor": actor, "codes": codes})

@@ -177,3 +177,19 @@ def test_contained_account_gets_a_page_that_says_whom_to_call(
     assert page.status_code == 403
     assert "Your account is suspended" in page.text
     assert "call the security office" in page.text.lower()
+
+
+def test_recovery_codes_need_a_fresh_code_and_are_shown_once(
+    client: TestClient, hospital: Hospital, movable_clock: clock.MovableClock
+) -> None:
+    csrf = login(client, hospital.physician)
+    movable_clock.advance(dt.timedelta(minutes=6))  # the login's second factor is no longer fresh
+    asked = client.post("/account/recovery-codes", data={"csrf_token": csrf})
+    assert asked.status_code == 403 and "Confirm it is you" in asked.text
+    confirmed = client.post(
+        "/step-up", data={"otp": hospital.physician.code(), "next": "/account", "csrf_token": csrf}
+    )
+    assert confirmed.status_code == 303 and confirmed.headers["location"] == "/account"
+    made = client.post("/account/recovery-codes", data={"csrf_token": csrf})
+    assert made.status_code == 200 and made.text.count("<code>") >= 8
+    assert made.headers["cache-control"] == "no-store"
