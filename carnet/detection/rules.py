@@ -60,6 +60,14 @@ def _volume_role(actor: Actor, config: DetectionConfig) -> tuple[str, RoleVolume
     return max(volumes, key=lambda item: (item[1].h24, item[1].h1, item[1].m15))
 
 
+_PEOPLE = {
+    "physician": "a physician",
+    "nurse": "a nurse",
+    "front_desk": "a front-desk agent",
+    "billing": "a billing clerk",
+    "patient": "a patient",
+}
+
 _WINDOWS = (("m15", "in the last 15 minutes"), ("h1", "in the last hour"), ("h24", "in the last 24 hours"))
 
 
@@ -102,7 +110,8 @@ def volume(config: DetectionConfig, ctx: Context) -> Finding | None:
         usual_words = f"; their usual is about {usual}" if usual else ""
         sentence = (
             f"{_who(actor)} was shown {_patients(seen)} {words}, {ratio:.1f} times the level at which "
-            f"a {role_name.replace('_', ' ')} is asked to confirm their identity ({int(threshold)})"
+            f"{_PEOPLE.get(role_name, 'someone in this role')} is asked to confirm their identity "
+            f"({int(threshold)})"
             f"{usual_words}."
         )
         if worst is None or (level, ratio) > (worst[0], worst[1]):
