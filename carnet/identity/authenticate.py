@@ -199,7 +199,10 @@ class Authenticator:
                 return "wrong code", None, False
         if method is None:
             # A password alone opens no staff session; a patient without a factor is AAL1.
-            if account.kind == "staff" or service.has_totp(session, account_id=account.id):
+            enrolled = service.has_totp(session, account_id=account.id) or passkeys.has_passkey(
+                session, account_id=account.id
+            )
+            if account.kind == "staff" or enrolled:
                 return "second factor missing", None, False
             return None, None, False
         if privileged and method != "webauthn" and not self.demo:

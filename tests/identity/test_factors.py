@@ -101,3 +101,23 @@ def test_someone_elses_device_answers_not_found(
         bobs = b.get("/auth/factors").json()["totp"][0]["id"]
         assert a.post(f"/auth/totp/{bobs}/remove").status_code == 404
         assert len(b.get("/auth/factors").json()["totp"]) == 1
+
+
+def test_a_patient_with_a_passkey_needs_it(client: TestClient, sqlite_runtime: Runtime) -> None:
+    from carnet.identity.models import WebAuthnCredential
+
+    patient = make_person(sqlite_runtime, "patient.key", kind="patient", with_totp=False)
+    with sqlite_runtime.session_factory.begin() as session:
+        session.add(
+            WebAuthnCredential(
+                account_id=patient.account_id,
+                credential_id="BBBB",
+                public_key=b"k",
+                sign_count=0,
+                label="phone",
+                created_at=clock.now(),
+            )
+        )
+    assert (
+        client.post("/auth/login", json={"username": "patient.key", "password": PASSWORD}).status_code == 401
+    )
