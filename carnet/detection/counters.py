@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import and_, case, func, select, true, type_coerce
+from sqlalchemy import and_, case, func, or_, select, true, type_coerce
 from sqlalchemy.orm import Session
 
 from carnet.db.base import UtcDateTime
@@ -42,6 +42,7 @@ class SqlExposureCounters:
         patient_ids: Sequence[uuid.UUID],
         outside_care: Sequence[uuid.UUID],
         exported: bool,
+        listed: bool,
         at: dt.datetime,
     ) -> None:
         """Nothing to do: the ledger's own rows are what this class counts."""
@@ -62,10 +63,12 @@ class SqlExposureCounters:
                 func.distinct(case((and_(Exposure.at >= start, *conditions), Exposure.patient_id)))
             )
 
+        # Not the actor's own patients seen in a list (see ExposureCounters.add_exposures).
+        targeted = or_(Exposure.channel != "list", Exposure.outside_care.is_(True))
         exposures = (
             select(
-                distinct_since(s15),
-                distinct_since(s1),
+                distinct_since(s15, targeted),
+                distinct_since(s1, targeted),
                 distinct_since(s24),
                 distinct_since(s1, Exposure.outside_care.is_(True)),
                 distinct_since(s24, Exposure.outside_care.is_(True)),
@@ -130,6 +133,16 @@ class SqlExposureCounters:
         )
 
 
+def _targeted(
+    patient_ids: Sequence[uuid.UUID], outside_care: Sequence[uuid.UUID], listed: bool
+) -> Sequence[uuid.UUID]:
+    """What the short windows count: all but the actor's own patients seen in a list."""
+    if not listed:
+        return patient_ids
+    outside = set(outside_care)
+    return [p for p in patient_ids if p in outside]
+
+
 # Which events are counted as distinct keys (same search twice counts once) or as occurrences.
 _DISTINCT_KINDS = frozenset({EventKind.SEARCH, EventKind.IDENTIFIER_SEARCH})
 
@@ -156,9 +169,11 @@ class MemoryExposureCounters:
         patient_ids: Sequence[uuid.UUID],
         outside_care: Sequence[uuid.UUID],
         exported: bool,
+        listed: bool,
         at: dt.datetime,
     ) -> None:
-        self._touch(actor_ref, "p", (str(p) for p in patient_ids), at)
+        self._touch(actor_ref, "a", (str(p) for p in patient_ids), at)
+        self._touch(actor_ref, "p", (str(p) for p in _targeted(patient_ids, outside_care, listed)), at)
         self._touch(actor_ref, "o", (str(p) for p in outside_care), at)
         if exported:
             self._touch(actor_ref, "x", (str(p) for p in patient_ids), at)
@@ -186,7 +201,7 @@ class MemoryExposureCounters:
         return ActorCounts(
             patients_15m=n("p", s15),
             patients_1h=n("p", s1),
-            patients_24h=n("p", s24),
+            patients_24h=n("a", s24),
             outside_1h=n("o", s1),
             outside_24h=n("o", s24),
             exported_24h=n("x", s24),
@@ -219,7 +234,7 @@ class RedisExposureCounters:
         return f"{self._prefix}:{actor_ref}:{name}"
 
     def _names(self) -> list[str]:
-        return ["p", "o", "x", *(f"e:{kind.value}" for kind in EventKind)]
+        return ["a", "p", "o", "x", *(f"e:{kind.value}" for kind in EventKind)]
 
     def add_exposures(
         self,
@@ -228,12 +243,18 @@ class RedisExposureCounters:
         patient_ids: Sequence[uuid.UUID],
         outside_care: Sequence[uuid.UUID],
         exported: bool,
+        listed: bool,
         at: dt.datetime,
     ) -> None:
         score = at.timestamp()
         horizon = score - H24.total_seconds()
         pipe = self._redis.pipeline(transaction=False)
-        groups = [("p", patient_ids), ("o", outside_care), ("x", patient_ids if exported else ())]
+        groups = [
+            ("a", patient_ids),
+            ("p", _targeted(patient_ids, outside_care, listed)),
+            ("o", outside_care),
+            ("x", patient_ids if exported else ()),
+        ]
         for name, ids in groups:
             if not ids:
                 continue
@@ -265,7 +286,7 @@ class RedisExposureCounters:
         wanted: list[tuple[str, float]] = [
             ("p", s15),
             ("p", s1),
-            ("p", s24),
+            ("a", s24),
             ("o", s1),
             ("o", s24),
             ("x", s24),

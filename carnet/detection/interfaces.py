@@ -135,6 +135,7 @@ class ExposureLedger(Protocol):
 class ActorCounts:
     """Sliding-window counts for one actor, as the rules read them."""
 
+    # 15 min and 1 h leave out the actor's own patients seen in lists; 24 h counts everyone.
     patients_15m: int = 0
     patients_1h: int = 0
     patients_24h: int = 0
@@ -165,8 +166,12 @@ class ExposureCounters(Protocol):
         patient_ids: Sequence[uuid.UUID],
         outside_care: Sequence[uuid.UUID],
         exported: bool,
+        listed: bool,
         at: dt.datetime,
-    ) -> None: ...
+    ) -> None:
+        """`listed`: shown in a list (a day list, appointments). Patients of the actor's own care
+        seen in a list count in the 24-hour window only: a ward's day list is the work itself."""
+        ...
 
     def add_event(self, *, actor_ref: str, kind: EventKind, key: str, at: dt.datetime) -> None: ...
 

@@ -143,6 +143,7 @@ class SqlExposureLedger:
                 patient_ids=distinct,
                 outside_care=outside,
                 exported=channel is Channel.EXPORT,
+                listed=channel is Channel.LIST,
                 at=at,
             )
         events = _search_events(query_shape, deep_page=self.config.deep_page)

@@ -120,9 +120,9 @@ def test_a_benign_clinician_week_is_never_stopped(
 def test_volume_windows_slide_and_escalate(runtime: Runtime, movable_clock: clock.MovableClock) -> None:
     movable_clock.set(MORNING)
     nurse = make_actor(runtime, "nurse.volume", Role.NURSE)
-    expose(runtime, nurse, new_patients(39), channel=Channel.LIST)
+    expose(runtime, nurse, new_patients(39), channel=Channel.SEARCH)
     movable_clock.advance(dt.timedelta(minutes=16))
-    expose(runtime, nurse, new_patients(39), channel=Channel.LIST)  # 39 per 15 min, 78 per hour
+    expose(runtime, nurse, new_patients(39), channel=Channel.SEARCH)  # 39 per 15 min, 78 per hour
     movable_clock.advance(dt.timedelta(minutes=16))
     with pytest.raises(StepUpRequired, match=r"81 different patients in the last hour"):
         expose(runtime, nurse, new_patients(3))
@@ -138,6 +138,9 @@ def test_volume_windows_slide_and_escalate(runtime: Runtime, movable_clock: cloc
     assert throttled.value.retry_after_seconds > 0
     with pytest.raises(AccountContained, match="in the last 15 minutes"):
         expose(runtime, fresh, new_patients(80))
+    # A ward's day list of the nurse's own patients is the work itself: not counted by the hour.
+    ward = make_actor(runtime, "nurse.ward", Role.NURSE)
+    expose(runtime, ward, new_patients(70), channel=Channel.LIST, resource_type="DayList")
     rules = {(a.username, a.rule) for a in _alerts(runtime)}
     assert rules == {("nurse.volume", "volume"), ("nurse.fresh", "volume")}
 
@@ -302,13 +305,13 @@ def test_api_client_volume_throttles_then_contains(
 ) -> None:
     movable_clock.set(MORNING)
     client = client_actor("lab-connector")
-    expose(sqlite_runtime, client, new_patients(499), channel=Channel.LIST)
+    expose(sqlite_runtime, client, new_patients(499), channel=Channel.SEARCH)
     with pytest.raises(Throttled, match="API client lab-connector"):
-        expose(sqlite_runtime, client, new_patients(1), channel=Channel.LIST)
+        expose(sqlite_runtime, client, new_patients(1), channel=Channel.SEARCH)
     with pytest.raises(AccountContained):
-        expose(sqlite_runtime, client, new_patients(1000), channel=Channel.LIST)
+        expose(sqlite_runtime, client, new_patients(1000), channel=Channel.SEARCH)
     with pytest.raises(AccountContained):
-        expose(sqlite_runtime, client, new_patients(1), channel=Channel.LIST)
+        expose(sqlite_runtime, client, new_patients(1), channel=Channel.SEARCH)
 
 
 def test_insisting_after_refusals_contains(runtime: Runtime, movable_clock: clock.MovableClock) -> None:
