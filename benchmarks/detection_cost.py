@@ -285,8 +285,7 @@ def run(history: int, samples: int, report_patients: int) -> str:
     header = "| measure | median | p95 | ratio to baseline |\n|---|---|---|---|"
     return "\n".join(
         [
-            f"Requests (PostgreSQL, {history:,} exposures of {STAFF} staff over 28 days, "
-            f"{samples} samples):",
+            f"Requests (PostgreSQL, {history:,} exposures of {STAFF} staff over 28 days, {samples} samples):",
             "",
             header,
             *request_lines,
