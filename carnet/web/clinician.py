@@ -15,14 +15,15 @@ from carnet.access import directory
 from carnet.access.actor import Actor
 from carnet.access.policy import SEARCH_MAX_COUNT, BreakGlassReason
 from carnet.access.roles import Role
+from carnet.audit.interfaces import AuditKind
 from carnet.identity.authenticate import Authenticator
 from carnet.identity.dependencies import runtime_of
 from carnet.kernel import clock
-from carnet.kernel.errors import Forbidden, InvalidInput, NotFound, StepUpRequired
+from carnet.kernel.errors import InvalidInput, NotFound, StepUpRequired
 from carnet.phi.gate import AllergyWarning, Gate
 from carnet.phi.schemas import PatientPage, PrescriptionInput
 from carnet.web.rendering import render
-from carnet.web.routing import WebActor, WebRoute, error_page, redirect
+from carnet.web.routing import WebActor, WebRoute, error_page, redirect, refuse
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 
@@ -257,7 +258,13 @@ def prescribe(
 @router.get("/patients/{patient_id}/break-glass")
 def break_glass_form(request: Request, actor: WebActor, patient_id: str) -> Response:
     if not actor.roles & CLINICAL_ROLES:
-        raise Forbidden("only clinicians may break the glass")
+        raise refuse(
+            request,
+            actor,
+            kind=AuditKind.BREAK_GLASS_START,
+            resource_type="Patient",
+            reason="only clinicians may break the glass",
+        )
     return render(
         request,
         "clinician/break_glass.html",

@@ -11,12 +11,14 @@ from fastapi.responses import Response
 
 from carnet.access import directory, grants
 from carnet.access.roles import Role
+from carnet.audit.interfaces import AuditKind
+from carnet.audit.search import own_access_log
 from carnet.identity.dependencies import runtime_of
 from carnet.kernel.errors import Conflict, Forbidden, InvalidInput
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import AppointmentInput, PatientInput
 from carnet.web.rendering import render
-from carnet.web.routing import WebActor, WebRoute, redirect
+from carnet.web.routing import WebActor, WebRoute, redirect, refuse
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 
@@ -37,8 +39,13 @@ def _moment(value: str, name: str) -> dt.datetime:
 @router.get("/desk")
 def desk(request: Request, actor: WebActor) -> Response:
     if Role.FRONT_DESK not in actor.roles:
-        # Registration itself is refused (and audited) by the gate; the form is only for the desk.
-        raise Forbidden("the front desk pages are for front-desk staff")
+        raise refuse(
+            request,
+            actor,
+            kind=AuditKind.PHI_CREATE,
+            resource_type="Patient",
+            reason="the front desk pages are for front-desk staff",
+        )
     return _desk_page(request, actor, draft={}, problem=None)
 
 
@@ -172,7 +179,13 @@ def cancel(
 @router.get("/billing")
 def billing(request: Request, actor: WebActor) -> Response:
     if Role.BILLING not in actor.roles:
-        raise Forbidden("the billing pages are for billing staff")
+        raise refuse(
+            request,
+            actor,
+            kind=AuditKind.PHI_LIST,
+            resource_type="Invoice",
+            reason="the billing pages are for billing staff",
+        )
     return render(request, "desk/billing.html", {"actor": actor})
 
 
@@ -225,15 +238,13 @@ def reject_grant(
 @router.get("/portal")
 def portal(request: Request, actor: WebActor) -> Response:
     if actor.patient_id is None:
-        raise Forbidden("the portal shows a patient their own record")
+        own_access_log(runtime_of(request), actor=actor)  # refuses, audited: not a patient's account
     gate = Gate(runtime_of(request), actor)
     pid = str(actor.patient_id)
     context: dict[str, Any] = {"actor": actor, "patient": gate.read_patient(patient_id=pid)}
     context["allergies"] = gate.list_allergies(patient_id=pid)
     context["prescriptions"] = gate.list_prescriptions(patient_id=pid)
     context["appointments"] = gate.list_appointments(patient_id=pid)
-    # The patient's own access log needs a guarded gate read (carnet.audit.access_log says only
-    # the gate calls it); until Gate.access_log exists the page says it is not available yet.
-    access_log = getattr(gate, "access_log", None)
-    context["access_log"] = access_log(patient_id=pid) if access_log is not None else None
+    # Who opened my record, when and why (break-the-glass marked); the read itself is audited.
+    context["access_log"] = own_access_log(runtime_of(request), actor=actor, count=100)
     return render(request, "portal/portal.html", context)

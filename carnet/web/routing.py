@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from carnet.access.actor import Actor
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.identity.authenticate import Authenticator
 from carnet.identity.dependencies import (
     CSRF_HEADER,
@@ -36,6 +37,23 @@ from carnet.kernel.errors import (
 )
 from carnet.runtime import Runtime
 from carnet.web.rendering import CSRF_FIELD, render
+
+
+def refuse(request: Request, actor: Actor, *, kind: AuditKind, resource_type: str, reason: str) -> Forbidden:
+    """A page refused before any service is called: audited like the services' own refusals."""
+    runtime = runtime_of(request)
+    with runtime.session_factory.begin() as session:
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=kind,
+                outcome=Outcome.DENIED,
+                actor=actor,
+                resource_type=resource_type,
+                policy_reason=reason,
+            ),
+        )
+    return Forbidden(reason)
 
 
 class CsrfRefused(Forbidden):

@@ -16,13 +16,14 @@ from starlette.concurrency import run_in_threadpool
 
 from carnet.access import breakglass
 from carnet.access.roles import Role
+from carnet.audit.interfaces import AuditKind
 from carnet.detection import console, services
 from carnet.detection.report import write_report
 from carnet.identity.dependencies import runtime_of
 from carnet.kernel import clock
-from carnet.kernel.errors import Forbidden, InvalidInput
+from carnet.kernel.errors import InvalidInput
 from carnet.web.rendering import SECURITY_HEADERS, render
-from carnet.web.routing import WebActor, WebRoute, redirect
+from carnet.web.routing import WebActor, WebRoute, redirect, refuse
 
 router = APIRouter(prefix="/security", route_class=WebRoute, include_in_schema=False)
 
@@ -124,7 +125,13 @@ async def audit_chain(request: Request, actor: WebActor) -> Response:
 @router.get("/incident")
 def incident_form(request: Request, actor: WebActor, actor_ref: str = "") -> Response:
     if Role.SECURITY_OFFICER not in actor.roles:
-        raise Forbidden("only a security officer writes incident reports")
+        raise refuse(
+            request,
+            actor,
+            kind=AuditKind.INCIDENT_REPORT,
+            resource_type="IncidentReport",
+            reason="only a security officer writes incident reports",
+        )
     return render(request, "security/incident.html", {"actor": actor, "actor_ref": actor_ref})
 
 

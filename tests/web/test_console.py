@@ -27,9 +27,10 @@ def _outcomes(runtime: Runtime, kind: AuditKind) -> list[str]:
         ("/security", AuditKind.DETECTION_ALERTS_READ),
         ("/security/audit", AuditKind.AUDIT_VERIFIED),
         ("/admin", AuditKind.ACCOUNTS_LISTED),
-        ("/portal", None),
-        ("/desk", None),
-        ("/billing", None),
+        ("/portal", AuditKind.AUDIT_EVENTS_READ),
+        ("/desk", AuditKind.PHI_CREATE),
+        ("/billing", AuditKind.PHI_LIST),
+        ("/security/incident", AuditKind.INCIDENT_REPORT),
     ],
 )
 def test_staff_pages_refuse_a_physician(
@@ -39,8 +40,7 @@ def test_staff_pages_refuse_a_physician(
     page = client.get(path)
     assert page.status_code == 403, page.text
     assert "not allowed" in page.text
-    if kind is not None:
-        assert "denied" in _outcomes(sqlite_runtime, kind)
+    assert "denied" in _outcomes(sqlite_runtime, kind)
 
 
 def test_security_console_lists_and_reviews_break_glass(
@@ -156,9 +156,21 @@ def test_front_desk_registers_detects_duplicates_and_books(
     assert client.get(f"{patient_path}/sections/notes").status_code == 404  # not a front-desk section
 
 
-def test_portal_shows_the_patient_their_record(client: TestClient, hospital: Hospital) -> None:
+def test_portal_shows_the_patient_their_record_and_who_opened_it(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    from carnet.phi.gate import Gate
+    from tests import factories
+
+    doctor = factories.make_physician(sqlite_runtime, hospital.facility_id)
+    Gate(sqlite_runtime, doctor).break_glass(
+        patient_id=hospital.my_patient, reason="emergency", justification="Found unconscious at the bus stop"
+    )
+    Gate(sqlite_runtime, doctor).read_patient(patient_id=hospital.my_patient)
     login(client, hospital.patient_person)
     assert client.get("/home").headers["location"] == "/portal"
     page = client.get("/portal")
     assert page.status_code == 200, page.text
     assert "&lt;script&gt;" in page.text and "<script>alert" not in page.text
+    assert "opened your record" in page.text
+    assert "emergency access" in page.text and "Found unconscious at the bus stop" in page.text
