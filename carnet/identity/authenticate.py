@@ -317,16 +317,19 @@ class Authenticator:
     ) -> tuple[Actor, AuthSession]:
         """The Actor of a session cookie; raises AuthenticationRequired / AccountContained."""
         with self.runtime.session_factory.begin() as session:
-            row = session.scalar(
-                select(AuthSession).where(AuthSession.token_digest == sessions.digest(token))
-            )
-            account = session.get(Account, row.account_id) if row is not None else None
-            if row is None or account is None:
+            # One round trip for the session and its account; the roles are a second.
+            found = session.execute(
+                select(AuthSession, Account)
+                .join(Account, Account.id == AuthSession.account_id)
+                .where(AuthSession.token_digest == sessions.digest(token))
+            ).first()
+            if found is None:
                 raise AuthenticationRequired("sign in first (POST /auth/login)")
+            row, account = found
             roles = service.roles_of(session, account=account)
-            live = sessions.find_live(session, token=token, privileged=bool(roles & PRIVILEGED_ROLES))
-            if live is None:
+            if not sessions.is_live(row, privileged=bool(roles & PRIVILEGED_ROLES)):
                 raise AuthenticationRequired("the session has ended (expired or revoked); sign in again")
+            live = row
             if account.status == "suspended":
                 raise AccountContained(contained_message(account, self.runtime.settings.security_contact))
             if account.status != "active":

@@ -93,22 +93,24 @@ def open_session(
     )
 
 
-def find_live(session: Session, *, token: str, privileged: bool | None = None) -> AuthSession | None:
-    """The live session for a cookie token, or None (unknown, revoked, idle or past 12 h).
+def is_live(row: AuthSession, *, privileged: bool | None = None) -> bool:
+    """False when revoked, idle too long or past 12 h.
 
-    `privileged` is the account's standing now: a role granted mid-session shortens the idle
-    timeout at once.
+    `privileged` is the account's standing now: privileged roles get the shorter idle timeout.
     """
-    row = session.scalar(select(AuthSession).where(AuthSession.token_digest == digest(token)))
-    if row is None or row.revoked_at is not None:
-        return None
+    if row.revoked_at is not None:
+        return False
     now = clock.now()
     idle = dt.timedelta(seconds=row.idle_timeout_seconds)
     if privileged is not None:
         idle = min(idle, idle_timeout(privileged))
-    if now >= row.absolute_expires_at or now - row.last_seen_at >= idle:
-        return None
-    return row
+    return now < row.absolute_expires_at and now - row.last_seen_at < idle
+
+
+def find_live(session: Session, *, token: str, privileged: bool | None = None) -> AuthSession | None:
+    """The live session for a cookie token, or None (unknown, revoked, idle or past 12 h)."""
+    row = session.scalar(select(AuthSession).where(AuthSession.token_digest == digest(token)))
+    return row if row is not None and is_live(row, privileged=privileged) else None
 
 
 def touch(session: Session, row: AuthSession) -> None:
