@@ -41,6 +41,8 @@ def _clear_errors() -> Iterator[None]:
         raise _fail(
             f"cannot read the audit trail ({type(exc).__name__}): is the database reachable?"
         ) from None
+    except OSError as exc:
+        raise _fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}") from None
 
 
 @audit_app.command("init-key")

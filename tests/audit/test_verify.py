@@ -329,3 +329,11 @@ def test_init_key_checkpoint_and_verify_with_the_public_key_only(
     key.unlink()
     code, out = run_cli(runtime, monkeypatch, "verify", "--public-key", str(public))
     assert code == 0 and "intact: the chain verifies up to checkpoint #1 (seq 3" in out
+
+
+def test_an_unwritable_output_is_a_clear_error(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    append_events(runtime, 1)
+    code, out = run_cli(
+        runtime, monkeypatch, "export", "--since", "2000-01-01", "--output", "/proc/nope/x.jsonl"
+    )
+    assert code == 2 and "/proc/nope/x.jsonl" in out and "Traceback" not in out
