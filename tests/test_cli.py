@@ -147,7 +147,8 @@ def test_demo_seeds_writes_credentials_and_serves(tmp_path: Path) -> None:
                 time.sleep(0.5)
         assert answer is not None and answer.status_code == 200, "demo did not serve"
         assert answer.json()["resourceType"] == "CapabilityStatement"
-        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+        # The home page answers (a sign-in page for a visitor without a session).
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5, follow_redirects=True).status_code == 200
         credentials = var / "demo-credentials.json"
         entries = json.loads(credentials.read_text())
         assert {"system_administrator", "security_officer", "physician"} <= {e["roles"][0] for e in entries}
