@@ -12,8 +12,12 @@ from typing import Protocol
 
 from limits import RateLimitItem, parse_many, storage, strategies
 
-# A person mistyping gets several tries; a guesser gets a few dozen a day per account.
-ACCOUNT_LIMITS = "5/minute;20/hour;50/day"
+# One username from one address: a person mistyping gets several tries, a guesser a few dozen a
+# day. Keyed by the pair, so one attacker's failures do not lock the owner out from their desk.
+ACCOUNT_FROM_ADDRESS_LIMITS = "5/minute;20/hour;50/day"
+# One username from anywhere: a botnet guessing one account is held to 100 an hour (NIST 800-63B
+# 5.2.2 caps consecutive failures at 100).
+ACCOUNT_LIMITS = "100/hour;300/day"
 # One address may serve a ward behind NAT: wider, but still far from a brute force.
 ADDRESS_LIMITS = "30/minute;200/hour;1000/day"
 
@@ -52,10 +56,13 @@ class LimitsLoginThrottle:
         self._storage = storage.storage_from_string(uri, **options)
         self._limiter = strategies.MovingWindowRateLimiter(self._storage)
         self._account: list[RateLimitItem] = parse_many(ACCOUNT_LIMITS)
+        self._pair: list[RateLimitItem] = parse_many(ACCOUNT_FROM_ADDRESS_LIMITS)
         self._address: list[RateLimitItem] = parse_many(ADDRESS_LIMITS)
 
     def _targets(self, username: str, address: str | None) -> list[tuple[RateLimitItem, str]]:
-        targets = [(item, _key("user", username.strip().lower())) for item in self._account]
+        user = username.strip().lower()
+        targets = [(item, _key("user", user)) for item in self._account]
+        targets += [(item, _key("pair", f"{user}\n{address or '-'}")) for item in self._pair]
         if address:
             targets += [(item, _key("addr", address)) for item in self._address]
         return targets
