@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pyotp
 import pytest
 from sqlalchemy import select
 
@@ -58,3 +59,34 @@ def test_a_designated_physician_opens_a_seeded_chart_and_its_history(runtime: Ru
     # Nobody has a reason to open a canary: it answers like a missing record.
     with pytest.raises(NotFound):
         gate.read_patient(patient_id=str(canary_id))
+
+
+def test_seeded_credentials_sign_in(sqlite_runtime: Runtime) -> None:
+    """The credentials file is usable as is: password plus the TOTP code from its secret."""
+    from fastapi.testclient import TestClient
+
+    from carnet.app import create_app
+
+    report = seed_hospital(sqlite_runtime, patients=60, seed=5, facilities=1)
+    by_role = {c.roles[0]: c for c in report.credentials}
+    with TestClient(create_app(sqlite_runtime), base_url="http://localhost:8000") as client:
+        for role in (Role.PHYSICIAN.value, Role.FRONT_DESK.value, Role.PATIENT.value):
+            entry = by_role[role]
+            client.cookies.clear()
+            answer = client.post(
+                "/auth/login",
+                json={
+                    "username": entry.username,
+                    "password": entry.password,
+                    "otp": pyotp.TOTP(entry.totp_secret).at(clock.now()),
+                },
+            )
+            assert answer.status_code == 200, answer.text
+            me = client.get("/auth/me").json()
+            assert me["username"] == entry.username
+            assert role in me["roles"]
+            wrong = client.post(
+                "/auth/login",
+                json={"username": entry.username, "password": entry.password + "!", "otp": "000000"},
+            )
+            assert wrong.status_code == 401
