@@ -294,6 +294,47 @@ def test_officer_enrols_a_passkey_signs_in_with_it_and_reviews(
     page.get_by_role("heading", name="This action is not allowed").wait_for()
     shot(page, "10-refused")
 
+    # Administration: a second administrator approves the grant the first one asked for.
+    first = make_person(sqlite_runtime, "admin.one", roles=(Role.SYSTEM_ADMINISTRATOR,), facility_id=None)
+    second = make_person(sqlite_runtime, "admin.two", roles=(Role.SYSTEM_ADMINISTRATOR,), facility_id=None)
+    make_person(sqlite_runtime, "nurse.new", roles=(), facility_id=hospital.facility_id)
+    admin_page = browser.new_page()
+    browser.clear_cookies()
+    browser.add_cookies(_session_cookies(sqlite_runtime, first, origin))
+    admin_page.goto(origin + "/admin")
+    ask = admin_page.locator('form[action="/admin/grants"]')
+    ask.locator("select[name=account_id]").select_option(label="nurse.new")
+    ask.locator("select[name=role]").select_option("nurse")
+    ask.locator("select[name=facility_id]").select_option(str(hospital.facility_id))
+    ask.locator("input[name=reason]").fill("Hired on ward 3")
+    admin_page.get_by_role("button", name="Ask", exact=True).click()
+    admin_page.get_by_role("cell", name="Hired on ward 3").wait_for()
+    browser.clear_cookies()
+    browser.add_cookies(_session_cookies(sqlite_runtime, second, origin))
+    admin_page.goto(origin + "/admin")
+    shot(admin_page, "14-administration")
+    admin_page.get_by_role("button", name="Approve").click()
+    admin_page.get_by_role("cell", name="None.").wait_for()
+
+
+def _session_cookies(runtime: Runtime, person: Person, origin: str) -> list[dict[str, Any]]:
+    """A privileged session as a passkey login leaves it (the ceremony is tested above)."""
+    from carnet.identity import sessions
+
+    with runtime.session_factory.begin() as session:
+        issued = sessions.open_session(
+            session,
+            account_id=person.account_id,
+            privileged=True,
+            second_factor_method="webauthn",
+            address="127.0.0.1",
+            user_agent="playwright",
+        )
+    return [
+        {"name": "carnet_session", "value": issued.token, "url": origin},
+        {"name": "carnet_csrf", "value": issued.csrf_token, "url": origin},
+    ]
+
 
 def test_front_desk_registers_and_books_then_the_patient_sees_it(
     served: str,
