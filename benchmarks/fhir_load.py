@@ -190,12 +190,16 @@ async def load(
             while time.perf_counter() < deadline and (limit is None or n < limit):
                 method, path, headers, body = make(c, n)
                 began = time.perf_counter()
-                response = await http.request(method, path, headers=headers, json=body)
+                try:
+                    response = await http.request(method, path, headers=headers, json=body)
+                    status, text = response.status_code, response.text[:200]
+                except httpx.HTTPError as exc:  # a dropped connection counts as an error
+                    status, text = 0, type(exc).__name__
                 latencies.append((time.perf_counter() - began) * 1000)
-                if response.status_code >= 300:
+                if status >= 300 or status == 0:
                     errors += 1
                     if errors <= 3:
-                        print(f"  {label}: {response.status_code} {response.text[:200]}", file=sys.stderr)
+                        print(f"  {label}: {status} {text}", file=sys.stderr)
                 n += 1
 
         began = time.perf_counter()
@@ -307,12 +311,12 @@ def _measure(
     lines: list[str] = []
     try:
 
-        def searches(label: str) -> Result:
+        def searches(label: str, concurrency: int = clients) -> Result:
             def make(c: int, n: int) -> tuple[str, str, dict[str, str], Any]:
                 who = clinicians[c % len(clinicians)]
                 return "GET", f"/fhir/Patient?identifier={who.identifiers[n % 5]}", who.headers, None
 
-            return asyncio.run(load(base, label, clients, seconds, make))
+            return asyncio.run(load(base, label, concurrency, seconds, make))
 
         health = asyncio.run(
             load(base, "/healthz (baseline)", clients, seconds, lambda c, n: ("GET", "/healthz", {}, None))
@@ -323,7 +327,14 @@ def _measure(
             return "GET", f"/fhir/Patient/{who.patients[n % 30]}", who.headers, None
 
         reads = asyncio.run(load(base, "Patient read", clients, seconds, read))
+        reads_one = asyncio.run(load(base, "Patient read, 1 client", 1, seconds, read))
+        health_one = asyncio.run(
+            load(
+                base, "/healthz, 1 client (baseline)", 1, seconds, lambda c, n: ("GET", "/healthz", {}, None)
+            )
+        )
         search_small = searches("Patient search, 1,000 patients")
+        search_small_one = searches("Patient search, 1,000 patients, 1 client", 1)
 
         # Front desk registrations: 30 each, under the front desk's volume floor.
         desks = [
@@ -340,6 +351,7 @@ def _measure(
 
         _more, seed_seconds = seed_patients(runtime, facility, 1000, patients - 1000)
         search_large = searches(f"Patient search, {patients:,} patients")
+        search_large_one = searches(f"Patient search, {patients:,} patients, 1 client", 1)
         health_after = asyncio.run(
             load(
                 base,
@@ -359,10 +371,14 @@ def _measure(
     for r in (health, reads, search_small, creates, search_large, health_after):
         base_r = health_after if r is search_large else health
         lines.append(_row(r, base_r))
+    for r in (health_one, reads_one, search_small_one, search_large_one):
+        lines.append(_row(r, health_one))
     growth = search_large.pct(50) / search_small.pct(50)
+    growth_one = search_large_one.pct(50) / search_small_one.pct(50)
     lines.append("")
     lines.append(
-        f"- search p50 growth from 1,000 to {patients:,} patients: {growth:.2f}x "
+        f"- search p50 growth from 1,000 to {patients:,} patients: {growth:.2f}x at {clients} clients, "
+        f"{growth_one:.2f}x at 1 client "
         f"(seeding the extra {patients - 1000:,} through the encrypted loader took {seed_seconds:.0f} s)"
     )
     lines.append(
