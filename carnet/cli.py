@@ -231,10 +231,14 @@ def users_list(
     patients: Annotated[bool, typer.Option("--patients", help="Also list patient portal accounts.")] = False,
 ) -> None:
     """List accounts: username, active roles, facility, status. Never passwords or second factors."""
+    import getpass
+
     from rich.table import Table
     from sqlalchemy import select
 
+    from carnet.access.actor import Actor, ActorKind, PurposeOfUse
     from carnet.access.models import RoleGrant
+    from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
     from carnet.identity.models import Account
     from carnet.org.models import Facility
     from carnet.runtime import build_runtime
@@ -242,7 +246,7 @@ def users_list(
 
     runtime = build_runtime(get_settings())
     try:
-        with runtime.session_factory() as session:
+        with runtime.session_factory.begin() as session:
             query = (
                 select(Account.id, Account.username, Account.kind, Account.status, Facility.name)
                 .outerjoin(Facility, Facility.id == Account.facility_id)
@@ -256,6 +260,22 @@ def users_list(
                 select(RoleGrant.account_id, RoleGrant.role).where(RoleGrant.status == "active")
             ):
                 roles.setdefault(account_id, []).append(role)
+            # Who can sign in is what an attacker maps first: the listing itself is audited.
+            runtime.audit.append(
+                session,
+                AuditRecord(
+                    kind=AuditKind.ACCOUNTS_LISTED,
+                    outcome=Outcome.SUCCESS,
+                    actor=Actor(
+                        kind=ActorKind.SYSTEM,
+                        username=f"system:cli:{getpass.getuser()}",
+                        roles=frozenset(),
+                        purpose_of_use=PurposeOfUse.OPERATIONS,
+                    ),
+                    resource_type="Account",
+                    detail={"count": str(len(accounts)), "patients": str(patients).lower()},
+                ),
+            )
     finally:
         runtime.close()
     table = Table("username", "roles", "facility", "status", title=f"{len(accounts)} accounts")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -113,6 +114,11 @@ def test_two_seed_runs_write_the_same_credentials_and_users_lists_them(tmp_path:
         assert entry["username"] in listed.stdout
     assert not any(e["password"] in listed.stdout or e["totp_secret"] in listed.stdout for e in entries)
     assert "patient-" not in listed.stdout  # portal accounts only with --patients
+    with sqlite3.connect(var / "carnet.db") as db:
+        listed_events = db.execute(
+            "SELECT actor_kind, detail FROM audit_events WHERE kind = 'admin:account:listed'"
+        ).fetchall()
+    assert len(listed_events) == 1 and listed_events[0][0] == "system"  # the listing is audited
     with_patients = _run(var, "users", "list", "--patients", COLUMNS="200")
     assert "patient-" in with_patients.stdout
 

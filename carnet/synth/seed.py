@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind, PurposeOfUse
 from carnet.access.models import RoleGrant, WardAssignment
 from carnet.access.roles import Role
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.detection.models import CanaryPatient
 from carnet.identity.models import Account
 from carnet.identity.service import create_account
@@ -169,7 +171,14 @@ def seed_hospital(
                 audit=runtime.audit,
                 created_by=actor,
             )
-            session.add(_grant(account_id, Role.PATIENT, spec.facility_id))
+            _grant(
+                runtime,
+                session,
+                actor,
+                account_id=account_id,
+                role=Role.PATIENT,
+                facility_id=spec.facility_id,
+            )
             report.credentials.append(
                 Credential(
                     spec.username,
@@ -233,7 +242,7 @@ def _prepared_batches(
 
 
 @contextmanager
-def _system_session(runtime: Runtime) -> Iterator[tuple[Any, Actor]]:
+def _system_session(runtime: Runtime) -> Iterator[tuple[Session, Actor]]:
     actor = Actor(
         kind=ActorKind.SYSTEM,
         username="system:seed",
@@ -244,18 +253,42 @@ def _system_session(runtime: Runtime) -> Iterator[tuple[Any, Actor]]:
         yield session, actor
 
 
-def _grant(account_id: uuid.UUID, role: Role, facility_id: uuid.UUID) -> RoleGrant:
+def _grant(
+    runtime: Runtime,
+    session: Session,
+    actor: Actor,
+    *,
+    account_id: uuid.UUID,
+    role: Role,
+    facility_id: uuid.UUID,
+) -> None:
+    """An active grant, audited like an approval (the seeding operator is the approver)."""
     now = clock.now()
-    return RoleGrant(
-        account_id=account_id,
-        role=role.value,
-        facility_id=facility_id,
-        status="active",
-        requested_by=None,
-        requested_at=now,
-        approved_by=None,
-        decided_at=now,
-        reason=SEED_REASON,
+    grant_id = uuid.uuid4()
+    session.add(
+        RoleGrant(
+            id=grant_id,
+            account_id=account_id,
+            role=role.value,
+            facility_id=facility_id,
+            status="active",
+            requested_by=None,
+            requested_at=now,
+            approved_by=None,
+            decided_at=now,
+            reason=SEED_REASON,
+        )
+    )
+    runtime.audit.append(
+        session,
+        AuditRecord(
+            kind=AuditKind.ROLE_GRANT_APPROVED,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            resource_type="RoleGrant",
+            resource_ids=(str(grant_id),),
+            detail={"role": role.value, "account": str(account_id), "reason": SEED_REASON},
+        ),
     )
 
 
@@ -273,7 +306,18 @@ def _write_organisation(
             ],
         )
         for facility in org.facilities:
-            runtime.keyring.create_data_key(session, facility.id)
+            key_id = runtime.keyring.create_data_key(session, facility.id)
+            runtime.audit.append(
+                session,
+                AuditRecord(
+                    kind=AuditKind.DATA_KEY_CREATED,
+                    outcome=Outcome.SUCCESS,
+                    actor=actor,
+                    resource_type="Facility",
+                    resource_ids=(str(facility.id),),
+                    detail={"data_key": str(key_id), "reason": SEED_REASON},
+                ),
+            )
         session.execute(
             insert(Location),
             [
@@ -334,7 +378,9 @@ def _write_organisation(
                 audit=runtime.audit,
                 created_by=actor,
             )
-            session.add(_grant(account_id, spec.role, spec.facility_id))
+            _grant(
+                runtime, session, actor, account_id=account_id, role=spec.role, facility_id=spec.facility_id
+            )
             by_role.setdefault((spec.facility_id, spec.role), []).append(account_id)
             credentials.append(
                 Credential(

@@ -201,6 +201,11 @@ def test_seed_writes_every_kind_of_record_on_both_databases(runtime: Runtime) ->
             select(AuditEvent.detail).where(AuditEvent.kind == AuditKind.PHI_SYSTEM_ACCESS.value)
         ).all()
         assert sum(json.loads(d).get("reason") == SEED_REASON for d in events) == math.ceil(300 / 100)
+        # Every grant and every data key the seed made is in the audit chain too.
+        kinds = Counter(session.scalars(select(AuditEvent.kind)))
+        assert kinds[AuditKind.ROLE_GRANT_APPROVED.value] == len(grants)
+        assert kinds[AuditKind.DATA_KEY_CREATED.value] == 2
+        assert kinds[AuditKind.ACCOUNT_CREATED.value] == report.staff + report.portal_accounts
 
 
 def test_canaries_exist_and_look_like_patients(runtime: Runtime) -> None:
