@@ -227,9 +227,6 @@ class Gate:
                     result = body(tx)
                 finally:
                     attempted = list(tx.patient_ids)
-                seq = runtime.audit.append(session, self._record(kind, Outcome.SUCCESS, tx))
-                for hook in tx.after_audit:
-                    hook(seq)
                 for exposure in tx.exposures:
                     runtime.ledger.record(
                         session,
@@ -241,6 +238,11 @@ class Gate:
                         query_shape=exposure.shape,
                         fields=exposure.fields,
                     )
+                # Audit last: appending takes the chain-head lock until commit, so everything
+                # before it (ledger, detection) stays outside that serialised section.
+                seq = runtime.audit.append(session, self._record(kind, Outcome.SUCCESS, tx))
+                for hook in tx.after_audit:
+                    hook(seq)
             return result
         except _Refused as exc:
             self._audit_failure(kind, resource, Outcome.DENIED, exc.reason, exc.patient_ids or attempted)
