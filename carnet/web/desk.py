@@ -245,6 +245,15 @@ def portal(request: Request, actor: WebActor) -> Response:
     context["allergies"] = gate.list_allergies(patient_id=pid)
     context["prescriptions"] = gate.list_prescriptions(patient_id=pid)
     context["appointments"] = gate.list_appointments(patient_id=pid)
-    # Who opened my record, when and why (break-the-glass marked); the read itself is audited.
-    context["access_log"] = own_access_log(runtime_of(request), actor=actor, count=100)
     return render(request, "portal/portal.html", context)
+
+
+@router.get("/portal/access-log")
+def portal_access_log(request: Request, actor: WebActor) -> Response:
+    """Who opened my record, when and why (break-the-glass marked): loaded after the portal page
+    (htmx), or a page of its own without scripts. The read itself is audited."""
+    entries = own_access_log(runtime_of(request), actor=actor, count=100)
+    template = (
+        "portal/access_log.html" if request.headers.get("hx-request") else "portal/access_log_page.html"
+    )
+    return render(request, template, {"actor": actor, "access_log": entries})

@@ -377,7 +377,7 @@ def test_front_desk_registers_and_books_then_the_patient_sees_it(
     page.get_by_role("button", name="Sign in", exact=True).click()
     page.wait_for_url(origin + "/portal")
     page.get_by_role("cell", name="Annual check-up").wait_for()
-    page.get_by_role("heading", name="Who accessed my record").wait_for()
+    page.get_by_role("cell", name="opened your record").first.wait_for()
     shot(page, "12-patient-portal")
     # In French, from the switch.
     page.get_by_role("link", name="FR").click()

@@ -28,6 +28,7 @@ def _outcomes(runtime: Runtime, kind: AuditKind) -> list[str]:
         ("/security/audit", AuditKind.AUDIT_VERIFIED),
         ("/admin", AuditKind.ACCOUNTS_LISTED),
         ("/portal", AuditKind.AUDIT_EVENTS_READ),
+        ("/portal/access-log", AuditKind.AUDIT_EVENTS_READ),
         ("/desk", AuditKind.PHI_CREATE),
         ("/billing", AuditKind.PHI_LIST),
         ("/security/incident", AuditKind.INCIDENT_REPORT),
@@ -172,5 +173,8 @@ def test_portal_shows_the_patient_their_record_and_who_opened_it(
     page = client.get("/portal")
     assert page.status_code == 200, page.text
     assert "&lt;script&gt;" in page.text and "<script>alert" not in page.text
-    assert "opened your record" in page.text
-    assert "emergency access" in page.text and "Found unconscious at the bus stop" in page.text
+    assert 'hx-get="/portal/access-log"' in page.text  # the log loads after the page
+    log = client.get("/portal/access-log", headers={"HX-Request": "true"})
+    assert log.status_code == 200 and log.text.startswith("<section")
+    assert "opened your record" in log.text
+    assert "emergency access" in log.text and "Found unconscious at the bus stop" in log.text
