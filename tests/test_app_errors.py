@@ -23,3 +23,18 @@ def test_unknown_fhir_path_is_an_operation_outcome(sqlite_runtime: Runtime) -> N
     response = client.get("/fhir/NoSuchThing/1")
     assert response.status_code == 404
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_throttling_answers_429_with_retry_after() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from carnet.fhir.outcome import carnet_error_handler
+    from carnet.kernel.errors import Throttled
+
+    request = Request({"type": "http", "method": "GET", "path": "/fhir/Patient", "headers": []})
+    response = asyncio.run(carnet_error_handler(request, Throttled("slow down", retry_after_seconds=30)))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "30"
+    assert b'"throttled"' in response.body

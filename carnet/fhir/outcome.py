@@ -22,6 +22,7 @@ _MAPPING: dict[type[errors.CarnetError], tuple[int, str]] = {
     errors.AuthenticationRequired: (401, "login"),
     errors.StepUpRequired: (401, "security"),
     errors.AccountContained: (403, "suspended"),
+    errors.Throttled: (429, "throttled"),
     errors.ConfigurationError: (503, "exception"),
 }
 
@@ -52,6 +53,8 @@ async def carnet_error_handler(request: Request, exc: Exception) -> JSONResponse
     assert isinstance(exc, errors.CarnetError)
     status, code = status_for(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, errors.Throttled):
+        headers = {"Retry-After": str(max(1, exc.retry_after_seconds))}
     message = str(exc) or type(exc).__name__
     if isinstance(exc, errors.ConfigurationError):
         message = "the service is not available"  # details stay in the server's log
