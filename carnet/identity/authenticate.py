@@ -326,12 +326,13 @@ class Authenticator:
             if found is None:
                 raise AuthenticationRequired("sign in first (POST /auth/login)")
             row, account = found
+            # A contained account's revoked session is told why and whom to call, not just "ended".
+            if account.status == "suspended":
+                raise AccountContained(contained_message(account, self.runtime.settings.security_contact))
             roles = service.roles_of(session, account=account)
             if not sessions.is_live(row, privileged=bool(roles & PRIVILEGED_ROLES)):
                 raise AuthenticationRequired("the session has ended (expired or revoked); sign in again")
             live = row
-            if account.status == "suspended":
-                raise AccountContained(contained_message(account, self.runtime.settings.security_contact))
             if account.status != "active":
                 raise AuthenticationRequired("this account is disabled")
             if live.roles_at_login != sessions.roles_fingerprint(frozenset(r.value for r in roles)):

@@ -145,6 +145,37 @@ def test_a_contained_account_is_told_why_and_whom_to_call(
     assert sqlite_runtime.settings.security_contact in message
 
 
+def test_a_contained_session_is_told_it_is_suspended_not_merely_ended(
+    client: TestClient, sqlite_runtime: Runtime
+) -> None:
+    """Containment suspends the account AND revokes its sessions; the answer must still say why."""
+    from carnet.identity import sessions
+
+    person = make_person(sqlite_runtime, "contained2")
+    login(client, person)
+    system = Actor(kind=ActorKind.SYSTEM, username="system:detection", roles=frozenset())
+    with sqlite_runtime.session_factory.begin() as session:
+        session.execute(
+            update(Account)
+            .where(Account.id == person.account_id)
+            .values(status="suspended", status_reason="a canary patient was opened")
+        )
+        revoked = sessions.revoke(
+            session,
+            account_id=person.account_id,
+            session_id=None,
+            reason="contained",
+            actor=system,
+            audit=sqlite_runtime.audit,
+        )
+    assert revoked >= 1
+    response = client.get("/auth/me")
+    assert response.status_code == 403
+    message = response.json()["issue"][0]["diagnostics"]
+    assert "a canary patient was opened" in message
+    assert sqlite_runtime.settings.security_contact in message
+
+
 def test_step_up_freshness() -> None:
     actor = Actor(kind=ActorKind.STAFF, username="x", roles=frozenset(), second_factor_at=None)
     with pytest.raises(StepUpRequired):
