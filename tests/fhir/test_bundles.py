@@ -61,7 +61,8 @@ def _bundle(
     }
 
 
-def test_transaction_is_all_or_nothing(fhir_server: Server) -> None:
+def test_transaction_is_all_or_nothing(fhir_server_both: Server) -> None:
+    fhir_server = fhir_server_both  # SQLite and PostgreSQL: atomicity is the storage's job
     runtime = fhir_server.runtime
     facility = make_facility(runtime)
     doctor = make_physician(runtime, facility)

@@ -55,8 +55,7 @@ def _ndjson(path: Path, resources: list[dict[str, Any]]) -> Path:
     return path
 
 
-def test_ndjson_keeps_the_valid_and_reports_each_rejected(sqlite_runtime: Runtime, tmp_path: Path) -> None:
-    runtime = sqlite_runtime
+def test_ndjson_keeps_the_valid_and_reports_each_rejected(runtime: Runtime, tmp_path: Path) -> None:
     facility = make_facility(runtime)
     patients = _ndjson(
         tmp_path / "Patient.ndjson",
@@ -95,8 +94,7 @@ def test_ndjson_keeps_the_valid_and_reports_each_rejected(sqlite_runtime: Runtim
     assert kinds.count("phi:system:access") == 2 and kinds.count("phi:resource:create") == 2
 
 
-def test_a_transaction_bundle_is_all_or_nothing(sqlite_runtime: Runtime, tmp_path: Path) -> None:
-    runtime = sqlite_runtime
+def test_a_transaction_bundle_is_all_or_nothing(runtime: Runtime, tmp_path: Path) -> None:
     facility = make_facility(runtime)
     urn = f"urn:uuid:{uuid.uuid4()}"
 
