@@ -108,6 +108,10 @@ NOT_FOUND = "no such resource"
 _DENIALS = (Forbidden, AuthenticationRequired, AccountContained, StepUpRequired, Throttled)
 _ERRORS = (InvalidInput, Conflict, NotFound)
 IDENTIFYING = PATIENT_IDENTITY | PATIENT_CONTACT
+# Name-only searches: under NAME_MIN_LETTERS is refused; under NAME_SPECIFIC_LETTERS counts as a
+# partial (wildcard) search for detection, since short fragments sweep a care list.
+NAME_MIN_LETTERS = 2
+NAME_SPECIFIC_LETTERS = 4
 CARE_SET_LIMIT = 2000  # a name search decrypts at most this many of the actor's own patients
 HISTORY_LIMIT = 200
 SECTION_LIMIT = 500
@@ -529,7 +533,12 @@ class Gate:
             digest_source = f"family={normalize_name(family)}|birth={birth_date}|given={given or ''}"
         elif family is not None or given is not None:
             # A name alone: only among the actor's own patients, matched after decryption.
-            shape = SearchShape.NAME
+            # One letter is browsing, not looking someone up; a few letters is a partial sweep.
+            terms = [normalize_name(v) for v in (family, given) if v]
+            if max(len(t.replace(" ", "")) for t in terms) < NAME_MIN_LETTERS:
+                raise InvalidInput(f"a name search needs at least {NAME_MIN_LETTERS} letters")
+            specific = any(len(t.replace(" ", "")) >= NAME_SPECIFIC_LETTERS for t in terms)
+            shape = SearchShape.NAME if specific else SearchShape.WILDCARD
             tx.query = ",".join(n for n, v in (("family", family), ("given", given)) if v)
             criteria = []
             scope = care.patient_filter(tx.ctx, rels_open & care.CARE)

@@ -425,3 +425,24 @@ def test_token_scopes_narrow_what_roles_allow(runtime: Runtime) -> None:
         Gate(runtime, dataclasses.replace(doctor, scopes=frozenset({"user/*.*"}))).break_glass(
             patient_id=patient.id, reason="emergency", justification="arrêt cardiaque"
         )
+
+
+def test_name_fragments_are_refused_or_counted_as_partial_sweeps(sqlite_runtime: Runtime) -> None:
+    """One letter is browsing (refused); a short fragment is a partial search detection counts."""
+    from carnet.detection.models import DetectionEvent
+
+    runtime = sqlite_runtime
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    mine = f.register_patient(runtime, facility, family="Lefèvre", given="Anne")
+    f.link_care(runtime, patient_id=mine.id, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    gate = Gate(runtime, doctor)
+    with pytest.raises(InvalidInput):
+        gate.search_patients(family="l")
+    assert [p.id for p in gate.search_patients(family="lef").items] == [mine.id]
+    assert [p.id for p in gate.search_patients(family="lefevre").items] == [mine.id]
+    with runtime.session_factory() as session:
+        kinds = session.scalars(
+            sa.select(DetectionEvent.kind).where(DetectionEvent.actor_ref == doctor.actor_ref)
+        ).all()
+    assert kinds.count("wildcard-search") == 1  # "lef", not "lefevre"
