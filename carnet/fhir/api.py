@@ -59,6 +59,12 @@ def gate_for(request: Request, resource_type: str, action: str) -> Gate:
     return Gate(runtime, actor)
 
 
+def type_name(value: Any) -> str:
+    """A resource type as it may be echoed in a report: a type name, or 'unknown' (never data)."""
+    text = str(value) if value is not None else ""
+    return text if re.fullmatch(r"[A-Z][A-Za-z]{0,63}", text) else "unknown"
+
+
 def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 

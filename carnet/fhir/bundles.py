@@ -18,7 +18,7 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.patient import Patient
 
 from carnet.fhir import mapping
-from carnet.fhir.api import base_url, etag, fhir_response, gate_for, validated
+from carnet.fhir.api import base_url, etag, fhir_response, gate_for, type_name, validated
 from carnet.fhir.metadata import SYSTEM_INTERACTIONS
 from carnet.fhir.outcome import operation_outcome, status_for
 from carnet.kernel.errors import CarnetError, InvalidInput
@@ -87,7 +87,7 @@ def _entries(bundle: dict[str, Any]) -> list[Entry]:
         resource = raw.get("resource")
         if request.get("method") != "POST" or not isinstance(resource, dict):
             raise InvalidInput(f"entry {number}: only POST (create) entries with a resource are accepted")
-        resource_type = str(resource.get("resourceType"))
+        resource_type = type_name(resource.get("resourceType"))
         kind = CREATES.get(resource_type)
         if kind is None or request.get("url", resource_type).split("?")[0] != resource_type:
             raise InvalidInput(f"entry {number}: {resource_type} cannot be created in a Bundle")

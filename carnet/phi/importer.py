@@ -30,6 +30,7 @@ from sqlalchemy import select
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.crypto.blind import IndexKind
 from carnet.fhir import mapping
+from carnet.fhir.api import type_name
 from carnet.fhir.outcome import operation_outcome, status_for
 from carnet.kernel import clock
 from carnet.kernel.errors import CarnetError, Conflict, InvalidInput
@@ -173,7 +174,7 @@ class _Run:
         resource = item.resource
         if not isinstance(resource, dict):
             raise InvalidInput("not a JSON object")
-        rtype = str(resource.get("resourceType"))
+        rtype = type_name(resource.get("resourceType"))
         model = MODELS.get(rtype)
         if model is None:
             raise InvalidInput(
@@ -391,7 +392,7 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
     accepted: dict[str, int] = {}
     rejected: list[Rejection] = []
     for item in unit.items:
-        rtype = str(item.resource.get("resourceType")) if isinstance(item.resource, dict) else "unknown"
+        rtype = type_name(item.resource.get("resourceType") if isinstance(item.resource, dict) else None)
         try:
             rtype, rows = run.rows(item, pending)
         except CarnetError as exc:
@@ -408,8 +409,8 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
         report.rejected.extend(rejected)
         for item in unit.items:
             if not any(r.source == item.source for r in rejected):
-                rtype = (
-                    str(item.resource.get("resourceType")) if isinstance(item.resource, dict) else "unknown"
+                rtype = type_name(
+                    item.resource.get("resourceType") if isinstance(item.resource, dict) else None
                 )
                 report.rejected.append(
                     Rejection(

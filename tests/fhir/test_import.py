@@ -68,7 +68,12 @@ def test_ndjson_keeps_the_valid_and_reports_each_rejected(runtime: Runtime, tmp_
     )
     observations = _ndjson(
         tmp_path / "Observation.ndjson",
-        [_observation("Patient/a"), _observation("Patient/b"), _observation("Patient/zzz")],
+        [
+            _observation("Patient/a"),
+            _observation("Patient/b"),
+            _observation("Patient/zzz"),
+            {"resourceType": "Dupont Jean", "birthDate": "1990-01-02"},  # not a type: never echoed
+        ],
     )
     report = import_files(
         runtime, paths=[patients, observations], facility_id=facility, operator="test-import"
@@ -76,9 +81,11 @@ def test_ndjson_keeps_the_valid_and_reports_each_rejected(runtime: Runtime, tmp_
     assert report.accepted == {"Patient": 2, "Observation": 2}
     assert sorted(r.source for r in report.rejected) == [
         "Observation.ndjson:3",
+        "Observation.ndjson:4",
         "Patient.ndjson:3",
         "Patient.ndjson:4",
     ]
+    assert "Dupont" not in json.dumps([(r.resource_type, r.outcome) for r in report.rejected])
     for r in report.rejected:
         assert r.outcome["resourceType"] == "OperationOutcome"
         assert "Doublon" not in json.dumps(r.outcome)  # diagnostics name fields, never the data
