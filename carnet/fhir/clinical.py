@@ -64,6 +64,7 @@ def _read_view(gate: Gate, resource_type: str, resource_id: str) -> Any:
         "Appointment": lambda i: gate.read_appointment(appointment_id=i),
         "DocumentReference": lambda i: gate.read_note(note_id=i),
         "MedicationRequest": lambda i: gate.read_prescription(prescription_id=i),
+        "AllergyIntolerance": lambda i: gate.read_allergy(allergy_id=i),
     }
     return readers[resource_type](resource_id)
 
@@ -355,7 +356,7 @@ def vread_prescription(request: Request, prescription_id: str, version_id: str) 
 
 # == AllergyIntolerance ========================================================================
 ALLERGY = "AllergyIntolerance"
-_register(ALLERGY, ["vread", "history-instance", "search-type", "create"], {"patient": "reference"})
+_register(ALLERGY, ["read", "vread", "history-instance", "search-type", "create"], {"patient": "reference"})
 
 
 @router.get("/AllergyIntolerance")
@@ -375,6 +376,11 @@ def create_allergy(request: Request, body: dict[str, Any] = FhirBody) -> Respons
     resource = validated(AllergyIntolerance, body, ALLERGY)
     view = gate.record_allergy(data=mapping.allergy_input(resource))
     return resource_response(request, mapping.allergy_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/AllergyIntolerance/{allergy_id}")
+def read_allergy(request: Request, allergy_id: str) -> Response:
+    return _read(request, ALLERGY, allergy_id, mapping.allergy_to_fhir)
 
 
 @router.get("/AllergyIntolerance/{allergy_id}/_history")

@@ -1536,6 +1536,11 @@ class Gate:
         row, fields = self._read_one(tx, RT.PRESCRIPTION, prescription_id)
         return _redact(PrescriptionView, _prescription_data(row), fields)
 
+    @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
+    def read_allergy(self, tx: _Tx, /, *, allergy_id: str) -> AllergyView:
+        row, fields = self._read_one(tx, RT.ALLERGY, allergy_id)
+        return _redact(AllergyView, _allergy_data(row), fields)
+
     @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
     def list_encounters(self, tx: _Tx, /, *, patient_id: str) -> list[EncounterView]:
         pid = parse_id(patient_id)
@@ -1601,6 +1606,7 @@ _RECORD_MODELS: dict[ResourceType, Any] = {
     RT.APPOINTMENT: Appointment,
     RT.NOTE: ClinicalNote,
     RT.PRESCRIPTION: Prescription,
+    RT.ALLERGY: Allergy,
 }
 
 

@@ -170,12 +170,14 @@ def test_prescribing_against_an_allergy(fhir_server: Server) -> None:
     runtime = fhir_server.runtime
     facility, doctor, patient_id = _clinic(runtime)
     client = fhir_server.client_for(doctor)
-    client.resource(
+    allergy = client.resource(
         "AllergyIntolerance",
         patient={"reference": f"Patient/{patient_id}"},
         code={"coding": [{"system": ATC, "code": "J01C", "display": "Pénicillines"}]},
         criticality="high",
-    ).save()
+    )
+    allergy.save()
+    assert client.reference("AllergyIntolerance", allergy.id).to_resource()["criticality"] == "high"
     with pytest.raises(OperationOutcome) as refused:
         client.resource("MedicationRequest", **_prescription(patient_id)).save()
     assert "allergy" in str(refused.value) and "business-rule" in str(refused.value)

@@ -40,6 +40,7 @@ class World:
     appointment: str
     note: str
     prescription: str
+    allergy: str = ""
 
 
 def _world(runtime: Runtime) -> World:
@@ -60,7 +61,7 @@ def _world(runtime: Runtime) -> World:
         )
     )
     note = gate.write_note(patient_id=patient.id, kind="11506-3", title="Suivi", text="Va bien.")
-    gate.record_allergy(
+    allergy = gate.record_allergy(
         data=AllergyInput(
             patient_id=patient.id,
             substance_code="J01CA",
@@ -69,7 +70,17 @@ def _world(runtime: Runtime) -> World:
         )
     )
     prescription = gate.prescribe(data=_order(patient.id, "N02BE"))
-    return World(facility, doctor, billing, patient.id, stranger.id, appointment.id, note.id, prescription.id)
+    return World(
+        facility,
+        doctor,
+        billing,
+        patient.id,
+        stranger.id,
+        appointment.id,
+        note.id,
+        prescription.id,
+        allergy.id,
+    )
 
 
 def _order(patient: str, substance: str) -> PrescriptionInput:
@@ -255,6 +266,11 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         "physician",
         lambda g, w: g.read_note(note_id=w.note),
         lambda g, w: g.read_note(note_id=MISSING),
+    ),
+    "read_allergy": (
+        "physician",
+        lambda g, w: g.read_allergy(allergy_id=w.allergy),
+        lambda g, w: g.read_allergy(allergy_id=MISSING),
     ),
     "read_prescription": (
         "physician",
