@@ -198,6 +198,21 @@ def guarded(
     return wrap
 
 
+def _address_view(stored: str | None) -> dict[str, str] | None:
+    """A stored address (JSON, FHIR-shaped: `line` may be a list) as flat text fields."""
+    if stored is None:
+        return None
+    value = json.loads(stored)
+    if not isinstance(value, dict):
+        return None
+    flat: dict[str, str] = {}
+    for key, item in value.items():
+        text = ", ".join(str(x) for x in item if x) if isinstance(item, list) else str(item or "")
+        if text:
+            flat[str(key)] = text
+    return flat or None
+
+
 def _s(value: uuid.UUID | None) -> str | None:
     return None if value is None else str(value)
 
@@ -428,7 +443,7 @@ class Gate:
         for name, (column, _kind) in PATIENT_ENCRYPTED.items():
             if name in fields:
                 plain = self._dec(getattr(patient, column), "patients", name, patient.id)
-                data[name] = json.loads(plain) if name == "address" and plain is not None else plain
+                data[name] = _address_view(plain) if name == "address" else plain
         return data
 
     def _patient_view(self, patient: Patient, fields: frozenset[str]) -> PatientView:

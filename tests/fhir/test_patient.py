@@ -166,3 +166,30 @@ def test_delete_keeps_the_record_inactive(fhir_server: Server) -> None:
     kept = client.reference("Patient", patient.id).to_resource()
     assert kept["active"] is False and kept["meta"]["versionId"] == "2"
     assert ("phi:resource:delete", "success", "Patient") in audit_rows(fhir_server.runtime, clerk.account_id)
+
+
+def test_a_fhir_shaped_address_reads_back_as_fhir(fhir_server: Server) -> None:
+    """The seed stores FHIR-shaped addresses (`line` is a list): reads must not fail on them."""
+    import json
+    import uuid
+
+    import sqlalchemy as sa
+
+    from carnet.patients.models import Patient
+    from carnet.phi.system import system_access
+    from tests.factories import register_patient
+
+    runtime = fhir_server.runtime
+    facility = make_facility(runtime)
+    clerk = make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    patient = register_patient(runtime, facility, by=clerk)
+    row_id = uuid.UUID(patient.id)
+    seeded_shape = {"line": ["12 rue des Lilas", "Bâtiment B"], "city": "Lyon", "postalCode": "69001"}
+    with system_access(runtime, reason="test: store an address the way the seed does") as door:
+        blob = door.keyring.encrypt(
+            json.dumps(seeded_shape), facility_id=facility, table="patients", column="address", row_id=row_id
+        )
+        door.session.execute(sa.update(Patient).where(Patient.id == row_id).values(address_ct=blob))
+    read = fhir_server.client_for(clerk).reference("Patient", patient.id).to_resource()
+    assert read["address"][0]["line"] == ["12 rue des Lilas, Bâtiment B"]
+    assert read["address"][0]["city"] == "Lyon"
