@@ -178,3 +178,23 @@ def test_portal_shows_the_patient_their_record_and_who_opened_it(
     assert log.status_code == 200 and log.text.startswith("<section")
     assert "opened your record" in log.text
     assert "emergency access" in log.text and "Found unconscious at the bus stop" in log.text
+
+
+def test_billing_sees_coverage_and_invoices_not_notes(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    clerk = make_person(
+        sqlite_runtime, "billing.bob", roles=(Role.BILLING,), facility_id=hospital.facility_id
+    )
+    login(client, clerk)
+    assert client.get("/home").headers["location"] == "/billing"
+    found = client.get("/patients", params={"identifier": "180022912345678"})
+    assert found.status_code == 200 and "&lt;script&gt;" in found.text
+    chart = client.get(f"/patients/{hospital.my_patient}")
+    assert chart.status_code == 200
+    assert "/sections/invoices" in chart.text and "/sections/notes" not in chart.text
+    invoices = client.get(
+        f"/patients/{hospital.my_patient}/sections/invoices", headers={"HX-Request": "true"}
+    )
+    assert invoices.status_code == 200 and "Invoices" in invoices.text
+    assert client.get(f"/patients/{hospital.my_patient}/sections/notes").status_code == 404
