@@ -35,7 +35,7 @@ def _outcomes(runtime: Runtime, kind: AuditKind) -> list[str]:
     ],
 )
 def test_staff_pages_refuse_a_physician(
-    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime, path: str, kind: AuditKind | None
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime, path: str, kind: AuditKind
 ) -> None:
     login(client, hospital.physician)
     page = client.get(path)
