@@ -32,7 +32,7 @@ app.add_typer(redteam_app, name="redteam")
 app.add_typer(clients_app, name="clients")
 app.add_typer(sessions_app, name="sessions")
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # whole lines: messages are read by scripts too
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -19,7 +19,7 @@ from carnet.kernel.errors import CarnetError
 audit_app = typer.Typer(
     help="Tamper-evident audit trail: checkpoints, verify, export, purge.", no_args_is_help=True
 )
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)  # whole lines: messages are read by scripts too
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

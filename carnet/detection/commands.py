@@ -17,7 +17,7 @@ from carnet.kernel.errors import CarnetError
 incident_app = typer.Typer(
     help="Incidents: which patients an actor's session exposed (GDPR art. 33/34).", no_args_is_help=True
 )
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)  # whole lines: messages are read by scripts too
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

@@ -26,7 +26,7 @@ clients_app = typer.Typer(
 sessions_app = typer.Typer(
     help="Sign-in sessions: revoke an account's sessions at once.", no_args_is_help=True
 )
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)  # whole lines: messages are read by scripts too
 
 
 def _fail(message: str) -> typer.Exit:

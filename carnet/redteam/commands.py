@@ -14,7 +14,7 @@ from carnet.kernel.errors import CarnetError
 redteam_app = typer.Typer(
     help="Red-team exercises (only when CARNET_ENV is demo or test).", no_args_is_help=True
 )
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)  # whole lines: messages are read by scripts too
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
