@@ -66,3 +66,29 @@ class BreakGlassAccess(IdMixin, Base):
     review_note: Mapped[str | None] = mapped_column(String(1000))
 
     __table_args__ = (Index("ix_break_glass_accesses_started", "started_at"),)
+
+
+class ExportRequest(IdMixin, Base):
+    """A bulk export asked for with a purpose, approved by a second person, usable once.
+
+    Holds patient ids (for an explicit list) but no identifying data. `expires_at` bounds a
+    pending request's wait, then an approved request's use.
+    """
+
+    __tablename__ = "export_requests"
+
+    requested_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    purpose: Mapped[str] = mapped_column(String(1000))
+    scope: Mapped[str] = mapped_column(String(12))  # care, patients, facility
+    patient_ids: Mapped[str | None] = mapped_column(String(40000))  # JSON list, scope "patients"
+    status: Mapped[str] = mapped_column(String(12))  # pending, approved, rejected, expired, used
+    requested_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+    decided_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+    decided_at: Mapped[dt.datetime | None]
+    decision_note: Mapped[str | None] = mapped_column(String(1000))
+    used_at: Mapped[dt.datetime | None]
+    exported_count: Mapped[int | None]
+
+    __table_args__ = (Index("ix_export_requests_status", "status"),)

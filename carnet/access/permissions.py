@@ -38,6 +38,8 @@ class Permission(StrEnum):
     ROLE_GRANT_REQUEST = "admin:role-grant:request"
     ROLE_GRANT_DECIDE = "admin:role-grant:decide"
     AUDIT_READ = "audit:event:read"
+    EXPORT_REQUEST = "phi:export:request"
+    EXPORT_DECIDE = "access:export:decide"
 
 
 P = Permission
@@ -69,6 +71,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.ALLERGY_WRITE,
         P.NOTE_WRITE,
         P.PRESCRIPTION_WRITE,
+        P.EXPORT_REQUEST,
     },
     Role.NURSE: _CLINICAL_READ | {P.ALLERGY_WRITE, P.NOTE_WRITE},
     Role.FRONT_DESK: frozenset(
@@ -110,7 +113,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     ),
     # Administrators administer: no permission on patient data, by any path.
     Role.SYSTEM_ADMINISTRATOR: frozenset({P.ROLE_GRANT_REQUEST, P.ROLE_GRANT_DECIDE}),
-    Role.SECURITY_OFFICER: frozenset({P.BREAK_GLASS_REVIEW, P.AUDIT_READ}),
+    # A security officer approves exports (a second person) but never runs one.
+    Role.SECURITY_OFFICER: frozenset({P.BREAK_GLASS_REVIEW, P.AUDIT_READ, P.EXPORT_DECIDE}),
     # An API client acting for itself reads no patient data until a scope model says otherwise.
     Role.API_CLIENT: frozenset(),
 }

@@ -27,6 +27,10 @@ class AuditKind(StrEnum):
     PHI_EXPORT = "phi:resource:export"
     PHI_TRANSACTION = "phi:resource:transaction"  # a FHIR transaction Bundle: all or nothing
     PHI_SYSTEM_ACCESS = "phi:system:access"
+    # a bulk export: asked with a purpose, decided by a second person (the export is PHI_EXPORT)
+    PHI_EXPORT_REQUESTED = "phi:export:requested"
+    PHI_EXPORT_APPROVED = "phi:export:approved"
+    PHI_EXPORT_REJECTED = "phi:export:rejected"
     # access policy
     BREAK_GLASS_START = "access:break-glass:start"
     BREAK_GLASS_LISTED = "access:break-glass:listed"

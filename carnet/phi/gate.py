@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
 from carnet.access.context import AccessContext, resolve
-from carnet.access.models import BreakGlassAccess
+from carnet.access.exports import ExportScope, ExportStatus, listed_patients, status_of
+from carnet.access.models import BreakGlassAccess, ExportRequest
 from carnet.access.permissions import Permission
 from carnet.access.policy import (
     BREAK_GLASS_DURATION,
@@ -87,6 +88,7 @@ from carnet.phi.schemas import (
     NoteView,
     ObservationView,
     PatientChanges,
+    PatientExport,
     PatientInput,
     PatientPage,
     PatientView,
@@ -1606,6 +1608,72 @@ class Gate:
                 tx.kind = AuditKind.PHI_TRANSACTION
         return results
 
+    # == bulk export (invariant 3) ==============================================================
+    @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=False)
+    def export(self, tx: _Tx, /, *, export_id: str) -> PatientExport:
+        """The patients of an approved export request of this actor, once, watermarked.
+
+        The request (carnet.access.exports) says which patients were asked for; the policy
+        still decides who is in it and which fields each shows, as for any other read."""
+        self._require(tx, Permission.PATIENT_READ)
+        self._check_scopes(tx, RT.PATIENT)
+        row_id = parse_id(export_id)
+        if row_id is None:
+            raise InvalidInput("not an export request id")
+        request = tx.session.get(ExportRequest, row_id, with_for_update=True)
+        if request is None:
+            raise NotFound(NOT_FOUND)
+        tx.resource_ids.append(str(request.id))
+        if tx.ctx.account_id is None or request.requested_by != tx.ctx.account_id:
+            raise _Refused("an export request is used only by the account that asked for it")
+        status = status_of(request, tx.now)
+        if status != ExportStatus.APPROVED:
+            raise _Refused(f"export request is {status.value}, not approved")
+        if request.facility_id not in tx.ctx.facility_ids or request.decided_by is None:
+            raise _Refused("export request outside the actor's facilities")
+        scope = ExportScope(request.scope)
+        if scope == ExportScope.CARE:
+            opened = granting_relationships(roles=tx.ctx.roles, resource=RT.PATIENT) & care.CARE
+            wanted = care.patient_filter(tx.ctx, opened)
+        elif scope == ExportScope.PATIENTS:
+            wanted = and_(care.visible_filter(tx.ctx), Patient.id.in_(listed_patients(request)))
+        else:
+            wanted = care.visible_filter(tx.ctx)
+        found: list[Patient] = []
+        if wanted is not None:
+            query = select(Patient).where(wanted, Patient.facility_id == request.facility_id)
+            found = list(tx.session.scalars(query.order_by(Patient.id).limit(EXPORT_LIMIT + 1)))
+        if len(found) > EXPORT_LIMIT:
+            raise InvalidInput(f"an export holds at most {EXPORT_LIMIT} patients: narrow its scope")
+        rels: dict[uuid.UUID, frozenset[Relationship]] = {}
+        for start in range(0, len(found), EXPORT_CHUNK):
+            rels |= self._relationships(tx, found[start : start + EXPORT_CHUNK])
+        items: list[PatientView] = []
+        shown: list[uuid.UUID] = []
+        fields_shown: set[str] = set()
+        for patient in found:
+            fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.PATIENT)
+            if not fields:
+                continue  # the policy opens nothing of this one to this actor
+            items.append(self._patient_view(patient, fields))
+            shown.append(patient.id)
+            fields_shown |= fields
+        request.status = ExportStatus.USED.value
+        request.used_at = tx.now
+        request.exported_count = len(shown)
+        tx.session.flush()
+        tx.query = f"export={request.id};scope={scope.value}"
+        tx.reasons.append(f"approved export {request.id} ({scope.value}, {len(shown)} patients)")
+        self._expose(tx, shown, Channel.EXPORT, rels, fields_shown)
+        return PatientExport(
+            export_id=str(request.id),
+            purpose=request.purpose,
+            requested_by=str(request.requested_by),
+            approved_by=str(request.decided_by),
+            exported_at=tx.now,
+            items=items,
+        )
+
 
 # The SMART action a token's scopes must allow, by audit kind (reads and history: "read").
 _SCOPE_ACTIONS = {
@@ -1629,6 +1697,9 @@ _RECORD_MODELS: dict[ResourceType, Any] = {
 # results of the steps before it).
 TransactionStep = tuple[str, Callable[[list[Any]], dict[str, Any]]]
 TRANSACTION_LIMIT = 500
+# One export holds at most EXPORT_LIMIT patients; relationships are computed EXPORT_CHUNK at a time.
+EXPORT_LIMIT = 20_000
+EXPORT_CHUNK = 500
 TRANSACTION_OPERATIONS = frozenset(
     {
         "register_patient",

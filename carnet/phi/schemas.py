@@ -310,3 +310,14 @@ class AllergyInput(BaseModel):
     substance_code: str = Field(min_length=1, max_length=40)
     substance_display: str = Field(min_length=1, max_length=200)
     criticality: str = Field(pattern="^(low|high|unable-to-assess)$")
+
+
+class PatientExport(BaseModel):
+    """An export's patients and its watermark: which request, why, who asked and who approved."""
+
+    export_id: str
+    purpose: str
+    requested_by: str
+    approved_by: str
+    exported_at: dt.datetime
+    items: list[PatientView]

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from carnet.access.actor import Actor
+from carnet.access.exports import approve_export, request_export
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.detection.models import Exposure
@@ -41,6 +42,7 @@ class World:
     note: str
     prescription: str
     allergy: str = ""
+    export: str = ""  # an approved export request of the physician
 
 
 def _world(runtime: Runtime) -> World:
@@ -70,6 +72,9 @@ def _world(runtime: Runtime) -> World:
         )
     )
     prescription = gate.prescribe(data=_order(patient.id, "N02BE"))
+    officer = f.make_account(runtime, roles=[Role.SECURITY_OFFICER], facility_id=facility)
+    asked = request_export(runtime, actor=doctor, purpose="audit de la file active", scope="care")
+    approve_export(runtime, actor=officer, export_id=asked.id)
     return World(
         facility,
         doctor,
@@ -80,6 +85,7 @@ def _world(runtime: Runtime) -> World:
         note.id,
         prescription.id,
         allergy.id,
+        asked.id,
     )
 
 
@@ -313,6 +319,11 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.break_glass(
             patient_id=w.stranger, reason="curiosity", justification="arrêt cardiaque aux urgences"
         ),
+    ),
+    "export": (
+        "physician",
+        lambda g, w: g.export(export_id=w.export),
+        lambda g, w: g.export(export_id=MISSING),
     ),
 }
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 10:38:18.872278
+Create Date: 2026-11-24 11:49:34.128779
 """
 
 import sqlalchemy as sa
@@ -806,6 +806,37 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "export_requests",
+        sa.Column("requested_by", sa.Uuid(), nullable=False),
+        sa.Column("facility_id", sa.Uuid(), nullable=False),
+        sa.Column("purpose", sa.String(length=1000), nullable=False),
+        sa.Column("scope", sa.String(length=12), nullable=False),
+        sa.Column("patient_ids", sa.String(length=40000), nullable=True),
+        sa.Column("status", sa.String(length=12), nullable=False),
+        sa.Column("requested_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("decided_by", sa.Uuid(), nullable=True),
+        sa.Column("decided_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("decision_note", sa.String(length=1000), nullable=True),
+        sa.Column("used_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("exported_count", sa.Integer(), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["decided_by"], ["accounts.id"], name=op.f("fk_export_requests_decided_by_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["facility_id"], ["facilities.id"], name=op.f("fk_export_requests_facility_id_facilities")
+        ),
+        sa.ForeignKeyConstraint(
+            ["requested_by"], ["accounts.id"], name=op.f("fk_export_requests_requested_by_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_export_requests")),
+    )
+    with op.batch_alter_table("export_requests", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_export_requests_requested_by"), ["requested_by"], unique=False)
+        batch_op.create_index("ix_export_requests_status", ["status"], unique=False)
+
+    op.create_table(
         "invoices",
         sa.Column("facility_id", sa.Uuid(), nullable=False),
         sa.Column("patient_id", sa.Uuid(), nullable=False),
@@ -1160,6 +1191,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_invoices_facility_id"))
 
     op.drop_table("invoices")
+    with op.batch_alter_table("export_requests", schema=None) as batch_op:
+        batch_op.drop_index("ix_export_requests_status")
+        batch_op.drop_index(batch_op.f("ix_export_requests_requested_by"))
+
+    op.drop_table("export_requests")
     with op.batch_alter_table("detection_restore_requests", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_detection_restore_requests_actor_ref"))
 
