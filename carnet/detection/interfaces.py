@@ -70,6 +70,7 @@ class Rule(StrEnum):
     EXPORT = "export"
     CLIENT_VOLUME = "api-client-volume"
     PERSISTENCE = "persistence"
+    BREAK_GLASS = "break-glass"  # every emergency access, for review (never merged)
 
 
 @dataclass(frozen=True)

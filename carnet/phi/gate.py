@@ -50,6 +50,7 @@ from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.billing.models import Invoice, InvoiceLine
 from carnet.coverage.models import CardReading, Coverage
 from carnet.crypto.blind import IndexKind, normalize_name
+from carnet.detection.breakglass import alert_break_glass
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
 from carnet.identity.oauth import require_scope
 from carnet.kernel import clock
@@ -1506,6 +1507,8 @@ class Gate:
         )
         tx.session.add(access)
         tx.session.flush()
+        # The officer's alert commits with the access itself (or neither does).
+        alert_break_glass(tx.session, audit=self._runtime.audit)
         tx.resource_ids.append(str(access.id))
         tx.break_glass_reason = f"{code.value}: {text}"
         tx.reasons.append("break-the-glass started")

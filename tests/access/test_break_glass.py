@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from carnet.access.breakglass import list_break_glass, review_break_glass, take_pending_alerts
+from carnet.access.models import BreakGlassAccess
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.kernel.clock import MovableClock
@@ -57,12 +58,12 @@ def test_break_glass_opens_one_patient_for_one_hour(runtime: Runtime, movable_cl
     with pytest.raises(NotFound):
         gate.read_patient(patient_id=second.id)
 
-    # Listed for review, newest first, pending an alert for detection to raise.
+    # Listed for review, newest first, already alerted to the security officer.
     officer = f.make_account(runtime, roles=[Role.SECURITY_OFFICER], facility_id=facility)
     listed = list_break_glass(runtime, actor=officer)
     assert [(b.patient_id, b.reason_code, b.alert_state) for b in listed] == [
-        (second.id, "continuity", "pending"),
-        (first.id, "emergency", "pending"),
+        (second.id, "continuity", "alerted"),
+        (first.id, "emergency", "alerted"),
     ]
     assert listed[1].ended_at is not None
     reviewed = review_break_glass(runtime, actor=officer, access_id=listed[0].id, note="justifié, vérifié")
@@ -113,6 +114,10 @@ def test_detection_takes_each_pending_alert_once(runtime: Runtime) -> None:
     Gate(runtime, doctor).break_glass(
         patient_id=patient.id, reason="emergency", justification="détresse respiratoire"
     )
+    # The gate alerted in its own transaction: nothing is left pending.
+    with system_access(runtime, reason="test: detection picks up break-the-glass") as door:
+        assert take_pending_alerts(door.session) == []
+        door.session.execute(sa.update(BreakGlassAccess).values(alert_state="pending"))
     with system_access(runtime, reason="test: detection picks up break-the-glass") as door:
         taken = take_pending_alerts(door.session)
     assert [(t.patient_id, t.account_id) for t in taken] == [(patient.id, str(doctor.account_id))]
