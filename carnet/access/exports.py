@@ -125,6 +125,8 @@ def request_export(
     def action(session: Session, ctx: AccessContext) -> tuple[ExportRequestView, AuditRecord]:
         if not ctx.may(Permission.EXPORT_REQUEST) or ctx.account_id is None:
             raise Forbidden("this account may not request an export")
+        if actor.scopes is not None:
+            raise Forbidden("an export is requested from a staff session, not with an access token")
         if ctx.acting_facility_id is None:
             raise Forbidden("an export request needs an acting facility")
         try:
@@ -165,6 +167,8 @@ def request_export(
 def _decidable(session: Session, ctx: AccessContext, export_id: str) -> ExportRequest:
     if not ctx.may(Permission.EXPORT_DECIDE) or ctx.account_id is None:
         raise Forbidden("only a security officer decides on an export")
+    if ctx.actor.scopes is not None:
+        raise Forbidden("an export is decided from a staff session, not with an access token")
     row_id = parse_id(export_id)
     row = session.get(ExportRequest, row_id, with_for_update=True) if row_id else None
     if row is None:

@@ -6,6 +6,14 @@ from fastapi import APIRouter
 
 
 def routers() -> list[APIRouter]:
-    from carnet.fhir import auditevents, bundles, clinical, directory, patients
+    from carnet.fhir import auditevents, bundles, clinical, directory, exports, patients
 
-    return [patients.router, clinical.router, directory.router, auditevents.router, bundles.router]
+    # exports first: its Patient/$export is a literal path, patients has Patient/{id}.
+    return [
+        exports.router,
+        patients.router,
+        clinical.router,
+        directory.router,
+        auditevents.router,
+        bundles.router,
+    ]

@@ -69,7 +69,16 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
     assert {i["code"] for i in patient["interaction"]} >= {"read", "vread", "search-type", "create", "update"}
     assert patient["conditionalCreate"] is True
     assert {i["code"] for i in body["rest"][0]["interaction"]} == {"transaction", "batch"}
-    assert [o["name"] for o in body["rest"][0]["operation"]] == ["everything"]
+    assert [o["name"] for o in body["rest"][0]["operation"]] == [
+        "everything",
+        "export",
+        "export-approve",
+        "export-reject",
+        "export-request",
+    ]
+    for path in ("$export-request", "$export-approve", "$export-reject"):
+        assert requests.post(f"{fhir_server.url}/fhir/{path}", json={}, timeout=10).status_code == 401
+    assert requests.get(f"{fhir_server.url}/fhir/Patient/$export", timeout=10).status_code == 401
     assert {p["name"] for p in patient["searchParam"]} == {
         "identifier",
         "family",

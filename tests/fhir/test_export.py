@@ -1,0 +1,269 @@
+"""Bulk export over FHIR (invariant 3): a purpose, a second person's approval, one use, a
+watermark on every line; the policy still decides who is in it. Every step is audited."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+
+from carnet.access.actor import Actor
+from carnet.access.models import ExportRequest
+from carnet.access.roles import Role
+from carnet.audit.models import AuditEvent
+from carnet.detection.models import Exposure
+from carnet.fhir.exports import WATERMARK_SYSTEM
+from carnet.identity import sessions
+from carnet.kernel import clock
+from carnet.runtime import Runtime
+from tests.factories import (
+    link_care,
+    make_account,
+    make_facility,
+    make_nurse,
+    make_physician,
+    register_patient,
+)
+from tests.fhir.conftest import Server, audit_rows
+
+PURPOSE = "revue de la file active pour l'audit qualité"
+
+
+def _headers(server: Server, actor: Actor) -> dict[str, str]:
+    assert actor.account_id is not None
+    with server.runtime.session_factory.begin() as session:
+        issued = sessions.open_session(
+            session,
+            account_id=actor.account_id,
+            privileged=actor.is_privileged,
+            second_factor_method="totp",
+            address="127.0.0.1",
+            user_agent="export tests",
+        )
+    return {
+        "Cookie": f"carnet_session={issued.token}",
+        "X-CSRF-Token": issued.csrf_token,
+        "Content-Type": "application/fhir+json",
+    }
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    for name, value in values.items():
+        for item in value if isinstance(value, list) else [value]:
+            if name == "patient":
+                parts.append({"name": name, "valueReference": {"reference": f"Patient/{item}"}})
+            elif name == "scope":
+                parts.append({"name": name, "valueCode": item})
+            else:
+                parts.append({"name": name, "valueString": item})
+    return {"resourceType": "Parameters", "parameter": parts}
+
+
+def _value(resource: dict[str, Any], name: str) -> Any:
+    for part in resource["parameter"]:
+        if part["name"] == name:
+            return next(v for k, v in part.items() if k.startswith("value"))
+    raise KeyError(name)
+
+
+def _ask(server: Server, actor: Actor, **values: Any) -> requests.Response:
+    return requests.post(
+        f"{server.url}/fhir/$export-request",
+        json=_params(**values),
+        headers=_headers(server, actor),
+        timeout=30,
+    )
+
+
+def _decide(server: Server, actor: Actor, verb: str, export_id: str, note: str = "") -> requests.Response:
+    body = _params(exportId=export_id, **({"note": note} if note else {}))
+    return requests.post(
+        f"{server.url}/fhir/$export-{verb}", json=body, headers=_headers(server, actor), timeout=30
+    )
+
+
+def _export(server: Server, actor: Actor, export_id: str) -> requests.Response:
+    return requests.get(
+        f"{server.url}/fhir/Patient/$export",
+        params={"_exportId": export_id},
+        headers=_headers(server, actor),
+        timeout=30,
+    )
+
+
+def _exposures(runtime: Runtime, actor: Actor) -> list[tuple[uuid.UUID, str]]:
+    with runtime.session_factory() as session:
+        rows = session.execute(
+            sa.select(Exposure.patient_id, Exposure.channel).where(Exposure.actor_ref == actor.actor_ref)
+        ).all()
+    return [(p, c) for p, c in rows]
+
+
+def _requests_count(runtime: Runtime) -> int:
+    with runtime.session_factory() as session:
+        return int(session.scalar(sa.select(sa.func.count()).select_from(ExportRequest)) or 0)
+
+
+def _hospital(runtime: Runtime) -> tuple[uuid.UUID, Actor, list[str], str, Actor]:
+    facility = make_facility(runtime)
+    doctor = make_physician(runtime, facility)
+    assert doctor.practitioner_id is not None
+    mine = [register_patient(runtime, facility, family=f"Suivi{i}").id for i in range(3)]
+    for pid in mine:
+        link_care(runtime, patient_id=pid, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    stranger = register_patient(runtime, facility, family="Inconnu").id
+    officer = make_account(runtime, roles=[Role.SECURITY_OFFICER], facility_id=facility)
+    return facility, doctor, mine, stranger, officer
+
+
+def test_export_needs_approval_then_works_once_and_is_watermarked(fhir_server: Server) -> None:
+    runtime = fhir_server.runtime
+    _facility, doctor, mine, stranger, officer = _hospital(runtime)
+
+    asked = _ask(fhir_server, doctor, purpose=PURPOSE, scope="care")
+    assert asked.status_code == 201, asked.text
+    export_id = _value(asked.json(), "exportId")
+    assert _value(asked.json(), "status") == "pending"
+    assert audit_rows(runtime, doctor.account_id)[-1] == ("phi:export:requested", "success", "ExportRequest")
+
+    # Not approved yet: refused and audited, nothing exposed.
+    refused = _export(fhir_server, doctor, export_id)
+    assert refused.status_code == 403
+    assert refused.json()["resourceType"] == "OperationOutcome"
+    assert audit_rows(runtime, doctor.account_id)[-1] == ("phi:resource:export", "denied", "Patient")
+    assert _exposures(runtime, doctor) == []
+
+    # The requester cannot approve their own, even holding the officer's role.
+    both = make_account(runtime, roles=[Role.PHYSICIAN, Role.SECURITY_OFFICER], facility_id=_facility)
+    own = _ask(fhir_server, both, purpose=PURPOSE, scope="care")
+    assert own.status_code == 201
+    self_approval = _decide(fhir_server, both, "approve", _value(own.json(), "exportId"))
+    assert self_approval.status_code == 403
+    assert "second person" in self_approval.json()["issue"][0]["diagnostics"]
+    assert audit_rows(runtime, both.account_id)[-1] == ("phi:export:approved", "denied", "ExportRequest")
+
+    approved = _decide(fhir_server, officer, "approve", export_id, note="validé par le DPO")
+    assert approved.status_code == 200, approved.text
+    assert _value(approved.json(), "status") == "approved"
+    assert audit_rows(runtime, officer.account_id) == [("phi:export:approved", "success", "ExportRequest")]
+
+    done = _export(fhir_server, doctor, export_id)
+    assert done.status_code == 200, done.text
+    assert done.headers["content-type"].startswith("application/fhir+ndjson")
+    assert done.headers["x-carnet-export-id"] == export_id
+    lines = [json.loads(line) for line in done.text.splitlines()]
+    manifest, patients = lines[0], lines[1:]
+    assert _value(manifest, "exportId") == export_id
+    assert _value(manifest, "purpose") == PURPOSE
+    assert _value(manifest, "approvedBy") == str(officer.account_id)
+    assert sorted(p["id"] for p in patients) == sorted(mine)  # not the stranger
+    assert stranger not in done.text
+    for resource in [manifest, *patients]:
+        assert {"system": WATERMARK_SYSTEM, "code": export_id, "display": f"carnet export {export_id}"} in (
+            resource["meta"]["tag"]
+        )
+    assert sorted((str(p), c) for p, c in _exposures(runtime, doctor)) == sorted((p, "export") for p in mine)
+    assert audit_rows(runtime, doctor.account_id)[-1] == ("phi:resource:export", "success", "Patient")
+
+    # Once only.
+    again = _export(fhir_server, doctor, export_id)
+    assert again.status_code == 403
+    assert audit_rows(runtime, doctor.account_id)[-1] == ("phi:resource:export", "denied", "Patient")
+    assert len(_exposures(runtime, doctor)) == len(mine)
+
+
+def test_wrong_roles_are_refused_and_audited(fhir_server: Server) -> None:
+    runtime = fhir_server.runtime
+    facility, doctor, _mine, _stranger, officer = _hospital(runtime)
+    nurse = make_nurse(runtime, facility)
+    admin = make_account(runtime, roles=[Role.SYSTEM_ADMINISTRATOR], facility_id=facility)
+
+    for who in (nurse, admin, officer):
+        answer = _ask(fhir_server, who, purpose=PURPOSE, scope="care")
+        assert answer.status_code == 403
+        assert audit_rows(runtime, who.account_id)[-1] == ("phi:export:requested", "denied", "ExportRequest")
+
+    export_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")
+    colleague = make_physician(runtime, facility)
+    for who in (colleague, admin):
+        answer = _decide(fhir_server, who, "approve", export_id)
+        assert answer.status_code == 403
+        assert audit_rows(runtime, who.account_id)[-1] == ("phi:export:approved", "denied", "ExportRequest")
+    assert _decide(fhir_server, officer, "approve", export_id).status_code == 200
+
+    # Only the requester uses it: not a colleague, not the approver, not an administrator.
+    for who in (colleague, officer, admin):
+        answer = _export(fhir_server, who, export_id)
+        assert answer.status_code == 403
+        assert audit_rows(runtime, who.account_id)[-1] == ("phi:resource:export", "denied", "Patient")
+        assert _exposures(runtime, who) == []
+    # ... and it is still usable by the requester.
+    assert _export(fhir_server, doctor, export_id).status_code == 200
+
+
+def test_rejected_expired_and_bad_input(fhir_server: Server, movable_clock: clock.MovableClock) -> None:
+    runtime = fhir_server.runtime
+    _facility, doctor, mine, _stranger, officer = _hospital(runtime)
+
+    rejected_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")
+    rejected = _decide(fhir_server, officer, "reject", rejected_id, note="pas de base légale")
+    assert rejected.status_code == 200
+    assert _value(rejected.json(), "status") == "rejected"
+    assert audit_rows(runtime, officer.account_id)[-1] == ("phi:export:rejected", "success", "ExportRequest")
+    assert _export(fhir_server, doctor, rejected_id).status_code == 403
+    assert (
+        _decide(fhir_server, officer, "approve", rejected_id).status_code == 412
+    )  # decided already (Conflict)
+
+    late_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")
+    assert _decide(fhir_server, officer, "approve", late_id).status_code == 200
+    movable_clock.advance(dt.timedelta(hours=25))
+    late = _export(fhir_server, doctor, late_id)
+    assert late.status_code == 403
+    assert "export request is expired" in audit_reason(runtime, doctor)
+
+    before = _requests_count(runtime)
+    for values in (
+        {"purpose": "court", "scope": "care"},
+        {"purpose": PURPOSE, "scope": "everyone"},
+        {"purpose": PURPOSE, "scope": "patients"},
+        {"purpose": PURPOSE, "scope": "care", "patient": [mine[0]]},
+    ):
+        answer = _ask(fhir_server, doctor, **values)
+        assert answer.status_code == 400, values
+        assert answer.json()["resourceType"] == "OperationOutcome"
+    assert _requests_count(runtime) == before
+
+
+def test_an_explicit_list_is_still_filtered_by_the_policy(fhir_server: Server) -> None:
+    runtime = fhir_server.runtime
+    _facility, doctor, mine, stranger, officer = _hospital(runtime)
+    elsewhere = register_patient(runtime, make_facility(runtime, "Autre Hôpital"), family="Ailleurs").id
+    asked = _ask(
+        fhir_server, doctor, purpose=PURPOSE, scope="patients", patient=[mine[0], stranger, elsewhere]
+    )
+    assert asked.status_code == 201
+    export_id = _value(asked.json(), "exportId")
+    assert _value(asked.json(), "patientCount") == 3
+    assert _decide(fhir_server, officer, "approve", export_id).status_code == 200
+    done = _export(fhir_server, doctor, export_id)
+    assert done.status_code == 200
+    patients = [json.loads(line) for line in done.text.splitlines()[1:]]
+    assert [p["id"] for p in patients] == [mine[0]]
+    assert [str(p) for p, _c in _exposures(runtime, doctor)] == [mine[0]]
+
+
+def audit_reason(runtime: Runtime, actor: Actor) -> str:
+    with runtime.session_factory() as session:
+        reason = session.scalar(
+            sa.select(AuditEvent.policy_reason)
+            .where(AuditEvent.account_id == actor.account_id)
+            .order_by(AuditEvent.seq.desc())
+            .limit(1)
+        )
+    return reason or ""
