@@ -16,6 +16,7 @@ from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.detection.models import CanaryPatient
 from carnet.identity.models import Account
 from carnet.kernel.errors import Forbidden
+from carnet.org.models import Practitioner
 from carnet.patients.models import Patient
 from carnet.phi.system import system_access
 from carnet.runtime import Runtime
@@ -35,6 +36,8 @@ class ExerciseTargets:
     canaries: list[Person] = field(default_factory=list)
     # role -> active staff usernames holding it
     accounts: dict[str, list[str]] = field(default_factory=dict)
+    # Practitioner ids (a hospital's directory is no secret to its own staff).
+    practitioners: list[uuid.UUID] = field(default_factory=list)
 
 
 def exercise_targets(runtime: Runtime, *, sample: int = 500, seed: int = 6) -> ExerciseTargets:
@@ -80,5 +83,10 @@ def exercise_targets(runtime: Runtime, *, sample: int = 500, seed: int = 6) -> E
         )
         for role, username in rows:
             targets.accounts.setdefault(role, []).append(username)
+        targets.practitioners = list(
+            session.scalars(
+                select(Practitioner.id).where(Practitioner.active.is_(True)).order_by(Practitioner.id)
+            )
+        )
     rng.shuffle(targets.people)
     return targets

@@ -65,14 +65,14 @@ def run(
     """Run attacker playbooks over HTTP, each from a stolen session of a fresh seeded account,
     and print the patients exposed before containment. Demo and test mode only."""
     from carnet.phi.exercise import exercise_targets
-    from carnet.redteam.playbooks import PLAYBOOKS, exposure_table, run_playbooks
+    from carnet.redteam.playbooks import exposure_table, playbook_names, run_playbooks
     from carnet.runtime import build_runtime
     from carnet.settings import get_settings
 
     settings = get_settings()
     if not settings.exercise_mode:
         raise _fail("red-team exercises run only when CARNET_ENV is demo or test (this is production)")
-    known = {p.name for p in PLAYBOOKS}
+    known = set(playbook_names())
     unknown = sorted(set(playbook or ()) - known)
     if unknown:
         raise _fail(f"unknown playbook(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -126,3 +126,38 @@ def benign(
     )
     for line in result.containments:
         typer.echo(f"  contained: {line}")
+
+
+@redteam_app.command("drip")
+def drip(
+    role: Annotated[str, typer.Option(help="The stolen account's role.")] = "billing",
+    days: Annotated[int, typer.Option(min=1, max=60, help="Simulated days.")] = 7,
+    per_hour: Annotated[int, typer.Option(min=1, max=100, help="Patients per simulated hour.")] = 4,
+) -> None:
+    """A stolen session reads PER_HOUR patients every simulated hour for DAYS days (through the
+    gate, with a movable clock; the nightly baselines run at each midnight). Prints what it
+    exposed before containment. Demo and test mode only."""
+    from carnet.phi.exercise import exercise_targets
+    from carnet.redteam.drip import run_drip
+    from carnet.redteam.playbooks import exposure_table
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+
+    settings = get_settings()
+    if not settings.exercise_mode:
+        raise _fail("simulated days need the movable clock: CARNET_ENV must be demo or test")
+    try:
+        runtime = build_runtime(settings)
+        try:
+            targets = exercise_targets(runtime, sample=days * 24 * per_hour + 100)
+            done = run_drip(runtime, role=role, targets=targets, days=days, per_hour=per_hour)
+        finally:
+            runtime.close()
+    except CarnetError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(exposure_table([done.result]))
+    typer.echo(
+        f"{done.hours} simulated hours, contained after "
+        f"{done.hours_to_containment if done.hours_to_containment is not None else '-'} h; "
+        f"busiest day {done.busiest_day} patients; {done.step_ups} step-ups, {done.throttles} throttles"
+    )

@@ -9,8 +9,11 @@ containment, and the requests and seconds it took carnet to contain.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as dt
 import statistics
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +101,18 @@ def _everything(t: ExerciseTargets) -> Iterator[Request]:
         yield f"/fhir/Patient/{person.patient_id}/$everything", {}
 
 
+def _appointment_lists(t: ExerciseTargets) -> Iterator[Request]:
+    # What front desk would like: each practitioner's list, day after day. FHIR refuses a search
+    # without a patient, so after those tries the attacker asks patient after patient.
+    today = clock.now().date()
+    for offset in range(3):
+        day = (today + dt.timedelta(days=offset)).isoformat()
+        for practitioner in t.practitioners[:4]:
+            yield "/fhir/Appointment", {"practitioner": f"Practitioner/{practitioner}", "date": day}
+    for person in t.people:
+        yield "/fhir/Appointment", {"patient": f"Patient/{person.patient_id}"}
+
+
 PLAYBOOKS: tuple[Playbook, ...] = (
     Playbook("admin-sweep", "system_administrator", "an administrator reads patient charts by id", _reads),
     Playbook(
@@ -124,6 +139,31 @@ PLAYBOOKS: tuple[Playbook, ...] = (
         "a physician asks $everything for patient after patient",
         _everything,
     ),
+    Playbook(
+        "appointment-scrape",
+        "front_desk",
+        "front desk lists appointments practitioner by practitioner, day by day, then per patient",
+        _appointment_lists,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class TeamPlaybook:
+    """Several stolen sessions attacking together, round robin, each on its own share of the
+    targets: what counts is the union of the patients they exposed."""
+
+    name: str
+    description: str
+    members: tuple[Playbook, ...]
+
+
+TEAM_PLAYBOOKS: tuple[TeamPlaybook, ...] = (
+    TeamPlaybook(
+        "several-accounts",
+        "three stolen sessions (front desk, physician, billing) attack at once, on disjoint patients",
+        (PLAYBOOKS[2], PLAYBOOKS[1], PLAYBOOKS[6]),
+    ),
 )
 
 
@@ -143,8 +183,12 @@ def patient_ids_in(body: Any) -> set[str]:
         if resource.get("resourceType") == "Patient" and resource.get("id"):
             found.add(str(resource["id"]))
             continue
-        for key in ("subject", "patient", "beneficiary"):
-            ref = resource.get(key)
+        refs = [resource.get(key) for key in ("subject", "patient", "beneficiary")]
+        # An Appointment names its patient among its participants.
+        participants = resource.get("participant")
+        if isinstance(participants, list):
+            refs += [p.get("actor") for p in participants if isinstance(p, dict)]
+        for ref in refs:
             if isinstance(ref, dict) and str(ref.get("reference", "")).startswith("Patient/"):
                 found.add(str(ref["reference"]).removeprefix("Patient/"))
     return found
@@ -162,6 +206,39 @@ def _answer(response: httpx.Response) -> str:
     return f"{response.status_code} {code}".strip()
 
 
+def _send(
+    client: httpx.Client, path: str, params: dict[str, str], headers: dict[str, str], result: PlaybookResult
+) -> bool:
+    """One request; True when carnet has contained the account (told so, or session revoked)."""
+    result.requests += 1
+    try:
+        response = client.get(path, params=params, headers=headers)
+    except httpx.TransportError:
+        # The server dropped the connection (a server error): no data came back.
+        result.answers["no answer"] = result.answers.get("no answer", 0) + 1
+        return False
+    answer = _answer(response)
+    result.answers[answer] = result.answers.get(answer, 0) + 1
+    if answer == "ok":
+        with contextlib.suppress(ValueError):
+            result.exposed |= patient_ids_in(response.json())
+        return False
+    return answer.startswith("403 suspended") or answer.startswith("401 login")
+
+
+def _ledger_count(runtime: Runtime, account_ids: list[uuid.UUID], since: dt.datetime) -> int:
+    refs = [f"account:{a}" for a in account_ids]
+    with runtime.session_factory() as session:
+        return int(
+            session.scalar(
+                select(func.count(func.distinct(Exposure.patient_id))).where(
+                    Exposure.actor_ref.in_(refs), Exposure.at >= since
+                )
+            )
+            or 0
+        )
+
+
 def run_playbook(
     runtime: Runtime,
     client: httpx.Client,
@@ -173,44 +250,66 @@ def run_playbook(
 ) -> PlaybookResult:
     result = PlaybookResult(playbook=playbook.name, username=username)
     stolen = mint_session(runtime, username=username)
-    headers = stolen.headers
     since = clock.now()
     started = time.perf_counter()
     for path, params in playbook.requests(targets):
         if result.requests >= max_requests:
             result.note = f"stopped after {max_requests} requests"
             break
-        result.requests += 1
-        try:
-            response = client.get(path, params=params, headers=headers)
-        except httpx.TransportError:
-            # The server dropped the connection (a server error): no data came back.
-            result.answers["no answer"] = result.answers.get("no answer", 0) + 1
-            continue
-        answer = _answer(response)
-        result.answers[answer] = result.answers.get(answer, 0) + 1
-        if answer == "ok":
-            with contextlib.suppress(ValueError):
-                result.exposed |= patient_ids_in(response.json())
-            continue
-        # Contained: told so, or the stolen session was revoked under it.
-        if answer.startswith("403 suspended") or answer.startswith("401 login"):
+        if _send(client, path, params, stolen.headers, result):
             result.contained = True
             result.requests_to_containment = result.requests
             result.seconds_to_containment = time.perf_counter() - started
             break
     else:
         result.note = result.note or "ran out of requests"
-    with runtime.session_factory() as session:
-        result.exposed_ledger = int(
-            session.scalar(
-                select(func.count(func.distinct(Exposure.patient_id))).where(
-                    Exposure.actor_ref == f"account:{stolen.account_id}", Exposure.at >= since
-                )
-            )
-            or 0
-        )
+    result.exposed_ledger = _ledger_count(runtime, [stolen.account_id], since)
     return result
+
+
+def run_team(
+    runtime: Runtime,
+    client: httpx.Client,
+    team: TeamPlaybook,
+    *,
+    usernames: list[str],
+    targets: ExerciseTargets,
+    max_requests: int = 200,
+) -> PlaybookResult:
+    """Members take turns, one request each, until every one is contained or has run out.
+    `max_requests` bounds each member. Contained means all of them were."""
+    result = PlaybookResult(playbook=team.name, username="+".join(usernames))
+    n = len(team.members)
+    stolen = [mint_session(runtime, username=u) for u in usernames]
+    shares = [dataclasses.replace(targets, people=targets.people[i::n]) for i in range(n)]
+    streams = [iter(m.requests(shares[i])) for i, m in enumerate(team.members)]
+    sent = [0] * n
+    live = set(range(n))
+    contained: set[int] = set()
+    since = clock.now()
+    started = time.perf_counter()
+    while live:
+        for i in sorted(live):
+            request = next(streams[i], None) if sent[i] < max_requests else None
+            if request is None:
+                live.discard(i)
+                continue
+            sent[i] += 1
+            if _send(client, request[0], request[1], stolen[i].headers, result):
+                contained.add(i)
+                live.discard(i)
+    result.contained = len(contained) == n
+    if result.contained:
+        result.requests_to_containment = result.requests
+        result.seconds_to_containment = time.perf_counter() - started
+    else:
+        result.note = f"{len(contained)} of {n} contained"
+    result.exposed_ledger = _ledger_count(runtime, [s.account_id for s in stolen], since)
+    return result
+
+
+def playbook_names() -> list[str]:
+    return [p.name for p in PLAYBOOKS] + [t.name for t in TEAM_PLAYBOOKS]
 
 
 def run_playbooks(
@@ -221,27 +320,44 @@ def run_playbooks(
     names: list[str] | None = None,
     max_requests: int = 200,
 ) -> list[PlaybookResult]:
-    chosen = [p for p in PLAYBOOKS if names is None or p.name in names]
+    """Each playbook (and team) from fresh accounts: an account is never used twice."""
     used: dict[str, int] = {}
+
+    def fresh(role: str) -> str | None:
+        accounts = targets.accounts.get(role, [])
+        index = used.get(role, 0)
+        if index >= len(accounts):
+            return None
+        used[role] = index + 1
+        return accounts[index]
+
     results = []
     with httpx.Client(base_url=base_url, timeout=30, headers={"Accept": "application/fhir+json"}) as client:
-        for playbook in chosen:
-            accounts = targets.accounts.get(playbook.role, [])
-            index = used.get(playbook.role, 0)
-            if index >= len(accounts):
+        for playbook in [p for p in PLAYBOOKS if names is None or p.name in names]:
+            username = fresh(playbook.role)
+            if username is None:
                 results.append(
                     PlaybookResult(
                         playbook.name, username="-", note=f"no unused {playbook.role} account left"
                     )
                 )
                 continue
-            used[playbook.role] = index + 1
             results.append(
                 run_playbook(
+                    runtime, client, playbook, username=username, targets=targets, max_requests=max_requests
+                )
+            )
+        for team in [t for t in TEAM_PLAYBOOKS if names is None or t.name in names]:
+            members = [fresh(m.role) for m in team.members]
+            if None in members:
+                results.append(PlaybookResult(team.name, username="-", note="not enough unused accounts"))
+                continue
+            results.append(
+                run_team(
                     runtime,
                     client,
-                    playbook,
-                    username=accounts[index],
+                    team,
+                    usernames=[m for m in members if m is not None],
                     targets=targets,
                     max_requests=max_requests,
                 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from carnet.phi.exercise import exercise_targets
-from carnet.redteam.playbooks import PLAYBOOKS, exposure_table, patient_ids_in, run_playbooks
+from carnet.redteam.playbooks import exposure_table, patient_ids_in, playbook_names, run_playbooks
 from carnet.runtime import Runtime
 from carnet.synth.seed import seed_hospital
 from tests.fhir.conftest import serve
@@ -23,6 +23,11 @@ def test_patient_ids_are_read_from_bundles_and_resources() -> None:
     }
     assert patient_ids_in(bundle) == {"p1", "p2"}
     assert patient_ids_in({"resourceType": "Appointment", "patient": {"reference": "Patient/p3"}}) == {"p3"}
+    appointment = {
+        "resourceType": "Appointment",
+        "participant": [{"actor": {"reference": "Practitioner/d1"}}, {"actor": {"reference": "Patient/p4"}}],
+    }
+    assert patient_ids_in(appointment) == {"p4"}
     assert patient_ids_in(["not", "fhir"]) == set()
 
 
@@ -35,7 +40,7 @@ def test_every_playbook_is_contained(sqlite_runtime: Runtime) -> None:
         results = run_playbooks(sqlite_runtime, base_url=url, targets=targets, max_requests=120)
     print(exposure_table(results))  # the table for docs/SECURITY.md
     by_name = {r.playbook: r for r in results}
-    assert set(by_name) == {p.name for p in PLAYBOOKS}
+    assert set(by_name) == set(playbook_names())
     ran = [r for r in results if r.username != "-"]
     assert ran and all(r.contained for r in ran), exposure_table(results)
     # Issue 6 asks for a median of at most 5 and a maximum of 25 on a 20,000-patient hospital;

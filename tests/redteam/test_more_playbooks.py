@@ -1,0 +1,38 @@
+"""The front-desk appointment scrape and several accounts at once, over HTTP on a seeded clinic."""
+
+from __future__ import annotations
+
+import pytest
+
+from carnet.phi.exercise import exercise_targets
+from carnet.redteam.playbooks import exposure_table, run_playbooks
+from carnet.runtime import Runtime
+from carnet.synth.seed import seed_hospital
+from tests.fhir.conftest import serve
+
+
+@pytest.mark.slow
+def test_appointment_scrape_and_several_accounts(sqlite_runtime: Runtime) -> None:
+    seed_hospital(sqlite_runtime, patients=2500, seed=6, facilities=1)
+    targets = exercise_targets(sqlite_runtime, sample=300)
+    assert targets.practitioners
+    for url in serve(sqlite_runtime):
+        results = run_playbooks(
+            sqlite_runtime,
+            base_url=url,
+            targets=targets,
+            names=["appointment-scrape", "several-accounts"],
+            max_requests=120,
+        )
+    print(exposure_table(results))
+    by_name = {r.playbook: r for r in results}
+    scrape, team = by_name["appointment-scrape"], by_name["several-accounts"]
+    # No list across patients: the practitioner-by-day searches are refused as bad requests.
+    assert scrape.answers.get("400 invalid", 0) >= 12, scrape.answers
+    assert scrape.contained, exposure_table(results)
+    # Front desk serves the whole facility: only volume (60 patients in 15 minutes) stops it.
+    assert 0 < scrape.exposed_count <= 60 and scrape.exposed, exposure_table(results)
+    assert team.contained, exposure_table(results)
+    assert len(team.username.split("+")) == 3
+    # The union of three accounts: more than one alone would get, still bounded.
+    assert team.exposed_count <= 60, exposure_table(results)
