@@ -14,15 +14,15 @@ from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind
 from carnet.access.breakglass import take_pending_alerts
-from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
 from carnet.detection.interfaces import Level, Rule
 from carnet.detection.models import Alert
 from carnet.identity.models import Account
 
 
-def alert_break_glass(session: Session, *, audit: AuditWriter, limit: int = 100) -> list[Alert]:
+def alert_break_glass(session: Session, *, limit: int = 100) -> list[Alert]:
     """Raise one alert per pending break-the-glass access visible in the session's scope, and
-    mark them alerted. One alert each (no merging): each names a different emergency."""
+    mark them alerted. One alert each (no merging): each names a different emergency. Not audited
+    apart: the caller's audit event (access:break-glass:start) names the alerts it returns."""
     alerts: list[Alert] = []
     for access in take_pending_alerts(session, limit=limit):
         account_id = uuid.UUID(access.account_id)
@@ -48,19 +48,6 @@ def alert_break_glass(session: Session, *, audit: AuditWriter, limit: int = 100)
             occurrences=1,
         )
         session.add(alert)
-        audit.append(
-            session,
-            AuditRecord(
-                kind=AuditKind.DETECTION_ALERT,
-                outcome=Outcome.SUCCESS,
-                actor=actor,
-                resource_type="Alert",
-                resource_ids=(str(alert.id), access.id),
-                patient_ids=[uuid.UUID(access.patient_id)],
-                policy_reason=sentence[:500],
-                detail={"rule": Rule.BREAK_GLASS.value, "level": Level.RECORD.name.lower()},
-            ),
-        )
         alerts.append(alert)
     session.flush()
     return alerts

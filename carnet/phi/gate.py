@@ -1507,9 +1507,10 @@ class Gate:
         )
         tx.session.add(access)
         tx.session.flush()
-        # The officer's alert commits with the access itself (or neither does).
-        alert_break_glass(tx.session, audit=self._runtime.audit)
         tx.resource_ids.append(str(access.id))
+        # The officer's alert commits with the access itself (or neither does); the audit
+        # event of this access names it.
+        tx.resource_ids.extend(str(alert.id) for alert in alert_break_glass(tx.session))
         tx.break_glass_reason = f"{code.value}: {text}"
         tx.reasons.append("break-the-glass started")
 
