@@ -332,7 +332,9 @@ class Gate:
             if outcome == Outcome.DENIED:
                 record_denial = getattr(runtime.ledger, "record_denial", None)
                 if record_denial is not None:  # a ledger that predates denial counting
-                    record_denial(session, actor=self.actor, resource_type=resource.value)
+                    # A refused export counts apart: detection contains repeated tries.
+                    channel = Channel.EXPORT if kind == AuditKind.PHI_EXPORT else None
+                    record_denial(session, actor=self.actor, resource_type=resource.value, channel=channel)
 
     # == shared steps ===========================================================================
     def _require(self, tx: _Tx, permission: Permission) -> None:

@@ -173,8 +173,12 @@ def test_export_needs_approval_then_works_once_and_is_watermarked(fhir_server: S
     # Once only.
     again = _export(fhir_server, doctor, export_id)
     assert again.status_code == 403
-    assert audit_rows(runtime, doctor.account_id)[-1] == ("phi:resource:export", "denied", "Patient")
+    rows = audit_rows(runtime, doctor.account_id)
+    last_export = max(i for i, row in enumerate(rows) if row[0] == "phi:resource:export")
+    assert rows[last_export] == ("phi:resource:export", "denied", "Patient")
     assert len(_exposures(runtime, doctor)) == len(mine)
+    # Two refused exports in an hour: detection contains the account (its export-denial rule).
+    assert "detection:actor:contained" in [kind for kind, _o, _r in rows[last_export:]]
 
 
 def test_wrong_roles_are_refused_and_audited(fhir_server: Server) -> None:
@@ -208,24 +212,7 @@ def test_wrong_roles_are_refused_and_audited(fhir_server: Server) -> None:
 
 def test_rejected_expired_and_bad_input(fhir_server: Server, movable_clock: clock.MovableClock) -> None:
     runtime = fhir_server.runtime
-    _facility, doctor, mine, _stranger, officer = _hospital(runtime)
-
-    rejected_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")
-    rejected = _decide(fhir_server, officer, "reject", rejected_id, note="pas de base légale")
-    assert rejected.status_code == 200
-    assert _value(rejected.json(), "status") == "rejected"
-    assert audit_rows(runtime, officer.account_id)[-1] == ("phi:export:rejected", "success", "ExportRequest")
-    assert _export(fhir_server, doctor, rejected_id).status_code == 403
-    assert (
-        _decide(fhir_server, officer, "approve", rejected_id).status_code == 412
-    )  # decided already (Conflict)
-
-    late_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")
-    assert _decide(fhir_server, officer, "approve", late_id).status_code == 200
-    movable_clock.advance(dt.timedelta(hours=25))
-    late = _export(fhir_server, doctor, late_id)
-    assert late.status_code == 403
-    assert "export request is expired" in audit_reason(runtime, doctor)
+    facility, doctor, mine, _stranger, officer = _hospital(runtime)
 
     before = _requests_count(runtime)
     for values in (
@@ -238,6 +225,23 @@ def test_rejected_expired_and_bad_input(fhir_server: Server, movable_clock: cloc
         assert answer.status_code == 400, values
         assert answer.json()["resourceType"] == "OperationOutcome"
     assert _requests_count(runtime) == before
+    assert audit_rows(runtime, doctor.account_id)[-1] == ("phi:export:requested", "error", "ExportRequest")
+
+    rejected_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")
+    rejected = _decide(fhir_server, officer, "reject", rejected_id, note="pas de base légale")
+    assert rejected.status_code == 200
+    assert _value(rejected.json(), "status") == "rejected"
+    assert audit_rows(runtime, officer.account_id)[-1] == ("phi:export:rejected", "success", "ExportRequest")
+    assert _export(fhir_server, doctor, rejected_id).status_code == 403
+    assert "export request is rejected" in audit_reason(runtime, doctor)
+    assert _decide(fhir_server, officer, "approve", rejected_id).status_code == 412  # decided already
+
+    late_doctor = make_physician(runtime, facility)
+    late_id = _value(_ask(fhir_server, late_doctor, purpose=PURPOSE, scope="care").json(), "exportId")
+    assert _decide(fhir_server, officer, "approve", late_id).status_code == 200
+    movable_clock.advance(dt.timedelta(hours=25))
+    assert _export(fhir_server, late_doctor, late_id).status_code == 403
+    assert "export request is expired" in audit_reason(runtime, late_doctor)
 
 
 def test_an_explicit_list_is_still_filtered_by_the_policy(fhir_server: Server) -> None:
