@@ -138,7 +138,7 @@ def drip(
     gate, with a movable clock; the nightly baselines run at each midnight). Prints what it
     exposed before containment. Demo and test mode only."""
     from carnet.phi.exercise import exercise_targets
-    from carnet.redteam.drip import run_drip
+    from carnet.redteam.drip import DRIP_CALLS, run_drip
     from carnet.redteam.playbooks import exposure_table
     from carnet.runtime import build_runtime
     from carnet.settings import get_settings
@@ -146,6 +146,8 @@ def drip(
     settings = get_settings()
     if not settings.exercise_mode:
         raise _fail("simulated days need the movable clock: CARNET_ENV must be demo or test")
+    if role not in DRIP_CALLS:
+        raise _fail(f"--role must be one of: {', '.join(sorted(DRIP_CALLS))}")
     try:
         runtime = build_runtime(settings)
         try:
