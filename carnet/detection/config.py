@@ -77,9 +77,8 @@ class DetectionConfig(BaseSettings):
     denials_contain_15m: int = Field(default=25, ge=1)
     export_denials_contain_1h: int = Field(default=2, ge=1)
 
-    # Exports (a watermarked file or print of patient data).
+    # Approved exports (watermarked): a large one asks for a fresh second factor, never contains.
     export_step_up_24h: int = Field(default=10, ge=1)
-    export_contain_24h: int = Field(default=20, ge=1)
 
     # Off-hours and new addresses: worth a step-up only with some volume.
     timezone: str = "Europe/Paris"

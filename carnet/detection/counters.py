@@ -63,15 +63,17 @@ class SqlExposureCounters:
                 func.distinct(case((and_(Exposure.at >= start, *conditions), Exposure.patient_id)))
             )
 
-        # Not the actor's own patients seen in a list (see ExposureCounters.add_exposures).
-        targeted = or_(Exposure.channel != "list", Exposure.outside_care.is_(True))
+        # Not the actor's own patients seen in a list (see ExposureCounters.add_exposures), and
+        # not an approved export, whose volume two people decided (it has its own window).
+        not_export = Exposure.channel != "export"
+        targeted = and_(not_export, or_(Exposure.channel != "list", Exposure.outside_care.is_(True)))
         exposures = (
             select(
                 distinct_since(s15, targeted),
                 distinct_since(s1, targeted),
-                distinct_since(s24),
-                distinct_since(s1, Exposure.outside_care.is_(True)),
-                distinct_since(s24, Exposure.outside_care.is_(True)),
+                distinct_since(s24, not_export),
+                distinct_since(s1, not_export, Exposure.outside_care.is_(True)),
+                distinct_since(s24, not_export, Exposure.outside_care.is_(True)),
                 distinct_since(s24, Exposure.channel == "export"),
             )
             .where(Exposure.actor_ref == actor_ref, Exposure.at >= s24, Exposure.at <= at)
@@ -172,11 +174,12 @@ class MemoryExposureCounters:
         listed: bool,
         at: dt.datetime,
     ) -> None:
+        if exported:  # an approved export counts in its own window only
+            self._touch(actor_ref, "x", (str(p) for p in patient_ids), at)
+            return
         self._touch(actor_ref, "a", (str(p) for p in patient_ids), at)
         self._touch(actor_ref, "p", (str(p) for p in _targeted(patient_ids, outside_care, listed)), at)
         self._touch(actor_ref, "o", (str(p) for p in outside_care), at)
-        if exported:
-            self._touch(actor_ref, "x", (str(p) for p in patient_ids), at)
 
     def add_event(self, *, actor_ref: str, kind: EventKind, key: str, at: dt.datetime) -> None:
         member = key if kind in _DISTINCT_KINDS else uuid.uuid4().hex
@@ -249,12 +252,16 @@ class RedisExposureCounters:
         score = at.timestamp()
         horizon = score - H24.total_seconds()
         pipe = self._redis.pipeline(transaction=False)
-        groups = [
-            ("a", patient_ids),
-            ("p", _targeted(patient_ids, outside_care, listed)),
-            ("o", outside_care),
-            ("x", patient_ids if exported else ()),
-        ]
+        # An approved export counts in its own window only.
+        groups = (
+            [("x", patient_ids)]
+            if exported
+            else [
+                ("a", patient_ids),
+                ("p", _targeted(patient_ids, outside_care, listed)),
+                ("o", outside_care),
+            ]
+        )
         for name, ids in groups:
             if not ids:
                 continue

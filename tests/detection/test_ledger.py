@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.audit.models import AuditEvent
-from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
+from carnet.detection.interfaces import Channel, Level, SearchEvent, SearchShape
 from carnet.detection.models import ActorState, Alert, Exposure
 from carnet.identity.models import Account, AuthSession
 from carnet.identity.sessions import open_session
@@ -278,6 +278,23 @@ def test_exports_and_refused_exports(runtime: Runtime, movable_clock: clock.Mova
     deny(runtime, clerk, channel=Channel.EXPORT)
     with pytest.raises(AccountContained, match="without an approved export"):
         expose(runtime, clerk, new_patients(1))
+
+
+def test_a_large_approved_export_is_never_contained_for_its_size(
+    runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    """The export channel is the gate's approved export: a step-up at most, never containment,
+    and its patients do not count toward the sweep windows of the requester's ordinary reads."""
+    movable_clock.set(MORNING)
+    doctor = make_actor(runtime, "dr.bigexport", Role.PHYSICIAN)
+    with pytest.raises(StepUpRequired, match="under approved exports"):
+        expose(runtime, doctor, new_patients(500), channel=Channel.EXPORT)
+    with runtime.session_factory() as session:
+        account = session.get(Account, doctor.account_id)
+        assert account is not None and account.status == "active"
+    # The same physician's ordinary work afterwards is judged on its own volume.
+    expose(runtime, doctor, new_patients(5))
+    assert all(a.level < Level.THROTTLE for a in _alerts(runtime))  # never throttled or contained
 
 
 def test_off_hours_and_new_addresses(runtime: Runtime, movable_clock: clock.MovableClock) -> None:
