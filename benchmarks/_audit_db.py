@@ -1,43 +1,13 @@
-"""A throwaway migrated PostgreSQL database and realistic audit records for the audit benchmarks."""
+"""Realistic audit records for the audit benchmarks (their database: benchmarks._db)."""
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import sqlalchemy as sa
 
 from carnet.access.actor import Actor, ActorKind
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.db import migrate
-from carnet.db.engine import make_engine
-
-ADMIN_URL = os.environ.get(
-    "CARNET_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-
-
-@contextmanager
-def bench_database(prefix: str) -> Iterator[str]:
-    name = f"carnet_bench_{prefix}_{os.getpid()}"
-    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def records(count: int, seed: int = 7) -> list[AuditRecord]:

@@ -22,7 +22,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from benchmarks._audit_db import bench_database, records
+from benchmarks._audit_db import records
+from benchmarks._db import bench_database
 from carnet.audit.writer import (
     COPY_THRESHOLD,
     EVENT_PATIENTS,

@@ -21,7 +21,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from benchmarks._audit_db import bench_database, records
+from benchmarks._audit_db import records
+from benchmarks._db import bench_database
 from carnet.audit.chain import GENESIS_HASH, link
 from carnet.audit.checkpoints import Checkpointer, CheckpointSigner, FileCheckpointStore
 from carnet.audit.models import AuditEvent

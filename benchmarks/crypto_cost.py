@@ -16,32 +16,23 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import random
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy as sa
 from faker import Faker
 
+from benchmarks._db import bench_runtime
 from carnet.crypto.blind import IndexKind, normalize_name
-from carnet.crypto.keys import FileKeyProvider
-from carnet.db import migrate
-from carnet.db.engine import make_engine
 from carnet.org.models import Facility
 from carnet.patients.models import Patient
 from carnet.phi.system import system_access
-from carnet.runtime import Runtime, build_runtime
-from carnet.settings import Environment, Settings
+from carnet.runtime import Runtime
 
-ADMIN_URL = os.environ.get(
-    "CARNET_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 FIELDS = ("ins", "family", "given", "birth_date", "address", "phone", "email")
 INDEXED = {
     "ins": IndexKind.IDENTIFIER,
@@ -159,27 +150,8 @@ def _row(label: str, values: list[float]) -> str:
 
 
 def run(patients: int, samples: int) -> str:
-    name = f"carnet_bench_crypto_{os.getpid()}"
-    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            engine = make_engine(url)
-            migrate.upgrade(engine)
-            plain_metadata.create_all(engine)
-            engine.dispose()
-            FileKeyProvider.create(Path(tmp) / "keys.json")
-            runtime = build_runtime(Settings(env=Environment.TEST, var_dir=Path(tmp), database_url=url))
-            try:
-                return _measure(runtime, patients, samples)
-            finally:
-                runtime.close()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with bench_runtime("crypto", extra=plain_metadata) as runtime:
+        return _measure(runtime, patients, samples)
 
 
 def _measure(runtime: Runtime, patients: int, samples: int) -> str:

@@ -16,21 +16,18 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from benchmarks.crypto_cost import ADMIN_URL, FIELDS, _people, _seed, plain_metadata
-from carnet.crypto.keys import FileKeyProvider
-from carnet.db import migrate
-from carnet.db.engine import make_engine
+from benchmarks._db import bench_runtime
+from benchmarks.crypto_cost import FIELDS, _people, _seed, plain_metadata
 from carnet.patients.models import Patient
 from carnet.phi.rekey import count_ciphertexts
-from carnet.runtime import Runtime, build_runtime
-from carnet.settings import Environment, Settings
+from carnet.runtime import Runtime
+from carnet.settings import Settings
 
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "15"))
 
@@ -66,28 +63,9 @@ def _p(values: list[float], q: int) -> float:
 
 
 def run(patients: int, batch_size: int, pause_ms: int) -> str:
-    name = f"carnet_bench_rotation_{os.getpid()}"
-    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            engine = make_engine(url)
-            migrate.upgrade(engine)
-            plain_metadata.create_all(engine)
-            engine.dispose()
-            FileKeyProvider.create(Path(tmp) / "keys.json")
-            settings = Settings(env=Environment.TEST, var_dir=Path(tmp), database_url=url)
-            runtime = build_runtime(settings)
-            try:
-                return _measure(runtime, settings, patients, batch_size, pause_ms, tmp)
-            finally:
-                runtime.close()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with bench_runtime("rotation", extra=plain_metadata) as runtime:
+        settings = runtime.settings
+        return _measure(runtime, settings, patients, batch_size, pause_ms, str(settings.var_dir))
 
 
 def _measure(

@@ -31,7 +31,7 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from benchmarks._audit_db import bench_database
+from benchmarks._db import bench_database
 from carnet.access.actor import Actor, ActorKind
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome

@@ -18,31 +18,25 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import sqlalchemy as sa
 
-from benchmarks.gate_cost import ADMIN_URL, _direct_view, _seed
+from benchmarks._db import bench_runtime
+from benchmarks.gate_cost import _direct_view, _seed
 from carnet.access.actor import Actor, ActorKind
 from carnet.access.exports import approve_export, request_export
 from carnet.access.models import RoleGrant
 from carnet.access.roles import Role
-from carnet.crypto.keys import FileKeyProvider
-from carnet.db import migrate
-from carnet.db.engine import make_engine
 from carnet.detection.ledger import SqlExposureLedger
 from carnet.identity.models import Account
 from carnet.kernel import clock
 from carnet.patients.models import CareRelationship, Patient
 from carnet.phi.gate import Gate
 from carnet.phi.system import system_access
-from carnet.runtime import Runtime, build_runtime
-from carnet.settings import Environment, Settings
+from carnet.runtime import Runtime
 
 
 def _officer(runtime: Runtime) -> Actor:
@@ -140,30 +134,8 @@ def measure(runtime: Runtime, patients: int, rounds: int) -> str:
 
 
 def run(patients: int, rounds: int, sqlite: bool) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        FileKeyProvider.create(Path(tmp) / "keys.json")
-        if sqlite:
-            url = f"sqlite:///{tmp}/bench.db"
-        else:
-            name = f"carnet_bench_export_{os.getpid()}"
-            admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-            url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-        try:
-            engine = make_engine(url)
-            migrate.upgrade(engine)
-            engine.dispose()
-            runtime = build_runtime(Settings(env=Environment.TEST, var_dir=Path(tmp), database_url=url))
-            try:
-                return measure(runtime, patients, rounds)
-            finally:
-                runtime.close()
-        finally:
-            if not sqlite:
-                with admin.connect() as conn:
-                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                admin.dispose()
+    with bench_runtime("export", sqlite=sqlite) as runtime:
+        return measure(runtime, patients, rounds)
 
 
 def main() -> None:

@@ -18,25 +18,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
-import sqlalchemy as sa
-
+from benchmarks._db import bench_runtime
 from carnet.access.actor import Actor, ActorKind
 from carnet.access.models import RoleGrant
 from carnet.access.policy import PATIENT_CONTACT, PATIENT_IDENTITY
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.crypto.blind import IndexKind
-from carnet.crypto.keys import FileKeyProvider
-from carnet.db import migrate
-from carnet.db.engine import make_engine
 from carnet.detection.interfaces import Channel
 from carnet.identity.models import Account
 from carnet.kernel import clock
@@ -45,12 +38,8 @@ from carnet.patients.models import CareRelationship, Patient
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import PatientView
 from carnet.phi.system import system_access
-from carnet.runtime import Runtime, build_runtime
-from carnet.settings import Environment, Settings
+from carnet.runtime import Runtime
 
-ADMIN_URL = os.environ.get(
-    "CARNET_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 CARE_SET = 10  # the physician's patients: few distinct ones, so detection's volume rules stay quiet
 FIELDS = PATIENT_IDENTITY | PATIENT_CONTACT
 ENCRYPTED = ("ins", "family", "given", "birth_date", "address", "phone", "email")
@@ -232,36 +221,8 @@ def measure(runtime: Runtime, patients: int, samples: int) -> str:
 
 
 def run(patients: int, samples: int, sqlite: bool) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        FileKeyProvider.create(Path(tmp) / "keys.json")
-        if sqlite:
-            url = f"sqlite:///{tmp}/bench.db"
-            engine = make_engine(url)
-            migrate.upgrade(engine)
-            engine.dispose()
-            runtime = build_runtime(Settings(env=Environment.TEST, var_dir=Path(tmp), database_url=url))
-            try:
-                return measure(runtime, patients, samples)
-            finally:
-                runtime.close()
-        name = f"carnet_bench_gate_{os.getpid()}"
-        admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-        try:
-            engine = make_engine(url)
-            migrate.upgrade(engine)
-            engine.dispose()
-            runtime = build_runtime(Settings(env=Environment.TEST, var_dir=Path(tmp), database_url=url))
-            try:
-                return measure(runtime, patients, samples)
-            finally:
-                runtime.close()
-        finally:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    with bench_runtime("gate", sqlite=sqlite) as runtime:
+        return measure(runtime, patients, samples)
 
 
 def main() -> None:
