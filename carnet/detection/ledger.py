@@ -151,7 +151,7 @@ class SqlExposureLedger:
             self._add_event(session, actor=actor, kind=kind, key=key, at=at)
         if not distinct and not events:
             return
-        canaries = [p for p in distinct if p in self._canary_ids(session)] if distinct else []
+        canaries = sorted(exposed & self._canary_ids(session)) if distinct else []
         ctx = rules.Context(
             actor=actor,
             counts=self.counters.counts(
