@@ -12,7 +12,7 @@ from carnet.access.actor import Actor
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.containment import CONTAINED
 from carnet.detection.models import ActorState, RestoreRequest
-from carnet.detection.services import RestoreView, _audit, _officer_transaction
+from carnet.detection.services import RestoreView, officer_transaction, record_officer_action
 from carnet.identity.models import Account
 from carnet.kernel.errors import ConfigurationError
 from carnet.runtime import Runtime
@@ -41,7 +41,7 @@ class ChainStatus:
 
 def list_contained(runtime: Runtime, *, officer: Actor) -> list[ContainedView]:
     """Contained actors, newest first, each with the restore request waiting on it (if any)."""
-    with _officer_transaction(runtime, officer=officer, kind=AuditKind.DETECTION_ALERTS_READ) as session:
+    with officer_transaction(runtime, officer=officer, kind=AuditKind.DETECTION_ALERTS_READ) as session:
         rows = session.execute(
             select(ActorState, Account.username)
             .outerjoin(Account, Account.id == ActorState.account_id)
@@ -63,7 +63,7 @@ def list_contained(runtime: Runtime, *, officer: Actor) -> list[ContainedView]:
             )
             for state, username in rows
         ]
-        _audit(
+        record_officer_action(
             runtime,
             session,
             officer=officer,
@@ -79,7 +79,7 @@ def chain_status(runtime: Runtime, *, officer: Actor) -> ChainStatus:
     from carnet.audit.checkpoints import CheckpointVerifier, open_store, public_path
     from carnet.audit.verify import verify
 
-    with _officer_transaction(runtime, officer=officer, kind=AuditKind.AUDIT_VERIFIED):
+    with officer_transaction(runtime, officer=officer, kind=AuditKind.AUDIT_VERIFIED):
         pass  # refuses (and audits) anyone but a security officer before the work starts
     settings = runtime.settings
     key_path = public_path(settings.resolved_signing_key_file)
@@ -97,7 +97,7 @@ def chain_status(runtime: Runtime, *, officer: Actor) -> ChainStatus:
         problems=[p.describe() for p in report.problems[:50]],
     )
     with runtime.session_factory.begin() as session:
-        _audit(
+        record_officer_action(
             runtime,
             session,
             officer=officer,

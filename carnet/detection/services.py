@@ -92,7 +92,7 @@ def _view(alert: Alert) -> AlertView:
 
 
 @contextmanager
-def _officer_transaction(
+def officer_transaction(
     runtime: Runtime, *, officer: Actor, kind: AuditKind, resource_ids: tuple[str, ...] = ()
 ) -> Iterator[Session]:
     """Refuse anyone but a security officer (the refusal is audited and committed), else open
@@ -115,7 +115,7 @@ def _officer_transaction(
         yield session
 
 
-def _audit(
+def record_officer_action(
     runtime: Runtime,
     session: Session,
     *,
@@ -153,12 +153,12 @@ def list_alerts(
     if status is not None and status not in ALERT_STATUSES:
         raise InvalidInput(f"alert status must be one of {', '.join(ALERT_STATUSES)}")
     limit = max(1, min(limit, 1000))
-    with _officer_transaction(runtime, officer=officer, kind=AuditKind.DETECTION_ALERTS_READ) as session:
+    with officer_transaction(runtime, officer=officer, kind=AuditKind.DETECTION_ALERTS_READ) as session:
         query = select(Alert).order_by(Alert.level.desc(), Alert.last_seen_at.desc()).limit(limit)
         if status is not None:
             query = query.where(Alert.status == status)
         alerts = [_view(a) for a in session.scalars(query)]
-        _audit(
+        record_officer_action(
             runtime,
             session,
             officer=officer,
@@ -172,7 +172,7 @@ def list_alerts(
 
 def get_alert(runtime: Runtime, *, officer: Actor, alert_id: uuid.UUID) -> AlertDetail:
     """An alert, whether its actor is contained, and the actor's timeline around it."""
-    with _officer_transaction(
+    with officer_transaction(
         runtime, officer=officer, kind=AuditKind.DETECTION_ALERTS_READ, resource_ids=(str(alert_id),)
     ) as session:
         alert = session.get(Alert, alert_id)
@@ -185,7 +185,7 @@ def get_alert(runtime: Runtime, *, officer: Actor, alert_id: uuid.UUID) -> Alert
             since=alert.created_at - dt.timedelta(hours=24),
             until=alert.last_seen_at + dt.timedelta(minutes=5),
         )
-        _audit(
+        record_officer_action(
             runtime,
             session,
             officer=officer,
@@ -226,7 +226,7 @@ def mark_false_positive(runtime: Runtime, *, officer: Actor, alert_id: uuid.UUID
 def _close_alert(
     runtime: Runtime, *, officer: Actor, alert_id: uuid.UUID, note: str, status: str, kind: AuditKind
 ) -> AlertView:
-    with _officer_transaction(runtime, officer=officer, kind=kind, resource_ids=(str(alert_id),)) as session:
+    with officer_transaction(runtime, officer=officer, kind=kind, resource_ids=(str(alert_id),)) as session:
         alert = _alert(session, alert_id)
         if alert.status != OPEN:
             raise Conflict(f"this alert is already {alert.status.replace('_', ' ')}")
@@ -234,7 +234,7 @@ def _close_alert(
         alert.handled_by = officer.account_id
         alert.handled_at = clock.now()
         alert.note = note.strip()[:500] or None
-        _audit(
+        record_officer_action(
             runtime,
             session,
             officer=officer,
@@ -253,11 +253,11 @@ def actor_timeline(
     """What an actor did between two moments: exposures, audited actions, searches, refusals."""
     if until <= since:
         raise InvalidInput("the timeline's end must come after its start")
-    with _officer_transaction(
+    with officer_transaction(
         runtime, officer=officer, kind=AuditKind.DETECTION_ALERTS_READ, resource_ids=(actor_ref,)
     ) as session:
         entries = _timeline(session, actor_ref=actor_ref, since=since, until=until)
-        _audit(
+        record_officer_action(
             runtime,
             session,
             officer=officer,
@@ -323,7 +323,7 @@ def request_restore(runtime: Runtime, *, officer: Actor, actor_ref: str, reason:
     """First officer: ask to restore a contained actor, saying why (e.g. verified with them)."""
     if len(reason.strip()) < 10:
         raise InvalidInput("say why the account can be restored (at least a sentence)")
-    with _officer_transaction(
+    with officer_transaction(
         runtime, officer=officer, kind=AuditKind.RESTORE_REQUESTED, resource_ids=(actor_ref,)
     ) as session:
         state = session.get(ActorState, actor_ref)
@@ -347,7 +347,7 @@ def request_restore(runtime: Runtime, *, officer: Actor, actor_ref: str, reason:
             status="pending",
         )
         session.add(request)
-        _audit(
+        record_officer_action(
             runtime,
             session,
             officer=officer,
@@ -361,7 +361,7 @@ def request_restore(runtime: Runtime, *, officer: Actor, actor_ref: str, reason:
 
 def approve_restore(runtime: Runtime, *, officer: Actor, request_id: uuid.UUID) -> RestoreView:
     """Second officer: restore the account; its windows start afresh. Never the requester."""
-    with _officer_transaction(
+    with officer_transaction(
         runtime, officer=officer, kind=AuditKind.ACCOUNT_RESTORED, resource_ids=(str(request_id),)
     ) as session:
         request = _pending_request(session, request_id)
@@ -387,7 +387,7 @@ def approve_restore(runtime: Runtime, *, officer: Actor, request_id: uuid.UUID) 
                 .where(ApiClient.client_id == request.actor_ref.removeprefix("client:"))
                 .values(status="active")
             )
-        _audit(
+        record_officer_action(
             runtime,
             session,
             officer=officer,
@@ -406,14 +406,14 @@ def approve_restore(runtime: Runtime, *, officer: Actor, request_id: uuid.UUID) 
 
 
 def reject_restore(runtime: Runtime, *, officer: Actor, request_id: uuid.UUID, note: str) -> RestoreView:
-    with _officer_transaction(
+    with officer_transaction(
         runtime, officer=officer, kind=AuditKind.RESTORE_REJECTED, resource_ids=(str(request_id),)
     ) as session:
         request = _pending_request(session, request_id)
         request.status = "rejected"
         request.decided_by = officer.account_id
         request.decided_at = clock.now()
-        _audit(
+        record_officer_action(
             runtime,
             session,
             officer=officer,
