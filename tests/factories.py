@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from carnet.access.actor import Actor, ActorKind
 from carnet.access.models import RoleGrant, WardAssignment
 from carnet.access.roles import Role
+from carnet.billing.models import Invoice, InvoiceLine
 from carnet.identity.models import Account
 from carnet.kernel import clock
 from carnet.org.models import Facility, Location, Practitioner
@@ -229,3 +230,36 @@ def assign_ward(
                 end_at=None,
             )
         )
+
+
+def make_invoice(
+    runtime: Runtime,
+    *,
+    patient_id: str | uuid.UUID,
+    facility_id: uuid.UUID,
+    total_cents: int = 12_000,
+    status: str = "issued",
+) -> uuid.UUID:
+    """An issued invoice with one line (invoices are produced by the billing run, not the gate)."""
+    now = clock.now()
+    with system_access(runtime, reason="test fixture: invoice") as door:
+        invoice = Invoice(
+            facility_id=facility_id,
+            patient_id=uuid.UUID(str(patient_id)),
+            number=f"F-TEST-{next(_seq):06d}",
+            status=status,
+            issued_at=now,
+            total_cents=total_cents,
+            currency="EUR",
+            version_id=1,
+            created_at=now,
+            updated_at=now,
+        )
+        door.session.add(invoice)
+        door.session.flush()
+        door.session.add(
+            InvoiceLine(
+                invoice_id=invoice.id, code="CS", description="Consultation", amount_cents=total_cents
+            )
+        )
+        return invoice.id

@@ -29,7 +29,9 @@ class Permission(StrEnum):
     PRESCRIPTION_WRITE = "phi:prescription:write"
     COVERAGE_READ = "phi:coverage:read"
     CARD_READING_READ = "phi:card-reading:read"
+    CARD_READING_WRITE = "phi:card-reading:write"
     INVOICE_READ = "phi:invoice:read"
+    INVOICE_WRITE = "phi:invoice:write"  # a payment received against an invoice
     OBSERVATION_READ = "phi:observation:read"
     CONDITION_READ = "phi:condition:read"
     HISTORY_READ = "phi:history:read"
@@ -83,6 +85,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.APPOINTMENT_READ,
             P.APPOINTMENT_WRITE,
             P.HISTORY_READ,
+            # Admission reads the health card: the coverage it proves, never anything clinical.
+            P.COVERAGE_READ,
+            P.CARD_READING_READ,
+            P.CARD_READING_WRITE,
         }
     ),
     Role.BILLING: frozenset(
@@ -91,7 +97,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.PATIENT_SEARCH,
             P.COVERAGE_READ,
             P.CARD_READING_READ,
+            P.CARD_READING_WRITE,
             P.INVOICE_READ,
+            P.INVOICE_WRITE,
             P.HISTORY_READ,
         }
     ),

@@ -132,7 +132,19 @@ COVERAGE_ALL = frozenset(
 )
 CARD_READING_ALL = frozenset({"id", "patient_id", "coverage_id", "read_at", "card_serial", "payload"})
 INVOICE_ALL = frozenset(
-    {"id", "patient_id", "number", "status", "issued_at", "total_cents", "currency", "lines"}
+    {
+        "id",
+        "patient_id",
+        "number",
+        "status",
+        "issued_at",
+        "total_cents",
+        "currency",
+        "lines",
+        "version_id",
+        "paid_cents",
+        "payments",
+    }
 )
 OBSERVATION_ALL = frozenset(
     {
@@ -203,6 +215,8 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
     Role.FRONT_DESK: {
         T.PATIENT: ((IN_FACILITY, PATIENT_IDENTITY | PATIENT_CONTACT),),
         T.APPOINTMENT: ((IN_FACILITY, APPOINTMENT_ADMIN),),
+        T.COVERAGE: ((IN_FACILITY, COVERAGE_ALL),),
+        T.CARD_READING: ((IN_FACILITY, CARD_READING_ALL),),
     },
     Role.BILLING: {
         T.PATIENT: ((IN_FACILITY, PATIENT_IDENTITY),),
@@ -226,7 +240,8 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         T.PRESCRIPTION: CLINICAL,
     },
     Role.NURSE: {T.ALLERGY: NURSING, T.NOTE: NURSING},
-    Role.FRONT_DESK: {T.PATIENT: IN_FACILITY, T.APPOINTMENT: IN_FACILITY},
+    Role.FRONT_DESK: {T.PATIENT: IN_FACILITY, T.APPOINTMENT: IN_FACILITY, T.CARD_READING: IN_FACILITY},
+    Role.BILLING: {T.CARD_READING: IN_FACILITY, T.INVOICE: IN_FACILITY},
 }
 
 READ_PERMISSION: Mapping[ResourceType, Permission] = {
@@ -249,6 +264,8 @@ WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
     T.ALLERGY: Permission.ALLERGY_WRITE,
     T.NOTE: Permission.NOTE_WRITE,
     T.PRESCRIPTION: Permission.PRESCRIPTION_WRITE,
+    T.CARD_READING: Permission.CARD_READING_WRITE,
+    T.INVOICE: Permission.INVOICE_WRITE,
 }
 
 

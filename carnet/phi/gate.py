@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
@@ -35,6 +35,7 @@ from carnet.access.policy import (
     BREAK_GLASS_DURATION,
     PATIENT_CONTACT,
     PATIENT_IDENTITY,
+    PATIENT_LOCATE,
     SEARCH_MAX_COUNT,
     SEARCH_MAX_PAGE,
     STEP_UP_FRESHNESS,
@@ -47,7 +48,7 @@ from carnet.access.policy import (
 )
 from carnet.access.scope import ALL_FACILITIES, enter_scope
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.billing.models import Invoice, InvoiceLine
+from carnet.billing.models import Invoice, InvoiceLine, Payment
 from carnet.coverage.models import CardReading, Coverage
 from carnet.crypto.blind import IndexKind, normalize_name
 from carnet.detection.breakglass import alert_break_glass
@@ -75,6 +76,7 @@ from carnet.phi.schemas import (
     AppointmentInput,
     AppointmentView,
     BreakGlassGrant,
+    CardReadingInput,
     CardReadingView,
     ConditionView,
     CoverageSection,
@@ -93,8 +95,12 @@ from carnet.phi.schemas import (
     PatientInput,
     PatientPage,
     PatientView,
+    PaymentInput,
+    PaymentView,
     PrescriptionInput,
     PrescriptionView,
+    Schedule,
+    ScheduleEntry,
     VersionView,
 )
 from carnet.prescriptions.models import Prescription
@@ -119,6 +125,9 @@ CARE_SET_LIMIT = 2000  # a name search decrypts at most this many of the actor's
 HISTORY_LIMIT = 200
 SECTION_LIMIT = 500
 INACTIVE_APPOINTMENT = ("cancelled", "entered-in-error", "noshow")
+SCHEDULE_MAX_DAYS = 7  # a practitioner's calendar: a day or a week at a time
+SCHEDULE_PATIENT = PATIENT_LOCATE  # who an appointment is for: name, birth date, sex
+ALL_INVOICE_FIELDS = frozenset(InvoiceView.model_fields) - {"visible"}
 PATIENT_ENCRYPTED = {
     "ins": ("ins_ct", IndexKind.IDENTIFIER),
     "family": ("family_ct", IndexKind.FAMILY),
@@ -753,18 +762,28 @@ class Gate:
     @guarded(AuditKind.PHI_READ, RT.COVERAGE, targeted=True)
     def list_coverage(self, tx: _Tx, /, *, patient_id: str) -> CoverageSection:
         """Coverages and health-card readings (the readings only for roles that may see them)."""
-        pid = parse_id(patient_id)
-        rows, fields = self._section(
-            tx,
-            patient_id,
-            RT.COVERAGE,
-            select(Coverage).where(Coverage.patient_id == pid).order_by(Coverage.period_start.desc()),
+        patient = self._patient(tx, patient_id)
+        decision = self._authorize(tx, patient, RT.COVERAGE)
+        rels = self._relationships(tx, [patient])
+        self._expose(tx, [patient.id], Channel.CHART, rels, decision.fields, resource=RT.COVERAGE)
+        return self._coverage_section(tx, patient, decision.fields)
+
+    def _coverage_section(self, tx: _Tx, patient: Patient, fields: frozenset[str]) -> CoverageSection:
+        rows = list(
+            tx.session.scalars(
+                select(Coverage)
+                .where(Coverage.patient_id == patient.id)
+                .order_by(Coverage.period_start.desc())
+                .limit(SECTION_LIMIT)
+            )
         )
+        tx.resource_ids.extend(str(r.id) for r in rows)
         coverages = [
             _redact(
                 CoverageView,
                 {
                     "id": str(r.id),
+                    "updated_at": r.updated_at,
                     "patient_id": str(r.patient_id),
                     "kind": r.kind,
                     "payer": r.payer,
@@ -779,15 +798,13 @@ class Gate:
             )
             for r in rows
         ]
-        patient = tx.session.get(Patient, pid)
         readings: list[CardReadingView] = []
-        assert patient is not None  # _section loaded it
         rels = self._relationships(tx, [patient]).get(patient.id, frozenset())
         card_fields = self._read_fields(tx, rels, RT.CARD_READING)
         if card_fields and tx.ctx.may(Permission.CARD_READING_READ):
             for r in tx.session.scalars(
                 select(CardReading)
-                .where(CardReading.patient_id == pid)
+                .where(CardReading.patient_id == patient.id)
                 .order_by(CardReading.read_at.desc())
                 .limit(SECTION_LIMIT)
             ):
@@ -835,24 +852,34 @@ class Gate:
             RT.INVOICE,
             select(Invoice).where(Invoice.patient_id == pid).order_by(Invoice.number),
         )
-        views = []
-        for r in rows:
-            lines = [
-                InvoiceLineView(code=line.code, description=line.description, amount_cents=line.amount_cents)
-                for line in tx.session.scalars(select(InvoiceLine).where(InvoiceLine.invoice_id == r.id))
-            ]
-            data = {
-                "id": str(r.id),
-                "patient_id": str(r.patient_id),
-                "number": r.number,
-                "status": r.status,
-                "issued_at": r.issued_at,
-                "total_cents": r.total_cents,
-                "currency": r.currency,
-                "lines": lines,
-            }
-            views.append(_redact(InvoiceView, data, fields))
-        return views
+        return [self._invoice_view(tx, r, fields) for r in rows]
+
+    def _invoice_view(self, tx: _Tx, r: Invoice, fields: frozenset[str]) -> InvoiceView:
+        lines = [
+            InvoiceLineView(code=line.code, description=line.description, amount_cents=line.amount_cents)
+            for line in tx.session.scalars(select(InvoiceLine).where(InvoiceLine.invoice_id == r.id))
+        ]
+        payments = [
+            PaymentView(id=str(p.id), amount_cents=p.amount_cents, method=p.method, received_at=p.received_at)
+            for p in tx.session.scalars(
+                select(Payment).where(Payment.invoice_id == r.id).order_by(Payment.received_at)
+            )
+        ]
+        data = {
+            "id": str(r.id),
+            "updated_at": r.updated_at,
+            "patient_id": str(r.patient_id),
+            "number": r.number,
+            "status": r.status,
+            "issued_at": r.issued_at,
+            "total_cents": r.total_cents,
+            "currency": r.currency,
+            "lines": lines,
+            "version_id": r.version_id,
+            "paid_cents": sum(p.amount_cents for p in payments),
+            "payments": payments,
+        }
+        return _redact(InvoiceView, data, fields)
 
     @guarded(AuditKind.PHI_READ, RT.OBSERVATION, targeted=True)
     def list_observations(self, tx: _Tx, /, *, patient_id: str) -> list[ObservationView]:
@@ -1212,6 +1239,207 @@ class Gate:
             raise InvalidInput("a cancellation needs a reason (at most 200 characters)")
         self._bump(tx, Appointment, appointment, expected_version, status="cancelled", cancel_reason=text)
         return self._written_appointment(tx, patient, appointment, "update")
+
+    @guarded(AuditKind.PHI_LIST, RT.APPOINTMENT, targeted=False)
+    def practitioner_schedule(
+        self, tx: _Tx, /, *, practitioner_id: str, day_from: dt.date, day_to: dt.date
+    ) -> Schedule:
+        """One practitioner's calendar (at most a week): the booked appointments and, for each,
+        who it is for by name and birth date only (front-desk minimum necessary: no reason,
+        no contact, nothing clinical). Every patient shown is an exposure."""
+        self._require(tx, Permission.APPOINTMENT_READ)
+        for listed in (RT.PATIENT, RT.APPOINTMENT):
+            self._check_scopes(tx, listed)
+        if day_to < day_from or (day_to - day_from).days >= SCHEDULE_MAX_DAYS:
+            raise InvalidInput(f"a calendar shows 1 to {SCHEDULE_MAX_DAYS} days")
+        pid = parse_id(practitioner_id)
+        practitioner = tx.session.get(Practitioner, pid) if pid else None
+        if practitioner is None or practitioner.facility_id not in tx.ctx.facility_ids:
+            raise InvalidInput("unknown practitioner")
+        start = dt.datetime.combine(day_from, dt.time(), tzinfo=dt.UTC)
+        end = dt.datetime.combine(day_to, dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=1)
+        rows = tx.session.execute(
+            select(Appointment, Patient)
+            .join(Patient, Patient.id == Appointment.patient_id)
+            .where(
+                Appointment.practitioner_id == practitioner.id,
+                Appointment.start_at >= start,
+                Appointment.start_at < end,
+                Appointment.status.not_in(INACTIVE_APPOINTMENT),
+                care.visible_filter(tx.ctx),
+            )
+            .order_by(Appointment.start_at)
+            .limit(SECTION_LIMIT)
+        ).all()
+        rels = self._relationships(tx, [p for _a, p in rows])
+        entries: list[ScheduleEntry] = []
+        shown: list[uuid.UUID] = []
+        fields_shown: set[str] = set()
+        for appointment, patient in rows:
+            p_fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.PATIENT) & SCHEDULE_PATIENT
+            a_fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.APPOINTMENT)
+            if not p_fields or not a_fields:
+                continue  # a colleague's patient outside this actor's care: not shown at all
+            entries.append(
+                ScheduleEntry(
+                    appointment=_redact(
+                        AppointmentView, self._appointment_data(appointment, a_fields), a_fields
+                    ),
+                    patient=self._patient_view(patient, p_fields),
+                )
+            )
+            shown.append(patient.id)
+            fields_shown |= p_fields
+            tx.resource_ids.append(str(appointment.id))
+        tx.query = f"practitioner={practitioner.id}&from={day_from.isoformat()}&to={day_to.isoformat()}"
+        tx.reasons.append("practitioner schedule")
+        event = SearchEvent(
+            shape=SearchShape.LIST, term_digest=f"schedule:{practitioner.id}:{day_from.isoformat()}", page=1
+        )
+        self._expose(tx, shown, Channel.LIST, rels, fields_shown, shape=event)
+        return Schedule(
+            practitioner_id=str(practitioner.id), day_from=day_from, day_to=day_to, entries=entries
+        )
+
+    # -- health cards and payments --------------------------------------------------------------
+    @guarded(AuditKind.PHI_CREATE, RT.CARD_READING, targeted=True)
+    def record_card_reading(self, tx: _Tx, /, *, data: CardReadingInput) -> CoverageSection:
+        """Record one reading of the patient's health card. The coverage it proves is linked (the
+        same payer and member id) or replaces the active one of its kind, which is ended, never
+        deleted: the coverage history is kept. Returns the patient's coverage section."""
+        patient = self._patient(tx, data.patient_id)
+        self._authorize(tx, patient, RT.CARD_READING, write=True)
+        if data.rights_end is not None and data.rights_end < data.rights_start:
+            raise InvalidInput("the rights end after they start")
+        rights_start = dt.datetime.combine(data.rights_start, dt.time(), tzinfo=dt.UTC)
+        rights_end = (
+            dt.datetime.combine(data.rights_end, dt.time(), tzinfo=dt.UTC) if data.rights_end else None
+        )
+        current = list(
+            tx.session.scalars(
+                select(Coverage)
+                .where(
+                    Coverage.patient_id == patient.id, Coverage.kind == data.kind, Coverage.status == "active"
+                )
+                .order_by(Coverage.period_start.desc())
+            )
+        )
+        coverage: Coverage | None = None
+        for row in current:
+            same = (
+                row.payer == data.payer
+                and self._dec(row.member_id_ct, "coverages", "member_id", row.id) == data.member_id
+            )
+            if same and coverage is None:
+                coverage = row
+                if row.period_end != rights_end:
+                    self._bump(tx, Coverage, row, row.version_id, period_end=rights_end)
+                    self._snapshot_coverage(tx, patient, row, "update")
+            else:
+                # A card naming another payer or member ends the coverage it replaces.
+                self._bump(tx, Coverage, row, row.version_id, status="cancelled", period_end=tx.now)
+                self._snapshot_coverage(tx, patient, row, "update")
+        if coverage is None:
+            coverage_id = new_id()
+            coverage = Coverage(
+                id=coverage_id,
+                facility_id=patient.facility_id,
+                patient_id=patient.id,
+                kind=data.kind,
+                payer=data.payer,
+                member_id_ct=self._enc(
+                    data.member_id, patient.facility_id, "coverages", "member_id", coverage_id
+                ),
+                status="active",
+                period_start=rights_start,
+                period_end=rights_end,
+                version_id=1,
+                created_at=tx.now,
+                updated_at=tx.now,
+            )
+            tx.session.add(coverage)
+            tx.session.flush()
+            self._snapshot_coverage(tx, patient, coverage, "create")
+        reading_id = new_id()
+        payload = json.dumps(data.model_dump(mode="json", exclude={"patient_id"}), sort_keys=True)
+        tx.session.add(
+            CardReading(
+                id=reading_id,
+                facility_id=patient.facility_id,
+                patient_id=patient.id,
+                coverage_id=coverage.id,
+                read_at=tx.now,
+                read_by=tx.ctx.account_id,
+                card_serial_ct=self._enc(
+                    data.card_serial, patient.facility_id, "card_readings", "card_serial", reading_id
+                ),
+                payload_ct=self._enc(payload, patient.facility_id, "card_readings", "payload", reading_id),
+            )
+        )
+        tx.session.flush()
+        tx.resource_ids.append(str(reading_id))
+        rels = self._relationships(tx, [patient])
+        fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.COVERAGE)
+        self._expose(tx, [patient.id], Channel.WRITE, rels, fields, resource=RT.CARD_READING)
+        return self._coverage_section(tx, patient, fields)
+
+    def _snapshot_coverage(self, tx: _Tx, patient: Patient, row: Coverage, action: str) -> None:
+        data = {
+            "id": str(row.id),
+            "kind": row.kind,
+            "payer": row.payer,
+            "member_id": self._dec(row.member_id_ct, "coverages", "member_id", row.id),
+            "status": row.status,
+            "period_start": row.period_start,
+            "period_end": row.period_end,
+        }
+        self._snapshot(tx, RT.COVERAGE, row.id, row.version_id, patient, action, data)
+
+    @guarded(AuditKind.PHI_UPDATE, RT.INVOICE, targeted=True)
+    def record_payment(self, tx: _Tx, /, *, data: PaymentInput) -> InvoiceView:
+        """A payment received against an issued invoice (If-Match on `expected_version`); never
+        more than what is due. The invoice is balanced when fully paid."""
+        iid = parse_id(data.invoice_id)
+        invoice = tx.session.get(Invoice, iid) if iid else None
+        if invoice is None:
+            raise NotFound(NOT_FOUND)
+        patient = self._patient(tx, invoice.patient_id)
+        self._authorize(tx, patient, RT.INVOICE, write=True)
+        if invoice.status != "issued":
+            raise Conflict(f"this invoice is {invoice.status}: only an issued invoice takes a payment")
+        paid = self._paid(tx, invoice.id)
+        due = invoice.total_cents - paid
+        if data.amount_cents > due:
+            raise InvalidInput(f"the payment is more than the {due / 100:.2f} {invoice.currency} still due")
+        status = "balanced" if data.amount_cents == due else invoice.status
+        self._bump(tx, Invoice, invoice, data.expected_version, status=status)
+        payment_id = new_id()
+        tx.session.add(
+            Payment(
+                id=payment_id,
+                invoice_id=invoice.id,
+                amount_cents=data.amount_cents,
+                method=data.method,
+                received_at=tx.now,
+                received_by=tx.ctx.account_id,
+            )
+        )
+        tx.session.flush()
+        view = self._invoice_view(tx, invoice, ALL_INVOICE_FIELDS)
+        self._snapshot(
+            tx, RT.INVOICE, invoice.id, invoice.version_id, patient, "update", view.model_dump(mode="json")
+        )
+        tx.resource_ids.append(str(payment_id))
+        rels = self._relationships(tx, [patient])
+        fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.INVOICE)
+        self._expose(tx, [patient.id], Channel.WRITE, rels, fields, resource=RT.INVOICE)
+        return self._invoice_view(tx, invoice, fields)
+
+    def _paid(self, tx: _Tx, invoice_id: uuid.UUID) -> int:
+        total = tx.session.scalar(
+            select(func.coalesce(func.sum(Payment.amount_cents), 0)).where(Payment.invoice_id == invoice_id)
+        )
+        return int(total or 0)
 
     # -- notes ----------------------------------------------------------------------------------
     def _note_data(self, tx: _Tx, note: ClinicalNote, *, with_text: bool) -> dict[str, Any]:

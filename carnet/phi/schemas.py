@@ -150,6 +150,13 @@ class InvoiceLineView(BaseModel):
     amount_cents: int
 
 
+class PaymentView(BaseModel):
+    id: str
+    amount_cents: int
+    method: str
+    received_at: dt.datetime
+
+
 class InvoiceView(Redactable):
     patient_id: str | None = None
     number: str | None = None
@@ -158,6 +165,9 @@ class InvoiceView(Redactable):
     total_cents: int | None = None
     currency: str | None = None
     lines: list[InvoiceLineView] | None = None
+    version_id: int | None = None
+    paid_cents: int | None = None
+    payments: list[PaymentView] | None = None
 
 
 class ObservationView(Redactable):
@@ -301,6 +311,43 @@ class PrescriptionInput(BaseModel):
     encounter_id: str | None = None
     # Needed (and stored) when the patient has an active allergy to the same substance.
     allergy_override_reason: str | None = Field(default=None, max_length=500)
+
+
+class CardReadingInput(BaseModel):
+    """What the health-card reader returned (carte Vitale): the card and the coverage it proves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    card_serial: str = Field(pattern=r"^[0-9A-Za-z]{4,20}$")
+    kind: str = Field(default="AMO", pattern="^(AMO|AMC)$")
+    payer: str = Field(min_length=2, max_length=200)
+    member_id: str = Field(pattern=r"^[0-9A-Za-z]{5,30}$")
+    rights_start: dt.date
+    rights_end: dt.date | None = None
+
+
+class PaymentInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    invoice_id: str
+    expected_version: int
+    amount_cents: int = Field(gt=0, le=100_000_000)
+    method: str = Field(pattern="^(card|cash|cheque|transfer|insurer)$")
+
+
+class ScheduleEntry(BaseModel):
+    """One appointment of a practitioner's calendar and who it is for (identity only)."""
+
+    appointment: AppointmentView
+    patient: PatientView
+
+
+class Schedule(BaseModel):
+    practitioner_id: str
+    day_from: dt.date
+    day_to: dt.date
+    entries: list[ScheduleEntry]
 
 
 class AllergyInput(BaseModel):

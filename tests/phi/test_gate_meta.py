@@ -23,8 +23,10 @@ from carnet.phi.gate import Gate, public_operations
 from carnet.phi.schemas import (
     AllergyInput,
     AppointmentInput,
+    CardReadingInput,
     PatientChanges,
     PatientInput,
+    PaymentInput,
     PrescriptionInput,
 )
 from carnet.runtime import Runtime
@@ -43,6 +45,7 @@ class World:
     prescription: str
     allergy: str = ""
     export: str = ""  # an approved export request of the physician
+    invoice: str = ""  # an issued invoice of the patient
 
 
 def _world(runtime: Runtime) -> World:
@@ -86,6 +89,7 @@ def _world(runtime: Runtime) -> World:
         prescription.id,
         allergy.id,
         asked.id,
+        str(f.make_invoice(runtime, patient_id=patient.id, facility_id=facility)),
     )
 
 
@@ -123,6 +127,16 @@ def _slot(w: World, days: int) -> AppointmentInput:
         practitioner_id=str(w.physician.practitioner_id),
         start_at=start,
         end_at=start + dt.timedelta(minutes=15),
+    )
+
+
+def _card(patient: str) -> CardReadingInput:
+    return CardReadingInput(
+        patient_id=patient,
+        card_serial="0123456789",
+        payer="CPAM Paris",
+        member_id="170057500000142",
+        rights_start=dt.date(2026, 1, 1),
     )
 
 
@@ -318,6 +332,31 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         ),
         lambda g, w: g.break_glass(
             patient_id=w.stranger, reason="curiosity", justification="arrêt cardiaque aux urgences"
+        ),
+    ),
+    "practitioner_schedule": (
+        "physician",
+        lambda g, w: g.practitioner_schedule(
+            practitioner_id=str(w.physician.practitioner_id),
+            day_from=dt.date.today(),
+            day_to=dt.date.today() + dt.timedelta(days=6),
+        ),
+        lambda g, w: g.practitioner_schedule(
+            practitioner_id=MISSING, day_from=dt.date.today(), day_to=dt.date.today()
+        ),
+    ),
+    "record_card_reading": (
+        "billing",
+        lambda g, w: g.record_card_reading(data=_card(w.patient)),
+        lambda g, w: g.record_card_reading(data=_card(MISSING)),
+    ),
+    "record_payment": (
+        "billing",
+        lambda g, w: g.record_payment(
+            data=PaymentInput(invoice_id=w.invoice, expected_version=1, amount_cents=500, method="card")
+        ),
+        lambda g, w: g.record_payment(
+            data=PaymentInput(invoice_id=w.invoice, expected_version=7, amount_cents=500, method="card")
         ),
     ),
     "export": (

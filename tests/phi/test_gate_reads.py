@@ -402,9 +402,12 @@ def test_coverage_card_readings_and_invoices_by_role(runtime: Runtime) -> None:
     assert [c.payer for c in clinical.coverages] == ["CPAM Paris"] and clinical.card_readings == []
     with pytest.raises(NotFound):
         Gate(runtime, doctor).list_invoices(patient_id=patient.id)
+    # Admission reads health cards: the desk sees coverage and readings, never invoices.
     clerk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    desk = Gate(runtime, clerk).list_coverage(patient_id=patient.id)
+    assert [c.member_id for c in desk.coverages] == ["170057512345678"] and len(desk.card_readings) == 1
     with pytest.raises(NotFound):
-        Gate(runtime, clerk).list_coverage(patient_id=patient.id)
+        Gate(runtime, clerk).list_invoices(patient_id=patient.id)
 
 
 def test_token_scopes_narrow_what_roles_allow(runtime: Runtime) -> None:
