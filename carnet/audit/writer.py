@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Table, event, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from carnet.audit.chain import CHAINED_FIELDS, GENESIS_HASH, link_values
+from carnet.audit.chain import CHAINED_FIELDS, GENESIS_HASH, canonical_values, link_values
 from carnet.audit.interfaces import AuditRecord
 from carnet.audit.models import AuditChainHead, AuditEvent, AuditEventPatient
 from carnet.kernel import clock
@@ -48,6 +48,12 @@ class SqlAuditWriter:
         """Append several events under one head update (imports, bulk jobs, benchmarks)."""
         if not records:
             return []
+        connection = session.connection()
+        if connection.dialect.name == "postgresql" and len(records) == 1:
+            seq = _append_one_postgres(connection, records[0])
+            if self.on_commit is not None:
+                session.info[_PENDING] = (self.on_commit, seq)
+            return [seq]
         last_seq, prev_hash = self._advance_head(session, len(records))
         first_seq = last_seq - len(records) + 1
         recorded_at = clock.now().astimezone(dt.UTC)
@@ -66,7 +72,6 @@ class SqlAuditWriter:
             rows.append(row)
             patient_rows.extend({"seq": seq, "patient_id": p} for p in sorted(set(record.patient_ids)))
             prev_hash = digest
-        connection = session.connection()
         if connection.dialect.name == "postgresql":
             # The head row stays locked until commit: one round trip for the rest, not three.
             _write_postgres(connection, rows, patient_rows, prev_hash)
@@ -96,6 +101,40 @@ class SqlAuditWriter:
             except IntegrityError:
                 continue  # another worker created it first
         raise RuntimeError("audit chain head could not be initialised")
+
+
+# One event, one statement: the database links it (see migration 0004, carnet_audit_link) and
+# inserts it with its patients. The head row is locked from here to the commit, with no round
+# trip in between, so concurrent workers queue for the time of a commit, not of Python work.
+# (Table and column names are constants: no input reaches the SQL text.)
+_EVENT_COLUMNS = ("recorded_at", *[name for name in CHAINED_FIELDS if name not in ("seq", "recorded_at")])
+_CASTS = {"recorded_at": "::timestamptz", "account_id": "::uuid", "session_id": "::uuid"}
+_PLACEHOLDERS = ", ".join(f"%({name})s{_CASTS.get(name, '')}" for name in _EVENT_COLUMNS)
+_APPEND_ONE = (
+    "WITH link AS (SELECT seq, prev_hash, hash FROM carnet_audit_link(%(rest)s)), "  # noqa: S608
+    f"event AS (INSERT INTO {EVENTS.name} (seq, {', '.join(_EVENT_COLUMNS)}, prev_hash, hash) "
+    f"SELECT link.seq, {_PLACEHOLDERS}, link.prev_hash, link.hash FROM link RETURNING seq), "
+    f"patients AS (INSERT INTO {EVENT_PATIENTS.name} (seq, patient_id) "
+    "SELECT event.seq, p FROM event, unnest(%(patients)s::uuid[]) AS p) "
+    "SELECT seq FROM event"
+)
+
+
+def _append_one_postgres(connection: Connection, record: AuditRecord) -> int:
+    fields = _fields(0, _utc_micro(clock.now()), record)
+    # Everything the hash covers after the sequence number, which only the database knows yet.
+    rest = b"\t" + canonical_values([fields[name] for name in CHAINED_FIELDS[1:]])
+    params: dict[str, Any] = {name: fields[name] for name in _EVENT_COLUMNS}
+    params["rest"] = rest
+    params["patients"] = sorted(set(record.patient_ids))
+    raw: Any = connection.connection.driver_connection
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute(_APPEND_ONE, params)
+            row = cursor.fetchone()
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(_APPEND_ONE, None, exc, psycopg.Error) from exc
+    return int(row[0])
 
 
 def _write_postgres(
