@@ -23,6 +23,7 @@ from carnet.patients.models import CareRelationship
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import PatientInput, PatientView
 from carnet.phi.system import system_access
+from carnet.records.models import DiagnosticReport, Observation
 from carnet.runtime import Runtime
 from carnet.scheduling.models import Encounter
 
@@ -263,3 +264,63 @@ def make_invoice(
             )
         )
         return invoice.id
+
+
+def make_lab_report(
+    runtime: Runtime,
+    *,
+    patient_id: str | uuid.UUID,
+    facility_id: uuid.UUID,
+    conclusion: str = "Bilan normal.",
+    results: Iterable[tuple[str, str, float, str]] = (
+        ("2345-7", "Glucose", 5.2, "mmol/L"),
+        ("2160-0", "Créatinine", 80.0, "umol/L"),
+    ),
+) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """A final lab report (as a laboratory system delivers it) with its observations."""
+    now = clock.now()
+    with system_access(runtime, reason="test fixture: lab report") as door:
+        report_id = uuid.uuid4()
+        door.session.add(
+            DiagnosticReport(
+                id=report_id,
+                facility_id=facility_id,
+                patient_id=uuid.UUID(str(patient_id)),
+                code="24323-8",
+                display="Bilan métabolique",
+                status="final",
+                issued_at=now,
+                conclusion_ct=door.keyring.encrypt(
+                    conclusion,
+                    facility_id=facility_id,
+                    table="diagnostic_reports",
+                    column="conclusion",
+                    row_id=report_id,
+                ),
+                version_id=1,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        door.session.flush()
+        observations = []
+        for code, display, value, unit in results:
+            observation = Observation(
+                facility_id=facility_id,
+                patient_id=uuid.UUID(str(patient_id)),
+                report_id=report_id,
+                category="laboratory",
+                code=code,
+                display=display,
+                value_number=value,
+                unit=unit,
+                effective_at=now,
+                status="final",
+                version_id=1,
+                created_at=now,
+                updated_at=now,
+            )
+            door.session.add(observation)
+            door.session.flush()
+            observations.append(observation.id)
+        return report_id, observations

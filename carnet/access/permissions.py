@@ -34,6 +34,7 @@ class Permission(StrEnum):
     INVOICE_WRITE = "phi:invoice:write"  # a payment received against an invoice
     OBSERVATION_READ = "phi:observation:read"
     CONDITION_READ = "phi:condition:read"
+    CONSENT_WRITE = "phi:consent:write"
     HISTORY_READ = "phi:history:read"
     BREAK_GLASS = "access:break-glass:start"
     BREAK_GLASS_REVIEW = "access:break-glass:review"
@@ -74,6 +75,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.NOTE_WRITE,
         P.PRESCRIPTION_WRITE,
         P.EXPORT_REQUEST,
+        P.CONSENT_WRITE,
     },
     Role.NURSE: _CLINICAL_READ | {P.ALLERGY_WRITE, P.NOTE_WRITE},
     Role.FRONT_DESK: frozenset(
@@ -85,6 +87,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.APPOINTMENT_READ,
             P.APPOINTMENT_WRITE,
             P.HISTORY_READ,
+            P.CONSENT_WRITE,
             # Admission reads the health card: the coverage it proves, never anything clinical.
             P.COVERAGE_READ,
             P.CARD_READING_READ,
@@ -117,6 +120,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.OBSERVATION_READ,
             P.CONDITION_READ,
             P.HISTORY_READ,
+            P.CONSENT_WRITE,  # their own privacy decisions (the policy: SELF only)
         }
     ),
     # Administrators administer: no permission on patient data, by any path.

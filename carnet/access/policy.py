@@ -38,6 +38,9 @@ class ResourceType(StrEnum):
     INVOICE = "Invoice"
     OBSERVATION = "Observation"
     CONDITION = "Condition"
+    CARE_TEAM = "CareTeam"  # the patient's care relationships (who looks after them)
+    DIAGNOSTIC_REPORT = "DiagnosticReport"  # a lab report grouping observations
+    CONSENT = "Consent"  # the patient's privacy decisions, e.g. opposing other facilities
 
 
 class Relationship(StrEnum):
@@ -161,6 +164,38 @@ OBSERVATION_ALL = frozenset(
     }
 )
 CONDITION_ALL = frozenset({"id", "patient_id", "code", "display", "clinical_status", "onset_at"})
+CARE_TEAM_ALL = frozenset(
+    {"id", "patient_id", "facility_id", "practitioner_id", "kind", "status", "start_at", "end_at"}
+)
+DIAGNOSTIC_REPORT_ALL = frozenset(
+    {
+        "id",
+        "patient_id",
+        "facility_id",
+        "code",
+        "display",
+        "status",
+        "issued_at",
+        "conclusion",
+        "performer_id",
+        "result_ids",
+        "version_id",
+    }
+)
+CONSENT_ALL = frozenset(
+    {
+        "id",
+        "patient_id",
+        "facility_id",
+        "kind",
+        "status",
+        "recorded_by",
+        "recorded_at",
+        "withdrawn_at",
+        "withdrawn_by",
+        "version_id",
+    }
+)
 
 ALL_FIELDS: Mapping[ResourceType, frozenset[str]] = {
     ResourceType.PATIENT: PATIENT_IDENTITY | PATIENT_CONTACT,
@@ -174,6 +209,9 @@ ALL_FIELDS: Mapping[ResourceType, frozenset[str]] = {
     ResourceType.INVOICE: INVOICE_ALL,
     ResourceType.OBSERVATION: OBSERVATION_ALL,
     ResourceType.CONDITION: CONDITION_ALL,
+    ResourceType.CARE_TEAM: CARE_TEAM_ALL,
+    ResourceType.DIAGNOSTIC_REPORT: DIAGNOSTIC_REPORT_ALL,
+    ResourceType.CONSENT: CONSENT_ALL,
 }
 
 R = Relationship
@@ -201,6 +239,9 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
         T.COVERAGE: ((CLINICAL, COVERAGE_ALL),),
         T.OBSERVATION: ((CLINICAL, OBSERVATION_ALL),),
         T.CONDITION: ((CLINICAL, CONDITION_ALL),),
+        T.CARE_TEAM: ((CLINICAL, CARE_TEAM_ALL),),
+        T.DIAGNOSTIC_REPORT: ((CLINICAL, DIAGNOSTIC_REPORT_ALL),),
+        T.CONSENT: ((CLINICAL, CONSENT_ALL),),
     },
     Role.NURSE: {
         T.PATIENT: ((NURSING, PATIENT_IDENTITY), (frozenset({R.LOCATED}), PATIENT_LOCATE)),
@@ -211,10 +252,15 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
         T.PRESCRIPTION: ((NURSING, PRESCRIPTION_ALL),),
         T.OBSERVATION: ((NURSING, OBSERVATION_ALL),),
         T.CONDITION: ((NURSING, CONDITION_ALL),),
+        T.CARE_TEAM: ((NURSING, CARE_TEAM_ALL),),
+        T.DIAGNOSTIC_REPORT: ((NURSING, DIAGNOSTIC_REPORT_ALL),),
+        T.CONSENT: ((NURSING, CONSENT_ALL),),
     },
     Role.FRONT_DESK: {
         T.PATIENT: ((IN_FACILITY, PATIENT_IDENTITY | PATIENT_CONTACT),),
         T.APPOINTMENT: ((IN_FACILITY, APPOINTMENT_ADMIN),),
+        # The desk records a patient's opposition to other facilities, so it sees those decisions.
+        T.CONSENT: ((IN_FACILITY, CONSENT_ALL),),
         T.COVERAGE: ((IN_FACILITY, COVERAGE_ALL),),
         T.CARD_READING: ((IN_FACILITY, CARD_READING_ALL),),
     },
@@ -238,9 +284,17 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         T.ALLERGY: CLINICAL,
         T.NOTE: CLINICAL,
         T.PRESCRIPTION: CLINICAL,
+        T.CONSENT: CLINICAL,
     },
     Role.NURSE: {T.ALLERGY: NURSING, T.NOTE: NURSING},
-    Role.FRONT_DESK: {T.PATIENT: IN_FACILITY, T.APPOINTMENT: IN_FACILITY, T.CARD_READING: IN_FACILITY},
+    # A patient records (or withdraws) their own privacy decisions.
+    Role.PATIENT: {T.CONSENT: SELF},
+    Role.FRONT_DESK: {
+        T.PATIENT: IN_FACILITY,
+        T.APPOINTMENT: IN_FACILITY,
+        T.CONSENT: IN_FACILITY,
+        T.CARD_READING: IN_FACILITY,
+    },
     Role.BILLING: {T.CARD_READING: IN_FACILITY, T.INVOICE: IN_FACILITY},
 }
 
@@ -256,6 +310,9 @@ READ_PERMISSION: Mapping[ResourceType, Permission] = {
     T.INVOICE: Permission.INVOICE_READ,
     T.OBSERVATION: Permission.OBSERVATION_READ,
     T.CONDITION: Permission.CONDITION_READ,
+    T.CARE_TEAM: Permission.PATIENT_READ,
+    T.DIAGNOSTIC_REPORT: Permission.OBSERVATION_READ,
+    T.CONSENT: Permission.PATIENT_READ,
 }
 
 WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
@@ -264,6 +321,7 @@ WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
     T.ALLERGY: Permission.ALLERGY_WRITE,
     T.NOTE: Permission.NOTE_WRITE,
     T.PRESCRIPTION: Permission.PRESCRIPTION_WRITE,
+    T.CONSENT: Permission.CONSENT_WRITE,
     T.CARD_READING: Permission.CARD_READING_WRITE,
     T.INVOICE: Permission.INVOICE_WRITE,
 }

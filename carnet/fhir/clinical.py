@@ -46,7 +46,7 @@ def _register(resource_type: str, interactions: list[str], search: dict[str, str
     SUPPORTED[resource_type] = {"interactions": interactions, "search": search}
 
 
-def _patient_of(request: Request, allowed: set[str], subject: str = "patient") -> str:
+def patient_of(request: Request, allowed: set[str], subject: str = "patient") -> str:
     """The one patient a search is about; unknown parameters are refused (fail closed)."""
     params = dict(request.query_params)
     unknown = sorted(set(params) - allowed - {"_count", "_page", "_format", subject, "subject"})
@@ -135,7 +135,7 @@ _register(
 @router.get("/Appointment")
 def search_appointments(request: Request) -> Response:
     gate = gate_for(request, APPOINTMENT, "search")
-    patient = _patient_of(request, {"practitioner", "date", "status"})
+    patient = patient_of(request, {"practitioner", "date", "status"})
     views = gate.list_appointments(patient_id=patient)
     status = request.query_params.get("status")
     practitioner = reference_id(request.query_params.get("practitioner"), "Practitioner")
@@ -217,7 +217,7 @@ _register(
 @router.get("/DocumentReference")
 def search_notes(request: Request) -> Response:
     gate = gate_for(request, NOTE, "search")
-    patient = _patient_of(request, set())
+    patient = patient_of(request, set())
     return paged(
         request, NOTE, [mapping.note_to_fhir(v.model_dump()) for v in gate.list_notes(patient_id=patient)]
     )
@@ -276,7 +276,7 @@ _register(
 @router.get("/MedicationRequest")
 def search_prescriptions(request: Request) -> Response:
     gate = gate_for(request, PRESCRIPTION, "search")
-    patient = _patient_of(request, {"status"})
+    patient = patient_of(request, {"status"})
     status = request.query_params.get("status")
     views = [
         v
@@ -362,7 +362,7 @@ _register(ALLERGY, ["read", "vread", "history-instance", "search-type", "create"
 @router.get("/AllergyIntolerance")
 def search_allergies(request: Request) -> Response:
     gate = gate_for(request, ALLERGY, "search")
-    patient = _patient_of(request, set())
+    patient = patient_of(request, set())
     return paged(
         request,
         ALLERGY,
@@ -395,18 +395,27 @@ def vread_allergy(request: Request, allergy_id: str, version_id: str) -> Respons
 
 # == Encounter =================================================================================
 ENCOUNTER = "Encounter"
-_register(ENCOUNTER, ["search-type"], {"patient": "reference", "status": "token"})
+_register(ENCOUNTER, ["read", "search-type"], {"patient": "reference", "status": "token"})
 
 
 @router.get("/Encounter")
 def search_encounters(request: Request) -> Response:
     gate = gate_for(request, ENCOUNTER, "search")
-    patient = _patient_of(request, {"status"})
+    patient = patient_of(request, {"status"})
     status = request.query_params.get("status")
     views = [
         v for v in gate.list_encounters(patient_id=patient) if status is None or v.status in status.split(",")
     ]
     return paged(request, ENCOUNTER, [mapping.encounter_to_fhir(v.model_dump()) for v in views])
+
+
+@router.get("/Encounter/{encounter_id}")
+def read_encounter(request: Request, encounter_id: str) -> Response:
+    """A stay by its id. No vread or _history: stays are not versioned yet (admit, transfer
+    and discharge keep no snapshots)."""
+    gate = gate_for(request, ENCOUNTER, "read")
+    view = gate.read_encounter(encounter_id=encounter_id)
+    return resource_response(request, mapping.encounter_to_fhir(view.model_dump()))
 
 
 # == read-only chart sections ==================================================================
@@ -419,7 +428,7 @@ _register("Invoice", ["search-type"], {"patient": "reference", "status": "token"
 @router.get("/Condition")
 def search_conditions(request: Request) -> Response:
     gate = gate_for(request, "Condition", "search")
-    patient = _patient_of(request, {"clinical-status"})
+    patient = patient_of(request, {"clinical-status"})
     status = request.query_params.get("clinical-status")
     views = [
         v
@@ -432,7 +441,7 @@ def search_conditions(request: Request) -> Response:
 @router.get("/Observation")
 def search_observations(request: Request) -> Response:
     gate = gate_for(request, "Observation", "search")
-    patient = _patient_of(request, {"category", "code"})
+    patient = patient_of(request, {"category", "code"})
     category = request.query_params.get("category")
     code = request.query_params.get("code")
     views = [
@@ -450,7 +459,7 @@ def search_coverage(request: Request) -> Response:
     params = request.query_params
     subject = "beneficiary" if "beneficiary" in params else "patient"
     gate = gate_for(request, "Coverage", "search")
-    patient = _patient_of(request, {"beneficiary", "patient"}, subject=subject)
+    patient = patient_of(request, {"beneficiary", "patient"}, subject=subject)
     section = gate.list_coverage(patient_id=patient)
     return paged(request, "Coverage", [mapping.coverage_to_fhir(c.model_dump()) for c in section.coverages])
 
@@ -458,7 +467,7 @@ def search_coverage(request: Request) -> Response:
 @router.get("/Invoice")
 def search_invoices(request: Request) -> Response:
     gate = gate_for(request, "Invoice", "search")
-    patient = _patient_of(request, {"status"})
+    patient = patient_of(request, {"status"})
     status = request.query_params.get("status")
     views = [
         v for v in gate.list_invoices(patient_id=patient) if status is None or v.status in status.split(",")

@@ -51,7 +51,11 @@ COVERAGE_TYPE = "https://carnet.example.org/fhir/CodeSystem/coverage-kind"
 
 
 def _meta(d: dict[str, Any]) -> dict[str, Any]:
-    return {"versionId": str(d.get("version_id") or 1)}
+    meta = {"versionId": str(d.get("version_id") or 1)}
+    updated = _when(d.get("updated_at"))
+    if updated is not None:
+        meta["lastUpdated"] = updated
+    return meta
 
 
 def _ref(resource_type: str, value: Any) -> dict[str, str] | None:

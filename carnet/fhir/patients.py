@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from fhir.resources.R4B.patient import Patient
 
 from carnet.access.policy import SEARCH_MAX_COUNT, SEARCH_MAX_PAGE
-from carnet.fhir import mapping
+from carnet.fhir import mapping, records
 from carnet.fhir.api import (
     base_url,
     expected_version,
@@ -193,6 +193,7 @@ def patient_everything(request: Request, patient_id: str) -> Response:
         ("MedicationRequest", gate.list_prescriptions, mapping.prescription_to_fhir),
         ("DocumentReference", gate.list_notes, mapping.note_to_fhir),
         ("Invoice", gate.list_invoices, mapping.invoice_to_fhir),
+        *records.everything_sections(gate),
     ]
     for _name, read, to_fhir in sections:
         try:

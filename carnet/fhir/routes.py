@@ -6,13 +6,14 @@ from fastapi import APIRouter
 
 
 def routers() -> list[APIRouter]:
-    from carnet.fhir import auditevents, bundles, clinical, directory, exports, patients
+    from carnet.fhir import auditevents, bundles, clinical, directory, exports, patients, records
 
     # exports first: its Patient/$export is a literal path, patients has Patient/{id}.
     return [
         exports.router,
         patients.router,
         clinical.router,
+        records.router,
         directory.router,
         auditevents.router,
         bundles.router,

@@ -81,3 +81,23 @@ class ResourceVersion(IdMixin, Base):
     __table_args__ = (
         Index("ix_resource_versions_resource", "resource_type", "resource_id", "version_id", unique=True),
     )
+
+
+class Consent(IdMixin, VersionedMixin, Base):
+    """A patient's privacy decision (FHIR Consent), kept when withdrawn.
+
+    One kind today, `oppose-other-facilities`: while one is active the patient's
+    `opposes_other_facilities` flag is set, and the policy hides them from every facility but the
+    managing one. Withdrawing it (status inactive) clears the flag when no other is active.
+    """
+
+    __tablename__ = "consents"
+
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    kind: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(12))  # active, inactive
+    recorded_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+    recorded_at: Mapped[dt.datetime]
+    withdrawn_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+    withdrawn_at: Mapped[dt.datetime | None]

@@ -53,6 +53,7 @@ from carnet.coverage.models import CardReading, Coverage
 from carnet.crypto.blind import IndexKind, normalize_name
 from carnet.detection.breakglass import alert_break_glass
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
+from carnet.identity.models import Account
 from carnet.identity.oauth import require_scope
 from carnet.kernel import clock
 from carnet.kernel.errors import (
@@ -68,7 +69,7 @@ from carnet.kernel.errors import (
 )
 from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Location, Practitioner
-from carnet.patients.models import Patient, ResourceVersion
+from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
 from carnet.phi import care
 from carnet.phi.schemas import (
     AllergyInput,
@@ -78,12 +79,15 @@ from carnet.phi.schemas import (
     BreakGlassGrant,
     CardReadingInput,
     CardReadingView,
+    CareTeamView,
     ConditionView,
+    ConsentView,
     CoverageSection,
     CoverageView,
     DayAppointment,
     DayInpatient,
     DayList,
+    DiagnosticReportView,
     EncounterView,
     InvoiceLineView,
     InvoiceView,
@@ -99,12 +103,20 @@ from carnet.phi.schemas import (
     PaymentView,
     PrescriptionInput,
     PrescriptionView,
+    ProvenanceView,
     Schedule,
     ScheduleEntry,
     VersionView,
 )
 from carnet.prescriptions.models import Prescription
-from carnet.records.models import Allergy, ClinicalNote, Condition, NoteVersion, Observation
+from carnet.records.models import (
+    Allergy,
+    ClinicalNote,
+    Condition,
+    DiagnosticReport,
+    NoteVersion,
+    Observation,
+)
 from carnet.runtime import Runtime
 from carnet.scheduling.models import Appointment, Encounter
 
@@ -124,6 +136,9 @@ NAME_SPECIFIC_LETTERS = 4
 CARE_SET_LIMIT = 2000  # a name search decrypts at most this many of the actor's own patients
 HISTORY_LIMIT = 200
 SECTION_LIMIT = 500
+# Consent kinds: the one the policy honours (care.visible_filter reads the patient's flag).
+OPPOSE_OTHER_FACILITIES = "oppose-other-facilities"
+CONSENT_KINDS = frozenset({OPPOSE_OTHER_FACILITIES})
 INACTIVE_APPOINTMENT = ("cancelled", "entered-in-error", "noshow")
 SCHEDULE_MAX_DAYS = 7  # a practitioner's calendar: a day or a week at a time
 SCHEDULE_PATIENT = PATIENT_LOCATE  # who an appointment is for: name, birth date, sex
@@ -232,6 +247,8 @@ def _s(value: uuid.UUID | None) -> str | None:
 def _redact(schema: type[T], data: dict[str, Any], fields: frozenset[str]) -> T:
     kept = {k: v for k, v in data.items() if k in fields}
     kept["id"] = data["id"]
+    if "updated_at" in data:  # when the record last changed: metadata, not patient data
+        kept["updated_at"] = data["updated_at"]
     return schema(**kept, visible=fields)  # type: ignore[call-arg]
 
 
@@ -447,6 +464,7 @@ class Gate:
         """Decrypt only what the actor may see: what is not opened is not even decrypted."""
         data: dict[str, Any] = {
             "id": str(patient.id),
+            "updated_at": patient.updated_at,
             "facility_id": str(patient.facility_id),
             "version_id": patient.version_id,
             "gender": patient.gender,
@@ -897,6 +915,7 @@ class Gate:
                 ObservationView,
                 {
                     "id": str(r.id),
+                    "updated_at": r.updated_at,
                     "patient_id": str(r.patient_id),
                     "category": r.category,
                     "code": r.code,
@@ -926,6 +945,7 @@ class Gate:
                 ConditionView,
                 {
                     "id": str(r.id),
+                    "updated_at": r.updated_at,
                     "patient_id": str(r.patient_id),
                     "code": r.code,
                     "display": r.display,
@@ -1114,6 +1134,7 @@ class Gate:
     def _appointment_data(self, a: Appointment, fields: frozenset[str]) -> dict[str, Any]:
         return {
             "id": str(a.id),
+            "updated_at": a.updated_at,
             "patient_id": str(a.patient_id),
             "facility_id": str(a.facility_id),
             "practitioner_id": str(a.practitioner_id),
@@ -1459,6 +1480,7 @@ class Gate:
             ]
         return {
             "id": str(note.id),
+            "updated_at": note.updated_at,
             "patient_id": str(note.patient_id),
             "encounter_id": _s(note.encounter_id),
             "author_id": str(note.author_id),
@@ -1793,6 +1815,246 @@ class Gate:
         return _redact(AllergyView, _allergy_data(row), fields)
 
     @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
+    def read_encounter(self, tx: _Tx, /, *, encounter_id: str) -> EncounterView:
+        row, fields = self._read_one(tx, RT.ENCOUNTER, encounter_id)
+        return _redact(EncounterView, _encounter_data(row), fields)
+
+    # -- care teams (read only: a care relationship opens the chart, so none is made here) ------
+    @guarded(AuditKind.PHI_READ, RT.CARE_TEAM, targeted=True)
+    def list_care_team(self, tx: _Tx, /, *, patient_id: str) -> list[CareTeamView]:
+        """The patient's care relationships, current and ended, newest first."""
+        pid = parse_id(patient_id)
+        rows, fields = self._section(
+            tx,
+            patient_id,
+            RT.CARE_TEAM,
+            select(CareRelationship)
+            .where(CareRelationship.patient_id == pid)
+            .order_by(CareRelationship.start_at.desc()),
+        )
+        return [_redact(CareTeamView, _care_team_data(r, tx.now), fields) for r in rows]
+
+    @guarded(AuditKind.PHI_READ, RT.CARE_TEAM, targeted=True)
+    def read_care_team(self, tx: _Tx, /, *, care_team_id: str) -> CareTeamView:
+        row, fields = self._read_one(tx, RT.CARE_TEAM, care_team_id)
+        return _redact(CareTeamView, _care_team_data(row, tx.now), fields)
+
+    # -- lab reports ----------------------------------------------------------------------------
+    def _reports(
+        self, tx: _Tx, rows: Sequence[DiagnosticReport], fields: frozenset[str]
+    ) -> list[DiagnosticReportView]:
+        results: dict[uuid.UUID, list[str]] = {}
+        if "result_ids" in fields and rows:
+            for report_id, observation_id in tx.session.execute(
+                select(Observation.report_id, Observation.id)
+                .where(Observation.report_id.in_([r.id for r in rows]))
+                .order_by(Observation.effective_at, Observation.id)
+                .limit(SECTION_LIMIT * 10)
+            ):
+                if report_id is not None:
+                    results.setdefault(report_id, []).append(str(observation_id))
+        views = []
+        for r in rows:
+            conclusion = (
+                self._dec(r.conclusion_ct, "diagnostic_reports", "conclusion", r.id)
+                if "conclusion" in fields
+                else None
+            )
+            data = {
+                "id": str(r.id),
+                "updated_at": r.updated_at,
+                "patient_id": str(r.patient_id),
+                "facility_id": str(r.facility_id),
+                "code": r.code,
+                "display": r.display,
+                "status": r.status,
+                "issued_at": r.issued_at,
+                "conclusion": conclusion,
+                "performer_id": _s(r.performer_id),
+                "result_ids": results.get(r.id, []),
+                "version_id": r.version_id,
+            }
+            views.append(_redact(DiagnosticReportView, data, fields))
+        return views
+
+    @guarded(AuditKind.PHI_READ, RT.DIAGNOSTIC_REPORT, targeted=True)
+    def list_diagnostic_reports(self, tx: _Tx, /, *, patient_id: str) -> list[DiagnosticReportView]:
+        pid = parse_id(patient_id)
+        rows, fields = self._section(
+            tx,
+            patient_id,
+            RT.DIAGNOSTIC_REPORT,
+            select(DiagnosticReport)
+            .where(DiagnosticReport.patient_id == pid)
+            .order_by(DiagnosticReport.issued_at.desc()),
+        )
+        return self._reports(tx, rows, fields)
+
+    @guarded(AuditKind.PHI_READ, RT.DIAGNOSTIC_REPORT, targeted=True)
+    def read_diagnostic_report(self, tx: _Tx, /, *, report_id: str) -> DiagnosticReportView:
+        row, fields = self._read_one(tx, RT.DIAGNOSTIC_REPORT, report_id)
+        return self._reports(tx, [row], fields)[0]
+
+    # -- consents: the patient's privacy decisions, honoured by the policy ----------------------
+    @guarded(AuditKind.PHI_READ, RT.CONSENT, targeted=True)
+    def list_consents(self, tx: _Tx, /, *, patient_id: str) -> list[ConsentView]:
+        pid = parse_id(patient_id)
+        rows, fields = self._section(
+            tx,
+            patient_id,
+            RT.CONSENT,
+            select(Consent).where(Consent.patient_id == pid).order_by(Consent.recorded_at.desc()),
+        )
+        return [_redact(ConsentView, _consent_data(r), fields) for r in rows]
+
+    @guarded(AuditKind.PHI_READ, RT.CONSENT, targeted=True)
+    def read_consent(self, tx: _Tx, /, *, consent_id: str) -> ConsentView:
+        row, fields = self._read_one(tx, RT.CONSENT, consent_id)
+        return _redact(ConsentView, _consent_data(row), fields)
+
+    def _set_opposition(self, tx: _Tx, patient: Patient, opposes: bool) -> None:
+        """The flag the policy reads (care.visible_filter), changed as a new Patient version."""
+        if patient.opposes_other_facilities == opposes:
+            return
+        self._bump(tx, Patient, patient, patient.version_id, opposes_other_facilities=opposes)
+        full = self._patient_data(patient, PATIENT_IDENTITY | PATIENT_CONTACT)
+        self._snapshot(tx, RT.PATIENT, patient.id, patient.version_id, patient, "update", full)
+
+    @guarded(AuditKind.PHI_CREATE, RT.CONSENT, targeted=True)
+    def record_consent(
+        self, tx: _Tx, /, *, patient_id: str, kind: str = OPPOSE_OTHER_FACILITIES
+    ) -> ConsentView:
+        """Record a patient's privacy decision; it takes effect at once, for every actor."""
+        if kind not in CONSENT_KINDS:
+            raise InvalidInput(f"consent kind must be one of: {', '.join(sorted(CONSENT_KINDS))}")
+        patient = self._patient(tx, patient_id)
+        self._authorize(tx, patient, RT.CONSENT, write=True)
+        active = tx.session.scalar(
+            select(Consent.id).where(
+                Consent.patient_id == patient.id, Consent.kind == kind, Consent.status == "active"
+            )
+        )
+        if active is not None:
+            raise Conflict("this patient already has an active consent of this kind")
+        consent = Consent(
+            id=new_id(),
+            patient_id=patient.id,
+            facility_id=patient.facility_id,
+            kind=kind,
+            status="active",
+            recorded_by=tx.ctx.account_id,
+            recorded_at=tx.now,
+            version_id=1,
+            created_at=tx.now,
+            updated_at=tx.now,
+        )
+        tx.session.add(consent)
+        tx.session.flush()
+        self._set_opposition(tx, patient, True)
+        tx.reasons.append(f"consent {kind} recorded")
+        return self._written(tx, patient, RT.CONSENT, ConsentView, _consent_data(consent), 1, "create")
+
+    @guarded(AuditKind.PHI_UPDATE, RT.CONSENT, targeted=True)
+    def withdraw_consent(self, tx: _Tx, /, *, consent_id: str, expected_version: int) -> ConsentView:
+        """Withdraw a decision (kept, status inactive); the restriction ends with the last one."""
+        cid = parse_id(consent_id)
+        consent = tx.session.get(Consent, cid) if cid else None
+        if consent is None:
+            raise NotFound(NOT_FOUND)
+        patient = self._patient(tx, consent.patient_id)
+        self._authorize(tx, patient, RT.CONSENT, write=True)
+        if consent.status != "active":
+            raise Conflict("this consent is already withdrawn")
+        self._bump(
+            tx,
+            Consent,
+            consent,
+            expected_version,
+            status="inactive",
+            withdrawn_by=tx.ctx.account_id,
+            withdrawn_at=tx.now,
+        )
+        others = tx.session.scalar(
+            select(Consent.id).where(
+                Consent.patient_id == patient.id,
+                Consent.kind == consent.kind,
+                Consent.status == "active",
+                Consent.id != consent.id,
+            )
+        )
+        if consent.kind == OPPOSE_OTHER_FACILITIES and others is None:
+            self._set_opposition(tx, patient, False)
+        tx.reasons.append(f"consent {consent.kind} withdrawn")
+        data = _consent_data(consent)
+        return self._written(tx, patient, RT.CONSENT, ConsentView, data, consent.version_id, "update")
+
+    # -- provenance: who wrote which version, from the versioned history ------------------------
+    def _provenance(self, tx: _Tx, versions: Sequence[ResourceVersion]) -> list[ProvenanceView]:
+        """Authorized like a read of the target; shows authors and times, never content."""
+        self._require(tx, Permission.HISTORY_READ)
+        patient = self._patient(tx, versions[0].patient_id)
+        kind = ResourceType(versions[0].resource_type)
+        self._authorize(tx, patient, kind)
+        tx.resource_ids.extend(str(v.id) for v in versions)
+        rels = self._relationships(tx, [patient])
+        self._expose(tx, [patient.id], Channel.CHART, rels, {"patient_id"}, resource=kind)
+        authors = {v.author_id for v in versions if v.author_id is not None}
+        practitioners: dict[uuid.UUID, uuid.UUID | None] = {}
+        if authors:
+            practitioners = {
+                account: practitioner
+                for account, practitioner in tx.session.execute(
+                    select(Account.id, Account.practitioner_id).where(Account.id.in_(authors))
+                )
+            }
+        return [
+            ProvenanceView(
+                id=str(v.id),
+                target_type=v.resource_type,
+                target_id=str(v.resource_id),
+                target_version=v.version_id,
+                patient_id=str(v.patient_id),
+                recorded_at=v.recorded_at,
+                action=v.action,
+                author_account_id=_s(v.author_id),
+                author_practitioner_id=_s(practitioners.get(v.author_id)) if v.author_id else None,
+            )
+            for v in versions
+        ]
+
+    @guarded(AuditKind.PHI_READ, RT.PATIENT, targeted=True)
+    def list_provenance(self, tx: _Tx, /, *, target_type: str, target_id: str) -> list[ProvenanceView]:
+        """The provenance of every stored version of one resource (FHIR Provenance?target=)."""
+        tx.resource_type = "Provenance"
+        try:
+            ResourceType(target_type)
+        except ValueError:
+            raise InvalidInput("unknown target resource type") from None
+        rid = parse_id(target_id)
+        if rid is None:
+            raise NotFound(NOT_FOUND)
+        versions = list(
+            tx.session.scalars(
+                select(ResourceVersion)
+                .where(ResourceVersion.resource_type == target_type, ResourceVersion.resource_id == rid)
+                .order_by(ResourceVersion.version_id)
+                .limit(HISTORY_LIMIT)
+            )
+        )
+        if not versions:
+            raise NotFound(NOT_FOUND)
+        return self._provenance(tx, versions)
+
+    @guarded(AuditKind.PHI_READ, RT.PATIENT, targeted=True)
+    def read_provenance(self, tx: _Tx, /, *, provenance_id: str) -> ProvenanceView:
+        tx.resource_type = "Provenance"
+        vid = parse_id(provenance_id)
+        version = tx.session.get(ResourceVersion, vid) if vid else None
+        if version is None:
+            raise NotFound(NOT_FOUND)
+        return self._provenance(tx, [version])[0]
+
+    @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
     def list_encounters(self, tx: _Tx, /, *, patient_id: str) -> list[EncounterView]:
         pid = parse_id(patient_id)
         rows, fields = self._section(
@@ -1924,6 +2186,10 @@ _RECORD_MODELS: dict[ResourceType, Any] = {
     RT.NOTE: ClinicalNote,
     RT.PRESCRIPTION: Prescription,
     RT.ALLERGY: Allergy,
+    RT.ENCOUNTER: Encounter,
+    RT.CARE_TEAM: CareRelationship,
+    RT.DIAGNOSTIC_REPORT: DiagnosticReport,
+    RT.CONSENT: Consent,
 }
 
 
@@ -1946,6 +2212,9 @@ TRANSACTION_OPERATIONS = frozenset(
         "prescribe",
         "stop_prescription",
         "record_allergy",
+        "deactivate_patient",
+        "record_consent",
+        "withdraw_consent",
     }
 )
 
@@ -1953,6 +2222,7 @@ TRANSACTION_OPERATIONS = frozenset(
 def _encounter_data(e: Encounter) -> dict[str, Any]:
     return {
         "id": str(e.id),
+        "updated_at": e.updated_at,
         "patient_id": str(e.patient_id),
         "facility_id": str(e.facility_id),
         "kind": e.kind,
@@ -1965,9 +2235,42 @@ def _encounter_data(e: Encounter) -> dict[str, Any]:
     }
 
 
+def _care_team_data(r: CareRelationship, now: dt.datetime) -> dict[str, Any]:
+    ended = r.end_at is not None and r.end_at <= now
+    return {
+        "id": str(r.id),
+        # No update time is stored: the relationship last changed when it started or ended.
+        "updated_at": r.end_at if ended else r.start_at,
+        "patient_id": str(r.patient_id),
+        "facility_id": str(r.facility_id),
+        "practitioner_id": str(r.practitioner_id),
+        "kind": r.kind,
+        "status": "active" if r.start_at <= now and not ended else "inactive",
+        "start_at": r.start_at,
+        "end_at": r.end_at,
+    }
+
+
+def _consent_data(c: Consent) -> dict[str, Any]:
+    return {
+        "id": str(c.id),
+        "updated_at": c.updated_at,
+        "patient_id": str(c.patient_id),
+        "facility_id": str(c.facility_id),
+        "kind": c.kind,
+        "status": c.status,
+        "recorded_by": _s(c.recorded_by),
+        "recorded_at": c.recorded_at,
+        "withdrawn_by": _s(c.withdrawn_by),
+        "withdrawn_at": c.withdrawn_at,
+        "version_id": c.version_id,
+    }
+
+
 def _allergy_data(a: Allergy) -> dict[str, Any]:
     return {
         "id": str(a.id),
+        "updated_at": a.updated_at,
         "patient_id": str(a.patient_id),
         "substance_code": a.substance_code,
         "substance_display": a.substance_display,
@@ -1981,6 +2284,7 @@ def _allergy_data(a: Allergy) -> dict[str, Any]:
 def _prescription_data(p: Prescription) -> dict[str, Any]:
     return {
         "id": str(p.id),
+        "updated_at": p.updated_at,
         "patient_id": str(p.patient_id),
         "prescriber_id": str(p.prescriber_id),
         "medication_code": p.medication_code,

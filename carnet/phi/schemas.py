@@ -20,6 +20,8 @@ class Redactable(BaseModel):
     id: str
     # The fields the actor was allowed to see; the others are None.
     visible: frozenset[str] = frozenset()
+    # When the record last changed (FHIR meta.lastUpdated): kept whatever the redaction.
+    updated_at: dt.datetime | None = None
 
 
 class PatientView(Redactable):
@@ -215,6 +217,57 @@ class VersionView(BaseModel):
     action: str
     # The snapshot, redacted to the fields the actor may see of this resource type.
     data: dict[str, Any]
+
+
+class CareTeamView(Redactable):
+    """One care relationship of a patient (FHIR CareTeam): a practitioner, why, and when."""
+
+    patient_id: str | None = None
+    facility_id: str | None = None
+    practitioner_id: str | None = None
+    kind: str | None = None  # care_team, referral
+    status: str | None = None  # active, inactive
+    start_at: dt.datetime | None = None
+    end_at: dt.datetime | None = None
+
+
+class DiagnosticReportView(Redactable):
+    patient_id: str | None = None
+    facility_id: str | None = None
+    code: str | None = None
+    display: str | None = None
+    status: str | None = None
+    issued_at: dt.datetime | None = None
+    conclusion: str | None = None
+    performer_id: str | None = None
+    result_ids: list[str] | None = None
+    version_id: int | None = None
+
+
+class ConsentView(Redactable):
+    patient_id: str | None = None
+    facility_id: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    recorded_by: str | None = None
+    recorded_at: dt.datetime | None = None
+    withdrawn_by: str | None = None
+    withdrawn_at: dt.datetime | None = None
+    version_id: int | None = None
+
+
+class ProvenanceView(BaseModel):
+    """Who wrote which version of a resource, and when (FHIR Provenance); no content."""
+
+    id: str
+    target_type: str
+    target_id: str
+    target_version: int
+    patient_id: str
+    recorded_at: dt.datetime
+    action: str  # create, update, delete
+    author_account_id: str | None
+    author_practitioner_id: str | None
 
 
 class BreakGlassGrant(BaseModel):

@@ -34,6 +34,9 @@ SCHEMAS = {
     ResourceType.INVOICE: schemas.InvoiceView,
     ResourceType.OBSERVATION: schemas.ObservationView,
     ResourceType.CONDITION: schemas.ConditionView,
+    ResourceType.CARE_TEAM: schemas.CareTeamView,
+    ResourceType.DIAGNOSTIC_REPORT: schemas.DiagnosticReportView,
+    ResourceType.CONSENT: schemas.ConsentView,
 }
 EVERY = list(Relationship)
 

@@ -19,6 +19,7 @@ from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.detection.models import Exposure
 from carnet.kernel.errors import AccountContained, CarnetError, Forbidden, NotFound
+from carnet.patients.models import CareRelationship, ResourceVersion
 from carnet.phi.gate import Gate, public_operations
 from carnet.phi.schemas import (
     AllergyInput,
@@ -46,6 +47,11 @@ class World:
     allergy: str = ""
     export: str = ""  # an approved export request of the physician
     invoice: str = ""  # an issued invoice of the patient
+    encounter: str = ""  # the patient's current stay
+    report: str = ""  # a lab report of the patient
+    care_team: str = ""  # the physician's care relationship with the patient
+    consent: str = ""  # an active opposition of another patient in the physician's care
+    provenance: str = ""  # the version written when the allergy was recorded
 
 
 def _world(runtime: Runtime) -> World:
@@ -78,7 +84,7 @@ def _world(runtime: Runtime) -> World:
     officer = f.make_account(runtime, roles=[Role.SECURITY_OFFICER], facility_id=facility)
     asked = request_export(runtime, actor=doctor, purpose="audit de la file active", scope="care")
     approve_export(runtime, actor=officer, export_id=asked.id)
-    return World(
+    world = World(
         facility,
         doctor,
         billing,
@@ -90,6 +96,29 @@ def _world(runtime: Runtime) -> World:
         allergy.id,
         asked.id,
         str(f.make_invoice(runtime, patient_id=patient.id, facility_id=facility)),
+    )
+    # FHIR CareTeam, DiagnosticReport, Encounter, Consent and Provenance reads and writes.
+    consenting = f.register_patient(runtime, facility, family="Consent")
+    f.link_care(
+        runtime, patient_id=consenting.id, practitioner_id=doctor.practitioner_id, facility_id=facility
+    )
+    consent = gate.record_consent(patient_id=consenting.id)
+    report, _results = f.make_lab_report(runtime, patient_id=patient.id, facility_id=facility)
+    stay = f.admit(runtime, patient_id=patient.id, facility_id=facility, location_id=None)
+    with runtime.session_factory() as session:
+        care_team = session.scalar(
+            sa.select(CareRelationship.id).where(CareRelationship.patient_id == uuid.UUID(patient.id))
+        )
+        version = session.scalar(
+            sa.select(ResourceVersion.id).where(ResourceVersion.resource_id == uuid.UUID(allergy.id))
+        )
+    return dataclasses.replace(
+        world,
+        encounter=str(stay),
+        report=str(report),
+        care_team=str(care_team),
+        consent=consent.id,
+        provenance=str(version),
     )
 
 
@@ -301,6 +330,61 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         "physician",
         lambda g, w: g.list_encounters(patient_id=w.patient),
         lambda g, w: g.list_encounters(patient_id=MISSING),
+    ),
+    "read_encounter": (
+        "physician",
+        lambda g, w: g.read_encounter(encounter_id=w.encounter),
+        lambda g, w: g.read_encounter(encounter_id=MISSING),
+    ),
+    "list_care_team": (
+        "physician",
+        lambda g, w: g.list_care_team(patient_id=w.patient),
+        lambda g, w: g.list_care_team(patient_id=MISSING),
+    ),
+    "read_care_team": (
+        "physician",
+        lambda g, w: g.read_care_team(care_team_id=w.care_team),
+        lambda g, w: g.read_care_team(care_team_id=MISSING),
+    ),
+    "list_diagnostic_reports": (
+        "physician",
+        lambda g, w: g.list_diagnostic_reports(patient_id=w.patient),
+        lambda g, w: g.list_diagnostic_reports(patient_id=MISSING),
+    ),
+    "read_diagnostic_report": (
+        "physician",
+        lambda g, w: g.read_diagnostic_report(report_id=w.report),
+        lambda g, w: g.read_diagnostic_report(report_id=MISSING),
+    ),
+    "list_consents": (
+        "physician",
+        lambda g, w: g.list_consents(patient_id=w.patient),
+        lambda g, w: g.list_consents(patient_id=MISSING),
+    ),
+    "read_consent": (
+        "physician",
+        lambda g, w: g.read_consent(consent_id=w.consent),
+        lambda g, w: g.read_consent(consent_id=MISSING),
+    ),
+    "record_consent": (
+        "physician",
+        lambda g, w: g.record_consent(patient_id=w.patient),
+        lambda g, w: g.record_consent(patient_id=w.patient, kind="research-opt-out"),
+    ),
+    "withdraw_consent": (
+        "physician",
+        lambda g, w: g.withdraw_consent(consent_id=w.consent, expected_version=1),
+        lambda g, w: g.withdraw_consent(consent_id=w.consent, expected_version=9),
+    ),
+    "list_provenance": (
+        "physician",
+        lambda g, w: g.list_provenance(target_type="AllergyIntolerance", target_id=w.allergy),
+        lambda g, w: g.list_provenance(target_type="Unknown", target_id=w.allergy),
+    ),
+    "read_provenance": (
+        "physician",
+        lambda g, w: g.read_provenance(provenance_id=w.provenance),
+        lambda g, w: g.read_provenance(provenance_id=MISSING),
     ),
     "deactivate_patient": (
         "physician",

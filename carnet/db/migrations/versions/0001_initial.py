@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 11:49:34.128779
+Create Date: 2026-11-24 12:33:02.524283
 """
 
 import sqlalchemy as sa
@@ -736,6 +736,37 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_clinical_notes_patient_id"), ["patient_id"], unique=False)
 
     op.create_table(
+        "consents",
+        sa.Column("patient_id", sa.Uuid(), nullable=False),
+        sa.Column("facility_id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(length=40), nullable=False),
+        sa.Column("status", sa.String(length=12), nullable=False),
+        sa.Column("recorded_by", sa.Uuid(), nullable=True),
+        sa.Column("recorded_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("withdrawn_by", sa.Uuid(), nullable=True),
+        sa.Column("withdrawn_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("version_id", sa.Integer(), nullable=False),
+        sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["facility_id"], ["facilities.id"], name=op.f("fk_consents_facility_id_facilities")
+        ),
+        sa.ForeignKeyConstraint(
+            ["patient_id"], ["patients.id"], name=op.f("fk_consents_patient_id_patients")
+        ),
+        sa.ForeignKeyConstraint(
+            ["recorded_by"], ["accounts.id"], name=op.f("fk_consents_recorded_by_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["withdrawn_by"], ["accounts.id"], name=op.f("fk_consents_withdrawn_by_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_consents")),
+    )
+    with op.batch_alter_table("consents", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_consents_patient_id"), ["patient_id"], unique=False)
+
+    op.create_table(
         "detection_actor_states",
         sa.Column("actor_ref", sa.String(length=80), nullable=False),
         sa.Column("account_id", sa.Uuid(), nullable=True),
@@ -1206,6 +1237,10 @@ def downgrade() -> None:
 
     op.drop_table("detection_alerts")
     op.drop_table("detection_actor_states")
+    with op.batch_alter_table("consents", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_consents_patient_id"))
+
+    op.drop_table("consents")
     with op.batch_alter_table("clinical_notes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_clinical_notes_patient_id"))
 

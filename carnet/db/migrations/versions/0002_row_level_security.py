@@ -39,6 +39,7 @@ FACILITY_TABLES = (
     "card_readings",
     "invoices",
     "break_glass_accesses",
+    "consents",
 )
 # Child tables: visible when their parent row is (the parent's own policy applies inside).
 CHILD_TABLES = {

@@ -1,0 +1,352 @@
+"""FHIR CareTeam, DiagnosticReport, Consent and Provenance, all through the gate.
+
+- CareTeam: one per care relationship (care team membership or referral), read and searched
+  by patient. Not written here: a care relationship opens the chart, so creating one through
+  the API would let an account widen its own access.
+- DiagnosticReport: a lab report and the Observations it groups (`result`); read and searched.
+- Consent: the patient's privacy decisions. Recording one (`oppose-other-facilities`) hides the
+  patient from every facility but the managing one at once; withdrawing it (PUT status
+  inactive, or DELETE) lifts that. Kept either way, every version in `_history`.
+- Provenance: who wrote which version of a resource, from the versioned history; read, and
+  searched by `target`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import Response
+from fhir.resources.R4B.careteam import CareTeam
+from fhir.resources.R4B.consent import Consent
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.provenance import Provenance
+
+from carnet.fhir.api import (
+    checked,
+    expected_version,
+    gate_for,
+    history_bundle,
+    instant,
+    paged,
+    parse_version,
+    reference_id,
+    resource_response,
+    snapshot,
+    validated,
+    versioned,
+)
+from carnet.fhir.clinical import patient_of
+from carnet.fhir.mapping import LOINC, _clean, _meta, _ref, _when
+from carnet.fhir.metadata import SUPPORTED
+from carnet.kernel.errors import InvalidInput, NotFound
+from carnet.phi.gate import OPPOSE_OTHER_FACILITIES, Gate
+from carnet.phi.schemas import ProvenanceView
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+FhirBody = Body(..., media_type="application/fhir+json")
+
+CARE_KIND = "https://carnet.example.org/fhir/CodeSystem/care-relationship"
+REPORT_CATEGORY = "http://terminology.hl7.org/CodeSystem/v2-0074"
+CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+CONSENT_CATEGORY = "http://loinc.org"
+CONSENT_POLICY = "https://carnet.example.org/fhir/consent-policy/"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+ACCOUNT_SYSTEM = "https://carnet.example.org/fhir/account"
+
+SUPPORTED["CareTeam"] = {
+    "interactions": ["read", "search-type"],
+    "search": {"patient": "reference", "subject": "reference", "status": "token", "category": "token"},
+}
+SUPPORTED["DiagnosticReport"] = {
+    "interactions": ["read", "search-type"],
+    "search": {"patient": "reference", "subject": "reference", "status": "token", "code": "token"},
+}
+SUPPORTED["Consent"] = {
+    "interactions": ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
+    "search": {"patient": "reference", "status": "token"},
+}
+SUPPORTED["Provenance"] = {
+    "interactions": ["read", "search-type"],
+    "search": {"target": "reference"},
+}
+
+
+def _codes(raw: str | None) -> list[str] | None:
+    """A token search value (`a,b`, each `system|code` or `code`) as its codes."""
+    if raw is None:
+        return None
+    return [c.rpartition("|")[2] for c in raw.split(",")]
+
+
+# == CareTeam ==================================================================================
+def care_team_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    period = _clean({"start": _when(d.get("start_at")), "end": _when(d.get("end_at"))})
+    resource = _clean(
+        {
+            "resourceType": "CareTeam",
+            "id": d["id"],
+            "meta": _meta(d),
+            "status": d.get("status"),
+            "category": [{"coding": [{"system": CARE_KIND, "code": d["kind"]}]}] if d.get("kind") else None,
+            "subject": _ref("Patient", d.get("patient_id")),
+            "period": period or None,
+            "participant": [{"member": _ref("Practitioner", d["practitioner_id"])}]
+            if d.get("practitioner_id")
+            else None,
+            "managingOrganization": [_ref("Organization", d["facility_id"])]
+            if d.get("facility_id")
+            else None,
+        }
+    )
+    return checked(CareTeam, resource)
+
+
+@router.get("/CareTeam")
+def search_care_teams(request: Request) -> Response:
+    gate = gate_for(request, "CareTeam", "search")
+    patient = patient_of(request, {"status", "category"})
+    status = _codes(request.query_params.get("status"))
+    category = _codes(request.query_params.get("category"))
+    views = [
+        v
+        for v in gate.list_care_team(patient_id=patient)
+        if (status is None or v.status in status) and (category is None or v.kind in category)
+    ]
+    return paged(request, "CareTeam", [care_team_to_fhir(v.model_dump()) for v in views])
+
+
+@router.get("/CareTeam/{care_team_id}")
+def read_care_team(request: Request, care_team_id: str) -> Response:
+    gate = gate_for(request, "CareTeam", "read")
+    return resource_response(
+        request, care_team_to_fhir(gate.read_care_team(care_team_id=care_team_id).model_dump())
+    )
+
+
+# == DiagnosticReport ==========================================================================
+def report_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    resource = _clean(
+        {
+            "resourceType": "DiagnosticReport",
+            "id": d["id"],
+            "meta": _meta(d),
+            "status": d.get("status") or "unknown",
+            "category": [{"coding": [{"system": REPORT_CATEGORY, "code": "LAB"}]}],
+            "code": {"coding": [{"system": LOINC, "code": d.get("code"), "display": d.get("display")}]}
+            if d.get("code")
+            else {"text": "lab report"},
+            "subject": _ref("Patient", d.get("patient_id")),
+            "issued": _when(d.get("issued_at")),
+            "performer": [_ref("Practitioner", d["performer_id"])] if d.get("performer_id") else None,
+            "result": [_ref("Observation", o) for o in d.get("result_ids") or []],
+            "conclusion": d.get("conclusion"),
+        }
+    )
+    return checked(DiagnosticReport, resource)
+
+
+@router.get("/DiagnosticReport")
+def search_reports(request: Request) -> Response:
+    gate = gate_for(request, "DiagnosticReport", "search")
+    patient = patient_of(request, {"status", "code"})
+    status = _codes(request.query_params.get("status"))
+    code = _codes(request.query_params.get("code"))
+    views = [
+        v
+        for v in gate.list_diagnostic_reports(patient_id=patient)
+        if (status is None or v.status in status) and (code is None or v.code in code)
+    ]
+    return paged(request, "DiagnosticReport", [report_to_fhir(v.model_dump()) for v in views])
+
+
+@router.get("/DiagnosticReport/{report_id}")
+def read_report(request: Request, report_id: str) -> Response:
+    gate = gate_for(request, "DiagnosticReport", "read")
+    return resource_response(
+        request, report_to_fhir(gate.read_diagnostic_report(report_id=report_id).model_dump())
+    )
+
+
+# == Consent ===================================================================================
+def consent_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    facility = d.get("facility_id")
+    # "Deny everyone, except the managing organisation": what the policy enforces.
+    provision: dict[str, Any] = {
+        "type": "deny",
+        "period": _clean({"start": _when(d.get("recorded_at")), "end": _when(d.get("withdrawn_at"))}) or None,
+    }
+    if facility:
+        provision["provision"] = [
+            {
+                "type": "permit",
+                "actor": [
+                    {
+                        "role": {"coding": [{"system": ACT_CODE, "code": "CST", "display": "custodian"}]},
+                        "reference": _ref("Organization", facility),
+                    }
+                ],
+            }
+        ]
+    resource = _clean(
+        {
+            "resourceType": "Consent",
+            "id": d["id"],
+            "meta": _meta(d),
+            "status": d.get("status") or "inactive",
+            "scope": {"coding": [{"system": CONSENT_SCOPE, "code": "patient-privacy"}]},
+            "category": [
+                {"coding": [{"system": CONSENT_CATEGORY, "code": "59284-0", "display": "Patient Consent"}]}
+            ],
+            "patient": _ref("Patient", d.get("patient_id")),
+            "dateTime": _when(d.get("recorded_at")),
+            "organization": [_ref("Organization", facility)] if facility else None,
+            "policy": [{"uri": CONSENT_POLICY + d["kind"]}] if d.get("kind") else None,
+            "policyRule": {"coding": [{"system": ACT_CODE, "code": "OPTOUT"}]},
+            "provision": _clean(provision),
+        }
+    )
+    return checked(Consent, resource)
+
+
+def _consent_kind(resource: dict[str, Any]) -> str:
+    uris = [p.get("uri") for p in resource.get("policy") or [] if isinstance(p, dict)]
+    kinds = [
+        u.removeprefix(CONSENT_POLICY) for u in uris if isinstance(u, str) and u.startswith(CONSENT_POLICY)
+    ]
+    if kinds != [OPPOSE_OTHER_FACILITIES]:
+        raise InvalidInput(f"a Consent names one policy: {CONSENT_POLICY}{OPPOSE_OTHER_FACILITIES}")
+    return kinds[0]
+
+
+@router.get("/Consent")
+def search_consents(request: Request) -> Response:
+    gate = gate_for(request, "Consent", "search")
+    patient = patient_of(request, {"status"})
+    status = _codes(request.query_params.get("status"))
+    views = [v for v in gate.list_consents(patient_id=patient) if status is None or v.status in status]
+    return paged(request, "Consent", [consent_to_fhir(v.model_dump()) for v in views])
+
+
+@router.post("/Consent")
+def create_consent(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Record a patient's decision (status active); it applies to every actor at once."""
+    gate = gate_for(request, "Consent", "create")
+    resource = validated(Consent, body, "Consent")
+    if resource.get("status") != "active":
+        raise InvalidInput("a new Consent is recorded active (withdraw it with an update)")
+    patient = reference_id((resource.get("patient") or {}).get("reference"), "Patient")
+    if patient is None:
+        raise InvalidInput("a Consent needs patient (a reference Patient/<id>)")
+    view = gate.record_consent(patient_id=patient, kind=_consent_kind(resource))
+    return resource_response(request, consent_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/Consent/{consent_id}")
+def read_consent(request: Request, consent_id: str) -> Response:
+    gate = gate_for(request, "Consent", "read")
+    return resource_response(request, consent_to_fhir(gate.read_consent(consent_id=consent_id).model_dump()))
+
+
+@router.put("/Consent/{consent_id}")
+def update_consent(request: Request, consent_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """The one change a Consent takes: withdrawal (status inactive), with If-Match."""
+    gate = gate_for(request, "Consent", "update")
+    resource = validated(Consent, body, "Consent")
+    if resource.get("id") != consent_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    if resource.get("status") != "inactive":
+        raise InvalidInput("a Consent is changed by withdrawing it: status inactive")
+    view = gate.withdraw_consent(consent_id=consent_id, expected_version=version)
+    return resource_response(request, consent_to_fhir(view.model_dump()))
+
+
+@router.delete("/Consent/{consent_id}")
+def delete_consent(request: Request, consent_id: str) -> Response:
+    """A delete withdraws the decision; the Consent and its history stay."""
+    gate = gate_for(request, "Consent", "delete")
+    version = parse_version(request.headers.get("if-match"))
+    if version is None:
+        version = gate.read_consent(consent_id=consent_id).version_id or 1
+    view = gate.withdraw_consent(consent_id=consent_id, expected_version=version)
+    return resource_response(request, consent_to_fhir(view.model_dump()))
+
+
+@router.get("/Consent/{consent_id}/_history")
+def consent_history(request: Request, consent_id: str) -> Response:
+    gate = gate_for(request, "Consent", "read")
+    versions = gate.history(resource_type="Consent", resource_id=consent_id)
+    return history_bundle(request, "Consent", versions, consent_to_fhir)
+
+
+@router.get("/Consent/{consent_id}/_history/{version_id}")
+def vread_consent(request: Request, consent_id: str, version_id: str) -> Response:
+    gate = gate_for(request, "Consent", "read")
+    for v in gate.history(resource_type="Consent", resource_id=consent_id):
+        if str(v.version_id) == version_id:
+            return resource_response(request, versioned(consent_to_fhir(snapshot(v)), v))
+    raise NotFound("no such version")
+
+
+# == Provenance ================================================================================
+def provenance_to_fhir(p: ProvenanceView) -> dict[str, Any]:
+    if p.author_practitioner_id:
+        who: dict[str, Any] = {"reference": f"Practitioner/{p.author_practitioner_id}"}
+    elif p.author_account_id:
+        who = {"identifier": {"system": ACCOUNT_SYSTEM, "value": p.author_account_id}}
+    else:
+        who = {"display": "carnet system (import or migration)"}
+    recorded = instant(p.recorded_at)
+    resource = {
+        "resourceType": "Provenance",
+        "id": p.id,
+        "meta": {"versionId": "1", "lastUpdated": recorded},
+        "target": [{"reference": f"{p.target_type}/{p.target_id}/_history/{p.target_version}"}],
+        "recorded": recorded,
+        "activity": {"coding": [{"system": DATA_OPERATION, "code": p.action.upper()}]},
+        "agent": [
+            {
+                "type": {"coding": [{"system": PROVENANCE_AGENT, "code": "author"}]},
+                "who": who,
+            }
+        ],
+    }
+    return checked(Provenance, resource)
+
+
+def _target(request: Request) -> tuple[str, str]:
+    params = request.query_params
+    unknown = sorted(set(params) - {"target", "_count", "_page", "_format"})
+    if unknown:
+        raise InvalidInput("unsupported search parameters: " + ", ".join(unknown))
+    raw = (params.get("target") or "").strip()
+    parts = raw.split("/_history/")[0].rstrip("/").split("/")
+    if len(parts) < 2 or not parts[-2] or not parts[-1]:
+        raise InvalidInput("a Provenance search needs target=<Type>/<id>")
+    return parts[-2], parts[-1]
+
+
+@router.get("/Provenance")
+def search_provenance(request: Request) -> Response:
+    gate = gate_for(request, "Provenance", "search")
+    target_type, target_id = _target(request)
+    views = gate.list_provenance(target_type=target_type, target_id=target_id)
+    return paged(request, "Provenance", [provenance_to_fhir(v) for v in reversed(views)])
+
+
+@router.get("/Provenance/{provenance_id}")
+def read_provenance(request: Request, provenance_id: str) -> Response:
+    gate = gate_for(request, "Provenance", "read")
+    return resource_response(request, provenance_to_fhir(gate.read_provenance(provenance_id=provenance_id)))
+
+
+def everything_sections(gate: Gate) -> list[tuple[str, Any, Any]]:
+    """What Patient/$everything adds from this module: (type, gate list method, mapper)."""
+    return [
+        ("CareTeam", gate.list_care_team, care_team_to_fhir),
+        ("DiagnosticReport", gate.list_diagnostic_reports, report_to_fhir),
+        ("Consent", gate.list_consents, consent_to_fhir),
+    ]
