@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
 
@@ -21,6 +22,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         owned = getattr(app.state, "runtime", None) is None
         if owned:
             app.state.runtime = build_runtime(get_settings())
+        anyio.to_thread.current_default_thread_limiter().total_tokens = (
+            app.state.runtime.settings.request_threads
+        )
         yield
         if owned:
             app.state.runtime.close()  # a final signed checkpoint pins this worker's audit tail

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     origin: str = "http://localhost:8000"
     host: str = "127.0.0.1"
     port: int = 8000
+    # Requests one worker process runs at once (the rest wait in its event loop). Few threads keep
+    # the GIL from starving a request that holds the audit chain's lock until its commit.
+    request_threads: int = Field(default=8, ge=1, le=200)
     # A security officer's contact, shown to a contained account.
     security_contact: str = "the hospital security office"
 
