@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
@@ -23,6 +24,7 @@ from carnet.access.models import ExportRequest
 from carnet.access.permissions import Permission
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.identity.models import Account
 from carnet.kernel.errors import Conflict, Forbidden, InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.runtime import Runtime
@@ -162,6 +164,47 @@ def request_export(
         return to_view(row, ctx.now), _record(AuditKind.PHI_EXPORT_REQUESTED, actor, row)
 
     return run_audited(runtime, actor, AuditKind.PHI_EXPORT_REQUESTED, action, resource_type=RESOURCE)
+
+
+LIST_LIMIT = 200
+
+
+class ExportQueue(BaseModel):
+    requests: list[ExportRequestView]
+    usernames: dict[str, str]  # account id -> username, for who asked and who decided
+
+
+def list_export_requests(runtime: Runtime, *, actor: Actor, pending_only: bool = True) -> ExportQueue:
+    """The export requests a security officer may decide (their facilities, or all for an
+    officer without a facility), newest first: pending ones, or also the decided and used."""
+
+    def action(session: Session, ctx: AccessContext) -> tuple[ExportQueue, AuditRecord]:
+        if not ctx.may(Permission.EXPORT_DECIDE):
+            raise Forbidden("only a security officer sees the export requests")
+        query = select(ExportRequest).order_by(ExportRequest.requested_at.desc()).limit(LIST_LIMIT)
+        if Role.SECURITY_OFFICER not in ctx.unscoped_roles:
+            query = query.where(ExportRequest.facility_id.in_(ctx.facility_ids))
+        if pending_only:
+            query = query.where(ExportRequest.status == ExportStatus.PENDING.value)
+        views = [to_view(row, ctx.now) for row in session.scalars(query)]
+        if pending_only:
+            views = [v for v in views if v.status == ExportStatus.PENDING]  # not the expired
+        record = AuditRecord(
+            kind=AuditKind.PHI_EXPORT_LISTED,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            resource_type=RESOURCE,
+            resource_ids=[v.id for v in views][:200],
+            detail={"pending_only": str(pending_only).lower()},
+        )
+        ids = {uuid.UUID(v.requested_by) for v in views} | {
+            uuid.UUID(v.decided_by) for v in views if v.decided_by
+        }
+        names = dict(session.execute(select(Account.id, Account.username).where(Account.id.in_(ids))).all())
+        usernames = {str(k): str(v) for k, v in names.items()}
+        return ExportQueue(requests=views, usernames=usernames), record
+
+    return run_audited(runtime, actor, AuditKind.PHI_EXPORT_LISTED, action, resource_type=RESOURCE)
 
 
 def _decidable(session: Session, ctx: AccessContext, export_id: str) -> ExportRequest:

@@ -31,6 +31,7 @@ class AuditKind(StrEnum):
     PHI_EXPORT_REQUESTED = "phi:export:requested"
     PHI_EXPORT_APPROVED = "phi:export:approved"
     PHI_EXPORT_REJECTED = "phi:export:rejected"
+    PHI_EXPORT_LISTED = "phi:export:listed"  # an officer's queue of requests (no patient data)
     # access policy
     BREAK_GLASS_START = "access:break-glass:start"
     BREAK_GLASS_LISTED = "access:break-glass:listed"

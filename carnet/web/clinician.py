@@ -33,7 +33,7 @@ CLINICAL_ROLES = frozenset({Role.PHYSICIAN, Role.NURSE})
 SECTIONS: dict[Role, tuple[str, ...]] = {
     Role.PHYSICIAN: ("allergies", "notes", "prescriptions", "coverage", "appointments"),
     Role.NURSE: ("allergies", "notes", "prescriptions", "appointments"),
-    Role.FRONT_DESK: ("appointments",),
+    Role.FRONT_DESK: ("appointments", "coverage"),
     Role.BILLING: ("coverage", "invoices"),
 }
 NOTE_KINDS = (
@@ -139,8 +139,12 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
         if context["may_schedule"] and "appointments" in names
         else []
     )
+    context["may_read_cards"] = bool(actor.roles & {Role.FRONT_DESK, Role.BILLING})
+    context["may_take_payments"] = Role.BILLING in actor.roles
     context["warning"] = None
     context["draft"] = {}
+    context["card_problem"] = None
+    context["pay_problem"] = None
     return context
 
 

@@ -4,19 +4,22 @@ administration (accounts, roles, grants awaiting a second administrator) and the
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
-from carnet.access import directory, grants
+from carnet.access import accounts, directory, grants
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.audit.search import own_access_log
 from carnet.identity.dependencies import runtime_of
 from carnet.kernel.errors import Conflict, Forbidden, InvalidInput
 from carnet.phi.gate import Gate
-from carnet.phi.schemas import AppointmentInput, PatientInput
+from carnet.phi.schemas import AppointmentInput, CardReadingInput, PatientInput, PaymentInput
+from carnet.web.clinician import EAGER_SECTIONS, chart_context
 from carnet.web.rendering import render
 from carnet.web.routing import WebActor, WebRoute, redirect, refuse
 
@@ -175,6 +178,54 @@ def cancel(
     return redirect(f"/patients/{patient_id}#appointments")
 
 
+# -- health cards -------------------------------------------------------------------------
+@router.post("/patients/{patient_id}/card-readings")
+def record_card_reading(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    card_serial: Annotated[str, Form(max_length=20)],
+    payer: Annotated[str, Form(max_length=200)],
+    member_id: Annotated[str, Form(max_length=30)],
+    rights_start: Annotated[str, Form(max_length=10)],
+    rights_end: Annotated[str, Form(max_length=10)] = "",
+    kind: Annotated[str, Form(max_length=3)] = "AMO",
+) -> Response:
+    draft = {
+        "card_serial": card_serial,
+        "payer": payer,
+        "member_id": member_id,
+        "rights_start": rights_start,
+        "rights_end": rights_end,
+        "kind": kind,
+    }
+    try:
+        try:
+            data = CardReadingInput(
+                patient_id=patient_id,
+                card_serial=card_serial.strip(),
+                kind=kind,
+                payer=payer.strip(),
+                member_id=member_id.replace(" ", ""),
+                rights_start=rights_start,  # pydantic parses the date
+                rights_end=rights_end or None,
+            )
+        except ValidationError as exc:
+            raise InvalidInput(_fields_message(exc)) from None
+        Gate(runtime_of(request), actor).record_card_reading(data=data)
+    except (InvalidInput, Conflict) as exc:
+        context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"coverage"})
+        context["card_problem"] = str(exc)
+        context["draft"] = draft
+        return render(request, "clinician/chart.html", context, status_code=400)
+    return redirect(f"/patients/{patient_id}#coverage")
+
+
+def _fields_message(exc: ValidationError) -> str:
+    names = sorted({str(e["loc"][-1]) for e in exc.errors() if e.get("loc")})
+    return "check these fields: " + ", ".join(names)
+
+
 # -- billing ------------------------------------------------------------------------------
 @router.get("/billing")
 def billing(request: Request, actor: WebActor) -> Response:
@@ -189,15 +240,104 @@ def billing(request: Request, actor: WebActor) -> Response:
     return render(request, "desk/billing.html", {"actor": actor})
 
 
+def _cents(amount: str) -> int:
+    """A euro amount typed by a person (12, 12.5, 12,50) in cents; anything else is refused."""
+    text = amount.strip().replace(",", ".")
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise InvalidInput("the amount must be a number of euros, e.g. 12.50") from None
+    if not value.is_finite() or value != value.quantize(Decimal("0.01")):
+        raise InvalidInput("the amount must be a number of euros, e.g. 12.50")
+    return int(value * 100)
+
+
+@router.post("/billing/invoices/{invoice_id}/payments")
+def record_payment(
+    request: Request,
+    actor: WebActor,
+    invoice_id: str,
+    patient_id: Annotated[str, Form(max_length=40)],
+    expected_version: Annotated[int, Form()],
+    amount: Annotated[str, Form(max_length=20)],
+    method: Annotated[str, Form(max_length=20)],
+) -> Response:
+    try:
+        try:
+            data = PaymentInput(
+                invoice_id=invoice_id,
+                expected_version=expected_version,
+                amount_cents=_cents(amount),
+                method=method,
+            )
+        except ValidationError as exc:
+            raise InvalidInput(_fields_message(exc)) from None
+        Gate(runtime_of(request), actor).record_payment(data=data)
+    except (InvalidInput, Conflict) as exc:
+        context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"invoices"})
+        context["pay_problem"] = str(exc)
+        status = 409 if isinstance(exc, Conflict) else 400
+        return render(request, "clinician/chart.html", context, status_code=status)
+    return redirect(f"/patients/{patient_id}#invoices")
+
+
 # -- administration -----------------------------------------------------------------------
 @router.get("/admin")
 def admin(request: Request, actor: WebActor, status: str = "pending") -> Response:
+    return _admin_page(request, actor, status=status)
+
+
+def _admin_page(
+    request: Request,
+    actor: WebActor,
+    *,
+    status: str = "pending",
+    problem: str | None = None,
+    draft: dict[str, str] | None = None,
+    code: int = 200,
+) -> Response:
     found = directory.list_directory(runtime_of(request), actor=actor, grant_status=status)
     return render(
         request,
         "admin/admin.html",
-        {"actor": actor, "directory": found, "status": status, "grantable": GRANTABLE},
+        {
+            "actor": actor,
+            "directory": found,
+            "status": status,
+            "grantable": GRANTABLE,
+            "problem": problem,
+            "draft": draft or {},
+        },
+        status_code=code,
     )
+
+
+@router.post("/admin/accounts")
+def open_account(
+    request: Request,
+    actor: WebActor,
+    username: Annotated[str, Form(max_length=150)],
+    display_name: Annotated[str, Form(max_length=200)],
+    role: Annotated[str, Form(max_length=40)],
+    reason: Annotated[str, Form(max_length=500)],
+    facility_id: Annotated[str, Form(max_length=40)] = "",
+) -> Response:
+    """A new staff account; its first role waits for a second administrator. The first password
+    and authenticator secret are shown once, on this response only (never stored in clear)."""
+    draft = {"username": username, "display_name": display_name, "role": role, "facility_id": facility_id}
+    try:
+        created = accounts.create_staff_account(
+            runtime_of(request),
+            actor=actor,
+            username=username,
+            display_name=display_name,
+            role=role,
+            facility_id=facility_id or None,
+            reason=reason,
+        )
+    except (InvalidInput, Conflict) as exc:
+        return _admin_page(request, actor, problem=str(exc), draft=draft, code=400)
+    return render(request, "admin/new_account.html", {"actor": actor, "created": created})
 
 
 @router.post("/admin/grants")

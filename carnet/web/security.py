@@ -14,7 +14,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from carnet.access import breakglass
+from carnet.access import breakglass, exports
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.detection import console, services
@@ -113,6 +113,34 @@ def review_break_glass(
 ) -> Response:
     breakglass.review_break_glass(runtime_of(request), actor=actor, access_id=access_id, note=note)
     return redirect("/security#break-glass")
+
+
+@router.get("/exports")
+def export_requests(request: Request, actor: WebActor, show: str = "pending") -> Response:
+    """Bulk export requests waiting for a second person (a security officer), or all recent ones."""
+    runtime = runtime_of(request)
+    queue = exports.list_export_requests(runtime, actor=actor, pending_only=show != "all")
+    return render(
+        request,
+        "security/exports.html",
+        {"actor": actor, "queue": queue, "show": show, "done": request.query_params.get("done", "")},
+    )
+
+
+@router.post("/exports/{export_id}/approve")
+def approve_export(
+    request: Request, actor: WebActor, export_id: str, note: Annotated[str, Form(max_length=1000)] = ""
+) -> Response:
+    exports.approve_export(runtime_of(request), actor=actor, export_id=export_id, note=note)
+    return redirect("/security/exports?done=approved")
+
+
+@router.post("/exports/{export_id}/reject")
+def reject_export(
+    request: Request, actor: WebActor, export_id: str, note: Annotated[str, Form(max_length=1000)]
+) -> Response:
+    exports.reject_export(runtime_of(request), actor=actor, export_id=export_id, note=note)
+    return redirect("/security/exports?done=rejected")
 
 
 @router.get("/audit")
