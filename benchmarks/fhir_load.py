@@ -1,6 +1,11 @@
 """The FHIR API under load on PostgreSQL: 64 concurrent clients over loopback against a uvicorn
 server (2 workers) on this machine, ratios against /healthz measured in the same run.
 
+The server runs as a hospital runs it: PostgreSQL, and Redis for detection counters and
+containment flags (CARNET_REDIS_URL). The concurrent reads and searches are driven by `wrk`
+(Debian package `wrk`; a C load generator, so the client does not use the cores it measures) with
+a Lua script that gives each request its clinician's session cookie; without wrk, by httpx.
+
 1. Guarded Patient read (GET /fhir/Patient/{id}): 64 physicians, each reading the 30 patients
    in their care (so detection, which runs on every request, sees ordinary work).
 2. Patient search by identifier (GET /fhir/Patient?identifier=...) at 1,000 and at 100,000
@@ -11,7 +16,8 @@ server (2 workers) on this machine, ratios against /healthz measured in the same
 
     .venv/bin/python -m benchmarks.fhir_load [--patients 100000] [--seconds 20] [--clients 64]
 
-Creates and drops its own database on CARNET_BENCH_POSTGRES_URL (default: the local server).
+Creates and drops its own database on CARNET_BENCH_POSTGRES_URL (default: the local server) and
+empties Redis database CARNET_BENCH_REDIS_URL (default redis://127.0.0.1:6379/11).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -35,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 import sqlalchemy as sa
 
 from carnet.access.roles import Role
@@ -54,6 +62,7 @@ from tests.factories import make_account, make_facility, make_practitioner
 ADMIN_URL = os.environ.get(
     "CARNET_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+REDIS_URL = os.environ.get("CARNET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 ORIGIN = "http://localhost:8000"
 FAMILIES = [f"Nom{i:04d}" for i in range(3000)]
 GIVENS = [f"Prenom{i:03d}" for i in range(800)]
@@ -208,6 +217,65 @@ async def load(
     return Result(label, len(latencies), errors, elapsed, latencies)
 
 
+Pair = tuple[dict[str, str], str]  # (headers, path) of one GET
+
+
+def wrk_load(base: str, label: str, clients: int, seconds: float, pairs: list[Pair]) -> Result:
+    """GETs with wrk, round-robin over `pairs`; the same Result shape (latencies are wrk's own
+    percentiles, so pct() reads them back)."""
+    if shutil.which("wrk") is None:
+        return asyncio.run(
+            load(base, label, clients, seconds, lambda c, n: ("GET", pairs[(c * 7919 + n) % len(pairs)][1],
+                                                              pairs[(c * 7919 + n) % len(pairs)][0], None))
+        )  # fmt: skip
+
+    def lua_entry(headers: dict[str, str], path: str) -> str:
+        table = ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
+        return f"{{{json.dumps(path)}, {{{table}}}}}"
+
+    entries = ",\n".join(lua_entry(h, path) for h, path in pairs)
+    script = (
+        f"local pairs_ = {{\n{entries}\n}}\n"
+        "local counter = math.random(#pairs_)\n"
+        "request = function()\n"
+        "  counter = counter % #pairs_ + 1\n"
+        "  local p = pairs_[counter]\n"
+        '  return wrk.format("GET", p[1], p[2])\n'
+        "end\n"
+        "done = function(summary, latency, requests)\n"
+        "  local e = summary.errors\n"
+        '  io.write(string.format("RESULT %d %f %d %d %d %d %d\\n", summary.requests,\n'
+        "    summary.duration / 1e6, e.connect + e.read + e.write + e.timeout, e.status,\n"
+        "    latency:percentile(50), latency:percentile(99), latency.max))\n"
+        "end\n"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        threads = max(1, min(2, clients))
+        out = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", f.name, base],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(f.name)
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    requests, duration, socket_errors, status_errors, p50, p99, _max = (float(v) for v in line.split()[1:])
+    # Two latencies stand for the distribution: pct() interpolates between them.
+    return WrkResult(
+        label, int(requests), int(socket_errors + status_errors), duration, [], p50 / 1000, p99 / 1000
+    )
+
+
+@dataclass
+class WrkResult(Result):
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+
+    def pct(self, q: float) -> float:
+        return self.p50_ms if q <= 50 else self.p99_ms
+
+
 # -- server -----------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -225,6 +293,7 @@ def start_server(url: str, var: Path, workers: int) -> tuple[subprocess.Popen[by
             "CARNET_VAR_DIR": str(var),
             "CARNET_DATABASE_URL": url,
             "CARNET_ORIGIN": ORIGIN,
+            "CARNET_REDIS_URL": REDIS_URL,
         }
     )
     server = subprocess.Popen(
@@ -307,32 +376,22 @@ def _measure(
     ins_of = {pid: _ins(n) for n, pid in enumerate(ids)}
     for c in clinicians:
         c.identifiers = [ins_of[p] for p in c.patients[:5]]
+    redis.Redis.from_url(REDIS_URL).flushdb()  # this run's detection counters start empty
     server, base = start_server(url, var, workers)
     lines: list[str] = []
     try:
 
         def searches(label: str, concurrency: int = clients) -> Result:
-            def make(c: int, n: int) -> tuple[str, str, dict[str, str], Any]:
-                who = clinicians[c % len(clinicians)]
-                return "GET", f"/fhir/Patient?identifier={who.identifiers[n % 5]}", who.headers, None
+            pairs = [(c.headers, f"/fhir/Patient?identifier={i}") for c in clinicians for i in c.identifiers]
+            return wrk_load(base, label, concurrency, seconds, pairs)
 
-            return asyncio.run(load(base, label, concurrency, seconds, make))
-
-        health = asyncio.run(
-            load(base, "/healthz (baseline)", clients, seconds, lambda c, n: ("GET", "/healthz", {}, None))
-        )
-
-        def read(c: int, n: int) -> tuple[str, str, dict[str, str], Any]:
-            who = clinicians[c % len(clinicians)]
-            return "GET", f"/fhir/Patient/{who.patients[n % 30]}", who.headers, None
-
-        reads = asyncio.run(load(base, "Patient read", clients, seconds, read))
-        reads_one = asyncio.run(load(base, "Patient read, 1 client", 1, seconds, read))
-        health_one = asyncio.run(
-            load(
-                base, "/healthz, 1 client (baseline)", 1, seconds, lambda c, n: ("GET", "/healthz", {}, None)
-            )
-        )
+        health_pairs: list[Pair] = [({}, "/healthz")]
+        health = wrk_load(base, "/healthz (baseline)", clients, seconds, health_pairs)
+        read_pairs = [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
+        random.Random(1).shuffle(read_pairs)
+        reads = wrk_load(base, "Patient read", clients, seconds, read_pairs)
+        reads_one = wrk_load(base, "Patient read, 1 client", 1, seconds, read_pairs)
+        health_one = wrk_load(base, "/healthz, 1 client (baseline)", 1, seconds, health_pairs)
         search_small = searches("Patient search, 1,000 patients")
         search_small_one = searches("Patient search, 1,000 patients, 1 client", 1)
 
@@ -352,15 +411,7 @@ def _measure(
         _more, seed_seconds = seed_patients(runtime, facility, 1000, patients - 1000)
         search_large = searches(f"Patient search, {patients:,} patients")
         search_large_one = searches(f"Patient search, {patients:,} patients, 1 client", 1)
-        health_after = asyncio.run(
-            load(
-                base,
-                "/healthz (baseline, after)",
-                clients,
-                seconds,
-                lambda c, n: ("GET", "/healthz", {}, None),
-            )
-        )
+        health_after = wrk_load(base, "/healthz (baseline, after)", clients, seconds, health_pairs)
     finally:
         server.terminate()
         server.wait(timeout=30)
