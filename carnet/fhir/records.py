@@ -211,7 +211,7 @@ def consent_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     return checked(Consent, resource)
 
 
-def _consent_kind(resource: dict[str, Any]) -> str:
+def consent_kind(resource: dict[str, Any]) -> str:
     uris = [p.get("uri") for p in resource.get("policy") or [] if isinstance(p, dict)]
     kinds = [
         u.removeprefix(CONSENT_POLICY) for u in uris if isinstance(u, str) and u.startswith(CONSENT_POLICY)
@@ -240,7 +240,7 @@ def create_consent(request: Request, body: dict[str, Any] = FhirBody) -> Respons
     patient = reference_id((resource.get("patient") or {}).get("reference"), "Patient")
     if patient is None:
         raise InvalidInput("a Consent needs patient (a reference Patient/<id>)")
-    view = gate.record_consent(patient_id=patient, kind=_consent_kind(resource))
+    view = gate.record_consent(patient_id=patient, kind=consent_kind(resource))
     return resource_response(request, consent_to_fhir(view.model_dump()), status=201)
 
 
