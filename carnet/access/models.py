@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
@@ -16,7 +16,7 @@ class RoleGrant(IdMixin, Base):
 
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
     role: Mapped[str] = mapped_column(String(30))
-    facility_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("facilities.id"))
+    facility_id: Mapped[uuid.UUID | None] = mapped_column(Uuid(), ForeignKey("facilities.id"))
     status: Mapped[str] = mapped_column(String(12))  # pending, active, rejected, revoked
     requested_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
     requested_at: Mapped[dt.datetime]
@@ -35,9 +35,9 @@ class WardAssignment(IdMixin, Base):
 
     __tablename__ = "ward_assignments"
 
-    practitioner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"), index=True)
-    location_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("locations.id"), index=True)
-    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    practitioner_id: Mapped[uuid.UUID] = mapped_column(Uuid(), ForeignKey("practitioners.id"), index=True)
+    location_id: Mapped[uuid.UUID] = mapped_column(Uuid(), ForeignKey("locations.id"), index=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(Uuid(), ForeignKey("facilities.id"))
     start_at: Mapped[dt.datetime]
     end_at: Mapped[dt.datetime | None]
 
@@ -51,8 +51,8 @@ class BreakGlassAccess(IdMixin, Base):
     __tablename__ = "break_glass_accesses"
 
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
-    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
-    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    patient_id: Mapped[uuid.UUID] = mapped_column(Uuid(), ForeignKey("patients.id"), index=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(Uuid(), ForeignKey("facilities.id"))
     reason_code: Mapped[str] = mapped_column(String(30))
     justification: Mapped[str] = mapped_column(String(1000))
     started_at: Mapped[dt.datetime]
@@ -78,7 +78,7 @@ class ExportRequest(IdMixin, Base):
     __tablename__ = "export_requests"
 
     requested_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
-    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    facility_id: Mapped[uuid.UUID] = mapped_column(Uuid(), ForeignKey("facilities.id"))
     purpose: Mapped[str] = mapped_column(String(1000))
     scope: Mapped[str] = mapped_column(String(12))  # care, patients, facility
     patient_ids: Mapped[str | None] = mapped_column(String(40000))  # JSON list, scope "patients"

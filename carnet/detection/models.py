@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
@@ -36,8 +36,8 @@ class CanaryPatient(IdMixin, Base):
 
     __tablename__ = "canary_patients"
 
-    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), unique=True)
-    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"), index=True)
+    patient_id: Mapped[uuid.UUID] = mapped_column(Uuid(), ForeignKey("patients.id"), unique=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(Uuid(), ForeignKey("facilities.id"), index=True)
     created_at: Mapped[dt.datetime]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
@@ -19,11 +19,13 @@ class Account(IdMixin, Base):
     username: Mapped[str] = mapped_column(String(150), unique=True)
     display_name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(10))  # staff, patient
-    facility_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("facilities.id"), index=True)
+    facility_id: Mapped[uuid.UUID | None] = mapped_column(Uuid(), ForeignKey("facilities.id"), index=True)
     # For patient accounts: the patient they are. A patient sees their own record only.
-    patient_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("patients.id"), unique=True)
+    patient_id: Mapped[uuid.UUID | None] = mapped_column(Uuid(), ForeignKey("patients.id"), unique=True)
     # For staff who are practitioners: their Practitioner (the `fhirUser` of /auth/me).
-    practitioner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"), unique=True)
+    practitioner_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid(), ForeignKey("practitioners.id"), unique=True
+    )
     password_hash: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(12), default="active")  # active, suspended, disabled
     status_reason: Mapped[str | None] = mapped_column(String(500))
@@ -131,7 +133,7 @@ class ApiClient(IdMixin, Base):
     name: Mapped[str] = mapped_column(String(200))
     jwks: Mapped[str] = mapped_column(Text)  # public keys only, JSON
     allowed_scopes: Mapped[str] = mapped_column(Text)  # space separated
-    facility_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("facilities.id"))
+    facility_id: Mapped[uuid.UUID | None] = mapped_column(Uuid(), ForeignKey("facilities.id"))
     status: Mapped[str] = mapped_column(String(12), default="active")  # active, suspended
     created_at: Mapped[dt.datetime]
     # backend: SMART Backend Services (its own keys); app: a user-facing app (authorization
