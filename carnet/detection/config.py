@@ -34,6 +34,34 @@ def _volumes() -> dict[str, RoleVolume]:
     }
 
 
+class WorkLimits(BaseSettings):
+    """Distinct patients outside a facility-wide role's work (no appointment around now, no
+    recent stay or invoice, not newly registered: carnet.phi.work) from which it is asked for a second
+    factor, and from which it is contained."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    step_up_1h: int = Field(ge=1)
+    step_up_24h: int = Field(ge=1)
+    contain_1h: int = Field(ge=1)
+    contain_24h: int = Field(ge=1)
+
+
+def _work_limits() -> dict[str, WorkLimits]:
+    # Front desk books callers who have no appointment yet (a few an hour); billing invoices
+    # patients who came through the facility, so anyone else is rare for it.
+    return {
+        "front_desk": WorkLimits(step_up_1h=6, step_up_24h=15, contain_1h=20, contain_24h=60),
+        "billing": WorkLimits(step_up_1h=5, step_up_24h=8, contain_1h=15, contain_24h=30),
+    }
+
+
+def _weekly() -> dict[str, int]:
+    # Distinct patients in 7 days from which a role is asked for a step-up: what a full-time
+    # week's lists add up to. It bounds a drip that stays under every daily floor.
+    return {"physician": 600, "nurse": 600, "front_desk": 1200, "billing": 400, "patient": 2}
+
+
 class DetectionConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CARNET_DETECTION_", extra="ignore")
 
@@ -46,6 +74,9 @@ class DetectionConfig(BaseSettings):
     baseline_cap_factor: float = Field(default=2.0, ge=1)
     volume_throttle_factor: float = Field(default=2.0, gt=1)
     volume_contain_factor: float = Field(default=3.0, gt=1)
+    # Seven days: step-up from max(weekly floor, baseline_factor x 5 x own daily usual), capped
+    # at baseline_cap_factor x the floor; a stolen session cannot answer it, so it stops there.
+    weekly_volume: dict[str, int] = Field(default_factory=_weekly)
     # API clients cannot step up: their floors throttle, twice them contains.
     client_volume: RoleVolume = Field(default_factory=lambda: RoleVolume(m15=500, h1=2000, h24=10000))
 
@@ -58,6 +89,8 @@ class DetectionConfig(BaseSettings):
     outside_care_contain_24h: int = Field(default=15, ge=1)
     outside_care_share_min_patients: int = Field(default=10, ge=1)
     outside_care_share_contain: float = Field(default=0.5, gt=0, le=1)
+    # The same idea for facility-wide roles, against their work instead of care relationships.
+    outside_work: dict[str, WorkLimits] = Field(default_factory=_work_limits)
 
     # Enumeration: distinct search terms, identifier sweeps, wildcard sweeps, deep paging.
     searches_step_up_15m: int = Field(default=15, ge=1)
@@ -94,6 +127,9 @@ class DetectionConfig(BaseSettings):
     # Graduated response.
     step_up_valid_minutes: int = Field(default=60, ge=1)
     refusals_contain_1h: int = Field(default=5, ge=1)
+    # A slow drip stopped at a threshold waits for the window to slide and tries again, hour
+    # after hour; staff answer their step-up and are asked about once a week.
+    refusals_contain_24h: int = Field(default=8, ge=1)
     throttle_seconds: int = Field(default=300, ge=1)
     # An open alert of the same rule for the same actor is updated instead of repeated.
     alert_merge_hours: int = Field(default=24, ge=1)

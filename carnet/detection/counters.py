@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, true, type_coerce
+from sqlalchemy import String, and_, bindparam, case, func, or_, select, true, type_coerce
 from sqlalchemy.orm import Session
 
 from carnet.db.base import UtcDateTime
@@ -23,6 +23,11 @@ from carnet.detection.models import DetectionEvent, Exposure
 M15 = dt.timedelta(minutes=15)
 H1 = dt.timedelta(hours=1)
 H24 = dt.timedelta(hours=24)
+D7 = dt.timedelta(days=7)
+
+
+def _week_start(at: dt.datetime, since: dt.datetime | None) -> dt.datetime:
+    return max(at - D7, since) if since is not None else at - D7
 
 
 def _starts(at: dt.datetime, since: dt.datetime | None) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
@@ -57,82 +62,95 @@ class SqlExposureCounters:
         self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
     ) -> ActorCounts:
         s15, s1, s24 = _starts(at, since)
-
-        def distinct_since(start: dt.datetime, *conditions: Any) -> Any:
-            return func.count(
-                func.distinct(case((and_(Exposure.at >= start, *conditions), Exposure.patient_id)))
-            )
-
-        # Not the actor's own patients seen in a list (see ExposureCounters.add_exposures), and
-        # not an approved export, whose volume two people decided (it has its own window).
-        not_export = Exposure.channel != "export"
-        targeted = and_(not_export, or_(Exposure.channel != "list", Exposure.outside_care.is_(True)))
-        exposures = (
-            select(
-                distinct_since(s15, targeted),
-                distinct_since(s1, targeted),
-                distinct_since(s24, not_export),
-                distinct_since(s1, not_export, Exposure.outside_care.is_(True)),
-                distinct_since(s24, not_export, Exposure.outside_care.is_(True)),
-                distinct_since(s24, Exposure.channel == "export"),
-            )
-            .where(Exposure.actor_ref == actor_ref, Exposure.at >= s24, Exposure.at <= at)
-            .subquery()
-        )
-
-        def keys_since(start: dt.datetime, kind: EventKind) -> Any:
-            when = and_(DetectionEvent.at >= start, DetectionEvent.kind == kind.value)
-            return func.count(func.distinct(case((when, DetectionEvent.key))))
-
-        def events_since(start: dt.datetime, kind: EventKind) -> Any:
-            when = and_(DetectionEvent.at >= start, DetectionEvent.kind == kind.value)
-            return func.count(case((when, DetectionEvent.id)))
-
-        events = (
-            select(
-                keys_since(s15, EventKind.SEARCH),
-                keys_since(s1, EventKind.SEARCH),
-                keys_since(s15, EventKind.IDENTIFIER_SEARCH),
-                events_since(s1, EventKind.WILDCARD_SEARCH),
-                events_since(s1, EventKind.DEEP_PAGE),
-                events_since(s15, EventKind.DENIAL),
-                events_since(s1, EventKind.EXPORT_DENIAL),
-                events_since(s1, EventKind.REFUSAL),
-                type_coerce(
-                    func.min(
-                        case(
-                            (
-                                and_(DetectionEvent.at >= s1, DetectionEvent.kind == EventKind.REFUSAL.value),
-                                DetectionEvent.at,
-                            )
-                        )
-                    ),
-                    UtcDateTime(),
-                ),
-            )
-            .where(DetectionEvent.actor_ref == actor_ref, DetectionEvent.at >= s1, DetectionEvent.at <= at)
-            .subquery()
-        )
-        # Two one-row aggregates joined on true: one round trip.
-        row = session.execute(select(exposures, events).join_from(exposures, events, true())).one()
-        exposure_row, event_row = row[:6], row[6:]
+        s7 = _week_start(at, since)
+        params = {"actor": actor_ref, "at": at, "s15": s15, "s1": s1, "s24": s24, "s7": s7}
+        row = session.execute(_SQL_COUNTS, params).one()
         return ActorCounts(
-            patients_15m=exposure_row[0],
-            patients_1h=exposure_row[1],
-            patients_24h=exposure_row[2],
-            outside_1h=exposure_row[3],
-            outside_24h=exposure_row[4],
-            exported_24h=exposure_row[5],
-            searches_15m=event_row[0],
-            searches_1h=event_row[1],
-            identifier_searches_15m=event_row[2],
-            wildcard_searches_1h=event_row[3],
-            deep_pages_1h=event_row[4],
-            denials_15m=event_row[5],
-            export_denials_1h=event_row[6],
-            refusals_1h=event_row[7],
-            first_refusal_at=event_row[8],
+            patients_15m=row[0],
+            patients_1h=row[1],
+            patients_24h=row[2],
+            outside_1h=row[3],
+            outside_24h=row[4],
+            exported_24h=row[5],
+            searches_15m=row[6],
+            searches_1h=row[7],
+            identifier_searches_15m=row[8],
+            wildcard_searches_1h=row[9],
+            deep_pages_1h=row[10],
+            denials_15m=row[11],
+            export_denials_1h=row[12],
+            refusals_1h=row[13],
+            refusals_24h=row[14],
+            first_refusal_at=row[15],
+            first_refusal_24h_at=row[16],
+            patients_7d=int(row[17] or 0),
         )
+
+
+def _sql_counts_statement() -> Any:
+    """Every window count of one actor as one statement, built once: each request only binds its
+    values (compiled-cache hit; building it per request cost more than running it)."""
+    actor = bindparam("actor", type_=String())
+    at = bindparam("at", type_=UtcDateTime())
+    s15, s1, s24, s7 = (bindparam(name, type_=UtcDateTime()) for name in ("s15", "s1", "s24", "s7"))
+
+    def distinct_since(start: Any, *conditions: Any) -> Any:
+        return func.count(func.distinct(case((and_(Exposure.at >= start, *conditions), Exposure.patient_id))))
+
+    # Not the actor's own patients seen in a list (see ExposureCounters.add_exposures), and
+    # not an approved export, whose volume two people decided (it has its own window).
+    not_export = Exposure.channel != "export"
+    targeted = and_(not_export, or_(Exposure.channel != "list", Exposure.outside_care.is_(True)))
+    exposures = (
+        select(
+            distinct_since(s15, targeted),
+            distinct_since(s1, targeted),
+            distinct_since(s24, not_export),
+            distinct_since(s1, not_export, Exposure.outside_care.is_(True)),
+            distinct_since(s24, not_export, Exposure.outside_care.is_(True)),
+            distinct_since(s24, Exposure.channel == "export"),
+        )
+        .where(Exposure.actor_ref == actor, Exposure.at >= s24, Exposure.at <= at)
+        .subquery()
+    )
+
+    def keys_since(start: Any, kind: EventKind) -> Any:
+        when = and_(DetectionEvent.at >= start, DetectionEvent.kind == kind.value)
+        return func.count(func.distinct(case((when, DetectionEvent.key))))
+
+    def events_since(start: Any, kind: EventKind) -> Any:
+        when = and_(DetectionEvent.at >= start, DetectionEvent.kind == kind.value)
+        return func.count(case((when, DetectionEvent.id)))
+
+    refusal = and_(DetectionEvent.at >= s1, DetectionEvent.kind == EventKind.REFUSAL.value)
+    refusal_24h = and_(DetectionEvent.at >= s24, DetectionEvent.kind == EventKind.REFUSAL.value)
+    events = (
+        select(
+            keys_since(s15, EventKind.SEARCH),
+            keys_since(s1, EventKind.SEARCH),
+            keys_since(s15, EventKind.IDENTIFIER_SEARCH),
+            events_since(s1, EventKind.WILDCARD_SEARCH),
+            events_since(s1, EventKind.DEEP_PAGE),
+            events_since(s15, EventKind.DENIAL),
+            events_since(s1, EventKind.EXPORT_DENIAL),
+            events_since(s1, EventKind.REFUSAL),
+            events_since(s24, EventKind.REFUSAL),
+            type_coerce(func.min(case((refusal, DetectionEvent.at))), UtcDateTime()),
+            type_coerce(func.min(case((refusal_24h, DetectionEvent.at))), UtcDateTime()),
+        )
+        .where(DetectionEvent.actor_ref == actor, DetectionEvent.at >= s24, DetectionEvent.at <= at)
+        .subquery()
+    )
+    week = (
+        select(func.count(func.distinct(Exposure.patient_id)))
+        .where(Exposure.actor_ref == actor, Exposure.at >= s7, Exposure.at <= at, not_export)
+        .scalar_subquery()
+    )
+    # Two one-row aggregates joined on true, and the week: one round trip.
+    return select(exposures, events, week).join_from(exposures, events, true())
+
+
+_SQL_COUNTS = _sql_counts_statement()
 
 
 def _targeted(
@@ -178,6 +196,7 @@ class MemoryExposureCounters:
             self._touch(actor_ref, "x", (str(p) for p in patient_ids), at)
             return
         self._touch(actor_ref, "a", (str(p) for p in patient_ids), at)
+        self._touch(actor_ref, "w", (str(p) for p in patient_ids), at)
         self._touch(actor_ref, "p", (str(p) for p in _targeted(patient_ids, outside_care, listed)), at)
         self._touch(actor_ref, "o", (str(p) for p in outside_care), at)
 
@@ -200,6 +219,7 @@ class MemoryExposureCounters:
             return sum(1 for t in sets.get(name, {}).values() if start <= t <= at)
 
         refusals = [t for t in sets.get("e:refusal", {}).values() if s1 <= t <= at]
+        refusals_24h = [t for t in sets.get("e:refusal", {}).values() if s24 <= t <= at]
 
         return ActorCounts(
             patients_15m=n("p", s15),
@@ -208,6 +228,7 @@ class MemoryExposureCounters:
             outside_1h=n("o", s1),
             outside_24h=n("o", s24),
             exported_24h=n("x", s24),
+            patients_7d=n("w", _week_start(at, since)),
             searches_15m=n("e:search", s15),
             searches_1h=n("e:search", s1),
             identifier_searches_15m=n("e:identifier-search", s15),
@@ -216,7 +237,9 @@ class MemoryExposureCounters:
             denials_15m=n("e:denial", s15),
             export_denials_1h=n("e:export-denial", s1),
             refusals_1h=n("e:refusal", s1),
+            refusals_24h=n("e:refusal", s24),
             first_refusal_at=min(refusals, default=None),
+            first_refusal_24h_at=min(refusals_24h, default=None),
         )
 
 
@@ -237,7 +260,7 @@ class RedisExposureCounters:
         return f"{self._prefix}:{actor_ref}:{name}"
 
     def _names(self) -> list[str]:
-        return ["a", "p", "o", "x", *(f"e:{kind.value}" for kind in EventKind)]
+        return ["a", "w", "p", "o", "x", *(f"e:{kind.value}" for kind in EventKind)]
 
     def add_exposures(
         self,
@@ -262,14 +285,17 @@ class RedisExposureCounters:
                 ("o", outside_care),
             ]
         )
+        if not exported:
+            groups.append(("w", patient_ids))
         for name, ids in groups:
             if not ids:
                 continue
             key = self._key(actor_ref, name)
+            keep = D7 if name == "w" else H24
             # GT: keep the latest time of a patient even if workers' clocks interleave.
             pipe.zadd(key, {str(p): score for p in ids}, gt=True)
-            pipe.zremrangebyscore(key, "-inf", horizon)
-            pipe.expire(key, int(H24.total_seconds()) + 3600)
+            pipe.zremrangebyscore(key, "-inf", score - keep.total_seconds() if name == "w" else horizon)
+            pipe.expire(key, int(keep.total_seconds()) + 3600)
         pipe.execute()
 
     def add_event(self, *, actor_ref: str, kind: EventKind, key: str, at: dt.datetime) -> None:
@@ -297,6 +323,7 @@ class RedisExposureCounters:
             ("o", s1),
             ("o", s24),
             ("x", s24),
+            ("w", _week_start(at, since).timestamp()),
             ("e:search", s15),
             ("e:search", s1),
             ("e:identifier-search", s15),
@@ -305,14 +332,21 @@ class RedisExposureCounters:
             ("e:denial", s15),
             ("e:export-denial", s1),
             ("e:refusal", s1),
+            ("e:refusal", s24),
         ]
         pipe = self._redis.pipeline(transaction=False)
         for name, start in wanted:
             pipe.zcount(self._key(actor_ref, name), start, end)
-        pipe.zrangebyscore(self._key(actor_ref, "e:refusal"), s1, end, start=0, num=1, withscores=True)
-        *values, first = pipe.execute()
-        first_at = dt.datetime.fromtimestamp(float(first[0][1]), dt.UTC) if first else None
-        names = [f.name for f in fields(ActorCounts) if f.name != "first_refusal_at"]
+        for start in (s1, s24):
+            pipe.zrangebyscore(self._key(actor_ref, "e:refusal"), start, end, start=0, num=1, withscores=True)
+        *values, first, first_24h = pipe.execute()
+
+        def stamp(found: Any) -> dt.datetime | None:
+            return dt.datetime.fromtimestamp(float(found[0][1]), dt.UTC) if found else None
+
+        names = [f.name for f in fields(ActorCounts) if not f.name.startswith("first_")]
         return ActorCounts(
-            **dict(zip(names, (int(v) for v in values), strict=True)), first_refusal_at=first_at
+            **dict(zip(names, (int(v) for v in values), strict=True)),
+            first_refusal_at=stamp(first),
+            first_refusal_24h_at=stamp(first_24h),
         )

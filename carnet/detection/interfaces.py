@@ -60,6 +60,8 @@ class Level(IntEnum):
 class Rule(StrEnum):
     VOLUME = "volume"
     OUTSIDE_CARE = "outside-care"
+    OUTSIDE_WORK = "outside-work"  # front desk, billing: patients with no business at the facility
+    WEEKLY_VOLUME = "weekly-volume"
     ENUMERATION = "enumeration"
     DEEP_PAGING = "deep-paging"
     CANARY = "canary"
@@ -132,6 +134,16 @@ class ExposureLedger(Protocol):
         ...
 
 
+class WorkRelations(Protocol):
+    """Which patients a facility-wide role (front desk, billing) has a reason to handle now: an
+    appointment around now, a stay, a recent invoice, a new registration. Implemented by the gate's
+    package (it reads patient tables); detection only asks. Never used to decide access."""
+
+    def in_work(
+        self, session: Session, *, patient_ids: Sequence[uuid.UUID], at: dt.datetime
+    ) -> frozenset[uuid.UUID]: ...
+
+
 @dataclass(frozen=True)
 class ActorCounts:
     """Sliding-window counts for one actor, as the rules read them."""
@@ -143,6 +155,8 @@ class ActorCounts:
     outside_1h: int = 0
     outside_24h: int = 0
     exported_24h: int = 0
+    # Distinct patients over the last 7 days (approved exports excluded): the slow drip's window.
+    patients_7d: int = 0
     searches_15m: int = 0
     searches_1h: int = 0
     identifier_searches_15m: int = 0
@@ -151,9 +165,12 @@ class ActorCounts:
     denials_15m: int = 0
     export_denials_1h: int = 0
     refusals_1h: int = 0
+    refusals_24h: int = 0
     # When the actor was first stopped (step-up or throttle) in the last hour: a second factor
     # proven after it satisfies a step-up; one proven before (at login) does not.
     first_refusal_at: dt.datetime | None = None
+    # The same over 24 hours: a person who proved a second factor since is not a stolen session.
+    first_refusal_24h_at: dt.datetime | None = None
 
 
 class ExposureCounters(Protocol):

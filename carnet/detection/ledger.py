@@ -46,6 +46,7 @@ from carnet.detection.interfaces import (
     Level,
     SearchEvent,
     SearchShape,
+    WorkRelations,
 )
 from carnet.detection.models import (
     ActorAddress,
@@ -75,6 +76,15 @@ _SHAPE_EVENTS = {
 
 AfterAction = Callable[[Session], None]
 
+# The facility-work relations the gate's package provides when it is imported (detection cannot
+# read patient tables, and the runtime that builds ledgers must not depend on the gate).
+_provided_work: list[WorkRelations] = []
+
+
+def provide_work_relations(work: WorkRelations) -> None:
+    """Called once by carnet.phi: every ledger built without its own `work` uses this one."""
+    _provided_work[:] = [work]
+
 
 class SqlExposureLedger:
     """The ledger in the application database, with counters in Redis, SQL or memory."""
@@ -87,8 +97,11 @@ class SqlExposureLedger:
         counters: ExposureCounters | None = None,
         flags: ContainmentFlags | None = None,
         audit: AuditWriter | None = None,
+        work: WorkRelations | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        # Front desk and billing are judged against their facility work (None: not judged).
+        self.work = work
         self.config = config or get_detection_config()
         self.counters: ExposureCounters = counters or SqlExposureCounters()
         self.flags: ContainmentFlags = flags or MemoryContainmentFlags()
@@ -118,6 +131,12 @@ class SqlExposureLedger:
         distinct = sorted(set(patient_ids))
         exposed = set(distinct)
         outside = sorted({p for p in outside_care if p in exposed})
+        if distinct and self._judged_by_work(actor):
+            # No care relationship narrows a facility-wide role: its "outside" is outside its work.
+            work = self._work()
+            assert work is not None
+            in_work = work.in_work(session, patient_ids=distinct, at=at)
+            outside = [p for p in distinct if p not in in_work]
         if distinct:
             field_text = ",".join(sorted(set(fields)))[:300] or None
             outside_set = set(outside)
@@ -163,8 +182,15 @@ class SqlExposureLedger:
             account_baseline=self._baseline(session, actor.actor_ref),
             role_baseline=self._role_baseline(session, actor),
             new_address=self._is_new_address(session, actor, at),
+            work_known=self._judged_by_work(actor),
         )
         self._respond(session, actor=actor, findings=rules.evaluate(self.config, ctx), ctx=ctx)
+
+    def _work(self) -> WorkRelations | None:
+        return self.work if self.work is not None else next(iter(_provided_work), None)
+
+    def _judged_by_work(self, actor: Actor) -> bool:
+        return self._work() is not None and rules.work_role(actor, self.config) is not None
 
     def record_denial(
         self,
@@ -415,7 +441,11 @@ def _search_events(query_shape: SearchEvent | None, *, deep_page: int) -> list[t
 
 
 def build_ledger(
-    settings: Settings, *, audit: AuditWriter | None = None, config: DetectionConfig | None = None
+    settings: Settings,
+    *,
+    audit: AuditWriter | None = None,
+    config: DetectionConfig | None = None,
+    work: WorkRelations | None = None,
 ) -> SqlExposureLedger:
     """Counters and flags in Redis when CARNET_REDIS_URL is set (shared by workers), else SQL."""
     counters: ExposureCounters
@@ -429,4 +459,6 @@ def build_ledger(
     else:
         counters = SqlExposureCounters()
         flags = MemoryContainmentFlags()
-    return SqlExposureLedger(settings=settings, config=config, counters=counters, flags=flags, audit=audit)
+    return SqlExposureLedger(
+        settings=settings, config=config, counters=counters, flags=flags, audit=audit, work=work
+    )

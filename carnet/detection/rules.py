@@ -39,6 +39,9 @@ class Context:
     role_baseline: Baseline | None = None
     new_address: bool = False
     denial: bool = False
+    # Whether the ledger judged exposures against facility work (WorkRelations configured):
+    # without it, a facility-wide role's "outside" counts mean nothing.
+    work_known: bool = False
 
 
 def _who(actor: Actor) -> str:
@@ -182,6 +185,73 @@ def outside_care(config: DetectionConfig, ctx: Context) -> Finding | None:
             f"{who} was shown {_patients(c.outside_1h)} outside their care in the last hour.",
         )
     return None
+
+
+def work_role(actor: Actor, config: DetectionConfig) -> str | None:
+    """The facility-wide role judged against its work; None for care-scoped or mixed actors."""
+    names = {r.value for r in actor.roles}
+    if names & set(config.care_scoped_roles):
+        return None  # a clinician's own patients are judged by care relationships
+    held = sorted(names & set(config.outside_work), key=lambda r: -config.outside_work[r].contain_24h)
+    return held[0] if held else None
+
+
+def outside_work(config: DetectionConfig, ctx: Context) -> Finding | None:
+    """Front desk and billing: patients with no appointment around now, no stay, no invoice of
+    the year and no new registration are outside their work; a few a day is a caller to book."""
+    if not ctx.work_known:
+        return None
+    role = work_role(ctx.actor, config)
+    if role is None:
+        return None
+    limits = config.outside_work[role]
+    c = ctx.counts
+    who = _who(ctx.actor)
+    person = _PEOPLE.get(role, "someone in this role")
+    tail = "no appointment around now, no recent stay or invoice, not newly registered"
+    if c.outside_1h >= limits.contain_1h or c.outside_24h >= limits.contain_24h:
+        hourly = c.outside_1h >= limits.contain_1h
+        window, n = ("hour", c.outside_1h) if hourly else ("24 hours", c.outside_24h)
+        return Finding(
+            Rule.OUTSIDE_WORK,
+            Level.CONTAIN,
+            f"{who}, {person}, was shown {_patients(n)} in the last {window} who have no business with "
+            f"the facility ({tail}): a sweep of the patient register.",
+        )
+    if c.outside_1h >= limits.step_up_1h or c.outside_24h >= limits.step_up_24h:
+        hourly = c.outside_1h >= limits.step_up_1h
+        window, n = ("hour", c.outside_1h) if hourly else ("24 hours", c.outside_24h)
+        return Finding(
+            Rule.OUTSIDE_WORK,
+            Level.STEP_UP,
+            f"{who}, {person}, was shown {_patients(n)} in the last {window} who have no business with "
+            f"the facility ({tail}).",
+        )
+    return None
+
+
+def weekly_volume(config: DetectionConfig, ctx: Context) -> Finding | None:
+    """Seven days against the role's weekly floor and the account's own daily usual: a slow
+    drip stays under every daily threshold, not under a week of them."""
+    if ctx.actor.kind is ActorKind.CLIENT:
+        return None
+    role = _volume_role(ctx.actor, config)
+    if role is None or role[0] not in config.weekly_volume:
+        return None
+    floor = float(config.weekly_volume[role[0]])
+    usual_day = ctx.account_baseline.h24 if ctx.account_baseline else 0
+    threshold = min(max(floor, config.baseline_factor * 5 * usual_day), floor * config.baseline_cap_factor)
+    seen = ctx.counts.patients_7d
+    if seen < threshold:
+        return None
+    usual_words = f"; on a busy day they usually see about {usual_day}" if usual_day else ""
+    return Finding(
+        Rule.WEEKLY_VOLUME,
+        Level.STEP_UP,
+        f"{_who(ctx.actor)} was shown {_patients(seen)} in the last 7 days, beyond the {int(threshold)} "
+        f"at which {_PEOPLE.get(role[0], 'someone in this role')} is asked to confirm their identity"
+        f"{usual_words}.",
+    )
 
 
 def enumeration(config: DetectionConfig, ctx: Context) -> Finding | None:
@@ -347,15 +417,46 @@ def export(config: DetectionConfig, ctx: Context) -> Finding | None:
 
 
 def persistence(config: DetectionConfig, ctx: Context) -> Finding | None:
-    n = ctx.counts.refusals_1h
-    if n < config.refusals_contain_1h:
+    c = ctx.counts
+    if c.refusals_1h >= config.refusals_contain_1h:
+        n, window = c.refusals_1h, "hour"
+    elif c.refusals_24h >= config.refusals_contain_24h and not _proved_since(ctx, c.first_refusal_24h_at):
+        # Staff asked again each hour answer each time; a stolen session never does.
+        return Finding(
+            Rule.PERSISTENCE,
+            Level.CONTAIN,
+            f"{_who(ctx.actor)} kept requesting patient data after being stopped {c.refusals_24h} times in "
+            f"the last 24 hours, without once confirming their identity with a second factor.",
+        )
+    else:
         return None
     return Finding(
         Rule.PERSISTENCE,
         Level.CONTAIN,
-        f"{_who(ctx.actor)} kept requesting patient data after being stopped {n} times in the last hour "
+        f"{_who(ctx.actor)} kept requesting patient data after being stopped {n} times in the last {window} "
         f"(asked for a second factor or slowed down).",
     )
+
+
+def pending_step_up(config: DetectionConfig, ctx: Context) -> Finding | None:
+    """Once asked for a second factor, a session gets no more patient data until it answers:
+    otherwise a session that cannot answer keeps reading whatever stays under the threshold."""
+    if ctx.actor.kind is not ActorKind.STAFF:
+        return None
+    asked = ctx.counts.first_refusal_at
+    if asked is None or _proved_since(ctx, asked):
+        return None
+    local = asked.astimezone(zoneinfo.ZoneInfo(config.timezone)).strftime("%H:%M")
+    return Finding(
+        Rule.PERSISTENCE,
+        Level.STEP_UP,
+        f"{_who(ctx.actor)} was asked to confirm their identity at {local} and has not done so yet.",
+    )
+
+
+def _proved_since(ctx: Context, moment: dt.datetime | None) -> bool:
+    proven = ctx.actor.second_factor_at
+    return proven is not None and moment is not None and proven >= moment
 
 
 ExposureRule = Callable[[DetectionConfig, Context], Finding | None]
@@ -363,13 +464,16 @@ ExposureRule = Callable[[DetectionConfig, Context], Finding | None]
 EXPOSURE_RULES: tuple[ExposureRule, ...] = (
     canary,
     volume,
+    weekly_volume,
     outside_care,
+    outside_work,
     enumeration,
     deep_paging,
     export,
     off_hours,
     new_address,
     persistence,
+    pending_step_up,
 )
 DENIAL_RULES: tuple[ExposureRule, ...] = (denials, persistence)
 

@@ -1,10 +1,18 @@
-"""The benign workload: clinicians working their day lists over simulated days, through the gate,
+"""The benign workload: a hospital's staff doing their work over simulated days, through the gate,
 to count what detection must never do to them — contain — and how often it asks for a step-up.
 
-Each clinician-day opens the clinician's day list (appointments and inpatients) at 08:00 local,
-then, every few minutes, a patient's chart, allergies and notes. A step-up is answered the way a
-clinician would (a fresh second factor, then the same request again) and counted. Simulated days
-move carnet's clock: demo and test mode only.
+- Clinicians (physicians, nurses) open their day list at 08:00 local, then, every few minutes, a
+  listed patient's chart, allergies and often notes.
+- Front desk agents share their facility's arrivals of the day: each is found by name and birth
+  date, their appointments and coverage are read (check-in). Between arrivals, callers who are
+  patients of the facility are found and booked, and a few new patients are registered and booked.
+- Billing clerks share the visits of the day before: each patient's invoices and coverage are
+  read; a few patients come to the counter with their INS about an invoice.
+
+A step-up is answered the way staff would (a fresh second factor, then the same request again)
+and counted. Simulated days move carnet's clock: demo and test mode only. Everyone runs in this
+process, one after the other within a simulated day (the clock moves back for each person), which
+is what makes 30 days of a 200-staff hospital take minutes rather than hours.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import datetime as dt
 import random
 import uuid
 import zoneinfo
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -25,44 +35,82 @@ from carnet.identity.models import Account
 from carnet.identity.service import roles_of
 from carnet.kernel import clock
 from carnet.kernel.errors import AccountContained, CarnetError, StepUpRequired, Throttled
+from carnet.phi.exercise import FacilityDay, Visit, facility_days
 from carnet.phi.gate import Gate
+from carnet.phi.schemas import AppointmentInput, PatientInput
 from carnet.runtime import Runtime
 from carnet.settings import install_movable_clock
 
 CLINICAL = (Role.PHYSICIAN, Role.NURSE)
+WORKERS = (Role.PHYSICIAN, Role.NURSE, Role.FRONT_DESK, Role.BILLING)
+
+# A front desk agent's day besides check-ins, and a billing clerk's counter visits.
+CALLERS_PER_AGENT = 6
+REGISTRATIONS_PER_AGENT = 2
+COUNTER_VISITS_PER_CLERK = 2
+
+_FAMILIES = ("Arnaud", "Besson", "Carpentier", "Delorme", "Etienne", "Faure", "Gilbert", "Hamon")
+_GIVENS = ("Camille", "Dominique", "Claude", "Maxime", "Alix", "Sacha", "Morgan", "Noa")
 
 
 @dataclass
 class BenignResult:
-    clinician_days: int = 0
+    clinician_days: int = 0  # kept for callers of the clinicians-only workload
     requests: int = 0
     patients_opened: int = 0
     step_ups: int = 0
     throttles: int = 0
     containments: list[str] = field(default_factory=list)
+    # Per role: staff-days worked and step-ups asked; and the most step-ups one account got.
+    staff_days: Counter[str] = field(default_factory=Counter)
+    role_step_ups: Counter[str] = field(default_factory=Counter)
+    account_step_ups: Counter[str] = field(default_factory=Counter)
+    bookings: int = 0
+    registrations: int = 0
 
     @property
     def step_ups_per_clinician_week(self) -> float:
-        return 7 * self.step_ups / self.clinician_days if self.clinician_days else 0.0
+        """Step-ups per staff-week over everyone simulated (clinicians, front desk, billing)."""
+        days = sum(self.staff_days.values())
+        return 7 * self.step_ups / days if days else 0.0
+
+    def step_ups_per_week(self, role: str) -> float:
+        days = self.staff_days.get(role, 0)
+        return 7 * self.role_step_ups.get(role, 0) / days if days else 0.0
 
 
-def clinicians(runtime: Runtime, *, limit: int | None = None) -> list[Actor]:
+def _role_of(roles: frozenset[Role]) -> Role:
+    for role in WORKERS:
+        if role in roles:
+            return role
+    raise ValueError("not a worker")
+
+
+def staff(runtime: Runtime, *, limit: int | None = None, roles: tuple[Role, ...] = WORKERS) -> list[Actor]:
+    """Active staff holding one of `roles`; `limit` keeps the first N clinicians only."""
     actors: list[Actor] = []
+    clinicians_seen = 0
     with runtime.session_factory() as session:
         accounts = session.scalars(
             select(Account)
-            .where(Account.kind == "staff", Account.status == "active", Account.practitioner_id.is_not(None))
+            .where(Account.kind == "staff", Account.status == "active")
             .order_by(Account.username)
         ).all()
         for account in accounts:
-            roles = roles_of(session, account=account)
-            if not roles & set(CLINICAL):
+            held = roles_of(session, account=account)
+            if not held & set(roles):
                 continue
+            if held & set(CLINICAL):
+                if account.practitioner_id is None:
+                    continue
+                if limit is not None and clinicians_seen >= limit:
+                    continue
+                clinicians_seen += 1
             actors.append(
                 Actor(
                     kind=ActorKind.STAFF,
                     username=account.username,
-                    roles=roles,
+                    roles=held,
                     account_id=account.id,
                     facility_id=account.facility_id,
                     practitioner_id=account.practitioner_id,
@@ -70,9 +118,162 @@ def clinicians(runtime: Runtime, *, limit: int | None = None) -> list[Actor]:
                     address=f"10.20.{len(actors) // 250}.{len(actors) % 250 + 1}",
                 )
             )
-            if limit is not None and len(actors) >= limit:
-                break
     return actors
+
+
+def clinicians(runtime: Runtime, *, limit: int | None = None) -> list[Actor]:
+    return staff(runtime, limit=limit, roles=CLINICAL)
+
+
+class _Worker:
+    """One staff member's simulated day: calls through the gate, step-ups answered."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        actor: Actor,
+        result: BenignResult,
+        movable: clock.MovableClock,
+        rng: random.Random,
+    ) -> None:
+        self.runtime = runtime
+        self.actor = actor
+        self.result = result
+        self.movable = movable
+        self.rng = rng
+        self.role = _role_of(actor.roles).value
+
+    def wait(self, low: int, high: int) -> None:
+        self.movable.advance(dt.timedelta(minutes=self.rng.randrange(low, high)))
+
+    def call(self, op: str, **kwargs: object) -> object:
+        """One gate call; a step-up is answered with a fresh second factor."""
+        for _ in range(2):
+            self.result.requests += 1
+            try:
+                return getattr(Gate(self.runtime, self.actor), op)(**kwargs)
+            except StepUpRequired:
+                self.result.step_ups += 1
+                self.result.role_step_ups[self.role] += 1
+                self.result.account_step_ups[self.actor.username] += 1
+                self.actor = dataclasses.replace(self.actor, second_factor_at=clock.now())
+            except Throttled:
+                self.result.throttles += 1
+                return None
+            except AccountContained:
+                raise
+            except CarnetError:  # refused, not found, a slot already taken: staff move on
+                return None
+        return None
+
+    # -- clinicians ---------------------------------------------------------------------------
+    def clinician_day(self, day: dt.date) -> int:
+        listed = self.call("day_list", day=day)
+        patients: list[str] = []
+        if listed is not None:
+            patients = [a.patient.id for a in listed.appointments] + [i.patient.id for i in listed.inpatients]  # type: ignore[attr-defined]
+        opened = 0
+        for patient_id in dict.fromkeys(patients):
+            self.wait(4, 15)
+            self.call("read_patient", patient_id=patient_id)
+            self.call("list_allergies", patient_id=patient_id)
+            if self.rng.random() < 0.5:
+                self.call("list_notes", patient_id=patient_id)
+            opened += 1
+        return opened
+
+    # -- front desk ---------------------------------------------------------------------------
+    def _find(self, visit: Visit) -> str | None:
+        try:
+            birth = dt.date.fromisoformat(visit.birth_date)
+        except ValueError:
+            return None
+        page = self.call("search_patients", family=visit.family, birth_date=birth)
+        found = [p.id for p in getattr(page, "items", [])] if page is not None else []
+        return str(visit.patient_id) if str(visit.patient_id) in found else (found[0] if found else None)
+
+    def _book(self, patient_id: str, fday: FacilityDay) -> bool:
+        if not fday.practitioners:
+            return False
+        for _ in range(3):
+            when = clock.now() + dt.timedelta(days=self.rng.randrange(1, 21))
+            start = when.replace(
+                hour=self.rng.randrange(7, 16), minute=15 * self.rng.randrange(4), second=0, microsecond=0
+            )
+            booked = self.call(
+                "book_appointment",
+                data=AppointmentInput(
+                    patient_id=patient_id,
+                    practitioner_id=str(self.rng.choice(fday.practitioners)),
+                    start_at=start,
+                    end_at=start + dt.timedelta(minutes=15),
+                ),
+            )
+            if booked is not None:
+                self.result.bookings += 1
+                return True
+        return False
+
+    def front_desk_day(self, arrivals: list[Visit], callers: list[Visit], fday: FacilityDay) -> int:
+        handled = 0
+        tasks: list[tuple[str, Visit | None]] = [("arrival", v) for v in arrivals]
+        tasks += [("caller", v) for v in callers]
+        tasks += [("new", None)] * REGISTRATIONS_PER_AGENT
+        self.rng.shuffle(tasks)
+        for kind, visit in tasks:
+            self.wait(2, 9)
+            if kind == "new":
+                patient = self.call(
+                    "register_patient",
+                    data=PatientInput(
+                        facility_id=str(fday.facility_id),
+                        family=self.rng.choice(_FAMILIES),
+                        given=self.rng.choice(_GIVENS),
+                        birth_date=dt.date(1940, 1, 1) + dt.timedelta(days=self.rng.randrange(0, 30000)),
+                        gender=self.rng.choice(("female", "male")),
+                    ),
+                )
+                if patient is not None:
+                    self.result.registrations += 1
+                    self._book(str(patient.id), fday)  # type: ignore[attr-defined]
+                    handled += 1
+                continue
+            assert visit is not None
+            patient_id = self._find(visit)
+            if patient_id is None:
+                continue
+            handled += 1
+            if kind == "arrival":
+                self.call("list_appointments", patient_id=patient_id)
+                self.call("list_coverage", patient_id=patient_id)
+            else:
+                self.call("list_appointments", patient_id=patient_id)
+                self._book(patient_id, fday)
+        return handled
+
+    # -- billing ------------------------------------------------------------------------------
+    def billing_day(self, to_invoice: list[Visit], counter: list[Visit]) -> int:
+        handled = 0
+        for visit in dict.fromkeys(to_invoice):
+            self.wait(4, 12)
+            self.call("list_invoices", patient_id=str(visit.patient_id))
+            self.call("list_coverage", patient_id=str(visit.patient_id))
+            handled += 1
+        for visit in counter:
+            if not visit.ins:
+                continue
+            self.wait(4, 12)
+            page = self.call("search_patients", identifier=visit.ins)
+            found = [p.id for p in getattr(page, "items", [])] if page is not None else []
+            for patient_id in found[:1]:
+                self.call("list_invoices", patient_id=patient_id)
+                handled += 1
+        return handled
+
+
+def _shares(items: list[Visit], n: int) -> Iterator[list[Visit]]:
+    for i in range(n):
+        yield items[i::n]
 
 
 def run_benign(
@@ -83,73 +284,60 @@ def run_benign(
     limit: int | None = None,
     seed: int = 6,
     movable: clock.MovableClock | None = None,
+    roles: tuple[Role, ...] = WORKERS,
 ) -> BenignResult:
-    """`movable`: the clock to move (a test's); by default one is installed (refused in production)."""
+    """`limit`: only the first N clinicians (front desk and billing all work). `movable`: the clock
+    to move (a test's); by default one is installed (refused in production)."""
     movable = movable or install_movable_clock(runtime.settings)
     rng = random.Random(seed)
     zone = zoneinfo.ZoneInfo(get_detection_config().timezone)
-    staff = clinicians(runtime, limit=limit)
+    everyone = staff(runtime, limit=limit, roles=roles)
     result = BenignResult()
     contained: set[str] = set()
     for offset in range(days):
         day = first_day + dt.timedelta(days=offset)
-        for actor in staff:
+        desks = [a for a in everyone if Role.FRONT_DESK in a.roles or Role.BILLING in a.roles]
+        fdays = facility_days(runtime, day=day, seed=seed) if desks else {}
+        by_facility: dict[tuple[uuid.UUID | None, Role], list[Actor]] = {}
+        for actor in desks:
+            role = Role.FRONT_DESK if Role.FRONT_DESK in actor.roles else Role.BILLING
+            by_facility.setdefault((actor.facility_id, role), []).append(actor)
+        work: dict[str, tuple[list[Visit], list[Visit]]] = {}
+        for (facility_id, role), team in by_facility.items():
+            fday = fdays.get(facility_id) if facility_id is not None else None
+            if fday is None:
+                continue
+            if role is Role.FRONT_DESK:
+                callers = iter(fday.callers)
+                for member, arrivals in zip(team, _shares(fday.arrivals, len(team)), strict=True):
+                    mine = [c for _, c in zip(range(CALLERS_PER_AGENT), callers, strict=False)]
+                    work[member.actor_ref] = (arrivals, mine)
+            else:
+                counter = iter(reversed(fday.callers))
+                for member, visits in zip(team, _shares(fday.to_invoice, len(team)), strict=True):
+                    mine = [c for _, c in zip(range(COUNTER_VISITS_PER_CLERK), counter, strict=False)]
+                    work[member.actor_ref] = (visits, mine)
+        for actor in everyone:
             if actor.actor_ref in contained:
                 continue
             start = dt.datetime.combine(day, dt.time(8, rng.randrange(0, 30)), tzinfo=zone)
             movable.set(start)
             # A session opened at the start of the day, with its login's second factor.
             actor = dataclasses.replace(actor, session_id=uuid.uuid4(), second_factor_at=clock.now())
-            result.clinician_days += 1
+            worker = _Worker(runtime, actor, result, movable, rng)
+            result.staff_days[worker.role] += 1
             try:
-                actor, listed = _day(runtime, actor, day, rng, result, movable)
+                if worker.role in (Role.PHYSICIAN.value, Role.NURSE.value):
+                    result.clinician_days += 1
+                    result.patients_opened += worker.clinician_day(day)
+                elif actor.actor_ref in work:
+                    first, second = work[actor.actor_ref]
+                    fday = fdays[actor.facility_id]  # type: ignore[index]
+                    if worker.role == Role.FRONT_DESK.value:
+                        result.patients_opened += worker.front_desk_day(first, second, fday)
+                    else:
+                        result.patients_opened += worker.billing_day(first, second)
             except AccountContained as exc:
                 contained.add(actor.actor_ref)
-                result.containments.append(f"{actor.username} on {day}: {exc}")
-                continue
-            result.patients_opened += listed
+                result.containments.append(f"{actor.username} ({worker.role}) on {day}: {exc}")
     return result
-
-
-def _call(
-    runtime: Runtime, actor: Actor, result: BenignResult, op: str, **kwargs: object
-) -> tuple[Actor, object]:
-    """One gate call; a step-up is answered with a fresh second factor, as a clinician would."""
-    for _ in range(2):
-        result.requests += 1
-        try:
-            return actor, getattr(Gate(runtime, actor), op)(**kwargs)
-        except StepUpRequired:
-            result.step_ups += 1
-            actor = dataclasses.replace(actor, second_factor_at=clock.now())
-        except Throttled:
-            result.throttles += 1
-            return actor, None
-        except AccountContained:
-            raise
-        except CarnetError:  # refused or not found: a clinician moves on
-            return actor, None
-    return actor, None
-
-
-def _day(
-    runtime: Runtime,
-    actor: Actor,
-    day: dt.date,
-    rng: random.Random,
-    result: BenignResult,
-    movable: clock.MovableClock,
-) -> tuple[Actor, int]:
-    actor, listed = _call(runtime, actor, result, "day_list", day=day)
-    patients: list[str] = []
-    if listed is not None:
-        patients = [a.patient.id for a in listed.appointments] + [i.patient.id for i in listed.inpatients]  # type: ignore[attr-defined]
-    opened = 0
-    for patient_id in dict.fromkeys(patients):
-        movable.advance(dt.timedelta(minutes=rng.randrange(4, 15)))
-        actor, _ = _call(runtime, actor, result, "read_patient", patient_id=patient_id)
-        actor, _ = _call(runtime, actor, result, "list_allergies", patient_id=patient_id)
-        if rng.random() < 0.5:
-            actor, _ = _call(runtime, actor, result, "list_notes", patient_id=patient_id)
-        opened += 1
-    return actor, opened

@@ -95,11 +95,13 @@ def run(
 @redteam_app.command("benign")
 def benign(
     days: Annotated[int, typer.Option(min=1, max=90, help="Simulated days.")] = 30,
-    clinicians: Annotated[int | None, typer.Option(min=1, help="Only the first N clinicians.")] = None,
+    clinicians: Annotated[int | None, typer.Option(min=0, help="Only the first N clinicians.")] = None,
 ) -> None:
-    """Clinicians work their day lists over simulated days (through the gate, with a movable
-    clock): prints false containments and step-ups per clinician-week. Demo and test mode only."""
+    """The hospital's staff work over simulated days (through the gate, with a movable clock):
+    clinicians their day lists, front desk check-ins, bookings and registrations, billing its
+    invoices. Prints false containments and step-ups per staff-week. Demo and test mode only."""
     import datetime as dt
+    import time
 
     from carnet.redteam.benign import run_benign
     from carnet.runtime import build_runtime
@@ -110,6 +112,7 @@ def benign(
     if not settings.exercise_mode:
         raise _fail("simulated days need the movable clock: CARNET_ENV must be demo or test")
     first = base_day().date() - dt.timedelta(days=days // 2)
+    started = time.perf_counter()
     try:
         runtime = build_runtime(settings)
         try:
@@ -118,12 +121,23 @@ def benign(
             runtime.close()
     except CarnetError as exc:
         raise _fail(str(exc)) from None
+    staff_days = sum(result.staff_days.values())
     typer.echo(
-        f"{result.clinician_days} clinician-days, {result.patients_opened} patients opened, "
-        f"{result.requests} requests: {len(result.containments)} false containments, "
-        f"{result.step_ups} step-ups ({result.step_ups_per_clinician_week:.2f} per clinician-week), "
-        f"{result.throttles} throttles"
+        f"{staff_days} staff-days ({result.clinician_days} clinician-days), "
+        f"{result.patients_opened} patients handled, {result.requests} requests, "
+        f"{result.bookings} bookings, {result.registrations} registrations: "
+        f"{len(result.containments)} false containments, {result.step_ups} step-ups "
+        f"({result.step_ups_per_clinician_week:.2f} per staff-week), {result.throttles} throttles; "
+        f"{time.perf_counter() - started:.0f} s"
     )
+    for role, worked in sorted(result.staff_days.items()):
+        typer.echo(
+            f"  {role}: {worked} staff-days, {result.role_step_ups.get(role, 0)} step-ups "
+            f"({result.step_ups_per_week(role):.2f} per staff-week)"
+        )
+    if result.account_step_ups:
+        name, most = result.account_step_ups.most_common(1)[0]
+        typer.echo(f"  most step-ups for one account: {most} ({name}) over {days} days")
     for line in result.containments:
         typer.echo(f"  contained: {line}")
 

@@ -20,6 +20,8 @@ from tests.detection.helpers import make_actor
 START = dt.datetime(2026, 3, 4, 9, 0, tzinfo=dt.UTC)
 # Thresholds out of reach: this test is about counting, not responding.
 QUIET = DetectionConfig(
+    # The history passes its own outside-care patients: no role is judged against facility work.
+    outside_work={},
     searches_step_up_15m=10**6,
     searches_contain_15m=10**6,
     searches_contain_1h=10**6,
@@ -108,4 +110,5 @@ def test_backends_count_alike(
     assert (counts.outside_1h, counts.outside_24h, counts.exported_24h) == (0, 2, 6)
     assert (counts.searches_15m, counts.identifier_searches_15m, counts.wildcard_searches_1h) == (3, 1, 1)
     assert (counts.deep_pages_1h, counts.denials_15m) == (0, 1)
+    assert counts.patients_7d == 18  # the week so far, approved export excluded, like 24 h
     redis_counters.reset(actor_ref="nobody")  # resetting an unknown actor is harmless

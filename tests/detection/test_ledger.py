@@ -292,8 +292,11 @@ def test_a_large_approved_export_is_never_contained_for_its_size(
     with runtime.session_factory() as session:
         account = session.get(Account, doctor.account_id)
         assert account is not None and account.status == "active"
-    # The same physician's ordinary work afterwards is judged on its own volume.
-    expose(runtime, doctor, new_patients(5))
+    # Until the step-up is answered, nothing more leaves (a session that cannot answer stops here).
+    with pytest.raises(StepUpRequired, match=r"was asked to confirm their identity at .* has not done so"):
+        expose(runtime, doctor, new_patients(1))
+    # Answered: the same physician's ordinary work is judged on its own volume.
+    expose(runtime, step_up(doctor), new_patients(5))
     assert all(a.level < Level.THROTTLE for a in _alerts(runtime))  # never throttled or contained
 
 

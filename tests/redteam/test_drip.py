@@ -1,5 +1,5 @@
-"""The slow drip over simulated days: under the 24-hour floor it is never stopped (what it
-exposes is bounded by that floor), a little above it, it is contained within the first day."""
+"""The slow drip over simulated days: under every 24-hour floor, it is still contained, by the
+patients it reads that have no business with the facility and by its unanswered step-ups."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from carnet.audit.models import AuditEvent
 from carnet.cli import app
 from carnet.detection.config import get_detection_config
-from carnet.detection.models import Exposure
+from carnet.detection.models import Alert, Exposure
 from carnet.kernel import clock
 from carnet.phi.exercise import exercise_targets
 from carnet.redteam.drip import run_drip
@@ -19,27 +19,32 @@ from carnet.settings import reset_settings_cache
 from carnet.synth.seed import seed_hospital
 
 
-def test_a_drip_under_the_daily_floor_is_bounded_by_it_and_a_faster_one_is_contained(
+def test_a_drip_under_the_daily_floor_is_contained_by_its_patients_outside_the_desks_work(
     sqlite_runtime: Runtime, movable_clock: clock.MovableClock
 ) -> None:
     seed_hospital(sqlite_runtime, patients=900, seed=8, facilities=1)
     targets = exercise_targets(sqlite_runtime, sample=900)
     floors = get_detection_config().role_volume
-    floor = floors["billing"].h24
 
+    # Billing at 4 an hour stays far under its 24-hour floor; the register's patients it reads
+    # mostly have no business with the facility: a step-up it cannot answer, then containment.
     slow = run_drip(
         sqlite_runtime, role="billing", targets=targets, days=2, per_hour=4, movable=movable_clock
     )
-    assert not slow.result.contained and slow.hours == 48
-    assert slow.result.exposed_count == 2 * 24 * 4 and slow.busiest_day < floor
+    assert slow.busiest_day < floors["billing"].h24
+    assert slow.result.contained and slow.hours_to_containment is not None, slow
+    assert slow.step_ups >= 1 and slow.result.exposed_count <= 25, slow
+    with sqlite_runtime.session_factory() as session:
+        rules = set(session.scalars(sa.select(Alert.rule).where(Alert.username == slow.result.username)))
+    assert {"outside-work", "persistence"} <= rules
 
-    # Front desk drips 20 an hour: over its daily floor before the first day ends.
+    # Front desk drips 20 an hour: contained the same day.
     fast = run_drip(
         sqlite_runtime, role="front_desk", targets=targets, days=2, per_hour=20, movable=movable_clock
     )
     assert fast.result.contained and fast.hours_to_containment is not None
     assert fast.hours_to_containment <= 24 and fast.step_ups >= 1
-    assert fast.result.exposed_count <= floors["front_desk"].h24 + 20, fast
+    assert fast.result.exposed_count <= 60, fast
 
 
 @pytest.mark.parametrize(
