@@ -77,8 +77,11 @@ def create_account(
     keys: KeyProvider | None = None,
     audit: AuditWriter | None = None,
     created_by: Actor | None = None,
+    account_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     """Create an account with an Argon2id password hash; returns its id.
+
+    `account_id` is for the seeder, whose accounts are the same on every run of a seed.
 
     With `totp_secret`, a confirmed TOTP device is stored (its secret wrapped by the KEK).
     Roles are not set here: they are RoleGrant rows (carnet.access). With `audit` and
@@ -102,6 +105,7 @@ def create_account(
         raise Conflict("this username is taken")
     now = clock.now()
     account = Account(
+        **({"id": account_id} if account_id is not None else {}),
         username=username,
         display_name=display_name,
         kind=kind,

@@ -78,6 +78,7 @@ def _dump(runtime: Runtime) -> dict[str, list[dict[str, Any]]]:
         out["accounts"] = sorted(
             (
                 {
+                    "id": a.id,
                     "username": a.username,
                     "display_name": a.display_name,
                     "kind": a.kind,
