@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyotp
 import pytest
@@ -152,3 +154,35 @@ def open_session_for(client: TestClient, runtime: Runtime, person: Person) -> st
     client.cookies.set("carnet_session", issued.token)
     client.cookies.set("carnet_csrf", issued.csrf_token)
     return issued.csrf_token
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's (make chromium)
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=ARGS,
+            viewport={"width": 1280, "height": 900},
+            locale="en-GB",
+        )
+        context.set_default_timeout(15_000)
+        try:
+            yield context
+        finally:
+            context.close()

@@ -10,7 +10,6 @@ import datetime as dt
 import os
 import re
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,16 +31,6 @@ from tests.web.conftest import Hospital, Person, make_person
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
@@ -68,26 +57,6 @@ def served(sqlite_runtime: Runtime, hospital: Hospital) -> Iterator[str]:
     yield origin
     server.should_exit = True
     thread.join(timeout=10)
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=ARGS,
-            viewport={"width": 1280, "height": 900},
-            locale="en-GB",
-        )
-        context.set_default_timeout(15_000)
-        try:
-            yield context
-        finally:
-            context.close()
 
 
 def shot(page: Any, name: str) -> None:
