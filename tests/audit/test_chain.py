@@ -62,3 +62,45 @@ def test_events_chain_and_roll_back_with_their_transaction(runtime: Runtime) -> 
         prev = event.hash
     assert json.loads(events[0].patient_ids) == [str(patient)]
     assert sorted(indexed) == [1, 2, 3]
+
+
+def test_awkward_text_links_the_same_in_python_and_in_the_database(runtime: Runtime) -> None:
+    """On PostgreSQL one event is hashed by carnet_audit_link from the writer's bytes: tabs,
+    newlines, backslashes, accents and NULLs must give the hash the verifier recomputes."""
+    awkward = Actor(
+        kind=ActorKind.STAFF,
+        username="é\tà\\n\nß",
+        roles=frozenset({Role.NURSE}),
+        account_id=uuid.uuid4(),
+        address=None,
+        user_agent='Mozilla/5.0 \\ "quoted" \r\n',
+    )
+    with runtime.session_factory.begin() as session:
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.BREAK_GLASS_START,
+                outcome=Outcome.SUCCESS,
+                actor=awkward,
+                resource_type="Patient",
+                patient_ids=[uuid.uuid4(), uuid.uuid4()],
+                query="family=O'Brien\tgiven=Zoë",
+                break_glass_reason="urgence vitale\\nplus de détails\n",
+                detail={"note": "tab\there", "empty": ""},
+            ),
+        )
+    with runtime.session_factory() as session:
+        event = session.scalars(sa.select(AuditEvent)).one()
+        patients = session.scalars(sa.select(AuditEventPatient.patient_id)).all()
+    fields = {
+        c: getattr(event, c)
+        for c in AuditEvent.__table__.columns.keys()  # noqa: SIM118 (ColumnCollection)
+        if c not in ("prev_hash", "hash")
+    }
+    fields["recorded_at"] = event.recorded_at.isoformat(timespec="microseconds")
+    fields["account_id"] = str(event.account_id)
+    fields["session_id"] = None
+    assert event.username == "é\tà\\n\nß"
+    assert event.prev_hash == GENESIS_HASH
+    assert event.hash == link(GENESIS_HASH, fields)
+    assert len(patients) == 2
