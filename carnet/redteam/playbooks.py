@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import statistics
 import time
 import uuid
@@ -27,7 +28,10 @@ from carnet.phi.exercise import ExerciseTargets
 from carnet.redteam.sessions import mint_session
 from carnet.runtime import Runtime
 
-Request = tuple[str, dict[str, str]]
+# A GET (path, query) or a POST (path, query, JSON body). A query value "{exportId}" stands for
+# the id of the last Parameters the server answered (an export request the attacker made).
+Request = tuple[str, dict[str, str]] | tuple[str, dict[str, str], dict[str, Any]]
+EXPORT_ID = "{exportId}"
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,24 @@ def _appointment_lists(t: ExerciseTargets) -> Iterator[Request]:
         yield "/fhir/Appointment", {"patient": f"Patient/{person.patient_id}"}
 
 
+def _export_abuse(t: ExerciseTargets) -> Iterator[Request]:
+    # Ask for the whole facility "for a study", approve it oneself, use it unapproved; then fall
+    # back on patients one by one through $everything.
+    ask = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "purpose", "valueString": "retrospective study of this year's admissions"},
+            {"name": "scope", "valueCode": "facility"},
+        ],
+    }
+    yield "/fhir/$export-request", {}, ask
+    approve = {"resourceType": "Parameters", "parameter": [{"name": "exportId", "valueId": EXPORT_ID}]}
+    yield "/fhir/$export-approve", {}, approve
+    for _ in range(3):
+        yield "/fhir/Patient/$export", {"_exportId": EXPORT_ID}
+    yield from _everything(t)
+
+
 PLAYBOOKS: tuple[Playbook, ...] = (
     Playbook("admin-sweep", "system_administrator", "an administrator reads patient charts by id", _reads),
     Playbook(
@@ -138,6 +160,12 @@ PLAYBOOKS: tuple[Playbook, ...] = (
         "physician",
         "a physician asks $everything for patient after patient",
         _everything,
+    ),
+    Playbook(
+        "export-abuse",
+        "physician",
+        "a physician requests a facility export, approves it, uses it unapproved, then $everything",
+        _export_abuse,
     ),
     Playbook(
         "appointment-scrape",
@@ -207,12 +235,21 @@ def _answer(response: httpx.Response) -> str:
 
 
 def _send(
-    client: httpx.Client, path: str, params: dict[str, str], headers: dict[str, str], result: PlaybookResult
+    client: httpx.Client,
+    request: Request,
+    headers: dict[str, str],
+    result: PlaybookResult,
+    memory: dict[str, str],
 ) -> bool:
     """One request; True when carnet has contained the account (told so, or session revoked)."""
     result.requests += 1
+    path, params = request[0], {k: memory.get(v, v) for k, v in request[1].items()}
     try:
-        response = client.get(path, params=params, headers=headers)
+        if len(request) == 3:
+            body = json.loads(json.dumps(request[2]).replace(EXPORT_ID, memory.get(EXPORT_ID, "-")))
+            response = client.post(path, params=params, json=body, headers=headers)
+        else:
+            response = client.get(path, params=params, headers=headers)
     except httpx.TransportError:
         # The server dropped the connection (a server error): no data came back.
         result.answers["no answer"] = result.answers.get("no answer", 0) + 1
@@ -221,7 +258,10 @@ def _send(
     result.answers[answer] = result.answers.get(answer, 0) + 1
     if answer == "ok":
         with contextlib.suppress(ValueError):
-            result.exposed |= patient_ids_in(response.json())
+            body = response.json()
+            result.exposed |= patient_ids_in(body)
+            if isinstance(body, dict) and body.get("resourceType") == "Parameters" and body.get("id"):
+                memory[EXPORT_ID] = str(body["id"])
         return False
     return answer.startswith("403 suspended") or answer.startswith("401 login")
 
@@ -252,11 +292,12 @@ def run_playbook(
     stolen = mint_session(runtime, username=username)
     since = clock.now()
     started = time.perf_counter()
-    for path, params in playbook.requests(targets):
+    memory: dict[str, str] = {}
+    for request in playbook.requests(targets):
         if result.requests >= max_requests:
             result.note = f"stopped after {max_requests} requests"
             break
-        if _send(client, path, params, stolen.headers, result):
+        if _send(client, request, stolen.headers, result, memory):
             result.contained = True
             result.requests_to_containment = result.requests
             result.seconds_to_containment = time.perf_counter() - started
@@ -286,6 +327,7 @@ def run_team(
     sent = [0] * n
     live = set(range(n))
     contained: set[int] = set()
+    memories: list[dict[str, str]] = [{} for _ in range(n)]
     since = clock.now()
     started = time.perf_counter()
     while live:
@@ -295,7 +337,7 @@ def run_team(
                 live.discard(i)
                 continue
             sent[i] += 1
-            if _send(client, request[0], request[1], stolen[i].headers, result):
+            if _send(client, request, stolen[i].headers, result, memories[i]):
                 contained.add(i)
                 live.discard(i)
     result.contained = len(contained) == n
