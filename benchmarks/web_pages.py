@@ -7,13 +7,16 @@ session and no data. Aim: every page under 200 ms at 100,000 patients.
 
     .venv/bin/python -m benchmarks.web_pages                    # 100,000 patients on SQLite
     .venv/bin/python -m benchmarks.web_pages --patients 10000 --samples 20
-    .venv/bin/python -m benchmarks.web_pages --postgres         # same on PostgreSQL
+    .venv/bin/python -m benchmarks.web_pages --postgres         # same on PostgreSQL (benchmarks/_db.py)
+    .venv/bin/python -m benchmarks.web_pages --postgres --keep /tmp/web-bench   # seed once, reuse
+
+With --keep the seeded hospital (its key file and database URL) stays in the folder and the next
+run with the same --keep reuses it instead of seeding again; drop the database by hand after.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -25,9 +28,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from benchmarks._db import ADMIN_URL, bench_database
 from carnet.access.actor import Actor, ActorKind
+from carnet.access.exports import request_export
 from carnet.access.roles import Role
 from carnet.app import create_app
+from carnet.billing.models import Invoice
 from carnet.crypto.keys import FileKeyProvider
 from carnet.db import migrate
 from carnet.db.engine import make_engine
@@ -38,9 +44,6 @@ from carnet.runtime import Runtime, build_runtime
 from carnet.settings import Environment, Settings
 from carnet.synth.seed import seed_hospital
 
-ADMIN_URL = os.environ.get(
-    "CARNET_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 ORIGIN = "http://localhost:8000"
 
 
@@ -51,34 +54,51 @@ def _database(postgres: bool, tmp: Path) -> Iterator[str]:
         migrate.upgrade(make_engine(url))
         yield url
         return
-    name = f"carnet_bench_web_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with bench_database("web") as url:
+        yield url
+
+
+@contextmanager
+def _kept(keep: Path, postgres: bool) -> Iterator[tuple[Path, str, bool]]:
+    """A seeded hospital kept between runs (its key file and database URL in `keep`):
+    seeding 100,000 patients takes minutes, profiling a page should not."""
+    keep.mkdir(parents=True, exist_ok=True)
+    saved = keep / "database-url"
+    if saved.exists() and (keep / "keys.json").exists():
+        yield keep, saved.read_text().strip(), False
+        return
+    if postgres:
+        name = f"carnet_bench_web_kept_{uuid.uuid4().hex[:8]}"
+        admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    else:
+        url = f"sqlite:///{keep / 'carnet.db'}"
     engine = make_engine(url)
     migrate.upgrade(engine)
     engine.dispose()
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    FileKeyProvider.create(keep / "keys.json")
+    saved.write_text(url)
+    yield keep, url, True
 
 
-def _account(runtime: Runtime, roles: set[str]) -> Account:
-    """The first seeded account holding one of these roles (active grant)."""
+def _account(runtime: Runtime, roles: set[str], facility: uuid.UUID | None = None) -> Account:
+    """The first seeded account holding one of these roles (active grant), at `facility` if given."""
     from carnet.access.models import RoleGrant
 
+    query = (
+        sa.select(Account)
+        .join(RoleGrant, RoleGrant.account_id == Account.id)
+        .where(RoleGrant.role.in_(roles), RoleGrant.status == "active", Account.status == "active")
+        .order_by(Account.username)
+        .limit(1)
+    )
+    if facility is not None:
+        query = query.where(Account.facility_id == facility)
     with runtime.session_factory() as session:
-        account = session.scalar(
-            sa.select(Account)
-            .join(RoleGrant, RoleGrant.account_id == Account.id)
-            .where(RoleGrant.role.in_(roles), RoleGrant.status == "active", Account.status == "active")
-            .order_by(Account.username)
-            .limit(1)
-        )
+        account = session.scalar(query)
         if account is None:
             raise SystemExit(f"no seeded account with roles {roles}")
         return account
@@ -107,16 +127,31 @@ def _client(app: object, runtime: Runtime, account: Account) -> TestClient:
     return client
 
 
-def _a_patient_of(runtime: Runtime, account: Account) -> tuple[str, str | None]:
-    """A patient on the physician's day list (through the gate, like the page)."""
-    actor = Actor(
+def _actor(account: Account, role: Role) -> Actor:
+    return Actor(
         kind=ActorKind.STAFF,
         username=account.username,
-        roles=frozenset({Role.PHYSICIAN}),
+        roles=frozenset({role}),
         account_id=account.id,
         facility_id=account.facility_id,
         practitioner_id=account.practitioner_id,
     )
+
+
+def _a_billed_patient(runtime: Runtime, account: Account) -> str:
+    """A patient of the billing clerk's facility with an invoice (the seeded billing run's)."""
+    with runtime.session_factory() as session:
+        found = session.scalar(
+            sa.select(Invoice.patient_id).where(Invoice.facility_id == account.facility_id).limit(1)
+        )
+    if found is None:
+        raise SystemExit("no invoice at the billing clerk's facility: seed more patients")
+    return str(found)
+
+
+def _a_patient_of(runtime: Runtime, account: Account) -> tuple[str, str | None]:
+    """A patient on the physician's day list (through the gate, like the page)."""
+    actor = _actor(account, Role.PHYSICIAN)
     day = Gate(runtime, actor).day_list()
     rows = day.appointments or []
     if rows:
@@ -147,63 +182,101 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--postgres", action="store_true")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the seeded hospital in this folder (key file + database URL) and reuse it next time",
+    )
     args = parser.parse_args()
 
+    if args.keep is not None:
+        with _kept(args.keep, args.postgres) as (var, url, fresh):
+            runtime = _runtime(var, url)
+            try:
+                seeded = _seed(runtime, args.patients) if fresh else "reused a kept seeded hospital"
+                _measure(runtime, args.patients, args.samples, args.postgres, seeded)
+            finally:
+                runtime.close()
+        return
     with tempfile.TemporaryDirectory(prefix="carnet-bench-web-") as tmp_name:
         tmp = Path(tmp_name)
         FileKeyProvider.create(tmp / "keys.json")
         with _database(args.postgres, tmp) as url:
-            settings = Settings(env=Environment.TEST, var_dir=tmp, origin=ORIGIN, database_url=url)
-            runtime = build_runtime(settings)
-            started = time.perf_counter()
-            seed_hospital(runtime, patients=args.patients, seed=7)
-            seeded = time.perf_counter() - started
-            app = create_app(runtime)
-            physician = _account(runtime, {"physician"})
-            patient_id, ins = _a_patient_of(runtime, physician)
-            pages: list[tuple[str, Account | None, str]] = [
-                ("sign-in page (baseline: no session, no data)", None, "/login"),
-                ("my day (physician)", physician, "/day"),
-                ("search by identifier (physician)", physician, f"/patients?identifier={ins or ''}"),
-                ("chart (physician)", physician, f"/patients/{patient_id}"),
-                ("  its notes section (htmx)", physician, f"/patients/{patient_id}/sections/notes"),
-                (
-                    "  its prescriptions section (htmx)",
-                    physician,
-                    f"/patients/{patient_id}/sections/prescriptions",
-                ),
-                ("  its coverage section (htmx)", physician, f"/patients/{patient_id}/sections/coverage"),
-                (
-                    "  its appointments section (htmx)",
-                    physician,
-                    f"/patients/{patient_id}/sections/appointments",
-                ),
-                ("account page (physician)", physician, "/account"),
-                ("front desk (registration form)", _account(runtime, {"front_desk"}), "/desk"),
-                ("security console (officer)", _account(runtime, {"security_officer"}), "/security"),
-                ("administration (admin)", _account(runtime, {"system_administrator"}), "/admin"),
-            ]
-            portal = _patient_account(runtime)
-            if portal is not None:
-                pages.append(("patient portal", portal, "/portal"))
-                pages.append(("  its access log (htmx)", portal, "/portal/access-log"))
-            db = "PostgreSQL" if args.postgres else "SQLite"
-            print(
-                f"{args.patients:,} patients on {db}, seeded in {seeded:.0f} s;"
-                f" {args.samples} samples per page"
-            )
-            print(f"{'page':50} {'median ms':>10} {'p95 ms':>8} {'x baseline':>11}")
-            baseline = None
-            with TestClient(app, base_url=ORIGIN) as anonymous:
-                for label, account, path in pages:
-                    client = anonymous if account is None else _client(app, runtime, account)
-                    _time(client, path, 2)  # warm the templates and caches
-                    times = sorted(_time(client, path, args.samples))
-                    median = statistics.median(times)
-                    p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
-                    baseline = baseline or median
-                    print(f"{label:50} {median:10.1f} {p95:8.1f} {median / baseline:11.1f}")
-            runtime.close()
+            runtime = _runtime(tmp, url)
+            try:
+                seeded = _seed(runtime, args.patients)
+                _measure(runtime, args.patients, args.samples, args.postgres, seeded)
+            finally:
+                runtime.close()
+
+
+def _runtime(var: Path, url: str) -> Runtime:
+    return build_runtime(Settings(env=Environment.TEST, var_dir=var, origin=ORIGIN, database_url=url))
+
+
+def _seed(runtime: Runtime, patients: int) -> str:
+    started = time.perf_counter()
+    seed_hospital(runtime, patients=patients, seed=7)
+    return f"seeded in {time.perf_counter() - started:.0f} s"
+
+
+def _measure(runtime: Runtime, patients: int, samples: int, postgres: bool, seeded: str) -> None:
+    app = create_app(runtime)
+    physician = _account(runtime, {"physician"})
+    patient_id, ins = _a_patient_of(runtime, physician)
+    desk = _account(runtime, {"front_desk"}, facility=physician.facility_id)
+    billing = _account(runtime, {"billing"}, facility=physician.facility_id)
+    officer = _account(runtime, {"security_officer"})
+    billed = _a_billed_patient(runtime, billing)
+    week = f"practitioner={physician.practitioner_id}&view=week"
+    request_export(
+        runtime, actor=_actor(physician, Role.PHYSICIAN), purpose="benchmark: a pending export", scope="care"
+    )
+    pages: list[tuple[str, Account | None, str]] = [
+        ("sign-in page (baseline: no session, no data)", None, "/login"),
+        ("my day (physician)", physician, "/day"),
+        ("search by identifier (physician)", physician, f"/patients?identifier={ins or ''}"),
+        ("chart (physician)", physician, f"/patients/{patient_id}"),
+        ("  its notes section (htmx)", physician, f"/patients/{patient_id}/sections/notes"),
+        (
+            "  its prescriptions section (htmx)",
+            physician,
+            f"/patients/{patient_id}/sections/prescriptions",
+        ),
+        ("  its coverage section (htmx)", physician, f"/patients/{patient_id}/sections/coverage"),
+        (
+            "  its appointments section (htmx)",
+            physician,
+            f"/patients/{patient_id}/sections/appointments",
+        ),
+        ("account page (physician)", physician, "/account"),
+        ("front desk (registration form)", desk, "/desk"),
+        ("calendar, a week of the physician (front desk)", desk, f"/desk/schedule?{week}"),
+        ("chart (front desk)", desk, f"/patients/{patient_id}"),
+        ("  its coverage section (htmx)", desk, f"/patients/{patient_id}/sections/coverage"),
+        ("chart (billing)", billing, f"/patients/{billed}"),
+        ("  its invoices section (htmx)", billing, f"/patients/{billed}/sections/invoices"),
+        ("security console (officer)", officer, "/security"),
+        ("  export approvals (officer)", officer, "/security/exports"),
+        ("administration (admin)", _account(runtime, {"system_administrator"}), "/admin"),
+    ]
+    portal = _patient_account(runtime)
+    if portal is not None:
+        pages.append(("patient portal", portal, "/portal"))
+        pages.append(("  its access log (htmx)", portal, "/portal/access-log"))
+    db = "PostgreSQL" if postgres else "SQLite"
+    print(f"{patients:,} patients on {db}, {seeded}; {samples} samples per page")
+    print(f"{'page':50} {'median ms':>10} {'p95 ms':>8} {'x baseline':>11}")
+    baseline = None
+    with TestClient(app, base_url=ORIGIN) as anonymous:
+        for label, account, path in pages:
+            client = anonymous if account is None else _client(app, runtime, account)
+            _time(client, path, 2)  # warm the templates and caches
+            times = sorted(_time(client, path, samples))
+            median = statistics.median(times)
+            p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
+            baseline = baseline or median
+            print(f"{label:50} {median:10.1f} {p95:8.1f} {median / baseline:11.1f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -436,3 +437,41 @@ def test_export_approvals_refuse_other_roles(
     assert refused.status_code == 403
     assert "denied" in [e.outcome for e in _events(sqlite_runtime, AuditKind.PHI_EXPORT_LISTED)]
     assert "denied" in [e.outcome for e in _events(sqlite_runtime, AuditKind.PHI_EXPORT_APPROVED)]
+
+
+def test_a_reading_from_the_card_reader_renders_whatever_its_payload(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    """Readings imported or seeded carry the reader's own payload (no payer key): still shown."""
+    from carnet.coverage.models import CardReading
+    from carnet.phi.system import system_access
+
+    reading_id = uuid.uuid4()
+    keyring = sqlite_runtime.keyring
+    with system_access(sqlite_runtime, reason="test fixture: a card reader's reading") as door:
+        door.session.add(
+            CardReading(
+                id=reading_id,
+                facility_id=hospital.facility_id,
+                patient_id=uuid.UUID(hospital.my_patient),
+                coverage_id=None,
+                read_at=clock.now(),
+                card_serial_ct=keyring.encrypt(
+                    "SN-42",
+                    facility_id=hospital.facility_id,
+                    table="card_readings",
+                    column="card_serial",
+                    row_id=reading_id,
+                ),
+                payload_ct=keyring.encrypt(
+                    '{"regime": "01"}',
+                    facility_id=hospital.facility_id,
+                    table="card_readings",
+                    column="payload",
+                    row_id=reading_id,
+                ),
+            )
+        )
+    login(client, hospital.front_desk)
+    section = client.get(f"/patients/{hospital.my_patient}/sections/coverage", headers={"HX-Request": "true"})
+    assert section.status_code == 200 and "SN-42" in section.text
