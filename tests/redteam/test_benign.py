@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from carnet.cli import app
+from carnet.detection.models import Exposure
 from carnet.kernel import clock
 from carnet.redteam.benign import run_benign
 from carnet.runtime import Runtime
+from carnet.settings import reset_settings_cache
 from carnet.synth.seed import base_day, seed_hospital
 
 
@@ -25,3 +32,17 @@ def test_a_hospitals_staff_at_work_are_never_contained(
     assert result.step_ups_per_clinician_week <= 1.0
     for role in ("physician", "nurse", "front_desk", "billing"):
         assert result.step_ups_per_week(role) <= 1.0, (role, result.role_step_ups)
+
+
+def test_benign_command_refuses_production(sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARNET_ENV", "production")
+    monkeypatch.setenv("CARNET_DATABASE_URL", sqlite_runtime.settings.resolved_database_url)
+    monkeypatch.setenv("CARNET_VAR_DIR", str(sqlite_runtime.settings.var_dir))
+    reset_settings_cache()
+    try:
+        result = CliRunner().invoke(app, ["redteam", "benign", "--days", "1"])
+    finally:
+        reset_settings_cache()
+    assert result.exit_code == 2 and "CARNET_ENV must be demo or test" in result.output, result.output
+    with sqlite_runtime.session_factory() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Exposure)) == 0
