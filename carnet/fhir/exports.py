@@ -8,22 +8,34 @@
 The export answers NDJSON synchronously: a first line (a Parameters manifest naming the
 request, its purpose, requester and approver) then one Patient per line, each tagged with the
 export id, so a leaked file names its export.
+
+With `Prefer: respond-async` (FHIR Bulk Data kick-off) it answers 202 at once with a
+Content-Location status URL; the export runs in the background as the same actor:
+
+    GET  /fhir/$export-status/{job}    202 (X-Progress) while running, then the manifest
+    GET  /fhir/$export-file/{job}      the same NDJSON, once, then erased
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, BackgroundTasks, Body, Request
 from fastapi.responses import Response
 
 from carnet.access.exports import ExportRequestView, approve_export, reject_export, request_export
 from carnet.fhir import mapping
-from carnet.fhir.api import gate_for, instant
+from carnet.fhir.api import base_url, gate_for, instant
 from carnet.fhir.metadata import OPERATIONS
+from carnet.fhir.outcome import outcome_response
 from carnet.identity.dependencies import current_actor, runtime_of
-from carnet.kernel.errors import InvalidInput
+from carnet.kernel import clock
+from carnet.kernel.errors import CarnetError, InvalidInput, NotFound
+from carnet.phi.gate import Gate
+from carnet.phi.schemas import PatientExport
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 
@@ -134,14 +146,98 @@ def reject(request: Request, body: dict[str, Any] = FhirBody) -> Response:
     return _answer(_view(view))
 
 
+# A job still running after this long has died with its worker: say so rather than wait forever.
+JOB_TIMEOUT = dt.timedelta(minutes=30)
+
+
 @router.get("/Patient/$export")
-def export_patients(request: Request) -> Response:
+def export_patients(request: Request, background: BackgroundTasks) -> Response:
     gate = gate_for(request, "Patient", "read")
     export_id = request.query_params.get("_exportId")
-    unknown = sorted(set(request.query_params) - {"_exportId", "_format"})
+    unknown = sorted(set(request.query_params) - {"_exportId", "_format", "_outputFormat"})
     if unknown or not export_id:
         raise InvalidInput("Patient/$export takes _exportId (an approved export request) only")
+    output = request.query_params.get("_outputFormat")
+    if output not in (None, NDJSON, "application/ndjson", "ndjson"):
+        raise InvalidInput(f"_outputFormat must be {NDJSON}")
+    if "respond-async" in request.headers.get("prefer", ""):
+        job = gate.queue_export(export_id=export_id)
+        background.add_task(_run_job, gate, job.id)
+        status_url = f"{base_url(request)}/$export-status/{job.id}"
+        return Response(
+            status_code=202, headers={"Content-Location": status_url, "Cache-Control": "no-store"}
+        )
     export = gate.export(export_id=export_id)
+    return Response(
+        render(export),
+        media_type=NDJSON,
+        headers={"X-Carnet-Export-Id": export.export_id, "Cache-Control": "no-store"},
+    )
+
+
+def _run_job(gate: Gate, job_id: str) -> None:
+    """The background half of a kick-off: the export itself (audited as ever), or the job
+    marked failed with a reason that names no data."""
+    try:
+        gate.run_export_job(job_id=job_id, render=render)
+    except NotFound:
+        _abandon(gate, job_id, "the export was refused, or its request is no longer usable")
+    except CarnetError as exc:
+        _abandon(gate, job_id, str(exc) or type(exc).__name__)
+    except Exception:  # fail closed: the job must not stay "running"
+        _abandon(gate, job_id, "internal error; nothing was exported")
+
+
+def _abandon(gate: Gate, job_id: str, reason: str) -> None:
+    # If even this is refused (e.g. the account was contained meanwhile), the status answers
+    # by the job's age.
+    with contextlib.suppress(CarnetError):
+        gate.abandon_export_job(job_id=job_id, reason=reason)
+
+
+@router.get("/$export-status/{job_id}")
+def export_status(request: Request, job_id: str) -> Response:
+    """Bulk Data status: 202 while running, then the manifest (the output URL is good once)."""
+    gate = gate_for(request, "Patient", "read")
+    job = gate.export_job(job_id=job_id)
+    if job.status == "running":
+        if clock.now() - job.created_at > JOB_TIMEOUT:
+            return outcome_response(500, "exception", "the export did not complete; nothing was exported")
+        return Response(status_code=202, headers={"X-Progress": "running", "Retry-After": "2"})
+    if job.status == "failed":
+        return outcome_response(422, "processing", f"the export failed: {job.failure}")
+    base = base_url(request)
+    manifest = {
+        "transactionTime": instant(job.completed_at),
+        "request": f"{base}/Patient/$export?_exportId={job.export_id}",
+        "requiresAccessToken": True,
+        "output": [{"type": "Patient", "url": f"{base}/$export-file/{job.id}", "count": job.patient_count}]
+        if job.status == "completed"
+        else [],
+        "error": [],
+        "extension": {WATERMARK_SYSTEM: job.export_id, "status": job.status},
+    }
+    return Response(
+        json.dumps(manifest), media_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+@router.get("/$export-file/{job_id}")
+def export_file(request: Request, job_id: str) -> Response:
+    """The export's NDJSON (manifest line, then watermarked Patients), once."""
+    gate = gate_for(request, "Patient", "read")
+    job = gate.export_job(job_id=job_id)
+    text = gate.download_export(job_id=job_id)
+    return Response(
+        text,
+        media_type=NDJSON,
+        headers={"X-Carnet-Export-Id": job.export_id, "Cache-Control": "no-store"},
+    )
+
+
+def render(export: PatientExport) -> str:
+    """An export as NDJSON: a Parameters manifest line, then one Patient per line; every line
+    carries the watermark tag of its export."""
     tag = {
         "system": WATERMARK_SYSTEM,
         "code": export.export_id,
@@ -166,8 +262,4 @@ def export_patients(request: Request) -> Response:
         meta = dict(resource.get("meta") or {})
         meta["tag"] = [*meta.get("tag", []), tag]
         lines.append(json.dumps(dict(resource, meta=meta), ensure_ascii=False))
-    return Response(
-        "\n".join(lines) + "\n",
-        media_type=NDJSON,
-        headers={"X-Carnet-Export-Id": export.export_id, "Cache-Control": "no-store"},
-    )
+    return "\n".join(lines) + "\n"

@@ -101,3 +101,21 @@ class Consent(IdMixin, VersionedMixin, Base):
     recorded_at: Mapped[dt.datetime]
     withdrawn_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
     withdrawn_at: Mapped[dt.datetime | None]
+
+
+class ExportFile(IdMixin, Base):
+    """An asynchronous bulk export (FHIR Bulk Data kick-off) of one approved export request:
+    its NDJSON output, encrypted, downloaded once by the requester, then erased."""
+
+    __tablename__ = "export_files"
+
+    export_request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("export_requests.id"), unique=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    status: Mapped[str] = mapped_column(String(12))  # running, completed, failed, downloaded
+    created_at: Mapped[dt.datetime]
+    completed_at: Mapped[dt.datetime | None]
+    downloaded_at: Mapped[dt.datetime | None]
+    patient_count: Mapped[int | None]
+    failure: Mapped[str | None] = mapped_column(String(200))  # why it failed (never data)
+    ndjson_ct: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -16,7 +16,7 @@ from sqlalchemy import Column, ColumnElement, Select, Table, select
 
 from carnet.coverage.models import CardReading, Coverage
 from carnet.db.base import Base
-from carnet.patients.models import Patient, ResourceVersion
+from carnet.patients.models import ExportFile, Patient, ResourceVersion
 from carnet.records.models import ClinicalNote, DiagnosticReport, NoteVersion
 from carnet.scheduling.models import Appointment
 
@@ -82,6 +82,7 @@ ENCRYPTED_TABLES: Sequence[EncryptedTable] = (
     EncryptedTable(DiagnosticReport, ("conclusion_ct",)),
     EncryptedTable(Coverage, ("member_id_ct",)),
     EncryptedTable(CardReading, ("card_serial_ct", "payload_ct")),
+    EncryptedTable(ExportFile, ("ndjson_ct",)),
 )
 
 

@@ -69,7 +69,7 @@ from carnet.kernel.errors import (
 )
 from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Location, Practitioner
-from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
+from carnet.patients.models import CareRelationship, Consent, ExportFile, Patient, ResourceVersion
 from carnet.phi import care
 from carnet.phi.schemas import (
     AllergyInput,
@@ -89,6 +89,7 @@ from carnet.phi.schemas import (
     DayList,
     DiagnosticReportView,
     EncounterView,
+    ExportJobView,
     InvoiceLineView,
     InvoiceView,
     NoteVersionView,
@@ -2105,12 +2106,8 @@ class Gate:
         return results
 
     # == bulk export (invariant 3) ==============================================================
-    @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=False)
-    def export(self, tx: _Tx, /, *, export_id: str) -> PatientExport:
-        """The patients of an approved export request of this actor, once, watermarked.
-
-        The request (carnet.access.exports) says which patients were asked for; the policy
-        still decides who is in it and which fields each shows, as for any other read."""
+    def _approved_export(self, tx: _Tx, export_id: str) -> ExportRequest:
+        """The actor's own approved, unexpired, unused export request (locked), or a refusal."""
         self._require(tx, Permission.PATIENT_READ)
         self._check_scopes(tx, RT.PATIENT)
         row_id = parse_id(export_id)
@@ -2127,6 +2124,15 @@ class Gate:
             raise _Refused(f"export request is {status.value}, not approved")
         if request.facility_id not in tx.ctx.facility_ids or request.decided_by is None:
             raise _Refused("export request outside the actor's facilities")
+        return request
+
+    @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=False)
+    def export(self, tx: _Tx, /, *, export_id: str) -> PatientExport:
+        """The patients of an approved export request of this actor, once, watermarked.
+
+        The request (carnet.access.exports) says which patients were asked for; the policy
+        still decides who is in it and which fields each shows, as for any other read."""
+        request = self._approved_export(tx, export_id)
         scope = ExportScope(request.scope)
         if scope == ExportScope.CARE:
             opened = granting_relationships(roles=tx.ctx.roles, resource=RT.PATIENT) & care.CARE
@@ -2170,6 +2176,107 @@ class Gate:
             items=items,
         )
 
+    # -- the same export, run asynchronously (FHIR Bulk Data kick-off, status, file) -----------
+    def _export_job(self, tx: _Tx, job_id: str, *, lock: bool = True) -> ExportFile:
+        """One of the actor's own export jobs; anyone else's answers like a missing one. Locked
+        for a change; a poll does not lock (it must not wait for the run)."""
+        self._require(tx, Permission.PATIENT_READ)
+        self._check_scopes(tx, RT.PATIENT)
+        jid = parse_id(job_id)
+        job = tx.session.get(ExportFile, jid, with_for_update=lock) if jid else None
+        if job is None:
+            raise NotFound(NOT_FOUND)
+        tx.resource_ids.extend([str(job.id), str(job.export_request_id)])
+        if tx.ctx.account_id is None or job.account_id != tx.ctx.account_id:
+            raise _Refused("an export job is seen only by the account that started it")
+        return job
+
+    @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=False)
+    def queue_export(self, tx: _Tx, /, *, export_id: str) -> ExportJobView:
+        """Accept an approved export request to run in the background: the same checks as
+        `export`, nothing read yet; one job per request (it is still used once)."""
+        request = self._approved_export(tx, export_id)
+        started = tx.session.scalar(select(ExportFile.id).where(ExportFile.export_request_id == request.id))
+        if started is not None:
+            raise Conflict("this export was already started: poll its status")
+        assert tx.ctx.account_id is not None  # _approved_export checked it
+        job = ExportFile(
+            id=new_id(),
+            export_request_id=request.id,
+            account_id=tx.ctx.account_id,
+            facility_id=request.facility_id,
+            status="running",
+            created_at=tx.now,
+        )
+        tx.session.add(job)
+        tx.session.flush()
+        tx.resource_ids.append(str(job.id))
+        tx.query = f"export={request.id};async"
+        tx.reasons.append(f"export {request.id} queued")
+        return _job_view(job)
+
+    @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=True)
+    def run_export_job(
+        self, tx: _Tx, /, *, job_id: str, render: Callable[[PatientExport], str]
+    ) -> ExportJobView:
+        """Run a queued export: exactly `export` (policy, exposures on channel export, the
+        request used), its output rendered by `render` and kept encrypted until downloaded."""
+        job = self._export_job(tx, job_id)
+        if job.status != "running":
+            raise Conflict(f"this export job is {job.status}, not waiting to run")
+        export: PatientExport = Gate.export.__wrapped__(self, tx, export_id=str(job.export_request_id))  # type: ignore[attr-defined]
+        job.ndjson_ct = self._enc(render(export), job.facility_id, "export_files", "ndjson", job.id)
+        job.status = "completed"
+        job.completed_at = tx.now
+        job.patient_count = len(export.items)
+        tx.session.flush()
+        return _job_view(job)
+
+    @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=True)
+    def abandon_export_job(self, tx: _Tx, /, *, job_id: str, reason: str) -> ExportJobView:
+        """Mark a job that could not run as failed (its refusal or error is audited already)."""
+        job = self._export_job(tx, job_id)
+        if job.status != "running":
+            raise Conflict(f"this export job is {job.status}")
+        job.status = "failed"
+        job.failure = (reason.strip() or "failed")[:200]
+        job.completed_at = tx.now
+        tx.session.flush()
+        return _job_view(job)
+
+    @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=True)
+    def export_job(self, tx: _Tx, /, *, job_id: str) -> ExportJobView:
+        """A job's state for the requester's polling (no patient data)."""
+        return _job_view(self._export_job(tx, job_id, lock=False))
+
+    @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=True)
+    def download_export(self, tx: _Tx, /, *, job_id: str) -> str:
+        """The output, once, within the use window of the approval; then it is erased."""
+        job = self._export_job(tx, job_id)
+        if job.status != "completed" or job.ndjson_ct is None or job.completed_at is None:
+            raise _Refused(f"export job is {job.status}: nothing to download")
+        if tx.now - job.completed_at > EXPORT_FILE_WINDOW:
+            raise _Refused("the export file has expired")
+        text = self._dec(job.ndjson_ct, "export_files", "ndjson", job.id) or ""
+        job.ndjson_ct = None
+        job.status = "downloaded"
+        job.downloaded_at = tx.now
+        tx.session.flush()
+        tx.reasons.append(f"export file downloaded ({job.patient_count} patients)")
+        return text
+
+
+def _job_view(job: ExportFile) -> ExportJobView:
+    return ExportJobView(
+        id=str(job.id),
+        export_id=str(job.export_request_id),
+        status=job.status,
+        created_at=job.created_at,
+        completed_at=job.completed_at,
+        patient_count=job.patient_count,
+        failure=job.failure,
+    )
+
 
 # The SMART action a token's scopes must allow, by audit kind (reads and history: "read").
 _SCOPE_ACTIONS = {
@@ -2200,6 +2307,7 @@ TRANSACTION_LIMIT = 500
 # One export holds at most EXPORT_LIMIT patients; relationships are computed EXPORT_CHUNK at a time.
 EXPORT_LIMIT = 20_000
 EXPORT_CHUNK = 500
+EXPORT_FILE_WINDOW = dt.timedelta(hours=24)  # a completed export file waits this long, at most
 TRANSACTION_OPERATIONS = frozenset(
     {
         "register_patient",

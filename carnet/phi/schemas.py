@@ -412,6 +412,18 @@ class AllergyInput(BaseModel):
     criticality: str = Field(pattern="^(low|high|unable-to-assess)$")
 
 
+class ExportJobView(BaseModel):
+    """An asynchronous export's state (no patient data): running, completed, failed, downloaded."""
+
+    id: str
+    export_id: str
+    status: str
+    created_at: dt.datetime
+    completed_at: dt.datetime | None = None
+    patient_count: int | None = None
+    failure: str | None = None
+
+
 class PatientExport(BaseModel):
     """An export's patients and its watermark: which request, why, who asked and who approved."""
 

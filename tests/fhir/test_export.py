@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import time
 import uuid
 from typing import Any
 
+import pytest
 import requests
 import sqlalchemy as sa
 
@@ -16,9 +19,11 @@ from carnet.access.models import ExportRequest
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.detection.models import Exposure
+from carnet.fhir import exports
 from carnet.fhir.exports import WATERMARK_SYSTEM
 from carnet.identity import sessions
 from carnet.kernel import clock
+from carnet.patients.models import ExportFile
 from carnet.runtime import Runtime
 from tests.factories import (
     link_care,
@@ -271,3 +276,120 @@ def audit_reason(runtime: Runtime, actor: Actor) -> str:
             .limit(1)
         )
     return reason or ""
+
+
+def _kick_off(server: Server, actor: Actor, export_id: str) -> requests.Response:
+    return requests.get(
+        f"{server.url}/fhir/Patient/$export",
+        params={"_exportId": export_id, "_outputFormat": "application/fhir+ndjson"},
+        headers={**_headers(server, actor), "Prefer": "respond-async"},
+        timeout=30,
+    )
+
+
+def _get(server: Server, actor: Actor, url: str) -> requests.Response:
+    return requests.get(url, headers=_headers(server, actor), timeout=30)
+
+
+def _poll(server: Server, actor: Actor, url: str) -> requests.Response:
+    deadline = time.monotonic() + 20
+    while True:
+        answer = _get(server, actor, url)
+        if answer.status_code != 202 or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
+
+
+def test_async_kick_off_polls_then_gives_the_file_once(
+    fhir_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = fhir_server.runtime
+    facility, doctor, mine, stranger, officer = _hospital(runtime)
+    export_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")
+
+    # Not approved: the kick-off itself is refused (403), nothing queued.
+    assert _kick_off(fhir_server, doctor, export_id).status_code == 403
+    assert audit_rows(runtime, doctor.account_id)[-1] == ("phi:resource:export", "denied", "Patient")
+    assert _decide(fhir_server, officer, "approve", export_id).status_code == 200
+
+    # Hold the background run until the test has seen it running.
+    release = threading.Event()
+    original = exports._run_job
+
+    def held(gate: Any, job_id: str) -> None:
+        assert release.wait(20)
+        original(gate, job_id)
+
+    monkeypatch.setattr(exports, "_run_job", held)
+    kicked = _kick_off(fhir_server, doctor, export_id)
+    assert kicked.status_code == 202, kicked.text
+    status_url = kicked.headers["content-location"]
+    assert status_url.startswith(f"{fhir_server.url}/fhir/$export-status/")
+    running = _get(fhir_server, doctor, status_url)
+    assert running.status_code == 202 and running.headers["x-progress"] == "running"
+    assert _exposures(runtime, doctor) == []  # nothing read yet
+    # A second kick-off of the same request: refused while the first runs (412).
+    assert _kick_off(fhir_server, doctor, export_id).status_code == 412
+    # Someone else polling: as if the job did not exist.
+    colleague = make_physician(runtime, facility)
+    assert _get(fhir_server, colleague, status_url).status_code == 404
+    release.set()
+
+    done = _poll(fhir_server, doctor, status_url)
+    assert done.status_code == 200, done.text
+    manifest = done.json()
+    assert manifest["requiresAccessToken"] is True and manifest["error"] == []
+    [output] = manifest["output"]
+    assert output["type"] == "Patient" and output["count"] == len(mine)
+    assert sorted((str(p), c) for p, c in _exposures(runtime, doctor)) == sorted((p, "export") for p in mine)
+
+    assert _get(fhir_server, colleague, output["url"]).status_code == 404  # not theirs
+    file = _get(fhir_server, doctor, output["url"])
+    assert file.status_code == 200
+    assert file.headers["content-type"].startswith("application/fhir+ndjson")
+    lines = [json.loads(line) for line in file.text.splitlines()]
+    assert _value(lines[0], "approvedBy") == str(officer.account_id)
+    assert sorted(p["id"] for p in lines[1:]) == sorted(mine) and stranger not in file.text
+    for resource in lines:
+        assert {"system": WATERMARK_SYSTEM, "code": export_id, "display": f"carnet export {export_id}"} in (
+            resource["meta"]["tag"]
+        )
+    # Once: the file is erased after its download; the request is used.
+    assert _get(fhir_server, doctor, status_url).json()["output"] == []
+    assert _get(fhir_server, doctor, output["url"]).status_code == 404
+    # (a second refused export in the hour: detection contains the account, as for the sync one)
+    assert _kick_off(fhir_server, doctor, export_id).status_code == 403
+    with runtime.session_factory() as session:
+        stored = session.scalar(
+            sa.select(ExportFile.ndjson_ct).where(ExportFile.export_request_id == uuid.UUID(export_id))
+        )
+    assert stored is None
+    rows = audit_rows(runtime, doctor.account_id)
+    assert rows.count(("phi:resource:export", "success", "Patient")) >= 4  # kick-off, run, polls, file
+    assert ("phi:resource:export", "denied", "Patient") in rows
+    # The colleague's two tries are refused and audited (and, being two, contain the account).
+    assert audit_rows(runtime, colleague.account_id)[:2] == [
+        ("phi:resource:export", "denied", "Patient"),
+        ("phi:resource:export", "denied", "Patient"),
+    ]
+
+
+def test_async_export_that_fails_says_so_and_exports_nothing(
+    fhir_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = fhir_server.runtime
+    _facility, doctor, _mine, _stranger, officer = _hospital(runtime)
+    export_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")
+    assert _decide(fhir_server, officer, "approve", export_id).status_code == 200
+
+    def broken(export: Any) -> str:
+        raise RuntimeError("renderer down")
+
+    monkeypatch.setattr(exports, "render", broken)
+    kicked = _kick_off(fhir_server, doctor, export_id)
+    assert kicked.status_code == 202
+    failed = _poll(fhir_server, doctor, kicked.headers["content-location"])
+    assert failed.status_code == 422
+    assert "nothing was exported" in failed.json()["issue"][0]["diagnostics"]
+    assert _exposures(runtime, doctor) == []
+    assert ("phi:resource:export", "error", "Patient") in audit_rows(runtime, doctor.account_id)

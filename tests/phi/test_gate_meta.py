@@ -52,6 +52,8 @@ class World:
     care_team: str = ""  # the physician's care relationship with the patient
     consent: str = ""  # an active opposition of another patient in the physician's care
     provenance: str = ""  # the version written when the allergy was recorded
+    job: str = ""  # an asynchronous export of another approved request, queued
+    done: str = ""  # ... and one already run, its file waiting
 
 
 def _world(runtime: Runtime) -> World:
@@ -112,8 +114,16 @@ def _world(runtime: Runtime) -> World:
         version = session.scalar(
             sa.select(ResourceVersion.id).where(ResourceVersion.resource_id == uuid.UUID(allergy.id))
         )
+    jobs = []
+    for _ in range(2):
+        asked_again = request_export(runtime, actor=doctor, purpose="audit de la file active", scope="care")
+        approve_export(runtime, actor=officer, export_id=asked_again.id)
+        jobs.append(gate.queue_export(export_id=asked_again.id).id)
+    gate.run_export_job(job_id=jobs[1], render=lambda _export: "{}\n")
     return dataclasses.replace(
         world,
+        job=jobs[0],
+        done=jobs[1],
         encounter=str(stay),
         report=str(report),
         care_team=str(care_team),
@@ -385,6 +395,31 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         "physician",
         lambda g, w: g.read_provenance(provenance_id=w.provenance),
         lambda g, w: g.read_provenance(provenance_id=MISSING),
+    ),
+    "queue_export": (
+        "physician",
+        lambda g, w: g.queue_export(export_id=w.export),
+        lambda g, w: g.queue_export(export_id="not-an-id"),
+    ),
+    "run_export_job": (
+        "physician",
+        lambda g, w: g.run_export_job(job_id=w.job, render=lambda _e: "{}\n"),
+        lambda g, w: g.run_export_job(job_id=w.done, render=lambda _e: "{}\n"),
+    ),
+    "abandon_export_job": (
+        "physician",
+        lambda g, w: g.abandon_export_job(job_id=w.job, reason="the worker stopped"),
+        lambda g, w: g.abandon_export_job(job_id=w.done, reason="too late"),
+    ),
+    "export_job": (
+        "physician",
+        lambda g, w: g.export_job(job_id=w.job),
+        lambda g, w: g.export_job(job_id=MISSING),
+    ),
+    "download_export": (
+        "physician",
+        lambda g, w: g.download_export(job_id=w.done),
+        lambda g, w: g.download_export(job_id=MISSING),
     ),
     "deactivate_patient": (
         "physician",

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 12:33:02.524283
+Create Date: 2026-11-24 12:45:30.729115
 """
 
 import sqlalchemy as sa
@@ -1112,6 +1112,36 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_webauthn_credentials_account_id"), ["account_id"], unique=False)
 
     op.create_table(
+        "export_files",
+        sa.Column("export_request_id", sa.Uuid(), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("facility_id", sa.Uuid(), nullable=False),
+        sa.Column("status", sa.String(length=12), nullable=False),
+        sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("completed_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("downloaded_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("patient_count", sa.Integer(), nullable=True),
+        sa.Column("failure", sa.String(length=200), nullable=True),
+        sa.Column("ndjson_ct", sa.LargeBinary(), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_export_files_account_id_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["export_request_id"],
+            ["export_requests.id"],
+            name=op.f("fk_export_files_export_request_id_export_requests"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["facility_id"], ["facilities.id"], name=op.f("fk_export_files_facility_id_facilities")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_export_files")),
+        sa.UniqueConstraint("export_request_id", name=op.f("uq_export_files_export_request_id")),
+    )
+    with op.batch_alter_table("export_files", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_export_files_account_id"), ["account_id"], unique=False)
+
+    op.create_table(
         "invoice_lines",
         sa.Column("invoice_id", sa.Uuid(), nullable=False),
         sa.Column("code", sa.String(length=20), nullable=False),
@@ -1182,6 +1212,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_invoice_lines_invoice_id"))
 
     op.drop_table("invoice_lines")
+    with op.batch_alter_table("export_files", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_export_files_account_id"))
+
+    op.drop_table("export_files")
     with op.batch_alter_table("webauthn_credentials", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_webauthn_credentials_account_id"))
 

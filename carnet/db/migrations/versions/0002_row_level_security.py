@@ -40,6 +40,7 @@ FACILITY_TABLES = (
     "invoices",
     "break_glass_accesses",
     "consents",
+    "export_files",
 )
 # Child tables: visible when their parent row is (the parent's own policy applies inside).
 CHILD_TABLES = {
