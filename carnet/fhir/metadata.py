@@ -29,7 +29,8 @@ def capability_statement() -> dict[str, Any]:
             "interaction": [{"code": code} for code in spec.get("interactions", [])],
             "searchParam": [{"name": n, "type": t} for n, t in spec.get("search", {}).items()],
             "versioning": "versioned",
-            "readHistory": True,
+            # Only the types whose versions are kept answer vread and _history.
+            "readHistory": "vread" in spec.get("interactions", []),
             "conditionalCreate": bool(spec.get("conditionalCreate")),
         }
         for rtype, spec in sorted(SUPPORTED.items())

@@ -87,8 +87,38 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "birthdate",
         "gender",
     }
-    # Nothing is claimed that is not served: every declared read answers (401 without a session, not 404/405).
-    for rtype, spec in resources.items():
-        if "search-type" in {i["code"] for i in spec["interaction"]}:
-            answer = requests.get(f"{fhir_server.url}/fhir/{rtype}", timeout=10)
-            assert answer.status_code == 401, rtype
+    # The resources added for issue 9, with exactly what they serve.
+    served = {t: {i["code"] for i in r["interaction"]} for t, r in resources.items()}
+    assert served["CareTeam"] == served["DiagnosticReport"] == served["Provenance"] == {"read", "search-type"}
+    assert served["Consent"] == {
+        "read",
+        "vread",
+        "history-instance",
+        "search-type",
+        "create",
+        "update",
+        "delete",
+    }
+    assert served["Encounter"] == {"read", "search-type"}
+    assert {p["name"] for p in resources["Provenance"]["searchParam"]} == {"target"}
+    assert resources["Consent"]["readHistory"] is True and resources["CareTeam"]["readHistory"] is False
+    # Nothing is claimed that is not served: every declared interaction answers (401 without a
+    # session, not 404/405).
+    probes = {
+        "search-type": ("get", "{t}"),
+        "read": ("get", "{t}/x"),
+        "vread": ("get", "{t}/x/_history/1"),
+        "history-instance": ("get", "{t}/x/_history"),
+        "create": ("post", "{t}"),
+        "update": ("put", "{t}/x"),
+        "delete": ("delete", "{t}/x"),
+    }
+    for rtype, codes in served.items():
+        for code in codes:
+            method, path = probes[code]
+            answer = requests.request(
+                method, f"{fhir_server.url}/fhir/{path.format(t=rtype)}", json={}, timeout=10
+            )
+            assert answer.status_code == 401, (rtype, code, answer.status_code)
+    # ... and nothing served is left out: a type the statement does not list is not served.
+    assert requests.get(f"{fhir_server.url}/fhir/Basic", timeout=10).status_code == 404
