@@ -108,6 +108,10 @@ class DetectionConfig(BaseSettings):
     admin_denials_contain_15m: int = Field(default=3, ge=1)
     denials_step_up_15m: int = Field(default=10, ge=1)
     denials_contain_15m: int = Field(default=25, ge=1)
+    # Spread over a day (a drip that keeps knocking): clinicians reach others through
+    # break-the-glass, not by being refused again and again.
+    denials_step_up_24h: int = Field(default=20, ge=1)
+    denials_contain_24h: int = Field(default=40, ge=1)
     export_denials_contain_1h: int = Field(default=2, ge=1)
 
     # Approved exports (watermarked): a large one asks for a fresh second factor, never contains.

@@ -163,6 +163,7 @@ class ActorCounts:
     wildcard_searches_1h: int = 0
     deep_pages_1h: int = 0
     denials_15m: int = 0
+    denials_24h: int = 0
     export_denials_1h: int = 0
     refusals_1h: int = 0
     refusals_24h: int = 0

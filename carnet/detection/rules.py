@@ -355,11 +355,23 @@ def denials(config: DetectionConfig, ctx: Context) -> Finding | None:
             Level.CONTAIN,
             f"{who} was refused patient data {c.denials_15m} times in 15 minutes.",
         )
+    if c.denials_24h >= config.denials_contain_24h:
+        return Finding(
+            Rule.DENIALS,
+            Level.CONTAIN,
+            f"{who} was refused patient data {c.denials_24h} times in the last 24 hours.",
+        )
     if c.denials_15m >= config.denials_step_up_15m:
         return Finding(
             Rule.DENIALS,
             Level.STEP_UP,
             f"{who} was refused patient data {c.denials_15m} times in 15 minutes.",
+        )
+    if c.denials_24h >= config.denials_step_up_24h:
+        return Finding(
+            Rule.DENIALS,
+            Level.STEP_UP,
+            f"{who} was refused patient data {c.denials_24h} times in the last 24 hours.",
         )
     return None
 
@@ -443,7 +455,7 @@ def pending_step_up(config: DetectionConfig, ctx: Context) -> Finding | None:
     otherwise a session that cannot answer keeps reading whatever stays under the threshold."""
     if ctx.actor.kind is not ActorKind.STAFF:
         return None
-    asked = ctx.counts.first_refusal_at
+    asked = ctx.counts.first_refusal_24h_at
     if asked is None or _proved_since(ctx, asked):
         return None
     local = asked.astimezone(zoneinfo.ZoneInfo(config.timezone)).strftime("%H:%M")

@@ -18,7 +18,7 @@ from carnet.kernel.errors import AccountContained, StepUpRequired
 from carnet.phi.work import SqlFacilityWork
 from carnet.runtime import Runtime
 from tests import factories as f
-from tests.detection.helpers import expose, make_actor, make_patients, new_patients, step_up
+from tests.detection.helpers import deny, expose, make_actor, make_patients, new_patients, step_up
 
 MORNING = dt.datetime(2026, 3, 3, 9, 0, tzinfo=dt.UTC)  # a Tuesday, 10:00 in Paris
 
@@ -152,3 +152,25 @@ def test_step_ups_left_unanswered_all_day_contain_and_answered_ones_never_do(
             assert outcome is None
         else:
             assert outcome is not None and "without once confirming their identity" in outcome
+
+
+def test_refusals_spread_over_a_day_ask_for_a_second_factor_then_contain(
+    runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    doctor = make_actor(runtime, "dr.knocking", Role.PHYSICIAN)
+    for i in range(19):  # one refused chart every half hour: under 10 in 15 minutes, always
+        movable_clock.set(MORNING + dt.timedelta(minutes=30 * i))
+        deny(runtime, doctor)
+    expose(runtime, doctor, new_patients(1))  # 19 in a day: nothing yet
+    movable_clock.set(MORNING + dt.timedelta(minutes=30 * 19))
+    deny(runtime, doctor)  # the 20th: asked for a second factor
+    with pytest.raises(StepUpRequired, match="has not done so yet"):
+        expose(runtime, doctor, new_patients(1))
+    with runtime.session_factory() as session:
+        sentences = [a.sentence for a in session.query(Alert).filter(Alert.username == "dr.knocking")]
+    assert any("refused patient data 20 times in the last 24 hours" in s for s in sentences), sentences
+    for i in range(20, 40):
+        movable_clock.set(MORNING + dt.timedelta(minutes=30 * i))
+        deny(runtime, doctor)
+    with pytest.raises(AccountContained):
+        expose(runtime, doctor, new_patients(1))
