@@ -1036,6 +1036,8 @@ class Gate:
         tx.patient_ids.append(patient.id)
         full = self._patient_data(patient, PATIENT_IDENTITY | PATIENT_CONTACT)
         self._snapshot(tx, RT.PATIENT, patient.id, 1, patient, "create", full)
+        if patient.opposes_other_facilities:
+            self._consent_follows_flag(tx, patient)
         return self._written_patient(tx, patient)
 
     @guarded(AuditKind.PHI_UPDATE, RT.PATIENT, targeted=True)
@@ -1067,7 +1069,51 @@ class Gate:
         self._bump(tx, Patient, patient, expected_version, **values)
         full = self._patient_data(patient, PATIENT_IDENTITY | PATIENT_CONTACT)
         self._snapshot(tx, RT.PATIENT, patient.id, patient.version_id, patient, "update", full)
+        if "opposes_other_facilities" in given_fields:
+            self._consent_follows_flag(tx, patient)
         return self._written_patient(tx, patient)
+
+    def _consent_follows_flag(self, tx: _Tx, patient: Patient) -> None:
+        """A restriction set on the patient record itself (registration, a Patient update) is
+        recorded as a Consent too, so the patient's decisions are all listed in one place."""
+        active = list(
+            tx.session.scalars(
+                select(Consent).where(
+                    Consent.patient_id == patient.id,
+                    Consent.kind == OPPOSE_OTHER_FACILITIES,
+                    Consent.status == "active",
+                )
+            )
+        )
+        if patient.opposes_other_facilities and not active:
+            consent = Consent(
+                id=new_id(),
+                patient_id=patient.id,
+                facility_id=patient.facility_id,
+                kind=OPPOSE_OTHER_FACILITIES,
+                status="active",
+                recorded_by=tx.ctx.account_id,
+                recorded_at=tx.now,
+                version_id=1,
+                created_at=tx.now,
+                updated_at=tx.now,
+            )
+            tx.session.add(consent)
+            tx.session.flush()
+            self._snapshot(tx, RT.CONSENT, consent.id, 1, patient, "create", _consent_data(consent))
+        elif not patient.opposes_other_facilities:
+            for consent in active:
+                self._bump(
+                    tx,
+                    Consent,
+                    consent,
+                    consent.version_id,
+                    status="inactive",
+                    withdrawn_by=tx.ctx.account_id,
+                    withdrawn_at=tx.now,
+                )
+                data = _consent_data(consent)
+                self._snapshot(tx, RT.CONSENT, consent.id, consent.version_id, patient, "update", data)
 
     def _written_patient(self, tx: _Tx, patient: Patient) -> PatientView:
         tx.relationships.clear()  # the write may have made (or ended) a relationship

@@ -264,7 +264,42 @@ class _Run:
             "action": "create",
             "snapshot": snapshot,
         }
-        return [("patients", row), ("resource_versions", version)]
+        rows: list[tuple[str, dict[str, Any]]] = [("patients", row), ("resource_versions", version)]
+        if checked.opposes_other_facilities:
+            rows.extend(self._opposition(patient_id))
+        return rows
+
+    def _opposition(self, patient_id: uuid.UUID) -> list[tuple[str, dict[str, Any]]]:
+        """An imported restriction is a Consent too (as the gate records one at registration)."""
+        consent = {
+            "id": new_id(),
+            "patient_id": patient_id,
+            "facility_id": self.facility_id,
+            "kind": "oppose-other-facilities",
+            "status": "active",
+            "recorded_by": None,
+            "recorded_at": self.now,
+            "withdrawn_by": None,
+            "withdrawn_at": None,
+            "version_id": 1,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
+        # As the gate's snapshot of a Consent: ids and times as text.
+        snapshot = {k: v if v is None or isinstance(v, int | str) else str(v) for k, v in consent.items()}
+        version = {
+            "id": new_id(),
+            "resource_type": "Consent",
+            "resource_id": consent["id"],
+            "version_id": 1,
+            "patient_id": patient_id,
+            "facility_id": self.facility_id,
+            "recorded_at": self.now,
+            "author_id": None,
+            "action": "create",
+            "snapshot": snapshot,
+        }
+        return [("consents", consent), ("resource_versions", version)]
 
     def _allergyintolerance(
         self, data: dict[str, Any], item: _Item, pending: dict[str, uuid.UUID]

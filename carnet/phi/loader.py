@@ -23,7 +23,7 @@ from carnet.crypto.keyring import Keyring
 from carnet.db.base import Base
 from carnet.detection.models import CanaryPatient
 from carnet.kernel.errors import InvalidInput
-from carnet.patients.models import CareRelationship, Patient, ResourceVersion
+from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
 from carnet.phi.system import SystemAccess
 from carnet.prescriptions.models import Prescription
 from carnet.records.models import (
@@ -72,6 +72,7 @@ TABLES: Mapping[str, _Table] = {
     "resource_versions": _Table(ResourceVersion, (_Field("snapshot", as_json=True),)),
     "canary_patients": _Table(CanaryPatient),
     "care_relationships": _Table(CareRelationship),
+    "consents": _Table(Consent),
     "encounters": _Table(Encounter),
     "appointments": _Table(Appointment, (_Field("reason"),)),
     "clinical_notes": _Table(ClinicalNote),

@@ -5,7 +5,9 @@ accounted as an exposure; a Consent changes what the gate allows at once."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
+from pathlib import Path
 
 import pytest
 from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, ResourceNotFound
@@ -15,6 +17,7 @@ from carnet.access.actor import Actor
 from carnet.access.models import RoleGrant
 from carnet.access.roles import Role
 from carnet.detection.models import Exposure
+from carnet.phi.importer import import_files
 from carnet.runtime import Runtime
 from tests.factories import (
     admit,
@@ -306,3 +309,56 @@ def test_encounter_read_and_last_updated_everywhere(fhir_server: Server) -> None
     with pytest.raises(ResourceNotFound):
         fhir_server.client_for(nurse_elsewhere).reference("Encounter", str(stay)).to_resource()
     assert audit_rows(runtime, nurse_elsewhere.account_id) == [("phi:resource:read", "denied", "Encounter")]
+
+
+def test_a_restriction_set_on_the_patient_is_a_consent_too(fhir_server: Server, tmp_path: Path) -> None:
+    """Registration with the restriction, a Patient PUT clearing it, and an import carrying it:
+    each leaves the Consent list telling the same as the flag the policy reads."""
+    runtime = fhir_server.runtime
+    facility = make_facility(runtime)
+    clerk = make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    desk = fhir_server.client_for(clerk)
+    closed = register_patient(runtime, facility, family="Fermé", opposes_other_facilities=True, by=clerk)
+    [consent] = desk.resources("Consent").search(patient=closed.id).fetch()
+    assert consent["status"] == "active" and consent["policy"][0]["uri"] == POLICY
+
+    patient = desk.reference("Patient", closed.id).to_resource()
+    patient["extension"] = [
+        {
+            "url": "https://carnet.example.org/fhir/StructureDefinition/opposes-other-facilities",
+            "valueBoolean": False,
+        }
+    ]
+    patient.save()
+    [withdrawn] = desk.resources("Consent").search(patient=closed.id).fetch()
+    assert withdrawn.id == consent.id and withdrawn["status"] == "inactive"
+    assert [
+        e["resource"]["status"] for e in desk.execute(f"Consent/{consent.id}/_history", method="get")["entry"]
+    ] == [
+        "inactive",
+        "active",
+    ]
+
+    source = {
+        "resourceType": "Patient",
+        "id": "x1",
+        "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "2900175000099"}],
+        "name": [{"family": "Importé", "given": ["Léa"]}],
+        "gender": "female",
+        "birthDate": "1990-01-02",
+        "extension": [
+            {
+                "url": "https://carnet.example.org/fhir/StructureDefinition/opposes-other-facilities",
+                "valueBoolean": True,
+            }
+        ],
+    }
+    path = tmp_path / "Patient.ndjson"
+    path.write_text(json.dumps(source) + "\n", encoding="utf-8")
+    report = import_files(runtime, paths=[path], facility_id=facility, operator="test-import")
+    assert report.accepted == {"Patient": 1}
+    [imported] = desk.resources("Patient").search(identifier="2900175000099").fetch()
+    [restriction] = desk.resources("Consent").search(patient=imported.id).fetch()
+    assert restriction["status"] == "active"
+    provenance = desk.resources("Provenance").search(target=f"Consent/{restriction.id}").fetch()
+    assert provenance[0]["agent"][0]["who"]["display"].startswith("carnet system")
