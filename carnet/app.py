@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,8 +16,22 @@ from carnet.runtime import Runtime, build_runtime
 from carnet.settings import get_settings
 
 
+class NoQueryInAccessLog(logging.Filter):
+    """Search criteria travel in query strings (an INS, a name and a birth date, in the staff
+    pages and in FHIR searches): the server's access log keeps the path, never those values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?(query not logged)", *args[3:])
+        return True
+
+
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     """Build the app around a runtime (tests pass theirs; `carnet serve` builds one)."""
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, NoQueryInAccessLog) for f in access_log.filters):
+        access_log.addFilter(NoQueryInAccessLog())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
