@@ -473,6 +473,8 @@ class HospitalGenerator:
                 "snapshot": snapshot,
             },
         )
+        if patient["opposes_other_facilities"]:
+            self._opposition(batch, patient_id, facility.id, created)
         if canary:
             batch.add(
                 "canary_patients",
@@ -502,6 +504,44 @@ class HospitalGenerator:
         self._labs(batch, ctx)
         self._coverage(batch, ctx, ins)
         return patient_id, facility.id
+
+    @staticmethod
+    def _opposition(batch: SeedBatch, patient_id: uuid.UUID, facility_id: uuid.UUID, at: dt.datetime) -> None:
+        """The patient's restriction is recorded as a Consent too (as the gate does), with ids
+        derived from the patient's so the random stream (and every later row) is unchanged."""
+        consent_id = uuid.uuid5(patient_id, "consent")
+        consent = {
+            "id": consent_id,
+            "patient_id": patient_id,
+            "facility_id": facility_id,
+            "kind": "oppose-other-facilities",
+            "status": "active",
+            "recorded_by": None,
+            "recorded_at": at,
+            "withdrawn_by": None,
+            "withdrawn_at": None,
+            "version_id": 1,
+            "created_at": at,
+            "updated_at": at,
+        }
+        batch.add("consents", consent)
+        batch.add(
+            "resource_versions",
+            {
+                "id": uuid.uuid5(patient_id, "consent-version-1"),
+                "resource_type": ResourceType.CONSENT.value,
+                "resource_id": consent_id,
+                "version_id": 1,
+                "patient_id": patient_id,
+                "facility_id": facility_id,
+                "recorded_at": at,
+                "author_id": None,
+                "action": "create",
+                "snapshot": {
+                    k: v if v is None or isinstance(v, int | str) else str(v) for k, v in consent.items()
+                },
+            },
+        )
 
     def _relationship(
         self,
