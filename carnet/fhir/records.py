@@ -70,7 +70,7 @@ SUPPORTED["Consent"] = {
 }
 SUPPORTED["Provenance"] = {
     "interactions": ["read", "search-type"],
-    "search": {"target": "reference"},
+    "search": {"target": "reference", "patient": "reference"},
 }
 
 
@@ -319,9 +319,6 @@ def provenance_to_fhir(p: ProvenanceView) -> dict[str, Any]:
 
 def _target(request: Request) -> tuple[str, str]:
     params = request.query_params
-    unknown = sorted(set(params) - {"target", "_count", "_page", "_format"})
-    if unknown:
-        raise InvalidInput("unsupported search parameters: " + ", ".join(unknown))
     raw = (params.get("target") or "").strip()
     parts = raw.split("/_history/")[0].rstrip("/").split("/")
     if len(parts) < 2 or not parts[-2] or not parts[-1]:
@@ -331,10 +328,23 @@ def _target(request: Request) -> tuple[str, str]:
 
 @router.get("/Provenance")
 def search_provenance(request: Request) -> Response:
+    """By `target` (every version of one resource) or by `patient` (every version in the
+    record the actor may read), newest first."""
     gate = gate_for(request, "Provenance", "search")
-    target_type, target_id = _target(request)
-    views = gate.list_provenance(target_type=target_type, target_id=target_id)
-    return paged(request, "Provenance", [provenance_to_fhir(v) for v in reversed(views)])
+    params = request.query_params
+    unknown = sorted(set(params) - {"target", "patient", "_count", "_page", "_format"})
+    if unknown:
+        raise InvalidInput("unsupported search parameters: " + ", ".join(unknown))
+    if ("target" in params) == ("patient" in params):
+        raise InvalidInput("a Provenance search needs target=<Type>/<id> or patient=Patient/<id>")
+    if "patient" in params:
+        patient = reference_id(params.get("patient"), "Patient")
+        assert patient is not None
+        views = gate.list_patient_provenance(patient_id=patient)
+    else:
+        target_type, target_id = _target(request)
+        views = list(reversed(gate.list_provenance(target_type=target_type, target_id=target_id)))
+    return paged(request, "Provenance", [provenance_to_fhir(v) for v in views])
 
 
 @router.get("/Provenance/{provenance_id}")

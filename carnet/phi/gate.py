@@ -2045,6 +2045,9 @@ class Gate:
         tx.resource_ids.extend(str(v.id) for v in versions)
         rels = self._relationships(tx, [patient])
         self._expose(tx, [patient.id], Channel.CHART, rels, {"patient_id"}, resource=kind)
+        return self._provenance_views(tx, versions)
+
+    def _provenance_views(self, tx: _Tx, versions: Sequence[ResourceVersion]) -> list[ProvenanceView]:
         authors = {v.author_id for v in versions if v.author_id is not None}
         practitioners: dict[uuid.UUID, uuid.UUID | None] = {}
         if authors:
@@ -2091,6 +2094,32 @@ class Gate:
         if not versions:
             raise NotFound(NOT_FOUND)
         return self._provenance(tx, versions)
+
+    @guarded(AuditKind.PHI_READ, RT.PATIENT, targeted=True)
+    def list_patient_provenance(self, tx: _Tx, /, *, patient_id: str) -> list[ProvenanceView]:
+        """Who wrote what in one patient's record (FHIR Provenance?patient=), newest first:
+        only the versions of the resource types the actor may read for this patient."""
+        tx.resource_type = "Provenance"
+        self._require(tx, Permission.HISTORY_READ)
+        patient = self._patient(tx, patient_id)
+        self._authorize(tx, patient, RT.PATIENT)
+        rels = self._relationships(tx, [patient])
+        readable = [
+            t.value for t in ResourceType if self._read_fields(tx, rels.get(patient.id, frozenset()), t)
+        ]
+        if self.actor.scopes is not None:  # a token: only the types its scopes read
+            readable = [t for t in readable if _token_reads(self.actor, t)]
+        versions = list(
+            tx.session.scalars(
+                select(ResourceVersion)
+                .where(ResourceVersion.patient_id == patient.id, ResourceVersion.resource_type.in_(readable))
+                .order_by(ResourceVersion.recorded_at.desc(), ResourceVersion.version_id.desc())
+                .limit(HISTORY_LIMIT)
+            )
+        )
+        tx.resource_ids.extend(str(v.id) for v in versions)
+        self._expose(tx, [patient.id], Channel.CHART, rels, {"patient_id"}, resource=RT.PATIENT)
+        return self._provenance_views(tx, versions)
 
     @guarded(AuditKind.PHI_READ, RT.PATIENT, targeted=True)
     def read_provenance(self, tx: _Tx, /, *, provenance_id: str) -> ProvenanceView:
@@ -2310,6 +2339,14 @@ class Gate:
         tx.session.flush()
         tx.reasons.append(f"export file downloaded ({job.patient_count} patients)")
         return text
+
+
+def _token_reads(actor: Actor, resource_type: str) -> bool:
+    try:
+        require_scope(actor, resource_type=resource_type, action="read")
+    except Forbidden:
+        return False
+    return True
 
 
 def _job_view(job: ExportFile) -> ExportJobView:

@@ -100,7 +100,7 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "delete",
     }
     assert served["Encounter"] == {"read", "search-type"}
-    assert {p["name"] for p in resources["Provenance"]["searchParam"]} == {"target"}
+    assert {p["name"] for p in resources["Provenance"]["searchParam"]} == {"target", "patient"}
     assert resources["Consent"]["readHistory"] is True and resources["CareTeam"]["readHistory"] is False
     # Nothing is claimed that is not served: every declared interaction answers (401 without a
     # session, not 404/405).

@@ -279,8 +279,15 @@ def test_provenance_names_the_author_of_every_version(fhir_server: Server) -> No
     assert (
         registered[0]["agent"][0]["who"]["identifier"]["system"] == "https://carnet.example.org/fhir/account"
     )
-    with pytest.raises(OperationOutcome):
-        client.resources("Provenance").search(patient=patient_id).fetch()
+    # By patient: every version in the record, newest first (here the allergy, then registration).
+    record = client.resources("Provenance").search(patient=patient_id).fetch()
+    assert [p["target"][0]["reference"].split("/")[0] for p in record] == ["AllergyIntolerance", "Patient"]
+    with pytest.raises(OperationOutcome):  # one of target or patient, not both, not neither
+        client.resources("Provenance").search(patient=patient_id, target=f"Patient/{patient_id}").fetch()
+    # The front desk reads the patient's identity, not their allergies: only what it may read.
+    desk = fhir_server.client_for(make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility))
+    seen = desk.resources("Provenance").search(patient=patient_id).fetch()
+    assert [p["target"][0]["reference"].split("/")[0] for p in seen] == ["Patient"]
 
     billing = make_account(runtime, roles=[Role.BILLING], facility_id=facility)
     with pytest.raises(ResourceNotFound):

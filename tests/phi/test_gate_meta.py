@@ -391,6 +391,11 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.list_provenance(target_type="AllergyIntolerance", target_id=w.allergy),
         lambda g, w: g.list_provenance(target_type="Unknown", target_id=w.allergy),
     ),
+    "list_patient_provenance": (
+        "physician",
+        lambda g, w: g.list_patient_provenance(patient_id=w.patient),
+        lambda g, w: g.list_patient_provenance(patient_id=MISSING),
+    ),
     "read_provenance": (
         "physician",
         lambda g, w: g.read_provenance(provenance_id=w.provenance),
