@@ -254,7 +254,8 @@ def wrk_load(base: str, label: str, clients: int, seconds: float, pairs: list[Pa
     try:
         threads = max(1, min(2, clients))
         out = subprocess.run(
-            ["wrk", f"-t{threads}", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", f.name, base],
+            ["wrk", f"-t{threads}", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+             "-s", f.name, base],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
     finally:
@@ -274,6 +275,44 @@ class WrkResult(Result):
 
     def pct(self, q: float) -> float:
         return self.p50_ms if q <= 50 else self.p99_ms
+
+
+def cpu_seconds(server_pid: int, url: str) -> tuple[float, float]:
+    """CPU (user + system) used so far by the server's processes, and by the PostgreSQL backends
+    connected to this run's database (other databases' work is not counted)."""
+    database = sa.engine.make_url(url).database
+    engine = make_engine(ADMIN_URL)
+    with engine.connect() as conn:
+        backends = (
+            conn.execute(
+                sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
+                {"d": database},
+            )
+            .scalars()
+            .all()
+        )
+    engine.dispose()
+    return _tree_cpu([server_pid]), sum(_cpu(pid) for pid in backends)
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # ended meanwhile
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        total += _cpu(pid)
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        total += _tree_cpu([int(c) for c in children])
+    return total
 
 
 # -- server -----------------------------------------------------------------------------------
@@ -389,7 +428,9 @@ def _measure(
         health = wrk_load(base, "/healthz (baseline)", clients, seconds, health_pairs)
         read_pairs = [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
         random.Random(1).shuffle(read_pairs)
+        cpu_before = cpu_seconds(server.pid, url)
         reads = wrk_load(base, "Patient read", clients, seconds, read_pairs)
+        cpu_after = cpu_seconds(server.pid, url)
         reads_one = wrk_load(base, "Patient read, 1 client", 1, seconds, read_pairs)
         health_one = wrk_load(base, "/healthz, 1 client (baseline)", 1, seconds, health_pairs)
         search_small = searches("Patient search, 1,000 patients")
@@ -425,8 +466,17 @@ def _measure(
     for r in (health_one, reads_one, search_small_one, search_large_one):
         lines.append(_row(r, health_one))
     growth = search_large.pct(50) / search_small.pct(50)
+    app_ms = (cpu_after[0] - cpu_before[0]) / reads.requests * 1000
+    db_ms = (cpu_after[1] - cpu_before[1]) / reads.requests * 1000
+    cores = os.cpu_count() or 1
     growth_one = search_large_one.pct(50) / search_small_one.pct(50)
     lines.append("")
+    lines.append(
+        f"- CPU per guarded Patient read at {clients} clients: {app_ms:.2f} ms in the app workers + "
+        f"{db_ms:.2f} ms in its PostgreSQL backends = {app_ms + db_ms:.2f} ms; on {cores} cores "
+        f"that bounds throughput at {cores * 1000 / (app_ms + db_ms):,.0f} reads/s before the load "
+        "generator and anything else running take their share"
+    )
     lines.append(
         f"- search p50 growth from 1,000 to {patients:,} patients: {growth:.2f}x at {clients} clients, "
         f"{growth_one:.2f}x at 1 client "
