@@ -301,8 +301,9 @@ def _poll(server: Server, actor: Actor, url: str) -> requests.Response:
 
 
 def test_async_kick_off_polls_then_gives_the_file_once(
-    fhir_server: Server, monkeypatch: pytest.MonkeyPatch
+    fhir_server_both: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    fhir_server = fhir_server_both  # the job's row and file live in PostgreSQL's RLS scope too
     runtime = fhir_server.runtime
     facility, doctor, mine, stranger, officer = _hospital(runtime)
     export_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")

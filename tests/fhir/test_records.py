@@ -61,7 +61,8 @@ def _instant(value: str) -> dt.datetime:
     return parsed
 
 
-def test_care_team_read_and_search(fhir_server: Server) -> None:
+def test_care_team_read_and_search(fhir_server_both: Server) -> None:
+    fhir_server = fhir_server_both
     runtime = fhir_server.runtime
     facility, doctor, patient_id = _clinic(runtime)
     colleague = make_practitioner(runtime, facility)
@@ -108,7 +109,8 @@ def test_care_team_read_and_search(fhir_server: Server) -> None:
     assert _exposures(runtime, doctor, "CareTeam") == 3
 
 
-def test_diagnostic_report_groups_its_observations(fhir_server: Server) -> None:
+def test_diagnostic_report_groups_its_observations(fhir_server_both: Server) -> None:
+    fhir_server = fhir_server_both
     runtime = fhir_server.runtime
     facility, doctor, patient_id = _clinic(runtime)
     report_id, observations = make_lab_report(runtime, patient_id=patient_id, facility_id=facility)
@@ -255,7 +257,8 @@ def test_a_patient_records_their_own_opposition(fhir_server: Server) -> None:
         ).save()
 
 
-def test_provenance_names_the_author_of_every_version(fhir_server: Server) -> None:
+def test_provenance_names_the_author_of_every_version(fhir_server_both: Server) -> None:
+    fhir_server = fhir_server_both
     runtime = fhir_server.runtime
     facility, doctor, patient_id = _clinic(runtime)
     client = fhir_server.client_for(doctor)
