@@ -63,7 +63,14 @@ class SqlExposureCounters:
     ) -> ActorCounts:
         s15, s1, s24 = _starts(at, since)
         s7 = _week_start(at, since)
-        params = {"actor": actor_ref, "at": at, "s15": s15, "s1": s1, "s24": s24, "s7": s7}
+        params = {
+            "actor": actor_ref,
+            "at": at,
+            "s15": s15,
+            "s1": s1,
+            "s24": s24,
+            "s7": s7,
+        }
         row = session.execute(_SQL_COUNTS, params).one()
         return ActorCounts(
             patients_15m=row[0],

@@ -162,6 +162,8 @@ class SqlExposureLedger:
                 patient_ids=distinct,
                 outside_care=outside,
                 exported=channel is Channel.EXPORT,
+                # A list (a clinician's day, a practitioner's calendar) of patients in the actor's
+                # care or work is the work itself: the 24-hour window and the 7 days count it.
                 listed=channel is Channel.LIST,
                 at=at,
             )
@@ -174,7 +176,10 @@ class SqlExposureLedger:
         ctx = rules.Context(
             actor=actor,
             counts=self.counters.counts(
-                session, actor_ref=actor.actor_ref, at=at, since=state.restored_at if state else None
+                session,
+                actor_ref=actor.actor_ref,
+                at=at,
+                since=state.restored_at if state else None,
             ),
             at=at,
             channel=channel,
@@ -209,7 +214,10 @@ class SqlExposureLedger:
         ctx = rules.Context(
             actor=actor,
             counts=self.counters.counts(
-                session, actor_ref=actor.actor_ref, at=at, since=state.restored_at if state else None
+                session,
+                actor_ref=actor.actor_ref,
+                at=at,
+                since=state.restored_at if state else None,
             ),
             at=at,
             denial=True,

@@ -193,10 +193,21 @@ class _Worker:
         return str(visit.patient_id) if str(visit.patient_id) in found else (found[0] if found else None)
 
     def _book(self, patient_id: str, fday: FacilityDay) -> bool:
+        """Open the chosen practitioner's week in the calendar, then book a slot in it."""
         if not fday.practitioners:
             return False
+        practitioner = self.rng.choice(fday.practitioners)
+        first = clock.now().date() + dt.timedelta(days=self.rng.randrange(1, 15))
+        self.call(
+            "practitioner_schedule",
+            practitioner_id=str(practitioner),
+            day_from=first,
+            day_to=first + dt.timedelta(days=6),
+        )
         for _ in range(3):
-            when = clock.now() + dt.timedelta(days=self.rng.randrange(1, 21))
+            when = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC) + dt.timedelta(
+                days=self.rng.randrange(0, 7)
+            )
             start = when.replace(
                 hour=self.rng.randrange(7, 16), minute=15 * self.rng.randrange(4), second=0, microsecond=0
             )
@@ -204,7 +215,7 @@ class _Worker:
                 "book_appointment",
                 data=AppointmentInput(
                     patient_id=patient_id,
-                    practitioner_id=str(self.rng.choice(fday.practitioners)),
+                    practitioner_id=str(practitioner),
                     start_at=start,
                     end_at=start + dt.timedelta(minutes=15),
                 ),
@@ -220,6 +231,12 @@ class _Worker:
         tasks += [("caller", v) for v in callers]
         tasks += [("new", None)] * REGISTRATIONS_PER_AGENT
         self.rng.shuffle(tasks)
+        # The morning: the day's calendar of two practitioners the agent books for.
+        for practitioner in self.rng.sample(fday.practitioners, min(2, len(fday.practitioners))):
+            today = clock.now().date()
+            self.call(
+                "practitioner_schedule", practitioner_id=str(practitioner), day_from=today, day_to=today
+            )
         for kind, visit in tasks:
             self.wait(2, 9)
             if kind == "new":

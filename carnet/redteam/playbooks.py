@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from carnet.detection.models import Exposure
+from carnet.detection.models import ActorState, Exposure
 from carnet.kernel import clock
 from carnet.phi.exercise import ExerciseTargets
 from carnet.redteam.sessions import mint_session
@@ -135,6 +135,15 @@ def _export_abuse(t: ExerciseTargets) -> Iterator[Request]:
     yield from _everything(t)
 
 
+def _calendars(t: ExerciseTargets) -> Iterator[Request]:
+    # The web calendar (a practitioner's week, name and birth date of each patient), practitioner
+    # after practitioner: what FHIR refuses (no appointment list across patients), the desk's
+    # own screen shows.
+    week = clock.now().date().isoformat()
+    for practitioner in t.practitioners:
+        yield "/desk/schedule", {"practitioner": str(practitioner), "day": week, "view": "week"}
+
+
 PLAYBOOKS: tuple[Playbook, ...] = (
     Playbook("admin-sweep", "system_administrator", "an administrator reads patient charts by id", _reads),
     Playbook(
@@ -166,6 +175,12 @@ PLAYBOOKS: tuple[Playbook, ...] = (
         "physician",
         "a physician requests a facility export, approves it, uses it unapproved, then $everything",
         _export_abuse,
+    ),
+    Playbook(
+        "calendar-scrape",
+        "front_desk",
+        "front desk opens the web calendar of practitioner after practitioner, a week at a time",
+        _calendars,
     ),
     Playbook(
         "appointment-scrape",
@@ -266,6 +281,13 @@ def _send(
     return answer.startswith("403 suspended") or answer.startswith("401 login")
 
 
+def _is_contained(runtime: Runtime, account_id: uuid.UUID) -> bool:
+    """The server's own record: web pages answer in HTML, without an OperationOutcome to read."""
+    with runtime.session_factory() as session:
+        state = session.get(ActorState, f"account:{account_id}")
+        return state is not None and state.status == "contained"
+
+
 def _ledger_count(runtime: Runtime, account_ids: list[uuid.UUID], since: dt.datetime) -> int:
     refs = [f"account:{a}" for a in account_ids]
     with runtime.session_factory() as session:
@@ -297,7 +319,9 @@ def run_playbook(
         if result.requests >= max_requests:
             result.note = f"stopped after {max_requests} requests"
             break
-        if _send(client, request, stolen.headers, result, memory):
+        if _send(client, request, stolen.headers, result, memory) or (
+            result.answers.get("ok", 0) < result.requests and _is_contained(runtime, stolen.account_id)
+        ):
             result.contained = True
             result.requests_to_containment = result.requests
             result.seconds_to_containment = time.perf_counter() - started
