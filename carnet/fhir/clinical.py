@@ -101,7 +101,7 @@ def _version_of(gate: Gate, request: Request, resource_type: str, resource_id: s
     return version_id or 1
 
 
-def _date_matches(value: dt.datetime | None, criteria: list[str]) -> bool:
+def date_matches(value: dt.datetime | None, criteria: list[str]) -> bool:
     if value is None:
         return False
     day = value.date()
@@ -145,7 +145,7 @@ def search_appointments(request: Request) -> Response:
         for v in views
         if (status is None or v.status in status.split(","))
         and (practitioner is None or v.practitioner_id == practitioner)
-        and (not dates or _date_matches(v.start_at, dates))
+        and (not dates or date_matches(v.start_at, dates))
     ]
     return paged(request, APPOINTMENT, [mapping.appointment_to_fhir(v.model_dump()) for v in kept])
 

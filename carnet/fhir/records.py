@@ -36,7 +36,7 @@ from carnet.fhir.api import (
     validated,
     versioned,
 )
-from carnet.fhir.clinical import patient_of
+from carnet.fhir.clinical import date_matches, patient_of
 from carnet.fhir.mapping import LOINC, _clean, _meta, _ref, _when
 from carnet.fhir.metadata import SUPPORTED
 from carnet.kernel.errors import InvalidInput, NotFound
@@ -58,11 +58,24 @@ ACCOUNT_SYSTEM = "https://carnet.example.org/fhir/account"
 
 SUPPORTED["CareTeam"] = {
     "interactions": ["read", "search-type"],
-    "search": {"patient": "reference", "subject": "reference", "status": "token", "category": "token"},
+    "search": {
+        "patient": "reference",
+        "subject": "reference",
+        "status": "token",
+        "category": "token",
+        "participant": "reference",
+    },
 }
 SUPPORTED["DiagnosticReport"] = {
     "interactions": ["read", "search-type"],
-    "search": {"patient": "reference", "subject": "reference", "status": "token", "code": "token"},
+    "search": {
+        "patient": "reference",
+        "subject": "reference",
+        "status": "token",
+        "code": "token",
+        "category": "token",
+        "date": "date",
+    },
 }
 SUPPORTED["Consent"] = {
     "interactions": ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
@@ -107,13 +120,16 @@ def care_team_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
 @router.get("/CareTeam")
 def search_care_teams(request: Request) -> Response:
     gate = gate_for(request, "CareTeam", "search")
-    patient = patient_of(request, {"status", "category"})
+    patient = patient_of(request, {"status", "category", "participant"})
     status = _codes(request.query_params.get("status"))
     category = _codes(request.query_params.get("category"))
+    participant = reference_id(request.query_params.get("participant"), "Practitioner")
     views = [
         v
         for v in gate.list_care_team(patient_id=patient)
-        if (status is None or v.status in status) and (category is None or v.kind in category)
+        if (status is None or v.status in status)
+        and (category is None or v.kind in category)
+        and (participant is None or v.practitioner_id == participant)
     ]
     return paged(request, "CareTeam", [care_team_to_fhir(v.model_dump()) for v in views])
 
@@ -151,13 +167,19 @@ def report_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
 @router.get("/DiagnosticReport")
 def search_reports(request: Request) -> Response:
     gate = gate_for(request, "DiagnosticReport", "search")
-    patient = patient_of(request, {"status", "code"})
+    patient = patient_of(request, {"status", "code", "category", "date"})
     status = _codes(request.query_params.get("status"))
     code = _codes(request.query_params.get("code"))
+    category = _codes(request.query_params.get("category"))
+    dates = request.query_params.getlist("date")
+    # Every report served is a laboratory one (category LAB).
     views = [
         v
         for v in gate.list_diagnostic_reports(patient_id=patient)
-        if (status is None or v.status in status) and (code is None or v.code in code)
+        if (status is None or v.status in status)
+        and (code is None or v.code in code)
+        and (category is None or "LAB" in category)
+        and (not dates or date_matches(v.issued_at, dates))
     ]
     return paged(request, "DiagnosticReport", [report_to_fhir(v.model_dump()) for v in views])
 

@@ -87,6 +87,12 @@ def test_care_team_read_and_search(fhir_server_both: Server) -> None:
     assert all(_instant(t["meta"]["lastUpdated"]) for t in teams)
     active = client.resources("CareTeam").search(patient=patient_id, status="active").fetch()
     assert [t.id for t in active] == [by_status["active"].id]
+    theirs = (
+        client.resources("CareTeam")
+        .search(patient=patient_id, participant=f"Practitioner/{colleague}")
+        .fetch()
+    )
+    assert [t.id for t in theirs] == [by_status["inactive"].id]
     read = client.reference("CareTeam", by_status["inactive"].id).to_resource()
     assert read["subject"]["reference"] == f"Patient/{patient_id}"
     # No browsing: a search names its patient.
@@ -105,8 +111,8 @@ def test_care_team_read_and_search(fhir_server_both: Server) -> None:
         ("phi:resource:read", "denied", "CareTeam"),
     ]
     assert _exposures(runtime, billing, "CareTeam") == 0
-    assert audit_rows(runtime, doctor.account_id).count(("phi:resource:read", "success", "CareTeam")) == 3
-    assert _exposures(runtime, doctor, "CareTeam") == 3
+    assert audit_rows(runtime, doctor.account_id).count(("phi:resource:read", "success", "CareTeam")) == 4
+    assert _exposures(runtime, doctor, "CareTeam") == 4
 
 
 def test_diagnostic_report_groups_its_observations(fhir_server_both: Server) -> None:
@@ -126,6 +132,12 @@ def test_diagnostic_report_groups_its_observations(fhir_server_both: Server) -> 
     assert {r["reference"] for r in report["result"]} == {f"Observation/{o}" for o in observations}
     assert _instant(report["meta"]["lastUpdated"])
     assert client.resources("DiagnosticReport").search(patient=patient_id, status="preliminary").fetch() == []
+    today = dt.date.today()
+    assert (
+        len(client.resources("DiagnosticReport").search(patient=patient_id, date=f"ge{today}").fetch()) == 1
+    )
+    assert client.resources("DiagnosticReport").search(patient=patient_id, date=f"lt{today}").fetch() == []
+    assert len(client.resources("DiagnosticReport").search(patient=patient_id, category="LAB").fetch()) == 1
     everything = client.execute(f"Patient/{patient_id}/$everything", method="get")
     types = [e["resource"]["resourceType"] for e in everything["entry"]]
     assert "DiagnosticReport" in types and "CareTeam" in types
