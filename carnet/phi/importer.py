@@ -22,10 +22,11 @@ from typing import Any
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition as FhirCondition
 from fhir.resources.R4B.coverage import Coverage as FhirCoverage
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport as FhirDiagnosticReport
 from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.crypto.blind import IndexKind
@@ -38,6 +39,7 @@ from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
 from carnet.phi.loader import SeedBatch, load_batch
 from carnet.phi.system import system_access
+from carnet.records.models import Observation
 from carnet.runtime import Runtime
 
 CHUNK = 1000  # resources per system transaction (batch and NDJSON)
@@ -47,6 +49,7 @@ MODELS: dict[str, Any] = {
     "Condition": FhirCondition,
     "Observation": FhirObservation,
     "Coverage": FhirCoverage,
+    "DiagnosticReport": FhirDiagnosticReport,
 }
 
 
@@ -128,6 +131,33 @@ class _Run:
         self.ins_seen: set[bytes] = set()
         self.ins_registered: set[bytes] = set()  # of the unit at hand, found in one query
         self.now = clock.now()
+        # Observations by reference ("Observation/<source id>" or urn:uuid): written ones
+        # (id, patient), and the rows of the unit at hand; the unit's reports and their results.
+        self.observations: dict[str, tuple[uuid.UUID, uuid.UUID]] = {}
+        self.unit_observations: dict[str, dict[str, Any]] = {}
+        self.unit_reports: list[tuple[_Item, dict[str, Any], list[str]]] = []
+
+    def link_results(self, report: dict[str, Any], references: list[str]) -> list[uuid.UUID]:
+        """Point a report's result Observations at it: those of this unit now, those written
+        by an earlier unit returned (to update once the report is written). All or none."""
+        in_unit: list[dict[str, Any]] = []
+        earlier: list[uuid.UUID] = []
+        for reference in references:
+            row = self.unit_observations.get(reference)
+            if row is not None:
+                if row["patient_id"] != report["patient_id"]:
+                    raise InvalidInput("a result Observation is about another patient")
+                in_unit.append(row)
+                continue
+            written = self.observations.get(reference)
+            if written is None:
+                raise InvalidInput("a result names no Observation of this import")
+            if written[1] != report["patient_id"]:
+                raise InvalidInput("a result Observation is about another patient")
+            earlier.append(written[0])
+        for row in in_unit:
+            row["report_id"] = report["id"]
+        return earlier
 
     def look_up_identifiers(self, unit: _Unit) -> None:
         """The unit's INS already registered in the facility: one query, not one per patient."""
@@ -178,7 +208,8 @@ class _Run:
         model = MODELS.get(rtype)
         if model is None:
             raise InvalidInput(
-                f"{rtype} is not imported (Patient, AllergyIntolerance, Condition, Observation, Coverage)"
+                f"{rtype} is not imported (Patient, AllergyIntolerance, Condition, Observation, Coverage,"
+                " DiagnosticReport)"
             )
         try:
             model.model_validate(resource)
@@ -358,7 +389,33 @@ class _Run:
             "status": data.get("status") or "final",
             "performer_id": None,
         }
+        for key in (item.full_url, f"Observation/{data['id']}" if data.get("id") else None):
+            if key:
+                self.unit_observations[key] = row
         return [("observations", row)]
+
+    def _diagnosticreport(
+        self, data: dict[str, Any], item: _Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """A lab report; its `result` Observations (of this import) are linked to it."""
+        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
+        coding = ((data.get("code") or {}).get("coding") or [{}])[0]
+        issued = _instant(data.get("issued") or data.get("effectiveDateTime"))
+        if not coding.get("code") or issued is None:
+            raise InvalidInput("a DiagnosticReport needs code.coding and issued")
+        references = [r.get("reference") for r in data.get("result") or [] if isinstance(r, dict)]
+        if not all(isinstance(r, str) and r for r in references):
+            raise InvalidInput("each result is a reference to an Observation")
+        row = self._base(patient) | {
+            "code": str(coding["code"])[:20],
+            "display": str(coding.get("display") or coding["code"])[:200],
+            "status": str(data.get("status") or "final")[:20],
+            "issued_at": issued,
+            "conclusion": data.get("conclusion") or None,
+            "performer_id": None,
+        }
+        self.unit_reports.append((item, row, [str(r) for r in references]))
+        return [("diagnostic_reports", row)]
 
     def _coverage(
         self, data: dict[str, Any], item: _Item, pending: dict[str, uuid.UUID]
@@ -424,6 +481,7 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
     pending: dict[str, uuid.UUID] = {}
     batch = SeedBatch()
     run.look_up_identifiers(unit)
+    run.unit_observations, run.unit_reports = {}, []
     accepted: dict[str, int] = {}
     rejected: list[Rejection] = []
     for item in unit.items:
@@ -439,6 +497,17 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
         for table, row in rows:
             batch.add(table, row)
         accepted[rtype] = accepted.get(rtype, 0) + 1
+    # Reports and their results, in either order within the unit.
+    links: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
+    for item, lab, references in run.unit_reports:
+        try:
+            links.append((lab["id"], run.link_results(lab, references)))
+        except CarnetError as exc:
+            rejected.append(_rejection(item, "DiagnosticReport", exc))
+            batch.rows["diagnostic_reports"].remove(lab)
+            accepted["DiagnosticReport"] -= 1
+            if not accepted["DiagnosticReport"]:
+                del accepted["DiagnosticReport"]
     if unit.transaction and rejected:
         # All or nothing: the valid entries are not written either, and say so.
         report.rejected.extend(rejected)
@@ -461,6 +530,13 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
     if accepted:
         with system_access(run.runtime, reason=f"import of {source}", operator=operator) as door:
             load_batch(door, batch)
+            for report_id, observations in links:
+                if observations:  # results written by an earlier unit of this run
+                    door.session.execute(
+                        update(Observation)
+                        .where(Observation.id.in_(observations))
+                        .values(report_id=report_id)
+                    )
             # Which patients the import touched: each sees it in their access log.
             touched = list(
                 dict.fromkeys(
@@ -482,6 +558,9 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
                 ),
             )
     run.patients.update(pending)
+    run.observations.update(
+        {ref: (row["id"], row["patient_id"]) for ref, row in run.unit_observations.items()}
+    )
     for rtype, n in accepted.items():
         report.accepted[rtype] = report.accepted.get(rtype, 0) + n
     report.rejected.extend(rejected)

@@ -20,7 +20,7 @@ from carnet.phi.gate import Gate
 from carnet.phi.importer import import_files
 from carnet.runtime import Runtime
 from carnet.settings import Settings
-from tests.factories import make_account, make_facility
+from tests.factories import link_care, make_account, make_facility, make_physician
 
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 CARNET = str(Path(sys.executable).with_name("carnet"))
@@ -159,3 +159,62 @@ def test_the_command(sqlite_runtime: Runtime, settings: Settings, sqlite_url: st
         bad = _cli(settings, sqlite_url, *args)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
         assert "error" in bad.stderr
+
+
+def _report(subject: str, results: list[str], source_id: str | None = None) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "24323-8", "display": "Bilan"}]},
+        "subject": {"reference": subject},
+        "issued": "2026-01-02T11:00:00+00:00",
+        "conclusion": "Bilan normal.",
+        "result": [{"reference": r} for r in results],
+    }
+    if source_id:
+        report["id"] = source_id
+    return report
+
+
+def test_lab_reports_link_their_results_in_any_order_and_file(runtime: Runtime, tmp_path: Path) -> None:
+    facility = make_facility(runtime)
+    patient_urn, first, second = (f"urn:uuid:{uuid.uuid4()}" for _ in range(3))
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": patient_urn, "resource": _patient("p", "2900175000071")},
+            # The report before its results: they link all the same.
+            {"resource": _report(patient_urn, [first, second])},
+            {"fullUrl": first, "resource": _observation(patient_urn)},
+            {"fullUrl": second, "resource": _observation(patient_urn)},
+        ],
+    }
+    path = tmp_path / "lab.json"
+    path.write_text(json.dumps(bundle), encoding="utf-8")
+    observations = _ndjson(tmp_path / "Observation.ndjson", [dict(_observation("Patient/p"), id="o1")])
+    reports = _ndjson(
+        tmp_path / "DiagnosticReport.ndjson",
+        [_report("Patient/p", ["Observation/o1"]), _report("Patient/p", ["Observation/nowhere"])],
+    )
+    report = import_files(
+        runtime, paths=[path, observations, reports], facility_id=facility, operator="lab-import"
+    )
+    assert report.accepted == {"Patient": 1, "DiagnosticReport": 2, "Observation": 3}
+    assert [(r.source, r.resource_type) for r in report.rejected] == [
+        ("DiagnosticReport.ndjson:2", "DiagnosticReport")
+    ]
+    assert "no Observation" in report.rejected[0].outcome["issue"][0]["diagnostics"]
+
+    doctor = make_physician(runtime, facility)
+    patient = (
+        Gate(runtime, make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility))
+        .search_patients(identifier="2900175000071")
+        .items[0]
+    )
+    link_care(runtime, patient_id=patient.id, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    labs = Gate(runtime, doctor).list_diagnostic_reports(patient_id=patient.id)
+    assert sorted(len(lab.result_ids or []) for lab in labs) == [1, 2]
+    assert {lab.conclusion for lab in labs} == {"Bilan normal."}
+    observation_ids = {o.id for o in Gate(runtime, doctor).list_observations(patient_id=patient.id)}
+    assert {i for lab in labs for i in lab.result_ids or []} == observation_ids
