@@ -45,10 +45,12 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         # passes, which otherwise walk ~250,000 objects in the middle of a request (the largest
         # pages' p95 was 4 to 5 times their median). Given back at shutdown.
         gc.freeze()
-        yield
-        gc.unfreeze()
-        if owned:
-            app.state.runtime.close()  # a final signed checkpoint pins this worker's audit tail
+        try:
+            yield
+        finally:
+            gc.unfreeze()
+            if owned:
+                app.state.runtime.close()  # a final signed checkpoint pins this worker's audit tail
 
     app = FastAPI(
         title="carnet",
