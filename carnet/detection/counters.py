@@ -84,14 +84,15 @@ class SqlExposureCounters:
             identifier_searches_15m=row[8],
             wildcard_searches_1h=row[9],
             deep_pages_1h=row[10],
-            denials_15m=row[11],
-            denials_24h=row[12],
-            export_denials_1h=row[13],
-            refusals_1h=row[14],
-            refusals_24h=row[15],
-            first_refusal_at=row[16],
-            first_refusal_24h_at=row[17],
-            patients_7d=int(row[18] or 0),
+            lists_15m=row[11],
+            denials_15m=row[12],
+            denials_24h=row[13],
+            export_denials_1h=row[14],
+            refusals_1h=row[15],
+            refusals_24h=row[16],
+            first_refusal_at=row[17],
+            first_refusal_24h_at=row[18],
+            patients_7d=int(row[19] or 0),
         )
 
 
@@ -139,6 +140,7 @@ def _sql_counts_statement() -> Any:
             keys_since(s15, EventKind.IDENTIFIER_SEARCH),
             events_since(s1, EventKind.WILDCARD_SEARCH),
             events_since(s1, EventKind.DEEP_PAGE),
+            keys_since(s15, EventKind.LIST_VIEW),
             events_since(s15, EventKind.DENIAL),
             events_since(s24, EventKind.DENIAL),
             events_since(s1, EventKind.EXPORT_DENIAL),
@@ -173,7 +175,7 @@ def _targeted(
 
 
 # Which events are counted as distinct keys (same search twice counts once) or as occurrences.
-_DISTINCT_KINDS = frozenset({EventKind.SEARCH, EventKind.IDENTIFIER_SEARCH})
+_DISTINCT_KINDS = frozenset({EventKind.SEARCH, EventKind.IDENTIFIER_SEARCH, EventKind.LIST_VIEW})
 
 
 class MemoryExposureCounters:
@@ -243,6 +245,7 @@ class MemoryExposureCounters:
             identifier_searches_15m=n("e:identifier-search", s15),
             wildcard_searches_1h=n("e:wildcard-search", s1),
             deep_pages_1h=n("e:deep-page", s1),
+            lists_15m=n("e:list-view", s15),
             denials_15m=n("e:denial", s15),
             denials_24h=n("e:denial", s24),
             export_denials_1h=n("e:export-denial", s1),
@@ -339,6 +342,7 @@ class RedisExposureCounters:
             ("e:identifier-search", s15),
             ("e:wildcard-search", s1),
             ("e:deep-page", s1),
+            ("e:list-view", s15),
             ("e:denial", s15),
             ("e:denial", s24),
             ("e:export-denial", s1),

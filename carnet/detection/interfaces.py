@@ -91,6 +91,7 @@ class EventKind(StrEnum):
     IDENTIFIER_SEARCH = "identifier-search"
     WILDCARD_SEARCH = "wildcard-search"
     DEEP_PAGE = "deep-page"
+    LIST_VIEW = "list-view"  # a list of patients: a practitioner's calendar, a day list
     DENIAL = "denial"
     EXPORT_DENIAL = "export-denial"
     REFUSAL = "refusal"  # a step-up or throttle the actor did not get past
@@ -162,6 +163,8 @@ class ActorCounts:
     identifier_searches_15m: int = 0
     wildcard_searches_1h: int = 0
     deep_pages_1h: int = 0
+    # Different lists (practitioners' calendars, day lists) opened in 15 minutes.
+    lists_15m: int = 0
     denials_15m: int = 0
     denials_24h: int = 0
     export_denials_1h: int = 0

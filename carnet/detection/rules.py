@@ -299,6 +299,25 @@ def enumeration(config: DetectionConfig, ctx: Context) -> Finding | None:
     return None
 
 
+def list_breadth(config: DetectionConfig, ctx: Context) -> Finding | None:
+    n = ctx.counts.lists_15m
+    who = _who(ctx.actor)
+    if n >= config.list_views_contain_15m:
+        return Finding(
+            Rule.ENUMERATION,
+            Level.CONTAIN,
+            f"{who} opened {n} different patient lists (practitioners' calendars) in 15 minutes: "
+            f"going through the whole facility's schedule.",
+        )
+    if n >= config.list_views_step_up_15m:
+        return Finding(
+            Rule.ENUMERATION,
+            Level.STEP_UP,
+            f"{who} opened {n} different patient lists (practitioners' calendars) in 15 minutes.",
+        )
+    return None
+
+
 def deep_paging(config: DetectionConfig, ctx: Context) -> Finding | None:
     n = ctx.counts.deep_pages_1h
     who = _who(ctx.actor)
@@ -480,6 +499,7 @@ EXPOSURE_RULES: tuple[ExposureRule, ...] = (
     outside_care,
     outside_work,
     enumeration,
+    list_breadth,
     deep_paging,
     export,
     off_hours,

@@ -11,6 +11,7 @@ import pytest
 from carnet.access.roles import Role
 from carnet.detection.config import DetectionConfig, RoleVolume
 from carnet.detection.counters import MemoryExposureCounters
+from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
 from carnet.detection.ledger import SqlExposureLedger
 from carnet.detection.models import Alert
 from carnet.kernel import clock
@@ -174,3 +175,24 @@ def test_refusals_spread_over_a_day_ask_for_a_second_factor_then_contain(
         deny(runtime, doctor)
     with pytest.raises(AccountContained):
         expose(runtime, doctor, new_patients(1))
+
+
+def test_opening_many_practitioners_calendars_asks_then_contains(
+    runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    movable_clock.set(MORNING)
+    desk = make_actor(runtime, "desk.calendars", Role.FRONT_DESK)
+
+    def calendar(n: int) -> SearchEvent:
+        return SearchEvent(shape=SearchShape.LIST, term_digest=f"schedule:{n}:2026-03-03")
+
+    for n in range(5):  # five calendars, and the first again: a busy desk's quarter of an hour
+        expose(runtime, desk, new_patients(5), channel=Channel.LIST, query_shape=calendar(n))
+    expose(runtime, desk, new_patients(5), channel=Channel.LIST, query_shape=calendar(0))
+    with pytest.raises(StepUpRequired, match="opened 6 different patient lists"):
+        expose(runtime, desk, new_patients(5), channel=Channel.LIST, query_shape=calendar(5))
+    desk = step_up(desk)
+    for n in range(5, 11):
+        expose(runtime, desk, new_patients(5), channel=Channel.LIST, query_shape=calendar(n))
+    with pytest.raises(AccountContained, match="the whole facility's schedule"):
+        expose(runtime, desk, new_patients(5), channel=Channel.LIST, query_shape=calendar(11))
