@@ -13,6 +13,7 @@ With `Prefer: respond-async` (FHIR Bulk Data kick-off) it answers 202 at once wi
 Content-Location status URL; the export runs in the background as the same actor:
 
     GET  /fhir/$export-status/{job}    202 (X-Progress) while running, then the manifest
+    DELETE /fhir/$export-status/{job}  cancel (a completed file is erased undownloaded)
     GET  /fhir/$export-file/{job}      the same NDJSON, once, then erased
 """
 
@@ -206,6 +207,8 @@ def export_status(request: Request, job_id: str) -> Response:
         return Response(status_code=202, headers={"X-Progress": "running", "Retry-After": "2"})
     if job.status == "failed":
         return outcome_response(422, "processing", f"the export failed: {job.failure}")
+    if job.status == "cancelled":
+        return outcome_response(404, "not-found", "this export was cancelled")
     base = base_url(request)
     manifest = {
         "transactionTime": instant(job.completed_at),
@@ -220,6 +223,15 @@ def export_status(request: Request, job_id: str) -> Response:
     return Response(
         json.dumps(manifest), media_type="application/json", headers={"Cache-Control": "no-store"}
     )
+
+
+@router.delete("/$export-status/{job_id}")
+def cancel_export(request: Request, job_id: str) -> Response:
+    """Bulk Data cancellation: a running job stops being waited for (its run, if it ends, finds
+    it cancelled and writes nothing), a completed file is erased undownloaded."""
+    gate = gate_for(request, "Patient", "read")
+    gate.abandon_export_job(job_id=job_id, reason="cancelled by the requester", cancelled=True)
+    return Response(status_code=202)
 
 
 @router.get("/$export-file/{job_id}")

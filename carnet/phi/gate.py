@@ -2308,14 +2308,18 @@ class Gate:
         return _job_view(job)
 
     @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=True)
-    def abandon_export_job(self, tx: _Tx, /, *, job_id: str, reason: str) -> ExportJobView:
-        """Mark a job that could not run as failed (its refusal or error is audited already)."""
+    def abandon_export_job(
+        self, tx: _Tx, /, *, job_id: str, reason: str, cancelled: bool = False
+    ) -> ExportJobView:
+        """A job that could not run is marked failed (its refusal or error is audited already);
+        one the requester cancels is marked cancelled, its file (if any) erased undownloaded."""
         job = self._export_job(tx, job_id)
-        if job.status != "running":
+        if job.status not in (("running", "completed") if cancelled else ("running",)):
             raise Conflict(f"this export job is {job.status}")
-        job.status = "failed"
-        job.failure = (reason.strip() or "failed")[:200]
-        job.completed_at = tx.now
+        job.status = "cancelled" if cancelled else "failed"
+        job.failure = (reason.strip() or job.status)[:200]
+        job.ndjson_ct = None
+        job.completed_at = job.completed_at or tx.now
         tx.session.flush()
         return _job_view(job)
 

@@ -394,3 +394,48 @@ def test_async_export_that_fails_says_so_and_exports_nothing(
     assert "nothing was exported" in failed.json()["issue"][0]["diagnostics"]
     assert _exposures(runtime, doctor) == []
     assert ("phi:resource:export", "error", "Patient") in audit_rows(runtime, doctor.account_id)
+
+
+def test_an_async_export_can_be_cancelled_running_or_done(
+    fhir_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = fhir_server.runtime
+    _facility, doctor, mine, _stranger, officer = _hospital(runtime)
+    ids = []
+    for _ in range(2):
+        export_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")
+        assert _decide(fhir_server, officer, "approve", export_id).status_code == 200
+        ids.append(export_id)
+
+    # Cancelled while it waits to run: the run then finds it cancelled and reads nothing.
+    release = threading.Event()
+    original = exports._run_job
+
+    def held(gate: Any, job_id: str) -> None:
+        assert release.wait(20)
+        original(gate, job_id)
+
+    monkeypatch.setattr(exports, "_run_job", held)
+    status_url = _kick_off(fhir_server, doctor, ids[0]).headers["content-location"]
+    cancel = requests.delete(status_url, headers=_headers(fhir_server, doctor), timeout=30)
+    assert cancel.status_code == 202
+    release.set()
+    assert _poll(fhir_server, doctor, status_url).status_code == 404
+    time.sleep(0.3)  # the held run has ended by now
+    assert _exposures(runtime, doctor) == []
+
+    # Cancelled once done: the file is erased undownloaded.
+    monkeypatch.setattr(exports, "_run_job", original)
+    status_url = _kick_off(fhir_server, doctor, ids[1]).headers["content-location"]
+    done = _poll(fhir_server, doctor, status_url)
+    assert done.status_code == 200
+    file_url = done.json()["output"][0]["url"]
+    assert requests.delete(status_url, headers=_headers(fhir_server, doctor), timeout=30).status_code == 202
+    with runtime.session_factory() as session:
+        stored = session.scalar(
+            sa.select(ExportFile.ndjson_ct).where(ExportFile.export_request_id == uuid.UUID(ids[1]))
+        )
+    assert stored is None
+    assert _get(fhir_server, doctor, status_url).status_code == 404
+    assert len(_exposures(runtime, doctor)) == len(mine)  # the run read them; nothing more leaves
+    assert _get(fhir_server, doctor, file_url).status_code == 404
