@@ -207,8 +207,8 @@ def export_status(request: Request, job_id: str) -> Response:
         return Response(status_code=202, headers={"X-Progress": "running", "Retry-After": "2"})
     if job.status == "failed":
         return outcome_response(422, "processing", f"the export failed: {job.failure}")
-    if job.status == "cancelled":
-        return outcome_response(404, "not-found", "this export was cancelled")
+    if job.status in ("cancelled", "expired"):
+        return outcome_response(404, "not-found", f"this export was {job.status}")
     base = base_url(request)
     manifest = {
         "transactionTime": instant(job.completed_at),

@@ -112,7 +112,8 @@ class ExportFile(IdMixin, Base):
     export_request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("export_requests.id"), unique=True)
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
     facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
-    status: Mapped[str] = mapped_column(String(12))  # running, completed, failed, downloaded
+    # running, completed, then downloaded, expired or cancelled; or failed
+    status: Mapped[str] = mapped_column(String(12))
     created_at: Mapped[dt.datetime]
     completed_at: Mapped[dt.datetime | None]
     downloaded_at: Mapped[dt.datetime | None]

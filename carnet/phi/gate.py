@@ -2325,8 +2325,18 @@ class Gate:
 
     @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=True)
     def export_job(self, tx: _Tx, /, *, job_id: str) -> ExportJobView:
-        """A job's state for the requester's polling (no patient data)."""
-        return _job_view(self._export_job(tx, job_id, lock=False))
+        """A job's state for the requester's polling (no patient data). A file left past its
+        window is erased here (status expired)."""
+        job = self._export_job(tx, job_id, lock=False)
+        if (
+            job.status == "completed"
+            and job.completed_at is not None
+            and tx.now - job.completed_at > EXPORT_FILE_WINDOW
+        ):
+            job.status = "expired"
+            job.ndjson_ct = None
+            tx.session.flush()
+        return _job_view(job)
 
     @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=True)
     def download_export(self, tx: _Tx, /, *, job_id: str) -> str:

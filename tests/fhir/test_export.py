@@ -396,6 +396,24 @@ def test_async_export_that_fails_says_so_and_exports_nothing(
     assert ("phi:resource:export", "error", "Patient") in audit_rows(runtime, doctor.account_id)
 
 
+def test_an_async_export_file_expires_after_a_day(
+    fhir_server: Server, movable_clock: clock.MovableClock
+) -> None:
+    runtime = fhir_server.runtime
+    _facility, doctor, _mine, _stranger, officer = _hospital(runtime)
+    export_id = _value(_ask(fhir_server, doctor, purpose=PURPOSE, scope="care").json(), "exportId")
+    assert _decide(fhir_server, officer, "approve", export_id).status_code == 200
+    status_url = _kick_off(fhir_server, doctor, export_id).headers["content-location"]
+    assert _poll(fhir_server, doctor, status_url).status_code == 200
+    movable_clock.advance(dt.timedelta(hours=25))
+    assert _get(fhir_server, doctor, status_url).status_code == 404  # expired, and erased
+    with runtime.session_factory() as session:
+        job = session.scalars(
+            sa.select(ExportFile).where(ExportFile.export_request_id == uuid.UUID(export_id))
+        ).one()
+    assert job.status == "expired" and job.ndjson_ct is None
+
+
 def test_an_async_export_can_be_cancelled_running_or_done(
     fhir_server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
