@@ -303,6 +303,26 @@ def confirm_totp(
     return True
 
 
+def replace_totp(
+    session: Session,
+    *,
+    account_id: uuid.UUID,
+    device_id: uuid.UUID,
+    code: str,
+    keys: KeyProvider | None = None,
+) -> bool:
+    """Confirm a new device by a first valid code, then remove the account's other TOTP devices:
+    a key someone else has seen (the first one, handed over by an administrator) stops working."""
+    if not confirm_totp(session, account_id=account_id, device_id=device_id, code=code, keys=keys):
+        return False
+    for device in session.scalars(
+        select(TotpDevice).where(TotpDevice.account_id == account_id, TotpDevice.id != device_id)
+    ):
+        session.delete(device)
+        record_event(session, account_id=account_id, kind=AuditKind.MFA_REMOVED, detail="totp replaced")
+    return True
+
+
 def remove_totp(session: Session, *, account: Account, device_id: uuid.UUID) -> bool:
     """Remove a TOTP device; a staff account keeps at least one second factor."""
     device = session.get(TotpDevice, device_id)

@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
-from carnet.identity import passkeys, service, sessions
-from carnet.identity.authenticate import Authenticator
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.identity import passkeys, service, sessions, totp
+from carnet.identity.authenticate import Authenticator, require_fresh_second_factor
 from carnet.identity.dependencies import cookie_is_secure, runtime_of, session_cookie_name
 from carnet.kernel.errors import NotFound
 from carnet.web.rendering import CSRF_COOKIE, LANG_COOKIE, LANGUAGES, render
@@ -164,3 +165,61 @@ def new_recovery_codes(request: Request, actor: WebActor) -> Response:
 
     codes = replace_codes(actor=actor, request=request)["recoveryCodes"]
     return render(request, "account/recovery_codes.html", {"actor": actor, "codes": codes})
+
+
+@router.post("/account/authenticator")
+def new_authenticator(request: Request, actor: WebActor) -> Response:
+    """A new authenticator key, shown once; it replaces the others once a first code confirms it
+    (the first key of an account was seen by the administrator who opened it)."""
+    require_fresh_second_factor(actor)  # changing a factor needs that factor, freshly proven
+    runtime = runtime_of(request)
+    with runtime.session_factory.begin() as session:
+        device_id, secret = service.start_totp_enrolment(session, account_id=_account_id(actor))
+    return render(
+        request,
+        "account/authenticator.html",
+        {
+            "actor": actor,
+            "device_id": str(device_id),
+            "secret": secret,
+            "otpauth_uri": totp.provisioning_uri(secret, username=actor.username),
+            "problem": None,
+        },
+    )
+
+
+@router.post("/account/authenticator/confirm")
+def confirm_authenticator(
+    request: Request,
+    actor: WebActor,
+    device_id: Annotated[uuid.UUID, Form()],
+    code: Annotated[str, Form(max_length=12)],
+) -> Response:
+    runtime = runtime_of(request)
+    with runtime.session_factory.begin() as session:
+        replaced = service.replace_totp(
+            session, account_id=_account_id(actor), device_id=device_id, code=code.strip()
+        )
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.MFA_ENROLLED,
+                outcome=Outcome.SUCCESS if replaced else Outcome.DENIED,
+                actor=actor,
+                detail={"factor": "totp", "replaces": "the other authenticator keys"},
+            ),
+        )
+    if not replaced:
+        return render(
+            request,
+            "account/authenticator.html",
+            {
+                "actor": actor,
+                "device_id": None,
+                "secret": None,
+                "otpauth_uri": None,
+                "problem": "the code does not match this key: nothing was changed, start again",
+            },
+            status_code=400,
+        )
+    return redirect("/account?replaced=1")

@@ -8,6 +8,7 @@ import datetime as dt
 import re
 import uuid
 
+import pyotp
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -352,8 +353,44 @@ def test_an_administrator_opens_an_account_whose_role_waits_for_a_second_one(
     assert client.post(f"/admin/grants/{grant_id}/approve", data={"csrf_token": csrf2}).status_code == 303
     other.cookies.clear()
     movable_clock.advance(dt.timedelta(seconds=31))  # a TOTP code is used once: the next one
-    login(other, newcomer)
+    csrf_new = login(other, newcomer)
     assert other.get("/desk").status_code == 200
+    # The clerk replaces the key the administrator saw: that copy stops working.
+    fresh = other.post("/account/authenticator", data={"csrf_token": csrf_new})
+    assert fresh.status_code == 200
+    new_secret = re.search(r'id="new-secret">([^<]+)<', fresh.text)
+    device = re.search(r'name="device_id" value="([^"]+)"', fresh.text)
+    assert new_secret and device
+    wrong = other.post(
+        "/account/authenticator/confirm",
+        data={"csrf_token": csrf_new, "device_id": device.group(1), "code": "000000"},
+    )
+    assert wrong.status_code == 400 and "nothing was changed" in wrong.text
+    again = other.post("/account/authenticator", data={"csrf_token": csrf_new})
+    new_secret = re.search(r'id="new-secret">([^<]+)<', again.text)
+    device = re.search(r'name="device_id" value="([^"]+)"', again.text)
+    assert new_secret and device
+    replaced = other.post(
+        "/account/authenticator/confirm",
+        data={
+            "csrf_token": csrf_new,
+            "device_id": device.group(1),
+            "code": pyotp.TOTP(new_secret.group(1)).at(clock.now()),
+        },
+    )
+    assert replaced.status_code == 303
+    assert "no longer works" in other.get(replaced.headers["location"]).text
+    outcomes = [e.outcome for e in _events(sqlite_runtime, AuditKind.MFA_ENROLLED)]
+    assert outcomes == ["denied", "success"]
+    other.cookies.clear()
+    movable_clock.advance(dt.timedelta(seconds=31))
+    handed_over = other.post(
+        "/auth/login",
+        json={"username": newcomer.username, "password": newcomer.password, "otp": newcomer.code()},
+    )
+    assert handed_over.status_code == 401  # the administrator's copy of the key is dead
+    newcomer.totp_secret = new_secret.group(1)
+    login(other, newcomer)
 
 
 def test_opening_an_account_is_for_administrators_only(
@@ -475,3 +512,14 @@ def test_a_reading_from_the_card_reader_renders_whatever_its_payload(
     login(client, hospital.front_desk)
     section = client.get(f"/patients/{hospital.my_patient}/sections/coverage", headers={"HX-Request": "true"})
     assert section.status_code == 200 and "SN-42" in section.text
+
+
+def test_replacing_the_authenticator_key_needs_a_fresh_second_factor_and_the_token(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    csrf = login(client, hospital.front_desk)
+    assert client.post("/account/authenticator", data={}).status_code == 403  # no token
+    movable_clock.advance(dt.timedelta(minutes=6))
+    stale = client.post("/account/authenticator", data={"csrf_token": csrf})
+    assert stale.status_code == 403 and 'action="/step-up"' in stale.text
+    assert not _events(sqlite_runtime, AuditKind.MFA_ENROLLED)
