@@ -111,3 +111,43 @@ def test_a_token_without_the_scope_is_refused_and_audited(fhir_server: Server) -
             .order_by(AuditEvent.seq)
         ).all()
     assert tuple(kinds[-1]) == ("phi:resource:read", "denied")
+
+
+def test_a_batch_get_is_checked_against_the_token_like_a_lone_read(fhir_server: Server) -> None:
+    runtime = fhir_server.runtime
+    facility = make_facility(runtime)
+    patient_id = register_patient(runtime, facility, family="Batch").id
+    key = ECKey.generate_key("P-384", parameters={"kid": "lab-1"})
+    with runtime.session_factory.begin() as session:
+        oauth.register_client(
+            session,
+            client_id="lab-system",
+            name="Laboratory",
+            jwks={"keys": [key.as_dict(private=False)]},
+            allowed_scopes="system/Observation.rs",
+        )
+    client = fhir_server.bearer_client(_token(fhir_server, key, "system/Observation.rs"))
+    answer = client.execute(
+        "",
+        method="post",
+        data={
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {"request": {"method": "GET", "url": f"Patient/{patient_id}"}},
+                {"request": {"method": "GET", "url": f"Provenance?target=Patient/{patient_id}"}},
+            ],
+        },
+    )
+    assert [e["response"]["status"] for e in answer["entry"]] == ["403", "403"]
+    assert "scopes do not allow" in answer["entry"][0]["response"]["outcome"]["issue"][0]["diagnostics"]
+    with runtime.session_factory() as session:
+        rows = session.execute(
+            select(AuditEvent.kind, AuditEvent.outcome, AuditEvent.resource_type)
+            .where(AuditEvent.client_id == "lab-system", AuditEvent.kind.like("phi:%"))
+            .order_by(AuditEvent.seq)
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("phi:resource:read", "denied", "Patient"),
+        ("phi:resource:search", "denied", "Provenance"),
+    ]
