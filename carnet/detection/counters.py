@@ -152,9 +152,11 @@ def _sql_counts_statement() -> Any:
         .where(DetectionEvent.actor_ref == actor, DetectionEvent.at >= s24, DetectionEvent.at <= at)
         .subquery()
     )
+    # The week counts like the short windows: a list of one's own care or work (a day list, a
+    # calendar) is the work itself; the patients opened from it count.
     week = (
         select(func.count(func.distinct(Exposure.patient_id)))
-        .where(Exposure.actor_ref == actor, Exposure.at >= s7, Exposure.at <= at, not_export)
+        .where(Exposure.actor_ref == actor, Exposure.at >= s7, Exposure.at <= at, targeted)
         .scalar_subquery()
     )
     # Two one-row aggregates joined on true, and the week: one round trip.
@@ -207,8 +209,9 @@ class MemoryExposureCounters:
             self._touch(actor_ref, "x", (str(p) for p in patient_ids), at)
             return
         self._touch(actor_ref, "a", (str(p) for p in patient_ids), at)
-        self._touch(actor_ref, "w", (str(p) for p in patient_ids), at)
-        self._touch(actor_ref, "p", (str(p) for p in _targeted(patient_ids, outside_care, listed)), at)
+        targeted = _targeted(patient_ids, outside_care, listed)
+        self._touch(actor_ref, "w", (str(p) for p in targeted), at)
+        self._touch(actor_ref, "p", (str(p) for p in targeted), at)
         self._touch(actor_ref, "o", (str(p) for p in outside_care), at)
 
     def add_event(self, *, actor_ref: str, kind: EventKind, key: str, at: dt.datetime) -> None:
@@ -299,7 +302,7 @@ class RedisExposureCounters:
             ]
         )
         if not exported:
-            groups.append(("w", patient_ids))
+            groups.append(("w", _targeted(patient_ids, outside_care, listed)))
         for name, ids in groups:
             if not ids:
                 continue
