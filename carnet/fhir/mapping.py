@@ -50,23 +50,24 @@ ENCOUNTER_CLASS = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 COVERAGE_TYPE = "https://carnet.example.org/fhir/CodeSystem/coverage-kind"
 
 
-def _meta(d: dict[str, Any]) -> dict[str, Any]:
-    meta = {"versionId": str(d.get("version_id") or 1)}
-    updated = _when(d.get("updated_at"))
+def meta(d: dict[str, Any]) -> dict[str, Any]:
+    """meta.versionId, and meta.lastUpdated when the view carries the record's last change."""
+    out = {"versionId": str(d.get("version_id") or 1)}
+    updated = when(d.get("updated_at"))
     if updated is not None:
-        meta["lastUpdated"] = updated
-    return meta
+        out["lastUpdated"] = updated
+    return out
 
 
-def _ref(resource_type: str, value: Any) -> dict[str, str] | None:
+def ref(resource_type: str, value: Any) -> dict[str, str] | None:
     return {"reference": f"{resource_type}/{value}"} if value else None
 
 
-def _clean(resource: dict[str, Any]) -> dict[str, Any]:
+def clean(resource: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resource.items() if v not in (None, [], {})}
 
 
-def _when(value: Any) -> str | None:
+def when(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
@@ -84,7 +85,7 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     name = None
     if d.get("family") or d.get("given"):
         name = [
-            _clean(
+            clean(
                 {
                     "use": "official",
                     "family": d.get("family"),
@@ -96,7 +97,7 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     if isinstance(d.get("address"), dict):
         a = d["address"]
         address = [
-            _clean(
+            clean(
                 {
                     "line": [a["line"]] if a.get("line") else None,
                     "city": a.get("city"),
@@ -108,11 +109,11 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     extension = None
     if d.get("opposes_other_facilities") is not None:
         extension = [{"url": OPPOSES_OTHER_FACILITIES, "valueBoolean": bool(d["opposes_other_facilities"])}]
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "Patient",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "extension": extension,
             "identifier": [{"system": INS_SYSTEM, "value": d["ins"]}] if d.get("ins") else None,
             "active": d.get("active"),
@@ -121,10 +122,10 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             "gender": d.get("gender"),
             "birthDate": d.get("birth_date"),
             "address": address,
-            "generalPractitioner": [_ref("Practitioner", d["designated_physician_id"])]
+            "generalPractitioner": [ref("Practitioner", d["designated_physician_id"])]
             if d.get("designated_physician_id")
             else None,
-            "managingOrganization": _ref("Organization", d.get("facility_id")),
+            "managingOrganization": ref("Organization", d.get("facility_id")),
         }
     )
     return checked(Patient, resource)
@@ -209,7 +210,7 @@ def patient_changes(body: dict[str, Any]) -> PatientChanges:
 # == Appointment ===============================================================================
 def appointment_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     participants: list[dict[str, Any]] = [
-        {"actor": _ref(t, d.get(key)), "status": "accepted"}
+        {"actor": ref(t, d.get(key)), "status": "accepted"}
         for t, key in (
             ("Patient", "patient_id"),
             ("Practitioner", "practitioner_id"),
@@ -219,16 +220,16 @@ def appointment_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     ]
     if not participants:  # R4 needs one; a redacted view still names nobody
         participants = [{"status": "accepted", "type": [{"text": "redacted"}]}]
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "Appointment",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "status": d.get("status") or "booked",
             "description": d.get("reason"),
             "cancelationReason": {"text": d["cancel_reason"]} if d.get("cancel_reason") else None,
-            "start": _when(d.get("start_at")),
-            "end": _when(d.get("end_at")),
+            "start": when(d.get("start_at")),
+            "end": when(d.get("end_at")),
             "participant": participants,
         }
     )
@@ -277,18 +278,18 @@ def note_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
         text = latest["text"] if isinstance(latest, dict) else latest.text
         content[0]["attachment"]["data"] = base64.b64encode(text.encode()).decode()
     version = int(d.get("version_id") or 1)
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "DocumentReference",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "status": "entered-in-error" if d.get("status") == "entered-in-error" else "current",
             "docStatus": "amended" if version > 1 else "final",
             "type": {"coding": [{"system": LOINC, "code": d["kind"]}]} if d.get("kind") else None,
             "description": d.get("title"),
-            "subject": _ref("Patient", d.get("patient_id")),
-            "author": [_ref("Practitioner", d["author_id"])] if d.get("author_id") else None,
-            "context": {"encounter": [_ref("Encounter", d["encounter_id"])]}
+            "subject": ref("Patient", d.get("patient_id")),
+            "author": [ref("Practitioner", d["author_id"])] if d.get("author_id") else None,
+            "context": {"encounter": [ref("Encounter", d["encounter_id"])]}
             if d.get("encounter_id")
             else None,
             "content": content,
@@ -348,7 +349,7 @@ def prescription_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     codings = []
     if d.get("medication_code"):
         codings.append(
-            _clean(
+            clean(
                 {"system": CIP_SYSTEM, "code": d["medication_code"], "display": d.get("medication_display")}
             )
         )
@@ -371,24 +372,24 @@ def prescription_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     extension = None
     if d.get("allergy_override_reason"):
         extension = [{"url": ALLERGY_OVERRIDE, "valueString": d["allergy_override_reason"]}]
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "MedicationRequest",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "contained": contained,
             "extension": extension,
             "status": d.get("status") or "unknown",
             "statusReason": {"text": d["stop_reason"]} if d.get("stop_reason") else None,
             "intent": "order",
-            "medicationCodeableConcept": _clean({"coding": codings, "text": d.get("medication_display")})
+            "medicationCodeableConcept": clean({"coding": codings, "text": d.get("medication_display")})
             or {"text": "redacted"},
-            "subject": _ref("Patient", d.get("patient_id")) or {"display": "redacted"},
-            "requester": _ref("Practitioner", d.get("prescriber_id")),
-            "authoredOn": _when(d.get("authored_at")),
+            "subject": ref("Patient", d.get("patient_id")) or {"display": "redacted"},
+            "requester": ref("Practitioner", d.get("prescriber_id")),
+            "authoredOn": when(d.get("authored_at")),
             "detectedIssue": detected,
             "dosageInstruction": [{"text": d["dosage_text"]}] if d.get("dosage_text") else None,
-            "dispenseRequest": {"validityPeriod": {"end": _when(d["valid_until"])}}
+            "dispenseRequest": {"validityPeriod": {"end": when(d["valid_until"])}}
             if d.get("valid_until")
             else None,
         }
@@ -429,18 +430,18 @@ def prescription_input(body: dict[str, Any]) -> PrescriptionInput:
 
 # == AllergyIntolerance ========================================================================
 def allergy_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "AllergyIntolerance",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "clinicalStatus": {"coding": [{"system": CLINICAL, "code": d["clinical_status"]}]}
             if d.get("clinical_status")
             else None,
             "criticality": d.get("criticality"),
             "code": {
                 "coding": [
-                    _clean(
+                    clean(
                         {
                             "system": ATC_SYSTEM,
                             "code": d.get("substance_code"),
@@ -451,8 +452,8 @@ def allergy_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             }
             if d.get("substance_code")
             else None,
-            "patient": _ref("Patient", d.get("patient_id")) or {"display": "redacted"},
-            "recorder": _ref("Practitioner", d.get("recorded_by")),
+            "patient": ref("Patient", d.get("patient_id")) or {"display": "redacted"},
+            "recorder": ref("Practitioner", d.get("recorded_by")),
         }
     )
     return checked(AllergyIntolerance, resource)
@@ -475,21 +476,19 @@ def allergy_input(body: dict[str, Any]) -> AllergyInput:
 
 # == read-only sections ========================================================================
 def condition_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "Condition",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": d["clinical_status"]}]}
             if d.get("clinical_status")
             else None,
-            "code": {
-                "coding": [_clean({"system": ICD10, "code": d.get("code"), "display": d.get("display")})]
-            }
+            "code": {"coding": [clean({"system": ICD10, "code": d.get("code"), "display": d.get("display")})]}
             if d.get("code")
             else None,
-            "subject": _ref("Patient", d.get("patient_id")) or {"display": "redacted"},
-            "onsetDateTime": _when(d.get("onset_at")),
+            "subject": ref("Patient", d.get("patient_id")) or {"display": "redacted"},
+            "onsetDateTime": when(d.get("onset_at")),
         }
     )
     return checked(Condition, resource)
@@ -498,25 +497,23 @@ def condition_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
 def observation_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     value: dict[str, Any] = {}
     if d.get("value_number") is not None:
-        value["valueQuantity"] = _clean({"value": d["value_number"], "unit": d.get("unit")})
+        value["valueQuantity"] = clean({"value": d["value_number"], "unit": d.get("unit")})
     elif d.get("value_text"):
         value["valueString"] = d["value_text"]
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "Observation",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "status": d.get("status") or "unknown",
             "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": d["category"]}]}]
             if d.get("category")
             else None,
-            "code": {
-                "coding": [_clean({"system": LOINC, "code": d.get("code"), "display": d.get("display")})]
-            }
+            "code": {"coding": [clean({"system": LOINC, "code": d.get("code"), "display": d.get("display")})]}
             if d.get("code")
             else {"text": "redacted"},
-            "subject": _ref("Patient", d.get("patient_id")),
-            "effectiveDateTime": _when(d.get("effective_at")),
+            "subject": ref("Patient", d.get("patient_id")),
+            "effectiveDateTime": when(d.get("effective_at")),
             **value,
         }
     )
@@ -524,16 +521,16 @@ def observation_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def coverage_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "Coverage",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "status": d.get("status") or "active",
             "type": {"coding": [{"system": COVERAGE_TYPE, "code": d["kind"]}]} if d.get("kind") else None,
             "subscriberId": d.get("member_id"),
-            "beneficiary": _ref("Patient", d.get("patient_id")) or {"display": "redacted"},
-            "period": _clean({"start": _when(d.get("period_start")), "end": _when(d.get("period_end"))}),
+            "beneficiary": ref("Patient", d.get("patient_id")) or {"display": "redacted"},
+            "period": clean({"start": when(d.get("period_start")), "end": when(d.get("period_end"))}),
             "payor": [{"display": d.get("payer") or "redacted"}],
         }
     )
@@ -552,15 +549,15 @@ def invoice_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
         }
         for i, line in enumerate(d.get("lines") or [], start=1)
     ]
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "Invoice",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "identifier": [{"value": d["number"]}] if d.get("number") else None,
             "status": d.get("status") or "draft",
-            "subject": _ref("Patient", d.get("patient_id")),
-            "date": _when(d.get("issued_at")),
+            "subject": ref("Patient", d.get("patient_id")),
+            "date": when(d.get("issued_at")),
             "lineItem": lines,
             "totalGross": {"value": d["total_cents"] / 100, "currency": currency}
             if d.get("total_cents") is not None
@@ -572,20 +569,20 @@ def invoice_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
 
 def encounter_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     klass = {"inpatient": "IMP", "outpatient": "AMB", "emergency": "EMER"}.get(d.get("kind") or "", "AMB")
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "Encounter",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "status": d.get("status") or "unknown",
             "class": {"system": ENCOUNTER_CLASS, "code": klass},
-            "subject": _ref("Patient", d.get("patient_id")),
-            "period": _clean({"start": _when(d.get("start_at")), "end": _when(d.get("end_at"))}),
-            "location": [{"location": _ref("Location", d["location_id"])}] if d.get("location_id") else None,
-            "participant": [{"individual": _ref("Practitioner", d["attending_id"])}]
+            "subject": ref("Patient", d.get("patient_id")),
+            "period": clean({"start": when(d.get("start_at")), "end": when(d.get("end_at"))}),
+            "location": [{"location": ref("Location", d["location_id"])}] if d.get("location_id") else None,
+            "participant": [{"individual": ref("Practitioner", d["attending_id"])}]
             if d.get("attending_id")
             else None,
-            "serviceProvider": _ref("Organization", d.get("facility_id")),
+            "serviceProvider": ref("Organization", d.get("facility_id")),
         }
     )
     return checked(Encounter, resource)

@@ -37,7 +37,7 @@ from carnet.fhir.api import (
     versioned,
 )
 from carnet.fhir.clinical import date_matches, patient_of
-from carnet.fhir.mapping import LOINC, _clean, _meta, _ref, _when
+from carnet.fhir.mapping import LOINC, clean, meta, ref, when
 from carnet.fhir.metadata import SUPPORTED
 from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.phi.gate import OPPOSE_OTHER_FACILITIES, Gate
@@ -96,22 +96,20 @@ def _codes(raw: str | None) -> list[str] | None:
 
 # == CareTeam ==================================================================================
 def care_team_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
-    period = _clean({"start": _when(d.get("start_at")), "end": _when(d.get("end_at"))})
-    resource = _clean(
+    period = clean({"start": when(d.get("start_at")), "end": when(d.get("end_at"))})
+    resource = clean(
         {
             "resourceType": "CareTeam",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "status": d.get("status"),
             "category": [{"coding": [{"system": CARE_KIND, "code": d["kind"]}]}] if d.get("kind") else None,
-            "subject": _ref("Patient", d.get("patient_id")),
+            "subject": ref("Patient", d.get("patient_id")),
             "period": period or None,
-            "participant": [{"member": _ref("Practitioner", d["practitioner_id"])}]
+            "participant": [{"member": ref("Practitioner", d["practitioner_id"])}]
             if d.get("practitioner_id")
             else None,
-            "managingOrganization": [_ref("Organization", d["facility_id"])]
-            if d.get("facility_id")
-            else None,
+            "managingOrganization": [ref("Organization", d["facility_id"])] if d.get("facility_id") else None,
         }
     )
     return checked(CareTeam, resource)
@@ -144,20 +142,20 @@ def read_care_team(request: Request, care_team_id: str) -> Response:
 
 # == DiagnosticReport ==========================================================================
 def report_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "DiagnosticReport",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "status": d.get("status") or "unknown",
             "category": [{"coding": [{"system": REPORT_CATEGORY, "code": "LAB"}]}],
             "code": {"coding": [{"system": LOINC, "code": d.get("code"), "display": d.get("display")}]}
             if d.get("code")
             else {"text": "lab report"},
-            "subject": _ref("Patient", d.get("patient_id")),
-            "issued": _when(d.get("issued_at")),
-            "performer": [_ref("Practitioner", d["performer_id"])] if d.get("performer_id") else None,
-            "result": [_ref("Observation", o) for o in d.get("result_ids") or []],
+            "subject": ref("Patient", d.get("patient_id")),
+            "issued": when(d.get("issued_at")),
+            "performer": [ref("Practitioner", d["performer_id"])] if d.get("performer_id") else None,
+            "result": [ref("Observation", o) for o in d.get("result_ids") or []],
             "conclusion": d.get("conclusion"),
         }
     )
@@ -198,7 +196,7 @@ def consent_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     # "Deny everyone, except the managing organisation": what the policy enforces.
     provision: dict[str, Any] = {
         "type": "deny",
-        "period": _clean({"start": _when(d.get("recorded_at")), "end": _when(d.get("withdrawn_at"))}) or None,
+        "period": clean({"start": when(d.get("recorded_at")), "end": when(d.get("withdrawn_at"))}) or None,
     }
     if facility:
         provision["provision"] = [
@@ -207,27 +205,27 @@ def consent_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
                 "actor": [
                     {
                         "role": {"coding": [{"system": ACT_CODE, "code": "CST", "display": "custodian"}]},
-                        "reference": _ref("Organization", facility),
+                        "reference": ref("Organization", facility),
                     }
                 ],
             }
         ]
-    resource = _clean(
+    resource = clean(
         {
             "resourceType": "Consent",
             "id": d["id"],
-            "meta": _meta(d),
+            "meta": meta(d),
             "status": d.get("status") or "inactive",
             "scope": {"coding": [{"system": CONSENT_SCOPE, "code": "patient-privacy"}]},
             "category": [
                 {"coding": [{"system": CONSENT_CATEGORY, "code": "59284-0", "display": "Patient Consent"}]}
             ],
-            "patient": _ref("Patient", d.get("patient_id")),
-            "dateTime": _when(d.get("recorded_at")),
-            "organization": [_ref("Organization", facility)] if facility else None,
+            "patient": ref("Patient", d.get("patient_id")),
+            "dateTime": when(d.get("recorded_at")),
+            "organization": [ref("Organization", facility)] if facility else None,
             "policy": [{"uri": CONSENT_POLICY + d["kind"]}] if d.get("kind") else None,
             "policyRule": {"coding": [{"system": ACT_CODE, "code": "OPTOUT"}]},
-            "provision": _clean(provision),
+            "provision": clean(provision),
         }
     )
     return checked(Consent, resource)
