@@ -105,8 +105,8 @@ class DetectionConfig(BaseSettings):
     deep_pages_contain_1h: int = Field(default=4, ge=1)
     # Lists of patients (practitioners' calendars): a desk books for a few practitioners; one
     # calendar can hold dozens of patients, so breadth is what tells a scrape.
-    list_views_step_up_15m: int = Field(default=8, ge=1)
-    list_views_contain_15m: int = Field(default=16, ge=1)
+    list_views_step_up_15m: int = Field(default=6, ge=1)
+    list_views_contain_15m: int = Field(default=12, ge=1)
 
     # Refused attempts to reach patient data (the gate reports its denials).
     admin_denials_contain_15m: int = Field(default=3, ge=1)
