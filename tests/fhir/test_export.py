@@ -435,6 +435,11 @@ def test_an_async_export_can_be_cancelled_running_or_done(
 
     monkeypatch.setattr(exports, "_run_job", held)
     status_url = _kick_off(fhir_server, doctor, ids[0]).headers["content-location"]
+    colleague = make_physician(runtime, _facility)
+    assert (
+        requests.delete(status_url, headers=_headers(fhir_server, colleague), timeout=30).status_code == 404
+    )
+    assert audit_rows(runtime, colleague.account_id) == [("phi:resource:export", "denied", "Patient")]
     cancel = requests.delete(status_url, headers=_headers(fhir_server, doctor), timeout=30)
     assert cancel.status_code == 202
     release.set()

@@ -384,3 +384,61 @@ def test_a_restriction_set_on_the_patient_is_a_consent_too(fhir_server: Server, 
     assert restriction["status"] == "active"
     provenance = desk.resources("Provenance").search(target=f"Consent/{restriction.id}").fetch()
     assert provenance[0]["agent"][0]["who"]["display"].startswith("carnet system")
+
+
+def test_every_new_endpoint_refuses_the_wrong_role_and_audits_it(fhir_server: Server) -> None:
+    """Billing reads no consent, report or provenance: every read, search and write of them
+    answers like a missing record (404), each refusal audited, nothing exposed."""
+    runtime = fhir_server.runtime
+    facility, doctor, patient_id = _clinic(runtime)
+    report_id, _results = make_lab_report(runtime, patient_id=patient_id, facility_id=facility)
+    client = fhir_server.client_for(doctor)
+    consent = client.resource(
+        "Consent",
+        status="active",
+        scope={
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
+            ]
+        },
+        category=[{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        patient={"reference": f"Patient/{patient_id}"},
+        policy=[{"uri": POLICY}],
+    )
+    consent.save()
+    provenance = client.resources("Provenance").search(target=f"Consent/{consent.id}").fetch()[0]
+
+    billing = make_account(runtime, roles=[Role.BILLING], facility_id=facility)
+    other = fhir_server.client_for(billing)
+    attempts = [
+        lambda: other.reference("Consent", consent.id).to_resource(),
+        lambda: other.resources("Consent").search(patient=patient_id).fetch(),
+        lambda: other.execute(f"Consent/{consent.id}/_history", method="get"),
+        lambda: other.execute(f"Consent/{consent.id}/_history/1", method="get"),
+        lambda: other.resource("Consent", **dict(consent.serialize(), status="inactive")).save(),
+        lambda: other.execute(f"Consent/{consent.id}", method="delete"),
+        lambda: other.resources("DiagnosticReport").search(patient=patient_id).fetch(),
+        lambda: other.reference("Provenance", provenance.id).to_resource(),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ResourceNotFound):
+            attempt()
+    rows = audit_rows(runtime, billing.account_id)
+    assert len(rows) == len(attempts) and all(outcome == "denied" for _k, outcome, _r in rows)
+    assert [r for _k, _o, r in rows] == [
+        "Consent",
+        "Consent",
+        "Patient",  # history reads are audited under the record's patient
+        "Patient",
+        "Consent",
+        "Consent",
+        "DiagnosticReport",
+        "Patient",  # provenance: refused on its target's patient
+    ]
+    with runtime.session_factory() as session:
+        exposed = session.scalar(
+            select(func.count()).select_from(Exposure).where(Exposure.actor_ref == billing.actor_ref)
+        )
+    assert exposed == 0
+    assert client.reference("Consent", consent.id).to_resource()["status"] == "active"  # unchanged
+    assert client.reference("DiagnosticReport", str(report_id)).to_resource()["id"] == str(report_id)
