@@ -5,6 +5,9 @@ decrypting the same patients without the gate, same run.
 2. gate: Gate.export of an approved request (scope `care`) -- request check, care relationships
    in chunks, policy per patient, redaction, one exposure row per patient, audit, request used.
    The request and its approval (carnet.access.exports) are timed apart.
+3. rendered: the same, rendered as the NDJSON the FHIR API answers (carnet.fhir.exports.render).
+4. async: the Bulk Data kick-off path -- Gate.queue_export, Gate.run_export_job (the export,
+   rendered, the file encrypted and stored), Gate.download_export (decrypted, erased).
 
     .venv/bin/python -m benchmarks.export_cost [--patients 1000] [--rounds 5] [--sqlite]
 
@@ -31,6 +34,7 @@ from carnet.access.exports import approve_export, request_export
 from carnet.access.models import RoleGrant
 from carnet.access.roles import Role
 from carnet.detection.ledger import SqlExposureLedger
+from carnet.fhir.exports import render
 from carnet.identity.models import Account
 from carnet.kernel import clock
 from carnet.patients.models import CareRelationship, Patient
@@ -102,8 +106,9 @@ def measure(runtime: Runtime, patients: int, rounds: int) -> str:
             rows = list(session.scalars(sa.select(Patient).where(Patient.id.in_(all_ids))))
             return len([_direct_view(runtime, p) for p in rows])
 
-    timings: dict[str, list[float]] = {"direct": [], "decide": [], "gate": []}
+    timings: dict[str, list[float]] = {"direct": [], "decide": [], "gate": [], "rendered": [], "async": []}
     exported = 0
+    size = 0
     for _ in range(rounds):
         t0 = time.perf_counter()
         direct()
@@ -115,6 +120,18 @@ def measure(runtime: Runtime, patients: int, rounds: int) -> str:
         t0 = time.perf_counter()
         exported = len(Gate(runtime, actor).export(export_id=asked.id).items)
         timings["gate"].append(time.perf_counter() - t0)
+        gate = Gate(runtime, actor)
+        for mode in ("rendered", "async"):
+            asked = request_export(runtime, actor=actor, purpose="benchmark of the export path", scope="care")
+            approve_export(runtime, actor=officer, export_id=asked.id)
+            t0 = time.perf_counter()
+            if mode == "rendered":
+                size = len(render(gate.export(export_id=asked.id)))
+            else:
+                job = gate.queue_export(export_id=asked.id)
+                gate.run_export_job(job_id=job.id, render=render)
+                assert len(gate.download_export(job_id=job.id)) == size
+            timings[mode].append(time.perf_counter() - t0)
     assert exported == len(all_ids)
     p50 = {k: statistics.median(v) for k, v in timings.items()}
     return "\n".join(
@@ -126,9 +143,12 @@ def measure(runtime: Runtime, patients: int, rounds: int) -> str:
             f"| direct: load + decrypt {exported:,} patients (no gate) | {p50['direct'] * 1e3:,.0f} ms |",
             f"| request + approval (two audited transactions) | {p50['decide'] * 1e3:,.0f} ms |",
             f"| Gate.export of the same {exported:,} patients | {p50['gate'] * 1e3:,.0f} ms |",
+            f"| ... rendered as NDJSON ({size / 1e6:.1f} MB) | {p50['rendered'] * 1e3:,.0f} ms |",
+            f"| async: queue + run (rendered, file encrypted) + download | {p50['async'] * 1e3:,.0f} ms |",
             "",
             f"- gate export / direct: **{p50['gate'] / p50['direct']:.2f}x** (p50);"
             f" {p50['gate'] / exported * 1e6:,.0f} µs per exported patient",
+            f"- async / rendered synchronous: **{p50['async'] / p50['rendered']:.2f}x** (p50)",
         ]
     )
 
