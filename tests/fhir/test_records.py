@@ -322,9 +322,12 @@ def test_encounter_read_and_last_updated_everywhere(fhir_server: Server) -> None
     assert encounter["status"] == "in-progress" and _instant(encounter["meta"]["lastUpdated"])
     patient = client.reference("Patient", patient_id).to_resource()
     assert _instant(patient["meta"]["lastUpdated"])
-    for resource_type in ("Encounter", "Appointment", "AllergyIntolerance"):
-        for entry in client.resources(resource_type).search(patient=patient_id).fetch():
-            assert _instant(entry["meta"]["lastUpdated"])
+    make_lab_report(runtime, patient_id=patient_id, facility_id=facility)
+    for resource_type in ("Encounter", "Observation", "DiagnosticReport", "CareTeam"):
+        entries = client.resources(resource_type).search(patient=patient_id).fetch()
+        assert entries, resource_type
+        for entry in entries:
+            assert _instant(entry["meta"]["lastUpdated"]), resource_type
     v1 = client.execute(f"Patient/{patient_id}/_history/1", method="get")
     assert _instant(v1["meta"]["lastUpdated"])
     nurse_elsewhere = make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
