@@ -34,7 +34,7 @@ from carnet.detection.config import get_detection_config
 from carnet.identity.models import Account
 from carnet.identity.service import roles_of
 from carnet.kernel import clock
-from carnet.kernel.errors import AccountContained, CarnetError, StepUpRequired, Throttled
+from carnet.kernel.errors import AccountContained, CarnetError, InvalidInput, StepUpRequired, Throttled
 from carnet.phi.exercise import FacilityDay, Visit, facility_days
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import AppointmentInput, PatientInput
@@ -302,9 +302,15 @@ def run_benign(
     seed: int = 6,
     movable: clock.MovableClock | None = None,
     roles: tuple[Role, ...] = WORKERS,
+    shard: tuple[int, int] = (0, 1),
 ) -> BenignResult:
     """`limit`: only the first N clinicians (front desk and billing all work). `movable`: the clock
-    to move (a test's); by default one is installed (refused in production)."""
+    to move (a test's); by default one is installed (refused in production). `shard` (i, n):
+    simulate only every n-th staff member from the i-th, the day's work still shared out among
+    everyone, so n processes on n copies of the database together run the whole hospital."""
+    index, shards = shard
+    if not 0 <= index < shards:
+        raise InvalidInput("a shard is i/n with 0 <= i < n")
     movable = movable or install_movable_clock(runtime.settings)
     rng = random.Random(seed)
     zone = zoneinfo.ZoneInfo(get_detection_config().timezone)
@@ -334,8 +340,8 @@ def run_benign(
                 for member, visits in zip(team, _shares(fday.to_invoice, len(team)), strict=True):
                     mine = [c for _, c in zip(range(COUNTER_VISITS_PER_CLERK), counter, strict=False)]
                     work[member.actor_ref] = (visits, mine)
-        for actor in everyone:
-            if actor.actor_ref in contained:
+        for position, actor in enumerate(everyone):
+            if actor.actor_ref in contained or position % shards != index:
                 continue
             start = dt.datetime.combine(day, dt.time(8, rng.randrange(0, 30)), tzinfo=zone)
             movable.set(start)

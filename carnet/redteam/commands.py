@@ -96,6 +96,9 @@ def run(
 def benign(
     days: Annotated[int, typer.Option(min=1, max=90, help="Simulated days.")] = 30,
     clinicians: Annotated[int | None, typer.Option(min=0, help="Only the first N clinicians.")] = None,
+    shard: Annotated[
+        str, typer.Option(help="I/N: simulate every N-th staff member from the I-th (N processes, N copies).")
+    ] = "0/1",
 ) -> None:
     """The hospital's staff work over simulated days (through the gate, with a movable clock):
     clinicians their day lists, front desk check-ins, bookings and registrations, billing its
@@ -112,11 +115,16 @@ def benign(
     if not settings.exercise_mode:
         raise _fail("simulated days need the movable clock: CARNET_ENV must be demo or test")
     first = base_day().date() - dt.timedelta(days=days // 2)
+    index, _, count = shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise _fail("--shard must be I/N with 0 <= I < N, for example 0/3")
     started = time.perf_counter()
     try:
         runtime = build_runtime(settings)
         try:
-            result = run_benign(runtime, days=days, first_day=first, limit=clinicians)
+            result = run_benign(
+                runtime, days=days, first_day=first, limit=clinicians, shard=(int(index), int(count))
+            )
         finally:
             runtime.close()
     except CarnetError as exc:

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from carnet.cli import app
 from carnet.detection.models import Exposure
 from carnet.kernel import clock
-from carnet.redteam.benign import run_benign
+from carnet.kernel.errors import InvalidInput
+from carnet.redteam.benign import run_benign, staff
 from carnet.runtime import Runtime
 from carnet.settings import reset_settings_cache
 from carnet.synth.seed import base_day, seed_hospital
@@ -46,3 +47,29 @@ def test_benign_command_refuses_production(sqlite_runtime: Runtime, monkeypatch:
     assert result.exit_code == 2 and "CARNET_ENV must be demo or test" in result.output, result.output
     with sqlite_runtime.session_factory() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Exposure)) == 0
+
+
+def test_shards_share_out_the_staff(sqlite_runtime: Runtime, movable_clock: clock.MovableClock) -> None:
+    seed_hospital(sqlite_runtime, patients=300, seed=8, facilities=1)
+    first = base_day().date()
+    halves = [
+        run_benign(sqlite_runtime, days=1, first_day=first, limit=2, movable=movable_clock, shard=(i, 2))
+        for i in range(2)
+    ]
+    worked = [sum(h.staff_days.values()) for h in halves]
+    everyone = len(staff(sqlite_runtime, limit=2))
+    assert sum(worked) == everyone and all(worked), (worked, everyone)
+    with pytest.raises(InvalidInput, match="i/n"):
+        run_benign(sqlite_runtime, days=1, first_day=first, movable=movable_clock, shard=(2, 2))
+
+
+def test_benign_command_refuses_a_bad_shard(sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARNET_ENV", "test")
+    monkeypatch.setenv("CARNET_DATABASE_URL", sqlite_runtime.settings.resolved_database_url)
+    monkeypatch.setenv("CARNET_VAR_DIR", str(sqlite_runtime.settings.var_dir))
+    reset_settings_cache()
+    try:
+        result = CliRunner().invoke(app, ["redteam", "benign", "--days", "1", "--shard", "3/2"])
+    finally:
+        reset_settings_cache()
+    assert result.exit_code == 2 and "--shard must be I/N" in result.output, result.output
