@@ -75,15 +75,44 @@ def my_day(request: Request, actor: WebActor, day: dt.date | None = None) -> Res
     return render(request, "clinician/day.html", {"actor": actor, "listing": listing})
 
 
+# Identifiers, names and birth dates never travel in a URL (browser history, proxy logs,
+# Referer): the search is a POST form, protected by the CSRF token like every other form.
+SEARCH_FIELDS = ("identifier", "family", "given", "birth_date")
+
+
 @router.get("/patients")
+def search_page(request: Request, actor: WebActor) -> Response:
+    """The empty search form. An old link or bookmark with identifiers in its query is not run:
+    it is sent back to the bare form, which does not echo them."""
+    if any(name in request.query_params for name in (*SEARCH_FIELDS, "page")):
+        return redirect("/patients?moved=1")
+    return _search_response(request, actor, identifier="", family="", given="", birth_date="", page=1)
+
+
+@router.post("/patients")
 def search(
     request: Request,
     actor: WebActor,
-    identifier: str = "",
-    family: str = "",
-    given: str = "",
-    birth_date: str = "",
-    page: int = 1,
+    identifier: Annotated[str, Form(max_length=20)] = "",
+    family: Annotated[str, Form(max_length=100)] = "",
+    given: Annotated[str, Form(max_length=100)] = "",
+    birth_date: Annotated[str, Form(max_length=10)] = "",
+    page: Annotated[int, Form(ge=1, le=1000)] = 1,
+) -> Response:
+    return _search_response(
+        request, actor, identifier=identifier, family=family, given=given, birth_date=birth_date, page=page
+    )
+
+
+def _search_response(
+    request: Request,
+    actor: Actor,
+    *,
+    identifier: str,
+    family: str,
+    given: str,
+    birth_date: str,
+    page: int,
 ) -> Response:
     asked = any(v.strip() for v in (identifier, family, given, birth_date))
     result: PatientPage | None = None
@@ -113,6 +142,7 @@ def search(
         "problem": problem,
         "page": page,
         "asked": asked,
+        "moved": request.method == "GET" and request.query_params.get("moved") == "1",
     }
     template = (
         "clinician/search_results.html" if request.headers.get("hx-request") else "clinician/search.html"

@@ -143,10 +143,12 @@ def calendar(
     day: dt.date | None = None,
     view: str = "week",
     patient: str = "",
-    ins: str = "",
     done: str = "",
 ) -> Response:
     _require_scheduler(request, actor)
+    if "ins" in request.query_params:
+        # An identifier never rides in a URL: the lookup is the POST form below; not run, not echoed.
+        return redirect(_where(practitioner, day or clock.now().date(), _view(view)))
     return _page(
         request,
         actor,
@@ -154,9 +156,22 @@ def calendar(
         day=day or clock.now().date(),
         view=_view(view),
         patient=patient,
-        ins=ins,
         done=done,
     )
+
+
+@router.post("/lookup")
+def lookup(
+    request: Request,
+    actor: WebActor,
+    ins: Annotated[str, Form(max_length=20)],
+    practitioner: Annotated[str, Form(max_length=40)] = "",
+    day: Annotated[str, Form(max_length=10)] = "",
+    view: Annotated[str, Form(max_length=5)] = "week",
+) -> Response:
+    """Find the patient to book for by their INS, sent in the form body (CSRF protected)."""
+    _require_scheduler(request, actor)
+    return _page(request, actor, practitioner=practitioner, day=_day_of(day), view=_view(view), ins=ins)
 
 
 def _day_of(value: str) -> dt.date:

@@ -186,9 +186,9 @@ def test_billing_sees_coverage_and_invoices_not_notes(
     clerk = make_person(
         sqlite_runtime, "billing.bob", roles=(Role.BILLING,), facility_id=hospital.facility_id
     )
-    login(client, clerk)
+    csrf = login(client, clerk)
     assert client.get("/home").headers["location"] == "/billing"
-    found = client.get("/patients", params={"identifier": "180022912345678"})
+    found = client.post("/patients", data={"csrf_token": csrf, "identifier": "180022912345678"})
     assert found.status_code == 200 and "&lt;script&gt;" in found.text
     chart = client.get(f"/patients/{hospital.my_patient}")
     assert chart.status_code == 200

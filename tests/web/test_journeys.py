@@ -91,7 +91,10 @@ def test_calendar_books_refuses_a_double_booking_moves_and_cancels(
     start = _slot(2, 10)
     csrf = login(client, hospital.front_desk)
     # Find the patient by identifier, then book from the calendar.
-    page = client.get("/desk/schedule", params=_week(hospital, start, ins="180022912345678"))
+    page = client.post(
+        "/desk/schedule/lookup",
+        data={"csrf_token": csrf, "ins": "180022912345678", **_week(hospital, start)},
+    )
     assert page.status_code == 200 and 'name="patient_id"' in page.text
     form = {
         "csrf_token": csrf,

@@ -44,12 +44,13 @@ def test_chart_escapes_markup_in_names(client: TestClient, hospital: Hospital) -
 
 
 def test_day_list_and_search(client: TestClient, hospital: Hospital, sqlite_runtime: Runtime) -> None:
-    login(client, hospital.physician)
+    csrf = login(client, hospital.physician)
     assert client.get("/day").status_code == 200
-    page = client.get("/patients", params={"identifier": "170011234567890"})
+    page = client.post("/patients", data={"csrf_token": csrf, "identifier": "170011234567890"})
     assert page.status_code == 200
     assert "Durand" in page.text  # located, not opened
-    vague = client.get("/patients", params={"birth_date": "1980-02-29"})
+    assert page.headers["cache-control"] == "no-store"
+    vague = client.post("/patients", data={"csrf_token": csrf, "birth_date": "1980-02-29"})
     assert vague.status_code == 400
     assert "needs an identifier" in vague.text
     assert _events(sqlite_runtime, AuditKind.PHI_SEARCH)
