@@ -21,6 +21,7 @@ class Permission(StrEnum):
     APPOINTMENT_READ = "phi:appointment:read"
     APPOINTMENT_WRITE = "phi:appointment:write"
     ENCOUNTER_READ = "phi:encounter:read"
+    ENCOUNTER_WRITE = "phi:encounter:write"  # admit, transfer, discharge
     ALLERGY_READ = "phi:allergy:read"
     ALLERGY_WRITE = "phi:allergy:write"
     NOTE_READ = "phi:note:read"
@@ -33,6 +34,7 @@ class Permission(StrEnum):
     INVOICE_READ = "phi:invoice:read"
     INVOICE_WRITE = "phi:invoice:write"  # a payment received against an invoice
     OBSERVATION_READ = "phi:observation:read"
+    OBSERVATION_WRITE = "phi:observation:write"  # observations, and lab reports grouping them
     CONDITION_READ = "phi:condition:read"
     CONSENT_WRITE = "phi:consent:write"
     HISTORY_READ = "phi:history:read"
@@ -74,10 +76,12 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.ALLERGY_WRITE,
         P.NOTE_WRITE,
         P.PRESCRIPTION_WRITE,
+        P.ENCOUNTER_WRITE,
+        P.OBSERVATION_WRITE,
         P.EXPORT_REQUEST,
         P.CONSENT_WRITE,
     },
-    Role.NURSE: _CLINICAL_READ | {P.ALLERGY_WRITE, P.NOTE_WRITE},
+    Role.NURSE: _CLINICAL_READ | {P.ALLERGY_WRITE, P.NOTE_WRITE, P.OBSERVATION_WRITE},
     Role.FRONT_DESK: frozenset(
         {
             P.PATIENT_READ,

@@ -285,8 +285,13 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         T.NOTE: CLINICAL,
         T.PRESCRIPTION: CLINICAL,
         T.CONSENT: CLINICAL,
+        # Admission, transfer and discharge of a patient already in one's care.
+        T.ENCOUNTER: CLINICAL,
+        T.OBSERVATION: CLINICAL,
+        T.DIAGNOSTIC_REPORT: CLINICAL,
     },
-    Role.NURSE: {T.ALLERGY: NURSING, T.NOTE: NURSING},
+    # Nurses record vital signs; lab reports are signed by a physician (or imported).
+    Role.NURSE: {T.ALLERGY: NURSING, T.NOTE: NURSING, T.OBSERVATION: NURSING},
     # A patient records (or withdraws) their own privacy decisions.
     Role.PATIENT: {T.CONSENT: SELF},
     Role.FRONT_DESK: {
@@ -318,6 +323,9 @@ READ_PERMISSION: Mapping[ResourceType, Permission] = {
 WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
     T.PATIENT: Permission.PATIENT_UPDATE,
     T.APPOINTMENT: Permission.APPOINTMENT_WRITE,
+    T.ENCOUNTER: Permission.ENCOUNTER_WRITE,
+    T.OBSERVATION: Permission.OBSERVATION_WRITE,
+    T.DIAGNOSTIC_REPORT: Permission.OBSERVATION_WRITE,
     T.ALLERGY: Permission.ALLERGY_WRITE,
     T.NOTE: Permission.NOTE_WRITE,
     T.PRESCRIPTION: Permission.PRESCRIPTION_WRITE,

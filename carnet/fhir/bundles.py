@@ -23,8 +23,11 @@ from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.consent import Consent
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from starlette.routing import Match
 
@@ -100,6 +103,24 @@ CREATES: dict[str, Kind] = {
         lambda r, g: {"data": mapping.allergy_input(r)},
     ),
     "Consent": Kind(Consent, "record_consent", records.consent_to_fhir, _consent_arguments),
+    "Encounter": Kind(
+        Encounter,
+        "admit_patient",
+        mapping.encounter_to_fhir,
+        lambda r, g: {"data": mapping.encounter_input(r)},
+    ),
+    "Observation": Kind(
+        Observation,
+        "record_observation",
+        mapping.observation_to_fhir,
+        lambda r, g: {"data": mapping.observation_input(r)},
+    ),
+    "DiagnosticReport": Kind(
+        DiagnosticReport,
+        "record_diagnostic_report",
+        records.report_to_fhir,
+        lambda r, g: {"data": records.report_input(r)},
+    ),
 }
 
 
@@ -159,6 +180,7 @@ UPDATES: dict[str, tuple[Any, Mapper, Callable[[dict[str, Any], str, int], tuple
     "DocumentReference": (DocumentReference, mapping.note_to_fhir, _update_note),
     "MedicationRequest": (MedicationRequest, mapping.prescription_to_fhir, _update_prescription),
     "Consent": (Consent, records.consent_to_fhir, _update_consent),
+    "Encounter": (Encounter, mapping.encounter_to_fhir, mapping.encounter_change),
 }
 
 # What a DELETE does (a retained status change), by resource type.
@@ -382,6 +404,8 @@ def _operation(entry: Entry) -> str:
     resource = entry.resource or {}
     if entry.resource_type == "Appointment":
         return "cancel_appointment" if resource.get("status") == "cancelled" else "amend_appointment"
+    if entry.resource_type == "Encounter":
+        return mapping.encounter_operation(resource)
     return {
         "Patient": "update_patient",
         "DocumentReference": "amend_note",

@@ -1,6 +1,7 @@
 """FHIR clinical resources, all through the gate: Appointment, DocumentReference (notes),
-MedicationRequest, AllergyIntolerance, Encounter (read and search), Condition, Observation,
-Coverage and Invoice (search by patient: they are read as the patient's chart sections).
+MedicationRequest, AllergyIntolerance, Encounter (stays: admit, transfer, discharge, each a kept
+version), Observation (search, create), Condition, Coverage and Invoice (search by patient: they
+are read as the patient's chart sections).
 
 Searches are by patient only: there is no browsing of a resource type across patients.
 """
@@ -17,7 +18,9 @@ from fastapi.responses import Response
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.observation import Observation
 
 from carnet.fhir import mapping
 from carnet.fhir.api import (
@@ -393,9 +396,13 @@ def vread_allergy(request: Request, allergy_id: str, version_id: str) -> Respons
     return _vread(request, ALLERGY, allergy_id, version_id, mapping.allergy_to_fhir)
 
 
-# == Encounter =================================================================================
+# == Encounter (stays) =========================================================================
 ENCOUNTER = "Encounter"
-_register(ENCOUNTER, ["read", "search-type"], {"patient": "reference", "status": "token"})
+_register(
+    ENCOUNTER,
+    ["read", "vread", "history-instance", "search-type", "create", "update"],
+    {"patient": "reference", "status": "token"},
+)
 
 
 @router.get("/Encounter")
@@ -409,18 +416,52 @@ def search_encounters(request: Request) -> Response:
     return paged(request, ENCOUNTER, [mapping.encounter_to_fhir(v.model_dump()) for v in views])
 
 
+@router.post("/Encounter")
+def admit(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Admit a patient: a stay in progress (class IMP, AMB or EMER), at a location, with an
+    attending physician (the admitting practitioner when none is named)."""
+    gate = gate_for(request, ENCOUNTER, "create")
+    resource = validated(Encounter, body, ENCOUNTER)
+    view = gate.admit_patient(data=mapping.encounter_input(resource))
+    return resource_response(request, mapping.encounter_to_fhir(view.model_dump()), status=201)
+
+
 @router.get("/Encounter/{encounter_id}")
 def read_encounter(request: Request, encounter_id: str) -> Response:
-    """A stay by its id. No vread or _history: stays are not versioned yet (admit, transfer
-    and discharge keep no snapshots)."""
     gate = gate_for(request, ENCOUNTER, "read")
     view = gate.read_encounter(encounter_id=encounter_id)
     return resource_response(request, mapping.encounter_to_fhir(view.model_dump()))
 
 
+@router.put("/Encounter/{encounter_id}")
+def update_encounter(request: Request, encounter_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """A transfer (status in-progress, a new location or attending) or a discharge (status
+    finished, period.end or now), with If-Match; every earlier version stays in _history."""
+    gate = gate_for(request, ENCOUNTER, "update")
+    resource = validated(Encounter, body, ENCOUNTER)
+    if resource.get("id") != encounter_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    name, arguments = mapping.encounter_change(resource, encounter_id, version)
+    view = getattr(gate, name)(**arguments)
+    return resource_response(request, mapping.encounter_to_fhir(view.model_dump()))
+
+
+@router.get("/Encounter/{encounter_id}/_history")
+def encounter_history(request: Request, encounter_id: str) -> Response:
+    return _history(request, ENCOUNTER, encounter_id, mapping.encounter_to_fhir)
+
+
+@router.get("/Encounter/{encounter_id}/_history/{version_id}")
+def vread_encounter(request: Request, encounter_id: str, version_id: str) -> Response:
+    return _vread(request, ENCOUNTER, encounter_id, version_id, mapping.encounter_to_fhir)
+
+
 # == read-only chart sections ==================================================================
 _register("Condition", ["search-type"], {"patient": "reference", "clinical-status": "token"})
-_register("Observation", ["search-type"], {"patient": "reference", "category": "token", "code": "token"})
+_register(
+    "Observation", ["search-type", "create"], {"patient": "reference", "category": "token", "code": "token"}
+)
 _register("Coverage", ["search-type"], {"beneficiary": "reference", "patient": "reference"})
 _register("Invoice", ["search-type"], {"patient": "reference", "status": "token"})
 
@@ -451,6 +492,15 @@ def search_observations(request: Request) -> Response:
         and (code is None or v.code in [c.rpartition("|")[2] for c in code.split(",")])
     ]
     return paged(request, "Observation", [mapping.observation_to_fhir(v.model_dump()) for v in views])
+
+
+@router.post("/Observation")
+def create_observation(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Record a vital sign or a lab result (LOINC code, a valueQuantity or a valueString)."""
+    gate = gate_for(request, "Observation", "create")
+    resource = validated(Observation, body, "Observation")
+    view = gate.record_observation(data=mapping.observation_input(resource))
+    return resource_response(request, mapping.observation_to_fhir(view.model_dump()), status=201)
 
 
 @router.get("/Coverage")

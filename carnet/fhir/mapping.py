@@ -29,6 +29,8 @@ from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import (
     AllergyInput,
     AppointmentInput,
+    EncounterInput,
+    ObservationInput,
     PatientChanges,
     PatientInput,
     PrescriptionInput,
@@ -586,3 +588,112 @@ def encounter_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
         }
     )
     return checked(Encounter, resource)
+
+
+# == Encounter (stays: admit, transfer, discharge) =============================================
+ENCOUNTER_KINDS = {"IMP": "inpatient", "AMB": "outpatient", "EMER": "emergency"}
+
+
+def _encounter_location(body: dict[str, Any]) -> str | None:
+    """The location a stay is at: the entry marked active, or else the last one listed."""
+    entries = [e for e in body.get("location") or [] if isinstance(e, dict)]
+    if not entries:
+        return None
+    current = next((e for e in entries if e.get("status") == "active"), entries[-1])
+    return reference_id((current.get("location") or {}).get("reference"), "Location")
+
+
+def _encounter_attending(body: dict[str, Any]) -> str | None:
+    for participant in body.get("participant") or []:
+        individual = (participant or {}).get("individual") or {}
+        if individual.get("reference"):
+            return reference_id(individual["reference"], "Practitioner")
+    return None
+
+
+def encounter_input(body: dict[str, Any]) -> EncounterInput:
+    """An admission: status in-progress, class IMP/AMB/EMER, subject, and optionally
+    period.start, the location and the attending physician (participant.individual)."""
+    if body.get("status") != "in-progress":
+        raise InvalidInput("a new Encounter is an admission: status in-progress")
+    patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
+    if patient is None:
+        raise InvalidInput("an Encounter needs subject (a reference Patient/<id>)")
+    klass = (body.get("class") or {}).get("code")
+    if klass not in ENCOUNTER_KINDS:
+        raise InvalidInput("Encounter.class must be IMP, AMB or EMER (" + ENCOUNTER_CLASS + ")")
+    start = (body.get("period") or {}).get("start")
+    values = {
+        "patient_id": patient,
+        "kind": ENCOUNTER_KINDS[klass],
+        "start_at": parse_instant(start, "period.start") if start else None,
+        "location_id": _encounter_location(body),
+        "attending_id": _encounter_attending(body),
+    }
+    return _schema(EncounterInput, values, "Encounter")  # type: ignore[no-any-return]
+
+
+def encounter_change(body: dict[str, Any], encounter_id: str, version: int) -> tuple[str, dict[str, Any]]:
+    """A PUT of an Encounter as the gate operation it is: status finished = discharge (at
+    period.end, or now); status in-progress = transfer to its (active) location and attending."""
+    status = body.get("status")
+    if status == "finished":
+        end = (body.get("period") or {}).get("end")
+        return "discharge_encounter", {
+            "encounter_id": encounter_id,
+            "expected_version": version,
+            "end_at": parse_instant(end, "period.end") if end else None,
+        }
+    if status == "in-progress":
+        return "transfer_encounter", {
+            "encounter_id": encounter_id,
+            "expected_version": version,
+            "location_id": _encounter_location(body),
+            "attending_id": _encounter_attending(body),
+        }
+    raise InvalidInput(
+        "an Encounter is changed by a transfer (status in-progress, a new location) or a discharge"
+        " (status finished)"
+    )
+
+
+def encounter_operation(body: dict[str, Any]) -> str:
+    return "discharge_encounter" if body.get("status") == "finished" else "transfer_encounter"
+
+
+# == Observation (vital signs, lab results) =====================================================
+def observation_input(body: dict[str, Any]) -> ObservationInput:
+    patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
+    codings = (body.get("code") or {}).get("coding") or []
+    code = next((c for c in codings if c.get("system") == LOINC), None)
+    category = next(
+        (
+            c.get("code")
+            for concept in body.get("category") or []
+            for c in (concept or {}).get("coding") or []
+            if c.get("system") == OBSERVATION_CATEGORY
+        ),
+        None,
+    )
+    effective = body.get("effectiveDateTime")
+    if patient is None or code is None or effective is None:
+        raise InvalidInput(f"an Observation needs subject, a code.coding in {LOINC} and effectiveDateTime")
+    quantity = body.get("valueQuantity") or {}
+    encounter = (
+        reference_id((body.get("encounter") or {}).get("reference"), "Encounter")
+        if body.get("encounter")
+        else None
+    )
+    values = {
+        "patient_id": patient,
+        "category": category or "laboratory",
+        "code": code.get("code"),
+        "display": code.get("display") or (body.get("code") or {}).get("text") or code.get("code"),
+        "value_number": quantity.get("value"),
+        "unit": quantity.get("unit") or quantity.get("code"),
+        "value_text": body.get("valueString"),
+        "effective_at": parse_instant(effective, "effectiveDateTime"),
+        "status": body.get("status") or "final",
+        "encounter_id": encounter,
+    }
+    return _schema(ObservationInput, values, "Observation")  # type: ignore[no-any-return]

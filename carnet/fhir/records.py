@@ -3,7 +3,8 @@
 - CareTeam: one per care relationship (care team membership or referral), read and searched
   by patient. Not written here: a care relationship opens the chart, so creating one through
   the API would let an account widen its own access.
-- DiagnosticReport: a lab report and the Observations it groups (`result`); read and searched.
+- DiagnosticReport: a lab report and the Observations it groups (`result`); read, searched and
+  created (its results: Observations of the same patient, in no other report).
 - Consent: the patient's privacy decisions. Recording one (`oppose-other-facilities`) hides the
   patient from every facility but the managing one at once; withdrawing it (PUT status
   inactive, or DELETE) lifts that. Kept either way, every version in `_history`.
@@ -21,6 +22,7 @@ from fhir.resources.R4B.careteam import CareTeam
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.provenance import Provenance
+from pydantic import ValidationError
 
 from carnet.fhir.api import (
     checked,
@@ -29,6 +31,7 @@ from carnet.fhir.api import (
     history_bundle,
     instant,
     paged,
+    parse_instant,
     parse_version,
     reference_id,
     resource_response,
@@ -41,7 +44,7 @@ from carnet.fhir.mapping import LOINC, clean, meta, ref, when
 from carnet.fhir.metadata import SUPPORTED
 from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.phi.gate import OPPOSE_OTHER_FACILITIES, Gate
-from carnet.phi.schemas import ProvenanceView
+from carnet.phi.schemas import DiagnosticReportInput, ProvenanceView
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 FhirBody = Body(..., media_type="application/fhir+json")
@@ -67,7 +70,7 @@ SUPPORTED["CareTeam"] = {
     },
 }
 SUPPORTED["DiagnosticReport"] = {
-    "interactions": ["read", "search-type"],
+    "interactions": ["read", "search-type", "create"],
     "search": {
         "patient": "reference",
         "subject": "reference",
@@ -180,6 +183,48 @@ def search_reports(request: Request) -> Response:
         and (not dates or date_matches(v.issued_at, dates))
     ]
     return paged(request, "DiagnosticReport", [report_to_fhir(v.model_dump()) for v in views])
+
+
+def report_input(body: dict[str, Any]) -> DiagnosticReportInput:
+    """A lab report: subject, a LOINC code, issued, and its result Observations (at least one)."""
+    patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
+    codings = (body.get("code") or {}).get("coding") or []
+    code = next((c for c in codings if c.get("system") == LOINC), None)
+    issued = body.get("issued")
+    if patient is None or code is None or issued is None:
+        raise InvalidInput(f"a DiagnosticReport needs subject, a code.coding in {LOINC} and issued")
+    results = []
+    for item in body.get("result") or []:
+        target = reference_id((item or {}).get("reference"), "Observation")
+        if target is None:
+            raise InvalidInput("each result is a reference Observation/<id>")
+        results.append(target)
+    if not results:
+        raise InvalidInput("a lab report groups its results: result needs an Observation reference")
+    values = {
+        "patient_id": patient,
+        "code": code.get("code"),
+        "display": code.get("display") or (body.get("code") or {}).get("text") or code.get("code"),
+        "status": body.get("status"),
+        "issued_at": parse_instant(issued, "issued"),
+        "conclusion": body.get("conclusion"),
+        "result_ids": results,
+    }
+    try:
+        return DiagnosticReportInput(**values)
+    except ValidationError as exc:
+        places = sorted({".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()})
+        raise InvalidInput("invalid DiagnosticReport: check " + ", ".join(places)) from None
+
+
+@router.post("/DiagnosticReport")
+def create_report(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Record a lab report; its `result` Observations must be of the same patient (a reference
+    to anyone else's is refused with an OperationOutcome, as if it did not exist)."""
+    gate = gate_for(request, "DiagnosticReport", "create")
+    resource = validated(DiagnosticReport, body, "DiagnosticReport")
+    view = gate.record_diagnostic_report(data=report_input(resource))
+    return resource_response(request, report_to_fhir(view.model_dump()), status=201)
 
 
 @router.get("/DiagnosticReport/{report_id}")

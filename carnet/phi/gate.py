@@ -87,13 +87,16 @@ from carnet.phi.schemas import (
     DayAppointment,
     DayInpatient,
     DayList,
+    DiagnosticReportInput,
     DiagnosticReportView,
+    EncounterInput,
     EncounterView,
     ExportJobView,
     InvoiceLineView,
     InvoiceView,
     NoteVersionView,
     NoteView,
+    ObservationInput,
     ObservationView,
     PatientChanges,
     PatientExport,
@@ -1748,6 +1751,241 @@ class Gate:
         tx.session.flush()
         return self._written(tx, patient, RT.ALLERGY, AllergyView, _allergy_data(allergy), 1, "create")
 
+    # -- stays: admit, transfer, discharge; every version kept with its author -----------------
+    def _location_id(self, tx: _Tx, value: str | None, facility_id: uuid.UUID) -> uuid.UUID | None:
+        if value is None:
+            return None
+        lid = parse_id(value)
+        location = tx.session.get(Location, lid) if lid else None
+        if location is None or location.facility_id != facility_id or not location.active:
+            raise InvalidInput("unknown location")
+        return location.id
+
+    def _first_version(
+        self, tx: _Tx, resource: ResourceType, row: Any, patient: Patient, data: dict[str, Any]
+    ) -> None:
+        """A record written before it was versioned (seeded, imported) gets its state as it
+        stood as its first stored version, by the system, so no earlier state is lost."""
+        kept = tx.session.scalar(
+            select(ResourceVersion.id)
+            .where(ResourceVersion.resource_type == resource.value, ResourceVersion.resource_id == row.id)
+            .limit(1)
+        )
+        if kept is not None:
+            return
+        row_id = new_id()
+        body = json.dumps(data, default=str, sort_keys=True, ensure_ascii=False)
+        tx.session.add(
+            ResourceVersion(
+                id=row_id,
+                resource_type=resource.value,
+                resource_id=row.id,
+                version_id=row.version_id,
+                patient_id=patient.id,
+                facility_id=patient.facility_id,
+                recorded_at=row.updated_at or row.created_at,
+                author_id=None,
+                action="create",
+                snapshot_ct=self._enc(body, patient.facility_id, "resource_versions", "snapshot", row_id),
+            )
+        )
+
+    def _stay(self, tx: _Tx, encounter_id: str) -> tuple[Encounter, Patient]:
+        """A stay to change: in progress, written by a practitioner in the patient's care."""
+        self._author(tx)
+        eid = parse_id(encounter_id)
+        encounter = tx.session.get(Encounter, eid) if eid else None
+        if encounter is None:
+            raise NotFound(NOT_FOUND)
+        patient = self._patient(tx, encounter.patient_id)
+        self._authorize(tx, patient, RT.ENCOUNTER, write=True)
+        if encounter.status != "in-progress":
+            raise Conflict(
+                f"this stay is {encounter.status}: only a stay in progress is transferred or discharged"
+            )
+        self._first_version(tx, RT.ENCOUNTER, encounter, patient, _encounter_data(encounter))
+        return encounter, patient
+
+    @guarded(AuditKind.PHI_CREATE, RT.ENCOUNTER, targeted=True)
+    def admit_patient(self, tx: _Tx, /, *, data: EncounterInput) -> EncounterView:
+        """Admit a patient (or open a visit): a stay in progress, version 1. Its attending
+        physician and its ward's nurses gain a care relationship, which is why only a
+        practitioner already caring for the patient admits (a stay cannot open a chart)."""
+        author = self._author(tx)
+        patient = self._patient(tx, data.patient_id)
+        self._authorize(tx, patient, RT.ENCOUNTER, write=True)
+        if not patient.active or patient.merged_into_id is not None:
+            raise Conflict("this patient record is inactive: admit the active record")
+        start = data.start_at or tx.now
+        if start.tzinfo is None:
+            raise InvalidInput("the admission time needs a time zone")
+        if start > tx.now + dt.timedelta(minutes=5):
+            raise InvalidInput("an admission starts now or in the past (book an appointment for later)")
+        current = tx.session.scalar(
+            select(Encounter.id)
+            .where(Encounter.patient_id == patient.id, Encounter.status == "in-progress")
+            .with_for_update()
+            .limit(1)
+        )
+        if current is not None:
+            raise Conflict("the patient already has a stay in progress: transfer or discharge it")
+        attending = self._practitioner_id(tx, data.attending_id, patient.facility_id)
+        encounter = Encounter(
+            id=new_id(),
+            facility_id=patient.facility_id,
+            patient_id=patient.id,
+            kind=data.kind,
+            status="in-progress",
+            start_at=start,
+            end_at=None,
+            location_id=self._location_id(tx, data.location_id, patient.facility_id),
+            attending_id=attending or author,
+            version_id=1,
+            created_at=tx.now,
+            updated_at=tx.now,
+        )
+        tx.session.add(encounter)
+        tx.session.flush()
+        return self._written(
+            tx, patient, RT.ENCOUNTER, EncounterView, _encounter_data(encounter), 1, "create"
+        )
+
+    @guarded(AuditKind.PHI_UPDATE, RT.ENCOUNTER, targeted=True)
+    def transfer_encounter(
+        self,
+        tx: _Tx,
+        /,
+        *,
+        encounter_id: str,
+        expected_version: int,
+        location_id: str | None,
+        attending_id: str | None = None,
+    ) -> EncounterView:
+        """Move a stay to another location (and/or attending physician); If-Match on the version."""
+        encounter, patient = self._stay(tx, encounter_id)
+        values: dict[str, Any] = {}
+        location = self._location_id(tx, location_id, patient.facility_id)
+        if location is not None and location != encounter.location_id:
+            values["location_id"] = location
+        attending = self._practitioner_id(tx, attending_id, patient.facility_id)
+        if attending is not None and attending != encounter.attending_id:
+            values["attending_id"] = attending
+        if not values:
+            raise InvalidInput("a transfer names a new location (or a new attending physician)")
+        self._bump(tx, Encounter, encounter, expected_version, **values)
+        data = _encounter_data(encounter)
+        return self._written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
+
+    @guarded(AuditKind.PHI_UPDATE, RT.ENCOUNTER, targeted=True)
+    def discharge_encounter(
+        self, tx: _Tx, /, *, encounter_id: str, expected_version: int, end_at: dt.datetime | None = None
+    ) -> EncounterView:
+        """End a stay: status finished, the period's end (now when not given)."""
+        encounter, patient = self._stay(tx, encounter_id)
+        end = end_at or tx.now
+        if end.tzinfo is None:
+            raise InvalidInput("the discharge time needs a time zone")
+        if end > tx.now + dt.timedelta(minutes=5) or end < encounter.start_at:
+            raise InvalidInput("a discharge happens after the admission and not in the future")
+        self._bump(tx, Encounter, encounter, expected_version, status="finished", end_at=end)
+        data = _encounter_data(encounter)
+        return self._written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
+
+    # -- observations and lab reports -----------------------------------------------------------
+    @guarded(AuditKind.PHI_CREATE, RT.OBSERVATION, targeted=True)
+    def record_observation(self, tx: _Tx, /, *, data: ObservationInput) -> ObservationView:
+        """A vital sign or a lab result, by a practitioner in the patient's care."""
+        author = self._author(tx)
+        patient = self._patient(tx, data.patient_id)
+        self._authorize(tx, patient, RT.OBSERVATION, write=True)
+        if (data.value_number is None) == (data.value_text is None):
+            raise InvalidInput("an Observation has one value: a number (with its unit) or a text")
+        if data.effective_at.tzinfo is None or data.effective_at > tx.now + dt.timedelta(minutes=5):
+            raise InvalidInput("an Observation's time has a time zone and is not in the future")
+        observation = Observation(
+            id=new_id(),
+            facility_id=patient.facility_id,
+            patient_id=patient.id,
+            encounter_id=self._encounter_id(tx, data.encounter_id, patient),
+            report_id=None,
+            category=data.category,
+            code=data.code,
+            display=data.display,
+            value_number=data.value_number,
+            unit=data.unit,
+            value_text=data.value_text,
+            effective_at=data.effective_at,
+            status=data.status,
+            performer_id=author,
+            version_id=1,
+            created_at=tx.now,
+            updated_at=tx.now,
+        )
+        tx.session.add(observation)
+        tx.session.flush()
+        return self._written(
+            tx, patient, RT.OBSERVATION, ObservationView, _observation_data(observation), 1, "create"
+        )
+
+    @guarded(AuditKind.PHI_CREATE, RT.DIAGNOSTIC_REPORT, targeted=True)
+    def record_diagnostic_report(self, tx: _Tx, /, *, data: DiagnosticReportInput) -> DiagnosticReportView:
+        """A lab report grouping Observations of the same patient, none reported already. An
+        Observation of anyone else is refused in the same words as a missing one."""
+        author = self._author(tx)
+        patient = self._patient(tx, data.patient_id)
+        self._authorize(tx, patient, RT.DIAGNOSTIC_REPORT, write=True)
+        if data.issued_at.tzinfo is None or data.issued_at > tx.now + dt.timedelta(minutes=5):
+            raise InvalidInput("a report's issued time has a time zone and is not in the future")
+        observations: list[Observation] = []
+        for number, raw in enumerate(data.result_ids, start=1):
+            oid = parse_id(raw)
+            row = tx.session.get(Observation, oid, with_for_update=True) if oid else None
+            if row is None or row.patient_id != patient.id:
+                raise InvalidInput(f"result {number} is not an Observation of this report's patient")
+            if row.report_id is not None:
+                raise Conflict(f"result {number} already belongs to another report")
+            if row in observations:
+                raise InvalidInput(f"result {number} is listed twice")
+            observations.append(row)
+        report_id = new_id()
+        conclusion = (data.conclusion or "").strip() or None
+        report = DiagnosticReport(
+            id=report_id,
+            facility_id=patient.facility_id,
+            patient_id=patient.id,
+            code=data.code,
+            display=data.display,
+            status=data.status,
+            issued_at=data.issued_at,
+            conclusion_ct=self._enc(
+                conclusion, patient.facility_id, "diagnostic_reports", "conclusion", report_id
+            ),
+            performer_id=author,
+            version_id=1,
+            created_at=tx.now,
+            updated_at=tx.now,
+        )
+        tx.session.add(report)
+        tx.session.flush()
+        for row in observations:
+            row.report_id = report.id
+        tx.session.flush()
+        snapshot = {
+            "id": str(report.id),
+            "updated_at": report.updated_at,
+            "patient_id": str(patient.id),
+            "facility_id": str(patient.facility_id),
+            "code": report.code,
+            "display": report.display,
+            "status": report.status,
+            "issued_at": report.issued_at,
+            "conclusion": conclusion,
+            "performer_id": str(author),
+            "result_ids": [str(o.id) for o in observations],
+            "version_id": 1,
+        }
+        return self._written(tx, patient, RT.DIAGNOSTIC_REPORT, DiagnosticReportView, snapshot, 1, "create")
+
     # == break-the-glass ========================================================================
     @guarded(AuditKind.BREAK_GLASS_START, RT.PATIENT, targeted=True)
     def break_glass(
@@ -2420,6 +2658,11 @@ TRANSACTION_OPERATIONS = frozenset(
         "deactivate_patient",
         "record_consent",
         "withdraw_consent",
+        "admit_patient",
+        "transfer_encounter",
+        "discharge_encounter",
+        "record_observation",
+        "record_diagnostic_report",
     }
 )
 
@@ -2437,6 +2680,22 @@ def _encounter_data(e: Encounter) -> dict[str, Any]:
         "location_id": _s(e.location_id),
         "attending_id": _s(e.attending_id),
         "version_id": e.version_id,
+    }
+
+
+def _observation_data(o: Observation) -> dict[str, Any]:
+    return {
+        "id": str(o.id),
+        "updated_at": o.updated_at,
+        "patient_id": str(o.patient_id),
+        "category": o.category,
+        "code": o.code,
+        "display": o.display,
+        "value_number": o.value_number,
+        "unit": o.unit,
+        "value_text": o.value_text,
+        "effective_at": o.effective_at,
+        "status": o.status,
     }
 
 

@@ -412,6 +412,49 @@ class AllergyInput(BaseModel):
     criticality: str = Field(pattern="^(low|high|unable-to-assess)$")
 
 
+class EncounterInput(BaseModel):
+    """An admission (or a visit): where the patient is, who is responsible, since when."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    kind: str = Field(pattern="^(inpatient|outpatient|emergency)$")
+    start_at: dt.datetime | None = None  # now when not given
+    location_id: str | None = None
+    attending_id: str | None = None
+
+
+class ObservationInput(BaseModel):
+    """A vital sign or a lab result: a LOINC code and a value (a number with its unit, or text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    category: str = Field(pattern="^(vital-signs|laboratory)$")
+    code: str = Field(min_length=1, max_length=20)
+    display: str = Field(min_length=1, max_length=200)
+    value_number: float | None = None
+    unit: str | None = Field(default=None, max_length=20)
+    value_text: str | None = Field(default=None, max_length=200)
+    effective_at: dt.datetime
+    status: str = Field(default="final", pattern="^(preliminary|final|amended|corrected)$")
+    encounter_id: str | None = None
+
+
+class DiagnosticReportInput(BaseModel):
+    """A lab report grouping Observations of the same patient (`result_ids`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    code: str = Field(min_length=1, max_length=20)
+    display: str = Field(min_length=1, max_length=200)
+    status: str = Field(default="final", pattern="^(registered|partial|preliminary|final|amended|corrected)$")
+    issued_at: dt.datetime
+    conclusion: str | None = Field(default=None, max_length=10_000)
+    result_ids: list[str] = Field(min_length=1, max_length=200)
+
+
 class ExportJobView(BaseModel):
     """An asynchronous export's state (no patient data): running, completed, failed, downloaded."""
 

@@ -89,7 +89,7 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
     }
     # The resources added for issue 9, with exactly what they serve.
     served = {t: {i["code"] for i in r["interaction"]} for t, r in resources.items()}
-    assert served["CareTeam"] == served["DiagnosticReport"] == served["Provenance"] == {"read", "search-type"}
+    assert served["CareTeam"] == served["Provenance"] == {"read", "search-type"}
     assert served["Consent"] == {
         "read",
         "vread",
@@ -99,7 +99,10 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "update",
         "delete",
     }
-    assert served["Encounter"] == {"read", "search-type"}
+    assert served["Encounter"] == {"read", "vread", "history-instance", "search-type", "create", "update"}
+    assert resources["Encounter"]["readHistory"] is True
+    assert served["DiagnosticReport"] == {"read", "search-type", "create"}
+    assert served["Observation"] == {"search-type", "create"}
     assert {p["name"] for p in resources["Provenance"]["searchParam"]} == {"target", "patient"}
     assert resources["Consent"]["readHistory"] is True and resources["CareTeam"]["readHistory"] is False
     # Nothing is claimed that is not served: every declared interaction answers (401 without a

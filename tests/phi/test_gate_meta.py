@@ -25,6 +25,9 @@ from carnet.phi.schemas import (
     AllergyInput,
     AppointmentInput,
     CardReadingInput,
+    DiagnosticReportInput,
+    EncounterInput,
+    ObservationInput,
     PatientChanges,
     PatientInput,
     PaymentInput,
@@ -54,6 +57,9 @@ class World:
     provenance: str = ""  # the version written when the allergy was recorded
     job: str = ""  # an asynchronous export of another approved request, queued
     done: str = ""  # ... and one already run, its file waiting
+    no_stay: str = ""  # a patient in the physician's care with no stay in progress
+    observation: str = ""  # a lab result of the patient in no report yet
+    ward: str = ""  # a ward of the facility
 
 
 def _world(runtime: Runtime) -> World:
@@ -120,8 +126,12 @@ def _world(runtime: Runtime) -> World:
         approve_export(runtime, actor=officer, export_id=asked_again.id)
         jobs.append(gate.queue_export(export_id=asked_again.id).id)
     gate.run_export_job(job_id=jobs[1], render=lambda _export: "{}\n")
+    observation = gate.record_observation(data=_result(patient.id))
     return dataclasses.replace(
         world,
+        no_stay=consenting.id,
+        observation=observation.id,
+        ward=str(f.make_location(runtime, facility)),
         job=jobs[0],
         done=jobs[1],
         encounter=str(stay),
@@ -151,6 +161,28 @@ def _new_patient(w: World, **extra: Any) -> PatientInput:
         "gender": "male",
     }
     return PatientInput(**(values | extra))
+
+
+def _result(patient: str) -> ObservationInput:
+    return ObservationInput(
+        patient_id=patient,
+        category="laboratory",
+        code="718-7",
+        display="Hémoglobine",
+        value_number=13.2,
+        unit="g/dL",
+        effective_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+    )
+
+
+def _report(patient: str, results: list[str]) -> DiagnosticReportInput:
+    return DiagnosticReportInput(
+        patient_id=patient,
+        code="58410-2",
+        display="NFS",
+        issued_at=dt.datetime.now(dt.UTC),
+        result_ids=results,
+    )
 
 
 def _allergy(patient: str) -> AllergyInput:
@@ -315,6 +347,33 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
                 patient_id=MISSING, substance_code="N02BA", substance_display="AINS", criticality="low"
             )
         ),
+    ),
+    "admit_patient": (
+        "physician",
+        lambda g, w: g.admit_patient(
+            data=EncounterInput(patient_id=w.no_stay, kind="inpatient", location_id=w.ward)
+        ),
+        lambda g, w: g.admit_patient(data=EncounterInput(patient_id=MISSING, kind="inpatient")),
+    ),
+    "transfer_encounter": (
+        "physician",
+        lambda g, w: g.transfer_encounter(encounter_id=w.encounter, expected_version=1, location_id=w.ward),
+        lambda g, w: g.transfer_encounter(encounter_id=w.encounter, expected_version=9, location_id=w.ward),
+    ),
+    "discharge_encounter": (
+        "physician",
+        lambda g, w: g.discharge_encounter(encounter_id=w.encounter, expected_version=1),
+        lambda g, w: g.discharge_encounter(encounter_id=w.encounter, expected_version=9),
+    ),
+    "record_observation": (
+        "physician",
+        lambda g, w: g.record_observation(data=_result(w.patient)),
+        lambda g, w: g.record_observation(data=_result(MISSING)),
+    ),
+    "record_diagnostic_report": (
+        "physician",
+        lambda g, w: g.record_diagnostic_report(data=_report(w.patient, [w.observation])),
+        lambda g, w: g.record_diagnostic_report(data=_report(w.patient, [MISSING])),
     ),
     "read_appointment": (
         "physician",
