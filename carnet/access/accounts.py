@@ -113,6 +113,7 @@ def create_staff_account(
             totp_secret=secret,
             audit=runtime.audit,
             created_by=actor,
+            handover=True,  # the administrator sees both: the owner replaces them first
         )
         grant = RoleGrant(
             id=uuid.uuid4(),

@@ -53,6 +53,9 @@ class AuditKind(StrEnum):
     ACCOUNT_CREATED = "account:account:created"
     ACCOUNT_SUSPENDED = "account:account:suspended"
     ACCOUNT_RESTORED = "account:account:restored"
+    # An account opened by an administrator: its owner replaces the handed-over credentials first.
+    ACCOUNT_SETUP_REFUSED = "account:setup:refused"  # a handover session asked for anything else
+    ACCOUNT_SETUP_COMPLETED = "account:setup:completed"
     TOKEN_ISSUED = "client:token:issued"
     TOKEN_REVOKED = "client:token:revoked"
     API_CLIENT_REGISTERED = "client:client:registered"

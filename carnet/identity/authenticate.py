@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from carnet.access.actor import Actor, ActorKind
 from carnet.access.roles import PRIVILEGED_ROLES, Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.identity import passkeys, passwords, service, sessions
+from carnet.identity import handover, passkeys, passwords, service, sessions
 from carnet.identity.models import Account, AuthSession
 from carnet.identity.throttle import LimitsLoginThrottle, LoginThrottle
 from carnet.kernel import clock
@@ -52,10 +52,16 @@ class PasskeyRequired(AuthenticationRequired):
     """The account holds a privileged role: only a passkey completes its login."""
 
 
+class AccountSetupRequired(StepUpRequired):
+    """A handed-over account's session asked for something before its owner replaced the
+    password and second factor the administrator saw (carnet.identity.handover)."""
+
+
 @dataclass(frozen=True)
 class RequestContext:
     address: str | None
     user_agent: str | None
+    path: str | None = None  # what was asked (no query string): named when a request is refused
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class LoginRequest:
 class LoginResult:
     issued: sessions.IssuedSession
     actor: Actor
+    setup_required: bool = False  # a handover session: replace the password and factor first
 
 
 def contained_message(account: Account, contact: str) -> str:
@@ -230,6 +237,10 @@ class Authenticator:
             raise AuthenticationRequired("this account is disabled")
         if passwords.needs_rehash(account.password_hash):
             account.password_hash = passwords.hash_password(request.password)
+        setup_required = handover.pending(account)
+        # The administrator who opened the account knows these credentials: the session they
+        # open may only replace them (fail closed until the owner has).
+        enrollment_only = enrollment_only or setup_required
         roles = service.roles_of(session, account=account)
         if request.previous_token:
             previous = session.scalar(
@@ -251,7 +262,9 @@ class Authenticator:
         row = session.get_one(AuthSession, issued.session_id)
         actor = actor_for(account, roles, row=row, context=ctx)
         detail = {"method": method or "password"}
-        if enrollment_only:
+        if setup_required:
+            detail["session"] = "account setup only"
+        elif enrollment_only:
             detail["session"] = "passkey enrolment only"
         self.runtime.audit.append(
             session,
@@ -272,7 +285,7 @@ class Authenticator:
             user_agent=ctx.user_agent,
             detail=", ".join(f"{k}: {v}" for k, v in detail.items()),
         )
-        return LoginResult(issued=issued, actor=actor)
+        return LoginResult(issued=issued, actor=actor, setup_required=setup_required)
 
     def _fail(self, username: str, account: Account | None, ctx: RequestContext, *, reason: str) -> None:
         with self.runtime.session_factory.begin() as session:
@@ -348,7 +361,18 @@ class Authenticator:
                 )
                 session.commit()
                 raise AuthenticationRequired("your roles have changed; sign in again")
-            if live.enrollment_only and not allow_enrollment_only:
+            setting_up = handover.pending(account)
+            if (live.enrollment_only or setting_up) and not allow_enrollment_only:
+                if setting_up:
+                    handover.refused(
+                        session,
+                        account=account,
+                        actor=actor_for(account, roles, row=live, context=context),
+                        audit=self.runtime.audit,
+                        path=context.path,
+                    )
+                    session.commit()
+                    raise AccountSetupRequired(handover.SETUP_MESSAGE)
                 raise StepUpRequired("register a passkey first: this account must sign in with one")
             sessions.touch(session, live)
             return actor_for(account, roles, row=live, context=context), live

@@ -41,7 +41,9 @@ def session_cookie_name(origin: str) -> str:
 def request_context(request: Request) -> RequestContext:
     # The peer address only: a forwarded-for header is written by the client and proves nothing.
     address = request.client.host if request.client else None
-    return RequestContext(address=address, user_agent=request.headers.get("user-agent"))
+    return RequestContext(
+        address=address, user_agent=request.headers.get("user-agent"), path=request.url.path[:200]
+    )
 
 
 def session_token(request: Request, runtime: Runtime) -> str | None:

@@ -31,6 +31,10 @@ class Account(IdMixin, Base):
     status_reason: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[dt.datetime]
     password_changed_at: Mapped[dt.datetime]
+    # Opened by an administrator, who saw its first password and authenticator key: until its
+    # owner has replaced both, a session of this account can do nothing else (fail closed).
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    must_replace_second_factor: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class TotpDevice(IdMixin, Base):

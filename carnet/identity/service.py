@@ -78,8 +78,13 @@ def create_account(
     audit: AuditWriter | None = None,
     created_by: Actor | None = None,
     account_id: uuid.UUID | None = None,
+    handover: bool = False,
 ) -> uuid.UUID:
     """Create an account with an Argon2id password hash; returns its id.
+
+    `handover` marks credentials someone else has seen (an administrator opening the account):
+    its owner must replace the password and the second factor before doing anything else
+    (carnet.identity.handover).
 
     `account_id` is for the seeder, whose accounts are the same on every run of a seed.
 
@@ -116,6 +121,8 @@ def create_account(
         status="active",
         created_at=now,
         password_changed_at=now,
+        must_change_password=handover,
+        must_replace_second_factor=handover,
     )
     session.add(account)
     session.flush()
@@ -131,6 +138,7 @@ def create_account(
                 actor=created_by,
                 resource_type="Account",
                 resource_ids=(str(account.id),),
+                detail={"handover": "true"} if handover else {},
             ),
         )
     return account.id

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.identity import oauth, passkeys, service, sessions, totp
+from carnet.identity import handover, oauth, passkeys, service, sessions, totp
 from carnet.identity.authenticate import (
     Authenticator,
     LoginRequest,
@@ -168,6 +168,7 @@ def log_in(body: LoginBody, request: Request) -> JSONResponse:
     payload = describe(result.actor)
     payload["csrfToken"] = result.issued.csrf_token
     payload["enrollmentOnly"] = result.issued.enrollment_only
+    payload["setupRequired"] = result.setup_required
     response = JSONResponse(payload)
     _set_session_cookies(response, runtime, result.issued)
     return response
@@ -360,8 +361,20 @@ def passkey_register(
             user_agent=actor.user_agent,
             detail=f"passkey {body.label}"[:300],
         )
-        enrolling = False
-        if credential_pk is not None and actor.session_id is not None:
+        enrolling = setup_done = False
+        account = session.get_one(Account, account_id)
+        if credential_pk is not None and handover.pending(account):
+            # A handed-over account: the passkey is the owner's own factor, the key the
+            # administrator saw stops working; once the password is also theirs, every session
+            # ends and they sign in with both.
+            if account.must_replace_second_factor:
+                handover.second_factor_replaced(
+                    session, account=account, kept_totp=None, actor=actor, audit=runtime.audit
+                )
+            enrolling = setup_done = handover.finish_if_done(
+                session, account=account, actor=actor, audit=runtime.audit
+            )
+        elif credential_pk is not None and actor.session_id is not None:
             row = session.get(AuthSession, actor.session_id)
             enrolling = bool(row and row.enrollment_only)
             if enrolling:
@@ -376,7 +389,9 @@ def passkey_register(
                 )
     if credential_pk is None:
         raise InvalidInput("the passkey registration did not verify; try again")
-    response = JSONResponse({"credential": str(credential_pk), "signInAgain": enrolling}, status_code=201)
+    response = JSONResponse(
+        {"credential": str(credential_pk), "signInAgain": enrolling, "setupDone": setup_done}, status_code=201
+    )
     if enrolling:
         _clear_session_cookies(response, runtime)
     return response

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.identity import passkeys, service, sessions, totp
+from carnet.identity import handover, passkeys, service, sessions, totp
 from carnet.identity.authenticate import Authenticator, require_fresh_second_factor
 from carnet.identity.dependencies import cookie_is_secure, runtime_of, session_cookie_name
 from carnet.kernel.errors import NotFound
@@ -33,7 +33,7 @@ HOME_BY_ROLE = (
 )
 
 
-def _clear_cookies(response: Response, request: Request) -> None:
+def clear_cookies(response: Response, request: Request) -> None:
     origin = runtime_of(request).settings.origin
     secure = cookie_is_secure(origin)
     response.delete_cookie(
@@ -43,11 +43,18 @@ def _clear_cookies(response: Response, request: Request) -> None:
 
 
 @router.get("/login")
-def login_page(request: Request, next: str | None = None, ended: int = 0, enrolled: int = 0) -> Response:
+def login_page(
+    request: Request, next: str | None = None, ended: int = 0, enrolled: int = 0, setup_done: int = 0
+) -> Response:
     return render(
         request,
         "account/login.html",
-        {"next": safe_next(next), "ended": bool(ended), "enrolled": bool(enrolled)},
+        {
+            "next": safe_next(next),
+            "ended": bool(ended),
+            "enrolled": bool(enrolled),
+            "setup_done": bool(setup_done),
+        },
     )
 
 
@@ -63,7 +70,7 @@ def home(actor: WebActor) -> RedirectResponse:
 def log_out(request: Request, actor: EnrollingWebActor) -> Response:
     Authenticator.of(runtime_of(request)).log_out(actor=actor)
     response = redirect("/login?signed_out=1")
-    _clear_cookies(response, request)
+    clear_cookies(response, request)
     return response
 
 
@@ -101,6 +108,8 @@ def account_page(request: Request, actor: EnrollingWebActor, enrol: int = 0) -> 
     account_id = _account_id(actor)
     runtime = runtime_of(request)
     with runtime.session_factory() as session:
+        if handover.state(session, account_id=account_id).pending:
+            return redirect("/account/setup")  # the handed-over credentials are replaced first
         live = sessions.list_live(session, account_id=account_id)
         history = service.security_history(session, account_id=account_id, limit=50)
         factors = {
@@ -153,7 +162,7 @@ def revoke_session(session_id: uuid.UUID, request: Request, actor: WebActor) -> 
         raise NotFound("no such open session")
     if session_id == actor.session_id:
         response = redirect("/login")
-        _clear_cookies(response, request)
+        clear_cookies(response, request)
         return response
     return redirect("/account#sessions")
 

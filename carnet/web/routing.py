@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from carnet.access.actor import Actor
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.identity.authenticate import Authenticator
+from carnet.identity.authenticate import AccountSetupRequired, Authenticator
 from carnet.identity.dependencies import (
     CSRF_HEADER,
     SAFE_METHODS,
@@ -127,6 +127,11 @@ def error_page(request: Request, exc: Exception) -> Response:
         if request.headers.get("hx-request"):
             return Response(status_code=401, headers={"HX-Redirect": target})
         return redirect(target)
+    if isinstance(exc, AccountSetupRequired):
+        # A handover session: the only way on is to replace the handed-over credentials.
+        if request.headers.get("hx-request"):
+            return Response(status_code=403, headers={"HX-Redirect": "/account/setup"})
+        return render(request, "errors/setup_required.html", {"message": str(exc)}, status_code=403)
     if isinstance(exc, StepUpRequired):
         back = here if request.method == "GET" else request.headers.get("referer", "/home")
         return render(

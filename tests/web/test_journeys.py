@@ -357,43 +357,63 @@ def test_an_administrator_opens_an_account_whose_role_waits_for_a_second_one(
     other.cookies.clear()
     movable_clock.advance(dt.timedelta(seconds=31))  # a TOTP code is used once: the next one
     csrf_new = login(other, newcomer)
-    assert other.get("/desk").status_code == 200
-    # The clerk replaces the key the administrator saw: that copy stops working.
-    fresh = other.post("/account/authenticator", data={"csrf_token": csrf_new})
-    assert fresh.status_code == 200
+    # Nothing but the setup until the clerk has replaced what the administrator saw.
+    held = other.get("/desk")
+    assert held.status_code == 403 and "Finish setting up your account" in held.text
+    wrong = other.post(
+        "/account/setup/password",
+        data={
+            "csrf_token": csrf_new,
+            "current_password": newcomer.password,
+            "new_password": "password1234",
+            "repeat_password": "password1234",
+        },
+    )
+    assert wrong.status_code == 400 and "Nothing was changed" in wrong.text
+    mine = "granite ferry whistles at dawn"
+    chosen = other.post(
+        "/account/setup/password",
+        data={
+            "csrf_token": csrf_new,
+            "current_password": newcomer.password,
+            "new_password": mine,
+            "repeat_password": mine,
+        },
+    )
+    assert chosen.status_code == 303 and chosen.headers["location"] == "/account/setup?password=1"
+    fresh = other.post("/account/setup/authenticator", data={"csrf_token": csrf_new})
     new_secret = re.search(r'id="new-secret">([^<]+)<', fresh.text)
     device = re.search(r'name="device_id" value="([^"]+)"', fresh.text)
-    assert new_secret and device
-    wrong = other.post(
-        "/account/authenticator/confirm",
-        data={"csrf_token": csrf_new, "device_id": device.group(1), "code": "000000"},
-    )
-    assert wrong.status_code == 400 and "nothing was changed" in wrong.text
-    again = other.post("/account/authenticator", data={"csrf_token": csrf_new})
-    new_secret = re.search(r'id="new-secret">([^<]+)<', again.text)
-    device = re.search(r'name="device_id" value="([^"]+)"', again.text)
-    assert new_secret and device
-    replaced = other.post(
-        "/account/authenticator/confirm",
+    assert fresh.status_code == 200 and new_secret and device
+    done = other.post(
+        "/account/setup/authenticator/confirm",
         data={
             "csrf_token": csrf_new,
             "device_id": device.group(1),
             "code": pyotp.TOTP(new_secret.group(1)).at(clock.now()),
         },
     )
-    assert replaced.status_code == 303
-    assert "no longer works" in other.get(replaced.headers["location"]).text
-    outcomes = [e.outcome for e in _events(sqlite_runtime, AuditKind.MFA_ENROLLED)]
-    assert outcomes == ["denied", "success"]
+    assert done.status_code == 303 and done.headers["location"] == "/login?setup_done=1"
+    assert other.get("/auth/me").status_code == 401  # the handover session has ended
     other.cookies.clear()
     movable_clock.advance(dt.timedelta(seconds=31))
     handed_over = other.post(
         "/auth/login",
         json={"username": newcomer.username, "password": newcomer.password, "otp": newcomer.code()},
     )
-    assert handed_over.status_code == 401  # the administrator's copy of the key is dead
+    assert handed_over.status_code == 401  # the administrator's copy is dead
     newcomer.totp_secret = new_secret.group(1)
+    assert (
+        other.post(
+            "/auth/login",
+            json={"username": newcomer.username, "password": newcomer.password, "otp": newcomer.code()},
+        ).status_code
+        == 401
+    )  # the handed-over password with the new key: still refused
+    newcomer.password = mine
+    movable_clock.advance(dt.timedelta(seconds=31))
     login(other, newcomer)
+    assert other.get("/desk").status_code == 200
 
 
 def test_opening_an_account_is_for_administrators_only(

@@ -22,7 +22,8 @@
   }
   function done(res) {
     if (res.status === 200) {
-      location.assign(res.data.enrollmentOnly ? "/account?enrol=1" : next);
+      if (res.data.setupRequired) location.assign("/account/setup");
+      else location.assign(res.data.enrollmentOnly ? "/account?enrol=1" : next);
     } else {
       say(why(res));
       form.password.focus();

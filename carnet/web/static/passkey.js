@@ -34,7 +34,9 @@
       const res = await call("/auth/webauthn/register", csrf,
         {challengeId: o.data.challengeId, credential: cred.toJSON(), label: enrol.dataset.label || "passkey"});
       if (res.status === 201) {
-        if (res.data.signInAgain) location.assign("/login?enrolled=1"); else location.reload();
+        if (res.data.setupDone) location.assign("/login?setup_done=1");
+        else if (res.data.signInAgain) location.assign("/login?enrolled=1");
+        else location.reload();
       } else { say(why(res)); }
     } catch (e) { say(String(e.name || e)); }
   });

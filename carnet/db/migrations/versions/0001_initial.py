@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 12:45:30.729115
+Create Date: 2026-11-24 13:19:09.829410
 """
 
 import sqlalchemy as sa
@@ -297,6 +297,8 @@ def upgrade() -> None:
         sa.Column("status_reason", sa.String(length=500), nullable=True),
         sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
         sa.Column("password_changed_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("must_change_password", sa.Boolean(), nullable=False),
+        sa.Column("must_replace_second_factor", sa.Boolean(), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.ForeignKeyConstraint(
             ["facility_id"], ["facilities.id"], name=op.f("fk_accounts_facility_id_facilities")
