@@ -1821,6 +1821,8 @@ class Gate:
             raise InvalidInput("the admission time needs a time zone")
         if start > tx.now + dt.timedelta(minutes=5):
             raise InvalidInput("an admission starts now or in the past (book an appointment for later)")
+        location = self._location_id(tx, data.location_id, patient.facility_id)
+        attending = self._practitioner_id(tx, data.attending_id, patient.facility_id)
         current = tx.session.scalar(
             select(Encounter.id)
             .where(Encounter.patient_id == patient.id, Encounter.status == "in-progress")
@@ -1829,7 +1831,6 @@ class Gate:
         )
         if current is not None:
             raise Conflict("the patient already has a stay in progress: transfer or discharge it")
-        attending = self._practitioner_id(tx, data.attending_id, patient.facility_id)
         encounter = Encounter(
             id=new_id(),
             facility_id=patient.facility_id,
@@ -1838,7 +1839,7 @@ class Gate:
             status="in-progress",
             start_at=start,
             end_at=None,
-            location_id=self._location_id(tx, data.location_id, patient.facility_id),
+            location_id=location,
             attending_id=attending or author,
             version_id=1,
             created_at=tx.now,
