@@ -122,6 +122,7 @@ def render(
         "actor": getattr(request.state, "actor", None),
         "break_glass_active": None,
         "glass_patient": None,
+        "setting_up": False,  # a handover session: no navigation, nothing else is open to it
         "path": request.url.path,
         **_formatters(language),
     }

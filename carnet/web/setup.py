@@ -59,6 +59,7 @@ def _page(
         "account/setup.html",
         {
             "actor": actor,
+            "setting_up": True,
             "state": state,
             "totp_allowed": _totp_allowed(request, actor),
             "problem": problem,

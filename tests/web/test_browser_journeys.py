@@ -232,14 +232,43 @@ def test_administrator_opens_an_account_a_second_one_completes_it(
     newcomer = Person(second.account_id, "desk.lea", password, secret, None, hospital.facility_id)
     sign_in(page, origin, newcomer)
     page.get_by_role("button", name="Sign in", exact=True).click()
-    page.wait_for_url(origin + "/desk")
-    # First thing: replace the key the administrator saw.
-    page.get_by_role("link", name="My account").click()
-    page.get_by_role("button", name="Replace my authenticator key").click()
+    # Nothing but the setup until the clerk has replaced what the administrator saw.
+    page.wait_for_url(origin + "/account/setup")
+    page.get_by_role("heading", name="Finish setting up your account").wait_for()
+    shot(page, "21-account-setup")
+    page.goto(origin + "/desk")
+    page.get_by_role("heading", name="Finish setting up your account").wait_for()
+    assert page.get_by_role("link", name="Set up my account").count() == 1
+    page.get_by_role("link", name="Set up my account").click()
+    forged = {"current_password": password, "new_password": "granite ferry whistles", "repeat_password": "x"}
+    assert _forged_post(page, "/account/setup/password", forged) == 403  # no page token: refused
+    # A breached password is refused, with the reason; then the clerk's own.
+    page.get_by_label("Password you were handed").fill(password)
+    page.get_by_label("New password", exact=True).fill("password1234")
+    page.get_by_label("New password again").fill("password1234")
+    page.get_by_role("button", name="Use this password").click()
+    page.get_by_role("alert").filter(has_text="breached").wait_for()
+    own = "granite ferry whistles at dawn"
+    page.get_by_label("Password you were handed").fill(password)
+    page.get_by_label("New password", exact=True).fill(own)
+    page.get_by_label("New password again").fill(own)
+    page.get_by_role("button", name="Use this password").click()
+    page.get_by_role("status").filter(has_text="the one you were handed no longer works").wait_for()
+    page.get_by_role("button", name="Show me a new authenticator key").click()
     fresh = page.locator("#new-secret").inner_text()
     page.get_by_label("Code from the new key").fill(pyotp.TOTP(fresh).at(clock.now()))
     page.get_by_role("button", name="Use this key from now on").click()
-    page.get_by_role("status").filter(has_text="the previous one no longer works").wait_for()
+    page.wait_for_url(origin + "/login?setup_done=1")
+    page.get_by_text("Your account is ready").wait_for()
+    # The administrator's copy opens nothing; the clerk's own credentials do.
+    next_totp_window(movable_clock)
+    sign_in(page, origin, newcomer)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.get_by_text("the username, password or code is not right").wait_for()
+    next_totp_window(movable_clock)
+    sign_in(page, origin, Person(newcomer.account_id, "desk.lea", own, fresh, None, hospital.facility_id))
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.wait_for_url(origin + "/desk")
     # A front-desk account cannot open accounts: refused.
     assert page.get_by_role("link", name="Administration").count() == 0
     page.goto(origin + "/admin")
@@ -281,4 +310,74 @@ def test_officer_approves_and_refuses_exports(
     page.wait_for_url(origin + "/day")
     page.goto(origin + "/security/exports")
     page.get_by_role("heading", name="This action is not allowed").wait_for()
+    assert not dialogs
+
+
+def test_an_officer_opened_by_an_administrator_sets_up_with_a_passkey(
+    origin: str,
+    browser: Any,
+    hospital: Hospital,
+    sqlite_runtime: Runtime,
+    movable_clock: clock.MovableClock,
+) -> None:
+    from carnet.access.accounts import create_staff_account
+    from carnet.access.grants import approve_role_grant
+    from tests.web.test_browser import staff_actor
+
+    one = make_person(sqlite_runtime, "admin.one", roles=(Role.SYSTEM_ADMINISTRATOR,), facility_id=None)
+    two = make_person(sqlite_runtime, "admin.two", roles=(Role.SYSTEM_ADMINISTRATOR,), facility_id=None)
+    opened = create_staff_account(
+        sqlite_runtime,
+        actor=staff_actor(one, Role.SYSTEM_ADMINISTRATOR),
+        username="sec.new",
+        display_name="New Officer",
+        role=Role.SECURITY_OFFICER,
+        facility_id=None,
+        reason="security office from December",
+    )
+    approve_role_grant(
+        sqlite_runtime, actor=staff_actor(two, Role.SYSTEM_ADMINISTRATOR), grant_id=opened.grant.id
+    )
+    handed = Person(one.account_id, "sec.new", opened.initial_password, opened.totp_secret, None, None)
+    page = browser.new_page()
+    dialogs = _no_dialogs(page)
+    page.goto(origin + "/login")
+    cdp = browser.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+            }
+        },
+    )
+    sign_in(page, origin, handed)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.wait_for_url(origin + "/account/setup")
+    # A privileged role: a passkey, never a new authenticator key.
+    assert page.get_by_role("button", name="Show me a new authenticator key").count() == 0
+    page.get_by_text("Your role signs in with a passkey").wait_for()
+    page.goto(origin + "/security")
+    page.get_by_role("heading", name="Finish setting up your account").wait_for()
+    page.goto(origin + "/account/setup")
+    page.get_by_role("button", name="Register a passkey").click()
+    page.get_by_role("heading", name=re.compile("2. Your own second factor — done")).wait_for()
+    own = "cobalt heron sketches the harbour"
+    page.get_by_label("Password you were handed").fill(handed.password)
+    page.get_by_label("New password", exact=True).fill(own)
+    page.get_by_label("New password again").fill(own)
+    page.get_by_role("button", name="Use this password").click()
+    page.wait_for_url(origin + "/login?setup_done=1")
+    # The handed-over password with the passkey: refused. The officer's own: the console.
+    sign_in(page, origin, handed, otp=False)
+    page.get_by_role("button", name="Sign in with a passkey").click()
+    page.get_by_text("the username, password or code is not right").wait_for()
+    page.get_by_label("Password").fill(own)
+    page.get_by_role("button", name="Sign in with a passkey").click()
+    page.wait_for_url(origin + "/security")
     assert not dialogs
