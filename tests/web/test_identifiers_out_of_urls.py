@@ -118,3 +118,26 @@ def test_calendar_lookup_refuses_the_wrong_role_and_audits_it(
     denied = [e for e in _events(sqlite_runtime, AuditKind.PHI_LIST) if e.outcome == "denied"]
     assert denied and denied[-1].resource_type == "Appointment"
     assert _events(sqlite_runtime, AuditKind.PHI_SEARCH) == []
+
+
+def test_every_page_showing_patients_is_not_cached(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    login(client, hospital.physician)
+    for path, fragment in (
+        ("/day", False),
+        (f"/patients/{hospital.my_patient}", False),
+        (f"/patients/{hospital.my_patient}/sections/notes", True),
+        (f"/patients/{hospital.my_patient}/sections/appointments", True),
+    ):
+        page = client.get(path, headers={"HX-Request": "true"} if fragment else None)
+        assert page.status_code == 200, path
+        assert page.headers["cache-control"] == "no-store", path
+    client.cookies.clear()
+    login(client, hospital.front_desk)
+    calendar = client.get("/desk/schedule", params={"practitioner": str(hospital.physician.practitioner_id)})
+    assert calendar.status_code == 200 and calendar.headers["cache-control"] == "no-store"
+    client.cookies.clear()
+    login(client, hospital.patient_person)
+    portal = client.get("/portal")
+    assert portal.status_code == 200 and portal.headers["cache-control"] == "no-store"
