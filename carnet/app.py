@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -45,9 +47,21 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         # passes, which otherwise walk ~250,000 objects in the middle of a request (the largest
         # pages' p95 was 4 to 5 times their median). Given back at shutdown.
         gc.freeze()
+        # Exports nobody finished or claimed are swept on a timer (every worker: the sweep's
+        # updates are conditional, so two workers sweeping at once change each job once).
+        sweeper = None
+        every = app.state.runtime.settings.export_sweep_seconds
+        if every > 0:
+            from carnet.phi.sweep import run_periodically
+
+            sweeper = asyncio.get_running_loop().create_task(run_periodically(app.state.runtime, every=every))
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             gc.unfreeze()
             if owned:
                 app.state.runtime.close()  # a final signed checkpoint pins this worker's audit tail

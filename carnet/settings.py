@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # Requests one worker process runs at once (the rest wait in its event loop). Few threads keep
     # the GIL from starving a request that holds the audit chain's lock until its commit.
     request_threads: int = Field(default=8, ge=1, le=200)
+    # How often each server sweeps asynchronous exports (stuck jobs failed, unclaimed files
+    # erased: carnet.phi.sweep); 0 turns the timer off (then run `carnet exports sweep` by cron).
+    export_sweep_seconds: float = Field(default=600.0, ge=0)
     # A security officer's contact, shown to a contained account.
     security_contact: str = "the hospital security office"
 

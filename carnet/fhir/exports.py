@@ -20,7 +20,6 @@ Content-Location status URL; the export runs in the background as the same actor
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 from typing import Any
 
@@ -33,7 +32,6 @@ from carnet.fhir.api import base_url, gate_for, instant
 from carnet.fhir.metadata import OPERATIONS
 from carnet.fhir.outcome import outcome_response
 from carnet.identity.dependencies import current_actor, runtime_of
-from carnet.kernel import clock
 from carnet.kernel.errors import CarnetError, InvalidInput, NotFound
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import PatientExport
@@ -147,10 +145,6 @@ def reject(request: Request, body: dict[str, Any] = FhirBody) -> Response:
     return _answer(_view(view))
 
 
-# A job still running after this long has died with its worker: say so rather than wait forever.
-JOB_TIMEOUT = dt.timedelta(minutes=30)
-
-
 @router.get("/Patient/$export")
 def export_patients(request: Request, background: BackgroundTasks) -> Response:
     gate = gate_for(request, "Patient", "read")
@@ -202,8 +196,6 @@ def export_status(request: Request, job_id: str) -> Response:
     gate = gate_for(request, "Patient", "read")
     job = gate.export_job(job_id=job_id)
     if job.status == "running":
-        if clock.now() - job.created_at > JOB_TIMEOUT:
-            return outcome_response(500, "exception", "the export did not complete; nothing was exported")
         return Response(status_code=202, headers={"X-Progress": "running", "Retry-After": "2"})
     if job.status == "failed":
         return outcome_response(422, "processing", f"the export failed: {job.failure}")

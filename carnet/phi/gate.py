@@ -2565,8 +2565,17 @@ class Gate:
     @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=True)
     def export_job(self, tx: _Tx, /, *, job_id: str) -> ExportJobView:
         """A job's state for the requester's polling (no patient data). A file left past its
-        window is erased here (status expired)."""
+        window is erased here (status expired); a job running past its timeout is failed (as
+        the sweeper does, only if still running: a run committing meanwhile wins)."""
         job = self._export_job(tx, job_id, lock=False)
+        if job.status == "running" and tx.now - job.created_at > EXPORT_JOB_TIMEOUT:
+            tx.session.execute(
+                update(ExportFile)
+                .where(ExportFile.id == job.id, ExportFile.status == "running")
+                .values(status="failed", failure=STUCK_EXPORT, completed_at=tx.now)
+                .execution_options(synchronize_session=False)
+            )
+            tx.session.refresh(job)
         if (
             job.status == "completed"
             and job.completed_at is not None
@@ -2644,6 +2653,9 @@ TRANSACTION_LIMIT = 500
 EXPORT_LIMIT = 20_000
 EXPORT_CHUNK = 500
 EXPORT_FILE_WINDOW = dt.timedelta(hours=24)  # a completed export file waits this long, at most
+# A job still running after this long has lost its worker (carnet.phi.sweep fails it).
+EXPORT_JOB_TIMEOUT = dt.timedelta(minutes=30)
+STUCK_EXPORT = "the export did not complete within 30 minutes (its worker stopped); nothing was exported"
 TRANSACTION_OPERATIONS = frozenset(
     {
         "register_patient",
