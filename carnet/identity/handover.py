@@ -22,7 +22,7 @@ from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
 from carnet.identity import passkeys, passwords, service, sessions
 from carnet.identity.models import Account, TotpDevice
 from carnet.kernel import clock
-from carnet.kernel.errors import InvalidInput
+from carnet.kernel.errors import InvalidInput, StepUpRequired
 
 SETUP_MESSAGE = (
     "finish setting up your account first: choose your own password and second factor "
@@ -41,6 +41,21 @@ class SetupState:
     @property
     def pending(self) -> bool:
         return self.password or self.second_factor
+
+
+STALE_MESSAGE = (
+    "your sign-in is more than 5 minutes old: sign out, sign in again with what you were handed, "
+    "and choose your second factor at once"
+)
+
+
+def require_recent_sign_in(actor: Actor) -> None:
+    """Enrolling the owner's factor needs the handed-over one proven in the last 5 minutes, so a
+    handover session's cookie alone cannot bind someone else's factor to the account. (Its
+    step-up would need a factor this session cannot use: the owner signs in again instead.)"""
+    at = actor.second_factor_at
+    if at is None or clock.now() - at > sessions.STEP_UP_FRESHNESS:
+        raise StepUpRequired(STALE_MESSAGE)
 
 
 def pending(account: Account) -> bool:

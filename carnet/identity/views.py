@@ -320,10 +320,12 @@ def passkey_login_options(request: Request) -> Any:
 def passkey_register_options(actor: EnrollingActorDep, request: Request) -> dict[str, Any]:
     runtime = runtime_of(request)
     account_id = _account_id(actor)
-    require_fresh_second_factor(actor)
     auth = Authenticator.of(runtime)
     with runtime.session_factory.begin() as session:
         account = session.get_one(Account, account_id)
+        if handover.pending(account):
+            handover.require_recent_sign_in(actor)  # says to sign in again, not to step up
+        require_fresh_second_factor(actor)
         challenge_id, options = passkeys.registration_options(session, account=account, rp=auth.rp)
     return {"challengeId": str(challenge_id), "publicKey": options}
 

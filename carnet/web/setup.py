@@ -19,7 +19,7 @@ from carnet.identity import handover, service, totp
 from carnet.identity.authenticate import Authenticator
 from carnet.identity.dependencies import runtime_of
 from carnet.identity.models import Account
-from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
+from carnet.kernel.errors import Forbidden, InvalidInput, NotFound, StepUpRequired
 from carnet.web.account import clear_cookies
 from carnet.web.rendering import render
 from carnet.web.routing import EnrollingWebActor, WebRoute, redirect
@@ -132,6 +132,10 @@ def new_authenticator(request: Request, actor: EnrollingWebActor) -> Response:
         raise Forbidden("this account's second factor is already its owner's")
     if not _totp_allowed(request, actor):
         raise Forbidden("your role signs in with a passkey: register one")
+    try:
+        handover.require_recent_sign_in(actor)
+    except StepUpRequired as exc:
+        return _page(request, actor, state, problem=str(exc), status_code=403)
     runtime = runtime_of(request)
     with runtime.session_factory.begin() as session:
         device_id, secret = service.start_totp_enrolment(session, account_id=_account_id(actor))

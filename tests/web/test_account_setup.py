@@ -257,3 +257,20 @@ def test_a_privileged_account_must_choose_a_passkey(
     refused = client.post("/account/setup/authenticator", data={"csrf_token": csrf})
     assert refused.status_code == 403 and "passkey" in refused.text
     assert client.get("/security").status_code == 403
+
+
+def test_choosing_the_factor_needs_a_recent_sign_in(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    newcomer = _opened(sqlite_runtime, hospital)
+    csrf = login(client, newcomer)
+    movable_clock.advance(dt.timedelta(minutes=6))
+    stale = client.post("/account/setup/authenticator", data={"csrf_token": csrf})
+    assert stale.status_code == 403 and "sign in again" in stale.text and 'id="new-secret"' not in stale.text
+    options = client.post("/auth/webauthn/register-options", headers={"X-CSRF-Token": csrf})
+    assert options.status_code == 401 and "sign in again" in options.text
+    client.cookies.clear()
+    movable_clock.advance(dt.timedelta(seconds=31))
+    csrf = login(client, newcomer)
+    fresh = client.post("/account/setup/authenticator", data={"csrf_token": csrf})
+    assert fresh.status_code == 200 and 'id="new-secret"' in fresh.text
