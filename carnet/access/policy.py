@@ -285,8 +285,10 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         T.NOTE: CLINICAL,
         T.PRESCRIPTION: CLINICAL,
         T.CONSENT: CLINICAL,
-        # Admission, transfer and discharge of a patient already in one's care.
-        T.ENCOUNTER: CLINICAL,
+        # Admission, transfer and discharge of a patient already in one's care. Not by
+        # break-the-glass alone: a stay makes its attending a care relationship, which would
+        # outlast the one-hour, one-patient emergency access.
+        T.ENCOUNTER: CLINICAL - {R.BREAK_GLASS},
         T.OBSERVATION: CLINICAL,
         T.DIAGNOSTIC_REPORT: CLINICAL,
     },

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.detection.models import Exposure
+from carnet.phi.gate import Gate
 from carnet.runtime import Runtime
 from tests.factories import (
     admit,
@@ -345,3 +346,20 @@ def test_admit_transfer_and_discharge_in_one_transaction(fhir_server: Server) ->
     assert [e["resource"]["meta"]["versionId"] for e in answer["entry"]] == ["2", "3"]
     assert answer["entry"][1]["resource"]["status"] == "finished"
     assert answer["entry"][1]["resource"]["period"]["end"]
+
+
+def test_break_the_glass_does_not_admit(fhir_server: Server) -> None:
+    """A stay would make the physician its attending (a lasting care relationship): the
+    one-hour emergency access reads the chart and records results, but does not admit."""
+    runtime = fhir_server.runtime
+    facility = make_facility(runtime)
+    doctor = make_physician(runtime, facility)
+    patient = register_patient(runtime, facility, family="Urgence")
+    Gate(runtime, doctor).break_glass(patient_id=patient.id, reason="emergency", justification="inconscient")
+    client = fhir_server.client_for(doctor)
+    assert client.reference("Patient", patient.id).to_resource()["id"] == patient.id
+    client.resource("Observation", **_result(f"Patient/{patient.id}", code="8867-4", value=130)).save()
+    with pytest.raises(ResourceNotFound):
+        client.resource("Encounter", **_stay(patient.id, make_location(runtime, facility))).save()
+    assert audit_rows(runtime, doctor.account_id)[-1] == ("phi:resource:create", "denied", "Encounter")
+    assert client.resources("Encounter").search(patient=patient.id).fetch() == []
