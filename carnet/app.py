@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carnet import __version__
 from carnet.runtime import Runtime, build_runtime
@@ -73,6 +74,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.add_middleware(NoStoreForApis)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
@@ -111,3 +113,29 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     install_web(app)
     return app
+
+
+class NoStoreForApis:
+    """API answers carry patient data, tokens or session cookies: no browser or proxy keeps them
+    (the web UI sets the same header on its own pages). An answer that chose its own caching
+    (the CapabilityStatement, say) keeps it."""
+
+    PREFIXES = ("/fhir", "/auth", "/oauth")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.PREFIXES):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)

@@ -6,10 +6,12 @@ from fastapi import APIRouter
 
 
 def routers() -> list[APIRouter]:
-    from carnet.fhir import auditevents, bundles, clinical, directory, exports, patients, records
+    from carnet.fhir import auditevents, bundles, clinical, directory, exports, patients, records, search_post
 
     # exports first: its Patient/$export is a literal path, patients has Patient/{id}.
+    # search_post first too: POST <type>/_search must not be read as a write to <type>.
     return [
+        search_post.router,
         exports.router,
         patients.router,
         clinical.router,
