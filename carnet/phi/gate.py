@@ -1790,8 +1790,9 @@ class Gate:
             )
         )
 
-    def _stay(self, tx: _Tx, encounter_id: str) -> tuple[Encounter, Patient]:
-        """A stay to change: in progress, written by a practitioner in the patient's care."""
+    def _stay(self, tx: _Tx, encounter_id: str, expected_version: int) -> tuple[Encounter, Patient]:
+        """A stay to change: in progress, written by a practitioner in the patient's care, at
+        the version the client read (a stale one is refused before its content is judged)."""
         self._author(tx)
         eid = parse_id(encounter_id)
         encounter = tx.session.get(Encounter, eid) if eid else None
@@ -1799,6 +1800,8 @@ class Gate:
             raise NotFound(NOT_FOUND)
         patient = self._patient(tx, encounter.patient_id)
         self._authorize(tx, patient, RT.ENCOUNTER, write=True)
+        if encounter.version_id != expected_version:
+            raise Conflict("the resource was changed by someone else: reload and try again")
         if encounter.status != "in-progress":
             raise Conflict(
                 f"this stay is {encounter.status}: only a stay in progress is transferred or discharged"
@@ -1823,10 +1826,19 @@ class Gate:
             raise InvalidInput("an admission starts now or in the past (book an appointment for later)")
         location = self._location_id(tx, data.location_id, patient.facility_id)
         attending = self._practitioner_id(tx, data.attending_id, patient.facility_id)
+        # One stay in progress per patient: concurrent admissions are ordered by a lock on the
+        # patient's row (a lock on stays that do not exist yet would order nothing). A no-op
+        # UPDATE locks it on both engines: PostgreSQL locks the row, SQLite (whose SELECTs run
+        # outside any transaction and have no FOR UPDATE) takes its one write lock here.
+        tx.session.execute(
+            update(Patient)
+            .where(Patient.id == patient.id)
+            .values(version_id=Patient.version_id)
+            .execution_options(synchronize_session=False)
+        )
         current = tx.session.scalar(
             select(Encounter.id)
             .where(Encounter.patient_id == patient.id, Encounter.status == "in-progress")
-            .with_for_update()
             .limit(1)
         )
         if current is not None:
@@ -1863,7 +1875,7 @@ class Gate:
         attending_id: str | None = None,
     ) -> EncounterView:
         """Move a stay to another location (and/or attending physician); If-Match on the version."""
-        encounter, patient = self._stay(tx, encounter_id)
+        encounter, patient = self._stay(tx, encounter_id, expected_version)
         values: dict[str, Any] = {}
         location = self._location_id(tx, location_id, patient.facility_id)
         if location is not None and location != encounter.location_id:
@@ -1882,7 +1894,7 @@ class Gate:
         self, tx: _Tx, /, *, encounter_id: str, expected_version: int, end_at: dt.datetime | None = None
     ) -> EncounterView:
         """End a stay: status finished, the period's end (now when not given)."""
-        encounter, patient = self._stay(tx, encounter_id)
+        encounter, patient = self._stay(tx, encounter_id, expected_version)
         end = end_at or tx.now
         if end.tzinfo is None:
             raise InvalidInput("the discharge time needs a time zone")

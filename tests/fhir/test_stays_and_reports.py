@@ -6,6 +6,7 @@ record) and audited, each write accounted as an exposure."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
 from typing import Any
 
@@ -363,3 +364,53 @@ def test_break_the_glass_does_not_admit(fhir_server: Server) -> None:
         client.resource("Encounter", **_stay(patient.id, make_location(runtime, facility))).save()
     assert audit_rows(runtime, doctor.account_id)[-1] == ("phi:resource:create", "denied", "Encounter")
     assert client.resources("Encounter").search(patient=patient.id).fetch() == []
+
+
+def _race(jobs: list[Any]) -> list[str]:
+    barrier = threading.Barrier(len(jobs))
+    outcomes: list[str] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            jobs[i]()
+            outcomes.append(f"won:{i}")
+        except MultipleResourcesFound:  # HTTP 412
+            outcomes.append("412")
+        except Exception as exc:  # anything else fails the test below, named
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return outcomes
+
+
+def test_concurrent_admissions_and_transfers_exactly_one_wins(fhir_server_both: Server) -> None:
+    fhir_server = fhir_server_both
+    runtime = fhir_server.runtime
+    facility, doctor, patient_id = _clinic(runtime)
+    colleague = make_physician(runtime, facility)
+    assert colleague.practitioner_id is not None
+    link_care(runtime, patient_id=patient_id, practitioner_id=colleague.practitioner_id, facility_id=facility)
+    wards = [make_location(runtime, facility) for _ in range(4)]
+    clients = [fhir_server.client_for(doctor), fhir_server.client_for(colleague)]
+
+    admissions = [c.resource("Encounter", **_stay(patient_id, wards[i])) for i, c in enumerate(clients)]
+    outcomes = _race([a.save for a in admissions])
+    assert sorted(outcomes)[0] == "412" and len([o for o in outcomes if o.startswith("won")]) == 1, outcomes
+    stays = clients[0].resources("Encounter").search(patient=patient_id).fetch()
+    assert len(stays) == 1 and stays[0]["status"] == "in-progress"
+
+    copies = [c.reference("Encounter", stays[0]["id"]).to_resource() for c in clients]
+    for i, copy in enumerate(copies):
+        copy["location"] = [{"location": {"reference": f"Location/{wards[i + 2]}"}}]
+    outcomes = _race([c.save for c in copies])
+    winners = [int(o.split(":")[1]) for o in outcomes if o.startswith("won")]
+    assert len(winners) == 1 and outcomes.count("412") == 1, outcomes
+    history = clients[0].execute(f"Encounter/{stays[0]['id']}/_history", method="get")
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
+    final = history["entry"][0]["resource"]["location"][0]["location"]["reference"]
+    assert final == f"Location/{wards[winners[0] + 2]}"
