@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
@@ -244,6 +244,18 @@ def _address_view(stored: str | None) -> dict[str, str] | None:
     return flat or None
 
 
+def _serialise_on_sqlite(session: Session) -> None:
+    """On SQLite, a gate transaction holds the database's one write lock from its first read.
+
+    Python's sqlite3 runs SELECTs outside any transaction until the first write, so a check and
+    the write it guards (no double booking, one stay in progress, no duplicate registration)
+    would read one state and write over another. Every gate transaction writes (its audit
+    event), so taking the write lock up front costs SQLite no concurrency it had: it orders
+    what its audit append ordered anyway. PostgreSQL keeps row locks and FOR UPDATE."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("BEGIN IMMEDIATE"))
+
+
 def _s(value: uuid.UUID | None) -> str | None:
     return None if value is None else str(value)
 
@@ -270,6 +282,7 @@ class Gate:
         attempted: list[uuid.UUID] = []
         try:
             with runtime.session_factory.begin() as session:
+                _serialise_on_sqlite(session)
                 ctx = self._context(session)
                 if not ctx.permissions:
                     raise _Refused("no active role grants this actor any permission")
@@ -1145,6 +1158,13 @@ class Gate:
     def _check_duplicate(
         self, tx: _Tx, facility_id: uuid.UUID, values: dict[str, Any], exclude: uuid.UUID | None
     ) -> None:
+        if tx.session.get_bind().dialect.name == "postgresql":
+            # Two clerks registering the same person at once would both find no duplicate: one
+            # registration (or identity change) at a time per facility, until the commit.
+            tx.session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"carnet:patient-identity:{facility_id}"},
+            )
         blind = self._keyring.blind
         birth = values.get("birth_date")
         birth_text = birth.isoformat() if isinstance(birth, dt.date) else birth

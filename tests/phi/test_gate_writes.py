@@ -4,6 +4,8 @@ double bookings refused with nothing changed, notes amended never overwritten.""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -14,6 +16,7 @@ from carnet.patients.models import Patient, ResourceVersion
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import AppointmentInput, PatientChanges
 from carnet.runtime import Runtime
+from carnet.scheduling.models import Appointment
 from tests import factories as f
 
 
@@ -125,3 +128,61 @@ def test_notes_are_amended_never_overwritten(runtime: Runtime) -> None:
         Gate(runtime, clerk).history(resource_type="DocumentReference", resource_id=note.id)
     with pytest.raises(NotFound):  # deny by default: an unknown resource type
         gate.history(resource_type="Secret", resource_id=note.id)
+
+
+def _race(jobs: list[Callable[[], object]]) -> list[str]:
+    """Run the jobs at the same moment on their own threads; what each one met."""
+    barrier = threading.Barrier(len(jobs))
+    outcomes: list[str] = []
+
+    def run(job: Callable[[], object]) -> None:
+        barrier.wait()
+        try:
+            job()
+            outcomes.append("won")
+        except Conflict:
+            outcomes.append("conflict")
+        except Exception as exc:  # anything else fails the assertion below, named
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return sorted(outcomes)
+
+
+def test_concurrent_bookings_of_one_slot_and_registrations_of_one_patient(runtime: Runtime) -> None:
+    """Check-then-write under concurrency: on PostgreSQL the practitioner's row lock orders the
+    bookings and a per-facility advisory lock the duplicate checks; on SQLite the gate's
+    transaction holds the write lock from its first read."""
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    clerks = [f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility) for _ in range(4)]
+    patients = [
+        f.register_patient(runtime, facility, by=clerks[0], ins=f"18006751234{i:02d}") for i in range(4)
+    ]
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=2)
+
+    def book(i: int) -> Callable[[], object]:
+        data = AppointmentInput(
+            patient_id=patients[i].id,
+            practitioner_id=str(doctor.practitioner_id),
+            start_at=start + dt.timedelta(minutes=5 * i),  # all four overlap the first
+            end_at=start + dt.timedelta(minutes=30 + 5 * i),
+        )
+        return lambda: Gate(runtime, clerks[i]).book_appointment(data=data)
+
+    assert _race([book(i) for i in range(4)]) == ["conflict", "conflict", "conflict", "won"]
+    with runtime.session_factory() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Appointment)) == 1
+
+    def register(i: int) -> Callable[[], object]:
+        return lambda: f.register_patient(
+            runtime, facility, by=clerks[i], family="Doublon", ins="2900175000111"
+        )
+
+    assert _race([register(i) for i in range(4)]) == ["conflict", "conflict", "conflict", "won"]
+    with runtime.session_factory() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Patient)) == 5
