@@ -279,12 +279,16 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
 # Writes: which relationships let a role write a resource (creation of a patient: FACILITY).
 WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
     Role.PHYSICIAN: {
-        T.PATIENT: CLINICAL,  # registration is phi:patient:create in one's facilities (no relationship yet)
-        T.APPOINTMENT: CLINICAL,
+        # Not by break-the-glass alone, for writes that would outlast its hour: naming oneself the
+        # designated physician, booking oneself an appointment (both are care relationships), or
+        # withdrawing the patient's opposition to other facilities. Emergency care (notes,
+        # prescriptions, allergies, results) is written under it.
+        T.PATIENT: CLINICAL - {R.BREAK_GLASS},  # registration is phi:patient:create (no relationship yet)
+        T.APPOINTMENT: CLINICAL - {R.BREAK_GLASS},
         T.ALLERGY: CLINICAL,
         T.NOTE: CLINICAL,
         T.PRESCRIPTION: CLINICAL,
-        T.CONSENT: CLINICAL,
+        T.CONSENT: CLINICAL - {R.BREAK_GLASS},
         # Admission, transfer and discharge of a patient already in one's care. Not by
         # break-the-glass alone: a stay makes its attending a care relationship, which would
         # outlast the one-hour, one-patient emergency access.

@@ -16,6 +16,7 @@ from carnet.audit.models import AuditEvent
 from carnet.kernel.clock import MovableClock
 from carnet.kernel.errors import Forbidden, InvalidInput, NotFound, StepUpRequired
 from carnet.phi.gate import Gate
+from carnet.phi.schemas import AllergyInput, AppointmentInput, PatientChanges
 from carnet.phi.system import system_access
 from carnet.runtime import Runtime
 from tests import factories as f
@@ -140,3 +141,45 @@ def test_review_list_is_scoped_to_the_officers_facilities(runtime: Runtime) -> N
     national = f.make_account(runtime, roles=[Role.SECURITY_OFFICER], facility_id=None)
     assert [b.id for b in list_break_glass(runtime, actor=national)] == [grant.id]
     assert review_break_glass(runtime, actor=national, access_id=grant.id, note="vérifié").reviewed_at
+
+
+def test_break_glass_cannot_write_itself_lasting_access(runtime: Runtime) -> None:
+    """Under break-the-glass a physician treats (an allergy is recorded), but cannot turn the
+    hour into lasting access: not by naming themself designated physician, not by booking
+    themself an appointment, not by withdrawing the patient's opposition to other facilities."""
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    patient = f.register_patient(runtime, facility, family="Urgence")
+    clerk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    opposition = Gate(runtime, clerk).record_consent(patient_id=patient.id)
+    gate = Gate(runtime, doctor)
+    gate.break_glass(patient_id=patient.id, reason="emergency", justification="inconscient aux urgences")
+
+    allergy = gate.record_allergy(
+        data=AllergyInput(
+            patient_id=patient.id, substance_code="7980", substance_display="pénicilline", criticality="high"
+        )
+    )
+    assert allergy.substance_display == "pénicilline"
+    with pytest.raises((Forbidden, NotFound)):
+        gate.update_patient(
+            patient_id=patient.id,
+            expected_version=1,
+            changes=PatientChanges(designated_physician_id=str(doctor.practitioner_id)),
+        )
+    soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=1)
+    with pytest.raises((Forbidden, NotFound)):
+        gate.book_appointment(
+            data=AppointmentInput(
+                patient_id=patient.id,
+                practitioner_id=str(doctor.practitioner_id),
+                start_at=soon,
+                end_at=soon + dt.timedelta(minutes=30),
+            )
+        )
+    with pytest.raises((Forbidden, NotFound)):
+        gate.withdraw_consent(consent_id=opposition.id, expected_version=opposition.version_id)
+    # Nothing changed: no designated physician, no appointment, the opposition stands.
+    assert Gate(runtime, clerk).read_patient(patient_id=patient.id).designated_physician_id is None
+    assert Gate(runtime, clerk).list_appointments(patient_id=patient.id) == []
+    assert [c.status for c in Gate(runtime, clerk).list_consents(patient_id=patient.id)] == ["active"]
