@@ -1335,12 +1335,12 @@ class Gate:
     def practitioner_schedule(
         self, tx: _Tx, /, *, practitioner_id: str, day_from: dt.date, day_to: dt.date
     ) -> Schedule:
-        """One practitioner's calendar (at most a week): the booked appointments and, for each,
-        who it is for by name and birth date only (front-desk minimum necessary: no reason,
-        no contact, nothing clinical). Every patient shown is an exposure."""
+        """One practitioner's calendar (at most a week), slots only: when, how long, status and
+        version of each booked appointment, never who it is for (no patient id, name or reason).
+        It exposes no patient: who one slot is for is `reveal_appointment_patient`, one
+        appointment at a time, each one patient exposed."""
         self._require(tx, Permission.APPOINTMENT_READ)
-        for listed in (RT.PATIENT, RT.APPOINTMENT):
-            self._check_scopes(tx, listed)
+        self._check_scopes(tx, RT.APPOINTMENT)
         if day_to < day_from or (day_to - day_from).days >= SCHEDULE_MAX_DAYS:
             raise InvalidInput(f"a calendar shows 1 to {SCHEDULE_MAX_DAYS} days")
         pid = parse_id(practitioner_id)
@@ -1364,33 +1364,54 @@ class Gate:
         ).all()
         rels = self._relationships(tx, [p for _a, p in rows])
         entries: list[ScheduleEntry] = []
-        shown: list[uuid.UUID] = []
-        fields_shown: set[str] = set()
         for appointment, patient in rows:
-            p_fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.PATIENT) & SCHEDULE_PATIENT
-            a_fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.APPOINTMENT)
-            if not p_fields or not a_fields:
-                continue  # a colleague's patient outside this actor's care: not shown at all
+            if not self._read_fields(tx, rels.get(patient.id, frozenset()), RT.APPOINTMENT):
+                continue  # an appointment this actor may not read at all: not even its slot
             entries.append(
                 ScheduleEntry(
-                    appointment=_redact(
-                        AppointmentView, self._appointment_data(appointment, a_fields), a_fields
-                    ),
-                    patient=self._patient_view(patient, p_fields),
+                    id=str(appointment.id),
+                    start_at=appointment.start_at,
+                    end_at=appointment.end_at,
+                    status=appointment.status,
+                    version_id=appointment.version_id,
                 )
             )
-            shown.append(patient.id)
-            fields_shown |= p_fields
             tx.resource_ids.append(str(appointment.id))
         tx.query = f"practitioner={practitioner.id}&from={day_from.isoformat()}&to={day_to.isoformat()}"
-        tx.reasons.append("practitioner schedule")
-        event = SearchEvent(
-            shape=SearchShape.LIST, term_digest=f"schedule:{practitioner.id}:{day_from.isoformat()}", page=1
-        )
-        self._expose(tx, shown, Channel.LIST, rels, fields_shown, shape=event)
+        tx.reasons.append("practitioner schedule (slots, no patient)")
         return Schedule(
             practitioner_id=str(practitioner.id), day_from=day_from, day_to=day_to, entries=entries
         )
+
+    @guarded(AuditKind.PHI_READ, RT.PATIENT, targeted=True)
+    def reveal_appointment_patient(self, tx: _Tx, /, *, appointment_id: str) -> PatientView:
+        """Who one appointment is for, asked from a calendar slot: name, birth date and sex only
+        (front-desk minimum necessary: no reason, no contact, nothing clinical). One patient
+        exposed (channel chart); detection counts each reveal as a lookup by identifier, so
+        revealing slot after slot looks like what it is, an identifier sweep. NotFound when the
+        appointment is missing or the actor may not read it or its patient."""
+        self._require(tx, Permission.APPOINTMENT_READ)
+        aid = parse_id(appointment_id)
+        appointment = tx.session.get(Appointment, aid) if aid else None
+        if appointment is None:
+            raise NotFound(NOT_FOUND)
+        patient = self._patient(tx, appointment.patient_id)
+        self._authorize(tx, patient, RT.APPOINTMENT)
+        fields = self._authorize(tx, patient, RT.PATIENT).fields & SCHEDULE_PATIENT
+        if not fields - {"id"}:
+            raise _Refused("this role may not see who an appointment is for", [patient.id])
+        tx.resource_ids.append(str(appointment.id))
+        tx.reasons.append("who an appointment is for")
+        rels = self._relationships(tx, [patient])
+        event = SearchEvent(
+            shape=SearchShape.IDENTIFIER,
+            term_digest=self._keyring.blind.index(
+                IndexKind.IDENTIFIER, f"appointment:{appointment.id}"
+            ).hex(),
+            page=1,
+        )
+        self._expose(tx, [patient.id], Channel.CHART, rels, fields, shape=event)
+        return self._patient_view(patient, fields)
 
     # -- health cards and payments --------------------------------------------------------------
     @guarded(AuditKind.PHI_CREATE, RT.CARD_READING, targeted=True)

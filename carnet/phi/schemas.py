@@ -390,10 +390,15 @@ class PaymentInput(BaseModel):
 
 
 class ScheduleEntry(BaseModel):
-    """One appointment of a practitioner's calendar and who it is for (identity only)."""
+    """One booked slot of a practitioner's calendar: when, how long, its status and version (to
+    move or cancel it). Never who it is for: that is asked one slot at a time
+    (`Gate.reveal_appointment_patient`), and each answer is one patient exposed."""
 
-    appointment: AppointmentView
-    patient: PatientView
+    id: str
+    start_at: dt.datetime
+    end_at: dt.datetime
+    status: str
+    version_id: int
 
 
 class Schedule(BaseModel):

@@ -1,9 +1,12 @@
 """The scheduling calendar: one practitioner's day or week, book, move and cancel with a reason.
 
-What it shows comes from `Gate.practitioner_schedule` (name and birth date of each patient, the
-appointment's time and status: never its reason, never anything clinical), and every patient on
-the screen counts as exposed to the clerk. A double booking is refused by the gate; the calendar
-shows the refusal next to the form and changes nothing.
+What it shows comes from `Gate.practitioner_schedule`: slots only (time, length, status, an
+opaque "booked" marker), never who they are for, so opening a calendar exposes no patient. Who one
+slot is for is a "Who is this?" button (an htmx POST, CSRF protected) answered by
+`Gate.reveal_appointment_patient`: name and birth date of that one patient, audited and counted as
+exposed to the clerk. To book, the clerk finds the patient first (by INS, or from the patient's
+page), then picks a slot. A double booking is refused by the gate; the calendar shows the refusal
+next to the form and changes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.identity.dependencies import runtime_of
 from carnet.kernel import clock
-from carnet.kernel.errors import Conflict, InvalidInput
+from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import AppointmentInput, PatientView
 from carnet.web.rendering import render
@@ -106,9 +109,8 @@ def _page(
     days = [day_from + dt.timedelta(days=n) for n in range((day_to - day_from).days + 1)]
     by_day: dict[dt.date, list[Any]] = {d: [] for d in days}
     for entry in schedule.entries if schedule else []:
-        start = entry.appointment.start_at
-        if start is not None and start.date() in by_day:
-            by_day[start.date()].append(entry)
+        if entry.start_at.date() in by_day:
+            by_day[entry.start_at.date()].append(entry)
     step = dt.timedelta(days=7 if view == "week" else 1)
     context = {
         "actor": actor,
@@ -215,6 +217,23 @@ def book(
             status=409 if isinstance(exc, Conflict) else 400,
         )
     return redirect(_where(practitioner_id, start.date(), _view(view), patient_id, done="booked"))
+
+
+@router.post("/{appointment_id}/who")
+def who(request: Request, actor: WebActor, appointment_id: str) -> Response:
+    """ "Who is this?" for one slot: that appointment's patient, name and birth date only, as an
+    htmx fragment replacing the button (a full page without htmx). One patient exposed, audited."""
+    _require_scheduler(request, actor)
+    gate = Gate(runtime_of(request), actor)
+    if not request.headers.get("HX-Request"):
+        patient = gate.reveal_appointment_patient(appointment_id=appointment_id)
+        return render(request, "desk/who_page.html", {"actor": actor, "patient": patient})
+    try:
+        patient = gate.reveal_appointment_patient(appointment_id=appointment_id)
+    except NotFound:
+        # In place of the button, the same answer as a missing appointment (the refusal is audited).
+        return render(request, "desk/who.html", {"actor": actor, "patient": None}, status_code=404)
+    return render(request, "desk/who.html", {"actor": actor, "patient": patient})
 
 
 @router.post("/{appointment_id}/move")

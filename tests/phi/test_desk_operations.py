@@ -1,5 +1,5 @@
-"""The front desk's and billing's gate operations: a practitioner's calendar (identity only,
-every patient shown exposed), health-card readings (coverage history kept) and payments."""
+"""The front desk's and billing's gate operations: a practitioner's calendar (slots only, no
+patient exposed; who a slot is for is revealed one appointment at a time), health-card readings (coverage history kept) and payments."""
 
 from __future__ import annotations
 
@@ -36,22 +36,21 @@ def _book(runtime: Runtime, clerk: object, patient: str, practitioner: uuid.UUID
     )
 
 
-def _listed(runtime: Runtime, actor_ref: str) -> set[uuid.UUID]:
-    """Patients exposed to the actor through a list (not through their own bookings)."""
+def _exposed(runtime: Runtime, actor_ref: str) -> list[tuple[uuid.UUID, str]]:
     with runtime.session_factory() as session:
-        return set(
-            session.scalars(
-                sa.select(Exposure.patient_id).where(
-                    Exposure.actor_ref == actor_ref, Exposure.channel == "list"
-                )
+        return [
+            (row.patient_id, row.channel)
+            for row in session.execute(
+                sa.select(Exposure.patient_id, Exposure.channel).where(Exposure.actor_ref == actor_ref)
             )
-        )
+        ]
 
 
-def test_schedule_shows_identity_only_and_exposes_every_patient_shown(runtime: Runtime) -> None:
+def test_schedule_shows_slots_only_and_reveals_one_patient_at_a_time(runtime: Runtime) -> None:
     facility = f.make_facility(runtime)
     doctor = f.make_physician(runtime, facility)
     colleague = f.make_physician(runtime, facility)
+    booker = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
     clerk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
     a = f.register_patient(runtime, facility, family="Alpha")
     b = f.register_patient(runtime, facility, family="Beta")
@@ -59,42 +58,69 @@ def test_schedule_shows_identity_only_and_exposes_every_patient_shown(runtime: R
     monday = clock.now().date() - dt.timedelta(days=clock.now().weekday()) + dt.timedelta(days=7)
     at = dt.datetime.combine(monday, dt.time(9), tzinfo=dt.UTC)
     assert doctor.practitioner_id and colleague.practitioner_id
-    _book(runtime, clerk, a.id, doctor.practitioner_id, at)
-    _book(runtime, clerk, b.id, doctor.practitioner_id, at + dt.timedelta(days=3))
-    _book(runtime, clerk, c.id, colleague.practitioner_id, at)  # another practitioner's
-    cancelled = _book(runtime, clerk, c.id, doctor.practitioner_id, at + dt.timedelta(hours=2))
-    Gate(runtime, clerk).cancel_appointment(appointment_id=cancelled, expected_version=1, reason="malade")
+    first = _book(runtime, booker, a.id, doctor.practitioner_id, at)
+    second = _book(runtime, booker, b.id, doctor.practitioner_id, at + dt.timedelta(days=3))
+    _book(runtime, booker, c.id, colleague.practitioner_id, at)  # another practitioner's
+    cancelled = _book(runtime, booker, c.id, doctor.practitioner_id, at + dt.timedelta(hours=2))
+    Gate(runtime, booker).cancel_appointment(appointment_id=cancelled, expected_version=1, reason="malade")
 
     week = Gate(runtime, clerk).practitioner_schedule(
         practitioner_id=str(doctor.practitioner_id), day_from=monday, day_to=monday + dt.timedelta(days=6)
     )
-    assert [e.patient.family for e in week.entries] == ["Alpha", "Beta"]
-    for entry in week.entries:
-        assert entry.appointment.reason is None  # never why
-        assert entry.patient.phone is None and entry.patient.address is None and entry.patient.ins is None
-        assert entry.patient.birth_date is not None
-    assert _listed(runtime, clerk.actor_ref) == {uuid.UUID(a.id), uuid.UUID(b.id)}
+    assert [e.id for e in week.entries] == [first, second]
+    assert [e.start_at for e in week.entries] == [at, at + dt.timedelta(days=3)]
+    assert {e.status for e in week.entries} == {"booked"} and {e.version_id for e in week.entries} == {1}
+    dumped = week.model_dump_json()
+    for secret in (a.id, b.id, "Alpha", "Beta", "diabète"):
+        assert secret not in dumped  # no patient id, name or reason in a calendar
     day = Gate(runtime, clerk).practitioner_schedule(
         practitioner_id=str(doctor.practitioner_id), day_from=monday, day_to=monday
     )
-    assert [e.patient.family for e in day.entries] == ["Alpha"]
+    assert [e.id for e in day.entries] == [first]
     with runtime.session_factory() as session:
         last = session.scalars(sa.select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)).one()
     assert last.kind == "phi:resource:list" and last.outcome == "success"
-    assert str(a.id) in (last.patient_ids or "")
+    assert first in (last.resource_ids or "") and last.patient_ids in (None, "", "[]")
+    assert _exposed(runtime, clerk.actor_ref) == []  # a calendar exposes nobody
 
-    # The physician's own calendar shows their patients only (the others are not in their care).
+    # "Who is this?": one appointment's patient, identity only, one patient exposed and audited.
+    who = Gate(runtime, clerk).reveal_appointment_patient(appointment_id=first)
+    assert (who.id, who.family, who.birth_date) == (a.id, "Alpha", a.birth_date)
+    assert who.phone is None and who.address is None and who.ins is None and who.email is None
+    assert _exposed(runtime, clerk.actor_ref) == [(uuid.UUID(a.id), "chart")]
+    with runtime.session_factory() as session:
+        last = session.scalars(sa.select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)).one()
+    assert last.kind == "phi:resource:read" and last.outcome == "success"
+    assert a.id in (last.patient_ids or "") and b.id not in (last.patient_ids or "")
+    assert first in (last.resource_ids or "")
+
+    # Billing reads no appointments: refused as if the appointment did not exist (and audited).
+    cashier = f.make_account(runtime, roles=[Role.BILLING], facility_id=facility)
+    with pytest.raises(NotFound):
+        Gate(runtime, cashier).reveal_appointment_patient(appointment_id=first)
+    with pytest.raises(NotFound):
+        Gate(runtime, clerk).reveal_appointment_patient(appointment_id=str(uuid.uuid4()))
+    other = f.make_facility(runtime, name="Autre")
+    stranger = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=other)
+    with pytest.raises(NotFound):  # another facility's appointment
+        Gate(runtime, stranger).reveal_appointment_patient(appointment_id=first)
+    assert _exposed(runtime, cashier.actor_ref) == [] and _exposed(runtime, stranger.actor_ref) == []
+    with runtime.session_factory() as session:
+        denied = session.scalars(
+            sa.select(AuditEvent).where(AuditEvent.outcome != "success").order_by(AuditEvent.seq)
+        ).all()
+    assert len(denied) >= 3
+
+    # The physician's own calendar: their slots (no names either; "my day" names their patients).
     mine = Gate(runtime, doctor).practitioner_schedule(
         practitioner_id=str(doctor.practitioner_id), day_from=monday, day_to=monday + dt.timedelta(days=6)
     )
-    assert {e.patient.family for e in mine.entries} <= {"Alpha", "Beta"}
+    assert [e.id for e in mine.entries] == [first, second]
 
     with pytest.raises(InvalidInput):  # more than a week
         Gate(runtime, clerk).practitioner_schedule(
             practitioner_id=str(doctor.practitioner_id), day_from=monday, day_to=monday + dt.timedelta(days=7)
         )
-    other = f.make_facility(runtime, name="Autre")
-    stranger = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=other)
     with pytest.raises(InvalidInput):  # another facility's practitioner: unknown
         Gate(runtime, stranger).practitioner_schedule(
             practitioner_id=str(doctor.practitioner_id), day_from=monday, day_to=monday

@@ -528,6 +528,11 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
             practitioner_id=MISSING, day_from=dt.date.today(), day_to=dt.date.today()
         ),
     ),
+    "reveal_appointment_patient": (
+        "physician",
+        lambda g, w: g.reveal_appointment_patient(appointment_id=w.appointment),
+        lambda g, w: g.reveal_appointment_patient(appointment_id="not-an-id"),
+    ),
     "record_card_reading": (
         "billing",
         lambda g, w: g.record_card_reading(data=_card(w.patient)),

@@ -23,6 +23,8 @@ from carnet.access.exports import request_export
 from carnet.access.roles import Role
 from carnet.app import create_app
 from carnet.kernel import clock
+from carnet.phi.gate import Gate
+from carnet.phi.schemas import AppointmentInput
 from carnet.runtime import Runtime
 from tests import factories
 from tests.web.conftest import Hospital, Person, make_person
@@ -97,7 +99,22 @@ def test_front_desk_calendar_and_health_card(
     page.get_by_role("heading", name=re.compile("^Calendar")).wait_for()
     day = clock.now().date() + dt.timedelta(days=2)
     practitioner = str(hospital.physician.practitioner_id)
+    # A colleague booked another patient that afternoon: the calendar shows only the slot.
+    colleague = factories.make_account(
+        sqlite_runtime, roles=[Role.FRONT_DESK], facility_id=hospital.facility_id
+    )
+    afternoon = dt.datetime.combine(day, dt.time(15), tzinfo=dt.UTC)
+    Gate(sqlite_runtime, colleague).book_appointment(
+        data=AppointmentInput(
+            patient_id=hospital.their_patient,
+            practitioner_id=practitioner,
+            start_at=afternoon,
+            end_at=afternoon + dt.timedelta(minutes=20),
+        )
+    )
     page.goto(f"{origin}/desk/schedule?practitioner={practitioner}&day={day.isoformat()}&view=week")
+    page.get_by_role("cell", name="15:00–15:20").wait_for()
+    assert page.locator("text=Durand").count() == 0
 
     # Find Zoé by her INS, then book her at 10:00.
     page.get_by_label("Patient identifier (INS)").fill("180022912345678")
@@ -106,7 +123,13 @@ def test_front_desk_calendar_and_health_card(
     page.get_by_label("Start", exact=True).fill(f"{day.isoformat()}T10:00")
     page.get_by_role("button", name="Book", exact=True).click()
     page.get_by_role("status").filter(has_text="The appointment is booked.").wait_for()
-    page.get_by_role("link", name=re.compile("<script>alert")).wait_for()  # a name is text
+    # The calendar shows the slot, not who it is for; "Who is this?" names that one patient.
+    slot = page.get_by_role("row").filter(has=page.get_by_role("cell", name="10:00–10:20"))
+    slot.get_by_text("Booked", exact=True).wait_for()
+    assert page.locator("table").filter(has_text="alert(1)").count() == 0
+    slot.get_by_role("button", name=re.compile("^Who is this")).click()
+    slot.locator("strong.patient-name", has_text="<script>alert(1)</script>").wait_for()  # text
+    assert slot.get_by_role("button", name=re.compile("^Who is this")).count() == 0
 
     # Paul at 10:10 with the same practitioner: refused on the form, nothing booked.
     page.goto(f"{origin}/desk/schedule?practitioner={practitioner}&day={day.isoformat()}&view=week")
@@ -118,16 +141,18 @@ def test_front_desk_calendar_and_health_card(
     assert page.locator("text=Durand").count() == 1  # only in the booking line, not the calendar
     shot(page, "15-calendar-double-booking")
 
-    # Move Zoé to 11:30, then cancel with a reason.
-    row = page.get_by_role("row").filter(has_text="<script>alert(1)</script>")
+    # Move Zoé's slot to 11:30, then cancel with a reason.
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="10:00–10:20"))
     row.locator("summary", has_text="Move or cancel").click()
     move = row.locator("form[action$='/move']")
     move.get_by_label("New start").fill(f"{day.isoformat()}T11:30")
     move.get_by_role("button", name="Move").click()
     page.get_by_role("status").filter(has_text="The appointment is moved.").wait_for()
     page.get_by_role("cell", name="11:30–11:50").wait_for()
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="11:30–11:50"))
+    row.get_by_role("button", name=re.compile("^Who is this")).click()
+    row.locator("strong.patient-name").wait_for()
     shot(page, "16-calendar-week")
-    row = page.get_by_role("row").filter(has_text="<script>alert(1)</script>")
     row.locator("summary", has_text="Move or cancel").click()
     row.get_by_label("Reason for cancelling").fill("Patient called: ill")
     row.get_by_role("button", name="Cancel the appointment").click()

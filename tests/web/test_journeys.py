@@ -66,23 +66,50 @@ def _week(hospital: Hospital, start: dt.datetime, **extra: str) -> dict[str, str
 
 
 # -- the calendar -----------------------------------------------------------------------------
-def test_calendar_shows_who_and_when_never_why_and_counts_each_patient(
+def test_calendar_shows_slots_and_names_one_patient_on_who_is_this(
     client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
 ) -> None:
     start = _slot(1, 9)
-    _book(sqlite_runtime, hospital, start)
-    login(client, hospital.front_desk)
+    aid = _book(sqlite_runtime, hospital, start)
+    other = _book(sqlite_runtime, hospital, start + dt.timedelta(hours=1), hospital.their_patient)
+    csrf = login(client, hospital.front_desk)
     page = client.get("/desk/schedule", params=_week(hospital, start))
     assert page.status_code == 200, page.text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>alert(1)" not in page.text
-    assert "Zoé &#34;l&#39;Éclair&#34;" in page.text
+    assert "alert(1)" not in page.text and "Zoé" not in page.text  # no patient on the calendar
+    assert hospital.my_patient not in page.text and hospital.their_patient not in page.text
     assert "douleur" not in page.text  # the reason is clinical
-    assert "06 12 34 56 78" not in page.text  # contact details are not needed to see a slot
-    assert hospital.my_patient in _exposed(sqlite_runtime, hospital.front_desk)
+    assert (
+        page.text.count("Who is this?</button>") == 2 and f'hx-post="/desk/schedule/{aid}/who"' in page.text
+    )
+    assert _exposed(sqlite_runtime, hospital.front_desk) == set()  # a calendar exposes nobody
     listed = [e for e in _events(sqlite_runtime, AuditKind.PHI_LIST) if e.outcome == "success"]
     assert listed and "practitioner schedule" in (listed[-1].policy_reason or "")
     day = client.get("/desk/schedule", params=_week(hospital, start, view="day"))
-    assert day.status_code == 200 and "&lt;script&gt;" in day.text
+    assert day.status_code == 200 and "Who is this?" in day.text
+
+    # "Who is this?" without the page's token: refused, nothing revealed, nobody exposed.
+    forged = client.post(f"/desk/schedule/{aid}/who", headers={"HX-Request": "true"})
+    assert forged.status_code == 403 and "alert(1)" not in forged.text
+    assert _exposed(sqlite_runtime, hospital.front_desk) == set()
+    # With it: that one patient, name and birth date as text, in a fragment; one patient exposed.
+    who = client.post(f"/desk/schedule/{aid}/who", data={"csrf_token": csrf}, headers={"HX-Request": "true"})
+    assert who.status_code == 200, who.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in who.text and "<script>alert(1)" not in who.text
+    assert "Zoé &#34;l&#39;Éclair&#34;" in who.text and "<html" not in who.text
+    assert "06 12 34 56 78" not in who.text and "douleur" not in who.text  # identity only
+    assert _exposed(sqlite_runtime, hospital.front_desk) == {hospital.my_patient}
+    reads = [e for e in _events(sqlite_runtime, AuditKind.PHI_READ) if e.outcome == "success"]
+    assert reads and "who an appointment is for" in (reads[-1].policy_reason or "")
+    assert hospital.my_patient in (reads[-1].patient_ids or "") and aid in (reads[-1].resource_ids or "")
+    # Without htmx (no script): a page with the same answer.
+    page = client.post(f"/desk/schedule/{other}/who", data={"csrf_token": csrf})
+    assert page.status_code == 200 and "<html" in page.text and "Who is this?" in page.text
+    assert _exposed(sqlite_runtime, hospital.front_desk) == {hospital.my_patient, hospital.their_patient}
+    # An appointment that does not exist: the not-found answer in place of the button.
+    missing = client.post(
+        f"/desk/schedule/{uuid.uuid4()}/who", data={"csrf_token": csrf}, headers={"HX-Request": "true"}
+    )
+    assert missing.status_code == 404 and "Not found" in missing.text
 
 
 def test_calendar_books_refuses_a_double_booking_moves_and_cancels(
@@ -168,11 +195,18 @@ def test_calendar_refuses_other_roles_and_posts_without_token(
     billing = make_person(
         sqlite_runtime, "bill.ines", roles=(Role.BILLING,), facility_id=hospital.facility_id
     )
-    login(client, billing)
+    csrf = login(client, billing)
     page = client.get("/desk/schedule")
     assert page.status_code == 403 and "not allowed" in page.text
     denied = [e for e in _events(sqlite_runtime, AuditKind.PHI_LIST) if e.outcome == "denied"]
     assert (denied and denied[-1].actor_ref.endswith("bill.ines")) or denied
+    # Nor may billing ask who a slot is for: refused (audited), nobody exposed.
+    aid = _book(sqlite_runtime, hospital, _slot(4, 9))
+    who = client.post(f"/desk/schedule/{aid}/who", data={"csrf_token": csrf}, headers={"HX-Request": "true"})
+    assert who.status_code == 403 and "alert(1)" not in who.text and "Zoé" not in who.text
+    assert _exposed(sqlite_runtime, billing) == set()
+    refused = [e for e in _events(sqlite_runtime, AuditKind.PHI_LIST) if e.outcome == "denied"]
+    assert len(refused) == len(denied) + 1
     client.cookies.clear()
     login(client, hospital.front_desk)
     start = _slot(3, 9)
@@ -185,11 +219,12 @@ def test_calendar_refuses_other_roles_and_posts_without_token(
         },
     )
     assert no_token.status_code == 403 and "security token" in no_token.text
-    assert not [
+    created = [
         e
         for e in _events(sqlite_runtime, AuditKind.PHI_CREATE)
         if e.kind == "phi:resource:create" and e.resource_type == "Appointment"
     ]
+    assert len(created) == 1  # the slot booked above for billing's try, nothing from the forged post
 
 
 # -- health cards ----------------------------------------------------------------------------
