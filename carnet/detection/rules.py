@@ -261,8 +261,8 @@ def enumeration(config: DetectionConfig, ctx: Context) -> Finding | None:
         return Finding(
             Rule.ENUMERATION,
             Level.CONTAIN,
-            f"{who} searched for {c.identifier_searches_15m} different patient identifiers in 15 minutes: "
-            f"an identifier sweep.",
+            f"{who} looked up {c.identifier_searches_15m} different patients one by one in 15 minutes "
+            f"(by identifier, or asking who a calendar slot is for): an identifier sweep.",
         )
     if c.wildcard_searches_1h >= config.wildcard_searches_contain_1h:
         return Finding(
@@ -282,7 +282,8 @@ def enumeration(config: DetectionConfig, ctx: Context) -> Finding | None:
         return Finding(
             Rule.ENUMERATION,
             Level.STEP_UP,
-            f"{who} searched for {c.identifier_searches_15m} different patient identifiers in 15 minutes.",
+            f"{who} looked up {c.identifier_searches_15m} different patients one by one in 15 minutes "
+            f"(by identifier, or asking who a calendar slot is for).",
         )
     if c.wildcard_searches_1h >= config.wildcard_searches_step_up_1h:
         return Finding(

@@ -47,6 +47,7 @@ WORKERS = (Role.PHYSICIAN, Role.NURSE, Role.FRONT_DESK, Role.BILLING)
 # A front desk agent's day besides check-ins, and a billing clerk's counter visits.
 CALLERS_PER_AGENT = 6
 REGISTRATIONS_PER_AGENT = 2
+WHO_PER_CALENDAR = 2  # "Who is this?" on the first slots of each morning calendar
 COUNTER_VISITS_PER_CLERK = 2
 
 _FAMILIES = ("Arnaud", "Besson", "Carpentier", "Delorme", "Etienne", "Faure", "Gilbert", "Hamon")
@@ -231,12 +232,16 @@ class _Worker:
         tasks += [("caller", v) for v in callers]
         tasks += [("new", None)] * REGISTRATIONS_PER_AGENT
         self.rng.shuffle(tasks)
-        # The morning: the day's calendar of two practitioners the agent books for.
+        # The morning: the day's calendar of two practitioners the agent books for (slots only),
+        # and who the first two slots of each are for ("Who is this?": one patient each).
         for practitioner in self.rng.sample(fday.practitioners, min(2, len(fday.practitioners))):
             today = clock.now().date()
-            self.call(
+            schedule = self.call(
                 "practitioner_schedule", practitioner_id=str(practitioner), day_from=today, day_to=today
             )
+            for slot in getattr(schedule, "entries", [])[:WHO_PER_CALENDAR]:
+                self.wait(0, 2)
+                self.call("reveal_appointment_patient", appointment_id=slot.id)
         for kind, visit in tasks:
             self.wait(2, 9)
             if kind == "new":

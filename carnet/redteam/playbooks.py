@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import html
 import json
+import re
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +30,21 @@ from carnet.phi.exercise import ExerciseTargets
 from carnet.redteam.sessions import mint_session
 from carnet.runtime import Runtime
 
-# A GET (path, query) or a POST (path, query, JSON body). A query value "{exportId}" stands for
-# the id of the last Parameters the server answered (an export request the attacker made).
-Request = tuple[str, dict[str, str]] | tuple[str, dict[str, str], dict[str, Any]]
+
+@dataclass(frozen=True)
+class Form:
+    """A web form's POST (a button of a carnet page, sent as htmx sends it). The stolen session's
+    headers carry the page's CSRF token, as a scraper reading the page would."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+# A GET (path, query) or a POST (path, query, JSON body or Form). A query value "{exportId}" stands
+# for the id of the last Parameters the server answered (an export request the attacker made).
+Request = tuple[str, dict[str, str]] | tuple[str, dict[str, str], dict[str, Any] | Form]
 EXPORT_ID = "{exportId}"
+# A playbook that reads pages gets each answer's text back from `yield` (None when refused).
+PAGE = "{page}"
 
 
 @dataclass(frozen=True)
@@ -135,13 +148,21 @@ def _export_abuse(t: ExerciseTargets) -> Iterator[Request]:
     yield from _everything(t)
 
 
-def _calendars(t: ExerciseTargets) -> Iterator[Request]:
-    # The web calendar (a practitioner's week, name and birth date of each patient), practitioner
-    # after practitioner: what FHIR refuses (no appointment list across patients), the desk's
-    # own screen shows.
+_WHO_BUTTON = re.compile(r'hx-post="/desk/schedule/([0-9a-f-]{36})/who"')
+_WHO_ANSWER = re.compile(
+    r'<strong class="patient-name">(.*?)</strong>\s*<span class="muted">\((.*?)\)</span>'
+)
+
+
+def _calendars(t: ExerciseTargets) -> Generator[Request, str | None, None]:
+    # The web calendar, practitioner after practitioner, a week each: what FHIR refuses (no
+    # appointment list across patients), the desk's own screen shows. It shows slots only, so
+    # the attacker presses "Who is this?" on every booked slot it lists.
     week = clock.now().date().isoformat()
     for practitioner in t.practitioners:
-        yield "/desk/schedule", {"practitioner": str(practitioner), "day": week, "view": "week"}
+        page = yield "/desk/schedule", {"practitioner": str(practitioner), "day": week, "view": "week"}
+        for appointment in dict.fromkeys(_WHO_BUTTON.findall(page or "")):
+            yield f"/desk/schedule/{appointment}/who", {}, Form()
 
 
 PLAYBOOKS: tuple[Playbook, ...] = (
@@ -179,7 +200,8 @@ PLAYBOOKS: tuple[Playbook, ...] = (
     Playbook(
         "calendar-scrape",
         "front_desk",
-        "front desk opens the web calendar of practitioner after practitioner, a week at a time",
+        "front desk opens the web calendar of practitioner after practitioner, a week at a time,"
+        " and asks who each booked slot is for",
         _calendars,
     ),
     Playbook(
@@ -259,8 +281,13 @@ def _send(
     """One request; True when carnet has contained the account (told so, or session revoked)."""
     result.requests += 1
     path, params = request[0], {k: memory.get(v, v) for k, v in request[1].items()}
+    memory.pop(PAGE, None)
     try:
-        if len(request) == 3:
+        if len(request) == 3 and isinstance(request[2], Form):
+            response = client.post(
+                path, params=params, data=request[2].fields, headers=headers | {"HX-Request": "true"}
+            )
+        elif len(request) == 3:
             body = json.loads(json.dumps(request[2]).replace(EXPORT_ID, memory.get(EXPORT_ID, "-")))
             response = client.post(path, params=params, json=body, headers=headers)
         else:
@@ -271,6 +298,13 @@ def _send(
         return False
     answer = _answer(response)
     result.answers[answer] = result.answers.get(answer, 0) + 1
+    if answer == "ok" and "html" in response.headers.get("content-type", ""):
+        memory[PAGE] = response.text
+        # A web page names patients in text: each name and birth date the attacker read.
+        result.exposed |= {
+            f"{html.unescape(n)} ({html.unescape(b)})" for n, b in _WHO_ANSWER.findall(response.text)
+        }
+        return False
     if answer == "ok":
         with contextlib.suppress(ValueError):
             body = response.json()
@@ -315,7 +349,13 @@ def run_playbook(
     since = clock.now()
     started = time.perf_counter()
     memory: dict[str, str] = {}
-    for request in playbook.requests(targets):
+    stream = playbook.requests(targets)
+    while True:
+        try:
+            # A generator is told the last page it read (what it would click next).
+            request = stream.send(memory.get(PAGE)) if isinstance(stream, Generator) else next(stream)
+        except StopIteration:
+            break
         if result.requests >= max_requests:
             result.note = f"stopped after {max_requests} requests"
             break
@@ -326,7 +366,7 @@ def run_playbook(
             result.requests_to_containment = result.requests
             result.seconds_to_containment = time.perf_counter() - started
             break
-    else:
+    if not result.contained:
         result.note = result.note or "ran out of requests"
     result.exposed_ledger = _ledger_count(runtime, [stolen.account_id], since)
     return result

@@ -43,3 +43,24 @@ def test_appointment_scrape_export_abuse_and_several_accounts(sqlite_runtime: Ru
     assert len(team.username.split("+")) == 3
     # The union of three accounts: more than one alone would get, still bounded.
     assert team.exposed_count <= 25, exposure_table(results)
+
+
+@pytest.mark.slow
+def test_calendar_scrape_must_ask_who_slot_by_slot_and_is_contained(sqlite_runtime: Runtime) -> None:
+    seed_hospital(sqlite_runtime, patients=2500, seed=6, facilities=1)
+    targets = exercise_targets(sqlite_runtime, sample=300)
+    assert targets.practitioners
+    for url in serve(sqlite_runtime):
+        results = run_playbooks(
+            sqlite_runtime, base_url=url, targets=targets, names=["calendar-scrape"], max_requests=200
+        )
+    print(exposure_table(results))
+    (scrape,) = results
+    assert scrape.contained, exposure_table(results)
+    # Calendars name nobody: every patient the attacker read came from one "Who is this?" each,
+    # and the server's ledger agrees with what the attacker parsed.
+    reveals = scrape.answers.get("ok", 0) - 1  # the first calendar page, then one per slot
+    assert reveals >= 1 and len(scrape.exposed) == scrape.exposed_ledger, scrape
+    assert len(scrape.exposed) <= reveals
+    # Slot after slot is a lookup sweep: asked for a second factor, then contained.
+    assert 0 < scrape.exposed_count <= 10, exposure_table(results)
