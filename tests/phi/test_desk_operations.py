@@ -1,5 +1,6 @@
 """The front desk's and billing's gate operations: a practitioner's calendar (slots only, no
-patient exposed; who a slot is for is revealed one appointment at a time), health-card readings (coverage history kept) and payments."""
+patient exposed; who a slot is for is revealed one appointment at a time), health-card readings
+(coverage history kept) and payments."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.detection.models import Exposure
 from carnet.kernel import clock
-from carnet.kernel.errors import Conflict, InvalidInput, NotFound
+from carnet.kernel.errors import Conflict, InvalidInput, NotFound, StepUpRequired
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import AppointmentInput, CardReadingInput, PaymentInput
 from carnet.runtime import Runtime
@@ -209,3 +210,30 @@ def test_payments_never_exceed_what_is_due_and_balance_the_invoice(runtime: Runt
         Gate(runtime, clerk).record_payment(
             data=PaymentInput(invoice_id=invoice, expected_version=3, amount_cents=1, method="cash")
         )
+
+
+def test_asking_who_slot_after_slot_is_a_lookup_sweep(runtime: Runtime) -> None:
+    facility = f.make_facility(runtime)
+    doctor = f.make_physician(runtime, facility)
+    booker = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    clerk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    assert doctor.practitioner_id
+    start = dt.datetime.combine(clock.now().date() + dt.timedelta(days=1), dt.time(8), tzinfo=dt.UTC)
+    slots = [
+        _book(
+            runtime,
+            booker,
+            f.register_patient(runtime, facility, family=f"Patient{n}").id,
+            doctor.practitioner_id,
+            start + dt.timedelta(minutes=30 * n),
+        )
+        for n in range(9)
+    ]
+    gate = Gate(runtime, clerk)
+    for slot in slots[:7]:  # a desk agent checking a morning's first slots: no question asked
+        gate.reveal_appointment_patient(appointment_id=slot)
+    with pytest.raises(StepUpRequired):  # the eighth in 15 minutes: prove it is really you
+        gate.reveal_appointment_patient(appointment_id=slots[7])
+    with pytest.raises(StepUpRequired):  # and nothing more until then
+        gate.reveal_appointment_patient(appointment_id=slots[8])
+    assert len({p for p, _c in _exposed(runtime, clerk.actor_ref)}) == 7
