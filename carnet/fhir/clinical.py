@@ -1,7 +1,7 @@
 """FHIR clinical resources, all through the gate: Appointment, DocumentReference (notes),
 MedicationRequest, AllergyIntolerance, Encounter (stays: admit, transfer, discharge, each a kept
-version), Observation (search, create), Condition, Coverage and Invoice (search by patient: they
-are read as the patient's chart sections).
+version), Observation (search, create, vread, `_history`), Condition, Coverage and Invoice
+(search by patient: they are read as the patient's chart sections).
 
 Searches are by patient only: there is no browsing of a resource type across patients.
 """
@@ -460,7 +460,9 @@ def vread_encounter(request: Request, encounter_id: str, version_id: str) -> Res
 # == read-only chart sections ==================================================================
 _register("Condition", ["search-type"], {"patient": "reference", "clinical-status": "token"})
 _register(
-    "Observation", ["search-type", "create"], {"patient": "reference", "category": "token", "code": "token"}
+    "Observation",
+    ["vread", "history-instance", "search-type", "create"],
+    {"patient": "reference", "category": "token", "code": "token"},
 )
 _register("Coverage", ["search-type"], {"beneficiary": "reference", "patient": "reference"})
 _register("Invoice", ["search-type"], {"patient": "reference", "status": "token"})
@@ -501,6 +503,16 @@ def create_observation(request: Request, body: dict[str, Any] = FhirBody) -> Res
     resource = validated(Observation, body, "Observation")
     view = gate.record_observation(data=mapping.observation_input(resource))
     return resource_response(request, mapping.observation_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/Observation/{observation_id}/_history")
+def observation_history(request: Request, observation_id: str) -> Response:
+    return _history(request, "Observation", observation_id, mapping.observation_to_fhir)
+
+
+@router.get("/Observation/{observation_id}/_history/{version_id}")
+def vread_observation(request: Request, observation_id: str, version_id: str) -> Response:
+    return _vread(request, "Observation", observation_id, version_id, mapping.observation_to_fhir)
 
 
 @router.get("/Coverage")

@@ -4,7 +4,8 @@
   by patient. Not written here: a care relationship opens the chart, so creating one through
   the API would let an account widen its own access.
 - DiagnosticReport: a lab report and the Observations it groups (`result`); read, searched and
-  created (its results: Observations of the same patient, in no other report).
+  created (its results: Observations of the same patient, in no other report); every kept
+  version by vread and `_history`.
 - Consent: the patient's privacy decisions. Recording one (`oppose-other-facilities`) hides the
   patient from every facility but the managing one at once; withdrawing it (PUT status
   inactive, or DELETE) lifts that. Kept either way, every version in `_history`.
@@ -70,7 +71,7 @@ SUPPORTED["CareTeam"] = {
     },
 }
 SUPPORTED["DiagnosticReport"] = {
-    "interactions": ["read", "search-type", "create"],
+    "interactions": ["read", "vread", "history-instance", "search-type", "create"],
     "search": {
         "patient": "reference",
         "subject": "reference",
@@ -233,6 +234,23 @@ def read_report(request: Request, report_id: str) -> Response:
     return resource_response(
         request, report_to_fhir(gate.read_diagnostic_report(report_id=report_id).model_dump())
     )
+
+
+@router.get("/DiagnosticReport/{report_id}/_history")
+def report_history(request: Request, report_id: str) -> Response:
+    """Every kept version of a lab report, with its author and time (redacted like a read)."""
+    gate = gate_for(request, "DiagnosticReport", "read")
+    versions = gate.history(resource_type="DiagnosticReport", resource_id=report_id)
+    return history_bundle(request, "DiagnosticReport", versions, report_to_fhir)
+
+
+@router.get("/DiagnosticReport/{report_id}/_history/{version_id}")
+def vread_report(request: Request, report_id: str, version_id: str) -> Response:
+    gate = gate_for(request, "DiagnosticReport", "read")
+    for v in gate.history(resource_type="DiagnosticReport", resource_id=report_id):
+        if str(v.version_id) == version_id:
+            return resource_response(request, versioned(report_to_fhir(snapshot(v)), v))
+    raise NotFound("no such version")
 
 
 # == Consent ===================================================================================
