@@ -161,6 +161,7 @@ OBSERVATION_ALL = frozenset(
         "value_text",
         "effective_at",
         "status",
+        "version_id",
     }
 )
 CONDITION_ALL = frozenset({"id", "patient_id", "code", "display", "clinical_status", "onset_at"})

@@ -461,7 +461,7 @@ def vread_encounter(request: Request, encounter_id: str, version_id: str) -> Res
 _register("Condition", ["search-type"], {"patient": "reference", "clinical-status": "token"})
 _register(
     "Observation",
-    ["vread", "history-instance", "search-type", "create"],
+    ["vread", "history-instance", "search-type", "create", "update", "delete"],
     {"patient": "reference", "category": "token", "code": "token"},
 )
 _register("Coverage", ["search-type"], {"beneficiary": "reference", "patient": "reference"})
@@ -503,6 +503,42 @@ def create_observation(request: Request, body: dict[str, Any] = FhirBody) -> Res
     resource = validated(Observation, body, "Observation")
     view = gate.record_observation(data=mapping.observation_input(resource))
     return resource_response(request, mapping.observation_to_fhir(view.model_dump()), status=201)
+
+
+@router.put("/Observation/{observation_id}")
+def update_observation(request: Request, observation_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """Correct a result (status amended or corrected, a new valueQuantity or valueString) or mark
+    it entered-in-error, with If-Match; only status and value are taken, every earlier version
+    stays in _history."""
+    gate = gate_for(request, "Observation", "update")
+    resource = validated(Observation, body, "Observation")
+    if resource.get("id") != observation_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    quantity = resource.get("valueQuantity") or {}
+    view = gate.amend_observation(
+        observation_id=observation_id,
+        expected_version=version,
+        status=str(resource.get("status")),
+        value_number=quantity.get("value"),
+        unit=quantity.get("unit") or quantity.get("code"),
+        value_text=resource.get("valueString"),
+    )
+    return resource_response(request, mapping.observation_to_fhir(view.model_dump()))
+
+
+@router.delete("/Observation/{observation_id}")
+def delete_observation(request: Request, observation_id: str) -> Response:
+    """Mark an Observation entered-in-error: kept, still readable with that status. If-Match,
+    or else the current version (read through the gate, as its history)."""
+    gate = gate_for(request, "Observation", "delete")
+    version = parse_version(request.headers.get("if-match"))
+    if version is None:
+        version = gate.history(resource_type="Observation", resource_id=observation_id)[-1].version_id
+    view = gate.amend_observation(
+        observation_id=observation_id, expected_version=version, status="entered-in-error"
+    )
+    return resource_response(request, mapping.observation_to_fhir(view.model_dump()))
 
 
 @router.get("/Observation/{observation_id}/_history")

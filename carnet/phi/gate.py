@@ -1981,6 +1981,57 @@ class Gate:
             tx, patient, RT.OBSERVATION, ObservationView, _observation_data(observation), 1, "create"
         )
 
+    @guarded(AuditKind.PHI_UPDATE, RT.OBSERVATION, targeted=True)
+    def amend_observation(
+        self,
+        tx: _Tx,
+        /,
+        *,
+        observation_id: str,
+        expected_version: int,
+        status: str,
+        value_number: float | None = None,
+        unit: str | None = None,
+        value_text: str | None = None,
+    ) -> ObservationView:
+        """Correct a vital sign or a lab result (status amended or corrected, a new value) or mark
+        it entered-in-error (kept, value unchanged). If-Match on the version; every earlier
+        version stays in the history, with its author and time."""
+        self._author(tx)
+        oid = parse_id(observation_id)
+        row = tx.session.get(Observation, oid, with_for_update=True) if oid else None
+        if row is None:
+            raise NotFound(NOT_FOUND)
+        patient = self._patient(tx, row.patient_id)
+        self._authorize(tx, patient, RT.OBSERVATION, write=True)
+        if row.version_id != expected_version:
+            raise Conflict("the resource was changed by someone else: reload and try again")
+        if row.status == "entered-in-error":
+            raise Conflict("this Observation was entered in error: record a new one")
+        values: dict[str, Any]
+        if status == "entered-in-error":
+            values = {"status": status}
+        elif status in ("amended", "corrected"):
+            if (value_number is None) == (value_text is None):
+                raise InvalidInput("an Observation has one value: a number (with its unit) or a text")
+            new_unit = unit if value_number is not None else None
+            if (value_number, new_unit, value_text) == (row.value_number, row.unit, row.value_text):
+                raise InvalidInput("a correction changes the value")
+            values = {
+                "status": status,
+                "value_number": value_number,
+                "unit": new_unit,
+                "value_text": value_text,
+            }
+        else:
+            raise InvalidInput(
+                "an Observation is corrected (status amended or corrected) or marked entered-in-error"
+            )
+        self._first_version(tx, RT.OBSERVATION, row, patient, _observation_data(row))
+        self._bump(tx, Observation, row, expected_version, **values)
+        data = _observation_data(row)
+        return self._written(tx, patient, RT.OBSERVATION, ObservationView, data, row.version_id, "update")
+
     @guarded(AuditKind.PHI_CREATE, RT.DIAGNOSTIC_REPORT, targeted=True)
     def record_diagnostic_report(self, tx: _Tx, /, *, data: DiagnosticReportInput) -> DiagnosticReportView:
         """A lab report grouping Observations of the same patient, none reported already. An
@@ -2762,6 +2813,7 @@ def _observation_data(o: Observation) -> dict[str, Any]:
         "value_text": o.value_text,
         "effective_at": o.effective_at,
         "status": o.status,
+        "version_id": o.version_id,
     }
 
 

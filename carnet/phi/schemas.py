@@ -182,6 +182,7 @@ class ObservationView(Redactable):
     value_text: str | None = None
     effective_at: dt.datetime | None = None
     status: str | None = None
+    version_id: int | None = None
 
 
 class ConditionView(Redactable):

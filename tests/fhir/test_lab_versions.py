@@ -4,7 +4,7 @@ DiagnosticReport through the gate (fhirpy), the wrong role refused and audited, 
 from __future__ import annotations
 
 import pytest
-from fhirpy.base.exceptions import ResourceNotFound
+from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, ResourceNotFound
 
 from carnet.access.roles import Role
 from tests.factories import make_account
@@ -66,3 +66,56 @@ def test_capability_statement_lists_lab_history() -> None:
 
     for resource_type in ("Observation", "DiagnosticReport"):
         assert {"vread", "history-instance"} <= set(SUPPORTED[resource_type]["interactions"])
+
+
+def test_a_lab_result_is_corrected_or_entered_in_error_never_overwritten(fhir_server_both: Server) -> None:
+    fhir_server = fhir_server_both
+    runtime = fhir_server.runtime
+    facility, doctor, patient_id = _clinic(runtime)
+    client = fhir_server.client_for(doctor)
+    hb = client.resource("Observation", **_result(f"Patient/{patient_id}", value=12.4))
+    hb.save()
+    assert hb["meta"]["versionId"] == "1"
+
+    # The lab corrects the value: version 2, status corrected; the first value is kept.
+    hb["status"] = "corrected"
+    hb["valueQuantity"] = {"value": 10.9, "unit": "g/dL"}
+    hb.save()
+    assert hb["meta"]["versionId"] == "2" and hb["status"] == "corrected"
+    assert hb["valueQuantity"]["value"] == 10.9
+    # A stale version changes nothing (412); a change that is no correction is refused (400).
+    stale = client.resource("Observation", **dict(hb, valueQuantity={"value": 1.0, "unit": "g/dL"}))
+    stale["meta"] = {"versionId": "1"}
+    with pytest.raises(MultipleResourcesFound):
+        stale.save()
+    for bad in (dict(hb, status="final"), dict(hb, status="amended")):
+        with pytest.raises(OperationOutcome):
+            client.resource("Observation", **bad).save()
+
+    # Entered in error (DELETE): kept, readable with that status, its value unchanged.
+    hb.delete()
+    history = client.execute(f"Observation/{hb['id']}/_history", method="get")
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["3", "2", "1"]
+    assert [e["resource"]["status"] for e in history["entry"]] == ["entered-in-error", "corrected", "final"]
+    assert [e["resource"]["valueQuantity"]["value"] for e in history["entry"]] == [10.9, 10.9, 12.4]
+    found = client.resources("Observation").search(patient=patient_id).fetch()
+    assert [(o["id"], o["status"]) for o in found] == [(hb["id"], "entered-in-error")]
+    with pytest.raises(MultipleResourcesFound):  # no change after entered-in-error
+        client.resource("Observation", **dict(hb, status="corrected", meta={"versionId": "3"})).save()
+    provenance = client.resources("Provenance").search(target=f"Observation/{hb['id']}").fetch()
+    assert sorted(p["activity"]["coding"][0]["code"] for p in provenance) == ["CREATE", "UPDATE", "UPDATE"]
+    kinds = audit_rows(runtime, doctor.account_id)
+    assert kinds.count(("phi:resource:update", "success", "Observation")) == 2  # PUT, DELETE
+
+    # Billing and a physician outside the patient's care: refused, audited, nothing exposed.
+    billing = make_account(runtime, roles=[Role.BILLING], facility_id=facility)
+    stranger = make_account(runtime, roles=[Role.PHYSICIAN], facility_id=facility)
+    pulse = client.resource("Observation", **_result(f"Patient/{patient_id}", code="8867-4", value=72))
+    pulse.save()
+    for actor in (billing, stranger):
+        change = dict(pulse, status="corrected", valueQuantity={"value": 70, "unit": "/min"})
+        with pytest.raises(ResourceNotFound):
+            fhir_server.client_for(actor).resource("Observation", **change).save()
+        assert audit_rows(runtime, actor.account_id) == [("phi:resource:update", "denied", "Observation")]
+        assert _exposures(runtime, actor, "Observation") == 0
+    assert client.execute(f"Observation/{pulse['id']}/_history", method="get")["total"] == 1

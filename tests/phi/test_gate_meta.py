@@ -370,6 +370,19 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.record_observation(data=_result(w.patient)),
         lambda g, w: g.record_observation(data=_result(MISSING)),
     ),
+    "amend_observation": (
+        "physician",
+        lambda g, w: g.amend_observation(
+            observation_id=w.observation,
+            expected_version=1,
+            status="corrected",
+            value_number=12.9,
+            unit="g/dL",
+        ),
+        lambda g, w: g.amend_observation(
+            observation_id=w.observation, expected_version=9, status="entered-in-error"
+        ),
+    ),
     "record_diagnostic_report": (
         "physician",
         lambda g, w: g.record_diagnostic_report(data=_report(w.patient, [w.observation])),
