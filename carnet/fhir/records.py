@@ -4,7 +4,8 @@
   by patient. Not written here: a care relationship opens the chart, so creating one through
   the API would let an account widen its own access.
 - DiagnosticReport: a lab report and the Observations it groups (`result`); read, searched and
-  created (its results: Observations of the same patient, in no other report); every kept
+  created (its results: Observations of the same patient, in no other report), amended or
+  entered-in-error with If-Match (PUT, DELETE); every kept
   version by vread and `_history`.
 - Consent: the patient's privacy decisions. Recording one (`oppose-other-facilities`) hides the
   patient from every facility but the managing one at once; withdrawing it (PUT status
@@ -71,7 +72,7 @@ SUPPORTED["CareTeam"] = {
     },
 }
 SUPPORTED["DiagnosticReport"] = {
-    "interactions": ["read", "vread", "history-instance", "search-type", "create"],
+    "interactions": ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
     "search": {
         "patient": "reference",
         "subject": "reference",
@@ -234,6 +235,45 @@ def read_report(request: Request, report_id: str) -> Response:
     return resource_response(
         request, report_to_fhir(gate.read_diagnostic_report(report_id=report_id).model_dump())
     )
+
+
+@router.put("/DiagnosticReport/{report_id}")
+def update_report(request: Request, report_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """Amend a lab report (status amended or corrected: its conclusion and results, Observations
+    of the same patient only) or mark it entered-in-error, with If-Match; only status,
+    conclusion and result are taken, every earlier version stays in _history."""
+    gate = gate_for(request, "DiagnosticReport", "update")
+    resource = validated(DiagnosticReport, body, "DiagnosticReport")
+    if resource.get("id") != report_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    results = []
+    for item in resource.get("result") or []:
+        target = reference_id((item or {}).get("reference"), "Observation")
+        if target is None:
+            raise InvalidInput("each result is a reference Observation/<id>")
+        results.append(target)
+    view = gate.amend_diagnostic_report(
+        report_id=report_id,
+        expected_version=version,
+        status=str(resource.get("status")),
+        conclusion=resource.get("conclusion"),
+        result_ids=results,
+    )
+    return resource_response(request, report_to_fhir(view.model_dump()))
+
+
+@router.delete("/DiagnosticReport/{report_id}")
+def delete_report(request: Request, report_id: str) -> Response:
+    """Mark a lab report entered-in-error: kept, still readable with that status."""
+    gate = gate_for(request, "DiagnosticReport", "delete")
+    version = parse_version(request.headers.get("if-match"))
+    if version is None:
+        version = gate.read_diagnostic_report(report_id=report_id).version_id or 1
+    view = gate.amend_diagnostic_report(
+        report_id=report_id, expected_version=version, status="entered-in-error"
+    )
+    return resource_response(request, report_to_fhir(view.model_dump()))
 
 
 @router.get("/DiagnosticReport/{report_id}/_history")

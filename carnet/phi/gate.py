@@ -2091,6 +2091,114 @@ class Gate:
         }
         return self._written(tx, patient, RT.DIAGNOSTIC_REPORT, DiagnosticReportView, snapshot, 1, "create")
 
+    @guarded(AuditKind.PHI_UPDATE, RT.DIAGNOSTIC_REPORT, targeted=True)
+    def amend_diagnostic_report(
+        self,
+        tx: _Tx,
+        /,
+        *,
+        report_id: str,
+        expected_version: int,
+        status: str,
+        conclusion: str | None = None,
+        result_ids: list[str] | None = None,
+    ) -> DiagnosticReportView:
+        """Amend a lab report (status amended or corrected: its conclusion and results, the
+        results Observations of the same patient in no other report, as on creation) or mark
+        it entered-in-error (kept, content unchanged). If-Match; every version stays."""
+        self._author(tx)
+        rid = parse_id(report_id)
+        report = tx.session.get(DiagnosticReport, rid, with_for_update=True) if rid else None
+        if report is None:
+            raise NotFound(NOT_FOUND)
+        patient = self._patient(tx, report.patient_id)
+        self._authorize(tx, patient, RT.DIAGNOSTIC_REPORT, write=True)
+        if report.version_id != expected_version:
+            raise Conflict("the resource was changed by someone else: reload and try again")
+        if report.status == "entered-in-error":
+            raise Conflict("this report was entered in error: record a new one")
+        current = list(
+            tx.session.scalars(
+                select(Observation)
+                .where(Observation.report_id == report.id)
+                .order_by(Observation.effective_at, Observation.id)
+            )
+        )
+        old = self._dec(report.conclusion_ct, "diagnostic_reports", "conclusion", report.id)
+
+        def data(conclusion_now: str | None, results: list[Observation]) -> dict[str, Any]:
+            return {
+                "id": str(report.id),
+                "updated_at": report.updated_at,
+                "patient_id": str(patient.id),
+                "facility_id": str(patient.facility_id),
+                "code": report.code,
+                "display": report.display,
+                "status": report.status,
+                "issued_at": report.issued_at,
+                "conclusion": conclusion_now,
+                "performer_id": _s(report.performer_id),
+                "result_ids": [str(o.id) for o in results],
+                "version_id": report.version_id,
+            }
+
+        self._first_version(tx, RT.DIAGNOSTIC_REPORT, report, patient, data(old, current))
+        if status == "entered-in-error":
+            self._bump(tx, DiagnosticReport, report, expected_version, status=status)
+            return self._written(
+                tx,
+                patient,
+                RT.DIAGNOSTIC_REPORT,
+                DiagnosticReportView,
+                data(old, current),
+                report.version_id,
+                "update",
+            )
+        if status not in ("amended", "corrected"):
+            raise InvalidInput("a report is amended (status amended or corrected) or marked entered-in-error")
+        observations: list[Observation] = []
+        for number, raw in enumerate(result_ids or [], start=1):
+            oid = parse_id(raw)
+            row = tx.session.get(Observation, oid, with_for_update=True) if oid else None
+            if row is None or row.patient_id != patient.id:
+                raise InvalidInput(f"result {number} is not an Observation of this report's patient")
+            if row.report_id is not None and row.report_id != report.id:
+                raise Conflict(f"result {number} already belongs to another report")
+            if row in observations:
+                raise InvalidInput(f"result {number} is listed twice")
+            observations.append(row)
+        if not observations:
+            raise InvalidInput("a lab report groups its results: result needs an Observation reference")
+        text_now = (conclusion or "").strip() or None
+        if text_now == old and {o.id for o in observations} == {o.id for o in current}:
+            raise InvalidInput("an amendment changes the conclusion or the results")
+        self._bump(
+            tx,
+            DiagnosticReport,
+            report,
+            expected_version,
+            status=status,
+            conclusion_ct=self._enc(
+                text_now, patient.facility_id, "diagnostic_reports", "conclusion", report.id
+            ),
+        )
+        for row in current:
+            if row not in observations:
+                row.report_id = None
+        for row in observations:
+            row.report_id = report.id
+        tx.session.flush()
+        observations.sort(key=lambda o: (o.effective_at, o.id))
+        return self._written(
+            tx,
+            patient,
+            RT.DIAGNOSTIC_REPORT,
+            DiagnosticReportView,
+            data(text_now, observations),
+            report.version_id,
+            "update",
+        )
+
     # == break-the-glass ========================================================================
     @guarded(AuditKind.BREAK_GLASS_START, RT.PATIENT, targeted=True)
     def break_glass(

@@ -101,7 +101,15 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
     }
     assert served["Encounter"] == {"read", "vread", "history-instance", "search-type", "create", "update"}
     assert resources["Encounter"]["readHistory"] is True
-    assert served["DiagnosticReport"] == {"read", "vread", "history-instance", "search-type", "create"}
+    assert served["DiagnosticReport"] == {
+        "read",
+        "vread",
+        "history-instance",
+        "search-type",
+        "create",
+        "update",
+        "delete",
+    }
     assert served["Observation"] == {"vread", "history-instance", "search-type", "create", "update", "delete"}
     assert resources["Observation"]["readHistory"] is True
     assert {p["name"] for p in resources["Provenance"]["searchParam"]} == {"target", "patient"}

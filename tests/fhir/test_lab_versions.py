@@ -7,7 +7,7 @@ import pytest
 from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, ResourceNotFound
 
 from carnet.access.roles import Role
-from tests.factories import make_account
+from tests.factories import link_care, make_account, make_nurse, register_patient
 from tests.fhir.conftest import Server, audit_rows
 from tests.fhir.test_stays_and_reports import _clinic, _exposures, _report, _result
 
@@ -119,3 +119,79 @@ def test_a_lab_result_is_corrected_or_entered_in_error_never_overwritten(fhir_se
         assert audit_rows(runtime, actor.account_id) == [("phi:resource:update", "denied", "Observation")]
         assert _exposures(runtime, actor, "Observation") == 0
     assert client.execute(f"Observation/{pulse['id']}/_history", method="get")["total"] == 1
+
+
+def test_a_lab_report_is_amended_or_entered_in_error_never_overwritten(fhir_server_both: Server) -> None:
+    fhir_server = fhir_server_both
+    runtime = fhir_server.runtime
+    facility, doctor, patient_id = _clinic(runtime)
+    other = register_patient(runtime, facility, family="Autre")
+    assert doctor.practitioner_id is not None
+    link_care(runtime, patient_id=other.id, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    client = fhir_server.client_for(doctor)
+    hb = client.resource("Observation", **_result(f"Patient/{patient_id}"))
+    hb.save()
+    plt = client.resource("Observation", **_result(f"Patient/{patient_id}", code="777-3", value=250))
+    plt.save()
+    theirs = client.resource("Observation", **_result(f"Patient/{other.id}", value=9.1))
+    theirs.save()
+    report = client.resource(
+        "DiagnosticReport", **_report(f"Patient/{patient_id}", [f"Observation/{hb['id']}"])
+    )
+    report.save()
+    assert report["meta"]["versionId"] == "1"
+
+    # Another patient's Observation may not join the report: refused as on creation, nothing changed.
+    wrong = dict(report, status="amended", result=[{"reference": f"Observation/{theirs['id']}"}])
+    with pytest.raises(OperationOutcome) as refused:
+        client.resource("DiagnosticReport", **wrong).save()
+    assert "result 1 is not an Observation of this report's patient" in str(refused.value)
+    # Amended: a new conclusion and one more result of the same patient; version 2.
+    report["status"] = "amended"
+    report["conclusion"] = "Thrombopénie légère."
+    report["result"] = [{"reference": f"Observation/{hb['id']}"}, {"reference": f"Observation/{plt['id']}"}]
+    report.save()
+    assert report["meta"]["versionId"] == "2" and report["conclusion"] == "Thrombopénie légère."
+    assert {r["reference"] for r in report["result"]} == {
+        f"Observation/{hb['id']}",
+        f"Observation/{plt['id']}",
+    }
+    stale = client.resource("DiagnosticReport", **dict(report, conclusion="x", meta={"versionId": "1"}))
+    with pytest.raises(MultipleResourcesFound):  # 412
+        stale.save()
+    # Entered in error (DELETE): kept and readable with that status; the first version intact.
+    report.delete()
+    read = client.reference("DiagnosticReport", report["id"]).to_resource()
+    assert read["status"] == "entered-in-error" and read["meta"]["versionId"] == "3"
+    first = client.execute(f"DiagnosticReport/{report['id']}/_history/1", method="get")
+    assert first["conclusion"] == "Pas d'anémie." and first["status"] == "final"
+    assert len(first["result"]) == 1
+    history = client.execute(f"DiagnosticReport/{report['id']}/_history", method="get")
+    assert [e["resource"]["status"] for e in history["entry"]] == ["entered-in-error", "amended", "final"]
+    provenance = client.resources("Provenance").search(target=f"DiagnosticReport/{report['id']}").fetch()
+    assert len(provenance) == 3
+    assert (
+        audit_rows(runtime, doctor.account_id).count(("phi:resource:update", "success", "DiagnosticReport"))
+        == 2
+    )
+
+    # A nurse in the patient's care and billing: refused, audited, nothing exposed.
+    nurse = make_nurse(runtime, facility)
+    billing = make_account(runtime, roles=[Role.BILLING], facility_id=facility)
+    assert nurse.practitioner_id is not None
+    link_care(runtime, patient_id=patient_id, practitioner_id=nurse.practitioner_id, facility_id=facility)
+    second = client.resource(
+        "DiagnosticReport", **_report(f"Patient/{patient_id}", [f"Observation/{hb['id']}"])
+    )
+    with pytest.raises(MultipleResourcesFound):  # hb still belongs to the report entered in error
+        second.save()
+    for actor in (nurse, billing):
+        change = dict(read, status="corrected", conclusion="Autre.")
+        with pytest.raises(ResourceNotFound):
+            fhir_server.client_for(actor).resource("DiagnosticReport", **change).save()
+        assert audit_rows(runtime, actor.account_id)[-1] == (
+            "phi:resource:update",
+            "denied",
+            "DiagnosticReport",
+        )
+        assert _exposures(runtime, actor, "DiagnosticReport") == 0

@@ -383,6 +383,19 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
             observation_id=w.observation, expected_version=9, status="entered-in-error"
         ),
     ),
+    "amend_diagnostic_report": (
+        "physician",
+        lambda g, w: g.amend_diagnostic_report(
+            report_id=w.report,
+            expected_version=1,
+            status="corrected",
+            conclusion="Revu.",
+            result_ids=[w.observation],
+        ),
+        lambda g, w: g.amend_diagnostic_report(
+            report_id=w.report, expected_version=9, status="entered-in-error"
+        ),
+    ),
     "record_diagnostic_report": (
         "physician",
         lambda g, w: g.record_diagnostic_report(data=_report(w.patient, [w.observation])),
