@@ -7,9 +7,10 @@ import pytest
 from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, ResourceNotFound
 
 from carnet.access.roles import Role
-from tests.factories import link_care, make_account, make_nurse, register_patient
+from carnet.phi.gate import Gate
+from tests.factories import link_care, make_account, make_nurse, make_physician, register_patient
 from tests.fhir.conftest import Server, audit_rows
-from tests.fhir.test_stays_and_reports import _clinic, _exposures, _report, _result
+from tests.fhir.test_stays_and_reports import _clinic, _exposures, _race, _report, _result
 
 
 def test_observation_and_report_versions_by_vread_and_history(fhir_server_both: Server) -> None:
@@ -195,3 +196,41 @@ def test_a_lab_report_is_amended_or_entered_in_error_never_overwritten(fhir_serv
             "DiagnosticReport",
         )
         assert _exposures(runtime, actor, "DiagnosticReport") == 0
+
+
+def test_nurse_corrects_a_vital_sign_break_the_glass_corrects_and_races_give_one_winner(
+    fhir_server_both: Server,
+) -> None:
+    fhir_server = fhir_server_both
+    runtime = fhir_server.runtime
+    facility, doctor, patient_id = _clinic(runtime)
+    nurse = make_nurse(runtime, facility)
+    assert nurse.practitioner_id is not None
+    link_care(runtime, patient_id=patient_id, practitioner_id=nurse.practitioner_id, facility_id=facility)
+    ward = fhir_server.client_for(nurse)
+    pulse = ward.resource("Observation", **_result(f"Patient/{patient_id}", code="8867-4", value=72))
+    pulse.save()
+    pulse["status"] = "amended"
+    pulse["valueQuantity"] = {"value": 76, "unit": "/min"}
+    pulse.save()
+    assert pulse["meta"]["versionId"] == "2"
+
+    # Break-the-glass: an emergency physician outside the care team corrects a result.
+    urgent = make_physician(runtime, facility)
+    Gate(runtime, urgent).break_glass(patient_id=patient_id, reason="emergency", justification="inconscient")
+    er = fhir_server.client_for(urgent)
+    pulse["status"] = "corrected"
+    pulse["valueQuantity"] = {"value": 130, "unit": "/min"}
+    er.resource("Observation", **dict(pulse)).save()
+    history = er.execute(f"Observation/{pulse['id']}/_history", method="get")
+    assert [e["resource"]["valueQuantity"]["value"] for e in history["entry"]] == [130, 76, 72]
+
+    # Two corrections of version 3 at once: exactly one wins, the other gets 412, nothing lost.
+    clients = [fhir_server.client_for(doctor), fhir_server.client_for(doctor)]
+    bodies = [
+        dict(pulse, valueQuantity={"value": v, "unit": "/min"}, meta={"versionId": "3"}) for v in (120, 125)
+    ]
+    outcomes = _race([lambda i=i: clients[i].resource("Observation", **bodies[i]).save() for i in range(2)])
+    assert sorted(outcomes)[0] == "412" and len([o for o in outcomes if o.startswith("won")]) == 1, outcomes
+    history = er.execute(f"Observation/{pulse['id']}/_history", method="get")
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["4", "3", "2", "1"]
