@@ -461,7 +461,7 @@ def vread_encounter(request: Request, encounter_id: str, version_id: str) -> Res
 _register("Condition", ["search-type"], {"patient": "reference", "clinical-status": "token"})
 _register(
     "Observation",
-    ["vread", "history-instance", "search-type", "create", "update", "delete"],
+    ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
     {"patient": "reference", "category": "token", "code": "token"},
 )
 _register("Coverage", ["search-type"], {"beneficiary": "reference", "patient": "reference"})
@@ -494,6 +494,13 @@ def search_observations(request: Request) -> Response:
         and (code is None or v.code in [c.rpartition("|")[2] for c in code.split(",")])
     ]
     return paged(request, "Observation", [mapping.observation_to_fhir(v.model_dump()) for v in views])
+
+
+@router.get("/Observation/{observation_id}")
+def read_observation(request: Request, observation_id: str) -> Response:
+    gate = gate_for(request, "Observation", "read")
+    view = gate.read_observation(observation_id=observation_id)
+    return resource_response(request, mapping.observation_to_fhir(view.model_dump()))
 
 
 @router.post("/Observation")
@@ -534,7 +541,7 @@ def delete_observation(request: Request, observation_id: str) -> Response:
     gate = gate_for(request, "Observation", "delete")
     version = parse_version(request.headers.get("if-match"))
     if version is None:
-        version = gate.history(resource_type="Observation", resource_id=observation_id)[-1].version_id
+        version = gate.read_observation(observation_id=observation_id).version_id or 1
     view = gate.amend_observation(
         observation_id=observation_id, expected_version=version, status="entered-in-error"
     )

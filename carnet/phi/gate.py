@@ -2312,6 +2312,11 @@ class Gate:
         row, fields = self._read_one(tx, RT.ALLERGY, allergy_id)
         return _redact(AllergyView, _allergy_data(row), fields)
 
+    @guarded(AuditKind.PHI_READ, RT.OBSERVATION, targeted=True)
+    def read_observation(self, tx: _Tx, /, *, observation_id: str) -> ObservationView:
+        row, fields = self._read_one(tx, RT.OBSERVATION, observation_id)
+        return _redact(ObservationView, _observation_data(row), fields)
+
     @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
     def read_encounter(self, tx: _Tx, /, *, encounter_id: str) -> EncounterView:
         row, fields = self._read_one(tx, RT.ENCOUNTER, encounter_id)
@@ -2851,6 +2856,7 @@ _RECORD_MODELS: dict[ResourceType, Any] = {
     RT.PRESCRIPTION: Prescription,
     RT.ALLERGY: Allergy,
     RT.ENCOUNTER: Encounter,
+    RT.OBSERVATION: Observation,
     RT.CARE_TEAM: CareRelationship,
     RT.DIAGNOSTIC_REPORT: DiagnosticReport,
     RT.CONSENT: Consent,

@@ -110,7 +110,15 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "update",
         "delete",
     }
-    assert served["Observation"] == {"vread", "history-instance", "search-type", "create", "update", "delete"}
+    assert served["Observation"] == {
+        "read",
+        "vread",
+        "history-instance",
+        "search-type",
+        "create",
+        "update",
+        "delete",
+    }
     assert resources["Observation"]["readHistory"] is True
     assert {p["name"] for p in resources["Provenance"]["searchParam"]} == {"target", "patient"}
     assert resources["Consent"]["readHistory"] is True and resources["CareTeam"]["readHistory"] is False

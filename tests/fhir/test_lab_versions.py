@@ -64,6 +64,9 @@ def test_observation_and_report_versions_by_vread_and_history(fhir_server_both: 
 
 def test_capability_statement_lists_lab_history() -> None:
     from carnet.fhir.metadata import SUPPORTED
+    from carnet.fhir.routes import routers
+
+    routers()  # the routers register what they serve when they are imported
 
     for resource_type in ("Observation", "DiagnosticReport"):
         assert {"vread", "history-instance"} <= set(SUPPORTED[resource_type]["interactions"])
@@ -234,3 +237,29 @@ def test_nurse_corrects_a_vital_sign_break_the_glass_corrects_and_races_give_one
     assert sorted(outcomes)[0] == "412" and len([o for o in outcomes if o.startswith("won")]) == 1, outcomes
     history = er.execute(f"Observation/{pulse['id']}/_history", method="get")
     assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["4", "3", "2", "1"]
+
+
+def test_a_lab_result_is_read_by_id_through_the_gate(fhir_server_both: Server) -> None:
+    fhir_server = fhir_server_both
+    runtime = fhir_server.runtime
+    facility, doctor, patient_id = _clinic(runtime)
+    client = fhir_server.client_for(doctor)
+    hb = client.resource("Observation", **_result(f"Patient/{patient_id}", value=12.4))
+    hb.save()
+
+    read = client.reference("Observation", hb["id"]).to_resource()
+    assert read["valueQuantity"]["value"] == 12.4 and read["meta"]["versionId"] == "1"
+    assert read["subject"].reference == f"Patient/{patient_id}"  # fhirpy makes it a reference
+    before = _exposures(runtime, doctor, "Observation")
+    client.reference("Observation", hb["id"]).to_resource()
+    assert _exposures(runtime, doctor, "Observation") == before + 1
+    assert audit_rows(runtime, doctor.account_id).count(("phi:resource:read", "success", "Observation")) == 2
+
+    # Billing and a physician outside the patient's care: answered as a missing one, audited.
+    billing = make_account(runtime, roles=[Role.BILLING], facility_id=facility)
+    stranger = make_account(runtime, roles=[Role.PHYSICIAN], facility_id=facility)
+    for actor in (billing, stranger):
+        with pytest.raises(ResourceNotFound):
+            fhir_server.client_for(actor).reference("Observation", hb["id"]).to_resource()
+        assert audit_rows(runtime, actor.account_id) == [("phi:resource:read", "denied", "Observation")]
+        assert _exposures(runtime, actor, "Observation") == 0

@@ -426,6 +426,11 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.list_encounters(patient_id=w.patient),
         lambda g, w: g.list_encounters(patient_id=MISSING),
     ),
+    "read_observation": (
+        "physician",
+        lambda g, w: g.read_observation(observation_id=w.observation),
+        lambda g, w: g.read_observation(observation_id=MISSING),
+    ),
     "read_encounter": (
         "physician",
         lambda g, w: g.read_encounter(encounter_id=w.encounter),
