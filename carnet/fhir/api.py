@@ -4,6 +4,7 @@ FHIR JSON answers, searchset and history Bundles, and input validated by fhir.re
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -12,13 +13,15 @@ from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.routing import Match
 
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.fhir.outcome import FHIR_JSON
 from carnet.identity.dependencies import current_actor, runtime_of
 from carnet.identity.oauth import require_scope
-from carnet.kernel.errors import Forbidden, InvalidInput
+from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import VersionView
 
@@ -291,3 +294,24 @@ def parse_instant(value: str, name: str) -> dt.datetime:
     if parsed.tzinfo is None:
         raise InvalidInput(f"{name} must be a date-time with a time zone")
     return parsed.astimezone(dt.UTC)
+
+
+def serve_get(request: Request, path: str, query: str) -> Response:
+    """`GET <path>?<query>` answered by the route that serves it, as a request of the same actor
+    (it authorizes, audits and accounts as it always does): batch GET entries, POST _search."""
+    scope = dict(request.scope, method="GET", path=path, raw_path=path.encode(), query_string=query.encode())
+    scope["path_params"] = {}  # the calling route's own are not the GET route's
+    from carnet.fhir.routes import routers  # the served routers, in the app's order
+
+    for route in (r for router in routers() for r in router.routes):
+        if not isinstance(route, APIRoute) or "GET" not in (route.methods or set()):
+            continue
+        match, child = route.matches(scope)
+        if match != Match.FULL:
+            continue
+        params: dict[str, Any] = dict(child.get("path_params") or {})
+        if "request" in inspect.signature(route.endpoint).parameters:
+            params["request"] = Request(dict(scope, **child))
+        response: Response = route.endpoint(**params)
+        return response
+    raise NotFound(f"nothing is served at GET {path}")

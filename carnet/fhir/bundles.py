@@ -10,7 +10,6 @@ the API serves, run as its own request of the same actor: authorized and audited
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.bundle import Bundle
@@ -29,7 +27,6 @@ from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
-from starlette.routing import Match
 
 from carnet.fhir import mapping, records
 from carnet.fhir.api import (
@@ -39,12 +36,13 @@ from carnet.fhir.api import (
     gate_for,
     parse_version,
     reference_id,
+    serve_get,
     type_name,
     validated,
 )
 from carnet.fhir.metadata import SYSTEM_INTERACTIONS
 from carnet.fhir.outcome import operation_outcome, status_for
-from carnet.kernel.errors import CarnetError, InvalidInput, NotFound
+from carnet.kernel.errors import CarnetError, InvalidInput
 from carnet.phi.gate import TRANSACTION_LIMIT, AllergyWarning, Gate
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -446,23 +444,9 @@ def _get(request: Request, entry: Entry) -> dict[str, Any]:
     path = "/fhir/" + path.strip("/")
     if "$" in path and not path.endswith("/$everything"):
         raise InvalidInput("a batch GET reads or searches resources (no operations but $everything)")
-    scope = dict(request.scope, method="GET", path=path, raw_path=path.encode(), query_string=query.encode())
-    from carnet.fhir.routes import routers  # the served routers, in the app's order
-
-    for route in (r for router in routers() for r in router.routes):
-        if not isinstance(route, APIRoute) or "GET" not in (route.methods or set()):
-            continue
-        match, child = route.matches(scope)
-        if match != Match.FULL:
-            continue
-        sub = Request(dict(scope, **child))
-        params = dict(child.get("path_params") or {})
-        if "request" in inspect.signature(route.endpoint).parameters:
-            params["request"] = sub
-        response = route.endpoint(**params)
-        resource = json.loads(bytes(response.body))
-        answer: dict[str, Any] = {"resource": resource, "response": {"status": f"{response.status_code} OK"}}
-        if "etag" in response.headers:
-            answer["response"]["etag"] = response.headers["etag"]
-        return answer
-    raise NotFound(f"nothing is served at GET {path}")
+    response = serve_get(request, path, query)
+    resource = json.loads(bytes(response.body))
+    answer: dict[str, Any] = {"resource": resource, "response": {"status": f"{response.status_code} OK"}}
+    if "etag" in response.headers:
+        answer["response"]["etag"] = response.headers["etag"]
+    return answer

@@ -9,17 +9,14 @@ exactly as a GET search does.
 
 from __future__ import annotations
 
-import inspect
 import re
-from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
-from starlette.routing import Match
 
+from carnet.fhir.api import serve_get
 from carnet.identity.dependencies import current_actor
 from carnet.kernel.errors import InvalidInput, NotFound
 
@@ -54,25 +51,4 @@ async def post_search(request: Request, resource_type: str) -> Response:
     # Authenticated as what it is, a POST: a session cookie must bring its CSRF header.
     await anyio.to_thread.run_sync(current_actor, request)
     query = parse_qsl(request.url.query, keep_blank_values=True) + form
-    return await anyio.to_thread.run_sync(_serve_search, request, resource_type, urlencode(query))
-
-
-def _serve_search(request: Request, resource_type: str, query: str) -> Response:
-    path = f"/fhir/{resource_type}"
-    scope = dict(request.scope, method="GET", path=path, raw_path=path.encode(), query_string=query.encode())
-    scope["path_params"] = {}  # this POST route's own ({resource_type}) are not the GET route's
-    from carnet.fhir.routes import routers  # the served routers, in the app's order
-
-    for route in (r for router in routers() for r in router.routes):
-        if not isinstance(route, APIRoute) or "GET" not in (route.methods or set()):
-            continue
-        match, child = route.matches(scope)
-        if match != Match.FULL:
-            continue
-        sub = Request(dict(scope, **child))
-        params: dict[str, Any] = dict(child.get("path_params") or {})
-        if "request" in inspect.signature(route.endpoint).parameters:
-            params["request"] = sub
-        response: Response = route.endpoint(**params)
-        return response
-    raise NotFound(f"{resource_type} is not searchable here")
+    return await anyio.to_thread.run_sync(serve_get, request, f"/fhir/{resource_type}", urlencode(query))
