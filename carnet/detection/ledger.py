@@ -366,12 +366,7 @@ class SqlExposureLedger:
         expires, ids = self._canaries
         if expires > now:
             return ids
-        # The column's type comes from its foreign key: where the patients table is not loaded
-        # (a worker that never imported the gate), SQLite hands back text.
-        ids = frozenset(
-            p if isinstance(p, uuid.UUID) else uuid.UUID(str(p))
-            for p in session.scalars(select(CanaryPatient.patient_id))
-        )
+        ids = frozenset(session.scalars(select(CanaryPatient.patient_id)))
         self._canaries = (now + self.config.canary_refresh_seconds, ids)
         return ids
 
