@@ -21,6 +21,7 @@ class Invoice(IdMixin, VersionedMixin, Base):
     issued_at: Mapped[dt.datetime | None]
     total_cents: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3), default="EUR")
+    cancel_reason: Mapped[str | None] = mapped_column(String(200))  # kept when cancelled
 
 
 class InvoiceLine(IdMixin, Base):

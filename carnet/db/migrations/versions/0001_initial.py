@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 13:19:09.829410
+Create Date: 2026-11-24 15:10:24.525694
 """
 
 import sqlalchemy as sa
@@ -879,6 +879,7 @@ def upgrade() -> None:
         sa.Column("issued_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
         sa.Column("total_cents", sa.Integer(), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("cancel_reason", sa.String(length=200), nullable=True),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("version_id", sa.Integer(), nullable=False),
         sa.Column("created_at", carnet.db.base.UtcDateTime(timezone=True), nullable=False),
