@@ -7,6 +7,7 @@ so one sorted set per actor (member: patient, score: last time) answers every wi
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -57,6 +58,32 @@ class SqlExposureCounters:
 
     def reset(self, *, actor_ref: str) -> None:
         """Nothing to do: ActorState.restored_at bounds the windows."""
+
+    def add_and_count(
+        self,
+        session: Session,
+        *,
+        actor_ref: str,
+        at: dt.datetime,
+        since: dt.datetime | None,
+        patient_ids: Sequence[uuid.UUID] = (),
+        outside_care: Sequence[uuid.UUID] = (),
+        exported: bool = False,
+        listed: bool = False,
+        events: Sequence[tuple[EventKind, str]] = (),
+    ) -> ActorCounts:
+        return add_then_count(
+            self,
+            session,
+            actor_ref=actor_ref,
+            at=at,
+            since=since,
+            patient_ids=patient_ids,
+            outside_care=outside_care,
+            exported=exported,
+            listed=listed,
+            events=events,
+        )
 
     def counts(
         self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
@@ -222,6 +249,32 @@ class MemoryExposureCounters:
         with self._lock:
             self._sets.pop(actor_ref, None)
 
+    def add_and_count(
+        self,
+        session: Session,
+        *,
+        actor_ref: str,
+        at: dt.datetime,
+        since: dt.datetime | None,
+        patient_ids: Sequence[uuid.UUID] = (),
+        outside_care: Sequence[uuid.UUID] = (),
+        exported: bool = False,
+        listed: bool = False,
+        events: Sequence[tuple[EventKind, str]] = (),
+    ) -> ActorCounts:
+        return add_then_count(
+            self,
+            session,
+            actor_ref=actor_ref,
+            at=at,
+            since=since,
+            patient_ids=patient_ids,
+            outside_care=outside_care,
+            exported=exported,
+            listed=listed,
+            events=events,
+        )
+
     def counts(
         self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
     ) -> ActorCounts:
@@ -265,6 +318,7 @@ class RedisExposureCounters:
     def __init__(self, client: Any, *, prefix: str = "carnet:det") -> None:
         self._redis = client
         self._prefix = prefix
+        self._record_script: Any = None
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "carnet:det") -> RedisExposureCounters:
@@ -278,6 +332,18 @@ class RedisExposureCounters:
     def _names(self) -> list[str]:
         return ["a", "w", "p", "o", "x", *(f"e:{kind.value}" for kind in EventKind)]
 
+    def _groups(
+        self,
+        patient_ids: Sequence[uuid.UUID],
+        outside_care: Sequence[uuid.UUID],
+        exported: bool,
+        listed: bool,
+    ) -> list[tuple[str, Sequence[uuid.UUID]]]:
+        if exported:  # an approved export counts in its own window only
+            return [("x", patient_ids)]
+        targeted = _targeted(patient_ids, outside_care, listed)
+        return [("a", patient_ids), ("p", targeted), ("o", outside_care), ("w", targeted)]
+
     def add_exposures(
         self,
         *,
@@ -289,28 +355,15 @@ class RedisExposureCounters:
         at: dt.datetime,
     ) -> None:
         score = at.timestamp()
-        horizon = score - H24.total_seconds()
         pipe = self._redis.pipeline(transaction=False)
-        # An approved export counts in its own window only.
-        groups = (
-            [("x", patient_ids)]
-            if exported
-            else [
-                ("a", patient_ids),
-                ("p", _targeted(patient_ids, outside_care, listed)),
-                ("o", outside_care),
-            ]
-        )
-        if not exported:
-            groups.append(("w", _targeted(patient_ids, outside_care, listed)))
-        for name, ids in groups:
+        for name, ids in self._groups(patient_ids, outside_care, exported, listed):
             if not ids:
                 continue
             key = self._key(actor_ref, name)
             keep = D7 if name == "w" else H24
             # GT: keep the latest time of a patient even if workers' clocks interleave.
             pipe.zadd(key, {str(p): score for p in ids}, gt=True)
-            pipe.zremrangebyscore(key, "-inf", score - keep.total_seconds() if name == "w" else horizon)
+            pipe.zremrangebyscore(key, "-inf", score - keep.total_seconds())
             pipe.expire(key, int(keep.total_seconds()) + 3600)
         pipe.execute()
 
@@ -327,12 +380,10 @@ class RedisExposureCounters:
     def reset(self, *, actor_ref: str) -> None:
         self._redis.delete(*(self._key(actor_ref, name) for name in self._names()))
 
-    def counts(
-        self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
-    ) -> ActorCounts:
+    def _wanted(self, at: dt.datetime, since: dt.datetime | None) -> list[tuple[str, float]]:
+        """The (set, window start) of every count, in ActorCounts' field order."""
         s15, s1, s24 = (s.timestamp() for s in _starts(at, since))
-        end = at.timestamp()
-        wanted: list[tuple[str, float]] = [
+        return [
             ("p", s15),
             ("p", s1),
             ("a", s24),
@@ -352,15 +403,61 @@ class RedisExposureCounters:
             ("e:refusal", s1),
             ("e:refusal", s24),
         ]
-        pipe = self._redis.pipeline(transaction=False)
-        for name, start in wanted:
-            pipe.zcount(self._key(actor_ref, name), start, end)
-        for start in (s1, s24):
-            pipe.zrangebyscore(self._key(actor_ref, "e:refusal"), start, end, start=0, num=1, withscores=True)
-        *values, first, first_24h = pipe.execute()
+
+    def _script(self) -> Any:
+        if self._record_script is None:
+            self._record_script = self._redis.register_script(_RECORD_AND_COUNT)
+        return self._record_script
+
+    def counts(
+        self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
+    ) -> ActorCounts:
+        return self.add_and_count(session, actor_ref=actor_ref, at=at, since=since)
+
+    def add_and_count(
+        self,
+        session: Session,
+        *,
+        actor_ref: str,
+        at: dt.datetime,
+        since: dt.datetime | None,
+        patient_ids: Sequence[uuid.UUID] = (),
+        outside_care: Sequence[uuid.UUID] = (),
+        exported: bool = False,
+        listed: bool = False,
+        events: Sequence[tuple[EventKind, str]] = (),
+    ) -> ActorCounts:
+        """One round trip (a server-side script): record, then count every window."""
+        keys: dict[str, int] = {}
+
+        def key_index(name: str) -> int:
+            return keys.setdefault(self._key(actor_ref, name), len(keys) + 1)  # Lua counts from 1
+
+        score = repr(at.timestamp())  # text: a Lua number would be printed with 14 digits
+        adds: list[list[Any]] = []
+        for name, ids in self._groups(patient_ids, outside_care, exported, listed) if patient_ids else []:
+            if ids:
+                keep = D7 if name == "w" else H24
+                horizon = repr(at.timestamp() - keep.total_seconds())
+                ttl = int(keep.total_seconds()) + 3600
+                adds.append([key_index(name), horizon, ttl, [str(p) for p in ids]])
+        for kind, key in events:
+            member = key if kind in _DISTINCT_KINDS else uuid.uuid4().hex
+            horizon = repr(at.timestamp() - H24.total_seconds())
+            adds.append([key_index(f"e:{kind.value}"), horizon, int(H24.total_seconds()) + 3600, [member]])
+        wanted = self._wanted(at, since)
+        request = {
+            "score": score,
+            "end": repr(at.timestamp()),
+            "add": adds,
+            "count": [[key_index(name), repr(start)] for name, start in wanted],
+            "first": [[key_index("e:refusal"), repr(start)] for _name, start in wanted[-2:]],
+        }
+        ordered = sorted(keys, key=keys.__getitem__)
+        *values, first, first_24h = self._script()(keys=ordered, args=[json.dumps(request)])
 
         def stamp(found: Any) -> dt.datetime | None:
-            return dt.datetime.fromtimestamp(float(found[0][1]), dt.UTC) if found else None
+            return dt.datetime.fromtimestamp(float(found), dt.UTC) if found else None
 
         names = [f.name for f in fields(ActorCounts) if not f.name.startswith("first_")]
         return ActorCounts(
@@ -368,3 +465,61 @@ class RedisExposureCounters:
             first_refusal_at=stamp(first),
             first_refusal_24h_at=stamp(first_24h),
         )
+
+
+# Record a request's exposures and events, then count every window: one EVALSHA instead of
+# three pipelines. Scores and bounds arrive as text so that no precision is lost in Lua.
+_RECORD_AND_COUNT = """
+local req = cjson.decode(ARGV[1])
+for _, add in ipairs(req.add) do
+  local key, members = KEYS[add[1]], add[4]
+  for i = 1, #members, 200 do
+    local args = {'GT'}
+    for j = i, math.min(i + 199, #members) do
+      args[#args + 1] = req.score
+      args[#args + 1] = members[j]
+    end
+    redis.call('ZADD', key, unpack(args))
+  end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', add[2])
+  redis.call('EXPIRE', key, add[3])
+end
+local out = {}
+for _, c in ipairs(req.count) do
+  out[#out + 1] = redis.call('ZCOUNT', KEYS[c[1]], c[2], req['end'])
+end
+for _, f in ipairs(req.first) do
+  local found = redis.call('ZRANGEBYSCORE', KEYS[f[1]], f[2], req['end'], 'WITHSCORES', 'LIMIT', 0, 1)
+  out[#out + 1] = found[2] or false
+end
+return out
+"""
+
+
+def add_then_count(
+    counters: Any,
+    session: Session,
+    *,
+    actor_ref: str,
+    at: dt.datetime,
+    since: dt.datetime | None,
+    patient_ids: Sequence[uuid.UUID] = (),
+    outside_care: Sequence[uuid.UUID] = (),
+    exported: bool = False,
+    listed: bool = False,
+    events: Sequence[tuple[EventKind, str]] = (),
+) -> ActorCounts:
+    """`add_and_count` for counters with no single-round-trip form: the steps in order."""
+    if patient_ids:
+        counters.add_exposures(
+            actor_ref=actor_ref,
+            patient_ids=patient_ids,
+            outside_care=outside_care,
+            exported=exported,
+            listed=listed,
+            at=at,
+        )
+    for kind, key in events:
+        counters.add_event(actor_ref=actor_ref, kind=kind, key=key, at=at)
+    result: ActorCounts = counters.counts(session, actor_ref=actor_ref, at=at, since=since)
+    return result

@@ -203,6 +203,23 @@ class ExposureCounters(Protocol):
         """Counts in the windows ending at `at`, ignoring anything before `since` (a restore)."""
         ...
 
+    def add_and_count(
+        self,
+        session: Session,
+        *,
+        actor_ref: str,
+        at: dt.datetime,
+        since: dt.datetime | None,
+        patient_ids: Sequence[uuid.UUID] = (),
+        outside_care: Sequence[uuid.UUID] = (),
+        exported: bool = False,
+        listed: bool = False,
+        events: Sequence[tuple[EventKind, str]] = (),
+    ) -> ActorCounts:
+        """`add_exposures` (when `patient_ids`), `add_event` for each of `events`, then `counts`:
+        what every guarded request does, in one round trip where the store allows it."""
+        ...
+
     def reset(self, *, actor_ref: str) -> None:
         """Forget an actor's windows (after a security officer restores the account)."""
         ...

@@ -157,30 +157,29 @@ class SqlExposureLedger:
                     for p in distinct
                 ],
             )
-            self.counters.add_exposures(
-                actor_ref=actor.actor_ref,
-                patient_ids=distinct,
-                outside_care=outside,
-                exported=channel is Channel.EXPORT,
-                # A list (a clinician's day, a practitioner's calendar) of patients in the actor's
-                # care or work is the work itself: the 24-hour window and the 7 days count it.
-                listed=channel is Channel.LIST,
-                at=at,
-            )
         events = _search_events(query_shape, deep_page=self.config.deep_page)
         for kind, key in events:
-            self._add_event(session, actor=actor, kind=kind, key=key, at=at)
+            self._add_event(session, actor=actor, kind=kind, key=key, at=at, count=False)
         if not distinct and not events:
             return
+        # The counters learn this request and answer every window in one round trip.
+        counts = self.counters.add_and_count(
+            session,
+            actor_ref=actor.actor_ref,
+            at=at,
+            since=state.restored_at if state else None,
+            patient_ids=distinct,
+            outside_care=outside,
+            exported=channel is Channel.EXPORT,
+            # A list (a clinician's day, a practitioner's calendar) of patients in the actor's
+            # care or work is the work itself: the 24-hour window and the 7 days count it.
+            listed=channel is Channel.LIST,
+            events=events,
+        )
         canaries = sorted(exposed & self._canary_ids(session)) if distinct else []
         ctx = rules.Context(
             actor=actor,
-            counts=self.counters.counts(
-                session,
-                actor_ref=actor.actor_ref,
-                at=at,
-                since=state.restored_at if state else None,
-            ),
+            counts=counts,
             at=at,
             channel=channel,
             canaries=canaries,
@@ -207,18 +206,21 @@ class SqlExposureLedger:
     ) -> None:
         at = clock.now()
         kind = EventKind.EXPORT_DENIAL if channel is Channel.EXPORT else EventKind.DENIAL
-        self._add_event(session, actor=actor, kind=kind, key=resource_type[:80], at=at)
+        key = resource_type[:80]
+        self._add_event(session, actor=actor, kind=kind, key=key, at=at, count=False)
         state = session.get(ActorState, actor.actor_ref)
+        counts = self.counters.add_and_count(
+            session,
+            actor_ref=actor.actor_ref,
+            at=at,
+            since=state.restored_at if state else None,
+            events=[(kind, key)],
+        )
         if state is not None and state.status == CONTAINED:
             return
         ctx = rules.Context(
             actor=actor,
-            counts=self.counters.counts(
-                session,
-                actor_ref=actor.actor_ref,
-                at=at,
-                since=state.restored_at if state else None,
-            ),
+            counts=counts,
             at=at,
             denial=True,
         )
@@ -351,14 +353,23 @@ class SqlExposureLedger:
 
     # -- events, baselines, addresses -----------------------------------------------------
     def _add_event(
-        self, session: Session, *, actor: Actor, kind: EventKind, key: str, at: dt.datetime
+        self,
+        session: Session,
+        *,
+        actor: Actor,
+        kind: EventKind,
+        key: str,
+        at: dt.datetime,
+        count: bool = True,
     ) -> None:
+        """The event's row; and its counter, unless the caller counts it with `add_and_count`."""
         session.execute(
             insert(DetectionEvent).values(
                 id=new_id(), actor_ref=actor.actor_ref, kind=kind.value, key=key, at=at
             )
         )
-        self.counters.add_event(actor_ref=actor.actor_ref, kind=kind, key=key, at=at)
+        if count:
+            self.counters.add_event(actor_ref=actor.actor_ref, kind=kind, key=key, at=at)
 
     def _canary_ids(self, session: Session) -> frozenset[uuid.UUID]:
         """Every canary, reloaded every few seconds (they are few, and seeded, not hot)."""

@@ -11,7 +11,14 @@ import redis
 from carnet.access.roles import Role
 from carnet.detection.config import DetectionConfig
 from carnet.detection.counters import MemoryExposureCounters, RedisExposureCounters, SqlExposureCounters
-from carnet.detection.interfaces import ActorCounts, Channel, ExposureCounters, SearchEvent, SearchShape
+from carnet.detection.interfaces import (
+    ActorCounts,
+    Channel,
+    EventKind,
+    ExposureCounters,
+    SearchEvent,
+    SearchShape,
+)
 from carnet.detection.ledger import SqlExposureLedger
 from carnet.kernel import clock
 from carnet.runtime import Runtime
@@ -113,3 +120,37 @@ def test_backends_count_alike(
     # The week counts like 15 min and 1 h: own patients seen only in the list are left out.
     assert counts.patients_7d == 16
     redis_counters.reset(actor_ref="nobody")  # resetting an unknown actor is harmless
+
+
+def test_redis_records_and_counts_in_one_call_like_memory(
+    sqlite_runtime: Runtime, movable_clock: clock.MovableClock, redis_counters: RedisExposureCounters
+) -> None:
+    """The one-round-trip script keeps times to the microsecond and counts what it just added."""
+    memory = MemoryExposureCounters()
+    patients = [uuid.uuid4() for _ in range(450)]  # more than one ZADD chunk in the script
+    first = movable_clock.now()
+    results = []
+    for counters in (memory, redis_counters):
+        movable_clock.set(first)
+        with sqlite_runtime.session_factory.begin() as session:
+            counters.add_and_count(
+                session, actor_ref="a", at=first, since=None, events=[(EventKind.REFUSAL, "-")]
+            )
+            movable_clock.advance(dt.timedelta(minutes=3, microseconds=123))
+            results.append(
+                counters.add_and_count(
+                    session,
+                    actor_ref="a",
+                    at=clock.now(),
+                    since=None,
+                    patient_ids=patients,
+                    outside_care=patients[:7],
+                    listed=True,
+                    events=[(EventKind.REFUSAL, "-"), (EventKind.SEARCH, "k")],
+                )
+            )
+    assert results[0] == results[1]
+    counts = results[1]
+    assert counts.first_refusal_at == first
+    assert (counts.patients_24h, counts.patients_15m, counts.outside_1h) == (450, 7, 7)
+    assert (counts.refusals_1h, counts.searches_15m) == (2, 1)
