@@ -147,6 +147,8 @@ INVOICE_ALL = frozenset(
         "version_id",
         "paid_cents",
         "payments",
+        "encounter_id",
+        "cancel_reason",
     }
 )
 OBSERVATION_ALL = frozenset(

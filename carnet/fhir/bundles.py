@@ -4,8 +4,9 @@ answered with its status or its OperationOutcome).
 
 Entries: POST (create), PUT `Type/id` (update, with `request.ifMatch` or `meta.versionId`),
 DELETE `Type/id` (the retained status change of that type: a Patient becomes inactive, an
-Appointment is cancelled, a Consent withdrawn) and, in a batch only, GET (any read or search
-the API serves, run as its own request of the same actor: authorized and audited the same).
+Appointment or an Invoice is cancelled, a Consent withdrawn) and, in a batch only, GET (any
+read or search the API serves, run as its own request of the same actor: authorized and
+audited the same).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.invoice import Invoice
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation
 
-from carnet.fhir import mapping, records
+from carnet.fhir import billing, mapping, records
 from carnet.fhir.api import (
     base_url,
     etag,
@@ -119,6 +122,16 @@ CREATES: dict[str, Kind] = {
         records.report_to_fhir,
         lambda r, g: {"data": records.report_input(r)},
     ),
+    "Invoice": Kind(
+        Invoice, "issue_invoice", mapping.invoice_to_fhir, lambda r, g: {"data": billing.invoice_input(r)}
+    ),
+    # A payment names the invoice version it pays (Invoice/<id>/_history/<n>) in its detail.
+    "PaymentReconciliation": Kind(
+        PaymentReconciliation,
+        "record_payment",
+        billing.payment_to_fhir,
+        lambda r, g: {"data": billing.payment_input(r, None)},
+    ),
 }
 
 
@@ -179,6 +192,7 @@ UPDATES: dict[str, tuple[Any, Mapper, Callable[[dict[str, Any], str, int], tuple
     "MedicationRequest": (MedicationRequest, mapping.prescription_to_fhir, _update_prescription),
     "Consent": (Consent, records.consent_to_fhir, _update_consent),
     "Encounter": (Encounter, mapping.encounter_to_fhir, mapping.encounter_change),
+    "Invoice": (Invoice, mapping.invoice_to_fhir, billing.invoice_change),
 }
 
 # What a DELETE does (a retained status change), by resource type.
@@ -202,6 +216,14 @@ DELETES: dict[
         records.consent_to_fhir,
         lambda rid, v: ("withdraw_consent", {"consent_id": rid, "expected_version": v}),
         lambda g, rid: g.read_consent(consent_id=rid),
+    ),
+    "Invoice": (
+        mapping.invoice_to_fhir,
+        lambda rid, v: (
+            "cancel_invoice",
+            {"invoice_id": rid, "expected_version": v, "reason": DELETED_REASON},
+        ),
+        lambda g, rid: g.read_invoice(invoice_id=rid),
     ),
 }
 
@@ -404,6 +426,8 @@ def _operation(entry: Entry) -> str:
         return "cancel_appointment" if resource.get("status") == "cancelled" else "amend_appointment"
     if entry.resource_type == "Encounter":
         return mapping.encounter_operation(resource)
+    if entry.resource_type == "Invoice":
+        return billing.invoice_operation(resource)
     return {
         "Patient": "update_patient",
         "DocumentReference": "amend_note",

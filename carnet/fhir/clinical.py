@@ -1,7 +1,7 @@
 """FHIR clinical resources, all through the gate: Appointment, DocumentReference (notes),
 MedicationRequest, AllergyIntolerance, Encounter (stays: admit, transfer, discharge, each a kept
-version), Observation (search, create, vread, `_history`), Condition, Coverage and Invoice
-(search by patient: they are read as the patient's chart sections).
+version), Observation (search, create, vread, `_history`), Condition and Coverage (search by
+patient: they are read as the patient's chart sections). Invoices are in carnet.fhir.billing.
 
 Searches are by patient only: there is no browsing of a resource type across patients.
 """
@@ -465,7 +465,6 @@ _register(
     {"patient": "reference", "category": "token", "code": "token"},
 )
 _register("Coverage", ["search-type"], {"beneficiary": "reference", "patient": "reference"})
-_register("Invoice", ["search-type"], {"patient": "reference", "status": "token"})
 
 
 @router.get("/Condition")
@@ -567,14 +566,3 @@ def search_coverage(request: Request) -> Response:
     patient = patient_of(request, {"beneficiary", "patient"}, subject=subject)
     section = gate.list_coverage(patient_id=patient)
     return paged(request, "Coverage", [mapping.coverage_to_fhir(c.model_dump()) for c in section.coverages])
-
-
-@router.get("/Invoice")
-def search_invoices(request: Request) -> Response:
-    gate = gate_for(request, "Invoice", "search")
-    patient = patient_of(request, {"status"})
-    status = request.query_params.get("status")
-    views = [
-        v for v in gate.list_invoices(patient_id=patient) if status is None or v.status in status.split(",")
-    ]
-    return paged(request, "Invoice", [mapping.invoice_to_fhir(v.model_dump()) for v in views])

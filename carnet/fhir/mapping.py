@@ -45,6 +45,7 @@ EXT = "https://carnet.example.org/fhir/StructureDefinition/"
 AMENDMENT_REASON = EXT + "amendment-reason"
 ALLERGY_OVERRIDE = EXT + "allergy-override-reason"
 OPPOSES_OTHER_FACILITIES = EXT + "opposes-other-facilities"
+INVOICE_ENCOUNTER = EXT + "invoice-encounter"  # the stay an invoice bills (R4 Invoice has no encounter)
 CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
 CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -551,13 +552,16 @@ def invoice_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
         }
         for i, line in enumerate(d.get("lines") or [], start=1)
     ]
+    encounter = ref("Encounter", d.get("encounter_id"))
     resource = clean(
         {
             "resourceType": "Invoice",
             "id": d["id"],
             "meta": meta(d),
+            "extension": [{"url": INVOICE_ENCOUNTER, "valueReference": encounter}] if encounter else None,
             "identifier": [{"value": d["number"]}] if d.get("number") else None,
             "status": d.get("status") or "draft",
+            "cancelledReason": d.get("cancel_reason"),
             "subject": ref("Patient", d.get("patient_id")),
             "date": when(d.get("issued_at")),
             "lineItem": lines,

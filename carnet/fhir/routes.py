@@ -6,7 +6,17 @@ from fastapi import APIRouter
 
 
 def routers() -> list[APIRouter]:
-    from carnet.fhir import auditevents, bundles, clinical, directory, exports, patients, records, search_post
+    from carnet.fhir import (
+        auditevents,
+        billing,
+        bundles,
+        clinical,
+        directory,
+        exports,
+        patients,
+        records,
+        search_post,
+    )
 
     # exports first: its Patient/$export is a literal path, patients has Patient/{id}.
     # search_post first too: POST <type>/_search must not be read as a write to <type>.
@@ -16,6 +26,7 @@ def routers() -> list[APIRouter]:
         patients.router,
         clinical.router,
         records.router,
+        billing.router,
         directory.router,
         auditevents.router,
         bundles.router,

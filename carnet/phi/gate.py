@@ -68,7 +68,7 @@ from carnet.kernel.errors import (
     Throttled,
 )
 from carnet.kernel.ids import new_id, parse_id
-from carnet.org.models import Location, Practitioner
+from carnet.org.models import Facility, Location, Practitioner
 from carnet.patients.models import CareRelationship, Consent, ExportFile, Patient, ResourceVersion
 from carnet.phi import care
 from carnet.phi.schemas import (
@@ -92,6 +92,7 @@ from carnet.phi.schemas import (
     EncounterInput,
     EncounterView,
     ExportJobView,
+    InvoiceInput,
     InvoiceLineView,
     InvoiceView,
     NoteVersionView,
@@ -913,6 +914,8 @@ class Gate:
             "version_id": r.version_id,
             "paid_cents": sum(p.amount_cents for p in payments),
             "payments": payments,
+            "encounter_id": _s(r.encounter_id),
+            "cancel_reason": r.cancel_reason,
         }
         return _redact(InvoiceView, data, fields)
 
@@ -1519,11 +1522,14 @@ class Gate:
         self._authorize(tx, patient, RT.INVOICE, write=True)
         if invoice.status != "issued":
             raise Conflict(f"this invoice is {invoice.status}: only an issued invoice takes a payment")
+        if invoice.version_id != data.expected_version:
+            raise Conflict("the resource was changed by someone else: reload and try again")
         paid = self._paid(tx, invoice.id)
         due = invoice.total_cents - paid
         if data.amount_cents > due:
             raise InvalidInput(f"the payment is more than the {due / 100:.2f} {invoice.currency} still due")
         status = "balanced" if data.amount_cents == due else invoice.status
+        self._first_version(tx, RT.INVOICE, invoice, patient, self._invoice_snapshot(tx, invoice))
         self._bump(tx, Invoice, invoice, data.expected_version, status=status)
         payment_id = new_id()
         tx.session.add(
@@ -1546,6 +1552,126 @@ class Gate:
         fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.INVOICE)
         self._expose(tx, [patient.id], Channel.WRITE, rels, fields, resource=RT.INVOICE)
         return self._invoice_view(tx, invoice, fields)
+
+    def _invoice_snapshot(self, tx: _Tx, invoice: Invoice) -> dict[str, Any]:
+        data: dict[str, Any] = self._invoice_view(tx, invoice, ALL_INVOICE_FIELDS).model_dump(mode="json")
+        return data
+
+    def _written_invoice(self, tx: _Tx, patient: Patient, invoice: Invoice, action: str) -> InvoiceView:
+        data = self._invoice_snapshot(tx, invoice)
+        self._snapshot(tx, RT.INVOICE, invoice.id, invoice.version_id, patient, action, data)
+        rels = self._relationships(tx, [patient])
+        fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.INVOICE)
+        self._expose(tx, [patient.id], Channel.WRITE, rels, fields, resource=RT.INVOICE)
+        return self._invoice_view(tx, invoice, fields)
+
+    def _invoice_number(self, tx: _Tx, facility_id: uuid.UUID) -> str:
+        """The facility's next invoice number of the year, F<FINESS>-<year>-<sequence>: numbered
+        in order without gaps, as French invoicing rules ask; one number at a time per facility."""
+        if tx.session.get_bind().dialect.name == "postgresql":
+            # SQLite already holds its one write lock (BEGIN IMMEDIATE); PostgreSQL orders two
+            # clerks issuing at once here, until the commit, so both cannot take the same number.
+            tx.session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"carnet:invoice-number:{facility_id}"},
+            )
+        finess = tx.session.scalar(select(Facility.finess).where(Facility.id == facility_id))
+        if finess is None:
+            raise NotFound(NOT_FOUND)
+        prefix = f"F{finess}-{tx.now.year:04d}-"
+        last = tx.session.scalar(
+            select(func.max(Invoice.number)).where(
+                Invoice.facility_id == facility_id, Invoice.number.like(prefix + "%")
+            )
+        )
+        sequence = int(last.removeprefix(prefix)) + 1 if last and last.removeprefix(prefix).isdigit() else 1
+        return f"{prefix}{sequence:07d}"
+
+    def _invoice_to_change(self, tx: _Tx, invoice_id: str, expected_version: int) -> tuple[Invoice, Patient]:
+        """An invoice to change, by a role that bills the patient, at the version the client read
+        (a stale one is refused before its content is judged)."""
+        iid = parse_id(invoice_id)
+        invoice = tx.session.get(Invoice, iid, with_for_update=True) if iid else None
+        if invoice is None:
+            raise NotFound(NOT_FOUND)
+        patient = self._patient(tx, invoice.patient_id)
+        self._authorize(tx, patient, RT.INVOICE, write=True)
+        if invoice.version_id != expected_version:
+            raise Conflict("the resource was changed by someone else: reload and try again")
+        return invoice, patient
+
+    @guarded(AuditKind.PHI_CREATE, RT.INVOICE, targeted=True)
+    def issue_invoice(self, tx: _Tx, /, *, data: InvoiceInput) -> InvoiceView:
+        """Invoice a patient (optionally for one of their stays): numbered by the facility,
+        total = the sum of its lines, issued now (or kept as a draft), version 1."""
+        patient = self._patient(tx, data.patient_id)
+        self._authorize(tx, patient, RT.INVOICE, write=True)
+        if patient.merged_into_id is not None:
+            raise Conflict("this patient record was merged: invoice the record it was merged into")
+        encounter = self._encounter_id(tx, data.encounter_id, patient)
+        total = sum(line.amount_cents for line in data.lines)
+        if total > 100_000_000:
+            raise InvalidInput("an invoice totals at most 1,000,000.00")
+        issued = data.status == "issued"
+        invoice = Invoice(
+            id=new_id(),
+            facility_id=patient.facility_id,
+            patient_id=patient.id,
+            encounter_id=encounter,
+            number=self._invoice_number(tx, patient.facility_id),
+            status=data.status,
+            issued_at=tx.now if issued else None,
+            total_cents=total,
+            currency=data.currency,
+            cancel_reason=None,
+            version_id=1,
+            created_at=tx.now,
+            updated_at=tx.now,
+        )
+        tx.session.add(invoice)
+        tx.session.flush()
+        for line in data.lines:
+            tx.session.add(
+                InvoiceLine(
+                    invoice_id=invoice.id,
+                    code=line.code,
+                    description=line.description,
+                    amount_cents=line.amount_cents,
+                )
+            )
+        tx.session.flush()
+        return self._written_invoice(tx, patient, invoice, "create")
+
+    @guarded(AuditKind.PHI_UPDATE, RT.INVOICE, targeted=True)
+    def finalize_invoice(self, tx: _Tx, /, *, invoice_id: str, expected_version: int) -> InvoiceView:
+        """Issue a draft invoice: status issued, dated now; it may then be paid."""
+        invoice, patient = self._invoice_to_change(tx, invoice_id, expected_version)
+        if invoice.status != "draft":
+            raise Conflict(f"this invoice is {invoice.status}: only a draft is issued")
+        self._first_version(tx, RT.INVOICE, invoice, patient, self._invoice_snapshot(tx, invoice))
+        self._bump(tx, Invoice, invoice, expected_version, status="issued", issued_at=tx.now)
+        return self._written_invoice(tx, patient, invoice, "update")
+
+    @guarded(AuditKind.PHI_UPDATE, RT.INVOICE, targeted=True)
+    def cancel_invoice(
+        self, tx: _Tx, /, *, invoice_id: str, expected_version: int, reason: str
+    ) -> InvoiceView:
+        """Cancel a draft or an unpaid issued invoice, with a reason: kept (never deleted), its
+        number never reused, every version in its history. One that took a payment is not
+        cancelled: the payment would vanish from the books."""
+        reason = reason.strip()
+        if not reason or len(reason) > 200:
+            raise InvalidInput("a cancellation needs a reason (at most 200 characters)")
+        invoice, patient = self._invoice_to_change(tx, invoice_id, expected_version)
+        if invoice.status not in ("draft", "issued"):
+            raise Conflict(
+                f"this invoice is {invoice.status}: only a draft or an issued invoice is cancelled"
+            )
+        if self._paid(tx, invoice.id):
+            raise Conflict("this invoice has received payments: it cannot be cancelled")
+        self._first_version(tx, RT.INVOICE, invoice, patient, self._invoice_snapshot(tx, invoice))
+        self._bump(tx, Invoice, invoice, expected_version, status="cancelled", cancel_reason=reason)
+        return self._written_invoice(tx, patient, invoice, "update")
 
     def _paid(self, tx: _Tx, invoice_id: uuid.UUID) -> int:
         total = tx.session.scalar(
@@ -2322,6 +2448,22 @@ class Gate:
         row, fields = self._read_one(tx, RT.ENCOUNTER, encounter_id)
         return _redact(EncounterView, _encounter_data(row), fields)
 
+    @guarded(AuditKind.PHI_READ, RT.INVOICE, targeted=True)
+    def read_invoice(self, tx: _Tx, /, *, invoice_id: str) -> InvoiceView:
+        row, fields = self._read_one(tx, RT.INVOICE, invoice_id)
+        return self._invoice_view(tx, row, fields)
+
+    @guarded(AuditKind.PHI_READ, RT.INVOICE, targeted=True)
+    def read_payment(self, tx: _Tx, /, *, payment_id: str) -> InvoiceView:
+        """A payment, read as the invoice it paid (a payment is part of its invoice)."""
+        pid = parse_id(payment_id)
+        payment = tx.session.get(Payment, pid) if pid else None
+        if payment is None:
+            raise NotFound(NOT_FOUND)
+        row, fields = self._read_one(tx, RT.INVOICE, str(payment.invoice_id))
+        tx.resource_ids.append(str(payment.id))
+        return self._invoice_view(tx, row, fields)
+
     # -- care teams (read only: a care relationship opens the chart, so none is made here) ------
     @guarded(AuditKind.PHI_READ, RT.CARE_TEAM, targeted=True)
     def list_care_team(self, tx: _Tx, /, *, patient_id: str) -> list[CareTeamView]:
@@ -2860,6 +3002,7 @@ _RECORD_MODELS: dict[ResourceType, Any] = {
     RT.CARE_TEAM: CareRelationship,
     RT.DIAGNOSTIC_REPORT: DiagnosticReport,
     RT.CONSENT: Consent,
+    RT.INVOICE: Invoice,
 }
 
 
@@ -2894,6 +3037,10 @@ TRANSACTION_OPERATIONS = frozenset(
         "discharge_encounter",
         "record_observation",
         "record_diagnostic_report",
+        "issue_invoice",
+        "finalize_invoice",
+        "cancel_invoice",
+        "record_payment",
     }
 )
 

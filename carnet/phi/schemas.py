@@ -170,6 +170,8 @@ class InvoiceView(Redactable):
     version_id: int | None = None
     paid_cents: int | None = None
     payments: list[PaymentView] | None = None
+    encounter_id: str | None = None
+    cancel_reason: str | None = None
 
 
 class ObservationView(Redactable):
@@ -388,6 +390,29 @@ class PaymentInput(BaseModel):
     expected_version: int
     amount_cents: int = Field(gt=0, le=100_000_000)
     method: str = Field(pattern="^(card|cash|cheque|transfer|insurer)$")
+
+
+class InvoiceLineInput(BaseModel):
+    """One billed act: its code (CCAM / NGAP), what it is, and a positive amount in cents."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=20)
+    description: str = Field(min_length=1, max_length=200)
+    amount_cents: int = Field(gt=0, le=100_000_000)
+
+
+class InvoiceInput(BaseModel):
+    """An invoice to issue (or to keep as a draft): the patient, the stay it bills (optional,
+    the patient's own) and its lines; the number and the total are the gate's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    encounter_id: str | None = None
+    lines: list[InvoiceLineInput] = Field(min_length=1, max_length=200)
+    currency: str = Field(default="EUR", pattern="^[A-Z]{3}$")
+    status: str = Field(default="issued", pattern="^(draft|issued)$")
 
 
 class ScheduleEntry(BaseModel):

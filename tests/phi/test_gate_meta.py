@@ -27,6 +27,8 @@ from carnet.phi.schemas import (
     CardReadingInput,
     DiagnosticReportInput,
     EncounterInput,
+    InvoiceInput,
+    InvoiceLineInput,
     ObservationInput,
     PatientChanges,
     PatientInput,
@@ -60,6 +62,8 @@ class World:
     no_stay: str = ""  # a patient in the physician's care with no stay in progress
     observation: str = ""  # a lab result of the patient in no report yet
     ward: str = ""  # a ward of the facility
+    draft: str = ""  # a draft invoice of the patient
+    payment: str = ""  # a payment of another invoice of the patient
 
 
 def _world(runtime: Runtime) -> World:
@@ -132,6 +136,8 @@ def _world(runtime: Runtime) -> World:
         no_stay=consenting.id,
         observation=observation.id,
         ward=str(f.make_location(runtime, facility)),
+        draft=str(f.make_invoice(runtime, patient_id=patient.id, facility_id=facility, status="draft")),
+        payment=_paid_invoice(runtime, billing, patient.id, facility),
         job=jobs[0],
         done=jobs[1],
         encounter=str(stay),
@@ -182,6 +188,22 @@ def _report(patient: str, results: list[str]) -> DiagnosticReportInput:
         display="NFS",
         issued_at=dt.datetime.now(dt.UTC),
         result_ids=results,
+    )
+
+
+def _paid_invoice(runtime: Runtime, billing: Actor, patient: str, facility: uuid.UUID) -> str:
+    invoice = str(f.make_invoice(runtime, patient_id=patient, facility_id=facility))
+    paid = Gate(runtime, billing).record_payment(
+        data=PaymentInput(invoice_id=invoice, expected_version=1, amount_cents=2000, method="cash")
+    )
+    assert paid.payments
+    return paid.payments[0].id
+
+
+def _bill(patient: str) -> InvoiceInput:
+    return InvoiceInput(
+        patient_id=patient,
+        lines=[InvoiceLineInput(code="CS", description="Consultation", amount_cents=3000)],
     )
 
 
@@ -577,6 +599,31 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.record_payment(
             data=PaymentInput(invoice_id=w.invoice, expected_version=7, amount_cents=500, method="card")
         ),
+    ),
+    "issue_invoice": (
+        "billing",
+        lambda g, w: g.issue_invoice(data=_bill(w.patient)),
+        lambda g, w: g.issue_invoice(data=_bill(MISSING)),
+    ),
+    "read_invoice": (
+        "billing",
+        lambda g, w: g.read_invoice(invoice_id=w.invoice),
+        lambda g, w: g.read_invoice(invoice_id=MISSING),
+    ),
+    "read_payment": (
+        "billing",
+        lambda g, w: g.read_payment(payment_id=w.payment),
+        lambda g, w: g.read_payment(payment_id=MISSING),
+    ),
+    "finalize_invoice": (
+        "billing",
+        lambda g, w: g.finalize_invoice(invoice_id=w.draft, expected_version=1),
+        lambda g, w: g.finalize_invoice(invoice_id=w.invoice, expected_version=1),  # not a draft
+    ),
+    "cancel_invoice": (
+        "billing",
+        lambda g, w: g.cancel_invoice(invoice_id=w.invoice, expected_version=1, reason="erreur de saisie"),
+        lambda g, w: g.cancel_invoice(invoice_id=w.invoice, expected_version=4, reason="erreur de saisie"),
     ),
     "export": (
         "physician",
