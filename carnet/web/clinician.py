@@ -175,6 +175,8 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["draft"] = {}
     context["card_problem"] = None
     context["pay_problem"] = None
+    context["invoice_problem"] = None
+    context["invoice_lines"] = []
     return context
 
 

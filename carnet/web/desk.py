@@ -16,9 +16,16 @@ from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.audit.search import own_access_log
 from carnet.identity.dependencies import runtime_of
-from carnet.kernel.errors import Conflict, Forbidden, InvalidInput
+from carnet.kernel.errors import CarnetError, Conflict, Forbidden, InvalidInput
 from carnet.phi.gate import Gate
-from carnet.phi.schemas import AppointmentInput, CardReadingInput, PatientInput, PaymentInput
+from carnet.phi.schemas import (
+    AppointmentInput,
+    CardReadingInput,
+    InvoiceInput,
+    InvoiceLineInput,
+    PatientInput,
+    PaymentInput,
+)
 from carnet.web.clinician import EAGER_SECTIONS, chart_context
 from carnet.web.rendering import render
 from carnet.web.routing import WebActor, WebRoute, redirect, refuse
@@ -278,6 +285,95 @@ def record_payment(
         context["pay_problem"] = str(exc)
         status = 409 if isinstance(exc, Conflict) else 400
         return render(request, "clinician/chart.html", context, status_code=status)
+    return redirect(f"/patients/{patient_id}#invoices")
+
+
+INVOICE_FORM_LINES = 5  # rows of the chart's invoice form; more acts go in a second invoice
+
+
+def _invoice_problem(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    exc: CarnetError,
+    lines: list[tuple[str, str, str]] | None = None,
+) -> Response:
+    """The chart again, its invoices open, saying why nothing changed (the typed lines kept)."""
+    context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"invoices"})
+    context["invoice_problem"] = str(exc)
+    context["invoice_lines"] = lines or []
+    return render(
+        request, "clinician/chart.html", context, status_code=409 if isinstance(exc, Conflict) else 400
+    )
+
+
+@router.post("/billing/invoices")
+def issue_invoice(
+    request: Request,
+    actor: WebActor,
+    patient_id: Annotated[str, Form(max_length=40)],
+    code: Annotated[list[str], Form(max_length=INVOICE_FORM_LINES)],
+    description: Annotated[list[str], Form(max_length=INVOICE_FORM_LINES)],
+    amount: Annotated[list[str], Form(max_length=INVOICE_FORM_LINES)],
+    draft: Annotated[str | None, Form(max_length=1)] = None,
+) -> Response:
+    """Issue an invoice (or keep a draft) from the chart's invoices section; blank rows are skipped."""
+    typed = [
+        (c.strip()[:20], d.strip()[:200], a.strip()[:20])
+        for c, d, a in zip(code, description, amount, strict=False)
+    ]
+    try:
+        rows = [row for row in typed if any(row)]
+        if not rows:
+            raise InvalidInput("an invoice needs at least one act: its code, what it is and its amount")
+        if any(not all(row) for row in rows):
+            raise InvalidInput("each act needs its code, what it is and its amount")
+        try:
+            data = InvoiceInput(
+                patient_id=patient_id,
+                lines=[InvoiceLineInput(code=c, description=d, amount_cents=_cents(a)) for c, d, a in rows],
+                status="draft" if draft else "issued",
+            )
+        except ValidationError as exc:
+            raise InvalidInput(_fields_message(exc)) from None
+        Gate(runtime_of(request), actor).issue_invoice(data=data)
+    except (InvalidInput, Conflict) as exc:
+        return _invoice_problem(request, actor, patient_id, exc, typed)
+    return redirect(f"/patients/{patient_id}#invoices")
+
+
+@router.post("/billing/invoices/{invoice_id}/issue")
+def finalize_invoice(
+    request: Request,
+    actor: WebActor,
+    invoice_id: str,
+    patient_id: Annotated[str, Form(max_length=40)],
+    expected_version: Annotated[int, Form()],
+) -> Response:
+    try:
+        Gate(runtime_of(request), actor).finalize_invoice(
+            invoice_id=invoice_id, expected_version=expected_version
+        )
+    except (InvalidInput, Conflict) as exc:
+        return _invoice_problem(request, actor, patient_id, exc)
+    return redirect(f"/patients/{patient_id}#invoices")
+
+
+@router.post("/billing/invoices/{invoice_id}/cancel")
+def cancel_invoice(
+    request: Request,
+    actor: WebActor,
+    invoice_id: str,
+    patient_id: Annotated[str, Form(max_length=40)],
+    expected_version: Annotated[int, Form()],
+    reason: Annotated[str, Form(max_length=200)],
+) -> Response:
+    try:
+        Gate(runtime_of(request), actor).cancel_invoice(
+            invoice_id=invoice_id, expected_version=expected_version, reason=reason
+        )
+    except (InvalidInput, Conflict) as exc:
+        return _invoice_problem(request, actor, patient_id, exc)
     return redirect(f"/patients/{patient_id}#invoices")
 
 
