@@ -32,7 +32,7 @@ from tests.factories import (
     register_patient,
 )
 from tests.fhir.conftest import Server, audit_rows
-from tests.fhir.test_stays_and_reports import _exposures
+from tests.fhir.test_stays_and_reports import _exposures, _race
 
 CCAM = "https://www.ameli.fr/accueil-de-la-ccam"
 
@@ -361,3 +361,42 @@ def test_invoices_and_payments_in_a_transaction_all_or_nothing(fhir_server_both:
     assert (
         audit_rows(runtime, clerk.account_id).count(("phi:resource:transaction", "success", "Patient")) == 1
     )
+
+
+def test_concurrent_clerks_get_distinct_numbers_and_one_payment_wins(fhir_server_both: Server) -> None:
+    server = fhir_server_both
+    runtime = server.runtime
+    facility, clerk, patient_id, _stay = _hospital(runtime)
+    clerks = [clerk] + [make_account(runtime, roles=[Role.BILLING], facility_id=facility) for _ in range(3)]
+    clients = [server.client_for(c) for c in clerks]
+    made: list[dict[str, Any]] = []
+
+    def issue(client: SyncFHIRClient) -> Any:
+        def job() -> None:
+            invoice = client.resource("Invoice", **_invoice(patient_id))
+            invoice.save()
+            made.append(invoice.serialize())
+
+        return job
+
+    outcomes = _race([issue(c) for c in clients])
+    assert sorted(outcomes) == [f"won:{i}" for i in range(4)], outcomes
+    numbers = sorted(i["identifier"][0]["value"] for i in made)
+    assert [n[-7:] for n in numbers] == ["0000001", "0000002", "0000003", "0000004"]  # no gap, no twin
+
+    # Three clerks record the same payment of version 1 at once: one is recorded, two get 412.
+    target = made[0]
+
+    def pay(client: SyncFHIRClient) -> Any:
+        return lambda: client.resource("PaymentReconciliation", **_payment(target, 30)).save()
+
+    outcomes = _race([pay(c) for c in clients[:3]])
+    assert sorted(outcomes)[:2] == ["412", "412"] and sorted(outcomes)[2].startswith("won:"), outcomes
+    with runtime.session_factory() as session:
+        paid = session.scalar(
+            select(func.coalesce(func.sum(Payment.amount_cents), 0)).where(
+                Payment.invoice_id == uuid.UUID(target["id"])
+            )
+        )
+    assert paid == 3000
+    assert clients[0].reference("Invoice", target["id"]).to_resource()["status"] == "balanced"
