@@ -27,6 +27,7 @@ from tests.factories import (
     link_care,
     make_account,
     make_facility,
+    make_invoice,
     make_nurse,
     make_physician,
     register_patient,
@@ -400,3 +401,20 @@ def test_concurrent_clerks_get_distinct_numbers_and_one_payment_wins(fhir_server
         )
     assert paid == 3000
     assert clients[0].reference("Invoice", target["id"]).to_resource()["status"] == "balanced"
+
+
+def test_a_seeded_invoice_keeps_its_first_state_when_first_paid(fhir_server_both: Server) -> None:
+    server = fhir_server_both
+    runtime = server.runtime
+    facility, clerk, patient_id, _stay = _hospital(runtime)
+    seeded = str(make_invoice(runtime, patient_id=patient_id, facility_id=facility, total_cents=5000))
+    client = server.client_for(clerk)
+    invoice = client.reference("Invoice", seeded).to_resource()
+    assert invoice["meta"]["versionId"] == "1"
+    with pytest.raises(ResourceNotFound):  # no version kept yet: it was written by the billing run
+        client.execute(f"Invoice/{seeded}/_history", method="get")
+    client.resource("PaymentReconciliation", **_payment(invoice.serialize(), 50)).save()
+    history = client.execute(f"Invoice/{seeded}/_history", method="get")
+    assert [e["resource"]["status"] for e in history["entry"]] == ["balanced", "issued"]
+    provenance = client.resources("Provenance").search(target=f"Invoice/{seeded}").fetch()
+    assert sorted(p["activity"]["coding"][0]["code"] for p in provenance) == ["CREATE", "UPDATE"]
