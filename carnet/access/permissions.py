@@ -36,6 +36,7 @@ class Permission(StrEnum):
     OBSERVATION_READ = "phi:observation:read"
     OBSERVATION_WRITE = "phi:observation:write"  # observations, and lab reports grouping them
     CONDITION_READ = "phi:condition:read"
+    CONDITION_WRITE = "phi:condition:write"  # problems and diagnoses (ICD-10)
     CONSENT_WRITE = "phi:consent:write"
     HISTORY_READ = "phi:history:read"
     BREAK_GLASS = "access:break-glass:start"
@@ -78,6 +79,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.PRESCRIPTION_WRITE,
         P.ENCOUNTER_WRITE,
         P.OBSERVATION_WRITE,
+        P.CONDITION_WRITE,
         P.EXPORT_REQUEST,
         P.CONSENT_WRITE,
     },

@@ -166,7 +166,19 @@ OBSERVATION_ALL = frozenset(
         "version_id",
     }
 )
-CONDITION_ALL = frozenset({"id", "patient_id", "code", "display", "clinical_status", "onset_at"})
+CONDITION_ALL = frozenset(
+    {
+        "id",
+        "patient_id",
+        "code",
+        "display",
+        "clinical_status",
+        "verification_status",
+        "onset_at",
+        "recorded_by",
+        "version_id",
+    }
+)
 CARE_TEAM_ALL = frozenset(
     {"id", "patient_id", "facility_id", "practitioner_id", "kind", "status", "start_at", "end_at"}
 )
@@ -296,10 +308,16 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         # break-the-glass alone: a stay makes its attending a care relationship, which would
         # outlast the one-hour, one-patient emergency access.
         T.ENCOUNTER: CLINICAL - {R.BREAK_GLASS},
+        # Correcting a result or a lab report makes no care relationship: emergency care may
+        # correct one under break-the-glass (the correction is audited as break-the-glass).
         T.OBSERVATION: CLINICAL,
         T.DIAGNOSTIC_REPORT: CLINICAL,
+        # Problems and diagnoses (ICD-10) are a physician's: recorded in an emergency too, since
+        # a diagnosis opens no access to the patient.
+        T.CONDITION: CLINICAL,
     },
-    # Nurses record vital signs; lab reports are signed by a physician (or imported).
+    # Nurses record vital signs; lab reports are signed by a physician (or imported), and so are
+    # diagnoses (a nurse reads the problem list but does not make a medical diagnosis).
     Role.NURSE: {T.ALLERGY: NURSING, T.NOTE: NURSING, T.OBSERVATION: NURSING},
     # A patient records (or withdraws) their own privacy decisions.
     Role.PATIENT: {T.CONSENT: SELF},
@@ -335,6 +353,7 @@ WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
     T.ENCOUNTER: Permission.ENCOUNTER_WRITE,
     T.OBSERVATION: Permission.OBSERVATION_WRITE,
     T.DIAGNOSTIC_REPORT: Permission.OBSERVATION_WRITE,
+    T.CONDITION: Permission.CONDITION_WRITE,
     T.ALLERGY: Permission.ALLERGY_WRITE,
     T.NOTE: Permission.NOTE_WRITE,
     T.PRESCRIPTION: Permission.PRESCRIPTION_WRITE,

@@ -4,7 +4,8 @@ answered with its status or its OperationOutcome).
 
 Entries: POST (create), PUT `Type/id` (update, with `request.ifMatch` or `meta.versionId`),
 DELETE `Type/id` (the retained status change of that type: a Patient becomes inactive, an
-Appointment or an Invoice is cancelled, a Consent withdrawn) and, in a batch only, GET (any
+Appointment or an Invoice is cancelled, a Consent withdrawn, a stay, an Observation, a
+DiagnosticReport or a Condition marked entered-in-error) and, in a batch only, GET (any
 read or search the API serves, run as its own request of the same actor: authorized and
 audited the same).
 """
@@ -21,6 +22,7 @@ from fastapi.responses import Response
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.documentreference import DocumentReference
@@ -122,6 +124,12 @@ CREATES: dict[str, Kind] = {
         records.report_to_fhir,
         lambda r, g: {"data": records.report_input(r)},
     ),
+    "Condition": Kind(
+        Condition,
+        "record_condition",
+        mapping.condition_to_fhir,
+        lambda r, g: {"data": mapping.condition_input(r)},
+    ),
     "Invoice": Kind(
         Invoice, "issue_invoice", mapping.invoice_to_fhir, lambda r, g: {"data": billing.invoice_input(r)}
     ),
@@ -192,6 +200,9 @@ UPDATES: dict[str, tuple[Any, Mapper, Callable[[dict[str, Any], str, int], tuple
     "MedicationRequest": (MedicationRequest, mapping.prescription_to_fhir, _update_prescription),
     "Consent": (Consent, records.consent_to_fhir, _update_consent),
     "Encounter": (Encounter, mapping.encounter_to_fhir, mapping.encounter_change),
+    "Observation": (Observation, mapping.observation_to_fhir, mapping.observation_change),
+    "DiagnosticReport": (DiagnosticReport, records.report_to_fhir, records.report_change),
+    "Condition": (Condition, mapping.condition_to_fhir, mapping.condition_change),
     "Invoice": (Invoice, mapping.invoice_to_fhir, billing.invoice_change),
 }
 
@@ -216,6 +227,36 @@ DELETES: dict[
         records.consent_to_fhir,
         lambda rid, v: ("withdraw_consent", {"consent_id": rid, "expected_version": v}),
         lambda g, rid: g.read_consent(consent_id=rid),
+    ),
+    # Clinical records and stays: marked entered-in-error, kept and readable.
+    "Encounter": (
+        mapping.encounter_to_fhir,
+        lambda rid, v: ("mark_encounter_entered_in_error", {"encounter_id": rid, "expected_version": v}),
+        lambda g, rid: g.read_encounter(encounter_id=rid),
+    ),
+    "Observation": (
+        mapping.observation_to_fhir,
+        lambda rid, v: (
+            "amend_observation",
+            {"observation_id": rid, "expected_version": v, "status": "entered-in-error"},
+        ),
+        lambda g, rid: g.read_observation(observation_id=rid),
+    ),
+    "DiagnosticReport": (
+        records.report_to_fhir,
+        lambda rid, v: (
+            "amend_diagnostic_report",
+            {"report_id": rid, "expected_version": v, "status": "entered-in-error"},
+        ),
+        lambda g, rid: g.read_diagnostic_report(report_id=rid),
+    ),
+    "Condition": (
+        mapping.condition_to_fhir,
+        lambda rid, v: (
+            "amend_condition",
+            {"condition_id": rid, "expected_version": v, "verification_status": "entered-in-error"},
+        ),
+        lambda g, rid: g.read_condition(condition_id=rid),
     ),
     "Invoice": (
         mapping.invoice_to_fhir,
@@ -433,6 +474,9 @@ def _operation(entry: Entry) -> str:
         "DocumentReference": "amend_note",
         "MedicationRequest": "stop_prescription",
         "Consent": "withdraw_consent",
+        "Observation": "amend_observation",
+        "DiagnosticReport": "amend_diagnostic_report",
+        "Condition": "amend_condition",
     }[entry.resource_type]
 
 

@@ -1,7 +1,8 @@
 """FHIR clinical resources, all through the gate: Appointment, DocumentReference (notes),
-MedicationRequest, AllergyIntolerance, Encounter (stays: admit, transfer, discharge, each a kept
-version), Observation (search, create, vread, `_history`), Condition and Coverage (search by
-patient: they are read as the patient's chart sections). Invoices are in carnet.fhir.billing.
+MedicationRequest, AllergyIntolerance, Encounter (stays: admit, transfer, discharge, or entered in
+error, each a kept version), Observation (search, create, correct, vread, `_history`), Condition
+(problems and diagnoses: create, amend, entered in error, vread, `_history`) and Coverage (search by
+patient: read as the patient's chart section). Invoices are in carnet.fhir.billing.
 
 Searches are by patient only: there is no browsing of a resource type across patients.
 """
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.medicationrequest import MedicationRequest
@@ -68,6 +70,8 @@ def _read_view(gate: Gate, resource_type: str, resource_id: str) -> Any:
         "DocumentReference": lambda i: gate.read_note(note_id=i),
         "MedicationRequest": lambda i: gate.read_prescription(prescription_id=i),
         "AllergyIntolerance": lambda i: gate.read_allergy(allergy_id=i),
+        "Condition": lambda i: gate.read_condition(condition_id=i),
+        "Encounter": lambda i: gate.read_encounter(encounter_id=i),
     }
     return readers[resource_type](resource_id)
 
@@ -400,7 +404,7 @@ def vread_allergy(request: Request, allergy_id: str, version_id: str) -> Respons
 ENCOUNTER = "Encounter"
 _register(
     ENCOUNTER,
-    ["read", "vread", "history-instance", "search-type", "create", "update"],
+    ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
     {"patient": "reference", "status": "token"},
 )
 
@@ -447,6 +451,16 @@ def update_encounter(request: Request, encounter_id: str, body: dict[str, Any] =
     return resource_response(request, mapping.encounter_to_fhir(view.model_dump()))
 
 
+@router.delete("/Encounter/{encounter_id}")
+def delete_encounter(request: Request, encounter_id: str) -> Response:
+    """A stay opened by mistake: marked entered-in-error, kept and readable; no longer in
+    progress (the patient can be admitted again), so the care relationships it made end."""
+    gate = gate_for(request, ENCOUNTER, "delete")
+    version = _version_of(gate, request, ENCOUNTER, encounter_id)
+    view = gate.mark_encounter_entered_in_error(encounter_id=encounter_id, expected_version=version)
+    return resource_response(request, mapping.encounter_to_fhir(view.model_dump()))
+
+
 @router.get("/Encounter/{encounter_id}/_history")
 def encounter_history(request: Request, encounter_id: str) -> Response:
     return _history(request, ENCOUNTER, encounter_id, mapping.encounter_to_fhir)
@@ -457,8 +471,16 @@ def vread_encounter(request: Request, encounter_id: str, version_id: str) -> Res
     return _vread(request, ENCOUNTER, encounter_id, version_id, mapping.encounter_to_fhir)
 
 
-# == read-only chart sections ==================================================================
-_register("Condition", ["search-type"], {"patient": "reference", "clinical-status": "token"})
+# == Condition (problems and diagnoses, ICD-10) =================================================
+CONDITION = "Condition"
+_register(
+    CONDITION,
+    ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
+    {"patient": "reference", "clinical-status": "token", "verification-status": "token", "code": "token"},
+)
+
+
+# == chart sections read by patient ============================================================
 _register(
     "Observation",
     ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
@@ -467,17 +489,78 @@ _register(
 _register("Coverage", ["search-type"], {"beneficiary": "reference", "patient": "reference"})
 
 
+def _tokens(raw: str | None) -> list[str] | None:
+    """A token search value (`a,b`, each `system|code` or `code`) as its codes."""
+    return None if raw is None else [c.rpartition("|")[2] for c in raw.split(",")]
+
+
 @router.get("/Condition")
 def search_conditions(request: Request) -> Response:
-    gate = gate_for(request, "Condition", "search")
-    patient = patient_of(request, {"clinical-status"})
-    status = request.query_params.get("clinical-status")
+    gate = gate_for(request, CONDITION, "search")
+    patient = patient_of(request, {"clinical-status", "verification-status", "code"})
+    params = request.query_params
+    status = _tokens(params.get("clinical-status"))
+    verification = _tokens(params.get("verification-status"))
+    code = _tokens(params.get("code"))
     views = [
         v
         for v in gate.list_conditions(patient_id=patient)
-        if status is None or v.clinical_status in status.split(",")
+        # A Condition entered in error has no clinical status (as rendered): it matches none.
+        if (status is None or (v.clinical_status in status and v.verification_status != "entered-in-error"))
+        and (verification is None or v.verification_status in verification)
+        and (code is None or v.code in code)
     ]
-    return paged(request, "Condition", [mapping.condition_to_fhir(v.model_dump()) for v in views])
+    return paged(request, CONDITION, [mapping.condition_to_fhir(v.model_dump()) for v in views])
+
+
+@router.post("/Condition")
+def create_condition(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Record a problem or diagnosis: subject, an ICD-10 code.coding, clinicalStatus
+    (default active), verificationStatus (default confirmed), onsetDateTime."""
+    gate = gate_for(request, CONDITION, "create")
+    resource = validated(Condition, body, CONDITION)
+    view = gate.record_condition(data=mapping.condition_input(resource))
+    return resource_response(request, mapping.condition_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/Condition/{condition_id}")
+def read_condition(request: Request, condition_id: str) -> Response:
+    return _read(request, CONDITION, condition_id, mapping.condition_to_fhir)
+
+
+@router.put("/Condition/{condition_id}")
+def update_condition(request: Request, condition_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """Amend a problem (clinicalStatus, e.g. resolved; verificationStatus; onsetDateTime) or
+    mark it entered-in-error, with If-Match; its ICD-10 code stays. Every version is kept."""
+    gate = gate_for(request, CONDITION, "update")
+    resource = validated(Condition, body, CONDITION)
+    if resource.get("id") != condition_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    name, arguments = mapping.condition_change(resource, condition_id, version)
+    view = getattr(gate, name)(**arguments)
+    return resource_response(request, mapping.condition_to_fhir(view.model_dump()))
+
+
+@router.delete("/Condition/{condition_id}")
+def delete_condition(request: Request, condition_id: str) -> Response:
+    """Mark a problem entered-in-error: kept, still readable with that verification status."""
+    gate = gate_for(request, CONDITION, "delete")
+    version = _version_of(gate, request, CONDITION, condition_id)
+    view = gate.amend_condition(
+        condition_id=condition_id, expected_version=version, verification_status="entered-in-error"
+    )
+    return resource_response(request, mapping.condition_to_fhir(view.model_dump()))
+
+
+@router.get("/Condition/{condition_id}/_history")
+def condition_history(request: Request, condition_id: str) -> Response:
+    return _history(request, CONDITION, condition_id, mapping.condition_to_fhir)
+
+
+@router.get("/Condition/{condition_id}/_history/{version_id}")
+def vread_condition(request: Request, condition_id: str, version_id: str) -> Response:
+    return _vread(request, CONDITION, condition_id, version_id, mapping.condition_to_fhir)
 
 
 @router.get("/Observation")
@@ -521,15 +604,8 @@ def update_observation(request: Request, observation_id: str, body: dict[str, An
     if resource.get("id") != observation_id:
         raise InvalidInput("the resource id must match the URL")
     version = expected_version(request, resource)
-    quantity = resource.get("valueQuantity") or {}
-    view = gate.amend_observation(
-        observation_id=observation_id,
-        expected_version=version,
-        status=str(resource.get("status")),
-        value_number=quantity.get("value"),
-        unit=quantity.get("unit") or quantity.get("code"),
-        value_text=resource.get("valueString"),
-    )
+    _name, arguments = mapping.observation_change(resource, observation_id, version)
+    view = gate.amend_observation(**arguments)
     return resource_response(request, mapping.observation_to_fhir(view.model_dump()))
 
 

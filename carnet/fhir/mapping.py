@@ -29,6 +29,7 @@ from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import (
     AllergyInput,
     AppointmentInput,
+    ConditionInput,
     EncounterInput,
     ObservationInput,
     PatientChanges,
@@ -48,6 +49,8 @@ OPPOSES_OTHER_FACILITIES = EXT + "opposes-other-facilities"
 INVOICE_ENCOUNTER = EXT + "invoice-encounter"  # the stay an invoice bills (R4 Invoice has no encounter)
 CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
 CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 ENCOUNTER_CLASS = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 COVERAGE_TYPE = "https://carnet.example.org/fhir/CodeSystem/coverage-kind"
@@ -477,24 +480,92 @@ def allergy_input(body: dict[str, Any]) -> AllergyInput:
     return _schema(AllergyInput, values, "AllergyIntolerance")  # type: ignore[no-any-return]
 
 
-# == read-only sections ========================================================================
+# == Condition (problems and diagnoses, ICD-10) =================================================
 def condition_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    verification = d.get("verification_status")
+    # R4 con-5: no clinicalStatus on a Condition entered in error (its last one stays in _history).
+    clinical = d.get("clinical_status") if verification != "entered-in-error" else None
     resource = clean(
         {
             "resourceType": "Condition",
             "id": d["id"],
             "meta": meta(d),
-            "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": d["clinical_status"]}]}
-            if d.get("clinical_status")
+            "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": clinical}]}
+            if clinical
             else None,
+            "verificationStatus": {"coding": [{"system": CONDITION_VERIFICATION, "code": verification}]}
+            if verification
+            else None,
+            "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": "problem-list-item"}]}],
             "code": {"coding": [clean({"system": ICD10, "code": d.get("code"), "display": d.get("display")})]}
             if d.get("code")
             else None,
             "subject": ref("Patient", d.get("patient_id")) or {"display": "redacted"},
             "onsetDateTime": when(d.get("onset_at")),
+            "recorder": ref("Practitioner", d.get("recorded_by")),
         }
     )
     return checked(Condition, resource)
+
+
+def _coded(body: dict[str, Any], element: str, system: str) -> str | None:
+    """The code of `element` (a CodeableConcept) in `system`; None when absent; refused when
+    the element is present but carries no code of that system."""
+    concept = body.get(element)
+    if concept is None:
+        return None
+    codes = [c.get("code") for c in (concept or {}).get("coding") or [] if c.get("system") == system]
+    if not codes or not codes[0]:
+        raise InvalidInput(f"Condition.{element} needs a coding in {system}")
+    return str(codes[0])
+
+
+def condition_input(body: dict[str, Any]) -> ConditionInput:
+    """A problem or diagnosis: subject, a code.coding in ICD-10, clinicalStatus (default
+    active), verificationStatus (default confirmed), optionally onsetDateTime."""
+    patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
+    codings = (body.get("code") or {}).get("coding") or []
+    code = next((c for c in codings if c.get("system") == ICD10), None)
+    if patient is None or code is None:
+        raise InvalidInput(f"a Condition needs subject (Patient/<id>) and a code.coding in {ICD10}")
+    onset = body.get("onsetDateTime")
+    if onset is None and any(k.startswith("onset") for k in body):
+        raise InvalidInput("a Condition's onset is given as onsetDateTime")
+    values = {
+        "patient_id": patient,
+        "code": code.get("code"),
+        "display": code.get("display") or (body.get("code") or {}).get("text") or code.get("code"),
+        "clinical_status": _coded(body, "clinicalStatus", CONDITION_CLINICAL) or "active",
+        "verification_status": _coded(body, "verificationStatus", CONDITION_VERIFICATION) or "confirmed",
+        "onset_at": parse_instant(onset, "onsetDateTime") if onset else None,
+    }
+    return _schema(ConditionInput, values, "Condition")  # type: ignore[no-any-return]
+
+
+def condition_change(body: dict[str, Any], condition_id: str, version: int) -> tuple[str, dict[str, Any]]:
+    """A PUT of a Condition as the gate's amendment: its clinicalStatus (required unless it is
+    marked entered-in-error), verificationStatus and onsetDateTime; its ICD-10 code must stay."""
+    verification = _coded(body, "verificationStatus", CONDITION_VERIFICATION)
+    clinical = _coded(body, "clinicalStatus", CONDITION_CLINICAL)
+    if verification == "entered-in-error":
+        if clinical is not None:
+            raise InvalidInput("a Condition entered in error has no clinicalStatus (FHIR con-5)")
+    elif clinical is None:
+        raise InvalidInput("a Condition update needs clinicalStatus (or verificationStatus entered-in-error)")
+    codings = (body.get("code") or {}).get("coding") or []
+    code = next((c.get("code") for c in codings if c.get("system") == ICD10), None)
+    onset = body.get("onsetDateTime")
+    return "amend_condition", {
+        "condition_id": condition_id,
+        "expected_version": version,
+        "clinical_status": clinical,
+        "verification_status": verification,
+        "onset_at": parse_instant(onset, "onsetDateTime") if onset else None,
+        "code": code,
+    }
+
+
+# == read-only sections ========================================================================
 
 
 def observation_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
@@ -639,7 +710,8 @@ def encounter_input(body: dict[str, Any]) -> EncounterInput:
 
 def encounter_change(body: dict[str, Any], encounter_id: str, version: int) -> tuple[str, dict[str, Any]]:
     """A PUT of an Encounter as the gate operation it is: status finished = discharge (at
-    period.end, or now); status in-progress = transfer to its (active) location and attending."""
+    period.end, or now); status in-progress = transfer to its (active) location and attending;
+    status entered-in-error = a stay opened by mistake (kept, no longer in progress)."""
     status = body.get("status")
     if status == "finished":
         end = (body.get("period") or {}).get("end")
@@ -655,17 +727,36 @@ def encounter_change(body: dict[str, Any], encounter_id: str, version: int) -> t
             "location_id": _encounter_location(body),
             "attending_id": _encounter_attending(body),
         }
+    if status == "entered-in-error":
+        return "mark_encounter_entered_in_error", {"encounter_id": encounter_id, "expected_version": version}
     raise InvalidInput(
-        "an Encounter is changed by a transfer (status in-progress, a new location) or a discharge"
-        " (status finished)"
+        "an Encounter is changed by a transfer (status in-progress, a new location), a discharge"
+        " (status finished) or marked entered-in-error (a stay opened by mistake)"
     )
 
 
 def encounter_operation(body: dict[str, Any]) -> str:
-    return "discharge_encounter" if body.get("status") == "finished" else "transfer_encounter"
+    return {
+        "finished": "discharge_encounter",
+        "entered-in-error": "mark_encounter_entered_in_error",
+    }.get(str(body.get("status")), "transfer_encounter")
 
 
 # == Observation (vital signs, lab results) =====================================================
+def observation_change(body: dict[str, Any], observation_id: str, version: int) -> tuple[str, dict[str, Any]]:
+    """A PUT of an Observation as the gate's correction: status amended or corrected with a new
+    valueQuantity or valueString, or entered-in-error; nothing else is taken."""
+    quantity = body.get("valueQuantity") or {}
+    return "amend_observation", {
+        "observation_id": observation_id,
+        "expected_version": version,
+        "status": str(body.get("status")),
+        "value_number": quantity.get("value"),
+        "unit": quantity.get("unit") or quantity.get("code"),
+        "value_text": body.get("valueString"),
+    }
+
+
 def observation_input(body: dict[str, Any]) -> ObservationInput:
     patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
     codings = (body.get("code") or {}).get("coding") or []

@@ -237,6 +237,23 @@ def read_report(request: Request, report_id: str) -> Response:
     )
 
 
+def report_change(body: dict[str, Any], report_id: str, version: int) -> tuple[str, dict[str, Any]]:
+    """A PUT of a lab report as the gate's amendment: status, conclusion and result only."""
+    results = []
+    for item in body.get("result") or []:
+        target = reference_id((item or {}).get("reference"), "Observation")
+        if target is None:
+            raise InvalidInput("each result is a reference Observation/<id>")
+        results.append(target)
+    return "amend_diagnostic_report", {
+        "report_id": report_id,
+        "expected_version": version,
+        "status": str(body.get("status")),
+        "conclusion": body.get("conclusion"),
+        "result_ids": results,
+    }
+
+
 @router.put("/DiagnosticReport/{report_id}")
 def update_report(request: Request, report_id: str, body: dict[str, Any] = FhirBody) -> Response:
     """Amend a lab report (status amended or corrected: its conclusion and results, Observations
@@ -247,19 +264,8 @@ def update_report(request: Request, report_id: str, body: dict[str, Any] = FhirB
     if resource.get("id") != report_id:
         raise InvalidInput("the resource id must match the URL")
     version = expected_version(request, resource)
-    results = []
-    for item in resource.get("result") or []:
-        target = reference_id((item or {}).get("reference"), "Observation")
-        if target is None:
-            raise InvalidInput("each result is a reference Observation/<id>")
-        results.append(target)
-    view = gate.amend_diagnostic_report(
-        report_id=report_id,
-        expected_version=version,
-        status=str(resource.get("status")),
-        conclusion=resource.get("conclusion"),
-        result_ids=results,
-    )
+    _name, arguments = report_change(resource, report_id, version)
+    view = gate.amend_diagnostic_report(**arguments)
     return resource_response(request, report_to_fhir(view.model_dump()))
 
 

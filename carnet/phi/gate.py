@@ -72,6 +72,8 @@ from carnet.org.models import Facility, Location, Practitioner
 from carnet.patients.models import CareRelationship, Consent, ExportFile, Patient, ResourceVersion
 from carnet.phi import care
 from carnet.phi.schemas import (
+    CONDITION_CLINICAL_STATUSES,
+    CONDITION_VERIFICATION_STATUSES,
     AllergyInput,
     AllergyView,
     AppointmentInput,
@@ -80,6 +82,7 @@ from carnet.phi.schemas import (
     CardReadingInput,
     CardReadingView,
     CareTeamView,
+    ConditionInput,
     ConditionView,
     ConsentView,
     CoverageSection,
@@ -960,22 +963,7 @@ class Gate:
             RT.CONDITION,
             select(Condition).where(Condition.patient_id == pid).order_by(Condition.created_at),
         )
-        return [
-            _redact(
-                ConditionView,
-                {
-                    "id": str(r.id),
-                    "updated_at": r.updated_at,
-                    "patient_id": str(r.patient_id),
-                    "code": r.code,
-                    "display": r.display,
-                    "clinical_status": r.clinical_status,
-                    "onset_at": r.onset_at,
-                },
-                fields,
-            )
-            for r in rows
-        ]
+        return [_redact(ConditionView, _condition_data(r), fields) for r in rows]
 
     @guarded(AuditKind.PHI_HISTORY, RT.PATIENT, targeted=True)
     def history(self, tx: _Tx, /, *, resource_type: str, resource_id: str) -> list[VersionView]:
@@ -2071,6 +2059,125 @@ class Gate:
         data = _encounter_data(encounter)
         return self._written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
 
+    @guarded(AuditKind.PHI_UPDATE, RT.ENCOUNTER, targeted=True)
+    def mark_encounter_entered_in_error(
+        self, tx: _Tx, /, *, encounter_id: str, expected_version: int
+    ) -> EncounterView:
+        """A stay opened by mistake (wrong patient, duplicate admission): status
+        entered-in-error, kept and readable with every earlier version. It is no longer in
+        progress, so the patient can be admitted again, and the care relationships a stay
+        makes (its attending, its ward's nurses: computed from stays in progress, see
+        carnet.phi.care) end with it: a mistaken admission leaves no lasting access behind.
+        Not under break-the-glass alone, as for admitting (WRITE_RULES)."""
+        self._author(tx)
+        eid = parse_id(encounter_id)
+        encounter = tx.session.get(Encounter, eid, with_for_update=True) if eid else None
+        if encounter is None:
+            raise NotFound(NOT_FOUND)
+        patient = self._patient(tx, encounter.patient_id)
+        self._authorize(tx, patient, RT.ENCOUNTER, write=True)
+        if encounter.version_id != expected_version:
+            raise Conflict("the resource was changed by someone else: reload and try again")
+        if encounter.status == "entered-in-error":
+            raise Conflict("this stay is already marked entered-in-error")
+        self._first_version(tx, RT.ENCOUNTER, encounter, patient, _encounter_data(encounter))
+        self._bump(tx, Encounter, encounter, expected_version, status="entered-in-error")
+        data = _encounter_data(encounter)
+        return self._written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
+
+    # -- problems and diagnoses (ICD-10), every version kept ------------------------------------
+    @guarded(AuditKind.PHI_CREATE, RT.CONDITION, targeted=True)
+    def record_condition(self, tx: _Tx, /, *, data: ConditionInput) -> ConditionView:
+        """A problem or diagnosis (ICD-10), by a physician in the patient's care (or under
+        break-the-glass: a diagnosis opens no access). Version 1, kept."""
+        author = self._author(tx)
+        patient = self._patient(tx, data.patient_id)
+        self._authorize(tx, patient, RT.CONDITION, write=True)
+        if not patient.active or patient.merged_into_id is not None:
+            raise Conflict("this patient record is inactive: record the problem on the active record")
+        self._check_onset(tx, data.onset_at)
+        condition = Condition(
+            id=new_id(),
+            facility_id=patient.facility_id,
+            patient_id=patient.id,
+            code=data.code,
+            display=data.display.strip(),
+            clinical_status=data.clinical_status,
+            verification_status=data.verification_status,
+            onset_at=data.onset_at,
+            recorded_by=author,
+            version_id=1,
+            created_at=tx.now,
+            updated_at=tx.now,
+        )
+        tx.session.add(condition)
+        tx.session.flush()
+        return self._written(
+            tx, patient, RT.CONDITION, ConditionView, _condition_data(condition), 1, "create"
+        )
+
+    def _check_onset(self, tx: _Tx, onset: dt.datetime | None) -> None:
+        if onset is not None and (onset.tzinfo is None or onset > tx.now + dt.timedelta(minutes=5)):
+            raise InvalidInput("a problem's onset has a time zone and is not in the future")
+
+    @guarded(AuditKind.PHI_UPDATE, RT.CONDITION, targeted=True)
+    def amend_condition(
+        self,
+        tx: _Tx,
+        /,
+        *,
+        condition_id: str,
+        expected_version: int,
+        clinical_status: str | None = None,
+        verification_status: str | None = None,
+        onset_at: dt.datetime | None = None,
+        code: str | None = None,
+    ) -> ConditionView:
+        """Change a problem's clinical status (e.g. resolved), its verification status
+        (confirmed, refuted...) or its onset; or mark it entered-in-error (kept, still read
+        with that status, nothing else changed). Its code is not changed: a wrong diagnosis
+        is marked entered-in-error and the right one recorded. If-Match; every version kept."""
+        self._author(tx)
+        cid = parse_id(condition_id)
+        row = tx.session.get(Condition, cid, with_for_update=True) if cid else None
+        if row is None:
+            raise NotFound(NOT_FOUND)
+        patient = self._patient(tx, row.patient_id)
+        self._authorize(tx, patient, RT.CONDITION, write=True)
+        if row.version_id != expected_version:
+            raise Conflict("the resource was changed by someone else: reload and try again")
+        if row.verification_status == "entered-in-error":
+            raise Conflict("this problem was entered in error: record a new one")
+        if code is not None and code != row.code:
+            raise InvalidInput(
+                "a problem's code is not changed: mark it entered-in-error and record the right one"
+            )
+        values: dict[str, Any]
+        if verification_status == "entered-in-error":
+            values = {"verification_status": verification_status}
+        else:
+            if clinical_status is not None and clinical_status not in CONDITION_CLINICAL_STATUSES:
+                raise InvalidInput("clinical status must be one of " + ", ".join(CONDITION_CLINICAL_STATUSES))
+            if verification_status is not None and verification_status not in CONDITION_VERIFICATION_STATUSES:
+                raise InvalidInput(
+                    "verification status must be one of " + ", ".join(CONDITION_VERIFICATION_STATUSES)
+                )
+            self._check_onset(tx, onset_at)
+            values = {
+                "clinical_status": clinical_status or row.clinical_status,
+                "verification_status": verification_status or row.verification_status,
+                "onset_at": onset_at if onset_at is not None else row.onset_at,
+            }
+            current = {k: getattr(row, k) for k in values}
+            if values == current:
+                raise InvalidInput(
+                    "an amendment changes the clinical status, the verification status or the onset"
+                )
+        self._first_version(tx, RT.CONDITION, row, patient, _condition_data(row))
+        self._bump(tx, Condition, row, expected_version, **values)
+        data = _condition_data(row)
+        return self._written(tx, patient, RT.CONDITION, ConditionView, data, row.version_id, "update")
+
     # -- observations and lab reports -----------------------------------------------------------
     @guarded(AuditKind.PHI_CREATE, RT.OBSERVATION, targeted=True)
     def record_observation(self, tx: _Tx, /, *, data: ObservationInput) -> ObservationView:
@@ -2442,6 +2549,11 @@ class Gate:
     def read_observation(self, tx: _Tx, /, *, observation_id: str) -> ObservationView:
         row, fields = self._read_one(tx, RT.OBSERVATION, observation_id)
         return _redact(ObservationView, _observation_data(row), fields)
+
+    @guarded(AuditKind.PHI_READ, RT.CONDITION, targeted=True)
+    def read_condition(self, tx: _Tx, /, *, condition_id: str) -> ConditionView:
+        row, fields = self._read_one(tx, RT.CONDITION, condition_id)
+        return _redact(ConditionView, _condition_data(row), fields)
 
     @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
     def read_encounter(self, tx: _Tx, /, *, encounter_id: str) -> EncounterView:
@@ -2999,6 +3111,7 @@ _RECORD_MODELS: dict[ResourceType, Any] = {
     RT.ALLERGY: Allergy,
     RT.ENCOUNTER: Encounter,
     RT.OBSERVATION: Observation,
+    RT.CONDITION: Condition,
     RT.CARE_TEAM: CareRelationship,
     RT.DIAGNOSTIC_REPORT: DiagnosticReport,
     RT.CONSENT: Consent,
@@ -3035,8 +3148,13 @@ TRANSACTION_OPERATIONS = frozenset(
         "admit_patient",
         "transfer_encounter",
         "discharge_encounter",
+        "mark_encounter_entered_in_error",
         "record_observation",
+        "amend_observation",
         "record_diagnostic_report",
+        "amend_diagnostic_report",
+        "record_condition",
+        "amend_condition",
         "issue_invoice",
         "finalize_invoice",
         "cancel_invoice",
@@ -3075,6 +3193,21 @@ def _observation_data(o: Observation) -> dict[str, Any]:
         "effective_at": o.effective_at,
         "status": o.status,
         "version_id": o.version_id,
+    }
+
+
+def _condition_data(c: Condition) -> dict[str, Any]:
+    return {
+        "id": str(c.id),
+        "updated_at": c.updated_at,
+        "patient_id": str(c.patient_id),
+        "code": c.code,
+        "display": c.display,
+        "clinical_status": c.clinical_status,
+        "verification_status": c.verification_status,
+        "onset_at": c.onset_at,
+        "recorded_by": _s(c.recorded_by),
+        "version_id": c.version_id,
     }
 
 

@@ -360,7 +360,8 @@ class _Run:
             "display": str(coding.get("display") or (data.get("code") or {}).get("text") or coding["code"])[
                 :200
             ],
-            "clinical_status": _code(data.get("clinicalStatus") or {}, "active"),
+            "clinical_status": _code(data.get("clinicalStatus") or {}, "active")[:20],
+            "verification_status": _code(data.get("verificationStatus") or {}, "confirmed")[:20],
             "onset_at": _instant(data.get("onsetDateTime")),
             "recorded_by": None,
         }

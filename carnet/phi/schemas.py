@@ -192,7 +192,10 @@ class ConditionView(Redactable):
     code: str | None = None
     display: str | None = None
     clinical_status: str | None = None
+    verification_status: str | None = None
     onset_at: dt.datetime | None = None
+    recorded_by: str | None = None
+    version_id: int | None = None
 
 
 class DayAppointment(BaseModel):
@@ -470,6 +473,39 @@ class ObservationInput(BaseModel):
     effective_at: dt.datetime
     status: str = Field(default="final", pattern="^(preliminary|final|amended|corrected)$")
     encounter_id: str | None = None
+
+
+# FHIR Condition clinicalStatus and verificationStatus codes (R4).
+CONDITION_CLINICAL_STATUSES = ("active", "recurrence", "relapse", "inactive", "remission", "resolved")
+CONDITION_VERIFICATION_STATUSES = (
+    "confirmed",
+    "provisional",
+    "differential",
+    "unconfirmed",
+    "refuted",
+    "entered-in-error",
+)
+# An ICD-10 code: a letter, two digits, an optional subdivision (E11.9, I10, or E119 as written
+# in French CIM-10 lists), an optional dagger or asterisk.
+ICD10_CODE = r"^[A-Z][0-9]{2}(\.?[0-9A-Z]{1,4})?[+*]?$"
+
+
+class ConditionInput(BaseModel):
+    """A problem or diagnosis of a patient, coded in ICD-10."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    code: str = Field(pattern=ICD10_CODE, max_length=20)
+    display: str = Field(min_length=1, max_length=200)
+    clinical_status: str = Field(
+        default="active", pattern="^(" + "|".join(CONDITION_CLINICAL_STATUSES) + ")$"
+    )
+    # A problem is not recorded already in error, nor refuted: those are changes of one.
+    verification_status: str = Field(
+        default="confirmed", pattern="^(confirmed|provisional|differential|unconfirmed)$"
+    )
+    onset_at: dt.datetime | None = None
 
 
 class DiagnosticReportInput(BaseModel):

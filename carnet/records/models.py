@@ -55,6 +55,9 @@ class Condition(IdMixin, VersionedMixin, Base):
     code: Mapped[str] = mapped_column(String(20))  # ICD-10
     display: Mapped[str] = mapped_column(String(200))
     clinical_status: Mapped[str] = mapped_column(String(20), default="active")
+    # FHIR verificationStatus: confirmed, provisional, differential, unconfirmed, refuted, or
+    # entered-in-error (a problem recorded by mistake: kept and readable, never deleted).
+    verification_status: Mapped[str] = mapped_column(String(20), default="confirmed")
     onset_at: Mapped[dt.datetime | None]
     recorded_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
 

@@ -25,6 +25,7 @@ from carnet.phi.schemas import (
     AllergyInput,
     AppointmentInput,
     CardReadingInput,
+    ConditionInput,
     DiagnosticReportInput,
     EncounterInput,
     InvoiceInput,
@@ -64,6 +65,7 @@ class World:
     ward: str = ""  # a ward of the facility
     draft: str = ""  # a draft invoice of the patient
     payment: str = ""  # a payment of another invoice of the patient
+    condition: str = ""  # an active problem of the patient
 
 
 def _world(runtime: Runtime) -> World:
@@ -131,8 +133,10 @@ def _world(runtime: Runtime) -> World:
         jobs.append(gate.queue_export(export_id=asked_again.id).id)
     gate.run_export_job(job_id=jobs[1], render=lambda _export: "{}\n")
     observation = gate.record_observation(data=_result(patient.id))
+    condition = gate.record_condition(data=_problem(patient.id))
     return dataclasses.replace(
         world,
+        condition=condition.id,
         no_stay=consenting.id,
         observation=observation.id,
         ward=str(f.make_location(runtime, facility)),
@@ -179,6 +183,10 @@ def _result(patient: str) -> ObservationInput:
         unit="g/dL",
         effective_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
     )
+
+
+def _problem(patient: str, code: str = "I10") -> ConditionInput:
+    return ConditionInput(patient_id=patient, code=code, display="Hypertension essentielle")
 
 
 def _report(patient: str, results: list[str]) -> DiagnosticReportInput:
@@ -417,6 +425,28 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.amend_diagnostic_report(
             report_id=w.report, expected_version=9, status="entered-in-error"
         ),
+    ),
+    "mark_encounter_entered_in_error": (
+        "physician",
+        lambda g, w: g.mark_encounter_entered_in_error(encounter_id=w.encounter, expected_version=1),
+        lambda g, w: g.mark_encounter_entered_in_error(encounter_id=w.encounter, expected_version=9),
+    ),
+    "record_condition": (
+        "physician",
+        lambda g, w: g.record_condition(data=_problem(w.patient, "E11.9")),
+        lambda g, w: g.record_condition(data=_problem(MISSING)),
+    ),
+    "amend_condition": (
+        "physician",
+        lambda g, w: g.amend_condition(
+            condition_id=w.condition, expected_version=1, clinical_status="resolved"
+        ),
+        lambda g, w: g.amend_condition(condition_id=w.condition, expected_version=1, clinical_status="cured"),
+    ),
+    "read_condition": (
+        "physician",
+        lambda g, w: g.read_condition(condition_id=w.condition),
+        lambda g, w: g.read_condition(condition_id=MISSING),
     ),
     "record_diagnostic_report": (
         "physician",

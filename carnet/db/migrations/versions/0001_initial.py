@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 15:10:24.525694
+Create Date: 2026-11-24 15:15:54.032061
 """
 
 import sqlalchemy as sa
@@ -369,6 +369,7 @@ def upgrade() -> None:
         sa.Column("code", sa.String(length=20), nullable=False),
         sa.Column("display", sa.String(length=200), nullable=False),
         sa.Column("clinical_status", sa.String(length=20), nullable=False),
+        sa.Column("verification_status", sa.String(length=20), nullable=False),
         sa.Column("onset_at", carnet.db.base.UtcDateTime(timezone=True), nullable=True),
         sa.Column("recorded_by", sa.Uuid(), nullable=True),
         sa.Column("id", sa.Uuid(), nullable=False),
