@@ -116,6 +116,7 @@ from carnet.phi.schemas import (
     ScheduleEntry,
     VersionView,
 )
+from carnet.phi.work import SqlFacilityWork
 from carnet.prescriptions.models import Prescription
 from carnet.records.models import (
     Allergy,
@@ -1597,6 +1598,15 @@ class Gate:
         if patient.merged_into_id is not None:
             raise Conflict("this patient record was merged: invoice the record it was merged into")
         encounter = self._encounter_id(tx, data.encounter_id, patient)
+        if encounter is None and not SqlFacilityWork().in_work(
+            tx.session, patient_ids=[patient.id], at=tx.now
+        ):
+            # An invoice puts its patient in billing's work (carnet.phi.work), which detection
+            # trusts: without this, a clerk could whitelist the register one draft at a time.
+            raise _Refused(
+                "no appointment, stay, open invoice or recent registration here, and no stay named",
+                [patient.id],
+            )
         total = sum(line.amount_cents for line in data.lines)
         if total > 100_000_000:
             raise InvalidInput("an invoice totals at most 1,000,000.00")

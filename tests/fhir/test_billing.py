@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, ResourceNotFound
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
@@ -20,8 +20,11 @@ from carnet.billing.models import Invoice, InvoiceLine, Payment
 from carnet.fhir.billing import PAYMENT_METHOD
 from carnet.fhir.mapping import INVOICE_ENCOUNTER
 from carnet.org.models import Facility
+from carnet.patients.models import Patient as PatientRow
 from carnet.patients.models import ResourceVersion
+from carnet.phi.system import system_access
 from carnet.runtime import Runtime
+from carnet.scheduling.models import Encounter
 from tests.factories import (
     admit,
     link_care,
@@ -418,3 +421,35 @@ def test_a_seeded_invoice_keeps_its_first_state_when_first_paid(fhir_server_both
     assert [e["resource"]["status"] for e in history["entry"]] == ["balanced", "issued"]
     provenance = client.resources("Provenance").search(target=f"Invoice/{seeded}").fetch()
     assert sorted(p["activity"]["coding"][0]["code"] for p in provenance) == ["CREATE", "UPDATE"]
+
+
+def test_a_patient_with_no_business_here_is_billed_only_for_a_named_stay(fhir_server_both: Server) -> None:
+    """An invoice puts its patient in billing's work, which detection trusts; so billing cannot
+    make work out of nothing: a patient with no appointment, stay, open invoice or recent
+    registration is invoiced only for a named stay of theirs."""
+    server = fhir_server_both
+    runtime = server.runtime
+    facility = make_facility(runtime)
+    clerk = make_account(runtime, roles=[Role.BILLING], facility_id=facility)
+    patient_id = register_patient(runtime, facility, family="Ancien").id
+    old_stay = admit(
+        runtime, patient_id=patient_id, facility_id=facility, location_id=None, status="finished"
+    )
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=60)
+    with system_access(runtime, reason="test fixture: an old patient") as door:
+        door.session.execute(
+            update(PatientRow).where(PatientRow.id == uuid.UUID(patient_id)).values(created_at=long_ago)
+        )
+        door.session.execute(
+            update(Encounter).where(Encounter.id == old_stay).values(start_at=long_ago, end_at=long_ago)
+        )
+    client = server.client_for(clerk)
+    before = _stored(runtime)
+    with pytest.raises(ResourceNotFound):
+        client.resource("Invoice", **_invoice(patient_id, status="draft")).save()
+    assert audit_rows(runtime, clerk.account_id) == [("phi:resource:create", "denied", "Invoice")]
+    assert _stored(runtime) == before
+    stay = [{"url": INVOICE_ENCOUNTER, "valueReference": {"reference": f"Encounter/{old_stay}"}}]
+    client.resource("Invoice", **_invoice(patient_id, extension=stay)).save()
+    client.resource("Invoice", **_invoice(patient_id)).save()  # an invoice of theirs is open now
+    assert audit_rows(runtime, clerk.account_id).count(("phi:resource:create", "success", "Invoice")) == 2
