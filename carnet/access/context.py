@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import and_, select
+from sqlalchemy import Uuid, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind
@@ -42,6 +42,29 @@ class AccessContext:
         return permission in self.permissions
 
 
+_ACCOUNTS = Account.__table__.c
+_GRANTS = RoleGrant.__table__.c
+# Core, not ORM: plain rows, no identity map or change tracking for what is only read.
+_ACCOUNT_AND_GRANTS = (
+    select(
+        _ACCOUNTS.id,
+        _ACCOUNTS.status,
+        _ACCOUNTS.kind,
+        _ACCOUNTS.facility_id,
+        _ACCOUNTS.practitioner_id,
+        _ACCOUNTS.patient_id,
+        _GRANTS.role,
+        _GRANTS.facility_id.label("grant_facility_id"),
+    )
+    .select_from(
+        Account.__table__.outerjoin(
+            RoleGrant.__table__, and_(_GRANTS.account_id == _ACCOUNTS.id, _GRANTS.status == "active")
+        )
+    )
+    .where(_ACCOUNTS.id == bindparam("account_id", type_=Uuid()))
+)
+
+
 def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = "") -> AccessContext:
     """Check the actor is usable; raise AuthenticationRequired / AccountContained otherwise."""
     if actor.kind == ActorKind.SYSTEM:
@@ -56,12 +79,8 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
     if actor.account_id is None:
         raise AuthenticationRequired("no account behind this session")
     # The account and its active grants in one round trip (this runs on every gate request).
-    rows = session.execute(
-        select(Account, RoleGrant)
-        .outerjoin(RoleGrant, and_(RoleGrant.account_id == Account.id, RoleGrant.status == "active"))
-        .where(Account.id == actor.account_id)
-    ).all()
-    account = rows[0][0] if rows else None
+    rows = session.connection().execute(_ACCOUNT_AND_GRANTS, {"account_id": actor.account_id}).all()
+    account = rows[0] if rows else None
     if account is None or account.status == "disabled":
         raise AuthenticationRequired("this account cannot be used")
     if account.status == "suspended":
@@ -78,11 +97,12 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         )
     if account.kind != "staff":
         raise AuthenticationRequired("this session does not belong to a staff account")
-    grants = [grant for _account, grant in rows if grant is not None]
     granted: set[Role] = set()
     facilities: set[uuid.UUID] = set()
     unscoped: set[Role] = set()
-    for grant in grants:
+    for grant in rows:
+        if grant.role is None:
+            continue  # the outer join's row of an account with no active grant
         try:
             role = Role(grant.role)
         except ValueError:
@@ -90,8 +110,8 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         if role not in actor.roles:
             continue  # the session did not claim it (or lost it): it does not count
         granted.add(role)
-        if grant.facility_id is not None:
-            facilities.add(grant.facility_id)
+        if grant.grant_facility_id is not None:
+            facilities.add(grant.grant_facility_id)
         else:
             unscoped.add(role)
     roles = frozenset(granted)

@@ -16,9 +16,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, event, insert, select
+from sqlalchemy import Engine, Row, String, Table, bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -62,6 +62,13 @@ from carnet.kernel.ids import new_id
 from carnet.settings import Settings, get_settings
 
 log = logging.getLogger("carnet.detection")
+
+# Core statements for what every guarded request runs: plain rows, no ORM unit of work.
+_STATES = cast(Table, ActorState.__table__).c
+_ACTOR_STATE = select(_STATES.status, _STATES.reason, _STATES.restored_at).where(
+    _STATES.actor_ref == bindparam("actor_ref", type_=String())
+)
+_INSERT_EXPOSURE = insert(cast(Table, Exposure.__table__))
 
 _PENDING = "carnet.detection.pending"
 _HOOKED = "carnet.detection.hooked"
@@ -140,8 +147,8 @@ class SqlExposureLedger:
         if distinct:
             field_text = ",".join(sorted(set(fields)))[:300] or None
             outside_set = set(outside)
-            session.execute(
-                insert(Exposure),
+            session.connection().execute(
+                _INSERT_EXPOSURE,
                 [
                     {
                         "id": new_id(),
@@ -229,10 +236,10 @@ class SqlExposureLedger:
             self._respond(session, actor=actor, findings=rules.evaluate(self.config, ctx), ctx=ctx)
 
     # -- what every worker checks first ----------------------------------------------------
-    def ensure_not_contained(self, session: Session, *, actor: Actor) -> ActorState | None:
+    def ensure_not_contained(self, session: Session, *, actor: Actor) -> Row[Any, Any, Any] | None:
         """Raise AccountContained if the actor is contained (the database row, or a flag set by a
         worker whose containment is not yet committed and not since undone by a restore)."""
-        state = session.get(ActorState, actor.actor_ref)
+        state = session.connection().execute(_ACTOR_STATE, {"actor_ref": actor.actor_ref}).first()
         if state is not None and state.status == CONTAINED:
             reason = state.reason or "unusual access to patient data."
             raise AccountContained(contained_message(reason, self.settings.security_contact))

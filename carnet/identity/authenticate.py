@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind
+from carnet.access.models import RoleGrant
 from carnet.access.roles import PRIVILEGED_ROLES, Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.identity import handover, passkeys, passwords, service, sessions
@@ -329,53 +330,55 @@ class Authenticator:
         self, *, token: str, context: RequestContext, allow_enrollment_only: bool = False
     ) -> tuple[Actor, AuthSession]:
         """The Actor of a session cookie; raises AuthenticationRequired / AccountContained."""
-        with self.runtime.session_factory.begin() as session:
-            # One round trip for the session and its account; the roles are a second.
+        with self.runtime.session_factory() as session:
+            # Every request runs this. The session, its account and the account's active grants
+            # are one statement, read outside a transaction (no BEGIN, no COMMIT round trips);
+            # the rare writes below (a revocation, a refusal, the minutely touch) get their own.
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             found = session.execute(
-                select(AuthSession, Account)
+                select(AuthSession, Account, RoleGrant.role)
                 .join(Account, Account.id == AuthSession.account_id)
+                .outerjoin(RoleGrant, and_(RoleGrant.account_id == Account.id, RoleGrant.status == "active"))
                 .where(AuthSession.token_digest == sessions.digest(token))
-            ).first()
-            if found is None:
-                raise AuthenticationRequired("sign in first (POST /auth/login)")
-            row, account = found
-            # A contained account's revoked session is told why and whom to call, not just "ended".
-            if account.status == "suspended":
-                raise AccountContained(contained_message(account, self.runtime.settings.security_contact))
-            roles = service.roles_of(session, account=account)
-            if not sessions.is_live(row, privileged=bool(roles & PRIVILEGED_ROLES)):
-                raise AuthenticationRequired("the session has ended (expired or revoked); sign in again")
-            live = row
-            if account.status != "active":
-                raise AuthenticationRequired("this account is disabled")
-            if live.roles_at_login != sessions.roles_fingerprint(frozenset(r.value for r in roles)):
-                # Privileges changed: this session id ends; the next login gets a new one, with
-                # the factors and timeouts the new roles require.
+            ).all()
+        if not found:
+            raise AuthenticationRequired("sign in first (POST /auth/login)")
+        live, account = found[0][0], found[0][1]
+        # A contained account's revoked session is told why and whom to call, not just "ended".
+        if account.status == "suspended":
+            raise AccountContained(contained_message(account, self.runtime.settings.security_contact))
+        roles = service.roles_named(account, [name for _row, _account, name in found if name is not None])
+        if not sessions.is_live(live, privileged=bool(roles & PRIVILEGED_ROLES)):
+            raise AuthenticationRequired("the session has ended (expired or revoked); sign in again")
+        if account.status != "active":
+            raise AuthenticationRequired("this account is disabled")
+        actor = actor_for(account, roles, row=live, context=context)
+        if live.roles_at_login != sessions.roles_fingerprint(frozenset(r.value for r in roles)):
+            # Privileges changed: this session id ends; the next login gets a new one, with
+            # the factors and timeouts the new roles require.
+            with self.runtime.session_factory.begin() as session:
                 sessions.revoke(
                     session,
                     account_id=account.id,
                     session_id=live.id,
                     reason="roles changed",
-                    actor=actor_for(account, roles, row=live, context=context),
+                    actor=actor,
                     audit=self.runtime.audit,
                 )
-                session.commit()
-                raise AuthenticationRequired("your roles have changed; sign in again")
-            setting_up = handover.pending(account)
-            if (live.enrollment_only or setting_up) and not allow_enrollment_only:
-                if setting_up:
+            raise AuthenticationRequired("your roles have changed; sign in again")
+        setting_up = handover.pending(account)
+        if (live.enrollment_only or setting_up) and not allow_enrollment_only:
+            if setting_up:
+                with self.runtime.session_factory.begin() as session:
                     handover.refused(
-                        session,
-                        account=account,
-                        actor=actor_for(account, roles, row=live, context=context),
-                        audit=self.runtime.audit,
-                        path=context.path,
+                        session, account=account, actor=actor, audit=self.runtime.audit, path=context.path
                     )
-                    session.commit()
-                    raise AccountSetupRequired(handover.SETUP_MESSAGE)
-                raise StepUpRequired("register a passkey first: this account must sign in with one")
-            sessions.touch(session, live)
-            return actor_for(account, roles, row=live, context=context), live
+                raise AccountSetupRequired(handover.SETUP_MESSAGE)
+            raise StepUpRequired("register a passkey first: this account must sign in with one")
+        if sessions.touch_due(live):
+            with self.runtime.session_factory.begin() as session:
+                sessions.touch(session, live)
+        return actor, live
 
     def log_out(self, *, actor: Actor) -> None:
         if actor.account_id is None or actor.session_id is None:

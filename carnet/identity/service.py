@@ -10,6 +10,7 @@ import base64
 import hashlib
 import secrets
 import uuid
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from sqlalchemy import or_, select, update
@@ -182,6 +183,11 @@ def roles_of(session: Session, *, account: Account) -> frozenset[Role]:
     names = session.scalars(
         select(RoleGrant.role).where(RoleGrant.account_id == account.id, RoleGrant.status == "active")
     ).all()
+    return roles_named(account, names)
+
+
+def roles_named(account: Account, names: Iterable[str]) -> frozenset[Role]:
+    """`roles_of` for grant names the caller already read (active grants only)."""
     known = {r.value: r for r in Role}
     roles = {known[n] for n in names if n in known}
     if account.kind == "patient":

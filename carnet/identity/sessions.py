@@ -113,9 +113,19 @@ def find_live(session: Session, *, token: str, privileged: bool | None = None) -
     return row if row is not None and is_live(row, privileged=privileged) else None
 
 
+def touch_due(row: AuthSession) -> bool:
+    return clock.now() - row.last_seen_at >= TOUCH_EVERY
+
+
 def touch(session: Session, row: AuthSession) -> None:
+    """Record that the session was used now (for the idle timeout), at most once a minute."""
     now = clock.now()
     if now - row.last_seen_at >= TOUCH_EVERY:
+        session.execute(
+            update(AuthSession)
+            .where(AuthSession.id == row.id, AuthSession.last_seen_at < now)
+            .values(last_seen_at=now)
+        )
         row.last_seen_at = now
 
 
