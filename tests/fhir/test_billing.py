@@ -272,6 +272,16 @@ def test_physicians_and_nurses_cannot_bill_and_the_refusal_is_audited(fhir_serve
             ("phi:resource:read", "denied", "Invoice"),
         ]
         assert _exposures(runtime, actor, "Invoice") == 0
+    # The patient reads their own invoice (and pays at the desk): they issue none.
+    me = make_account(runtime, roles=[Role.PATIENT], facility_id=None, patient_id=uuid.UUID(patient_id))
+    mine = server.client_for(me)
+    assert mine.reference("Invoice", invoice["id"]).to_resource()["identifier"] == invoice["identifier"]
+    with pytest.raises(ResourceNotFound):
+        mine.resource("Invoice", **_invoice(patient_id)).save()
+    assert audit_rows(runtime, me.account_id) == [
+        ("phi:resource:read", "success", "Invoice"),
+        ("phi:resource:create", "denied", "Invoice"),
+    ]
     # A billing clerk of another facility: the patient is not there for them either.
     other = make_account(runtime, roles=[Role.BILLING], facility_id=make_facility(runtime))
     with pytest.raises(ResourceNotFound):
