@@ -6,6 +6,8 @@ refused and audited; bad input is an OperationOutcome and writes nothing."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from sqlalchemy import func, select
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.phi.gate import Gate
+from carnet.phi.importer import import_files
 from carnet.records.models import Condition
 from carnet.runtime import Runtime
 from tests.factories import link_care, make_account, make_nurse, make_physician, register_patient
@@ -243,3 +246,33 @@ def test_a_condition_for_an_unknown_or_other_patient_reads_as_missing(fhir_serve
     with pytest.raises(ResourceNotFound):
         client.resource("Condition", **_problem(f"Patient/{outsider.id}")).save()
     assert _conditions(runtime) == 0
+
+
+def test_an_imported_problem_keeps_its_imported_state_as_version_one(
+    fhir_server: Server, tmp_path: Path
+) -> None:
+    """A Condition imported from another system (no version of its own yet) is amended: its
+    imported state becomes version 1, by the system, and the amendment version 2."""
+    runtime = fhir_server.runtime
+    facility, doctor, patient_id = _clinic(runtime)
+    unconfirmed = {"coding": [{"system": VERIFICATION, "code": "unconfirmed"}]}
+    source = tmp_path / "Condition.ndjson"
+    source.write_text(
+        json.dumps(_problem(f"Patient/{patient_id}", code="J44.9", verificationStatus=unconfirmed)) + "\n"
+    )
+    report = import_files(runtime, paths=[source], facility_id=facility, operator="test-import")
+    assert report.accepted == {"Condition": 1}, report.rejected
+    client = fhir_server.client_for(doctor)
+    [imported] = client.resources("Condition").search(patient=patient_id).fetch()
+    assert _status(imported, "verificationStatus") == "unconfirmed" and "recorder" not in imported
+    imported["verificationStatus"] = {"coding": [{"system": VERIFICATION, "code": "confirmed"}]}
+    imported.save()
+    history = client.execute(f"Condition/{imported['id']}/_history", method="get")
+    assert [_status(e["resource"], "verificationStatus") for e in history["entry"]] == [
+        "confirmed",
+        "unconfirmed",
+    ]
+    provenance = client.resources("Provenance").search(target=f"Condition/{imported['id']}").fetch()
+    who = [p["agent"][0]["who"] for p in provenance]
+    assert who[0]["reference"] == f"Practitioner/{doctor.practitioner_id}"
+    assert who[1]["display"] == "carnet system (import or migration)"
