@@ -21,6 +21,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 from fhir.resources.R4B.invoice import Invoice
 from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation
+from pydantic import ValidationError
 
 from carnet.fhir import mapping
 from carnet.fhir.api import (
@@ -40,7 +41,6 @@ from carnet.fhir.clinical import patient_of
 from carnet.fhir.mapping import EXT, clean, ref, when
 from carnet.fhir.metadata import SUPPORTED
 from carnet.kernel.errors import InvalidInput, NotFound
-from carnet.phi.gate import Gate
 from carnet.phi.schemas import InvoiceInput, PaymentInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -60,6 +60,12 @@ SUPPORTED[PAYMENT] = {"interactions": ["read", "vread", "create"], "search": {}}
 
 
 # == mapping ===================================================================================
+def _places(exc: ValidationError, what: str) -> str:
+    """Which fields are wrong, never their values."""
+    places = sorted({".".join(str(p) for p in err.get("loc", ())) or what for err in exc.errors()})
+    return f"invalid {what}: check " + ", ".join(places)
+
+
 def _cents(money: Any, what: str) -> tuple[int, str | None]:
     """A Money as (cents, currency): a positive amount with at most two decimals."""
     if not isinstance(money, dict) or money.get("value") is None:
@@ -125,7 +131,10 @@ def invoice_input(body: dict[str, Any]) -> InvoiceInput:
         "currency": currencies.pop(),
         "status": status,
     }
-    return mapping._schema(InvoiceInput, values, INVOICE)  # type: ignore[no-any-return]
+    try:
+        return InvoiceInput(**values)
+    except ValidationError as exc:
+        raise InvalidInput(_places(exc, INVOICE)) from None
 
 
 def invoice_change(body: dict[str, Any], invoice_id: str, version: int) -> tuple[str, dict[str, Any]]:
@@ -186,7 +195,10 @@ def payment_input(body: dict[str, Any], if_match: str | None) -> PaymentInput:
     if method is None:
         raise InvalidInput(f"a payment needs its method (extension {PAYMENT_METHOD}: card, cash, ...)")
     values = {"invoice_id": invoice_id, "expected_version": version, "amount_cents": amount, "method": method}
-    return mapping._schema(PaymentInput, values, PAYMENT)  # type: ignore[no-any-return]
+    try:
+        return PaymentInput(**values)
+    except ValidationError as exc:
+        raise InvalidInput(_places(exc, PAYMENT)) from None
 
 
 def payment_to_fhir(d: dict[str, Any], payment_id: str | None = None) -> dict[str, Any]:
@@ -309,7 +321,7 @@ def record_payment(request: Request, body: dict[str, Any] = FhirBody) -> Respons
 
 
 def _read_payment(request: Request, payment_id: str) -> dict[str, Any]:
-    gate: Gate = gate_for(request, PAYMENT, "read")
+    gate = gate_for(request, PAYMENT, "read")
     view = gate.read_payment(payment_id=payment_id)
     return payment_to_fhir(view.model_dump(), payment_id)
 

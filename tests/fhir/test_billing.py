@@ -331,11 +331,13 @@ def test_bad_invoices_get_an_operation_outcome_and_change_nothing(fhir_server_bo
     no_method = dict(_payment(invoice, 5), extension=[])
     two = dict(_payment(invoice, 5), detail=_payment(invoice, 5)["detail"] * 2)
     negative = dict(_payment(invoice, 5), paymentAmount={"value": -5, "currency": "EUR"})
+    bitcoin = dict(_payment(invoice, 5), extension=[{"url": PAYMENT_METHOD, "valueCode": "bitcoin"}])
     for body, message in (
         (unversioned, "version"),
         (no_method, "method"),
         (two, "one detail"),
         (negative, "positive"),
+        (bitcoin, "check method"),
     ):
         with pytest.raises(OperationOutcome, match=message):
             client.resource("PaymentReconciliation", **body).save()
