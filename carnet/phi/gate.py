@@ -1657,10 +1657,10 @@ class Gate:
         """Cancel a draft or an unpaid issued invoice, with a reason: kept (never deleted), its
         number never reused, every version in its history. One that took a payment is not
         cancelled: the payment would vanish from the books."""
+        invoice, patient = self._invoice_to_change(tx, invoice_id, expected_version)
         reason = reason.strip()
         if not reason or len(reason) > 200:
             raise InvalidInput("a cancellation needs a reason (at most 200 characters)")
-        invoice, patient = self._invoice_to_change(tx, invoice_id, expected_version)
         if invoice.status not in ("draft", "issued"):
             raise Conflict(
                 f"this invoice is {invoice.status}: only a draft or an issued invoice is cancelled"
