@@ -30,6 +30,6 @@ def enter_scope(session: Session, facilities: Iterable[uuid.UUID] | Literal["*"]
         # An empty scope is the empty string: the policy then shows no row at all.
         value = ",".join(sorted(str(uuid.UUID(str(f))) for f in facilities))
     # One round trip for both: the value is '*' or canonical UUIDs joined by commas, safe to inline.
-    session.execute(
+    session.connection().execute(
         text(f"SET LOCAL ROLE {APP_ROLE}; SELECT set_config('carnet.facility_ids', '{value}', true)")
     )

@@ -191,7 +191,8 @@ def relationships_of(
             "since": ctx.now - APPOINTMENT_WINDOW_BEFORE,
             "until": ctx.now + APPOINTMENT_WINDOW_AFTER,
         }
-        for rel_value, pid in session.execute(_TAGGED, params):
+        session.flush()  # a Core statement does not autoflush: see this transaction's own writes
+        for rel_value, pid in session.connection().execute(_TAGGED, params):
             if pid in found:
                 found[pid].add(Relationship(rel_value))
     return {pid: frozenset(rels) for pid, rels in found.items()}
