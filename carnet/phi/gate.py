@@ -1803,6 +1803,9 @@ class Gate:
         encounter = tx.session.get(Encounter, eid) if eid else None
         if encounter is None or encounter.patient_id != patient.id:
             raise InvalidInput("unknown encounter for this patient")
+        if encounter.status == "entered-in-error":
+            # A stay opened by mistake is no stay: nothing new is written (or billed) against it.
+            raise InvalidInput("this stay was entered in error: name the right stay, or none")
         return encounter.id
 
     # -- prescriptions and allergies ------------------------------------------------------------

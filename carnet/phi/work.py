@@ -2,8 +2,8 @@
 
 Front desk and billing serve a whole facility, so no care relationship narrows what they may
 open. Their work still follows the patients who come through the facility: someone with an
-appointment around now (-7/+30 days), a stay of the last month, an invoice in progress or of the
-last 90 days, or a record registered this week.
+appointment around now (-7/+30 days), a stay of the last month (not one entered in error), an
+invoice in progress or of the last 90 days, or a record registered this week.
 Detection uses this (carnet.detection, `WorkRelations`) to tell a desk's day from a sweep of the
 register: a patient with none of these is "outside their work". It never decides access.
 """
@@ -43,6 +43,8 @@ def _statement() -> object:
         ),
         select(Encounter.patient_id).where(
             Encounter.patient_id.in_(ids),
+            # A stay opened by mistake (the wrong patient, a duplicate) was no business here.
+            Encounter.status != "entered-in-error",
             or_(
                 Encounter.status == "in-progress",
                 Encounter.start_at >= bindparam("encounter_since", type_=UtcDateTime()),

@@ -5,12 +5,28 @@ nurses) end with it. The wrong role, and break-the-glass alone, are refused and 
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+
 import pytest
 from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, ResourceNotFound
 
 from carnet.access.roles import Role
+from carnet.kernel import clock
+from carnet.kernel.clock import MovableClock
+from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.phi.gate import Gate
-from tests.factories import assign_ward, link_care, make_account, make_location, make_nurse, make_physician
+from carnet.phi.schemas import EncounterInput, InvoiceInput, InvoiceLineInput
+from carnet.phi.work import SqlFacilityWork
+from tests.factories import (
+    assign_ward,
+    link_care,
+    make_account,
+    make_location,
+    make_nurse,
+    make_physician,
+    register_patient,
+)
 from tests.fhir.conftest import Server, audit_rows
 from tests.fhir.test_stays_and_reports import _clinic, _exposures, _stay
 
@@ -110,3 +126,51 @@ def test_an_encounter_change_that_is_none_of_the_known_ones_is_refused(fhir_serv
         with pytest.raises(OperationOutcome):
             client.resource("Encounter", **dict(stay.serialize(), status=status)).save()
     assert client.reference("Encounter", stay["id"]).to_resource()["meta"]["versionId"] == "1"
+
+
+def test_a_mistaken_stay_leaves_no_work_and_takes_no_new_record(
+    fhir_server: Server, movable_clock: MovableClock
+) -> None:
+    """Billing may invoice a patient it has business with (a stay among others): a stay entered
+    in error is none, so it neither opens that door nor takes a note, a result or an invoice."""
+    runtime = fhir_server.runtime
+    facility, doctor, patient_id = _clinic(runtime)
+    control_id = register_patient(runtime, facility, family="Témoin").id
+    assert doctor.practitioner_id is not None
+    link_care(runtime, patient_id=control_id, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    gate = Gate(runtime, doctor)
+    ward = str(make_location(runtime, facility))
+    mistaken = gate.admit_patient(
+        data=EncounterInput(patient_id=patient_id, kind="inpatient", location_id=ward)
+    )
+    real = gate.admit_patient(data=EncounterInput(patient_id=control_id, kind="inpatient", location_id=ward))
+    gate.mark_encounter_entered_in_error(encounter_id=mistaken.id, expected_version=1)
+    billing = make_account(runtime, roles=[Role.BILLING], facility_id=facility)
+    lines = [InvoiceLineInput(code="GHS", description="Séjour", amount_cents=90_000)]
+
+    with pytest.raises(InvalidInput, match="entered in error"):
+        Gate(runtime, billing).issue_invoice(
+            data=InvoiceInput(patient_id=patient_id, encounter_id=mistaken.id, lines=lines)
+        )
+    with pytest.raises(InvalidInput, match="entered in error"):
+        gate.write_note(
+            patient_id=patient_id, kind="11506-3", title="Entrée", text="x", encounter_id=mistaken.id
+        )
+    assert audit_rows(runtime, billing.account_id) == [("phi:resource:create", "error", "Invoice")]
+
+    # Eight days on (the registrations no longer count as business): the patient of the
+    # mistaken stay is outside billing's work and cannot be invoiced; the other one can.
+    movable_clock.advance(dt.timedelta(days=8))
+    with runtime.session_factory() as session:
+        work = SqlFacilityWork().in_work(
+            session, patient_ids=[uuid.UUID(patient_id), uuid.UUID(control_id)], at=clock.now()
+        )
+    assert work == {uuid.UUID(control_id)}
+    later = make_account(runtime, roles=[Role.BILLING], facility_id=facility)
+    with pytest.raises(NotFound):
+        Gate(runtime, later).issue_invoice(data=InvoiceInput(patient_id=patient_id, lines=lines))
+    assert audit_rows(runtime, later.account_id) == [("phi:resource:create", "denied", "Invoice")]
+    invoice = Gate(runtime, later).issue_invoice(
+        data=InvoiceInput(patient_id=control_id, encounter_id=real.id, lines=lines)
+    )
+    assert invoice.encounter_id == real.id
