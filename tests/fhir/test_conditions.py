@@ -22,7 +22,7 @@ from carnet.records.models import Condition
 from carnet.runtime import Runtime
 from tests.factories import link_care, make_account, make_nurse, make_physician, register_patient
 from tests.fhir.conftest import Server, audit_rows
-from tests.fhir.test_stays_and_reports import _clinic, _exposures
+from tests.fhir.test_stays_and_reports import _clinic, _exposures, _race
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
@@ -276,3 +276,21 @@ def test_an_imported_problem_keeps_its_imported_state_as_version_one(
     who = [p["agent"][0]["who"] for p in provenance]
     assert who[0]["reference"] == f"Practitioner/{doctor.practitioner_id}"
     assert who[1]["display"] == "carnet system (import or migration)"
+
+
+def test_two_amendments_of_one_version_give_one_winner_and_one_412(fhir_server_both: Server) -> None:
+    fhir_server = fhir_server_both
+    runtime = fhir_server.runtime
+    _facility, doctor, patient_id = _clinic(runtime)
+    client = fhir_server.client_for(doctor)
+    problem = client.resource("Condition", **_problem(f"Patient/{patient_id}", code="I48.9"))
+    problem.save()
+    clients = [fhir_server.client_for(doctor), fhir_server.client_for(doctor)]
+    bodies = [
+        dict(problem.serialize(), clinicalStatus={"coding": [{"system": CLINICAL, "code": code}]})
+        for code in ("resolved", "remission")
+    ]
+    outcomes = _race([lambda i=i: clients[i].resource("Condition", **bodies[i]).save() for i in range(2)])
+    assert sorted(outcomes)[0] == "412" and len([o for o in outcomes if o.startswith("won")]) == 1, outcomes
+    history = client.execute(f"Condition/{problem['id']}/_history", method="get")
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
