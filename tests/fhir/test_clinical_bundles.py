@@ -174,3 +174,26 @@ def test_a_batch_corrects_each_entry_on_its_own(fhir_server: Server) -> None:
         ("phi:resource:update", "success", "Observation"),
         ("phi:resource:update", "denied", "DiagnosticReport"),
     ]
+
+
+def test_problems_are_created_in_a_transaction_all_or_nothing(fhir_server: Server) -> None:
+    runtime = fhir_server.runtime
+    _facility, doctor, patient_id = _clinic(runtime)
+    client = fhir_server.client_for(doctor)
+
+    def post(resource: dict[str, Any]) -> dict[str, Any]:
+        return {"resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}}
+
+    good = [post(_problem(f"Patient/{patient_id}", code="I10")), post(_result(f"Patient/{patient_id}"))]
+    bad = [*good, post(_problem(f"Patient/{patient_id}", code="hypertension"))]
+    with pytest.raises(OperationOutcome):
+        client.execute("", method="post", data=_bundle("transaction", bad))
+    assert client.resources("Condition").search(patient=patient_id).fetch() == []
+    assert client.resources("Observation").search(patient=patient_id).fetch() == []
+    answer = client.execute("", method="post", data=_bundle("transaction", good))
+    assert [e["response"]["status"] for e in answer["entry"]] == ["201 Created"] * 2
+    created = answer["entry"][0]["resource"]
+    assert created["code"]["coding"][0]["code"] == "I10" and _status(created, "clinicalStatus") == "active"
+    assert [c["id"] for c in client.resources("Condition").search(patient=patient_id).fetch()] == [
+        created["id"]
+    ]
