@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -26,9 +27,11 @@ from pydantic import ValidationError
 from carnet.fhir import mapping
 from carnet.fhir.api import (
     checked,
+    count_param,
     expected_version,
     gate_for,
     history_bundle,
+    page_param,
     paged,
     parse_version,
     reference_id,
@@ -37,7 +40,7 @@ from carnet.fhir.api import (
     validated,
     versioned,
 )
-from carnet.fhir.clinical import patient_of
+from carnet.fhir.clinical import date_matches, patient_of
 from carnet.fhir.mapping import EXT, clean, ref, when
 from carnet.fhir.metadata import SUPPORTED
 from carnet.kernel.errors import InvalidInput, NotFound
@@ -56,7 +59,12 @@ SUPPORTED[INVOICE] = {
     "interactions": ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
     "search": {"patient": "reference", "subject": "reference", "status": "token"},
 }
-SUPPORTED[PAYMENT] = {"interactions": ["read", "vread", "create"], "search": {}}
+SUPPORTED[PAYMENT] = {
+    "interactions": ["read", "vread", "search-type", "create"],
+    # `patient` is carnet's: the patient billed by the invoice paid (R4 has no such parameter).
+    "search": {"request": "reference", "patient": "reference", "created": "date", "outcome": "token"},
+}
+PAYMENT_SEARCH = {"request", "patient", "created", "outcome"}
 
 
 # == mapping ===================================================================================
@@ -183,8 +191,11 @@ def payment_input(body: dict[str, Any], if_match: str | None) -> PaymentInput:
     invoice_id, version = _invoice_reference((detail.get("request") or {}).get("reference"))
     if detail.get("amount") is not None and _cents(detail["amount"], "detail.amount") != (amount, currency):
         raise InvalidInput("detail.amount must be the paymentAmount")
+    asked = parse_version(if_match)
+    if version is not None and asked is not None and asked != version:
+        raise InvalidInput("detail.request and If-Match name two versions of the invoice: name one")
     if version is None:
-        version = parse_version(if_match)
+        version = asked
     if version is None:
         raise InvalidInput(
             "name the invoice version you read: detail.request Invoice/<id>/_history/<version> (or If-Match)"
@@ -318,6 +329,51 @@ def record_payment(request: Request, body: dict[str, Any] = FhirBody) -> Respons
     resource = validated(PaymentReconciliation, body, PAYMENT)
     view = gate.record_payment(data=payment_input(resource, request.headers.get("if-match")))
     return resource_response(request, payment_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/PaymentReconciliation")
+def search_payments(request: Request) -> Response:
+    """The payments of one invoice (`request=Invoice/<id>`) or of one patient's invoices
+    (`patient=Patient/<id>`), newest first, optionally by `created` date and `outcome`. Read
+    through the gate as the invoices they pay (the same access, audit and exposure as an
+    Invoice read or search): no browsing across patients."""
+    gate = gate_for(request, PAYMENT, "search")  # who asks, first (a token's scopes too)
+    params = request.query_params
+    unknown = sorted(set(params) - PAYMENT_SEARCH - {"_count", "_page", "_format"})
+    if unknown:
+        raise InvalidInput("unsupported search parameters: " + ", ".join(unknown))
+    for name in PAYMENT_SEARCH:
+        if len(params.getlist(name)) > 1 and name != "created":
+            raise InvalidInput(f"{name} is given once")
+    invoice_id = reference_id(params.get("request"), INVOICE) if "request" in params else None
+    patient_id = reference_id(params.get("patient"), "Patient") if "patient" in params else None
+    if invoice_id is None and patient_id is None:
+        raise InvalidInput(
+            "a payment search needs request=Invoice/<id> or patient=Patient/<id>: there is no browsing"
+        )
+    created = params.getlist("created")
+    for criterion in created:  # a malformed date or page is refused before anything is read
+        date_matches(dt.datetime.now(dt.UTC), [criterion])
+    count_param(request)
+    page_param(request)
+    outcome = params.get("outcome")
+    if outcome is not None and outcome not in ("queued", "complete", "error", "partial"):
+        raise InvalidInput("outcome is queued, complete, error or partial")
+    if invoice_id is not None:
+        views = [gate.read_invoice(invoice_id=invoice_id)]
+        if patient_id is not None:
+            views = [v for v in views if v.patient_id == patient_id]
+    else:
+        assert patient_id is not None
+        views = gate.list_invoices(patient_id=patient_id)
+    found = [
+        (payment.received_at, view.model_dump(), payment.id)
+        for view in views
+        for payment in view.payments or []
+        if outcome in (None, "complete") and (not created or date_matches(payment.received_at, created))
+    ]
+    found.sort(key=lambda f: f[0], reverse=True)
+    return paged(request, PAYMENT, [payment_to_fhir(d, pid) for _at, d, pid in found])
 
 
 def _read_payment(request: Request, payment_id: str) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from carnet.fhir.metadata import SYSTEM_INTERACTIONS
 from carnet.fhir.outcome import operation_outcome, status_for
 from carnet.kernel.errors import CarnetError, InvalidInput
 from carnet.phi.gate import TRANSACTION_LIMIT, AllergyWarning, Gate
+from carnet.phi.schemas import InvoiceView
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 SYSTEM_INTERACTIONS.extend(c for c in ("transaction", "batch") if c not in SYSTEM_INTERACTIONS)
@@ -133,12 +134,13 @@ CREATES: dict[str, Kind] = {
     "Invoice": Kind(
         Invoice, "issue_invoice", mapping.invoice_to_fhir, lambda r, g: {"data": billing.invoice_input(r)}
     ),
-    # A payment names the invoice version it pays (Invoice/<id>/_history/<n>) in its detail.
+    # A payment names the invoice version it pays (Invoice/<id>/_history/<n>) in its detail, or
+    # in request.ifMatch; an Invoice created earlier in a transaction, by its urn:uuid (_write).
     "PaymentReconciliation": Kind(
         PaymentReconciliation,
         "record_payment",
         billing.payment_to_fhir,
-        lambda r, g: {"data": billing.payment_input(r, None)},
+        lambda r, g: {"data": billing.payment_input(r, None)},  # _write passes the entry's ifMatch
     ),
 }
 
@@ -316,7 +318,10 @@ def _entry(number: int, raw: Any, base: str) -> Entry:
     if method == "POST":
         if resource_type not in CREATES or (url or resource_type).split("?")[0] != resource_type:
             raise InvalidInput(f"entry {number}: {resource_type} cannot be created in a Bundle")
-        return Entry(number, method, raw.get("fullUrl"), resource_type, resource, url)
+        # A POST's ifMatch is the version of what it acts on (a payment: the invoice it pays).
+        return Entry(
+            number, method, raw.get("fullUrl"), resource_type, resource, url, None, request.get("ifMatch")
+        )
     url_type, rid = _instance_url(number, url)
     if resource_type not in UPDATES or url_type != resource_type:
         raise InvalidInput(f"entry {number}: {resource_type} cannot be updated in a Bundle")
@@ -359,11 +364,48 @@ def resolve(value: Any, created: dict[str, str]) -> Any:
     return value
 
 
-def _write(entry: Entry, gate: Gate, created: dict[str, str]) -> tuple[str, dict[str, Any]]:
-    """An entry's gate operation and arguments (its resource validated after references resolve)."""
+def _new_invoice_paid(entry: Entry, created: dict[str, str], fresh: dict[str, int]) -> dict[str, Any] | None:
+    """A payment of an Invoice created by an earlier entry of this transaction names it by its
+    `urn:uuid:`, which carries no version. The rule: that invoice exists nowhere but in this
+    transaction, so no one else can have changed it; it is at version 1 by construction, and
+    the payment is pinned to `Invoice/<id>/_history/1`. If an earlier entry of this transaction
+    already changed it (a first payment), the reference is ambiguous and refused: pay it again
+    in a later request, naming the version read. None when the payment names no such invoice."""
+    resource = entry.resource or {}
+    details = resource.get("detail")
+    if not isinstance(details, list) or len(details) != 1 or not isinstance(details[0], dict):
+        return None  # not one detail: payment_input says what is wrong
+    request = details[0].get("request")
+    if not isinstance(request, dict):
+        return None
+    reference = request.get("reference")
+    if not isinstance(reference, str) or reference not in fresh:
+        return None
+    if fresh[reference] != 1:
+        raise InvalidInput(
+            "an invoice created in this transaction is paid once in it (detail.request urn:uuid);"
+            " record another payment in a later request, naming the version read"
+        )
+    if entry.if_match is not None and parse_version(entry.if_match) != 1:
+        raise InvalidInput("an invoice created in this transaction is at version 1: ifMatch says otherwise")
+    pinned = dict(details[0], request=dict(request, reference=f"{created[reference]}/_history/1"))
+    return dict(resource, detail=[pinned])
+
+
+def _write(
+    entry: Entry, gate: Gate, created: dict[str, str], fresh: dict[str, int] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """An entry's gate operation and arguments (its resource validated after references resolve).
+    `fresh`: the invoices created earlier in this transaction (by `urn:uuid:`) and the version
+    its earlier entries left each at."""
     if entry.method == "POST":
         kind = CREATES[entry.resource_type]
-        resource = validated(kind.model, resolve(entry.resource, created), entry.resource_type)
+        raw = entry.resource
+        if entry.resource_type == "PaymentReconciliation":
+            raw = _new_invoice_paid(entry, created, fresh or {}) or raw
+        resource = validated(kind.model, resolve(raw, created), entry.resource_type)
+        if entry.resource_type == "PaymentReconciliation":
+            return kind.operation, {"data": billing.payment_input(resource, entry.if_match)}
         return kind.operation, kind.arguments(resource, gate)
     if entry.method == "PUT":
         model, _to_fhir, change = UPDATES[entry.resource_type]
@@ -433,11 +475,16 @@ def _transaction(request: Request, gate: Gate, entries: list[Entry]) -> Response
 
     def step(entry: Entry) -> tuple[str, Callable[[list[Any]], dict[str, Any]]]:
         def arguments(results: list[Any]) -> dict[str, Any]:
-            # The entries before this one are written by now: record the ids of new ones.
+            # The entries before this one are written by now: record the ids of new ones, and
+            # the version each invoice created here is at (a payment returns its invoice).
+            versions: dict[str, int] = {}
             for earlier, view in zip(entries, results, strict=False):
                 if earlier.full_url and earlier.method == "POST":
                     created[earlier.full_url] = f"{earlier.resource_type}/{view.id}"
-            return _write(entry, gate, created)[1]
+                if isinstance(view, InvoiceView):
+                    versions[f"Invoice/{view.id}"] = view.version_id or 1
+            fresh = {urn: versions[ref] for urn, ref in created.items() if ref in versions}
+            return _write(entry, gate, created, fresh)[1]
 
         # The operation's name is known from the entry alone (its arguments wait for references).
         return _operation(entry), arguments

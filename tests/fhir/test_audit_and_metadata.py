@@ -123,7 +123,13 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
     assert served["Encounter"] == served["Condition"] == served["Observation"]
     assert resources["Condition"]["readHistory"] is True
     assert served["Invoice"] == served["Observation"] and resources["Invoice"]["readHistory"] is True
-    assert served["PaymentReconciliation"] == {"read", "vread", "create"}
+    assert served["PaymentReconciliation"] == {"read", "vread", "search-type", "create"}
+    assert {p["name"] for p in resources["PaymentReconciliation"]["searchParam"]} == {
+        "request",
+        "patient",
+        "created",
+        "outcome",
+    }
     assert {p["name"] for p in resources["Provenance"]["searchParam"]} == {"target", "patient"}
     assert resources["Consent"]["readHistory"] is True and resources["CareTeam"]["readHistory"] is False
     # Nothing is claimed that is not served: every declared interaction answers (401 without a
