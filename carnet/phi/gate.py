@@ -21,9 +21,9 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import Table, Uuid, and_, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
@@ -169,6 +169,10 @@ _BI_COLUMNS = {
     IndexKind.PHONE: "phone_bi",
     IndexKind.EMAIL: "email_bi",
 }
+
+
+_PATIENTS = cast(Table, Patient.__table__)
+_PATIENT_BY_ID = select(_PATIENTS).where(_PATIENTS.c.id == bindparam("id", type_=Uuid()))
 
 
 class _Refused(Exception):
@@ -397,6 +401,18 @@ class Gate:
         tx.patient_ids.append(patient.id)
         return patient
 
+    def _patient_to_read(self, tx: _Tx, patient_id: str) -> Patient:
+        """`_patient` for an operation that only reads the record: one Core statement and a
+        detached instance, not the ORM's query, identity map and change tracking (a third of
+        the cost of the hottest read). Never pass the result to a write."""
+        pid = parse_id(patient_id)
+        row = tx.session.connection().execute(_PATIENT_BY_ID, {"id": pid}).first() if pid else None
+        if row is None:
+            raise NotFound(NOT_FOUND)
+        patient = Patient(**row._asdict())
+        tx.patient_ids.append(patient.id)
+        return patient
+
     def _relationships(
         self, tx: _Tx, patients: Iterable[Patient]
     ) -> dict[uuid.UUID, frozenset[Relationship]]:
@@ -550,7 +566,7 @@ class Gate:
     @guarded(AuditKind.PHI_READ, RT.PATIENT, targeted=True)
     def read_patient(self, tx: _Tx, /, *, patient_id: str) -> PatientView:
         """A patient's chart identity, redacted to what the actor's role and relationship open."""
-        patient = self._patient(tx, patient_id)
+        patient = self._patient_to_read(tx, patient_id)
         decision = self._authorize(tx, patient, RT.PATIENT)
         tx.resource_ids.append(str(patient.id))
         rels = self._relationships(tx, [patient])
