@@ -17,6 +17,8 @@ class Permission(StrEnum):
     PATIENT_SEARCH = "phi:patient:search"
     PATIENT_CREATE = "phi:patient:create"
     PATIENT_UPDATE = "phi:patient:update"
+    # Merging duplicate records is identity vigilance: the desk (medical records office), not care.
+    PATIENT_MERGE = "phi:patient:merge"
     DAY_LIST_READ = "phi:day-list:read"
     APPOINTMENT_READ = "phi:appointment:read"
     APPOINTMENT_WRITE = "phi:appointment:write"
@@ -90,6 +92,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.PATIENT_SEARCH,
             P.PATIENT_CREATE,
             P.PATIENT_UPDATE,
+            P.PATIENT_MERGE,
             P.APPOINTMENT_READ,
             P.APPOINTMENT_WRITE,
             P.HISTORY_READ,

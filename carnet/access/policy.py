@@ -76,6 +76,9 @@ PATIENT_IDENTITY = PATIENT_LOCATE | {
     "active",
     "designated_physician_id",
     "opposes_other_facilities",
+    # A merged duplicate names the record it was merged into; a kept record the ones it replaces.
+    "merged_into_id",
+    "replaces",
 }
 PATIENT_CONTACT = frozenset({"address", "phone", "email"})
 APPOINTMENT_ADMIN = frozenset(

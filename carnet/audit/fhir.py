@@ -53,6 +53,12 @@ _KINDS: dict[str, tuple[dict[str, str], dict[str, str] | None, str, str | None]]
     AuditKind.PHI_CREATE: (_REST, {"system": RESTFUL, "code": "create"}, "C", "IHE.BasicAudit.PatientCreate"),
     AuditKind.PHI_UPDATE: (_REST, {"system": RESTFUL, "code": "update"}, "U", "IHE.BasicAudit.PatientUpdate"),
     AuditKind.PHI_DELETE: (_REST, {"system": RESTFUL, "code": "delete"}, "D", "IHE.BasicAudit.PatientDelete"),
+    AuditKind.PHI_MERGE: (
+        _REST,
+        {"system": RESTFUL, "code": "operation"},
+        "U",
+        "IHE.BasicAudit.PatientUpdate",
+    ),
     AuditKind.PHI_EXPORT: ({"system": DCM, "code": "110106", "display": "Export"}, None, "R", None),
     AuditKind.LOGIN_SUCCESS: (
         {"system": DCM, "code": "110114", "display": "User Authentication"},

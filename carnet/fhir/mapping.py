@@ -132,9 +132,19 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             if d.get("designated_physician_id")
             else None,
             "managingOrganization": ref("Organization", d.get("facility_id")),
+            "link": _patient_links(d),
         }
     )
     return checked(Patient, resource)
+
+
+def _patient_links(d: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A merged duplicate points to the record kept (replaced-by); the kept one to its duplicates."""
+    links = []
+    if d.get("merged_into_id"):
+        links.append({"other": ref("Patient", d["merged_into_id"]), "type": "replaced-by"})
+    links.extend({"other": ref("Patient", other), "type": "replaces"} for other in d.get("replaces") or [])
+    return links or None
 
 
 def _patient_fields(body: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
+from fhir.resources.R4B.parameters import Parameters
 from fhir.resources.R4B.patient import Patient
 
 from carnet.access.policy import SEARCH_MAX_COUNT, SEARCH_MAX_PAGE
@@ -51,6 +52,10 @@ SUPPORTED[PATIENT] = {
 }
 
 OPERATIONS["everything"] = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+# FHIR R5's Patient $merge, offered on R4: references (each at the version read) and a reason.
+OPERATIONS["merge"] = "http://hl7.org/fhir/OperationDefinition/Patient-merge"
+MERGE_PARAMETERS = {"source-patient", "target-patient", "reason"}
+MERGE_UNSUPPORTED = {"source-patient-identifier", "target-patient-identifier", "result-patient", "preview"}
 
 FhirBody = Body(..., media_type="application/fhir+json")
 
@@ -128,6 +133,52 @@ def create_patient(request: Request, body: dict[str, Any] = FhirBody) -> Respons
     facility = str(gate.actor.facility_id) if gate.actor.facility_id else None
     view = gate.register_patient(data=mapping.patient_input(resource, facility))
     return resource_response(request, mapping.patient_to_fhir(view.model_dump()), status=201)
+
+
+def _merge_reference(params: dict[str, dict[str, Any]], name: str) -> tuple[str, int]:
+    """A `Patient/<id>/_history/<version>` reference: the record and the version the clerk read."""
+    value = (params.get(name) or {}).get("valueReference") or {}
+    reference = str(value.get("reference") or "")
+    parts = reference.split("/")
+    if len(parts) != 4 or parts[0] != PATIENT or parts[2] != "_history" or not parts[3].isdigit():
+        raise InvalidInput(
+            f"{name} must be a versioned reference Patient/<id>/_history/<version> (the version read)"
+        )
+    return parts[1], int(parts[3])
+
+
+@router.post("/$merge")
+def merge_patients(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Merge a duplicate (source-patient) into the record kept (target-patient): the source
+    becomes inactive, replaced-by the target, and its records move to the target. Returns the
+    target Patient. Each reference names the version read; a changed record answers 412."""
+    gate = gate_for(request, PATIENT, "update")
+    resource = validated(Parameters, body, "Parameters")
+    params: dict[str, dict[str, Any]] = {}
+    for parameter in resource.get("parameter") or []:
+        name = str(parameter.get("name"))
+        if name in MERGE_UNSUPPORTED:
+            raise InvalidInput(f"{name} is not supported: name both records by reference")
+        if name not in MERGE_PARAMETERS:
+            raise InvalidInput(
+                f"unknown parameter {name[:40]!r}: expected source-patient, target-patient, reason"
+            )
+        if name in params:
+            raise InvalidInput(f"{name} is given more than once")
+        params[name] = parameter
+    source_id, source_version = _merge_reference(params, "source-patient")
+    target_id, target_version = _merge_reference(params, "target-patient")
+    reason = (params.get("reason") or {}).get("valueString")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput("reason (valueString) is required: why these two records are one person")
+    view = gate.merge_patients(
+        source_id=source_id,
+        target_id=target_id,
+        source_version=source_version,
+        target_version=target_version,
+        reason=reason,
+    )
+    return resource_response(request, mapping.patient_to_fhir(view.model_dump()))
 
 
 @router.get("/{patient_id}")

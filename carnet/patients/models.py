@@ -44,7 +44,9 @@ class Patient(IdMixin, VersionedMixin, Base):
     # The patient opposes access from facilities other than the managing one (honoured everywhere).
     opposes_other_facilities: Mapped[bool] = mapped_column(default=False)
     active: Mapped[bool] = mapped_column(default=True)
-    merged_into_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("patients.id"))
+    # Set when this record was merged into another (a duplicate of the same person); indexed
+    # so a kept record finds the duplicates it replaces.
+    merged_into_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("patients.id"), index=True)
 
     __table_args__ = (Index("ix_patients_family_birth", "family_bi", "birth_date_bi"),)
 

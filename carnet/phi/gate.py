@@ -401,6 +401,18 @@ class Gate:
         tx.patient_ids.append(patient.id)
         return patient
 
+    def _record_owner(self, tx: _Tx, patient_id: uuid.UUID, resource: ResourceType) -> Patient:
+        """The patient whose chart holds a record now: a merged duplicate's records moved to the
+        record it was merged into, while their earlier versions still name the duplicate."""
+        patient = self._patient(tx, patient_id)
+        seen = {patient.id}
+        while resource != RT.PATIENT and patient.merged_into_id is not None:
+            if patient.merged_into_id in seen:
+                raise NotFound(NOT_FOUND)  # a cycle cannot be made by merge_patients: fail closed
+            patient = self._patient(tx, patient.merged_into_id)
+            seen.add(patient.id)
+        return patient
+
     def _patient_to_read(self, tx: _Tx, patient_id: str) -> Patient:
         """`_patient` for an operation that only reads the record: one Core statement and a
         detached instance, not the ORM's query, identity map and change tracking (a third of
@@ -440,6 +452,11 @@ class Gate:
         )
         if not decision.allowed:
             raise _Refused(decision.reason, [patient.id])
+        if write and patient.merged_into_id is not None:
+            # Its records moved to the record kept: a write here would file them on a duplicate.
+            raise InvalidInput(
+                f"this patient record was merged into Patient/{patient.merged_into_id}: write there"
+            )
         tx.reasons.append(decision.reason)
         if Relationship.BREAK_GLASS in rels and not rels & care.CARE:
             tx.reasons.append("break-the-glass")
@@ -509,6 +526,7 @@ class Gate:
             "active": patient.active,
             "designated_physician_id": _s(patient.designated_physician_id),
             "opposes_other_facilities": patient.opposes_other_facilities,
+            "merged_into_id": _s(patient.merged_into_id),
         }
         for name, (column, _kind) in PATIENT_ENCRYPTED.items():
             if name in fields:
@@ -571,7 +589,16 @@ class Gate:
         tx.resource_ids.append(str(patient.id))
         rels = self._relationships(tx, [patient])
         self._expose(tx, [patient.id], Channel.CHART, rels, decision.fields)
-        return self._patient_view(patient, decision.fields)
+        return self._with_replaces(tx, patient, self._patient_view(patient, decision.fields))
+
+    def _with_replaces(self, tx: _Tx, patient: Patient, view: PatientView) -> PatientView:
+        """The duplicates merged into this record (FHIR Patient.link type replaces), if shown."""
+        if "replaces" not in view.visible:
+            return view
+        replaced = tx.session.scalars(
+            select(Patient.id).where(Patient.merged_into_id == patient.id).order_by(Patient.id).limit(100)
+        )
+        return view.model_copy(update={"replaces": [str(r) for r in replaced] or None})
 
     @guarded(AuditKind.PHI_SEARCH, RT.PATIENT, targeted=False)
     def search_patients(
@@ -644,7 +671,8 @@ class Gate:
                 raise _Refused("no relationship opens Patient to this role")
             self._expose(tx, [], Channel.SEARCH, {}, (), shape=event)
             return PatientPage(items=[], page=page, count=count, has_more=False)
-        query = select(Patient).where(scope, *criteria).order_by(Patient.id)
+        # A merged duplicate is found through the record it was merged into, never by a search.
+        query = select(Patient).where(scope, Patient.merged_into_id.is_(None), *criteria).order_by(Patient.id)
         if criteria:
             found = list(tx.session.scalars(query.offset((page - 1) * count).limit(count + 1)))
         else:
@@ -1004,7 +1032,7 @@ class Gate:
         )
         if not versions:
             raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, versions[0].patient_id)
+        patient = self._record_owner(tx, versions[0].patient_id, kind)
         decision = self._authorize(tx, patient, kind)
         tx.resource_ids.append(str(rid))
         rels = self._relationships(tx, [patient])
@@ -2778,8 +2806,8 @@ class Gate:
     def _provenance(self, tx: _Tx, versions: Sequence[ResourceVersion]) -> list[ProvenanceView]:
         """Authorized like a read of the target; shows authors and times, never content."""
         self._require(tx, Permission.HISTORY_READ)
-        patient = self._patient(tx, versions[0].patient_id)
         kind = ResourceType(versions[0].resource_type)
+        patient = self._record_owner(tx, versions[0].patient_id, kind)
         self._authorize(tx, patient, kind)
         tx.resource_ids.extend(str(v.id) for v in versions)
         rels = self._relationships(tx, [patient])
@@ -2891,6 +2919,146 @@ class Gate:
         full = self._patient_data(patient, PATIENT_IDENTITY | PATIENT_CONTACT)
         self._snapshot(tx, RT.PATIENT, patient.id, patient.version_id, patient, "delete", full)
         return self._written_patient(tx, patient)
+
+    # -- identity vigilance: two records of one person made one ---------------------------------
+    @guarded(AuditKind.PHI_MERGE, RT.PATIENT, targeted=True)
+    def merge_patients(
+        self,
+        tx: _Tx,
+        /,
+        *,
+        source_id: str,
+        target_id: str,
+        source_version: int,
+        target_version: int,
+        reason: str,
+    ) -> PatientView:
+        """Merge a duplicate (`source`) into the record kept (`target`), all in one transaction.
+
+        Both are active records of one facility, each at the version the clerk read (If-Match).
+        The source becomes inactive with `merged_into_id`; every record filed under it (see
+        MERGED_RECORDS) is re-filed under the target; the target takes the source's INS and
+        contact details where it has none. Each patient gets a new version; the source's, the
+        merge record, lists every record moved (so the merge can be reversed exactly), and the
+        moved records keep their versions, which still show under whom they were written.
+        """
+        self._require(tx, Permission.PATIENT_MERGE)
+        self._check_scopes(tx, RT.PATIENT)
+        source = self._patient(tx, source_id)
+        self._authorize(tx, source, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE)
+        target = self._patient(tx, target_id)
+        if target.id == source.id:
+            raise InvalidInput("a patient cannot be merged into itself: name two different records")
+        self._authorize(tx, target, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE)
+        reason = " ".join((reason or "").split())
+        if not MERGE_REASON_MIN <= len(reason) <= MERGE_REASON_MAX:
+            raise InvalidInput(
+                f"a merge needs a reason ({MERGE_REASON_MIN} to {MERGE_REASON_MAX} characters)"
+            )
+        for patient, expected in ((source, source_version), (target, target_version)):
+            if patient.version_id != expected:
+                raise Conflict(f"Patient/{patient.id} was changed by someone else: reload and try again")
+        if source.facility_id != target.facility_id:
+            raise InvalidInput(
+                "the two records belong to different facilities: a merge stays in one facility"
+            )
+        for patient in (source, target):
+            if not patient.active or patient.merged_into_id is not None:
+                raise InvalidInput(
+                    f"Patient/{patient.id} is inactive (merged or deleted): merge active records"
+                )
+        in_progress = tx.session.scalar(
+            select(func.count())
+            .select_from(Encounter)
+            .where(Encounter.patient_id.in_([source.id, target.id]), Encounter.status == "in-progress")
+        )
+        if (in_progress or 0) > 1:
+            raise InvalidInput(
+                "both records have a stay in progress: discharge one of them (or mark it entered in"
+                " error) first, a patient is in one stay at a time"
+            )
+        accounts = tx.session.scalar(
+            select(func.count()).select_from(Account).where(Account.patient_id.in_([source.id, target.id]))
+        )
+        if (accounts or 0) > 1:
+            raise InvalidInput("both records have a patient portal account: close one of them first")
+        # Re-file every record of the duplicate under the record kept.
+        moved: dict[str, list[str]] = {}
+        for name, model in MERGED_RECORDS:
+            ids = tx.session.scalars(
+                update(model)
+                .where(model.patient_id == source.id)
+                .values(patient_id=target.id)
+                .returning(model.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+            if ids:
+                moved[name] = sorted(str(i) for i in ids)
+        portal = tx.session.scalars(
+            update(Account)
+            .where(Account.patient_id == source.id)
+            .values(patient_id=target.id)
+            .returning(Account.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        # The record kept takes what it lacks: the INS, contact details, a designated physician,
+        # and the stricter privacy choice (an opposition of either record holds for the person).
+        taken = {
+            name: self._dec(getattr(source, column), "patients", name, source.id)
+            for name, (column, _kind) in PATIENT_ENCRYPTED.items()
+            if name in MERGE_FILLS and getattr(source, column) is not None and getattr(target, column) is None
+        }
+        values = self._patient_columns(target.facility_id, target.id, taken)
+        if target.designated_physician_id is None and source.designated_physician_id is not None:
+            values["designated_physician_id"] = source.designated_physician_id
+        if source.opposes_other_facilities and not target.opposes_other_facilities:
+            values["opposes_other_facilities"] = True
+        self._bump(tx, Patient, source, source_version, active=False, merged_into_id=target.id)
+        self._bump(tx, Patient, target, target_version, **values)
+        everything = PATIENT_IDENTITY | PATIENT_CONTACT
+        merge = {
+            "at": tx.now.isoformat(),
+            "reason": reason,
+            "source": str(source.id),
+            "target": str(target.id),
+        }
+        source_data = self._patient_data(source, everything)
+        self._snapshot(
+            tx,
+            RT.PATIENT,
+            source.id,
+            source.version_id,
+            source,
+            "update",
+            source_data
+            | {
+                "merge": merge
+                | {"moved": moved, "portal_account": [str(a) for a in portal], "took": sorted(taken)}
+            },
+        )
+        replaces = [
+            str(r)
+            for r in tx.session.scalars(
+                select(Patient.id).where(Patient.merged_into_id == target.id).order_by(Patient.id).limit(100)
+            )
+        ]
+        target_data = self._patient_data(target, everything) | {"replaces": replaces}
+        self._snapshot(
+            tx, RT.PATIENT, target.id, target.version_id, target, "update", target_data | {"merge": merge}
+        )
+        if values.get("opposes_other_facilities"):
+            self._consent_follows_flag(tx, target)
+        tx.resource_ids.extend(i for ids in moved.values() for i in ids)
+        total = sum(len(ids) for ids in moved.values())
+        tx.reasons.append(f"merge of a duplicate: {total} records moved")
+        # Both charts were opened to decide the merge: one exposure each.
+        tx.relationships.clear()
+        rels = self._relationships(tx, [source, target])
+        for patient in (source, target):
+            fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.PATIENT)
+            self._expose(tx, [patient.id], Channel.CHART, rels, fields)
+        fields = self._read_fields(tx, rels.get(target.id, frozenset()), RT.PATIENT)
+        return self._with_replaces(tx, target, self._patient_view(target, fields))
 
     @guarded(AuditKind.PHI_TRANSACTION, RT.PATIENT, targeted=False)
     def run_transaction(self, tx: _Tx, /, *, steps: Sequence[TransactionStep]) -> list[Any]:
@@ -3123,6 +3291,29 @@ def _job_view(job: ExportFile) -> ExportJobView:
     )
 
 
+# What a merge re-files from the duplicate to the record kept: every table with a patient_id
+# that holds the patient's care, billing or privacy records. Not moved, on purpose: audit events,
+# exposures and break-the-glass accesses (what happened, to whom), a canary's marker, export
+# requests (a decision taken on a list), and resource versions (history, under whom it was written).
+MERGED_RECORDS: tuple[tuple[str, Any], ...] = (
+    (RT.APPOINTMENT.value, Appointment),
+    (RT.ENCOUNTER.value, Encounter),
+    (RT.NOTE.value, ClinicalNote),
+    (RT.PRESCRIPTION.value, Prescription),
+    (RT.ALLERGY.value, Allergy),
+    (RT.CONDITION.value, Condition),
+    (RT.OBSERVATION.value, Observation),
+    (RT.DIAGNOSTIC_REPORT.value, DiagnosticReport),
+    (RT.COVERAGE.value, Coverage),
+    (RT.CARD_READING.value, CardReading),
+    (RT.INVOICE.value, Invoice),
+    (RT.CARE_TEAM.value, CareRelationship),
+    (RT.CONSENT.value, Consent),
+)
+MERGE_FILLS = frozenset({"ins", "address", "phone", "email"})  # taken from the duplicate if missing
+MERGE_REASON_MIN = 5
+MERGE_REASON_MAX = 500
+
 # The SMART action a token's scopes must allow, by audit kind (reads and history: "read").
 _SCOPE_ACTIONS = {
     AuditKind.PHI_SEARCH: "search",
@@ -3130,6 +3321,7 @@ _SCOPE_ACTIONS = {
     AuditKind.PHI_CREATE: "create",
     AuditKind.PHI_UPDATE: "update",
     AuditKind.PHI_DELETE: "delete",
+    AuditKind.PHI_MERGE: "update",
 }
 
 # What `Gate._read_one` reads by id (other sections are read through their patient).

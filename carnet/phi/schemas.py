@@ -35,6 +35,8 @@ class PatientView(Redactable):
     active: bool | None = None
     designated_physician_id: str | None = None
     opposes_other_facilities: bool | None = None
+    merged_into_id: str | None = None  # this duplicate was merged into that record
+    replaces: list[str] | None = None  # the duplicates merged into this record
 
     @field_validator("ins", mode="before")
     @classmethod

@@ -66,6 +66,7 @@ class World:
     draft: str = ""  # a draft invoice of the patient
     payment: str = ""  # a payment of another invoice of the patient
     condition: str = ""  # an active problem of the patient
+    desk: Actor | None = None  # a front-desk clerk of the facility (identity vigilance)
 
 
 def _world(runtime: Runtime) -> World:
@@ -136,6 +137,7 @@ def _world(runtime: Runtime) -> World:
     condition = gate.record_condition(data=_problem(patient.id))
     return dataclasses.replace(
         world,
+        desk=f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility),
         condition=condition.id,
         no_stay=consenting.id,
         observation=observation.id,
@@ -573,6 +575,15 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.deactivate_patient(patient_id=w.patient, expected_version=1),
         lambda g, w: g.deactivate_patient(patient_id=w.patient, expected_version=9),
     ),
+    "merge_patients": (
+        "desk",
+        lambda g, w: g.merge_patients(
+            source_id=w.stranger, target_id=w.patient, source_version=1, target_version=1, reason="doublon"
+        ),
+        lambda g, w: g.merge_patients(
+            source_id=w.stranger, target_id=w.patient, source_version=9, target_version=1, reason="doublon"
+        ),
+    ),
     "run_transaction": (
         "physician",
         lambda g, w: g.run_transaction(
@@ -697,7 +708,8 @@ def test_operation_is_audited_on_allow_deny_and_error(
     world = _world(runtime)
     kind = public_operations()[name].value
     who, allowed, failing = CALLS[name]
-    actor = world.physician if who == "physician" else world.billing
+    actor = {"physician": world.physician, "billing": world.billing, "desk": world.desk}[who]
+    assert actor is not None
 
     # allow
     before = len(_outcomes(runtime, actor))
