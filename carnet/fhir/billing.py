@@ -179,8 +179,9 @@ def _invoice_reference(value: Any) -> tuple[str, int | None]:
     return invoice, None
 
 
-def payment_input(body: dict[str, Any], if_match: str | None) -> PaymentInput:
-    """A PaymentReconciliation as one payment of one invoice, at the invoice version read."""
+def payment_parts(body: dict[str, Any]) -> tuple[int, str | None, Any, str]:
+    """A PaymentReconciliation's amount (cents), currency, the reference of the one invoice it
+    pays (as sent, unchecked) and its method (unchecked)."""
     if body.get("status") not in (None, "active"):
         raise InvalidInput("a payment is recorded active")
     amount, currency = _cents(body.get("paymentAmount"), "paymentAmount")
@@ -188,9 +189,20 @@ def payment_input(body: dict[str, Any], if_match: str | None) -> PaymentInput:
     if len(details) != 1:
         raise InvalidInput("a PaymentReconciliation pays one invoice: one detail, its request the Invoice")
     detail = details[0]
-    invoice_id, version = _invoice_reference((detail.get("request") or {}).get("reference"))
     if detail.get("amount") is not None and _cents(detail["amount"], "detail.amount") != (amount, currency):
         raise InvalidInput("detail.amount must be the paymentAmount")
+    method = next(
+        (e.get("valueCode") for e in body.get("extension") or [] if e.get("url") == PAYMENT_METHOD), None
+    )
+    if method is None:
+        raise InvalidInput(f"a payment needs its method (extension {PAYMENT_METHOD}: card, cash, ...)")
+    return amount, currency, (detail.get("request") or {}).get("reference"), method
+
+
+def payment_input(body: dict[str, Any], if_match: str | None) -> PaymentInput:
+    """A PaymentReconciliation as one payment of one invoice, at the invoice version read."""
+    amount, _currency, reference, method = payment_parts(body)
+    invoice_id, version = _invoice_reference(reference)
     asked = parse_version(if_match)
     if version is not None and asked is not None and asked != version:
         raise InvalidInput("detail.request and If-Match name two versions of the invoice: name one")
@@ -200,11 +212,6 @@ def payment_input(body: dict[str, Any], if_match: str | None) -> PaymentInput:
         raise InvalidInput(
             "name the invoice version you read: detail.request Invoice/<id>/_history/<version> (or If-Match)"
         )
-    method = next(
-        (e.get("valueCode") for e in body.get("extension") or [] if e.get("url") == PAYMENT_METHOD), None
-    )
-    if method is None:
-        raise InvalidInput(f"a payment needs its method (extension {PAYMENT_METHOD}: card, cash, ...)")
     values = {"invoice_id": invoice_id, "expected_version": version, "amount_cents": amount, "method": method}
     try:
         return PaymentInput(**values)

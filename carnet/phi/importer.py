@@ -7,6 +7,14 @@ file keep what is valid and report each rejected resource with its OperationOutc
 References between resources resolve within the run: `urn:uuid:` full URLs of a Bundle and
 `Patient/<source id>` of resources imported earlier in the run (list Patient files first);
 a reference to a Patient already in carnet (its id) is accepted when it is in the facility.
+
+Invoices keep the number the issuing system gave them (`identifier`), unless it has the form
+of this facility's own carnet numbering (that sequence stays carnet's, gapless); one sent
+without a number is numbered in the facility's sequence, as the gate numbers an issued one. A
+PaymentReconciliation pays an Invoice of the same run (`urn:uuid:` or `Invoice/<source id>`,
+in any order within a Bundle or NDJSON chunk, or from an earlier file): never more than is
+due, only an issued (or balanced) invoice; the payment that settles an issued invoice makes it
+balanced. An invoice already in carnet is paid through the API, naming its version.
 """
 
 from __future__ import annotations
@@ -23,24 +31,30 @@ from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition as FhirCondition
 from fhir.resources.R4B.coverage import Coverage as FhirCoverage
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport as FhirDiagnosticReport
+from fhir.resources.R4B.invoice import Invoice as FhirInvoice
 from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
+from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation as FhirPaymentReconciliation
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, text, update
 
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.billing.models import Invoice
 from carnet.crypto.blind import IndexKind
-from carnet.fhir import mapping
+from carnet.fhir import billing, mapping
 from carnet.fhir.api import type_name
 from carnet.fhir.outcome import operation_outcome, status_for
 from carnet.kernel import clock
 from carnet.kernel.errors import CarnetError, Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
+from carnet.org.models import Facility
 from carnet.patients.models import Patient
 from carnet.phi.loader import SeedBatch, load_batch
-from carnet.phi.system import system_access
+from carnet.phi.schemas import PaymentInput
+from carnet.phi.system import SystemAccess, system_access
 from carnet.records.models import Observation
 from carnet.runtime import Runtime
+from carnet.scheduling.models import Encounter
 
 CHUNK = 1000  # resources per system transaction (batch and NDJSON)
 MODELS: dict[str, Any] = {
@@ -50,7 +64,22 @@ MODELS: dict[str, Any] = {
     "Observation": FhirObservation,
     "Coverage": FhirCoverage,
     "DiagnosticReport": FhirDiagnosticReport,
+    "Invoice": FhirInvoice,
+    "PaymentReconciliation": FhirPaymentReconciliation,
 }
+INVOICE_STATUSES = ("draft", "issued", "balanced", "cancelled")
+
+
+@dataclass
+class _Billed:
+    """An invoice written by an earlier unit of the run, as payments of later units need it."""
+
+    id: uuid.UUID
+    patient_id: uuid.UUID
+    total_cents: int
+    paid_cents: int
+    status: str
+    currency: str
 
 
 @dataclass(frozen=True)
@@ -136,6 +165,17 @@ class _Run:
         self.observations: dict[str, tuple[uuid.UUID, uuid.UUID]] = {}
         self.unit_observations: dict[str, dict[str, Any]] = {}
         self.unit_reports: list[tuple[_Item, dict[str, Any], list[str]]] = []
+        # Invoices by reference ("Invoice/<source id>" or urn:uuid): written ones, and the rows
+        # of the unit at hand; the unit's payments (their row, the invoice named, currency).
+        self.invoices: dict[str, _Billed] = {}
+        self.unit_invoices: dict[str, dict[str, Any]] = {}
+        self.unit_payments: list[tuple[_Item, dict[str, Any], str, str]] = []
+        self.numbers_seen: set[str] = set()  # invoice numbers written by this run
+        self.unit_numbers: set[str] = set()  # those of the unit at hand
+        self.numbers_registered: set[str] = set()  # the unit's numbers already in carnet
+        with runtime.session_factory() as session:
+            finess = session.scalar(select(Facility.finess).where(Facility.id == facility_id))
+        self.own_numbers = f"F{finess}-"  # the form of the facility's carnet numbering
 
     def link_results(self, report: dict[str, Any], references: list[str]) -> list[uuid.UUID]:
         """Point a report's result Observations at it: those of this unit now, those written
@@ -182,6 +222,57 @@ class _Run:
             )
             self.ins_registered = {bi for bi in found if bi is not None}
 
+    def look_up_numbers(self, unit: _Unit) -> None:
+        """The unit's invoice numbers already in carnet: one query."""
+        wanted = {
+            number
+            for item in unit.items
+            if isinstance(item.resource, dict) and item.resource.get("resourceType") == "Invoice"
+            if (number := _invoice_number(item.resource)) is not None
+        }
+        self.numbers_registered = set()
+        if wanted:
+            with self.runtime.session_factory() as session:
+                self.numbers_registered = set(
+                    session.scalars(select(Invoice.number).where(Invoice.number.in_(wanted)))
+                )
+
+    def pay(
+        self, reference: str, payment: dict[str, Any], currency: str, paid: dict[uuid.UUID, int]
+    ) -> uuid.UUID:
+        """Point a payment at the invoice it names (of this unit, or written by an earlier one),
+        as the gate's record_payment would take it; `paid`: what the unit's payments accepted so
+        far pay of each invoice. Returns the invoice's patient."""
+        row = self.unit_invoices.get(reference)
+        billed = self.invoices.get(reference) if row is None else None
+        patient: uuid.UUID
+        if row is not None:
+            invoice_id, patient, total = row["id"], row["patient_id"], row["total_cents"]
+            status, due_currency, before = row["status"], row["currency"], 0
+        elif billed is not None:
+            invoice_id, patient, total = billed.id, billed.patient_id, billed.total_cents
+            status, due_currency, before = billed.status, billed.currency, billed.paid_cents
+        else:
+            raise InvalidInput(
+                "detail.request names no Invoice of this import (an invoice already in carnet is paid"
+                " through the API, naming the version read)"
+            )
+        if status not in ("issued", "balanced"):
+            raise Conflict(f"this invoice is {status}: only an issued invoice takes a payment")
+        if currency != due_currency:
+            raise InvalidInput("a payment is in its invoice's currency")
+        due = total - before - paid.get(invoice_id, 0)
+        if payment["amount_cents"] > due:
+            raise InvalidInput(f"the payment is more than the {due / 100:.2f} {due_currency} still due")
+        paid[invoice_id] = paid.get(invoice_id, 0) + payment["amount_cents"]
+        payment["invoice_id"] = invoice_id
+        if status == "issued" and payment["amount_cents"] == due:
+            if row is not None:
+                row["status"] = "balanced"
+            else:
+                payment["settles"] = True  # the earlier unit's invoice: updated when written
+        return patient
+
     # -- references ---------------------------------------------------------------------------
     def patient_ref(self, reference: str | None, pending: dict[str, uuid.UUID]) -> uuid.UUID:
         if not reference:
@@ -209,7 +300,7 @@ class _Run:
         if model is None:
             raise InvalidInput(
                 f"{rtype} is not imported (Patient, AllergyIntolerance, Condition, Observation, Coverage,"
-                " DiagnosticReport)"
+                " DiagnosticReport, Invoice, PaymentReconciliation)"
             )
         try:
             model.model_validate(resource)
@@ -437,6 +528,159 @@ class _Run:
         }
         return [("coverages", row)]
 
+    def _invoice(
+        self, data: dict[str, Any], item: _Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """An invoice of another system: its lines and amounts checked as the API checks them,
+        its status kept (draft, issued, balanced, cancelled with its reason), its number kept."""
+        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
+        status = data.get("status") or "issued"
+        if status not in INVOICE_STATUSES:
+            raise InvalidInput("an imported Invoice is draft, issued, balanced or cancelled")
+        encounters = [
+            e
+            for e in data.get("extension") or []
+            if isinstance(e, dict) and e.get("url") == mapping.INVOICE_ENCOUNTER
+        ]
+        checked = billing.invoice_input(
+            dict(
+                data,
+                subject={"reference": f"Patient/{patient}"},
+                status="draft" if status == "draft" else "issued",
+                extension=[],
+            )
+        )
+        total = sum(line.amount_cents for line in checked.lines)
+        if total > 100_000_000:
+            raise InvalidInput("an invoice totals at most 1,000,000.00")
+        reason = None
+        if status == "cancelled":
+            reason = str(data.get("cancelledReason") or "").strip()
+            if not reason or len(reason) > 200:
+                raise InvalidInput("a cancelled invoice needs its cancelledReason (at most 200 characters)")
+        number = _invoice_number(data)
+        if number is not None:
+            if len(number) > 30:
+                raise InvalidInput("an invoice number (identifier) is at most 30 characters")
+            if number.startswith(self.own_numbers):
+                raise InvalidInput(
+                    "an invoice number of this facility's carnet numbering is not imported (the sequence"
+                    " stays gapless): send the issuing system's number, or none to number it here"
+                )
+            if number in self.numbers_seen or number in self.unit_numbers:
+                raise Conflict("an invoice with this number is already in this import")
+            if number in self.numbers_registered:
+                raise Conflict("an invoice with this number is already in carnet")
+            self.unit_numbers.add(number)
+        issued = None if status == "draft" else (_instant(data.get("date")) or self.now)
+        row = self._base(patient) | {
+            "encounter_id": self._stay(encounters, patient),
+            "number": number,  # None: numbered when written
+            "status": status,
+            "issued_at": issued,
+            "total_cents": total,
+            "currency": checked.currency,
+            "cancel_reason": reason,
+        }
+        rows: list[tuple[str, dict[str, Any]]] = [("invoices", row)]
+        for line in checked.lines:
+            rows.append(
+                (
+                    "invoice_lines",
+                    {
+                        "id": new_id(),
+                        "facility_id": self.facility_id,
+                        "invoice_id": row["id"],
+                        "code": line.code,
+                        "description": line.description,
+                        "amount_cents": line.amount_cents,
+                    },
+                )
+            )
+        for key in (item.full_url, f"Invoice/{data['id']}" if data.get("id") else None):
+            if key:
+                self.unit_invoices[key] = row
+        return rows
+
+    def _stay(self, extensions: list[dict[str, Any]], patient: uuid.UUID) -> uuid.UUID | None:
+        """The stay an invoice bills, when it is a stay of this patient in carnet; another
+        system's stays mean nothing here (as its practitioners), so they are not linked."""
+        for extension in extensions:
+            reference = str((extension.get("valueReference") or {}).get("reference") or "")
+            stay = parse_id(reference.removeprefix("Encounter/"))
+            if stay is None:
+                continue
+            with self.runtime.session_factory() as session:
+                found = session.scalar(
+                    select(Encounter.id).where(
+                        Encounter.id == stay,
+                        Encounter.patient_id == patient,
+                        Encounter.facility_id == self.facility_id,
+                    )
+                )
+            if found is not None:
+                return stay
+        return None
+
+    def _paymentreconciliation(
+        self, data: dict[str, Any], item: _Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """A payment received: checked as the API checks it, dated (`created` or `paymentDate`);
+        pointed at its invoice once the whole unit is read (Bundles list them in any order)."""
+        amount, currency, reference, method = billing.payment_parts(data)
+        if not isinstance(reference, str) or not reference:
+            raise InvalidInput("detail.request must be a reference to the Invoice paid")
+        try:
+            PaymentInput(invoice_id=reference, expected_version=1, amount_cents=amount, method=method)
+        except ValidationError as exc:
+            places = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+            raise InvalidInput("invalid PaymentReconciliation: check " + ", ".join(places)) from None
+        received = _instant(data.get("created") or data.get("paymentDate"))
+        if received is None:
+            raise InvalidInput("an imported payment needs its date (created or paymentDate)")
+        row = {
+            "id": new_id(),
+            "facility_id": self.facility_id,
+            "invoice_id": None,  # set by pay()
+            "amount_cents": amount,
+            "method": method,
+            "received_at": received,
+            "received_by": None,
+        }
+        self.unit_payments.append((item, row, reference, currency or "EUR"))
+        return []
+
+
+def _invoice_number(resource: dict[str, Any]) -> str | None:
+    """The number the issuing system gave an invoice: its first identifier's value."""
+    for identifier in resource.get("identifier") or []:
+        if isinstance(identifier, dict) and identifier.get("value"):
+            return str(identifier["value"])
+    return None
+
+
+def _number_invoices(
+    door: SystemAccess, facility_id: uuid.UUID, rows: list[dict[str, Any]], now: dt.datetime
+) -> None:
+    """Number the unit's invoices sent without a number in the facility's sequence, as the gate
+    does (F<FINESS>-<year>-<sequence>, in order, one writer at a time per facility)."""
+    if door.session.get_bind().dialect.name == "postgresql":
+        door.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"carnet:invoice-number:{facility_id}"},
+        )
+    finess = door.session.scalar(select(Facility.finess).where(Facility.id == facility_id))
+    prefix = f"F{finess}-{now.year:04d}-"
+    last = door.session.scalar(
+        select(func.max(Invoice.number)).where(
+            Invoice.facility_id == facility_id, Invoice.number.like(prefix + "%")
+        )
+    )
+    sequence = int(last.removeprefix(prefix)) if last and last.removeprefix(prefix).isdigit() else 0
+    for row in rows:
+        sequence += 1
+        row["number"] = f"{prefix}{sequence:07d}"
+
 
 def _code(concept: dict[str, Any], default: str) -> str:
     for coding in concept.get("coding") or []:
@@ -482,7 +726,9 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
     pending: dict[str, uuid.UUID] = {}
     batch = SeedBatch()
     run.look_up_identifiers(unit)
+    run.look_up_numbers(unit)
     run.unit_observations, run.unit_reports = {}, []
+    run.unit_invoices, run.unit_payments, run.unit_numbers = {}, [], set()
     accepted: dict[str, int] = {}
     rejected: list[Rejection] = []
     for item in unit.items:
@@ -509,6 +755,22 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
             accepted["DiagnosticReport"] -= 1
             if not accepted["DiagnosticReport"]:
                 del accepted["DiagnosticReport"]
+    # Payments and the invoices they pay, in either order within the unit.
+    paid: dict[uuid.UUID, int] = {}
+    payers: list[uuid.UUID] = []  # the patients whose invoices the unit's payments pay
+    settled: list[uuid.UUID] = []  # invoices of earlier units these payments balance
+    for item, payment, reference, currency in run.unit_payments:
+        try:
+            payers.append(run.pay(reference, payment, currency, paid))
+        except CarnetError as exc:
+            rejected.append(_rejection(item, "PaymentReconciliation", exc))
+            accepted["PaymentReconciliation"] -= 1
+            if not accepted["PaymentReconciliation"]:
+                del accepted["PaymentReconciliation"]
+            continue
+        if payment.pop("settles", False):
+            settled.append(payment["invoice_id"])
+        batch.add("payments", payment)
     if unit.transaction and rejected:
         # All or nothing: the valid entries are not written either, and say so.
         report.rejected.extend(rejected)
@@ -530,7 +792,16 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
         return
     if accepted:
         with system_access(run.runtime, reason=f"import of {source}", operator=operator) as door:
+            unnumbered = [r for r in batch.rows.get("invoices", []) if r["number"] is None]
+            if unnumbered:
+                _number_invoices(door, run.facility_id, unnumbered, run.now)
             load_batch(door, batch)
+            if settled:  # fully paid by this unit: balanced, as the gate's last payment makes it
+                door.session.execute(
+                    update(Invoice)
+                    .where(Invoice.id.in_(settled))
+                    .values(status="balanced", updated_at=run.now)
+                )
             for report_id, observations in links:
                 if observations:  # results written by an earlier unit of this run
                     door.session.execute(
@@ -541,7 +812,8 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
             # Which patients the import touched: each sees it in their access log.
             touched = list(
                 dict.fromkeys(
-                    r["patient_id"] for rows in batch.rows.values() for r in rows if "patient_id" in r
+                    [r["patient_id"] for rows in batch.rows.values() for r in rows if "patient_id" in r]
+                    + payers
                 )
             )
             patient_rows = [r["id"] for r in batch.rows.get("patients", [])]
@@ -562,6 +834,24 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
     run.observations.update(
         {ref: (row["id"], row["patient_id"]) for ref, row in run.unit_observations.items()}
     )
+    run.numbers_seen |= run.unit_numbers
+    for billed in run.invoices.values():
+        billed.paid_cents += paid.pop(billed.id, 0)
+        if billed.id in settled:
+            billed.status = "balanced"
+    run.invoices.update(
+        {
+            ref: _Billed(
+                row["id"],
+                row["patient_id"],
+                row["total_cents"],
+                paid.get(row["id"], 0),
+                row["status"],
+                row["currency"],
+            )
+            for ref, row in run.unit_invoices.items()
+        }
+    )
     for rtype, n in accepted.items():
         report.accepted[rtype] = report.accepted.get(rtype, 0) + n
     report.rejected.extend(rejected)
@@ -569,8 +859,6 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
 
 def resolve_facility(runtime: Runtime, value: str | None) -> uuid.UUID:
     """The facility the import belongs to: the one named, or the only one there is."""
-    from carnet.org.models import Facility
-
     with runtime.session_factory() as session:
         ids = list(session.scalars(select(Facility.id).limit(2)))
         if value is not None:
