@@ -59,6 +59,12 @@ _KINDS: dict[str, tuple[dict[str, str], dict[str, str] | None, str, str | None]]
         "U",
         "IHE.BasicAudit.PatientUpdate",
     ),
+    AuditKind.PHI_UNMERGE: (
+        _REST,
+        {"system": RESTFUL, "code": "operation"},
+        "U",
+        "IHE.BasicAudit.PatientUpdate",
+    ),
     AuditKind.PHI_EXPORT: ({"system": DCM, "code": "110106", "display": "Export"}, None, "R", None),
     AuditKind.LOGIN_SUCCESS: (
         {"system": DCM, "code": "110114", "display": "User Authentication"},

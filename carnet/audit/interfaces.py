@@ -27,6 +27,7 @@ class AuditKind(StrEnum):
     PHI_EXPORT = "phi:resource:export"
     PHI_TRANSACTION = "phi:resource:transaction"  # a FHIR transaction Bundle: all or nothing
     PHI_MERGE = "phi:patient:merge"  # two records of one person made one (both patients named)
+    PHI_UNMERGE = "phi:patient:unmerge"  # a merge done in error reversed (both patients named)
     PHI_SYSTEM_ACCESS = "phi:system:access"
     # a bulk export: asked with a purpose, decided by a second person (the export is PHI_EXPORT)
     PHI_EXPORT_REQUESTED = "phi:export:requested"

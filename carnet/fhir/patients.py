@@ -54,6 +54,8 @@ SUPPORTED[PATIENT] = {
 OPERATIONS["everything"] = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 # FHIR R5's Patient $merge, offered on R4: references (each at the version read) and a reason.
 OPERATIONS["merge"] = "http://hl7.org/fhir/OperationDefinition/Patient-merge"
+# carnet's reversal of a merge done in error (no standard operation exists), same parameters.
+OPERATIONS["unmerge"] = "https://carnet.example.org/fhir/OperationDefinition/Patient-unmerge"
 MERGE_PARAMETERS = {"source-patient", "target-patient", "reason"}
 MERGE_UNSUPPORTED = {"source-patient-identifier", "target-patient-identifier", "result-patient", "preview"}
 
@@ -147,12 +149,7 @@ def _merge_reference(params: dict[str, dict[str, Any]], name: str) -> tuple[str,
     return parts[1], int(parts[3])
 
 
-@router.post("/$merge")
-def merge_patients(request: Request, body: dict[str, Any] = FhirBody) -> Response:
-    """Merge a duplicate (source-patient) into the record kept (target-patient): the source
-    becomes inactive, replaced-by the target, and its records move to the target. Returns the
-    target Patient. Each reference names the version read; a changed record answers 412."""
-    gate = gate_for(request, PATIENT, "update")
+def _merge_parameters(body: dict[str, Any]) -> tuple[tuple[str, int], tuple[str, int], str]:
     resource = validated(Parameters, body, "Parameters")
     params: dict[str, dict[str, Any]] = {}
     for parameter in resource.get("parameter") or []:
@@ -166,12 +163,38 @@ def merge_patients(request: Request, body: dict[str, Any] = FhirBody) -> Respons
         if name in params:
             raise InvalidInput(f"{name} is given more than once")
         params[name] = parameter
-    source_id, source_version = _merge_reference(params, "source-patient")
-    target_id, target_version = _merge_reference(params, "target-patient")
+    source = _merge_reference(params, "source-patient")
+    target = _merge_reference(params, "target-patient")
     reason = (params.get("reason") or {}).get("valueString")
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidInput("reason (valueString) is required: why these two records are one person")
+    return source, target, reason
+
+
+@router.post("/$merge")
+def merge_patients(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Merge a duplicate (source-patient) into the record kept (target-patient): the source
+    becomes inactive, replaced-by the target, and its records move to the target. Returns the
+    target Patient. Each reference names the version read; a changed record answers 412."""
+    gate = gate_for(request, PATIENT, "update")
+    (source_id, source_version), (target_id, target_version), reason = _merge_parameters(body)
     view = gate.merge_patients(
+        source_id=source_id,
+        target_id=target_id,
+        source_version=source_version,
+        target_version=target_version,
+        reason=reason,
+    )
+    return resource_response(request, mapping.patient_to_fhir(view.model_dump()))
+
+
+@router.post("/$unmerge")
+def unmerge_patients(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Reverse a merge done in error: source-patient is the merged record, target-patient the
+    record it was merged into (each at the version read). Returns the source, active again."""
+    gate = gate_for(request, PATIENT, "update")
+    (source_id, source_version), (target_id, target_version), reason = _merge_parameters(body)
+    view = gate.unmerge_patients(
         source_id=source_id,
         target_id=target_id,
         source_version=source_version,

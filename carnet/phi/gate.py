@@ -444,6 +444,7 @@ class Gate:
         *,
         write: bool = False,
         permission: Permission | None = None,
+        unmerging: bool = False,
     ) -> Decision:
         self._check_scopes(tx, resource)
         rels = self._relationships(tx, [patient]).get(patient.id, frozenset())
@@ -452,7 +453,7 @@ class Gate:
         )
         if not decision.allowed:
             raise _Refused(decision.reason, [patient.id])
-        if write and patient.merged_into_id is not None:
+        if write and patient.merged_into_id is not None and not unmerging:
             # Its records moved to the record kept: a write here would file them on a duplicate.
             raise InvalidInput(
                 f"this patient record was merged into Patient/{patient.merged_into_id}: write there"
@@ -3033,7 +3034,11 @@ class Gate:
             source_data
             | {
                 "merge": merge
-                | {"moved": moved, "portal_account": [str(a) for a in portal], "took": sorted(taken)}
+                | {
+                    "moved": moved,
+                    "portal_account": [str(a) for a in portal],
+                    "took": sorted(taken) + sorted(k for k in values if k == "designated_physician_id"),
+                }
             },
         )
         replaces = [
@@ -3059,6 +3064,131 @@ class Gate:
             self._expose(tx, [patient.id], Channel.CHART, rels, fields)
         fields = self._read_fields(tx, rels.get(target.id, frozenset()), RT.PATIENT)
         return self._with_replaces(tx, target, self._patient_view(target, fields))
+
+    @guarded(AuditKind.PHI_UNMERGE, RT.PATIENT, targeted=True)
+    def unmerge_patients(
+        self,
+        tx: _Tx,
+        /,
+        *,
+        source_id: str,
+        target_id: str,
+        source_version: int,
+        target_version: int,
+        reason: str,
+    ) -> PatientView:
+        """Reverse a merge done in error, from its merge record (the source's version written by
+        `merge_patients`): the records it moved go back to the source, the source is active
+        again, and the target gives back the fields it took (where it still holds the source's
+        value). Records written on the target since the merge stay there; an opposition to other
+        facilities taken by the target stays (withdrawing it is the patient's decision).
+        Both records are stale-checked (If-Match); each gets a new version."""
+        self._require(tx, Permission.PATIENT_MERGE)
+        self._check_scopes(tx, RT.PATIENT)
+        source = self._patient(tx, source_id)
+        self._authorize(
+            tx, source, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE, unmerging=True
+        )
+        if source.merged_into_id is None:
+            raise InvalidInput(f"Patient/{source.id} is not a merged record: there is nothing to reverse")
+        target = self._patient(tx, source.merged_into_id)
+        self._authorize(tx, target, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE)
+        if parse_id(target_id) != target.id:
+            raise InvalidInput("the target is not the record this patient was merged into")
+        reason = " ".join((reason or "").split())
+        if not MERGE_REASON_MIN <= len(reason) <= MERGE_REASON_MAX:
+            raise InvalidInput(
+                f"reversing a merge needs a reason ({MERGE_REASON_MIN} to {MERGE_REASON_MAX} characters)"
+            )
+        for patient, expected in ((source, source_version), (target, target_version)):
+            if patient.version_id != expected:
+                raise Conflict(f"Patient/{patient.id} was changed by someone else: reload and try again")
+        record = tx.session.scalar(
+            select(ResourceVersion).where(
+                ResourceVersion.resource_type == RT.PATIENT.value,
+                ResourceVersion.resource_id == source.id,
+                ResourceVersion.version_id == source.version_id,
+            )
+        )
+        raw = self._dec(record.snapshot_ct, "resource_versions", "snapshot", record.id) if record else None
+        merge = json.loads(raw or "{}").get("merge") or {}
+        if merge.get("target") != str(target.id) or not isinstance(merge.get("moved"), dict):
+            raise InvalidInput("the merge record of this patient is missing: it cannot be reversed here")
+        moved_back: dict[str, list[str]] = {}
+        for name, model in MERGED_RECORDS:
+            ids = [i for i in (parse_id(v) for v in merge["moved"].get(name) or []) if i is not None]
+            if not ids:
+                continue
+            back = tx.session.scalars(
+                update(model)
+                .where(model.id.in_(ids), model.patient_id == target.id)
+                .values(patient_id=source.id)
+                .returning(model.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+            if back:
+                moved_back[name] = sorted(str(i) for i in back)
+        accounts = [i for i in (parse_id(v) for v in merge.get("portal_account") or []) if i is not None]
+        if accounts:
+            tx.session.execute(
+                update(Account)
+                .where(Account.id.in_(accounts), Account.patient_id == target.id)
+                .values(patient_id=source.id)
+                .execution_options(synchronize_session=False)
+            )
+        # Give back what the target took, where it still holds the source's value.
+        values: dict[str, Any] = {}
+        for name in merge.get("took") or []:
+            if name == "designated_physician_id":
+                if target.designated_physician_id == source.designated_physician_id:
+                    values["designated_physician_id"] = None
+                continue
+            if name not in MERGE_FILLS:
+                continue
+            column, kind = PATIENT_ENCRYPTED[name]
+            mine = self._dec(getattr(target, column), "patients", name, target.id)
+            theirs = self._dec(getattr(source, column), "patients", name, source.id)
+            if mine is not None and mine == theirs:
+                values[column] = None
+                if kind is not None:
+                    values[_BI_COLUMNS[kind]] = None
+        self._bump(tx, Patient, source, source_version, active=True, merged_into_id=None)
+        self._bump(tx, Patient, target, target_version, **values)
+        everything = PATIENT_IDENTITY | PATIENT_CONTACT
+        unmerge = {
+            "at": tx.now.isoformat(),
+            "reason": reason,
+            "source": str(source.id),
+            "target": str(target.id),
+        }
+        self._snapshot(
+            tx,
+            RT.PATIENT,
+            source.id,
+            source.version_id,
+            source,
+            "update",
+            self._patient_data(source, everything) | {"unmerge": unmerge | {"moved_back": moved_back}},
+        )
+        self._snapshot(
+            tx,
+            RT.PATIENT,
+            target.id,
+            target.version_id,
+            target,
+            "update",
+            self._patient_data(target, everything) | {"unmerge": unmerge},
+        )
+        tx.resource_ids.extend(i for ids in moved_back.values() for i in ids)
+        total = sum(len(ids) for ids in moved_back.values())
+        tx.reasons.append(f"reversal of a merge: {total} records moved back")
+        tx.relationships.clear()
+        rels = self._relationships(tx, [source, target])
+        for patient in (source, target):
+            fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.PATIENT)
+            self._expose(tx, [patient.id], Channel.CHART, rels, fields)
+        fields = self._read_fields(tx, rels.get(source.id, frozenset()), RT.PATIENT)
+        return self._with_replaces(tx, source, self._patient_view(source, fields))
 
     @guarded(AuditKind.PHI_TRANSACTION, RT.PATIENT, targeted=False)
     def run_transaction(self, tx: _Tx, /, *, steps: Sequence[TransactionStep]) -> list[Any]:
@@ -3322,6 +3452,7 @@ _SCOPE_ACTIONS = {
     AuditKind.PHI_UPDATE: "update",
     AuditKind.PHI_DELETE: "delete",
     AuditKind.PHI_MERGE: "update",
+    AuditKind.PHI_UNMERGE: "update",
 }
 
 # What `Gate._read_one` reads by id (other sections are read through their patient).

@@ -319,3 +319,68 @@ def test_capability_statement_declares_merge(fhir_server: Server) -> None:
     statement = fhir_server.client_for(clerk).execute("metadata", method="get")
     operations = {o["name"]: o["definition"] for o in statement["rest"][0]["operation"]}
     assert operations["merge"] == "http://hl7.org/fhir/OperationDefinition/Patient-merge"
+
+
+def test_a_merge_in_error_is_reversed_from_its_merge_record(fhir_server_both: Server) -> None:
+    runtime = fhir_server_both.runtime
+    facility = make_facility(runtime)
+    clerk = make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    source, target = _duplicates(runtime, facility, clerk)
+    doctor = make_physician(runtime, facility)
+    assert doctor.practitioner_id is not None
+    link_care(runtime, patient_id=source, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    link_care(runtime, patient_id=target, practitioner_id=doctor.practitioner_id, facility_id=facility)
+    gate = Gate(runtime, doctor)
+    before = gate.write_note(patient_id=source, kind="11506-3", title="Avant", text="Écrit sur le doublon.")
+    desk = fhir_server_both.client_for(clerk)
+    _merge(desk, _parameters(source, target, reason="même personne ?"))
+    after = gate.write_note(patient_id=target, kind="11506-3", title="Après", text="Écrit après la fusion.")
+
+    unmerge = dict(_parameters(source, target, versions=(2, 2), reason="deux sœurs jumelles, pas un doublon"))
+    # Wrong roles are refused and audited; a stale version is 412; nothing changes.
+    for actor in (doctor, make_account(runtime, roles=[Role.BILLING], facility_id=facility)):
+        with pytest.raises(ResourceNotFound):
+            desk_less = fhir_server_both.client_for(actor)
+            desk_less.execute("Patient/$unmerge", method="post", data=unmerge)
+        assert ("phi:patient:unmerge", "denied", "Patient") in audit_rows(runtime, actor.account_id)
+    with pytest.raises(MultipleResourcesFound):
+        desk.execute(
+            "Patient/$unmerge",
+            method="post",
+            data=_parameters(source, target, versions=(1, 2), reason="x" * 10),
+        )
+    with pytest.raises(OperationOutcome):  # the target must be the record it was merged into
+        desk.execute(
+            "Patient/$unmerge",
+            method="post",
+            data=_parameters(source, source, versions=(2, 2), reason="x" * 10),
+        )
+    assert _state(runtime, source, target) == [(2, False, uuid.UUID(target)), (2, True, None)]
+
+    restored = desk.execute("Patient/$unmerge", method="post", data=unmerge)
+    assert restored["id"] == source and restored["active"] is True and "link" not in restored
+    assert restored["identifier"] == [{"system": INS, "value": "2800575123456"}]
+    kept = desk.reference("Patient", target).to_resource().serialize()
+    assert "link" not in kept and "identifier" not in kept  # the INS it took is given back
+    assert kept["meta"]["versionId"] == "3"
+    assert _state(runtime, source, target) == [(3, True, None), (3, True, None)]
+    # What moved goes back; what was written on the target since stays there.
+    notes_source = (
+        fhir_server_both.client_for(doctor).resources("DocumentReference").search(patient=source).fetch()
+    )
+    notes_target = (
+        fhir_server_both.client_for(doctor).resources("DocumentReference").search(patient=target).fetch()
+    )
+    assert [n.id for n in notes_source] == [before.id]
+    assert [n.id for n in notes_target] == [after.id]
+    assert [p.id for p in desk.resources("Patient").search(identifier="2800575123456").fetch()] == [source]
+    history = desk.execute(f"Patient/{source}/_history", method="get")
+    assert [e["resource"]["active"] for e in history["entry"]] == [True, False, True]
+    assert ("phi:patient:unmerge", "success", "Patient") in audit_rows(runtime, clerk.account_id)
+    # Not merged any more: a second reversal has nothing to reverse.
+    with pytest.raises(OperationOutcome):
+        desk.execute(
+            "Patient/$unmerge",
+            method="post",
+            data=_parameters(source, target, versions=(3, 3), reason="x" * 10),
+        )

@@ -67,6 +67,8 @@ class World:
     payment: str = ""  # a payment of another invoice of the patient
     condition: str = ""  # an active problem of the patient
     desk: Actor | None = None  # a front-desk clerk of the facility (identity vigilance)
+    merged: str = ""  # a duplicate the desk merged into `kept` (both at version 2)
+    kept: str = ""
 
 
 def _world(runtime: Runtime) -> World:
@@ -135,9 +137,17 @@ def _world(runtime: Runtime) -> World:
     gate.run_export_job(job_id=jobs[1], render=lambda _export: "{}\n")
     observation = gate.record_observation(data=_result(patient.id))
     condition = gate.record_condition(data=_problem(patient.id))
+    desk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    merged = f.register_patient(runtime, facility, family="Doublon", by=desk).id
+    kept = f.register_patient(runtime, facility, family="Gardé", by=desk).id
+    Gate(runtime, desk).merge_patients(
+        source_id=merged, target_id=kept, source_version=1, target_version=1, reason="doublon"
+    )
     return dataclasses.replace(
         world,
-        desk=f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility),
+        desk=desk,
+        merged=merged,
+        kept=kept,
         condition=condition.id,
         no_stay=consenting.id,
         observation=observation.id,
@@ -582,6 +592,15 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         ),
         lambda g, w: g.merge_patients(
             source_id=w.stranger, target_id=w.patient, source_version=9, target_version=1, reason="doublon"
+        ),
+    ),
+    "unmerge_patients": (
+        "desk",
+        lambda g, w: g.unmerge_patients(
+            source_id=w.merged, target_id=w.kept, source_version=2, target_version=2, reason="pas un doublon"
+        ),
+        lambda g, w: g.unmerge_patients(
+            source_id=w.merged, target_id=w.kept, source_version=2, target_version=9, reason="pas un doublon"
         ),
     ),
     "run_transaction": (
