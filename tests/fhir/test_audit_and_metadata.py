@@ -76,8 +76,10 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "export-reject",
         "export-request",
         "merge",
+        "unmerge",
     ]
-    for path in ("$export-request", "$export-approve", "$export-reject", "Patient/$merge"):
+    paths = ("$export-request", "$export-approve", "$export-reject", "Patient/$merge", "Patient/$unmerge")
+    for path in paths:
         assert requests.post(f"{fhir_server.url}/fhir/{path}", json={}, timeout=10).status_code == 401
     assert requests.get(f"{fhir_server.url}/fhir/Patient/$export", timeout=10).status_code == 401
     assert {p["name"] for p in patient["searchParam"]} == {
