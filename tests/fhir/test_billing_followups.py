@@ -14,9 +14,10 @@ import pytest
 from fhirpy.base.exceptions import ForbiddenError, OperationOutcome, ResourceNotFound
 from sqlalchemy import select
 
+from carnet.access.roles import Role
 from carnet.billing.models import Invoice
 from carnet.runtime import Runtime
-from tests.factories import link_care, make_physician
+from tests.factories import link_care, make_account, make_physician, register_patient
 from tests.fhir.conftest import Server, audit_rows
 from tests.fhir.test_billing import _hospital, _invoice, _payment, _stored
 from tests.fhir.test_stays_and_reports import _exposures
@@ -195,3 +196,24 @@ def test_payments_are_searched_by_invoice_and_by_patient(fhir_server_both: Serve
         doctors.resources("PaymentReconciliation").search(patient=patient_id).fetch()
     assert audit_rows(runtime, doctor.account_id) == [("phi:resource:read", "denied", "Invoice")] * 2
     assert _exposures(runtime, doctor, "Invoice") == 0
+
+
+def test_a_patient_searches_their_own_payments_only(fhir_server_both: Server) -> None:
+    server = fhir_server_both
+    runtime = server.runtime
+    facility, clerk, patient_id, _stay = _hospital(runtime)
+    client = server.client_for(clerk)
+    invoice = client.resource("Invoice", **_invoice(patient_id))
+    invoice.save()
+    client.resource("PaymentReconciliation", **_payment(invoice, 30)).save()
+    other = register_patient(runtime, facility, family="Autre")
+    me = make_account(runtime, roles=[Role.PATIENT], facility_id=None, patient_id=uuid.UUID(patient_id))
+    mine = server.client_for(me)
+    found = mine.resources("PaymentReconciliation").search(patient=patient_id).fetch()
+    assert [p["paymentAmount"]["value"] for p in found] == [30]
+    with pytest.raises(ResourceNotFound):  # another patient's: as if there were none
+        mine.resources("PaymentReconciliation").search(patient=other.id).fetch()
+    assert audit_rows(runtime, me.account_id) == [
+        ("phi:resource:read", "success", "Invoice"),
+        ("phi:resource:read", "denied", "Invoice"),
+    ]
