@@ -40,6 +40,9 @@ class Permission(StrEnum):
     CONDITION_READ = "phi:condition:read"
     CONDITION_WRITE = "phi:condition:write"  # problems and diagnoses (ICD-10)
     CONSENT_WRITE = "phi:consent:write"
+    # Referring a patient, adding a colleague to their care team, ending either: each opens (or
+    # closes) the chart to another practitioner, so only physicians hold it.
+    CARE_TEAM_WRITE = "phi:care-team:write"
     HISTORY_READ = "phi:history:read"
     BREAK_GLASS = "access:break-glass:start"
     BREAK_GLASS_REVIEW = "access:break-glass:review"
@@ -84,6 +87,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.CONDITION_WRITE,
         P.EXPORT_REQUEST,
         P.CONSENT_WRITE,
+        P.CARE_TEAM_WRITE,
     },
     Role.NURSE: _CLINICAL_READ | {P.ALLERGY_WRITE, P.NOTE_WRITE, P.OBSERVATION_WRITE},
     Role.FRONT_DESK: frozenset(

@@ -19,6 +19,11 @@ from carnet.access.roles import Role
 APPOINTMENT_WINDOW_BEFORE = dt.timedelta(days=7)
 APPOINTMENT_WINDOW_AFTER = dt.timedelta(days=30)
 BREAK_GLASS_DURATION = dt.timedelta(hours=1)
+# A care relationship made by a colleague (a referral, a care-team membership) opens the chart to
+# the practitioner it names until its end, which is required and bounded: access a referral gives
+# lapses on its own even when nobody remembers to end it.
+REFERRAL_MAX_DURATION = dt.timedelta(days=90)
+CARE_TEAM_MAX_DURATION = dt.timedelta(days=365)
 STEP_UP_FRESHNESS = dt.timedelta(minutes=5)
 SEARCH_MAX_COUNT = 20
 SEARCH_MAX_PAGE = 5
@@ -184,6 +189,7 @@ CONDITION_ALL = frozenset(
 )
 CARE_TEAM_ALL = frozenset(
     {"id", "patient_id", "facility_id", "practitioner_id", "kind", "status", "start_at", "end_at"}
+    | {"version_id", "reason"}
 )
 DIAGNOSTIC_REPORT_ALL = frozenset(
     {
@@ -318,6 +324,12 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         # Problems and diagnoses (ICD-10) are a physician's: recorded in an emergency too, since
         # a diagnosis opens no access to the patient.
         T.CONDITION: CLINICAL,
+        # Referring a patient to a colleague, adding one to the care team, or ending either. Not
+        # by break-the-glass (an hour's emergency access must not buy a colleague, or an
+        # accomplice, months of it), and not by a referral: a consultant referred the patient
+        # answers the physician who referred them rather than widening the circle onward
+        # (each hop would otherwise restart the clock). Self-referral is refused by the gate.
+        T.CARE_TEAM: CLINICAL - {R.BREAK_GLASS, R.REFERRAL},
     },
     # Nurses record vital signs; lab reports are signed by a physician (or imported), and so are
     # diagnoses (a nurse reads the problem list but does not make a medical diagnosis).
@@ -361,6 +373,7 @@ WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
     T.NOTE: Permission.NOTE_WRITE,
     T.PRESCRIPTION: Permission.PRESCRIPTION_WRITE,
     T.CONSENT: Permission.CONSENT_WRITE,
+    T.CARE_TEAM: Permission.CARE_TEAM_WRITE,
     T.CARD_READING: Permission.CARD_READING_WRITE,
     T.INVOICE: Permission.INVOICE_WRITE,
 }

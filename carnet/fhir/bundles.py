@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.careteam import CareTeam
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
@@ -107,6 +108,10 @@ CREATES: dict[str, Kind] = {
         lambda r, g: {"data": mapping.allergy_input(r)},
     ),
     "Consent": Kind(Consent, "record_consent", records.consent_to_fhir, _consent_arguments),
+    # A referral or a care-team membership, by its category (_write asks records which).
+    "CareTeam": Kind(
+        CareTeam, "refer_patient", records.care_team_to_fhir, lambda r, g: records.care_team_create(r)[1]
+    ),
     "Encounter": Kind(
         Encounter,
         "admit_patient",
@@ -201,6 +206,7 @@ UPDATES: dict[str, tuple[Any, Mapper, Callable[[dict[str, Any], str, int], tuple
     "DocumentReference": (DocumentReference, mapping.note_to_fhir, _update_note),
     "MedicationRequest": (MedicationRequest, mapping.prescription_to_fhir, _update_prescription),
     "Consent": (Consent, records.consent_to_fhir, _update_consent),
+    "CareTeam": (CareTeam, records.care_team_to_fhir, records.care_team_change),
     "Encounter": (Encounter, mapping.encounter_to_fhir, mapping.encounter_change),
     "Observation": (Observation, mapping.observation_to_fhir, mapping.observation_change),
     "DiagnosticReport": (DiagnosticReport, records.report_to_fhir, records.report_change),
@@ -229,6 +235,12 @@ DELETES: dict[
         records.consent_to_fhir,
         lambda rid, v: ("withdraw_consent", {"consent_id": rid, "expected_version": v}),
         lambda g, rid: g.read_consent(consent_id=rid),
+    ),
+    # A care relationship ends (kept, its access gone at once).
+    "CareTeam": (
+        records.care_team_to_fhir,
+        lambda rid, v: ("end_care_relationship", {"care_team_id": rid, "expected_version": v}),
+        lambda g, rid: g.read_care_team(care_team_id=rid),
     ),
     # Clinical records and stays: marked entered-in-error, kept and readable.
     "Encounter": (
@@ -406,6 +418,8 @@ def _write(
         resource = validated(kind.model, resolve(raw, created), entry.resource_type)
         if entry.resource_type == "PaymentReconciliation":
             return kind.operation, {"data": billing.payment_input(resource, entry.if_match)}
+        if entry.resource_type == "CareTeam":
+            return records.care_team_create(resource)
         return kind.operation, kind.arguments(resource, gate)
     if entry.method == "PUT":
         model, _to_fhir, change = UPDATES[entry.resource_type]
@@ -505,6 +519,8 @@ def _transaction(request: Request, gate: Gate, entries: list[Entry]) -> Response
 def _operation(entry: Entry) -> str:
     """The gate operation of an entry, before its references are resolved."""
     if entry.method == "POST":
+        if entry.resource_type == "CareTeam":
+            return records.care_team_operation(entry.resource or {})
         return CREATES[entry.resource_type].operation
     if entry.method == "DELETE":
         return DELETES[entry.resource_type][1]("", 0)[0]
@@ -521,6 +537,7 @@ def _operation(entry: Entry) -> str:
         "DocumentReference": "amend_note",
         "MedicationRequest": "stop_prescription",
         "Consent": "withdraw_consent",
+        "CareTeam": "end_care_relationship",
         "Observation": "amend_observation",
         "DiagnosticReport": "amend_diagnostic_report",
         "Condition": "amend_condition",

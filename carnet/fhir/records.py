@@ -1,8 +1,11 @@
 """FHIR CareTeam, DiagnosticReport, Consent and Provenance, all through the gate.
 
 - CareTeam: one per care relationship (care team membership or referral), read and searched
-  by patient. Not written here: a care relationship opens the chart, so creating one through
-  the API would let an account widen its own access.
+  by patient. Created (POST: subject, one participant member Practitioner, category referral or
+  care_team, period.end, reasonCode) by a physician in the patient's care, for a colleague of
+  the same facility, never for themself, bounded in time (carnet.access.policy); ended (PUT
+  status inactive with If-Match, or DELETE): kept, its access gone at once. Every version by
+  vread and `_history`.
 - DiagnosticReport: a lab report and the Observations it groups (`result`); read, searched and
   created (its results: Observations of the same patient, in no other report), amended or
   entered-in-error with If-Match (PUT, DELETE); every kept
@@ -16,6 +19,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
@@ -44,9 +48,10 @@ from carnet.fhir.api import (
 from carnet.fhir.clinical import date_matches, patient_of
 from carnet.fhir.mapping import LOINC, clean, meta, ref, when
 from carnet.fhir.metadata import SUPPORTED
+from carnet.kernel import clock
 from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.phi.gate import OPPOSE_OTHER_FACILITIES, Gate
-from carnet.phi.schemas import DiagnosticReportInput, ProvenanceView
+from carnet.phi.schemas import CareRelationshipInput, DiagnosticReportInput, ProvenanceView
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 FhirBody = Body(..., media_type="application/fhir+json")
@@ -62,7 +67,7 @@ PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant
 ACCOUNT_SYSTEM = "https://carnet.example.org/fhir/account"
 
 SUPPORTED["CareTeam"] = {
-    "interactions": ["read", "search-type"],
+    "interactions": ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
     "search": {
         "patient": "reference",
         "subject": "reference",
@@ -115,9 +120,81 @@ def care_team_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             if d.get("practitioner_id")
             else None,
             "managingOrganization": [ref("Organization", d["facility_id"])] if d.get("facility_id") else None,
+            "reasonCode": [{"text": d["reason"]}] if d.get("reason") else None,
         }
     )
     return checked(CareTeam, resource)
+
+
+CARE_OPERATIONS = {"referral": "refer_patient", "care_team": "add_care_team_member"}
+
+
+def _reason_text(resource: dict[str, Any]) -> str | None:
+    for concept in resource.get("reasonCode") or []:
+        if not isinstance(concept, dict):
+            continue
+        if concept.get("text"):
+            return str(concept["text"])
+        for coding in concept.get("coding") or []:
+            if isinstance(coding, dict) and (coding.get("display") or coding.get("code")):
+                return str(coding.get("display") or coding.get("code"))
+    return None
+
+
+def _care_codes(resource: dict[str, Any]) -> list[Any]:
+    return [
+        c.get("code")
+        for concept in resource.get("category") or []
+        if isinstance(concept, dict)
+        for c in (concept.get("coding") or [])
+        if isinstance(c, dict) and c.get("system") == CARE_KIND
+    ]
+
+
+def care_team_operation(resource: dict[str, Any]) -> str:
+    """The gate operation a new CareTeam asks for, before it is validated (a referral if unsure:
+    the checks of the operation then refuse what is wrong)."""
+    codes = _care_codes(resource)
+    return CARE_OPERATIONS.get(str(codes[0]), "refer_patient") if len(codes) == 1 else "refer_patient"
+
+
+def care_team_create(resource: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A new CareTeam as the gate operation it asks for (referral or care-team membership)."""
+    if resource.get("status", "active") != "active":
+        raise InvalidInput("a new CareTeam is created active (end it later with an update)")
+    codes = _care_codes(resource)
+    if len(codes) != 1 or codes[0] not in CARE_OPERATIONS:
+        raise InvalidInput(f"a CareTeam needs one category of {CARE_KIND}: referral or care_team")
+    patient = reference_id((resource.get("subject") or {}).get("reference"), "Patient")
+    if patient is None:
+        raise InvalidInput("a CareTeam needs subject (a reference Patient/<id>)")
+    members = [p.get("member") or {} for p in resource.get("participant") or []]
+    practitioner = reference_id(members[0].get("reference"), "Practitioner") if len(members) == 1 else None
+    if practitioner is None:
+        raise InvalidInput("a CareTeam names one participant member (a reference Practitioner/<id>)")
+    period = resource.get("period") or {}
+    if "start" in period:
+        raise InvalidInput("period.start is set by the server: a care relationship starts when made")
+    if not period.get("end"):
+        raise InvalidInput("a CareTeam needs period.end: care relationships are time-limited")
+    end = parse_instant(str(period["end"]), "period.end")
+    reason = _reason_text(resource)
+    if reason is None:
+        raise InvalidInput("a CareTeam needs reasonCode (why the colleague sees the patient)")
+    data = CareRelationshipInput(patient_id=patient, practitioner_id=practitioner, reason=reason, end_at=end)
+    return CARE_OPERATIONS[codes[0]], {"data": data}
+
+
+def care_team_change(resource: dict[str, Any], care_team_id: str, version: int) -> tuple[str, dict[str, Any]]:
+    """The one change a CareTeam takes: ending it now (status inactive, or period.end now)."""
+    if resource.get("status") != "inactive":
+        end = (resource.get("period") or {}).get("end")
+        if end is None or parse_instant(str(end), "period.end") > clock.now() + dt.timedelta(minutes=5):
+            raise InvalidInput(
+                "a CareTeam is changed only by ending it now (status inactive, or period.end now): "
+                "make a new one to change its term"
+            )
+    return "end_care_relationship", {"care_team_id": care_team_id, "expected_version": version}
 
 
 @router.get("/CareTeam")
@@ -143,6 +220,53 @@ def read_care_team(request: Request, care_team_id: str) -> Response:
     return resource_response(
         request, care_team_to_fhir(gate.read_care_team(care_team_id=care_team_id).model_dump())
     )
+
+
+@router.post("/CareTeam")
+def create_care_team(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Refer a patient to a colleague (category referral) or add one to the care team."""
+    gate = gate_for(request, "CareTeam", "create")
+    name, arguments = care_team_create(validated(CareTeam, body, "CareTeam"))
+    view = getattr(gate, name)(**arguments)
+    return resource_response(request, care_team_to_fhir(view.model_dump()), status=201)
+
+
+@router.put("/CareTeam/{care_team_id}")
+def update_care_team(request: Request, care_team_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """End a care relationship now, with If-Match; it is kept, its access stops at once."""
+    gate = gate_for(request, "CareTeam", "update")
+    resource = validated(CareTeam, body, "CareTeam")
+    if resource.get("id") != care_team_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    _name, arguments = care_team_change(resource, care_team_id, version)
+    view = gate.end_care_relationship(**arguments)
+    return resource_response(request, care_team_to_fhir(view.model_dump()))
+
+
+@router.delete("/CareTeam/{care_team_id}")
+def delete_care_team(request: Request, care_team_id: str) -> Response:
+    """A delete ends the relationship (kept, end set); ending an ended one changes nothing."""
+    gate = gate_for(request, "CareTeam", "delete")
+    version = parse_version(request.headers.get("if-match"))
+    view = gate.end_care_relationship(care_team_id=care_team_id, expected_version=version)
+    return resource_response(request, care_team_to_fhir(view.model_dump()))
+
+
+@router.get("/CareTeam/{care_team_id}/_history")
+def care_team_history(request: Request, care_team_id: str) -> Response:
+    gate = gate_for(request, "CareTeam", "read")
+    versions = gate.history(resource_type="CareTeam", resource_id=care_team_id)
+    return history_bundle(request, "CareTeam", versions, care_team_to_fhir)
+
+
+@router.get("/CareTeam/{care_team_id}/_history/{version_id}")
+def vread_care_team(request: Request, care_team_id: str, version_id: str) -> Response:
+    gate = gate_for(request, "CareTeam", "read")
+    for v in gate.history(resource_type="CareTeam", resource_id=care_team_id):
+        if str(v.version_id) == version_id:
+            return resource_response(request, versioned(care_team_to_fhir(snapshot(v)), v))
+    raise NotFound("no such version")
 
 
 # == DiagnosticReport ==========================================================================

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Table, Uuid, and_, bindparam, func, select, text, update
+from sqlalchemy import Table, Uuid, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
@@ -33,9 +33,11 @@ from carnet.access.models import BreakGlassAccess, ExportRequest
 from carnet.access.permissions import Permission
 from carnet.access.policy import (
     BREAK_GLASS_DURATION,
+    CARE_TEAM_MAX_DURATION,
     PATIENT_CONTACT,
     PATIENT_IDENTITY,
     PATIENT_LOCATE,
+    REFERRAL_MAX_DURATION,
     SEARCH_MAX_COUNT,
     SEARCH_MAX_PAGE,
     STEP_UP_FRESHNESS,
@@ -81,6 +83,7 @@ from carnet.phi.schemas import (
     BreakGlassGrant,
     CardReadingInput,
     CardReadingView,
+    CareRelationshipInput,
     CareTeamView,
     ConditionInput,
     ConditionView,
@@ -2634,7 +2637,13 @@ class Gate:
         tx.resource_ids.append(str(payment.id))
         return self._invoice_view(tx, row, fields)
 
-    # -- care teams (read only: a care relationship opens the chart, so none is made here) ------
+    # -- care teams and referrals ---------------------------------------------------------------
+    # A care relationship OPENS the chart to the practitioner it names (carnet.phi.care), so
+    # making one is guarded like reading the chart and more: only a physician in the patient's
+    # care by a lasting clinical relationship (not break-the-glass, not a referral: see
+    # WRITE_RULES), to an active colleague of the patient's facility, never to themself, with a
+    # required, bounded end. Ending one is allowed to whoever made it, whoever it names, and any
+    # physician who could have made it; it is kept (end_at set), and its access stops at once.
     @guarded(AuditKind.PHI_READ, RT.CARE_TEAM, targeted=True)
     def list_care_team(self, tx: _Tx, /, *, patient_id: str) -> list[CareTeamView]:
         """The patient's care relationships, current and ended, newest first."""
@@ -2647,12 +2656,184 @@ class Gate:
             .where(CareRelationship.patient_id == pid)
             .order_by(CareRelationship.start_at.desc()),
         )
-        return [_redact(CareTeamView, _care_team_data(r, tx.now), fields) for r in rows]
+        versions = self._care_versions(tx, rows, with_reason="reason" in fields)
+        return [
+            _redact(CareTeamView, _care_team_data(r, tx.now, *versions.get(r.id, (1, None))), fields)
+            for r in rows
+        ]
 
     @guarded(AuditKind.PHI_READ, RT.CARE_TEAM, targeted=True)
     def read_care_team(self, tx: _Tx, /, *, care_team_id: str) -> CareTeamView:
         row, fields = self._read_one(tx, RT.CARE_TEAM, care_team_id)
-        return _redact(CareTeamView, _care_team_data(row, tx.now), fields)
+        version, reason = self._care_versions(tx, [row], with_reason="reason" in fields).get(
+            row.id, (1, None)
+        )
+        return _redact(CareTeamView, _care_team_data(row, tx.now, version, reason), fields)
+
+    def _care_versions(
+        self, tx: _Tx, rows: Sequence[CareRelationship], *, with_reason: bool
+    ) -> dict[uuid.UUID, tuple[int, str | None]]:
+        """Each relationship's current version (its latest stored one; a seeded relationship
+        has none: version 1) and the reason it was made, from that version's snapshot."""
+        if not rows:
+            return {}
+        latest: dict[uuid.UUID, ResourceVersion] = {}
+        for v in tx.session.scalars(
+            select(ResourceVersion)
+            .where(
+                ResourceVersion.resource_type == RT.CARE_TEAM.value,
+                ResourceVersion.resource_id.in_([r.id for r in rows]),
+            )
+            .order_by(ResourceVersion.version_id)
+        ):
+            latest[v.resource_id] = v
+        out: dict[uuid.UUID, tuple[int, str | None]] = {}
+        for rid, v in latest.items():
+            reason = None
+            if with_reason:
+                raw = self._dec(v.snapshot_ct, "resource_versions", "snapshot", v.id) or "{}"
+                reason = json.loads(raw).get("reason")
+            out[rid] = (v.version_id, reason)
+        return out
+
+    def _make_care(self, tx: _Tx, data: CareRelationshipInput, kind: Relationship) -> CareTeamView:
+        what = "a referral" if kind == Relationship.REFERRAL else "a care-team membership"
+        patient = self._patient(tx, data.patient_id)
+        self._authorize(tx, patient, RT.CARE_TEAM, write=True)
+        me = tx.ctx.practitioner_id
+        if me is None:
+            raise _Refused(
+                "only a practitioner in the patient's care makes a care relationship", [patient.id]
+            )
+        if tx.ctx.acting_facility_id != patient.facility_id:
+            raise InvalidInput(f"{what} is made by a practitioner of the patient's facility")
+        reason = " ".join(data.reason.split())
+        if not 3 <= len(reason) <= 500:
+            raise InvalidInput(f"{what} needs a reason of 3 to 500 characters")
+        target = parse_id(data.practitioner_id)
+        practitioner = tx.session.get(Practitioner, target) if target is not None else None
+        if practitioner is None or not practitioner.active or practitioner.facility_id != patient.facility_id:
+            raise InvalidInput("the practitioner must be an active practitioner of the patient's facility")
+        if practitioner.id == me:
+            raise InvalidInput(f"{what} names a colleague: a practitioner cannot name themself")
+        longest = REFERRAL_MAX_DURATION if kind == Relationship.REFERRAL else CARE_TEAM_MAX_DURATION
+        end = data.end_at
+        if end is None:
+            raise InvalidInput(f"{what} needs an end date (period.end), at most {longest.days} days ahead")
+        if end.tzinfo is None:
+            raise InvalidInput("the end date needs a time zone")
+        if end <= tx.now:
+            raise InvalidInput("the end date must be in the future")
+        if end > tx.now + longest:
+            raise InvalidInput(f"{what} lasts at most {longest.days} days")
+        # One at a time per patient: the duplicate check and the insert cannot interleave.
+        tx.session.execute(select(Patient.id).where(Patient.id == patient.id).with_for_update())
+        existing = tx.session.scalar(
+            select(CareRelationship.id).where(
+                CareRelationship.patient_id == patient.id,
+                CareRelationship.practitioner_id == practitioner.id,
+                CareRelationship.kind == kind.value,
+                CareRelationship.start_at <= tx.now,
+                or_(CareRelationship.end_at.is_(None), CareRelationship.end_at > tx.now),
+            )
+        )
+        if existing is not None:
+            raise Conflict(f"{what} of this patient to this practitioner is active: CareTeam/{existing}")
+        row = CareRelationship(
+            id=new_id(),
+            patient_id=patient.id,
+            practitioner_id=practitioner.id,
+            facility_id=patient.facility_id,
+            kind=kind.value,
+            start_at=tx.now,
+            end_at=end,
+            created_by=tx.ctx.account_id,
+        )
+        tx.session.add(row)
+        tx.session.flush()
+        tx.reasons.append(f"{kind.value} to Practitioner/{practitioner.id} until {end.isoformat()}")
+        data_out = _care_team_data(row, tx.now, 1, reason)
+        return self._written(tx, patient, RT.CARE_TEAM, CareTeamView, data_out, 1, "create")
+
+    @guarded(AuditKind.PHI_CREATE, RT.CARE_TEAM, targeted=True)
+    def refer_patient(self, tx: _Tx, /, *, data: CareRelationshipInput) -> CareTeamView:
+        """Refer a patient in one's care to a colleague of the same facility: the colleague sees
+        the chart from now until `end_at` (required, at most REFERRAL_MAX_DURATION)."""
+        return self._make_care(tx, data, Relationship.REFERRAL)
+
+    @guarded(AuditKind.PHI_CREATE, RT.CARE_TEAM, targeted=True)
+    def add_care_team_member(self, tx: _Tx, /, *, data: CareRelationshipInput) -> CareTeamView:
+        """Add a colleague of the same facility (physician or nurse) to a patient's care team,
+        until `end_at` (required, at most CARE_TEAM_MAX_DURATION; renewed by adding again)."""
+        return self._make_care(tx, data, Relationship.CARE_TEAM)
+
+    @guarded(AuditKind.PHI_UPDATE, RT.CARE_TEAM, targeted=True)
+    def end_care_relationship(
+        self, tx: _Tx, /, *, care_team_id: str, expected_version: int | None = None
+    ) -> CareTeamView:
+        """End a care relationship now (kept, end_at set): the access it gave stops at once.
+        Idempotent: ending an ended one changes nothing. `expected_version` (If-Match): 412."""
+        cid = parse_id(care_team_id)
+        row = (
+            tx.session.scalar(
+                select(CareRelationship)
+                .where(CareRelationship.id == cid)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+            if cid is not None
+            else None
+        )
+        if row is None:
+            raise NotFound(NOT_FOUND)
+        patient = self._patient(tx, row.patient_id)
+        me, account = tx.ctx.practitioner_id, tx.ctx.account_id
+        if (me is not None and row.practitioner_id == me) or (
+            account is not None and row.created_by == account
+        ):
+            # Whoever it names, or whoever made it, may end it: ending only takes access away.
+            self._check_scopes(tx, RT.CARE_TEAM)
+            if not self._relationships(tx, [patient]).get(patient.id):
+                raise _Refused("patient outside the actor's facilities or restricted", [patient.id])
+            tx.reasons.append("ends a care relationship it names or made")
+        else:
+            self._authorize(tx, patient, RT.CARE_TEAM, write=True)
+        version, reason = self._care_versions(tx, [row], with_reason=True).get(row.id, (1, None))
+        if expected_version is not None and expected_version != version:
+            raise Conflict("the resource was changed by someone else: reload and try again")
+        tx.resource_ids.append(str(row.id))
+        if row.end_at is not None and row.end_at <= tx.now:
+            rels = self._relationships(tx, [patient])
+            fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.CARE_TEAM)
+            self._expose(tx, [patient.id], Channel.WRITE, rels, fields, resource=RT.CARE_TEAM)
+            tx.reasons.append("already ended: nothing changed")
+            return _redact(CareTeamView, _care_team_data(row, tx.now, version, reason), fields)
+        if version == 1 and not self._care_versions(tx, [row], with_reason=False):
+            # Made before relationships were versioned (seeded): keep its state as version 1.
+            row_id = new_id()
+            before = json.dumps(_care_team_data(row, row.start_at, 1, None), default=str, sort_keys=True)
+            tx.session.add(
+                ResourceVersion(
+                    id=row_id,
+                    resource_type=RT.CARE_TEAM.value,
+                    resource_id=row.id,
+                    version_id=1,
+                    patient_id=patient.id,
+                    facility_id=patient.facility_id,
+                    recorded_at=row.start_at,
+                    author_id=row.created_by,
+                    action="create",
+                    snapshot_ct=self._enc(
+                        before, patient.facility_id, "resource_versions", "snapshot", row_id
+                    ),
+                )
+            )
+        # Never after its start: a relationship that had not started yet ends unstarted.
+        row.end_at = max(tx.now, row.start_at)
+        tx.session.flush()
+        tx.reasons.append(f"{row.kind} of Practitioner/{row.practitioner_id} ended")
+        data = _care_team_data(row, tx.now, version + 1, reason)
+        return self._written(tx, patient, RT.CARE_TEAM, CareTeamView, data, version + 1, "update")
 
     # -- lab reports ----------------------------------------------------------------------------
     def _reports(
@@ -3497,6 +3678,9 @@ TRANSACTION_OPERATIONS = frozenset(
         "deactivate_patient",
         "record_consent",
         "withdraw_consent",
+        "refer_patient",
+        "add_care_team_member",
+        "end_care_relationship",
         "admit_patient",
         "transfer_encounter",
         "discharge_encounter",
@@ -3563,7 +3747,9 @@ def _condition_data(c: Condition) -> dict[str, Any]:
     }
 
 
-def _care_team_data(r: CareRelationship, now: dt.datetime) -> dict[str, Any]:
+def _care_team_data(
+    r: CareRelationship, now: dt.datetime, version: int = 1, reason: str | None = None
+) -> dict[str, Any]:
     ended = r.end_at is not None and r.end_at <= now
     return {
         "id": str(r.id),
@@ -3576,6 +3762,8 @@ def _care_team_data(r: CareRelationship, now: dt.datetime) -> dict[str, Any]:
         "status": "active" if r.start_at <= now and not ended else "inactive",
         "start_at": r.start_at,
         "end_at": r.end_at,
+        "version_id": version,
+        "reason": reason,
     }
 
 

@@ -237,6 +237,18 @@ class CareTeamView(Redactable):
     status: str | None = None  # active, inactive
     start_at: dt.datetime | None = None
     end_at: dt.datetime | None = None
+    version_id: int | None = None  # 1 as made; 2 once ended early (If-Match)
+    reason: str | None = None  # why the patient was referred (or the colleague added)
+
+
+class CareRelationshipInput(BaseModel):
+    """A referral, or a colleague added to a patient's care team (Gate.refer_patient,
+    Gate.add_care_team_member): the practitioner it opens the chart to, why, and until when."""
+
+    patient_id: str
+    practitioner_id: str
+    reason: str
+    end_at: dt.datetime | None = None  # required: checked by the gate with a clear error
 
 
 class DiagnosticReportView(Redactable):

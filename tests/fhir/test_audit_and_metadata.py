@@ -92,7 +92,7 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
     }
     # The resources added for issue 9, with exactly what they serve.
     served = {t: {i["code"] for i in r["interaction"]} for t, r in resources.items()}
-    assert served["CareTeam"] == served["Provenance"] == {"read", "search-type"}
+    assert served["Provenance"] == {"read", "search-type"}
     assert served["Consent"] == {
         "read",
         "vread",
@@ -134,7 +134,9 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "outcome",
     }
     assert {p["name"] for p in resources["Provenance"]["searchParam"]} == {"target", "patient"}
-    assert resources["Consent"]["readHistory"] is True and resources["CareTeam"]["readHistory"] is False
+    assert resources["Consent"]["readHistory"] is True and resources["CareTeam"]["readHistory"] is True
+    # Referrals and care-team members are made and ended like Consents are recorded and withdrawn.
+    assert served["CareTeam"] == served["Consent"]
     # Nothing is claimed that is not served: every declared interaction answers (401 without a
     # session, not 404/405).
     probes = {

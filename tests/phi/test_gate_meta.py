@@ -25,6 +25,7 @@ from carnet.phi.schemas import (
     AllergyInput,
     AppointmentInput,
     CardReadingInput,
+    CareRelationshipInput,
     ConditionInput,
     DiagnosticReportInput,
     EncounterInput,
@@ -69,6 +70,7 @@ class World:
     desk: Actor | None = None  # a front-desk clerk of the facility (identity vigilance)
     merged: str = ""  # a duplicate the desk merged into `kept` (both at version 2)
     kept: str = ""
+    colleague: str = ""  # another physician of the facility, in nobody's care relationship yet
 
 
 def _world(runtime: Runtime) -> World:
@@ -148,6 +150,7 @@ def _world(runtime: Runtime) -> World:
         desk=desk,
         merged=merged,
         kept=kept,
+        colleague=str(f.make_practitioner(runtime, facility)),
         condition=condition.id,
         no_stay=consenting.id,
         observation=observation.id,
@@ -161,6 +164,13 @@ def _world(runtime: Runtime) -> World:
         care_team=str(care_team),
         consent=consent.id,
         provenance=str(version),
+    )
+
+
+def _referral(w: World, days: int | None) -> CareRelationshipInput:
+    end = None if days is None else dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+    return CareRelationshipInput(
+        patient_id=w.patient, practitioner_id=w.colleague, reason="avis cardiologique", end_at=end
     )
 
 
@@ -519,6 +529,21 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         "physician",
         lambda g, w: g.read_diagnostic_report(report_id=w.report),
         lambda g, w: g.read_diagnostic_report(report_id=MISSING),
+    ),
+    "refer_patient": (
+        "physician",
+        lambda g, w: g.refer_patient(data=_referral(w, days=30)),
+        lambda g, w: g.refer_patient(data=_referral(w, days=400)),  # beyond the longest referral
+    ),
+    "add_care_team_member": (
+        "physician",
+        lambda g, w: g.add_care_team_member(data=_referral(w, days=30)),
+        lambda g, w: g.add_care_team_member(data=_referral(w, days=None)),  # no end date
+    ),
+    "end_care_relationship": (
+        "physician",
+        lambda g, w: g.end_care_relationship(care_team_id=w.care_team, expected_version=1),
+        lambda g, w: g.end_care_relationship(care_team_id=w.care_team, expected_version=9),
     ),
     "list_consents": (
         "physician",
