@@ -10,6 +10,7 @@ nothing; bad input is an OperationOutcome that writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from carnet.kernel import clock
 from carnet.org.models import Practitioner
 from carnet.patients.models import CareRelationship, ResourceVersion
 from carnet.phi.gate import Gate
+from carnet.phi.schemas import CareRelationshipInput
 from carnet.runtime import Runtime
 from tests.factories import (
     link_care,
@@ -112,7 +114,8 @@ def _last_event(runtime: Runtime, actor: Actor) -> AuditEvent:
         return event
 
 
-def test_a_referral_opens_the_chart_to_the_colleague_until_it_is_ended(fhir_server: Server) -> None:
+def test_a_referral_opens_the_chart_to_the_colleague_until_it_is_ended(fhir_server_both: Server) -> None:
+    fhir_server = fhir_server_both
     runtime = fhir_server.runtime
     c = _clinic(fhir_server.runtime)
     doctor = fhir_server.client_for(c.doctor)
@@ -393,3 +396,44 @@ def test_referrals_in_a_transaction_are_all_or_nothing(fhir_server: Server) -> N
     assert [e["response"]["status"] for e in answer["entry"]] == ["201 Created", "201 Created"]
     assert _relationships(runtime, c.patient) == before + 2
     assert fhir_server.client_for(nurse).reference("Patient", c.patient).to_resource()["id"] == c.patient
+
+
+def test_concurrent_referrals_and_ends_have_exactly_one_winner(runtime: Runtime) -> None:
+    """Two physicians refer the same patient to the same colleague at once: one referral, one
+    Conflict. Two end it at once with the version they read: one end (version 2), one 412.
+    On PostgreSQL the patient's (then the relationship's) row lock orders them."""
+    from tests.phi.test_gate_writes import _race
+
+    c = _clinic(runtime)
+    second = make_physician(runtime, c.facility)
+    assert second.practitioner_id is not None
+    link_care(runtime, patient_id=c.patient, practitioner_id=second.practitioner_id, facility_id=c.facility)
+    data = CareRelationshipInput(
+        patient_id=c.patient,
+        practitioner_id=str(c.colleague.practitioner_id),
+        reason="avis néphrologique",
+        end_at=clock.now() + dt.timedelta(days=30),
+    )
+    before = _relationships(runtime, c.patient)
+    outcomes = _race(
+        [functools.partial(Gate(runtime, a).refer_patient, data=data) for a in (c.doctor, second)]
+    )
+    assert outcomes == ["conflict", "won"]
+    assert _relationships(runtime, c.patient) == before + 1
+    [made] = [
+        t
+        for t in Gate(runtime, c.doctor).list_care_team(patient_id=c.patient)
+        if t.practitioner_id == str(c.colleague.practitioner_id)
+    ]
+    assert made.version_id == 1
+    outcomes = _race(
+        [
+            functools.partial(
+                Gate(runtime, a).end_care_relationship, care_team_id=made.id, expected_version=1
+            )
+            for a in (c.doctor, second)
+        ]
+    )
+    assert outcomes == ["conflict", "won"]
+    history = Gate(runtime, c.doctor).history(resource_type="CareTeam", resource_id=made.id)
+    assert [(v.version_id, v.data["status"]) for v in history] == [(1, "active"), (2, "inactive")]
