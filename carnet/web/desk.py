@@ -16,7 +16,7 @@ from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.audit.search import own_access_log
 from carnet.identity.dependencies import runtime_of
-from carnet.kernel.errors import CarnetError, Conflict, Forbidden, InvalidInput
+from carnet.kernel.errors import CarnetError, Conflict, Forbidden, InvalidInput, NotFound
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import (
     AppointmentInput,
@@ -183,6 +183,81 @@ def cancel(
         appointment_id=appointment_id, expected_version=expected_version, reason=reason
     )
     return redirect(f"/patients/{patient_id}#appointments")
+
+
+# -- merging duplicates (identity vigilance) ---------------------------------------------
+def _desk_only(request: Request, actor: Any) -> None:
+    if Role.FRONT_DESK not in actor.roles:
+        raise refuse(
+            request,
+            actor,
+            kind=AuditKind.PHI_MERGE,
+            resource_type="Patient",
+            reason="merging duplicate records is for front-desk staff (identity vigilance)",
+        )
+
+
+def _chart_with_merge_problem(
+    request: Request, actor: Any, patient_id: str, problem: str, status: int
+) -> Response:
+    context = chart_context(request, actor, patient_id)
+    context["merge_problem"] = problem
+    return render(request, "clinician/chart.html", context, status_code=status)
+
+
+@router.post("/patients/{patient_id}/merge")
+def propose_merge(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    duplicate_id: Annotated[str, Form(max_length=40)],
+    reason: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    """Step 1: both records side by side (each read through the gate), to confirm the merge
+    at the versions shown. Nothing is changed yet."""
+    _desk_only(request, actor)
+    gate = Gate(runtime_of(request), actor)
+    duplicate_id = duplicate_id.strip()
+    if duplicate_id == patient_id:
+        return _chart_with_merge_problem(request, actor, patient_id, "name another record than this one", 400)
+    if not reason.strip():
+        return _chart_with_merge_problem(request, actor, patient_id, "say why these are one person", 400)
+    kept = gate.read_patient(patient_id=patient_id)
+    try:
+        duplicate = gate.read_patient(patient_id=duplicate_id)
+    except NotFound:
+        return _chart_with_merge_problem(request, actor, patient_id, "no such record in your facility", 404)
+    return render(
+        request,
+        "desk/merge.html",
+        {"actor": actor, "kept": kept, "duplicate": duplicate, "reason": reason.strip()},
+    )
+
+
+@router.post("/patients/{patient_id}/merge/confirm")
+def confirm_merge(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    duplicate_id: Annotated[str, Form(max_length=40)],
+    duplicate_version: Annotated[int, Form()],
+    expected_version: Annotated[int, Form()],
+    reason: Annotated[str, Form(max_length=500)],
+) -> Response:
+    """Step 2: the merge, at the versions the clerk saw (a record changed since: nothing done)."""
+    try:
+        Gate(runtime_of(request), actor).merge_patients(
+            source_id=duplicate_id,
+            target_id=patient_id,
+            source_version=duplicate_version,
+            target_version=expected_version,
+            reason=reason,
+        )
+    except Conflict as exc:
+        return _chart_with_merge_problem(request, actor, patient_id, str(exc), 409)
+    except InvalidInput as exc:
+        return _chart_with_merge_problem(request, actor, patient_id, str(exc), 400)
+    return redirect(f"/patients/{patient_id}")
 
 
 # -- health cards -------------------------------------------------------------------------
