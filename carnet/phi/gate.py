@@ -447,7 +447,7 @@ class Gate:
         *,
         write: bool = False,
         permission: Permission | None = None,
-        unmerging: bool = False,
+        merged_ok: bool = False,
     ) -> Decision:
         self._check_scopes(tx, resource)
         rels = self._relationships(tx, [patient]).get(patient.id, frozenset())
@@ -456,7 +456,7 @@ class Gate:
         )
         if not decision.allowed:
             raise _Refused(decision.reason, [patient.id])
-        if write and patient.merged_into_id is not None and not unmerging:
+        if write and patient.merged_into_id is not None and not merged_ok:
             # Its records moved to the record kept: a write here would file them on a duplicate.
             raise InvalidInput(
                 f"this patient record was merged into Patient/{patient.merged_into_id}: write there"
@@ -1194,6 +1194,16 @@ class Gate:
             if kind is not None:
                 columns[_BI_COLUMNS[kind]] = self._keyring.index(kind, value)
         return columns
+
+    def _identity_lock(self, tx: _Tx, facility_id: uuid.UUID) -> None:
+        """One identity change at a time per facility (PostgreSQL; SQLite serialises every gate
+        transaction): two merges crossing the same records would otherwise lock them in opposite
+        orders. Taken before any patient row is locked, as `_check_duplicate` does."""
+        if tx.session.get_bind().dialect.name == "postgresql":
+            tx.session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"carnet:patient-identity:{facility_id}"},
+            )
 
     def _check_duplicate(
         self, tx: _Tx, facility_id: uuid.UUID, values: dict[str, Any], exclude: uuid.UUID | None
@@ -3127,11 +3137,18 @@ class Gate:
         self._require(tx, Permission.PATIENT_MERGE)
         self._check_scopes(tx, RT.PATIENT)
         source = self._patient(tx, source_id)
-        self._authorize(tx, source, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE)
+        # A merged source is judged below, after its version: a stale merge is 412 like any other.
+        self._authorize(
+            tx, source, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE, merged_ok=True
+        )
+        self._identity_lock(tx, source.facility_id)
+        tx.session.refresh(source)  # as it stands now that no other identity change runs
         target = self._patient(tx, target_id)
         if target.id == source.id:
             raise InvalidInput("a patient cannot be merged into itself: name two different records")
-        self._authorize(tx, target, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE)
+        self._authorize(
+            tx, target, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE, merged_ok=True
+        )
         reason = " ".join((reason or "").split())
         if not MERGE_REASON_MIN <= len(reason) <= MERGE_REASON_MAX:
             raise InvalidInput(
@@ -3268,8 +3285,10 @@ class Gate:
         self._check_scopes(tx, RT.PATIENT)
         source = self._patient(tx, source_id)
         self._authorize(
-            tx, source, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE, unmerging=True
+            tx, source, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE, merged_ok=True
         )
+        self._identity_lock(tx, source.facility_id)
+        tx.session.refresh(source)
         if source.merged_into_id is None:
             raise InvalidInput(f"Patient/{source.id} is not a merged record: there is nothing to reverse")
         target = self._patient(tx, source.merged_into_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import uuid
 from typing import Any
 
@@ -384,3 +385,45 @@ def test_a_merge_in_error_is_reversed_from_its_merge_record(fhir_server_both: Se
             method="post",
             data=_parameters(source, target, versions=(3, 3), reason="x" * 10),
         )
+
+
+def _race(clients: list[SyncFHIRClient], bodies: list[dict[str, Any]]) -> list[str]:
+    barrier = threading.Barrier(len(bodies))
+    outcomes: list[str] = []
+
+    def merge(i: int) -> None:
+        barrier.wait()
+        try:
+            _merge(clients[i], bodies[i])
+            outcomes.append("won")
+        except MultipleResourcesFound:  # HTTP 412
+            outcomes.append("412")
+
+    threads = [threading.Thread(target=merge, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return sorted(outcomes)
+
+
+def test_concurrent_merges_exactly_one_wins(fhir_server_both: Server) -> None:
+    """Two clerks merge the same duplicate into two records at once, then two cross two records
+    (A into B, B into A) at once: in each pair exactly one merge is done, the other is 412."""
+    runtime = fhir_server_both.runtime
+    facility = make_facility(runtime)
+    clerks = [make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility) for _ in range(2)]
+    clients = [fhir_server_both.client_for(c) for c in clerks]
+    duplicate = register_patient(runtime, facility, family="Concurrent", given="Dup").id
+    first = register_patient(runtime, facility, family="Concurrent", given="Un").id
+    second = register_patient(runtime, facility, family="Concurrent", given="Deux").id
+    same = [_parameters(duplicate, first, reason="doublon"), _parameters(duplicate, second, reason="doublon")]
+    assert _race(clients, same) == ["412", "won"]
+    assert _state(runtime, duplicate)[0][1] is False
+    (v1, _a, _m), (v2, _b, _n) = _state(runtime, first, second)
+    crossing = [
+        _parameters(first, second, versions=(v1, v2), reason="doublon"),
+        _parameters(second, first, versions=(v2, v1), reason="doublon"),
+    ]
+    assert _race(clients, crossing) == ["412", "won"]
+    assert [active for _v, active, _m in _state(runtime, first, second)].count(False) == 1
