@@ -13,15 +13,15 @@ from fastapi.responses import Response
 
 from carnet.access import directory
 from carnet.access.actor import Actor
-from carnet.access.policy import SEARCH_MAX_COUNT, BreakGlassReason
+from carnet.access.policy import REFERRAL_MAX_DURATION, SEARCH_MAX_COUNT, BreakGlassReason
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.identity.authenticate import Authenticator
 from carnet.identity.dependencies import runtime_of
 from carnet.kernel import clock
-from carnet.kernel.errors import InvalidInput, NotFound, StepUpRequired
+from carnet.kernel.errors import Conflict, InvalidInput, NotFound, StepUpRequired
 from carnet.phi.gate import AllergyWarning, Gate
-from carnet.phi.schemas import PatientPage, PrescriptionInput
+from carnet.phi.schemas import CareRelationshipInput, PatientPage, PrescriptionInput
 from carnet.web.rendering import render
 from carnet.web.routing import WebActor, WebRoute, error_page, redirect, refuse
 
@@ -31,8 +31,8 @@ GLASS_COOKIE = "carnet_glass"
 CLINICAL_ROLES = frozenset({Role.PHYSICIAN, Role.NURSE})
 # The chart sections each role's policy opens (asking for others would only log refusals).
 SECTIONS: dict[Role, tuple[str, ...]] = {
-    Role.PHYSICIAN: ("allergies", "notes", "prescriptions", "coverage", "appointments"),
-    Role.NURSE: ("allergies", "notes", "prescriptions", "appointments"),
+    Role.PHYSICIAN: ("allergies", "notes", "prescriptions", "coverage", "appointments", "care_team"),
+    Role.NURSE: ("allergies", "notes", "prescriptions", "appointments", "care_team"),
     Role.FRONT_DESK: ("appointments", "coverage"),
     Role.BILLING: ("coverage", "invoices"),
 }
@@ -166,9 +166,15 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["may_schedule"] = bool(actor.roles & {Role.FRONT_DESK, Role.PHYSICIAN})
     context["practitioners"] = (
         directory.list_practitioners(runtime_of(request), actor=actor)
-        if context["may_schedule"] and "appointments" in names
+        if (context["may_schedule"] and "appointments" in names) or "care_team" in names
         else []
     )
+    # Referring a patient or adding a colleague opens the chart to them: physicians only (the
+    # gate decides; the form is not offered to whom it would refuse).
+    context["may_refer"] = Role.PHYSICIAN in actor.roles
+    context["care_problem"] = None
+    context["care_draft"] = {}
+    context["care_until_max"] = (clock.now() + REFERRAL_MAX_DURATION - dt.timedelta(days=1)).date()
     context["may_read_cards"] = bool(actor.roles & {Role.FRONT_DESK, Role.BILLING})
     context["may_take_payments"] = Role.BILLING in actor.roles
     context["warning"] = None
@@ -289,6 +295,58 @@ def prescribe(
         context["draft"] = draft
         return render(request, "clinician/chart.html", context, status_code=409)
     return redirect(f"/patients/{patient_id}#prescriptions")
+
+
+@router.post("/patients/{patient_id}/care-team")
+def refer(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    practitioner_id: Annotated[str, Form(max_length=40)],
+    reason: Annotated[str, Form(max_length=500)],
+    until: Annotated[str, Form(max_length=10)],
+    kind: Annotated[str, Form(max_length=20)] = "referral",
+) -> Response:
+    """Refer the patient to a colleague (or add one to the care team) until a date: the end of
+    that day, in UTC. A refusal of the input is shown in the form, which keeps what was typed."""
+    draft = {"practitioner_id": practitioner_id, "reason": reason, "until": until, "kind": kind}
+    gate = gate_of(request, actor)
+    try:
+        if kind not in ("referral", "care_team"):
+            raise InvalidInput("choose a referral or a care-team membership")
+        try:
+            day = dt.date.fromisoformat(until)
+        except ValueError:
+            raise InvalidInput("the end date must be a date") from None
+        end = dt.datetime.combine(day, dt.time(23, 59), tzinfo=dt.UTC)
+        data = CareRelationshipInput(
+            patient_id=patient_id, practitioner_id=practitioner_id, reason=reason, end_at=end
+        )
+        if kind == "referral":
+            gate.refer_patient(data=data)
+        else:
+            gate.add_care_team_member(data=data)
+    except (InvalidInput, Conflict) as exc:
+        context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"care_team"})
+        context["care_problem"] = str(exc)
+        context["care_draft"] = draft
+        return render(request, "clinician/chart.html", context, status_code=400)
+    return redirect(f"/patients/{patient_id}#care_team")
+
+
+@router.post("/patients/{patient_id}/care-team/{care_team_id}/end")
+def end_care(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    care_team_id: str,
+    expected_version: Annotated[int, Form()],
+) -> Response:
+    """End a referral or a care-team membership now (kept in the list, as ended)."""
+    gate_of(request, actor).end_care_relationship(
+        care_team_id=care_team_id, expected_version=expected_version
+    )
+    return redirect(f"/patients/{patient_id}#care_team")
 
 
 @router.get("/patients/{patient_id}/break-glass")
