@@ -283,8 +283,15 @@ class _Run:
         pid = parse_id(reference.removeprefix("Patient/"))
         if pid is not None:
             with self.runtime.session_factory() as session:
-                facility = session.scalar(select(Patient.facility_id).where(Patient.id == pid))
-            if facility == self.facility_id:
+                row = session.execute(
+                    select(Patient.facility_id, Patient.merged_into_id).where(Patient.id == pid)
+                ).first()
+            if row is not None and row.facility_id == self.facility_id:
+                if row.merged_into_id is not None:
+                    # Its records moved to the record kept: nothing more is filed on the duplicate.
+                    raise InvalidInput(
+                        f"this patient was merged into Patient/{row.merged_into_id}: reference that record"
+                    )
                 return pid
         raise InvalidInput("the patient reference resolves to no patient of this import or facility")
 

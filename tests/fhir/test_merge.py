@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from carnet.detection.models import Exposure
 from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.patients.models import Patient
 from carnet.phi.gate import Gate
+from carnet.phi.importer import import_files
 from carnet.phi.schemas import AllergyInput, AppointmentInput, PatientChanges
 from carnet.runtime import Runtime
 from tests.factories import (
@@ -427,3 +429,32 @@ def test_concurrent_merges_exactly_one_wins(fhir_server_both: Server) -> None:
     ]
     assert _race(clients, crossing) == ["412", "won"]
     assert [active for _v, active, _m in _state(runtime, first, second)].count(False) == 1
+
+
+def test_an_import_files_nothing_on_a_merged_record(runtime: Runtime, tmp_path: Path) -> None:
+    facility = make_facility(runtime)
+    clerk = make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    source, target = _duplicates(runtime, facility, clerk)
+    Gate(runtime, clerk).merge_patients(
+        source_id=source, target_id=target, source_version=1, target_version=1, reason="doublon évident"
+    )
+
+    def heart_rate(subject: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "status": "final",
+            "category": [{"coding": [{"code": "vital-signs"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+            "subject": {"reference": subject},
+            "effectiveDateTime": "2026-01-02T10:00:00+00:00",
+            "valueQuantity": {"value": 72, "unit": "/min"},
+        }
+
+    path = tmp_path / "Observation.ndjson"
+    path.write_text(
+        "".join(json.dumps(heart_rate(f"Patient/{p}")) + "\n" for p in (source, target)), encoding="utf-8"
+    )
+    report = import_files(runtime, paths=[path], facility_id=facility, operator="test-import")
+    assert report.accepted == {"Observation": 1}
+    assert [r.source for r in report.rejected] == ["Observation.ndjson:1"]
+    assert "merged into" in json.dumps(report.rejected[0].outcome)
