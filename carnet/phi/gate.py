@@ -595,6 +595,21 @@ class Gate:
         self._expose(tx, [patient.id], Channel.CHART, rels, decision.fields)
         return self._with_replaces(tx, patient, self._patient_view(patient, decision.fields))
 
+    def _replaced(self, tx: _Tx, patient_id: uuid.UUID) -> list[uuid.UUID]:
+        """The records merged into this one, and those merged into them (at most 100)."""
+        found: list[uuid.UUID] = []
+        frontier = [patient_id]
+        while frontier and len(found) < 100:
+            frontier = [
+                p
+                for p in tx.session.scalars(
+                    select(Patient.id).where(Patient.merged_into_id.in_(frontier)).limit(100)
+                )
+                if p not in found and p != patient_id
+            ]
+            found.extend(frontier)
+        return found[:100]
+
     def _with_replaces(self, tx: _Tx, patient: Patient, view: PatientView) -> PatientView:
         """The duplicates merged into this record (FHIR Patient.link type replaces), if shown."""
         if "replaces" not in view.visible:
@@ -3068,10 +3083,19 @@ class Gate:
         ]
         if self.actor.scopes is not None:  # a token: only the types its scopes read
             readable = [t for t in readable if _token_reads(self.actor, t)]
+        # The records of duplicates merged into this one moved here; their earlier versions
+        # still name the duplicate they were written under.
+        replaced = self._replaced(tx, patient.id)
+        whose = ResourceVersion.patient_id == patient.id
+        if replaced:
+            moved = and_(
+                ResourceVersion.patient_id.in_(replaced), ResourceVersion.resource_type != RT.PATIENT.value
+            )
+            whose = or_(whose, moved)
         versions = list(
             tx.session.scalars(
                 select(ResourceVersion)
-                .where(ResourceVersion.patient_id == patient.id, ResourceVersion.resource_type.in_(readable))
+                .where(whose, ResourceVersion.resource_type.in_(readable))
                 .order_by(ResourceVersion.recorded_at.desc(), ResourceVersion.version_id.desc())
                 .limit(HISTORY_LIMIT)
             )

@@ -166,6 +166,12 @@ def test_merge_moves_the_records_and_keeps_the_history(fhir_server_both: Server)
     assert note_history["entry"][-1]["resource"]["subject"]["reference"] == f"Patient/{source}"
     current = clinic.reference("DocumentReference", note.id).to_resource()
     assert current["subject"]["reference"] == f"Patient/{target}"
+    # Provenance?patient= of the record kept lists the moved records' versions too.
+    provenance = clinic.execute("Provenance", method="get", params={"patient": target})
+    targets = {t["reference"] for e in provenance.get("entry", []) for t in e["resource"]["target"]}
+    assert f"DocumentReference/{note.id}/_history/1" in targets
+    assert f"AllergyIntolerance/{allergy.id}/_history/1" in targets
+    assert not any(t.startswith(f"Patient/{source}") for t in targets)  # not the duplicate's identity
     # A write to the merged duplicate is refused: the physician no longer reaches it, and the
     # desk, which does, is told to write to the record kept.
     with pytest.raises(NotFound):
