@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Table, Uuid, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import Table, Uuid, and_, bindparam, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
@@ -175,7 +175,12 @@ _BI_COLUMNS = {
 
 
 _PATIENTS = cast(Table, Patient.__table__)
-_PATIENT_BY_ID = select(_PATIENTS).where(_PATIENTS.c.id == bindparam("id", type_=Uuid()))
+_MERGED_IN = _PATIENTS.alias("merged_in")
+# The record, and whether any duplicate was merged into it (most never were: no second query).
+_PATIENT_BY_ID = select(
+    _PATIENTS,
+    exists().where(_MERGED_IN.c.merged_into_id == _PATIENTS.c.id).label("carnet_replaces_any"),
+).where(_PATIENTS.c.id == bindparam("id", type_=Uuid()))
 
 
 class _Refused(Exception):
@@ -416,17 +421,20 @@ class Gate:
             seen.add(patient.id)
         return patient
 
-    def _patient_to_read(self, tx: _Tx, patient_id: str) -> Patient:
+    def _patient_to_read(self, tx: _Tx, patient_id: str) -> tuple[Patient, bool]:
         """`_patient` for an operation that only reads the record: one Core statement and a
         detached instance, not the ORM's query, identity map and change tracking (a third of
-        the cost of the hottest read). Never pass the result to a write."""
+        the cost of the hottest read). Never pass the result to a write. Also says whether any
+        duplicate was merged into the record."""
         pid = parse_id(patient_id)
         row = tx.session.connection().execute(_PATIENT_BY_ID, {"id": pid}).first() if pid else None
         if row is None:
             raise NotFound(NOT_FOUND)
-        patient = Patient(**row._asdict())
+        columns = row._asdict()
+        replaces_any = bool(columns.pop("carnet_replaces_any"))
+        patient = Patient(**columns)
         tx.patient_ids.append(patient.id)
-        return patient
+        return patient, replaces_any
 
     def _relationships(
         self, tx: _Tx, patients: Iterable[Patient]
@@ -588,12 +596,13 @@ class Gate:
     @guarded(AuditKind.PHI_READ, RT.PATIENT, targeted=True)
     def read_patient(self, tx: _Tx, /, *, patient_id: str) -> PatientView:
         """A patient's chart identity, redacted to what the actor's role and relationship open."""
-        patient = self._patient_to_read(tx, patient_id)
+        patient, replaces_any = self._patient_to_read(tx, patient_id)
         decision = self._authorize(tx, patient, RT.PATIENT)
         tx.resource_ids.append(str(patient.id))
         rels = self._relationships(tx, [patient])
         self._expose(tx, [patient.id], Channel.CHART, rels, decision.fields)
-        return self._with_replaces(tx, patient, self._patient_view(patient, decision.fields))
+        view = self._patient_view(patient, decision.fields)
+        return self._with_replaces(tx, patient, view) if replaces_any else view
 
     def _replaced(self, tx: _Tx, patient_id: uuid.UUID) -> list[uuid.UUID]:
         """The records merged into this one, and those merged into them (at most 100)."""
