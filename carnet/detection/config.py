@@ -139,6 +139,10 @@ class DetectionConfig(BaseSettings):
     # after hour; staff answer their step-up and are asked about once a week.
     refusals_contain_24h: int = Field(default=8, ge=1)
     throttle_seconds: int = Field(default=300, ge=1)
+    # Care relationships made by colleagues (referrals, care-team additions) in 24 hours, from
+    # which a security officer is alerted (never refused: carnet.detection.referrals).
+    care_relationships_by_actor_24h: int = Field(default=20, ge=1)
+    care_relationships_to_one_practitioner_24h: int = Field(default=10, ge=1)
     # An open alert of the same rule for the same actor is updated instead of repeated.
     alert_merge_hours: int = Field(default=24, ge=1)
 

@@ -73,6 +73,8 @@ class Rule(StrEnum):
     CLIENT_VOLUME = "api-client-volume"
     PERSISTENCE = "persistence"
     BREAK_GLASS = "break-glass"  # every emergency access, for review (never merged)
+    # Many referrals or care-team additions by one account, or naming one practitioner.
+    CARE_RELATIONSHIPS = "care-relationships"
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from carnet.coverage.models import CardReading, Coverage
 from carnet.crypto.blind import IndexKind, normalize_name
 from carnet.detection.breakglass import alert_break_glass
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
+from carnet.detection.referrals import judge_care_relationship
 from carnet.identity.models import Account
 from carnet.identity.oauth import require_scope
 from carnet.kernel import clock
@@ -2786,8 +2787,31 @@ class Gate:
         tx.session.add(row)
         tx.session.flush()
         tx.reasons.append(f"{kind.value} to Practitioner/{practitioner.id} until {end.isoformat()}")
+        self._judge_care(tx, practitioner.id)
         data_out = _care_team_data(row, tx.now, 1, reason)
         return self._written(tx, patient, RT.CARE_TEAM, CareTeamView, data_out, 1, "create")
+
+    def _judge_care(self, tx: _Tx, practitioner_id: uuid.UUID) -> None:
+        """Detection sees each care relationship made by a colleague: how many this account made,
+        and how many name this practitioner, in 24 hours (this one included). An alert it raises
+        commits with the relationship, and the audit event names it."""
+        since = tx.now - dt.timedelta(hours=24)
+        made = select(func.count()).where(
+            CareRelationship.created_by.is_not(None), CareRelationship.start_at > since
+        )
+        by_actor = tx.session.scalar(made.where(CareRelationship.created_by == tx.ctx.account_id))
+        named = tx.session.scalar(made.where(CareRelationship.practitioner_id == practitioner_id))
+        alert = judge_care_relationship(
+            tx.session,
+            actor=self.actor,
+            practitioner_id=practitioner_id,
+            by_actor_24h=int(by_actor or 0),
+            to_practitioner_24h=int(named or 0),
+            at=tx.now,
+        )
+        if alert is not None:
+            tx.session.flush()
+            tx.resource_ids.append(str(alert.id))
 
     @guarded(AuditKind.PHI_CREATE, RT.CARE_TEAM, targeted=True)
     def refer_patient(self, tx: _Tx, /, *, data: CareRelationshipInput) -> CareTeamView:

@@ -437,3 +437,64 @@ def test_concurrent_referrals_and_ends_have_exactly_one_winner(runtime: Runtime)
     assert outcomes == ["conflict", "won"]
     history = Gate(runtime, c.doctor).history(resource_type="CareTeam", resource_id=made.id)
     assert [(v.version_id, v.data["status"]) for v in history] == [(1, "active"), (2, "inactive")]
+
+
+def test_many_referrals_alert_a_security_officer_without_refusing_them(
+    sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stolen physician account handing its patients to an accomplice, one referral at a time:
+    each is allowed, the pattern raises an alert (merged per actor), naming no patient."""
+    from carnet.detection import referrals
+    from carnet.detection.config import DetectionConfig
+    from carnet.detection.models import Alert
+
+    monkeypatch.setattr(
+        referrals,
+        "get_detection_config",
+        lambda: DetectionConfig(
+            care_relationships_to_one_practitioner_24h=3, care_relationships_by_actor_24h=5
+        ),
+    )
+    runtime = sqlite_runtime
+    c = _clinic(runtime)
+    assert c.doctor.practitioner_id is not None
+    patients = [c.patient]
+    for n in range(5):
+        p = register_patient(runtime, c.facility, family=f"Lot{n}")
+        link_care(runtime, patient_id=p.id, practitioner_id=c.doctor.practitioner_id, facility_id=c.facility)
+        patients.append(p.id)
+    others = [make_practitioner(runtime, c.facility) for _ in range(3)]
+    gate = Gate(runtime, c.doctor)
+
+    def alerts() -> list[Alert]:
+        with runtime.session_factory() as session:
+            return list(session.scalars(select(Alert).where(Alert.rule == "care-relationships")))
+
+    def refer(patient: str, practitioner: uuid.UUID | str | None) -> None:
+        gate.refer_patient(
+            data=CareRelationshipInput(
+                patient_id=patient,
+                practitioner_id=str(practitioner),
+                reason="avis",
+                end_at=clock.now() + dt.timedelta(days=10),
+            )
+        )
+
+    refer(patients[0], c.colleague.practitioner_id)
+    refer(patients[1], c.colleague.practitioner_id)
+    assert alerts() == []
+    refer(patients[2], c.colleague.practitioner_id)  # the third to one practitioner in 24 h
+    [alert] = alerts()
+    assert (
+        f"3 patients were referred to (or put in the care team of) Practitioner/{c.colleague.practitioner_id}"
+        in (alert.sentence)
+    )
+    assert all(p not in alert.sentence for p in patients)
+    assert alert.level == 1 and alert.status == "open" and alert.account_id == c.doctor.account_id
+    assert str(alert.id) in json.loads(_last_event(runtime, c.doctor).resource_ids)  # named by the audit
+    # Spread over other colleagues, the account's own count: the same open alert, updated.
+    refer(patients[3], others[0])
+    refer(patients[4], others[1])
+    [alert] = alerts()
+    assert alert.occurrences == 2 and "referred 5 patients to colleagues" in alert.sentence
+    assert _relationships(runtime, c.patient) >= 2  # never refused
