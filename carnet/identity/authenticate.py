@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import String, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind
@@ -116,6 +116,15 @@ def require_fresh_second_factor(actor: Actor) -> None:
     at = actor.second_factor_at
     if at is None or clock.now() - at > sessions.STEP_UP_FRESHNESS:
         raise StepUpRequired("confirm it is you: present your second factor again (POST /auth/step-up)")
+
+
+# Built once: constructing the statement cost more than running it on every request.
+_SESSION_ACCOUNT_GRANTS = (
+    select(AuthSession, Account, RoleGrant.role)
+    .join(Account, Account.id == AuthSession.account_id)
+    .outerjoin(RoleGrant, and_(RoleGrant.account_id == Account.id, RoleGrant.status == "active"))
+    .where(AuthSession.token_digest == bindparam("digest", type_=String()))
+)
 
 
 class Authenticator:
@@ -335,12 +344,7 @@ class Authenticator:
             # are one statement, read outside a transaction (no BEGIN, no COMMIT round trips);
             # the rare writes below (a revocation, a refusal, the minutely touch) get their own.
             session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            found = session.execute(
-                select(AuthSession, Account, RoleGrant.role)
-                .join(Account, Account.id == AuthSession.account_id)
-                .outerjoin(RoleGrant, and_(RoleGrant.account_id == Account.id, RoleGrant.status == "active"))
-                .where(AuthSession.token_digest == sessions.digest(token))
-            ).all()
+            found = session.execute(_SESSION_ACCOUNT_GRANTS, {"digest": sessions.digest(token)}).all()
         if not found:
             raise AuthenticationRequired("sign in first (POST /auth/login)")
         live, account = found[0][0], found[0][1]
