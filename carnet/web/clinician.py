@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from carnet.access import directory
 from carnet.access.actor import Actor
-from carnet.access.policy import REFERRAL_MAX_DURATION, SEARCH_MAX_COUNT, BreakGlassReason
+from carnet.access.policy import CARE_TEAM_MAX_DURATION, SEARCH_MAX_COUNT, BreakGlassReason
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.identity.authenticate import Authenticator
@@ -174,7 +174,7 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["may_refer"] = Role.PHYSICIAN in actor.roles
     context["care_problem"] = None
     context["care_draft"] = {}
-    context["care_until_max"] = (clock.now() + REFERRAL_MAX_DURATION - dt.timedelta(days=1)).date()
+    context["care_until_max"] = (clock.now() + CARE_TEAM_MAX_DURATION - dt.timedelta(days=1)).date()
     context["may_read_cards"] = bool(actor.roles & {Role.FRONT_DESK, Role.BILLING})
     context["may_take_payments"] = Role.BILLING in actor.roles
     context["warning"] = None
