@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
@@ -44,11 +44,21 @@ class Patient(IdMixin, VersionedMixin, Base):
     # The patient opposes access from facilities other than the managing one (honoured everywhere).
     opposes_other_facilities: Mapped[bool] = mapped_column(default=False)
     active: Mapped[bool] = mapped_column(default=True)
-    # Set when this record was merged into another (a duplicate of the same person); indexed
-    # so a kept record finds the duplicates it replaces.
-    merged_into_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("patients.id"), index=True)
+    # Set when this record was merged into another (a duplicate of the same person).
+    merged_into_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("patients.id"))
 
-    __table_args__ = (Index("ix_patients_family_birth", "family_bi", "birth_date_bi"),)
+    __table_args__ = (
+        Index("ix_patients_family_birth", "family_bi", "birth_date_bi"),
+        # So a kept record finds the duplicates it replaces. Partial: merged records are rare,
+        # and an index of every NULL tempted PostgreSQL, on stale statistics after a bulk load,
+        # to answer "merged_into_id IS NULL" (every search) from it: 81 ms instead of 13 ms.
+        Index(
+            "ix_patients_merged_into_id",
+            "merged_into_id",
+            postgresql_where=text("merged_into_id IS NOT NULL"),
+            sqlite_where=text("merged_into_id IS NOT NULL"),
+        ),
+    )
 
 
 class CareRelationship(IdMixin, Base):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 15:32:14.709508
+Create Date: 2026-11-24 16:07:07.409743
 """
 
 import sqlalchemy as sa
@@ -255,7 +255,13 @@ def upgrade() -> None:
         batch_op.create_index("ix_patients_family_birth", ["family_bi", "birth_date_bi"], unique=False)
         batch_op.create_index(batch_op.f("ix_patients_given_bi"), ["given_bi"], unique=False)
         batch_op.create_index(batch_op.f("ix_patients_ins_bi"), ["ins_bi"], unique=False)
-        batch_op.create_index(batch_op.f("ix_patients_merged_into_id"), ["merged_into_id"], unique=False)
+        batch_op.create_index(
+            "ix_patients_merged_into_id",
+            ["merged_into_id"],
+            unique=False,
+            postgresql_where=sa.text("merged_into_id IS NOT NULL"),
+            sqlite_where=sa.text("merged_into_id IS NOT NULL"),
+        )
         batch_op.create_index(batch_op.f("ix_patients_phone_bi"), ["phone_bi"], unique=False)
 
     op.create_table(
@@ -1363,7 +1369,11 @@ def downgrade() -> None:
     op.drop_table("ward_assignments")
     with op.batch_alter_table("patients", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_patients_phone_bi"))
-        batch_op.drop_index(batch_op.f("ix_patients_merged_into_id"))
+        batch_op.drop_index(
+            "ix_patients_merged_into_id",
+            postgresql_where=sa.text("merged_into_id IS NOT NULL"),
+            sqlite_where=sa.text("merged_into_id IS NOT NULL"),
+        )
         batch_op.drop_index(batch_op.f("ix_patients_ins_bi"))
         batch_op.drop_index(batch_op.f("ix_patients_given_bi"))
         batch_op.drop_index("ix_patients_family_birth")
