@@ -428,6 +428,8 @@ def _measure(
         health = wrk_load(base, "/healthz (baseline)", clients, seconds, health_pairs)
         read_pairs = [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
         random.Random(1).shuffle(read_pairs)
+        # Warm up first (connection pools, prepared statements, caches), as a server in service is.
+        wrk_load(base, "warm-up", clients, min(seconds, 5), read_pairs)
         cpu_before = cpu_seconds(server.pid, url)
         reads = wrk_load(base, "Patient read", clients, seconds, read_pairs)
         cpu_after = cpu_seconds(server.pid, url)
