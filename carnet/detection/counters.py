@@ -38,7 +38,39 @@ def _starts(at: dt.datetime, since: dt.datetime | None) -> tuple[dt.datetime, dt
     return floor(at - M15), floor(at - H1), floor(at - H24)
 
 
-class SqlExposureCounters:
+class _AddThenCount:
+    """`add_and_count` for counters with no single-round-trip form: the steps in order."""
+
+    def add_and_count(
+        self,
+        session: Session,
+        *,
+        actor_ref: str,
+        at: dt.datetime,
+        since: dt.datetime | None,
+        patient_ids: Sequence[uuid.UUID] = (),
+        outside_care: Sequence[uuid.UUID] = (),
+        exported: bool = False,
+        listed: bool = False,
+        events: Sequence[tuple[EventKind, str]] = (),
+    ) -> ActorCounts:
+        counters: Any = self  # the class it is mixed into has add_exposures, add_event, counts
+        if patient_ids:
+            counters.add_exposures(
+                actor_ref=actor_ref,
+                patient_ids=patient_ids,
+                outside_care=outside_care,
+                exported=exported,
+                listed=listed,
+                at=at,
+            )
+        for kind, key in events:
+            counters.add_event(actor_ref=actor_ref, kind=kind, key=key, at=at)
+        result: ActorCounts = counters.counts(session, actor_ref=actor_ref, at=at, since=since)
+        return result
+
+
+class SqlExposureCounters(_AddThenCount):
     """Counts from the ledger tables, in the caller's transaction (so they see this request)."""
 
     def add_exposures(
@@ -58,32 +90,6 @@ class SqlExposureCounters:
 
     def reset(self, *, actor_ref: str) -> None:
         """Nothing to do: ActorState.restored_at bounds the windows."""
-
-    def add_and_count(
-        self,
-        session: Session,
-        *,
-        actor_ref: str,
-        at: dt.datetime,
-        since: dt.datetime | None,
-        patient_ids: Sequence[uuid.UUID] = (),
-        outside_care: Sequence[uuid.UUID] = (),
-        exported: bool = False,
-        listed: bool = False,
-        events: Sequence[tuple[EventKind, str]] = (),
-    ) -> ActorCounts:
-        return add_then_count(
-            self,
-            session,
-            actor_ref=actor_ref,
-            at=at,
-            since=since,
-            patient_ids=patient_ids,
-            outside_care=outside_care,
-            exported=exported,
-            listed=listed,
-            events=events,
-        )
 
     def counts(
         self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
@@ -207,7 +213,7 @@ def _targeted(
 _DISTINCT_KINDS = frozenset({EventKind.SEARCH, EventKind.IDENTIFIER_SEARCH, EventKind.LIST_VIEW})
 
 
-class MemoryExposureCounters:
+class MemoryExposureCounters(_AddThenCount):
     """In-process counters for unit tests and a single-process clinic without Redis."""
 
     def __init__(self) -> None:
@@ -248,32 +254,6 @@ class MemoryExposureCounters:
     def reset(self, *, actor_ref: str) -> None:
         with self._lock:
             self._sets.pop(actor_ref, None)
-
-    def add_and_count(
-        self,
-        session: Session,
-        *,
-        actor_ref: str,
-        at: dt.datetime,
-        since: dt.datetime | None,
-        patient_ids: Sequence[uuid.UUID] = (),
-        outside_care: Sequence[uuid.UUID] = (),
-        exported: bool = False,
-        listed: bool = False,
-        events: Sequence[tuple[EventKind, str]] = (),
-    ) -> ActorCounts:
-        return add_then_count(
-            self,
-            session,
-            actor_ref=actor_ref,
-            at=at,
-            since=since,
-            patient_ids=patient_ids,
-            outside_care=outside_care,
-            exported=exported,
-            listed=listed,
-            events=events,
-        )
 
     def counts(
         self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
@@ -494,32 +474,3 @@ for _, f in ipairs(req.first) do
 end
 return out
 """
-
-
-def add_then_count(
-    counters: Any,
-    session: Session,
-    *,
-    actor_ref: str,
-    at: dt.datetime,
-    since: dt.datetime | None,
-    patient_ids: Sequence[uuid.UUID] = (),
-    outside_care: Sequence[uuid.UUID] = (),
-    exported: bool = False,
-    listed: bool = False,
-    events: Sequence[tuple[EventKind, str]] = (),
-) -> ActorCounts:
-    """`add_and_count` for counters with no single-round-trip form: the steps in order."""
-    if patient_ids:
-        counters.add_exposures(
-            actor_ref=actor_ref,
-            patient_ids=patient_ids,
-            outside_care=outside_care,
-            exported=exported,
-            listed=listed,
-            at=at,
-        )
-    for kind, key in events:
-        counters.add_event(actor_ref=actor_ref, kind=kind, key=key, at=at)
-    result: ActorCounts = counters.counts(session, actor_ref=actor_ref, at=at, since=since)
-    return result
