@@ -410,6 +410,57 @@ class Gate:
         tx.patient_ids.append(patient.id)
         return patient
 
+    def _patient_for_write(self, tx: _Tx, patient_id: str | uuid.UUID, *, exclusive: bool = False) -> Patient:
+        """`_patient` for a write that files (or changes) a record under the patient: the row is
+        held until commit, FOR SHARE (`exclusive`: FOR NO KEY UPDATE, for a write that changes
+        the patient row itself or must be alone on the patient), so a merge, which holds the
+        row FOR NO KEY UPDATE while it re-files the patient's records, runs wholly before or
+        wholly after this write (issue #9). The row is read as locked, the latest committed
+        version: a merge that committed meanwhile shows in `merged_into_id`, which
+        `_authorize(write=True)` refuses ("merged into Patient/...: write there"). No-op lock on
+        SQLite, where every gate transaction already holds the write lock
+        (`_serialise_on_sqlite`). Reads never lock (`_patient_to_read`).
+
+        Lock order (PostgreSQL), the same in every writer so none can wait on another in a
+        cycle: the facility's identity advisory lock (registration, identity change, merge),
+        then patient rows (a merge: source, then target), then record rows, then the
+        practitioner row of a booking and the invoice-number lock, then the audit chain head."""
+        pid = patient_id if isinstance(patient_id, uuid.UUID) else parse_id(patient_id)
+        patient = (
+            tx.session.scalar(
+                select(Patient)
+                .where(Patient.id == pid)
+                .with_for_update(read=not exclusive, key_share=exclusive)
+                .execution_options(populate_existing=True)
+            )
+            if pid is not None
+            else None
+        )
+        if patient is None:
+            raise NotFound(NOT_FOUND)
+        tx.patient_ids.append(patient.id)
+        return patient
+
+    def _record_to_change(
+        self, tx: _Tx, model: Any, record_id: str, *, exclusive: bool = False
+    ) -> tuple[Any, Patient]:
+        """A record to amend and its patient, locked in the merge's order: the patient row first
+        (`_patient_for_write`), then the record's row (FOR UPDATE, its latest version). So an
+        amendment either holds the patient before a merge and ends before the merge moves the
+        record, or reads the record after the merge moved it and is made under the record kept."""
+        rid = parse_id(record_id)
+        row = tx.session.get(model, rid) if rid is not None else None
+        for _attempt in range(3):
+            if row is None:
+                raise NotFound(NOT_FOUND)
+            owner = row.patient_id
+            patient = self._patient_for_write(tx, owner, exclusive=exclusive)
+            row = tx.session.get(model, rid, with_for_update=True, populate_existing=True)
+            if row is not None and row.patient_id == owner:
+                return row, patient
+            # Moved by a merge that committed after the first read: lock the record kept instead.
+        raise Conflict("the record was moved to another patient record meanwhile: reload and try again")
+
     def _record_owner(self, tx: _Tx, patient_id: uuid.UUID, resource: ResourceType) -> Patient:
         """The patient whose chart holds a record now: a merged duplicate's records moved to the
         record it was merged into, while their earlier versions still name the duplicate."""
@@ -1333,7 +1384,7 @@ class Gate:
     @guarded(AuditKind.PHI_CREATE, RT.APPOINTMENT, targeted=True)
     def book_appointment(self, tx: _Tx, /, *, data: AppointmentInput) -> AppointmentView:
         """Book a slot; a practitioner is never double-booked."""
-        patient = self._patient(tx, data.patient_id)
+        patient = self._patient_for_write(tx, data.patient_id)
         self._authorize(tx, patient, RT.APPOINTMENT, write=True)
         practitioner = self._practitioner_id(tx, data.practitioner_id, patient.facility_id)
         assert practitioner is not None
@@ -1366,11 +1417,7 @@ class Gate:
         return self._written_appointment(tx, patient, appointment, "create")
 
     def _appointment(self, tx: _Tx, appointment_id: str) -> tuple[Appointment, Patient]:
-        aid = parse_id(appointment_id)
-        appointment = tx.session.get(Appointment, aid) if aid else None
-        if appointment is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, appointment.patient_id)
+        appointment, patient = self._record_to_change(tx, Appointment, appointment_id)
         self._authorize(tx, patient, RT.APPOINTMENT, write=True)
         return appointment, patient
 
@@ -1494,7 +1541,7 @@ class Gate:
         """Record one reading of the patient's health card. The coverage it proves is linked (the
         same payer and member id) or replaces the active one of its kind, which is ended, never
         deleted: the coverage history is kept. Returns the patient's coverage section."""
-        patient = self._patient(tx, data.patient_id)
+        patient = self._patient_for_write(tx, data.patient_id)
         self._authorize(tx, patient, RT.CARD_READING, write=True)
         if data.rights_end is not None and data.rights_end < data.rights_start:
             raise InvalidInput("the rights end after they start")
@@ -1586,11 +1633,7 @@ class Gate:
     def record_payment(self, tx: _Tx, /, *, data: PaymentInput) -> InvoiceView:
         """A payment received against an issued invoice (If-Match on `expected_version`); never
         more than what is due. The invoice is balanced when fully paid."""
-        iid = parse_id(data.invoice_id)
-        invoice = tx.session.get(Invoice, iid) if iid else None
-        if invoice is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, invoice.patient_id)
+        invoice, patient = self._record_to_change(tx, Invoice, data.invoice_id)
         self._authorize(tx, patient, RT.INVOICE, write=True)
         if invoice.status != "issued":
             raise Conflict(f"this invoice is {invoice.status}: only an issued invoice takes a payment")
@@ -1662,11 +1705,7 @@ class Gate:
     def _invoice_to_change(self, tx: _Tx, invoice_id: str, expected_version: int) -> tuple[Invoice, Patient]:
         """An invoice to change, by a role that bills the patient, at the version the client read
         (a stale one is refused before its content is judged)."""
-        iid = parse_id(invoice_id)
-        invoice = tx.session.get(Invoice, iid, with_for_update=True) if iid else None
-        if invoice is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, invoice.patient_id)
+        invoice, patient = self._record_to_change(tx, Invoice, invoice_id)
         self._authorize(tx, patient, RT.INVOICE, write=True)
         if invoice.version_id != expected_version:
             raise Conflict("the resource was changed by someone else: reload and try again")
@@ -1676,7 +1715,7 @@ class Gate:
     def issue_invoice(self, tx: _Tx, /, *, data: InvoiceInput) -> InvoiceView:
         """Invoice a patient (optionally for one of their stays): numbered by the facility,
         total = the sum of its lines, issued now (or kept as a draft), version 1."""
-        patient = self._patient(tx, data.patient_id)
+        patient = self._patient_for_write(tx, data.patient_id)
         self._authorize(tx, patient, RT.INVOICE, write=True)
         if patient.merged_into_id is not None:
             raise Conflict("this patient record was merged: invoice the record it was merged into")
@@ -1836,7 +1875,7 @@ class Gate:
         encounter_id: str | None = None,
     ) -> NoteView:
         author = self._author(tx)
-        patient = self._patient(tx, patient_id)
+        patient = self._patient_for_write(tx, patient_id)
         self._authorize(tx, patient, RT.NOTE, write=True)
         if not kind.strip() or len(kind) > 40 or not title.strip() or len(title) > 200:
             raise InvalidInput("a note needs a kind (LOINC code) and a title (at most 200 characters)")
@@ -1866,11 +1905,7 @@ class Gate:
     ) -> NoteView:
         """Amend a note: a new version of its text; earlier versions stay readable."""
         author = self._author(tx)
-        nid = parse_id(note_id)
-        note = tx.session.get(ClinicalNote, nid) if nid else None
-        if note is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, note.patient_id)
+        note, patient = self._record_to_change(tx, ClinicalNote, note_id)
         self._authorize(tx, patient, RT.NOTE, write=True)
         if not reason.strip() or len(reason) > 500:
             raise InvalidInput("an amendment needs a reason (at most 500 characters)")
@@ -1914,7 +1949,7 @@ class Gate:
         """Prescribe. An active allergy to the same substance stops it unless the prescriber
         confirms with `allergy_override_reason` (kept on the prescription)."""
         author = self._author(tx)
-        patient = self._patient(tx, data.patient_id)
+        patient = self._patient_for_write(tx, data.patient_id)
         self._authorize(tx, patient, RT.PRESCRIPTION, write=True)
         allergic = tx.session.scalar(
             select(Allergy.id).where(
@@ -1962,11 +1997,7 @@ class Gate:
         self, tx: _Tx, /, *, prescription_id: str, expected_version: int, reason: str
     ) -> PrescriptionView:
         self._author(tx)
-        rid = parse_id(prescription_id)
-        prescription = tx.session.get(Prescription, rid) if rid else None
-        if prescription is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, prescription.patient_id)
+        prescription, patient = self._record_to_change(tx, Prescription, prescription_id)
         self._authorize(tx, patient, RT.PRESCRIPTION, write=True)
         if prescription.status != "active":
             raise Conflict("only an active prescription can be stopped")
@@ -1983,7 +2014,7 @@ class Gate:
     @guarded(AuditKind.PHI_CREATE, RT.ALLERGY, targeted=True)
     def record_allergy(self, tx: _Tx, /, *, data: AllergyInput) -> AllergyView:
         author = self._author(tx)
-        patient = self._patient(tx, data.patient_id)
+        patient = self._patient_for_write(tx, data.patient_id)
         self._authorize(tx, patient, RT.ALLERGY, write=True)
         allergy = Allergy(
             id=new_id(),
@@ -2045,11 +2076,7 @@ class Gate:
         """A stay to change: in progress, written by a practitioner in the patient's care, at
         the version the client read (a stale one is refused before its content is judged)."""
         self._author(tx)
-        eid = parse_id(encounter_id)
-        encounter = tx.session.get(Encounter, eid) if eid else None
-        if encounter is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, encounter.patient_id)
+        encounter, patient = self._record_to_change(tx, Encounter, encounter_id)
         self._authorize(tx, patient, RT.ENCOUNTER, write=True)
         if encounter.version_id != expected_version:
             raise Conflict("the resource was changed by someone else: reload and try again")
@@ -2066,7 +2093,7 @@ class Gate:
         physician and its ward's nurses gain a care relationship, which is why only a
         practitioner already caring for the patient admits (a stay cannot open a chart)."""
         author = self._author(tx)
-        patient = self._patient(tx, data.patient_id)
+        patient = self._patient_for_write(tx, data.patient_id)
         self._authorize(tx, patient, RT.ENCOUNTER, write=True)
         if not patient.active or patient.merged_into_id is not None:
             raise Conflict("this patient record is inactive: admit the active record")
@@ -2166,11 +2193,7 @@ class Gate:
         carnet.phi.care) end with it: a mistaken admission leaves no lasting access behind.
         Not under break-the-glass alone, as for admitting (WRITE_RULES)."""
         self._author(tx)
-        eid = parse_id(encounter_id)
-        encounter = tx.session.get(Encounter, eid, with_for_update=True) if eid else None
-        if encounter is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, encounter.patient_id)
+        encounter, patient = self._record_to_change(tx, Encounter, encounter_id)
         self._authorize(tx, patient, RT.ENCOUNTER, write=True)
         if encounter.version_id != expected_version:
             raise Conflict("the resource was changed by someone else: reload and try again")
@@ -2187,7 +2210,7 @@ class Gate:
         """A problem or diagnosis (ICD-10), by a physician in the patient's care (or under
         break-the-glass: a diagnosis opens no access). Version 1, kept."""
         author = self._author(tx)
-        patient = self._patient(tx, data.patient_id)
+        patient = self._patient_for_write(tx, data.patient_id)
         self._authorize(tx, patient, RT.CONDITION, write=True)
         if not patient.active or patient.merged_into_id is not None:
             raise Conflict("this patient record is inactive: record the problem on the active record")
@@ -2234,11 +2257,7 @@ class Gate:
         with that status, nothing else changed). Its code is not changed: a wrong diagnosis
         is marked entered-in-error and the right one recorded. If-Match; every version kept."""
         self._author(tx)
-        cid = parse_id(condition_id)
-        row = tx.session.get(Condition, cid, with_for_update=True) if cid else None
-        if row is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, row.patient_id)
+        row, patient = self._record_to_change(tx, Condition, condition_id)
         self._authorize(tx, patient, RT.CONDITION, write=True)
         if row.version_id != expected_version:
             raise Conflict("the resource was changed by someone else: reload and try again")
@@ -2279,7 +2298,7 @@ class Gate:
     def record_observation(self, tx: _Tx, /, *, data: ObservationInput) -> ObservationView:
         """A vital sign or a lab result, by a practitioner in the patient's care."""
         author = self._author(tx)
-        patient = self._patient(tx, data.patient_id)
+        patient = self._patient_for_write(tx, data.patient_id)
         self._authorize(tx, patient, RT.OBSERVATION, write=True)
         if (data.value_number is None) == (data.value_text is None):
             raise InvalidInput("an Observation has one value: a number (with its unit) or a text")
@@ -2327,11 +2346,7 @@ class Gate:
         it entered-in-error (kept, value unchanged). If-Match on the version; every earlier
         version stays in the history, with its author and time."""
         self._author(tx)
-        oid = parse_id(observation_id)
-        row = tx.session.get(Observation, oid, with_for_update=True) if oid else None
-        if row is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, row.patient_id)
+        row, patient = self._record_to_change(tx, Observation, observation_id)
         self._authorize(tx, patient, RT.OBSERVATION, write=True)
         if row.version_id != expected_version:
             raise Conflict("the resource was changed by someone else: reload and try again")
@@ -2366,7 +2381,7 @@ class Gate:
         """A lab report grouping Observations of the same patient, none reported already. An
         Observation of anyone else is refused in the same words as a missing one."""
         author = self._author(tx)
-        patient = self._patient(tx, data.patient_id)
+        patient = self._patient_for_write(tx, data.patient_id)
         self._authorize(tx, patient, RT.DIAGNOSTIC_REPORT, write=True)
         if data.issued_at.tzinfo is None or data.issued_at > tx.now + dt.timedelta(minutes=5):
             raise InvalidInput("a report's issued time has a time zone and is not in the future")
@@ -2436,11 +2451,7 @@ class Gate:
         results Observations of the same patient in no other report, as on creation) or mark
         it entered-in-error (kept, content unchanged). If-Match; every version stays."""
         self._author(tx)
-        rid = parse_id(report_id)
-        report = tx.session.get(DiagnosticReport, rid, with_for_update=True) if rid else None
-        if report is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, report.patient_id)
+        report, patient = self._record_to_change(tx, DiagnosticReport, report_id)
         self._authorize(tx, patient, RT.DIAGNOSTIC_REPORT, write=True)
         if report.version_id != expected_version:
             raise Conflict("the resource was changed by someone else: reload and try again")
@@ -2733,7 +2744,9 @@ class Gate:
 
     def _make_care(self, tx: _Tx, data: CareRelationshipInput, kind: Relationship) -> CareTeamView:
         what = "a referral" if kind == Relationship.REFERRAL else "a care-team membership"
-        patient = self._patient(tx, data.patient_id)
+        # Exclusive: one relationship at a time per patient, the duplicate check below and the
+        # insert cannot interleave.
+        patient = self._patient_for_write(tx, data.patient_id, exclusive=True)
         self._authorize(tx, patient, RT.CARE_TEAM, write=True)
         me = tx.ctx.practitioner_id
         if me is None:
@@ -2761,8 +2774,6 @@ class Gate:
             raise InvalidInput("the end date must be in the future")
         if end > tx.now + longest:
             raise InvalidInput(f"{what} lasts at most {longest.days} days")
-        # One at a time per patient: the duplicate check and the insert cannot interleave.
-        tx.session.execute(select(Patient.id).where(Patient.id == patient.id).with_for_update())
         existing = tx.session.scalar(
             select(CareRelationship.id).where(
                 CareRelationship.patient_id == patient.id,
@@ -2831,20 +2842,7 @@ class Gate:
     ) -> CareTeamView:
         """End a care relationship now (kept, end_at set): the access it gave stops at once.
         Idempotent: ending an ended one changes nothing. `expected_version` (If-Match): 412."""
-        cid = parse_id(care_team_id)
-        row = (
-            tx.session.scalar(
-                select(CareRelationship)
-                .where(CareRelationship.id == cid)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            )
-            if cid is not None
-            else None
-        )
-        if row is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, row.patient_id)
+        row, patient = self._record_to_change(tx, CareRelationship, care_team_id)
         me, account = tx.ctx.practitioner_id, tx.ctx.account_id
         if (me is not None and row.practitioner_id == me) or (
             account is not None and row.created_by == account
@@ -2981,7 +2979,9 @@ class Gate:
         """Record a patient's privacy decision; it takes effect at once, for every actor."""
         if kind not in CONSENT_KINDS:
             raise InvalidInput(f"consent kind must be one of: {', '.join(sorted(CONSENT_KINDS))}")
-        patient = self._patient(tx, patient_id)
+        # Exclusive: it may change the patient row (the opposition flag), and two decisions
+        # of one kind cannot both pass the check below.
+        patient = self._patient_for_write(tx, patient_id, exclusive=True)
         self._authorize(tx, patient, RT.CONSENT, write=True)
         active = tx.session.scalar(
             select(Consent.id).where(
@@ -3011,11 +3011,8 @@ class Gate:
     @guarded(AuditKind.PHI_UPDATE, RT.CONSENT, targeted=True)
     def withdraw_consent(self, tx: _Tx, /, *, consent_id: str, expected_version: int) -> ConsentView:
         """Withdraw a decision (kept, status inactive); the restriction ends with the last one."""
-        cid = parse_id(consent_id)
-        consent = tx.session.get(Consent, cid) if cid else None
-        if consent is None:
-            raise NotFound(NOT_FOUND)
-        patient = self._patient(tx, consent.patient_id)
+        # Exclusive: withdrawing the last one changes the patient row (the opposition flag).
+        consent, patient = self._record_to_change(tx, Consent, consent_id, exclusive=True)
         self._authorize(tx, patient, RT.CONSENT, write=True)
         if consent.status != "active":
             raise Conflict("this consent is already withdrawn")
@@ -3199,8 +3196,14 @@ class Gate:
             tx, source, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE, merged_ok=True
         )
         self._identity_lock(tx, source.facility_id)
-        tx.session.refresh(source)  # as it stands now that no other identity change runs
-        target = self._patient(tx, target_id)
+        # Both rows are held before anything moves (issue #9): a write filing a record under
+        # either one waits for the merge, then sees it and is refused (`_patient_for_write`);
+        # one already running makes the merge wait for its commit, and its record moves too.
+        # FOR NO KEY UPDATE, not FOR UPDATE: the foreign-key checks (KEY SHARE) of an
+        # amendment holding a record row the merge waits for must not wait on the merge.
+        # Read as it stands now that no other identity change runs.
+        tx.session.refresh(source, with_for_update={"key_share": True})
+        target = self._patient_for_write(tx, target_id, exclusive=True)
         if target.id == source.id:
             raise InvalidInput("a patient cannot be merged into itself: name two different records")
         self._authorize(
@@ -3345,10 +3348,11 @@ class Gate:
             tx, source, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE, merged_ok=True
         )
         self._identity_lock(tx, source.facility_id)
-        tx.session.refresh(source)
+        # Locked as a merge locks them (see merge_patients), before anything moves back.
+        tx.session.refresh(source, with_for_update={"key_share": True})
         if source.merged_into_id is None:
             raise InvalidInput(f"Patient/{source.id} is not a merged record: there is nothing to reverse")
-        target = self._patient(tx, source.merged_into_id)
+        target = self._patient_for_write(tx, source.merged_into_id, exclusive=True)
         self._authorize(tx, target, RT.PATIENT, write=True, permission=Permission.PATIENT_MERGE)
         if parse_id(target_id) != target.id:
             raise InvalidInput("the target is not the record this patient was merged into")
