@@ -710,6 +710,78 @@ def _rejection(item: _Item, rtype: str, exc: CarnetError) -> Rejection:
     return Rejection(item.source, rtype, operation_outcome(code, f"{item.source}: {exc}"))
 
 
+class _MergedMeanwhile(Exception):
+    """A patient the unit files under was merged after `_Run.patient_ref` checked it."""
+
+
+def _write_unit(
+    run: _Run,
+    batch: SeedBatch,
+    links: list[tuple[uuid.UUID, list[uuid.UUID]]],
+    settled: list[uuid.UUID],
+    payers: list[uuid.UUID],
+    *,
+    resources: int,
+    operator: str,
+    source: str,
+) -> None:
+    """Write one unit's rows and its audit event, in one transaction."""
+    with system_access(run.runtime, reason=f"import of {source}", operator=operator) as door:
+        # The existing patients the unit files under are held (FOR SHARE, as the gate's writes
+        # hold them) until commit and read again: a merge that committed since `patient_ref`
+        # checked them refuses the unit, one not yet begun waits for it (issue #9).
+        created = {r["id"] for r in batch.rows.get("patients", [])}
+        existing = sorted(
+            {r["patient_id"] for rows in batch.rows.values() for r in rows if "patient_id" in r} - created
+        )
+        if existing:
+            held = door.session.execute(
+                select(Patient.id, Patient.merged_into_id)
+                .where(Patient.id.in_(existing))
+                .order_by(Patient.id)
+                .with_for_update(read=True)
+            ).all()
+            merged = [(pid, into) for pid, into in held if into is not None]
+            if merged:
+                pid, into = merged[0]
+                raise _MergedMeanwhile(
+                    f"Patient/{pid} was merged into Patient/{into} during the import: reference that record"
+                )
+        unnumbered = [r for r in batch.rows.get("invoices", []) if r["number"] is None]
+        if unnumbered:
+            _number_invoices(door, run.facility_id, unnumbered, run.now)
+        load_batch(door, batch)
+        if settled:  # fully paid by this unit: balanced, as the gate's last payment makes it
+            door.session.execute(
+                update(Invoice).where(Invoice.id.in_(settled)).values(status="balanced", updated_at=run.now)
+            )
+        for report_id, observations in links:
+            if observations:  # results written by an earlier unit of this run
+                door.session.execute(
+                    update(Observation).where(Observation.id.in_(observations)).values(report_id=report_id)
+                )
+        # Which patients the import touched: each sees it in their access log.
+        touched = list(
+            dict.fromkeys(
+                [r["patient_id"] for rows in batch.rows.values() for r in rows if "patient_id" in r] + payers
+            )
+        )
+        patient_rows = [r["id"] for r in batch.rows.get("patients", [])]
+        door.audit.append(
+            door.session,
+            AuditRecord(
+                kind=AuditKind.PHI_CREATE,
+                outcome=Outcome.SUCCESS,
+                actor=door.actor,
+                resource_type="Bundle",
+                resource_ids=[str(i) for i in patient_rows[:200]],
+                patient_ids=list(dict.fromkeys(patient_rows + touched)),
+                query=f"import;resources={resources}",
+                policy_reason=f"import of {source}"[:500],
+            ),
+        )
+
+
 def import_files(
     runtime: Runtime,
     *,
@@ -798,45 +870,28 @@ def _import_unit(run: _Run, unit: _Unit, report: ImportReport, *, operator: str,
                 )
         return
     if accepted:
-        with system_access(run.runtime, reason=f"import of {source}", operator=operator) as door:
-            unnumbered = [r for r in batch.rows.get("invoices", []) if r["number"] is None]
-            if unnumbered:
-                _number_invoices(door, run.facility_id, unnumbered, run.now)
-            load_batch(door, batch)
-            if settled:  # fully paid by this unit: balanced, as the gate's last payment makes it
-                door.session.execute(
-                    update(Invoice)
-                    .where(Invoice.id.in_(settled))
-                    .values(status="balanced", updated_at=run.now)
-                )
-            for report_id, observations in links:
-                if observations:  # results written by an earlier unit of this run
-                    door.session.execute(
-                        update(Observation)
-                        .where(Observation.id.in_(observations))
-                        .values(report_id=report_id)
-                    )
-            # Which patients the import touched: each sees it in their access log.
-            touched = list(
-                dict.fromkeys(
-                    [r["patient_id"] for rows in batch.rows.values() for r in rows if "patient_id" in r]
-                    + payers
-                )
+        try:
+            _write_unit(
+                run,
+                batch,
+                links,
+                settled,
+                payers,
+                resources=sum(accepted.values()),
+                operator=operator,
+                source=source,
             )
-            patient_rows = [r["id"] for r in batch.rows.get("patients", [])]
-            door.audit.append(
-                door.session,
-                AuditRecord(
-                    kind=AuditKind.PHI_CREATE,
-                    outcome=Outcome.SUCCESS,
-                    actor=door.actor,
-                    resource_type="Bundle",
-                    resource_ids=[str(i) for i in patient_rows[:200]],
-                    patient_ids=list(dict.fromkeys(patient_rows + touched)),
-                    query=f"import;resources={sum(accepted.values())}",
-                    policy_reason=f"import of {source}"[:500],
-                ),
-            )
+        except _MergedMeanwhile as exc:
+            # Nothing of the unit was written: each entry says why (its own refusal, or this).
+            for item in unit.items:
+                if any(r.source == item.source for r in rejected):
+                    continue
+                rtype = type_name(
+                    item.resource.get("resourceType") if isinstance(item.resource, dict) else None
+                )
+                rejected.append(_rejection(item, rtype, InvalidInput(f"not written: {exc}")))
+            report.rejected.extend(rejected)
+            return
     run.patients.update(pending)
     run.observations.update(
         {ref: (row["id"], row["patient_id"]) for ref, row in run.unit_observations.items()}

@@ -13,11 +13,13 @@ transaction takes its write lock first, `_serialise_on_sqlite`.)
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,10 +30,11 @@ from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.db.engine import make_engine
 from carnet.kernel.errors import InvalidInput
-from carnet.patients.models import ResourceVersion
+from carnet.patients.models import Patient, ResourceVersion
+from carnet.phi import importer
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import AppointmentInput
-from carnet.records.models import ClinicalNote
+from carnet.records.models import ClinicalNote, Observation
 from carnet.runtime import Runtime
 from carnet.scheduling.models import Appointment
 from carnet.settings import Settings
@@ -136,6 +139,7 @@ def _wait_blocked(runtime: Runtime, statement_fragment: str) -> None:
 
 @dataclass
 class _Scene:
+    facility: uuid.UUID
     source: str
     target: str
     clerk: Actor
@@ -152,7 +156,7 @@ def scene(pg_runtime: Runtime) -> _Scene:
     doctor = make_physician(pg_runtime, facility)
     assert doctor.practitioner_id is not None
     link_care(pg_runtime, patient_id=source, practitioner_id=doctor.practitioner_id, facility_id=facility)
-    return _Scene(source=source, target=target, clerk=clerk, doctor=doctor)
+    return _Scene(facility=facility, source=source, target=target, clerk=clerk, doctor=doctor)
 
 
 def _merge(runtime: Runtime, scene: _Scene) -> Callable[[], Any]:
@@ -292,3 +296,38 @@ def test_an_amendment_holding_the_duplicate_ends_before_the_merge_moves_the_reco
     note_id = uuid.UUID(note.id)
     assert _notes(pg_runtime) == [(note_id, uuid.UUID(scene.target), 2)]
     assert _version_owner(pg_runtime, note_id, 2) == uuid.UUID(scene.source)
+
+
+def test_an_import_checked_before_the_merge_files_nothing_on_the_duplicate(
+    pg_runtime: Runtime, scene: _Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`carnet import` checked the reference (not merged), then the merge committed before the
+    import's transaction: the import reads the patient again under its lock and writes nothing."""
+    real_access = importer.system_access
+
+    def merge_first(runtime: Runtime, **kwargs: Any) -> Any:
+        _merge(pg_runtime, scene)()  # commits between the check and the write
+        return real_access(runtime, **kwargs)
+
+    monkeypatch.setattr(importer, "system_access", merge_first)
+    heart_rate = {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": f"Patient/{scene.source}"},
+        "effectiveDateTime": "2026-01-02T10:00:00+00:00",
+        "valueQuantity": {"value": 72, "unit": "/min"},
+    }
+    path = tmp_path / "Observation.ndjson"
+    path.write_text(json.dumps(heart_rate) + "\n", encoding="utf-8")
+    report = importer.import_files(
+        pg_runtime, paths=[path], facility_id=scene.facility, operator="test-import"
+    )
+    assert report.accepted == {}
+    assert [r.source for r in report.rejected] == ["Observation.ndjson:1"]
+    assert f"merged into Patient/{scene.target} during the import" in json.dumps(report.rejected[0].outcome)
+    with pg_runtime.session_factory() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Observation)) == 0
+        merged = session.get(Patient, uuid.UUID(scene.source))
+        assert merged is not None and merged.merged_into_id == uuid.UUID(scene.target)
