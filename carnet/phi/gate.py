@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from sqlalchemy import Table, Uuid, and_, bindparam, exists, func, or_, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
@@ -274,6 +275,21 @@ def _serialise_on_sqlite(session: Session) -> None:
         session.execute(text("BEGIN IMMEDIATE"))
 
 
+# PostgreSQL ended this transaction to break a lock cycle (deadlock), or could not serialise
+# it: it rolled back whole, and the same request sent again can succeed.
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+LOCK_CYCLE = (
+    "another write held what this one needed while waiting for it (the database ended the"
+    " cycle): nothing was written, try again"
+)
+
+
+def _lock_cycle(exc: BaseException) -> bool:
+    """A deadlock (e.g. a transaction Bundle filing under both records of a merge, in the
+    other order than the merge locks them) is a conflict to retry, not a server error."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
+
+
 def _s(value: uuid.UUID | None) -> str | None:
     return None if value is None else str(value)
 
@@ -341,6 +357,9 @@ class Gate:
                 raise NotFound(NOT_FOUND) from None  # same words as a refusal
             raise
         except Exception as exc:
+            if _lock_cycle(exc):
+                self._audit_failure(kind, resource, Outcome.ERROR, f"Conflict: {LOCK_CYCLE}", attempted)
+                raise Conflict(LOCK_CYCLE) from None
             # Unknown errors may quote data: only their type is recorded.
             reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, CarnetError) else type(exc).__name__
             self._audit_failure(kind, resource, Outcome.ERROR, reason, attempted)

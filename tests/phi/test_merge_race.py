@@ -29,7 +29,7 @@ from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.db.engine import make_engine
-from carnet.kernel.errors import InvalidInput
+from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.patients.models import Patient, ResourceVersion
 from carnet.phi import importer
 from carnet.phi.gate import Gate
@@ -331,3 +331,53 @@ def test_an_import_checked_before_the_merge_files_nothing_on_the_duplicate(
         assert session.scalar(sa.select(sa.func.count()).select_from(Observation)) == 0
         merged = session.get(Patient, uuid.UUID(scene.source))
         assert merged is not None and merged.merged_into_id == uuid.UUID(scene.target)
+
+
+def test_a_bundle_crossing_the_merge_is_a_conflict_to_retry_not_a_server_error(
+    pg_runtime: Runtime, scene: _Scene, pause_in: Callable[[str], _Pause]
+) -> None:
+    """A transaction Bundle writes on the target, then on the source; the merge locks the source,
+    then waits for the target. The bundle's second entry then waits for the merge: a cycle, which
+    PostgreSQL ends by rolling one of them back. That one is a Conflict (412, try again),
+    audited, and nothing of it is written; the other commits."""
+    assert scene.doctor.practitioner_id is not None
+    link_care(
+        pg_runtime,
+        patient_id=scene.target,
+        practitioner_id=scene.doctor.practitioner_id,
+        facility_id=scene.facility,
+    )
+
+    def note(patient: str) -> Callable[[list[Any]], dict[str, Any]]:
+        return lambda _results: {
+            "patient_id": patient,
+            "kind": "11506-3",
+            "title": "Suivi",
+            "text": "Stable.",
+        }
+
+    pause = pause_in("bundle")
+    bundle = _start(
+        "bundle",
+        lambda: Gate(pg_runtime, scene.doctor).run_transaction(
+            steps=[("write_note", note(scene.target)), ("write_note", note(scene.source))]
+        ),
+    )
+    pause.wait_reached()  # the first entry holds the target
+    merger = _start("merger", _merge(pg_runtime, scene))
+    _wait_blocked(pg_runtime, "FOR NO KEY UPDATE")  # the merge holds the source, waits for the target
+    pause.release.set()
+    bundle.join()
+    merger.join()
+    failed = bundle.error + merger.error
+    assert len(failed) == 1 and isinstance(failed[0], Conflict) and "try again" in str(failed[0])
+    with pg_runtime.session_factory() as session:
+        errors = session.scalars(
+            sa.select(AuditEvent.policy_reason).where(AuditEvent.outcome == "error")
+        ).all()
+    assert len(errors) == 1 and "try again" in (errors[0] or "")
+    notes = _notes(pg_runtime)
+    if merger.error:  # the bundle committed both notes; the duplicate is not merged
+        assert sorted(p for _i, p, _v in notes) == sorted([uuid.UUID(scene.source), uuid.UUID(scene.target)])
+    else:  # the merge committed; the bundle wrote nothing
+        assert notes == []
