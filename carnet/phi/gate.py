@@ -3333,14 +3333,7 @@ class Gate:
         tx.resource_ids.extend(i for ids in moved.values() for i in ids)
         total = sum(len(ids) for ids in moved.values())
         tx.reasons.append(f"merge of a duplicate: {total} records moved")
-        # Both charts were opened to decide the merge: one exposure each.
-        tx.relationships.clear()
-        rels = self._relationships(tx, [source, target])
-        for patient in (source, target):
-            fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.PATIENT)
-            self._expose(tx, [patient.id], Channel.CHART, rels, fields)
-        fields = self._read_fields(tx, rels.get(target.id, frozenset()), RT.PATIENT)
-        return self._with_replaces(tx, target, self._patient_view(target, fields))
+        return self._both_charts(tx, source, target, shown=target)
 
     @guarded(AuditKind.PHI_UNMERGE, RT.PATIENT, targeted=True)
     def unmerge_patients(
@@ -3462,13 +3455,18 @@ class Gate:
         tx.resource_ids.extend(i for ids in moved_back.values() for i in ids)
         total = sum(len(ids) for ids in moved_back.values())
         tx.reasons.append(f"reversal of a merge: {total} records moved back")
+        return self._both_charts(tx, source, target, shown=source)
+
+    def _both_charts(self, tx: _Tx, source: Patient, target: Patient, *, shown: Patient) -> PatientView:
+        """A merge or its reversal: both charts were opened to decide it, one exposure each; the
+        answer is the record `shown`, with the duplicates it now replaces."""
         tx.relationships.clear()
         rels = self._relationships(tx, [source, target])
         for patient in (source, target):
             fields = self._read_fields(tx, rels.get(patient.id, frozenset()), RT.PATIENT)
             self._expose(tx, [patient.id], Channel.CHART, rels, fields)
-        fields = self._read_fields(tx, rels.get(source.id, frozenset()), RT.PATIENT)
-        return self._with_replaces(tx, source, self._patient_view(source, fields))
+        fields = self._read_fields(tx, rels.get(shown.id, frozenset()), RT.PATIENT)
+        return self._with_replaces(tx, shown, self._patient_view(shown, fields))
 
     @guarded(AuditKind.PHI_TRANSACTION, RT.PATIENT, targeted=False)
     def run_transaction(self, tx: _Tx, /, *, steps: Sequence[TransactionStep]) -> list[Any]:
