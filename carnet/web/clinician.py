@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Iterable
 from typing import Annotated, Any
 
@@ -21,7 +22,14 @@ from carnet.identity.dependencies import runtime_of
 from carnet.kernel import clock
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound, StepUpRequired
 from carnet.phi.gate import AllergyWarning, Gate
-from carnet.phi.schemas import CareRelationshipInput, PatientPage, PrescriptionInput
+from carnet.phi.schemas import (
+    CONDITION_CLINICAL_STATUSES,
+    ICD10_CODE,
+    CareRelationshipInput,
+    ConditionInput,
+    PatientPage,
+    PrescriptionInput,
+)
 from carnet.web.rendering import render
 from carnet.web.routing import WebActor, WebRoute, error_page, redirect, refuse
 
@@ -31,8 +39,16 @@ GLASS_COOKIE = "carnet_glass"
 CLINICAL_ROLES = frozenset({Role.PHYSICIAN, Role.NURSE})
 # The chart sections each role's policy opens (asking for others would only log refusals).
 SECTIONS: dict[Role, tuple[str, ...]] = {
-    Role.PHYSICIAN: ("allergies", "notes", "prescriptions", "coverage", "appointments", "care_team"),
-    Role.NURSE: ("allergies", "notes", "prescriptions", "appointments", "care_team"),
+    Role.PHYSICIAN: (
+        "allergies",
+        "conditions",
+        "notes",
+        "prescriptions",
+        "coverage",
+        "appointments",
+        "care_team",
+    ),
+    Role.NURSE: ("allergies", "conditions", "notes", "prescriptions", "appointments", "care_team"),
     Role.FRONT_DESK: ("appointments", "coverage"),
     Role.BILLING: ("coverage", "invoices"),
 }
@@ -41,6 +57,10 @@ NOTE_KINDS = (
     ("34117-2", "History and physical"),
     ("18842-5", "Discharge summary"),
 )
+
+# A problem is recorded confirmed, provisional, differential or unconfirmed; refuted and
+# entered-in-error are changes of one.
+NEW_VERIFICATION_STATUSES = ("confirmed", "provisional", "differential", "unconfirmed")
 
 
 def gate_of(request: Request, actor: Actor) -> Gate:
@@ -183,6 +203,14 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["pay_problem"] = None
     context["invoice_problem"] = None
     context["invoice_lines"] = []
+    # Problems and diagnoses are a physician's (nurses read the list).
+    context["may_diagnose"] = Role.PHYSICIAN in actor.roles
+    context["clinical_statuses"] = CONDITION_CLINICAL_STATUSES
+    context["new_verification_statuses"] = NEW_VERIFICATION_STATUSES
+    context["verification_statuses"] = (*NEW_VERIFICATION_STATUSES, "refuted")
+    context["condition_problem"] = None
+    context["condition_problem_id"] = None
+    context["condition_draft"] = {}
     return context
 
 
@@ -347,6 +375,128 @@ def end_care(
         care_team_id=care_team_id, expected_version=expected_version
     )
     return redirect(f"/patients/{patient_id}#care_team")
+
+
+def _condition_input(patient_id: str, draft: dict[str, str]) -> ConditionInput:
+    """The record form's input, or the first thing wrong with it, said plainly."""
+    code = draft["code"].strip().upper()
+    if not code:
+        raise InvalidInput("the ICD-10 code is required")
+    if re.fullmatch(ICD10_CODE, code) is None:
+        raise InvalidInput("the code must be an ICD-10 code, e.g. I10 or E11.9")
+    if not draft["display"].strip():
+        raise InvalidInput("describe the problem (the text shown in the problem list)")
+    if draft["clinical_status"] not in CONDITION_CLINICAL_STATUSES:
+        raise InvalidInput("choose a clinical status from the list")
+    if draft["verification_status"] not in NEW_VERIFICATION_STATUSES:
+        raise InvalidInput("choose a verification status from the list")
+    onset: dt.datetime | None = None
+    if draft["onset"].strip():
+        try:
+            day = dt.date.fromisoformat(draft["onset"].strip())
+        except ValueError:
+            raise InvalidInput("the onset must be a date") from None
+        onset = dt.datetime.combine(day, dt.time(0, 0), tzinfo=dt.UTC)
+    return ConditionInput(
+        patient_id=patient_id,
+        code=code,
+        display=draft["display"],
+        clinical_status=draft["clinical_status"],
+        verification_status=draft["verification_status"],
+        onset_at=onset,
+    )
+
+
+def _conditions_again(
+    request: Request,
+    actor: Actor,
+    patient_id: str,
+    exc: InvalidInput | Conflict,
+    *,
+    draft: dict[str, str] | None = None,
+    condition_id: str | None = None,
+) -> Response:
+    """The chart again, the problem list open with what went wrong (nothing was written)."""
+    context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"conditions"})
+    context["condition_problem"] = str(exc)
+    context["condition_problem_id"] = condition_id
+    context["condition_draft"] = draft or {}
+    status = 409 if isinstance(exc, Conflict) else 400
+    return render(request, "clinician/chart.html", context, status_code=status)
+
+
+@router.post("/patients/{patient_id}/conditions")
+def record_condition(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    code: Annotated[str, Form(max_length=20)] = "",
+    display: Annotated[str, Form(max_length=200)] = "",
+    clinical_status: Annotated[str, Form(max_length=20)] = "active",
+    verification_status: Annotated[str, Form(max_length=20)] = "confirmed",
+    onset: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    """Record a problem or diagnosis (ICD-10). A refusal of the input is shown in the form,
+    which keeps what was typed; nothing is written."""
+    draft = {
+        "code": code,
+        "display": display,
+        "clinical_status": clinical_status,
+        "verification_status": verification_status,
+        "onset": onset,
+    }
+    try:
+        gate_of(request, actor).record_condition(data=_condition_input(patient_id, draft))
+    except (InvalidInput, Conflict) as exc:
+        return _conditions_again(request, actor, patient_id, exc, draft=draft)
+    return redirect(f"/patients/{patient_id}#conditions")
+
+
+@router.post("/patients/{patient_id}/conditions/{condition_id}/update")
+def update_condition(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    condition_id: str,
+    expected_version: Annotated[int, Form()],
+    clinical_status: Annotated[str, Form(max_length=20)] = "",
+    verification_status: Annotated[str, Form(max_length=20)] = "",
+) -> Response:
+    """Change a problem's clinical status (e.g. resolved) or verification (e.g. refuted), at the
+    version shown: if someone changed it since, 409 and nothing written."""
+    try:
+        if verification_status == "entered-in-error":
+            raise InvalidInput('use "Entered in error" to mark a problem recorded by mistake')
+        gate_of(request, actor).amend_condition(
+            condition_id=condition_id,
+            expected_version=expected_version,
+            clinical_status=clinical_status or None,
+            verification_status=verification_status or None,
+        )
+    except (InvalidInput, Conflict) as exc:
+        return _conditions_again(request, actor, patient_id, exc, condition_id=condition_id)
+    return redirect(f"/patients/{patient_id}#conditions")
+
+
+@router.post("/patients/{patient_id}/conditions/{condition_id}/entered-in-error")
+def condition_entered_in_error(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    condition_id: str,
+    expected_version: Annotated[int, Form()],
+) -> Response:
+    """Mark a problem recorded by mistake: kept in the list, struck and labelled, every version
+    kept; the right one is recorded anew."""
+    try:
+        gate_of(request, actor).amend_condition(
+            condition_id=condition_id,
+            expected_version=expected_version,
+            verification_status="entered-in-error",
+        )
+    except (InvalidInput, Conflict) as exc:
+        return _conditions_again(request, actor, patient_id, exc, condition_id=condition_id)
+    return redirect(f"/patients/{patient_id}#conditions")
 
 
 @router.get("/patients/{patient_id}/break-glass")
