@@ -97,6 +97,9 @@ def test_record_update_then_mark_entered_in_error(
 ) -> None:
     csrf = login(client, hospital.physician)
     section_url = f"/patients/{hospital.my_patient}/sections/conditions"
+    chart = client.get(f"/patients/{hospital.my_patient}")  # the section, loaded after the page
+    assert chart.status_code == 200 and f'hx-get="{section_url}"' in chart.text
+    assert "Problems and diagnoses" in chart.text
     empty = client.get(section_url, headers=HX)
     assert empty.status_code == 200
     assert "Record a problem" in empty.text and "No problem recorded." in empty.text
