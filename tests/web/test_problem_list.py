@@ -325,3 +325,22 @@ def test_markup_in_the_display_is_shown_as_text(
         f"/patients/{hospital.my_patient}/conditions", data=_form(csrf, code="nope", display=display)
     )
     assert refused.status_code == 400 and "<img src=x" not in refused.text
+
+
+def test_in_french_and_refused_to_a_physician_out_of_care(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    csrf = login(client, hospital.physician)
+    assert client.post(f"/patients/{hospital.my_patient}/conditions", data=_form(csrf)).status_code == 303
+    french = client.get(
+        f"/patients/{hospital.my_patient}/sections/conditions", headers=HX | {"Accept-Language": "fr-FR"}
+    )
+    assert "Problèmes et diagnostics" in french.text and "Enregistrer un problème" in french.text
+    assert "provisoire" in french.text and "Saisi par erreur" in french.text
+
+    # A physician of the facility without a care relationship: refused like a missing chart.
+    csrf = login(client, hospital.other_physician)
+    refused = client.post(f"/patients/{hospital.my_patient}/conditions", data=_form(csrf, code="E11.9"))
+    assert refused.status_code == 404
+    assert _audited(sqlite_runtime, hospital.other_physician.account_id, "phi:resource:create", "denied") == 1
+    assert len(_conditions(sqlite_runtime, hospital.my_patient)) == 1
