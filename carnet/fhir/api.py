@@ -265,6 +265,33 @@ def history_bundle(
     )
 
 
+def history_response(
+    request: Request,
+    resource_type: str,
+    resource_id: str,
+    to_fhir: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Response:
+    """`GET [type]/[id]/_history`: every kept version, through the gate's audited history."""
+    gate = gate_for(request, resource_type, "read")
+    versions = gate.history(resource_type=resource_type, resource_id=resource_id)
+    return history_bundle(request, resource_type, versions, to_fhir)
+
+
+def vread_response(
+    request: Request,
+    resource_type: str,
+    resource_id: str,
+    version_id: str,
+    to_fhir: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Response:
+    """`GET [type]/[id]/_history/[vid]`: one kept version, through the gate's audited history."""
+    gate = gate_for(request, resource_type, "read")
+    for v in gate.history(resource_type=resource_type, resource_id=resource_id):
+        if str(v.version_id) == version_id:
+            return resource_response(request, versioned(to_fhir(snapshot(v)), v))
+    raise NotFound("no such version")
+
+
 def snapshot(v: VersionView) -> dict[str, Any]:
     return dict(v.data, id=v.resource_id, version_id=v.version_id)
 

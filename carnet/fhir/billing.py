@@ -30,15 +30,14 @@ from carnet.fhir.api import (
     count_param,
     expected_version,
     gate_for,
-    history_bundle,
+    history_response,
     page_param,
     paged,
     parse_version,
     reference_id,
     resource_response,
-    snapshot,
     validated,
-    versioned,
+    vread_response,
 )
 from carnet.fhir.clinical import date_matches, patient_of
 from carnet.fhir.mapping import EXT, clean, ref, when
@@ -315,18 +314,12 @@ def delete_invoice(request: Request, invoice_id: str) -> Response:
 
 @router.get("/Invoice/{invoice_id}/_history")
 def invoice_history(request: Request, invoice_id: str) -> Response:
-    gate = gate_for(request, INVOICE, "read")
-    versions = gate.history(resource_type=INVOICE, resource_id=invoice_id)
-    return history_bundle(request, INVOICE, versions, mapping.invoice_to_fhir)
+    return history_response(request, INVOICE, invoice_id, mapping.invoice_to_fhir)
 
 
 @router.get("/Invoice/{invoice_id}/_history/{version_id}")
 def vread_invoice(request: Request, invoice_id: str, version_id: str) -> Response:
-    gate = gate_for(request, INVOICE, "read")
-    for v in gate.history(resource_type=INVOICE, resource_id=invoice_id):
-        if str(v.version_id) == version_id:
-            return resource_response(request, versioned(mapping.invoice_to_fhir(snapshot(v)), v))
-    raise NotFound("no such version")
+    return vread_response(request, INVOICE, invoice_id, version_id, mapping.invoice_to_fhir)
 
 
 # == PaymentReconciliation =====================================================================

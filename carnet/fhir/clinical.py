@@ -28,18 +28,17 @@ from carnet.fhir import mapping
 from carnet.fhir.api import (
     expected_version,
     gate_for,
-    history_bundle,
+    history_response,
     paged,
     parse_version,
     reference_id,
     resource_response,
-    snapshot,
     validated,
-    versioned,
+    vread_response,
 )
 from carnet.fhir.metadata import SUPPORTED
 from carnet.fhir.outcome import FHIR_JSON
-from carnet.kernel.errors import InvalidInput, NotFound
+from carnet.kernel.errors import InvalidInput
 from carnet.phi.gate import AllergyWarning, Gate
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -80,23 +79,6 @@ def _read(request: Request, resource_type: str, resource_id: str, to_fhir: Mappe
     gate = gate_for(request, resource_type, "read")
     view = _read_view(gate, resource_type, resource_id)
     return resource_response(request, to_fhir(view.model_dump()))
-
-
-def _history(request: Request, resource_type: str, resource_id: str, to_fhir: Mapper) -> Response:
-    gate = gate_for(request, resource_type, "read")
-    return history_bundle(
-        request, resource_type, gate.history(resource_type=resource_type, resource_id=resource_id), to_fhir
-    )
-
-
-def _vread(
-    request: Request, resource_type: str, resource_id: str, version_id: str, to_fhir: Mapper
-) -> Response:
-    gate = gate_for(request, resource_type, "read")
-    for v in gate.history(resource_type=resource_type, resource_id=resource_id):
-        if str(v.version_id) == version_id:
-            return resource_response(request, versioned(to_fhir(snapshot(v)), v))
-    raise NotFound("no such version")
 
 
 def _version_of(gate: Gate, request: Request, resource_type: str, resource_id: str) -> int:
@@ -206,12 +188,12 @@ def delete_appointment(request: Request, appointment_id: str) -> Response:
 
 @router.get("/Appointment/{appointment_id}/_history")
 def appointment_history(request: Request, appointment_id: str) -> Response:
-    return _history(request, APPOINTMENT, appointment_id, mapping.appointment_to_fhir)
+    return history_response(request, APPOINTMENT, appointment_id, mapping.appointment_to_fhir)
 
 
 @router.get("/Appointment/{appointment_id}/_history/{version_id}")
 def vread_appointment(request: Request, appointment_id: str, version_id: str) -> Response:
-    return _vread(request, APPOINTMENT, appointment_id, version_id, mapping.appointment_to_fhir)
+    return vread_response(request, APPOINTMENT, appointment_id, version_id, mapping.appointment_to_fhir)
 
 
 # == DocumentReference (clinical notes) ========================================================
@@ -263,12 +245,12 @@ def amend_note(request: Request, note_id: str, body: dict[str, Any] = FhirBody) 
 
 @router.get("/DocumentReference/{note_id}/_history")
 def note_history(request: Request, note_id: str) -> Response:
-    return _history(request, NOTE, note_id, mapping.note_to_fhir)
+    return history_response(request, NOTE, note_id, mapping.note_to_fhir)
 
 
 @router.get("/DocumentReference/{note_id}/_history/{version_id}")
 def vread_note(request: Request, note_id: str, version_id: str) -> Response:
-    return _vread(request, NOTE, note_id, version_id, mapping.note_to_fhir)
+    return vread_response(request, NOTE, note_id, version_id, mapping.note_to_fhir)
 
 
 # == MedicationRequest =========================================================================
@@ -353,12 +335,12 @@ def update_prescription(request: Request, prescription_id: str, body: dict[str, 
 
 @router.get("/MedicationRequest/{prescription_id}/_history")
 def prescription_history(request: Request, prescription_id: str) -> Response:
-    return _history(request, PRESCRIPTION, prescription_id, mapping.prescription_to_fhir)
+    return history_response(request, PRESCRIPTION, prescription_id, mapping.prescription_to_fhir)
 
 
 @router.get("/MedicationRequest/{prescription_id}/_history/{version_id}")
 def vread_prescription(request: Request, prescription_id: str, version_id: str) -> Response:
-    return _vread(request, PRESCRIPTION, prescription_id, version_id, mapping.prescription_to_fhir)
+    return vread_response(request, PRESCRIPTION, prescription_id, version_id, mapping.prescription_to_fhir)
 
 
 # == AllergyIntolerance ========================================================================
@@ -392,12 +374,12 @@ def read_allergy(request: Request, allergy_id: str) -> Response:
 
 @router.get("/AllergyIntolerance/{allergy_id}/_history")
 def allergy_history(request: Request, allergy_id: str) -> Response:
-    return _history(request, ALLERGY, allergy_id, mapping.allergy_to_fhir)
+    return history_response(request, ALLERGY, allergy_id, mapping.allergy_to_fhir)
 
 
 @router.get("/AllergyIntolerance/{allergy_id}/_history/{version_id}")
 def vread_allergy(request: Request, allergy_id: str, version_id: str) -> Response:
-    return _vread(request, ALLERGY, allergy_id, version_id, mapping.allergy_to_fhir)
+    return vread_response(request, ALLERGY, allergy_id, version_id, mapping.allergy_to_fhir)
 
 
 # == Encounter (stays) =========================================================================
@@ -463,12 +445,12 @@ def delete_encounter(request: Request, encounter_id: str) -> Response:
 
 @router.get("/Encounter/{encounter_id}/_history")
 def encounter_history(request: Request, encounter_id: str) -> Response:
-    return _history(request, ENCOUNTER, encounter_id, mapping.encounter_to_fhir)
+    return history_response(request, ENCOUNTER, encounter_id, mapping.encounter_to_fhir)
 
 
 @router.get("/Encounter/{encounter_id}/_history/{version_id}")
 def vread_encounter(request: Request, encounter_id: str, version_id: str) -> Response:
-    return _vread(request, ENCOUNTER, encounter_id, version_id, mapping.encounter_to_fhir)
+    return vread_response(request, ENCOUNTER, encounter_id, version_id, mapping.encounter_to_fhir)
 
 
 # == Condition (problems and diagnoses, ICD-10) =================================================
@@ -555,12 +537,12 @@ def delete_condition(request: Request, condition_id: str) -> Response:
 
 @router.get("/Condition/{condition_id}/_history")
 def condition_history(request: Request, condition_id: str) -> Response:
-    return _history(request, CONDITION, condition_id, mapping.condition_to_fhir)
+    return history_response(request, CONDITION, condition_id, mapping.condition_to_fhir)
 
 
 @router.get("/Condition/{condition_id}/_history/{version_id}")
 def vread_condition(request: Request, condition_id: str, version_id: str) -> Response:
-    return _vread(request, CONDITION, condition_id, version_id, mapping.condition_to_fhir)
+    return vread_response(request, CONDITION, condition_id, version_id, mapping.condition_to_fhir)
 
 
 @router.get("/Observation")
@@ -625,12 +607,12 @@ def delete_observation(request: Request, observation_id: str) -> Response:
 
 @router.get("/Observation/{observation_id}/_history")
 def observation_history(request: Request, observation_id: str) -> Response:
-    return _history(request, "Observation", observation_id, mapping.observation_to_fhir)
+    return history_response(request, "Observation", observation_id, mapping.observation_to_fhir)
 
 
 @router.get("/Observation/{observation_id}/_history/{version_id}")
 def vread_observation(request: Request, observation_id: str, version_id: str) -> Response:
-    return _vread(request, "Observation", observation_id, version_id, mapping.observation_to_fhir)
+    return vread_response(request, "Observation", observation_id, version_id, mapping.observation_to_fhir)
 
 
 @router.get("/Coverage")

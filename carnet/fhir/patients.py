@@ -20,13 +20,12 @@ from carnet.fhir.api import (
     expected_version,
     fhir_response,
     gate_for,
-    history_bundle,
+    history_response,
     parse_version,
     resource_response,
     searchset,
-    snapshot,
     validated,
-    versioned,
+    vread_response,
 )
 from carnet.fhir.metadata import OPERATIONS, SUPPORTED
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
@@ -237,19 +236,12 @@ def delete_patient(request: Request, patient_id: str) -> Response:
 
 @router.get("/{patient_id}/_history")
 def patient_history(request: Request, patient_id: str) -> Response:
-    gate = gate_for(request, PATIENT, "read")
-    versions = gate.history(resource_type=PATIENT, resource_id=patient_id)
-    return history_bundle(request, PATIENT, versions, mapping.patient_to_fhir)
+    return history_response(request, PATIENT, patient_id, mapping.patient_to_fhir)
 
 
 @router.get("/{patient_id}/_history/{version_id}")
 def vread_patient(request: Request, patient_id: str, version_id: str) -> Response:
-    gate = gate_for(request, PATIENT, "read")
-    versions = gate.history(resource_type=PATIENT, resource_id=patient_id)
-    for v in versions:
-        if str(v.version_id) == version_id:
-            return resource_response(request, versioned(mapping.patient_to_fhir(snapshot(v)), v))
-    raise NotFound("no such version")
+    return vread_response(request, PATIENT, patient_id, version_id, mapping.patient_to_fhir)
 
 
 @router.get("/{patient_id}/$everything")

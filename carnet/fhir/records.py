@@ -34,22 +34,21 @@ from carnet.fhir.api import (
     checked,
     expected_version,
     gate_for,
-    history_bundle,
+    history_response,
     instant,
     paged,
     parse_instant,
     parse_version,
     reference_id,
     resource_response,
-    snapshot,
     validated,
-    versioned,
+    vread_response,
 )
 from carnet.fhir.clinical import date_matches, patient_of
 from carnet.fhir.mapping import LOINC, clean, meta, ref, when
 from carnet.fhir.metadata import SUPPORTED
 from carnet.kernel import clock
-from carnet.kernel.errors import InvalidInput, NotFound
+from carnet.kernel.errors import InvalidInput
 from carnet.phi.gate import OPPOSE_OTHER_FACILITIES, Gate
 from carnet.phi.schemas import CareRelationshipInput, DiagnosticReportInput, ProvenanceView
 
@@ -255,18 +254,12 @@ def delete_care_team(request: Request, care_team_id: str) -> Response:
 
 @router.get("/CareTeam/{care_team_id}/_history")
 def care_team_history(request: Request, care_team_id: str) -> Response:
-    gate = gate_for(request, "CareTeam", "read")
-    versions = gate.history(resource_type="CareTeam", resource_id=care_team_id)
-    return history_bundle(request, "CareTeam", versions, care_team_to_fhir)
+    return history_response(request, "CareTeam", care_team_id, care_team_to_fhir)
 
 
 @router.get("/CareTeam/{care_team_id}/_history/{version_id}")
 def vread_care_team(request: Request, care_team_id: str, version_id: str) -> Response:
-    gate = gate_for(request, "CareTeam", "read")
-    for v in gate.history(resource_type="CareTeam", resource_id=care_team_id):
-        if str(v.version_id) == version_id:
-            return resource_response(request, versioned(care_team_to_fhir(snapshot(v)), v))
-    raise NotFound("no such version")
+    return vread_response(request, "CareTeam", care_team_id, version_id, care_team_to_fhir)
 
 
 # == DiagnosticReport ==========================================================================
@@ -409,18 +402,12 @@ def delete_report(request: Request, report_id: str) -> Response:
 @router.get("/DiagnosticReport/{report_id}/_history")
 def report_history(request: Request, report_id: str) -> Response:
     """Every kept version of a lab report, with its author and time (redacted like a read)."""
-    gate = gate_for(request, "DiagnosticReport", "read")
-    versions = gate.history(resource_type="DiagnosticReport", resource_id=report_id)
-    return history_bundle(request, "DiagnosticReport", versions, report_to_fhir)
+    return history_response(request, "DiagnosticReport", report_id, report_to_fhir)
 
 
 @router.get("/DiagnosticReport/{report_id}/_history/{version_id}")
 def vread_report(request: Request, report_id: str, version_id: str) -> Response:
-    gate = gate_for(request, "DiagnosticReport", "read")
-    for v in gate.history(resource_type="DiagnosticReport", resource_id=report_id):
-        if str(v.version_id) == version_id:
-            return resource_response(request, versioned(report_to_fhir(snapshot(v)), v))
-    raise NotFound("no such version")
+    return vread_response(request, "DiagnosticReport", report_id, version_id, report_to_fhir)
 
 
 # == Consent ===================================================================================
@@ -530,18 +517,12 @@ def delete_consent(request: Request, consent_id: str) -> Response:
 
 @router.get("/Consent/{consent_id}/_history")
 def consent_history(request: Request, consent_id: str) -> Response:
-    gate = gate_for(request, "Consent", "read")
-    versions = gate.history(resource_type="Consent", resource_id=consent_id)
-    return history_bundle(request, "Consent", versions, consent_to_fhir)
+    return history_response(request, "Consent", consent_id, consent_to_fhir)
 
 
 @router.get("/Consent/{consent_id}/_history/{version_id}")
 def vread_consent(request: Request, consent_id: str, version_id: str) -> Response:
-    gate = gate_for(request, "Consent", "read")
-    for v in gate.history(resource_type="Consent", resource_id=consent_id):
-        if str(v.version_id) == version_id:
-            return resource_response(request, versioned(consent_to_fhir(snapshot(v)), v))
-    raise NotFound("no such version")
+    return vread_response(request, "Consent", consent_id, version_id, consent_to_fhir)
 
 
 # == Provenance ================================================================================
