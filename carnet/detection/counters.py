@@ -139,7 +139,7 @@ def _sql_counts_statement() -> Any:
     def distinct_since(start: Any, *conditions: Any) -> Any:
         return func.count(func.distinct(case((and_(Exposure.at >= start, *conditions), Exposure.patient_id))))
 
-    # Not the actor's own patients seen in a list (see ExposureCounters.add_exposures), and
+    # Not the actor's own patients seen in a list (see ExposureCounters.add_and_count), and
     # not an approved export, whose volume two people decided (it has its own window).
     not_export = Exposure.channel != "export"
     targeted = and_(not_export, or_(Exposure.channel != "list", Exposure.outside_care.is_(True)))
@@ -324,29 +324,6 @@ class RedisExposureCounters:
         targeted = _targeted(patient_ids, outside_care, listed)
         return [("a", patient_ids), ("p", targeted), ("o", outside_care), ("w", targeted)]
 
-    def add_exposures(
-        self,
-        *,
-        actor_ref: str,
-        patient_ids: Sequence[uuid.UUID],
-        outside_care: Sequence[uuid.UUID],
-        exported: bool,
-        listed: bool,
-        at: dt.datetime,
-    ) -> None:
-        score = at.timestamp()
-        pipe = self._redis.pipeline(transaction=False)
-        for name, ids in self._groups(patient_ids, outside_care, exported, listed):
-            if not ids:
-                continue
-            key = self._key(actor_ref, name)
-            keep = D7 if name == "w" else H24
-            # GT: keep the latest time of a patient even if workers' clocks interleave.
-            pipe.zadd(key, {str(p): score for p in ids}, gt=True)
-            pipe.zremrangebyscore(key, "-inf", score - keep.total_seconds())
-            pipe.expire(key, int(keep.total_seconds()) + 3600)
-        pipe.execute()
-
     def add_event(self, *, actor_ref: str, kind: EventKind, key: str, at: dt.datetime) -> None:
         member = key if kind in _DISTINCT_KINDS else uuid.uuid4().hex
         score = at.timestamp()
@@ -448,7 +425,8 @@ class RedisExposureCounters:
 
 
 # Record a request's exposures and events, then count every window: one EVALSHA instead of
-# three pipelines. Scores and bounds arrive as text so that no precision is lost in Lua.
+# three pipelines. Scores and bounds arrive as text so that no precision is lost in Lua; GT
+# keeps a patient's latest time even if workers' clocks interleave.
 _RECORD_AND_COUNT = """
 local req = cjson.decode(ARGV[1])
 for _, add in ipairs(req.add) do

@@ -183,20 +183,6 @@ class ExposureCounters(Protocol):
     """Sliding-window counters per actor. The SQL ledger rows stay the record; counters are the
     fast path (Redis shared by every worker, or SQL window counts, or memory for unit tests)."""
 
-    def add_exposures(
-        self,
-        *,
-        actor_ref: str,
-        patient_ids: Sequence[uuid.UUID],
-        outside_care: Sequence[uuid.UUID],
-        exported: bool,
-        listed: bool,
-        at: dt.datetime,
-    ) -> None:
-        """`listed`: shown in a list (a day list, appointments). Patients of the actor's own care
-        seen in a list count in the 24-hour window only: a ward's day list is the work itself."""
-        ...
-
     def add_event(self, *, actor_ref: str, kind: EventKind, key: str, at: dt.datetime) -> None: ...
 
     def counts(
@@ -218,8 +204,11 @@ class ExposureCounters(Protocol):
         listed: bool = False,
         events: Sequence[tuple[EventKind, str]] = (),
     ) -> ActorCounts:
-        """`add_exposures` (when `patient_ids`), `add_event` for each of `events`, then `counts`:
-        what every guarded request does, in one round trip where the store allows it."""
+        """Record the request's exposed patients (when `patient_ids`) and `add_event` each of
+        `events`, then `counts`: what every guarded request does, in one round trip where the
+        store allows it. `listed`: shown in a list (a day list, appointments); patients of the
+        actor's own care seen in a list count in the 24-hour window only: a ward's day list is
+        the work itself. `exported`: an approved export, counted in its own window only."""
         ...
 
     def reset(self, *, actor_ref: str) -> None:

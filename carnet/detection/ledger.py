@@ -166,7 +166,7 @@ class SqlExposureLedger:
             )
         events = _search_events(query_shape, deep_page=self.config.deep_page)
         for kind, key in events:
-            self._add_event(session, actor=actor, kind=kind, key=key, at=at, count=False)
+            self._add_event(session, actor=actor, kind=kind, key=key, at=at)
         if not distinct and not events:
             return
         # The counters learn this request and answer every window in one round trip.
@@ -214,7 +214,7 @@ class SqlExposureLedger:
         at = clock.now()
         kind = EventKind.EXPORT_DENIAL if channel is Channel.EXPORT else EventKind.DENIAL
         key = resource_type[:80]
-        self._add_event(session, actor=actor, kind=kind, key=key, at=at, count=False)
+        self._add_event(session, actor=actor, kind=kind, key=key, at=at)
         state = session.get(ActorState, actor.actor_ref)
         counts = self.counters.add_and_count(
             session,
@@ -360,23 +360,14 @@ class SqlExposureLedger:
 
     # -- events, baselines, addresses -----------------------------------------------------
     def _add_event(
-        self,
-        session: Session,
-        *,
-        actor: Actor,
-        kind: EventKind,
-        key: str,
-        at: dt.datetime,
-        count: bool = True,
+        self, session: Session, *, actor: Actor, kind: EventKind, key: str, at: dt.datetime
     ) -> None:
-        """The event's row; and its counter, unless the caller counts it with `add_and_count`."""
+        """The event's row (its callers count it with `add_and_count`)."""
         session.execute(
             insert(DetectionEvent).values(
                 id=new_id(), actor_ref=actor.actor_ref, kind=kind.value, key=key, at=at
             )
         )
-        if count:
-            self.counters.add_event(actor_ref=actor.actor_ref, kind=kind, key=key, at=at)
 
     def _canary_ids(self, session: Session) -> frozenset[uuid.UUID]:
         """Every canary, reloaded every few seconds (they are few, and seeded, not hot)."""
