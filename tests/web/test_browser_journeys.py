@@ -35,25 +35,24 @@ pytestmark = pytest.mark.browser
 PORTS = range(8770, 8780)  # this suite's servers stay in the range given to the web work
 
 
-def _port() -> int:
-    for port in PORTS:
+def _port(ports: range) -> int:
+    for port in ports:
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port in 8770-8779")
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
-@pytest.fixture
-def origin(sqlite_runtime: Runtime, hospital: Hospital) -> Iterator[str]:
-    port = _port()
+def serve(runtime: Runtime, ports: range) -> Iterator[str]:
+    """The app on a free port of `ports`, in a thread, for one test: yields its origin."""
+    port = _port(ports)
     here = f"http://localhost:{port}"
-    sqlite_runtime.settings = sqlite_runtime.settings.model_copy(update={"origin": here})
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(sqlite_runtime), host="127.0.0.1", port=port, log_level="warning")
-    )
+    runtime.settings = runtime.settings.model_copy(update={"origin": here})
+    config = uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -63,6 +62,11 @@ def origin(sqlite_runtime: Runtime, hospital: Hospital) -> Iterator[str]:
     yield here
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def origin(sqlite_runtime: Runtime, hospital: Hospital) -> Iterator[str]:
+    yield from serve(sqlite_runtime, PORTS)
 
 
 def _forged_post(page: Any, path: str, fields: dict[str, str]) -> int:

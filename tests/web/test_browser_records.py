@@ -8,57 +8,27 @@ With CARNET_SCREENSHOTS=1 they also write docs/screenshots/22..24-*.png (the REA
 from __future__ import annotations
 
 import datetime as dt
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from carnet.access.roles import Role
-from carnet.app import create_app
 from carnet.kernel import clock
 from carnet.runtime import Runtime
 from tests import factories
 from tests.web.conftest import Hospital, make_person
 from tests.web.test_browser import next_totp_window, shot, sign_in
-from tests.web.test_browser_journeys import _forged_post, _no_dialogs
+from tests.web.test_browser_journeys import _forged_post, _no_dialogs, serve
 
 pytestmark = pytest.mark.browser
 
 PORTS = range(8790, 8800)  # not the range of test_browser_journeys.py (8770-8779)
 
 
-def _port() -> int:
-    for port in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 8790-8799")
-
-
 @pytest.fixture
 def origin(sqlite_runtime: Runtime, hospital: Hospital) -> Iterator[str]:
-    port = _port()
-    here = f"http://localhost:{port}"
-    sqlite_runtime.settings = sqlite_runtime.settings.model_copy(update={"origin": here})
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(sqlite_runtime), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield here
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from serve(sqlite_runtime, PORTS)
 
 
 def _open(page: Any, url: str) -> int:
