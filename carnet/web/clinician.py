@@ -226,6 +226,16 @@ def chart_context(
     return context
 
 
+def chart_again(
+    request: Request, actor: Actor, patient_id: str, section: str, *, status: int, **shown: Any
+) -> Response:
+    """The chart again after a form changed nothing: `section` open, with what to show in it
+    (why nothing changed, what was typed)."""
+    context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {section})
+    context |= shown
+    return render(request, "clinician/chart.html", context, status_code=status)
+
+
 def _chart_or_glass(request: Request, actor: Actor, patient_id: str) -> dict[str, Any] | Response:
     try:
         return chart_context(request, actor, patient_id)
@@ -318,10 +328,9 @@ def prescribe(
         gate_of(request, actor).prescribe(data=data)
     except AllergyWarning as exc:
         # Nothing was prescribed: show the chart again with the warning and the override field.
-        context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"prescriptions"})
-        context["warning"] = str(exc)
-        context["draft"] = draft
-        return render(request, "clinician/chart.html", context, status_code=409)
+        return chart_again(
+            request, actor, patient_id, "prescriptions", status=409, warning=str(exc), draft=draft
+        )
     return redirect(f"/patients/{patient_id}#prescriptions")
 
 
@@ -355,10 +364,9 @@ def refer(
         else:
             gate.add_care_team_member(data=data)
     except (InvalidInput, Conflict) as exc:
-        context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"care_team"})
-        context["care_problem"] = str(exc)
-        context["care_draft"] = draft
-        return render(request, "clinician/chart.html", context, status_code=400)
+        return chart_again(
+            request, actor, patient_id, "care_team", status=400, care_problem=str(exc), care_draft=draft
+        )
     return redirect(f"/patients/{patient_id}#care_team")
 
 
@@ -417,12 +425,16 @@ def _conditions_again(
     condition_id: str | None = None,
 ) -> Response:
     """The chart again, the problem list open with what went wrong (nothing was written)."""
-    context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"conditions"})
-    context["condition_problem"] = str(exc)
-    context["condition_problem_id"] = condition_id
-    context["condition_draft"] = draft or {}
-    status = 409 if isinstance(exc, Conflict) else 400
-    return render(request, "clinician/chart.html", context, status_code=status)
+    return chart_again(
+        request,
+        actor,
+        patient_id,
+        "conditions",
+        status=409 if isinstance(exc, Conflict) else 400,
+        condition_problem=str(exc),
+        condition_problem_id=condition_id,
+        condition_draft=draft or {},
+    )
 
 
 @router.post("/patients/{patient_id}/conditions")

@@ -26,7 +26,7 @@ from carnet.phi.schemas import (
     PatientInput,
     PaymentInput,
 )
-from carnet.web.clinician import EAGER_SECTIONS, chart_context
+from carnet.web.clinician import chart_again, chart_context
 from carnet.web.rendering import render
 from carnet.web.routing import WebActor, WebRoute, redirect, refuse
 
@@ -296,10 +296,9 @@ def record_card_reading(
             raise InvalidInput(_fields_message(exc)) from None
         Gate(runtime_of(request), actor).record_card_reading(data=data)
     except (InvalidInput, Conflict) as exc:
-        context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"coverage"})
-        context["card_problem"] = str(exc)
-        context["draft"] = draft
-        return render(request, "clinician/chart.html", context, status_code=400)
+        return chart_again(
+            request, actor, patient_id, "coverage", status=400, card_problem=str(exc), draft=draft
+        )
     return redirect(f"/patients/{patient_id}#coverage")
 
 
@@ -356,10 +355,8 @@ def record_payment(
             raise InvalidInput(_fields_message(exc)) from None
         Gate(runtime_of(request), actor).record_payment(data=data)
     except (InvalidInput, Conflict) as exc:
-        context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"invoices"})
-        context["pay_problem"] = str(exc)
         status = 409 if isinstance(exc, Conflict) else 400
-        return render(request, "clinician/chart.html", context, status_code=status)
+        return chart_again(request, actor, patient_id, "invoices", status=status, pay_problem=str(exc))
     return redirect(f"/patients/{patient_id}#invoices")
 
 
@@ -374,11 +371,14 @@ def _invoice_problem(
     lines: list[tuple[str, str, str]] | None = None,
 ) -> Response:
     """The chart again, its invoices open, saying why nothing changed (the typed lines kept)."""
-    context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {"invoices"})
-    context["invoice_problem"] = str(exc)
-    context["invoice_lines"] = lines or []
-    return render(
-        request, "clinician/chart.html", context, status_code=409 if isinstance(exc, Conflict) else 400
+    return chart_again(
+        request,
+        actor,
+        patient_id,
+        "invoices",
+        status=409 if isinstance(exc, Conflict) else 400,
+        invoice_problem=str(exc),
+        invoice_lines=lines or [],
     )
 
 
