@@ -33,6 +33,7 @@ from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.patients.models import Patient, ResourceVersion
 from carnet.phi import importer
 from carnet.phi.gate import Gate
+from carnet.phi.kernel import GuardedTx
 from carnet.phi.schemas import AppointmentInput
 from carnet.records.models import ClinicalNote, Observation
 from carnet.runtime import Runtime
@@ -62,16 +63,16 @@ class _Pause:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, thread: str) -> None:
         self.reached = threading.Event()
         self.release = threading.Event()
-        original = Gate._snapshot
+        original = GuardedTx.snapshot
         pause = self
 
-        def snapshot(gate: Gate, *args: Any, **kwargs: Any) -> None:
-            original(gate, *args, **kwargs)
+        def snapshot(tx: GuardedTx, *args: Any, **kwargs: Any) -> None:
+            original(tx, *args, **kwargs)
             if threading.current_thread().name == thread and not pause.reached.is_set():
                 pause.reached.set()
                 pause.release.wait(TIMEOUT)
 
-        monkeypatch.setattr(Gate, "_snapshot", snapshot)
+        monkeypatch.setattr(GuardedTx, "snapshot", snapshot)
 
     def wait_reached(self) -> None:
         assert self.reached.wait(TIMEOUT), "the paused operation never reached its snapshot"

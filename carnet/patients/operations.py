@@ -1,0 +1,269 @@
+"""Patient operations (run only by the gate kernel, carnet.phi.kernel): read, search, register,
+update, deactivate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from carnet.access.permissions import Permission
+from carnet.access.policy import (
+    PATIENT_CONTACT,
+    PATIENT_IDENTITY,
+    SEARCH_MAX_COUNT,
+    SEARCH_MAX_PAGE,
+    Relationship,
+    granting_relationships,
+)
+from carnet.audit.interfaces import AuditKind
+from carnet.crypto.blind import IndexKind, normalize_name
+from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
+from carnet.kernel.errors import (
+    Conflict,
+    InvalidInput,
+)
+from carnet.kernel.ids import new_id, parse_id
+from carnet.patients.models import Patient
+from carnet.patients.rules import check_duplicate
+from carnet.patients.views import (
+    PATIENT_ENCRYPTED,
+    patient_columns,
+    patient_data,
+    patient_view,
+    with_replaces,
+    written_patient,
+)
+from carnet.phi import care
+from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
+from carnet.phi.schemas import (
+    PatientChanges,
+    PatientInput,
+    PatientPage,
+    PatientView,
+)
+from carnet.phi.steps import (
+    facility_practitioner,
+)
+from carnet.records.consents import consent_follows_flag
+
+# Name-only searches: under NAME_MIN_LETTERS is refused; under NAME_SPECIFIC_LETTERS counts as a
+# partial (wildcard) search for detection, since short fragments sweep a care list.
+NAME_MIN_LETTERS = 2
+
+
+NAME_SPECIFIC_LETTERS = 4
+
+
+CARE_SET_LIMIT = 2000  # a name search decrypts at most this many of the actor's own patients
+
+
+@guarded(AuditKind.PHI_READ, RT.PATIENT, targeted=True)
+def read(tx: GuardedTx, /, *, patient_id: str) -> PatientView:
+    """A patient's chart identity, redacted to what the actor's role and relationship open."""
+    patient, replaces_any = tx.patient_to_read(patient_id)
+    decision = tx.authorize(patient, RT.PATIENT)
+    tx.resource_ids.append(str(patient.id))
+    rels = tx.relationships_of([patient])
+    tx.expose([patient.id], Channel.CHART, rels, decision.fields)
+    view = patient_view(tx, patient, decision.fields)
+    return with_replaces(tx, patient, view) if replaces_any else view
+
+
+@guarded(AuditKind.PHI_SEARCH, RT.PATIENT, targeted=False)
+def search(
+    tx: GuardedTx,
+    /,
+    *,
+    identifier: str | None = None,
+    family: str | None = None,
+    given: str | None = None,
+    birth_date: dt.date | None = None,
+    count: int = SEARCH_MAX_COUNT,
+    page: int = 1,
+) -> PatientPage:
+    """Search never browses: an identifier, or a family name with a birth date, or a name
+    among the actor's own patients. At most SEARCH_MAX_COUNT results, SEARCH_MAX_PAGE pages."""
+    tx.require(Permission.PATIENT_SEARCH)
+    tx.check_scopes(RT.PATIENT)
+    if not 1 <= count <= SEARCH_MAX_COUNT:
+        raise InvalidInput(f"count must be between 1 and {SEARCH_MAX_COUNT}")
+    if not 1 <= page <= SEARCH_MAX_PAGE:
+        raise InvalidInput(f"page must be between 1 and {SEARCH_MAX_PAGE}: refine the search")
+    rels_open = granting_relationships(roles=tx.ctx.roles, resource=RT.PATIENT)
+    blind = tx.keyring.blind
+    identifier = (identifier or "").strip() or None
+    family = (family or "").strip() or None
+    given = (given or "").strip() or None
+    if identifier is not None:
+        shape = SearchShape.IDENTIFIER
+        tx.query = "identifier"
+        criteria = [Patient.ins_bi == blind.index(IndexKind.IDENTIFIER, identifier)]
+        scope = care.patient_filter(tx.ctx, rels_open)
+        digest_source = f"identifier={identifier}"
+    elif family is not None and birth_date is not None:
+        shape = SearchShape.NAME
+        tx.query = "family,birthdate" + (",given" if given else "")
+        criteria = [
+            Patient.family_bi == blind.index(IndexKind.FAMILY, family),
+            Patient.birth_date_bi == blind.index(IndexKind.BIRTH_DATE, birth_date.isoformat()),
+        ]
+        if given is not None:
+            criteria.append(Patient.given_bi == blind.index(IndexKind.GIVEN, given))
+        scope = care.patient_filter(tx.ctx, rels_open)
+        digest_source = f"family={normalize_name(family)}|birth={birth_date}|given={given or ''}"
+    elif family is not None or given is not None:
+        # A name alone: only among the actor's own patients, matched after decryption.
+        # One letter is browsing, not looking someone up; a few letters is a partial sweep.
+        terms = [normalize_name(v) for v in (family, given) if v]
+        if max(len(t.replace(" ", "")) for t in terms) < NAME_MIN_LETTERS:
+            raise InvalidInput(f"a name search needs at least {NAME_MIN_LETTERS} letters")
+        specific = any(len(t.replace(" ", "")) >= NAME_SPECIFIC_LETTERS for t in terms)
+        shape = SearchShape.NAME if specific else SearchShape.WILDCARD
+        tx.query = ",".join(n for n, v in (("family", family), ("given", given)) if v)
+        criteria = []
+        scope = care.patient_filter(tx.ctx, rels_open & care.CARE)
+        digest_source = f"name={normalize_name(family or '')}|{normalize_name(given or '')}"
+    else:
+        raise InvalidInput(
+            "a patient search needs an identifier, or a family name with a birth date,"
+            " or a name among your own patients"
+        )
+    tx.query += f";count={count};page={page}"
+    event = SearchEvent(
+        shape=shape,
+        term_digest=blind.index(IndexKind.IDENTIFIER, digest_source).hex(),
+        page=page,
+    )
+    if scope is None:
+        if criteria:
+            raise Refused("no relationship opens Patient to this role")
+        tx.expose([], Channel.SEARCH, {}, (), shape=event)
+        return PatientPage(items=[], page=page, count=count, has_more=False)
+    # A merged duplicate is found through the record it was merged into, never by a search.
+    query = select(Patient).where(scope, Patient.merged_into_id.is_(None), *criteria).order_by(Patient.id)
+    if criteria:
+        found = list(tx.session.scalars(query.offset((page - 1) * count).limit(count + 1)))
+    else:
+        found = _match_names(tx, query, family, given)[(page - 1) * count : page * count + 1]
+    has_more = len(found) > count
+    found = found[:count]
+    rels = tx.relationships_of(found)
+    if criteria:  # a specific search locates what it finds (see Relationship.LOCATED)
+        rels = {pid: r | {Relationship.LOCATED} for pid, r in rels.items()}
+    items: list[PatientView] = []
+    shown: list[uuid.UUID] = []
+    fields_shown: set[str] = set()
+    for patient in found:
+        fields = tx.read_fields(rels.get(patient.id, frozenset()), RT.PATIENT)
+        if not fields:
+            continue  # the SQL filter should have kept it out; fail closed anyway
+        items.append(patient_view(tx, patient, fields))
+        shown.append(patient.id)
+        fields_shown |= fields
+    tx.resource_ids.extend(str(p) for p in shown)
+    tx.reasons.append(f"search by {shape.value}")
+    tx.expose(shown, Channel.SEARCH, rels, fields_shown, shape=event)
+    return PatientPage(items=items, page=page, count=count, has_more=has_more)
+
+
+def _match_names(tx: GuardedTx, query: Any, family: str | None, given: str | None) -> list[Patient]:
+    wanted_family = normalize_name(family or "")
+    wanted_given = normalize_name(given or "")
+    matches = []
+    for patient in tx.session.scalars(query.limit(CARE_SET_LIMIT)):
+        if wanted_family:
+            plain = tx.dec(patient.family_ct, "patients", "family", patient.id) or ""
+            if wanted_family not in normalize_name(plain):
+                continue
+        if wanted_given:
+            plain = tx.dec(patient.given_ct, "patients", "given", patient.id) or ""
+            if wanted_given not in normalize_name(plain):
+                continue
+        matches.append(patient)
+    return matches
+
+
+@guarded(AuditKind.PHI_CREATE, RT.PATIENT, targeted=False)
+def register(tx: GuardedTx, /, *, data: PatientInput) -> PatientView:
+    """Register a patient: encrypted fields, blind indexes, duplicate check, version 1."""
+    tx.require(Permission.PATIENT_CREATE)
+    tx.check_scopes(RT.PATIENT)
+    facility_id = parse_id(data.facility_id)
+    if facility_id is None or facility_id not in tx.ctx.facility_ids:
+        raise Refused("registration outside the actor's facilities")
+    # A new patient has no relationship yet: the permission and the facility scope decide.
+    tx.reasons.append(f"{Permission.PATIENT_CREATE.value} in the actor's facility")
+    designated = facility_practitioner(tx, data.designated_physician_id, facility_id)
+    values = data.model_dump(exclude={"facility_id", "designated_physician_id", "opposes_other_facilities"})
+    check_duplicate(tx, facility_id, values, exclude=None)
+    patient_id = new_id()
+    patient = Patient(
+        id=patient_id,
+        facility_id=facility_id,
+        gender=data.gender,
+        designated_physician_id=designated,
+        opposes_other_facilities=data.opposes_other_facilities,
+        active=True,
+        version_id=1,
+        created_at=tx.now,
+        updated_at=tx.now,
+        **patient_columns(tx, facility_id, patient_id, values),
+    )
+    tx.session.add(patient)
+    tx.session.flush()
+    tx.patient_ids.append(patient.id)
+    full = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
+    tx.snapshot(RT.PATIENT, patient.id, 1, patient, "create", full)
+    if patient.opposes_other_facilities:
+        consent_follows_flag(tx, patient)
+    return written_patient(tx, patient)
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.PATIENT, targeted=True)
+def update(
+    tx: GuardedTx, /, *, patient_id: str, expected_version: int, changes: PatientChanges
+) -> PatientView:
+    """Change a patient's identity or contact; `expected_version` is the If-Match."""
+    patient = tx.patient(patient_id)
+    tx.authorize(patient, RT.PATIENT, write=True)
+    given_fields = changes.model_dump(exclude_unset=True, exclude_none=True)
+    if not given_fields:
+        raise InvalidInput("nothing to change")
+    values: dict[str, Any] = {}
+    if "designated_physician_id" in given_fields:
+        values["designated_physician_id"] = facility_practitioner(
+            tx, changes.designated_physician_id, patient.facility_id
+        )
+    if "gender" in given_fields:
+        values["gender"] = changes.gender
+    if "opposes_other_facilities" in given_fields:
+        values["opposes_other_facilities"] = changes.opposes_other_facilities
+    encrypted = {k: v for k, v in given_fields.items() if k in PATIENT_ENCRYPTED}
+    if encrypted:
+        current = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
+        merged = {k: current.get(k) for k in PATIENT_ENCRYPTED} | encrypted
+        if any(k in encrypted for k in ("ins", "family", "given", "birth_date")):
+            check_duplicate(tx, patient.facility_id, merged, exclude=patient.id)
+        values |= patient_columns(tx, patient.facility_id, patient.id, encrypted)
+    tx.bump(Patient, patient, expected_version, **values)
+    full = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
+    tx.snapshot(RT.PATIENT, patient.id, patient.version_id, patient, "update", full)
+    if "opposes_other_facilities" in given_fields:
+        consent_follows_flag(tx, patient)
+    return written_patient(tx, patient)
+
+
+@guarded(AuditKind.PHI_DELETE, RT.PATIENT, targeted=True)
+def deactivate(tx: GuardedTx, /, *, patient_id: str, expected_version: int) -> PatientView:
+    """A FHIR delete of a Patient: the record is kept, marked inactive, versioned and audited."""
+    patient = tx.patient(patient_id)
+    tx.authorize(patient, RT.PATIENT, write=True)
+    if not patient.active:
+        raise Conflict("this patient record is already inactive")
+    tx.bump(Patient, patient, expected_version, active=False)
+    full = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
+    tx.snapshot(RT.PATIENT, patient.id, patient.version_id, patient, "delete", full)
+    return written_patient(tx, patient)

@@ -1,0 +1,134 @@
+"""A patient record as the gate shows it: decrypted only for the fields opened, redacted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from carnet.crypto.blind import IndexKind
+from carnet.detection.interfaces import Channel
+from carnet.patients.models import Patient
+from carnet.phi.kernel import RT, GuardedTx
+from carnet.phi.schemas import (
+    PatientView,
+)
+from carnet.phi.steps import (
+    redact,
+    sid,
+)
+
+
+def patient_data(tx: GuardedTx, patient: Patient, fields: frozenset[str]) -> dict[str, Any]:
+    """Decrypt only what the actor may see: what is not opened is not even decrypted."""
+    data: dict[str, Any] = {
+        "id": str(patient.id),
+        "updated_at": patient.updated_at,
+        "facility_id": str(patient.facility_id),
+        "version_id": patient.version_id,
+        "gender": patient.gender,
+        "active": patient.active,
+        "designated_physician_id": sid(patient.designated_physician_id),
+        "opposes_other_facilities": patient.opposes_other_facilities,
+        "merged_into_id": sid(patient.merged_into_id),
+    }
+    for name, (column, _kind) in PATIENT_ENCRYPTED.items():
+        if name in fields:
+            plain = tx.dec(getattr(patient, column), "patients", name, patient.id)
+            data[name] = address_view(plain) if name == "address" else plain
+    return data
+
+
+def patient_view(tx: GuardedTx, patient: Patient, fields: frozenset[str]) -> PatientView:
+    return redact(PatientView, patient_data(tx, patient, fields), fields)
+
+
+def patient_columns(
+    tx: GuardedTx, facility_id: uuid.UUID, patient_id: uuid.UUID, values: dict[str, Any]
+) -> dict[str, Any]:
+    columns: dict[str, Any] = {}
+    for name, (column, kind) in PATIENT_ENCRYPTED.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if isinstance(value, dt.date):
+            value = value.isoformat()
+        elif isinstance(value, dict):
+            value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        columns[column] = tx.enc(value, facility_id, "patients", name, patient_id)
+        if kind is not None:
+            columns[BI_COLUMNS[kind]] = tx.keyring.index(kind, value)
+    return columns
+
+
+def merged_into_this(tx: GuardedTx, patient_id: uuid.UUID) -> list[uuid.UUID]:
+    """The records merged into this one, and those merged into them (at most 100)."""
+    found: list[uuid.UUID] = []
+    frontier = [patient_id]
+    while frontier and len(found) < 100:
+        frontier = [
+            p
+            for p in tx.session.scalars(
+                select(Patient.id).where(Patient.merged_into_id.in_(frontier)).limit(100)
+            )
+            if p not in found and p != patient_id
+        ]
+        found.extend(frontier)
+    return found[:100]
+
+
+def with_replaces(tx: GuardedTx, patient: Patient, view: PatientView) -> PatientView:
+    """The duplicates merged into this record (FHIR Patient.link type replaces), if shown."""
+    if "replaces" not in view.visible:
+        return view
+    replaced = tx.session.scalars(
+        select(Patient.id).where(Patient.merged_into_id == patient.id).order_by(Patient.id).limit(100)
+    )
+    return view.model_copy(update={"replaces": [str(r) for r in replaced] or None})
+
+
+def written_patient(tx: GuardedTx, patient: Patient) -> PatientView:
+    tx.relationships.clear()  # the write may have made (or ended) a relationship
+    rels = tx.relationships_of([patient])
+    fields = tx.read_fields(rels.get(patient.id, frozenset()), RT.PATIENT)
+    tx.expose([patient.id], Channel.WRITE, rels, fields)
+    return patient_view(tx, patient, fields) if fields else PatientView(id=str(patient.id))
+
+
+def address_view(stored: str | None) -> dict[str, str] | None:
+    """A stored address (JSON, FHIR-shaped: `line` may be a list) as flat text fields."""
+    if stored is None:
+        return None
+    value = json.loads(stored)
+    if not isinstance(value, dict):
+        return None
+    flat: dict[str, str] = {}
+    for key, item in value.items():
+        text = ", ".join(str(x) for x in item if x) if isinstance(item, list) else str(item or "")
+        if text:
+            flat[str(key)] = text
+    return flat or None
+
+
+PATIENT_ENCRYPTED = {
+    "ins": ("ins_ct", IndexKind.IDENTIFIER),
+    "family": ("family_ct", IndexKind.FAMILY),
+    "given": ("given_ct", IndexKind.GIVEN),
+    "birth_date": ("birth_date_ct", IndexKind.BIRTH_DATE),
+    "address": ("address_ct", None),
+    "phone": ("phone_ct", IndexKind.PHONE),
+    "email": ("email_ct", IndexKind.EMAIL),
+}
+
+
+BI_COLUMNS = {
+    IndexKind.IDENTIFIER: "ins_bi",
+    IndexKind.FAMILY: "family_bi",
+    IndexKind.GIVEN: "given_bi",
+    IndexKind.BIRTH_DATE: "birth_date_bi",
+    IndexKind.PHONE: "phone_bi",
+    IndexKind.EMAIL: "email_bi",
+}

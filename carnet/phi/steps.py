@@ -1,0 +1,186 @@
+"""Steps the domain operations share, on a guarded transaction: redaction, a chart section, one
+record by id, the answer to a write, the first stored version, and checks of the names a
+write refers to (practitioner, location, stay). Never called outside a guarded operation."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+
+from carnet.access.policy import (
+    ResourceType,
+)
+from carnet.billing.models import Invoice
+from carnet.detection.interfaces import Channel
+from carnet.kernel.errors import (
+    InvalidInput,
+    NotFound,
+)
+from carnet.kernel.ids import new_id, parse_id
+from carnet.org.models import Location, Practitioner
+from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
+from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused
+from carnet.prescriptions.models import Prescription
+from carnet.records.models import (
+    Allergy,
+    ClinicalNote,
+    Condition,
+    DiagnosticReport,
+    Observation,
+)
+from carnet.scheduling.models import Appointment, Encounter
+
+T = TypeVar("T")
+
+
+def sid(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def redact(schema: type[T], data: dict[str, Any], fields: frozenset[str]) -> T:
+    kept = {k: v for k, v in data.items() if k in fields}
+    kept["id"] = data["id"]
+    if "updated_at" in data:  # when the record last changed: metadata, not patient data
+        kept["updated_at"] = data["updated_at"]
+    return schema(**kept, visible=fields)  # type: ignore[call-arg]
+
+
+HISTORY_LIMIT = 200
+
+
+SECTION_LIMIT = 500
+
+
+# What `Gate._read_one` reads by id (other sections are read through their patient).
+RECORD_MODELS: dict[ResourceType, Any] = {
+    RT.APPOINTMENT: Appointment,
+    RT.NOTE: ClinicalNote,
+    RT.PRESCRIPTION: Prescription,
+    RT.ALLERGY: Allergy,
+    RT.ENCOUNTER: Encounter,
+    RT.OBSERVATION: Observation,
+    RT.CONDITION: Condition,
+    RT.CARE_TEAM: CareRelationship,
+    RT.DIAGNOSTIC_REPORT: DiagnosticReport,
+    RT.CONSENT: Consent,
+    RT.INVOICE: Invoice,
+}
+
+
+# -- chart sections -------------------------------------------------------------------------
+def section(
+    tx: GuardedTx, patient_id: str, resource: ResourceType, query: Any
+) -> tuple[list[Any], frozenset[str]]:
+    patient = tx.patient(patient_id)
+    decision = tx.authorize(patient, resource)
+    rows = list(tx.session.scalars(query.limit(SECTION_LIMIT)))
+    tx.resource_ids.extend(str(r.id) for r in rows)
+    rels = tx.relationships_of([patient])
+    tx.expose([patient.id], Channel.CHART, rels, decision.fields, resource=resource)
+    return rows, decision.fields
+
+
+def read_one(tx: GuardedTx, kind: ResourceType, resource_id: str) -> tuple[Any, frozenset[str]]:
+    """One record by its id (a FHIR read), authorized and redacted like its chart section."""
+    model = RECORD_MODELS[kind]
+    rid = parse_id(resource_id)
+    row = tx.session.get(model, rid) if rid else None
+    if row is None:
+        raise NotFound(NOT_FOUND)
+    patient = tx.patient(row.patient_id)
+    decision = tx.authorize(patient, kind)
+    tx.resource_ids.append(str(row.id))
+    rels = tx.relationships_of([patient])
+    tx.expose([patient.id], Channel.CHART, rels, decision.fields, resource=kind)
+    return row, decision.fields
+
+
+# -- prescriptions and allergies ------------------------------------------------------------
+def written(
+    tx: GuardedTx,
+    patient: Patient,
+    resource: ResourceType,
+    schema: type[T],
+    data: dict[str, Any],
+    version: int,
+    action: str,
+) -> T:
+    tx.relationships.clear()
+    tx.snapshot(resource, uuid.UUID(data["id"]), version, patient, action, data)
+    rels = tx.relationships_of([patient])
+    fields = tx.read_fields(rels.get(patient.id, frozenset()), resource)
+    tx.expose([patient.id], Channel.WRITE, rels, fields, resource=resource)
+    return redact(schema, data, fields)
+
+
+def first_version(
+    tx: GuardedTx, resource: ResourceType, row: Any, patient: Patient, data: dict[str, Any]
+) -> None:
+    """A record written before it was versioned (seeded, imported) gets its state as it
+    stood as its first stored version, by the system, so no earlier state is lost."""
+    kept = tx.session.scalar(
+        select(ResourceVersion.id)
+        .where(ResourceVersion.resource_type == resource.value, ResourceVersion.resource_id == row.id)
+        .limit(1)
+    )
+    if kept is not None:
+        return
+    row_id = new_id()
+    body = json.dumps(data, default=str, sort_keys=True, ensure_ascii=False)
+    tx.session.add(
+        ResourceVersion(
+            id=row_id,
+            resource_type=resource.value,
+            resource_id=row.id,
+            version_id=row.version_id,
+            patient_id=patient.id,
+            facility_id=patient.facility_id,
+            recorded_at=row.updated_at or row.created_at,
+            author_id=None,
+            action="create",
+            snapshot_ct=tx.enc(body, patient.facility_id, "resource_versions", "snapshot", row_id),
+        )
+    )
+
+
+def writing_practitioner(tx: GuardedTx) -> uuid.UUID:
+    if tx.ctx.practitioner_id is None:
+        raise Refused("only a practitioner writes clinical records")
+    return tx.ctx.practitioner_id
+
+
+def facility_practitioner(tx: GuardedTx, value: str | None, facility_id: uuid.UUID) -> uuid.UUID | None:
+    if value is None:
+        return None
+    pid = parse_id(value)
+    practitioner = tx.session.get(Practitioner, pid) if pid else None
+    if practitioner is None or practitioner.facility_id not in tx.ctx.facility_ids or not practitioner.active:
+        raise InvalidInput("unknown practitioner")
+    return practitioner.id
+
+
+# -- stays: admit, transfer, discharge; every version kept with its author -----------------
+def facility_location(tx: GuardedTx, value: str | None, facility_id: uuid.UUID) -> uuid.UUID | None:
+    if value is None:
+        return None
+    lid = parse_id(value)
+    location = tx.session.get(Location, lid) if lid else None
+    if location is None or location.facility_id != facility_id or not location.active:
+        raise InvalidInput("unknown location")
+    return location.id
+
+
+def patient_stay(tx: GuardedTx, value: str | None, patient: Patient) -> uuid.UUID | None:
+    if value is None:
+        return None
+    eid = parse_id(value)
+    encounter = tx.session.get(Encounter, eid) if eid else None
+    if encounter is None or encounter.patient_id != patient.id:
+        raise InvalidInput("unknown encounter for this patient")
+    if encounter.status == "entered-in-error":
+        # A stay opened by mistake is no stay: nothing new is written (or billed) against it.
+        raise InvalidInput("this stay was entered in error: name the right stay, or none")
+    return encounter.id

@@ -1,0 +1,560 @@
+"""Clinical record operations (run only by the gate kernel, carnet.phi.kernel): notes,
+observations, lab reports, conditions. Every write is versioned; nothing is overwritten."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from carnet.audit.interfaces import AuditKind
+from carnet.detection.interfaces import Channel
+from carnet.kernel.errors import (
+    Conflict,
+    InvalidInput,
+)
+from carnet.kernel.ids import new_id, parse_id
+from carnet.patients.models import Patient
+from carnet.phi.kernel import RT, GuardedTx, guarded
+from carnet.phi.schemas import (
+    CONDITION_CLINICAL_STATUSES,
+    CONDITION_VERIFICATION_STATUSES,
+    ConditionInput,
+    ConditionView,
+    DiagnosticReportInput,
+    DiagnosticReportView,
+    NoteView,
+    ObservationInput,
+    ObservationView,
+)
+from carnet.phi.steps import (
+    first_version,
+    patient_stay,
+    read_one,
+    redact,
+    section,
+    sid,
+    writing_practitioner,
+    written,
+)
+from carnet.records.models import (
+    ClinicalNote,
+    Condition,
+    DiagnosticReport,
+    NoteVersion,
+    Observation,
+)
+from carnet.records.views import (
+    condition_data,
+    note_data,
+    observation_data,
+    report_views,
+)
+
+
+@guarded(AuditKind.PHI_READ, RT.NOTE, targeted=True)
+def list_notes(tx: GuardedTx, /, *, patient_id: str) -> list[NoteView]:
+    """Clinical notes with every version of their text (amendments never overwrite)."""
+    pid = parse_id(patient_id)
+    rows, fields = section(
+        tx,
+        patient_id,
+        RT.NOTE,
+        select(ClinicalNote).where(ClinicalNote.patient_id == pid).order_by(ClinicalNote.created_at),
+    )
+    return [redact(NoteView, note_data(tx, r, with_text="versions" in fields), fields) for r in rows]
+
+
+@guarded(AuditKind.PHI_READ, RT.NOTE, targeted=True)
+def read_note(tx: GuardedTx, /, *, note_id: str) -> NoteView:
+    row, fields = read_one(tx, RT.NOTE, note_id)
+    return redact(NoteView, note_data(tx, row, with_text="versions" in fields), fields)
+
+
+def _written_note(tx: GuardedTx, patient: Patient, note: ClinicalNote, action: str) -> NoteView:
+    tx.relationships.clear()  # the write may have made (or ended) a relationship
+    data = note_data(tx, note, with_text=True)
+    snapshot = dict(data, versions=[v.model_dump() for v in data["versions"][-1:]])
+    tx.snapshot(RT.NOTE, note.id, note.version_id, patient, action, snapshot)
+    rels = tx.relationships_of([patient])
+    fields = tx.read_fields(rels.get(patient.id, frozenset()), RT.NOTE)
+    tx.expose([patient.id], Channel.WRITE, rels, fields, resource=RT.NOTE)
+    return redact(NoteView, data, fields)
+
+
+def _add_note_version(
+    tx: GuardedTx, note: ClinicalNote, version: int, text: str, author: uuid.UUID, reason: str | None
+) -> None:
+    text = text.strip()
+    if not text or len(text) > 100_000:
+        raise InvalidInput("a note needs a text (at most 100,000 characters)")
+    version_id = new_id()
+    tx.session.add(
+        NoteVersion(
+            id=version_id,
+            note_id=note.id,
+            version=version,
+            text_ct=tx.enc(text, note.facility_id, "note_versions", "text", version_id),
+            author_id=author,
+            recorded_at=tx.now,
+            amendment_reason=reason,
+        )
+    )
+
+
+@guarded(AuditKind.PHI_CREATE, RT.NOTE, targeted=True)
+def write_note(
+    tx: GuardedTx,
+    /,
+    *,
+    patient_id: str,
+    kind: str,
+    title: str,
+    text: str,
+    encounter_id: str | None = None,
+) -> NoteView:
+    author = writing_practitioner(tx)
+    patient = tx.patient_for_write(patient_id)
+    tx.authorize(patient, RT.NOTE, write=True)
+    if not kind.strip() or len(kind) > 40 or not title.strip() or len(title) > 200:
+        raise InvalidInput("a note needs a kind (LOINC code) and a title (at most 200 characters)")
+    encounter = patient_stay(tx, encounter_id, patient)
+    note = ClinicalNote(
+        id=new_id(),
+        facility_id=patient.facility_id,
+        patient_id=patient.id,
+        encounter_id=encounter,
+        author_id=author,
+        kind=kind.strip(),
+        title=title.strip(),
+        status="current",
+        version_id=1,
+        created_at=tx.now,
+        updated_at=tx.now,
+    )
+    tx.session.add(note)
+    tx.session.flush()
+    _add_note_version(tx, note, 1, text, author, None)
+    tx.session.flush()
+    return _written_note(tx, patient, note, "create")
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.NOTE, targeted=True)
+def amend_note(tx: GuardedTx, /, *, note_id: str, expected_version: int, text: str, reason: str) -> NoteView:
+    """Amend a note: a new version of its text; earlier versions stay readable."""
+    author = writing_practitioner(tx)
+    note, patient = tx.record_to_change(ClinicalNote, note_id)
+    tx.authorize(patient, RT.NOTE, write=True)
+    if not reason.strip() or len(reason) > 500:
+        raise InvalidInput("an amendment needs a reason (at most 500 characters)")
+    tx.bump(ClinicalNote, note, expected_version)
+    _add_note_version(tx, note, note.version_id, text, author, reason.strip())
+    tx.session.flush()
+    return _written_note(tx, patient, note, "update")
+
+
+@guarded(AuditKind.PHI_READ, RT.OBSERVATION, targeted=True)
+def list_observations(tx: GuardedTx, /, *, patient_id: str) -> list[ObservationView]:
+    pid = parse_id(patient_id)
+    rows, fields = section(
+        tx,
+        patient_id,
+        RT.OBSERVATION,
+        select(Observation).where(Observation.patient_id == pid).order_by(Observation.effective_at.desc()),
+    )
+    return [
+        redact(
+            ObservationView,
+            {
+                "id": str(r.id),
+                "updated_at": r.updated_at,
+                "patient_id": str(r.patient_id),
+                "category": r.category,
+                "code": r.code,
+                "display": r.display,
+                "value_number": r.value_number,
+                "unit": r.unit,
+                "value_text": r.value_text,
+                "effective_at": r.effective_at,
+                "status": r.status,
+            },
+            fields,
+        )
+        for r in rows
+    ]
+
+
+@guarded(AuditKind.PHI_READ, RT.OBSERVATION, targeted=True)
+def read_observation(tx: GuardedTx, /, *, observation_id: str) -> ObservationView:
+    row, fields = read_one(tx, RT.OBSERVATION, observation_id)
+    return redact(ObservationView, observation_data(row), fields)
+
+
+# -- observations and lab reports -----------------------------------------------------------
+@guarded(AuditKind.PHI_CREATE, RT.OBSERVATION, targeted=True)
+def record_observation(tx: GuardedTx, /, *, data: ObservationInput) -> ObservationView:
+    """A vital sign or a lab result, by a practitioner in the patient's care."""
+    author = writing_practitioner(tx)
+    patient = tx.patient_for_write(data.patient_id)
+    tx.authorize(patient, RT.OBSERVATION, write=True)
+    if (data.value_number is None) == (data.value_text is None):
+        raise InvalidInput("an Observation has one value: a number (with its unit) or a text")
+    if data.effective_at.tzinfo is None or data.effective_at > tx.now + dt.timedelta(minutes=5):
+        raise InvalidInput("an Observation's time has a time zone and is not in the future")
+    observation = Observation(
+        id=new_id(),
+        facility_id=patient.facility_id,
+        patient_id=patient.id,
+        encounter_id=patient_stay(tx, data.encounter_id, patient),
+        report_id=None,
+        category=data.category,
+        code=data.code,
+        display=data.display,
+        value_number=data.value_number,
+        unit=data.unit,
+        value_text=data.value_text,
+        effective_at=data.effective_at,
+        status=data.status,
+        performer_id=author,
+        version_id=1,
+        created_at=tx.now,
+        updated_at=tx.now,
+    )
+    tx.session.add(observation)
+    tx.session.flush()
+    return written(tx, patient, RT.OBSERVATION, ObservationView, observation_data(observation), 1, "create")
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.OBSERVATION, targeted=True)
+def amend_observation(
+    tx: GuardedTx,
+    /,
+    *,
+    observation_id: str,
+    expected_version: int,
+    status: str,
+    value_number: float | None = None,
+    unit: str | None = None,
+    value_text: str | None = None,
+) -> ObservationView:
+    """Correct a vital sign or a lab result (status amended or corrected, a new value) or mark
+    it entered-in-error (kept, value unchanged). If-Match on the version; every earlier
+    version stays in the history, with its author and time."""
+    writing_practitioner(tx)
+    row, patient = tx.record_to_change(Observation, observation_id)
+    tx.authorize(patient, RT.OBSERVATION, write=True)
+    if row.version_id != expected_version:
+        raise Conflict("the resource was changed by someone else: reload and try again")
+    if row.status == "entered-in-error":
+        raise Conflict("this Observation was entered in error: record a new one")
+    values: dict[str, Any]
+    if status == "entered-in-error":
+        values = {"status": status}
+    elif status in ("amended", "corrected"):
+        if (value_number is None) == (value_text is None):
+            raise InvalidInput("an Observation has one value: a number (with its unit) or a text")
+        new_unit = unit if value_number is not None else None
+        if (value_number, new_unit, value_text) == (row.value_number, row.unit, row.value_text):
+            raise InvalidInput("a correction changes the value")
+        values = {
+            "status": status,
+            "value_number": value_number,
+            "unit": new_unit,
+            "value_text": value_text,
+        }
+    else:
+        raise InvalidInput(
+            "an Observation is corrected (status amended or corrected) or marked entered-in-error"
+        )
+    first_version(tx, RT.OBSERVATION, row, patient, observation_data(row))
+    tx.bump(Observation, row, expected_version, **values)
+    data = observation_data(row)
+    return written(tx, patient, RT.OBSERVATION, ObservationView, data, row.version_id, "update")
+
+
+@guarded(AuditKind.PHI_READ, RT.CONDITION, targeted=True)
+def list_conditions(tx: GuardedTx, /, *, patient_id: str) -> list[ConditionView]:
+    pid = parse_id(patient_id)
+    rows, fields = section(
+        tx,
+        patient_id,
+        RT.CONDITION,
+        select(Condition).where(Condition.patient_id == pid).order_by(Condition.created_at),
+    )
+    return [redact(ConditionView, condition_data(r), fields) for r in rows]
+
+
+@guarded(AuditKind.PHI_READ, RT.CONDITION, targeted=True)
+def read_condition(tx: GuardedTx, /, *, condition_id: str) -> ConditionView:
+    row, fields = read_one(tx, RT.CONDITION, condition_id)
+    return redact(ConditionView, condition_data(row), fields)
+
+
+# -- problems and diagnoses (ICD-10), every version kept ------------------------------------
+@guarded(AuditKind.PHI_CREATE, RT.CONDITION, targeted=True)
+def record_condition(tx: GuardedTx, /, *, data: ConditionInput) -> ConditionView:
+    """A problem or diagnosis (ICD-10), by a physician in the patient's care (or under
+    break-the-glass: a diagnosis opens no access). Version 1, kept."""
+    author = writing_practitioner(tx)
+    patient = tx.patient_for_write(data.patient_id)
+    tx.authorize(patient, RT.CONDITION, write=True)
+    if not patient.active or patient.merged_into_id is not None:
+        raise Conflict("this patient record is inactive: record the problem on the active record")
+    _check_onset(tx, data.onset_at)
+    condition = Condition(
+        id=new_id(),
+        facility_id=patient.facility_id,
+        patient_id=patient.id,
+        code=data.code,
+        display=data.display.strip(),
+        clinical_status=data.clinical_status,
+        verification_status=data.verification_status,
+        onset_at=data.onset_at,
+        recorded_by=author,
+        version_id=1,
+        created_at=tx.now,
+        updated_at=tx.now,
+    )
+    tx.session.add(condition)
+    tx.session.flush()
+    return written(tx, patient, RT.CONDITION, ConditionView, condition_data(condition), 1, "create")
+
+
+def _check_onset(tx: GuardedTx, onset: dt.datetime | None) -> None:
+    if onset is not None and (onset.tzinfo is None or onset > tx.now + dt.timedelta(minutes=5)):
+        raise InvalidInput("a problem's onset has a time zone and is not in the future")
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.CONDITION, targeted=True)
+def amend_condition(
+    tx: GuardedTx,
+    /,
+    *,
+    condition_id: str,
+    expected_version: int,
+    clinical_status: str | None = None,
+    verification_status: str | None = None,
+    onset_at: dt.datetime | None = None,
+    code: str | None = None,
+) -> ConditionView:
+    """Change a problem's clinical status (e.g. resolved), its verification status
+    (confirmed, refuted...) or its onset; or mark it entered-in-error (kept, still read
+    with that status, nothing else changed). Its code is not changed: a wrong diagnosis
+    is marked entered-in-error and the right one recorded. If-Match; every version kept."""
+    writing_practitioner(tx)
+    row, patient = tx.record_to_change(Condition, condition_id)
+    tx.authorize(patient, RT.CONDITION, write=True)
+    if row.version_id != expected_version:
+        raise Conflict("the resource was changed by someone else: reload and try again")
+    if row.verification_status == "entered-in-error":
+        raise Conflict("this problem was entered in error: record a new one")
+    if code is not None and code != row.code:
+        raise InvalidInput(
+            "a problem's code is not changed: mark it entered-in-error and record the right one"
+        )
+    values: dict[str, Any]
+    if verification_status == "entered-in-error":
+        values = {"verification_status": verification_status}
+    else:
+        if clinical_status is not None and clinical_status not in CONDITION_CLINICAL_STATUSES:
+            raise InvalidInput("clinical status must be one of " + ", ".join(CONDITION_CLINICAL_STATUSES))
+        if verification_status is not None and verification_status not in CONDITION_VERIFICATION_STATUSES:
+            raise InvalidInput(
+                "verification status must be one of " + ", ".join(CONDITION_VERIFICATION_STATUSES)
+            )
+        _check_onset(tx, onset_at)
+        values = {
+            "clinical_status": clinical_status or row.clinical_status,
+            "verification_status": verification_status or row.verification_status,
+            "onset_at": onset_at if onset_at is not None else row.onset_at,
+        }
+        current = {k: getattr(row, k) for k in values}
+        if values == current:
+            raise InvalidInput(
+                "an amendment changes the clinical status, the verification status or the onset"
+            )
+    first_version(tx, RT.CONDITION, row, patient, condition_data(row))
+    tx.bump(Condition, row, expected_version, **values)
+    data = condition_data(row)
+    return written(tx, patient, RT.CONDITION, ConditionView, data, row.version_id, "update")
+
+
+@guarded(AuditKind.PHI_READ, RT.DIAGNOSTIC_REPORT, targeted=True)
+def list_diagnostic_reports(tx: GuardedTx, /, *, patient_id: str) -> list[DiagnosticReportView]:
+    pid = parse_id(patient_id)
+    rows, fields = section(
+        tx,
+        patient_id,
+        RT.DIAGNOSTIC_REPORT,
+        select(DiagnosticReport)
+        .where(DiagnosticReport.patient_id == pid)
+        .order_by(DiagnosticReport.issued_at.desc()),
+    )
+    return report_views(tx, rows, fields)
+
+
+@guarded(AuditKind.PHI_READ, RT.DIAGNOSTIC_REPORT, targeted=True)
+def read_diagnostic_report(tx: GuardedTx, /, *, report_id: str) -> DiagnosticReportView:
+    row, fields = read_one(tx, RT.DIAGNOSTIC_REPORT, report_id)
+    return report_views(tx, [row], fields)[0]
+
+
+@guarded(AuditKind.PHI_CREATE, RT.DIAGNOSTIC_REPORT, targeted=True)
+def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -> DiagnosticReportView:
+    """A lab report grouping Observations of the same patient, none reported already. An
+    Observation of anyone else is refused in the same words as a missing one."""
+    author = writing_practitioner(tx)
+    patient = tx.patient_for_write(data.patient_id)
+    tx.authorize(patient, RT.DIAGNOSTIC_REPORT, write=True)
+    if data.issued_at.tzinfo is None or data.issued_at > tx.now + dt.timedelta(minutes=5):
+        raise InvalidInput("a report's issued time has a time zone and is not in the future")
+    observations: list[Observation] = []
+    for number, raw in enumerate(data.result_ids, start=1):
+        oid = parse_id(raw)
+        row = tx.session.get(Observation, oid, with_for_update=True) if oid else None
+        if row is None or row.patient_id != patient.id:
+            raise InvalidInput(f"result {number} is not an Observation of this report's patient")
+        if row.report_id is not None:
+            raise Conflict(f"result {number} already belongs to another report")
+        if row in observations:
+            raise InvalidInput(f"result {number} is listed twice")
+        observations.append(row)
+    report_id = new_id()
+    conclusion = (data.conclusion or "").strip() or None
+    report = DiagnosticReport(
+        id=report_id,
+        facility_id=patient.facility_id,
+        patient_id=patient.id,
+        code=data.code,
+        display=data.display,
+        status=data.status,
+        issued_at=data.issued_at,
+        conclusion_ct=tx.enc(conclusion, patient.facility_id, "diagnostic_reports", "conclusion", report_id),
+        performer_id=author,
+        version_id=1,
+        created_at=tx.now,
+        updated_at=tx.now,
+    )
+    tx.session.add(report)
+    tx.session.flush()
+    for row in observations:
+        row.report_id = report.id
+    tx.session.flush()
+    snapshot = {
+        "id": str(report.id),
+        "updated_at": report.updated_at,
+        "patient_id": str(patient.id),
+        "facility_id": str(patient.facility_id),
+        "code": report.code,
+        "display": report.display,
+        "status": report.status,
+        "issued_at": report.issued_at,
+        "conclusion": conclusion,
+        "performer_id": str(author),
+        "result_ids": [str(o.id) for o in observations],
+        "version_id": 1,
+    }
+    return written(tx, patient, RT.DIAGNOSTIC_REPORT, DiagnosticReportView, snapshot, 1, "create")
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.DIAGNOSTIC_REPORT, targeted=True)
+def amend_diagnostic_report(
+    tx: GuardedTx,
+    /,
+    *,
+    report_id: str,
+    expected_version: int,
+    status: str,
+    conclusion: str | None = None,
+    result_ids: list[str] | None = None,
+) -> DiagnosticReportView:
+    """Amend a lab report (status amended or corrected: its conclusion and results, the
+    results Observations of the same patient in no other report, as on creation) or mark
+    it entered-in-error (kept, content unchanged). If-Match; every version stays."""
+    writing_practitioner(tx)
+    report, patient = tx.record_to_change(DiagnosticReport, report_id)
+    tx.authorize(patient, RT.DIAGNOSTIC_REPORT, write=True)
+    if report.version_id != expected_version:
+        raise Conflict("the resource was changed by someone else: reload and try again")
+    if report.status == "entered-in-error":
+        raise Conflict("this report was entered in error: record a new one")
+    current = list(
+        tx.session.scalars(
+            select(Observation)
+            .where(Observation.report_id == report.id)
+            .order_by(Observation.effective_at, Observation.id)
+        )
+    )
+    old = tx.dec(report.conclusion_ct, "diagnostic_reports", "conclusion", report.id)
+
+    def data(conclusion_now: str | None, results: list[Observation]) -> dict[str, Any]:
+        return {
+            "id": str(report.id),
+            "updated_at": report.updated_at,
+            "patient_id": str(patient.id),
+            "facility_id": str(patient.facility_id),
+            "code": report.code,
+            "display": report.display,
+            "status": report.status,
+            "issued_at": report.issued_at,
+            "conclusion": conclusion_now,
+            "performer_id": sid(report.performer_id),
+            "result_ids": [str(o.id) for o in results],
+            "version_id": report.version_id,
+        }
+
+    first_version(tx, RT.DIAGNOSTIC_REPORT, report, patient, data(old, current))
+    if status == "entered-in-error":
+        tx.bump(DiagnosticReport, report, expected_version, status=status)
+        return written(
+            tx,
+            patient,
+            RT.DIAGNOSTIC_REPORT,
+            DiagnosticReportView,
+            data(old, current),
+            report.version_id,
+            "update",
+        )
+    if status not in ("amended", "corrected"):
+        raise InvalidInput("a report is amended (status amended or corrected) or marked entered-in-error")
+    observations: list[Observation] = []
+    for number, raw in enumerate(result_ids or [], start=1):
+        oid = parse_id(raw)
+        row = tx.session.get(Observation, oid, with_for_update=True) if oid else None
+        if row is None or row.patient_id != patient.id:
+            raise InvalidInput(f"result {number} is not an Observation of this report's patient")
+        if row.report_id is not None and row.report_id != report.id:
+            raise Conflict(f"result {number} already belongs to another report")
+        if row in observations:
+            raise InvalidInput(f"result {number} is listed twice")
+        observations.append(row)
+    if not observations:
+        raise InvalidInput("a lab report groups its results: result needs an Observation reference")
+    text_now = (conclusion or "").strip() or None
+    if text_now == old and {o.id for o in observations} == {o.id for o in current}:
+        raise InvalidInput("an amendment changes the conclusion or the results")
+    tx.bump(
+        DiagnosticReport,
+        report,
+        expected_version,
+        status=status,
+        conclusion_ct=tx.enc(text_now, patient.facility_id, "diagnostic_reports", "conclusion", report.id),
+    )
+    for row in current:
+        if row not in observations:
+            row.report_id = None
+    for row in observations:
+        row.report_id = report.id
+    tx.session.flush()
+    observations.sort(key=lambda o: (o.effective_at, o.id))
+    return written(
+        tx,
+        patient,
+        RT.DIAGNOSTIC_REPORT,
+        DiagnosticReportView,
+        data(text_now, observations),
+        report.version_id,
+        "update",
+    )

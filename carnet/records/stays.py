@@ -1,0 +1,185 @@
+"""Stays (encounters): admit, transfer, discharge, entered in error; run only by the gate kernel."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select, update
+
+from carnet.audit.interfaces import AuditKind
+from carnet.kernel.errors import (
+    Conflict,
+    InvalidInput,
+)
+from carnet.kernel.ids import new_id, parse_id
+from carnet.patients.models import Patient
+from carnet.phi.kernel import RT, GuardedTx, guarded
+from carnet.phi.schemas import (
+    EncounterInput,
+    EncounterView,
+)
+from carnet.phi.steps import (
+    facility_location,
+    facility_practitioner,
+    first_version,
+    read_one,
+    redact,
+    section,
+    writing_practitioner,
+    written,
+)
+from carnet.records.views import (
+    encounter_data,
+)
+from carnet.scheduling.models import Encounter
+
+
+def _stay(tx: GuardedTx, encounter_id: str, expected_version: int) -> tuple[Encounter, Patient]:
+    """A stay to change: in progress, written by a practitioner in the patient's care, at
+    the version the client read (a stale one is refused before its content is judged)."""
+    writing_practitioner(tx)
+    encounter, patient = tx.record_to_change(Encounter, encounter_id)
+    tx.authorize(patient, RT.ENCOUNTER, write=True)
+    if encounter.version_id != expected_version:
+        raise Conflict("the resource was changed by someone else: reload and try again")
+    if encounter.status != "in-progress":
+        raise Conflict(
+            f"this stay is {encounter.status}: only a stay in progress is transferred or discharged"
+        )
+    first_version(tx, RT.ENCOUNTER, encounter, patient, encounter_data(encounter))
+    return encounter, patient
+
+
+@guarded(AuditKind.PHI_CREATE, RT.ENCOUNTER, targeted=True)
+def admit(tx: GuardedTx, /, *, data: EncounterInput) -> EncounterView:
+    """Admit a patient (or open a visit): a stay in progress, version 1. Its attending
+    physician and its ward's nurses gain a care relationship, which is why only a
+    practitioner already caring for the patient admits (a stay cannot open a chart)."""
+    author = writing_practitioner(tx)
+    patient = tx.patient_for_write(data.patient_id)
+    tx.authorize(patient, RT.ENCOUNTER, write=True)
+    if not patient.active or patient.merged_into_id is not None:
+        raise Conflict("this patient record is inactive: admit the active record")
+    start = data.start_at or tx.now
+    if start.tzinfo is None:
+        raise InvalidInput("the admission time needs a time zone")
+    if start > tx.now + dt.timedelta(minutes=5):
+        raise InvalidInput("an admission starts now or in the past (book an appointment for later)")
+    location = facility_location(tx, data.location_id, patient.facility_id)
+    attending = facility_practitioner(tx, data.attending_id, patient.facility_id)
+    # One stay in progress per patient: concurrent admissions are ordered by a lock on the
+    # patient's row (a lock on stays that do not exist yet would order nothing). A no-op
+    # UPDATE locks it on both engines: PostgreSQL locks the row, SQLite (whose SELECTs run
+    # outside any transaction and have no FOR UPDATE) takes its one write lock here.
+    tx.session.execute(
+        update(Patient)
+        .where(Patient.id == patient.id)
+        .values(version_id=Patient.version_id)
+        .execution_options(synchronize_session=False)
+    )
+    current = tx.session.scalar(
+        select(Encounter.id)
+        .where(Encounter.patient_id == patient.id, Encounter.status == "in-progress")
+        .limit(1)
+    )
+    if current is not None:
+        raise Conflict("the patient already has a stay in progress: transfer or discharge it")
+    encounter = Encounter(
+        id=new_id(),
+        facility_id=patient.facility_id,
+        patient_id=patient.id,
+        kind=data.kind,
+        status="in-progress",
+        start_at=start,
+        end_at=None,
+        location_id=location,
+        attending_id=attending or author,
+        version_id=1,
+        created_at=tx.now,
+        updated_at=tx.now,
+    )
+    tx.session.add(encounter)
+    tx.session.flush()
+    return written(tx, patient, RT.ENCOUNTER, EncounterView, encounter_data(encounter), 1, "create")
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.ENCOUNTER, targeted=True)
+def transfer(
+    tx: GuardedTx,
+    /,
+    *,
+    encounter_id: str,
+    expected_version: int,
+    location_id: str | None,
+    attending_id: str | None = None,
+) -> EncounterView:
+    """Move a stay to another location (and/or attending physician); If-Match on the version."""
+    encounter, patient = _stay(tx, encounter_id, expected_version)
+    values: dict[str, Any] = {}
+    location = facility_location(tx, location_id, patient.facility_id)
+    if location is not None and location != encounter.location_id:
+        values["location_id"] = location
+    attending = facility_practitioner(tx, attending_id, patient.facility_id)
+    if attending is not None and attending != encounter.attending_id:
+        values["attending_id"] = attending
+    if not values:
+        raise InvalidInput("a transfer names a new location (or a new attending physician)")
+    tx.bump(Encounter, encounter, expected_version, **values)
+    data = encounter_data(encounter)
+    return written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.ENCOUNTER, targeted=True)
+def discharge(
+    tx: GuardedTx, /, *, encounter_id: str, expected_version: int, end_at: dt.datetime | None = None
+) -> EncounterView:
+    """End a stay: status finished, the period's end (now when not given)."""
+    encounter, patient = _stay(tx, encounter_id, expected_version)
+    end = end_at or tx.now
+    if end.tzinfo is None:
+        raise InvalidInput("the discharge time needs a time zone")
+    if end > tx.now + dt.timedelta(minutes=5) or end < encounter.start_at:
+        raise InvalidInput("a discharge happens after the admission and not in the future")
+    tx.bump(Encounter, encounter, expected_version, status="finished", end_at=end)
+    data = encounter_data(encounter)
+    return written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.ENCOUNTER, targeted=True)
+def mark_entered_in_error(tx: GuardedTx, /, *, encounter_id: str, expected_version: int) -> EncounterView:
+    """A stay opened by mistake (wrong patient, duplicate admission): status
+    entered-in-error, kept and readable with every earlier version. It is no longer in
+    progress, so the patient can be admitted again, and the care relationships a stay
+    makes (its attending, its ward's nurses: computed from stays in progress, see
+    carnet.phi.care) end with it: a mistaken admission leaves no lasting access behind.
+    Not under break-the-glass alone, as for admitting (WRITE_RULES)."""
+    writing_practitioner(tx)
+    encounter, patient = tx.record_to_change(Encounter, encounter_id)
+    tx.authorize(patient, RT.ENCOUNTER, write=True)
+    if encounter.version_id != expected_version:
+        raise Conflict("the resource was changed by someone else: reload and try again")
+    if encounter.status == "entered-in-error":
+        raise Conflict("this stay is already marked entered-in-error")
+    first_version(tx, RT.ENCOUNTER, encounter, patient, encounter_data(encounter))
+    tx.bump(Encounter, encounter, expected_version, status="entered-in-error")
+    data = encounter_data(encounter)
+    return written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
+
+
+@guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
+def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[EncounterView]:
+    pid = parse_id(patient_id)
+    rows, fields = section(
+        tx,
+        patient_id,
+        RT.ENCOUNTER,
+        select(Encounter).where(Encounter.patient_id == pid).order_by(Encounter.start_at.desc()),
+    )
+    return [redact(EncounterView, encounter_data(r), fields) for r in rows]
+
+
+@guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
+def read(tx: GuardedTx, /, *, encounter_id: str) -> EncounterView:
+    row, fields = read_one(tx, RT.ENCOUNTER, encounter_id)
+    return redact(EncounterView, encounter_data(row), fields)

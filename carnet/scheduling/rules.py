@@ -1,0 +1,52 @@
+"""The calendar rules: a practitioner is never double-booked; which appointments are inactive."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import select
+
+from carnet.access.policy import (
+    PATIENT_LOCATE,
+)
+from carnet.kernel.errors import (
+    Conflict,
+    InvalidInput,
+)
+from carnet.org.models import Practitioner
+from carnet.phi.kernel import GuardedTx
+from carnet.scheduling.models import Appointment
+
+INACTIVE_APPOINTMENT = ("cancelled", "entered-in-error", "noshow")
+
+
+SCHEDULE_MAX_DAYS = 7  # a practitioner's calendar: a day or a week at a time
+
+
+SCHEDULE_PATIENT = PATIENT_LOCATE  # who an appointment is for: name, birth date, sex
+
+
+def check_slot(
+    tx: GuardedTx,
+    practitioner_id: uuid.UUID,
+    start: dt.datetime,
+    end: dt.datetime,
+    exclude: uuid.UUID | None,
+) -> None:
+    if end <= start:
+        raise InvalidInput("an appointment ends after it starts")
+    if end - start > dt.timedelta(hours=12):
+        raise InvalidInput("an appointment lasts at most 12 hours")
+    # One booking at a time per practitioner: the row lock orders concurrent bookings.
+    tx.session.execute(select(Practitioner.id).where(Practitioner.id == practitioner_id).with_for_update())
+    overlap = select(Appointment.id).where(
+        Appointment.practitioner_id == practitioner_id,
+        Appointment.status.not_in(INACTIVE_APPOINTMENT),
+        Appointment.start_at < end,
+        Appointment.end_at > start,
+    )
+    if exclude is not None:
+        overlap = overlap.where(Appointment.id != exclude)
+    if tx.session.scalar(overlap.limit(1)) is not None:
+        raise Conflict("the practitioner is already booked at that time")
