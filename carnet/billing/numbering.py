@@ -7,9 +7,7 @@ import uuid
 from sqlalchemy import func, select, text
 
 from carnet.billing.models import Invoice
-from carnet.kernel.errors import (
-    NotFound,
-)
+from carnet.kernel.errors import NotFound
 from carnet.org.models import Facility
 from carnet.phi.kernel import NOT_FOUND, GuardedTx
 

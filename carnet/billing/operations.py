@@ -13,25 +13,12 @@ from carnet.billing.models import Invoice, InvoiceLine, Payment
 from carnet.billing.numbering import invoice_number
 from carnet.billing.views import ALL_INVOICE_FIELDS, invoice_view
 from carnet.detection.interfaces import Channel
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-    NotFound,
-)
+from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused, guarded
-from carnet.phi.schemas import (
-    InvoiceInput,
-    InvoiceView,
-    PaymentInput,
-)
-from carnet.phi.steps import (
-    first_version,
-    patient_stay,
-    read_one,
-    section,
-)
+from carnet.phi.schemas import InvoiceInput, InvoiceView, PaymentInput
+from carnet.phi.steps import first_version, patient_stay, read_one, section
 from carnet.phi.work import SqlFacilityWork
 
 

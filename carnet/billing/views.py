@@ -6,15 +6,8 @@ from sqlalchemy import select
 
 from carnet.billing.models import Invoice, InvoiceLine, Payment
 from carnet.phi.kernel import GuardedTx
-from carnet.phi.schemas import (
-    InvoiceLineView,
-    InvoiceView,
-    PaymentView,
-)
-from carnet.phi.steps import (
-    redact,
-    sid,
-)
+from carnet.phi.schemas import InvoiceLineView, InvoiceView, PaymentView
+from carnet.phi.steps import redact, sid
 
 ALL_INVOICE_FIELDS = frozenset(InvoiceView.model_fields) - {"visible"}
 

@@ -11,23 +11,12 @@ from carnet.access.permissions import Permission
 from carnet.audit.interfaces import AuditKind
 from carnet.coverage.models import CardReading, Coverage
 from carnet.detection.interfaces import Channel
-from carnet.kernel.errors import (
-    InvalidInput,
-)
+from carnet.kernel.errors import InvalidInput
 from carnet.kernel.ids import new_id
 from carnet.patients.models import Patient
 from carnet.phi.kernel import RT, GuardedTx, guarded
-from carnet.phi.schemas import (
-    CardReadingInput,
-    CardReadingView,
-    CoverageSection,
-    CoverageView,
-)
-from carnet.phi.steps import (
-    SECTION_LIMIT,
-    redact,
-    sid,
-)
+from carnet.phi.schemas import CardReadingInput, CardReadingView, CoverageSection, CoverageView
+from carnet.phi.steps import SECTION_LIMIT, redact, sid
 
 
 @guarded(AuditKind.PHI_READ, RT.COVERAGE, targeted=True)
@@ -103,7 +92,7 @@ def _section(tx: GuardedTx, patient: Patient, fields: frozenset[str]) -> Coverag
     return CoverageSection(coverages=coverages, card_readings=readings)
 
 
-# -- health cards and payments --------------------------------------------------------------
+# -- health cards ---------------------------------------------------------------------------------
 @guarded(AuditKind.PHI_CREATE, RT.CARD_READING, targeted=True)
 def record_card_reading(tx: GuardedTx, /, *, data: CardReadingInput) -> CoverageSection:
     """Record one reading of the patient's health card. The coverage it proves is linked (the

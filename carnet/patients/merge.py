@@ -9,19 +9,13 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from carnet.access.permissions import Permission
-from carnet.access.policy import (
-    PATIENT_CONTACT,
-    PATIENT_IDENTITY,
-)
+from carnet.access.policy import PATIENT_CONTACT, PATIENT_IDENTITY
 from carnet.audit.interfaces import AuditKind
 from carnet.billing.models import Invoice
 from carnet.coverage.models import CardReading, Coverage
 from carnet.detection.interfaces import Channel
 from carnet.identity.models import Account
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-)
+from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
 from carnet.patients.rules import identity_lock
@@ -34,18 +28,10 @@ from carnet.patients.views import (
     with_replaces,
 )
 from carnet.phi.kernel import RT, GuardedTx, guarded
-from carnet.phi.schemas import (
-    PatientView,
-)
+from carnet.phi.schemas import PatientView
 from carnet.prescriptions.models import Prescription
 from carnet.records.consents import consent_follows_flag
-from carnet.records.models import (
-    Allergy,
-    ClinicalNote,
-    Condition,
-    DiagnosticReport,
-    Observation,
-)
+from carnet.records.models import Allergy, ClinicalNote, Condition, DiagnosticReport, Observation
 from carnet.scheduling.models import Appointment, Encounter
 
 # What a merge re-files from the duplicate to the record kept: every table with a patient_id

@@ -21,10 +21,7 @@ from carnet.access.policy import (
 from carnet.audit.interfaces import AuditKind
 from carnet.crypto.blind import IndexKind, normalize_name
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-)
+from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
 from carnet.patients.rules import check_duplicate
@@ -38,15 +35,8 @@ from carnet.patients.views import (
 )
 from carnet.phi import care
 from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
-from carnet.phi.schemas import (
-    PatientChanges,
-    PatientInput,
-    PatientPage,
-    PatientView,
-)
-from carnet.phi.steps import (
-    facility_practitioner,
-)
+from carnet.phi.schemas import PatientChanges, PatientInput, PatientPage, PatientView
+from carnet.phi.steps import facility_practitioner
 from carnet.records.consents import consent_follows_flag
 
 # Name-only searches: under NAME_MIN_LETTERS is refused; under NAME_SPECIFIC_LETTERS counts as a

@@ -9,9 +9,7 @@ from typing import Any
 from sqlalchemy import select, text
 
 from carnet.crypto.blind import IndexKind
-from carnet.kernel.errors import (
-    Conflict,
-)
+from carnet.kernel.errors import Conflict
 from carnet.patients.models import Patient
 from carnet.phi.kernel import GuardedTx
 

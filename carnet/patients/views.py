@@ -13,13 +13,8 @@ from carnet.crypto.blind import IndexKind
 from carnet.detection.interfaces import Channel
 from carnet.patients.models import Patient
 from carnet.phi.kernel import RT, GuardedTx
-from carnet.phi.schemas import (
-    PatientView,
-)
-from carnet.phi.steps import (
-    redact,
-    sid,
-)
+from carnet.phi.schemas import PatientView
+from carnet.phi.steps import redact, sid
 
 
 def patient_data(tx: GuardedTx, patient: Patient, fields: frozenset[str]) -> dict[str, Any]:

@@ -17,15 +17,10 @@ from carnet.access.policy import (
 )
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.breakglass import alert_break_glass
-from carnet.kernel.errors import (
-    InvalidInput,
-    StepUpRequired,
-)
+from carnet.kernel.errors import InvalidInput, StepUpRequired
 from carnet.kernel.ids import new_id
 from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
-from carnet.phi.schemas import (
-    BreakGlassGrant,
-)
+from carnet.phi.schemas import BreakGlassGrant
 
 
 @guarded(AuditKind.BREAK_GLASS_START, RT.PATIENT, targeted=True)

@@ -12,29 +12,16 @@ from sqlalchemy import and_, select, update
 from carnet.access.exports import ExportScope, ExportStatus, listed_patients, status_of
 from carnet.access.models import ExportRequest
 from carnet.access.permissions import Permission
-from carnet.access.policy import (
-    Relationship,
-    granting_relationships,
-)
+from carnet.access.policy import Relationship, granting_relationships
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.interfaces import Channel
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-    NotFound,
-)
+from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import ExportFile, Patient
-from carnet.patients.views import (
-    patient_view,
-)
+from carnet.patients.views import patient_view
 from carnet.phi import care
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused, guarded
-from carnet.phi.schemas import (
-    ExportJobView,
-    PatientExport,
-    PatientView,
-)
+from carnet.phi.schemas import ExportJobView, PatientExport, PatientView
 
 # One export holds at most EXPORT_LIMIT patients; relationships are computed EXPORT_CHUNK at a time.
 EXPORT_LIMIT = 20_000

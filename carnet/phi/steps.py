@@ -10,27 +10,16 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 
-from carnet.access.policy import (
-    ResourceType,
-)
+from carnet.access.policy import ResourceType
 from carnet.billing.models import Invoice
 from carnet.detection.interfaces import Channel
-from carnet.kernel.errors import (
-    InvalidInput,
-    NotFound,
-)
+from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Location, Practitioner
 from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused
 from carnet.prescriptions.models import Prescription
-from carnet.records.models import (
-    Allergy,
-    ClinicalNote,
-    Condition,
-    DiagnosticReport,
-    Observation,
-)
+from carnet.records.models import Allergy, ClinicalNote, Condition, DiagnosticReport, Observation
 from carnet.scheduling.models import Appointment, Encounter
 
 T = TypeVar("T")
@@ -54,7 +43,7 @@ HISTORY_LIMIT = 200
 SECTION_LIMIT = 500
 
 
-# What `Gate._read_one` reads by id (other sections are read through their patient).
+# What `read_one` reads by id (other sections are read through their patient).
 RECORD_MODELS: dict[ResourceType, Any] = {
     RT.APPOINTMENT: Appointment,
     RT.NOTE: ClinicalNote,
@@ -70,7 +59,6 @@ RECORD_MODELS: dict[ResourceType, Any] = {
 }
 
 
-# -- chart sections -------------------------------------------------------------------------
 def section(
     tx: GuardedTx, patient_id: str, resource: ResourceType, query: Any
 ) -> tuple[list[Any], frozenset[str]]:
@@ -98,7 +86,6 @@ def read_one(tx: GuardedTx, kind: ResourceType, resource_id: str) -> tuple[Any, 
     return row, decision.fields
 
 
-# -- prescriptions and allergies ------------------------------------------------------------
 def written(
     tx: GuardedTx,
     patient: Patient,
@@ -162,7 +149,6 @@ def facility_practitioner(tx: GuardedTx, value: str | None, facility_id: uuid.UU
     return practitioner.id
 
 
-# -- stays: admit, transfer, discharge; every version kept with its author -----------------
 def facility_location(tx: GuardedTx, value: str | None, facility_id: uuid.UUID) -> uuid.UUID | None:
     if value is None:
         return None

@@ -6,32 +6,15 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from carnet.audit.interfaces import AuditKind
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-)
+from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.phi.kernel import RT, GuardedTx, guarded
-from carnet.phi.schemas import (
-    AllergyInput,
-    AllergyView,
-    PrescriptionInput,
-    PrescriptionView,
-)
-from carnet.phi.steps import (
-    patient_stay,
-    read_one,
-    redact,
-    section,
-    writing_practitioner,
-    written,
-)
+from carnet.phi.schemas import AllergyInput, AllergyView, PrescriptionInput, PrescriptionView
+from carnet.phi.steps import patient_stay, read_one, redact, section, writing_practitioner, written
 from carnet.prescriptions.models import Prescription
-from carnet.prescriptions.rules import AllergyWarning
+from carnet.prescriptions.rules import allergy_warnings
 from carnet.prescriptions.views import allergy_data, prescription_data
-from carnet.records.models import (
-    Allergy,
-)
+from carnet.records.models import Allergy
 
 
 @guarded(AuditKind.PHI_CREATE, RT.PRESCRIPTION, targeted=True)
@@ -41,22 +24,10 @@ def prescribe(tx: GuardedTx, /, *, data: PrescriptionInput) -> PrescriptionView:
     author = writing_practitioner(tx)
     patient = tx.patient_for_write(data.patient_id)
     tx.authorize(patient, RT.PRESCRIPTION, write=True)
-    allergic = tx.session.scalar(
-        select(Allergy.id).where(
-            Allergy.patient_id == patient.id,
-            Allergy.substance_code == data.substance_code,
-            Allergy.clinical_status == "active",
-        )
-    )
-    warnings: list[str] = []
     override = (data.allergy_override_reason or "").strip() or None
-    if allergic is not None:
-        if override is None:
-            raise AllergyWarning(
-                "the patient has an active allergy to this substance: nothing was prescribed;"
-                " confirm with an allergy override reason"
-            )
-        warnings.append("active allergy to this substance: prescribed with an override")
+    warnings = allergy_warnings(
+        tx, patient_id=patient.id, substance_code=data.substance_code, override=override
+    )
     if data.valid_until is not None and data.valid_until <= tx.now:
         raise InvalidInput("valid_until must be in the future")
     prescription = Prescription(
@@ -72,7 +43,7 @@ def prescribe(tx: GuardedTx, /, *, data: PrescriptionInput) -> PrescriptionView:
         status="active",
         authored_at=tx.now,
         valid_until=data.valid_until,
-        allergy_override_reason=override if allergic is not None else None,
+        allergy_override_reason=override if warnings else None,
         version_id=1,
         created_at=tx.now,
         updated_at=tx.now,

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from carnet.phi.steps import (
-    sid,
-)
+from carnet.phi.steps import sid
 from carnet.prescriptions.models import Prescription
-from carnet.records.models import (
-    Allergy,
-)
+from carnet.records.models import Allergy
 
 
 def allergy_data(a: Allergy) -> dict[str, Any]:

@@ -11,35 +11,18 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, or_, select
 
-from carnet.access.policy import (
-    CARE_TEAM_MAX_DURATION,
-    REFERRAL_MAX_DURATION,
-    Relationship,
-)
+from carnet.access.policy import CARE_TEAM_MAX_DURATION, REFERRAL_MAX_DURATION, Relationship
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.interfaces import Channel
 from carnet.detection.referrals import judge_care_relationship
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-)
+from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Practitioner
 from carnet.patients.models import CareRelationship, ResourceVersion
 from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
-from carnet.phi.schemas import (
-    CareRelationshipInput,
-    CareTeamView,
-)
-from carnet.phi.steps import (
-    read_one,
-    redact,
-    section,
-    written,
-)
-from carnet.records.views import (
-    care_team_data,
-)
+from carnet.phi.schemas import CareRelationshipInput, CareTeamView
+from carnet.phi.steps import read_one, redact, section, written
+from carnet.records.views import care_team_data
 
 
 def _care_versions(

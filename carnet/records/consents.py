@@ -4,33 +4,16 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from carnet.access.policy import (
-    PATIENT_CONTACT,
-    PATIENT_IDENTITY,
-)
+from carnet.access.policy import PATIENT_CONTACT, PATIENT_IDENTITY
 from carnet.audit.interfaces import AuditKind
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-)
+from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Consent, Patient
-from carnet.patients.views import (
-    patient_data,
-)
+from carnet.patients.views import patient_data
 from carnet.phi.kernel import RT, GuardedTx, guarded
-from carnet.phi.schemas import (
-    ConsentView,
-)
-from carnet.phi.steps import (
-    read_one,
-    redact,
-    section,
-    written,
-)
-from carnet.records.views import (
-    consent_data,
-)
+from carnet.phi.schemas import ConsentView
+from carnet.phi.steps import read_one, redact, section, written
+from carnet.records.views import consent_data
 
 # Consent kinds: the one the policy honours (care.visible_filter reads the patient's flag).
 OPPOSE_OTHER_FACILITIES = "oppose-other-facilities"

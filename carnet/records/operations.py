@@ -11,10 +11,7 @@ from sqlalchemy import select
 
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.interfaces import Channel
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-)
+from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
 from carnet.phi.kernel import RT, GuardedTx, guarded
@@ -39,19 +36,8 @@ from carnet.phi.steps import (
     writing_practitioner,
     written,
 )
-from carnet.records.models import (
-    ClinicalNote,
-    Condition,
-    DiagnosticReport,
-    NoteVersion,
-    Observation,
-)
-from carnet.records.views import (
-    condition_data,
-    note_data,
-    observation_data,
-    report_views,
-)
+from carnet.records.models import ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
+from carnet.records.views import condition_data, note_data, observation_data, report_views
 
 
 @guarded(AuditKind.PHI_READ, RT.NOTE, targeted=True)

@@ -11,32 +11,18 @@ from sqlalchemy import and_, or_, select
 
 from carnet.access.actor import Actor
 from carnet.access.permissions import Permission
-from carnet.access.policy import (
-    ResourceType,
-)
+from carnet.access.policy import ResourceType
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.interfaces import Channel
 from carnet.identity.models import Account
 from carnet.identity.oauth import require_scope
-from carnet.kernel.errors import (
-    Forbidden,
-    InvalidInput,
-    NotFound,
-)
+from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import ResourceVersion
-from carnet.patients.views import (
-    merged_into_this,
-)
+from carnet.patients.views import merged_into_this
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused, guarded
-from carnet.phi.schemas import (
-    ProvenanceView,
-    VersionView,
-)
-from carnet.phi.steps import (
-    HISTORY_LIMIT,
-    sid,
-)
+from carnet.phi.schemas import ProvenanceView, VersionView
+from carnet.phi.steps import HISTORY_LIMIT, sid
 
 
 def _token_reads(actor: Actor, resource_type: str) -> bool:

@@ -8,17 +8,11 @@ from typing import Any
 from sqlalchemy import select, update
 
 from carnet.audit.interfaces import AuditKind
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-)
+from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
 from carnet.phi.kernel import RT, GuardedTx, guarded
-from carnet.phi.schemas import (
-    EncounterInput,
-    EncounterView,
-)
+from carnet.phi.schemas import EncounterInput, EncounterView
 from carnet.phi.steps import (
     facility_location,
     facility_practitioner,
@@ -29,9 +23,7 @@ from carnet.phi.steps import (
     writing_practitioner,
     written,
 )
-from carnet.records.views import (
-    encounter_data,
-)
+from carnet.records.views import encounter_data
 from carnet.scheduling.models import Encounter
 
 

@@ -11,22 +11,9 @@ from sqlalchemy import select
 
 from carnet.patients.models import CareRelationship, Consent
 from carnet.phi.kernel import GuardedTx
-from carnet.phi.schemas import (
-    DiagnosticReportView,
-    NoteVersionView,
-)
-from carnet.phi.steps import (
-    SECTION_LIMIT,
-    redact,
-    sid,
-)
-from carnet.records.models import (
-    ClinicalNote,
-    Condition,
-    DiagnosticReport,
-    NoteVersion,
-    Observation,
-)
+from carnet.phi.schemas import DiagnosticReportView, NoteVersionView
+from carnet.phi.steps import SECTION_LIMIT, redact, sid
+from carnet.records.models import ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
 from carnet.scheduling.models import Encounter
 
 

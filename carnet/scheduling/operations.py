@@ -10,23 +10,15 @@ from typing import Any
 from sqlalchemy import select
 
 from carnet.access.permissions import Permission
-from carnet.access.policy import (
-    Relationship,
-)
+from carnet.access.policy import Relationship
 from carnet.audit.interfaces import AuditKind
 from carnet.crypto.blind import IndexKind
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-    NotFound,
-)
+from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Location, Practitioner
 from carnet.patients.models import Patient
-from carnet.patients.views import (
-    patient_view,
-)
+from carnet.patients.views import patient_view
 from carnet.phi import care
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused, guarded
 from carnet.phi.schemas import (
@@ -40,16 +32,8 @@ from carnet.phi.schemas import (
     Schedule,
     ScheduleEntry,
 )
-from carnet.phi.steps import (
-    SECTION_LIMIT,
-    facility_practitioner,
-    read_one,
-    redact,
-    section,
-)
-from carnet.records.views import (
-    encounter_data,
-)
+from carnet.phi.steps import SECTION_LIMIT, facility_practitioner, read_one, redact, section
+from carnet.records.views import encounter_data
 from carnet.scheduling.models import Appointment, Encounter
 from carnet.scheduling.rules import INACTIVE_APPOINTMENT, SCHEDULE_MAX_DAYS, SCHEDULE_PATIENT, check_slot
 from carnet.scheduling.views import appointment_data

@@ -7,13 +7,8 @@ import uuid
 
 from sqlalchemy import select
 
-from carnet.access.policy import (
-    PATIENT_LOCATE,
-)
-from carnet.kernel.errors import (
-    Conflict,
-    InvalidInput,
-)
+from carnet.access.policy import PATIENT_LOCATE
+from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.org.models import Practitioner
 from carnet.phi.kernel import GuardedTx
 from carnet.scheduling.models import Appointment

@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from carnet.phi.kernel import GuardedTx
-from carnet.phi.steps import (
-    sid,
-)
+from carnet.phi.steps import sid
 from carnet.scheduling.models import Appointment
 
 
-# -- appointments ---------------------------------------------------------------------------
 def appointment_data(tx: GuardedTx, a: Appointment, fields: frozenset[str]) -> dict[str, Any]:
     return {
         "id": str(a.id),
