@@ -1,0 +1,605 @@
+"""`carnet import`, the rows: each FHIR resource of an import unit validated (fhir.resources R4B,
+then carnet's own input rules) and turned into the rows the loader writes (carnet.phi.loader),
+with the references between resources of one run resolved. See carnet.phi.importer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.condition import Condition as FhirCondition
+from fhir.resources.R4B.coverage import Coverage as FhirCoverage
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport as FhirDiagnosticReport
+from fhir.resources.R4B.invoice import Invoice as FhirInvoice
+from fhir.resources.R4B.observation import Observation as FhirObservation
+from fhir.resources.R4B.patient import Patient as FhirPatient
+from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation as FhirPaymentReconciliation
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from carnet.billing.models import Invoice
+from carnet.crypto.blind import IndexKind
+from carnet.fhir import billing, mapping
+from carnet.fhir.api import type_name
+from carnet.kernel import clock
+from carnet.kernel.errors import Conflict, InvalidInput
+from carnet.kernel.ids import new_id, parse_id
+from carnet.org.models import Facility
+from carnet.patients.models import Patient
+from carnet.phi.schemas import PaymentInput
+from carnet.runtime import Runtime
+from carnet.scheduling.models import Encounter
+
+MODELS: dict[str, Any] = {
+    "Patient": FhirPatient,
+    "AllergyIntolerance": AllergyIntolerance,
+    "Condition": FhirCondition,
+    "Observation": FhirObservation,
+    "Coverage": FhirCoverage,
+    "DiagnosticReport": FhirDiagnosticReport,
+    "Invoice": FhirInvoice,
+    "PaymentReconciliation": FhirPaymentReconciliation,
+}
+
+
+INVOICE_STATUSES = ("draft", "issued", "balanced", "cancelled")
+
+
+@dataclass
+class Billed:
+    """An invoice written by an earlier unit of the run, as payments of later units need it."""
+
+    id: uuid.UUID
+    patient_id: uuid.UUID
+    total_cents: int
+    paid_cents: int
+    status: str
+    currency: str
+
+
+@dataclass
+class Item:
+    source: str
+    resource: Any  # a dict when well formed
+    full_url: str | None = None
+
+
+@dataclass
+class Unit:
+    transaction: bool
+    items: list[Item]
+
+
+class Run:
+    """One import run: the facility, the ids it created, and the rows of the unit at hand."""
+
+    def __init__(self, runtime: Runtime, facility_id: uuid.UUID) -> None:
+        self.runtime = runtime
+        self.facility_id = facility_id
+        self.patients: dict[str, uuid.UUID] = {}  # "Patient/<source id>" or urn:uuid -> new id
+        self.ins_seen: set[bytes] = set()
+        self.ins_registered: set[bytes] = set()  # of the unit at hand, found in one query
+        self.now = clock.now()
+        # Observations by reference ("Observation/<source id>" or urn:uuid): written ones
+        # (id, patient), and the rows of the unit at hand; the unit's reports and their results.
+        self.observations: dict[str, tuple[uuid.UUID, uuid.UUID]] = {}
+        self.unit_observations: dict[str, dict[str, Any]] = {}
+        self.unit_reports: list[tuple[Item, dict[str, Any], list[str]]] = []
+        # Invoices by reference ("Invoice/<source id>" or urn:uuid): written ones, and the rows
+        # of the unit at hand; the unit's payments (their row, the invoice named, currency).
+        self.invoices: dict[str, Billed] = {}
+        self.unit_invoices: dict[str, dict[str, Any]] = {}
+        self.unit_payments: list[tuple[Item, dict[str, Any], str, str]] = []
+        self.numbers_seen: set[str] = set()  # invoice numbers written by this run
+        self.unit_numbers: set[str] = set()  # those of the unit at hand
+        self.numbers_registered: set[str] = set()  # the unit's numbers already in carnet
+        with runtime.session_factory() as session:
+            finess = session.scalar(select(Facility.finess).where(Facility.id == facility_id))
+        self.own_numbers = f"F{finess}-"  # the form of the facility's carnet numbering
+
+    def link_results(self, report: dict[str, Any], references: list[str]) -> list[uuid.UUID]:
+        """Point a report's result Observations at it: those of this unit now, those written
+        by an earlier unit returned (to update once the report is written). All or none."""
+        in_unit: list[dict[str, Any]] = []
+        earlier: list[uuid.UUID] = []
+        for reference in references:
+            row = self.unit_observations.get(reference)
+            if row is not None:
+                if row["patient_id"] != report["patient_id"]:
+                    raise InvalidInput("a result Observation is about another patient")
+                in_unit.append(row)
+                continue
+            written = self.observations.get(reference)
+            if written is None:
+                raise InvalidInput("a result names no Observation of this import")
+            if written[1] != report["patient_id"]:
+                raise InvalidInput("a result Observation is about another patient")
+            earlier.append(written[0])
+        for row in in_unit:
+            row["report_id"] = report["id"]
+        return earlier
+
+    def look_up_identifiers(self, unit: Unit) -> None:
+        """The unit's INS already registered in the facility: one query, not one per patient."""
+        blind = self.runtime.keyring.blind
+        wanted = {
+            blind.index(IndexKind.IDENTIFIER, ident["value"])
+            for item in unit.items
+            if isinstance(item.resource, dict) and item.resource.get("resourceType") == "Patient"
+            for ident in item.resource.get("identifier") or []
+            if isinstance(ident, dict)
+            and ident.get("system") == mapping.INS_SYSTEM
+            and isinstance(ident.get("value"), str)
+        }
+        self.ins_registered = set()
+        if not wanted:
+            return
+        with self.runtime.session_factory() as session:
+            found = session.scalars(
+                select(Patient.ins_bi).where(
+                    Patient.facility_id == self.facility_id, Patient.ins_bi.in_(wanted)
+                )
+            )
+            self.ins_registered = {bi for bi in found if bi is not None}
+
+    def look_up_numbers(self, unit: Unit) -> None:
+        """The unit's invoice numbers already in carnet: one query."""
+        wanted = {
+            number
+            for item in unit.items
+            if isinstance(item.resource, dict) and item.resource.get("resourceType") == "Invoice"
+            if (number := invoice_number(item.resource)) is not None
+        }
+        self.numbers_registered = set()
+        if wanted:
+            with self.runtime.session_factory() as session:
+                self.numbers_registered = set(
+                    session.scalars(select(Invoice.number).where(Invoice.number.in_(wanted)))
+                )
+
+    def pay(
+        self, reference: str, payment: dict[str, Any], currency: str, paid: dict[uuid.UUID, int]
+    ) -> uuid.UUID:
+        """Point a payment at the invoice it names (of this unit, or written by an earlier one),
+        as the gate's record_payment would take it; `paid`: what the unit's payments accepted so
+        far pay of each invoice. Returns the invoice's patient."""
+        row = self.unit_invoices.get(reference)
+        billed = self.invoices.get(reference) if row is None else None
+        patient: uuid.UUID
+        if row is not None:
+            invoice_id, patient, total = row["id"], row["patient_id"], row["total_cents"]
+            status, due_currency, before = row["status"], row["currency"], 0
+        elif billed is not None:
+            invoice_id, patient, total = billed.id, billed.patient_id, billed.total_cents
+            status, due_currency, before = billed.status, billed.currency, billed.paid_cents
+        else:
+            raise InvalidInput(
+                "detail.request names no Invoice of this import (an invoice already in carnet is paid"
+                " through the API, naming the version read)"
+            )
+        if status not in ("issued", "balanced"):
+            raise Conflict(f"this invoice is {status}: only an issued invoice takes a payment")
+        if currency != due_currency:
+            raise InvalidInput("a payment is in its invoice's currency")
+        due = total - before - paid.get(invoice_id, 0)
+        if payment["amount_cents"] > due:
+            raise InvalidInput(f"the payment is more than the {due / 100:.2f} {due_currency} still due")
+        paid[invoice_id] = paid.get(invoice_id, 0) + payment["amount_cents"]
+        payment["invoice_id"] = invoice_id
+        if status == "issued" and payment["amount_cents"] == due:
+            if row is not None:
+                row["status"] = "balanced"
+            else:
+                payment["settles"] = True  # the earlier unit's invoice: updated when written
+        return patient
+
+    # -- references ---------------------------------------------------------------------------
+    def patient_ref(self, reference: str | None, pending: dict[str, uuid.UUID]) -> uuid.UUID:
+        if not reference:
+            raise InvalidInput("the resource names no patient")
+        found = pending.get(reference) or self.patients.get(reference)
+        if found is not None:
+            return found
+        pid = parse_id(reference.removeprefix("Patient/"))
+        if pid is not None:
+            with self.runtime.session_factory() as session:
+                row = session.execute(
+                    select(Patient.facility_id, Patient.merged_into_id).where(Patient.id == pid)
+                ).first()
+            if row is not None and row.facility_id == self.facility_id:
+                if row.merged_into_id is not None:
+                    # Its records moved to the record kept: nothing more is filed on the duplicate.
+                    raise InvalidInput(
+                        f"this patient was merged into Patient/{row.merged_into_id}: reference that record"
+                    )
+                return pid
+        raise InvalidInput("the patient reference resolves to no patient of this import or facility")
+
+    # -- mapping ------------------------------------------------------------------------------
+    def rows(self, item: Item, pending: dict[str, uuid.UUID]) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+        resource = item.resource
+        if not isinstance(resource, dict):
+            raise InvalidInput("not a JSON object")
+        rtype = type_name(resource.get("resourceType"))
+        model = MODELS.get(rtype)
+        if model is None:
+            raise InvalidInput(
+                f"{rtype} is not imported (Patient, AllergyIntolerance, Condition, Observation, Coverage,"
+                " DiagnosticReport, Invoice, PaymentReconciliation)"
+            )
+        try:
+            model.model_validate(resource)
+        except ValidationError as exc:
+            places = sorted({".".join(str(p) for p in e.get("loc", ())) or rtype for e in exc.errors()})
+            raise InvalidInput(f"invalid {rtype}: check " + ", ".join(places[:10])) from None
+        # Valid as sent: map the JSON itself (re-serializing the model was 40 % of an import).
+        data: dict[str, Any] = json.loads(json.dumps(resource))
+        mapper: Callable[[dict[str, Any], Item, dict[str, uuid.UUID]], list[tuple[str, dict[str, Any]]]] = (
+            getattr(self, f"_{rtype.lower()}")
+        )
+        return rtype, mapper(data, item, pending)
+
+    def _base(self, patient_id: uuid.UUID) -> dict[str, Any]:
+        return {
+            "id": new_id(),
+            "facility_id": self.facility_id,
+            "patient_id": patient_id,
+            "version_id": 1,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
+
+    def _patient(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        data.pop("generalPractitioner", None)  # practitioners of another system mean nothing here
+        data.pop("managingOrganization", None)
+        checked = mapping.patient_input(data, str(self.facility_id))
+        blind = self.runtime.keyring.blind
+        if checked.ins:
+            ins_bi = blind.index(IndexKind.IDENTIFIER, checked.ins)
+            if ins_bi in self.ins_seen:
+                raise Conflict("a patient with this INS is already in this import")
+            if ins_bi in self.ins_registered:
+                raise Conflict("a patient with this INS is already registered")
+            self.ins_seen.add(ins_bi)
+        patient_id = new_id()
+        for key in (f"Patient/{data['id']}" if data.get("id") else None, item.full_url):
+            if key:
+                pending[key] = patient_id
+        plain = {
+            "ins": checked.ins,
+            "family": checked.family,
+            "given": checked.given,
+            "birth_date": checked.birth_date.isoformat(),
+            "address": checked.address,
+            "phone": checked.phone,
+            "email": checked.email,
+        }
+        row = {
+            "id": patient_id,
+            "facility_id": self.facility_id,
+            "gender": checked.gender,
+            "designated_physician_id": None,
+            "opposes_other_facilities": checked.opposes_other_facilities,
+            "active": True,
+            "merged_into_id": None,
+            "version_id": 1,
+            "created_at": self.now,
+            "updated_at": self.now,
+            **plain,
+        }
+        snapshot = {
+            "id": str(patient_id),
+            "facility_id": str(self.facility_id),
+            "version_id": 1,
+            "gender": checked.gender,
+            "active": True,
+            "designated_physician_id": None,
+            "opposes_other_facilities": checked.opposes_other_facilities,
+            **plain,
+        }
+        version = {
+            "id": new_id(),
+            "resource_type": "Patient",
+            "resource_id": patient_id,
+            "version_id": 1,
+            "patient_id": patient_id,
+            "facility_id": self.facility_id,
+            "recorded_at": self.now,
+            "author_id": None,
+            "action": "create",
+            "snapshot": snapshot,
+        }
+        rows: list[tuple[str, dict[str, Any]]] = [("patients", row), ("resource_versions", version)]
+        if checked.opposes_other_facilities:
+            rows.extend(self._opposition(patient_id))
+        return rows
+
+    def _opposition(self, patient_id: uuid.UUID) -> list[tuple[str, dict[str, Any]]]:
+        """An imported restriction is a Consent too (as the gate records one at registration)."""
+        consent = {
+            "id": new_id(),
+            "patient_id": patient_id,
+            "facility_id": self.facility_id,
+            "kind": "oppose-other-facilities",
+            "status": "active",
+            "recorded_by": None,
+            "recorded_at": self.now,
+            "withdrawn_by": None,
+            "withdrawn_at": None,
+            "version_id": 1,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
+        # As the gate's snapshot of a Consent: ids and times as text.
+        snapshot = {k: v if v is None or isinstance(v, int | str) else str(v) for k, v in consent.items()}
+        version = {
+            "id": new_id(),
+            "resource_type": "Consent",
+            "resource_id": consent["id"],
+            "version_id": 1,
+            "patient_id": patient_id,
+            "facility_id": self.facility_id,
+            "recorded_at": self.now,
+            "author_id": None,
+            "action": "create",
+            "snapshot": snapshot,
+        }
+        return [("consents", consent), ("resource_versions", version)]
+
+    def _allergyintolerance(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        patient = self.patient_ref((data.get("patient") or {}).get("reference"), pending)
+        data["patient"] = {"reference": f"Patient/{patient}"}
+        checked = mapping.allergy_input(data)
+        status = code_of((data.get("clinicalStatus") or {}), "active")
+        row = self._base(patient) | {
+            "substance_code": checked.substance_code,
+            "substance_display": checked.substance_display,
+            "criticality": checked.criticality,
+            "clinical_status": status,
+            "recorded_by": None,
+        }
+        return [("allergies", row)]
+
+    def _condition(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
+        coding = ((data.get("code") or {}).get("coding") or [{}])[0]
+        if not coding.get("code"):
+            raise InvalidInput("a Condition needs code.coding")
+        row = self._base(patient) | {
+            "code": str(coding["code"])[:20],
+            "display": str(coding.get("display") or (data.get("code") or {}).get("text") or coding["code"])[
+                :200
+            ],
+            "clinical_status": code_of(data.get("clinicalStatus") or {}, "active")[:20],
+            "verification_status": code_of(data.get("verificationStatus") or {}, "confirmed")[:20],
+            "onset_at": instant(data.get("onsetDateTime")),
+            "recorded_by": None,
+        }
+        return [("conditions", row)]
+
+    def _observation(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
+        coding = ((data.get("code") or {}).get("coding") or [{}])[0]
+        effective = instant(data.get("effectiveDateTime") or data.get("issued"))
+        if not coding.get("code") or effective is None:
+            raise InvalidInput("an Observation needs code.coding and effectiveDateTime")
+        quantity = data.get("valueQuantity") or {}
+        category = code_of(((data.get("category") or [{}])[0]), "laboratory")
+        row = self._base(patient) | {
+            "encounter_id": None,
+            "report_id": None,
+            "category": category[:20],
+            "code": str(coding["code"])[:20],
+            "display": str(coding.get("display") or coding["code"])[:200],
+            "value_number": quantity.get("value"),
+            "unit": (quantity.get("unit") or quantity.get("code") or None),
+            "value_text": (data.get("valueString") or None),
+            "effective_at": effective,
+            "status": data.get("status") or "final",
+            "performer_id": None,
+        }
+        for key in (item.full_url, f"Observation/{data['id']}" if data.get("id") else None):
+            if key:
+                self.unit_observations[key] = row
+        return [("observations", row)]
+
+    def _diagnosticreport(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """A lab report; its `result` Observations (of this import) are linked to it."""
+        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
+        coding = ((data.get("code") or {}).get("coding") or [{}])[0]
+        issued = instant(data.get("issued") or data.get("effectiveDateTime"))
+        if not coding.get("code") or issued is None:
+            raise InvalidInput("a DiagnosticReport needs code.coding and issued")
+        references = [r.get("reference") for r in data.get("result") or [] if isinstance(r, dict)]
+        if not all(isinstance(r, str) and r for r in references):
+            raise InvalidInput("each result is a reference to an Observation")
+        row = self._base(patient) | {
+            "code": str(coding["code"])[:20],
+            "display": str(coding.get("display") or coding["code"])[:200],
+            "status": str(data.get("status") or "final")[:20],
+            "issued_at": issued,
+            "conclusion": data.get("conclusion") or None,
+            "performer_id": None,
+        }
+        self.unit_reports.append((item, row, [str(r) for r in references]))
+        return [("diagnostic_reports", row)]
+
+    def _coverage(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        patient = self.patient_ref((data.get("beneficiary") or {}).get("reference"), pending)
+        period = data.get("period") or {}
+        start = instant(period.get("start"))
+        if start is None or not data.get("subscriberId"):
+            raise InvalidInput("a Coverage needs period.start and subscriberId")
+        payor = (data.get("payor") or [{}])[0]
+        row = self._base(patient) | {
+            "kind": code_of(data.get("type") or {}, "AMO")[:10],
+            "payer": str(payor.get("display") or payor.get("reference") or "unknown")[:200],
+            "member_id": data["subscriberId"],
+            "status": data.get("status") or "active",
+            "period_start": start,
+            "period_end": instant(period.get("end")),
+        }
+        return [("coverages", row)]
+
+    def _invoice(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """An invoice of another system: its lines and amounts checked as the API checks them,
+        its status kept (draft, issued, balanced, cancelled with its reason), its number kept."""
+        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
+        status = data.get("status") or "issued"
+        if status not in INVOICE_STATUSES:
+            raise InvalidInput("an imported Invoice is draft, issued, balanced or cancelled")
+        encounters = [
+            e
+            for e in data.get("extension") or []
+            if isinstance(e, dict) and e.get("url") == mapping.INVOICE_ENCOUNTER
+        ]
+        checked = billing.invoice_input(
+            dict(
+                data,
+                subject={"reference": f"Patient/{patient}"},
+                status="draft" if status == "draft" else "issued",
+                extension=[],
+            )
+        )
+        total = sum(line.amount_cents for line in checked.lines)
+        if total > 100_000_000:
+            raise InvalidInput("an invoice totals at most 1,000,000.00")
+        reason = None
+        if status == "cancelled":
+            reason = str(data.get("cancelledReason") or "").strip()
+            if not reason or len(reason) > 200:
+                raise InvalidInput("a cancelled invoice needs its cancelledReason (at most 200 characters)")
+        number = invoice_number(data)
+        if number is not None:
+            if len(number) > 30:
+                raise InvalidInput("an invoice number (identifier) is at most 30 characters")
+            if number.startswith(self.own_numbers):
+                raise InvalidInput(
+                    "an invoice number of this facility's carnet numbering is not imported (the sequence"
+                    " stays gapless): send the issuing system's number, or none to number it here"
+                )
+            if number in self.numbers_seen or number in self.unit_numbers:
+                raise Conflict("an invoice with this number is already in this import")
+            if number in self.numbers_registered:
+                raise Conflict("an invoice with this number is already in carnet")
+            self.unit_numbers.add(number)
+        issued = None if status == "draft" else (instant(data.get("date")) or self.now)
+        row = self._base(patient) | {
+            "encounter_id": self._stay(encounters, patient),
+            "number": number,  # None: numbered when written
+            "status": status,
+            "issued_at": issued,
+            "total_cents": total,
+            "currency": checked.currency,
+            "cancel_reason": reason,
+        }
+        rows: list[tuple[str, dict[str, Any]]] = [("invoices", row)]
+        for line in checked.lines:
+            rows.append(
+                (
+                    "invoice_lines",
+                    {
+                        "id": new_id(),
+                        "facility_id": self.facility_id,
+                        "invoice_id": row["id"],
+                        "code": line.code,
+                        "description": line.description,
+                        "amount_cents": line.amount_cents,
+                    },
+                )
+            )
+        for key in (item.full_url, f"Invoice/{data['id']}" if data.get("id") else None):
+            if key:
+                self.unit_invoices[key] = row
+        return rows
+
+    def _stay(self, extensions: list[dict[str, Any]], patient: uuid.UUID) -> uuid.UUID | None:
+        """The stay an invoice bills, when it is a stay of this patient in carnet; another
+        system's stays mean nothing here (as its practitioners), so they are not linked."""
+        for extension in extensions:
+            reference = str((extension.get("valueReference") or {}).get("reference") or "")
+            stay = parse_id(reference.removeprefix("Encounter/"))
+            if stay is None:
+                continue
+            with self.runtime.session_factory() as session:
+                found = session.scalar(
+                    select(Encounter.id).where(
+                        Encounter.id == stay,
+                        Encounter.patient_id == patient,
+                        Encounter.facility_id == self.facility_id,
+                    )
+                )
+            if found is not None:
+                return stay
+        return None
+
+    def _paymentreconciliation(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """A payment received: checked as the API checks it, dated (`created` or `paymentDate`);
+        pointed at its invoice once the whole unit is read (Bundles list them in any order)."""
+        amount, currency, reference, method = billing.payment_parts(data)
+        if not isinstance(reference, str) or not reference:
+            raise InvalidInput("detail.request must be a reference to the Invoice paid")
+        try:
+            PaymentInput(invoice_id=reference, expected_version=1, amount_cents=amount, method=method)
+        except ValidationError as exc:
+            places = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+            raise InvalidInput("invalid PaymentReconciliation: check " + ", ".join(places)) from None
+        received = instant(data.get("created") or data.get("paymentDate"))
+        if received is None:
+            raise InvalidInput("an imported payment needs its date (created or paymentDate)")
+        row = {
+            "id": new_id(),
+            "facility_id": self.facility_id,
+            "invoice_id": None,  # set by pay()
+            "amount_cents": amount,
+            "method": method,
+            "received_at": received,
+            "received_by": None,
+        }
+        self.unit_payments.append((item, row, reference, currency or "EUR"))
+        return []
+
+
+def invoice_number(resource: dict[str, Any]) -> str | None:
+    """The number the issuing system gave an invoice: its first identifier's value."""
+    for identifier in resource.get("identifier") or []:
+        if isinstance(identifier, dict) and identifier.get("value"):
+            return str(identifier["value"])
+    return None
+
+
+def code_of(concept: dict[str, Any], default: str) -> str:
+    for coding in concept.get("coding") or []:
+        if coding.get("code"):
+            return str(coding["code"])
+    return default
+
+
+def instant(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    if len(value) == 10:
+        value += "T00:00:00+00:00"
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
