@@ -56,11 +56,7 @@ MERGED_RECORDS: tuple[tuple[str, Any], ...] = (
 
 
 MERGE_FILLS = frozenset({"ins", "address", "phone", "email"})  # taken from the duplicate if missing
-
-
 MERGE_REASON_MIN = 5
-
-
 MERGE_REASON_MAX = 500
 
 

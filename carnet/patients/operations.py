@@ -42,11 +42,7 @@ from carnet.records.consents import consent_follows_flag
 # Name-only searches: under NAME_MIN_LETTERS is refused; under NAME_SPECIFIC_LETTERS counts as a
 # partial (wildcard) search for detection, since short fragments sweep a care list.
 NAME_MIN_LETTERS = 2
-
-
 NAME_SPECIFIC_LETTERS = 4
-
-
 CARE_SET_LIMIT = 2000  # a name search decrypts at most this many of the actor's own patients
 
 

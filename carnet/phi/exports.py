@@ -25,18 +25,10 @@ from carnet.phi.schemas import ExportJobView, PatientExport, PatientView
 
 # One export holds at most EXPORT_LIMIT patients; relationships are computed EXPORT_CHUNK at a time.
 EXPORT_LIMIT = 20_000
-
-
 EXPORT_CHUNK = 500
-
-
 EXPORT_FILE_WINDOW = dt.timedelta(hours=24)  # a completed export file waits this long, at most
-
-
 # A job still running after this long has lost its worker (carnet.phi.sweep fails it).
 EXPORT_JOB_TIMEOUT = dt.timedelta(minutes=30)
-
-
 STUCK_EXPORT = "the export did not complete within 30 minutes (its worker stopped); nothing was exported"
 
 

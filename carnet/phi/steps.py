@@ -38,8 +38,6 @@ def redact(schema: type[T], data: dict[str, Any], fields: frozenset[str]) -> T:
 
 
 HISTORY_LIMIT = 200
-
-
 SECTION_LIMIT = 500
 
 

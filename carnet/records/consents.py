@@ -17,8 +17,6 @@ from carnet.records.views import consent_data
 
 # Consent kinds: the one the policy honours (care.visible_filter reads the patient's flag).
 OPPOSE_OTHER_FACILITIES = "oppose-other-facilities"
-
-
 CONSENT_KINDS = frozenset({OPPOSE_OTHER_FACILITIES})
 
 

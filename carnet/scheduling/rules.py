@@ -14,11 +14,7 @@ from carnet.phi.kernel import GuardedTx
 from carnet.scheduling.models import Appointment
 
 INACTIVE_APPOINTMENT = ("cancelled", "entered-in-error", "noshow")
-
-
 SCHEDULE_MAX_DAYS = 7  # a practitioner's calendar: a day or a week at a time
-
-
 SCHEDULE_PATIENT = PATIENT_LOCATE  # who an appointment is for: name, birth date, sex
 
 
@@ -29,6 +25,8 @@ def check_slot(
     end: dt.datetime,
     exclude: uuid.UUID | None,
 ) -> None:
+    """The double-booking rule: a practitioner is never booked twice at once (`exclude`: the
+    appointment being moved). Conflict when the slot overlaps an active appointment."""
     if end <= start:
         raise InvalidInput("an appointment ends after it starts")
     if end - start > dt.timedelta(hours=12):
