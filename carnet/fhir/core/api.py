@@ -1,0 +1,201 @@
+"""What every FHIR route shares: the request's gate, token scopes, versions (ETag / If-Match),
+FHIR JSON answers (the one media type served: content negotiation is `_format` accepted and
+ignored), dates, references, and input validated by fhir.resources."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Body, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.fhir.core.outcome import FHIR_JSON
+from carnet.identity.dependencies import current_actor, runtime_of
+from carnet.identity.oauth import require_scope
+from carnet.kernel.errors import Forbidden, InvalidInput
+from carnet.phi.gate import Gate
+
+# A section read through the gate is paged here; this bounds one answer.
+MAX_COUNT = 100
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
+
+
+_ACTION_KINDS = {
+    "read": AuditKind.PHI_READ,
+    "search": AuditKind.PHI_SEARCH,
+    "create": AuditKind.PHI_CREATE,
+    "update": AuditKind.PHI_UPDATE,
+    "delete": AuditKind.PHI_DELETE,
+}
+
+
+def gate_for(request: Request, resource_type: str, action: str) -> Gate:
+    """The gate of this request's actor, after checking a token's SMART scopes (if any)."""
+    actor = current_actor(request)
+    runtime = runtime_of(request)
+    try:
+        require_scope(actor, resource_type=resource_type, action=action)
+    except Forbidden as exc:
+        # Refused before the gate: audited here, so no refusal goes unrecorded.
+        with runtime.session_factory.begin() as session:
+            runtime.audit.append(
+                session,
+                AuditRecord(
+                    kind=_ACTION_KINDS[action],
+                    outcome=Outcome.DENIED,
+                    actor=actor,
+                    resource_type=resource_type,
+                    policy_reason=f"token scope: {exc}"[:500],
+                ),
+            )
+        raise
+    return Gate(runtime, actor)
+
+
+def type_name(value: Any) -> str:
+    """A resource type as it may be echoed in a report: a type name, or 'unknown' (never data)."""
+    text = str(value) if value is not None else ""
+    return text if re.fullmatch(r"[A-Z][A-Za-z]{0,63}", text) else "unknown"
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def etag(version: int | None) -> str:
+    return f'W/"{version or 1}"'
+
+
+def parse_version(value: str | None) -> int | None:
+    if value is None:
+        return None
+    match = _ETAG.match(value)
+    if match is None:
+        raise InvalidInput('If-Match must be a version tag such as W/"3"')
+    return int(match.group(1))
+
+
+def expected_version(request: Request, body: dict[str, Any]) -> int:
+    """The version the client last saw: If-Match, or else the body's meta.versionId.
+
+    An update without either is refused: overwriting blind would lose someone's change."""
+    version = parse_version(request.headers.get("if-match"))
+    if version is None:
+        meta = body.get("meta") or {}
+        raw = meta.get("versionId") if isinstance(meta, dict) else None
+        version = parse_version(str(raw)) if raw is not None else None
+    if version is None:
+        raise InvalidInput("an update needs If-Match (or meta.versionId) with the version you read")
+    return version
+
+
+def version_or_current(request: Request, current: Callable[[], Any]) -> int:
+    """A delete's version: If-Match, or else the current one (read through the gate)."""
+    version = parse_version(request.headers.get("if-match"))
+    if version is not None:
+        return version
+    version_id: int | None = current().version_id
+    return version_id or 1
+
+
+def fhir_response(
+    resource: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        json.dumps(resource, default=str, ensure_ascii=False),
+        status_code=status,
+        media_type=FHIR_JSON,
+        headers=headers,
+    )
+
+
+def resource_response(request: Request, resource: dict[str, Any], *, status: int = 200) -> Response:
+    version = (resource.get("meta") or {}).get("versionId")
+    headers = {"ETag": etag(int(version) if version else None)}
+    if status == 201:
+        headers["Location"] = (
+            f"{base_url(request)}/{resource['resourceType']}/{resource['id']}/_history/{version or 1}"
+        )
+    return fhir_response(resource, status=status, headers=headers)
+
+
+def validated(model: Any, body: Any, resource_type: str) -> dict[str, Any]:
+    """Validate a resource with its fhir.resources R4B model; answer which fields are wrong,
+    never their values (they may be patient data)."""
+    if not isinstance(body, dict) or body.get("resourceType") != resource_type:
+        raise InvalidInput(f"the body must be a {resource_type} resource")
+    try:
+        model.model_validate(body)
+    except ValidationError as exc:
+        places = sorted({".".join(str(p) for p in err.get("loc", ())) or "resource" for err in exc.errors()})
+        raise InvalidInput(f"invalid {resource_type}: check " + ", ".join(places[:10])) from None
+    # Valid as sent: the mappers read the JSON itself (a deep copy, so nobody else's dict changes).
+    data: dict[str, Any] = json.loads(json.dumps(body))
+    return data
+
+
+def checked(model: Any, resource: dict[str, Any]) -> dict[str, Any]:
+    """Validate what leaves against the R4B model (a mapping bug fails closed, as a 500)."""
+    model.model_validate(resource)
+    return resource
+
+
+def count_param(request: Request, default: int = 20, maximum: int = MAX_COUNT) -> int:
+    raw = request.query_params.get("_count")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidInput(f"_count must be between 1 and {maximum}")
+    return int(raw)
+
+
+def page_param(request: Request, maximum: int = 1000) -> int:
+    raw = request.query_params.get("_page", "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidInput(f"_page must be between 1 and {maximum}")
+    return int(raw)
+
+
+def reference_id(value: str | None, resource_type: str) -> str | None:
+    """'Patient/abc', a full URL ending so, or a bare id -> 'abc'."""
+    if value is None:
+        return None
+    value = value.strip()
+    if "/" in value:
+        parts = value.rstrip("/").split("/")
+        if len(parts) < 2 or parts[-2] != resource_type:
+            raise InvalidInput(f"expected a reference to a {resource_type}")
+        value = parts[-1]
+    if not value:
+        raise InvalidInput(f"expected a reference to a {resource_type}")
+    return value
+
+
+def instant(value: dt.datetime | str | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.isoformat()
+
+
+def parse_instant(value: str, name: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"{name} must be a date-time with a time zone") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"{name} must be a date-time with a time zone")
+    return parsed.astimezone(dt.UTC)
+
+
+# The body of a FHIR create or update: a resource in FHIR JSON.
+FhirBody = Body(..., media_type=FHIR_JSON)
