@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fhir.resources.R4B.bundle import Bundle
 
+from carnet.fhir.core import registry
 from carnet.fhir.core.api import (
     FhirBody,
     base_url,
@@ -32,34 +33,12 @@ from carnet.fhir.core.api import (
     validated,
 )
 from carnet.fhir.core.outcome import operation_outcome, status_for
-from carnet.fhir.core.registry import FhirModule, Mapper, Writes, serve_get, writes
+from carnet.fhir.core.registry import FhirModule, Mapper, Writes, serve_get
 from carnet.kernel.errors import CarnetError, InvalidInput
 from carnet.phi.gate import TRANSACTION_LIMIT, AllergyWarning, Gate
 from carnet.phi.schemas import InvoiceView
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
-
-
-def _writes(entry: Entry) -> Writes:
-    """What the entry's resource module lets a Bundle do with its type (checked by _entry)."""
-    found = writes(entry.resource_type)
-    assert found is not None
-    return found
-
-
-def _creates(resource_type: str) -> bool:
-    found = writes(resource_type)
-    return found is not None and found.create is not None
-
-
-def _updates(resource_type: str) -> bool:
-    found = writes(resource_type)
-    return found is not None and found.update is not None
-
-
-def _deletes(resource_type: str) -> bool:
-    found = writes(resource_type)
-    return found is not None and found.delete is not None
 
 
 @dataclass
@@ -76,6 +55,28 @@ class Entry:
     @property
     def action(self) -> str:
         return {"POST": "create", "PUT": "update", "DELETE": "delete", "GET": "read"}[self.method]
+
+
+def _writes(entry: Entry) -> Writes:
+    """What the entry's resource module lets a Bundle do with its type (checked by _entry)."""
+    found = registry.writes(entry.resource_type)
+    assert found is not None
+    return found
+
+
+def _creates(resource_type: str) -> bool:
+    found = registry.writes(resource_type)
+    return found is not None and found.create is not None
+
+
+def _updates(resource_type: str) -> bool:
+    found = registry.writes(resource_type)
+    return found is not None and found.update is not None
+
+
+def _deletes(resource_type: str) -> bool:
+    found = registry.writes(resource_type)
+    return found is not None and found.delete is not None
 
 
 def _instance_url(number: int, url: str) -> tuple[str, str]:

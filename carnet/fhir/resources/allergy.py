@@ -31,11 +31,13 @@ from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import AllergyInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
+ALLERGY = "AllergyIntolerance"
 
 
 CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
 
 
+# == mapping ===================================================================================
 def allergy_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     resource = clean(
         {
@@ -81,9 +83,7 @@ def allergy_input(body: dict[str, Any]) -> AllergyInput:
     return schema_input(AllergyInput, values, "AllergyIntolerance")  # type: ignore[no-any-return]
 
 
-ALLERGY = "AllergyIntolerance"
-
-
+# == routes ====================================================================================
 @router.get("/AllergyIntolerance")
 def search_allergies(request: Request) -> Response:
     gate = gate_for(request, ALLERGY, "search")
@@ -120,6 +120,7 @@ def vread_allergy(request: Request, allergy_id: str, version_id: str) -> Respons
     return vread_response(request, ALLERGY, allergy_id, version_id, allergy_to_fhir)
 
 
+# == declaration ===============================================================================
 MODULE = FhirModule(
     router=router,
     types=(

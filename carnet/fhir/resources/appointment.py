@@ -37,8 +37,10 @@ from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import AppointmentInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
+APPOINTMENT = "Appointment"
 
 
+# == mapping ===================================================================================
 def appointment_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     participants: list[dict[str, Any]] = [
         {"actor": ref(t, d.get(key)), "status": "accepted"}
@@ -98,9 +100,7 @@ def appointment_input(body: dict[str, Any]) -> AppointmentInput:
     return schema_input(AppointmentInput, values, "Appointment")  # type: ignore[no-any-return]
 
 
-APPOINTMENT = "Appointment"
-
-
+# == routes ====================================================================================
 @router.get("/Appointment")
 def search_appointments(request: Request) -> Response:
     gate = gate_for(request, APPOINTMENT, "search")
@@ -178,7 +178,7 @@ def vread_appointment(request: Request, appointment_id: str, version_id: str) ->
     return vread_response(request, APPOINTMENT, appointment_id, version_id, appointment_to_fhir)
 
 
-# == in a Bundle ===============================================================================
+# == in a Bundle, and the declaration ==========================================================
 def appointment_change(r: dict[str, Any], rid: str, version: int) -> tuple[str, dict[str, Any]]:
     if r.get("status") == "cancelled":
         reason = (r.get("cancelationReason") or {}).get("text")

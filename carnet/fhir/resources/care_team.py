@@ -45,6 +45,7 @@ router = APIRouter(prefix="/fhir", tags=["fhir"])
 CARE_KIND = "https://carnet.example.org/fhir/CodeSystem/care-relationship"
 
 
+# == mapping ===================================================================================
 def care_team_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     period = clean({"start": when(d.get("start_at")), "end": when(d.get("end_at"))})
     resource = clean(
@@ -137,6 +138,7 @@ def care_team_change(resource: dict[str, Any], care_team_id: str, version: int) 
     return "end_care_relationship", {"care_team_id": care_team_id, "expected_version": version}
 
 
+# == routes ====================================================================================
 @router.get("/CareTeam")
 def search_care_teams(request: Request) -> Response:
     gate = gate_for(request, "CareTeam", "search")
@@ -203,6 +205,7 @@ def vread_care_team(request: Request, care_team_id: str, version_id: str) -> Res
     return vread_response(request, "CareTeam", care_team_id, version_id, care_team_to_fhir)
 
 
+# == declaration ===============================================================================
 MODULE = FhirModule(
     router=router,
     types=(

@@ -36,6 +36,7 @@ from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import ConditionInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
+CONDITION = "Condition"
 
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
@@ -44,6 +45,7 @@ CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-st
 CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 
 
+# == mapping ===================================================================================
 def condition_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     verification = d.get("verification_status")
     # R4 con-5: no clinicalStatus on a Condition entered in error (its last one stays in _history).
@@ -128,9 +130,7 @@ def condition_change(body: dict[str, Any], condition_id: str, version: int) -> t
     }
 
 
-CONDITION = "Condition"
-
-
+# == routes ====================================================================================
 @router.get("/Condition")
 def search_conditions(request: Request) -> Response:
     gate = gate_for(request, CONDITION, "search")
@@ -202,6 +202,7 @@ def vread_condition(request: Request, condition_id: str, version_id: str) -> Res
     return vread_response(request, CONDITION, condition_id, version_id, condition_to_fhir)
 
 
+# == declaration ===============================================================================
 MODULE = FhirModule(
     router=router,
     types=(

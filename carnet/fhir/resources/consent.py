@@ -42,6 +42,7 @@ CONSENT_POLICY = "https://carnet.example.org/fhir/consent-policy/"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 
+# == mapping ===================================================================================
 def consent_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     facility = d.get("facility_id")
     # "Deny everyone, except the managing organisation": what the policy enforces.
@@ -92,6 +93,7 @@ def consent_kind(resource: dict[str, Any]) -> str:
     return kinds[0]
 
 
+# == routes ====================================================================================
 @router.get("/Consent")
 def search_consents(request: Request) -> Response:
     gate = gate_for(request, "Consent", "search")
@@ -156,7 +158,7 @@ def vread_consent(request: Request, consent_id: str, version_id: str) -> Respons
     return vread_response(request, "Consent", consent_id, version_id, consent_to_fhir)
 
 
-# == in a Bundle ===============================================================================
+# == in a Bundle, and the declaration ==========================================================
 def consent_create(r: dict[str, Any], gate: Gate, if_match: str | None) -> tuple[str, dict[str, Any]]:
     if r.get("status") != "active":
         raise InvalidInput("a new Consent is recorded active")

@@ -29,6 +29,7 @@ router = APIRouter(prefix="/fhir", tags=["fhir"])
 COVERAGE_TYPE = "https://carnet.example.org/fhir/CodeSystem/coverage-kind"
 
 
+# == mapping ===================================================================================
 def coverage_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     resource = clean(
         {
@@ -46,6 +47,7 @@ def coverage_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     return checked(Coverage, resource)
 
 
+# == routes ====================================================================================
 @router.get("/Coverage")
 def search_coverage(request: Request) -> Response:
     """Every coverage the patient had (the history of cards and insurers), newest first."""
@@ -57,6 +59,7 @@ def search_coverage(request: Request) -> Response:
     return paged(request, "Coverage", [coverage_to_fhir(c.model_dump()) for c in section.coverages])
 
 
+# == declaration ===============================================================================
 MODULE = FhirModule(
     router=router,
     types=(ResourceType("Coverage", ("search-type",), {"beneficiary": "reference", "patient": "reference"}),),

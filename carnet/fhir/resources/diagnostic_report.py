@@ -42,6 +42,7 @@ router = APIRouter(prefix="/fhir", tags=["fhir"])
 REPORT_CATEGORY = "http://terminology.hl7.org/CodeSystem/v2-0074"
 
 
+# == mapping ===================================================================================
 def report_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     resource = clean(
         {
@@ -63,6 +64,7 @@ def report_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     return checked(DiagnosticReport, resource)
 
 
+# == routes ====================================================================================
 @router.get("/DiagnosticReport")
 def search_reports(request: Request) -> Response:
     gate = gate_for(request, "DiagnosticReport", "search")
@@ -189,6 +191,7 @@ def vread_report(request: Request, report_id: str, version_id: str) -> Response:
     return vread_response(request, "DiagnosticReport", report_id, version_id, report_to_fhir)
 
 
+# == declaration ===============================================================================
 MODULE = FhirModule(
     router=router,
     types=(

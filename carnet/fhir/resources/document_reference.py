@@ -35,11 +35,13 @@ from carnet.fhir.core.search import patient_of
 from carnet.kernel.errors import InvalidInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
+NOTE = "DocumentReference"
 
 
 AMENDMENT_REASON = EXT + "amendment-reason"
 
 
+# == mapping ===================================================================================
 def note_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     versions = d.get("versions") or []
     latest = versions[-1] if versions else None
@@ -108,9 +110,7 @@ def note_fields(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-NOTE = "DocumentReference"
-
-
+# == routes ====================================================================================
 @router.get("/DocumentReference")
 def search_notes(request: Request) -> Response:
     gate = gate_for(request, NOTE, "search")
@@ -159,7 +159,7 @@ def vread_note(request: Request, note_id: str, version_id: str) -> Response:
     return vread_response(request, NOTE, note_id, version_id, note_to_fhir)
 
 
-# == in a Bundle ===============================================================================
+# == in a Bundle, and the declaration ==========================================================
 def note_change(r: dict[str, Any], rid: str, version: int) -> tuple[str, dict[str, Any]]:
     reason = extension_text(r, AMENDMENT_REASON)
     if not reason:

@@ -35,11 +35,13 @@ from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import EncounterInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
+ENCOUNTER = "Encounter"
 
 
 ENCOUNTER_CLASS = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 
+# == mapping ===================================================================================
 def encounter_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     klass = {"inpatient": "IMP", "outpatient": "AMB", "emergency": "EMER"}.get(d.get("kind") or "", "AMB")
     resource = clean(
@@ -137,9 +139,7 @@ def encounter_operation(body: dict[str, Any]) -> str:
     }.get(str(body.get("status")), "transfer_encounter")
 
 
-ENCOUNTER = "Encounter"
-
-
+# == routes ====================================================================================
 @router.get("/Encounter")
 def search_encounters(request: Request) -> Response:
     gate = gate_for(request, ENCOUNTER, "search")
@@ -202,6 +202,7 @@ def vread_encounter(request: Request, encounter_id: str, version_id: str) -> Res
     return vread_response(request, ENCOUNTER, encounter_id, version_id, encounter_to_fhir)
 
 
+# == declaration ===============================================================================
 MODULE = FhirModule(
     router=router,
     types=(

@@ -40,12 +40,14 @@ from carnet.phi.gate import AllergyWarning
 from carnet.phi.schemas import PrescriptionInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
+PRESCRIPTION = "MedicationRequest"
 
 
 CIP_SYSTEM = "urn:oid:1.2.250.1.213.2.3.1"  # CIP13 medication codes
 ALLERGY_OVERRIDE = EXT + "allergy-override-reason"
 
 
+# == mapping ===================================================================================
 def prescription_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     codings = []
     if d.get("medication_code"):
@@ -129,9 +131,7 @@ def prescription_input(body: dict[str, Any]) -> PrescriptionInput:
     return schema_input(PrescriptionInput, values, "MedicationRequest")  # type: ignore[no-any-return]
 
 
-PRESCRIPTION = "MedicationRequest"
-
-
+# == routes ====================================================================================
 @router.get("/MedicationRequest")
 def search_prescriptions(request: Request) -> Response:
     gate = gate_for(request, PRESCRIPTION, "search")
@@ -215,7 +215,7 @@ def vread_prescription(request: Request, prescription_id: str, version_id: str) 
     return vread_response(request, PRESCRIPTION, prescription_id, version_id, prescription_to_fhir)
 
 
-# == in a Bundle ===============================================================================
+# == in a Bundle, and the declaration ==========================================================
 def prescription_change(r: dict[str, Any], rid: str, version: int) -> tuple[str, dict[str, Any]]:
     reason = (r.get("statusReason") or {}).get("text")
     if r.get("status") != "stopped" or not reason:

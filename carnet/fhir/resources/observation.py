@@ -42,6 +42,7 @@ OBSERVATION = "Observation"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
 
+# == mapping ===================================================================================
 def observation_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     value: dict[str, Any] = {}
     if d.get("value_number") is not None:
@@ -119,6 +120,7 @@ def observation_input(body: dict[str, Any]) -> ObservationInput:
     return schema_input(ObservationInput, values, "Observation")  # type: ignore[no-any-return]
 
 
+# == routes ====================================================================================
 @router.get("/Observation")
 def search_observations(request: Request) -> Response:
     gate = gate_for(request, "Observation", "search")
@@ -189,6 +191,7 @@ def vread_observation(request: Request, observation_id: str, version_id: str) ->
     return vread_response(request, "Observation", observation_id, version_id, observation_to_fhir)
 
 
+# == declaration ===============================================================================
 MODULE = FhirModule(
     router=router,
     types=(

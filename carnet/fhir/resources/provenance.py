@@ -29,6 +29,7 @@ PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant
 ACCOUNT_SYSTEM = "https://carnet.example.org/fhir/account"
 
 
+# == mapping ===================================================================================
 def provenance_to_fhir(p: ProvenanceView) -> dict[str, Any]:
     if p.author_practitioner_id:
         who: dict[str, Any] = {"reference": f"Practitioner/{p.author_practitioner_id}"}
@@ -63,6 +64,7 @@ def _target(request: Request) -> tuple[str, str]:
     return parts[-2], parts[-1]
 
 
+# == routes ====================================================================================
 @router.get("/Provenance")
 def search_provenance(request: Request) -> Response:
     """By `target` (every version of one resource) or by `patient` (every version in the
@@ -90,6 +92,7 @@ def read_provenance(request: Request, provenance_id: str) -> Response:
     return resource_response(request, provenance_to_fhir(gate.read_provenance(provenance_id=provenance_id)))
 
 
+# == declaration ===============================================================================
 MODULE = FhirModule(
     router=router,
     types=(
