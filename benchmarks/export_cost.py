@@ -5,7 +5,7 @@ decrypting the same patients without the gate, same run.
 2. gate: Gate.export of an approved request (scope `care`) -- request check, care relationships
    in chunks, policy per patient, redaction, one exposure row per patient, audit, request used.
    The request and its approval (carnet.access.exports) are timed apart.
-3. rendered: the same, rendered as the NDJSON the FHIR API answers (carnet.fhir.exports.render).
+3. rendered: the same, rendered as the NDJSON the FHIR API answers (carnet.fhir.operations.export.render).
 4. async: the Bulk Data kick-off path -- Gate.queue_export, Gate.run_export_job (the export,
    rendered, the file encrypted and stored), Gate.download_export (decrypted, erased).
 
@@ -34,7 +34,7 @@ from carnet.access.exports import approve_export, request_export
 from carnet.access.models import RoleGrant
 from carnet.access.roles import Role
 from carnet.detection.ledger import SqlExposureLedger
-from carnet.fhir.exports import render
+from carnet.fhir.operations.export import render
 from carnet.identity.models import Account
 from carnet.kernel import clock
 from carnet.patients.models import CareRelationship, Patient

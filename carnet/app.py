@@ -87,7 +87,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from carnet.fhir import outcome
+    from carnet.fhir.core import outcome
     from carnet.fhir.metadata import router as fhir_metadata_router
     from carnet.kernel.errors import CarnetError
 

@@ -30,7 +30,7 @@ def test_throttling_answers_429_with_retry_after() -> None:
 
     from starlette.requests import Request
 
-    from carnet.fhir.outcome import carnet_error_handler
+    from carnet.fhir.core.outcome import carnet_error_handler
     from carnet.kernel.errors import Throttled
 
     request = Request({"type": "http", "method": "GET", "path": "/fhir/Patient", "headers": []})

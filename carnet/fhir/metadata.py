@@ -1,4 +1,5 @@
-"""GET /fhir/metadata: a CapabilityStatement that lists only what carnet really serves."""
+"""GET /fhir/metadata: a CapabilityStatement assembled from the installed modules' declarations,
+so it lists only what carnet really serves."""
 
 from __future__ import annotations
 
@@ -9,17 +10,25 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from carnet import __version__
+from carnet.fhir.core.outcome import FHIR_JSON
+from carnet.fhir.routes import MODULES
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 
-FHIR_JSON = "application/fhir+json"
-
-# Each resource type served, with its interactions and search parameters. Filled by the
-# routers that implement them, so the statement cannot claim more than exists.
-SUPPORTED: dict[str, dict[str, Any]] = {}
-# Whole-system interactions (transaction, batch) and operations ($everything), registered the same way.
-SYSTEM_INTERACTIONS: list[str] = []
-OPERATIONS: dict[str, str] = {}  # name -> the OperationDefinition it implements
+# Each resource type served, with its interactions and search parameters, as its module
+# declares it: the statement cannot claim more than the installed modules serve.
+SUPPORTED: dict[str, dict[str, Any]] = {
+    t.name: {
+        "interactions": list(t.interactions),
+        "search": dict(t.search),
+        "conditionalCreate": t.conditional_create,
+    }
+    for module in MODULES
+    for t in module.types
+}
+# Whole-system interactions (transaction, batch) and operations ($everything), declared the same way.
+SYSTEM_INTERACTIONS: list[str] = [code for module in MODULES for code in module.system_interactions]
+OPERATIONS: dict[str, str] = {n: d for module in MODULES for n, d in module.operations.items()}
 
 
 def capability_statement() -> dict[str, Any]:

@@ -1,33 +1,58 @@
-"""Every FHIR router, in the order the app mounts them (literal paths before `{id}` ones)."""
+"""The router assembly: every FHIR module, in the order the app mounts them (literal paths
+before `{id}` ones), installed in the registry that the CapabilityStatement, the Bundle
+processor and `serve_get` read. A module not listed here is not served, nor declared."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from carnet.fhir.core import registry
+from carnet.fhir.operations import everything, export, post_search, transaction
+from carnet.fhir.resources import (
+    allergy,
+    appointment,
+    audit_event,
+    billing,
+    care_team,
+    condition,
+    consent,
+    coverage,
+    diagnostic_report,
+    directory,
+    document_reference,
+    encounter,
+    medication_request,
+    observation,
+    patient,
+    provenance,
+)
+
+# search_post first: POST <type>/_search must not be read as a write to <type>.
+# export before patient: its Patient/$export is a literal path, patient has Patient/{id}.
+MODULES: tuple[registry.FhirModule, ...] = (
+    post_search.MODULE,
+    export.MODULE,
+    patient.MODULE,
+    everything.MODULE,
+    appointment.MODULE,
+    document_reference.MODULE,
+    medication_request.MODULE,
+    allergy.MODULE,
+    encounter.MODULE,
+    condition.MODULE,
+    observation.MODULE,
+    coverage.MODULE,
+    care_team.MODULE,
+    diagnostic_report.MODULE,
+    consent.MODULE,
+    provenance.MODULE,
+    billing.MODULE,
+    directory.MODULE,
+    audit_event.MODULE,
+    transaction.MODULE,
+)
+registry.install(MODULES)
+
 
 def routers() -> list[APIRouter]:
-    from carnet.fhir import (
-        auditevents,
-        billing,
-        bundles,
-        clinical,
-        directory,
-        exports,
-        patients,
-        records,
-        search_post,
-    )
-
-    # exports first: its Patient/$export is a literal path, patients has Patient/{id}.
-    # search_post first too: POST <type>/_search must not be read as a write to <type>.
-    return [
-        search_post.router,
-        exports.router,
-        patients.router,
-        clinical.router,
-        records.router,
-        billing.router,
-        directory.router,
-        auditevents.router,
-        bundles.router,
-    ]
+    return [module.router for module in MODULES]

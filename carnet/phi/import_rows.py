@@ -24,8 +24,10 @@ from sqlalchemy import select
 
 from carnet.billing.models import Invoice
 from carnet.crypto.blind import IndexKind
-from carnet.fhir import billing, mapping
-from carnet.fhir.api import type_name
+from carnet.fhir.core.api import type_name
+from carnet.fhir.resources import billing
+from carnet.fhir.resources.allergy import allergy_input
+from carnet.fhir.resources.patient import INS_SYSTEM, patient_input
 from carnet.kernel import clock
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
@@ -133,7 +135,7 @@ class Run:
             if isinstance(item.resource, dict) and item.resource.get("resourceType") == "Patient"
             for ident in item.resource.get("identifier") or []
             if isinstance(ident, dict)
-            and ident.get("system") == mapping.INS_SYSTEM
+            and ident.get("system") == INS_SYSTEM
             and isinstance(ident.get("value"), str)
         }
         self.ins_registered = set()
@@ -259,7 +261,7 @@ class Run:
     ) -> list[tuple[str, dict[str, Any]]]:
         data.pop("generalPractitioner", None)  # practitioners of another system mean nothing here
         data.pop("managingOrganization", None)
-        checked = mapping.patient_input(data, str(self.facility_id))
+        checked = patient_input(data, str(self.facility_id))
         blind = self.runtime.keyring.blind
         if checked.ins:
             ins_bi = blind.index(IndexKind.IDENTIFIER, checked.ins)
@@ -358,7 +360,7 @@ class Run:
     ) -> list[tuple[str, dict[str, Any]]]:
         patient = self.patient_ref((data.get("patient") or {}).get("reference"), pending)
         data["patient"] = {"reference": f"Patient/{patient}"}
-        checked = mapping.allergy_input(data)
+        checked = allergy_input(data)
         status = code_of((data.get("clinicalStatus") or {}), "active")
         row = self._base(patient) | {
             "substance_code": checked.substance_code,
@@ -470,7 +472,7 @@ class Run:
         encounters = [
             e
             for e in data.get("extension") or []
-            if isinstance(e, dict) and e.get("url") == mapping.INVOICE_ENCOUNTER
+            if isinstance(e, dict) and e.get("url") == billing.INVOICE_ENCOUNTER
         ]
         checked = billing.invoice_input(
             dict(

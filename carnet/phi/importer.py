@@ -31,8 +31,8 @@ from sqlalchemy import func, select, text, update
 
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.billing.models import Invoice
-from carnet.fhir.api import type_name
-from carnet.fhir.outcome import operation_outcome, status_for
+from carnet.fhir.core.api import type_name
+from carnet.fhir.core.outcome import operation_outcome, status_for
 from carnet.kernel.errors import CarnetError, InvalidInput
 from carnet.kernel.ids import parse_id
 from carnet.org.models import Facility

@@ -17,8 +17,7 @@ from sqlalchemy import func, select, update
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.billing.models import Invoice, InvoiceLine, Payment
-from carnet.fhir.billing import PAYMENT_METHOD
-from carnet.fhir.mapping import INVOICE_ENCOUNTER
+from carnet.fhir.resources.billing import INVOICE_ENCOUNTER, PAYMENT_METHOD
 from carnet.org.models import Facility
 from carnet.patients.models import Patient as PatientRow
 from carnet.patients.models import ResourceVersion

@@ -19,8 +19,8 @@ from carnet.access.models import ExportRequest
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.detection.models import Exposure
-from carnet.fhir import exports
-from carnet.fhir.exports import WATERMARK_SYSTEM
+from carnet.fhir.operations import export as exports
+from carnet.fhir.operations.export import WATERMARK_SYSTEM
 from carnet.identity import sessions
 from carnet.kernel import clock
 from carnet.patients.models import ExportFile

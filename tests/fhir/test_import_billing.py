@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.billing.models import Invoice, InvoiceLine, Payment
-from carnet.fhir.billing import PAYMENT_METHOD
+from carnet.fhir.resources.billing import PAYMENT_METHOD
 from carnet.kernel.errors import NotFound
 from carnet.org.models import Facility
 from carnet.phi.gate import Gate

@@ -12,8 +12,9 @@ from fhir.resources.R4B.organization import Organization
 from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.practitionerrole import PractitionerRole
 
-from carnet.fhir.api import checked, paged, resource_response
-from carnet.fhir.metadata import SUPPORTED
+from carnet.fhir.core.api import checked, resource_response
+from carnet.fhir.core.bundles import paged
+from carnet.fhir.core.registry import FhirModule, ResourceType
 from carnet.identity.dependencies import current_actor, runtime_of
 from carnet.identity.oauth import require_scope
 from carnet.kernel.errors import InvalidInput
@@ -35,8 +36,6 @@ _SEARCH = {
     "Organization": {"name": "string", "identifier": "token"},
     "Location": {"name": "string"},
 }
-for _type, _params in _SEARCH.items():
-    SUPPORTED[_type] = {"interactions": ["read", "search-type"], "search": _params}
 
 
 def practitioner_to_fhir(e: PractitionerEntry) -> dict[str, Any]:
@@ -181,3 +180,9 @@ def search_locations(request: Request) -> Response:
 @router.get("/Location/{entry_id}")
 def read_location(request: Request, entry_id: str) -> Response:
     return _read(request, "Location", entry_id)
+
+
+MODULE = FhirModule(
+    router=router,
+    types=tuple(ResourceType(t, ("read", "search-type"), params) for t, params in _SEARCH.items()),
+)

@@ -17,270 +17,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
-from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.bundle import Bundle
-from fhir.resources.R4B.careteam import CareTeam
-from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.consent import Consent
-from fhir.resources.R4B.diagnosticreport import DiagnosticReport
-from fhir.resources.R4B.documentreference import DocumentReference
-from fhir.resources.R4B.encounter import Encounter
-from fhir.resources.R4B.invoice import Invoice
-from fhir.resources.R4B.medicationrequest import MedicationRequest
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.patient import Patient
-from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation
 
-from carnet.fhir import billing, mapping, records
-from carnet.fhir.api import (
+from carnet.fhir.core import registry
+from carnet.fhir.core.api import (
+    FhirBody,
     base_url,
     etag,
     fhir_response,
     gate_for,
     parse_version,
-    reference_id,
-    serve_get,
     type_name,
     validated,
 )
-from carnet.fhir.metadata import SYSTEM_INTERACTIONS
-from carnet.fhir.outcome import operation_outcome, status_for
+from carnet.fhir.core.outcome import operation_outcome, status_for
+from carnet.fhir.core.registry import FhirModule, Mapper, Writes, serve_get
 from carnet.kernel.errors import CarnetError, InvalidInput
 from carnet.phi.gate import TRANSACTION_LIMIT, AllergyWarning, Gate
 from carnet.phi.schemas import InvoiceView
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
-SYSTEM_INTERACTIONS.extend(c for c in ("transaction", "batch") if c not in SYSTEM_INTERACTIONS)
-FhirBody = Body(..., media_type="application/fhir+json")
-DELETED_REASON = "deleted through the FHIR API"
-Mapper = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Kind:
-    model: Any
-    operation: str
-    to_fhir: Mapper
-    arguments: Callable[[dict[str, Any], Gate], dict[str, Any]]
-
-
-def _note_arguments(r: dict[str, Any], gate: Gate) -> dict[str, Any]:
-    return mapping.note_fields(r)
-
-
-def _patient_arguments(r: dict[str, Any], gate: Gate) -> dict[str, Any]:
-    facility = str(gate.actor.facility_id) if gate.actor.facility_id else None
-    return {"data": mapping.patient_input(r, facility)}
-
-
-def _consent_arguments(r: dict[str, Any], gate: Gate) -> dict[str, Any]:
-    if r.get("status") != "active":
-        raise InvalidInput("a new Consent is recorded active")
-    patient = reference_id((r.get("patient") or {}).get("reference"), "Patient")
-    if patient is None:
-        raise InvalidInput("a Consent needs patient (a reference Patient/<id>)")
-    return {"patient_id": patient, "kind": records.consent_kind(r)}
-
-
-# What a Bundle entry may create (POST), by resource type.
-CREATES: dict[str, Kind] = {
-    "Patient": Kind(Patient, "register_patient", mapping.patient_to_fhir, _patient_arguments),
-    "Appointment": Kind(
-        Appointment,
-        "book_appointment",
-        mapping.appointment_to_fhir,
-        lambda r, g: {"data": mapping.appointment_input(r)},
-    ),
-    "DocumentReference": Kind(DocumentReference, "write_note", mapping.note_to_fhir, _note_arguments),
-    "MedicationRequest": Kind(
-        MedicationRequest,
-        "prescribe",
-        mapping.prescription_to_fhir,
-        lambda r, g: {"data": mapping.prescription_input(r)},
-    ),
-    "AllergyIntolerance": Kind(
-        AllergyIntolerance,
-        "record_allergy",
-        mapping.allergy_to_fhir,
-        lambda r, g: {"data": mapping.allergy_input(r)},
-    ),
-    "Consent": Kind(Consent, "record_consent", records.consent_to_fhir, _consent_arguments),
-    # A referral or a care-team membership, by its category (_write asks records which).
-    "CareTeam": Kind(
-        CareTeam, "refer_patient", records.care_team_to_fhir, lambda r, g: records.care_team_create(r)[1]
-    ),
-    "Encounter": Kind(
-        Encounter,
-        "admit_patient",
-        mapping.encounter_to_fhir,
-        lambda r, g: {"data": mapping.encounter_input(r)},
-    ),
-    "Observation": Kind(
-        Observation,
-        "record_observation",
-        mapping.observation_to_fhir,
-        lambda r, g: {"data": mapping.observation_input(r)},
-    ),
-    "DiagnosticReport": Kind(
-        DiagnosticReport,
-        "record_diagnostic_report",
-        records.report_to_fhir,
-        lambda r, g: {"data": records.report_input(r)},
-    ),
-    "Condition": Kind(
-        Condition,
-        "record_condition",
-        mapping.condition_to_fhir,
-        lambda r, g: {"data": mapping.condition_input(r)},
-    ),
-    "Invoice": Kind(
-        Invoice, "issue_invoice", mapping.invoice_to_fhir, lambda r, g: {"data": billing.invoice_input(r)}
-    ),
-    # A payment names the invoice version it pays (Invoice/<id>/_history/<n>) in its detail, or
-    # in request.ifMatch; an Invoice created earlier in a transaction, by its urn:uuid (_write).
-    "PaymentReconciliation": Kind(
-        PaymentReconciliation,
-        "record_payment",
-        billing.payment_to_fhir,
-        lambda r, g: {"data": billing.payment_input(r, None)},  # _write passes the entry's ifMatch
-    ),
-}
-
-
-# What a PUT changes, by resource type: (resource, id, version) -> (gate operation, arguments);
-# the same rules as the type's own PUT route.
-def _update_patient(r: dict[str, Any], rid: str, version: int) -> tuple[str, dict[str, Any]]:
-    return "update_patient", {
-        "patient_id": rid,
-        "expected_version": version,
-        "changes": mapping.patient_changes(r),
-    }
-
-
-def _update_appointment(r: dict[str, Any], rid: str, version: int) -> tuple[str, dict[str, Any]]:
-    if r.get("status") == "cancelled":
-        reason = (r.get("cancelationReason") or {}).get("text")
-        if not reason:
-            raise InvalidInput("a cancellation needs cancelationReason.text")
-        return "cancel_appointment", {"appointment_id": rid, "expected_version": version, "reason": reason}
-    start, end = mapping.appointment_times(r)
-    return "amend_appointment", {
-        "appointment_id": rid,
-        "expected_version": version,
-        "start_at": start,
-        "end_at": end,
-    }
-
-
-def _update_note(r: dict[str, Any], rid: str, version: int) -> tuple[str, dict[str, Any]]:
-    reason = mapping.extension_text(r, mapping.AMENDMENT_REASON)
-    if not reason:
-        raise InvalidInput(f"an amendment needs a reason (extension {mapping.AMENDMENT_REASON})")
-    return "amend_note", {
-        "note_id": rid,
-        "expected_version": version,
-        "text": mapping.note_text(r),
-        "reason": reason,
-    }
-
-
-def _update_prescription(r: dict[str, Any], rid: str, version: int) -> tuple[str, dict[str, Any]]:
-    reason = (r.get("statusReason") or {}).get("text")
-    if r.get("status") != "stopped" or not reason:
-        raise InvalidInput("a prescription is changed by stopping it: status stopped with statusReason.text")
-    return "stop_prescription", {"prescription_id": rid, "expected_version": version, "reason": reason}
-
-
-def _update_consent(r: dict[str, Any], rid: str, version: int) -> tuple[str, dict[str, Any]]:
-    if r.get("status") != "inactive":
-        raise InvalidInput("a Consent is changed by withdrawing it: status inactive")
-    return "withdraw_consent", {"consent_id": rid, "expected_version": version}
-
-
-UPDATES: dict[str, tuple[Any, Mapper, Callable[[dict[str, Any], str, int], tuple[str, dict[str, Any]]]]] = {
-    "Patient": (Patient, mapping.patient_to_fhir, _update_patient),
-    "Appointment": (Appointment, mapping.appointment_to_fhir, _update_appointment),
-    "DocumentReference": (DocumentReference, mapping.note_to_fhir, _update_note),
-    "MedicationRequest": (MedicationRequest, mapping.prescription_to_fhir, _update_prescription),
-    "Consent": (Consent, records.consent_to_fhir, _update_consent),
-    "CareTeam": (CareTeam, records.care_team_to_fhir, records.care_team_change),
-    "Encounter": (Encounter, mapping.encounter_to_fhir, mapping.encounter_change),
-    "Observation": (Observation, mapping.observation_to_fhir, mapping.observation_change),
-    "DiagnosticReport": (DiagnosticReport, records.report_to_fhir, records.report_change),
-    "Condition": (Condition, mapping.condition_to_fhir, mapping.condition_change),
-    "Invoice": (Invoice, mapping.invoice_to_fhir, billing.invoice_change),
-}
-
-# What a DELETE does (a retained status change), by resource type.
-DELETES: dict[
-    str, tuple[Mapper, Callable[[str, int], tuple[str, dict[str, Any]]], Callable[[Gate, str], Any]]
-] = {
-    "Patient": (
-        mapping.patient_to_fhir,
-        lambda rid, v: ("deactivate_patient", {"patient_id": rid, "expected_version": v}),
-        lambda g, rid: g.read_patient(patient_id=rid),
-    ),
-    "Appointment": (
-        mapping.appointment_to_fhir,
-        lambda rid, v: (
-            "cancel_appointment",
-            {"appointment_id": rid, "expected_version": v, "reason": DELETED_REASON},
-        ),
-        lambda g, rid: g.read_appointment(appointment_id=rid),
-    ),
-    "Consent": (
-        records.consent_to_fhir,
-        lambda rid, v: ("withdraw_consent", {"consent_id": rid, "expected_version": v}),
-        lambda g, rid: g.read_consent(consent_id=rid),
-    ),
-    # A care relationship ends (kept, its access gone at once).
-    "CareTeam": (
-        records.care_team_to_fhir,
-        lambda rid, v: ("end_care_relationship", {"care_team_id": rid, "expected_version": v}),
-        lambda g, rid: g.read_care_team(care_team_id=rid),
-    ),
-    # Clinical records and stays: marked entered-in-error, kept and readable.
-    "Encounter": (
-        mapping.encounter_to_fhir,
-        lambda rid, v: ("mark_encounter_entered_in_error", {"encounter_id": rid, "expected_version": v}),
-        lambda g, rid: g.read_encounter(encounter_id=rid),
-    ),
-    "Observation": (
-        mapping.observation_to_fhir,
-        lambda rid, v: (
-            "amend_observation",
-            {"observation_id": rid, "expected_version": v, "status": "entered-in-error"},
-        ),
-        lambda g, rid: g.read_observation(observation_id=rid),
-    ),
-    "DiagnosticReport": (
-        records.report_to_fhir,
-        lambda rid, v: (
-            "amend_diagnostic_report",
-            {"report_id": rid, "expected_version": v, "status": "entered-in-error"},
-        ),
-        lambda g, rid: g.read_diagnostic_report(report_id=rid),
-    ),
-    "Condition": (
-        mapping.condition_to_fhir,
-        lambda rid, v: (
-            "amend_condition",
-            {"condition_id": rid, "expected_version": v, "verification_status": "entered-in-error"},
-        ),
-        lambda g, rid: g.read_condition(condition_id=rid),
-    ),
-    "Invoice": (
-        mapping.invoice_to_fhir,
-        lambda rid, v: (
-            "cancel_invoice",
-            {"invoice_id": rid, "expected_version": v, "reason": DELETED_REASON},
-        ),
-        lambda g, rid: g.read_invoice(invoice_id=rid),
-    ),
-}
 
 
 @dataclass
@@ -297,6 +55,28 @@ class Entry:
     @property
     def action(self) -> str:
         return {"POST": "create", "PUT": "update", "DELETE": "delete", "GET": "read"}[self.method]
+
+
+def _writes(entry: Entry) -> Writes:
+    """What the entry's resource module lets a Bundle do with its type (checked by _entry)."""
+    found = registry.writes(entry.resource_type)
+    assert found is not None
+    return found
+
+
+def _creates(resource_type: str) -> bool:
+    found = registry.writes(resource_type)
+    return found is not None and found.create is not None
+
+
+def _updates(resource_type: str) -> bool:
+    found = registry.writes(resource_type)
+    return found is not None and found.update is not None
+
+
+def _deletes(resource_type: str) -> bool:
+    found = registry.writes(resource_type)
+    return found is not None and found.delete is not None
 
 
 def _instance_url(number: int, url: str) -> tuple[str, str]:
@@ -321,21 +101,21 @@ def _entry(number: int, raw: Any, base: str) -> Entry:
         raise InvalidInput(f"entry {number}: the method must be POST, PUT, DELETE or GET")
     if method == "DELETE":
         resource_type, rid = _instance_url(number, url)
-        if resource_type not in DELETES:
+        if not _deletes(resource_type):
             raise InvalidInput(f"entry {number}: {resource_type} cannot be deleted")
         return Entry(number, method, None, resource_type, None, url, rid, request.get("ifMatch"))
     if not isinstance(resource, dict):
         raise InvalidInput(f"entry {number}: a {method} needs a resource")
     resource_type = type_name(resource.get("resourceType"))
     if method == "POST":
-        if resource_type not in CREATES or (url or resource_type).split("?")[0] != resource_type:
+        if not _creates(resource_type) or (url or resource_type).split("?")[0] != resource_type:
             raise InvalidInput(f"entry {number}: {resource_type} cannot be created in a Bundle")
         # A POST's ifMatch is the version of what it acts on (a payment: the invoice it pays).
         return Entry(
             number, method, raw.get("fullUrl"), resource_type, resource, url, None, request.get("ifMatch")
         )
     url_type, rid = _instance_url(number, url)
-    if resource_type not in UPDATES or url_type != resource_type:
+    if not _updates(resource_type) or url_type != resource_type:
         raise InvalidInput(f"entry {number}: {resource_type} cannot be updated in a Bundle")
     if resource.get("id") != rid:
         raise InvalidInput(f"entry {number}: the resource id must match the url")
@@ -410,41 +190,34 @@ def _write(
     """An entry's gate operation and arguments (its resource validated after references resolve).
     `fresh`: the invoices created earlier in this transaction (by `urn:uuid:`) and the version
     its earlier entries left each at."""
+    hooks = _writes(entry)
     if entry.method == "POST":
-        kind = CREATES[entry.resource_type]
+        assert hooks.create is not None
         raw = entry.resource
         if entry.resource_type == "PaymentReconciliation":
             raw = _new_invoice_paid(entry, created, fresh or {}) or raw
-        resource = validated(kind.model, resolve(raw, created), entry.resource_type)
-        if entry.resource_type == "PaymentReconciliation":
-            return kind.operation, {"data": billing.payment_input(resource, entry.if_match)}
-        if entry.resource_type == "CareTeam":
-            return records.care_team_create(resource)
-        return kind.operation, kind.arguments(resource, gate)
+        resource = validated(hooks.model, resolve(raw, created), entry.resource_type)
+        # A POST's ifMatch is the version of what it acts on (a payment: the invoice it pays).
+        return hooks.create(resource, gate, entry.if_match)
     if entry.method == "PUT":
-        model, _to_fhir, change = UPDATES[entry.resource_type]
-        resource = validated(model, resolve(entry.resource, created), entry.resource_type)
+        assert hooks.update is not None
+        resource = validated(hooks.model, resolve(entry.resource, created), entry.resource_type)
         version = _version(entry, resource)
         if version is None:
             raise InvalidInput(
                 "an update needs request.ifMatch (or meta.versionId) with the version you read"
             )
         assert entry.resource_id is not None
-        return change(resource, entry.resource_id, version)
-    delete = DELETES[entry.resource_type][1]
-    assert entry.resource_id is not None
+        return hooks.update(resource, entry.resource_id, version)
+    assert hooks.delete is not None and entry.resource_id is not None
     version = _version(entry, None)
     if version is None:
         raise InvalidInput("a delete in a transaction needs request.ifMatch (the version you read)")
-    return delete(entry.resource_id, version)
+    return hooks.delete(entry.resource_id, version)
 
 
 def _mapper(entry: Entry) -> Mapper:
-    if entry.method == "POST":
-        return CREATES[entry.resource_type].to_fhir
-    if entry.method == "PUT":
-        return UPDATES[entry.resource_type][1]
-    return DELETES[entry.resource_type][0]
+    return _writes(entry).to_fhir
 
 
 def _response_entry(request: Request, entry: Entry, view: Any) -> dict[str, Any]:
@@ -518,30 +291,15 @@ def _transaction(request: Request, gate: Gate, entries: list[Entry]) -> Response
 
 def _operation(entry: Entry) -> str:
     """The gate operation of an entry, before its references are resolved."""
-    if entry.method == "POST":
-        if entry.resource_type == "CareTeam":
-            return records.care_team_operation(entry.resource or {})
-        return CREATES[entry.resource_type].operation
+    hooks = _writes(entry)
     if entry.method == "DELETE":
-        return DELETES[entry.resource_type][1]("", 0)[0]
-    # A PUT's operation depends on its content (an Appointment is moved or cancelled).
-    resource = entry.resource or {}
-    if entry.resource_type == "Appointment":
-        return "cancel_appointment" if resource.get("status") == "cancelled" else "amend_appointment"
-    if entry.resource_type == "Encounter":
-        return mapping.encounter_operation(resource)
-    if entry.resource_type == "Invoice":
-        return billing.invoice_operation(resource)
-    return {
-        "Patient": "update_patient",
-        "DocumentReference": "amend_note",
-        "MedicationRequest": "stop_prescription",
-        "Consent": "withdraw_consent",
-        "CareTeam": "end_care_relationship",
-        "Observation": "amend_observation",
-        "DiagnosticReport": "amend_diagnostic_report",
-        "Condition": "amend_condition",
-    }[entry.resource_type]
+        assert hooks.delete is not None
+        return hooks.delete("", 0)[0]
+    # A new CareTeam's operation, or a PUT's, may depend on its content (an Appointment is
+    # moved or cancelled).
+    named = hooks.creates if entry.method == "POST" else hooks.updates
+    assert named is not None
+    return named if isinstance(named, str) else named(entry.resource or {})
 
 
 def _batch(request: Request, gate: Gate | None, entries: list[Entry]) -> Response:
@@ -557,7 +315,9 @@ def _batch(request: Request, gate: Gate | None, entries: list[Entry]) -> Respons
             if entry.method == "DELETE" and _version(entry, None) is None:
                 # As DELETE Type/id does: the current version, read (and audited) first.
                 assert entry.resource_id is not None
-                current = DELETES[entry.resource_type][2](gate, entry.resource_id)
+                current_of = _writes(entry).current
+                assert current_of is not None
+                current = current_of(gate, entry.resource_id)
                 entry.if_match = etag(current.version_id)
             name, arguments = _write(entry, gate, {})
             view = getattr(gate, name)(**arguments)
@@ -582,3 +342,6 @@ def _get(request: Request, entry: Entry) -> dict[str, Any]:
     if "etag" in response.headers:
         answer["response"]["etag"] = response.headers["etag"]
     return answer
+
+
+MODULE = FhirModule(router=router, system_interactions=("transaction", "batch"))

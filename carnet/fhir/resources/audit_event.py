@@ -13,18 +13,15 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from carnet.access.actor import ActorKind
 from carnet.audit.access_log import AccessLogEntry
 from carnet.audit.search import own_access_log, search_events
-from carnet.fhir.api import checked, count_param, page_param, reference_id, searchset
-from carnet.fhir.metadata import SUPPORTED
+from carnet.fhir.core.api import checked, count_param, page_param, reference_id
+from carnet.fhir.core.bundles import searchset
+from carnet.fhir.core.registry import FhirModule, ResourceType
 from carnet.identity.dependencies import current_actor, runtime_of
 from carnet.identity.oauth import require_scope
 from carnet.kernel.errors import InvalidInput
 from carnet.kernel.ids import parse_id
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
-SUPPORTED["AuditEvent"] = {
-    "interactions": ["search-type"],
-    "search": {"patient": "reference", "date": "date", "subtype": "token"},
-}
 _ALLOWED = {"patient", "date", "subtype", "_count", "_page", "_format"}
 
 
@@ -91,3 +88,13 @@ def _access_entry(e: AccessLogEntry) -> dict[str, Any]:
     if e.break_glass_reason:
         resource["outcomeDesc"] = f"break-the-glass: {e.break_glass_reason}"
     return checked(AuditEvent, resource)
+
+
+MODULE = FhirModule(
+    router=router,
+    types=(
+        ResourceType(
+            "AuditEvent", ("search-type",), {"patient": "reference", "date": "date", "subtype": "token"}
+        ),
+    ),
+)

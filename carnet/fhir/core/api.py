@@ -1,29 +1,25 @@
 """What every FHIR route shares: the request's gate, token scopes, versions (ETag / If-Match),
-FHIR JSON answers, searchset and history Bundles, and input validated by fhir.resources."""
+FHIR JSON answers (the one media type served: content negotiation is `_format` accepted and
+ignored), dates, references, and input validated by fhir.resources."""
 
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 
-from fastapi import Request
+from fastapi import Body, Request
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
-from starlette.routing import Match
 
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.fhir.outcome import FHIR_JSON
+from carnet.fhir.core.outcome import FHIR_JSON
 from carnet.identity.dependencies import current_actor, runtime_of
 from carnet.identity.oauth import require_scope
-from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
+from carnet.kernel.errors import Forbidden, InvalidInput
 from carnet.phi.gate import Gate
-from carnet.phi.schemas import VersionView
 
 # A section read through the gate is paged here; this bounds one answer.
 MAX_COUNT = 100
@@ -99,6 +95,15 @@ def expected_version(request: Request, body: dict[str, Any]) -> int:
     return version
 
 
+def version_or_current(request: Request, current: Callable[[], Any]) -> int:
+    """A delete's version: If-Match, or else the current one (read through the gate)."""
+    version = parse_version(request.headers.get("if-match"))
+    if version is not None:
+        return version
+    version_id: int | None = current().version_id
+    return version_id or 1
+
+
 def fhir_response(
     resource: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
@@ -172,137 +177,6 @@ def reference_id(value: str | None, resource_type: str) -> str | None:
     return value
 
 
-def searchset(
-    request: Request,
-    resource_type: str,
-    resources: Sequence[dict[str, Any]],
-    *,
-    page: int,
-    has_more: bool,
-    total: int | None = None,
-) -> Response:
-    base = base_url(request)
-    params = [(k, v) for k, v in request.query_params.multi_items() if k != "_page"]
-
-    def link(relation: str, number: int) -> dict[str, str]:
-        query = urlencode([*params, ("_page", str(number))])
-        return {"relation": relation, "url": f"{base}/{resource_type}?{query}"}
-
-    links = [link("self", page)]
-    if has_more:
-        links.append(link("next", page + 1))
-    if page > 1:
-        links.append(link("previous", page - 1))
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "link": links,
-        "entry": [
-            {
-                "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
-                "resource": r,
-                "search": {"mode": "match"},
-            }
-            for r in resources
-        ],
-    }
-    if total is not None:
-        bundle["total"] = total
-    return fhir_response(bundle)
-
-
-def paged(
-    request: Request,
-    resource_type: str,
-    resources: Sequence[dict[str, Any]],
-) -> Response:
-    """Page a chart section (already bounded by the gate) with _count and _page."""
-    count = count_param(request)
-    page = page_param(request)
-    start = (page - 1) * count
-    chunk = list(resources[start : start + count])
-    return searchset(
-        request,
-        resource_type,
-        chunk,
-        page=page,
-        has_more=len(resources) > start + count,
-        total=len(resources),
-    )
-
-
-def history_bundle(
-    request: Request,
-    resource_type: str,
-    versions: Sequence[VersionView],
-    to_fhir: Callable[[dict[str, Any]], dict[str, Any]],
-) -> Response:
-    base = base_url(request)
-    entries = []
-    for v in reversed(versions):  # newest first, as FHIR history is
-        resource = versioned(to_fhir(snapshot(v)), v)
-        method = {"create": "POST", "update": "PUT", "delete": "DELETE"}.get(v.action, "PUT")
-        entries.append(
-            {
-                "fullUrl": f"{base}/{resource_type}/{v.resource_id}",
-                "resource": resource,
-                "request": {"method": method, "url": f"{resource_type}/{v.resource_id}"},
-                "response": {
-                    "status": "201" if v.action == "create" else "200",
-                    "etag": etag(v.version_id),
-                    "lastModified": instant(v.recorded_at),
-                },
-            }
-        )
-    return fhir_response(
-        {
-            "resourceType": "Bundle",
-            "type": "history",
-            "total": len(entries),
-            "link": [{"relation": "self", "url": str(request.url)}],
-            "entry": entries,
-        }
-    )
-
-
-def history_response(
-    request: Request,
-    resource_type: str,
-    resource_id: str,
-    to_fhir: Callable[[dict[str, Any]], dict[str, Any]],
-) -> Response:
-    """`GET [type]/[id]/_history`: every kept version, through the gate's audited history."""
-    gate = gate_for(request, resource_type, "read")
-    versions = gate.history(resource_type=resource_type, resource_id=resource_id)
-    return history_bundle(request, resource_type, versions, to_fhir)
-
-
-def vread_response(
-    request: Request,
-    resource_type: str,
-    resource_id: str,
-    version_id: str,
-    to_fhir: Callable[[dict[str, Any]], dict[str, Any]],
-) -> Response:
-    """`GET [type]/[id]/_history/[vid]`: one kept version, through the gate's audited history."""
-    gate = gate_for(request, resource_type, "read")
-    for v in gate.history(resource_type=resource_type, resource_id=resource_id):
-        if str(v.version_id) == version_id:
-            return resource_response(request, versioned(to_fhir(snapshot(v)), v))
-    raise NotFound("no such version")
-
-
-def snapshot(v: VersionView) -> dict[str, Any]:
-    return dict(v.data, id=v.resource_id, version_id=v.version_id)
-
-
-def versioned(resource: dict[str, Any], v: VersionView) -> dict[str, Any]:
-    meta = dict(resource.get("meta") or {})
-    meta["versionId"] = str(v.version_id)
-    meta["lastUpdated"] = instant(v.recorded_at)
-    return dict(resource, meta=meta)
-
-
 def instant(value: dt.datetime | str | None) -> str | None:
     if value is None:
         return None
@@ -323,22 +197,5 @@ def parse_instant(value: str, name: str) -> dt.datetime:
     return parsed.astimezone(dt.UTC)
 
 
-def serve_get(request: Request, path: str, query: str) -> Response:
-    """`GET <path>?<query>` answered by the route that serves it, as a request of the same actor
-    (it authorizes, audits and accounts as it always does): batch GET entries, POST _search."""
-    scope = dict(request.scope, method="GET", path=path, raw_path=path.encode(), query_string=query.encode())
-    scope["path_params"] = {}  # the calling route's own are not the GET route's
-    from carnet.fhir.routes import routers  # the served routers, in the app's order
-
-    for route in (r for router in routers() for r in router.routes):
-        if not isinstance(route, APIRoute) or "GET" not in (route.methods or set()):
-            continue
-        match, child = route.matches(scope)
-        if match != Match.FULL:
-            continue
-        params: dict[str, Any] = dict(child.get("path_params") or {})
-        if "request" in inspect.signature(route.endpoint).parameters:
-            params["request"] = Request(dict(scope, **child))
-        response: Response = route.endpoint(**params)
-        return response
-    raise NotFound(f"nothing is served at GET {path}")
+# The body of a FHIR create or update: a resource in FHIR JSON.
+FhirBody = Body(..., media_type=FHIR_JSON)

@@ -18,51 +18,39 @@ import datetime as dt
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fhir.resources.R4B.invoice import Invoice
 from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation
 from pydantic import ValidationError
 
-from carnet.fhir import mapping
-from carnet.fhir.api import (
+from carnet.fhir.core.api import (
+    FhirBody,
     checked,
     count_param,
     expected_version,
     gate_for,
-    history_response,
     page_param,
-    paged,
     parse_version,
     reference_id,
     resource_response,
     validated,
-    vread_response,
 )
-from carnet.fhir.clinical import date_matches, patient_of
-from carnet.fhir.mapping import EXT, clean, ref, when
-from carnet.fhir.metadata import SUPPORTED
+from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.mapping import DELETED_REASON, EXT, clean, meta, ref, when
+from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
+from carnet.fhir.core.search import date_matches, patient_of
 from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.phi.schemas import InvoiceInput, PaymentInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
-FhirBody = Body(..., media_type="application/fhir+json")
 
 INVOICE = "Invoice"
 PAYMENT = "PaymentReconciliation"
 PAYMENT_METHOD = EXT + "payment-method"  # card | cash | cheque | transfer | insurer (R4 has none)
 PAYMENT_TYPE = "http://terminology.hl7.org/CodeSystem/payment-type"
-DELETED_REASON = "deleted through the FHIR API"
+INVOICE_ENCOUNTER = EXT + "invoice-encounter"  # the stay an invoice bills (R4 Invoice has no encounter)
 
-SUPPORTED[INVOICE] = {
-    "interactions": ["read", "vread", "history-instance", "search-type", "create", "update", "delete"],
-    "search": {"patient": "reference", "subject": "reference", "status": "token"},
-}
-SUPPORTED[PAYMENT] = {
-    "interactions": ["read", "vread", "search-type", "create"],
-    # `patient` is carnet's: the patient billed by the invoice paid (R4 has no such parameter).
-    "search": {"request": "reference", "patient": "reference", "created": "date", "outcome": "token"},
-}
 PAYMENT_SEARCH = {"request", "patient", "created", "outcome"}
 
 
@@ -113,7 +101,7 @@ def invoice_input(body: dict[str, Any]) -> InvoiceInput:
         raise InvalidInput("an Invoice needs subject (a reference Patient/<id>)")
     encounter = None
     for extension in body.get("extension") or []:
-        if extension.get("url") == mapping.INVOICE_ENCOUNTER:
+        if extension.get("url") == INVOICE_ENCOUNTER:
             encounter = reference_id((extension.get("valueReference") or {}).get("reference"), "Encounter")
     items = body.get("lineItem") or []
     if not items:
@@ -255,9 +243,42 @@ def payment_to_fhir(d: dict[str, Any], payment_id: str | None = None) -> dict[st
     return checked(PaymentReconciliation, resource)
 
 
+def invoice_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    currency = d.get("currency") or "EUR"
+    lines = [
+        {
+            "sequence": i,
+            "chargeItemCodeableConcept": {"coding": [{"code": line["code"], "display": line["description"]}]},
+            "priceComponent": [
+                {"type": "base", "amount": {"value": line["amount_cents"] / 100, "currency": currency}}
+            ],
+        }
+        for i, line in enumerate(d.get("lines") or [], start=1)
+    ]
+    encounter = ref("Encounter", d.get("encounter_id"))
+    resource = clean(
+        {
+            "resourceType": "Invoice",
+            "id": d["id"],
+            "meta": meta(d),
+            "extension": [{"url": INVOICE_ENCOUNTER, "valueReference": encounter}] if encounter else None,
+            "identifier": [{"value": d["number"]}] if d.get("number") else None,
+            "status": d.get("status") or "draft",
+            "cancelledReason": d.get("cancel_reason"),
+            "subject": ref("Patient", d.get("patient_id")),
+            "date": when(d.get("issued_at")),
+            "lineItem": lines,
+            "totalGross": {"value": d["total_cents"] / 100, "currency": currency}
+            if d.get("total_cents") is not None
+            else None,
+        }
+    )
+    return checked(Invoice, resource)
+
+
 # == Invoice ===================================================================================
 def _invoice(view: Any) -> dict[str, Any]:
-    return mapping.invoice_to_fhir(view.model_dump())
+    return invoice_to_fhir(view.model_dump())
 
 
 @router.get("/Invoice")
@@ -314,12 +335,12 @@ def delete_invoice(request: Request, invoice_id: str) -> Response:
 
 @router.get("/Invoice/{invoice_id}/_history")
 def invoice_history(request: Request, invoice_id: str) -> Response:
-    return history_response(request, INVOICE, invoice_id, mapping.invoice_to_fhir)
+    return history_response(request, INVOICE, invoice_id, invoice_to_fhir)
 
 
 @router.get("/Invoice/{invoice_id}/_history/{version_id}")
 def vread_invoice(request: Request, invoice_id: str, version_id: str) -> Response:
-    return vread_response(request, INVOICE, invoice_id, version_id, mapping.invoice_to_fhir)
+    return vread_response(request, INVOICE, invoice_id, version_id, invoice_to_fhir)
 
 
 # == PaymentReconciliation =====================================================================
@@ -394,3 +415,42 @@ def vread_payment(request: Request, payment_id: str, version_id: str) -> Respons
     if version_id != "1":
         raise NotFound("no such version")
     return resource_response(request, resource)
+
+
+MODULE = FhirModule(
+    router=router,
+    types=(
+        ResourceType(
+            INVOICE,
+            ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
+            {"patient": "reference", "subject": "reference", "status": "token"},
+            writes=Writes(
+                Invoice,
+                invoice_to_fhir,
+                creates="issue_invoice",
+                create=lambda r, g, m: ("issue_invoice", {"data": invoice_input(r)}),
+                updates=invoice_operation,
+                update=invoice_change,
+                delete=lambda rid, v: (
+                    "cancel_invoice",
+                    {"invoice_id": rid, "expected_version": v, "reason": DELETED_REASON},
+                ),
+                current=lambda g, rid: g.read_invoice(invoice_id=rid),
+            ),
+        ),
+        ResourceType(
+            PAYMENT,
+            ("read", "vread", "search-type", "create"),
+            # `patient` is carnet's: the patient billed by the invoice paid (R4 has no such parameter).
+            {"request": "reference", "patient": "reference", "created": "date", "outcome": "token"},
+            # A payment names the invoice version it pays (Invoice/<id>/_history/<n>) in its
+            # detail, or in the entry's request.ifMatch.
+            writes=Writes(
+                PaymentReconciliation,
+                payment_to_fhir,
+                creates="record_payment",
+                create=lambda r, g, if_match: ("record_payment", {"data": payment_input(r, if_match)}),
+            ),
+        ),
+    ),
+)

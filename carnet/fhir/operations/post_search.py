@@ -16,7 +16,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from carnet.fhir.api import serve_get
+from carnet.fhir.core.registry import FhirModule, serve_get
 from carnet.identity.dependencies import current_actor
 from carnet.kernel.errors import InvalidInput, NotFound
 
@@ -52,3 +52,6 @@ async def post_search(request: Request, resource_type: str) -> Response:
     await anyio.to_thread.run_sync(current_actor, request)
     query = parse_qsl(request.url.query, keep_blank_values=True) + form
     return await anyio.to_thread.run_sync(serve_get, request, f"/fhir/{resource_type}", urlencode(query))
+
+
+MODULE = FhirModule(router=router)  # serves no type of its own: each type's GET search does

@@ -23,14 +23,14 @@ import contextlib
 import json
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Body, Request
+from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import Response
 
 from carnet.access.exports import ExportRequestView, approve_export, reject_export, request_export
-from carnet.fhir import mapping
-from carnet.fhir.api import base_url, gate_for, instant
-from carnet.fhir.metadata import OPERATIONS
-from carnet.fhir.outcome import outcome_response
+from carnet.fhir.core.api import FhirBody, base_url, gate_for, instant
+from carnet.fhir.core.outcome import outcome_response
+from carnet.fhir.core.registry import FhirModule
+from carnet.fhir.resources.patient import patient_to_fhir
 from carnet.identity.dependencies import current_actor, runtime_of
 from carnet.kernel.errors import CarnetError, InvalidInput, NotFound
 from carnet.phi.gate import Gate
@@ -41,10 +41,6 @@ router = APIRouter(prefix="/fhir", tags=["fhir"])
 WATERMARK_SYSTEM = "https://carnet.example/fhir/export-watermark"
 NDJSON = "application/fhir+ndjson"
 OPERATION_BASE = "https://carnet.example/fhir/OperationDefinition/"
-for _name in ("export-request", "export-approve", "export-reject", "export"):
-    OPERATIONS[_name] = OPERATION_BASE + _name
-
-FhirBody = Body(..., media_type="application/fhir+json")
 
 
 def _parameters(body: Any, allowed: set[str]) -> dict[str, list[Any]]:
@@ -262,8 +258,16 @@ def render(export: PatientExport) -> str:
     }
     lines = [json.dumps(manifest, ensure_ascii=False)]
     for item in export.items:
-        resource = mapping.patient_to_fhir(item.model_dump())
+        resource = patient_to_fhir(item.model_dump())
         meta = dict(resource.get("meta") or {})
         meta["tag"] = [*meta.get("tag", []), tag]
         lines.append(json.dumps(dict(resource, meta=meta), ensure_ascii=False))
     return "\n".join(lines) + "\n"
+
+
+MODULE = FhirModule(
+    router=router,
+    operations={
+        n: OPERATION_BASE + n for n in ("export-request", "export-approve", "export-reject", "export")
+    },
+)

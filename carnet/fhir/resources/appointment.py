@@ -1,0 +1,222 @@
+"""FHIR Appointment, through the gate: searched by patient (practitioner, date, status), read,
+booked (create), moved or cancelled (update, If-Match); a delete cancels (the appointment and
+its history stay). Every kept version by vread and `_history`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from fhir.resources.R4B.appointment import Appointment
+
+from carnet.fhir.core.api import (
+    FhirBody,
+    checked,
+    expected_version,
+    gate_for,
+    parse_instant,
+    reference_id,
+    resource_response,
+    validated,
+    version_or_current,
+)
+from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.mapping import (
+    DELETED_REASON,
+    clean,
+    meta,
+    ref,
+    schema_input,
+    when,
+)
+from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
+from carnet.fhir.core.search import date_matches, patient_of
+from carnet.kernel.errors import InvalidInput
+from carnet.phi.schemas import AppointmentInput
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+APPOINTMENT = "Appointment"
+
+
+# == mapping ===================================================================================
+def appointment_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    participants: list[dict[str, Any]] = [
+        {"actor": ref(t, d.get(key)), "status": "accepted"}
+        for t, key in (
+            ("Patient", "patient_id"),
+            ("Practitioner", "practitioner_id"),
+            ("Location", "location_id"),
+        )
+        if d.get(key)
+    ]
+    if not participants:  # R4 needs one; a redacted view still names nobody
+        participants = [{"status": "accepted", "type": [{"text": "redacted"}]}]
+    resource = clean(
+        {
+            "resourceType": "Appointment",
+            "id": d["id"],
+            "meta": meta(d),
+            "status": d.get("status") or "booked",
+            "description": d.get("reason"),
+            "cancelationReason": {"text": d["cancel_reason"]} if d.get("cancel_reason") else None,
+            "start": when(d.get("start_at")),
+            "end": when(d.get("end_at")),
+            "participant": participants,
+        }
+    )
+    return checked(Appointment, resource)
+
+
+def _participant(body: dict[str, Any], resource_type: str) -> str | None:
+    for p in body.get("participant") or []:
+        ref = (p.get("actor") or {}).get("reference") or ""
+        if ref.split("/")[-2:-1] == [resource_type]:
+            return reference_id(ref, resource_type)
+    return None
+
+
+def appointment_times(body: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
+    if not body.get("start") or not body.get("end"):
+        raise InvalidInput("an Appointment needs start and end")
+    return parse_instant(body["start"], "start"), parse_instant(body["end"], "end")
+
+
+def appointment_input(body: dict[str, Any]) -> AppointmentInput:
+    patient = _participant(body, "Patient")
+    practitioner = _participant(body, "Practitioner")
+    if patient is None or practitioner is None:
+        raise InvalidInput("an Appointment needs a Patient and a Practitioner participant")
+    start, end = appointment_times(body)
+    values = {
+        "patient_id": patient,
+        "practitioner_id": practitioner,
+        "location_id": _participant(body, "Location"),
+        "start_at": start,
+        "end_at": end,
+        "reason": body.get("description"),
+    }
+    return schema_input(AppointmentInput, values, "Appointment")  # type: ignore[no-any-return]
+
+
+# == routes ====================================================================================
+@router.get("/Appointment")
+def search_appointments(request: Request) -> Response:
+    gate = gate_for(request, APPOINTMENT, "search")
+    patient = patient_of(request, {"practitioner", "date", "status"})
+    views = gate.list_appointments(patient_id=patient)
+    status = request.query_params.get("status")
+    practitioner = reference_id(request.query_params.get("practitioner"), "Practitioner")
+    dates = request.query_params.getlist("date")
+    kept = [
+        v
+        for v in views
+        if (status is None or v.status in status.split(","))
+        and (practitioner is None or v.practitioner_id == practitioner)
+        and (not dates or date_matches(v.start_at, dates))
+    ]
+    return paged(request, APPOINTMENT, [appointment_to_fhir(v.model_dump()) for v in kept])
+
+
+@router.post("/Appointment")
+def create_appointment(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    gate = gate_for(request, APPOINTMENT, "create")
+    resource = validated(Appointment, body, APPOINTMENT)
+    if resource.get("status") not in (None, "booked", "proposed", "pending"):
+        raise InvalidInput("a new Appointment is booked")
+    view = gate.book_appointment(data=appointment_input(resource))
+    return resource_response(request, appointment_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/Appointment/{appointment_id}")
+def read_appointment(request: Request, appointment_id: str) -> Response:
+    gate = gate_for(request, APPOINTMENT, "read")
+    view = gate.read_appointment(appointment_id=appointment_id)
+    return resource_response(request, appointment_to_fhir(view.model_dump()))
+
+
+@router.put("/Appointment/{appointment_id}")
+def update_appointment(request: Request, appointment_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """Move an appointment (new start/end) or cancel it (status cancelled + cancelationReason)."""
+    gate = gate_for(request, APPOINTMENT, "update")
+    resource = validated(Appointment, body, APPOINTMENT)
+    if resource.get("id") != appointment_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    if resource.get("status") == "cancelled":
+        reason = (resource.get("cancelationReason") or {}).get("text")
+        if not reason:
+            raise InvalidInput("a cancellation needs cancelationReason.text")
+        view = gate.cancel_appointment(appointment_id=appointment_id, expected_version=version, reason=reason)
+    else:
+        start, end = appointment_times(resource)
+        view = gate.amend_appointment(
+            appointment_id=appointment_id, expected_version=version, start_at=start, end_at=end
+        )
+    return resource_response(request, appointment_to_fhir(view.model_dump()))
+
+
+@router.delete("/Appointment/{appointment_id}")
+def delete_appointment(request: Request, appointment_id: str) -> Response:
+    """A delete cancels (the appointment and its history stay)."""
+    gate = gate_for(request, APPOINTMENT, "delete")
+    version = version_or_current(request, lambda: gate.read_appointment(appointment_id=appointment_id))
+    view = gate.cancel_appointment(
+        appointment_id=appointment_id, expected_version=version, reason="deleted through the FHIR API"
+    )
+    return resource_response(request, appointment_to_fhir(view.model_dump()))
+
+
+@router.get("/Appointment/{appointment_id}/_history")
+def appointment_history(request: Request, appointment_id: str) -> Response:
+    return history_response(request, APPOINTMENT, appointment_id, appointment_to_fhir)
+
+
+@router.get("/Appointment/{appointment_id}/_history/{version_id}")
+def vread_appointment(request: Request, appointment_id: str, version_id: str) -> Response:
+    return vread_response(request, APPOINTMENT, appointment_id, version_id, appointment_to_fhir)
+
+
+# == in a Bundle, and the declaration ==========================================================
+def appointment_change(r: dict[str, Any], rid: str, version: int) -> tuple[str, dict[str, Any]]:
+    if r.get("status") == "cancelled":
+        reason = (r.get("cancelationReason") or {}).get("text")
+        if not reason:
+            raise InvalidInput("a cancellation needs cancelationReason.text")
+        return "cancel_appointment", {"appointment_id": rid, "expected_version": version, "reason": reason}
+    start, end = appointment_times(r)
+    return "amend_appointment", {
+        "appointment_id": rid,
+        "expected_version": version,
+        "start_at": start,
+        "end_at": end,
+    }
+
+
+MODULE = FhirModule(
+    router=router,
+    types=(
+        ResourceType(
+            APPOINTMENT,
+            ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
+            {"patient": "reference", "practitioner": "reference", "date": "date", "status": "token"},
+            writes=Writes(
+                Appointment,
+                appointment_to_fhir,
+                creates="book_appointment",
+                create=lambda r, g, m: ("book_appointment", {"data": appointment_input(r)}),
+                # A PUT's operation depends on its content (an Appointment is moved or cancelled).
+                updates=lambda r: (
+                    "cancel_appointment" if r.get("status") == "cancelled" else "amend_appointment"
+                ),
+                update=appointment_change,
+                delete=lambda rid, v: (
+                    "cancel_appointment",
+                    {"appointment_id": rid, "expected_version": v, "reason": DELETED_REASON},
+                ),
+                current=lambda g, rid: g.read_appointment(appointment_id=rid),
+            ),
+        ),
+    ),
+)

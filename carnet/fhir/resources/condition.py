@@ -1,0 +1,233 @@
+"""FHIR Condition: problems and diagnoses (ICD-10), through the gate. Searched by patient
+(clinical-status, verification-status, code), read, recorded (create), amended (update,
+If-Match; the code stays) or entered in error (delete: kept); every version by vread and
+`_history`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from fhir.resources.R4B.condition import Condition
+
+from carnet.fhir.core.api import (
+    FhirBody,
+    checked,
+    expected_version,
+    gate_for,
+    parse_instant,
+    reference_id,
+    resource_response,
+    validated,
+    version_or_current,
+)
+from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.mapping import (
+    clean,
+    meta,
+    ref,
+    schema_input,
+    when,
+)
+from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
+from carnet.fhir.core.search import patient_of, tokens
+from carnet.kernel.errors import InvalidInput
+from carnet.phi.schemas import ConditionInput
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+CONDITION = "Condition"
+
+
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+
+
+# == mapping ===================================================================================
+def condition_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    verification = d.get("verification_status")
+    # R4 con-5: no clinicalStatus on a Condition entered in error (its last one stays in _history).
+    clinical = d.get("clinical_status") if verification != "entered-in-error" else None
+    resource = clean(
+        {
+            "resourceType": "Condition",
+            "id": d["id"],
+            "meta": meta(d),
+            "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": clinical}]}
+            if clinical
+            else None,
+            "verificationStatus": {"coding": [{"system": CONDITION_VERIFICATION, "code": verification}]}
+            if verification
+            else None,
+            "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": "problem-list-item"}]}],
+            "code": {"coding": [clean({"system": ICD10, "code": d.get("code"), "display": d.get("display")})]}
+            if d.get("code")
+            else None,
+            "subject": ref("Patient", d.get("patient_id")) or {"display": "redacted"},
+            "onsetDateTime": when(d.get("onset_at")),
+            "recorder": ref("Practitioner", d.get("recorded_by")),
+        }
+    )
+    return checked(Condition, resource)
+
+
+def _coded(body: dict[str, Any], element: str, system: str) -> str | None:
+    """The code of `element` (a CodeableConcept) in `system`; None when absent; refused when
+    the element is present but carries no code of that system."""
+    concept = body.get(element)
+    if concept is None:
+        return None
+    codes = [c.get("code") for c in (concept or {}).get("coding") or [] if c.get("system") == system]
+    if not codes or not codes[0]:
+        raise InvalidInput(f"Condition.{element} needs a coding in {system}")
+    return str(codes[0])
+
+
+def condition_input(body: dict[str, Any]) -> ConditionInput:
+    """A problem or diagnosis: subject, a code.coding in ICD-10, clinicalStatus (default
+    active), verificationStatus (default confirmed), optionally onsetDateTime."""
+    patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
+    codings = (body.get("code") or {}).get("coding") or []
+    code = next((c for c in codings if c.get("system") == ICD10), None)
+    if patient is None or code is None:
+        raise InvalidInput(f"a Condition needs subject (Patient/<id>) and a code.coding in {ICD10}")
+    onset = body.get("onsetDateTime")
+    if onset is None and any(k.startswith("onset") for k in body):
+        raise InvalidInput("a Condition's onset is given as onsetDateTime")
+    values = {
+        "patient_id": patient,
+        "code": code.get("code"),
+        "display": code.get("display") or (body.get("code") or {}).get("text") or code.get("code"),
+        "clinical_status": _coded(body, "clinicalStatus", CONDITION_CLINICAL) or "active",
+        "verification_status": _coded(body, "verificationStatus", CONDITION_VERIFICATION) or "confirmed",
+        "onset_at": parse_instant(onset, "onsetDateTime") if onset else None,
+    }
+    return schema_input(ConditionInput, values, "Condition")  # type: ignore[no-any-return]
+
+
+def condition_change(body: dict[str, Any], condition_id: str, version: int) -> tuple[str, dict[str, Any]]:
+    """A PUT of a Condition as the gate's amendment: its clinicalStatus (required unless it is
+    marked entered-in-error), verificationStatus and onsetDateTime; its ICD-10 code must stay."""
+    verification = _coded(body, "verificationStatus", CONDITION_VERIFICATION)
+    clinical = _coded(body, "clinicalStatus", CONDITION_CLINICAL)
+    if verification == "entered-in-error":
+        if clinical is not None:
+            raise InvalidInput("a Condition entered in error has no clinicalStatus (FHIR con-5)")
+    elif clinical is None:
+        raise InvalidInput("a Condition update needs clinicalStatus (or verificationStatus entered-in-error)")
+    codings = (body.get("code") or {}).get("coding") or []
+    code = next((c.get("code") for c in codings if c.get("system") == ICD10), None)
+    onset = body.get("onsetDateTime")
+    return "amend_condition", {
+        "condition_id": condition_id,
+        "expected_version": version,
+        "clinical_status": clinical,
+        "verification_status": verification,
+        "onset_at": parse_instant(onset, "onsetDateTime") if onset else None,
+        "code": code,
+    }
+
+
+# == routes ====================================================================================
+@router.get("/Condition")
+def search_conditions(request: Request) -> Response:
+    gate = gate_for(request, CONDITION, "search")
+    patient = patient_of(request, {"clinical-status", "verification-status", "code"})
+    params = request.query_params
+    status = tokens(params.get("clinical-status"))
+    verification = tokens(params.get("verification-status"))
+    code = tokens(params.get("code"))
+    views = [
+        v
+        for v in gate.list_conditions(patient_id=patient)
+        # A Condition entered in error has no clinical status (as rendered): it matches none.
+        if (status is None or (v.clinical_status in status and v.verification_status != "entered-in-error"))
+        and (verification is None or v.verification_status in verification)
+        and (code is None or v.code in code)
+    ]
+    return paged(request, CONDITION, [condition_to_fhir(v.model_dump()) for v in views])
+
+
+@router.post("/Condition")
+def create_condition(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Record a problem or diagnosis: subject, an ICD-10 code.coding, clinicalStatus
+    (default active), verificationStatus (default confirmed), onsetDateTime."""
+    gate = gate_for(request, CONDITION, "create")
+    resource = validated(Condition, body, CONDITION)
+    view = gate.record_condition(data=condition_input(resource))
+    return resource_response(request, condition_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/Condition/{condition_id}")
+def read_condition(request: Request, condition_id: str) -> Response:
+    gate = gate_for(request, CONDITION, "read")
+    view = gate.read_condition(condition_id=condition_id)
+    return resource_response(request, condition_to_fhir(view.model_dump()))
+
+
+@router.put("/Condition/{condition_id}")
+def update_condition(request: Request, condition_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """Amend a problem (clinicalStatus, e.g. resolved; verificationStatus; onsetDateTime) or
+    mark it entered-in-error, with If-Match; its ICD-10 code stays. Every version is kept."""
+    gate = gate_for(request, CONDITION, "update")
+    resource = validated(Condition, body, CONDITION)
+    if resource.get("id") != condition_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    name, arguments = condition_change(resource, condition_id, version)
+    view = getattr(gate, name)(**arguments)
+    return resource_response(request, condition_to_fhir(view.model_dump()))
+
+
+@router.delete("/Condition/{condition_id}")
+def delete_condition(request: Request, condition_id: str) -> Response:
+    """Mark a problem entered-in-error: kept, still readable with that verification status."""
+    gate = gate_for(request, CONDITION, "delete")
+    version = version_or_current(request, lambda: gate.read_condition(condition_id=condition_id))
+    view = gate.amend_condition(
+        condition_id=condition_id, expected_version=version, verification_status="entered-in-error"
+    )
+    return resource_response(request, condition_to_fhir(view.model_dump()))
+
+
+@router.get("/Condition/{condition_id}/_history")
+def condition_history(request: Request, condition_id: str) -> Response:
+    return history_response(request, CONDITION, condition_id, condition_to_fhir)
+
+
+@router.get("/Condition/{condition_id}/_history/{version_id}")
+def vread_condition(request: Request, condition_id: str, version_id: str) -> Response:
+    return vread_response(request, CONDITION, condition_id, version_id, condition_to_fhir)
+
+
+# == declaration ===============================================================================
+MODULE = FhirModule(
+    router=router,
+    types=(
+        ResourceType(
+            CONDITION,
+            ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
+            {
+                "patient": "reference",
+                "clinical-status": "token",
+                "verification-status": "token",
+                "code": "token",
+            },
+            writes=Writes(
+                Condition,
+                condition_to_fhir,
+                creates="record_condition",
+                create=lambda r, g, m: ("record_condition", {"data": condition_input(r)}),
+                updates="amend_condition",
+                update=condition_change,
+                delete=lambda rid, v: (
+                    "amend_condition",
+                    {"condition_id": rid, "expected_version": v, "verification_status": "entered-in-error"},
+                ),
+                current=lambda g, rid: g.read_condition(condition_id=rid),
+            ),
+        ),
+    ),
+)

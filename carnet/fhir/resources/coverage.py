@@ -1,0 +1,66 @@
+"""FHIR Coverage: the patient's insurance cards and insurers, searched by patient (or
+beneficiary) through the gate, read as the patient's chart section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from fhir.resources.R4B.coverage import Coverage
+
+from carnet.fhir.core.api import (
+    checked,
+    gate_for,
+)
+from carnet.fhir.core.bundles import paged
+from carnet.fhir.core.mapping import (
+    clean,
+    meta,
+    ref,
+    when,
+)
+from carnet.fhir.core.registry import FhirModule, ResourceType
+from carnet.fhir.core.search import patient_of
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+
+
+COVERAGE_TYPE = "https://carnet.example.org/fhir/CodeSystem/coverage-kind"
+
+
+# == mapping ===================================================================================
+def coverage_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    resource = clean(
+        {
+            "resourceType": "Coverage",
+            "id": d["id"],
+            "meta": meta(d),
+            "status": d.get("status") or "active",
+            "type": {"coding": [{"system": COVERAGE_TYPE, "code": d["kind"]}]} if d.get("kind") else None,
+            "subscriberId": d.get("member_id"),
+            "beneficiary": ref("Patient", d.get("patient_id")) or {"display": "redacted"},
+            "period": clean({"start": when(d.get("period_start")), "end": when(d.get("period_end"))}),
+            "payor": [{"display": d.get("payer") or "redacted"}],
+        }
+    )
+    return checked(Coverage, resource)
+
+
+# == routes ====================================================================================
+@router.get("/Coverage")
+def search_coverage(request: Request) -> Response:
+    """Every coverage the patient had (the history of cards and insurers), newest first."""
+    params = request.query_params
+    subject = "beneficiary" if "beneficiary" in params else "patient"
+    gate = gate_for(request, "Coverage", "search")
+    patient = patient_of(request, {"beneficiary", "patient"}, subject=subject)
+    section = gate.list_coverage(patient_id=patient)
+    return paged(request, "Coverage", [coverage_to_fhir(c.model_dump()) for c in section.coverages])
+
+
+# == declaration ===============================================================================
+MODULE = FhirModule(
+    router=router,
+    types=(ResourceType("Coverage", ("search-type",), {"beneficiary": "reference", "patient": "reference"}),),
+)

@@ -1,0 +1,229 @@
+"""FHIR Encounter: stays, through the gate. Searched by patient (status), read, admitted
+(create), transferred or discharged (update, If-Match), or entered in error (delete: kept, no
+longer in progress); each a kept version, by vread and `_history`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from fhir.resources.R4B.encounter import Encounter
+
+from carnet.fhir.core.api import (
+    FhirBody,
+    checked,
+    expected_version,
+    gate_for,
+    parse_instant,
+    reference_id,
+    resource_response,
+    validated,
+    version_or_current,
+)
+from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.mapping import (
+    clean,
+    meta,
+    ref,
+    schema_input,
+    when,
+)
+from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
+from carnet.fhir.core.search import patient_of
+from carnet.kernel.errors import InvalidInput
+from carnet.phi.schemas import EncounterInput
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+ENCOUNTER = "Encounter"
+
+
+ENCOUNTER_CLASS = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+
+# == mapping ===================================================================================
+def encounter_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    klass = {"inpatient": "IMP", "outpatient": "AMB", "emergency": "EMER"}.get(d.get("kind") or "", "AMB")
+    resource = clean(
+        {
+            "resourceType": "Encounter",
+            "id": d["id"],
+            "meta": meta(d),
+            "status": d.get("status") or "unknown",
+            "class": {"system": ENCOUNTER_CLASS, "code": klass},
+            "subject": ref("Patient", d.get("patient_id")),
+            "period": clean({"start": when(d.get("start_at")), "end": when(d.get("end_at"))}),
+            "location": [{"location": ref("Location", d["location_id"])}] if d.get("location_id") else None,
+            "participant": [{"individual": ref("Practitioner", d["attending_id"])}]
+            if d.get("attending_id")
+            else None,
+            "serviceProvider": ref("Organization", d.get("facility_id")),
+        }
+    )
+    return checked(Encounter, resource)
+
+
+ENCOUNTER_KINDS = {"IMP": "inpatient", "AMB": "outpatient", "EMER": "emergency"}
+
+
+def _encounter_location(body: dict[str, Any]) -> str | None:
+    """The location a stay is at: the entry marked active, or else the last one listed."""
+    entries = [e for e in body.get("location") or [] if isinstance(e, dict)]
+    if not entries:
+        return None
+    current = next((e for e in entries if e.get("status") == "active"), entries[-1])
+    return reference_id((current.get("location") or {}).get("reference"), "Location")
+
+
+def _encounter_attending(body: dict[str, Any]) -> str | None:
+    for participant in body.get("participant") or []:
+        individual = (participant or {}).get("individual") or {}
+        if individual.get("reference"):
+            return reference_id(individual["reference"], "Practitioner")
+    return None
+
+
+def encounter_input(body: dict[str, Any]) -> EncounterInput:
+    """An admission: status in-progress, class IMP/AMB/EMER, subject, and optionally
+    period.start, the location and the attending physician (participant.individual)."""
+    if body.get("status") != "in-progress":
+        raise InvalidInput("a new Encounter is an admission: status in-progress")
+    patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
+    if patient is None:
+        raise InvalidInput("an Encounter needs subject (a reference Patient/<id>)")
+    klass = (body.get("class") or {}).get("code")
+    if klass not in ENCOUNTER_KINDS:
+        raise InvalidInput("Encounter.class must be IMP, AMB or EMER (" + ENCOUNTER_CLASS + ")")
+    start = (body.get("period") or {}).get("start")
+    values = {
+        "patient_id": patient,
+        "kind": ENCOUNTER_KINDS[klass],
+        "start_at": parse_instant(start, "period.start") if start else None,
+        "location_id": _encounter_location(body),
+        "attending_id": _encounter_attending(body),
+    }
+    return schema_input(EncounterInput, values, "Encounter")  # type: ignore[no-any-return]
+
+
+def encounter_change(body: dict[str, Any], encounter_id: str, version: int) -> tuple[str, dict[str, Any]]:
+    """A PUT of an Encounter as the gate operation it is: status finished = discharge (at
+    period.end, or now); status in-progress = transfer to its (active) location and attending;
+    status entered-in-error = a stay opened by mistake (kept, no longer in progress)."""
+    status = body.get("status")
+    if status == "finished":
+        end = (body.get("period") or {}).get("end")
+        return "discharge_encounter", {
+            "encounter_id": encounter_id,
+            "expected_version": version,
+            "end_at": parse_instant(end, "period.end") if end else None,
+        }
+    if status == "in-progress":
+        return "transfer_encounter", {
+            "encounter_id": encounter_id,
+            "expected_version": version,
+            "location_id": _encounter_location(body),
+            "attending_id": _encounter_attending(body),
+        }
+    if status == "entered-in-error":
+        return "mark_encounter_entered_in_error", {"encounter_id": encounter_id, "expected_version": version}
+    raise InvalidInput(
+        "an Encounter is changed by a transfer (status in-progress, a new location), a discharge"
+        " (status finished) or marked entered-in-error (a stay opened by mistake)"
+    )
+
+
+def encounter_operation(body: dict[str, Any]) -> str:
+    return {
+        "finished": "discharge_encounter",
+        "entered-in-error": "mark_encounter_entered_in_error",
+    }.get(str(body.get("status")), "transfer_encounter")
+
+
+# == routes ====================================================================================
+@router.get("/Encounter")
+def search_encounters(request: Request) -> Response:
+    gate = gate_for(request, ENCOUNTER, "search")
+    patient = patient_of(request, {"status"})
+    status = request.query_params.get("status")
+    views = [
+        v for v in gate.list_encounters(patient_id=patient) if status is None or v.status in status.split(",")
+    ]
+    return paged(request, ENCOUNTER, [encounter_to_fhir(v.model_dump()) for v in views])
+
+
+@router.post("/Encounter")
+def admit(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Admit a patient: a stay in progress (class IMP, AMB or EMER), at a location, with an
+    attending physician (the admitting practitioner when none is named)."""
+    gate = gate_for(request, ENCOUNTER, "create")
+    resource = validated(Encounter, body, ENCOUNTER)
+    view = gate.admit_patient(data=encounter_input(resource))
+    return resource_response(request, encounter_to_fhir(view.model_dump()), status=201)
+
+
+@router.get("/Encounter/{encounter_id}")
+def read_encounter(request: Request, encounter_id: str) -> Response:
+    gate = gate_for(request, ENCOUNTER, "read")
+    view = gate.read_encounter(encounter_id=encounter_id)
+    return resource_response(request, encounter_to_fhir(view.model_dump()))
+
+
+@router.put("/Encounter/{encounter_id}")
+def update_encounter(request: Request, encounter_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """A transfer (status in-progress, a new location or attending) or a discharge (status
+    finished, period.end or now), with If-Match; every earlier version stays in _history."""
+    gate = gate_for(request, ENCOUNTER, "update")
+    resource = validated(Encounter, body, ENCOUNTER)
+    if resource.get("id") != encounter_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    name, arguments = encounter_change(resource, encounter_id, version)
+    view = getattr(gate, name)(**arguments)
+    return resource_response(request, encounter_to_fhir(view.model_dump()))
+
+
+@router.delete("/Encounter/{encounter_id}")
+def delete_encounter(request: Request, encounter_id: str) -> Response:
+    """A stay opened by mistake: marked entered-in-error, kept and readable; no longer in
+    progress (the patient can be admitted again), so the care relationships it made end."""
+    gate = gate_for(request, ENCOUNTER, "delete")
+    version = version_or_current(request, lambda: gate.read_encounter(encounter_id=encounter_id))
+    view = gate.mark_encounter_entered_in_error(encounter_id=encounter_id, expected_version=version)
+    return resource_response(request, encounter_to_fhir(view.model_dump()))
+
+
+@router.get("/Encounter/{encounter_id}/_history")
+def encounter_history(request: Request, encounter_id: str) -> Response:
+    return history_response(request, ENCOUNTER, encounter_id, encounter_to_fhir)
+
+
+@router.get("/Encounter/{encounter_id}/_history/{version_id}")
+def vread_encounter(request: Request, encounter_id: str, version_id: str) -> Response:
+    return vread_response(request, ENCOUNTER, encounter_id, version_id, encounter_to_fhir)
+
+
+# == declaration ===============================================================================
+MODULE = FhirModule(
+    router=router,
+    types=(
+        ResourceType(
+            ENCOUNTER,
+            ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
+            {"patient": "reference", "status": "token"},
+            writes=Writes(
+                Encounter,
+                encounter_to_fhir,
+                creates="admit_patient",
+                create=lambda r, g, m: ("admit_patient", {"data": encounter_input(r)}),
+                updates=encounter_operation,
+                update=encounter_change,
+                # A stay opened by mistake: marked entered-in-error, kept and readable.
+                delete=lambda rid, v: (
+                    "mark_encounter_entered_in_error",
+                    {"encounter_id": rid, "expected_version": v},
+                ),
+                current=lambda g, rid: g.read_encounter(encounter_id=rid),
+            ),
+        ),
+    ),
+)

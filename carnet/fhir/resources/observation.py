@@ -1,0 +1,217 @@
+"""FHIR Observation: vital signs and lab results, through the gate. Searched by patient
+(category, code), read, recorded (create), corrected (update, If-Match: status and value only)
+or entered in error (delete: kept); every version by vread and `_history`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from fhir.resources.R4B.observation import Observation
+
+from carnet.fhir.core.api import (
+    FhirBody,
+    checked,
+    expected_version,
+    gate_for,
+    parse_instant,
+    parse_version,
+    reference_id,
+    resource_response,
+    validated,
+)
+from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.mapping import (
+    LOINC,
+    clean,
+    meta,
+    ref,
+    schema_input,
+    when,
+)
+from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
+from carnet.fhir.core.search import patient_of
+from carnet.kernel.errors import InvalidInput
+from carnet.phi.schemas import ObservationInput
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+
+
+OBSERVATION = "Observation"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+# == mapping ===================================================================================
+def observation_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    if d.get("value_number") is not None:
+        value["valueQuantity"] = clean({"value": d["value_number"], "unit": d.get("unit")})
+    elif d.get("value_text"):
+        value["valueString"] = d["value_text"]
+    resource = clean(
+        {
+            "resourceType": "Observation",
+            "id": d["id"],
+            "meta": meta(d),
+            "status": d.get("status") or "unknown",
+            "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": d["category"]}]}]
+            if d.get("category")
+            else None,
+            "code": {"coding": [clean({"system": LOINC, "code": d.get("code"), "display": d.get("display")})]}
+            if d.get("code")
+            else {"text": "redacted"},
+            "subject": ref("Patient", d.get("patient_id")),
+            "effectiveDateTime": when(d.get("effective_at")),
+            **value,
+        }
+    )
+    return checked(Observation, resource)
+
+
+def observation_change(body: dict[str, Any], observation_id: str, version: int) -> tuple[str, dict[str, Any]]:
+    """A PUT of an Observation as the gate's correction: status amended or corrected with a new
+    valueQuantity or valueString, or entered-in-error; nothing else is taken."""
+    quantity = body.get("valueQuantity") or {}
+    return "amend_observation", {
+        "observation_id": observation_id,
+        "expected_version": version,
+        "status": str(body.get("status")),
+        "value_number": quantity.get("value"),
+        "unit": quantity.get("unit") or quantity.get("code"),
+        "value_text": body.get("valueString"),
+    }
+
+
+def observation_input(body: dict[str, Any]) -> ObservationInput:
+    patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
+    codings = (body.get("code") or {}).get("coding") or []
+    code = next((c for c in codings if c.get("system") == LOINC), None)
+    category = next(
+        (
+            c.get("code")
+            for concept in body.get("category") or []
+            for c in (concept or {}).get("coding") or []
+            if c.get("system") == OBSERVATION_CATEGORY
+        ),
+        None,
+    )
+    effective = body.get("effectiveDateTime")
+    if patient is None or code is None or effective is None:
+        raise InvalidInput(f"an Observation needs subject, a code.coding in {LOINC} and effectiveDateTime")
+    quantity = body.get("valueQuantity") or {}
+    encounter = (
+        reference_id((body.get("encounter") or {}).get("reference"), "Encounter")
+        if body.get("encounter")
+        else None
+    )
+    values = {
+        "patient_id": patient,
+        "category": category or "laboratory",
+        "code": code.get("code"),
+        "display": code.get("display") or (body.get("code") or {}).get("text") or code.get("code"),
+        "value_number": quantity.get("value"),
+        "unit": quantity.get("unit") or quantity.get("code"),
+        "value_text": body.get("valueString"),
+        "effective_at": parse_instant(effective, "effectiveDateTime"),
+        "status": body.get("status") or "final",
+        "encounter_id": encounter,
+    }
+    return schema_input(ObservationInput, values, "Observation")  # type: ignore[no-any-return]
+
+
+# == routes ====================================================================================
+@router.get("/Observation")
+def search_observations(request: Request) -> Response:
+    gate = gate_for(request, "Observation", "search")
+    patient = patient_of(request, {"category", "code"})
+    category = request.query_params.get("category")
+    code = request.query_params.get("code")
+    views = [
+        v
+        for v in gate.list_observations(patient_id=patient)
+        if (category is None or v.category in category.split(","))
+        and (code is None or v.code in [c.rpartition("|")[2] for c in code.split(",")])
+    ]
+    return paged(request, "Observation", [observation_to_fhir(v.model_dump()) for v in views])
+
+
+@router.get("/Observation/{observation_id}")
+def read_observation(request: Request, observation_id: str) -> Response:
+    gate = gate_for(request, "Observation", "read")
+    view = gate.read_observation(observation_id=observation_id)
+    return resource_response(request, observation_to_fhir(view.model_dump()))
+
+
+@router.post("/Observation")
+def create_observation(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Record a vital sign or a lab result (LOINC code, a valueQuantity or a valueString)."""
+    gate = gate_for(request, "Observation", "create")
+    resource = validated(Observation, body, "Observation")
+    view = gate.record_observation(data=observation_input(resource))
+    return resource_response(request, observation_to_fhir(view.model_dump()), status=201)
+
+
+@router.put("/Observation/{observation_id}")
+def update_observation(request: Request, observation_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    """Correct a result (status amended or corrected, a new valueQuantity or valueString) or mark
+    it entered-in-error, with If-Match; only status and value are taken, every earlier version
+    stays in _history."""
+    gate = gate_for(request, "Observation", "update")
+    resource = validated(Observation, body, "Observation")
+    if resource.get("id") != observation_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    _name, arguments = observation_change(resource, observation_id, version)
+    view = gate.amend_observation(**arguments)
+    return resource_response(request, observation_to_fhir(view.model_dump()))
+
+
+@router.delete("/Observation/{observation_id}")
+def delete_observation(request: Request, observation_id: str) -> Response:
+    """Mark an Observation entered-in-error: kept, still readable with that status. If-Match,
+    or else the current version (read through the gate, as its history)."""
+    gate = gate_for(request, "Observation", "delete")
+    version = parse_version(request.headers.get("if-match"))
+    if version is None:
+        version = gate.read_observation(observation_id=observation_id).version_id or 1
+    view = gate.amend_observation(
+        observation_id=observation_id, expected_version=version, status="entered-in-error"
+    )
+    return resource_response(request, observation_to_fhir(view.model_dump()))
+
+
+@router.get("/Observation/{observation_id}/_history")
+def observation_history(request: Request, observation_id: str) -> Response:
+    return history_response(request, "Observation", observation_id, observation_to_fhir)
+
+
+@router.get("/Observation/{observation_id}/_history/{version_id}")
+def vread_observation(request: Request, observation_id: str, version_id: str) -> Response:
+    return vread_response(request, "Observation", observation_id, version_id, observation_to_fhir)
+
+
+# == declaration ===============================================================================
+MODULE = FhirModule(
+    router=router,
+    types=(
+        ResourceType(
+            OBSERVATION,
+            ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
+            {"patient": "reference", "category": "token", "code": "token"},
+            writes=Writes(
+                Observation,
+                observation_to_fhir,
+                creates="record_observation",
+                create=lambda r, g, m: ("record_observation", {"data": observation_input(r)}),
+                updates="amend_observation",
+                update=observation_change,
+                delete=lambda rid, v: (
+                    "amend_observation",
+                    {"observation_id": rid, "expected_version": v, "status": "entered-in-error"},
+                ),
+                current=lambda g, rid: g.read_observation(observation_id=rid),
+            ),
+        ),
+    ),
+)

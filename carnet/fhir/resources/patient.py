@@ -1,0 +1,409 @@
+"""FHIR Patient: read, vread, _history, search, create (If-None-Exist), update (If-Match),
+delete (kept, marked inactive), $merge and $unmerge, all through the gate. (Patient/$everything
+spans every chart section: carnet.fhir.operations.everything.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from fhir.resources.R4B.parameters import Parameters
+from fhir.resources.R4B.patient import Patient
+
+from carnet.access.policy import SEARCH_MAX_COUNT, SEARCH_MAX_PAGE
+from carnet.fhir.core.api import (
+    FhirBody,
+    checked,
+    expected_version,
+    gate_for,
+    parse_version,
+    reference_id,
+    resource_response,
+    validated,
+)
+from carnet.fhir.core.bundles import history_response, searchset, vread_response
+from carnet.fhir.core.mapping import EXT, clean, meta, ref, schema_input
+from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
+from carnet.kernel.errors import Conflict, InvalidInput
+from carnet.phi.gate import Gate
+from carnet.phi.schemas import PatientChanges, PatientInput, PatientPage
+
+router = APIRouter(prefix="/fhir/Patient", tags=["fhir"])
+PATIENT = "Patient"
+SEARCH_PARAMS = {
+    "identifier": "token",
+    "family": "string",
+    "given": "string",
+    "name": "string",
+    "birthdate": "date",
+    "gender": "token",
+}
+INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"  # INS-NIR, the French national health identifier
+OPPOSES_OTHER_FACILITIES = EXT + "opposes-other-facilities"
+_CONTROL = {"_count", "_page", "_format"}
+
+# FHIR R5's Patient $merge, offered on R4: references (each at the version read) and a reason.
+MERGE = "http://hl7.org/fhir/OperationDefinition/Patient-merge"
+# carnet's reversal of a merge done in error (no standard operation exists), same parameters.
+UNMERGE = "https://carnet.example.org/fhir/OperationDefinition/Patient-unmerge"
+MERGE_PARAMETERS = {"source-patient", "target-patient", "reason"}
+MERGE_UNSUPPORTED = {"source-patient-identifier", "target-patient-identifier", "result-patient", "preview"}
+
+
+# == mapping ===================================================================================
+def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    telecom = []
+    if d.get("phone"):
+        telecom.append({"system": "phone", "value": d["phone"]})
+    if d.get("email"):
+        telecom.append({"system": "email", "value": d["email"]})
+    name = None
+    if d.get("family") or d.get("given"):
+        name = [
+            clean(
+                {
+                    "use": "official",
+                    "family": d.get("family"),
+                    "given": [d["given"]] if d.get("given") else None,
+                }
+            )
+        ]
+    address = None
+    if isinstance(d.get("address"), dict):
+        a = d["address"]
+        address = [
+            clean(
+                {
+                    "line": [a["line"]] if a.get("line") else None,
+                    "city": a.get("city"),
+                    "postalCode": a.get("postalCode") or a.get("postal_code"),
+                    "country": a.get("country"),
+                }
+            )
+        ]
+    extension = None
+    if d.get("opposes_other_facilities") is not None:
+        extension = [{"url": OPPOSES_OTHER_FACILITIES, "valueBoolean": bool(d["opposes_other_facilities"])}]
+    resource = clean(
+        {
+            "resourceType": "Patient",
+            "id": d["id"],
+            "meta": meta(d),
+            "extension": extension,
+            "identifier": [{"system": INS_SYSTEM, "value": d["ins"]}] if d.get("ins") else None,
+            "active": d.get("active"),
+            "name": name,
+            "telecom": telecom,
+            "gender": d.get("gender"),
+            "birthDate": d.get("birth_date"),
+            "address": address,
+            "generalPractitioner": [ref("Practitioner", d["designated_physician_id"])]
+            if d.get("designated_physician_id")
+            else None,
+            "managingOrganization": ref("Organization", d.get("facility_id")),
+            "link": _patient_links(d),
+        }
+    )
+    return checked(Patient, resource)
+
+
+def _patient_links(d: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A merged duplicate points to the record kept (replaced-by); the kept one to its duplicates."""
+    links = []
+    if d.get("merged_into_id"):
+        links.append({"other": ref("Patient", d["merged_into_id"]), "type": "replaced-by"})
+    links.extend({"other": ref("Patient", other), "type": "replaces"} for other in d.get("replaces") or [])
+    return links or None
+
+
+def _patient_fields(body: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    names = body.get("name") or []
+    if names:
+        official = next((n for n in names if n.get("use") == "official"), names[0])
+        if official.get("family"):
+            fields["family"] = official["family"]
+        if official.get("given"):
+            fields["given"] = " ".join(official["given"])
+    if body.get("birthDate"):
+        try:
+            fields["birth_date"] = dt.date.fromisoformat(str(body["birthDate"]))
+        except ValueError:
+            raise InvalidInput("birthDate must be a full date (YYYY-MM-DD)") from None
+    if body.get("gender"):
+        fields["gender"] = body["gender"]
+    for ident in body.get("identifier") or []:
+        if ident.get("system") == INS_SYSTEM and ident.get("value"):
+            fields["ins"] = ident["value"]
+    for telecom in body.get("telecom") or []:
+        if telecom.get("system") in ("phone", "email") and telecom.get("value"):
+            fields.setdefault(telecom["system"], telecom["value"])
+    addresses = body.get("address") or []
+    if addresses:
+        a = addresses[0]
+        address = {
+            "line": ", ".join(a.get("line") or []),
+            "city": a.get("city"),
+            "postalCode": a.get("postalCode"),
+            "country": a.get("country"),
+        }
+        fields["address"] = {k: v for k, v in address.items() if v}
+    gps = body.get("generalPractitioner") or []
+    if gps:
+        fields["designated_physician_id"] = reference_id(gps[0].get("reference"), "Practitioner")
+    for ext in body.get("extension") or []:
+        if ext.get("url") == OPPOSES_OTHER_FACILITIES and "valueBoolean" in ext:
+            fields["opposes_other_facilities"] = bool(ext["valueBoolean"])
+    return fields
+
+
+def patient_input(body: dict[str, Any], default_facility: str | None) -> PatientInput:
+    fields = _patient_fields(body)
+    org = body.get("managingOrganization") or {}
+    facility = reference_id(org.get("reference"), "Organization") if org else default_facility
+    if facility is None:
+        raise InvalidInput("managingOrganization is required (the facility that registers the patient)")
+    missing = [
+        n
+        for n, k in (
+            ("name.family", "family"),
+            ("name.given", "given"),
+            ("birthDate", "birth_date"),
+            ("gender", "gender"),
+        )
+        if k not in fields
+    ]
+    if missing:
+        raise InvalidInput("a Patient needs " + ", ".join(missing))
+    return schema_input(PatientInput, dict(fields, facility_id=facility), "Patient")  # type: ignore[no-any-return]
+
+
+def patient_changes(body: dict[str, Any]) -> PatientChanges:
+    """What a PUT sets: the fields it carries (the gate cannot blank a field, by design:
+    identity data is amended, never erased through the API)."""
+    return schema_input(PatientChanges, _patient_fields(body), "Patient")  # type: ignore[no-any-return]
+
+
+# == routes ====================================================================================
+def _search(gate: Gate, params: dict[str, str], *, count: int, page: int) -> PatientPage:
+    unknown = sorted(set(params) - set(SEARCH_PARAMS) - _CONTROL)
+    if unknown:
+        raise InvalidInput("unsupported search parameters: " + ", ".join(unknown))
+    identifier = params.get("identifier")
+    if identifier is not None and "|" in identifier:
+        system, _, identifier = identifier.partition("|")
+        if system and system != INS_SYSTEM:
+            raise InvalidInput(f"identifier system must be {INS_SYSTEM}")
+    birth = params.get("birthdate")
+    birth_date = None
+    if birth is not None:
+        birth = birth.removeprefix("eq")
+        try:
+            birth_date = dt.date.fromisoformat(birth)
+        except ValueError:
+            raise InvalidInput("birthdate must be a full date (YYYY-MM-DD), optionally eq-prefixed") from None
+    return gate.search_patients(
+        identifier=identifier,
+        family=params.get("family") or params.get("name"),
+        given=params.get("given"),
+        birth_date=birth_date,
+        count=count,
+        page=page,
+    )
+
+
+def _bounded(raw: str | None, name: str, maximum: int, default: int) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidInput(f"{name} must be between 1 and {maximum}")
+    return int(raw)
+
+
+@router.get("")
+def search_patients(request: Request) -> Response:
+    """Search needs an identifier, or family + birthdate, or a name among one's own patients."""
+    gate = gate_for(request, PATIENT, "search")
+    params = dict(request.query_params)
+    count = _bounded(params.get("_count"), "_count", SEARCH_MAX_COUNT, SEARCH_MAX_COUNT)
+    page = _bounded(params.get("_page"), "_page", SEARCH_MAX_PAGE, 1)
+    found = _search(gate, params, count=count, page=page)
+    gender = params.get("gender")
+    items = [i for i in found.items if gender is None or i.gender == gender]
+    return searchset(
+        request,
+        PATIENT,
+        [patient_to_fhir(i.model_dump()) for i in items],
+        page=page,
+        has_more=found.has_more,
+    )
+
+
+@router.post("")
+def create_patient(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    gate = gate_for(request, PATIENT, "create")
+    resource = validated(Patient, body, PATIENT)
+    # If-None-Exist (R4), or the search in the query string as some clients send it.
+    condition = request.headers.get("if-none-exist") or request.url.query or None
+    if condition is not None:
+        # Conditional create: the search itself goes through the gate (audited, bounded).
+        params = dict(parse_qsl(condition.removeprefix("?"), keep_blank_values=False))
+        if not params or set(params) & _CONTROL:
+            raise InvalidInput("If-None-Exist must hold search parameters such as identifier=...")
+        found = _search(gate, params, count=2, page=1)
+        if len(found.items) > 1:
+            raise Conflict("If-None-Exist matches more than one patient")
+        if found.items:
+            return resource_response(request, patient_to_fhir(found.items[0].model_dump()))
+    facility = str(gate.actor.facility_id) if gate.actor.facility_id else None
+    view = gate.register_patient(data=patient_input(resource, facility))
+    return resource_response(request, patient_to_fhir(view.model_dump()), status=201)
+
+
+def _merge_reference(params: dict[str, dict[str, Any]], name: str) -> tuple[str, int]:
+    """A `Patient/<id>/_history/<version>` reference: the record and the version the clerk read."""
+    value = (params.get(name) or {}).get("valueReference") or {}
+    reference = str(value.get("reference") or "")
+    parts = reference.split("/")
+    if len(parts) != 4 or parts[0] != PATIENT or parts[2] != "_history" or not parts[3].isdigit():
+        raise InvalidInput(
+            f"{name} must be a versioned reference Patient/<id>/_history/<version> (the version read)"
+        )
+    return parts[1], int(parts[3])
+
+
+def _merge_parameters(body: dict[str, Any]) -> tuple[tuple[str, int], tuple[str, int], str]:
+    resource = validated(Parameters, body, "Parameters")
+    params: dict[str, dict[str, Any]] = {}
+    for parameter in resource.get("parameter") or []:
+        name = str(parameter.get("name"))
+        if name in MERGE_UNSUPPORTED:
+            raise InvalidInput(f"{name} is not supported: name both records by reference")
+        if name not in MERGE_PARAMETERS:
+            raise InvalidInput(
+                f"unknown parameter {name[:40]!r}: expected source-patient, target-patient, reason"
+            )
+        if name in params:
+            raise InvalidInput(f"{name} is given more than once")
+        params[name] = parameter
+    source = _merge_reference(params, "source-patient")
+    target = _merge_reference(params, "target-patient")
+    reason = (params.get("reason") or {}).get("valueString")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput("reason (valueString) is required: why these two records are one person")
+    return source, target, reason
+
+
+@router.post("/$merge")
+def merge_patients(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Merge a duplicate (source-patient) into the record kept (target-patient): the source
+    becomes inactive, replaced-by the target, and its records move to the target. Returns the
+    target Patient. Each reference names the version read; a changed record answers 412."""
+    gate = gate_for(request, PATIENT, "update")
+    (source_id, source_version), (target_id, target_version), reason = _merge_parameters(body)
+    view = gate.merge_patients(
+        source_id=source_id,
+        target_id=target_id,
+        source_version=source_version,
+        target_version=target_version,
+        reason=reason,
+    )
+    return resource_response(request, patient_to_fhir(view.model_dump()))
+
+
+@router.post("/$unmerge")
+def unmerge_patients(request: Request, body: dict[str, Any] = FhirBody) -> Response:
+    """Reverse a merge done in error: source-patient is the merged record, target-patient the
+    record it was merged into (each at the version read). Returns the source, active again."""
+    gate = gate_for(request, PATIENT, "update")
+    (source_id, source_version), (target_id, target_version), reason = _merge_parameters(body)
+    view = gate.unmerge_patients(
+        source_id=source_id,
+        target_id=target_id,
+        source_version=source_version,
+        target_version=target_version,
+        reason=reason,
+    )
+    return resource_response(request, patient_to_fhir(view.model_dump()))
+
+
+@router.get("/{patient_id}")
+def read_patient(request: Request, patient_id: str) -> Response:
+    gate = gate_for(request, PATIENT, "read")
+    view = gate.read_patient(patient_id=patient_id)
+    return resource_response(request, patient_to_fhir(view.model_dump()))
+
+
+@router.put("/{patient_id}")
+def update_patient(request: Request, patient_id: str, body: dict[str, Any] = FhirBody) -> Response:
+    gate = gate_for(request, PATIENT, "update")
+    resource = validated(Patient, body, PATIENT)
+    if resource.get("id") != patient_id:
+        raise InvalidInput("the resource id must match the URL")
+    version = expected_version(request, resource)
+    changes = patient_changes(resource)
+    view = gate.update_patient(patient_id=patient_id, expected_version=version, changes=changes)
+    return resource_response(request, patient_to_fhir(view.model_dump()))
+
+
+@router.delete("/{patient_id}")
+def delete_patient(request: Request, patient_id: str) -> Response:
+    """A delete keeps the record: it becomes inactive (a new, audited version)."""
+    gate = gate_for(request, PATIENT, "delete")
+    version = parse_version(request.headers.get("if-match"))
+    if version is None:
+        current = gate.read_patient(patient_id=patient_id).version_id
+        version = current or 1
+    view = gate.deactivate_patient(patient_id=patient_id, expected_version=version)
+    return resource_response(request, patient_to_fhir(view.model_dump()))
+
+
+@router.get("/{patient_id}/_history")
+def patient_history(request: Request, patient_id: str) -> Response:
+    return history_response(request, PATIENT, patient_id, patient_to_fhir)
+
+
+@router.get("/{patient_id}/_history/{version_id}")
+def vread_patient(request: Request, patient_id: str, version_id: str) -> Response:
+    return vread_response(request, PATIENT, patient_id, version_id, patient_to_fhir)
+
+
+# == in a Bundle ===============================================================================
+def patient_create(r: dict[str, Any], gate: Gate, if_match: str | None) -> tuple[str, dict[str, Any]]:
+    facility = str(gate.actor.facility_id) if gate.actor.facility_id else None
+    return "register_patient", {"data": patient_input(r, facility)}
+
+
+def patient_change(r: dict[str, Any], rid: str, version: int) -> tuple[str, dict[str, Any]]:
+    return "update_patient", {
+        "patient_id": rid,
+        "expected_version": version,
+        "changes": patient_changes(r),
+    }
+
+
+MODULE = FhirModule(
+    router=router,
+    types=(
+        ResourceType(
+            PATIENT,
+            ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
+            SEARCH_PARAMS,
+            conditional_create=True,
+            writes=Writes(
+                Patient,
+                patient_to_fhir,
+                creates="register_patient",
+                create=patient_create,
+                updates="update_patient",
+                update=patient_change,
+                delete=lambda rid, v: ("deactivate_patient", {"patient_id": rid, "expected_version": v}),
+                current=lambda g, rid: g.read_patient(patient_id=rid),
+            ),
+        ),
+    ),
+    operations={"merge": MERGE, "unmerge": UNMERGE},
+)

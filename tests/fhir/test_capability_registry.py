@@ -1,0 +1,114 @@
+"""What /fhir/metadata declares is what the installed FHIR modules serve, and back.
+
+Each module of carnet.fhir declares its resource types (interactions, search parameters), its
+operations and its whole-system interactions; the router assembly installs them. These tests
+hold the CapabilityStatement, the declarations and the routes the app mounts to one another,
+so a resource added by one module is declared, served and listed, or a test fails.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from carnet.app import create_app
+from carnet.fhir.core import registry
+from carnet.fhir.routes import MODULES, routers
+from carnet.runtime import Runtime
+
+# The route that serves each type-level or instance-level interaction, under /fhir/<type>.
+INTERACTION_ROUTES = {
+    "search-type": ("GET", ""),
+    "create": ("POST", ""),
+    "read": ("GET", "/{}"),
+    "update": ("PUT", "/{}"),
+    "delete": ("DELETE", "/{}"),
+    "history-instance": ("GET", "/{}/_history"),
+    "vread": ("GET", "/{}/_history/{}"),
+}
+ROUTE_INTERACTIONS = {route: code for code, route in INTERACTION_ROUTES.items()}
+# Bulk Data's status and file URLs belong to the $export operation (its kick-off answers them).
+EXPORT_FOLLOW_UPS = {"export-status", "export-file"}
+
+
+def _declared() -> set[tuple[str, str]]:
+    return {(t.name, code) for module in MODULES for t in module.types for code in t.interactions}
+
+
+def _served() -> tuple[set[tuple[str, str]], set[str], set[tuple[str, str]]]:
+    """What the mounted routes serve: (type, interaction) pairs, $operations, and the routes
+    at the base (/fhir) as (method, rest of the path)."""
+    interactions: set[tuple[str, str]] = set()
+    operations: set[str] = set()
+    base: set[tuple[str, str]] = set()
+    for router in routers():
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            path = re.sub(r"\{[^}]+\}", "{}", route.path).removeprefix("/fhir")
+            for method in route.methods or set():
+                dollar = re.search(r"/\$([a-z-]+)", path)
+                if dollar:
+                    operations.add(dollar.group(1))
+                    continue
+                match = re.fullmatch(r"/([A-Z][A-Za-z]+)(.*)", path)
+                if match is None:
+                    base.add((method, path))
+                    continue
+                resource_type, rest = match.groups()
+                code = ROUTE_INTERACTIONS.get((method, rest))
+                assert code is not None, f"{method} {route.path} is no FHIR interaction"
+                interactions.add((resource_type, code))
+    return interactions, operations, base
+
+
+def test_every_declared_interaction_is_served_and_every_served_one_declared() -> None:
+    interactions, operations, base = _served()
+    assert _declared() == interactions
+    declared_operations = {name for module in MODULES for name in module.operations}
+    assert declared_operations == operations - EXPORT_FOLLOW_UPS
+    # transaction and batch: POST [base]; POST [base]/<type>/_search is each type's GET search.
+    system = {code for module in MODULES for code in module.system_interactions}
+    assert system == {"transaction", "batch"}
+    assert base == {("POST", ""), ("POST", "/"), ("POST", "/{}/_search")}
+
+
+def test_metadata_lists_exactly_what_the_modules_declare(sqlite_runtime: Runtime) -> None:
+    statement = TestClient(create_app(sqlite_runtime)).get("/fhir/metadata").json()
+    rest = statement["rest"][0]
+    listed = {(r["type"], i["code"]) for r in rest["resource"] for i in r["interaction"]}
+    assert listed == _declared()
+    params = {(r["type"], p["name"], p["type"]) for r in rest["resource"] for p in r["searchParam"]}
+    assert params == {(t.name, n, k) for m in MODULES for t in m.types for n, k in t.search.items()}
+    assert {o["name"] for o in rest["operation"]} == {n for m in MODULES for n in m.operations}
+    assert [i["code"] for i in rest["interaction"]] == ["transaction", "batch"]
+    conditional = {r["type"] for r in rest["resource"] if r["conditionalCreate"]}
+    assert conditional == {t.name for m in MODULES for t in m.types if t.conditional_create} == {"Patient"}
+
+
+def test_a_bundle_writes_only_what_a_type_declares_and_the_app_mounts_every_module(
+    sqlite_runtime: Runtime,
+) -> None:
+    assert registry.installed() == MODULES
+    declared = _declared()
+    for module in MODULES:
+        for t in module.types:
+            writes = t.writes
+            if writes is None:
+                continue
+            assert registry.writes(t.name) is writes
+            assert (writes.create is not None) <= ((t.name, "create") in declared)
+            assert (writes.update is not None) <= ((t.name, "update") in declared)
+            assert (writes.delete is not None) <= ((t.name, "delete") in declared)
+            # A Bundle names each write's operation before it runs it.
+            assert (writes.create is None) == (writes.creates is None)
+            assert (writes.update is None) == (writes.updates is None)
+            assert (writes.delete is None) or (writes.current is not None)
+    # The app mounts every installed module: each of its routes is in the app's OpenAPI paths.
+    paths = create_app(sqlite_runtime).openapi()["paths"]
+    for router in routers():
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            if route.include_in_schema:
+                assert {m.lower() for m in route.methods or set()} <= set(paths.get(route.path, {}))
