@@ -3,6 +3,7 @@ id, the structured reason; never the free-text justification."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -13,12 +14,20 @@ from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.detection import services
 from carnet.identity.models import Account
+from carnet.kernel import clock
 from carnet.kernel.errors import Forbidden, InvalidInput
 from carnet.phi.gate import Gate
 from carnet.runtime import Runtime
 from tests import factories as f
 
 SECRET_TEXT = "inconscient, famille injoignable"
+
+
+@pytest.fixture(autouse=True)
+def _office_hours(movable_clock: clock.MovableClock) -> None:
+    """Break-the-glass in office hours: at night the off-hours rule would raise its own alert
+    beside the one under test (these tests failed when run after 22:00 Paris time)."""
+    movable_clock.set(dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC))  # a Tuesday, 10:00 in Paris
 
 
 def test_break_glass_raises_exactly_one_alert_for_the_officer(runtime: Runtime) -> None:
