@@ -48,7 +48,7 @@ class NewAccount:
     grant: RoleGrantView
 
 
-def _first_password() -> str:
+def first_password() -> str:
     # 100 bits, in groups that read aloud and type easily (base32: no 0/O or 1/l confusion).
     raw = base64.b32encode(secrets.token_bytes(15)).decode().lower()
     return "-".join(raw[i : i + 6] for i in range(0, 24, 6))
@@ -100,7 +100,7 @@ def create_staff_account(
             taken = select(Account.id).where(Account.practitioner_id == practitioner.id)
             if session.scalar(taken) is not None:
                 raise InvalidInput("this practitioner already has an account")
-        password = _first_password()
+        password = first_password()
         secret = totp.new_secret()
         account_id = service.create_account(
             session,

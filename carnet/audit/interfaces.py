@@ -49,6 +49,9 @@ class AuditKind(StrEnum):
     MFA_ENROLLED = "account:mfa:enrolled"
     MFA_REMOVED = "account:mfa:removed"
     STEP_UP = "account:mfa:step-up"
+    # An access-widening action without a fresh proof by the person in this session (refused).
+    STEP_UP_REFUSED = "account:step-up:refused"
+    ACCOUNT_REENROLLED = "account:account:re-enrolled"  # its owner, in person, at the server
     RECOVERY_CODE_USED = "account:recovery-code:used"
     SESSION_REVOKED = "account:session:revoked"
     PASSWORD_CHANGED = "account:password:changed"

@@ -35,6 +35,12 @@ class Account(IdMixin, Base):
     # owner has replaced both, a session of this account can do nothing else (fail closed).
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
     must_replace_second_factor: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Opened by an administrator or restored after containment: on probation until this date
+    # (carnet.identity.lifecycle.on_probation; detection gives it a smaller budget).
+    probation_ends_at: Mapped[dt.datetime | None]
+    # When its owner last re-enrolled in person (`carnet users re-enrol`): an account contained
+    # while on probation is restored only after such a re-enrolment.
+    reenrolled_at: Mapped[dt.datetime | None]
 
 
 class TotpDevice(IdMixin, Base):
@@ -85,6 +91,28 @@ class WebAuthnChallenge(IdMixin, Base):
     challenge: Mapped[bytes] = mapped_column(LargeBinary)
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
+
+
+class StepUpProof(IdMixin, Base):
+    """A fresh proof by the person acting, for access-widening actions (carnet.identity.stepup).
+
+    Bound to one session: a passkey challenge is issued to that session and consumed once; a
+    proof counts only for the session it was made in and for 5 minutes. A TOTP proof (demo only)
+    is spent by the one action it allows (`used_at`).
+    """
+
+    __tablename__ = "step_up_proofs"
+
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("auth_sessions.id"), index=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    challenge: Mapped[bytes | None] = mapped_column(LargeBinary)
+    issued_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]  # the challenge's: an answer after it proves nothing
+    consumed_at: Mapped[dt.datetime | None]  # the challenge was answered (right or wrong): once
+    proven_at: Mapped[dt.datetime | None]
+    method: Mapped[str | None] = mapped_column(String(20))  # webauthn, totp
+    used_at: Mapped[dt.datetime | None]
+    used_for: Mapped[str | None] = mapped_column(String(60))
 
 
 class AuthSession(IdMixin, Base):

@@ -7,6 +7,7 @@ holds the change and its audit event together.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import secrets
 import uuid
@@ -27,6 +28,9 @@ from carnet.kernel import clock
 from carnet.kernel.errors import ConfigurationError, Conflict, InvalidInput
 
 AccountKind = Literal["staff", "patient"]
+# An account an administrator opens (or a security officer restores) is on probation this long
+# (carnet.identity.lifecycle).
+PROBATION = dt.timedelta(days=7)
 
 # Sessions opened by carnet.runtime carry the key provider here (TOTP secrets are wrapped by it).
 KEYS_INFO = "carnet.key_provider"
@@ -124,6 +128,7 @@ def create_account(
         password_changed_at=now,
         must_change_password=handover,
         must_replace_second_factor=handover,
+        probation_ends_at=now + PROBATION if handover else None,
     )
     session.add(account)
     session.flush()

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.identity import handover, oauth, passkeys, service, sessions, totp
+from carnet.identity import handover, oauth, passkeys, service, sessions, stepup, totp
 from carnet.identity.authenticate import (
     Authenticator,
     LoginRequest,
@@ -194,6 +194,54 @@ def step_up(body: StepUpBody, actor: ActorDep, request: Request) -> dict[str, An
         actor=actor, otp=body.otp, webauthn=body.webauthn, challenge_id=body.challengeId
     )
     return {"secondFactorAt": at.isoformat()}
+
+
+class ProofBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    challengeId: uuid.UUID | None = None
+    webauthn: dict[str, Any] | None = None
+    otp: str | None = Field(default=None, max_length=12)
+
+
+@router.post("/step-up/options")
+def step_up_options(actor: ActorDep, request: Request) -> dict[str, Any]:
+    """A passkey challenge for an access-widening action, issued to THIS session only."""
+    runtime = runtime_of(request)
+    auth = Authenticator.of(runtime)
+    totp_too = stepup.totp_accepted(runtime)
+    try:
+        with runtime.session_factory.begin() as session:
+            challenge_id, options = stepup.challenge(session, actor=actor, rp=auth.rp)
+    except InvalidInput:
+        if not totp_too:  # no passkey, and codes are not accepted here: say so
+            raise
+        return {"challengeId": None, "publicKey": None, "totp": True}
+    return {"challengeId": str(challenge_id), "publicKey": options, "totp": totp_too}
+
+
+@router.post("/step-up/proof")
+def step_up_proof(body: ProofBody, actor: ActorDep, request: Request) -> dict[str, Any]:
+    """Answer this session's challenge with a passkey (or, in a demo, give a TOTP code): the
+    next access-widening actions of this session, for 5 minutes, go through."""
+    runtime = runtime_of(request)
+    auth = Authenticator.of(runtime)
+    with runtime.session_factory.begin() as session:
+        if body.webauthn is not None and body.challengeId is not None:
+            method = "webauthn"
+            failure = stepup.prove_with_passkey(
+                session, actor=actor, challenge_id=body.challengeId, credential=body.webauthn, rp=auth.rp
+            )
+        elif body.otp:
+            method = "totp"
+            failure = stepup.prove_with_totp(session, actor=actor, code=body.otp.strip(), runtime=runtime)
+        else:
+            raise InvalidInput("send a passkey assertion (challengeId and webauthn) or, in a demo, an otp")
+        stepup.record_proof_attempt(session, runtime=runtime, actor=actor, method=method, failure=failure)
+    if failure is not None:
+        stepup.refused(runtime, actor=actor, action="proof", reason=failure)
+        raise stepup.ProofRequired(f"the proof was not accepted ({failure})")
+    return {"proven": True, "method": method, "validForSeconds": int(stepup.FRESHNESS.total_seconds())}
 
 
 def _account_id(actor: Actor) -> uuid.UUID:
@@ -453,8 +501,8 @@ def register_client(body: ClientRegistrationBody, actor: ActorDep, request: Requ
     """A system administrator registers an integration by its public keys (fresh second factor)."""
     if Role.SYSTEM_ADMINISTRATOR not in actor.roles:
         raise Forbidden("only a system administrator registers API clients")
-    require_fresh_second_factor(actor)
     runtime = runtime_of(request)
+    stepup.require(runtime, actor=actor, action=stepup.Action.API_CLIENT_REGISTER, resource=body.clientId)
     with runtime.session_factory.begin() as session:
         client_pk = oauth.register_client(
             session,

@@ -12,10 +12,12 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from carnet.access import accounts, directory, grants
+from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.audit.search import own_access_log
 from carnet.identity.dependencies import runtime_of
+from carnet.identity.stepup import Action
 from carnet.kernel.errors import CarnetError, Conflict, Forbidden, InvalidInput, NotFound
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import (
@@ -28,7 +30,7 @@ from carnet.phi.schemas import (
 )
 from carnet.web.clinician import chart_again, chart_context
 from carnet.web.rendering import render
-from carnet.web.routing import WebActor, WebRoute, redirect, refuse
+from carnet.web.routing import WebActor, WebRoute, proven, redirect, refuse
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 
@@ -486,7 +488,7 @@ def _admin_page(
 @router.post("/admin/accounts")
 def open_account(
     request: Request,
-    actor: WebActor,
+    actor: Annotated[Actor, proven(Action.ACCOUNT_OPEN)],
     username: Annotated[str, Form(max_length=150)],
     display_name: Annotated[str, Form(max_length=200)],
     role: Annotated[str, Form(max_length=40)],
@@ -514,7 +516,7 @@ def open_account(
 @router.post("/admin/grants")
 def request_grant(
     request: Request,
-    actor: WebActor,
+    actor: Annotated[Actor, proven(Action.ROLE_GRANT_REQUEST)],
     account_id: Annotated[str, Form(max_length=40)],
     role: Annotated[str, Form(max_length=40)],
     reason: Annotated[str, Form(max_length=500)],
@@ -532,7 +534,9 @@ def request_grant(
 
 
 @router.post("/admin/grants/{grant_id}/approve")
-def approve_grant(request: Request, actor: WebActor, grant_id: str) -> Response:
+def approve_grant(
+    request: Request, actor: Annotated[Actor, proven(Action.ROLE_GRANT_APPROVE)], grant_id: str
+) -> Response:
     grants.approve_role_grant(runtime_of(request), actor=actor, grant_id=grant_id)
     return redirect("/admin#grants")
 

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from carnet.access.actor import Actor
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.identity import stepup
 from carnet.identity.authenticate import AccountSetupRequired, Authenticator
 from carnet.identity.dependencies import (
     CSRF_HEADER,
@@ -99,6 +100,18 @@ WebActor = Annotated[Actor, Depends(web_actor)]
 EnrollingWebActor = Annotated[Actor, Depends(enrolling_web_actor)]
 
 
+def proven(action: stepup.Action) -> Any:
+    """The actor of an access-widening form: a session cookie is not enough, its person must
+    have proven their passkey in this session in the last 5 minutes (carnet.identity.stepup).
+    Refused (audited, counted by detection) before the form's service is called."""
+
+    async def dependency(request: Request, actor: WebActor) -> Actor:
+        await run_in_threadpool(lambda: stepup.require(runtime_of(request), actor=actor, action=action))
+        return actor
+
+    return Depends(dependency)
+
+
 def runtime(request: Request) -> Runtime:
     return runtime_of(request)
 
@@ -132,6 +145,14 @@ def error_page(request: Request, exc: Exception) -> Response:
         if request.headers.get("hx-request"):
             return Response(status_code=403, headers={"HX-Redirect": "/account/setup"})
         return render(request, "errors/setup_required.html", {"message": str(exc)}, status_code=403)
+    if isinstance(exc, stepup.ProofRequired):
+        back = request.headers.get("referer", "/home") if request.method != "GET" else here
+        return render(
+            request,
+            "errors/proof_required.html",
+            {"message": str(exc), "next": safe_next(_local(back))},
+            status_code=403,
+        )
     if isinstance(exc, StepUpRequired):
         back = here if request.method == "GET" else request.headers.get("referer", "/home")
         return render(

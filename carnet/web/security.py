@@ -15,15 +15,18 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from carnet.access import breakglass, exports
+from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.detection import console, services
 from carnet.detection.report import write_report
+from carnet.identity import lifecycle
 from carnet.identity.dependencies import runtime_of
+from carnet.identity.stepup import Action
 from carnet.kernel import clock
 from carnet.kernel.errors import InvalidInput
 from carnet.web.rendering import SECURITY_HEADERS, render
-from carnet.web.routing import WebActor, WebRoute, redirect, refuse
+from carnet.web.routing import WebActor, WebRoute, proven, redirect, refuse
 
 router = APIRouter(prefix="/security", route_class=WebRoute, include_in_schema=False)
 
@@ -85,17 +88,32 @@ def timeline(request: Request, actor: WebActor, actor_ref: str, hours: int = 24)
 @router.post("/restore")
 def request_restore(
     request: Request,
-    actor: WebActor,
+    actor: Annotated[Actor, proven(Action.RESTORE_REQUEST)],
     actor_ref: Annotated[str, Form(max_length=80)],
     reason: Annotated[str, Form(max_length=500)],
 ) -> Response:
-    services.request_restore(runtime_of(request), officer=actor, actor_ref=actor_ref, reason=reason)
+    runtime = runtime_of(request)
+    blocked = lifecycle.restore_block(runtime, actor_ref=actor_ref)
+    if blocked is not None:
+        raise refuse(
+            request, actor, kind=AuditKind.RESTORE_REQUESTED, resource_type="RestoreRequest", reason=blocked
+        )
+    services.request_restore(runtime, officer=actor, actor_ref=actor_ref, reason=reason)
     return redirect("/security#contained")
 
 
 @router.post("/restore/{request_id}/approve")
-def approve_restore(request: Request, actor: WebActor, request_id: uuid.UUID) -> Response:
-    services.approve_restore(runtime_of(request), officer=actor, request_id=request_id)
+def approve_restore(
+    request: Request, actor: Annotated[Actor, proven(Action.RESTORE_APPROVE)], request_id: uuid.UUID
+) -> Response:
+    runtime = runtime_of(request)
+    blocked = lifecycle.restore_block_for_request(runtime, request_id=request_id)
+    if blocked is not None:
+        raise refuse(
+            request, actor, kind=AuditKind.ACCOUNT_RESTORED, resource_type="RestoreRequest", reason=blocked
+        )
+    view = services.approve_restore(runtime, officer=actor, request_id=request_id)
+    lifecycle.after_restore(runtime, actor_ref=view.actor_ref)
     return redirect("/security#contained")
 
 
@@ -109,7 +127,10 @@ def reject_restore(
 
 @router.post("/break-glass/{access_id}/review")
 def review_break_glass(
-    request: Request, actor: WebActor, access_id: str, note: Annotated[str, Form(max_length=1000)]
+    request: Request,
+    actor: Annotated[Actor, proven(Action.BREAK_GLASS_REVIEW)],
+    access_id: str,
+    note: Annotated[str, Form(max_length=1000)],
 ) -> Response:
     breakglass.review_break_glass(runtime_of(request), actor=actor, access_id=access_id, note=note)
     return redirect("/security#break-glass")
@@ -129,7 +150,10 @@ def export_requests(request: Request, actor: WebActor, show: str = "pending") ->
 
 @router.post("/exports/{export_id}/approve")
 def approve_export(
-    request: Request, actor: WebActor, export_id: str, note: Annotated[str, Form(max_length=1000)] = ""
+    request: Request,
+    actor: Annotated[Actor, proven(Action.EXPORT_APPROVE)],
+    export_id: str,
+    note: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
     exports.approve_export(runtime_of(request), actor=actor, export_id=export_id, note=note)
     return redirect("/security/exports?done=approved")

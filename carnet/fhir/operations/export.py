@@ -31,6 +31,7 @@ from carnet.fhir.core.api import FhirBody, base_url, gate_for, instant
 from carnet.fhir.core.outcome import outcome_response
 from carnet.fhir.core.registry import FhirModule
 from carnet.fhir.resources.patient import patient_to_fhir
+from carnet.identity import stepup
 from carnet.identity.dependencies import current_actor, runtime_of
 from carnet.kernel.errors import CarnetError, InvalidInput, NotFound
 from carnet.phi.gate import Gate
@@ -121,6 +122,7 @@ def ask_export(request: Request, body: dict[str, Any] = FhirBody) -> Response:
 @router.post("/$export-approve")
 def approve(request: Request, body: dict[str, Any] = FhirBody) -> Response:
     actor = current_actor(request)
+    stepup.require(runtime_of(request), actor=actor, action=stepup.Action.EXPORT_APPROVE)  # widens access
     found = _parameters(body, {"exportId", "note"})
     view = approve_export(
         runtime_of(request),
