@@ -34,6 +34,7 @@ from tests.factories import (
     register_patient,
 )
 from tests.fhir.conftest import Server, audit_rows
+from tests.proofs import prove_session
 
 PURPOSE = "revue de la file active pour l'audit qualité"
 
@@ -49,6 +50,7 @@ def _headers(server: Server, actor: Actor) -> dict[str, str]:
             address="127.0.0.1",
             user_agent="export tests",
         )
+    prove_session(server.runtime, issued.session_id)  # approving an export needs a passkey proof
     return {
         "Cookie": f"carnet_session={issued.token}",
         "X-CSRF-Token": issued.csrf_token,

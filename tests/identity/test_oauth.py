@@ -219,8 +219,14 @@ def test_only_a_system_administrator_registers_clients(
         assert c.post("/oauth/clients", json=body).status_code == 403
     with TestClient(create_app(sqlite_runtime), base_url="http://localhost:8000") as c:
         login(c, admin)
+        # A session alone registers nothing: a fresh proof first (a code, in a demo; one per action).
+        assert c.post("/oauth/clients", json=body).status_code == 401
+        movable_clock.advance(dt.timedelta(seconds=31))  # the login's code is used: the next one
+        proof = c.post("/auth/step-up/proof", json={"otp": admin.code()})
+        assert proof.status_code == 200, proof.text
         created = c.post("/oauth/clients", json=body)
         assert created.status_code == 201, created.text
+        assert c.post("/oauth/clients", json=body | {"clientId": "lab-two"}).status_code == 401
         assert created.json()["tokenUrl"] == TOKEN_URL
     with sqlite_runtime.session_factory() as session:
         registered = session.scalars(

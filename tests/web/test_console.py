@@ -13,6 +13,7 @@ from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.audit.models import AuditEvent
 from carnet.runtime import Runtime
+from tests.proofs import prove
 from tests.web.conftest import Hospital, login, make_person, open_session_for
 
 
@@ -58,6 +59,7 @@ def test_security_console_lists_and_reviews_break_glass(
         patient_id=hospital.their_patient, reason="emergency", justification="Unconscious, no relative here"
     )
     csrf = open_session_for(client, sqlite_runtime, officer)
+    prove(client, sqlite_runtime)
     page = client.get("/security")
     assert page.status_code == 200, page.text
     assert "Unconscious, no relative here" in page.text
@@ -88,6 +90,7 @@ def test_administrator_needs_a_second_administrator(
     second = make_person(sqlite_runtime, "admin.two", roles=(Role.SYSTEM_ADMINISTRATOR,), facility_id=None)
     newcomer = make_person(sqlite_runtime, "nurse.new", roles=(), facility_id=hospital.facility_id)
     csrf = open_session_for(client, sqlite_runtime, first)
+    prove(client, sqlite_runtime)
     page = client.get("/admin")
     assert page.status_code == 200 and "nurse.new" in page.text
     asked = client.post(
@@ -107,6 +110,7 @@ def test_administrator_needs_a_second_administrator(
     assert refused.status_code == 403 and "second administrator" in refused.text
     client.cookies.clear()
     csrf = open_session_for(client, sqlite_runtime, second)
+    prove(client, sqlite_runtime)
     assert client.post(f"/admin/grants/{grant_id}/approve", data={"csrf_token": csrf}).status_code == 303
     assert "success" in _outcomes(sqlite_runtime, AuditKind.ROLE_GRANT_APPROVED)
     # Administrators administer: no chart, no search.

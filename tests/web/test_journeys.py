@@ -23,6 +23,7 @@ from carnet.phi.gate import Gate
 from carnet.phi.schemas import AppointmentInput
 from carnet.runtime import Runtime
 from tests import factories
+from tests.proofs import prove
 from tests.web.conftest import Hospital, Person, login, make_person, open_session_for
 
 
@@ -351,6 +352,7 @@ def test_an_administrator_opens_an_account_whose_role_waits_for_a_second_one(
     first = make_person(sqlite_runtime, "admin.one", roles=(Role.SYSTEM_ADMINISTRATOR,), facility_id=None)
     second = make_person(sqlite_runtime, "admin.two", roles=(Role.SYSTEM_ADMINISTRATOR,), facility_id=None)
     csrf = open_session_for(client, sqlite_runtime, first)
+    prove(client, sqlite_runtime)
     form = {
         "csrf_token": csrf,
         "username": "desk.<b>new</b>",
@@ -388,6 +390,7 @@ def test_an_administrator_opens_an_account_whose_role_waits_for_a_second_one(
     assert client.post(f"/admin/grants/{grant_id}/approve", data={"csrf_token": csrf}).status_code == 403
     client.cookies.clear()
     csrf2 = open_session_for(client, sqlite_runtime, second)
+    prove(client, sqlite_runtime)
     assert client.post(f"/admin/grants/{grant_id}/approve", data={"csrf_token": csrf2}).status_code == 303
     other.cookies.clear()
     movable_clock.advance(dt.timedelta(seconds=31))  # a TOTP code is used once: the next one
@@ -455,6 +458,7 @@ def test_opening_an_account_is_for_administrators_only(
     client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
 ) -> None:
     csrf = login(client, hospital.front_desk)
+    prove(client, sqlite_runtime)  # even with a proof: not an administrator
     refused = client.post(
         "/admin/accounts",
         data={
@@ -495,6 +499,7 @@ def test_an_officer_approves_or_refuses_exports_never_their_own(
         sqlite_runtime, actor=doctor, purpose="second request for the registry", scope="care"
     )
     csrf = open_session_for(client, sqlite_runtime, officers[0])
+    prove(client, sqlite_runtime)
     page = client.get("/security/exports")
     assert page.status_code == 200
     assert "Étude &lt;script&gt;x&lt;/script&gt; qualité" in page.text
@@ -527,6 +532,7 @@ def test_export_approvals_refuse_other_roles(
     doctor = factories.make_physician(sqlite_runtime, hospital.facility_id)
     asked = request_export(sqlite_runtime, actor=doctor, purpose="audit of my own patients", scope="care")
     csrf = login(client, hospital.physician)
+    prove(client, sqlite_runtime)  # even with a proof: not an officer
     assert client.get("/security/exports").status_code == 403
     refused = client.post(f"/security/exports/{asked.id}/approve", data={"csrf_token": csrf})
     assert refused.status_code == 403
