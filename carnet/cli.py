@@ -11,7 +11,7 @@ from rich.console import Console
 
 from carnet.audit.commands import audit_app
 from carnet.detection.commands import incident_app
-from carnet.identity.commands import clients_app, sessions_app
+from carnet.identity.commands import clients_app, reenrol, sessions_app
 from carnet.kernel.errors import CarnetError
 from carnet.phi.commands import exports_app
 from carnet.redteam.commands import redteam_app
@@ -224,8 +224,11 @@ from carnet.synth import commands as synth_commands  # noqa: E402 (after `serve`
 app.command("seed")(synth_commands.seed)
 app.command("demo")(synth_commands.demo)
 
-users_app = typer.Typer(help="Accounts: list them (no secrets shown).", no_args_is_help=True)
+users_app = typer.Typer(
+    help="Accounts: list them (no secrets shown); re-enrol an owner in person.", no_args_is_help=True
+)
 app.add_typer(users_app, name="users")
+users_app.command("re-enrol")(reenrol)
 
 
 @users_app.command("list")

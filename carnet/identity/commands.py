@@ -56,11 +56,11 @@ def _runtime() -> Iterator[Runtime]:
         runtime.close()
 
 
-def _operator() -> Actor:
+def _operator(username: str = "system:cli") -> Actor:
     from carnet.access.actor import Actor, ActorKind, PurposeOfUse
 
     return Actor(
-        kind=ActorKind.SYSTEM, username="system:cli", roles=frozenset(), purpose_of_use=PurposeOfUse.SECURITY
+        kind=ActorKind.SYSTEM, username=username, roles=frozenset(), purpose_of_use=PurposeOfUse.SECURITY
     )
 
 
@@ -71,6 +71,7 @@ def register(
     ],
     name: Annotated[str, typer.Option(help="A name people recognise.")],
     scope: Annotated[str, typer.Option(help='Allowed scopes, e.g. "system/Patient.read system/*.rs".')],
+    reason: Annotated[str, typer.Option(help="Why this integration gets access (audited).")],
     jwks: Annotated[
         Path | None, typer.Option(help="JSON file with the client's PUBLIC keys (backend clients).")
     ] = None,
@@ -81,9 +82,15 @@ def register(
         list[str] | None, typer.Option("--redirect-uri", help="An app's redirect URI (repeatable).")
     ] = None,
 ) -> None:
-    """Register an API client. It holds no secret: a backend proves itself with its keys."""
+    """Register an API client. It holds no secret: a backend proves itself with its keys.
+
+    The server's shell is the operator's door (no passkey asked): the stated reason is audited.
+    """
     from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
     from carnet.identity import oauth
+
+    if len(reason.strip()) < 4:
+        raise _fail("state a reason (at least 4 characters)")
 
     keys = None
     if jwks is not None:
@@ -111,7 +118,7 @@ def register(
                 actor=_operator(),
                 resource_type="ApiClient",
                 resource_ids=(client_id,),
-                detail={"scope": scope[:400], "kind": kind},
+                detail={"scope": scope[:400], "kind": kind, "reason": reason.strip()[:300]},
             ),
         )
         token_url = runtime.settings.origin.rstrip("/") + "/oauth/token"
@@ -181,3 +188,33 @@ def revoke_sessions(
             audit=runtime.audit,
         )
     typer.echo(f"{count} session(s) of {username} revoked")
+
+
+def reenrol(
+    username: Annotated[str, typer.Argument(help="The account whose owner stands at the desk.")],
+    reason: Annotated[
+        str, typer.Option(help="Why, and how the owner's identity was checked in person (audited).")
+    ],
+) -> None:
+    """Re-enrol an account's owner in person: every session ends, every passkey, authenticator
+    and recovery code is removed, and a new first password and authenticator key are shown here,
+    once, for the owner to replace at first sign-in. A contained account stays suspended: two
+    security officers restore it afterwards (needed when it was contained while on probation)."""
+    import getpass
+
+    from carnet.identity import lifecycle
+
+    with _runtime() as runtime, runtime.session_factory.begin() as session:
+        done = lifecycle.reenrol(
+            session,
+            username=username,
+            reason=reason,
+            actor=_operator(f"system:cli:{getpass.getuser()}"),
+            audit=runtime.audit,
+        )
+    # Shown once, to the owner standing here; never stored in clear, never logged.
+    typer.echo(f"{done.username} re-enrolled; {done.sessions_ended} session(s) ended.")
+    typer.echo(f"first password: {done.initial_password}")
+    typer.echo(f"authenticator key: {done.totp_secret}")
+    typer.echo(f"authenticator URI: {done.otpauth_uri}")
+    typer.echo("The owner signs in now and replaces both; then two security officers restore the account.")

@@ -41,7 +41,7 @@ def test_register_list_and_revoke(
     jwks.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
     code, out = run_cli(
         sqlite_runtime, monkeypatch, "clients", "register", "--client-id", "lab-system", "--name", "Lab",
-        "--scope", "system/Observation.rs", "--jwks", str(jwks),
+        "--scope", "system/Observation.rs", "--jwks", str(jwks), "--reason", "results feed from the lab",
     )  # fmt: skip
     assert code == 0, out
     assert "http://localhost:8000/oauth/token" in out
@@ -68,11 +68,30 @@ def test_register_list_and_revoke(
 def test_bad_input_exits_2_and_changes_nothing(
     sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch, args: list[str]
 ) -> None:
-    code, out = run_cli(sqlite_runtime, monkeypatch, "clients", "register", *args)
+    code, out = run_cli(sqlite_runtime, monkeypatch, "clients", "register", *args, "--reason", "lab feed")
     assert code == 2, out
     assert "error:" in out and "Traceback" not in out
     with sqlite_runtime.session_factory() as session:
         assert session.scalars(select(ApiClient)).all() == []
+
+
+def test_registering_needs_a_stated_reason(
+    sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [ECKey.generate_key("P-256").as_dict(private=False)]}))
+    args = ["clients", "register", "--client-id", "lab-ok", "--name", "n", "--scope", "system/Patient.read"]
+    args += ["--jwks", str(jwks)]
+    assert run_cli(sqlite_runtime, monkeypatch, *args)[0] == 2  # no --reason
+    code, out = run_cli(sqlite_runtime, monkeypatch, *args, "--reason", " x ")
+    assert code == 2 and "reason" in out
+    with sqlite_runtime.session_factory() as session:
+        assert session.scalars(select(ApiClient)).all() == []
+        assert session.scalars(select(AuditEvent)).all() == []
+    assert run_cli(sqlite_runtime, monkeypatch, *args, "--reason", "lab feed, contract 12")[0] == 0
+    with sqlite_runtime.session_factory() as session:
+        event = session.scalars(select(AuditEvent)).one()
+    assert json.loads(event.detail)["reason"] == "lab feed, contract 12"
 
 
 def test_sessions_revoke_cuts_an_open_session(
