@@ -268,6 +268,27 @@ def _usable(session: Session, *, account_id: uuid.UUID, session_id: uuid.UUID, a
     return "code already used for another action"
 
 
+def fresh_until(session: Session, *, actor: Actor) -> dt.datetime | None:
+    """Until when this session holds a usable proof (None: none), for the page to ask only then."""
+    if actor.account_id is None or actor.session_id is None:
+        return None
+    now = clock.now()
+    for proof in session.scalars(
+        select(StepUpProof)
+        .where(
+            StepUpProof.session_id == actor.session_id,
+            StepUpProof.account_id == actor.account_id,
+            StepUpProof.proven_at >= now - FRESHNESS,
+            StepUpProof.used_at.is_(None) | (StepUpProof.method == "webauthn"),
+        )
+        .order_by(StepUpProof.proven_at.desc())
+        .limit(1)
+    ):
+        assert proof.proven_at is not None
+        return proof.proven_at + FRESHNESS
+    return None
+
+
 def require(runtime: Runtime, *, actor: Actor, action: Action, resource: str | None = None) -> None:
     """Let the action through only on a fresh proof of this session; else audit, count, refuse.
 

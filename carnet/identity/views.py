@@ -204,6 +204,15 @@ class ProofBody(BaseModel):
     otp: str | None = Field(default=None, max_length=12)
 
 
+@router.get("/step-up")
+def step_up_status(actor: ActorDep, request: Request) -> dict[str, Any]:
+    """Whether this session holds a fresh proof (the page asks for the passkey only if not)."""
+    runtime = runtime_of(request)
+    with runtime.session_factory() as session:
+        until = stepup.fresh_until(session, actor=actor)
+    return {"fresh": until is not None, "until": until.isoformat() if until else None}
+
+
 @router.post("/step-up/options")
 def step_up_options(actor: ActorDep, request: Request) -> dict[str, Any]:
     """A passkey challenge for an access-widening action, issued to THIS session only."""

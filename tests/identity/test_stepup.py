@@ -132,7 +132,9 @@ def test_each_code_allows_one_action_and_is_never_accepted_twice(
     me = login(client, doctor)
     movable_clock.advance(dt.timedelta(seconds=31))
     code = doctor.code()
+    assert client.get("/auth/step-up").json()["fresh"] is False
     assert client.post("/auth/step-up/proof", json={"otp": code}).status_code == 200
+    assert client.get("/auth/step-up").json()["fresh"] is True
     assert client.post("/auth/step-up/proof", json={"otp": code}).status_code == 401  # a replay
     actor = Actor(
         kind=ActorKind.STAFF,
@@ -142,6 +144,7 @@ def test_each_code_allows_one_action_and_is_never_accepted_twice(
         session_id=_session_id(sqlite_runtime, str(me["account"])),
     )
     stepup.require(sqlite_runtime, actor=actor, action=stepup.Action.ROLE_GRANT_REQUEST)
+    assert client.get("/auth/step-up").json()["fresh"] is False  # the code's one action is done
     with pytest.raises(stepup.ProofRequired):
         stepup.require(sqlite_runtime, actor=actor, action=stepup.Action.ROLE_GRANT_REQUEST)
     refused = [d for k, o, d in _step_ups(sqlite_runtime) if k == AuditKind.STEP_UP_REFUSED.value]
@@ -167,3 +170,9 @@ def test_an_access_token_never_stands_for_a_person(sqlite_runtime: Runtime) -> N
     assert refused == [
         {"action": "api-client-register", "reason": "an access token cannot prove a person's presence"}
     ]
+
+
+def test_without_a_session_nothing_is_issued_or_proven(client: TestClient) -> None:
+    assert client.get("/auth/step-up").status_code == 401
+    assert client.post("/auth/step-up/options").status_code == 401
+    assert client.post("/auth/step-up/proof", json={"otp": "123456"}).status_code == 401

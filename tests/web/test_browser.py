@@ -269,7 +269,7 @@ def test_officer_enrols_a_passkey_signs_in_with_it_and_reviews(
     make_person(sqlite_runtime, "nurse.new", roles=(), facility_id=hospital.facility_id)
     admin_page = browser.new_page()
     browser.clear_cookies()
-    browser.add_cookies(_session_cookies(sqlite_runtime, first, origin))
+    browser.add_cookies(_session_cookies(sqlite_runtime, first, origin, proven=True))
     admin_page.goto(origin + "/admin")
     ask = admin_page.locator('form[action="/admin/grants"]')
     ask.locator("select[name=account_id]").select_option(label="nurse.new")
@@ -279,16 +279,20 @@ def test_officer_enrols_a_passkey_signs_in_with_it_and_reviews(
     admin_page.get_by_role("button", name="Ask", exact=True).click()
     admin_page.get_by_role("cell", name="Hired on ward 3").wait_for()
     browser.clear_cookies()
-    browser.add_cookies(_session_cookies(sqlite_runtime, second, origin))
+    browser.add_cookies(_session_cookies(sqlite_runtime, second, origin, proven=True))
     admin_page.goto(origin + "/admin")
     shot(admin_page, "14-administration")
     admin_page.get_by_role("button", name="Approve").click()
     admin_page.get_by_role("cell", name="None.").wait_for()
 
 
-def _session_cookies(runtime: Runtime, person: Person, origin: str) -> list[dict[str, Any]]:
-    """A privileged session as a passkey login leaves it (the ceremony is tested above)."""
+def _session_cookies(
+    runtime: Runtime, person: Person, origin: str, *, proven: bool = False
+) -> list[dict[str, Any]]:
+    """A privileged session as a passkey login leaves it (the ceremony is tested above); with
+    `proven`, also a step-up proof as a passkey step-up leaves it (test_stepup_browser.py)."""
     from carnet.identity import sessions
+    from tests.proofs import prove_session
 
     with runtime.session_factory.begin() as session:
         issued = sessions.open_session(
@@ -299,6 +303,8 @@ def _session_cookies(runtime: Runtime, person: Person, origin: str) -> list[dict
             address="127.0.0.1",
             user_agent="playwright",
         )
+    if proven:
+        prove_session(runtime, issued.session_id)
     return [
         {"name": "carnet_session", "value": issued.token, "url": origin},
         {"name": "carnet_csrf", "value": issued.csrf_token, "url": origin},

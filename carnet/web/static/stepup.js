@@ -29,7 +29,7 @@
   function proceed() {
     const {form, submitter} = pending;
     pending = null;
-    dialog.close();
+    if (dialog.open) dialog.close();
     form.dataset.stepUpProven = "1";
     if (submitter) form.requestSubmit(submitter); else form.requestSubmit();
   }
@@ -62,11 +62,16 @@
   cancelButton.addEventListener("click", () => { pending = null; dialog.close(); });
 
   document.querySelectorAll("form[data-step-up]").forEach((form) => {
-    form.addEventListener("submit", (event) => {
+    form.addEventListener("submit", async (event) => {
       if (form.dataset.stepUpProven === "1") { delete form.dataset.stepUpProven; return; }
       event.preventDefault();
       const field = form.querySelector("input[name=csrf_token]");
       pending = {form: form, submitter: event.submitter || null, csrf: field ? field.value : ""};
+      // A proof of this session from the last minutes still stands: no second touch needed.
+      try {
+        const r = await fetch("/auth/step-up", {credentials: "same-origin"});
+        if (r.status === 200 && (await r.json()).fresh) { proceed(); return; }
+      } catch (e) { /* ask below */ }
       say("");
       dialog.showModal();
       withPasskey();
