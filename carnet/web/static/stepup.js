@@ -40,8 +40,8 @@
     try {
       const o = await post("/auth/step-up/options", pending.csrf);
       if (o.status !== 200) { say(refusedText + " " + why(o)); return; }
-      if (o.data.totp) codeBox.hidden = false;
-      if (!o.data.publicKey) { say(dialog.dataset.noPasskey || ""); return; }
+      if (o.data.totp) { codeBox.hidden = false; codeInput.focus(); }
+      if (!o.data.publicKey) { say(o.data.totp ? "" : (dialog.dataset.noPasskey || "")); return; }
       const cred = await navigator.credentials.get(
         {publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(o.data.publicKey)});
       const res = await post("/auth/step-up/proof", pending.csrf,
