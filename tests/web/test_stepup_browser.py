@@ -212,3 +212,39 @@ def test_the_refusal_page_explains_in_french(
                    f.removeAttribute('data-step-up'); HTMLFormElement.prototype.submit.call(f); }"""
     )
     page.get_by_text("Une session seule ne suffit pas.").wait_for()
+
+
+def test_in_a_demo_the_dialog_takes_a_code_once(
+    origin: str,
+    browser: Any,
+    hospital: Hospital,
+    sqlite_runtime: Runtime,
+    movable_clock: clock.MovableClock,
+) -> None:
+    from carnet.settings import Environment
+
+    sqlite_runtime.settings = sqlite_runtime.settings.model_copy(update={"env": Environment.DEMO})
+    admin = make_person(sqlite_runtime, "admin.demo", roles=(Role.SYSTEM_ADMINISTRATOR,), facility_id=None)
+    page = browser.new_page()
+    sign_in(page, origin, admin)  # a demo lets a privileged account use its code
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.wait_for_url(re.compile(r"/admin"))
+    form = page.locator('form[action="/admin/accounts"]')
+    form.locator("input[name=username]").fill("desk.demo")
+    form.locator("input[name=display_name]").fill("Demo Clerk")
+    form.locator("select[name=role]").select_option("front_desk")
+    form.locator("select[name=facility_id]").select_option(str(hospital.facility_id))
+    form.locator("input[name=reason]").fill("trying the demo")
+    before = _accounts(sqlite_runtime)
+    page.get_by_role("button", name="Open the account").click()
+    dialog = page.locator("#step-up-dialog")
+    used = admin.code()  # the login's code: accepted once, so refused here
+    dialog.get_by_label("Demo only: code from your authenticator app").fill(used)
+    dialog.get_by_role("button", name="Confirm with the code").click()
+    dialog.get_by_text("Not confirmed: the action was not done.").wait_for()
+    assert _accounts(sqlite_runtime) == before
+    next_totp_window(movable_clock)
+    dialog.get_by_label("Demo only: code from your authenticator app").fill(admin.code())
+    dialog.get_by_role("button", name="Confirm with the code").click()
+    page.locator("#new-password").wait_for()
+    assert _accounts(sqlite_runtime) == before + 1
