@@ -176,3 +176,60 @@ def test_without_a_session_nothing_is_issued_or_proven(client: TestClient) -> No
     assert client.get("/auth/step-up").status_code == 401
     assert client.post("/auth/step-up/options").status_code == 401
     assert client.post("/auth/step-up/proof", json={"otp": "123456"}).status_code == 401
+
+
+def test_proofs_on_both_databases(runtime: Runtime, movable_clock: clock.MovableClock) -> None:
+    """The service on SQLite and PostgreSQL: a code's proof is spent by one action; a passkey
+    challenge answered from another session makes no proof; a stale proof is refused."""
+    from carnet.identity import sessions
+
+    stepup.allow_totp_in_tests(runtime)
+    doctor = make_person(runtime, "doc")
+    _with_passkey(runtime, doctor)
+    rp = stepup.RelyingParty.from_origin(runtime.settings.origin)
+
+    def session_actor() -> Actor:
+        with runtime.session_factory.begin() as session:
+            issued = sessions.open_session(
+                session,
+                account_id=doctor.account_id,
+                privileged=False,
+                second_factor_method="totp",
+                address=None,
+                user_agent=None,
+            )
+        return Actor(
+            kind=ActorKind.STAFF,
+            username="doc",
+            roles=frozenset(),
+            account_id=doctor.account_id,
+            session_id=issued.session_id,
+        )
+
+    mine, other = session_actor(), session_actor()
+    with runtime.session_factory.begin() as session:
+        assert stepup.prove_with_totp(session, actor=mine, code=doctor.code(), runtime=runtime) is None
+    with pytest.raises(stepup.ProofRequired):
+        stepup.require(runtime, actor=other, action=stepup.Action.ACCOUNT_OPEN)
+    stepup.require(runtime, actor=mine, action=stepup.Action.ACCOUNT_OPEN)
+    with pytest.raises(stepup.ProofRequired):
+        stepup.require(runtime, actor=mine, action=stepup.Action.ACCOUNT_OPEN)
+    with runtime.session_factory.begin() as session:
+        challenge_id, _options = stepup.challenge(session, actor=mine, rp=rp)
+    with runtime.session_factory.begin() as session:
+        why = stepup.prove_with_passkey(
+            session, actor=other, challenge_id=challenge_id, credential=FAKE_CREDENTIAL, rp=rp
+        )
+    assert why == "challenge issued to another session"
+    movable_clock.advance(dt.timedelta(seconds=31))
+    with runtime.session_factory.begin() as session:
+        assert stepup.prove_with_totp(session, actor=mine, code=doctor.code(), runtime=runtime) is None
+    movable_clock.advance(stepup.FRESHNESS + dt.timedelta(seconds=1))
+    with pytest.raises(stepup.ProofRequired):
+        stepup.require(runtime, actor=mine, action=stepup.Action.ACCOUNT_OPEN)
+    reasons = [d["reason"] for k, _o, d in _step_ups(runtime) if k == AuditKind.STEP_UP_REFUSED.value]
+    assert reasons == [
+        "no proof in this session",
+        "code already used for another action",
+        "proof older than 5 minutes",
+    ]
