@@ -414,3 +414,42 @@ def test_restore_loop_restores_nothing_with_two_stolen_officer_sessions(
         assert session.scalar(suspended) == "suspended"
         assert session.scalars(sa.select(RestoreRequest.status)).all() == ["pending"]
     assert len(_refusals(sqlite_runtime)) == 4
+
+
+def test_the_web_forms_that_widen_access_declare_the_proof() -> None:
+    """A renamed or duplicated route would escape the cases above: each is found, with its proof."""
+    from fastapi.routing import APIRoute
+
+    from carnet.fhir.exports import router as fhir_exports
+    from carnet.identity.views import oauth_router
+    from carnet.web import desk, security
+
+    def needs_proof(route: APIRoute) -> bool:
+        stack = list(route.dependant.dependencies)
+        while stack:
+            dep = stack.pop()
+            if dep.call is not None and dep.call.__qualname__ == "proven.<locals>.dependency":
+                return True
+            stack.extend(dep.dependencies)
+        return False
+
+    routers = (desk.router, security.router, oauth_router, fhir_exports)
+    routes = {
+        r.path: r
+        for router in routers
+        for r in router.routes
+        if isinstance(r, APIRoute) and "POST" in r.methods
+    }
+    widening = {
+        "/admin/accounts",
+        "/admin/grants",
+        "/admin/grants/{grant_id}/approve",
+        "/security/restore",
+        "/security/restore/{request_id}/approve",
+        "/security/break-glass/{access_id}/review",
+        "/security/exports/{export_id}/approve",
+    }
+    assert {p for p in widening if p in routes and needs_proof(routes[p])} == widening
+    narrowing = {"/admin/grants/{grant_id}/reject", "/security/restore/{request_id}/reject"}
+    assert not any(needs_proof(routes[p]) for p in narrowing)
+    assert {"/oauth/clients", "/fhir/$export-approve"} <= set(routes)  # JSON: require() in the body
