@@ -37,10 +37,19 @@ def console_home(request: Request, actor: WebActor, status: str = "open") -> Res
     alerts = services.list_alerts(runtime, officer=actor, status=None if status == "any" else status)
     contained = console.list_contained(runtime, officer=actor)
     queue = breakglass.list_break_glass(runtime, actor=actor, unreviewed_only=True)
+    # Contained on probation: the console says the owner re-enrols first, instead of a restore form.
+    reenrol = {c.actor_ref: lifecycle.restore_block(runtime, actor_ref=c.actor_ref) for c in contained}
     return render(
         request,
         "security/console.html",
-        {"actor": actor, "alerts": alerts, "contained": contained, "queue": queue, "status": status},
+        {
+            "actor": actor,
+            "alerts": alerts,
+            "contained": contained,
+            "queue": queue,
+            "status": status,
+            "reenrol": reenrol,
+        },
     )
 
 

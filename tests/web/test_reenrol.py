@@ -107,6 +107,9 @@ def test_contained_on_probation_stays_suspended_until_the_owner_re_enrols_in_per
         data={"actor_ref": ref, "reason": "spoke with the owner, who was on shift", "csrf_token": csrf},
     )
     assert page.status_code == 403 and "re-enrols in person" in page.text
+    console = client.get("/security").text
+    assert "its owner re-enrols in person first" in console
+    assert 'action="/security/restore"' not in console  # no form that could only be refused
     with sqlite_runtime.session_factory() as session:
         denied = session.scalars(
             sa.select(AuditEvent.outcome).where(AuditEvent.kind == AuditKind.RESTORE_REQUESTED.value)
