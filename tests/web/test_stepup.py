@@ -420,7 +420,7 @@ def test_the_web_forms_that_widen_access_declare_the_proof() -> None:
     """A renamed or duplicated route would escape the cases above: each is found, with its proof."""
     from fastapi.routing import APIRoute
 
-    from carnet.fhir.exports import router as fhir_exports
+    from carnet.fhir.operations.export import router as fhir_exports
     from carnet.identity.views import oauth_router
     from carnet.web import desk, security
 
