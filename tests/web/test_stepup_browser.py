@@ -5,6 +5,7 @@ session, replayed, or a proof older than 5 minutes does nothing."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +31,9 @@ PORTS = range(8850, 8860)  # not the ranges of test_browser_journeys (8770-) or 
 
 @pytest.fixture
 def origin(sqlite_runtime: Runtime, hospital: Hospital) -> Iterator[str]:
-    yield from serve(sqlite_runtime, PORTS)
+    # Each xdist worker its own half of the range: two workers never probe the same port at once.
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 2
+    yield from serve(sqlite_runtime, range(PORTS.start + 5 * worker, PORTS.start + 5 * worker + 5))
 
 
 def _authenticator(browser: Any, page: Any) -> None:
