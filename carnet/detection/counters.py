@@ -261,7 +261,6 @@ _DISTINCT_KINDS = frozenset(
         EventKind.ADMINISTRATION,
         EventKind.SEEN,
         EventKind.ANOMALY,
-        EventKind.COHORT,
     }
 )
 

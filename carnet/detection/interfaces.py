@@ -108,7 +108,6 @@ class EventKind(StrEnum):
     # an account seen there (key: its actor_ref), or found anomalous there.
     SEEN = "seen"
     ANOMALY = "anomaly"
-    COHORT = "cohort"  # an account a campaign's step-up was put on (asked once per campaign)
 
 
 class ExposureLedger(Protocol):

@@ -289,7 +289,10 @@ class SqlExposureLedger:
     def forget(self, *, actor_ref: str) -> None:
         """After a restore: clear flags and windows so old counts do not contain again."""
         self.flags.clear(actor_ref)
+        self.flags.clear(f"campaign:{actor_ref}")
         self._local_flags.clear(actor_ref)
+        with self._lock:
+            self._campaign_flags.pop(actor_ref, None)
         self.counters.reset(actor_ref=actor_ref)
 
     # -- response ------------------------------------------------------------------------
@@ -525,22 +528,21 @@ class SqlExposureLedger:
                 if len(self._seen) > 100_000:
                     self._seen.clear()
                 self._seen[pair] = now + 300
-            self._add_event(
-                session,
-                actor=Actor(kind=ActorKind.SYSTEM, username=ref, roles=frozenset()),
-                kind=EventKind.SEEN,
-                key=actor.actor_ref,
-                at=at,
+            session.execute(
+                insert(DetectionEvent).values(
+                    id=new_id(), actor_ref=ref, kind=EventKind.SEEN.value, key=actor.actor_ref, at=at
+                )
             )
             self.counters.add_event(actor_ref=ref, kind=EventKind.SEEN, key=actor.actor_ref, at=at)
 
     def _campaign_flag(self, actor: Actor) -> Finding | None:
-        """A step-up for a staff account reaching patient data from an address or client that a
-        campaign used (its first request included); its answer is judged like any step-up."""
+        """A step-up for a staff account of a campaign's cohort, or reaching patient data from an
+        address or client a campaign used (its first request included), until it proves a second
+        factor after the campaign was found."""
         if actor.kind is not ActorKind.STAFF:
             return None
         now = time.monotonic()
-        for ref in campaign.correlation_refs(actor):
+        for ref in [actor.actor_ref, *campaign.correlation_refs(actor)]:
             with self._lock:
                 cached = self._campaign_flags.get(ref)
             if cached is None or cached[0] <= now:
@@ -552,6 +554,15 @@ class SqlExposureLedger:
             parsed = _parse_flag(cached[1])
             if parsed is None or clock.now() - parsed[0] > dt.timedelta(hours=24):
                 continue
+            proven = actor.second_factor_at
+            if proven is not None and proven >= parsed[0]:
+                continue  # answered since (or signed in afresh since): asked once per campaign
+            if ref == actor.actor_ref:
+                return Finding(
+                    Rule.CAMPAIGN,
+                    Level.STEP_UP,
+                    f"{actor.username} is among accounts used together in a campaign: {parsed[1]}"[:1000],
+                )
             what = "network address" if ref.startswith("net:") else "client"
             return Finding(
                 Rule.CAMPAIGN,
@@ -560,6 +571,12 @@ class SqlExposureLedger:
                 f"in a campaign today: {parsed[1]}"[:1000],
             )
         return None
+
+    def _flag_campaign(self, ref: str, flag: str) -> None:
+        """Shared with every worker; this one knows at once (its cache would wait 2 s)."""
+        self.flags.set(f"campaign:{ref}", flag)
+        with self._lock:
+            self._campaign_flags[ref] = (time.monotonic() + 2.0, flag)
 
     def _correlate(self, session: Session, *, actor: Actor, at: dt.datetime) -> None:
         """`actor` was just found anomalous: note it, then judge the installation as a whole."""
@@ -628,7 +645,7 @@ class SqlExposureLedger:
             )
         flag = f"{at.timestamp()}|{finding.sentence}"
         for crowded_ref in crowded:
-            self.flags.set(f"campaign:{crowded_ref}", flag)
+            self._flag_campaign(crowded_ref, flag)
         if finding.level is Level.CONTAIN:
             for member in members:
                 state = session.get(ActorState, member.actor_ref)
@@ -638,24 +655,9 @@ class SqlExposureLedger:
                 self._local_flags.set(member.actor_ref, flag)
                 contain(session, actor=member, findings=[listed], audit=self.audit, at=at)
             return
-        # Step-up: each member not yet asked by this campaign gets a refusal on record, so its
-        # next request waits for a second factor proven after now (the pending step-up).
-        asked = set(keys(campaign.INSTALLATION, EventKind.COHORT))
+        # Step-up: each member's next request waits for a second factor proven after now.
         for member in members:
-            if member.actor_ref in asked:
-                continue
-            session.add(
-                DetectionEvent(
-                    actor_ref=campaign.INSTALLATION, kind=EventKind.COHORT.value, key=member.actor_ref, at=at
-                )
-            )
-            self.counters.add_event(
-                actor_ref=campaign.INSTALLATION, kind=EventKind.COHORT, key=member.actor_ref, at=at
-            )
-            session.add(
-                DetectionEvent(actor_ref=member.actor_ref, kind=EventKind.REFUSAL.value, key="-", at=at)
-            )
-            self.counters.add_event(actor_ref=member.actor_ref, kind=EventKind.REFUSAL, key="-", at=at)
+            self._flag_campaign(member.actor_ref, flag)
 
     # -- after the caller's transaction ---------------------------------------------------
     def _after(self, session: Session, action: AfterAction) -> None:

@@ -424,6 +424,8 @@ def off_hours(config: DetectionConfig, ctx: Context) -> Finding | None:
     local = ctx.at.astimezone(zoneinfo.ZoneInfo(config.timezone)).strftime("%H:%M")
     n = ctx.counts.patients_1h
     stops = n >= config.off_hours_step_up_1h and not night_role
+    if not stops and baseline is None:
+        return None  # no pattern of its own to depart from, and no volume worth asking about
     level = Level.STEP_UP if stops else Level.RECORD
     return Finding(
         Rule.OFF_HOURS,
