@@ -19,8 +19,8 @@ from carnet.crypto.keyring import Keyring
 from carnet.crypto.keys import FileKeyProvider, KeyProvider
 from carnet.db import migrate
 from carnet.db.engine import make_engine, make_session_factory
-from carnet.detection.interfaces import ExposureLedger
 from carnet.detection.administration import WatchedAuditWriter
+from carnet.detection.interfaces import ExposureLedger
 from carnet.detection.ledger import build_ledger
 from carnet.kernel.errors import ConfigurationError
 from carnet.settings import Settings

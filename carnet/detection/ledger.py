@@ -599,9 +599,10 @@ class SqlExposureLedger:
             keys(address, EventKind.ANOMALY),
             keys(fingerprint, EventKind.ANOMALY),
         )
-        crowded = [
-            r for r, found in ((address, same_address), (fingerprint, same_fingerprint)) if len(found) >= 2
-        ]
+        crowded: list[str] = []
+        for shared, found in ((address, same_address), (fingerprint, same_fingerprint)):
+            if shared is not None and len(found) >= 2:
+                crowded.append(shared)
         seen_with = sorted({k for r in crowded for k in keys(r, EventKind.SEEN)})
         m15, h1 = self.counters.installation_counts(session, at=at)
         usual = self._baseline(session, campaign.INSTALLATION)
