@@ -39,8 +39,28 @@ def fingerprint_ref(actor: Actor) -> str | None:
     return f"ua:{hashlib.sha256(actor.user_agent.encode()).hexdigest()[:20]}"
 
 
+def machine_ref(actor: Actor) -> str | None:
+    """One machine: the same address and the same client together."""
+    address, fingerprint = address_ref(actor), fingerprint_ref(actor)
+    if address is None or fingerprint is None:
+        return None
+    digest = hashlib.sha256(f"{address}|{fingerprint}".encode()).hexdigest()[:24]
+    return f"machine:{digest}"
+
+
 def correlation_refs(actor: Actor) -> list[str]:
     return [ref for ref in (address_ref(actor), fingerprint_ref(actor)) if ref is not None]
+
+
+def crowd_finding(config: DetectionConfig, accounts: int) -> Finding:
+    minutes = config.campaign_machine_minutes
+    return Finding(
+        Rule.CAMPAIGN,
+        Level.STEP_UP,
+        f"{accounts} different accounts reached patient data from one machine (the same network "
+        f"address and client) within {minutes} minutes: sessions of others used together. Each "
+        f"session signed in before this is asked for a fresh second factor.",
+    )
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,11 @@ class DetectionConfig(BaseSettings):
     campaign_contain_correlated: int = Field(default=3, ge=2)
     campaign_step_up_anomalous: int = Field(default=3, ge=2)
     campaign_contain_anomalous: int = Field(default=5, ge=2)
+    # Session timing: this many different accounts reaching patient data from one machine (same
+    # address and client) within the minutes below. A shared ward computer at shift change meets
+    # it too; its staff answer one step-up (or signed in after it, which counts as answered).
+    campaign_machine_accounts: int = Field(default=4, ge=2)
+    campaign_machine_minutes: int = Field(default=15, ge=1)
     # Installation-wide distinct patients (every actor, every channel) per 15 min / 1 h from which
     # the installation is "over its usual": max(floor, baseline_factor x its p95).
     installation_m15: int = Field(default=300, ge=1)

@@ -520,7 +520,8 @@ class SqlExposureLedger:
         if actor.kind not in (ActorKind.STAFF, ActorKind.CLIENT):
             return
         now = time.monotonic()
-        for ref in campaign.correlation_refs(actor):
+        machine = campaign.machine_ref(actor)
+        for ref in [*campaign.correlation_refs(actor), *([machine] if machine else [])]:
             pair = (ref, actor.actor_ref)
             with self._lock:
                 if self._seen.get(pair, 0.0) > now:
@@ -534,6 +535,33 @@ class SqlExposureLedger:
                 )
             )
             self.counters.add_event(actor_ref=ref, kind=EventKind.SEEN, key=actor.actor_ref, at=at)
+            if ref == machine:
+                self._judge_machine(session, machine, at)
+
+    def _judge_machine(self, session: Session, machine: str, at: dt.datetime) -> None:
+        """Session timing: many accounts from one machine in minutes is one operator's doing."""
+        window = dt.timedelta(minutes=self.config.campaign_machine_minutes)
+        accounts = self.counters.keys(session, actor_ref=machine, kind=EventKind.SEEN, at=at, window=window)
+        if len(accounts) < self.config.campaign_machine_accounts:
+            return
+        flagged = _parse_flag(self.flags.get(f"campaign:{machine}"))
+        if flagged is not None and at - flagged[0] < dt.timedelta(hours=24):
+            return  # already flagged today: its staff are not asked again and again
+        finding = campaign.crowd_finding(self.config, len(accounts))
+        self._flag_campaign(machine, f"{at.timestamp()}|{finding.sentence}")
+
+        def alert(own: Session) -> None:
+            names = [self._actor_of(own, ref).username for ref in accounts]
+            listed = Finding(finding.rule, finding.level, campaign.listing(finding.sentence, names))
+            raise_alert(
+                own,
+                actor=campaign.CAMPAIGN_ACTOR,
+                finding=listed,
+                at=at,
+                merge_hours=self.config.alert_merge_hours,
+            )
+
+        self._after(session, alert)
 
     def _campaign_flag(self, actor: Actor) -> Finding | None:
         """A step-up for a staff account of a campaign's cohort, or reaching patient data from an
@@ -542,7 +570,8 @@ class SqlExposureLedger:
         if actor.kind is not ActorKind.STAFF:
             return None
         now = time.monotonic()
-        for ref in [actor.actor_ref, *campaign.correlation_refs(actor)]:
+        machine = campaign.machine_ref(actor)
+        for ref in [actor.actor_ref, *campaign.correlation_refs(actor), *([machine] if machine else [])]:
             with self._lock:
                 cached = self._campaign_flags.get(ref)
             if cached is None or cached[0] <= now:
@@ -563,7 +592,7 @@ class SqlExposureLedger:
                     Level.STEP_UP,
                     f"{actor.username} is among accounts used together in a campaign: {parsed[1]}"[:1000],
                 )
-            what = "network address" if ref.startswith("net:") else "client"
+            what = {"net": "network address", "ua": "client"}.get(ref.partition(":")[0], "machine")
             return Finding(
                 Rule.CAMPAIGN,
                 Level.STEP_UP,

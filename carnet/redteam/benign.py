@@ -68,6 +68,10 @@ class BenignResult:
     account_step_ups: Counter[str] = field(default_factory=Counter)
     bookings: int = 0
     registrations: int = 0
+    # Night shifts worked (22:00-06:00 local) and staff who joined mid-month (accounts opened by
+    # an administrator, approved by a second one, on probation for their first days).
+    night_shifts: int = 0
+    joiners: list[str] = field(default_factory=list)
 
     @property
     def step_ups_per_clinician_week(self) -> float:
@@ -78,6 +82,10 @@ class BenignResult:
     def step_ups_per_week(self, role: str) -> float:
         days = self.staff_days.get(role, 0)
         return 7 * self.role_step_ups.get(role, 0) / days if days else 0.0
+
+
+def worker_role(actor: Actor) -> Role:
+    return _role_of(actor.roles)
 
 
 def _role_of(roles: frozenset[Role]) -> Role:
@@ -293,6 +301,90 @@ class _Worker:
         return handled
 
 
+# Night rotation: one clinician in NIGHT_EVERY works nights (22:00 local) one week in three.
+NIGHT_EVERY = 5
+JOINERS = (Role.PHYSICIAN, Role.NURSE, Role.NURSE, Role.PHYSICIAN, Role.FRONT_DESK, Role.BILLING)
+
+
+def on_nights(position: int, offset: int) -> bool:
+    """Whether the clinician at `position` works the night of simulated day `offset`."""
+    return position % NIGHT_EVERY == 0 and (offset // 7 + position // NIGHT_EVERY) % 3 == 0
+
+
+def _administrators(runtime: Runtime) -> list[Actor]:
+    with runtime.session_factory() as session:
+        found = []
+        for account in session.scalars(
+            select(Account)
+            .where(Account.kind == "staff", Account.status == "active")
+            .order_by(Account.username)
+        ):
+            roles = roles_of(session, account=account)
+            if Role.SYSTEM_ADMINISTRATOR in roles:
+                found.append(
+                    Actor(
+                        kind=ActorKind.STAFF,
+                        username=account.username,
+                        roles=roles,
+                        account_id=account.id,
+                        session_id=uuid.uuid4(),
+                        address="10.30.0.1",
+                        second_factor_at=clock.now(),
+                    )
+                )
+        return found[:2]
+
+
+def onboard(
+    runtime: Runtime, everyone: list[Actor], *, result: BenignResult, movable: clock.MovableClock
+) -> None:
+    """Mid-month: staff leave and their replacements join. An administrator opens each account
+    (taking over the leaver's practitioner record for clinicians), a second approves its role,
+    twenty minutes apart, through the audited (and watched) administration services."""
+    from carnet.access.accounts import create_staff_account
+    from carnet.access.grants import approve_role_grant
+
+    admins = _administrators(runtime)
+    if len(admins) < 2:
+        return
+    maker, approver = admins
+    for wanted in JOINERS:
+        leaver_at = next(
+            (i for i in range(len(everyone) - 1, -1, -1) if _role_of(everyone[i].roles) is wanted), None
+        )
+        if leaver_at is None:
+            continue
+        leaver = everyone[leaver_at]
+        with runtime.session_factory.begin() as session:  # the leaver's account closes
+            account = session.get(Account, leaver.account_id)
+            assert account is not None
+            account.status = "disabled"
+            account.practitioner_id = None
+        movable.advance(dt.timedelta(minutes=20))
+        created = create_staff_account(
+            runtime,
+            actor=dataclasses.replace(maker, second_factor_at=clock.now()),
+            username=f"joiner.{wanted.value}.{uuid.uuid4().hex[:6]}",
+            display_name=f"Nouvelle recrue ({wanted.value})",
+            role=wanted,
+            facility_id=str(leaver.facility_id),
+            reason="prise de poste en milieu de mois",
+            practitioner_id=str(leaver.practitioner_id) if leaver.practitioner_id else None,
+        )
+        approve_role_grant(
+            runtime,
+            actor=dataclasses.replace(approver, second_factor_at=clock.now()),
+            grant_id=created.grant.id,
+        )
+        everyone[leaver_at] = dataclasses.replace(
+            leaver,
+            username=created.username,
+            account_id=uuid.UUID(created.account_id),
+            session_id=uuid.uuid4(),
+        )
+        result.joiners.append(f"{created.username} replaces {leaver.username}")
+
+
 def _shares(items: list[Visit], n: int) -> Iterator[list[Visit]]:
     for i in range(n):
         yield items[i::n]
@@ -324,6 +416,9 @@ def run_benign(
     contained: set[str] = set()
     for offset in range(days):
         day = first_day + dt.timedelta(days=offset)
+        if offset == days // 2 and days > 1:
+            movable.set(dt.datetime.combine(day, dt.time(7, 0), tzinfo=zone))
+            onboard(runtime, everyone, result=result, movable=movable)
         desks = [a for a in everyone if Role.FRONT_DESK in a.roles or Role.BILLING in a.roles]
         fdays = facility_days(runtime, day=day, seed=seed) if desks else {}
         by_facility: dict[tuple[uuid.UUID | None, Role], list[Actor]] = {}
@@ -348,7 +443,9 @@ def run_benign(
         for position, actor in enumerate(everyone):
             if actor.actor_ref in contained or position % shards != index:
                 continue
-            start = dt.datetime.combine(day, dt.time(8, rng.randrange(0, 30)), tzinfo=zone)
+            night = worker_role(actor) in CLINICAL and on_nights(position, offset)
+            start = dt.datetime.combine(day, dt.time(22 if night else 8, rng.randrange(0, 30)), tzinfo=zone)
+            result.night_shifts += night
             movable.set(start)
             # A session opened at the start of the day, with its login's second factor.
             actor = dataclasses.replace(actor, session_id=uuid.uuid4(), second_factor_at=clock.now())

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from carnet.identity.models import Account
 from carnet.kernel import clock
@@ -57,6 +57,17 @@ def _page(client: httpx.Client, who: StolenSession, path: str) -> str:
 def _account_id(runtime: Runtime, username: str) -> uuid.UUID | None:
     with runtime.session_factory() as session:
         return session.scalar(select(Account.id).where(Account.username == username))
+
+
+def _take_over(runtime: Runtime, account_id: uuid.UUID) -> None:
+    """The first-sign-in handover done by the attacker, who read the first password and
+    authenticator key on the creation page: the account no longer asks for new ones."""
+    with runtime.session_factory.begin() as session:
+        session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(must_change_password=False, must_replace_second_factor=False)
+        )
 
 
 def _facility_of(runtime: Runtime, username: str) -> str:
@@ -108,6 +119,7 @@ def account_factory(
             answer = _post(client, approver, f"/admin/grants/{grant_id}/approve", {})
             key = f"approve {answer.status_code}"
             result.answers[key] = result.answers.get(key, 0) + 1
+        _take_over(runtime, account_id)
         try:
             mint_session(runtime, username=username)  # the takeover must find the account active
         except CarnetError:

@@ -350,3 +350,31 @@ def test_admin_events_of_other_outcomes_are_not_counted(
                 AuditRecord(kind=AuditKind.ACCOUNT_CREATED, outcome=Outcome.DENIED, actor=admin),
             )
     assert _alerts(runtime, Rule.ADMINISTRATION.value) == []
+
+
+def test_many_accounts_from_one_machine_in_minutes_are_asked_once(
+    runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    movable_clock.set(MORNING)
+    stolen = [
+        dataclasses.replace(
+            make_actor(runtime, f"same.machine{i}", Role.NURSE, address="192.0.2.50"),
+            user_agent="Firefox/140",
+        )
+        for i in range(5)
+    ]
+    for actor in stolen[:3]:
+        expose(runtime, actor, new_patients(2))
+    # The fourth account from the same address and browser within 15 minutes: session timing.
+    with pytest.raises(StepUpRequired, match="one machine"):
+        expose(runtime, stolen[3], new_patients(2))
+    with pytest.raises(StepUpRequired):
+        expose(runtime, stolen[0], new_patients(1))  # signed in before: asked too
+    expose(runtime, step_up(stolen[0]), new_patients(1))  # answered once, back to work
+    (alert,) = _campaign_alerts(runtime)
+    assert all(f"same.machine{i}" in alert.sentence for i in range(4))
+    # Another browser on the same address is another machine: not asked.
+    other = dataclasses.replace(
+        make_actor(runtime, "other.pc", Role.NURSE, address="192.0.2.50"), user_agent="Edge"
+    )
+    expose(runtime, other, new_patients(1))
