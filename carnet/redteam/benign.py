@@ -84,10 +84,6 @@ class BenignResult:
         return 7 * self.role_step_ups.get(role, 0) / days if days else 0.0
 
 
-def worker_role(actor: Actor) -> Role:
-    return _role_of(actor.roles)
-
-
 def _role_of(roles: frozenset[Role]) -> Role:
     for role in WORKERS:
         if role in roles:
@@ -306,9 +302,9 @@ NIGHT_EVERY = 5
 JOINERS = (Role.PHYSICIAN, Role.NURSE, Role.NURSE, Role.PHYSICIAN, Role.FRONT_DESK, Role.BILLING)
 
 
-def on_nights(position: int, offset: int) -> bool:
-    """Whether the clinician at `position` works the night of simulated day `offset`."""
-    return position % NIGHT_EVERY == 0 and (offset // 7 + position // NIGHT_EVERY) % 3 == 0
+def on_nights(rank: int, offset: int) -> bool:
+    """Whether the clinician of this rank works the night of simulated day `offset`."""
+    return rank % NIGHT_EVERY == 0 and (offset // 7 + rank // NIGHT_EVERY) % 3 == 0
 
 
 def _administrators(runtime: Runtime) -> list[Actor]:
@@ -414,6 +410,9 @@ def run_benign(
     everyone = staff(runtime, limit=limit, roles=roles)
     result = BenignResult()
     contained: set[str] = set()
+    # Each clinician's rank among clinicians: the night rota is drawn on it.
+    clinical = [i for i, a in enumerate(everyone) if _role_of(a.roles) in CLINICAL]
+    rank = {position: n for n, position in enumerate(clinical)}
     for offset in range(days):
         day = first_day + dt.timedelta(days=offset)
         if offset == days // 2 and days > 1:
@@ -443,7 +442,7 @@ def run_benign(
         for position, actor in enumerate(everyone):
             if actor.actor_ref in contained or position % shards != index:
                 continue
-            night = worker_role(actor) in CLINICAL and on_nights(position, offset)
+            night = position in rank and on_nights(rank[position], offset)
             start = dt.datetime.combine(day, dt.time(22 if night else 8, rng.randrange(0, 30)), tzinfo=zone)
             result.night_shifts += night
             movable.set(start)

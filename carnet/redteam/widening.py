@@ -136,12 +136,13 @@ def account_factory(
             first_exposed = _ledger_count(runtime, made, since)
     result.exposed_ledger = _ledger_count(runtime, made, since)
     ids = [a for a in (_account_id(runtime, u) for u in admins) if a is not None]
-    result.contained = all(_is_contained(runtime, a) for a in ids)
+    held = [a for a in ids if _is_contained(runtime, a)]
+    result.contained = bool(held)  # the factory stops when its maker is contained
     beyond = result.exposed_ledger - first_exposed
     result.note = (
         f"{len(made)} accounts opened and used; {beyond} patients beyond the first account's containment"
         + (f"; {result.note}" if result.note else "")
-        + ("; both administrators contained" if result.contained else "")
+        + f"; {len(held)} of 2 administrators contained"
     )
     return result
 

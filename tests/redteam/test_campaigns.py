@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
+from carnet.access.roles import Role
 from carnet.detection.models import Alert
 from carnet.kernel import clock
 from carnet.phi.exercise import exercise_targets
@@ -16,6 +17,7 @@ from carnet.redteam.benign import on_nights, run_benign
 from carnet.redteam.playbooks import TEAM_PLAYBOOKS, exposure_table, run_playbooks
 from carnet.runtime import Runtime
 from carnet.synth.seed import base_day, seed_hospital
+from tests import factories as f
 from tests.fhir.conftest import serve
 
 
@@ -59,9 +61,10 @@ def test_night_rotation_is_one_week_in_three_for_one_clinician_in_five() -> None
 def test_night_shifts_and_joiners_are_neither_contained_nor_stepped_up_often(
     sqlite_runtime: Runtime, movable_clock: clock.MovableClock
 ) -> None:
-    seed_hospital(sqlite_runtime, patients=600, seed=8, facilities=1)
+    seed_hospital(sqlite_runtime, patients=1500, seed=8, facilities=1)
+    f.make_account(sqlite_runtime, roles=[Role.SYSTEM_ADMINISTRATOR], facility_id=None)  # a second one
     first = base_day().date() - dt.timedelta(days=2)
-    result = run_benign(sqlite_runtime, days=4, first_day=first, limit=10, movable=movable_clock)
+    result = run_benign(sqlite_runtime, days=4, first_day=first, movable=movable_clock)
     assert result.night_shifts > 0
     assert len(result.joiners) == 6, result.joiners
     assert result.containments == []
