@@ -84,10 +84,21 @@ class WatchedAuditWriter:
         return seq
 
 
+def subject_of(record: AuditRecord) -> str:
+    """Whom the action widens access for: the account opened or granted a role (so opening an
+    account and asking its first role, one act, count once), else what it acted on."""
+    if record.kind is AuditKind.ACCOUNT_CREATED and record.resource_ids:
+        return f"account:{record.resource_ids[0]}"
+    if "account_id" in record.detail:
+        return f"account:{record.detail['account_id']}"
+    if record.kind is AuditKind.ACCOUNT_RESTORED and len(record.resource_ids) >= 2:
+        return record.resource_ids[1]
+    return f"{record.kind.value}:{','.join(record.resource_ids)[:200]}"
+
+
 def event_key(record: AuditRecord) -> str:
-    """Distinct per action and subject (the same approval audited twice counts once)."""
-    subject = ",".join(record.resource_ids)[:200]
-    return f"{record.kind.value}:{hashlib.sha256(subject.encode()).hexdigest()[:16]}"[:80]
+    """Distinct per subject (the same act audited twice counts once)."""
+    return hashlib.sha256(subject_of(record).encode()).hexdigest()[:32]
 
 
 def installation_key(record: AuditRecord) -> str:

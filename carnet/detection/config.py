@@ -156,10 +156,11 @@ class DetectionConfig(BaseSettings):
     # API clients registered, detection settings): per actor and per installation, in an hour and
     # a day. An alert from max(floor, baseline_factor x the usual p95), containment of the actors
     # involved (and of the accounts they opened or granted) from twice that.
-    admin_alert_1h: int = Field(default=3, ge=1)
-    admin_alert_24h: int = Field(default=8, ge=1)
+    # Counted per account acted on: opening an account and asking its first role is one act.
+    admin_alert_1h: int = Field(default=2, ge=1)
+    admin_alert_24h: int = Field(default=6, ge=1)
     installation_admin_alert_1h: int = Field(default=6, ge=1)
-    installation_admin_alert_24h: int = Field(default=16, ge=1)
+    installation_admin_alert_24h: int = Field(default=12, ge=1)
     admin_contain_factor: float = Field(default=2.0, gt=1)
     # The same account restored again within this many days: the officers are contained.
     restore_repeat_days: int = Field(default=7, ge=1)
