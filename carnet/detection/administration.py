@@ -75,11 +75,9 @@ class WatchedAuditWriter:
 
     def append(self, session: Session, record: AuditRecord) -> int:
         seq = self.inner.append(session, record)
-        if (
-            record.outcome is Outcome.SUCCESS
-            and record.kind in WATCHED
-            and record.actor.kind is ActorKind.STAFF
-        ):
+        widened = bool(record.resource_ids) or "account_id" in record.detail  # an act on someone
+        watched = record.outcome is Outcome.SUCCESS and record.kind in WATCHED and widened
+        if watched and record.actor.kind is ActorKind.STAFF:
             self.ledger.note_administration(session, record)
         return seq
 

@@ -28,28 +28,33 @@ INSTALLATION = "installation"
 CAMPAIGN_ACTOR = Actor(kind=ActorKind.SYSTEM, username="campaign", roles=frozenset())
 
 
-def address_ref(actor: Actor) -> str | None:
-    return f"net:{actor.address[:60]}" if actor.address else None
+# References are scoped to the installation (its database): one Redis may serve several.
+def address_ref(actor: Actor, scope: str = "") -> str | None:
+    return f"net:{actor.address[:60]}@{scope}" if actor.address else None
 
 
-def fingerprint_ref(actor: Actor) -> str | None:
+def fingerprint_ref(actor: Actor, scope: str = "") -> str | None:
     """The client's fingerprint: its user agent, digested (kept short and free of free text)."""
     if not actor.user_agent:
         return None
-    return f"ua:{hashlib.sha256(actor.user_agent.encode()).hexdigest()[:20]}"
+    return f"ua:{hashlib.sha256(actor.user_agent.encode()).hexdigest()[:20]}@{scope}"
 
 
-def machine_ref(actor: Actor) -> str | None:
+def machine_ref(actor: Actor, scope: str = "") -> str | None:
     """One machine: the same address and the same client together."""
-    address, fingerprint = address_ref(actor), fingerprint_ref(actor)
+    address, fingerprint = address_ref(actor, scope), fingerprint_ref(actor, scope)
     if address is None or fingerprint is None:
         return None
     digest = hashlib.sha256(f"{address}|{fingerprint}".encode()).hexdigest()[:24]
-    return f"machine:{digest}"
+    return f"machine:{digest}@{scope}"
 
 
-def correlation_refs(actor: Actor) -> list[str]:
-    return [ref for ref in (address_ref(actor), fingerprint_ref(actor)) if ref is not None]
+def correlation_refs(actor: Actor, scope: str = "") -> list[str]:
+    return [ref for ref in (address_ref(actor, scope), fingerprint_ref(actor, scope)) if ref is not None]
+
+
+def installation_ref(scope: str = "") -> str:
+    return f"{INSTALLATION}@{scope}"
 
 
 def crowd_finding(config: DetectionConfig, accounts: int) -> Finding:

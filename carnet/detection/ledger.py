@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import threading
 import time
@@ -126,6 +127,9 @@ class SqlExposureLedger:
         self._campaign_flags: dict[str, tuple[float, str | None]] = {}
         self._seen: dict[tuple[str, str], float] = {}
         self._probation: dict[uuid.UUID, tuple[float, dt.datetime | None]] = {}
+        # Correlation keys are the installation's own: one Redis may serve several databases.
+        self.scope = hashlib.sha256(self.settings.resolved_database_url.encode()).hexdigest()[:8]
+        self.installation_ref = campaign.installation_ref(self.scope)
 
     # -- the contract --------------------------------------------------------------------
     def record(
@@ -420,7 +424,7 @@ class SqlExposureLedger:
         session.execute(
             insert(DetectionEvent).values(
                 id=new_id(),
-                actor_ref=administration.INSTALLATION,
+                actor_ref=self.installation_ref,
                 kind=EventKind.ADMINISTRATION.value,
                 key=everyone,
                 at=at,
@@ -428,7 +432,7 @@ class SqlExposureLedger:
         )
         self.counters.add_event(actor_ref=actor.actor_ref, kind=EventKind.ADMINISTRATION, key=key, at=at)
         self.counters.add_event(
-            actor_ref=administration.INSTALLATION, kind=EventKind.ADMINISTRATION, key=everyone, at=at
+            actor_ref=self.installation_ref, kind=EventKind.ADMINISTRATION, key=everyone, at=at
         )
 
         def keys(ref: str, window: dt.timedelta) -> list[str]:
@@ -436,8 +440,8 @@ class SqlExposureLedger:
                 session, actor_ref=ref, kind=EventKind.ADMINISTRATION, at=at, window=window
             )
 
-        installation_1h = keys(administration.INSTALLATION, administration.H1)
-        installation_24h = keys(administration.INSTALLATION, administration.H24)
+        installation_1h = keys(self.installation_ref, administration.H1)
+        installation_24h = keys(self.installation_ref, administration.H24)
         counts = administration.AdminCounts(
             actor_1h=len(keys(actor.actor_ref, administration.H1)),
             actor_24h=len(keys(actor.actor_ref, administration.H24)),
@@ -520,8 +524,8 @@ class SqlExposureLedger:
         if actor.kind not in (ActorKind.STAFF, ActorKind.CLIENT):
             return
         now = time.monotonic()
-        machine = campaign.machine_ref(actor)
-        for ref in [*campaign.correlation_refs(actor), *([machine] if machine else [])]:
+        machine = campaign.machine_ref(actor, self.scope)
+        for ref in [*campaign.correlation_refs(actor, self.scope), *([machine] if machine else [])]:
             pair = (ref, actor.actor_ref)
             with self._lock:
                 if self._seen.get(pair, 0.0) > now:
@@ -570,8 +574,13 @@ class SqlExposureLedger:
         if actor.kind is not ActorKind.STAFF:
             return None
         now = time.monotonic()
-        machine = campaign.machine_ref(actor)
-        for ref in [actor.actor_ref, *campaign.correlation_refs(actor), *([machine] if machine else [])]:
+        machine = campaign.machine_ref(actor, self.scope)
+        refs = [
+            actor.actor_ref,
+            *campaign.correlation_refs(actor, self.scope),
+            *([machine] if machine else []),
+        ]
+        for ref in refs:
             with self._lock:
                 cached = self._campaign_flags.get(ref)
             if cached is None or cached[0] <= now:
@@ -609,8 +618,8 @@ class SqlExposureLedger:
 
     def _correlate(self, session: Session, *, actor: Actor, at: dt.datetime) -> None:
         """`actor` was just found anomalous: note it, then judge the installation as a whole."""
-        refs = campaign.correlation_refs(actor)
-        for ref in [campaign.INSTALLATION, *refs]:
+        refs = campaign.correlation_refs(actor, self.scope)
+        for ref in [self.installation_ref, *refs]:
             session.add(
                 DetectionEvent(actor_ref=ref, kind=EventKind.ANOMALY.value, key=actor.actor_ref, at=at)
             )
@@ -623,7 +632,10 @@ class SqlExposureLedger:
                 return []
             return self.counters.keys(session, actor_ref=ref, kind=kind, at=at, window=window)
 
-        address, fingerprint = campaign.address_ref(actor), campaign.fingerprint_ref(actor)
+        address, fingerprint = (
+            campaign.address_ref(actor, self.scope),
+            campaign.fingerprint_ref(actor, self.scope),
+        )
         same_address, same_fingerprint = (
             keys(address, EventKind.ANOMALY),
             keys(fingerprint, EventKind.ANOMALY),
@@ -638,7 +650,7 @@ class SqlExposureLedger:
         view = campaign.CampaignView(
             same_address=same_address,
             same_fingerprint=same_fingerprint,
-            anomalous=keys(campaign.INSTALLATION, EventKind.ANOMALY),
+            anomalous=keys(self.installation_ref, EventKind.ANOMALY),
             seen_with=seen_with,
             installation_m15=m15,
             installation_h1=h1,

@@ -466,14 +466,16 @@ def forget_campaign_marks(runtime: Runtime) -> None:
     campaigns are measured with them)."""
     if not runtime.settings.exercise_mode:
         raise Forbidden("red-team exercises run only when CARNET_ENV is demo or test")
+    if not isinstance(runtime.ledger, SqlExposureLedger):
+        return
+    ref = runtime.ledger.installation_ref
     with runtime.session_factory.begin() as session:
         session.execute(
             delete(DetectionEvent).where(
-                DetectionEvent.actor_ref == "installation", DetectionEvent.kind == EventKind.ANOMALY.value
+                DetectionEvent.actor_ref == ref, DetectionEvent.kind == EventKind.ANOMALY.value
             )
         )
-    if isinstance(runtime.ledger, SqlExposureLedger):  # Redis or memory counters hold them too
-        runtime.ledger.counters.reset(actor_ref="installation")
+    runtime.ledger.counters.reset(actor_ref=ref)  # Redis or memory counters hold them too
 
 
 def run_team(
