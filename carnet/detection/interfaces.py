@@ -31,6 +31,10 @@ class SearchShape(StrEnum):
     IDENTIFIER = "identifier"  # INS, MRN, phone, email: exact identifiers
     NAME = "name"  # name (+ birth date)
     WILDCARD = "wildcard"  # prefix, partial or empty criteria
+    # A name alone, matched among the actor's own patients ("bert"): however many it finds, a
+    # partial search (the gate's name-alone branch is to pass it; until then detection takes a
+    # NAME search with several results for one).
+    PARTIAL = "partial"
     LIST = "list"  # a list page (appointments, stays, invoices)
 
 

@@ -82,6 +82,7 @@ _SHAPE_EVENTS = {
     SearchShape.IDENTIFIER: (EventKind.SEARCH, EventKind.IDENTIFIER_SEARCH),
     SearchShape.NAME: (EventKind.SEARCH,),
     SearchShape.WILDCARD: (EventKind.SEARCH, EventKind.WILDCARD_SEARCH),
+    SearchShape.PARTIAL: (EventKind.SEARCH, EventKind.WILDCARD_SEARCH),
     SearchShape.LIST: (EventKind.LIST_VIEW,),
 }
 

@@ -146,6 +146,28 @@ def test_fragment_name_searches_are_partial_searches(
         )
 
 
+def test_a_partial_name_search_counts_even_with_one_result(
+    runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    movable_clock.set(MORNING)
+    doctor = make_actor(runtime, "dr.partial", Role.PHYSICIAN)
+    expose(
+        runtime,
+        doctor,
+        new_patients(1),
+        channel=Channel.SEARCH,
+        query_shape=SearchEvent(shape=SearchShape.PARTIAL, term_digest="bert"),
+    )
+    with pytest.raises(StepUpRequired, match="partial or wildcard"):
+        expose(
+            runtime,
+            doctor,
+            new_patients(1),
+            channel=Channel.SEARCH,
+            query_shape=SearchEvent(shape=SearchShape.PARTIAL, term_digest="rous"),
+        )
+
+
 # -- probation ---------------------------------------------------------------------------------
 def _open_account(runtime: Runtime, admin: Actor, username: str) -> Actor:
     """An account opened by an administrator, audited through the runtime's (watched) writer."""
