@@ -19,6 +19,7 @@ from carnet.crypto.keyring import Keyring
 from carnet.crypto.keys import FileKeyProvider, KeyProvider
 from carnet.db import migrate
 from carnet.db.engine import make_engine, make_session_factory
+from carnet.detection.administration import WatchedAuditWriter
 from carnet.detection.interfaces import ExposureLedger
 from carnet.detection.ledger import build_ledger
 from carnet.kernel.errors import ConfigurationError
@@ -63,13 +64,15 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None, check_sch
     keyring.load()
     checkpointer = Checkpointer.from_settings(settings, engine)
     audit = SqlAuditWriter(on_commit=checkpointer.note_committed)
+    ledger = build_ledger(settings, audit=audit)  # containment audits go through the same writer
     return Runtime(
         settings=settings,
         engine=engine,
         session_factory=session_factory,
         keys=keys,
         keyring=keyring,
-        audit=audit,
-        ledger=build_ledger(settings, audit=audit),  # containment audits go through the same writer
+        # Detection reads every access-widening action where it is audited (a burst contains).
+        audit=WatchedAuditWriter(audit, ledger),
+        ledger=ledger,
         checkpointer=checkpointer,
     )

@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from carnet.access.actor import ActorKind
 from carnet.access.models import RoleGrant
+from carnet.audit.interfaces import Outcome
+from carnet.audit.models import AuditEvent
+from carnet.detection.administration import WATCHED
 from carnet.detection.config import DetectionConfig
 from carnet.detection.models import Exposure, ExposureBaseline
 from carnet.detection.rules import is_off_hours
@@ -54,15 +58,20 @@ def refresh_baselines(
     total: dict[str, int] = defaultdict(int)
     exposures = 0
     rows = session.execute(
-        select(Exposure.actor_ref, Exposure.patient_id, Exposure.at)
+        select(Exposure.actor_ref, Exposure.patient_id, Exposure.at, Exposure.channel, Exposure.outside_care)
         .where(Exposure.at >= since, Exposure.at < now)
         .execution_options(yield_per=10_000)
     )
-    for actor_ref, patient_id, at in rows:
+    # The installation's own rate, as its campaign rule counts it (every actor; no export, no
+    # list of one's own patients).
+    installation: dict[str, dict[int, set[uuid.UUID]]] = defaultdict(dict)
+    for actor_ref, patient_id, at, channel, outside in rows:
         exposures += 1
         seconds = int(at.timestamp())
         for window, width in _BUCKETS.items():
             buckets[actor_ref][window].setdefault(seconds - seconds % width, set()).add(patient_id)
+            if channel != "export" and (channel != "list" or outside):
+                installation[window].setdefault(seconds - seconds % width, set()).add(patient_id)
         total[actor_ref] += 1
         night[actor_ref] += is_off_hours(config, at)
 
@@ -96,7 +105,51 @@ def refresh_baselines(
                 "computed_at": now,
             }
         )
+    if installation:
+        rows_out.append(
+            {
+                "subject": "installation",
+                **{w: p95([len(p) for p in installation[w].values()]) for w in _BUCKETS},
+                "off_hours_share": 0.0,
+                "computed_at": now,
+            }
+        )
+    rows_out.extend(_administration_baselines(session, since=since, now=now))
     session.execute(delete(ExposureBaseline))
     for row in rows_out:
         session.add(ExposureBaseline(**row))
     return BaselineSummary(accounts=len(buckets), roles=len(role_counts), exposures=exposures)
+
+
+def _administration_baselines(
+    session: Session, *, since: dt.datetime, now: dt.datetime
+) -> list[dict[str, object]]:
+    """Each administrator's, and the installation's, usual access-widening actions per active
+    hour and day (p95), from the audit trail: subjects `admin:<actor>` and `admin:installation`."""
+    counts: dict[str, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
+    rows = session.execute(
+        select(AuditEvent.actor_ref, AuditEvent.recorded_at).where(
+            AuditEvent.kind.in_([k.value for k in WATCHED]),
+            AuditEvent.outcome == Outcome.SUCCESS.value,
+            AuditEvent.actor_kind == ActorKind.STAFF.value,
+            AuditEvent.recorded_at >= since,
+            AuditEvent.recorded_at < now,
+        )
+    )
+    for actor_ref, at in rows:
+        seconds = int(at.timestamp())
+        for subject in (f"admin:{actor_ref}", "admin:installation"):
+            for window in ("h1", "h24"):
+                width = _BUCKETS[window]
+                counts[subject][window][seconds - seconds % width] += 1
+    return [
+        {
+            "subject": subject[:80],
+            "m15": 0,
+            "h1": p95(list(windows["h1"].values())),
+            "h24": p95(list(windows["h24"].values())),
+            "off_hours_share": 0.0,
+            "computed_at": now,
+        }
+        for subject, windows in counts.items()
+    ]

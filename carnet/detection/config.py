@@ -123,6 +123,10 @@ class DetectionConfig(BaseSettings):
 
     # Off-hours and new addresses: worth a step-up only with some volume.
     timezone: str = "Europe/Paris"
+    # Roles whose rotas include nights (22:00-06:00): night work is their normal pattern, so
+    # off-hours alone says nothing about them; only an account whose own baseline shows it never
+    # works at night is asked, and only with volume.
+    night_roles: list[str] = Field(default_factory=lambda: ["physician", "nurse"])
     off_hours_start: int = Field(default=22, ge=0, le=23)
     off_hours_end: int = Field(default=6, ge=0, le=23)
     off_hours_usual_share: float = Field(default=0.05, ge=0, le=1)
@@ -143,6 +147,42 @@ class DetectionConfig(BaseSettings):
     # which a security officer is alerted (never refused: carnet.detection.referrals).
     care_relationships_by_actor_24h: int = Field(default=20, ge=1)
     care_relationships_to_one_practitioner_24h: int = Field(default=10, ge=1)
+    # Probation: an account opened or restored in the last `probation_days` has volume floors
+    # multiplied by `probation_factor`: a minted or freshly restored account has a small budget.
+    probation_days: int = Field(default=7, ge=0)
+    probation_factor: float = Field(default=0.5, gt=0, le=1)
+
+    # Administration (accounts opened, roles requested or approved, restores, export approvals,
+    # API clients registered, detection settings): per actor and per installation, in an hour and
+    # a day. An alert from max(floor, baseline_factor x the usual p95), containment of the actors
+    # involved (and of the accounts they opened or granted) from twice that.
+    # Counted per account acted on: opening an account and asking its first role is one act.
+    admin_alert_1h: int = Field(default=2, ge=1)
+    admin_alert_24h: int = Field(default=6, ge=1)
+    installation_admin_alert_1h: int = Field(default=6, ge=1)
+    installation_admin_alert_24h: int = Field(default=12, ge=1)
+    admin_contain_factor: float = Field(default=2.0, gt=1)
+    # The same account restored again within this many days: the officers are contained.
+    restore_repeat_days: int = Field(default=7, ge=1)
+
+    # Campaigns: accounts anomalous (a step-up or worse) in the last hour that share a network
+    # address or a client fingerprint, or anywhere in the installation. The cohort is asked for a
+    # second factor, then contained. Over the installation's usual volume, each bound is one lower.
+    campaign_window_minutes: int = Field(default=60, ge=1)
+    campaign_step_up_correlated: int = Field(default=2, ge=2)
+    campaign_contain_correlated: int = Field(default=3, ge=2)
+    campaign_step_up_anomalous: int = Field(default=3, ge=2)
+    campaign_contain_anomalous: int = Field(default=5, ge=2)
+    # Session timing: this many different accounts reaching patient data from one machine (same
+    # address and client) within the minutes below. A shared ward computer at shift change meets
+    # it too; its staff answer one step-up (or signed in after it, which counts as answered).
+    campaign_machine_accounts: int = Field(default=4, ge=2)
+    campaign_machine_minutes: int = Field(default=15, ge=1)
+    # Installation-wide distinct patients (every actor, every channel) per 15 min / 1 h from which
+    # the installation is "over its usual": max(floor, baseline_factor x its p95).
+    installation_m15: int = Field(default=300, ge=1)
+    installation_h1: int = Field(default=800, ge=1)
+
     # An open alert of the same rule for the same actor is updated instead of repeated.
     alert_merge_hours: int = Field(default=24, ge=1)
 

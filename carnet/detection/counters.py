@@ -38,6 +38,31 @@ def _starts(at: dt.datetime, since: dt.datetime | None) -> tuple[dt.datetime, dt
     return floor(at - M15), floor(at - H1), floor(at - H24)
 
 
+class _InstallationWindow:
+    """Installation-wide distinct patients in this process: enough for one process (a clinic on
+    SQLite, the in-process simulations); several workers share Redis's window instead."""
+
+    def __init__(self) -> None:
+        self._window_lock = threading.Lock()
+        self._installation: dict[uuid.UUID, dt.datetime] = {}
+
+    def add_installation(self, *, patient_ids: Sequence[uuid.UUID], at: dt.datetime) -> None:
+        with self._window_lock:
+            for p in patient_ids:
+                if p not in self._installation or self._installation[p] < at:
+                    self._installation[p] = at
+            if len(self._installation) > 200_000:  # keep the last hour only
+                self._installation = {p: t for p, t in self._installation.items() if t >= at - H1}
+
+    def installation_counts(self, session: Session, *, at: dt.datetime) -> tuple[int, int]:
+        with self._window_lock:
+            times = list(self._installation.values())
+        return (
+            sum(1 for t in times if at - M15 <= t <= at),
+            sum(1 for t in times if at - H1 <= t <= at),
+        )
+
+
 class _AddThenCount:
     """`add_and_count` for counters with no single-round-trip form: the steps in order."""
 
@@ -70,8 +95,26 @@ class _AddThenCount:
         return result
 
 
-class SqlExposureCounters(_AddThenCount):
+class SqlExposureCounters(_AddThenCount, _InstallationWindow):
     """Counts from the ledger tables, in the caller's transaction (so they see this request)."""
+
+    def __init__(self) -> None:
+        _InstallationWindow.__init__(self)
+
+    def keys(
+        self, session: Session, *, actor_ref: str, kind: EventKind, at: dt.datetime, window: dt.timedelta
+    ) -> list[str]:
+        rows = session.scalars(
+            select(DetectionEvent.key)
+            .where(
+                DetectionEvent.actor_ref == actor_ref,
+                DetectionEvent.kind == kind.value,
+                DetectionEvent.at >= at - window,
+                DetectionEvent.at <= at,
+            )
+            .distinct()
+        )
+        return sorted(rows)
 
     def add_exposures(
         self,
@@ -210,13 +253,23 @@ def _targeted(
 
 
 # Which events are counted as distinct keys (same search twice counts once) or as occurrences.
-_DISTINCT_KINDS = frozenset({EventKind.SEARCH, EventKind.IDENTIFIER_SEARCH, EventKind.LIST_VIEW})
+_DISTINCT_KINDS = frozenset(
+    {
+        EventKind.SEARCH,
+        EventKind.IDENTIFIER_SEARCH,
+        EventKind.LIST_VIEW,
+        EventKind.ADMINISTRATION,
+        EventKind.SEEN,
+        EventKind.ANOMALY,
+    }
+)
 
 
-class MemoryExposureCounters(_AddThenCount):
+class MemoryExposureCounters(_AddThenCount, _InstallationWindow):
     """In-process counters for unit tests and a single-process clinic without Redis."""
 
     def __init__(self) -> None:
+        _InstallationWindow.__init__(self)
         self._lock = threading.Lock()
         # actor -> set name -> member -> last time
         self._sets: dict[str, dict[str, dict[str, dt.datetime]]] = {}
@@ -254,6 +307,13 @@ class MemoryExposureCounters(_AddThenCount):
     def reset(self, *, actor_ref: str) -> None:
         with self._lock:
             self._sets.pop(actor_ref, None)
+
+    def keys(
+        self, session: Session, *, actor_ref: str, kind: EventKind, at: dt.datetime, window: dt.timedelta
+    ) -> list[str]:
+        with self._lock:
+            zset = dict(self._sets.get(actor_ref, {}).get(f"e:{kind.value}", {}))
+        return sorted(k for k, t in zset.items() if at - window <= t <= at)
 
     def counts(
         self, session: Session, *, actor_ref: str, at: dt.datetime, since: dt.datetime | None
@@ -336,6 +396,31 @@ class RedisExposureCounters:
 
     def reset(self, *, actor_ref: str) -> None:
         self._redis.delete(*(self._key(actor_ref, name) for name in self._names()))
+
+    def keys(
+        self, session: Session, *, actor_ref: str, kind: EventKind, at: dt.datetime, window: dt.timedelta
+    ) -> list[str]:
+        found = self._redis.zrangebyscore(
+            self._key(actor_ref, f"e:{kind.value}"), (at - window).timestamp(), at.timestamp()
+        )
+        return sorted(k.decode() if isinstance(k, bytes) else str(k) for k in found)
+
+    def add_installation(self, *, patient_ids: Sequence[uuid.UUID], at: dt.datetime) -> None:
+        key = self._key("installation", "p")
+        score = at.timestamp()
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(key, {str(p): score for p in patient_ids}, gt=True)
+        pipe.zremrangebyscore(key, "-inf", score - H1.total_seconds())
+        pipe.expire(key, int(H1.total_seconds()) + 600)
+        pipe.execute()
+
+    def installation_counts(self, session: Session, *, at: dt.datetime) -> tuple[int, int]:
+        key = self._key("installation", "p")
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zcount(key, (at - M15).timestamp(), at.timestamp())
+        pipe.zcount(key, (at - H1).timestamp(), at.timestamp())
+        m15, h1 = pipe.execute()
+        return int(m15), int(h1)
 
     def _wanted(self, at: dt.datetime, since: dt.datetime | None) -> list[tuple[str, float]]:
         """The (set, window start) of every count, in ActorCounts' field order."""

@@ -31,6 +31,10 @@ class SearchShape(StrEnum):
     IDENTIFIER = "identifier"  # INS, MRN, phone, email: exact identifiers
     NAME = "name"  # name (+ birth date)
     WILDCARD = "wildcard"  # prefix, partial or empty criteria
+    # A name alone, matched among the actor's own patients ("bert"): however many it finds, a
+    # partial search (the gate's name-alone branch is to pass it; until then detection takes a
+    # NAME search with several results for one).
+    PARTIAL = "partial"
     LIST = "list"  # a list page (appointments, stays, invoices)
 
 
@@ -75,6 +79,10 @@ class Rule(StrEnum):
     BREAK_GLASS = "break-glass"  # every emergency access, for review (never merged)
     # Many referrals or care-team additions by one account, or naming one practitioner.
     CARE_RELATIONSHIPS = "care-relationships"
+    # Accounts opened, roles granted, restores, approvals: per actor and per installation.
+    ADMINISTRATION = "administration"
+    # Several accounts at once: shared address or client, many anomalous, the installation's volume.
+    CAMPAIGN = "campaign"
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,13 @@ class EventKind(StrEnum):
     DENIAL = "denial"
     EXPORT_DENIAL = "export-denial"
     REFUSAL = "refusal"  # a step-up or throttle the actor did not get past
+    # An access-widening administrative action (key: what and on whom), counted per actor and
+    # under the installation's reference.
+    ADMINISTRATION = "admin"
+    # Under a correlation reference (the installation, a network address, a client fingerprint):
+    # an account seen there (key: its actor_ref), or found anomalous there.
+    SEEN = "seen"
+    ANOMALY = "anomaly"
 
 
 class ExposureLedger(Protocol):
@@ -213,4 +228,19 @@ class ExposureCounters(Protocol):
 
     def reset(self, *, actor_ref: str) -> None:
         """Forget an actor's windows (after a security officer restores the account)."""
+        ...
+
+    def keys(
+        self, session: Session, *, actor_ref: str, kind: EventKind, at: dt.datetime, window: dt.timedelta
+    ) -> list[str]:
+        """The distinct keys of `kind` events under `actor_ref` in the window ending at `at`:
+        which accounts a correlation reference saw (an address, the installation)."""
+        ...
+
+    def add_installation(self, *, patient_ids: Sequence[uuid.UUID], at: dt.datetime) -> None:
+        """Count these patients in the installation-wide window (every actor, every channel)."""
+        ...
+
+    def installation_counts(self, session: Session, *, at: dt.datetime) -> tuple[int, int]:
+        """Distinct patients exposed installation-wide in the last 15 minutes and hour."""
         ...

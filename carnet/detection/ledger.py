@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import threading
 import time
 import uuid
+import zoneinfo
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -26,7 +28,7 @@ from carnet.access.actor import Actor, ActorKind
 from carnet.access.roles import PATIENT_DATA_ROLES
 from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
 from carnet.audit.writer import SqlAuditWriter
-from carnet.detection import rules
+from carnet.detection import administration, campaign, rules
 from carnet.detection.config import DetectionConfig, get_detection_config
 from carnet.detection.containment import (
     CONTAINED,
@@ -44,6 +46,7 @@ from carnet.detection.interfaces import (
     ExposureCounters,
     Finding,
     Level,
+    Rule,
     SearchEvent,
     SearchShape,
     WorkRelations,
@@ -56,6 +59,7 @@ from carnet.detection.models import (
     Exposure,
     ExposureBaseline,
 )
+from carnet.identity.models import Account
 from carnet.kernel import clock
 from carnet.kernel.errors import AccountContained, StepUpRequired, Throttled
 from carnet.kernel.ids import new_id
@@ -78,6 +82,7 @@ _SHAPE_EVENTS = {
     SearchShape.IDENTIFIER: (EventKind.SEARCH, EventKind.IDENTIFIER_SEARCH),
     SearchShape.NAME: (EventKind.SEARCH,),
     SearchShape.WILDCARD: (EventKind.SEARCH, EventKind.WILDCARD_SEARCH),
+    SearchShape.PARTIAL: (EventKind.SEARCH, EventKind.WILDCARD_SEARCH),
     SearchShape.LIST: (EventKind.LIST_VIEW,),
 }
 
@@ -119,6 +124,13 @@ class SqlExposureLedger:
         self._known_addresses: set[tuple[str, str]] = set()
         self._baselines: dict[str, tuple[float, rules.Baseline | None]] = {}
         self._canaries: tuple[float, frozenset[uuid.UUID]] = (0.0, frozenset())
+        # Per-process caches of shared state read on every request (a few seconds stale at most).
+        self._campaign_flags: dict[str, tuple[float, str | None]] = {}
+        self._seen: dict[tuple[str, str], float] = {}
+        self._probation: dict[uuid.UUID, tuple[float, dt.datetime | None]] = {}
+        # Correlation keys are the installation's own: one Redis may serve several databases.
+        self.scope = hashlib.sha256(self.settings.resolved_database_url.encode()).hexdigest()[:8]
+        self.installation_ref = campaign.installation_ref(self.scope)
 
     # -- the contract --------------------------------------------------------------------
     def record(
@@ -144,6 +156,12 @@ class SqlExposureLedger:
             assert work is not None
             in_work = work.in_work(session, patient_ids=distinct, at=at)
             outside = [p for p in distinct if p not in in_work]
+        listed = channel is Channel.LIST
+        if listed and _other_day_list(query_shape, at, self.config):
+            # A day list of another day is browsing, not today's work: every patient on it counts
+            # as a patient outside care would, in every window.
+            outside = list(distinct)
+            listed = False
         if distinct:
             field_text = ",".join(sorted(set(fields)))[:300] or None
             outside_set = set(outside)
@@ -165,6 +183,15 @@ class SqlExposureLedger:
                 ],
             )
         events = _search_events(query_shape, deep_page=self.config.deep_page)
+        if (
+            query_shape is not None
+            and query_shape.shape is SearchShape.NAME
+            and channel is Channel.SEARCH
+            and len(distinct) >= 2
+        ):
+            # A name search that matches several patients is a fragment (a name among one's own
+            # patients, "bert", "rous"): counted with the partial searches it is.
+            events.append((EventKind.WILDCARD_SEARCH, query_shape.term_digest[:80] or "-"))
         for kind, key in events:
             self._add_event(session, actor=actor, kind=kind, key=key, at=at)
         if not distinct and not events:
@@ -180,9 +207,13 @@ class SqlExposureLedger:
             exported=channel is Channel.EXPORT,
             # A list (a clinician's day, a practitioner's calendar) of patients in the actor's
             # care or work is the work itself: the 24-hour window and the 7 days count it.
-            listed=channel is Channel.LIST,
+            listed=listed,
             events=events,
         )
+        if distinct and channel is not Channel.EXPORT:
+            mine = set(distinct) - set(outside) if listed else set()
+            self.counters.add_installation(patient_ids=[p for p in distinct if p not in mine], at=at)
+        self._note_seen(session, actor, at)
         canaries = sorted(exposed & self._canary_ids(session)) if distinct else []
         ctx = rules.Context(
             actor=actor,
@@ -194,8 +225,13 @@ class SqlExposureLedger:
             role_baseline=self._role_baseline(session, actor),
             new_address=self._is_new_address(session, actor, at),
             work_known=self._judged_by_work(actor),
+            probation=self._on_probation(session, actor, state.restored_at if state else None, at),
         )
-        self._respond(session, actor=actor, findings=rules.evaluate(self.config, ctx), ctx=ctx)
+        findings = rules.evaluate(self.config, ctx)
+        flagged = self._campaign_flag(actor)
+        if flagged is not None:
+            findings = sorted([*findings, flagged], key=lambda f: f.level, reverse=True)
+        self._respond(session, actor=actor, findings=findings, ctx=ctx)
 
     def _work(self) -> WorkRelations | None:
         return self.work if self.work is not None else next(iter(_provided_work), None)
@@ -258,7 +294,10 @@ class SqlExposureLedger:
     def forget(self, *, actor_ref: str) -> None:
         """After a restore: clear flags and windows so old counts do not contain again."""
         self.flags.clear(actor_ref)
+        self.flags.clear(f"campaign:{actor_ref}")
         self._local_flags.clear(actor_ref)
+        with self._lock:
+            self._campaign_flags.pop(actor_ref, None)
         self.counters.reset(actor_ref=actor_ref)
 
     # -- response ------------------------------------------------------------------------
@@ -274,6 +313,8 @@ class SqlExposureLedger:
             level = Level.THROTTLE  # no second factor to ask for
         if level is Level.STEP_UP and self._stepped_up(actor, ctx):
             level = Level.RECORD
+        if self._anomalous(actor, level, ctx):
+            self._after(session, lambda s: self._correlate(s, actor=actor, at=at))
         if level is Level.CONTAIN:
             reason = " ".join(f.sentence for f in findings if f.level is Level.CONTAIN)[:1000]
             flag = f"{at.timestamp()}|{reason}"
@@ -300,6 +341,17 @@ class SqlExposureLedger:
         if proven is None or asked is None:
             return False
         return proven >= asked and ctx.at - proven <= dt.timedelta(minutes=self.config.step_up_valid_minutes)
+
+    def _anomalous(self, actor: Actor, level: Level, ctx: rules.Context) -> bool:
+        """Contained, or stopped again while an earlier request for a second factor is still
+        unanswered: staff answer at once, a stolen session never does. Only such accounts count
+        toward a campaign, so honest step-ups never add up to one."""
+        if actor.kind not in (ActorKind.STAFF, ActorKind.CLIENT):
+            return False
+        if level is Level.CONTAIN:
+            return True
+        asked = ctx.counts.first_refusal_24h_at
+        return level >= Level.STEP_UP and asked is not None and not rules._proved_since(ctx, asked)
 
     def _write_containment(
         self, session: Session, *, actor: Actor, findings: list[Finding], at: dt.datetime
@@ -330,6 +382,325 @@ class SqlExposureLedger:
     def _write_refusal(self, session: Session, *, actor: Actor, at: dt.datetime) -> None:
         session.add(DetectionEvent(actor_ref=actor.actor_ref, kind=EventKind.REFUSAL.value, key="-", at=at))
         self.counters.add_event(actor_ref=actor.actor_ref, kind=EventKind.REFUSAL, key="-", at=at)
+
+    # -- probation -----------------------------------------------------------------------
+    def _on_probation(
+        self, session: Session, actor: Actor, restored_at: dt.datetime | None, at: dt.datetime
+    ) -> bool:
+        """Opened by an administrator, or restored, in the last `probation_days`. Accounts made by
+        the seed or an import are not new staff; an account cannot act before it exists."""
+        if actor.kind is not ActorKind.STAFF or actor.account_id is None or self.config.probation_days == 0:
+            return False
+        days = dt.timedelta(days=self.config.probation_days)
+        if restored_at is not None and dt.timedelta(0) <= at - restored_at < days:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            cached = self._probation.get(actor.account_id)
+        if cached is None or cached[0] <= now:
+            opened = session.scalar(select(Account.created_at).where(Account.id == actor.account_id))
+            if opened is not None and not administration.opened_by_staff(
+                session, account_id=actor.account_id
+            ):
+                opened = None
+            cached = (now + _BASELINE_TTL, opened)
+            with self._lock:
+                if len(self._probation) > 50_000:
+                    self._probation.clear()
+                self._probation[actor.account_id] = cached
+        opened = cached[1]
+        return opened is not None and dt.timedelta(0) <= at - opened < days
+
+    # -- administration ------------------------------------------------------------------
+    def note_administration(self, session: Session, record: AuditRecord) -> None:
+        """An access-widening action was audited in `session`: count it for its actor and the
+        installation, alert on a burst, contain the actors involved (and the accounts they opened
+        or granted in the last day) from twice the alert level. Raises AccountContained then, so
+        the action that crossed it rolls back."""
+        actor = record.actor
+        at = clock.now()
+        key = administration.event_key(record)
+        everyone = administration.installation_key(record)
+        self._add_event(session, actor=actor, kind=EventKind.ADMINISTRATION, key=key, at=at)
+        session.execute(
+            insert(DetectionEvent).values(
+                id=new_id(),
+                actor_ref=self.installation_ref,
+                kind=EventKind.ADMINISTRATION.value,
+                key=everyone,
+                at=at,
+            )
+        )
+        self.counters.add_event(actor_ref=actor.actor_ref, kind=EventKind.ADMINISTRATION, key=key, at=at)
+        self.counters.add_event(
+            actor_ref=self.installation_ref, kind=EventKind.ADMINISTRATION, key=everyone, at=at
+        )
+
+        def keys(ref: str, window: dt.timedelta) -> list[str]:
+            return self.counters.keys(
+                session, actor_ref=ref, kind=EventKind.ADMINISTRATION, at=at, window=window
+            )
+
+        installation_1h = keys(self.installation_ref, administration.H1)
+        installation_24h = keys(self.installation_ref, administration.H24)
+        counts = administration.AdminCounts(
+            actor_1h=len(keys(actor.actor_ref, administration.H1)),
+            actor_24h=len(keys(actor.actor_ref, administration.H24)),
+            installation_1h=len(installation_1h),
+            installation_24h=len(installation_24h),
+        )
+        officers = administration.repeated_restore(
+            session, record=record, at=at, days=self.config.restore_repeat_days
+        )
+        verdict = administration.judge(
+            self.config,
+            actor=actor,
+            what=administration.WATCHED[record.kind],
+            counts=counts,
+            actor_usual=self._admin_baseline(session, f"admin:{actor.actor_ref}"),
+            installation_usual=self._admin_baseline(session, f"admin:{administration.INSTALLATION}"),
+            repeated_restore=bool(officers),
+        )
+        if verdict is None:
+            return
+        finding, everyone_involved = verdict
+        if finding.level is not Level.CONTAIN:
+            self._after(session, lambda s: self._write_alerts(s, actor=actor, findings=[finding], at=at))
+            return
+        refs = {actor.actor_ref, *(f"account:{o}" for o in officers)}
+        if everyone_involved:
+            refs |= set(administration.actors_in(installation_1h))
+        flag = f"{at.timestamp()}|{finding.sentence}"
+        for ref in refs:
+            self.flags.set(ref, flag)
+            self._local_flags.set(ref, flag)
+        involved = sorted(refs)
+        self._after(session, lambda s: self._contain_administration(s, refs=involved, finding=finding, at=at))
+        raise AccountContained(contained_message(finding.sentence, self.settings.security_contact))
+
+    def _contain_administration(
+        self, session: Session, *, refs: list[str], finding: Finding, at: dt.datetime
+    ) -> None:
+        products = administration.opened_or_granted(session, actor_refs=refs, since=at - administration.H24)
+        made = [f"account:{a}" for a in products]
+        produced = Finding(
+            finding.rule,
+            Level.CONTAIN,
+            "opened or granted a role during an administration burst that was contained: " + finding.sentence,
+        )
+        for ref in made:
+            self.flags.set(ref, f"{at.timestamp()}|{produced.sentence}")
+        for ref in refs:
+            contain(session, actor=self._actor_of(session, ref), findings=[finding], audit=self.audit, at=at)
+        for ref in made:
+            if ref not in refs:
+                contain(
+                    session, actor=self._actor_of(session, ref), findings=[produced], audit=self.audit, at=at
+                )
+
+    def _admin_baseline(self, session: Session, subject: str) -> administration.AdminBaseline:
+        found = self._baseline(session, subject)
+        return (
+            administration.AdminBaseline()
+            if found is None
+            else administration.AdminBaseline(found.h1, found.h24)
+        )
+
+    def _actor_of(self, session: Session, actor_ref: str) -> Actor:
+        """An actor to contain, from its reference (an account or an API client)."""
+        kind, _, value = actor_ref.partition(":")
+        if kind == "client":
+            return Actor(kind=ActorKind.CLIENT, username=value, roles=frozenset(), client_id=value)
+        try:
+            account_id = uuid.UUID(value)
+        except ValueError:
+            return Actor(kind=ActorKind.STAFF, username=value, roles=frozenset())
+        username = session.scalar(select(Account.username).where(Account.id == account_id)) or value
+        return Actor(kind=ActorKind.STAFF, username=username, roles=frozenset(), account_id=account_id)
+
+    # -- campaigns -----------------------------------------------------------------------
+    def _note_seen(self, session: Session, actor: Actor, at: dt.datetime) -> None:
+        """Which accounts each network address and client fingerprint serves (once per five
+        minutes per pair and process: enough for an hour's window)."""
+        if actor.kind not in (ActorKind.STAFF, ActorKind.CLIENT):
+            return
+        now = time.monotonic()
+        machine = campaign.machine_ref(actor, self.scope)
+        for ref in [*campaign.correlation_refs(actor, self.scope), *([machine] if machine else [])]:
+            pair = (ref, actor.actor_ref)
+            with self._lock:
+                if self._seen.get(pair, 0.0) > now:
+                    continue
+                if len(self._seen) > 100_000:
+                    self._seen.clear()
+                self._seen[pair] = now + 300
+            session.execute(
+                insert(DetectionEvent).values(
+                    id=new_id(), actor_ref=ref, kind=EventKind.SEEN.value, key=actor.actor_ref, at=at
+                )
+            )
+            self.counters.add_event(actor_ref=ref, kind=EventKind.SEEN, key=actor.actor_ref, at=at)
+            if ref == machine:
+                self._judge_machine(session, machine, at)
+
+    def _judge_machine(self, session: Session, machine: str, at: dt.datetime) -> None:
+        """Session timing: many accounts from one machine in minutes is one operator's doing."""
+        window = dt.timedelta(minutes=self.config.campaign_machine_minutes)
+        accounts = self.counters.keys(session, actor_ref=machine, kind=EventKind.SEEN, at=at, window=window)
+        if len(accounts) < self.config.campaign_machine_accounts:
+            return
+        flagged = _parse_flag(self.flags.get(f"campaign:{machine}"))
+        if flagged is not None and at - flagged[0] < dt.timedelta(hours=24):
+            return  # already flagged today: its staff are not asked again and again
+        finding = campaign.crowd_finding(self.config, len(accounts))
+        self._flag_campaign(machine, f"{at.timestamp()}|{finding.sentence}")
+
+        def alert(own: Session) -> None:
+            names = [self._actor_of(own, ref).username for ref in accounts]
+            listed = Finding(finding.rule, finding.level, campaign.listing(finding.sentence, names))
+            raise_alert(
+                own,
+                actor=campaign.CAMPAIGN_ACTOR,
+                finding=listed,
+                at=at,
+                merge_hours=self.config.alert_merge_hours,
+            )
+
+        self._after(session, alert)
+
+    def _campaign_flag(self, actor: Actor) -> Finding | None:
+        """A step-up for a staff account of a campaign's cohort, or reaching patient data from an
+        address or client a campaign used (its first request included), until it proves a second
+        factor after the campaign was found."""
+        if actor.kind is not ActorKind.STAFF:
+            return None
+        now = time.monotonic()
+        machine = campaign.machine_ref(actor, self.scope)
+        refs = [
+            actor.actor_ref,
+            *campaign.correlation_refs(actor, self.scope),
+            *([machine] if machine else []),
+        ]
+        for ref in refs:
+            with self._lock:
+                cached = self._campaign_flags.get(ref)
+            if cached is None or cached[0] <= now:
+                cached = (now + 2.0, self.flags.get(f"campaign:{ref}"))
+                with self._lock:
+                    if len(self._campaign_flags) > 10_000:
+                        self._campaign_flags.clear()
+                    self._campaign_flags[ref] = cached
+            parsed = _parse_flag(cached[1])
+            if parsed is None or clock.now() - parsed[0] > dt.timedelta(hours=24):
+                continue
+            proven = actor.second_factor_at
+            if proven is not None and proven >= parsed[0]:
+                continue  # answered since (or signed in afresh since): asked once per campaign
+            if ref == actor.actor_ref:
+                return Finding(
+                    Rule.CAMPAIGN,
+                    Level.STEP_UP,
+                    f"{actor.username} is among accounts used together in a campaign: {parsed[1]}"[:1000],
+                )
+            what = {"net": "network address", "ua": "client"}.get(ref.partition(":")[0], "machine")
+            return Finding(
+                Rule.CAMPAIGN,
+                Level.STEP_UP,
+                f"{actor.username} reaches patient data from a {what} that several accounts used "
+                f"in a campaign today: {parsed[1]}"[:1000],
+            )
+        return None
+
+    def _flag_campaign(self, ref: str, flag: str) -> None:
+        """Shared with every worker; this one knows at once (its cache would wait 2 s)."""
+        self.flags.set(f"campaign:{ref}", flag)
+        with self._lock:
+            self._campaign_flags[ref] = (time.monotonic() + 2.0, flag)
+
+    def _correlate(self, session: Session, *, actor: Actor, at: dt.datetime) -> None:
+        """`actor` was just found anomalous: note it, then judge the installation as a whole."""
+        refs = campaign.correlation_refs(actor, self.scope)
+        for ref in [self.installation_ref, *refs]:
+            session.add(
+                DetectionEvent(actor_ref=ref, kind=EventKind.ANOMALY.value, key=actor.actor_ref, at=at)
+            )
+            self.counters.add_event(actor_ref=ref, kind=EventKind.ANOMALY, key=actor.actor_ref, at=at)
+        session.flush()
+        window = campaign.window(self.config)
+
+        def keys(ref: str | None, kind: EventKind) -> list[str]:
+            if ref is None:
+                return []
+            return self.counters.keys(session, actor_ref=ref, kind=kind, at=at, window=window)
+
+        address, fingerprint = (
+            campaign.address_ref(actor, self.scope),
+            campaign.fingerprint_ref(actor, self.scope),
+        )
+        same_address, same_fingerprint = (
+            keys(address, EventKind.ANOMALY),
+            keys(fingerprint, EventKind.ANOMALY),
+        )
+        crowded: list[str] = []
+        for shared, found in ((address, same_address), (fingerprint, same_fingerprint)):
+            if shared is not None and len(found) >= 2:
+                crowded.append(shared)
+        seen_with = sorted({k for r in crowded for k in keys(r, EventKind.SEEN)})
+        m15, h1 = self.counters.installation_counts(session, at=at)
+        usual = self._baseline(session, campaign.INSTALLATION)
+        view = campaign.CampaignView(
+            same_address=same_address,
+            same_fingerprint=same_fingerprint,
+            anomalous=keys(self.installation_ref, EventKind.ANOMALY),
+            seen_with=seen_with,
+            installation_m15=m15,
+            installation_h1=h1,
+            usual_m15=usual.m15 if usual else 0,
+            usual_h1=usual.h1 if usual else 0,
+        )
+        verdict = campaign.judge(self.config, view)
+        if verdict is None:
+            return
+        finding, cohort = verdict
+        members = [self._actor_of(session, ref) for ref in cohort]
+        listed = Finding(
+            finding.rule, finding.level, campaign.listing(finding.sentence, [m.username for m in members])
+        )
+        alert, created = raise_alert(
+            session,
+            actor=campaign.CAMPAIGN_ACTOR,
+            finding=listed,
+            at=at,
+            merge_hours=self.config.alert_merge_hours,
+        )
+        if created:
+            self.audit.append(
+                session,
+                AuditRecord(
+                    kind=AuditKind.DETECTION_ALERT,
+                    outcome=Outcome.SUCCESS,
+                    actor=campaign.CAMPAIGN_ACTOR,
+                    resource_type="Alert",
+                    resource_ids=(str(alert.id), *cohort[:50]),
+                    policy_reason=finding.sentence[:500],
+                    detail={"rule": finding.rule.value, "level": finding.level.name.lower()},
+                ),
+            )
+        flag = f"{at.timestamp()}|{finding.sentence}"
+        for crowded_ref in crowded:
+            self._flag_campaign(crowded_ref, flag)
+        if finding.level is Level.CONTAIN:
+            for member in members:
+                state = session.get(ActorState, member.actor_ref)
+                if state is not None and state.status == CONTAINED:
+                    continue
+                self.flags.set(member.actor_ref, flag)
+                self._local_flags.set(member.actor_ref, flag)
+                contain(session, actor=member, findings=[listed], audit=self.audit, at=at)
+            return
+        # Step-up: each member's next request waits for a second factor proven after now.
+        for member in members:
+            self._flag_campaign(member.actor_ref, flag)
 
     # -- after the caller's transaction ---------------------------------------------------
     def _after(self, session: Session, action: AfterAction) -> None:
@@ -440,6 +811,26 @@ def _parse_flag(value: str | None) -> tuple[dt.datetime, str] | None:
         return dt.datetime.fromtimestamp(float(stamp), dt.UTC), reason
     except ValueError:
         return dt.datetime.max.replace(tzinfo=dt.UTC), value  # unreadable: stay contained
+
+
+def _other_day_list(query_shape: SearchEvent | None, at: dt.datetime, config: DetectionConfig) -> bool:
+    """A clinician's day list of a day other than the current one (the day list's digest names
+    its day). Around midnight both the UTC and the local date are current, and a night shift
+    before 06:00 still works on the list of the evening it started."""
+    if query_shape is None or query_shape.shape is not SearchShape.LIST:
+        return False
+    prefix, _, day_text = query_shape.term_digest.partition(":")
+    if prefix != "day-list":
+        return False
+    try:
+        day = dt.date.fromisoformat(day_text)
+    except ValueError:
+        return False
+    local = at.astimezone(zoneinfo.ZoneInfo(config.timezone))
+    current = {at.astimezone(dt.UTC).date(), local.date()}
+    if local.hour < config.off_hours_end:
+        current.add(local.date() - dt.timedelta(days=1))
+    return day not in current
 
 
 def _search_events(query_shape: SearchEvent | None, *, deep_page: int) -> list[tuple[EventKind, str]]:

@@ -42,6 +42,8 @@ class Context:
     # Whether the ledger judged exposures against facility work (WorkRelations configured):
     # without it, a facility-wide role's "outside" counts mean nothing.
     work_known: bool = False
+    # An account opened or restored in the last days: a smaller volume budget.
+    probation: bool = False
 
 
 def _who(actor: Actor) -> str:
@@ -100,6 +102,11 @@ def volume(config: DetectionConfig, ctx: Context) -> Finding | None:
             getattr(ctx.role_baseline, window, 0) if ctx.role_baseline else 0,
         )
         floor = float(getattr(floors, window))
+        if ctx.probation:
+            # A new or just restored account has no history of its own: a smaller budget, and
+            # its role's usual does not lift it.
+            floor = max(1.0, floor * config.probation_factor)
+            usual = 0
         threshold = min(max(floor, config.baseline_factor * usual), floor * config.baseline_cap_factor)
         seen = _count_for(ctx.counts, window)
         if seen < threshold:
@@ -111,6 +118,8 @@ def volume(config: DetectionConfig, ctx: Context) -> Finding | None:
         elif ratio >= config.volume_throttle_factor:
             level = Level.THROTTLE
         usual_words = f"; their usual is about {usual}" if usual else ""
+        if ctx.probation:
+            usual_words = "; a new or just restored account, on probation"
         sentence = (
             f"{_who(actor)} was shown {_patients(seen)} {words}, {ratio:.1f} times the level at which "
             f"{_PEOPLE.get(role_name, 'someone in this role')} is asked to confirm their identity "
@@ -405,12 +414,19 @@ def is_off_hours(config: DetectionConfig, at: dt.datetime) -> bool:
 def off_hours(config: DetectionConfig, ctx: Context) -> Finding | None:
     if ctx.denial or ctx.counts.patients_1h == 0 or not is_off_hours(config, ctx.at):
         return None
-    usual = ctx.account_baseline.off_hours_share if ctx.account_baseline else 0.0
-    if usual >= config.off_hours_usual_share:
+    baseline = ctx.account_baseline
+    if baseline is not None and baseline.off_hours_share >= config.off_hours_usual_share:
         return None  # night staff
+    # Nurses and emergency physicians work nights on rotation: for those roles the night is a
+    # normal pattern, so a new account or one rotated onto nights (no baseline, or a baseline of
+    # days) is noted, not stopped; volume, care and enumeration rules still judge what it reads.
+    night_role = bool({r.value for r in ctx.actor.roles} & set(config.night_roles))
     local = ctx.at.astimezone(zoneinfo.ZoneInfo(config.timezone)).strftime("%H:%M")
     n = ctx.counts.patients_1h
-    level = Level.STEP_UP if n >= config.off_hours_step_up_1h else Level.RECORD
+    stops = n >= config.off_hours_step_up_1h and not night_role
+    if not stops and baseline is None:
+        return None  # no pattern of its own to depart from, and no volume worth asking about
+    level = Level.STEP_UP if stops else Level.RECORD
     return Finding(
         Rule.OFF_HOURS,
         level,

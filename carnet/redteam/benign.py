@@ -68,6 +68,10 @@ class BenignResult:
     account_step_ups: Counter[str] = field(default_factory=Counter)
     bookings: int = 0
     registrations: int = 0
+    # Night shifts worked (22:00-06:00 local) and staff who joined mid-month (accounts opened by
+    # an administrator, approved by a second one, on probation for their first days).
+    night_shifts: int = 0
+    joiners: list[str] = field(default_factory=list)
 
     @property
     def step_ups_per_clinician_week(self) -> float:
@@ -293,6 +297,94 @@ class _Worker:
         return handled
 
 
+# Night rotation: one clinician in NIGHT_EVERY works nights (22:00 local) one week in three.
+NIGHT_EVERY = 5
+JOINERS = (Role.PHYSICIAN, Role.NURSE, Role.NURSE, Role.PHYSICIAN, Role.FRONT_DESK, Role.BILLING)
+
+
+def on_nights(rank: int, offset: int) -> bool:
+    """Whether the clinician of this rank works the night of simulated day `offset`."""
+    return rank % NIGHT_EVERY == 0 and (offset // 7 + rank // NIGHT_EVERY) % 3 == 0
+
+
+def _administrators(runtime: Runtime) -> list[Actor]:
+    with runtime.session_factory() as session:
+        found = []
+        for account in session.scalars(
+            select(Account)
+            .where(Account.kind == "staff", Account.status == "active")
+            .order_by(Account.username)
+        ):
+            roles = roles_of(session, account=account)
+            if Role.SYSTEM_ADMINISTRATOR in roles:
+                found.append(
+                    Actor(
+                        kind=ActorKind.STAFF,
+                        username=account.username,
+                        roles=roles,
+                        account_id=account.id,
+                        session_id=uuid.uuid4(),
+                        address="10.30.0.1",
+                        second_factor_at=clock.now(),
+                    )
+                )
+        return found[:2]
+
+
+def onboard(
+    runtime: Runtime, everyone: list[Actor], *, result: BenignResult, movable: clock.MovableClock
+) -> None:
+    """Mid-month: staff leave and their replacements join. An administrator opens each account
+    (taking over the leaver's practitioner record for clinicians), a second approves its role,
+    three quarters of an hour apart, through the audited (and watched) administration services."""
+    from carnet.access.accounts import create_staff_account
+    from carnet.access.grants import approve_role_grant
+
+    admins = _administrators(runtime)
+    if len(admins) < 2:
+        return
+    maker, approver = admins
+    for wanted in JOINERS:
+        leaver_at = next(
+            (i for i in range(len(everyone) - 1, -1, -1) if _role_of(everyone[i].roles) is wanted), None
+        )
+        if leaver_at is None:
+            continue
+        leaver = everyone[leaver_at]
+        with runtime.session_factory.begin() as session:  # the leaver's account closes
+            account = session.get(Account, leaver.account_id)
+            assert account is not None
+            account.status = "disabled"
+            account.practitioner_id = None
+        movable.advance(dt.timedelta(minutes=45))
+        try:
+            created = create_staff_account(
+                runtime,
+                actor=dataclasses.replace(maker, second_factor_at=clock.now()),
+                username=f"joiner.{wanted.value}.{uuid.uuid4().hex[:6]}",
+                display_name=f"Nouvelle recrue ({wanted.value})",
+                role=wanted,
+                facility_id=str(leaver.facility_id),
+                reason="prise de poste en milieu de mois",
+                practitioner_id=str(leaver.practitioner_id) if leaver.practitioner_id else None,
+            )
+            approve_role_grant(
+                runtime,
+                actor=dataclasses.replace(approver, second_factor_at=clock.now()),
+                grant_id=created.grant.id,
+            )
+        except AccountContained as exc:  # a false containment of an administrator: counted
+            result.containments.append(f"administrators opening accounts on {clock.now().date()}: {exc}")
+            return
+        everyone[leaver_at] = dataclasses.replace(
+            leaver,
+            username=created.username,
+            account_id=uuid.UUID(created.account_id),
+            session_id=uuid.uuid4(),
+        )
+        result.joiners.append(f"{created.username} replaces {leaver.username}")
+
+
 def _shares(items: list[Visit], n: int) -> Iterator[list[Visit]]:
     for i in range(n):
         yield items[i::n]
@@ -322,8 +414,14 @@ def run_benign(
     everyone = staff(runtime, limit=limit, roles=roles)
     result = BenignResult()
     contained: set[str] = set()
+    # Each clinician's rank among clinicians: the night rota is drawn on it.
+    clinical = [i for i, a in enumerate(everyone) if _role_of(a.roles) in CLINICAL]
+    rank = {position: n for n, position in enumerate(clinical)}
     for offset in range(days):
         day = first_day + dt.timedelta(days=offset)
+        if offset == days // 2 and days > 1:
+            movable.set(dt.datetime.combine(day, dt.time(7, 0), tzinfo=zone))
+            onboard(runtime, everyone, result=result, movable=movable)
         desks = [a for a in everyone if Role.FRONT_DESK in a.roles or Role.BILLING in a.roles]
         fdays = facility_days(runtime, day=day, seed=seed) if desks else {}
         by_facility: dict[tuple[uuid.UUID | None, Role], list[Actor]] = {}
@@ -348,7 +446,9 @@ def run_benign(
         for position, actor in enumerate(everyone):
             if actor.actor_ref in contained or position % shards != index:
                 continue
-            start = dt.datetime.combine(day, dt.time(8, rng.randrange(0, 30)), tzinfo=zone)
+            night = position in rank and on_nights(rank[position], offset)
+            start = dt.datetime.combine(day, dt.time(22 if night else 8, rng.randrange(0, 30)), tzinfo=zone)
+            result.night_shifts += night
             movable.set(start)
             # A session opened at the start of the day, with its login's second factor.
             actor = dataclasses.replace(actor, session_id=uuid.uuid4(), second_factor_at=clock.now())

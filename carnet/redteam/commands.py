@@ -138,6 +138,9 @@ def benign(
         f"({result.step_ups_per_clinician_week:.2f} per staff-week), {result.throttles} throttles; "
         f"{time.perf_counter() - started:.0f} s"
     )
+    typer.echo(
+        f"  {result.night_shifts} night shifts (22:00 local); {len(result.joiners)} staff joined mid-month"
+    )
     for role, worked in sorted(result.staff_days.items()):
         typer.echo(
             f"  {role}: {worked} staff-days, {result.role_step_ups.get(role, 0)} step-ups "

@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
-from carnet.detection.models import ActorState, Exposure
+from carnet.detection.interfaces import EventKind
+from carnet.detection.ledger import SqlExposureLedger
+from carnet.detection.models import ActorState, DetectionEvent, Exposure
 from carnet.kernel import clock
+from carnet.kernel.errors import Forbidden
 from carnet.phi.exercise import ExerciseTargets
 from carnet.redteam.sessions import mint_session
 from carnet.runtime import Runtime
@@ -165,6 +168,25 @@ def _calendars(t: ExerciseTargets) -> Generator[Request, str | None, None]:
             yield f"/desk/schedule/{appointment}/who", {}, Form()
 
 
+_DAY_ROW = re.compile(r'href="/patients/([0-9a-f-]{36})">([^<,]+),')
+# Fragments an attacker tries first when the day lists gave none: frequent French family names.
+_COMMON_FRAGMENTS = ("bert", "mart", "rous", "bern", "dubo", "more", "laur", "simo", "mich", "lefe")
+
+
+def _day_list_walk(t: ExerciseTargets) -> Generator[Request, str | None, None]:
+    # The physician's own day list, then other days' (names, birth dates, reasons), then
+    # 4-letter fragments of the family names read there, over FHIR, among their own patients.
+    today = clock.now().date()
+    families: list[str] = []
+    for offset in (0, -1, -2, -3, -4, -5, 1, 2, 3, -6, -7, -8):
+        day = (today + dt.timedelta(days=offset)).isoformat()
+        page = yield "/day", {"day": day}
+        families += [html.unescape(name).strip() for _id, name in _DAY_ROW.findall(page or "")]
+    fragments = [f[:4].lower() for f in dict.fromkeys(families) if len(f) >= 4]
+    for fragment in dict.fromkeys([*fragments, *_COMMON_FRAGMENTS]):
+        yield "/fhir/Patient", {"family": fragment}
+
+
 PLAYBOOKS: tuple[Playbook, ...] = (
     Playbook("admin-sweep", "system_administrator", "an administrator reads patient charts by id", _reads),
     Playbook(
@@ -210,7 +232,38 @@ PLAYBOOKS: tuple[Playbook, ...] = (
         "front desk lists appointments practitioner by practitioner, day by day, then per patient",
         _appointment_lists,
     ),
+    Playbook(
+        "day-list-walk",
+        "physician",
+        "a physician reads their day lists of other days, then 4-letter family-name fragments of their"
+        " own patients over FHIR",
+        _day_list_walk,
+    ),
 )
+_BY_NAME = {p.name: p for p in PLAYBOOKS}
+# What each role does in a campaign: its most rewarding single playbooks, in turn.
+_CAMPAIGN_ROLES = {
+    "physician": ("day-list-walk", "fhir-paging", "everything-export"),
+    "nurse": ("day-list-walk",),
+    "front_desk": ("calendar-scrape", "identifier-enumeration", "name-sweep", "appointment-scrape"),
+    "billing": ("billing-scrape",),
+}
+
+
+def _campaign(size: int) -> tuple[Playbook, ...]:
+    """`size` mixed-role members: physicians, nurses, front desk and billing in a hospital's mix."""
+    mix = ["physician", "nurse", "front_desk", "physician", "billing"]
+    if size > 5:
+        mix = (["physician", "nurse", "front_desk", "physician", "nurse", "billing", "front_desk"] * 3)[:size]
+    members: list[Playbook] = []
+    used: dict[str, int] = {}
+    for role in mix[:size]:
+        names = _CAMPAIGN_ROLES[role]
+        name = names[used.get(role, 0) % len(names)]
+        used[role] = used.get(role, 0) + 1
+        # A nurse walking day lists is the physician's playbook under a nurse's account.
+        members.append(dataclasses.replace(_BY_NAME[name], role=role))
+    return tuple(members)
 
 
 @dataclass(frozen=True)
@@ -228,6 +281,17 @@ TEAM_PLAYBOOKS: tuple[TeamPlaybook, ...] = (
         "several-accounts",
         "three stolen sessions (front desk, physician, billing) attack at once, on disjoint patients",
         (PLAYBOOKS[2], PLAYBOOKS[1], PLAYBOOKS[6]),
+    ),
+    TeamPlaybook(
+        "campaign-5",
+        "five stolen sessions (2 physicians, a nurse, front desk, billing) from one attacker's machine,"
+        " each running its role's best playbook",
+        _campaign(5),
+    ),
+    TeamPlaybook(
+        "campaign-20",
+        "twenty stolen sessions of mixed roles from one attacker's machine",
+        _campaign(20),
     ),
 )
 
@@ -372,6 +436,48 @@ def run_playbook(
     return result
 
 
+def _next(stream: Iterator[Request], memory: dict[str, str]) -> Request | None:
+    """The stream's next request; a generator is told the last page it read."""
+    try:
+        return stream.send(memory.get(PAGE)) if isinstance(stream, Generator) else next(stream)
+    except StopIteration:
+        return None
+
+
+def attacker_client(base_url: str, *, machine: int, agent: str) -> httpx.Client:
+    """An HTTP client standing for one attacker's machine: its own source address on the
+    loopback network (127.0.x.y, when carnet runs on this host) and its own browser string, so
+    correlation sees separate attackers as separate and one attacker's sessions as one."""
+    host = httpx.URL(base_url).host
+    transport = None
+    if host in ("127.0.0.1", "localhost"):
+        transport = httpx.HTTPTransport(local_address=f"127.0.{10 + machine // 250}.{1 + machine % 250}")
+    return httpx.Client(
+        base_url=base_url,
+        timeout=30,
+        headers={"Accept": "application/fhir+json", "User-Agent": agent},
+        transport=transport,
+    )
+
+
+def forget_campaign_marks(runtime: Runtime) -> None:
+    """Between single-account playbooks: the installation's marks of anomalous accounts are
+    cleared, so each playbook is measured as one attacker alone (exercise mode only; the
+    campaigns are measured with them)."""
+    if not runtime.settings.exercise_mode:
+        raise Forbidden("red-team exercises run only when CARNET_ENV is demo or test")
+    if not isinstance(runtime.ledger, SqlExposureLedger):
+        return
+    ref = runtime.ledger.installation_ref
+    with runtime.session_factory.begin() as session:
+        session.execute(
+            delete(DetectionEvent).where(
+                DetectionEvent.actor_ref == ref, DetectionEvent.kind == EventKind.ANOMALY.value
+            )
+        )
+    runtime.ledger.counters.reset(actor_ref=ref)  # Redis or memory counters hold them too
+
+
 def run_team(
     runtime: Runtime,
     client: httpx.Client,
@@ -387,7 +493,7 @@ def run_team(
     n = len(team.members)
     stolen = [mint_session(runtime, username=u) for u in usernames]
     shares = [dataclasses.replace(targets, people=targets.people[i::n]) for i in range(n)]
-    streams = [iter(m.requests(shares[i])) for i, m in enumerate(team.members)]
+    streams = [m.requests(shares[i]) for i, m in enumerate(team.members)]
     sent = [0] * n
     live = set(range(n))
     contained: set[int] = set()
@@ -396,12 +502,15 @@ def run_team(
     started = time.perf_counter()
     while live:
         for i in sorted(live):
-            request = next(streams[i], None) if sent[i] < max_requests else None
+            request = _next(streams[i], memories[i]) if sent[i] < max_requests else None
             if request is None:
                 live.discard(i)
                 continue
             sent[i] += 1
-            if _send(client, request, stolen[i].headers, result, memories[i]):
+            ok_before = result.answers.get("ok", 0)
+            if _send(client, request, stolen[i].headers, result, memories[i]) or (
+                result.answers.get("ok", 0) == ok_before and _is_contained(runtime, stolen[i].account_id)
+            ):
                 contained.add(i)
                 live.discard(i)
     result.contained = len(contained) == n
@@ -415,7 +524,9 @@ def run_team(
 
 
 def playbook_names() -> list[str]:
-    return [p.name for p in PLAYBOOKS] + [t.name for t in TEAM_PLAYBOOKS]
+    from carnet.redteam.widening import WIDENING
+
+    return [p.name for p in PLAYBOOKS] + [t.name for t in TEAM_PLAYBOOKS] + list(WIDENING)
 
 
 def run_playbooks(
@@ -438,8 +549,9 @@ def run_playbooks(
         return accounts[index]
 
     results = []
-    with httpx.Client(base_url=base_url, timeout=30, headers={"Accept": "application/fhir+json"}) as client:
-        for playbook in [p for p in PLAYBOOKS if names is None or p.name in names]:
+    for machine, playbook in enumerate([p for p in PLAYBOOKS if names is None or p.name in names]):
+        forget_campaign_marks(runtime)
+        with attacker_client(base_url, machine=machine, agent=f"redteam-{playbook.name}") as client:
             username = fresh(playbook.role)
             if username is None:
                 results.append(
@@ -453,11 +565,15 @@ def run_playbooks(
                     runtime, client, playbook, username=username, targets=targets, max_requests=max_requests
                 )
             )
-        for team in [t for t in TEAM_PLAYBOOKS if names is None or t.name in names]:
-            members = [fresh(m.role) for m in team.members]
-            if None in members:
-                results.append(PlaybookResult(team.name, username="-", note="not enough unused accounts"))
-                continue
+    teams = [t for t in TEAM_PLAYBOOKS if names is None or t.name in names]
+    for machine, team in enumerate(teams, start=100):
+        forget_campaign_marks(runtime)
+        members = [fresh(m.role) for m in team.members]
+        if None in members:
+            results.append(PlaybookResult(team.name, username="-", note="not enough unused accounts"))
+            continue
+        # One attacker's machine for the whole team: one address, one browser.
+        with attacker_client(base_url, machine=machine, agent=f"redteam-{team.name}") as client:
             results.append(
                 run_team(
                     runtime,
@@ -467,6 +583,14 @@ def run_playbooks(
                     targets=targets,
                     max_requests=max_requests,
                 )
+            )
+    from carnet.redteam.widening import WIDENING, run_widening
+
+    for machine, name in enumerate([w for w in WIDENING if names is None or w in names], start=200):
+        forget_campaign_marks(runtime)
+        with attacker_client(base_url, machine=machine, agent=f"redteam-{name}") as client:
+            results.append(
+                run_widening(runtime, client, name, fresh=fresh, targets=targets, max_requests=max_requests)
             )
     return results
 
@@ -485,12 +609,18 @@ def exposure_table(results: list[PlaybookResult]) -> str:
             f"{f'{r.seconds_to_containment:.2f}' if r.seconds_to_containment is not None else '-'} | "
             f"{answers} |"
         )
-    exposed = [r.exposed_count for r in results if r.username != "-"]
+    single = {p.name for p in PLAYBOOKS}
+    exposed = [r.exposed_count for r in results if r.username != "-" and r.playbook in single]
     if exposed:
         contained = sum(r.contained for r in results)
         lines.append("")
         lines.append(
-            f"max exposed {max(exposed)}, median {statistics.median(exposed):g}; "
+            f"single-account playbooks: max exposed {max(exposed)}, median {statistics.median(exposed):g}; "
             f"contained {contained}/{len(results)}"
         )
+    for r in results:
+        if r.playbook not in single and r.username != "-":
+            lines.append(
+                f"{r.playbook}: {r.exposed_count} patients in total (union){r.note and '; ' + r.note}"
+            )
     return "\n".join(lines)

@@ -302,11 +302,12 @@ def test_a_large_approved_export_is_never_contained_for_its_size(
 
 def test_off_hours_and_new_addresses(runtime: Runtime, movable_clock: clock.MovableClock) -> None:
     movable_clock.set(dt.datetime(2026, 3, 2, 22, 30, tzinfo=dt.UTC))  # 23:30 in Paris
-    doctor = make_actor(runtime, "dr.night", Role.PHYSICIAN)
-    expose(runtime, doctor, new_patients(1))
-    assert [(a.rule, a.level) for a in _alerts(runtime)] == [("off-hours", 1)]
+    # Front desk does not work nights: ten patients in the hour at 23:30 ask for a second factor.
+    desk = make_actor(runtime, "desk.night", Role.FRONT_DESK)
+    expose(runtime, desk, new_patients(1))
+    assert _alerts(runtime) == []  # no pattern of its own yet, no volume: nothing to say
     with pytest.raises(StepUpRequired, match="does not usually work at night"):
-        expose(runtime, doctor, new_patients(9))
+        expose(runtime, desk, new_patients(9))
 
     movable_clock.set(MORNING)
     day = make_actor(runtime, "dr.day", Role.PHYSICIAN, address="10.1.1.1")
