@@ -75,6 +75,8 @@ class Rule(StrEnum):
     BREAK_GLASS = "break-glass"  # every emergency access, for review (never merged)
     # Many referrals or care-team additions by one account, or naming one practitioner.
     CARE_RELATIONSHIPS = "care-relationships"
+    # An HL7 v2 interface sending more messages, or other message types, than it is registered for.
+    INTERFACE_BUDGET = "interface-budget"
 
 
 @dataclass(frozen=True)
