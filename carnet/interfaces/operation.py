@@ -28,11 +28,15 @@ from carnet.crypto.blind import IndexKind
 from carnet.interfaces.hl7v2 import ErrorCode, MessageError
 from carnet.interfaces.models import InterfaceLink, InterfaceMessage
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
+from carnet.kernel.ids import new_id
 from carnet.org.models import Location, Practitioner
 from carnet.patients.models import Patient
 from carnet.phi.gate import Gate, _Refused, _Tx, guarded
 from carnet.records.models import DiagnosticReport, Observation
 from carnet.scheduling.models import Encounter
+
+
+_UNKNOWN = object()
 
 
 class MessageRefused(InvalidInput):
@@ -84,19 +88,27 @@ class MessageWork:
     tx: _Tx
     facility_id: uuid.UUID
     touched: list[str] = field(default_factory=list)
+    pending: list[InterfaceLink] = field(default_factory=list)
+    _links: dict[tuple[str, str], InterfaceLink | None] = field(default_factory=dict)
 
     # -- finding records -------------------------------------------------------------------------
     def digest(self, kind: str, key: str) -> str:
         return self.gate._keyring.blind.index(IndexKind.IDENTIFIER, f"hl7|{kind}|{key}").hex()
 
     def link(self, kind: str, key: str) -> InterfaceLink | None:
-        return self.tx.session.scalar(
+        """The link of a sender's identifier (looked up once per message, then remembered)."""
+        cached = self._links.get((kind, key), _UNKNOWN)
+        if cached is not _UNKNOWN:
+            return cached  # type: ignore[return-value]
+        row = self.tx.session.scalar(
             select(InterfaceLink).where(
                 InterfaceLink.facility_id == self.facility_id,
                 InterfaceLink.kind == kind,
                 InterfaceLink.key_digest == self.digest(kind, key),
             )
         )
+        self._links[(kind, key)] = row
+        return row
 
     def set_link(
         self,
@@ -107,20 +119,23 @@ class MessageWork:
         reference_range: str | None = None,
         abnormal_flags: str | None = None,
     ) -> None:
+        """Link a sender's identifier to a record; written with the message's other rows (the
+        unique key refuses a concurrent twin at the final flush, before the audit)."""
         row = self.link(kind, key)
         target_id = target if isinstance(target, uuid.UUID) else uuid.UUID(str(target))
         if row is None:
             row = InterfaceLink(
+                id=new_id(),
                 facility_id=self.facility_id,
                 kind=kind,
                 key_digest=self.digest(kind, key),
                 target_id=target_id,
             )
-            self.tx.session.add(row)
+            self.pending.append(row)  # inserted together at the end of the message
+            self._links[(kind, key)] = row
         row.target_id = target_id
         row.reference_range = reference_range
         row.abnormal_flags = abnormal_flags
-        self.tx.session.flush()
 
     def find_patient(self, *, ins: str | None, local_keys: list[str]) -> uuid.UUID | None:
         """The facility's patient with this INS, else with one of the sender's local identifiers;
@@ -255,6 +270,7 @@ def _apply(gate: Gate, tx: _Tx, /, *, log: LogEntry, facility_id: uuid.UUID, han
     except MessageError as exc:
         raise MessageRefused(exc) from None
     tx.resource_ids.extend(work.touched)
+    tx.session.add_all(work.pending)
     patients = list(dict.fromkeys(str(p) for p in tx.patient_ids))
     row = earlier or InterfaceMessage(interface_id=log.interface_id, control_id=log.control_id, replays=0)
     row.digest = log.digest
