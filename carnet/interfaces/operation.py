@@ -35,7 +35,6 @@ from carnet.phi.gate import Gate, _Refused, _Tx, guarded
 from carnet.records.models import DiagnosticReport, Observation
 from carnet.scheduling.models import Encounter
 
-
 _UNKNOWN = object()
 
 
