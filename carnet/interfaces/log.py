@@ -9,8 +9,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from carnet.access.actor import Actor
+from carnet.access.roles import Role
+from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.interfaces.models import Interface, InterfaceMessage
-from carnet.kernel.errors import InvalidInput, NotFound
+from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
+from carnet.runtime import Runtime
 
 LOG_LIMIT = 500
 
@@ -61,3 +65,57 @@ def search_log(
         )
         for r in rows
     ]
+
+
+@dataclass(frozen=True)
+class LogPage:
+    interfaces: list[str]
+    interface: str | None
+    lines: list[LogLine]
+
+
+def read_log(
+    runtime: Runtime,
+    *,
+    actor: Actor,
+    interface: str | None,
+    control_id: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+) -> LogPage:
+    """The message log for integration staff: refused (and audited) to anyone else; the reading
+    itself is audited, with what was looked for (the interface, a control id), never a result."""
+    query = f"interface={(interface or '')[:60]};control_id={(control_id or '')[:40]};status={status or ''}"
+    if Role.INTEGRATION not in actor.roles or actor.account_id is None:
+        with runtime.session_factory.begin() as session:
+            runtime.audit.append(
+                session,
+                AuditRecord(
+                    kind=AuditKind.INTERFACE_LOG_READ,
+                    outcome=Outcome.DENIED,
+                    actor=actor,
+                    resource_type="InterfaceMessage",
+                    query=query,
+                    policy_reason="only integration staff read the interfaces' message log",
+                ),
+            )
+        raise Forbidden("only integration staff read the interfaces' message log")
+    with runtime.session_factory.begin() as session:
+        names = list(session.scalars(select(Interface.name).order_by(Interface.name)))
+        chosen = interface if interface in names else (names[0] if names else None)
+        lines = (
+            search_log(session, interface=chosen, control_id=control_id, status=status or None, limit=limit)
+            if chosen
+            else []
+        )
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.INTERFACE_LOG_READ,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                resource_type="InterfaceMessage",
+                query=query,
+            ),
+        )
+    return LogPage(interfaces=names, interface=chosen, lines=lines)
