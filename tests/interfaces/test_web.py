@@ -52,6 +52,13 @@ def test_integration_staff_search_the_log_and_see_ids_only(
         )
         assert client.get("/integration", params={"status": "bogus"}).status_code == 400
         client.cookies.clear()
+        # An interface's account has no password: it cannot sign in.
+        denied = client.post(
+            "/auth/login",
+            json={"username": "interface:ADT", "password": "anything at all", "otp": "123456"},
+            headers={"Origin": ORIGIN},
+        )
+        assert denied.status_code == 401
         login(client, doctor)
         refused = client.get("/integration")
         assert refused.status_code == 403 and "WEB-1" not in refused.text
