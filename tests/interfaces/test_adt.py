@@ -103,6 +103,10 @@ def test_a08_updates_a_known_patient_and_refuses_an_unknown_one(
     assert counts(runtime, hospital.facility_id) == before
     line = log_line(runtime, "U-2")
     assert (line.status, line.ack_code, line.patient_ids) == ("rejected", "AE", "")
+    [refused] = [e for e in audit_of(runtime, "interface:ADT") if e.outcome == "error"]
+    assert refused.kind == "phi:resource:transaction" and "no patient with these identifiers" in (
+        refused.policy_reason or ""
+    )
 
     renamed = Person(ipp="IPP3", ins=INS, family="MARTIN-DUPRE")
     [update] = send(listener, adt("A08", "U-3", renamed))
