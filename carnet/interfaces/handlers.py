@@ -239,6 +239,10 @@ def _stay_of(work: MessageWork, pv1: Any, *, patient_id: uuid.UUID) -> tuple[uui
         raise MessageError(
             "no stay with this visit number", code=ErrorCode.UNKNOWN_KEY, segment="PV1", field=19
         )
+    if state.patient_id != patient_id:
+        raise MessageError(
+            "this visit number is another patient's stay", code=ErrorCode.UNKNOWN_KEY, segment="PV1", field=19
+        )
     return link.target_id, state
 
 
@@ -568,10 +572,16 @@ def results(ctx: Context, work: MessageWork) -> None:
         encounter_id: str | None = None
         if group.pv1 is not None and hl7v2.component(group.pv1, 19, 1):
             link = work.link("visit", _visit_key(group.pv1))
-            encounter_id = str(link.target_id) if link is not None else None
             state = work.stay(link.target_id) if link is not None else None
-            if state is not None and state.status == "entered-in-error":
-                encounter_id = None
+            if state is not None and state.patient_id != patient_id:
+                raise MessageError(
+                    "this visit number is another patient's stay",
+                    code=ErrorCode.UNKNOWN_KEY,
+                    segment="PV1",
+                    field=19,
+                )
+            if link is not None and state is not None and state.status != "entered-in-error":
+                encounter_id = str(link.target_id)
         for order in group.orders:
             _file_order(ctx, work, order, patient_id, encounter_id, msh_time)
 
@@ -641,10 +651,14 @@ def _file_order(
         report = work.call("record_diagnostic_report", ("OBR", n), data=data)
         work.set_link("report", key, report.id)
         return
-    state = work.report_state(existing.target_id)
+    state = work.report_state(existing.target_id, patient_id)
     if state is None:
         raise MessageError(
-            "the report of this order is gone", code=ErrorCode.UNKNOWN_KEY, segment="OBR", sequence=n, field=3
+            "this filler order number is another patient's report",
+            code=ErrorCode.DUPLICATE_KEY,
+            segment="OBR",
+            sequence=n,
+            field=3,
         )
     version, _status, current = state
     added: list[str] = []

@@ -52,6 +52,7 @@ class Replayed(Exception):
 
 @dataclass(frozen=True)
 class StayState:
+    patient_id: uuid.UUID
     status: str
     version_id: int
     kind: str
@@ -173,6 +174,7 @@ class MessageWork:
         if row is None:
             return None
         return StayState(
+            patient_id=row.patient_id,
             status=row.status,
             version_id=row.version_id,
             kind=row.kind,
@@ -187,9 +189,10 @@ class MessageWork:
             return None
         return ResultState(row.version_id, row.status, row.value_number, row.unit, row.value_text)
 
-    def report_state(self, report_id: uuid.UUID) -> tuple[int, str, list[str]] | None:
+    def report_state(self, report_id: uuid.UUID, patient_id: uuid.UUID) -> tuple[int, str, list[str]] | None:
+        """The report's version, status and results, when it is this patient's."""
         row = self.tx.session.get(DiagnosticReport, report_id)
-        if row is None:
+        if row is None or row.patient_id != patient_id:
             return None
         results = self.tx.session.scalars(
             select(Observation.id)

@@ -141,3 +141,17 @@ def test_a40_merges_the_duplicate_into_the_record_kept(
     [later] = send(listener, adt("A08", "M-4", Person(ipp="IPP-D", family="BERNARD", given="ALICE")))
     assert msa(later)[1] == "AA", msa(later)
     assert rows(runtime, InterfaceLink, kind="patient")
+
+
+def test_a_visit_number_of_another_patient_moves_nothing(
+    runtime: Runtime, hospital: Hospital, listener: int
+) -> None:
+    alice, bob = Person(ipp="ALICE", given="ALICE"), Person(ipp="BOB", given="BOB", birth="19900101")
+    first = send(listener, adt("A01", "X-1", alice, visit="VA"), adt("A01", "X-2", bob, visit="VB"))
+    assert [msa(a)[1] for a in first] == ["AA", "AA"]
+    before = counts(runtime, hospital.facility_id)
+    [crossed] = send(listener, adt("A03", "X-3", alice, visit="VB"))  # Alice, but Bob's visit
+    assert msa(crossed)[1] == "AE" and "another patient's stay" in msa(crossed)[3]
+    assert err(crossed)[2] == "PV1^1^19"
+    assert counts(runtime, hospital.facility_id) == before
+    assert {s.status for s in rows(runtime, Encounter, facility_id=hospital.facility_id)} == {"in-progress"}

@@ -92,3 +92,11 @@ def test_a_message_failing_on_its_last_result_writes_nothing(
     [orphan] = send(listener, oru("B-3", person, PANEL[:1], filler="NEVER", status="C"))
     assert msa(orphan)[1] == "AE" and "never received" in msa(orphan)[3]
     assert counts(runtime, hospital.facility_id) == before
+    # A filler order number of another patient's report does not amend that report.
+    other = Person(ipp="LAB4", given="PAUL", birth="19900101")
+    _patient(listener, other)
+    assert msa(send(listener, oru("B-4", other, PANEL[:1], filler="F9"))[0])[1] == "AA"
+    before = counts(runtime, hospital.facility_id)
+    [crossed] = send(listener, oru("B-5", person, [Obx("718-7", "9.9", status="C")], filler="F9", status="C"))
+    assert msa(crossed)[1] == "AE" and "another patient's report" in msa(crossed)[3]
+    assert counts(runtime, hospital.facility_id) == before
