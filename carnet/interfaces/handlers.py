@@ -176,11 +176,25 @@ def _unknown_patient(sequence: int, why: str) -> MessageError:
     )
 
 
-def _link_patient(work: MessageWork, ids: PatientIds, patient_id: uuid.UUID) -> None:
+def _link_patient(
+    work: MessageWork, ids: PatientIds, patient_id: uuid.UUID, *, merged: bool = False, sequence: int = 1
+) -> None:
+    """Remember the sender's numbers for this patient. A number already naming another patient
+    (not one merged into this one) is an identity conflict for a person to resolve: refused,
+    unless this message is the merge that makes them one (`merged`)."""
     for key in ids.local_keys:
         link = work.link("patient", key)
-        if link is None or link.target_id != patient_id:
-            work.set_link("patient", key, patient_id)
+        if link is not None and link.target_id == patient_id:
+            continue
+        if link is not None and not merged and work.find_patient(ins=None, local_keys=[key]) != patient_id:
+            raise MessageError(
+                "the sender's patient number and the INS name two different patients: identity to check",
+                code=ErrorCode.DUPLICATE_KEY,
+                segment="PID",
+                sequence=sequence,
+                field=3,
+            )
+        work.set_link("patient", key, patient_id)
 
 
 def known_patient(work: MessageWork, pid: Any, *, sequence: int, why: str) -> uuid.UUID:
@@ -188,7 +202,7 @@ def known_patient(work: MessageWork, pid: Any, *, sequence: int, why: str) -> uu
     found = work.find_patient(ins=ids.ins, local_keys=ids.local_keys)
     if found is None:
         raise _unknown_patient(sequence, why)
-    _link_patient(work, ids, found)
+    _link_patient(work, ids, found, sequence=sequence)
     return found
 
 
@@ -444,7 +458,7 @@ def merge(ctx: Context, work: MessageWork) -> None:
             target_version=work.patient_version(target),
             reason=reason,
         )
-        _link_patient(work, old, target)
+        _link_patient(work, old, target, merged=True)
 
 
 # == results =======================================================================================

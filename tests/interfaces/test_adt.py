@@ -155,3 +155,20 @@ def test_a_visit_number_of_another_patient_moves_nothing(
     assert err(crossed)[2] == "PV1^1^19"
     assert counts(runtime, hospital.facility_id) == before
     assert {s.status for s in rows(runtime, Encounter, facility_id=hospital.facility_id)} == {"in-progress"}
+
+
+def test_a_local_number_and_an_ins_naming_two_patients_is_refused(
+    runtime: Runtime, hospital: Hospital, listener: int
+) -> None:
+    first = send(
+        listener,
+        adt("A04", "I-1", Person(ipp="N1", ins=INS), klass="O", visit="W1"),
+        adt("A04", "I-2", Person(ipp="N2", given="LUC", birth="19910101"), klass="O", visit="W2"),
+    )
+    assert [msa(a)[1] for a in first] == ["AA", "AA"]
+    before = counts(runtime, hospital.facility_id)
+    # The sender now says N2 has the INS of the first patient: a person must check who is who.
+    [conflict] = send(listener, adt("A08", "I-3", Person(ipp="N2", ins=INS, given="LUC", birth="19910101")))
+    assert msa(conflict)[1] == "AE" and "two different patients" in msa(conflict)[3]
+    assert err(conflict)[2] == "PID^1^3" and err(conflict)[3].startswith("205^")
+    assert counts(runtime, hospital.facility_id) == before
