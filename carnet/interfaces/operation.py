@@ -1,10 +1,10 @@
-"""The one guarded operation of an HL7 interface: apply one message, all or nothing.
+"""The guarded operation of an HL7 interface: apply one message, all or nothing.
 
-This module belongs to the gate's kernel (it reads patient tables, which only carnet.phi may):
-it is written here, beside the interface, until the gate's split into a kernel and domain
-operation modules lands; then it moves there unchanged in substance and registers as the gate
-operations `apply_hl7_message` (audit kind phi:resource:transaction) and `apply_hl7_merge`
-(phi:patient:merge). See docs/INTERFACES.md, "The gate operation".
+A domain operation on the gate kernel (carnet.phi.kernel: `@guarded`, a `GuardedTx`, run by
+`operation` on the one path), kept beside the interface: it reads the patient tables it needs to
+find a sender's records (import-linter lists these imports as its only exceptions). It is bound
+here (`apply_hl7_message(gate, ...)`) rather than on the `Gate` facade, which another change
+owns; registering it there is two lines (docs/INTERFACES.md, "The gate operation").
 
 One message, one guarded transaction (one audit event naming every patient and record it
 touched): the steps are the gate's own write operations, run in that transaction as
@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from carnet.access.actor import ActorKind
 from carnet.access.policy import ResourceType
 from carnet.audit.interfaces import AuditKind
 from carnet.crypto.blind import IndexKind
@@ -31,7 +32,8 @@ from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.kernel.ids import new_id
 from carnet.org.models import Location, Practitioner
 from carnet.patients.models import Patient
-from carnet.phi.gate import Gate, _Refused, _Tx, guarded
+from carnet.phi.gate import Gate
+from carnet.phi.kernel import GuardedTx, Refused, guarded, operation
 from carnet.records.models import DiagnosticReport, Observation
 from carnet.scheduling.models import Encounter
 
@@ -84,8 +86,7 @@ class MessageWork:
     """What a message handler may do inside the guarded transaction: find records by the
     sender's identifiers, and call the gate's write operations. It never returns patient data."""
 
-    gate: Gate
-    tx: _Tx
+    tx: GuardedTx
     facility_id: uuid.UUID
     touched: list[str] = field(default_factory=list)
     pending: list[InterfaceLink] = field(default_factory=list)
@@ -93,13 +94,13 @@ class MessageWork:
 
     # -- finding records -------------------------------------------------------------------------
     def digest(self, kind: str, key: str) -> str:
-        return self.gate._keyring.blind.index(IndexKind.IDENTIFIER, f"hl7|{kind}|{key}").hex()
+        return self.tx.keyring.blind.index(IndexKind.IDENTIFIER, f"hl7|{kind}|{key}").hex()
 
     def link(self, kind: str, key: str) -> InterfaceLink | None:
         """The link of a sender's identifier (looked up once per message, then remembered)."""
         cached = self._links.get((kind, key), _UNKNOWN)
         if cached is not _UNKNOWN:
-            return cached  # type: ignore[return-value]
+            return cached if isinstance(cached, InterfaceLink) else None
         row = self.tx.session.scalar(
             select(InterfaceLink).where(
                 InterfaceLink.facility_id == self.facility_id,
@@ -145,7 +146,7 @@ class MessageWork:
             found = self.tx.session.scalar(
                 select(Patient.id).where(
                     Patient.facility_id == self.facility_id,
-                    Patient.ins_bi == self.gate._keyring.blind.index(IndexKind.IDENTIFIER, ins),
+                    Patient.ins_bi == self.tx.keyring.blind.index(IndexKind.IDENTIFIER, ins),
                     Patient.merged_into_id.is_(None),
                 )
             )
@@ -228,9 +229,9 @@ class MessageWork:
         tx = self.tx
         tx.kind = operation.__gate_audit_kind__
         try:
-            result = body(self.gate, tx, **arguments)
-        except _Refused as exc:
-            raise _Refused(f"{where[0]} {where[1]}: {exc.reason}", exc.patient_ids) from None
+            result = body(tx, **arguments)
+        except Refused as exc:
+            raise Refused(f"{where[0]} {where[1]}: {exc.reason}", exc.patient_ids) from None
         except NotFound:
             raise MessageRefused(
                 MessageError(
@@ -252,9 +253,11 @@ class MessageWork:
 Handler = Callable[[MessageWork], None]
 
 
-def _apply(gate: Gate, tx: _Tx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: Handler) -> list[str]:
+def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: Handler) -> list[str]:
     """Apply one message (its `handler`), then log it as accepted, in this one transaction.
     Returns the ids of the patients it touched (carnet's ids: the log keeps nothing else)."""
+    if tx.actor.kind is not ActorKind.INTERFACE:
+        raise Refused("only a registered HL7 interface applies HL7 messages")
     tx.query = f"hl7;type={log.message_type}"
     tx.reasons.append("HL7 v2 interface message")
     earlier = tx.session.scalar(
@@ -266,7 +269,7 @@ def _apply(gate: Gate, tx: _Tx, /, *, log: LogEntry, facility_id: uuid.UUID, han
     )
     if earlier is not None and earlier.status == "accepted":
         raise Replayed
-    work = MessageWork(gate=gate, tx=tx, facility_id=facility_id)
+    work = MessageWork(tx=tx, facility_id=facility_id)
     try:
         handler(work)
     except MessageError as exc:
@@ -288,5 +291,13 @@ def _apply(gate: Gate, tx: _Tx, /, *, log: LogEntry, facility_id: uuid.UUID, han
     return patients
 
 
-apply_hl7_message = guarded(AuditKind.PHI_TRANSACTION, ResourceType.PATIENT, targeted=False)(_apply)
-apply_hl7_merge = guarded(AuditKind.PHI_MERGE, ResourceType.PATIENT, targeted=False)(_apply)
+def _merge(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: Handler) -> list[str]:
+    return _apply(tx, log=log, facility_id=facility_id, handler=handler)
+
+
+# Bound on the kernel's one path like the facade's methods (called as `apply_hl7_message(gate,
+# ...)`); see the module docstring for their registration on the facade.
+apply_hl7_message = operation(
+    guarded(AuditKind.PHI_TRANSACTION, ResourceType.PATIENT, targeted=False)(_apply)
+)
+apply_hl7_merge = operation(guarded(AuditKind.PHI_MERGE, ResourceType.PATIENT, targeted=False)(_merge))
