@@ -291,13 +291,21 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
     return patients
 
 
-def _merge(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: Handler) -> list[str]:
+@guarded(AuditKind.PHI_TRANSACTION, ResourceType.PATIENT, targeted=False)
+def apply_message(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: Handler) -> list[str]:
+    """An ADT or ORU message (audited as a transaction)."""
     return _apply(tx, log=log, facility_id=facility_id, handler=handler)
 
 
-# Bound on the kernel's one path like the facade's methods (called as `apply_hl7_message(gate,
-# ...)`); see the module docstring for their registration on the facade.
-apply_hl7_message = operation(
-    guarded(AuditKind.PHI_TRANSACTION, ResourceType.PATIENT, targeted=False)(_apply)
-)
-apply_hl7_merge = operation(guarded(AuditKind.PHI_MERGE, ResourceType.PATIENT, targeted=False)(_merge))
+@guarded(AuditKind.PHI_MERGE, ResourceType.PATIENT, targeted=False)
+def apply_merge_message(
+    tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: Handler
+) -> list[str]:
+    """An ADT^A40 (audited as a merge)."""
+    return _apply(tx, log=log, facility_id=facility_id, handler=handler)
+
+
+# Bound on the kernel's one path as the facade binds its methods (docs/INTERFACES.md, "The gate
+# operation"): called as `apply_hl7_message(gate, log=..., facility_id=..., handler=...)`.
+apply_hl7_message = operation(apply_message)
+apply_hl7_merge = operation(apply_merge_message)
