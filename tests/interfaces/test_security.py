@@ -126,3 +126,26 @@ def test_a_connection_from_an_unregistered_address_gets_no_answer(runtime: Runti
         with pytest.raises(ConnectionError):
             send(port, adt("A01", "NOPE-1", Person(ipp="N1")))
     assert counts(runtime, hospital.facility_id)["patients"] == 0
+
+
+def test_only_an_interface_runs_the_message_operation(runtime: Runtime, hospital: Hospital) -> None:
+    import uuid as _uuid
+
+    from carnet.interfaces.operation import LogEntry, apply_hl7_message
+    from carnet.kernel import clock
+    from tests.factories import make_physician
+
+    doctor = make_physician(runtime, hospital.facility_id)
+    entry = LogEntry(_uuid.uuid4(), "FORGED-1", "0" * 64, "ORU^R01", clock.now())
+    ran: list[object] = []
+    with pytest.raises(Forbidden):
+        apply_hl7_message(
+            Gate(runtime, doctor), log=entry, facility_id=hospital.facility_id, handler=ran.append
+        )
+    assert ran == []
+    [event] = [
+        e
+        for e in rows(runtime, AuditEvent, kind="phi:resource:transaction")
+        if e.account_id == doctor.account_id
+    ]
+    assert event.outcome == "denied" and "only a registered HL7 interface" in (event.policy_reason or "")
