@@ -33,7 +33,7 @@ from carnet.runtime import Runtime
 
 RESOURCE = "Account"
 # Roles an administrator may ask for when opening an account (never a patient or API client).
-STAFF_ROLES = tuple(r for r in Role if r not in (Role.PATIENT, Role.API_CLIENT))
+STAFF_ROLES = tuple(r for r in Role if r not in (Role.PATIENT, Role.API_CLIENT, Role.INTERFACE))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ class ActorKind(StrEnum):
     STAFF = "staff"
     PATIENT = "patient"
     CLIENT = "client"  # an OAuth API client acting for itself (SMART Backend Services)
+    INTERFACE = "interface"  # an HL7 v2 interface (carnet.interfaces): its own account, write-only
     SYSTEM = "system"  # carnet itself, through the one audited elevated door
 
 

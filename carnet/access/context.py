@@ -95,8 +95,11 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         return AccessContext(
             actor, roles, permissions_of(roles), frozenset(), None, account.id, None, account.patient_id, now
         )
-    if account.kind != "staff":
-        raise AuthenticationRequired("this session does not belong to a staff account")
+    # An HL7 v2 interface has an account of its own kind (carnet.interfaces): a staff session
+    # cannot act as one, nor an interface as staff.
+    expected = "interface" if actor.kind == ActorKind.INTERFACE else "staff"
+    if account.kind != expected:
+        raise AuthenticationRequired(f"this session does not belong to a {expected} account")
     granted: set[Role] = set()
     facilities: set[uuid.UUID] = set()
     unscoped: set[Role] = set()

@@ -51,6 +51,7 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:event:read"
     EXPORT_REQUEST = "phi:export:request"
     EXPORT_DECIDE = "access:export:decide"
+    INTERFACE_LOG_READ = "integration:message-log:read"
 
 
 P = Permission
@@ -142,6 +143,13 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.SECURITY_OFFICER: frozenset({P.BREAK_GLASS_REVIEW, P.AUDIT_READ, P.EXPORT_DECIDE}),
     # An API client acting for itself reads no patient data until a scope model says otherwise.
     Role.API_CLIENT: frozenset(),
+    # An HL7 v2 interface writes admissions and results (carnet.interfaces); it holds no read
+    # permission, and the policy gives it no field to read (WRITE_RULES only).
+    Role.INTERFACE: frozenset(
+        {P.PATIENT_CREATE, P.PATIENT_UPDATE, P.PATIENT_MERGE, P.ENCOUNTER_WRITE, P.OBSERVATION_WRITE}
+    ),
+    # Integration staff read the interfaces' message log: ids and statuses, no patient data.
+    Role.INTEGRATION: frozenset({P.INTERFACE_LOG_READ}),
 }
 
 

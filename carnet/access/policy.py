@@ -298,6 +298,8 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
     Role.SYSTEM_ADMINISTRATOR: {},
     Role.SECURITY_OFFICER: {},
     Role.API_CLIENT: {},
+    Role.INTERFACE: {},  # write-only: an interface reads nothing back beyond its ACK
+    Role.INTEGRATION: {},
 }
 
 # Writes: which relationships let a role write a resource (creation of a patient: FACILITY).
@@ -343,6 +345,14 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         T.CARD_READING: IN_FACILITY,
     },
     Role.BILLING: {T.CARD_READING: IN_FACILITY, T.INVOICE: IN_FACILITY},
+    # An HL7 v2 interface feeds the facility it is registered for: admissions and identity (ADT),
+    # results and lab reports (ORU). Any patient of that facility, none elsewhere; nothing read.
+    Role.INTERFACE: {
+        T.PATIENT: frozenset({R.FACILITY}),
+        T.ENCOUNTER: frozenset({R.FACILITY}),
+        T.OBSERVATION: frozenset({R.FACILITY}),
+        T.DIAGNOSTIC_REPORT: frozenset({R.FACILITY}),
+    },
 }
 
 READ_PERMISSION: Mapping[ResourceType, Permission] = {

@@ -65,6 +65,9 @@ class AuditKind(StrEnum):
     TOKEN_REVOKED = "client:token:revoked"
     API_CLIENT_REGISTERED = "client:client:registered"
     APP_AUTHORIZED = "client:app:authorized"
+    # HL7 v2 interfaces (carnet.interfaces): registered, and their message log read
+    INTERFACE_REGISTERED = "interface:interface:registered"
+    INTERFACE_LOG_READ = "interface:message-log:read"
     # detection
     DETECTION_ALERT = "detection:alert:raised"
     CONTAINMENT = "detection:actor:contained"

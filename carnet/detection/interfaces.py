@@ -83,6 +83,8 @@ class Rule(StrEnum):
     ADMINISTRATION = "administration"
     # Several accounts at once: shared address or client, many anomalous, the installation's volume.
     CAMPAIGN = "campaign"
+    # An HL7 v2 interface sending more messages, or other message types, than it is registered for.
+    INTERFACE_BUDGET = "interface-budget"
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,10 @@ class SqlExposureLedger:
     ) -> None:
         at = clock.now()
         state = self.ensure_not_contained(session, actor=actor)
+        if actor.kind is ActorKind.INTERFACE and not fields:
+            # A write-only HL7 interface is answered with an ACK alone: no field of the patient
+            # left, so nothing was exposed (its volume is judged by carnet.interfaces.budget).
+            patient_ids = ()
         distinct = sorted(set(patient_ids))
         exposed = set(distinct)
         outside = sorted({p for p in outside_care if p in exposed})

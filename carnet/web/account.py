@@ -30,6 +30,7 @@ HOME_BY_ROLE = (
     (Role.SECURITY_OFFICER, "/security"),
     (Role.SYSTEM_ADMINISTRATOR, "/admin"),
     (Role.PATIENT, "/portal"),
+    (Role.INTEGRATION, "/integration"),
 )
 
 

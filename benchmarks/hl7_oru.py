@@ -1,0 +1,189 @@
+"""Throughput of ORU^R01 results through the MLLP listener, against a same-run baseline.
+
+1. baseline: the same listener, the same messages over the same TCP connections, each parsed
+   (python-hl7) and answered AA with nothing applied -- transport, framing, parsing and ACK.
+2. carnet: each message (one patient, one order, 5 OBX) applied through the gate as the
+   laboratory's interface: 5 Observations and a DiagnosticReport, their versions, links and
+   log line, one audit event, in one guarded transaction per message.
+
+    .venv/bin/python -m benchmarks.hl7_oru [--patients 200] [--messages 2000] [--clients 8]
+        [--workers 4] [--rounds 2] [--sqlite]
+
+PostgreSQL by default (a throwaway database on CARNET_BENCH_POSTGRES_URL). The two are
+interleaved round by round; the load average is printed before and after (a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from benchmarks._db import bench_runtime
+from carnet.interfaces import hl7v2
+from carnet.interfaces.hl7v2 import AckCode
+from carnet.interfaces.mllp import MllpListener, send
+from carnet.interfaces.registry import register_interface
+from carnet.interfaces.service import InterfaceService, Peer, Registered
+from carnet.kernel import clock
+from carnet.org.models import Facility
+from carnet.runtime import Runtime
+
+OBX = (
+    ("718-7", "Hemoglobin", "13.{n}", "g/dL", "12-16"),
+    ("789-8", "Erythrocytes", "4.{n}", "10*6/uL", "4.2-5.4"),
+    ("6690-2", "Leukocytes", "7.{n}", "10*3/uL", "4-10"),
+    ("777-3", "Platelets", "25{n}", "10*3/uL", "150-400"),
+    ("4544-3", "Hematocrit", "4{n}", "%", "36-46"),
+)
+
+
+def _stamp() -> str:
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).strftime("%Y%m%d%H%M%S+0000")
+
+
+def adt(n: int) -> str:
+    return "\r".join(
+        [
+            f"MSH|^~\\&|ADT|HOSP|CARNET|CARNET|{_stamp()}||ADT^A04^ADT_A01|A{n}|P|2.5",
+            f"EVN||{_stamp()}",
+            f"PID|1||P{n}^^^HOSP^PI||BENCH{n}^ANNE||19700101|F",
+            "PV1|1|O" + "|" * 17 + f"V{n}^^^HOSP^VN",
+        ]
+    )
+
+
+def oru(tag: str, n: int, patient: int) -> str:
+    lines = [
+        f"MSH|^~\\&|LAB|LABO|CARNET|CARNET|{_stamp()}||ORU^R01^ORU_R01|{tag}-{n}|P|2.5",
+        f"PID|1||P{patient}^^^HOSP^PI||BENCH{patient}^ANNE",
+        f"OBR|1||{tag}-{n}^LABO|58410-2^CBC panel^LN|||{_stamp()}" + "|" * 18 + "F",
+    ]
+    for i, (code, name, value, unit, ref) in enumerate(OBX, start=1):
+        lines.append(f"OBX|{i}|NM|{code}^{name}^LN||{value.format(n=n % 10)}|{unit}|{ref}|N|||F")
+    return "\r".join(lines)
+
+
+class ParseOnly:
+    """The baseline's service: parse and acknowledge, apply nothing."""
+
+    def candidates(self, peer: Peer) -> list[Registered]:
+        return []
+
+    def receive(self, raw: str, *, peer: Peer, candidates: list[Registered] | None = None) -> str:
+        message = hl7v2.parse(raw)
+        head = hl7v2.header(message)
+        hl7v2.check_structure(message, head)
+        return hl7v2.ack(head, AckCode.ACCEPT, control_id="1", now=clock.now())
+
+
+class _AnyPeer(ParseOnly):
+    def candidates(self, peer: Peer) -> list[Registered]:
+        return [None]  # type: ignore[list-item]  # any non-empty list keeps the connection
+
+
+@contextmanager
+def listening(service: object, workers: int) -> Iterator[int]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = MllpListener(service, host="127.0.0.1", port=0, workers=workers)  # type: ignore[arg-type]
+    port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+async def _clients(port: int, batches: list[list[str]]) -> list[str]:
+    answers = await asyncio.gather(*(send("127.0.0.1", port, batch) for batch in batches))
+    return [a for batch in answers for a in batch]
+
+
+def _run(port: int, messages: list[str], clients: int) -> tuple[float, int]:
+    batches = [messages[i::clients] for i in range(clients)]
+    start = time.perf_counter()
+    answers = asyncio.run(_clients(port, batches))
+    elapsed = time.perf_counter() - start
+    accepted = sum(1 for a in answers if "\rMSA|AA|" in a)
+    return elapsed, accepted
+
+
+def _seed(runtime: Runtime, patients: int, port: int) -> None:
+    asyncio.run(_clients(port, [[adt(n) for n in range(i, patients, 8)] for i in range(8)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sqlite", action="store_true")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    results: dict[str, list[float]] = {"baseline": [], "carnet": []}
+    with bench_runtime("hl7", sqlite=args.sqlite) as runtime:
+        with runtime.session_factory.begin() as session:
+            facility = Facility(name="Bench", finess="759999998", city="Paris")
+            session.add(facility)
+            session.flush()
+            runtime.keyring.create_data_key(session, facility.id)
+            for name, sender, types in (("ADT", "HOSP", ["ADT^A04"]), ("LAB", "LABO", ["ORU^R01"])):
+                register_interface(
+                    session,
+                    name=name,
+                    sending_facility=sender,
+                    facility_id=facility.id,
+                    message_types=types,
+                    source_addresses=["127.0.0.1"],
+                    client_cert_sha256=None,
+                    per_minute=100_000,
+                )
+        service = InterfaceService(runtime)
+        with listening(service, args.workers) as port:
+            _seed(runtime, args.patients, port)
+        for r in range(args.rounds):
+            messages = [oru(f"B{r}", n, n % args.patients) for n in range(args.messages)]
+            with listening(_AnyPeer(), args.workers) as port:
+                elapsed, accepted = _run(port, messages, args.clients)
+            assert accepted == len(messages), f"baseline accepted {accepted} of {len(messages)}"
+            results["baseline"].append(len(messages) / elapsed)
+            messages = [oru(f"R{r}", n, n % args.patients) for n in range(args.messages)]
+            with listening(service, args.workers) as port:
+                elapsed, accepted = _run(port, messages, args.clients)
+            assert accepted == len(messages), f"carnet accepted {accepted} of {len(messages)}"
+            results["carnet"].append(len(messages) / elapsed)
+    best = {k: max(v) for k, v in results.items()}
+    print(
+        json.dumps(
+            {
+                "database": "sqlite" if args.sqlite else "postgresql",
+                "messages_per_round": args.messages,
+                "obx_per_message": len(OBX),
+                "clients": args.clients,
+                "workers": args.workers,
+                "messages_per_second": {k: [round(x, 1) for x in v] for k, v in results.items()},
+                "best": {k: round(v, 1) for k, v in best.items()},
+                "ratio_carnet_to_baseline": round(best["carnet"] / best["baseline"], 4),
+                "load_average_before": [round(x, 2) for x in load_before],
+                "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                "cpus": os.cpu_count(),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The MLLP listener (asyncio; TLS optional): frames from python-hl7's MLLP stream reader, each
+message answered on the same connection, in order, by `InterfaceService.receive` (run on a
+worker thread: the gate's transaction is synchronous).
+
+A connection from an address (or certificate) no interface is registered for is closed without
+an answer; a framing error is answered with a NAK and the connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import hashlib
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+from hl7.mllp import InvalidBlockError, start_hl7_server
+
+from carnet.interfaces import hl7v2
+from carnet.interfaces.hl7v2 import AckCode, ErrorCode, MessageError
+from carnet.interfaces.service import InterfaceService, Peer
+from carnet.kernel import clock
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 1_000_000
+
+
+def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """TLS for the listener; with `client_ca`, a client certificate signed by it is required."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _decode(block: bytes) -> tuple[str, str]:
+    """The message text and the encoding to answer in (MSH-18: 8859/1 is Latin-1; else UTF-8)."""
+    head = block[:300]
+    encoding = "latin-1" if b"8859/1" in head.split(b"\r", 1)[0] else "utf-8"
+    try:
+        return block.decode(encoding), encoding
+    except UnicodeDecodeError:
+        return block.decode("latin-1"), "latin-1"
+
+
+class MllpListener:
+    def __init__(
+        self,
+        service: InterfaceService,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 2575,
+        ssl_context: ssl.SSLContext | None = None,
+        workers: int = 4,
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hl7")
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        """Listen; returns the port (useful when asked for port 0)."""
+        self._server = await start_hl7_server(
+            self._client, self.host, self.port, ssl=self.ssl_context, limit=MAX_MESSAGE_BYTES
+        )
+        sockets = getattr(self._server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else self.port
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self._pool.shutdown(wait=True)
+
+    async def _client(self, reader: Any, writer: Any) -> None:
+        peername = writer.get_extra_info("peername")
+        address = str(peername[0]) if peername else None
+        cert_sha256 = None
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            der = ssl_object.getpeercert(binary_form=True)
+            cert_sha256 = hashlib.sha256(der).hexdigest() if der else None
+        peer = Peer(address=address, cert_sha256=cert_sha256)
+        loop = asyncio.get_running_loop()
+        try:
+            candidates = await loop.run_in_executor(self._pool, self.service.candidates, peer)
+            if not candidates:
+                log.warning("hl7 connection from an unregistered peer closed")
+                return
+            while True:
+                try:
+                    block = await reader.readblock()
+                except asyncio.IncompleteReadError:
+                    return  # the sender closed the connection
+                except (InvalidBlockError, ValueError):
+                    error = MessageError(
+                        "not an MLLP block (<VT> message <FS><CR>), or longer than 1 MB",
+                        code=ErrorCode.SEGMENT_SEQUENCE,
+                        ack=AckCode.REJECT,
+                    )
+                    nak = hl7v2.ack(None, AckCode.REJECT, error=error, control_id="0", now=clock.now())
+                    writer.writeblock(nak.encode("ascii"))
+                    await writer.drain()
+                    return
+                raw, encoding = _decode(bytes(block))
+                answer = await loop.run_in_executor(
+                    self._pool, functools.partial(self.service.receive, raw, peer=peer, candidates=candidates)
+                )
+                writer.writeblock(answer.encode(encoding, errors="replace"))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            return
+        finally:
+            writer.close()
+
+
+async def send(
+    host: str, port: int, messages: list[str], *, ssl_context: ssl.SSLContext | None = None
+) -> list[str]:
+    """Send messages over one MLLP connection, each after the ACK of the one before (a sender's
+    usual discipline); returns the ACKs. For tests, benchmarks and `carnet interfaces send`."""
+    from hl7.mllp import open_hl7_connection
+
+    reader, writer = await open_hl7_connection(host, port, ssl=ssl_context, limit=MAX_MESSAGE_BYTES)
+    answers: list[str] = []
+    try:
+        for message in messages:
+            writer.writeblock(message.encode("utf-8"))
+            await writer.drain()
+            block = await asyncio.wait_for(reader.readblock(), timeout=60)
+            answers.append(bytes(block).decode("utf-8", errors="replace"))
+    finally:
+        writer.close()
+    return answers

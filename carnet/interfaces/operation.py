@@ -1,0 +1,311 @@
+"""The guarded operation of an HL7 interface: apply one message, all or nothing.
+
+A domain operation on the gate kernel (carnet.phi.kernel: `@guarded`, a `GuardedTx`, run by
+`operation` on the one path), kept beside the interface: it reads the patient tables it needs to
+find a sender's records (import-linter lists these imports as its only exceptions). It is bound
+here (`apply_hl7_message(gate, ...)`) rather than on the `Gate` facade, which another change
+owns; registering it there is two lines (docs/INTERFACES.md, "The gate operation").
+
+One message, one guarded transaction (one audit event naming every patient and record it
+touched): the steps are the gate's own write operations, run in that transaction as
+`Gate.run_transaction` runs a FHIR transaction Bundle's entries, each checked by the policy as
+the write it is; the message's log row and its links are written in the same transaction, so a
+message is either applied and logged as accepted, or not applied at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from carnet.access.actor import ActorKind
+from carnet.access.policy import ResourceType
+from carnet.audit.interfaces import AuditKind
+from carnet.crypto.blind import IndexKind
+from carnet.interfaces.hl7v2 import ErrorCode, MessageError
+from carnet.interfaces.models import InterfaceLink, InterfaceMessage
+from carnet.kernel.errors import Conflict, InvalidInput, NotFound
+from carnet.kernel.ids import new_id
+from carnet.org.models import Location, Practitioner
+from carnet.patients.models import Patient
+from carnet.phi.gate import Gate
+from carnet.phi.kernel import GuardedTx, Refused, guarded, operation
+from carnet.records.models import DiagnosticReport, Observation
+from carnet.scheduling.models import Encounter
+
+_UNKNOWN = object()
+
+
+class MessageRefused(InvalidInput):
+    """A message refused while it was applied (nothing written): its HL7 error for the NAK."""
+
+    def __init__(self, error: MessageError) -> None:
+        super().__init__(error.text())
+        self.error = error
+
+
+class Replayed(Exception):
+    """The message control id was already accepted (a concurrent twin committed first)."""
+
+
+@dataclass(frozen=True)
+class StayState:
+    patient_id: uuid.UUID
+    status: str
+    version_id: int
+    kind: str
+    start_at: Any
+    location_id: str | None
+    attending_id: str | None
+
+
+@dataclass(frozen=True)
+class ResultState:
+    version_id: int
+    status: str
+    value_number: float | None
+    unit: str | None
+    value_text: str | None
+
+
+@dataclass
+class LogEntry:
+    interface_id: uuid.UUID
+    control_id: str
+    digest: str
+    message_type: str
+    received_at: Any
+
+
+@dataclass
+class MessageWork:
+    """What a message handler may do inside the guarded transaction: find records by the
+    sender's identifiers, and call the gate's write operations. It never returns patient data."""
+
+    tx: GuardedTx
+    facility_id: uuid.UUID
+    touched: list[str] = field(default_factory=list)
+    pending: list[InterfaceLink] = field(default_factory=list)
+    _links: dict[tuple[str, str], InterfaceLink | None] = field(default_factory=dict)
+
+    # -- finding records -------------------------------------------------------------------------
+    def digest(self, kind: str, key: str) -> str:
+        return self.tx.keyring.blind.index(IndexKind.IDENTIFIER, f"hl7|{kind}|{key}").hex()
+
+    def link(self, kind: str, key: str) -> InterfaceLink | None:
+        """The link of a sender's identifier (looked up once per message, then remembered)."""
+        cached = self._links.get((kind, key), _UNKNOWN)
+        if cached is not _UNKNOWN:
+            return cached if isinstance(cached, InterfaceLink) else None
+        row = self.tx.session.scalar(
+            select(InterfaceLink).where(
+                InterfaceLink.facility_id == self.facility_id,
+                InterfaceLink.kind == kind,
+                InterfaceLink.key_digest == self.digest(kind, key),
+            )
+        )
+        self._links[(kind, key)] = row
+        return row
+
+    def set_link(
+        self,
+        kind: str,
+        key: str,
+        target: str | uuid.UUID,
+        *,
+        reference_range: str | None = None,
+        abnormal_flags: str | None = None,
+    ) -> None:
+        """Link a sender's identifier to a record; written with the message's other rows (the
+        unique key refuses a concurrent twin at the final flush, before the audit)."""
+        row = self.link(kind, key)
+        target_id = target if isinstance(target, uuid.UUID) else uuid.UUID(str(target))
+        if row is None:
+            row = InterfaceLink(
+                id=new_id(),
+                facility_id=self.facility_id,
+                kind=kind,
+                key_digest=self.digest(kind, key),
+                target_id=target_id,
+            )
+            self.pending.append(row)  # inserted together at the end of the message
+            self._links[(kind, key)] = row
+        row.target_id = target_id
+        row.reference_range = reference_range
+        row.abnormal_flags = abnormal_flags
+
+    def find_patient(self, *, ins: str | None, local_keys: list[str]) -> uuid.UUID | None:
+        """The facility's patient with this INS, else with one of the sender's local identifiers;
+        a merged duplicate leads to the record kept (as the front desk finds them)."""
+        found: uuid.UUID | None = None
+        if ins:
+            found = self.tx.session.scalar(
+                select(Patient.id).where(
+                    Patient.facility_id == self.facility_id,
+                    Patient.ins_bi == self.tx.keyring.blind.index(IndexKind.IDENTIFIER, ins),
+                    Patient.merged_into_id.is_(None),
+                )
+            )
+        for key in local_keys:
+            if found is not None:
+                break
+            row = self.link("patient", key)
+            found = row.target_id if row is not None else None
+        for _ in range(10):  # follow merges to the record kept
+            if found is None:
+                return None
+            kept = self.tx.session.scalar(select(Patient.merged_into_id).where(Patient.id == found))
+            if kept is None:
+                return found
+            found = kept
+        return found
+
+    def patient_version(self, patient_id: uuid.UUID) -> int:
+        version = self.tx.session.scalar(select(Patient.version_id).where(Patient.id == patient_id))
+        if version is None:
+            raise NotFound("no such resource")
+        return int(version)
+
+    def stay(self, encounter_id: uuid.UUID) -> StayState | None:
+        row = self.tx.session.get(Encounter, encounter_id)
+        if row is None:
+            return None
+        return StayState(
+            patient_id=row.patient_id,
+            status=row.status,
+            version_id=row.version_id,
+            kind=row.kind,
+            start_at=row.start_at,
+            location_id=str(row.location_id) if row.location_id else None,
+            attending_id=str(row.attending_id) if row.attending_id else None,
+        )
+
+    def result(self, observation_id: uuid.UUID) -> ResultState | None:
+        row = self.tx.session.get(Observation, observation_id)
+        if row is None:
+            return None
+        return ResultState(row.version_id, row.status, row.value_number, row.unit, row.value_text)
+
+    def report_state(self, report_id: uuid.UUID, patient_id: uuid.UUID) -> tuple[int, str, list[str]] | None:
+        """The report's version, status and results, when it is this patient's."""
+        row = self.tx.session.get(DiagnosticReport, report_id)
+        if row is None or row.patient_id != patient_id:
+            return None
+        results = self.tx.session.scalars(
+            select(Observation.id)
+            .where(Observation.report_id == report_id)
+            .order_by(Observation.effective_at, Observation.id)
+        )
+        return row.version_id, row.status, [str(r) for r in results]
+
+    def location(self, name: str) -> str | None:
+        found = self.tx.session.scalar(
+            select(Location.id).where(
+                Location.facility_id == self.facility_id, Location.name == name, Location.active.is_(True)
+            )
+        )
+        return str(found) if found else None
+
+    def practitioner(self, rpps: str) -> str | None:
+        found = self.tx.session.scalar(
+            select(Practitioner.id).where(
+                Practitioner.facility_id == self.facility_id,
+                Practitioner.rpps == rpps,
+                Practitioner.active.is_(True),
+            )
+        )
+        return str(found) if found else None
+
+    # -- writing through the gate -----------------------------------------------------------------
+    def call(self, name: str, where: tuple[str, int], /, **arguments: Any) -> Any:
+        """Run the gate's write operation `name` in this transaction, checked as that write; an
+        error names the segment it came from (`where`: segment name, segment number)."""
+        operation = getattr(Gate, name)
+        body = operation.__wrapped__
+        tx = self.tx
+        tx.kind = operation.__gate_audit_kind__
+        try:
+            result = body(tx, **arguments)
+        except Refused as exc:
+            raise Refused(f"{where[0]} {where[1]}: {exc.reason}", exc.patient_ids) from None
+        except NotFound:
+            raise MessageRefused(
+                MessageError(
+                    "no such record", code=ErrorCode.UNKNOWN_KEY, segment=where[0], sequence=where[1]
+                )
+            ) from None
+        except (InvalidInput, Conflict) as exc:
+            raise MessageRefused(
+                MessageError(str(exc), code=ErrorCode.INTERNAL, segment=where[0], sequence=where[1])
+            ) from None
+        finally:
+            tx.kind = AuditKind.PHI_TRANSACTION
+        rid = getattr(result, "id", None)
+        if rid is not None:
+            self.touched.append(str(rid))
+        return result
+
+
+Handler = Callable[[MessageWork], None]
+
+
+def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: Handler) -> list[str]:
+    """Apply one message (its `handler`), then log it as accepted, in this one transaction.
+    Returns the ids of the patients it touched (carnet's ids: the log keeps nothing else)."""
+    if tx.actor.kind is not ActorKind.INTERFACE:
+        raise Refused("only a registered HL7 interface applies HL7 messages")
+    tx.query = f"hl7;type={log.message_type}"
+    tx.reasons.append("HL7 v2 interface message")
+    earlier = tx.session.scalar(
+        select(InterfaceMessage)
+        .where(
+            InterfaceMessage.interface_id == log.interface_id, InterfaceMessage.control_id == log.control_id
+        )
+        .with_for_update()
+    )
+    if earlier is not None and earlier.status == "accepted":
+        raise Replayed
+    work = MessageWork(tx=tx, facility_id=facility_id)
+    try:
+        handler(work)
+    except MessageError as exc:
+        raise MessageRefused(exc) from None
+    tx.resource_ids.extend(work.touched)
+    tx.session.add_all(work.pending)
+    patients = list(dict.fromkeys(str(p) for p in tx.patient_ids))
+    row = earlier or InterfaceMessage(interface_id=log.interface_id, control_id=log.control_id, replays=0)
+    row.digest = log.digest
+    row.message_type = log.message_type
+    row.received_at = log.received_at
+    row.status = "accepted"
+    row.ack_code = "AA"
+    row.reason = None
+    row.patient_ids = " ".join(patients)
+    if earlier is None:
+        tx.session.add(row)
+    tx.session.flush()  # the unique control id: a concurrent twin fails here, before the audit
+    return patients
+
+
+@guarded(AuditKind.PHI_TRANSACTION, ResourceType.PATIENT, targeted=False)
+def apply_message(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: Handler) -> list[str]:
+    """An ADT or ORU message (audited as a transaction)."""
+    return _apply(tx, log=log, facility_id=facility_id, handler=handler)
+
+
+@guarded(AuditKind.PHI_MERGE, ResourceType.PATIENT, targeted=False)
+def apply_merge_message(
+    tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: Handler
+) -> list[str]:
+    """An ADT^A40 (audited as a merge)."""
+    return _apply(tx, log=log, facility_id=facility_id, handler=handler)
+
+
+# Bound on the kernel's one path as the facade binds its methods (docs/INTERFACES.md, "The gate
+# operation"): called as `apply_hl7_message(gate, log=..., facility_id=..., handler=...)`.
+apply_hl7_message = operation(apply_message)
+apply_hl7_merge = operation(apply_merge_message)

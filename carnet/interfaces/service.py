@@ -1,0 +1,389 @@
+"""Receiving one HL7 v2 message from a registered interface: who sent it, is it within its
+registration, was it seen before, then one guarded transaction; always an ACK or a NAK.
+
+The message log keeps what integration staff need and nothing identifying: the control id,
+the type, the status and carnet's reason, carnet's patient ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import logging
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from carnet.access.actor import Actor, ActorKind, PurposeOfUse
+from carnet.access.roles import Role
+from carnet.crypto.blind import IndexKind
+from carnet.detection.containment import contain, raise_alert
+from carnet.detection.interfaces import Finding, Level, Rule
+from carnet.identity.models import Account
+from carnet.interfaces import hl7v2
+from carnet.interfaces.handlers import HANDLERS, Context
+from carnet.interfaces.hl7v2 import AckCode, ErrorCode, Header, MessageError
+from carnet.interfaces.models import Interface, InterfaceMessage
+from carnet.interfaces.operation import LogEntry, MessageRefused, Replayed, apply_hl7_merge, apply_hl7_message
+from carnet.kernel import clock
+from carnet.kernel.errors import (
+    AccountContained,
+    AuthenticationRequired,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Throttled,
+)
+from carnet.kernel.ids import new_id
+from carnet.phi.gate import Gate
+from carnet.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Over its registered volume an interface is slowed down (AR, alert); at CONTAIN_FACTOR times
+# it, or after TYPE_STRIKES messages of types it is not registered for, it is contained.
+CONTAIN_FACTOR = 3
+TYPE_STRIKES = 3
+WINDOW = dt.timedelta(minutes=1)
+STRIKE_WINDOW = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered interface as the listener needs it (loaded from the database)."""
+
+    id: uuid.UUID
+    name: str
+    sending_facility: str
+    facility_id: uuid.UUID
+    account_id: uuid.UUID
+    practitioner_id: uuid.UUID | None
+    message_types: frozenset[str]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    client_cert_sha256: str | None
+    per_minute: int
+    timezone: str
+    status: str
+
+    def accepts_peer(self, address: str | None, cert_sha256: str | None) -> bool:
+        """The connection comes from where this interface was registered: its TLS client
+        certificate when it has one registered, and its networks when it has any."""
+        if self.client_cert_sha256 is not None and cert_sha256 != self.client_cert_sha256:
+            return False
+        if self.networks:
+            try:
+                peer = ipaddress.ip_address(address or "")
+            except ValueError:
+                return False
+            return any(peer in net for net in self.networks)
+        return self.client_cert_sha256 is not None
+
+    def actor(self, address: str | None) -> Actor:
+        return Actor(
+            kind=ActorKind.INTERFACE,
+            username=f"interface:{self.name}",
+            roles=frozenset({Role.INTERFACE}),
+            account_id=self.account_id,
+            facility_id=self.facility_id,
+            practitioner_id=self.practitioner_id,
+            address=address,
+            purpose_of_use=PurposeOfUse.TREATMENT,
+        )
+
+
+@dataclass(frozen=True)
+class Peer:
+    address: str | None
+    cert_sha256: str | None = None
+
+
+class _Budget:
+    """Messages per interface in the last minute, and refused types in the last hour (this
+    process; each listener judges the traffic it receives)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[uuid.UUID, deque[dt.datetime]] = {}
+        self._strikes: dict[uuid.UUID, deque[dt.datetime]] = {}
+
+    def count(self, interface_id: uuid.UUID, at: dt.datetime) -> int:
+        with self._lock:
+            seen = self._seen.setdefault(interface_id, deque())
+            seen.append(at)
+            while seen and seen[0] <= at - WINDOW:
+                seen.popleft()
+            return len(seen)
+
+    def strike(self, interface_id: uuid.UUID, at: dt.datetime) -> int:
+        with self._lock:
+            strikes = self._strikes.setdefault(interface_id, deque())
+            strikes.append(at)
+            while strikes and strikes[0] <= at - STRIKE_WINDOW:
+                strikes.popleft()
+            return len(strikes)
+
+
+class InterfaceService:
+    """Receives messages for every registered interface (one per listener process)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._budget = _Budget()
+        self._stripes = [threading.Lock() for _ in range(64)]
+
+    # -- who is sending ---------------------------------------------------------------------------
+    def interfaces(self) -> list[Registered]:
+        with self.runtime.session_factory() as session:
+            rows = session.execute(select(Interface, Account.practitioner_id).join(Account)).all()
+        return [_registered(row, practitioner) for row, practitioner in rows]
+
+    def candidates(self, peer: Peer) -> list[Registered]:
+        """The interfaces this connection may speak for (none: carnet closes it unanswered)."""
+        return [i for i in self.interfaces() if i.accepts_peer(peer.address, peer.cert_sha256)]
+
+    # -- one message ------------------------------------------------------------------------------
+    def receive(self, raw: str, *, peer: Peer, candidates: list[Registered] | None = None) -> str:
+        """The ACK (or NAK) to one message. Never raises; never quotes the message."""
+        now = clock.now()
+        head: Header | None = None
+        try:
+            message = hl7v2.parse(raw)
+            head = hl7v2.header(message)
+        except MessageError as exc:
+            return self._nak(head, exc, now)
+        known = candidates if candidates is not None else self.candidates(peer)
+        interface = next((i for i in known if i.name == head.sending_application), None)
+        if interface is None or interface.sending_facility != head.sending_facility:
+            error = MessageError(
+                "MSH-3 and MSH-4 do not name an interface registered for this connection",
+                code=ErrorCode.TABLE_VALUE,
+                ack=AckCode.REJECT,
+                segment="MSH",
+                field=3,
+            )
+            return self._nak(head, error, now)
+        digest = self.runtime.keyring.blind.index(
+            IndexKind.IDENTIFIER, "hl7-message|" + _canonical(raw)
+        ).hex()
+        replay = self._replay(interface, head, digest)
+        if replay is not None:
+            return replay
+        try:
+            self._judge_budget(interface, head, peer, now)
+            hl7v2.check_structure(message, head)
+        except MessageError as exc:
+            self._log_rejected(interface, head, digest, exc, now)
+            return self._nak(head, exc, now)
+        handler = HANDLERS[head.message_type]
+        ctx = Context(
+            message=message, head=head, zone=interface.timezone, interface_name=interface.name, now=now
+        )
+        operation = apply_hl7_merge if head.message_type == "ADT^A40" else apply_hl7_message
+        gate = Gate(self.runtime, interface.actor(peer.address))
+        entry = LogEntry(
+            interface_id=interface.id,
+            control_id=head.control_id,
+            digest=digest,
+            message_type=head.message_type,
+            received_at=now,
+        )
+        stripe = self._stripes[hash(_patient_key(message)) % len(self._stripes)]
+        try:
+            with stripe:  # one message at a time per patient, in the order received
+                operation(
+                    gate,
+                    log=entry,
+                    facility_id=interface.facility_id,
+                    handler=lambda work: handler(ctx, work),
+                )
+        except Replayed:
+            return self._ack_replay(head, now)
+        except IntegrityError:
+            again = self._replay(interface, head, digest)
+            if again is not None:
+                return again
+            error = MessageError("the message could not be recorded: resend it", code=ErrorCode.INTERNAL)
+        except MessageRefused as exc:
+            error = exc.error
+        except (AccountContained, AuthenticationRequired, Throttled) as exc:
+            error = MessageError(str(exc), code=ErrorCode.INTERNAL, ack=AckCode.REJECT)
+        except Forbidden:
+            error = MessageError(
+                "the access policy refuses this write to this interface",
+                code=ErrorCode.INTERNAL,
+                ack=AckCode.REJECT,
+            )
+        except NotFound:
+            error = MessageError("no such record", code=ErrorCode.UNKNOWN_KEY)
+        except Conflict as exc:
+            error = MessageError(str(exc), code=ErrorCode.RECORD_LOCKED)
+        except InvalidInput as exc:
+            error = MessageError(str(exc), code=ErrorCode.INTERNAL)
+        except Exception as exc:  # fail closed: nothing written, a NAK, the kind of error logged
+            log.error("hl7 message of %s failed: %s", interface.name, type(exc).__name__)
+            error = MessageError(
+                "carnet could not apply the message: nothing was changed", code=ErrorCode.INTERNAL
+            )
+        else:
+            return hl7v2.ack(head, AckCode.ACCEPT, control_id=_ack_id(), now=now)
+        self._log_rejected(interface, head, digest, error, now)
+        return self._nak(head, error, now)
+
+    # -- replays, log -----------------------------------------------------------------------------
+    def _replay(self, interface: Registered, head: Header, digest: str) -> str | None:
+        """An accepted control id seen again: AA without applying it (the same message), or AE
+        (another message reusing the control id)."""
+        with self.runtime.session_factory.begin() as session:
+            row = session.scalar(
+                select(InterfaceMessage).where(
+                    InterfaceMessage.interface_id == interface.id,
+                    InterfaceMessage.control_id == head.control_id,
+                )
+            )
+            if row is None or row.status != "accepted":
+                return None
+            if row.digest != digest:
+                error = MessageError(
+                    "this control id was already used for another message",
+                    code=ErrorCode.DUPLICATE_KEY,
+                    segment="MSH",
+                    field=10,
+                )
+                return self._nak(head, error, clock.now())
+            session.execute(
+                update(InterfaceMessage)
+                .where(InterfaceMessage.id == row.id)
+                .values(replays=InterfaceMessage.replays + 1)
+            )
+        return self._ack_replay(head, clock.now())
+
+    def _ack_replay(self, head: Header, now: dt.datetime) -> str:
+        return hl7v2.ack(head, AckCode.ACCEPT, control_id=_ack_id(), now=now)
+
+    def _log_rejected(
+        self, interface: Registered, head: Header, digest: str, error: MessageError, now: dt.datetime
+    ) -> None:
+        """A refused message is logged (not applied); a later accepted one replaces the line."""
+        try:
+            with self.runtime.session_factory.begin() as session:
+                row = session.scalar(
+                    select(InterfaceMessage)
+                    .where(
+                        InterfaceMessage.interface_id == interface.id,
+                        InterfaceMessage.control_id == head.control_id,
+                    )
+                    .with_for_update()
+                )
+                if row is not None and row.status == "accepted":
+                    return
+                if row is None:
+                    row = InterfaceMessage(
+                        id=new_id(), interface_id=interface.id, control_id=head.control_id, replays=0
+                    )
+                    session.add(row)
+                else:
+                    row.replays += 1
+                row.digest = digest
+                row.message_type = head.message_type[:20]
+                row.received_at = now
+                row.status = "rejected"
+                row.ack_code = error.ack.value
+                row.reason = error.text()[:500]
+                row.patient_ids = ""
+        except IntegrityError:
+            return  # a twin logged it at the same moment
+
+    def _nak(self, head: Header | None, error: MessageError, now: dt.datetime) -> str:
+        return hl7v2.ack(head, error.ack, error=error, control_id=_ack_id(), now=now)
+
+    # -- registration limits ----------------------------------------------------------------------
+    def _judge_budget(self, interface: Registered, head: Header, peer: Peer, now: dt.datetime) -> None:
+        """Types outside the registration are refused, volume over it slowed down; both are
+        alerts, and repeated they contain the interface like any actor (account suspended)."""
+        actor = interface.actor(peer.address)
+        if head.message_type not in interface.message_types:
+            strikes = self._budget.strike(interface.id, now)
+            level = Level.CONTAIN if strikes >= TYPE_STRIKES else Level.THROTTLE
+            self._alert(
+                actor,
+                Finding(
+                    Rule.INTERFACE_BUDGET,
+                    level,
+                    f"interface {interface.name} sent {strikes} message(s) of types it is not registered"
+                    f" for in the last hour (last: {head.message_type[:20]}).",
+                ),
+                now,
+            )
+            raise MessageError(
+                f"message type {head.message_type[:20]} is not registered for this interface",
+                code=ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+                ack=AckCode.REJECT,
+                segment="MSH",
+                field=9,
+            )
+        seen = self._budget.count(interface.id, now)
+        if seen <= interface.per_minute:
+            return
+        level = Level.CONTAIN if seen >= CONTAIN_FACTOR * interface.per_minute else Level.THROTTLE
+        self._alert(
+            actor,
+            Finding(
+                Rule.INTERFACE_BUDGET,
+                level,
+                f"interface {interface.name} sent {seen} messages in the last minute, above the"
+                f" {interface.per_minute} it is registered for.",
+            ),
+            now,
+        )
+        raise MessageError(
+            f"throttled: more than {interface.per_minute} messages a minute; resend later",
+            code=ErrorCode.INTERNAL,
+            ack=AckCode.REJECT,
+        )
+
+    def _alert(self, actor: Actor, finding: Finding, now: dt.datetime) -> None:
+        with self.runtime.session_factory.begin() as session:
+            if finding.level is Level.CONTAIN:
+                contain(session, actor=actor, findings=[finding], audit=self.runtime.audit, at=now)
+            else:
+                raise_alert(session, actor=actor, finding=finding, at=now)
+
+
+def _registered(row: Interface, practitioner_id: uuid.UUID | None) -> Registered:
+    networks = tuple(ipaddress.ip_network(n, strict=False) for n in row.source_addresses.split())
+    return Registered(
+        id=row.id,
+        name=row.name,
+        sending_facility=row.sending_facility,
+        facility_id=row.facility_id,
+        account_id=row.account_id,
+        practitioner_id=practitioner_id,
+        message_types=frozenset(row.message_types.split()),
+        networks=networks,
+        client_cert_sha256=row.client_cert_sha256,
+        per_minute=row.per_minute,
+        timezone=row.timezone,
+        status=row.status,
+    )
+
+
+def _canonical(raw: str) -> str:
+    return raw.replace("\r\n", "\r").replace("\n", "\r").strip("\r\x0b\x1c")
+
+
+def _patient_key(message: object) -> str:
+    """The first patient identifier of the message (a stripe of the per-patient ordering)."""
+    try:
+        return hashlib.sha256(str(message.segment("PID")[3]).encode()).hexdigest()  # type: ignore[attr-defined]
+    except Exception:
+        return ""
+
+
+def _ack_id() -> str:
+    return uuid.uuid4().hex[:20]
