@@ -1,7 +1,7 @@
 """HL7 v2 interfaces: registrations, message log, links to carnet's records (issue 20)
 
-Revision ID: 0005_hl7
-Revises: 0004
+Revision ID: 0006_hl7
+Revises: 0005_stepup
 """
 
 import sqlalchemy as sa
@@ -9,8 +9,8 @@ from alembic import op
 
 import carnet.db.base
 
-revision = "0005_hl7"
-down_revision = "0004"
+revision = "0006_hl7"
+down_revision = "0005_stepup"
 branch_labels = None
 depends_on = None
 
