@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from carnet.access import accounts, directory, grants
 from carnet.access.roles import Role
-from carnet.audit.interfaces import AuditKind
 from carnet.audit.access_log import group_visits
+from carnet.audit.interfaces import AuditKind
 from carnet.audit.search import own_access_log
 from carnet.identity.dependencies import runtime_of
 from carnet.kernel.errors import CarnetError, Conflict, Forbidden, InvalidInput, NotFound

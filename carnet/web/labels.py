@@ -12,7 +12,8 @@ import re
 from collections.abc import Callable
 
 
-def N_(message: str) -> str:  # noqa: N802 (gettext's conventional name for "mark, do not translate yet")
+def N_(message: str) -> str:
+    """gettext's conventional marker: extracted for translation, translated later."""
     return message
 
 
@@ -241,7 +242,9 @@ LABELS: dict[str, dict[str, str]] = {
 
 # What detection.services writes on a timeline: "<kind> (<outcome>)[ from <address>]" for an
 # audited action, "shown through <channel>" for an exposure.
-_AUDITED = re.compile(r"^(?P<kind>[a-z-]+:[a-z-]+:[a-z-]+) \((?P<outcome>[a-z]+)\)(?: from (?P<address>.+))?$")
+_AUDITED = re.compile(
+    r"^(?P<kind>[a-z-]+:[a-z-]+:[a-z-]+) \((?P<outcome>[a-z]+)\)(?: from (?P<address>.+))?$"
+)
 _SHOWN = re.compile(r"^shown through (?P<channel>[a-z]+)$")
 
 

@@ -138,7 +138,7 @@ def test_sign_in_in_chromium_at_both_hosts(
         page.get_by_label("Password").fill(person.password)
         page.get_by_label("Code from your authenticator app").fill(person.code())
         page.get_by_role("button", name="Sign in", exact=True).click()
-        page.wait_for_url(lambda url: url.startswith(origin) and "/login" not in url)
+        page.wait_for_url(lambda url, here=origin: url.startswith(here) and "/login" not in url)
         assert page.get_by_text("cross-site login refused").count() == 0
         me = page.request.get(origin + "/auth/me")
         assert me.json()["username"] == person.username
