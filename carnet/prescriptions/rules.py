@@ -120,7 +120,7 @@ def allergy_warnings(
     if override is None and any(f.blocking for f in found):
         named = "; ".join(f.en for f in found if f.blocking)
         raise AllergyWarning(
-            f"nothing was prescribed: {named}. Confirm with an override reason if you prescribe it anyway",
+            f"nothing was prescribed: {named}; to prescribe it anyway, give an allergy override reason",
             found,
         )
     return [f.en for f in found]
