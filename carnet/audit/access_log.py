@@ -53,6 +53,8 @@ class AccessLogEntry:
     purpose_of_use: str
     break_glass: bool
     break_glass_reason: str | None
+    account_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
 
 
 def access_log(
@@ -93,6 +95,8 @@ def _entry(event: AuditEvent, display_name: str | None) -> AccessLogEntry:
         purpose_of_use=event.purpose_of_use,
         break_glass=break_glass,
         break_glass_reason=event.break_glass_reason,
+        account_id=event.account_id,
+        session_id=event.session_id,
     )
 
 
@@ -102,3 +106,79 @@ def _fallback_name(event: AuditEvent) -> str:
     if event.actor_kind == ActorKind.CLIENT.value and event.client_id:
         return f"application {event.client_id}"
     return event.username
+
+
+# One opening of a chart reads each of its sections through the gate, one audit event each: the
+# patient sees them as one access. Events of one person, one session, one purpose and one kind
+# of action, none of another's in between and within this window, are one access.
+VISIT_WINDOW = dt.timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class AccessVisit:
+    """One access as the patient reads it: who, in which role, why, when, what they saw."""
+
+    at: dt.datetime  # when it began
+    last_at: dt.datetime
+    who: str
+    roles: tuple[str, ...]
+    actor_kind: str
+    kind: str
+    action: str
+    resource_types: tuple[str, ...]  # what was seen or changed, in the order first met
+    events: int  # audit events behind this row (each verifiable in the chain)
+    outcome: str
+    purpose_of_use: str
+    break_glass: bool
+    break_glass_reason: str | None
+    own: bool  # the patient's own views (the portal), labelled as theirs
+
+
+def _visit_key(e: AccessLogEntry) -> tuple[object, ...]:
+    return (e.account_id, e.who, e.session_id, e.action, e.purpose_of_use, e.break_glass, e.outcome)
+
+
+def group_visits(
+    entries: list[AccessLogEntry], *, own_account_id: uuid.UUID | None, limit: int = 100
+) -> list[AccessVisit]:
+    """Newest first, as `access_log` returns them: one row per access, at most `limit` rows."""
+    visits: list[AccessVisit] = []
+    group: list[AccessLogEntry] = []
+
+    def close() -> None:
+        newest, oldest = group[0], group[-1]
+        types: list[str] = []
+        for e in reversed(group):
+            if e.resource_type and e.resource_type not in types:
+                types.append(e.resource_type)
+        visits.append(
+            AccessVisit(
+                at=oldest.at,
+                last_at=newest.at,
+                who=newest.who,
+                roles=newest.roles,
+                actor_kind=newest.actor_kind,
+                kind=newest.kind,
+                action=newest.action,
+                resource_types=tuple(types),
+                events=len(group),
+                outcome=newest.outcome,
+                purpose_of_use=newest.purpose_of_use,
+                break_glass=any(e.break_glass for e in group),
+                break_glass_reason=next((e.break_glass_reason for e in group if e.break_glass_reason), None),
+                own=own_account_id is not None
+                and newest.account_id == own_account_id
+                and newest.actor_kind == ActorKind.PATIENT.value,
+            )
+        )
+        group.clear()
+
+    for entry in entries:
+        if group and (_visit_key(entry) != _visit_key(group[0]) or group[0].at - entry.at > VISIT_WINDOW):
+            close()
+            if len(visits) >= limit:
+                return visits
+        group.append(entry)
+    if group and len(visits) < limit:
+        close()
+    return visits

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import uuid
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
@@ -72,6 +72,22 @@ class PasskeyRegistrationBody(BaseModel):
     label: str = Field(default="passkey", max_length=100)
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def accepted_origins(configured: str) -> frozenset[str]:
+    """The origins our own pages post from: the configured one; for a plain-http loopback
+    origin (the demo, a developer's machine) every spelling of loopback at the same port, since
+    `make demo` prints http://127.0.0.1:8000 and the default origin says localhost. Any other
+    host, a port of another local program included, stays cross-site."""
+    parts = urlsplit(configured.rstrip("/"))
+    own = f"{parts.scheme}://{parts.netloc}"
+    if parts.scheme != "http" or parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        return frozenset({own})
+    port = f":{parts.port}" if parts.port else ""
+    return frozenset({own} | {f"http://{host}{port}" for host in LOOPBACK_HOSTS})
+
+
 def _check_same_origin(request: Request, runtime: Runtime) -> None:
     """Login CSRF: a cross-site page must not sign a victim's browser into the attacker's account.
 
@@ -81,7 +97,7 @@ def _check_same_origin(request: Request, runtime: Runtime) -> None:
     if not request.headers.get("content-type", "").lower().startswith("application/json"):
         raise InvalidInput("send JSON (Content-Type: application/json)")
     origin = request.headers.get("origin")
-    if origin is not None and origin.rstrip("/") != runtime.settings.origin.rstrip("/"):
+    if origin is not None and origin.rstrip("/") not in accepted_origins(runtime.settings.origin):
         raise Forbidden("cross-site login refused")
     if request.headers.get("sec-fetch-site") == "cross-site":
         raise Forbidden("cross-site login refused")

@@ -3,6 +3,8 @@ record an allergy, read them."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import select
 
 from carnet.audit.interfaces import AuditKind
@@ -19,14 +21,20 @@ from carnet.records.models import Allergy
 
 @guarded(AuditKind.PHI_CREATE, RT.PRESCRIPTION, targeted=True)
 def prescribe(tx: GuardedTx, /, *, data: PrescriptionInput) -> PrescriptionView:
-    """Prescribe. An active allergy to the same substance stops it unless the prescriber
-    confirms with `allergy_override_reason` (kept on the prescription)."""
+    """Prescribe. An allergy the drug runs into (its substance, its class, a documented
+    cross-reaction) or an active prescription it repeats stops it (rules.py) unless the
+    prescriber confirms with `allergy_override_reason`, kept on the prescription with the
+    warnings it answered."""
     author = writing_practitioner(tx)
     patient = tx.patient_for_write(data.patient_id)
     tx.authorize(patient, RT.PRESCRIPTION, write=True)
     override = (data.allergy_override_reason or "").strip() or None
     warnings = allergy_warnings(
-        tx, patient_id=patient.id, substance_code=data.substance_code, override=override
+        tx,
+        patient_id=patient.id,
+        substance_code=data.substance_code,
+        override=override,
+        medication_display=data.medication_display,
     )
     if data.valid_until is not None and data.valid_until <= tx.now:
         raise InvalidInput("valid_until must be in the future")
@@ -54,18 +62,121 @@ def prescribe(tx: GuardedTx, /, *, data: PrescriptionInput) -> PrescriptionView:
     return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, snapshot, 1, "create")
 
 
+STATUS_REASON_MAX = 500
+
+
+def _status_reason(reason: str, what: str) -> str:
+    reason = " ".join((reason or "").split())
+    if not reason or len(reason) > STATUS_REASON_MAX:
+        raise InvalidInput(f"{what} a prescription needs a reason (at most {STATUS_REASON_MAX} characters)")
+    return reason
+
+
 @guarded(AuditKind.PHI_UPDATE, RT.PRESCRIPTION, targeted=True)
 def stop(tx: GuardedTx, /, *, prescription_id: str, expected_version: int, reason: str) -> PrescriptionView:
     writing_practitioner(tx)
     prescription, patient = tx.record_to_change(Prescription, prescription_id)
     tx.authorize(patient, RT.PRESCRIPTION, write=True)
-    if prescription.status != "active":
-        raise Conflict("only an active prescription can be stopped")
-    if not reason.strip() or len(reason) > 500:
-        raise InvalidInput("stopping a prescription needs a reason (at most 500 characters)")
-    tx.bump(Prescription, prescription, expected_version, status="stopped", stop_reason=reason.strip())
+    if prescription.status not in ("active", "on-hold"):
+        raise Conflict("only an ongoing or held prescription can be stopped")
+    reason = _status_reason(reason, "stopping")
+    tx.bump(Prescription, prescription, expected_version, status="stopped", stop_reason=reason)
     data = prescription_data(prescription)
     return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, data, prescription.version_id, "update")
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.PRESCRIPTION, targeted=True)
+def hold(tx: GuardedTx, /, *, prescription_id: str, expected_version: int, reason: str) -> PrescriptionView:
+    """Suspend an ongoing prescription (before surgery, while a result is awaited): FHIR
+    on-hold, the reason kept as its status reason; it still counts as current for duplicates."""
+    writing_practitioner(tx)
+    prescription, patient = tx.record_to_change(Prescription, prescription_id)
+    tx.authorize(patient, RT.PRESCRIPTION, write=True)
+    if prescription.status != "active":
+        raise Conflict("only an ongoing prescription can be put on hold")
+    reason = _status_reason(reason, "holding")
+    tx.bump(Prescription, prescription, expected_version, status="on-hold", stop_reason=reason)
+    data = prescription_data(prescription)
+    return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, data, prescription.version_id, "update")
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.PRESCRIPTION, targeted=True)
+def resume(tx: GuardedTx, /, *, prescription_id: str, expected_version: int) -> PrescriptionView:
+    """Take a held prescription up again (the hold and its reason stay in the versions)."""
+    writing_practitioner(tx)
+    prescription, patient = tx.record_to_change(Prescription, prescription_id)
+    tx.authorize(patient, RT.PRESCRIPTION, write=True)
+    if prescription.status != "on-hold":
+        raise Conflict("only a held prescription can be resumed")
+    tx.bump(Prescription, prescription, expected_version, status="active", stop_reason=None)
+    data = prescription_data(prescription)
+    return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, data, prescription.version_id, "update")
+
+
+RENEWABLE = ("active", "on-hold", "completed")
+
+
+@guarded(AuditKind.PHI_CREATE, RT.PRESCRIPTION, targeted=True)
+def renew(
+    tx: GuardedTx,
+    /,
+    *,
+    prescription_id: str,
+    expected_version: int,
+    valid_until: dt.datetime | None = None,
+    override_reason: str | None = None,
+) -> PrescriptionView:
+    """The same drug and dosage prescribed again (FHIR priorPrescription): a new prescription
+    by the renewing physician, checked like any other (allergies recorded since, other drugs
+    started since; not against the one it renews), which ends the one it renews (completed)."""
+    author = writing_practitioner(tx)
+    old, patient = tx.record_to_change(Prescription, prescription_id)
+    tx.authorize(patient, RT.PRESCRIPTION, write=True)
+    if old.status not in RENEWABLE:
+        raise Conflict("only an ongoing, held or completed prescription can be renewed")
+    if valid_until is not None and valid_until <= tx.now:
+        raise InvalidInput("valid_until must be in the future")
+    override = (override_reason or "").strip() or None
+    if override is not None and len(override) > STATUS_REASON_MAX:
+        raise InvalidInput(f"an override reason has at most {STATUS_REASON_MAX} characters")
+    warnings = allergy_warnings(
+        tx,
+        patient_id=patient.id,
+        substance_code=old.substance_code,
+        override=override,
+        medication_display=old.medication_display,
+        replacing=old.id,
+    )
+    if valid_until is None and old.valid_until is not None:
+        valid_until = tx.now + max(old.valid_until - old.authored_at, dt.timedelta(days=1))
+    if old.status != "completed":
+        tx.bump(Prescription, old, expected_version, status="completed")
+        tx.snapshot(RT.PRESCRIPTION, old.id, old.version_id, patient, "update", prescription_data(old))
+    elif old.version_id != expected_version:
+        raise Conflict("the resource was changed by someone else: reload and try again")
+    renewed = Prescription(
+        id=new_id(),
+        facility_id=patient.facility_id,
+        patient_id=patient.id,
+        prescriber_id=author,
+        encounter_id=old.encounter_id,
+        medication_code=old.medication_code,
+        medication_display=old.medication_display,
+        substance_code=old.substance_code,
+        dosage_text=old.dosage_text,
+        status="active",
+        authored_at=tx.now,
+        valid_until=valid_until,
+        renewed_from_id=old.id,
+        allergy_override_reason=override if warnings else None,
+        version_id=1,
+        created_at=tx.now,
+        updated_at=tx.now,
+    )
+    tx.session.add(renewed)
+    tx.session.flush()
+    snapshot = prescription_data(renewed) | {"warnings": warnings, "renews": str(old.id)}
+    return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, snapshot, 1, "create")
 
 
 @guarded(AuditKind.PHI_CREATE, RT.ALLERGY, targeted=True)

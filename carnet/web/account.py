@@ -16,6 +16,7 @@ from carnet.identity import handover, passkeys, service, sessions, totp
 from carnet.identity.authenticate import Authenticator, require_fresh_second_factor
 from carnet.identity.dependencies import cookie_is_secure, runtime_of, session_cookie_name
 from carnet.kernel.errors import NotFound
+from carnet.settings import Environment
 from carnet.web.rendering import CSRF_COOKIE, LANG_COOKIE, LANGUAGES, render
 from carnet.web.routing import EnrollingWebActor, WebActor, WebRoute, redirect, safe_next
 
@@ -55,6 +56,8 @@ def login_page(
             "ended": bool(ended),
             "enrolled": bool(enrolled),
             "setup_done": bool(setup_done),
+            # The demo lets administrators in with a code (authenticate.py): say so there.
+            "demo": runtime_of(request).settings.env == Environment.DEMO,
         },
     )
 

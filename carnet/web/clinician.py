@@ -30,7 +30,8 @@ from carnet.phi.schemas import (
     PatientPage,
     PrescriptionInput,
 )
-from carnet.web.rendering import render
+from carnet.prescriptions import catalogue
+from carnet.web.rendering import language_of, render
 from carnet.web.routing import WebActor, WebRoute, error_page, redirect, refuse
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
@@ -198,7 +199,14 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["may_read_cards"] = bool(actor.roles & {Role.FRONT_DESK, Role.BILLING})
     context["may_take_payments"] = Role.BILLING in actor.roles
     context["warning"] = None
+    context["findings"] = []
+    context["rx_problem"] = None
+    context["rx_problem_id"] = None
     context["draft"] = {}
+    # The drug catalogue, offered as the medication field's suggestions (a datalist: no script).
+    context["drug_choices"] = (
+        [d.label(language_of(request)) for d in catalogue.drugs()] if "prescriptions" in names else []
+    )
     context["card_problem"] = None
     context["pay_problem"] = None
     context["invoice_problem"] = None
@@ -306,30 +314,95 @@ def prescribe(
     request: Request,
     actor: WebActor,
     patient_id: str,
-    medication_code: Annotated[str, Form(max_length=40)],
-    medication_display: Annotated[str, Form(max_length=200)],
-    substance_code: Annotated[str, Form(max_length=40)],
+    medication: Annotated[str, Form(max_length=200)],
     dosage_text: Annotated[str, Form(max_length=500)],
     allergy_override_reason: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
-    draft = {
-        "medication_code": medication_code,
-        "medication_display": medication_display,
-        "substance_code": substance_code,
-        "dosage_text": dosage_text,
-    }
-    try:
-        data = PrescriptionInput(
-            patient_id=patient_id, allergy_override_reason=allergy_override_reason or None, **draft
+    """A drug of the catalogue (its ATC code is what the safety checks read) and its dosage."""
+    draft = {"medication": medication, "dosage_text": dosage_text}
+    drug = catalogue.resolve(medication)
+    if drug is None or not dosage_text.strip():
+        problem = "unknown-drug" if drug is None else "no-dosage"  # worded in the template
+        return chart_again(
+            request, actor, patient_id, "prescriptions", status=400, rx_problem=problem, draft=draft
         )
-    except ValueError as exc:
-        raise InvalidInput(f"the prescription is not complete: {exc.__class__.__name__}") from None
+    data = PrescriptionInput(
+        patient_id=patient_id,
+        medication_code=drug.atc,
+        medication_display=drug.name.in_(language_of(request)).capitalize(),
+        substance_code=drug.atc,
+        dosage_text=dosage_text.strip(),
+        allergy_override_reason=allergy_override_reason.strip() or None,
+    )
     try:
         gate_of(request, actor).prescribe(data=data)
     except AllergyWarning as exc:
-        # Nothing was prescribed: show the chart again with the warning and the override field.
+        # Nothing was prescribed: the chart again, each warning named, and the override field.
         return chart_again(
-            request, actor, patient_id, "prescriptions", status=409, warning=str(exc), draft=draft
+            request,
+            actor,
+            patient_id,
+            "prescriptions",
+            status=409,
+            warning=str(exc),
+            findings=getattr(exc, "findings", []),
+            draft=draft,
+        )
+    return redirect(f"/patients/{patient_id}#prescriptions")
+
+
+@router.post("/patients/{patient_id}/prescriptions/{prescription_id}/{action}")
+def change_prescription(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    prescription_id: str,
+    action: str,
+    expected_version: Annotated[int, Form()],
+    reason: Annotated[str, Form(max_length=500)] = "",
+    allergy_override_reason: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    """Stop, hold, resume or renew from the chart, at the version shown (a stale one is 409)."""
+    gate = gate_of(request, actor)
+    try:
+        if action == "stop":
+            gate.stop_prescription(
+                prescription_id=prescription_id, expected_version=expected_version, reason=reason
+            )
+        elif action == "hold":
+            gate.hold_prescription(
+                prescription_id=prescription_id, expected_version=expected_version, reason=reason
+            )
+        elif action == "resume":
+            gate.resume_prescription(prescription_id=prescription_id, expected_version=expected_version)
+        elif action == "renew":
+            gate.renew_prescription(
+                prescription_id=prescription_id,
+                expected_version=expected_version,
+                override_reason=allergy_override_reason.strip() or None,
+            )
+        else:
+            raise NotFound("no such action")
+    except AllergyWarning as exc:
+        return chart_again(
+            request,
+            actor,
+            patient_id,
+            "prescriptions",
+            status=409,
+            warning=str(exc),
+            findings=getattr(exc, "findings", []),
+            rx_problem_id=prescription_id,
+        )
+    except InvalidInput as exc:
+        return chart_again(
+            request,
+            actor,
+            patient_id,
+            "prescriptions",
+            status=400,
+            rx_problem=str(exc),
+            rx_problem_id=prescription_id,
         )
     return redirect(f"/patients/{patient_id}#prescriptions")
 

@@ -15,10 +15,13 @@ from typing import Any
 from babel import Locale
 from babel.core import UnknownLocaleError
 from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency, format_decimal
 from babel.support import NullTranslations, Translations
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from carnet.web.labels import label, timeline_sentence
 
 HERE = Path(__file__).parent
 LANGUAGES = ("en", "fr")
@@ -83,21 +86,70 @@ def language_of(request: Request) -> str:
     return str(found.language) if found is not None else DEFAULT_LANGUAGE
 
 
-def _formatters(language: str) -> dict[str, Callable[..., str]]:
+def locale_of(request: Request, language: str) -> str:
+    """The locale dates and numbers are written in: fr_FR for French; for English en_GB (day
+    before month, 24-hour clock, as a European hospital reads them) unless the browser asks for
+    en-US first among its English variants."""
+    if language != "en":
+        return "fr_FR"
+    for part in request.headers.get("accept-language", "").split(","):
+        tag = part.split(";")[0].strip().lower().replace("_", "-")
+        if tag.startswith("en"):
+            return "en_US" if tag == "en-us" else "en_GB"
+    return "en_GB"
+
+
+def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callable[..., str]]:
+    """The one set of helpers every template writes dates, numbers and codes with."""
+
     def when(value: dt.datetime | None, fmt: str = "short") -> str:
-        return "" if value is None else format_datetime(value, fmt, tzinfo=dt.UTC, locale=language)
+        return "" if value is None else format_datetime(value, fmt, tzinfo=dt.UTC, locale=locale)
 
     def day(value: dt.date | str | None, fmt: str = "medium") -> str:
         if value is None or value == "":
             return ""
         if isinstance(value, str):
             value = dt.date.fromisoformat(value[:10])
-        return format_date(value, fmt, locale=language)
+        return format_date(value, fmt, locale=locale)
 
     def hour(value: dt.datetime | None) -> str:
-        return "" if value is None else format_datetime(value, "HH:mm", tzinfo=dt.UTC, locale=language)
+        return "" if value is None else format_datetime(value, "HH:mm", tzinfo=dt.UTC, locale=locale)
 
-    return {"when": when, "day": day, "hour": hour}
+    def weekday(value: dt.date | None, fmt: str = "EEEE") -> str:
+        return "" if value is None else format_date(value, fmt, locale=locale)
+
+    def number(value: float | int | str | None, decimals: int | None = None) -> str:
+        if value is None or value == "":
+            return ""
+        if decimals is None:
+            return format_decimal(value, locale=locale)
+        pattern = "#,##0." + "0" * decimals if decimals > 0 else "#,##0"
+        return format_decimal(value, format=pattern, locale=locale)
+
+    def money(cents: int | None, currency: str | None = "EUR") -> str:
+        """44,26 € in French, €44.26 in English: amounts are kept in cents."""
+        return format_currency((cents or 0) / 100, currency or "EUR", locale=locale)
+
+    def word(group: str, code: str | None) -> str:
+        return label(gettext, group, code)
+
+    def roles(codes: Any) -> str:
+        return ", ".join(label(gettext, "role", str(getattr(c, "value", c))) for c in codes or ())
+
+    def timeline(source: str, what: str) -> str:
+        return timeline_sentence(gettext, source, what)
+
+    return {
+        "when": when,
+        "day": day,
+        "hour": hour,
+        "weekday": weekday,
+        "number": number,
+        "money": money,
+        "label": word,
+        "role_names": roles,
+        "timeline_sentence": timeline,
+    }
 
 
 def render(
@@ -124,7 +176,8 @@ def render(
         "glass_patient": None,
         "setting_up": False,  # a handover session: no navigation, nothing else is open to it
         "path": request.url.path,
-        **_formatters(language),
+        "locale": locale_of(request, language),
+        **_formatters(locale_of(request, language), tr.gettext),
     }
     values.update(context or {})
     response = HTMLResponse(page.render(values), status_code=status_code)

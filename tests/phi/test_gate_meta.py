@@ -71,6 +71,7 @@ class World:
     merged: str = ""  # a duplicate the desk merged into `kept` (both at version 2)
     kept: str = ""
     colleague: str = ""  # another physician of the facility, in nobody's care relationship yet
+    held: str = ""  # a prescription of the patient on hold (version 2)
 
 
 def _world(runtime: Runtime) -> World:
@@ -139,6 +140,8 @@ def _world(runtime: Runtime) -> World:
     gate.run_export_job(job_id=jobs[1], render=lambda _export: "{}\n")
     observation = gate.record_observation(data=_result(patient.id))
     condition = gate.record_condition(data=_problem(patient.id))
+    held = gate.prescribe(data=_order(patient.id, "C09AA05"))
+    gate.hold_prescription(prescription_id=held.id or "", expected_version=1, reason="bloc opératoire")
     desk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
     merged = f.register_patient(runtime, facility, family="Doublon", by=desk).id
     kept = f.register_patient(runtime, facility, family="Gardé", by=desk).id
@@ -164,6 +167,7 @@ def _world(runtime: Runtime) -> World:
         care_team=str(care_team),
         consent=consent.id,
         provenance=str(version),
+        held=held.id or "",
     )
 
 
@@ -379,13 +383,28 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
     ),
     "prescribe": (
         "physician",
-        lambda g, w: g.prescribe(data=_order(w.patient, "N02BE")),
+        lambda g, w: g.prescribe(data=_order(w.patient, "C10AA05")),
         lambda g, w: g.prescribe(data=_order(w.patient, "J01CA")),  # allergy: stops
     ),
     "stop_prescription": (
         "physician",
         lambda g, w: g.stop_prescription(prescription_id=w.prescription, expected_version=1, reason="fin"),
         lambda g, w: g.stop_prescription(prescription_id=w.prescription, expected_version=3, reason="fin"),
+    ),
+    "hold_prescription": (
+        "physician",
+        lambda g, w: g.hold_prescription(prescription_id=w.prescription, expected_version=1, reason="bloc"),
+        lambda g, w: g.hold_prescription(prescription_id=w.prescription, expected_version=3, reason="bloc"),
+    ),
+    "resume_prescription": (
+        "physician",
+        lambda g, w: g.resume_prescription(prescription_id=w.held, expected_version=2),
+        lambda g, w: g.resume_prescription(prescription_id=w.prescription, expected_version=1),  # not held
+    ),
+    "renew_prescription": (
+        "physician",
+        lambda g, w: g.renew_prescription(prescription_id=w.prescription, expected_version=1),
+        lambda g, w: g.renew_prescription(prescription_id=w.prescription, expected_version=3),
     ),
     "record_allergy": (
         "physician",

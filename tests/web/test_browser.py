@@ -164,16 +164,18 @@ def test_clinician_day_chart_and_break_the_glass(
     page.get_by_text("Version history (2)").click()
     page.get_by_text("amended because: ECG result").wait_for()
     page.locator("summary", has_text="Prescribe").click()
-    page.get_by_label("Medication", exact=True).fill("Amoxicillin 500 mg")
-    page.get_by_label("Medication code").fill("723")
-    page.get_by_label("Substance code").fill("7980")
+    # Search as you type: the catalogue is the field's list; the allergy is recorded as text
+    # ("Penicillin G", not an ATC code) and still stops amoxicillin, naming the class.
+    page.get_by_label("Medication", exact=True).fill("amoxicillin (Clamoxyl) — J01CA04")
+    assert page.locator("#drug-catalogue option[value='amoxicillin (Clamoxyl) — J01CA04']").count() == 1
     page.get_by_label("Dosage").fill("1 capsule three times a day")
     page.get_by_role("button", name="Prescribe").click()
     page.get_by_text("Allergy warning").wait_for()
+    page.get_by_text("belongs to the class penicillins (J01C)").wait_for()
     shot(page, "04-chart-allergy-warning")
-    page.get_by_label("Reason to prescribe despite the allergy").fill("Tolerated in 2023, allergist agrees")
+    page.get_by_label("Reason to prescribe despite the warnings").fill("Tolerated in 2023, allergist agrees")
     page.get_by_role("button", name="Prescribe").click()
-    page.get_by_text("allergy override").wait_for()
+    page.get_by_text("prescribed despite a warning").wait_for()
 
     # A POST without the CSRF token is refused, whatever the cookie says.
     status = page.evaluate(

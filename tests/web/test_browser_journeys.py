@@ -210,10 +210,10 @@ def test_billing_records_a_payment(
     page.get_by_label("Method").select_option("cash")
     page.get_by_role("button", name="Record the payment").click()
     page.locator("ul.payments li", has_text="30.00 (cash)").wait_for()
-    page.get_by_role("cell", name="50.00", exact=True).wait_for()
+    page.get_by_role("cell", name="€50.00", exact=True).wait_for()
     shot(page, "18-billing-payment")
     page.get_by_role("button", name="Record the payment").click()  # the 50.00 still due
-    page.get_by_role("cell", name="balanced").wait_for()
+    page.get_by_role("cell", name="paid").wait_for()
     assert page.get_by_role("button", name="Record the payment").count() == 0
     # Billing keeps no calendar: refused, explained.
     page.goto(origin + "/desk/schedule")

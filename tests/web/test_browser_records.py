@@ -143,9 +143,9 @@ def test_physician_refers_to_a_colleague_then_ends_it(
     row.wait_for()  # the markup in the reason is text
     assert section.locator("td b").count() == 0
     assert row.get_by_role("cell", name="Referral", exact=True).count() == 1
-    assert row.get_by_role("cell", name="active", exact=True).count() == 1
+    assert row.get_by_role("cell", name="in charge", exact=True).count() == 1
     ends = row.get_by_role("cell").nth(4).inner_text()  # the end of the day chosen
-    assert f"{until.day}" in ends and f"{until:%y}" in ends and "11:59" in ends
+    assert f"{until.day}" in ends and f"{until:%y}" in ends and "23:59" in ends
     row.scroll_into_view_if_needed()
     shot(page, "23-referral")
     # Without the page's token, no referral is ended.
@@ -169,7 +169,7 @@ def test_physician_refers_to_a_colleague_then_ends_it(
     row.get_by_role("button", name="End now").click()
     page.wait_for_url(chart + "#care_team")
     row = page.locator("section#care_team").get_by_role("row").filter(has_text="cardiologique")
-    row.get_by_role("cell", name="inactive", exact=True).wait_for()
+    row.get_by_role("cell", name="ended", exact=True).wait_for()
     assert row.get_by_role("button", name="End now").count() == 0
 
     # The colleague's next open of the chart is refused.
@@ -197,7 +197,7 @@ def test_billing_issues_an_invoice_then_cancels_another(
     page.goto(chart)
     page.get_by_role("heading", level=1, name="<script>alert(1)</script>").wait_for()
     invoices = page.locator("section#invoices")
-    invoices.get_by_role("cell", name="25.00 EUR").wait_for()
+    invoices.get_by_role("cell", name="€25.00").first.wait_for()
     invoices.locator("summary", has_text="Issue an invoice").click()
     invoices.get_by_label("Act code 1").fill("CS")
     invoices.get_by_label("Act 1", exact=True).fill("Consultation <b>cardiologie</b>")
@@ -212,23 +212,23 @@ def test_billing_issues_an_invoice_then_cancels_another(
     invoices.get_by_role("button", name="Issue the invoice").click()
     page.wait_for_url(chart + "#invoices")
     invoices = page.locator("section#invoices")
-    issued = invoices.get_by_role("row").filter(has=page.get_by_role("cell", name="44.26 EUR"))
-    issued.get_by_role("cell", name="issued", exact=True).wait_for()
-    assert invoices.locator("tbody > tr").filter(has=page.get_by_role("cell", name="EUR")).count() == 2
+    issued = invoices.get_by_role("row").filter(has=page.get_by_role("cell", name="€44.26"))
+    issued.get_by_role("cell", name="issued, unpaid", exact=True).wait_for()
+    assert invoices.locator("tbody > tr").filter(has=page.get_by_role("cell", name="€")).count() == 2
 
     # Cancel the earlier unpaid invoice, with a reason (markup stays text).
-    earlier = invoices.get_by_role("row").filter(has=page.get_by_role("cell", name="25.00 EUR"))
+    earlier = invoices.get_by_role("row").filter(has=page.get_by_role("cell", name="€25.00"))
     earlier.get_by_label("Reason").fill("Acte <i>en double</i>")
     earlier.get_by_role("button", name="Cancel this invoice").click()
     page.wait_for_url(chart + "#invoices")
-    earlier = page.locator("section#invoices").get_by_role("row").filter(has_text="25.00 EUR")
+    earlier = page.locator("section#invoices").get_by_role("row").filter(has_text="€25.00")
     earlier.get_by_role("cell", name="cancelled", exact=True).wait_for()
     earlier.get_by_text("Cancelled: Acte <i>en double</i>").wait_for()
     assert earlier.locator("i").count() == 0
     assert earlier.get_by_role("button", name="Cancel this invoice").count() == 0
     # The new invoice is untouched and still cancellable (nothing paid on it).
-    issued = page.locator("section#invoices").get_by_role("row").filter(has_text="44.26 EUR")
-    issued.get_by_role("cell", name="issued", exact=True).wait_for()
+    issued = page.locator("section#invoices").get_by_role("row").filter(has_text="€44.26")
+    issued.get_by_role("cell", name="issued, unpaid", exact=True).wait_for()
     # A physician has the patient in care but is no billing clerk: refused, explained.
     browser.clear_cookies()
     sign_in(page, origin, hospital.physician)

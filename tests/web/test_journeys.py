@@ -258,7 +258,7 @@ def test_front_desk_records_health_card_readings_and_keeps_the_coverage_history(
     section = client.get(f"/patients/{hospital.my_patient}/sections/coverage", headers={"HX-Request": "true"})
     assert section.status_code == 200
     assert section.text.count("CPAM de Paris") >= 1 and "MSA Île-de-France" in section.text
-    assert "cancelled" in section.text and "active" in section.text
+    assert "cancelled" in section.text and "in force" in section.text
     assert section.text.count("SN123456") == 3
     # Bad input: a clear message, nothing recorded.
     bad = client.post(url, data=_card(csrf, card_serial="!!", rights_start="not a date"))
@@ -314,7 +314,7 @@ def test_billing_records_payments_until_the_invoice_is_balanced(
         == 303
     )
     section = client.get(f"/patients/{hospital.my_patient}/sections/invoices", headers={"HX-Request": "true"})
-    assert "balanced" in section.text and "20.50" in section.text and "29.50" in section.text
+    assert "paid" in section.text and "20.50" in section.text and "29.50" in section.text
     assert url not in section.text  # nothing left to pay
     outcomes = [
         e.outcome for e in _events(sqlite_runtime, AuditKind.PHI_UPDATE) if e.resource_type == "Invoice"
