@@ -88,8 +88,15 @@ def verify(
         Path | None,
         typer.Option(help="Verify with this public key (PEM) instead of the signing key's .pub file."),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Also fail (exit 1) when the newest events are not signed yet."),
+    ] = False,
 ) -> None:
-    """Recompute the hash chain and check it against the signed checkpoints. Exit 1 on tampering."""
+    """Recompute the hash chain and check it against the signed checkpoints. Exit 1 on tampering.
+
+    Events after the newest signed checkpoint (an unsigned tail) are a warning with their count;
+    with --strict they fail the run, as after a restart every tail should be signed."""
     from carnet.audit.checkpoints import CheckpointVerifier, open_store, public_path
     from carnet.audit.verify import verify as run_verify
     from carnet.db.engine import make_engine
@@ -111,12 +118,22 @@ def verify(
     typer.echo(
         f"{report.events} events ({span}), {report.checkpoints} valid checkpoints in {store.describe()}"
     )
+    warning = report.tail_warning()
     if report.ok:
         pinned = report.last_checkpoint.describe() if report.last_checkpoint else "no checkpoint yet"
         typer.echo(
             f"intact: the chain verifies up to {pinned}; {report.unanchored} newer events not yet pinned"
         )
+        if warning:
+            typer.echo(warning)
+            if strict:
+                typer.echo(
+                    "STRICT: an unsigned tail fails the check (run `carnet audit checkpoint` to pin it)"
+                )
+                raise typer.Exit(1)
         return
+    if warning:
+        typer.echo(warning)
     for problem in report.problems:
         typer.echo(problem.describe())
     typer.echo(f"TAMPERING DETECTED: {len(report.problems)} problem(s)")

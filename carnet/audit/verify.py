@@ -86,6 +86,18 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def tail_warning(self) -> str | None:
+        """An unsigned tail is not tampering, but nothing outside the database vouches for it."""
+        count = self.unanchored
+        if not count or self.last_seq is None:
+            return None
+        first = self.last_seq - count + 1
+        pinned = self.last_checkpoint.describe() if self.last_checkpoint else "no checkpoint"
+        return (
+            f"warning: unsigned tail: {count} event(s) (seq {first}..{self.last_seq}) after {pinned}"
+            " are not pinned by a signed checkpoint yet"
+        )
+
     @property
     def unanchored(self) -> int:
         """Events after the newest checkpoint: sound as a chain, not yet pinned outside."""
