@@ -11,11 +11,13 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import RedirectResponse
 from starlette.types import ASGIApp, Scope
 
 from carnet import __version__
+from carnet.operations import tracing
 from carnet.operations.headers import SecurityHeaders
+from carnet.operations.observe import Observe
 from carnet.runtime import Runtime, build_runtime
 from carnet.settings import get_settings
 
@@ -42,6 +44,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         owned = getattr(app.state, "runtime", None) is None
         if owned:
             app.state.runtime = build_runtime(get_settings())
+        tracing.configure(app.state.runtime.settings.otel_exporter)
         anyio.to_thread.current_default_thread_limiter().total_tokens = (
             app.state.runtime.settings.request_threads
         )
@@ -77,12 +80,17 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         version=__version__,
         description="Electronic patient record: staff UI, patient portal and HL7 FHIR R4 API.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry spans carry the raw path and query string (an INS, a name
+        # searched for) once a tracer provider is installed: off. carnet.operations.observe
+        # traces each request by its route template instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.runtime = runtime
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+    app.add_middleware(Observe)  # a span and the counters for every request, errors included
+    from carnet.operations.views import router as operations_router
+
+    app.include_router(operations_router)
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:

@@ -202,6 +202,7 @@ def serve(
     """Serve the web UI, the patient portal and the FHIR API."""
     import uvicorn
 
+    from carnet.operations import logs as operations_logs
     from carnet.runtime import build_runtime
     from carnet.settings import get_settings
 
@@ -215,7 +216,15 @@ def serve(
         workers=workers,
         proxy_headers=False,
         server_header=False,
+        access_log=False,  # carnet.access logs route templates instead (carnet.operations.observe)
         log_level="info",
+        # JSON lines for the log pipeline (no patient data: see carnet.operations.logs)
+        log_config=operations_logs.config()
+        if settings.log_format == "json"
+        else uvicorn.config.LOGGING_CONFIG,
+        # SIGTERM: stop accepting, let in-flight requests finish (their transactions commit or
+        # roll back whole), then sign the audit tail; a load balancer drains first via /readyz.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 

@@ -487,6 +487,11 @@ class Checkpointer:
                 dedupe_id=f"{checkpoint.type.value}:{checkpoint.head_seq}:{checkpoint.head_hash}",
             )
 
+    @property
+    def last_signed_seq(self) -> int:
+        """The head of the last checkpoint this process wrote (0 before the first)."""
+        return self._last_seq
+
     def sign_tail(self) -> Checkpoint | None:
         """Pin whatever the database holds now, at start-up: a worker killed with SIGKILL left
         its newest events unsigned, and until they are pinned an attacker with database access

@@ -99,11 +99,13 @@ class Reader:
     given: str
 
 
-def physician_with_patient(runtime: Runtime, *, family: str = "Zéphyrin", given: str = "Orlane") -> Reader:
+def physician_with_patient(
+    runtime: Runtime, *, family: str = "Zéphyrin", given: str = "Orlane", ins: str | None = None
+) -> Reader:
     facility = make_facility(runtime)
     physician = make_physician(runtime, facility)
     assert physician.practitioner_id is not None and physician.account_id is not None
-    patient = register_patient(runtime, facility, family=family, given=given, ins=None)
+    patient = register_patient(runtime, facility, family=family, given=given, ins=ins)
     link_care(runtime, patient_id=patient.id, practitioner_id=physician.practitioner_id, facility_id=facility)
     with runtime.session_factory.begin() as session:
         issued = sessions.open_session(
