@@ -13,6 +13,7 @@ from carnet.audit.commands import audit_app
 from carnet.detection.commands import incident_app
 from carnet.identity.commands import clients_app, sessions_app
 from carnet.kernel.errors import CarnetError
+from carnet.operations.commands import backup_app
 from carnet.phi.commands import exports_app
 from carnet.redteam.commands import redteam_app
 
@@ -33,6 +34,7 @@ app.add_typer(redteam_app, name="redteam")
 app.add_typer(clients_app, name="clients")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(exports_app, name="exports")
+app.add_typer(backup_app, name="backup")
 
 err = Console(stderr=True, soft_wrap=True)  # whole lines: messages are read by scripts too
 
