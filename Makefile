@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint typecheck architecture services chromium bench clean
+.PHONY: demo test install lint typecheck architecture services chromium ha-tools ha bench clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,16 @@ services:
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-test: install services chromium lint typecheck architecture
+# Patroni and etcd (Debian's) for the failover test and `make ha`; pgBackRest-free backups use
+# PostgreSQL's own pg_basebackup, already installed with the server.
+ha-tools:
+	@(command -v patroni && command -v etcd) >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq patroni etcd-server >/dev/null)
+
+# A leader and a synchronous standby under Patroni, on loopback ports (demo/test only): Ctrl-C stops it.
+ha: install ha-tools
+	$(BIN)/python -m carnet.operations.ha --directory $(CURDIR)/var/ha
+
+test: install services chromium ha-tools lint typecheck architecture
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 bench: install services

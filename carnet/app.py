@@ -11,10 +11,13 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, RedirectResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.responses import RedirectResponse
+from starlette.types import ASGIApp, Scope
 
 from carnet import __version__
+from carnet.operations import tracing
+from carnet.operations.headers import SecurityHeaders
+from carnet.operations.observe import Observe
 from carnet.runtime import Runtime, build_runtime
 from carnet.settings import get_settings
 
@@ -41,6 +44,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         owned = getattr(app.state, "runtime", None) is None
         if owned:
             app.state.runtime = build_runtime(get_settings())
+        tracing.configure(app.state.runtime.settings.otel_exporter)
         anyio.to_thread.current_default_thread_limiter().total_tokens = (
             app.state.runtime.settings.request_threads
         )
@@ -48,6 +52,10 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         # passes, which otherwise walk ~250,000 objects in the middle of a request (the largest
         # pages' p95 was 4 to 5 times their median). Given back at shutdown.
         gc.freeze()
+        # Pin the audit tail a killed predecessor left unsigned before serving anyone.
+        checkpointer = app.state.runtime.checkpointer
+        if checkpointer is not None:
+            await anyio.to_thread.run_sync(checkpointer.sign_tail)
         # Exports nobody finished or claimed are swept on a timer (every worker: the sweep's
         # updates are conditional, so two workers sweeping at once change each job once).
         sweeper = None
@@ -67,18 +75,22 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             if owned:
                 app.state.runtime.close()  # a final signed checkpoint pins this worker's audit tail
 
-    app = FastAPI(
+    app = CarnetApp(
         title="carnet",
         version=__version__,
         description="Electronic patient record: staff UI, patient portal and HL7 FHIR R4 API.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry spans carry the raw path and query string (an INS, a name
+        # searched for) once a tracer provider is installed: off. carnet.operations.observe
+        # traces each request by its route template instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.runtime = runtime
-    app.add_middleware(NoStoreForApis)
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+    app.add_middleware(Observe)  # a span and the counters for every request, errors included
+    from carnet.operations.views import router as operations_router
+
+    app.include_router(operations_router)
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
@@ -115,27 +127,14 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     return app
 
 
-class NoStoreForApis:
-    """API answers carry patient data, tokens or session cookies: no browser or proxy keeps them
-    (the web UI sets the same header on its own pages). An answer that chose its own caching
-    (the CapabilityStatement, say) keeps it."""
+class CarnetApp(FastAPI):
+    """FastAPI with the hardening headers outside everything, the error middleware included, so
+    a 500 answer carries them too."""
 
-    PREFIXES = ("/fhir", "/auth", "/oauth")
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack(), hsts=_wants_hsts)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.PREFIXES):
-            await self.app(scope, receive, send)
-            return
-
-        async def send_no_store(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if not any(name.lower() == b"cache-control" for name, _ in headers):
-                    headers.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_no_store)
+def _wants_hsts(scope: Scope) -> bool:
+    runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
+    return runtime is None or not runtime.settings.exercise_mode

@@ -14,6 +14,7 @@ from carnet.detection.commands import incident_app
 from carnet.identity.commands import clients_app, reenrol, sessions_app
 from carnet.interfaces.commands import interfaces_app
 from carnet.kernel.errors import CarnetError
+from carnet.operations.commands import backup_app
 from carnet.phi.commands import exports_app
 from carnet.redteam.commands import redteam_app
 
@@ -35,6 +36,7 @@ app.add_typer(clients_app, name="clients")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(exports_app, name="exports")
 app.add_typer(interfaces_app, name="interfaces")
+app.add_typer(backup_app, name="backup")
 
 err = Console(stderr=True, soft_wrap=True)  # whole lines: messages are read by scripts too
 
@@ -204,6 +206,7 @@ def serve(
     """Serve the web UI, the patient portal and the FHIR API."""
     import uvicorn
 
+    from carnet.operations import logs as operations_logs
     from carnet.runtime import build_runtime
     from carnet.settings import get_settings
 
@@ -217,7 +220,15 @@ def serve(
         workers=workers,
         proxy_headers=False,
         server_header=False,
+        access_log=False,  # carnet.access logs route templates instead (carnet.operations.observe)
         log_level="info",
+        # JSON lines for the log pipeline (no patient data: see carnet.operations.logs)
+        log_config=operations_logs.config()
+        if settings.log_format == "json"
+        else uvicorn.config.LOGGING_CONFIG,
+        # SIGTERM: stop accepting, let in-flight requests finish (their transactions commit or
+        # roll back whole), then sign the audit tail; a load balancer drains first via /readyz.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 

@@ -63,8 +63,11 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None, check_sch
     keyring = Keyring(keys, session_factory)
     keyring.load()
     checkpointer = Checkpointer.from_settings(settings, engine)
-    audit = SqlAuditWriter(on_commit=checkpointer.note_committed)
-    ledger = build_ledger(settings, audit=audit)  # containment audits go through the same writer
+    from carnet.operations.instrument import instrument_ledger, observe_audit
+
+    audit = SqlAuditWriter(on_commit=checkpointer.note_committed, observer=observe_audit)
+    # containment audits go through the same writer; exposures are counted per channel
+    ledger = instrument_ledger(build_ledger(settings, audit=audit))
     return Runtime(
         settings=settings,
         engine=engine,

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     # How often each server sweeps asynchronous exports (stuck jobs failed, unclaimed files
     # erased: carnet.phi.sweep); 0 turns the timer off (then run `carnet exports sweep` by cron).
     export_sweep_seconds: float = Field(default=600.0, ge=0)
+    # /metrics answers only with `Authorization: Bearer <this>` outside demo and test.
+    metrics_token: str | None = None
+    # Where traces go: unset (none kept), `console`, or `otlp` (with its exporter installed).
+    otel_exporter: str | None = None
+    # `json` (one object per line, for the log pipeline) or `text` (a developer's terminal).
+    log_format: str = Field(default="json", pattern=r"^(json|text)$")
+    # On SIGTERM, how long in-flight requests may run before the server stops anyway.
+    shutdown_grace_seconds: int = Field(default=30, gt=0)
     # A security officer's contact, shown to a contained account.
     security_contact: str = "the hospital security office"
 

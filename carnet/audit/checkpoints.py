@@ -487,6 +487,25 @@ class Checkpointer:
                 dedupe_id=f"{checkpoint.type.value}:{checkpoint.head_seq}:{checkpoint.head_hash}",
             )
 
+    @property
+    def last_signed_seq(self) -> int:
+        """The head of the last checkpoint this process wrote (0 before the first)."""
+        return self._last_seq
+
+    def sign_tail(self) -> Checkpoint | None:
+        """Pin whatever the database holds now, at start-up: a worker killed with SIGKILL left
+        its newest events unsigned, and until they are pinned an attacker with database access
+        could delete them and move the head back unseen. Never raises: a store that is down is
+        logged (and /readyz says so); the periodic checkpoints retry."""
+        try:
+            signed = self.checkpoint()
+        except Exception as exc:
+            log.error("audit checkpoint at start-up failed (%s); will retry", type(exc).__name__)
+            return None
+        if signed is not None:
+            self._seen_seq = max(self._seen_seq, signed.head_seq)
+        return signed
+
     def note_committed(self, seq: int) -> None:
         """Called after an audited transaction commits. Cheap: compares two integers."""
         if seq > self._seen_seq:

@@ -88,8 +88,23 @@ def verify(
         Path | None,
         typer.Option(help="Verify with this public key (PEM) instead of the signing key's .pub file."),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Also fail (exit 1) when the newest events are not signed yet."),
+    ] = False,
+    restored: Annotated[
+        bool,
+        typer.Option(
+            "--restored",
+            help="The database was restored to a point in time: report the events that checkpoints"
+            " signed after it name (lost by the restore) instead of failing on them.",
+        ),
+    ] = False,
 ) -> None:
-    """Recompute the hash chain and check it against the signed checkpoints. Exit 1 on tampering."""
+    """Recompute the hash chain and check it against the signed checkpoints. Exit 1 on tampering.
+
+    Events after the newest signed checkpoint (an unsigned tail) are a warning with their count;
+    with --strict they fail the run, as after a restart every tail should be signed."""
     from carnet.audit.checkpoints import CheckpointVerifier, open_store, public_path
     from carnet.audit.verify import verify as run_verify
     from carnet.db.engine import make_engine
@@ -104,19 +119,36 @@ def verify(
         store = open_store(settings)
         engine = make_engine(settings.resolved_database_url)
         try:
-            report = run_verify(engine, store=store, verifier=verifier)
+            report = run_verify(engine, store=store, verifier=verifier, restored=restored)
         finally:
             engine.dispose()
     span = f"seq {report.first_seq}..{report.last_seq}" if report.events else "no events"
     typer.echo(
         f"{report.events} events ({span}), {report.checkpoints} valid checkpoints in {store.describe()}"
     )
+    lost = report.lost_range()
+    if lost is not None:
+        newest = max((cp for _, _, cp in report.lost), key=lambda cp: cp.checkpoint.head_seq)
+        typer.echo(
+            f"RESTORE LOST events {lost[0]}..{lost[1]} ({lost[1] - lost[0] + 1} events):"
+            f" pinned by {newest.describe()}, absent from the restored database"
+        )
+    warning = report.tail_warning()
     if report.ok:
         pinned = report.last_checkpoint.describe() if report.last_checkpoint else "no checkpoint yet"
         typer.echo(
             f"intact: the chain verifies up to {pinned}; {report.unanchored} newer events not yet pinned"
         )
+        if warning:
+            typer.echo(warning)
+            if strict:
+                typer.echo(
+                    "STRICT: an unsigned tail fails the check (run `carnet audit checkpoint` to pin it)"
+                )
+                raise typer.Exit(1)
         return
+    if warning:
+        typer.echo(warning)
     for problem in report.problems:
         typer.echo(problem.describe())
     typer.echo(f"TAMPERING DETECTED: {len(report.problems)} problem(s)")

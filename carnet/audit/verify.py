@@ -81,10 +81,30 @@ class VerifyReport:
     checkpoints: int = 0
     last_checkpoint: SignedCheckpoint | None = None
     problems: list[Problem] = field(default_factory=list)
+    # After a restore to a point in time: events the signed checkpoints knew of and the restored
+    # database no longer holds, as (first seq, last seq, the checkpoint that pinned them).
+    lost: list[tuple[int, int, SignedCheckpoint]] = field(default_factory=list)
+
+    def lost_range(self) -> tuple[int, int] | None:
+        if not self.lost:
+            return None
+        return min(first for first, _, _ in self.lost), max(last for _, last, _ in self.lost)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def tail_warning(self) -> str | None:
+        """An unsigned tail is not tampering, but nothing outside the database vouches for it."""
+        count = self.unanchored
+        if not count or self.last_seq is None:
+            return None
+        first = self.last_seq - count + 1
+        pinned = self.last_checkpoint.describe() if self.last_checkpoint else "no checkpoint"
+        return (
+            f"warning: unsigned tail: {count} event(s) (seq {first}..{self.last_seq}) after {pinned}"
+            " are not pinned by a signed checkpoint yet"
+        )
 
     @property
     def unanchored(self) -> int:
@@ -112,11 +132,16 @@ def load_checkpoints(
     return good, bad
 
 
-def verify(engine: Engine, *, store: CheckpointStore, verifier: CheckpointVerifier) -> VerifyReport:
+def verify(
+    engine: Engine, *, store: CheckpointStore, verifier: CheckpointVerifier, restored: bool = False
+) -> VerifyReport:
+    """`restored`: the database was restored to a point in time on purpose, so checkpoints
+    beyond its last event name the events the restore lost (reported, not a failure); every
+    checkpoint up to that event must still match."""
     # Checkpoints first: each one names a head committed before it, so none can be newer than
     # the database state read afterwards unless the tail was truncated.
     checkpoints, problems = load_checkpoints(store, verifier)
-    report = _Verifier(checkpoints).run(engine)
+    report = _Verifier(checkpoints, restored=restored).run(engine)
     report.problems[:0] = problems
     if not checkpoints and report.events and not store.exists():
         report.problems.append(
@@ -130,7 +155,8 @@ def verify(engine: Engine, *, store: CheckpointStore, verifier: CheckpointVerifi
 
 
 class _Verifier:
-    def __init__(self, checkpoints: Sequence[SignedCheckpoint]) -> None:
+    def __init__(self, checkpoints: Sequence[SignedCheckpoint], *, restored: bool = False) -> None:
+        self.restored = restored
         self.checkpoints = sorted(checkpoints, key=lambda c: (c.checkpoint.head_seq, c.position))
         self.at_seq: dict[int, list[SignedCheckpoint]] = {}
         self.anchors: dict[int, list[SignedCheckpoint]] = {}
@@ -249,7 +275,9 @@ class _Verifier:
         first = report.first_seq or (last + 1)
         for cp in self.checkpoints:
             c = cp.checkpoint
-            if c.head_seq > last:
+            if c.head_seq > last and self.restored and c.type is CheckpointType.CHAIN:
+                report.lost.append((last + 1, c.head_seq, cp))
+            elif c.head_seq > last:
                 self.problem(
                     ProblemKind.TRUNCATED,
                     last + 1,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -38,8 +39,15 @@ _PENDING = "carnet.audit.committed"  # session.info key: (callback, highest seq 
 class SqlAuditWriter:
     """The audit trail in the application's own database (see carnet.audit.interfaces)."""
 
-    def __init__(self, *, on_commit: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_commit: Callable[[int], None] | None = None,
+        observer: Callable[[Sequence[AuditRecord], float], None] | None = None,
+    ) -> None:
         self.on_commit = on_commit
+        # Told what each call appended and how long it took (metrics, traces): kinds, not content.
+        self.observer = observer
 
     def append(self, session: Session, record: AuditRecord) -> int:
         return self.append_many(session, [record])[0]
@@ -48,6 +56,14 @@ class SqlAuditWriter:
         """Append several events under one head update (imports, bulk jobs, benchmarks)."""
         if not records:
             return []
+        if self.observer is None:
+            return self._append_many(session, records)
+        start = time.perf_counter()
+        seqs = self._append_many(session, records)
+        self.observer(records, time.perf_counter() - start)
+        return seqs
+
+    def _append_many(self, session: Session, records: Sequence[AuditRecord]) -> list[int]:
         connection = session.connection()
         if connection.dialect.name == "postgresql" and len(records) == 1:
             seq = _append_one_postgres(connection, records[0])

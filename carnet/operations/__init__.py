@@ -1,0 +1,1 @@
+"""Running carnet: hardening headers, health and readiness, metrics, logs, traces, backups."""

@@ -1,0 +1,63 @@
+"""OpenTelemetry traces: a span per request and per gate step, with no patient data in them.
+
+Span names are route templates and step names; attributes are enum values, counts and status
+codes only. Nothing is exported unless CARNET_OTEL_EXPORTER says where (`console`, or `otlp`
+when the OTLP exporter package is installed); tests install an in-memory exporter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry import trace
+
+TRACER = trace.get_tracer("carnet")
+_configured = False
+
+Attribute = str | int | bool
+
+
+@contextmanager
+def gate_step(step: str, **attributes: Attribute) -> Iterator[trace.Span]:
+    """A span for one step of the gate (policy, load, exposure, audit...).
+
+    The gate kernel calls this around each step; attribute values must be enum values, counts
+    or booleans (never names, identifiers of patients, or query values)."""
+    with TRACER.start_as_current_span(f"gate.{step}", attributes=attributes, record_exception=False) as span:
+        yield span
+
+
+def configure(exporter: str | None) -> None:
+    """Install a tracer provider once per process (the API's default records nothing)."""
+    global _configured
+    if _configured or not exporter:
+        return
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+    span_exporter: SpanExporter
+    if exporter == "console":
+        span_exporter = ConsoleSpanExporter()
+    elif exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+            OTLPSpanExporter,
+        )
+
+        span_exporter = OTLPSpanExporter()
+    else:
+        raise ValueError(f"unknown trace exporter {exporter!r} (console or otlp)")
+    provider = TracerProvider(resource=Resource.create({"service.name": "carnet"}))
+    provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    trace.set_tracer_provider(provider)
+    _configured = True
+
+
+def finished_step(step: str, seconds: float, **attributes: Attribute) -> None:
+    """A gate step already done (timed by its caller): recorded as a span that ended now."""
+    import time
+
+    end = time.time_ns()
+    span = TRACER.start_span(f"gate.{step}", start_time=end - int(seconds * 1e9), attributes=attributes)
+    span.end(end_time=end)
