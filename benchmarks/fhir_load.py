@@ -100,11 +100,25 @@ def _ins(n: int) -> str:
     return f"{1 + n % 2}{n:012d}"[:13]
 
 
+def plain_patient(n: int) -> dict[str, str]:
+    """Patient n's identity, the same on every run and in every system compared."""
+    rng = random.Random(n * 104729 + 3)
+    family, given = name_of(n)
+    return {
+        "ins": _ins(n),
+        "family": family,
+        "given": given,
+        "birth_date": (dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(90 * 365))).isoformat(),
+        "gender": rng.choice(["female", "male"]),
+        "phone": f"06{n:08d}"[:10],
+        "email": f"p{n}@example.org",
+    }
+
+
 def seed_patients(
     runtime: Runtime, facility: uuid.UUID, start: int, count: int
 ) -> tuple[list[uuid.UUID], float]:
     """Patients straight through the encrypted loader (the seeding path); (ids, seconds)."""
-    rng = random.Random(start)
     ids: list[uuid.UUID] = []
     began = time.perf_counter()
     now = clock.now()
@@ -113,20 +127,13 @@ def seed_patients(
         for n in range(chunk, min(chunk + 5000, start + count)):
             pid = uuid.uuid4()
             ids.append(pid)
-            birth = dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(90 * 365))
             batch.add(
                 "patients",
                 {
                     "id": pid,
                     "facility_id": facility,
-                    "ins": _ins(n),
-                    "family": name_of(n)[0],
-                    "given": name_of(n)[1],
-                    "birth_date": birth.isoformat(),
+                    **plain_patient(n),
                     "address": {"line": f"{n} rue du Test", "city": "Paris"},
-                    "phone": f"06{n:08d}"[:10],
-                    "email": f"p{n}@example.org",
-                    "gender": rng.choice(["female", "male"]),
                     "designated_physician_id": None,
                     "opposes_other_facilities": False,
                     "active": True,
@@ -292,34 +299,68 @@ async def load(
 
 
 Pair = tuple[dict[str, str], str]  # (headers, path) of one GET
+Post = tuple[dict[str, str], str, str]  # (headers, path, JSON body) of one POST
 
 
-def wrk_load(base: str, label: str, clients: int, seconds: float, pairs: list[Pair]) -> Result:
-    """GETs with wrk, round-robin over `pairs`; the same Result shape (latencies are wrk's own
-    percentiles, so pct() reads them back)."""
+def wrk_load(
+    base: str,
+    label: str,
+    clients: int,
+    seconds: float,
+    pairs: list[Pair] | list[Post],
+    error_marker: str | None = None,
+) -> Result:
+    """GETs (or POSTs, for entries with a body) with wrk, round-robin over `pairs`; the same
+    Result shape (latencies are wrk's own percentiles, so pct() reads them back). A 2xx answer
+    whose body contains `error_marker` counts as an error too (JSON-RPC answers errors in 200s)."""
+    entries = [(e[0], e[1], e[2] if len(e) == 3 else None) for e in pairs]
     if shutil.which("wrk") is None:
-        return asyncio.run(
-            load(base, label, clients, seconds, lambda c, n: ("GET", pairs[(c * 7919 + n) % len(pairs)][1],
-                                                              pairs[(c * 7919 + n) % len(pairs)][0], None))
-        )  # fmt: skip
 
-    def lua_entry(headers: dict[str, str], path: str) -> str:
-        table = ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
-        return f"{{{json.dumps(path)}, {{{table}}}}}"
+        def make(c: int, n: int) -> tuple[str, str, dict[str, str], Any]:
+            headers, path, body = entries[(c * 7919 + n) % len(entries)]
+            return (
+                ("GET" if body is None else "POST"),
+                path,
+                headers,
+                None if body is None else json.loads(body),
+            )
 
-    entries = ",\n".join(lua_entry(h, path) for h, path in pairs)
+        return asyncio.run(load(base, label, clients, seconds, make))
+
+    def lua_entry(headers: dict[str, str], path: str, body: str | None) -> str:
+        table = ", ".join(
+            f"[{json.dumps(k)}] = {json.dumps(v, ensure_ascii=False)}" for k, v in headers.items()
+        )
+        method = "GET" if body is None else "POST"
+        lua_body = json.dumps(body, ensure_ascii=False) if body else "nil"
+        return f"{{{json.dumps(path)}, {{{table}}}, {json.dumps(method)}, {lua_body}}}"
+
+    marker = (
+        "response = function(status, headers, body)\n"
+        f"  if string.find(body, {json.dumps(error_marker)}, 1, true) then bad = bad + 1 end\n"
+        "end\n"
+        if error_marker
+        else ""
+    )
+    lua_pairs = ",\n".join(lua_entry(*e) for e in entries)
     script = (
-        f"local pairs_ = {{\n{entries}\n}}\n"
+        "local threads = {}\n"
+        "setup = function(thread) table.insert(threads, thread) end\n"
+        "init = function(args) bad = 0 end\n"
+        f"local pairs_ = {{\n{lua_pairs}\n}}\n"
         "local counter = math.random(#pairs_)\n"
         "request = function()\n"
         "  counter = counter % #pairs_ + 1\n"
         "  local p = pairs_[counter]\n"
-        '  return wrk.format("GET", p[1], p[2])\n'
+        "  return wrk.format(p[3], p[1], p[2], p[4])\n"
         "end\n"
+        f"{marker}"
         "done = function(summary, latency, requests)\n"
         "  local e = summary.errors\n"
+        "  local b = 0\n"
+        "  for _, t in ipairs(threads) do b = b + (t:get('bad') or 0) end\n"
         '  io.write(string.format("RESULT %d %f %d %d %d %d %d\\n", summary.requests,\n'
-        "    summary.duration / 1e6, e.connect + e.read + e.write + e.timeout, e.status,\n"
+        "    summary.duration / 1e6, e.connect + e.read + e.write + e.timeout, e.status + b,\n"
         "    latency:percentile(50), latency:percentile(99), latency.max))\n"
         "end\n"
     )
