@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -195,7 +196,7 @@ def start_gnuhealth(venv: Path, run: Path, config: Path) -> tuple[subprocess.Pop
 class Tryton:
     base: str
     database: str
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
 
     @property
     def path(self) -> str:
@@ -318,6 +319,7 @@ def run(patients: int, seconds: float, rounds: int, clients: int) -> tuple[str, 
     finally:
         for name in (carnet_db, gh_db):
             _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _measure(
@@ -470,7 +472,8 @@ def _report(
         f"{load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} at the start, "
         f"{load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} at the end ({os.cpu_count()} cores)",
         "",
-        "| operation | carnet | GNU Health | carnet / GNU Health (median of rounds) | rounds | errors |",
+        "| operation | carnet | GNU Health | carnet's advantage (median round; > 1: carnet better) "
+        "| each round | errors |",
         "|---|---|---|---|---|---|",
     ]
     errors = sum(r.errors for r in warm)
@@ -480,7 +483,7 @@ def _report(
         c, g = case.carnet[mid], case.gnuhealth[mid]
         unit = "/s" if case.unit == "/s" else " ms p50"
         fmt = "{:,.0f}" if case.unit == "/s" else "{:.1f}"
-        sense = "x the throughput" if case.unit == "/s" else "x faster"
+        sense = "x the throughput" if case.unit == "/s" else "x the speed"
         errs = sum(r.errors for r in case.carnet + case.gnuhealth)
         errors += errs
         lines.append(
