@@ -58,6 +58,7 @@ import redis
 import sqlalchemy as sa
 from faker import Faker
 
+from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.crypto.keys import FileKeyProvider
 from carnet.db import migrate
@@ -153,6 +154,7 @@ class Clinician:
     headers: dict[str, str]
     patients: list[uuid.UUID]
     identifiers: list[str]
+    actor: Actor | None = None  # for in-process gate calls
 
 
 def open_session(runtime: Runtime, account_id: uuid.UUID) -> dict[str, str]:
@@ -201,7 +203,7 @@ def make_clinicians(
                         end_at=None,
                     )
                 )
-        out.append(Clinician(open_session(runtime, actor.account_id), mine, []))
+        out.append(Clinician(open_session(runtime, actor.account_id), mine, [], actor))
     return out
 
 
