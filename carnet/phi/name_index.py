@@ -8,6 +8,7 @@ with it, so a rotated installation is always fully indexed.
 
 from __future__ import annotations
 
+from carnet.org import models as _org_models  # noqa: F401  (the facilities the keys reference)
 from carnet.patients.names import missing_name_keys, replace_name_keys
 from carnet.phi.system import system_access
 from carnet.runtime import Runtime
