@@ -90,6 +90,13 @@ GIVENS = sorted({_FAKE.first_name() for _ in range(1500)})
 WARD_CARE_LIST = 800  # a ward physician's care list (560-826 in the seeded hospital)
 
 
+def searchable_families(patients: list[uuid.UUID], index_of: dict[uuid.UUID, int], k: int = 5) -> list[str]:
+    """k family names of these patients, spread over the list, of 4 letters or more: a shorter
+    name alone is a partial search, which detection rightly counts as a sweep."""
+    names = [name_of(index_of[p])[0] for p in patients[::37]]
+    return [n for n in names if len(n.replace(" ", "").replace("-", "")) >= 4][:k]
+
+
 def name_of(n: int) -> tuple[str, str]:
     """Patient n's (family, given): deterministic, so a search can name its own patients."""
     rng = random.Random(n * 7919 + 17)
@@ -544,7 +551,7 @@ def _measure(
     # Ward physicians: a care list as long as a seeded hospital's, searched by family name alone.
     wards = make_clinicians(runtime, facility, ids, 4, per=WARD_CARE_LIST, history=history)
     for w in wards:
-        w.identifiers = [name_of(index_of[p])[0] for p in w.patients[::160][:5]]
+        w.identifiers = searchable_families(w.patients, index_of)
     desks: list[dict[str, str]] = []
     for k in range(clients):
         desk = make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)

@@ -28,6 +28,7 @@ from benchmarks.fhir_load import (
     baseline_accounts,
     make_clinicians,
     plain_patient,
+    searchable_families,
     seed_patients,
 )
 from carnet.crypto.blind import name_matches
@@ -43,11 +44,17 @@ def _p(samples: list[float], q: int) -> float:
 
 
 def _interleaved(
-    gate_search: Callable[[str], int], scan: Callable[[str], int], families: list[str], samples: int
-) -> tuple[list[float], list[float]]:
-    """Gate and baseline alternate, sample after sample (same neighbours); answers must agree."""
+    gate_search: Callable[[str], int],
+    scan: Callable[[str], int],
+    by_identifier: Callable[[int], int],
+    families: list[str],
+    samples: int,
+) -> tuple[list[float], list[float], list[float]]:
+    """Gate name search, baseline and the gate's identifier search alternate, sample after
+    sample (same neighbours); the name answers must agree."""
     via_gate: list[float] = []
     via_scan: list[float] = []
+    via_id: list[float] = []
     for i in range(samples):
         family = families[i % len(families)]
         began = time.perf_counter()
@@ -57,7 +64,10 @@ def _interleaved(
         expected = scan(family)
         via_scan.append((time.perf_counter() - began) * 1000)
         assert found == expected, (family, found, expected)
-    return via_gate, via_scan
+        began = time.perf_counter()
+        assert by_identifier(i % len(families)) == 1
+        via_id.append((time.perf_counter() - began) * 1000)
+    return via_gate, via_scan, via_id
 
 
 def _decrypting(runtime: Runtime, practitioner: uuid.UUID, family: str) -> int:
@@ -84,8 +94,9 @@ def _decrypting(runtime: Runtime, practitioner: uuid.UUID, family: str) -> int:
 def run(patients: int, samples: int) -> str:
     lines = [
         "| patients | gate name search p50 | p99 | care-list decryption (baseline) p50 | p99 "
-        "| gate / baseline (p50) |",
-        "|---|---|---|---|---|---|",
+        "| gate / baseline (p50) | gate identifier search p50 (same gate work, one hit) "
+        "| name search minus identifier search (p50) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     load_start = os.getloadavg()
     with bench_runtime("names") as runtime:
@@ -94,7 +105,8 @@ def run(patients: int, samples: int) -> str:
         history: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
         ward = make_clinicians(runtime, facility, ids, 1, per=WARD_CARE_LIST, history=history)[0]
         index_of = {pid: n for n, pid in enumerate(ids)}
-        families = [plain_patient(index_of[p])["family"] for p in ward.patients[::160][:5]]
+        families = searchable_families(ward.patients, index_of)
+        identifiers = [plain_patient(index_of[p])["ins"] for p in ward.patients[1::160][:5]]
         baseline_accounts(runtime, history)
         actor = ward.actor
         assert actor is not None
@@ -104,16 +116,18 @@ def run(patients: int, samples: int) -> str:
         for size in (1000, patients):
             if size > 1000:
                 seed_patients(runtime, facility, 1000, size - 1000)
-            via_gate, via_scan = _interleaved(
+            via_gate, via_scan, via_id = _interleaved(
                 lambda family: len(gate.search_patients(family=family).items),
                 lambda family: _decrypting(runtime, practitioner, family),
+                lambda k: len(gate.search_patients(identifier=identifiers[k]).items),
                 families,
                 samples,
             )
             lines.append(
                 f"| {size:,} | {_p(via_gate, 50):.2f} ms | {_p(via_gate, 99):.2f} ms | "
                 f"{_p(via_scan, 50):.2f} ms | {_p(via_scan, 99):.2f} ms | "
-                f"{_p(via_gate, 50) / _p(via_scan, 50):.2f}x |"
+                f"{_p(via_gate, 50) / _p(via_scan, 50):.2f}x | {_p(via_id, 50):.2f} ms | "
+                f"{_p(via_gate, 50) - _p(via_id, 50):+.2f} ms |"
             )
     load_end = os.getloadavg()
     lines.append("")

@@ -40,6 +40,7 @@ from benchmarks.fhir_load import (
     make_clinicians,
     open_session,
     plain_patient,
+    searchable_families,
     seed_patients,
     start_server,
     wrk_load,
@@ -365,7 +366,7 @@ def _measure(
                 "model.gnuhealth.patient.read", [[gh_id(p)], READ_FIELDS, {}]))
             for c in readers for p in c.patients
         ]  # fmt: skip
-        families = [(w, plain_patient(index_of[p])["family"]) for w in wards for p in w.patients[::160][:5]]
+        families = [(w, family) for w in wards for family in searchable_families(w.patients, index_of)]
         name_c: list[Pair] = [(w.headers, f"/fhir/Patient?family={quote(f)}") for w, f in families]
         name_g: list[Post] = [
             (tryton.headers, tryton.path, tryton.body(
