@@ -7,12 +7,22 @@ containment flags (CARNET_REDIS_URL). The concurrent reads and searches are driv
 a Lua script that gives each request its clinician's session cookie; without wrk, by httpx.
 
 1. Guarded Patient read (GET /fhir/Patient/{id}): 64 physicians, each reading the 30 patients
-   in their care (so detection, which runs on every request, sees ordinary work).
+   in their care (so detection, which runs on every request, sees ordinary work); /healthz and
+   the reads alternate for --rounds rounds, the headline is the median round.
 2. Patient search by identifier (GET /fhir/Patient?identifier=...) at 1,000 and at 100,000
    patients (each physician searches 5 of its own patients: below the enumeration thresholds).
-3. Patient create (POST /fhir/Patient): 64 front-desk accounts, 30 registrations each.
-4. `carnet import` (carnet.phi.importer): Bulk NDJSON Patient + Observation, resources per
+3. Name-only search (GET /fhir/Patient?family=...) by ward physicians with 800 patients in
+   their care each, 1 client, at 1,000 and at 100,000 patients.
+4. Patient create (POST /fhir/Patient): 64 front-desk accounts, 30 registrations each.
+5. `carnet import` (carnet.phi.importer): Bulk NDJSON Patient + Observation, resources per
    second, against the bare encrypted loader writing the same patients (the seeding path).
+
+Every benchmark account has four weeks of ordinary history in the exposure ledger (alternating
+day and night shifts) and its baseline computed by the nightly job (`carnet incident
+baselines`), as a night-shift clinician's account has: so a run at any hour measures reads, not
+the off-hours step-ups a never-seen account gets at night. Detection is not bypassed.
+
+The run exits 1 when any measured request answered an error (or wrk saw a socket error).
 
     .venv/bin/python -m benchmarks.fhir_load [--patients 100000] [--seconds 20] [--clients 64]
 
@@ -36,19 +46,26 @@ import sys
 import tempfile
 import time
 import uuid
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import redis
 import sqlalchemy as sa
+from faker import Faker
 
+from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.crypto.keys import FileKeyProvider
 from carnet.db import migrate
 from carnet.db.engine import make_engine
+from carnet.detection.baselines import refresh_baselines
+from carnet.detection.config import get_detection_config
+from carnet.detection.models import Exposure
 from carnet.identity import sessions
 from carnet.kernel import clock
 from carnet.patients.models import CareRelationship
@@ -64,8 +81,26 @@ ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("CARNET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 ORIGIN = "http://localhost:8000"
-FAMILIES = [f"Nom{i:04d}" for i in range(3000)]
-GIVENS = [f"Prenom{i:03d}" for i in range(800)]
+# Real-looking French names (as the synthetic hospital has), so name searches and their blind
+# prefixes are as selective as in a hospital, not all "Nom0…".
+_FAKE = Faker("fr_FR")
+_FAKE.seed_instance(18)
+FAMILIES = sorted({_FAKE.last_name() for _ in range(3000)})
+GIVENS = sorted({_FAKE.first_name() for _ in range(1500)})
+WARD_CARE_LIST = 800  # a ward physician's care list (560-826 in the seeded hospital)
+
+
+def searchable_families(patients: list[uuid.UUID], index_of: dict[uuid.UUID, int], k: int = 5) -> list[str]:
+    """k family names of these patients, spread over the list, of 4 letters or more: a shorter
+    name alone is a partial search, which detection rightly counts as a sweep."""
+    names = [name_of(index_of[p])[0] for p in patients[::37]]
+    return [n for n in names if len(n.replace(" ", "").replace("-", "")) >= 4][:k]
+
+
+def name_of(n: int) -> tuple[str, str]:
+    """Patient n's (family, given): deterministic, so a search can name its own patients."""
+    rng = random.Random(n * 7919 + 17)
+    return rng.choice(FAMILIES), rng.choice(GIVENS)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -73,11 +108,25 @@ def _ins(n: int) -> str:
     return f"{1 + n % 2}{n:012d}"[:13]
 
 
+def plain_patient(n: int) -> dict[str, str]:
+    """Patient n's identity, the same on every run and in every system compared."""
+    rng = random.Random(n * 104729 + 3)
+    family, given = name_of(n)
+    return {
+        "ins": _ins(n),
+        "family": family,
+        "given": given,
+        "birth_date": (dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(90 * 365))).isoformat(),
+        "gender": rng.choice(["female", "male"]),
+        "phone": f"06{n:08d}"[:10],
+        "email": f"p{n}@example.org",
+    }
+
+
 def seed_patients(
     runtime: Runtime, facility: uuid.UUID, start: int, count: int
 ) -> tuple[list[uuid.UUID], float]:
     """Patients straight through the encrypted loader (the seeding path); (ids, seconds)."""
-    rng = random.Random(start)
     ids: list[uuid.UUID] = []
     began = time.perf_counter()
     now = clock.now()
@@ -86,20 +135,13 @@ def seed_patients(
         for n in range(chunk, min(chunk + 5000, start + count)):
             pid = uuid.uuid4()
             ids.append(pid)
-            birth = dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(90 * 365))
             batch.add(
                 "patients",
                 {
                     "id": pid,
                     "facility_id": facility,
-                    "ins": _ins(n),
-                    "family": rng.choice(FAMILIES),
-                    "given": rng.choice(GIVENS),
-                    "birth_date": birth.isoformat(),
+                    **plain_patient(n),
                     "address": {"line": f"{n} rue du Test", "city": "Paris"},
-                    "phone": f"06{n:08d}"[:10],
-                    "email": f"p{n}@example.org",
-                    "gender": rng.choice(["female", "male"]),
                     "designated_physician_id": None,
                     "opposes_other_facilities": False,
                     "active": True,
@@ -119,6 +161,7 @@ class Clinician:
     headers: dict[str, str]
     patients: list[uuid.UUID]
     identifiers: list[str]
+    actor: Actor | None = None  # for in-process gate calls
 
 
 def open_session(runtime: Runtime, account_id: uuid.UUID) -> dict[str, str]:
@@ -135,8 +178,16 @@ def open_session(runtime: Runtime, account_id: uuid.UUID) -> dict[str, str]:
 
 
 def make_clinicians(
-    runtime: Runtime, facility: uuid.UUID, ids: list[uuid.UUID], count: int
+    runtime: Runtime,
+    facility: uuid.UUID,
+    ids: list[uuid.UUID],
+    count: int,
+    *,
+    per: int = 30,
+    history: list[tuple[uuid.UUID, list[uuid.UUID]]],
 ) -> list[Clinician]:
+    """`count` physicians with `per` patients each in their care (the lists wrap around `ids`);
+    each account and its patients join `history` (see baseline_accounts)."""
     out = []
     for i in range(count):
         practitioner = make_practitioner(runtime, facility)
@@ -144,7 +195,9 @@ def make_clinicians(
             runtime, roles=[Role.PHYSICIAN], facility_id=facility, practitioner_id=practitioner
         )
         assert actor.account_id is not None
-        mine = ids[i * 30 : (i + 1) * 30]
+        start = i * per % len(ids)
+        mine = (ids[start:] + ids[:start])[:per]
+        history.append((actor.account_id, mine[:30]))
         with system_access(runtime, reason="benchmark care relationships", operator="bench") as door:
             for pid in mine:
                 door.session.add(
@@ -157,8 +210,45 @@ def make_clinicians(
                         end_at=None,
                     )
                 )
-        out.append(Clinician(open_session(runtime, actor.account_id), mine, []))
+        out.append(Clinician(open_session(runtime, actor.account_id), mine, [], actor))
     return out
+
+
+def baseline_accounts(runtime: Runtime, history: list[tuple[uuid.UUID, list[uuid.UUID]]]) -> int:
+    """Four weeks of ordinary work for each benchmark account, then the nightly baseline job.
+
+    Each account was shown its patients once a shift, on days 2 to 28 before today, alternating
+    day shifts (10:30 Paris time) and night shifts (23:30): a night-shift clinician's history, so
+    the off-hours rule knows the account works at night, and the volume rule knows its usual
+    level. The history ends two days ago: nothing of it falls in the live windows. Returns the
+    exposures written."""
+    config = get_detection_config()
+    paris = zoneinfo.ZoneInfo(config.timezone)
+    today = clock.now().astimezone(paris).date()
+    rows: list[dict[str, Any]] = []
+    for account_id, patients in history:
+        for days_ago in range(2, 29):
+            hour = 23 if days_ago % 2 else 10
+            day = today - dt.timedelta(days=days_ago)
+            shift = dt.datetime.combine(day, dt.time(hour, 30), tzinfo=paris).astimezone(dt.UTC)
+            for k, pid in enumerate(patients):
+                rows.append(
+                    {
+                        "id": uuid.uuid4(),
+                        "actor_ref": f"account:{account_id}",
+                        "patient_id": pid,
+                        "channel": "chart",
+                        "resource_type": "Patient",
+                        "at": shift + dt.timedelta(seconds=40 * k),
+                        "audit_seq": None,
+                        "outside_care": False,
+                        "fields": None,
+                    }
+                )
+    with runtime.session_factory.begin() as session:
+        session.execute(sa.insert(Exposure), rows)
+        refresh_baselines(session, config=config)
+    return len(rows)
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -218,34 +308,68 @@ async def load(
 
 
 Pair = tuple[dict[str, str], str]  # (headers, path) of one GET
+Post = tuple[dict[str, str], str, str]  # (headers, path, JSON body) of one POST
 
 
-def wrk_load(base: str, label: str, clients: int, seconds: float, pairs: list[Pair]) -> Result:
-    """GETs with wrk, round-robin over `pairs`; the same Result shape (latencies are wrk's own
-    percentiles, so pct() reads them back)."""
+def wrk_load(
+    base: str,
+    label: str,
+    clients: int,
+    seconds: float,
+    pairs: list[Pair] | list[Post],
+    error_marker: str | None = None,
+) -> Result:
+    """GETs (or POSTs, for entries with a body) with wrk, round-robin over `pairs`; the same
+    Result shape (latencies are wrk's own percentiles, so pct() reads them back). A 2xx answer
+    whose body contains `error_marker` counts as an error too (JSON-RPC answers errors in 200s)."""
+    entries = [(e[0], e[1], e[2] if len(e) == 3 else None) for e in pairs]
     if shutil.which("wrk") is None:
-        return asyncio.run(
-            load(base, label, clients, seconds, lambda c, n: ("GET", pairs[(c * 7919 + n) % len(pairs)][1],
-                                                              pairs[(c * 7919 + n) % len(pairs)][0], None))
-        )  # fmt: skip
 
-    def lua_entry(headers: dict[str, str], path: str) -> str:
-        table = ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
-        return f"{{{json.dumps(path)}, {{{table}}}}}"
+        def make(c: int, n: int) -> tuple[str, str, dict[str, str], Any]:
+            headers, path, body = entries[(c * 7919 + n) % len(entries)]
+            return (
+                ("GET" if body is None else "POST"),
+                path,
+                headers,
+                None if body is None else json.loads(body),
+            )
 
-    entries = ",\n".join(lua_entry(h, path) for h, path in pairs)
+        return asyncio.run(load(base, label, clients, seconds, make))
+
+    def lua_entry(headers: dict[str, str], path: str, body: str | None) -> str:
+        table = ", ".join(
+            f"[{json.dumps(k)}] = {json.dumps(v, ensure_ascii=False)}" for k, v in headers.items()
+        )
+        method = "GET" if body is None else "POST"
+        lua_body = json.dumps(body, ensure_ascii=False) if body else "nil"
+        return f"{{{json.dumps(path)}, {{{table}}}, {json.dumps(method)}, {lua_body}}}"
+
+    marker = (
+        "response = function(status, headers, body)\n"
+        f"  if string.find(body, {json.dumps(error_marker)}, 1, true) then bad = bad + 1 end\n"
+        "end\n"
+        if error_marker
+        else ""
+    )
+    lua_pairs = ",\n".join(lua_entry(*e) for e in entries)
     script = (
-        f"local pairs_ = {{\n{entries}\n}}\n"
+        "local threads = {}\n"
+        "setup = function(thread) table.insert(threads, thread) end\n"
+        "init = function(args) bad = 0 end\n"
+        f"local pairs_ = {{\n{lua_pairs}\n}}\n"
         "local counter = math.random(#pairs_)\n"
         "request = function()\n"
         "  counter = counter % #pairs_ + 1\n"
         "  local p = pairs_[counter]\n"
-        '  return wrk.format("GET", p[1], p[2])\n'
+        "  return wrk.format(p[3], p[1], p[2], p[4])\n"
         "end\n"
+        f"{marker}"
         "done = function(summary, latency, requests)\n"
         "  local e = summary.errors\n"
+        "  local b = 0\n"
+        "  for _, t in ipairs(threads) do b = b + (t:get('bad') or 0) end\n"
         '  io.write(string.format("RESULT %d %f %d %d %d %d %d\\n", summary.requests,\n'
-        "    summary.duration / 1e6, e.connect + e.read + e.write + e.timeout, e.status,\n"
+        "    summary.duration / 1e6, e.connect + e.read + e.write + e.timeout, e.status + b,\n"
         "    latency:percentile(50), latency:percentile(99), latency.max))\n"
         "end\n"
     )
@@ -373,7 +497,9 @@ def _row(r: Result, baseline: Result) -> str:
     )
 
 
-def run(patients: int, seconds: float, clients: int, workers: int, import_patients: int) -> str:
+def run(
+    patients: int, seconds: float, clients: int, workers: int, import_patients: int, rounds: int
+) -> tuple[str, int]:
     name = f"carnet_fhirload_{uuid.uuid4().hex[:8]}"
     admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -390,7 +516,9 @@ def run(patients: int, seconds: float, clients: int, workers: int, import_patien
                 Settings(env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN)
             )
             try:
-                return _measure(runtime, url, var, patients, seconds, clients, workers, import_patients)
+                return _measure(
+                    runtime, url, var, patients, seconds, clients, workers, import_patients, rounds
+                )
             finally:
                 runtime.close()
     finally:
@@ -408,13 +536,29 @@ def _measure(
     clients: int,
     workers: int,
     import_patients: int,
-) -> str:
+    rounds: int,
+) -> tuple[str, int]:
+    """The report, and how many measured requests answered an error."""
+    load_start = os.getloadavg()
     facility = make_facility(runtime)
     ids, _ = seed_patients(runtime, facility, 0, 1000)
-    clinicians = make_clinicians(runtime, facility, ids, min(clients, len(ids) // 30))
+    history: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
+    clinicians = make_clinicians(runtime, facility, ids, min(clients, len(ids) // 30), history=history)
     ins_of = {pid: _ins(n) for n, pid in enumerate(ids)}
+    index_of = {pid: n for n, pid in enumerate(ids)}
     for c in clinicians:
         c.identifiers = [ins_of[p] for p in c.patients[:5]]
+    # Ward physicians: a care list as long as a seeded hospital's, searched by family name alone.
+    wards = make_clinicians(runtime, facility, ids, 4, per=WARD_CARE_LIST, history=history)
+    for w in wards:
+        w.identifiers = searchable_families(w.patients, index_of)
+    desks: list[dict[str, str]] = []
+    for k in range(clients):
+        desk = make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+        assert desk.account_id is not None
+        history.append((desk.account_id, ids[k * 13 % 970 :][:30]))
+        desks.append(open_session(runtime, desk.account_id))
+    baseline_accounts(runtime, history)
     redis.Redis.from_url(REDIS_URL).flushdb()  # this run's detection counters start empty
     server, base = start_server(url, var, workers)
     lines: list[str] = []
@@ -424,27 +568,40 @@ def _measure(
             pairs = [(c.headers, f"/fhir/Patient?identifier={i}") for c in clinicians for i in c.identifiers]
             return wrk_load(base, label, concurrency, seconds, pairs)
 
+        def name_searches(label: str) -> Result:
+            pairs = [(w.headers, f"/fhir/Patient?family={quote(f)}") for w in wards for f in w.identifiers]
+            return wrk_load(base, label, 1, seconds, pairs)
+
         health_pairs: list[Pair] = [({}, "/healthz")]
-        health = wrk_load(base, "/healthz (baseline)", clients, seconds, health_pairs)
         read_pairs = [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
         random.Random(1).shuffle(read_pairs)
         # Warm up first (connection pools, prepared statements, caches), as a server in service is.
-        wrk_load(base, "warm-up", clients, min(seconds, 5), read_pairs)
-        cpu_before = cpu_seconds(server.pid, url)
-        reads = wrk_load(base, "Patient read", clients, seconds, read_pairs)
-        cpu_after = cpu_seconds(server.pid, url)
+        warm = wrk_load(base, "warm-up", clients, min(seconds, 5), read_pairs)
+        # /healthz and reads alternate, so both see the same neighbours; the median round counts.
+        health_rounds: list[Result] = []
+        read_rounds: list[Result] = []
+        cpu_rounds: list[tuple[float, float]] = []
+        for _ in range(rounds):
+            health_rounds.append(wrk_load(base, "/healthz (baseline)", clients, seconds, health_pairs))
+            cpu_before = cpu_seconds(server.pid, url)
+            reads_r = wrk_load(base, "Patient read", clients, seconds, read_pairs)
+            cpu_after = cpu_seconds(server.pid, url)
+            read_rounds.append(reads_r)
+            cpu_rounds.append(
+                (
+                    (cpu_after[0] - cpu_before[0]) / max(1, reads_r.requests) * 1000,
+                    (cpu_after[1] - cpu_before[1]) / max(1, reads_r.requests) * 1000,
+                )
+            )
+        ratios = [r.throughput / h.throughput for r, h in zip(read_rounds, health_rounds, strict=True)]
+        middle = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]
+        health, reads = health_rounds[middle], read_rounds[middle]
+        app_ms, db_ms = (statistics.median(x) for x in zip(*cpu_rounds, strict=True))
         reads_one = wrk_load(base, "Patient read, 1 client", 1, seconds, read_pairs)
         health_one = wrk_load(base, "/healthz, 1 client (baseline)", 1, seconds, health_pairs)
         search_small = searches("Patient search, 1,000 patients")
         search_small_one = searches("Patient search, 1,000 patients, 1 client", 1)
-
-        # Front desk registrations: 30 each, under the front desk's volume floor.
-        desks = [
-            open_session(
-                runtime, make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility).account_id
-            )  # type: ignore[arg-type]
-            for _ in range(clients)
-        ]
+        names_small = name_searches(f"Name-only search, 1,000 patients ({WARD_CARE_LIST} in care), 1 client")
 
         def create(c: int, n: int) -> tuple[str, str, dict[str, str], Any]:
             return "POST", "/fhir/Patient", desks[c], _patient_body(facility, c * 1000 + n)
@@ -454,23 +611,55 @@ def _measure(
         _more, seed_seconds = seed_patients(runtime, facility, 1000, patients - 1000)
         search_large = searches(f"Patient search, {patients:,} patients")
         search_large_one = searches(f"Patient search, {patients:,} patients, 1 client", 1)
+        names_large = name_searches(
+            f"Name-only search, {patients:,} patients ({WARD_CARE_LIST} in care), 1 client"
+        )
         health_after = wrk_load(base, "/healthz (baseline, after)", clients, seconds, health_pairs)
     finally:
         server.terminate()
         server.wait(timeout=30)
 
-    imported, import_seconds, loader_rate = _import(runtime, var, facility, import_patients)
+    imported, import_seconds, loader_rate = (
+        _import(runtime, var, facility, import_patients) if import_patients else (0, 0.0, 0.0)
+    )
+    load_end = os.getloadavg()
+    measured = [
+        *health_rounds, *read_rounds, reads_one, health_one, search_small, search_small_one,
+        names_small, creates, search_large, search_large_one, names_large, health_after,
+    ]  # fmt: skip
+    errors = sum(r.errors for r in measured)
+    cores = os.cpu_count() or 1
+    lines.append(
+        f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} at the start, "
+        f"{load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} at the end ({cores} cores)"
+    )
+    lines.append("")
+    lines.append("| headline | figure |")
+    lines.append("|---|---|")
+    lines.append(f"| /healthz throughput, {clients} clients | {health.throughput:,.0f}/s |")
+    lines.append(f"| guarded Patient read throughput, {clients} clients | {reads.throughput:,.0f}/s |")
+    lines.append(
+        f"| reads / /healthz (median of {rounds} interleaved rounds: "
+        f"{', '.join(f'{x:.3f}' for x in ratios)}) | **{ratios[middle]:.3f}x** |"
+    )
+    lines.append(
+        f"| CPU per read (median of {rounds}): app + PostgreSQL | "
+        f"{app_ms:.2f} + {db_ms:.2f} = **{app_ms + db_ms:.2f} ms** |"
+    )
+    lines.append(f"| read p50 / p99, {clients} clients | {reads.pct(50):.1f} / {reads.pct(99):.1f} ms |")
+    lines.append(f"| creates, {clients} clients | {creates.throughput:,.0f}/s |")
+    lines.append(f"| name-only search p50, 1,000 patients | {names_small.pct(50):.1f} ms |")
+    lines.append(f"| name-only search p50, {patients:,} patients | **{names_large.pct(50):.1f} ms** |")
+    lines.append(f"| errors in measured requests | {errors} (warm-up: {warm.errors}) |")
+    lines.append("")
     lines.append("| measure | throughput | p50 | p99 | errors | throughput vs /healthz | p50 vs /healthz |")
     lines.append("|---|---|---|---|---|---|---|")
     for r in (health, reads, search_small, creates, search_large, health_after):
         base_r = health_after if r is search_large else health
         lines.append(_row(r, base_r))
-    for r in (health_one, reads_one, search_small_one, search_large_one):
+    for r in (health_one, reads_one, search_small_one, search_large_one, names_small, names_large):
         lines.append(_row(r, health_one))
     growth = search_large.pct(50) / search_small.pct(50)
-    app_ms = (cpu_after[0] - cpu_before[0]) / reads.requests * 1000
-    db_ms = (cpu_after[1] - cpu_before[1]) / reads.requests * 1000
-    cores = os.cpu_count() or 1
     growth_one = search_large_one.pct(50) / search_small_one.pct(50)
     lines.append("")
     lines.append(
@@ -481,16 +670,19 @@ def _measure(
     )
     lines.append(
         f"- search p50 growth from 1,000 to {patients:,} patients: {growth:.2f}x at {clients} clients, "
-        f"{growth_one:.2f}x at 1 client "
+        f"{growth_one:.2f}x at 1 client; name-only search "
+        f"{names_large.pct(50) / names_small.pct(50):.2f}x "
         f"(seeding the extra {patients - 1000:,} through the encrypted loader took {seed_seconds:.0f} s)"
     )
-    lines.append(
-        f"- `carnet import` (NDJSON, {import_patients:,} Patient + {import_patients:,} Observation): "
-        f"{imported:,} resources in {import_seconds:.1f} s = {imported / import_seconds:,.0f} resources/s; "
-        f"the bare encrypted loader wrote patients at {loader_rate:,.0f}/s "
-        f"({imported / import_seconds / loader_rate:.2f}x)"
-    )
-    return "\n".join(lines)
+    if import_patients:
+        lines.append(
+            f"- `carnet import` (NDJSON, {import_patients:,} Patient + {import_patients:,} Observation): "
+            f"{imported:,} resources in {import_seconds:.1f} s = "
+            f"{imported / import_seconds:,.0f} resources/s; "
+            f"the bare encrypted loader wrote patients at {loader_rate:,.0f}/s "
+            f"({imported / import_seconds / loader_rate:.2f}x)"
+        )
+    return "\n".join(lines), errors
 
 
 def _import(runtime: Runtime, var: Path, facility: uuid.UUID, count: int) -> tuple[int, float, float]:
@@ -533,11 +725,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--import-patients", type=int, default=5000)
+    parser.add_argument("--import-patients", type=int, default=5000, help="0: skip the import")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved /healthz + read rounds")
     args = parser.parse_args()
-    if args.patients < 2000 or args.clients < 1:
-        parser.error("--patients at least 2000, --clients at least 1")
-    print(run(args.patients, args.seconds, args.clients, args.workers, args.import_patients))
+    if args.patients < 2000 or args.clients < 1 or args.rounds < 1:
+        parser.error("--patients at least 2000, --clients and --rounds at least 1")
+    report, errors = run(
+        args.patients, args.seconds, args.clients, args.workers, args.import_patients, args.rounds
+    )
+    print(report)
+    if errors:
+        print(f"FAILED: {errors} measured requests answered an error", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

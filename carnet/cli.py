@@ -173,6 +173,24 @@ def keys_rotate(
         raise typer.Exit(1)
 
 
+@keys_app.command("reindex-names")
+def keys_reindex_names(
+    batch_size: Annotated[int, typer.Option(min=1, max=5000, help="Patients per transaction.")] = 500,
+) -> None:
+    """Write the keyed name prefixes of patients registered before they existed (name search
+    finds a patient through them). Safe while carnet serves; audited through the system door."""
+    from carnet.phi.name_index import reindex_names
+    from carnet.runtime import build_runtime
+    from carnet.settings import get_settings
+
+    runtime = build_runtime(get_settings())
+    try:
+        done = reindex_names(runtime, batch_size=batch_size, operator="cli:keys-reindex-names")
+    finally:
+        runtime.close()
+    Console().print(f"{done} patients indexed by name")
+
+
 @keys_app.command("prune")
 def keys_prune(
     grace_minutes: Annotated[

@@ -61,6 +61,21 @@ class Patient(IdMixin, VersionedMixin, Base):
     )
 
 
+class PatientNameKey(Base):
+    """A keyed prefix blind index of one word of a patient's family or given name
+    (carnet.crypto.blind: BlindIndexer.name_prefix_keys): a name search finds its candidates
+    here and decrypts only them. Kept in step with the patient's names by every writer."""
+
+    __tablename__ = "patient_name_keys"
+
+    key: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    # Row-level security scopes it by facility, as the patient row it indexes.
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+
+    __table_args__ = (Index("ix_patient_name_keys_patient", "patient_id"),)
+
+
 class CareRelationship(IdMixin, Base):
     """Why a practitioner may see a patient: care team membership, referral, designated physician."""
 

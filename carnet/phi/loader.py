@@ -23,7 +23,8 @@ from carnet.crypto.keyring import Keyring
 from carnet.db.base import Base
 from carnet.detection.models import CanaryPatient
 from carnet.kernel.errors import InvalidInput
-from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
+from carnet.patients.models import CareRelationship, Consent, Patient, PatientNameKey, ResourceVersion
+from carnet.patients.names import name_key_rows
 from carnet.phi.system import SystemAccess
 from carnet.prescriptions.models import Prescription
 from carnet.records.models import (
@@ -68,6 +69,8 @@ TABLES: Mapping[str, _Table] = {
             _Field("email", IndexKind.EMAIL),
         ),
     ),
+    # Keyed prefixes of each patient's names, derived here from the plaintext (never passed in).
+    "patient_name_keys": _Table(PatientNameKey),
     # Version 1 of each seeded patient, as the gate snapshots a registration (history starts here).
     "resource_versions": _Table(ResourceVersion, (_Field("snapshot", as_json=True),)),
     "canary_patients": _Table(CanaryPatient),
@@ -143,9 +146,23 @@ def prepare_batch(keyring: Keyring, batch: SeedBatch) -> PreparedBatch:
     unknown = set(batch.rows) - set(TABLES)
     if unknown:
         raise InvalidInput(f"the loader does not write {', '.join(sorted(unknown))}")
+    if batch.rows.get("patient_name_keys"):
+        raise InvalidInput("the loader derives patient_name_keys from the patients it writes")
     prepared: dict[str, list[dict[str, Any]]] = {}
+    blind = keyring.blind
+    name_keys = [
+        key_row
+        for p in batch.rows.get("patients", ())
+        for key_row in name_key_rows(
+            blind,
+            patient_id=p["id"],
+            facility_id=p["facility_id"],
+            family=p.get("family"),
+            given=p.get("given"),
+        )
+    ]
     for table, spec in TABLES.items():
-        rows = batch.rows.get(table)
+        rows = name_keys if table == "patient_name_keys" else batch.rows.get(table)
         if rows:
             prepared[table] = (
                 _encrypt_rows(keyring, table, spec, rows) if spec.encrypted or spec.transient else rows

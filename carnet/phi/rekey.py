@@ -31,6 +31,7 @@ from carnet.kernel import clock
 from carnet.kernel.errors import ConfigurationError, InvalidInput
 from carnet.org.models import Facility
 from carnet.phi.encrypted_columns import ENCRYPTED_TABLES, EncryptedTable, aad_field
+from carnet.phi.name_index import reindex_names
 from carnet.phi.system import SystemAccess, system_access
 from carnet.runtime import Runtime
 
@@ -318,6 +319,7 @@ def reencrypt_all(
         total += changed
         if changed == 0:
             break
+    reindex_names(runtime, operator=operator)  # patients written before name prefixes existed
     counts = count_ciphertexts(runtime, operator=operator)
     with runtime.session_factory() as session:
         active = {uuid.UUID(bytes=k) for k in _active_key_ids(session)}

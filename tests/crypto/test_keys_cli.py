@@ -100,3 +100,22 @@ def test_a_damaged_key_file_is_a_clear_error(sqlite_runtime: Runtime) -> None:
     result = run_cli(["keys", "status"], cli_env(sqlite_runtime, CARNET_KEY_FILE=str(damaged)))
     assert result.returncode == 2 and "not a carnet key file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_reindex_names_from_the_command_line_is_audited_and_prints_no_patient_data(
+    sqlite_runtime: Runtime,
+) -> None:
+    secrets = _seeded(sqlite_runtime, 5)  # written without name keys, as before the migration
+    result = run_cli(["keys", "reindex-names", "--batch-size", "2"], cli_env(sqlite_runtime))
+    assert result.returncode == 0, result.stderr
+    assert "5 patients indexed by name" in result.stdout
+    _assert_no_patient_data(result.stdout + result.stderr, secrets)
+    again = run_cli(["keys", "reindex-names"], cli_env(sqlite_runtime))
+    assert "0 patients indexed by name" in again.stdout
+    with sqlite_runtime.session_factory() as session:
+        reasons = list(
+            session.scalars(
+                select(AuditEvent.detail).where(AuditEvent.username == "system:cli:keys-reindex-names")
+            )
+        )
+    assert any("index patient name prefixes" in r for r in reasons)
