@@ -42,6 +42,9 @@ class Server:
                 user_agent="fhirpy tests",
             )
         headers = {"Cookie": f"carnet_session={issued.token}", "X-CSRF-Token": issued.csrf_token}
+        # Each person at their own computer: many accounts from one machine in minutes is a
+        # campaign to detection (session timing, issue 15).
+        headers["User-Agent"] = f"fhirpy tests ({actor.username})"
         return SyncFHIRClient(f"{self.url}/fhir", extra_headers=headers)
 
     def bearer_client(self, token: str) -> SyncFHIRClient:
