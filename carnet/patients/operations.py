@@ -19,11 +19,12 @@ from carnet.access.policy import (
     granting_relationships,
 )
 from carnet.audit.interfaces import AuditKind
-from carnet.crypto.blind import IndexKind, normalize_name
+from carnet.crypto.blind import IndexKind, name_matches, normalize_name
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
+from carnet.patients.names import name_candidates, replace_name_keys
 from carnet.patients.rules import check_duplicate
 from carnet.patients.views import (
     PATIENT_ENCRYPTED,
@@ -156,18 +157,21 @@ def search(
 
 
 def _match_names(tx: GuardedTx, query: Any, family: str | None, given: str | None) -> list[Patient]:
-    wanted_family = normalize_name(family or "")
-    wanted_given = normalize_name(given or "")
+    """The actor's patients whose names match (carnet.crypto.blind.name_matches: each term
+    starts a word of the name). The keyed name prefixes narrow the care list to candidates in
+    SQL, so only those are decrypted; a single word shorter than the prefix (a partial search,
+    counted as one by detection) is matched over the care list, bounded by CARE_SET_LIMIT."""
+    narrowed = name_candidates(tx.keyring.blind, family=family, given=given)
+    if narrowed is not None:
+        query = query.where(*narrowed)
     matches = []
     for patient in tx.session.scalars(query.limit(CARE_SET_LIMIT)):
-        if wanted_family:
-            plain = tx.dec(patient.family_ct, "patients", "family", patient.id) or ""
-            if wanted_family not in normalize_name(plain):
-                continue
-        if wanted_given:
-            plain = tx.dec(patient.given_ct, "patients", "given", patient.id) or ""
-            if wanted_given not in normalize_name(plain):
-                continue
+        if family and not name_matches(
+            tx.dec(patient.family_ct, "patients", "family", patient.id) or "", family
+        ):
+            continue
+        if given and not name_matches(tx.dec(patient.given_ct, "patients", "given", patient.id) or "", given):
+            continue
         matches.append(patient)
     return matches
 
@@ -200,6 +204,10 @@ def register(tx: GuardedTx, /, *, data: PatientInput) -> PatientView:
     )
     tx.session.add(patient)
     tx.session.flush()
+    replace_name_keys(
+        tx.session, tx.keyring.blind, patient_id=patient.id, facility_id=facility_id,
+        family=values.get("family"), given=values.get("given"),
+    )  # fmt: skip
     tx.patient_ids.append(patient.id)
     full = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
     tx.snapshot(RT.PATIENT, patient.id, 1, patient, "create", full)
@@ -234,6 +242,11 @@ def update(
         if any(k in encrypted for k in ("ins", "family", "given", "birth_date")):
             check_duplicate(tx, patient.facility_id, merged, exclude=patient.id)
         values |= patient_columns(tx, patient.facility_id, patient.id, encrypted)
+        if "family" in encrypted or "given" in encrypted:
+            replace_name_keys(
+                tx.session, tx.keyring.blind, patient_id=patient.id, facility_id=patient.facility_id,
+                family=merged.get("family"), given=merged.get("given"),
+            )  # fmt: skip
     tx.bump(Patient, patient, expected_version, **values)
     full = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
     tx.snapshot(RT.PATIENT, patient.id, patient.version_id, patient, "update", full)
