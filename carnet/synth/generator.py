@@ -34,6 +34,7 @@ ROLE_SHARES: tuple[tuple[Role, float], ...] = (
     (Role.BILLING, 0.05),
     (Role.SYSTEM_ADMINISTRATOR, 0.025),
     (Role.SECURITY_OFFICER, 0.025),
+    (Role.INTEGRATION, 0.0),  # one per facility: who reads the HL7 interfaces' message log
 )
 PATIENTS_PER_STAFF = 100
 MIN_STAFF_AT_20K = 200
