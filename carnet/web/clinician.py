@@ -31,6 +31,7 @@ from carnet.phi.schemas import (
     PrescriptionInput,
 )
 from carnet.prescriptions import catalogue
+from carnet.records import results
 from carnet.web.rendering import language_of, render
 from carnet.web.routing import WebActor, WebRoute, error_page, redirect, refuse
 
@@ -43,13 +44,22 @@ SECTIONS: dict[Role, tuple[str, ...]] = {
     Role.PHYSICIAN: (
         "allergies",
         "conditions",
+        "results",
         "notes",
         "prescriptions",
         "coverage",
         "appointments",
         "care_team",
     ),
-    Role.NURSE: ("allergies", "conditions", "notes", "prescriptions", "appointments", "care_team"),
+    Role.NURSE: (
+        "allergies",
+        "conditions",
+        "results",
+        "notes",
+        "prescriptions",
+        "appointments",
+        "care_team",
+    ),
     Role.FRONT_DESK: ("appointments", "coverage"),
     Role.BILLING: ("coverage", "invoices"),
 }
@@ -171,6 +181,10 @@ def _search_response(
     return render(request, template, context, status_code=400 if problem else 200)
 
 
+# Sections asked of the gate whoever asks: a role that does not see them is refused by the
+# policy, and the refusal is audited (results are what a scrape of charts would be after).
+GATE_DECIDES = frozenset({"results"})
+
 # Rendered with the page: who the patient is and what they react to (safety first).
 EAGER_SECTIONS = frozenset({"allergies"})
 
@@ -180,6 +194,13 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     gate = gate_of(request, actor)
     context: dict[str, Any] = {}
     for name in names:
+        if name == "results":
+            # Two audited reads (observations, lab reports) read together as tables and trends.
+            context[name] = results.results(
+                gate.list_observations(patient_id=patient_id),
+                gate.list_diagnostic_reports(patient_id=patient_id),
+            )
+            continue
         context[name] = getattr(gate, f"list_{name}")(patient_id=patient_id)
     context["note_kinds"] = NOTE_KINDS
     context["may_write"] = bool(actor.roles & CLINICAL_ROLES)
@@ -231,7 +252,19 @@ def chart_context(
     context: dict[str, Any] = {"actor": actor, "patient": patient, "sections": sections, "loaded": loaded}
     context |= _section_context(request, actor, patient_id, loaded)
     context["break_glass_active"] = glass_until(request, patient_id)
+    context["age"] = age_of(patient.birth_date, clock.now().date())
     return context
+
+
+def age_of(birth_date: str | None, today: dt.date) -> int | None:
+    """Full years on `today` (the banner's age); None when the birth date is not shown."""
+    if not birth_date:
+        return None
+    try:
+        born = dt.date.fromisoformat(birth_date[:10])
+    except ValueError:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
 
 def chart_again(
@@ -270,7 +303,7 @@ def chart(request: Request, actor: WebActor, patient_id: str) -> Response:
 @router.get("/patients/{patient_id}/sections/{name}")
 def chart_section(request: Request, actor: WebActor, patient_id: str, name: str) -> Response:
     """One chart section: an htmx fragment, or a page of its own without scripts."""
-    if name not in sections_for(actor):
+    if name not in sections_for(actor) and name not in GATE_DECIDES:
         raise NotFound("no such section")
     context = {"actor": actor, "patient": {"id": patient_id}, "name": name}
     context |= _section_context(request, actor, patient_id, [name])
