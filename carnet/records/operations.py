@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.interfaces import Channel
-from carnet.kernel.errors import Conflict, InvalidInput
+from carnet.kernel.errors import Conflict, Forbidden, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
 from carnet.phi.kernel import RT, GuardedTx, guarded
@@ -36,6 +36,7 @@ from carnet.phi.steps import (
     writing_practitioner,
     written,
 )
+from carnet.records import rules
 from carnet.records.models import ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
 from carnet.records.views import condition_data, note_data, observation_data, report_views
 
@@ -127,12 +128,22 @@ def write_note(
     return _written_note(tx, patient, note, "create")
 
 
+AMEND_REFUSED = "only the note's author or a physician of the care team amends it: add an addendum"
+
+
 @guarded(AuditKind.PHI_UPDATE, RT.NOTE, targeted=True)
 def amend_note(tx: GuardedTx, /, *, note_id: str, expected_version: int, text: str, reason: str) -> NoteView:
     """Amend a note: a new version of its text; earlier versions stay readable."""
     author = writing_practitioner(tx)
     note, patient = tx.record_to_change(ClinicalNote, note_id)
     tx.authorize(patient, RT.NOTE, write=True)
+    if not rules.may_amend_note(
+        author_id=note.author_id,
+        practitioner_id=author,
+        roles=tx.ctx.roles,
+        relationships=tx.relationships_of([patient]).get(patient.id, frozenset()),
+    ):
+        raise Forbidden(AMEND_REFUSED)
     if not reason.strip() or len(reason) > 500:
         raise InvalidInput("an amendment needs a reason (at most 500 characters)")
     tx.bump(ClinicalNote, note, expected_version)
