@@ -21,6 +21,7 @@ from carnet.identity.authenticate import Authenticator
 from carnet.identity.dependencies import runtime_of
 from carnet.kernel import clock
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound, StepUpRequired
+from carnet.org import directory as org_directory
 from carnet.phi.gate import AllergyWarning, Gate
 from carnet.phi.schemas import (
     CONDITION_CLINICAL_STATUSES,
@@ -253,7 +254,27 @@ def chart_context(
     context |= _section_context(request, actor, patient_id, loaded)
     context["break_glass_active"] = glass_until(request, patient_id)
     context["age"] = age_of(patient.birth_date, clock.now().date())
+    context["stay"] = current_stay(request, actor, patient_id) if actor.roles & CLINICAL_ROLES else None
     return context
+
+
+def current_stay(request: Request, actor: Actor, patient_id: str) -> dict[str, Any] | None:
+    """The stay in progress and its ward or bed, for the banner (an audited gate read, then
+    the directory's audited read of the location)."""
+    stays = gate_of(request, actor).list_encounters(patient_id=patient_id)
+    stay = next((e for e in stays if e.status == "in-progress"), None)
+    if stay is None:
+        return None
+    where = ""
+    if stay.location_id:
+        try:
+            entry = org_directory.read_entry(
+                runtime_of(request), actor=actor, kind="Location", entry_id=stay.location_id
+            )
+            where = entry.name if isinstance(entry, org_directory.LocationEntry) else ""
+        except NotFound:
+            where = ""
+    return {"kind": stay.kind or "", "since": stay.start_at, "where": where}
 
 
 def age_of(birth_date: str | None, today: dt.date) -> int | None:

@@ -145,3 +145,28 @@ def test_physician_out_of_care_is_refused_and_audited(
     refused = client.get(f"/patients/{hospital.their_patient}/sections/results", headers=HX)
     assert refused.status_code == 404 and "Glucose" not in refused.text
     assert _audited(sqlite_runtime, hospital.physician.account_id, "Observation", "denied") == 1
+
+
+def test_banner_shows_the_ward_of_the_stay_in_progress(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    ward = factories.make_location(sqlite_runtime, hospital.facility_id)
+    factories.admit(
+        sqlite_runtime, patient_id=hospital.my_patient, facility_id=hospital.facility_id, location_id=ward
+    )
+    login(client, hospital.physician)
+    chart = client.get(f"/patients/{hospital.my_patient}").text
+    banner = chart.split('class="banner"')[1].split("</div>")[0]
+    assert "<dt>Stay</dt>" in banner and "Ward " in banner
+    # Read through the gate: the stays list is audited.
+    with sqlite_runtime.session_factory() as session:
+        audited = session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(
+                AuditEvent.account_id == hospital.physician.account_id,
+                AuditEvent.resource_type == "Encounter",
+                AuditEvent.outcome == "success",
+            )
+        )
+    assert audited == 1
