@@ -155,7 +155,9 @@ def test_clinician_day_chart_and_break_the_glass(
 
     # The chart: a note, its amendment and version history; a prescription stopped by an allergy.
     page.get_by_role("heading", name="Identity").wait_for()
-    page.get_by_text("Penicillin G").wait_for()
+    page.locator("section#allergies").get_by_text("Penicillin G").wait_for()
+    # The banner names the allergy too, whatever section is on screen.
+    page.get_by_role("region", name="Patient").get_by_text("Penicillin G").wait_for()
     page.get_by_text("Write a note").click()
     page.get_by_label("Title").fill("Admission")
     page.get_by_label("Text", exact=True).fill("Chest pain since this morning.")
