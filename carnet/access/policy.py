@@ -115,6 +115,7 @@ ALLERGY_ALL = frozenset(
         "clinical_status",
         "recorded_by",
         "version_id",
+        "received",
     }
 )
 NOTE_ALL = frozenset(
@@ -159,6 +160,9 @@ INVOICE_ALL = frozenset(
         "cancel_reason",
     }
 )
+# "received" is the FHIR resource as it was received, whole (every element of it): a field of its
+# own, granted only with every other field of its type (a grant that leaves any field out
+# leaves the whole resource out too, and the reader gets the columns' rendering, redacted).
 OBSERVATION_ALL = frozenset(
     {
         "id",
@@ -172,6 +176,7 @@ OBSERVATION_ALL = frozenset(
         "effective_at",
         "status",
         "version_id",
+        "received",
     }
 )
 CONDITION_ALL = frozenset(
@@ -185,6 +190,7 @@ CONDITION_ALL = frozenset(
         "onset_at",
         "recorded_by",
         "version_id",
+        "received",
     }
 )
 CARE_TEAM_ALL = frozenset(
@@ -204,6 +210,7 @@ DIAGNOSTIC_REPORT_ALL = frozenset(
         "performer_id",
         "result_ids",
         "version_id",
+        "received",
     }
 )
 CONSENT_ALL = frozenset(

@@ -17,7 +17,7 @@ from sqlalchemy import Column, ColumnElement, Select, Table, select
 from carnet.coverage.models import CardReading, Coverage
 from carnet.db.base import Base
 from carnet.patients.models import ExportFile, Patient, ResourceVersion
-from carnet.records.models import ClinicalNote, DiagnosticReport, NoteVersion
+from carnet.records.models import Allergy, ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
 from carnet.scheduling.models import Appointment
 
 CIPHERTEXT_SUFFIX = "_ct"
@@ -79,7 +79,10 @@ ENCRYPTED_TABLES: Sequence[EncryptedTable] = (
     EncryptedTable(ResourceVersion, ("snapshot_ct",)),
     EncryptedTable(Appointment, ("reason_ct",)),
     EncryptedTable(NoteVersion, ("text_ct",), facility_model=ClinicalNote, parent_key="note_id"),
-    EncryptedTable(DiagnosticReport, ("conclusion_ct",)),
+    EncryptedTable(DiagnosticReport, ("conclusion_ct", "received_ct")),
+    EncryptedTable(Observation, ("received_ct",)),
+    EncryptedTable(Condition, ("received_ct",)),
+    EncryptedTable(Allergy, ("received_ct",)),
     EncryptedTable(Coverage, ("member_id_ct",)),
     EncryptedTable(CardReading, ("card_serial_ct", "payload_ct")),
     EncryptedTable(ExportFile, ("ndjson_ct",)),

@@ -27,6 +27,8 @@ from carnet.crypto.blind import IndexKind
 from carnet.fhir.core.api import type_name
 from carnet.fhir.resources import billing
 from carnet.fhir.resources.allergy import allergy_input
+from carnet.fhir.resources.condition import condition_input
+from carnet.fhir.resources.observation import observation_input
 from carnet.fhir.resources.patient import INS_SYSTEM, patient_input
 from carnet.kernel import clock
 from carnet.kernel.errors import Conflict, InvalidInput
@@ -34,6 +36,7 @@ from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Facility
 from carnet.patients.models import Patient
 from carnet.phi.schemas import PaymentInput
+from carnet.phi.steps import references as _references
 from carnet.runtime import Runtime
 from carnet.scheduling.models import Encounter
 
@@ -374,44 +377,46 @@ class Run:
     def _condition(
         self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
     ) -> list[tuple[str, dict[str, Any]]]:
-        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
-        coding = ((data.get("code") or {}).get("coding") or [{}])[0]
-        if not coding.get("code"):
-            raise InvalidInput("a Condition needs code.coding")
+        """Any coding system (ICD-10's codes checked), kept whole like an Observation."""
+        subject = data.get("subject") or {}
+        patient = self.patient_ref(subject.get("reference"), pending)
+        data["subject"] = {**subject, "reference": f"Patient/{patient}"}
+        _refuse_unresolved(data, "Condition", ("subject",))
+        values = condition_input(data)
         row = self._base(patient) | {
-            "code": str(coding["code"])[:20],
-            "display": str(coding.get("display") or (data.get("code") or {}).get("text") or coding["code"])[
-                :200
-            ],
-            "clinical_status": code_of(data.get("clinicalStatus") or {}, "active")[:20],
-            "verification_status": code_of(data.get("verificationStatus") or {}, "confirmed")[:20],
-            "onset_at": instant(data.get("onsetDateTime")),
+            "code": values.code,
+            "display": values.display,
+            "clinical_status": values.clinical_status,
+            "verification_status": values.verification_status,
+            "onset_at": values.onset_at,
             "recorded_by": None,
+            "received": received_body(data),
         }
         return [("conditions", row)]
 
     def _observation(
         self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
     ) -> list[tuple[str, dict[str, Any]]]:
-        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
-        coding = ((data.get("code") or {}).get("coding") or [{}])[0]
-        effective = instant(data.get("effectiveDateTime") or data.get("issued"))
-        if not coding.get("code") or effective is None:
-            raise InvalidInput("an Observation needs code.coding and effectiveDateTime")
-        quantity = data.get("valueQuantity") or {}
-        category = code_of(((data.get("category") or [{}])[0]), "laboratory")
+        """The columns by the Observation module's own rules, and the resource kept whole
+        (subject rewritten to carnet's patient); a reference carnet cannot resolve is refused."""
+        subject = data.get("subject") or {}
+        patient = self.patient_ref(subject.get("reference"), pending)
+        data["subject"] = {**subject, "reference": f"Patient/{patient}"}
+        _refuse_unresolved(data, "Observation", ("subject",))
+        values = observation_input(data)
         row = self._base(patient) | {
             "encounter_id": None,
             "report_id": None,
-            "category": category[:20],
-            "code": str(coding["code"])[:20],
-            "display": str(coding.get("display") or coding["code"])[:200],
-            "value_number": quantity.get("value"),
-            "unit": (quantity.get("unit") or quantity.get("code") or None),
-            "value_text": (data.get("valueString") or None),
-            "effective_at": effective,
-            "status": data.get("status") or "final",
+            "category": values.category,
+            "code": values.code,
+            "display": values.display,
+            "value_number": values.value_number,
+            "unit": values.unit,
+            "value_text": values.value_text,
+            "effective_at": values.effective_at,
+            "status": values.status,
             "performer_id": None,
+            "received": received_body(data),
         }
         for key in (item.full_url, f"Observation/{data['id']}" if data.get("id") else None):
             if key:
@@ -589,6 +594,25 @@ def invoice_number(resource: dict[str, Any]) -> str | None:
         if isinstance(identifier, dict) and identifier.get("value"):
             return str(identifier["value"])
     return None
+
+
+def received_body(data: dict[str, Any]) -> dict[str, Any]:
+    """The resource as carnet keeps it: without the sender's id and version (carnet's own are
+    given on read), everything else as sent."""
+    body = {k: v for k, v in data.items() if k != "id"}
+    kept_meta = {k: v for k, v in (body.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    body.pop("meta", None)
+    if kept_meta:
+        body["meta"] = kept_meta
+    return body
+
+
+def _refuse_unresolved(data: dict[str, Any], rtype: str, resolved: tuple[str, ...]) -> None:
+    """Every reference but those of `resolved` (rewritten by the mapper) and contained ones
+    (`#id`) names something this import does not hold: refused, naming the element."""
+    for path, reference in _references({k: v for k, v in data.items() if k not in resolved}, rtype):
+        if not reference.startswith("#"):
+            raise InvalidInput(f"{path}: carnet cannot resolve this reference (refused, not dropped)")
 
 
 def code_of(concept: dict[str, Any], default: str) -> str:

@@ -7,9 +7,10 @@ Every field a role may be refused is optional: the gate leaves it None when the 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from carnet.crypto.blind import normalize_identifier
 
@@ -88,6 +89,8 @@ class AllergyView(Redactable):
     clinical_status: str | None = None
     recorded_by: str | None = None
     version_id: int | None = None
+    # The FHIR resource as received (None: not received, or not every field is visible).
+    received: dict[str, Any] | None = None
 
 
 class NoteVersionView(BaseModel):
@@ -187,6 +190,8 @@ class ObservationView(Redactable):
     effective_at: dt.datetime | None = None
     status: str | None = None
     version_id: int | None = None
+    # The FHIR resource as received (None: not received, or not every field is visible).
+    received: dict[str, Any] | None = None
 
 
 class ConditionView(Redactable):
@@ -198,6 +203,8 @@ class ConditionView(Redactable):
     onset_at: dt.datetime | None = None
     recorded_by: str | None = None
     version_id: int | None = None
+    # The FHIR resource as received (None: not received, or not every field is visible).
+    received: dict[str, Any] | None = None
 
 
 class DayAppointment(BaseModel):
@@ -262,6 +269,8 @@ class DiagnosticReportView(Redactable):
     performer_id: str | None = None
     result_ids: list[str] | None = None
     version_id: int | None = None
+    # The FHIR resource as received (None: not received, or not every field is visible).
+    received: dict[str, Any] | None = None
 
 
 class ConsentView(Redactable):
@@ -478,7 +487,10 @@ class ObservationInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     patient_id: str
-    category: str = Field(pattern="^(vital-signs|laboratory)$")
+    # The FHIR observation-category codes (R4).
+    category: str = Field(
+        pattern="^(vital-signs|laboratory|social-history|imaging|procedure|survey|exam|therapy|activity)$"
+    )
     code: str = Field(min_length=1, max_length=20)
     display: str = Field(min_length=1, max_length=200)
     value_number: float | None = None
@@ -487,6 +499,9 @@ class ObservationInput(BaseModel):
     effective_at: dt.datetime
     status: str = Field(default="final", pattern="^(preliminary|final|amended|corrected)$")
     encounter_id: str | None = None
+    # The FHIR resource as received, kept whole; its value may be of a type the columns do not
+    # hold (valueCodeableConcept, components...).
+    received: dict[str, Any] | None = None
 
 
 # FHIR Condition clinicalStatus and verificationStatus codes (R4).
@@ -510,7 +525,9 @@ class ConditionInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     patient_id: str
-    code: str = Field(pattern=ICD10_CODE, max_length=20)
+    # ICD-10 when received in no system carnet knows better; any system's code when the
+    # resource is kept whole (`received`, its system with it).
+    code: str = Field(pattern=r"^\S{1,20}$")
     display: str = Field(min_length=1, max_length=200)
     clinical_status: str = Field(
         default="active", pattern="^(" + "|".join(CONDITION_CLINICAL_STATUSES) + ")$"
@@ -520,6 +537,13 @@ class ConditionInput(BaseModel):
         default="confirmed", pattern="^(confirmed|provisional|differential|unconfirmed)$"
     )
     onset_at: dt.datetime | None = None
+    received: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _icd10_unless_received(self) -> ConditionInput:
+        if self.received is None and re.fullmatch(ICD10_CODE, self.code) is None:
+            raise ValueError("code: an ICD-10 code")
+        return self
 
 
 class DiagnosticReportInput(BaseModel):

@@ -101,6 +101,76 @@ def written(
     return redact(schema, data, fields)
 
 
+# -- the resource as received ----------------------------------------------------------------
+# FHIR types a received resource may reference, with the model that holds them: a clinical
+# record must be of the same patient; a directory entry (practitioner, location) of one of the
+# actor's facilities. Anything else is refused, naming the element (nothing silently dropped).
+_RECORD_TYPES: dict[str, Any] = {
+    "Observation": Observation,
+    "Condition": Condition,
+    "AllergyIntolerance": Allergy,
+    "DiagnosticReport": DiagnosticReport,
+    "Encounter": Encounter,
+    "MedicationRequest": Prescription,
+}
+_DIRECTORY_TYPES: dict[str, Any] = {"Practitioner": Practitioner, "Location": Location}
+
+
+def references(value: Any, path: str) -> list[tuple[str, str]]:
+    """(element path, reference) for every `reference` inside a resource."""
+    found: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str):
+            found.append((path, ref))
+        for key, item in value.items():
+            if key != "reference":
+                found.extend(references(item, f"{path}.{key}"))
+    elif isinstance(value, list):
+        for item in value:
+            found.extend(references(item, path))
+    return found
+
+
+def received_json(
+    tx: GuardedTx, received: dict[str, Any], patient: Patient, rewritten: dict[str, str]
+) -> str:
+    """The resource as it will be kept: `rewritten` element -> carnet reference (subject,
+    encounter: resolved by the operation), every other reference checked to resolve in carnet
+    as written, contained ones (`#id`) kept. Refused with the element named otherwise."""
+    kind = str(received.get("resourceType") or "resource")
+    body = {k: v for k, v in received.items() if k != "id"}
+    body["meta"] = {
+        k: v for k, v in (body.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
+    if not body["meta"]:
+        del body["meta"]
+    for element, reference in rewritten.items():
+        if isinstance(body.get(element), dict):
+            body[element] = {**body[element], "reference": reference}
+    for path, reference in references({k: v for k, v in body.items() if k not in rewritten}, kind):
+        if reference.startswith("#"):
+            continue
+        rtype, _, rid = reference.rstrip("/").rpartition("/")
+        rtype = rtype.rpartition("/")[2]
+        key = parse_id(rid)
+        model = _RECORD_TYPES.get(rtype) or _DIRECTORY_TYPES.get(rtype)
+        row = tx.session.get(model, key) if model is not None and key is not None else None
+        if rtype in _RECORD_TYPES:
+            ok = row is not None and row.patient_id == patient.id
+        else:
+            ok = row is not None and row.facility_id in tx.ctx.facility_ids
+        if not ok:
+            raise InvalidInput(f"{path}: carnet cannot resolve this reference (refused, not dropped)")
+    return json.dumps(body, ensure_ascii=False, sort_keys=True)
+
+
+def received_of(tx: GuardedTx, row: Any) -> dict[str, Any] | None:
+    """The stored resource as received, decrypted (None when the record was not received)."""
+    text = tx.dec(row.received_ct, row.__tablename__, "received", row.id) if row.received_ct else None
+    return None if text is None else dict(json.loads(text))
+
+
 def first_version(
     tx: GuardedTx, resource: ResourceType, row: Any, patient: Patient, data: dict[str, Any]
 ) -> None:

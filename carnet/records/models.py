@@ -45,6 +45,9 @@ class Allergy(IdMixin, VersionedMixin, Base):
     criticality: Mapped[str] = mapped_column(String(20))  # low, high, unable-to-assess
     clinical_status: Mapped[str] = mapped_column(String(20), default="active")
     recorded_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
+    # The FHIR resource as received (JSON, encrypted): what a read returns; None when written
+    # through the web UI or seeded, then rendered from the columns.
+    received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Condition(IdMixin, VersionedMixin, Base):
@@ -60,6 +63,9 @@ class Condition(IdMixin, VersionedMixin, Base):
     verification_status: Mapped[str] = mapped_column(String(20), default="confirmed")
     onset_at: Mapped[dt.datetime | None]
     recorded_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
+    # The FHIR resource as received (JSON, encrypted): what a read returns; None when written
+    # through the web UI or seeded, then rendered from the columns.
+    received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class DiagnosticReport(IdMixin, VersionedMixin, Base):
@@ -73,6 +79,9 @@ class DiagnosticReport(IdMixin, VersionedMixin, Base):
     issued_at: Mapped[dt.datetime]
     conclusion_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
     performer_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
+    # The FHIR resource as received (JSON, encrypted): what a read returns; None when written
+    # through the web UI or seeded, then rendered from the columns.
+    received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Observation(IdMixin, VersionedMixin, Base):
@@ -91,5 +100,8 @@ class Observation(IdMixin, VersionedMixin, Base):
     effective_at: Mapped[dt.datetime]
     status: Mapped[str] = mapped_column(String(20), default="final")
     performer_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
+    # The FHIR resource as received (JSON, encrypted): what a read returns; None when written
+    # through the web UI or seeded, then rendered from the columns.
+    received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (Index("ix_observations_patient_effective", "patient_id", "effective_at"),)

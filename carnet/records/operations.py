@@ -4,6 +4,7 @@ observations, lab reports, conditions. Every write is versioned; nothing is over
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -30,6 +31,8 @@ from carnet.phi.steps import (
     first_version,
     patient_stay,
     read_one,
+    received_json,
+    received_of,
     redact,
     section,
     sid,
@@ -176,6 +179,7 @@ def list_observations(tx: GuardedTx, /, *, patient_id: str) -> list[ObservationV
                 "value_text": r.value_text,
                 "effective_at": r.effective_at,
                 "status": r.status,
+                "received": received_of(tx, r) if "received" in fields else None,
             },
             fields,
         )
@@ -186,7 +190,8 @@ def list_observations(tx: GuardedTx, /, *, patient_id: str) -> list[ObservationV
 @guarded(AuditKind.PHI_READ, RT.OBSERVATION, targeted=True)
 def read_observation(tx: GuardedTx, /, *, observation_id: str) -> ObservationView:
     row, fields = read_one(tx, RT.OBSERVATION, observation_id)
-    return redact(ObservationView, observation_data(row), fields)
+    received = received_of(tx, row) if "received" in fields else None
+    return redact(ObservationView, observation_data(row, received), fields)
 
 
 # -- observations and lab reports -----------------------------------------------------------
@@ -196,15 +201,26 @@ def record_observation(tx: GuardedTx, /, *, data: ObservationInput) -> Observati
     author = writing_practitioner(tx)
     patient = tx.patient_for_write(data.patient_id)
     tx.authorize(patient, RT.OBSERVATION, write=True)
-    if (data.value_number is None) == (data.value_text is None):
+    # A received resource may carry its value in a form the columns do not hold (kept whole).
+    if (data.value_number is not None and data.value_text is not None) or (
+        data.received is None and data.value_number is None and data.value_text is None
+    ):
         raise InvalidInput("an Observation has one value: a number (with its unit) or a text")
     if data.effective_at.tzinfo is None or data.effective_at > tx.now + dt.timedelta(minutes=5):
         raise InvalidInput("an Observation's time has a time zone and is not in the future")
+    observation_id = new_id()
+    encounter_id = patient_stay(tx, data.encounter_id, patient)
+    received = None
+    if data.received is not None:
+        rewritten = {"subject": f"Patient/{patient.id}"}
+        if encounter_id is not None:
+            rewritten["encounter"] = f"Encounter/{encounter_id}"
+        received = received_json(tx, data.received, patient, rewritten)
     observation = Observation(
-        id=new_id(),
+        id=observation_id,
         facility_id=patient.facility_id,
         patient_id=patient.id,
-        encounter_id=patient_stay(tx, data.encounter_id, patient),
+        encounter_id=encounter_id,
         report_id=None,
         category=data.category,
         code=data.code,
@@ -215,13 +231,16 @@ def record_observation(tx: GuardedTx, /, *, data: ObservationInput) -> Observati
         effective_at=data.effective_at,
         status=data.status,
         performer_id=author,
+        received_ct=tx.enc(received, patient.facility_id, "observations", "received", observation_id),
         version_id=1,
         created_at=tx.now,
         updated_at=tx.now,
     )
     tx.session.add(observation)
     tx.session.flush()
-    return written(tx, patient, RT.OBSERVATION, ObservationView, observation_data(observation), 1, "create")
+    kept = None if received is None else dict(json.loads(received))
+    data_out = observation_data(observation, kept)
+    return written(tx, patient, RT.OBSERVATION, ObservationView, data_out, 1, "create")
 
 
 @guarded(AuditKind.PHI_UPDATE, RT.OBSERVATION, targeted=True)
@@ -265,9 +284,24 @@ def amend_observation(
         raise InvalidInput(
             "an Observation is corrected (status amended or corrected) or marked entered-in-error"
         )
-    first_version(tx, RT.OBSERVATION, row, patient, observation_data(row))
+    stored = received_of(tx, row)
+    first_version(tx, RT.OBSERVATION, row, patient, observation_data(row, stored))
+    if stored is not None:
+        # The resource as received follows the correction: its status, and its value replaced.
+        stored["status"] = status
+        if status != "entered-in-error":
+            for key in [k for k in stored if k.startswith("value")]:
+                del stored[key]
+            if value_number is not None:
+                stored["valueQuantity"] = {
+                    k: v for k, v in {"value": value_number, "unit": values["unit"]}.items() if v is not None
+                }
+            else:
+                stored["valueString"] = value_text
+        text = json.dumps(stored, ensure_ascii=False, sort_keys=True)
+        values["received_ct"] = tx.enc(text, patient.facility_id, "observations", "received", row.id)
     tx.bump(Observation, row, expected_version, **values)
-    data = observation_data(row)
+    data = observation_data(row, stored)
     return written(tx, patient, RT.OBSERVATION, ObservationView, data, row.version_id, "update")
 
 
@@ -280,13 +314,17 @@ def list_conditions(tx: GuardedTx, /, *, patient_id: str) -> list[ConditionView]
         RT.CONDITION,
         select(Condition).where(Condition.patient_id == pid).order_by(Condition.created_at),
     )
-    return [redact(ConditionView, condition_data(r), fields) for r in rows]
+    return [
+        redact(ConditionView, condition_data(r, received_of(tx, r) if "received" in fields else None), fields)
+        for r in rows
+    ]
 
 
 @guarded(AuditKind.PHI_READ, RT.CONDITION, targeted=True)
 def read_condition(tx: GuardedTx, /, *, condition_id: str) -> ConditionView:
     row, fields = read_one(tx, RT.CONDITION, condition_id)
-    return redact(ConditionView, condition_data(row), fields)
+    received = received_of(tx, row) if "received" in fields else None
+    return redact(ConditionView, condition_data(row, received), fields)
 
 
 # -- problems and diagnoses (ICD-10), every version kept ------------------------------------
@@ -300,8 +338,14 @@ def record_condition(tx: GuardedTx, /, *, data: ConditionInput) -> ConditionView
     if not patient.active or patient.merged_into_id is not None:
         raise Conflict("this patient record is inactive: record the problem on the active record")
     _check_onset(tx, data.onset_at)
+    condition_id = new_id()
+    received = None
+    if data.received is not None:
+        # Who recorded it in carnet, unless the sender named its own recorder.
+        sent = {"recorder": {"reference": f"Practitioner/{author}"}, **data.received}
+        received = received_json(tx, sent, patient, {"subject": f"Patient/{patient.id}"})
     condition = Condition(
-        id=new_id(),
+        id=condition_id,
         facility_id=patient.facility_id,
         patient_id=patient.id,
         code=data.code,
@@ -310,13 +354,23 @@ def record_condition(tx: GuardedTx, /, *, data: ConditionInput) -> ConditionView
         verification_status=data.verification_status,
         onset_at=data.onset_at,
         recorded_by=author,
+        received_ct=tx.enc(received, patient.facility_id, "conditions", "received", condition_id),
         version_id=1,
         created_at=tx.now,
         updated_at=tx.now,
     )
     tx.session.add(condition)
     tx.session.flush()
-    return written(tx, patient, RT.CONDITION, ConditionView, condition_data(condition), 1, "create")
+    data_out = condition_data(condition, None if received is None else dict(json.loads(received)))
+    return written(tx, patient, RT.CONDITION, ConditionView, data_out, 1, "create")
+
+
+CLINICAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+VERIFICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+
+
+def _status_concept(system: str, code: str) -> dict[str, Any]:
+    return {"coding": [{"system": system, "code": code}]}
 
 
 def _check_onset(tx: GuardedTx, onset: dt.datetime | None) -> None:
@@ -372,9 +426,24 @@ def amend_condition(
             raise InvalidInput(
                 "an amendment changes the clinical status, the verification status or the onset"
             )
-    first_version(tx, RT.CONDITION, row, patient, condition_data(row))
+    stored = received_of(tx, row)
+    first_version(tx, RT.CONDITION, row, patient, condition_data(row, stored))
+    if stored is not None:
+        # The resource as received follows the amendment (statuses, onset); R4 con-5: no
+        # clinicalStatus once entered in error.
+        stored["verificationStatus"] = _status_concept(VERIFICATION_SYSTEM, values["verification_status"])
+        if values["verification_status"] == "entered-in-error":
+            stored.pop("clinicalStatus", None)
+        else:
+            stored["clinicalStatus"] = _status_concept(CLINICAL_SYSTEM, values["clinical_status"])
+            if onset_at is not None:
+                for key in [k for k in stored if k.startswith("onset")]:
+                    del stored[key]
+                stored["onsetDateTime"] = onset_at.isoformat()
+        text = json.dumps(stored, ensure_ascii=False, sort_keys=True)
+        values["received_ct"] = tx.enc(text, patient.facility_id, "conditions", "received", row.id)
     tx.bump(Condition, row, expected_version, **values)
-    data = condition_data(row)
+    data = condition_data(row, stored)
     return written(tx, patient, RT.CONDITION, ConditionView, data, row.version_id, "update")
 
 

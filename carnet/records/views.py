@@ -33,7 +33,7 @@ def encounter_data(e: Encounter) -> dict[str, Any]:
     }
 
 
-def observation_data(o: Observation) -> dict[str, Any]:
+def observation_data(o: Observation, received: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": str(o.id),
         "updated_at": o.updated_at,
@@ -47,10 +47,11 @@ def observation_data(o: Observation) -> dict[str, Any]:
         "effective_at": o.effective_at,
         "status": o.status,
         "version_id": o.version_id,
+        "received": received,
     }
 
 
-def condition_data(c: Condition) -> dict[str, Any]:
+def condition_data(c: Condition, received: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": str(c.id),
         "updated_at": c.updated_at,
@@ -62,6 +63,7 @@ def condition_data(c: Condition) -> dict[str, Any]:
         "onset_at": c.onset_at,
         "recorded_by": sid(c.recorded_by),
         "version_id": c.version_id,
+        "received": received,
     }
 
 

@@ -30,6 +30,36 @@ def meta(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def as_received(d: dict[str, Any]) -> dict[str, Any] | None:
+    """The resource as it was received (kept whole by the gate, references already carnet's),
+    with the server's id and meta; None when there is none or the reader may not see it all."""
+    received = d.get("received")
+    if not received:
+        return None
+    resource = {"resourceType": received.get("resourceType"), "id": d["id"]}
+    resource.update({k: v for k, v in received.items() if k not in ("resourceType", "id")})
+    resource["meta"] = {**(received.get("meta") or {}), **meta(d)}
+    return resource
+
+
+def received_instant(value: Any, element: str) -> dt.datetime:
+    """A FHIR date or dateTime as the instant a column sorts by: a date (or a year, a month) is
+    its first moment in UTC; the resource keeps the value as sent. Naming the element if not."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{element} is required")
+    text = value.replace("Z", "+00:00")
+    try:
+        if "T" not in text:
+            year, month, day = [*(int(p) for p in text.split("-")), 1, 1][:3]
+            return dt.datetime(year, month, day, tzinfo=dt.UTC)
+        parsed = dt.datetime.fromisoformat(text)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{element} must be a FHIR date or dateTime") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"{element} must carry a time zone")
+    return parsed.astimezone(dt.UTC)
+
+
 def ref(resource_type: str, value: Any) -> dict[str, str] | None:
     return {"reference": f"{resource_type}/{value}"} if value else None
 

@@ -5,6 +5,7 @@ If-Match; the code stays) or entered in error (delete: kept); every version by v
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,8 +25,10 @@ from carnet.fhir.core.api import (
 )
 from carnet.fhir.core.bundles import history_response, paged, vread_response
 from carnet.fhir.core.mapping import (
+    as_received,
     clean,
     meta,
+    received_instant,
     ref,
     schema_input,
     when,
@@ -33,7 +36,7 @@ from carnet.fhir.core.mapping import (
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
 from carnet.fhir.core.search import patient_of, tokens
 from carnet.kernel.errors import InvalidInput
-from carnet.phi.schemas import ConditionInput
+from carnet.phi.schemas import ICD10_CODE, ConditionInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 CONDITION = "Condition"
@@ -47,6 +50,9 @@ CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 
 # == mapping ===================================================================================
 def condition_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        return checked(Condition, received)
     verification = d.get("verification_status")
     # R4 con-5: no clinicalStatus on a Condition entered in error (its last one stays in _history).
     clinical = d.get("clinical_status") if verification != "entered-in-error" else None
@@ -85,25 +91,56 @@ def _coded(body: dict[str, Any], element: str, system: str) -> str | None:
     return str(codes[0])
 
 
+# ICD-10 and its national editions: their codes are checked as ICD-10 codes.
+ICD10_SYSTEMS = frozenset(
+    {
+        ICD10,
+        "http://hl7.org/fhir/sid/icd-10-cm",
+        "http://hl7.org/fhir/sid/icd-10-fr",  # CIM-10
+        "urn:oid:2.16.840.1.113883.6.3",
+        "urn:oid:1.2.250.1.213.2.12",  # CIM-10 (ANS)
+    }
+)
+
+
 def condition_input(body: dict[str, Any]) -> ConditionInput:
-    """A problem or diagnosis: subject, a code.coding in ICD-10, clinicalStatus (default
-    active), verificationStatus (default confirmed), optionally onsetDateTime."""
+    """A problem or diagnosis in any coding system (ICD-10 and its editions, SNOMED CT...):
+    subject, a code.coding, clinicalStatus (default active), verificationStatus (default
+    confirmed), an onset of any form. The resource is kept whole, every coding its system."""
     patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
-    codings = (body.get("code") or {}).get("coding") or []
-    code = next((c for c in codings if c.get("system") == ICD10), None)
-    if patient is None or code is None:
-        raise InvalidInput(f"a Condition needs subject (Patient/<id>) and a code.coding in {ICD10}")
-    onset = body.get("onsetDateTime")
-    if onset is None and any(k.startswith("onset") for k in body):
-        raise InvalidInput("a Condition's onset is given as onsetDateTime")
-    values = {
+    if patient is None:
+        raise InvalidInput("Condition.subject: a reference to a Patient is required")
+    codings = [c for c in (body.get("code") or {}).get("coding") or [] if c.get("code")]
+    code = next((c for c in codings if c.get("system") in ICD10_SYSTEMS), codings[0] if codings else None)
+    if code is None:
+        raise InvalidInput("Condition.code.coding: a code is required")
+    if code.get("system") in ICD10_SYSTEMS and re.fullmatch(ICD10_CODE, str(code["code"])) is None:
+        raise InvalidInput("Condition.code.coding.code: not an ICD-10 code")
+    if len(str(code["code"])) > 20:
+        raise InvalidInput("Condition.code.coding.code: longer than carnet keeps (20)")
+    onset = body.get("onsetDateTime") or (body.get("onsetPeriod") or {}).get("start")
+    element = "Condition.onsetDateTime" if body.get("onsetDateTime") else "Condition.onsetPeriod.start"
+    display = str(code.get("display") or (body.get("code") or {}).get("text") or code["code"])
+    values: dict[str, Any] = {
         "patient_id": patient,
-        "code": code.get("code"),
-        "display": code.get("display") or (body.get("code") or {}).get("text") or code.get("code"),
+        "code": str(code["code"]),
+        "display": display[:200],
         "clinical_status": _coded(body, "clinicalStatus", CONDITION_CLINICAL) or "active",
         "verification_status": _coded(body, "verificationStatus", CONDITION_VERIFICATION) or "confirmed",
-        "onset_at": parse_instant(onset, "onsetDateTime") if onset else None,
+        "onset_at": received_instant(onset, element) if onset else None,
     }
+    # The statuses carnet assumes when none is sent are written into the resource kept, so a
+    # read says what carnet holds (the rest is kept as sent).
+    received = dict(body)
+    if values["verification_status"] != "entered-in-error":
+        received.setdefault(
+            "clinicalStatus", {"coding": [{"system": CONDITION_CLINICAL, "code": values["clinical_status"]}]}
+        )
+    received.setdefault(
+        "verificationStatus",
+        {"coding": [{"system": CONDITION_VERIFICATION, "code": values["verification_status"]}]},
+    )
+    values["received"] = received
     return schema_input(ConditionInput, values, "Condition")  # type: ignore[no-any-return]
 
 

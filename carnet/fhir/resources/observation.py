@@ -15,7 +15,6 @@ from carnet.fhir.core.api import (
     checked,
     expected_version,
     gate_for,
-    parse_instant,
     parse_version,
     reference_id,
     resource_response,
@@ -24,8 +23,10 @@ from carnet.fhir.core.api import (
 from carnet.fhir.core.bundles import history_response, paged, vread_response
 from carnet.fhir.core.mapping import (
     LOINC,
+    as_received,
     clean,
     meta,
+    received_instant,
     ref,
     schema_input,
     when,
@@ -44,6 +45,9 @@ OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-catego
 
 # == mapping ===================================================================================
 def observation_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        return checked(Observation, received)
     value: dict[str, Any] = {}
     if d.get("value_number") is not None:
         value["valueQuantity"] = clean({"value": d["value_number"], "unit": d.get("unit")})
@@ -83,39 +87,79 @@ def observation_change(body: dict[str, Any], observation_id: str, version: int) 
     }
 
 
+# The FHIR observation-category codes the column takes (R4).
+CATEGORIES = frozenset(
+    {
+        "vital-signs",
+        "laboratory",
+        "social-history",
+        "imaging",
+        "procedure",
+        "survey",
+        "exam",
+        "therapy",
+        "activity",
+    }
+)
+
+
 def observation_input(body: dict[str, Any]) -> ObservationInput:
+    """The gate's input: the columns policy and search need, and the resource itself, kept
+    whole (any code system, any value type, components, performer, referenceRange...)."""
     patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
-    codings = (body.get("code") or {}).get("coding") or []
-    code = next((c for c in codings if c.get("system") == LOINC), None)
+    codings = [c for c in (body.get("code") or {}).get("coding") or [] if c.get("code")]
+    # The LOINC coding when there is one (search by code); the resource keeps every coding.
+    code = next((c for c in codings if c.get("system") == LOINC), codings[0] if codings else None)
+    if patient is None:
+        raise InvalidInput("Observation.subject: a reference to a Patient is required")
+    if code is None:
+        raise InvalidInput("Observation.code.coding: a code is required")
+    if len(str(code["code"])) > 20:
+        raise InvalidInput("Observation.code.coding.code: longer than carnet keeps (20)")
     category = next(
         (
             c.get("code")
             for concept in body.get("category") or []
             for c in (concept or {}).get("coding") or []
-            if c.get("system") == OBSERVATION_CATEGORY
+            if c.get("system") == OBSERVATION_CATEGORY and c.get("code") in CATEGORIES
         ),
         None,
     )
-    effective = body.get("effectiveDateTime")
-    if patient is None or code is None or effective is None:
-        raise InvalidInput(f"an Observation needs subject, a code.coding in {LOINC} and effectiveDateTime")
+    period = body.get("effectivePeriod") or {}
+    effective, element = next(
+        (
+            (value, name)
+            for name, value in (
+                ("Observation.effectiveDateTime", body.get("effectiveDateTime")),
+                ("Observation.effectiveInstant", body.get("effectiveInstant")),
+                ("Observation.effectivePeriod.start", period.get("start")),
+                ("Observation.issued", body.get("issued")),
+            )
+            if value
+        ),
+        (None, "Observation.effective[x]"),
+    )
     quantity = body.get("valueQuantity") or {}
+    unit = quantity.get("unit") or quantity.get("code")
     encounter = (
         reference_id((body.get("encounter") or {}).get("reference"), "Encounter")
         if body.get("encounter")
         else None
     )
+    display = str(code.get("display") or (body.get("code") or {}).get("text") or code["code"])
     values = {
         "patient_id": patient,
         "category": category or "laboratory",
-        "code": code.get("code"),
-        "display": code.get("display") or (body.get("code") or {}).get("text") or code.get("code"),
+        "code": str(code["code"]),
+        # The columns are a search and listing aid; the resource keeps the text whole.
+        "display": display[:200],
         "value_number": quantity.get("value"),
-        "unit": quantity.get("unit") or quantity.get("code"),
-        "value_text": body.get("valueString"),
-        "effective_at": parse_instant(effective, "effectiveDateTime"),
+        "unit": unit if unit is None or len(unit) <= 20 else None,
+        "value_text": body.get("valueString") if len(body.get("valueString") or "") <= 200 else None,
+        "effective_at": received_instant(effective, element),
         "status": body.get("status") or "final",
         "encounter_id": encounter,
+        "received": body,
     }
     return schema_input(ObservationInput, values, "Observation")  # type: ignore[no-any-return]
 
