@@ -39,6 +39,9 @@ def as_received(d: dict[str, Any]) -> dict[str, Any] | None:
     resource = {"resourceType": received.get("resourceType"), "id": d["id"]}
     resource.update({k: v for k, v in received.items() if k not in ("resourceType", "id")})
     resource["meta"] = {**(received.get("meta") or {}), **meta(d)}
+    if d.get("patient_id") and isinstance(resource.get("subject"), dict):
+        # The patient the record belongs to now (a merge moves records to the record kept).
+        resource["subject"] = {**resource["subject"], "reference": f"Patient/{d['patient_id']}"}
     return resource
 
 
