@@ -4,15 +4,15 @@ A FHIR resource carnet accepts keeps its full original content, so a read return
 written (components, codings of any system, identifiers, references...) and not only the
 columns policy and search need. Encrypted under the facility's key like every identifying field.
 
-Revision ID: 0005_fhirio
-Revises: 0004
+Revision ID: 0008_fhirio
+Revises: 0007_perf
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_fhirio"
-down_revision = "0004"
+revision = "0008_fhirio"
+down_revision = "0007_perf"
 branch_labels = None
 depends_on = None
 
