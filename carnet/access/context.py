@@ -17,6 +17,7 @@ from carnet.access.actor import Actor, ActorKind
 from carnet.access.models import RoleGrant
 from carnet.access.permissions import Permission, permissions_of
 from carnet.access.roles import Role
+from carnet.access.scopes import permissions_for
 from carnet.identity.models import Account
 from carnet.kernel.errors import AccountContained, AuthenticationRequired
 
@@ -73,8 +74,10 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         # A client acting for itself: its roles come from its registration (no account row).
         roles = frozenset(actor.roles & {Role.API_CLIENT})
         scope = frozenset({actor.facility_id}) if actor.facility_id else frozenset()
+        # What its role allows, narrowed to what its token's scopes name.
+        held = permissions_of(roles) & permissions_for(actor.scopes or ())
         return AccessContext(
-            actor, roles, permissions_of(roles), scope, actor.facility_id, None, None, None, now
+            actor, roles, held, scope, actor.facility_id, None, None, None, now
         )
     if actor.account_id is None:
         raise AuthenticationRequired("no account behind this session")

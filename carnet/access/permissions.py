@@ -141,8 +141,28 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.SYSTEM_ADMINISTRATOR: frozenset({P.ROLE_GRANT_REQUEST, P.ROLE_GRANT_DECIDE}),
     # A security officer approves exports (a second person) but never runs one.
     Role.SECURITY_OFFICER: frozenset({P.BREAK_GLASS_REVIEW, P.AUDIT_READ, P.EXPORT_DECIDE}),
-    # An API client acting for itself reads no patient data until a scope model says otherwise.
-    Role.API_CLIENT: frozenset(),
+    # A Backend Services client acting for itself: at most these, always narrowed by the
+    # SMART scopes it registered and asked for (carnet.access.context.client_permissions), and
+    # only for patients of the one facility it is registered for (carnet.access.policy).
+    Role.API_CLIENT: frozenset(
+        {
+            P.PATIENT_READ,
+            P.PATIENT_SEARCH,
+            P.PATIENT_CREATE,
+            P.PATIENT_UPDATE,
+            P.APPOINTMENT_READ,
+            P.ENCOUNTER_READ,
+            P.ENCOUNTER_WRITE,
+            P.ALLERGY_READ,
+            P.ALLERGY_WRITE,
+            P.NOTE_READ,
+            P.PRESCRIPTION_READ,
+            P.OBSERVATION_READ,
+            P.OBSERVATION_WRITE,
+            P.CONDITION_READ,
+            P.CONDITION_WRITE,
+        }
+    ),
     # An HL7 v2 interface writes admissions and results (carnet.interfaces); it holds no read
     # permission, and the policy gives it no field to read (WRITE_RULES only).
     Role.INTERFACE: frozenset(

@@ -304,7 +304,22 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
     Role.PATIENT: {resource: ((SELF, fields),) for resource, fields in ALL_FIELDS.items()},
     Role.SYSTEM_ADMINISTRATOR: {},
     Role.SECURITY_OFFICER: {},
-    Role.API_CLIENT: {},
+    # A Backend Services client reads patients of the facility it is registered for, by no
+    # care relationship (it has none); its token's scopes narrow this per resource type.
+    Role.API_CLIENT: {
+        resource: ((frozenset({R.FACILITY}), ALL_FIELDS[resource]),)
+        for resource in (
+            T.PATIENT,
+            T.APPOINTMENT,
+            T.ENCOUNTER,
+            T.ALLERGY,
+            T.NOTE,
+            T.PRESCRIPTION,
+            T.OBSERVATION,
+            T.CONDITION,
+            T.DIAGNOSTIC_REPORT,
+        )
+    },
     Role.INTERFACE: {},  # write-only: an interface reads nothing back beyond its ACK
     Role.INTEGRATION: {},
 }
@@ -359,6 +374,16 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         T.ENCOUNTER: frozenset({R.FACILITY}),
         T.OBSERVATION: frozenset({R.FACILITY}),
         T.DIAGNOSTIC_REPORT: frozenset({R.FACILITY}),
+    },
+    # A Backend Services client (a lab, a hub) writes in the facility it is registered for,
+    # within its token's scopes.
+    Role.API_CLIENT: {
+        T.PATIENT: frozenset({R.FACILITY}),
+        T.ENCOUNTER: frozenset({R.FACILITY}),
+        T.OBSERVATION: frozenset({R.FACILITY}),
+        T.DIAGNOSTIC_REPORT: frozenset({R.FACILITY}),
+        T.CONDITION: frozenset({R.FACILITY}),
+        T.ALLERGY: frozenset({R.FACILITY}),
     },
 }
 

@@ -6,6 +6,7 @@ revocation from the server's shell (registered in carnet.cli). Every change is a
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,8 @@ from rich.console import Console
 from carnet.kernel.errors import CarnetError
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from carnet.access.actor import Actor
     from carnet.runtime import Runtime
 
@@ -64,6 +67,24 @@ def _operator(username: str = "system:cli") -> Actor:
     )
 
 
+def _facility_id(session: Session, given: str) -> uuid.UUID:
+    """A facility by its FINESS number or its id; exit 2 when there is none."""
+    from sqlalchemy import or_, select
+
+    from carnet.org.models import Facility
+
+    try:
+        as_id: uuid.UUID | None = uuid.UUID(given)
+    except ValueError:
+        as_id = None
+    found = session.scalar(
+        select(Facility.id).where(or_(Facility.finess == given.strip(), Facility.id == as_id))
+    )
+    if found is None:
+        raise _fail(f"no facility with FINESS or id {given[:40]!r}")
+    return found
+
+
 @clients_app.command("register")
 def register(
     client_id: Annotated[
@@ -72,6 +93,10 @@ def register(
     name: Annotated[str, typer.Option(help="A name people recognise.")],
     scope: Annotated[str, typer.Option(help='Allowed scopes, e.g. "system/Patient.read system/*.rs".')],
     reason: Annotated[str, typer.Option(help="Why this integration gets access (audited).")],
+    facility: Annotated[
+        str | None,
+        typer.Option(help="The facility (FINESS or id) whose patients a backend client reads or writes."),
+    ] = None,
     jwks: Annotated[
         Path | None, typer.Option(help="JSON file with the client's PUBLIC keys (backend clients).")
     ] = None,
@@ -86,6 +111,7 @@ def register(
 
     The server's shell is the operator's door (no passkey asked): the stated reason is audited.
     """
+    import carnet.org.models  # noqa: F401  (the facilities table a client row refers to)
     from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
     from carnet.identity import oauth
 
@@ -100,13 +126,17 @@ def register(
             raise _fail(f"cannot read the JWKS file: {type(exc).__name__}") from None
         if not isinstance(keys, dict):
             raise _fail("the JWKS file must hold a JSON object with 'keys'")
+    if kind == "backend" and not facility:
+        raise _fail("a backend client acts within one facility: give --facility (FINESS or id)")
     with _runtime() as runtime, runtime.session_factory.begin() as session:
+        facility_id = _facility_id(session, facility) if facility else None
         oauth.register_client(
             session,
             client_id=client_id,
             name=name,
             jwks=keys,
             allowed_scopes=scope,
+            facility_id=facility_id,
             kind=kind,
             redirect_uris=" ".join(redirect_uri or []),
         )
@@ -118,7 +148,12 @@ def register(
                 actor=_operator(),
                 resource_type="ApiClient",
                 resource_ids=(client_id,),
-                detail={"scope": scope[:400], "kind": kind, "reason": reason.strip()[:300]},
+                detail={
+                    "scope": scope[:400],
+                    "kind": kind,
+                    "facility": str(facility_id or ""),
+                    "reason": reason.strip()[:300],
+                },
             ),
         )
         token_url = runtime.settings.origin.rstrip("/") + "/oauth/token"

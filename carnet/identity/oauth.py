@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind
 from carnet.access.roles import PRIVILEGED_ROLES, Role
+from carnet.access.scopes import SCOPE, grants
 from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
 from carnet.identity.authenticate import RequestContext, actor_for, contained_message
 from carnet.identity.models import AccessToken, Account, ApiClient, AuthorizationCode, UsedClientAssertion
@@ -58,8 +59,6 @@ TOKEN_LIFETIME = dt.timedelta(minutes=5)
 # SMART Backend Services: servers support RS384 and ES384; RS256/ES256 are common too.
 ALGORITHMS = ["RS384", "ES384", "RS256", "ES256"]
 MAX_ASSERTION_LIFETIME = 300
-# SMART v1/v2 scopes: <system|user|patient>/<Resource or *>.<read|write|*|cruds>
-SCOPE = re.compile(r"^(system|user|patient)/(\*|[A-Z][A-Za-z]{1,63})\.(read|write|\*|c?r?u?d?s?)$")
 BACKEND_CONTEXTS = ("system",)
 APP_CONTEXTS = ("user", "patient")
 AUTHORIZATION_CODE_LIFETIME = dt.timedelta(seconds=60)
@@ -79,23 +78,6 @@ def validate_scopes(scopes: str, *, contexts: tuple[str, ...] = BACKEND_CONTEXTS
     return items
 
 
-def _grants(scope: str, resource_type: str, action: str) -> bool:
-    match = SCOPE.match(scope)
-    if match is None:
-        return False
-    _context, resource, permission = match.groups()
-    if resource not in ("*", resource_type):
-        return False
-    if permission == "*":
-        return True
-    if permission == "read":
-        return action in ("read", "search")
-    if permission == "write":
-        return action in ("create", "update", "delete")
-    letter = {"create": "c", "read": "r", "update": "u", "delete": "d", "search": "s"}[action]
-    return letter in permission
-
-
 def require_scope(actor: Actor, *, resource_type: str, action: str) -> None:
     """Refuse a token whose scopes do not cover `action` on `resource_type`.
 
@@ -106,7 +88,7 @@ def require_scope(actor: Actor, *, resource_type: str, action: str) -> None:
         raise InvalidInput(f"unknown action {action!r}")
     if actor.scopes is None:
         return
-    if not any(_grants(s, resource_type, action) for s in actor.scopes):
+    if not any(grants(s, resource_type, action) for s in actor.scopes):
         raise Forbidden(f"the access token's scopes do not allow {action} on {resource_type}")
 
 

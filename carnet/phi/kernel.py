@@ -53,6 +53,7 @@ from carnet.access.policy import (
     ResourceType,
     decide,
 )
+from carnet.access import scopes
 from carnet.access.scope import ALL_FACILITIES, enter_scope
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.crypto.keyring import Keyring
@@ -351,6 +352,8 @@ class GuardedTx:
             raise Refused(str(exc)) from None
 
     def read_fields(self, rels: frozenset[Relationship], resource: ResourceType) -> frozenset[str]:
+        if not scopes.reads(self.actor.scopes, resource):
+            return frozenset()  # a write-only token sees nothing of what it writes
         decision = decide(roles=self.ctx.roles, resource=resource, relationships=rels)
         return decision.fields if decision.allowed else frozenset()
 
@@ -367,6 +370,9 @@ class GuardedTx:
         unique = list(dict.fromkeys(patients))
         if not unique and shape is None:
             return
+        shown = set(fields)
+        if channel is Channel.WRITE and not shown:
+            return  # a write-only client: the answer shows nothing of the patient
         outside = [p for p in unique if not rels.get(p, frozenset()) & care.CARE]
         self.exposures.append(
             Exposure(
@@ -374,7 +380,7 @@ class GuardedTx:
                 channel=channel,
                 resource_type=(resource or RT(self.resource_type)).value,
                 outside_care=outside,
-                fields=sorted(set(fields) & IDENTIFYING) or sorted(set(fields)),
+                fields=sorted(shown & IDENTIFYING) or sorted(shown),
                 shape=shape,
             )
         )

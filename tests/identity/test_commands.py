@@ -16,6 +16,7 @@ from carnet.cli import app
 from carnet.identity.models import ApiClient
 from carnet.runtime import Runtime
 from carnet.settings import reset_settings_cache
+from tests.factories import make_facility
 from tests.identity.conftest import login, make_person
 
 
@@ -39,9 +40,11 @@ def test_register_list_and_revoke(
     key = ECKey.generate_key("P-384", parameters={"kid": "k"})
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    facility = make_facility(sqlite_runtime)
     code, out = run_cli(
         sqlite_runtime, monkeypatch, "clients", "register", "--client-id", "lab-system", "--name", "Lab",
         "--scope", "system/Observation.rs", "--jwks", str(jwks), "--reason", "results feed from the lab",
+        "--facility", str(facility),
     )  # fmt: skip
     assert code == 0, out
     assert "http://localhost:8000/oauth/token" in out
@@ -54,6 +57,8 @@ def test_register_list_and_revoke(
     with sqlite_runtime.session_factory() as session:
         kinds = [(e.kind, e.username) for e in session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
     assert kinds == [("client:client:registered", "system:cli"), ("client:token:revoked", "system:cli")]
+    with sqlite_runtime.session_factory() as session:
+        assert session.scalars(select(ApiClient.facility_id)).one() == facility
 
 
 @pytest.mark.parametrize(
@@ -63,6 +68,7 @@ def test_register_list_and_revoke(
         ["--client-id", "lab-ok", "--name", "n", "--scope", "everything"],  # not a SMART scope
         ["--client-id", "lab-ok", "--name", "n", "--scope", "system/Patient.read", "--jwks", "/nonexistent"],
         ["--client-id", "app-ok", "--name", "n", "--scope", "user/*.read", "--kind", "app"],  # no redirect
+        ["--client-id", "lab-ok", "--name", "n", "--scope", "system/Patient.read", "--facility", "000000000"],
     ],
 )
 def test_bad_input_exits_2_and_changes_nothing(
@@ -81,7 +87,7 @@ def test_registering_needs_a_stated_reason(
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps({"keys": [ECKey.generate_key("P-256").as_dict(private=False)]}))
     args = ["clients", "register", "--client-id", "lab-ok", "--name", "n", "--scope", "system/Patient.read"]
-    args += ["--jwks", str(jwks)]
+    args += ["--jwks", str(jwks), "--facility", str(make_facility(sqlite_runtime))]
     assert run_cli(sqlite_runtime, monkeypatch, *args)[0] == 2  # no --reason
     code, out = run_cli(sqlite_runtime, monkeypatch, *args, "--reason", " x ")
     assert code == 2 and "reason" in out
