@@ -76,9 +76,7 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         scope = frozenset({actor.facility_id}) if actor.facility_id else frozenset()
         # What its role allows, narrowed to what its token's scopes name.
         held = permissions_of(roles) & permissions_for(actor.scopes or ())
-        return AccessContext(
-            actor, roles, held, scope, actor.facility_id, None, None, None, now
-        )
+        return AccessContext(actor, roles, held, scope, actor.facility_id, None, None, None, now)
     if actor.account_id is None:
         raise AuthenticationRequired("no account behind this session")
     # The account and its active grants in one round trip (this runs on every gate request).

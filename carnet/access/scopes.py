@@ -50,7 +50,11 @@ def permissions_for(scopes: Iterable[str]) -> frozenset[Permission]:
                 held.add(WRITE_PERMISSION[resource])
             if any(grants(s, resource.value, "create") for s in wanted):
                 # Creating a patient is its own permission; other types create with their write one.
-                held.add(Permission.PATIENT_CREATE if resource is ResourceType.PATIENT else WRITE_PERMISSION[resource])
+                held.add(
+                    Permission.PATIENT_CREATE
+                    if resource is ResourceType.PATIENT
+                    else WRITE_PERMISSION[resource]
+                )
     return frozenset(held)
 
 

@@ -42,6 +42,7 @@ from sqlalchemy import Table, Uuid, bindparam, exists, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from carnet.access import scopes
 from carnet.access.actor import Actor
 from carnet.access.context import AccessContext, resolve
 from carnet.access.permissions import Permission
@@ -53,7 +54,6 @@ from carnet.access.policy import (
     ResourceType,
     decide,
 )
-from carnet.access import scopes
 from carnet.access.scope import ALL_FACILITIES, enter_scope
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.crypto.keyring import Keyring

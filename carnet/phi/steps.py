@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 
+from carnet.access.actor import ActorKind
 from carnet.access.policy import ResourceType
+from carnet.access.roles import Role
 from carnet.billing.models import Invoice
 from carnet.detection.interfaces import Channel
 from carnet.kernel.errors import InvalidInput, NotFound
@@ -205,6 +207,14 @@ def writing_practitioner(tx: GuardedTx) -> uuid.UUID:
     if tx.ctx.practitioner_id is None:
         raise Refused("only a practitioner writes clinical records")
     return tx.ctx.practitioner_id
+
+
+def result_author(tx: GuardedTx) -> uuid.UUID | None:
+    """Who performed a result: the practitioner writing it, or none for a Backend Services
+    client feeding its facility (a lab system; the audit names the client)."""
+    if tx.actor.kind is ActorKind.CLIENT and Role.API_CLIENT in tx.ctx.roles:
+        return None
+    return writing_practitioner(tx)
 
 
 def facility_practitioner(tx: GuardedTx, value: str | None, facility_id: uuid.UUID) -> uuid.UUID | None:

@@ -34,6 +34,7 @@ from carnet.phi.steps import (
     received_json,
     received_of,
     redact,
+    result_author,
     section,
     sid,
     writing_practitioner,
@@ -198,7 +199,7 @@ def read_observation(tx: GuardedTx, /, *, observation_id: str) -> ObservationVie
 @guarded(AuditKind.PHI_CREATE, RT.OBSERVATION, targeted=True)
 def record_observation(tx: GuardedTx, /, *, data: ObservationInput) -> ObservationView:
     """A vital sign or a lab result, by a practitioner in the patient's care."""
-    author = writing_practitioner(tx)
+    author = result_author(tx)
     patient = tx.patient_for_write(data.patient_id)
     tx.authorize(patient, RT.OBSERVATION, write=True)
     # A received resource may carry its value in a form the columns do not hold (kept whole).
@@ -471,7 +472,7 @@ def read_diagnostic_report(tx: GuardedTx, /, *, report_id: str) -> DiagnosticRep
 def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -> DiagnosticReportView:
     """A lab report grouping Observations of the same patient, none reported already. An
     Observation of anyone else is refused in the same words as a missing one."""
-    author = writing_practitioner(tx)
+    author = result_author(tx)
     patient = tx.patient_for_write(data.patient_id)
     tx.authorize(patient, RT.DIAGNOSTIC_REPORT, write=True)
     if data.issued_at.tzinfo is None or data.issued_at > tx.now + dt.timedelta(minutes=5):

@@ -115,7 +115,10 @@ def test_a_write_only_lab_client_posts_a_batch_and_exposes_nobody(fhir_server_bo
     key = _client(runtime, "lab-feed", "system/Observation.c", here)
     fhir = fhir_server_both.bearer_client(_token(runtime, "lab-feed", key, "system/Observation.c"))
     entries: list[dict[str, Any]] = [
-        {"resource": _result(f"Patient/{p}", value=10 + i), "request": {"method": "POST", "url": "Observation"}}
+        {
+            "resource": _result(f"Patient/{p}", value=10 + i),
+            "request": {"method": "POST", "url": "Observation"},
+        }
         for i, p in enumerate(patients * 4)
     ]
     answer = fhir.execute(
