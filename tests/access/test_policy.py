@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carnet.access import matrix, policy
+from carnet.access import matrix, policy, scopes
 from carnet.access.permissions import Permission, permissions_of
 from carnet.access.policy import Relationship, ResourceType, decide
 from carnet.access.roles import Role
@@ -53,7 +53,25 @@ def test_every_field_named_by_the_policy_exists_in_its_schema() -> None:
     assert set(SCHEMAS) == set(ResourceType)
 
 
-@pytest.mark.parametrize("role", [Role.SYSTEM_ADMINISTRATOR, Role.SECURITY_OFFICER, Role.API_CLIENT])
+def test_an_api_client_reads_its_facility_by_no_other_relationship_and_only_what_scopes_name() -> None:
+    others = [r for r in Relationship if r is not Relationship.FACILITY]
+    for resource in ResourceType:
+        for write in (False, True):
+            assert not decide(
+                roles=[Role.API_CLIENT], resource=resource, relationships=others, write=write
+            ).allowed
+    assert decide(roles=[Role.API_CLIENT], resource=ResourceType.OBSERVATION, relationships=EVERY).allowed
+    # Its permissions are those its token's scopes name, and none without scopes.
+    assert scopes.permissions_for(()) == frozenset()
+    assert scopes.permissions_for(["system/Observation.c"]) == {Permission.OBSERVATION_WRITE}
+    assert scopes.permissions_for(["system/Patient.read"]) == {
+        Permission.PATIENT_READ,
+        Permission.PATIENT_SEARCH,
+    }
+    assert not scopes.reads(["system/Observation.c"], ResourceType.OBSERVATION)
+
+
+@pytest.mark.parametrize("role", [Role.SYSTEM_ADMINISTRATOR, Role.SECURITY_OFFICER])
 def test_roles_that_read_no_patient_data(role: Role) -> None:
     assert not any(p.value.startswith("phi:") for p in permissions_of([role]))
     for resource in ResourceType:
