@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from carnet.audit.models import AuditEvent
 from carnet.cli import app
 from carnet.identity.models import ApiClient
+from carnet.org.models import Facility
 from carnet.runtime import Runtime
 from carnet.settings import reset_settings_cache
 from tests.factories import make_facility
@@ -112,3 +113,35 @@ def test_sessions_revoke_cuts_an_open_session(
     assert client.get("/auth/me").status_code == 401
     assert run_cli(sqlite_runtime, monkeypatch, "sessions", "revoke", "nobody", "--reason", "test")[0] == 2
     assert run_cli(sqlite_runtime, monkeypatch, "sessions", "revoke", "compromised", "--reason", "x")[0] == 2
+
+
+def test_the_installed_command_registers_a_client_in_a_fresh_process(
+    sqlite_runtime: Runtime, tmp_path: Path
+) -> None:
+    """The shell command as the README shows it, in its own process (where only the models the
+    command imports are loaded: it once failed on the facilities table)."""
+    import os
+    import subprocess
+    import sys
+
+    facility = make_facility(sqlite_runtime)
+    with sqlite_runtime.session_factory() as session:
+        finess = session.scalar(select(Facility.finess).where(Facility.id == facility))
+    jwks = tmp_path / "lab-public-keys.json"
+    jwks.write_text(json.dumps({"keys": [ECKey.generate_key("P-384").as_dict(private=False)]}))
+    env = dict(
+        os.environ,
+        CARNET_ENV="test",
+        CARNET_VAR_DIR=str(sqlite_runtime.settings.var_dir),
+        CARNET_DATABASE_URL=sqlite_runtime.settings.resolved_database_url,
+        CARNET_ORIGIN=sqlite_runtime.settings.origin,
+    )
+    carnet = str(Path(sys.executable).parent / "carnet")  # the installed entry point
+    command = [carnet, "clients", "register", "--client-id", "lab-system"]
+    command += ["--name", "Laboratory", "--facility", str(finess), "--scope", "system/Observation.c"]
+    command += ["--jwks", str(jwks), "--reason", "results feed from the lab, contract 2026-12"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "client lab-system registered" in done.stdout
+    with sqlite_runtime.session_factory() as session:
+        assert session.scalars(select(ApiClient.facility_id)).one() == facility
