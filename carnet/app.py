@@ -108,6 +108,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, outcome.http_error_handler)
     app.add_exception_handler(Exception, outcome.unexpected_error_handler)
 
+    from carnet.identity.views import smart_router
+
+    app.include_router(smart_router)  # before the FHIR routes: /fhir/.well-known/... is discovery
     app.include_router(fhir_metadata_router)
 
     from carnet.fhir.routes import routers as fhir_routers

@@ -92,6 +92,36 @@ def require_scope(actor: Actor, *, resource_type: str, action: str) -> None:
         raise Forbidden(f"the access token's scopes do not allow {action} on {resource_type}")
 
 
+def smart_configuration(origin: str) -> dict[str, Any]:
+    """SMART discovery (`/.well-known/smart-configuration`): what this server really does.
+
+    Backend Services (private_key_jwt, system/ scopes) and apps by authorization code with
+    PKCE S256 (user/ and patient/ scopes, v1 and v2 syntax). Launch contexts, openid and
+    fhirUser are not offered, so they are not declared.
+    """
+    base = origin.rstrip("/")
+    return {
+        "issuer": base,
+        "token_endpoint": base + "/oauth/token",
+        "authorization_endpoint": base + "/oauth/authorize",
+        "revocation_endpoint": base + "/oauth/revoke",
+        "grant_types_supported": ["authorization_code", "client_credentials"],
+        "response_types_supported": ["code"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["system/*.rs", "system/*.cruds", "user/*.rs", "patient/*.rs"],
+        "capabilities": [
+            "client-confidential-asymmetric",
+            "client-public",
+            "permission-user",
+            "permission-patient",
+            "permission-v1",
+            "permission-v2",
+        ],
+    }
+
+
 # -- clients ------------------------------------------------------------------------------
 def _check_redirect_uri(uri: str) -> str:
     parts = urlsplit(uri)

@@ -474,6 +474,16 @@ def passkey_register(
 
 # -- OAuth 2 for API clients ----------------------------------------------------------------
 oauth_router = APIRouter(prefix="/oauth", tags=["oauth"])
+# SMART discovery, at the server's root and at the FHIR base (where SMART clients look).
+smart_router = APIRouter(tags=["oauth"])
+
+
+@smart_router.get("/.well-known/smart-configuration")
+@smart_router.get("/fhir/.well-known/smart-configuration")
+def smart_configuration(request: Request) -> JSONResponse:
+    """Public, like /fhir/metadata: it names endpoints and methods, no data."""
+    origin = runtime_of(request).settings.origin
+    return JSONResponse(oauth.smart_configuration(origin), headers={"Cache-Control": "public, max-age=3600"})
 
 
 class ClientRegistrationBody(BaseModel):

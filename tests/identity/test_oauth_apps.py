@@ -263,3 +263,15 @@ def test_app_registration_rules(sqlite_runtime: Runtime) -> None:
             kind="app",
             redirect_uris=REDIRECT,
         )
+
+
+def test_smart_discovery_names_what_the_server_does(client: TestClient) -> None:
+    for path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"):
+        answer = client.get(path)
+        assert answer.status_code == 200, answer.text
+        found = answer.json()
+        assert found["token_endpoint"].endswith("/oauth/token")
+        assert found["code_challenge_methods_supported"] == ["S256"]
+        assert "private_key_jwt" in found["token_endpoint_auth_methods_supported"]
+        # Not offered, so not declared.
+        assert "launch-ehr" not in found["capabilities"] and "sso-openid-connect" not in found["capabilities"]
