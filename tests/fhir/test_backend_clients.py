@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from fhirpy.base.exceptions import ForbiddenError, ResourceNotFound
@@ -15,9 +16,11 @@ from joserfc.jwk import ECKey
 from sqlalchemy import func, select
 
 from carnet.audit.models import AuditEvent
+from carnet.detection.config import RoleVolume
 from carnet.detection.models import Exposure
 from carnet.identity import oauth
 from carnet.identity.authenticate import RequestContext
+from carnet.identity.models import ApiClient
 from carnet.runtime import Runtime
 from tests.factories import make_facility, register_patient
 from tests.fhir.conftest import Server
@@ -136,3 +139,29 @@ def test_a_write_only_lab_client_posts_a_batch_and_exposes_nobody(fhir_server_bo
         fhir.reference("Observation", observation_id).to_resource()
     with pytest.raises(ForbiddenError):
         fhir.reference("Patient", str(patients[0])).to_resource()
+
+
+def test_a_reading_client_is_slowed_down_past_its_volume(
+    fhir_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = fhir_server.runtime
+    # A small installation's floors (the configuration object may be shared: restored after).
+    monkeypatch.setattr(runtime.ledger.config, "client_volume", RoleVolume(m15=3, h1=3, h24=3))
+    here = make_facility(runtime)
+    patients = [register_patient(runtime, here, family=f"Lecture{i}").id for i in range(10)]
+    key = _client(runtime, "hub-bulk", "system/Patient.read", here)
+    token = _token(runtime, "hub-bulk", key, "system/Patient.read")
+    statuses = []
+    for patient in patients:
+        answer = httpx.get(
+            f"{fhir_server.url}/fhir/Patient/{patient}", headers={"Authorization": f"Bearer {token}"}
+        )
+        statuses.append(answer.status_code)
+    # Slowed down at its floor, like a person past theirs; insisting contains it (401 after).
+    assert statuses[:3] == [200, 200, 429], statuses
+    assert 200 not in statuses[2:] and statuses[-1] == 401, statuses
+    assert len(_exposed(runtime, "hub-bulk")) == 2
+    with runtime.session_factory() as session:
+        assert (
+            session.scalar(select(ApiClient.status).where(ApiClient.client_id == "hub-bulk")) == "suspended"
+        )
