@@ -298,7 +298,11 @@ class ChartRecords:
                 days=rng.randint(-APPOINTMENT_WINDOW_DAYS, APPOINTMENT_WINDOW_DAYS)
             )
             if day.weekday() >= 5:
-                day -= dt.timedelta(days=day.weekday() - 4)  # to the Friday before
+                friday = day - dt.timedelta(days=day.weekday() - 4)
+                monday = day + dt.timedelta(days=7 - day.weekday())
+                # To the Friday before, unless that leaves the window (a weekend at its first day).
+                early = friday < self.base_day - dt.timedelta(days=APPOINTMENT_WINDOW_DAYS)
+                day = monday if early else friday
             start = day + dt.timedelta(hours=7, minutes=30 * rng.randint(0, 19))
             if (practitioner, start) not in self._used_slots:
                 self._used_slots.add((practitioner, start))

@@ -46,7 +46,10 @@ def check(response_headers: dict[str, str], path: str) -> None:
     for name, value in EXPECTED.items():
         assert response_headers.get(name) == value, (path, name, response_headers)
     assert "frame-ancestors 'none'" in response_headers.get("content-security-policy", ""), path
-    if not path.startswith("/static/"):
+    # Static files, the favicon and the SMART discovery document (public server metadata,
+    # cacheable by the SMART specification) may be cached; any other answer may carry patient data.
+    cacheable = path.startswith("/static/") or path == "/favicon.ico"
+    if not cacheable and not path.endswith("/.well-known/smart-configuration"):
         assert "no-store" in response_headers.get("cache-control", ""), path
 
 
