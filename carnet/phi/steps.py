@@ -173,6 +173,12 @@ def received_of(tx: GuardedTx, row: Any) -> dict[str, Any] | None:
     return None if text is None else dict(json.loads(text))
 
 
+def received_shown(tx: GuardedTx, row: Any, fields: frozenset[str]) -> dict[str, Any] | None:
+    """The resource as received, for a reader whose fields include it: nothing is decrypted
+    for a reader who may not see it (redaction before decryption, as for every field)."""
+    return received_of(tx, row) if "received" in fields else None
+
+
 def first_version(
     tx: GuardedTx, resource: ResourceType, row: Any, patient: Patient, data: dict[str, Any]
 ) -> None:

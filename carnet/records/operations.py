@@ -33,6 +33,7 @@ from carnet.phi.steps import (
     read_one,
     received_json,
     received_of,
+    received_shown,
     redact,
     result_author,
     section,
@@ -180,7 +181,7 @@ def list_observations(tx: GuardedTx, /, *, patient_id: str) -> list[ObservationV
                 "value_text": r.value_text,
                 "effective_at": r.effective_at,
                 "status": r.status,
-                "received": received_of(tx, r) if "received" in fields else None,
+                "received": received_shown(tx, r, fields),
             },
             fields,
         )
@@ -191,7 +192,7 @@ def list_observations(tx: GuardedTx, /, *, patient_id: str) -> list[ObservationV
 @guarded(AuditKind.PHI_READ, RT.OBSERVATION, targeted=True)
 def read_observation(tx: GuardedTx, /, *, observation_id: str) -> ObservationView:
     row, fields = read_one(tx, RT.OBSERVATION, observation_id)
-    received = received_of(tx, row) if "received" in fields else None
+    received = received_shown(tx, row, fields)
     return redact(ObservationView, observation_data(row, received), fields)
 
 
@@ -315,16 +316,13 @@ def list_conditions(tx: GuardedTx, /, *, patient_id: str) -> list[ConditionView]
         RT.CONDITION,
         select(Condition).where(Condition.patient_id == pid).order_by(Condition.created_at),
     )
-    return [
-        redact(ConditionView, condition_data(r, received_of(tx, r) if "received" in fields else None), fields)
-        for r in rows
-    ]
+    return [redact(ConditionView, condition_data(r, received_shown(tx, r, fields)), fields) for r in rows]
 
 
 @guarded(AuditKind.PHI_READ, RT.CONDITION, targeted=True)
 def read_condition(tx: GuardedTx, /, *, condition_id: str) -> ConditionView:
     row, fields = read_one(tx, RT.CONDITION, condition_id)
-    received = received_of(tx, row) if "received" in fields else None
+    received = received_shown(tx, row, fields)
     return redact(ConditionView, condition_data(row, received), fields)
 
 
