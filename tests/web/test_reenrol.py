@@ -197,7 +197,9 @@ def test_the_probation_rule_holds_below_the_pages_in_detection_services(
     ref = contain_account(sqlite_runtime, clerk.id, clerk.username)
     olga = actor_of(officers[0], Role.SECURITY_OFFICER)
     with pytest.raises(Forbidden, match="re-enrols in person"):
-        services.request_restore(sqlite_runtime, officer=olga, actor_ref=ref, reason="owner verified by phone")
+        services.request_restore(
+            sqlite_runtime, officer=olga, actor_ref=ref, reason="owner verified by phone"
+        )
     with sqlite_runtime.session_factory() as session:
         outcomes = session.scalars(
             sa.select(AuditEvent.outcome).where(AuditEvent.kind == AuditKind.RESTORE_REQUESTED.value)
