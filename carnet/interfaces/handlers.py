@@ -699,7 +699,7 @@ def _file_order(
             sequence=n,
             field=3,
         )
-    version, _status, current = state
+    version, report_status, current = state
     added: list[str] = []
     for result in order.results:
         link = work.link("result", _result_key(key, result))
@@ -714,13 +714,15 @@ def _file_order(
                 reference_range=hl7v2.text(result.segment, 7)[:60] or None,
                 abnormal_flags=hl7v2.text(result.segment, 8)[:20] or None,
             )
-    if added:
+    # Final results of a report carnet holds as preliminary make it final (and its order done).
+    becomes_final = status_code == "F" and report_status in ("registered", "partial", "preliminary")
+    if added or becomes_final:
         work.call(
             "amend_diagnostic_report",
             ("OBR", n),
             report_id=str(existing.target_id),
             expected_version=version,
-            status="corrected" if correction else "amended",
+            status="final" if becomes_final else "corrected" if correction else "amended",
             conclusion=conclusion,
             result_ids=current + added,
         )

@@ -553,6 +553,9 @@ def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -
     return written(tx, patient, RT.DIAGNOSTIC_REPORT, DiagnosticReportView, snapshot, 1, "create")
 
 
+PENDING_REPORT = frozenset({"registered", "partial", "preliminary"})
+
+
 @guarded(AuditKind.PHI_UPDATE, RT.DIAGNOSTIC_REPORT, targeted=True)
 def amend_diagnostic_report(
     tx: GuardedTx,
@@ -565,8 +568,9 @@ def amend_diagnostic_report(
     result_ids: list[str] | None = None,
 ) -> DiagnosticReportView:
     """Amend a lab report (status amended or corrected: its conclusion and results, the
-    results Observations of the same patient in no other report, as on creation) or mark
-    it entered-in-error (kept, content unchanged). If-Match; every version stays."""
+    results Observations of the same patient in no other report, as on creation), make a
+    preliminary one final, or mark it entered-in-error (kept, content unchanged). If-Match;
+    every version stays. Final results complete the order the report answers."""
     writing_practitioner(tx)
     report, patient = tx.record_to_change(DiagnosticReport, report_id)
     tx.authorize(patient, RT.DIAGNOSTIC_REPORT, write=True)
@@ -612,8 +616,12 @@ def amend_diagnostic_report(
             report.version_id,
             "update",
         )
-    if status not in ("amended", "corrected"):
+    if status not in ("amended", "corrected", "final"):
         raise InvalidInput("a report is amended (status amended or corrected) or marked entered-in-error")
+    # A report whose results were not all final yet becomes final once (FHIR's workflow).
+    becomes_final = status == "final"
+    if becomes_final and report.status not in PENDING_REPORT:
+        raise InvalidInput("only a registered, partial or preliminary report becomes final")
     observations: list[Observation] = []
     for number, raw in enumerate(result_ids or [], start=1):
         oid = parse_id(raw)
@@ -628,7 +636,7 @@ def amend_diagnostic_report(
     if not observations:
         raise InvalidInput("a lab report groups its results: result needs an Observation reference")
     text_now = (conclusion or "").strip() or None
-    if text_now == old and {o.id for o in observations} == {o.id for o in current}:
+    if not becomes_final and text_now == old and {o.id for o in observations} == {o.id for o in current}:
         raise InvalidInput("an amendment changes the conclusion or the results")
     tx.bump(
         DiagnosticReport,
