@@ -40,6 +40,8 @@ class Permission(StrEnum):
     CONDITION_READ = "phi:condition:read"
     CONDITION_WRITE = "phi:condition:write"  # problems and diagnoses (ICD-10)
     CONSENT_WRITE = "phi:consent:write"
+    ORDER_READ = "phi:service-request:read"  # lab orders and their status
+    ORDER_WRITE = "phi:service-request:write"  # ordering a test; results moving an order on
     # Referring a patient, adding a colleague to their care team, ending either: each opens (or
     # closes) the chart to another practitioner, so only physicians hold it.
     CARE_TEAM_WRITE = "phi:care-team:write"
@@ -70,6 +72,7 @@ _CLINICAL_READ = frozenset(
         P.CONDITION_READ,
         P.HISTORY_READ,
         P.BREAK_GLASS,
+        P.ORDER_READ,
     }
 )
 
@@ -89,6 +92,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.EXPORT_REQUEST,
         P.CONSENT_WRITE,
         P.CARE_TEAM_WRITE,
+        P.ORDER_WRITE,
     },
     Role.NURSE: _CLINICAL_READ | {P.ALLERGY_WRITE, P.NOTE_WRITE, P.OBSERVATION_WRITE},
     Role.FRONT_DESK: frozenset(
@@ -134,6 +138,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.OBSERVATION_READ,
             P.CONDITION_READ,
             P.HISTORY_READ,
+            P.ORDER_READ,
             P.CONSENT_WRITE,  # their own privacy decisions (the policy: SELF only)
         }
     ),
@@ -166,7 +171,14 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     # An HL7 v2 interface writes admissions and results (carnet.interfaces); it holds no read
     # permission, and the policy gives it no field to read (WRITE_RULES only).
     Role.INTERFACE: frozenset(
-        {P.PATIENT_CREATE, P.PATIENT_UPDATE, P.PATIENT_MERGE, P.ENCOUNTER_WRITE, P.OBSERVATION_WRITE}
+        {
+            P.PATIENT_CREATE,
+            P.PATIENT_UPDATE,
+            P.PATIENT_MERGE,
+            P.ENCOUNTER_WRITE,
+            P.OBSERVATION_WRITE,
+            P.ORDER_WRITE,
+        }
     ),
     # Integration staff read the interfaces' message log: ids and statuses, no patient data.
     Role.INTEGRATION: frozenset({P.INTERFACE_LOG_READ}),

@@ -25,6 +25,7 @@ from carnet.fhir.resources import (
     observation,
     patient,
     provenance,
+    service_request,
 )
 
 # search_post first: POST <type>/_search must not be read as a write to <type>.
@@ -44,6 +45,7 @@ MODULES: tuple[registry.FhirModule, ...] = (
     coverage.MODULE,
     care_team.MODULE,
     diagnostic_report.MODULE,
+    service_request.MODULE,
     consent.MODULE,
     provenance.MODULE,
     billing.MODULE,

@@ -19,6 +19,7 @@ from typing import Any
 from carnet.audit.interfaces import AuditKind
 from carnet.billing import operations as billing
 from carnet.coverage import operations as coverage
+from carnet.interfaces import operation as interfaces
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.patients import merge as identity
 from carnet.patients import operations as patients
@@ -27,7 +28,7 @@ from carnet.phi.exports import EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXP
 from carnet.phi.kernel import RT, GateCore, GuardedTx, Refused, guarded, operation
 from carnet.prescriptions import operations as prescriptions
 from carnet.prescriptions.rules import AllergyWarning
-from carnet.records import care_teams, consents, provenance, stays
+from carnet.records import care_teams, consents, orders, provenance, stays
 from carnet.records import operations as records
 from carnet.records.consents import OPPOSE_OTHER_FACILITIES
 from carnet.scheduling import operations as scheduling
@@ -75,6 +76,9 @@ TRANSACTION_OPERATIONS = frozenset(
         "amend_observation",
         "record_diagnostic_report",
         "amend_diagnostic_report",
+        "record_observations",
+        "order_test",
+        "revoke_order",
         "record_condition",
         "amend_condition",
         "issue_invoice",
@@ -154,6 +158,13 @@ class Gate(GateCore):
     read_condition = operation(records.read_condition)
     list_diagnostic_reports = operation(records.list_diagnostic_reports)
     read_diagnostic_report = operation(records.read_diagnostic_report)
+    record_observations = operation(records.record_observations)
+
+    # -- lab orders (ServiceRequest), which results answer (carnet/records/orders.py)
+    list_orders = operation(orders.list_for_patient)
+    read_order = operation(orders.read)
+    order_test = operation(orders.order_test)
+    revoke_order = operation(orders.revoke)
 
     # -- stays (encounters) (carnet/records/stays.py)
     admit_patient = operation(stays.admit)
@@ -220,6 +231,10 @@ class Gate(GateCore):
 
     # -- a FHIR transaction Bundle: several writes, one transaction, one audit event
     run_transaction = operation(_run_transaction)
+
+    # -- an HL7 v2 message of a registered interface, all or nothing (carnet/interfaces/operation.py)
+    apply_hl7_message = operation(interfaces.apply_message)
+    apply_hl7_merge = operation(interfaces.apply_merge_message)
 
 
 def public_operations() -> dict[str, AuditKind]:

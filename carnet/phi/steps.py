@@ -21,7 +21,14 @@ from carnet.org.models import Location, Practitioner
 from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused
 from carnet.prescriptions.models import Prescription
-from carnet.records.models import Allergy, ClinicalNote, Condition, DiagnosticReport, Observation
+from carnet.records.models import (
+    Allergy,
+    ClinicalNote,
+    Condition,
+    DiagnosticReport,
+    Observation,
+    ServiceRequest,
+)
 from carnet.scheduling.models import Appointment, Encounter
 
 T = TypeVar("T")
@@ -56,6 +63,7 @@ RECORD_MODELS: dict[ResourceType, Any] = {
     RT.DIAGNOSTIC_REPORT: DiagnosticReport,
     RT.CONSENT: Consent,
     RT.INVOICE: Invoice,
+    RT.SERVICE_REQUEST: ServiceRequest,
 }
 
 
@@ -114,6 +122,7 @@ _RECORD_TYPES: dict[str, Any] = {
     "DiagnosticReport": DiagnosticReport,
     "Encounter": Encounter,
     "MedicationRequest": Prescription,
+    "ServiceRequest": ServiceRequest,
 }
 _DIRECTORY_TYPES: dict[str, Any] = {"Practitioner": Practitioner, "Location": Location}
 

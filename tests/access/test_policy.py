@@ -37,6 +37,7 @@ SCHEMAS = {
     ResourceType.CARE_TEAM: schemas.CareTeamView,
     ResourceType.DIAGNOSTIC_REPORT: schemas.DiagnosticReportView,
     ResourceType.CONSENT: schemas.ConsentView,
+    ResourceType.SERVICE_REQUEST: schemas.ServiceRequestView,
 }
 EVERY = list(Relationship)
 

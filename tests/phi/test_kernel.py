@@ -24,6 +24,8 @@ OPERATION_MODULES = (
     "carnet.records.consents",
     "carnet.records.care_teams",
     "carnet.records.provenance",
+    "carnet.records.orders",
+    "carnet.interfaces.operation",
     "carnet.prescriptions.operations",
     "carnet.coverage.operations",
     "carnet.billing.operations",

@@ -57,6 +57,7 @@ def report_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             "subject": ref("Patient", d.get("patient_id")),
             "issued": when(d.get("issued_at")),
             "performer": [ref("Practitioner", d["performer_id"])] if d.get("performer_id") else None,
+            "basedOn": [ref("ServiceRequest", d["order_id"])] if d.get("order_id") else None,
             "result": [ref("Observation", o) for o in d.get("result_ids") or []],
             "conclusion": d.get("conclusion"),
         }
@@ -85,6 +86,17 @@ def search_reports(request: Request) -> Response:
     return paged(request, "DiagnosticReport", [report_to_fhir(v.model_dump()) for v in views])
 
 
+def _based_on(body: dict[str, Any], what: str) -> str | None:
+    """The lab order (ServiceRequest) a result answers; any other basedOn is refused by name."""
+    found = None
+    for item in body.get("basedOn") or []:
+        target = reference_id((item or {}).get("reference"), "ServiceRequest")
+        if target is None or found is not None:
+            raise InvalidInput(f"{what}.basedOn: one reference ServiceRequest/<id> (a lab order)")
+        found = target
+    return found
+
+
 def report_input(body: dict[str, Any]) -> DiagnosticReportInput:
     """A lab report: subject, a LOINC code, issued, and its result Observations (at least one)."""
     patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
@@ -109,6 +121,7 @@ def report_input(body: dict[str, Any]) -> DiagnosticReportInput:
         "issued_at": parse_instant(issued, "issued"),
         "conclusion": body.get("conclusion"),
         "result_ids": results,
+        "order_id": _based_on(body, "DiagnosticReport"),
     }
     try:
         return DiagnosticReportInput(**values)

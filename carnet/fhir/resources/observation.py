@@ -4,6 +4,7 @@ or entered in error (delete: kept); every version by vread and `_history`."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -65,12 +66,71 @@ def observation_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             "code": {"coding": [clean({"system": LOINC, "code": d.get("code"), "display": d.get("display")})]}
             if d.get("code")
             else {"text": "redacted"},
+            "basedOn": [ref("ServiceRequest", d["order_id"])] if d.get("order_id") else None,
             "subject": ref("Patient", d.get("patient_id")),
             "effectiveDateTime": when(d.get("effective_at")),
             **value,
+            "interpretation": [{"coding": [{"system": INTERPRETATION, "code": d["interpretation"]}]}]
+            if d.get("interpretation")
+            else None,
+            "referenceRange": reference_range(d.get("reference_range"), d.get("unit")),
         }
     )
     return checked(Observation, resource)
+
+
+# The FHIR R4 binding of Observation.interpretation; its codes are HL7 v2 table 0078's.
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+_RANGE = re.compile(
+    r"^\s*(?:(?P<low>-?\d+(?:[.,]\d+)?)\s*(?:-|–|to)\s*(?P<high>-?\d+(?:[.,]\d+)?)"
+    r"|(?P<op><=?|>=?)\s*(?P<bound>-?\d+(?:[.,]\d+)?))\s*$"
+)
+
+
+def _quantity(value: str, unit: str | None) -> dict[str, Any]:
+    return clean({"value": float(value.replace(",", ".")), "unit": unit})
+
+
+def reference_range(text: str | None, unit: str | None) -> list[dict[str, Any]] | None:
+    """The laboratory's range as printed (kept as `text`), with low and high when it reads
+    "a-b", "<b" or ">a" (in the value's unit)."""
+    if not text:
+        return None
+    found: dict[str, Any] = {"text": text}
+    match = _RANGE.match(text)
+    if match and match["low"] is not None:
+        found["low"] = _quantity(match["low"], unit)
+        found["high"] = _quantity(match["high"], unit)
+    elif match and match["op"] is not None:
+        found["high" if match["op"].startswith("<") else "low"] = _quantity(match["bound"], unit)
+    return [found]
+
+
+def _range_text(body: dict[str, Any]) -> str | None:
+    """The first referenceRange as a line of text (the column; the resource keeps it whole)."""
+    ranges = body.get("referenceRange") or []
+    if not ranges:
+        return None
+    first = ranges[0] or {}
+    if first.get("text"):
+        return str(first["text"])[:60]
+    low, high = (first.get("low") or {}).get("value"), (first.get("high") or {}).get("value")
+    if low is not None and high is not None:
+        return f"{low:g}-{high:g}"[:60]
+    if high is not None:
+        return f"<{high:g}"
+    if low is not None:
+        return f">{low:g}"
+    return None
+
+
+def _interpretation(body: dict[str, Any]) -> str | None:
+    for concept in body.get("interpretation") or []:
+        for coding in (concept or {}).get("coding") or []:
+            code = str(coding.get("code") or "")
+            if re.fullmatch(r"[A-Za-z<>]{1,10}", code):
+                return code
+    return None
 
 
 def observation_change(body: dict[str, Any], observation_id: str, version: int) -> tuple[str, dict[str, Any]]:
@@ -101,6 +161,15 @@ CATEGORIES = frozenset(
         "activity",
     }
 )
+
+
+def _order_of(body: dict[str, Any]) -> str | None:
+    """The lab order a result answers (basedOn ServiceRequest), kept as its column too."""
+    for item in body.get("basedOn") or []:
+        target = reference_id((item or {}).get("reference"), "ServiceRequest")
+        if target is not None:
+            return target
+    return None
 
 
 def observation_input(body: dict[str, Any]) -> ObservationInput:
@@ -160,6 +229,9 @@ def observation_input(body: dict[str, Any]) -> ObservationInput:
         "status": body.get("status") or "final",
         "encounter_id": encounter,
         "received": body,
+        "order_id": _order_of(body),
+        "reference_range": _range_text(body),
+        "interpretation": _interpretation(body),
     }
     return schema_input(ObservationInput, values, "Observation")  # type: ignore[no-any-return]
 
