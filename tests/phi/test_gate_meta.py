@@ -18,6 +18,7 @@ from carnet.access.exports import approve_export, request_export
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.detection.models import Exposure
+from carnet.interventions.schemas import InterventionInput
 from carnet.kernel.errors import AccountContained, CarnetError, Forbidden, NotFound
 from carnet.patients.models import CareRelationship, ResourceVersion
 from carnet.phi.gate import Gate, public_operations
@@ -72,6 +73,8 @@ class World:
     kept: str = ""
     colleague: str = ""  # another physician of the facility, in nobody's care relationship yet
     held: str = ""  # a prescription of the patient on hold (version 2)
+    # An immunization, procedure, medication administered and statement of the patient.
+    interventions: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _world(runtime: Runtime) -> World:
@@ -168,7 +171,63 @@ def _world(runtime: Runtime) -> World:
         consent=consent.id,
         provenance=str(version),
         held=held.id or "",
+        interventions={
+            name: getattr(gate, f"record_{operation}")(data=_intervention(name, patient.id)).id
+            for name, operation in INTERVENTION_OPERATIONS.items()
+        },
     )
+
+
+INTERVENTION_OPERATIONS = {
+    "Immunization": "immunization",
+    "Procedure": "procedure",
+    "MedicationAdministration": "medication_administration",
+    "MedicationStatement": "medication_statement",
+}
+
+
+def _intervention(name: str, patient_id: str) -> InterventionInput:
+    element = "patient" if name == "Immunization" else "subject"
+    return InterventionInput(
+        patient_id=patient_id,
+        code_system="http://snomed.info/sct",
+        code="1",
+        status="completed",
+        received={
+            "resourceType": name,
+            "status": "completed",
+            element: {"reference": f"Patient/{patient_id}"},
+        },
+    )
+
+
+def _intervention_calls() -> dict[str, tuple[str, Call, Call]]:
+    calls: dict[str, tuple[str, Call, Call]] = {}
+    for name, operation in INTERVENTION_OPERATIONS.items():
+        plural = f"{operation}s"
+
+        def record(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"record_{operation}")(data=_intervention(name, w.patient))
+
+        def record_missing(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"record_{operation}")(data=_intervention(name, MISSING))
+
+        def read(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"read_{operation}")(intervention_id=w.interventions[name])
+
+        def read_missing(g: Gate, w: World, operation: str = operation) -> Any:
+            return getattr(g, f"read_{operation}")(intervention_id=MISSING)
+
+        def listed(g: Gate, w: World, plural: str = plural) -> Any:
+            return getattr(g, f"list_{plural}")(patient_id=w.patient)
+
+        def listed_missing(g: Gate, w: World, plural: str = plural) -> Any:
+            return getattr(g, f"list_{plural}")(patient_id=MISSING)
+
+        calls[f"record_{operation}"] = ("physician", record, record_missing)
+        calls[f"read_{operation}"] = ("physician", read, read_missing)
+        calls[f"list_{plural}"] = ("physician", listed, listed_missing)
+    return calls
 
 
 def _referral(w: World, days: int | None) -> CareRelationshipInput:
@@ -735,6 +794,7 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.export(export_id=MISSING),
     ),
 }
+CALLS.update(_intervention_calls())
 
 
 def _outcomes(runtime: Runtime, actor: Actor) -> list[tuple[str, str]]:

@@ -1,0 +1,68 @@
+"""interventions: immunizations, procedures, medication administrations and statements
+
+Each kept whole as received (the FHIR resource, encrypted under the facility's key) beside the
+columns policy and search need; under the same facility row-level security as the other patient
+tables, on PostgreSQL.
+
+Revision ID: 0009_fhirio
+Revises: 0008_fhirio
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009_fhirio"
+down_revision = "0008_fhirio"
+branch_labels = None
+depends_on = None
+
+APP_ROLE = "carnet_app"
+SCOPE = "(carnet_scope_all() OR facility_id = ANY (carnet_scope_facilities()))"
+
+
+def upgrade() -> None:
+    op.create_table(
+        "interventions",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("facility_id", sa.Uuid(), nullable=False),
+        sa.Column("patient_id", sa.Uuid(), nullable=False),
+        sa.Column("resource_type", sa.String(length=40), nullable=False),
+        sa.Column("code_system", sa.String(length=200), nullable=True),
+        sa.Column("code", sa.String(length=40), nullable=True),
+        sa.Column("display", sa.String(length=200), nullable=True),
+        sa.Column("status", sa.String(length=30), nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("encounter_id", sa.Uuid(), nullable=True),
+        sa.Column("recorded_by", sa.Uuid(), nullable=True),
+        sa.Column("received_ct", sa.LargeBinary(), nullable=False),
+        sa.Column("version_id", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["facility_id"], ["facilities.id"], name=op.f("fk_interventions_facility_id_facilities")
+        ),
+        sa.ForeignKeyConstraint(
+            ["patient_id"], ["patients.id"], name=op.f("fk_interventions_patient_id_patients")
+        ),
+        sa.ForeignKeyConstraint(
+            ["encounter_id"], ["encounters.id"], name=op.f("fk_interventions_encounter_id_encounters")
+        ),
+        sa.ForeignKeyConstraint(
+            ["recorded_by"], ["practitioners.id"], name=op.f("fk_interventions_recorded_by_practitioners")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_interventions")),
+    )
+    with op.batch_alter_table("interventions", schema=None) as batch_op:
+        batch_op.create_index("ix_interventions_patient_type", ["patient_id", "resource_type"], unique=False)
+    if op.get_context().dialect.name != "postgresql":
+        return
+    op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON interventions TO {APP_ROLE}")
+    op.execute("ALTER TABLE interventions ENABLE ROW LEVEL SECURITY")
+    op.execute("ALTER TABLE interventions FORCE ROW LEVEL SECURITY")
+    op.execute(f"CREATE POLICY facility_scope ON interventions USING ({SCOPE}) WITH CHECK ({SCOPE})")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("interventions", schema=None) as batch_op:
+        batch_op.drop_index("ix_interventions_patient_type")
+    op.drop_table("interventions")
