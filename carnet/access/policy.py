@@ -108,7 +108,7 @@ APPOINTMENT_ADMIN = frozenset(
 APPOINTMENT_ALL = APPOINTMENT_ADMIN | {"reason"}
 ENCOUNTER_ALL = frozenset(
     {"id", "patient_id", "facility_id", "kind", "status", "start_at", "end_at", "location_id", "attending_id"}
-    | {"version_id"}
+    | {"version_id", "received"}
 )
 ALLERGY_ALL = frozenset(
     {

@@ -4,6 +4,7 @@ record an allergy, read them."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from sqlalchemy import select
 
@@ -12,7 +13,16 @@ from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.phi.kernel import RT, GuardedTx, guarded
 from carnet.phi.schemas import AllergyInput, AllergyView, PrescriptionInput, PrescriptionView
-from carnet.phi.steps import patient_stay, read_one, redact, section, writing_practitioner, written
+from carnet.phi.steps import (
+    patient_stay,
+    read_one,
+    received_json,
+    received_shown,
+    redact,
+    section,
+    writing_practitioner,
+    written,
+)
 from carnet.prescriptions.models import Prescription
 from carnet.prescriptions.rules import allergy_warnings
 from carnet.prescriptions.views import allergy_data, prescription_data
@@ -184,22 +194,30 @@ def record_allergy(tx: GuardedTx, /, *, data: AllergyInput) -> AllergyView:
     author = writing_practitioner(tx)
     patient = tx.patient_for_write(data.patient_id)
     tx.authorize(patient, RT.ALLERGY, write=True)
+    allergy_id = new_id()
+    received = None
+    if data.received is not None:
+        # Who recorded it in carnet, unless the sender named its own recorder.
+        sent = {"recorder": {"reference": f"Practitioner/{author}"}, **data.received}
+        received = received_json(tx, sent, patient, {"patient": f"Patient/{patient.id}"})
     allergy = Allergy(
-        id=new_id(),
+        id=allergy_id,
         facility_id=patient.facility_id,
         patient_id=patient.id,
         substance_code=data.substance_code,
         substance_display=data.substance_display,
         criticality=data.criticality,
-        clinical_status="active",
+        clinical_status=data.clinical_status,
         recorded_by=author,
+        received_ct=tx.enc(received, patient.facility_id, "allergies", "received", allergy_id),
         version_id=1,
         created_at=tx.now,
         updated_at=tx.now,
     )
     tx.session.add(allergy)
     tx.session.flush()
-    return written(tx, patient, RT.ALLERGY, AllergyView, allergy_data(allergy), 1, "create")
+    kept = None if received is None else dict(json.loads(received))
+    return written(tx, patient, RT.ALLERGY, AllergyView, allergy_data(allergy, kept), 1, "create")
 
 
 @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
@@ -211,7 +229,7 @@ def list_allergies(tx: GuardedTx, /, *, patient_id: str) -> list[AllergyView]:
         RT.ALLERGY,
         select(Allergy).where(Allergy.patient_id == pid).order_by(Allergy.created_at),
     )
-    return [redact(AllergyView, allergy_data(r), fields) for r in rows]
+    return [redact(AllergyView, allergy_data(r, received_shown(tx, r, fields)), fields) for r in rows]
 
 
 @guarded(AuditKind.PHI_READ, RT.PRESCRIPTION, targeted=True)
@@ -235,4 +253,4 @@ def read(tx: GuardedTx, /, *, prescription_id: str) -> PrescriptionView:
 @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
 def read_allergy(tx: GuardedTx, /, *, allergy_id: str) -> AllergyView:
     row, fields = read_one(tx, RT.ALLERGY, allergy_id)
-    return redact(AllergyView, allergy_data(row), fields)
+    return redact(AllergyView, allergy_data(row, received_shown(tx, row, fields)), fields)

@@ -9,7 +9,7 @@ from carnet.prescriptions.models import Prescription
 from carnet.records.models import Allergy
 
 
-def allergy_data(a: Allergy) -> dict[str, Any]:
+def allergy_data(a: Allergy, received: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": str(a.id),
         "updated_at": a.updated_at,
@@ -20,6 +20,7 @@ def allergy_data(a: Allergy) -> dict[str, Any]:
         "clinical_status": a.clinical_status,
         "recorded_by": sid(a.recorded_by),
         "version_id": a.version_id,
+        "received": received,
     }
 
 

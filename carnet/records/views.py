@@ -17,7 +17,7 @@ from carnet.records.models import ClinicalNote, Condition, DiagnosticReport, Not
 from carnet.scheduling.models import Encounter
 
 
-def encounter_data(e: Encounter) -> dict[str, Any]:
+def encounter_data(e: Encounter, received: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": str(e.id),
         "updated_at": e.updated_at,
@@ -30,6 +30,7 @@ def encounter_data(e: Encounter) -> dict[str, Any]:
         "location_id": sid(e.location_id),
         "attending_id": sid(e.attending_id),
         "version_id": e.version_id,
+        "received": received,
     }
 
 

@@ -1,8 +1,12 @@
-"""interventions: immunizations, procedures, medication administrations and statements
+"""interventions: immunizations, procedures, medication administrations and statements;
+stays kept as received; directory entries of other systems
 
-Each kept whole as received (the FHIR resource, encrypted under the facility's key) beside the
-columns policy and search need; under the same facility row-level security as the other patient
-tables, on PostgreSQL.
+Each intervention is kept whole as received (the FHIR resource, encrypted under the facility's
+key) beside the columns policy and search need; under the same facility row-level security as
+the other patient tables, on PostgreSQL. A stay (Encounter) imported or posted keeps its
+resource too. `directory_entries`: the Practitioner, PractitionerRole, Organization and
+Location resources of another system that an import referenced and carnet's own directory did
+not match by identifier (no patient data; created through the audited system door).
 
 Revision ID: 0009_fhirio
 Revises: 0008_fhirio
@@ -54,8 +58,30 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("interventions", schema=None) as batch_op:
         batch_op.create_index("ix_interventions_patient_type", ["patient_id", "resource_type"], unique=False)
+    op.add_column("encounters", sa.Column("received_ct", sa.LargeBinary(), nullable=True))
+    op.create_table(
+        "directory_entries",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("facility_id", sa.Uuid(), nullable=False),
+        sa.Column("resource_type", sa.String(length=40), nullable=False),
+        sa.Column("identifier_system", sa.String(length=200), nullable=True),
+        sa.Column("identifier_value", sa.String(length=100), nullable=True),
+        sa.Column("resource", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["facility_id"], ["facilities.id"], name=op.f("fk_directory_entries_facility_id_facilities")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_directory_entries")),
+    )
+    with op.batch_alter_table("directory_entries", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_directory_entries_identifier",
+            ["facility_id", "resource_type", "identifier_system", "identifier_value"],
+            unique=False,
+        )
     if op.get_context().dialect.name != "postgresql":
         return
+    op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON directory_entries TO {APP_ROLE}")
     op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON interventions TO {APP_ROLE}")
     op.execute("ALTER TABLE interventions ENABLE ROW LEVEL SECURITY")
     op.execute("ALTER TABLE interventions FORCE ROW LEVEL SECURITY")
@@ -63,6 +89,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("directory_entries", schema=None) as batch_op:
+        batch_op.drop_index("ix_directory_entries_identifier")
+    op.drop_table("directory_entries")
+    with op.batch_alter_table("encounters", schema=None) as batch_op:
+        batch_op.drop_column("received_ct")
     with op.batch_alter_table("interventions", schema=None) as batch_op:
         batch_op.drop_index("ix_interventions_patient_type")
     op.drop_table("interventions")
