@@ -190,12 +190,12 @@ def _follow(tx: GuardedTx, encounter: Encounter, patient: Patient) -> dict[str, 
     if encounter.end_at is not None:
         stored["period"] = {**(stored.get("period") or {}), "end": encounter.end_at.isoformat()}
     if encounter.location_id is not None:
-        here = {"location": {"reference": f"Location/{encounter.location_id}"}, "status": "active"}
+        current = f"Location/{encounter.location_id}"
+        here = {"location": {"reference": current}, "status": "active"}
         earlier = [
             {**e, "status": "completed"}
             for e in stored.get("location") or []
-            if isinstance(e, dict)
-            and (e.get("location") or {}).get("reference") != here["location"]["reference"]
+            if isinstance(e, dict) and (e.get("location") or {}).get("reference") != current
         ]
         stored["location"] = [*earlier, here]
     text = json.dumps(stored, ensure_ascii=False, sort_keys=True)
