@@ -142,6 +142,7 @@ PRESCRIPTION_ALL = frozenset(
         "allergy_override_reason",
         "version_id",
         "warnings",
+        "received",
     }
 )
 COVERAGE_ALL = frozenset(

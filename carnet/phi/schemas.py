@@ -128,6 +128,8 @@ class PrescriptionView(Redactable):
     allergy_override_reason: str | None = None
     version_id: int | None = None
     warnings: list[str] | None = None
+    # The FHIR MedicationRequest as received (imported; None otherwise or not all visible).
+    received: dict[str, Any] | None = None
 
 
 class CoverageView(Redactable):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 from sqlalchemy import select
 
@@ -17,6 +18,7 @@ from carnet.phi.steps import (
     patient_stay,
     read_one,
     received_json,
+    received_of,
     received_shown,
     redact,
     section,
@@ -82,6 +84,23 @@ def _status_reason(reason: str, what: str) -> str:
     return reason
 
 
+def _follow(tx: GuardedTx, prescription: Prescription, patient: Any) -> dict[str, Any] | None:
+    """A prescription received from another system (kept whole) follows a change made in carnet:
+    its status and status reason; the version before keeps it as it was received."""
+    stored = received_of(tx, prescription)
+    if stored is None:
+        return None
+    stored["status"] = prescription.status
+    if prescription.stop_reason:
+        stored["statusReason"] = {"text": prescription.stop_reason}
+    else:
+        stored.pop("statusReason", None)
+    text = json.dumps(stored, ensure_ascii=False, sort_keys=True)
+    prescription.received_ct = tx.enc(text, patient.facility_id, "prescriptions", "received", prescription.id)
+    tx.session.flush()
+    return stored
+
+
 @guarded(AuditKind.PHI_UPDATE, RT.PRESCRIPTION, targeted=True)
 def stop(tx: GuardedTx, /, *, prescription_id: str, expected_version: int, reason: str) -> PrescriptionView:
     writing_practitioner(tx)
@@ -91,7 +110,7 @@ def stop(tx: GuardedTx, /, *, prescription_id: str, expected_version: int, reaso
         raise Conflict("only an ongoing or held prescription can be stopped")
     reason = _status_reason(reason, "stopping")
     tx.bump(Prescription, prescription, expected_version, status="stopped", stop_reason=reason)
-    data = prescription_data(prescription)
+    data = prescription_data(prescription, _follow(tx, prescription, patient))
     return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, data, prescription.version_id, "update")
 
 
@@ -106,7 +125,7 @@ def hold(tx: GuardedTx, /, *, prescription_id: str, expected_version: int, reaso
         raise Conflict("only an ongoing prescription can be put on hold")
     reason = _status_reason(reason, "holding")
     tx.bump(Prescription, prescription, expected_version, status="on-hold", stop_reason=reason)
-    data = prescription_data(prescription)
+    data = prescription_data(prescription, _follow(tx, prescription, patient))
     return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, data, prescription.version_id, "update")
 
 
@@ -119,7 +138,7 @@ def resume(tx: GuardedTx, /, *, prescription_id: str, expected_version: int) -> 
     if prescription.status != "on-hold":
         raise Conflict("only a held prescription can be resumed")
     tx.bump(Prescription, prescription, expected_version, status="active", stop_reason=None)
-    data = prescription_data(prescription)
+    data = prescription_data(prescription, _follow(tx, prescription, patient))
     return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, data, prescription.version_id, "update")
 
 
@@ -161,7 +180,8 @@ def renew(
         valid_until = tx.now + max(old.valid_until - old.authored_at, dt.timedelta(days=1))
     if old.status != "completed":
         tx.bump(Prescription, old, expected_version, status="completed")
-        tx.snapshot(RT.PRESCRIPTION, old.id, old.version_id, patient, "update", prescription_data(old))
+        kept = _follow(tx, old, patient)
+        tx.snapshot(RT.PRESCRIPTION, old.id, old.version_id, patient, "update", prescription_data(old, kept))
     elif old.version_id != expected_version:
         raise Conflict("the resource was changed by someone else: reload and try again")
     renewed = Prescription(
@@ -241,13 +261,15 @@ def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[PrescriptionV
         RT.PRESCRIPTION,
         select(Prescription).where(Prescription.patient_id == pid).order_by(Prescription.authored_at.desc()),
     )
-    return [redact(PrescriptionView, prescription_data(r), fields) for r in rows]
+    return [
+        redact(PrescriptionView, prescription_data(r, received_shown(tx, r, fields)), fields) for r in rows
+    ]
 
 
 @guarded(AuditKind.PHI_READ, RT.PRESCRIPTION, targeted=True)
 def read(tx: GuardedTx, /, *, prescription_id: str) -> PrescriptionView:
     row, fields = read_one(tx, RT.PRESCRIPTION, prescription_id)
-    return redact(PrescriptionView, prescription_data(row), fields)
+    return redact(PrescriptionView, prescription_data(row, received_shown(tx, row, fields)), fields)
 
 
 @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)

@@ -24,12 +24,12 @@ def allergy_data(a: Allergy, received: dict[str, Any] | None = None) -> dict[str
     }
 
 
-def prescription_data(p: Prescription) -> dict[str, Any]:
+def prescription_data(p: Prescription, received: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": str(p.id),
         "updated_at": p.updated_at,
         "patient_id": str(p.patient_id),
-        "prescriber_id": str(p.prescriber_id),
+        "prescriber_id": sid(p.prescriber_id),
         "medication_code": p.medication_code,
         "medication_display": p.medication_display,
         "substance_code": p.substance_code,
@@ -41,4 +41,5 @@ def prescription_data(p: Prescription) -> dict[str, Any]:
         "allergy_override_reason": p.allergy_override_reason,
         "version_id": p.version_id,
         "warnings": [],
+        "received": received,
     }

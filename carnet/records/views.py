@@ -12,7 +12,7 @@ from sqlalchemy import select
 from carnet.patients.models import CareRelationship, Consent
 from carnet.phi.kernel import GuardedTx
 from carnet.phi.schemas import DiagnosticReportView, NoteVersionView
-from carnet.phi.steps import SECTION_LIMIT, redact, sid
+from carnet.phi.steps import SECTION_LIMIT, received_shown, redact, sid
 from carnet.records.models import ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
 from carnet.scheduling.models import Encounter
 
@@ -168,6 +168,7 @@ def report_views(
             "performer_id": sid(r.performer_id),
             "result_ids": results.get(r.id, []),
             "version_id": r.version_id,
+            "received": received_shown(tx, r, fields),
         }
         views.append(redact(DiagnosticReportView, data, fields))
     return views

@@ -59,6 +59,11 @@ def upgrade() -> None:
     with op.batch_alter_table("interventions", schema=None) as batch_op:
         batch_op.create_index("ix_interventions_patient_type", ["patient_id", "resource_type"], unique=False)
     op.add_column("encounters", sa.Column("received_ct", sa.LargeBinary(), nullable=True))
+    # A prescription imported from another system keeps its resource; its prescriber is in that
+    # system's directory (the resource names them), not one of carnet's practitioners.
+    with op.batch_alter_table("prescriptions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("received_ct", sa.LargeBinary(), nullable=True))
+        batch_op.alter_column("prescriber_id", existing_type=sa.Uuid(), nullable=True)
     op.create_table(
         "directory_entries",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -93,6 +98,9 @@ def downgrade() -> None:
         batch_op.drop_index("ix_directory_entries_identifier")
     op.drop_table("directory_entries")
     with op.batch_alter_table("encounters", schema=None) as batch_op:
+        batch_op.drop_column("received_ct")
+    with op.batch_alter_table("prescriptions", schema=None) as batch_op:
+        batch_op.alter_column("prescriber_id", existing_type=sa.Uuid(), nullable=False)
         batch_op.drop_column("received_ct")
     with op.batch_alter_table("interventions", schema=None) as batch_op:
         batch_op.drop_index("ix_interventions_patient_type")
