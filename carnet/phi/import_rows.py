@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
@@ -108,6 +108,7 @@ class Item:
     full_url: str | None = None
     assigned: uuid.UUID | None = None  # carnet's id for it, given before the run reads any unit
     matched: bool = False  # a directory entry carnet already holds (matched by identifier)
+    refs: dict[uuid.UUID, str] = field(default_factory=dict)  # resources of the run it references
 
 
 @dataclass
@@ -149,6 +150,7 @@ class Run:
         self.accepted_ids: set[uuid.UUID] = set()
         self.referenced: dict[uuid.UUID, str] = {}  # carnet id -> where it was first referenced
         self.in_carnet: dict[str, bool] = {}  # `Type/<carnet id>` references checked
+        self.item_refs: dict[uuid.UUID, str] = {}  # those of the resource being mapped
 
     def preassign(self, units: list[Unit]) -> None:
         """Give every resource of the run its carnet id before any is read."""
@@ -242,7 +244,7 @@ class Run:
             hit = self.index.get("/".join(reference.rstrip("/").split("/")[-2:]))
         if hit is not None:
             rtype, carnet_id = hit
-            self.referenced.setdefault(carnet_id, f"{path} ({reference})")
+            self.item_refs.setdefault(carnet_id, f"{path} ({reference})")
             return f"{rtype}/{carnet_id}"
         rtype, _, rid = reference.partition("/")
         if self._in_carnet(rtype, rid):
@@ -417,10 +419,11 @@ class Run:
         try:
             model.model_validate(resource)
         except ValidationError as exc:
-            places = sorted({".".join(str(p) for p in e.get("loc", ())) or rtype for e in exc.errors()})
-            raise InvalidInput(f"invalid {rtype}: check " + ", ".join(places[:10])) from None
+            places = sorted({".".join([rtype, *(str(p) for p in e.get("loc", ()))]) for e in exc.errors()})
+            raise InvalidInput(", ".join(places[:10]) + ": not valid FHIR R4 (refused)") from None
         # Valid as sent: map the JSON itself (re-serializing the model was 40 % of an import).
         data: dict[str, Any] = json.loads(json.dumps(resource))
+        self.item_refs = item.refs = {}
         mapper: Callable[[dict[str, Any], Item, dict[str, uuid.UUID]], list[tuple[str, dict[str, Any]]]] = (
             getattr(self, f"_{rtype.lower()}")
         )
@@ -672,13 +675,14 @@ class Run:
         self.keep(data, "MedicationRequest", ("subject",))
         concept = data.get("medicationCodeableConcept") or {}
         codings = [c for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code")]
-        coding = next((c for c in codings if c.get("system") == ATC_SYSTEM), codings[0] if codings else None)
-        if coding is None:
-            raise InvalidInput("MedicationRequest.medicationCodeableConcept.coding: a code is required")
-        code = str(coding["code"])
+        coding = next((c for c in codings if c.get("system") == ATC_SYSTEM), codings[0] if codings else {})
+        # A medication named by text alone is kept; the checks read no code from it (not ATC).
+        code = str(coding.get("code") or "")
         if len(code) > 40:
             raise InvalidInput("MedicationRequest.medicationCodeableConcept.coding.code: longer than 40")
         display = str(coding.get("display") or concept.get("text") or code)
+        if not display:
+            raise InvalidInput("MedicationRequest.medicationCodeableConcept: a coding or a text is required")
         dosage = next(
             (
                 str(d["text"])

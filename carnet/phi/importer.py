@@ -346,10 +346,14 @@ def _import_unit(run: Run, unit: Unit, report: ImportReport, *, operator: str, s
             for ref, row in run.unit_invoices.items()
         }
     )
-    written = {r.source for r in rejected}
-    run.accepted_ids.update(
-        item.assigned for item in unit.items if item.assigned is not None and item.source not in written
-    )
+    refused = {r.source for r in rejected}
+    for item in unit.items:
+        if item.source in refused:
+            continue
+        if item.assigned is not None:
+            run.accepted_ids.add(item.assigned)
+        for carnet_id, where in item.refs.items():
+            run.referenced.setdefault(carnet_id, where)
     for rtype, n in accepted.items():
         report.accepted[rtype] = report.accepted.get(rtype, 0) + n
     report.rejected.extend(rejected)

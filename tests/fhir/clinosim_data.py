@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
 # Files in the order an integrator lists them: patients, then the directory, then the rest.
 ORDER = (
     "Patient",
@@ -36,8 +39,20 @@ def generate(out: Path, *, population: int, seed: int) -> list[Path]:
     tool = shutil.which("clinosim", path=str(Path(sys.executable).parent))
     assert tool is not None, "clinosim is a test dependency (pyproject.toml)"
     subprocess.run(
-        [tool, "simulate", "--country", "US", "--population", str(population), "--seed", str(seed)]
-        + ["--output", str(out), "--format", "fhir-r4"],
+        [
+            tool,
+            "simulate",
+            "--country",
+            "US",
+            "--population",
+            str(population),
+            "--seed",
+            str(seed),
+            "--output",
+            str(out),
+            "--format",
+            "fhir-r4",
+        ],
         check=True,
         capture_output=True,
         timeout=300,
@@ -45,6 +60,16 @@ def generate(out: Path, *, population: int, seed: int) -> list[Path]:
     files = {p.stem: p for p in (out / "fhir_r4").glob("*.ndjson")}
     ordered = [files.pop(name) for name in ORDER if name in files]
     return ordered + [files[name] for name in sorted(files)]
+
+
+def valid_r4(resource: dict[str, Any]) -> bool:
+    """Is it FHIR R4 as fhir.resources' R4B models read it?"""
+    model = get_fhir_model_class(resource["resourceType"])
+    try:
+        model.model_validate(resource)
+    except ValidationError:
+        return False
+    return True
 
 
 def read(paths: list[Path]) -> list[dict[str, Any]]:
