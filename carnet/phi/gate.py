@@ -20,6 +20,7 @@ from carnet.audit.interfaces import AuditKind
 from carnet.billing import operations as billing
 from carnet.coverage import operations as coverage
 from carnet.interfaces import operation as interfaces
+from carnet.interventions import operations as interventions
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.patients import merge as identity
 from carnet.patients import operations as patients
@@ -85,6 +86,10 @@ TRANSACTION_OPERATIONS = frozenset(
         "finalize_invoice",
         "cancel_invoice",
         "record_payment",
+        "record_immunization",
+        "record_procedure",
+        "record_medication_administration",
+        "record_medication_statement",
     }
 )
 
@@ -204,6 +209,21 @@ class Gate(GateCore):
     record_allergy = operation(prescriptions.record_allergy)
     read_prescription = operation(prescriptions.read)
     read_allergy = operation(prescriptions.read_allergy)
+
+    # -- interventions: immunizations, procedures, medications given or taken, each kept as
+    # received (carnet/interventions/operations.py)
+    list_immunizations = operation(interventions.list_immunizations)
+    read_immunization = operation(interventions.read_immunization)
+    record_immunization = operation(interventions.record_immunization)
+    list_procedures = operation(interventions.list_procedures)
+    read_procedure = operation(interventions.read_procedure)
+    record_procedure = operation(interventions.record_procedure)
+    list_medication_administrations = operation(interventions.list_administrations)
+    read_medication_administration = operation(interventions.read_administration)
+    record_medication_administration = operation(interventions.record_administration)
+    list_medication_statements = operation(interventions.list_statements)
+    read_medication_statement = operation(interventions.read_statement)
+    record_medication_statement = operation(interventions.record_statement)
 
     # -- coverage and health cards (carnet/coverage/operations.py)
     list_coverage = operation(coverage.list_for_patient)

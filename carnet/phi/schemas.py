@@ -79,6 +79,8 @@ class EncounterView(Redactable):
     location_id: str | None = None
     attending_id: str | None = None
     version_id: int | None = None
+    # The FHIR Encounter as received (None: opened in carnet, or not every field is visible).
+    received: dict[str, Any] | None = None
 
 
 class AllergyView(Redactable):
@@ -126,6 +128,8 @@ class PrescriptionView(Redactable):
     allergy_override_reason: str | None = None
     version_id: int | None = None
     warnings: list[str] | None = None
+    # The FHIR MedicationRequest as received (imported; None otherwise or not all visible).
+    received: dict[str, Any] | None = None
 
 
 class CoverageView(Redactable):
@@ -494,9 +498,14 @@ class AllergyInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     patient_id: str
+    # An ATC code (what carnet's medication checks read), or a code of any other system (SNOMED
+    # CT, RxNorm...): kept, shown, and said to be unchecked when a prescription is checked.
     substance_code: str = Field(min_length=1, max_length=40)
     substance_display: str = Field(min_length=1, max_length=200)
     criticality: str = Field(pattern="^(low|high|unable-to-assess)$")
+    clinical_status: str = Field(default="active", pattern="^(active|inactive|resolved)$")
+    # The FHIR resource as received, kept whole (every coding with its system, reactions...).
+    received: dict[str, Any] | None = None
 
 
 class EncounterInput(BaseModel):

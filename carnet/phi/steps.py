@@ -15,6 +15,7 @@ from carnet.access.policy import ResourceType
 from carnet.access.roles import Role
 from carnet.billing.models import Invoice
 from carnet.detection.interfaces import Channel
+from carnet.interventions.models import Intervention
 from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Location, Practitioner
@@ -123,6 +124,10 @@ _RECORD_TYPES: dict[str, Any] = {
     "Encounter": Encounter,
     "MedicationRequest": Prescription,
     "ServiceRequest": ServiceRequest,
+    "Immunization": Intervention,
+    "Procedure": Intervention,
+    "MedicationAdministration": Intervention,
+    "MedicationStatement": Intervention,
 }
 _DIRECTORY_TYPES: dict[str, Any] = {"Practitioner": Practitioner, "Location": Location}
 
@@ -168,7 +173,11 @@ def received_json(
         model = _RECORD_TYPES.get(rtype) or _DIRECTORY_TYPES.get(rtype)
         row = tx.session.get(model, key) if model is not None and key is not None else None
         if rtype in _RECORD_TYPES:
-            ok = row is not None and row.patient_id == patient.id
+            ok = (
+                row is not None
+                and row.patient_id == patient.id
+                and getattr(row, "resource_type", rtype) == rtype  # interventions share a table
+            )
         else:
             ok = row is not None and row.facility_id in tx.ctx.facility_ids
         if not ok:

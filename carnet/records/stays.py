@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from sqlalchemy import select, update
@@ -18,6 +19,8 @@ from carnet.phi.steps import (
     facility_practitioner,
     first_version,
     read_one,
+    received_of,
+    received_shown,
     redact,
     section,
     writing_practitioner,
@@ -39,7 +42,7 @@ def _stay(tx: GuardedTx, encounter_id: str, expected_version: int) -> tuple[Enco
         raise Conflict(
             f"this stay is {encounter.status}: only a stay in progress is transferred or discharged"
         )
-    first_version(tx, RT.ENCOUNTER, encounter, patient, encounter_data(encounter))
+    first_version(tx, RT.ENCOUNTER, encounter, patient, encounter_data(encounter, received_of(tx, encounter)))
     return encounter, patient
 
 
@@ -118,7 +121,7 @@ def transfer(
     if not values:
         raise InvalidInput("a transfer names a new location (or a new attending physician)")
     tx.bump(Encounter, encounter, expected_version, **values)
-    data = encounter_data(encounter)
+    data = encounter_data(encounter, _follow(tx, encounter, patient))
     return written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
 
 
@@ -134,7 +137,7 @@ def discharge(
     if end > tx.now + dt.timedelta(minutes=5) or end < encounter.start_at:
         raise InvalidInput("a discharge happens after the admission and not in the future")
     tx.bump(Encounter, encounter, expected_version, status="finished", end_at=end)
-    data = encounter_data(encounter)
+    data = encounter_data(encounter, _follow(tx, encounter, patient))
     return written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
 
 
@@ -153,9 +156,9 @@ def mark_entered_in_error(tx: GuardedTx, /, *, encounter_id: str, expected_versi
         raise Conflict("the resource was changed by someone else: reload and try again")
     if encounter.status == "entered-in-error":
         raise Conflict("this stay is already marked entered-in-error")
-    first_version(tx, RT.ENCOUNTER, encounter, patient, encounter_data(encounter))
+    first_version(tx, RT.ENCOUNTER, encounter, patient, encounter_data(encounter, received_of(tx, encounter)))
     tx.bump(Encounter, encounter, expected_version, status="entered-in-error")
-    data = encounter_data(encounter)
+    data = encounter_data(encounter, _follow(tx, encounter, patient))
     return written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
 
 
@@ -168,10 +171,34 @@ def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[EncounterView
         RT.ENCOUNTER,
         select(Encounter).where(Encounter.patient_id == pid).order_by(Encounter.start_at.desc()),
     )
-    return [redact(EncounterView, encounter_data(r), fields) for r in rows]
+    return [redact(EncounterView, encounter_data(r, received_shown(tx, r, fields)), fields) for r in rows]
 
 
 @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
 def read(tx: GuardedTx, /, *, encounter_id: str) -> EncounterView:
     row, fields = read_one(tx, RT.ENCOUNTER, encounter_id)
-    return redact(EncounterView, encounter_data(row), fields)
+    return redact(EncounterView, encounter_data(row, received_shown(tx, row, fields)), fields)
+
+
+def _follow(tx: GuardedTx, encounter: Encounter, patient: Patient) -> dict[str, Any] | None:
+    """A stay received from another system (kept whole) follows a change made in carnet: its
+    status, its period's end, its current location; the version before keeps it as it was."""
+    stored = received_of(tx, encounter)
+    if stored is None:
+        return None
+    stored["status"] = encounter.status
+    if encounter.end_at is not None:
+        stored["period"] = {**(stored.get("period") or {}), "end": encounter.end_at.isoformat()}
+    if encounter.location_id is not None:
+        current = f"Location/{encounter.location_id}"
+        here = {"location": {"reference": current}, "status": "active"}
+        earlier = [
+            {**e, "status": "completed"}
+            for e in stored.get("location") or []
+            if isinstance(e, dict) and (e.get("location") or {}).get("reference") != current
+        ]
+        stored["location"] = [*earlier, here]
+    text = json.dumps(stored, ensure_ascii=False, sort_keys=True)
+    encounter.received_ct = tx.enc(text, patient.facility_id, "encounters", "received", encounter.id)
+    tx.session.flush()
+    return stored

@@ -22,6 +22,7 @@ from carnet.interfaces.hl7v2 import ErrorCode, MessageError
 from carnet.interfaces.operation import LogEntry, MessageWork
 from carnet.interfaces.registry import register_interface
 from carnet.interfaces.service import InterfaceService
+from carnet.interventions.schemas import InterventionInput
 from carnet.kernel import clock
 from carnet.kernel.errors import AccountContained, CarnetError, Forbidden, NotFound
 from carnet.patients.models import CareRelationship, ResourceVersion
@@ -81,6 +82,8 @@ class World:
     order: str = ""  # an active lab order of the patient
     interface: Actor | None = None  # a registered HL7 interface of the facility (ORU^R01)
     interface_id: uuid.UUID | None = None
+    # An immunization, procedure, medication administered and statement of the patient.
+    interventions: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _world(runtime: Runtime) -> World:
@@ -193,7 +196,63 @@ def _world(runtime: Runtime) -> World:
         order=order.id,
         interface=registered.actor("127.0.0.1"),
         interface_id=interface_id,
+        interventions={
+            name: getattr(gate, f"record_{operation}")(data=_intervention(name, patient.id)).id
+            for name, operation in INTERVENTION_OPERATIONS.items()
+        },
     )
+
+
+INTERVENTION_OPERATIONS = {
+    "Immunization": "immunization",
+    "Procedure": "procedure",
+    "MedicationAdministration": "medication_administration",
+    "MedicationStatement": "medication_statement",
+}
+
+
+def _intervention(name: str, patient_id: str) -> InterventionInput:
+    element = "patient" if name == "Immunization" else "subject"
+    return InterventionInput(
+        patient_id=patient_id,
+        code_system="http://snomed.info/sct",
+        code="1",
+        status="completed",
+        received={
+            "resourceType": name,
+            "status": "completed",
+            element: {"reference": f"Patient/{patient_id}"},
+        },
+    )
+
+
+def _intervention_calls() -> dict[str, tuple[str, Call, Call]]:
+    calls: dict[str, tuple[str, Call, Call]] = {}
+    for name, operation in INTERVENTION_OPERATIONS.items():
+        plural = f"{operation}s"
+
+        def record(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"record_{operation}")(data=_intervention(name, w.patient))
+
+        def record_missing(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"record_{operation}")(data=_intervention(name, MISSING))
+
+        def read(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"read_{operation}")(intervention_id=w.interventions[name])
+
+        def read_missing(g: Gate, w: World, operation: str = operation) -> Any:
+            return getattr(g, f"read_{operation}")(intervention_id=MISSING)
+
+        def listed(g: Gate, w: World, plural: str = plural) -> Any:
+            return getattr(g, f"list_{plural}")(patient_id=w.patient)
+
+        def listed_missing(g: Gate, w: World, plural: str = plural) -> Any:
+            return getattr(g, f"list_{plural}")(patient_id=MISSING)
+
+        calls[f"record_{operation}"] = ("physician", record, record_missing)
+        calls[f"read_{operation}"] = ("physician", read, read_missing)
+        calls[f"list_{plural}"] = ("physician", listed, listed_missing)
+    return calls
 
 
 def _referral(w: World, days: int | None) -> CareRelationshipInput:
@@ -820,6 +879,7 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.export(export_id=MISSING),
     ),
 }
+CALLS.update(_intervention_calls())
 
 
 def _outcomes(runtime: Runtime, actor: Actor) -> list[tuple[str, str]]:

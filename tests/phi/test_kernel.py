@@ -29,6 +29,7 @@ OPERATION_MODULES = (
     "carnet.prescriptions.operations",
     "carnet.coverage.operations",
     "carnet.billing.operations",
+    "carnet.interventions.operations",
     "carnet.phi.exports",
     "carnet.phi.breakglass",
 )

@@ -26,6 +26,7 @@ from carnet.fhir.core.api import (
 from carnet.fhir.core.bundles import history_response, paged, vread_response
 from carnet.fhir.core.mapping import (
     LOINC,
+    as_received,
     clean,
     meta,
     ref,
@@ -44,6 +45,9 @@ REPORT_CATEGORY = "http://terminology.hl7.org/CodeSystem/v2-0074"
 
 # == mapping ===================================================================================
 def report_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        return checked(DiagnosticReport, received)
     resource = clean(
         {
             "resourceType": "DiagnosticReport",

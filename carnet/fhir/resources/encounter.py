@@ -23,6 +23,7 @@ from carnet.fhir.core.api import (
 )
 from carnet.fhir.core.bundles import history_response, paged, vread_response
 from carnet.fhir.core.mapping import (
+    as_received,
     clean,
     meta,
     ref,
@@ -43,6 +44,9 @@ ENCOUNTER_CLASS = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 # == mapping ===================================================================================
 def encounter_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        return checked(Encounter, received)
     klass = {"inpatient": "IMP", "outpatient": "AMB", "emergency": "EMER"}.get(d.get("kind") or "", "AMB")
     resource = clean(
         {

@@ -25,6 +25,7 @@ from carnet.fhir.core.bundles import history_response, paged, vread_response
 from carnet.fhir.core.mapping import (
     ATC_SYSTEM,
     EXT,
+    as_received,
     clean,
     extension_text,
     meta,
@@ -49,6 +50,9 @@ ALLERGY_OVERRIDE = EXT + "allergy-override-reason"
 
 # == mapping ===================================================================================
 def prescription_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        return checked(MedicationRequest, received)
     codings = []
     if d.get("medication_code"):
         codings.append(
