@@ -278,7 +278,7 @@ def test_worklists_are_ones_own_counted_as_lists_and_refused_for_others(fhir_ser
         ("CareTeam", {"participant": other}),
         ("Encounter", {"participant": other}),
     ):
-        with pytest.raises(Exception, match="403|may not"):
+        with pytest.raises(Exception, match=r"403|may not"):
             client.execute(resource_type, method="get", params=params)
     denied = [r for r in audit_rows(runtime, doctor.account_id) if r[1] == "denied"]
     assert {r[2] for r in denied} == {"CareTeam", "Encounter"}
@@ -288,6 +288,6 @@ def test_worklists_are_ones_own_counted_as_lists_and_refused_for_others(fhir_ser
 
     # The wrong role: billing has no worklist and no chart.
     billing = make_account(runtime, roles=[Role.BILLING], facility_id=facility)
-    with pytest.raises(Exception, match="403|may not"):
+    with pytest.raises(Exception, match=r"403|may not"):
         fhir_server.client_for(billing).execute("CareTeam", method="get", params={"participant": me})
     assert audit_rows(runtime, billing.account_id)[-1][1] == "denied"
