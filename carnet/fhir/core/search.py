@@ -494,7 +494,8 @@ def _result_param(query: Query, spec: Search, key: str, value: str, skip: Callab
     elif key in ("_include", "_revinclude"):
         parts = value.split(":")
         if len(parts) not in (2, 3):
-            raise InvalidInput(f"{key} is Type:parameter or Type:parameter:TargetType")
+            skip(f"{key}={value[:60]} is not supported: name Type:parameter (or Type:parameter:TargetType)")
+            return False
         kind, name, target = parts[0], parts[1], parts[2] if len(parts) == 3 else None
         allowed = spec.include_values() if key == "_include" else revinclude_values(spec.resource_type)
         if f"{kind}:{name}" not in allowed:
