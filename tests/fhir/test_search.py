@@ -260,6 +260,9 @@ def test_worklists_are_ones_own_counted_as_lists_and_refused_for_others(fhir_ser
     team = client.resources("CareTeam").search(participant=me).include("CareTeam", "subject").fetch_raw()
     assert {e.resource["resourceType"] for e in team.entry} == {"CareTeam", "Patient"}
     assert client.resources("Encounter").search(participant=me, status="in-progress").fetch() == []
+    # The same list as Patients (reverse chaining): each patient read through the gate.
+    cared = client.resources("Patient").has("CareTeam", "patient", participant=me).fetch()
+    assert [p.id for p in cared] == [mine.id]
     rows = audit_rows(runtime, doctor.account_id)
     assert ("phi:resource:list", "success", "CareTeam") in rows and (
         "phi:resource:list",
@@ -280,8 +283,10 @@ def test_worklists_are_ones_own_counted_as_lists_and_refused_for_others(fhir_ser
     ):
         with pytest.raises(Exception, match=r"403|may not"):
             client.execute(resource_type, method="get", params=params)
+    with pytest.raises(Exception, match=r"403|may not"):
+        client.resources("Patient").has("CareTeam", "patient", participant=other).fetch()
     denied = [r for r in audit_rows(runtime, doctor.account_id) if r[1] == "denied"]
-    assert {r[2] for r in denied} == {"CareTeam", "Encounter"}
+    assert [r[2] for r in denied] == ["CareTeam", "Encounter", "CareTeam"]
     # A week at most; an open range is not a worklist.
     with pytest.raises(OperationOutcome, match="at most"):
         client.execute("Appointment", method="get", params={"practitioner": me, "date": "ge2026-01-01"})

@@ -85,6 +85,8 @@ class Query:
     elements: tuple[str, ...] | None = None
     include: list[tuple[str, str, str | None]] = field(default_factory=list)
     revinclude: list[tuple[str, str, str | None]] = field(default_factory=list)
+    # `_has:Type:reference:parameter=value`: resources another type's search points to
+    has: list[tuple[str, str, str, str]] = field(default_factory=list)
     used: list[tuple[str, str]] = field(default_factory=list)  # what the self link shows
 
     def named(self, *names: str) -> list[Criterion]:
@@ -119,10 +121,14 @@ class Search:
     includes: tuple[str, ...] = ()  # reference params `_include` follows
     max_count: int = MAX_COUNT
     default_count: int = 20
+    reverse_chaining: bool = False  # `_has` served (for the worklist of one's care-team patients)
 
     def declared(self) -> dict[str, str]:
         """name -> type, as the CapabilityStatement lists them."""
-        return {**{n: p.type for n, p in self.params.items()}, "_id": "token", "_lastUpdated": "date"}
+        common = {"_id": "token", "_lastUpdated": "date"}
+        if self.reverse_chaining:
+            common["_has"] = "special"
+        return {**{n: p.type for n, p in self.params.items()}, **common}
 
     def param(self, name: str) -> Param | None:
         if name == "_id":
@@ -425,6 +431,10 @@ def parse(request: Request, spec: Search, items: Sequence[tuple[str, str]] | Non
             if _result_param(query, spec, key, value, skip):
                 query.used.append((key, value))
             continue
+        if key.startswith("_has:") and spec.reverse_chaining:
+            if _reverse_chain(query, spec, key, value, skip):
+                query.used.append((key, value))
+            continue
         if key.startswith("_has:") or (key.startswith("_") and spec.param(key.partition(":")[0]) is None):
             skip(f"unsupported search parameter: {key[:60]}")
             continue
@@ -467,6 +477,23 @@ def parse(request: Request, spec: Search, items: Sequence[tuple[str, str]] | Non
         query.criteria.append(Criterion(name, param, mod, values))
         query.used.append((key, value))
     return query
+
+
+def _reverse_chain(query: Query, spec: Search, key: str, value: str, skip: Callable[[str], None]) -> bool:
+    parts = key.split(":")
+    other = _SEARCHES.get(parts[1]) if len(parts) == 4 else None
+    if other is None:
+        skip(f"{key[:60]} is not supported: _has:Type:reference:parameter")
+        return False
+    ref, name = other.param(parts[2]), other.param(parts[3])
+    if ref is None or ref.type != "reference" or (ref.target or spec.resource_type) != spec.resource_type:
+        skip(f"{key[:60]}: {parts[1]}.{parts[2]} does not refer to a {spec.resource_type}")
+        return False
+    if name is None or name.type == "date":
+        skip(f"{key[:60]}: {parts[1]} is not searched by {parts[3][:40]} here")
+        return False
+    query.has.append((parts[1], parts[2], parts[3], value))
+    return True
 
 
 def _result_param(query: Query, spec: Search, key: str, value: str, skip: Callable[[str], None]) -> bool:
@@ -617,6 +644,8 @@ def _keep(resource: Resource, spec: Search, query: Query, found: Found) -> bool:
 def collect(gate: Gate, spec: Search, query: Query) -> Found:
     """The matches, read through the gate: by patient, by `_id`, or from the type's source."""
     patients = _patients(gate, spec, query)
+    if patients is None and query.has:
+        return _reverse_chained(gate, spec, query)
     if patients is None and spec.source is not None:
         found = spec.source(gate, query)
         if found is not None:
@@ -638,6 +667,38 @@ def collect(gate: Gate, spec: Search, query: Query) -> Found:
         )
     resources = [r for pid in patients for r in spec.fetch(gate, pid)]
     return Found(resources)
+
+
+def _reverse_chained(gate: Gate, spec: Search, query: Query) -> Found:
+    """`_has`: the other type's search (its own rules: a worklist, a patient's section), then
+    each resource it points to read through the gate, one page at a time."""
+    if spec.read is None:
+        raise Unsupported(f"_has is not served on {spec.resource_type}")
+    wanted: list[str] | None = None
+    for kind, ref, name, value in query.has:
+        other = _SEARCHES[kind]
+        param, ref_param = other.param(name), other.param(ref)
+        assert param is not None and ref_param is not None
+        sub = Query(kind, criteria=[Criterion(name, param, None, tuple(v for v in value.split(",") if v))])
+        found = collect(gate, other, sub)
+        ids = [
+            ident
+            for r in found.resources
+            if _keep(r, other, sub, found)
+            for ref_type, ident in references_in(r, ref_param)
+            if ref_type == spec.resource_type
+        ]
+        wanted = ids if wanted is None else [i for i in wanted if i in ids]
+    unique = list(dict.fromkeys(wanted or []))
+    count = max(query.count, 1)
+    start = (query.page - 1) * count
+    resources = []
+    for ident in unique[start : start + count]:
+        try:
+            resources.append(spec.read(gate, ident))
+        except NotFound:
+            continue  # one the actor may not see is left out, as a missing one is
+    return Found(resources, paged=True, has_more=len(unique) > start + count)
 
 
 def _include(gate: Gate, spec: Search, page: list[Resource], query: Query) -> list[Resource]:

@@ -286,6 +286,7 @@ SEARCH = Search(
     read=one_record("read_patient", "patient_id", patient_to_fhir),
     source=patient_source,
     subjects=(),
+    reverse_chaining=True,
     max_count=SEARCH_MAX_COUNT,
     default_count=SEARCH_MAX_COUNT,
 )
