@@ -22,6 +22,8 @@ SUPPORTED: dict[str, dict[str, Any]] = {
         "interactions": list(t.interactions),
         "search": dict(t.search),
         "conditionalCreate": t.conditional_create,
+        "searchInclude": t.search_include,
+        "searchRevInclude": t.search_revinclude,
     }
     for module in MODULES
     for t in module.types
@@ -41,6 +43,8 @@ def capability_statement() -> dict[str, Any]:
             # Only the types whose versions are kept answer vread and _history.
             "readHistory": "vread" in spec.get("interactions", []),
             "conditionalCreate": bool(spec.get("conditionalCreate")),
+            **({"searchInclude": spec["searchInclude"]} if spec.get("searchInclude") else {}),
+            **({"searchRevInclude": spec["searchRevInclude"]} if spec.get("searchRevInclude") else {}),
         }
         for rtype, spec in sorted(SUPPORTED.items())
     ]

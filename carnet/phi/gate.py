@@ -178,6 +178,7 @@ class Gate(GateCore):
     mark_encounter_entered_in_error = operation(stays.mark_entered_in_error)
     read_encounter = operation(stays.read)
     list_encounters = operation(stays.list_for_patient)
+    stays_worklist = operation(stays.worklist)
 
     # -- consents (carnet/records/consents.py)
     list_consents = operation(consents.list_for_patient)
@@ -187,6 +188,7 @@ class Gate(GateCore):
 
     # -- care teams and referrals (carnet/records/care_teams.py)
     list_care_team = operation(care_teams.list_for_patient)
+    care_team_worklist = operation(care_teams.worklist)
     read_care_team = operation(care_teams.read)
     refer_patient = operation(care_teams.refer)
     add_care_team_member = operation(care_teams.add_member)

@@ -14,7 +14,7 @@ from carnet.access.actor import ActorKind
 from carnet.access.policy import ResourceType
 from carnet.access.roles import Role
 from carnet.billing.models import Invoice
-from carnet.detection.interfaces import Channel
+from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
 from carnet.interventions.models import Intervention
 from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
@@ -272,3 +272,28 @@ def patient_stay(tx: GuardedTx, value: str | None, patient: Patient) -> uuid.UUI
         # A stay opened by mistake is no stay: nothing new is written (or billed) against it.
         raise InvalidInput("this stay was entered in error: name the right stay, or none")
     return encounter.id
+
+
+def own_worklist(tx: GuardedTx, practitioner_id: str) -> uuid.UUID:
+    """A worklist (the patients one cares for now) is the actor's own: asked for another
+    practitioner, it is refused, and the refusal is audited like any other."""
+    me = tx.ctx.practitioner_id
+    if me is None:
+        raise Refused("a worklist belongs to a practitioner")
+    if parse_id(practitioner_id) != me:
+        raise Refused("another practitioner's worklist")
+    return me
+
+
+def expose_worklist(
+    tx: GuardedTx,
+    shown: list[uuid.UUID],
+    rels: dict[uuid.UUID, frozenset[Any]],
+    fields: set[str],
+    name: str,
+) -> None:
+    """A worklist's patients, counted as the day list counts them: one list exposure."""
+    tx.query = name
+    tx.reasons.append(f"own {name}")
+    event = SearchEvent(shape=SearchShape.LIST, term_digest=f"{name}:{tx.now.date().isoformat()}", page=1)
+    tx.expose(shown, Channel.LIST, rels, fields, shape=event)

@@ -8,16 +8,22 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from carnet.access.permissions import Permission
+from carnet.access.policy import Relationship
 from carnet.audit.interfaces import AuditKind
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
+from carnet.phi import care
 from carnet.phi.kernel import RT, GuardedTx, guarded
 from carnet.phi.schemas import EncounterInput, EncounterView
 from carnet.phi.steps import (
+    SECTION_LIMIT,
+    expose_worklist,
     facility_location,
     facility_practitioner,
     first_version,
+    own_worklist,
     read_one,
     received_of,
     received_shown,
@@ -172,6 +178,41 @@ def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[EncounterView
         select(Encounter).where(Encounter.patient_id == pid).order_by(Encounter.start_at.desc()),
     )
     return [redact(EncounterView, encounter_data(r, received_shown(tx, r, fields)), fields) for r in rows]
+
+
+@guarded(AuditKind.PHI_LIST, RT.ENCOUNTER, targeted=False)
+def worklist(tx: GuardedTx, /, *, practitioner_id: str) -> list[EncounterView]:
+    """A clinician's current inpatients (attending, or on their ward), as on their day list:
+    their own only, bounded, counted as a list."""
+    tx.require(Permission.DAY_LIST_READ)
+    tx.check_scopes(RT.ENCOUNTER)
+    own_worklist(tx, practitioner_id)
+    mine = care.patient_filter(tx.ctx, {Relationship.ATTENDING, Relationship.WARD})
+    rows: list[Any] = []
+    if mine is not None:
+        rows = list(
+            tx.session.execute(
+                select(Encounter, Patient)
+                .join(Patient, Patient.id == Encounter.patient_id)
+                .where(Encounter.status == "in-progress", mine)
+                .order_by(Encounter.start_at)
+                .limit(SECTION_LIMIT)
+            ).all()
+        )
+    rels = tx.relationships_of([p for _e, p in rows])
+    views: list[EncounterView] = []
+    shown: list[Any] = []
+    fields_shown: set[str] = set()
+    for encounter, patient in rows:
+        fields = tx.read_fields(rels.get(patient.id, frozenset()), RT.ENCOUNTER)
+        if not fields:
+            continue
+        views.append(redact(EncounterView, encounter_data(encounter), fields))
+        shown.append(patient.id)
+        fields_shown |= fields
+        tx.resource_ids.append(str(encounter.id))
+    expose_worklist(tx, shown, rels, fields_shown, "stays-worklist")
+    return views
 
 
 @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)

@@ -389,6 +389,16 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.search_patients(identifier="1700575000001", count=0),
     ),
     "day_list": ("physician", lambda g, w: g.day_list(), None),  # type: ignore[dict-item]
+    "stays_worklist": (
+        "physician",
+        lambda g, w: g.stays_worklist(practitioner_id=str(w.physician.practitioner_id)),
+        None,  # type: ignore[dict-item]
+    ),
+    "care_team_worklist": (
+        "physician",
+        lambda g, w: g.care_team_worklist(practitioner_id=str(w.physician.practitioner_id)),
+        None,  # type: ignore[dict-item]
+    ),
     "list_allergies": (
         "physician",
         lambda g, w: g.list_allergies(patient_id=w.patient),

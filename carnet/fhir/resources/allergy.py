@@ -17,7 +17,7 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     ATC_SYSTEM,
     as_received,
@@ -27,7 +27,7 @@ from carnet.fhir.core.mapping import (
     schema_input,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import AllergyInput
 
@@ -113,15 +113,28 @@ def allergy_input(body: dict[str, Any]) -> AllergyInput:
 
 
 # == routes ====================================================================================
+SEARCH = Search(
+    ALLERGY,
+    {
+        "patient": reference("patient", target="Patient"),
+        "clinical-status": token("clinicalStatus"),
+        "verification-status": token("verificationStatus"),
+        "code": token("code", "reaction.substance"),
+        "criticality": token("criticality"),
+        "category": token("category"),
+        "date": date("recordedDate"),
+        "onset": date("onsetDateTime", "onsetPeriod", "reaction.onset"),
+    },
+    fetch=chart_section("list_allergies", allergy_to_fhir),
+    read=one_record("read_allergy", "allergy_id", allergy_to_fhir),
+    subjects=("patient",),
+    includes=("patient",),
+)
+
+
 @router.get("/AllergyIntolerance")
 def search_allergies(request: Request) -> Response:
-    gate = gate_for(request, ALLERGY, "search")
-    patient = patient_of(request, set())
-    return paged(
-        request,
-        ALLERGY,
-        [allergy_to_fhir(v.model_dump()) for v in gate.list_allergies(patient_id=patient)],
-    )
+    return respond(request, SEARCH)
 
 
 @router.post("/AllergyIntolerance")
@@ -156,7 +169,7 @@ MODULE = FhirModule(
         ResourceType(
             ALLERGY,
             ("read", "vread", "history-instance", "search-type", "create"),
-            {"patient": "reference"},
+            searcher=SEARCH,
             writes=Writes(
                 AllergyIntolerance,
                 allergy_to_fhir,
