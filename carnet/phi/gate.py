@@ -22,7 +22,7 @@ from carnet.coverage import operations as coverage
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.patients import merge as identity
 from carnet.patients import operations as patients
-from carnet.phi import breakglass, exports
+from carnet.phi import breakglass, exports, validation
 from carnet.phi.exports import EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXPORT
 from carnet.phi.kernel import RT, GateCore, GuardedTx, Refused, guarded, operation
 from carnet.prescriptions import operations as prescriptions
@@ -180,6 +180,8 @@ class Gate(GateCore):
     history = operation(provenance.history)
     list_provenance = operation(provenance.list_for_target)
     list_patient_provenance = operation(provenance.list_for_patient)
+    patient_history = operation(provenance.history_of_patient)
+    check_write = operation(validation.check_write)
     read_provenance = operation(provenance.read)
 
     # -- prescriptions and allergies (carnet/prescriptions/operations.py)
