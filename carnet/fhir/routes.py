@@ -52,6 +52,7 @@ MODULES: tuple[registry.FhirModule, ...] = (
     directory.MODULE,
     audit_event.MODULE,
     transaction.MODULE,
+    interactions.FALLBACK,  # last: an unknown type answers 404
 )
 registry.install(MODULES)
 

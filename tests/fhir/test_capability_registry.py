@@ -102,7 +102,15 @@ def test_every_declared_interaction_is_served_and_every_served_one_declared() ->
     # transaction and batch: POST [base]; POST [base]/<type>/_search is each type's GET search.
     system = {code for module in MODULES for code in module.system_interactions}
     assert system == {"transaction", "batch", "history-system"}
-    assert base == {("POST", ""), ("POST", "/"), ("POST", "/{}/_search"), ("GET", "/_history")}
+    # ... and at an unknown type, 404 (not the 405 the conditional PUT and DELETE would give).
+    assert base == {
+        ("POST", ""),
+        ("POST", "/"),
+        ("POST", "/{}/_search"),
+        ("GET", "/_history"),
+        ("GET", "/{}"),
+        ("POST", "/{}"),
+    }
 
 
 def test_metadata_lists_exactly_what_the_modules_declare(sqlite_runtime: Runtime) -> None:

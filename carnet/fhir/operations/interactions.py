@@ -318,6 +318,7 @@ async def validate_instance(request: Request, resource_type: str, resource_id: s
 
 # == type-level and system-level _history, scoped like a search ================================
 def _history(request: Request, resource_types: list[str], self_path: str) -> Response:
+    gate = gate_for(request, resource_types[0] if len(resource_types) == 1 else "Patient", "read")
     params = request.query_params
     unknown = sorted(set(params) - _CONTROL - {"patient", "subject"})
     if unknown:
@@ -334,7 +335,6 @@ def _history(request: Request, resource_types: list[str], self_path: str) -> Res
         raise InvalidInput(f"_page must be between 1 and {HISTORY_PAGES}")
     page = int(page_raw)
     since = parse_instant(params["_since"], "_since") if params.get("_since") else None
-    gate = gate_for(request, resource_types[0] if len(resource_types) == 1 else "Patient", "read")
     versions, more = gate.patient_history(
         patient_id=patient, resource_types=resource_types, since=since, count=count, page=page
     )
@@ -406,3 +406,16 @@ def type_history(request: Request, resource_type: str) -> Response:
 
 
 MODULE = FhirModule(router=router, system_interactions=("history-system",))
+
+# Mounted after every type: `PUT [type]` and `DELETE [type]` above would make any other method
+# at an unknown type's path a 405; an unknown type is a 404, as it was.
+fallback = APIRouter(prefix="/fhir", tags=["fhir"])
+
+
+@fallback.get("/{resource_type}", include_in_schema=False)
+@fallback.post("/{resource_type}", include_in_schema=False)
+def unknown_type(resource_type: str) -> Response:
+    raise NotFound("no such resource type")
+
+
+FALLBACK = FhirModule(router=fallback)
