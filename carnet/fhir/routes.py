@@ -21,6 +21,7 @@ from carnet.fhir.resources import (
     directory,
     document_reference,
     encounter,
+    group,
     medication_request,
     observation,
     patient,
@@ -50,6 +51,7 @@ MODULES: tuple[registry.FhirModule, ...] = (
     provenance.MODULE,
     billing.MODULE,
     directory.MODULE,
+    group.MODULE,
     audit_event.MODULE,
     transaction.MODULE,
     interactions.FALLBACK,  # last: an unknown type answers 404

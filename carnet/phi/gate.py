@@ -212,6 +212,8 @@ class Gate(GateCore):
     # -- bulk export (carnet/phi/exports.py)
     export = operation(exports.export)
     queue_export = operation(exports.queue_export)
+    kick_off_export = operation(exports.kick_off_export)
+    start_export_job = operation(exports.start_export_job)
     run_export_job = operation(exports.run_export_job)
     abandon_export_job = operation(exports.abandon_export_job)
     export_job = operation(exports.export_job)

@@ -561,7 +561,8 @@ class DiagnosticReportInput(BaseModel):
 
 
 class ExportJobView(BaseModel):
-    """An asynchronous export's state (no patient data): running, completed, failed, downloaded."""
+    """An asynchronous export's state (no patient data): pending (approval), running,
+    completed, failed, downloaded."""
 
     id: str
     export_id: str
@@ -570,6 +571,7 @@ class ExportJobView(BaseModel):
     completed_at: dt.datetime | None = None
     patient_count: int | None = None
     failure: str | None = None
+    request_url: str | None = None
 
 
 class PatientExport(BaseModel):
