@@ -1,6 +1,6 @@
 """FHIR Bulk Data kick-offs ($export, Patient/$export, Group/[id]/$export) behind a second
 person (invariant 3): the 202 job waits `pending approval` until another person approves its
-export request (the same approval as ever: $export-approve, the web console, the CLI, each with
+export request (the same approval as ever: $export-approve or the web security console, each with
 a fresh passkey proof); polling starts it, the manifest names the NDJSON file, downloaded once
 by the requester only. A stolen session alone never gets a file. Every step is audited."""
 

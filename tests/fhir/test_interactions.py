@@ -146,6 +146,9 @@ def test_head_answers_the_get_headers_without_a_body_and_is_audited_like_a_get(c
     search = api("HEAD", f"Observation?patient=Patient/{patient}")
     assert search.status_code == 200 and search.content == b""
     assert _kinds(runtime, api.actor)[-1] == by_get
+    # HEAD is for reads and searches: never an operation (a bulk export file is downloaded once).
+    assert api("HEAD", f"$export-file/{uuid.uuid4()}").status_code == 405
+    assert api("HEAD", f"Patient/{patient}/$everything").status_code == 405
     # A HEAD never reaches a write: it is a GET.
     assert api("HEAD", "Observation/does-not-exist").status_code == 404
 

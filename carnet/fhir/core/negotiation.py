@@ -5,8 +5,9 @@
 - A request body must be JSON (`application/fhir+json`, `application/json`), a JSON Patch
   (`application/json-patch+json`, `application/merge-patch+json`) or, for `_search`, a form:
   any other `Content-Type` answers 415 with an OperationOutcome, and nothing runs.
-- `HEAD` is served as the `GET` it mirrors (same authorization, audit and exposure accounting,
-  same status and headers) with the body left out.
+- `HEAD` on a read or a search is served as the `GET` it mirrors (same authorization, audit and
+  exposure accounting, same status and headers) with the body left out; on an operation
+  (`/$...`) it is refused (405): a one-time download must not be consumed unseen.
 
 Nothing here reads patient data or authenticates: it refuses what no route could answer, and
 so leaves no trace to audit.
@@ -103,6 +104,11 @@ class FhirNegotiation:
                 return
         if method != "HEAD":
             await self.app(scope, receive, send)
+            return
+        if "/$" in path:
+            # HEAD is for reads and searches: an operation's GET may act (a bulk export's file is
+            # erased once downloaded), and a HEAD must never consume what it cannot show.
+            await _refuse(send, 405, "not-supported", "HEAD is served on reads and searches, not operations")
             return
 
         async def headers_only(message: Message) -> None:

@@ -158,7 +158,7 @@ EXPORTED_TYPES = ("Patient",)  # what an export holds today (carnet.phi.exports)
 def _kickoff(request: Request, scope: ExportScope) -> Response:
     """`[base]/$export`, `Patient/$export`, `Group/[id]/$export` with `Prefer: respond-async`:
     an export request (carnet.access.exports, the purpose stated) and its job, `pending` until
-    a second person approves the request (`$export-approve`, the web console or the CLI, each
+    a second person approves the request (`$export-approve` or the web security console, each
     with its own passkey proof). The status URL then answers 202 until the file is ready."""
     gate = gate_for(request, "Patient", "read")
     params = request.query_params
