@@ -7,7 +7,7 @@ from carnet.access.permissions import Permission
 from carnet.access.policy import WRITE_PERMISSION, ResourceType
 from carnet.audit.interfaces import AuditKind
 from carnet.identity.oauth import require_scope
-from carnet.kernel.errors import Forbidden
+from carnet.kernel.errors import Forbidden, InvalidInput
 from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
 
 
@@ -15,6 +15,8 @@ from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
 def check_write(tx: GuardedTx, /, *, resource_type: str, mode: str) -> None:
     """The permission a create, update or delete of `resource_type` needs, and a token's
     scope for it: a `$validate` tells the shape of a write only to whom may make it."""
+    if mode not in ("create", "update", "delete"):
+        raise InvalidInput("mode must be create, update or delete")
     try:
         kind = ResourceType(resource_type)
     except ValueError:

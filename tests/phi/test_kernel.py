@@ -29,6 +29,7 @@ OPERATION_MODULES = (
     "carnet.billing.operations",
     "carnet.phi.exports",
     "carnet.phi.breakglass",
+    "carnet.phi.validation",
 )
 
 
