@@ -36,7 +36,7 @@ def _resource(rtype: registry.ResourceType) -> dict[str, Any]:
         # Only the types whose versions are kept answer vread and _history.
         "readHistory": "vread" in codes,
         "updateCreate": False,  # carnet assigns ids: a PUT to an unknown id is refused
-        "conditionalCreate": rtype.conditional_create,
+        "conditionalCreate": rtype.creates_conditionally,
         "conditionalRead": "full-support" if "read" in codes else "not-supported",
         "conditionalUpdate": rtype.conditional_update,
         "conditionalDelete": "single" if rtype.conditional_delete else "not-supported",

@@ -102,7 +102,8 @@ def test_every_declared_interaction_is_served_and_every_served_one_declared() ->
     # transaction and batch: POST [base]; POST [base]/<type>/_search is each type's GET search.
     system = {code for module in MODULES for code in module.system_interactions}
     assert system == {"transaction", "batch", "history-system"}
-    # ... and at an unknown type, 404 (not the 405 the conditional PUT and DELETE would give).
+    # POST [type] is each type's create behind If-None-Exist; at an unknown type, GET is a 404
+    # (not the 405 the conditional PUT and DELETE would give).
     assert base == {
         ("POST", ""),
         ("POST", "/"),
@@ -132,7 +133,10 @@ def test_metadata_lists_exactly_what_the_modules_declare(sqlite_runtime: Runtime
         for t in m.types
     }
     conditional = {r["type"] for r in rest["resource"] if r["conditionalCreate"]}
-    assert conditional == {t.name for m in MODULES for t in m.types if t.conditional_create} == {"Patient"}
+    assert conditional == {t.name for m in MODULES for t in m.types if t.creates_conditionally}
+    assert conditional == {
+        t.name for m in MODULES for t in m.types if {"create", "search-type"} <= set(t.interactions)
+    }
 
 
 def test_a_bundle_writes_only_what_a_type_declares_and_the_app_mounts_every_module(

@@ -259,6 +259,28 @@ def test_conditional_update_one_match_updates_none_creates_several_412(clinic: A
     assert "phi:resource:update" in kinds and "phi:resource:create" in kinds
 
 
+def test_conditional_create_with_if_none_exist(clinic: Any) -> None:
+    runtime, api, patient, _ = clinic
+    condition = {"If-None-Exist": f"patient=Patient/{patient}&code=http://loinc.org|2160-0"}
+    body = _result(f"Patient/{patient}", code="2160-0", value=80)
+    first = api("POST", "Observation", json=body, headers=condition)
+    assert first.status_code == 201 and first.headers["ETag"] == 'W/"1"'
+    again = api("POST", "Observation", json=body, headers=condition)  # a retried post: nothing new
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    _observation(api, patient, code="2160-0", value=81)
+    before = _versions(runtime)
+    assert api("POST", "Observation", json=body, headers=condition).status_code == 412
+    assert api("POST", "Observation", json=body, headers={"If-None-Exist": "_count=2"}).status_code == 400
+    assert _versions(runtime) == before
+    # The search is audited as any search is, before the create.
+    kinds = [k for k, _, t in _kinds(runtime, api.actor) if t == "Observation"]
+    assert kinds[:2] == [kinds[0], "phi:resource:create"] and kinds[0] != "phi:resource:create"
+    # Without the header, a POST is the type's create as ever; an unknown type is a 404.
+    assert api("POST", "Observation", json=body).status_code == 201
+    assert api("POST", "Basic", json={"resourceType": "Basic"}).status_code == 404
+    assert api("GET", "Basic").status_code == 404
+
+
 def test_conditional_delete_single_match(clinic: Any) -> None:
     runtime, api, patient, _ = clinic
     created = _observation(api, patient, code="1751-7", value=40)

@@ -82,6 +82,14 @@ class ResourceType:
         return self.interactions + derived
 
     @property
+    def creates_conditionally(self) -> bool:
+        """`POST [type]` with `If-None-Exist: [search]`: the search, then create (no match),
+        the match (one) or 412 (several)."""
+        return self.conditional_create or (
+            "create" in self.interactions and "search-type" in self.interactions
+        )
+
+    @property
     def conditional_update(self) -> bool:
         """`PUT [type]?[search]`: the search, then that type's update (or create on no match)."""
         return "update" in self.interactions and "search-type" in self.interactions
@@ -141,21 +149,26 @@ def serve(
     path: str,
     query: str = "",
     *,
-    body: dict[str, Any] | None = None,
+    body: Any = None,
     headers: dict[str, str] | None = None,
+    skip: APIRouter | None = None,
 ) -> Response:
     """`<method> <path>?<query>` answered by the module route that serves it, as a request of
     the same actor (it authorizes, audits and accounts as it always does), with `body` as its
-    resource and `headers` replacing the request's own: conditional update and delete, PATCH."""
+    resource and `headers` replacing the request's own (an empty value removes the header's
+    effect): conditional create, update and delete, PATCH. `skip`: a router not to look in
+    (the caller's own, when it serves the same path)."""
     scope = dict(request.scope, method=method, path=path, raw_path=path.encode(), query_string=query.encode())
     if headers:
         replaced = {k.lower().encode() for k in headers}
         kept = [(k, v) for k, v in request.scope.get("headers", []) if k.lower() not in replaced]
         scope["headers"] = kept + [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
     scope["path_params"] = {}  # the calling route's own are not the served route's
-    for route in (r for module in _INSTALLED for r in module.router.routes):
+    for route in (r for module in _INSTALLED if module.router is not skip for r in module.router.routes):
         if not isinstance(route, APIRoute) or method not in (route.methods or set()):
             continue
+        if inspect.iscoroutinefunction(route.endpoint):
+            continue  # a generic front (carnet.fhir.operations.interactions): served below it
         match, child = route.matches(scope)
         if match != Match.FULL:
             continue

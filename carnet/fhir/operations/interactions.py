@@ -1,6 +1,8 @@
 """The R4 interactions every resource type gets from what its module declares, on top of the
 routes the module serves itself (carnet.fhir.core.registry: `ResourceType.capabilities`):
 
+    POST   [type] + If-None-Exist conditional create: the search, then the type's own create
+                                  (no match), the match (one, 200) or 412 (several)
     PUT    [type]?[search]        conditional update: the search, then the type's own update
                                   (one match), create (no match, no id) or 412 (several)
     DELETE [type]?[search]        conditional delete: the search, then the type's own delete
@@ -25,7 +27,7 @@ from __future__ import annotations
 import copy
 import json
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import anyio.to_thread
 import jsonpatch
@@ -45,6 +47,7 @@ from carnet.fhir.core.api import (
     parse_instant,
     parse_version,
     reference_id,
+    resource_response,
     validated,
 )
 from carnet.fhir.core.bundles import snapshot, versioned
@@ -82,11 +85,13 @@ def _body(response: Response) -> dict[str, Any]:
 
 
 # == conditional update, delete, patch: one search, then the type's own route ==================
-def _matches(request: Request, resource_type: str, query: str) -> list[dict[str, Any]]:
+def _matches(request: Request, resource_type: str, query: str, what: str = "") -> list[dict[str, Any]]:
     """The resources a conditional request's search finds (the type's own search route: the
     same rules, audit and exposure accounting as any search)."""
-    if not query or all(k in _CONTROL for k in request.query_params):
-        raise InvalidInput(f"a conditional request needs search parameters: {resource_type}?<search>")
+    names = {k for k, _ in parse_qsl(query, keep_blank_values=True)}
+    if not query or not names - _CONTROL:
+        where = what or f"{resource_type}?<search>"
+        raise InvalidInput(f"a conditional request needs search parameters: {where}")
     bundle = _body(serve_get(request, f"/fhir/{resource_type}", query))
     found = [
         e["resource"]
@@ -115,7 +120,9 @@ def _conditional_update(request: Request, resource_type: str, body: Any) -> Resp
         raise InvalidInput("nothing matches and the body has an id: carnet assigns ids (leave id out)")
     if "create" not in declared.interactions:
         raise NotFound(f"nothing matches, and a {resource_type} is not created through the API")
-    return serve(request, "POST", f"/fhir/{resource_type}", body=body, headers={"if-none-exist": ""})
+    return serve(
+        request, "POST", f"/fhir/{resource_type}", body=body, headers={"if-none-exist": ""}, skip=router
+    )
 
 
 def _conditional_delete(request: Request, resource_type: str) -> Response:
@@ -212,6 +219,30 @@ async def _patch_body(request: Request) -> tuple[str, Any]:
     except orjson.JSONDecodeError:
         raise InvalidInput("the patch is not JSON") from None
     return (JSON_PATCH if media == JSON_PATCH else MERGE_PATCH), document
+
+
+def _create(request: Request, resource_type: str, body: Any) -> Response:
+    """`POST [type]`: the type's own create; with `If-None-Exist: [search]` first the type's
+    own search (audited and counted as any search): one match answers it (200, nothing
+    created), several 412, none goes on to the create."""
+    condition = request.headers.get("if-none-exist")
+    declared = registry.resource_type(resource_type)
+    path = f"/fhir/{resource_type}"
+    if condition and declared is not None and declared.creates_conditionally:
+        gate_for(request, resource_type, "create")  # a token that may not create searches nothing
+        query = condition.strip().removeprefix("?").removeprefix(f"{resource_type}?")
+        found = _matches(request, resource_type, query, what="If-None-Exist")
+        if found:
+            return resource_response(request, found[0])
+        # Created as if no condition was sent (the query string too: Patient reads one there).
+        return serve(request, "POST", path, "", body=body, headers={"if-none-exist": ""}, skip=router)
+    return serve(request, "POST", path, request.url.query, body=body, skip=router)
+
+
+@router.post("/{resource_type}", summary="Create, conditional with If-None-Exist", include_in_schema=False)
+async def create(request: Request, resource_type: str) -> Response:
+    body = await _json(request)
+    return await anyio.to_thread.run_sync(_create, request, resource_type, body)
 
 
 @router.put("/{resource_type}", summary="Conditional update: PUT [type]?[search]")
@@ -407,13 +438,12 @@ def type_history(request: Request, resource_type: str) -> Response:
 
 MODULE = FhirModule(router=router, system_interactions=("history-system",))
 
-# Mounted after every type: `PUT [type]` and `DELETE [type]` above would make any other method
-# at an unknown type's path a 405; an unknown type is a 404, as it was.
+# Mounted after every type: `PUT [type]` and `DELETE [type]` above would make a GET at an
+# unknown type's path a 405; an unknown type is a 404, as it was.
 fallback = APIRouter(prefix="/fhir", tags=["fhir"])
 
 
 @fallback.get("/{resource_type}", include_in_schema=False)
-@fallback.post("/{resource_type}", include_in_schema=False)
 def unknown_type(resource_type: str) -> Response:
     raise NotFound("no such resource type")
 
