@@ -113,6 +113,15 @@ def test_read_has_etag_and_last_modified_and_304_is_an_audited_read(clinic: Any)
     after = _kinds(runtime, api.actor)
     assert after[len(before) :] == [("phi:resource:read", "success", "Observation")] * 2
 
+    # A batch GET is answered in full whatever the batch request's own conditional headers.
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": f"Observation/{created['id']}"}}],
+    }
+    answered = api("POST", "", json=batch, headers={"If-None-Match": 'W/"1"'})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["entry"][0]["resource"]["id"] == created["id"]
     stale = api("GET", f"Observation/{created['id']}", headers={"If-None-Match": 'W/"7"'})
     assert stale.status_code == 200 and stale.json()["id"] == created["id"]
     earlier = format_datetime(modified.replace(year=modified.year - 1), usegmt=True)
