@@ -89,6 +89,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
 
+    from carnet.fhir.core.negotiation import FhirNegotiation
+
+    app.add_middleware(FhirNegotiation)  # 406/415 and HEAD under /fhir, before any route runs
     app.add_middleware(Observe)  # a span and the counters for every request, errors included
     from carnet.operations.views import router as operations_router
 

@@ -21,6 +21,7 @@ class AuditKind(StrEnum):
     PHI_SEARCH = "phi:resource:search"
     PHI_LIST = "phi:resource:list"
     PHI_HISTORY = "phi:resource:history"
+    PHI_VALIDATE = "phi:resource:validate"  # FHIR $validate: checked like a write, changes nothing
     PHI_CREATE = "phi:resource:create"
     PHI_UPDATE = "phi:resource:update"
     PHI_DELETE = "phi:resource:delete"

@@ -24,7 +24,7 @@ from carnet.interventions import operations as interventions
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.patients import merge as identity
 from carnet.patients import operations as patients
-from carnet.phi import breakglass, exports
+from carnet.phi import breakglass, exports, validation
 from carnet.phi.exports import EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXPORT
 from carnet.phi.kernel import RT, GateCore, GuardedTx, Refused, guarded, operation
 from carnet.prescriptions import operations as prescriptions
@@ -198,6 +198,8 @@ class Gate(GateCore):
     history = operation(provenance.history)
     list_provenance = operation(provenance.list_for_target)
     list_patient_provenance = operation(provenance.list_for_patient)
+    patient_history = operation(provenance.history_of_patient)
+    check_write = operation(validation.check_write)
     read_provenance = operation(provenance.read)
 
     # -- prescriptions and allergies (carnet/prescriptions/operations.py)
@@ -243,6 +245,8 @@ class Gate(GateCore):
     # -- bulk export (carnet/phi/exports.py)
     export = operation(exports.export)
     queue_export = operation(exports.queue_export)
+    kick_off_export = operation(exports.kick_off_export)
+    start_export_job = operation(exports.start_export_job)
     run_export_job = operation(exports.run_export_job)
     abandon_export_job = operation(exports.abandon_export_job)
     export_job = operation(exports.export_job)

@@ -625,7 +625,8 @@ class ServiceRequestInput(BaseModel):
 
 
 class ExportJobView(BaseModel):
-    """An asynchronous export's state (no patient data): running, completed, failed, downloaded."""
+    """An asynchronous export's state (no patient data): pending (approval), running,
+    completed, failed, downloaded."""
 
     id: str
     export_id: str
@@ -634,6 +635,7 @@ class ExportJobView(BaseModel):
     completed_at: dt.datetime | None = None
     patient_count: int | None = None
     failure: str | None = None
+    request_url: str | None = None
 
 
 class PatientExport(BaseModel):

@@ -715,6 +715,26 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.read_provenance(provenance_id=w.provenance),
         lambda g, w: g.read_provenance(provenance_id=MISSING),
     ),
+    "patient_history": (
+        "physician",
+        lambda g, w: g.patient_history(patient_id=w.patient, resource_types=["AllergyIntolerance"], count=5),
+        lambda g, w: g.patient_history(patient_id=MISSING, resource_types=["AllergyIntolerance"], count=5),
+    ),
+    "check_write": (
+        "physician",
+        lambda g, w: g.check_write(resource_type="Observation", mode="create"),
+        lambda g, w: g.check_write(resource_type="Observation", mode="destroy"),
+    ),
+    "kick_off_export": (
+        "physician",
+        lambda g, w: g.kick_off_export(export_id=w.export),
+        lambda g, w: g.kick_off_export(export_id="not-an-id"),
+    ),
+    "start_export_job": (
+        "physician",
+        lambda g, w: g.start_export_job(job_id=w.job),
+        lambda g, w: g.start_export_job(job_id=MISSING),
+    ),
     "queue_export": (
         "physician",
         lambda g, w: g.queue_export(export_id=w.export),

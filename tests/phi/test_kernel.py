@@ -32,6 +32,7 @@ OPERATION_MODULES = (
     "carnet.interventions.operations",
     "carnet.phi.exports",
     "carnet.phi.breakglass",
+    "carnet.phi.validation",
 )
 
 
