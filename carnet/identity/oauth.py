@@ -402,6 +402,7 @@ def _app_client(session: Session, form: dict[str, str], request: _TokenRequest, 
         )
 
     named = form.get("client_id") or ""
+    client: ApiClient | None
     if form.get("client_assertion"):
         client = SmartClientAssertion(session, token_url)(query_client, request)
         if client is None or (named and client.client_id != named):
