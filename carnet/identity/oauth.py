@@ -644,14 +644,30 @@ def issue_token(runtime: Runtime, *, form: dict[str, str], context: RequestConte
 
 
 # -- EHR launch: the chart hands an app a one-time launch context ----------------------------
-def launchable_apps(session: Session) -> list[tuple[str, str]]:
-    """(client id, name) of the active apps a chart can launch (a launch URI and `launch`)."""
+@dataclass(frozen=True)
+class LaunchableApp:
+    client_id: str
+    name: str
+    origin: str  # of its launch URI: where the chart's launch form sends the browser
+
+
+def origin_of(uri: str) -> str:
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def launchable_apps(session: Session) -> list[LaunchableApp]:
+    """The active apps a chart can launch (a launch URI and the `launch` scope)."""
     rows = session.execute(
-        select(ApiClient.client_id, ApiClient.name, ApiClient.allowed_scopes)
+        select(ApiClient.client_id, ApiClient.name, ApiClient.allowed_scopes, ApiClient.launch_uri)
         .where(ApiClient.kind == "app", ApiClient.status == "active", ApiClient.launch_uri.is_not(None))
         .order_by(ApiClient.name)
     ).all()
-    return [(r.client_id, r.name) for r in rows if smart.LAUNCH in r.allowed_scopes.split()]
+    return [
+        LaunchableApp(r.client_id, r.name, origin_of(r.launch_uri))
+        for r in rows
+        if smart.LAUNCH in r.allowed_scopes.split()
+    ]
 
 
 def _person(actor: Actor) -> uuid.UUID:
@@ -943,7 +959,7 @@ def resolve_bearer(runtime: Runtime, *, token: str, context: RequestContext) -> 
 
 
 # -- for the web pages (which open no database session themselves) --------------------------
-def apps_to_launch(runtime: Runtime) -> list[tuple[str, str]]:
+def apps_to_launch(runtime: Runtime) -> list[LaunchableApp]:
     with runtime.session_factory() as session:
         return launchable_apps(session)
 
@@ -983,3 +999,20 @@ def approve(
         checked = check_authorization_request(session, params, fhir_base=fhir_base)
         code = grant_code(session, request=checked, actor=actor, audit=runtime.audit, patient_id=patient_id)
     return checked, code
+
+
+def app_origins(runtime: Runtime) -> frozenset[str]:
+    """The origins of active apps' redirect and launch URIs (for CORS, carnet.identity.cors)."""
+    with runtime.session_factory() as session:
+        rows = session.execute(
+            select(ApiClient.redirect_uris, ApiClient.launch_uri).where(
+                ApiClient.kind == "app", ApiClient.status == "active"
+            )
+        ).all()
+    found: set[str] = set()
+    for redirects, launch in rows:
+        for uri in [*redirects.split(), *([launch] if launch else [])]:
+            parts = urlsplit(uri)
+            if parts.scheme and parts.netloc:
+                found.add(f"{parts.scheme}://{parts.netloc}")
+    return frozenset(found)

@@ -110,6 +110,8 @@ def _page(
         "picking": checked.wants_patient and patient is None,
         "found": found,
         "search": search or {},
+        # The answer redirects to the app: CSP's form-action must name its origin.
+        "form_origins": [oauth.origin_of(checked.redirect_uri)],
     }
     return render(request, "apps/authorize.html", context, headers=_HEADERS)
 
@@ -181,7 +183,7 @@ def launch_app(request: Request, actor: WebActor, patient_id: str, client_id: st
     return RedirectResponse(url, status_code=303)
 
 
-def launchable(actor: Actor, request: Request) -> list[tuple[str, str]]:
+def launchable(actor: Actor, request: Request) -> list[oauth.LaunchableApp]:
     """The apps a chart offers to launch (none for a privileged account)."""
     if actor.is_privileged or actor.kind != ActorKind.STAFF:
         return []

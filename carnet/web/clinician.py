@@ -257,6 +257,7 @@ def chart_context(
     context["age"] = age_of(patient.birth_date, clock.now().date())
     context["stay"] = current_stay(request, actor, patient_id) if actor.roles & CLINICAL_ROLES else None
     context["apps"] = apps.launchable(actor, request) if actor.roles & CLINICAL_ROLES else []
+    context["form_origins"] = [app.origin for app in context["apps"]]
     return context
 
 

@@ -152,7 +152,7 @@ def _launch(web: TestClient, patient_id: str, client_id: str = "chart-app") -> s
     assert location.startswith(LAUNCH_URI + "?")
     query = parse_qs(urlsplit(location).query)
     assert query["iss"] == [AUD]
-    return query["launch"][0]
+    return str(query["launch"][0])
 
 
 def _params(challenge: str, scope: str, **extra: str) -> dict[str, str]:
