@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from carnet import __version__
@@ -31,7 +31,28 @@ SYSTEM_INTERACTIONS: list[str] = [code for module in MODULES for code in module.
 OPERATIONS: dict[str, str] = {n: d for module in MODULES for n, d in module.operations.items()}
 
 
-def capability_statement() -> dict[str, Any]:
+SMART_OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def _smart_security(origin: str | None) -> list[dict[str, Any]]:
+    """SMART's endpoints as the CapabilityStatement extension v1 clients read (discovery at
+    /.well-known/smart-configuration says the same, and more)."""
+    if not origin:
+        return []
+    base = origin.rstrip("/")
+    return [
+        {
+            "url": SMART_OAUTH_URIS,
+            "extension": [
+                {"url": "authorize", "valueUri": base + "/oauth/authorize"},
+                {"url": "token", "valueUri": base + "/oauth/token"},
+                {"url": "revoke", "valueUri": base + "/oauth/revoke"},
+            ],
+        }
+    ]
+
+
+def capability_statement(origin: str | None = None) -> dict[str, Any]:
     resources = [
         {
             "type": rtype,
@@ -57,7 +78,9 @@ def capability_statement() -> dict[str, Any]:
             {
                 "mode": "server",
                 "security": {
-                    "cors": False,
+                    # CORS for registered SMART apps' origins only (carnet.identity.cors).
+                    "cors": True,
+                    **({"extension": _smart_security(origin)} if origin else {}),
                     "service": [
                         {
                             "coding": [
@@ -80,5 +103,6 @@ def capability_statement() -> dict[str, Any]:
 
 
 @router.get("/metadata")
-def metadata() -> JSONResponse:
-    return JSONResponse(capability_statement(), media_type=FHIR_JSON)
+def metadata(request: Request) -> JSONResponse:
+    origin = request.app.state.runtime.settings.origin
+    return JSONResponse(capability_statement(origin), media_type=FHIR_JSON)
