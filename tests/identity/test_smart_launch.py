@@ -510,3 +510,80 @@ def test_discovery_lists_what_is_supported(web: TestClient) -> None:
     assert "client-confidential-symmetric" not in found["capabilities"]
     assert found["code_challenge_methods_supported"] == ["S256"]
     assert web.get("/oauth/jwks").json()["keys"][0]["alg"] == "RS256"
+
+
+def test_cors_answers_registered_app_origins_only(web: TestClient, world: World) -> None:
+    app_origin = "http://localhost:9999"
+    preflight = web.options(
+        "/fhir/Observation",
+        headers={
+            "Origin": app_origin,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == app_origin
+    assert "access-control-allow-credentials" not in preflight.headers
+    assert "x-csrf-token" not in preflight.headers["access-control-allow-headers"].lower()
+    token = web.post("/oauth/token", data={"grant_type": "nope"}, headers={"Origin": app_origin})
+    assert token.headers["access-control-allow-origin"] == app_origin
+    # Another site, or sign-in and the web pages: no CORS at all.
+    evil = web.options(
+        "/fhir/Observation",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert "access-control-allow-origin" not in evil.headers
+    login_page = web.post("/auth/login", json={}, headers={"Origin": app_origin})
+    assert "access-control-allow-origin" not in login_page.headers
+    chart = web.get(f"/patients/{world.mine}", headers={"Origin": app_origin})
+    assert "access-control-allow-origin" not in chart.headers
+
+
+def test_a_granular_condition_scope(
+    web: TestClient, world: World, sqlite_runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    from carnet.access.actor import Actor, ActorKind
+    from carnet.phi.gate import Gate
+    from carnet.phi.schemas import ConditionInput
+
+    doctor = Actor(
+        kind=ActorKind.STAFF,
+        username=world.doctor.username,
+        roles=frozenset({Role.PHYSICIAN}),
+        account_id=world.doctor.account_id,
+        facility_id=world.facility,
+        practitioner_id=world.practitioner,
+        second_factor_at=clock.now(),
+    )
+    problem = Gate(sqlite_runtime, doctor).record_condition(
+        data=ConditionInput(
+            patient_id=world.mine, code="I10", display="Hypertension", clinical_status="active"
+        )
+    )
+    listed = _ehr_launch(web, world, "launch patient/Condition.rs?category=problem-list-item")["access_token"]
+    found = _bearer(web, listed, "/fhir/Condition", patient=world.mine).json()
+    assert [e["resource"]["id"] for e in found.get("entry", [])] == [problem.id]
+    web.cookies.clear()
+    movable_clock.advance(dt.timedelta(seconds=31))  # a TOTP code signs in once
+    other = _ehr_launch(web, world, "launch patient/Condition.rs?category=encounter-diagnosis")[
+        "access_token"
+    ]
+    assert not _bearer(web, other, "/fhir/Condition", patient=world.mine).json().get("entry")
+    assert _bearer(web, other, f"/fhir/Condition/{problem.id}").status_code == 404
+
+
+def test_the_consent_page_speaks_french(web: TestClient, world: World) -> None:
+    login(web, world.doctor)
+    launch = _launch(web, world.mine)
+    _verifier, challenge = _pkce()
+    page = web.get(
+        "/oauth/authorize",
+        params=_params(challenge, "launch patient/Observation.rs offline_access", launch=launch),
+        headers={"Accept-Language": "fr-FR"},
+    )
+    assert page.status_code == 200
+    assert "Laisser Chart app agir en votre nom" in page.text and "Autoriser" in page.text
+    assert "de ce patient seulement" in page.text and "Lefebvre" in page.text
+    # Its form may send the browser to the app's origin, and nowhere else.
+    assert "form-action 'self' http://localhost:9999;" in page.headers["content-security-policy"]
