@@ -154,7 +154,7 @@ def test_a_smart_app_launched_from_the_chart_reads_the_current_patients_observat
     page.wait_for_url(re.compile(re.escape(origin) + r"/oauth/authorize\?.*"))
     page.get_by_role("heading", name=re.compile("Let Tiny app act for you")).wait_for()
     assert page.locator("#app-patient").count() == 1
-    shot(page, "10-smart-consent")
+    shot(page, "30-smart-consent")
     page.get_by_role("button", name="Allow").click()
     page.wait_for_url(re.compile(re.escape(tiny_app) + r"/callback\?.*"))
     status = page.locator("#status")
