@@ -66,6 +66,7 @@ class AuditKind(StrEnum):
     TOKEN_REVOKED = "client:token:revoked"
     API_CLIENT_REGISTERED = "client:client:registered"
     APP_AUTHORIZED = "client:app:authorized"
+    APP_LAUNCHED = "client:app:launched"  # a SMART EHR launch from the chart
     # HL7 v2 interfaces (carnet.interfaces): registered, and their message log read
     INTERFACE_REGISTERED = "interface:interface:registered"
     INTERFACE_LOG_READ = "interface:message-log:read"

@@ -15,7 +15,9 @@ The contract (what every guarded operation may rely on, and must keep):
   (ledger, detection) -> the audit event, in the same transaction -> commit -> return.
 - **The body** never opens a session, commits or rolls back. It decides before it queries:
   `tx.require` (a permission), `tx.authorize` (the policy, per patient; a list puts
-  `care.patient_filter` IN its SQL), `tx.check_scopes` (a token's SMART scopes). It decrypts
+  `care.patient_filter` IN its SQL), `tx.check_scopes` (a token's SMART scopes; an app token's
+  launch patient and granular categories: `tx.check_compartment`, `tx.check_categories`,
+  also applied by `care.visible_filter` and `relationships_of`). It decrypts
   only the fields the decision opened (`tx.dec`), declares every patient it shows
   (`tx.expose`), versions every write (`tx.snapshot`, `tx.bump` for If-Match) and returns a
   schema (carnet.phi.schemas), never an ORM object.
@@ -323,6 +325,7 @@ class GuardedTx:
         merged_ok: bool = False,
     ) -> Decision:
         self.check_scopes(resource)
+        self.check_compartment(patient)
         rels = self.relationships_of([patient]).get(patient.id, frozenset())
         decision = decide(
             roles=self.ctx.roles, resource=resource, relationships=rels, write=write, permission=permission
@@ -350,6 +353,21 @@ class GuardedTx:
             require_scope(self.actor, resource_type=resource.value, action=action)
         except Forbidden as exc:
             raise Refused(str(exc)) from None
+
+    def check_compartment(self, patient: Patient) -> None:
+        """An app token with patient/ scopes reaches its launch patient and no other."""
+        if self.ctx.compartment is not None and patient.id != self.ctx.compartment:
+            raise Refused("the app's token reaches only its launch patient", [patient.id])
+
+    def category_limit(self, resource: ResourceType) -> frozenset[str] | None:
+        """The categories of `resource` a granular token may read (None: not limited)."""
+        return scopes.category_limit(self.actor.scopes, resource.value)
+
+    def check_categories(self, resource: ResourceType, categories: Iterable[str]) -> None:
+        """Refuse a record none of whose categories a granular token names (it looks missing)."""
+        limit = self.category_limit(resource)
+        if limit is not None and not limit & set(categories):
+            raise Refused(f"the token's scopes do not name this {resource.value}'s category")
 
     def read_fields(self, rels: frozenset[Relationship], resource: ResourceType) -> frozenset[str]:
         if not scopes.reads(self.actor.scopes, resource):

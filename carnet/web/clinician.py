@@ -33,6 +33,7 @@ from carnet.phi.schemas import (
 )
 from carnet.prescriptions import catalogue
 from carnet.records import results
+from carnet.web import apps
 from carnet.web.rendering import language_of, render
 from carnet.web.routing import WebActor, WebRoute, error_page, redirect, refuse
 
@@ -257,6 +258,8 @@ def chart_context(
     context["break_glass_active"] = glass_until(request, patient_id)
     context["age"] = age_of(patient.birth_date, clock.now().date())
     context["stay"] = current_stay(request, actor, patient_id) if actor.roles & CLINICAL_ROLES else None
+    context["apps"] = apps.launchable(actor, request) if actor.roles & CLINICAL_ROLES else []
+    context["form_origins"] = [app.origin for app in context["apps"]]
     return context
 
 

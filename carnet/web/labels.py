@@ -241,6 +241,7 @@ LABELS: dict[str, dict[str, str]] = {
         "client:token:revoked": N_("revoked an access token"),
         "client:client:registered": N_("registered an application"),
         "client:app:authorized": N_("authorised an application"),
+        "client:app:launched": N_("launched an application from a chart"),
         "detection:alert:raised": N_("raised a security alert"),
         "detection:actor:contained": N_("contained an account"),
         "detection:alert:read": N_("read security alerts"),

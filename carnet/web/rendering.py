@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     )
 )
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -182,6 +184,13 @@ def render(
     values.update(context or {})
     response = HTMLResponse(page.render(values), status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
+    targets = [o for o in values.get("form_origins") or () if ORIGIN.fullmatch(o)]
+    if targets:
+        # A form whose answer redirects to a registered app (SMART launch, consent): CSP's
+        # form-action also governs that redirect, so those origins, and only them, are named.
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.replace(
+            "form-action 'self'", "form-action 'self' " + " ".join(sorted(set(targets)))
+        )
     response.headers["Content-Language"] = language
     response.headers["Vary"] = "Cookie, Accept-Language"
     for name, value in (headers or {}).items():
