@@ -94,7 +94,7 @@ def _refused(
     client: TestClient, runtime: Runtime, url: str, kind: AuditKind, method: str = "get", **kw: object
 ) -> None:
     before = len(_events(runtime, kind, "denied"))
-    response = client.get(url) if method == "get" else client.post(url, **kw)  # type: ignore[arg-type]
+    response = client.get(url) if method == "get" else client.post(url, **kw)
     assert response.status_code == 403, response.text
     assert len(_events(runtime, kind, "denied")) == before + 1
 
