@@ -467,3 +467,43 @@ def test_allergy_entry_refused_to_billing_and_audited(
         method="post",
         data={"csrf_token": csrf, "substance": "penicillins — J01C", "criticality": "high"},
     )
+
+
+# -- in French ----------------------------------------------------------------------------------
+def test_the_days_work_pages_in_french_have_no_english_left(
+    client: TestClient,
+    hospital: Hospital,
+    work: Work,
+    sqlite_runtime: Runtime,
+    movable_clock: clock.MovableClock,
+) -> None:
+    from tests.web.test_french_pages import FRENCH, untranslated
+
+    today = localtime.local_day(clock.now())
+    _book(sqlite_runtime, hospital, _paris(today, 10, 0), hospital.my_patient)
+    doctor = str(hospital.physician.practitioner_id)
+    data = {
+        "Hôpital Test",
+        "Lefebvre, Odile",
+        "Durand, Paul",
+        "Consultation",
+        "CS",
+        "billing.bob",
+        "nurse.ines",
+    }
+    problems: list[str] = []
+    for person, paths in (
+        (hospital.front_desk, ["/desk/arrivals", f"/desk/calendar?practitioner={doctor}"]),
+        (work.billing, ["/billing/worklist"]),
+        (work.nurse, ["/ward"]),
+        (hospital.physician, [f"/patients/{hospital.my_patient}/sections/stays"]),
+    ):
+        login(client, person)
+        for path in paths:
+            page = client.get(path, headers=FRENCH)
+            assert page.status_code == 200, (path, page.text[page.text.find("<main") :][:1500])
+            problems += [f"{path}: {p}" for p in untranslated(page.text, data)]
+        client.cookies.clear()
+        # Four accounts on one machine within 15 minutes would be a campaign (detection).
+        movable_clock.advance(dt.timedelta(minutes=16))
+    assert problems == [], "\n".join(problems)
