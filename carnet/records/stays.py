@@ -13,6 +13,7 @@ from carnet.access.policy import PATIENT_LOCATE
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
+from carnet.kernel import localtime
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Location, Practitioner
@@ -214,9 +215,10 @@ def ward_board(tx: GuardedTx, /) -> WardBoard:
         ).unique()
     )
     board: list[Ward] = []
+    shown: list[Any] = []
+    fields_shown: set[str] = set()
+    rels: dict[Any, frozenset[Any]] = {}
     for ward in wards:
-        shown: list[Any] = []
-        fields_shown: set[str] = set()
         rows = tx.session.execute(
             select(Encounter, Patient, Practitioner)
             .join(Patient, Patient.id == Encounter.patient_id)
@@ -229,7 +231,7 @@ def ward_board(tx: GuardedTx, /) -> WardBoard:
             .order_by(Encounter.start_at)
             .limit(WARD_BOARD_LIMIT)
         ).all()
-        rels = tx.relationships_of([p for _e, p, _pr in rows])
+        rels |= tx.relationships_of([p for _e, p, _pr in rows])
         stays: list[WardStay] = []
         for encounter, patient, attending in rows:
             rel = rels.get(patient.id, frozenset())
@@ -247,9 +249,11 @@ def ward_board(tx: GuardedTx, /) -> WardBoard:
             shown.append(patient.id)
             fields_shown |= p_fields
             tx.resource_ids.append(str(encounter.id))
-        event = SearchEvent(shape=SearchShape.LIST, term_digest=f"ward-board:{ward.id}", page=1)
-        tx.expose(shown, Channel.LIST, rels, fields_shown, shape=event)
         board.append(Ward(id=str(ward.id), name=ward.name, stays=stays))
+    # One list, however many wards the nurse covers (a small clinic's nurse covers several).
+    day = localtime.local_day(tx.now)
+    event = SearchEvent(shape=SearchShape.LIST, term_digest=f"ward-board:{day.isoformat()}", page=1)
+    tx.expose(shown, Channel.LIST, rels, fields_shown, shape=event)
     tx.query = f"ward-board;wards={len(wards)}"
     tx.reasons.append("own ward board")
     return WardBoard(wards=board)
