@@ -86,6 +86,7 @@ class AllergyView(Redactable):
     substance_code: str | None = None
     substance_display: str | None = None
     criticality: str | None = None
+    reaction: str | None = None  # what happened (urticaria, anaphylaxis...), free text
     clinical_status: str | None = None
     recorded_by: str | None = None
     version_id: int | None = None
@@ -467,6 +468,7 @@ class AllergyInput(BaseModel):
     substance_code: str = Field(min_length=1, max_length=40)
     substance_display: str = Field(min_length=1, max_length=200)
     criticality: str = Field(pattern="^(low|high|unable-to-assess)$")
+    reaction: str | None = Field(default=None, max_length=200)
 
 
 class EncounterInput(BaseModel):

@@ -184,13 +184,16 @@ def record_allergy(tx: GuardedTx, /, *, data: AllergyInput) -> AllergyView:
     author = writing_practitioner(tx)
     patient = tx.patient_for_write(data.patient_id)
     tx.authorize(patient, RT.ALLERGY, write=True)
+    allergy_id = new_id()
+    reaction = (data.reaction or "").strip() or None
     allergy = Allergy(
-        id=new_id(),
+        id=allergy_id,
         facility_id=patient.facility_id,
         patient_id=patient.id,
         substance_code=data.substance_code,
         substance_display=data.substance_display,
         criticality=data.criticality,
+        reaction_ct=tx.enc(reaction, patient.facility_id, "allergies", "reaction", allergy_id),
         clinical_status="active",
         recorded_by=author,
         version_id=1,
@@ -199,7 +202,7 @@ def record_allergy(tx: GuardedTx, /, *, data: AllergyInput) -> AllergyView:
     )
     tx.session.add(allergy)
     tx.session.flush()
-    return written(tx, patient, RT.ALLERGY, AllergyView, allergy_data(allergy), 1, "create")
+    return written(tx, patient, RT.ALLERGY, AllergyView, allergy_data(allergy, reaction), 1, "create")
 
 
 @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
@@ -211,7 +214,7 @@ def list_allergies(tx: GuardedTx, /, *, patient_id: str) -> list[AllergyView]:
         RT.ALLERGY,
         select(Allergy).where(Allergy.patient_id == pid).order_by(Allergy.created_at),
     )
-    return [redact(AllergyView, allergy_data(r), fields) for r in rows]
+    return [redact(AllergyView, allergy_data(r, _reaction(tx, r, fields)), fields) for r in rows]
 
 
 @guarded(AuditKind.PHI_READ, RT.PRESCRIPTION, targeted=True)
@@ -235,4 +238,11 @@ def read(tx: GuardedTx, /, *, prescription_id: str) -> PrescriptionView:
 @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
 def read_allergy(tx: GuardedTx, /, *, allergy_id: str) -> AllergyView:
     row, fields = read_one(tx, RT.ALLERGY, allergy_id)
-    return redact(AllergyView, allergy_data(row), fields)
+    return redact(AllergyView, allergy_data(row, _reaction(tx, row, fields)), fields)
+
+
+def _reaction(tx: GuardedTx, allergy: Allergy, fields: frozenset[str]) -> str | None:
+    """The reaction, decrypted only for a reader who may see it."""
+    if "reaction" not in fields or allergy.reaction_ct is None:
+        return None
+    return tx.dec(allergy.reaction_ct, "allergies", "reaction", allergy.id)

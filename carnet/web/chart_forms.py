@@ -156,18 +156,28 @@ def record_allergy(
     criticality: Annotated[str, Form(max_length=20)],
     substance: Annotated[str, Form(max_length=200)] = "",
     description: Annotated[str, Form(max_length=200)] = "",
+    reaction: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     """An allergy coded from the catalogue (a class or a substance) or recognised in the free
     text; the free text, when given, is what the chart shows."""
     _require_clinician(request, actor, "AllergyIntolerance", AuditKind.PHI_CREATE)
-    draft = {"substance": substance, "description": description, "criticality": criticality}
+    draft = {
+        "substance": substance,
+        "description": description,
+        "criticality": criticality,
+        "reaction": reaction,
+    }
     try:
         code, display = _coded(substance, description, language_of(request))
         if criticality not in CRITICALITIES:
             raise InvalidInput("choose the criticality: high risk, low risk or not assessed")
         try:
             data = AllergyInput(
-                patient_id=patient_id, substance_code=code, substance_display=display, criticality=criticality
+                patient_id=patient_id,
+                substance_code=code,
+                substance_display=display,
+                criticality=criticality,
+                reaction=reaction.strip() or None,
             )
         except ValidationError:
             raise InvalidInput("check the substance and its criticality") from None

@@ -443,9 +443,20 @@ def test_allergy_entry_coded_from_the_catalogue(
     assert wrong.status_code == 400 and "criticality" in wrong.text
     assert _allergies(sqlite_runtime, hospital.my_patient) == []
     picked = client.post(
-        url, data={"csrf_token": csrf, "substance": "penicillins — J01C", "criticality": "high"}
+        url,
+        data={
+            "csrf_token": csrf,
+            "substance": "penicillins — J01C",
+            "criticality": "high",
+            "reaction": "Urticaire",
+        },
     )
     assert picked.status_code == 303, picked.text
+    shown = client.get(f"/patients/{hospital.my_patient}")
+    assert "Urticaire" in shown.text  # the reaction, decrypted for the physician
+    with sqlite_runtime.session_factory() as session:
+        stored = session.scalars(select(Allergy.reaction_ct)).one()
+    assert stored is not None and b"Urticaire" not in stored  # encrypted at rest
     typed = client.post(
         url,
         data={"csrf_token": csrf, "description": "Allergie à l'aspirine (urticaire)", "criticality": "low"},
