@@ -58,6 +58,7 @@ TRANSACTION_OPERATIONS = frozenset(
         "book_appointment",
         "amend_appointment",
         "cancel_appointment",
+        "check_in",
         "write_note",
         "amend_note",
         "prescribe",
@@ -145,6 +146,9 @@ class Gate(GateCore):
     practitioner_schedule = operation(scheduling.practitioner_schedule)
     reveal_appointment_patient = operation(scheduling.reveal_patient)
     read_appointment = operation(scheduling.read)
+    calendar_grid = operation(scheduling.calendar_grid)
+    arrivals = operation(scheduling.arrivals)
+    check_in = operation(scheduling.check_in)
 
     # -- records: notes, observations, lab reports, conditions (carnet/records/operations.py)
     list_notes = operation(records.list_notes)
@@ -179,6 +183,7 @@ class Gate(GateCore):
     read_encounter = operation(stays.read)
     list_encounters = operation(stays.list_for_patient)
     stays_worklist = operation(stays.worklist)
+    ward_board = operation(stays.ward_board)
 
     # -- consents (carnet/records/consents.py)
     list_consents = operation(consents.list_for_patient)
@@ -241,6 +246,7 @@ class Gate(GateCore):
     cancel_invoice = operation(billing.cancel)
     read_invoice = operation(billing.read)
     read_payment = operation(billing.read_payment)
+    billing_worklist = operation(billing.unpaid)
 
     # -- bulk export (carnet/phi/exports.py)
     export = operation(exports.export)

@@ -46,6 +46,11 @@ LABELS: dict[str, dict[str, str]] = {
         "entered-in-error": N_("entered in error"),
         "waitlist": N_("waiting list"),
     },
+    "encounter": {
+        "inpatient": N_("hospital stay"),
+        "outpatient": N_("outpatient visit"),
+        "emergency": N_("emergency"),
+    },
     "prescription": {
         "active": N_("ongoing"),
         "on-hold": N_("on hold"),

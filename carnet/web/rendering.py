@@ -22,6 +22,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from carnet.kernel import localtime
 from carnet.web.labels import label, timeline_sentence
 
 HERE = Path(__file__).parent
@@ -104,8 +105,9 @@ def locale_of(request: Request, language: str) -> str:
 def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callable[..., str]]:
     """The one set of helpers every template writes dates, numbers and codes with."""
 
+    # Times are stored in UTC and shown on the hospital's wall clock (Europe/Paris).
     def when(value: dt.datetime | None, fmt: str = "short") -> str:
-        return "" if value is None else format_datetime(value, fmt, tzinfo=dt.UTC, locale=locale)
+        return "" if value is None else format_datetime(value, fmt, tzinfo=localtime.ZONE, locale=locale)
 
     def day(value: dt.date | str | None, fmt: str = "medium") -> str:
         if value is None or value == "":
@@ -115,7 +117,7 @@ def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callabl
         return format_date(value, fmt, locale=locale)
 
     def hour(value: dt.datetime | None) -> str:
-        return "" if value is None else format_datetime(value, "HH:mm", tzinfo=dt.UTC, locale=locale)
+        return "" if value is None else format_datetime(value, "HH:mm", tzinfo=localtime.ZONE, locale=locale)
 
     def weekday(value: dt.date | None, fmt: str = "EEEE") -> str:
         return "" if value is None else format_date(value, fmt, locale=locale)
