@@ -14,9 +14,9 @@ STATIC = Path(__file__).parent / "static"
 
 def install(app: FastAPI) -> None:
     """Add the pages and the static files (our own scripts only: no CDN) to the app."""
-    from carnet.web import account, clinician, desk, integration, schedule, security, setup
+    from carnet.web import account, clinician, desk, integration, printing, schedule, security, setup
 
-    for module in (account, clinician, desk, integration, schedule, security, setup):
+    for module in (account, clinician, desk, integration, printing, schedule, security, setup):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -255,6 +255,7 @@ def chart_context(
     context["break_glass_active"] = glass_until(request, patient_id)
     context["age"] = age_of(patient.birth_date, clock.now().date())
     context["stay"] = current_stay(request, actor, patient_id) if actor.roles & CLINICAL_ROLES else None
+    context["may_print_letter"] = Role.PHYSICIAN in actor.roles  # prints the stay's discharge letter
     return context
 
 
@@ -274,7 +275,7 @@ def current_stay(request: Request, actor: Actor, patient_id: str) -> dict[str, A
             where = entry.name if isinstance(entry, org_directory.LocationEntry) else ""
         except NotFound:
             where = ""
-    return {"kind": stay.kind or "", "since": stay.start_at, "where": where}
+    return {"kind": stay.kind or "", "since": stay.start_at, "where": where, "id": stay.id}
 
 
 def age_of(birth_date: str | None, today: dt.date) -> int | None:

@@ -27,6 +27,9 @@ OPERATION_MODULES = (
     "carnet.prescriptions.operations",
     "carnet.coverage.operations",
     "carnet.billing.operations",
+    "carnet.prescriptions.printing",
+    "carnet.billing.printing",
+    "carnet.records.printing",
     "carnet.phi.exports",
     "carnet.phi.breakglass",
 )
