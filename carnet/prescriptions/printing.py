@@ -31,6 +31,9 @@ def print_prescription(tx: GuardedTx, /, *, prescription_id: str, language: str 
     tx.resource_ids.append(str(row.id))
     if row.status not in PRINTABLE:
         raise Conflict(f"this prescription is {row.status}: only an active prescription is printed")
+    if row.valid_until is not None and row.valid_until < tx.now:
+        # A pharmacy would refuse it: renewing writes a new one, checked again.
+        raise Conflict("this prescription has expired: renew it, then print the renewed one")
     prescriber = tx.session.get(Practitioner, row.prescriber_id)
     facility = tx.session.get(Facility, row.facility_id)
     signed = f"Dr {prescriber.given} {prescriber.family}" if prescriber else ""
@@ -47,7 +50,7 @@ def print_prescription(tx: GuardedTx, /, *, prescription_id: str, language: str 
                 rows=((row.medication_display, row.dosage_text, row.substance_code),),
             ),
             Section(
-                heading=word(language, "written"),
+                heading=word(language, "dates"),
                 paragraphs=(
                     pair(language, "written", day(language, row.authored_at)),
                     *(

@@ -492,6 +492,9 @@ _EXACT: dict[str, str] = {
         "quelqu'un d'autre a modifié cet élément : rechargez la page et réessayez"
     ),
     "no printed documents in this language": "pas de document imprimé dans cette langue",
+    "this prescription has expired: renew it, then print the renewed one": (
+        "cette prescription a expiré : renouvelez-la, puis imprimez la prescription renouvelée"
+    ),
 }
 
 _COMPILED = [(re.compile(pattern), rewrite) for pattern, rewrite in _SENTENCES]

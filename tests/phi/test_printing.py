@@ -210,16 +210,32 @@ def test_a_physician_prints_the_discharge_letter_of_a_stay(ward: dict[str, objec
         assert [e.outcome for e in _prints(runtime, actor)] == ["denied"]
 
 
-def test_what_is_not_printable_is_refused_and_audited_as_an_error(ward: dict[str, object]) -> None:
+def test_what_is_not_printable_is_refused_and_audited_as_an_error(
+    ward: dict[str, object], movable_clock: clock.MovableClock
+) -> None:
     runtime, doctor = ward["runtime"], ward["doctor"]
     assert isinstance(runtime, Runtime) and isinstance(doctor, Actor)
     gate = Gate(runtime, doctor)
+    # An expired prescription: a pharmacy would refuse it, so it is renewed, not printed.
+    short = gate.prescribe(
+        data=PrescriptionInput(
+            patient_id=str(ward["patient"]),
+            medication_code="A02BC01",
+            medication_display="Oméprazole 20 mg",
+            substance_code="A02BC01",
+            dosage_text="1 gélule le matin",
+            valid_until=clock.now() + dt.timedelta(days=1),
+        )
+    )
+    movable_clock.advance(dt.timedelta(days=2))
+    with pytest.raises(Conflict, match="expired"):
+        gate.print_prescription(prescription_id=str(short.id))
     rx = gate.read_prescription(prescription_id=str(ward["rx"]))
     assert rx.id and rx.version_id
     gate.stop_prescription(prescription_id=rx.id, expected_version=rx.version_id, reason="fin du traitement")
     with pytest.raises(Conflict):
         gate.print_prescription(prescription_id=rx.id)
-    assert [e.outcome for e in _prints(runtime, doctor)] == ["error"]
+    assert [e.outcome for e in _prints(runtime, doctor)] == ["error", "error"]
     assert _report_exposures(runtime, doctor) == []
 
 
