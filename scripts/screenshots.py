@@ -119,11 +119,13 @@ def _print_prescription(page: Any, origin: str, out: Path, csrf: str, tmp: Path)
     pdf = tmp / "prescription.pdf"
     pdf.write_bytes(answer.body())
     target = out / "role-physician-prescription-pdf"
-    if shutil.which("pdftoppm") is None:
+    pdftoppm = shutil.which("pdftoppm")
+    if pdftoppm is None:
         print("pdftoppm not found (apt-get install poppler-utils): the printed prescription is not rendered")
         return True
-    subprocess.run(
-        ["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", "-singlefile", str(pdf), str(target)], check=True
+    subprocess.run(  # noqa: S603 (our own file names, no shell)
+        [pdftoppm, "-png", "-r", "60", "-f", "1", "-l", "1", "-singlefile", str(pdf), str(target)],
+        check=True,
     )
     _small(target.with_suffix(".png"), colors=32)
     print(f"wrote {target.with_suffix('.png')}")
@@ -131,7 +133,9 @@ def _print_prescription(page: Any, origin: str, out: Path, csrf: str, tmp: Path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--patients", type=int, default=600, help="patients of the demo hospital")
     parser.add_argument("--language", choices=("fr", "en"), default="fr")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
@@ -152,7 +156,7 @@ def main() -> None:
             "CARNET_LOG_FORMAT": "text",
         }
         with log.open("wb") as sink:
-            server = subprocess.Popen(
+            server = subprocess.Popen(  # noqa: S603 (the venv's own carnet, no shell)
                 [str(CARNET), "demo", "--patients", str(args.patients), "--port", str(port)],
                 env=env,
                 stdout=sink,
@@ -176,7 +180,9 @@ def main() -> None:
                 server.kill()
 
 
-def _tour(browser: Any, origin: str, accounts: list[dict[str, Any]], out: Path, language: str, tmp: Path) -> None:
+def _tour(
+    browser: Any, origin: str, accounts: list[dict[str, Any]], out: Path, language: str, tmp: Path
+) -> None:
     locale = "fr-FR" if language == "fr" else "en-GB"
     context = browser.new_context(viewport={"width": 1280, "height": 860}, locale=locale)
     context.add_cookies([{"name": "carnet_lang", "value": language, "url": origin}])
