@@ -148,10 +148,12 @@ def _actor(account: Account, role: Role) -> Actor:
 
 
 def _a_billed_patient(runtime: Runtime, account: Account) -> str:
-    """A patient of the billing clerk's facility with an invoice (the seeded billing run's)."""
+    """A patient of the billing clerk's facility with an issued invoice (the seeded billing run's)."""
     with runtime.session_factory() as session:
         found = session.scalar(
-            sa.select(Invoice.patient_id).where(Invoice.facility_id == account.facility_id).limit(1)
+            sa.select(Invoice.patient_id)
+            .where(Invoice.facility_id == account.facility_id, Invoice.status.in_(("issued", "balanced")))
+            .limit(1)
         )
     if found is None:
         raise SystemExit("no invoice at the billing clerk's facility: seed more patients")
@@ -191,7 +193,9 @@ def _printable(runtime: Runtime, physician: Account, patient_id: str, billed: st
         ]
     with runtime.session_factory() as session:
         invoice = session.scalar(
-            sa.select(Invoice.id).where(Invoice.patient_id == uuid.UUID(billed), Invoice.status == "issued")
+            sa.select(Invoice.id)
+            .where(Invoice.patient_id == uuid.UUID(billed), Invoice.status.in_(("issued", "balanced")))
+            .limit(1)
         )
     if invoice is None:
         raise SystemExit("the billed patient has no issued invoice")
