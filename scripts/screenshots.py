@@ -109,13 +109,13 @@ def _shoot(page: Any, out: Path, name: str) -> Path:
 
 def _print_prescription(page: Any, origin: str, out: Path, csrf: str, tmp: Path) -> bool:
     """The chart's first print button of a prescription, its PDF's first page as PNG."""
-    form = page.locator('form[action^="/print/prescriptions/"]').first
-    if form.count() == 0:
+    forms = page.locator('form[action^="/print/prescriptions/"]')
+    if forms.count() == 0:
         return False
-    action = form.get_attribute("action")
+    action = forms.first.get_attribute("action")
     answer = page.request.post(origin + action, form={"csrf_token": csrf})
     if answer.status != 200 or answer.headers.get("content-type") != "application/pdf":
-        raise SystemExit(f"printing {action} answered {answer.status}")
+        raise SystemExit(f"printing {action} answered {answer.status}: {answer.text()[:200]}")
     pdf = tmp / "prescription.pdf"
     pdf.write_bytes(answer.body())
     target = out / "role-physician-prescription-pdf"

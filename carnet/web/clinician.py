@@ -206,6 +206,7 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["note_kinds"] = NOTE_KINDS
     context["may_write"] = bool(actor.roles & CLINICAL_ROLES)
     context["may_prescribe"] = Role.PHYSICIAN in actor.roles
+    context["now"] = clock.now()  # an expired prescription is renewed, not printed
     context["may_schedule"] = bool(actor.roles & {Role.FRONT_DESK, Role.PHYSICIAN})
     context["practitioners"] = (
         directory.list_practitioners(runtime_of(request), actor=actor)
