@@ -18,6 +18,7 @@ from typing import Any
 
 from carnet.audit.interfaces import AuditKind
 from carnet.billing import operations as billing
+from carnet.billing import printing as billing_prints
 from carnet.coverage import operations as coverage
 from carnet.interfaces import operation as interfaces
 from carnet.interventions import operations as interventions
@@ -28,9 +29,11 @@ from carnet.phi import breakglass, exports, validation
 from carnet.phi.exports import EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXPORT
 from carnet.phi.kernel import RT, GateCore, GuardedTx, Refused, guarded, operation
 from carnet.prescriptions import operations as prescriptions
+from carnet.prescriptions import printing as prescription_prints
 from carnet.prescriptions.rules import AllergyWarning
 from carnet.records import care_teams, consents, orders, provenance, stays
 from carnet.records import operations as records
+from carnet.records import printing as letters
 from carnet.records.consents import OPPOSE_OTHER_FACILITIES
 from carnet.scheduling import operations as scheduling
 
@@ -247,6 +250,12 @@ class Gate(GateCore):
     read_invoice = operation(billing.read)
     read_payment = operation(billing.read_payment)
     billing_worklist = operation(billing.unpaid)
+
+    # -- printed documents: watermarked PDF, audited, counted (each domain's printing.py)
+    print_prescription = operation(prescription_prints.print_prescription)
+    print_invoice = operation(billing_prints.print_invoice)
+    print_receipt = operation(billing_prints.print_receipt)
+    print_discharge_letter = operation(letters.print_discharge_letter)
 
     # -- bulk export (carnet/phi/exports.py)
     export = operation(exports.export)

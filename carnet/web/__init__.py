@@ -25,6 +25,7 @@ def install(app: FastAPI) -> None:
         desk,
         integration,
         orders,
+        printing,
         schedule,
         security,
         setup,
@@ -36,7 +37,7 @@ def install(app: FastAPI) -> None:
     # /sections/{name}) they must not be shadowed by.
     for module in (arrivals, billing_desk, calendar, chart_forms, ward, orders):
         app.include_router(module.router)
-    for module in (account, apps, clinician, desk, integration, schedule, security, setup):
+    for module in (account, apps, clinician, desk, integration, printing, schedule, security, setup):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -225,6 +225,7 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["note_kinds"] = NOTE_KINDS
     context["may_write"] = bool(actor.roles & CLINICAL_ROLES)
     context["may_prescribe"] = Role.PHYSICIAN in actor.roles
+    context["now"] = clock.now()  # an expired prescription is renewed, not printed
     context["may_schedule"] = bool(actor.roles & {Role.FRONT_DESK, Role.PHYSICIAN})
     context["practitioners"] = (
         directory.list_practitioners(runtime_of(request), actor=actor)
@@ -276,6 +277,7 @@ def chart_context(
     context["stay"] = current_stay(request, actor, patient_id) if actor.roles & CLINICAL_ROLES else None
     context["apps"] = apps.launchable(actor, request) if actor.roles & CLINICAL_ROLES else []
     context["form_origins"] = [app.origin for app in context["apps"]]
+    context["may_print_letter"] = Role.PHYSICIAN in actor.roles  # prints the stay's discharge letter
     return context
 
 
@@ -295,7 +297,7 @@ def current_stay(request: Request, actor: Actor, patient_id: str) -> dict[str, A
             where = entry.name if isinstance(entry, org_directory.LocationEntry) else ""
         except NotFound:
             where = ""
-    return {"kind": stay.kind or "", "since": stay.start_at, "where": where}
+    return {"kind": stay.kind or "", "since": stay.start_at, "where": where, "id": stay.id}
 
 
 def age_of(birth_date: str | None, today: dt.date) -> int | None:

@@ -24,6 +24,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from carnet.kernel import localtime
 from carnet.web.labels import label, timeline_sentence
+from carnet.web.messages import say
 
 HERE = Path(__file__).parent
 LANGUAGES = ("en", "fr")
@@ -181,6 +182,8 @@ def render(
         "setting_up": False,  # a handover session: no navigation, nothing else is open to it
         "path": request.url.path,
         "locale": locale_of(request, language),
+        # Gate, step-up, containment and detection messages in the reader's language.
+        "say": lambda message: say(message, language),
         **_formatters(locale_of(request, language), tr.gettext),
     }
     values.update(context or {})

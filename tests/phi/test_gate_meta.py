@@ -941,6 +941,26 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.cancel_invoice(invoice_id=w.invoice, expected_version=1, reason="erreur de saisie"),
         lambda g, w: g.cancel_invoice(invoice_id=w.invoice, expected_version=4, reason="erreur de saisie"),
     ),
+    "print_prescription": (
+        "physician",
+        lambda g, w: g.print_prescription(prescription_id=w.prescription),
+        lambda g, w: g.print_prescription(prescription_id=MISSING),
+    ),
+    "print_discharge_letter": (
+        "physician",
+        lambda g, w: g.print_discharge_letter(encounter_id=w.encounter, language="en"),
+        lambda g, w: g.print_discharge_letter(encounter_id=MISSING),
+    ),
+    "print_invoice": (
+        "billing",
+        lambda g, w: g.print_invoice(invoice_id=w.invoice),
+        lambda g, w: g.print_invoice(invoice_id=w.draft),  # a draft is not printed
+    ),
+    "print_receipt": (
+        "billing",
+        lambda g, w: g.print_receipt(payment_id=w.payment),
+        lambda g, w: g.print_receipt(payment_id=MISSING),
+    ),
     "export": (
         "physician",
         lambda g, w: g.export(export_id=w.export),
