@@ -65,7 +65,7 @@ from carnet.db import migrate
 from carnet.db.engine import make_engine
 from carnet.detection.baselines import refresh_baselines
 from carnet.detection.config import get_detection_config
-from carnet.detection.models import Exposure
+from carnet.detection.models import ActorAddress, Exposure
 from carnet.identity import sessions
 from carnet.kernel import clock
 from carnet.patients.models import CareRelationship
@@ -164,17 +164,36 @@ class Clinician:
     actor: Actor | None = None  # for in-process gate calls
 
 
+def workstation(account_id: uuid.UUID) -> tuple[str, str]:
+    """The workstation an account works from: its own network address and browser, as in a
+    hospital where each clinician signs in at their own machine. Without it every benchmark
+    account shares wrk's one address and client, and detection's one-machine rule (many
+    accounts from one machine is one operator) rightly asks them all for a second factor.
+    The address reaches carnet as uvicorn's peer address: the benchmark's server trusts
+    X-Forwarded-For from loopback only (`--forwarded-allow-ips 127.0.0.1`, wrk standing for a
+    load balancer); carnet itself never reads the header."""
+    n = account_id.int
+    address = f"10.{18 + n % 8}.{n >> 8 & 0xFF}.{1 + (n >> 16) % 250}"
+    return address, f"Mozilla/5.0 (carnet-bench ws-{n % 10**8:08d})"
+
+
 def open_session(runtime: Runtime, account_id: uuid.UUID) -> dict[str, str]:
+    address, agent = workstation(account_id)
     with runtime.session_factory.begin() as session:
         issued = sessions.open_session(
             session,
             account_id=account_id,
             privileged=False,
             second_factor_method="totp",
-            address="127.0.0.1",
-            user_agent="fhir_load",
+            address=address,
+            user_agent=agent,
         )
-    return {"Cookie": f"carnet_session={issued.token}", "X-CSRF-Token": issued.csrf_token}
+    return {
+        "Cookie": f"carnet_session={issued.token}",
+        "X-CSRF-Token": issued.csrf_token,
+        "User-Agent": agent,
+        "X-Forwarded-For": address,
+    }
 
 
 def make_clinicians(
@@ -245,8 +264,15 @@ def baseline_accounts(runtime: Runtime, history: list[tuple[uuid.UUID, list[uuid
                         "fields": None,
                     }
                 )
+    # Each account's workstation is one it has used before (no new-address signal on the run).
+    first_seen = clock.now() - dt.timedelta(days=28)
+    addresses = [
+        {"actor_ref": f"account:{a}", "address": workstation(a)[0], "first_seen_at": first_seen}
+        for a, _ in history
+    ]
     with runtime.session_factory.begin() as session:
         session.execute(sa.insert(Exposure), rows)
+        session.execute(sa.insert(ActorAddress), addresses)
         refresh_baselines(session, config=config)
     return len(rows)
 
@@ -463,6 +489,7 @@ def start_server(url: str, var: Path, workers: int) -> tuple[subprocess.Popen[by
         [
             sys.executable, "-m", "uvicorn", "--factory", "carnet.app:create_app", "--host", "127.0.0.1",
             "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
+            "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1",
         ],
         env=env,
     )  # fmt: skip
