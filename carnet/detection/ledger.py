@@ -69,10 +69,11 @@ log = logging.getLogger("carnet.detection")
 
 # Core statements for what every guarded request runs: plain rows, no ORM unit of work.
 _STATES = cast(Table, ActorState.__table__).c
-_ACTOR_STATE = select(_STATES.status, _STATES.reason, _STATES.restored_at).where(
+ACTOR_STATE = select(_STATES.status, _STATES.reason, _STATES.restored_at).where(
     _STATES.actor_ref == bindparam("actor_ref", type_=String())
 )
-_INSERT_EXPOSURE = insert(cast(Table, Exposure.__table__))
+INSERT_EXPOSURE = insert(cast(Table, Exposure.__table__))
+_FETCH = object()  # `record`'s default: read the actor's state itself
 
 _PENDING = "carnet.detection.pending"
 _HOOKED = "carnet.detection.hooked"
@@ -144,9 +145,18 @@ class SqlExposureLedger:
         outside_care: Sequence[uuid.UUID] = (),
         query_shape: SearchEvent | None = None,
         fields: Sequence[str] = (),
+        state: object = _FETCH,
+        exposure_rows: list[dict[str, Any]] | None = None,
     ) -> None:
+        """`state`: the actor's ActorState row (`ACTOR_STATE`) when the caller already read it
+        in this transaction; `exposure_rows`: where to put the exposure rows for the caller to
+        insert in this transaction (the gate's fast read sends them with its audit append)."""
         at = clock.now()
-        state = self.ensure_not_contained(session, actor=actor)
+        if state is _FETCH:
+            state = self.ensure_not_contained(session, actor=actor)
+        else:
+            self.check_not_contained(cast("Row[Any, Any, Any] | None", state), actor=actor)
+        state = cast("Row[Any, Any, Any] | None", state)
         if actor.kind is ActorKind.INTERFACE and not fields:
             # A write-only HL7 interface is answered with an ACK alone: no field of the patient
             # left, so nothing was exposed (its volume is judged by carnet.interfaces.budget).
@@ -169,23 +179,24 @@ class SqlExposureLedger:
         if distinct:
             field_text = ",".join(sorted(set(fields)))[:300] or None
             outside_set = set(outside)
-            session.connection().execute(
-                _INSERT_EXPOSURE,
-                [
-                    {
-                        "id": new_id(),
-                        "actor_ref": actor.actor_ref,
-                        "patient_id": p,
-                        "channel": channel.value,
-                        "resource_type": resource_type[:40],
-                        "at": at,
-                        "audit_seq": None,
-                        "outside_care": p in outside_set,
-                        "fields": field_text,
-                    }
-                    for p in distinct
-                ],
-            )
+            rows = [
+                {
+                    "id": new_id(),
+                    "actor_ref": actor.actor_ref,
+                    "patient_id": p,
+                    "channel": channel.value,
+                    "resource_type": resource_type[:40],
+                    "at": at,
+                    "audit_seq": None,
+                    "outside_care": p in outside_set,
+                    "fields": field_text,
+                }
+                for p in distinct
+            ]
+            if exposure_rows is None:
+                session.connection().execute(INSERT_EXPOSURE, rows)
+            else:
+                exposure_rows.extend(rows)
         events = _search_events(query_shape, deep_page=self.config.deep_page)
         if (
             query_shape is not None
@@ -279,7 +290,12 @@ class SqlExposureLedger:
     def ensure_not_contained(self, session: Session, *, actor: Actor) -> Row[Any, Any, Any] | None:
         """Raise AccountContained if the actor is contained (the database row, or a flag set by a
         worker whose containment is not yet committed and not since undone by a restore)."""
-        state = session.connection().execute(_ACTOR_STATE, {"actor_ref": actor.actor_ref}).first()
+        state = session.connection().execute(ACTOR_STATE, {"actor_ref": actor.actor_ref}).first()
+        self.check_not_contained(state, actor=actor)
+        return state
+
+    def check_not_contained(self, state: Row[Any, Any, Any] | None, *, actor: Actor) -> None:
+        """`ensure_not_contained` on the actor's state row read by the caller."""
         if state is not None and state.status == CONTAINED:
             reason = state.reason or "unusual access to patient data."
             raise AccountContained(contained_message(reason, self.settings.security_contact))
@@ -293,7 +309,6 @@ class SqlExposureLedger:
                 flags.clear(actor.actor_ref)  # a security officer restored the account since
                 continue
             raise AccountContained(contained_message(reason, self.settings.security_contact))
-        return state
 
     def forget(self, *, actor_ref: str) -> None:
         """After a restore: clear flags and windows so old counts do not contain again."""
