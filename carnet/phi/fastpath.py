@@ -52,21 +52,23 @@ from carnet.patients.models import Patient
 from carnet.phi import care
 from carnet.phi.kernel import _PATIENT_BY_ID, GateCore, Guard, GuardedTx, Refused
 
-_switch = threading.local()
 _counts_lock = threading.Lock()
 # How many reads took the fast path in this process (tests read it; not a metric).
 taken = 0
+_general_only = 0  # > 0: every operation runs on the kernel's general path (tests, benchmarks)
 
 
 @contextlib.contextmanager
 def general_only() -> Iterator[None]:
-    """Within this block, in this thread, every operation runs on the kernel's general path."""
-    previous = getattr(_switch, "off", False)
-    _switch.off = True
+    """Within this block, every operation of this process runs on the kernel's general path."""
+    global _general_only
+    with _counts_lock:
+        _general_only += 1
     try:
         yield
     finally:
-        _switch.off = previous
+        with _counts_lock:
+            _general_only -= 1
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ def _eligible(core: GateCore, guard: Guard, kwargs: dict[str, Any]) -> bool:
     runtime = core._runtime
     actor = core.actor
     return (
-        not getattr(_switch, "off", False)
+        not _general_only
         and actor.kind is ActorKind.STAFF
         and actor.account_id is not None
         and actor.scopes is None
