@@ -27,6 +27,7 @@ audit and count identically.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -55,7 +56,9 @@ from carnet.phi.kernel import _PATIENT_BY_ID, GateCore, Guard, GuardedTx, Refuse
 _counts_lock = threading.Lock()
 # How many reads took the fast path in this process (tests read it; not a metric).
 taken = 0
-_general_only = 0  # > 0: every operation runs on the kernel's general path (tests, benchmarks)
+# > 0: every operation runs on the kernel's general path (tests; CARNET_GATE_GENERAL_ONLY=1 for a
+# process, which benchmarks use to measure one path against the other).
+_general_only = 1 if os.environ.get("CARNET_GATE_GENERAL_ONLY") == "1" else 0
 
 
 @contextlib.contextmanager
