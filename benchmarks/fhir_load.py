@@ -60,6 +60,7 @@ from faker import Faker
 
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
+from carnet.crypto.blind import name_matches, name_words
 from carnet.crypto.keys import FileKeyProvider
 from carnet.db import migrate
 from carnet.db.engine import make_engine
@@ -91,10 +92,19 @@ WARD_CARE_LIST = 800  # a ward physician's care list (560-826 in the seeded hosp
 
 
 def searchable_families(patients: list[uuid.UUID], index_of: dict[uuid.UUID, int], k: int = 5) -> list[str]:
-    """k family names of these patients, spread over the list, of 4 letters or more: a shorter
-    name alone is a partial search, which detection rightly counts as a sweep."""
-    names = [name_of(index_of[p])[0] for p in patients[::37]]
-    return [n for n in names if len(n.replace(" ", "").replace("-", "")) >= 4][:k]
+    """k family names of these patients, spread over the list, of 4 letters or more and each
+    borne by one patient of the list: a shorter name alone is a partial search, and a name that
+    matches several of one's patients is a fragment, both of which detection rightly counts as
+    a sweep (a clinician looking one patient up names that patient)."""
+    families = [name_of(index_of[p])[0] for p in patients]
+    out = []
+    for p in patients[::7]:
+        name = name_of(index_of[p])[0]
+        if len(name.replace(" ", "").replace("-", "")) < 4 or len(name_words(name)[0]) < 4:
+            continue
+        if sum(1 for f in families if name_matches(f, name)) == 1:
+            out.append(name)
+    return out[:k]
 
 
 def name_of(n: int) -> tuple[str, str]:
