@@ -484,7 +484,7 @@ def _free_port() -> int:
 
 
 def start_server(
-    url: str, var: Path, workers: int, *, general_only: bool = False
+    url: str, var: Path, workers: int, *, general_only: bool = False, factory: str = "carnet.app:create_app"
 ) -> tuple[subprocess.Popen[bytes], str]:
     """uvicorn serving carnet; `general_only`: every gate operation on the kernel's general path
     (no fast read), to measure one path against the other in the same run."""
@@ -503,7 +503,7 @@ def start_server(
     )
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "uvicorn", "--factory", "carnet.app:create_app", "--host", "127.0.0.1",
+            sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
             "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
             "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1",
         ],
