@@ -25,6 +25,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -127,33 +128,45 @@ def _seed(runtime: Runtime, patients: int, port: int) -> None:
     asyncio.run(_clients(port, [[adt(n) for n in range(i, patients, 8)] for i in range(8)]))
 
 
-def _place_orders(runtime: Runtime, facility_id: object, count: int) -> list[str]:
-    """`count` lab orders, one per message to come, by a physician caring for the patients (the
-    n-th for patient n % patients): their placer numbers, in that order."""
+def _place_orders(runtime: Runtime, facility_id: uuid.UUID, count: int, tag: str) -> list[str]:
+    """`count` active lab orders, one per message to come (the n-th for patient n % patients),
+    inserted as a fixture through the audited system door (ordering 500 tests through one
+    physician's gate would rightly trip detection): their placer numbers, in that order."""
     from sqlalchemy import select
 
     from carnet.interfaces.models import InterfaceMessage
-    from carnet.phi.gate import Gate
-    from carnet.phi.schemas import ServiceRequestInput
     from carnet.phi.system import system_access
-    from tests.factories import link_care, make_physician
+    from carnet.records.models import ServiceRequest
+    from tests.factories import make_practitioner
 
-    doctor = make_physician(runtime, facility_id)  # type: ignore[arg-type]
-    assert doctor.practitioner_id is not None
-    with system_access(runtime, reason="benchmark: the seeded patients by control id") as door:
+    requester = make_practitioner(runtime, facility_id)
+    now = clock.now()
+    with system_access(runtime, reason="benchmark fixture: lab orders to answer") as door:
         rows = door.session.execute(
             select(InterfaceMessage.control_id, InterfaceMessage.patient_ids).where(
                 InterfaceMessage.message_type == "ADT^A04"
             )
         ).all()
-    by_number = {int(control[1:]): pid for control, pid in rows}
-    for pid in by_number.values():
-        link_care(runtime, patient_id=pid, practitioner_id=doctor.practitioner_id, facility_id=facility_id)  # type: ignore[arg-type]
-    gate = Gate(runtime, doctor)
-    placers = []
-    for n in range(count):
-        data = ServiceRequestInput(patient_id=by_number[n % len(by_number)], code="58410-2", display="NFS")
-        placers.append(gate.order_test(data=data).placer_number or "")
+        by_number = {int(control[1:]): uuid.UUID(pid) for control, pid in rows}
+        placers = [f"{tag}-{n:06d}" for n in range(count)]
+        door.session.add_all(
+            ServiceRequest(
+                facility_id=facility_id,
+                patient_id=by_number[n % len(by_number)],
+                requester_id=requester,
+                placer_number=placer,
+                category="laboratory",
+                code="58410-2",
+                display="NFS",
+                priority="routine",
+                status="active",
+                authored_at=now,
+                version_id=1,
+                created_at=now,
+                updated_at=now,
+            )
+            for n, placer in enumerate(placers)
+        )
     return placers
 
 
@@ -208,7 +221,9 @@ def main() -> None:
         statements: list[float] = []
         for r in range(args.rounds):
             placers = (
-                _place_orders(runtime, facility.id, args.messages) if args.orders else [""] * args.messages
+                _place_orders(runtime, facility.id, args.messages, f"O{r}")
+                if args.orders
+                else [""] * args.messages
             )
             messages = [oru(f"B{r}", n, n % args.patients) for n in range(args.messages)]
             with listening(_AnyPeer(), args.workers) as port:

@@ -97,6 +97,7 @@ class MessageWork:
     pending: list[InterfaceLink] = field(default_factory=list)
     _links: dict[tuple[str, str], InterfaceLink | None] = field(default_factory=dict)
     _kept: set[uuid.UUID] = field(default_factory=set)  # linked patients read as not merged
+    _held: list[Any] = field(default_factory=list)
 
     # -- finding records -------------------------------------------------------------------------
     def digest(self, kind: str, key: str) -> str:
@@ -224,13 +225,17 @@ class MessageWork:
 
     def order(self, placer_number: str) -> OrderState | None:
         """The facility's lab order with this placer number (ORC-2/OBR-2), when carnet placed it."""
-        row = self.tx.session.execute(
-            select(ServiceRequest.id, ServiceRequest.patient_id, ServiceRequest.status).where(
+        # Read as a record (kept in the session): the results' operation finds it again unread.
+        row = self.tx.session.scalar(
+            select(ServiceRequest).where(
                 ServiceRequest.facility_id == self.facility_id,
                 ServiceRequest.placer_number == placer_number[:40],
             )
-        ).first()
-        return None if row is None else OrderState(row.id, row.patient_id, row.status)
+        )
+        if row is None:
+            return None
+        self._held.append(row)  # the session's identity map holds records weakly
+        return OrderState(row.id, row.patient_id, row.status)
 
     def location(self, name: str) -> str | None:
         found = self.tx.session.scalar(
