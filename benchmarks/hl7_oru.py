@@ -115,11 +115,16 @@ async def _clients(port: int, batches: list[list[str]]) -> list[str]:
     return [a for batch in answers for a in batch]
 
 
-def _run(port: int, messages: list[str], clients: int) -> tuple[float, int]:
+CPU: dict[str, list[float]] = {"baseline": [], "carnet": []}
+
+
+def _run(port: int, messages: list[str], clients: int, kind: str = "") -> tuple[float, int]:
     batches = [messages[i::clients] for i in range(clients)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     answers = asyncio.run(_clients(port, batches))
     elapsed = time.perf_counter() - start
+    if kind:  # this process's CPU (clients, listener, carnet; not PostgreSQL's) per message
+        CPU[kind].append((time.process_time() - cpu) / len(messages) * 1000)
     accepted = sum(1 for a in answers if "\rMSA|AA|" in a)
     return elapsed, accepted
 
@@ -227,13 +232,13 @@ def main() -> None:
             )
             messages = [oru(f"B{r}", n, n % args.patients) for n in range(args.messages)]
             with listening(_AnyPeer(), args.workers) as port:
-                elapsed, accepted = _run(port, messages, args.clients)
+                elapsed, accepted = _run(port, messages, args.clients, "baseline")
             assert accepted == len(messages), f"baseline accepted {accepted} of {len(messages)}"
             results["baseline"].append(len(messages) / elapsed)
             messages = [oru(f"R{r}", n, n % args.patients, placers[n]) for n in range(args.messages)]
             with listening(service, args.workers) as port:
                 counter.count, counter.on = 0, True
-                elapsed, accepted = _run(port, messages, args.clients)
+                elapsed, accepted = _run(port, messages, args.clients, "carnet")
                 counter.on = False
             assert accepted == len(messages), f"carnet accepted {accepted} of {len(messages)}"
             results["carnet"].append(len(messages) / elapsed)
@@ -251,6 +256,7 @@ def main() -> None:
                 "best": {k: round(v, 1) for k, v in best.items()},
                 "ratio_carnet_to_baseline": round(best["carnet"] / best["baseline"], 4),
                 "sql_statements_per_message": [round(x, 1) for x in statements],
+                "python_cpu_ms_per_message": {k: [round(x, 2) for x in v] for k, v in CPU.items()},
                 "orders": args.orders,
                 "load_average_before": [round(x, 2) for x in load_before],
                 "load_average_after": [round(x, 2) for x in os.getloadavg()],
