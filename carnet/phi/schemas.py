@@ -79,6 +79,8 @@ class EncounterView(Redactable):
     location_id: str | None = None
     attending_id: str | None = None
     version_id: int | None = None
+    # The FHIR Encounter as received (None: opened in carnet, or not every field is visible).
+    received: dict[str, Any] | None = None
 
 
 class AllergyView(Redactable):
@@ -86,6 +88,7 @@ class AllergyView(Redactable):
     substance_code: str | None = None
     substance_display: str | None = None
     criticality: str | None = None
+    reaction: str | None = None  # what happened (urticaria, anaphylaxis...), free text
     clinical_status: str | None = None
     recorded_by: str | None = None
     version_id: int | None = None
@@ -126,6 +129,8 @@ class PrescriptionView(Redactable):
     allergy_override_reason: str | None = None
     version_id: int | None = None
     warnings: list[str] | None = None
+    # The FHIR MedicationRequest as received (imported; None otherwise or not all visible).
+    received: dict[str, Any] | None = None
 
 
 class CoverageView(Redactable):
@@ -494,9 +499,15 @@ class AllergyInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     patient_id: str
+    # An ATC code (what carnet's medication checks read), or a code of any other system (SNOMED
+    # CT, RxNorm...): kept, shown, and said to be unchecked when a prescription is checked.
     substance_code: str = Field(min_length=1, max_length=40)
     substance_display: str = Field(min_length=1, max_length=200)
     criticality: str = Field(pattern="^(low|high|unable-to-assess)$")
+    clinical_status: str = Field(default="active", pattern="^(active|inactive|resolved)$")
+    # The FHIR resource as received, kept whole (every coding with its system, reactions...).
+    received: dict[str, Any] | None = None
+    reaction: str | None = Field(default=None, max_length=200)
 
 
 class EncounterInput(BaseModel):
@@ -616,7 +627,8 @@ class ServiceRequestInput(BaseModel):
 
 
 class ExportJobView(BaseModel):
-    """An asynchronous export's state (no patient data): running, completed, failed, downloaded."""
+    """An asynchronous export's state (no patient data): pending (approval), running,
+    completed, failed, downloaded."""
 
     id: str
     export_id: str
@@ -625,6 +637,7 @@ class ExportJobView(BaseModel):
     completed_at: dt.datetime | None = None
     patient_count: int | None = None
     failure: str | None = None
+    request_url: str | None = None
 
 
 class PatientExport(BaseModel):
@@ -636,3 +649,66 @@ class PatientExport(BaseModel):
     approved_by: str
     exported_at: dt.datetime
     items: list[PatientView]
+
+
+# -- the day's work per role (front desk arrivals, billing worklist, ward board) ----------
+class Arrival(BaseModel):
+    """One appointment of today on the front desk's arrivals list: when, with whom, its status
+    and version (to check the patient in), and who it is for (name, birth date, sex only)."""
+
+    appointment: AppointmentView
+    patient: PatientView
+    practitioner_name: str
+
+
+class Arrivals(BaseModel):
+    day: dt.date
+    window_start: dt.datetime
+    window_end: dt.datetime
+    entries: list[Arrival]
+    more: bool  # the window held more appointments than the list shows
+
+
+class UnpaidInvoice(BaseModel):
+    invoice: InvoiceView
+    patient: PatientView
+
+
+class BillingWorklist(BaseModel):
+    """Issued invoices not yet paid, oldest first, one page at a time; no clinical data."""
+
+    page: int
+    items: list[UnpaidInvoice]
+    more: bool
+
+
+class WardStay(BaseModel):
+    encounter: EncounterView
+    patient: PatientView
+    attending_name: str
+
+
+class Ward(BaseModel):
+    id: str
+    name: str
+    stays: list[WardStay]
+
+
+class WardBoard(BaseModel):
+    """The wards a nurse works today and the stays in progress in each."""
+
+    wards: list[Ward]
+
+
+class PractitionerWeek(BaseModel):
+    """One practitioner's row of the calendar grid: their booked slots (no patient)."""
+
+    practitioner_id: str
+    name: str
+    entries: list[ScheduleEntry]
+
+
+class CalendarGrid(BaseModel):
+    day_from: dt.date
+    day_to: dt.date
+    rows: list[PractitionerWeek]

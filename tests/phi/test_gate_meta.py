@@ -22,6 +22,7 @@ from carnet.interfaces.hl7v2 import ErrorCode, MessageError
 from carnet.interfaces.operation import LogEntry, MessageWork
 from carnet.interfaces.registry import register_interface
 from carnet.interfaces.service import InterfaceService
+from carnet.interventions.schemas import InterventionInput
 from carnet.kernel import clock
 from carnet.kernel.errors import AccountContained, CarnetError, Forbidden, NotFound
 from carnet.patients.models import CareRelationship, ResourceVersion
@@ -81,6 +82,10 @@ class World:
     order: str = ""  # an active lab order of the patient
     interface: Actor | None = None  # a registered HL7 interface of the facility (ORU^R01)
     interface_id: uuid.UUID | None = None
+    # An immunization, procedure, medication administered and statement of the patient.
+    interventions: dict[str, str] = dataclasses.field(default_factory=dict)
+    nurse: Actor | None = None  # a nurse working `ward`
+    arriving: str = ""  # an appointment of the patient starting now (to check in)
 
 
 def _world(runtime: Runtime) -> World:
@@ -170,16 +175,31 @@ def _world(runtime: Runtime) -> World:
     Gate(runtime, desk).merge_patients(
         source_id=merged, target_id=kept, source_version=1, target_version=1, reason="doublon"
     )
+    ward = f.make_location(runtime, facility)
+    nurse = f.make_nurse(runtime, facility)
+    assert nurse.practitioner_id is not None
+    f.assign_ward(runtime, practitioner_id=nurse.practitioner_id, location_id=ward, facility_id=facility)
+    now = dt.datetime.now(dt.UTC)
+    arriving = Gate(runtime, desk).book_appointment(
+        data=AppointmentInput(
+            patient_id=stranger.id,
+            practitioner_id=str(doctor.practitioner_id),
+            start_at=now,
+            end_at=now + dt.timedelta(minutes=15),
+        )
+    )
     return dataclasses.replace(
         world,
         desk=desk,
+        nurse=nurse,
+        arriving=arriving.id,
         merged=merged,
         kept=kept,
         colleague=str(f.make_practitioner(runtime, facility)),
         condition=condition.id,
         no_stay=consenting.id,
         observation=observation.id,
-        ward=str(f.make_location(runtime, facility)),
+        ward=str(ward),
         draft=str(f.make_invoice(runtime, patient_id=patient.id, facility_id=facility, status="draft")),
         payment=_paid_invoice(runtime, billing, patient.id, facility),
         job=jobs[0],
@@ -193,7 +213,63 @@ def _world(runtime: Runtime) -> World:
         order=order.id,
         interface=registered.actor("127.0.0.1"),
         interface_id=interface_id,
+        interventions={
+            name: getattr(gate, f"record_{operation}")(data=_intervention(name, patient.id)).id
+            for name, operation in INTERVENTION_OPERATIONS.items()
+        },
     )
+
+
+INTERVENTION_OPERATIONS = {
+    "Immunization": "immunization",
+    "Procedure": "procedure",
+    "MedicationAdministration": "medication_administration",
+    "MedicationStatement": "medication_statement",
+}
+
+
+def _intervention(name: str, patient_id: str) -> InterventionInput:
+    element = "patient" if name == "Immunization" else "subject"
+    return InterventionInput(
+        patient_id=patient_id,
+        code_system="http://snomed.info/sct",
+        code="1",
+        status="completed",
+        received={
+            "resourceType": name,
+            "status": "completed",
+            element: {"reference": f"Patient/{patient_id}"},
+        },
+    )
+
+
+def _intervention_calls() -> dict[str, tuple[str, Call, Call]]:
+    calls: dict[str, tuple[str, Call, Call]] = {}
+    for name, operation in INTERVENTION_OPERATIONS.items():
+        plural = f"{operation}s"
+
+        def record(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"record_{operation}")(data=_intervention(name, w.patient))
+
+        def record_missing(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"record_{operation}")(data=_intervention(name, MISSING))
+
+        def read(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"read_{operation}")(intervention_id=w.interventions[name])
+
+        def read_missing(g: Gate, w: World, operation: str = operation) -> Any:
+            return getattr(g, f"read_{operation}")(intervention_id=MISSING)
+
+        def listed(g: Gate, w: World, plural: str = plural) -> Any:
+            return getattr(g, f"list_{plural}")(patient_id=w.patient)
+
+        def listed_missing(g: Gate, w: World, plural: str = plural) -> Any:
+            return getattr(g, f"list_{plural}")(patient_id=MISSING)
+
+        calls[f"record_{operation}"] = ("physician", record, record_missing)
+        calls[f"read_{operation}"] = ("physician", read, read_missing)
+        calls[f"list_{plural}"] = ("physician", listed, listed_missing)
+    return calls
 
 
 def _referral(w: World, days: int | None) -> CareRelationshipInput:
@@ -330,6 +406,37 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.search_patients(identifier="1700575000001", count=0),
     ),
     "day_list": ("physician", lambda g, w: g.day_list(), None),  # type: ignore[dict-item]
+    "stays_worklist": (
+        "physician",
+        lambda g, w: g.stays_worklist(practitioner_id=str(w.physician.practitioner_id)),
+        None,  # type: ignore[dict-item]
+    ),
+    "care_team_worklist": (
+        "physician",
+        lambda g, w: g.care_team_worklist(practitioner_id=str(w.physician.practitioner_id)),
+        None,  # type: ignore[dict-item]
+    ),
+    "calendar_grid": (
+        "desk",
+        lambda g, w: g.calendar_grid(day_from=dt.date.today(), day_to=dt.date.today()),
+        lambda g, w: g.calendar_grid(day_from=dt.date.today(), day_to=dt.date.today() - dt.timedelta(days=1)),
+    ),
+    "arrivals": (
+        "desk",
+        lambda g, w: g.arrivals(),
+        lambda g, w: g.arrivals(window_start=dt.datetime(2026, 1, 1, 8, 0)),  # no time zone
+    ),
+    "check_in": (
+        "desk",
+        lambda g, w: g.check_in(appointment_id=w.arriving, expected_version=1),
+        lambda g, w: g.check_in(appointment_id=w.arriving, expected_version=7),
+    ),
+    "billing_worklist": (
+        "billing",
+        lambda g, w: g.billing_worklist(),
+        lambda g, w: g.billing_worklist(page=0),
+    ),
+    "ward_board": ("nurse", lambda g, w: g.ward_board(), None),  # type: ignore[dict-item]
     "list_allergies": (
         "physician",
         lambda g, w: g.list_allergies(patient_id=w.patient),
@@ -646,6 +753,26 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.read_provenance(provenance_id=w.provenance),
         lambda g, w: g.read_provenance(provenance_id=MISSING),
     ),
+    "patient_history": (
+        "physician",
+        lambda g, w: g.patient_history(patient_id=w.patient, resource_types=["AllergyIntolerance"], count=5),
+        lambda g, w: g.patient_history(patient_id=MISSING, resource_types=["AllergyIntolerance"], count=5),
+    ),
+    "check_write": (
+        "physician",
+        lambda g, w: g.check_write(resource_type="Observation", mode="create"),
+        lambda g, w: g.check_write(resource_type="Observation", mode="destroy"),
+    ),
+    "kick_off_export": (
+        "physician",
+        lambda g, w: g.kick_off_export(export_id=w.export),
+        lambda g, w: g.kick_off_export(export_id="not-an-id"),
+    ),
+    "start_export_job": (
+        "physician",
+        lambda g, w: g.start_export_job(job_id=w.job),
+        lambda g, w: g.start_export_job(job_id=MISSING),
+    ),
     "queue_export": (
         "physician",
         lambda g, w: g.queue_export(export_id=w.export),
@@ -814,12 +941,33 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.cancel_invoice(invoice_id=w.invoice, expected_version=1, reason="erreur de saisie"),
         lambda g, w: g.cancel_invoice(invoice_id=w.invoice, expected_version=4, reason="erreur de saisie"),
     ),
+    "print_prescription": (
+        "physician",
+        lambda g, w: g.print_prescription(prescription_id=w.prescription),
+        lambda g, w: g.print_prescription(prescription_id=MISSING),
+    ),
+    "print_discharge_letter": (
+        "physician",
+        lambda g, w: g.print_discharge_letter(encounter_id=w.encounter, language="en"),
+        lambda g, w: g.print_discharge_letter(encounter_id=MISSING),
+    ),
+    "print_invoice": (
+        "billing",
+        lambda g, w: g.print_invoice(invoice_id=w.invoice),
+        lambda g, w: g.print_invoice(invoice_id=w.draft),  # a draft is not printed
+    ),
+    "print_receipt": (
+        "billing",
+        lambda g, w: g.print_receipt(payment_id=w.payment),
+        lambda g, w: g.print_receipt(payment_id=MISSING),
+    ),
     "export": (
         "physician",
         lambda g, w: g.export(export_id=w.export),
         lambda g, w: g.export(export_id=MISSING),
     ),
 }
+CALLS.update(_intervention_calls())
 
 
 def _outcomes(runtime: Runtime, actor: Actor) -> list[tuple[str, str]]:
@@ -861,6 +1009,7 @@ def test_operation_is_audited_on_allow_deny_and_error(
         "billing": world.billing,
         "desk": world.desk,
         "interface": world.interface,
+        "nurse": world.nurse,
     }[who]
     assert actor is not None
 

@@ -29,8 +29,13 @@ OPERATION_MODULES = (
     "carnet.prescriptions.operations",
     "carnet.coverage.operations",
     "carnet.billing.operations",
+    "carnet.interventions.operations",
+    "carnet.prescriptions.printing",
+    "carnet.billing.printing",
+    "carnet.records.printing",
     "carnet.phi.exports",
     "carnet.phi.breakglass",
+    "carnet.phi.validation",
 )
 
 

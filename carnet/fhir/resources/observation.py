@@ -21,7 +21,7 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     LOINC,
     as_received,
@@ -33,7 +33,7 @@ from carnet.fhir.core.mapping import (
     when,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import ObservationInput
 
@@ -237,19 +237,26 @@ def observation_input(body: dict[str, Any]) -> ObservationInput:
 
 
 # == routes ====================================================================================
+SEARCH = Search(
+    OBSERVATION,
+    {
+        "patient": reference("subject", target="Patient"),
+        "subject": reference("subject"),
+        "category": token("category"),
+        "code": token("code"),
+        "date": date("effectiveDateTime", "effectivePeriod", "effectiveInstant"),
+        "status": token("status"),
+        "encounter": reference("encounter", target="Encounter"),
+    },
+    fetch=chart_section("list_observations", observation_to_fhir),
+    read=one_record("read_observation", "observation_id", observation_to_fhir),
+    includes=("subject", "patient", "encounter"),
+)
+
+
 @router.get("/Observation")
 def search_observations(request: Request) -> Response:
-    gate = gate_for(request, "Observation", "search")
-    patient = patient_of(request, {"category", "code"})
-    category = request.query_params.get("category")
-    code = request.query_params.get("code")
-    views = [
-        v
-        for v in gate.list_observations(patient_id=patient)
-        if (category is None or v.category in category.split(","))
-        and (code is None or v.code in [c.rpartition("|")[2] for c in code.split(",")])
-    ]
-    return paged(request, "Observation", [observation_to_fhir(v.model_dump()) for v in views])
+    return respond(request, SEARCH)
 
 
 @router.get("/Observation/{observation_id}")
@@ -314,7 +321,7 @@ MODULE = FhirModule(
         ResourceType(
             OBSERVATION,
             ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            {"patient": "reference", "category": "token", "code": "token"},
+            searcher=SEARCH,
             writes=Writes(
                 Observation,
                 observation_to_fhir,
