@@ -7,10 +7,13 @@
    log line, one audit event, in one guarded transaction per message.
 
     .venv/bin/python -m benchmarks.hl7_oru [--patients 200] [--messages 2000] [--clients 8]
-        [--workers 4] [--rounds 2] [--sqlite]
+        [--workers 4] [--rounds 2] [--sqlite] [--orders]
 
 PostgreSQL by default (a throwaway database on CARNET_BENCH_POSTGRES_URL). The two are
 interleaved round by round; the load average is printed before and after (a shared machine).
+The SQL statements carnet sends per message are counted in the same run (a SQLAlchemy
+`before_cursor_execute` listener). `--orders`: each message answers a lab order placed in carnet
+beforehand (its placer number in OBR-2), which it links and completes.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from sqlalchemy import event as sa_event
 
 from benchmarks._db import bench_runtime
 from carnet.interfaces import hl7v2
@@ -59,11 +65,11 @@ def adt(n: int) -> str:
     )
 
 
-def oru(tag: str, n: int, patient: int) -> str:
+def oru(tag: str, n: int, patient: int, placer: str = "") -> str:
     lines = [
         f"MSH|^~\\&|LAB|LABO|CARNET|CARNET|{_stamp()}||ORU^R01^ORU_R01|{tag}-{n}|P|2.5",
         f"PID|1||P{patient}^^^HOSP^PI||BENCH{patient}^ANNE",
-        f"OBR|1||{tag}-{n}^LABO|58410-2^CBC panel^LN|||{_stamp()}" + "|" * 18 + "F",
+        f"OBR|1|{placer}|{tag}-{n}^LABO|58410-2^CBC panel^LN|||{_stamp()}" + "|" * 18 + "F",
     ]
     for i, (code, name, value, unit, ref) in enumerate(OBX, start=1):
         lines.append(f"OBX|{i}|NM|{code}^{name}^LN||{value.format(n=n % 10)}|{unit}|{ref}|N|||F")
@@ -109,17 +115,79 @@ async def _clients(port: int, batches: list[list[str]]) -> list[str]:
     return [a for batch in answers for a in batch]
 
 
-def _run(port: int, messages: list[str], clients: int) -> tuple[float, int]:
+CPU: dict[str, list[float]] = {"baseline": [], "carnet": []}
+
+
+def _run(port: int, messages: list[str], clients: int, kind: str = "") -> tuple[float, int]:
     batches = [messages[i::clients] for i in range(clients)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     answers = asyncio.run(_clients(port, batches))
     elapsed = time.perf_counter() - start
+    if kind:  # this process's CPU (clients, listener, carnet; not PostgreSQL's) per message
+        CPU[kind].append((time.process_time() - cpu) / len(messages) * 1000)
     accepted = sum(1 for a in answers if "\rMSA|AA|" in a)
     return elapsed, accepted
 
 
 def _seed(runtime: Runtime, patients: int, port: int) -> None:
     asyncio.run(_clients(port, [[adt(n) for n in range(i, patients, 8)] for i in range(8)]))
+
+
+def _place_orders(runtime: Runtime, facility_id: uuid.UUID, count: int, tag: str) -> list[str]:
+    """`count` active lab orders, one per message to come (the n-th for patient n % patients),
+    inserted as a fixture through the audited system door (ordering 500 tests through one
+    physician's gate would rightly trip detection): their placer numbers, in that order."""
+    from sqlalchemy import select
+
+    from carnet.interfaces.models import InterfaceMessage
+    from carnet.phi.system import system_access
+    from carnet.records.models import ServiceRequest
+    from tests.factories import make_practitioner
+
+    requester = make_practitioner(runtime, facility_id)
+    now = clock.now()
+    with system_access(runtime, reason="benchmark fixture: lab orders to answer") as door:
+        rows = door.session.execute(
+            select(InterfaceMessage.control_id, InterfaceMessage.patient_ids).where(
+                InterfaceMessage.message_type == "ADT^A04"
+            )
+        ).all()
+        by_number = {int(control[1:]): uuid.UUID(pid) for control, pid in rows}
+        placers = [f"{tag}-{n:06d}" for n in range(count)]
+        door.session.add_all(
+            ServiceRequest(
+                facility_id=facility_id,
+                patient_id=by_number[n % len(by_number)],
+                requester_id=requester,
+                placer_number=placer,
+                category="laboratory",
+                code="58410-2",
+                display="NFS",
+                priority="routine",
+                status="active",
+                authored_at=now,
+                version_id=1,
+                created_at=now,
+                updated_at=now,
+            )
+            for n, placer in enumerate(placers)
+        )
+    return placers
+
+
+class StatementCounter:
+    """SQL statements sent to the database while counting (all threads)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.count = 0
+        self.on = False
+        self._lock = threading.Lock()
+        sa_event.listen(runtime.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *args: object) -> None:
+        if self.on:
+            with self._lock:
+                self.count += 1
 
 
 def main() -> None:
@@ -130,6 +198,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sqlite", action="store_true")
+    parser.add_argument("--orders", action="store_true", help="each message answers a carnet lab order")
     args = parser.parse_args()
     load_before = os.getloadavg()
     results: dict[str, list[float]] = {"baseline": [], "carnet": []}
@@ -153,17 +222,27 @@ def main() -> None:
         service = InterfaceService(runtime)
         with listening(service, args.workers) as port:
             _seed(runtime, args.patients, port)
+        counter = StatementCounter(runtime)
+        statements: list[float] = []
         for r in range(args.rounds):
+            placers = (
+                _place_orders(runtime, facility.id, args.messages, f"O{r}")
+                if args.orders
+                else [""] * args.messages
+            )
             messages = [oru(f"B{r}", n, n % args.patients) for n in range(args.messages)]
             with listening(_AnyPeer(), args.workers) as port:
-                elapsed, accepted = _run(port, messages, args.clients)
+                elapsed, accepted = _run(port, messages, args.clients, "baseline")
             assert accepted == len(messages), f"baseline accepted {accepted} of {len(messages)}"
             results["baseline"].append(len(messages) / elapsed)
-            messages = [oru(f"R{r}", n, n % args.patients) for n in range(args.messages)]
+            messages = [oru(f"R{r}", n, n % args.patients, placers[n]) for n in range(args.messages)]
             with listening(service, args.workers) as port:
-                elapsed, accepted = _run(port, messages, args.clients)
+                counter.count, counter.on = 0, True
+                elapsed, accepted = _run(port, messages, args.clients, "carnet")
+                counter.on = False
             assert accepted == len(messages), f"carnet accepted {accepted} of {len(messages)}"
             results["carnet"].append(len(messages) / elapsed)
+            statements.append(counter.count / len(messages))
     best = {k: max(v) for k, v in results.items()}
     print(
         json.dumps(
@@ -176,6 +255,9 @@ def main() -> None:
                 "messages_per_second": {k: [round(x, 1) for x in v] for k, v in results.items()},
                 "best": {k: round(v, 1) for k, v in best.items()},
                 "ratio_carnet_to_baseline": round(best["carnet"] / best["baseline"], 4),
+                "sql_statements_per_message": [round(x, 1) for x in statements],
+                "python_cpu_ms_per_message": {k: [round(x, 2) for x in v] for k, v in CPU.items()},
+                "orders": args.orders,
                 "load_average_before": [round(x, 2) for x in load_before],
                 "load_average_after": [round(x, 2) for x in os.getloadavg()],
                 "cpus": os.cpu_count(),

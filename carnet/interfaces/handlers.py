@@ -681,12 +681,14 @@ def _file_order(
         # inserted together): the hot path of a laboratory feed.
         recorded = work.call("record_observations", ("OBR", n), results=inputs, report=data)
         for result, view in zip(order.results, recorded.observations, strict=True):
+            # A report's result links are written with its own link: none exists without it.
             work.set_link(
                 "result",
                 _result_key(key, result),
                 view.id,
                 reference_range=hl7v2.text(result.segment, 7)[:60] or None,
                 abnormal_flags=hl7v2.text(result.segment, 8)[:20] or None,
+                new=True,
             )
         work.set_link("report", key, recorded.report.id)
         return

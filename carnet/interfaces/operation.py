@@ -96,6 +96,8 @@ class MessageWork:
     touched: list[str] = field(default_factory=list)
     pending: list[InterfaceLink] = field(default_factory=list)
     _links: dict[tuple[str, str], InterfaceLink | None] = field(default_factory=dict)
+    _kept: set[uuid.UUID] = field(default_factory=set)  # linked patients read as not merged
+    _held: list[Any] = field(default_factory=list)
 
     # -- finding records -------------------------------------------------------------------------
     def digest(self, kind: str, key: str) -> str:
@@ -106,13 +108,19 @@ class MessageWork:
         cached = self._links.get((kind, key), _UNKNOWN)
         if cached is not _UNKNOWN:
             return cached if isinstance(cached, InterfaceLink) else None
-        row = self.tx.session.scalar(
-            select(InterfaceLink).where(
+        # A patient's link is read with whether its record was merged (one statement, not two).
+        found = self.tx.session.execute(
+            select(InterfaceLink, Patient.merged_into_id)
+            .outerjoin(Patient, (Patient.id == InterfaceLink.target_id) & (InterfaceLink.kind == "patient"))
+            .where(
                 InterfaceLink.facility_id == self.facility_id,
                 InterfaceLink.kind == kind,
                 InterfaceLink.key_digest == self.digest(kind, key),
             )
-        )
+        ).first()
+        row = found[0] if found is not None else None
+        if kind == "patient" and row is not None and found is not None and found[1] is None:
+            self._kept.add(row.target_id)
         self._links[(kind, key)] = row
         return row
 
@@ -124,10 +132,16 @@ class MessageWork:
         *,
         reference_range: str | None = None,
         abnormal_flags: str | None = None,
+        new: bool = False,
     ) -> None:
         """Link a sender's identifier to a record; written with the message's other rows (the
-        unique key refuses a concurrent twin at the final flush, before the audit)."""
-        row = self.link(kind, key)
+        unique key refuses a concurrent twin at the final flush, before the audit). `new`: the
+        caller knows the identifier has no link yet (not looked up)."""
+        if new:
+            cached = self._links.get((kind, key))
+            row = cached if isinstance(cached, InterfaceLink) else None
+        else:
+            row = self.link(kind, key)
         target_id = target if isinstance(target, uuid.UUID) else uuid.UUID(str(target))
         if row is None:
             row = InterfaceLink(
@@ -160,6 +174,8 @@ class MessageWork:
                 break
             row = self.link("patient", key)
             found = row.target_id if row is not None else None
+            if found is not None and found in self._kept:
+                return found  # its record was read with the link: not merged
         for _ in range(10):  # follow merges to the record kept
             if found is None:
                 return None
@@ -209,13 +225,17 @@ class MessageWork:
 
     def order(self, placer_number: str) -> OrderState | None:
         """The facility's lab order with this placer number (ORC-2/OBR-2), when carnet placed it."""
-        row = self.tx.session.execute(
-            select(ServiceRequest.id, ServiceRequest.patient_id, ServiceRequest.status).where(
+        # Read as a record (kept in the session): the results' operation finds it again unread.
+        row = self.tx.session.scalar(
+            select(ServiceRequest).where(
                 ServiceRequest.facility_id == self.facility_id,
                 ServiceRequest.placer_number == placer_number[:40],
             )
-        ).first()
-        return None if row is None else OrderState(row.id, row.patient_id, row.status)
+        )
+        if row is None:
+            return None
+        self._held.append(row)  # the session's identity map holds records weakly
+        return OrderState(row.id, row.patient_id, row.status)
 
     def location(self, name: str) -> str | None:
         found = self.tx.session.scalar(

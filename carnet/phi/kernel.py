@@ -461,15 +461,13 @@ class GuardedTx:
         self.resource_ids.append(str(resource_id))
 
     def snapshots(
-        self,
-        patient: Patient,
-        versions: Sequence[tuple[ResourceType, uuid.UUID, dict[str, Any]]],
-        action: str,
+        self, patient: Patient, versions: Sequence[tuple[ResourceType, uuid.UUID, dict[str, Any], str]]
     ) -> None:
-        """`snapshot` of several records written together (their first versions): one INSERT
-        for all of them (executemany), each encrypted as `snapshot` encrypts one."""
+        """`snapshot` of several records of one patient written together, each (resource, id,
+        content with its version_id, action): one INSERT for all of them (executemany), each
+        encrypted as `snapshot` encrypts one."""
         rows = []
-        for resource, resource_id, data in versions:
+        for resource, resource_id, data, action in versions:
             row_id = new_id()
             body = json.dumps(data, default=str, sort_keys=True, ensure_ascii=False)
             ct = self.enc(body, patient.facility_id, "resource_versions", "snapshot", row_id)

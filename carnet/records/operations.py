@@ -533,8 +533,7 @@ def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -
     for row in observations:
         row.report_id = report.id
     tx.session.flush()
-    if order is not None:
-        orders.advance(tx, order, patient, report.status)
+    orders.advance_and_keep(tx, order, patient, report.status)
     snapshot = {
         "id": str(report.id),
         "updated_at": report.updated_at,
@@ -652,7 +651,7 @@ def amend_diagnostic_report(
         row.report_id = report.id
     tx.session.flush()
     if report.order_id is not None:
-        orders.advance(tx, tx.session.get(ServiceRequest, report.order_id), patient, status)
+        orders.advance_and_keep(tx, tx.session.get(ServiceRequest, report.order_id), patient, status)
     observations.sort(key=lambda o: (o.effective_at, o.id))
     return written(
         tx,
@@ -767,7 +766,7 @@ def record_observations(
         [{c.key: getattr(row, c.key) for c in Observation.__mapper__.column_attrs} for row in rows],
     )
     observed = [observation_data(row) for row in rows]
-    versions = [(RT.OBSERVATION, row.id, data) for row, data in zip(rows, observed, strict=True)]
+    versions = [(RT.OBSERVATION, row.id, data, "create") for row, data in zip(rows, observed, strict=True)]
     report_data: dict[str, Any] | None = None
     if report_row is not None:
         report_data = {
@@ -785,12 +784,13 @@ def record_observations(
             "version_id": 1,
             "order_id": sid(report_row.order_id),
         }
-        versions.append((RT.DIAGNOSTIC_REPORT, report_row.id, report_data))
-    tx.snapshots(patient, versions, "create")
-    # Orders answered by final results are complete (each its own new version).
+        versions.append((RT.DIAGNOSTIC_REPORT, report_row.id, report_data, "create"))
+    # Orders answered by final results are complete (each a new version, kept with the results').
     for order in dict.fromkeys([*answered.values(), report_order]):
-        if order is not None:
-            orders.advance(tx, order, patient, report_row.status if report_row is not None else "final")
+        done = orders.advance(tx, order, patient, report_row.status if report_row is not None else "final")
+        if done is not None and order is not None:
+            versions.append((RT.SERVICE_REQUEST, order.id, done, "update"))
+    tx.snapshots(patient, versions)
     rels = tx.relationships_of([patient])
     mine = rels.get(patient.id, frozenset())
     fields = tx.read_fields(mine, RT.OBSERVATION)

@@ -148,21 +148,27 @@ def order_by_placer(tx: GuardedTx, facility_id: uuid.UUID, placer_number: str) -
     )
 
 
-def advance(tx: GuardedTx, order: ServiceRequest | None, patient: Patient, report_status: str) -> None:
-    """Results arrived for `order`: final results complete it (a new version, kept); partial
-    or preliminary ones leave it active. A revoked order stays revoked (its results are filed)."""
+def advance(
+    tx: GuardedTx, order: ServiceRequest | None, patient: Patient, report_status: str
+) -> dict[str, Any] | None:
+    """Results arrived for `order`: final results complete it (a new version); partial or
+    preliminary ones leave it active, and a revoked order stays revoked (its results are
+    filed). Returns the new version's content for the caller to keep (`tx.snapshot`), or None
+    when the order did not change."""
     if order is None or order.status != "active" or report_status not in ("final", "amended", "corrected"):
-        return
+        return None
     tx.authorize(patient, RT.SERVICE_REQUEST, write=True)
     tx.bump(ServiceRequest, order, order.version_id, status="completed")
-    tx.snapshot(
-        RT.SERVICE_REQUEST,
-        order.id,
-        order.version_id,
-        patient,
-        "update",
-        order_data(tx, order, with_note=True),
-    )
+    return order_data(tx, order, with_note=True)
 
 
-__all__ = ["ORDER_STATUSES", "advance", "order_by_placer", "patient_order"]
+def advance_and_keep(
+    tx: GuardedTx, order: ServiceRequest | None, patient: Patient, report_status: str
+) -> None:
+    """`advance`, its new version kept."""
+    data = advance(tx, order, patient, report_status)
+    if data is not None and order is not None:
+        tx.snapshot(RT.SERVICE_REQUEST, order.id, order.version_id, patient, "update", data)
+
+
+__all__ = ["ORDER_STATUSES", "advance", "advance_and_keep", "order_by_placer", "patient_order"]

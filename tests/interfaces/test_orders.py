@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from carnet.access.actor import Actor
+from carnet.detection.models import Exposure
 from carnet.fhir.resources.observation import INTERPRETATION, observation_to_fhir
+from carnet.interfaces.models import Interface
+from carnet.interfaces.service import InterfaceService
+from carnet.kernel.errors import NotFound
 from carnet.patients.models import ResourceVersion
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import ServiceRequestInput, ServiceRequestView
@@ -77,6 +83,12 @@ def test_results_answer_the_order_and_carry_the_labs_range_and_flag(
     # One audit event for the message, naming the order it moved on; the interface was shown nothing.
     [event] = [e for e in audit_of(runtime, "interface:LAB") if e.kind == "phi:resource:transaction"]
     assert event.outcome == "success" and order.id in event.resource_ids
+    [lab] = rows(runtime, Interface, name="LAB")
+    assert rows(runtime, Exposure, actor_ref=f"account:{lab.account_id}") == []  # a write-only interface
+    # The interface still reads nothing back, orders included.
+    [registered] = [i for i in InterfaceService(runtime).interfaces() if i.name == "LAB"]
+    with pytest.raises(NotFound):
+        Gate(runtime, registered.actor("127.0.0.1")).read_order(order_id=order.id)
 
     # The physician reads them as FHIR: basedOn the order, referenceRange, interpretation.
     gate = Gate(runtime, doctor)
