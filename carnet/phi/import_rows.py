@@ -32,6 +32,7 @@ from carnet.billing.models import Invoice
 from carnet.crypto.blind import IndexKind
 from carnet.fhir.core.api import type_name
 from carnet.fhir.core.mapping import ATC_SYSTEM, received_instant
+from carnet.fhir.core.shape import conforms
 from carnet.fhir.resources import billing
 from carnet.fhir.resources.allergy import allergy_input
 from carnet.fhir.resources.condition import condition_input
@@ -417,7 +418,10 @@ class Run:
                 + ", ".join(sorted(MODELS))
             )
         try:
-            model.model_validate(resource)
+            # The compiled check first; fhir.resources itself when it cannot tell (and for the
+            # message naming the elements).
+            if not conforms(resource):
+                model.model_validate(resource)
         except ValidationError as exc:
             places = sorted({".".join([rtype, *(str(p) for p in e.get("loc", ()))]) for e in exc.errors()})
             raise InvalidInput(", ".join(places[:10]) + ": not valid FHIR R4 (refused)") from None

@@ -249,8 +249,9 @@ def _import_unit(run: Run, unit: Unit, report: ImportReport, *, operator: str, s
         except CarnetError as exc:
             rejected.append(_rejection(item, rtype, exc))
             continue
-        except (ValueError, TypeError, KeyError):
-            rejected.append(_rejection(item, rtype, InvalidInput("malformed resource")))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            # fhir_core raises these on some malformed values instead of a ValidationError.
+            rejected.append(_rejection(item, rtype, InvalidInput(f"{rtype}: malformed resource")))
             continue
         for table, row in rows:
             batch.add(table, row)
