@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition as FhirCondition
 from fhir.resources.R4B.coverage import Coverage as FhirCoverage
@@ -426,7 +427,7 @@ class Run:
             places = sorted({".".join([rtype, *(str(p) for p in e.get("loc", ()))]) for e in exc.errors()})
             raise InvalidInput(", ".join(places[:10]) + ": not valid FHIR R4 (refused)") from None
         # Valid as sent: map the JSON itself (re-serializing the model was 40 % of an import).
-        data: dict[str, Any] = json.loads(json.dumps(resource))
+        data: dict[str, Any] = orjson.loads(orjson.dumps(resource))
         self.item_refs = item.refs = {}
         mapper: Callable[[dict[str, Any], Item, dict[str, uuid.UUID]], list[tuple[str, dict[str, Any]]]] = (
             getattr(self, f"_{rtype.lower()}")
