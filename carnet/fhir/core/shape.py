@@ -29,7 +29,7 @@ _MEMO_LIMIT = 200_000
 class _Field:
     many: bool
     model: Any | None  # a complex type's model; None for a primitive
-    primitive: Any | None  # the primitive's annotated type (validated with a TypeAdapter)
+    primitive: TypeAdapter[Any] | None  # the primitive's own annotated type, as a validator
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _spec(model: Any) -> _Spec:
                 continue  # a contained resource: not checked here (the caller falls back)
             fields[alias] = _Field(many, target, None)
         else:
-            fields[alias] = _Field(many, None, item)
+            fields[alias] = _Field(many, None, _adapter(item))
         if info.is_required() or extra.get("element_required"):
             required.add(alias)
         group = extra.get("one_of_many")
@@ -92,15 +92,15 @@ def _adapter(annotation: Any) -> TypeAdapter[Any]:
 _memo: dict[tuple[int, Any], bool] = {}
 
 
-def _primitive(annotation: Any, value: Any) -> bool:
+def _primitive(adapter: TypeAdapter[Any], value: Any) -> bool:
     if isinstance(value, dict | list) or value is None:
         return False
-    key = (id(annotation), type(value), value)
+    key = (id(adapter), type(value), value)
     known = _memo.get(key)  # type: ignore[arg-type]
     if known is not None:
         return known
     try:
-        _adapter(annotation).validate_python(value)
+        adapter.validate_python(value)
         ok = True
     except (ValidationError, ValueError, TypeError, AttributeError):
         ok = False  # fhir_core's validators raise more than ValidationError on odd values
@@ -134,7 +134,7 @@ def _element(model: Any, value: Any, top: bool) -> bool:
             if field.model is not None:
                 if not _element(field.model, one, False):
                     return False
-            elif not _primitive(field.primitive, one):
+            elif field.primitive is None or not _primitive(field.primitive, one):
                 return False
     if not spec.required <= value.keys():
         return False
