@@ -16,9 +16,11 @@ from sqlalchemy import Column, ColumnElement, Select, Table, select
 
 from carnet.coverage.models import CardReading, Coverage
 from carnet.db.base import Base
+from carnet.interventions.models import Intervention
 from carnet.patients.models import ExportFile, Patient, ResourceVersion
+from carnet.prescriptions.models import Prescription
 from carnet.records.models import Allergy, ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
-from carnet.scheduling.models import Appointment
+from carnet.scheduling.models import Appointment, Encounter
 
 CIPHERTEXT_SUFFIX = "_ct"
 
@@ -83,6 +85,9 @@ ENCRYPTED_TABLES: Sequence[EncryptedTable] = (
     EncryptedTable(Observation, ("received_ct",)),
     EncryptedTable(Condition, ("received_ct",)),
     EncryptedTable(Allergy, ("received_ct",)),
+    EncryptedTable(Encounter, ("received_ct",)),
+    EncryptedTable(Prescription, ("received_ct",)),
+    EncryptedTable(Intervention, ("received_ct",)),
     EncryptedTable(Coverage, ("member_id_ct",)),
     EncryptedTable(CardReading, ("card_serial_ct", "payload_ct")),
     EncryptedTable(ExportFile, ("ndjson_ct",)),
