@@ -2,7 +2,7 @@
 Data NDJSON of every type it writes, imported on PostgreSQL: accepted resources per second.
 
 Three figures of the same run, on the same files, each in a fresh database: the importer as it
-is (the compiled FHIR check first, carnet/fhir/core/shape.py); the same importer validating every
+is (the compiled FHIR check first, carnet/fhir/core/model_check.py); the same importer validating every
 resource with fhir.resources' models (as before); and the bare encrypted loader writing as many
 patients (the seeding path), as the floor of what writing costs. The load average is printed
 with them: the machine is shared.

@@ -40,6 +40,8 @@ class Permission(StrEnum):
     CONDITION_READ = "phi:condition:read"
     CONDITION_WRITE = "phi:condition:write"  # problems and diagnoses (ICD-10)
     CONSENT_WRITE = "phi:consent:write"
+    ORDER_READ = "phi:service-request:read"  # lab orders and their status
+    ORDER_WRITE = "phi:service-request:write"  # ordering a test; results moving an order on
     # Immunizations given, procedures performed, medications administered or taken (the
     # patient's own statement): read as the chart is; written by whom does them.
     IMMUNIZATION_READ = "phi:immunization:read"
@@ -80,6 +82,7 @@ _CLINICAL_READ = frozenset(
         P.PROCEDURE_READ,
         P.HISTORY_READ,
         P.BREAK_GLASS,
+        P.ORDER_READ,
     }
 )
 
@@ -102,6 +105,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.EXPORT_REQUEST,
         P.CONSENT_WRITE,
         P.CARE_TEAM_WRITE,
+        P.ORDER_WRITE,
     },
     Role.NURSE: _CLINICAL_READ
     | {P.ALLERGY_WRITE, P.NOTE_WRITE, P.OBSERVATION_WRITE, P.IMMUNIZATION_WRITE, P.ADMINISTRATION_WRITE},
@@ -150,6 +154,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.IMMUNIZATION_READ,
             P.PROCEDURE_READ,
             P.HISTORY_READ,
+            P.ORDER_READ,
             P.CONSENT_WRITE,  # their own privacy decisions (the policy: SELF only)
         }
     ),
@@ -187,7 +192,14 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     # An HL7 v2 interface writes admissions and results (carnet.interfaces); it holds no read
     # permission, and the policy gives it no field to read (WRITE_RULES only).
     Role.INTERFACE: frozenset(
-        {P.PATIENT_CREATE, P.PATIENT_UPDATE, P.PATIENT_MERGE, P.ENCOUNTER_WRITE, P.OBSERVATION_WRITE}
+        {
+            P.PATIENT_CREATE,
+            P.PATIENT_UPDATE,
+            P.PATIENT_MERGE,
+            P.ENCOUNTER_WRITE,
+            P.OBSERVATION_WRITE,
+            P.ORDER_WRITE,
+        }
     ),
     # Integration staff read the interfaces' message log: ids and statuses, no patient data.
     Role.INTEGRATION: frozenset({P.INTERFACE_LOG_READ}),

@@ -46,6 +46,7 @@ class ResourceType(StrEnum):
     CARE_TEAM = "CareTeam"  # the patient's care relationships (who looks after them)
     DIAGNOSTIC_REPORT = "DiagnosticReport"  # a lab report grouping observations
     CONSENT = "Consent"  # the patient's privacy decisions, e.g. opposing other facilities
+    SERVICE_REQUEST = "ServiceRequest"  # a lab order, which results answer (basedOn)
     # What was done or given (carnet/interventions), each kept whole as received.
     IMMUNIZATION = "Immunization"
     PROCEDURE = "Procedure"
@@ -117,6 +118,7 @@ ALLERGY_ALL = frozenset(
         "substance_code",
         "substance_display",
         "criticality",
+        "reaction",
         "clinical_status",
         "recorded_by",
         "version_id",
@@ -183,6 +185,9 @@ OBSERVATION_ALL = frozenset(
         "status",
         "version_id",
         "received",
+        "order_id",
+        "reference_range",
+        "interpretation",
     }
 )
 CONDITION_ALL = frozenset(
@@ -217,6 +222,25 @@ DIAGNOSTIC_REPORT_ALL = frozenset(
         "result_ids",
         "version_id",
         "received",
+        "order_id",
+    }
+)
+SERVICE_REQUEST_ALL = frozenset(
+    {
+        "id",
+        "patient_id",
+        "facility_id",
+        "encounter_id",
+        "requester_id",
+        "placer_number",
+        "category",
+        "code",
+        "display",
+        "priority",
+        "status",
+        "authored_at",
+        "note",
+        "version_id",
     }
 )
 CONSENT_ALL = frozenset(
@@ -266,6 +290,7 @@ ALL_FIELDS: Mapping[ResourceType, frozenset[str]] = {
     ResourceType.CARE_TEAM: CARE_TEAM_ALL,
     ResourceType.DIAGNOSTIC_REPORT: DIAGNOSTIC_REPORT_ALL,
     ResourceType.CONSENT: CONSENT_ALL,
+    ResourceType.SERVICE_REQUEST: SERVICE_REQUEST_ALL,
     ResourceType.IMMUNIZATION: INTERVENTION_ALL,
     ResourceType.PROCEDURE: INTERVENTION_ALL,
     ResourceType.MEDICATION_ADMINISTRATION: INTERVENTION_ALL,
@@ -306,6 +331,7 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
         T.CARE_TEAM: ((CLINICAL, CARE_TEAM_ALL),),
         T.DIAGNOSTIC_REPORT: ((CLINICAL, DIAGNOSTIC_REPORT_ALL),),
         T.CONSENT: ((CLINICAL, CONSENT_ALL),),
+        T.SERVICE_REQUEST: ((CLINICAL, SERVICE_REQUEST_ALL),),
         **{t: ((CLINICAL, INTERVENTION_ALL),) for t in INTERVENTIONS},
     },
     Role.NURSE: {
@@ -320,6 +346,8 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
         T.CARE_TEAM: ((NURSING, CARE_TEAM_ALL),),
         T.DIAGNOSTIC_REPORT: ((NURSING, DIAGNOSTIC_REPORT_ALL),),
         T.CONSENT: ((NURSING, CONSENT_ALL),),
+        # Nurses see the lab orders (samples to take, results awaited); physicians order them.
+        T.SERVICE_REQUEST: ((NURSING, SERVICE_REQUEST_ALL),),
         **{t: ((NURSING, INTERVENTION_ALL),) for t in INTERVENTIONS},
     },
     Role.FRONT_DESK: {
@@ -390,6 +418,9 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         # answers the physician who referred them rather than widening the circle onward
         # (each hop would otherwise restart the clock). Self-referral is refused by the gate.
         T.CARE_TEAM: CLINICAL - {R.BREAK_GLASS, R.REFERRAL},
+        # Lab orders: emergency care orders tests under break-the-glass too (an order opens no
+        # access to the patient).
+        T.SERVICE_REQUEST: CLINICAL,
         # What was done or given: recorded as care is, in an emergency too.
         **{t: CLINICAL for t in INTERVENTIONS},
     },
@@ -420,6 +451,8 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         T.ENCOUNTER: frozenset({R.FACILITY}),
         T.OBSERVATION: frozenset({R.FACILITY}),
         T.DIAGNOSTIC_REPORT: frozenset({R.FACILITY}),
+        # Results that answer an order move the order on (completed when final).
+        T.SERVICE_REQUEST: frozenset({R.FACILITY}),
     },
     # A Backend Services client (a lab, a hub) writes in the facility it is registered for,
     # within its token's scopes.
@@ -449,6 +482,7 @@ READ_PERMISSION: Mapping[ResourceType, Permission] = {
     T.CARE_TEAM: Permission.PATIENT_READ,
     T.DIAGNOSTIC_REPORT: Permission.OBSERVATION_READ,
     T.CONSENT: Permission.PATIENT_READ,
+    T.SERVICE_REQUEST: Permission.ORDER_READ,
     T.IMMUNIZATION: Permission.IMMUNIZATION_READ,
     T.PROCEDURE: Permission.PROCEDURE_READ,
     T.MEDICATION_ADMINISTRATION: Permission.PRESCRIPTION_READ,
@@ -469,6 +503,7 @@ WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
     T.CARE_TEAM: Permission.CARE_TEAM_WRITE,
     T.CARD_READING: Permission.CARD_READING_WRITE,
     T.INVOICE: Permission.INVOICE_WRITE,
+    T.SERVICE_REQUEST: Permission.ORDER_WRITE,
     T.IMMUNIZATION: Permission.IMMUNIZATION_WRITE,
     T.PROCEDURE: Permission.PROCEDURE_WRITE,
     T.MEDICATION_ADMINISTRATION: Permission.ADMINISTRATION_WRITE,

@@ -19,7 +19,15 @@ from carnet.db.base import Base
 from carnet.interventions.models import Intervention
 from carnet.patients.models import ExportFile, Patient, ResourceVersion
 from carnet.prescriptions.models import Prescription
-from carnet.records.models import Allergy, ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
+from carnet.records.models import (
+    Allergy,
+    ClinicalNote,
+    Condition,
+    DiagnosticReport,
+    NoteVersion,
+    Observation,
+    ServiceRequest,
+)
 from carnet.scheduling.models import Appointment, Encounter
 
 CIPHERTEXT_SUFFIX = "_ct"
@@ -88,6 +96,7 @@ ENCRYPTED_TABLES: Sequence[EncryptedTable] = (
     EncryptedTable(Encounter, ("received_ct",)),
     EncryptedTable(Prescription, ("received_ct",)),
     EncryptedTable(Intervention, ("received_ct",)),
+    EncryptedTable(ServiceRequest, ("note_ct",)),
     EncryptedTable(Coverage, ("member_id_ct",)),
     EncryptedTable(CardReading, ("card_serial_ct", "payload_ct")),
     EncryptedTable(ExportFile, ("ndjson_ct",)),

@@ -33,7 +33,7 @@ from carnet.billing.models import Invoice
 from carnet.crypto.blind import IndexKind
 from carnet.fhir.core.api import type_name
 from carnet.fhir.core.mapping import ATC_SYSTEM, received_instant
-from carnet.fhir.core.shape import conforms
+from carnet.fhir.core.model_check import conforms
 from carnet.fhir.resources import billing
 from carnet.fhir.resources.allergy import allergy_input
 from carnet.fhir.resources.condition import condition_input

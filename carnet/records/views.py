@@ -49,6 +49,9 @@ def observation_data(o: Observation, received: dict[str, Any] | None = None) -> 
         "status": o.status,
         "version_id": o.version_id,
         "received": received,
+        "order_id": sid(o.order_id),
+        "reference_range": o.reference_range,
+        "interpretation": o.interpretation,
     }
 
 
@@ -168,6 +171,7 @@ def report_views(
             "performer_id": sid(r.performer_id),
             "result_ids": results.get(r.id, []),
             "version_id": r.version_id,
+            "order_id": sid(r.order_id),
             "received": received_shown(tx, r, fields),
         }
         views.append(redact(DiagnosticReportView, data, fields))

@@ -38,6 +38,7 @@ SCHEMAS = {
     ResourceType.CARE_TEAM: schemas.CareTeamView,
     ResourceType.DIAGNOSTIC_REPORT: schemas.DiagnosticReportView,
     ResourceType.CONSENT: schemas.ConsentView,
+    ResourceType.SERVICE_REQUEST: schemas.ServiceRequestView,
     ResourceType.IMMUNIZATION: InterventionView,
     ResourceType.PROCEDURE: InterventionView,
     ResourceType.MEDICATION_ADMINISTRATION: InterventionView,

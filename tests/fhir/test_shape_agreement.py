@@ -1,4 +1,4 @@
-"""The compiled FHIR check `carnet import` runs first (carnet.fhir.core.shape) agrees with
+"""The compiled FHIR check `carnet import` runs first (carnet.fhir.core.model_check) agrees with
 fhir.resources on every resource of a third-party cohort: it never passes a resource that
 fhir.resources refuses, and it passes nearly all of those fhir.resources takes (what it cannot
 tell goes to fhir.resources). Broken copies of each resource are held to the same rule."""
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from carnet.fhir.core.shape import conforms
+from carnet.fhir.core.model_check import conforms
 from tests.fhir import clinosim_data
 
 

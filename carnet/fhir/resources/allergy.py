@@ -17,7 +17,7 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     ATC_SYSTEM,
     as_received,
@@ -27,7 +27,7 @@ from carnet.fhir.core.mapping import (
     schema_input,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import AllergyInput
 
@@ -70,6 +70,7 @@ def allergy_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             else None,
             "patient": ref("Patient", d.get("patient_id")) or {"display": "redacted"},
             "recorder": ref("Practitioner", d.get("recorded_by")),
+            "reaction": [{"manifestation": [{"text": d["reaction"]}]}] if d.get("reaction") else None,
         }
     )
     return checked(AllergyIntolerance, resource)
@@ -108,20 +109,48 @@ def allergy_input(body: dict[str, Any]) -> AllergyInput:
         "criticality": body.get("criticality") or "unable-to-assess",
         "clinical_status": status,
         "received": body,
+        "reaction": _reaction_text(body),
     }
     return schema_input(AllergyInput, values, "AllergyIntolerance")  # type: ignore[no-any-return]
 
 
+def _reaction_text(body: dict[str, Any]) -> str | None:
+    """The first reaction's manifestations (their text or display) as one line, for the column."""
+    reactions = body.get("reaction") or []
+    if not reactions or not isinstance(reactions[0], dict):
+        return None
+    words = [
+        m.get("text") or next((c.get("display") for c in m.get("coding") or [] if c.get("display")), None)
+        for m in reactions[0].get("manifestation") or []
+        if isinstance(m, dict)
+    ]
+    text = ", ".join(w for w in words if w)
+    return text[:200] or None
+
+
 # == routes ====================================================================================
+SEARCH = Search(
+    ALLERGY,
+    {
+        "patient": reference("patient", target="Patient"),
+        "clinical-status": token("clinicalStatus"),
+        "verification-status": token("verificationStatus"),
+        "code": token("code", "reaction.substance"),
+        "criticality": token("criticality"),
+        "category": token("category"),
+        "date": date("recordedDate"),
+        "onset": date("onsetDateTime", "onsetPeriod", "reaction.onset"),
+    },
+    fetch=chart_section("list_allergies", allergy_to_fhir),
+    read=one_record("read_allergy", "allergy_id", allergy_to_fhir),
+    subjects=("patient",),
+    includes=("patient",),
+)
+
+
 @router.get("/AllergyIntolerance")
 def search_allergies(request: Request) -> Response:
-    gate = gate_for(request, ALLERGY, "search")
-    patient = patient_of(request, set())
-    return paged(
-        request,
-        ALLERGY,
-        [allergy_to_fhir(v.model_dump()) for v in gate.list_allergies(patient_id=patient)],
-    )
+    return respond(request, SEARCH)
 
 
 @router.post("/AllergyIntolerance")
@@ -156,7 +185,7 @@ MODULE = FhirModule(
         ResourceType(
             ALLERGY,
             ("read", "vread", "history-instance", "search-type", "create"),
-            {"patient": "reference"},
+            searcher=SEARCH,
             writes=Writes(
                 AllergyIntolerance,
                 allergy_to_fhir,

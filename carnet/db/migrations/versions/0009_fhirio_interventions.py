@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_fhirio"
-down_revision = "0008_fhirio"
+down_revision = "0009_orders"
 branch_labels = None
 depends_on = None
 
