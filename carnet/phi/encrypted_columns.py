@@ -92,7 +92,7 @@ ENCRYPTED_TABLES: Sequence[EncryptedTable] = (
     EncryptedTable(DiagnosticReport, ("conclusion_ct", "received_ct")),
     EncryptedTable(Observation, ("received_ct",)),
     EncryptedTable(Condition, ("received_ct",)),
-    EncryptedTable(Allergy, ("received_ct",)),
+    EncryptedTable(Allergy, ("received_ct", "reaction_ct")),
     EncryptedTable(Encounter, ("received_ct",)),
     EncryptedTable(Prescription, ("received_ct",)),
     EncryptedTable(Intervention, ("received_ct",)),
