@@ -370,6 +370,9 @@ def import_(
         issue = rejection.outcome["issue"][0]
         line = f"rejected {rejection.source} ({rejection.resource_type}): {issue['diagnostics']}"
         out.print(line, highlight=False, markup=False)
+    for where in report.dangling:
+        # Kept as written: the resource it names was refused (listed above).
+        out.print(f"reference to a rejected resource: {where}", highlight=False, markup=False)
     if report.rejected:
         raise typer.Exit(1)
 

@@ -86,6 +86,8 @@ class AuditKind(StrEnum):
     SETTING_CHANGED = "admin:setting:changed"
     ACCOUNTS_LISTED = "admin:account:listed"
     DIRECTORY_READ = "org:directory:read"  # practitioners, roles, facilities, locations (no patient data)
+    # Another system's directory entries a posted transaction Bundle brought (matched or kept).
+    DIRECTORY_KEPT = "org:directory:kept"
     AUDIT_PURGED = "audit:retention:purged"
     AUDIT_VERIFIED = "audit:chain:verified"
     AUDIT_EVENTS_READ = "audit:event:read"  # a security officer or a patient reads the trail

@@ -8,6 +8,7 @@ none. Every read is audited (`org:directory:read`), refusals included.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,9 @@ from carnet.access.actor import Actor, ActorKind
 from carnet.access.audited import run_audited
 from carnet.access.context import AccessContext
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+from carnet.kernel import clock
 from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
-from carnet.kernel.ids import parse_id
+from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import DirectoryEntry, Facility, Location, Practitioner
 from carnet.runtime import Runtime
 
@@ -139,6 +141,102 @@ def read_entry(
         return _entry(row), _record(actor, kind, [str(row.id)], "read")
 
     return run_audited(runtime, actor, AuditKind.DIRECTORY_READ, action, resource_type=kind)
+
+
+RPPS = "urn:oid:1.2.250.1.71.4.2.1"
+FINESS = "urn:oid:1.2.250.1.71.4.2.2"
+RECEIVED_KINDS = ("Practitioner", "PractitionerRole", "Organization", "Location")
+
+
+def _identifier(resource: dict[str, Any]) -> tuple[str | None, str | None]:
+    for identifier in resource.get("identifier") or []:
+        if isinstance(identifier, dict) and identifier.get("system") and identifier.get("value"):
+            return str(identifier["system"])[:200], str(identifier["value"])[:100]
+    return None, None
+
+
+def keep_received(
+    runtime: Runtime,
+    *,
+    actor: Actor,
+    resources: list[dict[str, Any]],
+    rewrite: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]],
+    names: Callable[[int], list[str]],
+) -> list[tuple[str, bool]]:
+    """Another system's Practitioner, PractitionerRole, Organization and Location entries of a
+    transaction Bundle: each matched by identifier to carnet's directory (a practitioner by RPPS,
+    the facility by FINESS, an entry kept before) or kept as received, in the actor's one
+    facility, audited. `names(i)`: how the Bundle names entry i (fullUrl, `Type/<id>`);
+    `rewrite(resource, known)`: its references rewritten (refused, naming the element, when one
+    resolves to nothing). Returns ("Type/<carnet id>", created) per entry, in order."""
+
+    def action(session: Session, ctx: AccessContext) -> tuple[list[tuple[str, bool]], AuditRecord]:
+        facilities = sorted(_scope(ctx))
+        if len(facilities) != 1:
+            raise InvalidInput(
+                "directory entries of a Bundle go to one facility: this account works in several"
+            )
+        facility = facilities[0]
+        out: list[tuple[str, bool]] = []
+        known: dict[str, str] = {}
+        fresh: list[tuple[int, DirectoryEntry]] = []
+        for number, resource in enumerate(resources):
+            kind = str(resource.get("resourceType"))
+            if kind not in RECEIVED_KINDS:
+                raise InvalidInput(f"{kind} is not a directory entry")
+            system, value = _identifier(resource)
+            found: Any = None
+            if system is not None and value is not None:
+                if kind == "Practitioner" and system == RPPS:
+                    found = session.scalar(
+                        select(Practitioner.id).where(
+                            Practitioner.rpps == value, Practitioner.facility_id == facility
+                        )
+                    )
+                elif kind == "Organization" and system == FINESS:
+                    found = session.scalar(
+                        select(Facility.id).where(Facility.finess == value, Facility.id == facility)
+                    )
+                if found is None:
+                    found = session.scalar(
+                        select(DirectoryEntry.id).where(
+                            DirectoryEntry.facility_id == facility,
+                            DirectoryEntry.resource_type == kind,
+                            DirectoryEntry.identifier_system == system,
+                            DirectoryEntry.identifier_value == value,
+                        )
+                    )
+            if found is None:
+                entry = DirectoryEntry(
+                    id=new_id(),
+                    facility_id=facility,
+                    resource_type=kind,
+                    identifier_system=system,
+                    identifier_value=value,
+                    resource="{}",
+                    created_at=clock.now(),
+                )
+                fresh.append((number, entry))
+                found = entry.id
+            out.append((f"{kind}/{found}", any(e.id == found for _n, e in fresh)))
+            for name in names(number):
+                known[name] = f"{kind}/{found}"
+        for number, entry in fresh:
+            kept = {k: v for k, v in rewrite(resources[number], known).items() if k not in ("id", "meta")}
+            entry.resource = json.dumps(kept, ensure_ascii=False, sort_keys=True)
+            session.add(entry)
+        session.flush()
+        ids = [reference.partition("/")[2] for reference, _created in out]
+        return out, AuditRecord(
+            kind=AuditKind.DIRECTORY_KEPT,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            resource_type="Bundle",
+            resource_ids=ids[:200],
+            query=f"kept={len(fresh)};matched={len(out) - len(fresh)}",
+        )
+
+    return run_audited(runtime, actor, AuditKind.DIRECTORY_KEPT, action, resource_type="Bundle")
 
 
 def search_entries(

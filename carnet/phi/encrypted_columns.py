@@ -16,7 +16,9 @@ from sqlalchemy import Column, ColumnElement, Select, Table, select
 
 from carnet.coverage.models import CardReading, Coverage
 from carnet.db.base import Base
+from carnet.interventions.models import Intervention
 from carnet.patients.models import ExportFile, Patient, ResourceVersion
+from carnet.prescriptions.models import Prescription
 from carnet.records.models import (
     Allergy,
     ClinicalNote,
@@ -26,7 +28,7 @@ from carnet.records.models import (
     Observation,
     ServiceRequest,
 )
-from carnet.scheduling.models import Appointment
+from carnet.scheduling.models import Appointment, Encounter
 
 CIPHERTEXT_SUFFIX = "_ct"
 
@@ -90,7 +92,10 @@ ENCRYPTED_TABLES: Sequence[EncryptedTable] = (
     EncryptedTable(DiagnosticReport, ("conclusion_ct", "received_ct")),
     EncryptedTable(Observation, ("received_ct",)),
     EncryptedTable(Condition, ("received_ct",)),
-    EncryptedTable(Allergy, ("received_ct",)),
+    EncryptedTable(Allergy, ("received_ct", "reaction_ct")),
+    EncryptedTable(Encounter, ("received_ct",)),
+    EncryptedTable(Prescription, ("received_ct",)),
+    EncryptedTable(Intervention, ("received_ct",)),
     EncryptedTable(ServiceRequest, ("note_ct",)),
     EncryptedTable(Coverage, ("member_id_ct",)),
     EncryptedTable(CardReading, ("card_serial_ct", "payload_ct")),

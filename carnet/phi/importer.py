@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import func, select, text, update
 
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
@@ -79,7 +80,7 @@ def read_units(path: Path) -> Iterator[Unit]:
                 if not line.strip():
                     continue
                 try:
-                    items.append(Item(f"{name}:{number}", json.loads(line)))
+                    items.append(Item(f"{name}:{number}", orjson.loads(line)))
                 except json.JSONDecodeError:
                     items.append(Item(f"{name}:{number}", None))
                 if len(items) >= CHUNK:
@@ -249,8 +250,9 @@ def _import_unit(run: Run, unit: Unit, report: ImportReport, *, operator: str, s
         except CarnetError as exc:
             rejected.append(_rejection(item, rtype, exc))
             continue
-        except (ValueError, TypeError, KeyError):
-            rejected.append(_rejection(item, rtype, InvalidInput("malformed resource")))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            # fhir_core raises these on some malformed values instead of a ValidationError.
+            rejected.append(_rejection(item, rtype, InvalidInput(f"{rtype}: malformed resource")))
             continue
         for table, row in rows:
             batch.add(table, row)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import Table, insert
 
 from carnet.billing.models import Invoice, InvoiceLine, Payment
@@ -124,7 +125,7 @@ def _encrypt_rows(
         for f in spec.encrypted:
             plain = values.pop(f.name, None)
             if plain is not None and f.as_json:
-                plain = json.dumps(plain, ensure_ascii=False, sort_keys=True)
+                plain = orjson.dumps(plain, option=orjson.OPT_SORT_KEYS).decode()
             values[f"{f.name}_ct"] = encrypt(
                 plain, facility_id=facility_id, table=table, column=f.name, row_id=row_id
             )

@@ -18,7 +18,7 @@ from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
 from carnet.interventions.models import Intervention
 from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
-from carnet.org.models import Location, Practitioner
+from carnet.org.models import DirectoryEntry, Location, Practitioner
 from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused
 from carnet.prescriptions.models import Prescription
@@ -165,6 +165,7 @@ _RECORD_TYPES: dict[str, Any] = {
     "MedicationStatement": Intervention,
 }
 _DIRECTORY_TYPES: dict[str, Any] = {"Practitioner": Practitioner, "Location": Location}
+_RECEIVED_DIRECTORY = ("Practitioner", "PractitionerRole", "Organization", "Location")
 
 
 def references(value: Any, path: str) -> list[tuple[str, str]]:
@@ -213,8 +214,18 @@ def received_json(
                 and row.patient_id == patient.id
                 and getattr(row, "resource_type", rtype) == rtype  # interventions share a table
             )
+        elif rtype == "Organization" and key in tx.ctx.facility_ids:
+            ok = True  # the facility itself
         else:
             ok = row is not None and row.facility_id in tx.ctx.facility_ids
+            if not ok and rtype in _RECEIVED_DIRECTORY and key is not None:
+                # Another system's entry an import or a transaction Bundle kept.
+                entry = tx.session.get(DirectoryEntry, key)
+                ok = (
+                    entry is not None
+                    and entry.resource_type == rtype
+                    and entry.facility_id in tx.ctx.facility_ids
+                )
         if not ok:
             raise InvalidInput(f"{path}: carnet cannot resolve this reference (refused, not dropped)")
     return json.dumps(body, ensure_ascii=False, sort_keys=True)

@@ -67,7 +67,7 @@ def valid_r4(resource: dict[str, Any]) -> bool:
     model = get_fhir_model_class(resource["resourceType"])
     try:
         model.model_validate(resource)
-    except ValidationError:
+    except (ValidationError, TypeError, ValueError, AttributeError):  # fhir_core raises these too
         return False
     return True
 

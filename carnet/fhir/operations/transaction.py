@@ -20,6 +20,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.location import Location
+from fhir.resources.R4B.organization import Organization
+from fhir.resources.R4B.practitioner import Practitioner
+from fhir.resources.R4B.practitionerrole import PractitionerRole
 
 from carnet.fhir.core import registry
 from carnet.fhir.core.api import (
@@ -34,7 +38,9 @@ from carnet.fhir.core.api import (
 )
 from carnet.fhir.core.outcome import operation_outcome, status_for
 from carnet.fhir.core.registry import FhirModule, Mapper, Writes, serve_get
+from carnet.identity.dependencies import runtime_of
 from carnet.kernel.errors import CarnetError, InvalidInput
+from carnet.org.directory import keep_received
 from carnet.phi.gate import TRANSACTION_LIMIT, AllergyWarning, Gate
 from carnet.phi.schemas import InvoiceView
 
@@ -86,6 +92,11 @@ def _instance_url(number: int, url: str) -> tuple[str, str]:
     return type_name(parts[0]), parts[1]
 
 
+# Another system's directory entries a transaction Bundle may carry: matched by identifier to
+# carnet's directory or kept as received (carnet.org.directory.keep_received), before its writes.
+DIRECTORY = ("Practitioner", "PractitionerRole", "Organization", "Location")
+
+
 def _entry(number: int, raw: Any, base: str) -> Entry:
     if not isinstance(raw, dict):
         raise InvalidInput(f"entry {number}: not an entry")
@@ -107,6 +118,8 @@ def _entry(number: int, raw: Any, base: str) -> Entry:
     if not isinstance(resource, dict):
         raise InvalidInput(f"entry {number}: a {method} needs a resource")
     resource_type = type_name(resource.get("resourceType"))
+    if method == "POST" and resource_type in DIRECTORY:
+        return Entry(number, method, raw.get("fullUrl"), resource_type, resource, url)
     if method == "POST":
         if not _creates(resource_type) or (url or resource_type).split("?")[0] != resource_type:
             raise InvalidInput(f"entry {number}: {resource_type} cannot be created in a Bundle")
@@ -142,14 +155,15 @@ def _version(entry: Entry, resource: dict[str, Any] | None) -> int | None:
 
 
 def resolve(value: Any, created: dict[str, str]) -> Any:
-    """Replace `urn:uuid:` references to earlier entries with their new `Type/id`."""
+    """Replace references to earlier entries (by `urn:uuid:` fullUrl, or `Type/<id>` as another
+    system names its own resources) with their new `Type/id`."""
     if isinstance(value, dict):
         out = {k: resolve(v, created) for k, v in value.items()}
         ref = out.get("reference")
-        if isinstance(ref, str) and ref.startswith("urn:uuid:"):
-            if ref not in created:
-                raise InvalidInput("a reference names an entry that is not created before it")
+        if isinstance(ref, str) and ref in created:
             out["reference"] = created[ref]
+        elif isinstance(ref, str) and ref.startswith("urn:uuid:"):
+            raise InvalidInput("a reference names an entry that is not created before it")
         return out
     if isinstance(value, list):
         return [resolve(v, created) for v in value]
@@ -257,17 +271,59 @@ def post_bundle(request: Request, body: dict[str, Any] = FhirBody) -> Response:
     return _batch(request, gate, entries)
 
 
+def names(entry: Entry) -> list[str]:
+    """How other entries may name this one: its fullUrl, and `Type/<id>` (its own id, or the
+    tail of an absolute fullUrl)."""
+    found = [entry.full_url] if entry.full_url else []
+    if entry.full_url and "://" in entry.full_url:
+        found.append("/".join(entry.full_url.rstrip("/").split("/")[-2:]))
+    rid = (entry.resource or {}).get("id")
+    if isinstance(rid, str):
+        found.append(f"{entry.resource_type}/{rid}")
+    return found
+
+
+def _directory(request: Request, gate: Gate, entries: list[Entry]) -> dict[int, tuple[str, bool]]:
+    """The Bundle's directory entries, matched or kept first (audited); by entry number."""
+    wanted = [e for e in entries if e.method == "POST" and e.resource_type in DIRECTORY]
+    if not wanted:
+        return {}
+
+    def rewrite(resource: dict[str, Any], known: dict[str, str]) -> dict[str, Any]:
+        # Between directory entries only; anything else they name must already be carnet's.
+        kept: dict[str, Any] = resolve(
+            validated(_DIRECTORY_MODELS[resource["resourceType"]], resource, resource["resourceType"]), known
+        )
+        return kept
+
+    answers = keep_received(
+        runtime_of(request),
+        actor=gate.actor,
+        resources=[e.resource or {} for e in wanted],
+        rewrite=rewrite,
+        names=lambda i: names(wanted[i]),
+    )
+    return {e.number: answer for e, answer in zip(wanted, answers, strict=True)}
+
+
 def _transaction(request: Request, gate: Gate, entries: list[Entry]) -> Response:
     created: dict[str, str] = {}
+    directory = _directory(request, gate, entries)
+    for entry in entries:
+        if entry.number in directory:
+            for name in names(entry):
+                created[name] = directory[entry.number][0]
+    writes = [e for e in entries if e.number not in directory]
 
     def step(entry: Entry) -> tuple[str, Callable[[list[Any]], dict[str, Any]]]:
         def arguments(results: list[Any]) -> dict[str, Any]:
             # The entries before this one are written by now: record the ids of new ones, and
             # the version each invoice created here is at (a payment returns its invoice).
             versions: dict[str, int] = {}
-            for earlier, view in zip(entries, results, strict=False):
-                if earlier.full_url and earlier.method == "POST":
-                    created[earlier.full_url] = f"{earlier.resource_type}/{view.id}"
+            for earlier, view in zip(writes, results, strict=False):
+                if earlier.method == "POST":
+                    for name in names(earlier):
+                        created[name] = f"{earlier.resource_type}/{view.id}"
                 if isinstance(view, InvoiceView):
                     versions[f"Invoice/{view.id}"] = view.version_id or 1
             fresh = {urn: versions[ref] for urn, ref in created.items() if ref in versions}
@@ -277,16 +333,18 @@ def _transaction(request: Request, gate: Gate, entries: list[Entry]) -> Response
         return _operation(entry), arguments
 
     try:
-        results = gate.run_transaction(steps=[step(e) for e in entries])
+        results = gate.run_transaction(steps=[step(e) for e in writes]) if writes else []
     except AllergyWarning as exc:
         return fhir_response(operation_outcome("business-rule", str(exc)), status=422)
-    return fhir_response(
-        {
-            "resourceType": "Bundle",
-            "type": "transaction-response",
-            "entry": [_response_entry(request, e, v) for e, v in zip(entries, results, strict=True)],
-        }
-    )
+    answered = dict(zip([e.number for e in writes], results, strict=True))
+    out = []
+    for entry in entries:
+        if entry.number in directory:
+            reference, kept = directory[entry.number]
+            out.append({"response": {"status": "201 Created" if kept else "200 OK", "location": reference}})
+        else:
+            out.append(_response_entry(request, entry, answered[entry.number]))
+    return fhir_response({"resourceType": "Bundle", "type": "transaction-response", "entry": out})
 
 
 def _operation(entry: Entry) -> str:
@@ -312,6 +370,8 @@ def _batch(request: Request, gate: Gate | None, entries: list[Entry]) -> Respons
                 out.append(_get(request, entry))
                 continue
             assert gate is not None
+            if entry.resource_type in DIRECTORY:
+                raise InvalidInput("another system's directory entries are taken in a transaction Bundle")
             if entry.method == "DELETE" and _version(entry, None) is None:
                 # As DELETE Type/id does: the current version, read (and audited) first.
                 assert entry.resource_id is not None
@@ -343,5 +403,12 @@ def _get(request: Request, entry: Entry) -> dict[str, Any]:
         answer["response"]["etag"] = response.headers["etag"]
     return answer
 
+
+_DIRECTORY_MODELS: dict[str, Any] = {
+    "Practitioner": Practitioner,
+    "PractitionerRole": PractitionerRole,
+    "Organization": Organization,
+    "Location": Location,
+}
 
 MODULE = FhirModule(router=router, system_interactions=("transaction", "batch"))
