@@ -471,7 +471,7 @@ def parse(request: Request, spec: Search, items: Sequence[tuple[str, str]] | Non
         values = tuple(v for v in value.split(",") if v) if mod != "missing" else (value,)
         if not values:
             continue
-        if param.type == "date":
+        if param.type == "date" and mod != "missing":
             for v in values:
                 date_range(split_prefix(v)[1], name)
         query.criteria.append(Criterion(name, param, mod, values))
