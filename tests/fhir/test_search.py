@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
+from carnet.audit.models import AuditEvent
 from carnet.detection.config import RoleVolume
 from carnet.detection.models import Exposure
 from carnet.runtime import Runtime
@@ -371,3 +372,32 @@ def test_date_prefixes_on_every_clinical_type_and_revinclude_by_encounter(fhir_s
     assert count("Condition", **{"onset-date:missing": "false"}) == 1
     lenient = client.execute("Condition", method="get", params={"patient": patient, "code:fuzzy": "E11"})
     assert "fuzzy" not in next(link["url"] for link in lenient["link"] if link["relation"] == "self")
+
+
+def test_an_include_the_reader_may_not_see_is_left_out(fhir_server: Server) -> None:
+    """A client allowed Observations but not Patients: `_include=Observation:subject` answers
+    the Observations, without the Patient (as a missing one), and the refusal is audited."""
+    from tests.fhir.test_backend_clients import _client, _token
+
+    runtime = fhir_server.runtime
+    facility, _doctor, patient, _ins = _clinic(fhir_server)
+    key = _client(runtime, "results-reader", "system/Observation.read", facility)
+    token = _token(runtime, "results-reader", key, "system/Observation.read")
+    reader = fhir_server.bearer_client(token)
+    bundle = (
+        reader.resources("Observation").search(patient=patient).include("Observation", "subject").fetch_raw()
+    )
+    assert [e.resource["resourceType"] for e in bundle.entry] == ["Observation"] * len(RESULTS)
+    with runtime.session_factory() as session:
+        exposed = set(
+            session.scalars(
+                select(Exposure.resource_type).where(Exposure.actor_ref == "client:results-reader")
+            )
+        )
+        refused = session.execute(
+            select(AuditEvent.resource_type, AuditEvent.outcome).where(
+                AuditEvent.actor_ref == "client:results-reader", AuditEvent.outcome != "success"
+            )
+        ).all()
+    assert exposed == {"Observation"}
+    assert [tuple(r) for r in refused] == [("Patient", "denied")]

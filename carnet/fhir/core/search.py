@@ -706,6 +706,7 @@ def _include(gate: Gate, spec: Search, page: list[Resource], query: Query) -> li
     counted like a read); one the actor may not see is left out, as a missing one is."""
     added: dict[tuple[str, str], Resource] = {}
     shown = {(r["resourceType"], r["id"]) for r in page}
+    tried: set[tuple[str, str]] = set()
 
     def add(resource: Resource) -> None:
         key = (resource["resourceType"], resource["id"])
@@ -720,8 +721,9 @@ def _include(gate: Gate, spec: Search, page: list[Resource], query: Query) -> li
                 other = _SEARCHES.get(ref_type)
                 if other is None or other.read is None or (target and ref_type != target):
                     continue
-                if (ref_type, ref_id) in shown or (ref_type, ref_id) in added:
+                if (ref_type, ref_id) in shown or (ref_type, ref_id) in tried:
                     continue
+                tried.add((ref_type, ref_id))  # once: a refusal is not asked again
                 try:
                     add(other.read(gate, ref_id))
                 except NotFound:
