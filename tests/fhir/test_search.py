@@ -401,3 +401,20 @@ def test_an_include_the_reader_may_not_see_is_left_out(fhir_server: Server) -> N
         ).all()
     assert exposed == {"Observation"}
     assert [tuple(r) for r in refused] == [("Patient", "denied")]
+
+
+def test_a_conditional_write_refuses_a_parameter_its_search_would_ignore(fhir_server: Server) -> None:
+    """Lenient handling ignores an unknown parameter; the search of a conditional delete or
+    update is strict, so a misspelt criterion cannot widen what it changes."""
+    _facility, doctor, patient, _ins = _clinic(fhir_server)
+    client = fhir_server.client_for(doctor)
+    answer = requests.delete(
+        f"{fhir_server.url}/fhir/Observation",
+        params={"patient": patient, "code": "718-7", "cdoe": "8867-4"},
+        headers=client.extra_headers,
+        timeout=10,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["issue"][0]["code"] == "not-supported" and "cdoe" in answer.text
+    statuses = {o["status"] for o in client.resources("Observation").search(patient=patient).fetch()}
+    assert statuses == {"final"}  # nothing was entered in error

@@ -838,19 +838,6 @@ def searchset_bundle(
     return fhir_response(bundle)
 
 
-def patient_of(request: Request, allowed: set[str], subject: str = "patient") -> str:
-    """The one patient a search is about; unknown parameters are refused (fail closed)."""
-    params = dict(request.query_params)
-    unknown = sorted(set(params) - allowed - {"_count", "_page", "_format", subject, "subject"})
-    if unknown:
-        raise InvalidInput("unsupported search parameters: " + ", ".join(unknown))
-    value = params.get(subject) or params.get("subject")
-    patient = reference_id(value, "Patient")
-    if patient is None:
-        raise InvalidInput(f"a search needs {subject}=Patient/<id>: there is no browsing across patients")
-    return patient
-
-
 def day_span(criteria: Sequence[Criterion], today: dt.date, max_days: int) -> list[dt.date]:
     """The days a worklist's date criteria cover (today when none), at most `max_days`; an
     open range is refused (a worklist is bounded)."""
