@@ -203,6 +203,7 @@ def test_every_declared_search_parameter_is_served_and_includes_are_listed(sqlit
         "Observation:subject",
         "Observation:patient",
         "Observation:encounter",
+        "Observation:based-on",
     ]
     assert "Observation:subject" in listed["Patient"]["searchRevInclude"]
     assert listed["Patient"].get("searchRevInclude") == revinclude_values("Patient")

@@ -16,16 +16,27 @@ from sqlalchemy import select
 
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
+from carnet.audit.models import AuditEvent
 from carnet.detection.config import RoleVolume
 from carnet.detection.models import Exposure
 from carnet.runtime import Runtime
-from tests.factories import link_care, make_account, make_facility, make_physician, register_patient
+from tests.factories import (
+    admit,
+    link_care,
+    make_account,
+    make_facility,
+    make_lab_report,
+    make_location,
+    make_physician,
+    register_patient,
+)
 from tests.fhir.conftest import Server, audit_rows
 
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 LOINC = "http://loinc.org"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 SUBSETTED = "SUBSETTED"
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 # (LOINC code, category, effective date, value)
 RESULTS = [
     ("8867-4", "vital-signs", "2026-03-01T08:00:00+00:00", 72),
@@ -296,3 +307,114 @@ def test_worklists_are_ones_own_counted_as_lists_and_refused_for_others(fhir_ser
     with pytest.raises(Exception, match=r"403|may not"):
         fhir_server.client_for(billing).execute("CareTeam", method="get", params={"participant": me})
     assert audit_rows(runtime, billing.account_id)[-1][1] == "denied"
+
+
+def test_date_prefixes_on_every_clinical_type_and_revinclude_by_encounter(fhir_server: Server) -> None:
+    runtime = fhir_server.runtime
+    facility, doctor, patient, _ins = _clinic(fhir_server)
+    client = fhir_server.client_for(doctor)
+    ward = make_location(runtime, facility)
+    stay = admit(runtime, patient_id=patient, facility_id=facility, location_id=ward)
+    make_lab_report(runtime, patient_id=patient, facility_id=facility)
+    condition = client.resource(
+        "Condition",
+        clinicalStatus={
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+            ]
+        },
+        code={"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
+        subject={"reference": f"Patient/{patient}"},
+        onsetDateTime="2019-06-15T00:00:00+00:00",
+    )
+    condition.save()
+    client.resource(
+        "MedicationRequest",
+        status="active",
+        intent="order",
+        subject={"reference": f"Patient/{patient}"},
+        medicationCodeableConcept={
+            "coding": [
+                {"system": "urn:oid:1.2.250.1.213.2.3.1", "code": "3400936158542", "display": "Amoxicilline"},
+                {"system": "http://www.whocc.no/atc", "code": "J01C"},
+            ]
+        },
+        dosageInstruction=[{"text": "1 comprimé 3 fois par jour"}],
+    ).save()
+    today = dt.datetime.now(dt.UTC).date()
+    year_ago = (today - dt.timedelta(days=365)).isoformat()
+    tomorrow = (today + dt.timedelta(days=1)).isoformat()
+
+    def count(resource_type: str, **params: str) -> int:
+        return int(client.resources(resource_type).search(patient=patient, **params).count())
+
+    assert count("Condition", **{"onset-date": "lt2020"}) == 1
+    assert count("Condition", **{"onset-date": "ge2020-01-01"}) == 0
+    assert count("Condition", **{"onset-date": "2019-06"}) == 1
+    assert count("Encounter", date=f"ge{year_ago}") == 1
+    assert count("Encounter", date=f"sa{tomorrow}") == 0
+    assert count("MedicationRequest", authoredon=f"ge{year_ago}") == 1
+    assert count("MedicationRequest", authoredon=f"lt{year_ago}") == 0
+    assert count("DiagnosticReport", date=f"ap{today.isoformat()}") == 1
+    assert count("DiagnosticReport", date=f"eb{year_ago}") == 0
+    # _summary=true keeps R4's summary elements; data drops text; both are marked SUBSETTED.
+    summary = client.execute("Condition", method="get", params={"patient": patient, "_summary": "true"})
+    kept = summary["entry"][0]["resource"]
+    assert "code" in kept and "subject" in kept and SUBSETTED in [t["code"] for t in kept["meta"]["tag"]]
+    # An Encounter with the stay's reports and notes pointing to it (here: none), and its patient.
+    found = client.execute(
+        "Encounter",
+        method="get",
+        params={"_id": str(stay), "_include": "Encounter:subject", "_revinclude": "Observation:encounter"},
+    )
+    assert [e["resource"]["resourceType"] for e in found["entry"]] == ["Encounter", "Patient"]
+    # :missing, and an unknown modifier (lenient: left out of the self link).
+    assert count("Condition", **{"onset-date:missing": "false"}) == 1
+    lenient = client.execute("Condition", method="get", params={"patient": patient, "code:fuzzy": "E11"})
+    assert "fuzzy" not in next(link["url"] for link in lenient["link"] if link["relation"] == "self")
+
+
+def test_an_include_the_reader_may_not_see_is_left_out(fhir_server: Server) -> None:
+    """A client allowed Observations but not Patients: `_include=Observation:subject` answers
+    the Observations, without the Patient (as a missing one), and the refusal is audited."""
+    from tests.fhir.test_backend_clients import _client, _token
+
+    runtime = fhir_server.runtime
+    facility, _doctor, patient, _ins = _clinic(fhir_server)
+    key = _client(runtime, "results-reader", "system/Observation.read", facility)
+    token = _token(runtime, "results-reader", key, "system/Observation.read")
+    reader = fhir_server.bearer_client(token)
+    bundle = (
+        reader.resources("Observation").search(patient=patient).include("Observation", "subject").fetch_raw()
+    )
+    assert [e.resource["resourceType"] for e in bundle.entry] == ["Observation"] * len(RESULTS)
+    with runtime.session_factory() as session:
+        exposed = set(
+            session.scalars(
+                select(Exposure.resource_type).where(Exposure.actor_ref == "client:results-reader")
+            )
+        )
+        refused = session.execute(
+            select(AuditEvent.resource_type, AuditEvent.outcome).where(
+                AuditEvent.actor_ref == "client:results-reader", AuditEvent.outcome != "success"
+            )
+        ).all()
+    assert exposed == {"Observation"}
+    assert [tuple(r) for r in refused] == [("Patient", "denied")]
+
+
+def test_a_conditional_write_refuses_a_parameter_its_search_would_ignore(fhir_server: Server) -> None:
+    """Lenient handling ignores an unknown parameter; the search of a conditional delete or
+    update is strict, so a misspelt criterion cannot widen what it changes."""
+    _facility, doctor, patient, _ins = _clinic(fhir_server)
+    client = fhir_server.client_for(doctor)
+    answer = requests.delete(
+        f"{fhir_server.url}/fhir/Observation",
+        params={"patient": patient, "code": "718-7", "cdoe": "8867-4"},
+        headers=client.extra_headers,
+        timeout=10,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["issue"][0]["code"] == "not-supported" and "cdoe" in answer.text
+    statuses = {o["status"] for o in client.resources("Observation").search(patient=patient).fetch()}
+    assert statuses == {"final"}  # nothing was entered in error

@@ -154,11 +154,16 @@ def resource_type(name: str) -> ResourceType | None:
     return next((t for m in _INSTALLED for t in m.types if t.name == name), None)
 
 
-def serve_get(request: Request, path: str, query: str) -> Response:
+def serve_get(request: Request, path: str, query: str, *, strict: bool = False) -> Response:
     """`GET <path>?<query>` answered by the route that serves it, as a request of the same actor
     (it authorizes, audits and accounts as it always does): batch GET entries, POST _search.
-    The caller's conditional headers are not the served GET's: it answers in full, never 304."""
-    return serve(request, "GET", path, query, headers={"if-none-match": "", "if-modified-since": ""})
+    The caller's conditional headers are not the served GET's: it answers in full, never 304.
+    `strict`: a parameter the search does not serve is refused, not ignored (the search of a
+    conditional write: ignoring a misspelt criterion would widen what it changes)."""
+    headers = {"if-none-match": "", "if-modified-since": ""}
+    if strict:
+        headers["prefer"] = "handling=strict"
+    return serve(request, "GET", path, query, headers=headers)
 
 
 def serve(

@@ -471,7 +471,7 @@ def parse(request: Request, spec: Search, items: Sequence[tuple[str, str]] | Non
         values = tuple(v for v in value.split(",") if v) if mod != "missing" else (value,)
         if not values:
             continue
-        if param.type == "date":
+        if param.type == "date" and mod != "missing":
             for v in values:
                 date_range(split_prefix(v)[1], name)
         query.criteria.append(Criterion(name, param, mod, values))
@@ -512,12 +512,14 @@ def _result_param(query: Query, spec: Search, key: str, value: str, skip: Callab
     elif key == "_elements":
         query.elements = tuple(e.strip() for e in value.split(",") if e.strip())
     elif key == "_sort":
-        for item in (s.strip() for s in value.split(",") if s.strip()):
-            name = item.removeprefix("-")
-            if spec.param(name) is None:
-                skip(f"cannot sort {spec.resource_type} by {name[:40]}")
-                return False
-            query.sort.append((name, item.startswith("-")))
+        keys = [
+            (item.removeprefix("-"), item.startswith("-")) for item in (s.strip() for s in value.split(","))
+        ]
+        unknown = [name for name, _desc in keys if not name or spec.param(name) is None]
+        if unknown:
+            skip(f"cannot sort {spec.resource_type} by {unknown[0][:40] or 'nothing'}")
+            return False
+        query.sort.extend(keys)
     elif key in ("_include", "_revinclude"):
         parts = value.split(":")
         if len(parts) not in (2, 3):
@@ -662,7 +664,7 @@ def collect(gate: Gate, spec: Search, query: Query) -> Found:
         return Found(resources)
     if patients is None or spec.fetch is None:
         raise InvalidInput(
-            f"a {spec.resource_type} search needs {'= or '.join(spec.subjects[:1])}=Patient/<id>"
+            f"a {spec.resource_type} search needs {(spec.subjects or ('patient',))[0]}=Patient/<id>"
             " (or a chained patient search such as patient.identifier=): there is no browsing across patients"
         )
     resources = [r for pid in patients for r in spec.fetch(gate, pid)]
@@ -706,6 +708,7 @@ def _include(gate: Gate, spec: Search, page: list[Resource], query: Query) -> li
     counted like a read); one the actor may not see is left out, as a missing one is."""
     added: dict[tuple[str, str], Resource] = {}
     shown = {(r["resourceType"], r["id"]) for r in page}
+    tried: set[tuple[str, str]] = set()
 
     def add(resource: Resource) -> None:
         key = (resource["resourceType"], resource["id"])
@@ -720,8 +723,9 @@ def _include(gate: Gate, spec: Search, page: list[Resource], query: Query) -> li
                 other = _SEARCHES.get(ref_type)
                 if other is None or other.read is None or (target and ref_type != target):
                     continue
-                if (ref_type, ref_id) in shown or (ref_type, ref_id) in added:
+                if (ref_type, ref_id) in shown or (ref_type, ref_id) in tried or len(added) >= _INCLUDE_LIMIT:
                     continue
+                tried.add((ref_type, ref_id))  # once: a refusal is not asked again
                 try:
                     add(other.read(gate, ref_id))
                 except NotFound:
@@ -730,10 +734,11 @@ def _include(gate: Gate, spec: Search, page: list[Resource], query: Query) -> li
     for kind, name, _target in query.revinclude:
         other = _SEARCHES[kind]
         param = other.param(name)
-        assert param is not None and other.fetch is not None
+        if param is None or other.fetch is None:
+            continue
         for resource in page:
             patient = _patient_of(resource, spec)
-            if patient is None:
+            if patient is None or len(added) >= _INCLUDE_LIMIT:
                 continue
             if (kind, patient) not in sections:
                 try:
@@ -831,19 +836,6 @@ def searchset_bundle(
     if entries:
         bundle["entry"] = entries
     return fhir_response(bundle)
-
-
-def patient_of(request: Request, allowed: set[str], subject: str = "patient") -> str:
-    """The one patient a search is about; unknown parameters are refused (fail closed)."""
-    params = dict(request.query_params)
-    unknown = sorted(set(params) - allowed - {"_count", "_page", "_format", subject, "subject"})
-    if unknown:
-        raise InvalidInput("unsupported search parameters: " + ", ".join(unknown))
-    value = params.get(subject) or params.get("subject")
-    patient = reference_id(value, "Patient")
-    if patient is None:
-        raise InvalidInput(f"a search needs {subject}=Patient/<id>: there is no browsing across patients")
-    return patient
 
 
 def day_span(criteria: Sequence[Criterion], today: dt.date, max_days: int) -> list[dt.date]:

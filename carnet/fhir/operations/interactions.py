@@ -92,7 +92,7 @@ def _matches(request: Request, resource_type: str, query: str, what: str = "") -
     if not query or not names - _CONTROL:
         where = what or f"{resource_type}?<search>"
         raise InvalidInput(f"a conditional request needs search parameters: {where}")
-    bundle = _body(serve_get(request, f"/fhir/{resource_type}", query))
+    bundle = _body(serve_get(request, f"/fhir/{resource_type}", query, strict=True))
     found = [
         e["resource"]
         for e in bundle.get("entry") or []

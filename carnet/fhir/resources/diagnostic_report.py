@@ -83,10 +83,11 @@ SEARCH = Search(
         "issued": date("issued"),
         "result": reference("result", target="Observation"),
         "encounter": reference("encounter", target="Encounter"),
+        "based-on": reference("basedOn", target="ServiceRequest"),
     },
     fetch=chart_section("list_diagnostic_reports", report_to_fhir),
     read=one_record("read_diagnostic_report", "report_id", report_to_fhir),
-    includes=("subject", "patient", "result", "encounter"),
+    includes=("subject", "patient", "result", "encounter", "based-on"),
 )
 
 

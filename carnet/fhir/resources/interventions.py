@@ -24,10 +24,10 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import as_received, clean, meta, received_instant, ref, schema_input, when
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of, tokens
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.interventions.schemas import InterventionInput
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.gate import Gate
@@ -181,18 +181,50 @@ def record(kind: Kind, gate: Gate, resource: dict[str, Any]) -> Any:
     return getattr(gate, f"record_{kind.operation}")(data=intervention_input(kind, resource))
 
 
+# == search ====================================================================================
+# R4's date parameter of each type (occurrence, performed, effective) and its stay reference.
+_DATES = {
+    "Immunization": ("date", ("occurrenceDateTime",)),
+    "Procedure": ("date", ("performedDateTime", "performedPeriod")),
+    "MedicationAdministration": ("effective-time", ("effectiveDateTime", "effectivePeriod")),
+    "MedicationStatement": ("effective", ("effectiveDateTime", "effectivePeriod")),
+}
+
+
+def _search(kind: Kind) -> Search:
+    date_name, date_paths = _DATES[kind.name]
+    params = {
+        "patient": reference(kind.patient, target="Patient"),
+        kind.patient: reference(kind.patient, target="Patient"),
+        "code": token(kind.code),
+        "status": token("status"),
+        date_name: date(*date_paths),
+        kind.encounter: reference(kind.encounter, target="Encounter"),
+    }
+    if kind.name == "Immunization":
+        params["vaccine-code"] = token(kind.code)
+    return Search(
+        kind.name,
+        params,
+        fetch=chart_section(f"list_{kind.operation}s", to_fhir(kind)),
+        read=one_record(f"read_{kind.operation}", "intervention_id", to_fhir(kind)),
+        subjects=tuple(dict.fromkeys(("patient", kind.patient))),
+        includes=tuple(dict.fromkeys(("patient", kind.patient, kind.encounter))),
+    )
+
+
+SEARCHES = {name: _search(kind) for name, kind in KINDS.items()}
+
+
 # == routes ====================================================================================
 def _routes(kind: Kind) -> None:
     render = to_fhir(kind)
     path = f"/{kind.name}"
 
+    searcher = SEARCHES[kind.name]
+
     def search(request: Request) -> Response:
-        gate = gate_for(request, kind.name, "search")
-        patient = patient_of(request, {"code"}, subject=kind.patient)
-        codes = tokens(request.query_params.get("code"))
-        views = getattr(gate, f"list_{kind.operation}s")(patient_id=patient)
-        found = [v for v in views if codes is None or v.code in codes]
-        return paged(request, kind.name, [render(v.model_dump()) for v in found])
+        return respond(request, searcher)
 
     def read(request: Request, resource_id: str) -> Response:
         gate = gate_for(request, kind.name, "read")
@@ -231,7 +263,7 @@ def _declared(kind: Kind) -> ResourceType:
     return ResourceType(
         kind.name,
         ("read", "vread", "history-instance", "search-type", "create"),
-        {kind.patient: "reference", "code": "token"},
+        searcher=SEARCHES[kind.name],
         writes=Writes(
             kind.model,
             to_fhir(kind),

@@ -247,10 +247,11 @@ SEARCH = Search(
         "date": date("effectiveDateTime", "effectivePeriod", "effectiveInstant"),
         "status": token("status"),
         "encounter": reference("encounter", target="Encounter"),
+        "based-on": reference("basedOn", target="ServiceRequest"),
     },
     fetch=chart_section("list_observations", observation_to_fhir),
     read=one_record("read_observation", "observation_id", observation_to_fhir),
-    includes=("subject", "patient", "encounter"),
+    includes=("subject", "patient", "encounter", "based-on"),
 )
 
 

@@ -19,10 +19,9 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import paged
 from carnet.fhir.core.mapping import LOINC, clean, meta, ref, schema_input, when
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of, tokens
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import ServiceRequestInput
 
@@ -100,18 +99,29 @@ def order_input(body: dict[str, Any]) -> ServiceRequestInput:
 
 
 # == routes ====================================================================================
+SEARCH = Search(
+    SERVICE_REQUEST,
+    {
+        "patient": reference("subject", target="Patient"),
+        "subject": reference("subject"),
+        "status": token("status"),
+        "code": token("code"),
+        "category": token("category"),
+        "identifier": token("identifier"),
+        "priority": token("priority"),
+        "authored": date("authoredOn"),
+        "requester": reference("requester", target="Practitioner"),
+        "encounter": reference("encounter", target="Encounter"),
+    },
+    fetch=chart_section("list_orders", order_to_fhir),
+    read=one_record("read_order", "order_id", order_to_fhir),
+    includes=("subject", "patient", "encounter"),
+)
+
+
 @router.get("/ServiceRequest")
 def search_orders(request: Request) -> Response:
-    gate = gate_for(request, SERVICE_REQUEST, "search")
-    patient = patient_of(request, {"status", "code"})
-    status = tokens(request.query_params.get("status"))
-    code = tokens(request.query_params.get("code"))
-    views = [
-        v
-        for v in gate.list_orders(patient_id=patient)
-        if (status is None or v.status in status) and (code is None or v.code in code)
-    ]
-    return paged(request, SERVICE_REQUEST, [order_to_fhir(v.model_dump()) for v in views])
+    return respond(request, SEARCH)
 
 
 @router.get("/ServiceRequest/{order_id}")
@@ -136,7 +146,7 @@ MODULE = FhirModule(
         ResourceType(
             SERVICE_REQUEST,
             ("read", "search-type", "create"),
-            {"patient": "reference", "subject": "reference", "status": "token", "code": "token"},
+            searcher=SEARCH,
             writes=Writes(
                 ServiceRequest,
                 order_to_fhir,
