@@ -41,6 +41,10 @@ def _resource(rtype: registry.ResourceType) -> dict[str, Any]:
         "conditionalUpdate": rtype.conditional_update,
         "conditionalDelete": "single" if rtype.conditional_delete else "not-supported",
     }
+    if rtype.search_include:
+        entry["searchInclude"] = list(rtype.search_include)
+    if rtype.search_revinclude:
+        entry["searchRevInclude"] = list(rtype.search_revinclude)
     if rtype.validates:
         entry["operation"] = [{"name": "validate", "definition": VALIDATE_DEFINITION}]
     return entry

@@ -22,10 +22,12 @@ from carnet.fhir.resources import (
     document_reference,
     encounter,
     group,
+    interventions,
     medication_request,
     observation,
     patient,
     provenance,
+    service_request,
 )
 
 # search_post first: POST <type>/_search must not be read as a write to <type>.
@@ -47,6 +49,8 @@ MODULES: tuple[registry.FhirModule, ...] = (
     coverage.MODULE,
     care_team.MODULE,
     diagnostic_report.MODULE,
+    service_request.MODULE,
+    interventions.MODULE,
     consent.MODULE,
     provenance.MODULE,
     billing.MODULE,

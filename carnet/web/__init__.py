@@ -14,9 +14,10 @@ STATIC = Path(__file__).parent / "static"
 
 def install(app: FastAPI) -> None:
     """Add the pages and the static files (our own scripts only: no CDN) to the app."""
-    from carnet.web import account, clinician, desk, integration, schedule, security, setup
+    from carnet.web import account, clinician, desk, integration, orders, schedule, security, setup
 
-    for module in (account, clinician, desk, integration, schedule, security, setup):
+    # orders before clinician: its section route is more specific than the chart's /sections/{name}.
+    for module in (account, orders, clinician, desk, integration, schedule, security, setup):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

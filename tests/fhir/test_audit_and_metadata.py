@@ -89,6 +89,9 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "name",
         "birthdate",
         "gender",
+        "_id",
+        "_lastUpdated",
+        "_has",
     }
     # The resources added for issue 9, with exactly what they serve.
     served = {t: {i["code"] for i in r["interaction"]} for t, r in resources.items()}

@@ -164,3 +164,45 @@ def test_a_bundle_writes_only_what_a_type_declares_and_the_app_mounts_every_modu
             assert isinstance(route, APIRoute)
             if route.include_in_schema:
                 assert {m.lower() for m in route.methods or set()} <= set(paths.get(route.path, {}))
+
+
+def test_every_declared_search_parameter_is_served_and_includes_are_listed(sqlite_runtime: Runtime) -> None:
+    """What a type declares it searches by, the engine takes under `Prefer: handling=strict`
+    (which refuses anything it does not serve); `_include` / `_revinclude` are listed as served."""
+    from starlette.requests import Request
+
+    from carnet.fhir.core.search import parse, revinclude_values
+
+    samples = {
+        "token": "x",
+        "date": "ge2026-01-01",
+        "string": "Abcd",
+        "reference": "Patient/1",
+        "special": "",
+    }
+    for module in MODULES:
+        for t in module.types:
+            if t.searcher is None:
+                continue
+            assert t.search == t.searcher.declared()
+            for name, kind in t.search.items():
+                key = "_has:CareTeam:patient:participant" if name == "_has" else name
+                value = "Practitioner/1" if name == "_has" else samples[kind]
+                scope = {
+                    "type": "http",
+                    "method": "GET",
+                    "path": f"/fhir/{t.name}",
+                    "query_string": f"{key}={value}".encode(),
+                    "headers": [(b"prefer", b"handling=strict")],
+                }
+                query = parse(Request(scope), t.searcher)
+                assert query.criteria or query.has, (t.name, name)
+    statement = TestClient(create_app(sqlite_runtime)).get("/fhir/metadata").json()
+    listed = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert listed["Observation"]["searchInclude"] == [
+        "Observation:subject",
+        "Observation:patient",
+        "Observation:encounter",
+    ]
+    assert "Observation:subject" in listed["Patient"]["searchRevInclude"]
+    assert listed["Patient"].get("searchRevInclude") == revinclude_values("Patient")

@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 
+from carnet.fhir.core import search as searching
 from carnet.kernel.errors import NotFound
 from carnet.phi.gate import Gate
 
@@ -70,6 +71,21 @@ class ResourceType:
     search: dict[str, str] = field(default_factory=dict)  # name -> FHIR search parameter type
     conditional_create: bool = False
     writes: Writes | None = None
+    # How the type is searched (carnet.fhir.core.search); its parameters are what `search`
+    # declares when `search` is not given.
+    searcher: searching.Search | None = None
+
+    def __post_init__(self) -> None:
+        if self.searcher is not None and not self.search:
+            object.__setattr__(self, "search", self.searcher.declared())
+
+    @property
+    def search_include(self) -> list[str]:
+        return self.searcher.include_values() if self.searcher is not None else []
+
+    @property
+    def search_revinclude(self) -> list[str]:
+        return searching.revinclude_values(self.name) if self.searcher is not None else []
 
     @property
     def capabilities(self) -> tuple[str, ...]:
@@ -122,6 +138,7 @@ def install(modules: Sequence[FhirModule]) -> None:
     _INSTALLED[:] = modules
     _WRITES.clear()
     _WRITES.update({t.name: t.writes for m in modules for t in m.types if t.writes is not None})
+    searching.install(t.searcher for m in modules for t in m.types if t.searcher is not None)
 
 
 def installed() -> tuple[FhirModule, ...]:
