@@ -93,6 +93,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     app.add_middleware(FhirNegotiation)  # 406/415 and HEAD under /fhir, before any route runs
     app.add_middleware(Observe)  # a span and the counters for every request, errors included
+    from carnet.identity.cors import AppCors, AppOrigins
+    from carnet.identity.oauth import app_origins
+
+    known = AppOrigins(lambda: app_origins(app.state.runtime))
+    app.add_middleware(AppCors, origins=lambda _scope: known())  # registered SMART apps only
     from carnet.operations.views import router as operations_router
 
     app.include_router(operations_router)

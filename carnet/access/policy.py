@@ -118,6 +118,7 @@ ALLERGY_ALL = frozenset(
         "substance_code",
         "substance_display",
         "criticality",
+        "reaction",
         "clinical_status",
         "recorded_by",
         "version_id",

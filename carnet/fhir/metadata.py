@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from carnet import __version__
@@ -53,15 +53,36 @@ def _resource(rtype: registry.ResourceType) -> dict[str, Any]:
         "conditionalDelete": "single" if rtype.conditional_delete else "not-supported",
     }
     if rtype.search_include:
-        entry["searchInclude"] = list(rtype.search_include)
+        entry["searchInclude"] = rtype.search_include
     if rtype.search_revinclude:
-        entry["searchRevInclude"] = list(rtype.search_revinclude)
+        entry["searchRevInclude"] = rtype.search_revinclude
     if rtype.validates:
         entry["operation"] = [{"name": "validate", "definition": VALIDATE_DEFINITION}]
     return entry
 
 
-def capability_statement() -> dict[str, Any]:
+SMART_OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def _smart_security(origin: str | None) -> list[dict[str, Any]]:
+    """SMART's endpoints as the CapabilityStatement extension v1 clients read (discovery at
+    /.well-known/smart-configuration says the same, and more)."""
+    if not origin:
+        return []
+    base = origin.rstrip("/")
+    return [
+        {
+            "url": SMART_OAUTH_URIS,
+            "extension": [
+                {"url": "authorize", "valueUri": base + "/oauth/authorize"},
+                {"url": "token", "valueUri": base + "/oauth/token"},
+                {"url": "revoke", "valueUri": base + "/oauth/revoke"},
+            ],
+        }
+    ]
+
+
+def capability_statement(origin: str | None = None) -> dict[str, Any]:
     resources = [_resource(rtype) for _name, rtype in sorted(TYPES.items())]
     return {
         "resourceType": "CapabilityStatement",
@@ -77,7 +98,9 @@ def capability_statement() -> dict[str, Any]:
             {
                 "mode": "server",
                 "security": {
-                    "cors": False,
+                    # CORS for registered SMART apps' origins only (carnet.identity.cors).
+                    "cors": True,
+                    **({"extension": _smart_security(origin)} if origin else {}),
                     "service": [
                         {
                             "coding": [
@@ -100,8 +123,9 @@ def capability_statement() -> dict[str, Any]:
 
 
 @router.get("/metadata")
-def metadata() -> JSONResponse:
-    return JSONResponse(capability_statement(), media_type=FHIR_JSON)
+def metadata(request: Request) -> JSONResponse:
+    origin = request.app.state.runtime.settings.origin
+    return JSONResponse(capability_statement(origin), media_type=FHIR_JSON)
 
 
 # == the conformance table of docs/FHIR.md, generated from the statement =======================

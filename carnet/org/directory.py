@@ -142,9 +142,16 @@ def read_entry(
 
 
 def search_entries(
-    runtime: Runtime, *, actor: Actor, kind: str, name: str | None = None, identifier: str | None = None
+    runtime: Runtime,
+    *,
+    actor: Actor,
+    kind: str,
+    name: str | None = None,
+    identifier: str | None = None,
+    location_kind: str | None = None,
 ) -> list[Entry]:
-    """Entries of the actor's facilities, optionally by name (prefix) or national identifier."""
+    """Entries of the actor's facilities, optionally by name (prefix) or national identifier;
+    locations optionally of one kind (ward, room, clinic)."""
     if kind not in KINDS:
         raise InvalidInput(f"the directory holds {', '.join(KINDS)}")
     if name is not None and not 1 <= len(name.strip()) <= 100:
@@ -171,6 +178,8 @@ def search_entries(
             stmt = select(Location).where(Location.facility_id.in_(facilities))
             if name:
                 stmt = stmt.where(Location.name.ilike(_prefix(name), escape="\\"))
+            if location_kind:
+                stmt = stmt.where(Location.kind == location_kind)
             stmt = stmt.order_by(Location.name)
         rows = [_entry(r) for r in session.scalars(stmt.limit(LIMIT))]
         query = ",".join(n for n, v in (("name", name), ("identifier", identifier)) if v) or "all"

@@ -18,19 +18,22 @@ from typing import Any
 
 from carnet.audit.interfaces import AuditKind
 from carnet.billing import operations as billing
+from carnet.billing import printing as billing_prints
 from carnet.coverage import operations as coverage
 from carnet.interfaces import operation as interfaces
 from carnet.interventions import operations as interventions
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.patients import merge as identity
 from carnet.patients import operations as patients
-from carnet.phi import breakglass, exports, validation
+from carnet.phi import breakglass, exports, fastpath, validation
 from carnet.phi.exports import EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXPORT
 from carnet.phi.kernel import RT, GateCore, GuardedTx, Refused, guarded, operation
 from carnet.prescriptions import operations as prescriptions
+from carnet.prescriptions import printing as prescription_prints
 from carnet.prescriptions.rules import AllergyWarning
 from carnet.records import care_teams, consents, orders, provenance, stays
 from carnet.records import operations as records
+from carnet.records import printing as letters
 from carnet.records.consents import OPPOSE_OTHER_FACILITIES
 from carnet.scheduling import operations as scheduling
 
@@ -47,6 +50,9 @@ __all__ = [
     "public_operations",
 ]
 
+# The hottest read gets the kernel's fast variant on PostgreSQL (carnet/phi/fastpath.py).
+fastpath.offer(patients.read)
+
 # A transaction step: (the name of a write operation, its keyword arguments built from the
 # results of the steps before it).
 TransactionStep = tuple[str, Callable[[list[Any]], dict[str, Any]]]
@@ -58,6 +64,7 @@ TRANSACTION_OPERATIONS = frozenset(
         "book_appointment",
         "amend_appointment",
         "cancel_appointment",
+        "check_in",
         "write_note",
         "amend_note",
         "prescribe",
@@ -145,6 +152,9 @@ class Gate(GateCore):
     practitioner_schedule = operation(scheduling.practitioner_schedule)
     reveal_appointment_patient = operation(scheduling.reveal_patient)
     read_appointment = operation(scheduling.read)
+    calendar_grid = operation(scheduling.calendar_grid)
+    arrivals = operation(scheduling.arrivals)
+    check_in = operation(scheduling.check_in)
 
     # -- records: notes, observations, lab reports, conditions (carnet/records/operations.py)
     list_notes = operation(records.list_notes)
@@ -179,6 +189,7 @@ class Gate(GateCore):
     read_encounter = operation(stays.read)
     list_encounters = operation(stays.list_for_patient)
     stays_worklist = operation(stays.worklist)
+    ward_board = operation(stays.ward_board)
 
     # -- consents (carnet/records/consents.py)
     list_consents = operation(consents.list_for_patient)
@@ -241,6 +252,13 @@ class Gate(GateCore):
     cancel_invoice = operation(billing.cancel)
     read_invoice = operation(billing.read)
     read_payment = operation(billing.read_payment)
+    billing_worklist = operation(billing.unpaid)
+
+    # -- printed documents: watermarked PDF, audited, counted (each domain's printing.py)
+    print_prescription = operation(prescription_prints.print_prescription)
+    print_invoice = operation(billing_prints.print_invoice)
+    print_receipt = operation(billing_prints.print_receipt)
+    print_discharge_letter = operation(letters.print_discharge_letter)
 
     # -- bulk export (carnet/phi/exports.py)
     export = operation(exports.export)

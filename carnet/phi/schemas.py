@@ -88,6 +88,7 @@ class AllergyView(Redactable):
     substance_code: str | None = None
     substance_display: str | None = None
     criticality: str | None = None
+    reaction: str | None = None  # what happened (urticaria, anaphylaxis...), free text
     clinical_status: str | None = None
     recorded_by: str | None = None
     version_id: int | None = None
@@ -506,6 +507,7 @@ class AllergyInput(BaseModel):
     clinical_status: str = Field(default="active", pattern="^(active|inactive|resolved)$")
     # The FHIR resource as received, kept whole (every coding with its system, reactions...).
     received: dict[str, Any] | None = None
+    reaction: str | None = Field(default=None, max_length=200)
 
 
 class EncounterInput(BaseModel):
@@ -647,3 +649,66 @@ class PatientExport(BaseModel):
     approved_by: str
     exported_at: dt.datetime
     items: list[PatientView]
+
+
+# -- the day's work per role (front desk arrivals, billing worklist, ward board) ----------
+class Arrival(BaseModel):
+    """One appointment of today on the front desk's arrivals list: when, with whom, its status
+    and version (to check the patient in), and who it is for (name, birth date, sex only)."""
+
+    appointment: AppointmentView
+    patient: PatientView
+    practitioner_name: str
+
+
+class Arrivals(BaseModel):
+    day: dt.date
+    window_start: dt.datetime
+    window_end: dt.datetime
+    entries: list[Arrival]
+    more: bool  # the window held more appointments than the list shows
+
+
+class UnpaidInvoice(BaseModel):
+    invoice: InvoiceView
+    patient: PatientView
+
+
+class BillingWorklist(BaseModel):
+    """Issued invoices not yet paid, oldest first, one page at a time; no clinical data."""
+
+    page: int
+    items: list[UnpaidInvoice]
+    more: bool
+
+
+class WardStay(BaseModel):
+    encounter: EncounterView
+    patient: PatientView
+    attending_name: str
+
+
+class Ward(BaseModel):
+    id: str
+    name: str
+    stays: list[WardStay]
+
+
+class WardBoard(BaseModel):
+    """The wards a nurse works today and the stays in progress in each."""
+
+    wards: list[Ward]
+
+
+class PractitionerWeek(BaseModel):
+    """One practitioner's row of the calendar grid: their booked slots (no patient)."""
+
+    practitioner_id: str
+    name: str
+    entries: list[ScheduleEntry]
+
+
+class CalendarGrid(BaseModel):
+    day_from: dt.date
+    day_to: dt.date
+    rows: list[PractitionerWeek]

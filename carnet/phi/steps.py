@@ -68,12 +68,45 @@ RECORD_MODELS: dict[ResourceType, Any] = {
 }
 
 
+# A Condition carnet writes is a problem-list item; a received one keeps its own categories.
+CONDITION_CATEGORY = "problem-list-item"
+
+
+def record_categories(tx: GuardedTx, resource: ResourceType, row: Any) -> frozenset[str]:
+    """The category codes of a record, for a granular token's limit (Observation, Condition)."""
+    if resource is RT.OBSERVATION:
+        return frozenset({row.category})
+    if resource is RT.CONDITION:
+        received = received_of(tx, row) or {}
+        codes = {
+            str(coding.get("code"))
+            for concept in received.get("category") or []
+            if isinstance(concept, dict)
+            for coding in concept.get("coding") or []
+            if isinstance(coding, dict) and coding.get("code")
+        }
+        return frozenset(codes or {CONDITION_CATEGORY})
+    return frozenset()
+
+
+def within_categories(tx: GuardedTx, resource: ResourceType, query: Any) -> Any:
+    """A granular token's category limit as SQL, where the category is a column."""
+    limit = tx.category_limit(resource)
+    if limit is not None and resource is RT.OBSERVATION:
+        return query.where(Observation.category.in_(sorted(limit)))
+    return query
+
+
 def section(
     tx: GuardedTx, patient_id: str, resource: ResourceType, query: Any
 ) -> tuple[list[Any], frozenset[str]]:
     patient = tx.patient(patient_id)
     decision = tx.authorize(patient, resource)
-    rows = list(tx.session.scalars(query.limit(SECTION_LIMIT)))
+    rows = list(tx.session.scalars(within_categories(tx, resource, query).limit(SECTION_LIMIT)))
+    limit = tx.category_limit(resource)
+    if limit is not None:
+        # A search never returns a category the token does not name (checked again per row).
+        rows = [r for r in rows if limit & record_categories(tx, resource, r)]
     tx.resource_ids.extend(str(r.id) for r in rows)
     rels = tx.relationships_of([patient])
     tx.expose([patient.id], Channel.CHART, rels, decision.fields, resource=resource)
@@ -89,6 +122,8 @@ def read_one(tx: GuardedTx, kind: ResourceType, resource_id: str) -> tuple[Any, 
         raise NotFound(NOT_FOUND)
     patient = tx.patient(row.patient_id)
     decision = tx.authorize(patient, kind)
+    if tx.category_limit(kind) is not None:
+        tx.check_categories(kind, record_categories(tx, kind, row))
     tx.resource_ids.append(str(row.id))
     rels = tx.relationships_of([patient])
     tx.expose([patient.id], Channel.CHART, rels, decision.fields, resource=kind)

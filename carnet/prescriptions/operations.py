@@ -220,6 +220,7 @@ def record_allergy(tx: GuardedTx, /, *, data: AllergyInput) -> AllergyView:
         # Who recorded it in carnet, unless the sender named its own recorder.
         sent = {"recorder": {"reference": f"Practitioner/{author}"}, **data.received}
         received = received_json(tx, sent, patient, {"patient": f"Patient/{patient.id}"})
+    reaction = (data.reaction or "").strip() or None
     allergy = Allergy(
         id=allergy_id,
         facility_id=patient.facility_id,
@@ -228,6 +229,7 @@ def record_allergy(tx: GuardedTx, /, *, data: AllergyInput) -> AllergyView:
         substance_display=data.substance_display,
         criticality=data.criticality,
         clinical_status=data.clinical_status,
+        reaction_ct=tx.enc(reaction, patient.facility_id, "allergies", "reaction", allergy_id),
         recorded_by=author,
         received_ct=tx.enc(received, patient.facility_id, "allergies", "received", allergy_id),
         version_id=1,
@@ -237,7 +239,7 @@ def record_allergy(tx: GuardedTx, /, *, data: AllergyInput) -> AllergyView:
     tx.session.add(allergy)
     tx.session.flush()
     kept = None if received is None else dict(json.loads(received))
-    return written(tx, patient, RT.ALLERGY, AllergyView, allergy_data(allergy, kept), 1, "create")
+    return written(tx, patient, RT.ALLERGY, AllergyView, allergy_data(allergy, kept, reaction), 1, "create")
 
 
 @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
@@ -249,7 +251,10 @@ def list_allergies(tx: GuardedTx, /, *, patient_id: str) -> list[AllergyView]:
         RT.ALLERGY,
         select(Allergy).where(Allergy.patient_id == pid).order_by(Allergy.created_at),
     )
-    return [redact(AllergyView, allergy_data(r, received_shown(tx, r, fields)), fields) for r in rows]
+    return [
+        redact(AllergyView, allergy_data(r, received_shown(tx, r, fields), _reaction(tx, r, fields)), fields)
+        for r in rows
+    ]
 
 
 @guarded(AuditKind.PHI_READ, RT.PRESCRIPTION, targeted=True)
@@ -275,4 +280,13 @@ def read(tx: GuardedTx, /, *, prescription_id: str) -> PrescriptionView:
 @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
 def read_allergy(tx: GuardedTx, /, *, allergy_id: str) -> AllergyView:
     row, fields = read_one(tx, RT.ALLERGY, allergy_id)
-    return redact(AllergyView, allergy_data(row, received_shown(tx, row, fields)), fields)
+    return redact(
+        AllergyView, allergy_data(row, received_shown(tx, row, fields), _reaction(tx, row, fields)), fields
+    )
+
+
+def _reaction(tx: GuardedTx, allergy: Allergy, fields: frozenset[str]) -> str | None:
+    """The reaction, decrypted only for a reader who may see it."""
+    if "reaction" not in fields or allergy.reaction_ct is None:
+        return None
+    return tx.dec(allergy.reaction_ct, "allergies", "reaction", allergy.id)

@@ -9,7 +9,11 @@ from carnet.prescriptions.models import Prescription
 from carnet.records.models import Allergy
 
 
-def allergy_data(a: Allergy, received: dict[str, Any] | None = None) -> dict[str, Any]:
+def allergy_data(
+    a: Allergy, received: dict[str, Any] | None = None, reaction: str | None = None
+) -> dict[str, Any]:
+    """`received`: the resource kept as received; `reaction`: the decrypted reaction; each given
+    only when the reader may see it (the caller decrypts)."""
     return {
         "id": str(a.id),
         "updated_at": a.updated_at,
@@ -17,6 +21,7 @@ def allergy_data(a: Allergy, received: dict[str, Any] | None = None) -> dict[str
         "substance_code": a.substance_code,
         "substance_display": a.substance_display,
         "criticality": a.criticality,
+        "reaction": reaction,
         "clinical_status": a.clinical_status,
         "recorded_by": sid(a.recorded_by),
         "version_id": a.version_id,

@@ -43,6 +43,7 @@ class Allergy(IdMixin, VersionedMixin, Base):
     substance_code: Mapped[str] = mapped_column(String(40))  # ATC code of the substance class
     substance_display: Mapped[str] = mapped_column(String(200))
     criticality: Mapped[str] = mapped_column(String(20))  # low, high, unable-to-assess
+    reaction_ct: Mapped[bytes | None] = mapped_column(LargeBinary)  # what happened, encrypted
     clinical_status: Mapped[str] = mapped_column(String(20), default="active")
     recorded_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
     # The FHIR resource as received (JSON, encrypted): what a read returns; None when written

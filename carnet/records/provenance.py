@@ -23,7 +23,7 @@ from carnet.patients.models import ResourceVersion
 from carnet.patients.views import merged_into_this
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused, guarded
 from carnet.phi.schemas import ProvenanceView, VersionView
-from carnet.phi.steps import HISTORY_LIMIT, sid
+from carnet.phi.steps import CONDITION_CATEGORY, HISTORY_LIMIT, sid
 
 
 def _token_reads(actor: Actor, resource_type: str) -> bool:
@@ -58,6 +58,12 @@ def history(tx: GuardedTx, /, *, resource_type: str, resource_id: str) -> list[V
         raise NotFound(NOT_FOUND)
     patient = tx.record_owner(versions[0].patient_id, kind)
     decision = tx.authorize(patient, kind)
+    limit = tx.category_limit(kind)
+    if limit is not None:
+        # A granular token: every version must be of a category it names (or it looks missing).
+        for v in versions:
+            snapshot = json.loads(tx.dec(v.snapshot_ct, "resource_versions", "snapshot", v.id) or "{}")
+            tx.check_categories(kind, [str(snapshot.get("category") or CONDITION_CATEGORY)])
     tx.resource_ids.append(str(rid))
     rels = tx.relationships_of([patient])
     tx.expose([patient.id], Channel.CHART, rels, decision.fields, resource=kind)
@@ -156,6 +162,8 @@ def _provenance(tx: GuardedTx, versions: Sequence[ResourceVersion]) -> list[Prov
     kind = ResourceType(versions[0].resource_type)
     patient = tx.record_owner(versions[0].patient_id, kind)
     tx.authorize(patient, kind)
+    if tx.category_limit(kind) is not None:
+        raise Refused("a granular token does not see the provenance of its type")
     tx.resource_ids.extend(str(v.id) for v in versions)
     rels = tx.relationships_of([patient])
     tx.expose([patient.id], Channel.CHART, rels, {"patient_id"}, resource=kind)
@@ -224,6 +232,7 @@ def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[ProvenanceVie
     readable = [t.value for t in ResourceType if tx.read_fields(rels.get(patient.id, frozenset()), t)]
     if tx.actor.scopes is not None:  # a token: only the types its scopes read
         readable = [t for t in readable if _token_reads(tx.actor, t)]
+        readable = [t for t in readable if tx.category_limit(ResourceType(t)) is None]
     # The records of duplicates merged into this one moved here; their earlier versions
     # still name the duplicate they were written under.
     replaced = merged_into_this(tx, patient.id)

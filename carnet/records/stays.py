@@ -6,17 +6,23 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
+from carnet.access.models import WardAssignment
 from carnet.access.permissions import Permission
-from carnet.access.policy import Relationship
+from carnet.access.policy import PATIENT_LOCATE, Relationship
+from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
+from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
+from carnet.kernel import localtime
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
+from carnet.org.models import Location, Practitioner
 from carnet.patients.models import Patient
+from carnet.patients.views import patient_view
 from carnet.phi import care
-from carnet.phi.kernel import RT, GuardedTx, guarded
-from carnet.phi.schemas import EncounterInput, EncounterView
+from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
+from carnet.phi.schemas import EncounterInput, EncounterView, Ward, WardBoard, WardStay
 from carnet.phi.steps import (
     SECTION_LIMIT,
     expose_worklist,
@@ -243,3 +249,76 @@ def _follow(tx: GuardedTx, encounter: Encounter, patient: Patient) -> dict[str, 
     encounter.received_ct = tx.enc(text, patient.facility_id, "encounters", "received", encounter.id)
     tx.session.flush()
     return stored
+
+
+WARD_BOARD_LIMIT = 80  # stays shown per ward (a ward holds a few dozen beds)
+
+
+@guarded(AuditKind.PHI_LIST, RT.ENCOUNTER, targeted=False)
+def ward_board(tx: GuardedTx, /) -> WardBoard:
+    """A nurse's ward board: the wards they work now (their ward assignments) and the stays in
+    progress in each, with who is there (name, birth date, sex) and since when. Bounded to
+    their wards: the same patients their ward relationship already opens, counted as one list
+    of the day."""
+    tx.require(Permission.ENCOUNTER_READ)
+    for listed in (RT.PATIENT, RT.ENCOUNTER):
+        tx.check_scopes(listed)
+    me = tx.ctx.practitioner_id
+    if me is None or Role.NURSE not in tx.ctx.roles:
+        raise Refused("a ward board belongs to a nurse working a ward")
+    wards = list(
+        tx.session.scalars(
+            select(Location)
+            .join(WardAssignment, WardAssignment.location_id == Location.id)
+            .where(
+                WardAssignment.practitioner_id == me,
+                WardAssignment.start_at <= tx.now,
+                or_(WardAssignment.end_at.is_(None), WardAssignment.end_at > tx.now),
+                Location.facility_id.in_(tx.ctx.facility_ids),
+            )
+            .order_by(Location.name)
+        ).unique()
+    )
+    board: list[Ward] = []
+    shown: list[Any] = []
+    fields_shown: set[str] = set()
+    rels: dict[Any, frozenset[Any]] = {}
+    for ward in wards:
+        rows = tx.session.execute(
+            select(Encounter, Patient, Practitioner)
+            .join(Patient, Patient.id == Encounter.patient_id)
+            .outerjoin(Practitioner, Practitioner.id == Encounter.attending_id)
+            .where(
+                Encounter.location_id == ward.id,
+                Encounter.status == "in-progress",
+                care.visible_filter(tx.ctx),
+            )
+            .order_by(Encounter.start_at)
+            .limit(WARD_BOARD_LIMIT)
+        ).all()
+        rels |= tx.relationships_of([p for _e, p, _pr in rows])
+        stays: list[WardStay] = []
+        for encounter, patient, attending in rows:
+            rel = rels.get(patient.id, frozenset())
+            p_fields = tx.read_fields(rel, RT.PATIENT) & PATIENT_LOCATE
+            e_fields = tx.read_fields(rel, RT.ENCOUNTER)
+            if not p_fields - {"id"} or not e_fields:
+                continue
+            stays.append(
+                WardStay(
+                    encounter=redact(EncounterView, encounter_data(encounter), e_fields),
+                    patient=patient_view(tx, patient, p_fields),
+                    attending_name=f"{attending.given} {attending.family}" if attending else "",
+                )
+            )
+            shown.append(patient.id)
+            fields_shown |= p_fields
+            tx.resource_ids.append(str(encounter.id))
+        board.append(Ward(id=str(ward.id), name=ward.name, stays=stays))
+    # One list, however many wards the nurse covers (a small clinic's nurse covers several).
+    day = localtime.local_day(tx.now)
+    event = SearchEvent(shape=SearchShape.LIST, term_digest=f"ward-board:{day.isoformat()}", page=1)
+    tx.expose(shown, Channel.LIST, rels, fields_shown, shape=event)
+    tx.query = f"ward-board;wards={len(wards)}"
+    tx.reasons.append("own ward board")
+    return WardBoard(wards=board)

@@ -84,6 +84,8 @@ class World:
     interface_id: uuid.UUID | None = None
     # An immunization, procedure, medication administered and statement of the patient.
     interventions: dict[str, str] = dataclasses.field(default_factory=dict)
+    nurse: Actor | None = None  # a nurse working `ward`
+    arriving: str = ""  # an appointment of the patient starting now (to check in)
 
 
 def _world(runtime: Runtime) -> World:
@@ -173,16 +175,31 @@ def _world(runtime: Runtime) -> World:
     Gate(runtime, desk).merge_patients(
         source_id=merged, target_id=kept, source_version=1, target_version=1, reason="doublon"
     )
+    ward = f.make_location(runtime, facility)
+    nurse = f.make_nurse(runtime, facility)
+    assert nurse.practitioner_id is not None
+    f.assign_ward(runtime, practitioner_id=nurse.practitioner_id, location_id=ward, facility_id=facility)
+    now = dt.datetime.now(dt.UTC)
+    arriving = Gate(runtime, desk).book_appointment(
+        data=AppointmentInput(
+            patient_id=stranger.id,
+            practitioner_id=str(doctor.practitioner_id),
+            start_at=now,
+            end_at=now + dt.timedelta(minutes=15),
+        )
+    )
     return dataclasses.replace(
         world,
         desk=desk,
+        nurse=nurse,
+        arriving=arriving.id,
         merged=merged,
         kept=kept,
         colleague=str(f.make_practitioner(runtime, facility)),
         condition=condition.id,
         no_stay=consenting.id,
         observation=observation.id,
-        ward=str(f.make_location(runtime, facility)),
+        ward=str(ward),
         draft=str(f.make_invoice(runtime, patient_id=patient.id, facility_id=facility, status="draft")),
         payment=_paid_invoice(runtime, billing, patient.id, facility),
         job=jobs[0],
@@ -399,6 +416,27 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.care_team_worklist(practitioner_id=str(w.physician.practitioner_id)),
         None,  # type: ignore[dict-item]
     ),
+    "calendar_grid": (
+        "desk",
+        lambda g, w: g.calendar_grid(day_from=dt.date.today(), day_to=dt.date.today()),
+        lambda g, w: g.calendar_grid(day_from=dt.date.today(), day_to=dt.date.today() - dt.timedelta(days=1)),
+    ),
+    "arrivals": (
+        "desk",
+        lambda g, w: g.arrivals(),
+        lambda g, w: g.arrivals(window_start=dt.datetime(2026, 1, 1, 8, 0)),  # no time zone
+    ),
+    "check_in": (
+        "desk",
+        lambda g, w: g.check_in(appointment_id=w.arriving, expected_version=1),
+        lambda g, w: g.check_in(appointment_id=w.arriving, expected_version=7),
+    ),
+    "billing_worklist": (
+        "billing",
+        lambda g, w: g.billing_worklist(),
+        lambda g, w: g.billing_worklist(page=0),
+    ),
+    "ward_board": ("nurse", lambda g, w: g.ward_board(), None),  # type: ignore[dict-item]
     "list_allergies": (
         "physician",
         lambda g, w: g.list_allergies(patient_id=w.patient),
@@ -903,6 +941,26 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.cancel_invoice(invoice_id=w.invoice, expected_version=1, reason="erreur de saisie"),
         lambda g, w: g.cancel_invoice(invoice_id=w.invoice, expected_version=4, reason="erreur de saisie"),
     ),
+    "print_prescription": (
+        "physician",
+        lambda g, w: g.print_prescription(prescription_id=w.prescription),
+        lambda g, w: g.print_prescription(prescription_id=MISSING),
+    ),
+    "print_discharge_letter": (
+        "physician",
+        lambda g, w: g.print_discharge_letter(encounter_id=w.encounter, language="en"),
+        lambda g, w: g.print_discharge_letter(encounter_id=MISSING),
+    ),
+    "print_invoice": (
+        "billing",
+        lambda g, w: g.print_invoice(invoice_id=w.invoice),
+        lambda g, w: g.print_invoice(invoice_id=w.draft),  # a draft is not printed
+    ),
+    "print_receipt": (
+        "billing",
+        lambda g, w: g.print_receipt(payment_id=w.payment),
+        lambda g, w: g.print_receipt(payment_id=MISSING),
+    ),
     "export": (
         "physician",
         lambda g, w: g.export(export_id=w.export),
@@ -951,6 +1009,7 @@ def test_operation_is_audited_on_allow_deny_and_error(
         "billing": world.billing,
         "desk": world.desk,
         "interface": world.interface,
+        "nurse": world.nurse,
     }[who]
     assert actor is not None
 

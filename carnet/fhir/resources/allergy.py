@@ -70,6 +70,7 @@ def allergy_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             else None,
             "patient": ref("Patient", d.get("patient_id")) or {"display": "redacted"},
             "recorder": ref("Practitioner", d.get("recorded_by")),
+            "reaction": [{"manifestation": [{"text": d["reaction"]}]}] if d.get("reaction") else None,
         }
     )
     return checked(AllergyIntolerance, resource)
@@ -108,8 +109,23 @@ def allergy_input(body: dict[str, Any]) -> AllergyInput:
         "criticality": body.get("criticality") or "unable-to-assess",
         "clinical_status": status,
         "received": body,
+        "reaction": _reaction_text(body),
     }
     return schema_input(AllergyInput, values, "AllergyIntolerance")  # type: ignore[no-any-return]
+
+
+def _reaction_text(body: dict[str, Any]) -> str | None:
+    """The first reaction's manifestations (their text or display) as one line, for the column."""
+    reactions = body.get("reaction") or []
+    if not reactions or not isinstance(reactions[0], dict):
+        return None
+    words = [
+        m.get("text") or next((c.get("display") for c in m.get("coding") or [] if c.get("display")), None)
+        for m in reactions[0].get("manifestation") or []
+        if isinstance(m, dict)
+    ]
+    text = ", ".join(w for w in words if w)
+    return text[:200] or None
 
 
 # == routes ====================================================================================

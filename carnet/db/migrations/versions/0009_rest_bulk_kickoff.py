@@ -3,7 +3,7 @@
 and its URL (path and Bulk Data parameters, never the purpose) for the manifest.
 
 Revision ID: 0009_rest
-Revises: 0009_fhirio
+Revises: 0008_fhirio
 """
 
 import sqlalchemy as sa
@@ -12,7 +12,7 @@ from alembic import op
 import carnet.db.base
 
 revision = "0009_rest"
-down_revision = "0009_fhirio"
+down_revision = "0009_smart"
 branch_labels = None
 depends_on = None
 
