@@ -19,7 +19,18 @@ router = APIRouter(prefix="/fhir", tags=["fhir"])
 # Each resource type served, with its interactions (its module's own, and those the shared
 # machinery derives from them: carnet.fhir.core.registry.ResourceType.capabilities) and search
 # parameters: the statement cannot claim more than the installed modules serve.
-SUPPORTED: dict[str, registry.ResourceType] = {t.name: t for module in MODULES for t in module.types}
+TYPES: dict[str, registry.ResourceType] = {t.name: t for module in MODULES for t in module.types}
+# The same, as plain data (what tests and tools read): every interaction served, as declared.
+SUPPORTED: dict[str, dict[str, Any]] = {
+    name: {
+        "interactions": list(t.capabilities),
+        "search": dict(t.search),
+        "conditionalCreate": t.creates_conditionally,
+        "searchInclude": t.search_include,
+        "searchRevInclude": t.search_revinclude,
+    }
+    for name, t in TYPES.items()
+}
 # Whole-system interactions (transaction, batch, history-system) and operations, declared the same way.
 SYSTEM_INTERACTIONS: list[str] = [code for module in MODULES for code in module.system_interactions]
 OPERATIONS: dict[str, str] = {n: d for module in MODULES for n, d in module.operations.items()}
@@ -72,7 +83,7 @@ def _smart_security(origin: str | None) -> list[dict[str, Any]]:
 
 
 def capability_statement(origin: str | None = None) -> dict[str, Any]:
-    resources = [_resource(rtype) for _name, rtype in sorted(SUPPORTED.items())]
+    resources = [_resource(rtype) for _name, rtype in sorted(TYPES.items())]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -476,3 +476,23 @@ def test_fhirpy_updates_and_patches(fhir_server: Server) -> None:
     assert client.reference("Observation", observation["id"]).to_resource()["valueQuantity"]["value"] == 12.7
     rows = audit_rows(runtime, doctor.account_id)
     assert rows.count(("phi:resource:update", "success", "Observation")) == 2
+
+
+def test_every_type_answers_the_interactions_it_declares(clinic: Any) -> None:
+    """By declaration: each type the CapabilityStatement gives $validate and type-level
+    _history answers them (an OperationOutcome, a history Bundle), new modules included."""
+    _runtime, api, patient, _ = clinic
+    statement = api("GET", "metadata").json()
+    for resource in statement["rest"][0]["resource"]:
+        name = resource["type"]
+        codes = {i["code"] for i in resource["interaction"]}
+        if "operation" in resource:
+            answer = api("POST", f"{name}/$validate", json={"resourceType": name})
+            assert answer.status_code in (200, 403), (name, answer.text)
+            assert answer.json()["resourceType"] == "OperationOutcome", name
+        if "history-type" in codes:
+            answer = api("GET", f"{name}/_history?patient=Patient/{patient}")
+            assert answer.status_code == 200, (name, answer.text)
+            assert answer.json()["type"] == "history", name
+        else:
+            assert api("GET", f"{name}/_history?patient=Patient/{patient}").status_code in (404, 405), name
