@@ -26,6 +26,7 @@ from carnet.access.models import RoleGrant
 from carnet.access.roles import Role
 from carnet.app import create_app
 from carnet.audit.models import AuditEvent
+from carnet.detection.models import Exposure
 from carnet.identity import oauth, service, totp
 from carnet.kernel import clock
 from carnet.phi.system import system_access
@@ -244,6 +245,13 @@ def test_ehr_launch_gives_a_token_confined_to_the_chart_patient(
     with runtime.session_factory() as session:
         launched = session.scalars(select(AuditEvent).where(AuditEvent.kind == "client:app:launched")).all()
     assert len(launched) == 1 and launched[0].account_id == world.doctor.account_id
+    # Counted as the doctor's exposures, of the launch patient only.
+    with runtime.session_factory() as session:
+        exposed = session.scalars(
+            select(Exposure.patient_id).where(Exposure.actor_ref == f"account:{world.doctor.account_id}")
+        ).all()
+        by_app = session.scalars(select(Exposure.id).where(Exposure.actor_ref == "client:chart-app")).all()
+    assert {str(p) for p in exposed} == {world.mine} and not by_app
 
 
 def test_a_launch_is_single_use_expires_and_belongs_to_its_person(
