@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Table, Uuid, bindparam, exists, select, text, update
+from sqlalchemy import Table, Uuid, bindparam, exists, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -439,6 +439,37 @@ class GuardedTx:
             )
         )
         self.resource_ids.append(str(resource_id))
+
+    def snapshots(
+        self,
+        patient: Patient,
+        versions: Sequence[tuple[ResourceType, uuid.UUID, dict[str, Any]]],
+        action: str,
+    ) -> None:
+        """`snapshot` of several records written together (their first versions): one INSERT
+        for all of them (executemany), each encrypted as `snapshot` encrypts one."""
+        rows = []
+        for resource, resource_id, data in versions:
+            row_id = new_id()
+            body = json.dumps(data, default=str, sort_keys=True, ensure_ascii=False)
+            ct = self.enc(body, patient.facility_id, "resource_versions", "snapshot", row_id)
+            rows.append(
+                {
+                    "id": row_id,
+                    "resource_type": resource.value,
+                    "resource_id": resource_id,
+                    "version_id": int(data.get("version_id") or 1),
+                    "patient_id": patient.id,
+                    "facility_id": patient.facility_id,
+                    "recorded_at": self.now,
+                    "author_id": self.ctx.account_id,
+                    "action": action,
+                    "snapshot_ct": ct,
+                }
+            )
+            self.resource_ids.append(str(resource_id))
+        if rows:
+            self.session.execute(insert(ResourceVersion), rows)
 
     def bump(self, model: Any, row: Any, expected_version: int, **values: Any) -> None:
         """Update a versioned row only if nobody changed it since `expected_version` (If-Match)."""

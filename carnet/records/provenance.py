@@ -3,6 +3,7 @@ the gate kernel."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Sequence
@@ -82,6 +83,76 @@ def history(tx: GuardedTx, /, *, resource_type: str, resource_id: str) -> list[V
             )
         )
     return out
+
+
+@guarded(AuditKind.PHI_HISTORY, RT.PATIENT, targeted=True)
+def history_of_patient(
+    tx: GuardedTx,
+    /,
+    *,
+    patient_id: str,
+    resource_types: Sequence[str],
+    since: dt.datetime | None = None,
+    count: int,
+    page: int = 1,
+) -> tuple[list[VersionView], bool]:
+    """The stored versions of one patient's resources of `resource_types`, newest first, at
+    most `count` from page `page` (and whether there are more; HISTORY_LIMIT in all): FHIR
+    type-level and system-level `_history`, scoped like a search (one patient, no browsing).
+    Each type only if the actor may read it for this patient, each version redacted like a read
+    of it; the patient counts as exposed."""
+    tx.require(Permission.HISTORY_READ)
+    patient = tx.patient(patient_id)
+    tx.authorize(patient, RT.PATIENT)
+    rels = tx.relationships_of([patient])
+    fields: dict[str, frozenset[str]] = {}
+    for name in resource_types:
+        try:
+            kind = ResourceType(name)
+        except ValueError:
+            continue  # a type carnet keeps no versions of has no history
+        opened = tx.read_fields(rels.get(patient.id, frozenset()), kind)
+        if opened and (tx.actor.scopes is None or _token_reads(tx.actor, kind.value)):
+            fields[kind.value] = opened
+    if len(resource_types) == 1:
+        tx.resource_type = resource_types[0][:40]
+    versions: list[ResourceVersion] = []
+    start = (page - 1) * count
+    if fields and start < HISTORY_LIMIT:
+        query = select(ResourceVersion).where(
+            ResourceVersion.patient_id == patient.id, ResourceVersion.resource_type.in_(sorted(fields))
+        )
+        if since is not None:
+            query = query.where(ResourceVersion.recorded_at >= since)
+        versions = list(
+            tx.session.scalars(
+                query.order_by(ResourceVersion.recorded_at.desc(), ResourceVersion.version_id.desc())
+                .offset(start)
+                .limit(min(count, HISTORY_LIMIT - start) + 1)
+            )
+        )
+    more = len(versions) > count and start + count < HISTORY_LIMIT
+    versions = versions[:count]
+    tx.resource_ids.extend(str(v.resource_id) for v in versions)
+    tx.query = f"history;types={','.join(sorted(fields))[:200]}"
+    shown = frozenset().union(*(fields[v.resource_type] for v in versions)) if versions else frozenset()
+    tx.expose([patient.id], Channel.CHART, rels, shown or frozenset({"patient_id"}), resource=RT.PATIENT)
+    out = []
+    for v in versions:
+        raw = tx.dec(v.snapshot_ct, "resource_versions", "snapshot", v.id) or "{}"
+        opened = fields[v.resource_type]
+        out.append(
+            VersionView(
+                resource_type=v.resource_type,
+                resource_id=str(v.resource_id),
+                version_id=v.version_id,
+                recorded_at=v.recorded_at,
+                author_id=sid(v.author_id),
+                action=v.action,
+                data={k: val for k, val in json.loads(raw).items() if k in opened},
+            )
+        )
+    return out, more
 
 
 # -- provenance: who wrote which version, from the versioned history ------------------------

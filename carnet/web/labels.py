@@ -46,6 +46,11 @@ LABELS: dict[str, dict[str, str]] = {
         "entered-in-error": N_("entered in error"),
         "waitlist": N_("waiting list"),
     },
+    "encounter": {
+        "inpatient": N_("hospital stay"),
+        "outpatient": N_("outpatient visit"),
+        "emergency": N_("emergency"),
+    },
     "prescription": {
         "active": N_("ongoing"),
         "on-hold": N_("on hold"),
@@ -208,6 +213,7 @@ LABELS: dict[str, dict[str, str]] = {
         "phi:resource:update": N_("changed a patient record"),
         "phi:resource:delete": N_("removed something from a patient record"),
         "phi:resource:export": N_("exported patient records"),
+        "phi:resource:print": N_("printed a patient document"),
         "phi:resource:transaction": N_("sent a batch of changes"),
         "phi:patient:merge": N_("merged two records of one patient"),
         "phi:patient:unmerge": N_("separated two records merged by mistake"),

@@ -22,7 +22,9 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from carnet.kernel import localtime
 from carnet.web.labels import label, timeline_sentence
+from carnet.web.messages import say
 
 HERE = Path(__file__).parent
 LANGUAGES = ("en", "fr")
@@ -104,8 +106,9 @@ def locale_of(request: Request, language: str) -> str:
 def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callable[..., str]]:
     """The one set of helpers every template writes dates, numbers and codes with."""
 
+    # Times are stored in UTC and shown on the hospital's wall clock (Europe/Paris).
     def when(value: dt.datetime | None, fmt: str = "short") -> str:
-        return "" if value is None else format_datetime(value, fmt, tzinfo=dt.UTC, locale=locale)
+        return "" if value is None else format_datetime(value, fmt, tzinfo=localtime.ZONE, locale=locale)
 
     def day(value: dt.date | str | None, fmt: str = "medium") -> str:
         if value is None or value == "":
@@ -115,7 +118,7 @@ def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callabl
         return format_date(value, fmt, locale=locale)
 
     def hour(value: dt.datetime | None) -> str:
-        return "" if value is None else format_datetime(value, "HH:mm", tzinfo=dt.UTC, locale=locale)
+        return "" if value is None else format_datetime(value, "HH:mm", tzinfo=localtime.ZONE, locale=locale)
 
     def weekday(value: dt.date | None, fmt: str = "EEEE") -> str:
         return "" if value is None else format_date(value, fmt, locale=locale)
@@ -179,6 +182,8 @@ def render(
         "setting_up": False,  # a handover session: no navigation, nothing else is open to it
         "path": request.url.path,
         "locale": locale_of(request, language),
+        # Gate, step-up, containment and detection messages in the reader's language.
+        "say": lambda message: say(message, language),
         **_formatters(locale_of(request, language), tr.gettext),
     }
     values.update(context or {})

@@ -14,7 +14,7 @@ from alembic import op
 import carnet.db.base
 
 revision = "0009_smart"
-down_revision = "0008_fhirio"
+down_revision = "0009_fhirio"
 branch_labels = None
 depends_on = None
 
