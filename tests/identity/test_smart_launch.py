@@ -594,3 +594,44 @@ def test_the_consent_page_speaks_french(web: TestClient, world: World) -> None:
     assert "de ce patient seulement" in page.text and "Lefebvre" in page.text
     # Its form may send the browser to the app's origin, and nowhere else.
     assert "form-action 'self' http://localhost:9999;" in page.headers["content-security-policy"]
+
+
+def _everything(payload: Any) -> str:
+    import json
+
+    return json.dumps(payload)
+
+
+def test_search_features_stay_within_the_launch_patient_and_category(web: TestClient, world: World) -> None:
+    """Chains, _id, _include, _revinclude and _has go through the gate: a patient-scoped,
+    granular token gets nothing of another patient nor of another category through them."""
+    token = _ehr_launch(
+        web, world, "launch patient/Observation.rs?category=laboratory patient/Patient.rs patient/CareTeam.rs"
+    )["access_token"]
+    attempts = [
+        ("/fhir/Observation", {"subject:Patient.family": "Lefort"}),
+        ("/fhir/Observation", {"patient.family": "Lefort", "patient.birthdate": "1970-05-17"}),
+        ("/fhir/Patient", {"_id": world.other}),
+        ("/fhir/Patient", {"family": "Lefort", "birthdate": "1970-05-17"}),
+        ("/fhir/Patient", {"family": "Lef"}),
+        ("/fhir/Patient", {"_id": world.other, "_revinclude": "Observation:subject"}),
+        ("/fhir/Patient", {"_id": world.mine, "_revinclude": "Observation:subject"}),
+        ("/fhir/Observation", {"patient": world.mine, "_include": "Observation:subject"}),
+        ("/fhir/Observation", {"patient": f"{world.mine},{world.other}"}),
+        ("/fhir/Patient", {"_has:CareTeam:patient:participant": f"Practitioner/{world.practitioner}"}),
+    ]
+    for path, params in attempts:
+        answer = _bearer(web, token, path, **params)
+        body = answer.json()
+        body.pop("link", None)  # the Bundle's self link repeats the query
+        text = _everything(body)
+        assert world.other not in text, (path, params, answer.status_code, text[:300])
+        assert str(world.vital) not in text and "vital-signs" not in text, (path, params)
+        if answer.status_code == 200:
+            for entry in answer.json().get("entry", []):
+                resource = entry["resource"]
+                subject = resource.get("subject", {}).get("reference", f"Patient/{resource.get('id')}")
+                assert subject == f"Patient/{world.mine}", (path, params, _everything(resource)[:200])
+    included = _bearer(web, token, "/fhir/Patient", _id=world.mine, _revinclude="Observation:subject").json()
+    ids = {e["resource"]["id"] for e in included.get("entry", [])}
+    assert world.mine in ids and {str(i) for i in world.lab} <= ids and str(world.vital) not in ids
