@@ -635,3 +635,29 @@ def test_search_features_stay_within_the_launch_patient_and_category(web: TestCl
     included = _bearer(web, token, "/fhir/Patient", _id=world.mine, _revinclude="Observation:subject").json()
     ids = {e["resource"]["id"] for e in included.get("entry", [])}
     assert world.mine in ids and {str(i) for i in world.lab} <= ids and str(world.vital) not in ids
+
+
+def test_a_patients_own_app_reaches_their_record_only(
+    web: TestClient, world: World, runtime: Runtime
+) -> None:
+    from tests.web.conftest import make_person as make_web_person
+
+    me = make_web_person(
+        runtime,
+        "patient.anne",
+        roles=(Role.PATIENT,),
+        facility_id=world.facility,
+        patient_id=uuid.UUID(world.mine),
+    )
+    answer = web.post(
+        "/auth/login", json={"username": me.username, "password": me.password, "otp": me.code()}
+    )
+    assert answer.status_code == 200, answer.text
+    web.headers["X-CSRF-Token"] = str(answer.json()["csrfToken"])
+    verifier, challenge = _pkce()
+    query = _approve(web, _params(challenge, "launch/patient patient/Observation.rs"))
+    status, body = _token(web, code=query["code"][0], code_verifier=verifier)
+    assert status == 200 and body["patient"] == world.mine
+    token = body["access_token"]
+    assert _bearer(web, token, f"/fhir/Observation/{world.lab[0]}").status_code == 200
+    assert _bearer(web, token, f"/fhir/Observation/{world.other_lab[0]}").status_code == 404
