@@ -661,3 +661,35 @@ def test_a_patients_own_app_reaches_their_record_only(
     token = body["access_token"]
     assert _bearer(web, token, f"/fhir/Observation/{world.lab[0]}").status_code == 200
     assert _bearer(web, token, f"/fhir/Observation/{world.other_lab[0]}").status_code == 404
+
+
+def test_containing_a_person_stops_their_apps_not_the_app_for_everyone(
+    web: TestClient, world: World, runtime: Runtime
+) -> None:
+    from carnet.access.actor import Actor, ActorKind
+    from carnet.detection.containment import contain
+    from carnet.identity.models import ApiClient
+
+    body = _ehr_launch(web, world, "launch patient/*.rs offline_access")
+    through_app = Actor(
+        kind=ActorKind.STAFF,
+        username=world.doctor.username,
+        roles=frozenset({Role.PHYSICIAN}),
+        account_id=world.doctor.account_id,
+        client_id="chart-app",
+        scopes=frozenset({"launch", "patient/*.rs", "offline_access"}),
+    )
+    with runtime.session_factory.begin() as session:
+        contain(session, actor=through_app, findings=[], audit=runtime.audit, at=clock.now())
+    with runtime.session_factory() as session:
+        assert session.scalar(select(ApiClient.status).where(ApiClient.client_id == "chart-app")) == "active"
+    assert _bearer(web, body["access_token"], f"/fhir/Patient/{world.mine}").status_code in (401, 403)
+    refreshed = web.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": body["refresh_token"],
+            "client_id": "chart-app",
+        },
+    )
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
