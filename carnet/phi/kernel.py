@@ -76,6 +76,7 @@ from carnet.kernel.errors import (
     Throttled,
 )
 from carnet.kernel.ids import new_id, parse_id
+from carnet.operations.tracing import gate_step
 from carnet.patients.models import Patient, ResourceVersion
 from carnet.phi import care
 from carnet.runtime import Runtime
@@ -521,10 +522,11 @@ class GateCore:
         try:
             with runtime.session_factory.begin() as session:
                 _serialise_on_sqlite(session)
-                ctx = self._context(session)
-                if not ctx.permissions:
-                    raise Refused("no active role grants this actor any permission")
-                enter_scope(session, ctx.facility_ids)
+                with gate_step("context", kind=kind.value, resource=resource.value):
+                    ctx = self._context(session)
+                    if not ctx.permissions:
+                        raise Refused("no active role grants this actor any permission")
+                    enter_scope(session, ctx.facility_ids)
                 tx = GuardedTx(
                     session=session,
                     ctx=ctx,
@@ -534,7 +536,9 @@ class GateCore:
                     kind=kind,
                 )
                 try:
-                    result = body(tx)
+                    # The operation: its policy decisions, queries, redaction and decryption.
+                    with gate_step("operation", kind=kind.value, resource=resource.value):
+                        result = body(tx)
                 finally:
                     attempted = list(tx.patient_ids)
                 for exposure in tx.exposures:
