@@ -89,6 +89,30 @@ def grants(scope: str, resource_type: str, action: str) -> bool:
     return _LETTER[action] in permission
 
 
+_V1_LETTERS = {"read": "rs", "write": "cud", "*": "cruds"}
+
+
+def letters(permission: str) -> frozenset[str]:
+    """A scope's permission as v2 letters (v1 `read` is `rs`, `write` is `cud`, `*` all)."""
+    return frozenset(_V1_LETTERS.get(permission, permission))
+
+
+def narrows(requested: str, registered: str) -> bool:
+    """Is `requested` within `registered` (same context; the same type or any; no more
+    letters; the same categories or fewer)? `patient/Observation.rs?category=laboratory` is
+    within `patient/*.read`; `user/Observation.rs` is not within `patient/*.rs`."""
+    if requested == registered:
+        return True
+    wanted, held = parse(requested), parse(registered)
+    if wanted is None or held is None or wanted.context != held.context:
+        return False
+    if held.resource not in ("*", wanted.resource):
+        return False
+    if not letters(wanted.permission) <= letters(held.permission):
+        return False
+    return held.categories is None or (wanted.categories is not None and wanted.categories <= held.categories)
+
+
 def category_limit(scopes: Iterable[str] | None, resource_type: str) -> frozenset[str] | None:
     """The category codes of `resource_type` a token may read; None when it is not limited
     (no token, or one scope granting the type whole). Granular scopes add up."""

@@ -21,7 +21,7 @@ from carnet.access.actor import Actor
 from carnet.audit.interfaces import AuditKind, AuditRecord, AuditWriter, Outcome
 from carnet.detection.interfaces import Finding, Level, Rule
 from carnet.detection.models import ActorState, Alert
-from carnet.identity.models import AccessToken, Account, ApiClient
+from carnet.identity.models import AccessToken, Account, ApiClient, RefreshToken
 
 log = logging.getLogger("carnet.detection")
 
@@ -121,7 +121,20 @@ def contain(
             .values(status="suspended", status_reason=("contained by detection: " + reason)[:500])
         )
         sessions_revoked = _revoke_sessions(session, actor=actor, audit=audit, at=at)
-    if actor.client_id is not None:
+        # The apps acting for this person stop too: their access and refresh tokens end.
+        tokens_revoked = session.execute(
+            update(AccessToken)
+            .where(AccessToken.account_id == actor.account_id, AccessToken.revoked_at.is_(None))
+            .values(revoked_at=at)
+        ).rowcount  # type: ignore[attr-defined]
+        session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.account_id == actor.account_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+    if actor.client_id is not None and actor.account_id is None:
+        # A client acting for itself is suspended; an app acting for a person is not (the
+        # person is contained above, and the app keeps serving everyone else).
         client_pk = session.scalar(select(ApiClient.id).where(ApiClient.client_id == actor.client_id))
         if client_pk is not None:
             session.execute(update(ApiClient).where(ApiClient.id == client_pk).values(status="suspended"))

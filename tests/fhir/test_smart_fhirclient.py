@@ -122,10 +122,10 @@ def test_fhirclient_standalone_launch_reads_the_chosen_patients_observations(
     smart.handle_callback(callback)
     assert smart.ready and smart.patient_id == chosen.id
     assert smart.patient is not None and smart.patient.id == chosen.id
-    found = Observation.where({"patient": chosen.id}).perform_resources(smart.server)
+    found = list(Observation.where({"patient": chosen.id}).perform_resources_iter(smart.server))
     assert {o.id for o in found} == {str(i) for i in lab}
     assert all(o.subject.reference == f"Patient/{chosen.id}" for o in found)
     # The other patient of the same doctor is not within this token.
     with pytest.raises(Exception):
-        Observation.where({"patient": other.id}).perform_resources(smart.server)
+        list(Observation.where({"patient": other.id}).perform_resources_iter(smart.server))
     assert uuid.UUID(smart.patient_id)

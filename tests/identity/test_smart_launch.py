@@ -1,5 +1,6 @@
-"""SMART App Launch: EHR launch from the chart and standalone launch, PKCE, the launch patient
-as a compartment, granular categories, openid fhirUser and rotating refresh tokens."""
+"""SMART App Launch, on SQLite and PostgreSQL: EHR launch from the chart and standalone launch,
+PKCE, the launch patient as a compartment, granular categories, openid fhirUser and rotating
+refresh tokens."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from carnet.access.models import RoleGrant
 from carnet.access.roles import Role
 from carnet.app import create_app
 from carnet.audit.models import AuditEvent
+from carnet.detection.models import Exposure
 from carnet.identity import oauth, service, totp
 from carnet.kernel import clock
 from carnet.phi.system import system_access
@@ -106,20 +108,20 @@ def _vital_sign(runtime: Runtime, patient_id: str, facility: uuid.UUID) -> uuid.
 
 
 @pytest.fixture
-def world(sqlite_runtime: Runtime, movable_clock: clock.MovableClock) -> World:
+def world(runtime: Runtime, movable_clock: clock.MovableClock) -> World:
     movable_clock.set(dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.UTC))  # a weekday morning
-    facility = make_facility(sqlite_runtime)
-    practitioner = make_practitioner(sqlite_runtime, facility, "physician")
-    doctor = _staff(sqlite_runtime, "dr.smart", facility, Role.PHYSICIAN, practitioner)
-    mine = register_patient(sqlite_runtime, facility, family="Lefebvre", given="Anne")
-    other = register_patient(sqlite_runtime, facility, family="Lefort", given="Paul")
-    stranger = register_patient(sqlite_runtime, facility, family="Lemaire", given="Zoé")
+    facility = make_facility(runtime)
+    practitioner = make_practitioner(runtime, facility, "physician")
+    doctor = _staff(runtime, "dr.smart", facility, Role.PHYSICIAN, practitioner)
+    mine = register_patient(runtime, facility, family="Lefebvre", given="Anne")
+    other = register_patient(runtime, facility, family="Lefort", given="Paul")
+    stranger = register_patient(runtime, facility, family="Lemaire", given="Zoé")
     for p in (mine, other):
-        link_care(sqlite_runtime, patient_id=p.id, practitioner_id=practitioner, facility_id=facility)
-    _report, lab = make_lab_report(sqlite_runtime, patient_id=mine.id, facility_id=facility)
-    _report2, other_lab = make_lab_report(sqlite_runtime, patient_id=other.id, facility_id=facility)
-    vital = _vital_sign(sqlite_runtime, mine.id, facility)
-    with sqlite_runtime.session_factory.begin() as session:
+        link_care(runtime, patient_id=p.id, practitioner_id=practitioner, facility_id=facility)
+    _report, lab = make_lab_report(runtime, patient_id=mine.id, facility_id=facility)
+    _report2, other_lab = make_lab_report(runtime, patient_id=other.id, facility_id=facility)
+    vital = _vital_sign(runtime, mine.id, facility)
+    with runtime.session_factory.begin() as session:
         oauth.register_client(
             session,
             client_id="chart-app",
@@ -134,8 +136,8 @@ def world(sqlite_runtime: Runtime, movable_clock: clock.MovableClock) -> World:
 
 
 @pytest.fixture
-def web(sqlite_runtime: Runtime, world: World) -> Iterator[TestClient]:
-    with TestClient(create_app(sqlite_runtime), base_url=ORIGIN) as c:
+def web(runtime: Runtime, world: World) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime), base_url=ORIGIN) as c:
         yield c
 
 
@@ -210,7 +212,7 @@ def _bearer(web: TestClient, token: str, path: str, **params: str) -> Any:
 
 
 def test_ehr_launch_gives_a_token_confined_to_the_chart_patient(
-    web: TestClient, world: World, sqlite_runtime: Runtime
+    web: TestClient, world: World, runtime: Runtime
 ) -> None:
     body = _ehr_launch(web, world, "launch openid fhirUser patient/*.rs offline_access", nonce="n-0123456789")
     assert body["patient"] == world.mine
@@ -234,19 +236,26 @@ def test_ehr_launch_gives_a_token_confined_to_the_chart_patient(
     assert _bearer(web, token, f"/fhir/Patient/{world.other}").status_code == 404
     assert _bearer(web, token, f"/fhir/Patient/{world.mine}").status_code == 200
     # Audited as the doctor, through the app; the refusals too.
-    with sqlite_runtime.session_factory() as session:
+    with runtime.session_factory() as session:
         events = list(session.scalars(select(AuditEvent).where(AuditEvent.kind.like("phi:%"))))
     through_app = [e for e in events if e.client_id == "chart-app"]
     assert through_app and all(e.account_id == world.doctor.account_id for e in through_app)
     assert any(e.outcome == "denied" for e in through_app)
     assert any(e.outcome == "success" for e in through_app)
-    with sqlite_runtime.session_factory() as session:
+    with runtime.session_factory() as session:
         launched = session.scalars(select(AuditEvent).where(AuditEvent.kind == "client:app:launched")).all()
     assert len(launched) == 1 and launched[0].account_id == world.doctor.account_id
+    # Counted as the doctor's exposures, of the launch patient only.
+    with runtime.session_factory() as session:
+        exposed = session.scalars(
+            select(Exposure.patient_id).where(Exposure.actor_ref == f"account:{world.doctor.account_id}")
+        ).all()
+        by_app = session.scalars(select(Exposure.id).where(Exposure.actor_ref == "client:chart-app")).all()
+    assert {str(p) for p in exposed} == {world.mine} and not by_app
 
 
 def test_a_launch_is_single_use_expires_and_belongs_to_its_person(
-    web: TestClient, world: World, sqlite_runtime: Runtime, movable_clock: clock.MovableClock
+    web: TestClient, world: World, runtime: Runtime, movable_clock: clock.MovableClock
 ) -> None:
     login(web, world.doctor)
     launch = _launch(web, world.mine)
@@ -264,10 +273,10 @@ def test_a_launch_is_single_use_expires_and_belongs_to_its_person(
     ]
     # Another person's session cannot use it.
     theirs = _launch(web, world.mine)
-    colleague_practitioner = make_practitioner(sqlite_runtime, world.facility, "physician")
-    colleague = _staff(sqlite_runtime, "dr.colleague", world.facility, Role.PHYSICIAN, colleague_practitioner)
+    colleague_practitioner = make_practitioner(runtime, world.facility, "physician")
+    colleague = _staff(runtime, "dr.colleague", world.facility, Role.PHYSICIAN, colleague_practitioner)
     link_care(
-        sqlite_runtime,
+        runtime,
         patient_id=world.mine,
         practitioner_id=colleague_practitioner,
         facility_id=world.facility,
@@ -330,7 +339,7 @@ def test_a_granular_token_sees_only_its_category(web: TestClient, world: World) 
 
 
 def test_standalone_launch_picks_among_the_persons_own_patients(
-    web: TestClient, world: World, sqlite_runtime: Runtime
+    web: TestClient, world: World, runtime: Runtime
 ) -> None:
     login(web, world.doctor)
     verifier, challenge = _pkce()
@@ -401,10 +410,10 @@ def test_no_refresh_token_without_offline_or_online_access(web: TestClient, worl
     assert "refresh_token" not in body and "id_token" not in body
 
 
-def test_a_confidential_app_proves_its_key(web: TestClient, world: World, sqlite_runtime: Runtime) -> None:
+def test_a_confidential_app_proves_its_key(web: TestClient, world: World, runtime: Runtime) -> None:
     key = ECKey.generate_key("P-384", private=True)
     public = {"keys": [{**key.as_dict(private=False), "kid": "k1"}]}
-    with sqlite_runtime.session_factory.begin() as session:
+    with runtime.session_factory.begin() as session:
         oauth.register_client(
             session,
             client_id="conf-app",
@@ -452,14 +461,14 @@ def test_a_confidential_app_proves_its_key(web: TestClient, world: World, sqlite
 
 
 def test_launching_from_a_chart_needs_a_person_who_may_open_it(
-    web: TestClient, world: World, sqlite_runtime: Runtime
+    web: TestClient, world: World, runtime: Runtime
 ) -> None:
     login(web, world.doctor)
     refused = web.post(f"/patients/{world.stranger}/apps/chart-app/launch", follow_redirects=False)
     assert refused.status_code == 404
     unknown = web.post(f"/patients/{world.mine}/apps/nope-app/launch", follow_redirects=False)
     assert unknown.status_code == 400
-    with sqlite_runtime.session_factory() as session:
+    with runtime.session_factory() as session:
         denied = session.scalars(
             select(AuditEvent).where(
                 AuditEvent.outcome == "denied", AuditEvent.account_id == world.doctor.account_id
@@ -471,9 +480,7 @@ def test_launching_from_a_chart_needs_a_person_who_may_open_it(
     assert 'data-app="chart-app"' in chart.text
 
 
-def test_a_session_alone_cannot_register_an_app(
-    web: TestClient, world: World, sqlite_runtime: Runtime
-) -> None:
+def test_a_session_alone_cannot_register_an_app(web: TestClient, world: World, runtime: Runtime) -> None:
     login(web, world.doctor)
     answer = web.post(
         "/oauth/clients",
@@ -486,7 +493,7 @@ def test_a_session_alone_cannot_register_an_app(
         },
     )
     assert answer.status_code == 403
-    with sqlite_runtime.session_factory() as session:
+    with runtime.session_factory() as session:
         from carnet.identity.models import ApiClient
 
         assert session.scalar(select(ApiClient).where(ApiClient.client_id == "sneaky-app")) is None
@@ -541,7 +548,7 @@ def test_cors_answers_registered_app_origins_only(web: TestClient, world: World)
 
 
 def test_a_granular_condition_scope(
-    web: TestClient, world: World, sqlite_runtime: Runtime, movable_clock: clock.MovableClock
+    web: TestClient, world: World, runtime: Runtime, movable_clock: clock.MovableClock
 ) -> None:
     from carnet.access.actor import Actor, ActorKind
     from carnet.phi.gate import Gate
@@ -556,7 +563,7 @@ def test_a_granular_condition_scope(
         practitioner_id=world.practitioner,
         second_factor_at=clock.now(),
     )
-    problem = Gate(sqlite_runtime, doctor).record_condition(
+    problem = Gate(runtime, doctor).record_condition(
         data=ConditionInput(
             patient_id=world.mine, code="I10", display="Hypertension", clinical_status="active"
         )
@@ -587,3 +594,102 @@ def test_the_consent_page_speaks_french(web: TestClient, world: World) -> None:
     assert "de ce patient seulement" in page.text and "Lefebvre" in page.text
     # Its form may send the browser to the app's origin, and nowhere else.
     assert "form-action 'self' http://localhost:9999;" in page.headers["content-security-policy"]
+
+
+def _everything(payload: Any) -> str:
+    import json
+
+    return json.dumps(payload)
+
+
+def test_search_features_stay_within_the_launch_patient_and_category(web: TestClient, world: World) -> None:
+    """Chains, _id, _include, _revinclude and _has go through the gate: a patient-scoped,
+    granular token gets nothing of another patient nor of another category through them."""
+    token = _ehr_launch(
+        web, world, "launch patient/Observation.rs?category=laboratory patient/Patient.rs patient/CareTeam.rs"
+    )["access_token"]
+    attempts = [
+        ("/fhir/Observation", {"subject:Patient.family": "Lefort"}),
+        ("/fhir/Observation", {"patient.family": "Lefort", "patient.birthdate": "1970-05-17"}),
+        ("/fhir/Patient", {"_id": world.other}),
+        ("/fhir/Patient", {"family": "Lefort", "birthdate": "1970-05-17"}),
+        ("/fhir/Patient", {"family": "Lef"}),
+        ("/fhir/Patient", {"_id": world.other, "_revinclude": "Observation:subject"}),
+        ("/fhir/Patient", {"_id": world.mine, "_revinclude": "Observation:subject"}),
+        ("/fhir/Observation", {"patient": world.mine, "_include": "Observation:subject"}),
+        ("/fhir/Observation", {"patient": f"{world.mine},{world.other}"}),
+        ("/fhir/Patient", {"_has:CareTeam:patient:participant": f"Practitioner/{world.practitioner}"}),
+    ]
+    for path, params in attempts:
+        answer = _bearer(web, token, path, **params)
+        body = answer.json()
+        body.pop("link", None)  # the Bundle's self link repeats the query
+        text = _everything(body)
+        assert world.other not in text, (path, params, answer.status_code, text[:300])
+        assert str(world.vital) not in text and "vital-signs" not in text, (path, params)
+        if answer.status_code == 200:
+            for entry in answer.json().get("entry", []):
+                resource = entry["resource"]
+                subject = resource.get("subject", {}).get("reference", f"Patient/{resource.get('id')}")
+                assert subject == f"Patient/{world.mine}", (path, params, _everything(resource)[:200])
+    included = _bearer(web, token, "/fhir/Patient", _id=world.mine, _revinclude="Observation:subject").json()
+    ids = {e["resource"]["id"] for e in included.get("entry", [])}
+    assert world.mine in ids and {str(i) for i in world.lab} <= ids and str(world.vital) not in ids
+
+
+def test_a_patients_own_app_reaches_their_record_only(
+    web: TestClient, world: World, runtime: Runtime
+) -> None:
+    from tests.web.conftest import make_person as make_web_person
+
+    me = make_web_person(
+        runtime,
+        "patient.anne",
+        roles=(Role.PATIENT,),
+        facility_id=world.facility,
+        patient_id=uuid.UUID(world.mine),
+    )
+    answer = web.post(
+        "/auth/login", json={"username": me.username, "password": me.password, "otp": me.code()}
+    )
+    assert answer.status_code == 200, answer.text
+    web.headers["X-CSRF-Token"] = str(answer.json()["csrfToken"])
+    verifier, challenge = _pkce()
+    query = _approve(web, _params(challenge, "launch/patient patient/Observation.rs"))
+    status, body = _token(web, code=query["code"][0], code_verifier=verifier)
+    assert status == 200 and body["patient"] == world.mine
+    token = body["access_token"]
+    assert _bearer(web, token, f"/fhir/Observation/{world.lab[0]}").status_code == 200
+    assert _bearer(web, token, f"/fhir/Observation/{world.other_lab[0]}").status_code == 404
+
+
+def test_containing_a_person_stops_their_apps_not_the_app_for_everyone(
+    web: TestClient, world: World, runtime: Runtime
+) -> None:
+    from carnet.access.actor import Actor, ActorKind
+    from carnet.detection.containment import contain
+    from carnet.identity.models import ApiClient
+
+    body = _ehr_launch(web, world, "launch patient/*.rs offline_access")
+    through_app = Actor(
+        kind=ActorKind.STAFF,
+        username=world.doctor.username,
+        roles=frozenset({Role.PHYSICIAN}),
+        account_id=world.doctor.account_id,
+        client_id="chart-app",
+        scopes=frozenset({"launch", "patient/*.rs", "offline_access"}),
+    )
+    with runtime.session_factory.begin() as session:
+        contain(session, actor=through_app, findings=[], audit=runtime.audit, at=clock.now())
+    with runtime.session_factory() as session:
+        assert session.scalar(select(ApiClient.status).where(ApiClient.client_id == "chart-app")) == "active"
+    assert _bearer(web, body["access_token"], f"/fhir/Patient/{world.mine}").status_code in (401, 403)
+    refreshed = web.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": body["refresh_token"],
+            "client_id": "chart-app",
+        },
+    )
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
