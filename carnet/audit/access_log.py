@@ -34,6 +34,7 @@ ACTIONS: dict[str, str] = {
     AuditKind.PHI_MERGE: "merged a duplicate record of yours into one",
     AuditKind.PHI_UNMERGE: "separated two records merged by mistake",
     AuditKind.PHI_EXPORT: "exported your record",
+    AuditKind.PHI_PRINT: "printed a document of your record",
     AuditKind.PHI_SYSTEM_ACCESS: "processed your record (system task)",
     AuditKind.BREAK_GLASS_START: "started an emergency access to your record",
 }

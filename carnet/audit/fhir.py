@@ -50,6 +50,7 @@ _KINDS: dict[str, tuple[dict[str, str], dict[str, str] | None, str, str | None]]
         "R",
         "IHE.BasicAudit.PatientRead",
     ),
+    AuditKind.PHI_VALIDATE: (_REST, {"system": RESTFUL, "code": "operation"}, "E", None),
     AuditKind.PHI_CREATE: (_REST, {"system": RESTFUL, "code": "create"}, "C", "IHE.BasicAudit.PatientCreate"),
     AuditKind.PHI_UPDATE: (_REST, {"system": RESTFUL, "code": "update"}, "U", "IHE.BasicAudit.PatientUpdate"),
     AuditKind.PHI_DELETE: (_REST, {"system": RESTFUL, "code": "delete"}, "D", "IHE.BasicAudit.PatientDelete"),
@@ -66,6 +67,8 @@ _KINDS: dict[str, tuple[dict[str, str], dict[str, str] | None, str, str | None]]
         "IHE.BasicAudit.PatientUpdate",
     ),
     AuditKind.PHI_EXPORT: ({"system": DCM, "code": "110106", "display": "Export"}, None, "R", None),
+    # A print is a read that leaves on paper: a patient read, of the operation kind.
+    AuditKind.PHI_PRINT: (_REST, {"system": RESTFUL, "code": "operation"}, "R", "IHE.BasicAudit.PatientRead"),
     AuditKind.LOGIN_SUCCESS: (
         {"system": DCM, "code": "110114", "display": "User Authentication"},
         {"system": DCM, "code": "110122", "display": "Login"},

@@ -21,10 +21,13 @@ class AuditKind(StrEnum):
     PHI_SEARCH = "phi:resource:search"
     PHI_LIST = "phi:resource:list"
     PHI_HISTORY = "phi:resource:history"
+    PHI_VALIDATE = "phi:resource:validate"  # FHIR $validate: checked like a write, changes nothing
     PHI_CREATE = "phi:resource:create"
     PHI_UPDATE = "phi:resource:update"
     PHI_DELETE = "phi:resource:delete"
     PHI_EXPORT = "phi:resource:export"
+    # A document printed (prescription, invoice, receipt, discharge letter): its id in `query`.
+    PHI_PRINT = "phi:resource:print"
     PHI_TRANSACTION = "phi:resource:transaction"  # a FHIR transaction Bundle: all or nothing
     PHI_MERGE = "phi:patient:merge"  # two records of one person made one (both patients named)
     PHI_UNMERGE = "phi:patient:unmerge"  # a merge done in error reversed (both patients named)
@@ -65,6 +68,7 @@ class AuditKind(StrEnum):
     TOKEN_REVOKED = "client:token:revoked"
     API_CLIENT_REGISTERED = "client:client:registered"
     APP_AUTHORIZED = "client:app:authorized"
+    APP_LAUNCHED = "client:app:launched"  # a SMART EHR launch from the chart
     # HL7 v2 interfaces (carnet.interfaces): registered, and their message log read
     INTERFACE_REGISTERED = "interface:interface:registered"
     INTERFACE_LOG_READ = "interface:message-log:read"

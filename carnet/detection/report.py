@@ -38,6 +38,7 @@ EXPOSING_KINDS = (
     AuditKind.PHI_LIST,
     AuditKind.PHI_HISTORY,
     AuditKind.PHI_EXPORT,
+    AuditKind.PHI_PRINT,
     AuditKind.PHI_CREATE,
     AuditKind.PHI_UPDATE,
 )

@@ -33,7 +33,7 @@ from carnet.phi.schemas import (
 )
 from carnet.prescriptions import catalogue
 from carnet.records import results
-from carnet.web import choices
+from carnet.web import apps, choices
 from carnet.web.rendering import language_of, render
 from carnet.web.routing import WebActor, WebRoute, error_page, redirect, refuse
 
@@ -48,6 +48,7 @@ SECTIONS: dict[Role, tuple[str, ...]] = {
         "stays",
         "conditions",
         "results",
+        "orders",
         "notes",
         "prescriptions",
         "coverage",
@@ -59,6 +60,7 @@ SECTIONS: dict[Role, tuple[str, ...]] = {
         "stays",
         "conditions",
         "results",
+        "orders",
         "notes",
         "prescriptions",
         "appointments",
@@ -223,6 +225,7 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["note_kinds"] = NOTE_KINDS
     context["may_write"] = bool(actor.roles & CLINICAL_ROLES)
     context["may_prescribe"] = Role.PHYSICIAN in actor.roles
+    context["now"] = clock.now()  # an expired prescription is renewed, not printed
     context["may_schedule"] = bool(actor.roles & {Role.FRONT_DESK, Role.PHYSICIAN})
     context["practitioners"] = (
         directory.list_practitioners(runtime_of(request), actor=actor)
@@ -272,6 +275,9 @@ def chart_context(
     context["break_glass_active"] = glass_until(request, patient_id)
     context["age"] = age_of(patient.birth_date, clock.now().date())
     context["stay"] = current_stay(request, actor, patient_id) if actor.roles & CLINICAL_ROLES else None
+    context["apps"] = apps.launchable(actor, request) if actor.roles & CLINICAL_ROLES else []
+    context["form_origins"] = [app.origin for app in context["apps"]]
+    context["may_print_letter"] = Role.PHYSICIAN in actor.roles  # prints the stay's discharge letter
     return context
 
 
@@ -291,7 +297,7 @@ def current_stay(request: Request, actor: Actor, patient_id: str) -> dict[str, A
             where = entry.name if isinstance(entry, org_directory.LocationEntry) else ""
         except NotFound:
             where = ""
-    return {"kind": stay.kind or "", "since": stay.start_at, "where": where}
+    return {"kind": stay.kind or "", "since": stay.start_at, "where": where, "id": stay.id}
 
 
 def age_of(birth_date: str | None, today: dt.date) -> int | None:

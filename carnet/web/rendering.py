@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from carnet.kernel import localtime
 from carnet.web.labels import label, timeline_sentence
+from carnet.web.messages import say
 
 HERE = Path(__file__).parent
 LANGUAGES = ("en", "fr")
@@ -43,6 +45,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     )
 )
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -179,11 +182,20 @@ def render(
         "setting_up": False,  # a handover session: no navigation, nothing else is open to it
         "path": request.url.path,
         "locale": locale_of(request, language),
+        # Gate, step-up, containment and detection messages in the reader's language.
+        "say": lambda message: say(message, language),
         **_formatters(locale_of(request, language), tr.gettext),
     }
     values.update(context or {})
     response = HTMLResponse(page.render(values), status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
+    targets = [o for o in values.get("form_origins") or () if ORIGIN.fullmatch(o)]
+    if targets:
+        # A form whose answer redirects to a registered app (SMART launch, consent): CSP's
+        # form-action also governs that redirect, so those origins, and only them, are named.
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.replace(
+            "form-action 'self'", "form-action 'self' " + " ".join(sorted(set(targets)))
+        )
     response.headers["Content-Language"] = language
     response.headers["Vary"] = "Cookie, Accept-Language"
     for name, value in (headers or {}).items():

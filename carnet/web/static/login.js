@@ -15,9 +15,14 @@
     try { data = await r.json(); } catch (e) { data = {}; }
     return {status: r.status, data: data};
   }
+  // The server explains a refusal in English: a page in another language says it in its own
+  // words (its data- attributes), by kind of refusal.
+  const english = (document.documentElement.lang || "en") === "en";
   function why(res) {
-    if (res.data.message) return res.data.message;
-    if (res.data.issue && res.data.issue[0]) return res.data.issue[0].diagnostics;
+    if (english && res.data.message) return res.data.message;
+    if (english && res.data.issue && res.data.issue[0]) return res.data.issue[0].diagnostics;
+    if (res.status === 429) return form.dataset.throttled || form.dataset.failed;
+    if (res.status === 403) return form.dataset.refused || form.dataset.failed;
     return form.dataset.failed;
   }
   function done(res) {
