@@ -2,7 +2,7 @@
 the billing worklist's index (a facility's issued invoices, oldest first)
 
 Revision ID: 0009_wsviews
-Revises: 0008_fhirio
+Revises: 0009_rest
 """
 
 import sqlalchemy as sa
