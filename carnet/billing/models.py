@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
@@ -22,6 +22,9 @@ class Invoice(IdMixin, VersionedMixin, Base):
     total_cents: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3), default="EUR")
     cancel_reason: Mapped[str | None] = mapped_column(String(200))  # kept when cancelled
+
+    # The billing worklist: a facility's issued invoices, oldest first.
+    __table_args__ = (Index("ix_invoices_worklist", "facility_id", "status", "issued_at"),)
 
 
 class InvoiceLine(IdMixin, Base):

@@ -19,7 +19,7 @@ from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.identity.authenticate import Authenticator
 from carnet.identity.dependencies import runtime_of
-from carnet.kernel import clock
+from carnet.kernel import clock, localtime
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound, StepUpRequired
 from carnet.org import directory as org_directory
 from carnet.phi.gate import AllergyWarning, Gate
@@ -495,7 +495,8 @@ def refer(
     kind: Annotated[str, Form(max_length=20)] = "referral",
 ) -> Response:
     """Refer the patient to a colleague (or add one to the care team) until a date: the end of
-    that day, in UTC. A refusal of the input is shown in the form, which keeps what was typed."""
+    that day on the hospital's clock (Paris). A refusal of the input is shown in the form, which
+    keeps what was typed."""
     draft = {"practitioner_id": practitioner_id, "reason": reason, "until": until, "kind": kind}
     gate = gate_of(request, actor)
     try:
@@ -505,7 +506,7 @@ def refer(
             day = dt.date.fromisoformat(until)
         except ValueError:
             raise InvalidInput("the end date must be a date") from None
-        end = dt.datetime.combine(day, dt.time(23, 59), tzinfo=dt.UTC)
+        end = localtime.at(day, dt.time(23, 59))
         data = CareRelationshipInput(
             patient_id=patient_id, practitioner_id=practitioner_id, reason=reason, end_at=end
         )

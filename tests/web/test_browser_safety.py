@@ -7,6 +7,7 @@ With CARNET_SCREENSHOTS=1 they also write docs/screenshots/25..28-*.png (the REA
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,7 +65,8 @@ def test_prescribing_safely_in_french_and_the_patients_access_log(
     _sign_in_fr(page, origin, p.username, p.password, p.code())
     chart = f"{origin}/patients/{hospital.my_patient}"
     page.goto(chart)
-    page.locator("summary", has_text="Prescrire").click()
+    # Exactly "Prescrire": the lab-order form's summary ("Prescrire un examen...") may load first.
+    page.locator("summary", has_text=re.compile(r"^\s*Prescrire\s*$")).click()
     # Search as you type: the browser offers the catalogue's French names; a cephalosporin.
     page.get_by_label("Médicament", exact=True).fill("ceftriaxone (Rocéphine) — J01DD04")
     page.get_by_label("Posologie").fill("1 g par jour IV pendant 5 jours")
