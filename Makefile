@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint typecheck architecture services chromium ha-tools ha bench clean
+.PHONY: demo test install lint typecheck architecture services chromium ha-tools ha js-clients bench clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,14 @@ ha-tools:
 ha: install ha-tools
 	$(BIN)/python -m carnet.operations.ha --directory $(CURDIR)/var/ha
 
-test: install services chromium ha-tools lint typecheck architecture
+# The JavaScript FHIR clients the tests drive the API with (npm, pinned by the lock file).
+js-clients:
+	@test -d var/node/node_modules/fhir-kit-client || (mkdir -p var/node \
+		&& cp tests/fhir/js/package.json tests/fhir/js/package-lock.json var/node/ \
+		&& cd var/node && npm ci --no-audit --no-fund --silent) \
+		|| echo "js-clients: npm could not install them; tests/fhir/test_search_js.py says so and skips"
+
+test: install services chromium ha-tools js-clients lint typecheck architecture
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 bench: install services

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+import psycopg
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Scope
 
 from carnet import __version__
@@ -87,7 +89,15 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
 
+    from carnet.fhir.core.negotiation import FhirNegotiation
+
+    app.add_middleware(FhirNegotiation)  # 406/415 and HEAD under /fhir, before any route runs
     app.add_middleware(Observe)  # a span and the counters for every request, errors included
+    from carnet.identity.cors import AppCors, AppOrigins
+    from carnet.identity.oauth import app_origins
+
+    known = AppOrigins(lambda: app_origins(app.state.runtime))
+    app.add_middleware(AppCors, origins=lambda _scope: known())  # registered SMART apps only
     from carnet.operations.views import router as operations_router
 
     app.include_router(operations_router)
@@ -107,6 +117,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, outcome.validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, outcome.http_error_handler)
     app.add_exception_handler(Exception, outcome.unexpected_error_handler)
+    for unavailable in _DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
 
     from carnet.identity.views import smart_router
 
@@ -128,6 +140,29 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     install_web(app)
     return app
+
+
+# The database went away mid-request (a failover, a restart, a full pool): the transaction was
+# rolled back, so nothing changed, and the client may retry shortly: 503 with Retry-After, not 500.
+_DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    psycopg.OperationalError,
+)
+RETRY_AFTER_SECONDS = 5
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    from carnet.fhir.core.outcome import outcome_response
+
+    logging.getLogger("carnet.app").warning("database unavailable: %s", type(exc).__name__)
+    return outcome_response(
+        503,
+        "transient",
+        "the database is unavailable for a moment; nothing was changed; retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 class CarnetApp(FastAPI):

@@ -37,6 +37,8 @@ app.add_typer(sessions_app, name="sessions")
 app.add_typer(exports_app, name="exports")
 app.add_typer(interfaces_app, name="interfaces")
 app.add_typer(backup_app, name="backup")
+fhir_app = typer.Typer(help="The FHIR R4 API: what it declares.", no_args_is_help=True)
+app.add_typer(fhir_app, name="fhir")
 
 err = Console(stderr=True, soft_wrap=True)  # whole lines: messages are read by scripts too
 
@@ -370,6 +372,30 @@ def import_(
         out.print(line, highlight=False, markup=False)
     if report.rejected:
         raise typer.Exit(1)
+
+
+@fhir_app.command("conformance-table")
+def conformance_table(
+    write: Annotated[
+        Path | None,
+        typer.Option(help="Replace the table between its markers in this Markdown file (docs/FHIR.md)."),
+    ] = None,
+) -> None:
+    """The interaction x resource table of the CapabilityStatement (GET /fhir/metadata), in Markdown."""
+    from carnet.fhir import metadata
+
+    table = metadata.conformance_table()
+    if write is None:
+        typer.echo(table)
+        return
+    try:
+        document = write.read_text(encoding="utf-8")
+        write.write_text(metadata.with_table(document, table), encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot update {write}: {exc.strerror}") from None
+    except ValueError:
+        raise fail(f"{write} has no conformance table markers ({metadata.TABLE_START})") from None
+    typer.echo(f"updated the conformance table in {write}")
 
 
 def main() -> None:

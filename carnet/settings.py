@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     nats_url: str | None = None
     audit_checkpoint_file: Path | None = None
     audit_signing_key_file: Path | None = None
+    # The RSA key that signs OpenID Connect id_tokens for SMART apps (created on first use).
+    oidc_signing_key_file: Path | None = None
     audit_checkpoint_every: int = Field(default=1000, ge=1)
     # A signed checkpoint also follows any committed event within this many seconds.
     audit_checkpoint_seconds: float = Field(default=60.0, gt=0)
@@ -85,6 +87,10 @@ class Settings(BaseSettings):
     @property
     def resolved_signing_key_file(self) -> Path:
         return self.audit_signing_key_file or self.var_dir / "audit-signing-key.pem"
+
+    @property
+    def resolved_oidc_key_file(self) -> Path:
+        return self.oidc_signing_key_file or self.var_dir / "oidc-signing-key.pem"
 
 
 @functools.lru_cache(maxsize=1)

@@ -45,6 +45,9 @@ class Actor:
     purpose_of_use: PurposeOfUse = PurposeOfUse.TREATMENT
     # SMART scopes of a token; None for a browser session (roles alone decide).
     scopes: frozenset[str] | None = None
+    # The launch patient of an app token holding patient/ scopes: the gate confines every
+    # access to this one patient (SMART App Launch).
+    compartment_patient_id: uuid.UUID | None = None
     # When the second factor was last proven in this session (step-up freshness).
     second_factor_at: dt.datetime | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)

@@ -38,6 +38,8 @@ class AccessContext:
     # Roles granted without a facility (an organisation-wide security officer, say). They open
     # no patient data: the facility scope above is what the gate uses.
     unscoped_roles: frozenset[Role] = frozenset()
+    # An app token's launch patient: no other patient is visible in this transaction.
+    compartment: uuid.UUID | None = None
 
     def may(self, permission: Permission) -> bool:
         return permission in self.permissions
@@ -94,7 +96,16 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         roles = frozenset(actor.roles & {Role.PATIENT})
         # The patient's facility is filled in by the gate (it alone reads the patient table).
         return AccessContext(
-            actor, roles, permissions_of(roles), frozenset(), None, account.id, None, account.patient_id, now
+            actor,
+            roles,
+            permissions_of(roles),
+            frozenset(),
+            None,
+            account.id,
+            None,
+            account.patient_id,
+            now,
+            compartment=actor.compartment_patient_id,
         )
     # An HL7 v2 interface has an account of its own kind (carnet.interfaces): a staff session
     # cannot act as one, nor an interface as staff.
@@ -133,4 +144,5 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
         patient_id=None,
         now=now,
         unscoped_roles=frozenset(unscoped),
+        compartment=actor.compartment_patient_id,
     )

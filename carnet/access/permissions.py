@@ -40,6 +40,16 @@ class Permission(StrEnum):
     CONDITION_READ = "phi:condition:read"
     CONDITION_WRITE = "phi:condition:write"  # problems and diagnoses (ICD-10)
     CONSENT_WRITE = "phi:consent:write"
+    ORDER_READ = "phi:service-request:read"  # lab orders and their status
+    ORDER_WRITE = "phi:service-request:write"  # ordering a test; results moving an order on
+    # Immunizations given, procedures performed, medications administered or taken (the
+    # patient's own statement): read as the chart is; written by whom does them.
+    IMMUNIZATION_READ = "phi:immunization:read"
+    IMMUNIZATION_WRITE = "phi:immunization:write"
+    PROCEDURE_READ = "phi:procedure:read"
+    PROCEDURE_WRITE = "phi:procedure:write"
+    # A medication given (MedicationAdministration) or reported taken (MedicationStatement).
+    ADMINISTRATION_WRITE = "phi:medication-administration:write"
     # Referring a patient, adding a colleague to their care team, ending either: each opens (or
     # closes) the chart to another practitioner, so only physicians hold it.
     CARE_TEAM_WRITE = "phi:care-team:write"
@@ -68,8 +78,11 @@ _CLINICAL_READ = frozenset(
         P.PRESCRIPTION_READ,
         P.OBSERVATION_READ,
         P.CONDITION_READ,
+        P.IMMUNIZATION_READ,
+        P.PROCEDURE_READ,
         P.HISTORY_READ,
         P.BREAK_GLASS,
+        P.ORDER_READ,
     }
 )
 
@@ -86,11 +99,16 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.ENCOUNTER_WRITE,
         P.OBSERVATION_WRITE,
         P.CONDITION_WRITE,
+        P.IMMUNIZATION_WRITE,
+        P.PROCEDURE_WRITE,
+        P.ADMINISTRATION_WRITE,
         P.EXPORT_REQUEST,
         P.CONSENT_WRITE,
         P.CARE_TEAM_WRITE,
+        P.ORDER_WRITE,
     },
-    Role.NURSE: _CLINICAL_READ | {P.ALLERGY_WRITE, P.NOTE_WRITE, P.OBSERVATION_WRITE},
+    Role.NURSE: _CLINICAL_READ
+    | {P.ALLERGY_WRITE, P.NOTE_WRITE, P.OBSERVATION_WRITE, P.IMMUNIZATION_WRITE, P.ADMINISTRATION_WRITE},
     Role.FRONT_DESK: frozenset(
         {
             P.PATIENT_READ,
@@ -133,7 +151,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.INVOICE_READ,
             P.OBSERVATION_READ,
             P.CONDITION_READ,
+            P.IMMUNIZATION_READ,
+            P.PROCEDURE_READ,
             P.HISTORY_READ,
+            P.ORDER_READ,
             P.CONSENT_WRITE,  # their own privacy decisions (the policy: SELF only)
         }
     ),
@@ -161,12 +182,24 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.OBSERVATION_WRITE,
             P.CONDITION_READ,
             P.CONDITION_WRITE,
+            P.IMMUNIZATION_READ,
+            P.IMMUNIZATION_WRITE,
+            P.PROCEDURE_READ,
+            P.PROCEDURE_WRITE,
+            P.ADMINISTRATION_WRITE,
         }
     ),
     # An HL7 v2 interface writes admissions and results (carnet.interfaces); it holds no read
     # permission, and the policy gives it no field to read (WRITE_RULES only).
     Role.INTERFACE: frozenset(
-        {P.PATIENT_CREATE, P.PATIENT_UPDATE, P.PATIENT_MERGE, P.ENCOUNTER_WRITE, P.OBSERVATION_WRITE}
+        {
+            P.PATIENT_CREATE,
+            P.PATIENT_UPDATE,
+            P.PATIENT_MERGE,
+            P.ENCOUNTER_WRITE,
+            P.OBSERVATION_WRITE,
+            P.ORDER_WRITE,
+        }
     ),
     # Integration staff read the interfaces' message log: ids and statuses, no patient data.
     Role.INTEGRATION: frozenset({P.INTERFACE_LOG_READ}),

@@ -46,6 +46,12 @@ class ResourceType(StrEnum):
     CARE_TEAM = "CareTeam"  # the patient's care relationships (who looks after them)
     DIAGNOSTIC_REPORT = "DiagnosticReport"  # a lab report grouping observations
     CONSENT = "Consent"  # the patient's privacy decisions, e.g. opposing other facilities
+    SERVICE_REQUEST = "ServiceRequest"  # a lab order, which results answer (basedOn)
+    # What was done or given (carnet/interventions), each kept whole as received.
+    IMMUNIZATION = "Immunization"
+    PROCEDURE = "Procedure"
+    MEDICATION_ADMINISTRATION = "MedicationAdministration"
+    MEDICATION_STATEMENT = "MedicationStatement"
 
 
 class Relationship(StrEnum):
@@ -103,7 +109,7 @@ APPOINTMENT_ADMIN = frozenset(
 APPOINTMENT_ALL = APPOINTMENT_ADMIN | {"reason"}
 ENCOUNTER_ALL = frozenset(
     {"id", "patient_id", "facility_id", "kind", "status", "start_at", "end_at", "location_id", "attending_id"}
-    | {"version_id"}
+    | {"version_id", "received"}
 )
 ALLERGY_ALL = frozenset(
     {
@@ -112,6 +118,7 @@ ALLERGY_ALL = frozenset(
         "substance_code",
         "substance_display",
         "criticality",
+        "reaction",
         "clinical_status",
         "recorded_by",
         "version_id",
@@ -137,6 +144,7 @@ PRESCRIPTION_ALL = frozenset(
         "allergy_override_reason",
         "version_id",
         "warnings",
+        "received",
     }
 )
 COVERAGE_ALL = frozenset(
@@ -177,6 +185,9 @@ OBSERVATION_ALL = frozenset(
         "status",
         "version_id",
         "received",
+        "order_id",
+        "reference_range",
+        "interpretation",
     }
 )
 CONDITION_ALL = frozenset(
@@ -211,6 +222,25 @@ DIAGNOSTIC_REPORT_ALL = frozenset(
         "result_ids",
         "version_id",
         "received",
+        "order_id",
+    }
+)
+SERVICE_REQUEST_ALL = frozenset(
+    {
+        "id",
+        "patient_id",
+        "facility_id",
+        "encounter_id",
+        "requester_id",
+        "placer_number",
+        "category",
+        "code",
+        "display",
+        "priority",
+        "status",
+        "authored_at",
+        "note",
+        "version_id",
     }
 )
 CONSENT_ALL = frozenset(
@@ -225,6 +255,23 @@ CONSENT_ALL = frozenset(
         "withdrawn_at",
         "withdrawn_by",
         "version_id",
+    }
+)
+# An immunization, procedure, medication administered or statement: its columns and the
+# resource as received ("received", granted only with the rest, as for an Observation).
+INTERVENTION_ALL = frozenset(
+    {
+        "id",
+        "patient_id",
+        "code_system",
+        "code",
+        "display",
+        "status",
+        "occurred_at",
+        "encounter_id",
+        "recorded_by",
+        "version_id",
+        "received",
     }
 )
 
@@ -243,7 +290,18 @@ ALL_FIELDS: Mapping[ResourceType, frozenset[str]] = {
     ResourceType.CARE_TEAM: CARE_TEAM_ALL,
     ResourceType.DIAGNOSTIC_REPORT: DIAGNOSTIC_REPORT_ALL,
     ResourceType.CONSENT: CONSENT_ALL,
+    ResourceType.SERVICE_REQUEST: SERVICE_REQUEST_ALL,
+    ResourceType.IMMUNIZATION: INTERVENTION_ALL,
+    ResourceType.PROCEDURE: INTERVENTION_ALL,
+    ResourceType.MEDICATION_ADMINISTRATION: INTERVENTION_ALL,
+    ResourceType.MEDICATION_STATEMENT: INTERVENTION_ALL,
 }
+INTERVENTIONS = (
+    ResourceType.IMMUNIZATION,
+    ResourceType.PROCEDURE,
+    ResourceType.MEDICATION_ADMINISTRATION,
+    ResourceType.MEDICATION_STATEMENT,
+)
 
 R = Relationship
 CLINICAL = frozenset({R.CARE_TEAM, R.REFERRAL, R.APPOINTMENT, R.ATTENDING, R.DESIGNATED, R.BREAK_GLASS})
@@ -273,6 +331,8 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
         T.CARE_TEAM: ((CLINICAL, CARE_TEAM_ALL),),
         T.DIAGNOSTIC_REPORT: ((CLINICAL, DIAGNOSTIC_REPORT_ALL),),
         T.CONSENT: ((CLINICAL, CONSENT_ALL),),
+        T.SERVICE_REQUEST: ((CLINICAL, SERVICE_REQUEST_ALL),),
+        **{t: ((CLINICAL, INTERVENTION_ALL),) for t in INTERVENTIONS},
     },
     Role.NURSE: {
         T.PATIENT: ((NURSING, PATIENT_IDENTITY), (frozenset({R.LOCATED}), PATIENT_LOCATE)),
@@ -286,6 +346,9 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
         T.CARE_TEAM: ((NURSING, CARE_TEAM_ALL),),
         T.DIAGNOSTIC_REPORT: ((NURSING, DIAGNOSTIC_REPORT_ALL),),
         T.CONSENT: ((NURSING, CONSENT_ALL),),
+        # Nurses see the lab orders (samples to take, results awaited); physicians order them.
+        T.SERVICE_REQUEST: ((NURSING, SERVICE_REQUEST_ALL),),
+        **{t: ((NURSING, INTERVENTION_ALL),) for t in INTERVENTIONS},
     },
     Role.FRONT_DESK: {
         T.PATIENT: ((IN_FACILITY, PATIENT_IDENTITY | PATIENT_CONTACT),),
@@ -318,6 +381,7 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
             T.OBSERVATION,
             T.CONDITION,
             T.DIAGNOSTIC_REPORT,
+            *INTERVENTIONS,
         )
     },
     Role.INTERFACE: {},  # write-only: an interface reads nothing back beyond its ACK
@@ -354,10 +418,23 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         # answers the physician who referred them rather than widening the circle onward
         # (each hop would otherwise restart the clock). Self-referral is refused by the gate.
         T.CARE_TEAM: CLINICAL - {R.BREAK_GLASS, R.REFERRAL},
+        # Lab orders: emergency care orders tests under break-the-glass too (an order opens no
+        # access to the patient).
+        T.SERVICE_REQUEST: CLINICAL,
+        # What was done or given: recorded as care is, in an emergency too.
+        **{t: CLINICAL for t in INTERVENTIONS},
     },
     # Nurses record vital signs; lab reports are signed by a physician (or imported), and so are
     # diagnoses (a nurse reads the problem list but does not make a medical diagnosis).
-    Role.NURSE: {T.ALLERGY: NURSING, T.NOTE: NURSING, T.OBSERVATION: NURSING},
+    Role.NURSE: {
+        T.ALLERGY: NURSING,
+        T.NOTE: NURSING,
+        T.OBSERVATION: NURSING,
+        # Nurses vaccinate and give medications; procedures are recorded by the physician.
+        T.IMMUNIZATION: NURSING,
+        T.MEDICATION_ADMINISTRATION: NURSING,
+        T.MEDICATION_STATEMENT: NURSING,
+    },
     # A patient records (or withdraws) their own privacy decisions.
     Role.PATIENT: {T.CONSENT: SELF},
     Role.FRONT_DESK: {
@@ -374,6 +451,8 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         T.ENCOUNTER: frozenset({R.FACILITY}),
         T.OBSERVATION: frozenset({R.FACILITY}),
         T.DIAGNOSTIC_REPORT: frozenset({R.FACILITY}),
+        # Results that answer an order move the order on (completed when final).
+        T.SERVICE_REQUEST: frozenset({R.FACILITY}),
     },
     # A Backend Services client (a lab, a hub) writes in the facility it is registered for,
     # within its token's scopes.
@@ -384,6 +463,7 @@ WRITE_RULES: Mapping[Role, Mapping[ResourceType, frozenset[Relationship]]] = {
         T.DIAGNOSTIC_REPORT: frozenset({R.FACILITY}),
         T.CONDITION: frozenset({R.FACILITY}),
         T.ALLERGY: frozenset({R.FACILITY}),
+        **{t: frozenset({R.FACILITY}) for t in INTERVENTIONS},
     },
 }
 
@@ -402,6 +482,11 @@ READ_PERMISSION: Mapping[ResourceType, Permission] = {
     T.CARE_TEAM: Permission.PATIENT_READ,
     T.DIAGNOSTIC_REPORT: Permission.OBSERVATION_READ,
     T.CONSENT: Permission.PATIENT_READ,
+    T.SERVICE_REQUEST: Permission.ORDER_READ,
+    T.IMMUNIZATION: Permission.IMMUNIZATION_READ,
+    T.PROCEDURE: Permission.PROCEDURE_READ,
+    T.MEDICATION_ADMINISTRATION: Permission.PRESCRIPTION_READ,
+    T.MEDICATION_STATEMENT: Permission.PRESCRIPTION_READ,
 }
 
 WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
@@ -418,6 +503,11 @@ WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
     T.CARE_TEAM: Permission.CARE_TEAM_WRITE,
     T.CARD_READING: Permission.CARD_READING_WRITE,
     T.INVOICE: Permission.INVOICE_WRITE,
+    T.SERVICE_REQUEST: Permission.ORDER_WRITE,
+    T.IMMUNIZATION: Permission.IMMUNIZATION_WRITE,
+    T.PROCEDURE: Permission.PROCEDURE_WRITE,
+    T.MEDICATION_ADMINISTRATION: Permission.ADMINISTRATION_WRITE,
+    T.MEDICATION_STATEMENT: Permission.ADMINISTRATION_WRITE,
 }
 
 

@@ -50,6 +50,7 @@ _KINDS: dict[str, tuple[dict[str, str], dict[str, str] | None, str, str | None]]
         "R",
         "IHE.BasicAudit.PatientRead",
     ),
+    AuditKind.PHI_VALIDATE: (_REST, {"system": RESTFUL, "code": "operation"}, "E", None),
     AuditKind.PHI_CREATE: (_REST, {"system": RESTFUL, "code": "create"}, "C", "IHE.BasicAudit.PatientCreate"),
     AuditKind.PHI_UPDATE: (_REST, {"system": RESTFUL, "code": "update"}, "U", "IHE.BasicAudit.PatientUpdate"),
     AuditKind.PHI_DELETE: (_REST, {"system": RESTFUL, "code": "delete"}, "D", "IHE.BasicAudit.PatientDelete"),

@@ -21,6 +21,7 @@ class AuditKind(StrEnum):
     PHI_SEARCH = "phi:resource:search"
     PHI_LIST = "phi:resource:list"
     PHI_HISTORY = "phi:resource:history"
+    PHI_VALIDATE = "phi:resource:validate"  # FHIR $validate: checked like a write, changes nothing
     PHI_CREATE = "phi:resource:create"
     PHI_UPDATE = "phi:resource:update"
     PHI_DELETE = "phi:resource:delete"
@@ -67,6 +68,7 @@ class AuditKind(StrEnum):
     TOKEN_REVOKED = "client:token:revoked"
     API_CLIENT_REGISTERED = "client:client:registered"
     APP_AUTHORIZED = "client:app:authorized"
+    APP_LAUNCHED = "client:app:launched"  # a SMART EHR launch from the chart
     # HL7 v2 interfaces (carnet.interfaces): registered, and their message log read
     INTERFACE_REGISTERED = "interface:interface:registered"
     INTERFACE_LOG_READ = "interface:message-log:read"

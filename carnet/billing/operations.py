@@ -8,16 +8,19 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from carnet.access.permissions import Permission
 from carnet.audit.interfaces import AuditKind
 from carnet.billing.models import Invoice, InvoiceLine, Payment
 from carnet.billing.numbering import invoice_number
 from carnet.billing.views import ALL_INVOICE_FIELDS, invoice_view
-from carnet.detection.interfaces import Channel
+from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
+from carnet.patients.views import patient_view
+from carnet.phi import care
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused, guarded
-from carnet.phi.schemas import InvoiceInput, InvoiceView, PaymentInput
+from carnet.phi.schemas import BillingWorklist, InvoiceInput, InvoiceView, PaymentInput, UnpaidInvoice
 from carnet.phi.steps import first_version, patient_stay, read_one, section
 from carnet.phi.work import SqlFacilityWork
 
@@ -198,3 +201,57 @@ def _paid(tx: GuardedTx, invoice_id: uuid.UUID) -> int:
         select(func.coalesce(func.sum(Payment.amount_cents), 0)).where(Payment.invoice_id == invoice_id)
     )
     return int(total or 0)
+
+
+WORKLIST_PAGE = 8  # unpaid invoices a page: billing works invoice by invoice (its volume floor is low)
+WORKLIST_PATIENT = frozenset({"id", "family", "given", "birth_date"})  # who pays: nothing clinical
+WORKLIST_MAX_PAGE = 50
+
+
+@guarded(AuditKind.PHI_LIST, RT.INVOICE, targeted=False)
+def unpaid(tx: GuardedTx, /, *, page: int = 1) -> BillingWorklist:
+    """The billing worklist: issued invoices not yet paid at the actor's facilities, oldest
+    first, a short page at a time, each with its lines and payments and whom it bills (name
+    and birth date: no stay, no diagnosis). Counted as a list; paging deep is paging."""
+    tx.require(Permission.INVOICE_WRITE)
+    for listed in (RT.PATIENT, RT.INVOICE):
+        tx.check_scopes(listed)
+    if not 1 <= page <= WORKLIST_MAX_PAGE:
+        raise InvalidInput(f"a worklist page is 1 to {WORKLIST_MAX_PAGE}")
+    rows = tx.session.execute(
+        select(Invoice, Patient)
+        .join(Patient, Patient.id == Invoice.patient_id)
+        .where(
+            Invoice.status == "issued",
+            Invoice.facility_id.in_(tx.ctx.facility_ids),
+            care.visible_filter(tx.ctx),
+        )
+        .order_by(Invoice.issued_at, Invoice.number)
+        .offset((page - 1) * WORKLIST_PAGE)
+        .limit(WORKLIST_PAGE + 1)
+    ).all()
+    more = len(rows) > WORKLIST_PAGE
+    rows = rows[:WORKLIST_PAGE]
+    rels = tx.relationships_of([p for _i, p in rows])
+    items: list[UnpaidInvoice] = []
+    shown: list[uuid.UUID] = []
+    fields_shown: set[str] = set()
+    for invoice, patient in rows:
+        rel = rels.get(patient.id, frozenset())
+        i_fields = tx.read_fields(rel, RT.INVOICE)
+        p_fields = tx.read_fields(rel, RT.PATIENT) & WORKLIST_PATIENT
+        if not i_fields or not p_fields - {"id"}:
+            continue
+        items.append(
+            UnpaidInvoice(
+                invoice=invoice_view(tx, invoice, i_fields), patient=patient_view(tx, patient, p_fields)
+            )
+        )
+        shown.append(patient.id)
+        fields_shown |= p_fields
+        tx.resource_ids.append(str(invoice.id))
+    tx.query = f"unpaid-invoices;page={page}"
+    tx.reasons.append("billing worklist")
+    event = SearchEvent(shape=SearchShape.LIST, term_digest="unpaid-invoices", page=page)
+    tx.expose(shown, Channel.LIST, rels, fields_shown, shape=event)
+    return BillingWorklist(page=page, items=items, more=more)

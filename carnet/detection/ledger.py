@@ -817,6 +817,10 @@ def _parse_flag(value: str | None) -> tuple[dt.datetime, str] | None:
         return dt.datetime.max.replace(tzinfo=dt.UTC), value  # unreadable: stay contained
 
 
+# Lists of one day whose digest names it: a clinician's day list, the front desk's arrivals.
+DAY_LISTS = ("day-list", "arrivals")
+
+
 def _other_day_list(query_shape: SearchEvent | None, at: dt.datetime, config: DetectionConfig) -> bool:
     """A clinician's day list of a day other than the current one (the day list's digest names
     its day). Around midnight both the UTC and the local date are current, and a night shift
@@ -824,7 +828,7 @@ def _other_day_list(query_shape: SearchEvent | None, at: dt.datetime, config: De
     if query_shape is None or query_shape.shape is not SearchShape.LIST:
         return False
     prefix, _, day_text = query_shape.term_digest.partition(":")
-    if prefix != "day-list":
+    if prefix not in DAY_LISTS:
         return False
     try:
         day = dt.date.fromisoformat(day_text)

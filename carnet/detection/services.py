@@ -23,6 +23,7 @@ from carnet.detection.containment import ACTIVE, CONTAINED
 from carnet.detection.interfaces import Level
 from carnet.detection.ledger import SqlExposureLedger
 from carnet.detection.models import ActorState, Alert, DetectionEvent, Exposure, RestoreRequest
+from carnet.identity import lifecycle
 from carnet.identity.models import Account, ApiClient
 from carnet.kernel import clock
 from carnet.kernel.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -323,6 +324,9 @@ def request_restore(runtime: Runtime, *, officer: Actor, actor_ref: str, reason:
     """First officer: ask to restore a contained actor, saying why (e.g. verified with them)."""
     if len(reason.strip()) < 10:
         raise InvalidInput("say why the account can be restored (at least a sentence)")
+    _refuse_while_reenrolment_due(
+        runtime, officer=officer, kind=AuditKind.RESTORE_REQUESTED, actor_ref=actor_ref
+    )
     with officer_transaction(
         runtime, officer=officer, kind=AuditKind.RESTORE_REQUESTED, resource_ids=(actor_ref,)
     ) as session:
@@ -360,7 +364,13 @@ def request_restore(runtime: Runtime, *, officer: Actor, actor_ref: str, reason:
 
 
 def approve_restore(runtime: Runtime, *, officer: Actor, request_id: uuid.UUID) -> RestoreView:
-    """Second officer: restore the account; its windows start afresh. Never the requester."""
+    """Second officer: restore the account; its windows start afresh and a new probation
+    begins. Never the requester, and never before an owner contained on probation re-enrolled."""
+    blocked_ref = _pending_actor_ref(runtime, request_id)
+    if blocked_ref is not None:
+        _refuse_while_reenrolment_due(
+            runtime, officer=officer, kind=AuditKind.ACCOUNT_RESTORED, actor_ref=blocked_ref
+        )
     with officer_transaction(
         runtime, officer=officer, kind=AuditKind.ACCOUNT_RESTORED, resource_ids=(str(request_id),)
     ) as session:
@@ -375,12 +385,11 @@ def approve_restore(runtime: Runtime, *, officer: Actor, request_id: uuid.UUID) 
         if state is not None:
             state.status = ACTIVE
             state.restored_at = now
-        if request.account_id is not None:
-            session.execute(
-                update(Account)
-                .where(Account.id == request.account_id, Account.status == "suspended")
-                .values(status="active", status_reason=None)
-            )
+        account = session.get(Account, request.account_id) if request.account_id is not None else None
+        if account is not None and account.status in ("suspended", "active"):
+            account.status, account.status_reason = "active", None
+            # Contained again within this probation: the owner re-enrols in person first.
+            lifecycle.start_probation(account, now)
         if request.actor_ref.startswith("client:"):
             session.execute(
                 update(ApiClient)
@@ -403,6 +412,34 @@ def approve_restore(runtime: Runtime, *, officer: Actor, request_id: uuid.UUID) 
     if isinstance(runtime.ledger, SqlExposureLedger):
         runtime.ledger.forget(actor_ref=view.actor_ref)
     return view
+
+
+def _pending_actor_ref(runtime: Runtime, request_id: uuid.UUID) -> str | None:
+    with runtime.session_factory() as session:
+        return session.scalar(select(RestoreRequest.actor_ref).where(RestoreRequest.id == request_id))
+
+
+def _refuse_while_reenrolment_due(
+    runtime: Runtime, *, officer: Actor, kind: AuditKind, actor_ref: str
+) -> None:
+    """The probation rule lives here, not in the pages that call it: an account contained while
+    on probation is restored only after its owner re-enrolled in person (the refusal is audited)."""
+    blocked = lifecycle.restore_block(runtime, actor_ref=actor_ref)
+    if blocked is None:
+        return
+    with runtime.session_factory.begin() as session:
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=kind,
+                outcome=Outcome.DENIED,
+                actor=officer,
+                resource_type="RestoreRequest",
+                resource_ids=(actor_ref,),
+                policy_reason=blocked,
+            ),
+        )
+    raise Forbidden(blocked)
 
 
 def reject_restore(runtime: Runtime, *, officer: Actor, request_id: uuid.UUID, note: str) -> RestoreView:

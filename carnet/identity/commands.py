@@ -106,6 +106,9 @@ def register(
     redirect_uri: Annotated[
         list[str] | None, typer.Option("--redirect-uri", help="An app's redirect URI (repeatable).")
     ] = None,
+    launch_uri: Annotated[
+        str, typer.Option("--launch-uri", help="An app's SMART launch URL (EHR launch from the chart).")
+    ] = "",
 ) -> None:
     """Register an API client. It holds no secret: a backend proves itself with its keys.
 
@@ -139,6 +142,7 @@ def register(
             facility_id=facility_id,
             kind=kind,
             redirect_uris=" ".join(redirect_uri or []),
+            launch_uri=launch_uri,
         )
         runtime.audit.append(
             session,

@@ -172,6 +172,26 @@ class ApiClient(IdMixin, Base):
     # code + PKCE, acting for the signed-in person, to the redirect URIs registered here).
     kind: Mapped[str] = mapped_column(String(10), default="backend")
     redirect_uris: Mapped[str] = mapped_column(Text, default="")  # space separated
+    # An app's SMART launch URL: where the chart's "launch app" action sends the browser.
+    launch_uri: Mapped[str | None] = mapped_column(String(500))
+
+
+class SmartLaunch(IdMixin, Base):
+    """An EHR launch from the chart: one person, one patient, one app; single use, minutes long.
+
+    Only the digest of the opaque `launch` value is stored; the `launch` scope resolves it once.
+    """
+
+    __tablename__ = "smart_launches"
+
+    launch_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    client_pk: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # No foreign key: identity never reaches the patient tables (the gate checks the patient).
+    patient_id: Mapped[uuid.UUID] = mapped_column(Uuid())
+    created_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
 
 
 class AuthorizationCode(IdMixin, Base):
@@ -187,6 +207,9 @@ class AuthorizationCode(IdMixin, Base):
     code_challenge: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
+    # The launch patient (EHR launch or the standalone picker): patient/ scopes reach only it.
+    patient_id: Mapped[uuid.UUID | None] = mapped_column(Uuid())
+    nonce: Mapped[str | None] = mapped_column(String(200))  # OpenID Connect, echoed in the id_token
 
 
 class AccessToken(IdMixin, Base):
@@ -201,6 +224,29 @@ class AccessToken(IdMixin, Base):
     scopes: Mapped[str] = mapped_column(Text)
     issued_at: Mapped[dt.datetime]
     expires_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+    # The launch patient of a patient-scoped app token: every access is confined to it.
+    patient_id: Mapped[uuid.UUID | None] = mapped_column(Uuid())
+
+
+class RefreshToken(IdMixin, Base):
+    """An app's refresh token (offline_access / online_access): opaque, single use, rotating.
+
+    Each use gives a new one in the same family; presenting a used one again means it leaked,
+    and the whole family and its access tokens are revoked.
+    """
+
+    __tablename__ = "refresh_tokens"
+
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    family_id: Mapped[uuid.UUID] = mapped_column(Uuid(), index=True)
+    client_pk: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    scopes: Mapped[str] = mapped_column(Text)
+    patient_id: Mapped[uuid.UUID | None] = mapped_column(Uuid())
+    issued_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
 
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import html
 import uuid
 from typing import Annotated, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.identity import handover, oauth, passkeys, service, sessions, stepup, totp
+from carnet.identity import handover, oauth, oidc, passkeys, service, sessions, stepup, totp
 from carnet.identity.authenticate import (
     Authenticator,
     LoginRequest,
@@ -32,8 +31,7 @@ from carnet.identity.dependencies import (
     session_token,
 )
 from carnet.identity.models import Account, AuthSession
-from carnet.identity.oauth import AuthorizationRequest
-from carnet.kernel.errors import AuthenticationRequired, CarnetError, Forbidden, InvalidInput, NotFound
+from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
 from carnet.runtime import Runtime
 
 router = APIRouter(prefix="/auth", tags=["identity"])
@@ -486,6 +484,13 @@ def smart_configuration(request: Request) -> JSONResponse:
     return JSONResponse(oauth.smart_configuration(origin), headers={"Cache-Control": "public, max-age=3600"})
 
 
+@oauth_router.get("/jwks")
+def oidc_jwks(request: Request) -> JSONResponse:
+    """The public key apps check id_tokens with (public, like discovery)."""
+    path = runtime_of(request).settings.resolved_oidc_key_file
+    return JSONResponse(oidc.public_jwks(path), headers={"Cache-Control": "public, max-age=3600"})
+
+
 class ClientRegistrationBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -496,6 +501,7 @@ class ClientRegistrationBody(BaseModel):
     facility: uuid.UUID | None = None
     kind: str = Field(default="backend", pattern="^(backend|app)$")
     redirectUris: str = Field(default="", max_length=4000)
+    launchUri: str = Field(default="", max_length=500)
 
 
 @oauth_router.post("/token")
@@ -548,6 +554,7 @@ def register_client(body: ClientRegistrationBody, actor: ActorDep, request: Requ
             facility_id=body.facility,
             kind=body.kind,
             redirect_uris=body.redirectUris,
+            launch_uri=body.launchUri,
         )
         runtime.audit.append(
             session,
@@ -650,117 +657,3 @@ def remove_totp(device_id: uuid.UUID, actor: ActorDep, request: Request) -> dict
     if not removed:
         raise NotFound("no such authenticator")
     return {"removed": True}
-
-
-# -- authorization code + PKCE: a person lets an app act for them ------------------------------
-AUTHORIZE_PARAMS = (
-    "response_type",
-    "client_id",
-    "redirect_uri",
-    "scope",
-    "state",
-    "code_challenge",
-    "code_challenge_method",
-)
-_PAGE_HEADERS = {
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
-    ),
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-}
-
-
-def _redirect_to_app(uri: str, params: dict[str, str]) -> RedirectResponse:
-    separator = "&" if "?" in uri else "?"
-    return RedirectResponse(uri + separator + urlencode(params), status_code=303)
-
-
-def _consent_page(request: AuthorizationRequest, actor: Actor, csrf: str) -> HTMLResponse:
-    e = html.escape
-    hidden = "".join(
-        f'<input type="hidden" name="{e(k)}" value="{e(v)}">'
-        for k, v in {
-            "response_type": "code",
-            "client_id": request.client_id,
-            "redirect_uri": request.redirect_uri,
-            "scope": " ".join(request.scopes),
-            "state": request.state,
-            "code_challenge": request.code_challenge,
-            "code_challenge_method": "S256",
-            "csrf": csrf,
-        }.items()
-    )
-    scopes = "".join(f"<li><code>{e(s)}</code></li>" for s in request.scopes)
-    body = (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        "<title>Authorize an app — carnet</title></head>"
-        f"<body><main><h1>Let {e(request.client_name)} act for you?</h1>"
-        f"<p>Signed in as <strong>{e(actor.username)}</strong>. "
-        f"The app <strong>{e(request.client_id)}</strong> asks for:</p>"
-        f"<ul>{scopes}</ul><p>Its access lasts 5 minutes at a time and is recorded in the audit trail.</p>"
-        f"<form method='post' action='/oauth/authorize'>{hidden}"
-        "<button name='decision' value='approve'>Allow</button> "
-        "<button name='decision' value='deny'>Deny</button></form></main></body></html>"
-    )
-    return HTMLResponse(body, headers=_PAGE_HEADERS)
-
-
-def _session_actor(request: Request) -> tuple[Actor, AuthSession] | None:
-    runtime = runtime_of(request)
-    token = session_token(request, runtime)
-    if token is None:
-        return None
-    try:
-        return Authenticator.of(runtime).resolve(token=token, context=request_context(request))
-    except CarnetError:
-        return None
-
-
-@oauth_router.get("/authorize")
-def authorize_page(request: Request) -> Response:
-    """Show the person what the app asks for; sign in first when needed."""
-    runtime = runtime_of(request)
-    params = {k: request.query_params.get(k, "") for k in AUTHORIZE_PARAMS}
-    with runtime.session_factory() as session:
-        try:
-            checked = oauth.check_authorization_request(session, params)
-        except oauth.AuthorizationRefused as exc:
-            return _redirect_to_app(
-                params["redirect_uri"],
-                {"error": exc.error, "error_description": str(exc), "state": params["state"]},
-            )
-    found = _session_actor(request)
-    if found is None:
-        return RedirectResponse(
-            "/login?" + urlencode({"next": str(request.url.path) + "?" + request.url.query}), 303
-        )
-    actor, _row = found
-    return _consent_page(checked, actor, request.cookies.get(CSRF_COOKIE, ""))
-
-
-@oauth_router.post("/authorize")
-async def authorize_decision(request: Request) -> Response:
-    """The person's answer: a one-time code for the app, or access_denied."""
-    runtime = runtime_of(request)
-    form = await request.form()
-    params = {k: str(form.get(k) or "") for k in (*AUTHORIZE_PARAMS, "csrf", "decision")}
-    found = _session_actor(request)
-    if found is None:
-        raise AuthenticationRequired("sign in first")
-    actor, row = found
-    if not sessions.csrf_matches(row, params["csrf"]):
-        raise Forbidden("cross-site request refused")
-    with runtime.session_factory.begin() as session:
-        try:
-            checked = oauth.check_authorization_request(session, params)
-            if params["decision"] != "approve":
-                raise oauth.AuthorizationRefused("access_denied", "the person declined")
-            code = oauth.grant_code(session, request=checked, actor=actor, audit=runtime.audit)
-        except oauth.AuthorizationRefused as exc:
-            return _redirect_to_app(
-                params["redirect_uri"],
-                {"error": exc.error, "error_description": str(exc), "state": params["state"]},
-            )
-    return _redirect_to_app(checked.redirect_uri, {"code": code, "state": checked.state})

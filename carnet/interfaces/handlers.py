@@ -48,7 +48,16 @@ _PATIENT_FIELDS = {
     "phone": 13,
     "email": 13,
 }
-_RESULT_FIELDS = {"code": 3, "display": 3, "unit": 6, "value_text": 5, "value_number": 5, "effective_at": 14}
+_RESULT_FIELDS = {
+    "code": 3,
+    "display": 3,
+    "unit": 6,
+    "value_text": 5,
+    "value_number": 5,
+    "effective_at": 14,
+    "reference_range": 7,
+    "interpretation": 8,
+}
 
 
 @dataclass(frozen=True)
@@ -475,6 +484,7 @@ class Order:
     segment: Any
     notes: list[str] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
+    orc: Any | None = None  # the common order segment before the OBR, when sent
 
 
 @dataclass
@@ -489,6 +499,7 @@ def _result_groups(message: hl7.Message) -> list[PatientResults]:
     groups: list[PatientResults] = []
     counts: dict[str, int] = {}
     in_specimen = False
+    orc: Any | None = None
     for segment in message:
         name = str(segment[0])
         counts[name] = counts.get(name, 0) + 1
@@ -502,8 +513,11 @@ def _result_groups(message: hl7.Message) -> list[PatientResults]:
                 raise MessageError(
                     "results need a patient (PID) before them", code=ErrorCode.REQUIRED_FIELD, segment="PID"
                 )
-            groups[-1].orders.append(Order(number=number, segment=segment))
+            groups[-1].orders.append(Order(number=number, segment=segment, orc=orc))
+            orc = None
             in_specimen = False
+        elif name == "ORC":
+            orc = segment
         elif name == "SPM":
             in_specimen = True
         elif name == "OBX" and groups and groups[-1].orders:
@@ -640,6 +654,7 @@ def _file_order(
     conclusion = "\n".join(notes) or None
     existing = work.link("report", key)
     correction = status_code == "C"
+    order_id = _answered_order(work, order, patient_id)
     if existing is None:
         if correction or any(hl7v2.text(r.segment, 11) in ("C", "D") for r in order.results):
             raise MessageError(
@@ -649,21 +664,31 @@ def _file_order(
                 sequence=n,
                 field=3,
             )
-        ids = [_new_result(ctx, work, key, r, patient_id, encounter_id, observed) for r in order.results]
+        inputs = [_result_input(ctx, r, patient_id, encounter_id, observed, order_id) for r in order.results]
         data = _build(
             DiagnosticReportInput,
             ("OBR", n),
-            {"code": 4, "display": 4, "issued_at": 22, "conclusion": 13},
+            {"code": 4, "display": 4, "issued_at": 22, "conclusion": 13, "order_id": 2},
             patient_id=str(patient_id),
             code=code,
             display=hl7v2.component(obr, 4, 2) or code,
             status=REPORT_STATUS[status_code],
             issued_at=issued,
             conclusion=conclusion,
-            result_ids=ids,
+            order_id=order_id,
         )
-        report = work.call("record_diagnostic_report", ("OBR", n), data=data)
-        work.set_link("report", key, report.id)
+        # The order's results and its report in one pass of the gate (one patient lock, rows
+        # inserted together): the hot path of a laboratory feed.
+        recorded = work.call("record_observations", ("OBR", n), results=inputs, report=data)
+        for result, view in zip(order.results, recorded.observations, strict=True):
+            work.set_link(
+                "result",
+                _result_key(key, result),
+                view.id,
+                reference_range=hl7v2.text(result.segment, 7)[:60] or None,
+                abnormal_flags=hl7v2.text(result.segment, 8)[:20] or None,
+            )
+        work.set_link("report", key, recorded.report.id)
         return
     state = work.report_state(existing.target_id, patient_id)
     if state is None:
@@ -674,12 +699,12 @@ def _file_order(
             sequence=n,
             field=3,
         )
-    version, _status, current = state
+    version, report_status, current = state
     added: list[str] = []
     for result in order.results:
         link = work.link("result", _result_key(key, result))
         if link is None:
-            added.append(_new_result(ctx, work, key, result, patient_id, encounter_id, observed))
+            added.append(_new_result(ctx, work, key, result, patient_id, encounter_id, observed, order_id))
         else:
             _amend_result(work, link.target_id, result, correction)
             work.set_link(
@@ -689,13 +714,15 @@ def _file_order(
                 reference_range=hl7v2.text(result.segment, 7)[:60] or None,
                 abnormal_flags=hl7v2.text(result.segment, 8)[:20] or None,
             )
-    if added:
+    # Final results of a report carnet holds as preliminary make it final (and its order done).
+    becomes_final = status_code == "F" and report_status in ("registered", "partial", "preliminary")
+    if added or becomes_final:
         work.call(
             "amend_diagnostic_report",
             ("OBR", n),
             report_id=str(existing.target_id),
             expected_version=version,
-            status="corrected" if correction else "amended",
+            status="final" if becomes_final else "corrected" if correction else "amended",
             conclusion=conclusion,
             result_ids=current + added,
         )
@@ -706,15 +733,61 @@ def _result_key(order_key: str, result: Result) -> str:
     return f"{order_key}|{hl7v2.component(obx, 3, 1)}|{hl7v2.text(obx, 4)}"
 
 
-def _new_result(
+def _answered_order(work: MessageWork, order: Order, patient_id: uuid.UUID) -> str | None:
+    """The carnet order these results answer: the placer order number (OBR-2, else ORC-2) is
+    the ServiceRequest's. An unknown number files the results unlinked (an order placed
+    outside carnet); another patient's order is refused: results never attach to it."""
+    placer = hl7v2.component(order.segment, 2, 1)
+    where = 2
+    if not placer and order.orc is not None:
+        placer = hl7v2.component(order.orc, 2, 1)
+    if not placer:
+        return None
+    state = work.order(placer)
+    if state is None:
+        return None
+    if state.patient_id != patient_id:
+        raise MessageError(
+            "this placer order number is another patient's order",
+            code=ErrorCode.UNKNOWN_KEY,
+            segment="OBR",
+            sequence=order.number,
+            field=where,
+        )
+    return str(state.id)
+
+
+# HL7 table 0078 (abnormal flags), as FHIR's v2-0078 code system takes them.
+ABNORMAL_FLAGS = frozenset(
+    {"L", "H", "LL", "HH", "<", ">", "N", "A", "AA", "U", "D", "B", "W", "S", "R", "I", "MS", "VS"}
+    | {"NEG", "POS", "IND", "DET", "ND", "AC", "RR", "QCF", "TOX", "NR", "WR", "HU", "LU", "EX"}
+)
+
+
+def _flag(obx: Any, number: int) -> str | None:
+    """OBX-8: the first abnormal flag (table 0078), refused when it is not one."""
+    flag = hl7v2.component(obx, 8, 1).strip()
+    if not flag:
+        return None
+    if flag not in ABNORMAL_FLAGS:
+        raise MessageError(
+            "abnormal flag must be a code of HL7 table 0078 (L, H, LL, HH, N, A, AA...)",
+            code=ErrorCode.TABLE_VALUE,
+            segment="OBX",
+            sequence=number,
+            field=8,
+        )
+    return flag
+
+
+def _result_input(
     ctx: Context,
-    work: MessageWork,
-    order_key: str,
     result: Result,
     patient_id: uuid.UUID,
     encounter_id: str | None,
     observed: dt.datetime | None,
-) -> str:
+    order_id: str | None,
+) -> ObservationInput:
     obx, n = result.segment, result.number
     status = hl7v2.text(obx, 11) or "F"
     if status not in RESULT_STATUS:
@@ -736,7 +809,7 @@ def _new_result(
             field=14,
         )
     code = hl7v2.component(obx, 3, 1)
-    data = _build(
+    data: ObservationInput = _build(
         ObservationInput,
         ("OBX", n),
         _RESULT_FIELDS,
@@ -750,14 +823,32 @@ def _new_result(
         effective_at=effective,
         status=RESULT_STATUS[status],
         encounter_id=encounter_id,
+        order_id=order_id,
+        reference_range=hl7v2.text(obx, 7)[:60] or None,
+        interpretation=_flag(obx, n),
     )
-    view = work.call("record_observation", ("OBX", n), data=data)
+    return data
+
+
+def _new_result(
+    ctx: Context,
+    work: MessageWork,
+    order_key: str,
+    result: Result,
+    patient_id: uuid.UUID,
+    encounter_id: str | None,
+    observed: dt.datetime | None,
+    order_id: str | None,
+) -> str:
+    """One result added to a report carnet already holds (a later message of the order)."""
+    data = _result_input(ctx, result, patient_id, encounter_id, observed, order_id)
+    view = work.call("record_observation", ("OBX", result.number), data=data)
     work.set_link(
         "result",
         _result_key(order_key, result),
         view.id,
-        reference_range=hl7v2.text(obx, 7)[:60] or None,
-        abnormal_flags=hl7v2.text(obx, 8)[:20] or None,
+        reference_range=data.reference_range,
+        abnormal_flags=hl7v2.text(result.segment, 8)[:20] or None,
     )
     return str(view.id)
 
@@ -796,6 +887,8 @@ def _amend_result(work: MessageWork, observation_id: uuid.UUID, result: Result, 
         value_number=value.number,
         unit=value.unit,
         value_text=value.text,
+        reference_range=hl7v2.text(obx, 7)[:60] or None,
+        interpretation=_flag(obx, n),
     )
 
 

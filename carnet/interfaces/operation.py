@@ -2,9 +2,8 @@
 
 A domain operation on the gate kernel (carnet.phi.kernel: `@guarded`, a `GuardedTx`, run by
 `operation` on the one path), kept beside the interface: it reads the patient tables it needs to
-find a sender's records (import-linter lists these imports as its only exceptions). It is bound
-here (`apply_hl7_message(gate, ...)`) rather than on the `Gate` facade, which another change
-owns; registering it there is two lines (docs/INTERFACES.md, "The gate operation").
+find a sender's records (import-linter lists these imports as its only exceptions). The facade
+binds it (`Gate.apply_hl7_message`, `Gate.apply_hl7_merge`), like every operation.
 
 One message, one guarded transaction (one audit event naming every patient and record it
 touched): the steps are the gate's own write operations, run in that transaction as
@@ -32,9 +31,8 @@ from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.kernel.ids import new_id
 from carnet.org.models import Location, Practitioner
 from carnet.patients.models import Patient
-from carnet.phi.gate import Gate
-from carnet.phi.kernel import GuardedTx, Refused, guarded, operation
-from carnet.records.models import DiagnosticReport, Observation
+from carnet.phi.kernel import GuardedTx, Refused, guarded
+from carnet.records.models import DiagnosticReport, Observation, ServiceRequest
 from carnet.scheduling.models import Encounter
 
 _UNKNOWN = object()
@@ -70,6 +68,13 @@ class ResultState:
     value_number: float | None
     unit: str | None
     value_text: str | None
+
+
+@dataclass(frozen=True)
+class OrderState:
+    id: uuid.UUID
+    patient_id: uuid.UUID
+    status: str
 
 
 @dataclass
@@ -202,6 +207,16 @@ class MessageWork:
         )
         return row.version_id, row.status, [str(r) for r in results]
 
+    def order(self, placer_number: str) -> OrderState | None:
+        """The facility's lab order with this placer number (ORC-2/OBR-2), when carnet placed it."""
+        row = self.tx.session.execute(
+            select(ServiceRequest.id, ServiceRequest.patient_id, ServiceRequest.status).where(
+                ServiceRequest.facility_id == self.facility_id,
+                ServiceRequest.placer_number == placer_number[:40],
+            )
+        ).first()
+        return None if row is None else OrderState(row.id, row.patient_id, row.status)
+
     def location(self, name: str) -> str | None:
         found = self.tx.session.scalar(
             select(Location.id).where(
@@ -224,6 +239,9 @@ class MessageWork:
     def call(self, name: str, where: tuple[str, int], /, **arguments: Any) -> Any:
         """Run the gate's write operation `name` in this transaction, checked as that write; an
         error names the segment it came from (`where`: segment name, segment number)."""
+        # The facade imports this module (it binds apply_message): looked up when called.
+        from carnet.phi.gate import Gate
+
         operation = getattr(Gate, name)
         body = operation.__wrapped__
         tx = self.tx
@@ -303,9 +321,3 @@ def apply_merge_message(
 ) -> list[str]:
     """An ADT^A40 (audited as a merge)."""
     return _apply(tx, log=log, facility_id=facility_id, handler=handler)
-
-
-# Bound on the kernel's one path as the facade binds its methods (docs/INTERFACES.md, "The gate
-# operation"): called as `apply_hl7_message(gate, log=..., facility_id=..., handler=...)`.
-apply_hl7_message = operation(apply_message)
-apply_hl7_merge = operation(apply_merge_message)

@@ -29,7 +29,7 @@ from carnet.interfaces import hl7v2
 from carnet.interfaces.handlers import HANDLERS, Context
 from carnet.interfaces.hl7v2 import AckCode, ErrorCode, Header, MessageError
 from carnet.interfaces.models import Interface, InterfaceMessage
-from carnet.interfaces.operation import LogEntry, MessageRefused, Replayed, apply_hl7_merge, apply_hl7_message
+from carnet.interfaces.operation import LogEntry, MessageRefused, Replayed
 from carnet.kernel import clock
 from carnet.kernel.errors import (
     AccountContained,
@@ -184,8 +184,8 @@ class InterfaceService:
         ctx = Context(
             message=message, head=head, zone=interface.timezone, interface_name=interface.name, now=now
         )
-        operation = apply_hl7_merge if head.message_type == "ADT^A40" else apply_hl7_message
         gate = Gate(self.runtime, interface.actor(peer.address))
+        operation = gate.apply_hl7_merge if head.message_type == "ADT^A40" else gate.apply_hl7_message
         entry = LogEntry(
             interface_id=interface.id,
             control_id=head.control_id,
@@ -197,7 +197,6 @@ class InterfaceService:
         try:
             with stripe:  # one message at a time per patient, in the order received
                 operation(
-                    gate,
                     log=entry,
                     facility_id=interface.facility_id,
                     handler=lambda work: handler(ctx, work),

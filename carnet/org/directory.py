@@ -7,6 +7,7 @@ none. Every read is audited (`org:directory:read`), refusals included.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from carnet.access.context import AccessContext
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
 from carnet.kernel.ids import parse_id
-from carnet.org.models import Facility, Location, Practitioner
+from carnet.org.models import DirectoryEntry, Facility, Location, Practitioner
 from carnet.runtime import Runtime
 
 LIMIT = 100
@@ -56,7 +57,16 @@ class LocationEntry:
     active: bool
 
 
-Entry = PractitionerEntry | FacilityEntry | LocationEntry
+@dataclass(frozen=True)
+class ReceivedEntry:
+    """A directory entry of another system, kept as an import received it (FHIR JSON)."""
+
+    id: str
+    resource_type: str
+    resource: dict[str, Any]
+
+
+Entry = PractitionerEntry | FacilityEntry | LocationEntry | ReceivedEntry
 
 
 def _scope(ctx: AccessContext) -> frozenset[Any]:
@@ -100,8 +110,12 @@ def _record(actor: Actor, kind: str, ids: list[str], query: str) -> AuditRecord:
     )
 
 
-def read_entry(runtime: Runtime, *, actor: Actor, kind: str, entry_id: str) -> Entry:
-    """One practitioner, facility (Organization) or location; NotFound outside one's facilities."""
+def read_entry(
+    runtime: Runtime, *, actor: Actor, kind: str, entry_id: str, received_type: str | None = None
+) -> Entry:
+    """One practitioner, facility (Organization) or location; NotFound outside one's facilities.
+    `received_type`: the FHIR type asked for, which may also be an entry another system's
+    import brought (kept as received)."""
     if kind not in KINDS:
         raise InvalidInput(f"the directory holds {', '.join(KINDS)}")
 
@@ -110,6 +124,15 @@ def read_entry(runtime: Runtime, *, actor: Actor, kind: str, entry_id: str) -> E
         wanted = parse_id(entry_id)
         model: Any = {"Practitioner": Practitioner, "Organization": Facility, "Location": Location}[kind]
         row: Any = session.get(model, wanted) if wanted else None
+        if row is None and wanted is not None:
+            kept = session.get(DirectoryEntry, wanted)
+            if (
+                kept is not None
+                and kept.resource_type == (received_type or kind)
+                and kept.facility_id in facilities
+            ):
+                entry = ReceivedEntry(str(kept.id), kept.resource_type, dict(json.loads(kept.resource)))
+                return entry, _record(actor, kept.resource_type, [str(kept.id)], "read")
         owner = row.id if isinstance(row, Facility) else getattr(row, "facility_id", None)
         if row is None or owner not in facilities:
             raise NotFound("no such resource")
@@ -119,9 +142,16 @@ def read_entry(runtime: Runtime, *, actor: Actor, kind: str, entry_id: str) -> E
 
 
 def search_entries(
-    runtime: Runtime, *, actor: Actor, kind: str, name: str | None = None, identifier: str | None = None
+    runtime: Runtime,
+    *,
+    actor: Actor,
+    kind: str,
+    name: str | None = None,
+    identifier: str | None = None,
+    location_kind: str | None = None,
 ) -> list[Entry]:
-    """Entries of the actor's facilities, optionally by name (prefix) or national identifier."""
+    """Entries of the actor's facilities, optionally by name (prefix) or national identifier;
+    locations optionally of one kind (ward, room, clinic)."""
     if kind not in KINDS:
         raise InvalidInput(f"the directory holds {', '.join(KINDS)}")
     if name is not None and not 1 <= len(name.strip()) <= 100:
@@ -148,6 +178,8 @@ def search_entries(
             stmt = select(Location).where(Location.facility_id.in_(facilities))
             if name:
                 stmt = stmt.where(Location.name.ilike(_prefix(name), escape="\\"))
+            if location_kind:
+                stmt = stmt.where(Location.kind == location_kind)
             stmt = stmt.order_by(Location.name)
         rows = [_entry(r) for r in session.scalars(stmt.limit(LIMIT))]
         query = ",".join(n for n, v in (("name", name), ("identifier", identifier)) if v) or "all"

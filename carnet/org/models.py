@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
@@ -36,3 +37,28 @@ class Practitioner(IdMixin, Base):
     profession: Mapped[str] = mapped_column(String(40))  # physician, nurse
     specialty: Mapped[str | None] = mapped_column(String(100))
     active: Mapped[bool] = mapped_column(default=True)
+
+
+class DirectoryEntry(IdMixin, Base):
+    """A Practitioner, PractitionerRole, Organization or Location of another system, as an
+    import received it (FHIR JSON), when carnet's own directory did not match its identifier:
+    what the imported records reference. No patient data."""
+
+    __tablename__ = "directory_entries"
+
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    resource_type: Mapped[str] = mapped_column(String(40))
+    identifier_system: Mapped[str | None] = mapped_column(String(200))
+    identifier_value: Mapped[str | None] = mapped_column(String(100))
+    resource: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime]
+
+    __table_args__ = (
+        Index(
+            "ix_directory_entries_identifier",
+            "facility_id",
+            "resource_type",
+            "identifier_system",
+            "identifier_value",
+        ),
+    )

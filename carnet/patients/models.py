@@ -139,7 +139,8 @@ class ExportFile(IdMixin, Base):
     export_request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("export_requests.id"), unique=True)
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
     facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
-    # running, completed, then downloaded, expired or cancelled; or failed
+    # pending (a kick-off waiting for its request's approval), running, completed, then
+    # downloaded, expired or cancelled; or failed
     status: Mapped[str] = mapped_column(String(12))
     created_at: Mapped[dt.datetime]
     completed_at: Mapped[dt.datetime | None]
@@ -147,3 +148,6 @@ class ExportFile(IdMixin, Base):
     patient_count: Mapped[int | None]
     failure: Mapped[str | None] = mapped_column(String(200))  # why it failed (never data)
     ndjson_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # A Bulk Data kick-off's `_since` (patients changed since then) and its URL, for the manifest.
+    since: Mapped[dt.datetime | None]
+    request_url: Mapped[str | None] = mapped_column(String(500))

@@ -93,11 +93,15 @@ def _parts(ctx: AccessContext, rels: Collection[Relationship]) -> list[tuple[Rel
 
 
 def visible_filter(ctx: AccessContext) -> ColumnElement[bool]:
-    """Facility scope and the patient's restriction, as SQL on Patient."""
-    return and_(
+    """Facility scope, the patient's restriction and an app token's launch patient, as SQL on
+    Patient."""
+    visible = and_(
         Patient.facility_id.in_(ctx.facility_ids),
         or_(Patient.opposes_other_facilities.is_(False), Patient.facility_id == ctx.acting_facility_id),
     )
+    if ctx.compartment is not None:
+        return and_(visible, Patient.id == ctx.compartment)
+    return visible
 
 
 def patient_filter(ctx: AccessContext, rels: Collection[Relationship]) -> ColumnElement[bool] | None:
@@ -169,12 +173,14 @@ _TAGGED = _tagged_statement()
 def relationships_of(
     session: Session, ctx: AccessContext, patients: Iterable[Patient]
 ) -> dict[uuid.UUID, frozenset[Relationship]]:
-    """Each patient's relationships to the actor; a patient hidden by scope or restriction has none."""
+    """Each patient's relationships to the actor; a patient hidden by scope, restriction or an
+    app token's launch patient (`ctx.compartment`) has none."""
     visible = {
         p.id: p
         for p in patients
         if p.facility_id in ctx.facility_ids
         and (not p.opposes_other_facilities or p.facility_id == ctx.acting_facility_id)
+        and (ctx.compartment is None or p.id == ctx.compartment)
     }
     if not visible:
         return {}

@@ -17,7 +17,15 @@ from sqlalchemy import Column, ColumnElement, Select, Table, select
 from carnet.coverage.models import CardReading, Coverage
 from carnet.db.base import Base
 from carnet.patients.models import ExportFile, Patient, ResourceVersion
-from carnet.records.models import Allergy, ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
+from carnet.records.models import (
+    Allergy,
+    ClinicalNote,
+    Condition,
+    DiagnosticReport,
+    NoteVersion,
+    Observation,
+    ServiceRequest,
+)
 from carnet.scheduling.models import Appointment
 
 CIPHERTEXT_SUFFIX = "_ct"
@@ -83,6 +91,7 @@ ENCRYPTED_TABLES: Sequence[EncryptedTable] = (
     EncryptedTable(Observation, ("received_ct",)),
     EncryptedTable(Condition, ("received_ct",)),
     EncryptedTable(Allergy, ("received_ct",)),
+    EncryptedTable(ServiceRequest, ("note_ct",)),
     EncryptedTable(Coverage, ("member_id_ct",)),
     EncryptedTable(CardReading, ("card_serial_ct", "payload_ct")),
     EncryptedTable(ExportFile, ("ndjson_ct",)),

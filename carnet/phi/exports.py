@@ -41,11 +41,12 @@ def _job_view(job: ExportFile) -> ExportJobView:
         completed_at=job.completed_at,
         patient_count=job.patient_count,
         failure=job.failure,
+        request_url=job.request_url,
     )
 
 
-def _approved_export(tx: GuardedTx, export_id: str) -> ExportRequest:
-    """The actor's own approved, unexpired, unused export request (locked), or a refusal."""
+def _own_request(tx: GuardedTx, export_id: str) -> ExportRequest:
+    """The actor's own export request (locked), or a refusal."""
     tx.require(Permission.PATIENT_READ)
     tx.check_scopes(RT.PATIENT)
     row_id = parse_id(export_id)
@@ -57,6 +58,12 @@ def _approved_export(tx: GuardedTx, export_id: str) -> ExportRequest:
     tx.resource_ids.append(str(request.id))
     if tx.ctx.account_id is None or request.requested_by != tx.ctx.account_id:
         raise Refused("an export request is used only by the account that asked for it")
+    return request
+
+
+def _approved_export(tx: GuardedTx, export_id: str) -> ExportRequest:
+    """The actor's own approved, unexpired, unused export request (locked), or a refusal."""
+    request = _own_request(tx, export_id)
     status = status_of(request, tx.now)
     if status != ExportStatus.APPROVED:
         raise Refused(f"export request is {status.value}, not approved")
@@ -66,7 +73,7 @@ def _approved_export(tx: GuardedTx, export_id: str) -> ExportRequest:
 
 
 @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=False)
-def export(tx: GuardedTx, /, *, export_id: str) -> PatientExport:
+def export(tx: GuardedTx, /, *, export_id: str, since: dt.datetime | None = None) -> PatientExport:
     """The patients of an approved export request of this actor, once, watermarked.
 
     The request (carnet.access.exports) says which patients were asked for; the policy
@@ -83,6 +90,8 @@ def export(tx: GuardedTx, /, *, export_id: str) -> PatientExport:
     found: list[Patient] = []
     if wanted is not None:
         query = select(Patient).where(wanted, Patient.facility_id == request.facility_id)
+        if since is not None:  # Bulk Data `_since`: the patients whose record changed since
+            query = query.where(Patient.updated_at >= since)
         found = list(tx.session.scalars(query.order_by(Patient.id).limit(EXPORT_LIMIT + 1)))
     if len(found) > EXPORT_LIMIT:
         raise InvalidInput(f"an export holds at most {EXPORT_LIMIT} patients: narrow its scope")
@@ -157,6 +166,63 @@ def queue_export(tx: GuardedTx, /, *, export_id: str) -> ExportJobView:
     return _job_view(job)
 
 
+@guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=False)
+def kick_off_export(
+    tx: GuardedTx, /, *, export_id: str, since: dt.datetime | None = None, request_url: str | None = None
+) -> ExportJobView:
+    """A FHIR Bulk Data kick-off on the actor's own export request still waiting for its
+    second person: a job `pending` approval, nothing read. It runs only once another person
+    has approved the request (`start_export_job`): a session alone never completes it."""
+    request = _own_request(tx, export_id)
+    status = status_of(request, tx.now)
+    if status not in (ExportStatus.PENDING, ExportStatus.APPROVED):
+        raise Refused(f"export request is {status.value}")
+    if request.facility_id not in tx.ctx.facility_ids:
+        raise Refused("export request outside the actor's facilities")
+    started = tx.session.scalar(select(ExportFile.id).where(ExportFile.export_request_id == request.id))
+    if started is not None:
+        raise Conflict("this export was already started: poll its status")
+    assert tx.ctx.account_id is not None  # _own_request checked it
+    job = ExportFile(
+        id=new_id(),
+        export_request_id=request.id,
+        account_id=tx.ctx.account_id,
+        facility_id=request.facility_id,
+        status="pending",
+        created_at=tx.now,
+        since=since,
+        request_url=(request_url or "")[:500] or None,
+    )
+    tx.session.add(job)
+    tx.session.flush()
+    tx.resource_ids.append(str(job.id))
+    tx.query = f"export={request.id};kick-off"
+    tx.reasons.append(f"export {request.id} kicked off, waiting for a second person's approval")
+    return _job_view(job)
+
+
+@guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=True)
+def start_export_job(tx: GuardedTx, /, *, job_id: str) -> ExportJobView:
+    """A pending kick-off, once its request is decided: approved -> running (its run starts
+    now, the requester's own poll runs it); rejected or expired -> failed; else still pending."""
+    job = _export_job(tx, job_id)
+    if job.status != "pending":
+        return _job_view(job)
+    request = tx.session.get(ExportRequest, job.export_request_id)
+    assert request is not None  # a foreign key
+    status = status_of(request, tx.now)
+    if status == ExportStatus.APPROVED:
+        job.status = "running"
+        job.created_at = tx.now  # the run's start: EXPORT_JOB_TIMEOUT counts from here
+        tx.reasons.append(f"export {request.id} approved by a second person: running")
+    elif status != ExportStatus.PENDING:
+        job.status = "failed"
+        job.failure = f"the export request was {status.value}; nothing was exported"
+        job.completed_at = tx.now
+    tx.session.flush()
+    return _job_view(job)
+
+
 @guarded(AuditKind.PHI_EXPORT, RT.PATIENT, targeted=True)
 def run_export_job(tx: GuardedTx, /, *, job_id: str, render: Callable[[PatientExport], str]) -> ExportJobView:
     """Run a queued export: exactly `export` (policy, exposures on channel export, the
@@ -164,7 +230,7 @@ def run_export_job(tx: GuardedTx, /, *, job_id: str, render: Callable[[PatientEx
     job = _export_job(tx, job_id)
     if job.status != "running":
         raise Conflict(f"this export job is {job.status}, not waiting to run")
-    exported = export(tx, export_id=str(job.export_request_id))
+    exported = export(tx, export_id=str(job.export_request_id), since=job.since)
     job.ndjson_ct = tx.enc(render(exported), job.facility_id, "export_files", "ndjson", job.id)
     job.status = "completed"
     job.completed_at = tx.now
@@ -180,7 +246,7 @@ def abandon_export_job(
     """A job that could not run is marked failed (its refusal or error is audited already);
     one the requester cancels is marked cancelled, its file (if any) erased undownloaded."""
     job = _export_job(tx, job_id)
-    if job.status not in (("running", "completed") if cancelled else ("running",)):
+    if job.status not in (("pending", "running", "completed") if cancelled else ("pending", "running")):
         raise Conflict(f"this export job is {job.status}")
     job.status = "cancelled" if cancelled else "failed"
     job.failure = (reason.strip() or job.status)[:200]

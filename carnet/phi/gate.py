@@ -20,16 +20,18 @@ from carnet.audit.interfaces import AuditKind
 from carnet.billing import operations as billing
 from carnet.billing import printing as billing_prints
 from carnet.coverage import operations as coverage
+from carnet.interfaces import operation as interfaces
+from carnet.interventions import operations as interventions
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.patients import merge as identity
 from carnet.patients import operations as patients
-from carnet.phi import breakglass, exports
+from carnet.phi import breakglass, exports, validation
 from carnet.phi.exports import EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXPORT
 from carnet.phi.kernel import RT, GateCore, GuardedTx, Refused, guarded, operation
 from carnet.prescriptions import operations as prescriptions
 from carnet.prescriptions import printing as prescription_prints
 from carnet.prescriptions.rules import AllergyWarning
-from carnet.records import care_teams, consents, provenance, stays
+from carnet.records import care_teams, consents, orders, provenance, stays
 from carnet.records import operations as records
 from carnet.records import printing as letters
 from carnet.records.consents import OPPOSE_OTHER_FACILITIES
@@ -59,6 +61,7 @@ TRANSACTION_OPERATIONS = frozenset(
         "book_appointment",
         "amend_appointment",
         "cancel_appointment",
+        "check_in",
         "write_note",
         "amend_note",
         "prescribe",
@@ -78,12 +81,19 @@ TRANSACTION_OPERATIONS = frozenset(
         "amend_observation",
         "record_diagnostic_report",
         "amend_diagnostic_report",
+        "record_observations",
+        "order_test",
+        "revoke_order",
         "record_condition",
         "amend_condition",
         "issue_invoice",
         "finalize_invoice",
         "cancel_invoice",
         "record_payment",
+        "record_immunization",
+        "record_procedure",
+        "record_medication_administration",
+        "record_medication_statement",
     }
 )
 
@@ -139,6 +149,9 @@ class Gate(GateCore):
     practitioner_schedule = operation(scheduling.practitioner_schedule)
     reveal_appointment_patient = operation(scheduling.reveal_patient)
     read_appointment = operation(scheduling.read)
+    calendar_grid = operation(scheduling.calendar_grid)
+    arrivals = operation(scheduling.arrivals)
+    check_in = operation(scheduling.check_in)
 
     # -- records: notes, observations, lab reports, conditions (carnet/records/operations.py)
     list_notes = operation(records.list_notes)
@@ -157,6 +170,13 @@ class Gate(GateCore):
     read_condition = operation(records.read_condition)
     list_diagnostic_reports = operation(records.list_diagnostic_reports)
     read_diagnostic_report = operation(records.read_diagnostic_report)
+    record_observations = operation(records.record_observations)
+
+    # -- lab orders (ServiceRequest), which results answer (carnet/records/orders.py)
+    list_orders = operation(orders.list_for_patient)
+    read_order = operation(orders.read)
+    order_test = operation(orders.order_test)
+    revoke_order = operation(orders.revoke)
 
     # -- stays (encounters) (carnet/records/stays.py)
     admit_patient = operation(stays.admit)
@@ -165,6 +185,8 @@ class Gate(GateCore):
     mark_encounter_entered_in_error = operation(stays.mark_entered_in_error)
     read_encounter = operation(stays.read)
     list_encounters = operation(stays.list_for_patient)
+    stays_worklist = operation(stays.worklist)
+    ward_board = operation(stays.ward_board)
 
     # -- consents (carnet/records/consents.py)
     list_consents = operation(consents.list_for_patient)
@@ -174,6 +196,7 @@ class Gate(GateCore):
 
     # -- care teams and referrals (carnet/records/care_teams.py)
     list_care_team = operation(care_teams.list_for_patient)
+    care_team_worklist = operation(care_teams.worklist)
     read_care_team = operation(care_teams.read)
     refer_patient = operation(care_teams.refer)
     add_care_team_member = operation(care_teams.add_member)
@@ -183,6 +206,8 @@ class Gate(GateCore):
     history = operation(provenance.history)
     list_provenance = operation(provenance.list_for_target)
     list_patient_provenance = operation(provenance.list_for_patient)
+    patient_history = operation(provenance.history_of_patient)
+    check_write = operation(validation.check_write)
     read_provenance = operation(provenance.read)
 
     # -- prescriptions and allergies (carnet/prescriptions/operations.py)
@@ -197,6 +222,21 @@ class Gate(GateCore):
     read_prescription = operation(prescriptions.read)
     read_allergy = operation(prescriptions.read_allergy)
 
+    # -- interventions: immunizations, procedures, medications given or taken, each kept as
+    # received (carnet/interventions/operations.py)
+    list_immunizations = operation(interventions.list_immunizations)
+    read_immunization = operation(interventions.read_immunization)
+    record_immunization = operation(interventions.record_immunization)
+    list_procedures = operation(interventions.list_procedures)
+    read_procedure = operation(interventions.read_procedure)
+    record_procedure = operation(interventions.record_procedure)
+    list_medication_administrations = operation(interventions.list_administrations)
+    read_medication_administration = operation(interventions.read_administration)
+    record_medication_administration = operation(interventions.record_administration)
+    list_medication_statements = operation(interventions.list_statements)
+    read_medication_statement = operation(interventions.read_statement)
+    record_medication_statement = operation(interventions.record_statement)
+
     # -- coverage and health cards (carnet/coverage/operations.py)
     list_coverage = operation(coverage.list_for_patient)
     record_card_reading = operation(coverage.record_card_reading)
@@ -209,6 +249,7 @@ class Gate(GateCore):
     cancel_invoice = operation(billing.cancel)
     read_invoice = operation(billing.read)
     read_payment = operation(billing.read_payment)
+    billing_worklist = operation(billing.unpaid)
 
     # -- printed documents: watermarked PDF, audited, counted (each domain's printing.py)
     print_prescription = operation(prescription_prints.print_prescription)
@@ -219,6 +260,8 @@ class Gate(GateCore):
     # -- bulk export (carnet/phi/exports.py)
     export = operation(exports.export)
     queue_export = operation(exports.queue_export)
+    kick_off_export = operation(exports.kick_off_export)
+    start_export_job = operation(exports.start_export_job)
     run_export_job = operation(exports.run_export_job)
     abandon_export_job = operation(exports.abandon_export_job)
     export_job = operation(exports.export_job)
@@ -229,6 +272,10 @@ class Gate(GateCore):
 
     # -- a FHIR transaction Bundle: several writes, one transaction, one audit event
     run_transaction = operation(_run_transaction)
+
+    # -- an HL7 v2 message of a registered interface, all or nothing (carnet/interfaces/operation.py)
+    apply_hl7_message = operation(interfaces.apply_message)
+    apply_hl7_merge = operation(interfaces.apply_merge_message)
 
 
 def public_operations() -> dict[str, AuditKind]:

@@ -8,38 +8,50 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition as FhirCondition
 from fhir.resources.R4B.coverage import Coverage as FhirCoverage
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport as FhirDiagnosticReport
+from fhir.resources.R4B.encounter import Encounter as FhirEncounter
 from fhir.resources.R4B.invoice import Invoice as FhirInvoice
+from fhir.resources.R4B.location import Location as FhirLocation
+from fhir.resources.R4B.medicationrequest import MedicationRequest as FhirMedicationRequest
 from fhir.resources.R4B.observation import Observation as FhirObservation
+from fhir.resources.R4B.organization import Organization as FhirOrganization
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation as FhirPaymentReconciliation
+from fhir.resources.R4B.practitioner import Practitioner as FhirPractitioner
+from fhir.resources.R4B.practitionerrole import PractitionerRole as FhirPractitionerRole
 from pydantic import ValidationError
 from sqlalchemy import select
 
 from carnet.billing.models import Invoice
 from carnet.crypto.blind import IndexKind
 from carnet.fhir.core.api import type_name
+from carnet.fhir.core.mapping import ATC_SYSTEM, received_instant
 from carnet.fhir.resources import billing
 from carnet.fhir.resources.allergy import allergy_input
 from carnet.fhir.resources.condition import condition_input
+from carnet.fhir.resources.interventions import KINDS as INTERVENTION_KINDS
+from carnet.fhir.resources.interventions import intervention_input
 from carnet.fhir.resources.observation import observation_input
 from carnet.fhir.resources.patient import INS_SYSTEM, patient_input
+from carnet.interventions.models import Intervention
 from carnet.kernel import clock
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
-from carnet.org.models import Facility
+from carnet.org.models import DirectoryEntry, Facility, Location, Practitioner
 from carnet.patients.models import Patient
 from carnet.phi.schemas import PaymentInput
-from carnet.phi.steps import references as _references
+from carnet.prescriptions.models import Prescription
+from carnet.records.models import Allergy, Condition, DiagnosticReport, Observation
 from carnet.runtime import Runtime
 from carnet.scheduling.models import Encounter
 
+# The resource types an import takes, each validated with its fhir.resources R4B model.
 MODELS: dict[str, Any] = {
     "Patient": FhirPatient,
     "AllergyIntolerance": AllergyIntolerance,
@@ -49,6 +61,28 @@ MODELS: dict[str, Any] = {
     "DiagnosticReport": FhirDiagnosticReport,
     "Invoice": FhirInvoice,
     "PaymentReconciliation": FhirPaymentReconciliation,
+    "Encounter": FhirEncounter,
+    "MedicationRequest": FhirMedicationRequest,
+    "Practitioner": FhirPractitioner,
+    "PractitionerRole": FhirPractitionerRole,
+    "Organization": FhirOrganization,
+    "Location": FhirLocation,
+    **{name: kind.model for name, kind in INTERVENTION_KINDS.items()},
+}
+# Another system's directory: matched by identifier to carnet's, or kept as received.
+DIRECTORY = ("Practitioner", "PractitionerRole", "Organization", "Location")
+RPPS = "urn:oid:1.2.250.1.71.4.2.1"  # French national practitioner identifier
+FINESS = "urn:oid:1.2.250.1.71.4.2.2"  # French national facility identifier
+# What a reference to something already in carnet (`Type/<carnet id>`) may name: records of
+# the same patient, entries of the facility's directory.
+_PATIENT_RECORDS: dict[str, Any] = {
+    "Observation": Observation,
+    "Condition": Condition,
+    "AllergyIntolerance": Allergy,
+    "DiagnosticReport": DiagnosticReport,
+    "Encounter": Encounter,
+    "MedicationRequest": Prescription,
+    **dict.fromkeys(INTERVENTION_KINDS, Intervention),
 }
 
 
@@ -72,6 +106,9 @@ class Item:
     source: str
     resource: Any  # a dict when well formed
     full_url: str | None = None
+    assigned: uuid.UUID | None = None  # carnet's id for it, given before the run reads any unit
+    matched: bool = False  # a directory entry carnet already holds (matched by identifier)
+    refs: dict[uuid.UUID, str] = field(default_factory=dict)  # resources of the run it references
 
 
 @dataclass
@@ -106,6 +143,148 @@ class Run:
         with runtime.session_factory() as session:
             finess = session.scalar(select(Facility.finess).where(Facility.id == facility_id))
         self.own_numbers = f"F{finess}-"  # the form of the facility's carnet numbering
+        # Every resource of the run by the names its references use ("Type/<source id>", its
+        # fullUrl), with the type and carnet id it gets: references resolve in any order, across
+        # files. Those that named a resource the run then rejected are reported (`dangling`).
+        self.index: dict[str, tuple[str, uuid.UUID]] = {}
+        self.accepted_ids: set[uuid.UUID] = set()
+        self.referenced: dict[uuid.UUID, str] = {}  # carnet id -> where it was first referenced
+        self.in_carnet: dict[str, bool] = {}  # `Type/<carnet id>` references checked
+        self.item_refs: dict[uuid.UUID, str] = {}  # those of the resource being mapped
+
+    def preassign(self, units: list[Unit]) -> None:
+        """Give every resource of the run its carnet id before any is read."""
+        for unit in units:
+            for item in unit.items:
+                resource = item.resource
+                if not isinstance(resource, dict):
+                    continue
+                rtype = resource.get("resourceType")
+                if not isinstance(rtype, str) or rtype not in MODELS:
+                    continue
+                item.assigned = new_id()
+                source_id = resource.get("id")
+                for key in (f"{rtype}/{source_id}" if isinstance(source_id, str) else None, item.full_url):
+                    if key and key not in self.index:
+                        self.index[key] = (rtype, item.assigned)
+
+    def match_directory(self, units: list[Unit]) -> None:
+        """Another system's Practitioner, PractitionerRole, Organization and Location: one
+        carnet already holds (its practitioner by RPPS, its facility by FINESS, or an entry an
+        earlier import kept, by the same identifier) is referenced as that one and not kept
+        twice; within the run, the first of several with one identifier stands for all."""
+        seen: dict[tuple[str, str, str], uuid.UUID] = {}
+        with self.runtime.session_factory() as session:
+            for unit in units:
+                for item in unit.items:
+                    resource = item.resource
+                    if not isinstance(resource, dict) or resource.get("resourceType") not in DIRECTORY:
+                        continue
+                    rtype = str(resource["resourceType"])
+                    system, value = directory_identifier(resource)
+                    if system is None or value is None:
+                        continue
+                    found = seen.get((rtype, system, value))
+                    if found is None and rtype == "Practitioner" and system == RPPS:
+                        found = session.scalar(
+                            select(Practitioner.id).where(
+                                Practitioner.rpps == value, Practitioner.facility_id == self.facility_id
+                            )
+                        )
+                    if found is None and rtype == "Organization" and system == FINESS:
+                        found = session.scalar(
+                            select(Facility.id).where(
+                                Facility.finess == value, Facility.id == self.facility_id
+                            )
+                        )
+                    if found is None:
+                        found = session.scalar(
+                            select(DirectoryEntry.id).where(
+                                DirectoryEntry.facility_id == self.facility_id,
+                                DirectoryEntry.resource_type == rtype,
+                                DirectoryEntry.identifier_system == system,
+                                DirectoryEntry.identifier_value == value,
+                            )
+                        )
+                    if found is None:
+                        assert item.assigned is not None
+                        seen[(rtype, system, value)] = item.assigned
+                        continue
+                    item.matched = True
+                    item.assigned = found
+                    self.accepted_ids.add(found)
+                    source_id = resource.get("id")
+                    for key in (
+                        f"{rtype}/{source_id}" if isinstance(source_id, str) else None,
+                        item.full_url,
+                    ):
+                        if key:
+                            self.index[key] = (rtype, found)
+
+    def rewrite(self, value: Any, path: str) -> None:
+        """Rewrite every reference inside `value` (in place) to carnet's: one to a resource of
+        this run, or one already in carnet (of this facility). Contained ones (`#id`) stay.
+        Anything else is refused, naming the element (`Encounter.participant[0].individual`)."""
+        if isinstance(value, dict):
+            reference = value.get("reference")
+            if isinstance(reference, str):
+                value["reference"] = self._resolve(reference, path)
+            for key, item in value.items():
+                if key != "reference":
+                    self.rewrite(item, f"{path}.{key}")
+        elif isinstance(value, list):
+            for number, item in enumerate(value):
+                self.rewrite(item, f"{path}[{number}]")
+
+    def _resolve(self, reference: str, path: str) -> str:
+        if reference.startswith("#"):
+            return reference
+        hit = self.index.get(reference)
+        if hit is None and "://" in reference:
+            hit = self.index.get("/".join(reference.rstrip("/").split("/")[-2:]))
+        if hit is not None:
+            rtype, carnet_id = hit
+            self.item_refs.setdefault(carnet_id, f"{path} ({reference})")
+            return f"{rtype}/{carnet_id}"
+        rtype, _, rid = reference.partition("/")
+        if self._in_carnet(rtype, rid):
+            return reference
+        raise InvalidInput(f"{path}: carnet cannot resolve this reference (refused, not dropped)")
+
+    def _in_carnet(self, rtype: str, rid: str) -> bool:
+        """`Type/<carnet id>` of a record or directory entry of this facility."""
+        key = f"{rtype}/{rid}"
+        if key in self.in_carnet:
+            return self.in_carnet[key]
+        wanted = parse_id(rid)
+        found = False
+        if wanted is not None:
+            model: Any = _PATIENT_RECORDS.get(rtype) or {
+                "Patient": Patient,
+                "Practitioner": Practitioner,
+                "Location": Location,
+            }.get(rtype)
+            with self.runtime.session_factory() as session:
+                if rtype == "Organization":
+                    found = wanted == self.facility_id
+                elif model is not None:
+                    row = session.get(model, wanted)
+                    found = row is not None and row.facility_id == self.facility_id
+                if not found and rtype in DIRECTORY:
+                    entry = session.get(DirectoryEntry, wanted)
+                    found = entry is not None and entry.facility_id == self.facility_id
+        self.in_carnet[key] = found
+        return found
+
+    def keep(self, data: dict[str, Any], rtype: str, resolved: tuple[str, ...]) -> None:
+        """Every reference but those of `resolved` (rewritten by the mapper) to carnet's."""
+        for key, value in data.items():
+            if key not in resolved and key != "id":
+                self.rewrite(value, f"{rtype}.{key}")
+
+    def dangling(self) -> list[str]:
+        """References of accepted resources to resources of the run that were rejected."""
+        return [where for carnet_id, where in self.referenced.items() if carnet_id not in self.accepted_ids]
 
     def link_results(self, report: dict[str, Any], references: list[str]) -> list[uuid.UUID]:
         """Point a report's result Observations at it: those of this unit now, those written
@@ -234,24 +413,25 @@ class Run:
         model = MODELS.get(rtype)
         if model is None:
             raise InvalidInput(
-                f"{rtype} is not imported (Patient, AllergyIntolerance, Condition, Observation, Coverage,"
-                " DiagnosticReport, Invoice, PaymentReconciliation)"
+                f"{rtype}: carnet does not hold this resource type (refused, not dropped); it takes "
+                + ", ".join(sorted(MODELS))
             )
         try:
             model.model_validate(resource)
         except ValidationError as exc:
-            places = sorted({".".join(str(p) for p in e.get("loc", ())) or rtype for e in exc.errors()})
-            raise InvalidInput(f"invalid {rtype}: check " + ", ".join(places[:10])) from None
+            places = sorted({".".join([rtype, *(str(p) for p in e.get("loc", ()))]) for e in exc.errors()})
+            raise InvalidInput(", ".join(places[:10]) + ": not valid FHIR R4 (refused)") from None
         # Valid as sent: map the JSON itself (re-serializing the model was 40 % of an import).
         data: dict[str, Any] = json.loads(json.dumps(resource))
+        self.item_refs = item.refs = {}
         mapper: Callable[[dict[str, Any], Item, dict[str, uuid.UUID]], list[tuple[str, dict[str, Any]]]] = (
             getattr(self, f"_{rtype.lower()}")
         )
         return rtype, mapper(data, item, pending)
 
-    def _base(self, patient_id: uuid.UUID) -> dict[str, Any]:
+    def _base(self, patient_id: uuid.UUID, item: Item | None = None) -> dict[str, Any]:
         return {
-            "id": new_id(),
+            "id": (item.assigned if item is not None else None) or new_id(),
             "facility_id": self.facility_id,
             "patient_id": patient_id,
             "version_id": 1,
@@ -273,7 +453,7 @@ class Run:
             if ins_bi in self.ins_registered:
                 raise Conflict("a patient with this INS is already registered")
             self.ins_seen.add(ins_bi)
-        patient_id = new_id()
+        patient_id = item.assigned or new_id()
         for key in (f"Patient/{data['id']}" if data.get("id") else None, item.full_url):
             if key:
                 pending[key] = patient_id
@@ -361,16 +541,19 @@ class Run:
     def _allergyintolerance(
         self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
     ) -> list[tuple[str, dict[str, Any]]]:
-        patient = self.patient_ref((data.get("patient") or {}).get("reference"), pending)
-        data["patient"] = {"reference": f"Patient/{patient}"}
+        """Any coding system (ATC is what the medication checks read), kept whole."""
+        sent = data.get("patient") or {}
+        patient = self.patient_ref(sent.get("reference"), pending)
+        data["patient"] = {**sent, "reference": f"Patient/{patient}"}
+        self.keep(data, "AllergyIntolerance", ("patient",))
         checked = allergy_input(data)
-        status = code_of((data.get("clinicalStatus") or {}), "active")
-        row = self._base(patient) | {
+        row = self._base(patient, item) | {
             "substance_code": checked.substance_code,
             "substance_display": checked.substance_display,
             "criticality": checked.criticality,
-            "clinical_status": status,
+            "clinical_status": checked.clinical_status,
             "recorded_by": None,
+            "received": received_body(data),
         }
         return [("allergies", row)]
 
@@ -381,9 +564,9 @@ class Run:
         subject = data.get("subject") or {}
         patient = self.patient_ref(subject.get("reference"), pending)
         data["subject"] = {**subject, "reference": f"Patient/{patient}"}
-        _refuse_unresolved(data, "Condition", ("subject",))
+        self.keep(data, "Condition", ("subject",))
         values = condition_input(data)
-        row = self._base(patient) | {
+        row = self._base(patient, item) | {
             "code": values.code,
             "display": values.display,
             "clinical_status": values.clinical_status,
@@ -402,9 +585,9 @@ class Run:
         subject = data.get("subject") or {}
         patient = self.patient_ref(subject.get("reference"), pending)
         data["subject"] = {**subject, "reference": f"Patient/{patient}"}
-        _refuse_unresolved(data, "Observation", ("subject",))
+        self.keep(data, "Observation", ("subject",))
         values = observation_input(data)
-        row = self._base(patient) | {
+        row = self._base(patient, item) | {
             "encounter_id": None,
             "report_id": None,
             "category": values.category,
@@ -427,24 +610,157 @@ class Run:
         self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
     ) -> list[tuple[str, dict[str, Any]]]:
         """A lab report; its `result` Observations (of this import) are linked to it."""
-        patient = self.patient_ref((data.get("subject") or {}).get("reference"), pending)
+        subject = data.get("subject") or {}
+        patient = self.patient_ref(subject.get("reference"), pending)
         coding = ((data.get("code") or {}).get("coding") or [{}])[0]
         issued = instant(data.get("issued") or data.get("effectiveDateTime"))
-        if not coding.get("code") or issued is None:
-            raise InvalidInput("a DiagnosticReport needs code.coding and issued")
+        if not coding.get("code"):
+            raise InvalidInput("DiagnosticReport.code.coding: a code is required")
+        if issued is None:
+            raise InvalidInput("DiagnosticReport.issued: required (or effectiveDateTime)")
         references = [r.get("reference") for r in data.get("result") or [] if isinstance(r, dict)]
         if not all(isinstance(r, str) and r for r in references):
-            raise InvalidInput("each result is a reference to an Observation")
-        row = self._base(patient) | {
+            raise InvalidInput("DiagnosticReport.result: each is a reference to an Observation")
+        data["subject"] = {**subject, "reference": f"Patient/{patient}"}
+        self.keep(data, "DiagnosticReport", ("subject",))
+        row = self._base(patient, item) | {
             "code": str(coding["code"])[:20],
             "display": str(coding.get("display") or coding["code"])[:200],
             "status": str(data.get("status") or "final")[:20],
             "issued_at": issued,
             "conclusion": data.get("conclusion") or None,
             "performer_id": None,
+            "received": received_body(data),
         }
         self.unit_reports.append((item, row, [str(r) for r in references]))
         return [("diagnostic_reports", row)]
+
+    def _encounter(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """A stay or visit of another system, kept whole: its class gives the kind, its period
+        when; its practitioners and locations are the directory entries of this import."""
+        subject = data.get("subject") or {}
+        patient = self.patient_ref(subject.get("reference"), pending)
+        data["subject"] = {**subject, "reference": f"Patient/{patient}"}
+        self.keep(data, "Encounter", ("subject",))
+        period = data.get("period") or {}
+        start = received_instant(period.get("start"), "Encounter.period.start")
+        end = received_instant(period["end"], "Encounter.period.end") if period.get("end") else None
+        klass = str((data.get("class") or {}).get("code") or "")
+        row = self._base(patient, item) | {
+            "kind": ENCOUNTER_KINDS.get(klass, "outpatient"),
+            "status": str(data.get("status") or "unknown")[:20],
+            "start_at": start,
+            "end_at": end,
+            "location_id": None,
+            "attending_id": None,
+            "received": received_body(data),
+        }
+        return [("encounters", row)]
+
+    def _medicationrequest(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """A prescription of another system, kept whole (any code system: the ATC coding is what
+        carnet's checks read when there is one); its prescriber is in its directory entries."""
+        subject = data.get("subject") or {}
+        patient = self.patient_ref(subject.get("reference"), pending)
+        data["subject"] = {**subject, "reference": f"Patient/{patient}"}
+        if data.get("medicationReference") is not None:
+            raise InvalidInput(
+                "MedicationRequest.medicationReference: carnet holds no Medication resource; send"
+                " medicationCodeableConcept (refused, not dropped)"
+            )
+        self.keep(data, "MedicationRequest", ("subject",))
+        concept = data.get("medicationCodeableConcept") or {}
+        codings = [c for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code")]
+        coding = next((c for c in codings if c.get("system") == ATC_SYSTEM), codings[0] if codings else {})
+        # A medication named by text alone is kept; the checks read no code from it (not ATC).
+        code = str(coding.get("code") or "")
+        if len(code) > 40:
+            raise InvalidInput("MedicationRequest.medicationCodeableConcept.coding.code: longer than 40")
+        display = str(coding.get("display") or concept.get("text") or code)
+        if not display:
+            raise InvalidInput("MedicationRequest.medicationCodeableConcept: a coding or a text is required")
+        dosage = next(
+            (
+                str(d["text"])
+                for d in data.get("dosageInstruction") or []
+                if isinstance(d, dict) and d.get("text")
+            ),
+            "",
+        )
+        validity = (data.get("dispenseRequest") or {}).get("validityPeriod") or {}
+        row = self._base(patient, item) | {
+            "prescriber_id": None,
+            "encounter_id": None,
+            "medication_code": code,
+            "medication_display": display[:200],
+            "substance_code": code,
+            "dosage_text": dosage[:500],
+            "status": str(data.get("status") or "unknown")[:20],
+            "authored_at": received_instant(data.get("authoredOn"), "MedicationRequest.authoredOn"),
+            "valid_until": received_instant(
+                validity["end"], "MedicationRequest.dispenseRequest.validityPeriod.end"
+            )
+            if validity.get("end")
+            else None,
+            "renewed_from_id": None,
+            "stop_reason": None,
+            "allergy_override_reason": None,
+            "received": received_body(data),
+        }
+        return [("prescriptions", row)]
+
+    def _intervention(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """An immunization, procedure, medication administered or statement, kept whole."""
+        rtype = str(data["resourceType"])
+        kind = INTERVENTION_KINDS[rtype]
+        sent = data.get(kind.patient) or {}
+        patient = self.patient_ref(sent.get("reference"), pending)
+        data[kind.patient] = {**sent, "reference": f"Patient/{patient}"}
+        self.keep(data, rtype, (kind.patient,))
+        values = intervention_input(kind, data)
+        row = self._base(patient, item) | {
+            "resource_type": rtype,
+            "code_system": values.code_system,
+            "code": values.code,
+            "display": values.display,
+            "status": values.status,
+            "occurred_at": values.occurred_at,
+            "encounter_id": None,
+            "recorded_by": None,
+            "received": received_body(data),
+        }
+        return [("interventions", row)]
+
+    _immunization = _procedure = _medicationadministration = _medicationstatement = _intervention
+
+    def _directory(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Another system's directory entry: one carnet holds already (matched by identifier)
+        is referenced, not kept twice; any other is kept as received, its references carnet's."""
+        if item.matched:
+            return []
+        rtype = str(data["resourceType"])
+        self.keep(data, rtype, ())
+        system, value = directory_identifier(data)
+        row = {
+            "id": item.assigned or new_id(),
+            "facility_id": self.facility_id,
+            "resource_type": rtype,
+            "identifier_system": system,
+            "identifier_value": value,
+            "resource": json.dumps(received_body(data), ensure_ascii=False, sort_keys=True),
+            "created_at": self.now,
+        }
+        return [("directory_entries", row)]
+
+    _practitioner = _practitionerrole = _organization = _location = _directory
 
     def _coverage(
         self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
@@ -588,6 +904,17 @@ class Run:
         return []
 
 
+ENCOUNTER_KINDS = {"IMP": "inpatient", "ACUTE": "inpatient", "NONAC": "inpatient", "EMER": "emergency"}
+
+
+def directory_identifier(resource: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The identifier a directory entry is matched by: its first with a system and a value."""
+    for identifier in resource.get("identifier") or []:
+        if isinstance(identifier, dict) and identifier.get("system") and identifier.get("value"):
+            return str(identifier["system"])[:200], str(identifier["value"])[:100]
+    return None, None
+
+
 def invoice_number(resource: dict[str, Any]) -> str | None:
     """The number the issuing system gave an invoice: its first identifier's value."""
     for identifier in resource.get("identifier") or []:
@@ -605,14 +932,6 @@ def received_body(data: dict[str, Any]) -> dict[str, Any]:
     if kept_meta:
         body["meta"] = kept_meta
     return body
-
-
-def _refuse_unresolved(data: dict[str, Any], rtype: str, resolved: tuple[str, ...]) -> None:
-    """Every reference but those of `resolved` (rewritten by the mapper) and contained ones
-    (`#id`) names something this import does not hold: refused, naming the element."""
-    for path, reference in _references({k: v for k, v in data.items() if k not in resolved}, rtype):
-        if not reference.startswith("#"):
-            raise InvalidInput(f"{path}: carnet cannot resolve this reference (refused, not dropped)")
 
 
 def code_of(concept: dict[str, Any], default: str) -> str:

@@ -57,6 +57,12 @@ class Rejection:
 class ImportReport:
     accepted: dict[str, int] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
+    # References of accepted resources to resources of the run that were rejected (element and
+    # reference as sent): kept as written, named here.
+    dangling: list[str] = field(default_factory=list)
+    # Each accepted resource's name in the files ("Type/<source id>", or its fullUrl) -> the
+    # carnet id it was given (a directory entry matched: the one carnet already held).
+    ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_accepted(self) -> int:
@@ -212,11 +218,18 @@ def import_files(
     """Import files in order; `progress(n)` is told of each n resources handled."""
     report = ImportReport()
     run = Run(runtime, facility_id)
-    for path in paths:
-        for unit in read_units(path):
-            _import_unit(run, unit, report, operator=operator, source=path.name)
-            if progress is not None:
-                progress(len(unit.items))
+    # Every unit read first: references resolve in any order, within a file and across files.
+    units = [(path.name, unit) for path in paths for unit in read_units(path)]
+    run.preassign([u for _name, u in units])
+    run.match_directory([u for _name, u in units])
+    for name, unit in units:
+        _import_unit(run, unit, report, operator=operator, source=name)
+        if progress is not None:
+            progress(len(unit.items))
+    report.dangling = run.dangling()
+    report.ids = {
+        key: str(carnet_id) for key, (_rtype, carnet_id) in run.index.items() if carnet_id in run.accepted_ids
+    }
     return report
 
 
@@ -333,6 +346,14 @@ def _import_unit(run: Run, unit: Unit, report: ImportReport, *, operator: str, s
             for ref, row in run.unit_invoices.items()
         }
     )
+    refused = {r.source for r in rejected}
+    for item in unit.items:
+        if item.source in refused:
+            continue
+        if item.assigned is not None:
+            run.accepted_ids.add(item.assigned)
+        for carnet_id, where in item.refs.items():
+            run.referenced.setdefault(carnet_id, where)
     for rtype, n in accepted.items():
         report.accepted[rtype] = report.accepted.get(rtype, 0) + n
     report.rejected.extend(rejected)

@@ -15,7 +15,9 @@ The contract (what every guarded operation may rely on, and must keep):
   (ledger, detection) -> the audit event, in the same transaction -> commit -> return.
 - **The body** never opens a session, commits or rolls back. It decides before it queries:
   `tx.require` (a permission), `tx.authorize` (the policy, per patient; a list puts
-  `care.patient_filter` IN its SQL), `tx.check_scopes` (a token's SMART scopes). It decrypts
+  `care.patient_filter` IN its SQL), `tx.check_scopes` (a token's SMART scopes; an app token's
+  launch patient and granular categories: `tx.check_compartment`, `tx.check_categories`,
+  also applied by `care.visible_filter` and `relationships_of`). It decrypts
   only the fields the decision opened (`tx.dec`), declares every patient it shows
   (`tx.expose`), versions every write (`tx.snapshot`, `tx.bump` for If-Match) and returns a
   schema (carnet.phi.schemas), never an ORM object.
@@ -38,7 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Table, Uuid, bindparam, exists, select, text, update
+from sqlalchemy import Table, Uuid, bindparam, exists, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -323,6 +325,7 @@ class GuardedTx:
         merged_ok: bool = False,
     ) -> Decision:
         self.check_scopes(resource)
+        self.check_compartment(patient)
         rels = self.relationships_of([patient]).get(patient.id, frozenset())
         decision = decide(
             roles=self.ctx.roles, resource=resource, relationships=rels, write=write, permission=permission
@@ -350,6 +353,21 @@ class GuardedTx:
             require_scope(self.actor, resource_type=resource.value, action=action)
         except Forbidden as exc:
             raise Refused(str(exc)) from None
+
+    def check_compartment(self, patient: Patient) -> None:
+        """An app token with patient/ scopes reaches its launch patient and no other."""
+        if self.ctx.compartment is not None and patient.id != self.ctx.compartment:
+            raise Refused("the app's token reaches only its launch patient", [patient.id])
+
+    def category_limit(self, resource: ResourceType) -> frozenset[str] | None:
+        """The categories of `resource` a granular token may read (None: not limited)."""
+        return scopes.category_limit(self.actor.scopes, resource.value)
+
+    def check_categories(self, resource: ResourceType, categories: Iterable[str]) -> None:
+        """Refuse a record none of whose categories a granular token names (it looks missing)."""
+        limit = self.category_limit(resource)
+        if limit is not None and not limit & set(categories):
+            raise Refused(f"the token's scopes do not name this {resource.value}'s category")
 
     def read_fields(self, rels: frozenset[Relationship], resource: ResourceType) -> frozenset[str]:
         if not scopes.reads(self.actor.scopes, resource):
@@ -421,6 +439,37 @@ class GuardedTx:
             )
         )
         self.resource_ids.append(str(resource_id))
+
+    def snapshots(
+        self,
+        patient: Patient,
+        versions: Sequence[tuple[ResourceType, uuid.UUID, dict[str, Any]]],
+        action: str,
+    ) -> None:
+        """`snapshot` of several records written together (their first versions): one INSERT
+        for all of them (executemany), each encrypted as `snapshot` encrypts one."""
+        rows = []
+        for resource, resource_id, data in versions:
+            row_id = new_id()
+            body = json.dumps(data, default=str, sort_keys=True, ensure_ascii=False)
+            ct = self.enc(body, patient.facility_id, "resource_versions", "snapshot", row_id)
+            rows.append(
+                {
+                    "id": row_id,
+                    "resource_type": resource.value,
+                    "resource_id": resource_id,
+                    "version_id": int(data.get("version_id") or 1),
+                    "patient_id": patient.id,
+                    "facility_id": patient.facility_id,
+                    "recorded_at": self.now,
+                    "author_id": self.ctx.account_id,
+                    "action": action,
+                    "snapshot_ct": ct,
+                }
+            )
+            self.resource_ids.append(str(resource_id))
+        if rows:
+            self.session.execute(insert(ResourceVersion), rows)
 
     def bump(self, model: Any, row: Any, expected_version: int, **values: Any) -> None:
         """Update a versioned row only if nobody changed it since `expected_version` (If-Match)."""

@@ -22,7 +22,9 @@ from carnet.crypto.blind import IndexKind
 from carnet.crypto.keyring import Keyring
 from carnet.db.base import Base
 from carnet.detection.models import CanaryPatient
+from carnet.interventions.models import Intervention
 from carnet.kernel.errors import InvalidInput
+from carnet.org.models import DirectoryEntry
 from carnet.patients.models import CareRelationship, Consent, Patient, PatientNameKey, ResourceVersion
 from carnet.patients.names import name_key_rows
 from carnet.phi.system import SystemAccess
@@ -57,6 +59,8 @@ class _Table:
 
 # Insertion order follows the foreign keys.
 TABLES: Mapping[str, _Table] = {
+    # Another system's practitioners, roles, organizations, locations (no patient data).
+    "directory_entries": _Table(DirectoryEntry),
     "patients": _Table(
         Patient,
         (
@@ -76,15 +80,16 @@ TABLES: Mapping[str, _Table] = {
     "canary_patients": _Table(CanaryPatient),
     "care_relationships": _Table(CareRelationship),
     "consents": _Table(Consent),
-    "encounters": _Table(Encounter),
+    "encounters": _Table(Encounter, (_Field("received", as_json=True),)),
     "appointments": _Table(Appointment, (_Field("reason"),)),
     "clinical_notes": _Table(ClinicalNote),
     "note_versions": _Table(NoteVersion, (_Field("text"),), transient=("facility_id",)),
-    "allergies": _Table(Allergy),
+    "allergies": _Table(Allergy, (_Field("received", as_json=True),)),
     "conditions": _Table(Condition, (_Field("received", as_json=True),)),
-    "diagnostic_reports": _Table(DiagnosticReport, (_Field("conclusion"),)),
+    "diagnostic_reports": _Table(DiagnosticReport, (_Field("conclusion"), _Field("received", as_json=True))),
     "observations": _Table(Observation, (_Field("received", as_json=True),)),
-    "prescriptions": _Table(Prescription),
+    "prescriptions": _Table(Prescription, (_Field("received", as_json=True),)),
+    "interventions": _Table(Intervention, (_Field("received", as_json=True),)),
     "coverages": _Table(Coverage, (_Field("member_id"),)),
     "card_readings": _Table(CardReading, (_Field("card_serial"), _Field("payload", as_json=True))),
     "invoices": _Table(Invoice),

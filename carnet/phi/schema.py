@@ -9,6 +9,7 @@ from carnet.db.base import Base
 from carnet.detection import models as detection_models
 from carnet.identity import models as identity_models
 from carnet.interfaces import models as interface_models
+from carnet.interventions import models as intervention_models
 from carnet.org import models as org_models
 from carnet.patients import models as patient_models
 from carnet.prescriptions import models as prescription_models
@@ -24,6 +25,7 @@ MODEL_MODULES = (
     detection_models,
     identity_models,
     interface_models,
+    intervention_models,
     org_models,
     patient_models,
     prescription_models,

@@ -79,6 +79,8 @@ class EncounterView(Redactable):
     location_id: str | None = None
     attending_id: str | None = None
     version_id: int | None = None
+    # The FHIR Encounter as received (None: opened in carnet, or not every field is visible).
+    received: dict[str, Any] | None = None
 
 
 class AllergyView(Redactable):
@@ -86,6 +88,7 @@ class AllergyView(Redactable):
     substance_code: str | None = None
     substance_display: str | None = None
     criticality: str | None = None
+    reaction: str | None = None  # what happened (urticaria, anaphylaxis...), free text
     clinical_status: str | None = None
     recorded_by: str | None = None
     version_id: int | None = None
@@ -126,6 +129,8 @@ class PrescriptionView(Redactable):
     allergy_override_reason: str | None = None
     version_id: int | None = None
     warnings: list[str] | None = None
+    # The FHIR MedicationRequest as received (imported; None otherwise or not all visible).
+    received: dict[str, Any] | None = None
 
 
 class CoverageView(Redactable):
@@ -192,6 +197,10 @@ class ObservationView(Redactable):
     version_id: int | None = None
     # The FHIR resource as received (None: not received, or not every field is visible).
     received: dict[str, Any] | None = None
+    # The order it answers, the laboratory's reference range as printed and its abnormal flag.
+    order_id: str | None = None
+    reference_range: str | None = None
+    interpretation: str | None = None
 
 
 class ConditionView(Redactable):
@@ -271,6 +280,32 @@ class DiagnosticReportView(Redactable):
     version_id: int | None = None
     # The FHIR resource as received (None: not received, or not every field is visible).
     received: dict[str, Any] | None = None
+    order_id: str | None = None  # the order it answers (basedOn)
+
+
+class LabResultsView(BaseModel):
+    """Results recorded together and the report grouping them (each redacted as its own read)."""
+
+    observations: list[ObservationView]
+    report: DiagnosticReportView | None = None
+
+
+class ServiceRequestView(Redactable):
+    """A lab order: the test asked for, by whom, how urgently, and where it stands."""
+
+    patient_id: str | None = None
+    facility_id: str | None = None
+    encounter_id: str | None = None
+    requester_id: str | None = None
+    placer_number: str | None = None
+    category: str | None = None
+    code: str | None = None
+    display: str | None = None
+    priority: str | None = None
+    status: str | None = None
+    authored_at: dt.datetime | None = None
+    note: str | None = None
+    version_id: int | None = None
 
 
 class ConsentView(Redactable):
@@ -464,9 +499,15 @@ class AllergyInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     patient_id: str
+    # An ATC code (what carnet's medication checks read), or a code of any other system (SNOMED
+    # CT, RxNorm...): kept, shown, and said to be unchecked when a prescription is checked.
     substance_code: str = Field(min_length=1, max_length=40)
     substance_display: str = Field(min_length=1, max_length=200)
     criticality: str = Field(pattern="^(low|high|unable-to-assess)$")
+    clinical_status: str = Field(default="active", pattern="^(active|inactive|resolved)$")
+    # The FHIR resource as received, kept whole (every coding with its system, reactions...).
+    received: dict[str, Any] | None = None
+    reaction: str | None = Field(default=None, max_length=200)
 
 
 class EncounterInput(BaseModel):
@@ -502,6 +543,11 @@ class ObservationInput(BaseModel):
     # The FHIR resource as received, kept whole; its value may be of a type the columns do not
     # hold (valueCodeableConcept, components...).
     received: dict[str, Any] | None = None
+    # The lab order it answers (the patient's own), the laboratory's reference range as printed
+    # ("3.5-5.0", "<2.0") and its abnormal flag (HL7 table 0078: L, H, LL, HH, N, A, AA...).
+    order_id: str | None = None
+    reference_range: str | None = Field(default=None, max_length=60)
+    interpretation: str | None = Field(default=None, pattern=r"^[A-Za-z<>]{1,10}$")
 
 
 # FHIR Condition clinicalStatus and verificationStatus codes (R4).
@@ -557,11 +603,32 @@ class DiagnosticReportInput(BaseModel):
     status: str = Field(default="final", pattern="^(registered|partial|preliminary|final|amended|corrected)$")
     issued_at: dt.datetime
     conclusion: str | None = Field(default=None, max_length=10_000)
-    result_ids: list[str] = Field(min_length=1, max_length=200)
+    # Required by record_diagnostic_report; record_observations fills it with its own results.
+    result_ids: list[str] = Field(default_factory=list, max_length=200)
+    order_id: str | None = None  # the lab order it answers (the patient's own)
+
+
+# FHIR request-priority codes (R4), and the statuses carnet's orders take.
+ORDER_PRIORITIES = ("routine", "urgent", "asap", "stat")
+ORDER_STATUSES = ("active", "completed", "revoked", "entered-in-error")
+
+
+class ServiceRequestInput(BaseModel):
+    """A lab order: the test (LOINC) for a patient, its priority and the clinical question."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    code: str = Field(min_length=1, max_length=20, pattern=r"^[0-9A-Za-z.\-]+$")
+    display: str = Field(min_length=1, max_length=200)
+    priority: str = Field(default="routine", pattern="^(routine|urgent|asap|stat)$")
+    note: str | None = Field(default=None, max_length=2000)
+    encounter_id: str | None = None
 
 
 class ExportJobView(BaseModel):
-    """An asynchronous export's state (no patient data): running, completed, failed, downloaded."""
+    """An asynchronous export's state (no patient data): pending (approval), running,
+    completed, failed, downloaded."""
 
     id: str
     export_id: str
@@ -570,6 +637,7 @@ class ExportJobView(BaseModel):
     completed_at: dt.datetime | None = None
     patient_count: int | None = None
     failure: str | None = None
+    request_url: str | None = None
 
 
 class PatientExport(BaseModel):
@@ -581,3 +649,66 @@ class PatientExport(BaseModel):
     approved_by: str
     exported_at: dt.datetime
     items: list[PatientView]
+
+
+# -- the day's work per role (front desk arrivals, billing worklist, ward board) ----------
+class Arrival(BaseModel):
+    """One appointment of today on the front desk's arrivals list: when, with whom, its status
+    and version (to check the patient in), and who it is for (name, birth date, sex only)."""
+
+    appointment: AppointmentView
+    patient: PatientView
+    practitioner_name: str
+
+
+class Arrivals(BaseModel):
+    day: dt.date
+    window_start: dt.datetime
+    window_end: dt.datetime
+    entries: list[Arrival]
+    more: bool  # the window held more appointments than the list shows
+
+
+class UnpaidInvoice(BaseModel):
+    invoice: InvoiceView
+    patient: PatientView
+
+
+class BillingWorklist(BaseModel):
+    """Issued invoices not yet paid, oldest first, one page at a time; no clinical data."""
+
+    page: int
+    items: list[UnpaidInvoice]
+    more: bool
+
+
+class WardStay(BaseModel):
+    encounter: EncounterView
+    patient: PatientView
+    attending_name: str
+
+
+class Ward(BaseModel):
+    id: str
+    name: str
+    stays: list[WardStay]
+
+
+class WardBoard(BaseModel):
+    """The wards a nurse works today and the stays in progress in each."""
+
+    wards: list[Ward]
+
+
+class PractitionerWeek(BaseModel):
+    """One practitioner's row of the calendar grid: their booked slots (no patient)."""
+
+    practitioner_id: str
+    name: str
+    entries: list[ScheduleEntry]
+
+
+class CalendarGrid(BaseModel):
+    day_from: dt.date
+    day_to: dt.date
+    rows: list[PractitionerWeek]

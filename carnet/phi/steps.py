@@ -14,14 +14,22 @@ from carnet.access.actor import ActorKind
 from carnet.access.policy import ResourceType
 from carnet.access.roles import Role
 from carnet.billing.models import Invoice
-from carnet.detection.interfaces import Channel
+from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
+from carnet.interventions.models import Intervention
 from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Location, Practitioner
 from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused
 from carnet.prescriptions.models import Prescription
-from carnet.records.models import Allergy, ClinicalNote, Condition, DiagnosticReport, Observation
+from carnet.records.models import (
+    Allergy,
+    ClinicalNote,
+    Condition,
+    DiagnosticReport,
+    Observation,
+    ServiceRequest,
+)
 from carnet.scheduling.models import Appointment, Encounter
 
 T = TypeVar("T")
@@ -56,7 +64,37 @@ RECORD_MODELS: dict[ResourceType, Any] = {
     RT.DIAGNOSTIC_REPORT: DiagnosticReport,
     RT.CONSENT: Consent,
     RT.INVOICE: Invoice,
+    RT.SERVICE_REQUEST: ServiceRequest,
 }
+
+
+# A Condition carnet writes is a problem-list item; a received one keeps its own categories.
+CONDITION_CATEGORY = "problem-list-item"
+
+
+def record_categories(tx: GuardedTx, resource: ResourceType, row: Any) -> frozenset[str]:
+    """The category codes of a record, for a granular token's limit (Observation, Condition)."""
+    if resource is RT.OBSERVATION:
+        return frozenset({row.category})
+    if resource is RT.CONDITION:
+        received = received_of(tx, row) or {}
+        codes = {
+            str(coding.get("code"))
+            for concept in received.get("category") or []
+            if isinstance(concept, dict)
+            for coding in concept.get("coding") or []
+            if isinstance(coding, dict) and coding.get("code")
+        }
+        return frozenset(codes or {CONDITION_CATEGORY})
+    return frozenset()
+
+
+def within_categories(tx: GuardedTx, resource: ResourceType, query: Any) -> Any:
+    """A granular token's category limit as SQL, where the category is a column."""
+    limit = tx.category_limit(resource)
+    if limit is not None and resource is RT.OBSERVATION:
+        return query.where(Observation.category.in_(sorted(limit)))
+    return query
 
 
 def section(
@@ -64,7 +102,11 @@ def section(
 ) -> tuple[list[Any], frozenset[str]]:
     patient = tx.patient(patient_id)
     decision = tx.authorize(patient, resource)
-    rows = list(tx.session.scalars(query.limit(SECTION_LIMIT)))
+    rows = list(tx.session.scalars(within_categories(tx, resource, query).limit(SECTION_LIMIT)))
+    limit = tx.category_limit(resource)
+    if limit is not None:
+        # A search never returns a category the token does not name (checked again per row).
+        rows = [r for r in rows if limit & record_categories(tx, resource, r)]
     tx.resource_ids.extend(str(r.id) for r in rows)
     rels = tx.relationships_of([patient])
     tx.expose([patient.id], Channel.CHART, rels, decision.fields, resource=resource)
@@ -80,6 +122,8 @@ def read_one(tx: GuardedTx, kind: ResourceType, resource_id: str) -> tuple[Any, 
         raise NotFound(NOT_FOUND)
     patient = tx.patient(row.patient_id)
     decision = tx.authorize(patient, kind)
+    if tx.category_limit(kind) is not None:
+        tx.check_categories(kind, record_categories(tx, kind, row))
     tx.resource_ids.append(str(row.id))
     rels = tx.relationships_of([patient])
     tx.expose([patient.id], Channel.CHART, rels, decision.fields, resource=kind)
@@ -114,6 +158,11 @@ _RECORD_TYPES: dict[str, Any] = {
     "DiagnosticReport": DiagnosticReport,
     "Encounter": Encounter,
     "MedicationRequest": Prescription,
+    "ServiceRequest": ServiceRequest,
+    "Immunization": Intervention,
+    "Procedure": Intervention,
+    "MedicationAdministration": Intervention,
+    "MedicationStatement": Intervention,
 }
 _DIRECTORY_TYPES: dict[str, Any] = {"Practitioner": Practitioner, "Location": Location}
 
@@ -159,7 +208,11 @@ def received_json(
         model = _RECORD_TYPES.get(rtype) or _DIRECTORY_TYPES.get(rtype)
         row = tx.session.get(model, key) if model is not None and key is not None else None
         if rtype in _RECORD_TYPES:
-            ok = row is not None and row.patient_id == patient.id
+            ok = (
+                row is not None
+                and row.patient_id == patient.id
+                and getattr(row, "resource_type", rtype) == rtype  # interventions share a table
+            )
         else:
             ok = row is not None and row.facility_id in tx.ctx.facility_ids
         if not ok:
@@ -254,3 +307,28 @@ def patient_stay(tx: GuardedTx, value: str | None, patient: Patient) -> uuid.UUI
         # A stay opened by mistake is no stay: nothing new is written (or billed) against it.
         raise InvalidInput("this stay was entered in error: name the right stay, or none")
     return encounter.id
+
+
+def own_worklist(tx: GuardedTx, practitioner_id: str) -> uuid.UUID:
+    """A worklist (the patients one cares for now) is the actor's own: asked for another
+    practitioner, it is refused, and the refusal is audited like any other."""
+    me = tx.ctx.practitioner_id
+    if me is None:
+        raise Refused("a worklist belongs to a practitioner")
+    if parse_id(practitioner_id) != me:
+        raise Refused("another practitioner's worklist")
+    return me
+
+
+def expose_worklist(
+    tx: GuardedTx,
+    shown: list[uuid.UUID],
+    rels: dict[uuid.UUID, frozenset[Any]],
+    fields: set[str],
+    name: str,
+) -> None:
+    """A worklist's patients, counted as the day list counts them: one list exposure."""
+    tx.query = name
+    tx.reasons.append(f"own {name}")
+    event = SearchEvent(shape=SearchShape.LIST, term_digest=f"{name}:{tx.now.date().isoformat()}", page=1)
+    tx.expose(shown, Channel.LIST, rels, fields, shape=event)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
@@ -15,7 +15,8 @@ class Prescription(IdMixin, VersionedMixin, Base):
 
     facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
     patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
-    prescriber_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"), index=True)
+    # None for a prescription imported from another system: its resource names the prescriber.
+    prescriber_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"), index=True)
     encounter_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("encounters.id"))
     medication_code: Mapped[str] = mapped_column(String(40))  # CIP / ATC
     medication_display: Mapped[str] = mapped_column(String(200))
@@ -29,3 +30,5 @@ class Prescription(IdMixin, VersionedMixin, Base):
     stop_reason: Mapped[str | None] = mapped_column(String(500))
     # Set when the prescriber confirmed despite a recorded allergy to the substance.
     allergy_override_reason: Mapped[str | None] = mapped_column(String(500))
+    # The FHIR MedicationRequest as received (JSON, encrypted), imported from another system.
+    received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -4,6 +4,8 @@ record an allergy, read them."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+from typing import Any
 
 from sqlalchemy import select
 
@@ -12,7 +14,17 @@ from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.phi.kernel import RT, GuardedTx, guarded
 from carnet.phi.schemas import AllergyInput, AllergyView, PrescriptionInput, PrescriptionView
-from carnet.phi.steps import patient_stay, read_one, redact, section, writing_practitioner, written
+from carnet.phi.steps import (
+    patient_stay,
+    read_one,
+    received_json,
+    received_of,
+    received_shown,
+    redact,
+    section,
+    writing_practitioner,
+    written,
+)
 from carnet.prescriptions.models import Prescription
 from carnet.prescriptions.rules import allergy_warnings
 from carnet.prescriptions.views import allergy_data, prescription_data
@@ -72,6 +84,23 @@ def _status_reason(reason: str, what: str) -> str:
     return reason
 
 
+def _follow(tx: GuardedTx, prescription: Prescription, patient: Any) -> dict[str, Any] | None:
+    """A prescription received from another system (kept whole) follows a change made in carnet:
+    its status and status reason; the version before keeps it as it was received."""
+    stored = received_of(tx, prescription)
+    if stored is None:
+        return None
+    stored["status"] = prescription.status
+    if prescription.stop_reason:
+        stored["statusReason"] = {"text": prescription.stop_reason}
+    else:
+        stored.pop("statusReason", None)
+    text = json.dumps(stored, ensure_ascii=False, sort_keys=True)
+    prescription.received_ct = tx.enc(text, patient.facility_id, "prescriptions", "received", prescription.id)
+    tx.session.flush()
+    return stored
+
+
 @guarded(AuditKind.PHI_UPDATE, RT.PRESCRIPTION, targeted=True)
 def stop(tx: GuardedTx, /, *, prescription_id: str, expected_version: int, reason: str) -> PrescriptionView:
     writing_practitioner(tx)
@@ -81,7 +110,7 @@ def stop(tx: GuardedTx, /, *, prescription_id: str, expected_version: int, reaso
         raise Conflict("only an ongoing or held prescription can be stopped")
     reason = _status_reason(reason, "stopping")
     tx.bump(Prescription, prescription, expected_version, status="stopped", stop_reason=reason)
-    data = prescription_data(prescription)
+    data = prescription_data(prescription, _follow(tx, prescription, patient))
     return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, data, prescription.version_id, "update")
 
 
@@ -96,7 +125,7 @@ def hold(tx: GuardedTx, /, *, prescription_id: str, expected_version: int, reaso
         raise Conflict("only an ongoing prescription can be put on hold")
     reason = _status_reason(reason, "holding")
     tx.bump(Prescription, prescription, expected_version, status="on-hold", stop_reason=reason)
-    data = prescription_data(prescription)
+    data = prescription_data(prescription, _follow(tx, prescription, patient))
     return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, data, prescription.version_id, "update")
 
 
@@ -109,7 +138,7 @@ def resume(tx: GuardedTx, /, *, prescription_id: str, expected_version: int) -> 
     if prescription.status != "on-hold":
         raise Conflict("only a held prescription can be resumed")
     tx.bump(Prescription, prescription, expected_version, status="active", stop_reason=None)
-    data = prescription_data(prescription)
+    data = prescription_data(prescription, _follow(tx, prescription, patient))
     return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, data, prescription.version_id, "update")
 
 
@@ -151,7 +180,8 @@ def renew(
         valid_until = tx.now + max(old.valid_until - old.authored_at, dt.timedelta(days=1))
     if old.status != "completed":
         tx.bump(Prescription, old, expected_version, status="completed")
-        tx.snapshot(RT.PRESCRIPTION, old.id, old.version_id, patient, "update", prescription_data(old))
+        kept = _follow(tx, old, patient)
+        tx.snapshot(RT.PRESCRIPTION, old.id, old.version_id, patient, "update", prescription_data(old, kept))
     elif old.version_id != expected_version:
         raise Conflict("the resource was changed by someone else: reload and try again")
     renewed = Prescription(
@@ -184,22 +214,32 @@ def record_allergy(tx: GuardedTx, /, *, data: AllergyInput) -> AllergyView:
     author = writing_practitioner(tx)
     patient = tx.patient_for_write(data.patient_id)
     tx.authorize(patient, RT.ALLERGY, write=True)
+    allergy_id = new_id()
+    received = None
+    if data.received is not None:
+        # Who recorded it in carnet, unless the sender named its own recorder.
+        sent = {"recorder": {"reference": f"Practitioner/{author}"}, **data.received}
+        received = received_json(tx, sent, patient, {"patient": f"Patient/{patient.id}"})
+    reaction = (data.reaction or "").strip() or None
     allergy = Allergy(
-        id=new_id(),
+        id=allergy_id,
         facility_id=patient.facility_id,
         patient_id=patient.id,
         substance_code=data.substance_code,
         substance_display=data.substance_display,
         criticality=data.criticality,
-        clinical_status="active",
+        clinical_status=data.clinical_status,
+        reaction_ct=tx.enc(reaction, patient.facility_id, "allergies", "reaction", allergy_id),
         recorded_by=author,
+        received_ct=tx.enc(received, patient.facility_id, "allergies", "received", allergy_id),
         version_id=1,
         created_at=tx.now,
         updated_at=tx.now,
     )
     tx.session.add(allergy)
     tx.session.flush()
-    return written(tx, patient, RT.ALLERGY, AllergyView, allergy_data(allergy), 1, "create")
+    kept = None if received is None else dict(json.loads(received))
+    return written(tx, patient, RT.ALLERGY, AllergyView, allergy_data(allergy, kept, reaction), 1, "create")
 
 
 @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
@@ -211,7 +251,10 @@ def list_allergies(tx: GuardedTx, /, *, patient_id: str) -> list[AllergyView]:
         RT.ALLERGY,
         select(Allergy).where(Allergy.patient_id == pid).order_by(Allergy.created_at),
     )
-    return [redact(AllergyView, allergy_data(r), fields) for r in rows]
+    return [
+        redact(AllergyView, allergy_data(r, received_shown(tx, r, fields), _reaction(tx, r, fields)), fields)
+        for r in rows
+    ]
 
 
 @guarded(AuditKind.PHI_READ, RT.PRESCRIPTION, targeted=True)
@@ -223,16 +266,27 @@ def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[PrescriptionV
         RT.PRESCRIPTION,
         select(Prescription).where(Prescription.patient_id == pid).order_by(Prescription.authored_at.desc()),
     )
-    return [redact(PrescriptionView, prescription_data(r), fields) for r in rows]
+    return [
+        redact(PrescriptionView, prescription_data(r, received_shown(tx, r, fields)), fields) for r in rows
+    ]
 
 
 @guarded(AuditKind.PHI_READ, RT.PRESCRIPTION, targeted=True)
 def read(tx: GuardedTx, /, *, prescription_id: str) -> PrescriptionView:
     row, fields = read_one(tx, RT.PRESCRIPTION, prescription_id)
-    return redact(PrescriptionView, prescription_data(row), fields)
+    return redact(PrescriptionView, prescription_data(row, received_shown(tx, row, fields)), fields)
 
 
 @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
 def read_allergy(tx: GuardedTx, /, *, allergy_id: str) -> AllergyView:
     row, fields = read_one(tx, RT.ALLERGY, allergy_id)
-    return redact(AllergyView, allergy_data(row), fields)
+    return redact(
+        AllergyView, allergy_data(row, received_shown(tx, row, fields), _reaction(tx, row, fields)), fields
+    )
+
+
+def _reaction(tx: GuardedTx, allergy: Allergy, fields: frozenset[str]) -> str | None:
+    """The reaction, decrypted only for a reader who may see it."""
+    if "reaction" not in fields or allergy.reaction_ct is None:
+        return None
+    return tx.dec(allergy.reaction_ct, "allergies", "reaction", allergy.id)

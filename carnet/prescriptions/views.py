@@ -9,7 +9,11 @@ from carnet.prescriptions.models import Prescription
 from carnet.records.models import Allergy
 
 
-def allergy_data(a: Allergy) -> dict[str, Any]:
+def allergy_data(
+    a: Allergy, received: dict[str, Any] | None = None, reaction: str | None = None
+) -> dict[str, Any]:
+    """`received`: the resource kept as received; `reaction`: the decrypted reaction; each given
+    only when the reader may see it (the caller decrypts)."""
     return {
         "id": str(a.id),
         "updated_at": a.updated_at,
@@ -17,18 +21,20 @@ def allergy_data(a: Allergy) -> dict[str, Any]:
         "substance_code": a.substance_code,
         "substance_display": a.substance_display,
         "criticality": a.criticality,
+        "reaction": reaction,
         "clinical_status": a.clinical_status,
         "recorded_by": sid(a.recorded_by),
         "version_id": a.version_id,
+        "received": received,
     }
 
 
-def prescription_data(p: Prescription) -> dict[str, Any]:
+def prescription_data(p: Prescription, received: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": str(p.id),
         "updated_at": p.updated_at,
         "patient_id": str(p.patient_id),
-        "prescriber_id": str(p.prescriber_id),
+        "prescriber_id": sid(p.prescriber_id),
         "medication_code": p.medication_code,
         "medication_display": p.medication_display,
         "substance_code": p.substance_code,
@@ -40,4 +46,5 @@ def prescription_data(p: Prescription) -> dict[str, Any]:
         "allergy_override_reason": p.allergy_override_reason,
         "version_id": p.version_id,
         "warnings": [],
+        "received": received,
     }

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, or_, select
 
+from carnet.access.permissions import Permission
 from carnet.access.policy import CARE_TEAM_MAX_DURATION, REFERRAL_MAX_DURATION, Relationship
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.interfaces import Channel
@@ -18,10 +19,19 @@ from carnet.detection.referrals import judge_care_relationship
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Practitioner
-from carnet.patients.models import CareRelationship, ResourceVersion
+from carnet.patients.models import CareRelationship, Patient, ResourceVersion
+from carnet.phi import care
 from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
 from carnet.phi.schemas import CareRelationshipInput, CareTeamView
-from carnet.phi.steps import read_one, redact, section, written
+from carnet.phi.steps import (
+    SECTION_LIMIT,
+    expose_worklist,
+    own_worklist,
+    read_one,
+    redact,
+    section,
+    written,
+)
 from carnet.records.views import care_team_data
 
 
@@ -157,6 +167,47 @@ def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[CareTeamView]
     return [
         redact(CareTeamView, care_team_data(r, tx.now, *versions.get(r.id, (1, None))), fields) for r in rows
     ]
+
+
+@guarded(AuditKind.PHI_LIST, RT.CARE_TEAM, targeted=False)
+def worklist(tx: GuardedTx, /, *, practitioner_id: str) -> list[CareTeamView]:
+    """A clinician's patients by care relationship (care team, referral), current ones only:
+    their own list, bounded, counted as a list like the day list."""
+    tx.require(Permission.DAY_LIST_READ)
+    tx.check_scopes(RT.CARE_TEAM)
+    me = own_worklist(tx, practitioner_id)
+    now = tx.now
+    rows = tx.session.execute(
+        select(CareRelationship, Patient)
+        .join(Patient, Patient.id == CareRelationship.patient_id)
+        .where(
+            CareRelationship.practitioner_id == me,
+            CareRelationship.start_at <= now,
+            or_(CareRelationship.end_at.is_(None), CareRelationship.end_at > now),
+            care.visible_filter(tx.ctx),
+        )
+        .order_by(CareRelationship.start_at.desc())
+        .limit(SECTION_LIMIT)
+    ).all()
+    rels = tx.relationships_of([p for _r, p in rows])
+    kept: list[tuple[CareRelationship, frozenset[str]]] = []
+    shown: list[uuid.UUID] = []
+    fields_shown: set[str] = set()
+    for relationship, patient in rows:
+        fields = tx.read_fields(rels.get(patient.id, frozenset()), RT.CARE_TEAM)
+        if not fields:
+            continue
+        kept.append((relationship, fields))
+        shown.append(patient.id)
+        fields_shown |= fields
+        tx.resource_ids.append(str(relationship.id))
+    versions = _care_versions(tx, [r for r, _f in kept], with_reason=False)
+    views = [
+        redact(CareTeamView, care_team_data(r, now, *versions.get(r.id, (1, None))), fields)
+        for r, fields in kept
+    ]
+    expose_worklist(tx, shown, rels, fields_shown, "care-team-worklist")
+    return views
 
 
 @guarded(AuditKind.PHI_READ, RT.CARE_TEAM, targeted=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
@@ -43,6 +43,7 @@ class Allergy(IdMixin, VersionedMixin, Base):
     substance_code: Mapped[str] = mapped_column(String(40))  # ATC code of the substance class
     substance_display: Mapped[str] = mapped_column(String(200))
     criticality: Mapped[str] = mapped_column(String(20))  # low, high, unable-to-assess
+    reaction_ct: Mapped[bytes | None] = mapped_column(LargeBinary)  # what happened, encrypted
     clinical_status: Mapped[str] = mapped_column(String(20), default="active")
     recorded_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
     # The FHIR resource as received (JSON, encrypted): what a read returns; None when written
@@ -68,6 +69,29 @@ class Condition(IdMixin, VersionedMixin, Base):
     received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
+class ServiceRequest(IdMixin, VersionedMixin, Base):
+    """A lab order (FHIR ServiceRequest): what a physician asked the laboratory to test. Its
+    placer number (ORC-2/OBR-2 in HL7 v2) is how the lab's results find it again."""
+
+    __tablename__ = "service_requests"
+    __table_args__ = (UniqueConstraint("facility_id", "placer_number", name="uq_service_requests_placer"),)
+
+    facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
+    encounter_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("encounters.id"))
+    requester_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"))
+    placer_number: Mapped[str] = mapped_column(String(40))
+    category: Mapped[str] = mapped_column(String(20), default="laboratory")
+    code: Mapped[str] = mapped_column(String(20))  # LOINC test or panel
+    display: Mapped[str] = mapped_column(String(200))
+    priority: Mapped[str] = mapped_column(String(10), default="routine")  # routine, urgent, asap, stat
+    # active (ordered, results awaited or partial), completed (final results), revoked,
+    # entered-in-error: FHIR request-status.
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    authored_at: Mapped[dt.datetime]
+    note_ct: Mapped[bytes | None] = mapped_column(LargeBinary)  # the clinical question, encrypted
+
+
 class DiagnosticReport(IdMixin, VersionedMixin, Base):
     __tablename__ = "diagnostic_reports"
 
@@ -82,6 +106,8 @@ class DiagnosticReport(IdMixin, VersionedMixin, Base):
     # The FHIR resource as received (JSON, encrypted): what a read returns; None when written
     # through the web UI or seeded, then rendered from the columns.
     received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The order it answers (FHIR basedOn), when there is one.
+    order_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("service_requests.id"), index=True)
 
 
 class Observation(IdMixin, VersionedMixin, Base):
@@ -103,5 +129,10 @@ class Observation(IdMixin, VersionedMixin, Base):
     # The FHIR resource as received (JSON, encrypted): what a read returns; None when written
     # through the web UI or seeded, then rendered from the columns.
     received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The order it answers (FHIR basedOn); the laboratory's reference range as printed (OBX-7,
+    # e.g. "3.5-5.0") and its abnormal flag (OBX-8, HL7 table 0078 = FHIR v2-0078 codes).
+    order_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("service_requests.id"))
+    reference_range: Mapped[str | None] = mapped_column(String(60))
+    interpretation: Mapped[str | None] = mapped_column(String(10))
 
     __table_args__ = (Index("ix_observations_patient_effective", "patient_id", "effective_at"),)

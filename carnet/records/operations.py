@@ -8,7 +8,7 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.interfaces import Channel
@@ -23,6 +23,7 @@ from carnet.phi.schemas import (
     ConditionView,
     DiagnosticReportInput,
     DiagnosticReportView,
+    LabResultsView,
     NoteView,
     ObservationInput,
     ObservationView,
@@ -41,8 +42,15 @@ from carnet.phi.steps import (
     writing_practitioner,
     written,
 )
-from carnet.records import rules
-from carnet.records.models import ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
+from carnet.records import orders, rules
+from carnet.records.models import (
+    ClinicalNote,
+    Condition,
+    DiagnosticReport,
+    NoteVersion,
+    Observation,
+    ServiceRequest,
+)
 from carnet.records.views import condition_data, note_data, observation_data, report_views
 
 
@@ -182,6 +190,9 @@ def list_observations(tx: GuardedTx, /, *, patient_id: str) -> list[ObservationV
                 "effective_at": r.effective_at,
                 "status": r.status,
                 "received": received_shown(tx, r, fields),
+                "order_id": sid(r.order_id),
+                "reference_range": r.reference_range,
+                "interpretation": r.interpretation,
             },
             fields,
         )
@@ -212,6 +223,7 @@ def record_observation(tx: GuardedTx, /, *, data: ObservationInput) -> Observati
         raise InvalidInput("an Observation's time has a time zone and is not in the future")
     observation_id = new_id()
     encounter_id = patient_stay(tx, data.encounter_id, patient)
+    order = orders.patient_order(tx, data.order_id, patient)
     received = None
     if data.received is not None:
         rewritten = {"subject": f"Patient/{patient.id}"}
@@ -234,6 +246,9 @@ def record_observation(tx: GuardedTx, /, *, data: ObservationInput) -> Observati
         status=data.status,
         performer_id=author,
         received_ct=tx.enc(received, patient.facility_id, "observations", "received", observation_id),
+        order_id=order.id if order is not None else None,
+        reference_range=data.reference_range,
+        interpretation=data.interpretation,
         version_id=1,
         created_at=tx.now,
         updated_at=tx.now,
@@ -256,6 +271,8 @@ def amend_observation(
     value_number: float | None = None,
     unit: str | None = None,
     value_text: str | None = None,
+    reference_range: str | None = None,
+    interpretation: str | None = None,
 ) -> ObservationView:
     """Correct a vital sign or a lab result (status amended or corrected, a new value) or mark
     it entered-in-error (kept, value unchanged). If-Match on the version; every earlier
@@ -282,6 +299,11 @@ def amend_observation(
             "unit": new_unit,
             "value_text": value_text,
         }
+        # The laboratory's range and flag follow its corrected value (kept when not re-sent).
+        if reference_range is not None:
+            values["reference_range"] = reference_range[:60]
+        if interpretation is not None:
+            values["interpretation"] = interpretation[:10]
     else:
         raise InvalidInput(
             "an Observation is corrected (status amended or corrected) or marked entered-in-error"
@@ -475,6 +497,8 @@ def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -
     tx.authorize(patient, RT.DIAGNOSTIC_REPORT, write=True)
     if data.issued_at.tzinfo is None or data.issued_at > tx.now + dt.timedelta(minutes=5):
         raise InvalidInput("a report's issued time has a time zone and is not in the future")
+    if not data.result_ids:
+        raise InvalidInput("a lab report groups its results: result needs an Observation reference")
     observations: list[Observation] = []
     for number, raw in enumerate(data.result_ids, start=1):
         oid = parse_id(raw)
@@ -486,6 +510,7 @@ def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -
         if row in observations:
             raise InvalidInput(f"result {number} is listed twice")
         observations.append(row)
+    order = orders.patient_order(tx, data.order_id, patient)
     report_id = new_id()
     conclusion = (data.conclusion or "").strip() or None
     report = DiagnosticReport(
@@ -498,6 +523,7 @@ def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -
         issued_at=data.issued_at,
         conclusion_ct=tx.enc(conclusion, patient.facility_id, "diagnostic_reports", "conclusion", report_id),
         performer_id=author,
+        order_id=order.id if order is not None else None,
         version_id=1,
         created_at=tx.now,
         updated_at=tx.now,
@@ -507,6 +533,8 @@ def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -
     for row in observations:
         row.report_id = report.id
     tx.session.flush()
+    if order is not None:
+        orders.advance(tx, order, patient, report.status)
     snapshot = {
         "id": str(report.id),
         "updated_at": report.updated_at,
@@ -520,8 +548,12 @@ def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -
         "performer_id": str(author),
         "result_ids": [str(o.id) for o in observations],
         "version_id": 1,
+        "order_id": sid(report.order_id),
     }
     return written(tx, patient, RT.DIAGNOSTIC_REPORT, DiagnosticReportView, snapshot, 1, "create")
+
+
+PENDING_REPORT = frozenset({"registered", "partial", "preliminary"})
 
 
 @guarded(AuditKind.PHI_UPDATE, RT.DIAGNOSTIC_REPORT, targeted=True)
@@ -536,8 +568,9 @@ def amend_diagnostic_report(
     result_ids: list[str] | None = None,
 ) -> DiagnosticReportView:
     """Amend a lab report (status amended or corrected: its conclusion and results, the
-    results Observations of the same patient in no other report, as on creation) or mark
-    it entered-in-error (kept, content unchanged). If-Match; every version stays."""
+    results Observations of the same patient in no other report, as on creation), make a
+    preliminary one final, or mark it entered-in-error (kept, content unchanged). If-Match;
+    every version stays. Final results complete the order the report answers."""
     writing_practitioner(tx)
     report, patient = tx.record_to_change(DiagnosticReport, report_id)
     tx.authorize(patient, RT.DIAGNOSTIC_REPORT, write=True)
@@ -568,6 +601,7 @@ def amend_diagnostic_report(
             "performer_id": sid(report.performer_id),
             "result_ids": [str(o.id) for o in results],
             "version_id": report.version_id,
+            "order_id": sid(report.order_id),
         }
 
     first_version(tx, RT.DIAGNOSTIC_REPORT, report, patient, data(old, current))
@@ -582,8 +616,12 @@ def amend_diagnostic_report(
             report.version_id,
             "update",
         )
-    if status not in ("amended", "corrected"):
+    if status not in ("amended", "corrected", "final"):
         raise InvalidInput("a report is amended (status amended or corrected) or marked entered-in-error")
+    # A report whose results were not all final yet becomes final once (FHIR's workflow).
+    becomes_final = status == "final"
+    if becomes_final and report.status not in PENDING_REPORT:
+        raise InvalidInput("only a registered, partial or preliminary report becomes final")
     observations: list[Observation] = []
     for number, raw in enumerate(result_ids or [], start=1):
         oid = parse_id(raw)
@@ -598,7 +636,7 @@ def amend_diagnostic_report(
     if not observations:
         raise InvalidInput("a lab report groups its results: result needs an Observation reference")
     text_now = (conclusion or "").strip() or None
-    if text_now == old and {o.id for o in observations} == {o.id for o in current}:
+    if not becomes_final and text_now == old and {o.id for o in observations} == {o.id for o in current}:
         raise InvalidInput("an amendment changes the conclusion or the results")
     tx.bump(
         DiagnosticReport,
@@ -613,6 +651,8 @@ def amend_diagnostic_report(
     for row in observations:
         row.report_id = report.id
     tx.session.flush()
+    if report.order_id is not None:
+        orders.advance(tx, tx.session.get(ServiceRequest, report.order_id), patient, status)
     observations.sort(key=lambda o: (o.effective_at, o.id))
     return written(
         tx,
@@ -623,3 +663,141 @@ def amend_diagnostic_report(
         report.version_id,
         "update",
     )
+
+
+# -- a lab order's results in one pass (an interface's ORU^R01, a lab system) ------------------
+RESULTS_LIMIT = 200
+
+
+def _check_result(tx: GuardedTx, number: int, data: ObservationInput) -> None:
+    if data.received is not None:
+        raise InvalidInput(f"result {number}: a resource as received is recorded on its own")
+    if (data.value_number is None) == (data.value_text is None):
+        raise InvalidInput(f"result {number}: an Observation has one value: a number (and unit) or a text")
+    if data.effective_at.tzinfo is None or data.effective_at > tx.now + dt.timedelta(minutes=5):
+        raise InvalidInput(f"result {number}: its time has a time zone and is not in the future")
+
+
+@guarded(AuditKind.PHI_CREATE, RT.OBSERVATION, targeted=True)
+def record_observations(
+    tx: GuardedTx, /, *, results: list[ObservationInput], report: DiagnosticReportInput | None = None
+) -> LabResultsView:
+    """Several results of one patient and, when given, the report grouping them (its
+    `result_ids` are ignored: it groups these results), as `record_observation` and
+    `record_diagnostic_report` would record them one by one, in one pass: the patient locked
+    once, one policy decision per type, the rows and their first versions inserted together.
+    Final results answering an active order complete it."""
+    if not 1 <= len(results) <= RESULTS_LIMIT:
+        raise InvalidInput(f"1 to {RESULTS_LIMIT} results at once")
+    wanted = {r.patient_id for r in results} | ({report.patient_id} if report is not None else set())
+    if len(wanted) != 1:
+        raise InvalidInput("results recorded together are one patient's")
+    author = result_author(tx)
+    patient = tx.patient_for_write(results[0].patient_id)
+    tx.authorize(patient, RT.OBSERVATION, write=True)
+    if report is not None:
+        tx.authorize(patient, RT.DIAGNOSTIC_REPORT, write=True)
+        if report.issued_at.tzinfo is None or report.issued_at > tx.now + dt.timedelta(minutes=5):
+            raise InvalidInput("a report's issued time has a time zone and is not in the future")
+    stays: dict[str | None, uuid.UUID | None] = {None: None}
+    answered: dict[str | None, ServiceRequest | None] = {None: None}
+    for number, data in enumerate(results, start=1):
+        _check_result(tx, number, data)
+        if data.encounter_id not in stays:
+            stays[data.encounter_id] = patient_stay(tx, data.encounter_id, patient)
+        if data.order_id not in answered:
+            answered[data.order_id] = orders.patient_order(tx, data.order_id, patient)
+    report_order = None
+    report_row: DiagnosticReport | None = None
+    conclusion = None
+    if report is not None:
+        report_order = orders.patient_order(tx, report.order_id, patient)
+        report_id = new_id()
+        conclusion = (report.conclusion or "").strip() or None
+        report_row = DiagnosticReport(
+            id=report_id,
+            facility_id=patient.facility_id,
+            patient_id=patient.id,
+            code=report.code,
+            display=report.display,
+            status=report.status,
+            issued_at=report.issued_at,
+            conclusion_ct=tx.enc(
+                conclusion, patient.facility_id, "diagnostic_reports", "conclusion", report_id
+            ),
+            performer_id=author,
+            order_id=report_order.id if report_order is not None else None,
+            version_id=1,
+            created_at=tx.now,
+            updated_at=tx.now,
+        )
+        tx.session.add(report_row)
+        tx.session.flush()  # the report's row before the results naming it
+    rows = []
+    for data in results:
+        order = answered[data.order_id]
+        rows.append(
+            Observation(
+                id=new_id(),
+                facility_id=patient.facility_id,
+                patient_id=patient.id,
+                encounter_id=stays[data.encounter_id],
+                report_id=report_row.id if report_row is not None else None,
+                category=data.category,
+                code=data.code,
+                display=data.display,
+                value_number=data.value_number,
+                unit=data.unit,
+                value_text=data.value_text,
+                effective_at=data.effective_at,
+                status=data.status,
+                performer_id=author,
+                received_ct=None,
+                order_id=order.id if order is not None else None,
+                reference_range=data.reference_range,
+                interpretation=data.interpretation,
+                version_id=1,
+                created_at=tx.now,
+                updated_at=tx.now,
+            )
+        )
+    # One INSERT for every result (executemany / insertmanyvalues), and one for their versions.
+    tx.session.execute(
+        insert(Observation),
+        [{c.key: getattr(row, c.key) for c in Observation.__mapper__.column_attrs} for row in rows],
+    )
+    observed = [observation_data(row) for row in rows]
+    versions = [(RT.OBSERVATION, row.id, data) for row, data in zip(rows, observed, strict=True)]
+    report_data: dict[str, Any] | None = None
+    if report_row is not None:
+        report_data = {
+            "id": str(report_row.id),
+            "updated_at": report_row.updated_at,
+            "patient_id": str(patient.id),
+            "facility_id": str(patient.facility_id),
+            "code": report_row.code,
+            "display": report_row.display,
+            "status": report_row.status,
+            "issued_at": report_row.issued_at,
+            "conclusion": conclusion,
+            "performer_id": sid(author),
+            "result_ids": [str(row.id) for row in rows],
+            "version_id": 1,
+            "order_id": sid(report_row.order_id),
+        }
+        versions.append((RT.DIAGNOSTIC_REPORT, report_row.id, report_data))
+    tx.snapshots(patient, versions, "create")
+    # Orders answered by final results are complete (each its own new version).
+    for order in dict.fromkeys([*answered.values(), report_order]):
+        if order is not None:
+            orders.advance(tx, order, patient, report_row.status if report_row is not None else "final")
+    rels = tx.relationships_of([patient])
+    mine = rels.get(patient.id, frozenset())
+    fields = tx.read_fields(mine, RT.OBSERVATION)
+    tx.expose([patient.id], Channel.WRITE, rels, fields, resource=RT.OBSERVATION)
+    shown = [redact(ObservationView, data, fields) for data in observed]
+    if report_data is None:
+        return LabResultsView(observations=shown)
+    report_fields = tx.read_fields(mine, RT.DIAGNOSTIC_REPORT)
+    tx.expose([patient.id], Channel.WRITE, rels, report_fields, resource=RT.DIAGNOSTIC_REPORT)
+    return LabResultsView(observations=shown, report=redact(DiagnosticReportView, report_data, report_fields))

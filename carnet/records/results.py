@@ -95,9 +95,17 @@ class ResultRow:
     range_text: str
 
 
+# The laboratory's own abnormal flags (HL7 table 0078) as the chart words them.
+_LAB_FLAGS: dict[str, Flag] = {"L": "low", "LL": "low", "<": "low", "H": "high", "HH": "high", ">": "high"}
+_LAB_FLAGS["N"] = "normal"
+
+
 def result_row(o: ObservationView) -> ResultRow:
+    """A result as the chart shows it: the laboratory's range and flag when it sent them
+    (HL7 OBX-7, OBX-8), else carnet's adult reference interval for the test."""
     value = _number(o.value_number) if o.value_number is not None else (o.value_text or "")
     found = reference_range(o.code, o.unit)
+    lab_flag = _LAB_FLAGS.get(o.interpretation or "")
     return ResultRow(
         id=o.id or "",
         code=o.code or "",
@@ -105,8 +113,8 @@ def result_row(o: ObservationView) -> ResultRow:
         value=value,
         unit=o.unit or "",
         when=o.effective_at,
-        flag=flag(o.code, o.value_number, o.unit),
-        range_text=found.text() if found is not None else "",
+        flag=lab_flag or flag(o.code, o.value_number, o.unit),
+        range_text=o.reference_range or (found.text() if found is not None else ""),
     )
 
 

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
+from carnet.access.models import WardAssignment
+from carnet.access.permissions import Permission
+from carnet.access.policy import PATIENT_LOCATE, Relationship
+from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
+from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
+from carnet.kernel import localtime
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
+from carnet.org.models import Location, Practitioner
 from carnet.patients.models import Patient
-from carnet.phi.kernel import RT, GuardedTx, guarded
-from carnet.phi.schemas import EncounterInput, EncounterView
+from carnet.patients.views import patient_view
+from carnet.phi import care
+from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
+from carnet.phi.schemas import EncounterInput, EncounterView, Ward, WardBoard, WardStay
 from carnet.phi.steps import (
+    SECTION_LIMIT,
+    expose_worklist,
     facility_location,
     facility_practitioner,
     first_version,
+    own_worklist,
     read_one,
+    received_of,
+    received_shown,
     redact,
     section,
     writing_practitioner,
@@ -39,7 +54,7 @@ def _stay(tx: GuardedTx, encounter_id: str, expected_version: int) -> tuple[Enco
         raise Conflict(
             f"this stay is {encounter.status}: only a stay in progress is transferred or discharged"
         )
-    first_version(tx, RT.ENCOUNTER, encounter, patient, encounter_data(encounter))
+    first_version(tx, RT.ENCOUNTER, encounter, patient, encounter_data(encounter, received_of(tx, encounter)))
     return encounter, patient
 
 
@@ -118,7 +133,7 @@ def transfer(
     if not values:
         raise InvalidInput("a transfer names a new location (or a new attending physician)")
     tx.bump(Encounter, encounter, expected_version, **values)
-    data = encounter_data(encounter)
+    data = encounter_data(encounter, _follow(tx, encounter, patient))
     return written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
 
 
@@ -134,7 +149,7 @@ def discharge(
     if end > tx.now + dt.timedelta(minutes=5) or end < encounter.start_at:
         raise InvalidInput("a discharge happens after the admission and not in the future")
     tx.bump(Encounter, encounter, expected_version, status="finished", end_at=end)
-    data = encounter_data(encounter)
+    data = encounter_data(encounter, _follow(tx, encounter, patient))
     return written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
 
 
@@ -153,9 +168,9 @@ def mark_entered_in_error(tx: GuardedTx, /, *, encounter_id: str, expected_versi
         raise Conflict("the resource was changed by someone else: reload and try again")
     if encounter.status == "entered-in-error":
         raise Conflict("this stay is already marked entered-in-error")
-    first_version(tx, RT.ENCOUNTER, encounter, patient, encounter_data(encounter))
+    first_version(tx, RT.ENCOUNTER, encounter, patient, encounter_data(encounter, received_of(tx, encounter)))
     tx.bump(Encounter, encounter, expected_version, status="entered-in-error")
-    data = encounter_data(encounter)
+    data = encounter_data(encounter, _follow(tx, encounter, patient))
     return written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
 
 
@@ -168,10 +183,142 @@ def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[EncounterView
         RT.ENCOUNTER,
         select(Encounter).where(Encounter.patient_id == pid).order_by(Encounter.start_at.desc()),
     )
-    return [redact(EncounterView, encounter_data(r), fields) for r in rows]
+    return [redact(EncounterView, encounter_data(r, received_shown(tx, r, fields)), fields) for r in rows]
+
+
+@guarded(AuditKind.PHI_LIST, RT.ENCOUNTER, targeted=False)
+def worklist(tx: GuardedTx, /, *, practitioner_id: str) -> list[EncounterView]:
+    """A clinician's current inpatients (attending, or on their ward), as on their day list:
+    their own only, bounded, counted as a list."""
+    tx.require(Permission.DAY_LIST_READ)
+    tx.check_scopes(RT.ENCOUNTER)
+    own_worklist(tx, practitioner_id)
+    mine = care.patient_filter(tx.ctx, {Relationship.ATTENDING, Relationship.WARD})
+    rows: list[Any] = []
+    if mine is not None:
+        rows = list(
+            tx.session.execute(
+                select(Encounter, Patient)
+                .join(Patient, Patient.id == Encounter.patient_id)
+                .where(Encounter.status == "in-progress", mine)
+                .order_by(Encounter.start_at)
+                .limit(SECTION_LIMIT)
+            ).all()
+        )
+    rels = tx.relationships_of([p for _e, p in rows])
+    views: list[EncounterView] = []
+    shown: list[Any] = []
+    fields_shown: set[str] = set()
+    for encounter, patient in rows:
+        fields = tx.read_fields(rels.get(patient.id, frozenset()), RT.ENCOUNTER)
+        if not fields:
+            continue
+        views.append(redact(EncounterView, encounter_data(encounter), fields))
+        shown.append(patient.id)
+        fields_shown |= fields
+        tx.resource_ids.append(str(encounter.id))
+    expose_worklist(tx, shown, rels, fields_shown, "stays-worklist")
+    return views
 
 
 @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
 def read(tx: GuardedTx, /, *, encounter_id: str) -> EncounterView:
     row, fields = read_one(tx, RT.ENCOUNTER, encounter_id)
-    return redact(EncounterView, encounter_data(row), fields)
+    return redact(EncounterView, encounter_data(row, received_shown(tx, row, fields)), fields)
+
+
+def _follow(tx: GuardedTx, encounter: Encounter, patient: Patient) -> dict[str, Any] | None:
+    """A stay received from another system (kept whole) follows a change made in carnet: its
+    status, its period's end, its current location; the version before keeps it as it was."""
+    stored = received_of(tx, encounter)
+    if stored is None:
+        return None
+    stored["status"] = encounter.status
+    if encounter.end_at is not None:
+        stored["period"] = {**(stored.get("period") or {}), "end": encounter.end_at.isoformat()}
+    if encounter.location_id is not None:
+        current = f"Location/{encounter.location_id}"
+        here = {"location": {"reference": current}, "status": "active"}
+        earlier = [
+            {**e, "status": "completed"}
+            for e in stored.get("location") or []
+            if isinstance(e, dict) and (e.get("location") or {}).get("reference") != current
+        ]
+        stored["location"] = [*earlier, here]
+    text = json.dumps(stored, ensure_ascii=False, sort_keys=True)
+    encounter.received_ct = tx.enc(text, patient.facility_id, "encounters", "received", encounter.id)
+    tx.session.flush()
+    return stored
+
+
+WARD_BOARD_LIMIT = 80  # stays shown per ward (a ward holds a few dozen beds)
+
+
+@guarded(AuditKind.PHI_LIST, RT.ENCOUNTER, targeted=False)
+def ward_board(tx: GuardedTx, /) -> WardBoard:
+    """A nurse's ward board: the wards they work now (their ward assignments) and the stays in
+    progress in each, with who is there (name, birth date, sex) and since when. Bounded to
+    their wards: the same patients their ward relationship already opens, counted as one list
+    of the day."""
+    tx.require(Permission.ENCOUNTER_READ)
+    for listed in (RT.PATIENT, RT.ENCOUNTER):
+        tx.check_scopes(listed)
+    me = tx.ctx.practitioner_id
+    if me is None or Role.NURSE not in tx.ctx.roles:
+        raise Refused("a ward board belongs to a nurse working a ward")
+    wards = list(
+        tx.session.scalars(
+            select(Location)
+            .join(WardAssignment, WardAssignment.location_id == Location.id)
+            .where(
+                WardAssignment.practitioner_id == me,
+                WardAssignment.start_at <= tx.now,
+                or_(WardAssignment.end_at.is_(None), WardAssignment.end_at > tx.now),
+                Location.facility_id.in_(tx.ctx.facility_ids),
+            )
+            .order_by(Location.name)
+        ).unique()
+    )
+    board: list[Ward] = []
+    shown: list[Any] = []
+    fields_shown: set[str] = set()
+    rels: dict[Any, frozenset[Any]] = {}
+    for ward in wards:
+        rows = tx.session.execute(
+            select(Encounter, Patient, Practitioner)
+            .join(Patient, Patient.id == Encounter.patient_id)
+            .outerjoin(Practitioner, Practitioner.id == Encounter.attending_id)
+            .where(
+                Encounter.location_id == ward.id,
+                Encounter.status == "in-progress",
+                care.visible_filter(tx.ctx),
+            )
+            .order_by(Encounter.start_at)
+            .limit(WARD_BOARD_LIMIT)
+        ).all()
+        rels |= tx.relationships_of([p for _e, p, _pr in rows])
+        stays: list[WardStay] = []
+        for encounter, patient, attending in rows:
+            rel = rels.get(patient.id, frozenset())
+            p_fields = tx.read_fields(rel, RT.PATIENT) & PATIENT_LOCATE
+            e_fields = tx.read_fields(rel, RT.ENCOUNTER)
+            if not p_fields - {"id"} or not e_fields:
+                continue
+            stays.append(
+                WardStay(
+                    encounter=redact(EncounterView, encounter_data(encounter), e_fields),
+                    patient=patient_view(tx, patient, p_fields),
+                    attending_name=f"{attending.given} {attending.family}" if attending else "",
+                )
+            )
+            shown.append(patient.id)
+            fields_shown |= p_fields
+            tx.resource_ids.append(str(encounter.id))
+        board.append(Ward(id=str(ward.id), name=ward.name, stays=stays))
+    # One list, however many wards the nurse covers (a small clinic's nurse covers several).
+    day = localtime.local_day(tx.now)
+    event = SearchEvent(shape=SearchShape.LIST, term_digest=f"ward-board:{day.isoformat()}", page=1)
+    tx.expose(shown, Channel.LIST, rels, fields_shown, shape=event)
+    tx.query = f"ward-board;wards={len(wards)}"
+    tx.reasons.append("own ward board")
+    return WardBoard(wards=board)

@@ -12,12 +12,12 @@ from sqlalchemy import select
 from carnet.patients.models import CareRelationship, Consent
 from carnet.phi.kernel import GuardedTx
 from carnet.phi.schemas import DiagnosticReportView, NoteVersionView
-from carnet.phi.steps import SECTION_LIMIT, redact, sid
+from carnet.phi.steps import SECTION_LIMIT, received_shown, redact, sid
 from carnet.records.models import ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
 from carnet.scheduling.models import Encounter
 
 
-def encounter_data(e: Encounter) -> dict[str, Any]:
+def encounter_data(e: Encounter, received: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": str(e.id),
         "updated_at": e.updated_at,
@@ -30,6 +30,7 @@ def encounter_data(e: Encounter) -> dict[str, Any]:
         "location_id": sid(e.location_id),
         "attending_id": sid(e.attending_id),
         "version_id": e.version_id,
+        "received": received,
     }
 
 
@@ -48,6 +49,9 @@ def observation_data(o: Observation, received: dict[str, Any] | None = None) -> 
         "status": o.status,
         "version_id": o.version_id,
         "received": received,
+        "order_id": sid(o.order_id),
+        "reference_range": o.reference_range,
+        "interpretation": o.interpretation,
     }
 
 
@@ -167,6 +171,8 @@ def report_views(
             "performer_id": sid(r.performer_id),
             "result_ids": results.get(r.id, []),
             "version_id": r.version_id,
+            "order_id": sid(r.order_id),
+            "received": received_shown(tx, r, fields),
         }
         views.append(redact(DiagnosticReportView, data, fields))
     return views

@@ -37,7 +37,7 @@ from carnet.kernel import clock
 from carnet.kernel.errors import AccountContained, CarnetError, InvalidInput, StepUpRequired, Throttled
 from carnet.phi.exercise import FacilityDay, Visit, facility_days
 from carnet.phi.gate import Gate
-from carnet.phi.schemas import AppointmentInput, PatientInput
+from carnet.phi.schemas import AppointmentInput, PatientInput, PaymentInput
 from carnet.runtime import Runtime
 from carnet.settings import install_movable_clock
 
@@ -48,6 +48,7 @@ WORKERS = (Role.PHYSICIAN, Role.NURSE, Role.FRONT_DESK, Role.BILLING)
 CALLERS_PER_AGENT = 6
 REGISTRATIONS_PER_AGENT = 2
 WHO_PER_CALENDAR = 2  # "Who is this?" on the first slots of each morning calendar
+WORKLIST_PAYMENTS = 3  # payments a billing clerk takes from the morning worklist
 COUNTER_VISITS_PER_CLERK = 2
 
 _FAMILIES = ("Arnaud", "Besson", "Carpentier", "Delorme", "Etienne", "Faure", "Gilbert", "Hamon")
@@ -68,6 +69,11 @@ class BenignResult:
     account_step_ups: Counter[str] = field(default_factory=Counter)
     bookings: int = 0
     registrations: int = 0
+    # The day's work lists in use: patients checked in from the arrivals list, payments taken
+    # from the billing worklist, ward boards read.
+    check_ins: int = 0
+    worklist_payments: int = 0
+    ward_boards: int = 0
     # Night shifts worked (22:00-06:00 local) and staff who joined mid-month (accounts opened by
     # an administrator, approved by a second one, on probation for their first days).
     night_shifts: int = 0
@@ -173,6 +179,8 @@ class _Worker:
 
     # -- clinicians ---------------------------------------------------------------------------
     def clinician_day(self, day: dt.date) -> int:
+        if self.role == Role.NURSE.value and self.call("ward_board") is not None:
+            self.result.ward_boards += 1
         listed = self.call("day_list", day=day)
         patients: list[str] = []
         if listed is not None:
@@ -270,16 +278,45 @@ class _Worker:
                 continue
             handled += 1
             if kind == "arrival":
-                self.call("list_appointments", patient_id=patient_id)
+                self._check_in(patient_id)
                 self.call("list_coverage", patient_id=patient_id)
             else:
                 self.call("list_appointments", patient_id=patient_id)
                 self._book(patient_id, fday)
         return handled
 
+    def _check_in(self, patient_id: str) -> None:
+        """The patient at the desk: today's arrivals list (refreshed), their appointment checked in."""
+        listing = self.call("arrivals")
+        for entry in getattr(listing, "entries", []):
+            appointment = entry.appointment
+            if entry.patient.id == patient_id and appointment.status == "booked":
+                if self.call(
+                    "check_in", appointment_id=appointment.id, expected_version=appointment.version_id
+                ):
+                    self.result.check_ins += 1
+                return
+        self.call("list_appointments", patient_id=patient_id)  # not in the window: their page
+
     # -- billing ------------------------------------------------------------------------------
     def billing_day(self, to_invoice: list[Visit], counter: list[Visit]) -> int:
         handled = 0
+        # The morning: the worklist of unpaid invoices, a payment taken for the oldest ones.
+        worklist = self.call("billing_worklist", page=1)
+        for item in getattr(worklist, "items", [])[:WORKLIST_PAYMENTS]:
+            invoice = item.invoice
+            self.wait(2, 6)
+            due = (invoice.total_cents or 0) - (invoice.paid_cents or 0)
+            paid = self.call(
+                "record_payment",
+                data=PaymentInput(
+                    invoice_id=invoice.id,
+                    expected_version=invoice.version_id or 1,
+                    amount_cents=due,
+                    method="card",
+                ),
+            )
+            self.result.worklist_payments += paid is not None
         for visit in dict.fromkeys(to_invoice):
             self.wait(4, 12)
             self.call("list_invoices", patient_id=str(visit.patient_id))

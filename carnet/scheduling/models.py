@@ -44,5 +44,8 @@ class Encounter(IdMixin, VersionedMixin, Base):
     end_at: Mapped[dt.datetime | None]
     location_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("locations.id"), index=True)
     attending_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"), index=True)
+    # The FHIR Encounter as received (JSON, encrypted): what a read returns; None when the stay
+    # was opened through carnet (admission), then rendered from the columns.
+    received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (Index("ix_encounters_status_location", "status", "location_id"),)

@@ -14,6 +14,7 @@ from carnet.access.policy import Relationship
 from carnet.audit.interfaces import AuditKind
 from carnet.crypto.blind import IndexKind
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
+from carnet.kernel import localtime
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Location, Practitioner
@@ -24,18 +25,32 @@ from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused, guarded
 from carnet.phi.schemas import (
     AppointmentInput,
     AppointmentView,
+    Arrival,
+    Arrivals,
+    CalendarGrid,
     DayAppointment,
     DayInpatient,
     DayList,
     EncounterView,
     PatientView,
+    PractitionerWeek,
     Schedule,
     ScheduleEntry,
 )
 from carnet.phi.steps import SECTION_LIMIT, facility_practitioner, read_one, redact, section
 from carnet.records.views import encounter_data
 from carnet.scheduling.models import Appointment, Encounter
-from carnet.scheduling.rules import INACTIVE_APPOINTMENT, SCHEDULE_MAX_DAYS, SCHEDULE_PATIENT, check_slot
+from carnet.scheduling.rules import (
+    ARRIVABLE,
+    ARRIVALS_LIMIT,
+    ARRIVALS_WINDOW_AFTER,
+    ARRIVALS_WINDOW_BEFORE,
+    CALENDAR_MAX_PRACTITIONERS,
+    INACTIVE_APPOINTMENT,
+    SCHEDULE_MAX_DAYS,
+    SCHEDULE_PATIENT,
+    check_slot,
+)
 from carnet.scheduling.views import appointment_data
 
 
@@ -138,8 +153,8 @@ def practitioner_schedule(
     practitioner = tx.session.get(Practitioner, pid) if pid else None
     if practitioner is None or practitioner.facility_id not in tx.ctx.facility_ids:
         raise InvalidInput("unknown practitioner")
-    start = dt.datetime.combine(day_from, dt.time(), tzinfo=dt.UTC)
-    end = dt.datetime.combine(day_to, dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=1)
+    start, _ = localtime.day_bounds(day_from)
+    _, end = localtime.day_bounds(day_to)
     rows = tx.session.execute(
         select(Appointment, Patient)
         .join(Patient, Patient.id == Appointment.patient_id)
@@ -211,8 +226,9 @@ def day_list(tx: GuardedTx, /, *, day: dt.date | None = None) -> DayList:
     me = tx.ctx.practitioner_id
     if me is None:
         raise Refused("a day list belongs to a practitioner")
-    day = day or tx.now.date()
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    # The Paris day: at 00:30 in Paris (23:30 UTC) the list is already the new day's.
+    day = day or localtime.local_day(tx.now)
+    start, end = localtime.day_bounds(day)
     visible = care.visible_filter(tx.ctx)
     appointments = tx.session.execute(
         select(Appointment, Patient)
@@ -220,7 +236,7 @@ def day_list(tx: GuardedTx, /, *, day: dt.date | None = None) -> DayList:
         .where(
             Appointment.practitioner_id == me,
             Appointment.start_at >= start,
-            Appointment.start_at < start + dt.timedelta(days=1),
+            Appointment.start_at < end,
             Appointment.status.not_in(INACTIVE_APPOINTMENT),
             visible,
         )
@@ -295,3 +311,154 @@ def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[AppointmentVi
 def read(tx: GuardedTx, /, *, appointment_id: str) -> AppointmentView:
     row, fields = read_one(tx, RT.APPOINTMENT, appointment_id)
     return redact(AppointmentView, appointment_data(tx, row, fields), fields)
+
+
+@guarded(AuditKind.PHI_LIST, RT.APPOINTMENT, targeted=False)
+def calendar_grid(
+    tx: GuardedTx, /, *, day_from: dt.date, day_to: dt.date, practitioner_ids: list[str] | None = None
+) -> CalendarGrid:
+    """The facility's calendar as a grid, practitioners by days (at most a week): each row the
+    booked slots of one practitioner, never who they are for, like `practitioner_schedule`.
+    It exposes no patient; the free slots are what the grid leaves out (carnet.scheduling.slots)."""
+    tx.require(Permission.APPOINTMENT_READ)
+    tx.check_scopes(RT.APPOINTMENT)
+    if day_to < day_from or (day_to - day_from).days >= SCHEDULE_MAX_DAYS:
+        raise InvalidInput(f"a calendar shows 1 to {SCHEDULE_MAX_DAYS} days")
+    chosen = select(Practitioner).where(
+        Practitioner.facility_id.in_(tx.ctx.facility_ids),
+        Practitioner.active.is_(True),
+        Practitioner.profession == "physician",
+    )
+    if practitioner_ids is not None:
+        wanted = [pid for pid in (parse_id(p) for p in practitioner_ids) if pid is not None]
+        chosen = chosen.where(Practitioner.id.in_(wanted))
+    practitioners = list(
+        tx.session.scalars(
+            chosen.order_by(Practitioner.family, Practitioner.given).limit(CALENDAR_MAX_PRACTITIONERS)
+        )
+    )
+    start, _ = localtime.day_bounds(day_from)
+    _, end = localtime.day_bounds(day_to)
+    ids = [p.id for p in practitioners]
+    rows = (
+        tx.session.execute(
+            select(Appointment, Patient)
+            .join(Patient, Patient.id == Appointment.patient_id)
+            .where(
+                Appointment.practitioner_id.in_(ids),
+                Appointment.start_at >= start,
+                Appointment.start_at < end,
+                Appointment.status.not_in(INACTIVE_APPOINTMENT),
+                care.visible_filter(tx.ctx),
+            )
+            .order_by(Appointment.start_at)
+            .limit(SECTION_LIMIT * 4)
+        ).all()
+        if ids
+        else []
+    )
+    rels = tx.relationships_of([p for _a, p in rows])
+    by_practitioner: dict[uuid.UUID, list[ScheduleEntry]] = {p.id: [] for p in practitioners}
+    for appointment, patient in rows:
+        if not tx.read_fields(rels.get(patient.id, frozenset()), RT.APPOINTMENT):
+            continue  # an appointment this actor may not read at all: not even its slot
+        by_practitioner[appointment.practitioner_id].append(
+            ScheduleEntry(
+                id=str(appointment.id),
+                start_at=appointment.start_at,
+                end_at=appointment.end_at,
+                status=appointment.status,
+                version_id=appointment.version_id,
+            )
+        )
+    tx.query = f"calendar;from={day_from.isoformat()}&to={day_to.isoformat()}&rows={len(practitioners)}"
+    tx.reasons.append("calendar grid (slots, no patient)")
+    return CalendarGrid(
+        day_from=day_from,
+        day_to=day_to,
+        rows=[
+            PractitionerWeek(
+                practitioner_id=str(p.id), name=f"{p.given} {p.family}", entries=by_practitioner[p.id]
+            )
+            for p in practitioners
+        ],
+    )
+
+
+@guarded(AuditKind.PHI_LIST, RT.APPOINTMENT, targeted=False)
+def arrivals(tx: GuardedTx, /, *, window_start: dt.datetime | None = None) -> Arrivals:
+    """The front desk's arrivals: today's appointments (the Paris day) at the actor's facilities
+    in a window around now (or from `window_start`, kept within today), who each is for (name,
+    birth date, sex) and its status, to check patients in. Bounded (ARRIVALS_LIMIT rows) and
+    counted as one list of the day, like the day list: refreshing it after each check-in is
+    the same list; the desk sees who is expected, not the register."""
+    tx.require(Permission.APPOINTMENT_WRITE)
+    for listed in (RT.PATIENT, RT.APPOINTMENT):
+        tx.check_scopes(listed)
+    if tx.ctx.practitioner_id is not None:
+        raise Refused("the arrivals list is the front desk's (clinicians have their day list)")
+    # Its own facility: the desk where the clerk works, not every facility of their grants.
+    here = tx.ctx.acting_facility_id
+    facilities = [here] if here is not None else list(tx.ctx.facility_ids)
+    day = localtime.local_day(tx.now)
+    day_start, day_end = localtime.day_bounds(day)
+    start = window_start if window_start is not None else tx.now - ARRIVALS_WINDOW_BEFORE
+    if start.tzinfo is None:
+        raise InvalidInput("the window start needs a time zone")
+    start = min(max(start, day_start), day_end - dt.timedelta(minutes=1))
+    end = min(start + ARRIVALS_WINDOW_BEFORE + ARRIVALS_WINDOW_AFTER, day_end)
+    rows = tx.session.execute(
+        select(Appointment, Patient, Practitioner)
+        .join(Patient, Patient.id == Appointment.patient_id)
+        .join(Practitioner, Practitioner.id == Appointment.practitioner_id)
+        .where(
+            Appointment.facility_id.in_(facilities),
+            Appointment.start_at >= start,
+            Appointment.start_at < end,
+            Appointment.status.not_in(INACTIVE_APPOINTMENT),
+            care.visible_filter(tx.ctx),
+        )
+        .order_by(Appointment.start_at, Appointment.id)
+        .limit(ARRIVALS_LIMIT + 1)
+    ).all()
+    more = len(rows) > ARRIVALS_LIMIT
+    rows = rows[:ARRIVALS_LIMIT]
+    rels = tx.relationships_of([p for _a, p, _pr in rows])
+    entries: list[Arrival] = []
+    shown: list[uuid.UUID] = []
+    fields_shown: set[str] = set()
+    for appointment, patient, practitioner in rows:
+        rel = rels.get(patient.id, frozenset())
+        p_fields = tx.read_fields(rel, RT.PATIENT) & SCHEDULE_PATIENT
+        a_fields = tx.read_fields(rel, RT.APPOINTMENT) - {"reason"}
+        if not p_fields - {"id"} or not a_fields:
+            continue
+        entries.append(
+            Arrival(
+                appointment=redact(AppointmentView, appointment_data(tx, appointment, a_fields), a_fields),
+                patient=patient_view(tx, patient, p_fields),
+                practitioner_name=f"{practitioner.given} {practitioner.family}",
+            )
+        )
+        shown.append(patient.id)
+        fields_shown |= p_fields
+        tx.resource_ids.append(str(appointment.id))
+    tx.query = f"arrivals;day={day.isoformat()}&from={start.isoformat()}"
+    tx.reasons.append("today's arrivals")
+    # One list per day, whichever window: detection counts its patients, not its refreshes.
+    event = SearchEvent(shape=SearchShape.LIST, term_digest=f"arrivals:{day.isoformat()}", page=1)
+    tx.expose(shown, Channel.LIST, rels, fields_shown, shape=event)
+    return Arrivals(day=day, window_start=start, window_end=end, entries=entries, more=more)
+
+
+@guarded(AuditKind.PHI_UPDATE, RT.APPOINTMENT, targeted=True)
+def check_in(tx: GuardedTx, /, *, appointment_id: str, expected_version: int) -> AppointmentView:
+    """The patient is here: a booked appointment of today becomes arrived (If-Match on
+    `expected_version`)."""
+    appointment, patient = _to_change(tx, appointment_id)
+    if appointment.status not in ARRIVABLE:
+        raise Conflict(f"this appointment is {appointment.status}: only a booked one is checked in")
+    if localtime.local_day(appointment.start_at) != localtime.local_day(tx.now):
+        raise InvalidInput("only today's appointments are checked in")
+    tx.bump(Appointment, appointment, expected_version, status="arrived")
+    return _written(tx, patient, appointment, "update")

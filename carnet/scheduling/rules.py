@@ -16,6 +16,13 @@ from carnet.scheduling.models import Appointment
 INACTIVE_APPOINTMENT = ("cancelled", "entered-in-error", "noshow")
 SCHEDULE_MAX_DAYS = 7  # a practitioner's calendar: a day or a week at a time
 SCHEDULE_PATIENT = PATIENT_LOCATE  # who an appointment is for: name, birth date, sex
+CALENDAR_MAX_PRACTITIONERS = 40  # rows of the calendar grid (one facility's practitioners)
+# The front desk's arrivals list: today's appointments around now, a bounded window at a time
+# (the desk moves it earlier or later within today). Every window is one list for detection.
+ARRIVALS_WINDOW_BEFORE = dt.timedelta(hours=1)
+ARRIVALS_WINDOW_AFTER = dt.timedelta(hours=2)
+ARRIVALS_LIMIT = 40
+ARRIVABLE = ("booked",)  # checked in from the arrivals list: booked -> arrived
 
 
 def check_slot(

@@ -14,9 +14,30 @@ STATIC = Path(__file__).parent / "static"
 
 def install(app: FastAPI) -> None:
     """Add the pages and the static files (our own scripts only: no CDN) to the app."""
-    from carnet.web import account, clinician, desk, integration, printing, schedule, security, setup
+    from carnet.web import (
+        account,
+        apps,
+        arrivals,
+        billing_desk,
+        calendar,
+        chart_forms,
+        clinician,
+        desk,
+        integration,
+        orders,
+        printing,
+        schedule,
+        security,
+        setup,
+        ward,
+    )
 
-    for module in (account, clinician, desk, integration, printing, schedule, security, setup):
+    # The day's work (arrivals, calendar grid, billing worklist, ward, chart forms) and the lab
+    # orders before the modules whose wider routes (/patients/{id}/..., the chart's
+    # /sections/{name}) they must not be shadowed by.
+    for module in (arrivals, billing_desk, calendar, chart_forms, ward, orders):
+        app.include_router(module.router)
+    for module in (account, apps, clinician, desk, integration, printing, schedule, security, setup):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

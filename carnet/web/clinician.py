@@ -33,6 +33,7 @@ from carnet.phi.schemas import (
 )
 from carnet.prescriptions import catalogue
 from carnet.records import results
+from carnet.web import apps, choices
 from carnet.web.rendering import language_of, render
 from carnet.web.routing import WebActor, WebRoute, error_page, redirect, refuse
 
@@ -44,8 +45,10 @@ CLINICAL_ROLES = frozenset({Role.PHYSICIAN, Role.NURSE})
 SECTIONS: dict[Role, tuple[str, ...]] = {
     Role.PHYSICIAN: (
         "allergies",
+        "stays",
         "conditions",
         "results",
+        "orders",
         "notes",
         "prescriptions",
         "coverage",
@@ -54,8 +57,10 @@ SECTIONS: dict[Role, tuple[str, ...]] = {
     ),
     Role.NURSE: (
         "allergies",
+        "stays",
         "conditions",
         "results",
+        "orders",
         "notes",
         "prescriptions",
         "appointments",
@@ -202,7 +207,21 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
                 gate.list_diagnostic_reports(patient_id=patient_id),
             )
             continue
+        if name == "stays":
+            context[name] = gate.list_encounters(patient_id=patient_id)
+            continue
         context[name] = getattr(gate, f"list_{name}")(patient_id=patient_id)
+    # Stays: admitted, moved and discharged by a physician; the wards named, not their codes.
+    context["may_admit"] = Role.PHYSICIAN in actor.roles
+    context["ward_choices"] = choices.wards(request, actor) if "stays" in names else []
+    context["ward_names"] = {w.id: w.name for w in context["ward_choices"]}
+    # Allergies: coded from the ATC catalogue (a class or a substance), recorded by clinicians.
+    context["may_record_allergy"] = bool(actor.roles & CLINICAL_ROLES)
+    context["allergy_choices"] = (
+        choices.allergy_choices(language_of(request))
+        if "allergies" in names and context["may_record_allergy"]
+        else []
+    )
     context["note_kinds"] = NOTE_KINDS
     context["may_write"] = bool(actor.roles & CLINICAL_ROLES)
     context["may_prescribe"] = Role.PHYSICIAN in actor.roles
@@ -257,6 +276,8 @@ def chart_context(
     context["age"] = age_of(patient.birth_date, clock.now().date())
     context["stay"] = current_stay(request, actor, patient_id) if actor.roles & CLINICAL_ROLES else None
     context["may_print_letter"] = Role.PHYSICIAN in actor.roles  # prints the stay's discharge letter
+    context["apps"] = apps.launchable(actor, request) if actor.roles & CLINICAL_ROLES else []
+    context["form_origins"] = [app.origin for app in context["apps"]]
     return context
 
 

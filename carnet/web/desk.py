@@ -19,6 +19,7 @@ from carnet.audit.interfaces import AuditKind
 from carnet.audit.search import own_access_log
 from carnet.identity.dependencies import runtime_of
 from carnet.identity.stepup import Action
+from carnet.kernel import localtime
 from carnet.kernel.errors import CarnetError, Conflict, Forbidden, InvalidInput, NotFound
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import (
@@ -40,12 +41,11 @@ GRANTABLE = tuple(r for r in Role if r not in (Role.PATIENT, Role.API_CLIENT))
 
 
 def _moment(value: str, name: str) -> dt.datetime:
-    """A datetime-local field, read as UTC (the pages show UTC)."""
+    """A datetime-local field, read on the wall clock the pages show (Europe/Paris)."""
     try:
-        moment = dt.datetime.fromisoformat(value)
+        return localtime.wall_clock(value)
     except ValueError:
         raise InvalidInput(f"{name} must be a date and time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 # -- front desk ---------------------------------------------------------------------------

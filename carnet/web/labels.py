@@ -46,6 +46,11 @@ LABELS: dict[str, dict[str, str]] = {
         "entered-in-error": N_("entered in error"),
         "waitlist": N_("waiting list"),
     },
+    "encounter": {
+        "inpatient": N_("hospital stay"),
+        "outpatient": N_("outpatient visit"),
+        "emergency": N_("emergency"),
+    },
     "prescription": {
         "active": N_("ongoing"),
         "on-hold": N_("on hold"),
@@ -242,6 +247,7 @@ LABELS: dict[str, dict[str, str]] = {
         "client:token:revoked": N_("revoked an access token"),
         "client:client:registered": N_("registered an application"),
         "client:app:authorized": N_("authorised an application"),
+        "client:app:launched": N_("launched an application from a chart"),
         "detection:alert:raised": N_("raised a security alert"),
         "detection:actor:contained": N_("contained an account"),
         "detection:alert:read": N_("read security alerts"),

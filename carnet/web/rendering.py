@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from carnet.kernel import localtime
 from carnet.web.labels import label, timeline_sentence
 from carnet.web.messages import say
 
@@ -43,6 +45,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     )
 )
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -103,8 +106,9 @@ def locale_of(request: Request, language: str) -> str:
 def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callable[..., str]]:
     """The one set of helpers every template writes dates, numbers and codes with."""
 
+    # Times are stored in UTC and shown on the hospital's wall clock (Europe/Paris).
     def when(value: dt.datetime | None, fmt: str = "short") -> str:
-        return "" if value is None else format_datetime(value, fmt, tzinfo=dt.UTC, locale=locale)
+        return "" if value is None else format_datetime(value, fmt, tzinfo=localtime.ZONE, locale=locale)
 
     def day(value: dt.date | str | None, fmt: str = "medium") -> str:
         if value is None or value == "":
@@ -114,7 +118,7 @@ def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callabl
         return format_date(value, fmt, locale=locale)
 
     def hour(value: dt.datetime | None) -> str:
-        return "" if value is None else format_datetime(value, "HH:mm", tzinfo=dt.UTC, locale=locale)
+        return "" if value is None else format_datetime(value, "HH:mm", tzinfo=localtime.ZONE, locale=locale)
 
     def weekday(value: dt.date | None, fmt: str = "EEEE") -> str:
         return "" if value is None else format_date(value, fmt, locale=locale)
@@ -185,6 +189,13 @@ def render(
     values.update(context or {})
     response = HTMLResponse(page.render(values), status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
+    targets = [o for o in values.get("form_origins") or () if ORIGIN.fullmatch(o)]
+    if targets:
+        # A form whose answer redirects to a registered app (SMART launch, consent): CSP's
+        # form-action also governs that redirect, so those origins, and only them, are named.
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.replace(
+            "form-action 'self'", "form-action 'self' " + " ".join(sorted(set(targets)))
+        )
     response.headers["Content-Language"] = language
     response.headers["Vary"] = "Cookie, Accept-Language"
     for name, value in (headers or {}).items():

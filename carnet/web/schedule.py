@@ -23,7 +23,7 @@ from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.identity.dependencies import runtime_of
-from carnet.kernel import clock
+from carnet.kernel import clock, localtime
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import AppointmentInput, PatientView
@@ -38,12 +38,11 @@ DONE = {"booked", "moved", "cancelled"}
 
 
 def _moment(value: str, name: str) -> dt.datetime:
-    """A datetime-local field, read as UTC (the pages show UTC)."""
+    """A datetime-local field, read on the wall clock the pages show (Europe/Paris)."""
     try:
-        moment = dt.datetime.fromisoformat(value)
+        return localtime.wall_clock(value)
     except ValueError:
         raise InvalidInput(f"{name} must be a date and time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _span(day: dt.date, view: str) -> tuple[dt.date, dt.date]:
@@ -109,8 +108,8 @@ def _page(
     days = [day_from + dt.timedelta(days=n) for n in range((day_to - day_from).days + 1)]
     by_day: dict[dt.date, list[Any]] = {d: [] for d in days}
     for entry in schedule.entries if schedule else []:
-        if entry.start_at.date() in by_day:
-            by_day[entry.start_at.date()].append(entry)
+        if localtime.local_day(entry.start_at) in by_day:
+            by_day[localtime.local_day(entry.start_at)].append(entry)
     step = dt.timedelta(days=7 if view == "week" else 1)
     context = {
         "actor": actor,
@@ -121,7 +120,7 @@ def _page(
         "shown_day": day,
         "days": days,
         "by_day": by_day,
-        "today": clock.now().date(),
+        "today": localtime.local_day(clock.now()),
         "previous": _where(chosen, day - step, view, patient),
         "next": _where(chosen, day + step, view, patient),
         "switch": _where(chosen, day, "day" if view == "week" else "week", patient),
@@ -150,12 +149,12 @@ def calendar(
     _require_scheduler(request, actor)
     if "ins" in request.query_params:
         # An identifier never rides in a URL: the lookup is the POST form below; not run, not echoed.
-        return redirect(_where(practitioner, day or clock.now().date(), _view(view)))
+        return redirect(_where(practitioner, day or localtime.local_day(clock.now()), _view(view)))
     return _page(
         request,
         actor,
         practitioner=practitioner,
-        day=day or clock.now().date(),
+        day=day or localtime.local_day(clock.now()),
         view=_view(view),
         patient=patient,
         done=done,
@@ -180,7 +179,7 @@ def _day_of(value: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        return clock.now().date()
+        return localtime.local_day(clock.now())
 
 
 @router.post("/book")
@@ -216,7 +215,9 @@ def book(
             problem=str(exc),
             status=409 if isinstance(exc, Conflict) else 400,
         )
-    return redirect(_where(practitioner_id, start.date(), _view(view), patient_id, done="booked"))
+    return redirect(
+        _where(practitioner_id, localtime.local_day(start), _view(view), patient_id, done="booked")
+    )
 
 
 @router.post("/{appointment_id}/who")
@@ -266,7 +267,7 @@ def move(
             problem=str(exc),
             status=409 if isinstance(exc, Conflict) else 400,
         )
-    return redirect(_where(practitioner_id, start.date(), _view(view), done="moved"))
+    return redirect(_where(practitioner_id, localtime.local_day(start), _view(view), done="moved"))
 
 
 @router.post("/{appointment_id}/cancel")

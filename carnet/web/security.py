@@ -101,13 +101,7 @@ def request_restore(
     actor_ref: Annotated[str, Form(max_length=80)],
     reason: Annotated[str, Form(max_length=500)],
 ) -> Response:
-    runtime = runtime_of(request)
-    blocked = lifecycle.restore_block(runtime, actor_ref=actor_ref)
-    if blocked is not None:
-        raise refuse(
-            request, actor, kind=AuditKind.RESTORE_REQUESTED, resource_type="RestoreRequest", reason=blocked
-        )
-    services.request_restore(runtime, officer=actor, actor_ref=actor_ref, reason=reason)
+    services.request_restore(runtime_of(request), officer=actor, actor_ref=actor_ref, reason=reason)
     return redirect("/security#contained")
 
 
@@ -115,14 +109,7 @@ def request_restore(
 def approve_restore(
     request: Request, actor: Annotated[Actor, proven(Action.RESTORE_APPROVE)], request_id: uuid.UUID
 ) -> Response:
-    runtime = runtime_of(request)
-    blocked = lifecycle.restore_block_for_request(runtime, request_id=request_id)
-    if blocked is not None:
-        raise refuse(
-            request, actor, kind=AuditKind.ACCOUNT_RESTORED, resource_type="RestoreRequest", reason=blocked
-        )
-    view = services.approve_restore(runtime, officer=actor, request_id=request_id)
-    lifecycle.after_restore(runtime, actor_ref=view.actor_ref)
+    services.approve_restore(runtime_of(request), officer=actor, request_id=request_id)
     return redirect("/security#contained")
 
 

@@ -11,6 +11,7 @@ from carnet.access import matrix, policy, scopes
 from carnet.access.permissions import Permission, permissions_of
 from carnet.access.policy import Relationship, ResourceType, decide
 from carnet.access.roles import Role
+from carnet.interventions.schemas import InterventionView
 from carnet.phi import schemas
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "ACCESS.md"
@@ -37,6 +38,11 @@ SCHEMAS = {
     ResourceType.CARE_TEAM: schemas.CareTeamView,
     ResourceType.DIAGNOSTIC_REPORT: schemas.DiagnosticReportView,
     ResourceType.CONSENT: schemas.ConsentView,
+    ResourceType.SERVICE_REQUEST: schemas.ServiceRequestView,
+    ResourceType.IMMUNIZATION: InterventionView,
+    ResourceType.PROCEDURE: InterventionView,
+    ResourceType.MEDICATION_ADMINISTRATION: InterventionView,
+    ResourceType.MEDICATION_STATEMENT: InterventionView,
 }
 EVERY = list(Relationship)
 

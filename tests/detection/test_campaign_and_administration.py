@@ -22,7 +22,7 @@ from carnet.detection.models import ActorState, Alert, ExposureBaseline
 from carnet.identity.models import Account
 from carnet.identity.service import create_account
 from carnet.kernel import clock
-from carnet.kernel.errors import AccountContained, StepUpRequired
+from carnet.kernel.errors import AccountContained, Forbidden, StepUpRequired
 from carnet.runtime import Runtime
 from tests.detection.helpers import expose, make_actor, new_patients, step_up
 
@@ -262,6 +262,12 @@ def test_a_restore_loop_contains_the_officers(runtime: Runtime, movable_clock: c
     assert not _contained(runtime, second.actor_ref)
     movable_clock.advance(dt.timedelta(hours=2))
     contain_victim()
+    # Contained again within the new probation: the owner re-enrols in person first, then the
+    # second restore in a few hours is the loop this rule is about.
+    with pytest.raises(Forbidden, match="re-enrols in person"):
+        _restore(runtime, first, second, victim.actor_ref)
+    with runtime.session_factory.begin() as session:
+        session.get_one(Account, victim.account_id).reenrolled_at = clock.now()
     with pytest.raises(AccountContained, match="restore loop"):
         _restore(runtime, first, second, victim.actor_ref)
     assert _contained(runtime, first.actor_ref) and _contained(runtime, second.actor_ref)

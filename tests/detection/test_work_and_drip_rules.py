@@ -7,8 +7,10 @@ import datetime as dt
 import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from carnet.access.roles import Role
+from carnet.billing.models import Invoice
 from carnet.detection.config import DetectionConfig, RoleVolume
 from carnet.detection.counters import MemoryExposureCounters
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
@@ -48,8 +50,14 @@ def test_facility_work_is_an_appointment_a_stay_an_invoice_or_a_new_registration
         found = facility_work.in_work(session, patient_ids=[*old, new, uuid.uuid4()], at=clock.now())
     assert found == {admitted, invoiced, new}
     assert not found & set(idle)
-    with runtime.session_factory() as session:  # months on: the invoice is settled, the stay goes on
-        later = facility_work.in_work(session, patient_ids=old, at=MORNING + dt.timedelta(days=120))
+    months_on = MORNING + dt.timedelta(days=120)
+    with runtime.session_factory() as session:  # months on, still unpaid: billing's work (its worklist)
+        later = facility_work.in_work(session, patient_ids=old, at=months_on)
+    assert later == {admitted, invoiced}
+    with runtime.session_factory.begin() as session:  # the invoice is settled, the stay goes on
+        session.execute(sa.update(Invoice).values(status="balanced"))
+    with runtime.session_factory() as session:
+        later = facility_work.in_work(session, patient_ids=old, at=months_on)
     assert later == {admitted}
 
 

@@ -68,7 +68,7 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
     patient = resources["Patient"]
     assert {i["code"] for i in patient["interaction"]} >= {"read", "vread", "search-type", "create", "update"}
     assert patient["conditionalCreate"] is True
-    assert {i["code"] for i in body["rest"][0]["interaction"]} == {"transaction", "batch"}
+    assert {i["code"] for i in body["rest"][0]["interaction"]} == {"transaction", "batch", "history-system"}
     assert [o["name"] for o in body["rest"][0]["operation"]] == [
         "everything",
         "export",
@@ -89,6 +89,9 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "name",
         "birthdate",
         "gender",
+        "_id",
+        "_lastUpdated",
+        "_has",
     }
     # The resources added for issue 9, with exactly what they serve.
     served = {t: {i["code"] for i in r["interaction"]} for t, r in resources.items()}
@@ -101,6 +104,8 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "create",
         "update",
         "delete",
+        "patch",
+        "history-type",
     }
     assert resources["Encounter"]["readHistory"] is True
     assert served["DiagnosticReport"] == {
@@ -111,6 +116,8 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "create",
         "update",
         "delete",
+        "patch",
+        "history-type",
     }
     assert served["Observation"] == {
         "read",
@@ -120,6 +127,8 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "create",
         "update",
         "delete",
+        "patch",
+        "history-type",
     }
     assert resources["Observation"]["readHistory"] is True
     # Stays are marked entered-in-error by DELETE; problems are written like lab results.
@@ -147,6 +156,8 @@ def test_capability_statement_tells_what_is_served(fhir_server: Server) -> None:
         "create": ("post", "{t}"),
         "update": ("put", "{t}/x"),
         "delete": ("delete", "{t}/x"),
+        "patch": ("patch", "{t}/x"),
+        "history-type": ("get", "{t}/_history"),
     }
     for rtype, codes in served.items():
         for code in codes:

@@ -29,12 +29,33 @@ INTERACTION_ROUTES = {
     "vread": ("GET", "/{}/_history/{}"),
 }
 ROUTE_INTERACTIONS = {route: code for code, route in INTERACTION_ROUTES.items()}
+# The routes of the shared machinery (carnet.fhir.operations.interactions), under /fhir/{type}:
+# each serves, for every type, the interaction that type's declaration derives.
+GENERIC_ROUTES = {
+    ("PATCH", "/{}"): "patch",
+    ("PATCH", ""): "patch",  # conditional patch
+    ("GET", "/_history"): "history-type",
+    ("PUT", ""): "conditional-update",
+    ("DELETE", ""): "conditional-delete",
+    ("POST", "/$validate"): "validate",
+    ("POST", "/{}/$validate"): "validate",
+}
+DERIVED_CODES = set(registry.DERIVED)
 # Bulk Data's status and file URLs belong to the $export operation (its kick-off answers them).
 EXPORT_FOLLOW_UPS = {"export-status", "export-file"}
 
 
 def _declared() -> set[tuple[str, str]]:
-    return {(t.name, code) for module in MODULES for t in module.types for code in t.interactions}
+    return {(t.name, code) for module in MODULES for t in module.types for code in t.capabilities}
+
+
+def _generic(code: str, t: registry.ResourceType) -> bool:
+    """Whether the shared machinery serves `code` for the type `t` (as its handlers check)."""
+    return {
+        "conditional-update": t.conditional_update,
+        "conditional-delete": t.conditional_delete,
+        "validate": t.validates,
+    }.get(code, code in t.capabilities)
 
 
 def _served() -> tuple[set[tuple[str, str]], set[str], set[tuple[str, str]]]:
@@ -43,11 +64,20 @@ def _served() -> tuple[set[tuple[str, str]], set[str], set[tuple[str, str]]]:
     interactions: set[tuple[str, str]] = set()
     operations: set[str] = set()
     base: set[tuple[str, str]] = set()
+    generic_codes: set[str] = set()
+    types = [t for module in MODULES for t in module.types]
     for router in routers():
         for route in router.routes:
             assert isinstance(route, APIRoute)
             path = re.sub(r"\{[^}]+\}", "{}", route.path).removeprefix("/fhir")
             for method in route.methods or set():
+                if path.startswith("/{}") and (method, path.removeprefix("/{}")) in GENERIC_ROUTES:
+                    code = GENERIC_ROUTES[(method, path.removeprefix("/{}"))]
+                    generic_codes.add(code)
+                    # Flags and $validate are declared apart from the interaction codes.
+                    if code in DERIVED_CODES:
+                        interactions |= {(t.name, code) for t in types if _generic(code, t)}
+                    continue
                 dollar = re.search(r"/\$([a-z-]+)", path)
                 if dollar:
                     operations.add(dollar.group(1))
@@ -60,6 +90,7 @@ def _served() -> tuple[set[tuple[str, str]], set[str], set[tuple[str, str]]]:
                 code = ROUTE_INTERACTIONS.get((method, rest))
                 assert code is not None, f"{method} {route.path} is no FHIR interaction"
                 interactions.add((resource_type, code))
+    assert generic_codes == set(GENERIC_ROUTES.values())
     return interactions, operations, base
 
 
@@ -70,8 +101,17 @@ def test_every_declared_interaction_is_served_and_every_served_one_declared() ->
     assert declared_operations == operations - EXPORT_FOLLOW_UPS
     # transaction and batch: POST [base]; POST [base]/<type>/_search is each type's GET search.
     system = {code for module in MODULES for code in module.system_interactions}
-    assert system == {"transaction", "batch"}
-    assert base == {("POST", ""), ("POST", "/"), ("POST", "/{}/_search")}
+    assert system == {"transaction", "batch", "history-system"}
+    # POST [type] is each type's create behind If-None-Exist; at an unknown type, GET is a 404
+    # (not the 405 the conditional PUT and DELETE would give).
+    assert base == {
+        ("POST", ""),
+        ("POST", "/"),
+        ("POST", "/{}/_search"),
+        ("GET", "/_history"),
+        ("GET", "/{}"),
+        ("POST", "/{}"),
+    }
 
 
 def test_metadata_lists_exactly_what_the_modules_declare(sqlite_runtime: Runtime) -> None:
@@ -82,9 +122,21 @@ def test_metadata_lists_exactly_what_the_modules_declare(sqlite_runtime: Runtime
     params = {(r["type"], p["name"], p["type"]) for r in rest["resource"] for p in r["searchParam"]}
     assert params == {(t.name, n, k) for m in MODULES for t in m.types for n, k in t.search.items()}
     assert {o["name"] for o in rest["operation"]} == {n for m in MODULES for n in m.operations}
-    assert [i["code"] for i in rest["interaction"]] == ["transaction", "batch"]
+    assert sorted(i["code"] for i in rest["interaction"]) == ["batch", "history-system", "transaction"]
+    flags = {
+        (r["type"], r["conditionalUpdate"], r["conditionalDelete"], "operation" in r)
+        for r in rest["resource"]
+    }
+    assert flags == {
+        (t.name, t.conditional_update, "single" if t.conditional_delete else "not-supported", t.validates)
+        for m in MODULES
+        for t in m.types
+    }
     conditional = {r["type"] for r in rest["resource"] if r["conditionalCreate"]}
-    assert conditional == {t.name for m in MODULES for t in m.types if t.conditional_create} == {"Patient"}
+    assert conditional == {t.name for m in MODULES for t in m.types if t.creates_conditionally}
+    assert conditional == {
+        t.name for m in MODULES for t in m.types if {"create", "search-type"} <= set(t.interactions)
+    }
 
 
 def test_a_bundle_writes_only_what_a_type_declares_and_the_app_mounts_every_module(
@@ -112,3 +164,45 @@ def test_a_bundle_writes_only_what_a_type_declares_and_the_app_mounts_every_modu
             assert isinstance(route, APIRoute)
             if route.include_in_schema:
                 assert {m.lower() for m in route.methods or set()} <= set(paths.get(route.path, {}))
+
+
+def test_every_declared_search_parameter_is_served_and_includes_are_listed(sqlite_runtime: Runtime) -> None:
+    """What a type declares it searches by, the engine takes under `Prefer: handling=strict`
+    (which refuses anything it does not serve); `_include` / `_revinclude` are listed as served."""
+    from starlette.requests import Request
+
+    from carnet.fhir.core.search import parse, revinclude_values
+
+    samples = {
+        "token": "x",
+        "date": "ge2026-01-01",
+        "string": "Abcd",
+        "reference": "Patient/1",
+        "special": "",
+    }
+    for module in MODULES:
+        for t in module.types:
+            if t.searcher is None:
+                continue
+            assert t.search == t.searcher.declared()
+            for name, kind in t.search.items():
+                key = "_has:CareTeam:patient:participant" if name == "_has" else name
+                value = "Practitioner/1" if name == "_has" else samples[kind]
+                scope = {
+                    "type": "http",
+                    "method": "GET",
+                    "path": f"/fhir/{t.name}",
+                    "query_string": f"{key}={value}".encode(),
+                    "headers": [(b"prefer", b"handling=strict")],
+                }
+                query = parse(Request(scope), t.searcher)
+                assert query.criteria or query.has, (t.name, name)
+    statement = TestClient(create_app(sqlite_runtime)).get("/fhir/metadata").json()
+    listed = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert listed["Observation"]["searchInclude"] == [
+        "Observation:subject",
+        "Observation:patient",
+        "Observation:encounter",
+    ]
+    assert "Observation:subject" in listed["Patient"]["searchRevInclude"]
+    assert listed["Patient"].get("searchRevInclude") == revinclude_values("Patient")

@@ -204,7 +204,7 @@ def test_lab_reports_link_their_results_in_any_order_and_file(runtime: Runtime, 
     assert [(r.source, r.resource_type) for r in report.rejected] == [
         ("DiagnosticReport.ndjson:2", "DiagnosticReport")
     ]
-    assert "no Observation" in report.rejected[0].outcome["issue"][0]["diagnostics"]
+    assert "DiagnosticReport.result[0]" in report.rejected[0].outcome["issue"][0]["diagnostics"]
 
     doctor = make_physician(runtime, facility)
     patient = (

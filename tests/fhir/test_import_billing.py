@@ -232,7 +232,8 @@ def test_ndjson_invoices_then_payments_keep_the_valid_and_report_each_rejected(
         "PaymentReconciliation.ndjson:5": "no Invoice of this import",
         "PaymentReconciliation.ndjson:6": "method",
         "PaymentReconciliation.ndjson:7": "check method",
-        "PaymentReconciliation.ndjson:8": "check created, paymentDate",  # R4 requires both
+        # R4 requires both
+        "PaymentReconciliation.ndjson:8": "PaymentReconciliation.created, PaymentReconciliation.paymentDate",
     }.items():
         assert expected in rejected[source], (source, rejected[source])
     assert all(r.outcome["resourceType"] == "OperationOutcome" for r in report.rejected)

@@ -69,7 +69,7 @@ def test_capability_statement_lists_lab_history() -> None:
     routers()  # the routers register what they serve when they are imported
 
     for resource_type in ("Observation", "DiagnosticReport"):
-        assert {"vread", "history-instance"} <= set(SUPPORTED[resource_type]["interactions"])
+        assert {"vread", "history-instance"} <= set(SUPPORTED[resource_type].capabilities)
 
 
 def test_a_lab_result_is_corrected_or_entered_in_error_never_overwritten(fhir_server_both: Server) -> None:

@@ -69,6 +69,32 @@ def test_register_list_and_revoke(
         ["--client-id", "lab-ok", "--name", "n", "--scope", "everything"],  # not a SMART scope
         ["--client-id", "lab-ok", "--name", "n", "--scope", "system/Patient.read", "--jwks", "/nonexistent"],
         ["--client-id", "app-ok", "--name", "n", "--scope", "user/*.read", "--kind", "app"],  # no redirect
+        [  # a launch URL that is not https (or http://localhost)
+            "--client-id",
+            "app-ok",
+            "--name",
+            "n",
+            "--scope",
+            "launch patient/*.rs",
+            "--kind",
+            "app",
+            "--redirect-uri",
+            "https://a.example/cb",
+            "--launch-uri",
+            "http://a.example/launch",
+        ],
+        [  # a granular scope that writes
+            "--client-id",
+            "app-ok",
+            "--name",
+            "n",
+            "--scope",
+            "patient/Observation.c?category=laboratory",
+            "--kind",
+            "app",
+            "--redirect-uri",
+            "https://a.example/cb",
+        ],
         ["--client-id", "lab-ok", "--name", "n", "--scope", "system/Patient.read", "--facility", "000000000"],
     ],
 )
@@ -80,6 +106,22 @@ def test_bad_input_exits_2_and_changes_nothing(
     assert "error:" in out and "Traceback" not in out
     with sqlite_runtime.session_factory() as session:
         assert session.scalars(select(ApiClient)).all() == []
+
+
+def test_register_a_smart_app_with_its_launch_url(
+    sqlite_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out = run_cli(
+        sqlite_runtime, monkeypatch, "clients", "register", "--kind", "app", "--client-id", "growth-chart",
+        "--name", "Growth chart", "--redirect-uri", "https://apps.example.org/growth/callback",
+        "--launch-uri", "https://apps.example.org/growth/launch",
+        "--scope", "launch launch/patient openid fhirUser patient/Observation.rs?category=vital-signs",
+        "--reason", "paediatrics growth charts",
+    )  # fmt: skip
+    assert code == 0, out
+    with sqlite_runtime.session_factory() as session:
+        row = session.scalars(select(ApiClient)).one()
+    assert row.kind == "app" and row.launch_uri == "https://apps.example.org/growth/launch" and row.jwks == ""
 
 
 def test_registering_needs_a_stated_reason(

@@ -23,6 +23,7 @@ from carnet.settings import Environment
 from tests.identity.conftest import login, make_person
 
 REDIRECT = "https://app.example.org/callback"
+AUD = "http://localhost:8000/fhir"
 
 
 def _register_app(
@@ -57,16 +58,17 @@ def _authorize(
         "state": "state-123456",
         "code_challenge": challenge,
         "code_challenge_method": "S256",
+        "aud": AUD,
     }
     page = client.get("/oauth/authorize", params=params)
     assert page.status_code == 200, page.text
     assert page.headers["x-frame-options"] == "DENY"
     assert "Ward board" in page.text
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
     assert csrf is not None
     answer = client.post(
         "/oauth/authorize",
-        data={**params, "csrf": csrf.group(1), "decision": decision},
+        data={**params, "csrf_token": csrf.group(1), "decision": decision},
         follow_redirects=False,
     )
     assert answer.status_code == 303, answer.text
@@ -140,11 +142,12 @@ def test_without_a_session_the_person_is_sent_to_sign_in(client: TestClient, sql
             "state": "state-123456",
             "code_challenge": _pkce()[1],
             "code_challenge_method": "S256",
+            "aud": AUD,
         },
         follow_redirects=False,
     )
     assert response.status_code == 303 and response.headers["location"].startswith(
-        "/login?next=%2Foauth%2Fauthorize"
+        "/login?next=/oauth/authorize%3F"
     )
 
 
@@ -159,6 +162,7 @@ def test_bad_requests(client: TestClient, sqlite_runtime: Runtime) -> None:
         "state": "state-123456",
         "code_challenge": _pkce()[1],
         "code_challenge_method": "S256",
+        "aud": AUD,
     }
     # An unregistered redirect URI is never redirected to.
     evil = client.get(
@@ -173,13 +177,14 @@ def test_bad_requests(client: TestClient, sqlite_runtime: Runtime) -> None:
         "/oauth/authorize", params={**base, "scope": "user/*.write"}, follow_redirects=False
     )
     assert parse_qs(urlsplit(too_much.headers["location"]).query)["error"] == ["invalid_scope"]
-    # A staff member cannot grant patient/ scopes (they are a patient's own).
+    # patient/ scopes need a launch patient: without a launch or launch/patient, refused.
     assert _authorize(client, _pkce()[1], scope="patient/*.read")["error"] == ["invalid_scope"]
 
 
 def test_the_consent_form_needs_the_session_csrf_token(client: TestClient, sqlite_runtime: Runtime) -> None:
     _register_app(sqlite_runtime)
     login(client, make_person(sqlite_runtime, "victim"))
+    del client.headers["X-CSRF-Token"]  # another site's form: the cookie rides along, not the token
     forged = client.post(
         "/oauth/authorize",
         data={
@@ -190,8 +195,9 @@ def test_the_consent_form_needs_the_session_csrf_token(client: TestClient, sqlit
             "state": "state-123456",
             "code_challenge": _pkce()[1],
             "code_challenge_method": "S256",
+            "aud": AUD,
             "decision": "approve",
-            "csrf": "guessed",
+            "csrf_token": "guessed",
         },
         follow_redirects=False,
     )
@@ -216,9 +222,10 @@ def test_privileged_accounts_cannot_authorize_apps(
                 "state": "state-123456",
                 "code_challenge": _pkce()[1],
                 "code_challenge_method": "S256",
+                "aud": AUD,
             },
         )
-        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
         assert csrf is not None
         refused = c.post(
             "/oauth/authorize",
@@ -230,8 +237,9 @@ def test_privileged_accounts_cannot_authorize_apps(
                 "state": "state-123456",
                 "code_challenge": _pkce()[1],
                 "code_challenge_method": "S256",
+                "aud": AUD,
                 "decision": "approve",
-                "csrf": csrf.group(1),
+                "csrf_token": csrf.group(1),
             },
             follow_redirects=False,
         )
@@ -273,5 +281,7 @@ def test_smart_discovery_names_what_the_server_does(client: TestClient) -> None:
         assert found["token_endpoint"].endswith("/oauth/token")
         assert found["code_challenge_methods_supported"] == ["S256"]
         assert "private_key_jwt" in found["token_endpoint_auth_methods_supported"]
-        # Not offered, so not declared.
-        assert "launch-ehr" not in found["capabilities"] and "sso-openid-connect" not in found["capabilities"]
+        assert {"launch-ehr", "launch-standalone", "sso-openid-connect"} <= set(found["capabilities"])
+        # Not offered, so not declared: no shared client secrets.
+        assert "client-confidential-symmetric" not in found["capabilities"]
+        assert "client_secret_basic" not in found["token_endpoint_auth_methods_supported"]

@@ -136,8 +136,11 @@ def oru(
     status: str = "F",
     observed: str | None = None,
     sending: str = "LAB",
+    placer: str | None = None,
+    placer_in: str = "OBR",
 ) -> str:
-    """ORU^R01 (v2.5): one patient, one order (OBR) and its results (OBX)."""
+    """ORU^R01 (v2.5): one patient, one order (OBR) and its results (OBX). `placer`: carnet's
+    order number, in OBR-2, or in an ORC-2 before the OBR (`placer_in="ORC"`)."""
     message = Message("ORU_R01", version="2.5", validation_level=VALIDATION_LEVEL.STRICT)
     _msh(message, sending=sending, facility="LABO", kind="ORU^R01^ORU_R01", control=control)
     group = message.add_group("ORU_R01_PATIENT_RESULT")
@@ -145,6 +148,11 @@ def oru(
     _repeat(patient.pid, "PID_3", person.ids())
     patient.pid.pid_5 = f"{person.family}^{person.given}"
     order = group.add_group("ORU_R01_ORDER_OBSERVATION")
+    if placer and placer_in == "ORC":
+        order.orc.orc_1 = "RE"
+        order.orc.orc_2 = f"{placer}^CARNET"
+    elif placer:
+        order.obr.obr_2 = f"{placer}^CARNET"
     order.obr.obr_1 = "1"
     order.obr.obr_3 = f"{filler}^LABO"
     order.obr.obr_4 = "58410-2^CBC panel^LN"

@@ -131,7 +131,7 @@ def test_a_connection_from_an_unregistered_address_gets_no_answer(runtime: Runti
 def test_only_an_interface_runs_the_message_operation(runtime: Runtime, hospital: Hospital) -> None:
     import uuid as _uuid
 
-    from carnet.interfaces.operation import LogEntry, apply_hl7_message
+    from carnet.interfaces.operation import LogEntry
     from carnet.kernel import clock
     from tests.factories import make_physician
 
@@ -139,8 +139,8 @@ def test_only_an_interface_runs_the_message_operation(runtime: Runtime, hospital
     entry = LogEntry(_uuid.uuid4(), "FORGED-1", "0" * 64, "ORU^R01", clock.now())
     ran: list[object] = []
     with pytest.raises(Forbidden):
-        apply_hl7_message(
-            Gate(runtime, doctor), log=entry, facility_id=hospital.facility_id, handler=ran.append
+        Gate(runtime, doctor).apply_hl7_message(
+            log=entry, facility_id=hospital.facility_id, handler=ran.append
         )
     assert ran == []
     [event] = [

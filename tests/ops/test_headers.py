@@ -46,9 +46,10 @@ def check(response_headers: dict[str, str], path: str) -> None:
     for name, value in EXPECTED.items():
         assert response_headers.get(name) == value, (path, name, response_headers)
     assert "frame-ancestors 'none'" in response_headers.get("content-security-policy", ""), path
-    # Static files, the favicon and the SMART discovery document (public server metadata,
-    # cacheable by the SMART specification) may be cached; any other answer may carry patient data.
-    cacheable = path.startswith("/static/") or path == "/favicon.ico"
+    # Static files, the favicon, the SMART discovery document and the id_token public key
+    # (public server metadata, cacheable by the SMART and OpenID specifications) may be cached;
+    # any other answer may carry patient data.
+    cacheable = path.startswith("/static/") or path in ("/favicon.ico", "/oauth/jwks")
     if not cacheable and not path.endswith("/.well-known/smart-configuration"):
         assert "no-store" in response_headers.get("cache-control", ""), path
 

@@ -18,6 +18,12 @@ from carnet.access.exports import approve_export, request_export
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.detection.models import Exposure
+from carnet.interfaces.hl7v2 import ErrorCode, MessageError
+from carnet.interfaces.operation import LogEntry, MessageWork
+from carnet.interfaces.registry import register_interface
+from carnet.interfaces.service import InterfaceService
+from carnet.interventions.schemas import InterventionInput
+from carnet.kernel import clock
 from carnet.kernel.errors import AccountContained, CarnetError, Forbidden, NotFound
 from carnet.patients.models import CareRelationship, ResourceVersion
 from carnet.phi.gate import Gate, public_operations
@@ -36,6 +42,7 @@ from carnet.phi.schemas import (
     PatientInput,
     PaymentInput,
     PrescriptionInput,
+    ServiceRequestInput,
 )
 from carnet.runtime import Runtime
 from tests import factories as f
@@ -72,6 +79,13 @@ class World:
     kept: str = ""
     colleague: str = ""  # another physician of the facility, in nobody's care relationship yet
     held: str = ""  # a prescription of the patient on hold (version 2)
+    order: str = ""  # an active lab order of the patient
+    interface: Actor | None = None  # a registered HL7 interface of the facility (ORU^R01)
+    interface_id: uuid.UUID | None = None
+    # An immunization, procedure, medication administered and statement of the patient.
+    interventions: dict[str, str] = dataclasses.field(default_factory=dict)
+    nurse: Actor | None = None  # a nurse working `ward`
+    arriving: str = ""  # an appointment of the patient starting now (to check in)
 
 
 def _world(runtime: Runtime) -> World:
@@ -143,21 +157,49 @@ def _world(runtime: Runtime) -> World:
     held = gate.prescribe(data=_order(patient.id, "C09AA05"))
     gate.hold_prescription(prescription_id=held.id or "", expected_version=1, reason="bloc opératoire")
     desk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    order = gate.order_test(data=_lab_order(patient.id))
+    with runtime.session_factory.begin() as session:
+        interface_id = register_interface(
+            session,
+            name="LABMETA",
+            sending_facility="LABO",
+            facility_id=facility,
+            message_types=["ORU^R01", "ADT^A40"],
+            source_addresses=["127.0.0.1"],
+            client_cert_sha256=None,
+            per_minute=100,
+        )
+    [registered] = [i for i in InterfaceService(runtime).interfaces() if i.id == interface_id]
     merged = f.register_patient(runtime, facility, family="Doublon", by=desk).id
     kept = f.register_patient(runtime, facility, family="Gardé", by=desk).id
     Gate(runtime, desk).merge_patients(
         source_id=merged, target_id=kept, source_version=1, target_version=1, reason="doublon"
     )
+    ward = f.make_location(runtime, facility)
+    nurse = f.make_nurse(runtime, facility)
+    assert nurse.practitioner_id is not None
+    f.assign_ward(runtime, practitioner_id=nurse.practitioner_id, location_id=ward, facility_id=facility)
+    now = dt.datetime.now(dt.UTC)
+    arriving = Gate(runtime, desk).book_appointment(
+        data=AppointmentInput(
+            patient_id=stranger.id,
+            practitioner_id=str(doctor.practitioner_id),
+            start_at=now,
+            end_at=now + dt.timedelta(minutes=15),
+        )
+    )
     return dataclasses.replace(
         world,
         desk=desk,
+        nurse=nurse,
+        arriving=arriving.id,
         merged=merged,
         kept=kept,
         colleague=str(f.make_practitioner(runtime, facility)),
         condition=condition.id,
         no_stay=consenting.id,
         observation=observation.id,
-        ward=str(f.make_location(runtime, facility)),
+        ward=str(ward),
         draft=str(f.make_invoice(runtime, patient_id=patient.id, facility_id=facility, status="draft")),
         payment=_paid_invoice(runtime, billing, patient.id, facility),
         job=jobs[0],
@@ -168,7 +210,66 @@ def _world(runtime: Runtime) -> World:
         consent=consent.id,
         provenance=str(version),
         held=held.id or "",
+        order=order.id,
+        interface=registered.actor("127.0.0.1"),
+        interface_id=interface_id,
+        interventions={
+            name: getattr(gate, f"record_{operation}")(data=_intervention(name, patient.id)).id
+            for name, operation in INTERVENTION_OPERATIONS.items()
+        },
     )
+
+
+INTERVENTION_OPERATIONS = {
+    "Immunization": "immunization",
+    "Procedure": "procedure",
+    "MedicationAdministration": "medication_administration",
+    "MedicationStatement": "medication_statement",
+}
+
+
+def _intervention(name: str, patient_id: str) -> InterventionInput:
+    element = "patient" if name == "Immunization" else "subject"
+    return InterventionInput(
+        patient_id=patient_id,
+        code_system="http://snomed.info/sct",
+        code="1",
+        status="completed",
+        received={
+            "resourceType": name,
+            "status": "completed",
+            element: {"reference": f"Patient/{patient_id}"},
+        },
+    )
+
+
+def _intervention_calls() -> dict[str, tuple[str, Call, Call]]:
+    calls: dict[str, tuple[str, Call, Call]] = {}
+    for name, operation in INTERVENTION_OPERATIONS.items():
+        plural = f"{operation}s"
+
+        def record(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"record_{operation}")(data=_intervention(name, w.patient))
+
+        def record_missing(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"record_{operation}")(data=_intervention(name, MISSING))
+
+        def read(g: Gate, w: World, name: str = name, operation: str = operation) -> Any:
+            return getattr(g, f"read_{operation}")(intervention_id=w.interventions[name])
+
+        def read_missing(g: Gate, w: World, operation: str = operation) -> Any:
+            return getattr(g, f"read_{operation}")(intervention_id=MISSING)
+
+        def listed(g: Gate, w: World, plural: str = plural) -> Any:
+            return getattr(g, f"list_{plural}")(patient_id=w.patient)
+
+        def listed_missing(g: Gate, w: World, plural: str = plural) -> Any:
+            return getattr(g, f"list_{plural}")(patient_id=MISSING)
+
+        calls[f"record_{operation}"] = ("physician", record, record_missing)
+        calls[f"read_{operation}"] = ("physician", read, read_missing)
+        calls[f"list_{plural}"] = ("physician", listed, listed_missing)
+    return calls
 
 
 def _referral(w: World, days: int | None) -> CareRelationshipInput:
@@ -223,6 +324,28 @@ def _report(patient: str, results: list[str]) -> DiagnosticReportInput:
         issued_at=dt.datetime.now(dt.UTC),
         result_ids=results,
     )
+
+
+def _lab_order(patient: str) -> ServiceRequestInput:
+    return ServiceRequestInput(patient_id=patient, code="2823-3", display="Potassium", note="sous diurétique")
+
+
+def _hl7(w: World, handler: Callable[[MessageWork], None]) -> dict[str, Any]:
+    """An HL7 message's operation arguments (a new control id each time)."""
+    assert w.interface_id is not None
+    log = LogEntry(w.interface_id, uuid.uuid4().hex[:20], "0" * 64, "ORU^R01", clock.now())
+    return {"log": log, "facility_id": w.facility, "handler": handler}
+
+
+def _files_a_result(w: World) -> Callable[[MessageWork], None]:
+    def handler(work: MessageWork) -> None:
+        work.call("record_observation", ("OBX", 1), data=_result(w.patient))
+
+    return handler
+
+
+def _refuses(work: MessageWork) -> None:
+    raise MessageError("the observation value is required", code=ErrorCode.REQUIRED_FIELD, segment="OBX")
 
 
 def _paid_invoice(runtime: Runtime, billing: Actor, patient: str, facility: uuid.UUID) -> str:
@@ -283,6 +406,37 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.search_patients(identifier="1700575000001", count=0),
     ),
     "day_list": ("physician", lambda g, w: g.day_list(), None),  # type: ignore[dict-item]
+    "stays_worklist": (
+        "physician",
+        lambda g, w: g.stays_worklist(practitioner_id=str(w.physician.practitioner_id)),
+        None,  # type: ignore[dict-item]
+    ),
+    "care_team_worklist": (
+        "physician",
+        lambda g, w: g.care_team_worklist(practitioner_id=str(w.physician.practitioner_id)),
+        None,  # type: ignore[dict-item]
+    ),
+    "calendar_grid": (
+        "desk",
+        lambda g, w: g.calendar_grid(day_from=dt.date.today(), day_to=dt.date.today()),
+        lambda g, w: g.calendar_grid(day_from=dt.date.today(), day_to=dt.date.today() - dt.timedelta(days=1)),
+    ),
+    "arrivals": (
+        "desk",
+        lambda g, w: g.arrivals(),
+        lambda g, w: g.arrivals(window_start=dt.datetime(2026, 1, 1, 8, 0)),  # no time zone
+    ),
+    "check_in": (
+        "desk",
+        lambda g, w: g.check_in(appointment_id=w.arriving, expected_version=1),
+        lambda g, w: g.check_in(appointment_id=w.arriving, expected_version=7),
+    ),
+    "billing_worklist": (
+        "billing",
+        lambda g, w: g.billing_worklist(),
+        lambda g, w: g.billing_worklist(page=0),
+    ),
+    "ward_board": ("nurse", lambda g, w: g.ward_board(), None),  # type: ignore[dict-item]
     "list_allergies": (
         "physician",
         lambda g, w: g.list_allergies(patient_id=w.patient),
@@ -599,6 +753,26 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.read_provenance(provenance_id=w.provenance),
         lambda g, w: g.read_provenance(provenance_id=MISSING),
     ),
+    "patient_history": (
+        "physician",
+        lambda g, w: g.patient_history(patient_id=w.patient, resource_types=["AllergyIntolerance"], count=5),
+        lambda g, w: g.patient_history(patient_id=MISSING, resource_types=["AllergyIntolerance"], count=5),
+    ),
+    "check_write": (
+        "physician",
+        lambda g, w: g.check_write(resource_type="Observation", mode="create"),
+        lambda g, w: g.check_write(resource_type="Observation", mode="destroy"),
+    ),
+    "kick_off_export": (
+        "physician",
+        lambda g, w: g.kick_off_export(export_id=w.export),
+        lambda g, w: g.kick_off_export(export_id="not-an-id"),
+    ),
+    "start_export_job": (
+        "physician",
+        lambda g, w: g.start_export_job(job_id=w.job),
+        lambda g, w: g.start_export_job(job_id=MISSING),
+    ),
     "queue_export": (
         "physician",
         lambda g, w: g.queue_export(export_id=w.export),
@@ -646,6 +820,44 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.unmerge_patients(
             source_id=w.merged, target_id=w.kept, source_version=2, target_version=9, reason="pas un doublon"
         ),
+    ),
+    "record_observations": (
+        "physician",
+        lambda g, w: g.record_observations(
+            results=[_result(w.patient), _result(w.patient)],
+            report=_report(w.patient, []).model_copy(update={"order_id": w.order}),
+        ),
+        lambda g, w: g.record_observations(results=[_result(w.patient), _result(w.stranger)]),
+    ),
+    "list_orders": (
+        "physician",
+        lambda g, w: g.list_orders(patient_id=w.patient),
+        lambda g, w: g.list_orders(patient_id=MISSING),
+    ),
+    "read_order": (
+        "physician",
+        lambda g, w: g.read_order(order_id=w.order),
+        lambda g, w: g.read_order(order_id=MISSING),
+    ),
+    "order_test": (
+        "physician",
+        lambda g, w: g.order_test(data=_lab_order(w.patient)),
+        lambda g, w: g.order_test(data=_lab_order(MISSING)),
+    ),
+    "revoke_order": (
+        "physician",
+        lambda g, w: g.revoke_order(order_id=w.order, expected_version=1),
+        lambda g, w: g.revoke_order(order_id=w.order, expected_version=9),
+    ),
+    "apply_hl7_message": (
+        "interface",
+        lambda g, w: g.apply_hl7_message(**_hl7(w, _files_a_result(w))),
+        lambda g, w: g.apply_hl7_message(**_hl7(w, _refuses)),
+    ),
+    "apply_hl7_merge": (
+        "interface",
+        lambda g, w: g.apply_hl7_merge(**_hl7(w, lambda work: None)),
+        lambda g, w: g.apply_hl7_merge(**_hl7(w, _refuses)),
     ),
     "run_transaction": (
         "physician",
@@ -755,6 +967,7 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.export(export_id=MISSING),
     ),
 }
+CALLS.update(_intervention_calls())
 
 
 def _outcomes(runtime: Runtime, actor: Actor) -> list[tuple[str, str]]:
@@ -791,7 +1004,13 @@ def test_operation_is_audited_on_allow_deny_and_error(
     world = _world(runtime)
     kind = public_operations()[name].value
     who, allowed, failing = CALLS[name]
-    actor = {"physician": world.physician, "billing": world.billing, "desk": world.desk}[who]
+    actor = {
+        "physician": world.physician,
+        "billing": world.billing,
+        "desk": world.desk,
+        "interface": world.interface,
+        "nurse": world.nurse,
+    }[who]
     assert actor is not None
 
     # allow

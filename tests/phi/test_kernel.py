@@ -24,14 +24,18 @@ OPERATION_MODULES = (
     "carnet.records.consents",
     "carnet.records.care_teams",
     "carnet.records.provenance",
+    "carnet.records.orders",
+    "carnet.interfaces.operation",
     "carnet.prescriptions.operations",
     "carnet.coverage.operations",
     "carnet.billing.operations",
+    "carnet.interventions.operations",
     "carnet.prescriptions.printing",
     "carnet.billing.printing",
     "carnet.records.printing",
     "carnet.phi.exports",
     "carnet.phi.breakglass",
+    "carnet.phi.validation",
 )
 
 

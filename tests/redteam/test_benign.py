@@ -30,7 +30,7 @@ def test_a_hospitals_staff_at_work_are_never_contained(
     assert result.staff_days["front_desk"] >= 5 and result.staff_days["billing"] >= 5, result.staff_days
     assert result.bookings > 0 and result.registrations > 0
     assert result.containments == []
-    assert result.step_ups_per_clinician_week <= 1.0
+    assert result.step_ups_per_clinician_week <= 1.0, (result.role_step_ups, result.account_step_ups)
     for role in ("physician", "nurse", "front_desk", "billing"):
         assert result.step_ups_per_week(role) <= 1.0, (role, result.role_step_ups)
 

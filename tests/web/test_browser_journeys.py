@@ -22,7 +22,7 @@ import uvicorn
 from carnet.access.exports import request_export
 from carnet.access.roles import Role
 from carnet.app import create_app
-from carnet.kernel import clock
+from carnet.kernel import clock, localtime
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import AppointmentInput
 from carnet.runtime import Runtime
@@ -107,7 +107,7 @@ def test_front_desk_calendar_and_health_card(
     colleague = factories.make_account(
         sqlite_runtime, roles=[Role.FRONT_DESK], facility_id=hospital.facility_id
     )
-    afternoon = dt.datetime.combine(day, dt.time(15), tzinfo=dt.UTC)
+    afternoon = localtime.at(day, dt.time(15))  # the pages show the Paris wall clock
     Gate(sqlite_runtime, colleague).book_appointment(
         data=AppointmentInput(
             patient_id=hospital.their_patient,

@@ -27,7 +27,7 @@ def test_french_from_accept_language_and_switch(client: TestClient) -> None:
 def test_every_template_string_has_a_french_translation() -> None:
     with (WEB / "locale/fr/LC_MESSAGES/messages.po").open("rb") as handle:
         catalog = read_po(handle)
-    method_map = [("templates/**.html", "jinja2"), ("labels.py", "python")]
+    method_map = [("templates/**.html", "jinja2"), ("labels.py", "python"), ("apps.py", "python")]
     keywords = {"_": None, "N_": None, "ngettext": (1, 2)}
     wanted = {
         message[2] if isinstance(message[2], str) else message[2][0]

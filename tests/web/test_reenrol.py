@@ -180,3 +180,29 @@ def test_a_restored_account_contained_again_within_7_days_needs_re_enrolment_too
 
         session.get_one(ActorState, ref).contained_at = clock.now()
     assert _ask_restore(client, sqlite_runtime, officers[0], ref) == 303
+
+
+def test_the_probation_rule_holds_below_the_pages_in_detection_services(
+    sqlite_runtime: Runtime,
+    hospital: Hospital,
+    officers: tuple[Person, Person],
+    movable_clock: clock.MovableClock,
+) -> None:
+    """A caller that is not the console (a script, a future API) meets the same rule."""
+    from carnet.detection import services
+    from carnet.kernel.errors import Forbidden
+
+    clerk, _a1, _a2 = _open_clerk(sqlite_runtime, hospital)
+    movable_clock.advance(dt.timedelta(days=1))
+    ref = contain_account(sqlite_runtime, clerk.id, clerk.username)
+    olga = actor_of(officers[0], Role.SECURITY_OFFICER)
+    with pytest.raises(Forbidden, match="re-enrols in person"):
+        services.request_restore(
+            sqlite_runtime, officer=olga, actor_ref=ref, reason="owner verified by phone"
+        )
+    with sqlite_runtime.session_factory() as session:
+        outcomes = session.scalars(
+            sa.select(AuditEvent.outcome).where(AuditEvent.kind == AuditKind.RESTORE_REQUESTED.value)
+        ).all()
+    assert outcomes == ["denied"]
+    assert _account(sqlite_runtime, "desk.new").status == "suspended"

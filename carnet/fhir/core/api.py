@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import Callable
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.fhir.core.outcome import FHIR_JSON
+from carnet.fhir.core.outcome import FHIR_JSON, operation_outcome
 from carnet.identity.dependencies import current_actor, runtime_of
 from carnet.identity.oauth import require_scope
 from carnet.kernel.errors import Forbidden, InvalidInput
@@ -122,14 +123,85 @@ def fhir_response(
     return Response(fhir_json(resource), status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PREFER_RETURN = re.compile(r"(?:^|[;,\s])return\s*=\s*\"?([A-Za-z]+)\"?", re.IGNORECASE)
+
+
 def resource_response(request: Request, resource: dict[str, Any], *, status: int = 200) -> Response:
+    """One resource as the answer to a read or a write: `ETag` (its version), `Last-Modified`
+    (its meta.lastUpdated), `Location` when created.
+
+    A read (GET, or HEAD) answers 304 Not Modified with no body when the client's copy is the
+    current one (`If-None-Match` names this version, or `If-Modified-Since` is not before its
+    last change). The gate has already authorized, audited and counted the read by the time the
+    resource reaches this point: a 304 shows no content, but it confirms what the client holds
+    is current, so it is an access like any other (docs/FHIR.md, "Conditional reads").
+    A write honours `Prefer: return=minimal | representation | OperationOutcome`."""
     version = (resource.get("meta") or {}).get("versionId")
     headers = {"ETag": etag(int(version) if version else None)}
+    modified = _http_date((resource.get("meta") or {}).get("lastUpdated"))
+    if modified is not None:
+        headers["Last-Modified"] = modified
     if status == 201:
         headers["Location"] = (
             f"{base_url(request)}/{resource['resourceType']}/{resource['id']}/_history/{version or 1}"
         )
+    if request.method == "GET" and status == 200 and _not_modified(request, headers["ETag"], resource):
+        return Response(status_code=304, headers=headers)
+    if request.method in _WRITES:
+        preferred = prefer_return(request)
+        if preferred == "minimal":
+            return Response(status_code=status, headers=headers)
+        if preferred == "operationoutcome":
+            done = "created" if status == 201 else "updated"
+            text = f"{resource['resourceType']}/{resource['id']} {done} (version {version or 1})"
+            return fhir_response(
+                operation_outcome("informational", text, severity="information"),
+                status=status,
+                headers=headers,
+            )
     return fhir_response(resource, status=status, headers=headers)
+
+
+def prefer_return(request: Request) -> str:
+    """The `return` preference of a write (RFC 7240): minimal, representation (the default)
+    or operationoutcome; anything else is the default, as the RFC asks of unknown values."""
+    match = _PREFER_RETURN.search(request.headers.get("prefer", ""))
+    value = match.group(1).lower() if match else "representation"
+    return value if value in ("minimal", "representation", "operationoutcome") else "representation"
+
+
+def _http_date(value: Any) -> str | None:
+    if not value:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return format_datetime(moment.astimezone(dt.UTC), usegmt=True)
+
+
+def _not_modified(request: Request, current: str, resource: dict[str, Any]) -> bool:
+    """RFC 9110 13.1.2-13.1.3: If-None-Match (weak comparison) wins over If-Modified-Since."""
+    wanted = request.headers.get("if-none-match")
+    if wanted is not None:
+        tags = {t.strip().removeprefix("W/") for t in wanted.split(",")}
+        return "*" in tags or current.removeprefix("W/") in tags
+    since = request.headers.get("if-modified-since")
+    updated = (resource.get("meta") or {}).get("lastUpdated")
+    if since is None or not updated:
+        return False
+    try:
+        client = parsedate_to_datetime(since)
+        moment = dt.datetime.fromisoformat(str(updated).replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return False  # an unreadable date is ignored, as RFC 9110 says
+    if client.tzinfo is None or moment.tzinfo is None:
+        return False
+    # HTTP dates have whole seconds: a change within the same second is not "after".
+    return moment.replace(microsecond=0) <= client
 
 
 def validated(model: Any, body: Any, resource_type: str) -> dict[str, Any]:

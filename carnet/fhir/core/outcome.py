@@ -13,8 +13,14 @@ from carnet.kernel import errors
 
 FHIR_JSON = "application/fhir+json"
 
+
+class Unsupported(errors.InvalidInput):
+    """Something asked that carnet does not serve (a search parameter, a modifier): 400, said so."""
+
+
 # carnet error -> (HTTP status, FHIR issue type code). A forbidden record answers like a missing one.
 _MAPPING: dict[type[errors.CarnetError], tuple[int, str]] = {
+    Unsupported: (400, "not-supported"),
     errors.NotFound: (404, "not-found"),
     errors.Forbidden: (403, "forbidden"),
     errors.InvalidInput: (400, "invalid"),

@@ -22,13 +22,20 @@ from __future__ import annotations
 import contextlib
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import Response
 
-from carnet.access.exports import ExportRequestView, approve_export, reject_export, request_export
-from carnet.fhir.core.api import FhirBody, base_url, gate_for, instant
-from carnet.fhir.core.outcome import outcome_response
+from carnet.access.exports import (
+    ExportRequestView,
+    ExportScope,
+    approve_export,
+    reject_export,
+    request_export,
+)
+from carnet.fhir.core.api import FhirBody, base_url, fhir_response, gate_for, instant, parse_instant
+from carnet.fhir.core.outcome import operation_outcome, outcome_response
 from carnet.fhir.core.registry import FhirModule
 from carnet.fhir.resources.patient import patient_to_fhir
 from carnet.identity import stepup
@@ -143,13 +150,82 @@ def reject(request: Request, body: dict[str, Any] = FhirBody) -> Response:
     return _answer(_view(view))
 
 
+# == FHIR Bulk Data kick-offs: a request for a second person's approval, and its job =========
+KICKOFF_PARAMETERS = {"_outputFormat", "_type", "_since", "purpose", "_format"}
+EXPORTED_TYPES = ("Patient",)  # what an export holds today (carnet.phi.exports)
+
+
+def _kickoff(request: Request, scope: ExportScope) -> Response:
+    """`[base]/$export`, `Patient/$export`, `Group/[id]/$export` with `Prefer: respond-async`:
+    an export request (carnet.access.exports, the purpose stated) and its job, `pending` until
+    a second person approves the request (`$export-approve` or the web security console, each
+    with its own passkey proof). The status URL then answers 202 until the file is ready."""
+    gate = gate_for(request, "Patient", "read")
+    params = request.query_params
+    unknown = sorted(set(params) - KICKOFF_PARAMETERS)
+    if unknown:
+        raise InvalidInput("unsupported $export parameters: " + ", ".join(unknown[:10]))
+    if "respond-async" not in request.headers.get("prefer", ""):
+        raise InvalidInput("a Bulk Data kick-off needs the header Prefer: respond-async")
+    output = params.get("_outputFormat")
+    if output not in (None, NDJSON, "application/ndjson", "ndjson"):
+        raise InvalidInput(f"_outputFormat must be {NDJSON}")
+    types = [t.strip() for t in (params.get("_type") or ",".join(EXPORTED_TYPES)).split(",") if t.strip()]
+    if not types or any(t not in EXPORTED_TYPES for t in types):
+        raise InvalidInput("_type: carnet exports " + ", ".join(EXPORTED_TYPES) + " (one file per type)")
+    since = parse_instant(params["_since"], "_since") if params.get("_since") else None
+    purpose = params.get("purpose") or ""
+    if not purpose.strip():
+        raise InvalidInput(
+            "a bulk export states its purpose (invariant 3): add purpose=<why, 10 to 1000 characters>"
+        )
+    asked = request_export(runtime_of(request), actor=current_actor(request), purpose=purpose, scope=scope)
+    kept = urlencode([(k, v) for k, v in params.multi_items() if k != "purpose"])
+    url = request.url.path + (f"?{kept}" if kept else "")
+    job = gate.kick_off_export(export_id=asked.id, since=since, request_url=url)
+    status_url = f"{base_url(request)}/$export-status/{job.id}"
+    outcome = operation_outcome(
+        "informational",
+        f"export request {asked.id} waits for a second person's approval; then poll {status_url}",
+        severity="information",
+    )
+    headers = {
+        "Content-Location": status_url,
+        "Cache-Control": "no-store",
+        "X-Carnet-Export-Request": asked.id,
+    }
+    return fhir_response(outcome, status=202, headers=headers)
+
+
+@router.get("/$export")
+def export_system(request: Request) -> Response:
+    """System-level kick-off: the patients of the requester's facility the policy lets them
+    see (scope `facility`)."""
+    return _kickoff(request, ExportScope.FACILITY)
+
+
+@router.get("/Group/{group_id}/$export")
+def export_group(request: Request, group_id: str) -> Response:
+    """Group kick-off: carnet's Groups are practitioners' patient lists (carnet.fhir.resources.
+    group); a requester exports their own (scope `care`), nobody else's."""
+    actor = current_actor(request)
+    if actor.practitioner_id is None or str(actor.practitioner_id) != group_id:
+        gate_for(request, "Patient", "read")  # a token's scope first, as everywhere
+        raise NotFound("no such Group")
+    return _kickoff(request, ExportScope.CARE)
+
+
 @router.get("/Patient/$export")
 def export_patients(request: Request, background: BackgroundTasks) -> Response:
-    gate = gate_for(request, "Patient", "read")
+    """Patient-level kick-off (scope `facility`); with `_exportId`, carnet's own use of an
+    export request approved beforehand (synchronous, or `Prefer: respond-async`)."""
     export_id = request.query_params.get("_exportId")
+    if export_id is None:
+        return _kickoff(request, ExportScope.FACILITY)
+    gate = gate_for(request, "Patient", "read")
     unknown = sorted(set(request.query_params) - {"_exportId", "_format", "_outputFormat"})
     if unknown or not export_id:
-        raise InvalidInput("Patient/$export takes _exportId (an approved export request) only")
+        raise InvalidInput("Patient/$export with _exportId takes _outputFormat only")
     output = request.query_params.get("_outputFormat")
     if output not in (None, NDJSON, "application/ndjson", "ndjson"):
         raise InvalidInput(f"_outputFormat must be {NDJSON}")
@@ -168,17 +244,22 @@ def export_patients(request: Request, background: BackgroundTasks) -> Response:
     )
 
 
-def _run_job(gate: Gate, job_id: str) -> None:
+def _run_job(gate: Gate, job_id: str, *, bulk: bool = False) -> None:
     """The background half of a kick-off: the export itself (audited as ever), or the job
     marked failed with a reason that names no data."""
     try:
-        gate.run_export_job(job_id=job_id, render=render)
+        gate.run_export_job(job_id=job_id, render=render_resources if bulk else render)
     except NotFound:
         _abandon(gate, job_id, "the export was refused, or its request is no longer usable")
     except CarnetError as exc:
         _abandon(gate, job_id, str(exc) or type(exc).__name__)
     except Exception:  # fail closed: the job must not stay "running"
         _abandon(gate, job_id, "internal error; nothing was exported")
+
+
+def _run_bulk_job(gate: Gate, job_id: str) -> None:
+    """A standard kick-off's run: its file holds Patient resources only (Bulk Data NDJSON)."""
+    _run_job(gate, job_id, bulk=True)
 
 
 def _abandon(gate: Gate, job_id: str, reason: str) -> None:
@@ -189,10 +270,22 @@ def _abandon(gate: Gate, job_id: str, reason: str) -> None:
 
 
 @router.get("/$export-status/{job_id}")
-def export_status(request: Request, job_id: str) -> Response:
-    """Bulk Data status: 202 while running, then the manifest (the output URL is good once)."""
+def export_status(request: Request, job_id: str, background: BackgroundTasks) -> Response:
+    """Bulk Data status: 202 while pending approval or running, then the manifest (the output
+    URL is good once). The requester's poll after the approval starts the run, as them."""
     gate = gate_for(request, "Patient", "read")
     job = gate.export_job(job_id=job_id)
+    if job.status == "pending":
+        job = gate.start_export_job(job_id=job_id)
+        if job.status == "running":
+            background.add_task(_run_bulk_job, gate, job.id)
+    if job.status == "pending":
+        headers = {
+            "X-Progress": "pending approval",
+            "Retry-After": "60",
+            "X-Carnet-Export-Request": job.export_id,
+        }
+        return Response(status_code=202, headers=headers)
     if job.status == "running":
         return Response(status_code=202, headers={"X-Progress": "running", "Retry-After": "2"})
     if job.status == "failed":
@@ -202,7 +295,9 @@ def export_status(request: Request, job_id: str) -> Response:
     base = base_url(request)
     manifest = {
         "transactionTime": instant(job.completed_at),
-        "request": f"{base}/Patient/$export?_exportId={job.export_id}",
+        "request": str(request.base_url).rstrip("/") + job.request_url
+        if job.request_url
+        else f"{base}/Patient/$export?_exportId={job.export_id}",
         "requiresAccessToken": True,
         "output": [{"type": "Patient", "url": f"{base}/$export-file/{job.id}", "count": job.patient_count}]
         if job.status == "completed"
@@ -265,6 +360,23 @@ def render(export: PatientExport) -> str:
         meta["tag"] = [*meta.get("tag", []), tag]
         lines.append(json.dumps(dict(resource, meta=meta), ensure_ascii=False))
     return "\n".join(lines) + "\n"
+
+
+def render_resources(export: PatientExport) -> str:
+    """A Bulk Data output file: one Patient per line, each tagged with its export's watermark
+    (the manifest names the export too); no other resource in a Patient file."""
+    tag = {
+        "system": WATERMARK_SYSTEM,
+        "code": export.export_id,
+        "display": f"carnet export {export.export_id}",
+    }
+    lines = []
+    for item in export.items:
+        resource = patient_to_fhir(item.model_dump())
+        meta = dict(resource.get("meta") or {})
+        meta["tag"] = [*meta.get("tag", []), tag]
+        lines.append(json.dumps(dict(resource, meta=meta), ensure_ascii=False))
+    return "".join(line + "\n" for line in lines)
 
 
 MODULE = FhirModule(

@@ -17,16 +17,17 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     ATC_SYSTEM,
+    as_received,
     clean,
     meta,
     ref,
     schema_input,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import AllergyInput
 
@@ -39,6 +40,12 @@ CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
 
 # == mapping ===================================================================================
 def allergy_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        if d.get("patient_id") and isinstance(received.get("patient"), dict):
+            # The patient the record belongs to now (a merge moves records to the record kept).
+            received["patient"] = {**received["patient"], "reference": f"Patient/{d['patient_id']}"}
+        return checked(AllergyIntolerance, received)
     resource = clean(
         {
             "resourceType": "AllergyIntolerance",
@@ -63,36 +70,87 @@ def allergy_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             else None,
             "patient": ref("Patient", d.get("patient_id")) or {"display": "redacted"},
             "recorder": ref("Practitioner", d.get("recorded_by")),
+            "reaction": [{"manifestation": [{"text": d["reaction"]}]}] if d.get("reaction") else None,
         }
     )
     return checked(AllergyIntolerance, resource)
 
 
 def allergy_input(body: dict[str, Any]) -> AllergyInput:
+    """Any coding system: the ATC coding when there is one (what the medication checks read),
+    else the first coding (SNOMED CT, RxNorm...), which the checks show as one they cannot
+    check. The resource is kept whole, every coding with its system."""
     patient = reference_id((body.get("patient") or {}).get("reference"), "Patient")
-    codings = (body.get("code") or {}).get("coding") or []
-    substance = next((c for c in codings if c.get("system") == ATC_SYSTEM), None)
-    if patient is None or substance is None:
-        raise InvalidInput(f"an AllergyIntolerance needs patient and a code.coding in {ATC_SYSTEM}")
+    if patient is None:
+        raise InvalidInput("AllergyIntolerance.patient: a reference to a Patient is required")
+    codings = [
+        c for c in (body.get("code") or {}).get("coding") or [] if isinstance(c, dict) and c.get("code")
+    ]
+    substance = next((c for c in codings if c.get("system") == ATC_SYSTEM), codings[0] if codings else None)
+    if substance is None:
+        raise InvalidInput("AllergyIntolerance.code.coding: a coded substance is required")
+    code = str(substance["code"])
+    if len(code) > 40:
+        raise InvalidInput("AllergyIntolerance.code.coding.code: longer than carnet keeps (40)")
+    status = next(
+        (
+            c.get("code")
+            for c in (body.get("clinicalStatus") or {}).get("coding") or []
+            if c.get("system") == CLINICAL
+        ),
+        "active",
+    )
+    display = str(substance.get("display") or (body.get("code") or {}).get("text") or code)
     values = {
         "patient_id": patient,
-        "substance_code": substance.get("code"),
-        "substance_display": substance.get("display") or (body.get("code") or {}).get("text"),
+        "substance_code": code,
+        # The column is a listing aid; the resource keeps the text whole.
+        "substance_display": display[:200],
         "criticality": body.get("criticality") or "unable-to-assess",
+        "clinical_status": status,
+        "received": body,
+        "reaction": _reaction_text(body),
     }
     return schema_input(AllergyInput, values, "AllergyIntolerance")  # type: ignore[no-any-return]
 
 
+def _reaction_text(body: dict[str, Any]) -> str | None:
+    """The first reaction's manifestations (their text or display) as one line, for the column."""
+    reactions = body.get("reaction") or []
+    if not reactions or not isinstance(reactions[0], dict):
+        return None
+    words = [
+        m.get("text") or next((c.get("display") for c in m.get("coding") or [] if c.get("display")), None)
+        for m in reactions[0].get("manifestation") or []
+        if isinstance(m, dict)
+    ]
+    text = ", ".join(w for w in words if w)
+    return text[:200] or None
+
+
 # == routes ====================================================================================
+SEARCH = Search(
+    ALLERGY,
+    {
+        "patient": reference("patient", target="Patient"),
+        "clinical-status": token("clinicalStatus"),
+        "verification-status": token("verificationStatus"),
+        "code": token("code", "reaction.substance"),
+        "criticality": token("criticality"),
+        "category": token("category"),
+        "date": date("recordedDate"),
+        "onset": date("onsetDateTime", "onsetPeriod", "reaction.onset"),
+    },
+    fetch=chart_section("list_allergies", allergy_to_fhir),
+    read=one_record("read_allergy", "allergy_id", allergy_to_fhir),
+    subjects=("patient",),
+    includes=("patient",),
+)
+
+
 @router.get("/AllergyIntolerance")
 def search_allergies(request: Request) -> Response:
-    gate = gate_for(request, ALLERGY, "search")
-    patient = patient_of(request, set())
-    return paged(
-        request,
-        ALLERGY,
-        [allergy_to_fhir(v.model_dump()) for v in gate.list_allergies(patient_id=patient)],
-    )
+    return respond(request, SEARCH)
 
 
 @router.post("/AllergyIntolerance")
@@ -127,7 +185,7 @@ MODULE = FhirModule(
         ResourceType(
             ALLERGY,
             ("read", "vread", "history-instance", "search-type", "create"),
-            {"patient": "reference"},
+            searcher=SEARCH,
             writes=Writes(
                 AllergyIntolerance,
                 allergy_to_fhir,

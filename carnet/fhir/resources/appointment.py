@@ -22,7 +22,7 @@ from carnet.fhir.core.api import (
     validated,
     version_or_current,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     DELETED_REASON,
     clean,
@@ -32,9 +32,22 @@ from carnet.fhir.core.mapping import (
     when,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import date_matches, patient_of
+from carnet.fhir.core.search import (
+    Found,
+    Query,
+    Search,
+    chart_section,
+    date,
+    day_span,
+    one_record,
+    reference,
+    respond,
+    token,
+)
+from carnet.kernel import clock
 from carnet.kernel.errors import InvalidInput
-from carnet.phi.schemas import AppointmentInput
+from carnet.phi.gate import Gate
+from carnet.phi.schemas import AppointmentInput, ScheduleEntry
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 APPOINTMENT = "Appointment"
@@ -101,22 +114,68 @@ def appointment_input(body: dict[str, Any]) -> AppointmentInput:
 
 
 # == routes ====================================================================================
+def slot_to_fhir(entry: ScheduleEntry, practitioner_id: str) -> dict[str, Any]:
+    """One slot of a colleague's calendar: when, its status, whose calendar; never whom for."""
+    resource = {
+        "resourceType": "Appointment",
+        "id": entry.id,
+        "meta": {"versionId": str(entry.version_id)},
+        "status": entry.status,
+        "start": when(entry.start_at),
+        "end": when(entry.end_at),
+        "participant": [{"actor": ref("Practitioner", practitioner_id), "status": "accepted"}],
+    }
+    return checked(Appointment, resource)
+
+
+def worklist(gate: Gate, query: Query) -> Found | None:
+    """`practitioner=<me>&date=...`: my appointments, as my day list shows them (one list
+    exposure a day, bounded to a week); another practitioner's calendar is slots only (the
+    gate's practitioner_schedule: who each is for is not listed), where the role may see it."""
+    named = query.named("practitioner", "actor")
+    if not named:
+        return None
+    values = [v for c in named for v in c.values]
+    practitioner = reference_id(values[0], "Practitioner") if len(values) == 1 else None
+    if practitioner is None:
+        raise InvalidInput("a worklist is one practitioner's: practitioner=Practitioner/<id>")
+    days = day_span(query.named("date"), clock.now().date(), SCHEDULE_DAYS)
+    if not days:
+        return Found([])
+    if str(gate.actor.practitioner_id) == practitioner:
+        return Found(
+            [
+                appointment_to_fhir(a.appointment.model_dump())
+                for day in days
+                for a in gate.day_list(day=day).appointments
+            ]
+        )
+    schedule = gate.practitioner_schedule(practitioner_id=practitioner, day_from=days[0], day_to=days[-1])
+    return Found([slot_to_fhir(e, practitioner) for e in schedule.entries])
+
+
+SCHEDULE_DAYS = 7  # a week at a time, as a practitioner's calendar
+SEARCH = Search(
+    APPOINTMENT,
+    {
+        "patient": reference("participant.actor", target="Patient"),
+        "practitioner": reference("participant.actor", target="Practitioner"),
+        "actor": reference("participant.actor"),
+        "location": reference("participant.actor", target="Location"),
+        "date": date("start"),
+        "status": token("status"),
+    },
+    fetch=chart_section("list_appointments", appointment_to_fhir),
+    read=one_record("read_appointment", "appointment_id", appointment_to_fhir),
+    source=worklist,
+    subjects=("patient",),
+    includes=("patient",),
+)
+
+
 @router.get("/Appointment")
 def search_appointments(request: Request) -> Response:
-    gate = gate_for(request, APPOINTMENT, "search")
-    patient = patient_of(request, {"practitioner", "date", "status"})
-    views = gate.list_appointments(patient_id=patient)
-    status = request.query_params.get("status")
-    practitioner = reference_id(request.query_params.get("practitioner"), "Practitioner")
-    dates = request.query_params.getlist("date")
-    kept = [
-        v
-        for v in views
-        if (status is None or v.status in status.split(","))
-        and (practitioner is None or v.practitioner_id == practitioner)
-        and (not dates or date_matches(v.start_at, dates))
-    ]
-    return paged(request, APPOINTMENT, [appointment_to_fhir(v.model_dump()) for v in kept])
+    return respond(request, SEARCH)
 
 
 @router.post("/Appointment")
@@ -200,7 +259,7 @@ MODULE = FhirModule(
         ResourceType(
             APPOINTMENT,
             ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            {"patient": "reference", "practitioner": "reference", "date": "date", "status": "token"},
+            searcher=SEARCH,
             writes=Writes(
                 Appointment,
                 appointment_to_fhir,

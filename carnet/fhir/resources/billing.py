@@ -39,7 +39,7 @@ from carnet.fhir.core.api import (
 from carnet.fhir.core.bundles import history_response, paged, vread_response
 from carnet.fhir.core.mapping import DELETED_REASON, EXT, clean, meta, ref, when
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import date_matches, patient_of
+from carnet.fhir.core.search import Search, date, date_matches, reference, respond, token
 from carnet.kernel.errors import InvalidInput, NotFound
 from carnet.phi.schemas import InvoiceInput, PaymentInput
 
@@ -281,15 +281,24 @@ def _invoice(view: Any) -> dict[str, Any]:
     return invoice_to_fhir(view.model_dump())
 
 
+INVOICE_SEARCH = Search(
+    INVOICE,
+    {
+        "patient": reference("subject", target="Patient"),
+        "subject": reference("subject"),
+        "status": token("status"),
+        "date": date("date"),
+        "identifier": token("identifier"),
+    },
+    fetch=lambda gate, pid: [_invoice(v) for v in gate.list_invoices(patient_id=pid)],
+    read=lambda gate, rid: _invoice(gate.read_invoice(invoice_id=rid)),
+    includes=("subject", "patient"),
+)
+
+
 @router.get("/Invoice")
 def search_invoices(request: Request) -> Response:
-    gate = gate_for(request, INVOICE, "search")
-    patient = patient_of(request, {"status"})
-    status = request.query_params.get("status")
-    views = [
-        v for v in gate.list_invoices(patient_id=patient) if status is None or v.status in status.split(",")
-    ]
-    return paged(request, INVOICE, [_invoice(v) for v in views])
+    return respond(request, INVOICE_SEARCH)
 
 
 @router.post("/Invoice")
@@ -423,7 +432,7 @@ MODULE = FhirModule(
         ResourceType(
             INVOICE,
             ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            {"patient": "reference", "subject": "reference", "status": "token"},
+            searcher=INVOICE_SEARCH,
             writes=Writes(
                 Invoice,
                 invoice_to_fhir,

@@ -26,7 +26,7 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     clean,
     meta,
@@ -34,9 +34,20 @@ from carnet.fhir.core.mapping import (
     when,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of, tokens
+from carnet.fhir.core.search import (
+    Found,
+    Query,
+    Search,
+    chart_section,
+    date,
+    one_record,
+    reference,
+    respond,
+    token,
+)
 from carnet.kernel import clock
 from carnet.kernel.errors import InvalidInput
+from carnet.phi.gate import Gate
 from carnet.phi.schemas import CareRelationshipInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -139,21 +150,40 @@ def care_team_change(resource: dict[str, Any], care_team_id: str, version: int) 
 
 
 # == routes ====================================================================================
+def worklist(gate: Gate, query: Query) -> Found | None:
+    """`participant=<me>`: the patients I care for (care team, referral), current ones, as one
+    list exposure; another practitioner's is refused by the gate (audited)."""
+    named = query.named("participant")
+    if not named:
+        return None
+    values = [v for c in named for v in c.values]
+    practitioner = reference_id(values[0], "Practitioner") if len(values) == 1 else None
+    if practitioner is None:
+        raise InvalidInput("a worklist is one practitioner's: participant=Practitioner/<id>")
+    views = gate.care_team_worklist(practitioner_id=practitioner)
+    return Found([care_team_to_fhir(v.model_dump()) for v in views])
+
+
+SEARCH = Search(
+    "CareTeam",
+    {
+        "patient": reference("subject", target="Patient"),
+        "subject": reference("subject"),
+        "status": token("status"),
+        "category": token("category"),
+        "participant": reference("participant.member", target="Practitioner"),
+        "date": date("period"),
+    },
+    fetch=chart_section("list_care_team", care_team_to_fhir),
+    read=one_record("read_care_team", "care_team_id", care_team_to_fhir),
+    source=worklist,
+    includes=("subject", "patient"),
+)
+
+
 @router.get("/CareTeam")
 def search_care_teams(request: Request) -> Response:
-    gate = gate_for(request, "CareTeam", "search")
-    patient = patient_of(request, {"status", "category", "participant"})
-    status = tokens(request.query_params.get("status"))
-    category = tokens(request.query_params.get("category"))
-    participant = reference_id(request.query_params.get("participant"), "Practitioner")
-    views = [
-        v
-        for v in gate.list_care_team(patient_id=patient)
-        if (status is None or v.status in status)
-        and (category is None or v.kind in category)
-        and (participant is None or v.practitioner_id == participant)
-    ]
-    return paged(request, "CareTeam", [care_team_to_fhir(v.model_dump()) for v in views])
+    return respond(request, SEARCH)
 
 
 @router.get("/CareTeam/{care_team_id}")
@@ -212,13 +242,7 @@ MODULE = FhirModule(
         ResourceType(
             "CareTeam",
             ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            {
-                "patient": "reference",
-                "subject": "reference",
-                "status": "token",
-                "category": "token",
-                "participant": "reference",
-            },
+            searcher=SEARCH,
             writes=Writes(
                 CareTeam,
                 care_team_to_fhir,

@@ -23,7 +23,7 @@ from carnet.fhir.core.api import (
     validated,
     version_or_current,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     as_received,
     clean,
@@ -34,7 +34,7 @@ from carnet.fhir.core.mapping import (
     when,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of, tokens
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import ICD10_CODE, ConditionInput
 
@@ -168,23 +168,28 @@ def condition_change(body: dict[str, Any], condition_id: str, version: int) -> t
 
 
 # == routes ====================================================================================
+SEARCH = Search(
+    CONDITION,
+    {
+        "patient": reference("subject", target="Patient"),
+        "subject": reference("subject"),
+        "clinical-status": token("clinicalStatus"),
+        "verification-status": token("verificationStatus"),
+        "code": token("code"),
+        "category": token("category"),
+        "onset-date": date("onsetDateTime", "onsetPeriod"),
+        "recorded-date": date("recordedDate"),
+        "encounter": reference("encounter", target="Encounter"),
+    },
+    fetch=chart_section("list_conditions", condition_to_fhir),
+    read=one_record("read_condition", "condition_id", condition_to_fhir),
+    includes=("subject", "patient", "encounter"),
+)
+
+
 @router.get("/Condition")
 def search_conditions(request: Request) -> Response:
-    gate = gate_for(request, CONDITION, "search")
-    patient = patient_of(request, {"clinical-status", "verification-status", "code"})
-    params = request.query_params
-    status = tokens(params.get("clinical-status"))
-    verification = tokens(params.get("verification-status"))
-    code = tokens(params.get("code"))
-    views = [
-        v
-        for v in gate.list_conditions(patient_id=patient)
-        # A Condition entered in error has no clinical status (as rendered): it matches none.
-        if (status is None or (v.clinical_status in status and v.verification_status != "entered-in-error"))
-        and (verification is None or v.verification_status in verification)
-        and (code is None or v.code in code)
-    ]
-    return paged(request, CONDITION, [condition_to_fhir(v.model_dump()) for v in views])
+    return respond(request, SEARCH)
 
 
 @router.post("/Condition")
@@ -246,12 +251,7 @@ MODULE = FhirModule(
         ResourceType(
             CONDITION,
             ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            {
-                "patient": "reference",
-                "clinical-status": "token",
-                "verification-status": "token",
-                "code": "token",
-            },
+            searcher=SEARCH,
             writes=Writes(
                 Condition,
                 condition_to_fhir,

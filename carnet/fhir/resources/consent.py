@@ -21,7 +21,7 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     clean,
     meta,
@@ -29,7 +29,7 @@ from carnet.fhir.core.mapping import (
     when,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of, tokens
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.gate import OPPOSE_OTHER_FACILITIES, Gate
 
@@ -94,13 +94,26 @@ def consent_kind(resource: dict[str, Any]) -> str:
 
 
 # == routes ====================================================================================
+SEARCH = Search(
+    "Consent",
+    {
+        "patient": reference("patient", target="Patient"),
+        "status": token("status"),
+        "scope": token("scope"),
+        "category": token("category"),
+        "date": date("dateTime"),
+        "period": date("provision.period"),
+    },
+    fetch=chart_section("list_consents", consent_to_fhir),
+    read=one_record("read_consent", "consent_id", consent_to_fhir),
+    subjects=("patient",),
+    includes=("patient",),
+)
+
+
 @router.get("/Consent")
 def search_consents(request: Request) -> Response:
-    gate = gate_for(request, "Consent", "search")
-    patient = patient_of(request, {"status"})
-    status = tokens(request.query_params.get("status"))
-    views = [v for v in gate.list_consents(patient_id=patient) if status is None or v.status in status]
-    return paged(request, "Consent", [consent_to_fhir(v.model_dump()) for v in views])
+    return respond(request, SEARCH)
 
 
 @router.post("/Consent")
@@ -180,7 +193,7 @@ MODULE = FhirModule(
         ResourceType(
             "Consent",
             ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            {"patient": "reference", "status": "token"},
+            searcher=SEARCH,
             writes=Writes(
                 Consent,
                 consent_to_fhir,

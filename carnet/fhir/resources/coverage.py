@@ -11,9 +11,7 @@ from fhir.resources.R4B.coverage import Coverage
 
 from carnet.fhir.core.api import (
     checked,
-    gate_for,
 )
-from carnet.fhir.core.bundles import paged
 from carnet.fhir.core.mapping import (
     clean,
     meta,
@@ -21,7 +19,8 @@ from carnet.fhir.core.mapping import (
     when,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType
-from carnet.fhir.core.search import patient_of
+from carnet.fhir.core.search import Search, reference, respond, token
+from carnet.phi.gate import Gate
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 
@@ -48,19 +47,32 @@ def coverage_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
 
 
 # == routes ====================================================================================
+def _coverages(gate: Gate, patient_id: str) -> list[dict[str, Any]]:
+    return [coverage_to_fhir(c.model_dump()) for c in gate.list_coverage(patient_id=patient_id).coverages]
+
+
+SEARCH = Search(
+    "Coverage",
+    {
+        "patient": reference("beneficiary", target="Patient"),
+        "beneficiary": reference("beneficiary", target="Patient"),
+        "status": token("status"),
+        "type": token("type"),
+    },
+    fetch=_coverages,
+    subjects=("patient", "beneficiary"),
+    includes=("beneficiary", "patient"),
+)
+
+
 @router.get("/Coverage")
 def search_coverage(request: Request) -> Response:
     """Every coverage the patient had (the history of cards and insurers), newest first."""
-    params = request.query_params
-    subject = "beneficiary" if "beneficiary" in params else "patient"
-    gate = gate_for(request, "Coverage", "search")
-    patient = patient_of(request, {"beneficiary", "patient"}, subject=subject)
-    section = gate.list_coverage(patient_id=patient)
-    return paged(request, "Coverage", [coverage_to_fhir(c.model_dump()) for c in section.coverages])
+    return respond(request, SEARCH)
 
 
 # == declaration ===============================================================================
 MODULE = FhirModule(
     router=router,
-    types=(ResourceType("Coverage", ("search-type",), {"beneficiary": "reference", "patient": "reference"}),),
+    types=(ResourceType("Coverage", ("search-type",), searcher=SEARCH),),
 )

@@ -23,16 +23,17 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     LOINC,
+    as_received,
     clean,
     meta,
     ref,
     when,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import date_matches, patient_of, tokens
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import DiagnosticReportInput
 
@@ -44,6 +45,9 @@ REPORT_CATEGORY = "http://terminology.hl7.org/CodeSystem/v2-0074"
 
 # == mapping ===================================================================================
 def report_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        return checked(DiagnosticReport, received)
     resource = clean(
         {
             "resourceType": "DiagnosticReport",
@@ -57,6 +61,7 @@ def report_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             "subject": ref("Patient", d.get("patient_id")),
             "issued": when(d.get("issued_at")),
             "performer": [ref("Practitioner", d["performer_id"])] if d.get("performer_id") else None,
+            "basedOn": [ref("ServiceRequest", d["order_id"])] if d.get("order_id") else None,
             "result": [ref("Observation", o) for o in d.get("result_ids") or []],
             "conclusion": d.get("conclusion"),
         }
@@ -65,24 +70,40 @@ def report_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
 
 
 # == routes ====================================================================================
+SEARCH = Search(
+    "DiagnosticReport",
+    {
+        "patient": reference("subject", target="Patient"),
+        "subject": reference("subject"),
+        "status": token("status"),
+        "code": token("code"),
+        "category": token("category"),
+        # R4: the clinically relevant time (effective[x]); a lab report without it, its issue time
+        "date": date("effectiveDateTime", "effectivePeriod", "issued"),
+        "issued": date("issued"),
+        "result": reference("result", target="Observation"),
+        "encounter": reference("encounter", target="Encounter"),
+    },
+    fetch=chart_section("list_diagnostic_reports", report_to_fhir),
+    read=one_record("read_diagnostic_report", "report_id", report_to_fhir),
+    includes=("subject", "patient", "result", "encounter"),
+)
+
+
 @router.get("/DiagnosticReport")
 def search_reports(request: Request) -> Response:
-    gate = gate_for(request, "DiagnosticReport", "search")
-    patient = patient_of(request, {"status", "code", "category", "date"})
-    status = tokens(request.query_params.get("status"))
-    code = tokens(request.query_params.get("code"))
-    category = tokens(request.query_params.get("category"))
-    dates = request.query_params.getlist("date")
-    # Every report served is a laboratory one (category LAB).
-    views = [
-        v
-        for v in gate.list_diagnostic_reports(patient_id=patient)
-        if (status is None or v.status in status)
-        and (code is None or v.code in code)
-        and (category is None or "LAB" in category)
-        and (not dates or date_matches(v.issued_at, dates))
-    ]
-    return paged(request, "DiagnosticReport", [report_to_fhir(v.model_dump()) for v in views])
+    return respond(request, SEARCH)
+
+
+def _based_on(body: dict[str, Any], what: str) -> str | None:
+    """The lab order (ServiceRequest) a result answers; any other basedOn is refused by name."""
+    found = None
+    for item in body.get("basedOn") or []:
+        target = reference_id((item or {}).get("reference"), "ServiceRequest")
+        if target is None or found is not None:
+            raise InvalidInput(f"{what}.basedOn: one reference ServiceRequest/<id> (a lab order)")
+        found = target
+    return found
 
 
 def report_input(body: dict[str, Any]) -> DiagnosticReportInput:
@@ -109,6 +130,7 @@ def report_input(body: dict[str, Any]) -> DiagnosticReportInput:
         "issued_at": parse_instant(issued, "issued"),
         "conclusion": body.get("conclusion"),
         "result_ids": results,
+        "order_id": _based_on(body, "DiagnosticReport"),
     }
     try:
         return DiagnosticReportInput(**values)
@@ -198,14 +220,7 @@ MODULE = FhirModule(
         ResourceType(
             "DiagnosticReport",
             ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            {
-                "patient": "reference",
-                "subject": "reference",
-                "status": "token",
-                "code": "token",
-                "category": "token",
-                "date": "date",
-            },
+            searcher=SEARCH,
             writes=Writes(
                 DiagnosticReport,
                 report_to_fhir,

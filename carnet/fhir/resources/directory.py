@@ -22,6 +22,7 @@ from carnet.org.directory import (
     FacilityEntry,
     LocationEntry,
     PractitionerEntry,
+    ReceivedEntry,
     read_entry,
     search_entries,
 )
@@ -98,6 +99,18 @@ def location_to_fhir(e: LocationEntry) -> dict[str, Any]:
 
 
 def _to_fhir(resource_type: str, entry: Any) -> dict[str, Any]:
+    if isinstance(entry, ReceivedEntry):
+        # Another system's entry, as its import received it (references already carnet's).
+        model: Any = {
+            "Practitioner": Practitioner,
+            "PractitionerRole": PractitionerRole,
+            "Organization": Organization,
+            "Location": Location,
+        }[entry.resource_type]
+        kept: dict[str, Any] = {"resourceType": entry.resource_type, "id": entry.id}
+        kept.update({k: v for k, v in entry.resource.items() if k not in ("resourceType", "id")})
+        kept["meta"] = {**(entry.resource.get("meta") or {}), "versionId": "1"}
+        return checked(model, kept)
     if resource_type == "PractitionerRole":
         return role_to_fhir(entry)
     mapper: Any = {
@@ -117,7 +130,13 @@ def _stored_kind(resource_type: str) -> str:
 def _read(request: Request, resource_type: str, entry_id: str) -> Response:
     actor = current_actor(request)
     require_scope(actor, resource_type=resource_type, action="read")
-    entry = read_entry(runtime_of(request), actor=actor, kind=_stored_kind(resource_type), entry_id=entry_id)
+    entry = read_entry(
+        runtime_of(request),
+        actor=actor,
+        kind=_stored_kind(resource_type),
+        entry_id=entry_id,
+        received_type=resource_type,
+    )
     return resource_response(request, _to_fhir(resource_type, entry))
 
 

@@ -21,7 +21,7 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     EXT,
     LOINC,
@@ -31,7 +31,7 @@ from carnet.fhir.core.mapping import (
     ref,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, string, token
 from carnet.kernel.errors import InvalidInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -111,11 +111,27 @@ def note_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 
 # == routes ====================================================================================
+SEARCH = Search(
+    NOTE,
+    {
+        "patient": reference("subject", target="Patient"),
+        "subject": reference("subject"),
+        "status": token("status"),
+        "type": token("type"),
+        "date": date("date"),
+        "description": string("description"),
+        "author": reference("author", target="Practitioner"),
+        "encounter": reference("context.encounter", target="Encounter"),
+    },
+    fetch=chart_section("list_notes", note_to_fhir),
+    read=one_record("read_note", "note_id", note_to_fhir),
+    includes=("subject", "patient", "encounter"),
+)
+
+
 @router.get("/DocumentReference")
 def search_notes(request: Request) -> Response:
-    gate = gate_for(request, NOTE, "search")
-    patient = patient_of(request, set())
-    return paged(request, NOTE, [note_to_fhir(v.model_dump()) for v in gate.list_notes(patient_id=patient)])
+    return respond(request, SEARCH)
 
 
 @router.post("/DocumentReference")
@@ -178,7 +194,7 @@ MODULE = FhirModule(
         ResourceType(
             NOTE,
             ("read", "vread", "history-instance", "search-type", "create", "update"),
-            {"patient": "reference"},
+            searcher=SEARCH,
             writes=Writes(
                 DocumentReference,
                 note_to_fhir,

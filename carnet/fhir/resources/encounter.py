@@ -21,8 +21,9 @@ from carnet.fhir.core.api import (
     validated,
     version_or_current,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
+    as_received,
     clean,
     meta,
     ref,
@@ -30,8 +31,19 @@ from carnet.fhir.core.mapping import (
     when,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of
+from carnet.fhir.core.search import (
+    Found,
+    Query,
+    Search,
+    chart_section,
+    date,
+    one_record,
+    reference,
+    respond,
+    token,
+)
 from carnet.kernel.errors import InvalidInput
+from carnet.phi.gate import Gate
 from carnet.phi.schemas import EncounterInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -43,6 +55,9 @@ ENCOUNTER_CLASS = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 # == mapping ===================================================================================
 def encounter_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        return checked(Encounter, received)
     klass = {"inpatient": "IMP", "outpatient": "AMB", "emergency": "EMER"}.get(d.get("kind") or "", "AMB")
     resource = clean(
         {
@@ -140,15 +155,42 @@ def encounter_operation(body: dict[str, Any]) -> str:
 
 
 # == routes ====================================================================================
+def worklist(gate: Gate, query: Query) -> Found | None:
+    """`participant=<me>` (status in-progress): my current inpatients, as my day list shows
+    them, counted as a list; another practitioner's is refused by the gate (audited)."""
+    named = query.named("participant", "practitioner")
+    if not named:
+        return None
+    values = [v for c in named for v in c.values]
+    practitioner = reference_id(values[0], "Practitioner") if len(values) == 1 else None
+    if practitioner is None:
+        raise InvalidInput("a worklist is one practitioner's: participant=Practitioner/<id>")
+    views = gate.stays_worklist(practitioner_id=practitioner)
+    return Found([encounter_to_fhir(v.model_dump()) for v in views])
+
+
+SEARCH = Search(
+    ENCOUNTER,
+    {
+        "patient": reference("subject", target="Patient"),
+        "subject": reference("subject"),
+        "status": token("status"),
+        "class": token("class"),
+        "date": date("period"),
+        "participant": reference("participant.individual", target="Practitioner"),
+        "practitioner": reference("participant.individual", target="Practitioner"),
+        "location": reference("location.location", target="Location"),
+    },
+    fetch=chart_section("list_encounters", encounter_to_fhir),
+    read=one_record("read_encounter", "encounter_id", encounter_to_fhir),
+    source=worklist,
+    includes=("subject", "patient"),
+)
+
+
 @router.get("/Encounter")
 def search_encounters(request: Request) -> Response:
-    gate = gate_for(request, ENCOUNTER, "search")
-    patient = patient_of(request, {"status"})
-    status = request.query_params.get("status")
-    views = [
-        v for v in gate.list_encounters(patient_id=patient) if status is None or v.status in status.split(",")
-    ]
-    return paged(request, ENCOUNTER, [encounter_to_fhir(v.model_dump()) for v in views])
+    return respond(request, SEARCH)
 
 
 @router.post("/Encounter")
@@ -209,7 +251,7 @@ MODULE = FhirModule(
         ResourceType(
             ENCOUNTER,
             ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            {"patient": "reference", "status": "token"},
+            searcher=SEARCH,
             writes=Writes(
                 Encounter,
                 encounter_to_fhir,

@@ -21,10 +21,11 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     ATC_SYSTEM,
     EXT,
+    as_received,
     clean,
     extension_text,
     meta,
@@ -34,7 +35,7 @@ from carnet.fhir.core.mapping import (
 )
 from carnet.fhir.core.outcome import FHIR_JSON
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.gate import AllergyWarning
 from carnet.phi.schemas import PrescriptionInput
@@ -49,6 +50,9 @@ ALLERGY_OVERRIDE = EXT + "allergy-override-reason"
 
 # == mapping ===================================================================================
 def prescription_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        return checked(MedicationRequest, received)
     codings = []
     if d.get("medication_code"):
         codings.append(
@@ -132,17 +136,27 @@ def prescription_input(body: dict[str, Any]) -> PrescriptionInput:
 
 
 # == routes ====================================================================================
+SEARCH = Search(
+    PRESCRIPTION,
+    {
+        "patient": reference("subject", target="Patient"),
+        "subject": reference("subject"),
+        "status": token("status"),
+        "intent": token("intent"),
+        "code": token("medicationCodeableConcept"),
+        "authoredon": date("authoredOn"),
+        "requester": reference("requester", target="Practitioner"),
+        "encounter": reference("encounter", target="Encounter"),
+    },
+    fetch=chart_section("list_prescriptions", prescription_to_fhir),
+    read=one_record("read_prescription", "prescription_id", prescription_to_fhir),
+    includes=("subject", "patient", "encounter"),
+)
+
+
 @router.get("/MedicationRequest")
 def search_prescriptions(request: Request) -> Response:
-    gate = gate_for(request, PRESCRIPTION, "search")
-    patient = patient_of(request, {"status"})
-    status = request.query_params.get("status")
-    views = [
-        v
-        for v in gate.list_prescriptions(patient_id=patient)
-        if status is None or v.status in status.split(",")
-    ]
-    return paged(request, PRESCRIPTION, [prescription_to_fhir(v.model_dump()) for v in views])
+    return respond(request, SEARCH)
 
 
 @router.post("/MedicationRequest")
@@ -229,7 +243,7 @@ MODULE = FhirModule(
         ResourceType(
             PRESCRIPTION,
             ("read", "vread", "history-instance", "search-type", "create", "update"),
-            {"patient": "reference", "status": "token"},
+            searcher=SEARCH,
             writes=Writes(
                 MedicationRequest,
                 prescription_to_fhir,

@@ -4,6 +4,7 @@ or entered in error (delete: kept); every version by vread and `_history`."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,7 +21,7 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, paged, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import (
     LOINC,
     as_received,
@@ -32,7 +33,7 @@ from carnet.fhir.core.mapping import (
     when,
 )
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.fhir.core.search import patient_of
+from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.schemas import ObservationInput
 
@@ -65,12 +66,71 @@ def observation_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             "code": {"coding": [clean({"system": LOINC, "code": d.get("code"), "display": d.get("display")})]}
             if d.get("code")
             else {"text": "redacted"},
+            "basedOn": [ref("ServiceRequest", d["order_id"])] if d.get("order_id") else None,
             "subject": ref("Patient", d.get("patient_id")),
             "effectiveDateTime": when(d.get("effective_at")),
             **value,
+            "interpretation": [{"coding": [{"system": INTERPRETATION, "code": d["interpretation"]}]}]
+            if d.get("interpretation")
+            else None,
+            "referenceRange": reference_range(d.get("reference_range"), d.get("unit")),
         }
     )
     return checked(Observation, resource)
+
+
+# The FHIR R4 binding of Observation.interpretation; its codes are HL7 v2 table 0078's.
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+_RANGE = re.compile(
+    r"^\s*(?:(?P<low>-?\d+(?:[.,]\d+)?)\s*(?:-|–|to)\s*(?P<high>-?\d+(?:[.,]\d+)?)"
+    r"|(?P<op><=?|>=?)\s*(?P<bound>-?\d+(?:[.,]\d+)?))\s*$"
+)
+
+
+def _quantity(value: str, unit: str | None) -> dict[str, Any]:
+    return clean({"value": float(value.replace(",", ".")), "unit": unit})
+
+
+def reference_range(text: str | None, unit: str | None) -> list[dict[str, Any]] | None:
+    """The laboratory's range as printed (kept as `text`), with low and high when it reads
+    "a-b", "<b" or ">a" (in the value's unit)."""
+    if not text:
+        return None
+    found: dict[str, Any] = {"text": text}
+    match = _RANGE.match(text)
+    if match and match["low"] is not None:
+        found["low"] = _quantity(match["low"], unit)
+        found["high"] = _quantity(match["high"], unit)
+    elif match and match["op"] is not None:
+        found["high" if match["op"].startswith("<") else "low"] = _quantity(match["bound"], unit)
+    return [found]
+
+
+def _range_text(body: dict[str, Any]) -> str | None:
+    """The first referenceRange as a line of text (the column; the resource keeps it whole)."""
+    ranges = body.get("referenceRange") or []
+    if not ranges:
+        return None
+    first = ranges[0] or {}
+    if first.get("text"):
+        return str(first["text"])[:60]
+    low, high = (first.get("low") or {}).get("value"), (first.get("high") or {}).get("value")
+    if low is not None and high is not None:
+        return f"{low:g}-{high:g}"[:60]
+    if high is not None:
+        return f"<{high:g}"
+    if low is not None:
+        return f">{low:g}"
+    return None
+
+
+def _interpretation(body: dict[str, Any]) -> str | None:
+    for concept in body.get("interpretation") or []:
+        for coding in (concept or {}).get("coding") or []:
+            code = str(coding.get("code") or "")
+            if re.fullmatch(r"[A-Za-z<>]{1,10}", code):
+                return code
+    return None
 
 
 def observation_change(body: dict[str, Any], observation_id: str, version: int) -> tuple[str, dict[str, Any]]:
@@ -101,6 +161,15 @@ CATEGORIES = frozenset(
         "activity",
     }
 )
+
+
+def _order_of(body: dict[str, Any]) -> str | None:
+    """The lab order a result answers (basedOn ServiceRequest), kept as its column too."""
+    for item in body.get("basedOn") or []:
+        target = reference_id((item or {}).get("reference"), "ServiceRequest")
+        if target is not None:
+            return target
+    return None
 
 
 def observation_input(body: dict[str, Any]) -> ObservationInput:
@@ -160,24 +229,34 @@ def observation_input(body: dict[str, Any]) -> ObservationInput:
         "status": body.get("status") or "final",
         "encounter_id": encounter,
         "received": body,
+        "order_id": _order_of(body),
+        "reference_range": _range_text(body),
+        "interpretation": _interpretation(body),
     }
     return schema_input(ObservationInput, values, "Observation")  # type: ignore[no-any-return]
 
 
 # == routes ====================================================================================
+SEARCH = Search(
+    OBSERVATION,
+    {
+        "patient": reference("subject", target="Patient"),
+        "subject": reference("subject"),
+        "category": token("category"),
+        "code": token("code"),
+        "date": date("effectiveDateTime", "effectivePeriod", "effectiveInstant"),
+        "status": token("status"),
+        "encounter": reference("encounter", target="Encounter"),
+    },
+    fetch=chart_section("list_observations", observation_to_fhir),
+    read=one_record("read_observation", "observation_id", observation_to_fhir),
+    includes=("subject", "patient", "encounter"),
+)
+
+
 @router.get("/Observation")
 def search_observations(request: Request) -> Response:
-    gate = gate_for(request, "Observation", "search")
-    patient = patient_of(request, {"category", "code"})
-    category = request.query_params.get("category")
-    code = request.query_params.get("code")
-    views = [
-        v
-        for v in gate.list_observations(patient_id=patient)
-        if (category is None or v.category in category.split(","))
-        and (code is None or v.code in [c.rpartition("|")[2] for c in code.split(",")])
-    ]
-    return paged(request, "Observation", [observation_to_fhir(v.model_dump()) for v in views])
+    return respond(request, SEARCH)
 
 
 @router.get("/Observation/{observation_id}")
@@ -242,7 +321,7 @@ MODULE = FhirModule(
         ResourceType(
             OBSERVATION,
             ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            {"patient": "reference", "category": "token", "code": "token"},
+            searcher=SEARCH,
             writes=Writes(
                 Observation,
                 observation_to_fhir,

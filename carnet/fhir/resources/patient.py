@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from fhir.resources.R4B.parameters import Parameters
 from fhir.resources.R4B.patient import Patient
 
-from carnet.access.policy import SEARCH_MAX_COUNT, SEARCH_MAX_PAGE
+from carnet.access.policy import SEARCH_MAX_COUNT
 from carnet.fhir.core.api import (
     FhirBody,
     checked,
@@ -24,10 +24,22 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.bundles import history_response, searchset, vread_response
+from carnet.fhir.core.bundles import history_response, vread_response
 from carnet.fhir.core.mapping import EXT, clean, meta, ref, schema_input
+from carnet.fhir.core.outcome import Unsupported
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
-from carnet.kernel.errors import Conflict, InvalidInput
+from carnet.fhir.core.search import (
+    Found,
+    Query,
+    Search,
+    date,
+    one_record,
+    respond,
+    split_prefix,
+    string,
+    token,
+)
+from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import PatientChanges, PatientInput, PatientPage
 
@@ -215,31 +227,75 @@ def _search(gate: Gate, params: dict[str, str], *, count: int, page: int) -> Pat
     )
 
 
-def _bounded(raw: str | None, name: str, maximum: int, default: int) -> int:
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise InvalidInput(f"{name} must be between 1 and {maximum}")
-    return int(raw)
+def patient_source(gate: Gate, query: Query) -> Found:
+    """The Patient search: the gate's rules (an identifier, or family + birthdate, or a name
+    among one's own patients), paged by the gate; `_id` is a read."""
+    ids = query.named("_id")
+    if ids:
+        if len(ids) > 1 or len(ids[0].values) != 1:
+            raise InvalidInput("_id takes one patient id")
+        try:
+            return Found([patient_to_fhir(gate.read_patient(patient_id=ids[0].values[0]).model_dump())])
+        except NotFound:
+            return Found([])
+    params: dict[str, str] = {}
+    for criterion in query.criteria:
+        name = criterion.name
+        if name not in _GATE_PARAMS:
+            continue
+        if criterion.modifier == "contains":
+            raise Unsupported(
+                f"{name}:contains is not served: names are encrypted and found through keyed indexes"
+                " (a whole name, or the start of its words among your own patients)"
+            )
+        if criterion.modifier == "missing":
+            raise Unsupported(f"{name}:missing is not served: it would browse")
+        if len(criterion.values) != 1 or name in params:
+            raise InvalidInput(f"{name} takes one value")
+        value = criterion.values[0]
+        if name == "birthdate":
+            prefix, value = split_prefix(value)
+            if prefix != "eq" or len(value) != 10:
+                raise Unsupported("birthdate takes one full date (YYYY-MM-DD, eq): a range would browse")
+        if name == "identifier" and value.endswith("|"):
+            raise Unsupported("identifier takes a value (system|value or value): a system alone would browse")
+        params[name] = value
+    count = min(query.count or SEARCH_MAX_COUNT, SEARCH_MAX_COUNT)
+    found = _search(gate, params, count=count, page=query.page)
+    # exact names are compared again on what the gate decrypted (R4: case and accents count)
+    consumed = frozenset(params) - {c.name for c in query.criteria if c.modifier == "exact"}
+    return Found(
+        [patient_to_fhir(i.model_dump()) for i in found.items],
+        paged=True,
+        has_more=found.has_more,
+        consumed=consumed,
+    )
+
+
+_GATE_PARAMS = frozenset({"identifier", "family", "given", "name", "birthdate"})
+SEARCH = Search(
+    PATIENT,
+    {
+        "identifier": token("identifier"),
+        "family": string("name.family"),
+        "given": string("name.given"),
+        "name": string("name"),
+        "birthdate": date("birthDate"),
+        "gender": token("gender"),
+    },
+    read=one_record("read_patient", "patient_id", patient_to_fhir),
+    source=patient_source,
+    subjects=(),
+    reverse_chaining=True,
+    max_count=SEARCH_MAX_COUNT,
+    default_count=SEARCH_MAX_COUNT,
+)
 
 
 @router.get("")
 def search_patients(request: Request) -> Response:
     """Search needs an identifier, or family + birthdate, or a name among one's own patients."""
-    gate = gate_for(request, PATIENT, "search")
-    params = dict(request.query_params)
-    count = _bounded(params.get("_count"), "_count", SEARCH_MAX_COUNT, SEARCH_MAX_COUNT)
-    page = _bounded(params.get("_page"), "_page", SEARCH_MAX_PAGE, 1)
-    found = _search(gate, params, count=count, page=page)
-    gender = params.get("gender")
-    items = [i for i in found.items if gender is None or i.gender == gender]
-    return searchset(
-        request,
-        PATIENT,
-        [patient_to_fhir(i.model_dump()) for i in items],
-        page=page,
-        has_more=found.has_more,
-    )
+    return respond(request, SEARCH)
 
 
 @router.post("")
@@ -391,7 +447,7 @@ MODULE = FhirModule(
         ResourceType(
             PATIENT,
             ("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            SEARCH_PARAMS,
+            searcher=SEARCH,
             conditional_create=True,
             writes=Writes(
                 Patient,
