@@ -275,9 +275,9 @@ def chart_context(
     context["break_glass_active"] = glass_until(request, patient_id)
     context["age"] = age_of(patient.birth_date, clock.now().date())
     context["stay"] = current_stay(request, actor, patient_id) if actor.roles & CLINICAL_ROLES else None
-    context["may_print_letter"] = Role.PHYSICIAN in actor.roles  # prints the stay's discharge letter
     context["apps"] = apps.launchable(actor, request) if actor.roles & CLINICAL_ROLES else []
     context["form_origins"] = [app.origin for app in context["apps"]]
+    context["may_print_letter"] = Role.PHYSICIAN in actor.roles  # prints the stay's discharge letter
     return context
 
 
