@@ -103,6 +103,9 @@ def test_billing_prints_invoices_and_receipts_and_the_desk_cannot(
     section = client.get(f"/patients/{hospital.my_patient}/sections/invoices", headers={"HX-Request": "true"})
     assert f'action="/print/invoices/{invoice}"' in section.text
     assert f'action="/print/payments/{payment}"' in section.text
+    worklist = client.get("/billing/worklist")  # the unpaid invoices print from there too
+    assert f'action="/print/invoices/{invoice}"' in worklist.text
+    assert f'action="/print/payments/{payment}"' in worklist.text
     for path, words in ((f"/print/invoices/{invoice}", "Invoice"), (f"/print/payments/{payment}", "Receipt")):
         pdf = client.post(path, data={"csrf_token": csrf}, headers={"Accept-Language": "en-GB"})
         assert pdf.status_code == 200, pdf.text
