@@ -60,12 +60,13 @@ from faker import Faker
 
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
+from carnet.crypto.blind import name_matches, name_words
 from carnet.crypto.keys import FileKeyProvider
 from carnet.db import migrate
 from carnet.db.engine import make_engine
 from carnet.detection.baselines import refresh_baselines
 from carnet.detection.config import get_detection_config
-from carnet.detection.models import Exposure
+from carnet.detection.models import ActorAddress, Exposure
 from carnet.identity import sessions
 from carnet.kernel import clock
 from carnet.patients.models import CareRelationship
@@ -91,10 +92,19 @@ WARD_CARE_LIST = 800  # a ward physician's care list (560-826 in the seeded hosp
 
 
 def searchable_families(patients: list[uuid.UUID], index_of: dict[uuid.UUID, int], k: int = 5) -> list[str]:
-    """k family names of these patients, spread over the list, of 4 letters or more: a shorter
-    name alone is a partial search, which detection rightly counts as a sweep."""
-    names = [name_of(index_of[p])[0] for p in patients[::37]]
-    return [n for n in names if len(n.replace(" ", "").replace("-", "")) >= 4][:k]
+    """k family names of these patients, spread over the list, of 4 letters or more and each
+    borne by one patient of the list: a shorter name alone is a partial search, and a name that
+    matches several of one's patients is a fragment, both of which detection rightly counts as
+    a sweep (a clinician looking one patient up names that patient)."""
+    families = [name_of(index_of[p])[0] for p in patients]
+    out = []
+    for p in patients[::7]:
+        name = name_of(index_of[p])[0]
+        if len(name.replace(" ", "").replace("-", "")) < 4 or len(name_words(name)[0]) < 4:
+            continue
+        if sum(1 for f in families if name_matches(f, name)) == 1:
+            out.append(name)
+    return out[:k]
 
 
 def name_of(n: int) -> tuple[str, str]:
@@ -164,17 +174,36 @@ class Clinician:
     actor: Actor | None = None  # for in-process gate calls
 
 
+def workstation(account_id: uuid.UUID) -> tuple[str, str]:
+    """The workstation an account works from: its own network address and browser, as in a
+    hospital where each clinician signs in at their own machine. Without it every benchmark
+    account shares wrk's one address and client, and detection's one-machine rule (many
+    accounts from one machine is one operator) rightly asks them all for a second factor.
+    The address reaches carnet as uvicorn's peer address: the benchmark's server trusts
+    X-Forwarded-For from loopback only (`--forwarded-allow-ips 127.0.0.1`, wrk standing for a
+    load balancer); carnet itself never reads the header."""
+    n = account_id.int
+    address = f"10.{18 + n % 8}.{n >> 8 & 0xFF}.{1 + (n >> 16) % 250}"
+    return address, f"Mozilla/5.0 (carnet-bench ws-{n % 10**8:08d})"
+
+
 def open_session(runtime: Runtime, account_id: uuid.UUID) -> dict[str, str]:
+    address, agent = workstation(account_id)
     with runtime.session_factory.begin() as session:
         issued = sessions.open_session(
             session,
             account_id=account_id,
             privileged=False,
             second_factor_method="totp",
-            address="127.0.0.1",
-            user_agent="fhir_load",
+            address=address,
+            user_agent=agent,
         )
-    return {"Cookie": f"carnet_session={issued.token}", "X-CSRF-Token": issued.csrf_token}
+    return {
+        "Cookie": f"carnet_session={issued.token}",
+        "X-CSRF-Token": issued.csrf_token,
+        "User-Agent": agent,
+        "X-Forwarded-For": address,
+    }
 
 
 def make_clinicians(
@@ -245,8 +274,15 @@ def baseline_accounts(runtime: Runtime, history: list[tuple[uuid.UUID, list[uuid
                         "fields": None,
                     }
                 )
+    # Each account's workstation is one it has used before (no new-address signal on the run).
+    first_seen = clock.now() - dt.timedelta(days=28)
+    addresses = [
+        {"actor_ref": f"account:{a}", "address": workstation(a)[0], "first_seen_at": first_seen}
+        for a, _ in history
+    ]
     with runtime.session_factory.begin() as session:
         session.execute(sa.insert(Exposure), rows)
+        session.execute(sa.insert(ActorAddress), addresses)
         refresh_baselines(session, config=config)
     return len(rows)
 
@@ -447,9 +483,15 @@ def _free_port() -> int:
         return port
 
 
-def start_server(url: str, var: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    url: str, var: Path, workers: int, *, general_only: bool = False, factory: str = "carnet.app:create_app"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn serving carnet; `general_only`: every gate operation on the kernel's general path
+    (no fast read), to measure one path against the other in the same run."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARNET_")}
+    if general_only:
+        env["CARNET_GATE_GENERAL_ONLY"] = "1"
     env.update(
         {
             "CARNET_ENV": "test",
@@ -461,8 +503,9 @@ def start_server(url: str, var: Path, workers: int) -> tuple[subprocess.Popen[by
     )
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "uvicorn", "--factory", "carnet.app:create_app", "--host", "127.0.0.1",
+            sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
             "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
+            "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1",
         ],
         env=env,
     )  # fmt: skip
@@ -498,7 +541,13 @@ def _row(r: Result, baseline: Result) -> str:
 
 
 def run(
-    patients: int, seconds: float, clients: int, workers: int, import_patients: int, rounds: int
+    patients: int,
+    seconds: float,
+    clients: int,
+    workers: int,
+    import_patients: int,
+    rounds: int,
+    compare_general: bool = False,
 ) -> tuple[str, int]:
     name = f"carnet_fhirload_{uuid.uuid4().hex[:8]}"
     admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -517,7 +566,16 @@ def run(
             )
             try:
                 return _measure(
-                    runtime, url, var, patients, seconds, clients, workers, import_patients, rounds
+                    runtime,
+                    url,
+                    var,
+                    patients,
+                    seconds,
+                    clients,
+                    workers,
+                    import_patients,
+                    rounds,
+                    compare_general,
                 )
             finally:
                 runtime.close()
@@ -537,6 +595,7 @@ def _measure(
     workers: int,
     import_patients: int,
     rounds: int,
+    compare_general: bool = False,
 ) -> tuple[str, int]:
     """The report, and how many measured requests answered an error."""
     load_start = os.getloadavg()
@@ -561,6 +620,7 @@ def _measure(
     baseline_accounts(runtime, history)
     redis.Redis.from_url(REDIS_URL).flushdb()  # this run's detection counters start empty
     server, base = start_server(url, var, workers)
+    general = start_server(url, var, workers, general_only=True) if compare_general else None
     lines: list[str] = []
     try:
 
@@ -577,6 +637,9 @@ def _measure(
         random.Random(1).shuffle(read_pairs)
         # Warm up first (connection pools, prepared statements, caches), as a server in service is.
         warm = wrk_load(base, "warm-up", clients, min(seconds, 5), read_pairs)
+        if general is not None:
+            wrk_load(general[1], "warm-up (general path)", clients, min(seconds, 5), read_pairs)
+        general_rounds: list[tuple[Result, float, float]] = []
         # /healthz and reads alternate, so both see the same neighbours; the median round counts.
         health_rounds: list[Result] = []
         read_rounds: list[Result] = []
@@ -593,6 +656,14 @@ def _measure(
                     (cpu_after[1] - cpu_before[1]) / max(1, reads_r.requests) * 1000,
                 )
             )
+            if general is not None:
+                g_before = cpu_seconds(general[0].pid, url)
+                g_reads = wrk_load(general[1], "Patient read, general path", clients, seconds, read_pairs)
+                g_after = cpu_seconds(general[0].pid, url)
+                n = max(1, g_reads.requests)
+                general_rounds.append(
+                    (g_reads, (g_after[0] - g_before[0]) / n * 1000, (g_after[1] - g_before[1]) / n * 1000)
+                )
         ratios = [r.throughput / h.throughput for r, h in zip(read_rounds, health_rounds, strict=True)]
         middle = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]
         health, reads = health_rounds[middle], read_rounds[middle]
@@ -616,16 +687,18 @@ def _measure(
         )
         health_after = wrk_load(base, "/healthz (baseline, after)", clients, seconds, health_pairs)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for process in (server, *([general[0]] if general is not None else [])):
+            process.terminate()
+            process.wait(timeout=30)
 
     imported, import_seconds, loader_rate = (
         _import(runtime, var, facility, import_patients) if import_patients else (0, 0.0, 0.0)
     )
     load_end = os.getloadavg()
     measured = [
-        *health_rounds, *read_rounds, reads_one, health_one, search_small, search_small_one,
-        names_small, creates, search_large, search_large_one, names_large, health_after,
+        *health_rounds, *read_rounds, *(g for g, _a, _d in general_rounds), reads_one, health_one,
+        search_small, search_small_one, names_small, creates, search_large, search_large_one,
+        names_large, health_after,
     ]  # fmt: skip
     errors = sum(r.errors for r in measured)
     cores = os.cpu_count() or 1
@@ -651,6 +724,27 @@ def _measure(
     lines.append(f"| name-only search p50, 1,000 patients | {names_small.pct(50):.1f} ms |")
     lines.append(f"| name-only search p50, {patients:,} patients | **{names_large.pct(50):.1f} ms** |")
     lines.append(f"| errors in measured requests | {errors} (warm-up: {warm.errors}) |")
+    if general_rounds:
+        g_ratio = [
+            g.throughput / h.throughput for (g, _a, _d), h in zip(general_rounds, health_rounds, strict=True)
+        ]
+        g_mid = sorted(range(rounds), key=lambda i: g_ratio[i])[rounds // 2]
+        g_reads = general_rounds[g_mid][0]
+        g_app_ms, g_db_ms = (
+            statistics.median(x) for x in zip(*[(a, d) for _g, a, d in general_rounds], strict=True)
+        )
+        lines.append(
+            "| general path (same run, own server): reads / /healthz, CPU per read app + PostgreSQL,"
+            f" p50 / p99 | "
+            f"{g_ratio[g_mid]:.3f}x ({', '.join(f'{x:.3f}' for x in g_ratio)}); "
+            f"{g_app_ms:.2f} + {g_db_ms:.2f} = {g_app_ms + g_db_ms:.2f} ms; "
+            f"{g_reads.pct(50):.1f} / {g_reads.pct(99):.1f} ms |"
+        )
+        lines.append(
+            f"| fast path / general path: throughput, CPU per read | "
+            f"**{reads.throughput / g_reads.throughput:.2f}x**, "
+            f"**{(app_ms + db_ms) / (g_app_ms + g_db_ms):.2f}x** |"
+        )
     lines.append("")
     lines.append("| measure | throughput | p50 | p99 | errors | throughput vs /healthz | p50 vs /healthz |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -727,11 +821,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--import-patients", type=int, default=5000, help="0: skip the import")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved /healthz + read rounds")
+    parser.add_argument(
+        "--compare-general",
+        action="store_true",
+        help="also read through a second server on the kernel's general path (no fast read), interleaved",
+    )
     args = parser.parse_args()
     if args.patients < 2000 or args.clients < 1 or args.rounds < 1:
         parser.error("--patients at least 2000, --clients and --rounds at least 1")
     report, errors = run(
-        args.patients, args.seconds, args.clients, args.workers, args.import_patients, args.rounds
+        args.patients,
+        args.seconds,
+        args.clients,
+        args.workers,
+        args.import_patients,
+        args.rounds,
+        args.compare_general,
     )
     print(report)
     if errors:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Uuid, and_, bindparam, select
 from sqlalchemy.orm import Session
@@ -48,7 +50,7 @@ class AccessContext:
 _ACCOUNTS = Account.__table__.c
 _GRANTS = RoleGrant.__table__.c
 # Core, not ORM: plain rows, no identity map or change tracking for what is only read.
-_ACCOUNT_AND_GRANTS = (
+ACCOUNT_AND_GRANTS = (
     select(
         _ACCOUNTS.id,
         _ACCOUNTS.status,
@@ -82,7 +84,13 @@ def resolve(session: Session, actor: Actor, *, now: dt.datetime, contact: str = 
     if actor.account_id is None:
         raise AuthenticationRequired("no account behind this session")
     # The account and its active grants in one round trip (this runs on every gate request).
-    rows = session.connection().execute(_ACCOUNT_AND_GRANTS, {"account_id": actor.account_id}).all()
+    rows = session.connection().execute(ACCOUNT_AND_GRANTS, {"account_id": actor.account_id}).all()
+    return from_rows(actor, rows, now=now, contact=contact)
+
+
+def from_rows(actor: Actor, rows: Sequence[Any], *, now: dt.datetime, contact: str = "") -> AccessContext:
+    """`resolve`'s judgment of the rows of `ACCOUNT_AND_GRANTS` (the gate's fast read fetches
+    them in its own round trip and judges them here: one judgment for both paths)."""
     account = rows[0] if rows else None
     if account is None or account.status == "disabled":
         raise AuthenticationRequired("this account cannot be used")

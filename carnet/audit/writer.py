@@ -63,6 +63,14 @@ class SqlAuditWriter:
         self.observer(records, time.perf_counter() - start)
         return seqs
 
+    def appended(self, session: Session, record: AuditRecord, seq: int, seconds: float) -> None:
+        """`record` was appended as `seq` by `append_one_statement` in `session`'s transaction:
+        what `append` does after its statement (the checkpoint callback, the observer)."""
+        if self.on_commit is not None:
+            session.info[_PENDING] = (self.on_commit, seq)
+        if self.observer is not None:
+            self.observer([record], seconds)
+
     def _append_many(self, session: Session, records: Sequence[AuditRecord]) -> list[int]:
         connection = session.connection()
         if connection.dialect.name == "postgresql" and len(records) == 1:
@@ -136,13 +144,21 @@ _APPEND_ONE = (
 )
 
 
-def _append_one_postgres(connection: Connection, record: AuditRecord) -> int:
+def append_one_statement(record: AuditRecord) -> tuple[str, dict[str, Any]]:
+    """The one statement appending `record` on PostgreSQL, and its parameters; it answers the
+    event's sequence number. (The gate's fast read sends it in its closing pipeline; it must
+    then tell the writer with `SqlAuditWriter.appended`.)"""
     fields = _fields(0, _utc_micro(clock.now()), record)
     # Everything the hash covers after the sequence number, which only the database knows yet.
     rest = b"\t" + canonical_values([fields[name] for name in CHAINED_FIELDS[1:]])
     params: dict[str, Any] = {name: fields[name] for name in _EVENT_COLUMNS}
     params["rest"] = rest
     params["patients"] = sorted(set(record.patient_ids))
+    return _APPEND_ONE, params
+
+
+def _append_one_postgres(connection: Connection, record: AuditRecord) -> int:
+    _sql, params = append_one_statement(record)
     raw: Any = connection.connection.driver_connection
     try:
         with raw.cursor() as cursor:

@@ -75,11 +75,15 @@ class WatchedAuditWriter:
 
     def append(self, session: Session, record: AuditRecord) -> int:
         seq = self.inner.append(session, record)
+        self.watch(session, record)
+        return seq
+
+    def watch(self, session: Session, record: AuditRecord) -> None:
+        """Show `record`, just appended in `session`, to detection if it widens access."""
         widened = bool(record.resource_ids) or "account_id" in record.detail  # an act on someone
         watched = record.outcome is Outcome.SUCCESS and record.kind in WATCHED and widened
         if watched and record.actor.kind is ActorKind.STAFF:
             self.ledger.note_administration(session, record)
-        return seq
 
 
 def subject_of(record: AuditRecord) -> str:

@@ -64,8 +64,14 @@ class RedisContainmentFlags:
         self._redis = client
         self._prefix = prefix
 
-    def _key(self, actor_ref: str) -> str:
+    @property
+    def client(self) -> Any:
+        return self._redis
+
+    def key(self, actor_ref: str) -> str:
         return f"{self._prefix}:contained:{actor_ref}"
+
+    _key = key
 
     def set(self, actor_ref: str, reason: str) -> None:
         self._redis.set(self._key(actor_ref), reason.encode())

@@ -11,7 +11,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import String, and_, bindparam, case, func, or_, select, true, type_coerce
@@ -366,6 +366,10 @@ class RedisExposureCounters:
 
         return cls(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2), prefix=prefix)
 
+    @property
+    def client(self) -> Any:
+        return self._redis
+
     def _key(self, actor_ref: str, name: str) -> str:
         return f"{self._prefix}:{actor_ref}:{name}"
 
@@ -470,70 +474,191 @@ class RedisExposureCounters:
         events: Sequence[tuple[EventKind, str]] = (),
     ) -> ActorCounts:
         """One round trip (a server-side script): record, then count every window."""
-        keys: dict[str, int] = {}
+        adds = self.adds(
+            actor_ref=actor_ref,
+            at=at,
+            patient_ids=patient_ids,
+            outside_care=outside_care,
+            exported=exported,
+            listed=listed,
+            events=events,
+        )
+        answer = self.request(actor_ref=actor_ref, at=at, since=since, adds=adds)
+        assert answer.counts is not None  # no containment key was asked
+        return answer.counts
 
-        def key_index(name: str) -> int:
-            return keys.setdefault(self._key(actor_ref, name), len(keys) + 1)  # Lua counts from 1
-
+    def adds(
+        self,
+        *,
+        actor_ref: str,
+        at: dt.datetime,
+        patient_ids: Sequence[uuid.UUID] = (),
+        outside_care: Sequence[uuid.UUID] = (),
+        exported: bool = False,
+        listed: bool = False,
+        events: Sequence[tuple[EventKind, str]] = (),
+        installation: Sequence[uuid.UUID] = (),
+    ) -> list[Add]:
+        """What one request adds to the sorted sets (its time travels with it: an add may be
+        sent with a later request's script)."""
         score = repr(at.timestamp())  # text: a Lua number would be printed with 14 digits
-        adds: list[list[Any]] = []
+        adds: list[Add] = []
         for name, ids in self._groups(patient_ids, outside_care, exported, listed) if patient_ids else []:
             if ids:
                 keep = D7 if name == "w" else H24
                 horizon = repr(at.timestamp() - keep.total_seconds())
                 ttl = int(keep.total_seconds()) + 3600
-                adds.append([key_index(name), horizon, ttl, [str(p) for p in ids]])
+                adds.append(Add(self._key(actor_ref, name), horizon, ttl, [str(p) for p in ids], score))
         for kind, key in events:
             member = key if kind in _DISTINCT_KINDS else uuid.uuid4().hex
             horizon = repr(at.timestamp() - H24.total_seconds())
-            adds.append([key_index(f"e:{kind.value}"), horizon, int(H24.total_seconds()) + 3600, [member]])
+            adds.append(
+                Add(
+                    self._key(actor_ref, f"e:{kind.value}"),
+                    horizon,
+                    int(H24.total_seconds()) + 3600,
+                    [member],
+                    score,
+                )
+            )
+        if installation:
+            horizon = repr(at.timestamp() - H1.total_seconds())
+            members = [str(p) for p in installation]
+            ttl = int(H1.total_seconds()) + 600
+            adds.append(Add(self._key("installation", "p"), horizon, ttl, members, score))
+        return adds
+
+    def request(
+        self,
+        *,
+        actor_ref: str,
+        at: dt.datetime,
+        since: dt.datetime | None,
+        adds: Sequence[Add] = (),
+        earlier: Sequence[Add] = (),
+        contained_key: str | None = None,
+        restored: dt.datetime | None = None,
+        flag_keys: Sequence[str] = (),
+    ) -> Answer:
+        """Everything detection asks Redis for one request, in one round trip (a server-side
+        script): the adds of earlier requests sent late (`earlier`), then — unless the actor's
+        containment flag (`contained_key`) is set and not undone by a restore since — this
+        request's adds and every window count; and the flags at `flag_keys` (campaigns)."""
+        keys: dict[str, int] = {}
+
+        def key_index(name: str) -> int:
+            return keys.setdefault(name, len(keys) + 1)  # Lua counts from 1
+
+        def encoded(add: Add) -> list[Any]:
+            return [key_index(add.key), add.horizon, add.ttl, add.members, add.score]
+
         wanted = self._wanted(at, since)
-        request = {
-            "score": score,
+        request: dict[str, Any] = {
             "end": repr(at.timestamp()),
-            "add": adds,
-            "count": [[key_index(name), repr(start)] for name, start in wanted],
-            "first": [[key_index("e:refusal"), repr(start)] for _name, start in wanted[-2:]],
+            "earlier": [encoded(a) for a in earlier],
+            "add": [encoded(a) for a in adds],
+            "count": [[key_index(self._key(actor_ref, name)), repr(start)] for name, start in wanted],
+            "first": [
+                [key_index(self._key(actor_ref, "e:refusal")), repr(start)] for _name, start in wanted[-2:]
+            ],
+            "flags": [key_index(k) for k in flag_keys],
         }
+        if contained_key is not None:
+            request["contained"] = key_index(contained_key)
+            if restored is not None:
+                request["restored"] = repr(restored.timestamp())
         ordered = sorted(keys, key=keys.__getitem__)
-        *values, first, first_24h = self._script()(keys=ordered, args=[json.dumps(request)])
+        status, *values = self._script()(keys=ordered, args=[json.dumps(request)])
+        if _text(status) == "contained":
+            return Answer(None, _text(values[0]), {})
+        n = len(wanted)
+        first, first_24h = values[n], values[n + 1]
+        flags = dict(zip(flag_keys, (_text(v) for v in values[n + 2 :]), strict=True))
 
         def stamp(found: Any) -> dt.datetime | None:
             return dt.datetime.fromtimestamp(float(found), dt.UTC) if found else None
 
         names = [f.name for f in fields(ActorCounts) if not f.name.startswith("first_")]
-        return ActorCounts(
-            **dict(zip(names, (int(v) for v in values), strict=True)),
+        counts = ActorCounts(
+            **dict(zip(names, (int(v) for v in values[:n]), strict=True)),
             first_refusal_at=stamp(first),
             first_refusal_24h_at=stamp(first_24h),
         )
+        return Answer(counts, None, flags)
 
 
-# Record a request's exposures and events, then count every window: one EVALSHA instead of
-# three pipelines. Scores and bounds arrive as text so that no precision is lost in Lua; GT
-# keeps a patient's latest time even if workers' clocks interleave.
+@dataclass(frozen=True)
+class Add:
+    """Members added to one sorted set at one time (text scores: no precision lost in Lua)."""
+
+    key: str
+    horizon: str  # members older than this leave the set
+    ttl: int
+    members: list[str]
+    score: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Redis's answer to one request: the counts, or the containment flag that stopped it (then
+    nothing of the request was added), and the flags read."""
+
+    counts: ActorCounts | None
+    contained: str | None
+    flags: dict[str, str | None]
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value is False:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# One request's round trip: the adds of earlier requests this worker kept back, the containment
+# flag (if set, and not older than a restore, nothing of this request is added), this request's
+# exposures and events, every window count, the first refusals, and the flags asked for. Scores
+# and bounds arrive as text so that no precision is lost in Lua; GT keeps a patient's latest time
+# even if workers' clocks interleave.
 _RECORD_AND_COUNT = """
 local req = cjson.decode(ARGV[1])
-for _, add in ipairs(req.add) do
-  local key, members = KEYS[add[1]], add[4]
-  for i = 1, #members, 200 do
-    local args = {'GT'}
-    for j = i, math.min(i + 199, #members) do
-      args[#args + 1] = req.score
-      args[#args + 1] = members[j]
+local function apply(adds)
+  for _, add in ipairs(adds) do
+    local key, members = KEYS[add[1]], add[4]
+    for i = 1, #members, 200 do
+      local args = {'GT'}
+      for j = i, math.min(i + 199, #members) do
+        args[#args + 1] = add[5]
+        args[#args + 1] = members[j]
+      end
+      redis.call('ZADD', key, unpack(args))
     end
-    redis.call('ZADD', key, unpack(args))
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', add[2])
+    redis.call('EXPIRE', key, add[3])
   end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', add[2])
-  redis.call('EXPIRE', key, add[3])
 end
-local out = {}
+apply(req.earlier)
+if req.contained then
+  local flag = redis.call('GET', KEYS[req.contained])
+  if flag then
+    local stamp = tonumber(string.match(flag, '^([^|]*)|'))
+    if req.restored and stamp and stamp <= tonumber(req.restored) then
+      redis.call('DEL', KEYS[req.contained])
+    else
+      return {'contained', flag}
+    end
+  end
+end
+apply(req.add)
+local out = {'ok'}
 for _, c in ipairs(req.count) do
   out[#out + 1] = redis.call('ZCOUNT', KEYS[c[1]], c[2], req['end'])
 end
 for _, f in ipairs(req.first) do
   local found = redis.call('ZRANGEBYSCORE', KEYS[f[1]], f[2], req['end'], 'WITHSCORES', 'LIMIT', 0, 1)
   out[#out + 1] = found[2] or false
+end
+for _, k in ipairs(req.flags) do
+  out[#out + 1] = redis.call('GET', KEYS[k])
 end
 return out
 """

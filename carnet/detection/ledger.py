@@ -10,6 +10,7 @@ survives the gate's rollback, and never waits on locks that transaction still ho
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -39,8 +40,9 @@ from carnet.detection.containment import (
     contained_message,
     raise_alert,
 )
-from carnet.detection.counters import RedisExposureCounters, SqlExposureCounters
+from carnet.detection.counters import Add, RedisExposureCounters, SqlExposureCounters
 from carnet.detection.interfaces import (
+    ActorCounts,
     Channel,
     EventKind,
     ExposureCounters,
@@ -69,10 +71,11 @@ log = logging.getLogger("carnet.detection")
 
 # Core statements for what every guarded request runs: plain rows, no ORM unit of work.
 _STATES = cast(Table, ActorState.__table__).c
-_ACTOR_STATE = select(_STATES.status, _STATES.reason, _STATES.restored_at).where(
+ACTOR_STATE = select(_STATES.status, _STATES.reason, _STATES.restored_at).where(
     _STATES.actor_ref == bindparam("actor_ref", type_=String())
 )
-_INSERT_EXPOSURE = insert(cast(Table, Exposure.__table__))
+INSERT_EXPOSURE = insert(cast(Table, Exposure.__table__))
+_FETCH = object()  # `record`'s default: read the actor's state itself
 
 _PENDING = "carnet.detection.pending"
 _HOOKED = "carnet.detection.hooked"
@@ -128,6 +131,10 @@ class SqlExposureLedger:
         self._campaign_flags: dict[str, tuple[float, str | None]] = {}
         self._seen: dict[tuple[str, str], float] = {}
         self._probation: dict[uuid.UUID, tuple[float, dt.datetime | None]] = {}
+        # Redis counts kept per actor while far below every threshold, and the adds held back
+        # meanwhile (sent with this worker's next script): see `_quiet_counts`.
+        self._quiet: dict[str, _Quiet] = {}
+        self._held: list[tuple[float, Add]] = []
         # Correlation keys are the installation's own: one Redis may serve several databases.
         self.scope = hashlib.sha256(self.settings.resolved_database_url.encode()).hexdigest()[:8]
         self.installation_ref = campaign.installation_ref(self.scope)
@@ -144,9 +151,19 @@ class SqlExposureLedger:
         outside_care: Sequence[uuid.UUID] = (),
         query_shape: SearchEvent | None = None,
         fields: Sequence[str] = (),
+        state: object = _FETCH,
+        exposure_rows: list[dict[str, Any]] | None = None,
     ) -> None:
+        """`state`: the actor's ActorState row (`ACTOR_STATE`) when the caller already read it
+        in this transaction; `exposure_rows`: where to put the exposure rows for the caller to
+        insert in this transaction (the gate's fast read sends them with its audit append)."""
         at = clock.now()
-        state = self.ensure_not_contained(session, actor=actor)
+        if state is _FETCH:
+            state = session.connection().execute(ACTOR_STATE, {"actor_ref": actor.actor_ref}).first()
+        state = cast("Row[Any, Any, Any] | None", state)
+        redis = self._one_trip()
+        # With Redis, the shared flag is read by the request's one script (below).
+        self.check_not_contained(state, actor=actor, shared=redis is None)
         if actor.kind is ActorKind.INTERFACE and not fields:
             # A write-only HL7 interface is answered with an ACK alone: no field of the patient
             # left, so nothing was exposed (its volume is judged by carnet.interfaces.budget).
@@ -169,23 +186,24 @@ class SqlExposureLedger:
         if distinct:
             field_text = ",".join(sorted(set(fields)))[:300] or None
             outside_set = set(outside)
-            session.connection().execute(
-                _INSERT_EXPOSURE,
-                [
-                    {
-                        "id": new_id(),
-                        "actor_ref": actor.actor_ref,
-                        "patient_id": p,
-                        "channel": channel.value,
-                        "resource_type": resource_type[:40],
-                        "at": at,
-                        "audit_seq": None,
-                        "outside_care": p in outside_set,
-                        "fields": field_text,
-                    }
-                    for p in distinct
-                ],
-            )
+            rows = [
+                {
+                    "id": new_id(),
+                    "actor_ref": actor.actor_ref,
+                    "patient_id": p,
+                    "channel": channel.value,
+                    "resource_type": resource_type[:40],
+                    "at": at,
+                    "audit_seq": None,
+                    "outside_care": p in outside_set,
+                    "fields": field_text,
+                }
+                for p in distinct
+            ]
+            if exposure_rows is None:
+                session.connection().execute(INSERT_EXPOSURE, rows)
+            else:
+                exposure_rows.extend(rows)
         events = _search_events(query_shape, deep_page=self.config.deep_page)
         if (
             query_shape is not None
@@ -199,13 +217,18 @@ class SqlExposureLedger:
         for kind, key in events:
             self._add_event(session, actor=actor, kind=kind, key=key, at=at)
         if not distinct and not events:
+            if redis is not None:
+                self.check_not_contained(state, actor=actor)  # no script to read the flag
             return
-        # The counters learn this request and answer every window in one round trip.
-        counts = self.counters.add_and_count(
-            session,
-            actor_ref=actor.actor_ref,
+        restored = state.restored_at if state else None
+        installation: list[uuid.UUID] = []
+        if distinct and channel is not Channel.EXPORT:
+            mine = set(distinct) - set(outside) if listed else set()
+            installation = [p for p in distinct if p not in mine]
+        request = _Request(
+            actor=actor,
             at=at,
-            since=state.restored_at if state else None,
+            restored=restored,
             patient_ids=distinct,
             outside_care=outside,
             exported=channel is Channel.EXPORT,
@@ -213,10 +236,29 @@ class SqlExposureLedger:
             # care or work is the work itself: the 24-hour window and the 7 days count it.
             listed=listed,
             events=events,
+            installation=installation,
         )
-        if distinct and channel is not Channel.EXPORT:
-            mine = set(distinct) - set(outside) if listed else set()
-            self.counters.add_installation(patient_ids=[p for p in distinct if p not in mine], at=at)
+        quiet = False
+        if redis is not None:
+            counts = self._quiet_counts(request)
+            quiet = counts is not None
+            if counts is None:
+                counts = self._one_round_trip(redis, request)
+        else:
+            # The counters learn this request and answer every window in one round trip.
+            counts = self.counters.add_and_count(
+                session,
+                actor_ref=actor.actor_ref,
+                at=at,
+                since=restored,
+                patient_ids=distinct,
+                outside_care=outside,
+                exported=request.exported,
+                listed=listed,
+                events=events,
+            )
+            if installation:
+                self.counters.add_installation(patient_ids=installation, at=at)
         self._note_seen(session, actor, at)
         canaries = sorted(exposed & self._canary_ids(session)) if distinct else []
         ctx = rules.Context(
@@ -231,11 +273,161 @@ class SqlExposureLedger:
             work_known=self._judged_by_work(actor),
             probation=self._on_probation(session, actor, state.restored_at if state else None, at),
         )
+        findings = self._findings(ctx)
+        if quiet and findings and redis is not None:
+            # Judged on the kept counts: judge again on Redis's own (this request included).
+            self._forget_quiet(actor.actor_ref)
+            ctx = dataclasses.replace(ctx, counts=self._one_round_trip(redis, request))
+            findings = self._findings(ctx)
+        elif redis is not None and not quiet:
+            self._keep_quiet(request, ctx, findings)
+        self._respond(session, actor=actor, findings=findings, ctx=ctx)
+
+    def _findings(self, ctx: rules.Context) -> list[Finding]:
         findings = rules.evaluate(self.config, ctx)
-        flagged = self._campaign_flag(actor)
+        flagged = self._campaign_flag(ctx.actor)
         if flagged is not None:
             findings = sorted([*findings, flagged], key=lambda f: f.level, reverse=True)
-        self._respond(session, actor=actor, findings=findings, ctx=ctx)
+        return findings
+
+    # -- Redis: one round trip per request at most, none while far below every threshold --------
+    def _one_trip(self) -> RedisExposureCounters | None:
+        """The Redis counters, when the containment flags live in the same Redis (then one
+        script answers both)."""
+        counters, flags = self.counters, self.flags
+        if (
+            isinstance(counters, RedisExposureCounters)
+            and isinstance(flags, RedisContainmentFlags)
+            and counters.client is flags.client
+        ):
+            return counters
+        return None
+
+    def _one_round_trip(self, redis: RedisExposureCounters, request: _Request) -> ActorCounts:
+        """The request's exposures and events, the containment flag, every window count and
+        the campaign flags due for a refresh, with the adds kept back by quiet requests."""
+        actor = request.actor
+        flags = cast(RedisContainmentFlags, self.flags)
+        now = time.monotonic()
+        refs = self._campaign_refs(actor)
+        with self._lock:
+            due = [r for r in refs if (c := self._campaign_flags.get(r)) is None or c[0] <= now]
+            earlier, self._held = self._held, []
+        adds = redis.adds(
+            actor_ref=actor.actor_ref,
+            at=request.at,
+            patient_ids=request.patient_ids,
+            outside_care=request.outside_care,
+            exported=request.exported,
+            listed=request.listed,
+            events=request.events,
+            installation=request.installation,
+        )
+        try:
+            answer = redis.request(
+                actor_ref=actor.actor_ref,
+                at=request.at,
+                since=request.restored,
+                adds=adds,
+                earlier=[a for _t, a in earlier],
+                contained_key=flags.key(actor.actor_ref),
+                restored=request.restored,
+                flag_keys=[flags.key(f"campaign:{r}") for r in due],
+            )
+        except Exception:
+            with self._lock:
+                self._held[:0] = earlier  # sent with the next request instead
+            raise
+        with self._lock:
+            if len(self._campaign_flags) > 10_000:
+                self._campaign_flags.clear()
+            for ref in due:
+                self._campaign_flags[ref] = (now + 2.0, answer.flags.get(flags.key(f"campaign:{ref}")))
+        if answer.contained is not None:
+            self._forget_quiet(actor.actor_ref)
+            flagged = _parse_flag(answer.contained)
+            reason = flagged[1] if flagged is not None else answer.contained
+            raise AccountContained(contained_message(reason, self.settings.security_contact))
+        assert answer.counts is not None
+        return answer.counts
+
+    def _keep_quiet(self, request: _Request, ctx: rules.Context, findings: list[Finding]) -> None:
+        """Keep Redis's counts for the actor's next requests when even counts raised by
+        QUIET_HEADROOM patients would find nothing: those requests are judged on these counts
+        and their adds go with the next script of this worker (QUIET_SECONDS at most)."""
+        ref = request.actor.actor_ref
+        raised = dataclasses.replace(
+            ctx,
+            counts=_raised(ctx.counts, QUIET_HEADROOM),
+            canaries=(),
+            new_address=False,
+        )
+        if findings or rules.evaluate(self.config, raised):
+            self._forget_quiet(ref)
+            return
+        with self._lock:
+            if len(self._quiet) > 50_000:
+                self._quiet.clear()
+            self._quiet[ref] = _Quiet(
+                until=time.monotonic() + QUIET_SECONDS,
+                at=request.at,
+                restored=request.restored,
+                counts=ctx.counts,
+                budget=QUIET_BUDGET,
+                known=set(request.patient_ids),
+            )
+
+    def _forget_quiet(self, actor_ref: str) -> None:
+        with self._lock:
+            self._quiet.pop(actor_ref, None)
+
+    def _quiet_counts(self, request: _Request) -> ActorCounts | None:
+        """The actor's counts without asking Redis: its kept counts, each new patient added to
+        every window, when this request is a plain read of patients in care (no search, list,
+        export or outside patient) and the kept counts are fresh (else None: ask Redis)."""
+        if request.events or request.outside_care or request.listed or request.exported:
+            return None
+        ref = request.actor.actor_ref
+        now = time.monotonic()
+        refs = self._campaign_refs(request.actor)
+        with self._lock:
+            kept = self._quiet.get(ref)
+            if kept is None or kept.until <= now or kept.restored != request.restored:
+                return None
+            if not dt.timedelta(0) <= request.at - kept.at <= dt.timedelta(seconds=QUIET_SECONDS):
+                return None  # the clock moved (a test's, or the host's): ask Redis
+            if (self._held and self._held[0][0] + QUIET_SECONDS <= now) or len(self._held) >= QUIET_HELD:
+                return None  # time to send what is held
+            if any((c := self._campaign_flags.get(r)) is None or c[0] <= now for r in refs):
+                return None
+            new = [p for p in request.patient_ids if p not in kept.known]
+            if len(new) > kept.budget:
+                return None
+            counts = kept.counts
+            if new:
+                counts = _raised(counts, len(new))
+                self._quiet[ref] = dataclasses.replace(
+                    kept, counts=counts, budget=kept.budget - len(new), known=kept.known | set(new)
+                )
+            redis = cast(RedisExposureCounters, self.counters)
+            adds = redis.adds(
+                actor_ref=ref,
+                at=request.at,
+                patient_ids=request.patient_ids,
+                installation=request.installation,
+            )
+            self._held.extend((now, a) for a in adds)
+        return counts
+
+    def _campaign_refs(self, actor: Actor) -> list[str]:
+        if actor.kind is not ActorKind.STAFF:
+            return []
+        machine = campaign.machine_ref(actor, self.scope)
+        return [
+            actor.actor_ref,
+            *campaign.correlation_refs(actor, self.scope),
+            *([machine] if machine else []),
+        ]
 
     def _work(self) -> WorkRelations | None:
         return self.work if self.work is not None else next(iter(_provided_work), None)
@@ -279,11 +471,19 @@ class SqlExposureLedger:
     def ensure_not_contained(self, session: Session, *, actor: Actor) -> Row[Any, Any, Any] | None:
         """Raise AccountContained if the actor is contained (the database row, or a flag set by a
         worker whose containment is not yet committed and not since undone by a restore)."""
-        state = session.connection().execute(_ACTOR_STATE, {"actor_ref": actor.actor_ref}).first()
+        state = session.connection().execute(ACTOR_STATE, {"actor_ref": actor.actor_ref}).first()
+        self.check_not_contained(state, actor=actor)
+        return state
+
+    def check_not_contained(
+        self, state: Row[Any, Any, Any] | None, *, actor: Actor, shared: bool = True
+    ) -> None:
+        """`ensure_not_contained` on the actor's state row read by the caller (`shared`: also
+        the flag shared by every worker, which `record` otherwise reads in its one script)."""
         if state is not None and state.status == CONTAINED:
             reason = state.reason or "unusual access to patient data."
             raise AccountContained(contained_message(reason, self.settings.security_contact))
-        for flags in (self.flags, self._local_flags):
+        for flags in (self.flags, self._local_flags) if shared else (self._local_flags,):
             flagged = _parse_flag(flags.get(actor.actor_ref))
             if flagged is None:
                 continue
@@ -293,10 +493,12 @@ class SqlExposureLedger:
                 flags.clear(actor.actor_ref)  # a security officer restored the account since
                 continue
             raise AccountContained(contained_message(reason, self.settings.security_contact))
-        return state
 
     def forget(self, *, actor_ref: str) -> None:
         """After a restore: clear flags and windows so old counts do not contain again."""
+        with self._lock:
+            self._quiet.pop(actor_ref, None)
+            self._held = [(t, a) for t, a in self._held if f":{actor_ref}:" not in a.key]
         self.flags.clear(actor_ref)
         self.flags.clear(f"campaign:{actor_ref}")
         self._local_flags.clear(actor_ref)
@@ -579,13 +781,7 @@ class SqlExposureLedger:
         if actor.kind is not ActorKind.STAFF:
             return None
         now = time.monotonic()
-        machine = campaign.machine_ref(actor, self.scope)
-        refs = [
-            actor.actor_ref,
-            *campaign.correlation_refs(actor, self.scope),
-            *([machine] if machine else []),
-        ]
-        for ref in refs:
+        for ref in self._campaign_refs(actor):
             with self._lock:
                 cached = self._campaign_flags.get(ref)
             if cached is None or cached[0] <= now:
@@ -797,6 +993,49 @@ class SqlExposureLedger:
         )
         self._after(session, lambda s: _remember_address(s, pair, at))
         return has_history
+
+
+# A request judged on kept counts adds at most QUIET_BUDGET new patients to them, within
+# QUIET_SECONDS, and only while counts raised by QUIET_HEADROOM patients would find nothing: what
+# other workers hold back meanwhile (QUIET_BUDGET each) stays inside that headroom.
+QUIET_SECONDS = 2.0
+QUIET_BUDGET = 4
+QUIET_HEADROOM = 16
+QUIET_HELD = 500  # adds held by this worker before its next request asks Redis anyway
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    actor: Actor
+    at: dt.datetime
+    restored: dt.datetime | None
+    patient_ids: list[uuid.UUID]
+    outside_care: list[uuid.UUID]
+    exported: bool
+    listed: bool
+    events: list[tuple[EventKind, str]]
+    installation: list[uuid.UUID]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Quiet:
+    until: float
+    at: dt.datetime
+    restored: dt.datetime | None
+    counts: ActorCounts
+    budget: int
+    known: set[uuid.UUID]
+
+
+def _raised(counts: ActorCounts, n: int) -> ActorCounts:
+    """The counts with `n` more distinct patients in every window a read in care counts."""
+    return dataclasses.replace(
+        counts,
+        patients_15m=counts.patients_15m + n,
+        patients_1h=counts.patients_1h + n,
+        patients_24h=counts.patients_24h + n,
+        patients_7d=counts.patients_7d + n,
+    )
 
 
 def _remember_address(session: Session, pair: tuple[str, str], at: dt.datetime) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, Uuid, and_, bindparam, literal, or_, select, union, union_all
@@ -121,12 +122,20 @@ def patient_filter(ctx: AccessContext, rels: Collection[Relationship]) -> Column
     return and_(visible_filter(ctx), or_(*conditions))
 
 
-def _tagged_statement() -> Any:
+def tagged_statement(match: Callable[[Any], Any] | None = None, me: Any = None) -> Any:
     """Every relationship kind for a set of patients, as one statement built once: each request
-    only binds its values (the compiled form is cached, no query is rebuilt per request)."""
-    me = bindparam("me", type_=Uuid())
+    only binds its values (the compiled form is cached, no query is rebuilt per request).
+    `match` says which patients (default: IN the expanding `ids`); `me` is the practitioner
+    (default: the `me` value). The gate's fast read builds its own from the same parts."""
+    if match is None:
+        ids = bindparam("ids", expanding=True, type_=Uuid())
+
+        def match(column: Any) -> Any:
+            return column.in_(ids)
+
+    if me is None:
+        me = bindparam("me", type_=Uuid())
     now = bindparam("now", type_=UtcDateTime())
-    ids = bindparam("ids", expanding=True, type_=Uuid())
     wards = select(WardAssignment.location_id).where(
         WardAssignment.practitioner_id == me,
         WardAssignment.start_at <= now,
@@ -134,30 +143,30 @@ def _tagged_statement() -> Any:
     )
     tagged = [
         select(CareRelationship.kind.label("rel"), CareRelationship.patient_id.label("pid")).where(
-            CareRelationship.patient_id.in_(ids),
+            match(CareRelationship.patient_id),
             CareRelationship.practitioner_id == me,
             CareRelationship.kind.in_([R.CARE_TEAM.value, R.REFERRAL.value]),
             CareRelationship.start_at <= now,
             or_(CareRelationship.end_at.is_(None), CareRelationship.end_at > now),
         ),
         select(literal(R.APPOINTMENT.value).label("rel"), Appointment.patient_id.label("pid")).where(
-            Appointment.patient_id.in_(ids),
+            match(Appointment.patient_id),
             Appointment.practitioner_id == me,
             Appointment.start_at >= bindparam("since", type_=UtcDateTime()),
             Appointment.start_at <= bindparam("until", type_=UtcDateTime()),
             Appointment.status.not_in(INACTIVE_APPOINTMENT),
         ),
         select(literal(R.ATTENDING.value).label("rel"), Encounter.patient_id.label("pid")).where(
-            Encounter.patient_id.in_(ids), Encounter.attending_id == me, Encounter.status == "in-progress"
+            match(Encounter.patient_id), Encounter.attending_id == me, Encounter.status == "in-progress"
         ),
         select(literal(R.WARD.value).label("rel"), Encounter.patient_id.label("pid")).where(
-            Encounter.patient_id.in_(ids), Encounter.status == "in-progress", Encounter.location_id.in_(wards)
+            match(Encounter.patient_id), Encounter.status == "in-progress", Encounter.location_id.in_(wards)
         ),
         select(literal(R.DESIGNATED.value).label("rel"), Patient.id.label("pid")).where(
-            Patient.id.in_(ids), Patient.designated_physician_id == me
+            match(Patient.id), Patient.designated_physician_id == me
         ),
         select(literal(R.BREAK_GLASS.value).label("rel"), BreakGlassAccess.patient_id.label("pid")).where(
-            BreakGlassAccess.patient_id.in_(ids),
+            match(BreakGlassAccess.patient_id),
             BreakGlassAccess.account_id == bindparam("account", type_=Uuid()),
             BreakGlassAccess.started_at <= now,
             BreakGlassAccess.expires_at > now,
@@ -167,7 +176,7 @@ def _tagged_statement() -> Any:
     return union_all(*tagged)
 
 
-_TAGGED = _tagged_statement()
+_TAGGED = tagged_statement()
 
 
 def relationships_of(
@@ -175,30 +184,52 @@ def relationships_of(
 ) -> dict[uuid.UUID, frozenset[Relationship]]:
     """Each patient's relationships to the actor; a patient hidden by scope, restriction or an
     app token's launch patient (`ctx.compartment`) has none."""
-    visible = {
-        p.id: p
+    visible = visible_ids(ctx, patients)
+    if not visible:
+        return {}
+    rows: list[Any] = []
+    if ctx.practitioner_id is not None or ctx.account_id is not None:
+        # A NULL practitioner or account matches nothing: those parts simply find no row.
+        params = {"ids": visible, "me": ctx.practitioner_id, **window_params(ctx)}
+        session.flush()  # a Core statement does not autoflush: see this transaction's own writes
+        rows = list(session.connection().execute(_TAGGED, params))
+    return combine(ctx, visible, rows)
+
+
+def visible_ids(ctx: AccessContext, patients: Iterable[Patient]) -> list[uuid.UUID]:
+    """The patients the actor's scope shows (facility, the patient's restriction, and an app
+    token's launch patient)."""
+    return [
+        p.id
         for p in patients
         if p.facility_id in ctx.facility_ids
         and (not p.opposes_other_facilities or p.facility_id == ctx.acting_facility_id)
         and (ctx.compartment is None or p.id == ctx.compartment)
+    ]
+
+
+def window_params(ctx: AccessContext) -> dict[str, Any]:
+    """The values the tagged statement binds besides the patients and the practitioner."""
+    return window_params_at(ctx.now, ctx.account_id)
+
+
+def window_params_at(now: dt.datetime, account_id: uuid.UUID | None) -> dict[str, Any]:
+    return {
+        "account": account_id,
+        "now": now,
+        "since": now - APPOINTMENT_WINDOW_BEFORE,
+        "until": now + APPOINTMENT_WINDOW_AFTER,
     }
-    if not visible:
-        return {}
+
+
+def combine(
+    ctx: AccessContext, visible: Iterable[uuid.UUID], rows: Iterable[Any]
+) -> dict[uuid.UUID, frozenset[Relationship]]:
+    """The relationships of the visible patients: the facility, self, and each tagged row."""
     found: dict[uuid.UUID, set[Relationship]] = {pid: {R.FACILITY} for pid in visible}
     if ctx.patient_id is not None and ctx.patient_id in found:
         found[ctx.patient_id].add(R.SELF)
-    if ctx.practitioner_id is not None or ctx.account_id is not None:
-        # A NULL practitioner or account matches nothing: those parts simply find no row.
-        params = {
-            "ids": list(visible),
-            "me": ctx.practitioner_id,
-            "account": ctx.account_id,
-            "now": ctx.now,
-            "since": ctx.now - APPOINTMENT_WINDOW_BEFORE,
-            "until": ctx.now + APPOINTMENT_WINDOW_AFTER,
-        }
-        session.flush()  # a Core statement does not autoflush: see this transaction's own writes
-        for rel_value, pid in session.connection().execute(_TAGGED, params):
-            if pid in found:
-                found[pid].add(Relationship(rel_value))
+    for rel_value, pid in rows:
+        if pid in found:
+            found[pid].add(Relationship(rel_value))
     return {pid: frozenset(rels) for pid, rels in found.items()}

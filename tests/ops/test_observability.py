@@ -152,7 +152,14 @@ def test_metrics_traces_and_logs_of_a_workload_name_no_patient(
     assert 'carnet_exposures_total{channel="chart"}' in metrics and "carnet_audit_chain_length" in metrics
     assert "carnet_audit_append_duration_seconds_count" in metrics and "carnet_db_pool_checked_out" in metrics
     names = {s.name for s in spans.get_finished_spans()}
-    assert {"GET /fhir/Patient/{patient_id}", "gate.exposure", "gate.audit", "gate.denial"} <= names, names
+    assert {
+        "GET /fhir/Patient/{patient_id}",
+        "gate.context",
+        "gate.operation",
+        "gate.exposure",
+        "gate.audit",
+    } <= names, names
+    assert "gate.denial" in names
     assert "GET /fhir/Patient/{patient_id} 200" in logs and "trace_id" in logs
     secrets = [family, given, INS, PHONE, PHONE.replace(" ", ""), EMAIL, "Vautrinel", "Sidonie"]
     for where, text in (("metrics", metrics), ("traces", traces), ("logs", logs)):

@@ -12,7 +12,7 @@ from alembic import op
 import carnet.db.base
 
 revision = "0009_rest"
-down_revision = "0008_fhirio"
+down_revision = "0009_smart"
 branch_labels = None
 depends_on = None
 

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_wsviews"
-down_revision = "0008_fhirio"
+down_revision = "0009_rest"
 branch_labels = None
 depends_on = None
 

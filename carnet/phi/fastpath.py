@@ -1,0 +1,358 @@
+"""The gate's fast read: the kernel's own steps in two round trips on PostgreSQL.
+
+A variant of `GateCore._run` (carnet/phi/kernel.py), not a way around it. It runs the same
+steps with the same code — the access context judged by `carnet.access.context.from_rows`, the
+facility scope, the operation's own body (`carnet.patients.operations.read`), the policy
+decision, redaction and decryption, the exposure ledger and its detection rules, the audit
+append, the commit — and fails through the kernel's `_fail`, so a refusal or an error is
+audited and answered exactly as on the one path. What differs is only how the statements reach
+PostgreSQL:
+
+1. one pipeline (one network round trip) of prepared statements, the kernel's own Core
+   statements compiled once: the facility scope (`set_config`, computed from the account's
+   active grants, then `SET LOCAL ROLE carnet_app`: row-level security holds for what
+   follows), the account and its grants, the actor's containment state, the patient row and
+   the actor's relationships to that patient;
+2. the decision, redaction and decryption in Python, and detection (at most one Redis round
+   trip: carnet.detection);
+3. one pipeline with the exposure rows, the audit append and the COMMIT.
+
+It declines (and `_run` runs instead, having done nothing yet) on SQLite, for anything but a
+staff session, for a ledger or audit writer it does not know, and when the scope it set is not
+the one the kernel would have set (a grant changed between its two reads: the kernel's path
+answers that case as always). tests/phi/test_fastpath.py proves the two paths decide, redact,
+audit and count identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import Dialect, Table, Uuid, bindparam, select
+from sqlalchemy.orm import Session
+
+from carnet.access.actor import ActorKind
+from carnet.access.context import ACCOUNT_AND_GRANTS, from_rows
+from carnet.access.models import RoleGrant
+from carnet.access.scope import APP_ROLE
+from carnet.audit.interfaces import Outcome
+from carnet.audit.writer import SqlAuditWriter, append_one_statement
+from carnet.detection.administration import WATCHED, WatchedAuditWriter
+from carnet.detection.ledger import ACTOR_STATE, INSERT_EXPOSURE, SqlExposureLedger
+from carnet.identity.models import Account
+from carnet.kernel import clock
+from carnet.kernel.ids import parse_id
+from carnet.patients.models import Patient
+from carnet.phi import care
+from carnet.phi.kernel import _PATIENT_BY_ID, GateCore, Guard, GuardedTx, Refused
+
+_counts_lock = threading.Lock()
+# How many reads took the fast path in this process (tests read it; not a metric).
+taken = 0
+# > 0: every operation runs on the kernel's general path (tests; CARNET_GATE_GENERAL_ONLY=1 for a
+# process, which benchmarks use to measure one path against the other).
+_general_only = 1 if os.environ.get("CARNET_GATE_GENERAL_ONLY") == "1" else 0
+
+
+@contextlib.contextmanager
+def general_only() -> Iterator[None]:
+    """Within this block, every operation of this process runs on the kernel's general path."""
+    global _general_only
+    with _counts_lock:
+        _general_only += 1
+    try:
+        yield
+    finally:
+        with _counts_lock:
+            _general_only -= 1
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    defaults: dict[str, Any]
+    processors: tuple[Callable[[Any], Any] | None, ...] = ()
+
+
+# The values each request binds (`_first_round_trip`); every other parameter is a constant of the
+# statement (a status, a list of kinds), rendered once with its value among the defaults.
+_BOUND = ("account", "account_id", "actor_ref", "id", "pid", "now", "since", "until")
+
+
+def _compile(statement: Any, dialect: Dialect, **kw: Any) -> _Compiled:
+    if not kw:
+        statement = statement.params(dict.fromkeys(_BOUND))  # bound per request: see _BOUND
+    compiled = statement.compile(dialect=dialect, **kw)
+    if kw:  # an INSERT of the given columns
+        return _Compiled(str(compiled), {})
+    expanded = compiled.construct_expanded_state()  # a constant list (IN ...) as its own values
+    processors: tuple[Callable[[Any], Any] | None, ...] = ()
+    if hasattr(statement, "selected_columns"):
+        processors = tuple(c.type._cached_result_processor(dialect, None) for c in statement.selected_columns)
+    return _Compiled(expanded.statement, dict(expanded.parameters), processors)
+
+
+_GRANTS = cast(Table, RoleGrant.__table__).c
+# The facility scope the kernel would enter (`enter_scope` of `context.resolve`'s facilities): the
+# facilities of the account's active grants of the roles its session claims, in `enter_scope`'s
+# order and spelling. Checked against the judged context before any patient data is used.
+_SCOPE_SQL = "".join(
+    (
+        "SELECT set_config('carnet.facility_ids', coalesce((SELECT string_agg(f, ',' ORDER BY f",
+        ' COLLATE "C") FROM (SELECT DISTINCT ',
+        f"{_GRANTS.facility_id.name}::text AS f FROM {RoleGrant.__tablename__} WHERE ",
+        f"{_GRANTS.account_id.name} = %(account)s AND {_GRANTS.status.name} = 'active' AND ",
+        f"{_GRANTS.role.name} = ANY(%(roles)s) AND {_GRANTS.facility_id.name} IS NOT NULL) AS g), ''), true)",
+    )
+)
+_SET_ROLE = f"SET LOCAL ROLE {APP_ROLE}"
+
+
+@dataclass
+class _Statements:
+    account: _Compiled
+    state: _Compiled
+    patient: _Compiled
+    tagged: _Compiled
+    exposure: _Compiled
+
+
+_compiled: dict[str, _Statements] = {}
+
+
+def _statements(dialect: Dialect) -> _Statements:
+    found = _compiled.get(dialect.name)
+    if found is None:
+        account = bindparam("account", type_=Uuid())
+        me = select(Account.practitioner_id).where(Account.id == account).scalar_subquery()
+        pid = bindparam("pid", type_=Uuid())
+        tagged = care.tagged_statement(match=lambda column: column == pid, me=me)
+        exposure_keys = ["id", "actor_ref", "patient_id", "channel", "resource_type", "at", "audit_seq"]
+        exposure_keys += ["outside_care", "fields"]
+        found = _Statements(
+            account=_compile(ACCOUNT_AND_GRANTS, dialect),
+            state=_compile(ACTOR_STATE, dialect),
+            patient=_compile(_PATIENT_BY_ID, dialect),
+            tagged=_compile(tagged, dialect),
+            exposure=_compile(INSERT_EXPOSURE, dialect, column_keys=exposure_keys),
+        )
+        _compiled[dialect.name] = found
+    return found
+
+
+class _Row:
+    """A row read by name, like SQLAlchemy's (what `from_rows` and the ledger read)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _rows(cursor: Any, compiled: _Compiled) -> list[dict[str, Any]]:
+    names = [d.name for d in cursor.description]
+    out = []
+    for raw in cursor.fetchall():
+        values = [
+            p(v) if p is not None and v is not None else v
+            for p, v in zip(compiled.processors or [None] * len(raw), raw, strict=True)
+        ]
+        out.append(dict(zip(names, values, strict=True)))
+    return out
+
+
+@dataclass
+class _FastTx(GuardedTx):
+    """The guarded transaction of a fast read: the patient and the relationships are already
+    read (the first pipeline); anything else the body asks goes to the database as usual."""
+
+    prefetched: tuple[Patient, bool] | None = None
+    fallbacks: list[str] = field(default_factory=list)
+
+    def patient_to_read(self, patient_id: str) -> tuple[Patient, bool]:
+        if self.prefetched is not None and parse_id(patient_id) == self.prefetched[0].id:
+            patient, replaces_any = self.prefetched
+            self.patient_ids.append(patient.id)
+            return patient, replaces_any
+        return super().patient_to_read(patient_id)
+
+
+class _Decline(Exception):
+    """Not a case for the fast path: roll back (nothing was done) and take the general one."""
+
+
+def _writer(audit: Any) -> Any:
+    """The audit writer under detection's watch (which sees access-widening events only)."""
+    return audit.inner if isinstance(audit, WatchedAuditWriter) else audit
+
+
+def _eligible(core: GateCore, guard: Guard, kwargs: dict[str, Any]) -> bool:
+    runtime = core._runtime
+    actor = core.actor
+    return (
+        not _general_only
+        and actor.kind is ActorKind.STAFF
+        and actor.account_id is not None
+        and actor.scopes is None  # app tokens (scopes, categories) take the one path
+        and actor.compartment_patient_id is None
+        and type(runtime.ledger) is SqlExposureLedger
+        and type(_writer(runtime.audit)) is SqlAuditWriter
+        and guard.kind not in WATCHED
+        and runtime.engine.dialect.name == "postgresql"
+        and isinstance(kwargs.get("patient_id"), str | uuid.UUID)
+    )
+
+
+def patient_read(
+    core: GateCore, guard: Guard, run: Callable[[GuardedTx], Any], kwargs: dict[str, Any]
+) -> tuple[bool, Any]:
+    """The fast variant of a read of one patient's record (`patient_id`); see the module."""
+    global taken
+    if not _eligible(core, guard, kwargs):
+        return False, None
+    runtime = core._runtime
+    pid = parse_id(str(kwargs["patient_id"]))
+    attempted: list[uuid.UUID] = []
+    try:
+        with runtime.session_factory.begin() as session:
+            tx = _first_round_trip(core, session, guard, pid)
+            try:
+                result = run(tx)
+            finally:
+                attempted = list(tx.patient_ids)
+            _closing_round_trip(core, session, guard, tx)
+        with _counts_lock:
+            taken += 1
+        return True, result
+    except _Decline:
+        return False, None
+    except Exception as exc:
+        with _counts_lock:
+            taken += 1
+        core._fail(guard, exc, attempted)
+        raise  # _fail always raises
+
+
+def offer(body: Callable[..., Any]) -> None:
+    """Offer the fast variant for `body`, a read of one patient's record by `patient_id`."""
+    setattr(body, "__gate_fast__", patient_read)  # noqa: B010
+
+
+def _first_round_trip(core: GateCore, session: Session, guard: Guard, pid: uuid.UUID | None) -> _FastTx:
+    runtime = core._runtime
+    actor = core.actor
+    statements = _statements(session.get_bind().dialect)
+    now = clock.now()
+    raw: Any = session.connection().connection.driver_connection
+    roles = sorted(r.value for r in actor.roles)
+    values = {
+        "account": actor.account_id,
+        "account_id": actor.account_id,
+        "actor_ref": actor.actor_ref,
+        "id": pid,
+        "pid": pid,
+        **care.window_params_at(now, actor.account_id),
+    }
+    with raw.pipeline():
+        scope_cursor = raw.cursor()
+        scope_cursor.execute(_SCOPE_SQL, {"account": actor.account_id, "roles": roles}, prepare=True)
+        raw.execute(_SET_ROLE)
+        cursors = []
+        for compiled in (statements.account, statements.state, statements.patient, statements.tagged):
+            cursor = raw.cursor()
+            params = {**compiled.defaults, **{k: v for k, v in values.items() if k in compiled.defaults}}
+            if compiled is statements.patient and pid is None:
+                params["id"] = uuid.UUID(int=0)  # no such record: answered as the kernel answers it
+            cursor.execute(compiled.sql, params, prepare=True)
+            cursors.append(cursor)
+    scope_row = scope_cursor.fetchone()
+    account_rows, state_rows, patient_rows, tagged_rows = (
+        _rows(c, s)
+        for c, s in zip(
+            cursors,
+            (statements.account, statements.state, statements.patient, statements.tagged),
+            strict=True,
+        )
+    )
+    ctx = from_rows(
+        actor, [_Row(r) for r in account_rows], now=now, contact=runtime.settings.security_contact
+    )
+    if not ctx.permissions:
+        raise Refused("no active role grants this actor any permission")
+    scope = ",".join(sorted(str(f) for f in ctx.facility_ids))
+    if scope_row is None or scope_row[0] != scope or ctx.patient_id is not None:
+        raise _Decline  # not the scope the kernel enters: its path decides this case
+    state = _Row(state_rows[0]) if state_rows else None
+    tx = _FastTx(
+        session=session,
+        ctx=ctx,
+        actor=actor,
+        keyring=core._keyring,
+        resource_type=guard.resource.value,
+        kind=guard.kind,
+    )
+    session.info[_STATE] = state
+    if patient_rows and pid is not None:
+        columns = dict(patient_rows[0])
+        replaces_any = bool(columns.pop("carnet_replaces_any"))
+        patient = Patient(**columns)
+        tx.prefetched = (patient, replaces_any)
+        visible = care.visible_ids(ctx, [patient])
+        if visible:
+            rels = care.combine(ctx, visible, [(r["rel"], r["pid"]) for r in tagged_rows])
+            tx.relationships[patient.id] = rels.get(patient.id, frozenset())
+    return tx
+
+
+_STATE = "carnet.fastpath.state"
+
+
+def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _FastTx) -> None:
+    runtime = core._runtime
+    ledger = cast(SqlExposureLedger, runtime.ledger)
+    audit = cast(SqlAuditWriter, _writer(runtime.audit))
+    state = session.info.pop(_STATE, None)
+    rows: list[dict[str, Any]] = []
+    for exposure in tx.exposures:
+        ledger.record(
+            session,
+            actor=core.actor,
+            patient_ids=exposure.patient_ids,
+            channel=exposure.channel,
+            resource_type=exposure.resource_type,
+            outside_care=exposure.outside_care,
+            query_shape=exposure.shape,
+            fields=exposure.fields,
+            state=state,
+            exposure_rows=rows,
+        )
+    record = core._record(guard.kind, Outcome.SUCCESS, tx)
+    statements = _statements(session.get_bind().dialect)
+    session.flush()  # anything the body or detection added through the session goes first
+    raw: Any = session.connection().connection.driver_connection
+    sql, params = append_one_statement(record)
+    started = time.perf_counter()
+    with raw.pipeline():
+        if rows:
+            raw.cursor().executemany(statements.exposure.sql, rows)
+        audit_cursor = raw.cursor()
+        audit_cursor.execute(sql, params, prepare=True)
+        if not tx.after_audit:
+            raw.commit()  # the session's own commit then finds nothing left to do
+    seq = int(audit_cursor.fetchone()[0])
+    audit.appended(session, record, seq, time.perf_counter() - started)
+    for hook in tx.after_audit:
+        hook(seq)
