@@ -42,9 +42,18 @@ class Form:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-# A GET (path, query) or a POST (path, query, JSON body or Form). A query value "{exportId}" stands
-# for the id of the last Parameters the server answered (an export request the attacker made).
-Request = tuple[str, dict[str, str]] | tuple[str, dict[str, str], dict[str, Any] | Form]
+@dataclass(frozen=True)
+class Kickoff:
+    """A Bulk Data kick-off (GET with `Prefer: respond-async`): the attacker then polls the
+    status URL it is given and downloads every NDJSON file the manifest lists, if any."""
+
+    polls: int = 3
+
+
+# A GET (path, query) or a POST (path, query, JSON body or Form), or a Bulk Data kick-off. A
+# query value "{exportId}" stands for the id of the last Parameters the server answered (an
+# export request the attacker made).
+Request = tuple[str, dict[str, str]] | tuple[str, dict[str, str], dict[str, Any] | Form | Kickoff]
 EXPORT_ID = "{exportId}"
 # A playbook that reads pages gets each answer's text back from `yield` (None when refused).
 PAGE = "{page}"
@@ -151,6 +160,43 @@ def _export_abuse(t: ExerciseTargets) -> Iterator[Request]:
     yield from _everything(t)
 
 
+def _include_sweep(t: ExerciseTargets) -> Iterator[Request]:
+    # Searches that bring patients along: _include of the subject, _revinclude onto a patient
+    # search, the largest page the server allows, on every clinical type, without naming a
+    # patient; then the same per patient, where one search returns a patient and their results.
+    big = {"_count": "20"}
+    for rtype in ("Observation", "Condition", "Encounter", "MedicationRequest", "AllergyIntolerance"):
+        yield f"/fhir/{rtype}", {**big, "_include": f"{rtype}:subject"}
+        yield f"/fhir/{rtype}", {**big, "_include": f"{rtype}:patient", "date": "ge2000-01-01"}
+    yield "/fhir/Encounter", {**big, "status": "in-progress", "_include": "Encounter:subject"}
+    yield "/fhir/Appointment", {**big, "date": "ge2000-01-01", "_include": "Appointment:patient"}
+    for fragment in ("mart", "bern", "dubo", "lefe"):
+        yield "/fhir/Patient", {"family": fragment, "_revinclude": "Observation:subject", **big}
+    for person in t.people:
+        yield (
+            "/fhir/Observation",
+            {"patient": str(person.patient_id), "_include": "Observation:subject", **big},
+        )
+
+
+def _history_sweep(t: ExerciseTargets) -> Iterator[Request]:
+    # Whole-system and type-level history: every version of everything, page after page.
+    for path in ("/fhir/_history", "/fhir/Patient/_history", "/fhir/Observation/_history"):
+        for page in range(1, 4):
+            yield path, {"_count": "20", "_page": str(page)}
+        yield path, {"_since": "2000-01-01T00:00:00Z", "_count": "20"}
+    yield from _reads(t)
+
+
+def _bulk_kickoff(t: ExerciseTargets) -> Iterator[Request]:
+    # The standard Bulk Data kick-offs (what a bulk FHIR client does first), each polled and
+    # downloaded if ever ready; then every Group the server lists, then Patient/$export.
+    for path in ("/fhir/$export", "/fhir/Patient/$export"):
+        yield path, {"_type": "Patient,Observation,Condition,MedicationRequest"}, Kickoff()
+    yield "/fhir/Group", {"_count": "20"}
+    yield from _everything(t)
+
+
 _WHO_BUTTON = re.compile(r'hx-post="/desk/schedule/([0-9a-f-]{36})/who"')
 _WHO_ANSWER = re.compile(
     r'<strong class="patient-name">(.*?)</strong>\s*<span class="muted">\((.*?)\)</span>'
@@ -240,7 +286,28 @@ PLAYBOOKS: tuple[Playbook, ...] = (
         _day_list_walk,
     ),
 )
-_BY_NAME = {p.name: p for p in PLAYBOOKS}
+# The interoperability surface (issue 16): searches that bring patients along, history, Bulk Data.
+API_PLAYBOOKS: tuple[Playbook, ...] = (
+    Playbook(
+        "include-sweep",
+        "physician",
+        "a physician's searches bring patients along: _include and _revinclude, the largest pages",
+        _include_sweep,
+    ),
+    Playbook(
+        "history-sweep",
+        "system_administrator",
+        "an administrator pages through the whole-system and type-level _history",
+        _history_sweep,
+    ),
+    Playbook(
+        "bulk-kickoff",
+        "physician",
+        "a physician starts Bulk Data exports ($export, Patient/$export), polls and downloads them",
+        _bulk_kickoff,
+    ),
+)
+_BY_NAME = {p.name: p for p in (*PLAYBOOKS, *API_PLAYBOOKS)}
 # What each role does in a campaign: its most rewarding single playbooks, in turn.
 _CAMPAIGN_ROLES = {
     "physician": ("day-list-walk", "fhir-paging", "everything-export"),
@@ -347,7 +414,9 @@ def _send(
     path, params = request[0], {k: memory.get(v, v) for k, v in request[1].items()}
     memory.pop(PAGE, None)
     try:
-        if len(request) == 3 and isinstance(request[2], Form):
+        if len(request) == 3 and isinstance(request[2], Kickoff):
+            response = _kickoff(client, path, params, headers, request[2], result)
+        elif len(request) == 3 and isinstance(request[2], Form):
             response = client.post(
                 path, params=params, data=request[2].fields, headers=headers | {"HX-Request": "true"}
             )
@@ -377,6 +446,33 @@ def _send(
                 memory[EXPORT_ID] = str(body["id"])
         return False
     return answer.startswith("403 suspended") or answer.startswith("401 login")
+
+
+def _kickoff(
+    client: httpx.Client,
+    path: str,
+    params: dict[str, str],
+    headers: dict[str, str],
+    kickoff: Kickoff,
+    result: PlaybookResult,
+) -> httpx.Response:
+    """Kick off, poll the status URL, download what the manifest lists; the answer that counts
+    is the last one (the kick-off's own refusal, a status still pending, or the manifest)."""
+    response = client.get(path, params=params, headers=headers | {"Prefer": "respond-async"})
+    status_url = response.headers.get("content-location")
+    for _ in range(kickoff.polls if response.status_code == 202 and status_url else 0):
+        response = client.get(str(status_url), headers=headers)
+        if response.status_code != 202:
+            break
+        time.sleep(0.2)
+    if response.status_code == 200:
+        with contextlib.suppress(ValueError):
+            for output in response.json().get("output", []):
+                ndjson = client.get(str(output.get("url", "")), headers=headers)
+                for line in ndjson.text.splitlines() if ndjson.status_code == 200 else []:
+                    with contextlib.suppress(ValueError):
+                        result.exposed |= patient_ids_in(json.loads(line))
+    return response
 
 
 def _is_contained(runtime: Runtime, account_id: uuid.UUID) -> bool:
@@ -526,7 +622,7 @@ def run_team(
 def playbook_names() -> list[str]:
     from carnet.redteam.widening import WIDENING
 
-    return [p.name for p in PLAYBOOKS] + [t.name for t in TEAM_PLAYBOOKS] + list(WIDENING)
+    return [p.name for p in (*PLAYBOOKS, *API_PLAYBOOKS)] + [t.name for t in TEAM_PLAYBOOKS] + list(WIDENING)
 
 
 def run_playbooks(
@@ -549,7 +645,10 @@ def run_playbooks(
         return accounts[index]
 
     results = []
-    for machine, playbook in enumerate([p for p in PLAYBOOKS if names is None or p.name in names]):
+    # The interoperability playbooks run when named (each needs accounts the others would use).
+    chosen = [p for p in PLAYBOOKS if names is None or p.name in names]
+    chosen += [p for p in API_PLAYBOOKS if names is not None and p.name in names]
+    for machine, playbook in enumerate(chosen):
         forget_campaign_marks(runtime)
         with attacker_client(base_url, machine=machine, agent=f"redteam-{playbook.name}") as client:
             username = fresh(playbook.role)

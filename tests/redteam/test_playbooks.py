@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from carnet.phi.exercise import exercise_targets
-from carnet.redteam.playbooks import exposure_table, patient_ids_in, playbook_names, run_playbooks
+from carnet.redteam.playbooks import (
+    API_PLAYBOOKS,
+    exposure_table,
+    patient_ids_in,
+    playbook_names,
+    run_playbooks,
+)
 from carnet.runtime import Runtime
 from carnet.synth.seed import seed_hospital
 from tests.fhir.conftest import serve
@@ -40,7 +46,7 @@ def test_every_playbook_is_contained(sqlite_runtime: Runtime) -> None:
         results = run_playbooks(sqlite_runtime, base_url=url, targets=targets, max_requests=120)
     print(exposure_table(results))  # the table for docs/SECURITY.md
     by_name = {r.playbook: r for r in results}
-    assert set(by_name) == set(playbook_names())
+    assert set(by_name) == set(playbook_names()) - {p.name for p in API_PLAYBOOKS}
     ran = [r for r in results if r.username != "-"]
     assert ran and all(r.contained for r in ran), exposure_table(results)
     # Issue 6 asks for a median of at most 5 and a maximum of 25 on a 20,000-patient hospital;
@@ -49,3 +55,24 @@ def test_every_playbook_is_contained(sqlite_runtime: Runtime) -> None:
     assert exposed[len(exposed) // 2] <= 10 and exposed[-1] <= 40, exposure_table(results)
     canary = by_name["canary-touch"]
     assert canary.requests_to_containment == 1 and canary.exposed_count == 0
+
+
+@pytest.mark.slow
+def test_the_interoperability_surface_gives_an_attacker_nothing_more(sqlite_runtime: Runtime) -> None:
+    """_include/_revinclude, whole-system _history and Bulk Data kick-offs from stolen sessions:
+    each brings no more patients than the reads it stands for, and is contained or empty."""
+    seed_hospital(sqlite_runtime, patients=1500, seed=8, facilities=1)
+    targets = exercise_targets(sqlite_runtime, sample=200)
+    names = [p.name for p in API_PLAYBOOKS]
+    for url in serve(sqlite_runtime):
+        results = run_playbooks(sqlite_runtime, base_url=url, targets=targets, names=names, max_requests=120)
+    print(exposure_table(results))
+    by_name = {r.playbook: r for r in results}
+    assert set(by_name) == set(names), exposure_table(results)
+    for result in results:
+        assert result.username != "-", exposure_table(results)
+        # Contained, or it ran out of requests having been given nothing.
+        assert result.contained or result.exposed_count == 0, exposure_table(results)
+        assert result.exposed_count <= 10, exposure_table(results)
+    # The administrator's history sweep reads no patient data at all.
+    assert by_name["history-sweep"].exposed_count == 0, exposure_table(results)
