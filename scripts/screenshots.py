@@ -43,16 +43,16 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# role -> (file name, main page)
-MAIN_PAGES: dict[str, tuple[str, str]] = {
-    "physician": ("role-physician-day", "/day"),
-    "nurse": ("role-nurse-day", "/day"),
-    "front_desk": ("role-front-desk", "/desk"),
-    "billing": ("role-billing", "/billing"),
-    "security_officer": ("role-security-console", "/security"),
-    "integration": ("role-integration-log", "/integration"),
-    "system_administrator": ("role-administration", "/admin"),
-    "patient": ("role-patient-portal", "/portal"),
+# role -> its pages (file name, path), the main page first
+MAIN_PAGES: dict[str, tuple[tuple[str, str], ...]] = {
+    "physician": (("role-physician-day", "/day"),),
+    "nurse": (("role-nurse-day", "/day"), ("role-nurse-ward", "/ward")),
+    "front_desk": (("role-front-desk", "/desk"), ("role-front-desk-arrivals", "/desk/arrivals")),
+    "billing": (("role-billing", "/billing"), ("role-billing-worklist", "/billing/worklist")),
+    "security_officer": (("role-security-console", "/security"),),
+    "integration": (("role-integration-log", "/integration"),),
+    "system_administrator": (("role-administration", "/admin"),),
+    "patient": (("role-patient-portal", "/portal"),),
 }
 PATIENT_LINK = re.compile(r'href="(/patients/[0-9a-f-]{36})"')
 
@@ -190,14 +190,21 @@ def _tour(
     page.goto(origin + "/login")
     _shoot(page, out, "role-sign-in")
     context.close()
-    for role, (name, path) in MAIN_PAGES.items():
+    for role, pages in MAIN_PAGES.items():
+        (name, path), more = pages[0], pages[1:]
         holders = [a for a in accounts if role in a.get("roles", ())]
         if not holders:
             print(f"no {role} account in the demo: {name} skipped")
             continue
         # A physician with patients on today's list shows a chart too (and prints from it).
         for account in holders[: 8 if role == "physician" else 1]:
-            context = browser.new_context(viewport={"width": 1280, "height": 860}, locale=locale)
+            # One browser per person: many accounts from one address and client within minutes
+            # are what detection takes for stolen sessions used together (a campaign).
+            context = browser.new_context(
+                viewport={"width": 1280, "height": 860},
+                locale=locale,
+                user_agent=f"carnet-screenshots ({account['username']})",
+            )
             context.add_cookies([{"name": "carnet_lang", "value": language, "url": origin}])
             csrf = _sign_in(context, origin, account)
             page = context.new_page()
@@ -207,6 +214,9 @@ def _tour(
                 context.close()
                 continue
             _shoot(page, out, name)
+            for other, where in more:
+                page.goto(origin + where)
+                _shoot(page, out, other)
             if charts:
                 for chart in dict.fromkeys(charts):
                     page.goto(origin + chart)

@@ -400,6 +400,22 @@ _WRAPPERS: list[tuple[str, Callable[[re.Match[str], Callable[[str], str]], str]]
             f"ce compte est suspendu ({t(m['s'])}). Appelez {_contact(m['contact'])} pour le rétablir."
         ),
     ),
+    # carnet.detection.ledger: a session of a machine (or an account) a campaign used
+    (
+        r"(?P<who>\S+) is among accounts used together in a campaign: (?P<s>.*)",
+        lambda m, t: f"{m['who']} fait partie des comptes utilisés ensemble dans une campagne : {t(m['s'])}",
+    ),
+    (
+        r"(?P<who>\S+) reaches patient data from a (?P<what>network address|client|machine) that several "
+        r"accounts used in a campaign today: (?P<s>.*)",
+        lambda m, t: (
+            f"{m['who']} accède à des données patients depuis "
+            + {"network address": "une adresse réseau", "client": "un client", "machine": "une machine"}[
+                m["what"]
+            ]
+            + f" que plusieurs comptes ont utilisé(e) aujourd'hui dans une campagne : {t(m['s'])}"
+        ),
+    ),
     (
         r"the proof was not accepted \((?P<s>.*)\)",
         lambda m, t: f"la preuve n'a pas été acceptée ({m['s']})",

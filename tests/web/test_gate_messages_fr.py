@@ -118,6 +118,13 @@ def test_wrapped_messages_read_in_french() -> None:
         "this account may not do this",
         "no such resource",
         "this prescription is stopped: only an active prescription is printed",
+        # carnet.detection.ledger, a campaign's mark on the sessions it used
+        "alice reaches patient data from a machine that several accounts used in a campaign today: "
+        "4 different accounts reached patient data from one machine (the same network address and client) "
+        "within 15 minutes: sessions of others used together. Each session signed in before this is asked "
+        "for a fresh second factor.",
+        "alice is among accounts used together in a campaign: 3 accounts behaved abnormally within 60 "
+        "minutes, sharing a network address or client: one campaign. 3 accounts are contained.",
     ):
         translated = french(message)
         assert not ENGLISH.search(translated), translated

@@ -103,6 +103,9 @@ def test_billing_prints_invoices_and_receipts_and_the_desk_cannot(
     section = client.get(f"/patients/{hospital.my_patient}/sections/invoices", headers={"HX-Request": "true"})
     assert f'action="/print/invoices/{invoice}"' in section.text
     assert f'action="/print/payments/{payment}"' in section.text
+    worklist = client.get("/billing/worklist")  # the unpaid invoices print from there too
+    assert f'action="/print/invoices/{invoice}"' in worklist.text
+    assert f'action="/print/payments/{payment}"' in worklist.text
     for path, words in ((f"/print/invoices/{invoice}", "Invoice"), (f"/print/payments/{payment}", "Receipt")):
         pdf = client.post(path, data={"csrf_token": csrf}, headers={"Accept-Language": "en-GB"})
         assert pdf.status_code == 200, pdf.text
@@ -116,3 +119,28 @@ def test_billing_prints_invoices_and_receipts_and_the_desk_cannot(
         ("bill.ana", "success"),
         ("desk.anna", "denied"),
     ]
+
+
+def test_a_physician_prints_a_discharge_letter_from_the_stays_section(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    assert hospital.physician.practitioner_id is not None
+    stay = factories.admit(
+        sqlite_runtime,
+        patient_id=hospital.my_patient,
+        facility_id=hospital.facility_id,
+        location_id=factories.make_location(sqlite_runtime, hospital.facility_id),
+        attending_id=hospital.physician.practitioner_id,
+    )
+    csrf = login(client, hospital.physician)
+    section = client.get(
+        f"/patients/{hospital.my_patient}/sections/stays", headers={"HX-Request": "true"} | FRENCH
+    )
+    assert section.status_code == 200 and f'action="/print/stays/{stay}"' in section.text
+    chart = client.get(f"/patients/{hospital.my_patient}", headers=FRENCH)
+    assert f'action="/print/stays/{stay}"' in chart.text  # the banner's stay too
+    pdf = client.post(f"/print/stays/{stay}", data={"csrf_token": csrf}, headers=FRENCH)
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    text = _text(pdf.content)
+    assert "Lettre de sortie" in text and "Zoé" in text and "Imprimé par dr.house" in text
+    assert _prints(sqlite_runtime)[-1][:2] == ("dr.house", "success")
