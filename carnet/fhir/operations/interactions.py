@@ -438,12 +438,13 @@ def type_history(request: Request, resource_type: str) -> Response:
 
 MODULE = FhirModule(router=router, system_interactions=("history-system",))
 
-# Mounted after every type: `PUT [type]` and `DELETE [type]` above would make a GET at an
-# unknown type's path a 405; an unknown type is a 404, as it was.
+# Mounted after every type: `PUT/DELETE/PATCH [type]` and `PATCH [type]/[id]` above would make a
+# GET at an unknown type's path a 405; an unknown type is a 404, as it was.
 fallback = APIRouter(prefix="/fhir", tags=["fhir"])
 
 
 @fallback.get("/{resource_type}", include_in_schema=False)
+@fallback.get("/{resource_type}/{resource_id}", include_in_schema=False)
 def unknown_type(resource_type: str) -> Response:
     raise NotFound("no such resource type")
 
