@@ -102,14 +102,15 @@ def test_every_declared_interaction_is_served_and_every_served_one_declared() ->
     # transaction and batch: POST [base]; POST [base]/<type>/_search is each type's GET search.
     system = {code for module in MODULES for code in module.system_interactions}
     assert system == {"transaction", "batch", "history-system"}
-    # POST [type] is each type's create behind If-None-Exist; at an unknown type, GET is a 404
-    # (not the 405 the conditional PUT and DELETE would give).
+    # POST [type] is each type's create behind If-None-Exist; at an unknown type, GET [type] and
+    # GET [type]/[id] are a 404 (not the 405 the conditional PUT/DELETE and PATCH would give).
     assert base == {
         ("POST", ""),
         ("POST", "/"),
         ("POST", "/{}/_search"),
         ("GET", "/_history"),
         ("GET", "/{}"),
+        ("GET", "/{}/{}"),
         ("POST", "/{}"),
     }
 

@@ -119,4 +119,4 @@ def test_the_capability_statement_lists_service_request() -> None:
     from carnet.fhir.routes import routers
 
     routers()
-    assert {"read", "search-type", "create"} <= set(SUPPORTED["ServiceRequest"].capabilities)
+    assert {"read", "search-type", "create"} <= set(SUPPORTED["ServiceRequest"]["interactions"])

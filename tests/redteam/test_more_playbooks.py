@@ -28,8 +28,10 @@ def test_appointment_scrape_export_abuse_and_several_accounts(sqlite_runtime: Ru
     print(exposure_table(results))
     by_name = {r.playbook: r for r in results}
     scrape, team = by_name["appointment-scrape"], by_name["several-accounts"]
-    # No list across patients: the practitioner-by-day searches are refused as bad requests.
-    assert scrape.answers.get("400 invalid", 0) >= 12, scrape.answers
+    # No list across patients: another practitioner's appointments by day answer the calendar's
+    # busy slots, naming no patient (tests/fhir/test_search.py checks the Bundles); the patients
+    # counted below come from the per-patient searches that follow.
+    assert scrape.answers.get("ok", 0) >= 12, scrape.answers
     assert scrape.contained, exposure_table(results)
     # Front desk serves the whole facility, but most of the register has no business with it
     # now: the outside-work step-up, which a stolen session cannot answer, stops it.
