@@ -325,7 +325,11 @@ def request_restore(runtime: Runtime, *, officer: Actor, actor_ref: str, reason:
     if len(reason.strip()) < 10:
         raise InvalidInput("say why the account can be restored (at least a sentence)")
     _refuse_while_reenrolment_due(
-        runtime, officer=officer, kind=AuditKind.RESTORE_REQUESTED, actor_ref=actor_ref
+        runtime,
+        officer=officer,
+        kind=AuditKind.RESTORE_REQUESTED,
+        target=actor_ref,
+        blocked=lifecycle.restore_block(runtime, actor_ref=actor_ref),
     )
     with officer_transaction(
         runtime, officer=officer, kind=AuditKind.RESTORE_REQUESTED, resource_ids=(actor_ref,)
@@ -366,11 +370,13 @@ def request_restore(runtime: Runtime, *, officer: Actor, actor_ref: str, reason:
 def approve_restore(runtime: Runtime, *, officer: Actor, request_id: uuid.UUID) -> RestoreView:
     """Second officer: restore the account; its windows start afresh and a new probation
     begins. Never the requester, and never before an owner contained on probation re-enrolled."""
-    blocked_ref = _pending_actor_ref(runtime, request_id)
-    if blocked_ref is not None:
-        _refuse_while_reenrolment_due(
-            runtime, officer=officer, kind=AuditKind.ACCOUNT_RESTORED, actor_ref=blocked_ref
-        )
+    _refuse_while_reenrolment_due(
+        runtime,
+        officer=officer,
+        kind=AuditKind.ACCOUNT_RESTORED,
+        target=str(request_id),
+        blocked=lifecycle.restore_block_for_request(runtime, request_id=request_id),
+    )
     with officer_transaction(
         runtime, officer=officer, kind=AuditKind.ACCOUNT_RESTORED, resource_ids=(str(request_id),)
     ) as session:
@@ -414,17 +420,12 @@ def approve_restore(runtime: Runtime, *, officer: Actor, request_id: uuid.UUID) 
     return view
 
 
-def _pending_actor_ref(runtime: Runtime, request_id: uuid.UUID) -> str | None:
-    with runtime.session_factory() as session:
-        return session.scalar(select(RestoreRequest.actor_ref).where(RestoreRequest.id == request_id))
-
-
 def _refuse_while_reenrolment_due(
-    runtime: Runtime, *, officer: Actor, kind: AuditKind, actor_ref: str
+    runtime: Runtime, *, officer: Actor, kind: AuditKind, target: str, blocked: str | None
 ) -> None:
     """The probation rule lives here, not in the pages that call it: an account contained while
-    on probation is restored only after its owner re-enrolled in person (the refusal is audited)."""
-    blocked = lifecycle.restore_block(runtime, actor_ref=actor_ref)
+    on probation is restored only after its owner re-enrolled in person (`blocked`, from
+    carnet.identity.lifecycle, says why; the refusal is audited)."""
     if blocked is None:
         return
     with runtime.session_factory.begin() as session:
@@ -435,7 +436,7 @@ def _refuse_while_reenrolment_due(
                 outcome=Outcome.DENIED,
                 actor=officer,
                 resource_type="RestoreRequest",
-                resource_ids=(actor_ref,),
+                resource_ids=(target,),
                 policy_reason=blocked,
             ),
         )

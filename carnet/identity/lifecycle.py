@@ -13,6 +13,7 @@ Functions that take a Session never commit (like carnet.identity.service).
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -74,6 +75,16 @@ def restore_block(runtime: Runtime, *, actor_ref: str) -> str | None:
             return None
         account, contained_at = found
         return REENROL_MESSAGE if reenrol_required(account, contained_at=contained_at) else None
+
+
+def restore_block_for_request(runtime: Runtime, *, request_id: uuid.UUID) -> str | None:
+    """`restore_block` for the actor a pending restore request names."""
+    from carnet.detection.models import RestoreRequest
+
+    with runtime.session_factory() as session:
+        row = session.get(RestoreRequest, request_id)
+        actor_ref = row.actor_ref if row is not None else None
+    return restore_block(runtime, actor_ref=actor_ref) if actor_ref else None
 
 
 @dataclass(frozen=True)
