@@ -22,8 +22,7 @@ from carnet.access.models import ExportRequest
 from carnet.access.roles import Role
 from carnet.detection.models import Exposure
 from carnet.fhir.operations.export import WATERMARK_SYSTEM
-from carnet.identity import sessions
-from carnet.identity.models import ApiClient
+from carnet.identity import oauth, sessions
 from tests.factories import (
     link_care,
     make_account,
@@ -243,10 +242,8 @@ def test_a_backend_services_client_exports_with_its_registered_purpose(ward: dic
     unregistered = hub.get("/fhir/$export", headers=ASYNC)
     assert unregistered.status_code == 400
     assert "purpose" in unregistered.json()["issue"][0]["diagnostics"]
-    with runtime.session_factory.begin() as session:
-        row = session.scalar(sa.select(ApiClient).where(ApiClient.client_id == "regional-hub"))
-        assert row is not None
-        row.export_purpose = PURPOSE
+    with runtime.session_factory.begin() as session:  # `carnet clients set-export-purpose`
+        oauth.set_export_purpose(session, client_id="regional-hub", purpose=PURPOSE)
 
     kicked = hub.get("/fhir/$export", params={"_type": "Patient,Observation,Immunization"}, headers=ASYNC)
     assert kicked.status_code == 202, kicked.text

@@ -500,9 +500,12 @@ def render_bulk(export: BulkExport) -> dict[str, str]:
     return files
 
 
+BULK_DATA_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
+
 MODULE = FhirModule(
     router=router,
     operations={
-        n: OPERATION_BASE + n for n in ("export-request", "export-approve", "export-reject", "export")
+        **{n: OPERATION_BASE + n for n in ("export-request", "export-approve", "export-reject")},
+        "export": BULK_DATA_EXPORT,  # the Bulk Data IG's kick-off ($export, Patient/, Group/[id]/)
     },
 )
