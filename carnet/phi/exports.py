@@ -69,10 +69,11 @@ WARNINGS = "OperationOutcome"
 
 
 def _is_requester(tx: GuardedTx, account_id: uuid.UUID | None, client_id: str | None) -> bool:
-    """Is the actor the one who asked (a staff account, or a Backend Services client)?"""
-    if tx.ctx.account_id is not None:
-        return account_id == tx.ctx.account_id
-    return client_id is not None and account_id is None and client_id == tx.actor.client_id
+    """Is the actor the one who asked: the same staff account in a session, or the same Backend
+    Services client? A token never reaches a person's export (an app acting for them included)."""
+    if tx.actor.scopes is not None:
+        return account_id is None and client_id is not None and client_id == tx.actor.client_id
+    return tx.ctx.account_id is not None and account_id == tx.ctx.account_id
 
 
 def _job_view(job: ExportFile) -> ExportJobView:
