@@ -239,3 +239,26 @@ def test_group_read_is_the_practitioners_own_list(hospital: dict[str, Any]) -> N
     rows = audit_rows(runtime, doctor.actor.account_id)
     assert ("org:directory:read", "success", "Group") in rows
     assert ("org:directory:read", "denied", "Group") in rows
+
+
+def test_a_kick_off_without_purpose_is_flagged_in_the_console(hospital: dict[str, Any]) -> None:
+    """A standard client states no purpose: the officer's queue says so, and the console (like
+    $export-approve) approves only with the purpose written in the note."""
+    doctor, officer = hospital["doctor"], hospital["officer"]
+    kicked = doctor("GET", "/fhir/$export", params={"_type": "Patient,Observation"}, headers=ASYNC)
+    assert kicked.status_code == 202, kicked.text
+    export_id = kicked.headers["X-Carnet-Export-Request"]
+    page = officer("GET", "/security/exports")
+    assert page.status_code == 200
+    assert "No purpose stated" in page.text and "Patient, Observation" in page.text
+    bare = officer("POST", f"/security/exports/{export_id}/approve", data={"note": "ok"})
+    assert bare.status_code == 400
+    with hospital["runtime"].session_factory() as session:
+        assert session.get(ExportRequest, uuid.UUID(export_id)).status == "pending"  # type: ignore[union-attr]
+    done = officer(
+        "POST", f"/security/exports/{export_id}/approve", data={"note": PURPOSE}, follow_redirects=False
+    )
+    assert done.status_code == 303, done.text
+    with hospital["runtime"].session_factory() as session:
+        row = session.get(ExportRequest, uuid.UUID(export_id))
+        assert row is not None and row.status == "approved" and row.decision_note == PURPOSE
