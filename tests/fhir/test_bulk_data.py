@@ -331,3 +331,49 @@ def test_the_wrong_role_and_a_stolen_session_get_no_file(ward: dict[str, Any]) -
             )
             == 0
         )
+
+
+def test_an_app_acting_for_the_requester_neither_kicks_off_nor_downloads(ward: dict[str, Any]) -> None:
+    """A SMART app's token acts for a person with user/ scopes: no bulk kick-off (system/ scopes
+    only), and it does not reach that person's own export either."""
+    import secrets
+
+    from carnet.identity.models import AccessToken
+    from carnet.identity.sessions import digest
+    from carnet.kernel import clock
+
+    server, runtime, http, doctor = ward["server"], ward["runtime"], ward["http"], ward["doctor"]
+    token = secrets.token_urlsafe(32)
+    with runtime.session_factory.begin() as session:
+        app_pk = oauth.register_client(
+            session,
+            client_id="chart-app",
+            name="chart app",
+            jwks=None,
+            allowed_scopes="user/*.read",
+            kind="app",
+            redirect_uris="https://app.example/callback",
+        )
+        now = clock.now()
+        session.add(
+            AccessToken(
+                token_digest=digest(token),
+                client_pk=app_pk,
+                account_id=doctor.account_id,
+                scopes="user/*.read",
+                issued_at=now,
+                expires_at=now + oauth.TOKEN_LIFETIME,
+            )
+        )
+    app = _bearer(server, token)
+    refused = app.get("/fhir/$export", params={"purpose": PURPOSE}, headers=ASYNC)
+    assert refused.status_code == 403, refused.text
+    assert ("phi:export:requested", "denied", "ExportRequest") in audit_rows(runtime, doctor.account_id)
+    kicked = http.get("/fhir/$export", params={"purpose": PURPOSE}, headers=ASYNC)
+    assert kicked.status_code == 202
+    assert _approve(ward["officer"], kicked.headers["X-Carnet-Export-Request"]).status_code == 200
+    status = httpx.URL(kicked.headers["Content-Location"]).path
+    assert app.get(status).status_code == 404  # the person's session only
+    manifest = _manifest(http, status)
+    assert manifest["output"]
+    assert app.get(httpx.URL(manifest["output"][0]["url"]).path).status_code == 404
