@@ -107,20 +107,24 @@ def test_a_nested_reference_is_rewritten_or_refused_naming_its_element(
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_run_leaves_the_collector_as_it_found_it(runtime: Runtime, tmp_path: Path, enabled: bool) -> None:
-    """The automatic collector is off while a run holds its resources; after it (done or failed),
-    it is on again only if it was on before."""
+    """The automatic collector is off while a run holds its resources and what it read is frozen;
+    after it (done or failed), nothing is left frozen and the collector is on again only if it
+    was on before."""
     was = gc.isenabled()
     try:
         if not enabled:
             gc.disable()
+        frozen = gc.get_freeze_count()
         report, facility = _run(runtime, tmp_path, [_observation(id="o1")])
         assert report.total_accepted == 3
         assert gc.isenabled() is enabled
+        assert gc.get_freeze_count() == frozen  # what the run set aside is handed back
         broken = tmp_path / "broken.json"
         broken.write_text("{not json", encoding="utf-8")
         with pytest.raises(InvalidInput):
             import_files(runtime, paths=[broken], facility_id=facility, operator="test")
         assert gc.isenabled() is enabled
+        assert gc.get_freeze_count() == frozen
     finally:
         if was:
             gc.enable()
