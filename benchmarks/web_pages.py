@@ -8,6 +8,12 @@ multiple of /healthz's. The load average is printed at the start and the end. Ai
 under 200 ms at p95 at 100,000 patients. Printing (a watermarked PDF, audited and counted) is
 measured as the POST the print button sends.
 
+Beside wall time, each page's CPU: this process's (server and in-process client; `CPU ms`) and
+that of the PostgreSQL backends serving the database (`DB CPU ms`, read from /proc), per page,
+and the SQL statements it sends. On a shared, loaded machine wall time mostly measures the wait
+for a core; CPU per page is what the page costs. Planner statistics are refreshed (ANALYZE)
+before measuring, as autovacuum keeps them on a running server.
+
     .venv/bin/python -m benchmarks.web_pages                    # 100,000 patients on SQLite
     .venv/bin/python -m benchmarks.web_pages --patients 10000 --samples 20
     .venv/bin/python -m benchmarks.web_pages --postgres         # same on PostgreSQL (benchmarks/_db.py)
