@@ -326,9 +326,9 @@ class GuardedTx:
         self.patient_ids.append(patient.id)
         return patient, replaces_any
 
-    def relationships_of(self, patients: Iterable[Patient]) -> dict[uuid.UUID, frozenset[Relationship]]:
+    def relationships_of(self, patients: Iterable[care.InScope]) -> dict[uuid.UUID, frozenset[Relationship]]:
         wanted = list(patients)
-        missing = [p for p in wanted if p.id not in self.relationships]
+        missing = list({p.id: p for p in wanted if p.id not in self.relationships}.values())
         if missing:
             computed = care.relationships_of(self.session, self.ctx, missing)
             for p in missing:
