@@ -326,6 +326,11 @@ class GuardedTx:
         self.patient_ids.append(patient.id)
         return patient, replaces_any
 
+    def records(self, statement: Any) -> list[Any]:
+        """The records a section's statement selects (asked after the decision). The fast
+        variant serves them from its first pipeline when the statement is the one it sent."""
+        return list(self.session.scalars(statement))
+
     def relationships_of(self, patients: Iterable[Patient]) -> dict[uuid.UUID, frozenset[Relationship]]:
         wanted = list(patients)
         missing = [p for p in wanted if p.id not in self.relationships]
