@@ -535,6 +535,13 @@ def _resource(resource: ResourceType | str) -> ResourceType | None:
         return None
 
 
+def ever_reads(roles: Iterable[Role | str], resource: ResourceType) -> bool:
+    """Whether any of these roles reads `resource` of some patient under some relationship: a
+    chart section none of them ever opens is not worth asking the gate for (its refusal would
+    count with the actor's denials)."""
+    return any(READ_RULES.get(role, {}).get(resource) for role in _roles(roles))
+
+
 def readable_fields(
     role: Role, resource: ResourceType, relationships: Iterable[Relationship]
 ) -> frozenset[str]:

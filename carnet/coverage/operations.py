@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from carnet.access.permissions import Permission
 from carnet.audit.interfaces import AuditKind
@@ -29,15 +30,13 @@ def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> CoverageSection:
     return _section(tx, patient, decision.fields)
 
 
+def coverages_section(pid: uuid.UUID | None) -> Select[Coverage]:
+    """The statement of a patient's coverages, latest first (the gate's fast read sends it ahead)."""
+    return select(Coverage).where(Coverage.patient_id == pid).order_by(Coverage.period_start.desc())
+
+
 def _section(tx: GuardedTx, patient: Patient, fields: frozenset[str]) -> CoverageSection:
-    rows = list(
-        tx.session.scalars(
-            select(Coverage)
-            .where(Coverage.patient_id == patient.id)
-            .order_by(Coverage.period_start.desc())
-            .limit(SECTION_LIMIT)
-        )
-    )
+    rows = tx.records(coverages_section(patient.id).limit(SECTION_LIMIT))
     tx.resource_ids.extend(str(r.id) for r in rows)
     coverages = [
         redact(

@@ -7,10 +7,11 @@ each type is its own policy cell (who may read or write it) and its own audit re
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from carnet.access.policy import ResourceType
 from carnet.audit.interfaces import AuditKind
@@ -66,18 +67,26 @@ def intervention_data(row: Intervention, received: dict[str, Any] | None) -> dic
     }
 
 
-def _lister(kind: ResourceType) -> Callable[..., list[InterventionView]]:
-    @guarded(AuditKind.PHI_READ, kind, targeted=True)
-    def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[InterventionView]:
-        pid = parse_id(patient_id)
-        rows, fields = section(
-            tx,
-            patient_id,
-            kind,
+def section_of(kind: ResourceType) -> Callable[[uuid.UUID | None], Select[Intervention]]:
+    """The statement of a patient's section of one type, oldest first (the gate's fast read
+    sends it ahead)."""
+
+    def statement(pid: uuid.UUID | None) -> Select[Intervention]:
+        return (
             select(Intervention)
             .where(Intervention.patient_id == pid, Intervention.resource_type == kind.value)
-            .order_by(Intervention.occurred_at, Intervention.created_at),
+            .order_by(Intervention.occurred_at, Intervention.created_at)
         )
+
+    return statement
+
+
+def _lister(kind: ResourceType) -> Callable[..., list[InterventionView]]:
+    statement = section_of(kind)
+
+    @guarded(AuditKind.PHI_READ, kind, targeted=True)
+    def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[InterventionView]:
+        rows, fields = section(tx, patient_id, kind, statement(parse_id(patient_id)))
         return [
             redact(InterventionView, intervention_data(r, received_shown(tx, r, fields)), fields)
             for r in rows

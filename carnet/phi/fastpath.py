@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -95,8 +95,19 @@ def _compile(statement: Any, dialect: Dialect, **kw: Any) -> _Compiled:
     expanded = compiled.construct_expanded_state()  # a constant list (IN ...) as its own values
     processors: tuple[Callable[[Any], Any] | None, ...] = ()
     if hasattr(statement, "selected_columns"):
-        processors = tuple(c.type._cached_result_processor(dialect, None) for c in statement.selected_columns)
+        processors = tuple(_result_processor(c.type, dialect) for c in statement.selected_columns)
     return _Compiled(expanded.statement, dict(expanded.parameters), processors)
+
+
+def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """A column type's result processor, as SQLAlchemy would pick it. A numeric type's depends
+    on the column's type on the wire (psycopg returns a float8 as float, a numeric as Decimal:
+    nothing to convert when the column is of the type its model declares, as the migrations
+    make it)."""
+    try:
+        return cast(Callable[[Any], Any] | None, type_._cached_result_processor(dialect, None))
+    except TypeError:  # "Unknown PG numeric type: %d" % None
+        return None
 
 
 _GRANTS = cast(Table, RoleGrant.__table__).c
@@ -181,6 +192,8 @@ class _FastTx(GuardedTx):
 
     prefetched: tuple[Patient, bool] | None = None
     fallbacks: list[str] = field(default_factory=list)
+    # The rows of the statements a variant sent along in the first pipeline (`also`), in order.
+    also: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def patient_to_read(self, patient_id: str) -> tuple[Patient, bool]:
         if self.prefetched is not None and parse_id(patient_id) == self.prefetched[0].id:
@@ -251,7 +264,18 @@ def offer(body: Callable[..., Any]) -> None:
     setattr(body, "__gate_fast__", patient_read)  # noqa: B010
 
 
-def _first_round_trip(core: GateCore, session: Session, guard: Guard, pid: uuid.UUID | None) -> _FastTx:
+def _first_round_trip(
+    core: GateCore,
+    session: Session,
+    guard: Guard,
+    pid: uuid.UUID | None,
+    *,
+    also: Sequence[tuple[_Compiled, dict[str, Any]]] = (),
+    tx_type: type[_FastTx] = _FastTx,
+) -> _FastTx:
+    """The first pipeline; `also`: more statements (and their parameters) sent in it, after
+    the scope is entered (row-level security holds for them), read before the decision and
+    kept on the transaction for the body, which uses them only after it (carnet.phi.fastpath_search)."""
     runtime = core._runtime
     actor = core.actor
     statements = _statements(session.get_bind().dialect)
@@ -278,6 +302,11 @@ def _first_round_trip(core: GateCore, session: Session, guard: Guard, pid: uuid.
                 params["id"] = uuid.UUID(int=0)  # no such record: answered as the kernel answers it
             cursor.execute(compiled.sql, params, prepare=True)
             cursors.append(cursor)
+        more = []
+        for compiled, params in also:
+            cursor = raw.cursor()
+            cursor.execute(compiled.sql, params, prepare=True)
+            more.append((cursor, compiled))
     scope_row = scope_cursor.fetchone()
     account_rows, state_rows, patient_rows, tagged_rows = (
         _rows(c, s)
@@ -296,7 +325,7 @@ def _first_round_trip(core: GateCore, session: Session, guard: Guard, pid: uuid.
     if scope_row is None or scope_row[0] != scope or ctx.patient_id is not None:
         raise _Decline  # not the scope the kernel enters: its path decides this case
     state = _Row(state_rows[0]) if state_rows else None
-    tx = _FastTx(
+    tx = tx_type(
         session=session,
         ctx=ctx,
         actor=actor,
@@ -305,6 +334,7 @@ def _first_round_trip(core: GateCore, session: Session, guard: Guard, pid: uuid.
         kind=guard.kind,
     )
     session.info[_STATE] = state
+    tx.also = [_rows(cursor, compiled) for cursor, compiled in more]
     if patient_rows and pid is not None:
         columns = dict(patient_rows[0])
         replaces_any = bool(columns.pop("carnet_replaces_any"))

@@ -25,7 +25,7 @@ from carnet.interventions import operations as interventions
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.patients import merge as identity
 from carnet.patients import operations as patients
-from carnet.phi import breakglass, exports, fastpath, validation
+from carnet.phi import breakglass, exports, fastpath, fastpath_search, validation
 from carnet.phi.exports import BULK_TYPES, EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXPORT
 from carnet.phi.kernel import RT, GateCore, GuardedTx, Refused, guarded, operation
 from carnet.prescriptions import operations as prescriptions
@@ -53,6 +53,28 @@ __all__ = [
 
 # The hottest read gets the kernel's fast variant on PostgreSQL (carnet/phi/fastpath.py).
 fastpath.offer(patients.read)
+# So do the reads of one patient's chart section (FHIR searches by patient, $everything), each
+# with the statement its body reads its rows with (carnet/phi/fastpath_search.py).
+for _body, _statement in (
+    (records.list_notes, records.notes_section),
+    (records.list_observations, records.observations_section),
+    (records.list_conditions, records.conditions_section),
+    (records.list_diagnostic_reports, records.reports_section),
+    (orders.list_for_patient, orders.orders_section),
+    (stays.list_for_patient, stays.encounters_section),
+    (consents.list_for_patient, consents.consents_section),
+    (care_teams.list_for_patient, care_teams.care_team_section),
+    (prescriptions.list_allergies, prescriptions.allergies_section),
+    (prescriptions.list_for_patient, prescriptions.prescriptions_section),
+    (scheduling.list_for_patient, scheduling.appointments_section),
+    (billing.list_for_patient, billing.invoices_section),
+    (coverage.list_for_patient, coverage.coverages_section),
+    (interventions.list_immunizations, interventions.section_of(RT.IMMUNIZATION)),
+    (interventions.list_procedures, interventions.section_of(RT.PROCEDURE)),
+    (interventions.list_administrations, interventions.section_of(RT.MEDICATION_ADMINISTRATION)),
+    (interventions.list_statements, interventions.section_of(RT.MEDICATION_STATEMENT)),
+):
+    fastpath_search.offer_section(_body, _statement)
 
 # A transaction step: (the name of a write operation, its keyword arguments built from the
 # results of the steps before it).

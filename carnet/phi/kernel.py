@@ -9,8 +9,9 @@ The contract (what every guarded operation may rely on, and must keep):
   break-the-glass in carnet/phi). It is reachable only as a method of the facade
   `carnet.phi.gate.Gate`, which binds it with `operation(...)`, one line each; import-linter
   forbids every other context from importing a domain's operations.
-- **The kernel runs it** (`GateCore._run`; for the hottest read on PostgreSQL, its fast variant
-  `carnet.phi.fastpath`, the same steps in two round trips, failing through `_fail`), and
+- **The kernel runs it** (`GateCore._run`; for the hottest reads on PostgreSQL, its fast variant
+  `carnet.phi.fastpath`, the same steps in two round trips, failing through `_fail`, and
+  `carnet.phi.fastpath_search` for a patient's chart sections), and
   nothing else does: the actor is usable
   (account active, grants active: carnet.access.context.resolve) -> the facility scope of the
   transaction (PostgreSQL row-level security) -> the body -> the exposures it declared
@@ -325,6 +326,11 @@ class GuardedTx:
         patient = Patient(**columns)
         self.patient_ids.append(patient.id)
         return patient, replaces_any
+
+    def records(self, statement: Any) -> list[Any]:
+        """The records a section's statement selects (asked after the decision). The fast
+        variant serves them from its first pipeline when the statement is the one it sent."""
+        return list(self.session.scalars(statement))
 
     def relationships_of(self, patients: Iterable[care.InScope]) -> dict[uuid.UUID, frozenset[Relationship]]:
         wanted = list(patients)

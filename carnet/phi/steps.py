@@ -102,7 +102,7 @@ def section(
 ) -> tuple[list[Any], frozenset[str]]:
     patient = tx.patient(patient_id)
     decision = tx.authorize(patient, resource)
-    rows = list(tx.session.scalars(within_categories(tx, resource, query).limit(SECTION_LIMIT)))
+    rows = tx.records(within_categories(tx, resource, query).limit(SECTION_LIMIT))
     limit = tx.category_limit(resource)
     if limit is not None:
         # A search never returns a category the token does not name (checked again per row).

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from carnet.audit.interfaces import AuditKind
 from carnet.kernel.errors import Conflict, InvalidInput
@@ -242,30 +243,30 @@ def record_allergy(tx: GuardedTx, /, *, data: AllergyInput) -> AllergyView:
     return written(tx, patient, RT.ALLERGY, AllergyView, allergy_data(allergy, kept, reaction), 1, "create")
 
 
+def allergies_section(pid: uuid.UUID | None) -> Select[Allergy]:
+    """The statement of a patient's allergies section (the gate's fast read sends it ahead)."""
+    return select(Allergy).where(Allergy.patient_id == pid).order_by(Allergy.created_at)
+
+
 @guarded(AuditKind.PHI_READ, RT.ALLERGY, targeted=True)
 def list_allergies(tx: GuardedTx, /, *, patient_id: str) -> list[AllergyView]:
-    pid = parse_id(patient_id)
-    rows, fields = section(
-        tx,
-        patient_id,
-        RT.ALLERGY,
-        select(Allergy).where(Allergy.patient_id == pid).order_by(Allergy.created_at),
-    )
+    rows, fields = section(tx, patient_id, RT.ALLERGY, allergies_section(parse_id(patient_id)))
     return [
         redact(AllergyView, allergy_data(r, received_shown(tx, r, fields), _reaction(tx, r, fields)), fields)
         for r in rows
     ]
 
 
+def prescriptions_section(pid: uuid.UUID | None) -> Select[Prescription]:
+    """The statement of a patient's prescriptions section, newest first."""
+    return (
+        select(Prescription).where(Prescription.patient_id == pid).order_by(Prescription.authored_at.desc())
+    )
+
+
 @guarded(AuditKind.PHI_READ, RT.PRESCRIPTION, targeted=True)
 def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[PrescriptionView]:
-    pid = parse_id(patient_id)
-    rows, fields = section(
-        tx,
-        patient_id,
-        RT.PRESCRIPTION,
-        select(Prescription).where(Prescription.patient_id == pid).order_by(Prescription.authored_at.desc()),
-    )
+    rows, fields = section(tx, patient_id, RT.PRESCRIPTION, prescriptions_section(parse_id(patient_id)))
     return [
         redact(PrescriptionView, prescription_data(r, received_shown(tx, r, fields)), fields) for r in rows
     ]

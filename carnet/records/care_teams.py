@@ -9,7 +9,7 @@ import json
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 
 from carnet.access.permissions import Permission
 from carnet.access.policy import CARE_TEAM_MAX_DURATION, REFERRAL_MAX_DURATION, Relationship
@@ -151,18 +151,19 @@ def _judge_care(tx: GuardedTx, practitioner_id: uuid.UUID) -> None:
 # WRITE_RULES), to an active colleague of the patient's facility, never to themself, with a
 # required, bounded end. Ending one is allowed to whoever made it, whoever it names, and any
 # physician who could have made it; it is kept (end_at set), and its access stops at once.
+def care_team_section(pid: uuid.UUID | None) -> Select[CareRelationship]:
+    """The statement of a patient's care relationships, newest first."""
+    return (
+        select(CareRelationship)
+        .where(CareRelationship.patient_id == pid)
+        .order_by(CareRelationship.start_at.desc())
+    )
+
+
 @guarded(AuditKind.PHI_READ, RT.CARE_TEAM, targeted=True)
 def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[CareTeamView]:
     """The patient's care relationships, current and ended, newest first."""
-    pid = parse_id(patient_id)
-    rows, fields = section(
-        tx,
-        patient_id,
-        RT.CARE_TEAM,
-        select(CareRelationship)
-        .where(CareRelationship.patient_id == pid)
-        .order_by(CareRelationship.start_at.desc()),
-    )
+    rows, fields = section(tx, patient_id, RT.CARE_TEAM, care_team_section(parse_id(patient_id)))
     versions = _care_versions(tx, rows, with_reason="reason" in fields)
     return [
         redact(CareTeamView, care_team_data(r, tx.now, *versions.get(r.id, (1, None))), fields) for r in rows

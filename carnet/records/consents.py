@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import uuid
+
+from sqlalchemy import Select, select
 
 from carnet.access.policy import PATIENT_CONTACT, PATIENT_IDENTITY
 from carnet.audit.interfaces import AuditKind
@@ -72,15 +74,14 @@ def _set_opposition(tx: GuardedTx, patient: Patient, opposes: bool) -> None:
 
 
 # -- consents: the patient's privacy decisions, honoured by the policy ----------------------
+def consents_section(pid: uuid.UUID | None) -> Select[Consent]:
+    """The statement of a patient's consents, newest first (the fast read sends it ahead)."""
+    return select(Consent).where(Consent.patient_id == pid).order_by(Consent.recorded_at.desc())
+
+
 @guarded(AuditKind.PHI_READ, RT.CONSENT, targeted=True)
 def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[ConsentView]:
-    pid = parse_id(patient_id)
-    rows, fields = section(
-        tx,
-        patient_id,
-        RT.CONSENT,
-        select(Consent).where(Consent.patient_id == pid).order_by(Consent.recorded_at.desc()),
-    )
+    rows, fields = section(tx, patient_id, RT.CONSENT, consents_section(parse_id(patient_id)))
     return [redact(ConsentView, consent_data(r), fields) for r in rows]
 
 

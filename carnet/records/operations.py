@@ -8,7 +8,7 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Select, insert, select
 
 from carnet.audit.interfaces import AuditKind
 from carnet.detection.interfaces import Channel
@@ -54,16 +54,15 @@ from carnet.records.models import (
 from carnet.records.views import condition_data, note_data, observation_data, report_views
 
 
+def notes_section(pid: uuid.UUID | None) -> Select[ClinicalNote]:
+    """The statement of a patient's notes section (the gate's fast read sends it ahead)."""
+    return select(ClinicalNote).where(ClinicalNote.patient_id == pid).order_by(ClinicalNote.created_at)
+
+
 @guarded(AuditKind.PHI_READ, RT.NOTE, targeted=True)
 def list_notes(tx: GuardedTx, /, *, patient_id: str) -> list[NoteView]:
     """Clinical notes with every version of their text (amendments never overwrite)."""
-    pid = parse_id(patient_id)
-    rows, fields = section(
-        tx,
-        patient_id,
-        RT.NOTE,
-        select(ClinicalNote).where(ClinicalNote.patient_id == pid).order_by(ClinicalNote.created_at),
-    )
+    rows, fields = section(tx, patient_id, RT.NOTE, notes_section(parse_id(patient_id)))
     return [redact(NoteView, note_data(tx, r, with_text="versions" in fields), fields) for r in rows]
 
 
@@ -165,15 +164,14 @@ def amend_note(tx: GuardedTx, /, *, note_id: str, expected_version: int, text: s
     return _written_note(tx, patient, note, "update")
 
 
+def observations_section(pid: uuid.UUID | None) -> Select[Observation]:
+    """The statement of a patient's Observations section, newest first."""
+    return select(Observation).where(Observation.patient_id == pid).order_by(Observation.effective_at.desc())
+
+
 @guarded(AuditKind.PHI_READ, RT.OBSERVATION, targeted=True)
 def list_observations(tx: GuardedTx, /, *, patient_id: str) -> list[ObservationView]:
-    pid = parse_id(patient_id)
-    rows, fields = section(
-        tx,
-        patient_id,
-        RT.OBSERVATION,
-        select(Observation).where(Observation.patient_id == pid).order_by(Observation.effective_at.desc()),
-    )
+    rows, fields = section(tx, patient_id, RT.OBSERVATION, observations_section(parse_id(patient_id)))
     return [
         redact(
             ObservationView,
@@ -329,15 +327,14 @@ def amend_observation(
     return written(tx, patient, RT.OBSERVATION, ObservationView, data, row.version_id, "update")
 
 
+def conditions_section(pid: uuid.UUID | None) -> Select[Condition]:
+    """The statement of a patient's Conditions section, oldest first."""
+    return select(Condition).where(Condition.patient_id == pid).order_by(Condition.created_at)
+
+
 @guarded(AuditKind.PHI_READ, RT.CONDITION, targeted=True)
 def list_conditions(tx: GuardedTx, /, *, patient_id: str) -> list[ConditionView]:
-    pid = parse_id(patient_id)
-    rows, fields = section(
-        tx,
-        patient_id,
-        RT.CONDITION,
-        select(Condition).where(Condition.patient_id == pid).order_by(Condition.created_at),
-    )
+    rows, fields = section(tx, patient_id, RT.CONDITION, conditions_section(parse_id(patient_id)))
     return [redact(ConditionView, condition_data(r, received_shown(tx, r, fields)), fields) for r in rows]
 
 
@@ -468,17 +465,18 @@ def amend_condition(
     return written(tx, patient, RT.CONDITION, ConditionView, data, row.version_id, "update")
 
 
-@guarded(AuditKind.PHI_READ, RT.DIAGNOSTIC_REPORT, targeted=True)
-def list_diagnostic_reports(tx: GuardedTx, /, *, patient_id: str) -> list[DiagnosticReportView]:
-    pid = parse_id(patient_id)
-    rows, fields = section(
-        tx,
-        patient_id,
-        RT.DIAGNOSTIC_REPORT,
+def reports_section(pid: uuid.UUID | None) -> Select[DiagnosticReport]:
+    """The statement of a patient's lab reports section, newest first."""
+    return (
         select(DiagnosticReport)
         .where(DiagnosticReport.patient_id == pid)
-        .order_by(DiagnosticReport.issued_at.desc()),
+        .order_by(DiagnosticReport.issued_at.desc())
     )
+
+
+@guarded(AuditKind.PHI_READ, RT.DIAGNOSTIC_REPORT, targeted=True)
+def list_diagnostic_reports(tx: GuardedTx, /, *, patient_id: str) -> list[DiagnosticReportView]:
+    rows, fields = section(tx, patient_id, RT.DIAGNOSTIC_REPORT, reports_section(parse_id(patient_id)))
     return report_views(tx, rows, fields)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 
 from carnet.access.models import WardAssignment
 from carnet.access.permissions import Permission
@@ -174,15 +175,14 @@ def mark_entered_in_error(tx: GuardedTx, /, *, encounter_id: str, expected_versi
     return written(tx, patient, RT.ENCOUNTER, EncounterView, data, encounter.version_id, "update")
 
 
+def encounters_section(pid: uuid.UUID | None) -> Select[Encounter]:
+    """The statement of a patient's stays section, newest first (the fast read sends it ahead)."""
+    return select(Encounter).where(Encounter.patient_id == pid).order_by(Encounter.start_at.desc())
+
+
 @guarded(AuditKind.PHI_READ, RT.ENCOUNTER, targeted=True)
 def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[EncounterView]:
-    pid = parse_id(patient_id)
-    rows, fields = section(
-        tx,
-        patient_id,
-        RT.ENCOUNTER,
-        select(Encounter).where(Encounter.patient_id == pid).order_by(Encounter.start_at.desc()),
-    )
+    rows, fields = section(tx, patient_id, RT.ENCOUNTER, encounters_section(parse_id(patient_id)))
     return [redact(EncounterView, encounter_data(r, received_shown(tx, r, fields)), fields) for r in rows]
 
 

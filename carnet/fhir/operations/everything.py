@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from carnet.access.policy import ResourceType, ever_reads
 from carnet.fhir.core.api import base_url, fhir_response, gate_for
 from carnet.fhir.core.registry import FhirModule
 from carnet.fhir.resources.allergy import allergy_to_fhir
@@ -37,28 +38,31 @@ def patient_everything(request: Request, patient_id: str) -> Response:
     only the sections the actor's role opens (the others are left out, not an error)."""
     gate = gate_for(request, "Patient", "read")
     resources = [patient_to_fhir(gate.read_patient(patient_id=patient_id).model_dump())]
-    sections: list[tuple[str, Any, Any]] = [
-        ("Encounter", gate.list_encounters, encounter_to_fhir),
-        ("Appointment", gate.list_appointments, appointment_to_fhir),
-        ("AllergyIntolerance", gate.list_allergies, allergy_to_fhir),
-        ("Condition", gate.list_conditions, condition_to_fhir),
-        ("Observation", gate.list_observations, observation_to_fhir),
-        ("MedicationRequest", gate.list_prescriptions, prescription_to_fhir),
-        ("DocumentReference", gate.list_notes, note_to_fhir),
-        ("Invoice", gate.list_invoices, invoice_to_fhir),
-        ("CareTeam", gate.list_care_team, care_team_to_fhir),
-        ("DiagnosticReport", gate.list_diagnostic_reports, report_to_fhir),
-        ("Consent", gate.list_consents, consent_to_fhir),
+    sections: list[tuple[ResourceType, Any, Any]] = [
+        (ResourceType.ENCOUNTER, gate.list_encounters, encounter_to_fhir),
+        (ResourceType.APPOINTMENT, gate.list_appointments, appointment_to_fhir),
+        (ResourceType.ALLERGY, gate.list_allergies, allergy_to_fhir),
+        (ResourceType.CONDITION, gate.list_conditions, condition_to_fhir),
+        (ResourceType.OBSERVATION, gate.list_observations, observation_to_fhir),
+        (ResourceType.PRESCRIPTION, gate.list_prescriptions, prescription_to_fhir),
+        (ResourceType.NOTE, gate.list_notes, note_to_fhir),
+        (ResourceType.INVOICE, gate.list_invoices, invoice_to_fhir),
+        (ResourceType.CARE_TEAM, gate.list_care_team, care_team_to_fhir),
+        (ResourceType.DIAGNOSTIC_REPORT, gate.list_diagnostic_reports, report_to_fhir),
+        (ResourceType.CONSENT, gate.list_consents, consent_to_fhir),
     ]
-    for _name, read, to_fhir in sections:
+    for resource, read, to_fhir in sections:
+        if not ever_reads(gate.actor.roles, resource):
+            continue  # a section the role never opens is not asked (its refusal counts as a denial)
         try:
             resources.extend(to_fhir(v.model_dump()) for v in read(patient_id=patient_id))
         except NotFound:
             continue  # a section this role may not read answers like a missing one
     with contextlib.suppress(NotFound):
-        resources.extend(
-            coverage_to_fhir(c.model_dump()) for c in gate.list_coverage(patient_id=patient_id).coverages
-        )
+        if ever_reads(gate.actor.roles, ResourceType.COVERAGE):
+            resources.extend(
+                coverage_to_fhir(c.model_dump()) for c in gate.list_coverage(patient_id=patient_id).coverages
+            )
     base = base_url(request)
     return fhir_response(
         {

@@ -1,0 +1,185 @@
+"""The gate's fast read of one patient's chart section: a FHIR search by patient
+(`GET /fhir/Observation?patient=X`, Condition, AllergyIntolerance, MedicationRequest, Encounter,
+DiagnosticReport ...) and each section `$everything` reads, in two round trips on PostgreSQL.
+
+The same variant of `GateCore._run` as the patient read (carnet/phi/fastpath.py), on the same
+machinery: its first pipeline (facility scope, account and grants, containment state, the
+patient row, the actor's relationships to the patient) carries one statement more, the
+section's own (what the body will ask: `select(Record).where(patient_id = X).order_by(...)
+.limit(SECTION_LIMIT)`, declared by the domain beside its operation), sent after the scope is
+entered so row-level security holds for it. Then the operation's own body runs unchanged: it
+takes the patient (`tx.patient`), decides (`tx.authorize`, on the prefetched relationships),
+and only then asks for its rows (`tx.records`), which are served from the pipeline when the
+body's statement is the declared one (same SQL shape, same values: SQLAlchemy's cache key) and
+read from the database as usual otherwise. The rows were read before the decision and are used
+only after it: a refusal drops them unseen. Then the closing pipeline: exposure rows, audit
+append, commit. A body that asks anything else (a note's versions, a report's results) asks the
+database through the session, as on the general path.
+
+It declines, as the patient read does, for anything but a staff session on PostgreSQL (tokens
+and their category limits, patient actors, SQLite, unknown ledgers or writers) and when the
+scope it set is not the kernel's; the one path then runs, having done nothing yet.
+tests/phi/test_fastpath_search.py proves both paths answer, audit and count alike.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Dialect, Select
+from sqlalchemy.orm import Mapper
+from sqlalchemy.sql.cache_key import CacheKey
+
+from carnet.kernel.ids import parse_id
+from carnet.patients.models import Patient
+from carnet.phi import fastpath
+from carnet.phi.fastpath import _compile, _Compiled, _Decline, _eligible, _FastTx, _first_round_trip
+from carnet.phi.kernel import GateCore, Guard, GuardedTx
+from carnet.phi.steps import SECTION_LIMIT
+
+_counts_lock = threading.Lock()
+# How many section reads took the fast path, and how many bodies were served the prefetched
+# rows (tests read them; not metrics).
+taken = 0
+served = 0
+
+# Stands for the patient's id while a section's statement is compiled once; each request binds
+# its own patient where this value is. No record's id or patient is ever this value (version 4
+# UUIDs have their version nibble set; this one has none).
+_PLACEHOLDER = uuid.UUID(int=0x5EC7_10)
+
+# The statement a section's body reads its rows with, for a patient id.
+SectionStatement = Callable[[uuid.UUID | None], Select[Any]]
+
+
+@dataclass
+class _Section:
+    """One declared section: its statement (with the placeholder), compiled per dialect."""
+
+    statement: SectionStatement
+    key: CacheKey
+    values: list[Any]
+    mapper: Mapper[Any]
+    attributes: tuple[str, ...]
+    compiled: dict[str, _Compiled] = field(default_factory=dict)
+
+    def compiled_for(self, dialect: Dialect) -> _Compiled:
+        found = self.compiled.get(dialect.name)
+        if found is None:
+            found = _compile(self.statement(_PLACEHOLDER), dialect)
+            self.compiled[dialect.name] = found
+        return found
+
+    def params(self, compiled: _Compiled, pid: uuid.UUID) -> dict[str, Any]:
+        return {k: pid if v == _PLACEHOLDER else v for k, v in compiled.defaults.items()}
+
+
+def _declare(statement: SectionStatement) -> _Section:
+    placeholder = statement(_PLACEHOLDER)
+    key = placeholder._generate_cache_key()
+    entity = placeholder.column_descriptions[0]["entity"]
+    mapper: Mapper[Any] = entity.__mapper__
+    if key is None or len(placeholder.column_descriptions) != 1 or mapper.class_ is None:
+        raise TypeError("a section's statement selects one mapped class and is cacheable")
+    attributes = tuple(mapper.get_property_by_column(c).key for c in placeholder.selected_columns)
+    return _Section(statement, key, [b.effective_value for b in key.bindparams], mapper, attributes)
+
+
+@dataclass
+class _SectionTx(_FastTx):
+    """The guarded transaction of a fast section read: the patient, the relationships and the
+    section's rows were read in the first pipeline."""
+
+    section: _Section | None = None
+    pid: uuid.UUID | None = None
+
+    def patient(self, patient_id: str | uuid.UUID) -> Patient:
+        pid = patient_id if isinstance(patient_id, uuid.UUID) else parse_id(patient_id)
+        if self.prefetched is not None and pid == self.prefetched[0].id:
+            patient = self.prefetched[0]
+            self.patient_ids.append(patient.id)
+            return patient
+        return super().patient(patient_id)
+
+    def records(self, statement: Select[Any]) -> list[Any]:
+        global served
+        section, pid = self.section, self.pid
+        if section is not None and pid is not None and self.also and _same(section, statement, pid):
+            rows, self.also = self.also[0], []  # served once: a second ask reads the database
+            with _counts_lock:
+                served += 1
+            return [_instance(section, row) for row in rows]
+        return super().records(statement)
+
+
+def _same(section: _Section, statement: Select[Any], pid: uuid.UUID) -> bool:
+    """The body's statement is the declared one for this patient: the same SQL shape and the
+    same values (the placeholder standing for the patient)."""
+    key = statement._generate_cache_key()
+    if key is None or key != section.key or len(key.bindparams) != len(section.values):
+        return False
+    return all(
+        b.effective_value == (pid if v == _PLACEHOLDER else v)
+        for b, v in zip(key.bindparams, section.values, strict=True)
+    )
+
+
+def _instance(section: _Section, row: dict[str, Any]) -> Any:
+    """A detached instance holding the row, as the ORM would load it (nothing to flush)."""
+    instance = section.mapper.class_manager.new_instance()
+    instance.__dict__.update(zip(section.attributes, row.values(), strict=True))
+    return instance
+
+
+def section_read(
+    core: GateCore, guard: Guard, run: Callable[[GuardedTx], Any], kwargs: dict[str, Any], section: _Section
+) -> tuple[bool, Any]:
+    """The fast variant of a read of one patient's section (`patient_id`); see the module."""
+    global taken
+    if not _eligible(core, guard, kwargs):
+        return False, None
+    runtime = core._runtime
+    pid = parse_id(str(kwargs["patient_id"]))
+    attempted: list[uuid.UUID] = []
+    try:
+        with runtime.session_factory.begin() as session:
+            dialect = session.get_bind().dialect
+            also = []
+            if pid is not None:
+                compiled = section.compiled_for(dialect)
+                also.append((compiled, section.params(compiled, pid)))
+            tx = _first_round_trip(core, session, guard, pid, also=also, tx_type=_SectionTx)
+            assert isinstance(tx, _SectionTx)
+            tx.section, tx.pid = section, pid
+            try:
+                result = run(tx)
+            finally:
+                attempted = list(tx.patient_ids)
+            fastpath._closing_round_trip(core, session, guard, tx)
+        with _counts_lock:
+            taken += 1
+        return True, result
+    except _Decline:
+        return False, None
+    except Exception as exc:
+        with _counts_lock:
+            taken += 1
+        core._fail(guard, exc, attempted)
+        raise  # _fail always raises
+
+
+def offer_section(body: Callable[..., Any], statement: SectionStatement) -> None:
+    """Offer the fast variant for `body`, a read of one patient's section by `patient_id` whose
+    rows are `tx.records(statement(patient).limit(SECTION_LIMIT))`."""
+    declared = _declare(lambda pid: statement(pid).limit(SECTION_LIMIT))
+
+    def fast(
+        core: GateCore, guard: Guard, run: Callable[[GuardedTx], Any], kwargs: dict[str, Any]
+    ) -> tuple[bool, Any]:
+        return section_read(core, guard, run, kwargs, declared)
+
+    setattr(body, "__gate_fast__", fast)  # noqa: B010
