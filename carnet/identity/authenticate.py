@@ -22,6 +22,7 @@ from carnet.access.models import RoleGrant
 from carnet.access.roles import PRIVILEGED_ROLES, Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.db.base import detached
+from carnet.db.prepared import PreparedSelect
 from carnet.identity import handover, passkeys, passwords, service, sessions
 from carnet.identity.models import Account, AuthSession
 from carnet.identity.throttle import LimitsLoginThrottle, LoginThrottle
@@ -121,10 +122,10 @@ def require_fresh_second_factor(actor: Actor) -> None:
 
 # Built once: constructing the statement cost more than running it on every request. Core
 # columns, not ORM entities: the rows become detached instances at a fraction of the ORM's
-# loading cost (identity map, events), which every request paid.
+# loading cost (identity map, events), which every request paid; prepared on PostgreSQL.
 _SESSION_COLUMNS = tuple(cast(Table, AuthSession.__table__).columns)
 _ACCOUNT_COLUMNS = tuple(cast(Table, Account.__table__).columns)
-_SESSION_ACCOUNT_GRANTS = (
+_SESSION_ACCOUNT_GRANTS = PreparedSelect(
     select(*_SESSION_COLUMNS, *_ACCOUNT_COLUMNS, RoleGrant.role)
     .select_from(AuthSession)
     .join(Account, Account.id == AuthSession.account_id)
@@ -352,7 +353,7 @@ class Authenticator:
             # are one statement, read outside a transaction (no BEGIN, no COMMIT round trips);
             # the rare writes below (a revocation, a refusal, the minutely touch) get their own.
             connection.execution_options(isolation_level="AUTOCOMMIT")
-            found = connection.execute(_SESSION_ACCOUNT_GRANTS, {"digest": sessions.digest(token)}).all()
+            found = _SESSION_ACCOUNT_GRANTS.all(connection, {"digest": sessions.digest(token)})
         if not found:
             raise AuthenticationRequired("sign in first (POST /auth/login)")
         first, split = found[0], len(_SESSION_KEYS)
