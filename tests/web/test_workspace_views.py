@@ -8,11 +8,13 @@ Paris wall clock; the clock is pinned (a Tuesday morning in winter, UTC+1)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -26,6 +28,7 @@ from carnet.phi.gate import Gate
 from carnet.phi.schemas import AppointmentInput
 from carnet.records.models import Allergy
 from carnet.runtime import Runtime
+from carnet.scheduling import slots
 from carnet.scheduling.models import Appointment, Encounter
 from tests import factories
 from tests.web.conftest import Hospital, Person, login, make_person
@@ -288,6 +291,46 @@ def test_calendar_grid_free_slots_and_booking_with_a_reason(
     assert bad.status_code == 400 and "Nothing was changed" in bad.text
 
 
+def test_calendar_grid_cells_count_free_and_booked_slots(
+    client: TestClient, hospital: Hospital, work: Work, sqlite_runtime: Runtime
+) -> None:
+    """Each cell of the grid counts the day's booked slots and the free ones not yet begun."""
+    today = localtime.local_day(clock.now())
+    tomorrow = today + dt.timedelta(days=1)
+    day = tomorrow if tomorrow.weekday() < 5 else tomorrow + dt.timedelta(days=7 - tomorrow.weekday())
+    doctor = str(hospital.physician.practitioner_id)
+    for hour in (9, 10):
+        _book(sqlite_runtime, hospital, _paris(day, hour, 0), hospital.their_patient)
+    login(client, hospital.front_desk)
+    grid = client.get("/desk/calendar", params={"day": day.isoformat(), "practitioner": doctor})
+    assert grid.status_code == 200, grid.text
+    with sqlite_runtime.session_factory() as session:
+        start, end = localtime.day_bounds(day)
+        busy = [
+            (a.start_at.replace(tzinfo=dt.UTC), a.end_at.replace(tzinfo=dt.UTC))
+            for a in session.scalars(
+                select(Appointment).where(
+                    Appointment.practitioner_id == uuid.UUID(doctor),
+                    Appointment.start_at >= start,
+                    Appointment.start_at < end,
+                    Appointment.status == "booked",
+                )
+            )
+        ]
+    assert len(busy) >= 2
+    cell = slots.day_slots(day, busy, now=clock.now())
+    free = sum(1 for s in cell if s.free and not s.past)
+    booked = sum(1 for s in cell if not s.free)
+    assert booked >= 2
+    shown = re.search(
+        rf"day={day.isoformat()}&amp;practitioner={doctor}[^\"]*#week-h\">(\d+) free</a><br>"
+        rf"<span class=\"muted\">(\d+) booked",
+        grid.text,
+    )
+    assert shown is not None, grid.text
+    assert (int(shown.group(1)), int(shown.group(2))) == (free, booked)
+
+
 def test_calendar_grid_refused_to_billing_and_audited(
     client: TestClient, hospital: Hospital, work: Work, sqlite_runtime: Runtime
 ) -> None:
@@ -318,6 +361,43 @@ def test_billing_worklist_shows_unpaid_invoices_and_takes_payments(
         assert session.get(Invoice, work.invoice).status == "balanced"  # type: ignore[union-attr]
     after = client.get("/billing/worklist?done=paid")
     assert "Durand" not in after.text and "No unpaid invoice" in after.text
+
+
+def test_billing_worklist_reads_lines_and_payments_together(
+    client: TestClient, hospital: Hospital, work: Work, sqlite_runtime: Runtime
+) -> None:
+    """A page of five invoices sends no more statements than a page of one: the lines and
+    payments of the invoices shown are read in one statement each, not two per invoice."""
+    login(client, work.billing)
+
+    def statements() -> tuple[int, str]:
+        sent: list[str] = []
+
+        def count(*args: object) -> None:
+            sent.append("")
+
+        sa.event.listen(sqlite_runtime.engine, "before_cursor_execute", count)
+        try:
+            page = client.get("/billing/worklist")
+        finally:
+            sa.event.remove(sqlite_runtime.engine, "before_cursor_execute", count)
+        assert page.status_code == 200, page.text
+        return len(sent), page.text
+
+    statements()  # the session's first page also fills per-process caches
+    one, _ = statements()
+    for cents in (1_000, 2_000, 3_000, 4_000):
+        factories.make_invoice(
+            sqlite_runtime,
+            patient_id=hospital.their_patient,
+            facility_id=hospital.facility_id,
+            total_cents=cents,
+        )
+    five, shown = statements()
+    assert all(f"{euros}.00" in shown for euros in (10, 20, 30, 40, 120))  # each with its line
+    # Two statements per invoice would add 8; a per-process cache refreshed meanwhile may add
+    # or spare one.
+    assert five <= one + 1
 
 
 def test_billing_worklist_refused_to_other_roles_and_audited(
