@@ -18,8 +18,10 @@ from carnet.access.policy import Relationship, granting_relationships
 from carnet.audit.interfaces import AuditKind
 from carnet.billing import operations as billing
 from carnet.coverage import operations as coverage
+from carnet.coverage.models import Coverage
 from carnet.detection.interfaces import Channel
 from carnet.interventions import operations as interventions
+from carnet.interventions.models import Intervention
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import ExportFile, Patient
@@ -27,7 +29,7 @@ from carnet.patients.views import patient_view
 from carnet.phi import care
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, Refused, guarded
 from carnet.phi.schemas import BulkExport, CoverageSection, ExportJobView, PatientExport, PatientView
-from carnet.phi.steps import SECTION_LIMIT
+from carnet.phi.steps import RECORD_MODELS, SECTION_LIMIT
 from carnet.prescriptions import operations as prescriptions
 from carnet.records import care_teams, consents, orders, stays
 from carnet.records import operations as records
@@ -304,6 +306,23 @@ def _changed_since(view: Any, since: dt.datetime | None) -> bool:
     return since is None or updated is None or updated >= since
 
 
+def _holders(tx: GuardedTx, resource_type: str, patients: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these patients hold any record of the type: one query for a chunk, so a
+    patient's section is read only when it has something (each section query filters its
+    model's `patient_id` the same way). Reads no data, only which patients have rows."""
+    kind = BULK_SECTIONS[resource_type][0]
+    model: Any
+    extra: list[Any]
+    if kind in RECORD_MODELS:
+        model, extra = RECORD_MODELS[kind], []
+    elif kind is RT.COVERAGE:
+        model, extra = Coverage, []
+    else:
+        model, extra = Intervention, [Intervention.resource_type == kind.value]
+    query = select(model.patient_id).where(model.patient_id.in_(patients), *extra).distinct()
+    return set(tx.session.scalars(query))
+
+
 def _section(tx: GuardedTx, resource_type: str, patient_id: uuid.UUID) -> list[Any]:
     """One patient's records of one type, as its chart section reads them; a section the
     policy does not open is left out, as `$everything` does."""
@@ -335,6 +354,11 @@ def run_bulk_export_job(
     full: set[str] = set()
     shown: list[uuid.UUID] = []
     fields_shown: set[str] = set()
+    holders: dict[str, set[uuid.UUID]] = {t: set() for t in types if t != "Patient"}
+    for start in range(0, len(found), EXPORT_CHUNK):
+        chunk = [p.id for p in found[start : start + EXPORT_CHUNK]]
+        for resource_type, holding in holders.items():
+            holding |= _holders(tx, resource_type, chunk)
     for patient in found:
         relations = rels.get(patient.id, frozenset())
         fields = tx.read_fields(relations, RT.PATIENT)
@@ -345,7 +369,9 @@ def run_bulk_export_job(
             if resource_type == "Patient":
                 view = patient_view(tx, patient, fields)
                 kept = [view] if _changed_since(view, job.since) else []
-            elif tx.read_fields(relations, BULK_SECTIONS[resource_type][0]):
+            elif patient.id in holders[resource_type] and tx.read_fields(
+                relations, BULK_SECTIONS[resource_type][0]
+            ):
                 views = _section(tx, resource_type, patient.id)
                 if len(views) >= SECTION_LIMIT:
                     full.add(resource_type)
