@@ -4,30 +4,38 @@
    (python-hl7) and answered AA with nothing applied -- transport, framing, parsing and ACK.
 2. carnet: each message (one patient, one order, 5 OBX) applied through the gate as the
    laboratory's interface: 5 Observations and a DiagnosticReport, their versions, links and
-   log line, one audit event, in one guarded transaction per message.
+   log line, one audit event; the listener as served (group commit: the messages waiting
+   while the workers are busy applied together, one transaction and one commit per group).
+3. carnet, one transaction per message (`MllpListener(group=False)`, the listener before
+   group commit), unless `--no-single`.
 
     .venv/bin/python -m benchmarks.hl7_oru [--patients 200] [--messages 2000] [--clients 8]
-        [--workers 4] [--rounds 2] [--sqlite] [--orders]
+        [--workers 4] [--rounds 2] [--sqlite] [--orders] [--no-single] [--uvloop]
 
 PostgreSQL by default (a throwaway database on CARNET_BENCH_POSTGRES_URL). The two are
 interleaved round by round; the load average is printed before and after (a shared machine).
 The SQL statements carnet sends per message are counted in the same run (a SQLAlchemy
 `before_cursor_execute` listener). `--orders`: each message answers a lab order placed in carnet
-beforehand (its placer number in OBR-2), which it links and completes.
+beforehand (its placer number in OBR-2), which it links and completes. CPU per message is
+this process's (clients, listener, carnet) and the PostgreSQL backends' serving the run's
+database (/proc; not the WAL writer's), each round apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import datetime as dt
 import json
+import multiprocessing
 import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import event as sa_event
 
@@ -79,6 +87,9 @@ def oru(tag: str, n: int, patient: int, placer: str = "") -> str:
 class ParseOnly:
     """The baseline's service: parse and acknowledge, apply nothing."""
 
+    def receive_many(self, messages: list[tuple[str, Peer, list[Registered] | None]]) -> list[str]:
+        return [self.receive(raw, peer=peer, candidates=candidates) for raw, peer, candidates in messages]
+
     def candidates(self, peer: Peer) -> list[Registered]:
         return []
 
@@ -95,11 +106,16 @@ class _AnyPeer(ParseOnly):
 
 
 @contextmanager
-def listening(service: object, workers: int) -> Iterator[int]:
-    loop = asyncio.new_event_loop()
+def listening(service: object, workers: int, *, group: bool = True, fast_loop: bool = False) -> Iterator[int]:
+    if fast_loop:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = MllpListener(service, host="127.0.0.1", port=0, workers=workers)  # type: ignore[arg-type]
+    server = MllpListener(service, host="127.0.0.1", port=0, workers=workers, group=group)  # type: ignore[arg-type]
     port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
     try:
         yield port
@@ -115,16 +131,60 @@ async def _clients(port: int, batches: list[list[str]]) -> list[str]:
     return [a for batch in answers for a in batch]
 
 
-CPU: dict[str, list[float]] = {"baseline": [], "carnet": []}
+KINDS = ("baseline", "carnet", "single")
+CPU: dict[str, list[float]] = {k: [] for k in KINDS}
+DB_CPU: dict[str, list[float]] = {k: [] for k in KINDS}
 
 
-def _run(port: int, messages: list[str], clients: int, kind: str = "") -> tuple[float, int]:
-    batches = [messages[i::clients] for i in range(clients)]
-    start, cpu = time.perf_counter(), time.process_time()
+def _backend_cpu(runtime: Runtime) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to the run's database."""
+    if runtime.engine.dialect.name != "postgresql":
+        return {}
+    from sqlalchemy import text
+
+    with runtime.engine.connect() as conn:
+        pids = conn.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            )
+        ).scalars()
+        return {pid: _proc_cpu(pid) for pid in pids}
+
+
+def _proc_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # ended meanwhile
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SENDERS: concurrent.futures.ProcessPoolExecutor | None = None
+
+
+def _timed_clients(port: int, batches: list[list[str]]) -> tuple[float, list[str]]:
+    start = time.perf_counter()
     answers = asyncio.run(_clients(port, batches))
-    elapsed = time.perf_counter() - start
-    if kind:  # this process's CPU (clients, listener, carnet; not PostgreSQL's) per message
+    return time.perf_counter() - start, answers
+
+
+def _run(
+    port: int, messages: list[str], clients: int, kind: str = "", runtime: Runtime | None = None
+) -> tuple[float, int]:
+    batches = [messages[i::clients] for i in range(clients)]
+    before = _backend_cpu(runtime) if runtime is not None else {}
+    cpu = time.process_time()
+    if SENDERS is not None:  # the clients in a process of their own: not this one's CPU or GIL
+        elapsed, answers = SENDERS.submit(_timed_clients, port, batches).result()
+    else:
+        elapsed, answers = _timed_clients(port, batches)
+    if kind:  # this process's CPU (the listener and carnet; with --same-process, the clients too)
         CPU[kind].append((time.process_time() - cpu) / len(messages) * 1000)
+    if runtime is not None and kind:  # the database's backends (a new backend counts whole)
+        after = _backend_cpu(runtime)
+        used = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+        DB_CPU[kind].append(used / len(messages) * 1000)
     accepted = sum(1 for a in answers if "\rMSA|AA|" in a)
     return elapsed, accepted
 
@@ -199,9 +259,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sqlite", action="store_true")
     parser.add_argument("--orders", action="store_true", help="each message answers a carnet lab order")
+    parser.add_argument("--no-single", action="store_true", help="skip one transaction per message")
+    parser.add_argument("--uvloop", action="store_true", help="the listener's event loop is uvloop's")
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="the clients in the listener's process (as before session 6)",
+    )
     args = parser.parse_args()
+    global SENDERS
+    if not args.same_process:
+        SENDERS = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     load_before = os.getloadavg()
-    results: dict[str, list[float]] = {"baseline": [], "carnet": []}
+    results: dict[str, list[float]] = {k: [] for k in KINDS}
     with bench_runtime("hl7", sqlite=args.sqlite) as runtime:
         with runtime.session_factory.begin() as session:
             facility = Facility(name="Bench", finess="759999998", city="Paris")
@@ -223,7 +293,7 @@ def main() -> None:
         with listening(service, args.workers) as port:
             _seed(runtime, args.patients, port)
         counter = StatementCounter(runtime)
-        statements: list[float] = []
+        statements: dict[str, list[float]] = {"carnet": [], "single": []}
         for r in range(args.rounds):
             placers = (
                 _place_orders(runtime, facility.id, args.messages, f"O{r}")
@@ -231,19 +301,29 @@ def main() -> None:
                 else [""] * args.messages
             )
             messages = [oru(f"B{r}", n, n % args.patients) for n in range(args.messages)]
-            with listening(_AnyPeer(), args.workers) as port:
+            with listening(_AnyPeer(), args.workers, fast_loop=args.uvloop) as port:
                 elapsed, accepted = _run(port, messages, args.clients, "baseline")
             assert accepted == len(messages), f"baseline accepted {accepted} of {len(messages)}"
             results["baseline"].append(len(messages) / elapsed)
-            messages = [oru(f"R{r}", n, n % args.patients, placers[n]) for n in range(args.messages)]
-            with listening(service, args.workers) as port:
-                counter.count, counter.on = 0, True
-                elapsed, accepted = _run(port, messages, args.clients, "carnet")
-                counter.on = False
-            assert accepted == len(messages), f"carnet accepted {accepted} of {len(messages)}"
-            results["carnet"].append(len(messages) / elapsed)
-            statements.append(counter.count / len(messages))
-    best = {k: max(v) for k, v in results.items()}
+            for kind in ("carnet", "single"):
+                if kind == "single" and args.no_single:
+                    continue
+                placers = (
+                    _place_orders(runtime, facility.id, args.messages, f"O{kind[0]}{r}")
+                    if args.orders and kind == "single"
+                    else placers
+                )
+                messages = [
+                    oru(f"R{kind[0]}{r}", n, n % args.patients, placers[n]) for n in range(args.messages)
+                ]
+                with listening(service, args.workers, group=kind == "carnet", fast_loop=args.uvloop) as port:
+                    counter.count, counter.on = 0, True
+                    elapsed, accepted = _run(port, messages, args.clients, kind, runtime)
+                    counter.on = False
+                assert accepted == len(messages), f"{kind} accepted {accepted} of {len(messages)}"
+                results[kind].append(len(messages) / elapsed)
+                statements[kind].append(counter.count / len(messages))
+    best = {k: max(v) for k, v in results.items() if v}
     print(
         json.dumps(
             {
@@ -254,9 +334,14 @@ def main() -> None:
                 "workers": args.workers,
                 "messages_per_second": {k: [round(x, 1) for x in v] for k, v in results.items()},
                 "best": {k: round(v, 1) for k, v in best.items()},
-                "ratio_carnet_to_baseline": round(best["carnet"] / best["baseline"], 4),
-                "sql_statements_per_message": [round(x, 1) for x in statements],
-                "python_cpu_ms_per_message": {k: [round(x, 2) for x in v] for k, v in CPU.items()},
+                "ratio_to_baseline": {k: round(v / best["baseline"], 4) for k, v in best.items()},
+                "sql_statements_per_message": {k: [round(x, 1) for x in v] for k, v in statements.items()},
+                "process_cpu_ms_per_message": {k: [round(x, 2) for x in v] for k, v in CPU.items()},
+                "postgres_backends_cpu_ms_per_message": {
+                    k: [round(x, 2) for x in v] for k, v in DB_CPU.items()
+                },
+                "uvloop": args.uvloop,
+                "clients_in_their_own_process": not args.same_process,
                 "orders": args.orders,
                 "load_average_before": [round(x, 2) for x in load_before],
                 "load_average_after": [round(x, 2) for x in os.getloadavg()],

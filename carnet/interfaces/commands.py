@@ -179,7 +179,14 @@ def serve(
     client_ca: Annotated[
         Path | None, typer.Option("--client-ca", help="CA of the client certificates (required then).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Messages applied at once.")] = 4,
+    workers: Annotated[int, typer.Option(help="Messages (or groups) applied at once.")] = 4,
+    group: Annotated[
+        bool,
+        typer.Option(
+            "--group/--no-group",
+            help="Group commit: messages waiting while every worker is busy applied in one transaction.",
+        ),
+    ] = True,
 ) -> None:
     """Listen for HL7 v2 messages over MLLP and answer each with an ACK or a NAK."""
     from carnet.interfaces.mllp import MllpListener, tls_context
@@ -195,7 +202,7 @@ def serve(
             raise _fail(f"cannot load the TLS files ({type(exc).__name__})") from None
     with _runtime() as runtime:
         listener = MllpListener(
-            InterfaceService(runtime), host=host, port=port, ssl_context=context, workers=workers
+            InterfaceService(runtime), host=host, port=port, ssl_context=context, workers=workers, group=group
         )
         typer.echo(f"MLLP listener on {host}:{port}{' (TLS)' if context else ''}")
         with suppress(KeyboardInterrupt):

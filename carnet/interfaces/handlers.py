@@ -593,7 +593,9 @@ def results(ctx: Context, work: MessageWork) -> None:
     """ORU^R01: each order's results (Observations, units and reference ranges kept) and its lab
     report; a correction (C) amends the results it changes, every earlier version kept."""
     msh_time = hl7v2.date_time(hl7v2.text(ctx.message.segment("MSH"), 7), zone=ctx.zone, where=("MSH", 7, 1))
-    for group in _result_groups(ctx.message):
+    groups = _result_groups(ctx.message)
+    work.prefetch(_result_keys(groups))
+    for group in groups:
         patient_id = known_patient(
             work, group.pid, sequence=group.sequence, why="results are filed under a registered patient"
         )
@@ -612,6 +614,23 @@ def results(ctx: Context, work: MessageWork) -> None:
                 encounter_id = str(link.target_id)
         for order in group.orders:
             _file_order(ctx, work, order, patient_id, encounter_id, msh_time)
+
+
+def _result_keys(groups: list[PatientResults]) -> list[tuple[str, str]]:
+    """The sender's identifiers a results message looks up (its patients, visits and reports),
+    read together. A malformed one is left out: it is refused in its turn, where it is met."""
+    keys: list[tuple[str, str]] = []
+    for group in groups:
+        try:
+            keys.extend(
+                ("patient", key) for key in identifiers(group.pid, 3, ("PID", group.sequence)).local_keys
+            )
+            if group.pv1 is not None and hl7v2.component(group.pv1, 19, 1):
+                keys.append(("visit", _visit_key(group.pv1)))
+            keys.extend(("report", _order_key(order.segment, order.number)) for order in group.orders)
+        except MessageError:
+            continue
+    return keys
 
 
 def _file_order(

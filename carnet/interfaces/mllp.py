@@ -1,6 +1,12 @@
 """The MLLP listener (asyncio; TLS optional): frames from python-hl7's MLLP stream reader, each
-message answered on the same connection, in order, by `InterfaceService.receive` (run on a
-worker thread: the gate's transaction is synchronous).
+message answered on the same connection, in order, by `InterfaceService` (on a worker thread:
+the gate's transaction is synchronous).
+
+Group commit (the default): messages waiting while the workers are busy are applied together,
+one group per worker (`InterfaceService.receive_many`: one transaction, one commit), each
+answered after that commit. A sender waits for the ACK of a message before sending the next,
+so a group gathers messages of different connections; under little traffic a group is one
+message, applied as `receive` applies it.
 
 A connection from an address (or certificate) no interface is registered for is closed without
 an answer; a framing error is answered with a NAK and the connection closed.
@@ -21,7 +27,7 @@ from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from carnet.interfaces import hl7v2
 from carnet.interfaces.hl7v2 import AckCode, ErrorCode, MessageError
-from carnet.interfaces.service import InterfaceService, Peer
+from carnet.interfaces.service import InterfaceService, Peer, Registered
 from carnet.kernel import clock
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,8 @@ class MllpListener:
         port: int = 2575,
         ssl_context: ssl.SSLContext | None = None,
         workers: int = 4,
+        group: bool = True,
+        max_group: int = 50,
     ) -> None:
         self.service = service
         self.host = host
@@ -65,6 +73,11 @@ class MllpListener:
         self.ssl_context = ssl_context
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hl7")
         self._server: asyncio.AbstractServer | None = None
+        self._group = group
+        self._max_group = max_group
+        self._workers = workers
+        self._waiting: list[tuple[tuple[str, Peer, list[Registered] | None], asyncio.Future[str]]] = []
+        self._running = 0
 
     async def start(self) -> int:
         """Listen; returns the port (useful when asked for port 0)."""
@@ -118,15 +131,47 @@ class MllpListener:
                     await writer.drain()
                     return
                 raw, encoding = _decode(bytes(block))
-                answer = await loop.run_in_executor(
-                    self._pool, functools.partial(self.service.receive, raw, peer=peer, candidates=candidates)
-                )
+                if self._group:
+                    answer = await self._grouped(raw, peer, candidates)
+                else:
+                    answer = await loop.run_in_executor(
+                        self._pool,
+                        functools.partial(self.service.receive, raw, peer=peer, candidates=candidates),
+                    )
                 writer.writeblock(answer.encode(encoding, errors="replace"))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             return
         finally:
             writer.close()
+
+    # -- group commit ------------------------------------------------------------------------------
+    async def _grouped(self, raw: str, peer: Peer, candidates: list[Registered]) -> str:
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.append(((raw, peer, candidates), answer))
+        self._next_group()
+        return await answer
+
+    def _next_group(self) -> None:
+        """Hand what waits to the free workers, at most `max_group` messages each (event loop)."""
+        loop = asyncio.get_running_loop()
+        while self._waiting and self._running < self._workers:
+            taken, self._waiting = self._waiting[: self._max_group], self._waiting[self._max_group :]
+            self._running += 1
+            done = loop.run_in_executor(self._pool, self.service.receive_many, [m for m, _ in taken])
+            done.add_done_callback(functools.partial(self._group_done, [a for _, a in taken]))
+
+    def _group_done(self, answers: list[asyncio.Future[str]], done: asyncio.Future[list[str]]) -> None:
+        self._running -= 1
+        error = None if done.cancelled() else done.exception()
+        for i, answer in enumerate(answers):
+            if answer.done():
+                continue
+            if done.cancelled() or error is not None:  # receive_many never raises: shutting down
+                answer.cancel()
+            else:
+                answer.set_result(done.result()[i])
+        self._next_group()
 
 
 async def send(

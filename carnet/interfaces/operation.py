@@ -17,9 +17,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 
 from carnet.access.actor import ActorKind
 from carnet.access.policy import ResourceType
@@ -87,6 +87,45 @@ class LogEntry:
 
 
 @dataclass
+class Link:
+    """A sender's identifier linked to a carnet record (a row of interface_links, as read)."""
+
+    id: uuid.UUID
+    kind: str
+    key_digest: str
+    target_id: uuid.UUID
+    reference_range: str | None = None
+    abnormal_flags: str | None = None
+    new: bool = False  # to insert with the message's other rows
+    changed: bool = False  # to update with them
+
+
+_LINKS = cast(Table, InterfaceLink.__table__)
+_MESSAGES = cast(Table, InterfaceMessage.__table__)
+_PATIENTS = cast(Table, Patient.__table__)
+# A link read with whether its patient was merged (one statement, not two); Core, not the ORM:
+# a message reads and writes its links as plain rows.
+_LINK_BY_KEY = (
+    select(
+        _LINKS.c.id,
+        _LINKS.c.kind,
+        _LINKS.c.key_digest,
+        _LINKS.c.target_id,
+        _LINKS.c.reference_range,
+        _LINKS.c.abnormal_flags,
+        _PATIENTS.c.merged_into_id,
+    )
+    .select_from(
+        _LINKS.outerjoin(_PATIENTS, (_PATIENTS.c.id == _LINKS.c.target_id) & (_LINKS.c.kind == "patient"))
+    )
+    .where(
+        _LINKS.c.facility_id == bindparam("facility_id"),
+        _LINKS.c.key_digest.in_(bindparam("digests", expanding=True)),
+    )
+)
+
+
+@dataclass
 class MessageWork:
     """What a message handler may do inside the guarded transaction: find records by the
     sender's identifiers, and call the gate's write operations. It never returns patient data."""
@@ -94,8 +133,7 @@ class MessageWork:
     tx: GuardedTx
     facility_id: uuid.UUID
     touched: list[str] = field(default_factory=list)
-    pending: list[InterfaceLink] = field(default_factory=list)
-    _links: dict[tuple[str, str], InterfaceLink | None] = field(default_factory=dict)
+    _links: dict[tuple[str, str], Link | None] = field(default_factory=dict)
     _kept: set[uuid.UUID] = field(default_factory=set)  # linked patients read as not merged
     _held: list[Any] = field(default_factory=list)
 
@@ -103,26 +141,32 @@ class MessageWork:
     def digest(self, kind: str, key: str) -> str:
         return self.tx.keyring.blind.index(IndexKind.IDENTIFIER, f"hl7|{kind}|{key}").hex()
 
-    def link(self, kind: str, key: str) -> InterfaceLink | None:
-        """The link of a sender's identifier (looked up once per message, then remembered)."""
-        cached = self._links.get((kind, key), _UNKNOWN)
-        if cached is not _UNKNOWN:
-            return cached if isinstance(cached, InterfaceLink) else None
-        # A patient's link is read with whether its record was merged (one statement, not two).
+    def prefetch(self, keys: list[tuple[str, str]]) -> None:
+        """Read the links of these identifiers (kind, key) together, in one statement: `link`
+        then answers them from memory."""
+        wanted = {(kind, key): self.digest(kind, key) for kind, key in keys if (kind, key) not in self._links}
+        if not wanted:
+            return
         found = self.tx.session.execute(
-            select(InterfaceLink, Patient.merged_into_id)
-            .outerjoin(Patient, (Patient.id == InterfaceLink.target_id) & (InterfaceLink.kind == "patient"))
-            .where(
-                InterfaceLink.facility_id == self.facility_id,
-                InterfaceLink.kind == kind,
-                InterfaceLink.key_digest == self.digest(kind, key),
+            _LINK_BY_KEY, {"facility_id": self.facility_id, "digests": sorted(set(wanted.values()))}
+        ).all()
+        rows = {(row.kind, row.key_digest): row for row in found}
+        for (kind, key), digest in wanted.items():
+            row = rows.get((kind, digest))
+            if row is None:
+                self._links[(kind, key)] = None
+                continue
+            if kind == "patient" and row.merged_into_id is None:
+                self._kept.add(row.target_id)
+            self._links[(kind, key)] = Link(
+                row.id, row.kind, row.key_digest, row.target_id, row.reference_range, row.abnormal_flags
             )
-        ).first()
-        row = found[0] if found is not None else None
-        if kind == "patient" and row is not None and found is not None and found[1] is None:
-            self._kept.add(row.target_id)
-        self._links[(kind, key)] = row
-        return row
+
+    def link(self, kind: str, key: str) -> Link | None:
+        """The link of a sender's identifier (looked up once per message, then remembered)."""
+        if (kind, key) not in self._links:
+            self.prefetch([(kind, key)])
+        return self._links[(kind, key)]
 
     def set_link(
         self,
@@ -135,27 +179,64 @@ class MessageWork:
         new: bool = False,
     ) -> None:
         """Link a sender's identifier to a record; written with the message's other rows (the
-        unique key refuses a concurrent twin at the final flush, before the audit). `new`: the
-        caller knows the identifier has no link yet (not looked up)."""
-        if new:
-            cached = self._links.get((kind, key))
-            row = cached if isinstance(cached, InterfaceLink) else None
-        else:
-            row = self.link(kind, key)
+        unique key refuses a concurrent twin at the end of the message, before the audit).
+        `new`: the caller knows the identifier has no link yet (not looked up)."""
+        row = self._links.get((kind, key)) if new else self.link(kind, key)
         target_id = target if isinstance(target, uuid.UUID) else uuid.UUID(str(target))
         if row is None:
-            row = InterfaceLink(
-                id=new_id(),
-                facility_id=self.facility_id,
-                kind=kind,
-                key_digest=self.digest(kind, key),
-                target_id=target_id,
-            )
-            self.pending.append(row)  # inserted together at the end of the message
+            row = Link(new_id(), kind, self.digest(kind, key), target_id, new=True)
             self._links[(kind, key)] = row
+        elif (row.target_id, row.reference_range, row.abnormal_flags) != (
+            target_id,
+            reference_range,
+            abnormal_flags,
+        ):
+            row.changed = True
         row.target_id = target_id
         row.reference_range = reference_range
         row.abnormal_flags = abnormal_flags
+
+    def write_links(self) -> None:
+        """The links this message made or changed, each kind of write in one statement."""
+        links = [link for link in self._links.values() if link is not None]
+        added = [
+            {
+                "id": link.id,
+                "facility_id": self.facility_id,
+                "kind": link.kind,
+                "key_digest": link.key_digest,
+                "target_id": link.target_id,
+                "reference_range": link.reference_range,
+                "abnormal_flags": link.abnormal_flags,
+            }
+            for link in links
+            if link.new
+        ]
+        if added:
+            self.tx.session.execute(insert(_LINKS), added)
+        changed = [
+            {
+                "link_id": link.id,
+                "target_id": link.target_id,
+                "reference_range": link.reference_range,
+                "abnormal_flags": link.abnormal_flags,
+            }
+            for link in links
+            if link.changed and not link.new
+        ]
+        if changed:
+            self.tx.session.connection().execute(
+                update(_LINKS)
+                .where(_LINKS.c.id == bindparam("link_id"))
+                .values(
+                    target_id=bindparam("target_id"),
+                    reference_range=bindparam("reference_range"),
+                    abnormal_flags=bindparam("abnormal_flags"),
+                ),
+                changed,
+            )
+        for link in links:
+            link.new = link.changed = False
 
     def find_patient(self, *, ins: str | None, local_keys: list[str]) -> uuid.UUID | None:
         """The facility's patient with this INS, else with one of the sender's local identifiers;
@@ -298,13 +379,12 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
         raise Refused("only a registered HL7 interface applies HL7 messages")
     tx.query = f"hl7;type={log.message_type}"
     tx.reasons.append("HL7 v2 interface message")
-    earlier = tx.session.scalar(
-        select(InterfaceMessage)
-        .where(
-            InterfaceMessage.interface_id == log.interface_id, InterfaceMessage.control_id == log.control_id
-        )
+    # The log line of this control id (a message refused before and sent again), held until commit.
+    earlier = tx.session.execute(
+        select(_MESSAGES.c.id, _MESSAGES.c.status)
+        .where(_MESSAGES.c.interface_id == log.interface_id, _MESSAGES.c.control_id == log.control_id)
         .with_for_update()
-    )
+    ).first()
     if earlier is not None and earlier.status == "accepted":
         raise Replayed
     work = MessageWork(tx=tx, facility_id=facility_id)
@@ -313,19 +393,26 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
     except MessageError as exc:
         raise MessageRefused(exc) from None
     tx.resource_ids.extend(work.touched)
-    tx.session.add_all(work.pending)
+    work.write_links()
     patients = list(dict.fromkeys(str(p) for p in tx.patient_ids))
-    row = earlier or InterfaceMessage(interface_id=log.interface_id, control_id=log.control_id, replays=0)
-    row.digest = log.digest
-    row.message_type = log.message_type
-    row.received_at = log.received_at
-    row.status = "accepted"
-    row.ack_code = "AA"
-    row.reason = None
-    row.patient_ids = " ".join(patients)
-    if earlier is None:
-        tx.session.add(row)
-    tx.session.flush()  # the unique control id: a concurrent twin fails here, before the audit
+    line = {
+        "digest": log.digest,
+        "message_type": log.message_type,
+        "received_at": log.received_at,
+        "status": "accepted",
+        "ack_code": "AA",
+        "reason": None,
+        "patient_ids": " ".join(patients),
+    }
+    if earlier is None:  # the unique control id: a concurrent twin fails here, before the audit
+        tx.session.execute(
+            insert(_MESSAGES).values(
+                id=new_id(), interface_id=log.interface_id, control_id=log.control_id, replays=0, **line
+            )
+        )
+    else:
+        tx.session.execute(update(_MESSAGES).where(_MESSAGES.c.id == earlier.id).values(**line))
+    tx.session.flush()  # what the operations left in the session, before the audit
     return patients
 
 

@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -41,7 +42,7 @@ from carnet.kernel.errors import (
     Throttled,
 )
 from carnet.kernel.ids import new_id
-from carnet.phi.gate import Gate
+from carnet.phi.gate import Gate, GroupFailed
 from carnet.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,41 @@ class Peer:
     cert_sha256: str | None = None
 
 
+@dataclass(frozen=True)
+class _Incoming:
+    """A parsed message whose sender is identified, on its way to the gate."""
+
+    message: Any
+    head: Header
+    interface: Registered
+    peer: Peer
+    digest: str
+    now: dt.datetime
+    stripe: int  # its patient's lock (per-patient order)
+
+
+_INTERNAL = MessageError("carnet could not apply the message: nothing was changed", code=ErrorCode.INTERNAL)
+
+
+def _runs(ready: list[tuple[int, _Incoming]]) -> list[list[tuple[int, _Incoming]]]:
+    """Consecutive messages of one interface (one actor), in order; a merge is a run of its own."""
+    runs: list[list[tuple[int, _Incoming]]] = []
+    for item in ready:
+        incoming = item[1]
+        last = runs[-1][-1][1] if runs else None
+        alone = incoming.head.message_type == "ADT^A40"
+        if (
+            last is None
+            or alone
+            or last.head.message_type == "ADT^A40"
+            or (last.interface.id, last.peer.address) != (incoming.interface.id, incoming.peer.address)
+        ):
+            runs.append([item])
+        else:
+            runs[-1].append(item)
+    return runs
+
+
 class _Budget:
     """Messages per interface in the last minute, and refused types in the last hour (this
     process; each listener judges the traffic it receives)."""
@@ -150,6 +186,68 @@ class InterfaceService:
     # -- one message ------------------------------------------------------------------------------
     def receive(self, raw: str, *, peer: Peer, candidates: list[Registered] | None = None) -> str:
         """The ACK (or NAK) to one message. Never raises; never quotes the message."""
+        incoming = self._identify(raw, peer, candidates)
+        if isinstance(incoming, str):
+            return incoming
+        replay = self._replay(incoming.interface, incoming.head, incoming.digest)
+        if replay is not None:
+            return replay
+        refused = self._admit(incoming)
+        if refused is not None:
+            return refused
+        with self._stripes[incoming.stripe]:  # one message at a time per patient, in the order received
+            return self._apply_one(incoming)
+
+    def receive_many(self, messages: list[tuple[str, Peer, list[Registered] | None]]) -> list[str]:
+        """The ACKs (or NAKs) to messages received together, in their order, each answered as
+        `receive` answers it. Consecutive messages of one interface are applied as one group
+        (`Gate.apply_hl7_messages`: one transaction, a savepoint and an audit event each, one
+        commit; a failing message is rolled back alone and NAKed); the answers exist only after
+        the commit. Their replays are looked up together, before. Never raises."""
+        answers: list[str | None] = [None] * len(messages)
+        found: list[tuple[int, _Incoming]] = []
+        for i, (raw, peer, candidates) in enumerate(messages):
+            incoming = self._identify(raw, peer, candidates)
+            if isinstance(incoming, str):
+                answers[i] = incoming
+            else:
+                found.append((i, incoming))
+        replays = self._replays([incoming for _, incoming in found])
+        ready: list[tuple[int, _Incoming]] = []
+        # A control id sent twice in one batch (a sender that resent before its ACK): the
+        # second waits for the group, then is answered as `receive` answers it (a replay).
+        again: list[tuple[int, _Incoming]] = []
+        claimed: set[tuple[uuid.UUID, str]] = set()
+        for i, incoming in found:
+            answers[i] = replays.get(id(incoming)) or self._admit(incoming)
+            key = (incoming.interface.id, incoming.head.control_id)
+            if answers[i] is None:
+                (again if key in claimed else ready).append((i, incoming))
+                claimed.add(key)
+        # Every patient of the batch held for its whole application (taken in one order: two
+        # batches never wait on each other in a cycle), as `receive` holds one.
+        stripes = sorted({incoming.stripe for _, incoming in ready})
+        for stripe in stripes:
+            self._stripes[stripe].acquire()
+        try:
+            for run in _runs(ready):
+                for (i, _), answer in zip(
+                    run, self._apply_run([incoming for _, incoming in run]), strict=True
+                ):
+                    answers[i] = answer
+        finally:
+            for stripe in reversed(stripes):
+                self._stripes[stripe].release()
+        for i, incoming in again:
+            replay = self._replay(incoming.interface, incoming.head, incoming.digest)
+            if replay is None:
+                with self._stripes[incoming.stripe]:
+                    replay = self._apply_one(incoming)
+            answers[i] = replay
+        return [a if a is not None else self._nak(None, _INTERNAL, clock.now()) for a in answers]
+
+    def _identify(self, raw: str, peer: Peer, candidates: list[Registered] | None) -> _Incoming | str:
+        """The message parsed and its sender identified, or the NAK."""
         now = clock.now()
         head: Header | None = None
         try:
@@ -171,67 +269,104 @@ class InterfaceService:
         digest = self.runtime.keyring.blind.index(
             IndexKind.IDENTIFIER, "hl7-message|" + _canonical(raw)
         ).hex()
-        replay = self._replay(interface, head, digest)
-        if replay is not None:
-            return replay
+        stripe = hash(_patient_key(message)) % len(self._stripes)
+        return _Incoming(message, head, interface, peer, digest, now, stripe)
+
+    def _admit(self, incoming: _Incoming) -> str | None:
+        """None when the message is within its interface's registration and well formed; else
+        its NAK (logged as rejected)."""
+        interface, head, now = incoming.interface, incoming.head, incoming.now
         try:
-            self._judge_budget(interface, head, peer, now)
-            hl7v2.check_structure(message, head)
+            self._judge_budget(interface, head, incoming.peer, now)
+            hl7v2.check_structure(incoming.message, head)
         except MessageError as exc:
-            self._log_rejected(interface, head, digest, exc, now)
+            self._log_rejected(interface, head, incoming.digest, exc, now)
             return self._nak(head, exc, now)
+        return None
+
+    def _apply_one(self, incoming: _Incoming) -> str:
+        """One message, one guarded transaction (the caller holds its patient's stripe)."""
+        head = incoming.head
+        gate = Gate(self.runtime, incoming.interface.actor(incoming.peer.address))
+        operation = gate.apply_hl7_merge if head.message_type == "ADT^A40" else gate.apply_hl7_message
+        try:
+            operation(**self._arguments(incoming))
+        except Exception as exc:
+            return self._settle(incoming, exc)
+        return self._settle(incoming, None)
+
+    def _apply_run(self, run: list[_Incoming]) -> list[str]:
+        """Messages of one interface as one group; one by one when the group as a whole failed
+        (nothing of it was written) or for a merge (audited as a merge, alone)."""
+        first = run[0]
+        if len(run) == 1 or first.head.message_type == "ADT^A40":
+            return [self._apply_one(incoming) for incoming in run]
+        gate = Gate(self.runtime, first.interface.actor(first.peer.address))
+        try:
+            outcomes = gate.apply_hl7_messages([self._arguments(incoming) for incoming in run])
+        except GroupFailed:
+            return [self._apply_one(incoming) for incoming in run]
+        return [
+            self._settle(incoming, outcome if isinstance(outcome, Exception) else None)
+            for incoming, outcome in zip(run, outcomes, strict=True)
+        ]
+
+    def _arguments(self, incoming: _Incoming) -> dict[str, Any]:
+        head, interface = incoming.head, incoming.interface
         handler = HANDLERS[head.message_type]
         ctx = Context(
-            message=message, head=head, zone=interface.timezone, interface_name=interface.name, now=now
+            message=incoming.message,
+            head=head,
+            zone=interface.timezone,
+            interface_name=interface.name,
+            now=incoming.now,
         )
-        gate = Gate(self.runtime, interface.actor(peer.address))
-        operation = gate.apply_hl7_merge if head.message_type == "ADT^A40" else gate.apply_hl7_message
         entry = LogEntry(
             interface_id=interface.id,
             control_id=head.control_id,
-            digest=digest,
+            digest=incoming.digest,
             message_type=head.message_type,
-            received_at=now,
+            received_at=incoming.now,
         )
-        stripe = self._stripes[hash(_patient_key(message)) % len(self._stripes)]
-        try:
-            with stripe:  # one message at a time per patient, in the order received
-                operation(
-                    log=entry,
-                    facility_id=interface.facility_id,
-                    handler=lambda work: handler(ctx, work),
-                )
-        except Replayed:
+        return {
+            "log": entry,
+            "facility_id": interface.facility_id,
+            "handler": lambda work: handler(ctx, work),
+        }
+
+    def _settle(self, incoming: _Incoming, exc: Exception | None) -> str:
+        """The answer to a message the gate applied (`exc` None) or refused with `exc`."""
+        interface, head, now = incoming.interface, incoming.head, incoming.now
+        if exc is None:
+            return hl7v2.ack(head, AckCode.ACCEPT, control_id=_ack_id(), now=now)
+        error: MessageError
+        if isinstance(exc, Replayed):
             return self._ack_replay(head, now)
-        except IntegrityError:
-            again = self._replay(interface, head, digest)
+        if isinstance(exc, IntegrityError):
+            again = self._replay(interface, head, incoming.digest)
             if again is not None:
                 return again
             error = MessageError("the message could not be recorded: resend it", code=ErrorCode.INTERNAL)
-        except MessageRefused as exc:
+        elif isinstance(exc, MessageRefused):
             error = exc.error
-        except (AccountContained, AuthenticationRequired, Throttled) as exc:
+        elif isinstance(exc, AccountContained | AuthenticationRequired | Throttled):
             error = MessageError(str(exc), code=ErrorCode.INTERNAL, ack=AckCode.REJECT)
-        except Forbidden:
+        elif isinstance(exc, Forbidden):
             error = MessageError(
                 "the access policy refuses this write to this interface",
                 code=ErrorCode.INTERNAL,
                 ack=AckCode.REJECT,
             )
-        except NotFound:
+        elif isinstance(exc, NotFound):
             error = MessageError("no such record", code=ErrorCode.UNKNOWN_KEY)
-        except Conflict as exc:
+        elif isinstance(exc, Conflict):
             error = MessageError(str(exc), code=ErrorCode.RECORD_LOCKED)
-        except InvalidInput as exc:
+        elif isinstance(exc, InvalidInput):
             error = MessageError(str(exc), code=ErrorCode.INTERNAL)
-        except Exception as exc:  # fail closed: nothing written, a NAK, the kind of error logged
+        else:  # fail closed: nothing written, a NAK, the kind of error logged
             log.error("hl7 message of %s failed: %s", interface.name, type(exc).__name__)
-            error = MessageError(
-                "carnet could not apply the message: nothing was changed", code=ErrorCode.INTERNAL
-            )
-        else:
-            return hl7v2.ack(head, AckCode.ACCEPT, control_id=_ack_id(), now=now)
-        self._log_rejected(interface, head, digest, error, now)
+            error = _INTERNAL
+        self._log_rejected(interface, head, incoming.digest, error, now)
         return self._nak(head, error, now)
 
     # -- replays, log -----------------------------------------------------------------------------
@@ -261,6 +396,42 @@ class InterfaceService:
                 .values(replays=InterfaceMessage.replays + 1)
             )
         return self._ack_replay(head, clock.now())
+
+    def _replays(self, incoming: list[_Incoming]) -> dict[int, str]:
+        """`_replay` for messages received together, in one transaction: the answer of each one
+        that is a replay (keyed by `id()` of its _Incoming)."""
+        if not incoming:
+            return {}
+        answers: dict[int, str] = {}
+        with self.runtime.session_factory.begin() as session:
+            rows = session.scalars(
+                select(InterfaceMessage).where(
+                    InterfaceMessage.interface_id.in_({i.interface.id for i in incoming}),
+                    InterfaceMessage.control_id.in_({i.head.control_id for i in incoming}),
+                    InterfaceMessage.status == "accepted",
+                )
+            ).all()
+            accepted = {(row.interface_id, row.control_id): row for row in rows}
+            for item in incoming:
+                row = accepted.get((item.interface.id, item.head.control_id))
+                if row is None:
+                    continue
+                if row.digest != item.digest:
+                    error = MessageError(
+                        "this control id was already used for another message",
+                        code=ErrorCode.DUPLICATE_KEY,
+                        segment="MSH",
+                        field=10,
+                    )
+                    answers[id(item)] = self._nak(item.head, error, clock.now())
+                    continue
+                session.execute(
+                    update(InterfaceMessage)
+                    .where(InterfaceMessage.id == row.id)
+                    .values(replays=InterfaceMessage.replays + 1)
+                )
+                answers[id(item)] = self._ack_replay(item.head, clock.now())
+        return answers
 
     def _ack_replay(self, head: Header, now: dt.datetime) -> str:
         return hl7v2.ack(head, AckCode.ACCEPT, control_id=_ack_id(), now=now)

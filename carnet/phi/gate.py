@@ -27,6 +27,7 @@ from carnet.patients import merge as identity
 from carnet.patients import operations as patients
 from carnet.phi import breakglass, exports, fastpath, fastpath_search, validation
 from carnet.phi.exports import BULK_TYPES, EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXPORT
+from carnet.phi.grouped import GroupFailed, grouped
 from carnet.phi.kernel import RT, GateCore, GuardedTx, Refused, guarded, operation
 from carnet.prescriptions import operations as prescriptions
 from carnet.prescriptions import printing as prescription_prints
@@ -47,6 +48,7 @@ __all__ = [
     "TRANSACTION_LIMIT",
     "AllergyWarning",
     "Gate",
+    "GroupFailed",
     "TransactionStep",
     "public_operations",
 ]
@@ -304,6 +306,9 @@ class Gate(GateCore):
     # -- an HL7 v2 message of a registered interface, all or nothing (carnet/interfaces/operation.py)
     apply_hl7_message = operation(interfaces.apply_message)
     apply_hl7_merge = operation(interfaces.apply_merge_message)
+    # Messages of one interface arriving together: one transaction, a savepoint and an audit
+    # event each, one commit (carnet/phi/grouped.py).
+    apply_hl7_messages = grouped(interfaces.apply_message)
 
 
 def public_operations() -> dict[str, AuditKind]:

@@ -348,6 +348,14 @@ def _refuses(work: MessageWork) -> None:
     raise MessageError("the observation value is required", code=ErrorCode.REQUIRED_FIELD, segment="OBX")
 
 
+def _alone(outcomes: list[Any]) -> Any:
+    """A group of one call: its result, or the exception the one path would have raised."""
+    [outcome] = outcomes
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
 def _paid_invoice(runtime: Runtime, billing: Actor, patient: str, facility: uuid.UUID) -> str:
     invoice = str(f.make_invoice(runtime, patient_id=patient, facility_id=facility))
     paid = Gate(runtime, billing).record_payment(
@@ -858,6 +866,11 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         "interface",
         lambda g, w: g.apply_hl7_merge(**_hl7(w, lambda work: None)),
         lambda g, w: g.apply_hl7_merge(**_hl7(w, _refuses)),
+    ),
+    "apply_hl7_messages": (
+        "interface",
+        lambda g, w: _alone(g.apply_hl7_messages([_hl7(w, _files_a_result(w))])),
+        lambda g, w: _alone(g.apply_hl7_messages([_hl7(w, _refuses)])),
     ),
     "run_transaction": (
         "physician",

@@ -1,0 +1,138 @@
+"""Group commit: several calls of one operation, by one actor, in one transaction.
+
+A variant of `GateCore._run` (carnet/phi/kernel.py) for a feed of small writes (an HL7
+interface's messages arriving on several connections), not a way around it. Every call takes
+the kernel's steps with the kernel's code; what is shared is the transaction:
+
+1. one transaction: the actor's context (account active, grants active: a contained or
+   suspended actor is refused here, for every call of the group) and the facility scope;
+2. each call in a SAVEPOINT: its body, then its exposures (ledger, detection); a call that
+   fails is rolled back to its savepoint, alone, and the others go on;
+3. the audit event of every call that succeeded, each its own event, in the order of the calls
+   (the chain head is taken here, after all the Python work), then ONE commit;
+4. after the commit, each failed call is audited and answered by the kernel's `_fail`, exactly
+   as on the one path (a refusal as NotFound or Forbidden, a denial, an error).
+
+So BEGIN, the context, the scope, the chain-head wait and the commit (its fsync) are paid once
+per group instead of once per call. A result is returned only after the commit: the caller
+acknowledges nothing that could still be lost. If the group as a whole fails (the audit append,
+the commit), nothing of it was written and `GroupFailed` says so: the caller runs each call on
+the one path instead. tests/interfaces/test_grouped.py proves a group writes the same records,
+versions and audit events, and answers the same, as the same calls one by one.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from carnet.access.scope import enter_scope
+from carnet.audit.interfaces import Outcome
+from carnet.operations.tracing import gate_step
+from carnet.phi.kernel import GateCore, Guard, GuardedTx, Refused, _serialise_on_sqlite
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+GROUP_LIMIT = 100
+
+
+class GroupFailed(Exception):
+    """The group's transaction failed as a whole (nothing of it was written): run each call on
+    its own."""
+
+
+def run_group(core: GateCore, guard: Guard, runs: Sequence[Callable[[GuardedTx], T]]) -> list[T | Exception]:
+    """Each of `runs` (bodies bound to their arguments) as described in the module docstring:
+    its result, or the exception the one path would have raised for it."""
+    if not 1 <= len(runs) <= GROUP_LIMIT:
+        raise ValueError(f"a group holds 1 to {GROUP_LIMIT} calls")
+    runtime = core._runtime
+    kind, resource = guard.kind, guard.resource
+    results: list[Any] = [None] * len(runs)
+    failed: dict[int, tuple[Exception, list[uuid.UUID]]] = {}
+    try:
+        with runtime.session_factory.begin() as session:
+            _serialise_on_sqlite(session)
+            try:
+                with gate_step("context", kind=kind.value, resource=resource.value):
+                    ctx = core._context(session)
+                    if not ctx.permissions:
+                        raise Refused("no active role grants this actor any permission")
+                    enter_scope(session, ctx.facility_ids)
+            except Exception as exc:  # the actor is not usable: every call is refused alike
+                failed = {i: (exc, []) for i in range(len(runs))}
+                runs = []
+            done: list[GuardedTx] = []
+            for i, run in enumerate(runs):
+                tx = GuardedTx(
+                    session=session,
+                    ctx=ctx,
+                    actor=core.actor,
+                    keyring=core._keyring,
+                    resource_type=resource.value,
+                    kind=kind,
+                )
+                # Each call reads the database as it stands, not what an earlier call loaded.
+                session.expire_all()
+                try:
+                    with session.begin_nested():
+                        with gate_step("operation", kind=kind.value, resource=resource.value):
+                            results[i] = run(tx)
+                        for exposure in tx.exposures:
+                            runtime.ledger.record(
+                                session,
+                                actor=core.actor,
+                                patient_ids=exposure.patient_ids,
+                                channel=exposure.channel,
+                                resource_type=exposure.resource_type,
+                                outside_care=exposure.outside_care,
+                                query_shape=exposure.shape,
+                                fields=exposure.fields,
+                            )
+                except Exception as exc:  # rolled back to its savepoint: this call alone
+                    results[i] = None
+                    failed[i] = (exc, list(tx.patient_ids))
+                    continue
+                done.append(tx)
+            # Audit last, as the kernel does: the chain head is held from here to the commit.
+            for tx in done:
+                seq = runtime.audit.append(session, core._record(kind, Outcome.SUCCESS, tx))
+                for hook in tx.after_audit:
+                    hook(seq)
+    except Exception as exc:
+        raise GroupFailed(type(exc).__name__) from exc
+    return _answer(core, guard, results, failed)
+
+
+def _answer(
+    core: GateCore, guard: Guard, results: list[Any], failed: dict[int, tuple[Exception, list[uuid.UUID]]]
+) -> list[Any]:
+    """Each failed call audited in its own transaction and turned into what the one path
+    raises (`_fail`), in the order of the calls."""
+    for i, (exc, attempted) in sorted(failed.items()):
+        try:
+            core._fail(guard, exc, attempted)
+        except Exception as answered:
+            results[i] = answered
+    return results
+
+
+def grouped(
+    body: Callable[Concatenate[GuardedTx, P], T],
+) -> Callable[[GateCore, Sequence[dict[str, Any]]], list[T | Exception]]:
+    """A facade method running several calls of `body` (each a dict of its keyword arguments)
+    as one group (`run_group`); its audit kind is the operation's."""
+    guard: Guard | None = getattr(body, "__gate_guard__", None)
+    if guard is None:
+        raise TypeError(f"{body.__qualname__} is not declared @guarded")
+
+    @functools.wraps(body)
+    def call(self: GateCore, calls: Sequence[dict[str, Any]]) -> list[T | Exception]:
+        runs = [functools.partial(body, **arguments) for arguments in calls]
+        return run_group(self, guard, runs)
+
+    call.__gate_audit_kind__ = guard.kind  # type: ignore[attr-defined]
+    return call

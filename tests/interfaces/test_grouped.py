@@ -1,0 +1,274 @@
+"""Group commit (carnet/phi/grouped.py, `InterfaceService.receive_many`): messages received
+together are applied in one transaction, a savepoint each, and answer, write and audit exactly
+as the same messages applied one by one (`receive`, one guarded transaction each).
+
+The equivalence is checked on two worlds in one hospital, built alike: the same scenario (new
+reports, a correction in the same batch as the report it corrects, a message failing on its
+last result, an unknown patient, a replay, a control id reused for another message) is sent
+one by one for one set of patients and as one batch for another; the ACKs, records, versions,
+links, message log and audit events must be the same once each world's ids are named alike.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import select
+
+from carnet.audit.models import AuditEvent
+from carnet.identity.models import Account
+from carnet.interfaces.models import Interface, InterfaceLink, InterfaceMessage
+from carnet.interfaces.service import InterfaceService, Peer
+from carnet.patients.models import ResourceVersion
+from carnet.phi import grouped
+from carnet.records.models import DiagnosticReport, Observation
+from carnet.runtime import Runtime
+from tests.interfaces.conftest import Hospital, serve
+from tests.interfaces.helpers import Obx, Person, adt, msa, oru, send
+from tests.interfaces.records import audit_of, counts, log_line
+
+PANEL = [
+    Obx("718-7", "13.5", "g/dL", reference="12-16"),
+    Obx("789-8", "4.6", "10*6/uL", reference="4.2-5.4", display="Erythrocytes"),
+    Obx("6690-2", "11.2", "10*3/uL", reference="4-10", flags="H", display="Leukocytes"),
+    Obx("777-3", "250", "10*3/uL", reference="150-400", display="Platelets"),
+    Obx("5909-7", "see note", "", kind="ST", reference="", flags="", display="Blood smear"),
+]
+PEER = Peer("127.0.0.1")
+_UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}")
+_TIME = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d)?")
+
+
+def _scenario(world: str) -> tuple[list[Person], list[str]]:
+    """Three patients of `world` and the messages sent for them, in order."""
+    people = [
+        Person(ipp=f"{world}-P{n}", family=f"FAM{world}", given=f"G{n}", birth=f"19{60 + n}0101")
+        for n in range(3)
+    ]
+    first = oru(f"{world}-1", people[0], PANEL, filler=f"{world}-F1")
+    broken = [*PANEL[:4], Obx("5909-7", "twelve", "g/dL")]  # fails on its last result
+    messages = [
+        first,
+        oru(f"{world}-2", people[1], PANEL[:3], filler=f"{world}-F2"),
+        oru(f"{world}-3", people[2], broken, filler=f"{world}-F3"),
+        # Corrects the first message's report, in the same batch: applied after it.
+        oru(
+            f"{world}-4",
+            people[0],
+            [Obx("718-7", "12.9", "g/dL", status="C"), PANEL[1]],
+            filler=f"{world}-F1",
+            status="C",
+        ),
+        oru(f"{world}-5", Person(ipp=f"{world}-NOBODY"), PANEL[:1], filler=f"{world}-F5"),
+        first,  # a replay (the sender lost the ACK)
+        oru(f"{world}-2", people[2], PANEL[:1], filler=f"{world}-F6"),  # a control id reused
+        oru(f"{world}-7", people[2], PANEL[1:3], filler=f"{world}-F7"),
+    ]
+    return people, messages
+
+
+def _register(service: InterfaceService, people: list[Person]) -> None:
+    candidates = service.candidates(PEER)
+    for person in people:
+        message = adt("A04", f"REG-{person.ipp}", person, klass="O", visit=f"V-{person.ipp}")
+        assert msa(service.receive(message, peer=PEER, candidates=candidates))[1] == "AA"
+
+
+def _answer(ack: str) -> list[str]:
+    """What an ACK says, without its own ids and times: MSA-1, its text, and ERR."""
+    segments = {s.split("|", 1)[0]: s.split("|") for s in ack.split("\r") if s}
+    said = [segments["MSA"][1], *segments["MSA"][3:]]
+    return said + segments.get("ERR", [])[1:]
+
+
+class Names:
+    """Each world's ids named in the order they are first seen, so two worlds compare."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+
+    def __call__(self, text: str) -> str:
+        text = _TIME.sub("<time>", text)
+        return _UUID.sub(
+            lambda m: self.names.setdefault(m.group(0).replace("-", ""), f"<id{len(self.names)}>"), text
+        )
+
+
+def _world(runtime: Runtime, world: str, since: int, until: int) -> dict[str, Any]:
+    """Everything the world's messages wrote, its ids named in order of appearance."""
+    name = Names()
+    with runtime.session_factory() as s:
+        lab = s.scalar(select(Interface.id).where(Interface.name == "LAB"))
+        log = s.scalars(
+            select(InterfaceMessage)
+            .where(InterfaceMessage.interface_id == lab, InterfaceMessage.control_id.like(f"{world}-%"))
+            .order_by(InterfaceMessage.control_id)
+        ).all()
+        lines = [
+            (m.control_id[len(world) :], m.status, m.ack_code, m.reason, m.replays, name(m.patient_ids))
+            for m in log
+        ]
+        patients = {p for m in log for p in m.patient_ids.split()}
+        observations = s.scalars(
+            select(Observation)
+            .where(Observation.patient_id.in_([uuid.UUID(p) for p in patients]))
+            .order_by(Observation.code, Observation.created_at)
+        ).all()
+        reports = s.scalars(
+            select(DiagnosticReport).where(DiagnosticReport.patient_id.in_([uuid.UUID(p) for p in patients]))
+        ).all()
+        record_ids = [o.id for o in observations] + [r.id for r in reports]
+        versions = s.scalars(select(ResourceVersion).where(ResourceVersion.resource_id.in_(record_ids))).all()
+        links = s.scalars(select(InterfaceLink).where(InterfaceLink.target_id.in_(record_ids))).all()
+        events = s.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.username == "interface:LAB", AuditEvent.seq > since, AuditEvent.seq <= until)
+            .order_by(AuditEvent.seq)
+        ).all()
+
+    def snapshot(v: ResourceVersion) -> str:
+        body = runtime.keyring.decrypt(
+            v.snapshot_ct, table="resource_versions", column="snapshot", row_id=v.id
+        )
+        # Ids named within each snapshot: the versions come back in no particular order.
+        return Names()(json.dumps(json.loads(body or "{}"), sort_keys=True))
+
+    return {
+        "log": lines,
+        "observations": sorted(
+            (
+                o.code,
+                o.value_number,
+                o.unit,
+                o.value_text,
+                o.status,
+                o.version_id,
+                o.reference_range,
+                o.interpretation,
+            )
+            for o in observations
+        ),
+        "reports": sorted((r.code, r.status, r.version_id) for r in reports),
+        "versions": Counter((v.resource_type, v.version_id, v.action) for v in versions),
+        "snapshots": Counter(snapshot(v) for v in versions),
+        "links": Counter((link.kind, link.reference_range, link.abnormal_flags) for link in links),
+        # In one group the successes are audited at its commit, the failures after it: the
+        # events are the same, their order in the chain may differ.
+        "audit": Counter(
+            (
+                e.kind,
+                e.outcome,
+                e.policy_reason,
+                e.query,
+                len(e.resource_ids),
+                len(e.patient_ids),
+            )
+            for e in events
+        ),
+    }
+
+
+def _last_seq(runtime: Runtime) -> int:
+    with runtime.session_factory() as s:
+        return int(s.scalar(select(AuditEvent.seq).order_by(AuditEvent.seq.desc()).limit(1)) or 0)
+
+
+def test_a_group_answers_writes_and_audits_as_the_same_messages_one_by_one(
+    runtime: Runtime, hospital: Hospital
+) -> None:
+    service = InterfaceService(runtime)
+    candidates = service.candidates(PEER)
+    seen: list[int] = []
+    real = grouped.run_group
+
+    def spy(core: Any, guard: Any, runs: Any) -> Any:
+        seen.append(len(runs))
+        return real(core, guard, runs)
+
+    # One by one (the one path), then as one batch (a group), for two alike sets of patients.
+    people, messages = _scenario("A")
+    _register(service, people)
+    since_one = _last_seq(runtime)
+    one_by_one = [_answer(service.receive(m, peer=PEER, candidates=candidates)) for m in messages]
+    people, messages = _scenario("B")
+    registered = _last_seq(runtime)
+    _register(service, people)
+    since_group = _last_seq(runtime)
+    grouped.run_group = spy  # type: ignore[assignment]
+    try:
+        together = [_answer(a) for a in service.receive_many([(m, PEER, candidates) for m in messages])]
+    finally:
+        grouped.run_group = real  # type: ignore[assignment]
+    assert seen and max(seen) >= 5, seen  # the batch was applied as a group
+
+    assert together == one_by_one
+    assert [a[0] for a in together] == ["AA", "AA", "AE", "AA", "AE", "AA", "AE", "AA"]
+    first = _world(runtime, "A", since_one, registered)
+    second = _world(runtime, "B", since_group, _last_seq(runtime))
+    assert first["audit"] and first["observations"]
+    for part in first:
+        assert second[part] == first[part], part
+    # The message that failed on its last result wrote nothing (the group went on without it).
+    assert log_line(runtime, "B-3").status == "rejected"
+    assert log_line(runtime, "B-1").replays == 1
+
+
+def test_a_contained_interface_is_refused_for_every_message_of_a_group(
+    runtime: Runtime, hospital: Hospital
+) -> None:
+    service = InterfaceService(runtime)
+    candidates = service.candidates(PEER)
+    people, _ = _scenario("C")
+    _register(service, people)
+    before = counts(runtime, hospital.facility_id)
+    with runtime.session_factory.begin() as s:
+        lab = s.scalar(select(Interface).where(Interface.name == "LAB"))
+        assert lab is not None
+        s.get_one(Account, lab.account_id).status = "suspended"
+    since = _last_seq(runtime)
+    batch = [oru(f"C-{n}", people[n], PANEL[:2], filler=f"C-F{n}") for n in range(3)]
+    answers = service.receive_many([(m, PEER, candidates) for m in batch])
+    assert [msa(a)[1] for a in answers] == ["AR", "AR", "AR"]
+    assert all("suspended" in msa(a)[3] for a in answers)
+    assert counts(runtime, hospital.facility_id) == before
+    events = [e for e in audit_of(runtime, "interface:LAB") if e.seq > since]
+    assert [(e.kind, e.outcome) for e in events] == [("phi:resource:transaction", "denied")] * 3
+
+
+def test_messages_on_several_connections_are_each_applied_once_and_acknowledged_after_commit(
+    runtime: Runtime, hospital: Hospital
+) -> None:
+    service = InterfaceService(runtime)
+    people = [Person(ipp=f"D-P{n}", family="DUVAL", given=f"G{n}") for n in range(4)]
+    _register(service, people)
+    before = counts(runtime, hospital.facility_id)
+    since = _last_seq(runtime)
+    answers: dict[int, list[str]] = {}
+
+    def sender(port: int, n: int) -> None:
+        answers[n] = send(
+            port, *[oru(f"D-{n}-{k}", people[n], PANEL[:3], filler=f"D-F{n}-{k}") for k in range(5)]
+        )
+
+    for port in serve(runtime):
+        threads = [threading.Thread(target=sender, args=(port, n)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert sorted(answers) == [0, 1, 2, 3]
+    assert all(msa(a)[1] == "AA" for batch in answers.values() for a in batch)
+    after = counts(runtime, hospital.facility_id)
+    assert after["observations"] - before["observations"] == 4 * 5 * 3
+    assert after["reports"] - before["reports"] == 4 * 5
+    assert after["accepted"] - before["accepted"] == 20
+    events = [e for e in audit_of(runtime, "interface:LAB") if e.seq > since]
+    assert [(e.kind, e.outcome) for e in events] == [("phi:resource:transaction", "success")] * 20
+    for n in range(4):  # each patient's messages applied in the order sent
+        line = [log_line(runtime, f"D-{n}-{k}") for k in range(5)]
+        assert [x.received_at for x in line] == sorted(x.received_at for x in line)
