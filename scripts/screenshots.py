@@ -140,6 +140,10 @@ def main() -> None:
     parser.add_argument("--language", choices=("fr", "en"), default="fr")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the demo to serve")
+    # A daytime clock: at night the arrivals list and the day lists are empty.
+    parser.add_argument(
+        "--clock", default="10:00", help="the hospital's wall clock at the start (HH:MM, Paris)"
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -157,7 +161,16 @@ def main() -> None:
         }
         with log.open("wb") as sink:
             server = subprocess.Popen(  # noqa: S603 (the venv's own carnet, no shell)
-                [str(CARNET), "demo", "--patients", str(args.patients), "--port", str(port)],
+                [
+                    str(CARNET),
+                    "demo",
+                    "--patients",
+                    str(args.patients),
+                    "--port",
+                    str(port),
+                    "--clock",
+                    args.clock,
+                ],
                 env=env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
