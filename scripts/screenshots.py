@@ -47,7 +47,11 @@ ARGS = [
 MAIN_PAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "physician": (("role-physician-day", "/day"),),
     "nurse": (("role-nurse-day", "/day"), ("role-nurse-ward", "/ward")),
-    "front_desk": (("role-front-desk", "/desk"), ("role-front-desk-arrivals", "/desk/arrivals")),
+    "front_desk": (
+        ("role-front-desk", "/desk"),
+        ("role-front-desk-arrivals", "/desk/arrivals"),
+        ("role-front-desk-calendar", "/desk/calendar"),
+    ),
     "billing": (("role-billing", "/billing"), ("role-billing-worklist", "/billing/worklist")),
     "security_officer": (("role-security-console", "/security"),),
     "integration": (("role-integration-log", "/integration"),),
