@@ -15,6 +15,7 @@ palette so the repository stays light. Nothing leaves the machine: the demo list
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,8 @@ MAIN_PAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "system_administrator": (("role-administration", "/admin"),),
     "patient": (("role-patient-portal", "/portal"),),
 }
+# Seconds from this machine's time to the demo's (set by --clock).
+CLOCK_OFFSET = 0.0
 PATIENT_LINK = re.compile(r'href="(/patients/[0-9a-f-]{36})"')
 
 
@@ -84,7 +88,9 @@ def _wait_until_up(origin: str, server: subprocess.Popen[bytes], log: Path, time
 def _sign_in(context: Any, origin: str, account: dict[str, Any]) -> str:
     """POST /auth/login as the login page does (the Origin header is the page's own), in the
     browser's context so the session cookie lands there; returns the CSRF token."""
-    code = pyotp.TOTP(account["totp_secret"]).now() if account.get("totp_secret") else ""
+    # The authenticator's code at the demo's time (its clock was moved to --clock).
+    at = time.time() + CLOCK_OFFSET
+    code = pyotp.TOTP(account["totp_secret"]).at(at) if account.get("totp_secret") else ""
     answer = context.request.post(
         origin + "/auth/login",
         data={"username": account["username"], "password": account["password"], "otp": code},
@@ -150,6 +156,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
+
+    global CLOCK_OFFSET
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    now = dt.datetime.now(paris)
+    hour, minute = (int(part) for part in args.clock.split(":"))
+    CLOCK_OFFSET = (now.replace(hour=hour, minute=minute, second=0, microsecond=0) - now).total_seconds()
 
     args.out.mkdir(parents=True, exist_ok=True)
     port = _free_port()
