@@ -142,6 +142,20 @@ def _print_prescription(page: Any, origin: str, out: Path, csrf: str, tmp: Path)
     return True
 
 
+def _clock_offset(log: Path, wanted: str) -> None:
+    """The demo moves its clock to `wanted` as it starts and says so: from that moment, the
+    seconds between this machine's time and the demo's (for the authenticator codes)."""
+    global CLOCK_OFFSET
+    deadline = time.monotonic() + 120
+    while "the hospital's clock starts at" not in log.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise SystemExit("the demo did not start its clock")
+        time.sleep(0.05)
+    now = dt.datetime.now(zoneinfo.ZoneInfo("Europe/Paris"))
+    hour, minute = (int(part) for part in wanted.split(":"))
+    CLOCK_OFFSET = (now.replace(hour=hour, minute=minute, second=0, microsecond=0) - now).total_seconds()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,12 +170,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
-
-    global CLOCK_OFFSET
-    paris = zoneinfo.ZoneInfo("Europe/Paris")
-    now = dt.datetime.now(paris)
-    hour, minute = (int(part) for part in args.clock.split(":"))
-    CLOCK_OFFSET = (now.replace(hour=hour, minute=minute, second=0, microsecond=0) - now).total_seconds()
 
     args.out.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -193,6 +201,7 @@ def main() -> None:
                 cwd=tmp,
             )
         try:
+            _clock_offset(log, args.clock)
             _wait_until_up(origin, server, log, args.timeout)
             accounts: list[dict[str, Any]] = json.loads((tmp / "demo-credentials.json").read_text())
             with sync_playwright() as p:
