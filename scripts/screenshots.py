@@ -15,6 +15,7 @@ palette so the repository stays light. Nothing leaves the machine: the demo list
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +49,19 @@ ARGS = [
 MAIN_PAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "physician": (("role-physician-day", "/day"),),
     "nurse": (("role-nurse-day", "/day"), ("role-nurse-ward", "/ward")),
-    "front_desk": (("role-front-desk", "/desk"), ("role-front-desk-arrivals", "/desk/arrivals")),
+    "front_desk": (
+        ("role-front-desk", "/desk"),
+        ("role-front-desk-arrivals", "/desk/arrivals"),
+        ("role-front-desk-calendar", "/desk/calendar"),
+    ),
     "billing": (("role-billing", "/billing"), ("role-billing-worklist", "/billing/worklist")),
     "security_officer": (("role-security-console", "/security"),),
     "integration": (("role-integration-log", "/integration"),),
     "system_administrator": (("role-administration", "/admin"),),
     "patient": (("role-patient-portal", "/portal"),),
 }
+# Seconds from this machine's time to the demo's (set by --clock).
+CLOCK_OFFSET = 0.0
 PATIENT_LINK = re.compile(r'href="(/patients/[0-9a-f-]{36})"')
 
 
@@ -80,7 +88,9 @@ def _wait_until_up(origin: str, server: subprocess.Popen[bytes], log: Path, time
 def _sign_in(context: Any, origin: str, account: dict[str, Any]) -> str:
     """POST /auth/login as the login page does (the Origin header is the page's own), in the
     browser's context so the session cookie lands there; returns the CSRF token."""
-    code = pyotp.TOTP(account["totp_secret"]).now() if account.get("totp_secret") else ""
+    # The authenticator's code at the demo's time (its clock was moved to --clock).
+    at = time.time() + CLOCK_OFFSET
+    code = pyotp.TOTP(account["totp_secret"]).at(at) if account.get("totp_secret") else ""
     answer = context.request.post(
         origin + "/auth/login",
         data={"username": account["username"], "password": account["password"], "otp": code},
@@ -132,6 +142,20 @@ def _print_prescription(page: Any, origin: str, out: Path, csrf: str, tmp: Path)
     return True
 
 
+def _clock_offset(log: Path, wanted: str) -> None:
+    """The demo moves its clock to `wanted` as it starts and says so: from that moment, the
+    seconds between this machine's time and the demo's (for the authenticator codes)."""
+    global CLOCK_OFFSET
+    deadline = time.monotonic() + 120
+    while "the hospital's clock starts at" not in log.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise SystemExit("the demo did not start its clock")
+        time.sleep(0.05)
+    now = dt.datetime.now(zoneinfo.ZoneInfo("Europe/Paris"))
+    hour, minute = (int(part) for part in wanted.split(":"))
+    CLOCK_OFFSET = (now.replace(hour=hour, minute=minute, second=0, microsecond=0) - now).total_seconds()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -140,6 +164,10 @@ def main() -> None:
     parser.add_argument("--language", choices=("fr", "en"), default="fr")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the demo to serve")
+    # A daytime clock: at night the arrivals list and the day lists are empty.
+    parser.add_argument(
+        "--clock", default="10:00", help="the hospital's wall clock at the start (HH:MM, Paris)"
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -157,13 +185,23 @@ def main() -> None:
         }
         with log.open("wb") as sink:
             server = subprocess.Popen(  # noqa: S603 (the venv's own carnet, no shell)
-                [str(CARNET), "demo", "--patients", str(args.patients), "--port", str(port)],
+                [
+                    str(CARNET),
+                    "demo",
+                    "--patients",
+                    str(args.patients),
+                    "--port",
+                    str(port),
+                    "--clock",
+                    args.clock,
+                ],
                 env=env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 cwd=tmp,
             )
         try:
+            _clock_offset(log, args.clock)
             _wait_until_up(origin, server, log, args.timeout)
             accounts: list[dict[str, Any]] = json.loads((tmp / "demo-credentials.json").read_text())
             with sync_playwright() as p:

@@ -50,6 +50,7 @@ def _no_traceback(result: subprocess.CompletedProcess[str]) -> None:
         ("seed", "--facilities", "0"),
         ("users", "list", "--nope"),
         ("demo", "--patients", "-1"),
+        ("demo", "--clock", "25:99"),  # the demo's wall clock is HH:MM
     ],
 )
 def test_bad_input_is_a_clear_message_and_status_2(tmp_path: Path, args: tuple[str, ...]) -> None:

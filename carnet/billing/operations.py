@@ -205,6 +205,10 @@ def _paid(tx: GuardedTx, invoice_id: uuid.UUID) -> int:
 WORKLIST_PAGE = 8  # unpaid invoices a page: billing works invoice by invoice (its volume floor is low)
 WORKLIST_PATIENT = frozenset({"id", "family", "given", "birth_date"})  # who pays: nothing clinical
 WORKLIST_MAX_PAGE = 50
+# The pages a clerk works from (the oldest unpaid first; paying moves the next ones up): beyond
+# them is browsing the facility's debtors, each patient counted outside the clerk's work, so a
+# stolen session paging through the list is stopped after 16 patients.
+WORKLIST_WORK_PAGES = 2
 
 
 @guarded(AuditKind.PHI_LIST, RT.INVOICE, targeted=False)
@@ -252,6 +256,8 @@ def unpaid(tx: GuardedTx, /, *, page: int = 1) -> BillingWorklist:
         tx.resource_ids.append(str(invoice.id))
     tx.query = f"unpaid-invoices;page={page}"
     tx.reasons.append("billing worklist")
-    event = SearchEvent(shape=SearchShape.LIST, term_digest="unpaid-invoices", page=page)
+    event = SearchEvent(
+        shape=SearchShape.LIST, term_digest="unpaid-invoices", page=page, browsing=page > WORKLIST_WORK_PAGES
+    )
     tx.expose(shown, Channel.LIST, rels, fields_shown, shape=event)
     return BillingWorklist(page=page, items=items, more=more)

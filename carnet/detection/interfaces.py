@@ -50,6 +50,10 @@ class SearchEvent:
     shape: SearchShape
     term_digest: str
     page: int = 1
+    # A list page away from the actor's work of now (a window of the day's arrivals far from
+    # the hour, a worklist paged past what a clerk works through): browsing, so every patient
+    # on it counts as outside care or work, like another day's day list.
+    browsing: bool = False
 
 
 class Level(IntEnum):

@@ -178,9 +178,9 @@ class SqlExposureLedger:
             in_work = work.in_work(session, patient_ids=distinct, at=at)
             outside = [p for p in distinct if p not in in_work]
         listed = channel is Channel.LIST
-        if listed and _other_day_list(query_shape, at, self.config):
-            # A day list of another day is browsing, not today's work: every patient on it counts
-            # as a patient outside care would, in every window.
+        if listed and (_other_day_list(query_shape, at, self.config) or _browsing(query_shape)):
+            # A day list of another day, or a list page away from the work of now, is browsing:
+            # every patient on it counts as a patient outside care would, in every window.
             outside = list(distinct)
             listed = False
         if distinct:
@@ -1078,6 +1078,10 @@ def _other_day_list(query_shape: SearchEvent | None, at: dt.datetime, config: De
     if local.hour < config.off_hours_end:
         current.add(local.date() - dt.timedelta(days=1))
     return day not in current
+
+
+def _browsing(query_shape: SearchEvent | None) -> bool:
+    return query_shape is not None and query_shape.shape is SearchShape.LIST and query_shape.browsing
 
 
 def _search_events(query_shape: SearchEvent | None, *, deep_page: int) -> list[tuple[EventKind, str]]:

@@ -665,10 +665,11 @@ class BulkExport(BaseModel):
 # -- the day's work per role (front desk arrivals, billing worklist, ward board) ----------
 class Arrival(BaseModel):
     """One appointment of today on the front desk's arrivals list: when, with whom, its status
-    and version (to check the patient in), and who it is for (name, birth date, sex only)."""
+    and version (to check the patient in), and who it is for (name, birth date, sex only) when
+    it is among the appointments nearest now (None: a slot, named closer to its time)."""
 
     appointment: AppointmentView
-    patient: PatientView
+    patient: PatientView | None
     practitioner_name: str
 
 

@@ -33,7 +33,7 @@ from carnet.access.roles import Role
 from carnet.detection.config import get_detection_config
 from carnet.identity.models import Account
 from carnet.identity.service import roles_of
-from carnet.kernel import clock
+from carnet.kernel import clock, localtime
 from carnet.kernel.errors import AccountContained, CarnetError, InvalidInput, StepUpRequired, Throttled
 from carnet.phi.exercise import FacilityDay, Visit, facility_days
 from carnet.phi.gate import Gate
@@ -244,8 +244,11 @@ class _Worker:
         tasks += [("caller", v) for v in callers]
         tasks += [("new", None)] * REGISTRATIONS_PER_AGENT
         self.rng.shuffle(tasks)
-        # The morning: the day's calendar of two practitioners the agent books for (slots only),
-        # and who the first two slots of each are for ("Who is this?": one patient each).
+        # The morning: the facility's calendar grid of the week (slots only), the day's calendar
+        # of two practitioners the agent books for, and who the first two slots of each are for
+        # ("Who is this?": one patient each).
+        today = clock.now().date()
+        self.call("calendar_grid", day_from=today, day_to=today + dt.timedelta(days=4))
         for practitioner in self.rng.sample(fday.practitioners, min(2, len(fday.practitioners))):
             today = clock.now().date()
             schedule = self.call(
@@ -286,24 +289,37 @@ class _Worker:
         return handled
 
     def _check_in(self, patient_id: str) -> None:
-        """The patient at the desk: today's arrivals list (refreshed), their appointment checked in."""
+        """The patient at the desk: today's arrivals list (refreshed), their appointment checked
+        in; named only near its time, so otherwise from the patient's own appointments."""
         listing = self.call("arrivals")
         for entry in getattr(listing, "entries", []):
-            appointment = entry.appointment
-            if entry.patient.id == patient_id and appointment.status == "booked":
+            appointment, who = entry.appointment, entry.patient
+            if who is not None and who.id == patient_id and appointment.status == "booked":
                 if self.call(
                     "check_in", appointment_id=appointment.id, expected_version=appointment.version_id
                 ):
                     self.result.check_ins += 1
                 return
-        self.call("list_appointments", patient_id=patient_id)  # not in the window: their page
+        today = localtime.local_day(clock.now())
+        for appointment in self.call("list_appointments", patient_id=patient_id) or []:  # type: ignore[attr-defined]
+            start = appointment.start_at
+            if appointment.status == "booked" and start is not None and localtime.local_day(start) == today:
+                if self.call(
+                    "check_in", appointment_id=appointment.id, expected_version=appointment.version_id
+                ):
+                    self.result.check_ins += 1
+                return
 
     # -- billing ------------------------------------------------------------------------------
     def billing_day(self, to_invoice: list[Visit], counter: list[Visit]) -> int:
         handled = 0
         # The morning: the worklist of unpaid invoices, a payment taken for the oldest ones.
         worklist = self.call("billing_worklist", page=1)
-        for item in getattr(worklist, "items", [])[:WORKLIST_PAYMENTS]:
+        items = list(getattr(worklist, "items", []))
+        if getattr(worklist, "more", False) and self.rng.random() < 0.3:
+            later = self.call("billing_worklist", page=2)  # some mornings, the next page too
+            items += list(getattr(later, "items", []))
+        for item in items[:WORKLIST_PAYMENTS]:
             invoice = item.invoice
             self.wait(2, 6)
             due = (invoice.total_cents or 0) - (invoice.paid_cents or 0)

@@ -141,6 +141,10 @@ def benign(
     typer.echo(
         f"  {result.night_shifts} night shifts (22:00 local); {len(result.joiners)} staff joined mid-month"
     )
+    typer.echo(
+        f"  the day's work lists: {result.check_ins} check-ins from the arrivals list, "
+        f"{result.worklist_payments} payments from the billing worklist, {result.ward_boards} ward boards"
+    )
     for role, worked in sorted(result.staff_days.items()):
         typer.echo(
             f"  {role}: {worked} staff-days, {result.role_step_ups.get(role, 0)} step-ups "

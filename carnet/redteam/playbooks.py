@@ -233,6 +233,30 @@ def _day_list_walk(t: ExerciseTargets) -> Generator[Request, str | None, None]:
         yield "/fhir/Patient", {"family": fragment}
 
 
+def _arrivals(t: ExerciseTargets) -> Generator[Request, str | None, None]:
+    # The front desk's arrivals list: now, then every window of the day, then refreshed again
+    # and again, hoping the day's patients come out a window at a time.
+    yield "/desk/arrivals", {}
+    for hour in range(0, 24, 2):
+        yield "/desk/arrivals", {"start": f"{hour:02d}:00"}
+    for _ in range(5):
+        yield "/desk/arrivals", {}
+    # Who the slots it would not name are for: the calendar's "Who is this?", slot by slot.
+    yield from _calendars(t)
+
+
+def _worklist(t: ExerciseTargets) -> Iterator[Request]:
+    # The billing worklist, page after page: every unpaid invoice of the facility and whom it bills.
+    for page in range(1, 51):
+        yield "/billing/worklist", {"page": str(page)}
+
+
+def _ward_board_walk(t: ExerciseTargets) -> Generator[Request, str | None, None]:
+    # A nurse's ward board (who is in which bed), then other days' lists, as the day-list walk.
+    yield "/ward", {}
+    yield from _day_list_walk(t)
+
+
 PLAYBOOKS: tuple[Playbook, ...] = (
     Playbook("admin-sweep", "system_administrator", "an administrator reads patient charts by id", _reads),
     Playbook(
@@ -284,6 +308,24 @@ PLAYBOOKS: tuple[Playbook, ...] = (
         "a physician reads their day lists of other days, then 4-letter family-name fragments of their"
         " own patients over FHIR",
         _day_list_walk,
+    ),
+    Playbook(
+        "arrivals-scrape",
+        "front_desk",
+        "front desk opens the arrivals list now, then every window of the day, and refreshes it",
+        _arrivals,
+    ),
+    Playbook(
+        "worklist-scrape",
+        "billing",
+        "billing pages through the worklist of unpaid invoices to its last page",
+        _worklist,
+    ),
+    Playbook(
+        "ward-board-walk",
+        "nurse",
+        "a nurse reads their ward board, then their day lists of other days and family-name fragments",
+        _ward_board_walk,
     ),
 )
 # The interoperability surface (issue 16): searches that bring patients along, history, Bulk Data.

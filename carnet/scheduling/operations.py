@@ -43,7 +43,8 @@ from carnet.records.views import encounter_data
 from carnet.scheduling.models import Appointment, Encounter
 from carnet.scheduling.rules import (
     ARRIVABLE,
-    ARRIVALS_LIMIT,
+    ARRIVALS_NAMED,
+    ARRIVALS_ROWS,
     ARRIVALS_WINDOW_AFTER,
     ARRIVALS_WINDOW_BEFORE,
     CALENDAR_MAX_PRACTITIONERS,
@@ -415,13 +416,52 @@ def calendar_grid(
     )
 
 
+# An appointment of the list not named: its slot, as the calendar shows it (no patient).
+ARRIVAL_SLOT = frozenset({"facility_id", "practitioner_id", "start_at", "end_at", "status", "version_id"})
+
+
+def _nearest_now(
+    tx: GuardedTx, facilities: list[uuid.UUID], day_start: dt.datetime, day_end: dt.datetime
+) -> set[uuid.UUID]:
+    """The ARRIVALS_NAMED appointments of today nearest now (the hour before, the two after):
+    the only ones the arrivals list names, whatever its window."""
+    base = (
+        select(Appointment.id, Appointment.start_at)
+        .join(Patient, Patient.id == Appointment.patient_id)
+        .where(
+            Appointment.facility_id.in_(facilities),
+            Appointment.status.not_in(INACTIVE_APPOINTMENT),
+            care.visible_filter(tx.ctx),
+        )
+    )
+    ahead = tx.session.execute(
+        base.where(
+            Appointment.start_at >= tx.now,
+            Appointment.start_at < min(tx.now + ARRIVALS_WINDOW_AFTER, day_end),
+        )
+        .order_by(Appointment.start_at, Appointment.id)
+        .limit(ARRIVALS_NAMED)
+    ).all()
+    behind = tx.session.execute(
+        base.where(
+            Appointment.start_at >= max(tx.now - ARRIVALS_WINDOW_BEFORE, day_start),
+            Appointment.start_at < tx.now,
+        )
+        .order_by(Appointment.start_at.desc(), Appointment.id)
+        .limit(ARRIVALS_NAMED)
+    ).all()
+    nearest = sorted([*ahead, *behind], key=lambda row: abs(row[1] - tx.now))
+    return {row[0] for row in nearest[:ARRIVALS_NAMED]}
+
+
 @guarded(AuditKind.PHI_LIST, RT.APPOINTMENT, targeted=False)
 def arrivals(tx: GuardedTx, /, *, window_start: dt.datetime | None = None) -> Arrivals:
-    """The front desk's arrivals: today's appointments (the Paris day) at the actor's facilities
-    in a window around now (or from `window_start`, kept within today), who each is for (name,
-    birth date, sex) and its status, to check patients in. Bounded (ARRIVALS_LIMIT rows) and
-    counted as one list of the day, like the day list: refreshing it after each check-in is
-    the same list; the desk sees who is expected, not the register."""
+    """The front desk's arrivals: today's appointments (the Paris day) at the actor's facility
+    in a window around now (or from `window_start`, kept within today) and their status, to
+    check patients in. Who each is for (name, birth date, sex) is shown for the appointments
+    nearest now only (ARRIVALS_NAMED: carnet.scheduling.rules); the others are slots. Counted
+    as one list of the day, like the day list: refreshing it after each check-in, or moving
+    its window, is the same list; the desk sees who is expected now, not the register."""
     tx.require(Permission.APPOINTMENT_WRITE)
     for listed in (RT.PATIENT, RT.APPOINTMENT):
         tx.check_scopes(listed)
@@ -449,30 +489,32 @@ def arrivals(tx: GuardedTx, /, *, window_start: dt.datetime | None = None) -> Ar
             care.visible_filter(tx.ctx),
         )
         .order_by(Appointment.start_at, Appointment.id)
-        .limit(ARRIVALS_LIMIT + 1)
+        .limit(ARRIVALS_ROWS + 1)
     ).all()
-    more = len(rows) > ARRIVALS_LIMIT
-    rows = rows[:ARRIVALS_LIMIT]
-    rels = tx.relationships_of([p for _a, p, _pr in rows])
+    more = len(rows) > ARRIVALS_ROWS
+    rows = rows[:ARRIVALS_ROWS]
+    named = _nearest_now(tx, facilities, day_start, day_end) if rows else set()
+    rels = tx.relationships_of([p for a, p, _pr in rows if a.id in named])
     entries: list[Arrival] = []
     shown: list[uuid.UUID] = []
     fields_shown: set[str] = set()
     for appointment, patient, practitioner in rows:
         rel = rels.get(patient.id, frozenset())
-        p_fields = tx.read_fields(rel, RT.PATIENT) & SCHEDULE_PATIENT
-        a_fields = tx.read_fields(rel, RT.APPOINTMENT) - {"reason"}
-        if not p_fields - {"id"} or not a_fields:
+        p_fields = tx.read_fields(rel, RT.PATIENT) & SCHEDULE_PATIENT if appointment.id in named else set()
+        a_fields = tx.read_fields(rel, RT.APPOINTMENT) - {"reason"} if p_fields else ARRIVAL_SLOT
+        if p_fields and (not p_fields - {"id"} or not a_fields):
             continue
         entries.append(
             Arrival(
                 appointment=redact(AppointmentView, appointment_data(tx, appointment, a_fields), a_fields),
-                patient=patient_view(tx, patient, p_fields),
+                patient=patient_view(tx, patient, frozenset(p_fields)) if p_fields else None,
                 practitioner_name=f"{practitioner.given} {practitioner.family}",
             )
         )
-        shown.append(patient.id)
-        fields_shown |= p_fields
         tx.resource_ids.append(str(appointment.id))
+        if p_fields:
+            shown.append(patient.id)
+            fields_shown |= p_fields
     tx.query = f"arrivals;day={day.isoformat()}&from={start.isoformat()}"
     tx.reasons.append("today's arrivals")
     # One list per day, whichever window: detection counts its patients, not its refreshes.

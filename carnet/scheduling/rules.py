@@ -17,11 +17,17 @@ INACTIVE_APPOINTMENT = ("cancelled", "entered-in-error", "noshow")
 SCHEDULE_MAX_DAYS = 7  # a practitioner's calendar: a day or a week at a time
 SCHEDULE_PATIENT = PATIENT_LOCATE  # who an appointment is for: name, birth date, sex
 CALENDAR_MAX_PRACTITIONERS = 40  # rows of the calendar grid (one facility's practitioners)
-# The front desk's arrivals list: today's appointments around now, a bounded window at a time
-# (the desk moves it earlier or later within today). Every window is one list for detection.
+# The front desk's arrivals list: today's appointments in a window of a few hours (around now
+# by default; the desk moves it earlier or later within today), at most ARRIVALS_ROWS of them.
+# Who each is for is named only for the ARRIVALS_NAMED appointments nearest now (within the
+# hour before and the two hours after): the patients about to come to the desk. The others
+# show as slots (time, practitioner, status), so whichever window or refresh a session asks
+# for, it is shown at most ARRIVALS_NAMED patients at a time, one list of the day for
+# detection: a stolen session scraping the day gets what the desk sees now, not the day.
 ARRIVALS_WINDOW_BEFORE = dt.timedelta(hours=1)
 ARRIVALS_WINDOW_AFTER = dt.timedelta(hours=2)
-ARRIVALS_LIMIT = 40
+ARRIVALS_ROWS = 60
+ARRIVALS_NAMED = 15  # about a quarter of an hour either side of now at a busy desk
 ARRIVABLE = ("booked",)  # checked in from the arrivals list: booked -> arrived
 
 

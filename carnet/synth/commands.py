@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -135,11 +135,34 @@ def seed(
     _summary(report, credentials_out)
 
 
+def _start_clock(settings: Any, value: str) -> None:
+    """The movable clock (refused outside demo and test), set to HH:MM today on the Paris wall clock."""
+    import datetime as dt
+
+    from carnet.kernel import clock, localtime
+    from carnet.settings import install_movable_clock
+
+    try:
+        wanted = dt.time.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter("--clock is HH:MM, for example 09:30") from None
+    movable = install_movable_clock(settings)
+    movable.set(localtime.at(localtime.local_day(clock.now()), wanted))
+
+
 def demo(
     patients: Annotated[
         int, typer.Option(min=1, max=200_000, help="Patients to seed when the database is empty.")
     ] = DEMO_PATIENTS,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="TCP port.")] = None,
+    clock_at: Annotated[
+        str | None,
+        typer.Option(
+            "--clock",
+            help="Start the hospital's wall clock (Europe/Paris) at HH:MM today, then let it run: "
+            "a walk through a day's work (arrivals, day lists) at any hour. Demo only.",
+        ),
+    ] = None,
 ) -> None:
     """Seed an embedded demo hospital if there is none, print where the credentials are, serve."""
     from carnet.crypto.keys import FileKeyProvider
@@ -155,6 +178,9 @@ def demo(
     if not settings.exercise_mode:
         raise ConfigurationError("carnet demo runs with CARNET_ENV=demo (it seeds known passwords)")
     out = Console(soft_wrap=True)  # paths stay whole for scripts
+    if clock_at is not None:
+        _start_clock(settings, clock_at)
+        out.print(f"the hospital's clock starts at {clock_at} (Europe/Paris) today", highlight=False)
     key_file = settings.resolved_key_file
     if not key_file.exists():
         FileKeyProvider.create(key_file)

@@ -513,6 +513,312 @@ _EXACT: dict[str, str] = {
     ),
 }
 
+
+# Form messages (bad input, a state that forbids the change): what each form says when it
+# changes nothing, as the domain and the pages raise them.
+_FORMS: dict[str, str] = {
+    "a cancellation needs a reason (at most 200 characters)": (
+        "une annulation demande un motif (200 caractères au plus)"
+    ),
+    "a cancelled appointment cannot be moved: book a new one": (
+        "un rendez-vous annulé ne se déplace pas : prenez-en un nouveau"
+    ),
+    "a discharge happens after the admission and not in the future": (
+        "une sortie a lieu après l'admission et pas dans le futur"
+    ),
+    "a transfer names a new location (or a new attending physician)": (
+        "un transfert indique un nouveau lieu (ou un nouveau médecin responsable)"
+    ),
+    "an admission starts now or in the past (book an appointment for later)": (
+        "une admission commence maintenant ou dans le passé (prenez un rendez-vous pour plus tard)"
+    ),
+    "an appointment ends after it starts": "un rendez-vous finit après avoir commencé",
+    "an appointment lasts at most 12 hours": "un rendez-vous dure 12 heures au plus",
+    "an inpatient stay needs its ward": "une hospitalisation demande son service",
+    "an invoice needs at least one act: its code, what it is and its amount": (
+        "une facture demande au moins un acte : son code, son libellé et son montant"
+    ),
+    "an invoice totals at most 1,000,000.00": "une facture totalise au plus 1 000 000,00",
+    "check the kind of stay and its ward": "vérifiez le type de séjour et son service",
+    "check the substance and its criticality": "vérifiez la substance et sa criticité",
+    "choose a clinical status from the list": "choisissez un statut clinique dans la liste",
+    "choose a patient for the app": "choisissez un patient pour l'application",
+    "choose a referral or a care-team membership": (
+        "choisissez un adressage ou une entrée dans l'équipe de soins"
+    ),
+    "choose a verification status from the list": "choisissez un statut de vérification dans la liste",
+    "choose the criticality: high risk, low risk or not assessed": (
+        "choisissez la criticité : risque élevé, risque faible ou non évaluée"
+    ),
+    "choose the kind of stay: inpatient, emergency or outpatient": (
+        "choisissez le type de séjour : hospitalisation, urgences ou consultation externe"
+    ),
+    "choose the ward the patient moves to": "choisissez le service où va le patient",
+    "describe the problem (the text shown in the problem list)": (
+        "décrivez le problème (le texte montré dans la liste des problèmes)"
+    ),
+    "each act needs its code, what it is and its amount": (
+        "chaque acte demande son code, son libellé et son montant"
+    ),
+    "nothing to change": "rien à modifier",
+    "only a held prescription can be resumed": "seule une prescription suspendue peut être reprise",
+    "only an ongoing or held prescription can be stopped": (
+        "seule une prescription en cours ou suspendue peut être arrêtée"
+    ),
+    "only an ongoing prescription can be put on hold": "seule une prescription en cours peut être suspendue",
+    "only an ongoing, held or completed prescription can be renewed": (
+        "seule une prescription en cours, suspendue ou terminée peut être renouvelée"
+    ),
+    "only today's appointments are checked in": "seuls les rendez-vous du jour s'enregistrent à l'arrivée",
+    "pick the substance from the list (a class such as penicillins, or a drug)": (
+        "choisissez la substance dans la liste (une classe comme les pénicillines, ou un médicament)"
+    ),
+    "the ICD-10 code is required": "le code CIM-10 est obligatoire",
+    "the admission time must be a date and time": "l'heure d'admission doit être une date et une heure",
+    "the admission time needs a time zone": "l'heure d'admission demande un fuseau horaire",
+    "the amount must be a number of euros, e.g. 12.50": (
+        "le montant doit être un nombre d'euros, par ex. 12,50"
+    ),
+    "the code must be an ICD-10 code, e.g. I10 or E11.9": (
+        "le code doit être un code CIM-10, par ex. I10 ou E11.9"
+    ),
+    "the discharge time must be a date and time": "l'heure de sortie doit être une date et une heure",
+    "the discharge time needs a time zone": "l'heure de sortie demande un fuseau horaire",
+    "the end date must be a date": "la date de fin doit être une date",
+    "the end date must be in the future": "la date de fin doit être dans le futur",
+    "the end date needs a time zone": "la date de fin demande un fuseau horaire",
+    "the onset must be a date": "le début doit être une date",
+    "the patient already has a stay in progress: transfer or discharge it": (
+        "le patient a déjà un séjour en cours : transférez-le ou faites sa sortie"
+    ),
+    "the practitioner is already booked at that time": "le praticien a déjà un rendez-vous à cette heure",
+    "the rights end after they start": "les droits finissent après avoir commencé",
+    "the time must be written HH:MM, e.g. 08:30": "l'heure s'écrit HH:MM, par ex. 08:30",
+    "the two new passwords are not the same": "les deux nouveaux mots de passe ne sont pas identiques",
+    "the window start needs a time zone": "le début de la plage demande un fuseau horaire",
+    "this appointment is already cancelled": "ce rendez-vous est déjà annulé",
+    "this invoice has received payments: it cannot be cancelled": (
+        "cette facture a reçu des paiements : elle ne peut pas être annulée"
+    ),
+    "this patient record is already inactive": "ce dossier patient est déjà inactif",
+    "this patient record is inactive: admit the active record": (
+        "ce dossier patient est inactif : admettez le dossier actif"
+    ),
+    "this patient record is inactive: order on the active record": (
+        "ce dossier patient est inactif : prescrivez sur le dossier actif"
+    ),
+    "this patient record is inactive: record the problem on the active record": (
+        "ce dossier patient est inactif : notez le problème sur le dossier actif"
+    ),
+    "this patient record was merged: invoice the record it was merged into": (
+        "ce dossier patient a été fusionné : facturez le dossier dans lequel il a été fusionné"
+    ),
+    "this stay is already marked entered-in-error": "ce séjour est déjà marqué saisi par erreur",
+    "this problem was entered in error: record a new one": (
+        "ce problème a été saisi par erreur : notez-en un nouveau"
+    ),
+    "this stay was entered in error: name the right stay, or none": (
+        "ce séjour a été saisi par erreur : indiquez le bon séjour, ou aucun"
+    ),
+    "unknown location": "lieu inconnu",
+    "unknown practitioner": "praticien inconnu",
+    "unknown encounter for this patient": "séjour inconnu pour ce patient",
+    "unknown order (ServiceRequest) for this patient": "prescription d'examen inconnue pour ce patient",
+    "the practitioner must be an active practitioner of the patient's facility": (
+        "le praticien doit être un praticien actif de l'établissement du patient"
+    ),
+    "no patient has this identifier in your facilities": (
+        "aucun patient n'a cet identifiant dans vos établissements"
+    ),
+    "the birth date must be a date (YYYY-MM-DD)": "la date de naissance doit être une date (AAAA-MM-JJ)",
+    "a patient with this INS is already registered: search for them instead": (
+        "un patient avec cet INS est déjà inscrit : recherchez-le plutôt"
+    ),
+    "a patient cannot be merged into itself: name two different records": (
+        "un patient ne peut pas être fusionné avec lui-même : indiquez deux dossiers différents"
+    ),
+    "the two records belong to different facilities: a merge stays in one facility": (
+        "les deux dossiers sont dans des établissements différents : une fusion reste dans un établissement"
+    ),
+    "both records have a patient portal account: close one of them first": (
+        "les deux dossiers ont un compte sur le portail patient : fermez d'abord l'un des deux"
+    ),
+    "break-the-glass needs a justification of 10 to 1000 characters": (
+        "l'accès d'urgence demande une justification de 10 à 1000 caractères"
+    ),
+    "a note needs a kind (LOINC code) and a title (at most 200 characters)": (
+        "une note demande un type (code LOINC) et un titre (200 caractères au plus)"
+    ),
+    "a note needs a text (at most 100,000 characters)": (
+        "une note demande un texte (100 000 caractères au plus)"
+    ),
+    "an amendment needs a reason (at most 500 characters)": (
+        "une modification demande un motif (500 caractères au plus)"
+    ),
+    "a review needs a note": "une relecture demande une note",
+    "valid_until must be in the future": "la fin de validité doit être dans le futur",
+    "both records have a stay in progress: discharge one of them (or mark it entered in error) first, "
+    "a patient is in one stay at a time": (
+        "les deux dossiers ont un séjour en cours : faites d'abord la sortie de l'un (ou marquez-le saisi "
+        "par erreur), un patient n'est que dans un séjour à la fois"
+    ),
+    "the target is not the record this patient was merged into": (
+        "la cible n'est pas le dossier dans lequel ce patient a été fusionné"
+    ),
+    "the merge record of this patient is missing: it cannot be reversed here": (
+        "la trace de fusion de ce patient manque : la fusion ne peut pas être annulée ici"
+    ),
+    "this order was entered in error: results are not filed against it": (
+        "cette prescription d'examen a été saisie par erreur : aucun résultat ne s'y rattache"
+    ),
+    "the description names no substance of the catalogue: pick the substance from the list": (
+        "la description ne nomme aucune substance du catalogue : choisissez la substance dans la liste"
+    ),
+    'use "Entered in error" to mark a problem recorded by mistake': (
+        "utilisez « Saisi par erreur » pour marquer un problème noté par erreur"
+    ),
+    "an interface name (60), a control id (40), a status accepted or rejected": (
+        "un nom d'interface (60), un identifiant de contrôle (40), un statut accepté ou rejeté"
+    ),
+    "the timeline covers 1 hour to 31 days": "la chronologie couvre de 1 heure à 31 jours",
+    "the slot must be a date and time": "le créneau doit être une date et une heure",
+    "say why the patient is coming (the reason for the visit)": (
+        "dites pourquoi le patient vient (le motif de la consultation)"
+    ),
+}
+
+# Statuses a form message names ("this invoice is draft"), in the words of the French pages.
+_STATUS_FR = {
+    "draft": "brouillon",
+    "issued": "émise",
+    "balanced": "soldée",
+    "cancelled": "annulé",
+    "arrived": "arrivé",
+    "fulfilled": "honoré",
+    "noshow": "absent",
+    "booked": "réservé",
+    "entered-in-error": "saisi par erreur",
+    "active": "en cours",
+    "on-hold": "suspendue",
+    "stopped": "arrêtée",
+    "completed": "terminé",
+    "revoked": "révoquée",
+    "in-progress": "en cours",
+    "finished": "terminé",
+}
+
+_FIELDS_FR = {
+    "birth_date": "date de naissance",
+    "family": "nom",
+    "given": "prénom",
+    "gender": "sexe",
+    "ins": "INS",
+    "phone": "téléphone",
+    "email": "courriel",
+    "amount_cents": "montant",
+    "method": "mode de paiement",
+    "valid_from": "début des droits",
+    "valid_until": "fin des droits",
+    "insurer": "organisme",
+    "card_number": "numéro de carte",
+}
+
+
+def _status(value: str) -> str:
+    return _STATUS_FR.get(value, value)
+
+
+def _fields(names: str) -> str:
+    return ", ".join(_FIELDS_FR.get(n.strip(), n.strip()) for n in names.split(","))
+
+
+_FORM_SENTENCES: list[tuple[str, Rewrite]] = [
+    (
+        r"a calendar shows 1 to (?P<n>\d+) days",
+        lambda m: f"un agenda montre de 1 à {m['n']} jours",
+    ),
+    (
+        r"a worklist page is 1 to (?P<n>\d+)",
+        lambda m: f"une page de la liste de travail va de 1 à {m['n']}",
+    ),
+    (
+        r"a name search needs at least (?P<n>\d+) letters",
+        lambda m: f"une recherche par nom demande au moins {m['n']} lettres",
+    ),
+    (
+        r"this appointment is (?P<s>[\w-]+): only a booked one is checked in",
+        lambda m: (
+            f"ce rendez-vous est « {_status(m['s'])} » : seul un rendez-vous réservé s'enregistre à l'arrivée"
+        ),
+    ),
+    (
+        r"this invoice is (?P<s>[\w-]+): only a draft is issued",
+        lambda m: f"cette facture est « {_status(m['s'])} » : seul un brouillon s'émet",
+    ),
+    (
+        r"this invoice is (?P<s>[\w-]+): only a draft or an issued invoice is cancelled",
+        lambda m: (
+            f"cette facture est « {_status(m['s'])} » : seuls un brouillon ou une facture émise s'annulent"
+        ),
+    ),
+    (
+        r"this invoice is (?P<s>[\w-]+): only an issued invoice takes a payment",
+        lambda m: f"cette facture est « {_status(m['s'])} » : seule une facture émise reçoit un paiement",
+    ),
+    (
+        r"this order is (?P<s>[\w-]+): it cannot be cancelled",
+        lambda m: f"cette prescription d'examen est « {_status(m['s'])} » : elle ne peut pas être annulée",
+    ),
+    (
+        r"this stay is (?P<s>[\w-]+): only a stay in progress is transferred or discharged",
+        lambda m: f"ce séjour est « {_status(m['s'])} » : seul un séjour en cours se transfère ou se termine",
+    ),
+    (
+        r"the payment is more than the (?P<due>[\d.]+) (?P<cur>\w+) still due",
+        lambda m: f"le paiement dépasse les {_decimal(m['due'])} {m['cur']} encore dus",
+    ),
+    (
+        r"(?P<what>\w+) a prescription needs a reason \(at most (?P<n>\d+) characters\)",
+        lambda m: (
+            {"stopping": "arrêter", "holding": "suspendre"}.get(m["what"], "modifier")
+            + f" une prescription demande un motif ({m['n']} caractères au plus)"
+        ),
+    ),
+    (
+        r"an override reason has at most (?P<n>\d+) characters",
+        lambda m: f"un motif de passer outre fait au plus {m['n']} caractères",
+    ),
+    (
+        r"a merge needs a reason \((?P<a>\d+) to (?P<b>\d+) characters\)",
+        lambda m: f"une fusion demande un motif (de {m['a']} à {m['b']} caractères)",
+    ),
+    (
+        r"Patient/(?P<id>[\w-]+) is inactive \(merged or deleted\): merge active records",
+        lambda m: f"Patient/{m['id']} est inactif (fusionné ou supprimé) : fusionnez des dossiers actifs",
+    ),
+    (
+        r"Patient/(?P<id>[\w-]+) is not a merged record: there is nothing to reverse",
+        lambda m: f"Patient/{m['id']} n'est pas un dossier fusionné : il n'y a rien à annuler",
+    ),
+    (
+        r"Patient/(?P<id>[\w-]+) was changed by someone else: reload and try again",
+        lambda m: f"Patient/{m['id']} a été modifié par quelqu'un d'autre : rechargez la page et réessayez",
+    ),
+    (
+        r"(?P<name>the start|the new start) must be a date and time",
+        lambda m: (
+            ("le début" if m["name"] == "the start" else "le nouveau début")
+            + " doit être une date et une heure"
+        ),
+    ),
+    (
+        r"check these fields: (?P<f>.*)",
+        lambda m: f"vérifiez ces champs : {_fields(m['f'])}",
+    ),
+]
+
+_EXACT.update(_FORMS)
+_SENTENCES += _FORM_SENTENCES
 _COMPILED = [(re.compile(pattern), rewrite) for pattern, rewrite in _SENTENCES]
 _WRAPPED = [(re.compile(pattern, re.DOTALL), rewrite) for pattern, rewrite in _WRAPPERS]
 

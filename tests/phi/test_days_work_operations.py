@@ -86,3 +86,47 @@ def test_the_days_work_lists(runtime: Runtime, movable_clock: clock.MovableClock
     with pytest.raises((Forbidden, NotFound)):
         Gate(runtime, doctor).ward_board()
     assert uuid.UUID(board.wards[0].stays[0].encounter.id)
+
+
+def test_arrivals_name_only_the_patients_expected_nearest_now(
+    runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    """Whatever window the desk asks for, the list names the ARRIVALS_NAMED appointments nearest
+    now; the others are slots (no patient), so no window or refresh shows more of the day."""
+    from carnet.scheduling.rules import ARRIVALS_NAMED
+
+    movable_clock.set(MORNING)  # 09:30 in Paris
+    today = localtime.local_day(clock.now())
+    facility = f.make_facility(runtime)
+    doctors = [f.make_physician(runtime, facility) for _ in range(2)]
+    desk = f.make_account(runtime, roles=[Role.FRONT_DESK], facility_id=facility)
+    gate = Gate(runtime, desk)
+    starts = [localtime.at(today, dt.time(8, 0)) + dt.timedelta(minutes=5 * i) for i in range(24)]
+    starts += [localtime.at(today, dt.time(15, 0)) + dt.timedelta(minutes=10 * i) for i in range(6)]
+    for n, start in enumerate(starts):
+        patient = f.register_patient(runtime, facility, family=f"Patient{n:02d}", by=desk)
+        gate.book_appointment(
+            data=AppointmentInput(
+                patient_id=patient.id,
+                practitioner_id=str(doctors[n % 2].practitioner_id),
+                start_at=start,
+                end_at=start + dt.timedelta(minutes=5),
+            )
+        )
+    now = clock.now()
+    nearest = sorted(
+        (s for s in starts if now - dt.timedelta(hours=1) <= s < now + dt.timedelta(hours=2)),
+        key=lambda s: abs(s - now),
+    )[:ARRIVALS_NAMED]
+    for window in (None, localtime.at(today, dt.time(7, 0)), localtime.at(today, dt.time(14, 0))):
+        listing = gate.arrivals(window_start=window)
+        named = {e.appointment.start_at for e in listing.entries if e.patient is not None}
+        assert named <= set(nearest), window
+        assert all(e.appointment.patient_id is None for e in listing.entries if e.patient is None)
+    morning = gate.arrivals(window_start=localtime.at(today, dt.time(8, 0)))
+    assert len(nearest) == ARRIVALS_NAMED  # more in the hours around now than the list names
+    assert (
+        len(morning.entries) == 24 and sum(e.patient is not None for e in morning.entries) == ARRIVALS_NAMED
+    )
+    afternoon = gate.arrivals(window_start=localtime.at(today, dt.time(14, 0)))
+    assert len(afternoon.entries) == 6 and all(e.patient is None for e in afternoon.entries)
