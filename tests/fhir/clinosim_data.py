@@ -28,6 +28,7 @@ ORDER = (
     "MedicationStatement",
     "Immunization",
     "Procedure",
+    "ServiceRequest",
     "Observation",
     "DiagnosticReport",
     "Coverage",

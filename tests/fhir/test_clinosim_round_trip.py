@@ -30,6 +30,7 @@ NEVER_REJECTED = {
     "Procedure",
     "MedicationAdministration",
     "MedicationStatement",
+    "ServiceRequest",
     "Practitioner",
     "PractitionerRole",
     "Organization",
