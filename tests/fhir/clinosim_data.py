@@ -29,6 +29,7 @@ ORDER = (
     "Immunization",
     "Procedure",
     "ServiceRequest",
+    "Specimen",
     "Observation",
     "DiagnosticReport",
     "Coverage",

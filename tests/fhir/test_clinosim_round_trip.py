@@ -31,6 +31,7 @@ NEVER_REJECTED = {
     "MedicationAdministration",
     "MedicationStatement",
     "ServiceRequest",
+    "Specimen",
     "Practitioner",
     "PractitionerRole",
     "Organization",
