@@ -52,6 +52,7 @@ class ResourceType(StrEnum):
     PROCEDURE = "Procedure"
     MEDICATION_ADMINISTRATION = "MedicationAdministration"
     MEDICATION_STATEMENT = "MedicationStatement"
+    SPECIMEN = "Specimen"  # what a result was measured on (kept whole as received)
 
 
 class Relationship(StrEnum):
@@ -238,6 +239,7 @@ SERVICE_REQUEST_ALL = frozenset(
         "display",
         "priority",
         "status",
+        "received",
         "authored_at",
         "note",
         "version_id",
@@ -295,12 +297,14 @@ ALL_FIELDS: Mapping[ResourceType, frozenset[str]] = {
     ResourceType.PROCEDURE: INTERVENTION_ALL,
     ResourceType.MEDICATION_ADMINISTRATION: INTERVENTION_ALL,
     ResourceType.MEDICATION_STATEMENT: INTERVENTION_ALL,
+    ResourceType.SPECIMEN: INTERVENTION_ALL,
 }
 INTERVENTIONS = (
     ResourceType.IMMUNIZATION,
     ResourceType.PROCEDURE,
     ResourceType.MEDICATION_ADMINISTRATION,
     ResourceType.MEDICATION_STATEMENT,
+    ResourceType.SPECIMEN,
 )
 
 R = Relationship
@@ -487,6 +491,7 @@ READ_PERMISSION: Mapping[ResourceType, Permission] = {
     T.PROCEDURE: Permission.PROCEDURE_READ,
     T.MEDICATION_ADMINISTRATION: Permission.PRESCRIPTION_READ,
     T.MEDICATION_STATEMENT: Permission.PRESCRIPTION_READ,
+    T.SPECIMEN: Permission.OBSERVATION_READ,  # read and written with the results measured on it
 }
 
 WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
@@ -508,6 +513,7 @@ WRITE_PERMISSION: Mapping[ResourceType, Permission] = {
     T.PROCEDURE: Permission.PROCEDURE_WRITE,
     T.MEDICATION_ADMINISTRATION: Permission.ADMINISTRATION_WRITE,
     T.MEDICATION_STATEMENT: Permission.ADMINISTRATION_WRITE,
+    T.SPECIMEN: Permission.OBSERVATION_WRITE,
 }
 
 

@@ -38,6 +38,7 @@ PATIENT_ELEMENT: dict[ResourceType, str] = {
     RT.PROCEDURE: "subject",
     RT.MEDICATION_ADMINISTRATION: "subject",
     RT.MEDICATION_STATEMENT: "subject",
+    RT.SPECIMEN: "subject",
 }
 
 
@@ -166,3 +167,6 @@ record_administration = _named(_recorder(RT.MEDICATION_ADMINISTRATION), "record_
 list_statements = _named(_lister(RT.MEDICATION_STATEMENT), "list_statements")
 read_statement = _named(_reader(RT.MEDICATION_STATEMENT), "read_statement")
 record_statement = _named(_recorder(RT.MEDICATION_STATEMENT), "record_statement")
+list_specimens = _named(_lister(RT.SPECIMEN), "list_specimens")
+read_specimen = _named(_reader(RT.SPECIMEN), "read_specimen")
+record_specimen = _named(_recorder(RT.SPECIMEN), "record_specimen")

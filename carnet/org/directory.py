@@ -155,10 +155,10 @@ def _identifier(resource: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
-def keep_received(
-    runtime: Runtime,
+def keep_entries(
+    session: Session,
+    ctx: AccessContext,
     *,
-    actor: Actor,
     resources: list[dict[str, Any]],
     rewrite: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]],
     names: Callable[[int], list[str]],
@@ -166,77 +166,71 @@ def keep_received(
     """Another system's Practitioner, PractitionerRole, Organization and Location entries of a
     transaction Bundle: each matched by identifier to carnet's directory (a practitioner by RPPS,
     the facility by FINESS, an entry kept before) or kept as received, in the actor's one
-    facility, audited. `names(i)`: how the Bundle names entry i (fullUrl, `Type/<id>`);
+    facility. Run inside the Bundle's own transaction (the gate's), so a Bundle refused keeps
+    none of them. `names(i)`: how the Bundle names entry i (fullUrl, `Type/<id>`);
     `rewrite(resource, known)`: its references rewritten (refused, naming the element, when one
     resolves to nothing). Returns ("Type/<carnet id>", created) per entry, in order."""
-
-    def action(session: Session, ctx: AccessContext) -> tuple[list[tuple[str, bool]], AuditRecord]:
-        facilities = sorted(_scope(ctx))
-        if len(facilities) != 1:
-            raise InvalidInput(
-                "directory entries of a Bundle go to one facility: this account works in several"
-            )
-        facility = facilities[0]
-        out: list[tuple[str, bool]] = []
-        known: dict[str, str] = {}
-        fresh: list[tuple[int, DirectoryEntry]] = []
-        for number, resource in enumerate(resources):
-            kind = str(resource.get("resourceType"))
-            if kind not in RECEIVED_KINDS:
-                raise InvalidInput(f"{kind} is not a directory entry")
-            system, value = _identifier(resource)
-            found: Any = None
-            if system is not None and value is not None:
-                if kind == "Practitioner" and system == RPPS:
-                    found = session.scalar(
-                        select(Practitioner.id).where(
-                            Practitioner.rpps == value, Practitioner.facility_id == facility
-                        )
+    facilities = sorted(_scope(ctx))
+    if len(facilities) != 1:
+        raise InvalidInput("directory entries of a Bundle go to one facility: this account works in several")
+    facility = facilities[0]
+    out: list[tuple[str, bool]] = []
+    known: dict[str, str] = {}
+    fresh: list[tuple[int, DirectoryEntry]] = []
+    for number, resource in enumerate(resources):
+        kind = str(resource.get("resourceType"))
+        if kind not in RECEIVED_KINDS:
+            raise InvalidInput(f"{kind} is not a directory entry")
+        system, value = _identifier(resource)
+        found: Any = None
+        if system is not None and value is not None:
+            if kind == "Practitioner" and system == RPPS:
+                found = session.scalar(
+                    select(Practitioner.id).where(
+                        Practitioner.rpps == value, Practitioner.facility_id == facility
                     )
-                elif kind == "Organization" and system == FINESS:
-                    found = session.scalar(
-                        select(Facility.id).where(Facility.finess == value, Facility.id == facility)
-                    )
-                if found is None:
-                    found = session.scalar(
-                        select(DirectoryEntry.id).where(
-                            DirectoryEntry.facility_id == facility,
-                            DirectoryEntry.resource_type == kind,
-                            DirectoryEntry.identifier_system == system,
-                            DirectoryEntry.identifier_value == value,
-                        )
-                    )
-            if found is None:
-                entry = DirectoryEntry(
-                    id=new_id(),
-                    facility_id=facility,
-                    resource_type=kind,
-                    identifier_system=system,
-                    identifier_value=value,
-                    resource="{}",
-                    created_at=clock.now(),
                 )
-                fresh.append((number, entry))
-                found = entry.id
-            out.append((f"{kind}/{found}", any(e.id == found for _n, e in fresh)))
-            for name in names(number):
-                known[name] = f"{kind}/{found}"
-        for number, entry in fresh:
-            kept = {k: v for k, v in rewrite(resources[number], known).items() if k not in ("id", "meta")}
-            entry.resource = json.dumps(kept, ensure_ascii=False, sort_keys=True)
-            session.add(entry)
-        session.flush()
-        ids = [reference.partition("/")[2] for reference, _created in out]
-        return out, AuditRecord(
-            kind=AuditKind.DIRECTORY_KEPT,
-            outcome=Outcome.SUCCESS,
-            actor=actor,
-            resource_type="Bundle",
-            resource_ids=ids[:200],
-            query=f"kept={len(fresh)};matched={len(out) - len(fresh)}",
-        )
-
-    return run_audited(runtime, actor, AuditKind.DIRECTORY_KEPT, action, resource_type="Bundle")
+            elif kind == "Organization" and system == FINESS:
+                found = session.scalar(
+                    select(Facility.id).where(Facility.finess == value, Facility.id == facility)
+                )
+            if found is None:
+                found = session.scalar(
+                    select(DirectoryEntry.id).where(
+                        DirectoryEntry.facility_id == facility,
+                        DirectoryEntry.resource_type == kind,
+                        DirectoryEntry.identifier_system == system,
+                        DirectoryEntry.identifier_value == value,
+                    )
+                )
+        if found is None:
+            entry = DirectoryEntry(
+                id=new_id(),
+                facility_id=facility,
+                resource_type=kind,
+                identifier_system=system,
+                identifier_value=value,
+                resource="{}",
+                created_at=clock.now(),
+            )
+            fresh.append((number, entry))
+            found = entry.id
+        out.append((f"{kind}/{found}", any(e.id == found for _n, e in fresh)))
+        for name in names(number):
+            known[name] = f"{kind}/{found}"
+    for number, entry in fresh:
+        kept = {k: v for k, v in rewrite(resources[number], known).items() if k not in ("id", "meta")}
+        meta = {
+            k: v
+            for k, v in (resources[number].get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")
+        }
+        if meta:
+            kept["meta"] = meta  # the sender's profiles, tags and security labels stay
+        entry.resource = json.dumps(kept, ensure_ascii=False, sort_keys=True)
+        session.add(entry)
+    session.flush()
+    return out
 
 
 def search_entries(

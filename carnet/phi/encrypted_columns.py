@@ -96,7 +96,7 @@ ENCRYPTED_TABLES: Sequence[EncryptedTable] = (
     EncryptedTable(Encounter, ("received_ct",)),
     EncryptedTable(Prescription, ("received_ct",)),
     EncryptedTable(Intervention, ("received_ct",)),
-    EncryptedTable(ServiceRequest, ("note_ct",)),
+    EncryptedTable(ServiceRequest, ("note_ct", "received_ct")),
     EncryptedTable(Coverage, ("member_id_ct",)),
     EncryptedTable(CardReading, ("card_serial_ct", "payload_ct")),
     EncryptedTable(ExportFile, ("ndjson_ct",)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from carnet.access.policy import WRITE_PERMISSION
 from carnet.audit.interfaces import AuditKind
 from carnet.billing import operations as billing
 from carnet.billing import printing as billing_prints
@@ -23,6 +24,7 @@ from carnet.coverage import operations as coverage
 from carnet.interfaces import operation as interfaces
 from carnet.interventions import operations as interventions
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
+from carnet.org.directory import keep_entries
 from carnet.patients import merge as identity
 from carnet.patients import operations as patients
 from carnet.phi import breakglass, exports, fastpath, fastpath_search, validation
@@ -102,6 +104,8 @@ TRANSACTION_OPERATIONS = frozenset(
         "add_care_team_member",
         "end_care_relationship",
         "admit_patient",
+        "record_encounter",
+        "record_prescription",
         "transfer_encounter",
         "discharge_encounter",
         "mark_encounter_entered_in_error",
@@ -122,8 +126,30 @@ TRANSACTION_OPERATIONS = frozenset(
         "record_procedure",
         "record_medication_administration",
         "record_medication_statement",
+        "record_specimen",
+        "keep_directory_entries",
     }
 )
+
+
+@guarded(AuditKind.DIRECTORY_KEPT, RT.PATIENT, targeted=False)
+def _keep_directory(
+    tx: GuardedTx,
+    /,
+    *,
+    resources: list[dict[str, Any]],
+    rewrite: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]],
+    names: Callable[[int], list[str]],
+) -> list[tuple[str, bool]]:
+    """Another system's directory entries of a transaction Bundle, matched or kept as its first
+    step: in the Bundle's one transaction, so a Bundle refused keeps none (no patient data: the
+    entries are listed in the transaction's audit event)."""
+    if not tx.ctx.permissions & frozenset(WRITE_PERMISSION.values()):
+        # Directory entries come with patient data written: an account that writes none keeps none.
+        raise Refused("keeping another system's directory entries goes with writing patient data")
+    kept = keep_entries(tx.session, tx.ctx, resources=resources, rewrite=rewrite, names=names)
+    tx.resource_ids.extend(reference.partition("/")[2] for reference, _created in kept)
+    return kept
 
 
 @guarded(AuditKind.PHI_TRANSACTION, RT.PATIENT, targeted=False)
@@ -208,6 +234,7 @@ class Gate(GateCore):
 
     # -- stays (encounters) (carnet/records/stays.py)
     admit_patient = operation(stays.admit)
+    record_encounter = operation(stays.record_encounter)
     transfer_encounter = operation(stays.transfer)
     discharge_encounter = operation(stays.discharge)
     mark_encounter_entered_in_error = operation(stays.mark_entered_in_error)
@@ -242,6 +269,7 @@ class Gate(GateCore):
     list_allergies = operation(prescriptions.list_allergies)
     list_prescriptions = operation(prescriptions.list_for_patient)
     prescribe = operation(prescriptions.prescribe)
+    record_prescription = operation(prescriptions.record_prescription)
     stop_prescription = operation(prescriptions.stop)
     hold_prescription = operation(prescriptions.hold)
     resume_prescription = operation(prescriptions.resume)
@@ -264,6 +292,9 @@ class Gate(GateCore):
     list_medication_statements = operation(interventions.list_statements)
     read_medication_statement = operation(interventions.read_statement)
     record_medication_statement = operation(interventions.record_statement)
+    list_specimens = operation(interventions.list_specimens)
+    read_specimen = operation(interventions.read_specimen)
+    record_specimen = operation(interventions.record_specimen)
 
     # -- coverage and health cards (carnet/coverage/operations.py)
     list_coverage = operation(coverage.list_for_patient)
@@ -302,6 +333,7 @@ class Gate(GateCore):
 
     # -- a FHIR transaction Bundle: several writes, one transaction, one audit event
     run_transaction = operation(_run_transaction)
+    keep_directory_entries = operation(_keep_directory)
 
     # -- an HL7 v2 message of a registered interface, all or nothing (carnet/interfaces/operation.py)
     apply_hl7_message = operation(interfaces.apply_message)

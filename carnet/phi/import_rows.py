@@ -25,13 +25,14 @@ from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.paymentreconciliation import PaymentReconciliation as FhirPaymentReconciliation
 from fhir.resources.R4B.practitioner import Practitioner as FhirPractitioner
 from fhir.resources.R4B.practitionerrole import PractitionerRole as FhirPractitionerRole
+from fhir.resources.R4B.servicerequest import ServiceRequest as FhirServiceRequest
 from pydantic import ValidationError
 from sqlalchemy import select
 
 from carnet.billing.models import Invoice
 from carnet.crypto.blind import IndexKind
 from carnet.fhir.core.api import type_name
-from carnet.fhir.core.mapping import ATC_SYSTEM, received_instant
+from carnet.fhir.core.mapping import ATC_SYSTEM, LOINC, received_instant
 from carnet.fhir.core.model_check import conforms
 from carnet.fhir.resources import billing
 from carnet.fhir.resources.allergy import allergy_input
@@ -48,7 +49,7 @@ from carnet.org.models import DirectoryEntry, Facility, Location, Practitioner
 from carnet.patients.models import Patient
 from carnet.phi.schemas import PaymentInput
 from carnet.prescriptions.models import Prescription
-from carnet.records.models import Allergy, Condition, DiagnosticReport, Observation
+from carnet.records.models import Allergy, Condition, DiagnosticReport, Observation, ServiceRequest
 from carnet.runtime import Runtime
 from carnet.scheduling.models import Encounter
 
@@ -64,6 +65,7 @@ MODELS: dict[str, Any] = {
     "PaymentReconciliation": FhirPaymentReconciliation,
     "Encounter": FhirEncounter,
     "MedicationRequest": FhirMedicationRequest,
+    "ServiceRequest": FhirServiceRequest,
     "Practitioner": FhirPractitioner,
     "PractitionerRole": FhirPractitionerRole,
     "Organization": FhirOrganization,
@@ -83,6 +85,7 @@ _PATIENT_RECORDS: dict[str, Any] = {
     "DiagnosticReport": DiagnosticReport,
     "Encounter": Encounter,
     "MedicationRequest": Prescription,
+    "ServiceRequest": ServiceRequest,
     **dict.fromkeys(INTERVENTION_KINDS, Intervention),
 }
 
@@ -316,14 +319,14 @@ class Run:
             row = self.unit_observations.get(reference)
             if row is not None:
                 if row["patient_id"] != report["patient_id"]:
-                    raise InvalidInput("a result Observation is about another patient")
+                    raise InvalidInput("DiagnosticReport.result: an Observation about another patient")
                 in_unit.append(row)
                 continue
             written = self.observations.get(reference)
             if written is None:
-                raise InvalidInput("a result names no Observation of this import")
+                raise InvalidInput("DiagnosticReport.result: names no Observation of this import")
             if written[1] != report["patient_id"]:
-                raise InvalidInput("a result Observation is about another patient")
+                raise InvalidInput("DiagnosticReport.result: an Observation about another patient")
             earlier.append(written[0])
         for row in in_unit:
             row["report_id"] = report["id"]
@@ -701,8 +704,10 @@ class Run:
         self.keep(data, "MedicationRequest", ("subject",))
         concept = data.get("medicationCodeableConcept") or {}
         codings = [c for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code")]
-        coding = next((c for c in codings if c.get("system") == ATC_SYSTEM), codings[0] if codings else {})
-        # A medication named by text alone is kept; the checks read no code from it (not ATC).
+        atc = next((c for c in codings if c.get("system") == ATC_SYSTEM), None)
+        coding = atc or (codings[0] if codings else {})
+        # A medication named by text alone, or in a system the checks cannot read (RxNorm...), is
+        # kept as sent; its substance column (what the checks read) holds an ATC code or nothing.
         code = str(coding.get("code") or "")
         if len(code) > 40:
             raise InvalidInput("MedicationRequest.medicationCodeableConcept.coding.code: longer than 40")
@@ -723,7 +728,7 @@ class Run:
             "encounter_id": None,
             "medication_code": code,
             "medication_display": display[:200],
-            "substance_code": code,
+            "substance_code": str((atc or {}).get("code") or ""),
             "dosage_text": dosage[:500],
             "status": str(data.get("status") or "unknown")[:20],
             "authored_at": received_instant(data.get("authoredOn"), "MedicationRequest.authoredOn"),
@@ -738,6 +743,45 @@ class Run:
             "received": received_body(data),
         }
         return [("prescriptions", row)]
+
+    def _servicerequest(
+        self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Another system's order (a lab test, any code system), kept whole: its requester and
+        numbers are named in it, not carnet's (no carnet placer number: the laboratory's results
+        for carnet's own orders find those); results of the run name it in `basedOn`."""
+        subject = data.get("subject") or {}
+        patient = self.patient_ref(subject.get("reference"), pending)
+        data["subject"] = {**subject, "reference": f"Patient/{patient}"}
+        self.keep(data, "ServiceRequest", ("subject",))
+        concept = data.get("code") or {}
+        codings = [c for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code")]
+        coding = next((c for c in codings if c.get("system") == LOINC), codings[0] if codings else {})
+        code = str(coding.get("code") or "")
+        display = str(coding.get("display") or concept.get("text") or code)
+        if len(code) > 20:
+            code = ""  # the column lists what fits; the resource keeps the code whole
+        categories = {
+            str(c.get("code"))
+            for concept in data.get("category") or []
+            if isinstance(concept, dict)
+            for c in concept.get("coding") or []
+            if isinstance(c, dict)
+        }
+        when = data.get("authoredOn") or data.get("occurrenceDateTime")
+        row = self._base(patient, item) | {
+            "encounter_id": None,
+            "requester_id": None,
+            "placer_number": None,
+            "category": "laboratory" if categories & {"LAB", "108252007"} else "other",
+            "code": code,
+            "display": display[:200],
+            "priority": str(data.get("priority") or "routine")[:10],
+            "status": str(data.get("status") or "unknown")[:20],
+            "authored_at": received_instant(when, "ServiceRequest.authoredOn") if when else self.now,
+            "received": received_body(data),
+        }
+        return [("service_requests", row)]
 
     def _intervention(
         self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
@@ -763,7 +807,7 @@ class Run:
         }
         return [("interventions", row)]
 
-    _immunization = _procedure = _medicationadministration = _medicationstatement = _intervention
+    _immunization = _procedure = _medicationadministration = _medicationstatement = _specimen = _intervention
 
     def _directory(
         self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]

@@ -37,6 +37,7 @@ from carnet.records.models import (
     DiagnosticReport,
     NoteVersion,
     Observation,
+    ServiceRequest,
 )
 from carnet.scheduling.models import Appointment, Encounter
 
@@ -87,6 +88,8 @@ TABLES: Mapping[str, _Table] = {
     "note_versions": _Table(NoteVersion, (_Field("text"),), transient=("facility_id",)),
     "allergies": _Table(Allergy, (_Field("received", as_json=True),)),
     "conditions": _Table(Condition, (_Field("received", as_json=True),)),
+    # Another system's lab orders (imported: kept whole), before the results that name them.
+    "service_requests": _Table(ServiceRequest, (_Field("received", as_json=True),)),
     "diagnostic_reports": _Table(DiagnosticReport, (_Field("conclusion"), _Field("received", as_json=True))),
     "observations": _Table(Observation, (_Field("received", as_json=True),)),
     "prescriptions": _Table(Prescription, (_Field("received", as_json=True),)),

@@ -306,6 +306,8 @@ class ServiceRequestView(Redactable):
     authored_at: dt.datetime | None = None
     note: str | None = None
     version_id: int | None = None
+    # The FHIR ServiceRequest as received (imported; None otherwise or not all visible).
+    received: dict[str, Any] | None = None
 
 
 class ConsentView(Redactable):
@@ -522,6 +524,44 @@ class EncounterInput(BaseModel):
     attending_id: str | None = None
 
 
+class ReceivedEncounterInput(BaseModel):
+    """Another system's visit or stay that is not an admission here (finished, planned,
+    cancelled...): kept whole as received; its columns are for lists and policy only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    kind: str = Field(pattern="^(inpatient|outpatient|emergency)$")
+    status: str = Field(
+        pattern="^(planned|arrived|triaged|onleave|finished|cancelled|entered-in-error|unknown)$"
+    )
+    start_at: dt.datetime
+    end_at: dt.datetime | None = None
+    received: dict[str, Any]
+
+
+class ReceivedPrescriptionInput(BaseModel):
+    """A prescription written in another system, in its own code system (RxNorm, SNOMED CT...),
+    its prescriber named in the resource: kept whole as received. `substance_code` is its ATC
+    coding when it has one (what carnet's checks read), else empty (nothing to check)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str
+    medication_code: str = Field(max_length=40)
+    medication_display: str = Field(min_length=1, max_length=200)
+    substance_code: str = Field(default="", max_length=40)
+    dosage_text: str = Field(default="", max_length=500)
+    status: str = Field(
+        pattern="^(active|on-hold|cancelled|completed|entered-in-error|stopped|draft|unknown)$"
+    )
+    authored_at: dt.datetime | None = None  # when it reached carnet, if the resource does not say
+    valid_until: dt.datetime | None = None
+    encounter_id: str | None = None
+    allergy_override_reason: str | None = Field(default=None, max_length=500)
+    received: dict[str, Any]
+
+
 class ObservationInput(BaseModel):
     """A vital sign or a lab result: a LOINC code and a value (a number with its unit, or text)."""
 
@@ -606,6 +646,8 @@ class DiagnosticReportInput(BaseModel):
     # Required by record_diagnostic_report; record_observations fills it with its own results.
     result_ids: list[str] = Field(default_factory=list, max_length=200)
     order_id: str | None = None  # the lab order it answers (the patient's own)
+    # The FHIR resource as received, kept whole (its performer, effective time, presentedForm...).
+    received: dict[str, Any] | None = None
 
 
 # FHIR request-priority codes (R4), and the statuses carnet's orders take.

@@ -163,6 +163,7 @@ _RECORD_TYPES: dict[str, Any] = {
     "Procedure": Intervention,
     "MedicationAdministration": Intervention,
     "MedicationStatement": Intervention,
+    "Specimen": Intervention,
 }
 _DIRECTORY_TYPES: dict[str, Any] = {"Practitioner": Practitioner, "Location": Location}
 _RECEIVED_DIRECTORY = ("Practitioner", "PractitionerRole", "Organization", "Location")

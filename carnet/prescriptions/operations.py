@@ -14,7 +14,13 @@ from carnet.audit.interfaces import AuditKind
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.phi.kernel import RT, GuardedTx, guarded
-from carnet.phi.schemas import AllergyInput, AllergyView, PrescriptionInput, PrescriptionView
+from carnet.phi.schemas import (
+    AllergyInput,
+    AllergyView,
+    PrescriptionInput,
+    PrescriptionView,
+    ReceivedPrescriptionInput,
+)
 from carnet.phi.steps import (
     patient_stay,
     read_one,
@@ -73,6 +79,64 @@ def prescribe(tx: GuardedTx, /, *, data: PrescriptionInput) -> PrescriptionView:
     tx.session.flush()
     snapshot = prescription_data(prescription) | {"warnings": warnings}
     return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, snapshot, 1, "create")
+
+
+# A prescription of another system still being taken: carnet's checks apply to it.
+ONGOING = ("active", "on-hold", "draft")
+
+
+@guarded(AuditKind.PHI_CREATE, RT.PRESCRIPTION, targeted=True)
+def record_prescription(tx: GuardedTx, /, *, data: ReceivedPrescriptionInput) -> PrescriptionView:
+    """A prescription written in another system (its prescriber named in it, any code system),
+    kept whole as received. carnet's checks read its ATC coding when it has one: an ongoing one
+    the patient's allergies or current drugs stop is refused as a prescription here is (unless
+    the override extension gives the reason). A code in a system the checks cannot read is kept
+    as sent and checks nothing: it is never relabelled as a code they know."""
+    writing_practitioner(tx)
+    patient = tx.patient_for_write(data.patient_id)
+    tx.authorize(patient, RT.PRESCRIPTION, write=True)
+    override = (data.allergy_override_reason or "").strip() or None
+    warnings: list[str] = []
+    if data.substance_code and data.status in ONGOING:
+        warnings = allergy_warnings(
+            tx,
+            patient_id=patient.id,
+            substance_code=data.substance_code,
+            override=override,
+            medication_display=data.medication_display,
+        )
+    authored = data.authored_at or tx.now
+    if authored.tzinfo is None:
+        raise InvalidInput("MedicationRequest.authoredOn: a time needs a time zone")
+    encounter_id = patient_stay(tx, data.encounter_id, patient)
+    prescription_id = new_id()
+    rewritten = {"subject": f"Patient/{patient.id}"}
+    if encounter_id is not None:
+        rewritten["encounter"] = f"Encounter/{encounter_id}"
+    received = received_json(tx, data.received, patient, rewritten)
+    prescription = Prescription(
+        id=prescription_id,
+        facility_id=patient.facility_id,
+        patient_id=patient.id,
+        prescriber_id=None,  # the other system's, named in the resource (requester)
+        encounter_id=encounter_id,
+        medication_code=data.medication_code,
+        medication_display=data.medication_display,
+        substance_code=data.substance_code,
+        dosage_text=data.dosage_text,
+        status=data.status,
+        authored_at=authored,
+        valid_until=data.valid_until,
+        allergy_override_reason=override if warnings else None,
+        received_ct=tx.enc(received, patient.facility_id, "prescriptions", "received", prescription_id),
+        version_id=1,
+        created_at=tx.now,
+        updated_at=tx.now,
+    )
+    tx.session.add(prescription)
+    tx.session.flush()
+    data_out = prescription_data(prescription, dict(json.loads(received))) | {"warnings": warnings}
+    return written(tx, patient, RT.PRESCRIPTION, PrescriptionView, data_out, 1, "create")
 
 
 STATUS_REASON_MAX = 500
@@ -218,9 +282,8 @@ def record_allergy(tx: GuardedTx, /, *, data: AllergyInput) -> AllergyView:
     allergy_id = new_id()
     received = None
     if data.received is not None:
-        # Who recorded it in carnet, unless the sender named its own recorder.
-        sent = {"recorder": {"reference": f"Practitioner/{author}"}, **data.received}
-        received = received_json(tx, sent, patient, {"patient": f"Patient/{patient.id}"})
+        # Kept as sent: who recorded it in carnet is the version's author (Provenance).
+        received = received_json(tx, data.received, patient, {"patient": f"Patient/{patient.id}"})
     reaction = (data.reaction or "").strip() or None
     allergy = Allergy(
         id=allergy_id,

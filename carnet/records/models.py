@@ -79,8 +79,9 @@ class ServiceRequest(IdMixin, VersionedMixin, Base):
     facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
     patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
     encounter_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("encounters.id"))
-    requester_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"))
-    placer_number: Mapped[str] = mapped_column(String(40))
+    # None for another system's order (imported): its resource names its requester and numbers.
+    requester_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("practitioners.id"))
+    placer_number: Mapped[str | None] = mapped_column(String(40))
     category: Mapped[str] = mapped_column(String(20), default="laboratory")
     code: Mapped[str] = mapped_column(String(20))  # LOINC test or panel
     display: Mapped[str] = mapped_column(String(200))
@@ -90,6 +91,8 @@ class ServiceRequest(IdMixin, VersionedMixin, Base):
     status: Mapped[str] = mapped_column(String(20), default="active")
     authored_at: Mapped[dt.datetime]
     note_ct: Mapped[bytes | None] = mapped_column(LargeBinary)  # the clinical question, encrypted
+    # The FHIR ServiceRequest as received (JSON, encrypted), imported from another system.
+    received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class DiagnosticReport(IdMixin, VersionedMixin, Base):

@@ -359,9 +359,9 @@ def record_condition(tx: GuardedTx, /, *, data: ConditionInput) -> ConditionView
     condition_id = new_id()
     received = None
     if data.received is not None:
-        # Who recorded it in carnet, unless the sender named its own recorder.
-        sent = {"recorder": {"reference": f"Practitioner/{author}"}, **data.received}
-        received = received_json(tx, sent, patient, {"subject": f"Patient/{patient.id}"})
+        # Kept as sent: who recorded it in carnet is the version's author (Provenance), not an
+        # element added to another system's resource.
+        received = received_json(tx, data.received, patient, {"subject": f"Patient/{patient.id}"})
     condition = Condition(
         id=condition_id,
         facility_id=patient.facility_id,
@@ -511,6 +511,9 @@ def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -
     order = orders.patient_order(tx, data.order_id, patient)
     report_id = new_id()
     conclusion = (data.conclusion or "").strip() or None
+    received = None
+    if data.received is not None:
+        received = received_json(tx, data.received, patient, {"subject": f"Patient/{patient.id}"})
     report = DiagnosticReport(
         id=report_id,
         facility_id=patient.facility_id,
@@ -522,6 +525,7 @@ def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -
         conclusion_ct=tx.enc(conclusion, patient.facility_id, "diagnostic_reports", "conclusion", report_id),
         performer_id=author,
         order_id=order.id if order is not None else None,
+        received_ct=tx.enc(received, patient.facility_id, "diagnostic_reports", "received", report_id),
         version_id=1,
         created_at=tx.now,
         updated_at=tx.now,
@@ -542,10 +546,11 @@ def record_diagnostic_report(tx: GuardedTx, /, *, data: DiagnosticReportInput) -
         "status": report.status,
         "issued_at": report.issued_at,
         "conclusion": conclusion,
-        "performer_id": str(author),
+        "performer_id": sid(author),
         "result_ids": [str(o.id) for o in observations],
         "version_id": 1,
         "order_id": sid(report.order_id),
+        "received": None if received is None else dict(json.loads(received)),
     }
     return written(tx, patient, RT.DIAGNOSTIC_REPORT, DiagnosticReportView, snapshot, 1, "create")
 
@@ -583,8 +588,11 @@ def amend_diagnostic_report(
         )
     )
     old = tx.dec(report.conclusion_ct, "diagnostic_reports", "conclusion", report.id)
+    kept = received_of(tx, report)
 
-    def data(conclusion_now: str | None, results: list[Observation]) -> dict[str, Any]:
+    def data(
+        conclusion_now: str | None, results: list[Observation], received: dict[str, Any] | None
+    ) -> dict[str, Any]:
         return {
             "id": str(report.id),
             "updated_at": report.updated_at,
@@ -599,9 +607,26 @@ def amend_diagnostic_report(
             "result_ids": [str(o.id) for o in results],
             "version_id": report.version_id,
             "order_id": sid(report.order_id),
+            "received": received,
         }
 
-    first_version(tx, RT.DIAGNOSTIC_REPORT, report, patient, data(old, current))
+    def follow(conclusion_now: str | None, results: list[Observation]) -> dict[str, Any] | None:
+        """A report kept as received follows the change made in carnet: its status, conclusion
+        and results; the version before keeps it as it was."""
+        if kept is None:
+            return None
+        now = {**kept, "status": report.status}
+        if conclusion_now is None:
+            now.pop("conclusion", None)
+        else:
+            now["conclusion"] = conclusion_now
+        now["result"] = [{"reference": f"Observation/{o.id}"} for o in results]
+        text = json.dumps(now, ensure_ascii=False, sort_keys=True)
+        report.received_ct = tx.enc(text, patient.facility_id, "diagnostic_reports", "received", report.id)
+        tx.session.flush()
+        return now
+
+    first_version(tx, RT.DIAGNOSTIC_REPORT, report, patient, data(old, current, kept))
     if status == "entered-in-error":
         tx.bump(DiagnosticReport, report, expected_version, status=status)
         return written(
@@ -609,7 +634,7 @@ def amend_diagnostic_report(
             patient,
             RT.DIAGNOSTIC_REPORT,
             DiagnosticReportView,
-            data(old, current),
+            data(old, current, follow(old, current)),
             report.version_id,
             "update",
         )
@@ -656,7 +681,7 @@ def amend_diagnostic_report(
         patient,
         RT.DIAGNOSTIC_REPORT,
         DiagnosticReportView,
-        data(text_now, observations),
+        data(text_now, observations, follow(text_now, observations)),
         report.version_id,
         "update",
     )

@@ -17,22 +17,37 @@ from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
 from carnet.phi.kernel import RT, GuardedTx, guarded
 from carnet.phi.schemas import ORDER_STATUSES, ServiceRequestInput, ServiceRequestView
-from carnet.phi.steps import patient_stay, read_one, redact, section, sid, writing_practitioner, written
+from carnet.phi.steps import (
+    patient_stay,
+    read_one,
+    received_of,
+    redact,
+    section,
+    sid,
+    writing_practitioner,
+    written,
+)
 from carnet.records.models import ServiceRequest
 
 # Statuses an order leaves no more (results arriving later are still filed, the order unchanged).
 CLOSED = frozenset({"revoked", "entered-in-error"})
 
 
-def order_data(tx: GuardedTx, row: ServiceRequest, *, with_note: bool) -> dict[str, Any]:
+def order_data(
+    tx: GuardedTx, row: ServiceRequest, *, with_note: bool, with_received: bool = True
+) -> dict[str, Any]:
     note = tx.dec(row.note_ct, "service_requests", "note", row.id) if with_note and row.note_ct else None
+    received = received_of(tx, row) if with_received else None
+    if received is not None:
+        # Another system's order kept whole follows the one change carnet makes to an order.
+        received["status"] = row.status
     return {
         "id": str(row.id),
         "updated_at": row.updated_at,
         "patient_id": str(row.patient_id),
         "facility_id": str(row.facility_id),
         "encounter_id": sid(row.encounter_id),
-        "requester_id": str(row.requester_id),
+        "requester_id": sid(row.requester_id),
         "placer_number": row.placer_number,
         "category": row.category,
         "code": row.code,
@@ -42,6 +57,7 @@ def order_data(tx: GuardedTx, row: ServiceRequest, *, with_note: bool) -> dict[s
         "authored_at": row.authored_at,
         "note": note,
         "version_id": row.version_id,
+        "received": received,
     }
 
 
@@ -64,13 +80,21 @@ def orders_section(pid: uuid.UUID | None) -> Select[ServiceRequest]:
 def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[ServiceRequestView]:
     """The patient's lab orders, newest first."""
     rows, fields = section(tx, patient_id, RT.SERVICE_REQUEST, orders_section(parse_id(patient_id)))
-    return [redact(ServiceRequestView, order_data(tx, r, with_note="note" in fields), fields) for r in rows]
+    return [
+        redact(
+            ServiceRequestView,
+            order_data(tx, r, with_note="note" in fields, with_received="received" in fields),
+            fields,
+        )
+        for r in rows
+    ]
 
 
 @guarded(AuditKind.PHI_READ, RT.SERVICE_REQUEST, targeted=True)
 def read(tx: GuardedTx, /, *, order_id: str) -> ServiceRequestView:
     row, fields = read_one(tx, RT.SERVICE_REQUEST, order_id)
-    return redact(ServiceRequestView, order_data(tx, row, with_note="note" in fields), fields)
+    data = order_data(tx, row, with_note="note" in fields, with_received="received" in fields)
+    return redact(ServiceRequestView, data, fields)
 
 
 @guarded(AuditKind.PHI_CREATE, RT.SERVICE_REQUEST, targeted=True)

@@ -23,7 +23,14 @@ from carnet.patients.models import Patient
 from carnet.patients.views import patient_view
 from carnet.phi import care
 from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
-from carnet.phi.schemas import EncounterInput, EncounterView, Ward, WardBoard, WardStay
+from carnet.phi.schemas import (
+    EncounterInput,
+    EncounterView,
+    ReceivedEncounterInput,
+    Ward,
+    WardBoard,
+    WardStay,
+)
 from carnet.phi.steps import (
     SECTION_LIMIT,
     expose_worklist,
@@ -32,6 +39,7 @@ from carnet.phi.steps import (
     first_version,
     own_worklist,
     read_one,
+    received_json,
     received_of,
     received_shown,
     redact,
@@ -110,6 +118,42 @@ def admit(tx: GuardedTx, /, *, data: EncounterInput) -> EncounterView:
     tx.session.add(encounter)
     tx.session.flush()
     return written(tx, patient, RT.ENCOUNTER, EncounterView, encounter_data(encounter), 1, "create")
+
+
+@guarded(AuditKind.PHI_CREATE, RT.ENCOUNTER, targeted=True)
+def record_encounter(tx: GuardedTx, /, *, data: ReceivedEncounterInput) -> EncounterView:
+    """Another system's visit or stay that is not an admission here (finished, planned,
+    cancelled...), kept whole as received. It names no attending and no ward of carnet's, so it
+    makes no care relationship (an admission is a stay in progress: `admit`); it is written by a
+    practitioner who may write the patient's stays, as an admission is."""
+    writing_practitioner(tx)
+    patient = tx.patient_for_write(data.patient_id)
+    tx.authorize(patient, RT.ENCOUNTER, write=True)
+    if data.start_at.tzinfo is None or (data.end_at is not None and data.end_at.tzinfo is None):
+        raise InvalidInput("Encounter.period: a time needs a time zone")
+    if data.end_at is not None and data.end_at < data.start_at:
+        raise InvalidInput("Encounter.period.end: before its start")
+    encounter_id = new_id()
+    received = received_json(tx, data.received, patient, {"subject": f"Patient/{patient.id}"})
+    encounter = Encounter(
+        id=encounter_id,
+        facility_id=patient.facility_id,
+        patient_id=patient.id,
+        kind=data.kind,
+        status=data.status,
+        start_at=data.start_at,
+        end_at=data.end_at,
+        location_id=None,
+        attending_id=None,
+        received_ct=tx.enc(received, patient.facility_id, "encounters", "received", encounter_id),
+        version_id=1,
+        created_at=tx.now,
+        updated_at=tx.now,
+    )
+    tx.session.add(encounter)
+    tx.session.flush()
+    data_out = encounter_data(encounter, dict(json.loads(received)))
+    return written(tx, patient, RT.ENCOUNTER, EncounterView, data_out, 1, "create")
 
 
 @guarded(AuditKind.PHI_UPDATE, RT.ENCOUNTER, targeted=True)

@@ -43,6 +43,7 @@ SCHEMAS = {
     ResourceType.PROCEDURE: InterventionView,
     ResourceType.MEDICATION_ADMINISTRATION: InterventionView,
     ResourceType.MEDICATION_STATEMENT: InterventionView,
+    ResourceType.SPECIMEN: InterventionView,
 }
 EVERY = list(Relationship)
 

@@ -28,6 +28,8 @@ ORDER = (
     "MedicationStatement",
     "Immunization",
     "Procedure",
+    "ServiceRequest",
+    "Specimen",
     "Observation",
     "DiagnosticReport",
     "Coverage",

@@ -30,6 +30,8 @@ NEVER_REJECTED = {
     "Procedure",
     "MedicationAdministration",
     "MedicationStatement",
+    "ServiceRequest",
+    "Specimen",
     "Practitioner",
     "PractitionerRole",
     "Organization",

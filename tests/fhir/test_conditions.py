@@ -62,7 +62,13 @@ def test_a_problem_is_recorded_resolved_and_entered_in_error_never_overwritten(
     assert diabetes["meta"]["versionId"] == "1"
     assert _status(diabetes, "clinicalStatus") == "active"
     assert _status(diabetes, "verificationStatus") == "confirmed"
-    assert diabetes["recorder"]["reference"] == f"Practitioner/{doctor.practitioner_id}"
+    assert "recorder" not in diabetes  # kept as sent; who recorded it is in Provenance
+    provenance = client.resources("Provenance").search(target=f"Condition/{diabetes['id']}").fetch_all()
+    assert any(
+        agent.get("who", {}).get("reference") == f"Practitioner/{doctor.practitioner_id}"
+        for p in provenance
+        for agent in p["agent"]
+    ), provenance
 
     read = client.reference("Condition", diabetes["id"]).to_resource()
     assert read["code"]["coding"][0]["code"] == "E11.9" and read["meta"]["versionId"] == "1"

@@ -7,6 +7,7 @@ not kept twice."""
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -107,12 +108,12 @@ def test_a_third_party_transaction_bundle_is_taken_whole(
             select(func.count()).select_from(DirectoryEntry).where(DirectoryEntry.facility_id == facility)
         )
         assert kept == sum(1 for r in sent if r["resourceType"] == "Practitioner")
-        assert (
-            session.scalar(
-                select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == "org:directory:kept")
-            )
-            == 1
-        )
+        # Kept by the transaction's first step: its one audit event lists them (no event apart).
+        listed = session.scalars(
+            select(AuditEvent.resource_ids).where(AuditEvent.kind == "phi:resource:transaction")
+        ).all()
+        entries = session.scalars(select(DirectoryEntry.id).where(DirectoryEntry.facility_id == facility))
+        assert len(listed) == 1 and {str(e) for e in entries} <= set(json.loads(listed[0]))
 
     # Posted again: the practitioners are the ones kept (matched by identifier), not new ones.
     again = client.execute("", method="post", data=bundle)

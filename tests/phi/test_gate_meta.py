@@ -42,6 +42,8 @@ from carnet.phi.schemas import (
     PatientInput,
     PaymentInput,
     PrescriptionInput,
+    ReceivedEncounterInput,
+    ReceivedPrescriptionInput,
     ServiceRequestInput,
 )
 from carnet.runtime import Runtime
@@ -225,7 +227,42 @@ INTERVENTION_OPERATIONS = {
     "Procedure": "procedure",
     "MedicationAdministration": "medication_administration",
     "MedicationStatement": "medication_statement",
+    "Specimen": "specimen",
 }
+
+
+def _visit(patient_id: str) -> ReceivedEncounterInput:
+    """Another system's finished visit, kept whole."""
+    return ReceivedEncounterInput(
+        patient_id=patient_id,
+        kind="outpatient",
+        status="finished",
+        start_at=dt.datetime(2026, 1, 1, 9, tzinfo=dt.UTC),
+        received={
+            "resourceType": "Encounter",
+            "status": "finished",
+            "class": {"code": "AMB"},
+            "subject": {"reference": f"Patient/{patient_id}"},
+        },
+    )
+
+
+def _received_order(patient_id: str) -> ReceivedPrescriptionInput:
+    """Another system's prescription in RxNorm (nothing carnet's checks read), kept whole."""
+    concept = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "861007"}]}
+    return ReceivedPrescriptionInput(
+        patient_id=patient_id,
+        medication_code="861007",
+        medication_display="metformin 500 MG",
+        status="active",
+        received={
+            "resourceType": "MedicationRequest",
+            "status": "active",
+            "intent": "order",
+            "medicationCodeableConcept": concept,
+            "subject": {"reference": f"Patient/{patient_id}"},
+        },
+    )
 
 
 def _intervention(name: str, patient_id: str) -> InterventionInput:
@@ -579,6 +616,27 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
             data=AllergyInput(
                 patient_id=MISSING, substance_code="N02BA", substance_display="AINS", criticality="low"
             )
+        ),
+    ),
+    "record_encounter": (
+        "physician",
+        lambda g, w: g.record_encounter(data=_visit(w.patient)),
+        lambda g, w: g.record_encounter(data=_visit(MISSING)),
+    ),
+    "record_prescription": (
+        "physician",
+        lambda g, w: g.record_prescription(data=_received_order(w.patient)),
+        lambda g, w: g.record_prescription(data=_received_order(MISSING)),
+    ),
+    "keep_directory_entries": (
+        "physician",
+        lambda g, w: g.keep_directory_entries(
+            resources=[{"resourceType": "Practitioner", "identifier": [{"system": "urn:x", "value": "1"}]}],
+            rewrite=lambda r, _known: r,
+            names=lambda _i: [],
+        ),
+        lambda g, w: g.keep_directory_entries(
+            resources=[{"resourceType": "Patient"}], rewrite=lambda r, _known: r, names=lambda _i: []
         ),
     ),
     "admit_patient": (

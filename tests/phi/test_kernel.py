@@ -59,9 +59,9 @@ def test_every_declared_operation_is_a_method_of_the_gate_and_nothing_else_is() 
         guard = getattr(getattr(Gate, name).__wrapped__, "__gate_guard__", None)
         assert isinstance(guard, Guard), name
         assert getattr(Gate, name).__gate_audit_kind__ == guard.kind, name
-    # + the transaction Bundle (in gate.py), + apply_message bound a second time as a group
-    # (Gate.apply_hl7_messages, carnet/phi/grouped.py)
-    assert len(declared) + 2 == len(public_operations())
+    # + the transaction Bundle and its directory step (both in gate.py), + apply_message bound a
+    # second time as a group (Gate.apply_hl7_messages, carnet/phi/grouped.py)
+    assert len(declared) + 3 == len(public_operations())
 
 
 def test_domain_operations_take_the_guarded_transaction_then_keywords_only() -> None:

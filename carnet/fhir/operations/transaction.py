@@ -38,9 +38,7 @@ from carnet.fhir.core.api import (
 )
 from carnet.fhir.core.outcome import operation_outcome, status_for
 from carnet.fhir.core.registry import FhirModule, Mapper, Writes, serve_get
-from carnet.identity.dependencies import runtime_of
 from carnet.kernel.errors import CarnetError, InvalidInput
-from carnet.org.directory import keep_received
 from carnet.phi.gate import TRANSACTION_LIMIT, AllergyWarning, Gate
 from carnet.phi.schemas import InvoiceView
 
@@ -93,7 +91,8 @@ def _instance_url(number: int, url: str) -> tuple[str, str]:
 
 
 # Another system's directory entries a transaction Bundle may carry: matched by identifier to
-# carnet's directory or kept as received (carnet.org.directory.keep_received), before its writes.
+# carnet's directory or kept as received (carnet.org.directory.keep_entries), as the first step of
+# the transaction (a Bundle refused keeps none of them).
 DIRECTORY = ("Practitioner", "PractitionerRole", "Organization", "Location")
 
 
@@ -283,44 +282,39 @@ def names(entry: Entry) -> list[str]:
     return found
 
 
-def _directory(request: Request, gate: Gate, entries: list[Entry]) -> dict[int, tuple[str, bool]]:
-    """The Bundle's directory entries, matched or kept first (audited); by entry number."""
-    wanted = [e for e in entries if e.method == "POST" and e.resource_type in DIRECTORY]
-    if not wanted:
-        return {}
-
-    def rewrite(resource: dict[str, Any], known: dict[str, str]) -> dict[str, Any]:
-        # Between directory entries only; anything else they name must already be carnet's.
-        kept: dict[str, Any] = resolve(
-            validated(_DIRECTORY_MODELS[resource["resourceType"]], resource, resource["resourceType"]), known
-        )
-        return kept
-
-    answers = keep_received(
-        runtime_of(request),
-        actor=gate.actor,
-        resources=[e.resource or {} for e in wanted],
-        rewrite=rewrite,
-        names=lambda i: names(wanted[i]),
+def _rewrite_directory(resource: dict[str, Any], known: dict[str, str]) -> dict[str, Any]:
+    """A directory entry's references, between directory entries only; anything else they name
+    must already be carnet's."""
+    kept: dict[str, Any] = resolve(
+        validated(_DIRECTORY_MODELS[resource["resourceType"]], resource, resource["resourceType"]), known
     )
-    return {e.number: answer for e, answer in zip(wanted, answers, strict=True)}
+    return kept
 
 
 def _transaction(request: Request, gate: Gate, entries: list[Entry]) -> Response:
     created: dict[str, str] = {}
-    directory = _directory(request, gate, entries)
-    for entry in entries:
-        if entry.number in directory:
-            for name in names(entry):
-                created[name] = directory[entry.number][0]
-    writes = [e for e in entries if e.number not in directory]
+    # Another system's directory entries: matched or kept by the transaction's first step.
+    directory = [e for e in entries if e.method == "POST" and e.resource_type in DIRECTORY]
+    writes = [e for e in entries if e not in directory]
+    first = 1 if directory else 0
+
+    def keep(_results: list[Any]) -> dict[str, Any]:
+        return {
+            "resources": [e.resource or {} for e in directory],
+            "rewrite": _rewrite_directory,
+            "names": lambda i: names(directory[i]),
+        }
 
     def step(entry: Entry) -> tuple[str, Callable[[list[Any]], dict[str, Any]]]:
         def arguments(results: list[Any]) -> dict[str, Any]:
             # The entries before this one are written by now: record the ids of new ones, and
             # the version each invoice created here is at (a payment returns its invoice).
+            if directory:
+                for earlier, (reference, _kept) in zip(directory, results[0], strict=True):
+                    for name in names(earlier):
+                        created[name] = reference
             versions: dict[str, int] = {}
-            for earlier, view in zip(writes, results, strict=False):
+            for earlier, view in zip(writes, results[first:], strict=False):
                 if earlier.method == "POST":
                     for name in names(earlier):
                         created[name] = f"{earlier.resource_type}/{view.id}"
@@ -332,16 +326,18 @@ def _transaction(request: Request, gate: Gate, entries: list[Entry]) -> Response
         # The operation's name is known from the entry alone (its arguments wait for references).
         return _operation(entry), arguments
 
+    steps = ([("keep_directory_entries", keep)] if directory else []) + [step(e) for e in writes]
     try:
-        results = gate.run_transaction(steps=[step(e) for e in writes]) if writes else []
+        results = gate.run_transaction(steps=steps)
     except AllergyWarning as exc:
         return fhir_response(operation_outcome("business-rule", str(exc)), status=422)
-    answered = dict(zip([e.number for e in writes], results, strict=True))
+    kept = dict(zip([e.number for e in directory], results[0] if directory else [], strict=True))
+    answered = dict(zip([e.number for e in writes], results[first:], strict=True))
     out = []
     for entry in entries:
-        if entry.number in directory:
-            reference, kept = directory[entry.number]
-            out.append({"response": {"status": "201 Created" if kept else "200 OK", "location": reference}})
+        if entry.number in kept:
+            reference, new = kept[entry.number]
+            out.append({"response": {"status": "201 Created" if new else "200 OK", "location": reference}})
         else:
             out.append(_response_entry(request, entry, answered[entry.number]))
     return fhir_response({"resourceType": "Bundle", "type": "transaction-response", "entry": out})

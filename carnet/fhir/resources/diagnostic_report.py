@@ -132,6 +132,7 @@ def report_input(body: dict[str, Any]) -> DiagnosticReportInput:
         "conclusion": body.get("conclusion"),
         "result_ids": results,
         "order_id": _based_on(body, "DiagnosticReport"),
+        "received": body,
     }
     try:
         return DiagnosticReportInput(**values)

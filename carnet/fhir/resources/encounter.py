@@ -26,6 +26,7 @@ from carnet.fhir.core.mapping import (
     as_received,
     clean,
     meta,
+    received_instant,
     ref,
     schema_input,
     when,
@@ -44,7 +45,7 @@ from carnet.fhir.core.search import (
 )
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.gate import Gate
-from carnet.phi.schemas import EncounterInput
+from carnet.phi.schemas import EncounterInput, ReceivedEncounterInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 ENCOUNTER = "Encounter"
@@ -118,6 +119,41 @@ def encounter_input(body: dict[str, Any]) -> EncounterInput:
         "attending_id": _encounter_attending(body),
     }
     return schema_input(EncounterInput, values, "Encounter")  # type: ignore[no-any-return]
+
+
+# Another system's class codes (v3 ActCode) as the kind of stay the columns list.
+RECEIVED_KINDS = {"IMP": "inpatient", "ACUTE": "inpatient", "NONAC": "inpatient", "EMER": "emergency"}
+
+
+def received_encounter_input(body: dict[str, Any]) -> ReceivedEncounterInput:
+    """Another system's visit or stay that is not an admission (any status but in-progress):
+    kept whole; its class gives the kind, its period when."""
+    patient = reference_id((body.get("subject") or {}).get("reference"), "Patient")
+    if patient is None:
+        raise InvalidInput("Encounter.subject: a reference Patient/<id> is required")
+    period = body.get("period") or {}
+    values = {
+        "patient_id": patient,
+        "kind": RECEIVED_KINDS.get(str((body.get("class") or {}).get("code") or ""), "outpatient"),
+        "status": body.get("status"),
+        "start_at": received_instant(period.get("start"), "Encounter.period.start"),
+        "end_at": received_instant(period["end"], "Encounter.period.end") if period.get("end") else None,
+        "received": body,
+    }
+    return schema_input(ReceivedEncounterInput, values, "Encounter")  # type: ignore[no-any-return]
+
+
+def encounter_create(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A new Encounter as the gate operation it is: in progress, an admission here (carnet's
+    stay: attending, ward, care relationships); any other status, another system's visit or
+    stay, kept whole as received."""
+    if body.get("status") == "in-progress":
+        return "admit_patient", {"data": encounter_input(body)}
+    return "record_encounter", {"data": received_encounter_input(body)}
+
+
+def encounter_creates(body: dict[str, Any]) -> str:
+    return "admit_patient" if body.get("status") == "in-progress" else "record_encounter"
 
 
 def encounter_change(body: dict[str, Any], encounter_id: str, version: int) -> tuple[str, dict[str, Any]]:
@@ -196,10 +232,12 @@ def search_encounters(request: Request) -> Response:
 @router.post("/Encounter")
 def admit(request: Request, body: dict[str, Any] = FhirBody) -> Response:
     """Admit a patient: a stay in progress (class IMP, AMB or EMER), at a location, with an
-    attending physician (the admitting practitioner when none is named)."""
+    attending physician (the admitting practitioner when none is named). Any other status is
+    another system's visit or stay, kept whole as received."""
     gate = gate_for(request, ENCOUNTER, "create")
     resource = validated(Encounter, body, ENCOUNTER)
-    view = gate.admit_patient(data=encounter_input(resource))
+    name, arguments = encounter_create(resource)
+    view = getattr(gate, name)(**arguments)
     return resource_response(request, encounter_to_fhir(view.model_dump()), status=201)
 
 
@@ -255,8 +293,8 @@ MODULE = FhirModule(
             writes=Writes(
                 Encounter,
                 encounter_to_fhir,
-                creates="admit_patient",
-                create=lambda r, g, m: ("admit_patient", {"data": encounter_input(r)}),
+                creates=encounter_creates,
+                create=lambda r, g, m: encounter_create(r),
                 updates=encounter_operation,
                 update=encounter_change,
                 # A stay opened by mistake: marked entered-in-error, kept and readable.

@@ -15,6 +15,7 @@ from fhir.resources.R4B.immunization import Immunization
 from fhir.resources.R4B.medicationadministration import MedicationAdministration
 from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.procedure import Procedure
+from fhir.resources.R4B.specimen import Specimen
 
 from carnet.fhir.core.api import (
     FhirBody,
@@ -45,7 +46,7 @@ class Kind:
     patient: str  # the element naming the patient
     code: str  # the CodeableConcept the columns index
     times: tuple[str, ...]  # the elements giving when, in order of preference
-    encounter: str  # the element naming the stay
+    encounter: str | None  # the element naming the stay (a Specimen names none)
     required_time: bool = False
 
 
@@ -87,6 +88,15 @@ KINDS: dict[str, Kind] = {
             "medicationCodeableConcept",
             ("effectiveDateTime", "effectivePeriod.start", "dateAsserted"),
             "context",
+        ),
+        Kind(
+            "Specimen",
+            Specimen,
+            "specimen",
+            "subject",
+            "type",
+            ("collection.collectedDateTime", "collection.collectedPeriod.start", "receivedTime"),
+            None,
         ),
     )
 }
@@ -160,7 +170,7 @@ def intervention_input(kind: Kind, body: dict[str, Any]) -> InterventionInput:
         if value:
             occurred = received_instant(value, f"{kind.name}.{path}")
             break
-    encounter_ref = (body.get(kind.encounter) or {}).get("reference")
+    encounter_ref = (body.get(kind.encounter) or {}).get("reference") if kind.encounter else None
     encounter = reference_id(encounter_ref, "Encounter") if encounter_ref else None
     display = coding.get("display") or text
     values = {
@@ -188,6 +198,7 @@ _DATES = {
     "Procedure": ("date", ("performedDateTime", "performedPeriod")),
     "MedicationAdministration": ("effective-time", ("effectiveDateTime", "effectivePeriod")),
     "MedicationStatement": ("effective", ("effectiveDateTime", "effectivePeriod")),
+    "Specimen": ("collected", ("collection.collectedDateTime", "collection.collectedPeriod")),
 }
 
 
@@ -199,8 +210,9 @@ def _search(kind: Kind) -> Search:
         "code": token(kind.code),
         "status": token("status"),
         date_name: date(*date_paths),
-        kind.encounter: reference(kind.encounter, target="Encounter"),
     }
+    if kind.encounter is not None:
+        params[kind.encounter] = reference(kind.encounter, target="Encounter")
     if kind.name == "Immunization":
         params["vaccine-code"] = token(kind.code)
     return Search(
@@ -209,7 +221,7 @@ def _search(kind: Kind) -> Search:
         fetch=chart_section(f"list_{kind.operation}s", to_fhir(kind)),
         read=one_record(f"read_{kind.operation}", "intervention_id", to_fhir(kind)),
         subjects=tuple(dict.fromkeys(("patient", kind.patient))),
-        includes=tuple(dict.fromkeys(("patient", kind.patient, kind.encounter))),
+        includes=tuple(dict.fromkeys(n for n in ("patient", kind.patient, kind.encounter) if n)),
     )
 
 

@@ -29,6 +29,7 @@ from carnet.fhir.core.mapping import (
     clean,
     extension_text,
     meta,
+    received_instant,
     ref,
     schema_input,
     when,
@@ -38,7 +39,7 @@ from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
 from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
 from carnet.phi.gate import AllergyWarning
-from carnet.phi.schemas import PrescriptionInput
+from carnet.phi.schemas import PrescriptionInput, ReceivedPrescriptionInput
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 PRESCRIPTION = "MedicationRequest"
@@ -135,6 +136,74 @@ def prescription_input(body: dict[str, Any]) -> PrescriptionInput:
     return schema_input(PrescriptionInput, values, "MedicationRequest")  # type: ignore[no-any-return]
 
 
+def _carnets(body: dict[str, Any]) -> bool:
+    """A prescription carnet writes: coded in CIP (the medication) and ATC (its substance)."""
+    codings = (body.get("medicationCodeableConcept") or {}).get("coding") or []
+    systems = {c.get("system") for c in codings if isinstance(c, dict)}
+    return CIP_SYSTEM in systems and ATC_SYSTEM in systems
+
+
+def received_prescription_input(body: dict[str, Any]) -> ReceivedPrescriptionInput:
+    """Another system's prescription (RxNorm, SNOMED CT, a text...): kept whole; the ATC coding,
+    when there is one, is what carnet's checks read."""
+    subject = reference_id((body.get("subject") or {}).get("reference"), "Patient")
+    if subject is None:
+        raise InvalidInput("MedicationRequest.subject: a reference Patient/<id> is required")
+    if body.get("medicationReference") is not None:
+        raise InvalidInput(
+            "MedicationRequest.medicationReference: carnet holds no Medication resource; send"
+            " medicationCodeableConcept (refused, not dropped)"
+        )
+    concept = body.get("medicationCodeableConcept") or {}
+    codings = [c for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code")]
+    atc = next((c for c in codings if c.get("system") == ATC_SYSTEM), None)
+    first = atc or (codings[0] if codings else {})
+    display = str(first.get("display") or concept.get("text") or first.get("code") or "")
+    if not display:
+        raise InvalidInput("MedicationRequest.medicationCodeableConcept: a coding or a text is required")
+    for element, value in (("coding.code", first.get("code")), ("ATC code", (atc or {}).get("code"))):
+        if value is not None and len(str(value)) > 40:
+            raise InvalidInput(f"MedicationRequest.medicationCodeableConcept.{element}: longer than 40")
+    dosage = " ".join(str(d.get("text") or "") for d in body.get("dosageInstruction") or []).strip()
+    end = ((body.get("dispenseRequest") or {}).get("validityPeriod") or {}).get("end")
+    encounter = body.get("encounter")
+    values = {
+        "patient_id": subject,
+        "medication_code": str(first.get("code") or ""),
+        "medication_display": display[:200],
+        "substance_code": str((atc or {}).get("code") or ""),
+        "dosage_text": dosage[:500],
+        "status": body.get("status"),
+        "authored_at": received_instant(body["authoredOn"], "MedicationRequest.authoredOn")
+        if body.get("authoredOn")
+        else None,
+        "valid_until": received_instant(end, "MedicationRequest.dispenseRequest.validityPeriod.end")
+        if end
+        else None,
+        "encounter_id": reference_id(encounter.get("reference"), "Encounter")
+        if isinstance(encounter, dict) and encounter.get("reference")
+        else None,
+        "allergy_override_reason": extension_text(body, ALLERGY_OVERRIDE),
+        "received": body,
+    }
+    return schema_input(ReceivedPrescriptionInput, values, "MedicationRequest")  # type: ignore[no-any-return]
+
+
+def prescription_create(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A new MedicationRequest as the gate operation it is: coded in CIP and ATC, a prescription
+    written here (checked, prescribed by the author); in any other system, another system's
+    prescription kept whole as received (checked by its ATC coding when it has one)."""
+    if _carnets(body):
+        if body.get("intent") not in ("order", "original-order", None):
+            raise InvalidInput("only orders are prescribed here (intent order)")
+        return "prescribe", {"data": prescription_input(body)}
+    return "record_prescription", {"data": received_prescription_input(body)}
+
+
+def prescription_creates(body: dict[str, Any]) -> str:
+    return "prescribe" if _carnets(body) else "record_prescription"
+
+
 # == routes ====================================================================================
 SEARCH = Search(
     PRESCRIPTION,
@@ -163,13 +232,13 @@ def search_prescriptions(request: Request) -> Response:
 def create_prescription(request: Request, body: dict[str, Any] = FhirBody) -> Response:
     """Prescribe. An active allergy to the substance refuses the prescription (422, nothing
     written) unless it carries an allergy-override-reason extension; then it is created and
-    the answer carries the alert as a contained DetectedIssue."""
+    the answer carries the alert as a contained DetectedIssue. Not coded in CIP and ATC: another
+    system's prescription, kept whole as received (its ATC coding, if any, checked the same)."""
     gate = gate_for(request, PRESCRIPTION, "create")
     resource = validated(MedicationRequest, body, PRESCRIPTION)
-    if resource.get("intent") not in ("order", "original-order", None):
-        raise InvalidInput("only orders are prescribed here (intent order)")
+    name, arguments = prescription_create(resource)
     try:
-        view = gate.prescribe(data=prescription_input(resource))
+        view = getattr(gate, name)(**arguments)
     except AllergyWarning as exc:
         return Response(
             content=_allergy_outcome(str(exc)),
@@ -247,8 +316,8 @@ MODULE = FhirModule(
             writes=Writes(
                 MedicationRequest,
                 prescription_to_fhir,
-                creates="prescribe",
-                create=lambda r, g, m: ("prescribe", {"data": prescription_input(r)}),
+                creates=prescription_creates,
+                create=lambda r, g, m: prescription_create(r),
                 updates="stop_prescription",
                 update=prescription_change,
             ),

@@ -19,7 +19,7 @@ from carnet.fhir.core.api import (
     resource_response,
     validated,
 )
-from carnet.fhir.core.mapping import LOINC, clean, meta, ref, schema_input, when
+from carnet.fhir.core.mapping import LOINC, as_received, clean, meta, ref, schema_input, when
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
 from carnet.fhir.core.search import Search, chart_section, date, one_record, reference, respond, token
 from carnet.kernel.errors import InvalidInput
@@ -37,6 +37,9 @@ LABORATORY = {"system": SNOMED, "code": "108252007", "display": "Laboratory proc
 
 # == mapping ===================================================================================
 def order_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        return checked(ServiceRequest, received)
     resource = clean(
         {
             "resourceType": SERVICE_REQUEST,
