@@ -484,10 +484,17 @@ def _free_port() -> int:
 
 
 def start_server(
-    url: str, var: Path, workers: int, *, general_only: bool = False, factory: str = "carnet.app:create_app"
+    url: str,
+    var: Path,
+    workers: int,
+    *,
+    general_only: bool = False,
+    factory: str = "carnet.app:create_app",
+    code: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """uvicorn serving carnet; `general_only`: every gate operation on the kernel's general path
-    (no fast read), to measure one path against the other in the same run."""
+    (no fast read), to measure one path against the other in the same run; `code`: the carnet of
+    another checkout (a copy of an earlier commit), to measure a change against it."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARNET_")}
     if general_only:
@@ -501,6 +508,8 @@ def start_server(
             "CARNET_REDIS_URL": REDIS_URL,
         }
     )
+    if code is not None:
+        env["PYTHONPATH"] = str(code)  # ahead of this checkout's editable install
     server = subprocess.Popen(
         [
             sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
@@ -508,6 +517,7 @@ def start_server(
             "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1",
         ],
         env=env,
+        cwd=code,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):

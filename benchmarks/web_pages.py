@@ -8,10 +8,17 @@ multiple of /healthz's. The load average is printed at the start and the end. Ai
 under 200 ms at p95 at 100,000 patients. Printing (a watermarked PDF, audited and counted) is
 measured as the POST the print button sends.
 
+Beside wall time, each page's CPU: this process's (server and in-process client; `CPU ms`) and
+that of the PostgreSQL backends serving the database (`DB CPU ms`, read from /proc), per page,
+and the SQL statements it sends. On a shared, loaded machine wall time mostly measures the wait
+for a core; CPU per page is what the page costs. Planner statistics are refreshed (ANALYZE)
+before measuring, as autovacuum keeps them on a running server.
+
     .venv/bin/python -m benchmarks.web_pages                    # 100,000 patients on SQLite
     .venv/bin/python -m benchmarks.web_pages --patients 10000 --samples 20
     .venv/bin/python -m benchmarks.web_pages --postgres         # same on PostgreSQL (benchmarks/_db.py)
     .venv/bin/python -m benchmarks.web_pages --postgres --keep /tmp/web-bench   # seed once, reuse
+    .venv/bin/python -m benchmarks.web_pages --postgres --keep /tmp/web-bench --database webperf_bench
 
 With --keep the seeded hospital (its key file and database URL) stays in the folder and the next
 run with the same --keep reuses it instead of seeding again; drop the database by hand after.
@@ -38,7 +45,7 @@ from carnet.access.actor import Actor, ActorKind
 from carnet.access.exports import request_export
 from carnet.access.roles import Role
 from carnet.app import create_app
-from carnet.billing.models import Invoice
+from carnet.billing.models import Invoice, Payment
 from carnet.crypto.keys import FileKeyProvider
 from carnet.db import migrate
 from carnet.db.engine import make_engine
@@ -47,6 +54,7 @@ from carnet.identity.models import Account
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import PrescriptionInput
 from carnet.runtime import Runtime, build_runtime
+from carnet.scheduling.models import Encounter
 from carnet.settings import Environment, Settings
 from carnet.synth.seed import seed_hospital
 
@@ -65,16 +73,21 @@ def _database(postgres: bool, tmp: Path) -> Iterator[str]:
 
 
 @contextmanager
-def _kept(keep: Path, postgres: bool) -> Iterator[tuple[Path, str, bool]]:
+def _kept(keep: Path, postgres: bool, database: str | None) -> Iterator[tuple[Path, str, bool]]:
     """A seeded hospital kept between runs (its key file and database URL in `keep`):
-    seeding 100,000 patients takes minutes, profiling a page should not."""
+    seeding 100,000 patients takes minutes, profiling a page should not. A reused database is
+    migrated to head first (an index migration added since it was seeded applies)."""
     keep.mkdir(parents=True, exist_ok=True)
     saved = keep / "database-url"
     if saved.exists() and (keep / "keys.json").exists():
-        yield keep, saved.read_text().strip(), False
+        url = saved.read_text().strip()
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield keep, url, False
         return
     if postgres:
-        name = f"carnet_bench_web_kept_{uuid.uuid4().hex[:8]}"
+        name = database or f"carnet_bench_web_kept_{uuid.uuid4().hex[:8]}"
         admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -202,6 +215,40 @@ def _printable(runtime: Runtime, physician: Account, patient_id: str, billed: st
     return str(active[0].id), str(invoice)
 
 
+class _Statements:
+    """SQL statements the process sent (every engine of the runtime: one listener on the class)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", self._one)
+
+    def _one(self, *_args: object) -> None:
+        self.count += 1
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _backend_cpu(runtime: Runtime) -> float | None:
+    """CPU seconds used so far by the PostgreSQL backends serving this database (the server's
+    other half: the process's own CPU does not include them). None off PostgreSQL, or when the
+    server's processes cannot be read (another machine)."""
+    if runtime.engine.dialect.name != "postgresql":
+        return None
+    with runtime.engine.connect() as conn:
+        pids = conn.scalars(
+            sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        ).all()
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / _TICK
+
+
 def _time(client: TestClient, path: str, samples: int) -> list[float]:
     out = []
     for _ in range(samples):
@@ -232,14 +279,24 @@ def main() -> None:
         type=Path,
         help="keep the seeded hospital in this folder (key file + database URL) and reuse it next time",
     )
+    parser.add_argument(
+        "--database",
+        help="with --postgres --keep: the kept database's name (default carnet_bench_web_kept_<random>)",
+    )
+    parser.add_argument(
+        "--only", help="measure only the pages whose label contains this, or one of a|b|c (and /healthz)"
+    )
     args = parser.parse_args()
+    if args.database is not None and (args.keep is None or not args.postgres):
+        parser.error("--database names a kept PostgreSQL database: give --postgres --keep too")
 
     if args.keep is not None:
-        with _kept(args.keep, args.postgres) as (var, url, fresh):
+        with _kept(args.keep, args.postgres, args.database) as (var, url, fresh):
             runtime = _runtime(var, url)
             try:
                 seeded = _seed(runtime, args.patients) if fresh else "reused a kept seeded hospital"
-                _measure(runtime, args.patients, args.samples, args.postgres, seeded)
+                _analyze(runtime)
+                _measure(runtime, args.patients, args.samples, args.postgres, seeded, args.only)
             finally:
                 runtime.close()
         return
@@ -250,7 +307,8 @@ def main() -> None:
             runtime = _runtime(tmp, url)
             try:
                 seeded = _seed(runtime, args.patients)
-                _measure(runtime, args.patients, args.samples, args.postgres, seeded)
+                _analyze(runtime)
+                _measure(runtime, args.patients, args.samples, args.postgres, seeded, args.only)
             finally:
                 runtime.close()
 
@@ -265,7 +323,46 @@ def _seed(runtime: Runtime, patients: int) -> str:
     return f"seeded in {time.perf_counter() - started:.0f} s"
 
 
-def _measure(runtime: Runtime, patients: int, samples: int, postgres: bool, seeded: str) -> None:
+def _analyze(runtime: Runtime) -> None:
+    """Planner statistics, as autovacuum keeps them on a running server: without them (a server
+    with autovacuum off, a database just seeded) PostgreSQL guesses every table nearly empty and
+    picks plans no deployed hospital runs (the worklist's sort of every issued invoice, 140 ms
+    instead of 0.3)."""
+    if runtime.engine.dialect.name != "postgresql":
+        return
+    with runtime.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("ANALYZE"))
+
+
+def _a_payment(runtime: Runtime, account: Account) -> str | None:
+    """A payment received at the billing clerk's facility (what a receipt prints)."""
+    with runtime.session_factory() as session:
+        found = session.scalar(
+            sa.select(Payment.id)
+            .join(Invoice, Invoice.id == Payment.invoice_id)
+            .where(Invoice.facility_id == account.facility_id)
+            .limit(1)
+        )
+    return None if found is None else str(found)
+
+
+def _a_stay(runtime: Runtime, patient_id: str) -> str | None:
+    """A stay of the physician's patient, in progress or finished (what a discharge letter prints)."""
+    with runtime.session_factory() as session:
+        found = session.scalar(
+            sa.select(Encounter.id)
+            .where(
+                Encounter.patient_id == uuid.UUID(patient_id),
+                Encounter.status.in_(("in-progress", "finished")),
+            )
+            .limit(1)
+        )
+    return None if found is None else str(found)
+
+
+def _measure(
+    runtime: Runtime, patients: int, samples: int, postgres: bool, seeded: str, only: str | None = None
+) -> None:
     app = create_app(runtime)
     physician = _account(runtime, {"physician"})
     patient_id, ins = _a_patient_of(runtime, physician)
@@ -296,44 +393,84 @@ def _measure(runtime: Runtime, patients: int, samples: int, postgres: bool, seed
         ("  its results section (htmx)", physician, f"/patients/{patient_id}/sections/results"),
         ("  its coverage section (htmx)", physician, f"/patients/{patient_id}/sections/coverage"),
         ("print a prescription, PDF (physician)", physician, f"POST /print/prescriptions/{prescription}"),
+        ("  its orders section (htmx)", physician, f"/patients/{patient_id}/sections/orders"),
+        ("  its stays section (htmx)", physician, f"/patients/{patient_id}/sections/stays"),
         (
             "  its appointments section (htmx)",
             physician,
             f"/patients/{patient_id}/sections/appointments",
         ),
         ("account page (physician)", physician, "/account"),
+        ("ward board (nurse)", nurse, "/ward"),
         ("front desk (registration form)", desk, "/desk"),
         ("calendar, a week of the physician (front desk)", desk, f"/desk/schedule?{week}"),
+        (
+            "calendar grid, week + physician (front desk)",
+            desk,
+            f"/desk/calendar?practitioner={physician.practitioner_id}",
+        ),
+        ("arrivals, today (front desk)", desk, "/desk/arrivals"),
         ("chart (front desk)", desk, f"/patients/{patient_id}"),
         ("  its coverage section (htmx)", desk, f"/patients/{patient_id}/sections/coverage"),
         ("chart (billing)", billing, f"/patients/{billed}"),
         ("  its invoices section (htmx)", billing, f"/patients/{billed}/sections/invoices"),
         ("print an invoice, PDF (billing)", billing, f"POST /print/invoices/{invoice}"),
+        ("billing worklist (billing)", billing, "/billing/worklist"),
         ("security console (officer)", officer, "/security"),
         ("  export approvals (officer)", officer, "/security/exports"),
         ("  audit chain status (officer)", officer, "/security/audit"),
         ("integration log (integration)", integration, "/integration"),
         ("administration (admin)", _account(runtime, {"system_administrator"}), "/admin"),
     ]
+    payment = _a_payment(runtime, billing)
+    if payment is not None:
+        pages.append(("print a receipt, PDF (billing)", billing, f"POST /print/payments/{payment}"))
+    stay = _a_stay(runtime, patient_id)
+    if stay is not None:
+        pages.append(("print a discharge letter, PDF (physician)", physician, f"POST /print/stays/{stay}"))
     portal = _patient_account(runtime)
     if portal is not None:
         pages.append(("patient portal", portal, "/portal"))
         pages.append(("  its access log (htmx)", portal, "/portal/access-log"))
+    if only:
+        wanted = only.split("|")
+        pages = [p for p in pages if p[2] == "/healthz" or any(w in p[0] for w in wanted)]
     db = "PostgreSQL" if postgres else "SQLite"
     print(f"{patients:,} patients on {db}, {seeded}; {samples} samples per page")
+    print(time.strftime("started %Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     print("load average at the start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-    print(f"{'page':50} {'median ms':>10} {'p95 ms':>8} {'p95 x /healthz':>15}")
+    # CPU per page: this process (server and in-process client) and PostgreSQL's backends; a
+    # loaded machine stretches wall time far more than the CPU a page costs.
+    print(
+        f"{'page':50} {'median ms':>10} {'p95 ms':>8} {'p95 x /healthz':>15}"
+        f" {'CPU ms':>7} {'DB CPU ms':>10} {'SQL':>5}"
+    )
+    statements = _Statements()
     baseline = None
     with TestClient(app, base_url=ORIGIN) as anonymous:
         for label, account, path in pages:
             client = anonymous if account is None else _client(app, runtime, account)
             _time(client, path, 2)  # warm the templates and caches
+            db_before = _backend_cpu(runtime)
+            sent, cpu = statements.count, time.process_time()
             times = sorted(_time(client, path, samples))
+            cpu_ms = (time.process_time() - cpu) * 1000 / samples
+            sql = (statements.count - sent) / samples
+            db_after = _backend_cpu(runtime)
+            db_ms = (
+                f"{(db_after - db_before) * 1000 / samples:10.1f}"
+                if db_before is not None and db_after is not None
+                else f"{'-':>10}"
+            )
             median = statistics.median(times)
             p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
             baseline = baseline or p95
-            print(f"{label:50} {median:10.1f} {p95:8.1f} {p95 / baseline:15.1f}")
+            print(
+                f"{label:50} {median:10.1f} {p95:8.1f} {p95 / baseline:15.1f}"
+                f" {cpu_ms:7.1f} {db_ms} {sql:5.0f}"
+            )
     print("load average at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(time.strftime("ended %Y-%m-%d %H:%M:%S UTC", time.gmtime()))
 
 
 if __name__ == "__main__":

@@ -17,14 +17,14 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from carnet.access.actor import Actor
+from carnet.access.actor import Actor, ActorKind
 from carnet.access.audited import run_audited
 from carnet.access.context import AccessContext
 from carnet.access.models import ExportRequest
 from carnet.access.permissions import Permission
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
-from carnet.identity.models import Account
+from carnet.identity.models import Account, ApiClient
 from carnet.kernel.errors import Conflict, Forbidden, InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
 from carnet.runtime import Runtime
@@ -35,6 +35,9 @@ PURPOSE_MAX = 1000
 PATIENT_LIST_MAX = 1000
 # A pending request waits this long for a decision; an approved one is usable this long, once.
 DECISION_WINDOW = dt.timedelta(hours=72)
+# What a person's standard kick-off that states no purpose records: the approver must ask and
+# write the purpose in the decision note before approving (`approve_export`).
+NO_PURPOSE = "(no purpose stated at the Bulk Data kick-off: the approver records it)"
 USE_WINDOW = dt.timedelta(hours=24)
 
 
@@ -56,9 +59,11 @@ class ExportRequestView(BaseModel):
     """A request's metadata (ids, purpose, dates): no patient data."""
 
     id: str
-    requested_by: str
+    requested_by: str  # an account id, or `client:<client id>`
     facility_id: str
     purpose: str
+    purpose_missing: bool = False
+    resource_types: list[str] = ["Patient"]
     scope: ExportScope
     patient_count: int | None
     status: ExportStatus
@@ -84,12 +89,19 @@ def listed_patients(row: ExportRequest) -> list[uuid.UUID]:
     return [uuid.UUID(p) for p in json.loads(row.patient_ids or "[]")]
 
 
+def requester_ref(row: ExportRequest) -> str:
+    """Who asked: the account id, or `client:<client id>` for a Backend Services client."""
+    return str(row.requested_by) if row.requested_by is not None else f"client:{row.requested_by_client}"
+
+
 def to_view(row: ExportRequest, now: dt.datetime) -> ExportRequestView:
     return ExportRequestView(
         id=str(row.id),
-        requested_by=str(row.requested_by),
+        requested_by=requester_ref(row),
         facility_id=str(row.facility_id),
         purpose=row.purpose,
+        purpose_missing=bool(row.purpose_missing),
+        resource_types=(row.resource_types or "Patient").split(),
         scope=ExportScope(row.scope),
         patient_count=len(listed_patients(row)) if row.scope == ExportScope.PATIENTS else None,
         status=status_of(row, now),
@@ -114,6 +126,27 @@ def _record(kind: AuditKind, actor: Actor, row: ExportRequest) -> AuditRecord:
     )
 
 
+def _client_purpose(session: Session, client_id: str | None) -> str:
+    """The purpose of use a Backend Services client registered for its exports ('' if none)."""
+    if client_id is None:
+        return ""
+    found = session.scalar(select(ApiClient.export_purpose).where(ApiClient.client_id == client_id))
+    return (found or "").strip()
+
+
+def _check_token(ctx: AccessContext) -> None:
+    """A token asks for an export only as a Backend Services client acting for itself, with
+    system/ scopes (`system/*.read`, `system/Patient.rs`...): an app acting for a person
+    (user/ or patient/ scopes) does not."""
+    actor = ctx.actor
+    if actor.kind != ActorKind.CLIENT or actor.client_id is None:
+        raise Forbidden("an export is requested from a staff session or by a Backend Services client")
+    if not actor.scopes or not all(s.startswith("system/") for s in actor.scopes if "/" in s):
+        raise Forbidden("a bulk export needs a token with system/ scopes (SMART Backend Services)")
+    if not ctx.may(Permission.PATIENT_READ):
+        raise Forbidden("a bulk export needs a token whose scopes read Patient (system/Patient.read)")
+
+
 def request_export(
     runtime: Runtime,
     *,
@@ -121,23 +154,39 @@ def request_export(
     purpose: str,
     scope: ExportScope | str,
     patient_ids: Sequence[str] = (),
+    resource_types: Sequence[str] | None = None,
+    purpose_optional: bool = False,
 ) -> ExportRequestView:
-    """A staff member asks to export patients of their acting facility, saying why."""
+    """A staff member (or a Backend Services client) asks to export patients of their acting
+    facility, saying why. With `purpose_optional` (a standard Bulk Data kick-off) a client that
+    states none takes its registered purpose of use; a person who states none is asked to by
+    the approver, who records it in the decision note."""
 
     def action(session: Session, ctx: AccessContext) -> tuple[ExportRequestView, AuditRecord]:
-        if not ctx.may(Permission.EXPORT_REQUEST) or ctx.account_id is None:
-            raise Forbidden("this account may not request an export")
         if actor.scopes is not None:
-            raise Forbidden("an export is requested from a staff session, not with an access token")
+            _check_token(ctx)
+        elif not ctx.may(Permission.EXPORT_REQUEST) or ctx.account_id is None:
+            raise Forbidden("this account may not request an export")
         if ctx.acting_facility_id is None:
             raise Forbidden("an export request needs an acting facility")
         try:
             kind = ExportScope(scope)
         except ValueError:
             raise InvalidInput(f"scope must be one of: {', '.join(s.value for s in ExportScope)}") from None
-        text = purpose.strip()
+        text = purpose.strip() or (_client_purpose(session, actor.client_id) if purpose_optional else "")
+        missing = False
+        if not text and purpose_optional and actor.client_id is None:
+            text, missing = NO_PURPOSE, True
         if not PURPOSE_MIN <= len(text) <= PURPOSE_MAX:
-            raise InvalidInput(f"an export needs a purpose of {PURPOSE_MIN} to {PURPOSE_MAX} characters")
+            hint = (
+                " (give purpose=..., or register the client's purpose of use: carnet clients"
+                " set-export-purpose)"
+                if actor.client_id
+                else ""
+            )
+            raise InvalidInput(
+                f"an export needs a purpose of {PURPOSE_MIN} to {PURPOSE_MAX} characters{hint}"
+            )
         listed: list[str] | None = None
         if kind == ExportScope.PATIENTS:
             parsed = [parse_id(p) for p in patient_ids]
@@ -151,8 +200,11 @@ def request_export(
         row = ExportRequest(
             id=new_id(),
             requested_by=ctx.account_id,
+            requested_by_client=actor.client_id if ctx.account_id is None else None,
             facility_id=ctx.acting_facility_id,
             purpose=text,
+            purpose_missing=missing,
+            resource_types=" ".join(resource_types) if resource_types else None,
             scope=kind.value,
             patient_ids=json.dumps(listed) if listed is not None else None,
             status=ExportStatus.PENDING.value,
@@ -197,11 +249,12 @@ def list_export_requests(runtime: Runtime, *, actor: Actor, pending_only: bool =
             resource_ids=[v.id for v in views][:200],
             detail={"pending_only": str(pending_only).lower()},
         )
-        ids = {uuid.UUID(v.requested_by) for v in views} | {
+        ids = {uuid.UUID(v.requested_by) for v in views if not v.requested_by.startswith("client:")} | {
             uuid.UUID(v.decided_by) for v in views if v.decided_by
         }
         names = dict(session.execute(select(Account.id, Account.username).where(Account.id.in_(ids))).all())
         usernames = {str(k): str(v) for k, v in names.items()}
+        usernames |= {v.requested_by: v.requested_by for v in views if v.requested_by.startswith("client:")}
         return ExportQueue(requests=views, usernames=usernames), record
 
     return run_audited(runtime, actor, AuditKind.PHI_EXPORT_LISTED, action, resource_type=RESOURCE)
@@ -232,6 +285,10 @@ def approve_export(runtime: Runtime, *, actor: Actor, export_id: str, note: str 
 
     def action(session: Session, ctx: AccessContext) -> tuple[ExportRequestView, AuditRecord]:
         row = _decidable(session, ctx, export_id)
+        if row.purpose_missing and len(note.strip()) < PURPOSE_MIN:
+            raise InvalidInput(
+                "the requester stated no purpose: write it in the note (asked of them) before approving"
+            )
         row.status = ExportStatus.APPROVED.value
         row.decided_by = ctx.account_id
         row.decided_at = ctx.now

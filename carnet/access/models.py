@@ -77,9 +77,16 @@ class ExportRequest(IdMixin, Base):
 
     __tablename__ = "export_requests"
 
-    requested_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # The requester: a staff account, or (FHIR Bulk Data kick-off) a registered Backend Services
+    # client acting for itself; exactly one of the two.
+    requested_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    requested_by_client: Mapped[str | None] = mapped_column(String(100))
     facility_id: Mapped[uuid.UUID] = mapped_column(Uuid(), ForeignKey("facilities.id"))
     purpose: Mapped[str] = mapped_column(String(1000))
+    # True when the kick-off stated no purpose: the approver records it in the decision note.
+    purpose_missing: Mapped[bool] = mapped_column(default=False)
+    # The FHIR types asked for (space separated); None: Patient only (carnet's own operations).
+    resource_types: Mapped[str | None] = mapped_column(String(500))
     scope: Mapped[str] = mapped_column(String(12))  # care, patients, facility
     patient_ids: Mapped[str | None] = mapped_column(String(40000))  # JSON list, scope "patients"
     status: Mapped[str] = mapped_column(String(12))  # pending, approved, rejected, expired, used

@@ -12,7 +12,7 @@ from carnet.access.permissions import Permission
 from carnet.audit.interfaces import AuditKind
 from carnet.billing.models import Invoice, InvoiceLine, Payment
 from carnet.billing.numbering import invoice_number
-from carnet.billing.views import ALL_INVOICE_FIELDS, invoice_view
+from carnet.billing.views import ALL_INVOICE_FIELDS, invoice_view, invoice_views
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
@@ -33,7 +33,7 @@ def invoices_section(pid: uuid.UUID | None) -> Select[Invoice]:
 @guarded(AuditKind.PHI_READ, RT.INVOICE, targeted=True)
 def list_for_patient(tx: GuardedTx, /, *, patient_id: str) -> list[InvoiceView]:
     rows, fields = section(tx, patient_id, RT.INVOICE, invoices_section(parse_id(patient_id)))
-    return [invoice_view(tx, r, fields) for r in rows]
+    return invoice_views(tx, [(r, fields) for r in rows])
 
 
 @guarded(AuditKind.PHI_READ, RT.INVOICE, targeted=True)
@@ -235,17 +235,18 @@ def unpaid(tx: GuardedTx, /, *, page: int = 1) -> BillingWorklist:
     items: list[UnpaidInvoice] = []
     shown: list[uuid.UUID] = []
     fields_shown: set[str] = set()
+    readable: list[tuple[Invoice, Patient, frozenset[str], frozenset[str]]] = []
     for invoice, patient in rows:
         rel = rels.get(patient.id, frozenset())
         i_fields = tx.read_fields(rel, RT.INVOICE)
         p_fields = tx.read_fields(rel, RT.PATIENT) & WORKLIST_PATIENT
         if not i_fields or not p_fields - {"id"}:
             continue
-        items.append(
-            UnpaidInvoice(
-                invoice=invoice_view(tx, invoice, i_fields), patient=patient_view(tx, patient, p_fields)
-            )
-        )
+        readable.append((invoice, patient, i_fields, p_fields))
+    # The lines and payments of the invoices shown, read together (not two statements each).
+    views = invoice_views(tx, [(invoice, i_fields) for invoice, _p, i_fields, _f in readable])
+    for (invoice, patient, _i, p_fields), view in zip(readable, views, strict=True):
+        items.append(UnpaidInvoice(invoice=view, patient=patient_view(tx, patient, p_fields)))
         shown.append(patient.id)
         fields_shown |= p_fields
         tx.resource_ids.append(str(invoice.id))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
+
 from sqlalchemy import select
 
 from carnet.billing.models import Invoice, InvoiceLine, Payment
@@ -13,16 +16,34 @@ ALL_INVOICE_FIELDS = frozenset(InvoiceView.model_fields) - {"visible"}
 
 
 def invoice_view(tx: GuardedTx, r: Invoice, fields: frozenset[str]) -> InvoiceView:
-    lines = [
-        InvoiceLineView(code=line.code, description=line.description, amount_cents=line.amount_cents)
-        for line in tx.session.scalars(select(InvoiceLine).where(InvoiceLine.invoice_id == r.id))
-    ]
-    payments = [
-        PaymentView(id=str(p.id), amount_cents=p.amount_cents, method=p.method, received_at=p.received_at)
+    return invoice_views(tx, [(r, fields)])[0]
+
+
+def invoice_views(tx: GuardedTx, shown: Sequence[tuple[Invoice, frozenset[str]]]) -> list[InvoiceView]:
+    """`invoice_view` of each invoice shown, their lines and payments read in one statement each
+    (not two per invoice: a worklist page or a patient's invoices is one round trip, not 20)."""
+    ids = [r.id for r, _fields in shown]
+    lines: dict[uuid.UUID, list[InvoiceLineView]] = {i: [] for i in ids}
+    payments: dict[uuid.UUID, list[PaymentView]] = {i: [] for i in ids}
+    if ids:
+        for line in tx.session.scalars(select(InvoiceLine).where(InvoiceLine.invoice_id.in_(ids))):
+            lines[line.invoice_id].append(
+                InvoiceLineView(code=line.code, description=line.description, amount_cents=line.amount_cents)
+            )
         for p in tx.session.scalars(
-            select(Payment).where(Payment.invoice_id == r.id).order_by(Payment.received_at)
-        )
-    ]
+            select(Payment).where(Payment.invoice_id.in_(ids)).order_by(Payment.received_at)
+        ):
+            payments[p.invoice_id].append(
+                PaymentView(
+                    id=str(p.id), amount_cents=p.amount_cents, method=p.method, received_at=p.received_at
+                )
+            )
+    return [_view(r, fields, lines[r.id], payments[r.id]) for r, fields in shown]
+
+
+def _view(
+    r: Invoice, fields: frozenset[str], lines: list[InvoiceLineView], payments: list[PaymentView]
+) -> InvoiceView:
     data = {
         "id": str(r.id),
         "updated_at": r.updated_at,

@@ -89,6 +89,8 @@ def capability_statement(origin: str | None = None) -> dict[str, Any]:
         "status": "active",
         "date": dt.date.today().isoformat(),
         "kind": "instance",
+        # FHIR Bulk Data (carnet.fhir.operations.export): kick-offs wait for a second person.
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "software": {"name": "carnet", "version": __version__},
         "implementation": {"description": "carnet electronic patient record"},
         "fhirVersion": "4.0.1",

@@ -109,6 +109,13 @@ def register(
     launch_uri: Annotated[
         str, typer.Option("--launch-uri", help="An app's SMART launch URL (EHR launch from the chart).")
     ] = "",
+    export_purpose: Annotated[
+        str,
+        typer.Option(
+            "--export-purpose",
+            help="A backend client's purpose of use for Bulk Data exports (what its kick-offs state).",
+        ),
+    ] = "",
 ) -> None:
     """Register an API client. It holds no secret: a backend proves itself with its keys.
 
@@ -143,6 +150,7 @@ def register(
             kind=kind,
             redirect_uris=" ".join(redirect_uri or []),
             launch_uri=launch_uri,
+            export_purpose=export_purpose,
         )
         runtime.audit.append(
             session,
@@ -162,6 +170,37 @@ def register(
         )
         token_url = runtime.settings.origin.rstrip("/") + "/oauth/token"
     typer.echo(f"client {client_id} registered ({kind}); token endpoint {token_url}")
+
+
+@clients_app.command("set-export-purpose")
+def set_export_purpose(
+    client_id: Annotated[str, typer.Argument(help="The backend client.")],
+    purpose: Annotated[
+        str, typer.Option(help="Its purpose of use for Bulk Data exports (10-1000 characters).")
+    ],
+    reason: Annotated[str, typer.Option(help="Why (audited).")],
+) -> None:
+    """Register a backend client's purpose of use for bulk exports: a kick-off that names none
+    states this one. Each export still waits for a security officer's approval."""
+    from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
+    from carnet.identity import oauth
+
+    if len(reason.strip()) < 4:
+        raise _fail("state a reason (at least 4 characters)")
+    with _runtime() as runtime, runtime.session_factory.begin() as session:
+        oauth.set_export_purpose(session, client_id=client_id, purpose=purpose)
+        runtime.audit.append(
+            session,
+            AuditRecord(
+                kind=AuditKind.API_CLIENT_REGISTERED,
+                outcome=Outcome.SUCCESS,
+                actor=_operator(),
+                resource_type="ApiClient",
+                resource_ids=(client_id,),
+                detail={"export_purpose": " ".join(purpose.split())[:300], "reason": reason.strip()[:300]},
+            ),
+        )
+    typer.echo(f"client {client_id}: purpose of use for exports registered")
 
 
 @clients_app.command("list")

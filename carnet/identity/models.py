@@ -174,6 +174,9 @@ class ApiClient(IdMixin, Base):
     redirect_uris: Mapped[str] = mapped_column(Text, default="")  # space separated
     # An app's SMART launch URL: where the chart's "launch app" action sends the browser.
     launch_uri: Mapped[str | None] = mapped_column(String(500))
+    # A backend client's registered purpose of use for bulk exports (invariant 3: an export
+    # states why); a kick-off that names none takes this one.
+    export_purpose: Mapped[str | None] = mapped_column(String(1000))
 
 
 class SmartLaunch(IdMixin, Base):

@@ -193,6 +193,7 @@ def register_client(
     kind: str = "backend",
     redirect_uris: str = "",
     launch_uri: str = "",
+    export_purpose: str = "",
 ) -> uuid.UUID:
     """Register an API client; it never holds a shared secret.
 
@@ -222,6 +223,9 @@ def register_client(
     launch = _check_redirect_uri(launch_uri) if launch_uri else None
     if launch and kind != "app":
         raise InvalidInput("only an app has a launch URI")
+    purpose = check_export_purpose(export_purpose) if export_purpose.strip() else None
+    if purpose and kind != "backend":
+        raise InvalidInput("only a backend client registers a purpose of use for bulk exports")
     if session.scalar(select(ApiClient.id).where(ApiClient.client_id == client_id)) is not None:
         raise Conflict("this client id is taken")
     row = ApiClient(
@@ -235,10 +239,28 @@ def register_client(
         kind=kind,
         redirect_uris=" ".join(uris),
         launch_uri=launch,
+        export_purpose=purpose,
     )
     session.add(row)
     session.flush()
     return row.id
+
+
+def check_export_purpose(purpose: str) -> str:
+    """A backend client's purpose of use for its bulk exports: what its kick-offs state when
+    they name none (10 to 1000 characters, as an export request's purpose)."""
+    text = " ".join(purpose.split())
+    if not 10 <= len(text) <= 1000:
+        raise InvalidInput("a purpose of use for exports is 10 to 1000 characters")
+    return text
+
+
+def set_export_purpose(session: Session, *, client_id: str, purpose: str) -> None:
+    """Register (or replace) a backend client's purpose of use for bulk exports."""
+    client = session.scalar(select(ApiClient).where(ApiClient.client_id == client_id))
+    if client is None or client.kind != "backend":
+        raise InvalidInput(f"no backend client {client_id[:100]!r}")
+    client.export_purpose = check_export_purpose(purpose)
 
 
 def revoke_client_tokens(

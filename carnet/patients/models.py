@@ -137,7 +137,9 @@ class ExportFile(IdMixin, Base):
     __tablename__ = "export_files"
 
     export_request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("export_requests.id"), unique=True)
-    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # Who started it and alone may poll and download: a staff account, or an API client.
+    account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    client_id: Mapped[str | None] = mapped_column(String(100))
     facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"))
     # pending (a kick-off waiting for its request's approval), running, completed, then
     # downloaded, expired or cancelled; or failed
@@ -151,3 +153,6 @@ class ExportFile(IdMixin, Base):
     # A Bulk Data kick-off's `_since` (patients changed since then) and its URL, for the manifest.
     since: Mapped[dt.datetime | None]
     request_url: Mapped[str | None] = mapped_column(String(500))
+    # A multi-type Bulk Data job: JSON {type: lines} of the files not yet downloaded (`ndjson_ct`
+    # then holds JSON {type: ndjson}); None for carnet's own single-file export.
+    outputs: Mapped[str | None] = mapped_column(String(2000))

@@ -44,6 +44,7 @@ from carnet.access.models import RoleGrant
 from carnet.access.scope import APP_ROLE
 from carnet.audit.interfaces import Outcome
 from carnet.audit.writer import SqlAuditWriter, append_one_statement
+from carnet.db.base import detached
 from carnet.detection.administration import WATCHED, WatchedAuditWriter
 from carnet.detection.ledger import ACTOR_STATE, INSERT_EXPOSURE, SqlExposureLedger
 from carnet.identity.models import Account
@@ -173,15 +174,26 @@ class _Row:
             raise AttributeError(name) from None
 
 
+# A prepared statement's column names, read once: psycopg's `cursor.description` builds a Column
+# object per column on every call (70 per read, the largest Python cost of the first round trip).
+_names: dict[str, tuple[str, ...]] = {}
+
+
 def _rows(cursor: Any, compiled: _Compiled) -> list[dict[str, Any]]:
-    names = [d.name for d in cursor.description]
+    raws = cursor.fetchall()
+    if not raws:
+        return []
+    names = _names.get(compiled.sql)
+    if names is None:
+        names = _names[compiled.sql] = tuple(d.name for d in cursor.description)
     out = []
-    for raw in cursor.fetchall():
-        values = [
-            p(v) if p is not None and v is not None else v
-            for p, v in zip(compiled.processors or [None] * len(raw), raw, strict=True)
-        ]
-        out.append(dict(zip(names, values, strict=True)))
+    processors = compiled.processors
+    for raw in raws:
+        if processors:
+            raw = [
+                p(v) if p is not None and v is not None else v for p, v in zip(processors, raw, strict=True)
+            ]
+        out.append(dict(zip(names, raw, strict=True)))
     return out
 
 
@@ -338,7 +350,7 @@ def _first_round_trip(
     if patient_rows and pid is not None:
         columns = dict(patient_rows[0])
         replaces_any = bool(columns.pop("carnet_replaces_any"))
-        patient = Patient(**columns)
+        patient = detached(Patient, columns)
         tx.prefetched = (patient, replaces_any)
         visible = care.visible_ids(ctx, [patient])
         if visible:

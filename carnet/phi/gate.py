@@ -26,7 +26,7 @@ from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.patients import merge as identity
 from carnet.patients import operations as patients
 from carnet.phi import breakglass, exports, fastpath, fastpath_search, validation
-from carnet.phi.exports import EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXPORT
+from carnet.phi.exports import BULK_TYPES, EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXPORT
 from carnet.phi.kernel import RT, GateCore, GuardedTx, Refused, guarded, operation
 from carnet.prescriptions import operations as prescriptions
 from carnet.prescriptions import printing as prescription_prints
@@ -39,6 +39,7 @@ from carnet.scheduling import operations as scheduling
 
 # Imported from here by the presentation layers and the sweeper.
 __all__ = [
+    "BULK_TYPES",
     "EXPORT_FILE_WINDOW",
     "EXPORT_JOB_TIMEOUT",
     "OPPOSE_OTHER_FACILITIES",
@@ -291,6 +292,8 @@ class Gate(GateCore):
     abandon_export_job = operation(exports.abandon_export_job)
     export_job = operation(exports.export_job)
     download_export = operation(exports.download_export)
+    run_bulk_export_job = operation(exports.run_bulk_export_job)
+    download_export_file = operation(exports.download_export_file)
 
     # -- break-the-glass (carnet/phi/breakglass.py)
     break_glass = operation(breakglass.break_glass)

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition as FhirCondition
 from fhir.resources.R4B.coverage import Coverage as FhirCoverage
@@ -89,6 +88,20 @@ _PATIENT_RECORDS: dict[str, Any] = {
 
 
 INVOICE_STATUSES = ("draft", "issued", "balanced", "cancelled")
+
+# An element's path while references are rewritten: (the parent's, a key or a list index).
+_At = tuple[Any, str | int]
+_CONTAINERS = (dict, list)
+
+
+def _spelled(at: _At) -> str:
+    """`Encounter.participant[0].individual` of (((None, "Encounter.participant"), 0), "individual")."""
+    parts: list[str] = []
+    node: Any = at
+    while node is not None:
+        node, step = node
+        parts.append(f"[{step}]" if isinstance(step, int) else step if node is None else f".{step}")
+    return "".join(reversed(parts))
 
 
 @dataclass
@@ -227,16 +240,22 @@ class Run:
         """Rewrite every reference inside `value` (in place) to carnet's: one to a resource of
         this run, or one already in carnet (of this facility). Contained ones (`#id`) stay.
         Anything else is refused, naming the element (`Encounter.participant[0].individual`)."""
+        self._walk(value, (None, path))
+
+    def _walk(self, value: Any, at: _At) -> None:
+        # Every element of every imported resource is visited: only objects and lists are
+        # descended into, and an element's path is spelled out only when a reference needs it.
         if isinstance(value, dict):
             reference = value.get("reference")
             if isinstance(reference, str):
-                value["reference"] = self._resolve(reference, path)
+                value["reference"] = self._resolve(reference, _spelled(at))
             for key, item in value.items():
-                if key != "reference":
-                    self.rewrite(item, f"{path}.{key}")
+                if key != "reference" and isinstance(item, _CONTAINERS):
+                    self._walk(item, (at, key))
         elif isinstance(value, list):
             for number, item in enumerate(value):
-                self.rewrite(item, f"{path}[{number}]")
+                if isinstance(item, _CONTAINERS):
+                    self._walk(item, (at, number))
 
     def _resolve(self, reference: str, path: str) -> str:
         if reference.startswith("#"):
@@ -426,8 +445,10 @@ class Run:
         except ValidationError as exc:
             places = sorted({".".join([rtype, *(str(p) for p in e.get("loc", ()))]) for e in exc.errors()})
             raise InvalidInput(", ".join(places[:10]) + ": not valid FHIR R4 (refused)") from None
-        # Valid as sent: map the JSON itself (re-serializing the model was 40 % of an import).
-        data: dict[str, Any] = orjson.loads(orjson.dumps(resource))
+        # Valid as sent: map the JSON itself (re-serializing the model was 40 % of an import). The
+        # item's own parsed copy is handed over, not copied again: read_units parsed it for this
+        # run alone, and the import reads nothing of it afterwards but its resourceType.
+        data: dict[str, Any] = resource
         self.item_refs = item.refs = {}
         mapper: Callable[[dict[str, Any], Item, dict[str, uuid.UUID]], list[tuple[str, dict[str, Any]]]] = (
             getattr(self, f"_{rtype.lower()}")

@@ -62,6 +62,7 @@ from carnet.access.policy import (
 from carnet.access.scope import ALL_FACILITIES, enter_scope
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.crypto.keyring import Keyring
+from carnet.db.base import detached
 from carnet.detection.interfaces import Channel, SearchEvent
 from carnet.identity.oauth import require_scope
 from carnet.kernel import clock
@@ -323,7 +324,7 @@ class GuardedTx:
             raise NotFound(NOT_FOUND)
         columns = row._asdict()
         replaces_any = bool(columns.pop("carnet_replaces_any"))
-        patient = Patient(**columns)
+        patient = detached(Patient, columns)
         self.patient_ids.append(patient.id)
         return patient, replaces_any
 
@@ -332,9 +333,9 @@ class GuardedTx:
         variant serves them from its first pipeline when the statement is the one it sent."""
         return list(self.session.scalars(statement))
 
-    def relationships_of(self, patients: Iterable[Patient]) -> dict[uuid.UUID, frozenset[Relationship]]:
+    def relationships_of(self, patients: Iterable[care.InScope]) -> dict[uuid.UUID, frozenset[Relationship]]:
         wanted = list(patients)
-        missing = [p for p in wanted if p.id not in self.relationships]
+        missing = list({p.id: p for p in wanted if p.id not in self.relationships}.values())
         if missing:
             computed = care.relationships_of(self.session, self.ctx, missing)
             for p in missing:

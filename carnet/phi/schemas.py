@@ -638,6 +638,8 @@ class ExportJobView(BaseModel):
     patient_count: int | None = None
     failure: str | None = None
     request_url: str | None = None
+    # A multi-type Bulk Data job: the files not yet downloaded, {type: lines}.
+    outputs: dict[str, int] | None = None
 
 
 class PatientExport(BaseModel):
@@ -649,6 +651,15 @@ class PatientExport(BaseModel):
     approved_by: str
     exported_at: dt.datetime
     items: list[PatientView]
+
+
+class BulkExport(BaseModel):
+    """A Bulk Data export's content, per FHIR type, as the gate read it (each item the view a
+    read of that record gives), its watermark, and what it could not hold whole."""
+
+    export_id: str
+    resources: dict[str, list[Any]]
+    warnings: list[str]
 
 
 # -- the day's work per role (front desk arrivals, billing worklist, ward board) ----------

@@ -86,10 +86,20 @@ def _page(
     now = clock.now()
     # Practitioners by days: each cell's slots (free or booked) from the booked entries.
     cells: dict[tuple[str, dt.date], list[slots.Slot]] = {}
+    # Each cell's free (not yet begun) and booked slot counts, counted here once rather than by
+    # template filters over every slot of every cell.
+    counts: dict[tuple[str, dt.date], tuple[int, int]] = {}
     for row in grid.rows:
+        busy_by_day: dict[dt.date, list[tuple[dt.datetime, dt.datetime]]] = {d: [] for d in days}
+        for e in row.entries:
+            busy_by_day.setdefault(localtime.local_day(e.start_at), []).append((e.start_at, e.end_at))
         for d in days:
-            busy = [(e.start_at, e.end_at) for e in row.entries if localtime.local_day(e.start_at) == d]
-            cells[(row.practitioner_id, d)] = slots.day_slots(d, busy, now=now)
+            day_slots = slots.day_slots(d, busy_by_day[d], now=now)
+            cells[(row.practitioner_id, d)] = day_slots
+            counts[(row.practitioner_id, d)] = (
+                sum(1 for s in day_slots if s.free and not s.past),
+                sum(1 for s in day_slots if not s.free),
+            )
     chosen = next((r for r in grid.rows if r.practitioner_id == practitioner), None)
     booking_for: PatientView | None = gate.read_patient(patient_id=patient) if patient else None
     picked = _slot(slot) if slot else None
@@ -112,6 +122,7 @@ def _page(
         "grid": grid,
         "days": days,
         "cells": cells,
+        "counts": counts,
         "chosen": chosen,
         "times": times,
         "week": week,

@@ -122,6 +122,19 @@ def test_backends_count_alike(
     redis_counters.reset(actor_ref="nobody")  # resetting an unknown actor is harmless
 
 
+def test_sql_window_counts_on_each_database(runtime: Runtime, movable_clock: clock.MovableClock) -> None:
+    """The SQL counters' one statement (distinct patients per window, grouped by patient once)
+    counts on PostgreSQL as on SQLite, and as the memory counters do."""
+    memory = SqlExposureLedger(settings=runtime.settings, config=QUIET, counters=MemoryExposureCounters())
+    sql = SqlExposureLedger(settings=runtime.settings, config=QUIET, counters=SqlExposureCounters())
+    expected = _history(runtime, memory, "desk.memory", movable_clock)
+    counted = _history(runtime, sql, "desk.sql", movable_clock)
+    assert counted == expected
+    assert (counted.patients_15m, counted.patients_1h, counted.patients_24h) == (6, 6, 18)
+    assert (counted.outside_1h, counted.outside_24h, counted.exported_24h) == (0, 2, 6)
+    assert counted.patients_7d == 16
+
+
 def test_redis_records_and_counts_in_one_call_like_memory(
     sqlite_runtime: Runtime, movable_clock: clock.MovableClock, redis_counters: RedisExposureCounters
 ) -> None:

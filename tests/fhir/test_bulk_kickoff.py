@@ -193,12 +193,13 @@ def test_a_stolen_session_alone_never_downloads(hospital: dict[str, Any]) -> Non
 def test_kick_off_refusals(hospital: dict[str, Any]) -> None:
     runtime, doctor, client = hospital["runtime"], hospital["doctor"], hospital["client"]
     before = audit_rows(runtime, doctor.actor.account_id)
-    # Without Prefer: respond-async, without a purpose, with a type carnet does not export: 400.
+    # Without Prefer: respond-async, with a type carnet does not export, a bad _since, an
+    # unsupported parameter: 400, nothing asked.
     no_async = doctor("GET", "/fhir/$export", params={"purpose": PURPOSE})
     assert no_async.status_code == 400 and "respond-async" in no_async.json()["issue"][0]["diagnostics"]
-    no_purpose = doctor("GET", "/fhir/Patient/$export", headers=ASYNC)
-    assert no_purpose.status_code == 400 and "purpose" in no_purpose.json()["issue"][0]["diagnostics"]
-    assert _kick_off(doctor, path="/fhir/$export", _type="Observation").status_code == 400
+    unknown_type = _kick_off(doctor, path="/fhir/$export", _type="Basic")
+    assert unknown_type.status_code == 400 and "Basic" in unknown_type.json()["issue"][0]["diagnostics"]
+    assert _kick_off(doctor, path="/fhir/$export", _typeFilter="Observation?code=x").status_code == 400
     assert _kick_off(doctor, path="/fhir/$export", _since="yesterday").status_code == 400
     assert _kick_off(doctor, path="/fhir/$export", _elements="name").status_code == 400
     # Someone else's Group is as missing as an unknown one.
@@ -223,7 +224,7 @@ def test_since_exports_only_patients_changed_since(hospital: dict[str, Any]) -> 
     done = doctor("GET", status)
     if done.status_code == 202:
         done = doctor("GET", status)
-    assert done.status_code == 200 and done.json()["output"][0]["count"] == 0
+    assert done.status_code == 200 and done.json()["output"] == []  # no file is listed empty
 
 
 def test_group_read_is_the_practitioners_own_list(hospital: dict[str, Any]) -> None:
@@ -238,3 +239,26 @@ def test_group_read_is_the_practitioners_own_list(hospital: dict[str, Any]) -> N
     rows = audit_rows(runtime, doctor.actor.account_id)
     assert ("org:directory:read", "success", "Group") in rows
     assert ("org:directory:read", "denied", "Group") in rows
+
+
+def test_a_kick_off_without_purpose_is_flagged_in_the_console(hospital: dict[str, Any]) -> None:
+    """A standard client states no purpose: the officer's queue says so, and the console (like
+    $export-approve) approves only with the purpose written in the note."""
+    doctor, officer = hospital["doctor"], hospital["officer"]
+    kicked = doctor("GET", "/fhir/$export", params={"_type": "Patient,Observation"}, headers=ASYNC)
+    assert kicked.status_code == 202, kicked.text
+    export_id = kicked.headers["X-Carnet-Export-Request"]
+    page = officer("GET", "/security/exports")
+    assert page.status_code == 200
+    assert "No purpose stated" in page.text and "Patient, Observation" in page.text
+    bare = officer("POST", f"/security/exports/{export_id}/approve", data={"note": "ok"})
+    assert bare.status_code == 400
+    with hospital["runtime"].session_factory() as session:
+        assert session.get(ExportRequest, uuid.UUID(export_id)).status == "pending"  # type: ignore[union-attr]
+    done = officer(
+        "POST", f"/security/exports/{export_id}/approve", data={"note": PURPOSE}, follow_redirects=False
+    )
+    assert done.status_code == 303, done.text
+    with hospital["runtime"].session_factory() as session:
+        row = session.get(ExportRequest, uuid.UUID(export_id))
+        assert row is not None and row.status == "approved" and row.decision_note == PURPOSE

@@ -22,7 +22,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import TypeAdapter, ValidationError
 
-_MEMO_LIMIT = 200_000
+_MEMO_LIMIT = 50_000  # verdicts kept per primitive type
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class _Field:
     many: bool
     model: Any | None  # a complex type's model; None for a primitive
     primitive: TypeAdapter[Any] | None  # the primitive's own annotated type, as a validator
+    # The primitive's verdicts so far, shared by every field of its type: by value for a string
+    # (most of them), by (type, value) otherwise (True == 1 == 1.0 would meet as dict keys).
+    memo: dict[Any, bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ def _spec(model: Any) -> _Spec:
                 continue  # a contained resource: not checked here (the caller falls back)
             fields[alias] = _Field(many, target, None)
         else:
-            fields[alias] = _Field(many, None, _adapter(item))
+            adapter = _adapter(item)
+            fields[alias] = _Field(many, None, adapter, _memo_of(adapter))
         if info.is_required() or extra.get("element_required"):
             required.add(alias)
         group = extra.get("one_of_many")
@@ -89,39 +93,42 @@ def _adapter(annotation: Any) -> TypeAdapter[Any]:
     return TypeAdapter(annotation)
 
 
-_memo: dict[tuple[int, Any], bool] = {}
+@cache
+def _memo_of(adapter: TypeAdapter[Any]) -> dict[Any, bool]:
+    return {}
 
 
-def _primitive(adapter: TypeAdapter[Any], value: Any) -> bool:
-    if isinstance(value, dict | list) or value is None:
-        return False
-    key = (id(adapter), type(value), value)
-    known = _memo.get(key)  # type: ignore[arg-type]
-    if known is not None:
-        return known
+_CONTAINERS = (dict, list)
+
+
+def _primitive(adapter: TypeAdapter[Any], memo: dict[Any, bool], key: Any, value: Any) -> bool:
+    """The adapter's verdict on a value the memo does not hold yet."""
     try:
         adapter.validate_python(value)
         ok = True
     except (ValidationError, ValueError, TypeError, AttributeError):
         ok = False  # fhir_core's validators raise more than ValidationError on odd values
-    if len(_memo) < _MEMO_LIMIT:
-        _memo[key] = ok  # type: ignore[index]
+    if len(memo) < _MEMO_LIMIT:
+        memo[key] = ok
     return ok
 
 
 def _element(model: Any, value: Any, top: bool) -> bool:
+    # Every element of every imported resource comes through here: the common case (a value
+    # whose verdict is known) costs two dictionary lookups and no call.
     if not isinstance(value, dict) or not value:
         return False
     spec = _spec(model)
+    fields = spec.fields
     for key, item in value.items():
         if key == "resourceType" and top:
             if item != spec.resource_type:
                 return False
             continue
-        field = spec.fields.get(key)
+        field = fields.get(key)
         if field is None:
             return False  # unknown, `_element` extensions, contained: fhir.resources decides
-        items: list[Any]
+        items: list[Any] | tuple[Any]
         if field.many:
             if not isinstance(item, list) or not item:
                 return False
@@ -129,12 +136,24 @@ def _element(model: Any, value: Any, top: bool) -> bool:
         else:
             if isinstance(item, list):
                 return False
-            items = [item]
-        for one in items:
-            if field.model is not None:
-                if not _element(field.model, one, False):
+            items = (item,)
+        child = field.model
+        if child is not None:
+            for one in items:
+                if not _element(child, one, False):
                     return False
-            elif field.primitive is None or not _primitive(field.primitive, one):
+            continue
+        memo, adapter = field.memo, field.primitive
+        if memo is None or adapter is None:
+            return False
+        for one in items:
+            if one is None or isinstance(one, _CONTAINERS):
+                return False
+            memo_key = one if type(one) is str else (type(one), one)
+            known = memo.get(memo_key)
+            if known is None:
+                known = _primitive(adapter, memo, memo_key, one)
+            if not known:
                 return False
     if not spec.required <= value.keys():
         return False

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import Response
 
+from carnet.access import scopes
+from carnet.access.actor import Actor
 from carnet.access.exports import (
     ExportRequestView,
     ExportScope,
@@ -34,15 +37,40 @@ from carnet.access.exports import (
     reject_export,
     request_export,
 )
-from carnet.fhir.core.api import FhirBody, base_url, fhir_response, gate_for, instant, parse_instant
+from carnet.fhir.core.api import (
+    FhirBody,
+    base_url,
+    fhir_response,
+    gate_for,
+    instant,
+    parse_instant,
+    type_name,
+)
 from carnet.fhir.core.outcome import operation_outcome, outcome_response
 from carnet.fhir.core.registry import FhirModule
+from carnet.fhir.resources.allergy import allergy_to_fhir
+from carnet.fhir.resources.appointment import appointment_to_fhir
+from carnet.fhir.resources.billing import invoice_to_fhir
+from carnet.fhir.resources.care_team import care_team_to_fhir
+from carnet.fhir.resources.condition import condition_to_fhir
+from carnet.fhir.resources.consent import consent_to_fhir
+from carnet.fhir.resources.coverage import coverage_to_fhir
+from carnet.fhir.resources.diagnostic_report import report_to_fhir
+from carnet.fhir.resources.document_reference import note_to_fhir
+from carnet.fhir.resources.encounter import encounter_to_fhir
+from carnet.fhir.resources.interventions import KINDS
+from carnet.fhir.resources.interventions import to_fhir as intervention_to_fhir
+from carnet.fhir.resources.medication_request import prescription_to_fhir
+from carnet.fhir.resources.observation import observation_to_fhir
 from carnet.fhir.resources.patient import patient_to_fhir
+from carnet.fhir.resources.service_request import order_to_fhir
 from carnet.identity import stepup
 from carnet.identity.dependencies import current_actor, runtime_of
 from carnet.kernel.errors import CarnetError, InvalidInput, NotFound
-from carnet.phi.gate import Gate
-from carnet.phi.schemas import PatientExport
+from carnet.phi.gate import BULK_TYPES, Gate
+from carnet.phi.schemas import BulkExport, PatientExport
+
+WARNINGS = "OperationOutcome"  # the file of an export's warnings (the manifest's `error`)
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 
@@ -151,36 +179,86 @@ def reject(request: Request, body: dict[str, Any] = FhirBody) -> Response:
 
 
 # == FHIR Bulk Data kick-offs: a request for a second person's approval, and its job =========
+# Bulk Data IG v2 kick-off parameters carnet takes; `purpose` is carnet's own, optional (a
+# client's registered purpose of use stands in for it).
 KICKOFF_PARAMETERS = {"_outputFormat", "_type", "_since", "purpose", "_format"}
-EXPORTED_TYPES = ("Patient",)  # what an export holds today (carnet.phi.exports)
+NDJSON_FORMATS = (None, NDJSON, "application/ndjson", "ndjson")
+# Each exported type, rendered as its read renders it (the gate lists what a read gives).
+RENDERERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "Patient": patient_to_fhir,
+    "Encounter": encounter_to_fhir,
+    "Appointment": appointment_to_fhir,
+    "AllergyIntolerance": allergy_to_fhir,
+    "Condition": condition_to_fhir,
+    "Observation": observation_to_fhir,
+    "DiagnosticReport": report_to_fhir,
+    "MedicationRequest": prescription_to_fhir,
+    "ServiceRequest": order_to_fhir,
+    **{name: intervention_to_fhir(kind) for name, kind in KINDS.items()},
+    "DocumentReference": note_to_fhir,
+    "CareTeam": care_team_to_fhir,
+    "Consent": consent_to_fhir,
+    "Coverage": coverage_to_fhir,
+    "Invoice": invoice_to_fhir,
+}
+EXPORTED_TYPES = tuple(t for t in BULK_TYPES if t in RENDERERS)
+
+
+def _requested_types(request: Request, actor: Actor) -> list[str]:
+    """`_type` (comma separated, repeatable), each a type carnet exports and, for a token, one
+    its scopes read (a type it may not read is refused and audited, as a read would be). Without
+    `_type`: every type carnet exports (a token: those its scopes read); the policy still leaves
+    out, per patient, the types the requester's role does not open."""
+    given = [t.strip() for v in request.query_params.getlist("_type") for t in v.split(",") if t.strip()]
+    if not given:
+        if actor.scopes is None:
+            return list(EXPORTED_TYPES)
+        readable = [t for t in EXPORTED_TYPES if any(scopes.grants(s, t, "read") for s in actor.scopes)]
+        return readable or ["Patient"]
+    unknown = [t for t in given if t not in EXPORTED_TYPES]
+    if unknown:
+        raise InvalidInput(
+            f"_type: carnet does not export {type_name(unknown[0])}; it exports " + ", ".join(EXPORTED_TYPES)
+        )
+    for resource_type in given:
+        gate_for(request, resource_type, "read")  # a token's scopes: refused and audited here
+    return list(dict.fromkeys(given))
 
 
 def _kickoff(request: Request, scope: ExportScope) -> Response:
-    """`[base]/$export`, `Patient/$export`, `Group/[id]/$export` with `Prefer: respond-async`:
-    an export request (carnet.access.exports, the purpose stated) and its job, `pending` until
-    a second person approves the request (`$export-approve` or the web security console, each
-    with its own passkey proof). The status URL then answers 202 until the file is ready."""
+    """`[base]/$export`, `Patient/$export`, `Group/[id]/$export` with `Prefer: respond-async`
+    (Bulk Data IG v2), by a staff session or a Backend Services client (system/ scopes): an
+    export request (carnet.access.exports) and its job, `pending` until a second person approves
+    the request (`$export-approve`, the web security console, or `carnet exports approve`, each
+    with the approver's own fresh passkey proof). The status URL then answers 202 until the
+    files are ready."""
     gate = gate_for(request, "Patient", "read")
+    actor = current_actor(request)
     params = request.query_params
+    prefer = request.headers.get("prefer", "")
     unknown = sorted(set(params) - KICKOFF_PARAMETERS)
-    if unknown:
-        raise InvalidInput("unsupported $export parameters: " + ", ".join(unknown[:10]))
-    if "respond-async" not in request.headers.get("prefer", ""):
-        raise InvalidInput("a Bulk Data kick-off needs the header Prefer: respond-async")
-    output = params.get("_outputFormat")
-    if output not in (None, NDJSON, "application/ndjson", "ndjson"):
-        raise InvalidInput(f"_outputFormat must be {NDJSON}")
-    types = [t.strip() for t in (params.get("_type") or ",".join(EXPORTED_TYPES)).split(",") if t.strip()]
-    if not types or any(t not in EXPORTED_TYPES for t in types):
-        raise InvalidInput("_type: carnet exports " + ", ".join(EXPORTED_TYPES) + " (one file per type)")
-    since = parse_instant(params["_since"], "_since") if params.get("_since") else None
-    purpose = params.get("purpose") or ""
-    if not purpose.strip():
+    if unknown and "handling=lenient" not in prefer.replace(" ", ""):
         raise InvalidInput(
-            "a bulk export states its purpose (invariant 3): add purpose=<why, 10 to 1000 characters>"
+            "unsupported $export parameters: "
+            + ", ".join(type_name(u) if u[:1] != "_" else u[:40] for u in unknown[:10])
+            + " (carnet takes _type, _since, _outputFormat; send Prefer: handling=lenient to have"
+            " others ignored)"
         )
-    asked = request_export(runtime_of(request), actor=current_actor(request), purpose=purpose, scope=scope)
-    kept = urlencode([(k, v) for k, v in params.multi_items() if k != "purpose"])
+    if "respond-async" not in prefer:
+        raise InvalidInput("a Bulk Data kick-off needs the header Prefer: respond-async")
+    if params.get("_outputFormat") not in NDJSON_FORMATS:
+        raise InvalidInput(f"_outputFormat must be {NDJSON}")
+    types = _requested_types(request, actor)
+    since = parse_instant(params["_since"], "_since") if params.get("_since") else None
+    asked = request_export(
+        runtime_of(request),
+        actor=actor,
+        purpose=params.get("purpose") or "",
+        scope=scope,
+        resource_types=types,
+        purpose_optional=True,
+    )
+    kept = urlencode([(k, v) for k, v in params.multi_items() if k in KICKOFF_PARAMETERS - {"purpose"}])
     url = request.url.path + (f"?{kept}" if kept else "")
     job = gate.kick_off_export(export_id=asked.id, since=since, request_url=url)
     status_url = f"{base_url(request)}/$export-status/{job.id}"
@@ -244,11 +322,11 @@ def export_patients(request: Request, background: BackgroundTasks) -> Response:
     )
 
 
-def _run_job(gate: Gate, job_id: str, *, bulk: bool = False) -> None:
-    """The background half of a kick-off: the export itself (audited as ever), or the job
-    marked failed with a reason that names no data."""
+def _run_job(gate: Gate, job_id: str) -> None:
+    """The background half of an `_exportId` export: the export itself (audited as ever), or
+    the job marked failed with a reason that names no data."""
     try:
-        gate.run_export_job(job_id=job_id, render=render_resources if bulk else render)
+        gate.run_export_job(job_id=job_id, render=render)
     except NotFound:
         _abandon(gate, job_id, "the export was refused, or its request is no longer usable")
     except CarnetError as exc:
@@ -258,8 +336,16 @@ def _run_job(gate: Gate, job_id: str, *, bulk: bool = False) -> None:
 
 
 def _run_bulk_job(gate: Gate, job_id: str) -> None:
-    """A standard kick-off's run: its file holds Patient resources only (Bulk Data NDJSON)."""
-    _run_job(gate, job_id, bulk=True)
+    """A standard kick-off's run: one NDJSON file per type (Bulk Data), or the job failed with
+    a reason that names no data."""
+    try:
+        gate.run_bulk_export_job(job_id=job_id, render=render_bulk)
+    except NotFound:
+        _abandon(gate, job_id, "the export was refused, or its request is no longer usable")
+    except CarnetError as exc:
+        _abandon(gate, job_id, str(exc) or type(exc).__name__)
+    except Exception:  # fail closed: the job must not stay "running"
+        _abandon(gate, job_id, "internal error; nothing was exported")
 
 
 def _abandon(gate: Gate, job_id: str, reason: str) -> None:
@@ -293,16 +379,26 @@ def export_status(request: Request, job_id: str, background: BackgroundTasks) ->
     if job.status in ("cancelled", "expired"):
         return outcome_response(404, "not-found", f"this export was {job.status}")
     base = base_url(request)
+    output: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    if job.outputs is not None:  # a Bulk Data kick-off: one file per type, until downloaded
+        for resource_type, count in (job.outputs or {}).items():
+            entry = {
+                "type": resource_type,
+                "url": f"{base}/$export-file/{job.id}/{resource_type}",
+                "count": count,
+            }
+            (errors if resource_type == WARNINGS else output).append(entry)
+    elif job.status == "completed":
+        output.append({"type": "Patient", "url": f"{base}/$export-file/{job.id}", "count": job.patient_count})
     manifest = {
         "transactionTime": instant(job.completed_at),
         "request": str(request.base_url).rstrip("/") + job.request_url
         if job.request_url
         else f"{base}/Patient/$export?_exportId={job.export_id}",
         "requiresAccessToken": True,
-        "output": [{"type": "Patient", "url": f"{base}/$export-file/{job.id}", "count": job.patient_count}]
-        if job.status == "completed"
-        else [],
-        "error": [],
+        "output": output,
+        "error": errors,
         "extension": {WATERMARK_SYSTEM: job.export_id, "status": job.status},
     }
     return Response(
@@ -325,6 +421,20 @@ def export_file(request: Request, job_id: str) -> Response:
     gate = gate_for(request, "Patient", "read")
     job = gate.export_job(job_id=job_id)
     text = gate.download_export(job_id=job_id)
+    return Response(
+        text,
+        media_type=NDJSON,
+        headers={"X-Carnet-Export-Id": job.export_id, "Cache-Control": "no-store"},
+    )
+
+
+@router.get("/$export-file/{job_id}/{resource_type}")
+def export_type_file(request: Request, job_id: str, resource_type: str) -> Response:
+    """One NDJSON file of a Bulk Data job (its type's resources, each watermarked), once, by
+    the requester only; a bearer token or the requester's session is required."""
+    gate = gate_for(request, "Patient", "read")
+    job = gate.export_job(job_id=job_id)
+    text = gate.download_export_file(job_id=job_id, resource_type=type_name(resource_type))
     return Response(
         text,
         media_type=NDJSON,
@@ -362,26 +472,40 @@ def render(export: PatientExport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_resources(export: PatientExport) -> str:
-    """A Bulk Data output file: one Patient per line, each tagged with its export's watermark
-    (the manifest names the export too); no other resource in a Patient file."""
+def render_bulk(export: BulkExport) -> dict[str, str]:
+    """A Bulk Data job's files: per type, one resource per line as its read renders it, with
+    the watermark tag of its export added to `meta.tag` (a leaked line names its export); the
+    export's warnings as OperationOutcome lines."""
     tag = {
         "system": WATERMARK_SYSTEM,
         "code": export.export_id,
         "display": f"carnet export {export.export_id}",
     }
-    lines = []
-    for item in export.items:
-        resource = patient_to_fhir(item.model_dump())
-        meta = dict(resource.get("meta") or {})
-        meta["tag"] = [*meta.get("tag", []), tag]
-        lines.append(json.dumps(dict(resource, meta=meta), ensure_ascii=False))
-    return "".join(line + "\n" for line in lines)
+    files: dict[str, str] = {}
+    for resource_type, views in export.resources.items():
+        to_fhir = RENDERERS[resource_type]
+        lines = []
+        for view in views:
+            resource = to_fhir(view.model_dump())
+            meta = dict(resource.get("meta") or {})
+            meta["tag"] = [*meta.get("tag", []), tag]
+            lines.append(json.dumps(dict(resource, meta=meta), ensure_ascii=False))
+        files[resource_type] = "".join(line + "\n" for line in lines)
+    if export.warnings:
+        outcome = operation_outcome("too-costly", export.warnings[0], severity="warning")
+        outcome["issue"] = [
+            {"severity": "warning", "code": "too-costly", "diagnostics": w} for w in export.warnings
+        ]
+        files[WARNINGS] = json.dumps(outcome) + "\n"
+    return files
 
+
+BULK_DATA_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
 
 MODULE = FhirModule(
     router=router,
     operations={
-        n: OPERATION_BASE + n for n in ("export-request", "export-approve", "export-reject", "export")
+        **{n: OPERATION_BASE + n for n in ("export-request", "export-approve", "export-reject")},
+        "export": BULK_DATA_EXPORT,  # the Bulk Data IG's kick-off ($export, Patient/, Group/[id]/)
     },
 )
