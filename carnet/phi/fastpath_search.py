@@ -34,6 +34,7 @@ from sqlalchemy import Dialect, Select
 from sqlalchemy.orm import Mapper
 from sqlalchemy.sql.cache_key import CacheKey
 
+from carnet.db.base import detached
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import Patient
 from carnet.phi import fastpath
@@ -130,9 +131,7 @@ def _same(section: _Section, statement: Select[Any], pid: uuid.UUID) -> bool:
 
 def _instance(section: _Section, row: dict[str, Any]) -> Any:
     """A detached instance holding the row, as the ORM would load it (nothing to flush)."""
-    instance = section.mapper.class_manager.new_instance()
-    instance.__dict__.update(zip(section.attributes, row.values(), strict=True))
-    return instance
+    return detached(section.mapper.class_, dict(zip(section.attributes, row.values(), strict=True)))
 
 
 def section_read(
