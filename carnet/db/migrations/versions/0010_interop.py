@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_interop"
-down_revision = "0009_wsviews"
+down_revision = "0010_bulk"
 branch_labels = None
 depends_on = None
 
