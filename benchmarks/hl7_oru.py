@@ -146,6 +146,7 @@ def _backend_cpu(runtime: Runtime) -> dict[int, float]:
         pids = conn.execute(
             text(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend'"
                 " AND pid <> pg_backend_pid()"
             )
         ).scalars()
