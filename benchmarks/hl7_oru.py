@@ -140,16 +140,22 @@ def _backend_cpu(runtime: Runtime) -> dict[int, float]:
     """CPU seconds so far of each PostgreSQL backend connected to the run's database."""
     if runtime.engine.dialect.name != "postgresql":
         return {}
-    from sqlalchemy import text
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
 
-    with runtime.engine.connect() as conn:
-        pids = conn.execute(
-            text(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid()"
-            )
-        ).scalars()
-        return {pid: _proc_cpu(pid) for pid in pids}
+    # A connection of its own (not one of the pool's, which do the work) that it leaves out.
+    engine = create_engine(runtime.engine.url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            pids = conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+            ).scalars()
+            return {pid: _proc_cpu(pid) for pid in pids}
+    finally:
+        engine.dispose()
 
 
 def _proc_cpu(pid: int) -> float:
