@@ -70,6 +70,7 @@ class World:
     provenance: str = ""  # the version written when the allergy was recorded
     job: str = ""  # an asynchronous export of another approved request, queued
     done: str = ""  # ... and one already run, its file waiting
+    bulk_done: str = ""  # ... and a Bulk Data job already run, its Patient file waiting
     no_stay: str = ""  # a patient in the physician's care with no stay in progress
     observation: str = ""  # a lab result of the patient in no report yet
     ward: str = ""  # a ward of the facility
@@ -149,11 +150,15 @@ def _world(runtime: Runtime) -> World:
             sa.select(ResourceVersion.id).where(ResourceVersion.resource_id == uuid.UUID(allergy.id))
         )
     jobs = []
-    for _ in range(2):
+    # A second officer approves the third: one officer's approvals in an hour are counted as
+    # access-widening changes by detection.
+    second_officer = f.make_account(runtime, roles=[Role.SECURITY_OFFICER], facility_id=facility)
+    for approver in (officer, officer, second_officer):
         asked_again = request_export(runtime, actor=doctor, purpose="audit de la file active", scope="care")
-        approve_export(runtime, actor=officer, export_id=asked_again.id)
+        approve_export(runtime, actor=approver, export_id=asked_again.id)
         jobs.append(gate.queue_export(export_id=asked_again.id).id)
     gate.run_export_job(job_id=jobs[1], render=lambda _export: "{}\n")
+    gate.run_bulk_export_job(job_id=jobs[2], render=lambda _export: {"Patient": "{}\n"})
     observation = gate.record_observation(data=_result(patient.id))
     condition = gate.record_condition(data=_problem(patient.id))
     held = gate.prescribe(data=_order(patient.id, "C09AA05"))
@@ -206,6 +211,7 @@ def _world(runtime: Runtime) -> World:
         payment=_paid_invoice(runtime, billing, patient.id, facility),
         job=jobs[0],
         done=jobs[1],
+        bulk_done=jobs[2],
         encounter=str(stay),
         report=str(report),
         care_team=str(care_team),
@@ -848,6 +854,16 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         "physician",
         lambda g, w: g.run_export_job(job_id=w.job, render=lambda _e: "{}\n"),
         lambda g, w: g.run_export_job(job_id=w.done, render=lambda _e: "{}\n"),
+    ),
+    "run_bulk_export_job": (
+        "physician",
+        lambda g, w: g.run_bulk_export_job(job_id=w.job, render=lambda _e: {"Patient": "{}\n"}),
+        lambda g, w: g.run_bulk_export_job(job_id=w.done, render=lambda _e: {"Patient": "{}\n"}),  # run
+    ),
+    "download_export_file": (
+        "physician",
+        lambda g, w: g.download_export_file(job_id=w.bulk_done, resource_type="Patient"),
+        lambda g, w: g.download_export_file(job_id="not-an-id", resource_type="Patient"),
     ),
     "abandon_export_job": (
         "physician",
