@@ -1,0 +1,226 @@
+"""What one guarded Patient read costs the app in Python work, counted: function calls per read
+and where the CPU goes, measured in process with a CPU clock, so the figure holds at any load.
+
+On 2 cores the app's CPU is Python bytecode (perf: 70% in the interpreter, 20% in the kernel,
+under 5% in C extensions), so the number of Python calls per read is what a change to the hot
+path moves. A sampling profiler of the served app (benchmarks/read_profile.py) is distorted on
+a loaded machine; this is not:
+
+- the app is called as ASGI by an asyncio loop as uvicorn calls it (every middleware, FastAPI's
+  routing and dependency, the route), on PostgreSQL with Redis, by physicians reading the
+  patients in their care (detection on, as in fhir_load);
+- /healthz and the reads are timed with the process CPU clock, for scale;
+- then the same reads run under cProfile with a CPU clock (`time.thread_time`), the route's
+  thread hand-off run inline so the one profile sees the whole request; the report gives the
+  exact calls per read and the share of profiled time of each step and package.
+
+    .venv/bin/python -m benchmarks.read_calls [--reads 600] [--profile /tmp/read.prof]
+
+Creates and drops its own database; empties Redis database CARNET_BENCH_REDIS_URL (default 14).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import cProfile
+import os
+import pstats
+import random
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from benchmarks.fhir_load import ADMIN_URL, ORIGIN, baseline_accounts, make_clinicians, seed_patients
+from carnet.crypto.keys import FileKeyProvider
+from carnet.db import migrate
+from carnet.db.engine import make_engine
+from carnet.runtime import build_runtime
+from carnet.settings import Environment, Settings
+from tests.factories import make_facility
+
+REDIS_URL = os.environ.get("CARNET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+# (label, function name, file ending): the steps of a read, as shares of the profiled time.
+STEPS = (
+    ("session cookie -> Actor", "resolve", "identity/authenticate.py"),
+    ("the fast read (gate)", "patient_read", "phi/fastpath.py"),
+    ("  first pipeline", "_first_round_trip", "phi/fastpath.py"),
+    ("  operation body", "read", "patients/operations.py"),
+    ("  closing pipeline", "_closing_round_trip", "phi/fastpath.py"),
+    ("    detection", "record", "detection/ledger.py"),
+    ("    detection's Redis script", "_one_round_trip", "detection/ledger.py"),
+    ("FHIR mapping + shape check", "patient_to_fhir", "resources/patient.py"),
+    ("FastAPI routing", "_match", "fastapi/routing.py"),
+)
+PACKAGES = (
+    "psycopg",
+    "sqlalchemy",
+    "fastapi/routing",
+    "fastapi",
+    "starlette",
+    "redis",
+    "opentelemetry",
+    "prometheus_client",
+    "pydantic",
+    "anyio",
+    "carnet/",
+)
+
+
+def _scope(headers: dict[str, str], path: str) -> dict[str, Any]:
+    """The scope uvicorn gives the app (the workstation's address as the peer, as the
+    benchmark's proxy headers make it)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1")]
+        + [(k.lower().encode(), v.encode()) for k, v in headers.items() if k.lower() != "x-forwarded-for"],
+        "client": (headers.get("X-Forwarded-For", "127.0.0.1"), 40000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
+async def _call(app: Any, scope: dict[str, Any]) -> None:
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(dict(scope), receive, send)
+    if status != 200:
+        raise RuntimeError(f"{scope['path']} answered {status}")
+
+
+def run(reads: int, profile_out: Path | None) -> str:
+    from carnet.app import create_app
+
+    name = f"carnet_readcalls_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+        with tempfile.TemporaryDirectory() as tmp:
+            var = Path(tmp)
+            FileKeyProvider.create(var / "keys.json")
+            settings = Settings(
+                env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN, redis_url=REDIS_URL
+            )
+            runtime = build_runtime(settings)
+            try:
+                redis.Redis.from_url(REDIS_URL).flushdb()
+                facility = make_facility(runtime)
+                ids, _ = seed_patients(runtime, facility, 0, 600)
+                history: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
+                clinicians = make_clinicians(runtime, facility, ids, 20, history=history)
+                baseline_accounts(runtime, history)
+                pairs = [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
+                random.Random(1).shuffle(pairs)
+                scopes = [_scope(h, p) for h, p in pairs]
+                n = min(reads, len(scopes))
+                app = create_app(runtime)
+                profile = cProfile.Profile(time.thread_time)
+                lines = [f"load average {os.getloadavg()[0]:.2f} at the start (2 cores)", ""]
+                asyncio.run(_drive(app, scopes, n, profile, lines))
+                lines.append(f"load average {os.getloadavg()[0]:.2f} at the end")
+            finally:
+                runtime.close()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    stats = pstats.Stats(profile)
+    if profile_out is not None:
+        stats.dump_stats(profile_out)
+    return "\n".join([*lines, "", _report(stats, n)])
+
+
+async def _drive(
+    app: Any, scopes: list[dict[str, Any]], n: int, profile: cProfile.Profile, lines: list[str]
+) -> None:
+    import anyio.to_thread
+
+    health = _scope({}, "/healthz")
+    async with app.router.lifespan_context(app):
+        for scope in scopes[:100]:  # warm: pools, prepared statements, caches
+            await _call(app, scope)
+        for label, batch in (("/healthz", [health] * n), ("guarded read", scopes[:n])):
+            began = time.process_time()
+            for scope in batch:
+                await _call(app, scope)
+            lines.append(
+                f"{label}: {1000 * (time.process_time() - began) / n:.2f} ms process CPU per request"
+            )
+        original = anyio.to_thread.run_sync
+
+        async def inline(func: Any, *args: Any, **_kwargs: Any) -> Any:
+            return func(*args)
+
+        anyio.to_thread.run_sync = inline  # type: ignore[assignment]
+        try:
+            profile.enable()
+            for scope in scopes[:n]:
+                await _call(app, scope)
+            profile.disable()
+        finally:
+            anyio.to_thread.run_sync = original
+
+
+def _report(stats: pstats.Stats, n: int) -> str:
+    entries: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in entries.values())
+    calls = sum(v[1] for v in entries.values())
+    out = [f"**{calls / n:,.0f} Python function calls per read** ({n} reads profiled)", ""]
+    out += ["| step | share of profiled CPU | calls of it per read |", "|---|---|---|"]
+    for label, function, where in STEPS:
+        found = [v for k, v in entries.items() if k[2] == function and k[0].endswith(where)]
+        if found:
+            cumulative = sum(v[3] for v in found)
+            count = sum(v[1] for v in found)
+            out.append(f"| {label} | {cumulative / total:.1%} | {count / n:.2f} |")
+    by_package: collections.Counter[str] = collections.Counter()
+    for (filename, _line, _name), v in entries.items():
+        package = next((p for p in PACKAGES if p in filename), "interpreter built-ins, stdlib")
+        by_package[package.rstrip("/")] += v[2]
+    out += ["", "| self time by package | share |", "|---|---|"]
+    out += [f"| {p} | {t / total:.1%} |" for p, t in by_package.most_common()]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reads", type=int, default=600)
+    parser.add_argument("--profile", type=Path, default=None, help="also write the cProfile stats here")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    print(run(args.reads, args.profile))
+
+
+if __name__ == "__main__":
+    main()
