@@ -576,6 +576,11 @@ _FORMS: dict[str, str] = {
     "the ICD-10 code is required": "le code CIM-10 est obligatoire",
     "the admission time must be a date and time": "l'heure d'admission doit être une date et une heure",
     "the admission time needs a time zone": "l'heure d'admission demande un fuseau horaire",
+    "Encounter.period: a time needs a time zone": "Encounter.period : une heure demande un fuseau horaire",
+    "Encounter.period.end: before its start": "Encounter.period.end : avant son début",
+    "MedicationRequest.authoredOn: a time needs a time zone": (
+        "MedicationRequest.authoredOn : une heure demande un fuseau horaire"
+    ),
     "the amount must be a number of euros, e.g. 12.50": (
         "le montant doit être un nombre d'euros, par ex. 12,50"
     ),

@@ -52,6 +52,16 @@ def _status(runtime_url: str, export_id: str) -> str:
     return str(found)
 
 
+def _into_a_later_step(movable: clock.MovableClock, *, steps: int) -> dt.datetime:
+    """Move the server's clock to one second into a TOTP step `steps` steps ahead, and return
+    that moment: a code of that step (and of the next) stays valid for most of a minute however
+    slowly the command starts on a loaded machine (the server accepts one step either side)."""
+    now = clock.now()
+    ahead = dt.timedelta(seconds=(steps - 1) * 30 + 30 - now.timestamp() % 30 + 1)
+    movable.advance(ahead)
+    return now + ahead
+
+
 def test_an_officer_decides_from_the_terminal_and_the_shell_alone_cannot(
     tmp_path: Path, sqlite_template: Path, movable_clock: clock.MovableClock
 ) -> None:
@@ -136,8 +146,7 @@ def test_an_officer_decides_from_the_terminal_and_the_shell_alone_cannot(
             assert replayed.returncode == 2 and "proof was refused" in replayed.stderr
             assert _status(db, first) == "pending"
 
-            movable_clock.advance(dt.timedelta(seconds=90))  # the server's clock: codes of later steps
-            later = clock.now()
+            later = _into_a_later_step(movable_clock, steps=3)  # the server's clock: codes of later steps
             approved = _carnet(
                 var,
                 db,
@@ -150,7 +159,7 @@ def test_an_officer_decides_from_the_terminal_and_the_shell_alone_cannot(
                 url,
                 "--note",
                 "vu avec le DPO",
-                stdin=f"{officer.password}\n{totp.at(later - dt.timedelta(seconds=30))}\n{totp.at(later)}\n",
+                stdin=f"{officer.password}\n{totp.at(later)}\n{totp.at(later + dt.timedelta(seconds=30))}\n",
             )
             assert approved.returncode == 0, approved.stderr
             assert f"export request {first} approved" in approved.stdout
@@ -167,7 +176,7 @@ def test_an_officer_decides_from_the_terminal_and_the_shell_alone_cannot(
                 url,
                 "--note",
                 "périmètre trop large",
-                stdin=f"{officer.password}\n{totp.at(later + dt.timedelta(seconds=30))}\n",
+                stdin=f"{officer.password}\n{totp.at(_into_a_later_step(movable_clock, steps=2))}\n",
             )
             assert refused.returncode == 0, refused.stderr
             assert _status(db, second) == "rejected"
