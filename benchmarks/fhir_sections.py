@@ -35,10 +35,9 @@ from pathlib import Path
 
 import httpx
 import redis
-import sqlalchemy as sa
 
+from benchmarks._db import bench_database
 from benchmarks.fhir_load import (
-    ADMIN_URL,
     ORIGIN,
     REDIS_URL,
     Pair,
@@ -51,8 +50,6 @@ from benchmarks.fhir_load import (
     wrk_load,
 )
 from carnet.crypto.keys import FileKeyProvider
-from carnet.db import migrate
-from carnet.db.engine import make_engine
 from carnet.kernel import clock
 from carnet.phi.loader import SeedBatch, load_batch
 from carnet.phi.system import system_access
@@ -156,29 +153,14 @@ def seed_charts(runtime: Runtime, facility: uuid.UUID, patients: list[uuid.UUID]
 
 
 def run(patients: int, seconds: float, clients: int, workers: int, rounds: int) -> tuple[str, int]:
-    name = f"searchfast_sections_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        engine = make_engine(url)
-        migrate.upgrade(engine)
-        engine.dispose()
-        with tempfile.TemporaryDirectory() as tmp:
-            var = Path(tmp)
-            FileKeyProvider.create(var / "keys.json")
-            runtime = build_runtime(
-                Settings(env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN)
-            )
-            try:
-                return _measure(runtime, url, var, patients, seconds, clients, workers, rounds)
-            finally:
-                runtime.close()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with bench_database("sections") as url, tempfile.TemporaryDirectory() as tmp:
+        var = Path(tmp)
+        FileKeyProvider.create(var / "keys.json")
+        runtime = build_runtime(Settings(env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN))
+        try:
+            return _measure(runtime, url, var, patients, seconds, clients, workers, rounds)
+        finally:
+            runtime.close()
 
 
 def _measure(

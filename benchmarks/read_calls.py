@@ -36,12 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import sqlalchemy as sa
 
-from benchmarks.fhir_load import ADMIN_URL, ORIGIN, baseline_accounts, make_clinicians, seed_patients
+from benchmarks._db import bench_database
+from benchmarks.fhir_load import ORIGIN, baseline_accounts, make_clinicians, seed_patients
 from carnet.crypto.keys import FileKeyProvider
-from carnet.db import migrate
-from carnet.db.engine import make_engine
 from carnet.runtime import build_runtime
 from carnet.settings import Environment, Settings
 from tests.factories import make_facility
@@ -115,44 +113,31 @@ async def _call(app: Any, scope: dict[str, Any]) -> None:
 def run(reads: int, profile_out: Path | None) -> str:
     from carnet.app import create_app
 
-    name = f"carnet_readcalls_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        engine = make_engine(url)
-        migrate.upgrade(engine)
-        engine.dispose()
-        with tempfile.TemporaryDirectory() as tmp:
-            var = Path(tmp)
-            FileKeyProvider.create(var / "keys.json")
-            settings = Settings(
-                env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN, redis_url=REDIS_URL
-            )
-            runtime = build_runtime(settings)
-            try:
-                redis.Redis.from_url(REDIS_URL).flushdb()
-                facility = make_facility(runtime)
-                ids, _ = seed_patients(runtime, facility, 0, 600)
-                history: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
-                clinicians = make_clinicians(runtime, facility, ids, 20, history=history)
-                baseline_accounts(runtime, history)
-                pairs = [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
-                random.Random(1).shuffle(pairs)
-                scopes = [_scope(h, p) for h, p in pairs]
-                n = min(reads, len(scopes))
-                app = create_app(runtime)
-                profile = cProfile.Profile(time.thread_time)
-                lines = [f"load average {os.getloadavg()[0]:.2f} at the start (2 cores)", ""]
-                asyncio.run(_drive(app, scopes, n, profile, lines))
-                lines.append(f"load average {os.getloadavg()[0]:.2f} at the end")
-            finally:
-                runtime.close()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with bench_database("readcalls") as url, tempfile.TemporaryDirectory() as tmp:
+        var = Path(tmp)
+        FileKeyProvider.create(var / "keys.json")
+        settings = Settings(
+            env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN, redis_url=REDIS_URL
+        )
+        runtime = build_runtime(settings)
+        try:
+            redis.Redis.from_url(REDIS_URL).flushdb()
+            facility = make_facility(runtime)
+            ids, _ = seed_patients(runtime, facility, 0, 600)
+            history: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
+            clinicians = make_clinicians(runtime, facility, ids, 20, history=history)
+            baseline_accounts(runtime, history)
+            pairs = [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
+            random.Random(1).shuffle(pairs)
+            scopes = [_scope(h, p) for h, p in pairs]
+            n = min(reads, len(scopes))
+            app = create_app(runtime)
+            profile = cProfile.Profile(time.thread_time)
+            lines = [f"load average {os.getloadavg()[0]:.2f} at the start (2 cores)", ""]
+            asyncio.run(_drive(app, scopes, n, profile, lines))
+            lines.append(f"load average {os.getloadavg()[0]:.2f} at the end")
+        finally:
+            runtime.close()
     stats = pstats.Stats(profile)
     if profile_out is not None:
         stats.dump_stats(profile_out)

@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-import sqlalchemy as sa
 
+from benchmarks._db import bench_database
 from benchmarks.fhir_load import (
-    ADMIN_URL,
     REDIS_URL,
     Pair,
     baseline_accounts,
@@ -47,8 +46,6 @@ from benchmarks.fhir_load import (
     wrk_load,
 )
 from carnet.crypto.keys import FileKeyProvider
-from carnet.db import migrate
-from carnet.db.engine import make_engine
 from carnet.runtime import Runtime, build_runtime
 from carnet.settings import Environment, Settings
 from tests.factories import make_facility
@@ -166,31 +163,16 @@ def run(
     profile: Path | None,
     compare_with: Path | None = None,
 ) -> str:
-    name = f"readcpu_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        engine = make_engine(url)
-        migrate.upgrade(engine)
-        engine.dispose()
-        with tempfile.TemporaryDirectory() as tmp:
-            var = Path(tmp)
-            FileKeyProvider.create(var / "keys.json")
-            runtime = build_runtime(
-                Settings(env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN)
+    with bench_database("readprofile") as url, tempfile.TemporaryDirectory() as tmp:
+        var = Path(tmp)
+        FileKeyProvider.create(var / "keys.json")
+        runtime = build_runtime(Settings(env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN))
+        try:
+            return _measure(
+                runtime, url, var, patients, seconds, clients, workers, rounds, profile, compare_with
             )
-            try:
-                return _measure(
-                    runtime, url, var, patients, seconds, clients, workers, rounds, profile, compare_with
-                )
-            finally:
-                runtime.close()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        finally:
+            runtime.close()
 
 
 @dataclass
