@@ -18,10 +18,8 @@ import os
 import time
 
 from benchmarks._db import bench_runtime
-from benchmarks.hl7_oru import _backend_cpu, adt, oru
-from carnet.interfaces.registry import register_interface
+from benchmarks.hl7_oru import _backend_cpu, adt, bench_interfaces, oru
 from carnet.interfaces.service import InterfaceService, Peer
-from carnet.org.models import Facility
 
 PATIENTS = 50
 
@@ -35,22 +33,7 @@ def main() -> None:
     load_before = os.getloadavg()
     out: dict[str, list[dict[str, float]]] = {"one_by_one": [], "grouped": []}
     with bench_runtime("hl7cpu") as runtime:
-        with runtime.session_factory.begin() as session:
-            facility = Facility(name="Bench", finess="759999998", city="Paris")
-            session.add(facility)
-            session.flush()
-            runtime.keyring.create_data_key(session, facility.id)
-            for name, sender, types in (("ADT", "HOSP", ["ADT^A04"]), ("LAB", "LABO", ["ORU^R01"])):
-                register_interface(
-                    session,
-                    name=name,
-                    sending_facility=sender,
-                    facility_id=facility.id,
-                    message_types=types,
-                    source_addresses=["127.0.0.1"],
-                    client_cert_sha256=None,
-                    per_minute=100_000,
-                )
+        bench_interfaces(runtime)
         service = InterfaceService(runtime)
         peer = Peer("127.0.0.1")
         candidates = service.candidates(peer)

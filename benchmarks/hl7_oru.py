@@ -256,6 +256,28 @@ class StatementCounter:
                 self.count += 1
 
 
+def bench_interfaces(runtime: Runtime) -> uuid.UUID:
+    """The benchmark's facility (with its data key) and its two interfaces, the admission
+    system (ADT^A04) and the laboratory (ORU^R01), registered with a budget no run reaches."""
+    with runtime.session_factory.begin() as session:
+        facility = Facility(name="Bench", finess="759999998", city="Paris")
+        session.add(facility)
+        session.flush()
+        runtime.keyring.create_data_key(session, facility.id)
+        for name, sender, types in (("ADT", "HOSP", ["ADT^A04"]), ("LAB", "LABO", ["ORU^R01"])):
+            register_interface(
+                session,
+                name=name,
+                sending_facility=sender,
+                facility_id=facility.id,
+                message_types=types,
+                source_addresses=["127.0.0.1"],
+                client_cert_sha256=None,
+                per_minute=100_000,
+            )
+        return facility.id
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=200)
@@ -279,22 +301,7 @@ def main() -> None:
     load_before = os.getloadavg()
     results: dict[str, list[float]] = {k: [] for k in KINDS}
     with bench_runtime("hl7", sqlite=args.sqlite) as runtime:
-        with runtime.session_factory.begin() as session:
-            facility = Facility(name="Bench", finess="759999998", city="Paris")
-            session.add(facility)
-            session.flush()
-            runtime.keyring.create_data_key(session, facility.id)
-            for name, sender, types in (("ADT", "HOSP", ["ADT^A04"]), ("LAB", "LABO", ["ORU^R01"])):
-                register_interface(
-                    session,
-                    name=name,
-                    sending_facility=sender,
-                    facility_id=facility.id,
-                    message_types=types,
-                    source_addresses=["127.0.0.1"],
-                    client_cert_sha256=None,
-                    per_minute=100_000,
-                )
+        facility_id = bench_interfaces(runtime)
         service = InterfaceService(runtime)
         with listening(service, args.workers) as port:
             _seed(runtime, args.patients, port)
@@ -302,7 +309,7 @@ def main() -> None:
         statements: dict[str, list[float]] = {"carnet": [], "single": []}
         for r in range(args.rounds):
             placers = (
-                _place_orders(runtime, facility.id, args.messages, f"O{r}")
+                _place_orders(runtime, facility_id, args.messages, f"O{r}")
                 if args.orders
                 else [""] * args.messages
             )
@@ -315,7 +322,7 @@ def main() -> None:
                 if kind == "single" and args.no_single:
                     continue
                 placers = (
-                    _place_orders(runtime, facility.id, args.messages, f"O{kind[0]}{r}")
+                    _place_orders(runtime, facility_id, args.messages, f"O{kind[0]}{r}")
                     if args.orders and kind == "single"
                     else placers
                 )
