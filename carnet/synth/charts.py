@@ -430,6 +430,10 @@ class ChartRecords:
         invoice = self._base_row(ctx, at)
         total = sum(a[2] for a in lines)
         status = rng.choices(("issued", "balanced", "draft"), (40, 55, 5))[0]
+        if ctx.canary:
+            # An invoice still to settle would put the decoy on billing's worklist: honest clerks
+            # would be shown it, and contained for it. A canary's past visits were paid.
+            status = "balanced"
         invoice.update(
             encounter_id=encounter_id,
             number=f"F{ctx.pools.facility.finess[-4:]}-{self.seed % 10_000:04d}-{self._invoice_counter:08d}",

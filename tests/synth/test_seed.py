@@ -21,6 +21,7 @@ from carnet.access.models import RoleGrant, WardAssignment
 from carnet.access.roles import STAFF_ROLES, Role
 from carnet.audit.interfaces import AuditKind
 from carnet.audit.models import AuditEvent
+from carnet.billing.models import Invoice
 from carnet.crypto.blind import IndexKind
 from carnet.crypto.keys import FileKeyProvider
 from carnet.detection.models import CanaryPatient
@@ -248,6 +249,12 @@ def test_canaries_exist_and_look_like_patients(runtime: Runtime) -> None:
             select(func.count())
             .select_from(Encounter)
             .where(Encounter.patient_id.in_(ids), Encounter.status == "in-progress")
+        )
+        # Nor a bill to settle: an unpaid invoice would put it on billing's worklist.
+        assert not session.scalar(
+            select(func.count())
+            .select_from(Invoice)
+            .where(Invoice.patient_id.in_(ids), Invoice.status.in_(("draft", "issued")))
         )
         # ... and no canary has a portal account.
         assert not session.scalar(
