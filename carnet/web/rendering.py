@@ -157,6 +157,11 @@ def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callabl
             return ""
         return DECIMAL_POINT.sub(rf"\1{decimal_sign}\2", text if isinstance(text, str) else f"{text:g}")
 
+    def amount_field(cents: int | None) -> str:
+        """An amount to prefill a form's field with: 70,32 in French, 70.32 in English (no
+        grouping: the field reads back what it shows)."""
+        return f"{(cents or 0) / 100:.2f}".replace(".", decimal_sign)
+
     def unit(code: str | None) -> str:
         """A UCUM unit code as a clinician writes it (Cel is °C, mm[Hg] is mmHg)."""
         return UNIT_DISPLAY.get(code or "", code or "")
@@ -184,6 +189,7 @@ def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callabl
         "timeline_sentence": timeline,
         "postal_address": postal,
         "measure": measure,
+        "amount_field": amount_field,
         "unit": unit,
     }
 
