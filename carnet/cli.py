@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -218,6 +220,17 @@ def keys_prune(
 
 
 @app.command()
+def origin_for_port(configured: str, port: int | None, *, explicit: bool) -> str | None:
+    """The origin to serve at when `--port` moves a plain-http loopback origin left at its
+    default; None when nothing changes (no port, the same port, an origin set on purpose)."""
+    if port is None or explicit:
+        return None
+    parts = urlsplit(configured)
+    if parts.scheme != "http" or parts.hostname not in ("localhost", "127.0.0.1") or parts.port == port:
+        return None
+    return f"http://{parts.hostname}:{port}"
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (loopback by default).")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="TCP port.")] = None,
@@ -228,9 +241,16 @@ def serve(
 
     from carnet.operations import logs as operations_logs
     from carnet.runtime import build_runtime
-    from carnet.settings import get_settings
+    from carnet.settings import get_settings, reset_settings_cache
 
     settings = get_settings()
+    moved = origin_for_port(settings.origin, port, explicit="CARNET_ORIGIN" in os.environ)
+    if moved is not None:
+        # Our own pages post from where they are served: `--port 9000` on loopback with the
+        # default origin (port 8000) would refuse every sign-in as cross-site.
+        os.environ["CARNET_ORIGIN"] = moved
+        reset_settings_cache()
+        settings = get_settings()
     build_runtime(settings).close()  # fail now, with a clear message, on a bad schema or key
     uvicorn.run(
         "carnet.app:create_app",

@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pyotp
 import pytest
+
+from carnet.cli import origin_for_port
 
 CARNET = str(Path(sys.executable).with_name("carnet"))
 
@@ -159,6 +162,19 @@ def test_demo_seeds_writes_credentials_and_serves(tmp_path: Path) -> None:
         credentials = var / "demo-credentials.json"
         entries = json.loads(credentials.read_text())
         assert {"system_administrator", "security_officer", "physician"} <= {e["roles"][0] for e in entries}
+        # Signing in works at the address it serves (another port than the default origin's),
+        # as the login page posts it; another origin stays refused.
+        doctor = next(e for e in entries if "physician" in e["roles"])
+        body = {
+            "username": doctor["username"],
+            "password": doctor["password"],
+            "otp": pyotp.TOTP(doctor["totp_secret"]).now(),
+        }
+        here = f"http://127.0.0.1:{port}"
+        foreign = httpx.post(here + "/auth/login", json=body, headers={"Origin": "http://127.0.0.1:8000"})
+        assert foreign.status_code == 403, foreign.text
+        signed = httpx.post(here + "/auth/login", json=body, headers={"Origin": here}, timeout=10)
+        assert signed.status_code == 200, signed.text
     finally:
         process.terminate()
         out, errors = process.communicate(timeout=30)
@@ -172,3 +188,21 @@ def test_help_on_every_command(tmp_path: Path, args: tuple[str, ...]) -> None:
     result = _run(tmp_path / "var", *args, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("configured", "port", "explicit", "served_at"),
+    [
+        ("http://localhost:8000", 9000, False, "http://localhost:9000"),
+        ("http://127.0.0.1:8000", 9000, False, "http://127.0.0.1:9000"),
+        ("http://localhost:8000", None, False, None),  # no --port: the origin as configured
+        ("http://localhost:8000", 8000, False, None),
+        ("http://localhost:8000", 9000, True, None),  # CARNET_ORIGIN set on purpose wins
+        ("https://carnet.example.org", 9000, False, None),  # behind a proxy: never guessed
+        ("http://10.0.0.5:8000", 9000, False, None),
+    ],
+)
+def test_serve_moves_a_default_loopback_origin_to_its_port(
+    configured: str, port: int | None, explicit: bool, served_at: str | None
+) -> None:
+    assert origin_for_port(configured, port, explicit=explicit) == served_at

@@ -128,6 +128,8 @@ class Dot:
     y: float
     flag: Flag | None
     label: str  # what a screen reader and the tooltip say: value and time
+    value: float = 0.0  # the same two, for a page that writes them in its reader's locale
+    at: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +177,8 @@ def trend(
             y(v),
             flag(code, v, found.unit) if found is not None else None,
             f"{_number(v)} ({at:%Y-%m-%d %H:%M})",
+            v,
+            at,
         )
         for at, v in ordered
     )

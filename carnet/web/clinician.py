@@ -349,12 +349,18 @@ def chart_section(request: Request, actor: WebActor, patient_id: str, name: str)
     """One chart section: an htmx fragment, or a page of its own without scripts."""
     if name not in sections_for(actor) and name not in GATE_DECIDES:
         raise NotFound("no such section")
-    context = {"actor": actor, "patient": {"id": patient_id}, "name": name}
-    context |= _section_context(request, actor, patient_id, [name])
-    context["break_glass_active"] = glass_until(request, patient_id)
     fragment = bool(request.headers.get("hx-request"))
-    template = f"clinician/sections/{name}.html" if fragment else "clinician/section_page.html"
-    return render(request, template, context)
+    if fragment:
+        context: dict[str, Any] = {"actor": actor, "patient": {"id": patient_id}, "name": name}
+        context |= _section_context(request, actor, patient_id, [name])
+        context["break_glass_active"] = glass_until(request, patient_id)
+        return render(request, f"clinician/sections/{name}.html", context)
+    # A page of its own carries the patient's banner (who, age, stay, allergies) like the chart.
+    context = chart_context(request, actor, patient_id, eager=EAGER_SECTIONS | {name})
+    context["name"] = name
+    if name not in context["loaded"]:  # asked of the gate all the same (GATE_DECIDES)
+        context[name] = _section_context(request, actor, patient_id, [name])[name]
+    return render(request, "clinician/section_page.html", context)
 
 
 @router.post("/patients/{patient_id}/notes")

@@ -25,6 +25,7 @@ from carnet.phi.schemas import (
     ServiceRequestView,
 )
 from carnet.records import results
+from carnet.web.clinician import chart_context
 from carnet.web.rendering import language_of, render
 from carnet.web.routing import WebActor, WebRoute, redirect
 
@@ -120,9 +121,12 @@ def orders_context(request: Request, actor: Actor, patient_id: str) -> dict[str,
 
 
 def _section(request: Request, context: dict[str, Any], *, status: int = 200) -> Response:
-    fragment = bool(request.headers.get("hx-request")) and status == 200
-    template = "clinician/sections/orders.html" if fragment else "clinician/section_page.html"
-    return render(request, template, context, status_code=status)
+    if bool(request.headers.get("hx-request")) and status == 200:
+        return render(request, "clinician/sections/orders.html", context, status_code=status)
+    # A page of its own carries the patient's banner, like the chart.
+    banner = chart_context(request, context["actor"], context["patient"]["id"])
+    context = banner | context | {"patient": banner["patient"]}
+    return render(request, "clinician/section_page.html", context, status_code=status)
 
 
 @router.get("/patients/{patient_id}/sections/orders")

@@ -16,7 +16,7 @@ from typing import Any
 from babel import Locale
 from babel.core import UnknownLocaleError
 from babel.dates import format_date, format_datetime
-from babel.numbers import format_currency, format_decimal
+from babel.numbers import format_currency, format_decimal, get_decimal_symbol
 from babel.support import NullTranslations, Translations
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -45,6 +45,10 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     )
 )
+# A decimal point between digits, not one of a dotted code ("1.2.250" stays as it is).
+DECIMAL_POINT = re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d.])")
+# UCUM codes as results carry them -> as a clinician writes them (carnet.records.results).
+UNIT_DISPLAY = {"Cel": "°C", "mm[Hg]": "mmHg", "10*9/L": "10⁹/L", "10*12/L": "10¹²/L"}
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -144,6 +148,35 @@ def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callabl
     def timeline(source: str, what: str) -> str:
         return timeline_sentence(gettext, source, what)
 
+    decimal_sign = get_decimal_symbol(locale)
+
+    def measure(text: str | float | None) -> str:
+        """A measured value or a range as the results print it ("39.1", "36.1–37.8"), with
+        the locale's decimal sign (39,1 in French); words are left as they are."""
+        if text is None:
+            return ""
+        return DECIMAL_POINT.sub(rf"\1{decimal_sign}\2", text if isinstance(text, str) else f"{text:g}")
+
+    def amount_field(cents: int | None) -> str:
+        """An amount to prefill a form's field with: 70,32 in French, 70.32 in English (no
+        grouping: the field reads back what it shows)."""
+        return f"{(cents or 0) / 100:.2f}".replace(".", decimal_sign)
+
+    def unit(code: str | None) -> str:
+        """A UCUM unit code as a clinician writes it (Cel is °C, mm[Hg] is mmHg)."""
+        return UNIT_DISPLAY.get(code or "", code or "")
+
+    def postal(address: dict[str, str] | None) -> str:
+        """An address as written on an envelope: street, then postcode and town (stored in
+        any key order), other parts after; the country only when it is not France."""
+        if not address:
+            return ""
+        town = " ".join(p for p in (address.get("postalCode"), address.get("city")) if p)
+        rest = [v for k, v in address.items() if k not in {"line", "postalCode", "city", "country"}]
+        country = address.get("country", "")
+        abroad = [country] if country and country.upper() not in {"FR", "FRA", "FRANCE"} else []
+        return ", ".join(p for p in (address.get("line"), town, *rest, *abroad) if p)
+
     return {
         "when": when,
         "day": day,
@@ -154,6 +187,10 @@ def _formatters(locale: str, gettext: Callable[[str], str]) -> dict[str, Callabl
         "label": word,
         "role_names": roles,
         "timeline_sentence": timeline,
+        "postal_address": postal,
+        "measure": measure,
+        "amount_field": amount_field,
+        "unit": unit,
     }
 
 

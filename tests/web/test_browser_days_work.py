@@ -2,7 +2,8 @@
 checks a patient in; a nurse opens the ward board of her ward. The strict CSP holds (no
 violation reported) and names stay text.
 
-With CARNET_SCREENSHOTS=1 it also writes docs/screenshots/31-arrivals.png and 32-ward-board.png.
+With CARNET_SCREENSHOTS=1 it also writes docs/screenshots/31-arrivals.png (the README tour) and
+32-ward-board.png.
 """
 
 from __future__ import annotations

@@ -67,3 +67,26 @@ def test_codes_as_words_in_french() -> None:
     assert timeline_sentence(fr, "exposure", "shown through chart") == "patients affichés dans un dossier"
     assert timeline_sentence(fr, "detection", "deep-page") == "a parcouru les résultats très loin"
     assert timeline_sentence(fr, "audit", "something else") == "something else"
+
+
+@pytest.mark.parametrize(
+    ("stored", "written"),
+    [
+        # the seeded demo's address, its keys in the order they come back from storage
+        (
+            {
+                "city": "Lemaire",
+                "country": "FR",
+                "line": "138 avenue Henriette Gérard",
+                "postalCode": "93315",
+            },
+            "138 avenue Henriette Gérard, 93315 Lemaire",
+        ),
+        ({"line": "1 rue de Test", "city": "Paris"}, "1 rue de Test, Paris"),  # the desk's form
+        ({"city": "Genève", "postalCode": "1201", "country": "CH"}, "1201 Genève, CH"),
+        ({"line": "2 Main St", "district": "Kent", "city": "Ashford"}, "2 Main St, Ashford, Kent"),
+        (None, ""),
+    ],
+)
+def test_an_address_is_written_as_on_an_envelope(stored: dict[str, str] | None, written: str) -> None:
+    assert _formatters("fr_FR", translations("fr").gettext)["postal_address"](stored) == written

@@ -107,6 +107,11 @@ def test_physician_reads_results_with_ranges_flags_and_trend(
     page = client.get(url)
     assert page.status_code == 200 and "<polyline" in page.text
     assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    # ... under the patient's banner: who this is, without going back to the chart.
+    assert 'class="banner"' in page.text and f"{age} years" in page.text
+    assert "Zoé" in page.text and "Back to the chart" in page.text
+    orders = client.get(f"/patients/{hospital.my_patient}/sections/orders")
+    assert orders.status_code == 200 and 'class="banner"' in orders.text and "Zoé" in orders.text
 
 
 def test_in_french(client: TestClient, hospital: Hospital, sqlite_runtime: Runtime) -> None:
@@ -120,6 +125,43 @@ def test_in_french(client: TestClient, hospital: Hospital, sqlite_runtime: Runti
         assert english not in text, english
     chart = client.get(f"/patients/{hospital.my_patient}").text
     assert "Sections du dossier" in chart and " ans" in chart
+
+
+def test_values_ranges_and_units_as_a_clinician_writes_them(
+    client: TestClient, hospital: Hospital, sqlite_runtime: Runtime
+) -> None:
+    """The decimal comma in French (39,1; 36,1–37,8), units as written (°C, not UCUM's Cel),
+    and each point of the trend dated on the hospital's clock, not in ISO."""
+    _hospital_with_results(sqlite_runtime, hospital)
+    now = clock.now()
+    with system_access(sqlite_runtime, reason="test fixture: temperatures") as door:
+        for hours, value in ((5, 37.2), (1, 39.1)):
+            door.session.add(
+                Observation(
+                    facility_id=hospital.facility_id,
+                    patient_id=uuid.UUID(hospital.my_patient),
+                    category="vital-signs",
+                    code="8310-5",
+                    display="Température corporelle",
+                    value_number=value,
+                    unit="Cel",
+                    effective_at=now - dt.timedelta(hours=hours),
+                    status="final",
+                    version_id=1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+    login(client, hospital.physician)
+    url = f"/patients/{hospital.my_patient}/sections/results"
+    english = client.get(url, headers=HX).text
+    assert ">39.1<" in english and "36.1–37.8" in english and "<td>°C</td>" in english
+    assert "Cel<" not in english and "6.1" in english
+    client.cookies.set("carnet_lang", "fr")
+    french = client.get(url, headers=HX).text
+    assert ">39,1<" in french and "36,1–37,8" in french and "3,5–5" in french and ">6,1<" in french
+    assert "39.1" not in french and "<td>°C</td>" in french
+    assert "(" + now.strftime("%Y-%m-%d") not in french  # the trend's points are not ISO dates
 
 
 def test_front_desk_is_refused_results_and_the_refusal_is_audited(

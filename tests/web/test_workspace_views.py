@@ -348,6 +348,10 @@ def test_billing_worklist_shows_unpaid_invoices_and_takes_payments(
     assert "Durand" in page.text and "Consultation" in page.text and "120.00" in page.text
     assert "Lefebvre" not in page.text  # no invoice, not on the list
     assert _exposed(sqlite_runtime, work.billing) == {hospital.their_patient}
+    # The amount due prefilled as a French clerk writes it (the form reads the comma back).
+    client.cookies.set("carnet_lang", "fr")
+    assert 'value="120,00"' in client.get("/billing/worklist").text
+    client.cookies.set("carnet_lang", "en")
     form = {"csrf_token": csrf, "expected_version": 1, "method": "card", "page": 1}
     bad = client.post(f"/billing/worklist/{work.invoice}/payments", data={**form, "amount": "douze"})
     assert bad.status_code == 400 and "number of euros" in bad.text
