@@ -427,21 +427,23 @@ def _board_rooms(tx: GuardedTx, ward_id: uuid.UUID, in_bed: dict[uuid.UUID, Ward
 
 
 @guarded(AuditKind.PHI_LIST, RT.ENCOUNTER, targeted=False)
-def free_beds(tx: GuardedTx, /) -> list[FreeBed]:
-    """The free beds of the actor's facilities, ward by ward, to admit or transfer to: which
-    beds no stay in progress holds, never who holds the others (no patient is exposed)."""
+def free_beds(tx: GuardedTx, /, *, ward_id: str | None = None) -> list[FreeBed]:
+    """The free beds of the actor's facilities (or of one ward), ward by ward, to admit or
+    transfer to: which beds no stay in progress holds, never who holds the others (no patient
+    is exposed)."""
     tx.require(Permission.ENCOUNTER_WRITE)
     tx.check_scopes(RT.ENCOUNTER)
-    wards = {
-        w.id: w
-        for w in tx.session.scalars(
-            select(Location).where(
-                Location.facility_id.in_(tx.ctx.facility_ids),
-                Location.kind == "ward",
-                Location.active.is_(True),
-            )
-        )
-    }
+    chosen = select(Location).where(
+        Location.facility_id.in_(tx.ctx.facility_ids), Location.kind == "ward", Location.active.is_(True)
+    )
+    if ward_id is not None:
+        wanted = parse_id(ward_id)
+        if wanted is None:
+            raise InvalidInput("unknown ward")
+        chosen = chosen.where(Location.id == wanted)
+    wards = {w.id: w for w in tx.session.scalars(chosen)}
+    if ward_id is not None and not wards:
+        raise InvalidInput("unknown ward")
     places = _ward_places(tx, list(wards)) if wards else []
     held = set(
         tx.session.scalars(
