@@ -272,9 +272,10 @@ def _placement(
     where = _location(tx, location_id, facility_id)
     bed = _location(tx, bed_id, facility_id)
     if where is not None and where.kind == "bed":
-        if bed is not None and bed.id != where.id:
+        if bed is not None and bed.kind == "bed" and bed.id != where.id:
             raise InvalidInput("name one bed for the stay")
-        where, bed = None, where
+        # A bed named as the location (FHIR Encounter.location[], in any order): it is the bed.
+        where, bed = (bed if bed is not None and bed.kind != "bed" else None), where
     if (reason := beds.placement_refusal(where, bed)) is not None:
         raise InvalidInput(reason)
     if where is not None:
