@@ -301,7 +301,10 @@ def _bed(work: MessageWork, pv1: Any, ward: str | None) -> str | None:
     found = work.bed(ward, hl7v2.component(pv1, 3, 2), bed)
     if found is None:
         raise MessageError(
-            "unknown bed (room and bed of this point of care)", code=ErrorCode.UNKNOWN_KEY, segment="PV1", field=3
+            "unknown bed (room and bed of this point of care)",
+            code=ErrorCode.UNKNOWN_KEY,
+            segment="PV1",
+            field=3,
         )
     return found
 

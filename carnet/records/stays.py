@@ -371,14 +371,17 @@ def _follow(tx: GuardedTx, encounter: Encounter, patient: Patient) -> dict[str, 
     if encounter.end_at is not None:
         stored["period"] = {**(stored.get("period") or {}), "end": encounter.end_at.isoformat()}
     if encounter.location_id is not None:
-        current = f"Location/{encounter.location_id}"
-        here = {"location": {"reference": current}, "status": "active"}
+        status = "active" if encounter.status == "in-progress" else "completed"
+        here = [{"location": {"reference": f"Location/{encounter.location_id}"}, "status": status}]
+        if encounter.bed_id is not None:
+            here.append({"location": {"reference": f"Location/{encounter.bed_id}"}, "status": status})
+        current = {h["location"]["reference"] for h in here}
         earlier = [
             {**e, "status": "completed"}
             for e in stored.get("location") or []
-            if isinstance(e, dict) and (e.get("location") or {}).get("reference") != current
+            if isinstance(e, dict) and (e.get("location") or {}).get("reference") not in current
         ]
-        stored["location"] = [*earlier, here]
+        stored["location"] = [*earlier, *here]
     text = json.dumps(stored, ensure_ascii=False, sort_keys=True)
     encounter.received_ct = tx.enc(text, patient.facility_id, "encounters", "received", encounter.id)
     tx.session.flush()
