@@ -372,10 +372,10 @@ def _follow(tx: GuardedTx, encounter: Encounter, patient: Patient) -> dict[str, 
         stored["period"] = {**(stored.get("period") or {}), "end": encounter.end_at.isoformat()}
     if encounter.location_id is not None:
         status = "active" if encounter.status == "in-progress" else "completed"
-        here = [{"location": {"reference": f"Location/{encounter.location_id}"}, "status": status}]
+        current = [f"Location/{encounter.location_id}"]
         if encounter.bed_id is not None:
-            here.append({"location": {"reference": f"Location/{encounter.bed_id}"}, "status": status})
-        current = {h["location"]["reference"] for h in here}
+            current.append(f"Location/{encounter.bed_id}")
+        here = [{"location": {"reference": c}, "status": status} for c in current]
         earlier = [
             {**e, "status": "completed"}
             for e in stored.get("location") or []
