@@ -252,7 +252,7 @@ class HospitalGenerator(ChartRecords):
                 for room in range(1, 11):
                     room_id = seeded_uuid(rng)
                     locations.append(
-                        LocationSpec(room_id, facility.id, f"{ward} — chambre {100 + room}", "room", ward_id)
+                        LocationSpec(room_id, facility.id, f"Chambre {100 + room}", "room", ward_id)
                     )
                     # 1 or 2 beds a room, drawn from the room's id (not from `rng`: the rest of
                     # the hospital stays what it was for the same seed).
