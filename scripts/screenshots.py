@@ -10,6 +10,7 @@ palette so the repository stays light. Nothing leaves the machine: the demo list
 
     .venv/bin/python scripts/screenshots.py                        # docs/screenshots/role-*.png, French
     .venv/bin/python scripts/screenshots.py --language en --out /tmp/shots --patients 300
+    .venv/bin/python scripts/screenshots.py --only role-nurse-ward     # one page of the tour
 """
 
 from __future__ import annotations
@@ -168,6 +169,9 @@ def main() -> None:
     parser.add_argument(
         "--clock", default="10:00", help="the hospital's wall clock at the start (HH:MM, Paris)"
     )
+    parser.add_argument(
+        "--only", action="append", default=[], help="only these screenshots (file names without .png)"
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -207,7 +211,7 @@ def main() -> None:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
                 try:
-                    _tour(browser, origin, accounts, args.out, args.language, tmp)
+                    _tour(browser, origin, accounts, args.out, args.language, tmp, set(args.only))
                 finally:
                     browser.close()
         finally:
@@ -219,23 +223,37 @@ def main() -> None:
 
 
 def _tour(
-    browser: Any, origin: str, accounts: list[dict[str, Any]], out: Path, language: str, tmp: Path
+    browser: Any,
+    origin: str,
+    accounts: list[dict[str, Any]],
+    out: Path,
+    language: str,
+    tmp: Path,
+    only: set[str] | None = None,
 ) -> None:
     locale = "fr-FR" if language == "fr" else "en-GB"
-    context = browser.new_context(viewport={"width": 1280, "height": 860}, locale=locale)
-    context.add_cookies([{"name": "carnet_lang", "value": language, "url": origin}])
-    page = context.new_page()
-    page.goto(origin + "/login")
-    _shoot(page, out, "role-sign-in")
-    context.close()
-    for role, pages in MAIN_PAGES.items():
+    wanted = only or set()
+    if not wanted or "role-sign-in" in wanted:
+        context = browser.new_context(viewport={"width": 1280, "height": 860}, locale=locale)
+        context.add_cookies([{"name": "carnet_lang", "value": language, "url": origin}])
+        page = context.new_page()
+        page.goto(origin + "/login")
+        _shoot(page, out, "role-sign-in")
+        context.close()
+    for role, every in MAIN_PAGES.items():
+        # --only: the role's pages named (the same sign-in and path as the whole tour).
+        pages = tuple(p for p in every if not wanted or p[0] in wanted)
+        if not pages:
+            continue
         (name, path), more = pages[0], pages[1:]
         holders = [a for a in accounts if role in a.get("roles", ())]
         if not holders:
             print(f"no {role} account in the demo: {name} skipped")
             continue
         # A physician with patients on today's list shows a chart too (and prints from it).
-        for account in holders[: 8 if role == "physician" else 1]:
+        # A physician (or nurse) with patients on the page shows a busy day, not an empty one.
+        busy_roles = ("physician", "nurse")
+        for account in holders[: 8 if role in busy_roles else 1]:
             # One browser per person: many accounts from one address and client within minutes
             # are what detection takes for stolen sessions used together (a campaign).
             context = browser.new_context(
@@ -248,7 +266,8 @@ def _tour(
             page = context.new_page()
             page.goto(origin + path)
             charts = PATIENT_LINK.findall(page.content()) if role == "physician" else []
-            if role == "physician" and not charts and account is not holders[-1]:
+            empty = not PATIENT_LINK.search(page.content())
+            if role in busy_roles and empty and account is not holders[:8][-1]:
                 context.close()
                 continue
             _shoot(page, out, name)

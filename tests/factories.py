@@ -48,6 +48,25 @@ def make_location(runtime: Runtime, facility_id: uuid.UUID, kind: str = "ward") 
         return location.id
 
 
+def make_beds(
+    runtime: Runtime, facility_id: uuid.UUID, ward_id: uuid.UUID, rooms: dict[str, list[str]]
+) -> dict[str, uuid.UUID]:
+    """Rooms of a ward and their beds: {"Room 1": ["A", "B"]} -> {"Room 1": id, "Room 1/A": id, ...}."""
+    made: dict[str, uuid.UUID] = {}
+    with runtime.session_factory.begin() as session:
+        for room_name, bed_names in rooms.items():
+            room = Location(facility_id=facility_id, name=room_name, kind="room", part_of_id=ward_id)
+            session.add(room)
+            session.flush()
+            made[room_name] = room.id
+            for bed_name in bed_names:
+                bed = Location(facility_id=facility_id, name=bed_name, kind="bed", part_of_id=room.id)
+                session.add(bed)
+                session.flush()
+                made[f"{room_name}/{bed_name}"] = bed.id
+    return made
+
+
 def make_practitioner(runtime: Runtime, facility_id: uuid.UUID, profession: str = "physician") -> uuid.UUID:
     n = next(_seq)
     with runtime.session_factory.begin() as session:

@@ -110,7 +110,7 @@ APPOINTMENT_ADMIN = frozenset(
 APPOINTMENT_ALL = APPOINTMENT_ADMIN | {"reason"}
 ENCOUNTER_ALL = frozenset(
     {"id", "patient_id", "facility_id", "kind", "status", "start_at", "end_at", "location_id", "attending_id"}
-    | {"version_id", "received"}
+    | {"version_id", "received", "bed_id", "beds"}
 )
 ALLERGY_ALL = frozenset(
     {

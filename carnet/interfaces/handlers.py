@@ -285,6 +285,30 @@ def _location(work: MessageWork, pv1: Any, *, required: bool) -> str | None:
     return found
 
 
+def _bed(work: MessageWork, pv1: Any, ward: str | None) -> str | None:
+    """PV1-3.3 (in room PV1-3.2) as the facility's bed of the point of care; none sent, the stay
+    waits for a bed; a bed the facility does not have is refused (NAK), nothing changed. A
+    point of care whose rooms and beds carnet does not keep takes the stay without a bed."""
+    bed = hl7v2.component(pv1, 3, 3)
+    if not bed:
+        return None
+    if ward is None:
+        raise MessageError(
+            "a bed needs its point of care (PV1-3.1)", code=ErrorCode.REQUIRED_FIELD, segment="PV1", field=3
+        )
+    if not work.keeps_beds(ward):
+        return None
+    found = work.bed(ward, hl7v2.component(pv1, 3, 2), bed)
+    if found is None:
+        raise MessageError(
+            "unknown bed (room and bed of this point of care)",
+            code=ErrorCode.UNKNOWN_KEY,
+            segment="PV1",
+            field=3,
+        )
+    return found
+
+
 def _attending(work: MessageWork, pv1: Any) -> str | None:
     rpps = hl7v2.component(pv1, 7, 1)
     if not rpps:
@@ -328,15 +352,17 @@ def admit(ctx: Context, work: MessageWork) -> None:
         raise MessageError(
             "patient class must be I, O or E (table 0004)", code=ErrorCode.TABLE_VALUE, segment="PV1", field=2
         )
+    ward = _location(work, pv1, required=False)
     data = _build(
         EncounterInput,
         ("PV1", 1),
-        {"start_at": 44, "location_id": 3, "attending_id": 7},
+        {"start_at": 44, "location_id": 3, "attending_id": 7, "bed_id": 3},
         patient_id=str(patient_id),
         kind=kind,
         start_at=_event_time(ctx, pv1, 44),
-        location_id=_location(work, pv1, required=False),
+        location_id=ward,
         attending_id=_attending(work, pv1),
+        bed_id=_bed(work, pv1, ward),
     )
     stay = work.call("admit_patient", ("PV1", 1), data=data)
     work.set_link("visit", key, stay.id)
@@ -365,13 +391,15 @@ def transfer(ctx: Context, work: MessageWork) -> None:
     pid, pv1 = ctx.message.segment("PID"), ctx.message.segment("PV1")
     patient_id = known_patient(work, pid, sequence=1, why="a transfer moves a known patient")
     stay_id, state = _stay_of(work, pv1, patient_id=patient_id)
+    ward = _location(work, pv1, required=True)
     work.call(
         "transfer_encounter",
         ("PV1", 1),
         encounter_id=str(stay_id),
         expected_version=state.version_id,
-        location_id=_location(work, pv1, required=True),
+        location_id=ward,
         attending_id=_attending(work, pv1),
+        bed_id=_bed(work, pv1, ward),
     )
 
 

@@ -28,7 +28,7 @@ from carnet.crypto.blind import IndexKind
 from carnet.interfaces.hl7v2 import ErrorCode, MessageError
 from carnet.interfaces.models import InterfaceLink, InterfaceMessage
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
-from carnet.kernel.ids import new_id
+from carnet.kernel.ids import new_id, parse_id
 from carnet.org.models import Location, Practitioner
 from carnet.patients.models import Patient
 from carnet.phi.kernel import GuardedTx, Refused, guarded
@@ -319,9 +319,52 @@ class MessageWork:
         return OrderState(row.id, row.patient_id, row.status)
 
     def location(self, name: str) -> str | None:
+        """The point of care (PV1-3.1) by name: a location that is no room or bed (rooms and
+        beds are named within their ward: `bed`)."""
+        found = self.tx.session.scalar(
+            select(Location.id)
+            .where(
+                Location.facility_id == self.facility_id,
+                Location.name == name,
+                Location.active.is_(True),
+                Location.kind.not_in(("room", "bed")),
+            )
+            .limit(1)
+        )
+        return str(found) if found else None
+
+    def keeps_beds(self, ward_id: str) -> bool:
+        """Whether carnet knows the rooms or beds of this ward (else PV1-3.2/3.3 name places
+        the facility does not manage in carnet: the stay is in the ward, with no bed)."""
+        return (
+            self.tx.session.scalar(
+                select(Location.id).where(Location.part_of_id == parse_id(ward_id)).limit(1)
+            )
+            is not None
+        )
+
+    def bed(self, ward_id: str, room: str, bed: str) -> str | None:
+        """The bed named `bed` in room `room` of this ward (PV1-3.2 and 3.3; no room: a bed of
+        the ward itself), active or not (a closed bed is refused by the stay's rules, saying so)."""
+        ward = parse_id(ward_id)
+        parent: Any = ward
+        if room:
+            parent = self.tx.session.scalar(
+                select(Location.id).where(
+                    Location.facility_id == self.facility_id,
+                    Location.part_of_id == ward,
+                    Location.kind == "room",
+                    Location.name == room,
+                )
+            )
+            if parent is None:
+                return None
         found = self.tx.session.scalar(
             select(Location.id).where(
-                Location.facility_id == self.facility_id, Location.name == name, Location.active.is_(True)
+                Location.facility_id == self.facility_id,
+                Location.part_of_id == parent,
+                Location.kind == "bed",
+                Location.name == bed,
             )
         )
         return str(found) if found else None

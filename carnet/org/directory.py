@@ -57,6 +57,7 @@ class LocationEntry:
     name: str
     kind: str
     active: bool
+    part_of_id: str | None = None  # the room of a bed, the ward of a room
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ def _entry(row: Any) -> Entry:
         )
     if isinstance(row, Facility):
         return FacilityEntry(str(row.id), row.name, row.finess, row.city, row.active)
-    return LocationEntry(str(row.id), str(row.facility_id), row.name, row.kind, row.active)
+    part_of = str(row.part_of_id) if row.part_of_id else None
+    return LocationEntry(str(row.id), str(row.facility_id), row.name, row.kind, row.active, part_of)
 
 
 def _prefix(value: str) -> str:
@@ -278,3 +280,37 @@ def search_entries(
         return rows, _record(actor, kind, [r.id for r in rows], query)
 
     return run_audited(runtime, actor, AuditKind.DIRECTORY_READ, action, resource_type=kind)
+
+
+def place_labels(runtime: Runtime, *, actor: Actor, location_ids: list[str]) -> dict[str, str]:
+    """What to call these locations on a page, in one audited read: a bed "room · bed", a
+    room or ward its name (the ward of a stay is shown beside it). Unknown ids are left out."""
+    wanted = [lid for lid in (parse_id(v) for v in dict.fromkeys(location_ids)) if lid is not None][:LIMIT]
+    if not wanted:
+        return {}
+
+    def action(session: Session, ctx: AccessContext) -> tuple[dict[str, str], AuditRecord]:
+        facilities = _scope(ctx)
+        rows = list(
+            session.scalars(
+                select(Location).where(Location.id.in_(wanted), Location.facility_id.in_(facilities))
+            )
+        )
+        parents = {r.part_of_id for r in rows if r.kind == "bed" and r.part_of_id}
+        rooms = (
+            {
+                r.id: r
+                for r in session.scalars(
+                    select(Location).where(Location.id.in_(parents), Location.kind == "room")
+                )
+            }
+            if parents
+            else {}
+        )
+        labels: dict[str, str] = {}
+        for row in rows:
+            room = rooms.get(row.part_of_id) if row.kind == "bed" and row.part_of_id else None
+            labels[str(row.id)] = f"{room.name} · {row.name}" if room is not None else row.name
+        return labels, _record(actor, "Location", list(labels), "labels")
+
+    return run_audited(runtime, actor, AuditKind.DIRECTORY_READ, action, resource_type="Location")

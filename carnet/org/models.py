@@ -23,8 +23,10 @@ class Location(IdMixin, Base):
 
     facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(20))  # ward, room, clinic
+    kind: Mapped[str] = mapped_column(String(20))  # ward, room, bed, clinic
     active: Mapped[bool] = mapped_column(default=True)
+    # What it is part of: a bed of a room (or of a ward), a room of a ward (FHIR Location.partOf).
+    part_of_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("locations.id"), index=True)
 
 
 class Practitioner(IdMixin, Base):

@@ -242,6 +242,7 @@ class Gate(GateCore):
     list_encounters = operation(stays.list_for_patient)
     stays_worklist = operation(stays.worklist)
     ward_board = operation(stays.ward_board)
+    free_beds = operation(stays.free_beds)
 
     # -- consents (carnet/records/consents.py)
     list_consents = operation(consents.list_for_patient)

@@ -69,6 +69,13 @@ class AppointmentView(Redactable):
     reason: str | None = None
 
 
+class BedPeriodView(BaseModel):
+    bed_id: str
+    ward_id: str | None = None
+    start: dt.datetime
+    end: dt.datetime | None = None
+
+
 class EncounterView(Redactable):
     patient_id: str | None = None
     facility_id: str | None = None
@@ -81,6 +88,8 @@ class EncounterView(Redactable):
     version_id: int | None = None
     # The FHIR Encounter as received (None: opened in carnet, or not every field is visible).
     received: dict[str, Any] | None = None
+    bed_id: str | None = None  # the bed held (a finished stay: its last bed)
+    beds: list[BedPeriodView] | None = None  # every bed of the stay, with its period, oldest first
 
 
 class AllergyView(Redactable):
@@ -520,8 +529,9 @@ class EncounterInput(BaseModel):
     patient_id: str
     kind: str = Field(pattern="^(inpatient|outpatient|emergency)$")
     start_at: dt.datetime | None = None  # now when not given
-    location_id: str | None = None
+    location_id: str | None = None  # the ward (or a bed: then its ward)
     attending_id: str | None = None
+    bed_id: str | None = None  # a free bed of the ward; none: the stay waits for a bed
 
 
 class ReceivedEncounterInput(BaseModel):
@@ -740,12 +750,48 @@ class WardStay(BaseModel):
     encounter: EncounterView
     patient: PatientView
     attending_name: str
+    bed_since: dt.datetime | None = None  # in this bed since (None: no bed yet)
+
+
+class BoardBed(BaseModel):
+    """A bed of the board: free, or occupied (by a stay shown, or one the nurse does not see)."""
+
+    id: str
+    name: str
+    occupied: bool
+    stay: WardStay | None = None
+
+
+class BoardRoom(BaseModel):
+    id: str | None  # None: the beds hung on the ward itself
+    name: str
+    beds: list[BoardBed]
 
 
 class Ward(BaseModel):
     id: str
     name: str
-    stays: list[WardStay]
+    stays: list[WardStay]  # every stay shown, in a bed or waiting for one
+    rooms: list[BoardRoom] = Field(default_factory=list)
+    waiting: list[WardStay] = Field(default_factory=list)  # in the ward, no bed yet
+
+    @property
+    def free_beds(self) -> int:
+        return sum(1 for r in self.rooms for b in r.beds if not b.occupied)
+
+    @property
+    def bed_count(self) -> int:
+        return sum(len(r.beds) for r in self.rooms)
+
+
+class FreeBed(BaseModel):
+    """A free bed to admit or transfer to (no patient: what stays in progress leave free)."""
+
+    id: str
+    name: str
+    room: str
+    ward_id: str
+    ward_name: str
 
 
 class WardBoard(BaseModel):

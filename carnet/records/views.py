@@ -13,6 +13,7 @@ from carnet.patients.models import CareRelationship, Consent
 from carnet.phi.kernel import GuardedTx
 from carnet.phi.schemas import DiagnosticReportView, NoteVersionView
 from carnet.phi.steps import SECTION_LIMIT, received_shown, redact, sid
+from carnet.records import beds
 from carnet.records.models import ClinicalNote, Condition, DiagnosticReport, NoteVersion, Observation
 from carnet.scheduling.models import Encounter
 
@@ -31,6 +32,12 @@ def encounter_data(e: Encounter, received: dict[str, Any] | None = None) -> dict
         "attending_id": sid(e.attending_id),
         "version_id": e.version_id,
         "received": received,
+        "bed_id": sid(e.bed_id),
+        "beds": [
+            {"bed_id": p.bed_id, "ward_id": p.ward_id, "start": p.start, "end": p.end}
+            for p in beds.history_of(e.bed_history)
+        ]
+        or None,
     }
 
 

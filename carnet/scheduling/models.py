@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base, IdMixin
@@ -47,5 +47,22 @@ class Encounter(IdMixin, VersionedMixin, Base):
     # The FHIR Encounter as received (JSON, encrypted): what a read returns; None when the stay
     # was opened through carnet (admission), then rendered from the columns.
     received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The bed of the stay (a Location of kind bed in its ward): None while it waits for one.
+    # A finished stay keeps its last bed; only a stay in progress holds it (the index below).
+    bed_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("locations.id"))
+    # The beds the stay has been in, with their periods (JSON, carnet/records/beds.py): what a
+    # transfer keeps of the bed before, as FHIR Encounter.location[] does. No patient data.
+    bed_history: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_encounters_status_location", "status", "location_id"),)
+    __table_args__ = (
+        Index("ix_encounters_status_location", "status", "location_id"),
+        # One bed, one stay in progress: two desks admitting to the same bed at once cannot
+        # both commit (the domain refuses first with a clear message; this is the last word).
+        Index(
+            "uq_encounters_bed_in_progress",
+            "bed_id",
+            unique=True,
+            sqlite_where=text("status = 'in-progress' AND bed_id IS NOT NULL"),
+            postgresql_where=text("status = 'in-progress' AND bed_id IS NOT NULL"),
+        ),
+    )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from carnet.phi.loader import SeedBatch
+from carnet.records import beds
 from carnet.synth import vocab
 
 if TYPE_CHECKING:
@@ -149,6 +150,17 @@ class ChartRecords:
                 },
             )
 
+    @staticmethod
+    def _free_bed(ctx: PatientContext, ward: uuid.UUID | None) -> uuid.UUID | None:
+        """The ward's first free bed for a stay in progress (none free: it waits for a bed)."""
+        if ward is None:
+            return None
+        for bed in ctx.pools.beds.get(ward, ()):
+            if bed not in ctx.pools.beds_held:
+                ctx.pools.beds_held.add(bed)
+                return bed
+        return None
+
     def _encounters(self, batch: SeedBatch, ctx: PatientContext) -> list[tuple[uuid.UUID, uuid.UUID]]:
         """Past visits and stays, and for a few patients a stay in progress. Returns (id, attending)."""
         rng = self._rng
@@ -171,11 +183,15 @@ class ChartRecords:
                     kind=plan, status="finished", start_at=start, end_at=start + dt.timedelta(hours=hours)
                 )
             inpatient = row["kind"] == "inpatient"
+            ward = rng.choice(ctx.pools.wards) if inpatient else None
+            bed = self._free_bed(ctx, ward) if row["status"] == "in-progress" else None
             row.update(
-                location_id=rng.choice(ctx.pools.wards) if inpatient else None,
+                location_id=ward,
                 attending_id=attending,
                 created_at=row["start_at"],
                 updated_at=row["end_at"] or row["start_at"],
+                bed_id=bed,
+                bed_history=beds.history_text(beds.moved([], bed, ward, row["start_at"])) if bed else None,
             )
             batch.add("encounters", row)
             made.append((row["id"], attending))

@@ -94,7 +94,8 @@ class LocationSpec:
     id: uuid.UUID
     facility_id: uuid.UUID
     name: str
-    kind: str  # ward, room, clinic
+    kind: str  # ward, room, bed, clinic
+    part_of: uuid.UUID | None = None  # a bed's room, a room's ward
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,9 @@ class FacilityPools:
     general: list[uuid.UUID] = field(default_factory=list)
     physicians: list[uuid.UUID] = field(default_factory=list)
     wards: list[uuid.UUID] = field(default_factory=list)
+    # Each ward's beds in order, and the beds stays in progress hold (filled as charts are made).
+    beds: dict[uuid.UUID, list[uuid.UUID]] = field(default_factory=dict)
+    beds_held: set[uuid.UUID] = field(default_factory=set)
     clinics: list[uuid.UUID] = field(default_factory=list)
     front_desk: list[uuid.UUID] = field(default_factory=list)  # account ids, set after creation
     billing: list[uuid.UUID] = field(default_factory=list)
@@ -244,10 +248,18 @@ class HospitalGenerator(ChartRecords):
                 ward_id = seeded_uuid(rng)
                 locations.append(LocationSpec(ward_id, facility.id, f"Service {ward}", "ward"))
                 pools.wards.append(ward_id)
+                pools.beds[ward_id] = []
                 for room in range(1, 11):
+                    room_id = seeded_uuid(rng)
                     locations.append(
-                        LocationSpec(seeded_uuid(rng), facility.id, f"{ward} — chambre {100 + room}", "room")
+                        LocationSpec(room_id, facility.id, f"Chambre {100 + room}", "room", ward_id)
                     )
+                    # 1 or 2 beds a room, drawn from the room's id (not from `rng`: the rest of
+                    # the hospital stays what it was for the same seed).
+                    for letter in "AB"[: 1 + room_id.int % 2]:
+                        bed_id = uuid.uuid5(room_id, f"bed-{letter}")
+                        locations.append(LocationSpec(bed_id, facility.id, f"Lit {letter}", "bed", room_id))
+                        pools.beds[ward_id].append(bed_id)
             for number in range(1, 5 + rng.randrange(3)):
                 clinic_id = seeded_uuid(rng)
                 locations.append(

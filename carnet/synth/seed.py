@@ -328,6 +328,7 @@ def _write_organisation(
                     "name": loc.name,
                     "kind": loc.kind,
                     "active": True,
+                    "part_of_id": loc.part_of,
                 }
                 for loc in org.locations
             ],

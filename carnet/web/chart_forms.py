@@ -76,6 +76,7 @@ def admit(
     patient_id: str,
     kind: Annotated[str, Form(max_length=12)],
     location_id: Annotated[str, Form(max_length=40)] = "",
+    bed_id: Annotated[str, Form(max_length=40)] = "",
     start_at: Annotated[str, Form(max_length=30)] = "",
 ) -> Response:
     _require_clinician(request, actor, "Encounter", AuditKind.PHI_CREATE)
@@ -88,11 +89,15 @@ def admit(
                 raise InvalidInput("the admission time must be a date and time") from None
         if kind not in STAY_KINDS:
             raise InvalidInput("choose the kind of stay: inpatient, emergency or outpatient")
-        if kind == "inpatient" and not location_id:
+        if kind == "inpatient" and not (location_id or bed_id):
             raise InvalidInput("an inpatient stay needs its ward")
         try:
             data = EncounterInput(
-                patient_id=patient_id, kind=kind, start_at=start, location_id=location_id or None
+                patient_id=patient_id,
+                kind=kind,
+                start_at=start,
+                location_id=location_id or None,
+                bed_id=bed_id or None,
             )
         except ValidationError:
             raise InvalidInput("check the kind of stay and its ward") from None
@@ -110,13 +115,17 @@ def transfer(
     encounter_id: str,
     expected_version: Annotated[int, Form()],
     location_id: Annotated[str, Form(max_length=40)] = "",
+    bed_id: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
     _require_clinician(request, actor, "Encounter", AuditKind.PHI_UPDATE)
     try:
-        if not location_id:
-            raise InvalidInput("choose the ward the patient moves to")
+        if not (location_id or bed_id):
+            raise InvalidInput("choose the ward or the bed the patient moves to")
         Gate(runtime_of(request), actor).transfer_encounter(
-            encounter_id=encounter_id, expected_version=expected_version, location_id=location_id
+            encounter_id=encounter_id,
+            expected_version=expected_version,
+            location_id=location_id or None,
+            bed_id=bed_id or None,
         )
     except (Conflict, InvalidInput) as exc:
         return _stays_again(request, actor, patient_id, exc)

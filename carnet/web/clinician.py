@@ -21,7 +21,6 @@ from carnet.identity.authenticate import Authenticator
 from carnet.identity.dependencies import runtime_of
 from carnet.kernel import clock, localtime
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound, StepUpRequired
-from carnet.org import directory as org_directory
 from carnet.phi.gate import AllergyWarning, Gate
 from carnet.phi.schemas import (
     CONDITION_CLINICAL_STATUSES,
@@ -215,6 +214,16 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["may_admit"] = Role.PHYSICIAN in actor.roles
     context["ward_choices"] = choices.wards(request, actor) if "stays" in names else []
     context["ward_names"] = {w.id: w.name for w in context["ward_choices"]}
+    stays_shown = context.get("stays") or []
+    if "stays" in names:
+        # The beds of the stays listed, named; the free beds a physician admits or transfers to.
+        held = [s.bed_id for s in stays_shown if s.bed_id] + [
+            b.bed_id for s in stays_shown for b in s.beds or []
+        ]
+        context["bed_names"] = choices.place_labels(request, actor, held) if held else {}
+        context["bed_choices"] = choices.free_beds(request, actor) if context["may_admit"] else []
+    else:
+        context["bed_names"], context["bed_choices"] = {}, []
     # Allergies: coded from the ATC catalogue (a class or a substance), recorded by clinicians.
     context["may_record_allergy"] = bool(actor.roles & CLINICAL_ROLES)
     context["allergy_choices"] = (
@@ -289,14 +298,14 @@ def current_stay(request: Request, actor: Actor, patient_id: str) -> dict[str, A
     if stay is None:
         return None
     where = ""
-    if stay.location_id:
+    wanted = [x for x in (stay.location_id, stay.bed_id) if x]
+    if wanted:
         try:
-            entry = org_directory.read_entry(
-                runtime_of(request), actor=actor, kind="Location", entry_id=stay.location_id
-            )
-            where = entry.name if isinstance(entry, org_directory.LocationEntry) else ""
+            labels = choices.place_labels(request, actor, wanted)
         except NotFound:
-            where = ""
+            labels = {}
+        # "Ward · Room · Bed": where to find the patient, at a glance.
+        where = " · ".join(labels[x] for x in wanted if x in labels)
     return {"kind": stay.kind or "", "since": stay.start_at, "where": where, "id": stay.id}
 
 

@@ -526,9 +526,21 @@ _FORMS: dict[str, str] = {
     "a discharge happens after the admission and not in the future": (
         "une sortie a lieu après l'admission et pas dans le futur"
     ),
-    "a transfer names a new location (or a new attending physician)": (
-        "un transfert indique un nouveau lieu (ou un nouveau médecin responsable)"
+    "a transfer names a new location or bed (or a new attending physician)": (
+        "un transfert indique un nouveau lieu ou un nouveau lit (ou un nouveau médecin responsable)"
     ),
+    "this bed is taken by another stay in progress: choose a free bed": (
+        "ce lit est occupé par un autre séjour en cours : choisissez un lit libre"
+    ),
+    "this bed is not in the stay's ward: choose a bed of that ward": (
+        "ce lit n'est pas dans le service du séjour : choisissez un lit de ce service"
+    ),
+    "this location is not a bed": "ce lieu n'est pas un lit",
+    "this bed is closed": "ce lit est fermé",
+    "this bed belongs to no ward": "ce lit n'est rattaché à aucun service",
+    "name one bed for the stay": "indiquez un seul lit pour le séjour",
+    "unknown ward": "service inconnu",
+    "choose the ward or the bed the patient moves to": "choisissez le service ou le lit où va le patient",
     "an admission starts now or in the past (book an appointment for later)": (
         "une admission commence maintenant ou dans le passé (prenez un rendez-vous pour plus tard)"
     ),

@@ -75,8 +75,10 @@ def adt(
     klass: str = "I",
     sending: str = "ADT",
     when: str | None = None,
+    room_bed: str = "101^1",
 ) -> str:
-    """An ADT^<event> in its v2.5 structure (A01, A02, A03, A04, A08, A11, A12, A13)."""
+    """An ADT^<event> in its v2.5 structure (A01, A02, A03, A04, A08, A11, A12, A13); PV1-3 is
+    the point of care (`location`), then `room_bed` (room^bed)."""
     structure = STRUCTURES[event]
     message = Message(structure, version="2.5", validation_level=VALIDATION_LEVEL.STRICT)
     _msh(message, sending=sending, facility="HOSP", kind=f"ADT^{event}^{structure}", control=control)
@@ -91,7 +93,7 @@ def adt(
     pv1.pv1_1 = "1"
     pv1.pv1_2 = klass
     if location:
-        pv1.pv1_3 = f"{location}^101^1"
+        pv1.pv1_3 = f"{location}^{room_bed}"
     if attending:
         pv1.pv1_7 = f"{attending}^DUPONT^JEAN"
     if visit:

@@ -488,6 +488,7 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.billing_worklist(page=0),
     ),
     "ward_board": ("nurse", lambda g, w: g.ward_board(), None),  # type: ignore[dict-item]
+    "free_beds": ("physician", lambda g, w: g.free_beds(), lambda g, w: g.free_beds(ward_id=MISSING)),
     "list_allergies": (
         "physician",
         lambda g, w: g.list_allergies(patient_id=w.patient),

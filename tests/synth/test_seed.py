@@ -196,6 +196,23 @@ def test_seed_writes_every_kind_of_record_on_both_databases(runtime: Runtime) ->
         current = session.scalars(select(Encounter).where(Encounter.status == "in-progress")).all()
         wards = set(session.scalars(select(WardAssignment.location_id)))
         assert all(e.location_id in wards for e in current)
+        # ...in a bed of that ward (one stay a bed), the wards laid out in rooms of 1 or 2 beds.
+        places = {loc.id: loc for loc in session.scalars(select(Location))}
+        in_beds = [e for e in current if e.bed_id is not None]
+        assert in_beds and len({e.bed_id for e in in_beds}) == len(in_beds)
+        for e in in_beds:
+            bed = places[e.bed_id]  # type: ignore[index]
+            room = places[bed.part_of_id]  # type: ignore[index]
+            assert (bed.kind, room.kind, room.part_of_id) == ("bed", "room", e.location_id)
+            assert e.bed_history is not None and str(bed.id) in e.bed_history
+        for ward in (loc for loc in places.values() if loc.kind == "ward"):
+            rooms = [r for r in places.values() if r.part_of_id == ward.id]
+            counts = Counter(
+                b.part_of_id
+                for b in places.values()
+                if b.kind == "bed" and b.part_of_id in {r.id for r in rooms}
+            )
+            assert len(rooms) == 10 and set(counts.values()) <= {1, 2} and len(counts) == 10
         # Every staff role at every facility, and every grant is active.
         grants = session.execute(
             select(RoleGrant.facility_id, RoleGrant.role, RoleGrant.status).join(

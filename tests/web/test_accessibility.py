@@ -21,7 +21,7 @@ from carnet.access.roles import Role
 from carnet.identity import sessions
 from carnet.kernel import clock
 from carnet.phi.gate import Gate
-from carnet.phi.schemas import AllergyInput, AppointmentInput, PaymentInput, PrescriptionInput
+from carnet.phi.schemas import AllergyInput, AppointmentInput, EncounterInput, PaymentInput, PrescriptionInput
 from carnet.runtime import Runtime
 from tests import factories
 from tests.web.conftest import Hospital, Person, make_person
@@ -151,6 +151,19 @@ def tour(sqlite_runtime: Runtime, hospital: Hospital, movable_clock: clock.Movab
         "admin": make_person(runtime, "adm.axe", roles=(Role.SYSTEM_ADMINISTRATOR,), facility_id=facility),
     }
     values = _seed(runtime, hospital)
+    # The nurse's bed board: her ward's rooms and beds, the patient in one, the others free.
+    ward = factories.make_location(runtime, facility)
+    placed = factories.make_beds(
+        runtime, facility, ward, {"Chambre 1": ["Lit A", "Lit B"], "Chambre 2": ["Lit A"]}
+    )
+    nurse_practitioner = people["nurse"].practitioner_id
+    assert nurse_practitioner is not None
+    factories.assign_ward(runtime, practitioner_id=nurse_practitioner, location_id=ward, facility_id=facility)
+    Gate(runtime, staff_actor(hospital.physician, Role.PHYSICIAN)).admit_patient(
+        data=EncounterInput(
+            patient_id=hospital.my_patient, kind="inpatient", bed_id=str(placed["Chambre 1/Lit A"])
+        )
+    )
     clerk = staff_actor(people["billing"], Role.BILLING)
     Gate(runtime, clerk).record_payment(
         data=PaymentInput(invoice_id=values["invoice"], expected_version=1, amount_cents=1000, method="card")

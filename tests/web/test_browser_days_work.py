@@ -126,7 +126,7 @@ def test_front_desk_checks_in_and_nurse_reads_the_ward_board_in_french(
     page.get_by_role("link", name="Tableau du service", exact=True).click()
     page.get_by_role("heading", name=re.compile("^Tableau du service")).wait_for()
     board = page.get_by_role("row").filter(has_text="Lefebvre, Odile")
-    board.get_by_role("cell", name="hospitalisation").wait_for()
+    board.get_by_role("cell", name="56 ans").wait_for()  # her age (born 17 May 1970)
     assert page.get_by_text("Durand").count() == 0  # not in her ward
     if os.environ.get("CARNET_SCREENSHOTS"):
         page.screenshot(path=str(SHOTS / "32-ward-board.png"), full_page=True)

@@ -30,12 +30,15 @@ FORM_SOURCES = [
     ROOT / "scheduling/operations.py",
     ROOT / "scheduling/rules.py",
     ROOT / "records/stays.py",
+    ROOT / "records/beds.py",
     ROOT / "records/orders.py",
     ROOT / "prescriptions/operations.py",
     ROOT / "billing/operations.py",
     ROOT / "patients/merge.py",
 ]
-RAISED = {"InvalidInput", "Conflict", "again"}  # again: a page shown again with its problem
+RAISED = {"InvalidInput", "Conflict", "again"}
+# Pure rules that return their refusal (the operation raises it): their returned sentences.
+RETURNED = {ROOT / "records/beds.py"}  # again: a page shown again with its problem
 SAMPLES = {"name": "the start", "what": "stopping"}
 # English words no French sentence of ours contains.
 ENGLISH = re.compile(
@@ -72,6 +75,12 @@ def form_messages() -> dict[str, str]:
                 continue
             if node.args and (text := _text(node.args[0])) is not None:
                 found[text] = f"{path.relative_to(ROOT)}:{node.lineno}"
+        if path in RETURNED:
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Return) and node.value is not None:
+                    text = _text(node.value)
+                    if text is not None and " " in text:
+                        found[text] = f"{path.relative_to(ROOT)}:{node.lineno}"
     return found
 
 

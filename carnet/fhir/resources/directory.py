@@ -83,19 +83,31 @@ def organization_to_fhir(e: FacilityEntry) -> dict[str, Any]:
     )
 
 
+# carnet's kinds of location as FHIR location-physical-type codes (a clinic has none).
+PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"
+PHYSICAL_TYPES = {"ward": ("wa", "Ward"), "room": ("ro", "Room"), "bed": ("bd", "Bed")}
+
+
+def physical_type(kind: str) -> dict[str, Any]:
+    code = PHYSICAL_TYPES.get(kind)
+    if code is None:
+        return {"text": kind}
+    return {"coding": [{"system": PHYSICAL_TYPE, "code": code[0], "display": code[1]}], "text": kind}
+
+
 def location_to_fhir(e: LocationEntry) -> dict[str, Any]:
-    return checked(
-        Location,
-        {
-            "resourceType": "Location",
-            "id": e.id,
-            "meta": {"versionId": "1"},
-            "status": "active" if e.active else "inactive",
-            "name": e.name,
-            "physicalType": {"text": e.kind},
-            "managingOrganization": {"reference": f"Organization/{e.facility_id}"},
-        },
-    )
+    resource: dict[str, Any] = {
+        "resourceType": "Location",
+        "id": e.id,
+        "meta": {"versionId": "1"},
+        "status": "active" if e.active else "inactive",
+        "name": e.name,
+        "physicalType": physical_type(e.kind),
+        "managingOrganization": {"reference": f"Organization/{e.facility_id}"},
+    }
+    if e.part_of_id:
+        resource["partOf"] = {"reference": f"Location/{e.part_of_id}"}  # a bed's room, a room's ward
+    return checked(Location, resource)
 
 
 def _to_fhir(resource_type: str, entry: Any) -> dict[str, Any]:

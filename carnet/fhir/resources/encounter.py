@@ -69,7 +69,7 @@ def encounter_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
             "class": {"system": ENCOUNTER_CLASS, "code": klass},
             "subject": ref("Patient", d.get("patient_id")),
             "period": clean({"start": when(d.get("start_at")), "end": when(d.get("end_at"))}),
-            "location": [{"location": ref("Location", d["location_id"])}] if d.get("location_id") else None,
+            "location": _locations(d) or None,
             "participant": [{"individual": ref("Practitioner", d["attending_id"])}]
             if d.get("attending_id")
             else None,
@@ -79,16 +79,72 @@ def encounter_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     return checked(Encounter, resource)
 
 
+PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"
+
+
+def _physical(code: str) -> dict[str, Any]:
+    return {"coding": [{"system": PHYSICAL_TYPE, "code": code}]}
+
+
+def _locations(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """Encounter.location[]: the ward, then every bed the stay has been in with its period
+    (the beds before completed, the bed held active while the stay is in progress)."""
+    entries: list[dict[str, Any]] = []
+    going = d.get("status") == "in-progress"
+    if d.get("location_id"):
+        entries.append(
+            {
+                "location": ref("Location", d["location_id"]),
+                "status": "active" if going else "completed",
+                "physicalType": _physical("wa"),
+            }
+        )
+    for period in d.get("beds") or []:
+        current = going and period.get("end") is None
+        entries.append(
+            {
+                "location": ref("Location", period["bed_id"]),
+                "status": "active" if current else "completed",
+                "physicalType": _physical("bd"),
+                "period": clean({"start": when(period.get("start")), "end": when(period.get("end"))}),
+            }
+        )
+    if d.get("bed_id") and not d.get("beds"):
+        entries.append(
+            {
+                "location": ref("Location", d["bed_id"]),
+                "status": "active" if going else "completed",
+                "physicalType": _physical("bd"),
+            }
+        )
+    return entries
+
+
 ENCOUNTER_KINDS = {"IMP": "inpatient", "AMB": "outpatient", "EMER": "emergency"}
 
 
-def _encounter_location(body: dict[str, Any]) -> str | None:
-    """The location a stay is at: the entry marked active, or else the last one listed."""
+def _current_locations(body: dict[str, Any]) -> list[str]:
+    """Where a stay is: the entries marked active (a ward and a bed), or else the last one."""
     entries = [e for e in body.get("location") or [] if isinstance(e, dict)]
     if not entries:
-        return None
-    current = next((e for e in entries if e.get("status") == "active"), entries[-1])
-    return reference_id((current.get("location") or {}).get("reference"), "Location")
+        return []
+    current = [e for e in entries if e.get("status") == "active"] or [entries[-1]]
+    found = [reference_id((e.get("location") or {}).get("reference"), "Location") for e in current]
+    return [f for f in found if f is not None]
+
+
+def _encounter_location(body: dict[str, Any]) -> str | None:
+    """The location a stay is at (a ward, or a bed: then its ward is the stay's)."""
+    found = _current_locations(body)
+    return found[0] if found else None
+
+
+def _encounter_bed(body: dict[str, Any]) -> str | None:
+    """A second current location: the bed beside the ward (carnet tells which is which)."""
+    found = _current_locations(body)
+    if len(found) > 2:
+        raise InvalidInput("Encounter.location: name at most a ward and a bed as active")
+    return found[1] if len(found) == 2 else None
 
 
 def _encounter_attending(body: dict[str, Any]) -> str | None:
@@ -117,6 +173,7 @@ def encounter_input(body: dict[str, Any]) -> EncounterInput:
         "start_at": parse_instant(start, "period.start") if start else None,
         "location_id": _encounter_location(body),
         "attending_id": _encounter_attending(body),
+        "bed_id": _encounter_bed(body),
     }
     return schema_input(EncounterInput, values, "Encounter")  # type: ignore[no-any-return]
 
@@ -174,6 +231,7 @@ def encounter_change(body: dict[str, Any], encounter_id: str, version: int) -> t
             "expected_version": version,
             "location_id": _encounter_location(body),
             "attending_id": _encounter_attending(body),
+            "bed_id": _encounter_bed(body),
         }
     if status == "entered-in-error":
         return "mark_encounter_entered_in_error", {"encounter_id": encounter_id, "expected_version": version}
