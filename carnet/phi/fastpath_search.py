@@ -182,3 +182,45 @@ def offer_section(body: Callable[..., Any], statement: SectionStatement) -> None
         return section_read(core, guard, run, kwargs, declared)
 
     setattr(body, "__gate_fast__", fast)  # noqa: B010
+
+
+# How many Patient searches took the fast path in this process (tests read it; not a metric).
+searched = 0
+
+
+def patient_search(
+    core: GateCore, guard: Guard, run: Callable[[GuardedTx], Any], kwargs: dict[str, Any]
+) -> tuple[bool, Any]:
+    """The fast variant of a Patient search (an identifier, a family name and birth date, or a
+    name among the actor's own patients): the first pipeline (facility scope, account and
+    grants, containment state), the body unchanged (its rules of specificity, its decisions,
+    the candidates it asks and decrypts, through the session, after the scope is entered), then
+    the closing pipeline (exposure rows, the search's detection events, audit append, commit)."""
+    global searched
+    if not _eligible(core, guard, kwargs, one_patient=False):
+        return False, None
+    runtime = core._runtime
+    attempted: list[uuid.UUID] = []
+    try:
+        with runtime.session_factory.begin() as session:
+            tx = _first_round_trip(core, session, guard, None, one_patient=False)
+            try:
+                result = run(tx)
+            finally:
+                attempted = list(tx.patient_ids)
+            fastpath._closing_round_trip(core, session, guard, tx)
+        with _counts_lock:
+            searched += 1
+        return True, result
+    except _Decline:
+        return False, None
+    except Exception as exc:
+        with _counts_lock:
+            searched += 1
+        core._fail(guard, exc, attempted)
+        raise  # _fail always raises
+
+
+def offer_search(body: Callable[..., Any]) -> None:
+    """Offer the fast variant for `body`, a Patient search (see `patient_search`)."""
+    setattr(body, "__gate_fast__", patient_search)  # noqa: B010
