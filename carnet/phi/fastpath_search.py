@@ -16,10 +16,19 @@ only after it: a refusal drops them unseen. Then the closing pipeline: exposure 
 append, commit. A body that asks anything else (a note's versions, a report's results) asks the
 database through the session, as on the general path.
 
+The Patient search (`patient_search`: an identifier, family + birth date, a name among one's
+own patients) runs on the same machinery without reading a patient ahead: the first pipeline
+enters the scope and reads the account, its grants and the containment state; the body runs
+unchanged (its specificity rules, its decisions, the candidates it asks and decrypts, the
+relationships of what it found, all through the session after the scope is entered); the
+closing pipeline carries the exposure rows, the search's detection events (when Redis counts
+them) and the audit append with the commit.
+
 It declines, as the patient read does, for anything but a staff session on PostgreSQL (tokens
 and their category limits, patient actors, SQLite, unknown ledgers or writers) and when the
 scope it set is not the kernel's; the one path then runs, having done nothing yet.
-tests/phi/test_fastpath_search.py proves both paths answer, audit and count alike.
+tests/phi/test_fastpath_search.py and tests/phi/test_fastpath_patient_search.py prove both
+paths answer, audit and count alike.
 """
 
 from __future__ import annotations
