@@ -15,6 +15,13 @@ a loaded machine; this is not:
   exact calls per read and the share of profiled time of each step and package.
 
     .venv/bin/python -m benchmarks.read_calls [--reads 600] [--profile /tmp/read.prof]
+    .venv/bin/python -m benchmarks.read_calls --operation name     # or birth, identifier
+
+`--operation` measures a Patient search instead of the read, as `fhir_load` and the GNU Health
+side by side send it: `name`, a family name alone by a ward physician among the 800 patients of
+their care list (each name borne by one of them); `birth`, family name and birth date of one of
+five patients of a physician's care (of 30), as the GNU Health side by side asks; `identifier`,
+one of those patients' INS.
 
 Creates and drops its own database; empties Redis database CARNET_BENCH_REDIS_URL (default 14).
 """
@@ -34,11 +41,20 @@ import uuid
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
 
 from benchmarks._db import bench_database
-from benchmarks.fhir_load import ORIGIN, baseline_accounts, make_clinicians, seed_patients
+from benchmarks.fhir_load import (
+    ORIGIN,
+    WARD_CARE_LIST,
+    baseline_accounts,
+    make_clinicians,
+    plain_patient,
+    searchable_families,
+    seed_patients,
+)
 from carnet.crypto.keys import FileKeyProvider
 from carnet.runtime import build_runtime
 from carnet.settings import Environment, Settings
@@ -50,12 +66,16 @@ REDIS_URL = os.environ.get("CARNET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"
 STEPS = (
     ("session cookie -> Actor", "resolve", "identity/authenticate.py"),
     ("the fast read (gate)", "patient_read", "phi/fastpath.py"),
+    ("the fast search (gate)", "patient_search", "phi/fastpath_search.py"),
+    ("the general path (gate)", "_run", "phi/kernel.py"),
     ("  first pipeline", "_first_round_trip", "phi/fastpath.py"),
     ("  operation body", "read", "patients/operations.py"),
+    ("  operation body (search)", "search", "patients/operations.py"),
     ("  closing pipeline", "_closing_round_trip", "phi/fastpath.py"),
     ("    detection", "record", "detection/ledger.py"),
     ("    detection's Redis script", "_one_round_trip", "detection/ledger.py"),
     ("FHIR mapping + shape check", "patient_to_fhir", "resources/patient.py"),
+    ("FHIR search engine", "respond", "fhir/core/search.py"),
     ("FastAPI routing", "_match", "fastapi/routing.py"),
 )
 PACKAGES = (
@@ -73,6 +93,9 @@ PACKAGES = (
 )
 
 
+OPERATIONS = ("read", "name", "birth", "identifier")
+
+
 def _scope(headers: dict[str, str], path: str) -> dict[str, Any]:
     """The scope uvicorn gives the app (the workstation's address as the peer, as the
     benchmark's proxy headers make it)."""
@@ -82,9 +105,9 @@ def _scope(headers: dict[str, str], path: str) -> dict[str, Any]:
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
+        "path": path.partition("?")[0],
+        "raw_path": path.partition("?")[0].encode(),
+        "query_string": path.partition("?")[2].encode(),
         "root_path": "",
         "headers": [(b"host", b"127.0.0.1")]
         + [(k.lower().encode(), v.encode()) for k, v in headers.items() if k.lower() != "x-forwarded-for"],
@@ -110,7 +133,34 @@ async def _call(app: Any, scope: dict[str, Any]) -> None:
         raise RuntimeError(f"{scope['path']} answered {status}")
 
 
-def run(reads: int, profile_out: Path | None) -> str:
+def _pairs(
+    runtime: Any, facility: uuid.UUID, operation: str, history: list[tuple[uuid.UUID, list[uuid.UUID]]]
+) -> list[tuple[dict[str, str], str]]:
+    """The requests measured: (headers, path and query)."""
+    ids, _ = seed_patients(runtime, facility, 0, 600 if operation == "read" else 4 * WARD_CARE_LIST)
+    index_of = {pid: n for n, pid in enumerate(ids)}
+    if operation == "name":
+        wards = make_clinicians(runtime, facility, ids, 4, per=WARD_CARE_LIST, history=history)
+        return [
+            (w.headers, f"/fhir/Patient?family={quote(name)}")
+            for w in wards
+            for name in searchable_families(w.patients, index_of)
+        ]
+    clinicians = make_clinicians(runtime, facility, ids, 20, history=history)
+    if operation == "read":
+        return [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
+    out = []
+    for c in clinicians:
+        for p in c.patients[5:10]:  # five patients each, as the GNU Health side by side asks
+            x = plain_patient(index_of[p])
+            query = f"identifier={x['ins']}"
+            if operation == "birth":
+                query = f"family={quote(x['family'])}&birthdate={x['birth_date']}"
+            out.append((c.headers, f"/fhir/Patient?{query}"))
+    return out
+
+
+def run(reads: int, profile_out: Path | None, operation: str = "read") -> str:
     from carnet.app import create_app
 
     with bench_database("readcalls") as url, tempfile.TemporaryDirectory() as tmp:
@@ -123,17 +173,17 @@ def run(reads: int, profile_out: Path | None) -> str:
         try:
             redis.Redis.from_url(REDIS_URL).flushdb()
             facility = make_facility(runtime)
-            ids, _ = seed_patients(runtime, facility, 0, 600)
             history: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
-            clinicians = make_clinicians(runtime, facility, ids, 20, history=history)
+            pairs = _pairs(runtime, facility, operation, history)
             baseline_accounts(runtime, history)
-            pairs = [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
             random.Random(1).shuffle(pairs)
             scopes = [_scope(h, p) for h, p in pairs]
+            while len(scopes) < reads:  # a few searches, each asked again (as fhir_load asks them)
+                scopes += scopes[: reads - len(scopes)]
             n = min(reads, len(scopes))
             app = create_app(runtime)
             profile = cProfile.Profile(time.thread_time)
-            lines = [f"load average {os.getloadavg()[0]:.2f} at the start (2 cores)", ""]
+            lines = [f"{operation}: load average {os.getloadavg()[0]:.2f} at the start (2 cores)", ""]
             asyncio.run(_drive(app, scopes, n, profile, lines))
             lines.append(f"load average {os.getloadavg()[0]:.2f} at the end")
         finally:
@@ -153,12 +203,13 @@ async def _drive(
     async with app.router.lifespan_context(app):
         for scope in scopes[:100]:  # warm: pools, prepared statements, caches
             await _call(app, scope)
-        for label, batch in (("/healthz", [health] * n), ("guarded read", scopes[:n])):
-            began = time.process_time()
+        for label, batch in (("/healthz", [health] * n), ("guarded request", scopes[:n])):
+            began, wall = time.process_time(), time.perf_counter()
             for scope in batch:
                 await _call(app, scope)
             lines.append(
                 f"{label}: {1000 * (time.process_time() - began) / n:.2f} ms process CPU per request"
+                f" ({1000 * (time.perf_counter() - wall) / n:.2f} ms wall, one at a time)"
             )
         original = anyio.to_thread.run_sync
 
@@ -179,7 +230,7 @@ def _report(stats: pstats.Stats, n: int) -> str:
     entries: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in entries.values())
     calls = sum(v[1] for v in entries.values())
-    out = [f"**{calls / n:,.0f} Python function calls per read** ({n} reads profiled)", ""]
+    out = [f"**{calls / n:,.0f} Python function calls per request** ({n} requests profiled)", ""]
     out += ["| step | share of profiled CPU | calls of it per read |", "|---|---|---|"]
     for label, function, where in STEPS:
         found = [v for k, v in entries.items() if k[2] == function and k[0].endswith(where)]
@@ -202,9 +253,10 @@ def main() -> None:
     )
     parser.add_argument("--reads", type=int, default=600)
     parser.add_argument("--profile", type=Path, default=None, help="also write the cProfile stats here")
+    parser.add_argument("--operation", choices=OPERATIONS, default="read")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    print(run(args.reads, args.profile))
+    print(run(args.reads, args.profile, args.operation))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """carnet side by side with GNU Health (HMIS 5.0, on Tryton), on this machine.
 
     .venv/bin/python -m benchmarks.gnuhealth [--patients 10000] [--seconds 15] [--rounds 3]
+        [--only name,birth]     # some of read,name,birth,create (default: all)
 
 What it does, in one run (never part of `make test`):
 1. installs GNU Health from PyPI into its own virtual environment (var/gnuhealth/venv, pinned

@@ -62,6 +62,9 @@ READ_FIELDS = [
     "party.federation_account", "party.addresses", "party.contact_mechanisms",
 ]  # fmt: skip
 SEARCH_FIELDS = ["puid", "party.name", "party.lastname", "party.dob", "party.gender"]
+# What is measured (`--only`): all by default.
+OPERATIONS = ("read", "name", "birth", "create")
+ONLY: set[str] = set(OPERATIONS)
 
 
 # -- GNU Health: install, database, server --------------------------------------------------------
@@ -406,28 +409,33 @@ def _measure(
             wrk_load(gh_base, "warm-up", clients, 5, read_g, error_marker='"error"'),
         ]
         for r in range(rounds):
-            _timed(
-                cases["read"],
-                carnet_server.pid,
-                carnet_db,
-                lambda: wrk_load(carnet_base, "carnet read", clients, seconds, read_c),
-                True,
-            )
-            _timed(
-                cases["read"],
-                gh_server.pid,
-                gh_db,
-                lambda: wrk_load(gh_base, "GNU Health read", clients, seconds, read_g, '"error"'),
-                False,
-            )
-            cases["name"].carnet.append(wrk_load(carnet_base, "carnet name", 1, seconds, name_c))
-            cases["name"].gnuhealth.append(
-                wrk_load(gh_base, "GNU Health name", 1, seconds, name_g, '"error"')
-            )
-            cases["birth"].carnet.append(wrk_load(carnet_base, "carnet birth", 1, seconds, birth_c))
-            cases["birth"].gnuhealth.append(
-                wrk_load(gh_base, "GNU Health birth", 1, seconds, birth_g, '"error"')
-            )
+            if "read" in ONLY:
+                _timed(
+                    cases["read"],
+                    carnet_server.pid,
+                    carnet_db,
+                    lambda: wrk_load(carnet_base, "carnet read", clients, seconds, read_c),
+                    True,
+                )
+                _timed(
+                    cases["read"],
+                    gh_server.pid,
+                    gh_db,
+                    lambda: wrk_load(gh_base, "GNU Health read", clients, seconds, read_g, '"error"'),
+                    False,
+                )
+            if "name" in ONLY:
+                cases["name"].carnet.append(wrk_load(carnet_base, "carnet name", 1, seconds, name_c))
+                cases["name"].gnuhealth.append(
+                    wrk_load(gh_base, "GNU Health name", 1, seconds, name_g, '"error"')
+                )
+            if "birth" in ONLY:
+                cases["birth"].carnet.append(wrk_load(carnet_base, "carnet birth", 1, seconds, birth_c))
+                cases["birth"].gnuhealth.append(
+                    wrk_load(gh_base, "GNU Health birth", 1, seconds, birth_g, '"error"')
+                )
+            if "create" not in ONLY:
+                continue
             desks = desk_sessions[r * 8 : (r + 1) * 8]
 
             def create(
@@ -479,6 +487,8 @@ def _report(
     ]
     errors = sum(r.errors for r in warm)
     for case in cases.values():
+        if not case.carnet:
+            continue  # not measured in this run (--only)
         ratios = case.ratios()
         mid = sorted(range(len(ratios)), key=lambda i: ratios[i])[len(ratios) // 2]
         c, g = case.carnet[mid], case.gnuhealth[mid]
@@ -507,7 +517,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--only", default=",".join(OPERATIONS), help=f"the operations measured, of {','.join(OPERATIONS)}"
+    )
     args = parser.parse_args()
+    ONLY.clear()
+    ONLY.update(args.only.split(","))
+    if not ONLY or not set(OPERATIONS) >= ONLY:
+        parser.error(f"--only takes some of {','.join(OPERATIONS)}")
     if args.patients < 2000 or args.rounds < 1 or args.clients < 1:
         parser.error("--patients at least 2000, --rounds and --clients at least 1")
     report, errors = run(args.patients, args.seconds, args.rounds, args.clients)

@@ -75,6 +75,7 @@ ACTOR_STATE = select(_STATES.status, _STATES.reason, _STATES.restored_at).where(
     _STATES.actor_ref == bindparam("actor_ref", type_=String())
 )
 INSERT_EXPOSURE = insert(cast(Table, Exposure.__table__))
+INSERT_EVENT = insert(cast(Table, DetectionEvent.__table__))
 _FETCH = object()  # `record`'s default: read the actor's state itself
 
 _PENDING = "carnet.detection.pending"
@@ -153,10 +154,13 @@ class SqlExposureLedger:
         fields: Sequence[str] = (),
         state: object = _FETCH,
         exposure_rows: list[dict[str, Any]] | None = None,
+        event_rows: list[dict[str, Any]] | None = None,
     ) -> None:
         """`state`: the actor's ActorState row (`ACTOR_STATE`) when the caller already read it
-        in this transaction; `exposure_rows`: where to put the exposure rows for the caller to
-        insert in this transaction (the gate's fast read sends them with its audit append)."""
+        in this transaction; `exposure_rows`, `event_rows`: where to put the exposure rows and
+        the search events' rows (`INSERT_EVENT`) for the caller to insert in this transaction
+        (the gate's fast read sends them with its audit append). Event rows are handed over only
+        when Redis counts the events: the SQL counters count the rows, which must be there first."""
         at = clock.now()
         if state is _FETCH:
             state = session.connection().execute(ACTOR_STATE, {"actor_ref": actor.actor_ref}).first()
@@ -215,7 +219,12 @@ class SqlExposureLedger:
             # patients, "bert", "rous"): counted with the partial searches it is.
             events.append((EventKind.WILDCARD_SEARCH, query_shape.term_digest[:80] or "-"))
         for kind, key in events:
-            self._add_event(session, actor=actor, kind=kind, key=key, at=at)
+            if event_rows is not None and redis is not None:
+                event_rows.append(
+                    {"id": new_id(), "actor_ref": actor.actor_ref, "kind": kind.value, "key": key, "at": at}
+                )
+            else:
+                self._add_event(session, actor=actor, kind=kind, key=key, at=at)
         if not distinct and not events:
             if redis is not None:
                 self.check_not_contained(state, actor=actor)  # no script to read the flag

@@ -46,7 +46,7 @@ from carnet.audit.interfaces import Outcome
 from carnet.audit.writer import SqlAuditWriter, append_one_statement
 from carnet.db.base import detached
 from carnet.detection.administration import WATCHED, WatchedAuditWriter
-from carnet.detection.ledger import ACTOR_STATE, INSERT_EXPOSURE, SqlExposureLedger
+from carnet.detection.ledger import ACTOR_STATE, INSERT_EVENT, INSERT_EXPOSURE, SqlExposureLedger
 from carnet.identity.models import Account
 from carnet.kernel import clock
 from carnet.kernel.ids import parse_id
@@ -134,6 +134,7 @@ class _Statements:
     patient: _Compiled
     tagged: _Compiled
     exposure: _Compiled
+    event: _Compiled
 
 
 _compiled: dict[str, _Statements] = {}
@@ -154,6 +155,7 @@ def _statements(dialect: Dialect) -> _Statements:
             patient=_compile(_PATIENT_BY_ID, dialect),
             tagged=_compile(tagged, dialect),
             exposure=_compile(INSERT_EXPOSURE, dialect, column_keys=exposure_keys),
+            event=_compile(INSERT_EVENT, dialect, column_keys=["id", "actor_ref", "kind", "key", "at"]),
         )
         _compiled[dialect.name] = found
     return found
@@ -224,7 +226,8 @@ def _writer(audit: Any) -> Any:
     return audit.inner if isinstance(audit, WatchedAuditWriter) else audit
 
 
-def _eligible(core: GateCore, guard: Guard, kwargs: dict[str, Any]) -> bool:
+def _eligible(core: GateCore, guard: Guard, kwargs: dict[str, Any], *, one_patient: bool = True) -> bool:
+    """`one_patient`: the operation reads one patient's record, named by `patient_id`."""
     runtime = core._runtime
     actor = core.actor
     return (
@@ -237,7 +240,7 @@ def _eligible(core: GateCore, guard: Guard, kwargs: dict[str, Any]) -> bool:
         and type(_writer(runtime.audit)) is SqlAuditWriter
         and guard.kind not in WATCHED
         and runtime.engine.dialect.name == "postgresql"
-        and isinstance(kwargs.get("patient_id"), str | uuid.UUID)
+        and (not one_patient or isinstance(kwargs.get("patient_id"), str | uuid.UUID))
     )
 
 
@@ -284,10 +287,12 @@ def _first_round_trip(
     *,
     also: Sequence[tuple[_Compiled, dict[str, Any]]] = (),
     tx_type: type[_FastTx] = _FastTx,
+    one_patient: bool = True,
 ) -> _FastTx:
     """The first pipeline; `also`: more statements (and their parameters) sent in it, after
     the scope is entered (row-level security holds for them), read before the decision and
-    kept on the transaction for the body, which uses them only after it (carnet.phi.fastpath_search)."""
+    kept on the transaction for the body, which uses them only after it (carnet.phi.fastpath_search).
+    Without `one_patient` (a search), neither the patient row nor relationships are read ahead."""
     runtime = core._runtime
     actor = core.actor
     statements = _statements(session.get_bind().dialect)
@@ -307,7 +312,10 @@ def _first_round_trip(
         scope_cursor.execute(_SCOPE_SQL, {"account": actor.account_id, "roles": roles}, prepare=True)
         raw.execute(_SET_ROLE)
         cursors = []
-        for compiled in (statements.account, statements.state, statements.patient, statements.tagged):
+        ahead: list[_Compiled] = [statements.account, statements.state]
+        if one_patient:
+            ahead += [statements.patient, statements.tagged]
+        for compiled in ahead:
             cursor = raw.cursor()
             params = {**compiled.defaults, **{k: v for k, v in values.items() if k in compiled.defaults}}
             if compiled is statements.patient and pid is None:
@@ -320,14 +328,8 @@ def _first_round_trip(
             cursor.execute(compiled.sql, params, prepare=True)
             more.append((cursor, compiled))
     scope_row = scope_cursor.fetchone()
-    account_rows, state_rows, patient_rows, tagged_rows = (
-        _rows(c, s)
-        for c, s in zip(
-            cursors,
-            (statements.account, statements.state, statements.patient, statements.tagged),
-            strict=True,
-        )
-    )
+    read = [_rows(c, s) for c, s in zip(cursors, ahead, strict=True)]
+    account_rows, state_rows, patient_rows, tagged_rows = read if one_patient else [*read, [], []]
     ctx = from_rows(
         actor, [_Row(r) for r in account_rows], now=now, contact=runtime.settings.security_contact
     )
@@ -368,6 +370,7 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     audit = cast(SqlAuditWriter, _writer(runtime.audit))
     state = session.info.pop(_STATE, None)
     rows: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     for exposure in tx.exposures:
         ledger.record(
             session,
@@ -380,6 +383,7 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
             fields=exposure.fields,
             state=state,
             exposure_rows=rows,
+            event_rows=events,
         )
     record = core._record(guard.kind, Outcome.SUCCESS, tx)
     statements = _statements(session.get_bind().dialect)
@@ -390,6 +394,8 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     with raw.pipeline():
         if rows:
             raw.cursor().executemany(statements.exposure.sql, rows)
+        if events:
+            raw.cursor().executemany(statements.event.sql, events)
         audit_cursor = raw.cursor()
         audit_cursor.execute(sql, params, prepare=True)
         if not tx.after_audit:

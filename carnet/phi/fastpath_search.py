@@ -16,10 +16,19 @@ only after it: a refusal drops them unseen. Then the closing pipeline: exposure 
 append, commit. A body that asks anything else (a note's versions, a report's results) asks the
 database through the session, as on the general path.
 
+The Patient search (`patient_search`: an identifier, family + birth date, a name among one's
+own patients) runs on the same machinery without reading a patient ahead: the first pipeline
+enters the scope and reads the account, its grants and the containment state; the body runs
+unchanged (its specificity rules, its decisions, the candidates it asks and decrypts, the
+relationships of what it found, all through the session after the scope is entered); the
+closing pipeline carries the exposure rows, the search's detection events (when Redis counts
+them) and the audit append with the commit.
+
 It declines, as the patient read does, for anything but a staff session on PostgreSQL (tokens
 and their category limits, patient actors, SQLite, unknown ledgers or writers) and when the
 scope it set is not the kernel's; the one path then runs, having done nothing yet.
-tests/phi/test_fastpath_search.py proves both paths answer, audit and count alike.
+tests/phi/test_fastpath_search.py and tests/phi/test_fastpath_patient_search.py prove both
+paths answer, audit and count alike.
 """
 
 from __future__ import annotations
@@ -182,3 +191,45 @@ def offer_section(body: Callable[..., Any], statement: SectionStatement) -> None
         return section_read(core, guard, run, kwargs, declared)
 
     setattr(body, "__gate_fast__", fast)  # noqa: B010
+
+
+# How many Patient searches took the fast path in this process (tests read it; not a metric).
+searched = 0
+
+
+def patient_search(
+    core: GateCore, guard: Guard, run: Callable[[GuardedTx], Any], kwargs: dict[str, Any]
+) -> tuple[bool, Any]:
+    """The fast variant of a Patient search (an identifier, a family name and birth date, or a
+    name among the actor's own patients): the first pipeline (facility scope, account and
+    grants, containment state), the body unchanged (its rules of specificity, its decisions,
+    the candidates it asks and decrypts, through the session, after the scope is entered), then
+    the closing pipeline (exposure rows, the search's detection events, audit append, commit)."""
+    global searched
+    if not _eligible(core, guard, kwargs, one_patient=False):
+        return False, None
+    runtime = core._runtime
+    attempted: list[uuid.UUID] = []
+    try:
+        with runtime.session_factory.begin() as session:
+            tx = _first_round_trip(core, session, guard, None, one_patient=False)
+            try:
+                result = run(tx)
+            finally:
+                attempted = list(tx.patient_ids)
+            fastpath._closing_round_trip(core, session, guard, tx)
+        with _counts_lock:
+            searched += 1
+        return True, result
+    except _Decline:
+        return False, None
+    except Exception as exc:
+        with _counts_lock:
+            searched += 1
+        core._fail(guard, exc, attempted)
+        raise  # _fail always raises
+
+
+def offer_search(body: Callable[..., Any]) -> None:
+    """Offer the fast variant for `body`, a Patient search (see `patient_search`)."""
+    setattr(body, "__gate_fast__", patient_search)  # noqa: B010

@@ -79,6 +79,8 @@ for _body, _statement in (
     (interventions.list_statements, interventions.section_of(RT.MEDICATION_STATEMENT)),
 ):
     fastpath_search.offer_section(_body, _statement)
+# And the Patient search (identifier, family + birth date, a name among one's own patients).
+fastpath_search.offer_search(patients.search)
 
 # A transaction step: (the name of a write operation, its keyword arguments built from the
 # results of the steps before it).
