@@ -84,6 +84,9 @@ class LogEntry:
     digest: str
     message_type: str
     received_at: Any
+    # The listener found no log line of this control id just before (see InterfaceService):
+    # none is looked up again; the log's unique key refuses a twin that logged it meanwhile.
+    unlogged: bool = False
 
 
 @dataclass
@@ -213,7 +216,7 @@ class MessageWork:
             if link.new
         ]
         if added:
-            self.tx.session.execute(insert(_LINKS), added)
+            self.tx.session.connection().execute(insert(_LINKS), added)
         changed = [
             {
                 "link_id": link.id,
@@ -380,11 +383,15 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
     tx.query = f"hl7;type={log.message_type}"
     tx.reasons.append("HL7 v2 interface message")
     # The log line of this control id (a message refused before and sent again), held until commit.
-    earlier = tx.session.execute(
-        select(_MESSAGES.c.id, _MESSAGES.c.status)
-        .where(_MESSAGES.c.interface_id == log.interface_id, _MESSAGES.c.control_id == log.control_id)
-        .with_for_update()
-    ).first()
+    earlier = (
+        None
+        if log.unlogged
+        else tx.session.execute(
+            select(_MESSAGES.c.id, _MESSAGES.c.status)
+            .where(_MESSAGES.c.interface_id == log.interface_id, _MESSAGES.c.control_id == log.control_id)
+            .with_for_update()
+        ).first()
+    )
     if earlier is not None and earlier.status == "accepted":
         raise Replayed
     work = MessageWork(tx=tx, facility_id=facility_id)
@@ -405,13 +412,20 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
         "patient_ids": " ".join(patients),
     }
     if earlier is None:  # the unique control id: a concurrent twin fails here, before the audit
-        tx.session.execute(
-            insert(_MESSAGES).values(
-                id=new_id(), interface_id=log.interface_id, control_id=log.control_id, replays=0, **line
-            )
+        tx.session.connection().execute(
+            insert(_MESSAGES),
+            [
+                {
+                    "id": new_id(),
+                    "interface_id": log.interface_id,
+                    "control_id": log.control_id,
+                    "replays": 0,
+                    **line,
+                }
+            ],
         )
     else:
-        tx.session.execute(update(_MESSAGES).where(_MESSAGES.c.id == earlier.id).values(**line))
+        tx.session.connection().execute(update(_MESSAGES).where(_MESSAGES.c.id == earlier.id).values(**line))
     tx.session.flush()  # what the operations left in the session, before the audit
     return patients
 

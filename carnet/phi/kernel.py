@@ -106,6 +106,7 @@ _SCOPE_ACTIONS = {
 }
 
 _PATIENTS = cast(Table, Patient.__table__)
+_VERSIONS = cast(Table, ResourceVersion.__table__)
 _MERGED_IN = _PATIENTS.alias("merged_in")
 # The record, and whether any duplicate was merged into it (most never were: no second query).
 _PATIENT_BY_ID = select(
@@ -493,8 +494,8 @@ class GuardedTx:
                 }
             )
             self.resource_ids.append(str(resource_id))
-        if rows:
-            self.session.execute(insert(ResourceVersion), rows)
+        if rows:  # Core on the transaction's connection: no ORM unit of work for plain rows
+            self.session.connection().execute(insert(_VERSIONS), rows)
 
     def bump(self, model: Any, row: Any, expected_version: int, **values: Any) -> None:
         """Update a versioned row only if nobody changed it since `expected_version` (If-Match)."""
