@@ -8,14 +8,15 @@ import json
 import uuid
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, insert, select
+from sqlalchemy import Select, Table, select
 
 from carnet.audit.interfaces import AuditKind
+from carnet.db.prepared import PreparedInsert
 from carnet.detection.interfaces import Channel
 from carnet.kernel.errors import Conflict, Forbidden, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
-from carnet.phi.kernel import RT, GuardedTx, guarded
+from carnet.phi.kernel import RT, VERSION_ROWS, GuardedTx, guarded
 from carnet.phi.schemas import (
     CONDITION_CLINICAL_STATUSES,
     CONDITION_VERIFICATION_STATUSES,
@@ -700,8 +701,8 @@ def _check_result(tx: GuardedTx, number: int, data: ObservationInput) -> None:
         raise InvalidInput(f"result {number}: its time has a time zone and is not in the future")
 
 
-_REPORTS = cast(Table, DiagnosticReport.__table__)
-_OBSERVATIONS = cast(Table, Observation.__table__)
+_REPORT_ROWS = PreparedInsert(cast(Table, DiagnosticReport.__table__))
+_OBSERVATION_ROWS = PreparedInsert(cast(Table, Observation.__table__))
 
 
 def _observation_data(row: dict[str, Any]) -> dict[str, Any]:
@@ -741,7 +742,7 @@ def record_observations(
     if len(wanted) != 1:
         raise InvalidInput("results recorded together are one patient's")
     author = result_author(tx)
-    patient = tx.patient_for_write(results[0].patient_id)
+    patient = tx.patient_to_file_under(results[0].patient_id)
     tx.authorize(patient, RT.OBSERVATION, write=True)
     if report is not None:
         tx.authorize(patient, RT.DIAGNOSTIC_REPORT, write=True)
@@ -759,9 +760,8 @@ def record_observations(
     report_row: dict[str, Any] | None = None
     conclusion = None
     now = tx.now
-    # Rows as plain values inserted by Core statements on the transaction's connection (not ORM
-    # instances through the unit of work): a laboratory feed's hot path.
-    connection = tx.session.connection()
+    # Rows as plain values, inserted together at the end (not ORM instances through the unit of
+    # work): a laboratory feed's hot path.
     if report is not None:
         report_order = orders.patient_order(tx, report.order_id, patient)
         report_id = new_id()
@@ -784,7 +784,6 @@ def record_observations(
             "created_at": now,
             "updated_at": now,
         }
-        connection.execute(insert(_REPORTS), [report_row])  # before the results naming it
     rows: list[dict[str, Any]] = []
     for data in results:
         order = answered[data.order_id]
@@ -813,8 +812,6 @@ def record_observations(
                 "updated_at": now,
             }
         )
-    # One INSERT for every result (executemany), and one for their versions.
-    connection.execute(insert(_OBSERVATIONS), rows)
     observed = [_observation_data(row) for row in rows]
     versions: list[tuple[RT, uuid.UUID, dict[str, Any], str]] = [
         (RT.OBSERVATION, row["id"], data, "create") for row, data in zip(rows, observed, strict=True)
@@ -842,7 +839,14 @@ def record_observations(
         done = orders.advance(tx, order, patient, report_row["status"] if report_row is not None else "final")
         if done is not None and order is not None:
             versions.append((RT.SERVICE_REQUEST, order.id, done, "update"))
-    tx.snapshots(patient, versions)
+    # The report (before the results naming it), the results and every version: one pipeline.
+    tx.insert_rows(
+        [
+            (_REPORT_ROWS, [report_row] if report_row is not None else []),
+            (_OBSERVATION_ROWS, rows),
+            (VERSION_ROWS, tx.version_rows(patient, versions)),
+        ]
+    )
     rels = tx.relationships_of([patient])
     mine = rels.get(patient.id, frozenset())
     fields = tx.read_fields(mine, RT.OBSERVATION)
