@@ -61,47 +61,50 @@ class PreparedSelect:
 
 @dataclass(frozen=True)
 class _CompiledInsert:
-    sql: str  # one row
-    many: str  # every row at once (PostgreSQL: unnest of one array per column)
     names: tuple[str, ...]
     processors: tuple[Callable[[Any], Any] | None, ...]
 
 
 class PreparedInsert:
-    """An INSERT of every column of `table` (each row names them all), compiled once per
-    dialect by SQLAlchemy, each value through its column type's own bind processing (UTC
-    datetimes); see `insert_rows`."""
+    """An INSERT of every column of `table` (each row names them all), each value through its
+    column type's own bind processing (UTC datetimes); see `insert_rows`."""
 
     def __init__(self, table: Table) -> None:
         self.table = table
         self.names = tuple(c.key for c in table.columns)
         self._compiled: dict[str, _CompiledInsert] = {}
+        self._many: dict[int, str] = {}
 
     def _for(self, connection: Connection) -> _CompiledInsert:
         dialect = connection.dialect
         found = self._compiled.get(dialect.name)
         if found is None:
-            sql = str(insert(self.table).compile(dialect=dialect, column_keys=list(self.names)))
-            columns = [self.table.c[name] for name in self.names]
-            processors = tuple(c.type._cached_bind_processor(dialect) for c in columns)
-            # Several rows as one statement: a typed array per column, unnested into rows.
-            arrays = ", ".join(f"%({c.key})s::{c.type.compile(dialect=dialect)}[]" for c in columns)
-            many = (
-                f"INSERT INTO {self.table.name} ({', '.join(c.name for c in columns)})"  # noqa: S608
-                f" SELECT * FROM unnest({arrays})"
-            )
-            found = self._compiled[dialect.name] = _CompiledInsert(sql, many, self.names, processors)
+            insert(self.table).compile(dialect=dialect)  # resolves the foreign keys' column types
+            processors = tuple(self.table.c[name].type._cached_bind_processor(dialect) for name in self.names)
+            found = self._compiled[dialect.name] = _CompiledInsert(self.names, processors)
         return found
 
-    def columns(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
-        """The rows as one list of bound values per column (for `many`)."""
+    def many(self, count: int) -> str:
+        """`count` rows in one statement (PostgreSQL, psycopg placeholders): the values are
+        typed by the columns they go to."""
+        sql = self._many.get(count)
+        if sql is None:
+            row = "(" + ", ".join(["%s"] * len(self.names)) + ")"
+            columns = ", ".join(self.table.c[name].name for name in self.names)
+            sql = self._many[count] = (
+                f"INSERT INTO {self.table.name} ({columns}) VALUES {', '.join([row] * count)}"  # noqa: S608
+            )
+        return sql
+
+    def values(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        """The rows' bound values, row after row, in the order of `many`."""
         compiled = self._for(connection)
-        out: dict[str, list[Any]] = {}
-        for name, processor in zip(compiled.names, compiled.processors, strict=True):
-            values = [row[name] for row in rows]
-            if processor is not None:
-                values = [processor(v) if v is not None else v for v in values]
-            out[name] = values
+        pairs = list(zip(compiled.names, compiled.processors, strict=True))
+        out: list[Any] = []
+        for row in rows:
+            for name, processor in pairs:
+                value = row[name]
+                out.append(processor(value) if processor is not None and value is not None else value)
         return out
 
 
@@ -109,10 +112,10 @@ def insert_rows(
     connection: Connection, batches: Sequence[tuple[PreparedInsert, Sequence[dict[str, Any]]]]
 ) -> None:
     """Insert each batch of rows (every column named), in order, in the connection's
-    transaction. On PostgreSQL with psycopg: each batch one statement (a typed array per
-    column, unnested), all of them in one pipeline (sent before any answer is read; psycopg
-    prepares them on the connection), not a Core execution and a round trip per row; its errors
-    raised as SQLAlchemy's (IntegrityError...). Elsewhere, one Core executemany per batch."""
+    transaction. On PostgreSQL with psycopg: each batch one multi-row INSERT, all of them in one
+    pipeline (sent before any answer is read; psycopg prepares them on the connection), not a
+    Core execution and a round trip per row; its errors raised as SQLAlchemy's
+    (IntegrityError...). Elsewhere, one Core executemany per batch."""
     batches = [(prepared, rows) for prepared, rows in batches if rows]
     if not batches:
         return
@@ -125,7 +128,7 @@ def insert_rows(
     try:
         with raw.pipeline(), raw.cursor() as cursor:
             for prepared, rows in batches:
-                sql = prepared._for(connection).many
-                cursor.execute(sql, prepared.columns(connection, rows))
+                sql = prepared.many(len(rows))
+                cursor.execute(sql, prepared.values(connection, rows))
     except psycopg.Error as exc:
         raise DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
