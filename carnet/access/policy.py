@@ -8,6 +8,7 @@ role, resource type or relationship gets no field. docs/ACCESS.md is generated f
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -546,6 +547,21 @@ def ever_reads(roles: Iterable[Role | str], resource: ResourceType) -> bool:
     chart section none of them ever opens is not worth asking the gate for (its refusal would
     count with the actor's denials)."""
     return any(READ_RULES.get(role, {}).get(resource) for role in _roles(roles))
+
+
+@functools.cache
+def _decided_by_facility_alone(roles: frozenset[Role]) -> bool:
+    known = _roles(roles)
+    if not known or any(READ_RULES.get(role) for role in known):
+        return False
+    return all(rels <= {R.FACILITY} for role in known for rels in WRITE_RULES.get(role, {}).values())
+
+
+def decided_by_facility_alone(roles: Iterable[Role | str]) -> bool:
+    """Whether these roles read nothing and write only by the facility relationship (an HL7
+    interface): no care relationship (care team, appointment, stay...) can change one of their
+    decisions, nor what they are shown (nothing), so the gate need not look them up."""
+    return _decided_by_facility_alone(frozenset(_roles(roles)))
 
 
 def readable_fields(

@@ -1,4 +1,5 @@
-"""A Core SELECT run on PostgreSQL as a server-side prepared statement through psycopg itself.
+"""A Core SELECT run on PostgreSQL as a server-side prepared statement through psycopg itself;
+Core INSERTs of plain rows sent together in one psycopg pipeline (`insert_rows`).
 
 For the statements every request runs (the session cookie's lookup): the SQL is compiled once
 by SQLAlchemy, so it is the same statement, and psycopg prepares it on each connection, so
@@ -13,7 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select
+import psycopg
+from sqlalchemy import Connection, Select, Table, insert
+from sqlalchemy.exc import DBAPIError
 
 
 @dataclass(frozen=True)
@@ -54,3 +57,78 @@ class PreparedSelect:
             )
             for row in rows
         ]
+
+
+@dataclass(frozen=True)
+class _CompiledInsert:
+    names: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+
+class PreparedInsert:
+    """An INSERT of every column of `table` (each row names them all), each value through its
+    column type's own bind processing (UTC datetimes); see `insert_rows`."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.names = tuple(c.key for c in table.columns)
+        self._compiled: dict[str, _CompiledInsert] = {}
+        self._many: dict[int, str] = {}
+
+    def _for(self, connection: Connection) -> _CompiledInsert:
+        dialect = connection.dialect
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            insert(self.table).compile(dialect=dialect)  # resolves the foreign keys' column types
+            processors = tuple(self.table.c[name].type._cached_bind_processor(dialect) for name in self.names)
+            found = self._compiled[dialect.name] = _CompiledInsert(self.names, processors)
+        return found
+
+    def many(self, count: int) -> str:
+        """`count` rows in one statement (PostgreSQL, psycopg placeholders): the values are
+        typed by the columns they go to."""
+        sql = self._many.get(count)
+        if sql is None:
+            row = "(" + ", ".join(["%s"] * len(self.names)) + ")"
+            columns = ", ".join(self.table.c[name].name for name in self.names)
+            sql = self._many[count] = (
+                f"INSERT INTO {self.table.name} ({columns}) VALUES {', '.join([row] * count)}"  # noqa: S608
+            )
+        return sql
+
+    def values(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        """The rows' bound values, row after row, in the order of `many`."""
+        compiled = self._for(connection)
+        pairs = list(zip(compiled.names, compiled.processors, strict=True))
+        out: list[Any] = []
+        for row in rows:
+            for name, processor in pairs:
+                value = row[name]
+                out.append(processor(value) if processor is not None and value is not None else value)
+        return out
+
+
+def insert_rows(
+    connection: Connection, batches: Sequence[tuple[PreparedInsert, Sequence[dict[str, Any]]]]
+) -> None:
+    """Insert each batch of rows (every column named), in order, in the connection's
+    transaction. On PostgreSQL with psycopg: each batch one multi-row INSERT, all of them in one
+    pipeline (sent before any answer is read; psycopg prepares them on the connection), not a
+    Core execution and a round trip per row; its errors raised as SQLAlchemy's
+    (IntegrityError...). Elsewhere, one Core executemany per batch."""
+    batches = [(prepared, rows) for prepared, rows in batches if rows]
+    if not batches:
+        return
+    if connection.dialect.name != "postgresql" or connection.dialect.driver != "psycopg":
+        for prepared, rows in batches:
+            connection.execute(insert(prepared.table), list(rows))
+        return
+    raw: Any = connection.connection.driver_connection
+    sql = ""
+    try:
+        with raw.pipeline(), raw.cursor() as cursor:
+            for prepared, rows in batches:
+                sql = prepared.many(len(rows))
+                cursor.execute(sql, prepared.values(connection, rows))
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, psycopg.Error) from exc

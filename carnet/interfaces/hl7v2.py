@@ -239,8 +239,10 @@ def _text(segment: Any, index: int) -> str:
 def _component(segment: Any, index: int, component: int, repetition: int = 0) -> str:
     """Component `component` (1-based) of repetition `repetition` of field `index`."""
     value = _field(segment, index)
-    if value is None or str(value) == "":
+    if value is None:
         return ""
+    # No str() of the whole field first (python-hl7 joins it again at every call): an empty
+    # field reads as "" through the same steps.
     if isinstance(value, hl7.Field):
         reps = list(value)
         if not reps:

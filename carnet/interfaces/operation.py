@@ -15,16 +15,17 @@ message is either applied and logged as accepted, or not applied at all.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, select, update
 
 from carnet.access.actor import ActorKind
 from carnet.access.policy import ResourceType
 from carnet.audit.interfaces import AuditKind
 from carnet.crypto.blind import IndexKind
+from carnet.db.prepared import PreparedInsert
 from carnet.interfaces.hl7v2 import ErrorCode, MessageError
 from carnet.interfaces.models import InterfaceLink, InterfaceMessage
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
@@ -84,6 +85,9 @@ class LogEntry:
     digest: str
     message_type: str
     received_at: Any
+    # The listener found no log line of this control id just before (see InterfaceService):
+    # none is looked up again; the log's unique key refuses a twin that logged it meanwhile.
+    unlogged: bool = False
 
 
 @dataclass
@@ -103,6 +107,8 @@ class Link:
 _LINKS = cast(Table, InterfaceLink.__table__)
 _MESSAGES = cast(Table, InterfaceMessage.__table__)
 _PATIENTS = cast(Table, Patient.__table__)
+_LINK_ROWS = PreparedInsert(_LINKS)
+_MESSAGE_ROWS = PreparedInsert(_MESSAGES)
 # A link read with whether its patient was merged (one statement, not two); Core, not the ORM:
 # a message reads and writes its links as plain rows.
 _LINK_BY_KEY = (
@@ -196,8 +202,9 @@ class MessageWork:
         row.reference_range = reference_range
         row.abnormal_flags = abnormal_flags
 
-    def write_links(self) -> None:
-        """The links this message made or changed, each kind of write in one statement."""
+    def write_links(self, then: Sequence[tuple[PreparedInsert, Sequence[dict[str, Any]]]] = ()) -> None:
+        """The links this message made or changed, each kind of write in one statement; the new
+        ones and the rows of `then` inserted together (one pipeline on PostgreSQL)."""
         links = [link for link in self._links.values() if link is not None]
         added = [
             {
@@ -212,8 +219,6 @@ class MessageWork:
             for link in links
             if link.new
         ]
-        if added:
-            self.tx.session.execute(insert(_LINKS), added)
         changed = [
             {
                 "link_id": link.id,
@@ -235,6 +240,7 @@ class MessageWork:
                 ),
                 changed,
             )
+        self.tx.insert_rows([(_LINK_ROWS, added), *then])
         for link in links:
             link.new = link.changed = False
 
@@ -423,11 +429,15 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
     tx.query = f"hl7;type={log.message_type}"
     tx.reasons.append("HL7 v2 interface message")
     # The log line of this control id (a message refused before and sent again), held until commit.
-    earlier = tx.session.execute(
-        select(_MESSAGES.c.id, _MESSAGES.c.status)
-        .where(_MESSAGES.c.interface_id == log.interface_id, _MESSAGES.c.control_id == log.control_id)
-        .with_for_update()
-    ).first()
+    earlier = (
+        None
+        if log.unlogged
+        else tx.session.execute(
+            select(_MESSAGES.c.id, _MESSAGES.c.status)
+            .where(_MESSAGES.c.interface_id == log.interface_id, _MESSAGES.c.control_id == log.control_id)
+            .with_for_update()
+        ).first()
+    )
     if earlier is not None and earlier.status == "accepted":
         raise Replayed
     work = MessageWork(tx=tx, facility_id=facility_id)
@@ -436,7 +446,6 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
     except MessageError as exc:
         raise MessageRefused(exc) from None
     tx.resource_ids.extend(work.touched)
-    work.write_links()
     patients = list(dict.fromkeys(str(p) for p in tx.patient_ids))
     line = {
         "digest": log.digest,
@@ -448,13 +457,11 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
         "patient_ids": " ".join(patients),
     }
     if earlier is None:  # the unique control id: a concurrent twin fails here, before the audit
-        tx.session.execute(
-            insert(_MESSAGES).values(
-                id=new_id(), interface_id=log.interface_id, control_id=log.control_id, replays=0, **line
-            )
-        )
+        row = {"id": new_id(), "interface_id": log.interface_id, "control_id": log.control_id, "replays": 0}
+        work.write_links(then=[(_MESSAGE_ROWS, [{**row, **line}])])
     else:
-        tx.session.execute(update(_MESSAGES).where(_MESSAGES.c.id == earlier.id).values(**line))
+        work.write_links()
+        tx.session.connection().execute(update(_MESSAGES).where(_MESSAGES.c.id == earlier.id).values(**line))
     tx.session.flush()  # what the operations left in the session, before the audit
     return patients
 

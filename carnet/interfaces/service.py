@@ -7,6 +7,7 @@ the type, the status and carnet's reason, carnet's patient ids.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import ipaddress
@@ -115,6 +116,9 @@ class _Incoming:
     digest: str
     now: dt.datetime
     stripe: int  # its patient's lock (per-patient order)
+    # No log line had its control id when its replay was looked up: the guarded transaction
+    # need not look again (a twin logging it meanwhile fails on the log's unique key).
+    unlogged: bool = False
 
 
 _INTERNAL = MessageError("carnet could not apply the message: nothing was changed", code=ErrorCode.INTERNAL)
@@ -189,12 +193,13 @@ class InterfaceService:
         incoming = self._identify(raw, peer, candidates)
         if isinstance(incoming, str):
             return incoming
-        replay = self._replay(incoming.interface, incoming.head, incoming.digest)
+        replay, logged = self._replay_lookup(incoming.interface, incoming.head, incoming.digest)
         if replay is not None:
             return replay
         refused = self._admit(incoming)
         if refused is not None:
             return refused
+        incoming = dataclasses.replace(incoming, unlogged=not logged)
         with self._stripes[incoming.stripe]:  # one message at a time per patient, in the order received
             return self._apply_one(incoming)
 
@@ -212,7 +217,7 @@ class InterfaceService:
                 answers[i] = incoming
             else:
                 found.append((i, incoming))
-        replays = self._replays([incoming for _, incoming in found])
+        replays, logged = self._replays([incoming for _, incoming in found])
         ready: list[tuple[int, _Incoming]] = []
         # A control id sent twice in one batch (a sender that resent before its ACK): the
         # second waits for the group, then is answered as `receive` answers it (a replay).
@@ -222,7 +227,10 @@ class InterfaceService:
             answers[i] = replays.get(id(incoming)) or self._admit(incoming)
             key = (incoming.interface.id, incoming.head.control_id)
             if answers[i] is None:
-                (again if key in claimed else ready).append((i, incoming))
+                if key in claimed:
+                    again.append((i, incoming))
+                else:
+                    ready.append((i, dataclasses.replace(incoming, unlogged=id(incoming) not in logged)))
                 claimed.add(key)
         # Every patient of the batch held for its whole application (taken in one order: two
         # batches never wait on each other in a cycle), as `receive` holds one.
@@ -327,6 +335,7 @@ class InterfaceService:
             digest=incoming.digest,
             message_type=head.message_type,
             received_at=incoming.now,
+            unlogged=incoming.unlogged,
         )
         return {
             "log": entry,
@@ -373,6 +382,10 @@ class InterfaceService:
     def _replay(self, interface: Registered, head: Header, digest: str) -> str | None:
         """An accepted control id seen again: AA without applying it (the same message), or AE
         (another message reusing the control id)."""
+        return self._replay_lookup(interface, head, digest)[0]
+
+    def _replay_lookup(self, interface: Registered, head: Header, digest: str) -> tuple[str | None, bool]:
+        """`_replay`, and whether the control id has a log line (accepted or rejected)."""
         with self.runtime.session_factory.begin() as session:
             row = session.scalar(
                 select(InterfaceMessage).where(
@@ -381,7 +394,7 @@ class InterfaceService:
                 )
             )
             if row is None or row.status != "accepted":
-                return None
+                return None, row is not None
             if row.digest != digest:
                 error = MessageError(
                     "this control id was already used for another message",
@@ -389,32 +402,32 @@ class InterfaceService:
                     segment="MSH",
                     field=10,
                 )
-                return self._nak(head, error, clock.now())
+                return self._nak(head, error, clock.now()), True
             session.execute(
                 update(InterfaceMessage)
                 .where(InterfaceMessage.id == row.id)
                 .values(replays=InterfaceMessage.replays + 1)
             )
-        return self._ack_replay(head, clock.now())
+        return self._ack_replay(head, clock.now()), True
 
-    def _replays(self, incoming: list[_Incoming]) -> dict[int, str]:
+    def _replays(self, incoming: list[_Incoming]) -> tuple[dict[int, str], set[int]]:
         """`_replay` for messages received together, in one transaction: the answer of each one
-        that is a replay (keyed by `id()` of its _Incoming)."""
+        that is a replay, and which have a log line (both keyed by `id()` of its _Incoming)."""
         if not incoming:
-            return {}
+            return {}, set()
         answers: dict[int, str] = {}
         with self.runtime.session_factory.begin() as session:
             rows = session.scalars(
                 select(InterfaceMessage).where(
                     InterfaceMessage.interface_id.in_({i.interface.id for i in incoming}),
                     InterfaceMessage.control_id.in_({i.head.control_id for i in incoming}),
-                    InterfaceMessage.status == "accepted",
                 )
             ).all()
-            accepted = {(row.interface_id, row.control_id): row for row in rows}
+            lines = {(row.interface_id, row.control_id): row for row in rows}
+            logged = {id(item) for item in incoming if (item.interface.id, item.head.control_id) in lines}
             for item in incoming:
-                row = accepted.get((item.interface.id, item.head.control_id))
-                if row is None:
+                row = lines.get((item.interface.id, item.head.control_id))
+                if row is None or row.status != "accepted":
                     continue
                 if row.digest != item.digest:
                     error = MessageError(
@@ -431,7 +444,7 @@ class InterfaceService:
                     .values(replays=InterfaceMessage.replays + 1)
                 )
                 answers[id(item)] = self._ack_replay(item.head, clock.now())
-        return answers
+        return answers, logged
 
     def _ack_replay(self, head: Header, now: dt.datetime) -> str:
         return hl7v2.ack(head, AckCode.ACCEPT, control_id=_ack_id(), now=now)

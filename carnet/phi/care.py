@@ -25,7 +25,12 @@ from sqlalchemy.orm import Session
 
 from carnet.access.context import AccessContext
 from carnet.access.models import BreakGlassAccess, WardAssignment
-from carnet.access.policy import APPOINTMENT_WINDOW_AFTER, APPOINTMENT_WINDOW_BEFORE, Relationship
+from carnet.access.policy import (
+    APPOINTMENT_WINDOW_AFTER,
+    APPOINTMENT_WINDOW_BEFORE,
+    Relationship,
+    decided_by_facility_alone,
+)
 from carnet.db.base import UtcDateTime
 from carnet.patients.models import CareRelationship, Patient
 from carnet.scheduling.models import Appointment, Encounter
@@ -222,7 +227,9 @@ def relationships_of(
     if not visible:
         return {}
     rows: list[Any] = []
-    if ctx.practitioner_id is not None or ctx.account_id is not None:
+    if decided_by_facility_alone(ctx.roles):
+        pass  # an HL7 interface: no care relationship changes its decisions; none looked up
+    elif ctx.practitioner_id is not None or ctx.account_id is not None:
         # A NULL practitioner or account matches nothing: those parts simply find no row.
         params = {"ids": visible, "me": ctx.practitioner_id, **window_params(ctx)}
         session.flush()  # a Core statement does not autoflush: see this transaction's own writes

@@ -63,6 +63,7 @@ from carnet.access.scope import ALL_FACILITIES, enter_scope
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.crypto.keyring import Keyring
 from carnet.db.base import detached
+from carnet.db.prepared import PreparedInsert, insert_rows
 from carnet.detection.interfaces import Channel, SearchEvent
 from carnet.identity.oauth import require_scope
 from carnet.kernel import clock
@@ -106,6 +107,10 @@ _SCOPE_ACTIONS = {
 }
 
 _PATIENTS = cast(Table, Patient.__table__)
+_PATIENT_FOR_SHARE = (
+    select(_PATIENTS).where(_PATIENTS.c.id == bindparam("id", type_=Uuid())).with_for_update(read=True)
+)
+VERSION_ROWS = PreparedInsert(cast(Table, ResourceVersion.__table__))
 _MERGED_IN = _PATIENTS.alias("merged_in")
 # The record, and whether any duplicate was merged into it (most never were: no second query).
 _PATIENT_BY_ID = select(
@@ -280,6 +285,20 @@ class GuardedTx:
         )
         if patient is None:
             raise NotFound(NOT_FOUND)
+        self.patient_ids.append(patient.id)
+        return patient
+
+    def patient_to_file_under(self, patient_id: str | uuid.UUID) -> Patient:
+        """`patient_for_write` (FOR SHARE, the latest committed row) for a write that files
+        records under the patient and never changes the patient row itself: one Core statement
+        and a detached instance (`carnet.db.base.detached`), not the ORM's query and identity
+        map. Read its fields; never change it."""
+        pid = patient_id if isinstance(patient_id, uuid.UUID) else parse_id(patient_id)
+        self.session.flush()  # a Core statement does not autoflush
+        row = self.session.connection().execute(_PATIENT_FOR_SHARE, {"id": pid}).first() if pid else None
+        if row is None:
+            raise NotFound(NOT_FOUND)
+        patient = detached(Patient, row._asdict())
         self.patient_ids.append(patient.id)
         return patient
 
@@ -473,6 +492,15 @@ class GuardedTx:
         """`snapshot` of several records of one patient written together, each (resource, id,
         content with its version_id, action): one INSERT for all of them (executemany), each
         encrypted as `snapshot` encrypts one."""
+        rows = self.version_rows(patient, versions)
+        if rows:  # Core on the transaction's connection: no ORM unit of work for plain rows
+            self.session.connection().execute(insert(VERSION_ROWS.table), rows)
+
+    def version_rows(
+        self, patient: Patient, versions: Sequence[tuple[ResourceType, uuid.UUID, dict[str, Any], str]]
+    ) -> list[dict[str, Any]]:
+        """The rows `snapshots` inserts (each version encrypted), for a caller that inserts them
+        with its own rows (`insert_rows`)."""
         rows = []
         for resource, resource_id, data, action in versions:
             row_id = new_id()
@@ -493,8 +521,14 @@ class GuardedTx:
                 }
             )
             self.resource_ids.append(str(resource_id))
-        if rows:
-            self.session.execute(insert(ResourceVersion), rows)
+        return rows
+
+    def insert_rows(self, batches: Sequence[tuple[PreparedInsert, Sequence[dict[str, Any]]]]) -> None:
+        """Plain rows (every column named) inserted in this transaction, batch after batch: on
+        PostgreSQL one pipeline of prepared statements (carnet.db.prepared), not the ORM's unit
+        of work nor a round trip per statement. What the session holds pending goes first."""
+        self.session.flush()
+        insert_rows(self.session.connection(), batches)
 
     def bump(self, model: Any, row: Any, expected_version: int, **values: Any) -> None:
         """Update a versioned row only if nobody changed it since `expected_version` (If-Match)."""

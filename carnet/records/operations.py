@@ -6,16 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, Table, select
 
 from carnet.audit.interfaces import AuditKind
+from carnet.db.prepared import PreparedInsert
 from carnet.detection.interfaces import Channel
 from carnet.kernel.errors import Conflict, Forbidden, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
-from carnet.phi.kernel import RT, GuardedTx, guarded
+from carnet.phi.kernel import RT, VERSION_ROWS, GuardedTx, guarded
 from carnet.phi.schemas import (
     CONDITION_CLINICAL_STATUSES,
     CONDITION_VERIFICATION_STATUSES,
@@ -700,6 +701,32 @@ def _check_result(tx: GuardedTx, number: int, data: ObservationInput) -> None:
         raise InvalidInput(f"result {number}: its time has a time zone and is not in the future")
 
 
+_REPORT_ROWS = PreparedInsert(cast(Table, DiagnosticReport.__table__))
+_OBSERVATION_ROWS = PreparedInsert(cast(Table, Observation.__table__))
+
+
+def _observation_data(row: dict[str, Any]) -> dict[str, Any]:
+    """`observation_data` of a result inserted as plain values (no ORM instance)."""
+    return {
+        "id": str(row["id"]),
+        "updated_at": row["updated_at"],
+        "patient_id": str(row["patient_id"]),
+        "category": row["category"],
+        "code": row["code"],
+        "display": row["display"],
+        "value_number": row["value_number"],
+        "unit": row["unit"],
+        "value_text": row["value_text"],
+        "effective_at": row["effective_at"],
+        "status": row["status"],
+        "version_id": row["version_id"],
+        "received": None,
+        "order_id": sid(row["order_id"]),
+        "reference_range": row["reference_range"],
+        "interpretation": row["interpretation"],
+    }
+
+
 @guarded(AuditKind.PHI_CREATE, RT.OBSERVATION, targeted=True)
 def record_observations(
     tx: GuardedTx, /, *, results: list[ObservationInput], report: DiagnosticReportInput | None = None
@@ -715,7 +742,7 @@ def record_observations(
     if len(wanted) != 1:
         raise InvalidInput("results recorded together are one patient's")
     author = result_author(tx)
-    patient = tx.patient_for_write(results[0].patient_id)
+    patient = tx.patient_to_file_under(results[0].patient_id)
     tx.authorize(patient, RT.OBSERVATION, write=True)
     if report is not None:
         tx.authorize(patient, RT.DIAGNOSTIC_REPORT, write=True)
@@ -730,90 +757,96 @@ def record_observations(
         if data.order_id not in answered:
             answered[data.order_id] = orders.patient_order(tx, data.order_id, patient)
     report_order = None
-    report_row: DiagnosticReport | None = None
+    report_row: dict[str, Any] | None = None
     conclusion = None
+    now = tx.now
+    # Rows as plain values, inserted together at the end (not ORM instances through the unit of
+    # work): a laboratory feed's hot path.
     if report is not None:
         report_order = orders.patient_order(tx, report.order_id, patient)
         report_id = new_id()
         conclusion = (report.conclusion or "").strip() or None
-        report_row = DiagnosticReport(
-            id=report_id,
-            facility_id=patient.facility_id,
-            patient_id=patient.id,
-            code=report.code,
-            display=report.display,
-            status=report.status,
-            issued_at=report.issued_at,
-            conclusion_ct=tx.enc(
+        report_row = {
+            "id": report_id,
+            "facility_id": patient.facility_id,
+            "patient_id": patient.id,
+            "code": report.code,
+            "display": report.display,
+            "status": report.status,
+            "issued_at": report.issued_at,
+            "conclusion_ct": tx.enc(
                 conclusion, patient.facility_id, "diagnostic_reports", "conclusion", report_id
             ),
-            performer_id=author,
-            order_id=report_order.id if report_order is not None else None,
-            version_id=1,
-            created_at=tx.now,
-            updated_at=tx.now,
-        )
-        tx.session.add(report_row)
-        tx.session.flush()  # the report's row before the results naming it
-    rows = []
+            "performer_id": author,
+            "received_ct": None,
+            "order_id": report_order.id if report_order is not None else None,
+            "version_id": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
+    rows: list[dict[str, Any]] = []
     for data in results:
         order = answered[data.order_id]
         rows.append(
-            Observation(
-                id=new_id(),
-                facility_id=patient.facility_id,
-                patient_id=patient.id,
-                encounter_id=stays[data.encounter_id],
-                report_id=report_row.id if report_row is not None else None,
-                category=data.category,
-                code=data.code,
-                display=data.display,
-                value_number=data.value_number,
-                unit=data.unit,
-                value_text=data.value_text,
-                effective_at=data.effective_at,
-                status=data.status,
-                performer_id=author,
-                received_ct=None,
-                order_id=order.id if order is not None else None,
-                reference_range=data.reference_range,
-                interpretation=data.interpretation,
-                version_id=1,
-                created_at=tx.now,
-                updated_at=tx.now,
-            )
+            {
+                "id": new_id(),
+                "facility_id": patient.facility_id,
+                "patient_id": patient.id,
+                "encounter_id": stays[data.encounter_id],
+                "report_id": report_row["id"] if report_row is not None else None,
+                "category": data.category,
+                "code": data.code,
+                "display": data.display,
+                "value_number": data.value_number,
+                "unit": data.unit,
+                "value_text": data.value_text,
+                "effective_at": data.effective_at,
+                "status": data.status,
+                "performer_id": author,
+                "received_ct": None,
+                "order_id": order.id if order is not None else None,
+                "reference_range": data.reference_range,
+                "interpretation": data.interpretation,
+                "version_id": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
         )
-    # One INSERT for every result (executemany / insertmanyvalues), and one for their versions.
-    tx.session.execute(
-        insert(Observation),
-        [{c.key: getattr(row, c.key) for c in Observation.__mapper__.column_attrs} for row in rows],
-    )
-    observed = [observation_data(row) for row in rows]
-    versions = [(RT.OBSERVATION, row.id, data, "create") for row, data in zip(rows, observed, strict=True)]
+    observed = [_observation_data(row) for row in rows]
+    versions: list[tuple[RT, uuid.UUID, dict[str, Any], str]] = [
+        (RT.OBSERVATION, row["id"], data, "create") for row, data in zip(rows, observed, strict=True)
+    ]
     report_data: dict[str, Any] | None = None
     if report_row is not None:
         report_data = {
-            "id": str(report_row.id),
-            "updated_at": report_row.updated_at,
+            "id": str(report_row["id"]),
+            "updated_at": now,
             "patient_id": str(patient.id),
             "facility_id": str(patient.facility_id),
-            "code": report_row.code,
-            "display": report_row.display,
-            "status": report_row.status,
-            "issued_at": report_row.issued_at,
+            "code": report_row["code"],
+            "display": report_row["display"],
+            "status": report_row["status"],
+            "issued_at": report_row["issued_at"],
             "conclusion": conclusion,
             "performer_id": sid(author),
-            "result_ids": [str(row.id) for row in rows],
+            "result_ids": [str(row["id"]) for row in rows],
             "version_id": 1,
-            "order_id": sid(report_row.order_id),
+            "order_id": sid(report_row["order_id"]),
         }
-        versions.append((RT.DIAGNOSTIC_REPORT, report_row.id, report_data, "create"))
+        versions.append((RT.DIAGNOSTIC_REPORT, report_row["id"], report_data, "create"))
     # Orders answered by final results are complete (each a new version, kept with the results').
     for order in dict.fromkeys([*answered.values(), report_order]):
-        done = orders.advance(tx, order, patient, report_row.status if report_row is not None else "final")
+        done = orders.advance(tx, order, patient, report_row["status"] if report_row is not None else "final")
         if done is not None and order is not None:
             versions.append((RT.SERVICE_REQUEST, order.id, done, "update"))
-    tx.snapshots(patient, versions)
+    # The report (before the results naming it), the results and every version: one pipeline.
+    tx.insert_rows(
+        [
+            (_REPORT_ROWS, [report_row] if report_row is not None else []),
+            (_OBSERVATION_ROWS, rows),
+            (VERSION_ROWS, tx.version_rows(patient, versions)),
+        ]
+    )
     rels = tx.relationships_of([patient])
     mine = rels.get(patient.id, frozenset())
     fields = tx.read_fields(mine, RT.OBSERVATION)

@@ -145,3 +145,21 @@ def test_deny_by_default() -> None:
     assert not decide(roles=[Role.PHYSICIAN], resource=ResourceType.PATIENT, relationships=[]).allowed
     assert permissions_of(["root"]) == frozenset()
     assert Permission.PATIENT_READ in permissions_of(["physician", "root"])
+
+
+def test_only_a_write_only_facility_feed_is_decided_without_care_relationships() -> None:
+    # The gate skips the care-relationship lookup for such roles (carnet/phi/care.py): it must
+    # be exactly the roles no care relationship can change a decision of.
+    alone = {role for role in Role if policy.decided_by_facility_alone([role])}
+    assert Role.INTERFACE in alone  # and the administrators, who are refused under any relationship
+    assert not alone & {Role.PHYSICIAN, Role.NURSE, Role.FRONT_DESK, Role.API_CLIENT, Role.PATIENT}
+    for role in alone:
+        for resource in ResourceType:
+            for write in (False, True):
+                facility = decide(
+                    roles=[role], resource=resource, relationships=[Relationship.FACILITY], write=write
+                )
+                every = decide(roles=[role], resource=resource, relationships=list(Relationship), write=write)
+                assert (facility.allowed, facility.fields) == (every.allowed, every.fields)
+    assert not policy.decided_by_facility_alone([Role.INTERFACE, Role.PHYSICIAN])
+    assert not policy.decided_by_facility_alone([])

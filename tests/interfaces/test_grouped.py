@@ -272,3 +272,48 @@ def test_messages_on_several_connections_are_each_applied_once_and_acknowledged_
     for n in range(4):  # each patient's messages applied in the order sent
         line = [log_line(runtime, f"D-{n}-{k}") for k in range(5)]
         assert [x.received_at for x in line] == sorted(x.received_at for x in line)
+
+
+def test_a_group_takes_savepoints_only_once_a_message_failed_and_reads_no_care_relationship(
+    runtime: Runtime, hospital: Hospital
+) -> None:
+    """Most groups have no failing message: they run without a savepoint per message; the
+    first failure rolls the group back whole and it runs again with them (the answers, records
+    and audit events are the one-by-one ones: the test above). An interface writes by the
+    facility alone: its decisions read no care relationship."""
+    from sqlalchemy import event
+
+    service = InterfaceService(runtime)
+    candidates = service.candidates(PEER)
+    people = [Person(ipp=f"S-P{n}", family="FAMS", given=f"G{n}", birth=f"19{70 + n}0101") for n in range(2)]
+    _register(service, people)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.split(None, 1)[0].upper() + " " + statement)
+
+    clean = [oru(f"S-{n}", people[n], PANEL[:2], filler=f"S-F{n}") for n in range(2)]
+    event.listen(runtime.engine, "before_cursor_execute", seen)
+    try:
+        answers = service.receive_many([(m, PEER, candidates) for m in clean])
+        assert [msa(a)[1] for a in answers] == ["AA", "AA"]
+        assert not [s for s in statements if s.startswith("SAVEPOINT")]
+        assert not [s for s in statements if "care_relationships" in s]
+        statements.clear()
+        broken = oru("S-3", people[0], [Obx("5909-7", "twelve", "g/dL")], filler="S-F3")
+        again = [broken, oru("S-4", people[1], PANEL[:1], filler="S-F4")]
+        answers = service.receive_many([(m, PEER, candidates) for m in again])
+        assert [msa(a)[1] for a in answers] == ["AE", "AA"]
+        # The second run of the group: a savepoint per message.
+        assert len([s for s in statements if s.startswith("SAVEPOINT")]) == 2
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", seen)
+    with runtime.session_factory() as s:
+        lines = dict(
+            s.execute(
+                select(InterfaceMessage.control_id, InterfaceMessage.status).where(
+                    InterfaceMessage.control_id.like("S-%")
+                )
+            ).all()
+        )
+    assert lines == {"S-0": "accepted", "S-1": "accepted", "S-3": "rejected", "S-4": "accepted"}
