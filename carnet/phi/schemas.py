@@ -36,8 +36,6 @@ class PatientView(Redactable):
     active: bool | None = None
     designated_physician_id: str | None = None
     opposes_other_facilities: bool | None = None
-    # A FHIR update's whole body: it replaces the Patient kept as received.
-    received: dict[str, Any] | None = None
     merged_into_id: str | None = None  # this duplicate was merged into that record
     replaces: list[str] | None = None  # the duplicates merged into this record
 
@@ -409,6 +407,8 @@ class PatientChanges(BaseModel):
     email: str | None = Field(default=None, max_length=200)
     designated_physician_id: str | None = None
     opposes_other_facilities: bool | None = None
+    # A FHIR update's whole body: it replaces the Patient kept as received.
+    received: dict[str, Any] | None = None
 
     @field_validator("ins", mode="before")
     @classmethod
