@@ -178,10 +178,12 @@ def register_patient(
         birth_date=birth_date,
         gender="female",
         ins=ins,
-        phone="06 12 34 56 78",
-        email="patient@example.org",
-        address={"line": "1 rue de Test", "city": "Paris"},
-        **extra,  # type: ignore[arg-type]
+        **{  # type: ignore[arg-type]
+            "phone": "06 12 34 56 78",
+            "email": "patient@example.org",
+            "address": {"line": "1 rue de Test", "city": "Paris"},
+            **extra,
+        },
     )
     return Gate(runtime, clerk).register_patient(data=data)
 

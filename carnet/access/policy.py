@@ -94,6 +94,9 @@ PATIENT_IDENTITY = PATIENT_LOCATE | {
     "replaces",
 }
 PATIENT_CONTACT = frozenset({"address", "phone", "email"})
+# Every field of a patient: with the Patient as received ("received", every element another
+# system sent), granted only with all the others, as for an Observation (see OBSERVATION_ALL).
+PATIENT_ALL = PATIENT_IDENTITY | PATIENT_CONTACT | {"received"}
 APPOINTMENT_ADMIN = frozenset(
     {
         "id",
@@ -150,7 +153,7 @@ PRESCRIPTION_ALL = frozenset(
     }
 )
 COVERAGE_ALL = frozenset(
-    {"id", "patient_id", "kind", "payer", "member_id", "status", "period_start", "period_end"}
+    {"id", "patient_id", "kind", "payer", "member_id", "status", "period_start", "period_end"} | {"received"}
 )
 CARD_READING_ALL = frozenset({"id", "patient_id", "coverage_id", "read_at", "card_serial", "payload"})
 INVOICE_ALL = frozenset(
@@ -279,7 +282,7 @@ INTERVENTION_ALL = frozenset(
 )
 
 ALL_FIELDS: Mapping[ResourceType, frozenset[str]] = {
-    ResourceType.PATIENT: PATIENT_IDENTITY | PATIENT_CONTACT,
+    ResourceType.PATIENT: PATIENT_ALL,
     ResourceType.APPOINTMENT: APPOINTMENT_ALL,
     ResourceType.ENCOUNTER: ENCOUNTER_ALL,
     ResourceType.ALLERGY: ALLERGY_ALL,
@@ -322,7 +325,7 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
     Role.PHYSICIAN: {
         # Locating a patient outside one's care (to break the glass) shows who, not how to reach them.
         T.PATIENT: (
-            (CLINICAL, PATIENT_IDENTITY | PATIENT_CONTACT),
+            (CLINICAL, PATIENT_ALL),
             (frozenset({R.LOCATED}), PATIENT_LOCATE),
         ),
         T.APPOINTMENT: ((CLINICAL, APPOINTMENT_ALL),),
@@ -356,7 +359,7 @@ READ_RULES: Mapping[Role, Mapping[ResourceType, tuple[Grant, ...]]] = {
         **{t: ((NURSING, INTERVENTION_ALL),) for t in INTERVENTIONS},
     },
     Role.FRONT_DESK: {
-        T.PATIENT: ((IN_FACILITY, PATIENT_IDENTITY | PATIENT_CONTACT),),
+        T.PATIENT: ((IN_FACILITY, PATIENT_ALL),),
         T.APPOINTMENT: ((IN_FACILITY, APPOINTMENT_ADMIN),),
         # The desk records a patient's opposition to other facilities, so it sees those decisions.
         T.CONSENT: ((IN_FACILITY, CONSENT_ALL),),

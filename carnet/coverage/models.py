@@ -21,6 +21,9 @@ class Coverage(IdMixin, VersionedMixin, Base):
     status: Mapped[str] = mapped_column(String(20))  # active, cancelled
     period_start: Mapped[dt.datetime]
     period_end: Mapped[dt.datetime | None]
+    # The FHIR Coverage as received (JSON, encrypted), imported from another system; None when
+    # a health-card reading made it.
+    received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class CardReading(IdMixin, Base):

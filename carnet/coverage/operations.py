@@ -17,7 +17,7 @@ from carnet.kernel.ids import new_id
 from carnet.patients.models import Patient
 from carnet.phi.kernel import RT, GuardedTx, guarded
 from carnet.phi.schemas import CardReadingInput, CardReadingView, CoverageSection, CoverageView
-from carnet.phi.steps import SECTION_LIMIT, redact, sid
+from carnet.phi.steps import SECTION_LIMIT, received_of, received_shown, redact, sid
 
 
 @guarded(AuditKind.PHI_READ, RT.COVERAGE, targeted=True)
@@ -53,6 +53,7 @@ def _section(tx: GuardedTx, patient: Patient, fields: frozenset[str]) -> Coverag
                 "status": r.status,
                 "period_start": r.period_start,
                 "period_end": r.period_end,
+                "received": received_shown(tx, r, fields),
             },
             fields,
         )
@@ -120,10 +121,12 @@ def record_card_reading(tx: GuardedTx, /, *, data: CardReadingInput) -> Coverage
             coverage = row
             if row.period_end != rights_end:
                 tx.bump(Coverage, row, row.version_id, period_end=rights_end)
+                _follow(tx, patient, row)
                 _snapshot(tx, patient, row, "update")
         else:
             # A card naming another payer or member ends the coverage it replaces.
             tx.bump(Coverage, row, row.version_id, status="cancelled", period_end=tx.now)
+            _follow(tx, patient, row)
             _snapshot(tx, patient, row, "update")
     if coverage is None:
         coverage_id = new_id()
@@ -168,6 +171,25 @@ def record_card_reading(tx: GuardedTx, /, *, data: CardReadingInput) -> Coverage
     return _section(tx, patient, fields)
 
 
+def _follow(tx: GuardedTx, patient: Patient, row: Coverage) -> None:
+    """A Coverage kept as received (imported) follows what a card reading changed: its status
+    and the end of its period; every other element stays as received."""
+    kept = received_of(tx, row)
+    if kept is None:
+        return
+    kept["status"] = row.status
+    period = dict(kept.get("period") or {})
+    if row.period_end is None:
+        period.pop("end", None)
+    else:
+        period["end"] = row.period_end.isoformat()
+    if period:
+        kept["period"] = period
+    text = json.dumps(kept, ensure_ascii=False, sort_keys=True)
+    row.received_ct = tx.enc(text, patient.facility_id, "coverages", "received", row.id)
+    tx.session.flush()
+
+
 def _snapshot(tx: GuardedTx, patient: Patient, row: Coverage, action: str) -> None:
     data = {
         "id": str(row.id),
@@ -177,5 +199,6 @@ def _snapshot(tx: GuardedTx, patient: Patient, row: Coverage, action: str) -> No
         "status": row.status,
         "period_start": row.period_start,
         "period_end": row.period_end,
+        "received": received_of(tx, row),
     }
     tx.snapshot(RT.COVERAGE, row.id, row.version_id, patient, action, data)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from carnet.access.permissions import Permission
-from carnet.access.policy import PATIENT_CONTACT, PATIENT_IDENTITY
+from carnet.access.policy import PATIENT_ALL
 from carnet.audit.interfaces import AuditKind
 from carnet.billing.models import Invoice
 from carnet.coverage.models import CardReading, Coverage
@@ -18,6 +18,7 @@ from carnet.identity.models import Account
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import CareRelationship, Consent, Patient, ResourceVersion
+from carnet.patients.received import follow, kept_state
 from carnet.patients.rules import identity_lock
 from carnet.patients.views import (
     BI_COLUMNS,
@@ -155,9 +156,14 @@ def merge(
         values["designated_physician_id"] = source.designated_physician_id
     if source.opposes_other_facilities and not target.opposes_other_facilities:
         values["opposes_other_facilities"] = True
+    kept = kept_state(tx, source), kept_state(tx, target)
     tx.bump(Patient, source, source_version, active=False, merged_into_id=target.id)
     tx.bump(Patient, target, target_version, **values)
-    everything = PATIENT_IDENTITY | PATIENT_CONTACT
+    # Kept as received: the duplicate's links and status as carnet renders them; the record kept
+    # its own resource, with what it took from the duplicate.
+    follow(tx, source, kept[0])
+    follow(tx, target, kept[1])
+    everything = PATIENT_ALL
     merge = {
         "at": tx.now.isoformat(),
         "reason": reason,
@@ -284,9 +290,12 @@ def unmerge(
             values[column] = None
             if kind is not None:
                 values[BI_COLUMNS[kind]] = None
+    kept = kept_state(tx, source), kept_state(tx, target)
     tx.bump(Patient, source, source_version, active=True, merged_into_id=None)
     tx.bump(Patient, target, target_version, **values)
-    everything = PATIENT_IDENTITY | PATIENT_CONTACT
+    follow(tx, source, kept[0])
+    follow(tx, target, kept[1])
+    everything = PATIENT_ALL
     unmerge = {
         "at": tx.now.isoformat(),
         "reason": reason,

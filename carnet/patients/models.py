@@ -46,6 +46,9 @@ class Patient(IdMixin, VersionedMixin, Base):
     active: Mapped[bool] = mapped_column(default=True)
     # Set when this record was merged into another (a duplicate of the same person).
     merged_into_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("patients.id"))
+    # The FHIR Patient as received (JSON, encrypted): what a reader of every field gets; None
+    # when registered in carnet's own forms. Follows the amendments carnet makes (received.py).
+    received_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
         Index("ix_patients_family_birth", "family_bi", "birth_date_bi"),

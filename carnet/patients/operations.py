@@ -11,8 +11,7 @@ from sqlalchemy import select
 
 from carnet.access.permissions import Permission
 from carnet.access.policy import (
-    PATIENT_CONTACT,
-    PATIENT_IDENTITY,
+    PATIENT_ALL,
     SEARCH_MAX_COUNT,
     SEARCH_MAX_PAGE,
     Relationship,
@@ -25,6 +24,7 @@ from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
 from carnet.patients.names import name_candidates, replace_name_keys
+from carnet.patients.received import follow, kept_state
 from carnet.patients.rules import check_duplicate
 from carnet.patients.views import (
     PATIENT_ENCRYPTED,
@@ -37,7 +37,7 @@ from carnet.patients.views import (
 from carnet.phi import care
 from carnet.phi.kernel import RT, GuardedTx, Refused, guarded
 from carnet.phi.schemas import PatientChanges, PatientInput, PatientPage, PatientView
-from carnet.phi.steps import facility_practitioner
+from carnet.phi.steps import facility_practitioner, received_json
 from carnet.records.consents import consent_follows_flag
 
 # Name-only searches: under NAME_MIN_LETTERS is refused; under NAME_SPECIFIC_LETTERS counts as a
@@ -187,7 +187,9 @@ def register(tx: GuardedTx, /, *, data: PatientInput) -> PatientView:
     # A new patient has no relationship yet: the permission and the facility scope decide.
     tx.reasons.append(f"{Permission.PATIENT_CREATE.value} in the actor's facility")
     designated = facility_practitioner(tx, data.designated_physician_id, facility_id)
-    values = data.model_dump(exclude={"facility_id", "designated_physician_id", "opposes_other_facilities"})
+    values = data.model_dump(
+        exclude={"facility_id", "designated_physician_id", "opposes_other_facilities", "received"}
+    )
     check_duplicate(tx, facility_id, values, exclude=None)
     patient_id = new_id()
     patient = Patient(
@@ -204,12 +206,14 @@ def register(tx: GuardedTx, /, *, data: PatientInput) -> PatientView:
     )
     tx.session.add(patient)
     tx.session.flush()
+    if data.received is not None:
+        _keep(tx, patient, data.received)
     replace_name_keys(
         tx.session, tx.keyring.blind, patient_id=patient.id, facility_id=facility_id,
         family=values.get("family"), given=values.get("given"),
     )  # fmt: skip
     tx.patient_ids.append(patient.id)
-    full = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
+    full = patient_data(tx, patient, PATIENT_ALL)
     tx.snapshot(RT.PATIENT, patient.id, 1, patient, "create", full)
     if patient.opposes_other_facilities:
         consent_follows_flag(tx, patient)
@@ -226,6 +230,8 @@ def update(
     given_fields = changes.model_dump(exclude_unset=True, exclude_none=True)
     if not given_fields:
         raise InvalidInput("nothing to change")
+    # A FHIR update replaces the Patient kept as received; any other door amends it.
+    before = kept_state(tx, patient) if changes.received is None else None
     values: dict[str, Any] = {}
     if "designated_physician_id" in given_fields:
         values["designated_physician_id"] = facility_practitioner(
@@ -237,7 +243,7 @@ def update(
         values["opposes_other_facilities"] = changes.opposes_other_facilities
     encrypted = {k: v for k, v in given_fields.items() if k in PATIENT_ENCRYPTED}
     if encrypted:
-        current = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
+        current = patient_data(tx, patient, PATIENT_ALL)
         merged = {k: current.get(k) for k in PATIENT_ENCRYPTED} | encrypted
         if any(k in encrypted for k in ("ins", "family", "given", "birth_date")):
             check_duplicate(tx, patient.facility_id, merged, exclude=patient.id)
@@ -248,7 +254,11 @@ def update(
                 family=merged.get("family"), given=merged.get("given"),
             )  # fmt: skip
     tx.bump(Patient, patient, expected_version, **values)
-    full = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
+    if changes.received is not None:
+        _keep(tx, patient, changes.received)
+    else:
+        follow(tx, patient, before)
+    full = patient_data(tx, patient, PATIENT_ALL)
     tx.snapshot(RT.PATIENT, patient.id, patient.version_id, patient, "update", full)
     if "opposes_other_facilities" in given_fields:
         consent_follows_flag(tx, patient)
@@ -262,7 +272,17 @@ def deactivate(tx: GuardedTx, /, *, patient_id: str, expected_version: int) -> P
     tx.authorize(patient, RT.PATIENT, write=True)
     if not patient.active:
         raise Conflict("this patient record is already inactive")
+    before = kept_state(tx, patient)
     tx.bump(Patient, patient, expected_version, active=False)
-    full = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
+    follow(tx, patient, before)
+    full = patient_data(tx, patient, PATIENT_ALL)
     tx.snapshot(RT.PATIENT, patient.id, patient.version_id, patient, "delete", full)
     return written_patient(tx, patient)
+
+
+def _keep(tx: GuardedTx, patient: Patient, received: dict[str, Any]) -> None:
+    """The Patient as received, kept whole (encrypted): every reference it holds must resolve
+    in carnet, or it is refused naming the element."""
+    text = received_json(tx, received, patient, {})
+    patient.received_ct = tx.enc(text, patient.facility_id, "patients", "received", patient.id)
+    tx.session.flush()

@@ -34,6 +34,10 @@ def patient_data(tx: GuardedTx, patient: Patient, fields: frozenset[str]) -> dic
         if name in fields:
             plain = tx.dec(getattr(patient, column), "patients", name, patient.id)
             data[name] = address_view(plain) if name == "address" else plain
+    if "received" in fields and patient.received_ct is not None:
+        # Kept as received, for a reader of every field only (granted with all the others).
+        kept = tx.dec(patient.received_ct, "patients", "received", patient.id)
+        data["received"] = None if kept is None else json.loads(kept)
     return data
 
 

@@ -84,7 +84,16 @@ def aad_field(column: str) -> str:
 ENCRYPTED_TABLES: Sequence[EncryptedTable] = (
     EncryptedTable(
         Patient,
-        ("ins_ct", "family_ct", "given_ct", "birth_date_ct", "address_ct", "phone_ct", "email_ct"),
+        (
+            "ins_ct",
+            "family_ct",
+            "given_ct",
+            "birth_date_ct",
+            "address_ct",
+            "phone_ct",
+            "email_ct",
+            "received_ct",
+        ),
     ),
     EncryptedTable(ResourceVersion, ("snapshot_ct",)),
     EncryptedTable(Appointment, ("reason_ct",)),
@@ -97,7 +106,7 @@ ENCRYPTED_TABLES: Sequence[EncryptedTable] = (
     EncryptedTable(Prescription, ("received_ct",)),
     EncryptedTable(Intervention, ("received_ct",)),
     EncryptedTable(ServiceRequest, ("note_ct", "received_ct")),
-    EncryptedTable(Coverage, ("member_id_ct",)),
+    EncryptedTable(Coverage, ("member_id_ct", "received_ct")),
     EncryptedTable(CardReading, ("card_serial_ct", "payload_ct")),
     EncryptedTable(ExportFile, ("ndjson_ct",)),
 )

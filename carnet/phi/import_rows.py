@@ -471,9 +471,13 @@ class Run:
     def _patient(
         self, data: dict[str, Any], item: Item, pending: dict[str, uuid.UUID]
     ) -> list[tuple[str, dict[str, Any]]]:
-        data.pop("generalPractitioner", None)  # practitioners of another system mean nothing here
-        data.pop("managingOrganization", None)
-        checked = patient_input(data, str(self.facility_id))
+        # Kept whole, its references carnet's; carnet's columns read it without its practitioners
+        # and organization (another system's: no designated physician, the import's facility).
+        self.keep(data, "Patient", ())
+        checked = patient_input(
+            {k: v for k, v in data.items() if k not in ("generalPractitioner", "managingOrganization")},
+            str(self.facility_id),
+        )
         blind = self.runtime.keyring.blind
         if checked.ins:
             ins_bi = blind.index(IndexKind.IDENTIFIER, checked.ins)
@@ -495,9 +499,11 @@ class Run:
             "phone": checked.phone,
             "email": checked.email,
         }
+        received = received_body(data)
         row = {
             "id": patient_id,
             "facility_id": self.facility_id,
+            "received": received,
             "gender": checked.gender,
             "designated_physician_id": None,
             "opposes_other_facilities": checked.opposes_other_facilities,
@@ -516,6 +522,7 @@ class Run:
             "active": True,
             "designated_physician_id": None,
             "opposes_other_facilities": checked.opposes_other_facilities,
+            "received": received,
             **plain,
         }
         version = {
@@ -841,13 +848,16 @@ class Run:
         if start is None or not data.get("subscriberId"):
             raise InvalidInput("a Coverage needs period.start and subscriberId")
         payor = (data.get("payor") or [{}])[0]
-        row = self._base(patient) | {
+        data["beneficiary"] = {**data["beneficiary"], "reference": f"Patient/{patient}"}
+        self.keep(data, "Coverage", ("beneficiary",))
+        row = self._base(patient, item) | {
             "kind": code_of(data.get("type") or {}, "AMO")[:10],
             "payer": str(payor.get("display") or payor.get("reference") or "unknown")[:200],
             "member_id": data["subscriberId"],
             "status": data.get("status") or "active",
             "period_start": start,
             "period_end": instant(period.get("end")),
+            "received": received_body(data),
         }
         return [("coverages", row)]
 

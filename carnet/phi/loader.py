@@ -73,6 +73,7 @@ TABLES: Mapping[str, _Table] = {
             _Field("address", as_json=True),
             _Field("phone", IndexKind.PHONE),
             _Field("email", IndexKind.EMAIL),
+            _Field("received", as_json=True),
         ),
     ),
     # Keyed prefixes of each patient's names, derived here from the plaintext (never passed in).
@@ -94,7 +95,7 @@ TABLES: Mapping[str, _Table] = {
     "observations": _Table(Observation, (_Field("received", as_json=True),)),
     "prescriptions": _Table(Prescription, (_Field("received", as_json=True),)),
     "interventions": _Table(Intervention, (_Field("received", as_json=True),)),
-    "coverages": _Table(Coverage, (_Field("member_id"),)),
+    "coverages": _Table(Coverage, (_Field("member_id"), _Field("received", as_json=True))),
     "card_readings": _Table(CardReading, (_Field("card_serial"), _Field("payload", as_json=True))),
     "invoices": _Table(Invoice),
     "invoice_lines": _Table(InvoiceLine, transient=("facility_id",)),

@@ -47,6 +47,9 @@ class PatientView(Redactable):
     address: dict[str, Any] | None = None
     phone: str | None = None
     email: str | None = None
+    # The FHIR Patient as received (None: registered in carnet, or not every field is visible),
+    # its elements carnet manages following carnet's changes (carnet/patients/received.py).
+    received: dict[str, Any] | None = None
 
 
 class PatientPage(BaseModel):
@@ -150,6 +153,8 @@ class CoverageView(Redactable):
     status: str | None = None
     period_start: dt.datetime | None = None
     period_end: dt.datetime | None = None
+    # The FHIR Coverage as received (imported; None otherwise or not every field visible).
+    received: dict[str, Any] | None = None
 
 
 class CardReadingView(Redactable):
@@ -382,6 +387,8 @@ class PatientInput(BaseModel):
     email: str | None = Field(default=None, max_length=200)
     designated_physician_id: str | None = None
     opposes_other_facilities: bool = False
+    # The FHIR Patient as received (a FHIR create, a transaction Bundle): kept whole.
+    received: dict[str, Any] | None = None
 
     @field_validator("family", "given")
     @classmethod
@@ -409,6 +416,8 @@ class PatientChanges(BaseModel):
     email: str | None = Field(default=None, max_length=200)
     designated_physician_id: str | None = None
     opposes_other_facilities: bool | None = None
+    # A FHIR update's whole body: it replaces the Patient kept as received.
+    received: dict[str, Any] | None = None
 
     @field_validator("ins", mode="before")
     @classmethod

@@ -217,6 +217,11 @@ def received_json(
             )
         elif rtype == "Organization" and key in tx.ctx.facility_ids:
             ok = True  # the facility itself
+        elif rtype == "Patient" and kind == "Patient":
+            # A Patient's link to another record of the facility (another's data is no element
+            # of any other resource's: those name their own patient, rewritten by the operation).
+            other = tx.session.get(Patient, key) if key is not None else None
+            ok = other is not None and other.facility_id in tx.ctx.facility_ids
         else:
             ok = row is not None and row.facility_id in tx.ctx.facility_ids
             if not ok and rtype in _RECEIVED_DIRECTORY and key is not None:

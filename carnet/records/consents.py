@@ -6,11 +6,12 @@ import uuid
 
 from sqlalchemy import Select, select
 
-from carnet.access.policy import PATIENT_CONTACT, PATIENT_IDENTITY
+from carnet.access.policy import PATIENT_ALL
 from carnet.audit.interfaces import AuditKind
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Consent, Patient
+from carnet.patients.received import follow, kept_state
 from carnet.patients.views import patient_data
 from carnet.phi.kernel import RT, GuardedTx, guarded
 from carnet.phi.schemas import ConsentView
@@ -68,8 +69,10 @@ def _set_opposition(tx: GuardedTx, patient: Patient, opposes: bool) -> None:
     """The flag the policy reads (care.visible_filter), changed as a new Patient version."""
     if patient.opposes_other_facilities == opposes:
         return
+    before = kept_state(tx, patient)
     tx.bump(Patient, patient, patient.version_id, opposes_other_facilities=opposes)
-    full = patient_data(tx, patient, PATIENT_IDENTITY | PATIENT_CONTACT)
+    follow(tx, patient, before)
+    full = patient_data(tx, patient, PATIENT_ALL)
     tx.snapshot(RT.PATIENT, patient.id, patient.version_id, patient, "update", full)
 
 

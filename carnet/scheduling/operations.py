@@ -55,6 +55,9 @@ from carnet.scheduling.rules import (
 )
 from carnet.scheduling.views import appointment_data
 
+# The day list shows carnet's columns: the Patient as received (FHIR reads) is not decrypted.
+AS_RECEIVED = frozenset({"received"})
+
 
 @guarded(AuditKind.PHI_CREATE, RT.APPOINTMENT, targeted=True)
 def book(tx: GuardedTx, /, *, data: AppointmentInput) -> AppointmentView:
@@ -269,7 +272,7 @@ def day_list(tx: GuardedTx, /, *, day: dt.date | None = None) -> DayList:
         day_appointments.append(
             DayAppointment(
                 appointment=redact(AppointmentView, appointment_data(tx, appointment, a_fields), a_fields),
-                patient=patient_view(tx, patient, p_fields),
+                patient=patient_view(tx, patient, p_fields - AS_RECEIVED),
             )
         )
         shown.append(patient.id)
@@ -284,7 +287,7 @@ def day_list(tx: GuardedTx, /, *, day: dt.date | None = None) -> DayList:
         inpatients.append(
             DayInpatient(
                 encounter=redact(EncounterView, encounter_data(encounter), e_fields),
-                patient=patient_view(tx, patient, p_fields),
+                patient=patient_view(tx, patient, p_fields - AS_RECEIVED),
             )
         )
         shown.append(patient.id)

@@ -25,11 +25,12 @@ from carnet.settings import Settings
 from tests.factories import link_care, make_facility, make_physician, register_patient
 from tests.fhir import carebundle_data
 from tests.fhir.conftest import Server
-from tests.fhir.test_clinosim_round_trip import _rewritten, _server_parts_removed
+from tests.fhir.test_clinosim_round_trip import ON_POSTGRES, _rewritten, _server_parts_removed
 from tests.fhir.test_import import _cli
 
-# Read back as received: every type of the Bundles but Patient (rendered from carnet's columns).
+# Read back as received: every type of the Bundles.
 KEPT_WHOLE = {
+    "Patient",
     "Practitioner",
     "Encounter",
     "Condition",
@@ -67,7 +68,9 @@ def test_carnet_import_takes_each_bundle_whole(
     assert "rejected" not in result.stdout
 
 
-def test_what_was_imported_reads_back_as_it_was_sent(fhir_server: Server, files: list[Path]) -> None:
+@ON_POSTGRES
+def test_what_was_imported_reads_back_as_it_was_sent(fhir_server_both: Server, files: list[Path]) -> None:
+    fhir_server = fhir_server_both
     runtime = fhir_server.runtime
     facility = make_facility(runtime)
     report = import_files(runtime, paths=files, facility_id=facility, operator="carebundle-test")
@@ -168,7 +171,39 @@ def test_a_posted_transaction_bundle_is_taken_whole(fhir_server: Server, files: 
             read = dict(client.execute(location, method="get"))
             _diff(read, _expected(sent["resource"], ids, types), location)
             compared[sent["resource"]["resourceType"]] += 1
-    assert set(compared) == KEPT_WHOLE
+    # The patient is carnet's (registered, matched by the integrator): no Patient entry is sent.
+    assert set(compared) == KEPT_WHOLE - {"Patient"}
+
+
+def test_a_posted_patient_entry_is_kept_whole(fhir_server: Server, files: list[Path]) -> None:
+    """A transaction Bundle registering the generator's Patient (with its directory entries):
+    read back as it was sent, references carnet's."""
+    doctor, facility, _patient = _cared_patient(fhir_server)
+    assert doctor.practitioner_id is not None
+    client = fhir_server.client_for(doctor)
+    generated = carebundle_data.bundles(files)[0]
+    entries = [
+        e
+        for e in generated["entry"]
+        if e["resource"]["resourceType"] in ("Patient", "Practitioner", "Organization", "Location")
+    ]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": copy.deepcopy(entries)}
+    answer = client.execute("", method="post", data=bundle)
+    ids = {
+        sent["fullUrl"]: entry["response"]["location"].split("/")[1]
+        for sent, entry in zip(bundle["entry"], answer["entry"], strict=True)
+    }
+    types = {e["fullUrl"]: e["resource"]["resourceType"] for e in entries}
+    sent = next(e for e in entries if e["resource"]["resourceType"] == "Patient")
+    link_care(
+        fhir_server.runtime,
+        patient_id=uuid.UUID(ids[sent["fullUrl"]]),
+        practitioner_id=doctor.practitioner_id,
+        facility_id=facility,
+    )
+    read = dict(client.execute(f"Patient/{ids[sent['fullUrl']]}", method="get"))
+    _diff(read, _expected(sent["resource"], ids, types), "Patient")
+    assert len(_server_parts_removed(read)) > 6  # more than carnet's columns hold
 
 
 def test_a_refused_bundle_keeps_nothing_not_even_its_directory_entries(

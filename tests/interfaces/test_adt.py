@@ -3,10 +3,15 @@ updates and merges, each one guarded transaction; replays acknowledged, never ap
 
 from __future__ import annotations
 
+import datetime as dt
+
+from carnet.access.roles import Role
 from carnet.interfaces.models import InterfaceLink
 from carnet.patients.models import Patient
+from carnet.phi.gate import Gate
 from carnet.runtime import Runtime
 from carnet.scheduling.models import Encounter
+from tests.factories import make_account, register_patient
 from tests.interfaces.conftest import Hospital
 from tests.interfaces.helpers import Person, adt, err, merge, msa, send
 from tests.interfaces.records import audit_of, counts, family, log_line, patient_by_ins, rows
@@ -172,3 +177,41 @@ def test_a_local_number_and_an_ins_naming_two_patients_is_refused(
     assert msa(conflict)[1] == "AE" and "two different patients" in msa(conflict)[3]
     assert err(conflict)[2] == "PID^1^3" and err(conflict)[3].startswith("205^")
     assert counts(runtime, hospital.facility_id) == before
+
+
+def test_a08_of_a_patient_kept_as_received_re_renders_what_it_changed(
+    runtime: Runtime, hospital: Hospital, listener: int
+) -> None:
+    """A patient another system sent (kept whole): an A08 changes its name; the kept resource
+    takes the new name and keeps every element carnet has no column for."""
+    ins = "2800575123456"
+    received = {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": ins},
+            {"system": "urn:x", "value": "9"},
+        ],
+        "name": [
+            {"use": "official", "family": "MARTIN", "given": ["JEANNE"]},
+            {"use": "nickname", "given": ["Jo"]},
+        ],
+        "gender": "female",
+        "birthDate": "1970-05-17",
+        "maritalStatus": {"text": "married"},
+        "communication": [{"language": {"text": "French"}}],
+    }
+    desk = make_account(runtime, roles=[Role.FRONT_DESK], facility_id=hospital.facility_id)
+    pid = register_patient(
+        runtime, hospital.facility_id, family="MARTIN", given="JEANNE", birth_date=dt.date(1970, 5, 17),
+        ins=ins, by=desk, received=received,
+    ).id  # fmt: skip
+    [update] = send(listener, adt("A08", "K-1", Person(ipp="IPP-K8", ins=ins, family="MARTIN-DUPRE")))
+    assert msa(update)[1] == "AA", msa(update)
+    kept = Gate(runtime, desk).read_patient(patient_id=pid).received
+    assert kept is not None
+    assert kept["name"] == [
+        {"use": "official", "family": "MARTIN-DUPRE", "given": ["JEANNE"]},
+        {"use": "nickname", "given": ["Jo"]},
+    ]
+    for element in ("identifier", "maritalStatus", "communication", "birthDate", "gender"):
+        assert kept[element] == received[element], element

@@ -46,7 +46,7 @@ class World:
 
 def _world(runtime: Runtime, case: str) -> World:
     facility = f.make_facility(runtime)
-    if case == "redacted":
+    if case in ("redacted", "kept-redacted"):
         actor = f.make_nurse(runtime, facility)
     elif case == "no-grant":
         practitioner = f.make_practitioner(runtime, facility)
@@ -55,11 +55,24 @@ def _world(runtime: Runtime, case: str) -> World:
         )
     else:
         actor = f.make_physician(runtime, facility)
-    patient = f.register_patient(runtime, facility, family="Lemoine", given="Claire", ins="2700512345678")
+    # Kept as received (another system's Patient, with elements carnet has no column for).
+    received = KEPT if case.startswith("kept") else None
+    patient = f.register_patient(
+        runtime, facility, family="Lemoine", given="Claire", ins="2700512345678", received=received
+    )
     names = {str(facility): "facility", patient.id: "patient", str(actor.account_id): "account"}
     if actor.practitioner_id is not None:
         names[str(actor.practitioner_id)] = "practitioner"
-    if case in ("allowed", "redacted", "contained", "stepped-up", "suspended", "no-grant"):
+    if case in (
+        "allowed",
+        "redacted",
+        "contained",
+        "stepped-up",
+        "suspended",
+        "no-grant",
+        "kept",
+        "kept-redacted",
+    ):
         assert actor.practitioner_id is not None
         f.link_care(
             runtime, patient_id=patient.id, practitioner_id=actor.practitioner_id, facility_id=facility
@@ -160,7 +173,17 @@ def _last_seq(runtime: Runtime) -> int:
 
 
 CASES = ["allowed", "refused", "missing", "break-glass", "contained", "redacted", "stepped-up", "suspended"]
-CASES += ["no-grant"]
+CASES += ["no-grant", "kept", "kept-redacted"]
+KEPT = {
+    "resourceType": "Patient",
+    "name": [{"use": "official", "family": "Lemoine", "given": ["Claire"]}],
+    "gender": "female",
+    "birthDate": "1970-05-17",
+    "maritalStatus": {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}]
+    },
+    "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "fr-FR"}]}}],
+}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -196,8 +219,16 @@ def test_fast_and_general_paths_agree(runtime: Runtime, case: str) -> None:
         "contained": "AccountContained",
         "suspended": "AccountContained",
         "stepped-up": "StepUpRequired",
+        "kept": "ok",
+        "kept-redacted": "ok",
     }[case]
     assert got[0] == outcome
+    if case.startswith("kept"):
+        # A reader of every field gets the Patient as received; a nurse (identity only), none of it.
+        received = got[1]["received"]
+        assert (received is not None) == (case == "kept")
+        if received is not None:
+            assert received["maritalStatus"] == KEPT["maritalStatus"]
     assert expected_trail["audit"], "every read is audited"
     if case == "redacted":  # a nurse in the care team: the identity, not the contact
         assert got[1]["family"] == "Lemoine" and got[1]["phone"] is None and got[1]["address"] is None

@@ -13,6 +13,7 @@ from carnet.fhir.core.api import (
     checked,
 )
 from carnet.fhir.core.mapping import (
+    as_received,
     clean,
     meta,
     ref,
@@ -30,6 +31,12 @@ COVERAGE_TYPE = "https://carnet.example.org/fhir/CodeSystem/coverage-kind"
 
 # == mapping ===================================================================================
 def coverage_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    received = as_received(d)
+    if received is not None:
+        # The patient it covers now (a merge moves coverages to the record kept).
+        if d.get("patient_id") and isinstance(received.get("beneficiary"), dict):
+            received["beneficiary"] = {**received["beneficiary"], "reference": f"Patient/{d['patient_id']}"}
+        return checked(Coverage, received)
     resource = clean(
         {
             "resourceType": "Coverage",

@@ -26,7 +26,8 @@ from carnet.fhir.core.api import (
     validated,
 )
 from carnet.fhir.core.bundles import history_response, vread_response
-from carnet.fhir.core.mapping import EXT, clean, meta, ref, schema_input
+from carnet.fhir.core.mapping import EXT, as_received, clean, meta, ref, schema_input
+from carnet.fhir.core.model_check import conforms
 from carnet.fhir.core.outcome import Unsupported
 from carnet.fhir.core.registry import FhirModule, ResourceType, Writes
 from carnet.fhir.core.search import (
@@ -68,6 +69,11 @@ MERGE_UNSUPPORTED = {"source-patient-identifier", "target-patient-identifier", "
 
 # == mapping ===================================================================================
 def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
+    """The Patient as received (for a reader of every field: carnet's managed elements follow
+    its changes, see carnet/patients/received.py), else rendered from carnet's columns."""
+    received = as_received(d)
+    if received is not None:
+        return received if conforms(received) else checked(Patient, received)
     telecom = []
     if d.get("phone"):
         telecom.append({"system": "phone", "value": d["phone"]})
@@ -192,13 +198,18 @@ def patient_input(body: dict[str, Any], default_facility: str | None) -> Patient
     ]
     if missing:
         raise InvalidInput("a Patient needs " + ", ".join(missing))
-    return schema_input(PatientInput, dict(fields, facility_id=facility), "Patient")  # type: ignore[no-any-return]
+    return schema_input(  # type: ignore[no-any-return]
+        PatientInput, dict(fields, facility_id=facility, received=body), "Patient"
+    )
 
 
 def patient_changes(body: dict[str, Any]) -> PatientChanges:
     """What a PUT sets: the fields it carries (the gate cannot blank a field, by design:
-    identity data is amended, never erased through the API)."""
-    return schema_input(PatientChanges, _patient_fields(body), "Patient")  # type: ignore[no-any-return]
+    identity data is amended, never erased through the API), and the body, which replaces the
+    Patient kept as received."""
+    return schema_input(  # type: ignore[no-any-return]
+        PatientChanges, dict(_patient_fields(body), received=body), "Patient"
+    )
 
 
 # == routes ====================================================================================
