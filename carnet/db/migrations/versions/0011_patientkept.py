@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011_patientkept"
-down_revision = "0010_interop"
+down_revision = "0011_beds"
 branch_labels = None
 depends_on = None
 
