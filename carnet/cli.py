@@ -219,7 +219,6 @@ def keys_prune(
     Console().print(f"{len(destroyed)} unused data keys destroyed")
 
 
-@app.command()
 def origin_for_port(configured: str, port: int | None, *, explicit: bool) -> str | None:
     """The origin to serve at when `--port` moves a plain-http loopback origin left at its
     default; None when nothing changes (no port, the same port, an origin set on purpose)."""
@@ -231,6 +230,7 @@ def origin_for_port(configured: str, port: int | None, *, explicit: bool) -> str
     return f"http://{parts.hostname}:{port}"
 
 
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (loopback by default).")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="TCP port.")] = None,

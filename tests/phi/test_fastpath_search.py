@@ -273,7 +273,9 @@ def test_fast_and_general_section_reads_agree(runtime: Runtime, case: str) -> No
         assert note["versions"][0]["text"] == "Patient stable, TA 135/85."
         assert answered["list_allergies"][1][0]["reaction"] == "urticaire géante"
         assert expected_trail["exposures"]
-    elif case == "redacted":  # a nurse in the care team: some sections, some fields
+    elif case in ("redacted", "kept", "kept-redacted"):
+        # A nurse in the care team (some sections, some fields), or the patient kept as
+        # another system sent it, read by a physician or a nurse of its care.
         assert "ok" in outcomes
     else:
         refusal = {
