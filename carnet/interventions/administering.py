@@ -24,15 +24,8 @@ from carnet.prescriptions.models import Prescription
 from carnet.scheduling.models import Encounter
 
 NOT_GIVEN_SYSTEM = "https://carnet.example/fhir/CodeSystem/medication-not-given-reason"
-DOSE_MAX = 100
+DOSE_MAX = 100  # the messages below say these numbers
 NOTE_MAX = 500
-
-# A prescription that is not active is not given; each status says why in its own words.
-NOT_ACTIVE = {
-    "on-hold": "this prescription is on hold: it is not given until it is resumed",
-    "stopped": "this prescription is stopped: it is not given",
-    "completed": "this prescription is completed: it is not given",
-}
 
 
 def check_administration(
@@ -40,8 +33,15 @@ def check_administration(
 ) -> tuple[str | None, str | None, str | None]:
     """The rule, pure: may a dose of a prescription in `status` be recorded so? Returns the
     reason, dose and note as kept (trimmed, None when empty); raises InvalidInput otherwise."""
+    # A prescription that is not active is not given; each status says why in its own words.
+    if status == "on-hold":
+        raise InvalidInput("this prescription is on hold: it is not given until it is resumed")
+    if status == "stopped":
+        raise InvalidInput("this prescription is stopped: it is not given")
+    if status == "completed":
+        raise InvalidInput("this prescription is completed: it is not given")
     if status != "active":
-        raise InvalidInput(NOT_ACTIVE.get(status, "only an active prescription is given"))
+        raise InvalidInput("only an active prescription is given")
     if expired:
         raise InvalidInput("this prescription has expired: it is renewed before it is given")
     reason = (reason or "").strip() or None
@@ -52,9 +52,9 @@ def check_administration(
     if not given and reason not in NOT_GIVEN_REASONS:
         raise InvalidInput("a dose not given needs a reason from the list")
     if dose is not None and len(dose) > DOSE_MAX:
-        raise InvalidInput(f"the dose given has at most {DOSE_MAX} characters")
+        raise InvalidInput("the dose given has at most 100 characters")
     if note is not None and len(note) > NOTE_MAX:
-        raise InvalidInput(f"a note has at most {NOTE_MAX} characters")
+        raise InvalidInput("a note has at most 500 characters")
     return reason, dose, note
 
 
