@@ -500,12 +500,11 @@ def administer(
     note: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
     """A dose given, or not given and why, from the chart (the nurse's administration record)."""
-    given = outcome == "given"
     try:
         gate_of(request, actor).administer_prescription(
             prescription_id=prescription_id,
-            given=given,
-            reason=None if given else reason,
+            given=outcome == "given",
+            reason=reason,  # a reason chosen with "Given" is refused, not dropped
             dose=dose,
             note=note,
         )

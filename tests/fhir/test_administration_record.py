@@ -10,8 +10,8 @@ from tests.factories import link_care, make_facility, make_nurse, make_physician
 from tests.fhir.conftest import Server, audit_rows
 
 
-def test_a_recorded_dose_reads_back_with_its_prescription(fhir_server: Server) -> None:
-    runtime = fhir_server.runtime
+def test_a_recorded_dose_reads_back_with_its_prescription(fhir_server_both: Server) -> None:
+    runtime = fhir_server_both.runtime
     facility = make_facility(runtime)
     doctor = make_physician(runtime, facility)
     nurse = make_nurse(runtime, facility)
@@ -30,7 +30,7 @@ def test_a_recorded_dose_reads_back_with_its_prescription(fhir_server: Server) -
     dose = Gate(runtime, nurse).administer_prescription(
         prescription_id=rx.id or "", given=False, reason="refused", note="reproposer à midi"
     )
-    client = fhir_server.client_for(nurse)
+    client = fhir_server_both.client_for(nurse)
     read = client.execute(f"MedicationAdministration/{dose.id}", method="get")
     assert read["request"] == {"reference": f"MedicationRequest/{rx.id}"}
     assert read["status"] == "not-done" and read["statusReason"][0]["coding"][0]["code"] == "refused"

@@ -83,6 +83,11 @@ def test_a_nurse_records_doses_given_and_not_given_and_sees_them_listed(
     refused = client.post(action, data={"csrf_token": csrf, "outcome": "not-given"}, headers=FRENCH)
     assert refused.status_code == 400
     assert "une dose non administrée demande un motif choisi dans la liste" in refused.text
+    both = client.post(
+        action, data={"csrf_token": csrf, "outcome": "given", "reason": "asleep"}, headers=FRENCH
+    )
+    assert both.status_code == 400
+    assert "un motif ne se donne que pour une dose non administrée" in both.text
     assert _section(client, hospital.my_patient).count("<li>") == listed.count("<li>")
 
 
