@@ -14,6 +14,7 @@ from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.interventions.administering import check_administration
+from carnet.kernel import clock
 from carnet.kernel.errors import Forbidden, InvalidInput, NotFound
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import PrescriptionInput
@@ -152,9 +153,15 @@ def test_the_wrong_role_or_no_care_relationship_is_refused_and_audited(
     assert Gate(runtime, doctor).list_medication_administrations(patient_id=patient) == []
 
 
-def test_a_physician_in_care_may_record_one(ward: tuple[Runtime, Actor, Actor, str, Any]) -> None:
+def test_a_physician_in_care_may_record_one_until_the_prescription_expires(
+    ward: tuple[Runtime, Actor, Actor, str, Any], movable_clock: clock.MovableClock
+) -> None:
     runtime, doctor, _nurse, patient, _facility = ward
     gate = Gate(runtime, doctor)
-    rx = gate.prescribe(data=_rx(patient))
+    until = clock.now() + dt.timedelta(days=2)
+    rx = gate.prescribe(data=_rx(patient).model_copy(update={"valid_until": until}))
     done = gate.administer_prescription(prescription_id=rx.id or "", given=True)
     assert done.status == "completed" and "context" not in (done.received or {})  # no stay
+    movable_clock.set(until + dt.timedelta(minutes=1))
+    with pytest.raises(InvalidInput, match="expired"):
+        gate.administer_prescription(prescription_id=rx.id or "", given=True)
