@@ -38,3 +38,15 @@ class InterventionView(Redactable):
     version_id: int | None = None
     # The FHIR resource as received (None: the reader may not see every field of it).
     received: dict[str, Any] | None = None
+
+
+# Why a dose of a prescription was not given (the nurse's administration record): a short list,
+# coded so that a ward can count them; the chart words each in the reader's language.
+NOT_GIVEN_REASONS = ("refused", "asleep", "absent", "vomited", "held-by-physician")
+NOT_GIVEN_DISPLAY = {
+    "refused": "Refused by the patient",
+    "asleep": "Patient asleep",
+    "absent": "Patient absent",
+    "vomited": "Patient vomited",
+    "held-by-physician": "Held by the physician",
+}

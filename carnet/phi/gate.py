@@ -22,6 +22,7 @@ from carnet.billing import operations as billing
 from carnet.billing import printing as billing_prints
 from carnet.coverage import operations as coverage
 from carnet.interfaces import operation as interfaces
+from carnet.interventions import administering
 from carnet.interventions import operations as interventions
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.org.directory import keep_entries
@@ -292,6 +293,9 @@ class Gate(GateCore):
     list_medication_administrations = operation(interventions.list_administrations)
     read_medication_administration = operation(interventions.read_administration)
     record_medication_administration = operation(interventions.record_administration)
+    # The nurse's administration record: a dose of an active prescription given or not, from
+    # the chart (carnet/interventions/administering.py).
+    administer_prescription = operation(administering.administer)
     list_medication_statements = operation(interventions.list_statements)
     read_medication_statement = operation(interventions.read_statement)
     record_medication_statement = operation(interventions.record_statement)

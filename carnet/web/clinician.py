@@ -19,6 +19,7 @@ from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.identity.authenticate import Authenticator
 from carnet.identity.dependencies import runtime_of
+from carnet.interventions.schemas import NOT_GIVEN_REASONS, InterventionView
 from carnet.kernel import clock, localtime
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound, StepUpRequired
 from carnet.phi.gate import AllergyWarning, Gate
@@ -258,6 +259,15 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["drug_choices"] = (
         [d.label(language_of(request)) for d in catalogue.drugs()] if "prescriptions" in names else []
     )
+    # The nurse's administration record: each prescription's last doses, given or not (one
+    # audited read of the patient's MedicationAdministrations).
+    context["may_administer"] = bool(actor.roles & CLINICAL_ROLES)
+    context["not_given_reasons"] = NOT_GIVEN_REASONS
+    context["administrations"] = (
+        doses_by_prescription(gate.list_medication_administrations(patient_id=patient_id))
+        if "prescriptions" in names and context["may_administer"]
+        else {}
+    )
     context["card_problem"] = None
     context["pay_problem"] = None
     context["invoice_problem"] = None
@@ -271,6 +281,40 @@ def _section_context(request: Request, actor: Actor, patient_id: str, names: Ite
     context["condition_problem_id"] = None
     context["condition_draft"] = {}
     return context
+
+
+LAST_DOSES = 5  # shown under each prescription, newest first
+
+
+def doses_by_prescription(given: list[InterventionView]) -> dict[str, list[dict[str, Any]]]:
+    """The administrations recorded against each prescription (their `request`), newest first:
+    when, by whom, given or why not. One without a request (received from another system
+    without one) is listed by FHIR, not here."""
+    doses: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(
+        given, key=lambda r: r.occurred_at or dt.datetime.min.replace(tzinfo=dt.UTC), reverse=True
+    ):
+        kept = row.received or {}
+        reference = str((kept.get("request") or {}).get("reference") or "")
+        kind, _, prescription_id = reference.partition("/")
+        if kind != "MedicationRequest" or not prescription_id:
+            continue
+        performers = kept.get("performer") or [{}]
+        reasons = kept.get("statusReason") or [{}]
+        coding = (reasons[0].get("coding") or [{}])[0]
+        doses.setdefault(prescription_id, [])
+        if len(doses[prescription_id]) < LAST_DOSES:
+            doses[prescription_id].append(
+                {
+                    "at": row.occurred_at,
+                    "by": (performers[0].get("actor") or {}).get("display") or "",
+                    "given": row.status == "completed",
+                    "reason": coding.get("code") or reasons[0].get("text") or "",
+                    "dose": (kept.get("dosage") or {}).get("text") or "",
+                    "note": " ".join(n.get("text", "") for n in kept.get("note") or []),
+                }
+            )
+    return doses
 
 
 def chart_context(
@@ -439,6 +483,40 @@ def prescribe(
             warning=str(exc),
             findings=getattr(exc, "findings", []),
             draft=draft,
+        )
+    return redirect(f"/patients/{patient_id}#prescriptions")
+
+
+# Declared before the stop/hold/renew route, whose path would otherwise take this one.
+@router.post("/patients/{patient_id}/prescriptions/{prescription_id}/administrations")
+def administer(
+    request: Request,
+    actor: WebActor,
+    patient_id: str,
+    prescription_id: str,
+    outcome: Annotated[str, Form(max_length=20)],
+    reason: Annotated[str, Form(max_length=40)] = "",
+    dose: Annotated[str, Form(max_length=100)] = "",
+    note: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    """A dose given, or not given and why, from the chart (the nurse's administration record)."""
+    try:
+        gate_of(request, actor).administer_prescription(
+            prescription_id=prescription_id,
+            given=outcome == "given",
+            reason=reason,  # a reason chosen with "Given" is refused, not dropped
+            dose=dose,
+            note=note,
+        )
+    except InvalidInput as exc:
+        return chart_again(
+            request,
+            actor,
+            patient_id,
+            "prescriptions",
+            status=400,
+            rx_problem=str(exc),
+            rx_problem_id=prescription_id,
         )
     return redirect(f"/patients/{patient_id}#prescriptions")
 

@@ -51,6 +51,14 @@ LABELS: dict[str, dict[str, str]] = {
         "outpatient": N_("outpatient visit"),
         "emergency": N_("emergency"),
     },
+    # Why a dose was not given (the administration record; carnet.interventions.schemas).
+    "not-given": {
+        "refused": N_("refused by the patient"),
+        "asleep": N_("patient asleep"),
+        "absent": N_("patient absent"),
+        "vomited": N_("patient vomited"),
+        "held-by-physician": N_("held by the physician"),
+    },
     "prescription": {
         "active": N_("ongoing"),
         "on-hold": N_("on hold"),

@@ -574,6 +574,28 @@ _FORMS: dict[str, str] = {
     ),
     "nothing to change": "rien à modifier",
     "only a held prescription can be resumed": "seule une prescription suspendue peut être reprise",
+    "this prescription is on hold: it is not given until it is resumed": (
+        "cette prescription est suspendue : elle n'est pas administrée avant d'être reprise"
+    ),
+    "this prescription is stopped: it is not given": (
+        "cette prescription est arrêtée : elle n'est pas administrée"
+    ),
+    "this prescription is completed: it is not given": (
+        "cette prescription est terminée : elle n'est pas administrée"
+    ),
+    "this patient record is inactive: record it on the active record": (
+        "ce dossier patient est inactif : enregistrez-le sur le dossier actif"
+    ),
+    "only an active prescription is given": "seule une prescription en cours est administrée",
+    "this prescription has expired: it is renewed before it is given": (
+        "cette prescription a expiré : elle est renouvelée avant d'être administrée"
+    ),
+    "a reason is given only for a dose not given": "un motif ne se donne que pour une dose non administrée",
+    "a dose not given needs a reason from the list": (
+        "une dose non administrée demande un motif choisi dans la liste"
+    ),
+    "the dose given has at most 100 characters": "la dose administrée compte 100 caractères au plus",
+    "a note has at most 500 characters": "une remarque compte 500 caractères au plus",
     "only an ongoing or held prescription can be stopped": (
         "seule une prescription en cours ou suspendue peut être arrêtée"
     ),

@@ -597,6 +597,11 @@ CALLS: dict[str, tuple[str, Call, Call]] = {
         lambda g, w: g.stop_prescription(prescription_id=w.prescription, expected_version=1, reason="fin"),
         lambda g, w: g.stop_prescription(prescription_id=w.prescription, expected_version=3, reason="fin"),
     ),
+    "administer_prescription": (
+        "physician",
+        lambda g, w: g.administer_prescription(prescription_id=w.prescription, given=True, dose="1 cp"),
+        lambda g, w: g.administer_prescription(prescription_id=w.held, given=True),  # on hold
+    ),
     "hold_prescription": (
         "physician",
         lambda g, w: g.hold_prescription(prescription_id=w.prescription, expected_version=1, reason="bloc"),

@@ -103,7 +103,7 @@ def _seed(runtime: Runtime, hospital: Hospital) -> dict[str, str]:
             patient_id=pid, substance_code="J01C", substance_display="Pénicillines", criticality="high"
         )
     )
-    doctor.prescribe(
+    statin = doctor.prescribe(
         data=PrescriptionInput(
             patient_id=pid,
             medication_code="C10AA05",
@@ -112,6 +112,9 @@ def _seed(runtime: Runtime, hospital: Hospital) -> dict[str, str]:
             dosage_text="1 comprimé le soir",
         )
     )
+    # Doses recorded under it: the administration record's list and form are on the page.
+    doctor.administer_prescription(prescription_id=statin.id or "", given=True, dose="20 mg")
+    doctor.administer_prescription(prescription_id=statin.id or "", given=False, reason="asleep")
     doctor.write_note(patient_id=pid, kind="11506-3", title="Suivi", text="Va bien.\nRevoir dans 3 mois.")
     factories.make_lab_report(runtime, patient_id=pid, facility_id=hospital.facility_id)
     assert hospital.physician.practitioner_id is not None

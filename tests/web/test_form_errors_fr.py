@@ -33,6 +33,7 @@ FORM_SOURCES = [
     ROOT / "records/beds.py",
     ROOT / "records/orders.py",
     ROOT / "prescriptions/operations.py",
+    ROOT / "interventions/administering.py",
     ROOT / "billing/operations.py",
     ROOT / "patients/merge.py",
 ]
