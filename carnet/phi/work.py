@@ -3,7 +3,8 @@
 Front desk and billing serve a whole facility, so no care relationship narrows what they may
 open. Their work still follows the patients who come through the facility: someone with an
 appointment around now (-7/+30 days), a stay of the last month (not one entered in error), an
-invoice in progress (a draft, or issued and not yet paid) or of the last 90 days, or a record
+invoice in progress (a draft, or issued and not yet paid), of the last 90 days or worked on in
+them (a payment taken), or a record
 registered this week.
 Detection uses this (carnet.detection, `WorkRelations`) to tell a desk's day from a sweep of the
 register: a patient with none of these is "outside their work". It never decides access.
@@ -59,6 +60,9 @@ def _statement() -> object:
                 # worklist's), or of the last months.
                 Invoice.status.in_(("draft", "issued")),
                 Invoice.created_at >= bindparam("invoice_since", type_=UtcDateTime()),
+                # Worked on lately: a payment just taken settles the invoice in the same
+                # transaction its exposure is judged in, and the clerk's next questions follow it.
+                Invoice.updated_at >= bindparam("invoice_since", type_=UtcDateTime()),
             ),
         ),
         select(Patient.id).where(

@@ -59,6 +59,15 @@ def test_facility_work_is_an_appointment_a_stay_an_invoice_or_a_new_registration
     with runtime.session_factory() as session:
         later = facility_work.in_work(session, patient_ids=old, at=months_on)
     assert later == {admitted}
+    # Settled by a payment taken now: the clerk's own work, judged in the payment's transaction
+    # (the invoice already balanced) and in the months of questions that follow it.
+    with runtime.session_factory.begin() as session:
+        session.execute(sa.update(Invoice).values(updated_at=months_on))
+    with runtime.session_factory() as session:
+        paid_now = facility_work.in_work(session, patient_ids=old, at=months_on)
+        long_after = facility_work.in_work(session, patient_ids=old, at=months_on + dt.timedelta(days=100))
+    assert paid_now == {admitted, invoiced}
+    assert long_after == {admitted}
 
 
 def test_front_desk_reading_the_register_is_asked_for_a_second_factor_then_contained(
