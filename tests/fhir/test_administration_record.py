@@ -43,3 +43,8 @@ def test_a_recorded_dose_reads_back_with_its_prescription(fhir_server_both: Serv
     assert [r["id"] for r in found] == [dose.id]
     rows = audit_rows(runtime, nurse.account_id)
     assert ("phi:resource:read", "success", "MedicationAdministration") in rows
+    # $everything gives it with the rest of the record, the prescription it answers beside it.
+    bundle = client.execute(f"Patient/{patient.id}/$everything", method="get")
+    entries = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"]}
+    assert ("MedicationAdministration", dose.id) in entries
+    assert ("MedicationRequest", rx.id) in entries

@@ -24,9 +24,12 @@ from carnet.fhir.resources.coverage import coverage_to_fhir
 from carnet.fhir.resources.diagnostic_report import report_to_fhir
 from carnet.fhir.resources.document_reference import note_to_fhir
 from carnet.fhir.resources.encounter import encounter_to_fhir
+from carnet.fhir.resources.interventions import KINDS
+from carnet.fhir.resources.interventions import to_fhir as intervention_to_fhir
 from carnet.fhir.resources.medication_request import prescription_to_fhir
 from carnet.fhir.resources.observation import observation_to_fhir
 from carnet.fhir.resources.patient import patient_to_fhir
+from carnet.fhir.resources.service_request import order_to_fhir
 from carnet.kernel.errors import NotFound
 
 router = APIRouter(prefix="/fhir/Patient", tags=["fhir"])
@@ -50,6 +53,21 @@ def patient_everything(request: Request, patient_id: str) -> Response:
         (ResourceType.CARE_TEAM, gate.list_care_team, care_team_to_fhir),
         (ResourceType.DIAGNOSTIC_REPORT, gate.list_diagnostic_reports, report_to_fhir),
         (ResourceType.CONSENT, gate.list_consents, consent_to_fhir),
+        (ResourceType.SERVICE_REQUEST, gate.list_orders, order_to_fhir),
+        # Kept whole as received (or built by carnet, as a dose given from the chart).
+        (ResourceType.IMMUNIZATION, gate.list_immunizations, intervention_to_fhir(KINDS["Immunization"])),
+        (ResourceType.PROCEDURE, gate.list_procedures, intervention_to_fhir(KINDS["Procedure"])),
+        (
+            ResourceType.MEDICATION_ADMINISTRATION,
+            gate.list_medication_administrations,
+            intervention_to_fhir(KINDS["MedicationAdministration"]),
+        ),
+        (
+            ResourceType.MEDICATION_STATEMENT,
+            gate.list_medication_statements,
+            intervention_to_fhir(KINDS["MedicationStatement"]),
+        ),
+        (ResourceType.SPECIMEN, gate.list_specimens, intervention_to_fhir(KINDS["Specimen"])),
     ]
     for resource, read, to_fhir in sections:
         if not ever_reads(gate.actor.roles, resource):
