@@ -30,6 +30,7 @@ OPERATION_MODULES = (
     "carnet.coverage.operations",
     "carnet.billing.operations",
     "carnet.interventions.operations",
+    "carnet.interventions.administering",
     "carnet.prescriptions.printing",
     "carnet.billing.printing",
     "carnet.records.printing",
