@@ -248,28 +248,46 @@ def patient_read(
     core: GateCore, guard: Guard, run: Callable[[GuardedTx], Any], kwargs: dict[str, Any]
 ) -> tuple[bool, Any]:
     """The fast variant of a read of one patient's record (`patient_id`); see the module."""
-    global taken
     if not _eligible(core, guard, kwargs):
         return False, None
-    runtime = core._runtime
     pid = parse_id(str(kwargs["patient_id"]))
+    return between_round_trips(
+        core, guard, run, lambda session: _first_round_trip(core, session, guard, pid), count=_count_read
+    )
+
+
+def _count_read() -> None:
+    global taken
+    with _counts_lock:
+        taken += 1
+
+
+def between_round_trips(
+    core: GateCore,
+    guard: Guard,
+    run: Callable[[GuardedTx], Any],
+    first_round_trip: Callable[[Session], _FastTx],
+    *,
+    count: Callable[[], None],
+) -> tuple[bool, Any]:
+    """The operation's body between the first pipeline (`first_round_trip`) and the closing one,
+    in one transaction; `count` is called once it answered or failed. A decline (a case the
+    fast path does not take) leaves it to the kernel's general path: (False, None)."""
     attempted: list[uuid.UUID] = []
     try:
-        with runtime.session_factory.begin() as session:
-            tx = _first_round_trip(core, session, guard, pid)
+        with core._runtime.session_factory.begin() as session:
+            tx = first_round_trip(session)
             try:
                 result = run(tx)
             finally:
                 attempted = list(tx.patient_ids)
             _closing_round_trip(core, session, guard, tx)
-        with _counts_lock:
-            taken += 1
+        count()
         return True, result
     except _Decline:
         return False, None
     except Exception as exc:
-        with _counts_lock:
-            taken += 1
+        count()
         core._fail(guard, exc, attempted)
         raise  # _fail always raises
 

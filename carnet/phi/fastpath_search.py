@@ -40,14 +40,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Dialect, Select
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql.cache_key import CacheKey
 
 from carnet.db.base import detached
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import Patient
 from carnet.phi import fastpath
-from carnet.phi.fastpath import _compile, _Compiled, _Decline, _eligible, _FastTx, _first_round_trip
+from carnet.phi.fastpath import _compile, _Compiled, _eligible, _FastTx, _first_round_trip
 from carnet.phi.kernel import GateCore, Guard, GuardedTx
 from carnet.phi.steps import SECTION_LIMIT
 
@@ -147,37 +147,28 @@ def section_read(
     core: GateCore, guard: Guard, run: Callable[[GuardedTx], Any], kwargs: dict[str, Any], section: _Section
 ) -> tuple[bool, Any]:
     """The fast variant of a read of one patient's section (`patient_id`); see the module."""
-    global taken
     if not _eligible(core, guard, kwargs):
         return False, None
-    runtime = core._runtime
     pid = parse_id(str(kwargs["patient_id"]))
-    attempted: list[uuid.UUID] = []
-    try:
-        with runtime.session_factory.begin() as session:
-            dialect = session.get_bind().dialect
-            also = []
-            if pid is not None:
-                compiled = section.compiled_for(dialect)
-                also.append((compiled, section.params(compiled, pid)))
-            tx = _first_round_trip(core, session, guard, pid, also=also, tx_type=_SectionTx)
-            assert isinstance(tx, _SectionTx)
-            tx.section, tx.pid = section, pid
-            try:
-                result = run(tx)
-            finally:
-                attempted = list(tx.patient_ids)
-            fastpath._closing_round_trip(core, session, guard, tx)
-        with _counts_lock:
-            taken += 1
-        return True, result
-    except _Decline:
-        return False, None
-    except Exception as exc:
-        with _counts_lock:
-            taken += 1
-        core._fail(guard, exc, attempted)
-        raise  # _fail always raises
+
+    def first_round_trip(session: Session) -> _FastTx:
+        dialect = session.get_bind().dialect
+        also = []
+        if pid is not None:
+            compiled = section.compiled_for(dialect)
+            also.append((compiled, section.params(compiled, pid)))
+        tx = _first_round_trip(core, session, guard, pid, also=also, tx_type=_SectionTx)
+        assert isinstance(tx, _SectionTx)
+        tx.section, tx.pid = section, pid
+        return tx
+
+    return fastpath.between_round_trips(core, guard, run, first_round_trip, count=_count_section)
+
+
+def _count_section() -> None:
+    global taken
+    with _counts_lock:
+        taken += 1
 
 
 def offer_section(body: Callable[..., Any], statement: SectionStatement) -> None:
@@ -205,29 +196,21 @@ def patient_search(
     grants, containment state), the body unchanged (its rules of specificity, its decisions,
     the candidates it asks and decrypts, through the session, after the scope is entered), then
     the closing pipeline (exposure rows, the search's detection events, audit append, commit)."""
-    global searched
     if not _eligible(core, guard, kwargs, one_patient=False):
         return False, None
-    runtime = core._runtime
-    attempted: list[uuid.UUID] = []
-    try:
-        with runtime.session_factory.begin() as session:
-            tx = _first_round_trip(core, session, guard, None, one_patient=False)
-            try:
-                result = run(tx)
-            finally:
-                attempted = list(tx.patient_ids)
-            fastpath._closing_round_trip(core, session, guard, tx)
-        with _counts_lock:
-            searched += 1
-        return True, result
-    except _Decline:
-        return False, None
-    except Exception as exc:
-        with _counts_lock:
-            searched += 1
-        core._fail(guard, exc, attempted)
-        raise  # _fail always raises
+    return fastpath.between_round_trips(
+        core,
+        guard,
+        run,
+        lambda session: _first_round_trip(core, session, guard, None, one_patient=False),
+        count=_count_search,
+    )
+
+
+def _count_search() -> None:
+    global searched
+    with _counts_lock:
+        searched += 1
 
 
 def offer_search(body: Callable[..., Any]) -> None:
