@@ -5,20 +5,17 @@ its `request` naming the prescription."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import select
 
 from carnet.audit.interfaces import AuditKind
-from carnet.interventions.models import Intervention
-from carnet.interventions.operations import intervention_data
+from carnet.interventions.operations import keep_intervention
 from carnet.interventions.schemas import NOT_GIVEN_DISPLAY, NOT_GIVEN_REASONS, InterventionView
 from carnet.kernel.errors import Conflict, InvalidInput
-from carnet.kernel.ids import new_id
 from carnet.org.models import Practitioner
 from carnet.phi.kernel import RT, GuardedTx, guarded
-from carnet.phi.steps import received_json, writing_practitioner, written
+from carnet.phi.steps import writing_practitioner
 from carnet.prescriptions.catalogue import ATC_SYSTEM
 from carnet.prescriptions.models import Prescription
 from carnet.scheduling.models import Encounter
@@ -153,13 +150,12 @@ def administer(
         stay=stay,
         when=tx.now.isoformat(),
     )
-    kept = received_json(tx, resource, patient, {"subject": f"Patient/{patient.id}"})
-    row_id = new_id()
-    row = Intervention(
-        id=row_id,
-        facility_id=patient.facility_id,
-        patient_id=patient.id,
-        resource_type=RT.MEDICATION_ADMINISTRATION.value,
+    return keep_intervention(
+        tx,
+        RT.MEDICATION_ADMINISTRATION,
+        patient,
+        resource,
+        element="subject",
         code_system=ATC_SYSTEM,
         code=prescription.substance_code,
         display=prescription.medication_display,
@@ -167,12 +163,4 @@ def administer(
         occurred_at=tx.now,
         encounter_id=stay,
         recorded_by=performer_id,
-        received_ct=tx.enc(kept, patient.facility_id, "interventions", "received", row_id),
-        version_id=1,
-        created_at=tx.now,
-        updated_at=tx.now,
     )
-    tx.session.add(row)
-    tx.session.flush()
-    out = intervention_data(row, dict(json.loads(kept)))
-    return written(tx, patient, RT.MEDICATION_ADMINISTRATION, InterventionView, out, 1, "create")

@@ -6,6 +6,7 @@ each type is its own policy cell (who may read or write it) and its own audit re
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from carnet.interventions.models import Intervention
 from carnet.interventions.schemas import InterventionInput, InterventionView
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.kernel.ids import new_id, parse_id
+from carnet.patients.models import Patient
 from carnet.phi.kernel import NOT_FOUND, RT, GuardedTx, guarded
 from carnet.phi.steps import (
     patient_stay,
@@ -114,6 +116,48 @@ def _reader(kind: ResourceType) -> Callable[..., InterventionView]:
     return read
 
 
+def keep_intervention(
+    tx: GuardedTx,
+    kind: ResourceType,
+    patient: Patient,
+    resource: dict[str, Any],
+    *,
+    element: str,
+    code_system: str | None,
+    code: str | None,
+    display: str | None,
+    status: str,
+    occurred_at: dt.datetime | None,
+    encounter_id: uuid.UUID | None,
+    recorded_by: uuid.UUID | None,
+) -> InterventionView:
+    """Write version 1 of an intervention: the resource kept whole and encrypted (its patient
+    `element` naming the patient), beside the columns policy and search need."""
+    kept = received_json(tx, resource, patient, {element: f"Patient/{patient.id}"})
+    row_id = new_id()
+    row = Intervention(
+        id=row_id,
+        facility_id=patient.facility_id,
+        patient_id=patient.id,
+        resource_type=kind.value,
+        code_system=code_system,
+        code=code,
+        display=display,
+        status=status,
+        occurred_at=occurred_at,
+        encounter_id=encounter_id,
+        recorded_by=recorded_by,
+        received_ct=tx.enc(kept, patient.facility_id, "interventions", "received", row_id),
+        version_id=1,
+        created_at=tx.now,
+        updated_at=tx.now,
+    )
+    tx.session.add(row)
+    tx.session.flush()
+    out = intervention_data(row, dict(json.loads(kept)))
+    return written(tx, patient, kind, InterventionView, out, 1, "create")
+
+
 def _recorder(kind: ResourceType) -> Callable[..., InterventionView]:
     @guarded(AuditKind.PHI_CREATE, kind, targeted=True)
     def record(tx: GuardedTx, /, *, data: InterventionInput) -> InterventionView:
@@ -127,14 +171,12 @@ def _recorder(kind: ResourceType) -> Callable[..., InterventionView]:
         if data.received.get("resourceType") != kind.value:
             raise InvalidInput(f"{kind.value}.resourceType: not a {kind.value}")
         encounter = patient_stay(tx, data.encounter_id, patient)
-        element = PATIENT_ELEMENT[kind]
-        kept = received_json(tx, data.received, patient, {element: f"Patient/{patient.id}"})
-        row_id = new_id()
-        row = Intervention(
-            id=row_id,
-            facility_id=patient.facility_id,
-            patient_id=patient.id,
-            resource_type=kind.value,
+        return keep_intervention(
+            tx,
+            kind,
+            patient,
+            data.received,
+            element=PATIENT_ELEMENT[kind],
             code_system=data.code_system,
             code=data.code,
             display=data.display,
@@ -142,15 +184,7 @@ def _recorder(kind: ResourceType) -> Callable[..., InterventionView]:
             occurred_at=data.occurred_at,
             encounter_id=encounter,
             recorded_by=author,
-            received_ct=tx.enc(kept, patient.facility_id, "interventions", "received", row_id),
-            version_id=1,
-            created_at=tx.now,
-            updated_at=tx.now,
         )
-        tx.session.add(row)
-        tx.session.flush()
-        out = intervention_data(row, dict(json.loads(kept)))
-        return written(tx, patient, kind, InterventionView, out, 1, "create")
 
     return record
 
