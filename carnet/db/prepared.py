@@ -85,15 +85,18 @@ class PreparedInsert:
         return found
 
     def many(self, count: int) -> str:
-        """`count` rows in one statement (PostgreSQL, psycopg placeholders): the values are
-        typed by the columns they go to."""
+        """`count` rows in one statement (PostgreSQL's own `$n` placeholders, sent as they are by
+        psycopg's raw cursor: a statement this long is past psycopg's cache of converted
+        queries, and converting `%s` placeholders again at each execution cost more than the
+        rows' values): the values are typed by the columns they go to."""
         sql = self._many.get(count)
         if sql is None:
-            row = "(" + ", ".join(["%s"] * len(self.names)) + ")"
-            columns = ", ".join(self.table.c[name].name for name in self.names)
-            sql = self._many[count] = (
-                f"INSERT INTO {self.table.name} ({columns}) VALUES {', '.join([row] * count)}"  # noqa: S608
+            width = len(self.names)
+            rows = ", ".join(
+                "(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(count)
             )
+            columns = ", ".join(self.table.c[name].name for name in self.names)
+            sql = self._many[count] = f"INSERT INTO {self.table.name} ({columns}) VALUES {rows}"  # noqa: S608
         return sql
 
     def values(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> list[Any]:
@@ -126,7 +129,7 @@ def insert_rows(
     raw: Any = connection.connection.driver_connection
     sql = ""
     try:
-        with raw.pipeline(), raw.cursor() as cursor:
+        with raw.pipeline(), psycopg.RawCursor(raw) as cursor:
             for prepared, rows in batches:
                 sql = prepared.many(len(rows))
                 cursor.execute(sql, prepared.values(connection, rows))
