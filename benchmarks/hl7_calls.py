@@ -132,6 +132,10 @@ def _count_pipelined(counter: StatementCounter) -> list[int]:
         real(connection, batches)
 
     kernel.insert_rows = counting  # type: ignore[attr-defined]
+    from carnet.db import prepared
+
+    if hasattr(prepared, "DeferredRows"):  # a group's rows, sent together at its end
+        prepared.insert_rows = counting  # type: ignore[assignment]
     return seen
 
 

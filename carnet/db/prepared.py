@@ -111,6 +111,36 @@ class PreparedInsert:
         return out
 
 
+# PostgreSQL's protocol numbers a statement's parameters with 16 bits: a longer batch is split.
+MAX_PARAMETERS = 65535
+
+
+class DeferredRows:
+    """The rows several calls of a group would insert (`insert_rows`), kept to be inserted
+    together at the group's end: each table's rows, from every call, in ONE multi-row INSERT,
+    so a group sends the same statements whatever its size (carnet.phi.grouped). The tables go
+    in the order each was first given rows (a call gives a table its rows before the rows
+    naming them: reports before their results), each table's rows in the order given."""
+
+    def __init__(self) -> None:
+        self._rows: dict[PreparedInsert, list[dict[str, Any]]] = {}
+
+    def add(self, batches: Sequence[tuple[PreparedInsert, Sequence[dict[str, Any]]]]) -> None:
+        for prepared, rows in batches:
+            if rows:
+                self._rows.setdefault(prepared, []).extend(rows)
+
+    def holds(self, prepared: PreparedInsert, column: str, values: set[Any]) -> bool:
+        """Whether a kept row of `prepared` has one of `values` in `column` (a later call about
+        to read it from the database: the kept rows must be sent first)."""
+        return any(row[column] in values for row in self._rows.get(prepared, ()))
+
+    def send(self, connection: Connection) -> None:
+        """Insert every kept row (one pipeline on PostgreSQL) and keep none."""
+        batches, self._rows = list(self._rows.items()), {}
+        insert_rows(connection, batches)
+
+
 def insert_rows(
     connection: Connection, batches: Sequence[tuple[PreparedInsert, Sequence[dict[str, Any]]]]
 ) -> None:
@@ -131,7 +161,10 @@ def insert_rows(
     try:
         with raw.pipeline(), psycopg.RawCursor(raw) as cursor:
             for prepared, rows in batches:
-                sql = prepared.many(len(rows))
-                cursor.execute(sql, prepared.values(connection, rows))
+                step = MAX_PARAMETERS // len(prepared.names)
+                for start in range(0, len(rows), step):
+                    chunk = rows[start : start + step]
+                    sql = prepared.many(len(chunk))
+                    cursor.execute(sql, prepared.values(connection, chunk))
     except psycopg.Error as exc:
         raise DBAPIError.instance(sql, None, exc, psycopg.Error) from exc

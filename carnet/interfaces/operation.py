@@ -153,6 +153,9 @@ class MessageWork:
         wanted = {(kind, key): self.digest(kind, key) for kind, key in keys if (kind, key) not in self._links}
         if not wanted:
             return
+        deferred = self.tx.deferred
+        if deferred is not None and deferred.holds(_LINK_ROWS, "key_digest", set(wanted.values())):
+            self.tx.send_deferred()  # an earlier message of the group made one of these links
         found = self.tx.session.execute(
             _LINK_BY_KEY, {"facility_id": self.facility_id, "digests": sorted(set(wanted.values()))}
         ).all()
@@ -428,10 +431,14 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
         raise Refused("only a registered HL7 interface applies HL7 messages")
     tx.query = f"hl7;type={log.message_type}"
     tx.reasons.append("HL7 v2 interface message")
+    unlogged = log.unlogged
+    if tx.deferred is not None and tx.deferred.holds(_MESSAGE_ROWS, "control_id", {log.control_id}):
+        tx.send_deferred()  # its twin earlier in the group: read its log line
+        unlogged = False
     # The log line of this control id (a message refused before and sent again), held until commit.
     earlier = (
         None
-        if log.unlogged
+        if unlogged
         else tx.session.execute(
             select(_MESSAGES.c.id, _MESSAGES.c.status)
             .where(_MESSAGES.c.interface_id == log.interface_id, _MESSAGES.c.control_id == log.control_id)

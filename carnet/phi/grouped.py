@@ -7,10 +7,12 @@ the kernel's steps with the kernel's code; what is shared is the transaction:
 1. one transaction: the actor's context (account active, grants active: a contained or
    suspended actor is refused here, for every call of the group) and the facility scope;
 2. each call: its body, then its exposures (ledger, detection); first without savepoints
-   (most groups have no failing call); when a call fails, the transaction is rolled back
-   whole (nothing written, nothing audited) and the group runs again with each call in a
-   SAVEPOINT, where a call that fails is rolled back to its savepoint, alone, and the others
-   go on;
+   (most groups have no failing call), the plain rows of every call (`GuardedTx.insert_rows`:
+   an ORU message's report, results, versions, links, log line) kept and inserted after the
+   last call, one multi-row INSERT per table for the whole group; when a call fails, or those
+   rows do (a twin's unique key), the transaction is rolled back whole (nothing written,
+   nothing audited) and the group runs again with each call in a SAVEPOINT sending its own
+   rows, where a call that fails is rolled back to its savepoint, alone, and the others go on;
 3. the audit event of every call that succeeded, each its own event, in the order of the calls
    (the chain head is taken here, after all the Python work), then ONE commit;
 4. after the commit, each failed call is audited and answered by the kernel's `_fail`, exactly
@@ -34,6 +36,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from carnet.access.scope import enter_scope
 from carnet.audit.interfaces import Outcome
+from carnet.db.prepared import DeferredRows
 from carnet.operations.tracing import gate_step
 from carnet.phi.kernel import GateCore, Guard, GuardedTx, Refused, _serialise_on_sqlite
 
@@ -88,6 +91,10 @@ def _attempt(
                 failed = {i: (exc, []) for i in range(len(runs))}
                 runs = []
             done: list[GuardedTx] = []
+            # Without savepoints, the calls' plain rows are kept and inserted together after the
+            # last call (one multi-row INSERT per table for the group); with savepoints each
+            # call sends its own, so that a failing one is rolled back alone.
+            deferred = None if savepoints else DeferredRows()
             for i, run in enumerate(runs):
                 tx = GuardedTx(
                     session=session,
@@ -96,6 +103,7 @@ def _attempt(
                     keyring=core._keyring,
                     resource_type=resource.value,
                     kind=kind,
+                    deferred=deferred,
                 )
                 # Each call reads the database as it stands, not what an earlier call loaded.
                 session.expire_all()
@@ -121,6 +129,12 @@ def _attempt(
                     failed[i] = (exc, list(tx.patient_ids))
                     continue
                 done.append(tx)
+            if deferred is not None:
+                try:
+                    session.flush()
+                    deferred.send(session.connection())
+                except Exception as exc:  # one of the calls' rows (a twin's unique key...)
+                    raise _CallFailed from exc
             # Audit last, as the kernel does: the chain head is held from here to the commit.
             for tx in done:
                 seq = runtime.audit.append(session, core._record(kind, Outcome.SUCCESS, tx))

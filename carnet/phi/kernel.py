@@ -63,7 +63,7 @@ from carnet.access.scope import ALL_FACILITIES, enter_scope
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.crypto.keyring import Keyring
 from carnet.db.base import detached
-from carnet.db.prepared import PreparedInsert, insert_rows
+from carnet.db.prepared import DeferredRows, PreparedInsert, insert_rows
 from carnet.detection.interfaces import Channel, SearchEvent
 from carnet.identity.oauth import require_scope
 from carnet.kernel import clock
@@ -240,6 +240,9 @@ class GuardedTx:
     after_audit: list[Callable[[int], None]] = field(default_factory=list)
     # Relationships computed in this transaction; a write that may change them clears it.
     relationships: dict[uuid.UUID, frozenset[Relationship]] = field(default_factory=dict)
+    # A group's calls keep their plain rows here, inserted together at the group's end
+    # (carnet.phi.grouped); None: `insert_rows` sends them at once.
+    deferred: DeferredRows | None = None
 
     @property
     def now(self) -> dt.datetime:
@@ -526,9 +529,20 @@ class GuardedTx:
     def insert_rows(self, batches: Sequence[tuple[PreparedInsert, Sequence[dict[str, Any]]]]) -> None:
         """Plain rows (every column named) inserted in this transaction, batch after batch: on
         PostgreSQL one pipeline of prepared statements (carnet.db.prepared), not the ORM's unit
-        of work nor a round trip per statement. What the session holds pending goes first."""
+        of work nor a round trip per statement. What the session holds pending goes first.
+        In a group (`deferred`), the rows are kept and sent with the other calls' at its end:
+        a call that would read such rows back first sends them (`send_deferred`)."""
+        if self.deferred is not None:
+            self.deferred.add(batches)
+            return
         self.session.flush()
         insert_rows(self.session.connection(), batches)
+
+    def send_deferred(self) -> None:
+        """Insert the rows this transaction's group kept so far (none kept: nothing to do)."""
+        if self.deferred is not None:
+            self.session.flush()
+            self.deferred.send(self.session.connection())
 
     def bump(self, model: Any, row: Any, expected_version: int, **values: Any) -> None:
         """Update a versioned row only if nobody changed it since `expected_version` (If-Match)."""
