@@ -63,7 +63,7 @@ from carnet.access.scope import ALL_FACILITIES, enter_scope
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.crypto.keyring import Keyring
 from carnet.db.base import detached
-from carnet.db.prepared import DeferredRows, PreparedInsert, insert_rows
+from carnet.db.prepared import DeferredRows, PreparedInsert, PreparedSelect, insert_rows
 from carnet.detection.interfaces import Channel, SearchEvent
 from carnet.identity.oauth import require_scope
 from carnet.kernel import clock
@@ -107,9 +107,10 @@ _SCOPE_ACTIONS = {
 }
 
 _PATIENTS = cast(Table, Patient.__table__)
-_PATIENT_FOR_SHARE = (
+_PATIENT_FOR_SHARE = PreparedSelect(
     select(_PATIENTS).where(_PATIENTS.c.id == bindparam("id", type_=Uuid())).with_for_update(read=True)
 )
+_PATIENT_COLUMNS = tuple(c.key for c in _PATIENTS.columns)
 VERSION_ROWS = PreparedInsert(cast(Table, ResourceVersion.__table__))
 _MERGED_IN = _PATIENTS.alias("merged_in")
 # The record, and whether any duplicate was merged into it (most never were: no second query).
@@ -298,10 +299,11 @@ class GuardedTx:
         map. Read its fields; never change it."""
         pid = patient_id if isinstance(patient_id, uuid.UUID) else parse_id(patient_id)
         self.session.flush()  # a Core statement does not autoflush
-        row = self.session.connection().execute(_PATIENT_FOR_SHARE, {"id": pid}).first() if pid else None
-        if row is None:
+        # A prepared statement on PostgreSQL (an ORU feed files every message under a patient).
+        rows = _PATIENT_FOR_SHARE.all(self.session.connection(), {"id": pid}) if pid else ()
+        if not rows:
             raise NotFound(NOT_FOUND)
-        patient = detached(Patient, row._asdict())
+        patient = detached(Patient, dict(zip(_PATIENT_COLUMNS, rows[0], strict=True)))
         self.patient_ids.append(patient.id)
         return patient
 
