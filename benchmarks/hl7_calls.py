@@ -123,13 +123,13 @@ def _count_pipelined(counter: StatementCounter) -> list[int]:
     if real is None:  # a checkout before insert_rows
         return seen
 
-    def counting(connection: Any, batches: Any) -> None:
-        sent = sum(1 for _, rows in batches if rows)
+    def counting(connection: Any, batches: Any, **then: Any) -> Any:
+        sent = sum(1 for _, rows in batches if rows) + len(then.get("then", ()))
         if counter.on and sent:
             seen[0] += sent
             seen[1] += 1
             counter.count += sent
-        real(connection, batches)
+        return real(connection, batches, **then)
 
     kernel.insert_rows = counting  # type: ignore[attr-defined]
     from carnet.db import prepared

@@ -135,36 +135,52 @@ class DeferredRows:
         to read it from the database: the kept rows must be sent first)."""
         return any(row[column] in values for row in self._rows.get(prepared, ()))
 
-    def send(self, connection: Connection) -> None:
-        """Insert every kept row (one pipeline on PostgreSQL) and keep none."""
+    def send(self, connection: Connection, *, then: Sequence[tuple[str, dict[str, Any]]] = ()) -> list[Any]:
+        """Insert every kept row (one pipeline on PostgreSQL) and keep none; `then` as
+        `insert_rows` sends it, in the same pipeline."""
         batches, self._rows = list(self._rows.items()), {}
-        insert_rows(connection, batches)
+        return insert_rows(connection, batches, then=then)
 
 
 def insert_rows(
-    connection: Connection, batches: Sequence[tuple[PreparedInsert, Sequence[dict[str, Any]]]]
-) -> None:
+    connection: Connection,
+    batches: Sequence[tuple[PreparedInsert, Sequence[dict[str, Any]]]],
+    *,
+    then: Sequence[tuple[str, dict[str, Any]]] = (),
+) -> list[Any]:
     """Insert each batch of rows (every column named), in order, in the connection's
     transaction. On PostgreSQL with psycopg: each batch one multi-row INSERT, all of them in one
     pipeline (sent before any answer is read; psycopg prepares them on the connection), not a
     Core execution and a round trip per row; its errors raised as SQLAlchemy's
-    (IntegrityError...). Elsewhere, one Core executemany per batch."""
+    (IntegrityError...). Elsewhere, one Core executemany per batch.
+
+    `then` (PostgreSQL only): statements (psycopg's `%(name)s` placeholders) sent after the rows
+    in the same pipeline, each answering one row: their rows, in order (a group's audit
+    appends, carnet.phi.grouped)."""
     batches = [(prepared, rows) for prepared, rows in batches if rows]
-    if not batches:
-        return
+    if not batches and not then:
+        return []
     if connection.dialect.name != "postgresql" or connection.dialect.driver != "psycopg":
+        if then:
+            raise ValueError("statements in the rows' pipeline are PostgreSQL's")
         for prepared, rows in batches:
             connection.execute(insert(prepared.table), list(rows))
-        return
+        return []
     raw: Any = connection.connection.driver_connection
     sql = ""
+    answering: list[Any] = []
     try:
-        with raw.pipeline(), psycopg.RawCursor(raw) as cursor:
-            for prepared, rows in batches:
-                step = MAX_PARAMETERS // len(prepared.names)
-                for start in range(0, len(rows), step):
-                    chunk = rows[start : start + step]
-                    sql = prepared.many(len(chunk))
-                    cursor.execute(sql, prepared.values(connection, chunk))
+        with raw.pipeline():
+            with psycopg.RawCursor(raw) as cursor:
+                for prepared, rows in batches:
+                    step = MAX_PARAMETERS // len(prepared.names)
+                    for start in range(0, len(rows), step):
+                        chunk = rows[start : start + step]
+                        sql = prepared.many(len(chunk))
+                        cursor.execute(sql, prepared.values(connection, chunk))
+            for sql, params in then:
+                answering.append(raw.cursor())
+                answering[-1].execute(sql, params, prepare=True)
+        return [cursor.fetchone() for cursor in answering]
     except psycopg.Error as exc:
         raise DBAPIError.instance(sql, None, exc, psycopg.Error) from exc

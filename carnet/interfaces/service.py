@@ -417,8 +417,15 @@ class InterfaceService:
             return {}, set()
         answers: dict[int, str] = {}
         with self.runtime.session_factory.begin() as session:
-            rows = session.scalars(
-                select(InterfaceMessage).where(
+            # Columns, not ORM instances: most batches find none (every message is new).
+            rows = session.execute(
+                select(
+                    InterfaceMessage.id,
+                    InterfaceMessage.interface_id,
+                    InterfaceMessage.control_id,
+                    InterfaceMessage.status,
+                    InterfaceMessage.digest,
+                ).where(
                     InterfaceMessage.interface_id.in_({i.interface.id for i in incoming}),
                     InterfaceMessage.control_id.in_({i.head.control_id for i in incoming}),
                 )

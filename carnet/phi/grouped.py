@@ -29,13 +29,17 @@ versions and audit events, and answers the same, as the same calls one by one.
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from sqlalchemy.orm import Session
+
 from carnet.access.scope import enter_scope
-from carnet.audit.interfaces import Outcome
+from carnet.audit.interfaces import AuditKind, Outcome
+from carnet.audit.writer import SqlAuditWriter, append_one_statement
 from carnet.db.prepared import DeferredRows
 from carnet.operations.tracing import gate_step
 from carnet.phi.kernel import GateCore, Guard, GuardedTx, Refused, _serialise_on_sqlite
@@ -129,22 +133,70 @@ def _attempt(
                     failed[i] = (exc, list(tx.patient_ids))
                     continue
                 done.append(tx)
-            if deferred is not None:
-                try:
-                    session.flush()
-                    deferred.send(session.connection())
-                except Exception as exc:  # one of the calls' rows (a twin's unique key...)
-                    raise _CallFailed from exc
-            # Audit last, as the kernel does: the chain head is held from here to the commit.
-            for tx in done:
-                seq = runtime.audit.append(session, core._record(kind, Outcome.SUCCESS, tx))
-                for hook in tx.after_audit:
-                    hook(seq)
+            if deferred is not None and done and _appends_in_pipeline(runtime, session):
+                # The kept rows and each call's audit append (the writer's own statement, the
+                # chain linked by the database, in the order of the calls) in one pipeline.
+                _send_and_audit(core, session, deferred, done, kind)
+            else:
+                if deferred is not None:
+                    try:
+                        session.flush()
+                        deferred.send(session.connection())
+                    except Exception as exc:  # one of the calls' rows (a twin's unique key...)
+                        raise _CallFailed from exc
+                # Audit last, as the kernel does: the chain head is held from here to the commit.
+                for tx in done:
+                    seq = runtime.audit.append(session, core._record(kind, Outcome.SUCCESS, tx))
+                    for hook in tx.after_audit:
+                        hook(seq)
     except _CallFailed:
         raise
     except Exception as exc:
         raise GroupFailed(type(exc).__name__) from exc
     return _answer(core, guard, results, failed)
+
+
+def _sql_writer(audit: Any) -> Any:
+    """The audit trail's SQL writer (detection's watch wraps it: `watch` is called beside)."""
+    return getattr(audit, "inner", audit)
+
+
+def _appends_in_pipeline(runtime: Any, session: Session) -> bool:
+    bind = session.get_bind()
+    return (
+        bind.dialect.name == "postgresql"
+        and bind.dialect.driver == "psycopg"
+        and isinstance(_sql_writer(runtime.audit), SqlAuditWriter)
+    )
+
+
+def _send_and_audit(
+    core: GateCore, session: Session, deferred: DeferredRows, done: list[GuardedTx], kind: AuditKind
+) -> None:
+    """The group's kept rows, then the audit event of each call that succeeded, in ONE pipeline
+    (PostgreSQL): the statements `SqlAuditWriter.append` would send one by one, each told to
+    the writer (`appended`: the checkpoint, the metrics) and to detection's watch as `append`
+    tells them. The chain head is taken by the first append, held to the commit, as before. A
+    failure of any of it fails the group's first run: it runs again with savepoints (and the
+    appends one by one)."""
+    runtime = core._runtime
+    writer = _sql_writer(runtime.audit)
+    watch = getattr(runtime.audit, "watch", None)
+    records = [core._record(kind, Outcome.SUCCESS, tx) for tx in done]
+    started = time.perf_counter()
+    try:
+        session.flush()
+        answers = deferred.send(session.connection(), then=[append_one_statement(r) for r in records])
+    except Exception as exc:
+        raise _CallFailed from exc
+    seconds = (time.perf_counter() - started) / len(records)
+    for tx, record, answer in zip(done, records, answers, strict=True):
+        seq = int(answer[0])
+        writer.appended(session, record, seq, seconds)
+        if watch is not None:
+            watch(session, record)
+        for hook in tx.after_audit:
+            hook(seq)
 
 
 def _answer(

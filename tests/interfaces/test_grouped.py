@@ -371,9 +371,9 @@ def test_a_clean_group_inserts_its_rows_together_and_writes_what_one_by_one_writ
     real_insert, real_attempt = prepared.insert_rows, grouped._attempt
     attempts: list[bool] = []
 
-    def spy_insert(connection: Any, batches: Any) -> None:
+    def spy_insert(connection: Any, batches: Any, **then: Any) -> Any:
         sent.append([(p.table.name, len(rows)) for p, rows in batches if rows])
-        real_insert(connection, batches)
+        return real_insert(connection, batches, **then)
 
     def spy_attempt(core: Any, guard: Any, runs: Any, *, savepoints: bool) -> Any:
         attempts.append(savepoints)
@@ -406,6 +406,18 @@ def test_a_clean_group_inserts_its_rows_together_and_writes_what_one_by_one_writ
     assert first["audit"] and first["observations"] and first["links"]
     for part in first:
         assert second[part] == first[part], part
+    # The group's events (appended in the rows' pipeline on PostgreSQL) chain as any others.
+    from carnet.audit.checkpoints import FileCheckpointStore
+    from carnet.audit.verify import verify
+
+    assert runtime.checkpointer is not None
+    runtime.checkpointer.checkpoint()
+    report = verify(
+        runtime.engine,
+        store=FileCheckpointStore(runtime.settings.resolved_checkpoint_file),
+        verifier=runtime.checkpointer.signer.verifier(),
+    )
+    assert report.ok, [p.describe() for p in report.problems]
 
 
 def test_a_group_whose_kept_rows_fail_runs_again_with_savepoints(
@@ -427,11 +439,11 @@ def test_a_group_whose_kept_rows_fail_runs_again_with_savepoints(
     real_send = prepared.DeferredRows.send
     refused: list[int] = []
 
-    def failing(self: Any, connection: Any) -> None:
+    def failing(self: Any, connection: Any, **then: Any) -> Any:
         if not refused:
             refused.append(1)
             raise IntegrityError("INSERT", None, Exception("a twin's row"))
-        real_send(self, connection)
+        return real_send(self, connection, **then)
 
     prepared.DeferredRows.send = failing  # type: ignore[method-assign]
     try:
