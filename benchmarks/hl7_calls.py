@@ -96,8 +96,8 @@ def run(messages: int, group: int, profile_out: Path | None) -> str:
         lines.append(
             f"process CPU, not profiled: {1000 * (time.process_time() - began) / half:.2f} ms per message;"
             f" {counter.count / half:.2f} SQL statements per message ({pipelined[0] / half:.2f} of them"
-            f" in {pipelined[1] / half:.2f} pipelines of carnet.db.prepared.insert_rows; the audit"
-            " append, sent by psycopg itself, is not counted)"
+            f" in {pipelined[1] / half:.2f} pipelines of carnet.db.prepared.insert_rows, audit appends"
+            " included; an audit append sent alone by psycopg is not counted)"
         )
         profile = cProfile.Profile(time.thread_time)
         profile.enable()
@@ -133,6 +133,15 @@ def _count_pipelined(counter: StatementCounter) -> list[int]:
 
     kernel.insert_rows = counting  # type: ignore[attr-defined]
     from carnet.db import prepared
+
+    select_all = prepared.PreparedSelect.all
+
+    def counting_select(self: Any, connection: Any, params: Any) -> Any:
+        if counter.on:  # psycopg's own prepared statements: not seen by SQLAlchemy's events
+            counter.count += 1
+        return select_all(self, connection, params)
+
+    prepared.PreparedSelect.all = counting_select  # type: ignore[method-assign]
 
     if hasattr(prepared, "DeferredRows"):  # a group's rows, sent together at its end
         prepared.insert_rows = counting  # type: ignore[assignment]
