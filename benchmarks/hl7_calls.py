@@ -41,7 +41,7 @@ STEPS = (
     ("  message body", "_apply", "interfaces/operation.py"),
     ("    handler: results", "results", "interfaces/handlers.py"),
     ("      link prefetch", "prefetch", "interfaces/operation.py"),
-    ("      result inputs (pydantic)", "_result_input", "interfaces/handlers.py"),
+    ("      result inputs (OBX fields, pydantic)", "_result_input", "interfaces/handlers.py"),
     ("      record_observations", "record_observations", "records/operations.py"),
     ("        patient lock", "patient_for_write", "phi/kernel.py"),
     ("        authorize", "authorize", "phi/kernel.py"),
@@ -50,6 +50,7 @@ STEPS = (
     ("    links", "write_links", "interfaces/operation.py"),
     ("  ledger", "record", "detection/ledger.py"),
     ("  audit append", "append", "audit/writer.py"),
+    ("  group's rows and audit appends, one pipeline", "_send_and_audit", "phi/grouped.py"),
     ("  commit", "commit", "orm/session.py"),
     ("ACK", "ack", "interfaces/hl7v2.py"),
 )

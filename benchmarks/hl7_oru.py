@@ -10,7 +10,7 @@
    group commit), unless `--no-single`.
 
     .venv/bin/python -m benchmarks.hl7_oru [--patients 200] [--messages 2000] [--clients 8]
-        [--workers 4] [--rounds 2] [--sqlite] [--orders] [--no-single] [--uvloop]
+        [--workers 4] [--processes 1] [--rounds 2] [--sqlite] [--orders] [--no-single] [--uvloop]
 
 PostgreSQL by default (a throwaway database on CARNET_BENCH_POSTGRES_URL). The two are
 interleaved round by round; the load average is printed before and after (a shared machine).
