@@ -10,15 +10,16 @@
    group commit), unless `--no-single`.
 
     .venv/bin/python -m benchmarks.hl7_oru [--patients 200] [--messages 2000] [--clients 8]
-        [--workers 4] [--rounds 2] [--sqlite] [--orders] [--no-single] [--uvloop]
+        [--workers 4] [--processes 1] [--rounds 2] [--sqlite] [--orders] [--no-single] [--uvloop]
 
 PostgreSQL by default (a throwaway database on CARNET_BENCH_POSTGRES_URL). The two are
 interleaved round by round; the load average is printed before and after (a shared machine).
 The SQL statements carnet sends per message are counted in the same run (a SQLAlchemy
 `before_cursor_execute` listener). `--orders`: each message answers a lab order placed in carnet
 beforehand (its placer number in OBR-2), which it links and completes. CPU per message is
-this process's (clients, listener, carnet) and the PostgreSQL backends' serving the run's
-database (/proc; not the WAL writer's), each round apart.
+this process's (clients, listener, carnet), with `--processes N` the other listener processes'
+too, and the PostgreSQL backends' serving the run's database (/proc; not the WAL writer's),
+each round apart.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event as sa_event
 
@@ -105,8 +107,23 @@ class _AnyPeer(ParseOnly):
         return [None]  # type: ignore[list-item]  # any non-empty list keeps the connection
 
 
+CHILDREN: list[int] = []  # the pids of the listener processes besides this one (--processes)
+
+
 @contextmanager
-def listening(service: object, workers: int, *, group: bool = True, fast_loop: bool = False) -> Iterator[int]:
+def listening(
+    service: object,
+    workers: int,
+    *,
+    group: bool = True,
+    fast_loop: bool = False,
+    processes: int = 1,
+    runtime: Runtime | None = None,
+) -> Iterator[int]:
+    """A listener in this process on a free port; with `processes` > 1 (and the `runtime` whose
+    settings they take), that many listener processes on it in all (SO_REUSEPORT)."""
+    from carnet.interfaces.processes import ListenerOptions, start_processes, stop_processes
+
     if fast_loop:
         import uvloop
 
@@ -115,11 +132,25 @@ def listening(service: object, workers: int, *, group: bool = True, fast_loop: b
         loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = MllpListener(service, host="127.0.0.1", port=0, workers=workers, group=group)  # type: ignore[arg-type]
+    server = MllpListener(
+        service,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=0,
+        workers=workers,
+        group=group,
+        reuse_port=processes > 1,
+    )
     port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    others: list[Any] = []
     try:
+        if processes > 1 and runtime is not None:
+            options = ListenerOptions("127.0.0.1", port, workers, group)
+            others = start_processes(runtime.settings, options, processes - 1)
+            CHILDREN[:] = [p.pid for p in others]
         yield port
     finally:
+        stop_processes(others)
+        CHILDREN.clear()
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
@@ -180,13 +211,15 @@ def _run(
 ) -> tuple[float, int]:
     batches = [messages[i::clients] for i in range(clients)]
     before = _backend_cpu(runtime) if runtime is not None else {}
+    children = {pid: _proc_cpu(pid) for pid in CHILDREN}
     cpu = time.process_time()
     if SENDERS is not None:  # the clients in a process of their own: not this one's CPU or GIL
         elapsed, answers = SENDERS.submit(_timed_clients, port, batches).result()
     else:
         elapsed, answers = _timed_clients(port, batches)
     if kind:  # this process's CPU (the listener and carnet; with --same-process, the clients too)
-        CPU[kind].append((time.process_time() - cpu) / len(messages) * 1000)
+        used = time.process_time() - cpu + sum(_proc_cpu(pid) - t for pid, t in children.items())
+        CPU[kind].append(used / len(messages) * 1000)
     if runtime is not None and kind:  # the database's backends (a new backend counts whole)
         after = _backend_cpu(runtime)
         used = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
@@ -290,6 +323,12 @@ def main() -> None:
     parser.add_argument("--no-single", action="store_true", help="skip one transaction per message")
     parser.add_argument("--uvloop", action="store_true", help="the listener's event loop is uvloop's")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="carnet's listener processes on the port (SO_REUSEPORT), each with --workers",
+    )
+    parser.add_argument(
         "--same-process",
         action="store_true",
         help="the clients in the listener's process (as before session 6)",
@@ -329,13 +368,21 @@ def main() -> None:
                 messages = [
                     oru(f"R{kind[0]}{r}", n, n % args.patients, placers[n]) for n in range(args.messages)
                 ]
-                with listening(service, args.workers, group=kind == "carnet", fast_loop=args.uvloop) as port:
+                with listening(
+                    service,
+                    args.workers,
+                    group=kind == "carnet",
+                    fast_loop=args.uvloop,
+                    processes=args.processes,
+                    runtime=runtime,
+                ) as port:
                     counter.count, counter.on = 0, True
                     elapsed, accepted = _run(port, messages, args.clients, kind, runtime)
                     counter.on = False
                 assert accepted == len(messages), f"{kind} accepted {accepted} of {len(messages)}"
                 results[kind].append(len(messages) / elapsed)
-                statements[kind].append(counter.count / len(messages))
+                if args.processes == 1:  # the other processes' statements are not counted
+                    statements[kind].append(counter.count / len(messages))
     best = {k: max(v) for k, v in results.items() if v}
     print(
         json.dumps(
@@ -345,6 +392,7 @@ def main() -> None:
                 "obx_per_message": len(OBX),
                 "clients": args.clients,
                 "workers": args.workers,
+                "processes": args.processes,
                 "messages_per_second": {k: [round(x, 1) for x in v] for k, v in results.items()},
                 "best": {k: round(v, 1) for k, v in best.items()},
                 "ratio_to_baseline": {k: round(v / best["baseline"], 4) for k, v in best.items()},

@@ -187,10 +187,20 @@ def serve(
             help="Group commit: messages waiting while every worker is busy applied in one transaction.",
         ),
     ] = True,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Listener processes sharing the port (SO_REUSEPORT; a connection stays on one):"
+            " applying messages is CPU-bound, one process uses one core.",
+        ),
+    ] = 1,
 ) -> None:
     """Listen for HL7 v2 messages over MLLP and answer each with an ACK or a NAK."""
     from carnet.interfaces.mllp import MllpListener, tls_context
+    from carnet.interfaces.processes import ListenerOptions, start_processes, stop_processes
     from carnet.interfaces.service import InterfaceService
+    from carnet.settings import get_settings
 
     if (tls_cert is None) != (tls_key is None) or (client_ca is not None and tls_cert is None):
         raise _fail("TLS needs --tls-cert and --tls-key (and --client-ca only with them)")
@@ -202,8 +212,31 @@ def serve(
             raise _fail(f"cannot load the TLS files ({type(exc).__name__})") from None
     with _runtime() as runtime:
         listener = MllpListener(
-            InterfaceService(runtime), host=host, port=port, ssl_context=context, workers=workers, group=group
+            InterfaceService(runtime),
+            host=host,
+            port=port,
+            ssl_context=context,
+            workers=workers,
+            group=group,
+            reuse_port=processes > 1,
         )
-        typer.echo(f"MLLP listener on {host}:{port}{' (TLS)' if context else ''}")
-        with suppress(KeyboardInterrupt):
-            asyncio.run(listener.serve_forever())
+        others: list[object] = []
+
+        async def serve() -> None:
+            bound = await listener.start()
+            if processes > 1:  # the others on the port this one bound
+                options = ListenerOptions(host, bound, workers, group, tls_cert, tls_key, client_ca)
+                others.extend(
+                    await asyncio.to_thread(start_processes, get_settings(), options, processes - 1)
+                )
+            typer.echo(
+                f"MLLP listener on {host}:{bound}{' (TLS)' if context else ''}"
+                + (f", {processes} processes" if processes > 1 else "")
+            )
+            await listener.serve_forever()
+
+        try:
+            with suppress(KeyboardInterrupt):
+                asyncio.run(serve())
+        finally:
+            stop_processes(others)

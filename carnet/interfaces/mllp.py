@@ -66,6 +66,7 @@ class MllpListener:
         workers: int = 4,
         group: bool = True,
         max_group: int = 50,
+        reuse_port: bool = False,
     ) -> None:
         self.service = service
         self.host = host
@@ -78,11 +79,15 @@ class MllpListener:
         self._workers = workers
         self._waiting: list[tuple[tuple[str, Peer, list[Registered] | None], asyncio.Future[str]]] = []
         self._running = 0
+        # Several listener processes on one port (`serve_processes`): the kernel hands each new
+        # connection to one of them, where it stays.
+        self._reuse_port = reuse_port
 
     async def start(self) -> int:
         """Listen; returns the port (useful when asked for port 0)."""
+        extra = {"reuse_port": True} if self._reuse_port else {}
         self._server = await start_hl7_server(
-            self._client, self.host, self.port, ssl=self.ssl_context, limit=MAX_MESSAGE_BYTES
+            self._client, self.host, self.port, ssl=self.ssl_context, limit=MAX_MESSAGE_BYTES, **extra
         )
         sockets = getattr(self._server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else self.port

@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import ARRAY, String, Table, Uuid, any_, bindparam, select, update
 
 from carnet.access.actor import ActorKind
 from carnet.access.policy import ResourceType
 from carnet.audit.interfaces import AuditKind
 from carnet.crypto.blind import IndexKind
-from carnet.db.prepared import PreparedInsert
+from carnet.db.prepared import PreparedInsert, PreparedSelect
 from carnet.interfaces.hl7v2 import ErrorCode, MessageError
 from carnet.interfaces.models import InterfaceLink, InterfaceMessage
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
@@ -111,19 +111,31 @@ _LINK_ROWS = PreparedInsert(_LINKS)
 _MESSAGE_ROWS = PreparedInsert(_MESSAGES)
 # A link read with whether its patient was merged (one statement, not two); Core, not the ORM:
 # a message reads and writes its links as plain rows.
+_LINK_COLUMNS = (
+    _LINKS.c.id,
+    _LINKS.c.kind,
+    _LINKS.c.key_digest,
+    _LINKS.c.target_id,
+    _LINKS.c.reference_range,
+    _LINKS.c.abnormal_flags,
+    _PATIENTS.c.merged_into_id,
+)
+_LINKS_WITH_PATIENT = _LINKS.outerjoin(
+    _PATIENTS, (_PATIENTS.c.id == _LINKS.c.target_id) & (_LINKS.c.kind == "patient")
+)
+# The same, as a prepared statement on PostgreSQL (every message reads its links): the digests
+# as one array parameter, not a list of placeholders rendered at each execution.
+_LINK_BY_KEY_PREPARED = PreparedSelect(
+    select(*_LINK_COLUMNS)
+    .select_from(_LINKS_WITH_PATIENT)
+    .where(
+        _LINKS.c.facility_id == bindparam("facility_id", type_=Uuid()),
+        _LINKS.c.key_digest == any_(bindparam("digests", type_=ARRAY(String()))),
+    )
+)
 _LINK_BY_KEY = (
-    select(
-        _LINKS.c.id,
-        _LINKS.c.kind,
-        _LINKS.c.key_digest,
-        _LINKS.c.target_id,
-        _LINKS.c.reference_range,
-        _LINKS.c.abnormal_flags,
-        _PATIENTS.c.merged_into_id,
-    )
-    .select_from(
-        _LINKS.outerjoin(_PATIENTS, (_PATIENTS.c.id == _LINKS.c.target_id) & (_LINKS.c.kind == "patient"))
-    )
+    select(*_LINK_COLUMNS)
+    .select_from(_LINKS_WITH_PATIENT)
     .where(
         _LINKS.c.facility_id == bindparam("facility_id"),
         _LINKS.c.key_digest.in_(bindparam("digests", expanding=True)),
@@ -153,19 +165,27 @@ class MessageWork:
         wanted = {(kind, key): self.digest(kind, key) for kind, key in keys if (kind, key) not in self._links}
         if not wanted:
             return
-        found = self.tx.session.execute(
-            _LINK_BY_KEY, {"facility_id": self.facility_id, "digests": sorted(set(wanted.values()))}
-        ).all()
-        rows = {(row.kind, row.key_digest): row for row in found}
+        deferred = self.tx.deferred
+        if deferred is not None and deferred.holds(_LINK_ROWS, "key_digest", set(wanted.values())):
+            self.tx.send_deferred()  # an earlier message of the group made one of these links
+        params = {"facility_id": self.facility_id, "digests": sorted(set(wanted.values()))}
+        connection = self.tx.session.connection()
+        found: Sequence[Sequence[Any]] = (
+            _LINK_BY_KEY_PREPARED.all(connection, params)
+            if connection.dialect.name == "postgresql"
+            else connection.execute(_LINK_BY_KEY, params).all()
+        )
+        rows = {(row[1], row[2]): row for row in found}
         for (kind, key), digest in wanted.items():
             row = rows.get((kind, digest))
             if row is None:
                 self._links[(kind, key)] = None
                 continue
-            if kind == "patient" and row.merged_into_id is None:
-                self._kept.add(row.target_id)
+            link_id, _kind, key_digest, target_id, reference_range, abnormal_flags, merged_into_id = row
+            if kind == "patient" and merged_into_id is None:
+                self._kept.add(target_id)
             self._links[(kind, key)] = Link(
-                row.id, row.kind, row.key_digest, row.target_id, row.reference_range, row.abnormal_flags
+                link_id, kind, key_digest, target_id, reference_range, abnormal_flags
             )
 
     def link(self, kind: str, key: str) -> Link | None:
@@ -428,10 +448,14 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
         raise Refused("only a registered HL7 interface applies HL7 messages")
     tx.query = f"hl7;type={log.message_type}"
     tx.reasons.append("HL7 v2 interface message")
+    unlogged = log.unlogged
+    if tx.deferred is not None and tx.deferred.holds(_MESSAGE_ROWS, "control_id", {log.control_id}):
+        tx.send_deferred()  # its twin earlier in the group: read its log line
+        unlogged = False
     # The log line of this control id (a message refused before and sent again), held until commit.
     earlier = (
         None
-        if log.unlogged
+        if unlogged
         else tx.session.execute(
             select(_MESSAGES.c.id, _MESSAGES.c.status)
             .where(_MESSAGES.c.interface_id == log.interface_id, _MESSAGES.c.control_id == log.control_id)

@@ -18,12 +18,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ARRAY, String, Uuid, any_, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from carnet.access.actor import Actor, ActorKind, PurposeOfUse
 from carnet.access.roles import Role
 from carnet.crypto.blind import IndexKind
+from carnet.db.prepared import PreparedSelect
 from carnet.detection.containment import contain, raise_alert
 from carnet.detection.interfaces import Finding, Level, Rule
 from carnet.identity.models import Account
@@ -415,10 +416,23 @@ class InterfaceService:
         that is a replay, and which have a log line (both keyed by `id()` of its _Incoming)."""
         if not incoming:
             return {}, set()
+        # Most batches are new messages: one read outside any transaction says so (no BEGIN,
+        # no COMMIT); only a batch holding a replay is looked up again and counted below.
+        statuses = self._log_statuses(incoming)
+        logged = {id(item) for item in incoming if (item.interface.id, item.head.control_id) in statuses}
+        if "accepted" not in statuses.values():
+            return {}, logged
         answers: dict[int, str] = {}
         with self.runtime.session_factory.begin() as session:
-            rows = session.scalars(
-                select(InterfaceMessage).where(
+            # Looked up again in the transaction that counts the replays.
+            rows = session.execute(
+                select(
+                    InterfaceMessage.id,
+                    InterfaceMessage.interface_id,
+                    InterfaceMessage.control_id,
+                    InterfaceMessage.status,
+                    InterfaceMessage.digest,
+                ).where(
                     InterfaceMessage.interface_id.in_({i.interface.id for i in incoming}),
                     InterfaceMessage.control_id.in_({i.head.control_id for i in incoming}),
                 )
@@ -445,6 +459,21 @@ class InterfaceService:
                 )
                 answers[id(item)] = self._ack_replay(item.head, clock.now())
         return answers, logged
+
+    def _log_statuses(self, incoming: list[_Incoming]) -> dict[tuple[uuid.UUID, str], str]:
+        """The status of each log line these messages' control ids have, read in one statement
+        (a prepared one on PostgreSQL, in autocommit: a read of the log alone)."""
+        params = {
+            "interface_ids": sorted({i.interface.id for i in incoming}),
+            "control_ids": sorted({i.head.control_id for i in incoming}),
+        }
+        with self.runtime.engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+                rows = _LOG_STATUS_PREPARED.all(connection, params)
+            else:
+                rows = connection.execute(_LOG_STATUS, params).all()
+        return {(row[0], row[1]): row[2] for row in rows}
 
     def _ack_replay(self, head: Header, now: dt.datetime) -> str:
         return hl7v2.ack(head, AckCode.ACCEPT, control_id=_ack_id(), now=now)
@@ -536,6 +565,19 @@ class InterfaceService:
                 contain(session, actor=actor, findings=[finding], audit=self.runtime.audit, at=now)
             else:
                 raise_alert(session, actor=actor, finding=finding, at=now)
+
+
+_LOG_COLUMNS = (InterfaceMessage.interface_id, InterfaceMessage.control_id, InterfaceMessage.status)
+_LOG_STATUS = select(*_LOG_COLUMNS).where(
+    InterfaceMessage.interface_id.in_(bindparam("interface_ids", expanding=True)),
+    InterfaceMessage.control_id.in_(bindparam("control_ids", expanding=True)),
+)
+_LOG_STATUS_PREPARED = PreparedSelect(
+    select(*_LOG_COLUMNS).where(  # type: ignore[arg-type]  # typed columns: a Select of them
+        InterfaceMessage.interface_id == any_(bindparam("interface_ids", type_=ARRAY(Uuid()))),
+        InterfaceMessage.control_id == any_(bindparam("control_ids", type_=ARRAY(String()))),
+    )
+)
 
 
 def _registered(row: Interface, practitioner_id: uuid.UUID | None) -> Registered:

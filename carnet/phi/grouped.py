@@ -7,10 +7,12 @@ the kernel's steps with the kernel's code; what is shared is the transaction:
 1. one transaction: the actor's context (account active, grants active: a contained or
    suspended actor is refused here, for every call of the group) and the facility scope;
 2. each call: its body, then its exposures (ledger, detection); first without savepoints
-   (most groups have no failing call); when a call fails, the transaction is rolled back
-   whole (nothing written, nothing audited) and the group runs again with each call in a
-   SAVEPOINT, where a call that fails is rolled back to its savepoint, alone, and the others
-   go on;
+   (most groups have no failing call), the plain rows of every call (`GuardedTx.insert_rows`:
+   an ORU message's report, results, versions, links, log line) kept and inserted after the
+   last call, one multi-row INSERT per table for the whole group; when a call fails, or those
+   rows do (a twin's unique key), the transaction is rolled back whole (nothing written,
+   nothing audited) and the group runs again with each call in a SAVEPOINT sending its own
+   rows, where a call that fails is rolled back to its savepoint, alone, and the others go on;
 3. the audit event of every call that succeeded, each its own event, in the order of the calls
    (the chain head is taken here, after all the Python work), then ONE commit;
 4. after the commit, each failed call is audited and answered by the kernel's `_fail`, exactly
@@ -27,13 +29,18 @@ versions and audit events, and answers the same, as the same calls one by one.
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from sqlalchemy.orm import Session
+
 from carnet.access.scope import enter_scope
-from carnet.audit.interfaces import Outcome
+from carnet.audit.interfaces import AuditKind, Outcome
+from carnet.audit.writer import SqlAuditWriter, append_one_statement
+from carnet.db.prepared import DeferredRows
 from carnet.operations.tracing import gate_step
 from carnet.phi.kernel import GateCore, Guard, GuardedTx, Refused, _serialise_on_sqlite
 
@@ -88,6 +95,10 @@ def _attempt(
                 failed = {i: (exc, []) for i in range(len(runs))}
                 runs = []
             done: list[GuardedTx] = []
+            # Without savepoints, the calls' plain rows are kept and inserted together after the
+            # last call (one multi-row INSERT per table for the group); with savepoints each
+            # call sends its own, so that a failing one is rolled back alone.
+            deferred = None if savepoints else DeferredRows()
             for i, run in enumerate(runs):
                 tx = GuardedTx(
                     session=session,
@@ -96,6 +107,7 @@ def _attempt(
                     keyring=core._keyring,
                     resource_type=resource.value,
                     kind=kind,
+                    deferred=deferred,
                 )
                 # Each call reads the database as it stands, not what an earlier call loaded.
                 session.expire_all()
@@ -121,16 +133,70 @@ def _attempt(
                     failed[i] = (exc, list(tx.patient_ids))
                     continue
                 done.append(tx)
-            # Audit last, as the kernel does: the chain head is held from here to the commit.
-            for tx in done:
-                seq = runtime.audit.append(session, core._record(kind, Outcome.SUCCESS, tx))
-                for hook in tx.after_audit:
-                    hook(seq)
+            if deferred is not None and done and _appends_in_pipeline(runtime, session):
+                # The kept rows and each call's audit append (the writer's own statement, the
+                # chain linked by the database, in the order of the calls) in one pipeline.
+                _send_and_audit(core, session, deferred, done, kind)
+            else:
+                if deferred is not None:
+                    try:
+                        session.flush()
+                        deferred.send(session.connection())
+                    except Exception as exc:  # one of the calls' rows (a twin's unique key...)
+                        raise _CallFailed from exc
+                # Audit last, as the kernel does: the chain head is held from here to the commit.
+                for tx in done:
+                    seq = runtime.audit.append(session, core._record(kind, Outcome.SUCCESS, tx))
+                    for hook in tx.after_audit:
+                        hook(seq)
     except _CallFailed:
         raise
     except Exception as exc:
         raise GroupFailed(type(exc).__name__) from exc
     return _answer(core, guard, results, failed)
+
+
+def _sql_writer(audit: Any) -> Any:
+    """The audit trail's SQL writer (detection's watch wraps it: `watch` is called beside)."""
+    return getattr(audit, "inner", audit)
+
+
+def _appends_in_pipeline(runtime: Any, session: Session) -> bool:
+    bind = session.get_bind()
+    return (
+        bind.dialect.name == "postgresql"
+        and bind.dialect.driver == "psycopg"
+        and isinstance(_sql_writer(runtime.audit), SqlAuditWriter)
+    )
+
+
+def _send_and_audit(
+    core: GateCore, session: Session, deferred: DeferredRows, done: list[GuardedTx], kind: AuditKind
+) -> None:
+    """The group's kept rows, then the audit event of each call that succeeded, in ONE pipeline
+    (PostgreSQL): the statements `SqlAuditWriter.append` would send one by one, each told to
+    the writer (`appended`: the checkpoint, the metrics) and to detection's watch as `append`
+    tells them. The chain head is taken by the first append, held to the commit, as before. A
+    failure of any of it fails the group's first run: it runs again with savepoints (and the
+    appends one by one)."""
+    runtime = core._runtime
+    writer = _sql_writer(runtime.audit)
+    watch = getattr(runtime.audit, "watch", None)
+    records = [core._record(kind, Outcome.SUCCESS, tx) for tx in done]
+    started = time.perf_counter()
+    try:
+        session.flush()
+        answers = deferred.send(session.connection(), then=[append_one_statement(r) for r in records])
+    except Exception as exc:
+        raise _CallFailed from exc
+    seconds = (time.perf_counter() - started) / len(records)
+    for tx, record, answer in zip(done, records, answers, strict=True):
+        seq = int(answer[0])
+        writer.appended(session, record, seq, seconds)
+        if watch is not None:
+            watch(session, record)
+        for hook in tx.after_audit:
+            hook(seq)
 
 
 def _answer(

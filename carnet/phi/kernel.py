@@ -63,7 +63,7 @@ from carnet.access.scope import ALL_FACILITIES, enter_scope
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.crypto.keyring import Keyring
 from carnet.db.base import detached
-from carnet.db.prepared import PreparedInsert, insert_rows
+from carnet.db.prepared import DeferredRows, PreparedInsert, PreparedSelect, insert_rows
 from carnet.detection.interfaces import Channel, SearchEvent
 from carnet.identity.oauth import require_scope
 from carnet.kernel import clock
@@ -107,9 +107,10 @@ _SCOPE_ACTIONS = {
 }
 
 _PATIENTS = cast(Table, Patient.__table__)
-_PATIENT_FOR_SHARE = (
+_PATIENT_FOR_SHARE = PreparedSelect(
     select(_PATIENTS).where(_PATIENTS.c.id == bindparam("id", type_=Uuid())).with_for_update(read=True)
 )
+_PATIENT_COLUMNS = tuple(c.key for c in _PATIENTS.columns)
 VERSION_ROWS = PreparedInsert(cast(Table, ResourceVersion.__table__))
 _MERGED_IN = _PATIENTS.alias("merged_in")
 # The record, and whether any duplicate was merged into it (most never were: no second query).
@@ -240,6 +241,9 @@ class GuardedTx:
     after_audit: list[Callable[[int], None]] = field(default_factory=list)
     # Relationships computed in this transaction; a write that may change them clears it.
     relationships: dict[uuid.UUID, frozenset[Relationship]] = field(default_factory=dict)
+    # A group's calls keep their plain rows here, inserted together at the group's end
+    # (carnet.phi.grouped); None: `insert_rows` sends them at once.
+    deferred: DeferredRows | None = None
 
     @property
     def now(self) -> dt.datetime:
@@ -295,10 +299,11 @@ class GuardedTx:
         map. Read its fields; never change it."""
         pid = patient_id if isinstance(patient_id, uuid.UUID) else parse_id(patient_id)
         self.session.flush()  # a Core statement does not autoflush
-        row = self.session.connection().execute(_PATIENT_FOR_SHARE, {"id": pid}).first() if pid else None
-        if row is None:
+        # A prepared statement on PostgreSQL (an ORU feed files every message under a patient).
+        rows = _PATIENT_FOR_SHARE.all(self.session.connection(), {"id": pid}) if pid else ()
+        if not rows:
             raise NotFound(NOT_FOUND)
-        patient = detached(Patient, row._asdict())
+        patient = detached(Patient, dict(zip(_PATIENT_COLUMNS, rows[0], strict=True)))
         self.patient_ids.append(patient.id)
         return patient
 
@@ -526,9 +531,20 @@ class GuardedTx:
     def insert_rows(self, batches: Sequence[tuple[PreparedInsert, Sequence[dict[str, Any]]]]) -> None:
         """Plain rows (every column named) inserted in this transaction, batch after batch: on
         PostgreSQL one pipeline of prepared statements (carnet.db.prepared), not the ORM's unit
-        of work nor a round trip per statement. What the session holds pending goes first."""
+        of work nor a round trip per statement. What the session holds pending goes first.
+        In a group (`deferred`), the rows are kept and sent with the other calls' at its end:
+        a call that would read such rows back first sends them (`send_deferred`)."""
+        if self.deferred is not None:
+            self.deferred.add(batches)
+            return
         self.session.flush()
         insert_rows(self.session.connection(), batches)
+
+    def send_deferred(self) -> None:
+        """Insert the rows this transaction's group kept so far (none kept: nothing to do)."""
+        if self.deferred is not None:
+            self.session.flush()
+            self.deferred.send(self.session.connection())
 
     def bump(self, model: Any, row: Any, expected_version: int, **values: Any) -> None:
         """Update a versioned row only if nobody changed it since `expected_version` (If-Match)."""

@@ -317,3 +317,143 @@ def test_a_group_takes_savepoints_only_once_a_message_failed_and_reads_no_care_r
             ).all()
         )
     assert lines == {"S-0": "accepted", "S-1": "accepted", "S-3": "rejected", "S-4": "accepted"}
+
+
+def _clean_scenario(world: str) -> tuple[list[Person], list[str]]:
+    """Messages none of which fails, several reading what an earlier one of the batch wrote:
+    a group runs them without savepoints, their rows kept and inserted at its end."""
+    people = [
+        Person(ipp=f"{world}-P{n}", family=f"FAM{world}", given=f"G{n}", birth=f"19{60 + n}0101")
+        for n in range(3)
+    ]
+    preliminary = [
+        Obx(o.code, o.value, o.unit, o.kind, o.reference, o.flags, "P", o.display) for o in PANEL[:3]
+    ]
+    messages = [
+        oru(f"{world}-1", people[0], PANEL, filler=f"{world}-F1"),
+        oru(f"{world}-2", people[1], PANEL[:3], filler=f"{world}-F2"),
+        # Corrects the first message's report (whose links are still kept, not yet inserted).
+        oru(
+            f"{world}-3",
+            people[0],
+            [Obx("718-7", "12.9", "g/dL", status="C"), PANEL[1]],
+            filler=f"{world}-F1",
+            status="C",
+        ),
+        oru(f"{world}-4", people[2], preliminary, filler=f"{world}-F4", status="P"),
+        oru(f"{world}-5", people[2], PANEL[:4], filler=f"{world}-F4"),  # its final, one result more
+        oru(f"{world}-6", people[1], PANEL[2:], filler=f"{world}-F6"),
+        oru(f"{world}-7", people[0], PANEL[:2], filler=f"{world}-F7"),
+    ]
+    return people, messages
+
+
+def test_a_clean_group_inserts_its_rows_together_and_writes_what_one_by_one_writes(
+    runtime: Runtime, hospital: Hospital
+) -> None:
+    """The group's plain rows (reports, results, versions, links, log lines) go out as one
+    multi-row INSERT per table at its end, sent earlier only when a message reads back what an
+    earlier one of the group wrote (its links); the answers, records, versions, links, log and
+    audit events are those of the same messages one by one."""
+    from carnet.db import prepared
+
+    service = InterfaceService(runtime)
+    candidates = service.candidates(PEER)
+    people, messages = _clean_scenario("E")
+    _register(service, people)
+    since_one = _last_seq(runtime)
+    one_by_one = [_answer(service.receive(m, peer=PEER, candidates=candidates)) for m in messages]
+    people, messages = _clean_scenario("G")
+    registered = _last_seq(runtime)
+    _register(service, people)
+    since_group = _last_seq(runtime)
+    sent: list[list[tuple[str, int]]] = []
+    real_insert, real_attempt = prepared.insert_rows, grouped._attempt
+    attempts: list[bool] = []
+
+    def spy_insert(connection: Any, batches: Any, **then: Any) -> Any:
+        sent.append([(p.table.name, len(rows)) for p, rows in batches if rows])
+        return real_insert(connection, batches, **then)
+
+    def spy_attempt(core: Any, guard: Any, runs: Any, *, savepoints: bool) -> Any:
+        attempts.append(savepoints)
+        return real_attempt(core, guard, runs, savepoints=savepoints)
+
+    prepared.insert_rows = spy_insert  # type: ignore[assignment]
+    grouped._attempt = spy_attempt  # type: ignore[assignment]
+    try:
+        together = [_answer(a) for a in service.receive_many([(m, PEER, candidates) for m in messages])]
+    finally:
+        prepared.insert_rows = real_insert  # type: ignore[assignment]
+        grouped._attempt = real_attempt  # type: ignore[assignment]
+    assert attempts == [False]  # one run of the group, without savepoints
+    assert together == one_by_one
+    assert [a[0] for a in together] == ["AA"] * 7
+    # Sent before message 3 (it reads message 1's links), before message 5 (message 4's), and
+    # at the end: each time one INSERT per table for every message kept since.
+    assert [dict(batch)["interface_messages"] for batch in sent] == [2, 2, 3]
+    # The last: message 5's new result's link and log line (its result recorded on its own
+    # path), then messages 6 and 7 whole (a report and 3, then 2 results, each with its link).
+    assert sent[-1] == [
+        ("interface_links", 1 + 4 + 3),
+        ("interface_messages", 3),
+        ("diagnostic_reports", 2),
+        ("observations", 3 + 2),
+        ("resource_versions", 4 + 3),
+    ]
+    first = _world(runtime, "E", since_one, registered)
+    second = _world(runtime, "G", since_group, _last_seq(runtime))
+    assert first["audit"] and first["observations"] and first["links"]
+    for part in first:
+        assert second[part] == first[part], part
+    # The group's events (appended in the rows' pipeline on PostgreSQL) chain as any others.
+    from carnet.audit.checkpoints import FileCheckpointStore
+    from carnet.audit.verify import verify
+
+    assert runtime.checkpointer is not None
+    runtime.checkpointer.checkpoint()
+    report = verify(
+        runtime.engine,
+        store=FileCheckpointStore(runtime.settings.resolved_checkpoint_file),
+        verifier=runtime.checkpointer.signer.verifier(),
+    )
+    assert report.ok, [p.describe() for p in report.problems]
+
+
+def test_a_group_whose_kept_rows_fail_runs_again_with_savepoints(
+    runtime: Runtime, hospital: Hospital
+) -> None:
+    """The kept rows refused at the group's end (a twin on another listener inserted a link or
+    a log line first): nothing of the group is written, and it runs again message by message
+    in savepoints, each sending its own rows."""
+    from sqlalchemy.exc import IntegrityError
+
+    from carnet.db import prepared
+
+    service = InterfaceService(runtime)
+    candidates = service.candidates(PEER)
+    people = [Person(ipp=f"K-P{n}", family="FAMK", given=f"G{n}", birth=f"19{70 + n}0101") for n in range(2)]
+    _register(service, people)
+    before = counts(runtime, hospital.facility_id)
+    since = _last_seq(runtime)
+    real_send = prepared.DeferredRows.send
+    refused: list[int] = []
+
+    def failing(self: Any, connection: Any, **then: Any) -> Any:
+        if not refused:
+            refused.append(1)
+            raise IntegrityError("INSERT", None, Exception("a twin's row"))
+        return real_send(self, connection, **then)
+
+    prepared.DeferredRows.send = failing  # type: ignore[method-assign]
+    try:
+        batch = [oru(f"K-{n}", people[n], PANEL[:2], filler=f"K-F{n}") for n in range(2)]
+        answers = service.receive_many([(m, PEER, candidates) for m in batch])
+    finally:
+        prepared.DeferredRows.send = real_send  # type: ignore[method-assign]
+    assert refused and [msa(a)[1] for a in answers] == ["AA", "AA"]
+    after = counts(runtime, hospital.facility_id)
+    assert after["observations"] - before["observations"] == 4
+    assert after["reports"] - before["reports"] == 2
+    events = [e for e in audit_of(runtime, "interface:LAB") if e.seq > since]
+    assert [(e.kind, e.outcome) for e in events] == [("phi:resource:transaction", "success")] * 2
