@@ -81,6 +81,15 @@ def _actor(request: Request, *, allow_enrollment_only: bool) -> Actor:
     return actor
 
 
+def cookie_session(request: Request) -> str | None:
+    """The session token of a request that presents a session cookie and no bearer token: the
+    one whose Actor `current_actor` would resolve from that cookie (a caller may read the
+    session itself, in its own round trip, and answer as `Authenticator.resolve` would)."""
+    if _bearer(request) is not None:
+        return None
+    return session_token(request, runtime_of(request))
+
+
 def current_actor(request: Request) -> Actor:
     """The Actor of this request (session cookie with CSRF check, or bearer token)."""
     return _actor(request, allow_enrollment_only=False)

@@ -27,6 +27,7 @@ audit and count identically.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import threading
 import time
@@ -35,28 +36,37 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Dialect, Table, Uuid, bindparam, select
+from sqlalchemy import Dialect, String, Table, Uuid, bindparam, literal, select
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.visitors import replacement_traverse
 
-from carnet.access.actor import ActorKind
+from carnet.access.actor import Actor, ActorKind
 from carnet.access.context import ACCOUNT_AND_GRANTS, from_rows
 from carnet.access.models import RoleGrant
+from carnet.access.roles import Role
 from carnet.access.scope import APP_ROLE
 from carnet.audit.interfaces import Outcome
 from carnet.audit.writer import SqlAuditWriter, append_one_statement
 from carnet.db.base import detached
 from carnet.detection.administration import WATCHED, WatchedAuditWriter
 from carnet.detection.ledger import ACTOR_STATE, INSERT_EVENT, INSERT_EXPOSURE, SqlExposureLedger
-from carnet.identity.models import Account
+from carnet.identity import sessions
+from carnet.identity.authenticate import SESSION_CONTEXT, Authenticator, RequestContext, account_and_grant
+from carnet.identity.models import Account, AuthSession
 from carnet.kernel import clock
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import Patient
 from carnet.phi import care
 from carnet.phi.kernel import _PATIENT_BY_ID, GateCore, Guard, GuardedTx, Refused
+from carnet.runtime import Runtime
 
 _counts_lock = threading.Lock()
-# How many reads took the fast path in this process (tests read it; not a metric).
+# How many reads took the fast path in this process (tests read it; not a metric), and how many
+# of them with the session's lookup in their first pipeline (`session_read`).
 taken = 0
+taken_with_session = 0
 # > 0: every operation runs on the kernel's general path (tests; CARNET_GATE_GENERAL_ONLY=1 for a
 # process, which benchmarks use to measure one path against the other).
 _general_only = 1 if os.environ.get("CARNET_GATE_GENERAL_ONLY") == "1" else 0
@@ -84,7 +94,7 @@ class _Compiled:
 
 # The values each request binds (`_first_round_trip`); every other parameter is a constant of the
 # statement (a status, a list of kinds), rendered once with its value among the defaults.
-_BOUND = ("account", "account_id", "actor_ref", "id", "pid", "now", "since", "until")
+_BOUND = ("account", "account_id", "actor_ref", "digest", "id", "pid", "now", "since", "until")
 
 
 def _compile(statement: Any, dialect: Dialect, **kw: Any) -> _Compiled:
@@ -121,10 +131,22 @@ _SCOPE_SQL = "".join(
         ' COLLATE "C") FROM (SELECT DISTINCT ',
         f"{_GRANTS.facility_id.name}::text AS f FROM {RoleGrant.__tablename__} WHERE ",
         f"{_GRANTS.account_id.name} = %(account)s AND {_GRANTS.status.name} = 'active' AND ",
-        f"{_GRANTS.role.name} = ANY(%(roles)s) AND {_GRANTS.facility_id.name} IS NOT NULL) AS g), ''), true)",
+        f"{_GRANTS.role.name} = ANY(%(roles)s) AND {_GRANTS.facility_id.name} IS NOT NULL) AS g), ''),",
+        " true),",
+        # SET LOCAL ROLE, in the same statement: row-level security holds for what follows.
+        f" set_config('role', '{APP_ROLE}', true)",
     )
 )
-_SET_ROLE = f"SET LOCAL ROLE {APP_ROLE}"
+# The same scope for the account of a session cookie (`session_read`), named by the token's digest.
+_SESSIONS = cast(Table, AuthSession.__table__).c
+_ACCOUNT_OF_SESSION = "".join(
+    (
+        "(SELECT ",
+        _SESSIONS.account_id.name,
+        f" FROM {AuthSession.__tablename__} WHERE {_SESSIONS.token_digest.name} = %(digest)s)",
+    )
+)
+_SCOPE_OF_SESSION_SQL = _SCOPE_SQL.replace("%(account)s", _ACCOUNT_OF_SESSION)
 
 
 @dataclass
@@ -311,7 +333,6 @@ def _first_round_trip(
     the scope is entered (row-level security holds for them), read before the decision and
     kept on the transaction for the body, which uses them only after it (carnet.phi.fastpath_search).
     Without `one_patient` (a search), neither the patient row nor relationships are read ahead."""
-    runtime = core._runtime
     actor = core.actor
     statements = _statements(session.get_bind().dialect)
     now = clock.now()
@@ -328,7 +349,6 @@ def _first_round_trip(
     with raw.pipeline():
         scope_cursor = raw.cursor()
         scope_cursor.execute(_SCOPE_SQL, {"account": actor.account_id, "roles": roles}, prepare=True)
-        raw.execute(_SET_ROLE)
         cursors = []
         ahead: list[_Compiled] = [statements.account, statements.state]
         if one_patient:
@@ -348,35 +368,228 @@ def _first_round_trip(
     scope_row = scope_cursor.fetchone()
     read = [_rows(c, s) for c, s in zip(cursors, ahead, strict=True)]
     account_rows, state_rows, patient_rows, tagged_rows = read if one_patient else [*read, [], []]
+    tx = _judged(core, session, guard, now, scope_row, account_rows, state_rows, tx_type=tx_type)
+    tx.also = [_rows(cursor, compiled) for cursor, compiled in more]
+    if pid is not None:
+        _prefetch(tx, patient_rows, tagged_rows)
+    return tx
+
+
+def _judged(
+    core: GateCore,
+    session: Session,
+    guard: Guard,
+    now: dt.datetime,
+    scope_row: Any,
+    account_rows: list[dict[str, Any]],
+    state_rows: list[dict[str, Any]],
+    *,
+    tx_type: type[_FastTx],
+) -> _FastTx:
+    """The access context judged from the first pipeline's rows (`resolve`'s own judgment) and
+    the guarded transaction made on it; declines when the scope entered is not the kernel's."""
     ctx = from_rows(
-        actor, [_Row(r) for r in account_rows], now=now, contact=runtime.settings.security_contact
+        core.actor,
+        [_Row(r) for r in account_rows],
+        now=now,
+        contact=core._runtime.settings.security_contact,
     )
     if not ctx.permissions:
         raise Refused("no active role grants this actor any permission")
     scope = ",".join(sorted(str(f) for f in ctx.facility_ids))
     if scope_row is None or scope_row[0] != scope or ctx.patient_id is not None:
         raise _Decline  # not the scope the kernel enters: its path decides this case
-    state = _Row(state_rows[0]) if state_rows else None
-    tx = tx_type(
+    session.info[_STATE] = _Row(state_rows[0]) if state_rows else None
+    return tx_type(
         session=session,
         ctx=ctx,
-        actor=actor,
+        actor=core.actor,
         keyring=core._keyring,
         resource_type=guard.resource.value,
         kind=guard.kind,
     )
-    session.info[_STATE] = state
-    tx.also = [_rows(cursor, compiled) for cursor, compiled in more]
-    if patient_rows and pid is not None:
+
+
+def _prefetch(tx: _FastTx, patient_rows: list[dict[str, Any]], tagged_rows: list[dict[str, Any]]) -> None:
+    """The patient row and the actor's relationships to it, read ahead, kept for the body."""
+    if patient_rows:
         columns = dict(patient_rows[0])
         replaces_any = bool(columns.pop("carnet_replaces_any"))
         patient = detached(Patient, columns)
         tx.prefetched = (patient, replaces_any)
-        visible = care.visible_ids(ctx, [patient])
+        visible = care.visible_ids(tx.ctx, [patient])
         if visible:
-            rels = care.combine(ctx, visible, [(r["rel"], r["pid"]) for r in tagged_rows])
+            rels = care.combine(tx.ctx, visible, [(r["rel"], r["pid"]) for r in tagged_rows])
             tx.relationships[patient.id] = rels.get(patient.id, frozenset())
+
+
+# -- a read by the actor of a session cookie ---------------------------------------------------
+# The kernel's statements keyed by the session token's digest instead of the account id, so the
+# session's lookup is sent in the same pipeline as them (one round trip, one transaction, one
+# pool checkout less than resolving the session first).
+def _account_of_session() -> Any:
+    digest = bindparam("digest", type_=String())
+    return select(AuthSession.account_id).where(AuthSession.token_digest == digest).scalar_subquery()
+
+
+def _keyed_by_session(statement: Any) -> Any:
+    """`statement` with the account id it binds (and the actor reference made of it: Actor's
+    `actor_ref`, "account:<id>") read from the session by its token's digest."""
+
+    def replace(element: Any, **_kw: Any) -> Any:
+        if isinstance(element, BindParameter):
+            if element.key in ("account", "account_id"):
+                return _account_of_session()
+            if element.key == "actor_ref":
+                return literal("account:", String()) + sa_cast(_account_of_session(), String())
+        return None
+
+    return replacement_traverse(statement, {}, replace)
+
+
+@dataclass
+class _SessionStatements:
+    context: _Compiled  # the session, its account and its active grants (SESSION_CONTEXT)
+    state: _Compiled
+    tagged: _Compiled
+
+
+_of_session: dict[str, _SessionStatements] = {}
+# The scope's roles: every role there is. A session's actor claims every active grant of a role
+# carnet knows (`quiet_resolve`, else the session has ended), so these are its grants' facilities.
+_EVERY_ROLE = sorted(r.value for r in Role)
+
+
+def _session_statements(dialect: Dialect) -> _SessionStatements:
+    found = _of_session.get(dialect.name)
+    if found is None:
+        pid = bindparam("pid", type_=Uuid())
+        me = select(Account.practitioner_id).where(Account.id == bindparam("account", type_=Uuid()))
+        tagged = care.tagged_statement(match=lambda column: column == pid, me=me.scalar_subquery())
+        found = _SessionStatements(
+            context=_compile(SESSION_CONTEXT, dialect),
+            state=_compile(_keyed_by_session(ACTOR_STATE), dialect),
+            tagged=_compile(_keyed_by_session(tagged), dialect),
+        )
+        _of_session[dialect.name] = found
+    return found
+
+
+# The gate's actor until the session's rows are read (nothing is done in its name: any failure
+# before `quiet_resolve` answered declines, and the caller resolves the session as always).
+_UNREAD = Actor(kind=ActorKind.STAFF, username="(session not read yet)", roles=frozenset())
+
+
+def session_read(
+    runtime: Runtime,
+    gate: type[GateCore],
+    body: Callable[..., Any],
+    *,
+    token: str,
+    context: RequestContext,
+    kwargs: dict[str, Any],
+) -> tuple[bool, Any]:
+    """`gate(runtime, <the session's actor>).<body>(**kwargs)`, a read of one patient's record
+    (`patient_id`), with the session cookie's lookup (`Authenticator.resolve`) in the read's first
+    pipeline. (False, None) when it declines, having done nothing: then the caller resolves the
+    session and reads as usual, which answers every case this does not (a bearer token, a session
+    to refuse, touch or revoke, an actor the fast read does not take)."""
+    if (
+        _general_only
+        or runtime.engine.dialect.name != "postgresql"
+        or type(runtime.ledger) is not SqlExposureLedger
+        or type(_writer(runtime.audit)) is not SqlAuditWriter
+        or not isinstance(kwargs.get("patient_id"), str | uuid.UUID)
+    ):
+        return False, None
+    guard: Guard = body.__gate_guard__  # type: ignore[attr-defined]
+    pid = parse_id(str(kwargs["patient_id"]))
+    core = gate(runtime, _UNREAD)
+
+    def run(tx: GuardedTx) -> Any:
+        return body(tx, **kwargs)
+
+    def first_round_trip(session: Session) -> _FastTx:
+        return _first_round_trip_of_session(
+            core, session, guard, pid, token=token, context=context, kwargs=kwargs
+        )
+
+    return between_round_trips(core, guard, run, first_round_trip, count=_count_session_read)
+
+
+def _count_session_read() -> None:
+    global taken, taken_with_session
+    with _counts_lock:
+        taken += 1
+        taken_with_session += 1
+
+
+def _first_round_trip_of_session(
+    core: GateCore,
+    session: Session,
+    guard: Guard,
+    pid: uuid.UUID | None,
+    *,
+    token: str,
+    context: RequestContext,
+    kwargs: dict[str, Any],
+) -> _FastTx:
+    statements = _statements(session.get_bind().dialect)
+    of_session = _session_statements(session.get_bind().dialect)
+    now = clock.now()
+    digest = sessions.digest(token)
+    values = {"digest": digest, "id": pid or uuid.UUID(int=0), "pid": pid, **care.window_params_at(now, None)}
+    try:
+        raw: Any = session.connection().connection.driver_connection
+        with raw.pipeline():
+            context_cursor = raw.cursor()
+            context_cursor.execute(
+                of_session.context.sql, {**of_session.context.defaults, "digest": digest}, prepare=True
+            )
+            scope_cursor = raw.cursor()
+            scope_cursor.execute(
+                _SCOPE_OF_SESSION_SQL, {"digest": digest, "roles": _EVERY_ROLE}, prepare=True
+            )
+            ahead = (of_session.state, statements.patient, of_session.tagged)
+            cursors = []
+            for compiled in ahead:
+                cursor = raw.cursor()
+                params = {**compiled.defaults, **{k: v for k, v in values.items() if k in compiled.defaults}}
+                cursor.execute(compiled.sql, params, prepare=True)
+                cursors.append(cursor)
+        found = _tuples(context_cursor, of_session.context)
+        scope_row = scope_cursor.fetchone()
+        state_rows, patient_rows, tagged_rows = (_rows(c, s) for c, s in zip(cursors, ahead, strict=True))
+        judged = Authenticator.of(core._runtime).quiet_resolve(found, context=context)
+    except Exception as exc:
+        raise _Decline from exc  # nothing done yet: resolving the session first answers it
+    if judged is None:
+        raise _Decline
+    core.actor = judged[0]
+    if not _eligible(core, guard, kwargs):
+        raise _Decline
+    tx = _judged(
+        core,
+        session,
+        guard,
+        now,
+        scope_row,
+        [account_and_grant(r) for r in found],
+        state_rows,
+        tx_type=_FastTx,
+    )
+    if pid is not None:
+        _prefetch(tx, patient_rows, tagged_rows)
     return tx
+
+
+def _tuples(cursor: Any, compiled: _Compiled) -> list[tuple[Any, ...]]:
+    """A statement's rows as tuples, each column through its type's result processor."""
+    processors = compiled.processors
+    return [
+        tuple(p(v) if p is not None and v is not None else v for p, v in zip(processors, raw, strict=True))
+        for raw in cursor.fetchall()
+    ]
 
 
 _STATE = "carnet.fastpath.state"

@@ -45,8 +45,9 @@ from carnet.fhir.core.search import (
     string,
     token,
 )
+from carnet.identity.dependencies import cookie_session, request_context, runtime_of
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
-from carnet.phi.gate import Gate
+from carnet.phi.gate import Gate, read_patient_of_session
 from carnet.phi.schemas import PatientChanges, PatientInput, PatientPage
 
 router = APIRouter(prefix="/fhir/Patient", tags=["fhir"])
@@ -405,8 +406,16 @@ def unmerge_patients(request: Request, body: dict[str, Any] = FhirBody) -> Respo
 
 @router.get("/{patient_id}")
 def read_patient(request: Request, patient_id: str) -> Response:
-    gate = gate_for(request, PATIENT, "read")
-    view = gate.read_patient(patient_id=patient_id)
+    # A session cookie's read takes the session's lookup in the gate's first round trip; any
+    # case that variant does not take (a bearer token among them) resolves the actor first.
+    token = cookie_session(request)
+    view = None
+    if token is not None:
+        view = read_patient_of_session(
+            runtime_of(request), token=token, context=request_context(request), patient_id=patient_id
+        )
+    if view is None:
+        view = gate_for(request, PATIENT, "read").read_patient(patient_id=patient_id)
     return resource_response(request, patient_to_fhir(view.model_dump()))
 
 
