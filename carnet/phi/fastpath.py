@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Dialect, String, Table, Uuid, bindparam, literal, select
+from sqlalchemy import Dialect, String, Table, Uuid, bindparam, literal, select, true
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
@@ -463,9 +463,13 @@ def _keyed_by_session(statement: Any) -> Any:
 
 @dataclass
 class _SessionStatements:
-    context: _Compiled  # the session, its account and its active grants (SESSION_CONTEXT)
-    state: _Compiled
+    # The session, its account and its active grants (SESSION_CONTEXT), then the account's
+    # containment state (ACTOR_STATE), the last `_STATE_COLUMNS` of every row.
+    context: _Compiled
     tagged: _Compiled
+
+
+_STATE_COLUMNS = tuple(c.name for c in ACTOR_STATE.selected_columns)
 
 
 _of_session: dict[str, _SessionStatements] = {}
@@ -480,9 +484,10 @@ def _session_statements(dialect: Dialect) -> _SessionStatements:
         pid = bindparam("pid", type_=Uuid())
         me = select(Account.practitioner_id).where(Account.id == bindparam("account", type_=Uuid()))
         tagged = care.tagged_statement(match=lambda column: column == pid, me=me.scalar_subquery())
+        state = _keyed_by_session(ACTOR_STATE).subquery("actor_state")
+        context = SESSION_CONTEXT.add_columns(*(state.c[name] for name in _STATE_COLUMNS))
         found = _SessionStatements(
-            context=_compile_inline(SESSION_CONTEXT, dialect),
-            state=_compile_inline(_keyed_by_session(ACTOR_STATE), dialect),
+            context=_compile_inline(context.outerjoin(state, true()), dialect),
             tagged=_compile_inline(_keyed_by_session(tagged), dialect),
         )
         _of_session[dialect.name] = found
@@ -564,7 +569,7 @@ def _first_round_trip_of_session(
             scope_cursor.execute(
                 _SCOPE_OF_SESSION_SQL, {"digest": digest, "roles": _EVERY_ROLE}, prepare=True
             )
-            ahead = (of_session.state, statements.patient, of_session.tagged)
+            ahead = (statements.patient, of_session.tagged)
             cursors = []
             for compiled in ahead:
                 cursor = raw.cursor()
@@ -573,7 +578,9 @@ def _first_round_trip_of_session(
                 cursors.append(cursor)
         found = _tuples(context_cursor, of_session.context)
         scope_row = scope_cursor.fetchone()
-        state_rows, patient_rows, tagged_rows = (_rows(c, s) for c, s in zip(cursors, ahead, strict=True))
+        patient_rows, tagged_rows = (_rows(c, s) for c, s in zip(cursors, ahead, strict=True))
+        state = found[0][-len(_STATE_COLUMNS) :] if found else ()
+        state_rows = [dict(zip(_STATE_COLUMNS, state, strict=True))] if state and state[0] is not None else []
         judged = Authenticator.of(core._runtime).quiet_resolve(found, context=context)
     except Exception as exc:
         raise _Decline from exc  # nothing done yet: resolving the session first answers it
