@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Dialect, String, Table, Uuid, bindparam, literal, select, true
+from sqlalchemy import ARRAY, Dialect, String, Table, Uuid, bindparam, func, literal, select, true
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
@@ -466,7 +466,12 @@ class _SessionStatements:
     # The session, its account and its active grants (SESSION_CONTEXT), then the account's
     # containment state (ACTOR_STATE), the last `_STATE_COLUMNS` of every row.
     context: _Compiled
-    tagged: _Compiled
+    # The patient row (the kernel's _PATIENT_BY_ID) with the actor's relationships to it (the
+    # tagged statement's kinds, `_RELS`): one statement for what the body decides on.
+    patient: _Compiled
+
+
+_RELS = "carnet_rels"
 
 
 _STATE_COLUMNS = tuple(c.name for c in ACTOR_STATE.selected_columns)
@@ -486,9 +491,11 @@ def _session_statements(dialect: Dialect) -> _SessionStatements:
         tagged = care.tagged_statement(match=lambda column: column == pid, me=me.scalar_subquery())
         state = _keyed_by_session(ACTOR_STATE).subquery("actor_state")
         context = SESSION_CONTEXT.add_columns(*(state.c[name] for name in _STATE_COLUMNS))
+        kinds = _keyed_by_session(tagged).subquery("tagged")
+        rels = select(func.array_agg(kinds.c.rel, type_=ARRAY(String()))).scalar_subquery()
         found = _SessionStatements(
             context=_compile_inline(context.outerjoin(state, true()), dialect),
-            tagged=_compile_inline(_keyed_by_session(tagged), dialect),
+            patient=_compile_inline(_PATIENT_BY_ID.add_columns(rels.label(_RELS)), dialect),
         )
         _of_session[dialect.name] = found
     return found
@@ -553,7 +560,6 @@ def _first_round_trip_of_session(
     context: RequestContext,
     kwargs: dict[str, Any],
 ) -> _FastTx:
-    statements = _statements(session.get_bind().dialect)
     of_session = _session_statements(session.get_bind().dialect)
     now = clock.now()
     digest = sessions.digest(token)
@@ -569,16 +575,15 @@ def _first_round_trip_of_session(
             scope_cursor.execute(
                 _SCOPE_OF_SESSION_SQL, {"digest": digest, "roles": _EVERY_ROLE}, prepare=True
             )
-            ahead = (statements.patient, of_session.tagged)
-            cursors = []
-            for compiled in ahead:
-                cursor = raw.cursor()
-                params = {**compiled.defaults, **{k: v for k, v in values.items() if k in compiled.defaults}}
-                cursor.execute(compiled.sql, params, prepare=True)
-                cursors.append(cursor)
+            patient_cursor = raw.cursor()
+            compiled = of_session.patient
+            params = {**compiled.defaults, **{k: v for k, v in values.items() if k in compiled.defaults}}
+            patient_cursor.execute(compiled.sql, params, prepare=True)
         found = _tuples(context_cursor, of_session.context)
         scope_row = scope_cursor.fetchone()
-        patient_rows, tagged_rows = (_rows(c, s) for c, s in zip(cursors, ahead, strict=True))
+        patient_rows = _rows(patient_cursor, of_session.patient)
+        kinds = (patient_rows[0].pop(_RELS) or []) if patient_rows else []
+        tagged_rows = [{"rel": kind, "pid": pid} for kind in kinds]
         state = found[0][-len(_STATE_COLUMNS) :] if found else ()
         state_rows = [dict(zip(_STATE_COLUMNS, state, strict=True))] if state and state[0] is not None else []
         judged = Authenticator.of(core._runtime).quiet_resolve(found, context=context)
@@ -644,10 +649,11 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     sql, params = append_one_statement(record)
     started = time.perf_counter()
     with raw.pipeline():
-        if rows:
-            raw.cursor().executemany(statements.exposure.sql, rows)
-        if events:
-            raw.cursor().executemany(statements.event.sql, events)
+        for sql_of, many in ((statements.exposure.sql, rows), (statements.event.sql, events)):
+            if len(many) == 1:  # a read's one exposure row: executemany's own machinery costs more
+                raw.cursor().execute(sql_of, many[0], prepare=True)
+            elif many:
+                raw.cursor().executemany(sql_of, many)
         audit_cursor = raw.cursor()
         audit_cursor.execute(sql, params, prepare=True)
         if not tx.after_audit:
