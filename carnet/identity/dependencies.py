@@ -41,9 +41,14 @@ def session_cookie_name(origin: str) -> str:
 def request_context(request: Request) -> RequestContext:
     # The peer address only: a forwarded-for header is written by the client and proves nothing.
     address = request.client.host if request.client else None
-    return RequestContext(
-        address=address, user_agent=request.headers.get("user-agent"), path=request.url.path[:200]
-    )
+    return RequestContext(address=address, user_agent=request.headers.get("user-agent"), path=_path(request))
+
+
+def _path(request: Request) -> str:
+    """`request.url.path` (as Starlette's URL escapes it), without building the whole URL on
+    every request (host, scheme, query: a tenth of a millisecond the session read does not need)."""
+    path = request.scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    return path[:200]
 
 
 def session_token(request: Request, runtime: Runtime) -> str | None:
