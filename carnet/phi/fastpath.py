@@ -446,16 +446,16 @@ def _account_of_session() -> Any:
     return select(AuthSession.account_id).where(AuthSession.token_digest == digest).scalar_subquery()
 
 
-def _keyed_by_session(statement: Any) -> Any:
+def _keyed_by_session(statement: Any, account: Callable[[], Any] = _account_of_session) -> Any:
     """`statement` with the account id it binds (and the actor reference made of it: Actor's
-    `actor_ref`, "account:<id>") read from the session by its token's digest."""
+    `actor_ref`, "account:<id>") read from the session by its token's digest (`account`)."""
 
     def replace(element: Any, **_kw: Any) -> Any:
         if isinstance(element, BindParameter):
             if element.key in ("account", "account_id"):
-                return _account_of_session()
+                return account()
             if element.key == "actor_ref":
-                return literal("account:", String()) + sa_cast(_account_of_session(), String())
+                return literal("account:", String()) + sa_cast(account(), String())
         return None
 
     return replacement_traverse(statement, {}, replace)
@@ -487,11 +487,20 @@ def _session_statements(dialect: Dialect) -> _SessionStatements:
     found = _of_session.get(dialect.name)
     if found is None:
         pid = bindparam("pid", type_=Uuid())
-        me = select(Account.practitioner_id).where(Account.id == bindparam("account", type_=Uuid()))
-        tagged = care.tagged_statement(match=lambda column: column == pid, me=me.scalar_subquery())
+        # The session's account and practitioner, read once (each kind of relationship names them).
+        actor = (
+            select(AuthSession.account_id, Account.practitioner_id)
+            .join(Account, Account.id == AuthSession.account_id)
+            .where(AuthSession.token_digest == bindparam("digest", type_=String()))
+            .cte("session_actor")
+        )
+        me = select(actor.c.practitioner_id).scalar_subquery()
+        tagged = care.tagged_statement(match=lambda column: column == pid, me=me)
         state = _keyed_by_session(ACTOR_STATE).subquery("actor_state")
         context = SESSION_CONTEXT.add_columns(*(state.c[name] for name in _STATE_COLUMNS))
-        kinds = _keyed_by_session(tagged).subquery("tagged")
+        kinds = _keyed_by_session(tagged, lambda: select(actor.c.account_id).scalar_subquery()).subquery(
+            "tagged"
+        )
         rels = select(func.array_agg(kinds.c.rel, type_=ARRAY(String()))).scalar_subquery()
         found = _SessionStatements(
             context=_compile_inline(context.outerjoin(state, true()), dialect),
