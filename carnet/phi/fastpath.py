@@ -22,6 +22,16 @@ staff session, for a ledger or audit writer it does not know, and when the scope
 the one the kernel would have set (a grant changed between its two reads: the kernel's path
 answers that case as always). tests/phi/test_fastpath.py proves the two paths decide, redact,
 audit and count identically.
+
+`session_read` goes one step further for a read by a session cookie (the FHIR Patient read):
+the session's own lookup (`carnet.identity.authenticate.SESSION_CONTEXT`, which also holds the
+account's grants and, joined, its containment state) is the first statement of the first
+pipeline, and the kernel's statements after it name the account by the token's digest; the
+session is judged by `Authenticator.quiet_resolve` (resolve's own decision, which answers None
+wherever resolve would refuse or write). So a read is one pool checkout, one transaction and two
+round trips in all, three statements then three. Any case it does not take is left, before
+anything was done, to resolving the session first and reading as above
+(tests/phi/test_fastpath_session.py).
 """
 
 from __future__ import annotations
