@@ -491,10 +491,15 @@ def start_server(
     general_only: bool = False,
     factory: str = "carnet.app:create_app",
     code: Path | None = None,
+    threads: int | None = None,
+    server: str = "uvicorn",
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn serving carnet; `general_only`: every gate operation on the kernel's general path
-    (no fast read), to measure one path against the other in the same run; `code`: the carnet of
-    another checkout (a copy of an earlier commit), to measure a change against it."""
+    """carnet served as `carnet serve` serves it; `general_only`: every gate operation on the
+    kernel's general path (no fast read), to measure one path against the other in the same run;
+    `code`: the carnet of another checkout (a copy of an earlier commit), to measure a change
+    against it; `threads`: request threads per worker (CARNET_REQUEST_THREADS); `server`:
+    "uvicorn" (what `carnet serve` runs) or "granian", to measure one server against the other.
+    Both trust X-Forwarded-For from loopback, so each clinician reads from a workstation of its own."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARNET_")}
     if general_only:
@@ -508,27 +513,45 @@ def start_server(
             "CARNET_REDIS_URL": REDIS_URL,
         }
     )
+    if threads is not None:
+        env["CARNET_REQUEST_THREADS"] = str(threads)
     if code is not None:
         env["PYTHONPATH"] = str(code)  # ahead of this checkout's editable install
-    server = subprocess.Popen(
-        [
+    if server == "granian":
+        env["CARNET_BENCH_FACTORY"] = factory
+        command = [
+            sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--log-level", "warning",
+            "--no-access-log", "benchmarks.fhir_load:proxied_app",
+        ]  # fmt: skip
+    else:
+        command = [
             sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
             "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
             "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1",
-        ],
-        env=env,
-        cwd=code,
-    )  # fmt: skip
+        ]  # fmt: skip
+    server_process = subprocess.Popen(command, env=env, cwd=code)
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return server, base
+                return server_process, base
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    server.kill()
+    server_process.kill()
     raise RuntimeError("the server did not start")
+
+
+def proxied_app() -> Any:
+    """granian's app (`start_server(server="granian")`): the factory named in CARNET_BENCH_FACTORY,
+    trusting X-Forwarded-For from loopback as uvicorn's --proxy-headers does."""
+    import importlib
+
+    from granian.utils.proxies import wrap_asgi_with_proxy_headers
+
+    module, _, name = os.environ["CARNET_BENCH_FACTORY"].partition(":")
+    return wrap_asgi_with_proxy_headers(getattr(importlib.import_module(module), name)(), "127.0.0.1")
 
 
 # -- the run ------------------------------------------------------------------------------------

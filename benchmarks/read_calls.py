@@ -65,6 +65,9 @@ REDIS_URL = os.environ.get("CARNET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"
 # (label, function name, file ending): the steps of a read, as shares of the profiled time.
 STEPS = (
     ("session cookie -> Actor", "resolve", "identity/authenticate.py"),
+    ("the session read (gate, the session in its first pipeline)", "session_read", "phi/fastpath.py"),
+    ("  session rows -> Actor", "quiet_resolve", "identity/authenticate.py"),
+    ("  first pipeline, with the session", "_first_round_trip_of_session", "phi/fastpath.py"),
     ("the fast read (gate)", "patient_read", "phi/fastpath.py"),
     ("the fast search (gate)", "patient_search", "phi/fastpath_search.py"),
     ("the general path (gate)", "_run", "phi/kernel.py"),

@@ -153,6 +153,21 @@ def _workers(server_pid: int) -> list[int]:
     return out
 
 
+@dataclass(frozen=True)
+class ServerSpec:
+    """How a server is started (benchmarks.fhir_load.start_server): its workers, request threads
+    per worker (None: the setting's default), the server program, another checkout's code."""
+
+    workers: int = 2
+    threads: int | None = None
+    server: str = "uvicorn"
+    code: Path | None = None
+
+    def label(self) -> str:
+        threads = "" if self.threads is None else f" x {self.threads} threads"
+        return f"{self.code or 'this checkout'}, {self.server}, {self.workers} workers{threads}"
+
+
 def run(
     *,
     patients: int,
@@ -162,15 +177,20 @@ def run(
     rounds: int,
     profile: Path | None,
     compare_with: Path | None = None,
+    spec: ServerSpec | None = None,
+    other: ServerSpec | None = None,
 ) -> str:
+    """`other` (or `compare_with`, another checkout's code): a second server reading the same
+    pairs in the same rounds, in turns with the first."""
+    spec = spec or ServerSpec(workers=workers)
+    if other is None and compare_with is not None:
+        other = ServerSpec(spec.workers, spec.threads, spec.server, compare_with)
     with bench_database("readprofile") as url, tempfile.TemporaryDirectory() as tmp:
         var = Path(tmp)
         FileKeyProvider.create(var / "keys.json")
         runtime = build_runtime(Settings(env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN))
         try:
-            return _measure(
-                runtime, url, var, patients, seconds, clients, workers, rounds, profile, compare_with
-            )
+            return _measure(runtime, url, var, patients, seconds, clients, rounds, profile, spec, other)
         finally:
             runtime.close()
 
@@ -194,10 +214,10 @@ def _measure(
     patients: int,
     seconds: float,
     clients: int,
-    workers: int,
     rounds: int,
     profile: Path | None,
-    compare_with: Path | None,
+    spec: ServerSpec,
+    other: ServerSpec | None,
 ) -> str:
     load_start = os.getloadavg()
     facility = make_facility(runtime)
@@ -206,9 +226,12 @@ def _measure(
     clinicians = make_clinicians(runtime, facility, ids, min(clients, len(ids) // 30), history=history)
     baseline_accounts(runtime, history)
     redis.Redis.from_url(REDIS_URL).flushdb()
-    served = [_Served("this checkout", *start_server(url, var, workers))]
-    if compare_with is not None:
-        served.append(_Served(str(compare_with), *start_server(url, var, workers, code=compare_with)))
+    served = []
+    for each in (spec, *([other] if other is not None else [])):
+        started = start_server(
+            url, var, each.workers, code=each.code, threads=each.threads, server=each.server
+        )
+        served.append(_Served(each.label(), *started))
     lines = []
     try:
         health_pairs: list[Pair] = [({}, "/healthz")]
@@ -256,7 +279,7 @@ def _measure(
             mine, other = served
             lines += [
                 "",
-                "this checkout against the other, same rounds (median of the per-round ratios):",
+                "the first server against the second, same rounds (median of the per-round ratios):",
                 _line(
                     "CPU per read, app + PostgreSQL",
                     [
@@ -349,7 +372,23 @@ def main() -> None:
         help="a directory holding another carnet checkout (e.g. `git archive main | tar -x -C DIR`): "
         "its server reads the same pairs in the same rounds",
     )
+    parser.add_argument("--threads", type=int, default=None, help="request threads per worker")
+    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
+    parser.add_argument(
+        "--other-workers", type=int, default=None, help="a second server, this checkout's code"
+    )
+    parser.add_argument("--other-threads", type=int, default=None)
+    parser.add_argument("--other-server", choices=("uvicorn", "granian"), default=None)
     args = parser.parse_args()
+    spec = ServerSpec(args.workers, args.threads, args.server)
+    other = None
+    if args.compare_with or args.other_workers or args.other_threads or args.other_server:
+        other = ServerSpec(
+            args.other_workers or spec.workers,
+            args.other_threads if args.other_threads is not None else spec.threads,
+            args.other_server or spec.server,
+            args.compare_with,
+        )
     print(
         run(
             patients=args.patients,
@@ -358,7 +397,8 @@ def main() -> None:
             workers=args.workers,
             rounds=args.rounds,
             profile=args.profile,
-            compare_with=args.compare_with,
+            spec=spec,
+            other=other,
         )
     )
 

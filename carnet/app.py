@@ -98,6 +98,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     known = AppOrigins(lambda: app_origins(app.state.runtime))
     app.add_middleware(AppCors, origins=lambda _scope: known())  # registered SMART apps only
+    from carnet.fhir.resources.patient import install_read_first
+
+    install_read_first(app)  # the hottest route, ahead of every router (it answers nothing else)
     from carnet.operations.views import router as operations_router
 
     app.include_router(operations_router)

@@ -10,7 +10,7 @@ import datetime as dt
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -18,6 +18,7 @@ from sqlalchemy import String, Table, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor, ActorKind
+from carnet.access.context import ACCOUNT_AND_GRANTS
 from carnet.access.models import RoleGrant
 from carnet.access.roles import PRIVILEGED_ROLES, Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
@@ -134,6 +135,33 @@ _SESSION_ACCOUNT_GRANTS = PreparedSelect(
 )
 _SESSION_KEYS = tuple(c.key for c in _SESSION_COLUMNS)
 _ACCOUNT_KEYS = tuple(c.key for c in _ACCOUNT_COLUMNS)
+_ACCOUNT_AT = len(_SESSION_KEYS)  # where a row's account columns start, then its grant's role
+_ROLE_AT = _ACCOUNT_AT + len(_ACCOUNT_KEYS)
+# `_SESSION_ACCOUNT_GRANTS` with each grant's facility too: what the gate's fast read needs to
+# judge both the session (`quiet_resolve`) and the access context (`carnet.access.context`'s
+# ACCOUNT_AND_GRANTS) from one statement, read in its first round trip by the token's digest.
+SESSION_CONTEXT = _SESSION_ACCOUNT_GRANTS.statement.add_columns(
+    RoleGrant.facility_id.label("grant_facility_id")
+)
+
+# Where each column of ACCOUNT_AND_GRANTS (carnet.access.context) is in a row of SESSION_CONTEXT.
+_CONTEXT_AT = tuple(
+    (
+        column.name,
+        _ROLE_AT
+        if column.name == "role"
+        else _ROLE_AT + 1
+        if column.name == "grant_facility_id"
+        else _ACCOUNT_AT + _ACCOUNT_KEYS.index(column.key),
+    )
+    for column in ACCOUNT_AND_GRANTS.selected_columns
+)
+
+
+def account_and_grant(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of SESSION_CONTEXT as the row of ACCOUNT_AND_GRANTS it holds (the account and one
+    active grant), which `carnet.access.context.from_rows` judges."""
+    return {name: row[at] for name, at in _CONTEXT_AT}
 
 
 class Authenticator:
@@ -354,15 +382,42 @@ class Authenticator:
             # the rare writes below (a revocation, a refusal, the minutely touch) get their own.
             connection.execution_options(isolation_level="AUTOCOMMIT")
             found = _SESSION_ACCOUNT_GRANTS.all(connection, {"digest": sessions.digest(token)})
+        judged = self._judge(found, context=context, allow_enrollment_only=allow_enrollment_only, quiet=False)
+        assert judged is not None  # only a quiet judgment answers None
+        return judged
+
+    def quiet_resolve(
+        self, found: Sequence[Sequence[Any]], *, context: RequestContext
+    ) -> tuple[Actor, AuthSession] | None:
+        """`resolve`'s answer from the rows of `SESSION_CONTEXT` a caller read itself (the gate's
+        fast read, in its first round trip), when the session is in use and nothing is to be
+        written: None wherever `resolve` would refuse or write (an unknown, ended or contained
+        session, roles changed, an account being set up, the minutely touch), and the caller
+        then asks `resolve` itself, which answers that case as always."""
+        try:
+            return self._judge(found, context=context, allow_enrollment_only=False, quiet=True)
+        except CarnetError:
+            return None
+
+    def _judge(
+        self,
+        found: Sequence[Sequence[Any]],
+        *,
+        context: RequestContext,
+        allow_enrollment_only: bool,
+        quiet: bool,
+    ) -> tuple[Actor, AuthSession] | None:
+        """The decision on a session's rows (session, account, one active grant's role per row);
+        `quiet`: nothing written, None where the minutely touch is due."""
         if not found:
             raise AuthenticationRequired("sign in first (POST /auth/login)")
-        first, split = found[0], len(_SESSION_KEYS)
-        live = detached(AuthSession, dict(zip(_SESSION_KEYS, first[:split], strict=True)))
-        account = detached(Account, dict(zip(_ACCOUNT_KEYS, first[split:-1], strict=True)))
+        first = found[0]
+        live = detached(AuthSession, dict(zip(_SESSION_KEYS, first[:_ACCOUNT_AT], strict=True)))
+        account = detached(Account, dict(zip(_ACCOUNT_KEYS, first[_ACCOUNT_AT:_ROLE_AT], strict=True)))
         # A contained account's revoked session is told why and whom to call, not just "ended".
         if account.status == "suspended":
             raise AccountContained(contained_message(account, self.runtime.settings.security_contact))
-        roles = service.roles_named(account, [row[-1] for row in found if row[-1] is not None])
+        roles = service.roles_named(account, [row[_ROLE_AT] for row in found if row[_ROLE_AT] is not None])
         if not sessions.is_live(live, privileged=bool(roles & PRIVILEGED_ROLES)):
             raise AuthenticationRequired("the session has ended (expired or revoked); sign in again")
         if account.status != "active":
@@ -371,26 +426,30 @@ class Authenticator:
         if live.roles_at_login != sessions.roles_fingerprint(frozenset(r.value for r in roles)):
             # Privileges changed: this session id ends; the next login gets a new one, with
             # the factors and timeouts the new roles require.
-            with self.runtime.session_factory.begin() as session:
-                sessions.revoke(
-                    session,
-                    account_id=account.id,
-                    session_id=live.id,
-                    reason="roles changed",
-                    actor=actor,
-                    audit=self.runtime.audit,
-                )
+            if not quiet:
+                with self.runtime.session_factory.begin() as session:
+                    sessions.revoke(
+                        session,
+                        account_id=account.id,
+                        session_id=live.id,
+                        reason="roles changed",
+                        actor=actor,
+                        audit=self.runtime.audit,
+                    )
             raise AuthenticationRequired("your roles have changed; sign in again")
         setting_up = handover.pending(account)
         if (live.enrollment_only or setting_up) and not allow_enrollment_only:
             if setting_up:
-                with self.runtime.session_factory.begin() as session:
-                    handover.refused(
-                        session, account=account, actor=actor, audit=self.runtime.audit, path=context.path
-                    )
+                if not quiet:
+                    with self.runtime.session_factory.begin() as session:
+                        handover.refused(
+                            session, account=account, actor=actor, audit=self.runtime.audit, path=context.path
+                        )
                 raise AccountSetupRequired(handover.SETUP_MESSAGE)
             raise StepUpRequired("register a passkey first: this account must sign in with one")
         if sessions.touch_due(live):
+            if quiet:
+                return None
             with self.runtime.session_factory.begin() as session:
                 sessions.touch(session, live)
         return actor, live

@@ -41,9 +41,15 @@ def session_cookie_name(origin: str) -> str:
 def request_context(request: Request) -> RequestContext:
     # The peer address only: a forwarded-for header is written by the client and proves nothing.
     address = request.client.host if request.client else None
-    return RequestContext(
-        address=address, user_agent=request.headers.get("user-agent"), path=request.url.path[:200]
-    )
+    return RequestContext(address=address, user_agent=request.headers.get("user-agent"), path=_path(request))
+
+
+def _path(request: Request) -> str:
+    """`request.url.path` (as Starlette's URL escapes it), without building the whole URL on
+    every request (host, scheme, query: a tenth of a millisecond the session read does not need)."""
+    path: str = request.scope["path"]
+    path = path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    return path[:200]
 
 
 def session_token(request: Request, runtime: Runtime) -> str | None:
@@ -79,6 +85,15 @@ def _actor(request: Request, *, allow_enrollment_only: bool) -> Actor:
         if not csrf_matches(row, request.headers.get(CSRF_HEADER)):
             raise Forbidden(f"missing or wrong {CSRF_HEADER} header (cross-site request refused)")
     return actor
+
+
+def cookie_session(request: Request) -> str | None:
+    """The session token of a request that presents a session cookie and no bearer token: the
+    one whose Actor `current_actor` would resolve from that cookie (a caller may read the
+    session itself, in its own round trip, and answer as `Authenticator.resolve` would)."""
+    if _bearer(request) is not None:
+        return None
+    return session_token(request, runtime_of(request))
 
 
 def current_actor(request: Request) -> Actor:

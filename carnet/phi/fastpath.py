@@ -22,11 +22,22 @@ staff session, for a ledger or audit writer it does not know, and when the scope
 the one the kernel would have set (a grant changed between its two reads: the kernel's path
 answers that case as always). tests/phi/test_fastpath.py proves the two paths decide, redact,
 audit and count identically.
+
+`session_read` goes one step further for a read by a session cookie (the FHIR Patient read):
+the session's own lookup (`carnet.identity.authenticate.SESSION_CONTEXT`, which also holds the
+account's grants and, joined, its containment state) is the first statement of the first
+pipeline, and the kernel's statements after it name the account by the token's digest; the
+session is judged by `Authenticator.quiet_resolve` (resolve's own decision, which answers None
+wherever resolve would refuse or write). So a read is one pool checkout, one transaction and two
+round trips in all, three statements then three. Any case it does not take is left, before
+anything was done, to resolving the session first and reading as above
+(tests/phi/test_fastpath_session.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import threading
 import time
@@ -35,28 +46,37 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Dialect, Table, Uuid, bindparam, select
+from sqlalchemy import ARRAY, Dialect, String, Table, Uuid, bindparam, func, literal, select, true
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.visitors import replacement_traverse
 
-from carnet.access.actor import ActorKind
+from carnet.access.actor import Actor, ActorKind
 from carnet.access.context import ACCOUNT_AND_GRANTS, from_rows
 from carnet.access.models import RoleGrant
+from carnet.access.roles import Role
 from carnet.access.scope import APP_ROLE
 from carnet.audit.interfaces import Outcome
 from carnet.audit.writer import SqlAuditWriter, append_one_statement
 from carnet.db.base import detached
 from carnet.detection.administration import WATCHED, WatchedAuditWriter
 from carnet.detection.ledger import ACTOR_STATE, INSERT_EVENT, INSERT_EXPOSURE, SqlExposureLedger
-from carnet.identity.models import Account
+from carnet.identity import sessions
+from carnet.identity.authenticate import SESSION_CONTEXT, Authenticator, RequestContext, account_and_grant
+from carnet.identity.models import Account, AuthSession
 from carnet.kernel import clock
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import Patient
 from carnet.phi import care
 from carnet.phi.kernel import _PATIENT_BY_ID, GateCore, Guard, GuardedTx, Refused
+from carnet.runtime import Runtime
 
 _counts_lock = threading.Lock()
-# How many reads took the fast path in this process (tests read it; not a metric).
+# How many reads took the fast path in this process (tests read it; not a metric), and how many
+# of them with the session's lookup in their first pipeline (`session_read`).
 taken = 0
+taken_with_session = 0
 # > 0: every operation runs on the kernel's general path (tests; CARNET_GATE_GENERAL_ONLY=1 for a
 # process, which benchmarks use to measure one path against the other).
 _general_only = 1 if os.environ.get("CARNET_GATE_GENERAL_ONLY") == "1" else 0
@@ -84,7 +104,7 @@ class _Compiled:
 
 # The values each request binds (`_first_round_trip`); every other parameter is a constant of the
 # statement (a status, a list of kinds), rendered once with its value among the defaults.
-_BOUND = ("account", "account_id", "actor_ref", "id", "pid", "now", "since", "until")
+_BOUND = ("account", "account_id", "actor_ref", "digest", "id", "pid", "now", "since", "until")
 
 
 def _compile(statement: Any, dialect: Dialect, **kw: Any) -> _Compiled:
@@ -98,6 +118,20 @@ def _compile(statement: Any, dialect: Dialect, **kw: Any) -> _Compiled:
     if hasattr(statement, "selected_columns"):
         processors = tuple(_result_processor(c.type, dialect) for c in statement.selected_columns)
     return _Compiled(expanded.statement, dict(expanded.parameters), processors)
+
+
+def _compile_inline(statement: Any, dialect: Dialect) -> _Compiled:
+    """`_compile` with every constant of the statement (a status, a kind: any value not bound per
+    request, see _BOUND) written into its SQL: the statement is prepared once per connection, so
+    nothing is gained by sending them, and each parameter sent is one more value psycopg adapts in
+    Python on every execution (a third of the relationships statement's were constants)."""
+
+    def inline(element: Any, **_kw: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key not in _BOUND and element.value is not None:
+            return element.render_literal_execute()
+        return None
+
+    return _compile(replacement_traverse(statement, {}, inline), dialect)
 
 
 def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
@@ -121,10 +155,22 @@ _SCOPE_SQL = "".join(
         ' COLLATE "C") FROM (SELECT DISTINCT ',
         f"{_GRANTS.facility_id.name}::text AS f FROM {RoleGrant.__tablename__} WHERE ",
         f"{_GRANTS.account_id.name} = %(account)s AND {_GRANTS.status.name} = 'active' AND ",
-        f"{_GRANTS.role.name} = ANY(%(roles)s) AND {_GRANTS.facility_id.name} IS NOT NULL) AS g), ''), true)",
+        f"{_GRANTS.role.name} = ANY(%(roles)s) AND {_GRANTS.facility_id.name} IS NOT NULL) AS g), ''),",
+        " true),",
+        # SET LOCAL ROLE, in the same statement: row-level security holds for what follows.
+        f" set_config('role', '{APP_ROLE}', true)",
     )
 )
-_SET_ROLE = f"SET LOCAL ROLE {APP_ROLE}"
+# The same scope for the account of a session cookie (`session_read`), named by the token's digest.
+_SESSIONS = cast(Table, AuthSession.__table__).c
+_ACCOUNT_OF_SESSION = "".join(
+    (
+        "(SELECT ",
+        _SESSIONS.account_id.name,
+        f" FROM {AuthSession.__tablename__} WHERE {_SESSIONS.token_digest.name} = %(digest)s)",
+    )
+)
+_SCOPE_OF_SESSION_SQL = _SCOPE_SQL.replace("%(account)s", _ACCOUNT_OF_SESSION)
 
 
 @dataclass
@@ -150,10 +196,10 @@ def _statements(dialect: Dialect) -> _Statements:
         exposure_keys = ["id", "actor_ref", "patient_id", "channel", "resource_type", "at", "audit_seq"]
         exposure_keys += ["outside_care", "fields"]
         found = _Statements(
-            account=_compile(ACCOUNT_AND_GRANTS, dialect),
-            state=_compile(ACTOR_STATE, dialect),
-            patient=_compile(_PATIENT_BY_ID, dialect),
-            tagged=_compile(tagged, dialect),
+            account=_compile_inline(ACCOUNT_AND_GRANTS, dialect),
+            state=_compile_inline(ACTOR_STATE, dialect),
+            patient=_compile_inline(_PATIENT_BY_ID, dialect),
+            tagged=_compile_inline(tagged, dialect),
             exposure=_compile(INSERT_EXPOSURE, dialect, column_keys=exposure_keys),
             event=_compile(INSERT_EVENT, dialect, column_keys=["id", "actor_ref", "kind", "key", "at"]),
         )
@@ -311,7 +357,6 @@ def _first_round_trip(
     the scope is entered (row-level security holds for them), read before the decision and
     kept on the transaction for the body, which uses them only after it (carnet.phi.fastpath_search).
     Without `one_patient` (a search), neither the patient row nor relationships are read ahead."""
-    runtime = core._runtime
     actor = core.actor
     statements = _statements(session.get_bind().dialect)
     now = clock.now()
@@ -328,7 +373,6 @@ def _first_round_trip(
     with raw.pipeline():
         scope_cursor = raw.cursor()
         scope_cursor.execute(_SCOPE_SQL, {"account": actor.account_id, "roles": roles}, prepare=True)
-        raw.execute(_SET_ROLE)
         cursors = []
         ahead: list[_Compiled] = [statements.account, statements.state]
         if one_patient:
@@ -348,35 +392,249 @@ def _first_round_trip(
     scope_row = scope_cursor.fetchone()
     read = [_rows(c, s) for c, s in zip(cursors, ahead, strict=True)]
     account_rows, state_rows, patient_rows, tagged_rows = read if one_patient else [*read, [], []]
+    tx = _judged(core, session, guard, now, scope_row, account_rows, state_rows, tx_type=tx_type)
+    tx.also = [_rows(cursor, compiled) for cursor, compiled in more]
+    if pid is not None:
+        _prefetch(tx, patient_rows, tagged_rows)
+    return tx
+
+
+def _judged(
+    core: GateCore,
+    session: Session,
+    guard: Guard,
+    now: dt.datetime,
+    scope_row: Any,
+    account_rows: list[dict[str, Any]],
+    state_rows: list[dict[str, Any]],
+    *,
+    tx_type: type[_FastTx],
+) -> _FastTx:
+    """The access context judged from the first pipeline's rows (`resolve`'s own judgment) and
+    the guarded transaction made on it; declines when the scope entered is not the kernel's."""
     ctx = from_rows(
-        actor, [_Row(r) for r in account_rows], now=now, contact=runtime.settings.security_contact
+        core.actor,
+        [_Row(r) for r in account_rows],
+        now=now,
+        contact=core._runtime.settings.security_contact,
     )
     if not ctx.permissions:
         raise Refused("no active role grants this actor any permission")
     scope = ",".join(sorted(str(f) for f in ctx.facility_ids))
     if scope_row is None or scope_row[0] != scope or ctx.patient_id is not None:
         raise _Decline  # not the scope the kernel enters: its path decides this case
-    state = _Row(state_rows[0]) if state_rows else None
-    tx = tx_type(
+    session.info[_STATE] = _Row(state_rows[0]) if state_rows else None
+    return tx_type(
         session=session,
         ctx=ctx,
-        actor=actor,
+        actor=core.actor,
         keyring=core._keyring,
         resource_type=guard.resource.value,
         kind=guard.kind,
     )
-    session.info[_STATE] = state
-    tx.also = [_rows(cursor, compiled) for cursor, compiled in more]
-    if patient_rows and pid is not None:
+
+
+def _prefetch(tx: _FastTx, patient_rows: list[dict[str, Any]], tagged_rows: list[dict[str, Any]]) -> None:
+    """The patient row and the actor's relationships to it, read ahead, kept for the body."""
+    if patient_rows:
         columns = dict(patient_rows[0])
         replaces_any = bool(columns.pop("carnet_replaces_any"))
         patient = detached(Patient, columns)
         tx.prefetched = (patient, replaces_any)
-        visible = care.visible_ids(ctx, [patient])
+        visible = care.visible_ids(tx.ctx, [patient])
         if visible:
-            rels = care.combine(ctx, visible, [(r["rel"], r["pid"]) for r in tagged_rows])
+            rels = care.combine(tx.ctx, visible, [(r["rel"], r["pid"]) for r in tagged_rows])
             tx.relationships[patient.id] = rels.get(patient.id, frozenset())
+
+
+# -- a read by the actor of a session cookie ---------------------------------------------------
+# The kernel's statements keyed by the session token's digest instead of the account id, so the
+# session's lookup is sent in the same pipeline as them (one round trip, one transaction, one
+# pool checkout less than resolving the session first).
+def _account_of_session() -> Any:
+    digest = bindparam("digest", type_=String())
+    return select(AuthSession.account_id).where(AuthSession.token_digest == digest).scalar_subquery()
+
+
+def _keyed_by_session(statement: Any, account: Callable[[], Any] = _account_of_session) -> Any:
+    """`statement` with the account id it binds (and the actor reference made of it: Actor's
+    `actor_ref`, "account:<id>") read from the session by its token's digest (`account`)."""
+
+    def replace(element: Any, **_kw: Any) -> Any:
+        if isinstance(element, BindParameter):
+            if element.key in ("account", "account_id"):
+                return account()
+            if element.key == "actor_ref":
+                return literal("account:", String()) + sa_cast(account(), String())
+        return None
+
+    return replacement_traverse(statement, {}, replace)
+
+
+@dataclass
+class _SessionStatements:
+    # The session, its account and its active grants (SESSION_CONTEXT), then the account's
+    # containment state (ACTOR_STATE), the last `_STATE_COLUMNS` of every row.
+    context: _Compiled
+    # The patient row (the kernel's _PATIENT_BY_ID) with the actor's relationships to it (the
+    # tagged statement's kinds, `_RELS`): one statement for what the body decides on.
+    patient: _Compiled
+
+
+_RELS = "carnet_rels"
+
+
+_STATE_COLUMNS = tuple(c.name for c in ACTOR_STATE.selected_columns)
+
+
+_of_session: dict[str, _SessionStatements] = {}
+# The scope's roles: every role there is. A session's actor claims every active grant of a role
+# carnet knows (`quiet_resolve`, else the session has ended), so these are its grants' facilities.
+_EVERY_ROLE = sorted(r.value for r in Role)
+
+
+def _session_statements(dialect: Dialect) -> _SessionStatements:
+    found = _of_session.get(dialect.name)
+    if found is None:
+        pid = bindparam("pid", type_=Uuid())
+        # The session's account and practitioner, read once (each kind of relationship names them).
+        actor = (
+            select(AuthSession.account_id, Account.practitioner_id)
+            .join(Account, Account.id == AuthSession.account_id)
+            .where(AuthSession.token_digest == bindparam("digest", type_=String()))
+            .cte("session_actor")
+        )
+        me = select(actor.c.practitioner_id).scalar_subquery()
+        tagged = care.tagged_statement(match=lambda column: column == pid, me=me)
+        state = _keyed_by_session(ACTOR_STATE).subquery("actor_state")
+        context = SESSION_CONTEXT.add_columns(*(state.c[name] for name in _STATE_COLUMNS))
+        kinds = _keyed_by_session(tagged, lambda: select(actor.c.account_id).scalar_subquery()).subquery(
+            "tagged"
+        )
+        rels = select(func.array_agg(kinds.c.rel, type_=ARRAY(String()))).scalar_subquery()
+        found = _SessionStatements(
+            context=_compile_inline(context.outerjoin(state, true()), dialect),
+            patient=_compile_inline(_PATIENT_BY_ID.add_columns(rels.label(_RELS)), dialect),
+        )
+        _of_session[dialect.name] = found
+    return found
+
+
+# The gate's actor until the session's rows are read (nothing is done in its name: any failure
+# before `quiet_resolve` answered declines, and the caller resolves the session as always).
+_UNREAD = Actor(kind=ActorKind.STAFF, username="(session not read yet)", roles=frozenset())
+
+
+def session_read(
+    runtime: Runtime,
+    gate: type[GateCore],
+    body: Callable[..., Any],
+    *,
+    token: str,
+    context: RequestContext,
+    kwargs: dict[str, Any],
+) -> tuple[bool, Any]:
+    """`gate(runtime, <the session's actor>).<body>(**kwargs)`, a read of one patient's record
+    (`patient_id`), with the session cookie's lookup (`Authenticator.resolve`) in the read's first
+    pipeline. (False, None) when it declines, having done nothing: then the caller resolves the
+    session and reads as usual, which answers every case this does not (a bearer token, a session
+    to refuse, touch or revoke, an actor the fast read does not take)."""
+    if (
+        _general_only
+        or runtime.engine.dialect.name != "postgresql"
+        or type(runtime.ledger) is not SqlExposureLedger
+        or type(_writer(runtime.audit)) is not SqlAuditWriter
+        or not isinstance(kwargs.get("patient_id"), str | uuid.UUID)
+    ):
+        return False, None
+    guard: Guard = body.__gate_guard__  # type: ignore[attr-defined]
+    pid = parse_id(str(kwargs["patient_id"]))
+    core = gate(runtime, _UNREAD)
+
+    def run(tx: GuardedTx) -> Any:
+        return body(tx, **kwargs)
+
+    def first_round_trip(session: Session) -> _FastTx:
+        return _first_round_trip_of_session(
+            core, session, guard, pid, token=token, context=context, kwargs=kwargs
+        )
+
+    return between_round_trips(core, guard, run, first_round_trip, count=_count_session_read)
+
+
+def _count_session_read() -> None:
+    global taken, taken_with_session
+    with _counts_lock:
+        taken += 1
+        taken_with_session += 1
+
+
+def _first_round_trip_of_session(
+    core: GateCore,
+    session: Session,
+    guard: Guard,
+    pid: uuid.UUID | None,
+    *,
+    token: str,
+    context: RequestContext,
+    kwargs: dict[str, Any],
+) -> _FastTx:
+    of_session = _session_statements(session.get_bind().dialect)
+    now = clock.now()
+    digest = sessions.digest(token)
+    values = {"digest": digest, "id": pid or uuid.UUID(int=0), "pid": pid, **care.window_params_at(now, None)}
+    try:
+        raw: Any = session.connection().connection.driver_connection
+        with raw.pipeline():
+            context_cursor = raw.cursor()
+            context_cursor.execute(
+                of_session.context.sql, {**of_session.context.defaults, "digest": digest}, prepare=True
+            )
+            scope_cursor = raw.cursor()
+            scope_cursor.execute(
+                _SCOPE_OF_SESSION_SQL, {"digest": digest, "roles": _EVERY_ROLE}, prepare=True
+            )
+            patient_cursor = raw.cursor()
+            compiled = of_session.patient
+            params = {**compiled.defaults, **{k: v for k, v in values.items() if k in compiled.defaults}}
+            patient_cursor.execute(compiled.sql, params, prepare=True)
+        found = _tuples(context_cursor, of_session.context)
+        scope_row = scope_cursor.fetchone()
+        patient_rows = _rows(patient_cursor, of_session.patient)
+        kinds = (patient_rows[0].pop(_RELS) or []) if patient_rows else []
+        tagged_rows = [{"rel": kind, "pid": pid} for kind in kinds]
+        state = found[0][-len(_STATE_COLUMNS) :] if found else ()
+        state_rows = [dict(zip(_STATE_COLUMNS, state, strict=True))] if state and state[0] is not None else []
+        judged = Authenticator.of(core._runtime).quiet_resolve(found, context=context)
+    except Exception as exc:
+        raise _Decline from exc  # nothing done yet: resolving the session first answers it
+    if judged is None:
+        raise _Decline
+    core.actor = judged[0]
+    if not _eligible(core, guard, kwargs):
+        raise _Decline
+    tx = _judged(
+        core,
+        session,
+        guard,
+        now,
+        scope_row,
+        [account_and_grant(r) for r in found],
+        state_rows,
+        tx_type=_FastTx,
+    )
+    if pid is not None:
+        _prefetch(tx, patient_rows, tagged_rows)
     return tx
+
+
+def _tuples(cursor: Any, compiled: _Compiled) -> list[tuple[Any, ...]]:
+    """A statement's rows as tuples, each column through its type's result processor."""
+    processors = compiled.processors
+    return [
+        tuple(p(v) if p is not None and v is not None else v for p, v in zip(processors, raw, strict=True))
+        for raw in cursor.fetchall()
+    ]
 
 
 _STATE = "carnet.fastpath.state"
@@ -410,10 +668,11 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     sql, params = append_one_statement(record)
     started = time.perf_counter()
     with raw.pipeline():
-        if rows:
-            raw.cursor().executemany(statements.exposure.sql, rows)
-        if events:
-            raw.cursor().executemany(statements.event.sql, events)
+        for sql_of, many in ((statements.exposure.sql, rows), (statements.event.sql, events)):
+            if len(many) == 1:  # a read's one exposure row: executemany's own machinery costs more
+                raw.cursor().execute(sql_of, many[0], prepare=True)
+            elif many:
+                raw.cursor().executemany(sql_of, many)
         audit_cursor = raw.cursor()
         audit_cursor.execute(sql, params, prepare=True)
         if not tx.after_audit:

@@ -14,13 +14,14 @@ answers exactly like a missing one (NotFound). Any failure returns nothing (fail
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from carnet.access.policy import WRITE_PERMISSION
 from carnet.audit.interfaces import AuditKind
 from carnet.billing import operations as billing
 from carnet.billing import printing as billing_prints
 from carnet.coverage import operations as coverage
+from carnet.identity.authenticate import RequestContext
 from carnet.interfaces import operation as interfaces
 from carnet.interventions import administering
 from carnet.interventions import operations as interventions
@@ -32,6 +33,7 @@ from carnet.phi import breakglass, exports, fastpath, fastpath_search, validatio
 from carnet.phi.exports import BULK_TYPES, EXPORT_FILE_WINDOW, EXPORT_JOB_TIMEOUT, STUCK_EXPORT
 from carnet.phi.grouped import GroupFailed, grouped
 from carnet.phi.kernel import RT, GateCore, GuardedTx, Refused, guarded, operation
+from carnet.phi.schemas import PatientView
 from carnet.prescriptions import operations as prescriptions
 from carnet.prescriptions import printing as prescription_prints
 from carnet.prescriptions.rules import AllergyWarning
@@ -39,6 +41,7 @@ from carnet.records import care_teams, consents, orders, provenance, stays
 from carnet.records import operations as records
 from carnet.records import printing as letters
 from carnet.records.consents import OPPOSE_OTHER_FACILITIES
+from carnet.runtime import Runtime
 from carnet.scheduling import operations as scheduling
 
 # Imported from here by the presentation layers and the sweeper.
@@ -181,6 +184,19 @@ def _run_transaction(tx: GuardedTx, /, *, steps: Sequence[TransactionStep]) -> l
         finally:
             tx.kind = AuditKind.PHI_TRANSACTION
     return results
+
+
+def read_patient_of_session(
+    runtime: Runtime, *, token: str, context: RequestContext, patient_id: str
+) -> PatientView | None:
+    """`Gate(runtime, <the session's actor>).read_patient(patient_id=...)` for a session cookie,
+    the session's lookup in the read's first round trip (carnet.phi.fastpath.session_read). None
+    when that variant declines, having done nothing: the caller then resolves the session
+    (`carnet.identity.dependencies.current_actor`) and reads through `Gate` as usual."""
+    done, view = fastpath.session_read(
+        runtime, Gate, patients.read, token=token, context=context, kwargs={"patient_id": patient_id}
+    )
+    return cast(PatientView, view) if done else None
 
 
 class Gate(GateCore):
