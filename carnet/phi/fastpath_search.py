@@ -33,21 +33,26 @@ paths answer, audit and count alike.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Dialect, Select
+import psycopg
+from sqlalchemy import Dialect, Select, select
 from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.sql import visitors
 from sqlalchemy.sql.cache_key import CacheKey
+from sqlalchemy.sql.elements import BindParameter
 
+from carnet.access.policy import decided_by_facility_alone
 from carnet.db.base import detached
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import Patient
-from carnet.phi import fastpath
-from carnet.phi.fastpath import _compile, _Compiled, _eligible, _FastTx, _first_round_trip
+from carnet.phi import care, fastpath
+from carnet.phi.fastpath import _compile, _Compiled, _eligible, _FastTx, _first_round_trip, _rows
 from carnet.phi.kernel import GateCore, Guard, GuardedTx
 from carnet.phi.steps import SECTION_LIMIT
 
@@ -188,21 +193,136 @@ def offer_section(body: Callable[..., Any], statement: SectionStatement) -> None
 searched = 0
 
 
+@dataclass(frozen=True)
+class _Positional:
+    """A statement compiled for psycopg's raw cursor: `$n` placeholders bound by position
+    (`names`), so psycopg does not parse the query text on every execution (it caches its
+    parsing of named placeholders only for statements under 4 kB; a care filter with the
+    tagged relationships is more)."""
+
+    compiled: _Compiled  # the SQL with `$n` placeholders, the constants and result processors
+    names: tuple[str, ...]
+
+    def values(self, params: dict[str, Any]) -> list[Any]:
+        defaults = self.compiled.defaults
+        return [params[n] if n in params else defaults[n] for n in self.names]
+
+
+_PLACEHOLDERS = re.compile(r"%%|%\(([^)]+)\)s")
+
+
+def _positional(compiled: _Compiled) -> _Positional:
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"  # a literal percent sign, escaped for pyformat
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    sql = _PLACEHOLDERS.sub(number, compiled.sql)
+    return _Positional(_Compiled(sql, compiled.defaults, compiled.processors), tuple(names))
+
+
+@dataclass(frozen=True)
+class _SearchStatement:
+    """A search's statement compiled for psycopg, with the statement of the relationships of
+    the patients it selects (the tagged statement, matched on the search's own ids)."""
+
+    statement: Select[Any]
+    patients: _Positional
+    attributes: tuple[str, ...]
+    related: _Positional
+    bound: frozenset[str]
+
+
+_search_statements: dict[int, _SearchStatement] = {}
+_search_lock = threading.Lock()
+
+
+def _bound_names(statement: Any) -> frozenset[str]:
+    """The names of the values a request binds: the statement's parameters built without one."""
+    binds = (b for b in visitors.iterate(statement) if isinstance(b, BindParameter))
+    return frozenset(b.key for b in binds if b.required)
+
+
+def _search_compiled(statement: Select[Any], dialect: Dialect) -> _SearchStatement:
+    found = _search_statements.get(id(statement))
+    if found is not None and found.statement is statement:
+        return found
+    found_ids = statement.with_only_columns(Patient.id).cte("found")
+    related = care.tagged_statement(match=lambda column: column.in_(select(found_ids.c.id)))
+    bound = _bound_names(statement) | _bound_names(related)
+    mapper = Patient.__mapper__
+    attributes = tuple(mapper.get_property_by_column(c).key for c in statement.selected_columns)
+    found = _SearchStatement(
+        statement=statement,
+        patients=_positional(_compile(statement.params(dict.fromkeys(_bound_names(statement))), dialect)),
+        attributes=attributes,
+        related=_positional(_compile(related.params(dict.fromkeys(bound)), dialect)),
+        bound=bound,
+    )
+    with _search_lock:  # the statement is kept with its entry: its id is not reused meanwhile
+        _search_statements[id(statement)] = found
+    return found
+
+
+@dataclass
+class _SearchTx(_FastTx):
+    """The guarded transaction of a fast Patient search: the candidates are read on psycopg's
+    prepared statements, with their relationships to the actor in the same round trip when
+    they are few."""
+
+    def patients(self, statement: Any, params: dict[str, Any], *, few: bool = False) -> list[Patient]:
+        compiled = _search_compiled(statement, self.session.get_bind().dialect)
+        missing = compiled.bound - params.keys()
+        if missing:  # a value left unbound would be NULL: fail closed instead
+            raise TypeError(f"the search's statement binds values it was not given: {sorted(missing)}")
+        # Relationships are read as `care.relationships_of` reads them: not for a role that
+        # only the facility decides, and only for an actor with a practitioner or an account.
+        relate = (
+            few
+            and not decided_by_facility_alone(self.ctx.roles)
+            and (self.ctx.practitioner_id is not None or self.ctx.account_id is not None)
+        )
+        self.session.flush()  # nothing pending in a search; as a Core statement would
+        raw: Any = self.session.connection().connection.driver_connection
+        with raw.pipeline():
+            cursor = psycopg.RawCursor(raw)
+            cursor.execute(compiled.patients.compiled.sql, compiled.patients.values(params), prepare=True)
+            if relate:
+                related = psycopg.RawCursor(raw)
+                related.execute(compiled.related.compiled.sql, compiled.related.values(params), prepare=True)
+        found = [
+            detached(Patient, dict(zip(compiled.attributes, row.values(), strict=True)))
+            for row in _rows(cursor, compiled.patients.compiled)
+        ]
+        if relate:
+            rows = [(r["rel"], r["pid"]) for r in _rows(related, compiled.related.compiled)]
+            rels = care.combine(self.ctx, care.visible_ids(self.ctx, found), rows)
+            for patient in found:
+                self.relationships.setdefault(patient.id, rels.get(patient.id, frozenset()))
+        return found
+
+
 def patient_search(
     core: GateCore, guard: Guard, run: Callable[[GuardedTx], Any], kwargs: dict[str, Any]
 ) -> tuple[bool, Any]:
     """The fast variant of a Patient search (an identifier, a family name and birth date, or a
     name among the actor's own patients): the first pipeline (facility scope, account and
     grants, containment state), the body unchanged (its rules of specificity, its decisions,
-    the candidates it asks and decrypts, through the session, after the scope is entered), then
-    the closing pipeline (exposure rows, the search's detection events, audit append, commit)."""
+    the names it decrypts) with its candidates read on prepared statements, with their
+    relationships in the same round trip (`_SearchTx`), then the closing pipeline (exposure
+    rows, the search's detection events, audit append, commit)."""
     if not _eligible(core, guard, kwargs, one_patient=False):
         return False, None
     return fastpath.between_round_trips(
         core,
         guard,
         run,
-        lambda session: _first_round_trip(core, session, guard, None, one_patient=False),
+        lambda session: _first_round_trip(core, session, guard, None, one_patient=False, tx_type=_SearchTx),
         count=_count_search,
     )
 
