@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from sqlalchemy import Dialect, Select, select
+from sqlalchemy import Dialect, Select, func, select
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.cache_key import CacheKey
@@ -228,18 +228,20 @@ def _positional(compiled: _Compiled) -> _Positional:
 
 @dataclass(frozen=True)
 class _SearchStatement:
-    """A search's statement compiled for psycopg, with the statement of the relationships of
-    the patients it selects (the tagged statement, matched on the search's own ids)."""
+    """A search's statement compiled for psycopg (`alone`), and the same with each patient's
+    relationships to the actor (`related`: the tagged statement, matched on the patients the
+    search found, aggregated per patient as `carnet_rels`): the patients are selected once."""
 
     statement: Select[Any]
-    patients: _Positional
-    attributes: tuple[str, ...]
+    alone: _Positional
     related: _Positional
+    attributes: tuple[str, ...]
     bound: frozenset[str]
 
 
 _search_statements: dict[int, _SearchStatement] = {}
 _search_lock = threading.Lock()
+_RELS = "carnet_rels"
 
 
 def _bound_names(statement: Any) -> frozenset[str]:
@@ -248,31 +250,36 @@ def _bound_names(statement: Any) -> frozenset[str]:
     return frozenset(b.key for b in binds if b.required)
 
 
+def _with_relationships(statement: Select[Any]) -> Select[Any]:
+    found = statement.cte("found")
+    tagged = care.tagged_statement(match=lambda column: column.in_(select(found.c.id))).cte("tagged")
+    rels = select(func.array_agg(tagged.c.rel)).where(tagged.c.pid == found.c.id).scalar_subquery()
+    return select(found, rels.label(_RELS)).order_by(found.c.id)
+
+
 def _search_compiled(statement: Select[Any], dialect: Dialect) -> _SearchStatement:
-    found = _search_statements.get(id(statement))
-    if found is not None and found.statement is statement:
-        return found
-    found_ids = statement.with_only_columns(Patient.id).cte("found")
-    related = care.tagged_statement(match=lambda column: column.in_(select(found_ids.c.id)))
-    bound = _bound_names(statement) | _bound_names(related)
+    entry = _search_statements.get(id(statement))
+    if entry is not None and entry.statement is statement:
+        return entry
+    related = _with_relationships(statement)
+    bound = _bound_names(related)
     mapper = Patient.__mapper__
-    attributes = tuple(mapper.get_property_by_column(c).key for c in statement.selected_columns)
-    found = _SearchStatement(
+    entry = _SearchStatement(
         statement=statement,
-        patients=_positional(_compile(statement.params(dict.fromkeys(_bound_names(statement))), dialect)),
-        attributes=attributes,
+        alone=_positional(_compile(statement.params(dict.fromkeys(_bound_names(statement))), dialect)),
         related=_positional(_compile(related.params(dict.fromkeys(bound)), dialect)),
+        attributes=tuple(mapper.get_property_by_column(c).key for c in statement.selected_columns),
         bound=bound,
     )
     with _search_lock:  # the statement is kept with its entry: its id is not reused meanwhile
-        _search_statements[id(statement)] = found
-    return found
+        _search_statements[id(statement)] = entry
+    return entry
 
 
 @dataclass
 class _SearchTx(_FastTx):
     """The guarded transaction of a fast Patient search: the candidates are read on psycopg's
-    prepared statements, with their relationships to the actor in the same round trip when
+    prepared statements, with their relationships to the actor in the same statement when
     they are few."""
 
     def patients(self, statement: Any, params: dict[str, Any], *, few: bool = False) -> list[Patient]:
@@ -287,23 +294,21 @@ class _SearchTx(_FastTx):
             and not decided_by_facility_alone(self.ctx.roles)
             and (self.ctx.practitioner_id is not None or self.ctx.account_id is not None)
         )
+        chosen = compiled.related if relate else compiled.alone
         self.session.flush()  # nothing pending in a search; as a Core statement would
         raw: Any = self.session.connection().connection.driver_connection
-        with raw.pipeline():
-            cursor = psycopg.RawCursor(raw)
-            cursor.execute(compiled.patients.compiled.sql, compiled.patients.values(params), prepare=True)
-            if relate:
-                related = psycopg.RawCursor(raw)
-                related.execute(compiled.related.compiled.sql, compiled.related.values(params), prepare=True)
-        found = [
-            detached(Patient, dict(zip(compiled.attributes, row.values(), strict=True)))
-            for row in _rows(cursor, compiled.patients.compiled)
-        ]
+        cursor = psycopg.RawCursor(raw)
+        cursor.execute(chosen.compiled.sql, chosen.values(params), prepare=True)
+        found, tagged = [], []
+        for row in _rows(cursor, chosen.compiled):
+            rels = row.pop(_RELS, None) if relate else None
+            patient = detached(Patient, dict(zip(compiled.attributes, row.values(), strict=True)))
+            found.append(patient)
+            tagged += [(rel, patient.id) for rel in rels or ()]
         if relate:
-            rows = [(r["rel"], r["pid"]) for r in _rows(related, compiled.related.compiled)]
-            rels = care.combine(self.ctx, care.visible_ids(self.ctx, found), rows)
+            computed = care.combine(self.ctx, care.visible_ids(self.ctx, found), tagged)
             for patient in found:
-                self.relationships.setdefault(patient.id, rels.get(patient.id, frozenset()))
+                self.relationships.setdefault(patient.id, computed.get(patient.id, frozenset()))
         return found
 
 
