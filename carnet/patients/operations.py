@@ -4,6 +4,7 @@ update, deactivate."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from typing import Any
 
@@ -15,6 +16,7 @@ from carnet.access.policy import (
     Relationship,
     granting_relationships,
 )
+from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.crypto.blind import IndexKind, name_matches, normalize_name
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
@@ -77,7 +79,7 @@ def search(
         raise InvalidInput(f"count must be between 1 and {SEARCH_MAX_COUNT}")
     if not 1 <= page <= SEARCH_MAX_PAGE:
         raise InvalidInput(f"page must be between 1 and {SEARCH_MAX_PAGE}: refine the search")
-    rels_open = granting_relationships(roles=tx.ctx.roles, resource=RT.PATIENT)
+    rels_open = _opening_patient(tx.ctx.roles)
     blind = tx.keyring.blind
     identifier = (identifier or "").strip() or None
     family = (family or "").strip() or None
@@ -164,6 +166,13 @@ def search(
     tx.reasons.append(f"search by {shape.value}")
     tx.expose(shown, Channel.SEARCH, rels, fields_shown, shape=event)
     return PatientPage(items=items, page=page, count=count, has_more=has_more)
+
+
+@functools.lru_cache(maxsize=256)
+def _opening_patient(roles: frozenset[Role]) -> frozenset[Relationship]:
+    """The relationships that open Patient to these roles (the policy's matrix is a constant:
+    asked once per set of roles, not on every search)."""
+    return granting_relationships(roles=roles, resource=RT.PATIENT)
 
 
 def _match_names(
