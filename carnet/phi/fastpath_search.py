@@ -189,8 +189,10 @@ def offer_section(body: Callable[..., Any], statement: SectionStatement) -> None
     setattr(body, "__gate_fast__", fast)  # noqa: B010
 
 
-# How many Patient searches took the fast path in this process (tests read it; not a metric).
+# How many Patient searches took the fast path in this process, and how many read their
+# candidates' relationships in the candidates' statement (tests read them; not metrics).
 searched = 0
+related = 0
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,8 @@ class _SearchTx(_FastTx):
             and (self.ctx.practitioner_id is not None or self.ctx.account_id is not None)
         )
         chosen = compiled.related if relate else compiled.alone
+        if relate:
+            _count_related()
         self.session.flush()  # nothing pending in a search; as a Core statement would
         raw: Any = self.session.connection().connection.driver_connection
         cursor = psycopg.RawCursor(raw)
@@ -330,6 +334,12 @@ def patient_search(
         lambda session: _first_round_trip(core, session, guard, None, one_patient=False, tx_type=_SearchTx),
         count=_count_search,
     )
+
+
+def _count_related() -> None:
+    global related
+    with _counts_lock:
+        related += 1
 
 
 def _count_search() -> None:
