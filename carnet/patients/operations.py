@@ -131,9 +131,11 @@ def search(
         page=page,
     )
     on_postgres = tx.session.get_bind().dialect.name == "postgresql"
-    scope = care.filter_shape(tx.ctx, rels_open, array=on_postgres)
-    query = search_statement(StatementShape(kind, tuple(terms), scope))
     specific = kind != "name"
+    # A handful of candidates (a blind index, a name's prefix keys): each is asked whether it
+    # is the actor's; a scan of the care list computes the care list once.
+    scope = care.filter_shape(tx.ctx, rels_open, array=on_postgres, correlated=specific or bool(terms))
+    query = search_statement(StatementShape(kind, tuple(terms), scope))
     if query is None:
         if specific:
             raise Refused("no relationship opens Patient to this role")

@@ -159,13 +159,25 @@ def _scope(
     now: Any,
     since: Any,
     until: Any,
+    correlated: bool = False,
 ) -> ColumnElement[bool] | None:
+    """`correlated`: each relationship asked of each candidate patient (an EXISTS per
+    relationship, for a statement whose other criteria leave a handful of candidates) instead
+    of the actor's whole care list computed once (an IN of their union): the same patients."""
     conditions: list[ColumnElement[bool]] = []
     if R.FACILITY in rels or R.LOCATED in rels:
         return visible()
     if R.SELF in rels and self_patient is not None:
         conditions.append(Patient.id == self_patient)
-    parts = [q for _rel, q in _parts(rels, me=me, account=account, now=now, since=since, until=until)]
+    found = _parts(rels, me=me, account=account, now=now, since=since, until=until)
+    if correlated:
+        for rel, part in found:
+            if rel is R.DESIGNATED:  # the candidate's own row says it
+                conditions.append(Patient.designated_physician_id == me)
+            else:
+                conditions.append(part.where(part.selected_columns[0] == Patient.id).exists())
+        found = []
+    parts = [q for _rel, q in found]
     if parts:
         conditions.append(
             Patient.id.in_(union(*parts).scalar_subquery()) if len(parts) > 1 else Patient.id.in_(parts[0])
@@ -193,8 +205,8 @@ def patient_filter(ctx: AccessContext, rels: Collection[Relationship]) -> Column
 @dataclass(frozen=True)
 class FilterShape:
     """What of the actor `patient_filter` depends on besides values: which relationships open,
-    which of the actor's ids exist, and how the facilities are bound (one array on PostgreSQL,
-    an expanding IN elsewhere)."""
+    which of the actor's ids exist, how the facilities are bound (one array on PostgreSQL, an
+    expanding IN elsewhere) and whether the relationships are asked per candidate (`_scope`)."""
 
     rels: frozenset[Relationship]
     practitioner: bool
@@ -203,9 +215,12 @@ class FilterShape:
     acting: bool
     compartment: bool
     array: bool
+    correlated: bool = False
 
 
-def filter_shape(ctx: AccessContext, rels: Collection[Relationship], *, array: bool) -> FilterShape:
+def filter_shape(
+    ctx: AccessContext, rels: Collection[Relationship], *, array: bool, correlated: bool = False
+) -> FilterShape:
     return FilterShape(
         rels=frozenset(rels),
         practitioner=ctx.practitioner_id is not None,
@@ -214,6 +229,7 @@ def filter_shape(ctx: AccessContext, rels: Collection[Relationship], *, array: b
         acting=ctx.acting_facility_id is not None,
         compartment=ctx.compartment is not None,
         array=array,
+        correlated=correlated,
     )
 
 
@@ -238,6 +254,7 @@ def bound_patient_filter(shape: FilterShape) -> ColumnElement[bool] | None:
         now=bindparam("now", type_=UtcDateTime()),
         since=bindparam("since", type_=UtcDateTime()),
         until=bindparam("until", type_=UtcDateTime()),
+        correlated=shape.correlated,
     )
 
 

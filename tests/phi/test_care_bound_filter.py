@@ -1,7 +1,8 @@
 """The care filter built once with bound values (`care.bound_patient_filter`, used by the
-Patient search: carnet/patients/search_sql.py) selects exactly the patients the filter built
-with the actor's values (`care.patient_filter`) selects, for every relationship and every kind
-of actor context, on SQLite and PostgreSQL."""
+Patient search: carnet/patients/search_sql.py), with the care list computed once or each
+relationship asked per candidate, selects exactly the patients the filter built with the
+actor's values (`care.patient_filter`) selects, for every relationship and every kind of actor
+context, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -33,12 +34,13 @@ def _selected(runtime: Runtime, condition: Any, params: dict[str, Any] | None = 
 def _agree(runtime: Runtime, ctx: AccessContext, rels: frozenset[Relationship]) -> set[uuid.UUID]:
     expected = care.patient_filter(ctx, rels)
     array = runtime.engine.dialect.name == "postgresql"
-    bound = care.bound_patient_filter(care.filter_shape(ctx, rels, array=array))
-    assert (expected is None) == (bound is None), rels
-    if expected is None:
-        return set()
-    want = _selected(runtime, expected)
-    assert _selected(runtime, bound, care.filter_params(ctx)) == want, (rels, ctx)
+    want = _selected(runtime, expected) if expected is not None else set()
+    for correlated in (False, True):  # the care list once, or asked per candidate
+        shape = care.filter_shape(ctx, rels, array=array, correlated=correlated)
+        bound = care.bound_patient_filter(shape)
+        assert (expected is None) == (bound is None), rels
+        if bound is not None:
+            assert _selected(runtime, bound, care.filter_params(ctx)) == want, (rels, ctx, correlated)
     return want
 
 
