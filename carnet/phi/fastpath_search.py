@@ -19,10 +19,14 @@ database through the session, as on the general path.
 The Patient search (`patient_search`: an identifier, family + birth date, a name among one's
 own patients) runs on the same machinery without reading a patient ahead: the first pipeline
 enters the scope and reads the account, its grants and the containment state; the body runs
-unchanged (its specificity rules, its decisions, the candidates it asks and decrypts, the
-relationships of what it found, all through the session after the scope is entered); the
-closing pipeline carries the exposure rows, the search's detection events (when Redis counts
-them) and the audit append with the commit.
+unchanged (its specificity rules, its decisions, the names it decrypts) and asks its
+candidates with `tx.patients(statement, values)`, a statement built once per shape
+(carnet/patients/search_sql.py): here it runs on psycopg's raw cursor (positional parameters,
+prepared, no ORM), and when the candidates are a handful (`few`) the same statement brings
+each one's relationships to the actor (the tagged statement of `care`, matched on the
+candidates), so the relationships the body then asks are answered without a third round trip,
+as `care.relationships_of` would answer them. The closing pipeline carries the exposure rows,
+the search's detection events (when Redis counts them) and the audit append with the commit.
 
 It declines, as the patient read does, for anything but a staff session on PostgreSQL (tokens
 and their category limits, patient actors, SQLite, unknown ledgers or writers) and when the
