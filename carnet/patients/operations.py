@@ -132,9 +132,10 @@ def search(
     )
     on_postgres = tx.session.get_bind().dialect.name == "postgresql"
     specific = kind != "name"
-    # A handful of candidates (a blind index, a name's prefix keys): each is asked whether it
-    # is the actor's; a scan of the care list computes the care list once.
-    scope = care.filter_shape(tx.ctx, rels_open, array=on_postgres, correlated=specific or bool(terms))
+    # A specific search's few candidates (one blind index's) are each asked whether they are
+    # the actor's; a name's candidates (a prefix key is shared by hundreds of patients at
+    # 100,000) are matched against the care list computed once.
+    scope = care.filter_shape(tx.ctx, rels_open, array=on_postgres, correlated=specific)
     query = search_statement(StatementShape(kind, tuple(terms), scope))
     if query is None:
         if specific:
