@@ -8,9 +8,10 @@ writes, `replace_name_keys` for one patient); a name search narrows its candidat
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, insert, select
+from sqlalchemy import ColumnElement, LargeBinary, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from carnet.crypto.blind import BlindIndexer, IndexKind
@@ -53,16 +54,33 @@ def name_candidates(
     """SQL criteria on Patient that every patient matching the name terms meets (one indexed
     look-up per term), or None when no term can be looked up (each is a single word shorter
     than the prefix): then only the caller's bounded scan can answer."""
-    criteria: list[ColumnElement[bool]] = []
-    for kind, term in ((IndexKind.FAMILY, family), (IndexKind.GIVEN, given)):
+    keys = name_keys(blind, family=family, given=given)
+    if not keys:
+        return None
+    return [_keyed(key) for key in keys.values()]
+
+
+def name_keys(blind: BlindIndexer, *, family: str | None, given: str | None) -> dict[str, bytes]:
+    """The prefix key of each term that can be looked up, by the name `bound_name_candidates`
+    binds it under (`family_key`, `given_key`); empty when none can."""
+    keys: dict[str, bytes] = {}
+    for kind, term, name in ((IndexKind.FAMILY, family, "family_key"), (IndexKind.GIVEN, given, "given_key")):
         if not term:
             continue
         key = blind.name_query_key(kind, term)
         if key is not None:
-            criteria.append(
-                Patient.id.in_(select(PatientNameKey.patient_id).where(PatientNameKey.key == key))
-            )
-    return criteria or None
+            keys[name] = key
+    return keys
+
+
+def bound_name_candidates(names: Iterable[str]) -> list[ColumnElement[bool]]:
+    """`name_candidates` with the keys as bound parameters, for the keys `names` (the keys of
+    `name_keys`' answer): a statement built once binds each search's keys."""
+    return [_keyed(bindparam(name, type_=LargeBinary())) for name in names]
+
+
+def _keyed(key: Any) -> ColumnElement[bool]:
+    return Patient.id.in_(select(PatientNameKey.patient_id).where(PatientNameKey.key == key))
 
 
 def missing_name_keys(session: Session, *, after: uuid.UUID | None, limit: int) -> list[Patient]:

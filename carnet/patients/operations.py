@@ -4,10 +4,9 @@ update, deactivate."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from typing import Any
-
-from sqlalchemy import select
 
 from carnet.access.permissions import Permission
 from carnet.access.policy import (
@@ -17,15 +16,17 @@ from carnet.access.policy import (
     Relationship,
     granting_relationships,
 )
+from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind
 from carnet.crypto.blind import IndexKind, name_matches, normalize_name
 from carnet.detection.interfaces import Channel, SearchEvent, SearchShape
 from carnet.kernel.errors import Conflict, InvalidInput
 from carnet.kernel.ids import new_id, parse_id
 from carnet.patients.models import Patient
-from carnet.patients.names import name_candidates, replace_name_keys
+from carnet.patients.names import name_keys, replace_name_keys
 from carnet.patients.received import follow, kept_state
 from carnet.patients.rules import check_duplicate
+from carnet.patients.search_sql import Kind, StatementShape, search_statement
 from carnet.patients.views import (
     PATIENT_ENCRYPTED,
     patient_columns,
@@ -44,7 +45,6 @@ from carnet.records.consents import consent_follows_flag
 # partial (wildcard) search for detection, since short fragments sweep a care list.
 NAME_MIN_LETTERS = 2
 NAME_SPECIFIC_LETTERS = 4
-CARE_SET_LIMIT = 2000  # a name search decrypts at most this many of the actor's own patients
 
 
 @guarded(AuditKind.PHI_READ, RT.PATIENT, targeted=True)
@@ -79,39 +79,45 @@ def search(
         raise InvalidInput(f"count must be between 1 and {SEARCH_MAX_COUNT}")
     if not 1 <= page <= SEARCH_MAX_PAGE:
         raise InvalidInput(f"page must be between 1 and {SEARCH_MAX_PAGE}: refine the search")
-    rels_open = granting_relationships(roles=tx.ctx.roles, resource=RT.PATIENT)
+    rels_open = _opening_patient(tx.ctx.roles)
     blind = tx.keyring.blind
     identifier = (identifier or "").strip() or None
     family = (family or "").strip() or None
     given = (given or "").strip() or None
+    kind: Kind
+    terms: dict[str, bytes]
     if identifier is not None:
         shape = SearchShape.IDENTIFIER
         tx.query = "identifier"
-        criteria = [Patient.ins_bi == blind.index(IndexKind.IDENTIFIER, identifier)]
-        scope = care.patient_filter(tx.ctx, rels_open)
+        kind, terms = "identifier", {"ins_bi": blind.index(IndexKind.IDENTIFIER, identifier)}
         digest_source = f"identifier={identifier}"
     elif family is not None and birth_date is not None:
         shape = SearchShape.NAME
         tx.query = "family,birthdate" + (",given" if given else "")
-        criteria = [
-            Patient.family_bi == blind.index(IndexKind.FAMILY, family),
-            Patient.birth_date_bi == blind.index(IndexKind.BIRTH_DATE, birth_date.isoformat()),
-        ]
+        kind, terms = (
+            "birth",
+            {
+                "family_bi": blind.index(IndexKind.FAMILY, family),
+                "birth_date_bi": blind.index(IndexKind.BIRTH_DATE, birth_date.isoformat()),
+            },
+        )
         if given is not None:
-            criteria.append(Patient.given_bi == blind.index(IndexKind.GIVEN, given))
-        scope = care.patient_filter(tx.ctx, rels_open)
+            terms["given_bi"] = blind.index(IndexKind.GIVEN, given)
         digest_source = f"family={normalize_name(family)}|birth={birth_date}|given={given or ''}"
     elif family is not None or given is not None:
         # A name alone: only among the actor's own patients, matched after decryption.
         # One letter is browsing, not looking someone up; a few letters is a partial sweep.
-        terms = [normalize_name(v) for v in (family, given) if v]
-        if max(len(t.replace(" ", "")) for t in terms) < NAME_MIN_LETTERS:
+        names = [normalize_name(v) for v in (family, given) if v]
+        if max(len(t.replace(" ", "")) for t in names) < NAME_MIN_LETTERS:
             raise InvalidInput(f"a name search needs at least {NAME_MIN_LETTERS} letters")
-        specific = any(len(t.replace(" ", "")) >= NAME_SPECIFIC_LETTERS for t in terms)
+        specific = any(len(t.replace(" ", "")) >= NAME_SPECIFIC_LETTERS for t in names)
         shape = SearchShape.NAME if specific else SearchShape.WILDCARD
         tx.query = ",".join(n for n, v in (("family", family), ("given", given)) if v)
-        criteria = []
-        scope = care.patient_filter(tx.ctx, rels_open & care.CARE)
+        rels_open = rels_open & care.CARE
+        # The keyed name prefixes narrow the care list to candidates in SQL, so only those
+        # are decrypted; without any (a single word shorter than the prefix: a partial
+        # search), the care list is scanned, bounded by CARE_SET_LIMIT.
+        kind, terms = "name", name_keys(blind, family=family, given=given)
         digest_source = f"name={normalize_name(family or '')}|{normalize_name(given or '')}"
     else:
         raise InvalidInput(
@@ -124,21 +130,30 @@ def search(
         term_digest=blind.index(IndexKind.IDENTIFIER, digest_source).hex(),
         page=page,
     )
-    if scope is None:
-        if criteria:
+    on_postgres = tx.session.get_bind().dialect.name == "postgresql"
+    specific = kind != "name"
+    # A specific search's few candidates (one blind index's) are each asked whether they are
+    # the actor's; a name's candidates (a prefix key is shared by hundreds of patients at
+    # 100,000) are matched against the care list computed once.
+    scope = care.filter_shape(tx.ctx, rels_open, array=on_postgres, correlated=specific)
+    query = search_statement(StatementShape(kind, tuple(terms), scope))
+    if query is None:
+        if specific:
             raise Refused("no relationship opens Patient to this role")
         tx.expose([], Channel.SEARCH, {}, (), shape=event)
         return PatientPage(items=[], page=page, count=count, has_more=False)
-    # A merged duplicate is found through the record it was merged into, never by a search.
-    query = select(Patient).where(scope, Patient.merged_into_id.is_(None), *criteria).order_by(Patient.id)
-    if criteria:
-        found = list(tx.session.scalars(query.offset((page - 1) * count).limit(count + 1)))
+    params: dict[str, Any] = {**care.filter_params(tx.ctx), **terms}
+    if specific:
+        params |= {"offset": (page - 1) * count, "limit": count + 1}
+        found = tx.patients(query, params, few=True)
     else:
-        found = _match_names(tx, query, family, given)[(page - 1) * count : page * count + 1]
+        # Few candidates when the name prefixes narrowed them; a scan of the care list is not.
+        candidates = tx.patients(query, params, few=bool(terms))
+        found = _match_names(tx, candidates, family, given)[(page - 1) * count : page * count + 1]
     has_more = len(found) > count
     found = found[:count]
     rels = tx.relationships_of(found)
-    if criteria:  # a specific search locates what it finds (see Relationship.LOCATED)
+    if specific:  # a specific search locates what it finds (see Relationship.LOCATED)
         rels = {pid: r | {Relationship.LOCATED} for pid, r in rels.items()}
     items: list[PatientView] = []
     shown: list[uuid.UUID] = []
@@ -156,16 +171,20 @@ def search(
     return PatientPage(items=items, page=page, count=count, has_more=has_more)
 
 
-def _match_names(tx: GuardedTx, query: Any, family: str | None, given: str | None) -> list[Patient]:
-    """The actor's patients whose names match (carnet.crypto.blind.name_matches: each term
-    starts a word of the name). The keyed name prefixes narrow the care list to candidates in
-    SQL, so only those are decrypted; a single word shorter than the prefix (a partial search,
-    counted as one by detection) is matched over the care list, bounded by CARE_SET_LIMIT."""
-    narrowed = name_candidates(tx.keyring.blind, family=family, given=given)
-    if narrowed is not None:
-        query = query.where(*narrowed)
+@functools.lru_cache(maxsize=256)
+def _opening_patient(roles: frozenset[Role]) -> frozenset[Relationship]:
+    """The relationships that open Patient to these roles (the policy's matrix is a constant:
+    asked once per set of roles, not on every search)."""
+    return granting_relationships(roles=roles, resource=RT.PATIENT)
+
+
+def _match_names(
+    tx: GuardedTx, candidates: list[Patient], family: str | None, given: str | None
+) -> list[Patient]:
+    """The candidates whose names match (carnet.crypto.blind.name_matches: each term starts a
+    word of the name), decrypting only theirs."""
     matches = []
-    for patient in tx.session.scalars(query.limit(CARE_SET_LIMIT)):
+    for patient in candidates:
         if family and not name_matches(
             tx.dec(patient.family_ct, "patients", "family", patient.id) or "", family
         ):

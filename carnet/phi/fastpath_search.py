@@ -19,10 +19,14 @@ database through the session, as on the general path.
 The Patient search (`patient_search`: an identifier, family + birth date, a name among one's
 own patients) runs on the same machinery without reading a patient ahead: the first pipeline
 enters the scope and reads the account, its grants and the containment state; the body runs
-unchanged (its specificity rules, its decisions, the candidates it asks and decrypts, the
-relationships of what it found, all through the session after the scope is entered); the
-closing pipeline carries the exposure rows, the search's detection events (when Redis counts
-them) and the audit append with the commit.
+unchanged (its specificity rules, its decisions, the names it decrypts) and asks its
+candidates with `tx.patients(statement, values)`, a statement built once per shape
+(carnet/patients/search_sql.py): here it runs on psycopg's raw cursor (positional parameters,
+prepared, no ORM), and when the candidates are a handful (`few`) the same statement brings
+each one's relationships to the actor (the tagged statement of `care`, matched on the
+candidates), so the relationships the body then asks are answered without a third round trip,
+as `care.relationships_of` would answer them. The closing pipeline carries the exposure rows,
+the search's detection events (when Redis counts them) and the audit append with the commit.
 
 It declines, as the patient read does, for anything but a staff session on PostgreSQL (tokens
 and their category limits, patient actors, SQLite, unknown ledgers or writers) and when the
@@ -33,21 +37,26 @@ paths answer, audit and count alike.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Dialect, Select
+import psycopg
+from sqlalchemy import Dialect, Select, func, select
 from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.sql import visitors
 from sqlalchemy.sql.cache_key import CacheKey
+from sqlalchemy.sql.elements import BindParameter
 
+from carnet.access.policy import decided_by_facility_alone
 from carnet.db.base import detached
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import Patient
-from carnet.phi import fastpath
-from carnet.phi.fastpath import _compile, _Compiled, _eligible, _FastTx, _first_round_trip
+from carnet.phi import care, fastpath
+from carnet.phi.fastpath import _compile, _Compiled, _eligible, _FastTx, _first_round_trip, _rows
 from carnet.phi.kernel import GateCore, Guard, GuardedTx
 from carnet.phi.steps import SECTION_LIMIT
 
@@ -184,8 +193,131 @@ def offer_section(body: Callable[..., Any], statement: SectionStatement) -> None
     setattr(body, "__gate_fast__", fast)  # noqa: B010
 
 
-# How many Patient searches took the fast path in this process (tests read it; not a metric).
+# How many Patient searches took the fast path in this process, and how many read their
+# candidates' relationships in the candidates' statement (tests read them; not metrics).
 searched = 0
+related = 0
+
+
+@dataclass(frozen=True)
+class _Positional:
+    """A statement compiled for psycopg's raw cursor: `$n` placeholders bound by position
+    (`names`), so psycopg does not parse the query text on every execution (it caches its
+    parsing of named placeholders only for statements under 4 kB; a care filter with the
+    tagged relationships is more)."""
+
+    compiled: _Compiled  # the SQL with `$n` placeholders, the constants and result processors
+    names: tuple[str, ...]
+
+    def values(self, params: dict[str, Any]) -> list[Any]:
+        defaults = self.compiled.defaults
+        return [params[n] if n in params else defaults[n] for n in self.names]
+
+
+_PLACEHOLDERS = re.compile(r"%%|%\(([^)]+)\)s")
+
+
+def _positional(compiled: _Compiled) -> _Positional:
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"  # a literal percent sign, escaped for pyformat
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    sql = _PLACEHOLDERS.sub(number, compiled.sql)
+    return _Positional(_Compiled(sql, compiled.defaults, compiled.processors), tuple(names))
+
+
+@dataclass(frozen=True)
+class _SearchStatement:
+    """A search's statement compiled for psycopg (`alone`), and the same with each patient's
+    relationships to the actor (`related`: the tagged statement, matched on the patients the
+    search found, aggregated per patient as `carnet_rels`): the patients are selected once."""
+
+    statement: Select[Any]
+    alone: _Positional
+    related: _Positional
+    attributes: tuple[str, ...]
+    bound: frozenset[str]
+
+
+_search_statements: dict[int, _SearchStatement] = {}
+_search_lock = threading.Lock()
+_RELS = "carnet_rels"
+
+
+def _bound_names(statement: Any) -> frozenset[str]:
+    """The names of the values a request binds: the statement's parameters built without one."""
+    binds = (b for b in visitors.iterate(statement) if isinstance(b, BindParameter))
+    return frozenset(b.key for b in binds if b.required)
+
+
+def _with_relationships(statement: Select[Any]) -> Select[Any]:
+    found = statement.cte("found")
+    tagged = care.tagged_statement(match=lambda column: column.in_(select(found.c.id))).cte("tagged")
+    rels = select(func.array_agg(tagged.c.rel)).where(tagged.c.pid == found.c.id).scalar_subquery()
+    return select(found, rels.label(_RELS)).order_by(found.c.id)
+
+
+def _search_compiled(statement: Select[Any], dialect: Dialect) -> _SearchStatement:
+    entry = _search_statements.get(id(statement))
+    if entry is not None and entry.statement is statement:
+        return entry
+    related = _with_relationships(statement)
+    bound = _bound_names(related)
+    mapper = Patient.__mapper__
+    entry = _SearchStatement(
+        statement=statement,
+        alone=_positional(_compile(statement.params(dict.fromkeys(_bound_names(statement))), dialect)),
+        related=_positional(_compile(related.params(dict.fromkeys(bound)), dialect)),
+        attributes=tuple(mapper.get_property_by_column(c).key for c in statement.selected_columns),
+        bound=bound,
+    )
+    with _search_lock:  # the statement is kept with its entry: its id is not reused meanwhile
+        _search_statements[id(statement)] = entry
+    return entry
+
+
+@dataclass
+class _SearchTx(_FastTx):
+    """The guarded transaction of a fast Patient search: the candidates are read on psycopg's
+    prepared statements, with their relationships to the actor in the same statement when
+    they are few."""
+
+    def patients(self, statement: Any, params: dict[str, Any], *, few: bool = False) -> list[Patient]:
+        compiled = _search_compiled(statement, self.session.get_bind().dialect)
+        missing = compiled.bound - params.keys()
+        if missing:  # a value left unbound would be NULL: fail closed instead
+            raise TypeError(f"the search's statement binds values it was not given: {sorted(missing)}")
+        # Relationships are read as `care.relationships_of` reads them: not for a role that
+        # only the facility decides, and only for an actor with a practitioner or an account.
+        relate = (
+            few
+            and not decided_by_facility_alone(self.ctx.roles)
+            and (self.ctx.practitioner_id is not None or self.ctx.account_id is not None)
+        )
+        chosen = compiled.related if relate else compiled.alone
+        if relate:
+            _count_related()
+        self.session.flush()  # nothing pending in a search; as a Core statement would
+        raw: Any = self.session.connection().connection.driver_connection
+        cursor = psycopg.RawCursor(raw)
+        cursor.execute(chosen.compiled.sql, chosen.values(params), prepare=True)
+        found, tagged = [], []
+        for row in _rows(cursor, chosen.compiled):
+            rels = row.pop(_RELS, None) if relate else None
+            patient = detached(Patient, dict(zip(compiled.attributes, row.values(), strict=True)))
+            found.append(patient)
+            tagged += [(rel, patient.id) for rel in rels or ()]
+        if relate:
+            computed = care.combine(self.ctx, care.visible_ids(self.ctx, found), tagged)
+            for patient in found:
+                self.relationships.setdefault(patient.id, computed.get(patient.id, frozenset()))
+        return found
 
 
 def patient_search(
@@ -194,17 +326,24 @@ def patient_search(
     """The fast variant of a Patient search (an identifier, a family name and birth date, or a
     name among the actor's own patients): the first pipeline (facility scope, account and
     grants, containment state), the body unchanged (its rules of specificity, its decisions,
-    the candidates it asks and decrypts, through the session, after the scope is entered), then
-    the closing pipeline (exposure rows, the search's detection events, audit append, commit)."""
+    the names it decrypts) with its candidates read on prepared statements, with their
+    relationships in the same round trip (`_SearchTx`), then the closing pipeline (exposure
+    rows, the search's detection events, audit append, commit)."""
     if not _eligible(core, guard, kwargs, one_patient=False):
         return False, None
     return fastpath.between_round_trips(
         core,
         guard,
         run,
-        lambda session: _first_round_trip(core, session, guard, None, one_patient=False),
+        lambda session: _first_round_trip(core, session, guard, None, one_patient=False, tx_type=_SearchTx),
         count=_count_search,
     )
+
+
+def _count_related() -> None:
+    global related
+    with _counts_lock:
+        related += 1
 
 
 def _count_search() -> None:

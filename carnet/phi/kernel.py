@@ -357,6 +357,12 @@ class GuardedTx:
         variant serves them from its first pipeline when the statement is the one it sent."""
         return list(self.session.scalars(statement))
 
+    def patients(self, statement: Any, params: dict[str, Any], *, few: bool = False) -> list[Patient]:
+        """The patients a search's statement selects, its values bound (`params`), to read
+        only. `few`: a bounded handful, whose relationships to the actor the fast variant
+        reads in the same round trip (carnet.phi.fastpath_search)."""
+        return list(self.session.scalars(statement, params))
+
     def relationships_of(self, patients: Iterable[care.InScope]) -> dict[uuid.UUID, frozenset[Relationship]]:
         wanted = list(patients)
         missing = list({p.id: p for p in wanted if p.id not in self.relationships}.values())
