@@ -661,6 +661,15 @@ def _result_keys(groups: list[PatientResults]) -> list[tuple[str, str]]:
     return keys
 
 
+def result_keys(message: hl7.Message) -> tuple[tuple[str, str], ...] | None:
+    """The identifiers an ORU^R01 looks up first (`results`), read with its group's before it
+    runs; None when its segments do not say (it is refused in its turn, as alone)."""
+    try:
+        return tuple(_result_keys(_result_groups(message)))
+    except MessageError:
+        return None
+
+
 def _file_order(
     ctx: Context,
     work: MessageWork,

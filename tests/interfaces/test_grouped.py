@@ -186,9 +186,9 @@ def test_a_group_answers_writes_and_audits_as_the_same_messages_one_by_one(
     seen: list[int] = []
     real = grouped.run_group
 
-    def spy(core: Any, guard: Any, runs: Any) -> Any:
+    def spy(core: Any, guard: Any, runs: Any, *rest: Any) -> Any:
         seen.append(len(runs))
-        return real(core, guard, runs)
+        return real(core, guard, runs, *rest)
 
     # One by one (the one path), then as one batch (a group), for two alike sets of patients.
     people, messages = _scenario("A")
@@ -293,7 +293,17 @@ def test_a_group_takes_savepoints_only_once_a_message_failed_and_reads_no_care_r
         statements.append(statement.split(None, 1)[0].upper() + " " + statement)
 
     clean = [oru(f"S-{n}", people[n], PANEL[:2], filler=f"S-F{n}") for n in range(2)]
+    from carnet.db.prepared import PreparedSelect
+
+    real_all = PreparedSelect.all
+
+    def prepared(self: PreparedSelect, connection: Any, params: Any) -> Any:
+        if connection.dialect.name == "postgresql":  # sent by psycopg itself: no Core event
+            statements.append("SELECT " + str(self.statement))
+        return real_all(self, connection, params)
+
     event.listen(runtime.engine, "before_cursor_execute", seen)
+    PreparedSelect.all = prepared  # type: ignore[method-assign]
     try:
         answers = service.receive_many([(m, PEER, candidates) for m in clean])
         assert [msa(a)[1] for a in answers] == ["AA", "AA"]
@@ -304,10 +314,15 @@ def test_a_group_takes_savepoints_only_once_a_message_failed_and_reads_no_care_r
         again = [broken, oru("S-4", people[1], PANEL[:1], filler="S-F4")]
         answers = service.receive_many([(m, PEER, candidates) for m in again])
         assert [msa(a)[1] for a in answers] == ["AE", "AA"]
-        # The second run of the group: a savepoint per message.
-        assert len([s for s in statements if s.startswith("SAVEPOINT")]) == 2
+        # The second run of the group: a savepoint per message that sends a statement (the
+        # broken one fails before any: its links and patient were read with its group's).
+        assert len([s for s in statements if s.startswith("SAVEPOINT")]) == 1
+        # Each run read the group's links in one statement, and locked its patients in one.
+        assert len([s for s in statements if s.startswith("SELECT") and "FROM interface_links" in s]) == 2
+        assert len([s for s in statements if s.startswith("SELECT") and "FROM patients" in s]) == 2
     finally:
         event.remove(runtime.engine, "before_cursor_execute", seen)
+        PreparedSelect.all = real_all  # type: ignore[method-assign]
     with runtime.session_factory() as s:
         lines = dict(
             s.execute(
@@ -375,9 +390,9 @@ def test_a_clean_group_inserts_its_rows_together_and_writes_what_one_by_one_writ
         sent.append([(p.table.name, len(rows)) for p, rows in batches if rows])
         return real_insert(connection, batches, **then)
 
-    def spy_attempt(core: Any, guard: Any, runs: Any, *, savepoints: bool) -> Any:
+    def spy_attempt(core: Any, guard: Any, runs: Any, *, savepoints: bool, **rest: Any) -> Any:
         attempts.append(savepoints)
-        return real_attempt(core, guard, runs, savepoints=savepoints)
+        return real_attempt(core, guard, runs, savepoints=savepoints, **rest)
 
     prepared.insert_rows = spy_insert  # type: ignore[assignment]
     grouped._attempt = spy_attempt  # type: ignore[assignment]
