@@ -325,12 +325,14 @@ class InterfaceService:
         looks up first (read with the group's, `prepare_group`)."""
         head, interface = incoming.head, incoming.interface
         handler = HANDLERS[head.message_type]
+        ahead = result_keys(incoming.message) if grouped and head.message_type == "ORU^R01" else None
         ctx = Context(
             message=incoming.message,
             head=head,
             zone=interface.timezone,
             interface_name=interface.name,
             now=incoming.now,
+            result_groups=ahead[0] if ahead is not None else None,
         )
         entry = LogEntry(
             interface_id=interface.id,
@@ -339,7 +341,7 @@ class InterfaceService:
             message_type=head.message_type,
             received_at=incoming.now,
             unlogged=incoming.unlogged,
-            keys=result_keys(incoming.message) if grouped and head.message_type == "ORU^R01" else None,
+            keys=ahead[1] if ahead is not None else None,
         )
         return {
             "log": entry,
