@@ -194,7 +194,10 @@ class GroupLookups:
 
 def prepare_group(tx: GuardedTx, calls: Sequence[dict[str, Any]]) -> GroupLookups | None:
     """The links and patients of a group's messages, read before they run (`run_group`'s
-    `prepare`), when every message named its keys (ORU^R01); else None (each reads its own)."""
+    `prepare`), when every message named its keys (ORU^R01); else None (each reads its own).
+    An ORU^R01 never changes a patient row: the rows held stay those each message would read."""
+    if tx.actor.kind is not ActorKind.INTERFACE:
+        return None  # each message is refused (`_apply`): nothing read for them
     logs: list[LogEntry] = [call["log"] for call in calls]
     facilities = {call["facility_id"] for call in calls}
     if len(facilities) != 1 or any(log.keys is None for log in logs):
