@@ -179,7 +179,14 @@ def serve(
     client_ca: Annotated[
         Path | None, typer.Option("--client-ca", help="CA of the client certificates (required then).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Messages (or groups) applied at once.")] = 4,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Messages (or groups) applied at once in each process. One: its group commit gathers"
+            " what arrives meanwhile, and more threads only contend for the interpreter's lock.",
+        ),
+    ] = 1,
     group: Annotated[
         bool,
         typer.Option(

@@ -69,6 +69,8 @@ class Context:
     zone: str  # the interface's time zone, for HL7 times without an offset
     interface_name: str
     now: dt.datetime
+    # An ORU^R01's patient groups, once parsed (`result_keys`): the handler reads them again.
+    result_groups: list[PatientResults] | None = None
 
 
 def _build(model: type[BaseModel], where: tuple[str, int], fields: dict[str, int], **values: Any) -> Any:
@@ -621,7 +623,7 @@ def results(ctx: Context, work: MessageWork) -> None:
     """ORU^R01: each order's results (Observations, units and reference ranges kept) and its lab
     report; a correction (C) amends the results it changes, every earlier version kept."""
     msh_time = hl7v2.date_time(hl7v2.text(ctx.message.segment("MSH"), 7), zone=ctx.zone, where=("MSH", 7, 1))
-    groups = _result_groups(ctx.message)
+    groups = ctx.result_groups if ctx.result_groups is not None else _result_groups(ctx.message)
     work.prefetch(_result_keys(groups))
     for group in groups:
         patient_id = known_patient(
@@ -659,6 +661,17 @@ def _result_keys(groups: list[PatientResults]) -> list[tuple[str, str]]:
         except MessageError:
             continue
     return keys
+
+
+def result_keys(message: hl7.Message) -> tuple[list[PatientResults], tuple[tuple[str, str], ...]] | None:
+    """An ORU^R01's patient groups (`Context.result_groups`) and the identifiers it looks up
+    first (`results`), read with its group's before it runs; None when its segments do not say
+    (it is refused in its turn, as alone)."""
+    try:
+        groups = _result_groups(message)
+    except MessageError:
+        return None
+    return groups, tuple(_result_keys(groups))
 
 
 def _file_order(

@@ -88,6 +88,10 @@ class LogEntry:
     # The listener found no log line of this control id just before (see InterfaceService):
     # none is looked up again; the log's unique key refuses a twin that logged it meanwhile.
     unlogged: bool = False
+    # The sender's identifiers (kind, key) the message looks up first (an ORU^R01's patients,
+    # visits and reports): read with its group's, before the group's messages run
+    # (`prepare_group`). None: not known in advance (the message reads them itself).
+    keys: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass
@@ -141,6 +145,91 @@ _LINK_BY_KEY = (
         _LINKS.c.key_digest.in_(bindparam("digests", expanding=True)),
     )
 )
+# A group's patients held FOR SHARE (as `GuardedTx.patient_to_file_under` holds one), in one
+# statement, in the order of their ids: two groups (two listener processes) lock them in the
+# same order, so neither waits on the other in a cycle. Every column: the rows the messages
+# file under (`GuardedTx.held_patients`).
+_PATIENT_KEYS = tuple(c.key for c in _PATIENTS.columns)
+_PATIENT_ID, _PATIENT_MERGED = _PATIENT_KEYS.index("id"), _PATIENT_KEYS.index("merged_into_id")
+_PATIENTS_FOR_SHARE_PREPARED = PreparedSelect(
+    select(_PATIENTS)
+    .where(_PATIENTS.c.id == any_(bindparam("ids", type_=ARRAY(Uuid()))))
+    .order_by(_PATIENTS.c.id)
+    .with_for_update(read=True)
+)
+_PATIENTS_FOR_SHARE = (
+    select(_PATIENTS)
+    .where(_PATIENTS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_PATIENTS.c.id)
+    .with_for_update(read=True)
+)
+
+
+def _read(connection: Any, prepared: PreparedSelect, statement: Any, params: dict[str, Any]) -> Sequence[Any]:
+    if connection.dialect.name == "postgresql":
+        return prepared.all(connection, params)
+    return list(connection.execute(statement, params).all())
+
+
+@dataclass
+class GroupLookups:
+    """The links of every message of a group (`LogEntry.keys`) read in one statement, and the
+    patients they name locked in one more, before the group's messages run (`prepare_group`).
+    Each message still decides alone: a link it finds here is the row it would have read (its
+    patient held since, so not merged meanwhile), an unknown patient is NAKed as before. A
+    link a message of the group writes (`written`) is read from the database again by the
+    later ones, as without the group's read."""
+
+    digests: dict[tuple[str, str], str]  # (kind, key) -> digest
+    links: dict[tuple[str, str], Sequence[Any] | None]  # (kind, digest) -> row read, or none
+    held: dict[uuid.UUID, Sequence[Any]]  # patient rows held FOR SHARE
+    written: set[str] = field(default_factory=set)
+
+    def found(self, kind: str, digest: str) -> tuple[bool, Sequence[Any] | None]:
+        """(True, the row or None) when read for the group and written by none of it."""
+        if digest in self.written or (kind, digest) not in self.links:
+            return False, None
+        return True, self.links[(kind, digest)]
+
+
+def prepare_group(tx: GuardedTx, calls: Sequence[dict[str, Any]]) -> GroupLookups | None:
+    """The links and patients of a group's messages, read before they run (`run_group`'s
+    `prepare`), when every message named its keys (ORU^R01); else None (each reads its own).
+    An ORU^R01 never changes a patient row: the rows held stay those each message would read."""
+    if tx.actor.kind is not ActorKind.INTERFACE:
+        return None  # each message is refused (`_apply`): nothing read for them
+    logs: list[LogEntry] = [call["log"] for call in calls]
+    facilities = {call["facility_id"] for call in calls}
+    if len(facilities) != 1 or any(log.keys is None for log in logs):
+        return None
+    facility_id = facilities.pop()
+    blind = tx.keyring.blind
+    digests = {
+        (kind, key): blind.index(IndexKind.IDENTIFIER, f"hl7|{kind}|{key}").hex()
+        for log in logs
+        for kind, key in log.keys or ()
+    }
+    if not digests:
+        return None
+    connection = tx.session.connection()
+    params = {"facility_id": facility_id, "digests": sorted(set(digests.values()))}
+    rows = {(row[1], row[2]): row for row in _read(connection, _LINK_BY_KEY_PREPARED, _LINK_BY_KEY, params)}
+    links: dict[tuple[str, str], Sequence[Any] | None] = {
+        (kind, digest): rows.get((kind, digest)) for (kind, _key), digest in digests.items()
+    }
+    patients = sorted({row[3] for row in rows.values() if row[1] == "patient" and row[6] is None})
+    held: dict[uuid.UUID, Sequence[Any]] = {}
+    if patients:
+        locked = _read(connection, _PATIENTS_FOR_SHARE_PREPARED, _PATIENTS_FOR_SHARE, {"ids": patients})
+        held = {row[_PATIENT_ID]: tuple(row) for row in locked}
+        for found, row in links.items():
+            if row is None or row[1] != "patient" or row[6] is not None:
+                continue
+            patient = held.get(row[3])
+            merged = patient[_PATIENT_MERGED] if patient is not None else _UNKNOWN
+            if merged is not None:  # merged after the links were read: followed as merged
+                links[found] = (*row[:6], merged)
+    return GroupLookups(digests, links, held)
 
 
 @dataclass
@@ -154,15 +243,26 @@ class MessageWork:
     _links: dict[tuple[str, str], Link | None] = field(default_factory=dict)
     _kept: set[uuid.UUID] = field(default_factory=set)  # linked patients read as not merged
     _held: list[Any] = field(default_factory=list)
+    group: GroupLookups | None = None  # what its group read before it (`prepare_group`)
 
     # -- finding records -------------------------------------------------------------------------
     def digest(self, kind: str, key: str) -> str:
+        if self.group is not None:
+            found = self.group.digests.get((kind, key))
+            if found is not None:
+                return found
         return self.tx.keyring.blind.index(IndexKind.IDENTIFIER, f"hl7|{kind}|{key}").hex()
 
     def prefetch(self, keys: list[tuple[str, str]]) -> None:
         """Read the links of these identifiers (kind, key) together, in one statement: `link`
         then answers them from memory."""
         wanted = {(kind, key): self.digest(kind, key) for kind, key in keys if (kind, key) not in self._links}
+        if self.group is not None:
+            for (kind, key), digest in list(wanted.items()):
+                known, row = self.group.found(kind, digest)
+                if known:
+                    self._remember(kind, key, row)
+                    del wanted[(kind, key)]
         if not wanted:
             return
         deferred = self.tx.deferred
@@ -177,16 +277,17 @@ class MessageWork:
         )
         rows = {(row[1], row[2]): row for row in found}
         for (kind, key), digest in wanted.items():
-            row = rows.get((kind, digest))
-            if row is None:
-                self._links[(kind, key)] = None
-                continue
-            link_id, _kind, key_digest, target_id, reference_range, abnormal_flags, merged_into_id = row
-            if kind == "patient" and merged_into_id is None:
-                self._kept.add(target_id)
-            self._links[(kind, key)] = Link(
-                link_id, kind, key_digest, target_id, reference_range, abnormal_flags
-            )
+            self._remember(kind, key, rows.get((kind, digest)))
+
+    def _remember(self, kind: str, key: str, row: Sequence[Any] | None) -> None:
+        """A link as read (`_LINK_COLUMNS`), or None: the identifier has none."""
+        if row is None:
+            self._links[(kind, key)] = None
+            return
+        link_id, _kind, key_digest, target_id, reference_range, abnormal_flags, merged_into_id = row
+        if kind == "patient" and merged_into_id is None:
+            self._kept.add(target_id)
+        self._links[(kind, key)] = Link(link_id, kind, key_digest, target_id, reference_range, abnormal_flags)
 
     def link(self, kind: str, key: str) -> Link | None:
         """The link of a sender's identifier (looked up once per message, then remembered)."""
@@ -207,6 +308,8 @@ class MessageWork:
         """Link a sender's identifier to a record; written with the message's other rows (the
         unique key refuses a concurrent twin at the end of the message, before the audit).
         `new`: the caller knows the identifier has no link yet (not looked up)."""
+        if self.group is not None:  # the later messages of the group read it again
+            self.group.written.add(self.digest(kind, key))
         row = self._links.get((kind, key)) if new else self.link(kind, key)
         target_id = target if isinstance(target, uuid.UUID) else uuid.UUID(str(target))
         if row is None:
@@ -464,7 +567,10 @@ def _apply(tx: GuardedTx, /, *, log: LogEntry, facility_id: uuid.UUID, handler: 
     )
     if earlier is not None and earlier.status == "accepted":
         raise Replayed
-    work = MessageWork(tx=tx, facility_id=facility_id)
+    group = tx.group if isinstance(tx.group, GroupLookups) else None
+    if group is not None:
+        tx.held_patients = group.held
+    work = MessageWork(tx=tx, facility_id=facility_id, group=group)
     try:
         handler(work)
     except MessageError as exc:

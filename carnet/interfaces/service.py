@@ -29,7 +29,7 @@ from carnet.detection.containment import contain, raise_alert
 from carnet.detection.interfaces import Finding, Level, Rule
 from carnet.identity.models import Account
 from carnet.interfaces import hl7v2
-from carnet.interfaces.handlers import HANDLERS, Context
+from carnet.interfaces.handlers import HANDLERS, Context, result_keys
 from carnet.interfaces.hl7v2 import AckCode, ErrorCode, Header, MessageError
 from carnet.interfaces.models import Interface, InterfaceMessage
 from carnet.interfaces.operation import LogEntry, MessageRefused, Replayed
@@ -312,7 +312,7 @@ class InterfaceService:
             return [self._apply_one(incoming) for incoming in run]
         gate = Gate(self.runtime, first.interface.actor(first.peer.address))
         try:
-            outcomes = gate.apply_hl7_messages([self._arguments(incoming) for incoming in run])
+            outcomes = gate.apply_hl7_messages([self._arguments(incoming, grouped=True) for incoming in run])
         except GroupFailed:
             return [self._apply_one(incoming) for incoming in run]
         return [
@@ -320,15 +320,19 @@ class InterfaceService:
             for incoming, outcome in zip(run, outcomes, strict=True)
         ]
 
-    def _arguments(self, incoming: _Incoming) -> dict[str, Any]:
+    def _arguments(self, incoming: _Incoming, *, grouped: bool = False) -> dict[str, Any]:
+        """The guarded operation's arguments; in a group, an ORU^R01 names the identifiers it
+        looks up first (read with the group's, `prepare_group`)."""
         head, interface = incoming.head, incoming.interface
         handler = HANDLERS[head.message_type]
+        ahead = result_keys(incoming.message) if grouped and head.message_type == "ORU^R01" else None
         ctx = Context(
             message=incoming.message,
             head=head,
             zone=interface.timezone,
             interface_name=interface.name,
             now=incoming.now,
+            result_groups=ahead[0] if ahead is not None else None,
         )
         entry = LogEntry(
             interface_id=interface.id,
@@ -337,6 +341,7 @@ class InterfaceService:
             message_type=head.message_type,
             received_at=incoming.now,
             unlogged=incoming.unlogged,
+            keys=ahead[1] if ahead is not None else None,
         )
         return {
             "log": entry,

@@ -363,7 +363,7 @@ class Gate(GateCore):
     apply_hl7_merge = operation(interfaces.apply_merge_message)
     # Messages of one interface arriving together: one transaction, a savepoint and an audit
     # event each, one commit (carnet/phi/grouped.py).
-    apply_hl7_messages = grouped(interfaces.apply_message)
+    apply_hl7_messages = grouped(interfaces.apply_message, interfaces.prepare_group)
 
 
 def public_operations() -> dict[str, AuditKind]:

@@ -60,9 +60,20 @@ class _CallFailed(Exception):
     (nothing of it written, nothing audited) and the group is run again with savepoints."""
 
 
-def run_group(core: GateCore, guard: Guard, runs: Sequence[Callable[[GuardedTx], T]]) -> list[T | Exception]:
+Prepare = Callable[[GuardedTx], Any]
+
+
+def run_group(
+    core: GateCore,
+    guard: Guard,
+    runs: Sequence[Callable[[GuardedTx], T]],
+    prepare: Prepare | None = None,
+) -> list[T | Exception]:
     """Each of `runs` (bodies bound to their arguments) as described in the module docstring:
-    its result, or the exception the one path would have raised for it.
+    its result, or the exception the one path would have raised for it. `prepare`: run once in
+    each attempt's transaction, after the context and scope and before (outside the savepoints
+    of) the calls; what it returns is each call's `tx.group` (reads the calls share, locks held
+    to the commit).
 
     A group is first run without savepoints (two statements fewer per call: most groups have no
     failing call); the first call that fails rolls the whole transaction back, and the group is
@@ -70,13 +81,18 @@ def run_group(core: GateCore, guard: Guard, runs: Sequence[Callable[[GuardedTx],
     if not 1 <= len(runs) <= GROUP_LIMIT:
         raise ValueError(f"a group holds 1 to {GROUP_LIMIT} calls")
     try:
-        return _attempt(core, guard, runs, savepoints=len(runs) == 1)
+        return _attempt(core, guard, runs, savepoints=len(runs) == 1, prepare=prepare)
     except _CallFailed:
-        return _attempt(core, guard, runs, savepoints=True)
+        return _attempt(core, guard, runs, savepoints=True, prepare=prepare)
 
 
 def _attempt(
-    core: GateCore, guard: Guard, runs: Sequence[Callable[[GuardedTx], T]], *, savepoints: bool
+    core: GateCore,
+    guard: Guard,
+    runs: Sequence[Callable[[GuardedTx], T]],
+    *,
+    savepoints: bool,
+    prepare: Prepare | None = None,
 ) -> list[T | Exception]:
     runtime = core._runtime
     kind, resource = guard.kind, guard.resource
@@ -94,6 +110,19 @@ def _attempt(
             except Exception as exc:  # the actor is not usable: every call is refused alike
                 failed = {i: (exc, []) for i in range(len(runs))}
                 runs = []
+            shared = None
+            if prepare is not None and runs:
+                # Outside any savepoint: a lock it takes is not given back by a call's rollback.
+                shared = prepare(
+                    GuardedTx(
+                        session=session,
+                        ctx=ctx,
+                        actor=core.actor,
+                        keyring=core._keyring,
+                        resource_type=resource.value,
+                        kind=kind,
+                    )
+                )
             done: list[GuardedTx] = []
             # Without savepoints, the calls' plain rows are kept and inserted together after the
             # last call (one multi-row INSERT per table for the group); with savepoints each
@@ -108,6 +137,7 @@ def _attempt(
                     resource_type=resource.value,
                     kind=kind,
                     deferred=deferred,
+                    group=shared,
                 )
                 # Each call reads the database as it stands, not what an earlier call loaded.
                 session.expire_all()
@@ -214,9 +244,11 @@ def _answer(
 
 def grouped(
     body: Callable[Concatenate[GuardedTx, P], T],
+    prepare: Callable[[GuardedTx, Sequence[dict[str, Any]]], Any] | None = None,
 ) -> Callable[[GateCore, Sequence[dict[str, Any]]], list[T | Exception]]:
     """A facade method running several calls of `body` (each a dict of its keyword arguments)
-    as one group (`run_group`); its audit kind is the operation's."""
+    as one group (`run_group`); its audit kind is the operation's. `prepare(tx, calls)`: what
+    the calls share, read once per attempt before them (`run_group`)."""
     guard: Guard | None = getattr(body, "__gate_guard__", None)
     if guard is None:
         raise TypeError(f"{body.__qualname__} is not declared @guarded")
@@ -224,7 +256,14 @@ def grouped(
     @functools.wraps(body)
     def call(self: GateCore, calls: Sequence[dict[str, Any]]) -> list[T | Exception]:
         runs = [functools.partial(body, **arguments) for arguments in calls]
-        return run_group(self, guard, runs)
+        before: Prepare | None = None
+        if prepare is not None:
+            shared_by, arguments = prepare, list(calls)
+
+            def before(tx: GuardedTx) -> Any:
+                return shared_by(tx, arguments)
+
+        return run_group(self, guard, runs, before)
 
     call.__gate_audit_kind__ = guard.kind  # type: ignore[attr-defined]
     return call

@@ -244,6 +244,11 @@ class GuardedTx:
     # A group's calls keep their plain rows here, inserted together at the group's end
     # (carnet.phi.grouped); None: `insert_rows` sends them at once.
     deferred: DeferredRows | None = None
+    # What a group's calls share, read before them in its transaction (`grouped(prepare=...)`).
+    group: Any = None
+    # Patient rows this transaction already holds FOR SHARE (a group's, locked together):
+    # `patient_to_file_under` answers them without reading them again.
+    held_patients: dict[uuid.UUID, Sequence[Any]] = field(default_factory=dict)
 
     @property
     def now(self) -> dt.datetime:
@@ -298,9 +303,13 @@ class GuardedTx:
         and a detached instance (`carnet.db.base.detached`), not the ORM's query and identity
         map. Read its fields; never change it."""
         pid = patient_id if isinstance(patient_id, uuid.UUID) else parse_id(patient_id)
-        self.session.flush()  # a Core statement does not autoflush
-        # A prepared statement on PostgreSQL (an ORU feed files every message under a patient).
-        rows = _PATIENT_FOR_SHARE.all(self.session.connection(), {"id": pid}) if pid else ()
+        held = self.held_patients.get(pid) if pid is not None else None
+        if held is not None:
+            rows: Sequence[Sequence[Any]] = (held,)
+        else:
+            self.session.flush()  # a Core statement does not autoflush
+            # A prepared statement on PostgreSQL (an ORU feed files every message under a patient).
+            rows = _PATIENT_FOR_SHARE.all(self.session.connection(), {"id": pid}) if pid else ()
         if not rows:
             raise NotFound(NOT_FOUND)
         patient = detached(Patient, dict(zip(_PATIENT_COLUMNS, rows[0], strict=True)))

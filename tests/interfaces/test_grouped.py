@@ -29,7 +29,7 @@ from carnet.phi import grouped
 from carnet.records.models import DiagnosticReport, Observation
 from carnet.runtime import Runtime
 from tests.interfaces.conftest import Hospital, serve
-from tests.interfaces.helpers import Obx, Person, adt, msa, oru, send
+from tests.interfaces.helpers import Obx, Person, adt, merge, msa, oru, send
 from tests.interfaces.records import audit_of, counts, log_line
 
 PANEL = [
@@ -45,10 +45,11 @@ _TIME = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d)?")
 
 
 def _scenario(world: str) -> tuple[list[Person], list[str]]:
-    """Three patients of `world` and the messages sent for them, in order."""
+    """Three patients of `world` and a fourth, merged into the second before the messages
+    (`_merge_duplicate`), and the messages sent for them, in order."""
     people = [
         Person(ipp=f"{world}-P{n}", family=f"FAM{world}", given=f"G{n}", birth=f"19{60 + n}0101")
-        for n in range(3)
+        for n in range(4)
     ]
     first = oru(f"{world}-1", people[0], PANEL, filler=f"{world}-F1")
     broken = [*PANEL[:4], Obx("5909-7", "twelve", "g/dL")]  # fails on its last result
@@ -68,8 +69,23 @@ def _scenario(world: str) -> tuple[list[Person], list[str]]:
         first,  # a replay (the sender lost the ACK)
         oru(f"{world}-2", people[2], PANEL[:1], filler=f"{world}-F6"),  # a control id reused
         oru(f"{world}-7", people[2], PANEL[1:3], filler=f"{world}-F7"),
+        # The sender's number of the merged duplicate: filed under the record kept.
+        oru(f"{world}-8", people[3], PANEL[:2], filler=f"{world}-F8"),
+        # The first patient again, after messages that wrote links of the group's.
+        oru(f"{world}-9", people[0], PANEL[3:], filler=f"{world}-F9"),
     ]
     return people, messages
+
+
+def _merge_duplicate(service: InterfaceService, people: list[Person]) -> None:
+    candidates = service.candidates(PEER)
+    duplicate = people[3]
+    for message in (
+        adt("A03", f"DIS-{duplicate.ipp}", duplicate, visit=f"V-{duplicate.ipp}"),  # one stay each
+        merge(f"MRG-{duplicate.ipp}", people[1], duplicate),
+    ):
+        ack = service.receive(message, peer=PEER, candidates=candidates)
+        assert msa(ack)[1] == "AA", msa(ack)
 
 
 def _register(service: InterfaceService, people: list[Person]) -> None:
@@ -186,28 +202,44 @@ def test_a_group_answers_writes_and_audits_as_the_same_messages_one_by_one(
     seen: list[int] = []
     real = grouped.run_group
 
-    def spy(core: Any, guard: Any, runs: Any) -> Any:
+    def spy(core: Any, guard: Any, runs: Any, *rest: Any) -> Any:
         seen.append(len(runs))
-        return real(core, guard, runs)
+        return real(core, guard, runs, *rest)
 
     # One by one (the one path), then as one batch (a group), for two alike sets of patients.
     people, messages = _scenario("A")
     _register(service, people)
+    _merge_duplicate(service, people)
     since_one = _last_seq(runtime)
     one_by_one = [_answer(service.receive(m, peer=PEER, candidates=candidates)) for m in messages]
     people, messages = _scenario("B")
     registered = _last_seq(runtime)
     _register(service, people)
+    _merge_duplicate(service, people)
     since_group = _last_seq(runtime)
+    from carnet.interfaces.operation import GroupLookups
+
+    real_found = GroupLookups.found
+    answered: list[str] = []  # the kinds of links answered from what the group read before
+
+    def found(self: GroupLookups, kind: str, digest: str) -> Any:
+        known, row = real_found(self, kind, digest)
+        if known:
+            answered.append(kind)
+        return known, row
+
     grouped.run_group = spy  # type: ignore[assignment]
+    GroupLookups.found = found  # type: ignore[method-assign]
     try:
         together = [_answer(a) for a in service.receive_many([(m, PEER, candidates) for m in messages])]
     finally:
         grouped.run_group = real  # type: ignore[assignment]
+        GroupLookups.found = real_found  # type: ignore[method-assign]
     assert seen and max(seen) >= 5, seen  # the batch was applied as a group
+    assert {"patient", "report"} <= set(answered), answered
 
     assert together == one_by_one
-    assert [a[0] for a in together] == ["AA", "AA", "AE", "AA", "AE", "AA", "AE", "AA"]
+    assert [a[0] for a in together] == ["AA", "AA", "AE", "AA", "AE", "AA", "AE", "AA", "AA", "AA"]
     first = _world(runtime, "A", since_one, registered)
     second = _world(runtime, "B", since_group, _last_seq(runtime))
     assert first["audit"] and first["observations"]
@@ -216,6 +248,9 @@ def test_a_group_answers_writes_and_audits_as_the_same_messages_one_by_one(
     # The message that failed on its last result wrote nothing (the group went on without it).
     assert log_line(runtime, "B-3").status == "rejected"
     assert log_line(runtime, "B-1").replays == 1
+    # The duplicate's number (its link read with the group's, its patient merged) led to the
+    # record kept, as one by one.
+    assert log_line(runtime, "B-8").patient_ids == log_line(runtime, "B-2").patient_ids != ""
 
 
 def test_a_contained_interface_is_refused_for_every_message_of_a_group(
@@ -293,7 +328,17 @@ def test_a_group_takes_savepoints_only_once_a_message_failed_and_reads_no_care_r
         statements.append(statement.split(None, 1)[0].upper() + " " + statement)
 
     clean = [oru(f"S-{n}", people[n], PANEL[:2], filler=f"S-F{n}") for n in range(2)]
+    from carnet.db.prepared import PreparedSelect
+
+    real_all = PreparedSelect.all
+
+    def prepared(self: PreparedSelect, connection: Any, params: Any) -> Any:
+        if connection.dialect.name == "postgresql":  # sent by psycopg itself: no Core event
+            statements.append("SELECT " + str(self.statement))
+        return real_all(self, connection, params)
+
     event.listen(runtime.engine, "before_cursor_execute", seen)
+    PreparedSelect.all = prepared  # type: ignore[method-assign]
     try:
         answers = service.receive_many([(m, PEER, candidates) for m in clean])
         assert [msa(a)[1] for a in answers] == ["AA", "AA"]
@@ -304,10 +349,15 @@ def test_a_group_takes_savepoints_only_once_a_message_failed_and_reads_no_care_r
         again = [broken, oru("S-4", people[1], PANEL[:1], filler="S-F4")]
         answers = service.receive_many([(m, PEER, candidates) for m in again])
         assert [msa(a)[1] for a in answers] == ["AE", "AA"]
-        # The second run of the group: a savepoint per message.
-        assert len([s for s in statements if s.startswith("SAVEPOINT")]) == 2
+        # The second run of the group: a savepoint per message that sends a statement (the
+        # broken one fails before any: its links and patient were read with its group's).
+        assert len([s for s in statements if s.startswith("SAVEPOINT")]) == 1
+        # Each run read the group's links in one statement, and locked its patients in one.
+        assert len([s for s in statements if s.startswith("SELECT") and "FROM interface_links" in s]) == 2
+        assert len([s for s in statements if s.startswith("SELECT") and "FROM patients" in s]) == 2
     finally:
         event.remove(runtime.engine, "before_cursor_execute", seen)
+        PreparedSelect.all = real_all  # type: ignore[method-assign]
     with runtime.session_factory() as s:
         lines = dict(
             s.execute(
@@ -375,9 +425,9 @@ def test_a_clean_group_inserts_its_rows_together_and_writes_what_one_by_one_writ
         sent.append([(p.table.name, len(rows)) for p, rows in batches if rows])
         return real_insert(connection, batches, **then)
 
-    def spy_attempt(core: Any, guard: Any, runs: Any, *, savepoints: bool) -> Any:
+    def spy_attempt(core: Any, guard: Any, runs: Any, *, savepoints: bool, **rest: Any) -> Any:
         attempts.append(savepoints)
-        return real_attempt(core, guard, runs, savepoints=savepoints)
+        return real_attempt(core, guard, runs, savepoints=savepoints, **rest)
 
     prepared.insert_rows = spy_insert  # type: ignore[assignment]
     grouped._attempt = spy_attempt  # type: ignore[assignment]
