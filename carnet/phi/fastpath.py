@@ -228,21 +228,25 @@ _names: dict[str, tuple[str, ...]] = {}
 
 
 def _rows(cursor: Any, compiled: _Compiled) -> list[dict[str, Any]]:
-    raws = cursor.fetchall()
-    if not raws:
+    """A statement's rows as dicts by column name (see `_tuples`)."""
+    rows = _tuples(cursor, compiled)
+    if not rows:
         return []
     names = _names.get(compiled.sql)
     if names is None:
         names = _names[compiled.sql] = tuple(d.name for d in cursor.description)
-    out = []
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def _tuples(cursor: Any, compiled: _Compiled) -> list[Sequence[Any]]:
+    """A statement's rows, each column through its type's result processor."""
     processors = compiled.processors
-    for raw in raws:
-        if processors:
-            raw = [
-                p(v) if p is not None and v is not None else v for p, v in zip(processors, raw, strict=True)
-            ]
-        out.append(dict(zip(names, raw, strict=True)))
-    return out
+    if not processors:
+        return cursor.fetchall()  # type: ignore[no-any-return]
+    return [
+        tuple(p(v) if p is not None and v is not None else v for p, v in zip(processors, raw, strict=True))
+        for raw in cursor.fetchall()
+    ]
 
 
 @dataclass
@@ -626,15 +630,6 @@ def _first_round_trip_of_session(
     if pid is not None:
         _prefetch(tx, patient_rows, tagged_rows)
     return tx
-
-
-def _tuples(cursor: Any, compiled: _Compiled) -> list[tuple[Any, ...]]:
-    """A statement's rows as tuples, each column through its type's result processor."""
-    processors = compiled.processors
-    return [
-        tuple(p(v) if p is not None and v is not None else v for p, v in zip(processors, raw, strict=True))
-        for raw in cursor.fetchall()
-    ]
 
 
 _STATE = "carnet.fastpath.state"
