@@ -165,7 +165,13 @@ _PATIENTS_FOR_SHARE = (
 )
 
 
+def _link_digest(tx: GuardedTx, kind: str, key: str) -> str:
+    """The keyed digest a sender's identifier is linked under (no identifier is stored in clear)."""
+    return tx.keyring.blind.index(IndexKind.IDENTIFIER, f"hl7|{kind}|{key}").hex()
+
+
 def _read(connection: Any, prepared: PreparedSelect, statement: Any, params: dict[str, Any]) -> Sequence[Any]:
+    """`prepared` on PostgreSQL (its array parameters), `statement` (expanding IN) elsewhere."""
     if connection.dialect.name == "postgresql":
         return prepared.all(connection, params)
     return list(connection.execute(statement, params).all())
@@ -203,12 +209,7 @@ def prepare_group(tx: GuardedTx, calls: Sequence[dict[str, Any]]) -> GroupLookup
     if len(facilities) != 1 or any(log.keys is None for log in logs):
         return None
     facility_id = facilities.pop()
-    blind = tx.keyring.blind
-    digests = {
-        (kind, key): blind.index(IndexKind.IDENTIFIER, f"hl7|{kind}|{key}").hex()
-        for log in logs
-        for kind, key in log.keys or ()
-    }
+    digests = {(kind, key): _link_digest(tx, kind, key) for log in logs for kind, key in log.keys or ()}
     if not digests:
         return None
     connection = tx.session.connection()
@@ -251,7 +252,7 @@ class MessageWork:
             found = self.group.digests.get((kind, key))
             if found is not None:
                 return found
-        return self.tx.keyring.blind.index(IndexKind.IDENTIFIER, f"hl7|{kind}|{key}").hex()
+        return _link_digest(self.tx, kind, key)
 
     def prefetch(self, keys: list[tuple[str, str]]) -> None:
         """Read the links of these identifiers (kind, key) together, in one statement: `link`
@@ -269,12 +270,7 @@ class MessageWork:
         if deferred is not None and deferred.holds(_LINK_ROWS, "key_digest", set(wanted.values())):
             self.tx.send_deferred()  # an earlier message of the group made one of these links
         params = {"facility_id": self.facility_id, "digests": sorted(set(wanted.values()))}
-        connection = self.tx.session.connection()
-        found: Sequence[Sequence[Any]] = (
-            _LINK_BY_KEY_PREPARED.all(connection, params)
-            if connection.dialect.name == "postgresql"
-            else connection.execute(_LINK_BY_KEY, params).all()
-        )
+        found = _read(self.tx.session.connection(), _LINK_BY_KEY_PREPARED, _LINK_BY_KEY, params)
         rows = {(row[1], row[2]): row for row in found}
         for (kind, key), digest in wanted.items():
             self._remember(kind, key, rows.get((kind, digest)))
