@@ -175,9 +175,20 @@ class _Factory(hl7.Factory):  # type: ignore[misc]
 
 
 class _Plan(hl7.parser._ParsePlan):  # type: ignore[misc]
-    """python-hl7's parse plan, each next level made once (`next` is a function of the plan)."""
+    """python-hl7's parse plan, each next level made once (`next` is a function of the plan),
+    and the separators `applies` looks for computed once (the same ones as the library's)."""
 
     _following: Any = None
+
+    def __init__(self, separator: str, separators: str, containers: Any, esc: str, factory: Any) -> None:
+        super().__init__(separator, separators, containers, esc, factory)
+        self._below = tuple(separators[separators.find(separator) :])
+
+    def applies(self, text: str) -> bool:
+        for separator in self._below:  # noqa: SIM110  # a loop: any() of a generator costs more
+            if separator in text:
+                return True
+        return False
 
     def next(self) -> Any:
         following = self._following
