@@ -294,7 +294,15 @@ def check_structure(message: hl7.Message, head: Header) -> None:
 
 
 # -- reading fields --------------------------------------------------------------------------------
+# python-hl7's containers are lists: an element is read with list's own indexing (its
+# Container.__getitem__ adds a Python call to every read, for slices), and a field of one plain
+# value is its text without the library's join.
+_item = list.__getitem__
+
+
 def _field(segment: Any, index: int) -> Any:
+    if isinstance(segment, list):
+        return _item(segment, index) if 0 <= index < len(segment) else None
     try:
         return segment[index]
     except (IndexError, KeyError):
@@ -303,7 +311,13 @@ def _field(segment: Any, index: int) -> Any:
 
 def _text(segment: Any, index: int) -> str:
     value = _field(segment, index)
-    return "" if value is None else str(value).strip()
+    if value is None:
+        return ""
+    if isinstance(value, list) and len(value) == 1:
+        only = _item(value, 0)
+        if type(only) is str:
+            return only.strip()  # str(value) is this one value
+    return str(value).strip()
 
 
 def _component(segment: Any, index: int, component: int, repetition: int = 0) -> str:
@@ -314,16 +328,13 @@ def _component(segment: Any, index: int, component: int, repetition: int = 0) ->
     # No str() of the whole field first (python-hl7 joins it again at every call): an empty
     # field reads as "" through the same steps.
     if isinstance(value, hl7.Field):
-        reps = list(value)
-        if not reps:
+        if repetition >= len(value):
             return ""
-        value = reps[repetition] if repetition < len(reps) else None
-        if value is None:
-            return ""
+        value = _item(value, repetition)
     if isinstance(value, hl7.Repetition):
-        parts = list(value)
-        if component - 1 < len(parts):
-            return str(parts[component - 1]).strip()
+        if 0 <= component - 1 < len(value):
+            part = _item(value, component - 1)
+            return (part if type(part) is str else str(part)).strip()
         return ""
     return str(value).strip() if component == 1 else ""
 

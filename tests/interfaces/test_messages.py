@@ -179,3 +179,15 @@ def test_the_parse_is_python_hl7s_own(raw: str) -> None:
     assert shape(ours) == shape(theirs)
     for segment, other in zip(ours, theirs, strict=True):
         assert str(segment) == str(other) and segment[1:3] == other[1:3]
+        # Reading a field or a component gives the library's text of it.
+        for index in range(len(other) + 2):
+            field = other[index] if index < len(other) else None
+            assert hl7v2.text(segment, index) == ("" if field is None else str(field).strip())
+            first = field[0] if field else None
+            for number in range(1, 5):
+                expected = ""
+                if isinstance(first, hl7.Repetition):
+                    expected = str(first[number - 1]).strip() if number <= len(first) else ""
+                elif first is not None and number == 1:
+                    expected = str(first).strip()
+                assert hl7v2.component(segment, index, number) == expected
