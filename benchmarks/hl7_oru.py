@@ -47,7 +47,7 @@ from carnet.interfaces.budget import budget_for
 from carnet.interfaces.hl7v2 import AckCode
 from carnet.interfaces.mllp import MllpListener, send
 from carnet.interfaces.registry import register_interface
-from carnet.interfaces.service import Identified, InterfaceService, Peer, Registered
+from carnet.interfaces.service import InterfaceService, Peer, Registered
 from carnet.kernel import clock
 from carnet.org.models import Facility
 from carnet.runtime import Runtime
@@ -88,11 +88,7 @@ def oru(tag: str, n: int, patient: int, placer: str = "") -> str:
 
 
 class ParseOnly:
-    """The baseline's service: parse and acknowledge, apply nothing (on the listener's event
-    loop, where carnet's listener parses a message as it arrives)."""
-
-    def identify(self, raw: str, peer: Peer, candidates: list[Registered]) -> Identified:
-        return Identified(answer=self.receive(raw, peer=peer, candidates=candidates))
+    """The baseline's service: parse and acknowledge, apply nothing."""
 
     def receive_many(self, messages: list[tuple[str, Peer, list[Registered] | None]]) -> list[str]:
         return [self.receive(raw, peer=peer, candidates=candidates) for raw, peer, candidates in messages]

@@ -27,7 +27,7 @@ from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from carnet.interfaces import hl7v2
 from carnet.interfaces.hl7v2 import AckCode, ErrorCode, MessageError
-from carnet.interfaces.service import Identified, InterfaceService, Peer, Registered
+from carnet.interfaces.service import InterfaceService, Peer, Registered
 from carnet.kernel import clock
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class MllpListener:
         self._group = group
         self._max_group = max_group
         self._workers = workers
-        self._waiting: list[tuple[Identified, asyncio.Future[str]]] = []
+        self._waiting: list[tuple[tuple[str, Peer, list[Registered] | None], asyncio.Future[str]]] = []
         self._running = 0
         self._enough = 1  # messages waiting that start a group at once (after the last group's)
         self._gather: asyncio.TimerHandle | None = None
@@ -160,13 +160,8 @@ class MllpListener:
 
     # -- group commit ------------------------------------------------------------------------------
     async def _grouped(self, raw: str, peer: Peer, candidates: list[Registered]) -> str:
-        # Parsed and its sender identified here, on the event loop, as it arrives: while the
-        # worker applies the group before it, mostly waiting on PostgreSQL.
-        identified = self.service.identify(raw, peer, candidates)
-        if identified.answer is not None:
-            return identified.answer  # refused before anything is applied: no group to wait for
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._waiting.append((identified, answer))
+        self._waiting.append(((raw, peer, candidates), answer))
         self._next_group()
         return await answer
 

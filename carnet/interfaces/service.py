@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,19 +118,6 @@ class _Incoming:
     # No log line had its control id when its replay was looked up: the guarded transaction
     # need not look again (a twin logging it meanwhile fails on the log's unique key).
     unlogged: bool = False
-    # An ORU^R01's patient groups and the identifiers it looks up first (`result_keys`), when
-    # read as it arrived (`identify`); else read when its group is prepared.
-    ahead: Any = None
-    ahead_read: bool = False
-
-
-@dataclass(frozen=True)
-class Identified:
-    """A message parsed and its sender identified as it arrived (`InterfaceService.identify`),
-    waiting to be applied; or the NAK it gets without being applied."""
-
-    incoming: _Incoming | None = None
-    answer: str | None = None
 
 
 _INTERNAL = MessageError("carnet could not apply the message: nothing was changed", code=ErrorCode.INTERNAL)
@@ -191,39 +177,19 @@ class InterfaceService:
         with self._stripes[incoming.stripe]:  # one message at a time per patient, in the order received
             return self._apply_one(incoming)
 
-    def identify(self, raw: str, peer: Peer, candidates: list[Registered]) -> Identified:
-        """A message parsed and its sender identified, before it is applied; no database (the
-        connection's `candidates` given). The listener calls it on its event loop as each
-        message arrives, while its worker applies the group before (and waits on PostgreSQL):
-        `receive_many` then takes what it returns. Never raises."""
-        incoming = self._identify(raw, peer, candidates)
-        if isinstance(incoming, str):
-            return Identified(answer=incoming)
-        if incoming.head.message_type == "ORU^R01":
-            incoming = dataclasses.replace(incoming, ahead=result_keys(incoming.message), ahead_read=True)
-        return Identified(incoming=incoming)
-
-    def receive_many(
-        self, messages: Sequence[tuple[str, Peer, list[Registered] | None] | Identified]
-    ) -> list[str]:
+    def receive_many(self, messages: list[tuple[str, Peer, list[Registered] | None]]) -> list[str]:
         """The ACKs (or NAKs) to messages received together, in their order, each answered as
-        `receive` answers it (each as received, or as `identify` returned it). Consecutive
-        messages of one interface are applied as one group (`Gate.apply_hl7_messages`: one
-        transaction, a savepoint and an audit event each, one commit; a failing message is
-        rolled back alone and NAKed); the answers exist only after the commit. Their replays are
-        looked up together, before. Never raises."""
+        `receive` answers it. Consecutive messages of one interface are applied as one group
+        (`Gate.apply_hl7_messages`: one transaction, a savepoint and an audit event each, one
+        commit; a failing message is rolled back alone and NAKed); the answers exist only after
+        the commit. Their replays are looked up together, before. Never raises."""
         answers: list[str | None] = [None] * len(messages)
         found: list[tuple[int, _Incoming]] = []
-        for i, message in enumerate(messages):
-            if isinstance(message, Identified):
-                answers[i], incoming = message.answer, message.incoming
+        for i, (raw, peer, candidates) in enumerate(messages):
+            incoming = self._identify(raw, peer, candidates)
+            if isinstance(incoming, str):
+                answers[i] = incoming
             else:
-                raw, peer, candidates = message
-                identified = self._identify(raw, peer, candidates)
-                answers[i], incoming = (
-                    (identified, None) if isinstance(identified, str) else (None, identified)
-                )
-            if incoming is not None:
                 found.append((i, incoming))
         replays, logged = self._replays([incoming for _, incoming in found])
         ready: list[tuple[int, _Incoming]] = []
@@ -358,9 +324,7 @@ class InterfaceService:
         looks up first (read with the group's, `prepare_group`)."""
         head, interface = incoming.head, incoming.interface
         handler = HANDLERS[head.message_type]
-        ahead = None
-        if grouped and head.message_type == "ORU^R01":
-            ahead = incoming.ahead if incoming.ahead_read else result_keys(incoming.message)
+        ahead = result_keys(incoming.message) if grouped and head.message_type == "ORU^R01" else None
         ctx = Context(
             message=incoming.message,
             head=head,

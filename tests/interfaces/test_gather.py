@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, cast
 
 import pytest
 
 from carnet.interfaces import mllp
 from carnet.interfaces.mllp import MllpListener
-from carnet.interfaces.service import Identified, Peer, Registered
+from carnet.interfaces.service import Peer, Registered
 
 
 class _Recorder:
@@ -22,13 +21,10 @@ class _Recorder:
     def __init__(self) -> None:
         self.sizes: list[int] = []
 
-    def identify(self, raw: str, peer: Peer, candidates: list[Registered]) -> Identified:
-        return Identified(incoming=cast(Any, raw))  # what it carries is this service's own
-
-    def receive_many(self, messages: list[Identified]) -> list[str]:
+    def receive_many(self, messages: list[tuple[str, Peer, list[Registered] | None]]) -> list[str]:
         self.sizes.append(len(messages))
         time.sleep(0.01)  # a group's transaction
-        return [f"ACK {message.incoming}" for message in messages]
+        return [f"ACK {raw}" for raw, _, _ in messages]
 
 
 def test_a_free_worker_gathers_the_last_groups_senders_then_a_lone_message_goes(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -19,7 +19,7 @@ from carnet.interfaces.budget import budget_for
 from carnet.interfaces.mllp import MllpListener
 from carnet.interfaces.models import Interface
 from carnet.interfaces.processes import ListenerOptions, start_processes, stop_processes
-from carnet.interfaces.service import Identified, InterfaceService, Peer, Registered
+from carnet.interfaces.service import InterfaceService, Peer, Registered
 from carnet.records.models import DiagnosticReport, Observation
 from carnet.runtime import Runtime
 from tests.interfaces.conftest import Hospital, make_hospital
@@ -34,9 +34,7 @@ class _Counted(InterfaceService):
 
     seen = 0
 
-    def receive_many(
-        self, messages: Sequence[tuple[str, Peer, list[Registered] | None] | Identified]
-    ) -> list[str]:
+    def receive_many(self, messages: list[tuple[str, Peer, list[Registered] | None]]) -> list[str]:
         _Counted.seen += len(messages)
         return super().receive_many(messages)
 
