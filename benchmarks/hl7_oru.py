@@ -10,7 +10,7 @@
    group commit), unless `--no-single`.
 
     .venv/bin/python -m benchmarks.hl7_oru [--patients 200] [--messages 2000] [--clients 8]
-        [--workers 4] [--processes 1] [--rounds 2] [--sqlite] [--orders] [--no-single] [--uvloop]
+        [--workers 4] [--processes 1] [--rounds 2] [--sqlite] [--orders] [--no-single] [--uvloop] [--no-redis]
 
 PostgreSQL by default (a throwaway database on CARNET_BENCH_POSTGRES_URL). The two are
 interleaved round by round; the load average is printed before and after (a shared machine).
@@ -43,6 +43,7 @@ from sqlalchemy import event as sa_event
 
 from benchmarks._db import bench_runtime
 from carnet.interfaces import hl7v2
+from carnet.interfaces.budget import budget_for
 from carnet.interfaces.hl7v2 import AckCode
 from carnet.interfaces.mllp import MllpListener, send
 from carnet.interfaces.registry import register_interface
@@ -107,6 +108,8 @@ class _AnyPeer(ParseOnly):
         return [None]  # type: ignore[list-item]  # any non-empty list keeps the connection
 
 
+# The interfaces' volume budget, shared by the listener processes (as `serve --processes` needs).
+REDIS_URL = os.environ.get("CARNET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 CHILDREN: list[int] = []  # the pids of the listener processes besides this one (--processes)
 
 
@@ -119,6 +122,7 @@ def listening(
     fast_loop: bool = False,
     processes: int = 1,
     runtime: Runtime | None = None,
+    redis_url: str | None = None,
 ) -> Iterator[int]:
     """A listener in this process on a free port; with `processes` > 1 (and the `runtime` whose
     settings they take), that many listener processes on it in all (SO_REUSEPORT)."""
@@ -145,7 +149,12 @@ def listening(
     try:
         if processes > 1 and runtime is not None:
             options = ListenerOptions("127.0.0.1", port, workers, group)
-            others = start_processes(runtime.settings, options, processes - 1)
+            settings = (
+                runtime.settings.model_copy(update={"redis_url": redis_url})
+                if redis_url
+                else runtime.settings
+            )
+            others = start_processes(settings, options, processes - 1)
             CHILDREN[:] = [p.pid for p in others]
         yield port
     finally:
@@ -329,6 +338,11 @@ def main() -> None:
         help="carnet's listener processes on the port (SO_REUSEPORT), each with --workers",
     )
     parser.add_argument(
+        "--no-redis",
+        action="store_true",
+        help="each listener process counts the volume budget alone (as before session 9)",
+    )
+    parser.add_argument(
         "--same-process",
         action="store_true",
         help="the clients in the listener's process (as before session 6)",
@@ -341,7 +355,8 @@ def main() -> None:
     results: dict[str, list[float]] = {k: [] for k in KINDS}
     with bench_runtime("hl7", sqlite=args.sqlite) as runtime:
         facility_id = bench_interfaces(runtime)
-        service = InterfaceService(runtime)
+        redis_url = None if args.no_redis else REDIS_URL
+        service = InterfaceService(runtime, budget=budget_for(redis_url))
         with listening(service, args.workers) as port:
             _seed(runtime, args.patients, port)
         counter = StatementCounter(runtime)
@@ -375,6 +390,7 @@ def main() -> None:
                     fast_loop=args.uvloop,
                     processes=args.processes,
                     runtime=runtime,
+                    redis_url=redis_url,
                 ) as port:
                     counter.count, counter.on = 0, True
                     elapsed, accepted = _run(port, messages, args.clients, kind, runtime)
@@ -402,6 +418,7 @@ def main() -> None:
                     k: [round(x, 2) for x in v] for k, v in DB_CPU.items()
                 },
                 "uvloop": args.uvloop,
+                "volume_budget": "redis" if redis_url else "per process",
                 "clients_in_their_own_process": not args.same_process,
                 "orders": args.orders,
                 "load_average_before": [round(x, 2) for x in load_before],

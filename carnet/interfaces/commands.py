@@ -217,6 +217,12 @@ def serve(
             context = tls_context(tls_cert, tls_key, client_ca)
         except (OSError, ValueError) as exc:
             raise _fail(f"cannot load the TLS files ({type(exc).__name__})") from None
+    if processes > 1 and not get_settings().redis_url:
+        # Each process would count an interface's volume alone: k times its registration.
+        raise _fail(
+            "--processes above 1 needs Redis (CARNET_REDIS_URL): the interfaces' volume budget is"
+            " counted there, shared by every process"
+        )
     with _runtime() as runtime:
         listener = MllpListener(
             InterfaceService(runtime),

@@ -622,7 +622,7 @@ def _order_key(obr: Any, number: int) -> str:
 def results(ctx: Context, work: MessageWork) -> None:
     """ORU^R01: each order's results (Observations, units and reference ranges kept) and its lab
     report; a correction (C) amends the results it changes, every earlier version kept."""
-    msh_time = hl7v2.date_time(hl7v2.text(ctx.message.segment("MSH"), 7), zone=ctx.zone, where=("MSH", 7, 1))
+    msh_time = hl7v2.date_time(hl7v2.text(ctx.message[0], 7), zone=ctx.zone, where=("MSH", 7, 1))
     groups = ctx.result_groups if ctx.result_groups is not None else _result_groups(ctx.message)
     work.prefetch(_result_keys(groups))
     for group in groups:

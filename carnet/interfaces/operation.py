@@ -304,12 +304,13 @@ class MessageWork:
         """Link a sender's identifier to a record; written with the message's other rows (the
         unique key refuses a concurrent twin at the end of the message, before the audit).
         `new`: the caller knows the identifier has no link yet (not looked up)."""
+        digest = self.digest(kind, key)  # a keyed hash: made once
         if self.group is not None:  # the later messages of the group read it again
-            self.group.written.add(self.digest(kind, key))
+            self.group.written.add(digest)
         row = self._links.get((kind, key)) if new else self.link(kind, key)
         target_id = target if isinstance(target, uuid.UUID) else uuid.UUID(str(target))
         if row is None:
-            row = Link(new_id(), kind, self.digest(kind, key), target_id, new=True)
+            row = Link(new_id(), kind, digest, target_id, new=True)
             self._links[(kind, key)] = row
         elif (row.target_id, row.reference_range, row.abnormal_flags) != (
             target_id,

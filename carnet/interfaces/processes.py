@@ -18,9 +18,10 @@ What holds across processes:
   promised (which of two arrives first is the network's).
 - A replay on another process than its first copy is found by the message log (its unique
   control id), as on one.
-- An interface's volume budget is counted per process (`InterfaceService._Budget`): a sender
-  using one connection is judged whole, one spreading over k connections on k processes is
-  throttled at up to k times its registration (types outside it are refused by each).
+- An interface's volume budget (and its strikes for types outside its registration) is
+  counted in Redis, shared by every process (`carnet/interfaces/budget.py`, one round trip per
+  group): a sender spreading over k connections on k processes is throttled at its
+  registration, as on one. `serve --processes N` (N > 1) refuses to start without Redis.
 """
 
 from __future__ import annotations

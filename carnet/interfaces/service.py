@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import threading
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ from carnet.detection.containment import contain, raise_alert
 from carnet.detection.interfaces import Finding, Level, Rule
 from carnet.identity.models import Account
 from carnet.interfaces import hl7v2
+from carnet.interfaces.budget import Budget, BudgetUnavailable, budget_for
 from carnet.interfaces.handlers import HANDLERS, Context, result_keys
 from carnet.interfaces.hl7v2 import AckCode, ErrorCode, Header, MessageError
 from carnet.interfaces.models import Interface, InterfaceMessage
@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 # it, or after TYPE_STRIKES messages of types it is not registered for, it is contained.
 CONTAIN_FACTOR = 3
 TYPE_STRIKES = 3
-WINDOW = dt.timedelta(minutes=1)
-STRIKE_WINDOW = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -144,38 +142,13 @@ def _runs(ready: list[tuple[int, _Incoming]]) -> list[list[tuple[int, _Incoming]
     return runs
 
 
-class _Budget:
-    """Messages per interface in the last minute, and refused types in the last hour (this
-    process; each listener judges the traffic it receives)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: dict[uuid.UUID, deque[dt.datetime]] = {}
-        self._strikes: dict[uuid.UUID, deque[dt.datetime]] = {}
-
-    def count(self, interface_id: uuid.UUID, at: dt.datetime) -> int:
-        with self._lock:
-            seen = self._seen.setdefault(interface_id, deque())
-            seen.append(at)
-            while seen and seen[0] <= at - WINDOW:
-                seen.popleft()
-            return len(seen)
-
-    def strike(self, interface_id: uuid.UUID, at: dt.datetime) -> int:
-        with self._lock:
-            strikes = self._strikes.setdefault(interface_id, deque())
-            strikes.append(at)
-            while strikes and strikes[0] <= at - STRIKE_WINDOW:
-                strikes.popleft()
-            return len(strikes)
-
-
 class InterfaceService:
     """Receives messages for every registered interface (one per listener process)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, budget: Budget | None = None) -> None:
         self.runtime = runtime
-        self._budget = _Budget()
+        # Shared by every listener process through Redis when carnet has one (budget.py).
+        self._budget = budget if budget is not None else budget_for(runtime.settings.redis_url)
         self._stripes = [threading.Lock() for _ in range(64)]
 
     # -- who is sending ---------------------------------------------------------------------------
@@ -225,7 +198,12 @@ class InterfaceService:
         again: list[tuple[int, _Incoming]] = []
         claimed: set[tuple[uuid.UUID, str]] = set()
         for i, incoming in found:
-            answers[i] = replays.get(id(incoming)) or self._admit(incoming)
+            answers[i] = replays.get(id(incoming))
+        volume = self._count_volume([incoming for i, incoming in found if answers[i] is None])
+        for i, incoming in found:
+            if answers[i] is not None:
+                continue
+            answers[i] = self._admit(incoming, volume.get(id(incoming)))
             key = (incoming.interface.id, incoming.head.control_id)
             if answers[i] is None:
                 if key in claimed:
@@ -281,12 +259,33 @@ class InterfaceService:
         stripe = hash(_patient_key(message)) % len(self._stripes)
         return _Incoming(message, head, interface, peer, digest, now, stripe)
 
-    def _admit(self, incoming: _Incoming) -> str | None:
+    def _count_volume(self, incoming: list[_Incoming]) -> dict[int, int | BudgetUnavailable]:
+        """The volume count of each message of a registered type (keyed by `id()` of its
+        _Incoming): what the interface sent in the last minute, it included, counted for all of
+        a batch at once (one round trip to Redis per interface); BudgetUnavailable when the
+        counter did not answer."""
+        by_interface: dict[uuid.UUID, list[_Incoming]] = {}
+        for item in incoming:
+            if item.head.message_type in item.interface.message_types:
+                by_interface.setdefault(item.interface.id, []).append(item)
+        counts: dict[int, int | BudgetUnavailable] = {}
+        for interface_id, items in by_interface.items():
+            try:
+                total = self._budget.count(interface_id, max(i.now for i in items), len(items))
+            except BudgetUnavailable as exc:
+                for item in items:
+                    counts[id(item)] = exc
+                continue
+            for k, item in enumerate(items):
+                counts[id(item)] = total - (len(items) - 1 - k)
+        return counts
+
+    def _admit(self, incoming: _Incoming, seen: int | BudgetUnavailable | None = None) -> str | None:
         """None when the message is within its interface's registration and well formed; else
-        its NAK (logged as rejected)."""
+        its NAK (logged as rejected). `seen`: its volume count, when counted with its batch's."""
         interface, head, now = incoming.interface, incoming.head, incoming.now
         try:
-            self._judge_budget(interface, head, incoming.peer, now)
+            self._judge_budget(interface, head, incoming.peer, now, seen)
             hl7v2.check_structure(incoming.message, head)
         except MessageError as exc:
             self._log_rejected(interface, head, incoming.digest, exc, now)
@@ -520,12 +519,23 @@ class InterfaceService:
         return hl7v2.ack(head, error.ack, error=error, control_id=_ack_id(), now=now)
 
     # -- registration limits ----------------------------------------------------------------------
-    def _judge_budget(self, interface: Registered, head: Header, peer: Peer, now: dt.datetime) -> None:
+    def _judge_budget(
+        self,
+        interface: Registered,
+        head: Header,
+        peer: Peer,
+        now: dt.datetime,
+        seen: int | BudgetUnavailable | None = None,
+    ) -> None:
         """Types outside the registration are refused, volume over it slowed down; both are
-        alerts, and repeated they contain the interface like any actor (account suspended)."""
+        alerts, and repeated they contain the interface like any actor (account suspended).
+        A message the counter could not count is refused (fail closed)."""
         actor = interface.actor(peer.address)
         if head.message_type not in interface.message_types:
-            strikes = self._budget.strike(interface.id, now)
+            try:
+                strikes = self._budget.strike(interface.id, now)
+            except BudgetUnavailable as exc:
+                raise _uncounted(interface, exc) from None
             level = Level.CONTAIN if strikes >= TYPE_STRIKES else Level.THROTTLE
             self._alert(
                 actor,
@@ -544,7 +554,13 @@ class InterfaceService:
                 segment="MSH",
                 field=9,
             )
-        seen = self._budget.count(interface.id, now)
+        if seen is None:
+            try:
+                seen = self._budget.count(interface.id, now)
+            except BudgetUnavailable as exc:
+                raise _uncounted(interface, exc) from None
+        elif isinstance(seen, BudgetUnavailable):
+            raise _uncounted(interface, seen)
         if seen <= interface.per_minute:
             return
         level = Level.CONTAIN if seen >= CONTAIN_FACTOR * interface.per_minute else Level.THROTTLE
@@ -583,6 +599,15 @@ _LOG_STATUS_PREPARED = PreparedSelect(
         InterfaceMessage.control_id == any_(bindparam("control_ids", type_=ARRAY(String()))),
     )
 )
+
+
+def _uncounted(interface: Registered, exc: BudgetUnavailable) -> MessageError:
+    log.warning("hl7 message of %s refused: its volume could not be counted (%s)", interface.name, exc)
+    return MessageError(
+        "the interface's volume could not be counted: nothing was changed; resend later",
+        code=ErrorCode.INTERNAL,
+        ack=AckCode.REJECT,
+    )
 
 
 def _registered(row: Interface, practitioner_id: uuid.UUID | None) -> Registered:

@@ -76,11 +76,11 @@ def listener(runtime: Runtime, hospital: Hospital) -> Iterator[int]:
     yield from serve(runtime)
 
 
-def serve(runtime: Runtime) -> Iterator[int]:
+def serve(runtime: Runtime, service: InterfaceService | None = None) -> Iterator[int]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = MllpListener(InterfaceService(runtime), host="127.0.0.1", port=0, workers=2)
+    server = MllpListener(service or InterfaceService(runtime), host="127.0.0.1", port=0, workers=2)
     port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
     try:
         yield port

@@ -82,3 +82,11 @@ def test_register_serve_send_and_read_the_log(tmp_path: Path) -> None:
     assert logged.returncode == 0, logged.stderr
     assert "CLI-1" in logged.stdout and "accepted" in logged.stdout and "MARTIN" not in logged.stdout
     assert _run(var, "interfaces", "log", "NOPE").returncode == 2
+
+
+def test_several_processes_need_redis_for_the_shared_budget(tmp_path: Path) -> None:
+    """Without Redis each process would count an interface's volume alone: refused, saying why."""
+    var = tmp_path / "var"
+    done = _run(var, "interfaces", "serve", "--port", str(_free_port()), "--processes", "2")
+    assert done.returncode != 0
+    assert "--processes above 1 needs Redis" in done.stderr + done.stdout

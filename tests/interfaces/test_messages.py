@@ -145,3 +145,49 @@ def test_not_hl7_unsupported_and_foreign_messages_are_rejected(
     [v23] = send(listener, samples(hospital.rpps)["ADT^A01"].replace("|P|2.5|", "|P|2.3|"))
     assert msa(v23)[1] == "AR" and err(v23)[3].startswith("203^")
     assert counts(runtime, hospital.facility_id) == before
+
+
+ODD = (
+    # repetitions, subcomponents, escapes, empty fields and components, a Z segment, other
+    # delimiters declared in MSH-2, a trailing separator
+    "MSH|^~\\&|LAB|LABO|CARNET|CARNET|20261206093000||ORU^R01^ORU_R01|X-1|P|2.5\r"
+    f"{PID}\rZBE|1|\\F\\x\\S\\||^^&&~~\rOBX|1|ST|A^B&C&D^LN~E||x\\T\\y|||||F|",
+    "MSH#$%*!|LAB|LABO|CARNET|CARNET|20261206093000||ORU$R01|X-2|P|2.5\rPID#1##A$B%C!D%E",
+    "MSH|^~\\&",
+)
+
+
+@pytest.mark.parametrize("raw", [*samples("12345678901").values(), *ODD])
+def test_the_parse_is_python_hl7s_own(raw: str) -> None:
+    """carnet's parse (python-hl7's parser, its containers made more cheaply) gives what
+    `hl7.parse` gives: the same tree of the same container classes, the same text back."""
+    import hl7
+
+    ours, theirs = hl7v2.parse(raw), hl7.parse(raw)
+    assert ours == theirs and str(ours) == str(theirs)
+
+    def shape(node: object) -> object:
+        if isinstance(node, list):
+            kind = next(
+                k
+                for k in (hl7.Segment, hl7.Field, hl7.Repetition, hl7.Component, hl7.Message)
+                if isinstance(node, k)
+            )
+            return (kind, node.separator, [shape(child) for child in node])  # type: ignore[attr-defined]
+        return node
+
+    assert shape(ours) == shape(theirs)
+    for segment, other in zip(ours, theirs, strict=True):
+        assert str(segment) == str(other) and segment[1:3] == other[1:3]
+        # Reading a field or a component gives the library's text of it.
+        for index in range(len(other) + 2):
+            field = other[index] if index < len(other) else None
+            assert hl7v2.text(segment, index) == ("" if field is None else str(field).strip())
+            first = field[0] if field else None
+            for number in range(1, 5):
+                expected = ""
+                if isinstance(first, hl7.Repetition):
+                    expected = str(first[number - 1]).strip() if number <= len(first) else ""
+                elif first is not None and number == 1:
+                    expected = str(first).strip()
+                assert hl7v2.component(segment, index, number) == expected

@@ -13,12 +13,16 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import func, select
 
+from carnet.detection.models import Alert
+from carnet.identity.models import Account
+from carnet.interfaces.budget import budget_for
 from carnet.interfaces.mllp import MllpListener
+from carnet.interfaces.models import Interface
 from carnet.interfaces.processes import ListenerOptions, start_processes, stop_processes
 from carnet.interfaces.service import InterfaceService, Peer, Registered
 from carnet.records.models import DiagnosticReport, Observation
 from carnet.runtime import Runtime
-from tests.interfaces.conftest import Hospital
+from tests.interfaces.conftest import Hospital, make_hospital
 from tests.interfaces.helpers import Obx, Person, adt, msa, oru, send
 from tests.interfaces.records import audit_of, log_line
 
@@ -36,14 +40,17 @@ class _Counted(InterfaceService):
 
 
 @contextmanager
-def _two_processes(runtime: Runtime) -> Iterator[int]:
-    """A listener in this process and one in another, both on one port (SO_REUSEPORT)."""
+def _two_processes(runtime: Runtime, redis_url: str | None = None) -> Iterator[int]:
+    """A listener in this process and one in another, both on one port (SO_REUSEPORT); with
+    `redis_url`, both count the interfaces' volume there."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = MllpListener(_Counted(runtime), host="127.0.0.1", port=0, workers=1, reuse_port=True)
+    settings = runtime.settings.model_copy(update={"redis_url": redis_url}) if redis_url else runtime.settings
+    service = _Counted(runtime, budget=budget_for(redis_url)) if redis_url else _Counted(runtime)
+    server = MllpListener(service, host="127.0.0.1", port=0, workers=1, reuse_port=True)
     port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
-    others = start_processes(runtime.settings, ListenerOptions("127.0.0.1", port, workers=1), 1)
+    others = start_processes(settings, ListenerOptions("127.0.0.1", port, workers=1), 1)
     try:
         yield port
     finally:
@@ -104,3 +111,33 @@ def test_twins_on_two_processes_are_applied_once_and_each_sender_in_its_order(
     assert dict(values) == {13.5: 1, **{float(f"12.{n:02d}"): 1 for n in range(CONNECTIONS)}}
     events = [e for e in audit_of(runtime, "interface:LAB") if e.outcome == "success"]
     assert len(events) == 1 + 2 * CONNECTIONS  # the twin once; each sender's two messages
+
+
+def test_two_processes_are_throttled_together_at_the_registered_volume(runtime: Runtime) -> None:
+    """With Redis, the volume budget is the interface's, not each process's: senders spread
+    over connections of two processes get the registered volume accepted in all, the rest
+    refused; at three times it the interface is contained, with an alert."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("several listener processes write to PostgreSQL")
+    per_minute = 4
+    hospital = make_hospital(runtime, per_minute=per_minute)
+    _Counted.seen = 0
+    answers: list[str] = []
+    with _two_processes(runtime, redis_url="redis://127.0.0.1:6379/0") as port:
+        for n in range(CONNECTIONS):  # one after the other, each on a connection of its own
+            person = Person(ipp=f"T-P{n}", family="THROTTLE", given=f"G{n}")
+            [answer] = send(port, adt("A04", f"T-{n}", person, klass="O", visit=f"TV{n}"))
+            answers.append(msa(answer)[1])
+    assert 0 < _Counted.seen < CONNECTIONS  # both processes took connections
+    # Each process alone would have accepted up to `per_minute` of its own.
+    assert answers[:per_minute] == ["AA"] * per_minute
+    assert answers[per_minute:] == ["AR"] * (CONNECTIONS - per_minute)
+    with runtime.session_factory() as s:
+        interface = s.scalar(
+            select(Interface).where(Interface.facility_id == hospital.facility_id, Interface.name == "ADT")
+        )
+        assert interface is not None
+        account = s.get(Account, interface.account_id)
+        assert account is not None and account.status == "suspended"  # 12 = 3 x 4, across both
+        alerts = s.scalars(select(Alert).where(Alert.actor_ref == f"account:{account.id}")).all()
+    assert alerts and {a.rule for a in alerts} == {"interface-budget"} and max(a.level for a in alerts) == 4

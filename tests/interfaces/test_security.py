@@ -4,23 +4,26 @@ peer gets no answer at all."""
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from carnet.access.actor import ActorKind
 from carnet.audit.models import AuditEvent
 from carnet.detection.models import Alert, Exposure
 from carnet.identity.models import Account
+from carnet.interfaces.budget import RedisBudget
 from carnet.interfaces.models import Interface
-from carnet.interfaces.service import InterfaceService
+from carnet.interfaces.service import InterfaceService, Peer
 from carnet.kernel.errors import AuthenticationRequired, Forbidden, NotFound
 from carnet.phi.gate import Gate
 from carnet.runtime import Runtime
 from tests.interfaces.conftest import Hospital, make_hospital, serve
 from tests.interfaces.helpers import Obx, Person, adt, msa, oru, send
-from tests.interfaces.records import counts, patient_by_ins, rows
+from tests.interfaces.records import counts, log_line, patient_by_ins, rows
 
 INS = "270057512345678"
 
@@ -149,3 +152,86 @@ def test_only_an_interface_runs_the_message_operation(runtime: Runtime, hospital
         if e.account_id == doctor.account_id
     ]
     assert event.outcome == "denied" and "only a registered HL7 interface" in (event.policy_reason or "")
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _shared_budget() -> RedisBudget:
+    """A Redis budget of its own (a prefix per test), as every listener process would share."""
+    return RedisBudget.from_url(REDIS_URL, prefix=f"carnet:test-hl7:{uuid.uuid4().hex}")
+
+
+def test_two_listeners_share_the_volume_budget_through_redis(runtime: Runtime) -> None:
+    """Two listeners (two processes' services: each its own budget object, one Redis) are
+    throttled together at the registered volume, then contained at three times it, as one."""
+    hospital = make_hospital(runtime, per_minute=2)
+    budget = _shared_budget()
+    messages = [
+        adt("A04", f"SHV-{n}", Person(ipp=f"SH{n}", given=f"G{n}"), klass="O", visit=f"SV{n}")
+        for n in range(7)
+    ]
+    first = InterfaceService(runtime, budget=budget)
+    second = InterfaceService(runtime, budget=RedisBudget(budget._redis, prefix=budget._prefix))
+    answers: list[str] = []
+    for port_a in serve(runtime, first):
+        for port_b in serve(runtime, second):
+            for n, message in enumerate(messages):  # alternately, each on a connection of its own
+                [answer] = send(port_a if n % 2 == 0 else port_b, message)
+                answers.append(msa(answer)[1])
+    assert answers[:2] == ["AA", "AA"]  # each listener alone would have taken two more
+    assert answers[2:] == ["AR"] * 5
+    _, account = _registered(runtime, "ADT")
+    assert account.status == "suspended"  # three times its volume, across both
+    alerts = rows(runtime, Alert, actor_ref=f"account:{account.id}")
+    assert alerts and {a.rule for a in alerts} == {"interface-budget"} and max(a.level for a in alerts) == 4
+    assert counts(runtime, hospital.facility_id)["patients"] == 2
+
+
+def test_a_group_is_counted_in_one_round_trip(runtime: Runtime, hospital: Hospital) -> None:
+    """A batch of messages of one interface costs its shared budget one call (one script, one
+    round trip), and each message is judged at its own place in the count."""
+    calls: list[int] = []
+
+    class Counting(RedisBudget):
+        def count(self, interface_id: uuid.UUID, at: dt.datetime, n: int = 1) -> int:
+            calls.append(n)
+            return super().count(interface_id, at, n)
+
+    shared = _shared_budget()
+    service = InterfaceService(runtime, budget=Counting(shared._redis, prefix=shared._prefix))
+    with runtime.session_factory.begin() as s:
+        s.execute(update(Interface).where(Interface.name == "ADT").values(per_minute=3))
+    peer = Peer("127.0.0.1")
+    candidates = service.candidates(peer)
+    batch = [
+        (
+            adt("A04", f"GRP-{n}", Person(ipp=f"GR{n}", given=f"G{n}"), klass="O", visit=f"GV{n}"),
+            peer,
+            candidates,
+        )
+        for n in range(5)
+    ]
+    answers = [msa(a)[1] for a in service.receive_many(batch)]
+    assert calls == [5]
+    assert answers == ["AA", "AA", "AA", "AR", "AR"]
+    assert counts(runtime, hospital.facility_id)["patients"] == 3
+
+
+def test_the_volume_not_counted_is_refused(runtime: Runtime, hospital: Hospital) -> None:
+    """Redis down: the message is refused (AR, resend later), nothing applied, and logged."""
+    down = RedisBudget.from_url("redis://127.0.0.1:1/0")
+    service = InterfaceService(runtime, budget=down)
+    peer = Peer("127.0.0.1")
+    message = adt("A04", "DOWN-1", Person(ipp="DN1"), klass="O", visit="DV1")
+    for answer in (
+        service.receive(message, peer=peer),
+        service.receive_many([(message, peer, None)])[0],
+    ):
+        assert msa(answer)[1] == "AR" and "could not be counted" in msa(answer)[3]
+    assert counts(runtime, hospital.facility_id)["patients"] == 0
+    line = log_line(runtime, "DOWN-1")
+    assert (line.status, line.ack_code) == ("rejected", "AR")
+    # A type it is not registered for is refused all the same (its strike not counted either).
+    wrong = oru("DOWN-2", Person(ipp="DN1"), [Obx("718-7", "13")]).replace("|LAB|LABO|", "|ADT|HOSP|", 1)
+    assert msa(service.receive(wrong, peer=peer))[1] == "AR"
