@@ -150,7 +150,8 @@ _CASTS = {"recorded_at": "::timestamptz", "account_id": "::uuid", "session_id": 
 _PLACEHOLDERS = ", ".join(f"%({name})s{_CASTS.get(name, '')}" for name in _EVENT_COLUMNS)
 _APPEND_ONE = (
     "WITH link AS (SELECT seq, prev_hash, hash, lane, prev_seq FROM carnet_audit_link(%(rest)s)), "  # noqa: S608
-    f"event AS (INSERT INTO {EVENTS.name} (seq, {', '.join(_EVENT_COLUMNS)}, prev_hash, hash, lane, prev_seq) "
+    f"event AS (INSERT INTO {EVENTS.name} (seq, {', '.join(_EVENT_COLUMNS)},"
+    " prev_hash, hash, lane, prev_seq) "
     f"SELECT link.seq, {_PLACEHOLDERS}, link.prev_hash, link.hash, link.lane, link.prev_seq FROM link"
     " RETURNING seq), "
     f"patients AS (INSERT INTO {EVENT_PATIENTS.name} (seq, patient_id) "

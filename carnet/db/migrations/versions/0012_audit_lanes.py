@@ -81,7 +81,7 @@ BEGIN
     END IF;
 END
 $$
-"""
+"""  # noqa: S608 (constants only)
 
 LINK_FUNCTION = """
 CREATE FUNCTION carnet_audit_link(rest bytea, OUT seq bigint, OUT prev_hash text, OUT hash text,
@@ -137,7 +137,7 @@ def upgrade() -> None:
     )
     op.execute(f"GRANT USAGE, SELECT ON SEQUENCE audit_event_seq TO {APP_ROLE}")
     op.execute(
-        f"INSERT INTO audit_chain_head (id, seq, hash) SELECT g, 0, repeat('0', 64)"
+        "INSERT INTO audit_chain_head (id, seq, hash) SELECT g, 0, repeat('0', 64)"  # noqa: S608
         f" FROM generate_series(1, {LANES}) AS g ON CONFLICT DO NOTHING"
     )
     op.execute("DROP FUNCTION carnet_audit_link(bytea)")
@@ -152,7 +152,7 @@ def downgrade() -> None:
             """
             DO $$ BEGIN
                 IF EXISTS (SELECT 1 FROM audit_events WHERE lane <> 1) THEN
-                    RAISE EXCEPTION 'audit events in lanes other than 1: the chain cannot go back to one head';
+                    RAISE EXCEPTION 'audit events in lanes other than 1: cannot go back to one head';
                 END IF;
             END $$
             """
