@@ -259,7 +259,7 @@ class _Verifier:
                 report.first_seq = seq
             previous = last_hash.get(lane)
             if previous is None:
-                self._check_start(lane, seq, stored_prev.decode())
+                self._check_start(lane, seq, prev_seq, stored_prev.decode())
             else:
                 if prev_seq is not None:
                     if prev_seq > last_seq[lane]:
@@ -305,7 +305,7 @@ class _Verifier:
             f"lane {lane}: the events between seq {after} and seq {before} are missing (deleted)",
         )
 
-    def _check_start(self, lane: int, seq: int, stored_prev: str) -> None:
+    def _check_start(self, lane: int, seq: int, prev_seq: int | None, stored_prev: str) -> None:
         self.report.lanes.setdefault(lane, LaneSummary(lane)).first_seq = seq
         if stored_prev == GENESIS_HASH:
             return  # the lane's first event
@@ -313,13 +313,14 @@ class _Verifier:
         if anchors:
             self.since = anchors[-1]
             return
-        purged = [
-            cp
+        # A purge anchor at the seq this event says it follows, with another hash: a broken link.
+        after = prev_seq if prev_seq is not None else seq - 1
+        anchored_there = any(
+            cp.checkpoint.type is CheckpointType.PURGE
+            and (lane, after) in {(p[0], p[1]) for p in cp.checkpoint.pins()}
             for cp in self.checkpoints
-            if cp.checkpoint.type is CheckpointType.PURGE
-            and any(pin[0] == lane for pin in cp.checkpoint.pins())
-        ]
-        if purged:
+        )
+        if anchored_there:
             self.problem(
                 ProblemKind.BROKEN_LINK, seq, f"lane {lane} does not continue from the signed purge anchor"
             )
