@@ -125,7 +125,8 @@ def test_sigkill_in_a_write_burst_then_restart_leaves_no_unsigned_tail(
         conn.execute(sa.text("DELETE FROM audit_events WHERE seq > :s"), {"s": last - 3})
         conn.execute(
             sa.text(
-                "UPDATE audit_chain_head AS h SET seq = coalesce(e.seq, 0), hash = coalesce(e.hash, repeat('0', 64))"
+                "UPDATE audit_chain_head AS h"
+                " SET seq = coalesce(e.seq, 0), hash = coalesce(e.hash, repeat('0', 64))"
                 " FROM audit_chain_head AS l LEFT JOIN LATERAL (SELECT seq, hash FROM audit_events"
                 " WHERE lane = l.id ORDER BY seq DESC LIMIT 1) AS e ON true WHERE h.id = l.id"
             )
