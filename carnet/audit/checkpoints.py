@@ -18,6 +18,7 @@ import concurrent.futures
 import datetime as dt
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -506,7 +507,13 @@ class Checkpointer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._last_seq = 0  # the head of the last checkpoint this process wrote
+        self._last_lanes: tuple[LanePin, ...] = ()  # and its lanes
         self._seen_seq = 0  # the highest sequence number this process saw committed
+        # With lanes, a commit can carry a seq below the last checkpoint's head (another lane's
+        # event committed first): "anything unsigned?" counts commits, not seqs.
+        self._tick = itertools.count(1)
+        self._noted = 0  # the tick of the last commit noted
+        self._signed = 0  # the last tick noted before a checkpoint read the heads
 
     @classmethod
     def from_settings(cls, settings: Settings, engine: Engine) -> Checkpointer:
@@ -521,12 +528,14 @@ class Checkpointer:
     def checkpoint(self, *, force: bool = True) -> Checkpoint | None:
         """Sign and store the current committed head; None when there is nothing to pin."""
         with self._lock:
+            noted = self._noted
             lanes, first = read_lanes(self.engine)
             head = _head(lanes, first)
             if head is None:
                 return None
             seq, digest, count = head
-            if not force and seq <= self._last_seq:
+            if not force and lanes == self._last_lanes:
+                self._signed = max(self._signed, noted)
                 return None
             checkpoint = Checkpoint(
                 type=CheckpointType.CHAIN,
@@ -538,6 +547,8 @@ class Checkpointer:
             )
             self.store.append(self.signer.sign(checkpoint), dedupe_id=checkpoint.dedupe_id())
             self._last_seq = max(self._last_seq, seq)
+            self._last_lanes = lanes
+            self._signed = max(self._signed, noted)
             return checkpoint
 
     def publish(self, checkpoint: Checkpoint) -> None:
@@ -566,6 +577,7 @@ class Checkpointer:
 
     def note_committed(self, seq: int) -> None:
         """Called after an audited transaction commits. Cheap: compares two integers."""
+        self._noted = next(self._tick)
         if seq > self._seen_seq:
             self._seen_seq = seq
         if self._thread is None:
@@ -588,7 +600,7 @@ class Checkpointer:
             self._checkpoint_quietly()
 
     def _checkpoint_quietly(self) -> None:
-        if self._seen_seq <= self._last_seq:
+        if self._noted <= self._signed:
             return
         try:
             self.checkpoint(force=False)
