@@ -191,6 +191,8 @@ class _Verifier:
         self.at_seq: dict[int, list[tuple[SignedCheckpoint, int, str]]] = {}
         # (lane, anchor hash) -> purge checkpoints a lane may continue from.
         self.anchors: dict[tuple[int, str], list[SignedCheckpoint]] = {}
+        # lane -> its newest signed purge anchor (seq, hash): a lane may end there, its events gone.
+        self.purged: dict[int, tuple[int, str]] = {}
         self.pins_left: dict[int, int] = {}
         for cp in self.checkpoints:
             pins = cp.checkpoint.pins()
@@ -199,6 +201,8 @@ class _Verifier:
                 self.at_seq.setdefault(seq, []).append((cp, lane, digest))
                 if cp.checkpoint.type is CheckpointType.PURGE:
                     self.anchors.setdefault((lane, digest), []).append(cp)
+                    if seq > self.purged.get(lane, (0, ""))[0]:
+                        self.purged[lane] = (seq, digest)
         self.report = VerifyReport(checkpoints=len(self.checkpoints))
         self.since: SignedCheckpoint | None = None
         self.matched: set[tuple[int, int]] = set()  # (id(checkpoint), lane)
@@ -369,8 +373,10 @@ class _Verifier:
         lanes = report.lanes
 
         def last_in(lane: int) -> int:
+            """The lane's last event, or its signed purge anchor when the purge took them all."""
             summary = lanes.get(lane)
-            return summary.last_seq or 0 if summary else 0
+            last = summary.last_seq or 0 if summary else 0
+            return max(last, self.purged.get(lane, (0, ""))[0])
 
         def first_in(lane: int) -> int | None:
             summary = lanes.get(lane)
@@ -418,6 +424,17 @@ class _Verifier:
                     f"the head of lane {lane} records seq {head_seq} but its last event is seq {last}:"
                     f" its events after seq {last} through seq {head_seq} were removed",
                 )
+            elif head_seq < self.purged.get(lane, (0, ""))[0]:
+                self.problem(
+                    ProblemKind.TRUNCATED,
+                    head_seq + 1,
+                    f"the head of lane {lane} is behind its signed purge anchor (seq {self.purged[lane][0]})",
+                )
+            elif head_seq == last and last and lane not in last_hashes:
+                if (head_seq, head_hash) != self.purged.get(lane):
+                    self.problem(
+                        ProblemKind.TRUNCATED, last, f"the head of lane {lane} is not its signed purge anchor"
+                    )
             elif head_seq == last and last and head_hash.encode() != last_hashes.get(lane):
                 self.problem(
                     ProblemKind.TRUNCATED,

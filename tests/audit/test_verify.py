@@ -520,3 +520,33 @@ def test_format_1_checkpoints_still_verify(runtime: Runtime, monkeypatch: pytest
     rechain(runtime, 3)
     code, out = verify(runtime, monkeypatch)
     assert code == 1 and problems(out) == [("checkpoint-mismatch", 4)]
+
+
+@postgres_only
+def test_a_purge_anchors_every_lane_even_one_it_empties(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, movable_clock: Any
+) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    movable_clock.set(now - dt.timedelta(days=365 * 8))
+    two_lanes(runtime)  # seqs 1..9 in lanes 1 and 2, all old
+    movable_clock.set(now)
+    append_events(runtime, 2)  # lane 1: 10, 11
+    checkpoint(runtime)
+    before = (now - dt.timedelta(days=365 * 7)).date().isoformat()
+    code, out = run_cli(runtime, monkeypatch, "purge", "--before", before, "--reason", "retention schedule")
+    assert code == 0, out
+    assert "purged 9 events (through seq 9)" in out
+    lines = [
+        json.loads(line)["checkpoint"]
+        for line in runtime.settings.resolved_checkpoint_file.read_text().splitlines()
+    ]
+    purge = next(c for c in lines if c["type"] == "purge")
+    assert [pin[:2] for pin in purge["lanes"]] == [[1, 9], [2, 5]]
+    code, out = verify(runtime, monkeypatch)
+    assert code == 0, out  # lane 2 ends at its anchor: all its events were purged, signed
+    # Lane 1 cut below what the purge covers, or lane 2's head moved off its anchor: found.
+    set_head(runtime, 2, 0)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1 and ("truncated", 1) in problems(out)
