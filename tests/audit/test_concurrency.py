@@ -192,8 +192,12 @@ def test_many_threads_fill_several_lanes_and_verify_meanwhile_sees_no_tampering(
         threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
         for t in threads:
             t.start()
-        barrier.wait()
         store = FileCheckpointStore(runtime.settings.resolved_checkpoint_file)
+        # The store exists from the start (as in production after the first start-up): a verify
+        # before the first checkpoint must not report a missing store.
+        store.path.parent.mkdir(parents=True, exist_ok=True)
+        store.path.touch()
+        barrier.wait()
         reports = []
         while any(t.is_alive() for t in threads):
             runtime.checkpointer.checkpoint()
