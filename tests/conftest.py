@@ -63,7 +63,7 @@ def postgres_database() -> Iterator[str]:
 def _empty_postgres(engine: Engine) -> None:
     tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
     with engine.begin() as conn:
-        conn.execute(sa.text(f"TRUNCATE {tables} CASCADE"))
+        conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

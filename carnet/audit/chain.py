@@ -8,6 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 GENESIS_HASH = "0" * 64
+# The chain is split into lanes, each its own hash chain (audit_chain_head rows 1..LANES): on
+# PostgreSQL a transaction appends in the lowest lane no other transaction holds (migration
+# 0012_auditlanes, carnet_audit_lane), so up to LANES audited transactions commit at once.
+# SQLite, which serialises writers anyway, uses lane 1 only. Changing it needs a migration.
+LANES = 8
 
 # The fields covered by the hash, in a fixed order. Adding one is a format change.
 CHAINED_FIELDS = (

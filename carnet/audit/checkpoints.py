@@ -1,9 +1,13 @@
 """Signed checkpoints of the audit chain, kept outside the database.
 
-A checkpoint pins (head seq, head hash) at a moment with an Ed25519 signature. Someone who can
-rewrite the database but not the checkpoint store (or the signing key) cannot rewrite history
-before the latest checkpoint without `carnet audit verify` noticing. A purge checkpoint records
-the anchor the chain continues from once old events are deleted.
+A checkpoint pins the head of every lane of the chain (lane, seq, hash), read in one statement,
+at a moment, with an Ed25519 signature. Someone who can rewrite the database but not the
+checkpoint store (or the signing key) cannot rewrite history before the latest checkpoint without
+`carnet audit verify` noticing. A purge checkpoint records, for each lane, the anchor (its last
+purged event) the lane continues from once old events are deleted.
+
+Format 2 (`carnet-audit-checkpoint/2`) carries the lanes; format 1, written before the chain had
+lanes, pins (head seq, head hash) of what was then the only lane, lane 1, and still verifies.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import concurrent.futures
 import datetime as dt
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -37,9 +42,12 @@ from carnet.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FORMAT = "carnet-audit-checkpoint/1"
-HEAD_ID = 1
+FORMAT = "carnet-audit-checkpoint/2"
+FORMAT_1 = "carnet-audit-checkpoint/1"  # one chain: what is now lane 1
 T = TypeVar("T")
+
+# (lane, seq, hash): a lane's head (chain checkpoint) or anchor (purge checkpoint).
+LanePin = tuple[int, int, str]
 
 
 class CheckpointType(StrEnum):
@@ -49,7 +57,13 @@ class CheckpointType(StrEnum):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What is signed. `count` is the number of events the database held at `at`."""
+    """What is signed.
+
+    `lanes`: each lane's (lane, seq, hash) with at least one event: its head for a chain
+    checkpoint, its anchor (last purged event) for a purge. `head_seq`/`head_hash`: the highest
+    seq over the lanes and that event's hash. `count`: the span of sequence numbers the database
+    held at `at` (head_seq - first seq + 1), an upper bound of its events: the global seq has gaps
+    where a transaction rolled back (a purge counts its events exactly)."""
 
     type: CheckpointType
     head_seq: int
@@ -60,49 +74,76 @@ class Checkpoint:
     through_seq: int | None = None
     anchor_hash: str | None = None
     reason: str | None = None
+    lanes: tuple[LanePin, ...] = ()
+    format: str = FORMAT
+
+    def pins(self) -> tuple[LanePin, ...]:
+        """The lanes this checkpoint pins; a format-1 checkpoint pins lane 1, the only lane then."""
+        if self.lanes:
+            return self.lanes
+        if self.type is CheckpointType.PURGE:
+            assert self.through_seq is not None and self.anchor_hash is not None
+            return ((1, self.through_seq, self.anchor_hash),)
+        return ((1, self.head_seq, self.head_hash),) if self.head_seq else ()
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "format": FORMAT,
+            "format": self.format,
             "type": self.type.value,
             "head_seq": self.head_seq,
             "head_hash": self.head_hash,
             "count": self.count,
             "at": self.at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
         }
+        if self.format != FORMAT_1:
+            body["lanes"] = [[lane, seq, digest] for lane, seq, digest in self.lanes]
         if self.type is CheckpointType.PURGE:
             body |= {"through_seq": self.through_seq, "anchor_hash": self.anchor_hash, "reason": self.reason}
         return body
 
+    def dedupe_id(self) -> str:
+        """The same content, the same id (workers signing the same heads publish once)."""
+        lanes = hashlib.sha256(json.dumps(self.payload().get("lanes", [])).encode()).hexdigest()[:32]
+        return f"{self.type.value}:{self.head_seq}:{self.head_hash}:{lanes}"
+
     @classmethod
     def from_payload(cls, body: dict[str, Any]) -> Checkpoint:
-        if body.get("format") != FORMAT:
+        version = body.get("format")
+        if version not in (FORMAT, FORMAT_1):
             raise ValueError("unknown checkpoint format")
         kind = CheckpointType(body["type"])
-        checkpoint = cls(
+        lanes: tuple[LanePin, ...] = ()
+        if version == FORMAT:
+            raw = body["lanes"]
+            if not isinstance(raw, list):
+                raise ValueError("lanes is not a list")
+            lanes = tuple((_lane(lane), _int(seq), _hash(digest)) for lane, seq, digest in raw)
+            if len({lane for lane, _, _ in lanes}) != len(lanes):
+                raise ValueError("a lane is pinned twice")
+        purge = kind is CheckpointType.PURGE
+        return cls(
             type=kind,
             head_seq=_int(body["head_seq"]),
             head_hash=_hash(body["head_hash"]),
             count=_int(body["count"]),
             at=dt.datetime.fromisoformat(body["at"]),
+            through_seq=_int(body["through_seq"]) if purge else None,
+            anchor_hash=_hash(body["anchor_hash"]) if purge else None,
+            reason=str(body.get("reason") or "") if purge else None,
+            lanes=lanes,
+            format=str(version),
         )
-        if kind is CheckpointType.PURGE:
-            checkpoint = cls(
-                type=kind,
-                head_seq=checkpoint.head_seq,
-                head_hash=checkpoint.head_hash,
-                count=checkpoint.count,
-                at=checkpoint.at,
-                through_seq=_int(body["through_seq"]),
-                anchor_hash=_hash(body["anchor_hash"]),
-                reason=str(body.get("reason") or ""),
-            )
-        return checkpoint
 
 
 def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError("not a sequence number")
+    return value
+
+
+def _lane(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 32767:
+        raise ValueError("not a lane")
     return value
 
 
@@ -417,17 +458,32 @@ def open_store(settings: Settings) -> CheckpointStore:
     return FileCheckpointStore(settings.resolved_checkpoint_file)
 
 
-def read_head(engine: Engine) -> tuple[int, str, int] | None:
-    """The committed chain head (seq, hash) and how many events the database holds."""
+def read_lanes(engine: Engine) -> tuple[tuple[LanePin, ...], int | None]:
+    """Every lane's committed head (lane, seq, hash), read in one statement, lanes with events
+    only, and the lowest seq the database holds (two index lookups: cheap at any size)."""
     with engine.connect() as conn:
-        head = conn.execute(
-            select(AuditChainHead.seq, AuditChainHead.hash).where(AuditChainHead.id == HEAD_ID)
-        ).first()
-        if head is None or head.seq == 0:
-            return None
-        first = conn.execute(select(func.min(AuditEvent.seq))).scalar()
-    count = 0 if first is None else int(head.seq) - int(first) + 1
-    return int(head.seq), str(head.hash), count
+        heads = conn.execute(
+            select(AuditChainHead.id, AuditChainHead.seq, AuditChainHead.hash)
+            .where(AuditChainHead.seq > 0)
+            .order_by(AuditChainHead.id)
+        ).all()
+        first = conn.execute(select(func.min(AuditEvent.seq))).scalar() if heads else None
+    return tuple((int(h.id), int(h.seq), str(h.hash)) for h in heads), first
+
+
+def read_head(engine: Engine) -> tuple[int, str, int] | None:
+    """The highest committed seq over the lanes, that event's hash, and the span of seqs the
+    database holds (an upper bound of its events: the global seq has gaps)."""
+    lanes, first = read_lanes(engine)
+    return _head(lanes, first)
+
+
+def _head(lanes: tuple[LanePin, ...], first: int | None) -> tuple[int, str, int] | None:
+    if not lanes:
+        return None
+    _, seq, digest = max(lanes, key=lambda pin: pin[1])
+    count = 0 if first is None else seq - int(first) + 1
+    return seq, digest, count
 
 
 class Checkpointer:
@@ -451,7 +507,13 @@ class Checkpointer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._last_seq = 0  # the head of the last checkpoint this process wrote
+        self._last_lanes: tuple[LanePin, ...] = ()  # and its lanes
         self._seen_seq = 0  # the highest sequence number this process saw committed
+        # With lanes, a commit can carry a seq below the last checkpoint's head (another lane's
+        # event committed first): "anything unsigned?" counts commits, not seqs.
+        self._tick = itertools.count(1)
+        self._noted = 0  # the tick of the last commit noted
+        self._signed = 0  # the last tick noted before a checkpoint read the heads
 
     @classmethod
     def from_settings(cls, settings: Settings, engine: Engine) -> Checkpointer:
@@ -466,26 +528,33 @@ class Checkpointer:
     def checkpoint(self, *, force: bool = True) -> Checkpoint | None:
         """Sign and store the current committed head; None when there is nothing to pin."""
         with self._lock:
-            head = read_head(self.engine)
+            noted = self._noted
+            lanes, first = read_lanes(self.engine)
+            head = _head(lanes, first)
             if head is None:
                 return None
             seq, digest, count = head
-            if not force and seq <= self._last_seq:
+            if not force and lanes == self._last_lanes:
+                self._signed = max(self._signed, noted)
                 return None
             checkpoint = Checkpoint(
-                type=CheckpointType.CHAIN, head_seq=seq, head_hash=digest, count=count, at=clock.now()
+                type=CheckpointType.CHAIN,
+                head_seq=seq,
+                head_hash=digest,
+                count=count,
+                at=clock.now(),
+                lanes=lanes,
             )
-            self.store.append(self.signer.sign(checkpoint), dedupe_id=f"chain:{seq}:{digest}")
+            self.store.append(self.signer.sign(checkpoint), dedupe_id=checkpoint.dedupe_id())
             self._last_seq = max(self._last_seq, seq)
+            self._last_lanes = lanes
+            self._signed = max(self._signed, noted)
             return checkpoint
 
     def publish(self, checkpoint: Checkpoint) -> None:
         """Store a checkpoint built elsewhere (a purge)."""
         with self._lock:
-            self.store.append(
-                self.signer.sign(checkpoint),
-                dedupe_id=f"{checkpoint.type.value}:{checkpoint.head_seq}:{checkpoint.head_hash}",
-            )
+            self.store.append(self.signer.sign(checkpoint), dedupe_id=checkpoint.dedupe_id())
 
     @property
     def last_signed_seq(self) -> int:
@@ -508,6 +577,7 @@ class Checkpointer:
 
     def note_committed(self, seq: int) -> None:
         """Called after an audited transaction commits. Cheap: compares two integers."""
+        self._noted = next(self._tick)
         if seq > self._seen_seq:
             self._seen_seq = seq
         if self._thread is None:
@@ -530,7 +600,7 @@ class Checkpointer:
             self._checkpoint_quietly()
 
     def _checkpoint_quietly(self) -> None:
-        if self._seen_seq <= self._last_seq:
+        if self._noted <= self._signed:
             return
         try:
             self.checkpoint(force=False)

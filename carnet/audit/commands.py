@@ -76,9 +76,10 @@ def checkpoint() -> None:
     if signed is None:
         typer.echo("the audit trail is empty: nothing to checkpoint")
         return
+    lanes = ", ".join(f"{lane}@{seq}" for lane, seq, _ in signed.lanes)
     typer.echo(
-        f"checkpoint signed: seq {signed.head_seq}, {signed.count} events, head {signed.head_hash[:16]}…"
-        f" -> {checkpointer.store.describe()}"
+        f"checkpoint signed: seq {signed.head_seq}, {signed.count} events, head {signed.head_hash[:16]}…,"
+        f" lanes {lanes} -> {checkpointer.store.describe()}"
     )
 
 
@@ -126,11 +127,20 @@ def verify(
     typer.echo(
         f"{report.events} events ({span}), {report.checkpoints} valid checkpoints in {store.describe()}"
     )
+    used = [summary for _, summary in sorted(report.lanes.items()) if summary.events or summary.head_seq]
+    if used:
+        typer.echo(
+            f"{len(used)} lane(s): "
+            + "; ".join(f"lane {s.lane} {s.events} events, head seq {s.head_seq}" for s in used)
+        )
     lost = report.lost_range()
     if lost is not None:
-        newest = max((cp for _, _, cp in report.lost), key=lambda cp: cp.checkpoint.head_seq)
+        newest = max((lost.checkpoint for lost in report.lost), key=lambda cp: cp.checkpoint.head_seq)
+        lanes = ", ".join(
+            f"lane {lost.lane} after seq {lost.after_seq} through {lost.through_seq}" for lost in report.lost
+        )
         typer.echo(
-            f"RESTORE LOST events {lost[0]}..{lost[1]} ({lost[1] - lost[0] + 1} events):"
+            f"RESTORE LOST events {lost[0]}..{lost[1]} ({lanes}):"
             f" pinned by {newest.describe()}, absent from the restored database"
         )
     warning = report.tail_warning()

@@ -18,7 +18,9 @@ from carnet.access.actor import ActorKind, PurposeOfUse
 from carnet.audit.models import AuditEvent
 from carnet.kernel.errors import InvalidInput
 
-EXPORT_FORMAT = "carnet-audit-siem/1"
+# 2: each event's lane and prev_seq, so a SIEM can re-verify the chain lane by lane
+# (prev_hash is the hash of the previous event in the same lane).
+EXPORT_FORMAT = "carnet-audit-siem/2"
 
 
 def parse_moment(value: str, *, name: str) -> dt.datetime:
@@ -74,6 +76,8 @@ def siem_record(row: Any) -> dict[str, Any]:
         "query": row["query"],
         "policy_reason": row["policy_reason"],
         "detail_keys": sorted(detail),
+        "lane": row["lane"],
+        "prev_seq": row["prev_seq"],
         "prev_hash": row["prev_hash"],
         "hash": row["hash"],
     }

@@ -1,11 +1,11 @@
-"""Audit events, hash-chained. The head row serialises appends across workers."""
+"""Audit events, hash-chained in lanes. Each lane's head row serialises the appends in that lane."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Integer, SmallInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carnet.db.base import Base
@@ -39,6 +39,11 @@ class AuditEvent(Base):
     detail: Mapped[str] = mapped_column(Text)  # JSON object
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # The lane (chain) the event belongs to: prev_hash is the hash of the previous event in it.
+    lane: Mapped[int] = mapped_column(SmallInteger, server_default="1")
+    # The seq of the previous event in the same lane (NULL for a lane's first event and for
+    # events older than lanes). Not covered by the hash: it only tells verify where a gap is.
+    prev_seq: Mapped[int | None] = mapped_column(SEQ_TYPE)
 
 
 class AuditEventPatient(Base):
@@ -51,7 +56,8 @@ class AuditEventPatient(Base):
 
 
 class AuditChainHead(Base):
-    """A single row: the last sequence number and hash. Its row lock orders appends."""
+    """One row per lane (id = lane, 1..LANES): the seq and hash of the lane's last event (0 and
+    the genesis hash while it has none). Its row lock orders the appends in that lane."""
 
     __tablename__ = "audit_chain_head"
 

@@ -1,5 +1,6 @@
 """Retention: audit events are kept at least the legal minimum, and purged only by an audited
-command that leaves a signed anchor, so `carnet audit verify` still proves what remains.
+command that leaves a signed anchor per lane (the lane's last purged event), so `carnet audit
+verify` still proves what remains: each lane continues from its anchor.
 """
 
 from __future__ import annotations
@@ -63,10 +64,26 @@ def purge(
         through_seq = session.scalar(select(func.max(AuditEvent.seq)).where(AuditEvent.recorded_at < before))
         if through_seq is None:
             return None
-        first_seq = session.scalar(select(func.min(AuditEvent.seq)))
-        anchor_hash = session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == through_seq))
-    assert first_seq is not None and anchor_hash is not None
-    purged = through_seq - first_seq + 1
+        purged = (
+            session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.seq <= through_seq))
+            or 0
+        )
+        # Each lane's anchor: its last event at or below through_seq.
+        last_per_lane = (
+            select(AuditEvent.lane, func.max(AuditEvent.seq).label("seq"))
+            .where(AuditEvent.seq <= through_seq)
+            .group_by(AuditEvent.lane)
+            .subquery()
+        )
+        anchors = tuple(
+            (int(lane), int(seq), str(digest))
+            for lane, seq, digest in session.execute(
+                select(AuditEvent.lane, AuditEvent.seq, AuditEvent.hash)
+                .join(last_per_lane, AuditEvent.seq == last_per_lane.c.seq)
+                .order_by(AuditEvent.lane)
+            )
+        )
+    anchor_hash = next(digest for _, seq, digest in anchors if seq == through_seq)
     checkpointer.publish(
         Checkpoint(
             type=CheckpointType.PURGE,
@@ -77,6 +94,7 @@ def purge(
             through_seq=through_seq,
             anchor_hash=anchor_hash,
             reason=reason[:500],
+            lanes=anchors,
         )
     )
     actor = Actor(

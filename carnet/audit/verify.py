@@ -1,4 +1,9 @@
-"""`carnet audit verify`: recompute the chain and hold it against the signed checkpoints.
+"""`carnet audit verify`: recompute the chain, lane by lane, and hold it against the signed
+checkpoints.
+
+The chain is split into lanes (carnet.audit.chain.LANES), each its own hash chain; events are
+read once in global seq order, keeping the previous hash of each lane, in one snapshot with the
+lane heads (REPEATABLE READ on PostgreSQL), so appends committing meanwhile cause no false alarm.
 
 On PostgreSQL it hashes the lines of `COPY ... TO STDOUT` as they arrive (the chain's canonical
 encoding is that text format), so a million events verify in seconds.
@@ -74,6 +79,28 @@ class Problem:
 
 
 @dataclass
+class LaneSummary:
+    """One lane as verify walked it: its events (up to its head), first and last seq, its head."""
+
+    lane: int
+    events: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    head_seq: int = 0
+
+
+@dataclass(frozen=True)
+class Lost:
+    """After a restore: events of `lane` after `after_seq` through `through_seq` that `checkpoint`
+    pinned and the restored database no longer holds (seqs of other lanes fall between)."""
+
+    lane: int
+    after_seq: int
+    through_seq: int
+    checkpoint: SignedCheckpoint
+
+
+@dataclass
 class VerifyReport:
     events: int = 0
     first_seq: int | None = None
@@ -81,14 +108,20 @@ class VerifyReport:
     checkpoints: int = 0
     last_checkpoint: SignedCheckpoint | None = None
     problems: list[Problem] = field(default_factory=list)
-    # After a restore to a point in time: events the signed checkpoints knew of and the restored
-    # database no longer holds, as (first seq, last seq, the checkpoint that pinned them).
-    lost: list[tuple[int, int, SignedCheckpoint]] = field(default_factory=list)
+    # After a restore to a point in time: per lane, events the signed checkpoints knew of and the
+    # restored database no longer holds.
+    lost: list[Lost] = field(default_factory=list)
+    lanes: dict[int, LaneSummary] = field(default_factory=dict)
+    # Events after the newest checkpoint's pin of their lane: sound as a chain, not yet pinned
+    # outside; and the lowest seq among them.
+    unanchored: int = 0
+    unanchored_first: int | None = None
 
     def lost_range(self) -> tuple[int, int] | None:
+        """The seqs between which the restore lost events (other lanes' events fall between)."""
         if not self.lost:
             return None
-        return min(first for first, _, _ in self.lost), max(last for _, last, _ in self.lost)
+        return min(lost.after_seq for lost in self.lost) + 1, max(lost.through_seq for lost in self.lost)
 
     @property
     def ok(self) -> bool:
@@ -99,20 +132,11 @@ class VerifyReport:
         count = self.unanchored
         if not count or self.last_seq is None:
             return None
-        first = self.last_seq - count + 1
         pinned = self.last_checkpoint.describe() if self.last_checkpoint else "no checkpoint"
         return (
-            f"warning: unsigned tail: {count} event(s) (seq {first}..{self.last_seq}) after {pinned}"
-            " are not pinned by a signed checkpoint yet"
+            f"warning: unsigned tail: {count} event(s) (seq {self.unanchored_first}..{self.last_seq})"
+            f" after {pinned} are not pinned by a signed checkpoint yet"
         )
-
-    @property
-    def unanchored(self) -> int:
-        """Events after the newest checkpoint: sound as a chain, not yet pinned outside."""
-        if self.last_seq is None:
-            return 0
-        pinned = self.last_checkpoint.checkpoint.head_seq if self.last_checkpoint else 0
-        return max(0, self.last_seq - max(pinned, (self.first_seq or 1) - 1))
 
 
 def load_checkpoints(
@@ -136,10 +160,10 @@ def verify(
     engine: Engine, *, store: CheckpointStore, verifier: CheckpointVerifier, restored: bool = False
 ) -> VerifyReport:
     """`restored`: the database was restored to a point in time on purpose, so checkpoints
-    beyond its last event name the events the restore lost (reported, not a failure); every
+    beyond a lane's last event name the events the restore lost (reported, not a failure); every
     checkpoint up to that event must still match."""
-    # Checkpoints first: each one names a head committed before it, so none can be newer than
-    # the database state read afterwards unless the tail was truncated.
+    # Checkpoints first: each one names heads committed before it, so none can be newer than
+    # the database state read afterwards unless a lane was truncated.
     checkpoints, problems = load_checkpoints(store, verifier)
     report = _Verifier(checkpoints, restored=restored).run(engine)
     report.problems[:0] = problems
@@ -155,18 +179,38 @@ def verify(
 
 
 class _Verifier:
+    """One pass over every event in seq order, keeping the previous hash of each lane.
+
+    A checkpoint pins each lane at (seq, hash); it matches when every pin matches the event at
+    that seq, in that lane. A purge checkpoint's pins are the anchors the lanes continue from."""
+
     def __init__(self, checkpoints: Sequence[SignedCheckpoint], *, restored: bool = False) -> None:
         self.restored = restored
         self.checkpoints = sorted(checkpoints, key=lambda c: (c.checkpoint.head_seq, c.position))
-        self.at_seq: dict[int, list[SignedCheckpoint]] = {}
-        self.anchors: dict[int, list[SignedCheckpoint]] = {}
+        # seq -> [(checkpoint, lane, hash)]: the pins to check when the walk reaches that seq.
+        self.at_seq: dict[int, list[tuple[SignedCheckpoint, int, str]]] = {}
+        # (lane, anchor hash) -> purge checkpoints a lane may continue from.
+        self.anchors: dict[tuple[int, str], list[SignedCheckpoint]] = {}
+        # lane -> its newest signed purge anchor (seq, hash): a lane may end there, its events gone.
+        self.purged: dict[int, tuple[int, str]] = {}
+        self.pins_left: dict[int, int] = {}
         for cp in self.checkpoints:
-            self.at_seq.setdefault(cp.checkpoint.head_seq, []).append(cp)
-            if cp.checkpoint.type is CheckpointType.PURGE and cp.checkpoint.through_seq is not None:
-                self.anchors.setdefault(cp.checkpoint.through_seq, []).append(cp)
+            pins = cp.checkpoint.pins()
+            self.pins_left[id(cp)] = len(pins)
+            for lane, seq, digest in pins:
+                self.at_seq.setdefault(seq, []).append((cp, lane, digest))
+                if cp.checkpoint.type is CheckpointType.PURGE:
+                    self.anchors.setdefault((lane, digest), []).append(cp)
+                    if seq > self.purged.get(lane, (0, ""))[0]:
+                        self.purged[lane] = (seq, digest)
         self.report = VerifyReport(checkpoints=len(self.checkpoints))
         self.since: SignedCheckpoint | None = None
-        self.matched: set[int] = set()
+        self.matched: set[tuple[int, int]] = set()  # (id(checkpoint), lane)
+        self.failed: set[int] = set()  # id(checkpoint) of those that did not match
+        # Per (checkpoint, lane) pin reached: the lane's event count there, and the next seq in it.
+        self.count_at: dict[tuple[int, int], int] = {}
+        self.next_after: dict[tuple[int, int], int] = {}
+        self.waiting: dict[int, list[tuple[int, int]]] = {}
 
     def problem(self, kind: ProblemKind, seq: int | None, message: str) -> None:
         if len(self.report.problems) < MAX_PROBLEMS:
@@ -174,50 +218,65 @@ class _Verifier:
 
     def run(self, engine: Engine) -> VerifyReport:
         with engine.connect() as conn:
-            head = conn.execute(text("SELECT seq, hash FROM audit_chain_head WHERE id = 1")).first()
-            head_seq, head_hash = (int(head[0]), str(head[1])) if head else (0, GENESIS_HASH)
-            last_hash = self._walk(chain_lines(conn, head_seq))
-            later = conn.execute(text("SELECT min(seq) FROM audit_events WHERE seq > :h"), {"h": head_seq})
-            beyond = later.scalar()
-            if beyond is not None:
-                # An append may have committed meanwhile: only a head that does not cover it is wrong.
-                now = conn.execute(text("SELECT seq FROM audit_chain_head WHERE id = 1")).scalar()
-                if now is None or int(now) < int(beyond):
-                    self.problem(
-                        ProblemKind.INSERTED,
-                        int(beyond),
-                        "event beyond the chain head (inserted at the tail)",
-                    )
+            if conn.dialect.name == "postgresql":
+                # One snapshot for the heads and the events: every lane's committed events are
+                # then exactly the prefix its head names, whatever commits meanwhile.
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            heads = _heads(conn)
+            for lane, (seq, _) in heads.items():
+                self.report.lanes[lane] = LaneSummary(lane, head_seq=seq)
+            last_hashes, beyond = self._walk(chain_lines(conn), heads)
+            if beyond:
+                # SQLite has no snapshot across statements: an append may have committed since the
+                # heads were read. Only an event its lane's head does not cover now is inserted.
+                now = _heads(conn)
+                for lane, seq in sorted(beyond.items(), key=lambda item: item[1]):
+                    if now.get(lane, (0, ""))[0] < seq:
+                        self.problem(
+                            ProblemKind.INSERTED,
+                            seq,
+                            f"event beyond the head of lane {lane} (inserted at the tail)",
+                        )
             conn.rollback()
-        self._finish(head_seq, head_hash, last_hash)
+        self._finish(heads, last_hashes)
         return self.report
 
-    def _walk(self, lines: Iterator[tuple[int, bytes, bytes, bytes]]) -> str | None:
+    def _walk(
+        self, lines: Iterator[Line], heads: dict[int, tuple[int, str]]
+    ) -> tuple[dict[int, bytes], dict[int, int]]:
         report = self.report
-        prev_seq: int | None = None
-        prev_hash = b""
         sha256 = hashlib.sha256
         at_seq = self.at_seq
+        waiting = self.waiting
+        head_of = {lane: seq for lane, (seq, _) in heads.items()}
+        last_seq: dict[int, int] = {}
+        last_hash: dict[int, bytes] = {}
+        counts: dict[int, int] = {}
+        beyond: dict[int, int] = {}  # lane -> first seq beyond its head
         count = 0
-        for seq, body, stored_prev, stored_hash in lines:
+        for seq, lane, prev_seq, body, stored_prev, stored_hash in lines:
+            if seq > head_of.get(lane, 0):
+                beyond.setdefault(lane, seq)
+                continue
             count += 1
-            if prev_seq is None:
+            if report.first_seq is None:
                 report.first_seq = seq
-                self._check_start(seq, stored_prev.decode())
+            previous = last_hash.get(lane)
+            if previous is None:
+                self._check_start(lane, seq, prev_seq, stored_prev.decode())
             else:
-                if seq != prev_seq + 1:
-                    self.problem(
-                        ProblemKind.MISSING,
-                        prev_seq + 1,
-                        f"event {seq - 1} is missing (deleted)"
-                        if seq - 1 == prev_seq + 1
-                        else f"events {prev_seq + 1}..{seq - 1} are missing (deleted)",
-                    )
-                if stored_prev != prev_hash:
+                if prev_seq is not None:
+                    if prev_seq > last_seq[lane]:
+                        self._missing(lane, last_seq[lane], prev_seq + 1)
+                elif seq != last_seq[lane] + 1:
+                    # Events from before lanes carry no prev_seq: their seqs were gap-free.
+                    self._missing(lane, last_seq[lane], seq)
+                if stored_prev != previous:
                     self.problem(
                         ProblemKind.BROKEN_LINK,
                         seq,
-                        "does not follow the event before it (deleted, inserted or reordered events)",
+                        f"does not follow the event before it in lane {lane}"
+                        " (deleted, inserted, reordered or moved events)",
                     )
             try:
                 computed = sha256(unhexlify(stored_prev) + body).digest()
@@ -226,96 +285,211 @@ class _Verifier:
                 computed, intact = b"", False
             if not intact:
                 self.problem(ProblemKind.EDITED, seq, "content does not match its hash (edited or moved)")
+            counts[lane] = counts.get(lane, 0) + 1
+            if waiting and lane in waiting:
+                for key in waiting.pop(lane):
+                    self.next_after[key] = seq
             if seq in at_seq:
-                self._check_checkpoints(seq, computed.hex())
-            prev_seq, prev_hash = seq, stored_hash
+                self._check_pins(seq, lane, computed.hex(), counts[lane])
+            last_seq[lane] = seq
+            last_hash[lane] = stored_hash
         report.events = count
-        report.last_seq = prev_seq
-        return prev_hash.decode() if prev_seq is not None else None
+        report.last_seq = max(last_seq.values(), default=None)
+        for lane, n in counts.items():
+            summary = report.lanes.setdefault(lane, LaneSummary(lane))
+            summary.events = n
+            summary.last_seq = last_seq[lane]
+        self.counts = counts
+        return last_hash, beyond
 
-    def _check_start(self, seq: int, stored_prev: str) -> None:
-        if seq == 1:
-            if stored_prev != GENESIS_HASH:
-                self.problem(ProblemKind.BROKEN_LINK, seq, "the first event does not start the chain")
+    def _missing(self, lane: int, after: int, before: int) -> None:
+        self.problem(
+            ProblemKind.MISSING,
+            after + 1,
+            f"lane {lane}: the events between seq {after} and seq {before} are missing (deleted)",
+        )
+
+    def _check_start(self, lane: int, seq: int, prev_seq: int | None, stored_prev: str) -> None:
+        self.report.lanes.setdefault(lane, LaneSummary(lane)).first_seq = seq
+        if stored_prev == GENESIS_HASH:
+            return  # the lane's first event
+        anchors = self.anchors.get((lane, stored_prev), [])
+        if anchors:
+            self.since = anchors[-1]
             return
-        anchors = self.anchors.get(seq - 1, [])
-        if not anchors:
+        # A purge anchor at the seq this event says it follows, with another hash: a broken link.
+        after = prev_seq if prev_seq is not None else seq - 1
+        anchored_there = any(
+            cp.checkpoint.type is CheckpointType.PURGE
+            and (lane, after) in {(p[0], p[1]) for p in cp.checkpoint.pins()}
+            for cp in self.checkpoints
+        )
+        if anchored_there:
+            self.problem(
+                ProblemKind.BROKEN_LINK, seq, f"lane {lane} does not continue from the signed purge anchor"
+            )
+        else:
             self.problem(
                 ProblemKind.UNANCHORED_START,
                 seq,
-                f"events 1..{seq - 1} are gone and no signed purge checkpoint covers them",
+                f"the events of lane {lane} before seq {seq} are gone and no signed purge checkpoint"
+                " covers them",
             )
-        elif all(a.checkpoint.anchor_hash != stored_prev for a in anchors):
-            self.problem(ProblemKind.BROKEN_LINK, seq, "does not continue from the signed purge anchor")
-        else:
-            self.since = anchors[-1]
 
-    def _check_checkpoints(self, seq: int, computed: str) -> None:
-        for cp in self.at_seq[seq]:
-            self.matched.add(id(cp))
-            if cp.checkpoint.head_hash == computed:
-                self.since = cp
-            else:
-                start = self.since.checkpoint.head_seq + 1 if self.since else 1
-                self.problem(
-                    ProblemKind.CHECKPOINT_MISMATCH,
-                    seq,
-                    f"the chain differs from {cp.describe()}: events {start}..{seq} were rewritten",
-                )
-        # A purge that has not run yet (or failed) leaves its anchor event in place: it must match.
-        for cp in self.anchors.get(seq, []):
-            if cp.checkpoint.anchor_hash != computed:
-                self.problem(
-                    ProblemKind.CHECKPOINT_MISMATCH, seq, f"differs from the anchor of {cp.describe()}"
-                )
+    def _check_pins(self, seq: int, lane: int, computed: str, lane_count: int) -> None:
+        for cp, pinned_lane, digest in self.at_seq[seq]:
+            key = (id(cp), pinned_lane)
+            if cp.checkpoint.type is CheckpointType.PURGE:
+                # A purge that has not run yet (or failed) leaves its anchor in place: it must match.
+                self.matched.add(key)
+                if pinned_lane != lane or digest != computed:
+                    self.problem(
+                        ProblemKind.CHECKPOINT_MISMATCH,
+                        seq,
+                        f"differs from the anchor of lane {pinned_lane} in {cp.describe()}",
+                    )
+                continue
+            self.matched.add(key)
+            if pinned_lane == lane and digest == computed:
+                self.count_at[key] = lane_count
+                self.waiting.setdefault(lane, []).append(key)
+                self.pins_left[id(cp)] -= 1
+                newest = self.since is None or cp.checkpoint.head_seq >= self.since.checkpoint.head_seq
+                if not self.pins_left[id(cp)] and id(cp) not in self.failed and newest:
+                    self.since = cp
+                continue
+            self.failed.add(id(cp))
+            start = self.since.checkpoint.head_seq + 1 if self.since else 1
+            moved = "" if pinned_lane == lane else f" (the event is now in lane {lane})"
+            self.problem(
+                ProblemKind.CHECKPOINT_MISMATCH,
+                seq,
+                f"the chain differs from {cp.describe()} in lane {pinned_lane}{moved}:"
+                f" events {start}..{seq} were rewritten",
+            )
 
-    def _finish(self, head_seq: int, head_hash: str, last_hash: str | None) -> None:
+    def _finish(self, heads: dict[int, tuple[int, str]], last_hashes: dict[int, bytes]) -> None:
         report = self.report
-        last = report.last_seq or 0
-        first = report.first_seq or (last + 1)
+        lanes = report.lanes
+
+        def last_in(lane: int) -> int:
+            """The lane's last event, or its signed purge anchor when the purge took them all."""
+            summary = lanes.get(lane)
+            last = summary.last_seq or 0 if summary else 0
+            return max(last, self.purged.get(lane, (0, ""))[0])
+
+        def first_in(lane: int) -> int | None:
+            summary = lanes.get(lane)
+            return summary.first_seq if summary else None
+
         for cp in self.checkpoints:
             c = cp.checkpoint
-            if c.head_seq > last and self.restored and c.type is CheckpointType.CHAIN:
-                report.lost.append((last + 1, c.head_seq, cp))
-            elif c.head_seq > last:
+            complete = True
+            for lane, seq, _ in c.pins():
+                last = last_in(lane)
+                first = first_in(lane)
+                if c.type is CheckpointType.PURGE:
+                    continue  # an anchor still present was held against its event in the walk
+                if seq > last:
+                    complete = False
+                    if self.restored:
+                        report.lost.append(Lost(lane, last, seq, cp))
+                    else:
+                        self.problem(
+                            ProblemKind.TRUNCATED,
+                            last + 1,
+                            f"{cp.describe()} covers lane {lane} up to seq {seq} but the lane ends at seq"
+                            f" {last}: its events after seq {last} through seq {seq} were removed",
+                        )
+                elif first is not None and seq >= first and (id(cp), lane) not in self.matched:
+                    self.problem(
+                        ProblemKind.CHECKPOINT_MISMATCH,
+                        seq,
+                        f"{cp.describe()} names a missing event in lane {lane}",
+                    )
+            if (
+                c.type is CheckpointType.CHAIN
+                and complete
+                and (
+                    report.last_checkpoint is None or c.head_seq >= report.last_checkpoint.checkpoint.head_seq
+                )
+            ):
+                report.last_checkpoint = cp
+        for lane, (head_seq, head_hash) in sorted(heads.items()):
+            last = last_in(lane)
+            if head_seq > last:
                 self.problem(
                     ProblemKind.TRUNCATED,
                     last + 1,
-                    f"{cp.describe()} covers up to seq {c.head_seq} but the database ends at seq {last}:"
-                    f" events {last + 1}..{c.head_seq} were removed",
+                    f"the head of lane {lane} records seq {head_seq} but its last event is seq {last}:"
+                    f" its events after seq {last} through seq {head_seq} were removed",
                 )
-            elif c.head_seq >= first and id(cp) not in self.matched:
+            elif head_seq < self.purged.get(lane, (0, ""))[0]:
                 self.problem(
-                    ProblemKind.CHECKPOINT_MISMATCH, c.head_seq, f"{cp.describe()} names a missing event"
+                    ProblemKind.TRUNCATED,
+                    head_seq + 1,
+                    f"the head of lane {lane} is behind its signed purge anchor (seq {self.purged[lane][0]})",
                 )
-            if c.head_seq <= last and (
-                report.last_checkpoint is None or c.head_seq >= report.last_checkpoint.checkpoint.head_seq
-            ):
-                report.last_checkpoint = cp
-        if head_seq > last:
-            self.problem(
-                ProblemKind.TRUNCATED,
-                last + 1,
-                f"the chain head records seq {head_seq} but the last event is seq {last}:"
-                f" events {last + 1}..{head_seq} were removed",
-            )
-        elif head_seq == last and last and head_hash != last_hash:
-            self.problem(ProblemKind.TRUNCATED, last, "the chain head's hash does not match the last event")
+            elif head_seq == last and last and lane not in last_hashes:
+                if (head_seq, head_hash) != self.purged.get(lane):
+                    self.problem(
+                        ProblemKind.TRUNCATED, last, f"the head of lane {lane} is not its signed purge anchor"
+                    )
+            elif head_seq == last and last and head_hash.encode() != last_hashes.get(lane):
+                self.problem(
+                    ProblemKind.TRUNCATED,
+                    last,
+                    f"the head of lane {lane}'s hash does not match its last event",
+                )
+        self._unanchored()
+
+    def _unanchored(self) -> None:
+        report = self.report
+        cp = report.last_checkpoint
+        total = 0
+        first: int | None = None
+        for lane, n in self.counts.items():
+            key = (id(cp), lane)
+            signed = self.count_at.get(key, 0) if cp is not None else 0
+            if n > signed:
+                total += n - signed
+                start = self.next_after.get(key) if signed else report.lanes[lane].first_seq
+                if start is not None and (first is None or start < first):
+                    first = start
+        report.unanchored = total
+        report.unanchored_first = first
 
 
-def chain_lines(conn: Any, head_seq: int) -> Iterator[tuple[int, bytes, bytes, bytes]]:
-    """(seq, canonical bytes, prev_hash, hash) per event up to `head_seq`, in order.
+def _heads(conn: Any) -> dict[int, tuple[int, str]]:
+    rows = conn.execute(text("SELECT id, seq, hash FROM audit_chain_head ORDER BY id")).all()
+    return {int(r[0]): (int(r[1]), str(r[2])) for r in rows}
+
+
+Line = tuple[int, int, int | None, bytes, bytes, bytes]
+
+
+def chain_lines(conn: Any, head_seq: int | None = None) -> Iterator[Line]:
+    """(seq, lane, prev_seq, canonical bytes, prev_hash, hash) per event, in seq order (up to
+    `head_seq` when given).
 
     On PostgreSQL the canonical bytes are COPY's own output line, hashed as they arrive.
     """
     if conn.dialect.name != "postgresql":
         for values in plain_rows(conn, head_seq):
-            yield values[0], canonical_values(values[:_N]), values[_N].encode(), values[_N + 1].encode()
+            yield (
+                values[0],
+                int(values[_N + 2]),
+                None if values[_N + 3] is None else int(values[_N + 3]),
+                canonical_values(values[:_N]),
+                values[_N].encode(),
+                values[_N + 1].encode(),
+            )
         return
     raw = conn.connection.driver_connection
+    where = "" if head_seq is None else f" WHERE seq <= {int(head_seq)}"
     sql = (
-        f"COPY (SELECT {_PG_COLUMNS}, prev_hash, hash FROM audit_events"  # noqa: S608
-        f" WHERE seq <= {int(head_seq)} ORDER BY seq) TO STDOUT"
+        f"COPY (SELECT {_PG_COLUMNS}, prev_hash, hash, lane, prev_seq FROM audit_events"  # noqa: S608
+        f"{where} ORDER BY seq) TO STDOUT"
     )
     with raw.cursor() as cur, cur.copy(sql) as copy:
         rest = b""
@@ -327,24 +501,36 @@ def chain_lines(conn: Any, head_seq: int) -> Iterator[tuple[int, bytes, bytes, b
                 lines = (rest + data).split(b"\n")
                 rest = lines.pop()
             for line in lines:
-                body, prev, digest = line.rsplit(b"\t", 2)
-                yield int(body[: body.index(b"\t")]), body, prev, digest
+                body, prev, digest, lane, prev_seq = line.rsplit(b"\t", 4)
+                yield (
+                    int(body[: body.index(b"\t")]),
+                    int(lane),
+                    None if prev_seq == b"\\N" else int(prev_seq),
+                    body,
+                    prev,
+                    digest,
+                )
 
 
-def plain_rows(conn: Any, head_seq: int) -> Iterator[Sequence[Any]]:
+def plain_rows(conn: Any, head_seq: int | None = None) -> Iterator[Sequence[Any]]:
+    """Each event's chained fields as plain values, then prev_hash, hash, lane and prev_seq."""
     raw = conn.connection.driver_connection
+    limit = 2**62 if head_seq is None else int(head_seq)
     if conn.dialect.name == "postgresql":
-        sql = f"SELECT {_PG_COLUMNS}, prev_hash, hash FROM audit_events WHERE seq <= %s ORDER BY seq"  # noqa: S608
+        sql = (
+            f"SELECT {_PG_COLUMNS}, prev_hash, hash, lane, prev_seq FROM audit_events"  # noqa: S608
+            " WHERE seq <= %s ORDER BY seq"
+        )
         with raw.cursor(name="carnet_audit_verify") as cur:
             cur.itersize = BATCH
-            cur.execute(sql, (head_seq,))
+            cur.execute(sql, (limit,))
             while batch := cur.fetchmany(BATCH):
                 yield from batch
         return
-    sql = f"SELECT {_COLUMNS}, prev_hash, hash FROM audit_events WHERE seq <= ? ORDER BY seq"  # noqa: S608
+    sql = f"SELECT {_COLUMNS}, prev_hash, hash, lane, prev_seq FROM audit_events WHERE seq <= ? ORDER BY seq"  # noqa: S608
     cur = raw.cursor()
     try:
-        cur.execute(sql, (head_seq,))
+        cur.execute(sql, (limit,))
         while batch := cur.fetchmany(BATCH):
             for row in batch:
                 yield _sqlite_plain(row)

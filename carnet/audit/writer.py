@@ -1,9 +1,12 @@
 """Appends audit events to the hash chain in the caller's transaction.
 
-Ordering across workers: every append first updates the single chain-head row. On PostgreSQL
-that takes the row's lock until commit; on SQLite it takes the database write lock. So two
-transactions can never read the same head and fork the chain, and a rolled-back transaction
-leaves no gap (its head update rolls back with it).
+The chain is split into lanes (carnet.audit.chain.LANES; audit_chain_head rows 1..LANES), each
+its own hash chain. On PostgreSQL a transaction takes one lane's head row lock with its first
+append (migration 0012_auditlanes: the lane it already holds, else the lowest free one) and keeps
+it until commit, and its events take their global seq from a sequence after that lock: two
+transactions never read the same lane head, so no lane forks, and within a lane seq follows
+commit order. A rolled-back transaction leaves a gap in the global seq (not in a lane: its head
+update rolls back with it). SQLite keeps one lane, its seq from the head row, gap-free.
 
 After the transaction commits, the writer tells its `on_commit` callback (the checkpointer) the
 last sequence number: signing checkpoints never runs inside the audited transaction.
@@ -29,7 +32,7 @@ from carnet.audit.models import AuditChainHead, AuditEvent, AuditEventPatient
 from carnet.kernel import clock
 
 log = logging.getLogger(__name__)
-HEAD_ID = 1
+SQLITE_LANE = 1  # SQLite serialises writers: one lane
 EVENTS = cast(Table, AuditEvent.__table__)
 EVENT_PATIENTS = cast(Table, AuditEventPatient.__table__)
 COPY_THRESHOLD = 50  # rows per append_many from which PostgreSQL gets a COPY instead of INSERTs
@@ -78,13 +81,17 @@ class SqlAuditWriter:
             if self.on_commit is not None:
                 session.info[_PENDING] = (self.on_commit, seq)
             return [seq]
-        last_seq, prev_hash = self._advance_head(session, len(records))
-        first_seq = last_seq - len(records) + 1
+        if connection.dialect.name == "postgresql":
+            lane, prev_seq, prev_hash, seqs = _take_lane(connection, len(records))
+        else:
+            last_seq, prev_hash = self._advance_head(session, len(records))
+            lane, seqs = SQLITE_LANE, list(range(last_seq - len(records) + 1, last_seq + 1))
+            prev_seq = seqs[0] - 1
         recorded_at = clock.now().astimezone(dt.UTC)
         stamp = _utc_micro(recorded_at)
         rows: list[dict[str, Any]] = []
         patient_rows: list[dict[str, Any]] = []
-        for seq, record in enumerate(records, start=first_seq):
+        for seq, record in zip(seqs, records, strict=True):
             fields = _fields(seq, stamp, record)
             digest = link_values(prev_hash, [fields[name] for name in CHAINED_FIELDS])
             row = dict(fields)
@@ -93,27 +100,33 @@ class SqlAuditWriter:
             row["recorded_at"] = recorded_at
             row["prev_hash"] = prev_hash
             row["hash"] = digest
+            row["lane"] = lane
+            row["prev_seq"] = prev_seq or None
             rows.append(row)
             patient_rows.extend({"seq": seq, "patient_id": p} for p in sorted(set(record.patient_ids)))
-            prev_hash = digest
+            prev_hash, prev_seq = digest, seq
+        last_seq = seqs[-1]
         if connection.dialect.name == "postgresql":
-            # The head row stays locked until commit: one round trip for the rest, not three.
-            _write_postgres(connection, rows, patient_rows, prev_hash)
+            # The lane's head row stays locked until commit: one round trip for the rest.
+            _write_postgres(connection, rows, patient_rows, lane, last_seq, prev_hash)
         else:
             # Core, not ORM: the ORM would split a batch into groups by which columns are NULL.
             connection.execute(insert(EVENTS), rows)
             if patient_rows:
                 connection.execute(insert(EVENT_PATIENTS), patient_rows)
-            session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(hash=prev_hash))
+            session.execute(
+                update(AuditChainHead).where(AuditChainHead.id == SQLITE_LANE).values(hash=prev_hash)
+            )
         if self.on_commit is not None:
             session.info[_PENDING] = (self.on_commit, last_seq)
-        return list(range(first_seq, last_seq + 1))
+        return seqs
 
     def _advance_head(self, session: Session, count: int) -> tuple[int, str]:
+        """SQLite: the one lane's head advanced by `count` (the database write lock orders it)."""
         for _ in range(3):
             result = session.execute(
                 update(AuditChainHead)
-                .where(AuditChainHead.id == HEAD_ID)
+                .where(AuditChainHead.id == SQLITE_LANE)
                 .values(seq=AuditChainHead.seq + count)
                 .returning(AuditChainHead.seq, AuditChainHead.hash)
             ).first()
@@ -121,23 +134,26 @@ class SqlAuditWriter:
                 return int(result[0]), str(result[1])
             try:
                 with session.begin_nested():
-                    session.add(AuditChainHead(id=HEAD_ID, seq=0, hash=GENESIS_HASH))
+                    session.add(AuditChainHead(id=SQLITE_LANE, seq=0, hash=GENESIS_HASH))
             except IntegrityError:
                 continue  # another worker created it first
         raise RuntimeError("audit chain head could not be initialised")
 
 
-# One event, one statement: the database links it (see migration 0004, carnet_audit_link) and
-# inserts it with its patients. The head row is locked from here to the commit, with no round
-# trip in between, so concurrent workers queue for the time of a commit, not of Python work.
+# One event, one statement: the database picks the lane and links it (migration 0012_auditlanes,
+# carnet_audit_link) and inserts it with its patients. The lane's head row is locked from here to
+# the commit, with no round trip in between, so concurrent workers queue for the time of a
+# commit, not of Python work, and only when every lane is taken.
 # (Table and column names are constants: no input reaches the SQL text.)
 _EVENT_COLUMNS = ("recorded_at", *[name for name in CHAINED_FIELDS if name not in ("seq", "recorded_at")])
 _CASTS = {"recorded_at": "::timestamptz", "account_id": "::uuid", "session_id": "::uuid"}
 _PLACEHOLDERS = ", ".join(f"%({name})s{_CASTS.get(name, '')}" for name in _EVENT_COLUMNS)
 _APPEND_ONE = (
-    "WITH link AS (SELECT seq, prev_hash, hash FROM carnet_audit_link(%(rest)s)), "  # noqa: S608
-    f"event AS (INSERT INTO {EVENTS.name} (seq, {', '.join(_EVENT_COLUMNS)}, prev_hash, hash) "
-    f"SELECT link.seq, {_PLACEHOLDERS}, link.prev_hash, link.hash FROM link RETURNING seq), "
+    "WITH link AS (SELECT seq, prev_hash, hash, lane, prev_seq FROM carnet_audit_link(%(rest)s)), "  # noqa: S608
+    f"event AS (INSERT INTO {EVENTS.name} (seq, {', '.join(_EVENT_COLUMNS)},"
+    " prev_hash, hash, lane, prev_seq) "
+    f"SELECT link.seq, {_PLACEHOLDERS}, link.prev_hash, link.hash, link.lane, link.prev_seq FROM link"
+    " RETURNING seq), "
     f"patients AS (INSERT INTO {EVENT_PATIENTS.name} (seq, patient_id) "
     "SELECT event.seq, p FROM event, unnest(%(patients)s::uuid[]) AS p) "
     "SELECT seq FROM event"
@@ -169,15 +185,38 @@ def _append_one_postgres(connection: Connection, record: AuditRecord) -> int:
     return int(row[0])
 
 
+def _take_lane(connection: Connection, count: int) -> tuple[int, int, str, list[int]]:
+    """PostgreSQL: lock this transaction's lane (migration 0012_auditlanes) and take `count` new
+    sequence numbers: (lane, the lane's last seq or 0, its last hash, the new seqs in order)."""
+    raw: Any = connection.connection.driver_connection
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute(_TAKE_LANE, (count,))
+            row = cursor.fetchone()
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(_TAKE_LANE, None, exc, psycopg.Error) from exc
+    return int(row[0]), int(row[1]), str(row[2]), [int(s) for s in row[3]]
+
+
+_TAKE_LANE = "SELECT lane, prev_seq, prev_hash, seqs FROM carnet_audit_lane(%s)"
+_UPDATE_LANE = "UPDATE audit_chain_head SET seq = %s, hash = %s WHERE id = %s"
+
+
 def _write_postgres(
-    connection: Connection, rows: list[dict[str, Any]], patient_rows: list[dict[str, Any]], head_hash: str
+    connection: Connection,
+    rows: list[dict[str, Any]],
+    patient_rows: list[dict[str, Any]],
+    lane: int,
+    head_seq: int,
+    head_hash: str,
 ) -> None:
+    raw: Any = connection.connection.driver_connection
     if len(rows) >= COPY_THRESHOLD:
         _copy(connection, EVENTS, rows)
         _copy(connection, EVENT_PATIENTS, patient_rows)
-        connection.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(hash=head_hash))
+        with raw.cursor() as cursor:
+            cursor.execute(_UPDATE_LANE, (head_seq, head_hash, lane))
         return
-    raw: Any = connection.connection.driver_connection
     names = list(rows[0])
     insert_events = (
         f"INSERT INTO {EVENTS.name} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})"  # noqa: S608
@@ -191,7 +230,7 @@ def _write_postgres(
                     f"INSERT INTO {EVENT_PATIENTS.name} (seq, patient_id) VALUES (%s, %s)",  # noqa: S608
                     [(p["seq"], p["patient_id"]) for p in patient_rows],
                 )
-            cursor.execute(f"UPDATE audit_chain_head SET hash = %s WHERE id = {HEAD_ID}", (head_hash,))  # noqa: S608
+            cursor.execute(_UPDATE_LANE, (head_seq, head_hash, lane))
     except psycopg.Error as exc:
         # Callers see the same SQLAlchemy errors as from any other statement.
         raise DBAPIError.instance(insert_events, None, exc, psycopg.Error) from exc

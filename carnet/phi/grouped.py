@@ -14,7 +14,7 @@ the kernel's steps with the kernel's code; what is shared is the transaction:
    nothing audited) and the group runs again with each call in a SAVEPOINT sending its own
    rows, where a call that fails is rolled back to its savepoint, alone, and the others go on;
 3. the audit event of every call that succeeded, each its own event, in the order of the calls
-   (the chain head is taken here, after all the Python work), then ONE commit;
+   (the audit lane's head is taken here, after all the Python work), then ONE commit;
 4. after the commit, each failed call is audited and answered by the kernel's `_fail`, exactly
    as on the one path (a refusal as NotFound or Forbidden, a denial, an error).
 
@@ -174,7 +174,7 @@ def _attempt(
                         deferred.send(session.connection())
                     except Exception as exc:  # one of the calls' rows (a twin's unique key...)
                         raise _CallFailed from exc
-                # Audit last, as the kernel does: the chain head is held from here to the commit.
+                # Audit last, as the kernel does: the audit lane's head is held from here to the commit.
                 for tx in done:
                     seq = runtime.audit.append(session, core._record(kind, Outcome.SUCCESS, tx))
                     for hook in tx.after_audit:
@@ -206,7 +206,7 @@ def _send_and_audit(
     """The group's kept rows, then the audit event of each call that succeeded, in ONE pipeline
     (PostgreSQL): the statements `SqlAuditWriter.append` would send one by one, each told to
     the writer (`appended`: the checkpoint, the metrics) and to detection's watch as `append`
-    tells them. The chain head is taken by the first append, held to the commit, as before. A
+    tells them. The audit lane is taken by the first append (all of them in it), held to the commit. A
     failure of any of it fails the group's first run: it runs again with savepoints (and the
     appends one by one)."""
     runtime = core._runtime

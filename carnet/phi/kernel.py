@@ -280,7 +280,7 @@ class GuardedTx:
         Lock order (PostgreSQL), the same in every writer so none can wait on another in a
         cycle: the facility's identity advisory lock (registration, identity change, merge),
         then patient rows (a merge: source, then target), then record rows, then the
-        practitioner row of a booking and the invoice-number lock, then the audit chain head."""
+        practitioner row of a booking and the invoice-number lock, then the audit lane's head."""
         pid = patient_id if isinstance(patient_id, uuid.UUID) else parse_id(patient_id)
         patient = (
             self.session.scalar(

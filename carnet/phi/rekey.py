@@ -303,7 +303,7 @@ def _reencrypt_table(
             changed += batch
             after = rows[-1][0]
         if pause:
-            time.sleep(pause)  # after the commit: the audit chain head is not held meanwhile
+            time.sleep(pause)  # after the commit: the audit lane's head is not held meanwhile
 
 
 def reencrypt_all(

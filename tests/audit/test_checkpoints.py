@@ -175,3 +175,27 @@ def test_a_file_store_keeps_lines_whole_and_ordered(tmp_path: Path) -> None:
     store.append(b'{"a":1}', dedupe_id="x")
     store.append(b'{"a":2}', dedupe_id="y")
     assert store.read_all() == [(1, b'{"a":1}'), (2, b'{"a":2}')]
+
+
+def test_a_commit_below_the_signed_head_still_gets_signed(make_runtime: Callable[..., Runtime]) -> None:
+    """With lanes, an event committed after a checkpoint can have a lower seq than the head that
+    checkpoint signed (its lane's transaction took the seq first, another lane committed first):
+    the checkpointer must still sign it, periodically and at shutdown."""
+    runtime = make_runtime(audit_checkpoint_every=1000, audit_checkpoint_seconds=3600)
+    checkpointer = runtime.checkpointer
+    assert checkpointer is not None
+    append_events(runtime, 3)
+    checkpointer.checkpoint()
+    path = runtime.settings.resolved_checkpoint_file
+    assert heads(path) == [3]
+    from carnet.audit.writer import SqlAuditWriter
+
+    with runtime.session_factory.begin() as session:  # committed, the checkpointer not told
+        SqlAuditWriter().append(
+            session, AuditRecord(kind=AuditKind.LOGOUT, outcome=Outcome.SUCCESS, actor=DOCTOR)
+        )
+    checkpointer.note_committed(2)  # what a lane's late commit looks like to the checkpointer
+    checkpointer.close()
+    assert heads(path) == [3, 4]
+    checkpointer.close()  # nothing new: no duplicate
+    assert heads(path) == [3, 4]

@@ -83,6 +83,8 @@ def test_export_gives_json_lines_without_free_text_or_patient_names(
     ]
     first = json.loads(target.read_text().splitlines()[0])
     assert first["actor"]["username"] == DOCTOR.username and first["actor"]["roles"] == ["physician"]
+    # Format 2: each event's lane and the seq it follows in that lane, for a SIEM to re-verify.
+    assert first["format"] == "carnet-audit-siem/2" and first["lane"] == 1 and first["prev_seq"] is None
 
     for bad in (["--since", "yesterday"], ["--since", "2026-03-03", "--until", "2026-03-01"]):
         code, out = run_cli(runtime, monkeypatch, "export", *bad)

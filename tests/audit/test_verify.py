@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from carnet.audit.chain import canonical_values, link
+from carnet.audit.chain import LANES, canonical_values, link
 from carnet.audit.checkpoints import Checkpoint, CheckpointSigner, CheckpointType
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.audit.verify import plain_rows
@@ -215,7 +215,9 @@ def test_a_tail_removed_after_its_checkpoint_is_found(
     code, out = verify(runtime, monkeypatch)
     assert code == 1
     assert problems(out) == [("truncated", 8)]
-    assert "covers up to seq 10 but the database ends at seq 7: events 8..10 were removed" in out
+    assert (
+        "covers lane 1 up to seq 10 but the lane ends at seq 7: its events after seq 7 through seq 10" in out
+    )
 
 
 def test_a_tail_removed_before_any_newer_checkpoint_is_found(
@@ -337,3 +339,214 @@ def test_an_unwritable_output_is_a_clear_error(runtime: Runtime, monkeypatch: py
         runtime, monkeypatch, "export", "--since", "2000-01-01", "--output", "/proc/nope/x.jsonl"
     )
     assert code == 2 and "/proc/nope/x.jsonl" in out and "Traceback" not in out
+
+
+# --- Lanes: the chain is several hash chains (lanes); tampering with one of them is found. ---
+
+postgres_only = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+def lanes_of(runtime: Runtime) -> dict[int, list[int]]:
+    with runtime.engine.connect() as conn:
+        found: dict[int, list[int]] = {}
+        for seq, lane in conn.execute(sa.text("SELECT seq, lane FROM audit_events ORDER BY seq")):
+            found.setdefault(lane, []).append(seq)
+    return found
+
+
+def two_lanes(runtime: Runtime) -> dict[int, list[int]]:
+    """PostgreSQL: while one transaction holds lane 1, another appends in lane 2."""
+    record = AuditRecord(kind=AuditKind.PHI_READ, outcome=Outcome.SUCCESS, actor=DOCTOR, detail={"x": "1"})
+    # The lane rows, as the migration leaves them (the test harness empties the table; a lane row
+    # created by a transaction still open would make the second append wait for its commit).
+    sql(
+        runtime,
+        "INSERT INTO audit_chain_head (id, seq, hash) SELECT g, 0, repeat('0', 64)"
+        f" FROM generate_series(1, {LANES}) AS g ON CONFLICT DO NOTHING",
+    )
+    with runtime.session_factory() as holder, holder.begin():
+        runtime.audit.append(holder, record)
+        append_events(runtime, 4)  # lane 2: lane 1 is held
+        runtime.audit.append(holder, record)
+        runtime.audit.append(holder, record)
+    append_events(runtime, 2)  # lane 1 again: the lowest free lane
+    lanes = lanes_of(runtime)
+    assert lanes == {1: [1, 6, 7, 8, 9], 2: [2, 3, 4, 5]}
+    return lanes
+
+
+def set_head(runtime: Runtime, lane: int, seq: int) -> None:
+    """What an attacker does after deleting a lane's newest events: move its head back."""
+    digest = rows(runtime)[seq]["hash"] if seq else "0" * 64
+    sql(runtime, "UPDATE audit_chain_head SET seq = :s, hash = :h WHERE id = :l", s=seq, h=digest, l=lane)
+
+
+@postgres_only
+def test_a_transaction_keeps_one_lane_and_lanes_verify(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_lanes(runtime)
+    checkpoint(runtime)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 0, out
+    assert "9 events (seq 1..9)" in out
+    assert "2 lane(s): lane 1 5 events, head seq 9; lane 2 4 events, head seq 5" in out
+    line = json.loads(runtime.settings.resolved_checkpoint_file.read_text().splitlines()[-1])
+    assert line["checkpoint"]["format"] == "carnet-audit-checkpoint/2"
+    assert [lane[:2] for lane in line["checkpoint"]["lanes"]] == [[1, 9], [2, 5]]
+
+
+def test_an_event_moved_to_another_lane_is_found(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    append_events(runtime, 6)
+    checkpoint(runtime)
+    sql(runtime, "UPDATE audit_events SET lane = 3 WHERE seq = 4")
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    found = problems(out)
+    assert ("broken-link", 5) in found  # lane 1 lost its event 4
+    assert ("unanchored-start", 4) in found or ("inserted", 4) in found  # and lane 3 never had it
+
+
+@postgres_only
+def test_an_event_moved_between_used_lanes_is_found(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_lanes(runtime)
+    checkpoint(runtime)
+    # Event 7 moved into lane 2 after its last event, lane 2's head moved on to it, lane 1's back.
+    sql(runtime, "UPDATE audit_events SET lane = 2, prev_seq = 5 WHERE seq = 7")
+    set_head(runtime, 2, 7)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    found = problems(out)
+    assert ("broken-link", 7) in found and ("broken-link", 8) in found
+
+
+@postgres_only
+def test_a_lanes_last_event_deleted_and_its_head_rewound_is_found_by_the_checkpoint(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_lanes(runtime)
+    checkpoint(runtime)
+    sql(runtime, "DELETE FROM audit_events WHERE seq = 5")
+    set_head(runtime, 2, 4)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out) == [("truncated", 5)]
+    assert "covers lane 2 up to seq 5 but the lane ends at seq 4" in out
+
+
+@postgres_only
+def test_the_middle_of_one_lane_deleted_is_found(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    two_lanes(runtime)
+    checkpoint(runtime)
+    sql(runtime, "DELETE FROM audit_events WHERE seq IN (3, 4)")
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    found = problems(out)
+    assert ("missing", 3) in found and ("broken-link", 5) in found
+    assert "lane 2: the events between seq 2 and seq 5 are missing" in out
+
+
+@postgres_only
+def test_a_forged_lane_head_is_found(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    two_lanes(runtime)
+    checkpoint(runtime)
+    sql(runtime, "UPDATE audit_chain_head SET hash = :h WHERE id = 2", h="ab" * 32)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out) == [("truncated", 5)]
+    assert "head of lane 2's hash does not match" in out
+    sql(runtime, "UPDATE audit_chain_head SET seq = 40 WHERE id = 2")
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1 and problems(out) == [("truncated", 6)]
+
+
+@postgres_only
+def test_a_whole_lane_deleted_is_found(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    two_lanes(runtime)
+    checkpoint(runtime)
+    sql(runtime, "DELETE FROM audit_events WHERE lane = 2")
+    set_head(runtime, 2, 0)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out) == [("truncated", 1)]
+    assert "covers lane 2 up to seq 5 but the lane ends at seq 0" in out
+    # Even with its head row gone.
+    sql(runtime, "DELETE FROM audit_chain_head WHERE id = 2")
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1 and problems(out) == [("truncated", 1)]
+
+
+@postgres_only
+def test_an_event_slipped_into_a_lane_behind_its_head_is_found(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_lanes(runtime)
+    checkpoint(runtime)
+    extra = dict(rows(runtime)[5], seq=10)
+    with runtime.engine.begin() as conn:
+        table = sa.table("audit_events", *[sa.column(c) for c in [*COLUMNS, "lane", "prev_seq"]])
+        conn.execute(sa.insert(table), [extra])
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1
+    assert problems(out) == [("inserted", 10)]
+    assert "beyond the head of lane 2" in out
+
+
+def test_format_1_checkpoints_still_verify(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints signed before lanes pin what is now lane 1."""
+    append_events(runtime, 4)
+    assert runtime.checkpointer is not None
+    signer = runtime.checkpointer.signer
+    head = rows(runtime)[4]["hash"]
+    old = Checkpoint(
+        type=CheckpointType.CHAIN,
+        head_seq=4,
+        head_hash=head,
+        count=4,
+        at=clock.now(),
+        format="carnet-audit-checkpoint/1",
+    )
+    runtime.checkpointer.store.append(signer.sign(old), dedupe_id="old")
+    assert "lanes" not in json.loads(signer.sign(old))["checkpoint"]
+    append_events(runtime, 2)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 0, out
+    assert "intact: the chain verifies up to checkpoint #1 (seq 4" in out and "2 newer events" in out
+    sql(runtime, "UPDATE audit_events SET address = '192.0.2.1' WHERE seq = 3")
+    rechain(runtime, 3)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1 and problems(out) == [("checkpoint-mismatch", 4)]
+
+
+@postgres_only
+def test_a_purge_anchors_every_lane_even_one_it_empties(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, movable_clock: Any
+) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    movable_clock.set(now - dt.timedelta(days=365 * 8))
+    two_lanes(runtime)  # seqs 1..9 in lanes 1 and 2, all old
+    movable_clock.set(now)
+    append_events(runtime, 2)  # lane 1: 10, 11
+    checkpoint(runtime)
+    before = (now - dt.timedelta(days=365 * 7)).date().isoformat()
+    code, out = run_cli(runtime, monkeypatch, "purge", "--before", before, "--reason", "retention schedule")
+    assert code == 0, out
+    assert "purged 9 events (through seq 9)" in out
+    lines = [
+        json.loads(line)["checkpoint"]
+        for line in runtime.settings.resolved_checkpoint_file.read_text().splitlines()
+    ]
+    purge = next(c for c in lines if c["type"] == "purge")
+    assert [pin[:2] for pin in purge["lanes"]] == [[1, 9], [2, 5]]
+    code, out = verify(runtime, monkeypatch)
+    assert code == 0, out  # lane 2 ends at its anchor: all its events were purged, signed
+    # Lane 1 cut below what the purge covers, or lane 2's head moved off its anchor: found.
+    set_head(runtime, 2, 0)
+    code, out = verify(runtime, monkeypatch)
+    assert code == 1 and ("truncated", 1) in problems(out)
