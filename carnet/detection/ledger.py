@@ -142,6 +142,7 @@ class SqlExposureLedger:
         # The plain reads' patients this worker has sent to Redis, per actor, with their time: a
         # patient sent recently is in every window a read counts (see `_known`).
         self._sent: dict[str, dict[uuid.UUID, dt.datetime]] = {}
+        self._refs: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
         # Correlation keys are the installation's own: one Redis may serve several databases.
         self.scope = hashlib.sha256(self.settings.resolved_database_url.encode()).hexdigest()[:8]
         self.installation_ref = campaign.installation_ref(self.scope)
@@ -493,12 +494,20 @@ class SqlExposureLedger:
     def _campaign_refs(self, actor: Actor) -> list[str]:
         if actor.kind is not ActorKind.STAFF:
             return []
-        machine = campaign.machine_ref(actor, self.scope)
-        return [
-            actor.actor_ref,
-            *campaign.correlation_refs(actor, self.scope),
-            *([machine] if machine else []),
-        ]
+        return [actor.actor_ref, *self._machine_refs(actor)]
+
+    def _machine_refs(self, actor: Actor) -> list[str]:
+        """The actor's address and client references, then its machine's (`campaign`), computed
+        once per address and client (each is a digest, asked several times a request)."""
+        key = (actor.address, actor.user_agent)
+        found = self._refs.get(key)
+        if found is None:
+            machine = campaign.machine_ref(actor, self.scope)
+            found = (*campaign.correlation_refs(actor, self.scope), *([machine] if machine else []))
+            if len(self._refs) > 10_000:
+                self._refs.clear()
+            self._refs[key] = found
+        return list(found)
 
     def _work(self) -> WorkRelations | None:
         return self.work if self.work is not None else next(iter(_provided_work), None)
@@ -803,8 +812,7 @@ class SqlExposureLedger:
         if actor.kind not in (ActorKind.STAFF, ActorKind.CLIENT):
             return
         now = time.monotonic()
-        machine = campaign.machine_ref(actor, self.scope)
-        for ref in [*campaign.correlation_refs(actor, self.scope), *([machine] if machine else [])]:
+        for ref in self._machine_refs(actor):
             pair = (ref, actor.actor_ref)
             with self._lock:
                 if self._seen.get(pair, 0.0) > now:
@@ -818,8 +826,8 @@ class SqlExposureLedger:
                 )
             )
             self.counters.add_event(actor_ref=ref, kind=EventKind.SEEN, key=actor.actor_ref, at=at)
-            if ref == machine:
-                self._judge_machine(session, machine, at)
+            if ref.startswith("machine:"):  # campaign.machine_ref
+                self._judge_machine(session, ref, at)
 
     def _judge_machine(self, session: Session, machine: str, at: dt.datetime) -> None:
         """Session timing: many accounts from one machine in minutes is one operator's doing."""
