@@ -984,7 +984,10 @@ class SqlExposureLedger:
 
     # -- after the caller's transaction ---------------------------------------------------
     def _after(self, session: Session, action: AfterAction) -> None:
-        """Run `action` in a new transaction once the caller's root transaction ends."""
+        """Run `action` in a new transaction once the caller's root transaction ends (begun
+        here if the session has none yet: the gate's fast path begins one only when used)."""
+        if not session.in_transaction():
+            session.begin()
         pending: list[AfterAction] = session.info.setdefault(_PENDING, [])
         pending.append(action)
         if not session.info.get(_HOOKED):
