@@ -9,6 +9,7 @@ survives the gate's rollback, and never waits on locks that transaction still ho
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import datetime as dt
@@ -17,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 import zoneinfo
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -135,7 +137,12 @@ class SqlExposureLedger:
         # Redis counts kept per actor while far below every threshold, and the adds held back
         # meanwhile (sent with this worker's next script): see `_quiet_counts`.
         self._quiet: dict[str, _Quiet] = {}
-        self._held: list[tuple[float, Add]] = []
+        self._held: list[_Held] = []
+        self._flush_timer: threading.Timer | None = None
+        # The plain reads' patients this worker has sent to Redis, per actor, with their time: a
+        # patient sent recently is in every window a read counts (see `_known`).
+        self._sent: dict[str, dict[uuid.UUID, dt.datetime]] = {}
+        self._refs: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
         # Correlation keys are the installation's own: one Redis may serve several databases.
         self.scope = hashlib.sha256(self.settings.resolved_database_url.encode()).hexdigest()[:8]
         self.installation_ref = campaign.installation_ref(self.scope)
@@ -338,7 +345,7 @@ class SqlExposureLedger:
                 at=request.at,
                 since=request.restored,
                 adds=adds,
-                earlier=[a for _t, a in earlier],
+                earlier=[a for held in earlier for a in held.adds],
                 contained_key=flags.key(actor.actor_ref),
                 restored=request.restored,
                 flag_keys=[flags.key(f"campaign:{r}") for r in due],
@@ -352,6 +359,9 @@ class SqlExposureLedger:
                 self._campaign_flags.clear()
             for ref in due:
                 self._campaign_flags[ref] = (now + 2.0, answer.flags.get(flags.key(f"campaign:{ref}")))
+            self._note_sent(earlier)
+            if answer.contained is None and _plain(request):
+                self._note_sent([_Held(now, actor.actor_ref, request.at, request.patient_ids, [])])
         if answer.contained is not None:
             self._forget_quiet(actor.actor_ref)
             flagged = _parse_flag(answer.contained)
@@ -383,8 +393,36 @@ class SqlExposureLedger:
                 restored=request.restored,
                 counts=ctx.counts,
                 budget=QUIET_BUDGET,
-                known=set(request.patient_ids),
+                known=self._known(ref, request.at, request.restored),
             )
+
+    def _known(self, actor_ref: str, at: dt.datetime, restored: dt.datetime | None) -> set[uuid.UUID]:
+        """The patients counted in every window of counts Redis answered at `at` and still in them
+        for the QUIET_SECONDS they are kept: those of plain reads this worker sent to Redis (by
+        then) less than KNOWN_AGE ago, and not before a restore (the windows start there). A
+        read of one of them adds no patient to any window: it needs no budget. (A list's patients
+        in care are not among them: a list adds them to the 24-hour window only.)"""
+        oldest = at - KNOWN_AGE
+        if restored is not None and restored > oldest:
+            oldest = restored
+        sent = self._sent.get(actor_ref, {})
+        return {p for p, t in sent.items() if t >= oldest}
+
+    def _note_sent(self, reads: Sequence[_Held]) -> None:
+        """These plain reads reached Redis (the caller holds the lock)."""
+        for held in reads:
+            sent = self._sent.get(held.actor_ref)
+            if sent is None:
+                if len(self._sent) > 50_000:
+                    self._sent.clear()
+                sent = self._sent[held.actor_ref] = {}
+            if len(sent) > SENT_PER_ACTOR:
+                oldest = held.at - KNOWN_AGE
+                for p in [p for p, t in sent.items() if t < oldest] or list(sent):
+                    del sent[p]
+            for p in held.patient_ids:
+                if (t := sent.get(p)) is None or t < held.at:
+                    sent[p] = held.at
 
     def _forget_quiet(self, actor_ref: str) -> None:
         with self._lock:
@@ -394,7 +432,7 @@ class SqlExposureLedger:
         """The actor's counts without asking Redis: its kept counts, each new patient added to
         every window, when this request is a plain read of patients in care (no search, list,
         export or outside patient) and the kept counts are fresh (else None: ask Redis)."""
-        if request.events or request.outside_care or request.listed or request.exported:
+        if not _plain(request):
             return None
         ref = request.actor.actor_ref
         now = time.monotonic()
@@ -405,7 +443,7 @@ class SqlExposureLedger:
                 return None
             if not dt.timedelta(0) <= request.at - kept.at <= dt.timedelta(seconds=QUIET_SECONDS):
                 return None  # the clock moved (a test's, or the host's): ask Redis
-            if (self._held and self._held[0][0] + QUIET_SECONDS <= now) or len(self._held) >= QUIET_HELD:
+            if (self._held and self._held[0].since + QUIET_SECONDS <= now) or len(self._held) >= QUIET_HELD:
                 return None  # time to send what is held
             if any((c := self._campaign_flags.get(r)) is None or c[0] <= now for r in refs):
                 return None
@@ -425,18 +463,51 @@ class SqlExposureLedger:
                 patient_ids=request.patient_ids,
                 installation=request.installation,
             )
-            self._held.extend((now, a) for a in adds)
+            self._held.append(_Held(now, ref, request.at, request.patient_ids, adds))
+            if self._flush_timer is None:
+                # An idle worker sends what it holds all the same (and at exit: `_flush_at_exit`).
+                self._flush_timer = threading.Timer(QUIET_FLUSH_SECONDS, self.flush_held)
+                self._flush_timer.daemon = True
+                self._flush_timer.start()
+                _holding.add(self)
         return counts
+
+    def flush_held(self) -> None:
+        """Send the adds held back by quiet requests to Redis now (a timer calls it when no
+        request of this worker did within QUIET_FLUSH_SECONDS; so does the process's exit)."""
+        with self._lock:
+            held, self._held = self._held, []
+            self._flush_timer = None
+        if not held:
+            return
+        redis = cast(RedisExposureCounters, self.counters)
+        try:
+            redis.send([a for h in held for a in h.adds])
+        except Exception as exc:  # kept for the next request's script; log the kind only
+            log.error("detection: held counts not sent (%s)", type(exc).__name__)
+            with self._lock:
+                self._held[:0] = held
+            return
+        with self._lock:
+            self._note_sent(held)
 
     def _campaign_refs(self, actor: Actor) -> list[str]:
         if actor.kind is not ActorKind.STAFF:
             return []
-        machine = campaign.machine_ref(actor, self.scope)
-        return [
-            actor.actor_ref,
-            *campaign.correlation_refs(actor, self.scope),
-            *([machine] if machine else []),
-        ]
+        return [actor.actor_ref, *self._machine_refs(actor)]
+
+    def _machine_refs(self, actor: Actor) -> list[str]:
+        """The actor's address and client references, then its machine's (`campaign`), computed
+        once per address and client (each is a digest, asked several times a request)."""
+        key = (actor.address, actor.user_agent)
+        found = self._refs.get(key)
+        if found is None:
+            machine = campaign.machine_ref(actor, self.scope)
+            found = (*campaign.correlation_refs(actor, self.scope), *([machine] if machine else []))
+            if len(self._refs) > 10_000:
+                self._refs.clear()
+            self._refs[key] = found
+        return list(found)
 
     def _work(self) -> WorkRelations | None:
         return self.work if self.work is not None else next(iter(_provided_work), None)
@@ -507,7 +578,8 @@ class SqlExposureLedger:
         """After a restore: clear flags and windows so old counts do not contain again."""
         with self._lock:
             self._quiet.pop(actor_ref, None)
-            self._held = [(t, a) for t, a in self._held if f":{actor_ref}:" not in a.key]
+            self._held = [h for h in self._held if h.actor_ref != actor_ref]
+            self._sent.pop(actor_ref, None)
         self.flags.clear(actor_ref)
         self.flags.clear(f"campaign:{actor_ref}")
         self._local_flags.clear(actor_ref)
@@ -740,8 +812,7 @@ class SqlExposureLedger:
         if actor.kind not in (ActorKind.STAFF, ActorKind.CLIENT):
             return
         now = time.monotonic()
-        machine = campaign.machine_ref(actor, self.scope)
-        for ref in [*campaign.correlation_refs(actor, self.scope), *([machine] if machine else [])]:
+        for ref in self._machine_refs(actor):
             pair = (ref, actor.actor_ref)
             with self._lock:
                 if self._seen.get(pair, 0.0) > now:
@@ -755,8 +826,8 @@ class SqlExposureLedger:
                 )
             )
             self.counters.add_event(actor_ref=ref, kind=EventKind.SEEN, key=actor.actor_ref, at=at)
-            if ref == machine:
-                self._judge_machine(session, machine, at)
+            if ref.startswith("machine:"):  # campaign.machine_ref
+                self._judge_machine(session, ref, at)
 
     def _judge_machine(self, session: Session, machine: str, at: dt.datetime) -> None:
         """Session timing: many accounts from one machine in minutes is one operator's doing."""
@@ -913,7 +984,10 @@ class SqlExposureLedger:
 
     # -- after the caller's transaction ---------------------------------------------------
     def _after(self, session: Session, action: AfterAction) -> None:
-        """Run `action` in a new transaction once the caller's root transaction ends."""
+        """Run `action` in a new transaction once the caller's root transaction ends (begun
+        here if the session has none yet: the gate's fast path begins one only when used)."""
+        if not session.in_transaction():
+            session.begin()
         pending: list[AfterAction] = session.info.setdefault(_PENDING, [])
         pending.append(action)
         if not session.info.get(_HOOKED):
@@ -1011,6 +1085,40 @@ QUIET_SECONDS = 2.0
 QUIET_BUDGET = 4
 QUIET_HEADROOM = 16
 QUIET_HELD = 500  # adds held by this worker before its next request asks Redis anyway
+# An idle worker sends what it holds after this long (a busy one with its next request's script).
+QUIET_FLUSH_SECONDS = 2 * QUIET_SECONDS
+# A patient whose plain read this worker sent to Redis less than this ago is in every window a
+# read counts (the shortest is 15 minutes) for as long as kept counts are used (QUIET_SECONDS),
+# with a margin: reading it again adds no patient (`_known`).
+KNOWN_AGE = dt.timedelta(minutes=15) - 3 * dt.timedelta(seconds=QUIET_SECONDS)
+SENT_PER_ACTOR = 2_000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Held:
+    """A quiet plain read whose adds are held back for a later script."""
+
+    since: float  # time.monotonic() when it was held
+    actor_ref: str
+    at: dt.datetime
+    patient_ids: Sequence[uuid.UUID]
+    adds: list[Add]
+
+
+def _plain(request: _Request) -> bool:
+    """A read of patients in care and nothing else (no search, list, export or patient outside
+    care): what may be judged on kept counts, adding its patients to every window alike."""
+    return not (request.events or request.outside_care or request.listed or request.exported)
+
+
+_holding: weakref.WeakSet[SqlExposureLedger] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """A worker shutting down sends what its ledgers hold (nothing counted is left behind)."""
+    for ledger in list(_holding):
+        ledger.flush_held()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ def instrument_ledger(ledger: Any) -> Any:
         with gate_step("exposure", channel=str(channel), patients=len(patient_ids)):
             record(*args, patient_ids=patient_ids, channel=channel, **kwargs)
         # Counted once detection let them through (a containment rolls the access back).
-        metrics.EXPOSURES.labels(channel=str(channel)).inc(len(set(patient_ids)))
+        metrics.child(metrics.EXPOSURES, str(channel)).inc(len(set(patient_ids)))
 
     @functools.wraps(record_denial)
     def traced_denial(*args: Any, **kwargs: Any) -> None:

@@ -61,21 +61,36 @@ EXPOSURES = Counter(
 CONTAINMENTS = Counter("carnet_containments", "Actors contained by detection", registry=REGISTRY)
 
 
+# Each metric's child per label values, kept: `labels()` checks and converts its arguments on
+# every call (five calls per guarded read). The label values are a finite set (see above).
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once per label values."""
+    key = (metric, *values)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found
+
+
 def observe_audit(records: Sequence[AuditRecord], seconds: float) -> None:
     """The audit writer's observer: one append call and what it appended."""
     AUDIT_APPEND_SECONDS.observe(seconds)
     for record in records:
         kind = AuditKind(record.kind).value
-        AUDIT_EVENTS.labels(kind=kind, outcome=record.outcome.value).inc()
+        outcome = record.outcome.value
+        child(AUDIT_EVENTS, kind, outcome).inc()
         if kind.startswith("phi:"):
-            GATE_DECISIONS.labels(outcome=record.outcome.value).inc()
+            child(GATE_DECISIONS, outcome).inc()
         if kind == AuditKind.CONTAINMENT.value:
             CONTAINMENTS.inc()
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    REQUESTS.labels(route=route, method=method, status=str(status)).inc()
-    REQUEST_SECONDS.labels(route=route).observe(seconds)
+    child(REQUESTS, route, method, str(status)).inc()
+    child(REQUEST_SECONDS, route).observe(seconds)
 
 
 class RuntimeCollector(Collector):

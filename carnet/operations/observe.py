@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carnet.operations import metrics
-from carnet.operations.tracing import TRACER
+from carnet.operations.tracing import TRACER, recording
 
 # The access log: route templates, never the path asked (a client can put an INS in it) nor the
 # query string (search criteria). `carnet serve` turns uvicorn's own access log off for this one.
@@ -44,9 +45,14 @@ class Observe:
             await send(message)
 
         metrics.IN_FLIGHT.inc()
-        with TRACER.start_as_current_span(
-            "HTTP request", kind=SpanKind.SERVER, record_exception=False
-        ) as span:  # an exception message can quote data: its type is in the logs
+        # An exception message can quote data: its type is in the logs. No span at all when no
+        # tracer provider is installed (it would record nothing).
+        traced = (
+            TRACER.start_as_current_span("HTTP request", kind=SpanKind.SERVER, record_exception=False)
+            if recording()
+            else nullcontext(INVALID_SPAN)
+        )
+        with traced as span:
             try:
                 await self.app(scope, receive, send_observed)
             finally:

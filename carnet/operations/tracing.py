@@ -18,12 +18,25 @@ _configured = False
 Attribute = str | int | bool
 
 
+def recording() -> bool:
+    """Whether spans go anywhere: a tracer provider was installed (`configure`, or a test's).
+    Without one, the API's spans are non-recording and carry an invalid context: creating and
+    entering them records nothing, so the hot paths skip them."""
+    return not isinstance(trace.get_tracer_provider(), _DEFAULT_PROVIDERS)
+
+
+_DEFAULT_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
 @contextmanager
 def gate_step(step: str, **attributes: Attribute) -> Iterator[trace.Span]:
     """A span for one step of the gate (policy, load, exposure, audit...).
 
     The gate kernel calls this around each step; attribute values must be enum values, counts
     or booleans (never names, identifiers of patients, or query values)."""
+    if not recording():
+        yield trace.INVALID_SPAN
+        return
     with TRACER.start_as_current_span(f"gate.{step}", attributes=attributes, record_exception=False) as span:
         yield span
 
@@ -58,6 +71,8 @@ def finished_step(step: str, seconds: float, **attributes: Attribute) -> None:
     """A gate step already done (timed by its caller): recorded as a span that ended now."""
     import time
 
+    if not recording():
+        return
     end = time.time_ns()
     span = TRACER.start_span(f"gate.{step}", start_time=end - int(seconds * 1e9), attributes=attributes)
     span.end(end_time=end)

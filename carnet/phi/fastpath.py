@@ -46,7 +46,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import ARRAY, Dialect, String, Table, Uuid, bindparam, func, literal, select, true
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Dialect,
+    String,
+    Table,
+    Uuid,
+    bindparam,
+    func,
+    literal,
+    select,
+    true,
+)
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
@@ -324,14 +336,24 @@ def between_round_trips(
     in one transaction; `count` is called once it answered or failed. A decline (a case the
     fast path does not take) leaves it to the kernel's general path: (False, None)."""
     attempted: list[uuid.UUID] = []
+    runtime = core._runtime
     try:
-        with core._runtime.session_factory.begin() as session:
-            tx = first_round_trip(session)
+        # The transaction is psycopg's own, begun by the first pipeline and committed by the
+        # closing one. The ORM session bound to the same connection is there for what uses it
+        # (the body's other reads, detection's rare reads and its after-transaction writes): it
+        # begins a transaction of its own only then, ended with the connection's (see
+        # `_end_committed`); a read that needs none costs no ORM transaction.
+        with runtime.engine.connect() as connection:
+            session = runtime.session_factory(bind=connection)
             try:
-                result = run(tx)
+                tx = first_round_trip(session)
+                try:
+                    result = run(tx)
+                finally:
+                    attempted = list(tx.patient_ids)
+                _closing_round_trip(core, session, guard, tx)
             finally:
-                attempted = list(tx.patient_ids)
-            _closing_round_trip(core, session, guard, tx)
+                session.close()  # after a failure: rolled back, as the connection is when returned
         count()
         return True, result
     except _Decline:
@@ -364,7 +386,7 @@ def _first_round_trip(
     actor = core.actor
     statements = _statements(session.get_bind().dialect)
     now = clock.now()
-    raw: Any = session.connection().connection.driver_connection
+    raw = _raw(session)
     roles = sorted(r.value for r in actor.roles)
     values = {
         "account": actor.account_id,
@@ -588,7 +610,7 @@ def _first_round_trip_of_session(
     digest = sessions.digest(token)
     values = {"digest": digest, "id": pid or uuid.UUID(int=0), "pid": pid, **care.window_params_at(now, None)}
     try:
-        raw: Any = session.connection().connection.driver_connection
+        raw = _raw(session)
         with raw.pipeline():
             context_cursor = raw.cursor()
             context_cursor.execute(
@@ -659,7 +681,7 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     record = core._record(guard.kind, Outcome.SUCCESS, tx)
     statements = _statements(session.get_bind().dialect)
     session.flush()  # anything the body or detection added through the session goes first
-    raw: Any = session.connection().connection.driver_connection
+    raw = _raw(session)
     sql, params = append_one_statement(record)
     started = time.perf_counter()
     with raw.pipeline():
@@ -676,3 +698,30 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     audit.appended(session, record, seq, time.perf_counter() - started)
     for hook in tx.after_audit:
         hook(seq)
+    if tx.after_audit:
+        if session.in_transaction():
+            session.commit()  # the connection's transaction with it: its listeners run
+            return
+        raw.commit()
+    _end_committed(session)
+
+
+def _raw(session: Session) -> Any:
+    """The psycopg connection under the session: that of the Connection it is bound to
+    (`between_round_trips`), without beginning the session's transaction."""
+    bind = session.get_bind()
+    if isinstance(bind, Connection):
+        return bind.connection.driver_connection
+    return session.connection().connection.driver_connection
+
+
+def _end_committed(session: Session) -> None:
+    """The connection's transaction is committed: end the session's as committed. If the session
+    began one (something read or wrote through it), its commit finds nothing left to send and
+    runs its listeners (detection's after-transaction writes, the audit writer's checkpoint
+    notification); if it began none, its after-commit listeners are run as a commit runs them
+    (the audit writer's `appended` left its checkpoint notification to them)."""
+    if session.in_transaction():
+        session.commit()
+    else:
+        session.dispatch.after_commit(session)

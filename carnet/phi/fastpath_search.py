@@ -56,7 +56,7 @@ from carnet.db.base import detached
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import Patient
 from carnet.phi import care, fastpath
-from carnet.phi.fastpath import _compile, _Compiled, _eligible, _FastTx, _first_round_trip, _rows
+from carnet.phi.fastpath import _compile, _Compiled, _eligible, _FastTx, _first_round_trip, _raw, _rows
 from carnet.phi.kernel import GateCore, Guard, GuardedTx
 from carnet.phi.steps import SECTION_LIMIT
 
@@ -304,8 +304,7 @@ class _SearchTx(_FastTx):
         if relate:
             _count_related()
         self.session.flush()  # nothing pending in a search; as a Core statement would
-        raw: Any = self.session.connection().connection.driver_connection
-        cursor = psycopg.RawCursor(raw)
+        cursor = psycopg.RawCursor(_raw(self.session))
         cursor.execute(chosen.compiled.sql, chosen.values(params), prepare=True)
         found, tagged = [], []
         for row in _rows(cursor, chosen.compiled):

@@ -11,24 +11,31 @@ checks that the fast path ran.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import redis
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
-from carnet.detection.models import ActorState, Exposure
+from carnet.detection.containment import RedisContainmentFlags
+from carnet.detection.counters import RedisExposureCounters
+from carnet.detection.ledger import SqlExposureLedger
+from carnet.detection.models import ActorState, DetectionEvent, Exposure
 from carnet.identity.models import Account
 from carnet.kernel import clock
+from carnet.kernel.errors import StepUpRequired
 from carnet.phi import fastpath
 from carnet.phi.gate import Gate
 from carnet.runtime import Runtime
@@ -234,3 +241,96 @@ def test_fast_and_general_paths_agree(runtime: Runtime, case: str) -> None:
         assert got[1]["family"] == "Lemoine" and got[1]["phone"] is None and got[1]["address"] is None
     if case == "allowed":  # a physician in the care team: identity and contact
         assert got[1]["phone"] is not None and expected_trail["exposures"]
+
+
+@pytest.fixture
+def redis_runtime(runtime: Runtime) -> Runtime:
+    """The runtime with detection's counters and flags in Redis, as served (a read then asks
+    nothing of the ORM session once detection's caches are warm)."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("the fast path runs on PostgreSQL")
+    client = redis.Redis(host="127.0.0.1", port=6379, db=0)
+    prefix = f"carnet:test:{uuid.uuid4().hex}"
+    ledger = SqlExposureLedger(
+        settings=runtime.settings,
+        counters=RedisExposureCounters(client, prefix=prefix),
+        flags=RedisContainmentFlags(client, prefix=prefix),
+    )
+    return dataclasses.replace(runtime, ledger=ledger)
+
+
+@contextlib.contextmanager
+def _orm_transactions() -> Iterator[list[Any]]:
+    """The ORM sessions' root transactions begun within the block."""
+    began: list[Any] = []
+
+    def created(_session: Session, transaction: Any) -> None:
+        if transaction.parent is None:
+            began.append(transaction)
+
+    sa.event.listen(Session, "after_transaction_create", created)
+    try:
+        yield began
+    finally:
+        sa.event.remove(Session, "after_transaction_create", created)
+
+
+def test_a_read_needing_no_orm_transaction_is_committed_and_notified(
+    redis_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast read whose session is used by nothing begins no ORM transaction; it is committed
+    all the same, and the audit checkpointer hears of its event as after any commit."""
+    runtime = redis_runtime
+    world = _world(runtime, "allowed")
+    gate = Gate(runtime, world.actor)
+    for _ in range(2):  # detection's caches: the address noted after the first, known after the second
+        gate.read_patient(patient_id=world.patient_id)
+    notified: list[int] = []
+    monkeypatch.setattr(fastpath._writer(runtime.audit), "on_commit", notified.append)
+    before = fastpath.taken
+    with _orm_transactions() as began:
+        view = gate.read_patient(patient_id=world.patient_id)
+    assert fastpath.taken == before + 1
+    assert began == []  # the path under test: no ORM transaction at all
+    assert view.family == "Lemoine"
+    seq = _last_seq(runtime)
+    assert notified == [seq]
+    with runtime.session_factory() as session:  # committed: another connection sees it
+        event = session.get(AuditEvent, seq)
+        assert event is not None and event.actor_ref == world.actor.actor_ref
+
+
+def test_a_step_up_without_an_orm_transaction_still_writes_its_refusal(
+    redis_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Detection's writes after a refused request (the refusal, the alert) run once the read's
+    transaction has ended, also when nothing had begun the session's transaction before."""
+    runtime = redis_runtime
+    world = _world(runtime, "allowed")
+    actor = dataclasses.replace(world.actor, second_factor_at=clock.now() - dt.timedelta(minutes=30))
+    gate = Gate(runtime, actor)
+    for _ in range(2):  # as above: detection's caches warm
+        gate.read_patient(patient_id=world.patient_id)
+    ledger = cast(SqlExposureLedger, runtime.ledger)
+    flag = f"{(clock.now() - dt.timedelta(minutes=1)).timestamp()}|test campaign"
+    ledger.flags.set(f"campaign:{actor.actor_ref}", flag)
+    ledger._campaign_flags.clear()  # this worker's cache of the flags (2 seconds)
+    began_before: list[bool] = []
+    after = ledger._after
+
+    def spied(session: Session, action: Any) -> None:
+        began_before.append(session.in_transaction())
+        after(session, action)
+
+    monkeypatch.setattr(ledger, "_after", spied)
+    with pytest.raises(StepUpRequired):
+        gate.read_patient(patient_id=world.patient_id)
+    assert began_before and began_before[0] is False  # the case under test
+    with runtime.session_factory() as session:
+        counts = ledger.counters.counts(session, actor_ref=actor.actor_ref, at=clock.now(), since=None)
+        refusals = session.scalars(
+            sa.select(DetectionEvent).where(
+                DetectionEvent.actor_ref == actor.actor_ref, DetectionEvent.kind == "refusal"
+            )
+        ).all()
+    assert counts.refusals_1h == 1 and len(refusals) == 1
