@@ -92,12 +92,13 @@ def _make_care(tx: GuardedTx, data: CareRelationshipInput, kind: Relationship) -
         raise InvalidInput("the end date must be in the future")
     if end > tx.now + longest:
         raise InvalidInput(f"{what} lasts at most {longest.days} days")
+    # Not ended is enough, whatever its start: a concurrent maker that held the patient's lock
+    # first may have stamped a start a moment after this transaction's clock.
     existing = tx.session.scalar(
         select(CareRelationship.id).where(
             CareRelationship.patient_id == patient.id,
             CareRelationship.practitioner_id == practitioner.id,
             CareRelationship.kind == kind.value,
-            CareRelationship.start_at <= tx.now,
             or_(CareRelationship.end_at.is_(None), CareRelationship.end_at > tx.now),
         )
     )

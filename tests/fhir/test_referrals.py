@@ -26,6 +26,7 @@ from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
 from carnet.detection.models import Exposure
 from carnet.kernel import clock
+from carnet.kernel.errors import Conflict
 from carnet.org.models import Practitioner
 from carnet.patients.models import CareRelationship, ResourceVersion
 from carnet.phi.gate import Gate
@@ -437,6 +438,30 @@ def test_concurrent_referrals_and_ends_have_exactly_one_winner(runtime: Runtime)
     assert outcomes == ["conflict", "won"]
     history = Gate(runtime, c.doctor).history(resource_type="CareTeam", resource_id=made.id)
     assert [(v.version_id, v.data["status"]) for v in history] == [(1, "active"), (2, "inactive")]
+
+
+def test_a_referral_made_a_moment_later_by_a_concurrent_maker_is_still_a_duplicate(
+    runtime: Runtime, movable_clock: clock.MovableClock
+) -> None:
+    """Two referrals racing: the one that waited for the patient's lock may have read its clock
+    before the winner stamped its start. The winner's referral, starting "after" the loser's
+    now, is still active for the duplicate check (found under load: both had won)."""
+    c = _clinic(runtime)
+    second = make_physician(runtime, c.facility)
+    assert second.practitioner_id is not None
+    link_care(runtime, patient_id=c.patient, practitioner_id=second.practitioner_id, facility_id=c.facility)
+    data = CareRelationshipInput(
+        patient_id=c.patient,
+        practitioner_id=str(c.colleague.practitioner_id),
+        reason="avis néphrologique",
+        end_at=clock.now() + dt.timedelta(days=30),
+    )
+    before = _relationships(runtime, c.patient)
+    Gate(runtime, c.doctor).refer_patient(data=data)
+    movable_clock.advance(dt.timedelta(seconds=-2))  # the loser's clock, read before the winner's
+    with pytest.raises(Conflict):
+        Gate(runtime, second).refer_patient(data=data)
+    assert _relationships(runtime, c.patient) == before + 1
 
 
 def test_many_referrals_alert_a_security_officer_without_refusing_them(
