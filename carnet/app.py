@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 import psycopg
+import redis
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
@@ -122,6 +123,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.add_exception_handler(Exception, outcome.unexpected_error_handler)
     for unavailable in _DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_unavailable)
+    app.add_exception_handler(redis.RedisError, _monitoring_unavailable)
 
     from carnet.identity.views import smart_router
 
@@ -164,6 +166,21 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
         503,
         "transient",
         "the database is unavailable for a moment; nothing was changed; retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+# Detection's Redis did not answer (down, or stalled past its socket timeout): the access is not
+# counted, so it is refused (fail closed) and its transaction rolled back. A handled 503 with
+# Retry-After, not an unhandled 500 (after which the server also drops the connection).
+async def _monitoring_unavailable(request: Request, exc: Exception) -> Response:
+    from carnet.fhir.core.outcome import outcome_response
+
+    logging.getLogger("carnet.app").warning("access monitoring unavailable: %s", type(exc).__name__)
+    return outcome_response(
+        503,
+        "transient",
+        "access monitoring is unavailable for a moment; nothing was changed; retry shortly",
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 

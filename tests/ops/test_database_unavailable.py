@@ -26,3 +26,33 @@ def test_a_request_during_a_database_outage_is_a_503_with_retry_after(sqlite_run
     assert body["resourceType"] == "OperationOutcome"
     assert body["issue"][0]["code"] == "transient"
     assert "127.0.0.1" not in read.text and "nowhere" not in read.text  # no connection detail leaves
+
+
+def test_a_read_while_detections_redis_does_not_answer_is_a_503_and_exposes_nothing(
+    sqlite_runtime: Runtime,
+) -> None:
+    """Detection's counters in a Redis that does not answer (down, or stalled past its socket
+    timeout, as seen under load here): the read is not counted, so it is refused and rolled back,
+    as a handled 503 with Retry-After rather than an unhandled 500 that also drops the
+    connection."""
+    from carnet.detection.models import Exposure
+    from carnet.runtime import build_runtime
+    from tests.ops.helpers import physician_with_patient
+
+    reader = physician_with_patient(sqlite_runtime)
+    settings = sqlite_runtime.settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    outage = build_runtime(settings)
+    try:
+        with outage.session_factory() as session:
+            exposures = session.scalar(sa.select(sa.func.count()).select_from(Exposure))
+        with TestClient(create_app(outage), raise_server_exceptions=False) as client:
+            read = client.get(f"/fhir/Patient/{reader.patient_id}", headers=reader.headers)
+        with outage.session_factory() as session:
+            assert session.scalar(sa.select(sa.func.count()).select_from(Exposure)) == exposures
+    finally:
+        outage.close()
+    assert read.status_code == 503, read.text
+    assert read.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+    body = read.json()
+    assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "transient"
+    assert "Zéphyrin" not in read.text and "127.0.0.1" not in read.text
