@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
@@ -158,31 +158,29 @@ _DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
 RETRY_AFTER_SECONDS = 5
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> Response:
-    from carnet.fhir.core.outcome import outcome_response
+def _unavailable(what: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """A handler answering 503 `transient` with Retry-After: `what` is unavailable for a moment,
+    the request's transaction was rolled back, the client may retry (not a 500, after which the
+    server also drops the connection). The exception's type goes to the log, nothing more."""
 
-    logging.getLogger("carnet.app").warning("database unavailable: %s", type(exc).__name__)
-    return outcome_response(
-        503,
-        "transient",
-        "the database is unavailable for a moment; nothing was changed; retry shortly",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
+    async def handler(request: Request, exc: Exception) -> Response:
+        from carnet.fhir.core.outcome import outcome_response
+
+        logging.getLogger("carnet.app").warning("%s unavailable: %s", what, type(exc).__name__)
+        return outcome_response(
+            503,
+            "transient",
+            f"{what} is unavailable for a moment; nothing was changed; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    return handler
 
 
+_database_unavailable = _unavailable("the database")
 # Detection's Redis did not answer (down, or stalled past its socket timeout): the access is not
-# counted, so it is refused (fail closed) and its transaction rolled back. A handled 503 with
-# Retry-After, not an unhandled 500 (after which the server also drops the connection).
-async def _monitoring_unavailable(request: Request, exc: Exception) -> Response:
-    from carnet.fhir.core.outcome import outcome_response
-
-    logging.getLogger("carnet.app").warning("access monitoring unavailable: %s", type(exc).__name__)
-    return outcome_response(
-        503,
-        "transient",
-        "access monitoring is unavailable for a moment; nothing was changed; retry shortly",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
+# counted, so it is refused (fail closed) and its transaction rolled back.
+_monitoring_unavailable = _unavailable("access monitoring")
 
 
 class CarnetApp(FastAPI):

@@ -399,12 +399,9 @@ def test_referrals_in_a_transaction_are_all_or_nothing(fhir_server: Server) -> N
     assert fhir_server.client_for(nurse).reference("Patient", c.patient).to_resource()["id"] == c.patient
 
 
-def test_concurrent_referrals_and_ends_have_exactly_one_winner(runtime: Runtime) -> None:
-    """Two physicians refer the same patient to the same colleague at once: one referral, one
-    Conflict. Two end it at once with the version they read: one end (version 2), one 412.
-    On PostgreSQL the patient's (then the relationship's) row lock orders them."""
-    from tests.phi.test_gate_writes import _race
-
+def _two_referrers(runtime: Runtime) -> tuple[Clinic, Actor, CareRelationshipInput]:
+    """The clinic, a second physician caring for its patient, and the referral both would make
+    of that patient to the clinic's colleague."""
     c = _clinic(runtime)
     second = make_physician(runtime, c.facility)
     assert second.practitioner_id is not None
@@ -415,6 +412,16 @@ def test_concurrent_referrals_and_ends_have_exactly_one_winner(runtime: Runtime)
         reason="avis néphrologique",
         end_at=clock.now() + dt.timedelta(days=30),
     )
+    return c, second, data
+
+
+def test_concurrent_referrals_and_ends_have_exactly_one_winner(runtime: Runtime) -> None:
+    """Two physicians refer the same patient to the same colleague at once: one referral, one
+    Conflict. Two end it at once with the version they read: one end (version 2), one 412.
+    On PostgreSQL the patient's (then the relationship's) row lock orders them."""
+    from tests.phi.test_gate_writes import _race
+
+    c, second, data = _two_referrers(runtime)
     before = _relationships(runtime, c.patient)
     outcomes = _race(
         [functools.partial(Gate(runtime, a).refer_patient, data=data) for a in (c.doctor, second)]
@@ -446,16 +453,7 @@ def test_a_referral_made_a_moment_later_by_a_concurrent_maker_is_still_a_duplica
     """Two referrals racing: the one that waited for the patient's lock may have read its clock
     before the winner stamped its start. The winner's referral, starting "after" the loser's
     now, is still active for the duplicate check (found under load: both had won)."""
-    c = _clinic(runtime)
-    second = make_physician(runtime, c.facility)
-    assert second.practitioner_id is not None
-    link_care(runtime, patient_id=c.patient, practitioner_id=second.practitioner_id, facility_id=c.facility)
-    data = CareRelationshipInput(
-        patient_id=c.patient,
-        practitioner_id=str(c.colleague.practitioner_id),
-        reason="avis néphrologique",
-        end_at=clock.now() + dt.timedelta(days=30),
-    )
+    c, second, data = _two_referrers(runtime)
     before = _relationships(runtime, c.patient)
     Gate(runtime, c.doctor).refer_patient(data=data)
     movable_clock.advance(dt.timedelta(seconds=-2))  # the loser's clock, read before the winner's
