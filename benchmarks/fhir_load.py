@@ -1,5 +1,6 @@
-"""The FHIR API under load on PostgreSQL: 64 concurrent clients over loopback against a uvicorn
-server (2 workers) on this machine, ratios against /healthz measured in the same run.
+"""The FHIR API under load on PostgreSQL: 64 concurrent clients over loopback against carnet served
+as `carnet serve --workers 2` serves it (uvicorn, a listening socket per worker) on this machine,
+ratios against /healthz measured in the same run.
 
 The server runs as a hospital runs it: PostgreSQL, and Redis for detection counters and
 containment flags (CARNET_REDIS_URL). The concurrent reads and searches are driven by `wrk`
@@ -492,13 +493,14 @@ def start_server(
     factory: str = "carnet.app:create_app",
     code: Path | None = None,
     threads: int | None = None,
-    server: str = "uvicorn",
+    server: str = "balanced",
 ) -> tuple[subprocess.Popen[bytes], str]:
     """carnet served as `carnet serve` serves it; `general_only`: every gate operation on the
     kernel's general path (no fast read), to measure one path against the other in the same run;
     `code`: the carnet of another checkout (a copy of an earlier commit), to measure a change
     against it; `threads`: request threads per worker (CARNET_REQUEST_THREADS); `server`:
-    "uvicorn" (what `carnet serve` runs) or "granian", to measure one server against the other.
+    "balanced" (what `carnet serve --workers N` runs: a listening socket per worker), "uvicorn"
+    (uvicorn's own workers on one shared socket) or "granian", to measure one against another.
     Both trust X-Forwarded-For from loopback, so each clinician reads from a workstation of its own."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARNET_")}
@@ -523,6 +525,14 @@ def start_server(
             sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1",
             "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--log-level", "warning",
             "--no-access-log", "benchmarks.fhir_load:proxied_app",
+        ]  # fmt: skip
+    elif server == "balanced":
+        # `carnet serve --workers N`: each worker on a listening socket of its own (SO_REUSEPORT)
+        command = [
+            sys.executable, "-c",
+            "import sys; from carnet.operations.serving import serve_balanced; sys.exit(serve_balanced("
+            f"{factory!r}, host='127.0.0.1', port={port}, workers={workers}, factory=True,"
+            " log_level='warning', access_log=False, proxy_headers=True, forwarded_allow_ips='127.0.0.1'))",
         ]  # fmt: skip
     else:
         command = [

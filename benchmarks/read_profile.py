@@ -160,7 +160,7 @@ class ServerSpec:
 
     workers: int = 2
     threads: int | None = None
-    server: str = "uvicorn"
+    server: str = "balanced"
     code: Path | None = None
 
     def label(self) -> str:
@@ -373,12 +373,12 @@ def main() -> None:
         "its server reads the same pairs in the same rounds",
     )
     parser.add_argument("--threads", type=int, default=None, help="request threads per worker")
-    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
+    parser.add_argument("--server", choices=("uvicorn", "granian", "balanced"), default="balanced")
     parser.add_argument(
         "--other-workers", type=int, default=None, help="a second server, this checkout's code"
     )
     parser.add_argument("--other-threads", type=int, default=None)
-    parser.add_argument("--other-server", choices=("uvicorn", "granian"), default=None)
+    parser.add_argument("--other-server", choices=("uvicorn", "granian", "balanced"), default=None)
     args = parser.parse_args()
     spec = ServerSpec(args.workers, args.threads, args.server)
     other = None

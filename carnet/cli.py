@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -235,11 +235,20 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (loopback by default).")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="TCP port.")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    balanced: Annotated[
+        bool,
+        typer.Option(
+            "--balanced/--shared-socket",
+            help="With several workers: a listening socket per worker (SO_REUSEPORT, Linux), so "
+            "new connections are spread evenly; --shared-socket: uvicorn's one socket for all.",
+        ),
+    ] = True,
 ) -> None:
     """Serve the web UI, the patient portal and the FHIR API."""
     import uvicorn
 
     from carnet.operations import logs as operations_logs
+    from carnet.operations import serving
     from carnet.runtime import build_runtime
     from carnet.settings import get_settings, reset_settings_cache
 
@@ -252,12 +261,8 @@ def serve(
         reset_settings_cache()
         settings = get_settings()
     build_runtime(settings).close()  # fail now, with a clear message, on a bad schema or key
-    uvicorn.run(
-        "carnet.app:create_app",
+    options: dict[str, Any] = dict(
         factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
         proxy_headers=False,
         server_header=False,
         access_log=False,  # carnet.access logs route templates instead (carnet.operations.observe)
@@ -270,6 +275,16 @@ def serve(
         # roll back whole), then sign the audit tail; a load balancer drains first via /readyz.
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
+    bind_host, bind_port = host or settings.host, port or settings.port
+    if workers > 1 and balanced and serving.balanced_available():
+        try:
+            status = serving.serve_balanced(
+                "carnet.app:create_app", host=bind_host, port=bind_port, workers=workers, **options
+            )
+        except OSError as exc:
+            raise fail(f"cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc}") from None
+        raise typer.Exit(status)
+    uvicorn.run("carnet.app:create_app", host=bind_host, port=bind_port, workers=workers, **options)
 
 
 from carnet.synth import commands as synth_commands  # noqa: E402 (after `serve`, which demo calls)

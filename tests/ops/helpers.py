@@ -44,13 +44,13 @@ def server_env(runtime: Runtime, **extra: str) -> dict[str, str]:
 class ServerProcess:
     """`carnet serve` in a process group of its own, so a signal reaches exactly it."""
 
-    def __init__(self, env: dict[str, str], log: Path, *, port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], log: Path, *, port: int | None = None, workers: int = 1) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [CARNET, "serve", "--port", str(self.port)],
+                [CARNET, "serve", "--port", str(self.port), "--workers", str(workers)],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
