@@ -158,15 +158,19 @@ _DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
 RETRY_AFTER_SECONDS = 5
 
 
-def _unavailable(what: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+def _unavailable(what: str, page: str) -> Callable[[Request, Exception], Awaitable[Response]]:
     """A handler answering 503 `transient` with Retry-After: `what` is unavailable for a moment,
     the request's transaction was rolled back, the client may retry (not a 500, after which the
-    server also drops the connection). The exception's type goes to the log, nothing more."""
+    server also drops the connection). The exception's type goes to the log, nothing more. A
+    web page's route answers a page saying so (`page`: its kind), the API an OperationOutcome."""
 
     async def handler(request: Request, exc: Exception) -> Response:
         from carnet.fhir.core.outcome import outcome_response
+        from carnet.web.routing import WebRoute, unavailable_page
 
         logging.getLogger("carnet.app").warning("%s unavailable: %s", what, type(exc).__name__)
+        if isinstance(request.scope.get("route"), WebRoute):
+            return unavailable_page(request, page, RETRY_AFTER_SECONDS)
         return outcome_response(
             503,
             "transient",
@@ -177,10 +181,10 @@ def _unavailable(what: str) -> Callable[[Request, Exception], Awaitable[Response
     return handler
 
 
-_database_unavailable = _unavailable("the database")
+_database_unavailable = _unavailable("the database", "database")
 # Detection's Redis did not answer (down, or stalled past its socket timeout): the access is not
 # counted, so it is refused (fail closed) and its transaction rolled back.
-_monitoring_unavailable = _unavailable("access monitoring")
+_monitoring_unavailable = _unavailable("access monitoring", "monitoring")
 
 
 class CarnetApp(FastAPI):

@@ -177,6 +177,20 @@ def error_page(request: Request, exc: Exception) -> Response:
     return render(request, "errors/refused.html", {"message": str(exc), "kind": "error"}, status_code=500)
 
 
+def unavailable_page(request: Request, what: str, retry_after: int) -> Response:
+    """The page of a request that found the database or access monitoring unavailable (its
+    transaction rolled back): say so, nothing changed, retry shortly (carnet.app's 503 handler).
+    `what`: "database" or "monitoring"."""
+    here = request.url.path if request.method == "GET" else "/home"
+    return render(
+        request,
+        "errors/unavailable.html",
+        {"what": what, "here": safe_next(here)},
+        status_code=503,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 def _local(url: str) -> str:
     # A Referer is absolute: keep its path and query only.
     if "://" in url:
