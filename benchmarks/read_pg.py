@@ -18,8 +18,14 @@ four weeks of history, detection on with Redis database CARNET_BENCH_REDIS_URL),
 - with `--clients`, the same reads served by uvicorn (2 workers) under wrk for `--seconds`: the
   backends' CPU per read and reads/s at that concurrency.
 
-Backend CPU is a CPU clock: it holds on a loaded machine better than throughput does; the ratio
-of the two checkouts is taken per round, then the median. Drops its databases.
+Backend CPU is a CPU clock, but on this shared 2-core machine it still moves by tens of percent
+with the load (cache and sibling-thread contention): the ratio of the two checkouts is taken per
+round, then the median, and a change of a few percent needs the replay below.
+
+`--replay-from LOG --reads N [--skip patient,...]` prints a script for PostgreSQL's single-user
+mode replaying one logged read (`replay_script`): run under callgrind for two values of N, the
+difference of the instruction counts is PostgreSQL's work per read, exact at any load (the
+commands are in docs/BENCHMARKS.md, section "s10-pg"). Drops its databases.
 """
 
 from __future__ import annotations
@@ -161,12 +167,15 @@ def worker() -> None:
             for scope in scopes[:100]:  # warm: pools, prepared statements, caches
                 loop.run_until_complete(_call(app, scope))
             at = 100
+            # The in-process app's own backends, before any server's: a served round's leftovers
+            # (requests uvicorn still answers after wrk stopped) are not counted in a serial one.
+            serial_pids = _backends(url)
             print(json.dumps({"ready": True}), flush=True)
             for line in sys.stdin:
                 command = json.loads(line)
                 if command["do"] == "serial":
                     n = command["reads"]
-                    pids = _backends(url)
+                    pids = serial_pids
                     statements, wal, cpu, began = _statements(url), _wal(), _cpu(pids), time.process_time()
                     for k in range(n):
                         loop.run_until_complete(_call(app, scopes[(at + k) % len(scopes)]))
@@ -333,6 +342,47 @@ def run(compare_with: Path | None, reads: int, rounds: int, clients: int, second
     return "\n".join(lines)
 
 
+def replay_script(log: str, reads: int, skip: frozenset[str] = frozenset()) -> str:
+    """A script for `postgres --single` replaying the first read found in a server log written
+    with `log_statement = 'all'`, `log_parameter_max_length = -1` (one backend's lines): its
+    statements PREPAREd, then `reads` times BEGIN, each EXECUTE with the logged parameters (the
+    exposure row with a new id each time), COMMIT. Run under `valgrind --tool=callgrind` for
+    N and for M reads, the difference of the instruction counts over M - N is PostgreSQL's work
+    per read, exactly, whatever the machine's load; leaving statements out (`skip`: session,
+    scope, patient, exposure, append) attributes it."""
+    import re
+
+    entries = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ UTC \[\d+\] (?:LOG|DETAIL):)", log)
+    statements: list[list[str]] = []
+    for entry in entries:
+        if m := re.match(r".*? LOG:  execute \S+: (.*)", entry, re.S):
+            statements.append([" ".join(m.group(1).split()), ""])
+        elif (m := re.match(r".*? DETAIL:  parameters: (.*)", entry, re.S)) and statements:
+            statements[-1][1] = m.group(1).strip()
+    texts = [q for q, _ in statements]
+    begin, commit = texts.index("BEGIN"), texts.index("COMMIT")
+    tags = (
+        ("SELECT auth_sessions", "session"),
+        ("SELECT set_config", "scope"),
+        ("WITH session_actor", "patient"),
+        ("INSERT INTO exposures", "exposure"),
+        ("WITH link", "append"),
+    )
+    out, executes = [], []
+    for query, parameters in statements[begin + 1 : commit]:
+        tag = next((t for prefix, t in tags if query.startswith(prefix)), "other")
+        if tag in skip:
+            continue
+        out.append(f"PREPARE {tag} AS {query}")
+        values = [m.group(2) for m in re.finditer(r"\$(\d+) = (NULL|'(?:[^']|'')*')", parameters)]
+        if tag == "exposure":
+            values[-1] = "gen_random_uuid()"  # the row's id: a new one each time
+        executes.append(f"EXECUTE {tag}({', '.join(values)})" if values else f"EXECUTE {tag}")
+    for _ in range(reads):
+        out += ["BEGIN", *executes, "COMMIT"]
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -345,7 +395,18 @@ def main() -> None:
         "--clients", type=int, default=0, help="also served reads under wrk at this concurrency"
     )
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument(
+        "--replay-from",
+        type=Path,
+        default=None,
+        help="print a `postgres --single` script replaying the first read of this log (replay_script)",
+    )
+    parser.add_argument("--skip", default="", help="with --replay-from: statements left out, comma-separated")
     args = parser.parse_args()
+    if args.replay_from is not None:
+        skip = frozenset(s for s in args.skip.split(",") if s)
+        sys.stdout.write(replay_script(args.replay_from.read_text(), args.reads, skip))
+        return
     if args.worker:
         worker()
         return
