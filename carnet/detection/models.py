@@ -25,10 +25,9 @@ class Exposure(IdMixin, Base):
     # Identifying fields that left, comma-separated, when the gate names them.
     fields: Mapped[str | None] = mapped_column(String(300))
 
-    __table_args__ = (
-        Index("ix_exposures_actor_at", "actor_ref", "at"),
-        Index("ix_exposures_patient", "patient_id"),
-    )
+    # Read by actor and time (detection, baselines, incident reports); never by patient alone
+    # (migration 0013_readcpu dropped that index: a B-tree insert per exposure for no reader).
+    __table_args__ = (Index("ix_exposures_actor_at", "actor_ref", "at"),)
 
 
 class CanaryPatient(IdMixin, Base):

@@ -85,12 +85,17 @@ class CareRelationship(IdMixin, Base):
     __tablename__ = "care_relationships"
 
     patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id"), index=True)
-    practitioner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"), index=True)
+    practitioner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("practitioners.id"))
     facility_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("facilities.id"), index=True)
     kind: Mapped[str] = mapped_column(String(20))  # care_team, referral
     start_at: Mapped[dt.datetime]
     end_at: Mapped[dt.datetime | None]
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+
+    # A practitioner's care list (practitioner_id alone, the leading column) and one patient's
+    # relationship to them (both: the guarded read's first pipeline), whatever the planner's
+    # statistics (migration 0013_readcpu; it was practitioner_id alone).
+    __table_args__ = (Index("ix_care_relationships_practitioner_patient", "practitioner_id", "patient_id"),)
 
 
 class ResourceVersion(IdMixin, Base):
