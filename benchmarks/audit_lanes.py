@@ -1,9 +1,9 @@
 """The audit chain's lanes measured alone with pgbench (never in `make test`).
 
 A throwaway database holds `audit_chain_head`, the `audit_event_seq` sequence, a narrow events
-table and migration 0012's two functions with the number of lanes replaced; each pgbench
-transaction is BEGIN, one event linked and inserted by `carnet_audit_link` (as the writer's
-one-statement append does), COMMIT. Shapes, interleaved round by round: one lane (the old single
+table and the chain's two functions as migrations 0012 and 0013 left them, with the number of
+lanes replaced; each pgbench transaction is BEGIN, one event linked and inserted by
+`carnet_audit_link` (as the writer's one-statement append does), COMMIT. Shapes, interleaved round by round: one lane (the old single
 head, same function), 4, 8 and 16 lanes, and no chain at all (a sequence number only).
 
     .venv/bin/python -m benchmarks.audit_lanes --clients 64 --seconds 8 --rounds 2
@@ -19,17 +19,25 @@ import statistics
 import subprocess
 import tempfile
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 
 import carnet.db
 from carnet.db.engine import make_engine
 
-_path = os.path.join(os.path.dirname(carnet.db.__file__), "migrations", "versions", "0012_audit_lanes.py")
-_spec = importlib.util.spec_from_file_location("carnet_migration_0012", _path)
-assert _spec is not None and _spec.loader is not None
-lanes_migration = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lanes_migration)
+
+def _migration(name: str) -> Any:
+    path = os.path.join(os.path.dirname(carnet.db.__file__), "migrations", "versions", name)
+    spec = importlib.util.spec_from_file_location(f"carnet_migration_{name[:4]}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+lanes_migration = _migration("0012_audit_lanes.py")  # carnet_audit_lane
+link_migration = _migration("0013_read_cpu.py")  # carnet_audit_link as it runs today
 
 ADMIN_URL = os.environ.get(
     "CARNET_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -67,7 +75,9 @@ def _functions(lanes: int) -> list[str]:
         "DROP FUNCTION IF EXISTS carnet_audit_link(bytea)",
         "DROP FUNCTION IF EXISTS carnet_audit_lane(integer)",
         lane_sql,
-        lanes_migration.LINK_FUNCTION,
+        link_migration.LINK_FUNCTION.replace(
+            f"BETWEEN 1 AND {link_migration.LANES}", f"BETWEEN 1 AND {lanes}"
+        ),
     ]
 
 
