@@ -3,8 +3,9 @@
 A throwaway database holds `audit_chain_head`, the `audit_event_seq` sequence, a narrow events
 table and the chain's two functions as migrations 0012 and 0013 left them, with the number of
 lanes replaced; each pgbench transaction is BEGIN, one event linked and inserted by
-`carnet_audit_link` (as the writer's one-statement append does), COMMIT. Shapes, interleaved round by round: one lane (the old single
-head, same function), 4, 8 and 16 lanes, and no chain at all (a sequence number only).
+`carnet_audit_link` (as the writer's one-statement append does), COMMIT. Shapes, interleaved
+round by round: one lane (the old single head, same function), 4, 8 and 16 lanes, and no chain
+at all (a sequence number only).
 
     .venv/bin/python -m benchmarks.audit_lanes --clients 64 --seconds 8 --rounds 2
 """

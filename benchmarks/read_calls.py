@@ -49,6 +49,7 @@ from benchmarks._db import bench_database
 from benchmarks.fhir_load import (
     ORIGIN,
     WARD_CARE_LIST,
+    analyze,
     baseline_accounts,
     make_clinicians,
     plain_patient,
@@ -179,6 +180,7 @@ def run(reads: int, profile_out: Path | None, operation: str = "read") -> str:
             history: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
             pairs = _pairs(runtime, facility, operation, history)
             baseline_accounts(runtime, history)
+            analyze(runtime)
             random.Random(1).shuffle(pairs)
             scopes = [_scope(h, p) for h, p in pairs]
             while len(scopes) < reads:  # a few searches, each asked again (as fhir_load asks them)

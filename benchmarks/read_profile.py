@@ -38,6 +38,7 @@ from benchmarks._db import bench_database
 from benchmarks.fhir_load import (
     REDIS_URL,
     Pair,
+    analyze,
     baseline_accounts,
     cpu_seconds,
     make_clinicians,
@@ -225,6 +226,7 @@ def _measure(
     history: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
     clinicians = make_clinicians(runtime, facility, ids, min(clients, len(ids) // 30), history=history)
     baseline_accounts(runtime, history)
+    analyze(runtime)
     redis.Redis.from_url(REDIS_URL).flushdb()
     served = []
     for each in (spec, *([other] if other is not None else [])):
