@@ -182,7 +182,8 @@ class SqlExposureLedger:
         distinct = sorted(set(patient_ids))
         exposed = set(distinct)
         outside = sorted({p for p in outside_care if p in exposed})
-        if distinct and self._judged_by_work(actor):
+        judged_by_work = self._judged_by_work(actor)
+        if distinct and judged_by_work:
             # No care relationship narrows a facility-wide role: its "outside" is outside its work.
             work = self._work()
             assert work is not None
@@ -286,7 +287,7 @@ class SqlExposureLedger:
             account_baseline=self._baseline(session, actor.actor_ref),
             role_baseline=self._role_baseline(session, actor),
             new_address=self._is_new_address(session, actor, at),
-            work_known=self._judged_by_work(actor),
+            work_known=judged_by_work,
             probation=self._on_probation(session, actor, state.restored_at if state else None, at),
         )
         findings = self._findings(ctx)
