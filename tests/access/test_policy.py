@@ -187,3 +187,14 @@ def test_a_remembered_decision_is_the_decision_computed() -> None:
                         write=write,
                     )
                     assert again == computed
+
+
+def test_remembered_permissions_are_the_permissions_computed() -> None:
+    """`permissions_of` remembers its answer per set of roles (ROLE_PERMISSIONS never changes)."""
+    from carnet.access import permissions
+
+    roles = [*Role, "no-such-role"]
+    for held in [[r] for r in roles] + [[a, b] for a in roles for b in roles if a != b]:
+        computed = permissions._permissions_of(held)
+        assert permissions_of(frozenset(held)) == computed == permissions_of(frozenset(held))
+        assert permissions_of(held) == computed
