@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 from carnet.access.roles import PRIVILEGED_ROLES, Role
 
@@ -56,9 +57,13 @@ class Actor:
     def is_privileged(self) -> bool:
         return bool(self.roles & PRIVILEGED_ROLES)
 
-    @property
+    @cached_property
     def actor_ref(self) -> str:
-        """A stable reference for ledgers and audit: the account id, or the API client id."""
+        """A stable reference for ledgers and audit: the account id, or the API client id.
+
+        Computed once per actor (asked a dozen times by a read: detection, audit): the fields it
+        is made of are frozen, and `dataclasses.replace` makes a new actor, computed afresh. Kept
+        in the instance's `__dict__`, which is no field: equality and hashing ignore it."""
         if self.account_id is not None:
             return f"account:{self.account_id}"
         if self.client_id is not None:

@@ -208,6 +208,23 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 def permissions_of(roles: Iterable[Role | str]) -> frozenset[Permission]:
     """Union of the roles' permissions; an unknown role contributes nothing (deny by default)."""
+    if not isinstance(roles, frozenset):
+        return _permissions_of(roles)
+    # Asked on every request with the actor's roles: remembered per set of roles (ROLE_PERMISSIONS
+    # is built at import and never changed; tests/access/test_policy.py asks both ways).
+    found = _by_roles.get(roles)
+    if found is None:
+        found = _permissions_of(roles)
+        if len(_by_roles) > 10_000:
+            _by_roles.clear()
+        _by_roles[roles] = found
+    return found
+
+
+_by_roles: dict[frozenset[Role | str], frozenset[Permission]] = {}
+
+
+def _permissions_of(roles: Iterable[Role | str]) -> frozenset[Permission]:
     held: set[Permission] = set()
     for role in roles:
         try:

@@ -12,6 +12,7 @@ import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from carnet.access.permissions import Permission, permissions_of
 from carnet.access.roles import Role
@@ -579,6 +580,13 @@ def readable_fields(
     return frozenset(fields)
 
 
+# `decide`'s answers by their question. A decision is a pure function of its arguments and of
+# this module's tables (READ_RULES, WRITE_RULES, ALL_FIELDS, the permissions), built at import and
+# never changed (tests/access/test_policy.py asks both ways for every role, resource and
+# relationship); Decision is frozen, so one answer can be handed to every caller.
+_decisions: dict[tuple[Any, ...], Decision] = {}
+
+
 def decide(
     *,
     roles: Iterable[Role | str],
@@ -592,6 +600,28 @@ def decide(
     For a read, `fields` are the fields it may see; for a write, all the resource's fields.
     `permission` overrides the one implied (e.g. patient:create instead of patient:update).
     """
+    # The answer depends on the set of roles and of relationships, not on their order.
+    held = roles if isinstance(roles, frozenset) else frozenset(roles)
+    rels = relationships if isinstance(relationships, frozenset) else frozenset(relationships)
+    key = (held, resource, rels, write, permission)
+    found = _decisions.get(key)
+    if found is None:
+        found = _decide(roles=held, resource=resource, relationships=rels, write=write, permission=permission)
+        if len(_decisions) > 10_000:
+            _decisions.clear()
+        _decisions[key] = found
+    return found
+
+
+def _decide(
+    *,
+    roles: Iterable[Role | str],
+    resource: ResourceType | str,
+    relationships: Iterable[Relationship],
+    write: bool,
+    permission: Permission | None,
+) -> Decision:
+    """`decide`, computed."""
     kind = _resource(resource)
     if kind is None:
         return Decision(False, frozenset(), f"unknown resource type {str(resource)[:40]!r}")

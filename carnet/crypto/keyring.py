@@ -57,6 +57,12 @@ class Keyring:
         self._session_factory = session_factory
         self._lock = threading.Lock()
         self._keys: dict[uuid.UUID, AESGCM] = {}
+        # The same keys by the 16 bytes a ciphertext names them with (its header): a read decrypts
+        # several fields, each naming its key; no UUID is made to find it. Replaced with `_keys`.
+        self._by_header: dict[bytes, AESGCM] = {}
+        # The last row id decrypted and its text (the associated data names it): a record's
+        # fields are decrypted one after the other, for one row.
+        self._row_text: tuple[uuid.UUID | None, str] = (None, "")
         self._active: dict[uuid.UUID, uuid.UUID] = {}
         self._refresh_seconds = refresh_seconds
         self._loaded_at = time.monotonic()
@@ -76,6 +82,7 @@ class Keyring:
                 active[row.facility_id] = (row.version, row.id)
         with self._lock:
             self._keys = keys
+            self._by_header = {dek.bytes: key for dek, key in keys.items()}
             self._active = {fac: dek for fac, (_v, dek) in active.items()}
             self._loaded_at = time.monotonic()
         return len(keys)
@@ -116,7 +123,7 @@ class Keyring:
         )
         session.flush()
         with self._lock:
-            self._keys[dek_id] = AESGCM(raw)
+            self._keys[dek_id] = self._by_header[dek_id.bytes] = AESGCM(raw)
             self._active[facility_id] = dek_id
         # Usable at once (the same transaction may encrypt with it), but if the transaction rolls
         # back the key never existed: encrypting under it would make values no one can open.
@@ -162,11 +169,19 @@ class Keyring:
             return None
         if len(blob) < _HEADER + 16 or blob[0] != CIPHER_VERSION:
             raise DecryptionError(f"{table}.{column} holds a value that is not a carnet ciphertext")
-        dek_id = uuid.UUID(bytes=bytes(blob[1:17]))
+        header = bytes(blob[1:17])
+        key = self._by_header.get(header)
+        if key is None:
+            key = self._key(uuid.UUID(bytes=header))  # loads the keys again if unknown
+        last = self._row_text
+        if last[0] is row_id:
+            row_text = last[1]
+        else:
+            row_text = str(row_id)
+            self._row_text = (row_id, row_text)
+        aad = f"carnet/1|{table}|{column}|{row_text}".encode()  # `_aad`, the row's text reused
         try:
-            plain = self._key(dek_id).decrypt(
-                bytes(blob[17:29]), bytes(blob[29:]), _aad(table, column, row_id)
-            )
+            plain = key.decrypt(bytes(blob[17:29]), bytes(blob[29:]), aad)
         except InvalidTag:
             raise DecryptionError(
                 f"{table}.{column} of a row does not authenticate (moved or edited)"

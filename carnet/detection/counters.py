@@ -25,6 +25,10 @@ M15 = dt.timedelta(minutes=15)
 H1 = dt.timedelta(hours=1)
 H24 = dt.timedelta(hours=24)
 D7 = dt.timedelta(days=7)
+# The windows in seconds, as `adds` subtracts them from a time stamp on every read.
+_H1_SECONDS = H1.total_seconds()
+_H24_SECONDS = H24.total_seconds()
+_D7_SECONDS = D7.total_seconds()
 
 
 def _week_start(at: dt.datetime, since: dt.datetime | None) -> dt.datetime:
@@ -507,31 +511,44 @@ class RedisExposureCounters:
     ) -> list[Add]:
         """What one request adds to the sorted sets (its time travels with it: an add may be
         sent with a later request's script)."""
-        score = repr(at.timestamp())  # text: a Lua number would be printed with 14 digits
+        stamp = at.timestamp()
+        score = repr(stamp)  # text: a Lua number would be printed with 14 digits
         adds: list[Add] = []
-        for name, ids in self._groups(patient_ids, outside_care, exported, listed) if patient_ids else []:
-            if ids:
-                keep = D7 if name == "w" else H24
-                horizon = repr(at.timestamp() - keep.total_seconds())
-                ttl = int(keep.total_seconds()) + 3600
-                adds.append(Add(self._key(actor_ref, name), horizon, ttl, [str(p) for p in ids], score))
+        if patient_ids:
+            # A read's groups are mostly the same list (`_targeted` answers `patient_ids` itself):
+            # its members' text is made once and shared (read only: the script's JSON).
+            made: tuple[Sequence[uuid.UUID] | None, list[str]] = (None, [])
+            for name, ids in self._groups(patient_ids, outside_care, exported, listed):
+                if ids:
+                    keep = _D7_SECONDS if name == "w" else _H24_SECONDS
+                    if made[0] is not ids:
+                        made = (ids, [str(p) for p in ids])
+                    members = made[1]
+                    adds.append(
+                        Add(self._key(actor_ref, name), repr(stamp - keep), int(keep) + 3600, members, score)
+                    )
         for kind, key in events:
             member = key if kind in _DISTINCT_KINDS else uuid.uuid4().hex
-            horizon = repr(at.timestamp() - H24.total_seconds())
             adds.append(
                 Add(
                     self._key(actor_ref, f"e:{kind.value}"),
-                    horizon,
-                    int(H24.total_seconds()) + 3600,
+                    repr(stamp - _H24_SECONDS),
+                    int(_H24_SECONDS) + 3600,
                     [member],
                     score,
                 )
             )
         if installation:
-            horizon = repr(at.timestamp() - H1.total_seconds())
             members = [str(p) for p in installation]
-            ttl = int(H1.total_seconds()) + 600
-            adds.append(Add(self._key("installation", "p"), horizon, ttl, members, score))
+            adds.append(
+                Add(
+                    self._key("installation", "p"),
+                    repr(stamp - _H1_SECONDS),
+                    int(_H1_SECONDS) + 600,
+                    members,
+                    score,
+                )
+            )
         return adds
 
     def send(self, adds: Sequence[Add]) -> None:

@@ -182,7 +182,8 @@ class SqlExposureLedger:
         distinct = sorted(set(patient_ids))
         exposed = set(distinct)
         outside = sorted({p for p in outside_care if p in exposed})
-        if distinct and self._judged_by_work(actor):
+        judged_by_work = self._judged_by_work(actor)
+        if distinct and judged_by_work:
             # No care relationship narrows a facility-wide role: its "outside" is outside its work.
             work = self._work()
             assert work is not None
@@ -286,7 +287,7 @@ class SqlExposureLedger:
             account_baseline=self._baseline(session, actor.actor_ref),
             role_baseline=self._role_baseline(session, actor),
             new_address=self._is_new_address(session, actor, at),
-            work_known=self._judged_by_work(actor),
+            work_known=judged_by_work,
             probation=self._on_probation(session, actor, state.restored_at if state else None, at),
         )
         findings = self._findings(ctx)
@@ -445,8 +446,9 @@ class SqlExposureLedger:
                 return None  # the clock moved (a test's, or the host's): ask Redis
             if (self._held and self._held[0].since + QUIET_SECONDS <= now) or len(self._held) >= QUIET_HELD:
                 return None  # time to send what is held
-            if any((c := self._campaign_flags.get(r)) is None or c[0] <= now for r in refs):
-                return None
+            for r in refs:
+                if (c := self._campaign_flags.get(r)) is None or c[0] <= now:
+                    return None
             new = [p for p in request.patient_ids if p not in kept.known]
             if len(new) > kept.budget:
                 return None
@@ -812,7 +814,15 @@ class SqlExposureLedger:
         if actor.kind not in (ActorKind.STAFF, ActorKind.CLIENT):
             return
         now = time.monotonic()
-        for ref in self._machine_refs(actor):
+        refs = self._machine_refs(actor)
+        me = actor.actor_ref
+        with self._lock:  # the usual case: every pair noted less than five minutes ago
+            for ref in refs:
+                if self._seen.get((ref, me), 0.0) <= now:
+                    break
+            else:
+                return
+        for ref in refs:
             pair = (ref, actor.actor_ref)
             with self._lock:
                 if self._seen.get(pair, 0.0) > now:
@@ -861,15 +871,18 @@ class SqlExposureLedger:
         if actor.kind is not ActorKind.STAFF:
             return None
         now = time.monotonic()
-        for ref in self._campaign_refs(actor):
-            with self._lock:
-                cached = self._campaign_flags.get(ref)
+        refs = self._campaign_refs(actor)
+        with self._lock:
+            kept = [self._campaign_flags.get(ref) for ref in refs]
+        for ref, cached in zip(refs, kept, strict=True):
             if cached is None or cached[0] <= now:
                 cached = (now + 2.0, self.flags.get(f"campaign:{ref}"))
                 with self._lock:
                     if len(self._campaign_flags) > 10_000:
                         self._campaign_flags.clear()
                     self._campaign_flags[ref] = cached
+            if cached[1] is None:
+                continue  # no campaign flag (what `_parse_flag` answers None for)
             parsed = _parse_flag(cached[1])
             if parsed is None or clock.now() - parsed[0] > dt.timedelta(hours=24):
                 continue

@@ -58,8 +58,13 @@ def _patients(n: int) -> str:
 
 def _volume_role(actor: Actor, config: DetectionConfig) -> tuple[str, RoleVolume] | None:
     """The most permissive patient-data role the actor holds (None: it reads no patient data)."""
-    candidates = [r for r in actor.roles if r in PATIENT_DATA_ROLES or r is Role.PATIENT]
-    volumes = [(r.value, config.role_volume[r.value]) for r in candidates if r.value in config.role_volume]
+    # A Role is a StrEnum: it is its value as a key (str's hash and equality), and `str` gives
+    # the value without the Enum's `.value` descriptor (a Python call per role, on every read).
+    volumes = [
+        (str(r), config.role_volume[r])
+        for r in actor.roles
+        if (r in PATIENT_DATA_ROLES or r is Role.PATIENT) and r in config.role_volume
+    ]
     if not volumes:
         return None
     return max(volumes, key=lambda item: (item[1].h24, item[1].h1, item[1].m15))
@@ -73,11 +78,12 @@ _PEOPLE = {
     "patient": "a patient",
 }
 
-_WINDOWS = (("m15", "in the last 15 minutes"), ("h1", "in the last hour"), ("h24", "in the last 24 hours"))
-
-
-def _count_for(counts: ActorCounts, window: str) -> int:
-    return {"m15": counts.patients_15m, "h1": counts.patients_1h, "h24": counts.patients_24h}[window]
+# Each window: its baseline field, its words, and the count of distinct patients in it.
+_WINDOWS = (
+    ("m15", "in the last 15 minutes", "patients_15m"),
+    ("h1", "in the last hour", "patients_1h"),
+    ("h24", "in the last 24 hours", "patients_24h"),
+)
 
 
 def volume(config: DetectionConfig, ctx: Context) -> Finding | None:
@@ -96,7 +102,7 @@ def volume(config: DetectionConfig, ctx: Context) -> Finding | None:
         )
     role_name, floors = role
     worst: tuple[Level, float, str] | None = None
-    for window, words in _WINDOWS:
+    for window, words, count in _WINDOWS:
         usual = max(
             getattr(ctx.account_baseline, window, 0) if ctx.account_baseline else 0,
             getattr(ctx.role_baseline, window, 0) if ctx.role_baseline else 0,
@@ -108,7 +114,7 @@ def volume(config: DetectionConfig, ctx: Context) -> Finding | None:
             floor = max(1.0, floor * config.probation_factor)
             usual = 0
         threshold = min(max(floor, config.baseline_factor * usual), floor * config.baseline_cap_factor)
-        seen = _count_for(ctx.counts, window)
+        seen = getattr(ctx.counts, count)
         if seen < threshold:
             continue
         ratio = seen / threshold
@@ -136,11 +142,11 @@ def volume(config: DetectionConfig, ctx: Context) -> Finding | None:
 def _client_volume(config: DetectionConfig, ctx: Context) -> Finding | None:
     floors = config.client_volume
     worst: tuple[Level, float, str] | None = None
-    for window, words in _WINDOWS:
+    for window, words, count in _WINDOWS:
         usual = getattr(ctx.account_baseline, window, 0) if ctx.account_baseline else 0
         floor = float(getattr(floors, window))
         threshold = min(max(floor, config.baseline_factor * usual), floor * config.baseline_cap_factor)
-        seen = _count_for(ctx.counts, window)
+        seen = getattr(ctx.counts, count)
         if seen < threshold:
             continue
         ratio = seen / threshold
@@ -155,8 +161,8 @@ def _client_volume(config: DetectionConfig, ctx: Context) -> Finding | None:
 
 
 def _care_scoped(actor: Actor, config: DetectionConfig) -> bool:
-    names = {r.value for r in actor.roles}
-    return bool(names & set(config.care_scoped_roles)) and not names & set(config.facility_wide_roles)
+    roles = actor.roles  # Roles are StrEnums: equal to their values, and hashed alike
+    return not roles.isdisjoint(config.care_scoped_roles) and roles.isdisjoint(config.facility_wide_roles)
 
 
 def outside_care(config: DetectionConfig, ctx: Context) -> Finding | None:

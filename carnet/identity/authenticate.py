@@ -423,7 +423,8 @@ class Authenticator:
         if account.status != "active":
             raise AuthenticationRequired("this account is disabled")
         actor = actor_for(account, roles, row=live, context=context)
-        if live.roles_at_login != sessions.roles_fingerprint(frozenset(r.value for r in roles)):
+        # A Role is a StrEnum: its text is its value, as the fingerprint at login was made of.
+        if live.roles_at_login != sessions.roles_fingerprint(roles):
             # Privileges changed: this session id ends; the next login gets a new one, with
             # the factors and timeouts the new roles require.
             if not quiet:

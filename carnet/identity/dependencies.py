@@ -6,6 +6,7 @@ answers (OperationOutcome) that say why and, for a contained account, whom to ca
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import urlsplit
 
 from fastapi import Request
@@ -33,6 +34,7 @@ def cookie_is_secure(origin: str) -> bool:
     return not (parts.scheme == "http" and parts.hostname == "localhost")
 
 
+@functools.cache  # an installation has one origin; asked on every request (urlsplit each time)
 def session_cookie_name(origin: str) -> str:
     # __Host- forbids a Domain attribute and needs Secure: no sibling host can plant it.
     return "__Host-carnet_session" if cookie_is_secure(origin) else "carnet_session"

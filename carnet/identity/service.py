@@ -191,10 +191,12 @@ def roles_of(session: Session, *, account: Account) -> frozenset[Role]:
     return roles_named(account, names)
 
 
+_ROLES_BY_NAME = {r.value: r for r in Role}  # built once: every request asks (Role is an Enum)
+
+
 def roles_named(account: Account, names: Iterable[str]) -> frozenset[Role]:
     """`roles_of` for grant names the caller already read (active grants only)."""
-    known = {r.value: r for r in Role}
-    roles = {known[n] for n in names if n in known}
+    roles = {_ROLES_BY_NAME[n] for n in names if n in _ROLES_BY_NAME}
     if account.kind == "patient":
         roles = {Role.PATIENT}  # a portal account never holds staff roles
     return frozenset(roles)

@@ -12,7 +12,7 @@ from typing import Any
 
 from carnet.audit.interfaces import AuditRecord
 from carnet.operations import metrics
-from carnet.operations.tracing import finished_step, gate_step
+from carnet.operations.tracing import finished_step, gate_step, recording
 
 
 def observe_audit(records: Sequence[AuditRecord], seconds: float) -> None:
@@ -28,7 +28,10 @@ def instrument_ledger(ledger: Any) -> Any:
 
     @functools.wraps(record)
     def counted_record(*args: Any, patient_ids: Sequence[uuid.UUID], channel: Any, **kwargs: Any) -> None:
-        with gate_step("exposure", channel=str(channel), patients=len(patient_ids)):
+        if recording():
+            with gate_step("exposure", channel=str(channel), patients=len(patient_ids)):
+                record(*args, patient_ids=patient_ids, channel=channel, **kwargs)
+        else:  # gate_step's own no-span branch, without its generator (every read comes here)
             record(*args, patient_ids=patient_ids, channel=channel, **kwargs)
         # Counted once detection let them through (a containment rolls the access back).
         metrics.child(metrics.EXPOSURES, str(channel)).inc(len(set(patient_ids)))

@@ -79,13 +79,26 @@ def observe_audit(records: Sequence[AuditRecord], seconds: float) -> None:
     """The audit writer's observer: one append call and what it appended."""
     AUDIT_APPEND_SECONDS.observe(seconds)
     for record in records:
-        kind = AuditKind(record.kind).value
-        outcome = record.outcome.value
-        child(AUDIT_EVENTS, kind, outcome).inc()
-        if kind.startswith("phi:"):
-            child(GATE_DECISIONS, outcome).inc()
-        if kind == AuditKind.CONTAINMENT.value:
-            CONTAINMENTS.inc()
+        counted = _counted.get((record.kind, record.outcome))
+        if counted is None:
+            counted = _counted[(record.kind, record.outcome)] = _counters_of(record)
+        for counter in counted:
+            counter.inc()
+
+
+# The counters an event of a kind and outcome increments, found once (a finite set, as above).
+_counted: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+
+
+def _counters_of(record: AuditRecord) -> tuple[Any, ...]:
+    kind = AuditKind(record.kind).value
+    outcome = record.outcome.value
+    counters = [child(AUDIT_EVENTS, kind, outcome)]
+    if kind.startswith("phi:"):
+        counters.append(child(GATE_DECISIONS, outcome))
+    if kind == AuditKind.CONTAINMENT.value:
+        counters.append(CONTAINMENTS)
+    return tuple(counters)
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:

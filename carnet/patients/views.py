@@ -19,24 +19,30 @@ from carnet.phi.steps import redact, sid
 
 def patient_data(tx: GuardedTx, patient: Patient, fields: frozenset[str]) -> dict[str, Any]:
     """Decrypt only what the actor may see: what is not opened is not even decrypted."""
+    # The row's loaded values as the ORM keeps them (each attribute read through its descriptor
+    # is a Python call, 24 a read); one not loaded (expired, deferred) is read as usual.
+    loaded = patient.__dict__
+    row = {c: loaded[c] if c in loaded else getattr(patient, c) for c in _READ_COLUMNS}
+    row_id = row["id"]
     data: dict[str, Any] = {
-        "id": str(patient.id),
-        "updated_at": patient.updated_at,
-        "facility_id": str(patient.facility_id),
-        "version_id": patient.version_id,
-        "gender": patient.gender,
-        "active": patient.active,
-        "designated_physician_id": sid(patient.designated_physician_id),
-        "opposes_other_facilities": patient.opposes_other_facilities,
-        "merged_into_id": sid(patient.merged_into_id),
+        "id": str(row_id),
+        "updated_at": row["updated_at"],
+        "facility_id": str(row["facility_id"]),
+        "version_id": row["version_id"],
+        "gender": row["gender"],
+        "active": row["active"],
+        "designated_physician_id": sid(row["designated_physician_id"]),
+        "opposes_other_facilities": row["opposes_other_facilities"],
+        "merged_into_id": sid(row["merged_into_id"]),
     }
     for name, (column, _kind) in PATIENT_ENCRYPTED.items():
         if name in fields:
-            plain = tx.dec(getattr(patient, column), "patients", name, patient.id)
+            blob = loaded[column] if column in loaded else getattr(patient, column)
+            plain = tx.dec(blob, "patients", name, row_id)
             data[name] = address_view(plain) if name == "address" else plain
     if "received" in fields and patient.received_ct is not None:
         # Kept as received, for a reader of every field only (granted with all the others).
-        kept = tx.dec(patient.received_ct, "patients", "received", patient.id)
+        kept = tx.dec(patient.received_ct, "patients", "received", row_id)
         data["received"] = None if kept is None else json.loads(kept)
     return data
 
@@ -131,3 +137,17 @@ BI_COLUMNS = {
     IndexKind.PHONE: "phone_bi",
     IndexKind.EMAIL: "email_bi",
 }
+
+
+# The columns `patient_data` reads of every record (those of the fields opened besides).
+_READ_COLUMNS = (
+    "id",
+    "updated_at",
+    "facility_id",
+    "version_id",
+    "gender",
+    "active",
+    "designated_physician_id",
+    "opposes_other_facilities",
+    "merged_into_id",
+)

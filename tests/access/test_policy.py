@@ -163,3 +163,38 @@ def test_only_a_write_only_facility_feed_is_decided_without_care_relationships()
                 assert (facility.allowed, facility.fields) == (every.allowed, every.fields)
     assert not policy.decided_by_facility_alone([Role.INTERFACE, Role.PHYSICIAN])
     assert not policy.decided_by_facility_alone([])
+
+
+def test_a_remembered_decision_is_the_decision_computed() -> None:
+    """`decide` remembers its answers: sound only while a decision depends on its arguments alone
+    (the policy's tables never change after import) and not on the order of roles or
+    relationships. Every role alone and with each other one, every resource, relationship set of
+    one and of all, read and write, both orders: the remembered answer is the computed one."""
+    roles = list(Role)
+    pairs = [[r] for r in roles] + [[a, b] for a in roles for b in roles if a < b]
+    for held in pairs:
+        for resource in ResourceType:
+            for rels in [[rel] for rel in Relationship] + [EVERY]:
+                for write in (False, True):
+                    computed = policy._decide(
+                        roles=held, resource=resource, relationships=rels, write=write, permission=None
+                    )
+                    assert decide(roles=held, resource=resource, relationships=rels, write=write) == computed
+                    again = decide(
+                        roles=list(reversed(held)),
+                        resource=resource.value,
+                        relationships=list(reversed(rels)),
+                        write=write,
+                    )
+                    assert again == computed
+
+
+def test_remembered_permissions_are_the_permissions_computed() -> None:
+    """`permissions_of` remembers its answer per set of roles (ROLE_PERMISSIONS never changes)."""
+    from carnet.access import permissions
+
+    roles = [*Role, "no-such-role"]
+    for held in [[r] for r in roles] + [[a, b] for a in roles for b in roles if a != b]:
+        computed = permissions._permissions_of(held)
+        assert permissions_of(frozenset(held)) == computed == permissions_of(frozenset(held))
+        assert permissions_of(held) == computed

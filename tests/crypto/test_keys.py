@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from carnet.crypto.keyring import Keyring
+from carnet.crypto.keyring import DecryptionError, Keyring
 from carnet.crypto.keys import FileKeyProvider, RotatableKeyProvider
 from carnet.kernel.errors import ConfigurationError
 from carnet.phi.rekey import renew_data_keys
@@ -120,3 +120,29 @@ def test_a_key_file_that_cannot_be_replaced_changes_nothing(tmp_path: Path) -> N
     with pytest.raises(ConfigurationError, match="cannot write key file"):
         provider.add_kek()
     assert path.read_bytes() == before and provider.kek_ids == ["kek-1"]
+
+
+def test_a_value_opens_only_for_its_own_row_and_column_whatever_was_decrypted_just_before(
+    sqlite_runtime: Runtime,
+) -> None:
+    """The keyring keeps the text of the last row id it decrypted for (a record's fields are
+    decrypted one after the other) and finds keys by a ciphertext's header bytes: neither may
+    let a value open for another row or column."""
+    facility_id = create_facility(sqlite_runtime)
+    keyring = sqlite_runtime.keyring
+    row, other = uuid.uuid4(), uuid.uuid4()
+    blob = keyring.encrypt("Lefèvre", facility_id=facility_id, table="patients", column="family", row_id=row)
+    mine = keyring.encrypt("Marie", facility_id=facility_id, table="patients", column="given", row_id=other)
+    assert keyring.decrypt(blob, table="patients", column="family", row_id=row) == "Lefèvre"
+    with pytest.raises(DecryptionError):
+        keyring.decrypt(blob, table="patients", column="family", row_id=other)
+    with pytest.raises(DecryptionError):
+        keyring.decrypt(blob, table="patients", column="given", row_id=row)
+    assert keyring.decrypt(mine, table="patients", column="given", row_id=other) == "Marie"
+    with pytest.raises(DecryptionError):  # right after `other` was decrypted for
+        keyring.decrypt(blob, table="patients", column="family", row_id=other)
+    same = uuid.UUID(str(row))  # an equal id, another object
+    assert keyring.decrypt(blob, table="patients", column="family", row_id=same) == "Lefèvre"
+    unknown = bytes([blob[0]]) + uuid.uuid4().bytes + blob[17:]  # names no data key
+    with pytest.raises(DecryptionError, match="data key that does not exist"):
+        keyring.decrypt(unknown, table="patients", column="family", row_id=row)

@@ -5,6 +5,7 @@ Windows are exercised with the movable clock; a refused request rolls back like 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import random
@@ -314,7 +315,7 @@ def test_off_hours_and_new_addresses(runtime: Runtime, movable_clock: clock.Mova
     expose(runtime, day, new_patients(1))  # the first address is the usual one
     moved = make_actor(runtime, "dr.day2", Role.PHYSICIAN, address="10.1.1.1")
     expose(runtime, moved, new_patients(1))
-    elsewhere = moved.__class__(**{**moved.__dict__, "address": "203.0.113.9"})
+    elsewhere = dataclasses.replace(moved, address="203.0.113.9")
     expose(runtime, elsewhere, new_patients(1))
     new_address = [a for a in _alerts(runtime) if a.rule == "new-address"]
     assert [(a.username, a.level) for a in new_address] == [("dr.day2", 1)]

@@ -97,3 +97,21 @@ def test_shape_check_and_r4b_agree_on_the_seeded_hospital(mapped: list[dict[str,
             resource[element] = value
             assert _r4b_ok(resource) is model_accepts, element
             assert not shapes.patient_ok(resource), element
+
+
+def test_a_view_of_an_expired_record_reads_it_again_as_the_orm_would(sqlite_runtime: Runtime) -> None:
+    """`patient_data` reads the values the ORM holds in the instance's `__dict__` (no descriptor
+    call per column); a record whose values were expired (after a commit, a refresh) is loaded
+    again, and the view is the same as that of the record freshly read."""
+    runtime = sqlite_runtime
+    seed_hospital(runtime, patients=5, seed=3)
+    every = PATIENT_IDENTITY | PATIENT_CONTACT
+    with system_access(runtime, reason="test: a view of an expired record") as door:
+        reader: Any = _Reader(runtime, door.session)
+        patients = door.session.scalars(sa.select(Patient)).all()
+        fresh = [patient_view(reader, p, frozenset(every)) for p in patients]
+        for patient in patients:
+            door.session.expire(patient)
+            assert "family_ct" not in patient.__dict__
+        assert [patient_view(reader, p, frozenset(every)) for p in patients] == fresh
+        assert all(v.family for v in fresh)
