@@ -125,7 +125,24 @@ def require_fresh_second_factor(actor: Actor) -> None:
 # columns, not ORM entities: the rows become detached instances at a fraction of the ORM's
 # loading cost (identity map, events), which every request paid; prepared on PostgreSQL.
 _SESSION_COLUMNS = tuple(cast(Table, AuthSession.__table__).columns)
-_ACCOUNT_COLUMNS = tuple(cast(Table, Account.__table__).columns)
+# Only what judging the session and building its Actor read (`_judge`, `actor_for`, the access
+# context of carnet.access.context): the password hash and the account's other columns do not
+# travel with every request (they were 6 of the statement's 37 columns).
+_ACCOUNT_COLUMNS = tuple(
+    cast(Table, Account.__table__).columns[name]
+    for name in (
+        "id",
+        "username",
+        "kind",
+        "status",
+        "status_reason",
+        "facility_id",
+        "practitioner_id",
+        "patient_id",
+        "must_change_password",
+        "must_replace_second_factor",
+    )
+)
 _SESSION_ACCOUNT_GRANTS = PreparedSelect(
     select(*_SESSION_COLUMNS, *_ACCOUNT_COLUMNS, RoleGrant.role)
     .select_from(AuthSession)

@@ -243,3 +243,14 @@ def test_security_history_is_the_owners_own(
     assert alice.account_id != bob.account_id
     with TestClient(app, base_url="http://localhost:8000") as anonymous:
         assert anonymous.get("/auth/security-history").status_code == 401
+
+
+def test_a_requests_session_lookup_does_not_carry_the_password_hash() -> None:
+    """Every request reads its session, account and grants in one statement (resolve, and the
+    gate's fast read): the account's secrets are not among what it reads."""
+    from carnet.identity.authenticate import _SESSION_ACCOUNT_GRANTS, SESSION_CONTEXT
+
+    for statement in (_SESSION_ACCOUNT_GRANTS.statement, SESSION_CONTEXT):
+        read = {c.key for c in statement.selected_columns}
+        assert "password_hash" not in read
+        assert {"status", "must_change_password", "must_replace_second_factor"} <= read
