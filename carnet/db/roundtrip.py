@@ -237,7 +237,9 @@ def _send(
     return out
 
 
-def _rows(transformer: TransformerType, statement: Statement, result: pq.abc.PGresult) -> list[tuple[Any, ...]]:
+def _rows(
+    transformer: TransformerType, statement: Statement, result: pq.abc.PGresult
+) -> list[tuple[Any, ...]]:
     """A statement's rows, loaded by psycopg's Transformer, through its result processors."""
     if statement.columns is None:
         statement.columns = tuple((result.fname(i) or b"").decode() for i in range(result.nfields))
