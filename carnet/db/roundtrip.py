@@ -64,7 +64,7 @@ class Statement:
     `processors`, one per column or none, convert each column's value as SQLAlchemy's result
     processing would. `columns` (the result's column names) is known after its first run."""
 
-    __slots__ = ("__weakref__", "columns", "defaults", "formats", "names", "processors", "sql")
+    __slots__ = ("__weakref__", "binary", "columns", "defaults", "formats", "names", "processors", "sql")
 
     def __init__(
         self,
@@ -72,6 +72,7 @@ class Statement:
         *,
         defaults: dict[str, Any] | None = None,
         processors: Sequence[Processor] = (),
+        binary: bool = False,
     ) -> None:
         names: list[str] = []
 
@@ -92,6 +93,9 @@ class Statement:
         self.processors = tuple((i, p) for i, p in enumerate(processors) if p is not None)
         self.formats = [PyFormat.AUTO] * len(names)
         self.columns: tuple[str, ...] | None = None
+        # Rows in PostgreSQL's binary format: nothing to format on the server (a timestamp, a
+        # bytea's hex) nor to parse here.
+        self.binary = pq.Format.BINARY if binary else pq.Format.TEXT
 
     def values(self, params: dict[str, Any]) -> list[Any]:
         """The statement's parameters in order, from `params`, else from its defaults."""
@@ -204,7 +208,7 @@ def _send(
                     statements.append((key[0], True))
                 else:
                     statements.append((key[0], False))
-                pgconn.send_query_prepared(name, dumped, param_formats=formats)
+                pgconn.send_query_prepared(name, dumped, param_formats=formats, result_format=key[0].binary)
             if commit:
                 pgconn.send_query_params(b"COMMIT", None)
             pgconn.pipeline_sync()
@@ -246,7 +250,7 @@ def _rows(
     count = result.ntuples
     if not count:
         return []
-    transformer.set_pgresult(result)
+    transformer.set_pgresult(result, format=statement.binary)
     rows: list[tuple[Any, ...]] = transformer.load_rows(0, count, tuple)
     processors = statement.processors
     if not processors:

@@ -114,11 +114,14 @@ class _Compiled:
     sql: str
     defaults: dict[str, Any]
     processors: tuple[Callable[[Any], Any] | None, ...] = ()
-    # The same, as sent by carnet.db.roundtrip (prepared once per connection, `$n` placeholders).
+    # The same, as sent by carnet.db.roundtrip (prepared once per connection, `$n` placeholders;
+    # rows in binary: a timestamp or a bytea neither formatted by PostgreSQL nor parsed here).
     statement: roundtrip.Statement = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        statement = roundtrip.Statement(self.sql, defaults=self.defaults, processors=self.processors)
+        statement = roundtrip.Statement(
+            self.sql, defaults=self.defaults, processors=self.processors, binary=True
+        )
         object.__setattr__(self, "statement", statement)
 
 
