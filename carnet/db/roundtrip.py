@@ -118,6 +118,8 @@ class _State:
 
 _states: weakref.WeakKeyDictionary[psycopg.Connection[Any], _State] = weakref.WeakKeyDictionary()
 _names = itertools.count(1)
+# At most this many statements prepared per connection (psycopg keeps 100 of its own).
+MAX_PREPARED = 200
 
 
 def _begin_statement(conn: psycopg.Connection[Any]) -> bytes:
@@ -192,7 +194,7 @@ def _send(
     pgconn = conn.pgconn
     prepared = state.prepared
     fresh = []
-    statements = []  # each statement, and whether its prepare is answered before it
+    statements = []  # each statement, and how many results of housekeeping come before its own
     with conn.lock:
         begin = pgconn.transaction_status == _IDLE
         try:
@@ -201,13 +203,17 @@ def _send(
                 pgconn.send_query_params(state.begin, None)
             for key, dumped, formats in queued:
                 name = prepared.get(key)
+                before = 0
                 if name is None:
+                    if len(prepared) >= MAX_PREPARED:  # the oldest makes room, as psycopg's own do
+                        oldest = prepared.pop(next(iter(prepared)))
+                        pgconn.send_query_params(b"DEALLOCATE " + oldest, None)
+                        before += 1
                     name = prepared[key] = b"carnet_%d" % next(_names)
                     fresh.append(key)
                     pgconn.send_prepare(name, key[0].sql, param_types=key[1])
-                    statements.append((key[0], True))
-                else:
-                    statements.append((key[0], False))
+                    before += 1
+                statements.append((key[0], before))
                 pgconn.send_query_prepared(name, dumped, param_formats=formats, result_format=key[0].binary)
             if commit:
                 pgconn.send_query_params(b"COMMIT", None)
@@ -229,13 +235,13 @@ def _send(
             if begin and retry:
                 raise _Forgotten from error
         raise error
-    if len(results) != begin + len(fresh) + len(statements) + commit:
+    if len(results) != begin + sum(before for _, before in statements) + len(statements) + commit:
         conn.close()
         raise psycopg.InternalError(f"{len(results)} results for {len(statements)} statements")
     out: list[list[tuple[Any, ...]]] = []
     position = int(begin)
-    for statement, after_prepare in statements:
-        position += after_prepare
+    for statement, before in statements:
+        position += before
         out.append(_rows(transformer, statement, results[position]))
         position += 1
     return out

@@ -179,3 +179,18 @@ def test_waiting_for_the_server_releases_the_gil(conn: psycopg.Connection[Any]) 
         holder.rollback()
         waiter.join()
     assert answered == [[[(True,)]]]
+
+
+def test_the_oldest_statement_makes_room(
+    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(roundtrip, "MAX_PREPARED", 2)
+    many = [roundtrip.Statement(f"SELECT {n} AS n, %(x)s::int AS x") for n in range(4)]
+    answers = roundtrip.run(conn, [(s, {"x": n}) for n, s in enumerate(many)], commit=True)
+    assert answers == [[(n, n)] for n in range(4)]
+    assert roundtrip.prepared_on(conn) == 2
+    assert len([n for n in _server_names(conn) if n.startswith("carnet_")]) == 2
+    assert roundtrip.run(conn, [(many[0], {"x": 5}), (many[3], {"x": 6})], commit=True) == [
+        [(0, 5)],
+        [(3, 6)],
+    ]
