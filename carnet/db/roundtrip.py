@@ -15,9 +15,15 @@ SQLAlchemy result processor when the statement has them.
 - A statement is prepared on a connection the first time it runs there, for the types of its
   parameters (as psycopg keys its own prepared statements), under a name never used before in
   this process; which names a connection holds is kept per connection and its server process
-  (a reset connection is a new session). A statement the server no longer knows (DISCARD ALL,
-  DEALLOCATE) fails as psycopg.errors.InvalidSqlStatementName, and the connection's names are
-  forgotten: its next round trip prepares them again.
+  (a reset connection is a new session), at most MAX_PREPARED of them. The server may forget
+  them: psycopg deallocates every prepared statement of a connection after a rollback (or a
+  ROLLBACK TO SAVEPOINT, a DROP...) once it prepared one of its own; DISCARD ALL. A round trip
+  that begins its transaction then fails on a statement the server no longer knows before
+  anything ran: it is rolled back and sent again, each statement prepared anew. Within a
+  transaction it could not be sent again, so after a savepoint was rolled back (SQLAlchemy's
+  event) the next one first asks the server which statements are left; otherwise a statement
+  the server no longer knows fails as psycopg.errors.InvalidSqlStatementName, and the
+  connection's names are forgotten.
 - The transaction: when the connection is idle, BEGIN goes first (psycopg's own begin statement
   for the connection's settings); COMMIT goes last when asked. The transaction state is libpq's,
   which psycopg and SQLAlchemy read: their commit or rollback afterwards is as after their own.
@@ -46,6 +52,7 @@ from psycopg.abc import Transformer as TransformerType
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.errors import error_from_result
 from psycopg.waiting import Ready, Wait
+from sqlalchemy import Connection, Engine, event
 
 _IDLE = pq.TransactionStatus.IDLE
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
@@ -107,13 +114,27 @@ class _State:
     """What a connection holds: the statements prepared on it (by statement and parameter
     types), for its server process; psycopg's Transformer of its adapters."""
 
-    __slots__ = ("backend", "begin", "prepared", "transformer")
+    __slots__ = ("backend", "begin", "prepared", "transformer", "unsure")
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.backend = conn.pgconn.backend_pid
         self.prepared: dict[tuple[Statement, Any], bytes] = {}
         self.transformer = Transformer(conn)
         self.begin = _begin_statement(conn)
+        # A savepoint was rolled back since: psycopg may have deallocated every statement.
+        self.unsure = False
+
+
+@event.listens_for(Engine, "rollback_savepoint")
+def _savepoint_rolled_back(connection: Connection, _name: str, _context: Any) -> None:
+    """psycopg deallocates every prepared statement of a connection (its own and these) when a
+    statement it runs answers ROLLBACK, as ROLLBACK TO SAVEPOINT does, once it prepared one of
+    its own. A round trip that begins its transaction finds out and is sent again (`run`); one
+    within the transaction could not be: it first asks the server which are left."""
+    raw = connection.connection.driver_connection
+    state = _states.get(raw) if isinstance(raw, psycopg.Connection) else None
+    if state is not None:
+        state.unsure = True
 
 
 _states: weakref.WeakKeyDictionary[psycopg.Connection[Any], _State] = weakref.WeakKeyDictionary()
@@ -162,12 +183,13 @@ def run(
     commit: bool = False,
 ) -> list[list[tuple[Any, ...]]]:
     """Send each statement with its values (by name: `Statement.values`), BEGIN first if the
-    connection is idle, COMMIT last if `commit`, in one round trip; each statement's rows, in
-    order. See the module for what an error leaves."""
+    connection is idle (and not in autocommit: then the statements are one implicit
+    transaction), COMMIT last if `commit`, in one round trip; each statement's rows, in order.
+    See the module for what an error leaves."""
     state = _state(conn)
     transformer = state.transformer
-    if conn.autocommit:
-        raise psycopg.ProgrammingError("a round trip runs in a transaction: autocommit is on")
+    if conn.autocommit and commit:
+        raise psycopg.ProgrammingError("nothing to commit: autocommit is on")
     queued = []
     for statement, params in calls:  # every value adapted before anything is sent
         dumped = transformer.dump_sequence(statement.values(params), statement.formats)
@@ -184,7 +206,7 @@ def run(
 
 
 class _Forgotten(Exception):
-    """The round trip began the transaction, and the server no longer knew a statement."""
+    """The round trip began its transaction, and the server no longer knew a statement."""
 
 
 def _send(
@@ -192,11 +214,13 @@ def _send(
 ) -> list[list[tuple[Any, ...]]]:
     transformer = state.transformer
     pgconn = conn.pgconn
+    if state.unsure and pgconn.transaction_status != _IDLE:
+        _keep_known(conn, state)
     prepared = state.prepared
     fresh = []
     statements = []  # each statement, and how many results of housekeeping come before its own
     with conn.lock:
-        begin = pgconn.transaction_status == _IDLE
+        begin = not conn.autocommit and pgconn.transaction_status == _IDLE
         try:
             pgconn.enter_pipeline_mode()
             if begin:
@@ -232,7 +256,8 @@ def _send(
         error = error_from_result(failed, encoding=conn.info.encoding)
         if isinstance(error, psycopg.errors.InvalidSqlStatementName):
             prepared.clear()  # the server forgot them: prepared again next time
-            if begin and retry:
+            state.unsure = False
+            if retry and (begin or conn.autocommit):  # nothing ran: it can be sent again
                 raise _Forgotten from error
         raise error
     if len(results) != begin + sum(before for _, before in statements) + len(statements) + commit:
@@ -245,6 +270,16 @@ def _send(
         out.append(_rows(transformer, statement, results[position]))
         position += 1
     return out
+
+
+def _keep_known(conn: psycopg.Connection[Any], state: _State) -> None:
+    """Forget the statements the server no longer has (`_savepoint_rolled_back`)."""
+    known = conn.execute(
+        "SELECT name FROM pg_prepared_statements WHERE name LIKE 'carnet\\_%%'", prepare=False
+    ).fetchall()
+    names = {name.encode() for (name,) in known}
+    state.prepared = {key: name for key, name in state.prepared.items() if name in names}
+    state.unsure = False
 
 
 def _rows(

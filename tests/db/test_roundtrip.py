@@ -194,3 +194,37 @@ def test_the_oldest_statement_makes_room(
         [(0, 5)],
         [(3, 6)],
     ]
+
+
+def test_a_savepoint_rolled_back_within_the_transaction() -> None:
+    """psycopg deallocates every prepared statement after a ROLLBACK TO SAVEPOINT once it
+    prepared one of its own: a round trip later in the same transaction (which could not be sent
+    again) first asks the server which statements are left."""
+    engine = make_engine(POSTGRES_ADMIN_URL, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as connection, connection.begin():
+            raw: Any = connection.connection.driver_connection
+            roundtrip.run(raw, [(SERIES, {})])
+            raw.execute("SELECT 1", prepare=True)  # one of psycopg's own
+            savepoint = connection.begin_nested()
+            connection.exec_driver_sql("SELECT 2")
+            savepoint.rollback()
+            assert _server_names_now(raw) == set()  # psycopg deallocated them all
+            assert roundtrip.run(raw, [(SERIES, {"n": 1})]) == [[(1,)]]
+            assert roundtrip.run(raw, [(SERIES, {"n": 3})]) == [[(1,), (2,), (3,)]]
+            assert len(_server_names_now(raw)) == 1
+    finally:
+        engine.dispose()
+
+
+def _server_names_now(conn: psycopg.Connection[Any]) -> set[str]:
+    rows = conn.execute("SELECT name FROM pg_prepared_statements", prepare=False).fetchall()
+    return {name for (name,) in rows}
+
+
+def test_autocommit(conn: psycopg.Connection[Any]) -> None:
+    conn.autocommit = True
+    assert roundtrip.run(conn, [(SERIES, {"n": 1})]) == [[(1,)]]
+    assert conn.info.transaction_status == IDLE
+    with pytest.raises(psycopg.ProgrammingError):
+        roundtrip.run(conn, [(SERIES, {"n": 1})], commit=True)
