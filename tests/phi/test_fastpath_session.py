@@ -174,7 +174,7 @@ def test_a_read_after_the_connections_forgot_their_statements(runtime: Runtime) 
     since = _last_seq(runtime)
     held = [runtime.engine.connect() for _ in range(runtime.engine.pool.size())]
     try:
-        assert any(roundtrip.prepared_on(c.connection.driver_connection) for c in held)  # type: ignore[arg-type]
+        assert any(roundtrip.prepared_on(c.connection.driver_connection) for c in held)
         for connection in held:
             raw: Any = connection.connection.driver_connection
             raw.autocommit = True
