@@ -18,12 +18,10 @@ SQLAlchemy result processor when the statement has them.
   (a reset connection is a new session), at most MAX_PREPARED of them. The server may forget
   them: psycopg deallocates every prepared statement of a connection after a rollback (or a
   ROLLBACK TO SAVEPOINT, a DROP...) once it prepared one of its own; DISCARD ALL. A round trip
-  that begins its transaction then fails on a statement the server no longer knows before
-  anything ran: it is rolled back and sent again, each statement prepared anew. Within a
-  transaction it could not be sent again, so after a savepoint was rolled back (SQLAlchemy's
-  event) the next one first asks the server which statements are left; otherwise a statement
-  the server no longer knows fails as psycopg.errors.InvalidSqlStatementName, and the
-  connection's names are forgotten.
+  that finds a statement the server no longer knows is undone and sent again, each statement
+  prepared anew: the transaction it began is rolled back; within a transaction, it took a
+  savepoint first (one SAVEPOINT command more in the pipeline) and is rolled back to it, so
+  what the transaction did before stays.
 - The transaction: when the connection is idle, BEGIN goes first (psycopg's own begin statement
   for the connection's settings); COMMIT goes last when asked. The transaction state is libpq's,
   which psycopg and SQLAlchemy read: their commit or rollback afterwards is as after their own.
@@ -52,9 +50,10 @@ from psycopg.abc import Transformer as TransformerType
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.errors import error_from_result
 from psycopg.waiting import Ready, Wait
-from sqlalchemy import Connection, Engine, event
 
 _IDLE = pq.TransactionStatus.IDLE
+_INTRANS = pq.TransactionStatus.INTRANS
+_COMMAND_OK = pq.ExecStatus.COMMAND_OK
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _FATAL = pq.ExecStatus.FATAL_ERROR
 _BAD = pq.ConnStatus.BAD
@@ -114,27 +113,13 @@ class _State:
     """What a connection holds: the statements prepared on it (by statement and parameter
     types), for its server process; psycopg's Transformer of its adapters."""
 
-    __slots__ = ("backend", "begin", "prepared", "transformer", "unsure")
+    __slots__ = ("backend", "begin", "prepared", "transformer")
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.backend = conn.pgconn.backend_pid
         self.prepared: dict[tuple[Statement, Any], bytes] = {}
         self.transformer = Transformer(conn)
         self.begin = _begin_statement(conn)
-        # A savepoint was rolled back since: psycopg may have deallocated every statement.
-        self.unsure = False
-
-
-@event.listens_for(Engine, "rollback_savepoint")
-def _savepoint_rolled_back(connection: Connection, _name: str, _context: Any) -> None:
-    """psycopg deallocates every prepared statement of a connection (its own and these) when a
-    statement it runs answers ROLLBACK, as ROLLBACK TO SAVEPOINT does, once it prepared one of
-    its own. A round trip that begins its transaction finds out and is sent again (`run`); one
-    within the transaction could not be: it first asks the server which are left."""
-    raw = connection.connection.driver_connection
-    state = _states.get(raw) if isinstance(raw, psycopg.Connection) else None
-    if state is not None:
-        state.unsure = True
 
 
 _states: weakref.WeakKeyDictionary[psycopg.Connection[Any], _State] = weakref.WeakKeyDictionary()
@@ -196,17 +181,31 @@ def run(
         queued.append(((statement, transformer.types), dumped, list(transformer.formats or ())))
     try:
         return _send(conn, state, queued, commit)
-    except _Forgotten:
-        pass
-    # The round trip began the transaction and the server had forgotten the statements (a
-    # rollback after which psycopg deallocated every prepared statement, DISCARD ALL): nothing
-    # ran; roll back and send it again, each statement prepared anew.
-    conn.rollback()
+    except _Forgotten as forgotten:
+        within = forgotten.within
+    # The server had forgotten a statement (psycopg deallocated every prepared statement, after
+    # a rollback, or DISCARD ALL): what the round trip sent is undone, by rolling back the
+    # transaction it began or to the savepoint it took first, and it is sent again, each
+    # statement prepared anew.
+    if within:
+        conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", prepare=False)
+    else:
+        conn.rollback()
     return _send(conn, state, queued, commit, retry=False)
 
 
+# Taken first by a round trip within a transaction, so that a statement the server forgot can
+# be undone alone and sent again (a statement's error otherwise fails the transaction).
+_SAVEPOINT = "carnet_round_trip"
+
+
 class _Forgotten(Exception):
-    """The round trip began its transaction, and the server no longer knew a statement."""
+    """The server no longer knew a statement; nothing the round trip sent is left once rolled
+    back (to its savepoint if `within` a transaction it did not begin)."""
+
+    def __init__(self, within: bool) -> None:
+        super().__init__()
+        self.within = within
 
 
 def _send(
@@ -214,17 +213,18 @@ def _send(
 ) -> list[list[tuple[Any, ...]]]:
     transformer = state.transformer
     pgconn = conn.pgconn
-    if state.unsure and pgconn.transaction_status != _IDLE:
-        _keep_known(conn, state)
     prepared = state.prepared
     fresh = []
     statements = []  # each statement, and how many results of housekeeping come before its own
     with conn.lock:
         begin = not conn.autocommit and pgconn.transaction_status == _IDLE
+        savepoint = retry and pgconn.transaction_status == _INTRANS
         try:
             pgconn.enter_pipeline_mode()
             if begin:
                 pgconn.send_query_params(state.begin, None)
+            if savepoint:
+                pgconn.send_query_params(b"SAVEPOINT " + _SAVEPOINT.encode(), None)
             for key, dumped, formats in queued:
                 name = prepared.get(key)
                 before = 0
@@ -237,7 +237,7 @@ def _send(
                     fresh.append(key)
                     pgconn.send_prepare(name, key[0].sql, param_types=key[1])
                     before += 1
-                statements.append((key[0], before))
+                statements.append((key[0], before, key if before else None))
                 pgconn.send_query_prepared(name, dumped, param_formats=formats, result_format=key[0].binary)
             if commit:
                 pgconn.send_query_params(b"COMMIT", None)
@@ -249,37 +249,33 @@ def _send(
                 prepared.pop(key, None)
             conn.close()  # in an unknown state: the pool discards it
             raise
+    lead = begin + savepoint
     failed = next((r for r in results if r.status == _FATAL), None)
     if failed is not None:
-        for key in fresh:  # prepared or not, they are prepared again under new names
-            prepared.pop(key, None)
+        # A statement prepared before the error is kept (prepared statements outlive a rollback);
+        # one whose prepare did not run is prepared again, under a new name.
+        position = lead
+        for _statement, before, key in statements:
+            position += before
+            if key is not None and results[position - 1].status != _COMMAND_OK:
+                prepared.pop(key, None)
+            position += 1
         error = error_from_result(failed, encoding=conn.info.encoding)
         if isinstance(error, psycopg.errors.InvalidSqlStatementName):
             prepared.clear()  # the server forgot them: prepared again next time
-            state.unsure = False
-            if retry and (begin or conn.autocommit):  # nothing ran: it can be sent again
-                raise _Forgotten from error
+            if retry and (begin or savepoint or conn.autocommit):
+                raise _Forgotten(savepoint) from error
         raise error
-    if len(results) != begin + sum(before for _, before in statements) + len(statements) + commit:
+    if len(results) != lead + sum(before for _, before, _key in statements) + len(statements) + commit:
         conn.close()
         raise psycopg.InternalError(f"{len(results)} results for {len(statements)} statements")
     out: list[list[tuple[Any, ...]]] = []
-    position = int(begin)
-    for statement, before in statements:
+    position = lead
+    for statement, before, _key in statements:
         position += before
         out.append(_rows(transformer, statement, results[position]))
         position += 1
     return out
-
-
-def _keep_known(conn: psycopg.Connection[Any], state: _State) -> None:
-    """Forget the statements the server no longer has (`_savepoint_rolled_back`)."""
-    known = conn.execute(
-        "SELECT name FROM pg_prepared_statements WHERE name LIKE 'carnet\\_%%'", prepare=False
-    ).fetchall()
-    names = {name.encode() for (name,) in known}
-    state.prepared = {key: name for key, name in state.prepared.items() if name in names}
-    state.unsure = False
 
 
 def _rows(
