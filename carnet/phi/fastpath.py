@@ -17,6 +17,10 @@ PostgreSQL:
    trip: carnet.detection);
 3. one pipeline with the exposure rows, the audit append and the COMMIT.
 
+Each pipeline is one round trip of carnet.db.roundtrip: psycopg's libpq layer, statements
+prepared once per connection, BEGIN in the first, rows in binary loaded by psycopg's C
+Transformer (a cursor and psycopg's pipeline machinery per statement cost a quarter of the read).
+
 It declines (and `_run` runs instead, having done nothing yet) on SQLite, for anything but a
 staff session, for a ledger or audit writer it does not know, and when the scope it set is not
 the one the kernel would have set (a grant changed between its two reads: the kernel's path

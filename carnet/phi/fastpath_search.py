@@ -21,8 +21,8 @@ own patients) runs on the same machinery without reading a patient ahead: the fi
 enters the scope and reads the account, its grants and the containment state; the body runs
 unchanged (its specificity rules, its decisions, the names it decrypts) and asks its
 candidates with `tx.patients(statement, values)`, a statement built once per shape
-(carnet/patients/search_sql.py): here it runs on psycopg's raw cursor (positional parameters,
-prepared, no ORM), and when the candidates are a handful (`few`) the same statement brings
+(carnet/patients/search_sql.py): here it runs as a round trip of carnet.db.roundtrip (prepared
+once per connection, no ORM), and when the candidates are a handful (`few`) the same statement brings
 each one's relationships to the actor (the tagged statement of `care`, matched on the
 candidates), so the relationships the body then asks are answered without a third round trip,
 as `care.relationships_of` would answer them. The closing pipeline carries the exposure rows,
