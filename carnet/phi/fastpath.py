@@ -17,6 +17,10 @@ PostgreSQL:
    trip: carnet.detection);
 3. one pipeline with the exposure rows, the audit append and the COMMIT.
 
+Each pipeline is one round trip of carnet.db.roundtrip: psycopg's libpq layer, statements
+prepared once per connection, BEGIN in the first, rows in binary loaded by psycopg's C
+Transformer (a cursor and psycopg's pipeline machinery per statement cost a quarter of the read).
+
 It declines (and `_run` runs instead, having done nothing yet) on SQLite, for anything but a
 staff session, for a ledger or audit writer it does not know, and when the scope it set is not
 the one the kernel would have set (a grant changed between its two reads: the kernel's path
@@ -46,6 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import (
     ARRAY,
     Connection,
@@ -71,6 +76,7 @@ from carnet.access.roles import Role
 from carnet.access.scope import APP_ROLE
 from carnet.audit.interfaces import Outcome
 from carnet.audit.writer import SqlAuditWriter, append_one_statement
+from carnet.db import roundtrip
 from carnet.db.base import detached
 from carnet.detection.administration import WATCHED, WatchedAuditWriter
 from carnet.detection.ledger import ACTOR_STATE, INSERT_EVENT, INSERT_EXPOSURE, SqlExposureLedger
@@ -112,6 +118,15 @@ class _Compiled:
     sql: str
     defaults: dict[str, Any]
     processors: tuple[Callable[[Any], Any] | None, ...] = ()
+    # The same, as sent by carnet.db.roundtrip (prepared once per connection, `$n` placeholders;
+    # rows in binary: a timestamp or a bytea neither formatted by PostgreSQL nor parsed here).
+    statement: roundtrip.Statement = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        statement = roundtrip.Statement(
+            self.sql, defaults=self.defaults, processors=self.processors, binary=True
+        )
+        object.__setattr__(self, "statement", statement)
 
 
 # The values each request binds (`_first_round_trip`); every other parameter is a constant of the
@@ -183,6 +198,8 @@ _ACCOUNT_OF_SESSION = "".join(
     )
 )
 _SCOPE_OF_SESSION_SQL = _SCOPE_SQL.replace("%(account)s", _ACCOUNT_OF_SESSION)
+_SCOPE = roundtrip.Statement(_SCOPE_SQL)
+_SCOPE_OF_SESSION = roundtrip.Statement(_SCOPE_OF_SESSION_SQL)
 
 
 @dataclass
@@ -234,31 +251,13 @@ class _Row:
             raise AttributeError(name) from None
 
 
-# A prepared statement's column names, read once: psycopg's `cursor.description` builds a Column
-# object per column on every call (70 per read, the largest Python cost of the first round trip).
-_names: dict[str, tuple[str, ...]] = {}
-
-
-def _rows(cursor: Any, compiled: _Compiled) -> list[dict[str, Any]]:
-    """A statement's rows as dicts by column name (see `_tuples`)."""
-    rows = _tuples(cursor, compiled)
+def _rows(statement: roundtrip.Statement, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """A statement's rows (carnet.db.roundtrip) as dicts by column name."""
     if not rows:
         return []
-    names = _names.get(compiled.sql)
-    if names is None:
-        names = _names[compiled.sql] = tuple(d.name for d in cursor.description)
+    names = statement.columns
+    assert names is not None  # known once the statement answered
     return [dict(zip(names, row, strict=True)) for row in rows]
-
-
-def _tuples(cursor: Any, compiled: _Compiled) -> list[Sequence[Any]]:
-    """A statement's rows, each column through its type's result processor."""
-    processors = compiled.processors
-    if not processors:
-        return cursor.fetchall()  # type: ignore[no-any-return]
-    return [
-        tuple(p(v) if p is not None and v is not None else v for p, v in zip(processors, raw, strict=True))
-        for raw in cursor.fetchall()
-    ]
 
 
 @dataclass
@@ -396,30 +395,26 @@ def _first_round_trip(
         "pid": pid,
         **care.window_params_at(now, actor.account_id),
     }
-    with raw.pipeline():
-        scope_cursor = raw.cursor()
-        scope_cursor.execute(_SCOPE_SQL, {"account": actor.account_id, "roles": roles}, prepare=True)
-        cursors = []
-        ahead: list[_Compiled] = [statements.account, statements.state]
-        if one_patient:
-            ahead += [statements.patient, statements.tagged]
-        for compiled in ahead:
-            cursor = raw.cursor()
-            params = {**compiled.defaults, **{k: v for k, v in values.items() if k in compiled.defaults}}
-            if compiled is statements.patient and pid is None:
-                params["id"] = uuid.UUID(int=0)  # no such record: answered as the kernel answers it
-            cursor.execute(compiled.sql, params, prepare=True)
-            cursors.append(cursor)
-        more = []
-        for compiled, params in also:
-            cursor = raw.cursor()
-            cursor.execute(compiled.sql, params, prepare=True)
-            more.append((cursor, compiled))
-    scope_row = scope_cursor.fetchone()
-    read = [_rows(c, s) for c, s in zip(cursors, ahead, strict=True)]
+    ahead: list[_Compiled] = [statements.account, statements.state]
+    if one_patient:
+        ahead.append(statements.patient)
+        ahead.append(statements.tagged)
+    calls = [(_SCOPE, {"account": actor.account_id, "roles": roundtrip.text_array(roles)})]
+    calls += [(compiled.statement, values) for compiled in ahead]
+    if one_patient and pid is None:  # no such record: answered as the kernel answers it
+        calls[3] = (statements.patient.statement, {**values, "id": uuid.UUID(int=0)})
+    calls += [(compiled.statement, params) for compiled, params in also]
+    try:
+        answers = roundtrip.run(raw, calls)
+    except psycopg.errors.InvalidSqlStatementName as exc:
+        raise _Decline from exc  # the connection lost its statements (prepared again next time)
+    scope_rows = answers[0]
+    scope_row = scope_rows[0] if scope_rows else None
+    read = [_rows(c.statement, rows) for c, rows in zip(ahead, answers[1 : 1 + len(ahead)], strict=True)]
     account_rows, state_rows, patient_rows, tagged_rows = read if one_patient else [*read, [], []]
     tx = _judged(core, session, guard, now, scope_row, account_rows, state_rows, tx_type=tx_type)
-    tx.also = [_rows(cursor, compiled) for cursor, compiled in more]
+    more = answers[1 + len(ahead) :]
+    tx.also = [_rows(compiled.statement, rows) for (compiled, _), rows in zip(also, more, strict=True)]
     if pid is not None:
         _prefetch(tx, patient_rows, tagged_rows)
     return tx
@@ -516,7 +511,9 @@ _STATE_COLUMNS = tuple(c.name for c in ACTOR_STATE.selected_columns)
 _of_session: dict[str, _SessionStatements] = {}
 # The scope's roles: every role there is. A session's actor claims every active grant of a role
 # carnet knows (`quiet_resolve`, else the session has ended), so these are its grants' facilities.
-_EVERY_ROLE = sorted(r.value for r in Role)
+_EVERY_ROLE = roundtrip.text_array(sorted(r.value for r in Role))
+if not all(r.value.isidentifier() and r.value.islower() for r in Role):  # array elements as they are
+    raise RuntimeError("a role name needs quoting in an array literal")
 
 
 def _session_statements(dialect: Dialect) -> _SessionStatements:
@@ -611,22 +608,16 @@ def _first_round_trip_of_session(
     values = {"digest": digest, "id": pid or uuid.UUID(int=0), "pid": pid, **care.window_params_at(now, None)}
     try:
         raw = _raw(session)
-        with raw.pipeline():
-            context_cursor = raw.cursor()
-            context_cursor.execute(
-                of_session.context.sql, {**of_session.context.defaults, "digest": digest}, prepare=True
-            )
-            scope_cursor = raw.cursor()
-            scope_cursor.execute(
-                _SCOPE_OF_SESSION_SQL, {"digest": digest, "roles": _EVERY_ROLE}, prepare=True
-            )
-            patient_cursor = raw.cursor()
-            compiled = of_session.patient
-            params = {**compiled.defaults, **{k: v for k, v in values.items() if k in compiled.defaults}}
-            patient_cursor.execute(compiled.sql, params, prepare=True)
-        found = _tuples(context_cursor, of_session.context)
-        scope_row = scope_cursor.fetchone()
-        patient_rows = _rows(patient_cursor, of_session.patient)
+        found, scope, patient = roundtrip.run(
+            raw,
+            [
+                (of_session.context.statement, {"digest": digest}),
+                (_SCOPE_OF_SESSION, {"digest": digest, "roles": _EVERY_ROLE}),
+                (of_session.patient.statement, values),
+            ],
+        )
+        scope_row = scope[0] if scope else None
+        patient_rows = _rows(of_session.patient.statement, patient)
         kinds = (patient_rows[0].pop(_RELS) or []) if patient_rows else []
         tagged_rows = [{"rel": kind, "pid": pid} for kind in kinds]
         state = found[0][-len(_STATE_COLUMNS) :] if found else ()
@@ -683,18 +674,15 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     session.flush()  # anything the body or detection added through the session goes first
     raw = _raw(session)
     sql, params = append_one_statement(record)
+    params["patients"] = roundtrip.text_array(params["patients"])  # UUIDs, cast to uuid[] by the SQL
     started = time.perf_counter()
-    with raw.pipeline():
-        for sql_of, many in ((statements.exposure.sql, rows), (statements.event.sql, events)):
-            if len(many) == 1:  # a read's one exposure row: executemany's own machinery costs more
-                raw.cursor().execute(sql_of, many[0], prepare=True)
-            elif many:
-                raw.cursor().executemany(sql_of, many)
-        audit_cursor = raw.cursor()
-        audit_cursor.execute(sql, params, prepare=True)
-        if not tx.after_audit:
-            raw.commit()  # the session's own commit then finds nothing left to do
-    seq = int(audit_cursor.fetchone()[0])
+    calls = [(statements.exposure.statement, row) for row in rows]
+    calls += [(statements.event.statement, row) for row in events]
+    calls.append((_audit_statement(sql), params))
+    # Without hooks to run after the audit append, the COMMIT goes in the same round trip (the
+    # session's own commit then finds nothing left to do).
+    answers = roundtrip.run(raw, calls, commit=not tx.after_audit)
+    seq = int(answers[-1][0][0])
     audit.appended(session, record, seq, time.perf_counter() - started)
     for hook in tx.after_audit:
         hook(seq)
@@ -704,6 +692,17 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
             return
         raw.commit()
     _end_committed(session)
+
+
+_audit_statements: dict[str, roundtrip.Statement] = {}
+
+
+def _audit_statement(sql: str) -> roundtrip.Statement:
+    """The audit append's statement (`append_one_statement`: one SQL text), rewritten once."""
+    found = _audit_statements.get(sql)
+    if found is None:
+        found = _audit_statements[sql] = roundtrip.Statement(sql)
+    return found
 
 
 def _raw(session: Session) -> Any:

@@ -21,8 +21,8 @@ own patients) runs on the same machinery without reading a patient ahead: the fi
 enters the scope and reads the account, its grants and the containment state; the body runs
 unchanged (its specificity rules, its decisions, the names it decrypts) and asks its
 candidates with `tx.patients(statement, values)`, a statement built once per shape
-(carnet/patients/search_sql.py): here it runs on psycopg's raw cursor (positional parameters,
-prepared, no ORM), and when the candidates are a handful (`few`) the same statement brings
+(carnet/patients/search_sql.py): here it runs as a round trip of carnet.db.roundtrip (prepared
+once per connection, no ORM), and when the candidates are a handful (`few`) the same statement brings
 each one's relationships to the actor (the tagged statement of `care`, matched on the
 candidates), so the relationships the body then asks are answered without a third round trip,
 as `care.relationships_of` would answer them. The closing pipeline carries the exposure rows,
@@ -37,14 +37,12 @@ paths answer, audit and count alike.
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from sqlalchemy import Dialect, Select, func, select
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql import visitors
@@ -52,6 +50,7 @@ from sqlalchemy.sql.cache_key import CacheKey
 from sqlalchemy.sql.elements import BindParameter
 
 from carnet.access.policy import decided_by_facility_alone
+from carnet.db import roundtrip
 from carnet.db.base import detached
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import Patient
@@ -200,47 +199,14 @@ related = 0
 
 
 @dataclass(frozen=True)
-class _Positional:
-    """A statement compiled for psycopg's raw cursor: `$n` placeholders bound by position
-    (`names`), so psycopg does not parse the query text on every execution (it caches its
-    parsing of named placeholders only for statements under 4 kB; a care filter with the
-    tagged relationships is more)."""
-
-    compiled: _Compiled  # the SQL with `$n` placeholders, the constants and result processors
-    names: tuple[str, ...]
-
-    def values(self, params: dict[str, Any]) -> list[Any]:
-        defaults = self.compiled.defaults
-        return [params[n] if n in params else defaults[n] for n in self.names]
-
-
-_PLACEHOLDERS = re.compile(r"%%|%\(([^)]+)\)s")
-
-
-def _positional(compiled: _Compiled) -> _Positional:
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None:
-            return "%"  # a literal percent sign, escaped for pyformat
-        if name not in names:
-            names.append(name)
-        return f"${names.index(name) + 1}"
-
-    sql = _PLACEHOLDERS.sub(number, compiled.sql)
-    return _Positional(_Compiled(sql, compiled.defaults, compiled.processors), tuple(names))
-
-
-@dataclass(frozen=True)
 class _SearchStatement:
     """A search's statement compiled for psycopg (`alone`), and the same with each patient's
     relationships to the actor (`related`: the tagged statement, matched on the patients the
     search found, aggregated per patient as `carnet_rels`): the patients are selected once."""
 
     statement: Select[Any]
-    alone: _Positional
-    related: _Positional
+    alone: _Compiled
+    related: _Compiled
     attributes: tuple[str, ...]
     bound: frozenset[str]
 
@@ -272,8 +238,8 @@ def _search_compiled(statement: Select[Any], dialect: Dialect) -> _SearchStateme
     mapper = Patient.__mapper__
     entry = _SearchStatement(
         statement=statement,
-        alone=_positional(_compile(statement.params(dict.fromkeys(_bound_names(statement))), dialect)),
-        related=_positional(_compile(related.params(dict.fromkeys(bound)), dialect)),
+        alone=_compile(statement.params(dict.fromkeys(_bound_names(statement))), dialect),
+        related=_compile(related.params(dict.fromkeys(bound)), dialect),
         attributes=tuple(mapper.get_property_by_column(c).key for c in statement.selected_columns),
         bound=bound,
     )
@@ -304,10 +270,9 @@ class _SearchTx(_FastTx):
         if relate:
             _count_related()
         self.session.flush()  # nothing pending in a search; as a Core statement would
-        cursor = psycopg.RawCursor(_raw(self.session))
-        cursor.execute(chosen.compiled.sql, chosen.values(params), prepare=True)
+        (rows,) = roundtrip.run(_raw(self.session), [(chosen.statement, params)])
         found, tagged = [], []
-        for row in _rows(cursor, chosen.compiled):
+        for row in _rows(chosen.statement, rows):
             rels = row.pop(_RELS, None) if relate else None
             patient = detached(Patient, dict(zip(compiled.attributes, row.values(), strict=True)))
             found.append(patient)

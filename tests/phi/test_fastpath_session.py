@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from carnet.access.models import RoleGrant
 from carnet.access.roles import Role
+from carnet.db import roundtrip
 from carnet.identity import sessions
 from carnet.identity.authenticate import Authenticator, RequestContext
 from carnet.identity.models import Account, AuthSession
@@ -160,3 +161,30 @@ def test_a_bearer_token_or_sqlite_is_left_to_the_usual_flow(sqlite_runtime: Runt
             user_agent=None,
         ).token
     assert read_patient_of_session(sqlite_runtime, token=token, context=CONTEXT, patient_id="x") is None
+
+
+def test_a_read_after_the_connections_forgot_their_statements(runtime: Runtime) -> None:
+    """The read's statements are prepared once per connection (carnet.db.roundtrip); after every
+    pooled connection lost them (DISCARD ALL, or psycopg deallocating all after a rollback), the
+    next read is still the fast one, answering and auditing as before."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("the fast path runs on PostgreSQL")
+    world, token = _signed_in(runtime, "allowed")
+    first = _outcome(lambda: _served(runtime, token, world.patient_id), world.names)
+    since = _last_seq(runtime)
+    held = [runtime.engine.connect() for _ in range(runtime.engine.pool.size())]
+    try:
+        assert any(roundtrip.prepared_on(c.connection.driver_connection) for c in held)
+        for connection in held:
+            raw: Any = connection.connection.driver_connection
+            raw.autocommit = True
+            raw.execute("DISCARD ALL")
+            raw.autocommit = False
+    finally:
+        for connection in held:
+            connection.close()
+    before, before_session = fastpath.taken, fastpath.taken_with_session
+    again = _outcome(lambda: _served(runtime, token, world.patient_id), world.names)
+    assert (fastpath.taken - before, fastpath.taken_with_session - before_session) == (1, 1)
+    assert again == first
+    assert [event[1] for event in _trail(runtime, world, since)["audit"]] == ["success"]
