@@ -22,23 +22,30 @@ ADMIN_URL = os.environ.get(
 
 
 @contextmanager
-def bench_database(prefix: str) -> Iterator[str]:
-    """A migrated PostgreSQL database for this run, dropped afterwards; yields its URL."""
+def empty_database(prefix: str) -> Iterator[str]:
+    """An empty PostgreSQL database for this run (a benchmark's own schema), dropped
+    afterwards; yields its URL."""
     name = f"carnet_bench_{prefix}_{os.getpid()}"
     admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
     try:
-        yield url
+        yield sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def bench_database(prefix: str) -> Iterator[str]:
+    """A migrated PostgreSQL database for this run, dropped afterwards; yields its URL."""
+    with empty_database(prefix) as url:
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield url
 
 
 @contextmanager

@@ -16,18 +16,14 @@ import threading
 import time
 import uuid
 
-import sqlalchemy as sa
+from sqlalchemy import Engine
 
+from benchmarks._db import bench_database
 from carnet.access.actor import Actor, ActorKind
 from carnet.access.roles import Role
 from carnet.audit.interfaces import AuditKind, AuditRecord, Outcome
 from carnet.audit.writer import SqlAuditWriter
-from carnet.db import migrate
 from carnet.db.engine import make_engine, make_session_factory
-
-ADMIN_URL = os.environ.get(
-    "CARNET_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 
 
 def main() -> None:
@@ -35,46 +31,42 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    name = f"carnet_commits_{uuid.uuid4().hex[:6]}"
-    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url, pool_size=args.threads, max_overflow=0)
-    try:
-        migrate.upgrade(engine)
-        factory = make_session_factory(engine)
-        writer = SqlAuditWriter()
-        actor = Actor(
-            kind=ActorKind.STAFF, username="bench", roles=frozenset({Role.NURSE}), account_id=uuid.uuid4()
+    with bench_database("commits") as url:
+        engine = make_engine(url, pool_size=args.threads, max_overflow=0)
+        try:
+            _measure(engine, threads=args.threads, seconds=args.seconds)
+        finally:
+            engine.dispose()
+
+
+def _measure(engine: Engine, *, threads: int, seconds: float) -> None:
+    factory = make_session_factory(engine)
+    writer = SqlAuditWriter()
+    actor = Actor(
+        kind=ActorKind.STAFF, username="bench", roles=frozenset({Role.NURSE}), account_id=uuid.uuid4()
+    )
+    stop = time.monotonic() + seconds
+    counts = [0] * threads
+
+    def work(index: int) -> None:
+        record = AuditRecord(
+            kind=AuditKind.PHI_READ,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            patient_ids=[uuid.uuid4()],
+            detail={"thread": str(index)},
         )
-        stop = time.monotonic() + args.seconds
-        counts = [0] * args.threads
+        while time.monotonic() < stop:
+            with factory.begin() as session:
+                writer.append(session, record)
+            counts[index] += 1
 
-        def work(index: int) -> None:
-            record = AuditRecord(
-                kind=AuditKind.PHI_READ,
-                outcome=Outcome.SUCCESS,
-                actor=actor,
-                patient_ids=[uuid.uuid4()],
-                detail={"thread": str(index)},
-            )
-            while time.monotonic() < stop:
-                with factory.begin() as session:
-                    writer.append(session, record)
-                counts[index] += 1
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(args.threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        print(f"{sum(counts) / args.seconds:.0f} audited commits/s, load {os.getloadavg()[0]:.1f}")
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    print(f"{sum(counts) / seconds:.0f} audited commits/s, load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

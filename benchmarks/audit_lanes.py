@@ -19,12 +19,12 @@ import re
 import statistics
 import subprocess
 import tempfile
-import uuid
 from typing import Any
 
 import sqlalchemy as sa
 
 import carnet.db
+from benchmarks._db import empty_database
 from carnet.db.engine import make_engine
 
 
@@ -40,9 +40,6 @@ def _migration(name: str) -> Any:
 lanes_migration = _migration("0012_audit_lanes.py")  # carnet_audit_lane
 link_migration = _migration("0013_read_cpu.py")  # carnet_audit_link as it runs today
 
-ADMIN_URL = os.environ.get(
-    "CARNET_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 
 SCHEMA = """
 CREATE TABLE audit_chain_head (id integer PRIMARY KEY, seq bigint NOT NULL, hash varchar(64) NOT NULL);
@@ -118,45 +115,38 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--lanes", default="1,4,8,16")
     args = parser.parse_args()
-    name = f"carnet_lanes_{uuid.uuid4().hex[:6]}"
-    admin = make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name)
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        engine = make_engine(url.render_as_string(hide_password=False))
-        with engine.begin() as conn:
-            for statement in SCHEMA.strip().split(";\n"):
-                conn.execute(sa.text(statement))
-        engine.dispose()
-        shapes = [(f"{n} lane(s)", n) for n in (int(x) for x in args.lanes.split(","))] + [("no chain", 0)]
-        results: dict[str, list[float]] = {label: [] for label, _ in shapes}
-        loads = []
-        for round_ in range(args.rounds):
-            for label, lanes in shapes:
-                _reset(url.render_as_string(hide_password=False), lanes)
-                tps = _pgbench(
-                    dsn, CHAINED if lanes else UNCHAINED, clients=args.clients, seconds=args.seconds
-                )
-                results[label].append(tps)
-                load = os.getloadavg()[0]
-                loads.append(load)
-                print(f"round {round_ + 1} {label:>12}: {tps:8.0f} tx/s (load {load:.1f})", flush=True)
-        base = statistics.median(results[shapes[0][0]])
-        span = f"load {min(loads):.1f}-{max(loads):.1f}"
-        print(f"\n{args.clients} clients, {args.seconds} s x {args.rounds} rounds, {span}")
-        for label, _ in shapes:
-            values = results[label]
-            print(
-                f"{label:>12}: median {statistics.median(values):8.0f} tx/s"
-                f" ({', '.join(f'{v:.0f}' for v in values)}),"
-                f" {statistics.median(values) / base:.2f}x one lane"
-            )
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with empty_database("lanes") as url:
+        _measure(url, args)
+
+
+def _measure(url: str, args: argparse.Namespace) -> None:
+    dsn = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for statement in SCHEMA.strip().split(";\n"):
+            conn.execute(sa.text(statement))
+    engine.dispose()
+    shapes = [(f"{n} lane(s)", n) for n in (int(x) for x in args.lanes.split(","))] + [("no chain", 0)]
+    results: dict[str, list[float]] = {label: [] for label, _ in shapes}
+    loads = []
+    for round_ in range(args.rounds):
+        for label, lanes in shapes:
+            _reset(url, lanes)
+            tps = _pgbench(dsn, CHAINED if lanes else UNCHAINED, clients=args.clients, seconds=args.seconds)
+            results[label].append(tps)
+            load = os.getloadavg()[0]
+            loads.append(load)
+            print(f"round {round_ + 1} {label:>12}: {tps:8.0f} tx/s (load {load:.1f})", flush=True)
+    base = statistics.median(results[shapes[0][0]])
+    span = f"load {min(loads):.1f}-{max(loads):.1f}"
+    print(f"\n{args.clients} clients, {args.seconds} s x {args.rounds} rounds, {span}")
+    for label, _ in shapes:
+        values = results[label]
+        print(
+            f"{label:>12}: median {statistics.median(values):8.0f} tx/s"
+            f" ({', '.join(f'{v:.0f}' for v in values)}),"
+            f" {statistics.median(values) / base:.2f}x one lane"
+        )
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def serve_balanced(
     status (1 when a worker failed to start). OSError when host:port is taken."""
     check_port_free(host, port)
     stopping = threading.Event()
-    failed = threading.Event()
+    failed = False
 
     def start() -> tuple[SpawnProcess, float]:
         process = _spawn.Process(target=_worker, args=(app, host, port, config), daemon=False)
@@ -111,7 +111,7 @@ def serve_balanced(
                     log.error(
                         "carnet: worker %s exited during its start (status %s)", process.pid, process.exitcode
                     )
-                    failed.set()
+                    failed = True
                     stopping.set()
                     break
                 log.warning(
@@ -126,4 +126,4 @@ def serve_balanced(
             process.join()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return 1 if failed.is_set() else 0
+    return 1 if failed else 0

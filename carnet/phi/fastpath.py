@@ -113,41 +113,30 @@ def general_only() -> Iterator[None]:
             _general_only -= 1
 
 
-@dataclass(frozen=True)
-class _Compiled:
-    sql: str
-    defaults: dict[str, Any]
-    processors: tuple[Callable[[Any], Any] | None, ...] = ()
-    # The same, as sent by carnet.db.roundtrip (prepared once per connection, `$n` placeholders;
-    # rows in binary: a timestamp or a bytea neither formatted by PostgreSQL nor parsed here).
-    statement: roundtrip.Statement = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        statement = roundtrip.Statement(
-            self.sql, defaults=self.defaults, processors=self.processors, binary=True
-        )
-        object.__setattr__(self, "statement", statement)
-
-
 # The values each request binds (`_first_round_trip`); every other parameter is a constant of the
 # statement (a status, a list of kinds), rendered once with its value among the defaults.
 _BOUND = ("account", "account_id", "actor_ref", "digest", "id", "pid", "now", "since", "until")
 
 
-def _compile(statement: Any, dialect: Dialect, **kw: Any) -> _Compiled:
+def _compile(statement: Any, dialect: Dialect, **kw: Any) -> roundtrip.Statement:
+    """The statement as carnet.db.roundtrip sends it (prepared once per connection, `$n`
+    placeholders; rows in binary: a timestamp or a bytea neither formatted by PostgreSQL nor
+    parsed here), with its constants among its defaults and its columns' result processors."""
     if not kw:
         statement = statement.params(dict.fromkeys(_BOUND))  # bound per request: see _BOUND
     compiled = statement.compile(dialect=dialect, **kw)
     if kw:  # an INSERT of the given columns
-        return _Compiled(str(compiled), {})
+        return roundtrip.Statement(str(compiled), binary=True)
     expanded = compiled.construct_expanded_state()  # a constant list (IN ...) as its own values
     processors: tuple[Callable[[Any], Any] | None, ...] = ()
     if hasattr(statement, "selected_columns"):
         processors = tuple(_result_processor(c.type, dialect) for c in statement.selected_columns)
-    return _Compiled(expanded.statement, dict(expanded.parameters), processors)
+    return roundtrip.Statement(
+        expanded.statement, defaults=dict(expanded.parameters), processors=processors, binary=True
+    )
 
 
-def _compile_inline(statement: Any, dialect: Dialect) -> _Compiled:
+def _compile_inline(statement: Any, dialect: Dialect) -> roundtrip.Statement:
     """`_compile` with every constant of the statement (a status, a kind: any value not bound per
     request, see _BOUND) written into its SQL: the statement is prepared once per connection, so
     nothing is gained by sending them, and each parameter sent is one more value psycopg adapts in
@@ -204,12 +193,12 @@ _SCOPE_OF_SESSION = roundtrip.Statement(_SCOPE_OF_SESSION_SQL)
 
 @dataclass
 class _Statements:
-    account: _Compiled
-    state: _Compiled
-    patient: _Compiled
-    tagged: _Compiled
-    exposure: _Compiled
-    event: _Compiled
+    account: roundtrip.Statement
+    state: roundtrip.Statement
+    patient: roundtrip.Statement
+    tagged: roundtrip.Statement
+    exposure: roundtrip.Statement
+    event: roundtrip.Statement
 
 
 _compiled: dict[str, _Statements] = {}
@@ -374,7 +363,7 @@ def _first_round_trip(
     guard: Guard,
     pid: uuid.UUID | None,
     *,
-    also: Sequence[tuple[_Compiled, dict[str, Any]]] = (),
+    also: Sequence[tuple[roundtrip.Statement, dict[str, Any]]] = (),
     tx_type: type[_FastTx] = _FastTx,
     one_patient: bool = True,
 ) -> _FastTx:
@@ -395,26 +384,26 @@ def _first_round_trip(
         "pid": pid,
         **care.window_params_at(now, actor.account_id),
     }
-    ahead: list[_Compiled] = [statements.account, statements.state]
+    ahead: list[roundtrip.Statement] = [statements.account, statements.state]
     if one_patient:
         ahead.append(statements.patient)
         ahead.append(statements.tagged)
     calls = [(_SCOPE, {"account": actor.account_id, "roles": roundtrip.text_array(roles)})]
-    calls += [(compiled.statement, values) for compiled in ahead]
+    calls += [(compiled, values) for compiled in ahead]
     if one_patient and pid is None:  # no such record: answered as the kernel answers it
-        calls[3] = (statements.patient.statement, {**values, "id": uuid.UUID(int=0)})
-    calls += [(compiled.statement, params) for compiled, params in also]
+        calls[3] = (statements.patient, {**values, "id": uuid.UUID(int=0)})
+    calls += [(compiled, params) for compiled, params in also]
     try:
         answers = roundtrip.run(raw, calls)
     except psycopg.errors.InvalidSqlStatementName as exc:
         raise _Decline from exc  # the connection lost its statements (prepared again next time)
     scope_rows = answers[0]
     scope_row = scope_rows[0] if scope_rows else None
-    read = [_rows(c.statement, rows) for c, rows in zip(ahead, answers[1 : 1 + len(ahead)], strict=True)]
+    read = [_rows(c, rows) for c, rows in zip(ahead, answers[1 : 1 + len(ahead)], strict=True)]
     account_rows, state_rows, patient_rows, tagged_rows = read if one_patient else [*read, [], []]
     tx = _judged(core, session, guard, now, scope_row, account_rows, state_rows, tx_type=tx_type)
     more = answers[1 + len(ahead) :]
-    tx.also = [_rows(compiled.statement, rows) for (compiled, _), rows in zip(also, more, strict=True)]
+    tx.also = [_rows(compiled, rows) for (compiled, _), rows in zip(also, more, strict=True)]
     if pid is not None:
         _prefetch(tx, patient_rows, tagged_rows)
     return tx
@@ -496,10 +485,10 @@ def _keyed_by_session(statement: Any, account: Callable[[], Any] = _account_of_s
 class _SessionStatements:
     # The session, its account and its active grants (SESSION_CONTEXT), then the account's
     # containment state (ACTOR_STATE), the last `_STATE_COLUMNS` of every row.
-    context: _Compiled
+    context: roundtrip.Statement
     # The patient row (the kernel's _PATIENT_BY_ID) with the actor's relationships to it (the
     # tagged statement's kinds, `_RELS`): one statement for what the body decides on.
-    patient: _Compiled
+    patient: roundtrip.Statement
 
 
 _RELS = "carnet_rels"
@@ -611,13 +600,13 @@ def _first_round_trip_of_session(
         found, scope, patient = roundtrip.run(
             raw,
             [
-                (of_session.context.statement, {"digest": digest}),
+                (of_session.context, {"digest": digest}),
                 (_SCOPE_OF_SESSION, {"digest": digest, "roles": _EVERY_ROLE}),
-                (of_session.patient.statement, values),
+                (of_session.patient, values),
             ],
         )
         scope_row = scope[0] if scope else None
-        patient_rows = _rows(of_session.patient.statement, patient)
+        patient_rows = _rows(of_session.patient, patient)
         kinds = (patient_rows[0].pop(_RELS) or []) if patient_rows else []
         tagged_rows = [{"rel": kind, "pid": pid} for kind in kinds]
         state = found[0][-len(_STATE_COLUMNS) :] if found else ()
@@ -676,8 +665,8 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     sql, params = append_one_statement(record)
     params["patients"] = roundtrip.text_array(params["patients"])  # UUIDs, cast to uuid[] by the SQL
     started = time.perf_counter()
-    calls = [(statements.exposure.statement, row) for row in rows]
-    calls += [(statements.event.statement, row) for row in events]
+    calls = [(statements.exposure, row) for row in rows]
+    calls += [(statements.event, row) for row in events]
     calls.append((_audit_statement(sql), params))
     # Without hooks to run after the audit append, the COMMIT goes in the same round trip (the
     # session's own commit then finds nothing left to do).

@@ -55,7 +55,7 @@ from carnet.db.base import detached
 from carnet.kernel.ids import parse_id
 from carnet.patients.models import Patient
 from carnet.phi import care, fastpath
-from carnet.phi.fastpath import _compile, _Compiled, _eligible, _FastTx, _first_round_trip, _raw, _rows
+from carnet.phi.fastpath import _compile, _eligible, _FastTx, _first_round_trip, _raw, _rows
 from carnet.phi.kernel import GateCore, Guard, GuardedTx
 from carnet.phi.steps import SECTION_LIMIT
 
@@ -83,16 +83,16 @@ class _Section:
     values: list[Any]
     mapper: Mapper[Any]
     attributes: tuple[str, ...]
-    compiled: dict[str, _Compiled] = field(default_factory=dict)
+    compiled: dict[str, roundtrip.Statement] = field(default_factory=dict)
 
-    def compiled_for(self, dialect: Dialect) -> _Compiled:
+    def compiled_for(self, dialect: Dialect) -> roundtrip.Statement:
         found = self.compiled.get(dialect.name)
         if found is None:
             found = _compile(self.statement(_PLACEHOLDER), dialect)
             self.compiled[dialect.name] = found
         return found
 
-    def params(self, compiled: _Compiled, pid: uuid.UUID) -> dict[str, Any]:
+    def params(self, compiled: roundtrip.Statement, pid: uuid.UUID) -> dict[str, Any]:
         return {k: pid if v == _PLACEHOLDER else v for k, v in compiled.defaults.items()}
 
 
@@ -205,8 +205,8 @@ class _SearchStatement:
     search found, aggregated per patient as `carnet_rels`): the patients are selected once."""
 
     statement: Select[Any]
-    alone: _Compiled
-    related: _Compiled
+    alone: roundtrip.Statement
+    related: roundtrip.Statement
     attributes: tuple[str, ...]
     bound: frozenset[str]
 
@@ -270,9 +270,9 @@ class _SearchTx(_FastTx):
         if relate:
             _count_related()
         self.session.flush()  # nothing pending in a search; as a Core statement would
-        (rows,) = roundtrip.run(_raw(self.session), [(chosen.statement, params)])
+        (rows,) = roundtrip.run(_raw(self.session), [(chosen, params)])
         found, tagged = [], []
-        for row in _rows(chosen.statement, rows):
+        for row in _rows(chosen, rows):
             rels = row.pop(_RELS, None) if relate else None
             patient = detached(Patient, dict(zip(compiled.attributes, row.values(), strict=True)))
             found.append(patient)
