@@ -16,13 +16,15 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     literal,
+    null,
     or_,
     select,
     union,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.orm import Session
 
 from carnet.access.context import AccessContext
@@ -271,11 +273,15 @@ def filter_params(ctx: AccessContext) -> dict[str, Any]:
     }
 
 
-def tagged_statement(match: Callable[[Any], Any] | None = None, me: Any = None) -> Any:
+def tagged_statement(
+    match: Callable[[Any], Any] | None = None, me: Any = None, *, designated: bool = True
+) -> Any:
     """Every relationship kind for a set of patients, as one statement built once: each request
     only binds its values (the compiled form is cached, no query is rebuilt per request).
     `match` says which patients (default: IN the expanding `ids`); `me` is the practitioner
-    (default: the `me` value). The gate's fast read builds its own from the same parts."""
+    (default: the `me` value). The gate's fast read builds its own from the same parts, without
+    the designated physician's branch (`designated=False`): it reads that from the patient row
+    it reads anyway (`designated_kind`), one scan of `patients` less."""
     if match is None:
         ids = bindparam("ids", expanding=True, type_=Uuid())
 
@@ -311,8 +317,14 @@ def tagged_statement(match: Callable[[Any], Any] | None = None, me: Any = None) 
         select(literal(R.WARD.value).label("rel"), Encounter.patient_id.label("pid")).where(
             match(Encounter.patient_id), Encounter.status == "in-progress", Encounter.location_id.in_(wards)
         ),
-        select(literal(R.DESIGNATED.value).label("rel"), Patient.id.label("pid")).where(
-            match(Patient.id), Patient.designated_physician_id == me
+        *(
+            [
+                select(literal(R.DESIGNATED.value).label("rel"), Patient.id.label("pid")).where(
+                    match(Patient.id), Patient.designated_physician_id == me
+                )
+            ]
+            if designated
+            else []
         ),
         select(literal(R.BREAK_GLASS.value).label("rel"), BreakGlassAccess.patient_id.label("pid")).where(
             match(BreakGlassAccess.patient_id),
@@ -323,6 +335,16 @@ def tagged_statement(match: Callable[[Any], Any] | None = None, me: Any = None) 
         ),
     ]
     return union_all(*tagged)
+
+
+def designated_kind(me: Any) -> Any:
+    """The tagged statement's designated-physician kind of the patient row the enclosing
+    statement reads (`Patient`), as an array of it or NULL: what its branch finds for that row
+    (the same row, under the same row-level security, with the same test)."""
+    return case(
+        (Patient.designated_physician_id == me, array([literal(R.DESIGNATED.value)])),
+        else_=null(),
+    )
 
 
 _TAGGED = tagged_statement()
