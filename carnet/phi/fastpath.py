@@ -52,7 +52,6 @@ from typing import Any, cast
 
 import psycopg
 from sqlalchemy import (
-    ARRAY,
     Connection,
     Dialect,
     String,
@@ -173,14 +172,14 @@ _GRANTS = cast(Table, RoleGrant.__table__).c
 # The facility scope the kernel would enter (`enter_scope` of `context.resolve`'s facilities): the
 # facilities of the account's active grants of the roles its session claims, in `enter_scope`'s
 # order and spelling. Checked against the judged context before any patient data is used.
+# (An ARRAY of the distinct facilities in order, joined: no aggregate to start on every read.)
 _FACILITIES_SQL = "".join(
     (
-        "set_config('carnet.facility_ids', coalesce((SELECT string_agg(f, ',' ORDER BY f",
-        ' COLLATE "C") FROM (SELECT DISTINCT ',
-        f"{_GRANTS.facility_id.name}::text AS f FROM {RoleGrant.__tablename__} WHERE ",
+        "set_config('carnet.facility_ids', coalesce(array_to_string(ARRAY(SELECT DISTINCT ",
+        f'{_GRANTS.facility_id.name}::text COLLATE "C" FROM {RoleGrant.__tablename__} WHERE ',
         f"{_GRANTS.account_id.name} = %(account)s AND {_GRANTS.status.name} = 'active' AND ",
-        f"{_GRANTS.role.name} = ANY(%(roles)s) AND {_GRANTS.facility_id.name} IS NOT NULL) AS g), ''),",
-        " true)",
+        f"{_GRANTS.role.name} = ANY(%(roles)s) AND {_GRANTS.facility_id.name} IS NOT NULL",
+        " ORDER BY 1), ','), ''), true)",
     )
 )
 # SET LOCAL ROLE, in the same statement: row-level security holds for what follows.
@@ -553,31 +552,26 @@ def _session_statements(dialect: Dialect) -> _SessionStatements:
     found = _of_session.get(dialect.name)
     if found is None:
         pid = bindparam("pid", type_=Uuid())
-        # The session's account and practitioner, read once (each kind of relationship names them).
+        # The session's account and practitioner, read once, left-joined to the patient row (each
+        # kind of relationship names them; no session, no relationship).
         actor = (
             select(AuthSession.account_id, Account.practitioner_id)
             .join(Account, Account.id == AuthSession.account_id)
             .where(AuthSession.token_digest == bindparam("digest", type_=String()))
-            .cte("session_actor")
+            .subquery("session_actor")
         )
-        me = select(actor.c.practitioner_id).scalar_subquery()
-        tagged = care.tagged_statement(match=lambda column: column == pid, me=me, designated=False)
+        rels = care.kinds_of(pid, actor.c.practitioner_id, actor.c.account_id)
         # The containment state of the session row's own account (no second lookup of the session).
         state = _keyed_by_session(ACTOR_STATE, lambda: AuthSession.account_id).lateral("actor_state")
         context = SESSION_CONTEXT.add_columns(*(state.c[name] for name in _STATE_COLUMNS))
-        kinds = _keyed_by_session(tagged, lambda: select(actor.c.account_id).scalar_subquery()).subquery(
-            "tagged"
-        )
-        rels = func.array_cat(
-            select(func.array_agg(kinds.c.rel, type_=ARRAY(String()))).scalar_subquery(),
-            care.designated_kind(me),
-            type_=ARRAY(String()),
-        )
         plans = func.set_config("plan_cache_mode", null(), True, type_=String())
         found = _SessionStatements(
             context=_compile_inline(context.outerjoin(state, true()), dialect, wrap=_scope_first),
             patient=_compile_inline(
-                _PATIENT_BY_ID.add_columns(rels.label(_RELS), plans.label(_PLANS)), dialect
+                _PATIENT_BY_ID.add_columns(rels.label(_RELS), plans.label(_PLANS)).select_from(
+                    cast(Table, Patient.__table__).outerjoin(actor, true())
+                ),
+                dialect,
             ),
         )
         _of_session[dialect.name] = found
