@@ -25,7 +25,9 @@ round, then the median, and a change of a few percent needs the replay below.
 `--replay-from LOG --reads N [--skip patient,...]` prints a script for PostgreSQL's single-user
 mode replaying one logged read (`replay_script`): run under callgrind for two values of N, the
 difference of the instruction counts is PostgreSQL's work per read, exact at any load (the
-commands are in docs/BENCHMARKS.md, section "s10-pg"). Drops its databases.
+commands are in docs/BENCHMARKS.md, section "s10-pg"). With `--replay-to CONNINFO`, the same read
+is sent over the protocol, two pipelines a read as the app sends them, to a server (run under
+callgrind: `replay_protocol`, docs/BENCHMARKS.md section "s11-pg"). Drops its databases.
 """
 
 from __future__ import annotations
@@ -342,45 +344,150 @@ def run(compare_with: Path | None, reads: int, rounds: int, clients: int, second
     return "\n".join(lines)
 
 
+_TAGS = (
+    ("SELECT carnet_scope", "session"),  # session, account, grants, state, with the scope (0014)
+    ("SELECT auth_sessions", "session"),
+    ("SELECT set_config", "scope"),
+    ("WITH session_actor", "patient"),
+    ("SELECT patients.", "patient"),
+    ("INSERT INTO exposures", "exposure"),
+    ("WITH carnet_exposure", "append"),  # the exposure row written by the audit append
+    ("WITH link", "append"),
+)
+
+
+def _logged_read(log: str) -> list[tuple[str, str, list[str]]]:
+    """The first read (BEGIN ... COMMIT) of the backend that ran the audit append most in a log
+    written with `log_statement = 'all'`, `log_parameter_max_length = -1`: (tag, SQL, each
+    parameter as logged: NULL or a quoted literal) for each statement between BEGIN and COMMIT,
+    the exposure row's id replaced by `gen_random_uuid()`; tag "raw" for an unprepared command
+    (the round trip's SAVEPOINT)."""
+    import collections
+    import re
+
+    entries = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ UTC \[\d+\] (?:LOG|DETAIL):)", log)
+    by_pid: dict[str, list[list[str]]] = collections.defaultdict(list)
+    for entry in entries:
+        if m := re.match(r".*? \[(\d+)\] LOG:  execute (\S+): (.*)", entry, re.S):
+            by_pid[m.group(1)].append([m.group(2), " ".join(m.group(3).split()), ""])
+        elif (m := re.match(r".*? \[(\d+)\] DETAIL:  parameters: (.*)", entry, re.S)) and by_pid[m.group(1)]:
+            by_pid[m.group(1)][-1][2] = m.group(2).strip()
+    pid = max(by_pid, key=lambda p: sum("carnet_audit_link" in q for _n, q, _p in by_pid[p]))
+    statements = by_pid[pid]
+    texts = [q for _n, q, _p in statements]
+    begin = texts.index("BEGIN")
+    commit = texts.index("COMMIT", begin)
+    out: list[tuple[str, str, list[str]]] = []
+    for name, query, parameters in statements[begin + 1 : commit]:
+        if name == "<unnamed>":
+            out.append(("raw", query, []))
+            continue
+        tag = next((t for prefix, t in _TAGS if query.startswith(prefix)), "other")
+        values = [m.group(2) for m in re.finditer(r"\$(\d+) = (NULL|'(?:[^']|'')*')", parameters)]
+        if tag == "exposure":
+            values[-1] = "gen_random_uuid()"  # the row's id: a new one each time
+        if query.startswith("WITH carnet_exposure"):
+            values[8] = "gen_random_uuid()"  # the exposure row's id, its ninth value
+        out.append((tag, query, values))
+    return out
+
+
 def replay_script(log: str, reads: int, skip: frozenset[str] = frozenset()) -> str:
     """A script for `postgres --single` replaying the first read found in a server log written
-    with `log_statement = 'all'`, `log_parameter_max_length = -1` (one backend's lines): its
+    with `log_statement = 'all'`, `log_parameter_max_length = -1` (`_logged_read`): its
     statements PREPAREd, then `reads` times BEGIN, each EXECUTE with the logged parameters (the
     exposure row with a new id each time), COMMIT. Run under `valgrind --tool=callgrind` for
     N and for M reads, the difference of the instruction counts over M - N is PostgreSQL's work
     per read, exactly, whatever the machine's load; leaving statements out (`skip`: session,
-    scope, patient, exposure, append) attributes it."""
-    import re
-
-    entries = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ UTC \[\d+\] (?:LOG|DETAIL):)", log)
-    statements: list[list[str]] = []
-    for entry in entries:
-        if m := re.match(r".*? LOG:  execute \S+: (.*)", entry, re.S):
-            statements.append([" ".join(m.group(1).split()), ""])
-        elif (m := re.match(r".*? DETAIL:  parameters: (.*)", entry, re.S)) and statements:
-            statements[-1][1] = m.group(1).strip()
-    texts = [q for q, _ in statements]
-    begin, commit = texts.index("BEGIN"), texts.index("COMMIT")
-    tags = (
-        ("SELECT auth_sessions", "session"),
-        ("SELECT set_config", "scope"),
-        ("WITH session_actor", "patient"),
-        ("INSERT INTO exposures", "exposure"),
-        ("WITH link", "append"),
-    )
+    scope, patient, exposure, append, raw) attributes it. Single-user mode also parses each
+    EXECUTE line and prints every row in text (a fifth of the count): `replay_protocol` replays
+    over the wire instead, as the app sends it."""
     out, executes = [], []
-    for query, parameters in statements[begin + 1 : commit]:
-        tag = next((t for prefix, t in tags if query.startswith(prefix)), "other")
+    for tag, query, values in _logged_read(log):
         if tag in skip:
             continue
+        if tag == "raw":
+            executes.append(query)
+            continue
         out.append(f"PREPARE {tag} AS {query}")
-        values = [m.group(2) for m in re.finditer(r"\$(\d+) = (NULL|'(?:[^']|'')*')", parameters)]
-        if tag == "exposure":
-            values[-1] = "gen_random_uuid()"  # the row's id: a new one each time
         executes.append(f"EXECUTE {tag}({', '.join(values)})" if values else f"EXECUTE {tag}")
     for _ in range(reads):
         out += ["BEGIN", *executes, "COMMIT"]
     return "\n".join(out) + "\n"
+
+
+def replay_protocol(log: str, reads: int, conninfo: str) -> int:
+    """The first logged read (`_logged_read`) sent `reads` times to the server at `conninfo` as
+    the fast read sends it: its statements prepared once, then per read two pipelines (BEGIN and
+    the statements up to the round trip's SAVEPOINT; the SAVEPOINT, the rest and COMMIT), each
+    one Sync, rows asked in binary. Answers the backend's pid. Against a server run under
+    `valgrind --tool=callgrind` (each backend writes its own file when it ends), the difference
+    of the backend's instruction counts for N and M reads over M - N is PostgreSQL's work per
+    read with the protocol's own (parse, bind, sending rows); the commands are in
+    docs/BENCHMARKS.md, section "s11-pg"."""
+    import select
+    import uuid as uuid_module
+
+    import psycopg
+    from psycopg import pq
+
+    read = _logged_read(log)
+    trips: list[list[tuple[str, str, list[bytes | None]]]] = [[]]
+    names: dict[str, bytes] = {}
+    for tag, query, values in read:
+        if tag == "raw" and query.startswith("SAVEPOINT"):
+            trips.append([])
+        if tag != "raw":
+            names.setdefault(query, b"replay_%d" % len(names))
+        params: list[bytes | None] = [
+            None
+            if v == "NULL"
+            else v.encode()
+            if v == "gen_random_uuid()"
+            else v[1:-1].replace("''", "'").encode()
+            for v in values
+        ]
+        trips[-1].append((tag, query, params))
+    with psycopg.connect(conninfo) as conn:
+        pg = conn.pgconn
+        for query, name in names.items():
+            result = pg.prepare(name, query.encode())
+            if result.status != pq.ExecStatus.COMMAND_OK:
+                raise RuntimeError(result.get_error_message())
+
+        def drain() -> None:
+            while True:
+                pg.consume_input()
+                while not pg.is_busy():
+                    result = pg.get_result()
+                    if result is None:
+                        continue
+                    if result.status == pq.ExecStatus.FATAL_ERROR:
+                        raise RuntimeError(result.get_error_message())
+                    if result.status == pq.ExecStatus.PIPELINE_SYNC:
+                        return
+                select.select([pg.socket], [], [], 1)
+
+        for _ in range(reads):
+            for number, trip in enumerate(trips):
+                pg.enter_pipeline_mode()
+                if number == 0:
+                    pg.send_query_params(b"BEGIN", None)
+                for tag, query, params in trip:
+                    if tag == "raw":
+                        pg.send_query_params(query.encode(), None)
+                        continue
+                    fresh = [
+                        str(uuid_module.uuid4()).encode() if p == b"gen_random_uuid()" else p for p in params
+                    ]
+                    pg.send_query_prepared(names[query], fresh, result_format=pq.Format.BINARY)
+                if number == len(trips) - 1:
+                    pg.send_query_params(b"COMMIT", None)
+                pg.pipeline_sync()
+                pg.flush()
+                drain()
+                pg.exit_pipeline_mode()
+        return int(pg.backend_pid)
 
 
 def main() -> None:
@@ -402,7 +509,16 @@ def main() -> None:
         help="print a `postgres --single` script replaying the first read of this log (replay_script)",
     )
     parser.add_argument("--skip", default="", help="with --replay-from: statements left out, comma-separated")
+    parser.add_argument(
+        "--replay-to",
+        default=None,
+        help="with --replay-from: send the read --reads times to this server (conninfo) over the"
+        " protocol instead (replay_protocol); prints the backend's pid",
+    )
     args = parser.parse_args()
+    if args.replay_from is not None and args.replay_to is not None:
+        print(replay_protocol(args.replay_from.read_text(), args.reads, args.replay_to))
+        return
     if args.replay_from is not None:
         skip = frozenset(s for s in args.skip.split(",") if s)
         sys.stdout.write(replay_script(args.replay_from.read_text(), args.reads, skip))

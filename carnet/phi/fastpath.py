@@ -52,7 +52,6 @@ from typing import Any, cast
 
 import psycopg
 from sqlalchemy import (
-    ARRAY,
     Connection,
     Dialect,
     String,
@@ -61,6 +60,7 @@ from sqlalchemy import (
     bindparam,
     func,
     literal,
+    null,
     select,
     true,
 )
@@ -118,10 +118,14 @@ def general_only() -> Iterator[None]:
 _BOUND = ("account", "account_id", "actor_ref", "digest", "id", "pid", "now", "since", "until")
 
 
-def _compile(statement: Any, dialect: Dialect, **kw: Any) -> roundtrip.Statement:
+def _compile(
+    statement: Any, dialect: Dialect, *, wrap: Callable[[str], str] | None = None, **kw: Any
+) -> roundtrip.Statement:
     """The statement as carnet.db.roundtrip sends it (prepared once per connection, `$n`
     placeholders; rows in binary: a timestamp or a bytea neither formatted by PostgreSQL nor
-    parsed here), with its constants among its defaults and its columns' result processors."""
+    parsed here), with its constants among its defaults and its columns' result processors.
+    `wrap`: the SQL sent is `wrap(<the statement's SQL>)`, which adds one column before the
+    statement's own (see `_session_statements`)."""
     if not kw:
         statement = statement.params(dict.fromkeys(_BOUND))  # bound per request: see _BOUND
     compiled = statement.compile(dialect=dialect, **kw)
@@ -131,12 +135,15 @@ def _compile(statement: Any, dialect: Dialect, **kw: Any) -> roundtrip.Statement
     processors: tuple[Callable[[Any], Any] | None, ...] = ()
     if hasattr(statement, "selected_columns"):
         processors = tuple(_result_processor(c.type, dialect) for c in statement.selected_columns)
-    return roundtrip.Statement(
-        expanded.statement, defaults=dict(expanded.parameters), processors=processors, binary=True
-    )
+    sql = expanded.statement
+    if wrap is not None:
+        sql, processors = wrap(sql), (None, *processors)
+    return roundtrip.Statement(sql, defaults=dict(expanded.parameters), processors=processors, binary=True)
 
 
-def _compile_inline(statement: Any, dialect: Dialect) -> roundtrip.Statement:
+def _compile_inline(
+    statement: Any, dialect: Dialect, *, wrap: Callable[[str], str] | None = None
+) -> roundtrip.Statement:
     """`_compile` with every constant of the statement (a status, a kind: any value not bound per
     request, see _BOUND) written into its SQL: the statement is prepared once per connection, so
     nothing is gained by sending them, and each parameter sent is one more value psycopg adapts in
@@ -147,7 +154,7 @@ def _compile_inline(statement: Any, dialect: Dialect) -> roundtrip.Statement:
             return element.render_literal_execute()
         return None
 
-    return _compile(replacement_traverse(statement, {}, inline), dialect)
+    return _compile(replacement_traverse(statement, {}, inline), dialect, wrap=wrap)
 
 
 def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
@@ -165,18 +172,19 @@ _GRANTS = cast(Table, RoleGrant.__table__).c
 # The facility scope the kernel would enter (`enter_scope` of `context.resolve`'s facilities): the
 # facilities of the account's active grants of the roles its session claims, in `enter_scope`'s
 # order and spelling. Checked against the judged context before any patient data is used.
-_SCOPE_SQL = "".join(
+# (An ARRAY of the distinct facilities in order, joined: no aggregate to start on every read.)
+_FACILITIES_SQL = "".join(
     (
-        "SELECT set_config('carnet.facility_ids', coalesce((SELECT string_agg(f, ',' ORDER BY f",
-        ' COLLATE "C") FROM (SELECT DISTINCT ',
-        f"{_GRANTS.facility_id.name}::text AS f FROM {RoleGrant.__tablename__} WHERE ",
+        "set_config('carnet.facility_ids', coalesce(array_to_string(ARRAY(SELECT DISTINCT ",
+        f'{_GRANTS.facility_id.name}::text COLLATE "C" FROM {RoleGrant.__tablename__} WHERE ',
         f"{_GRANTS.account_id.name} = %(account)s AND {_GRANTS.status.name} = 'active' AND ",
-        f"{_GRANTS.role.name} = ANY(%(roles)s) AND {_GRANTS.facility_id.name} IS NOT NULL) AS g), ''),",
-        " true),",
-        # SET LOCAL ROLE, in the same statement: row-level security holds for what follows.
-        f" set_config('role', '{APP_ROLE}', true)",
+        f"{_GRANTS.role.name} = ANY(%(roles)s) AND {_GRANTS.facility_id.name} IS NOT NULL",
+        " ORDER BY 1), ','), ''), true)",
     )
 )
+# SET LOCAL ROLE, in the same statement: row-level security holds for what follows.
+_ROLE_SQL = f"set_config('role', '{APP_ROLE}', true)"
+_SCOPE_SQL = f"SELECT {_FACILITIES_SQL}, {_ROLE_SQL}"
 # The same scope for the account of a session cookie (`session_read`), named by the token's digest.
 _SESSIONS = cast(Table, AuthSession.__table__).c
 _ACCOUNT_OF_SESSION = "".join(
@@ -186,9 +194,7 @@ _ACCOUNT_OF_SESSION = "".join(
         f" FROM {AuthSession.__tablename__} WHERE {_SESSIONS.token_digest.name} = %(digest)s)",
     )
 )
-_SCOPE_OF_SESSION_SQL = _SCOPE_SQL.replace("%(account)s", _ACCOUNT_OF_SESSION)
 _SCOPE = roundtrip.Statement(_SCOPE_SQL)
-_SCOPE_OF_SESSION = roundtrip.Statement(_SCOPE_OF_SESSION_SQL)
 
 
 @dataclass
@@ -199,9 +205,15 @@ class _Statements:
     tagged: roundtrip.Statement
     exposure: roundtrip.Statement
     event: roundtrip.Statement
+    # The exposure INSERT's SQL, its parameters renamed by `_EXPOSURE_PARAMS` (`_audit_statement`).
+    exposure_sql: str
 
 
 _compiled: dict[str, _Statements] = {}
+_EXPOSURE_KEYS = ["id", "actor_ref", "patient_id", "channel", "resource_type", "at", "audit_seq"]
+_EXPOSURE_KEYS += ["outside_care", "fields"]
+# An exposure row's values, named apart from the audit append's when both are in one statement.
+_EXPOSURE_PARAMS = {key: f"exposure_{key}" for key in _EXPOSURE_KEYS}
 
 
 def _statements(dialect: Dialect) -> _Statements:
@@ -211,15 +223,18 @@ def _statements(dialect: Dialect) -> _Statements:
         me = select(Account.practitioner_id).where(Account.id == account).scalar_subquery()
         pid = bindparam("pid", type_=Uuid())
         tagged = care.tagged_statement(match=lambda column: column == pid, me=me)
-        exposure_keys = ["id", "actor_ref", "patient_id", "channel", "resource_type", "at", "audit_seq"]
-        exposure_keys += ["outside_care", "fields"]
+        exposure = _compile(INSERT_EXPOSURE, dialect, column_keys=_EXPOSURE_KEYS)
+        exposure_sql = str(INSERT_EXPOSURE.compile(dialect=dialect, column_keys=_EXPOSURE_KEYS))
+        for key, name in _EXPOSURE_PARAMS.items():
+            exposure_sql = exposure_sql.replace(f"%({key})s", f"%({name})s")
         found = _Statements(
             account=_compile_inline(ACCOUNT_AND_GRANTS, dialect),
             state=_compile_inline(ACTOR_STATE, dialect),
             patient=_compile_inline(_PATIENT_BY_ID, dialect),
             tagged=_compile_inline(tagged, dialect),
-            exposure=_compile(INSERT_EXPOSURE, dialect, column_keys=exposure_keys),
+            exposure=exposure,
             event=_compile(INSERT_EVENT, dialect, column_keys=["id", "actor_ref", "kind", "key", "at"]),
+            exposure_sql=exposure_sql,
         )
         _compiled[dialect.name] = found
     return found
@@ -483,8 +498,11 @@ def _keyed_by_session(statement: Any, account: Callable[[], Any] = _account_of_s
 
 @dataclass
 class _SessionStatements:
-    # The session, its account and its active grants (SESSION_CONTEXT), then the account's
-    # containment state (ACTOR_STATE), the last `_STATE_COLUMNS` of every row.
+    # The facility scope entered (`_SCOPE_FIRST`: the scope statement's, for the session's
+    # account; then SET LOCAL ROLE), first column of every row; then the session, its account and
+    # its active grants (SESSION_CONTEXT), then the account's containment state (ACTOR_STATE),
+    # the last `_STATE_COLUMNS` of every row. One row of NULLs after the scope when there is no
+    # such session.
     context: roundtrip.Statement
     # The patient row (the kernel's _PATIENT_BY_ID) with the actor's relationships to it (the
     # tagged statement's kinds, `_RELS`): one statement for what the body decides on.
@@ -492,6 +510,9 @@ class _SessionStatements:
 
 
 _RELS = "carnet_rels"
+# The patient statement's last column: the plan cache mode the scope statement set for it, back
+# to the session's own (set_config to NULL: SET LOCAL ... TO DEFAULT).
+_PLANS = "carnet_plans"
 
 
 _STATE_COLUMNS = tuple(c.name for c in ACTOR_STATE.selected_columns)
@@ -503,30 +524,55 @@ _of_session: dict[str, _SessionStatements] = {}
 _EVERY_ROLE = roundtrip.text_array(sorted(r.value for r in Role))
 if not all(r.value.isidentifier() and r.value.islower() for r in Role):  # array elements as they are
     raise RuntimeError("a role name needs quoting in an array literal")
+# The session read's first statement: the scope entered (the facilities of the session account's
+# active grants, as `_SCOPE` computes them; SET LOCAL ROLE) in a one-row subquery that the
+# session's rows are left-joined to, so it is entered whether or not the session is found, and
+# always before the patient statement that follows. The generic plan is forced for the rest of
+# the transaction's prepared statements (the patient statement gives the setting back): a new
+# connection would plan the relationships statement five times (3 ms each) before settling on
+# the generic plan it then keeps.
+_SCOPE_FIRST = "".join(
+    (
+        "SELECT carnet_scope.facilities AS carnet_scope, ctx.* FROM (SELECT ",
+        _FACILITIES_SQL.replace("%(account)s", _ACCOUNT_OF_SESSION).replace(
+            "%(roles)s", f"'{_EVERY_ROLE}'::varchar[]"
+        ),
+        f" AS facilities, {_ROLE_SQL} AS carnet_role,",
+        " set_config('plan_cache_mode', 'force_generic_plan', true) AS carnet_plans) AS carnet_scope",
+        " LEFT JOIN (<session>) AS ctx ON true",
+    )
+)
+
+
+def _scope_first(session_sql: str) -> str:
+    return _SCOPE_FIRST.replace("<session>", session_sql)
 
 
 def _session_statements(dialect: Dialect) -> _SessionStatements:
     found = _of_session.get(dialect.name)
     if found is None:
         pid = bindparam("pid", type_=Uuid())
-        # The session's account and practitioner, read once (each kind of relationship names them).
+        # The session's account and practitioner, read once, left-joined to the patient row (each
+        # kind of relationship names them; no session, no relationship).
         actor = (
             select(AuthSession.account_id, Account.practitioner_id)
             .join(Account, Account.id == AuthSession.account_id)
             .where(AuthSession.token_digest == bindparam("digest", type_=String()))
-            .cte("session_actor")
+            .subquery("session_actor")
         )
-        me = select(actor.c.practitioner_id).scalar_subquery()
-        tagged = care.tagged_statement(match=lambda column: column == pid, me=me)
-        state = _keyed_by_session(ACTOR_STATE).subquery("actor_state")
+        rels = care.kinds_of(pid, actor.c.practitioner_id, actor.c.account_id)
+        # The containment state of the session row's own account (no second lookup of the session).
+        state = _keyed_by_session(ACTOR_STATE, lambda: AuthSession.account_id).lateral("actor_state")
         context = SESSION_CONTEXT.add_columns(*(state.c[name] for name in _STATE_COLUMNS))
-        kinds = _keyed_by_session(tagged, lambda: select(actor.c.account_id).scalar_subquery()).subquery(
-            "tagged"
-        )
-        rels = select(func.array_agg(kinds.c.rel, type_=ARRAY(String()))).scalar_subquery()
+        plans = func.set_config("plan_cache_mode", null(), True, type_=String())
         found = _SessionStatements(
-            context=_compile_inline(context.outerjoin(state, true()), dialect),
-            patient=_compile_inline(_PATIENT_BY_ID.add_columns(rels.label(_RELS)), dialect),
+            context=_compile_inline(context.outerjoin(state, true()), dialect, wrap=_scope_first),
+            patient=_compile_inline(
+                _PATIENT_BY_ID.add_columns(rels.label(_RELS), plans.label(_PLANS)).select_from(
+                    cast(Table, Patient.__table__).outerjoin(actor, true())
+                ),
+                dialect,
+            ),
         )
         _of_session[dialect.name] = found
     return found
@@ -597,17 +643,16 @@ def _first_round_trip_of_session(
     values = {"digest": digest, "id": pid or uuid.UUID(int=0), "pid": pid, **care.window_params_at(now, None)}
     try:
         raw = _raw(session)
-        found, scope, patient = roundtrip.run(
-            raw,
-            [
-                (of_session.context, {"digest": digest}),
-                (_SCOPE_OF_SESSION, {"digest": digest, "roles": _EVERY_ROLE}),
-                (of_session.patient, values),
-            ],
+        entered, patient = roundtrip.run(
+            raw, [(of_session.context, {"digest": digest}), (of_session.patient, values)]
         )
-        scope_row = scope[0] if scope else None
+        scope_row = (entered[0][0],) if entered else None
+        found = [row[1:] for row in entered] if entered and entered[0][1] is not None else []
         patient_rows = _rows(of_session.patient, patient)
-        kinds = (patient_rows[0].pop(_RELS) or []) if patient_rows else []
+        kinds: list[str] = []
+        if patient_rows:
+            kinds = patient_rows[0].pop(_RELS) or []
+            del patient_rows[0][_PLANS]
         tagged_rows = [{"rel": kind, "pid": pid} for kind in kinds]
         state = found[0][-len(_STATE_COLUMNS) :] if found else ()
         state_rows = [dict(zip(_STATE_COLUMNS, state, strict=True))] if state and state[0] is not None else []
@@ -665,9 +710,13 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     sql, params = append_one_statement(record)
     params["patients"] = roundtrip.text_array(params["patients"])  # UUIDs, cast to uuid[] by the SQL
     started = time.perf_counter()
-    calls = [(statements.exposure, row) for row in rows]
-    calls += [(statements.event, row) for row in events]
-    calls.append((_audit_statement(sql), params))
+    calls = [(statements.event, row) for row in events]
+    if len(rows) == 1:  # a read's one exposure row, written by the audit append's statement
+        params.update({_EXPOSURE_PARAMS[key]: value for key, value in rows[0].items()})
+        calls.append((_audit_statement(sql, statements.exposure_sql), params))
+    else:
+        calls[:0] = [(statements.exposure, row) for row in rows]
+        calls.append((_audit_statement(sql), params))
     # Without hooks to run after the audit append, the COMMIT goes in the same round trip (the
     # session's own commit then finds nothing left to do).
     answers = roundtrip.run(raw, calls, commit=not tx.after_audit)
@@ -683,14 +732,21 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     _end_committed(session)
 
 
-_audit_statements: dict[str, roundtrip.Statement] = {}
+_audit_statements: dict[tuple[str, str | None], roundtrip.Statement] = {}
 
 
-def _audit_statement(sql: str) -> roundtrip.Statement:
-    """The audit append's statement (`append_one_statement`: one SQL text), rewritten once."""
-    found = _audit_statements.get(sql)
+def _audit_statement(sql: str, exposure: str | None = None) -> roundtrip.Statement:
+    """The audit append's statement (`append_one_statement`: one SQL text), rewritten once;
+    with `exposure` (an exposure row's INSERT), that INSERT as one more of its data-modifying
+    CTEs: one statement instead of two, in the same transaction, before the same COMMIT."""
+    found = _audit_statements.get((sql, exposure))
     if found is None:
-        found = _audit_statements[sql] = roundtrip.Statement(sql)
+        text = sql
+        if exposure is not None:
+            if not sql.startswith("WITH "):
+                raise RuntimeError("the audit append is not a WITH statement")
+            text = f"WITH carnet_exposure AS ({exposure}), {sql.removeprefix('WITH ')}"
+        found = _audit_statements[sql, exposure] = roundtrip.Statement(text)
     return found
 
 

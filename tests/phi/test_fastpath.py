@@ -36,9 +36,12 @@ from carnet.detection.models import ActorState, DetectionEvent, Exposure
 from carnet.identity.models import Account
 from carnet.kernel import clock
 from carnet.kernel.errors import StepUpRequired
+from carnet.patients.models import Patient
 from carnet.phi import fastpath
 from carnet.phi.gate import Gate
+from carnet.phi.system import system_access
 from carnet.runtime import Runtime
+from carnet.scheduling.models import Appointment
 from tests import factories as f
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -53,7 +56,7 @@ class World:
 
 def _world(runtime: Runtime, case: str) -> World:
     facility = f.make_facility(runtime)
-    if case in ("redacted", "kept-redacted"):
+    if case in ("redacted", "kept-redacted", "ward"):  # a ward opens a chart to its nurses
         actor = f.make_nurse(runtime, facility)
     elif case == "no-grant":
         practitioner = f.make_practitioner(runtime, facility)
@@ -84,6 +87,8 @@ def _world(runtime: Runtime, case: str) -> World:
         f.link_care(
             runtime, patient_id=patient.id, practitioner_id=actor.practitioner_id, facility_id=facility
         )
+    if case in RELATIONSHIP_CASES:
+        _relate(runtime, case, actor, facility, patient.id)
     if case == "break-glass":
         actor = dataclasses.replace(actor, second_factor_at=clock.now())
         Gate(runtime, actor).break_glass(
@@ -112,6 +117,50 @@ def _world(runtime: Runtime, case: str) -> World:
         runtime.ledger.flags.set(f"campaign:{actor.actor_ref}", flag)  # type: ignore[attr-defined]
     patient_id = str(uuid.uuid4()) if case == "missing" else patient.id
     return World(actor, patient_id, names)
+
+
+def _relate(runtime: Runtime, case: str, actor: Actor, facility: uuid.UUID, patient_id: str) -> None:
+    """The actor's one relationship to the patient in a relationship case (each kind the
+    relationships statement reads, and a care relationship that ended)."""
+    me = actor.practitioner_id
+    assert me is not None
+    now = clock.now()
+    if case in ("referral", "care-ended"):
+        ended = case == "care-ended"
+        f.link_care(
+            runtime,
+            patient_id=patient_id,
+            practitioner_id=me,
+            facility_id=facility,
+            kind="care_team" if ended else "referral",
+            start=now - dt.timedelta(days=10) if ended else None,
+            end=now - dt.timedelta(days=1) if ended else None,
+        )
+    elif case == "attending":
+        f.admit(runtime, patient_id=patient_id, facility_id=facility, location_id=None, attending_id=me)
+    elif case == "ward":
+        ward = f.make_location(runtime, facility)
+        f.admit(runtime, patient_id=patient_id, facility_id=facility, location_id=ward)
+        f.assign_ward(runtime, practitioner_id=me, location_id=ward, facility_id=facility)
+    elif case in ("appointment", "appointment-cancelled"):
+        with system_access(runtime, reason="test fixture: appointment") as door:
+            door.session.add(
+                Appointment(
+                    facility_id=facility,
+                    patient_id=uuid.UUID(patient_id),
+                    practitioner_id=me,
+                    start_at=now + dt.timedelta(days=2),
+                    end_at=now + dt.timedelta(days=2, minutes=20),
+                    status="cancelled" if case == "appointment-cancelled" else "booked",
+                    version_id=1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+    elif case == "designated":
+        with system_access(runtime, reason="test fixture: designated physician") as door:
+            designate = sa.update(Patient).where(Patient.id == uuid.UUID(patient_id))
+            door.session.execute(designate.values(designated_physician_id=me))
 
 
 def _named(value: Any, names: dict[str, str]) -> Any:
@@ -181,6 +230,11 @@ def _last_seq(runtime: Runtime) -> int:
 
 CASES = ["allowed", "refused", "missing", "break-glass", "contained", "redacted", "stepped-up", "suspended"]
 CASES += ["no-grant", "kept", "kept-redacted"]
+# Each kind of relationship the relationships statement reads (care team: "allowed";
+# break-the-glass: "break-glass"), and two that are no longer one.
+RELATIONSHIP_CASES = ["referral", "attending", "ward", "appointment", "designated"]
+RELATIONSHIP_CASES += ["care-ended", "appointment-cancelled"]
+CASES += RELATIONSHIP_CASES
 KEPT = {
     "resourceType": "Patient",
     "name": [{"use": "official", "family": "Lemoine", "given": ["Claire"]}],
@@ -228,8 +282,18 @@ def test_fast_and_general_paths_agree(runtime: Runtime, case: str) -> None:
         "stepped-up": "StepUpRequired",
         "kept": "ok",
         "kept-redacted": "ok",
+        "referral": "ok",
+        "attending": "ok",
+        "ward": "ok",
+        "appointment": "ok",
+        "designated": "ok",
+        "care-ended": "NotFound",
+        "appointment-cancelled": "NotFound",
     }[case]
     assert got[0] == outcome
+    kind = {"designated": "designated_physician"}.get(case, case)
+    if case in RELATIONSHIP_CASES and outcome == "ok":  # read by that relationship, on both paths
+        assert kind in got_trail["audit"][-1][6]
     if case.startswith("kept"):
         # A reader of every field gets the Patient as received; a nurse (identity only), none of it.
         received = got[1]["received"]

@@ -34,7 +34,18 @@ from carnet.records.models import Allergy, ClinicalNote, Condition, NoteVersion,
 from carnet.runtime import Runtime
 from carnet.scheduling.models import Appointment
 from tests import factories as f
-from tests.phi.test_fastpath import CASES, World, _last_seq, _named, _trail, _world
+from tests.phi.test_fastpath import (
+    CASES,
+    RELATIONSHIP_CASES,
+    World,
+    _last_seq,
+    _named,
+    _trail,
+    _world,
+)
+
+# The relationship cases that open the chart (the others are relationships no longer).
+OPENING = [case for case in RELATIONSHIP_CASES if case not in ("care-ended", "appointment-cancelled")]
 
 _MINUTE = re.compile(r"\b\d{2}:\d{2}\b")
 
@@ -273,9 +284,10 @@ def test_fast_and_general_section_reads_agree(runtime: Runtime, case: str) -> No
         assert note["versions"][0]["text"] == "Patient stable, TA 135/85."
         assert answered["list_allergies"][1][0]["reaction"] == "urticaire géante"
         assert expected_trail["exposures"]
-    elif case in ("redacted", "kept", "kept-redacted"):
+    elif case in ("redacted", "kept", "kept-redacted", *OPENING):
         # A nurse in the care team (some sections, some fields), or the patient kept as
-        # another system sent it, read by a physician or a nurse of its care.
+        # another system sent it, read by a physician or a nurse of its care; or read by one
+        # relationship of another kind.
         assert "ok" in outcomes
     else:
         refusal = {
@@ -285,6 +297,8 @@ def test_fast_and_general_section_reads_agree(runtime: Runtime, case: str) -> No
             "contained": "AccountContained",
             "suspended": "AccountContained",
             "stepped-up": "StepUpRequired",
+            "care-ended": "NotFound",
+            "appointment-cancelled": "NotFound",
         }[case]
         # Refused again and again, the account is contained (alike on both paths); a section its
         # role never opens (invoices) is refused by the policy first, as a missing one.
