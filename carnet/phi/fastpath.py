@@ -48,6 +48,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, cast
 
 import psycopg
@@ -77,7 +78,7 @@ from carnet.access.scope import APP_ROLE
 from carnet.audit.interfaces import Outcome
 from carnet.audit.writer import SqlAuditWriter, append_one_statement
 from carnet.db import roundtrip
-from carnet.db.base import detached
+from carnet.db.base import UtcDateTime, detached
 from carnet.detection.administration import WATCHED, WatchedAuditWriter
 from carnet.detection.ledger import ACTOR_STATE, INSERT_EVENT, INSERT_EXPOSURE, SqlExposureLedger
 from carnet.identity import sessions
@@ -155,10 +156,19 @@ def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | No
     on the column's type on the wire (psycopg returns a float8 as float, a numeric as Decimal:
     nothing to convert when the column is of the type its model declares, as the migrations
     make it)."""
+    if type(type_) is UtcDateTime:
+        return _utc_result  # its own processor, without SQLAlchemy's wrapper around it
     try:
         return cast(Callable[[Any], Any] | None, type_._cached_result_processor(dialect, None))
     except TypeError:  # "Unknown PG numeric type: %d" % None
         return None
+
+
+def _utc_result(value: dt.datetime) -> dt.datetime:
+    """`UtcDateTime.process_result_value` of a value that is not None (see carnet.db.base)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
 
 
 _GRANTS = cast(Table, RoleGrant.__table__).c
@@ -225,19 +235,9 @@ def _statements(dialect: Dialect) -> _Statements:
     return found
 
 
-class _Row:
-    """A row read by name, like SQLAlchemy's (what `from_rows` and the ledger read)."""
-
-    __slots__ = ("_values",)
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self._values = values
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+# A row read by name, like SQLAlchemy's (what `from_rows` and the ledger read): its values are
+# its attributes, read without a call (a missing one raises AttributeError, as a Row does).
+_Row = SimpleNamespace
 
 
 def _rows(statement: roundtrip.Statement, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -255,13 +255,19 @@ class _FastTx(GuardedTx):
     read (the first pipeline); anything else the body asks goes to the database as usual."""
 
     prefetched: tuple[Patient, bool] | None = None
+    # The `patient_id` the read was asked for, as given: the prefetched row's (it was parsed
+    # into the id the first pipeline read).
+    prefetched_arg: Any = None
     fallbacks: list[str] = field(default_factory=list)
     # The rows of the statements a variant sent along in the first pipeline (`also`), in order.
     also: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def patient_to_read(self, patient_id: str) -> tuple[Patient, bool]:
-        if self.prefetched is not None and parse_id(patient_id) == self.prefetched[0].id:
-            patient, replaces_any = self.prefetched
+        prefetched = self.prefetched
+        if prefetched is not None and (
+            patient_id == self.prefetched_arg or parse_id(patient_id) == prefetched[0].id
+        ):
+            patient, replaces_any = prefetched
             self.patient_ids.append(patient.id)
             return patient, replaces_any
         return super().patient_to_read(patient_id)
@@ -301,9 +307,13 @@ def patient_read(
     if not _eligible(core, guard, kwargs):
         return False, None
     pid = parse_id(str(kwargs["patient_id"]))
-    return between_round_trips(
-        core, guard, run, lambda session: _first_round_trip(core, session, guard, pid), count=_count_read
-    )
+
+    def first_round_trip(session: Session) -> _FastTx:
+        tx = _first_round_trip(core, session, guard, pid)
+        tx.prefetched_arg = kwargs["patient_id"]
+        return tx
+
+    return between_round_trips(core, guard, run, first_round_trip, count=_count_read)
 
 
 def _count_read() -> None:
@@ -424,7 +434,7 @@ def _judged(
     the guarded transaction made on it; declines when the scope entered is not the kernel's."""
     ctx = from_rows(
         core.actor,
-        [_Row(r) for r in account_rows],
+        [_Row(**r) for r in account_rows],
         now=now,
         contact=core._runtime.settings.security_contact,
     )
@@ -433,7 +443,7 @@ def _judged(
     scope = ",".join(sorted(str(f) for f in ctx.facility_ids))
     if scope_row is None or scope_row[0] != scope or ctx.patient_id is not None:
         raise _Decline  # not the scope the kernel enters: its path decides this case
-    session.info[_STATE] = _Row(state_rows[0]) if state_rows else None
+    session.info[_STATE] = _Row(**state_rows[0]) if state_rows else None
     return tx_type(
         session=session,
         ctx=ctx,
@@ -631,6 +641,7 @@ def _first_round_trip_of_session(
     )
     if pid is not None:
         _prefetch(tx, patient_rows, tagged_rows)
+        tx.prefetched_arg = kwargs["patient_id"]
     return tx
 
 

@@ -473,6 +473,12 @@ class GuardedTx:
     def dec(self, blob: bytes | None, table: str, column: str, row_id: uuid.UUID) -> str | None:
         return self.keyring.decrypt(blob, table=table, column=column, row_id=row_id)
 
+    def dec_row(
+        self, table: str, row_id: uuid.UUID, blobs: Sequence[tuple[str, bytes | None]]
+    ) -> list[str | None]:
+        """`dec` of several columns (column, blob) of one row, in order."""
+        return self.keyring.decrypt_row(table, row_id, blobs)
+
     def enc(
         self, value: str | None, facility_id: uuid.UUID, table: str, column: str, row_id: uuid.UUID
     ) -> bytes | None:
