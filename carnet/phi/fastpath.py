@@ -258,6 +258,8 @@ class _FastTx(GuardedTx):
     # The `patient_id` the read was asked for, as given: the prefetched row's (it was parsed
     # into the id the first pipeline read).
     prefetched_arg: Any = None
+    # The psycopg connection of the transaction (`_raw`), once the first pipeline found it.
+    raw: Any = None
     fallbacks: list[str] = field(default_factory=list)
     # The rows of the statements a variant sent along in the first pipeline (`also`), in order.
     also: list[list[dict[str, Any]]] = field(default_factory=list)
@@ -382,7 +384,7 @@ def _first_round_trip(
     kept on the transaction for the body, which uses them only after it (carnet.phi.fastpath_search).
     Without `one_patient` (a search), neither the patient row nor relationships are read ahead."""
     actor = core.actor
-    statements = _statements(session.get_bind().dialect)
+    statements = _statements(raw_dialect(session))
     now = clock.now()
     raw = _raw(session)
     roles = sorted(r.value for r in actor.roles)
@@ -412,6 +414,7 @@ def _first_round_trip(
     read = [_rows(c, rows) for c, rows in zip(ahead, answers[1 : 1 + len(ahead)], strict=True)]
     account_rows, state_rows, patient_rows, tagged_rows = read if one_patient else [*read, [], []]
     tx = _judged(core, session, guard, now, scope_row, account_rows, state_rows, tx_type=tx_type)
+    tx.raw = raw
     more = answers[1 + len(ahead) :]
     tx.also = [_rows(compiled, rows) for (compiled, _), rows in zip(also, more, strict=True)]
     if pid is not None:
@@ -601,7 +604,7 @@ def _first_round_trip_of_session(
     context: RequestContext,
     kwargs: dict[str, Any],
 ) -> _FastTx:
-    of_session = _session_statements(session.get_bind().dialect)
+    of_session = _session_statements(raw_dialect(session))
     now = clock.now()
     digest = sessions.digest(token)
     values = {"digest": digest, "id": pid or uuid.UUID(int=0), "pid": pid, **care.window_params_at(now, None)}
@@ -639,6 +642,7 @@ def _first_round_trip_of_session(
         state_rows,
         tx_type=_FastTx,
     )
+    tx.raw = raw
     if pid is not None:
         _prefetch(tx, patient_rows, tagged_rows)
         tx.prefetched_arg = kwargs["patient_id"]
@@ -670,9 +674,9 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
             event_rows=events,
         )
     record = core._record(guard.kind, Outcome.SUCCESS, tx)
-    statements = _statements(session.get_bind().dialect)
     session.flush()  # anything the body or detection added through the session goes first
-    raw = _raw(session)
+    raw = tx.raw if tx.raw is not None else _raw(session)
+    statements = _statements(raw_dialect(session))
     sql, params = append_one_statement(record)
     params["patients"] = roundtrip.text_array(params["patients"])  # UUIDs, cast to uuid[] by the SQL
     started = time.perf_counter()
@@ -703,6 +707,12 @@ def _audit_statement(sql: str) -> roundtrip.Statement:
     if found is None:
         found = _audit_statements[sql] = roundtrip.Statement(sql)
     return found
+
+
+def raw_dialect(session: Session) -> Dialect:
+    """The dialect of the Connection the session is bound to (`between_round_trips`)."""
+    bind = session.bind
+    return bind.dialect if isinstance(bind, Connection) else session.get_bind().dialect
 
 
 def _raw(session: Session) -> Any:

@@ -374,6 +374,13 @@ class GuardedTx:
 
     def relationships_of(self, patients: Iterable[care.InScope]) -> dict[uuid.UUID, frozenset[Relationship]]:
         wanted = list(patients)
+        if len(wanted) == 1:  # a chart's patient (the general case below, for one)
+            pid = wanted[0].id
+            rels = self.relationships.get(pid)
+            if rels is None:
+                rels = care.relationships_of(self.session, self.ctx, wanted).get(pid, frozenset())
+                self.relationships[pid] = rels
+            return {pid: rels} if rels else {}
         missing = list({p.id: p for p in wanted if p.id not in self.relationships}.values())
         if missing:
             computed = care.relationships_of(self.session, self.ctx, missing)
