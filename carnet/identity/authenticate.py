@@ -196,6 +196,9 @@ class Authenticator:
     @classmethod
     def of(cls, runtime: Runtime) -> Authenticator:
         """The runtime's one Authenticator (its throttle counters must be shared)."""
+        found = runtime.services.get("identity")
+        if isinstance(found, Authenticator):  # made already: no lock to take
+            return found
         with _SERVICE_LOCK:
             found = runtime.services.get("identity")
             if not isinstance(found, Authenticator):

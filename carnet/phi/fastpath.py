@@ -364,9 +364,15 @@ def between_round_trips(
         raise  # _fail always raises
 
 
-def offer(body: Callable[..., Any]) -> None:
-    """Offer the fast variant for `body`, a read of one patient's record by `patient_id`."""
+def offer(body: Callable[..., Any], *, reads_columns_only: bool = False) -> None:
+    """Offer the fast variant for `body`, a read of one patient's record by `patient_id`.
+    `reads_columns_only`: the body reads the patient's columns and nothing else of the instance
+    (no relationship, no write): `session_read` hands it the row as plain attributes."""
     setattr(body, "__gate_fast__", patient_read)  # noqa: B010
+    setattr(body, _READS_COLUMNS_ONLY, reads_columns_only)
+
+
+_READS_COLUMNS_ONLY = "__gate_reads_columns_only__"
 
 
 def _first_round_trip(
@@ -457,12 +463,16 @@ def _judged(
     )
 
 
-def _prefetch(tx: _FastTx, patient_rows: list[dict[str, Any]], tagged_rows: list[dict[str, Any]]) -> None:
-    """The patient row and the actor's relationships to it, read ahead, kept for the body."""
+def _prefetch(
+    tx: _FastTx, patient_rows: list[dict[str, Any]], tagged_rows: list[dict[str, Any]], *, light: bool = False
+) -> None:
+    """The patient row and the actor's relationships to it, read ahead, kept for the body.
+    `light`: for a body that only reads the patient's columns (the Patient read, `session_read`):
+    the row's values as plain attributes, read without the ORM's descriptors."""
     if patient_rows:
         columns = dict(patient_rows[0])
         replaces_any = bool(columns.pop("carnet_replaces_any"))
-        patient = detached(Patient, columns)
+        patient = cast(Patient, SimpleNamespace(**columns)) if light else detached(Patient, columns)
         tx.prefetched = (patient, replaces_any)
         visible = care.visible_ids(tx.ctx, [patient])
         if visible:
@@ -579,9 +589,11 @@ def session_read(
     def run(tx: GuardedTx) -> Any:
         return body(tx, **kwargs)
 
+    light = getattr(body, _READS_COLUMNS_ONLY, False) is True
+
     def first_round_trip(session: Session) -> _FastTx:
         return _first_round_trip_of_session(
-            core, session, guard, pid, token=token, context=context, kwargs=kwargs
+            core, session, guard, pid, token=token, context=context, kwargs=kwargs, light=light
         )
 
     return between_round_trips(core, guard, run, first_round_trip, count=_count_session_read)
@@ -603,6 +615,7 @@ def _first_round_trip_of_session(
     token: str,
     context: RequestContext,
     kwargs: dict[str, Any],
+    light: bool = False,
 ) -> _FastTx:
     of_session = _session_statements(raw_dialect(session))
     now = clock.now()
@@ -644,7 +657,7 @@ def _first_round_trip_of_session(
     )
     tx.raw = raw
     if pid is not None:
-        _prefetch(tx, patient_rows, tagged_rows)
+        _prefetch(tx, patient_rows, tagged_rows, light=light)
         tx.prefetched_arg = kwargs["patient_id"]
     return tx
 
