@@ -57,6 +57,7 @@ from benchmarks.fhir_load import (
     seed_patients,
 )
 from carnet.crypto.keys import FileKeyProvider
+from carnet.fhir.core import handoff
 from carnet.runtime import build_runtime
 from carnet.settings import Environment, Settings
 from tests.factories import make_facility
@@ -217,11 +218,16 @@ async def _drive(
                 f" ({1000 * (time.perf_counter() - wall) / n:.2f} ms wall, one at a time)"
             )
         original = anyio.to_thread.run_sync
+        original_read = handoff.in_thread
 
         async def inline(func: Any, *args: Any, **_kwargs: Any) -> Any:
             return func(*args)
 
+        async def read_inline(_size: int, func: Any, *args: Any) -> Any:
+            return func(*args)
+
         anyio.to_thread.run_sync = inline  # type: ignore[assignment]
+        handoff.in_thread = read_inline  # type: ignore[assignment]  # the Patient read's own
         try:
             profile.enable()
             for scope in scopes[:n]:
@@ -229,6 +235,7 @@ async def _drive(
             profile.disable()
         finally:
             anyio.to_thread.run_sync = original
+            handoff.in_thread = original_read
 
 
 def _report(stats: pstats.Stats, n: int) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -166,11 +167,26 @@ def append_one_statement(record: AuditRecord) -> tuple[str, dict[str, Any]]:
     then tell the writer with `SqlAuditWriter.appended`.)"""
     fields = _fields(0, _utc_micro(clock.now()), record)
     # Everything the hash covers after the sequence number, which only the database knows yet.
-    rest = b"\t" + canonical_values([fields[name] for name in CHAINED_FIELDS[1:]])
+    values = [fields[name] for name in _AFTER_SEQ]
+    # Every value of `_fields` but seq is text or None: `canonical_values`' bytes without its
+    # per-value type checks when nothing needs escaping (the usual case), else its own.
+    try:
+        escaped = _ESCAPED.search("".join([v for v in values if v is not None])) is not None
+    except TypeError:  # a value not text after all: canonical_values writes it
+        escaped = True
+    if escaped:
+        rest = b"\t" + canonical_values(values)
+    else:
+        rest = ("\t" + "\t".join(["\\N" if v is None else v for v in values])).encode()
     params: dict[str, Any] = {name: fields[name] for name in _EVENT_COLUMNS}
     params["rest"] = rest
     params["patients"] = sorted(set(record.patient_ids))
     return _APPEND_ONE, params
+
+
+_AFTER_SEQ = CHAINED_FIELDS[1:]
+# The characters `canonical_values` escapes (carnet.audit.chain: PostgreSQL's COPY text format).
+_ESCAPED = re.compile("[\\\\\b\f\n\r\t\v]")
 
 
 def _append_one_postgres(connection: Connection, record: AuditRecord) -> int:
@@ -248,30 +264,56 @@ def _copy(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> N
 
 
 def _fields(seq: int, recorded_at: str, record: AuditRecord) -> dict[str, Any]:
+    """The event's columns, every one text or None but `seq`. (An enum member's `_value_` is
+    its `.value` without the property's two calls; the JSON texts are `json.dumps`' own.)"""
     actor = record.actor
+    roles = _ROLES_TEXT.get(actor.roles)
+    if roles is None:
+        roles = ",".join(sorted(r.value for r in actor.roles))
+        if len(_ROLES_TEXT) < 1024:
+            _ROLES_TEXT[actor.roles] = roles
+    detail = record.detail
     return {
         "seq": seq,
         "recorded_at": recorded_at,
-        "kind": record.kind.value,
-        "outcome": record.outcome.value,
+        "kind": record.kind._value_,
+        "outcome": record.outcome._value_,
         "actor_ref": actor.actor_ref,
-        "actor_kind": actor.kind.value,
+        "actor_kind": actor.kind._value_,
         "account_id": str(actor.account_id) if actor.account_id else None,
         "username": actor.username,
-        "roles": ",".join(sorted(r.value for r in actor.roles)),
+        "roles": roles,
         "session_id": str(actor.session_id) if actor.session_id else None,
         "client_id": actor.client_id,
         "address": actor.address,
         "user_agent": (actor.user_agent or "")[:300] or None,
-        "purpose_of_use": actor.purpose_of_use.value,
+        "purpose_of_use": actor.purpose_of_use._value_,
         "resource_type": record.resource_type,
-        "resource_ids": json.dumps(list(record.resource_ids)),
-        "patient_ids": json.dumps(sorted({str(p) for p in record.patient_ids})),
+        "resource_ids": _json_texts(record.resource_ids),
+        "patient_ids": _json_texts(sorted({str(p) for p in record.patient_ids})),
         "query": (record.query or "")[:500] or None,
         "policy_reason": (record.policy_reason or "")[:500] or None,
         "break_glass_reason": (record.break_glass_reason or "")[:1000] or None,
-        "detail": json.dumps(dict(sorted(record.detail.items())), ensure_ascii=False),
+        "detail": json.dumps(dict(sorted(detail.items())), ensure_ascii=False) if detail else "{}",
     }
+
+
+# The roles' text of each set of roles met (a handful).
+_ROLES_TEXT: dict[frozenset[Any], str] = {}
+# Text that `json.dumps` (ensure_ascii) writes as it is between quotes: printable ASCII but the
+# quote and the backslash.
+_PLAIN_JSON = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+
+
+def _json_texts(values: Sequence[str]) -> str:
+    """`json.dumps(list(values))` of texts (ids): the same text, joined when none needs escaping."""
+    if not values:
+        return "[]"
+    try:
+        plain = _PLAIN_JSON.fullmatch("".join(values)) is not None
+    except TypeError:  # not only texts
+        plain = False
+    return '["' + '", "'.join(values) + '"]' if plain else json.dumps(list(values))
 
 
 @event.listens_for(Session, "after_commit")

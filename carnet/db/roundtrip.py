@@ -38,8 +38,8 @@ SQLAlchemy result processor when the statement has them.
 from __future__ import annotations
 
 import itertools
+import operator
 import re
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -70,7 +70,17 @@ class Statement:
     `processors`, one per column or none, convert each column's value as SQLAlchemy's result
     processing would. `columns` (the result's column names) is known after its first run."""
 
-    __slots__ = ("__weakref__", "binary", "columns", "defaults", "formats", "names", "processors", "sql")
+    __slots__ = (
+        "__weakref__",
+        "binary",
+        "columns",
+        "defaults",
+        "formats",
+        "get",
+        "names",
+        "processors",
+        "sql",
+    )
 
     def __init__(
         self,
@@ -98,15 +108,20 @@ class Statement:
         # (column index, processor) of each column that has one.
         self.processors = tuple((i, p) for i, p in enumerate(processors) if p is not None)
         self.formats = [PyFormat.AUTO] * len(names)
+        # The values in order from a dict by name, without a Python call.
+        self.get: Callable[[dict[str, Any]], Any] | None = operator.itemgetter(*names) if names else None
         self.columns: tuple[str, ...] | None = None
         # Rows in PostgreSQL's binary format: nothing to format on the server (a timestamp, a
         # bytea's hex) nor to parse here.
         self.binary = pq.Format.BINARY if binary else pq.Format.TEXT
 
-    def values(self, params: dict[str, Any]) -> list[Any]:
+    def values(self, params: dict[str, Any]) -> Sequence[Any]:
         """The statement's parameters in order, from `params`, else from its defaults."""
-        defaults = self.defaults
-        return [params[n] if n in params else defaults[n] for n in self.names]
+        get = self.get
+        if get is None:
+            return ()
+        found = get({**self.defaults, **params} if self.defaults else params)
+        return found if len(self.names) > 1 else (found,)
 
 
 class _State:
@@ -122,7 +137,6 @@ class _State:
         self.begin = _begin_statement(conn)
 
 
-_states: weakref.WeakKeyDictionary[psycopg.Connection[Any], _State] = weakref.WeakKeyDictionary()
 _names = itertools.count(1)
 # At most this many statements prepared per connection (psycopg keeps 100 of its own).
 MAX_PREPARED = 200
@@ -142,10 +156,15 @@ def _begin_statement(conn: psycopg.Connection[Any]) -> bytes:
 
 
 def _state(conn: psycopg.Connection[Any]) -> _State:
-    state = _states.get(conn)
+    # Kept on the connection itself (an attribute of carnet's name): a lookup without a call.
+    state: _State | None = getattr(conn, _STATE_ATTRIBUTE, None)
     if state is None or state.backend != conn.pgconn.backend_pid:
-        state = _states[conn] = _State(conn)
+        state = _State(conn)
+        setattr(conn, _STATE_ATTRIBUTE, state)
     return state
+
+
+_STATE_ATTRIBUTE = "_carnet_round_trip_state"
 
 
 def text_array(values: Iterable[Any]) -> str:
@@ -157,7 +176,7 @@ def text_array(values: Iterable[Any]) -> str:
 
 def prepared_on(conn: psycopg.Connection[Any]) -> int:
     """How many statements this module prepared on `conn` (tests)."""
-    state = _states.get(conn)
+    state: _State | None = getattr(conn, _STATE_ATTRIBUTE, None)
     return len(state.prepared) if state is not None else 0
 
 
@@ -171,13 +190,22 @@ def run(
     connection is idle (and not in autocommit: then the statements are one implicit
     transaction), COMMIT last if `commit`, in one round trip; each statement's rows, in order.
     See the module for what an error leaves."""
-    state = _state(conn)
+    state = getattr(conn, _STATE_ATTRIBUTE, None)
+    if state is None or state.backend != conn.pgconn.backend_pid:
+        state = _state(conn)
     transformer = state.transformer
     if conn.autocommit and commit:
         raise psycopg.ProgrammingError("nothing to commit: autocommit is on")
     queued = []
     for statement, params in calls:  # every value adapted before anything is sent
-        dumped = transformer.dump_sequence(statement.values(params), statement.formats)
+        get = statement.get  # `Statement.values`, inline
+        if get is None:
+            values: Sequence[Any] = ()
+        else:
+            values = get({**statement.defaults, **params} if statement.defaults else params)
+            if len(statement.formats) == 1:
+                values = (values,)
+        dumped = transformer.dump_sequence(values, statement.formats)
         queued.append(((statement, transformer.types), dumped, list(transformer.formats or ())))
     try:
         return _send(conn, state, queued, commit)
@@ -250,7 +278,11 @@ def _send(
             conn.close()  # in an unknown state: the pool discards it
             raise
     lead = begin + savepoint
-    failed = next((r for r in results if r.status == _FATAL), None)
+    failed = None
+    for result in results:
+        if result.status == _FATAL:
+            failed = result
+            break
     if failed is not None:
         # A statement prepared before the error is kept (prepared statements outlive a rollback);
         # one whose prepare did not run is prepared again, under a new name.
@@ -266,7 +298,10 @@ def _send(
             if retry and (begin or savepoint or conn.autocommit):
                 raise _Forgotten(savepoint) from error
         raise error
-    if len(results) != lead + sum(before for _, before, _key in statements) + len(statements) + commit:
+    expected = lead + commit
+    for _statement, before, _key in statements:
+        expected += before + 1
+    if len(results) != expected:
         conn.close()
         raise psycopg.InternalError(f"{len(results)} results for {len(statements)} statements")
     out: list[list[tuple[Any, ...]]] = []

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, cast
 
 from sqlalchemy import String, Table, and_, bindparam, select
@@ -195,6 +196,9 @@ class Authenticator:
     @classmethod
     def of(cls, runtime: Runtime) -> Authenticator:
         """The runtime's one Authenticator (its throttle counters must be shared)."""
+        found = runtime.services.get("identity")
+        if isinstance(found, Authenticator):  # made already: no lock to take
+            return found
         with _SERVICE_LOCK:
             found = runtime.services.get("identity")
             if not isinstance(found, Authenticator):
@@ -429,8 +433,16 @@ class Authenticator:
         if not found:
             raise AuthenticationRequired("sign in first (POST /auth/login)")
         first = found[0]
-        live = detached(AuthSession, dict(zip(_SESSION_KEYS, first[:_ACCOUNT_AT], strict=True)))
-        account = detached(Account, dict(zip(_ACCOUNT_KEYS, first[_ACCOUNT_AT:_ROLE_AT], strict=True)))
+        session_values = dict(zip(_SESSION_KEYS, first[:_ACCOUNT_AT], strict=True))
+        account_values = dict(zip(_ACCOUNT_KEYS, first[_ACCOUNT_AT:_ROLE_AT], strict=True))
+        if quiet:
+            # Nothing is written from them: the row's values as plain attributes (read without the
+            # ORM's descriptors) where `resolve` has detached instances for its writes.
+            live = cast(AuthSession, SimpleNamespace(**session_values))
+            account = cast(Account, SimpleNamespace(**account_values))
+        else:
+            live = detached(AuthSession, session_values)
+            account = detached(Account, account_values)
         # A contained account's revoked session is told why and whom to call, not just "ended".
         if account.status == "suspended":
             raise AccountContained(contained_message(account, self.runtime.settings.security_contact))

@@ -35,10 +35,13 @@ def patient_data(tx: GuardedTx, patient: Patient, fields: frozenset[str]) -> dic
         "opposes_other_facilities": row["opposes_other_facilities"],
         "merged_into_id": sid(row["merged_into_id"]),
     }
-    for name, (column, _kind) in PATIENT_ENCRYPTED.items():
-        if name in fields:
-            blob = loaded[column] if column in loaded else getattr(patient, column)
-            plain = tx.dec(blob, "patients", name, row_id)
+    opened = [name for name in PATIENT_ENCRYPTED if name in fields]
+    if opened:
+        blobs = [
+            (name, loaded[c] if (c := _CIPHER_COLUMNS[name]) in loaded else getattr(patient, c))
+            for name in opened
+        ]
+        for name, plain in zip(opened, tx.dec_row("patients", row_id, blobs), strict=True):
             data[name] = address_view(plain) if name == "address" else plain
     if "received" in fields and patient.received_ct is not None:
         # Kept as received, for a reader of every field only (granted with all the others).
@@ -127,6 +130,10 @@ PATIENT_ENCRYPTED = {
     "phone": ("phone_ct", IndexKind.PHONE),
     "email": ("email_ct", IndexKind.EMAIL),
 }
+
+
+# Each encrypted field's column.
+_CIPHER_COLUMNS = {name: column for name, (column, _kind) in PATIENT_ENCRYPTED.items()}
 
 
 BI_COLUMNS = {

@@ -48,6 +48,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, cast
 
 import psycopg
@@ -77,7 +78,7 @@ from carnet.access.scope import APP_ROLE
 from carnet.audit.interfaces import Outcome
 from carnet.audit.writer import SqlAuditWriter, append_one_statement
 from carnet.db import roundtrip
-from carnet.db.base import detached
+from carnet.db.base import UtcDateTime, detached
 from carnet.detection.administration import WATCHED, WatchedAuditWriter
 from carnet.detection.ledger import ACTOR_STATE, INSERT_EVENT, INSERT_EXPOSURE, SqlExposureLedger
 from carnet.identity import sessions
@@ -162,10 +163,19 @@ def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | No
     on the column's type on the wire (psycopg returns a float8 as float, a numeric as Decimal:
     nothing to convert when the column is of the type its model declares, as the migrations
     make it)."""
+    if type(type_) is UtcDateTime:
+        return _utc_result  # its own processor, without SQLAlchemy's wrapper around it
     try:
         return cast(Callable[[Any], Any] | None, type_._cached_result_processor(dialect, None))
     except TypeError:  # "Unknown PG numeric type: %d" % None
         return None
+
+
+def _utc_result(value: dt.datetime) -> dt.datetime:
+    """`UtcDateTime.process_result_value` of a value that is not None (see carnet.db.base)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
 
 
 _GRANTS = cast(Table, RoleGrant.__table__).c
@@ -240,19 +250,9 @@ def _statements(dialect: Dialect) -> _Statements:
     return found
 
 
-class _Row:
-    """A row read by name, like SQLAlchemy's (what `from_rows` and the ledger read)."""
-
-    __slots__ = ("_values",)
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self._values = values
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+# A row read by name, like SQLAlchemy's (what `from_rows` and the ledger read): its values are
+# its attributes, read without a call (a missing one raises AttributeError, as a Row does).
+_Row = SimpleNamespace
 
 
 def _rows(statement: roundtrip.Statement, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -270,13 +270,21 @@ class _FastTx(GuardedTx):
     read (the first pipeline); anything else the body asks goes to the database as usual."""
 
     prefetched: tuple[Patient, bool] | None = None
+    # The `patient_id` the read was asked for, as given: the prefetched row's (it was parsed
+    # into the id the first pipeline read).
+    prefetched_arg: Any = None
+    # The psycopg connection of the transaction (`_raw`), once the first pipeline found it.
+    raw: Any = None
     fallbacks: list[str] = field(default_factory=list)
     # The rows of the statements a variant sent along in the first pipeline (`also`), in order.
     also: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def patient_to_read(self, patient_id: str) -> tuple[Patient, bool]:
-        if self.prefetched is not None and parse_id(patient_id) == self.prefetched[0].id:
-            patient, replaces_any = self.prefetched
+        prefetched = self.prefetched
+        if prefetched is not None and (
+            patient_id == self.prefetched_arg or parse_id(patient_id) == prefetched[0].id
+        ):
+            patient, replaces_any = prefetched
             self.patient_ids.append(patient.id)
             return patient, replaces_any
         return super().patient_to_read(patient_id)
@@ -316,9 +324,13 @@ def patient_read(
     if not _eligible(core, guard, kwargs):
         return False, None
     pid = parse_id(str(kwargs["patient_id"]))
-    return between_round_trips(
-        core, guard, run, lambda session: _first_round_trip(core, session, guard, pid), count=_count_read
-    )
+
+    def first_round_trip(session: Session) -> _FastTx:
+        tx = _first_round_trip(core, session, guard, pid)
+        tx.prefetched_arg = kwargs["patient_id"]
+        return tx
+
+    return between_round_trips(core, guard, run, first_round_trip, count=_count_read)
 
 
 def _count_read() -> None:
@@ -367,9 +379,15 @@ def between_round_trips(
         raise  # _fail always raises
 
 
-def offer(body: Callable[..., Any]) -> None:
-    """Offer the fast variant for `body`, a read of one patient's record by `patient_id`."""
+def offer(body: Callable[..., Any], *, reads_columns_only: bool = False) -> None:
+    """Offer the fast variant for `body`, a read of one patient's record by `patient_id`.
+    `reads_columns_only`: the body reads the patient's columns and nothing else of the instance
+    (no relationship, no write): `session_read` hands it the row as plain attributes."""
     setattr(body, "__gate_fast__", patient_read)  # noqa: B010
+    setattr(body, _READS_COLUMNS_ONLY, reads_columns_only)
+
+
+_READS_COLUMNS_ONLY = "__gate_reads_columns_only__"
 
 
 def _first_round_trip(
@@ -387,7 +405,7 @@ def _first_round_trip(
     kept on the transaction for the body, which uses them only after it (carnet.phi.fastpath_search).
     Without `one_patient` (a search), neither the patient row nor relationships are read ahead."""
     actor = core.actor
-    statements = _statements(session.get_bind().dialect)
+    statements = _statements(raw_dialect(session))
     now = clock.now()
     raw = _raw(session)
     roles = sorted(r.value for r in actor.roles)
@@ -417,6 +435,7 @@ def _first_round_trip(
     read = [_rows(c, rows) for c, rows in zip(ahead, answers[1 : 1 + len(ahead)], strict=True)]
     account_rows, state_rows, patient_rows, tagged_rows = read if one_patient else [*read, [], []]
     tx = _judged(core, session, guard, now, scope_row, account_rows, state_rows, tx_type=tx_type)
+    tx.raw = raw
     more = answers[1 + len(ahead) :]
     tx.also = [_rows(compiled, rows) for (compiled, _), rows in zip(also, more, strict=True)]
     if pid is not None:
@@ -439,7 +458,7 @@ def _judged(
     the guarded transaction made on it; declines when the scope entered is not the kernel's."""
     ctx = from_rows(
         core.actor,
-        [_Row(r) for r in account_rows],
+        [_Row(**r) for r in account_rows],
         now=now,
         contact=core._runtime.settings.security_contact,
     )
@@ -448,7 +467,7 @@ def _judged(
     scope = ",".join(sorted(str(f) for f in ctx.facility_ids))
     if scope_row is None or scope_row[0] != scope or ctx.patient_id is not None:
         raise _Decline  # not the scope the kernel enters: its path decides this case
-    session.info[_STATE] = _Row(state_rows[0]) if state_rows else None
+    session.info[_STATE] = _Row(**state_rows[0]) if state_rows else None
     return tx_type(
         session=session,
         ctx=ctx,
@@ -459,12 +478,16 @@ def _judged(
     )
 
 
-def _prefetch(tx: _FastTx, patient_rows: list[dict[str, Any]], tagged_rows: list[dict[str, Any]]) -> None:
-    """The patient row and the actor's relationships to it, read ahead, kept for the body."""
+def _prefetch(
+    tx: _FastTx, patient_rows: list[dict[str, Any]], tagged_rows: list[dict[str, Any]], *, light: bool = False
+) -> None:
+    """The patient row and the actor's relationships to it, read ahead, kept for the body.
+    `light`: for a body that only reads the patient's columns (the Patient read, `session_read`):
+    the row's values as plain attributes, read without the ORM's descriptors."""
     if patient_rows:
         columns = dict(patient_rows[0])
         replaces_any = bool(columns.pop("carnet_replaces_any"))
-        patient = detached(Patient, columns)
+        patient = cast(Patient, SimpleNamespace(**columns)) if light else detached(Patient, columns)
         tx.prefetched = (patient, replaces_any)
         visible = care.visible_ids(tx.ctx, [patient])
         if visible:
@@ -612,9 +635,11 @@ def session_read(
     def run(tx: GuardedTx) -> Any:
         return body(tx, **kwargs)
 
+    light = getattr(body, _READS_COLUMNS_ONLY, False) is True
+
     def first_round_trip(session: Session) -> _FastTx:
         return _first_round_trip_of_session(
-            core, session, guard, pid, token=token, context=context, kwargs=kwargs
+            core, session, guard, pid, token=token, context=context, kwargs=kwargs, light=light
         )
 
     return between_round_trips(core, guard, run, first_round_trip, count=_count_session_read)
@@ -636,8 +661,9 @@ def _first_round_trip_of_session(
     token: str,
     context: RequestContext,
     kwargs: dict[str, Any],
+    light: bool = False,
 ) -> _FastTx:
-    of_session = _session_statements(session.get_bind().dialect)
+    of_session = _session_statements(raw_dialect(session))
     now = clock.now()
     digest = sessions.digest(token)
     values = {"digest": digest, "id": pid or uuid.UUID(int=0), "pid": pid, **care.window_params_at(now, None)}
@@ -674,8 +700,10 @@ def _first_round_trip_of_session(
         state_rows,
         tx_type=_FastTx,
     )
+    tx.raw = raw
     if pid is not None:
-        _prefetch(tx, patient_rows, tagged_rows)
+        _prefetch(tx, patient_rows, tagged_rows, light=light)
+        tx.prefetched_arg = kwargs["patient_id"]
     return tx
 
 
@@ -704,9 +732,9 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
             event_rows=events,
         )
     record = core._record(guard.kind, Outcome.SUCCESS, tx)
-    statements = _statements(session.get_bind().dialect)
     session.flush()  # anything the body or detection added through the session goes first
-    raw = _raw(session)
+    raw = tx.raw if tx.raw is not None else _raw(session)
+    statements = _statements(raw_dialect(session))
     sql, params = append_one_statement(record)
     params["patients"] = roundtrip.text_array(params["patients"])  # UUIDs, cast to uuid[] by the SQL
     started = time.perf_counter()
@@ -748,6 +776,12 @@ def _audit_statement(sql: str, exposure: str | None = None) -> roundtrip.Stateme
             text = f"WITH carnet_exposure AS ({exposure}), {sql.removeprefix('WITH ')}"
         found = _audit_statements[sql, exposure] = roundtrip.Statement(text)
     return found
+
+
+def raw_dialect(session: Session) -> Dialect:
+    """The dialect of the Connection the session is bound to (`between_round_trips`)."""
+    bind = session.bind
+    return bind.dialect if isinstance(bind, Connection) else session.get_bind().dialect
 
 
 def _raw(session: Session) -> Any:

@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 # The hottest read gets the kernel's fast variant on PostgreSQL (carnet/phi/fastpath.py).
-fastpath.offer(patients.read)
+fastpath.offer(patients.read, reads_columns_only=True)  # `read` and the views it calls
 # So do the reads of one patient's chart section (FHIR searches by patient, $everything), each
 # with the statement its body reads its rows with (carnet/phi/fastpath_search.py).
 for _body, _statement in (

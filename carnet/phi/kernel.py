@@ -374,6 +374,13 @@ class GuardedTx:
 
     def relationships_of(self, patients: Iterable[care.InScope]) -> dict[uuid.UUID, frozenset[Relationship]]:
         wanted = list(patients)
+        if len(wanted) == 1:  # a chart's patient (the general case below, for one)
+            pid = wanted[0].id
+            rels = self.relationships.get(pid)
+            if rels is None:
+                rels = care.relationships_of(self.session, self.ctx, wanted).get(pid, frozenset())
+                self.relationships[pid] = rels
+            return {pid: rels} if rels else {}
         missing = list({p.id: p for p in wanted if p.id not in self.relationships}.values())
         if missing:
             computed = care.relationships_of(self.session, self.ctx, missing)
@@ -472,6 +479,12 @@ class GuardedTx:
 
     def dec(self, blob: bytes | None, table: str, column: str, row_id: uuid.UUID) -> str | None:
         return self.keyring.decrypt(blob, table=table, column=column, row_id=row_id)
+
+    def dec_row(
+        self, table: str, row_id: uuid.UUID, blobs: Sequence[tuple[str, bytes | None]]
+    ) -> list[str | None]:
+        """`dec` of several columns (column, blob) of one row, in order."""
+        return self.keyring.decrypt_row(table, row_id, blobs)
 
     def enc(
         self, value: str | None, facility_id: uuid.UUID, table: str, column: str, row_id: uuid.UUID

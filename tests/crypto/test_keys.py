@@ -146,3 +146,34 @@ def test_a_value_opens_only_for_its_own_row_and_column_whatever_was_decrypted_ju
     unknown = bytes([blob[0]]) + uuid.uuid4().bytes + blob[17:]  # names no data key
     with pytest.raises(DecryptionError, match="data key that does not exist"):
         keyring.decrypt(unknown, table="patients", column="family", row_id=row)
+
+
+def test_a_row_decrypted_at_once_opens_as_each_field_does_alone(sqlite_runtime: Runtime) -> None:
+    """`decrypt_row` answers what `decrypt` answers field by field, and refuses what it refuses:
+    a value of another row or column, a value that is no ciphertext, an unknown data key."""
+    facility_id = create_facility(sqlite_runtime)
+    keyring = sqlite_runtime.keyring
+    row, other = uuid.uuid4(), uuid.uuid4()
+
+    def enc(value: str, column: str, row_id: uuid.UUID) -> bytes | None:
+        return keyring.encrypt(value, facility_id=facility_id, table="patients", column=column, row_id=row_id)
+
+    family, given = enc("Lefèvre", "family", row), enc("Marie", "given", row)
+    assert keyring.decrypt_row("patients", row, [("family", family), ("phone", None), ("given", given)]) == [
+        "Lefèvre",
+        None,
+        "Marie",
+    ]
+    assert keyring.decrypt_row("patients", row, []) == []
+    for blobs in (
+        [("family", family), ("given", enc("Marie", "given", other))],  # another row's value
+        [("given", family)],  # another column's value
+        [("family", family), ("given", b"\x01short")],  # no ciphertext
+        [("family", bytes([family[0]]) + uuid.uuid4().bytes + family[17:])],  # names no data key
+    ):
+        with pytest.raises(DecryptionError):
+            keyring.decrypt_row("patients", row, blobs)
+        with pytest.raises(DecryptionError):
+            for column, blob in blobs:
+                keyring.decrypt(blob, table="patients", column=column, row_id=row)
+    assert keyring.decrypt(family, table="patients", column="family", row_id=uuid.UUID(str(row))) == "Lefèvre"

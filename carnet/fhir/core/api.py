@@ -120,7 +120,32 @@ def fhir_json(resource: Any) -> bytes:
 def fhir_response(
     resource: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
+    if headers is not None and status == 200:
+        return FhirAnswer(fhir_json(resource), headers)
     return Response(fhir_json(resource), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+_FHIR_JSON_TYPE = (b"content-type", FHIR_JSON.encode("latin-1"))
+
+
+class FhirAnswer(Response):
+    """A 200 answer of FHIR JSON with its headers, as `Response(body, media_type=FHIR_JSON,
+    headers=headers)` makes it (the same attributes, the same raw headers in the same order:
+    tests/fhir/test_fhir_answer.py), built without Response's generic rendering."""
+
+    media_type = FHIR_JSON
+
+    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        keys = [k for k, _v in raw]
+        if b"content-length" not in keys:
+            raw.append((b"content-length", str(len(body)).encode("latin-1")))
+        if b"content-type" not in keys:
+            raw.append(_FHIR_JSON_TYPE)
+        self.raw_headers = raw
 
 
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -185,11 +210,10 @@ def _http_date(value: Any) -> str | None:
 
 def _not_modified(request: Request, current: str, resource: dict[str, Any]) -> bool:
     """RFC 9110 13.1.2-13.1.3: If-None-Match (weak comparison) wins over If-Modified-Since."""
-    wanted = request.headers.get("if-none-match")
+    wanted, since = _conditions(request)
     if wanted is not None:
         tags = {t.strip().removeprefix("W/") for t in wanted.split(",")}
         return "*" in tags or current.removeprefix("W/") in tags
-    since = request.headers.get("if-modified-since")
     updated = (resource.get("meta") or {}).get("lastUpdated")
     if since is None or not updated:
         return False
@@ -202,6 +226,19 @@ def _not_modified(request: Request, current: str, resource: dict[str, Any]) -> b
         return False
     # HTTP dates have whole seconds: a change within the same second is not "after".
     return moment.replace(microsecond=0) <= client
+
+
+def _conditions(request: Request) -> tuple[str | None, str | None]:
+    """The request's If-None-Match and If-Modified-Since, as `request.headers.get` gives them
+    (the first of each; ASGI header names are lower case), read in one pass over the headers."""
+    wanted = since = None
+    for key, value in request.scope["headers"]:
+        if key == b"if-none-match":
+            if wanted is None:
+                wanted = value.decode("latin-1")
+        elif key == b"if-modified-since" and since is None:
+            since = value.decode("latin-1")
+    return wanted, since
 
 
 def validated(model: Any, body: Any, resource_type: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from carnet.access.policy import SEARCH_MAX_COUNT
-from carnet.fhir.core import shapes
+from carnet.fhir.core import handoff, shapes
 from carnet.fhir.core.api import (
     FhirBody,
     checked,
@@ -423,8 +423,11 @@ def read_patient(request: Request, patient_id: str) -> Response:
 _READ_PATH = re.compile(r"/fhir/Patient/[A-Za-z0-9\-.]{1,64}")
 
 
-def _read_first(request: Request) -> Response:
-    return read_patient(request, request.path_params["patient_id"])
+async def _read_first(request: Request) -> Response:
+    # In one of the worker's read threads (carnet.fhir.core.handoff: anyio's hand-off, lighter),
+    # as many at once as anyio's limiter lets the other routes run (`request_threads`).
+    size = runtime_of(request).settings.request_threads
+    return await handoff.in_thread(size, read_patient, request, request.path_params["patient_id"])
 
 
 class ReadFirst(Route):
@@ -432,8 +435,9 @@ class ReadFirst(Route):
     itself: FastAPI's router tries each route in turn (36 matches before `Patient/{id}`, 9% of a
     read's CPU) and then solves the route's dependencies, of which `read_patient` has none. It
     answers only a GET of a well-formed id, which no route before it can answer
-    (tests/fhir/test_read_route.py), with `read_patient` in a worker thread as FastAPI runs it,
-    errors through the app's handlers; anything else goes the usual way, to `read_patient` too."""
+    (tests/fhir/test_read_route.py), with `read_patient` in a worker thread (its own kind of
+    hand-off: carnet.fhir.core.handoff), errors through the app's handlers; anything else goes
+    the usual way, to `read_patient` too."""
 
     def __init__(self) -> None:
         super().__init__(
