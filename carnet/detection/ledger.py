@@ -150,6 +150,7 @@ class SqlExposureLedger:
         self._refs: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
         # Per actor reference: what its requests share (`_standing`, `_judge`).
         self._standings: dict[str, _Standing] = {}
+        self._trip: tuple[object, object, RedisExposureCounters | None] = (None, None, None)
         # Correlation keys are the installation's own: one Redis may serve several databases.
         self.scope = hashlib.sha256(self.settings.resolved_database_url.encode()).hexdigest()[:8]
         self.installation_ref = campaign.installation_ref(self.scope)
@@ -287,6 +288,7 @@ class SqlExposureLedger:
             )
             if installation:
                 self.counters.add_installation(patient_ids=installation, at=at)
+        now = time.monotonic()
         if actor.kind in _SEEN_KINDS:
             seen = self._seen
             for pair in standing.seen_pairs:
@@ -295,17 +297,27 @@ class SqlExposureLedger:
                     break
         canaries: list[uuid.UUID] = []
         if distinct:
-            decoys = self._canary_ids(session)
+            expires, decoys = self._canaries
+            if expires <= now:
+                decoys = self._canary_ids(session)
             if decoys:
                 canaries = sorted(set(distinct) & decoys)
         judge, account_baseline, role_baseline, probation = self._judge(
             session, actor, standing, restored, at, now, judged_by_work
         )
-        new_address = self._is_new_address(session, actor, at, standing)
+        new_address = False
+        if actor.address and not standing.address_known:
+            new_address = self._is_new_address(session, actor, at, standing)
         ctx: rules.Context | None = None
         if judge.silent(counts, at, channel, canaries, new_address):
             # `rules.evaluate` would find nothing (see rules.Judge): only the campaign flag speaks.
-            flagged = self._campaign_flag(actor, standing.campaign_refs)
+            flagged = None
+            if actor.kind is ActorKind.STAFF:
+                now, flags = time.monotonic(), self._campaign_flags
+                for r in standing.campaign_refs:  # the usual case: each cached, and none set
+                    if (c := flags.get(r)) is None or c[0] <= now or c[1] is not None:
+                        flagged = self._campaign_flag(actor, standing.campaign_refs)
+                        break
             findings = [] if flagged is None else [flagged]
         else:
             ctx = rules.Context(
@@ -433,13 +445,18 @@ class SqlExposureLedger:
         """The Redis counters, when the containment flags live in the same Redis (then one
         script answers both)."""
         counters, flags = self.counters, self.flags
-        if (
-            isinstance(counters, RedisExposureCounters)
+        found = self._trip
+        if found[0] is counters and found[1] is flags:
+            return found[2]  # answered for these counters and flags already
+        trip = (
+            counters
+            if isinstance(counters, RedisExposureCounters)
             and isinstance(flags, RedisContainmentFlags)
             and counters.client is flags.client
-        ):
-            return counters
-        return None
+            else None
+        )
+        self._trip = (counters, flags, trip)
+        return trip
 
     def _one_round_trip(self, redis: RedisExposureCounters, request: _Request) -> ActorCounts:
         """The request's exposures and events, the containment flag, every window count and
@@ -580,7 +597,10 @@ class SqlExposureLedger:
                 if (c := flags.get(r)) is None or c[0] <= now:
                     return None
             known = kept.known
-            new = [p for p in patient_ids if p not in known]
+            if len(patient_ids) == 1:  # a chart read
+                new = [] if patient_ids[0] in known else patient_ids
+            else:
+                new = [p for p in patient_ids if p not in known]
             if len(new) > kept.budget:
                 return None
             if new:
@@ -688,6 +708,8 @@ class SqlExposureLedger:
         if state is not None and state.status == CONTAINED:
             reason = state.reason or "unusual access to patient data."
             raise AccountContained(contained_message(reason, self.settings.security_contact))
+        if not shared and self._local_flags.get(actor.actor_ref) is None:
+            return  # the usual case: no flag of this process
         for flags in (self.flags, self._local_flags) if shared else (self._local_flags,):
             flagged = _parse_flag(flags.get(actor.actor_ref))
             if flagged is None:
