@@ -523,7 +523,17 @@ class RedisExposureCounters:
         # answers `patient_ids` itself; the ledger passes it as `installation`): its members'
         # text is made once and shared (read only: the script's JSON).
         made: tuple[Sequence[uuid.UUID] | None, list[str]] = (None, [])
-        if patient_ids:
+        if patient_ids and not (outside_care or exported or listed):
+            # A read of patients in care (nearly every request): `_groups`' a, p and w are the
+            # patients themselves (o is empty), as below.
+            made = (patient_ids, [str(p) for p in patient_ids])
+            day = repr(stamp - _H24_SECONDS)
+            adds += (
+                Add(plan.sets["a"], day, _H24_TTL, made[1], score),
+                Add(plan.sets["p"], day, _H24_TTL, made[1], score),
+                Add(plan.sets["w"], repr(stamp - _D7_SECONDS), _D7_TTL, made[1], score),
+            )
+        elif patient_ids:
             day = repr(stamp - _H24_SECONDS)
             for name, ids in self._groups(patient_ids, outside_care, exported, listed):
                 if ids:
