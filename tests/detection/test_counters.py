@@ -202,5 +202,5 @@ def test_a_reads_adds_are_those_of_its_groups() -> None:
         {"patient_ids": ids, "exported": True},
         {"patient_ids": ids, "listed": True, "outside_care": ids[1:], "installation": ids[1:]},
     ):
-        got = [tuple(add) for add in counters.adds(actor_ref="account:1", at=at, **kw)]  # type: ignore[arg-type]
+        got = [tuple(add) for add in counters.adds(actor_ref="account:1", at=at, **kw)]
         assert got == expected(**kw)
