@@ -21,7 +21,7 @@ import uuid
 import weakref
 import zoneinfo
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Engine, Row, String, Table, bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -408,37 +408,36 @@ class SqlExposureLedger:
         """The rules compiled for the actor's standing now, with the baselines and probation they
         were compiled for. The baselines and the account's opening are those `_baseline` and
         `_on_probation` answer (their caches, read again once the first of them expires)."""
-        if standing.expires <= now:
+        view = standing.view  # read once: another request of the actor may replace it meanwhile
+        if view.expires <= now:
             ref = actor.actor_ref
             expires, account = self._baseline_entry(session, ref)
             role_expires, role = self._role_baseline_entry(session, actor)
             opened_expires, opened = self._opened_entry(session, actor)
-            standing.expires = min(expires, role_expires, opened_expires)
-            if (
-                account is not standing.account_baseline
-                or role is not standing.role_baseline
-                or opened != standing.opened
-            ):
-                standing.account_baseline, standing.role_baseline, standing.opened = account, role, opened
-                standing.judges = {}
+            until = min(expires, role_expires, opened_expires)
+            if account is view.account_baseline and role is view.role_baseline and opened == view.opened:
+                view = _View(until, account, role, opened, view.judges)  # the same judges
+            else:
+                view = _View(until, account, role, opened, {})
+            standing.view = view
         probation = False
         if actor.kind is ActorKind.STAFF and actor.account_id is not None and self.config.probation_days != 0:
             days = dt.timedelta(days=self.config.probation_days)
-            opened = standing.opened
+            opened = view.opened
             probation = (restored is not None and _ZERO <= at - restored < days) or (
                 opened is not None and _ZERO <= at - opened < days
             )
-        judge = standing.judges.get((probation, work_known))
+        judge = view.judges.get((probation, work_known))
         if judge is None:
-            judge = standing.judges[(probation, work_known)] = rules.Judge(
+            judge = view.judges[(probation, work_known)] = rules.Judge(
                 self.config,
                 actor=actor,
-                account_baseline=standing.account_baseline,
-                role_baseline=standing.role_baseline,
+                account_baseline=view.account_baseline,
+                role_baseline=view.role_baseline,
                 work_known=work_known,
                 probation=probation,
             )
-        return judge, standing.account_baseline, standing.role_baseline, probation
+        return judge, view.account_baseline, view.role_baseline, probation
 
     # -- Redis: one round trip per request at most, none while far below every threshold --------
     def _one_trip(self) -> RedisExposureCounters | None:
@@ -1293,21 +1292,16 @@ class _Standing:
     """What the requests of one actor share: its references (campaign, machine), its work role,
     whether its address is known, and the rules compiled for its baselines and probation
     (`SqlExposureLedger._judge`), made by its first request. `key`: the actor's fields they are
-    made of; `expires`: when the first of the baselines and opening date it holds expires in
-    the ledger's caches (time.monotonic): then they are read again."""
+    made of; `view`: the baselines and opening date the judges are compiled for (`_View`)."""
 
     __slots__ = (
-        "account_baseline",
         "address_known",
         "address_pair",
         "campaign_refs",
         "config",
-        "expires",
-        "judges",
         "key",
-        "opened",
-        "role_baseline",
         "seen_pairs",
+        "view",
         "work_role",
     )
 
@@ -1328,11 +1322,19 @@ class _Standing:
         self.work_role = work_role
         self.address_pair = address_pair
         self.address_known = False
-        self.expires = -_FOREVER
-        self.account_baseline: rules.Baseline | None = None
-        self.role_baseline: rules.Baseline | None = None
-        self.opened: dt.datetime | None = None
-        self.judges: dict[tuple[bool, bool], rules.Judge] = {}
+        self.view = _View(-_FOREVER, None, None, None, {})
+
+
+class _View(NamedTuple):
+    """An actor's baselines and opening date as the ledger's caches answered them, until
+    `expires` (the first of them to expire, time.monotonic), and the judges compiled for them
+    (per probation and work known): replaced whole, never changed but for a judge added."""
+
+    expires: float
+    account_baseline: rules.Baseline | None
+    role_baseline: rules.Baseline | None
+    opened: dt.datetime | None
+    judges: dict[tuple[bool, bool], rules.Judge]
 
 
 class _Held:
