@@ -51,8 +51,7 @@ class MemoryContainmentFlags:
             self._flags[actor_ref] = reason
 
     def get(self, actor_ref: str) -> str | None:
-        with self._lock:
-            return self._flags.get(actor_ref)
+        return self._flags.get(actor_ref)  # one dict read: atomic, no lock needed
 
     def clear(self, actor_ref: str) -> None:
         with self._lock:

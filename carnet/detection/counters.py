@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import String, and_, bindparam, case, func, or_, select, true, type_coerce
 from sqlalchemy.orm import Session
@@ -369,6 +369,9 @@ class RedisExposureCounters:
         self._redis = client
         self._prefix = prefix
         self._record_script: Any = None
+        self._installation_key = self._key("installation", "p")
+        # Per actor: its sets' keys, and the keys and indices of its counts (`_plan`).
+        self._plans: dict[str, _Plan] = {}
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "carnet:det") -> RedisExposureCounters:
@@ -514,41 +517,39 @@ class RedisExposureCounters:
         stamp = at.timestamp()
         score = repr(stamp)  # text: a Lua number would be printed with 14 digits
         adds: list[Add] = []
-        if patient_ids:
-            # A read's groups are mostly the same list (`_targeted` answers `patient_ids` itself):
-            # its members' text is made once and shared (read only: the script's JSON).
-            made: tuple[Sequence[uuid.UUID] | None, list[str]] = (None, [])
+        if patient_ids or events:
+            plan = self._plan(actor_ref)
+        # A read's groups and its installation list are mostly the same list (`_targeted`
+        # answers `patient_ids` itself; the ledger passes it as `installation`): its members'
+        # text is made once and shared (read only: the script's JSON).
+        made: tuple[Sequence[uuid.UUID] | None, list[str]] = (None, [])
+        if patient_ids and not (outside_care or exported or listed):
+            # A read of patients in care (nearly every request): `_groups`' a, p and w are the
+            # patients themselves (o is empty), as below.
+            made = (patient_ids, [str(p) for p in patient_ids])
+            day = repr(stamp - _H24_SECONDS)
+            adds += (
+                Add(plan.sets["a"], day, _H24_TTL, made[1], score),
+                Add(plan.sets["p"], day, _H24_TTL, made[1], score),
+                Add(plan.sets["w"], repr(stamp - _D7_SECONDS), _D7_TTL, made[1], score),
+            )
+        elif patient_ids:
+            day = repr(stamp - _H24_SECONDS)
             for name, ids in self._groups(patient_ids, outside_care, exported, listed):
                 if ids:
-                    keep = _D7_SECONDS if name == "w" else _H24_SECONDS
                     if made[0] is not ids:
                         made = (ids, [str(p) for p in ids])
-                    members = made[1]
-                    adds.append(
-                        Add(self._key(actor_ref, name), repr(stamp - keep), int(keep) + 3600, members, score)
-                    )
+                    if name == "w":
+                        adds.append(Add(plan.sets[name], repr(stamp - _D7_SECONDS), _D7_TTL, made[1], score))
+                    else:
+                        adds.append(Add(plan.sets[name], day, _H24_TTL, made[1], score))
         for kind, key in events:
             member = key if kind in _DISTINCT_KINDS else uuid.uuid4().hex
-            adds.append(
-                Add(
-                    self._key(actor_ref, f"e:{kind.value}"),
-                    repr(stamp - _H24_SECONDS),
-                    int(_H24_SECONDS) + 3600,
-                    [member],
-                    score,
-                )
-            )
+            adds.append(Add(plan.events[kind], repr(stamp - _H24_SECONDS), _H24_TTL, [member], score))
         if installation:
-            members = [str(p) for p in installation]
-            adds.append(
-                Add(
-                    self._key("installation", "p"),
-                    repr(stamp - _H1_SECONDS),
-                    int(_H1_SECONDS) + 600,
-                    members,
-                    score,
-                )
-            )
+            if made[0] is not installation:
+                made = (installation, [str(p) for p in installation])
+            adds.append(Add(self._installation_key, repr(stamp - _H1_SECONDS), _H1_TTL, made[1], score))
         return adds
 
     def send(self, adds: Sequence[Add]) -> None:
@@ -577,51 +578,104 @@ class RedisExposureCounters:
         script): the adds of earlier requests sent late (`earlier`), then — unless the actor's
         containment flag (`contained_key`) is set and not undone by a restore since — this
         request's adds and every window count; and the flags at `flag_keys` (campaigns)."""
-        keys: dict[str, int] = {}
-
-        def key_index(name: str) -> int:
-            return keys.setdefault(name, len(keys) + 1)  # Lua counts from 1
+        plan = self._plan(actor_ref)
+        # The actor's count keys first (the same indices every request: `_Plan`), then the
+        # containment and flag keys, then the adds' keys.
+        keys = dict(plan.count_keys)
 
         def encoded(add: Add) -> list[Any]:
-            return [key_index(add.key), add.horizon, add.ttl, add.members, add.score]
+            index = keys.get(add.key)
+            if index is None:
+                index = keys[add.key] = len(keys) + 1  # Lua counts from 1
+            return [index, add.horizon, add.ttl, add.members, add.score]
 
-        wanted = self._wanted(at, since)
+        s15, s1, s24 = (repr(s.timestamp()) for s in _starts(at, since))
+        starts = {"15m": s15, "1h": s1, "24h": s24, "7d": repr(_week_start(at, since).timestamp())}
         request: dict[str, Any] = {
             "end": repr(at.timestamp()),
-            "earlier": [encoded(a) for a in earlier],
-            "add": [encoded(a) for a in adds],
-            "count": [[key_index(self._key(actor_ref, name)), repr(start)] for name, start in wanted],
-            "first": [
-                [key_index(self._key(actor_ref, "e:refusal")), repr(start)] for _name, start in wanted[-2:]
-            ],
-            "flags": [key_index(k) for k in flag_keys],
+            "count": [[index, starts[window]] for index, window in plan.counts],
+            "first": [[plan.refusals, s1], [plan.refusals, s24]],
         }
         if contained_key is not None:
-            request["contained"] = key_index(contained_key)
+            request["contained"] = keys.setdefault(contained_key, len(keys) + 1)
             if restored is not None:
                 request["restored"] = repr(restored.timestamp())
-        ordered = sorted(keys, key=keys.__getitem__)
-        status, *values = self._script()(keys=ordered, args=[json.dumps(request)])
+        request["flags"] = [keys.setdefault(k, len(keys) + 1) for k in flag_keys]
+        request["earlier"] = [encoded(a) for a in earlier]
+        request["add"] = [encoded(a) for a in adds]
+        status, *values = self._script()(keys=list(keys), args=[json.dumps(request)])
         if _text(status) == "contained":
             return Answer(None, _text(values[0]), {})
-        n = len(wanted)
+        n = len(_COUNTED)
         first, first_24h = values[n], values[n + 1]
         flags = dict(zip(flag_keys, (_text(v) for v in values[n + 2 :]), strict=True))
 
         def stamp(found: Any) -> dt.datetime | None:
             return dt.datetime.fromtimestamp(float(found), dt.UTC) if found else None
 
-        names = [f.name for f in fields(ActorCounts) if not f.name.startswith("first_")]
-        counts = ActorCounts(
-            **dict(zip(names, (int(v) for v in values[:n]), strict=True)),
-            first_refusal_at=stamp(first),
-            first_refusal_24h_at=stamp(first_24h),
-        )
+        # ActorCounts' fields without its frozen __init__ (twenty object.__setattr__ calls).
+        counts = object.__new__(ActorCounts)
+        counts.__dict__.update(zip(_COUNTED, (int(v) for v in values[:n]), strict=True))
+        counts.__dict__["first_refusal_at"] = stamp(first)
+        counts.__dict__["first_refusal_24h_at"] = stamp(first_24h)
         return Answer(counts, None, flags)
 
+    def _plan(self, actor_ref: str) -> _Plan:
+        found = self._plans.get(actor_ref)
+        if found is None:
+            found = _Plan(self, actor_ref)
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            self._plans[actor_ref] = found
+        return found
 
-@dataclass(frozen=True)
-class Add:
+
+class _Plan:
+    """One actor's keys: its sets', its events', and those its counts read, numbered as every
+    request's script gets them first (`count_keys`), with each count's (key index, window), in
+    ActorCounts' order (`_wanted`'s)."""
+
+    __slots__ = ("count_keys", "counts", "events", "refusals", "sets")
+
+    def __init__(self, counters: RedisExposureCounters, actor_ref: str) -> None:
+        self.sets = {name: counters._key(actor_ref, name) for name in ("a", "w", "p", "o", "x")}
+        self.events = {kind: counters._key(actor_ref, f"e:{kind.value}") for kind in EventKind}
+        self.count_keys: dict[str, int] = {}
+        self.counts: list[tuple[int, str]] = []
+        for name, window in _WINDOWED:
+            key = counters._key(actor_ref, name)
+            self.counts.append((self.count_keys.setdefault(key, len(self.count_keys) + 1), window))
+        self.refusals = self.count_keys[counters._key(actor_ref, "e:refusal")]
+
+
+# The (set, window) of every count, in ActorCounts' field order (as `_wanted` gives their starts).
+_WINDOWED = (
+    ("p", "15m"),
+    ("p", "1h"),
+    ("a", "24h"),
+    ("o", "1h"),
+    ("o", "24h"),
+    ("x", "24h"),
+    ("w", "7d"),
+    ("e:search", "15m"),
+    ("e:search", "1h"),
+    ("e:identifier-search", "15m"),
+    ("e:wildcard-search", "1h"),
+    ("e:deep-page", "1h"),
+    ("e:list-view", "15m"),
+    ("e:denial", "15m"),
+    ("e:denial", "24h"),
+    ("e:export-denial", "1h"),
+    ("e:refusal", "1h"),
+    ("e:refusal", "24h"),
+)
+_COUNTED = tuple(f.name for f in fields(ActorCounts) if not f.name.startswith("first_"))
+_H24_TTL = int(_H24_SECONDS) + 3600
+_D7_TTL = int(_D7_SECONDS) + 3600
+_H1_TTL = int(_H1_SECONDS) + 600
+
+
+class Add(NamedTuple):
     """Members added to one sorted set at one time (text scores: no precision lost in Lua)."""
 
     key: str

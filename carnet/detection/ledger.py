@@ -21,7 +21,7 @@ import uuid
 import weakref
 import zoneinfo
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Engine, Row, String, Table, bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -79,6 +79,11 @@ ACTOR_STATE = select(_STATES.status, _STATES.reason, _STATES.restored_at).where(
 INSERT_EXPOSURE = insert(cast(Table, Exposure.__table__))
 INSERT_EVENT = insert(cast(Table, DetectionEvent.__table__))
 _FETCH = object()  # `record`'s default: read the actor's state itself
+
+_ZERO = dt.timedelta(0)
+_FOREVER = float("inf")
+_SEEN_KINDS = (ActorKind.STAFF, ActorKind.CLIENT)  # whose machines `_note_seen` notes
+_CHANNEL_TEXT = {c: c.value for c in Channel}
 
 _PENDING = "carnet.detection.pending"
 _HOOKED = "carnet.detection.hooked"
@@ -143,6 +148,9 @@ class SqlExposureLedger:
         # patient sent recently is in every window a read counts (see `_known`).
         self._sent: dict[str, dict[uuid.UUID, dt.datetime]] = {}
         self._refs: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
+        # Per actor reference: what its requests share (`_standing`, `_judge`).
+        self._standings: dict[str, _Standing] = {}
+        self._trip: tuple[object, object, RedisExposureCounters | None] = (None, None, None)
         # Correlation keys are the installation's own: one Redis may serve several databases.
         self.scope = hashlib.sha256(self.settings.resolved_database_url.encode()).hexdigest()[:8]
         self.installation_ref = campaign.installation_ref(self.scope)
@@ -179,10 +187,15 @@ class SqlExposureLedger:
             # A write-only HL7 interface is answered with an ACK alone: no field of the patient
             # left, so nothing was exposed (its volume is judged by carnet.interfaces.budget).
             patient_ids = ()
-        distinct = sorted(set(patient_ids))
-        exposed = set(distinct)
-        outside = sorted({p for p in outside_care if p in exposed})
-        judged_by_work = self._judged_by_work(actor)
+        ref = actor.actor_ref
+        standing = self._standing(actor)
+        # One patient (a chart read): the sorted, distinct list is itself.
+        distinct = list(patient_ids) if len(patient_ids) == 1 else sorted(set(patient_ids))
+        outside: list[uuid.UUID] = []
+        if outside_care:
+            exposed = set(distinct)
+            outside = sorted({p for p in outside_care if p in exposed})
+        judged_by_work = standing.work_role is not None and self._work() is not None
         if distinct and judged_by_work:
             # No care relationship narrows a facility-wide role: its "outside" is outside its work.
             work = self._work()
@@ -198,13 +211,15 @@ class SqlExposureLedger:
         if distinct:
             field_text = ",".join(sorted(set(fields)))[:300] or None
             outside_set = set(outside)
+            channel_text = _CHANNEL_TEXT[channel]
+            resource = resource_type[:40]
             rows = [
                 {
                     "id": new_id(),
-                    "actor_ref": actor.actor_ref,
+                    "actor_ref": ref,
                     "patient_id": p,
-                    "channel": channel.value,
-                    "resource_type": resource_type[:40],
+                    "channel": channel_text,
+                    "resource_type": resource,
                     "at": at,
                     "audit_seq": None,
                     "outside_care": p in outside_set,
@@ -216,21 +231,17 @@ class SqlExposureLedger:
                 session.connection().execute(INSERT_EXPOSURE, rows)
             else:
                 exposure_rows.extend(rows)
-        events = _search_events(query_shape, deep_page=self.config.deep_page)
-        if (
-            query_shape is not None
-            and query_shape.shape is SearchShape.NAME
-            and channel is Channel.SEARCH
-            and len(distinct) >= 2
-        ):
-            # A name search that matches several patients is a fragment (a name among one's own
-            # patients, "bert", "rous"): counted with the partial searches it is.
-            events.append((EventKind.WILDCARD_SEARCH, query_shape.term_digest[:80] or "-"))
+        events: list[tuple[EventKind, str]] = []
+        if query_shape is not None:
+            events = _search_events(query_shape, deep_page=self.config.deep_page)
+            if query_shape.shape is SearchShape.NAME and channel is Channel.SEARCH and len(distinct) >= 2:
+                # A name search that matches several patients is a fragment (a name among one's
+                # own patients, "bert", "rous"): counted with the partial searches it is.
+                events.append((EventKind.WILDCARD_SEARCH, query_shape.term_digest[:80] or "-"))
         for kind, key in events:
             if event_rows is not None and redis is not None:
-                event_rows.append(
-                    {"id": new_id(), "actor_ref": actor.actor_ref, "kind": kind.value, "key": key, "at": at}
-                )
+                row = {"id": new_id(), "actor_ref": ref, "kind": kind.value, "key": key, "at": at}
+                event_rows.append(row)
             else:
                 self._add_event(session, actor=actor, kind=kind, key=key, at=at)
         if not distinct and not events:
@@ -238,87 +249,213 @@ class SqlExposureLedger:
                 self.check_not_contained(state, actor=actor)  # no script to read the flag
             return
         restored = state.restored_at if state else None
+        exported = channel is Channel.EXPORT
         installation: list[uuid.UUID] = []
-        if distinct and channel is not Channel.EXPORT:
-            mine = set(distinct) - set(outside) if listed else set()
-            installation = [p for p in distinct if p not in mine]
-        request = _Request(
-            actor=actor,
-            at=at,
-            restored=restored,
-            patient_ids=distinct,
-            outside_care=outside,
-            exported=channel is Channel.EXPORT,
+        if distinct and not exported:
             # A list (a clinician's day, a practitioner's calendar) of patients in the actor's
             # care or work is the work itself: the 24-hour window and the 7 days count it.
-            listed=listed,
-            events=events,
-            installation=installation,
-        )
+            # Otherwise every patient shown counts installation-wide (the list itself, shared:
+            # nothing changes it).
+            installation = distinct
+            if listed:
+                mine = set(distinct) - set(outside)
+                installation = [p for p in distinct if p not in mine]
+        now = time.monotonic()
+        request: _Request | None = None
         quiet = False
         if redis is not None:
-            counts = self._quiet_counts(request)
+            counts = None
+            if not (events or outside or listed or exported):  # `_plain`
+                counts = self._quiet_counts(actor, standing, at, restored, distinct, installation, now)
             quiet = counts is not None
             if counts is None:
+                request = _Request(
+                    actor, at, restored, distinct, outside, exported, listed, events, installation
+                )
                 counts = self._one_round_trip(redis, request)
         else:
             # The counters learn this request and answer every window in one round trip.
             counts = self.counters.add_and_count(
                 session,
-                actor_ref=actor.actor_ref,
+                actor_ref=ref,
                 at=at,
                 since=restored,
                 patient_ids=distinct,
                 outside_care=outside,
-                exported=request.exported,
+                exported=exported,
                 listed=listed,
                 events=events,
             )
             if installation:
                 self.counters.add_installation(patient_ids=installation, at=at)
-        self._note_seen(session, actor, at)
-        canaries = sorted(exposed & self._canary_ids(session)) if distinct else []
-        ctx = rules.Context(
-            actor=actor,
-            counts=counts,
-            at=at,
-            channel=channel,
-            canaries=canaries,
-            account_baseline=self._baseline(session, actor.actor_ref),
-            role_baseline=self._role_baseline(session, actor),
-            new_address=self._is_new_address(session, actor, at),
-            work_known=judged_by_work,
-            probation=self._on_probation(session, actor, state.restored_at if state else None, at),
+        now = time.monotonic()
+        if actor.kind in _SEEN_KINDS:
+            seen = self._seen
+            for pair in standing.seen_pairs:
+                if seen.get(pair, 0.0) <= now:  # a pair due (checked again, under the lock)
+                    self._note_seen(session, actor, at)
+                    break
+        canaries: list[uuid.UUID] = []
+        if distinct:
+            expires, decoys = self._canaries
+            if expires <= now:
+                decoys = self._canary_ids(session)
+            if decoys:
+                canaries = sorted(set(distinct) & decoys)
+        judge, account_baseline, role_baseline, probation = self._judge(
+            session, actor, standing, restored, at, now, judged_by_work
         )
-        findings = self._findings(ctx)
-        if quiet and findings and redis is not None:
-            # Judged on the kept counts: judge again on Redis's own (this request included).
-            self._forget_quiet(actor.actor_ref)
-            ctx = dataclasses.replace(ctx, counts=self._one_round_trip(redis, request))
-            findings = self._findings(ctx)
-        elif redis is not None and not quiet:
-            self._keep_quiet(request, ctx, findings)
-        self._respond(session, actor=actor, findings=findings, ctx=ctx)
+        new_address = False
+        if actor.address and not standing.address_known:
+            new_address = self._is_new_address(session, actor, at, standing)
+        ctx: rules.Context | None = None
+        if judge.silent(counts, at, channel, canaries, new_address):
+            # `rules.evaluate` would find nothing (see rules.Judge): only the campaign flag speaks.
+            flagged = None
+            if actor.kind is ActorKind.STAFF:
+                now, flags = time.monotonic(), self._campaign_flags
+                for r in standing.campaign_refs:  # the usual case: each cached, and none set
+                    if (c := flags.get(r)) is None or c[0] <= now or c[1] is not None:
+                        flagged = self._campaign_flag(actor, standing.campaign_refs)
+                        break
+            findings = [] if flagged is None else [flagged]
+        else:
+            ctx = rules.Context(
+                actor=actor,
+                counts=counts,
+                at=at,
+                channel=channel,
+                canaries=canaries,
+                account_baseline=account_baseline,
+                role_baseline=role_baseline,
+                new_address=new_address,
+                work_known=judged_by_work,
+                probation=probation,
+            )
+            findings = self._findings(ctx, judge, standing.campaign_refs)
+        if findings or (quiet is False and redis is not None):
+            if ctx is None:
+                ctx = rules.Context(
+                    actor=actor,
+                    counts=counts,
+                    at=at,
+                    channel=channel,
+                    canaries=canaries,
+                    account_baseline=account_baseline,
+                    role_baseline=role_baseline,
+                    new_address=new_address,
+                    work_known=judged_by_work,
+                    probation=probation,
+                )
+            if quiet and findings and redis is not None:
+                # Judged on the kept counts: judge again on Redis's own (this request included).
+                self._forget_quiet(ref)
+                request = _Request(
+                    actor, at, restored, distinct, outside, exported, listed, events, installation
+                )
+                ctx = dataclasses.replace(ctx, counts=self._one_round_trip(redis, request))
+                findings = self._findings(ctx, judge, standing.campaign_refs)
+            elif redis is not None and not quiet:
+                assert request is not None
+                self._keep_quiet(request, ctx, findings, judge)
+            self._respond(session, actor=actor, findings=findings, ctx=ctx)
 
-    def _findings(self, ctx: rules.Context) -> list[Finding]:
-        findings = rules.evaluate(self.config, ctx)
-        flagged = self._campaign_flag(ctx.actor)
+    def _findings(
+        self, ctx: rules.Context, judge: rules.Judge | None = None, refs: Sequence[str] | None = None
+    ) -> list[Finding]:
+        """`rules.evaluate` (through `judge`, the actor's compiled standing, when given) and the
+        campaign flag; `refs`: the actor's campaign references, when known."""
+        findings = rules.evaluate(self.config, ctx) if judge is None else judge.findings(ctx)
+        flagged = self._campaign_flag(ctx.actor, refs)
         if flagged is not None:
             findings = sorted([*findings, flagged], key=lambda f: f.level, reverse=True)
         return findings
+
+    # -- what an actor's requests share ---------------------------------------------------
+    def _standing(self, actor: Actor) -> _Standing:
+        """The actor's references and work role, made by its first request (and again when its
+        roles, kind, address or client change, or the config)."""
+        key = (actor.kind, actor.roles, actor.address, actor.user_agent)
+        ref = actor.actor_ref
+        found = self._standings.get(ref)
+        if found is not None and found.key == key and found.config is self.config:
+            return found
+        machine = tuple(self._machine_refs(actor)) if actor.kind in _SEEN_KINDS else ()
+        made = _Standing(
+            key=key,
+            config=self.config,
+            campaign_refs=(ref, *self._machine_refs(actor)) if actor.kind is ActorKind.STAFF else (),
+            seen_pairs=tuple((r, ref) for r in machine),
+            work_role=rules.work_role(actor, self.config),
+            address_pair=(ref, actor.address[:64]) if actor.address else None,
+        )
+        with self._lock:
+            if len(self._standings) > 50_000:
+                self._standings.clear()
+            self._standings[ref] = made
+        return made
+
+    def _judge(
+        self,
+        session: Session,
+        actor: Actor,
+        standing: _Standing,
+        restored: dt.datetime | None,
+        at: dt.datetime,
+        now: float,
+        work_known: bool,
+    ) -> tuple[rules.Judge, rules.Baseline | None, rules.Baseline | None, bool]:
+        """The rules compiled for the actor's standing now, with the baselines and probation they
+        were compiled for. The baselines and the account's opening are those `_baseline` and
+        `_on_probation` answer (their caches, read again once the first of them expires)."""
+        view = standing.view  # read once: another request of the actor may replace it meanwhile
+        if view.expires <= now:
+            ref = actor.actor_ref
+            expires, account = self._baseline_entry(session, ref)
+            role_expires, role = self._role_baseline_entry(session, actor)
+            opened_expires, opened = self._opened_entry(session, actor)
+            until = min(expires, role_expires, opened_expires)
+            if account is view.account_baseline and role is view.role_baseline and opened == view.opened:
+                view = _View(until, account, role, opened, view.judges)  # the same judges
+            else:
+                view = _View(until, account, role, opened, {})
+            standing.view = view
+        probation = False
+        if actor.kind is ActorKind.STAFF and actor.account_id is not None and self.config.probation_days != 0:
+            days = dt.timedelta(days=self.config.probation_days)
+            opened = view.opened
+            probation = (restored is not None and _ZERO <= at - restored < days) or (
+                opened is not None and _ZERO <= at - opened < days
+            )
+        judge = view.judges.get((probation, work_known))
+        if judge is None:
+            judge = view.judges[(probation, work_known)] = rules.Judge(
+                self.config,
+                actor=actor,
+                account_baseline=view.account_baseline,
+                role_baseline=view.role_baseline,
+                work_known=work_known,
+                probation=probation,
+            )
+        return judge, view.account_baseline, view.role_baseline, probation
 
     # -- Redis: one round trip per request at most, none while far below every threshold --------
     def _one_trip(self) -> RedisExposureCounters | None:
         """The Redis counters, when the containment flags live in the same Redis (then one
         script answers both)."""
         counters, flags = self.counters, self.flags
-        if (
-            isinstance(counters, RedisExposureCounters)
+        found = self._trip
+        if found[0] is counters and found[1] is flags:
+            return found[2]  # answered for these counters and flags already
+        trip = (
+            counters
+            if isinstance(counters, RedisExposureCounters)
             and isinstance(flags, RedisContainmentFlags)
             and counters.client is flags.client
-        ):
-            return counters
-        return None
+            else None
+        )
+        self._trip = (counters, flags, trip)
+        return trip
 
     def _one_round_trip(self, redis: RedisExposureCounters, request: _Request) -> ActorCounts:
         """The request's exposures and events, the containment flag, every window count and
@@ -346,7 +483,7 @@ class SqlExposureLedger:
                 at=request.at,
                 since=request.restored,
                 adds=adds,
-                earlier=[a for held in earlier for a in held.adds],
+                earlier=[a for held in earlier for a in held.adds(redis)],
                 contained_key=flags.key(actor.actor_ref),
                 restored=request.restored,
                 flag_keys=[flags.key(f"campaign:{r}") for r in due],
@@ -362,7 +499,7 @@ class SqlExposureLedger:
                 self._campaign_flags[ref] = (now + 2.0, answer.flags.get(flags.key(f"campaign:{ref}")))
             self._note_sent(earlier)
             if answer.contained is None and _plain(request):
-                self._note_sent([_Held(now, actor.actor_ref, request.at, request.patient_ids, [])])
+                self._note_sent([_Held(now, actor.actor_ref, request.at, request.patient_ids, ())])
         if answer.contained is not None:
             self._forget_quiet(actor.actor_ref)
             flagged = _parse_flag(answer.contained)
@@ -371,18 +508,20 @@ class SqlExposureLedger:
         assert answer.counts is not None
         return answer.counts
 
-    def _keep_quiet(self, request: _Request, ctx: rules.Context, findings: list[Finding]) -> None:
+    def _keep_quiet(
+        self, request: _Request, ctx: rules.Context, findings: list[Finding], judge: rules.Judge
+    ) -> None:
         """Keep Redis's counts for the actor's next requests when even counts raised by
         QUIET_HEADROOM patients would find nothing: those requests are judged on these counts
         and their adds go with the next script of this worker (QUIET_SECONDS at most)."""
         ref = request.actor.actor_ref
-        raised = dataclasses.replace(
-            ctx,
-            counts=_raised(ctx.counts, QUIET_HEADROOM),
-            canaries=(),
-            new_address=False,
-        )
-        if findings or rules.evaluate(self.config, raised):
+        raised = _raised(ctx.counts, QUIET_HEADROOM)
+        if findings or (
+            not judge.silent(raised, ctx.at, ctx.channel, (), False)
+            and rules.evaluate(
+                self.config, dataclasses.replace(ctx, counts=raised, canaries=(), new_address=False)
+            )
+        ):
             self._forget_quiet(ref)
             return
         with self._lock:
@@ -429,50 +568,53 @@ class SqlExposureLedger:
         with self._lock:
             self._quiet.pop(actor_ref, None)
 
-    def _quiet_counts(self, request: _Request) -> ActorCounts | None:
+    def _quiet_counts(
+        self,
+        actor: Actor,
+        standing: _Standing,
+        at: dt.datetime,
+        restored: dt.datetime | None,
+        patient_ids: list[uuid.UUID],
+        installation: list[uuid.UUID],
+        now: float,
+    ) -> ActorCounts | None:
         """The actor's counts without asking Redis: its kept counts, each new patient added to
-        every window, when this request is a plain read of patients in care (no search, list,
-        export or outside patient) and the kept counts are fresh (else None: ask Redis)."""
-        if not _plain(request):
-            return None
-        ref = request.actor.actor_ref
-        now = time.monotonic()
-        refs = self._campaign_refs(request.actor)
+        every window, for a plain read of patients in care (no search, list, export or outside
+        patient: the caller's test) while the kept counts are fresh (else None: ask Redis)."""
+        ref = actor.actor_ref
+        flags = self._campaign_flags
         with self._lock:
             kept = self._quiet.get(ref)
-            if kept is None or kept.until <= now or kept.restored != request.restored:
+            if kept is None or kept.until <= now or kept.restored != restored:
                 return None
-            if not dt.timedelta(0) <= request.at - kept.at <= dt.timedelta(seconds=QUIET_SECONDS):
+            if not _ZERO <= at - kept.at <= _QUIET_AGE:
                 return None  # the clock moved (a test's, or the host's): ask Redis
-            if (self._held and self._held[0].since + QUIET_SECONDS <= now) or len(self._held) >= QUIET_HELD:
+            held = self._held
+            if held and (held[0].since + QUIET_SECONDS <= now or len(held) >= QUIET_HELD):
                 return None  # time to send what is held
-            for r in refs:
-                if (c := self._campaign_flags.get(r)) is None or c[0] <= now:
+            for r in standing.campaign_refs:
+                if (c := flags.get(r)) is None or c[0] <= now:
                     return None
-            new = [p for p in request.patient_ids if p not in kept.known]
+            known = kept.known
+            if len(patient_ids) == 1:  # a chart read
+                new = [] if patient_ids[0] in known else patient_ids
+            else:
+                new = [p for p in patient_ids if p not in known]
             if len(new) > kept.budget:
                 return None
-            counts = kept.counts
             if new:
-                counts = _raised(counts, len(new))
-                self._quiet[ref] = dataclasses.replace(
-                    kept, counts=counts, budget=kept.budget - len(new), known=kept.known | set(new)
-                )
-            redis = cast(RedisExposureCounters, self.counters)
-            adds = redis.adds(
-                actor_ref=ref,
-                at=request.at,
-                patient_ids=request.patient_ids,
-                installation=request.installation,
-            )
-            self._held.append(_Held(now, ref, request.at, request.patient_ids, adds))
+                kept.counts = _raised(kept.counts, len(new))
+                kept.budget -= len(new)
+                known.update(new)
+            # Its adds are made when they are sent (`_Held.adds`).
+            held.append(_Held(now, ref, at, patient_ids, installation))
             if self._flush_timer is None:
                 # An idle worker sends what it holds all the same (and at exit: `_flush_at_exit`).
                 self._flush_timer = threading.Timer(QUIET_FLUSH_SECONDS, self.flush_held)
                 self._flush_timer.daemon = True
                 self._flush_timer.start()
                 _holding.add(self)
-        return counts
+            return kept.counts
 
     def flush_held(self) -> None:
         """Send the adds held back by quiet requests to Redis now (a timer calls it when no
@@ -484,7 +626,7 @@ class SqlExposureLedger:
             return
         redis = cast(RedisExposureCounters, self.counters)
         try:
-            redis.send([a for h in held for a in h.adds])
+            redis.send([a for h in held for a in h.adds(redis)])
         except Exception as exc:  # kept for the next request's script; log the kind only
             log.error("detection: held counts not sent (%s)", type(exc).__name__)
             with self._lock:
@@ -565,6 +707,8 @@ class SqlExposureLedger:
         if state is not None and state.status == CONTAINED:
             reason = state.reason or "unusual access to patient data."
             raise AccountContained(contained_message(reason, self.settings.security_contact))
+        if not shared and self._local_flags.get(actor.actor_ref) is None:
+            return  # the usual case: no flag of this process
         for flags in (self.flags, self._local_flags) if shared else (self._local_flags,):
             flagged = _parse_flag(flags.get(actor.actor_ref))
             if flagged is None:
@@ -683,6 +827,14 @@ class SqlExposureLedger:
         days = dt.timedelta(days=self.config.probation_days)
         if restored_at is not None and dt.timedelta(0) <= at - restored_at < days:
             return True
+        opened = self._opened_entry(session, actor)[1]
+        return opened is not None and dt.timedelta(0) <= at - opened < days
+
+    def _opened_entry(self, session: Session, actor: Actor) -> tuple[float, dt.datetime | None]:
+        """When a staff account was opened by an administrator (None: by the seed or an import,
+        or not an account), and until when this process keeps that answer (time.monotonic)."""
+        if actor.kind is not ActorKind.STAFF or actor.account_id is None or self.config.probation_days == 0:
+            return _FOREVER, None
         now = time.monotonic()
         with self._lock:
             cached = self._probation.get(actor.account_id)
@@ -697,8 +849,7 @@ class SqlExposureLedger:
                 if len(self._probation) > 50_000:
                     self._probation.clear()
                 self._probation[actor.account_id] = cached
-        opened = cached[1]
-        return opened is not None and dt.timedelta(0) <= at - opened < days
+        return cached
 
     # -- administration ------------------------------------------------------------------
     def note_administration(self, session: Session, record: AuditRecord) -> None:
@@ -864,14 +1015,21 @@ class SqlExposureLedger:
 
         self._after(session, alert)
 
-    def _campaign_flag(self, actor: Actor) -> Finding | None:
+    def _campaign_flag(self, actor: Actor, refs: Sequence[str] | None = None) -> Finding | None:
         """A step-up for a staff account of a campaign's cohort, or reaching patient data from an
         address or client a campaign used (its first request included), until it proves a second
-        factor after the campaign was found."""
+        factor after the campaign was found. `refs`: the actor's campaign references, if known."""
         if actor.kind is not ActorKind.STAFF:
             return None
         now = time.monotonic()
-        refs = self._campaign_refs(actor)
+        if refs is None:
+            refs = self._campaign_refs(actor)
+        flags = self._campaign_flags
+        for ref in refs:  # the usual case: every flag cached, and none set
+            if (c := flags.get(ref)) is None or c[0] <= now or c[1] is not None:
+                break
+        else:
+            return None
         with self._lock:
             kept = [self._campaign_flags.get(ref) for ref in refs]
         for ref, cached in zip(refs, kept, strict=True):
@@ -1047,32 +1205,54 @@ class SqlExposureLedger:
         return ids
 
     def _baseline(self, session: Session, subject: str) -> rules.Baseline | None:
+        return self._baseline_entry(session, subject)[1]
+
+    def _baseline_entry(self, session: Session, subject: str) -> tuple[float, rules.Baseline | None]:
+        """The subject's baseline, and until when this process keeps it (time.monotonic)."""
         now = time.monotonic()
         with self._lock:
             cached = self._baselines.get(subject)
         if cached is not None and cached[0] > now:
-            return cached[1]
+            return cached
         row = session.get(ExposureBaseline, subject)
         value = None if row is None else rules.Baseline(row.m15, row.h1, row.h24, row.off_hours_share)
+        cached = (now + _BASELINE_TTL, value)
         with self._lock:
             if len(self._baselines) > 50_000:
                 self._baselines.clear()
-            self._baselines[subject] = (now + _BASELINE_TTL, value)
-        return value
+            self._baselines[subject] = cached
+        return cached
 
     def _role_baseline(self, session: Session, actor: Actor) -> rules.Baseline | None:
+        return self._role_baseline_entry(session, actor)[1]
+
+    def _role_baseline_entry(self, session: Session, actor: Actor) -> tuple[float, rules.Baseline | None]:
+        """The largest baseline of the actor's patient-data roles, kept until the first of them
+        expires."""
         roles_ = sorted(r.value for r in actor.roles if r in PATIENT_DATA_ROLES)
         best: rules.Baseline | None = None
+        expires = _FOREVER
         for role in roles_:
-            value = self._baseline(session, f"role:{role}")
+            until, value = self._baseline_entry(session, f"role:{role}")
+            expires = min(expires, until)
             if value is not None and (best is None or value.h24 > best.h24):
                 best = value
-        return best
+        return expires, best
 
-    def _is_new_address(self, session: Session, actor: Actor, at: dt.datetime) -> bool:
+    def _is_new_address(
+        self, session: Session, actor: Actor, at: dt.datetime, standing: _Standing | None = None
+    ) -> bool:
+        """`standing`: the actor's, which learns when its address is known (for good: a known
+        address is never forgotten)."""
         address = actor.address
         if not address:
             return False
+        if standing is not None:
+            if standing.address_known:
+                return False
+            new = self._is_new_address(session, actor, at)
+            standing.address_known = standing.address_pair in self._known_addresses
+            return new
         pair = (actor.actor_ref, address[:64])
         with self._lock:
             if pair in self._known_addresses:
@@ -1104,18 +1284,82 @@ QUIET_FLUSH_SECONDS = 2 * QUIET_SECONDS
 # read counts (the shortest is 15 minutes) for as long as kept counts are used (QUIET_SECONDS),
 # with a margin: reading it again adds no patient (`_known`).
 KNOWN_AGE = dt.timedelta(minutes=15) - 3 * dt.timedelta(seconds=QUIET_SECONDS)
+_QUIET_AGE = dt.timedelta(seconds=QUIET_SECONDS)
 SENT_PER_ACTOR = 2_000
 
 
-@dataclasses.dataclass(frozen=True)
-class _Held:
-    """A quiet plain read whose adds are held back for a later script."""
+class _Standing:
+    """What the requests of one actor share: its references (campaign, machine), its work role,
+    whether its address is known, and the rules compiled for its baselines and probation
+    (`SqlExposureLedger._judge`), made by its first request. `key`: the actor's fields they are
+    made of; `view`: the baselines and opening date the judges are compiled for (`_View`)."""
 
-    since: float  # time.monotonic() when it was held
-    actor_ref: str
-    at: dt.datetime
-    patient_ids: Sequence[uuid.UUID]
-    adds: list[Add]
+    __slots__ = (
+        "address_known",
+        "address_pair",
+        "campaign_refs",
+        "config",
+        "key",
+        "seen_pairs",
+        "view",
+        "work_role",
+    )
+
+    def __init__(
+        self,
+        *,
+        key: tuple[object, ...],
+        config: DetectionConfig,
+        campaign_refs: tuple[str, ...],
+        seen_pairs: tuple[tuple[str, str], ...],
+        work_role: str | None,
+        address_pair: tuple[str, str] | None,
+    ) -> None:
+        self.key = key
+        self.config = config
+        self.campaign_refs = campaign_refs
+        self.seen_pairs = seen_pairs
+        self.work_role = work_role
+        self.address_pair = address_pair
+        self.address_known = False
+        self.view = _View(-_FOREVER, None, None, None, {})
+
+
+class _View(NamedTuple):
+    """An actor's baselines and opening date as the ledger's caches answered them, until
+    `expires` (the first of them to expire, time.monotonic), and the judges compiled for them
+    (per probation and work known): replaced whole, never changed but for a judge added."""
+
+    expires: float
+    account_baseline: rules.Baseline | None
+    role_baseline: rules.Baseline | None
+    opened: dt.datetime | None
+    judges: dict[tuple[bool, bool], rules.Judge]
+
+
+class _Held:
+    """A quiet plain read whose adds are held back for a later script (made when sent)."""
+
+    __slots__ = ("actor_ref", "at", "installation", "patient_ids", "since")
+
+    def __init__(
+        self,
+        since: float,
+        actor_ref: str,
+        at: dt.datetime,
+        patient_ids: Sequence[uuid.UUID],
+        installation: Sequence[uuid.UUID],
+    ) -> None:
+        self.since = since  # time.monotonic() when it was held
+        self.actor_ref = actor_ref
+        self.at = at
+        self.patient_ids = patient_ids
+        self.installation = installation
+
+    def adds(self, redis: RedisExposureCounters) -> list[Add]:
+        return redis.adds(
+            actor_ref=self.actor_ref, at=self.at, patient_ids=self.patient_ids, installation=self.installation
+        )
 
 
 def _plain(request: _Request) -> bool:
@@ -1147,8 +1391,10 @@ class _Request:
     installation: list[uuid.UUID]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class _Quiet:
+    """An actor's kept counts (changed under the ledger's lock only)."""
+
     until: float
     at: dt.datetime
     restored: dt.datetime | None
@@ -1158,14 +1404,18 @@ class _Quiet:
 
 
 def _raised(counts: ActorCounts, n: int) -> ActorCounts:
-    """The counts with `n` more distinct patients in every window a read in care counts."""
-    return dataclasses.replace(
-        counts,
-        patients_15m=counts.patients_15m + n,
-        patients_1h=counts.patients_1h + n,
-        patients_24h=counts.patients_24h + n,
-        patients_7d=counts.patients_7d + n,
-    )
+    """The counts with `n` more distinct patients in every window a read in care counts.
+
+    `dataclasses.replace` without its cost (ActorCounts' frozen `__init__` sets each of its
+    twenty fields through `object.__setattr__`): the same fields, four of them raised."""
+    raised = object.__new__(ActorCounts)
+    values = raised.__dict__
+    values.update(counts.__dict__)
+    values["patients_15m"] += n
+    values["patients_1h"] += n
+    values["patients_24h"] += n
+    values["patients_7d"] += n
+    return raised
 
 
 def _remember_address(session: Session, pair: tuple[str, str], at: dt.datetime) -> None:

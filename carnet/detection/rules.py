@@ -538,3 +538,224 @@ def evaluate(config: DetectionConfig, ctx: Context) -> list[Finding]:
     rules = DENIAL_RULES if ctx.denial else EXPOSURE_RULES
     findings = [f for f in (rule(config, ctx) for rule in rules) if f is not None]
     return sorted(findings, key=lambda f: f.level, reverse=True)
+
+
+_NEVER = float("inf")  # a count that no rule judges: no threshold
+
+
+class Judge:
+    """`evaluate` for one actor's standing, compiled once: the exposure rules' thresholds for its
+    kind and roles, baselines, probation and work, under one config. A request far below every
+    threshold (nearly every read) is answered by comparing its counts with them; any other goes
+    to `evaluate` itself, so the findings are `evaluate`'s, always (`findings`).
+
+    `silent` answers True only when `evaluate` would return no finding. Proof, rule by rule of
+    EXPOSURE_RULES (a denial's context always goes to `evaluate`); counts are what the rules
+    compare, every threshold below is computed by the same expression as the rule's, in the same
+    floating-point operations, and compared with the same operator:
+
+    - canary: finds only with canaries; silent needs none.
+    - volume, API client: per window, finds only if `seen >= threshold` (it `continue`s below);
+      silent needs every window's count below that window's threshold (`_t15`, `_t1`, `_t24`,
+      from the client floors and the account's baseline).
+    - volume, any other actor: without a patient-data role it finds on any patient: such a judge
+      is never silent (`_reference_only`); with one, as for clients, from the role's floors, the
+      larger baseline and probation, exactly as the rule computes them.
+    - weekly_volume: finds only for a non-client with a role in `weekly_volume`, and only if
+      `patients_7d >= threshold`; silent needs `patients_7d < _t7` (infinite when it cannot find).
+    - outside_care: only for care-scoped actors; finds iff outside_1h reaches its containment or
+      step-up level, outside_24h its containment level, or the share test holds; silent needs
+      `outside_1h < _o1` and `outside_24h < _o24` (the smaller of the levels of each rule that
+      applies) and the share test, as the rule writes it, false.
+    - outside_work: only when work is known and the actor has a work role; finds iff outside_1h or
+      outside_24h reaches its step-up or containment level: covered by `_o1`, `_o24`.
+    - enumeration, list_breadth, deep_paging: each finds iff one of its counts reaches the smaller
+      of its step-up and containment levels (searches_1h: its containment level): silent needs
+      every one below it.
+    - export: finds iff the channel is EXPORT; silent needs another channel.
+    - off_hours: none with no patient in the hour, or outside off-hours (`is_off_hours`, with the
+      zone it loads); and none when the account's baseline shows night work, or for a night role
+      with no baseline (then `stops` is false and the baseline None). Silent needs one of these.
+    - new_address: finds only for a new address; silent needs none.
+    - persistence: finds only if refusals_1h or refusals_24h reaches its containment level;
+      silent needs both below.
+    - pending_step_up: for staff, finds only with a first refusal in 24 hours; silent needs none.
+
+    `evaluate` keeps the findings that are not None: when every rule returns None, it returns [].
+    The config is read when the judge is made (a DetectionConfig is never changed in place)."""
+
+    __slots__ = (
+        "_account_baseline",
+        "_deep1",
+        "_id15",
+        "_kind",
+        "_lists15",
+        "_night_quiet",
+        "_o1",
+        "_o24",
+        "_off_end",
+        "_off_start",
+        "_probation",
+        "_reference_only",
+        "_refusals1",
+        "_refusals24",
+        "_role_baseline",
+        "_roles",
+        "_s1",
+        "_s15",
+        "_share",
+        "_share_min",
+        "_staff",
+        "_t1",
+        "_t7",
+        "_t15",
+        "_t24",
+        "_wild1",
+        "_work_known",
+        "_zone",
+        "config",
+    )
+
+    def __init__(
+        self,
+        config: DetectionConfig,
+        *,
+        actor: Actor,
+        account_baseline: Baseline | None,
+        role_baseline: Baseline | None,
+        work_known: bool,
+        probation: bool,
+    ) -> None:
+        self.config = config
+        self._kind = actor.kind
+        self._roles = actor.roles
+        self._account_baseline = account_baseline
+        self._role_baseline = role_baseline
+        self._work_known = work_known
+        self._probation = probation
+        client = actor.kind is ActorKind.CLIENT
+        role = None if client else _volume_role(actor, config)
+        self._reference_only = not client and role is None
+        # volume (`volume`, `_client_volume`): the threshold of each window, as the rule makes it.
+        thresholds = []
+        for window, _words, _count in _WINDOWS:
+            if client:
+                usual = getattr(account_baseline, window, 0) if account_baseline else 0
+                floor = float(getattr(config.client_volume, window))
+            elif role is None:
+                thresholds.append(_NEVER)
+                continue
+            else:
+                usual = max(
+                    getattr(account_baseline, window, 0) if account_baseline else 0,
+                    getattr(role_baseline, window, 0) if role_baseline else 0,
+                )
+                floor = float(getattr(role[1], window))
+                if probation:
+                    floor = max(1.0, floor * config.probation_factor)
+                    usual = 0
+            thresholds.append(
+                min(max(floor, config.baseline_factor * usual), floor * config.baseline_cap_factor)
+            )
+        self._t15, self._t1, self._t24 = thresholds
+        # weekly_volume
+        self._t7 = _NEVER
+        if role is not None and role[0] in config.weekly_volume:
+            week = float(config.weekly_volume[role[0]])
+            usual_day = account_baseline.h24 if account_baseline else 0
+            self._t7 = min(
+                max(week, config.baseline_factor * 5 * usual_day), week * config.baseline_cap_factor
+            )
+        # outside_care, outside_work
+        o1: list[float] = [_NEVER]
+        o24: list[float] = [_NEVER]
+        self._share_min: float = _NEVER
+        self._share = config.outside_care_share_contain
+        if _care_scoped(actor, config):
+            o1 += [config.outside_care_contain_1h, config.outside_care_step_up_1h]
+            o24.append(config.outside_care_contain_24h)
+            self._share_min = config.outside_care_share_min_patients
+        held = work_role(actor, config) if work_known else None
+        if held is not None:
+            limits = config.outside_work[held]
+            o1 += [limits.contain_1h, limits.step_up_1h]
+            o24 += [limits.contain_24h, limits.step_up_24h]
+        self._o1, self._o24 = min(o1), min(o24)
+        # enumeration, list_breadth, deep_paging
+        self._id15 = min(config.identifier_searches_contain_15m, config.identifier_searches_step_up_15m)
+        self._wild1 = min(config.wildcard_searches_contain_1h, config.wildcard_searches_step_up_1h)
+        self._s15 = min(config.searches_contain_15m, config.searches_step_up_15m)
+        self._s1 = config.searches_contain_1h
+        self._lists15 = min(config.list_views_contain_15m, config.list_views_step_up_15m)
+        self._deep1 = min(config.deep_pages_contain_1h, config.deep_pages_step_up_1h)
+        # persistence, pending_step_up
+        self._refusals1 = config.refusals_contain_1h
+        self._refusals24 = config.refusals_contain_24h
+        self._staff = actor.kind is ActorKind.STAFF
+        # off_hours
+        night_role = bool({r.value for r in actor.roles} & set(config.night_roles))
+        self._night_quiet = (
+            account_baseline is not None and account_baseline.off_hours_share >= config.off_hours_usual_share
+        ) or (night_role and account_baseline is None)
+        self._zone = zoneinfo.ZoneInfo(config.timezone)
+        self._off_start, self._off_end = config.off_hours_start, config.off_hours_end
+
+    def silent(
+        self,
+        counts: ActorCounts,
+        at: dt.datetime,
+        channel: Channel | None,
+        canaries: Sequence[uuid.UUID],
+        new_address: bool,
+    ) -> bool:
+        """True only if `evaluate` finds nothing in an exposure's context (not a denial) of this
+        judge's actor and standing with these values (see the class)."""
+        c = counts
+        if (
+            self._reference_only
+            or canaries
+            or new_address
+            or channel is Channel.EXPORT
+            # As the volume rules write it (`seen < threshold`: a NaN threshold is not silent).
+            or not (
+                c.patients_15m < self._t15
+                and c.patients_1h < self._t1
+                and c.patients_24h < self._t24
+                and c.patients_7d < self._t7
+            )
+            or c.outside_1h >= self._o1
+            or c.outside_24h >= self._o24
+            or c.identifier_searches_15m >= self._id15
+            or c.wildcard_searches_1h >= self._wild1
+            or c.searches_15m >= self._s15
+            or c.searches_1h >= self._s1
+            or c.lists_15m >= self._lists15
+            or c.deep_pages_1h >= self._deep1
+            or c.refusals_1h >= self._refusals1
+            or c.refusals_24h >= self._refusals24
+            or (self._staff and c.first_refusal_24h_at is not None)
+        ):
+            return False
+        if c.patients_24h >= self._share_min and c.outside_24h / c.patients_24h >= self._share:
+            return False
+        if c.patients_1h == 0 or self._night_quiet:
+            return True
+        hour = at.astimezone(self._zone).hour
+        start, end = self._off_start, self._off_end
+        return not ((hour >= start or hour < end) if start > end else (start <= hour < end))
+
+    def findings(self, ctx: Context) -> list[Finding]:
+        """`evaluate(self.config, ctx)`, without running the rules when `silent` proves it empty
+        (a context of another actor or standing than this judge's goes to `evaluate`)."""
+        if (
+            not ctx.denial
+            and ctx.actor.kind is self._kind
+            and ctx.actor.roles == self._roles
+            and ctx.account_baseline is self._account_baseline
+            and ctx.role_baseline is self._role_baseline
+            and ctx.work_known == self._work_known
+            and ctx.probation == self._probation
+            and self.silent(ctx.counts, ctx.at, ctx.channel, ctx.canaries, ctx.new_address)
+        ):
+            return []
+        return evaluate(self.config, ctx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -167,3 +168,39 @@ def test_redis_records_and_counts_in_one_call_like_memory(
     assert counts.first_refusal_at == first
     assert (counts.patients_24h, counts.patients_15m, counts.outside_1h) == (450, 7, 7)
     assert (counts.refusals_1h, counts.searches_15m) == (2, 1)
+
+
+def test_a_reads_adds_are_those_of_its_groups() -> None:
+    """`adds` of a read in care (its own branch) and of every other shape: per `_groups` set, the
+    members' text, the horizon and expiry of that set's window, the time as text; then the
+    installation's."""
+    counters = RedisExposureCounters(None, prefix="carnet:test")
+    at = dt.datetime(2026, 3, 4, 9, 0, 0, 123457, tzinfo=dt.UTC)
+    ids = [uuid.uuid4() for _ in range(3)]
+
+    def expected(**kw: Any) -> list[tuple[Any, ...]]:
+        stamp = at.timestamp()
+        out = []
+        ids_, outside = kw.get("patient_ids", ()), kw.get("outside_care", ())
+        groups = counters._groups(ids_, outside, kw.get("exported", False), kw.get("listed", False))
+        for name, group in groups:
+            if group:
+                keep = 7 * 86400.0 if name == "w" else 86400.0
+                key = counters._key("account:1", name)
+                out.append((key, repr(stamp - keep), int(keep) + 3600, [str(p) for p in group], repr(stamp)))
+        if kw.get("installation"):
+            key = counters._key("installation", "p")
+            members = [str(p) for p in kw["installation"]]
+            out.append((key, repr(stamp - 3600.0), 3600 + 600, members, repr(stamp)))
+        return out
+
+    for kw in (
+        {"patient_ids": ids},
+        {"patient_ids": ids, "installation": ids},
+        {"patient_ids": ids[:1], "installation": list(ids[:1])},
+        {"patient_ids": ids, "outside_care": ids[:1], "installation": ids},
+        {"patient_ids": ids, "exported": True},
+        {"patient_ids": ids, "listed": True, "outside_care": ids[1:], "installation": ids[1:]},
+    ):
+        got = [tuple(add) for add in counters.adds(actor_ref="account:1", at=at, **kw)]
+        assert got == expected(**kw)
