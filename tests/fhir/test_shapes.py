@@ -26,13 +26,17 @@ from carnet.synth.seed import seed_hospital
 
 @dataclasses.dataclass
 class _Reader:
-    """What `patient_view` needs of a guarded transaction: decryption, and the session."""
+    """What `patient_view` needs of a guarded transaction: decryption (a field, a row's fields),
+    and the session."""
 
     runtime: Runtime
     session: Any
 
     def dec(self, blob: bytes | None, table: str, column: str, row_id: Any) -> str | None:
         return self.runtime.keyring.decrypt(blob, table=table, column=column, row_id=row_id)
+
+    def dec_row(self, table: str, row_id: Any, blobs: Any) -> list[str | None]:
+        return self.runtime.keyring.decrypt_row(table, row_id, blobs)
 
 
 def _r4b_ok(resource: dict[str, Any]) -> bool:
