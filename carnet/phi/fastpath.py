@@ -339,6 +339,7 @@ def _count_read() -> None:
         taken += 1
 
 
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 _RAW = "_carnet_raw"  # a deferred session's psycopg connection (`_Frame`)
 _DIALECT = "_carnet_dialect"
 _OPEN = "_carnet_open"  # present until the deferred session is made
@@ -379,20 +380,23 @@ def _opened(session: Session) -> bool:
 
 class _Frame:
     """The read's transaction frame: a connection checked out of the engine's pool (its events
-    run: the idle ping at checkout, the checkin note, the reset by rollback at return, the
-    invalidation of a connection whose reset fails), and a deferred ORM session on it
-    (`_Deferred`), made with an engine Connection only if something uses it."""
+    run: the idle ping at checkout, the checkin note, the reset at return, the invalidation of
+    a connection whose reset fails), and a deferred ORM session on it (`_Deferred`), made with
+    an engine Connection only if something uses it."""
 
-    __slots__ = ("_connection", "_engine", "_factory", "_fairy", "session")
+    __slots__ = ("_connection", "_engine", "_factory", "_fairy", "_raw", "session")
 
     def __init__(self, runtime: Runtime) -> None:
         engine = self._engine = runtime.engine
         self._factory = runtime.session_factory
         self._connection: Connection | None = None
         fairy = self._fairy = engine.raw_connection()  # connection errors as the engine raises them
+        # psycopg's own connection (the driver's connection is the DBAPI one: psycopg, not async)
+        raw: Any = fairy.dbapi_connection
+        self._raw = raw
         session = object.__new__(_deferred_class(self._factory.class_))
         values = session.__dict__
-        values[_RAW] = fairy.driver_connection
+        values[_RAW] = raw
         values[_DIALECT] = engine.dialect
         values[_OPEN] = self._open
         self.session = session
@@ -403,21 +407,30 @@ class _Frame:
 
     def close(self, exc: BaseException | None) -> None:
         """The session closed if it was made (its transaction, if any, rolled back after a
-        failure: its listeners run), then the connection returned to the pool, which rolls back
-        what is left; after a failure that broke the connection, discarded instead."""
-        fairy = self._fairy
+        failure: its listeners run), then the connection returned to the pool. After a failure,
+        the pool rolls back what is left (a connection whose rollback fails is discarded), and a
+        connection psycopg found broken is discarded at once. After the closing round trip's
+        COMMIT, with no transaction open on the server (libpq's own status), the pool's reset
+        has no ROLLBACK to send: it is told so, and its reset event still runs."""
+        session = self.session
+        connection = self._connection
         try:
-            if not _opened(self.session):
-                self.session.__dict__.pop(_OPEN, None)
+            if connection is None:
+                session.__dict__.pop(_OPEN, None)  # not made: nothing of it to close
             else:
-                self.session.close()
+                session.close()
         finally:
-            if exc is not None and getattr(fairy.driver_connection, "broken", False):
-                fairy.invalidate(exc)
-            if self._connection is not None:
-                self._connection.close()  # returns the pool's connection
+            raw: Any = self._raw
+            if connection is not None:
+                if exc is not None and raw.broken:
+                    connection.invalidate(exc)
+                connection.close()  # returns the pool's connection (reset by rollback)
+            elif exc is None and raw.pgconn.transaction_status == _IDLE:
+                self._fairy._close_special(transaction_reset=True)
             else:
-                fairy.close()
+                if exc is not None and raw.broken:
+                    self._fairy.invalidate(exc)
+                self._fairy.close()
 
 
 def between_round_trips(
