@@ -339,6 +339,100 @@ def _count_read() -> None:
         taken += 1
 
 
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+_RAW = "_carnet_raw"  # a deferred session's psycopg connection (`_Frame`)
+_DIALECT = "_carnet_dialect"
+_OPEN = "_carnet_open"  # present until the deferred session is made
+
+
+class _Deferred:
+    """Mixed into the session factory's class (`_deferred_class`): an instance made by
+    `_Frame` without `__init__`, which runs at the first attribute the instance lacks (any
+    use of the session: `get`, `connection`, `add`, `in_transaction`...). Before that, only
+    what needs no state of the session's is read on it: `info` (memoized in the instance) and
+    its event dispatch. It is then a Session like any other, bound to an engine Connection on
+    the frame's pool connection, in the transaction the first pipeline began."""
+
+    def __getattr__(self, name: str) -> Any:
+        opener = self.__dict__.pop(_OPEN, None)
+        if opener is None:
+            raise AttributeError(name)
+        opener()
+        return getattr(self, name)
+
+
+_deferred_classes: dict[type[Session], type[Session]] = {}
+
+
+def _deferred_class(base: type[Session]) -> type[Session]:
+    found = _deferred_classes.get(base)
+    if found is None:
+        found = _deferred_classes[base] = cast(
+            type[Session], type(f"Deferred{base.__name__}", (_Deferred, base), {})
+        )
+    return found
+
+
+def _opened(session: Session) -> bool:
+    """Whether the session was made (used), or is not a deferred one."""
+    return _OPEN not in session.__dict__
+
+
+class _Frame:
+    """The read's transaction frame: a connection checked out of the engine's pool (its events
+    run: the idle ping at checkout, the checkin note, the reset at return, the invalidation of
+    a connection whose reset fails), and a deferred ORM session on it (`_Deferred`), made with
+    an engine Connection only if something uses it."""
+
+    __slots__ = ("_connection", "_engine", "_factory", "_fairy", "_raw", "session")
+
+    def __init__(self, runtime: Runtime) -> None:
+        engine = self._engine = runtime.engine
+        self._factory = runtime.session_factory
+        self._connection: Connection | None = None
+        fairy = self._fairy = engine.raw_connection()  # connection errors as the engine raises them
+        # psycopg's own connection (the driver's connection is the DBAPI one: psycopg, not async)
+        raw: Any = fairy.dbapi_connection
+        self._raw = raw
+        session = object.__new__(_deferred_class(self._factory.class_))
+        values = session.__dict__
+        values[_RAW] = raw
+        values[_DIALECT] = engine.dialect
+        values[_OPEN] = self._open
+        self.session = session
+
+    def _open(self) -> None:
+        connection = self._connection = Connection(self._engine, connection=self._fairy)
+        Session.__init__(self.session, **{**self._factory.kw, "bind": connection})
+
+    def close(self, exc: BaseException | None) -> None:
+        """The session closed if it was made (its transaction, if any, rolled back after a
+        failure: its listeners run), then the connection returned to the pool. After a failure,
+        the pool rolls back what is left (a connection whose rollback fails is discarded), and a
+        connection psycopg found broken is discarded at once. After the closing round trip's
+        COMMIT, with no transaction open on the server (libpq's own status), the pool's reset
+        has no ROLLBACK to send: it is told so, and its reset event still runs."""
+        session = self.session
+        connection = self._connection
+        try:
+            if connection is None:
+                session.__dict__.pop(_OPEN, None)  # not made: nothing of it to close
+            else:
+                session.close()
+        finally:
+            raw: Any = self._raw
+            if connection is not None:
+                if exc is not None and raw.broken:
+                    connection.invalidate(exc)
+                connection.close()  # returns the pool's connection (reset by rollback)
+            elif exc is None and raw.pgconn.transaction_status == _IDLE:
+                self._fairy._close_special(transaction_reset=True)
+            else:
+                if exc is not None and raw.broken:
+                    self._fairy.invalidate(exc)
+                self._fairy.close()
+
+
 def between_round_trips(
     core: GateCore,
     guard: Guard,
@@ -351,24 +445,26 @@ def between_round_trips(
     in one transaction; `count` is called once it answered or failed. A decline (a case the
     fast path does not take) leaves it to the kernel's general path: (False, None)."""
     attempted: list[uuid.UUID] = []
-    runtime = core._runtime
     try:
         # The transaction is psycopg's own, begun by the first pipeline and committed by the
-        # closing one. The ORM session bound to the same connection is there for what uses it
-        # (the body's other reads, detection's rare reads and its after-transaction writes): it
+        # closing one, on a connection checked out of the engine's pool (`_Frame`). The ORM
+        # session on it is there for what uses it (the body's other reads, detection's rare reads
+        # and its after-transaction writes): made, with an engine Connection, only then; it
         # begins a transaction of its own only then, ended with the connection's (see
-        # `_end_committed`); a read that needs none costs no ORM transaction.
-        with runtime.engine.connect() as connection:
-            session = runtime.session_factory(bind=connection)
+        # `_end_committed`). A read that needs neither costs neither.
+        frame = _Frame(core._runtime)
+        try:
+            session = frame.session
+            tx = first_round_trip(session)
             try:
-                tx = first_round_trip(session)
-                try:
-                    result = run(tx)
-                finally:
-                    attempted = list(tx.patient_ids)
-                _closing_round_trip(core, session, guard, tx)
+                result = run(tx)
             finally:
-                session.close()  # after a failure: rolled back, as the connection is when returned
+                attempted = list(tx.patient_ids)
+            _closing_round_trip(core, session, guard, tx)
+        except BaseException as exc:
+            frame.close(exc)  # rolled back, or discarded when broken: never returned dirty
+            raise
+        frame.close(None)
         count()
         return True, result
     except _Decline:
@@ -732,7 +828,8 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
             event_rows=events,
         )
     record = core._record(guard.kind, Outcome.SUCCESS, tx)
-    session.flush()  # anything the body or detection added through the session goes first
+    if _opened(session):
+        session.flush()  # anything the body or detection added through the session goes first
     raw = tx.raw if tx.raw is not None else _raw(session)
     statements = _statements(raw_dialect(session))
     sql, params = append_one_statement(record)
@@ -753,7 +850,7 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
     for hook in tx.after_audit:
         hook(seq)
     if tx.after_audit:
-        if session.in_transaction():
+        if _opened(session) and session.in_transaction():
             session.commit()  # the connection's transaction with it: its listeners run
             return
         raw.commit()
@@ -780,6 +877,9 @@ def _audit_statement(sql: str, exposure: str | None = None) -> roundtrip.Stateme
 
 def raw_dialect(session: Session) -> Dialect:
     """The dialect of the Connection the session is bound to (`between_round_trips`)."""
+    dialect = session.__dict__.get(_DIALECT)
+    if dialect is not None:
+        return cast(Dialect, dialect)
     bind = session.bind
     return bind.dialect if isinstance(bind, Connection) else session.get_bind().dialect
 
@@ -787,6 +887,9 @@ def raw_dialect(session: Session) -> Dialect:
 def _raw(session: Session) -> Any:
     """The psycopg connection under the session: that of the Connection it is bound to
     (`between_round_trips`), without beginning the session's transaction."""
+    raw = session.__dict__.get(_RAW)
+    if raw is not None:
+        return raw
     bind = session.get_bind()
     if isinstance(bind, Connection):
         return bind.connection.driver_connection
@@ -799,7 +902,7 @@ def _end_committed(session: Session) -> None:
     runs its listeners (detection's after-transaction writes, the audit writer's checkpoint
     notification); if it began none, its after-commit listeners are run as a commit runs them
     (the audit writer's `appended` left its checkpoint notification to them)."""
-    if session.in_transaction():
+    if _opened(session) and session.in_transaction():
         session.commit()
     else:
         session.dispatch.after_commit(session)

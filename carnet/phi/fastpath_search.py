@@ -160,7 +160,7 @@ def section_read(
     pid = parse_id(str(kwargs["patient_id"]))
 
     def first_round_trip(session: Session) -> _FastTx:
-        dialect = session.get_bind().dialect
+        dialect = fastpath.raw_dialect(session)  # the session is not made for it
         also = []
         if pid is not None:
             compiled = section.compiled_for(dialect)
