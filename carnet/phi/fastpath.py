@@ -339,7 +339,6 @@ def _count_read() -> None:
         taken += 1
 
 
-_IDLE = psycopg.pq.TransactionStatus.IDLE
 _RAW = "_carnet_raw"  # a deferred session's psycopg connection (`_Frame`)
 _DIALECT = "_carnet_dialect"
 _OPEN = "_carnet_open"  # present until the deferred session is made
@@ -410,8 +409,9 @@ class _Frame:
         failure: its listeners run), then the connection returned to the pool. After a failure,
         the pool rolls back what is left (a connection whose rollback fails is discarded), and a
         connection psycopg found broken is discarded at once. After the closing round trip's
-        COMMIT, with no transaction open on the server (libpq's own status), the pool's reset
-        has no ROLLBACK to send: it is told so, and its reset event still runs."""
+        COMMIT the pool's reset runs as always (psycopg's rollback sends nothing on a connection
+        with no transaction open: SQLAlchemy's private `_close_special` would save only Python
+        calls, and the reset must not depend on a private API)."""
         session = self.session
         connection = self._connection
         try:
@@ -425,12 +425,10 @@ class _Frame:
                 if exc is not None and raw.broken:
                     connection.invalidate(exc)
                 connection.close()  # returns the pool's connection (reset by rollback)
-            elif exc is None and raw.pgconn.transaction_status == _IDLE:
-                self._fairy._close_special(transaction_reset=True)
             else:
                 if exc is not None and raw.broken:
                     self._fairy.invalidate(exc)
-                self._fairy.close()
+                self._fairy.close()  # the pool's reset: psycopg sends no ROLLBACK when idle
 
 
 def between_round_trips(
