@@ -44,10 +44,11 @@ from carnet.fhir.core.search import (
     string,
     token,
 )
-from carnet.identity.dependencies import cookie_session, request_context, runtime_of
+from carnet.identity.dependencies import cookie_read, runtime_of
 from carnet.kernel.errors import Conflict, InvalidInput, NotFound
 from carnet.phi.gate import Gate, read_patient_of_session
 from carnet.phi.schemas import PatientChanges, PatientInput, PatientPage
+from carnet.runtime import Runtime
 
 router = APIRouter(prefix="/fhir/Patient", tags=["fhir"])
 PATIENT = "Patient"
@@ -405,14 +406,17 @@ def unmerge_patients(request: Request, body: dict[str, Any] = FhirBody) -> Respo
 
 @router.get("/{patient_id}")
 def read_patient(request: Request, patient_id: str) -> Response:
+    return _read_patient(request, patient_id, runtime_of(request))
+
+
+def _read_patient(request: Request, patient_id: str, runtime: Runtime) -> Response:
     # A session cookie's read takes the session's lookup in the gate's first round trip; any
     # case that variant does not take (a bearer token among them) resolves the actor first.
-    token = cookie_session(request)
+    session = cookie_read(request, runtime)
     view = None
-    if token is not None:
-        view = read_patient_of_session(
-            runtime_of(request), token=token, context=request_context(request), patient_id=patient_id
-        )
+    if session is not None:
+        token, context = session
+        view = read_patient_of_session(runtime, token=token, context=context, patient_id=patient_id)
     if view is None:
         view = gate_for(request, PATIENT, "read").read_patient(patient_id=patient_id)
     return resource_response(request, patient_to_fhir(view.model_dump()))
@@ -426,8 +430,14 @@ _READ_PATH = re.compile(r"/fhir/Patient/[A-Za-z0-9\-.]{1,64}")
 async def _read_first(request: Request) -> Response:
     # In one of the worker's read threads (carnet.fhir.core.handoff: anyio's hand-off, lighter),
     # as many at once as anyio's limiter lets the other routes run (`request_threads`).
-    size = runtime_of(request).settings.request_threads
-    return await handoff.in_thread(size, read_patient, request, request.path_params["patient_id"])
+    runtime = runtime_of(request)
+    return await handoff.in_thread(
+        runtime.settings.request_threads,
+        _read_patient,
+        request,
+        request.scope["path_params"]["patient_id"],
+        runtime,
+    )
 
 
 class ReadFirst(Route):
