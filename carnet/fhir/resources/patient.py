@@ -81,8 +81,26 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     leave it out (None, [] or {}): the same dict as `clean` over the whole resource, without a
     call per element (tests/fhir/test_patient_mapping.py keeps the previous mapper as the
     reference)."""
-    get = d.get
-    if get("received"):
+    (
+        received,
+        version_id,
+        updated_at,
+        opposes,
+        ins,
+        active,
+        family,
+        given,
+        phone,
+        email,
+        gender,
+        birth_date,
+        a,
+        physician,
+        facility,
+        merged_into,
+        replaces,
+    ) = map(d.get, _VIEW_FIELDS)  # a call for them all (map's own calls of `get` are C's)
+    if received:
         received = as_received(d)
         if received is not None:
             return received if conforms(received) else checked(Patient, received)
@@ -90,18 +108,13 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
     value = d["id"]
     if value not in _EMPTY:
         resource["id"] = value
-    resource["meta"] = _meta(get("version_id"), get("updated_at"))
-    value = get("opposes_other_facilities")
-    if value is not None:
-        resource["extension"] = [{"url": OPPOSES_OTHER_FACILITIES, "valueBoolean": bool(value)}]
-    value = get("ins")
-    if value:
-        resource["identifier"] = [{"system": INS_SYSTEM, "value": value}]
-    value = get("active")
-    if value not in _EMPTY:
-        resource["active"] = value
-    family = get("family")
-    given = get("given")
+    resource["meta"] = _meta(version_id, updated_at)
+    if opposes is not None:
+        resource["extension"] = [{"url": OPPOSES_OTHER_FACILITIES, "valueBoolean": bool(opposes)}]
+    if ins:
+        resource["identifier"] = [{"system": INS_SYSTEM, "value": ins}]
+    if active not in _EMPTY:
+        resource["active"] = active
     if family or given:
         name: dict[str, Any] = {"use": "official"}
         if family not in _EMPTY:
@@ -109,8 +122,6 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
         if given:
             name["given"] = [given]
         resource["name"] = [name]
-    phone = get("phone")
-    email = get("email")
     if phone or email:
         telecom = []
         if phone:
@@ -118,13 +129,10 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
         if email:
             telecom.append({"system": "email", "value": email})
         resource["telecom"] = telecom
-    value = get("gender")
-    if value not in _EMPTY:
-        resource["gender"] = value
-    value = get("birth_date")
-    if value not in _EMPTY:
-        resource["birthDate"] = value
-    a = get("address")
+    if gender not in _EMPTY:
+        resource["gender"] = gender
+    if birth_date not in _EMPTY:
+        resource["birthDate"] = birth_date
     if isinstance(a, dict):
         resource["address"] = [
             clean(
@@ -136,13 +144,11 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
                 }
             )
         ]
-    value = get("designated_physician_id")
-    if value:
-        resource["generalPractitioner"] = [{"reference": f"Practitioner/{value}"}]
-    value = get("facility_id")
-    if value:
-        resource["managingOrganization"] = {"reference": f"Organization/{value}"}
-    if get("merged_into_id") or get("replaces"):
+    if physician:
+        resource["generalPractitioner"] = [{"reference": f"Practitioner/{physician}"}]
+    if facility:
+        resource["managingOrganization"] = {"reference": f"Organization/{facility}"}
+    if merged_into or replaces:
         links = _patient_links(d)
         if links:
             resource["link"] = links
@@ -151,6 +157,25 @@ def patient_to_fhir(d: dict[str, Any]) -> dict[str, Any]:
 
 
 _EMPTY: tuple[Any, ...] = (None, [], {})  # what `clean` leaves out
+_VIEW_FIELDS = (
+    "received",
+    "version_id",
+    "updated_at",
+    "opposes_other_facilities",
+    "ins",
+    "active",
+    "family",
+    "given",
+    "phone",
+    "email",
+    "gender",
+    "birth_date",
+    "address",
+    "designated_physician_id",
+    "facility_id",
+    "merged_into_id",
+    "replaces",
+)
 
 
 def _meta(version: Any, updated: Any) -> dict[str, Any]:
