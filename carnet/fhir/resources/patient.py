@@ -24,6 +24,7 @@ from carnet.fhir.core.api import (
     expected_version,
     gate_for,
     parse_version,
+    read_response,
     reference_id,
     resource_response,
     validated,
@@ -477,7 +478,7 @@ def _read_patient(request: Request, patient_id: str, runtime: Runtime) -> Respon
         view = read_patient_of_session(runtime, token=token, context=context, patient_id=patient_id)
     if view is None:
         view = gate_for(request, PATIENT, "read").read_patient(patient_id=patient_id)
-    return resource_response(request, patient_to_fhir(view.model_dump()))
+    return read_response(request, patient_to_fhir(view.model_dump()))
 
 
 # A FHIR id (R4 datatypes: [A-Za-z0-9\-\.]{1,64}) as the last segment of a Patient read: no `$`
