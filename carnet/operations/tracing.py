@@ -41,6 +41,14 @@ _DEFAULT_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _PROVIDER_FROM_ENVIRONMENT = OTEL_PYTHON_TRACER_PROVIDER in os.environ
 
 
+def _recording_by_the_api() -> bool:
+    return not isinstance(trace.get_tracer_provider(), _DEFAULT_PROVIDERS)
+
+
+if not hasattr(trace, "_TRACER_PROVIDER"):  # an API without that global: ask it every time
+    recording = _recording_by_the_api
+
+
 @contextmanager
 def gate_step(step: str, **attributes: Attribute) -> Iterator[trace.Span]:
     """A span for one step of the gate (policy, load, exposure, audit...).

@@ -9,7 +9,7 @@ import sys
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from carnet.operations.tracing import recording
+from carnet.operations.tracing import _recording_by_the_api, recording
 
 
 def _reference() -> bool:
@@ -17,7 +17,7 @@ def _reference() -> bool:
 
 
 def test_recording_agrees_with_the_provider_whatever_was_set_before() -> None:
-    assert recording() is _reference()
+    assert recording() is _reference() is _recording_by_the_api()
 
 
 def test_recording_once_a_provider_is_installed(spans: InMemorySpanExporter) -> None:
@@ -34,7 +34,7 @@ def _in_fresh_process(code: str, env: dict[str, str]) -> str:
 
 def test_no_provider_no_recording_and_a_provider_named_by_the_environment() -> None:
     code = (
-        "from carnet.operations.tracing import recording\n"
+        "from carnet.operations.tracing import _recording_by_the_api, recording\n"
         "from opentelemetry import trace\n"
         "print(recording(), recording(), type(trace.get_tracer_provider()).__name__)\n"
     )
