@@ -25,6 +25,7 @@ def instrument_ledger(ledger: Any) -> Any:
     check its type, so it is not wrapped in a proxy)."""
     record = ledger.record
     record_denial = ledger.record_denial
+    exposures: dict[Any, Any] = {}  # the exposures counter's child per channel (a finite set)
 
     @functools.wraps(record)
     def counted_record(*args: Any, patient_ids: Sequence[uuid.UUID], channel: Any, **kwargs: Any) -> None:
@@ -34,7 +35,10 @@ def instrument_ledger(ledger: Any) -> Any:
         else:  # gate_step's own no-span branch, without its generator (every read comes here)
             record(*args, patient_ids=patient_ids, channel=channel, **kwargs)
         # Counted once detection let them through (a containment rolls the access back).
-        metrics.child(metrics.EXPOSURES, str(channel)).inc(len(set(patient_ids)))
+        counter = exposures.get(channel)
+        if counter is None:
+            counter = exposures[channel] = metrics.child(metrics.EXPOSURES, str(channel))
+        counter.inc(1 if len(patient_ids) == 1 else len(set(patient_ids)))
 
     @functools.wraps(record_denial)
     def traced_denial(*args: Any, **kwargs: Any) -> None:

@@ -7,10 +7,12 @@ when the OTLP exporter package is installed); tests install an in-memory exporte
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from opentelemetry import trace
+from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
 
 TRACER = trace.get_tracer("carnet")
 _configured = False
@@ -21,11 +23,30 @@ Attribute = str | int | bool
 def recording() -> bool:
     """Whether spans go anywhere: a tracer provider was installed (`configure`, or a test's).
     Without one, the API's spans are non-recording and carry an invalid context: creating and
-    entering them records nothing, so the hot paths skip them."""
-    return not isinstance(trace.get_tracer_provider(), _DEFAULT_PROVIDERS)
+    entering them records nothing, so the hot paths skip them.
+
+    `trace.get_tracer_provider()` reads `os.environ` on every call while no provider is set
+    (seven calls, three times a read): the provider set is read first, and the environment
+    variable that names one is read when this module is imported (the API loads the provider
+    it names on its first use: set at start, as the API means it)."""
+    provider = trace._TRACER_PROVIDER  # the API's global, None until one is set
+    if provider is None:
+        if not _PROVIDER_FROM_ENVIRONMENT:
+            return False
+        provider = trace.get_tracer_provider()
+    return not isinstance(provider, _DEFAULT_PROVIDERS)
 
 
 _DEFAULT_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_PROVIDER_FROM_ENVIRONMENT = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+
+
+def _recording_by_the_api() -> bool:
+    return not isinstance(trace.get_tracer_provider(), _DEFAULT_PROVIDERS)
+
+
+if not hasattr(trace, "_TRACER_PROVIDER"):  # an API without that global: ask it every time
+    recording = _recording_by_the_api
 
 
 @contextmanager

@@ -42,7 +42,8 @@ class PatientView(Redactable):
     @field_validator("ins", mode="before")
     @classmethod
     def _ins(cls, value: object) -> object:
-        return _compact_ins(value)
+        # `_compact_ins`, inline: every Patient view comes here (a read, each search hit).
+        return _INS_SEPARATORS.sub("", value).upper() if isinstance(value, str) else value
 
     address: dict[str, Any] | None = None
     phone: str | None = None
@@ -371,6 +372,11 @@ def _text(value: str, name: str, max_len: int) -> str:
 def _compact_ins(value: object) -> object:
     """An INS may be typed with spaces, dots or dashes: '2 85 05 75 123 456'."""
     return normalize_identifier(value) if isinstance(value, str) else value
+
+
+# `normalize_identifier`'s pattern, compiled (`re.sub` looks it up in re's cache on each call;
+# the same text: tests/phi/test_schemas_ins.py).
+_INS_SEPARATORS = re.compile(r"[\s.\-]")
 
 
 class PatientInput(BaseModel):

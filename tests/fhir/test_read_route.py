@@ -12,6 +12,8 @@ import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.routing import Route, compile_path
 
 from carnet.app import create_app
@@ -121,3 +123,37 @@ def _named(value: Any) -> Any:
     if isinstance(value, list):
         return [_named(v) for v in value]
     return _VOLATILE.sub("~", value) if isinstance(value, str) else value
+
+
+_id_chars = st.sampled_from([*"aZ09-._/$%? ", "é"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.one_of(
+        st.lists(_id_chars, min_size=0, max_size=70).map("".join),
+        st.sampled_from([*IDS, *NOT_IDS]),
+    ),
+    st.sampled_from(["GET", "HEAD", "POST"]),
+    st.sampled_from(["", "/base", None]),
+    st.one_of(st.none(), st.just({}), st.just({"other": "1"}), st.just({"patient_id": "old", "z": "2"})),
+    st.sampled_from(["http", "websocket"]),
+)
+def test_read_first_matches_as_starlettes_route(
+    pid: str, method: str, root_path: str | None, path_params: dict[str, str] | None, kind: str
+) -> None:
+    """ReadFirst's match of a path it takes is Starlette's `Route.matches`, plus the route."""
+    route = ReadFirst()
+    scope: dict[str, Any] = {"type": kind, "method": method, "path": f"/fhir/Patient/{pid}"}
+    if root_path is not None:
+        scope["root_path"] = root_path
+    if path_params is not None:
+        scope["path_params"] = path_params
+    match, child_scope = route.matches(dict(scope))
+    if match.name == "NONE":
+        assert child_scope == {}
+        return
+    assert re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", pid) and method == "GET" and not root_path
+    theirs, their_scope = Route.matches(route, dict(scope))
+    assert (match, child_scope) == (theirs, {**their_scope, "route": route})
+    assert list(child_scope["path_params"].items()) == list(their_scope["path_params"].items())
