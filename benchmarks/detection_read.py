@@ -18,25 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import statistics
-import tempfile
 import time
-import uuid
 import warnings
-from pathlib import Path
 from typing import Any
 
-import redis
-
-from benchmarks._db import bench_database
-from benchmarks.fhir_load import ORIGIN, analyze, baseline_accounts
-from benchmarks.read_calls import REDIS_URL, _call, _pairs, _scope
-from carnet.crypto.keys import FileKeyProvider
+from benchmarks.read_calls import _call, workload
 from carnet.detection.ledger import SqlExposureLedger
-from carnet.runtime import build_runtime
-from carnet.settings import Environment, Settings
-from tests.factories import make_facility
 
 
 def _figures(label: str, samples: list[int]) -> str:
@@ -89,28 +77,13 @@ def run() -> str:
             samples.append(time.thread_time_ns() - began)
 
     SqlExposureLedger.record = timed  # type: ignore[method-assign]
-    with bench_database("detectread") as url, tempfile.TemporaryDirectory() as tmp:
-        var = Path(tmp)
-        FileKeyProvider.create(var / "keys.json")
-        settings = Settings(
-            env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN, redis_url=REDIS_URL
-        )
-        runtime = build_runtime(settings)
-        try:
-            redis.Redis.from_url(REDIS_URL).flushdb()
-            facility = make_facility(runtime)
-            history: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
-            pairs = _pairs(runtime, facility, "read", history)
-            baseline_accounts(runtime, history)
-            analyze(runtime)
-            random.Random(1).shuffle(pairs)
-            scopes = [_scope(h, p) for h, p in pairs]
+    try:
+        with workload("detectread", "read") as (runtime, scopes):
             lines = [f"load average {os.getloadavg()[0]:.2f} at the start (2 cores)"]
             asyncio.run(_drive(create_app(runtime), scopes, samples, lines))
             lines.append(f"load average {os.getloadavg()[0]:.2f} at the end")
-        finally:
-            runtime.close()
-            SqlExposureLedger.record = original  # type: ignore[method-assign]
+    finally:
+        SqlExposureLedger.record = original  # type: ignore[method-assign]
     return "\n".join(lines)
 
 

@@ -39,6 +39,8 @@ import tempfile
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -58,7 +60,7 @@ from benchmarks.fhir_load import (
 )
 from carnet.crypto.keys import FileKeyProvider
 from carnet.fhir.core import handoff
-from carnet.runtime import build_runtime
+from carnet.runtime import Runtime, build_runtime
 from carnet.settings import Environment, Settings
 from tests.factories import make_facility
 
@@ -165,10 +167,11 @@ def _pairs(
     return out
 
 
-def run(reads: int, profile_out: Path | None, operation: str = "read") -> str:
-    from carnet.app import create_app
-
-    with bench_database("readcalls") as url, tempfile.TemporaryDirectory() as tmp:
+@contextmanager
+def workload(name: str, operation: str) -> Iterator[tuple[Runtime, list[dict[str, Any]]]]:
+    """A throwaway database (`name`) with the seeded workload of `operation`, Redis emptied, and
+    the requests' ASGI scopes, shuffled; the runtime is closed and the database dropped after."""
+    with bench_database(name) as url, tempfile.TemporaryDirectory() as tmp:
         var = Path(tmp)
         FileKeyProvider.create(var / "keys.json")
         settings = Settings(
@@ -183,17 +186,23 @@ def run(reads: int, profile_out: Path | None, operation: str = "read") -> str:
             baseline_accounts(runtime, history)
             analyze(runtime)
             random.Random(1).shuffle(pairs)
-            scopes = [_scope(h, p) for h, p in pairs]
-            while len(scopes) < reads:  # a few searches, each asked again (as fhir_load asks them)
-                scopes += scopes[: reads - len(scopes)]
-            n = min(reads, len(scopes))
-            app = create_app(runtime)
-            profile = cProfile.Profile(time.thread_time)
-            lines = [f"{operation}: load average {os.getloadavg()[0]:.2f} at the start (2 cores)", ""]
-            asyncio.run(_drive(app, scopes, n, profile, lines))
-            lines.append(f"load average {os.getloadavg()[0]:.2f} at the end")
+            yield runtime, [_scope(h, p) for h, p in pairs]
         finally:
             runtime.close()
+
+
+def run(reads: int, profile_out: Path | None, operation: str = "read") -> str:
+    from carnet.app import create_app
+
+    with workload("readcalls", operation) as (runtime, scopes):
+        while len(scopes) < reads:  # a few searches, each asked again (as fhir_load asks them)
+            scopes += scopes[: reads - len(scopes)]
+        n = min(reads, len(scopes))
+        app = create_app(runtime)
+        profile = cProfile.Profile(time.thread_time)
+        lines = [f"{operation}: load average {os.getloadavg()[0]:.2f} at the start (2 cores)", ""]
+        asyncio.run(_drive(app, scopes, n, profile, lines))
+        lines.append(f"load average {os.getloadavg()[0]:.2f} at the end")
     stats = pstats.Stats(profile)
     if profile_out is not None:
         stats.dump_stats(profile_out)

@@ -308,19 +308,9 @@ class SqlExposureLedger:
         new_address = False
         if actor.address and not standing.address_known:
             new_address = self._is_new_address(session, actor, at, standing)
-        ctx: rules.Context | None = None
-        if judge.silent(counts, at, channel, canaries, new_address):
-            # `rules.evaluate` would find nothing (see rules.Judge): only the campaign flag speaks.
-            flagged = None
-            if actor.kind is ActorKind.STAFF:
-                now, flags = time.monotonic(), self._campaign_flags
-                for r in standing.campaign_refs:  # the usual case: each cached, and none set
-                    if (c := flags.get(r)) is None or c[0] <= now or c[1] is not None:
-                        flagged = self._campaign_flag(actor, standing.campaign_refs)
-                        break
-            findings = [] if flagged is None else [flagged]
-        else:
-            ctx = rules.Context(
+
+        def context() -> rules.Context:
+            return rules.Context(
                 actor=actor,
                 counts=counts,
                 at=at,
@@ -332,21 +322,18 @@ class SqlExposureLedger:
                 work_known=judged_by_work,
                 probation=probation,
             )
+
+        ctx: rules.Context | None = None
+        if judge.silent(counts, at, channel, canaries, new_address):
+            # `rules.evaluate` would find nothing (see rules.Judge): only the campaign flag speaks.
+            flagged = self._campaign_flag(actor, standing.campaign_refs)
+            findings = [] if flagged is None else [flagged]
+        else:
+            ctx = context()
             findings = self._findings(ctx, judge, standing.campaign_refs)
         if findings or (quiet is False and redis is not None):
             if ctx is None:
-                ctx = rules.Context(
-                    actor=actor,
-                    counts=counts,
-                    at=at,
-                    channel=channel,
-                    canaries=canaries,
-                    account_baseline=account_baseline,
-                    role_baseline=role_baseline,
-                    new_address=new_address,
-                    work_known=judged_by_work,
-                    probation=probation,
-                )
+                ctx = context()
             if quiet and findings and redis is not None:
                 # Judged on the kept counts: judge again on Redis's own (this request included).
                 self._forget_quiet(ref)

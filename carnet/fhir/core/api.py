@@ -205,7 +205,7 @@ def read_response(request: Request, resource: dict[str, Any]) -> Response:
         return resource_response(request, resource)
     meta = resource.get("meta") or {}
     version = meta.get("versionId")
-    tag = f'W/"{(int(version) if version else 0) or 1}"'
+    tag = etag(int(version) if version else None)
     updated = meta.get("lastUpdated")
     modified = _http_date(updated) if updated else None
     if request.scope["method"] == "GET":
