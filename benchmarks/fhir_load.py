@@ -247,7 +247,15 @@ def make_clinicians(
 def analyze(runtime: Runtime) -> None:
     """Planner statistics, as autovacuum keeps them on a hospital's server: the benchmarks' server
     runs with autovacuum off, and a freshly seeded database without statistics is planned as
-    no production one is (s10-pg measured 5% more PostgreSQL work per read without them)."""
+    no production one is (s10-pg measured 5% more PostgreSQL work per read without them).
+
+    Called again after the warm-up: a plan a backend cached while the audit trail was a few
+    hundred rows long (the foreign-key check of `audit_event_patients`, a sequential scan of
+    `audit_events` at that size) is otherwise kept for the connection's life on this server, and
+    each append then reads the whole, growing, trail: PostgreSQL's CPU per read rose round after
+    round, 0.7 to over 3 ms (session 12). On a hospital's server autovacuum analyzes the trail as
+    it grows (each 10%), which invalidates such plans; the ANALYZE after the warm-up stands for
+    that."""
     if runtime.engine.dialect.name == "postgresql":
         with runtime.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("ANALYZE"))
@@ -692,6 +700,7 @@ def _measure(
         warm = wrk_load(base, "warm-up", clients, min(seconds, 5), read_pairs)
         if general is not None:
             wrk_load(general[1], "warm-up (general path)", clients, min(seconds, 5), read_pairs)
+        analyze(runtime)  # the trail the warm-up wrote, as autovacuum would (see `analyze`)
         general_rounds: list[tuple[Result, float, float]] = []
         # /healthz and reads alternate, so both see the same neighbours; the median round counts.
         health_rounds: list[Result] = []

@@ -180,6 +180,7 @@ def run(
     compare_with: Path | None = None,
     spec: ServerSpec | None = None,
     other: ServerSpec | None = None,
+    gil: bool = False,
 ) -> str:
     """`other` (or `compare_with`, another checkout's code): a second server reading the same
     pairs in the same rounds, in turns with the first."""
@@ -191,7 +192,7 @@ def run(
         FileKeyProvider.create(var / "keys.json")
         runtime = build_runtime(Settings(env=Environment.TEST, var_dir=var, database_url=url, origin=ORIGIN))
         try:
-            return _measure(runtime, url, var, patients, seconds, clients, rounds, profile, spec, other)
+            return _measure(runtime, url, var, patients, seconds, clients, rounds, profile, spec, other, gil)
         finally:
             runtime.close()
 
@@ -219,6 +220,7 @@ def _measure(
     profile: Path | None,
     spec: ServerSpec,
     other: ServerSpec | None,
+    gil: bool = False,
 ) -> str:
     load_start = os.getloadavg()
     facility = make_facility(runtime)
@@ -242,6 +244,7 @@ def _measure(
         errors = 0
         for s in served:
             errors += wrk_load(s.base, "warm-up", clients, min(seconds, 5), read_pairs).errors
+        analyze(runtime)  # the trail the warm-up wrote, as autovacuum would (fhir_load.analyze)
         health_per_s = []
         for r in range(rounds):
             health = wrk_load(served[0].base, "/healthz", clients, seconds, health_pairs)
@@ -311,7 +314,7 @@ def _measure(
                     "",
                     f"### profile: {s.label}",
                     "",
-                    _profiled(s.server.pid, s.base, clients, seconds, read_pairs, out),
+                    _profiled(s.server.pid, s.base, clients, seconds, read_pairs, out, gil=gil),
                 ]
     finally:
         for s in served:
@@ -325,7 +328,16 @@ def _line(label: str, values: list[float], fmt: str) -> str:
     return f"| {label} | {cells} | **{fmt.format(statistics.median(values))}** |"
 
 
-def _profiled(server_pid: int, base: str, clients: int, seconds: float, pairs: list[Pair], out: Path) -> str:
+def _profiled(
+    server_pid: int,
+    base: str,
+    clients: int,
+    seconds: float,
+    pairs: list[Pair],
+    out: Path,
+    *,
+    gil: bool = False,
+) -> str:
     spy = str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         spy = shutil.which("py-spy") or "py-spy"
@@ -339,7 +351,8 @@ def _profiled(server_pid: int, base: str, clients: int, seconds: float, pairs: l
                     raw,
                     subprocess.Popen(
                         [spy, "record", "--format", "raw", "--rate", "200", "--duration", str(duration),
-                         "--pid", str(pid), "--output", str(raw), "--nonblocking"],
+                         "--pid", str(pid), "--output", str(raw), "--nonblocking",
+                         *(["--gil"] if gil else [])],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     ),
                 )
@@ -374,6 +387,11 @@ def main() -> None:
         help="a directory holding another carnet checkout (e.g. `git archive main | tar -x -C DIR`): "
         "its server reads the same pairs in the same rounds",
     )
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread holding the GIL (a holder preempted included)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="request threads per worker")
     parser.add_argument("--server", choices=("uvicorn", "granian", "balanced"), default="balanced")
     parser.add_argument(
@@ -399,6 +417,7 @@ def main() -> None:
             workers=args.workers,
             rounds=args.rounds,
             profile=args.profile,
+            gil=args.gil,
             spec=spec,
             other=other,
         )

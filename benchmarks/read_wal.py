@@ -107,6 +107,7 @@ def run(patients: int, seconds: float, vacuum: bool = False) -> str:
             server, base = start_server(url, var, 2)
             try:
                 errors = wrk_load(base, "warm-up", 64, 5, pairs).errors
+                analyze(runtime)  # the trail the warm-up wrote, as autovacuum would (fhir_load.analyze)
                 for label in _VACUUMED if vacuum else _ROUNDS:
                     if "CHECKPOINT" in label:
                         _checkpoint(admin)
