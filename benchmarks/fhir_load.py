@@ -334,7 +334,10 @@ async def load(
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # A connection idle past uvicorn's keep-alive (5 s) is closed by the server; httpx's default
+    # expiry is the same 5 s, so a request sent on one just then met the close (a ReadError on
+    # a create, which httpx does not retry): the client lets its idle connections go first.
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=1.0)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
 
         async def worker(c: int) -> None:
