@@ -476,6 +476,21 @@ def cpu_seconds(server_pid: int, url: str) -> tuple[float, float]:
     return _tree_cpu([server_pid]), sum(_cpu(pid) for pid in backends)
 
 
+def audit_rows_scanned(runtime: Runtime) -> int:
+    """Rows of `audit_events` read by sequential scans so far in this run's database, as the
+    backends reported them (each at most a second late while it works). A read appends to the
+    trail and looks it up by key only: a sequential scan of it is a plan made while it was small
+    (see `analyze`)."""
+    with runtime.engine.connect() as conn:
+        scanned = conn.execute(
+            sa.text(
+                "SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables"
+                " WHERE relname = 'audit_events'"
+            )
+        ).scalar()
+    return int(scanned or 0)
+
+
 def _cpu(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -704,6 +719,7 @@ def _measure(
         if general is not None:
             wrk_load(general[1], "warm-up (general path)", clients, min(seconds, 5), read_pairs)
         analyze(runtime)  # the trail the warm-up wrote, as autovacuum would (see `analyze`)
+        scanned_before = audit_rows_scanned(runtime)
         general_rounds: list[tuple[Result, float, float]] = []
         # /healthz and reads alternate, so both see the same neighbours; the median round counts.
         health_rounds: list[Result] = []
@@ -729,6 +745,9 @@ def _measure(
                 general_rounds.append(
                     (g_reads, (g_after[0] - g_before[0]) / n * 1000, (g_after[1] - g_before[1]) / n * 1000)
                 )
+        scanned_per_read = (audit_rows_scanned(runtime) - scanned_before) / max(
+            1, sum(r.requests for r in read_rounds) + sum(g.requests for g, _a, _d in general_rounds)
+        )
         ratios = [r.throughput / h.throughput for r, h in zip(read_rounds, health_rounds, strict=True)]
         middle = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]
         health, reads = health_rounds[middle], read_rounds[middle]
@@ -789,6 +808,11 @@ def _measure(
     lines.append(f"| name-only search p50, 1,000 patients | {names_small.pct(50):.1f} ms |")
     lines.append(f"| name-only search p50, {patients:,} patients | **{names_large.pct(50):.1f} ms** |")
     lines.append(f"| errors in measured requests | {errors} (warm-up: {warm.errors}) |")
+    lines.append(
+        "| audit trail rows read by sequential scans per measured read (thousands with a plan made "
+        "while it was small: `analyze`; a few from the warm-up's last statistics) | "
+        f"{scanned_per_read:,.1f} |"
+    )
     if general_rounds:
         g_ratio = [
             g.throughput / h.throughput for (g, _a, _d), h in zip(general_rounds, health_rounds, strict=True)
