@@ -247,6 +247,7 @@ def serve(
     """Serve the web UI, the patient portal and the FHIR API."""
     import uvicorn
 
+    from carnet.db.server_checks import server_warnings
     from carnet.operations import logs as operations_logs
     from carnet.operations import serving
     from carnet.runtime import build_runtime
@@ -260,7 +261,12 @@ def serve(
         os.environ["CARNET_ORIGIN"] = moved
         reset_settings_cache()
         settings = get_settings()
-    build_runtime(settings).close()  # fail now, with a clear message, on a bad schema or key
+    runtime = build_runtime(settings)  # fail now, with a clear message, on a bad schema or key
+    try:
+        for warning in server_warnings(runtime.engine):
+            err.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+    finally:
+        runtime.close()
     options: dict[str, Any] = dict(
         factory=True,
         proxy_headers=False,

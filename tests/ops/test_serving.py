@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from carnet.db.server_checks import server_warnings
 from carnet.operations import serving
 from carnet.runtime import Runtime
 from tests.ops.helpers import CARNET, free_port, server_env
@@ -170,3 +171,9 @@ def test_carnet_serve_with_workers_on_a_taken_port_exits_2(runtime: Runtime, tmp
         )
     assert done.returncode == 2, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    # The server settings carnet relies on are named before it listens (on PostgreSQL; this
+    # machine's server runs with autovacuum off), and they do not stop it from starting.
+    expected = server_warnings(runtime.engine)
+    for warning in expected:
+        assert f"warning: {warning}" in done.stderr
+    assert done.stderr.count("warning:") == len(expected)
