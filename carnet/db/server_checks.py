@@ -26,7 +26,7 @@ def server_warnings(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         rows = conn.execute(
             text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names)"), {"names": list(_SETTINGS)}
-        ).tuples()
+        )
         return warnings_for({name: setting for name, setting in rows})
 
 

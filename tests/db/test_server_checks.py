@@ -36,7 +36,7 @@ def test_the_servers_own_settings(postgres_database: str) -> None:
                     sa.text(
                         "SELECT name, setting FROM pg_settings WHERE name IN ('autovacuum', 'track_counts')"
                     )
-                ).tuples()
+                )
             }
         assert set(actual) == {"autovacuum", "track_counts"}
         assert server_warnings(engine) == warnings_for(actual)

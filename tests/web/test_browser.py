@@ -22,7 +22,7 @@ import uvicorn
 from carnet.access.actor import Actor, ActorKind
 from carnet.access.roles import Role
 from carnet.app import create_app
-from carnet.kernel import clock
+from carnet.kernel import clock, localtime
 from carnet.phi.gate import Gate
 from carnet.phi.schemas import AllergyInput, AppointmentInput
 from carnet.runtime import Runtime
@@ -108,10 +108,13 @@ def test_clinician_day_chart_and_break_the_glass(
         )
     )
     now = clock.now()
-    # Today's list is a UTC day: late in the evening, book earlier today rather than tomorrow.
+    # Today's list is the Paris day (carnet.kernel.localtime): book within it, in half an hour
+    # unless that ends past midnight in Paris, else earlier today (CI ran at 23:45 UTC: 00:45 in
+    # Paris, and "50 minutes ago" was the day before).
+    day_start, day_end = localtime.day_bounds(localtime.local_day(now))
     start = now + dt.timedelta(minutes=30)
-    if start.date() != now.date():
-        start = now - dt.timedelta(minutes=50)
+    if start + dt.timedelta(minutes=20) > day_end:
+        start = max(day_start, now - dt.timedelta(minutes=50))
     gate.book_appointment(
         data=AppointmentInput(
             patient_id=hospital.my_patient,
