@@ -21,7 +21,12 @@ SQLAlchemy result processor when the statement has them.
   that finds a statement the server no longer knows is undone and sent again, each statement
   prepared anew: the transaction it began is rolled back; within a transaction, it took a
   savepoint first (one SAVEPOINT command more in the pipeline) and is rolled back to it, so
-  what the transaction did before stays.
+  what the transaction did before stays. The server forgets this module's statements all at
+  once (DEALLOCATE ALL, DISCARD ALL) or one by one only as this module asks (MAX_PREPARED), so
+  a round trip that ran one of them prepared before proves it knows them all; the next round
+  trip in that transaction, when its caller says nothing else ran on the connection in between
+  (`continues`), takes no savepoint: a SAVEPOINT makes the transaction's writes a
+  subtransaction's, with an XID of its own, for a case that cannot arise.
 - The transaction: when the connection is idle, BEGIN goes first (psycopg's own begin statement
   for the connection's settings); COMMIT goes last when asked. The transaction state is libpq's,
   which psycopg and SQLAlchemy read: their commit or rollback afterwards is as after their own.
@@ -128,13 +133,16 @@ class _State:
     """What a connection holds: the statements prepared on it (by statement and parameter
     types), for its server process; psycopg's Transformer of its adapters."""
 
-    __slots__ = ("backend", "begin", "prepared", "transformer")
+    __slots__ = ("backend", "begin", "known", "prepared", "transformer")
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.backend = conn.pgconn.backend_pid
         self.prepared: dict[tuple[Statement, Any], bytes] = {}
         self.transformer = Transformer(conn)
         self.begin = _begin_statement(conn)
+        # The last round trip proved the server knows every statement in `prepared`, and left
+        # its transaction open.
+        self.known = False
 
 
 _names = itertools.count(1)
@@ -185,11 +193,14 @@ def run(
     calls: Sequence[tuple[Statement, dict[str, Any]]],
     *,
     commit: bool = False,
+    continues: bool = False,
 ) -> list[list[tuple[Any, ...]]]:
     """Send each statement with its values (by name: `Statement.values`), BEGIN first if the
     connection is idle (and not in autocommit: then the statements are one implicit
     transaction), COMMIT last if `commit`, in one round trip; each statement's rows, in order.
-    See the module for what an error leaves."""
+    `continues`: the caller vouches that nothing but this module's round trips ran on the
+    connection since its last one (then no savepoint is taken where that one proved the server
+    knows every prepared statement). See the module for what an error leaves."""
     state = getattr(conn, _STATE_ATTRIBUTE, None)
     if state is None or state.backend != conn.pgconn.backend_pid:
         state = _state(conn)
@@ -208,7 +219,7 @@ def run(
         dumped = transformer.dump_sequence(values, statement.formats)
         queued.append(((statement, transformer.types), dumped, list(transformer.formats or ())))
     try:
-        return _send(conn, state, queued, commit)
+        return _send(conn, state, queued, commit, continues=continues)
     except _Forgotten as forgotten:
         within = forgotten.within
     # The server had forgotten a statement (psycopg deallocated every prepared statement, after
@@ -237,7 +248,13 @@ class _Forgotten(Exception):
 
 
 def _send(
-    conn: psycopg.Connection[Any], state: _State, queued: list[Any], commit: bool, *, retry: bool = True
+    conn: psycopg.Connection[Any],
+    state: _State,
+    queued: list[Any],
+    commit: bool,
+    *,
+    retry: bool = True,
+    continues: bool = False,
 ) -> list[list[tuple[Any, ...]]]:
     transformer = state.transformer
     pgconn = conn.pgconn
@@ -245,8 +262,9 @@ def _send(
     fresh = []
     statements = []  # each statement, and how many results of housekeeping come before its own
     with conn.lock:
+        known, state.known = state.known, False
         begin = not conn.autocommit and pgconn.transaction_status == _IDLE
-        savepoint = retry and pgconn.transaction_status == _INTRANS
+        savepoint = retry and pgconn.transaction_status == _INTRANS and not (continues and known)
         try:
             pgconn.enter_pipeline_mode()
             if begin:
@@ -306,10 +324,13 @@ def _send(
         raise psycopg.InternalError(f"{len(results)} results for {len(statements)} statements")
     out: list[list[tuple[Any, ...]]] = []
     position = lead
-    for statement, before, _key in statements:
+    ran_known = False  # a statement prepared before this round trip ran: the server knew them all
+    for statement, before, key in statements:
         position += before
         out.append(_rows(transformer, statement, results[position]))
         position += 1
+        ran_known = ran_known or key is None
+    state.known = pgconn.transaction_status == _INTRANS and (ran_known or len(fresh) == len(prepared))
     return out
 
 

@@ -826,7 +826,8 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
             event_rows=events,
         )
     record = core._record(guard.kind, Outcome.SUCCESS, tx)
-    if _opened(session):
+    opened = _opened(session)
+    if opened:
         session.flush()  # anything the body or detection added through the session goes first
     raw = tx.raw if tx.raw is not None else _raw(session)
     statements = _statements(raw_dialect(session))
@@ -842,7 +843,8 @@ def _closing_round_trip(core: GateCore, session: Session, guard: Guard, tx: _Fas
         calls.append((_audit_statement(sql), params))
     # Without hooks to run after the audit append, the COMMIT goes in the same round trip (the
     # session's own commit then finds nothing left to do).
-    answers = roundtrip.run(raw, calls, commit=not tx.after_audit)
+    # A session never made sent nothing: only round trips ran on the connection since the first.
+    answers = roundtrip.run(raw, calls, commit=not tx.after_audit, continues=not opened)
     seq = int(answers[-1][0][0])
     audit.appended(session, record, seq, time.perf_counter() - started)
     for hook in tx.after_audit:

@@ -124,6 +124,50 @@ def test_statements_the_server_forgot_are_prepared_again(conn: psycopg.Connectio
     assert roundtrip.prepared_on(conn) == 1
 
 
+def _has_savepoint(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the open transaction holds the round trip's savepoint (rolling back to it, a
+    no-op when it exists; the transaction is failed when it does not)."""
+    try:
+        conn.execute(f"ROLLBACK TO SAVEPOINT {roundtrip._SAVEPOINT}", prepare=False)
+    except psycopg.errors.InvalidSavepointSpecification:
+        return False
+    return True
+
+
+def test_a_round_trip_continuing_a_proven_one_takes_no_savepoint(conn: psycopg.Connection[Any]) -> None:
+    roundtrip.run(conn, [(SERIES, {})], commit=True)
+    # Begins the transaction and runs a statement prepared before: the server knows them all.
+    roundtrip.run(conn, [(SERIES, {"n": 1})])
+    at = dt.datetime(2026, 12, 8, tzinfo=dt.UTC)
+    assert roundtrip.run(conn, [(ECHO, {"id": uuid.uuid4(), "name": "a", "at": at})], continues=True)
+    assert not _has_savepoint(conn)
+    conn.rollback()
+    # Without the caller's word that nothing else ran in between: a savepoint, as always.
+    roundtrip.run(conn, [(SERIES, {"n": 1})])
+    roundtrip.run(conn, [(SERIES, {"n": 2})])
+    assert _has_savepoint(conn)
+    conn.rollback()
+
+
+def test_a_round_trip_of_fresh_statements_proves_nothing_of_the_older(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A first round trip that only prepared statements says nothing of those prepared before
+    it: the server may have forgotten them, and the next round trip keeps its savepoint."""
+    roundtrip.run(conn, [(SERIES, {})], commit=True)
+    conn.execute("DEALLOCATE ALL")  # behind this module's back, before the transaction below
+    conn.commit()
+    fresh = roundtrip.Statement("SELECT %(x)s::int + 1 AS y")
+    assert roundtrip.run(conn, [(fresh, {"x": 1})]) == [[(2,)]]  # begins it; prepares `fresh`
+    assert roundtrip.run(conn, [(SERIES, {"n": 1})], continues=True) == [[(1,)]]  # prepared anew
+    assert _has_savepoint(conn)  # it took one, and went back to it
+    conn.execute(f"RELEASE SAVEPOINT {roundtrip._SAVEPOINT}", prepare=False)
+    # Every statement now ran or was prepared in this transaction: the next takes none.
+    assert roundtrip.run(conn, [(fresh, {"x": 2})], continues=True) == [[(3,)]]
+    assert not _has_savepoint(conn)
+    conn.rollback()
+
+
 def test_a_lost_connection_is_closed_for_the_pool_to_discard() -> None:
     engine = make_engine(POSTGRES_ADMIN_URL, pool_size=1, max_overflow=0)
     try:

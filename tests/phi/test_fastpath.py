@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import psycopg
 import pytest
 import redis
 import sqlalchemy as sa
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.audit.models import AuditEvent
+from carnet.db import roundtrip
 from carnet.detection.containment import RedisContainmentFlags
 from carnet.detection.counters import RedisExposureCounters
 from carnet.detection.ledger import SqlExposureLedger
@@ -351,11 +353,24 @@ def test_a_read_needing_no_orm_transaction_is_committed_and_notified(
         gate.read_patient(patient_id=world.patient_id)
     notified: list[int] = []
     monkeypatch.setattr(fastpath._writer(runtime.audit), "on_commit", notified.append)
+    sent = roundtrip._send
+    savepoints: list[bool] = []  # whether each round trip took one (`roundtrip._send`'s rule)
+
+    def spied(conn: Any, state: Any, queued: Any, commit: bool, **kw: Any) -> Any:
+        status = conn.pgconn.transaction_status
+        within = status == psycopg.pq.TransactionStatus.INTRANS
+        savepoints.append(within and not (kw.get("continues") and state.known))
+        return sent(conn, state, queued, commit, **kw)
+
+    monkeypatch.setattr(roundtrip, "_send", spied)
     before = fastpath.taken
     with _orm_transactions() as began:
         view = gate.read_patient(patient_id=world.patient_id)
     assert fastpath.taken == before + 1
     assert began == []  # the path under test: no ORM transaction at all
+    # Two round trips; the closing one continues the first, which proved its statements known:
+    # the audit append and the exposure row are the transaction's own, not a subtransaction's.
+    assert savepoints == [False, False]
     assert view.family == "Lemoine"
     seq = _last_seq(runtime)
     assert notified == [seq]
