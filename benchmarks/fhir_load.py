@@ -59,6 +59,7 @@ import redis
 import sqlalchemy as sa
 from faker import Faker
 
+from benchmarks._host import RedisWatch, scheduler_note
 from carnet.access.actor import Actor
 from carnet.access.roles import Role
 from carnet.crypto.blind import name_matches, name_words
@@ -701,6 +702,7 @@ def _measure(
     server, base = start_server(url, var, workers)
     general = start_server(url, var, workers, general_only=True) if compare_general else None
     lines: list[str] = []
+    watch = RedisWatch(REDIS_URL).__enter__()  # Redis's longest wait, beside every round
     try:
 
         def searches(label: str, concurrency: int = clients) -> Result:
@@ -771,6 +773,7 @@ def _measure(
         )
         health_after = wrk_load(base, "/healthz (baseline, after)", clients, seconds, health_pairs)
     finally:
+        watch.__exit__(None, None, None)
         for process in (server, *([general[0]] if general is not None else [])):
             process.terminate()
             process.wait(timeout=30)
@@ -790,6 +793,10 @@ def _measure(
         f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} at the start, "
         f"{load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} at the end ({cores} cores)"
     )
+    lines.append(watch.summary())
+    note = scheduler_note()
+    if note is not None:
+        lines.append(note)
     lines.append("")
     lines.append("| headline | figure |")
     lines.append("|---|---|")

@@ -35,6 +35,7 @@ from pathlib import Path
 import redis
 
 from benchmarks._db import bench_database
+from benchmarks._host import RedisWatch, scheduler_note
 from benchmarks.fhir_load import (
     REDIS_URL,
     Pair,
@@ -237,6 +238,7 @@ def _measure(
         )
         served.append(_Served(each.label(), *started))
     lines = []
+    watch = RedisWatch(REDIS_URL).__enter__()  # Redis's longest wait, beside every round
     try:
         health_pairs: list[Pair] = [({}, "/healthz")]
         read_pairs = [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
@@ -264,6 +266,8 @@ def _measure(
                 s.reads_per_s.append(reads.throughput)
         lines += [
             f"load average {load_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (2 cores)",
+            watch.summary(),
+            *([note] if (note := scheduler_note()) is not None else []),
             "",
             "| per round | " + " | ".join(str(i + 1) for i in range(rounds)) + " | median |",
             "|---|" + "---|" * (rounds + 1),
@@ -317,6 +321,7 @@ def _measure(
                     _profiled(s.server.pid, s.base, clients, seconds, read_pairs, out, gil=gil),
                 ]
     finally:
+        watch.__exit__(None, None, None)
         for s in served:
             s.server.terminate()
             s.server.wait(timeout=30)
