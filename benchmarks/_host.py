@@ -7,7 +7,7 @@ another session's group: its own schedstat said "waiting for a cpu 8,871 ms, on 
 that PING, and its slowlog showed a one-member ZADD "taking" 6 s inside detection's script.
 Detection's flushes then time out ("detection: held counts not sent (TimeoutError)"), and a
 read that must ask Redis in such a window would be refused (fail closed). With autogrouping
-off, the same runs had no wait above 300 ms (docs/BENCHMARKS.md, "s13").
+off, the same runs had no PING above 340 ms (docs/BENCHMARKS.md, "s13").
 
 `RedisWatch` pings Redis every 50 ms beside the measured rounds and reports the longest answer
 and how many took over a second, so a figure taken while Redis was starved says so; and
@@ -67,16 +67,22 @@ class RedisWatch:
             self.longest_ms = max(self.longest_ms, took)
             self.over_a_second += took > 1000
 
-    def __enter__(self) -> RedisWatch:
+    def start(self) -> RedisWatch:
         self._thread.start()
         return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(90)
+        self._client.close()
+
+    def __enter__(self) -> RedisWatch:
+        return self.start()
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._stop.set()
-        self._thread.join(90)
-        self._client.close()
+        self.stop()
 
     def summary(self) -> str:
         failed = f", {self.failed} failed" if self.failed else ""

@@ -702,7 +702,7 @@ def _measure(
     server, base = start_server(url, var, workers)
     general = start_server(url, var, workers, general_only=True) if compare_general else None
     lines: list[str] = []
-    watch = RedisWatch(REDIS_URL).__enter__()  # Redis's longest wait, beside every round
+    watch = RedisWatch(REDIS_URL).start()  # Redis's longest wait, beside every round
     try:
 
         def searches(label: str, concurrency: int = clients) -> Result:
@@ -773,7 +773,7 @@ def _measure(
         )
         health_after = wrk_load(base, "/healthz (baseline, after)", clients, seconds, health_pairs)
     finally:
-        watch.__exit__(None, None, None)
+        watch.stop()
         for process in (server, *([general[0]] if general is not None else [])):
             process.terminate()
             process.wait(timeout=30)

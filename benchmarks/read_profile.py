@@ -238,7 +238,7 @@ def _measure(
         )
         served.append(_Served(each.label(), *started))
     lines = []
-    watch = RedisWatch(REDIS_URL).__enter__()  # Redis's longest wait, beside every round
+    watch = RedisWatch(REDIS_URL).start()  # Redis's longest wait, beside every round
     try:
         health_pairs: list[Pair] = [({}, "/healthz")]
         read_pairs = [(c.headers, f"/fhir/Patient/{p}") for c in clinicians for p in c.patients]
@@ -321,7 +321,7 @@ def _measure(
                     _profiled(s.server.pid, s.base, clients, seconds, read_pairs, out, gil=gil),
                 ]
     finally:
-        watch.__exit__(None, None, None)
+        watch.stop()
         for s in served:
             s.server.terminate()
             s.server.wait(timeout=30)

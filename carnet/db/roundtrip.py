@@ -261,6 +261,9 @@ def _send(
     prepared = state.prepared
     fresh = []
     statements = []  # each statement, and how many results of housekeeping come before its own
+    # A statement prepared before this round trip runs in it: if it answers, the server knew
+    # them all (it forgets them all at once).
+    runs_older = False
     with conn.lock:
         known, state.known = state.known, False
         begin = not conn.autocommit and pgconn.transaction_status == _IDLE
@@ -283,6 +286,8 @@ def _send(
                     fresh.append(key)
                     pgconn.send_prepare(name, key[0].sql, param_types=key[1])
                     before += 1
+                elif key not in fresh:
+                    runs_older = True
                 statements.append((key[0], before, key if before else None))
                 pgconn.send_query_prepared(name, dumped, param_formats=formats, result_format=key[0].binary)
             if commit:
@@ -324,13 +329,11 @@ def _send(
         raise psycopg.InternalError(f"{len(results)} results for {len(statements)} statements")
     out: list[list[tuple[Any, ...]]] = []
     position = lead
-    ran_known = False  # a statement prepared before this round trip ran: the server knew them all
-    for statement, before, key in statements:
+    for statement, before, _key in statements:
         position += before
         out.append(_rows(transformer, statement, results[position]))
         position += 1
-        ran_known = ran_known or key is None
-    state.known = pgconn.transaction_status == _INTRANS and (ran_known or len(fresh) == len(prepared))
+    state.known = pgconn.transaction_status == _INTRANS and (runs_older or len(fresh) == len(prepared))
     return out
 
 

@@ -168,6 +168,20 @@ def test_a_round_trip_of_fresh_statements_proves_nothing_of_the_older(
     conn.rollback()
 
 
+def test_a_statement_prepared_and_run_again_in_one_round_trip_proves_nothing_of_the_older(
+    conn: psycopg.Connection[Any],
+) -> None:
+    roundtrip.run(conn, [(SERIES, {})], commit=True)
+    conn.execute("DEALLOCATE ALL")  # behind this module's back
+    conn.commit()
+    fresh = roundtrip.Statement("SELECT %(x)s::int * 2 AS y")
+    # Its second run finds it prepared, but only by this round trip: SERIES is still unproven.
+    assert roundtrip.run(conn, [(fresh, {"x": 1}), (fresh, {"x": 2})]) == [[(2,)], [(4,)]]
+    assert roundtrip.run(conn, [(SERIES, {"n": 1})], continues=True) == [[(1,)]]
+    assert _has_savepoint(conn)  # it took one, and went back to it
+    conn.rollback()
+
+
 def test_a_lost_connection_is_closed_for_the_pool_to_discard() -> None:
     engine = make_engine(POSTGRES_ADMIN_URL, pool_size=1, max_overflow=0)
     try:
